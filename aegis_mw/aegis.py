@@ -1,0 +1,200 @@
+"""The one object that owns a pipeline: settings, recorder, flusher, aggregates.
+
+No module-level state: two apps in one process (or one test building an app
+twice) get two independent ``Aegis`` objects.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import weakref
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from .core.aggregates import RealtimeAggregates, RealtimeSnapshot
+from .core.client_address import ClientAddressResolver
+from .core.clock import Clock, SystemClock
+from .core.finalize import Finalizer
+from .core.flusher import Flusher
+from .core.paths import PathFilter
+from .core.recorder import Recorder
+from .core.settings import AegisSettings
+from .core.sink import RecordSink
+from .core.sink_runner import SinkRunner
+from .core.stats import PipelineStats, SinkStats
+from .sinks import build_sinks
+
+
+def _shutdown_if_alive(ref: weakref.ReferenceType[Aegis]) -> None:
+    aegis = ref()
+    if aegis is not None:
+        aegis.shutdown()
+
+
+def _reinit_if_alive(ref: weakref.ReferenceType[Aegis]) -> None:
+    aegis = ref()
+    if aegis is not None:
+        aegis._after_fork_in_child()
+
+
+class Aegis:
+    """Records requests into buffers flushed to sinks by a background thread.
+
+    Options are those of :class:`AegisSettings`; keyword arguments win over
+    ``AEGIS_*`` environment variables, which win over the ``AEGIS_CONFIG``
+    file. The flusher starts at once; call :meth:`shutdown` (the ASGI
+    lifespan and an ``atexit`` hook do it for you) to write what is buffered.
+
+    Example::
+
+        aegis = Aegis(sink="sqlite:///aegis.db", sample_rate=0.5)
+        app.add_middleware(AegisMiddleware, aegis=aegis)
+        ...
+        aegis.force_flush()
+    """
+
+    def __init__(
+        self,
+        settings: AegisSettings | None = None,
+        *,
+        clock: Clock | None = None,
+        environ: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> None:
+        if settings is None:
+            settings = AegisSettings.load(environ, **options)
+        elif options:
+            raise TypeError("pass either settings=AegisSettings(...) or options, not both")
+        self.settings = settings
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        named_sinks = build_sinks(settings.sink)
+        self.sinks: list[RecordSink] = [sink for _, sink in named_sinks]
+        self.aggregates = RealtimeAggregates()
+        self.recorder = Recorder(
+            aggregates=self.aggregates,
+            max_buffer=settings.max_buffer,
+            batch_size=settings.batch_size,
+        )
+        self.client_addresses = ClientAddressResolver(
+            settings.trusted_proxies, settings.forwarded_header
+        )
+        self.finalizer = Finalizer(
+            clock=self.clock,
+            resolver=self.client_addresses,
+            max_routes=settings.max_routes,
+            max_path_length=settings.max_path_length,
+            sample_rate=settings.sample_rate,
+            slow_threshold_ms=settings.slow_threshold_ms,
+        )
+        runners = [
+            SinkRunner(
+                sink,
+                name,
+                max_backlog=settings.max_buffer,
+                backoff_initial=settings.retry_backoff_initial,
+                backoff_max=settings.retry_backoff_max,
+            )
+            for name, sink in named_sinks
+        ]
+        self.flusher = Flusher(
+            self.recorder,
+            self.finalizer,
+            runners,
+            flush_interval=settings.flush_interval,
+            batch_size=settings.batch_size,
+            sink_timeout=settings.sink_timeout,
+            shutdown_timeout=settings.shutdown_timeout,
+        )
+        #: Paths never recorded: the user's ``exclude_paths`` plus routes
+        #: that integrations mount (see :meth:`exclude`).
+        self.excluded_paths = PathFilter(settings.exclude_paths)
+        ref = weakref.ref(self)
+        # Weak references: neither hook may keep a discarded Aegis alive.
+        self._atexit_hook = functools.partial(_shutdown_if_alive, ref)
+        atexit.register(self._atexit_hook)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=functools.partial(_reinit_if_alive, ref))
+        self.flusher.start()
+
+    def start(self) -> None:
+        """Start recording again after :meth:`shutdown` (no-op while running).
+
+        The ASGI middleware calls this on ``lifespan.startup``.
+        """
+        atexit.unregister(self._atexit_hook)
+        atexit.register(self._atexit_hook)
+        self.flusher.start()
+
+    def exclude(self, *paths: str) -> None:
+        """Never record these paths or globs (integrations add their own routes)."""
+        self.excluded_paths.add(*paths)
+
+    def force_flush(self, timeout: float | None = None) -> bool:
+        """Write everything recorded so far; True when every sink stored it.
+
+        Blocks the calling thread: from async code use
+        ``await anyio.to_thread.run_sync(aegis.force_flush)``.
+        """
+        return self.flusher.force_flush(timeout)
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Stop recording and flush within ``timeout`` (default ``shutdown_timeout``).
+
+        Idempotent: later calls return at once. Records offered afterwards are
+        counted as dropped with reason ``shutdown``.
+        """
+        atexit.unregister(self._atexit_hook)
+        return self.flusher.shutdown(timeout)
+
+    def realtime(self) -> RealtimeSnapshot:
+        """Rates, latency percentiles and totals from the in-memory ring."""
+        return self.aggregates.snapshot(int(self.clock.monotonic()), self.recorder.pending)
+
+    def stats(self) -> PipelineStats:
+        """Counters describing the pipeline itself (drops, backlogs, sink errors)."""
+        recorder = self.recorder
+        return PipelineStats(
+            offered=self.aggregates.offered(self.recorder.pending),
+            buffered=len(recorder.inbox)
+            + max((len(r.backlog) for r in self.flusher.runners), default=0),
+            dropped=dict(recorder.dropped),
+            sampled_out=self.finalizer.sampled_out,
+            route_overflow=self.finalizer.routes.overflowed,
+            flusher_alive=self.flusher.alive,
+            flusher_errors=self.flusher.internal_errors,
+            sinks=tuple(
+                SinkStats(
+                    name=runner.name,
+                    written=runner.written,
+                    errors=runner.errors,
+                    timeouts=runner.timeouts,
+                    backlog=len(runner.backlog),
+                    consecutive_failures=runner.consecutive_failures,
+                    last_error=runner.last_error,
+                    last_flush_seconds=runner.last_flush_seconds,
+                )
+                for runner in self.flusher.runners
+            ),
+        )
+
+    def _after_fork_in_child(self) -> None:
+        # The parent keeps and writes everything it buffered before the fork;
+        # the child starts empty with its own threads and connections.
+        self.recorder.reset_after_fork()
+        self.aggregates.reset()
+        self.finalizer.reset_after_fork()
+        self.flusher.reset_after_fork()
+
+    def __enter__(self) -> Aegis:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.shutdown()

@@ -1,0 +1,57 @@
+"""The ``aegis-mw`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aegis-mw", description="Self-hosted request monitoring middleware."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo",
+        help="run a demo app with the middleware and synthetic traffic",
+        description=(
+            "Serve a small FastAPI app with AegisMiddleware on 127.0.0.1, send it "
+            "synthetic traffic, print live figures, and store every request in SQLite."
+        ),
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    demo.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
+    demo.add_argument("--db", default="aegis-demo.db", help="SQLite file for the records")
+    demo.add_argument(
+        "--rate", type=_positive_float, default=50.0, help="synthetic requests per second"
+    )
+    demo.add_argument(
+        "--duration",
+        type=_positive_float,
+        default=None,
+        help="stop after this many seconds (default: run until Ctrl-C)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(
+            host=args.host, port=args.port, db=args.db, rate=args.rate, duration=args.duration
+        )
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Realtime aggregates: a per-second ring of counts and latency histograms.
+
+Each slot is one flat list for one second of the monotonic clock::
+
+    [second, requests, errors, duration_sum_ms, 1xx, 2xx, 3xx, 4xx, 5xx, *histogram]
+
+Only the flusher thread writes the ring: it folds every item it drains from
+the inbox, keyed by the second the request completed. The request path never
+touches it. Readers combine the ring with a copy of the items still waiting
+in the inbox, so what they see is exact and current; a seqlock (a generation
+number that is odd while the flusher moves items from the inbox into the
+ring) tells a reader that it raced with a fold and must read again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from . import histogram
+
+RING_SIZE = 128  # > 60 s of history plus the current second; a power of two for masking
+MASK = RING_SIZE - 1
+SECOND, REQUESTS, ERRORS, DURATION_SUM = 0, 1, 2, 3
+STATUS_BASE = 3  # slot[STATUS_BASE + status // 100] for classes 1..5
+HIST_BASE = 9
+SLOT_LEN = HIST_BASE + histogram.COUNT
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+WINDOW = 60
+_READ_ATTEMPTS = 100
+# sched_yield releases the GIL without sleeping (and without being a
+# blocking call on an event loop); fall back to sleep(0) where it is missing.
+_yield_gil: Callable[[], object] = getattr(os, "sched_yield", lambda: time.sleep(0))
+
+# Positions of the HTTP inbox tuple the ring needs (see recorder.py).
+_STATUS, _START, _END, _ERROR = 3, 4, 6, 11
+
+
+def _empty_slot(second: int) -> list[Any]:
+    slot: list[Any] = [0] * SLOT_LEN
+    slot[SECOND] = second
+    slot[DURATION_SUM] = 0.0
+    return slot
+
+
+@dataclass(frozen=True)
+class RealtimeSnapshot:
+    """Traffic of the last seconds, read from memory (no storage involved)."""
+
+    requests_per_second_1s: float
+    requests_per_second_10s: float
+    requests_per_second_60s: float
+    window_requests: int
+    window_errors: int
+    error_rate: float
+    latency_avg_ms: float | None
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    latency_p99_ms: float | None
+    total_requests: int
+    total_errors: int
+    status_totals: dict[str, int]
+    in_flight: int
+    websocket_connections_active: int
+    websocket_sessions_total: int
+
+
+def _fold(ring: list[list[Any]], totals: list[Any], items: Iterable[Any]) -> int:
+    """Add HTTP items to ``ring`` (slots keyed by completion second) and return
+    how many WebSocket sessions went by. Items older than the slot they map
+    to (a long stall) go straight into ``totals``.
+    """
+    sessions = 0
+    bucket_index = histogram.bucket_index
+    for item in items:
+        if type(item) is not tuple:
+            sessions += 1
+            continue
+        end = item[_END]
+        status = item[_STATUS]
+        duration_ms = (end - item[_START]) * 1000.0
+        second = int(end)
+        slot = ring[second & MASK]
+        if slot[SECOND] != second:
+            if slot[SECOND] < second:
+                for position in range(REQUESTS, HIST_BASE):
+                    totals[position] += slot[position]
+                slot = ring[second & MASK] = _empty_slot(second)
+            else:
+                slot = totals
+        slot[REQUESTS] += 1
+        if status >= 500 or item[_ERROR]:
+            slot[ERRORS] += 1
+        slot[DURATION_SUM] += duration_ms
+        status_class = status // 100
+        slot[STATUS_BASE + (status_class if 0 < status_class < 6 else 5)] += 1
+        if slot is not totals:
+            slot[HIST_BASE + bucket_index(duration_ms)] += 1
+    return sessions
+
+
+class RealtimeAggregates:
+    """The realtime figures: written by the flusher, read by anyone."""
+
+    def __init__(self) -> None:
+        self.ring: list[list[Any]] = [_empty_slot(-1) for _ in range(RING_SIZE)]
+        # What rotated out of the ring: running totals since start.
+        self.totals: list[Any] = _empty_slot(-1)
+        self.generation = 0
+        self.websocket_sessions = 0
+        # Written by the request path (one event loop) on entry and exit.
+        self.in_flight = 0
+        self.websockets_active = 0
+
+    def reset(self) -> None:
+        """Forget everything (a forked child starts with its own counts)."""
+        self.ring[:] = [_empty_slot(-1) for _ in range(RING_SIZE)]
+        self.totals = _empty_slot(-1)
+        self.websocket_sessions = 0
+        self.in_flight = 0
+        self.websockets_active = 0
+
+    def fold_drained(self, drain: Callable[[], list[Any]]) -> list[Any]:
+        """Flusher only: take items from the inbox and fold them, as one step
+        for readers (the generation is odd in between). Returns the items.
+        """
+        self.generation += 1
+        try:
+            items = drain()
+            self.websocket_sessions += _fold(self.ring, self.totals, items)
+        finally:
+            self.generation += 1
+        return items
+
+    def _read(self, pending: Callable[[], list[Any]]) -> tuple[list[list[Any]], list[Any], int]:
+        """A consistent copy of ring, totals and the not-yet-folded items."""
+        for _ in range(_READ_ATTEMPTS):
+            before = self.generation
+            if before % 2 == 0:
+                ring = [list(slot) for slot in self.ring]
+                totals = list(self.totals)
+                sessions = self.websocket_sessions
+                # list() of a deque runs in C without releasing the GIL: an atomic copy.
+                waiting = pending()
+                if self.generation == before:
+                    break
+            # The flusher is mid-fold: hand it the GIL (no sleep, no lock).
+            _yield_gil()
+        else:
+            # No quiet moment found: the copy may miss or repeat one batch.
+            ring = [list(slot) for slot in self.ring]
+            totals = list(self.totals)
+            sessions = self.websocket_sessions
+            waiting = pending()
+        sessions += _fold(ring, totals, waiting)
+        return ring, totals, sessions
+
+    def offered(self, pending: Callable[[], list[Any]]) -> int:
+        """HTTP requests plus WebSocket sessions recorded since start."""
+        ring, totals, sessions = self._read(pending)
+        return (
+            int(totals[REQUESTS] + sum(slot[REQUESTS] for slot in ring if slot[SECOND] >= 0))
+            + sessions
+        )
+
+    def snapshot(self, now_second: int, pending: Callable[[], list[Any]]) -> RealtimeSnapshot:
+        """Rates over the last 1/10/60 complete seconds; latency and error rate
+        over the last 60 seconds including the current one; totals since start.
+        """
+        ring, totals, sessions = self._read(pending)
+        by_second: dict[int, list[Any]] = {}
+        for slot in ring:
+            if slot[SECOND] < 0:
+                continue
+            for position in range(REQUESTS, HIST_BASE):
+                totals[position] += slot[position]
+            by_second[slot[SECOND]] = slot
+
+        def requests_between(first: int, last: int) -> int:
+            return sum(by_second[s][REQUESTS] for s in range(first, last + 1) if s in by_second)
+
+        window = [
+            by_second[s] for s in range(now_second - WINDOW + 1, now_second + 1) if s in by_second
+        ]
+        requests = sum(slot[REQUESTS] for slot in window)
+        errors = sum(slot[ERRORS] for slot in window)
+        merged = [0] * histogram.COUNT
+        duration_sum = 0.0
+        for slot in window:
+            duration_sum += slot[DURATION_SUM]
+            for offset, value in enumerate(slot[HIST_BASE:]):
+                if value:
+                    merged[offset] += value
+        p50, p95, p99 = histogram.percentiles(merged, (0.5, 0.95, 0.99))
+        return RealtimeSnapshot(
+            requests_per_second_1s=float(requests_between(now_second - 1, now_second - 1)),
+            requests_per_second_10s=requests_between(now_second - 10, now_second - 1) / 10,
+            requests_per_second_60s=requests_between(now_second - 60, now_second - 1) / 60,
+            window_requests=requests,
+            window_errors=errors,
+            error_rate=errors / requests if requests else 0.0,
+            latency_avg_ms=duration_sum / requests if requests else None,
+            latency_p50_ms=p50,
+            latency_p95_ms=p95,
+            latency_p99_ms=p99,
+            total_requests=int(totals[REQUESTS]),
+            total_errors=int(totals[ERRORS]),
+            status_totals={
+                name: int(totals[STATUS_BASE + cls]) for cls, name in enumerate(STATUS_CLASSES, 1)
+            },
+            in_flight=self.in_flight,
+            websocket_connections_active=self.websockets_active,
+            websocket_sessions_total=sessions,
+        )

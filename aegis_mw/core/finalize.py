@@ -1,0 +1,152 @@
+"""Turning inbox items into stored records, in the flusher thread.
+
+Everything the request path deferred happens here: request ids, wall-clock
+timestamps, TTFB in milliseconds, method folding, the route cap, path
+truncation, forwarded-address parsing and sampling.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+from .client_address import ClientAddressResolver
+from .clock import Clock
+from .labels import STANDARD_METHODS
+from .record import OTHER_METHOD, OVERFLOW_ROUTE, RequestRecord, WebSocketSession
+from .recorder import HttpItem, PendingSession
+
+
+def new_id_prefix() -> str:
+    """64 random bits: ids stay unique across processes, restarts and forks."""
+    return os.urandom(8).hex()
+
+
+class RouteCap:
+    """Admits at most ``limit`` distinct route values; folds the rest.
+
+    The first ``limit`` values seen are kept for the life of the process (a
+    route set is fixed by the app, so the first ones are the real ones); any
+    later new value becomes ``<overflow>`` and is counted in ``overflowed``.
+    """
+
+    __slots__ = ("known", "limit", "overflowed")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.known: set[str] = set()
+        self.overflowed = 0
+
+    def admit(self, route: str) -> str:
+        known = self.known
+        if route in known:
+            return route
+        if len(known) < self.limit:
+            known.add(route)
+            return route
+        self.overflowed += 1
+        return OVERFLOW_ROUTE
+
+
+class Finalizer:
+    """Builds records from inbox items and decides which ones the log keeps."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        resolver: ClientAddressResolver,
+        max_routes: int,
+        max_path_length: int,
+        sample_rate: float,
+        slow_threshold_ms: float,
+    ) -> None:
+        self.clock = clock
+        self.resolver = resolver
+        self.routes = RouteCap(max_routes)
+        self.max_path_length = max_path_length
+        self.sample_rate = sample_rate
+        self.slow_threshold_ms = slow_threshold_ms
+        self.id_prefix = new_id_prefix()
+        self.sequence = 0
+        self.sampled_out = 0
+        self._random = random.Random()
+
+    def reset_after_fork(self) -> None:
+        # A new prefix: the child numbers its records from where the parent was.
+        self.id_prefix = new_id_prefix()
+        self._random = random.Random()
+        self.sampled_out = 0
+
+    def _client_ip(self, client: tuple[str, int] | None, forwarded: str | None) -> str | None:
+        peer = client[0] if client else None
+        return peer if forwarded is None else self.resolver.resolve(peer, forwarded)
+
+    def _next_id(self) -> str:
+        self.sequence += 1
+        return f"{self.id_prefix}{self.sequence:016x}"
+
+    def finalize(
+        self, items: list[HttpItem | PendingSession]
+    ) -> list[RequestRecord | WebSocketSession]:
+        """Records for the items the log keeps; errors and requests slower than
+        ``slow_threshold_ms`` always stay, the rest at ``sample_rate``.
+        """
+        # The request path stamps only the monotonic clock; one pair of
+        # readings here turns those into wall time. Items are at most a few
+        # seconds old, so clock drift in between is negligible.
+        wall_offset = self.clock.wall() - self.clock.monotonic()
+        limit = self.max_path_length
+        known_routes = self.routes.known
+        admit = self.routes.admit
+        sample = self.sample_rate < 1.0
+        rate = self.sample_rate
+        slow = self.slow_threshold_ms
+        chance = self._random.random
+        prefix = self.id_prefix
+        sequence = self.sequence
+        make = tuple.__new__  # skips the NamedTuple's Python-level __new__
+        out: list[RequestRecord | WebSocketSession] = []
+        append = out.append
+        for item in items:
+            if type(item) is tuple:
+                (method, route, path, status, start, ttfb, end,
+                 request_bytes, response_bytes, client, forwarded, error) = item  # fmt: skip
+                if route not in known_routes:
+                    route = admit(route)
+                duration_ms = (end - start) * 1000.0
+                if (
+                    sample
+                    and not (status >= 500 or error or duration_ms >= slow)
+                    and chance() >= rate
+                ):
+                    self.sampled_out += 1
+                    continue
+                sequence += 1
+                append(
+                    make(RequestRecord, (
+                        f"{prefix}{sequence:016x}", start + wall_offset,
+                        method if method in STANDARD_METHODS else OTHER_METHOD, route,
+                        path if len(path) <= limit else path[:limit], status, duration_ms,
+                        None if ttfb is None else (ttfb - start) * 1000.0,
+                        request_bytes, response_bytes,
+                        client[0] if client and forwarded is None
+                        else self._client_ip(client, forwarded),
+                        error,
+                    ))
+                )  # fmt: skip
+            else:
+                self.sequence = sequence
+                session: PendingSession = item  # type: ignore[assignment]
+                append(
+                    WebSocketSession(
+                        self._next_id(), session.start + wall_offset, admit(session.route),
+                        session.path[:limit], (session.end - session.start) * 1000.0,
+                        session.messages_in, session.messages_out, session.close_code,
+                        session.accepted, self._client_ip(session.client, session.forwarded),
+                        session.error,
+                    )
+                )  # fmt: skip
+                sequence = self.sequence
+        self.sequence = sequence
+        return out

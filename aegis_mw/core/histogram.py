@@ -1,0 +1,64 @@
+"""Log-spaced latency buckets, shared by the realtime ring and later rollups.
+
+Bucket ``i >= 1`` holds durations in ``(LOW_MS * GROWTH**(i-1), LOW_MS * GROWTH**i]``
+and bucket 0 everything up to ``LOW_MS``. Reporting a bucket's geometric
+midpoint keeps the relative error of any percentile under
+``sqrt(GROWTH) - 1`` (about 2%), and two histograms merge by adding counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from math import ceil, log
+
+GROWTH = 1.04
+LOW_MS = 0.01
+HIGH_MS = 1_000_000.0  # about 17 minutes; anything slower lands in the last bucket
+COUNT = ceil(log(HIGH_MS / LOW_MS) / log(GROWTH)) + 2
+
+_SCALE = 1.0 / log(GROWTH)
+_SHIFT = -log(LOW_MS) * _SCALE
+_LAST = COUNT - 1
+
+
+def bucket_index(duration_ms: float) -> int:
+    """Index of the bucket holding ``duration_ms`` (O(1), no search)."""
+    if duration_ms <= LOW_MS:
+        return 0
+    index = int(log(duration_ms) * _SCALE + _SHIFT) + 1
+    return index if index < _LAST else _LAST
+
+
+def bucket_value(index: int) -> float:
+    """The value reported for a bucket: its geometric midpoint."""
+    if index <= 0:
+        return LOW_MS
+    return float(LOW_MS * GROWTH ** (index - 0.5))
+
+
+def percentiles(counts: Sequence[int], quantiles: Sequence[float]) -> list[float | None]:
+    """Read several quantiles (0..1) from one histogram in a single pass.
+
+    Returns ``None`` for each quantile when the histogram is empty.
+    """
+    total = sum(counts)
+    if total == 0:
+        return [None for _ in quantiles]
+    # The rank of quantile q is ceil(q * total), at least 1: the value below
+    # which a fraction q of the observations fall.
+    ranks = sorted((max(1, ceil(q * total)), position) for position, q in enumerate(quantiles))
+    results: list[float | None] = [None] * len(quantiles)
+    seen = 0
+    pending = iter(ranks)
+    rank, position = next(pending)
+    for index, count in enumerate(counts):
+        if not count:
+            continue
+        seen += count
+        while seen >= rank:
+            results[position] = bucket_value(index)
+            step = next(pending, None)
+            if step is None:
+                return results
+            rank, position = step
+    return results

@@ -1,0 +1,39 @@
+"""Keeping label values bounded: methods, routes, error strings.
+
+Every value that becomes an aggregate key passes through here, so a client
+sending random methods or paths cannot grow memory or metric cardinality.
+"""
+
+from __future__ import annotations
+
+from .record import OTHER_METHOD
+
+STANDARD_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+
+
+def fold_method(method: str) -> str:
+    """The method itself when standard, otherwise ``_OTHER``."""
+    return method if method in STANDARD_METHODS else OTHER_METHOD
+
+
+def describe_error(exc: BaseException, limit: int) -> str:
+    """``"TypeName: message"`` cut to ``limit`` characters; never raises.
+
+    A broken ``__str__`` on the app's exception must not turn into a second
+    exception inside the middleware.
+    """
+    name = type(exc).__qualname__
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<unprintable>"
+    text = f"{name}: {message}" if message else name
+    if len(text) > limit:
+        text = text[: max(limit - 1, 0)] + "…"
+    return text
+
+
+def truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit]

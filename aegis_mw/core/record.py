@@ -1,0 +1,98 @@
+"""The public record schema shared by sinks, the JSON API and the dashboard.
+
+Records are ``NamedTuple`` subclasses on purpose: a tuple is what SQLite's and
+psycopg's ``executemany`` take as a parameter row, so a sink can hand a batch to
+its driver without building anything per record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
+
+#: Route value for requests the framework's router did not match.
+UNMATCHED_ROUTE = "<unmatched>"
+#: Route value once ``max_routes`` distinct templates have been seen.
+OVERFLOW_ROUTE = "<overflow>"
+#: Method value for anything outside the standard HTTP methods.
+OTHER_METHOD = "_OTHER"
+#: Status recorded when the client went away before the response completed.
+CLIENT_CLOSED_STATUS = 499
+
+
+def isoformat(timestamp: float) -> str:
+    """Format seconds since the epoch as ISO 8601 UTC with millisecond precision."""
+    moment = datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class RequestRecord(NamedTuple):
+    """One HTTP request, as stored by every sink.
+
+    ``timestamp`` is seconds since the epoch (UTC) when the request started;
+    ``duration_ms`` runs to the last body byte, ``ttfb_ms`` to the response
+    start (``None`` when no response started). ``error`` is empty unless the
+    app raised.
+    """
+
+    request_id: str
+    timestamp: float
+    method: str
+    route: str
+    path: str
+    status: int
+    duration_ms: float
+    ttfb_ms: float | None
+    request_bytes: int
+    response_bytes: int
+    client_ip: str | None
+    error: str
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict with the timestamp in ISO 8601."""
+        data = self._asdict()
+        data["timestamp"] = isoformat(self.timestamp)
+        return data
+
+
+class WebSocketSession(NamedTuple):
+    """One WebSocket connection, from handshake to close.
+
+    ``close_code`` is the code of whichever side closed first (``None`` when
+    the connection ended without a close frame); ``accepted`` is false for a
+    handshake the app refused.
+    """
+
+    session_id: str
+    timestamp: float
+    route: str
+    path: str
+    duration_ms: float
+    messages_in: int
+    messages_out: int
+    close_code: int | None
+    accepted: bool
+    client_ip: str | None
+    error: str
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict with the timestamp in ISO 8601."""
+        data = self._asdict()
+        data["timestamp"] = isoformat(self.timestamp)
+        return data
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What a sink's ``write`` receives: the requests and sessions of one flush.
+
+    A batch may be delivered again after a failure or a timeout whose write in
+    fact completed, so sinks store by ``request_id``/``session_id`` idempotently.
+    """
+
+    requests: list[RequestRecord] = field(default_factory=list)
+    sessions: list[WebSocketSession] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.requests) + len(self.sessions)

@@ -1,0 +1,120 @@
+"""The hot path: what every request costs.
+
+A finished request becomes one plain tuple appended to a bounded deque;
+that is all. No I/O, no lock that can block, no JSON, no formatting, no
+aggregate update: the flusher thread folds items into the realtime ring,
+numbers them, stamps wall time and builds records. ``deque.append`` is
+atomic, so request threads (WSGI) need no lock either.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from .aggregates import RealtimeAggregates
+
+#: Why records were not kept; the keys of ``Recorder.dropped``.
+DROP_REASONS = ("buffer_full", "shutdown", "backlog_full", "shutdown_timeout")
+
+# Inbox items are tuples (HTTP) or PendingSession (WebSocket); the flusher
+# tells them apart by type. Tuple layout, times in monotonic seconds:
+#   (method, route, path, status, start, ttfb, end, request_bytes,
+#    response_bytes, client, forwarded, error)
+HttpItem = tuple[Any, ...]
+
+
+@dataclass(slots=True)
+class PendingSession:
+    """A finished WebSocket session waiting in the inbox (rare enough for a class)."""
+
+    start: float
+    route: str
+    path: str
+    end: float
+    messages_in: int
+    messages_out: int
+    close_code: int | None
+    accepted: bool
+    client: tuple[str, int] | None
+    forwarded: str | None
+    error: str
+
+
+class Recorder:
+    """Owns the inbox between the request path and the flusher thread."""
+
+    def __init__(self, *, aggregates: RealtimeAggregates, max_buffer: int, batch_size: int) -> None:
+        self.aggregates = aggregates
+        self.max_buffer = max_buffer
+        self.batch_size = batch_size
+        self.inbox: deque[HttpItem | PendingSession] = deque()
+        self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self._closed = False
+        # What the request path compares the queue length against: max_buffer
+        # while open, 0 once closed, so one comparison covers both.
+        self.limit = max_buffer
+        # Wake the flusher once this many items were already queued.
+        self.wake_at = batch_size - 1
+        # Released (never acquired) by producers to wake the flusher early:
+        # ``Lock.release`` cannot block, unlike ``Event.set``, which takes a
+        # lock the flusher may be holding.
+        self.wake = threading.Lock()
+        self.wake.acquire()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        self._closed = value
+        self.limit = 0 if value else self.max_buffer
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: the parent still owns and writes what was buffered.
+
+        The deque is cleared in place: the middleware holds a reference to it.
+        """
+        self.inbox.clear()
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
+        self.wake = threading.Lock()
+        self.wake.acquire()
+
+    def wake_flusher(self) -> None:
+        wake = self.wake
+        if wake.locked():
+            try:
+                wake.release()
+            except RuntimeError:  # another producer released it first
+                pass
+
+    def refuse(self) -> None:
+        """Count an item that did not fit (the request path's rare branch)."""
+        self.dropped["shutdown" if self._closed else "buffer_full"] += 1
+
+    def offer(self, item: HttpItem | PendingSession) -> None:
+        """Queue one finished request or session. O(1), never blocks.
+
+        The ASGI middleware does the same inline (it is the hottest path);
+        other callers use this.
+        """
+        inbox = self.inbox
+        queued = len(inbox)
+        if queued >= self.limit:
+            self.refuse()
+            return
+        inbox.append(item)
+        if queued >= self.wake_at:
+            self.wake_flusher()
+
+    def drain(self, limit: int) -> list[HttpItem | PendingSession]:
+        """Flusher side: take up to ``limit`` items, oldest first."""
+        pop = self.inbox.popleft
+        return [pop() for _ in range(min(limit, len(self.inbox)))]
+
+    def pending(self) -> list[HttpItem | PendingSession]:
+        """A copy of what waits in the inbox, for readers of the aggregates."""
+        return list(self.inbox)

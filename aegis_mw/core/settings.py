@@ -1,0 +1,233 @@
+"""One validated settings object, and where its values come from.
+
+Precedence: keyword arguments > ``AEGIS_*`` environment variables > a TOML or
+YAML file named by ``AEGIS_CONFIG`` > defaults. Every value is checked here,
+at start, and a bad one raises :class:`ConfigError` naming the option, the
+value, where it came from and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .client_address import parse_networks
+from .config_file import load_config_file
+from .errors import ConfigError
+
+ENV_PREFIX = "AEGIS_"
+CONFIG_ENV = "AEGIS_CONFIG"
+DEFAULT_SINK = "sqlite:///aegis.db"
+
+
+def _number(kind: type, low: float, high: float, *, low_open: bool = False) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+            raise TypeError
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError
+        if value < low or value > high or (low_open and value == low):
+            raise ValueError
+        return kind(value)
+
+    return check
+
+
+def _string_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part for part in (p.strip() for p in value.split(",")) if part]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        raise TypeError
+    return tuple(value)
+
+
+def _glob_list(value: Any) -> tuple[str, ...]:
+    patterns = _string_list(value)
+    for pattern in patterns:
+        re.compile(fnmatch.translate(pattern))
+    return patterns
+
+
+def _cidr_list(value: Any) -> tuple[str, ...]:
+    cidrs = _string_list(value)
+    parse_networks(cidrs)
+    return cidrs
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or value.lower() not in allowed:
+            raise ValueError
+        return value.lower()
+
+    return check
+
+
+def _sinks(value: Any) -> tuple[Any, ...]:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    result: list[Any] = []
+    for item in items:
+        if isinstance(item, str):
+            result.extend(part.strip() for part in item.split(",") if part.strip())
+        elif callable(item) or (hasattr(item, "write") and hasattr(item, "close")):
+            result.append(item)
+        else:
+            raise TypeError
+    return tuple(result)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    check: Callable[[Any], Any]
+    allowed: str
+    from_text: Callable[[str], Any] | None = None
+
+
+def _float_text(text: str) -> float:
+    return float(text)
+
+
+def _int_text(text: str) -> int:
+    return int(text.replace("_", ""))
+
+
+_RULES: dict[str, _Rule] = {
+    "sink": _Rule(
+        _sinks,
+        "a sink URL (memory://, sqlite:///path, jsonl:///path), a sink object, "
+        "a callable taking a Batch, or a list of these",
+    ),
+    "flush_interval": _Rule(
+        _number(float, 0, 3600, low_open=True), "seconds, > 0 and <= 3600", _float_text
+    ),
+    "batch_size": _Rule(_number(int, 1, 1_000_000), "an integer from 1 to 1000000", _int_text),
+    "max_buffer": _Rule(_number(int, 1, 100_000_000), "an integer from 1 to 100000000", _int_text),
+    "sink_timeout": _Rule(
+        _number(float, 0, 3600, low_open=True), "seconds, > 0 and <= 3600", _float_text
+    ),
+    "shutdown_timeout": _Rule(_number(float, 0, 3600), "seconds, from 0 to 3600", _float_text),
+    "retry_backoff_initial": _Rule(
+        _number(float, 0, 3600, low_open=True), "seconds, > 0 and <= 3600", _float_text
+    ),
+    "retry_backoff_max": _Rule(
+        _number(float, 0, 86400, low_open=True),
+        "seconds, > 0, at least retry_backoff_initial",
+        _float_text,
+    ),
+    "sample_rate": _Rule(_number(float, 0, 1), "a number from 0 to 1", _float_text),
+    "slow_threshold_ms": _Rule(_number(float, 0, 1e9), "milliseconds, >= 0", _float_text),
+    "exclude_paths": _Rule(_glob_list, "a list of path glob patterns such as '/static/*'"),
+    "trusted_proxies": _Rule(_cidr_list, "a list of IP networks in CIDR form such as '10.0.0.0/8'"),
+    "forwarded_header": _Rule(
+        _choice("x-forwarded-for", "forwarded"), "'x-forwarded-for' or 'forwarded'"
+    ),
+    "max_routes": _Rule(_number(int, 1, 1_000_000), "an integer from 1 to 1000000", _int_text),
+    "max_path_length": _Rule(_number(int, 16, 65536), "an integer from 16 to 65536", _int_text),
+    "max_error_length": _Rule(_number(int, 16, 65536), "an integer from 16 to 65536", _int_text),
+}
+
+
+@dataclass(frozen=True)
+class AegisSettings:
+    """Every option of the pipeline, validated on construction.
+
+    Build one directly for full control, or let :meth:`load` (used by
+    ``Aegis(**options)``) merge keyword arguments, the environment and a file::
+
+        settings = AegisSettings(sink="sqlite:///var/lib/app/aegis.db", sample_rate=0.1)
+    """
+
+    sink: Any = DEFAULT_SINK
+    flush_interval: float = 1.0
+    batch_size: int = 1000
+    max_buffer: int = 100_000
+    sink_timeout: float = 5.0
+    shutdown_timeout: float = 10.0
+    retry_backoff_initial: float = 1.0
+    retry_backoff_max: float = 30.0
+    sample_rate: float = 1.0
+    slow_threshold_ms: float = 1000.0
+    exclude_paths: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    forwarded_header: str = "x-forwarded-for"
+    max_routes: int = 1000
+    max_path_length: int = 512
+    max_error_length: int = 1024
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for option, rule in _RULES.items():
+            value = getattr(self, option)
+            source = self.sources.get(option, "")
+            if isinstance(value, str) and rule.from_text is not None:
+                try:
+                    value = rule.from_text(value.strip())
+                except ValueError:
+                    raise ConfigError(option, value, rule.allowed, source) from None
+            try:
+                checked = rule.check(value)
+            except (TypeError, ValueError):
+                raise ConfigError(option, value, rule.allowed, source) from None
+            object.__setattr__(self, option, checked)
+        if self.retry_backoff_max < self.retry_backoff_initial:
+            raise ConfigError(
+                "retry_backoff_max",
+                self.retry_backoff_max,
+                f"must be at least retry_backoff_initial ({self.retry_backoff_initial})",
+                self.sources.get("retry_backoff_max", ""),
+            )
+
+    def replace(self, **changes: Any) -> AegisSettings:
+        """A copy with some options changed (validated again)."""
+        return replace(self, **changes)
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in fields(cls) if f.name != "sources"]
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **options: Any) -> AegisSettings:
+        """Merge ``options`` over ``AEGIS_*`` variables over the ``AEGIS_CONFIG``
+        file over defaults. ``environ`` defaults to ``os.environ``.
+        """
+        if environ is None:
+            import os
+
+            environ = os.environ
+        known = cls.option_names()
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+
+        path = environ.get(CONFIG_ENV)
+        if path:
+            for key, value in load_config_file(path).items():
+                _require_known(key, known, f"{path}")
+                values[key] = value
+                sources[key] = f"{path}"
+        for name, value in environ.items():
+            if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+                continue
+            key = name[len(ENV_PREFIX) :].lower()
+            _require_known(key, known, f"environment variable {name}")
+            values[key] = value
+            sources[key] = name
+        for key, value in options.items():
+            _require_known(key, known, "keyword arguments")
+            values[key] = value
+            sources[key] = "keyword argument"
+        return cls(**values, sources=sources)
+
+
+def _require_known(key: str, known: list[str], where: str) -> None:
+    if key in known:
+        return
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(
+        key, "(unknown option)", f"not an aegis_mw option{hint} Known: {', '.join(known)}", where
+    )

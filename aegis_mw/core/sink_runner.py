@@ -1,0 +1,198 @@
+"""One sink's backlog, retry schedule and I/O thread.
+
+Each sink gets its own daemon thread so that a write which hangs can be
+abandoned: the flusher stops waiting after ``sink_timeout``, counts a timeout
+and moves on, while the stuck call keeps its thread. Until that call returns
+the sink counts as busy and every attempt fails at once, so a hung sink never
+piles up threads. A daemon thread (not a ``concurrent.futures`` pool, whose
+workers are joined at exit) means a sink that never returns cannot hold the
+process open.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from .record import Batch, RequestRecord, WebSocketSession
+from .sink import RecordSink
+
+logger = logging.getLogger("aegis_mw.flusher")
+
+Stored = RequestRecord | WebSocketSession
+_Job = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...]]
+
+
+class SinkBusy(RuntimeError):
+    """The previous write to this sink has not returned yet."""
+
+
+class SinkTimeout(RuntimeError):
+    """A write did not return within ``sink_timeout`` and was abandoned."""
+
+
+class SinkRunner:
+    """Backlog and state of one sink; every method but the I/O loop runs in the flusher."""
+
+    def __init__(
+        self,
+        sink: RecordSink,
+        name: str,
+        *,
+        max_backlog: int,
+        backoff_initial: float,
+        backoff_max: float,
+    ) -> None:
+        self.sink = sink
+        self.name = name
+        self.max_backlog = max_backlog
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.backlog: deque[Stored] = deque()
+        self.written = 0
+        self.errors = 0
+        self.timeouts = 0
+        self.consecutive_failures = 0
+        self.retry_at = 0.0
+        self.last_error = ""
+        self.last_flush_seconds = 0.0
+        self.flush_seconds_total = 0.0
+        self.flushes = 0
+        self._in_flight: Future[Any] | None = None
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    # -- I/O thread -------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._serve, name=f"aegis-sink-{self.name}", daemon=True
+            )
+            self._thread.start()
+
+    def _serve(self) -> None:
+        jobs = self._jobs
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            future, function, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = function(*args)
+            except BaseException as exc:  # handed to the waiting flusher, which logs it
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def call(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Run ``function`` on the sink's thread; fails fast while a call hangs."""
+        if self._in_flight is not None and not self._in_flight.done():
+            failed: Future[Any] = Future()
+            failed.set_exception(SinkBusy(f"previous write to {self.name} has not returned"))
+            return failed
+        future: Future[Any] = Future()
+        self._in_flight = future
+        self._jobs.put((future, function, args))
+        return future
+
+    def stop(self) -> None:
+        """Let the I/O thread finish once queued calls are done."""
+        self._jobs.put(None)
+
+    def reset_thread(self) -> None:
+        """Forget the I/O thread (gone after fork, stopped after shutdown)."""
+        self._in_flight = None
+        self._jobs = queue.SimpleQueue()
+        self._thread = None
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: no thread yet, nothing owed (the parent writes it)."""
+        self.reset_thread()
+        self.backlog = deque()
+        self.consecutive_failures = 0
+        self.retry_at = 0.0
+
+    # -- backlog and schedule --------------------------------------------
+    def offer(self, records: list[Stored]) -> int:
+        """Append what fits under the bound; returns how many did not fit."""
+        room = self.max_backlog - len(self.backlog)
+        if room >= len(records):
+            self.backlog.extend(records)
+            return 0
+        self.backlog.extend(records[: max(room, 0)])
+        return len(records) - max(room, 0)
+
+    def due(self, now: float) -> bool:
+        return bool(self.backlog) and now >= self.retry_at
+
+    def next_batch(self, limit: int) -> tuple[Batch, int]:
+        batch = Batch()
+        taken = 0
+        for record in itertools.islice(self.backlog, limit):
+            if type(record) is RequestRecord:
+                batch.requests.append(record)
+            else:
+                batch.sessions.append(record)  # type: ignore[arg-type]
+            taken += 1
+        return batch, taken
+
+    def succeeded(self, taken: int, seconds: float) -> None:
+        for _ in range(taken):
+            self.backlog.popleft()
+        self.written += taken
+        self.flushes += 1
+        self.last_flush_seconds = seconds
+        self.flush_seconds_total += seconds
+        if self.consecutive_failures:
+            logger.warning(
+                "aegis sink %s recovered after %d failed attempts",
+                self.name,
+                self.consecutive_failures,
+            )
+        self.consecutive_failures = 0
+        self.retry_at = 0.0
+
+    def failed(self, exc: BaseException, now: float, *, timed_out: bool) -> None:
+        self.errors += 1
+        if timed_out:
+            self.timeouts += 1
+        self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        # Exponential backoff with +-10% jitter, so processes sharing one
+        # database do not retry in lockstep.
+        delay = min(
+            self.backoff_max, self.backoff_initial * 2 ** min(self.consecutive_failures, 30)
+        )
+        delay *= random.uniform(0.9, 1.1)
+        self.retry_at = now + min(delay, self.backoff_max)
+        if self.consecutive_failures == 0:
+            # One line per burst of failures; recovery is logged in succeeded().
+            logger.warning(
+                "aegis sink %s failed (%s); keeping %d records and retrying with backoff",
+                self.name,
+                self.last_error,
+                len(self.backlog),
+            )
+        self.consecutive_failures += 1
+
+    def wait(self, future: Future[Any], deadline: float) -> BaseException | None:
+        """Wait for a call until ``deadline`` (monotonic); the error, if any."""
+        try:
+            future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            if future.done():  # the sink itself raised a TimeoutError
+                return future.exception()
+            return SinkTimeout(f"write to {self.name} did not return in time; abandoned")
+        except BaseException as exc:
+            return exc
+        return None

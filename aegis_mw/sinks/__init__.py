@@ -1,0 +1,68 @@
+"""Sinks: where records go. Each is given by URL or as an object.
+
+=====================  ===============================================
+``memory://``          :class:`MemorySink`, in the process (tests)
+``sqlite:///rel.db``   :class:`SQLiteSink`; ``sqlite:////abs/path.db``
+``jsonl:///rel.jsonl`` :class:`JsonlSink`; four slashes for absolute
+a callable             :class:`CallableSink`, called with each batch
+an object              anything with ``name``, ``write(batch)``, ``close()``
+=====================  ===============================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+from ..core.errors import ConfigError
+from ..core.sink import RecordSink
+from .callable import CallableSink
+from .jsonl import JsonlSink
+from .memory import MemorySink
+from .sqlite import SQLiteSink
+
+SUPPORTED = "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, jsonl:///path"
+
+__all__ = ["CallableSink", "JsonlSink", "MemorySink", "SQLiteSink", "build_sinks"]
+
+
+def _file_path(url: str, scheme: str) -> str:
+    rest = url[len(scheme) + 3 :]
+    if not rest.startswith("/") or len(rest) < 2:
+        raise ConfigError(
+            "sink", url, f"{scheme} URLs name a file: {scheme}:///relative or {scheme}:////absolute"
+        )
+    return unquote(rest[1:])
+
+
+def build_sink(spec: Any) -> RecordSink:
+    """One sink from a URL, a sink object or a callable."""
+    if isinstance(spec, str):
+        scheme, separator, _ = spec.partition("://")
+        scheme = scheme.lower()
+        if not separator:
+            raise ConfigError("sink", spec, f"not a sink URL; supported: {SUPPORTED}")
+        if scheme == "memory":
+            return MemorySink()
+        if scheme == "sqlite":
+            return SQLiteSink(_file_path(spec, scheme))
+        if scheme == "jsonl":
+            return JsonlSink(_file_path(spec, scheme))
+        raise ConfigError("sink", spec, f"unknown sink scheme {scheme!r}; supported: {SUPPORTED}")
+    if isinstance(spec, RecordSink):
+        return spec
+    if callable(spec):
+        return CallableSink(spec)
+    raise ConfigError("sink", spec, f"not a sink; give a URL ({SUPPORTED}), a sink or a callable")
+
+
+def build_sinks(specs: tuple[Any, ...]) -> list[tuple[str, RecordSink]]:
+    """Sinks with unique display names (``name``, ``name#2``, ...)."""
+    built: list[tuple[str, RecordSink]] = []
+    seen: dict[str, int] = {}
+    for spec in specs:
+        sink = build_sink(spec)
+        base = str(getattr(sink, "name", type(sink).__name__))
+        seen[base] = seen.get(base, 0) + 1
+        built.append((base if seen[base] == 1 else f"{base}#{seen[base]}", sink))
+    return built

@@ -1,0 +1,98 @@
+"""The SQLite schema and its versioned migrations.
+
+Tables are ``WITHOUT ROWID``, clustered on the record id: ids are a
+process prefix plus a sequence, so inserts append within one region of the
+tree, and there is no separate rowid tree to maintain. ``PRAGMA user_version``
+holds the applied version. Migrations run inside
+``BEGIN IMMEDIATE``, which takes the write lock before reading the version,
+so when several processes start on one file at once exactly one applies each
+step and the others see it done.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+REQUEST_COLUMNS = (
+    "request_id", "timestamp", "method", "route", "path", "status", "duration_ms",
+    "ttfb_ms", "request_bytes", "response_bytes", "client_ip", "error",
+)  # fmt: skip
+SESSION_COLUMNS = (
+    "session_id", "timestamp", "route", "path", "duration_ms", "messages_in",
+    "messages_out", "close_code", "accepted", "client_ip", "error",
+)  # fmt: skip
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
+        CREATE TABLE aegis_requests (
+            request_id TEXT PRIMARY KEY,
+            timestamp REAL NOT NULL,
+            method TEXT NOT NULL,
+            route TEXT NOT NULL,
+            path TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            duration_ms REAL NOT NULL,
+            ttfb_ms REAL,
+            request_bytes INTEGER NOT NULL,
+            response_bytes INTEGER NOT NULL,
+            client_ip TEXT,
+            error TEXT NOT NULL
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX aegis_requests_timestamp ON aegis_requests (timestamp)",
+        """
+        CREATE TABLE aegis_websocket_sessions (
+            session_id TEXT PRIMARY KEY,
+            timestamp REAL NOT NULL,
+            route TEXT NOT NULL,
+            path TEXT NOT NULL,
+            duration_ms REAL NOT NULL,
+            messages_in INTEGER NOT NULL,
+            messages_out INTEGER NOT NULL,
+            close_code INTEGER,
+            accepted INTEGER NOT NULL,
+            client_ip TEXT,
+            error TEXT NOT NULL
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX aegis_websocket_sessions_timestamp ON aegis_websocket_sessions (timestamp)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+INSERT_REQUEST = (
+    f"INSERT OR IGNORE INTO aegis_requests ({', '.join(REQUEST_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in REQUEST_COLUMNS)})"
+)
+INSERT_SESSION = (
+    f"INSERT OR IGNORE INTO aegis_websocket_sessions ({', '.join(SESSION_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in SESSION_COLUMNS)})"
+)
+
+
+class SchemaTooNew(RuntimeError):
+    """The file was written by a newer aegis_mw; refuse rather than corrupt it."""
+
+
+def migrate(connection: sqlite3.Connection) -> int:
+    """Bring the schema to ``SCHEMA_VERSION``; returns the version found."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        found = int(connection.execute("PRAGMA user_version").fetchone()[0])
+        if found > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"database schema version {found} is newer than this aegis_mw "
+                f"understands ({SCHEMA_VERSION}); upgrade aegis_mw"
+            )
+        for version in range(found, SCHEMA_VERSION):
+            for statement in MIGRATIONS[version]:
+                connection.execute(statement)
+        if found != SCHEMA_VERSION:
+            # PRAGMA takes no parameters; SCHEMA_VERSION is our own integer.
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    return found

@@ -1,0 +1,241 @@
+"""Per-request overhead of AegisMiddleware and its peers over a bare FastAPI app.
+
+All variants live in one process (one process per route count) and are driven
+in-process at the ASGI level: no server, no sockets, so the figure is what the
+middleware itself costs. Each round runs one chunk of requests per variant,
+in rotating order, after a GC pass; the report gives, per variant, the median
+over rounds of its per-request time minus the bare app's in the same round.
+
+Aegis appears twice:
+- "request path": what a request pays. The flusher is held back (long
+  interval, large batch) and flushed untimed between chunks.
+- "all-in": the same plus the background work its records cause (finalizing
+  and writing every record to SQLite), flushed inside the timed chunk.
+
+    python bench/overhead.py                        # full run, about a minute
+    python bench/overhead.py --rounds 5 --chunk 500 # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+LABELS = {
+    "bare": "bare FastAPI",
+    "perf_counter": "perf_counter-and-counter middleware",
+    "aegis": "AegisMiddleware, request path",
+    "aegis_all_in": "AegisMiddleware, all-in (SQLite writes timed)",
+    "starlette_exporter": "starlette_exporter",
+    "instrumentator": "prometheus-fastapi-instrumentator",
+}
+
+
+class Timing:
+    """The cheapest useful middleware: a clock read and two additions."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.count = 0
+        self.total = 0.0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        start = time.perf_counter()
+        await self.app(scope, receive, send)
+        self.count += 1
+        self.total += time.perf_counter() - start
+
+
+def build_app(variant: str, routes: int, workdir: str) -> tuple[Any, Callable[[], None]]:
+    """The app, and what to run after each chunk (the Aegis flush)."""
+    from fastapi import FastAPI
+    from starlette.responses import PlainTextResponse
+
+    app = FastAPI()
+    for index in range(routes):
+
+        async def endpoint(item_id: int) -> PlainTextResponse:
+            return PlainTextResponse("ok")
+
+        app.add_api_route(f"/r{index}/{{item_id}}", endpoint, methods=["GET"])
+
+    after_chunk: Callable[[], None] = lambda: None  # noqa: E731
+    if variant == "perf_counter":
+        app.add_middleware(Timing)
+    elif variant in ("aegis", "aegis_all_in"):
+        from aegis_mw import Aegis, AegisMiddleware
+
+        aegis = Aegis(
+            sink=f"sqlite:///{workdir}/{variant}-{routes}.db",
+            flush_interval=3600,
+            batch_size=1_000_000,
+            environ={},
+        )
+        app.add_middleware(AegisMiddleware, aegis=aegis)
+
+        def after_chunk() -> None:
+            if not aegis.force_flush(60):
+                raise SystemExit(f"aegis flush failed: {aegis.stats()}")
+
+    elif variant == "starlette_exporter":
+        from starlette_exporter import PrometheusMiddleware
+
+        app.add_middleware(PrometheusMiddleware)
+    elif variant == "instrumentator":
+        from prometheus_client import CollectorRegistry
+        from prometheus_fastapi_instrumentator import Instrumentator
+
+        Instrumentator(registry=CollectorRegistry()).instrument(app)
+    elif variant != "bare":
+        raise SystemExit(f"unknown variant {variant}")
+    return app, after_chunk
+
+
+def make_scopes(routes: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": f"/r{index}/42",
+            "raw_path": f"/r{index}/42".encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"host", b"bench"), (b"user-agent", b"bench")],
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
+            "state": {},
+        }
+        for index in range(routes)
+    ]
+
+
+async def run_chunk(app: Any, scopes: list[dict[str, Any]], count: int, offset: int) -> int:
+    request = {"type": "http.request", "body": b"", "more_body": False}
+    ok = 0
+
+    async def receive() -> dict[str, Any]:
+        return request
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal ok
+        if message["type"] == "http.response.start" and message["status"] == 200:
+            ok += 1
+
+    routes = len(scopes)
+    for index in range(offset, offset + count):
+        # A fresh scope per request, as a server gives: routers write into it.
+        await app(dict(scopes[index % routes]), receive, send)
+    return ok
+
+
+async def measure(
+    variants: list[str], routes: int, rounds: int, chunk: int
+) -> dict[str, list[float]]:
+    workdir = tempfile.mkdtemp(prefix="aegis-bench-")
+    apps = {variant: build_app(variant, routes, workdir) for variant in variants}
+    scopes = make_scopes(routes)
+    for app, after_chunk in apps.values():  # warm up: build stacks, fill caches
+        await run_chunk(app, scopes, min(chunk, 1000), 0)
+        after_chunk()
+    results: dict[str, list[float]] = {variant: [] for variant in variants}
+    for round_number in range(rounds):
+        order = variants[round_number % len(variants) :] + variants[: round_number % len(variants)]
+        for variant in order:
+            app, after_chunk = apps[variant]
+            gc.collect()
+            started = time.perf_counter()
+            ok = await run_chunk(app, scopes, chunk, round_number * chunk)
+            if variant == "aegis_all_in":
+                after_chunk()
+            elapsed = time.perf_counter() - started
+            if variant != "aegis_all_in":
+                after_chunk()
+            if ok != chunk:
+                raise SystemExit(f"{variant}: {ok} of {chunk} requests answered 200")
+            results[variant].append(elapsed / chunk * 1e6)
+    return results
+
+
+def summarize(results: dict[str, list[float]]) -> list[dict[str, Any]]:
+    bare = results["bare"]
+    rows = []
+    for variant, runs in results.items():
+        rows.append(
+            {
+                "variant": variant,
+                "us_per_request": statistics.median(runs),
+                "overhead_us": statistics.median(run - base for run, base in zip(runs, bare, strict=True)),
+                "ratio": statistics.median(run / base for run, base in zip(runs, bare, strict=True)),
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--chunk", type=int, default=1000, help="requests per variant per round")
+    parser.add_argument("--routes", type=int, nargs="*", default=[1, 50])
+    parser.add_argument("--variants", nargs="*", default=list(LABELS))
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    args = parser.parse_args()
+    if "bare" not in args.variants:
+        args.variants.insert(0, "bare")
+    if args.worker:
+        results = asyncio.run(measure(args.variants, args.routes[0], args.rounds, args.chunk))
+        print(json.dumps(summarize(results)))
+        return
+
+    table: list[dict[str, Any]] = []
+    for routes in args.routes:
+        # One process per route count: the peers register global metrics.
+        command = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--routes",
+            str(routes),
+            "--rounds",
+            str(args.rounds),
+            "--chunk",
+            str(args.chunk),
+            "--variants",
+            *args.variants,
+        ]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        for row in json.loads(output.strip().splitlines()[-1]):
+            table.append({"routes": routes, **row})
+
+    print(
+        f"\nFastAPI in-process, {args.rounds} rounds x {args.chunk} requests per variant; "
+        "medians of per-round figures (overhead and ratio against bare in the same round)\n"
+    )
+    header = f"{'variant':48} {'routes':>6} {'us/request':>11} {'overhead us':>12} {'ratio':>7}"
+    print(header)
+    print("-" * len(header))
+    for row in table:
+        print(
+            f"{LABELS[row['variant']]:48} {row['routes']:>6} {row['us_per_request']:>11.2f} "
+            f"{row['overhead_us']:>+12.2f} {row['ratio']:>7.3f}"
+        )
+    if args.json:
+        print(json.dumps(table, indent=2))
+
+
+if __name__ == "__main__":
+    main()
