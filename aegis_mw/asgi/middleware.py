@@ -148,11 +148,12 @@ class AegisMiddleware:
             error = ""
             if end is None or failure is not None:
                 end, status, error = self._unhappy_end(end, status, failure, disconnected)
-            route = scope.get("route")
             templates = self._templates
-            if route is None:
+            if templates is None:  # a reader of the user's
+                route = self._read_route(scope)
+            elif (route := scope.get("route")) is None:
                 route = UNMATCHED_ROUTE
-            elif templates is None or (route := templates.get(id(route))) is None:
+            elif (route := templates.get(id(route))) is None:
                 route = self._read_route(scope)
             client = scope.get("client")
             # Recorder.offer, inlined: this runs for every request.

@@ -129,7 +129,8 @@ class Finalizer:
                         method if method in STANDARD_METHODS else OTHER_METHOD, route,
                         path if len(path) <= limit else path[:limit], status, duration_ms,
                         None if ttfb is None else (ttfb - start) * 1000.0,
-                        request_bytes, response_bytes,
+                        # A server sends no body for HEAD, whatever the app passed it.
+                        request_bytes, 0 if method == "HEAD" else response_bytes,
                         client[0] if client and forwarded is None
                         else self._client_ip(client, forwarded),
                         error,

@@ -1,0 +1,102 @@
+"""No blocking call reaches the event loop from aegis_mw (checked with blockbuster).
+
+blockbuster patches blocking functions (file and socket I/O, sqlite3,
+contended lock acquisition, time.sleep, ...) to raise when called from a
+running asyncio loop with aegis_mw code on the stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from blockbuster import BlockingError, blockbuster_ctx
+from fastapi import FastAPI, WebSocket
+from fastapi.responses import StreamingResponse
+
+from aegis_mw import Aegis, AegisMiddleware
+from tests.harness import Exchange, call, http_scope, websocket_scope
+
+
+def build_app(aegis: Aegis) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    @app.get("/fail")
+    async def fail() -> None:
+        raise RuntimeError("boom")
+
+    @app.get("/stream")
+    async def stream() -> StreamingResponse:
+        async def chunks() -> Any:
+            for _ in range(3):
+                yield b"x" * 100
+
+        return StreamingResponse(chunks())
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text(await websocket.receive_text())
+        await websocket.close()
+
+    app.add_middleware(AegisMiddleware, aegis=aegis)
+    return app
+
+
+async def exercise(app: FastAPI, requests: int) -> None:
+    lifespan = Exchange([{"type": "lifespan.startup"}])
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+    served = asyncio.Event()
+
+    async def server_side(message: dict[str, Any]) -> None:
+        await lifespan.send(message)
+        if message["type"] == "lifespan.startup.complete":
+            for number in range(requests):
+                await call(app, http_scope(f"/items/{number}"))
+            await call(app, http_scope("/stream"))
+            with pytest.raises(RuntimeError):
+                await call(app, http_scope("/fail"))
+            socket = Exchange(
+                [{"type": "websocket.connect"}, {"type": "websocket.receive", "text": "hi"}]
+            )
+            await app(websocket_scope("/ws"), socket.receive, socket.send)
+            served.set()
+            lifespan.push({"type": "lifespan.shutdown"})
+
+    await app(scope, lifespan.receive, server_side)
+    assert served.is_set()
+    assert lifespan.sent[-1]["type"] == "lifespan.shutdown.complete"
+
+
+def test_a_full_app_life_on_asyncio_makes_no_blocking_call(
+    make_aegis: Callable[..., Aegis], tmp_path: Path
+) -> None:
+    """Startup, 3,000 requests with flushes to SQLite on the way, a stream, an error,
+    a WebSocket, and the lifespan shutdown flush: nothing blocks the loop."""
+    aegis = make_aegis(sink=f"sqlite:///{tmp_path}/aegis.db", batch_size=100, flush_interval=0.05)
+    app = build_app(aegis)
+    with blockbuster_ctx(scanned_modules=["aegis_mw"]):
+        asyncio.run(exercise(app, 3000))
+    stats = aegis.stats()
+    assert stats.sinks[0].written == 3000 + 2 + 1  # requests, stream, failure, the session
+    assert sum(stats.dropped.values()) == 0
+
+
+def test_the_detector_does_catch_aegis_blocking_the_loop(make_aegis: Callable[..., Aegis]) -> None:
+    """Control: a blocking aegis call made on the loop (force_flush waits) is flagged."""
+    aegis = make_aegis(flush_interval=3600, batch_size=1_000_000)
+    app = build_app(aegis)
+
+    async def misuse() -> None:
+        await call(app, http_scope("/items/1"))
+        aegis.force_flush()
+
+    with blockbuster_ctx(scanned_modules=["aegis_mw"]), pytest.raises(BlockingError):
+        asyncio.run(misuse())
