@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import logging
 import os
 import weakref
 from collections.abc import Mapping
@@ -26,6 +27,16 @@ from .core.sink import RecordSink
 from .core.sink_runner import SinkRunner
 from .core.stats import PipelineStats, SinkStats
 from .sinks import build_sinks
+
+logger = logging.getLogger("aegis_mw")
+
+NO_LIFESPAN_WARNING = (
+    "aegis_mw: this ASGI app serves requests but its server sent no lifespan startup. "
+    "Records are written every flush_interval (%ss) and by an atexit hook, but a process "
+    "killed by a signal's default action (uvicorn --lifespan off re-raises SIGTERM) "
+    "loses what was recorded since the last flush. Run the server with lifespan "
+    "enabled, or call aegis.shutdown() before the process stops."
+)
 
 
 def _shutdown_if_alive(ref: weakref.ReferenceType[Aegis]) -> None:
@@ -107,7 +118,11 @@ class Aegis:
             batch_size=settings.batch_size,
             sink_timeout=settings.sink_timeout,
             shutdown_timeout=settings.shutdown_timeout,
+            on_first_records=self._warn_without_lifespan,
         )
+        #: None until an ASGI middleware attaches; then whether a lifespan
+        #: startup arrived (the flusher warns once if traffic comes without one).
+        self.asgi_lifespan: bool | None = None
         #: Paths never recorded: the user's ``exclude_paths`` plus routes
         #: that integrations mount (see :meth:`exclude`).
         self.excluded_paths = PathFilter(settings.exclude_paths)
@@ -179,6 +194,11 @@ class Aegis:
                 for runner in self.flusher.runners
             ),
         )
+
+    def _warn_without_lifespan(self) -> None:
+        # Runs in the flusher thread, once: logging is I/O, never on the event loop.
+        if self.asgi_lifespan is False:
+            logger.warning(NO_LIFESPAN_WARNING, self.settings.flush_interval)
 
     def _after_fork_in_child(self) -> None:
         # The parent keeps and writes everything it buffered before the fork;

@@ -57,6 +57,8 @@ class AegisMiddleware:
             raise TypeError("pass either aegis=Aegis(...) or options, not both")
         self.app = app
         self.aegis = aegis if aegis is not None else Aegis(**options)
+        if self.aegis.asgi_lifespan is None:
+            self.aegis.asgi_lifespan = False
         reader = route_reader if route_reader is not None else ScopeRouteReader()
         self.route_reader = reader
         # The default reader's cache is consulted inline (see __call__); a
@@ -251,6 +253,7 @@ class AegisMiddleware:
         async def receive_wrapper() -> Message:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self.aegis.asgi_lifespan = True
                 self.aegis.start()
             return message
 

@@ -14,7 +14,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .finalize import Finalizer
 from .recorder import Recorder
@@ -50,6 +50,7 @@ class Flusher:
         batch_size: int,
         sink_timeout: float,
         shutdown_timeout: float,
+        on_first_records: Callable[[], None] | None = None,
     ) -> None:
         self.recorder = recorder
         self.aggregates = recorder.aggregates
@@ -69,6 +70,8 @@ class Flusher:
         self._thread: threading.Thread | None = None
         self._reported_drops: dict[str, int] = dict(recorder.dropped)
         self._last_drop_report = -math.inf
+        # Called once, from this thread, after the first records were ingested.
+        self._on_first_records = on_first_records
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
@@ -197,6 +200,9 @@ class Flusher:
             count = min(remaining, self.batch_size)
             items = self.aggregates.fold_drained(lambda: recorder.drain(count))  # noqa: B023
             remaining -= len(items)
+            if self._on_first_records is not None and items:
+                hook, self._on_first_records = self._on_first_records, None
+                hook()
             records = self.finalizer.finalize(items)
             for runner in self.runners:
                 overflow = runner.offer(records)
