@@ -151,6 +151,7 @@ class AegisMiddleware:
             if end is None or failure is not None:
                 end, status, error = self._unhappy_end(end, status, failure, disconnected)
             templates = self._templates
+            route: Any
             if templates is None:  # a reader of the user's
                 route = self._read_route(scope)
             elif (route := scope.get("route")) is None:

@@ -131,9 +131,9 @@ class ScopeRouteReader:
             return known
         # Not in the tree (added by hand, or a copied scope): fall back to
         # what the request shows, the mounted prefix plus the route's path.
-        template = _leaf_template(route)
-        if template is None:
+        leaf = _leaf_template(route)
+        if leaf is None:
             return UNMATCHED_ROUTE
         if getattr(route, "routes", None) is not None:  # a mount, innermost
-            template = template.removesuffix(_MOUNT_SUFFIX) + _MOUNT_SUFFIX
-        return self._pin(self.templates, route, _mounted_prefix(scope) + template)
+            leaf = leaf.removesuffix(_MOUNT_SUFFIX) + _MOUNT_SUFFIX
+        return self._pin(self.templates, route, _mounted_prefix(scope) + leaf)
