@@ -81,7 +81,7 @@ class Aegis:
             raise TypeError("pass either settings=AegisSettings(...) or options, not both")
         self.settings = settings
         self.clock: Clock = clock if clock is not None else SystemClock()
-        named_sinks = build_sinks(settings.sink)
+        named_sinks = build_sinks(settings.sink, settings.sources.get("sink", ""))
         self.sinks: list[RecordSink] = [sink for _, sink in named_sinks]
         self.aggregates = RealtimeAggregates()
         self.recorder = Recorder(
@@ -172,7 +172,10 @@ class Aegis:
         """Counters describing the pipeline itself (drops, backlogs, sink errors)."""
         recorder = self.recorder
         return PipelineStats(
-            offered=self.aggregates.offered(self.recorder.pending),
+            # Items refused at the inbox never reach the aggregates.
+            offered=self.aggregates.offered(self.recorder.pending)
+            + recorder.dropped["buffer_full"]
+            + recorder.dropped["shutdown"],
             buffered=len(recorder.inbox)
             + max((len(r.backlog) for r in self.flusher.runners), default=0),
             dropped=dict(recorder.dropped),

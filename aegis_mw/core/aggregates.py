@@ -119,6 +119,8 @@ class RealtimeAggregates:
         """Forget everything (a forked child starts with its own counts)."""
         self.ring[:] = [_empty_slot(-1) for _ in range(RING_SIZE)]
         self.totals = _empty_slot(-1)
+        # A fork may land mid-fold; the child must not inherit an odd generation.
+        self.generation = 0
         self.websocket_sessions = 0
         self.in_flight = 0
         self.websockets_active = 0

@@ -117,11 +117,15 @@ class SinkRunner:
         self._thread = None
 
     def reset_after_fork(self) -> None:
-        """In a forked child: no thread yet, nothing owed (the parent writes it)."""
+        """In a forked child: no thread yet, nothing owed (the parent writes it),
+        and counters that describe the child's own writes only."""
         self.reset_thread()
         self.backlog = deque()
+        self.written = self.errors = self.timeouts = self.flushes = 0
         self.consecutive_failures = 0
         self.retry_at = 0.0
+        self.last_error = ""
+        self.last_flush_seconds = self.flush_seconds_total = 0.0
 
     # -- backlog and schedule --------------------------------------------
     def offer(self, records: list[Stored]) -> int:

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 from ..core.errors import ConfigError
 from ..core.sink import RecordSink
-from .callable import CallableSink
+from .callback import CallableSink
 from .jsonl import JsonlSink
 from .memory import MemorySink
 from .sqlite import SQLiteSink
@@ -56,8 +56,24 @@ def build_sink(spec: Any) -> RecordSink:
     raise ConfigError("sink", spec, f"not a sink; give a URL ({SUPPORTED}), a sink or a callable")
 
 
-def build_sinks(specs: tuple[Any, ...]) -> list[tuple[str, RecordSink]]:
-    """Sinks with unique display names (``name``, ``name#2``, ...)."""
+def build_sinks(specs: tuple[Any, ...], source: str = "") -> list[tuple[str, RecordSink]]:
+    """Sinks with unique display names (``name``, ``name#2``, ...).
+
+    ``source`` (where the option came from) is named in any ConfigError.
+    """
+    if not specs:
+        raise ConfigError(
+            "sink", specs, "give at least one sink (memory:// keeps records in the process)", source
+        )
+    try:
+        return _build_named(specs)
+    except ConfigError as error:
+        if error.source or not source:
+            raise
+        raise ConfigError(error.option, error.value, error.allowed, source) from None
+
+
+def _build_named(specs: tuple[Any, ...]) -> list[tuple[str, RecordSink]]:
     built: list[tuple[str, RecordSink]] = []
     seen: dict[str, int] = {}
     for spec in specs:

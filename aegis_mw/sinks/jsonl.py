@@ -21,7 +21,8 @@ class JsonlSink:
     """Appends ``{"type": "request" | "websocket", ...record fields}`` lines."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
+        # Resolved now: a later chdir must not move the file.
+        self.path = os.path.abspath(path)
         self.name = f"jsonl:{path}"
         self._fd: int | None = None
         self._pid = 0
@@ -31,6 +32,7 @@ class JsonlSink:
     def _descriptor(self) -> int:
         if self._fd is None or self._pid != os.getpid():
             # A forked child opens its own descriptor; it never closes the parent's.
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             self._pid = os.getpid()
         return self._fd

@@ -28,7 +28,8 @@ class SQLiteSink:
     """
 
     def __init__(self, path: str) -> None:
-        self.path = path
+        # Resolved now: a later chdir must not move the database.
+        self.path = os.path.abspath(path)
         self.name = f"sqlite:{path}"
         self._connection: sqlite3.Connection | None = None
         self._pid = 0

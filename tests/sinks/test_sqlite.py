@@ -1,0 +1,490 @@
+"""The SQLite sink: schema, idempotence, exact round trips, several processes, URLs."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aegis_mw import Aegis, Batch, RequestRecord, WebSocketSession
+from aegis_mw.sinks import SQLiteSink
+from aegis_mw.sinks.sqlite_schema import SchemaTooNew
+from aegis_mw.testing import FakeClock
+
+EXPECTED_REQUEST_COLUMNS = [
+    # name, declared type, not null, primary key position
+    ("request_id", "TEXT", 1, 1),  # WITHOUT ROWID keys are NOT NULL
+    ("timestamp", "REAL", 1, 0),
+    ("method", "TEXT", 1, 0),
+    ("route", "TEXT", 1, 0),
+    ("path", "TEXT", 1, 0),
+    ("status", "INTEGER", 1, 0),
+    ("duration_ms", "REAL", 1, 0),
+    ("ttfb_ms", "REAL", 0, 0),
+    ("request_bytes", "INTEGER", 1, 0),
+    ("response_bytes", "INTEGER", 1, 0),
+    ("client_ip", "TEXT", 0, 0),
+    ("error", "TEXT", 1, 0),
+]
+EXPECTED_SESSION_COLUMNS = [
+    ("session_id", "TEXT", 1, 1),
+    ("timestamp", "REAL", 1, 0),
+    ("route", "TEXT", 1, 0),
+    ("path", "TEXT", 1, 0),
+    ("duration_ms", "REAL", 1, 0),
+    ("messages_in", "INTEGER", 1, 0),
+    ("messages_out", "INTEGER", 1, 0),
+    ("close_code", "INTEGER", 0, 0),
+    ("accepted", "INTEGER", 1, 0),
+    ("client_ip", "TEXT", 0, 0),
+    ("error", "TEXT", 1, 0),
+]
+
+PROCESSES = 8
+RECORDS_PER_PROCESS = 40
+
+
+def make_request(number: int, prefix: str = "a" * 16, **changes: Any) -> RequestRecord:
+    """A well-formed record with a distinct id and plausible values."""
+    record = RequestRecord(
+        request_id=f"{prefix}{number:016x}",
+        timestamp=1_700_000_000.0 + number / 8,
+        method="GET",
+        route="/items/{item_id}",
+        path=f"/items/{number}",
+        status=200,
+        duration_ms=1.5 + number,
+        ttfb_ms=0.75 + number,
+        request_bytes=number,
+        response_bytes=100 + number,
+        client_ip="127.0.0.1",
+        error="",
+    )
+    return record._replace(**changes)
+
+
+def make_session(number: int, prefix: str = "b" * 16, **changes: Any) -> WebSocketSession:
+    """A well-formed WebSocket session with a distinct id."""
+    session = WebSocketSession(
+        session_id=f"{prefix}{number:016x}",
+        timestamp=1_700_000_100.0 + number / 4,
+        route="/ws/{room}",
+        path=f"/ws/{number}",
+        duration_ms=250.0 + number,
+        messages_in=number,
+        messages_out=2 * number,
+        close_code=1000,
+        accepted=True,
+        client_ip="10.0.0.1",
+        error="",
+    )
+    return session._replace(**changes)
+
+
+def read_requests(path: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as connection:
+        rows = connection.execute("SELECT * FROM aegis_requests ORDER BY request_id").fetchall()
+    connection.close()
+    return rows
+
+
+def read_sessions(path: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as connection:
+        rows = connection.execute(
+            "SELECT * FROM aegis_websocket_sessions ORDER BY session_id"
+        ).fetchall()
+    connection.close()
+    return rows
+
+
+def query(path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    connection = sqlite3.connect(path)
+    try:
+        return connection.execute(sql, params).fetchall()
+    finally:
+        connection.close()
+
+
+def offer_requests(aegis: Aegis, count: int, path_prefix: str = "/r") -> None:
+    """Queue ``count`` finished requests as the middleware would."""
+    now = aegis.clock.monotonic()
+    for number in range(count):
+        aegis.recorder.offer(
+            ("GET", "/r/{n}", f"{path_prefix}/{number}", 200, now, now + 0.001, now + 0.002,
+             0, 10, ("127.0.0.1", 40000), None, "")
+        )  # fmt: skip
+
+
+@pytest.fixture
+def sink_factory() -> Any:
+    """SQLite sinks closed after the test."""
+    created: list[SQLiteSink] = []
+
+    def factory(path: Path | str) -> SQLiteSink:
+        sink = SQLiteSink(str(path))
+        created.append(sink)
+        return sink
+
+    yield factory
+    for sink in created:
+        sink.close()
+
+
+def test_schema_is_created_on_first_write(
+    tmp_path: Path, sink_factory: Callable[[Path], SQLiteSink]
+) -> None:
+    """Nothing touches the disk before the first write, which creates the whole versioned schema."""
+    path = tmp_path / "aegis.db"
+    sink = sink_factory(path)
+    assert sink.name == f"sqlite:{path}"
+    assert not path.exists()
+
+    sink.write(Batch())
+
+    assert path.exists()
+    objects = query(path, "SELECT type, name, tbl_name FROM sqlite_master ORDER BY name")
+    assert objects == [
+        ("table", "aegis_requests", "aegis_requests"),
+        ("index", "aegis_requests_timestamp", "aegis_requests"),
+        ("table", "aegis_websocket_sessions", "aegis_websocket_sessions"),
+        ("index", "aegis_websocket_sessions_timestamp", "aegis_websocket_sessions"),
+    ]
+    request_columns = query(path, "PRAGMA table_info(aegis_requests)")
+    assert [(c[1], c[2], c[3], c[5]) for c in request_columns] == EXPECTED_REQUEST_COLUMNS
+    session_columns = query(path, "PRAGMA table_info(aegis_websocket_sessions)")
+    assert [(c[1], c[2], c[3], c[5]) for c in session_columns] == EXPECTED_SESSION_COLUMNS
+    for table in ("aegis_requests", "aegis_websocket_sessions"):
+        [(sql,)] = query(path, "SELECT sql FROM sqlite_master WHERE name = ?", table)
+        assert sql.rstrip().endswith("WITHOUT ROWID")
+        with pytest.raises(sqlite3.OperationalError, match="no such column: rowid"):
+            query(path, f"SELECT rowid FROM {table}")
+    assert query(path, "PRAGMA index_info(aegis_requests_timestamp)") == [(0, 1, "timestamp")]
+    assert query(path, "PRAGMA index_info(aegis_websocket_sessions_timestamp)") == [
+        (0, 1, "timestamp")
+    ]
+    assert query(path, "PRAGMA user_version") == [(1,)]
+    # journal_mode=WAL is persistent: a fresh connection sees it.
+    assert query(path, "PRAGMA journal_mode") == [("wal",)]
+
+
+def test_reopening_an_existing_file_keeps_schema_and_rows(
+    tmp_path: Path, sink_factory: Callable[[Path], SQLiteSink]
+) -> None:
+    """A second sink on a current file migrates nothing and adds to the rows already there."""
+    path = tmp_path / "aegis.db"
+    first = sink_factory(path)
+    first.write(Batch(requests=[make_request(1)]))
+    first.close()
+
+    second = sink_factory(path)
+    second.write(Batch(requests=[make_request(2)]))
+
+    assert [row[0] for row in read_requests(path)] == [
+        make_request(1).request_id,
+        make_request(2).request_id,
+    ]
+    assert query(path, "PRAGMA user_version") == [(1,)]
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 4
+
+
+def test_batch_written_twice_is_stored_once(
+    tmp_path: Path, sink_factory: Callable[[Path], SQLiteSink]
+) -> None:
+    """Writes are keyed by id: a repeated batch adds nothing and never overwrites the first copy."""
+    path = tmp_path / "aegis.db"
+    sink = sink_factory(path)
+    requests = [make_request(n) for n in range(5)]
+    sessions = [make_session(n) for n in range(3)]
+    batch = Batch(requests=requests, sessions=sessions)
+
+    sink.write(batch)
+    sink.write(batch)
+    # A retry that overlaps: two known ids (with different values) and one new.
+    sink.write(
+        Batch(
+            requests=[
+                make_request(0, status=500),
+                make_request(4, path="/changed"),
+                make_request(5),
+            ],
+            sessions=[make_session(2, close_code=1011)],
+        )
+    )
+
+    assert [RequestRecord(*row) for row in read_requests(path)] == [
+        *requests,
+        make_request(5),
+    ]
+    stored_sessions = [WebSocketSession(*row) for row in read_sessions(path)]
+    assert stored_sessions == sessions
+
+
+def test_every_field_round_trips_exactly(
+    tmp_path: Path, sink_factory: Callable[[Path], SQLiteSink]
+) -> None:
+    """What is read back equals what was written, value and type, including None and unicode."""
+    path = tmp_path / "aegis.db"
+    sink = sink_factory(path)
+    requests = [
+        make_request(1),
+        make_request(
+            2,
+            timestamp=1_712_345_678.123456,
+            method="_OTHER",
+            route="<unmatched>",
+            path="/café/日本語/🚀?q=ü",
+            status=499,
+            duration_ms=0.1 + 0.2,
+            ttfb_ms=None,
+            request_bytes=0,
+            response_bytes=2**62,
+            client_ip=None,
+            error='ValueError: bad "input"\nline two\t\u00e9\U0001f4a5',
+        ),
+        make_request(3, client_ip="2001:db8::1", ttfb_ms=1e-9, duration_ms=123456789.987654321),
+    ]
+    sessions = [
+        make_session(1),
+        make_session(
+            2,
+            path="/ws/🚀",
+            close_code=None,
+            accepted=False,
+            client_ip=None,
+            error="RuntimeError: ünïcödé",
+            messages_in=0,
+            messages_out=0,
+        ),
+    ]
+    sink.write(Batch(requests=requests, sessions=sessions))
+
+    rows = read_requests(path)
+    assert [RequestRecord(*row) for row in rows] == requests
+    for row, record in zip(rows, requests, strict=True):
+        assert [type(value) for value in row] == [type(value) for value in record]
+    session_rows = read_sessions(path)
+    assert [WebSocketSession(*row) for row in session_rows] == sessions
+    # SQLite has no boolean: ``accepted`` comes back as the integer 1 or 0.
+    assert [row[8] for row in session_rows] == [1, 0]
+    assert [type(row[8]) for row in session_rows] == [int, int]
+    assert [row[7] for row in session_rows] == [1000, None]
+
+
+def _write_from_process(
+    path: str, index: int, barrier: Any, results: Any, count: int = RECORDS_PER_PROCESS
+) -> None:
+    """Child process: wait for the others, then open the shared new file and write."""
+    import aegis_mw.sinks.sqlite as sqlite_module
+
+    real_migrate = sqlite_module.migrate
+    versions_found: list[int] = []
+
+    def observed_migrate(connection: sqlite3.Connection) -> int:
+        # The real migration runs; only the version it found is noted.
+        found = real_migrate(connection)
+        versions_found.append(found)
+        return found
+
+    sqlite_module.migrate = observed_migrate
+    try:
+        sink = SQLiteSink(path)
+        batch = Batch(requests=[make_request(n, prefix=f"{index:016x}") for n in range(count)])
+        barrier.wait(timeout=60)
+        sink.write(batch)
+        sink.write(batch)
+        sink.close()
+    except BaseException as exc:
+        results.put((index, "error", f"{type(exc).__name__}: {exc}", versions_found))
+    else:
+        results.put((index, "ok", "", versions_found))
+
+
+def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path: Path) -> None:
+    """Processes released together on a brand-new file: all write, one creates the schema."""
+    path = tmp_path / "shared" / "aegis.db"
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(PROCESSES)
+    results = context.Queue()
+    processes = [
+        context.Process(target=_write_from_process, args=(str(path), index, barrier, results))
+        for index in range(PROCESSES)
+    ]
+    for process in processes:
+        process.start()
+    outcomes: list[tuple[int, str, str, list[int]]] = []
+    try:
+        for _ in range(PROCESSES):
+            outcomes.append(results.get(timeout=90))
+    except queue.Empty:
+        pytest.fail(f"only {len(outcomes)} of {PROCESSES} processes reported: {outcomes}")
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=10)
+        results.close()
+        results.join_thread()
+
+    assert sorted(outcome[:3] for outcome in outcomes) == [
+        (index, "ok", "") for index in range(PROCESSES)
+    ]
+    assert [process.exitcode for process in processes] == [0] * PROCESSES
+    # Each process migrated once; exactly one of them found an empty file.
+    versions = sorted(version for outcome in outcomes for version in outcome[3])
+    assert versions == [0] + [1] * (PROCESSES - 1)
+    assert query(path, "PRAGMA user_version") == [(1,)]
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 4
+    ids = [row[0] for row in read_requests(path)]
+    expected = sorted(
+        f"{index:016x}{n:016x}" for index in range(PROCESSES) for n in range(RECORDS_PER_PROCESS)
+    )
+    assert ids == expected
+
+
+def _make_too_new(path: Path) -> None:
+    connection = sqlite3.connect(path)
+    connection.execute("PRAGMA user_version = 2")
+    connection.close()
+
+
+def test_newer_schema_version_is_refused(
+    tmp_path: Path, sink_factory: Callable[[Path], SQLiteSink]
+) -> None:
+    """A file from a newer aegis_mw is left untouched and every write says why."""
+    path = tmp_path / "aegis.db"
+    _make_too_new(path)
+    sink = sink_factory(path)
+
+    message = (
+        r"database schema version 2 is newer than this aegis_mw understands \(1\); "
+        r"upgrade aegis_mw"
+    )
+    with pytest.raises(SchemaTooNew, match=message):
+        sink.write(Batch(requests=[make_request(1)]))
+    # No half-opened connection is kept: a retry checks again.
+    with pytest.raises(SchemaTooNew, match=message):
+        sink.write(Batch(requests=[make_request(1)]))
+
+    assert query(path, "PRAGMA user_version") == [(2,)]
+    assert query(path, "SELECT name FROM sqlite_master") == []
+
+
+def test_newer_schema_version_shows_as_sink_errors_in_the_pipeline(
+    tmp_path: Path, make_aegis: Callable[..., Aegis]
+) -> None:
+    """Through Aegis the refusal is a counted sink error, never an exception in the caller."""
+    path = tmp_path / "aegis.db"
+    _make_too_new(path)
+    aegis = make_aegis(sink=f"sqlite:///{path}", flush_interval=3600, clock=FakeClock())
+    offer_requests(aegis, 3)
+
+    assert aegis.force_flush(timeout=10) is False
+    assert aegis.force_flush(timeout=10) is False
+
+    [sink_stats] = aegis.stats().sinks
+    assert sink_stats.name == f"sqlite:{path}"
+    assert sink_stats.written == 0
+    assert sink_stats.errors == 2
+    assert sink_stats.consecutive_failures == 2
+    assert sink_stats.backlog == 3
+    assert sink_stats.last_error == (
+        "SchemaTooNew: database schema version 2 is newer than this aegis_mw "
+        "understands (1); upgrade aegis_mw"
+    )
+    assert aegis.stats().flusher_errors == 0
+    assert aegis.shutdown(timeout=0.5) is False
+    assert aegis.stats().dropped["shutdown_timeout"] == 3
+    assert query(path, "SELECT name FROM sqlite_master") == []
+
+
+def test_relative_url_is_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_aegis: Callable[..., Aegis]
+) -> None:
+    """``sqlite:///rel.db`` (three slashes) names a file under the current directory,
+    the one current when the sink is built: a later chdir does not move it."""
+    monkeypatch.chdir(tmp_path)
+    aegis = make_aegis(sink="sqlite:///rel.db", flush_interval=3600)
+    [sink] = aegis.sinks
+    assert isinstance(sink, SQLiteSink)
+    assert sink.path == str(tmp_path / "rel.db")
+    monkeypatch.chdir(tmp_path.parent)
+    offer_requests(aegis, 4)
+
+    assert aegis.force_flush(timeout=10) is True
+
+    assert sorted(row[4] for row in read_requests(tmp_path / "rel.db")) == [
+        f"/r/{n}" for n in range(4)
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".db") == ["rel.db"]
+
+
+def test_absolute_url_and_missing_parent_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_aegis: Callable[..., Aegis]
+) -> None:
+    """``sqlite:////abs/path.db`` (four slashes) is absolute; missing directories are created."""
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    target = tmp_path / "deep" / "er" / "aegis.db"
+    url = "sqlite:///" + str(target)
+    assert url.startswith("sqlite:////")
+    aegis = make_aegis(sink=url, flush_interval=3600)
+    [sink] = aegis.sinks
+    assert isinstance(sink, SQLiteSink)
+    assert sink.path == str(target)
+    assert not target.parent.exists()
+    offer_requests(aegis, 2)
+
+    assert aegis.force_flush(timeout=10) is True
+
+    assert sorted(row[4] for row in read_requests(target)) == ["/r/0", "/r/1"]
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_relative_url_with_missing_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sink_factory: Callable[[str], SQLiteSink]
+) -> None:
+    """A relative path's missing directories are created under the working directory."""
+    monkeypatch.chdir(tmp_path)
+    sink = sink_factory(os.path.join("data", "nested", "aegis.db"))
+
+    sink.write(Batch(requests=[make_request(7)]))
+
+    assert [row[0] for row in read_requests(tmp_path / "data" / "nested" / "aegis.db")] == [
+        make_request(7).request_id
+    ]
+
+
+def test_pipeline_writes_records_built_from_inbox_items(
+    tmp_path: Path, make_aegis: Callable[..., Aegis]
+) -> None:
+    """Records the flusher builds land in the file with every field as finalized."""
+    path = tmp_path / "aegis.db"
+    clock = FakeClock(monotonic=1000.0, wall=1_700_000_000.0)
+    aegis = make_aegis(sink=f"sqlite:///{path}", flush_interval=3600, clock=clock)
+    aegis.recorder.offer(
+        ("POST", "/u/{id}", "/u/é", 201, 1000.0, 1000.25, 1000.5, 12, 34,
+         ("192.0.2.1", 5555), None, "")
+    )  # fmt: skip
+    aegis.recorder.offer(
+        ("BREW", "<unmatched>", "/pot", 500, 1000.0, None, 1001.0, 0, 0, None, None,
+         "RuntimeError: boom")
+    )  # fmt: skip
+
+    assert aegis.force_flush(timeout=10) is True
+
+    rows = read_requests(path)
+    prefix = aegis.finalizer.id_prefix
+    assert rows == [
+        (f"{prefix}{1:016x}", 1_700_000_000.0, "POST", "/u/{id}", "/u/é", 201, 500.0, 250.0,
+         12, 34, "192.0.2.1", ""),
+        (f"{prefix}{2:016x}", 1_700_000_000.0, "_OTHER", "<unmatched>", "/pot", 500, 1000.0,
+         None, 0, 0, None, "RuntimeError: boom"),
+    ]  # fmt: skip
