@@ -14,6 +14,7 @@ from __future__ import annotations
 from .aegis import Aegis
 from .asgi import AegisMiddleware, ScopeRouteReader
 from .core import (
+    AegisConfigWarning,
     AegisSettings,
     Batch,
     ConfigError,
@@ -28,6 +29,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "Aegis",
+    "AegisConfigWarning",
     "AegisMiddleware",
     "AegisSettings",
     "Batch",

@@ -12,7 +12,7 @@ from aegis_mw import Aegis
 
 #: Set in CI: a test that needs a service (PostgreSQL, Redis, ...) fails
 #: instead of skipping when the service is missing.
-REQUIRE_SERVICES = os.environ.get("AEGIS_TEST_REQUIRE_SERVICES") == "1"
+REQUIRE_SERVICES = os.environ.get("REQUIRE_TEST_SERVICES") == "1"
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from .record import (
     RequestRecord,
     WebSocketSession,
 )
-from .settings import AegisSettings
+from .settings import AegisConfigWarning, AegisSettings
 from .sink import RecordSink
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "OTHER_METHOD",
     "OVERFLOW_ROUTE",
     "UNMATCHED_ROUTE",
+    "AegisConfigWarning",
     "AegisSettings",
     "Batch",
     "Clock",

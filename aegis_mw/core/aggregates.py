@@ -7,15 +7,16 @@ Each slot is one flat list for one second of the monotonic clock::
 Only the flusher thread writes the ring: it folds every item it drains from
 the inbox, keyed by the second the request completed. The request path never
 touches it. Readers combine the ring with a copy of the items still waiting
-in the inbox, so what they see is exact and current; a seqlock (a generation
-number that is odd while the flusher moves items from the inbox into the
-ring) tells a reader that it raced with a fold and must read again.
+in the inbox, so what they see is exact and current. A lock held by the
+flusher while it moves one batch from the inbox into the ring (at most
+``batch_size`` items, well under a millisecond) and by readers while they
+copy keeps the two consistent; the request path never takes it, so call
+readers from a worker thread, not an event loop.
 """
 
 from __future__ import annotations
 
-import os
-import time
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -30,10 +31,6 @@ HIST_BASE = 9
 SLOT_LEN = HIST_BASE + histogram.COUNT
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 WINDOW = 60
-_READ_ATTEMPTS = 100
-# sched_yield releases the GIL without sleeping (and without being a
-# blocking call on an event loop); fall back to sleep(0) where it is missing.
-_yield_gil: Callable[[], object] = getattr(os, "sched_yield", lambda: time.sleep(0))
 
 # Positions of the HTTP inbox tuple the ring needs (see recorder.py).
 _STATUS, _START, _END, _ERROR = 3, 4, 6, 11
@@ -109,8 +106,8 @@ class RealtimeAggregates:
         self.ring: list[list[Any]] = [_empty_slot(-1) for _ in range(RING_SIZE)]
         # What rotated out of the ring: running totals since start.
         self.totals: list[Any] = _empty_slot(-1)
-        self.generation = 0
         self.websocket_sessions = 0
+        self._lock = threading.Lock()
         # Written by the request path (one event loop) on entry and exit.
         self.in_flight = 0
         self.websockets_active = 0
@@ -119,40 +116,24 @@ class RealtimeAggregates:
         """Forget everything (a forked child starts with its own counts)."""
         self.ring[:] = [_empty_slot(-1) for _ in range(RING_SIZE)]
         self.totals = _empty_slot(-1)
-        # A fork may land mid-fold; the child must not inherit an odd generation.
-        self.generation = 0
+        # A fork may land mid-fold: the child must not inherit a held lock.
+        self._lock = threading.Lock()
         self.websocket_sessions = 0
         self.in_flight = 0
         self.websockets_active = 0
 
     def fold_drained(self, drain: Callable[[], list[Any]]) -> list[Any]:
         """Flusher only: take items from the inbox and fold them, as one step
-        for readers (the generation is odd in between). Returns the items.
+        for readers. Returns the items.
         """
-        self.generation += 1
-        try:
+        with self._lock:
             items = drain()
             self.websocket_sessions += _fold(self.ring, self.totals, items)
-        finally:
-            self.generation += 1
         return items
 
     def _read(self, pending: Callable[[], list[Any]]) -> tuple[list[list[Any]], list[Any], int]:
         """A consistent copy of ring, totals and the not-yet-folded items."""
-        for _ in range(_READ_ATTEMPTS):
-            before = self.generation
-            if before % 2 == 0:
-                ring = [list(slot) for slot in self.ring]
-                totals = list(self.totals)
-                sessions = self.websocket_sessions
-                # list() of a deque runs in C without releasing the GIL: an atomic copy.
-                waiting = pending()
-                if self.generation == before:
-                    break
-            # The flusher is mid-fold: hand it the GIL (no sleep, no lock).
-            _yield_gil()
-        else:
-            # No quiet moment found: the copy may miss or repeat one batch.
+        with self._lock:
             ring = [list(slot) for slot in self.ring]
             totals = list(self.totals)
             sessions = self.websocket_sessions

@@ -37,9 +37,12 @@ def _parse_address(text: str) -> IPAddress | None:
     elif text.count(":") == 1:  # "192.0.2.1:8080"
         text = text.split(":", 1)[0]
     try:
-        return ipaddress.ip_address(text)
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
+    # A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d; they are IPv4.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped if mapped is not None else address
 
 
 def _forwarded_for_values(value: str) -> list[str]:

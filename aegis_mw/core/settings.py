@@ -12,6 +12,7 @@ import difflib
 import fnmatch
 import math
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -49,6 +50,8 @@ def _string_list(value: Any) -> tuple[str, ...]:
 def _glob_list(value: Any) -> tuple[str, ...]:
     patterns = _string_list(value)
     for pattern in patterns:
+        if not pattern.startswith(("/", "*")):
+            raise ValueError  # could never match a request path
         re.compile(fnmatch.translate(pattern))
     return patterns
 
@@ -121,7 +124,9 @@ _RULES: dict[str, _Rule] = {
     ),
     "sample_rate": _Rule(_number(float, 0, 1), "a number from 0 to 1", _float_text),
     "slow_threshold_ms": _Rule(_number(float, 0, 1e9), "milliseconds, >= 0", _float_text),
-    "exclude_paths": _Rule(_glob_list, "a list of path glob patterns such as '/static/*'"),
+    "exclude_paths": _Rule(
+        _glob_list, "a list of paths or globs starting with '/' or '*', such as '/static/*'"
+    ),
     "trusted_proxies": _Rule(_cidr_list, "a list of IP networks in CIDR form such as '10.0.0.0/8'"),
     "forwarded_header": _Rule(
         _choice("x-forwarded-for", "forwarded"), "'x-forwarded-for' or 'forwarded'"
@@ -213,7 +218,15 @@ class AegisSettings:
             if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
                 continue
             key = name[len(ENV_PREFIX) :].lower()
-            _require_known(key, known, f"environment variable {name}")
+            if key not in known:
+                # "AEGIS" is a common word: another program's variable must not
+                # stop the app, but a misspelt option should not pass unseen.
+                warnings.warn(
+                    f"{name} is not an aegis_mw option and is ignored{_hint(key, known)}",
+                    AegisConfigWarning,
+                    stacklevel=3,
+                )
+                continue
             values[key] = value
             sources[key] = name
         for key, value in options.items():
@@ -223,11 +236,19 @@ class AegisSettings:
         return cls(**values, sources=sources)
 
 
+class AegisConfigWarning(UserWarning):
+    """An ``AEGIS_*`` environment variable that is not an option (ignored)."""
+
+
+def _hint(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def _require_known(key: str, known: list[str], where: str) -> None:
     if key in known:
         return
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = _hint(key, known)
     raise ConfigError(
         key, "(unknown option)", f"not an aegis_mw option{hint} Known: {', '.join(known)}", where
     )
