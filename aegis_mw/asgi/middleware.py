@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..aegis import Aegis
+from ..core.items import PendingSession
 from ..core.labels import describe_error
 from ..core.record import CLIENT_CLOSED_STATUS, UNMATCHED_ROUTE
-from ..core.recorder import PendingSession
 from ..types import ASGIApp, Message, Receive, RouteReader, Scope, Send
 from .routing import ScopeRouteReader
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import histogram
+from .items import END, ERROR, HTTP_FIELDS, START, STATUS, PendingSession
 
 RING_SIZE = 128  # > 60 s of history plus the current second; a power of two for masking
 MASK = RING_SIZE - 1
@@ -31,9 +32,6 @@ HIST_BASE = 9
 SLOT_LEN = HIST_BASE + histogram.COUNT
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 WINDOW = 60
-
-# Positions of the HTTP inbox tuple the ring needs (see recorder.py).
-_STATUS, _START, _END, _ERROR = 3, 4, 6, 11
 
 
 def _empty_slot(second: int) -> list[Any]:
@@ -65,37 +63,53 @@ class RealtimeSnapshot:
     websocket_sessions_total: int
 
 
-def _fold(ring: list[list[Any]], totals: list[Any], items: Iterable[Any]) -> int:
+def _fold(
+    ring: list[list[Any]], totals: list[Any], items: Iterable[Any], good: list[Any] | None = None
+) -> int:
     """Add HTTP items to ``ring`` (slots keyed by completion second) and return
     how many WebSocket sessions went by. Items older than the slot they map
-    to (a long stall) go straight into ``totals``.
+    to (a long stall) go straight into ``totals``. A malformed item is skipped
+    before anything is changed; with ``good`` given, the well-formed items are
+    appended to it.
     """
     sessions = 0
     bucket_index = histogram.bucket_index
     for item in items:
-        if type(item) is not tuple:
+        if type(item) is tuple:
+            try:  # everything that can fail, before anything is changed
+                end = item[END]
+                status = item[STATUS]
+                duration_ms = (end - item[START]) * 1000.0
+                second = int(end)
+                failed = status >= 500 or bool(item[ERROR])
+                status_class = status // 100
+                status_index = STATUS_BASE + (status_class if 0 < status_class < 6 else 5)
+                bucket = HIST_BASE + bucket_index(duration_ms)
+                if len(item) != HTTP_FIELDS:
+                    continue
+            except Exception:
+                continue
+            slot = ring[second & MASK]
+            if slot[SECOND] != second:
+                if slot[SECOND] < second:
+                    for position in range(REQUESTS, HIST_BASE):
+                        totals[position] += slot[position]
+                    slot = ring[second & MASK] = _empty_slot(second)
+                else:
+                    slot = totals
+            slot[REQUESTS] += 1
+            if failed:
+                slot[ERRORS] += 1
+            slot[DURATION_SUM] += duration_ms
+            slot[status_index] += 1
+            if slot is not totals:
+                slot[bucket] += 1
+        elif type(item) is PendingSession:
             sessions += 1
+        else:
             continue
-        end = item[_END]
-        status = item[_STATUS]
-        duration_ms = (end - item[_START]) * 1000.0
-        second = int(end)
-        slot = ring[second & MASK]
-        if slot[SECOND] != second:
-            if slot[SECOND] < second:
-                for position in range(REQUESTS, HIST_BASE):
-                    totals[position] += slot[position]
-                slot = ring[second & MASK] = _empty_slot(second)
-            else:
-                slot = totals
-        slot[REQUESTS] += 1
-        if status >= 500 or item[_ERROR]:
-            slot[ERRORS] += 1
-        slot[DURATION_SUM] += duration_ms
-        status_class = status // 100
-        slot[STATUS_BASE + (status_class if 0 < status_class < 6 else 5)] += 1
-        if slot is not totals:
-            slot[HIST_BASE + bucket_index(duration_ms)] += 1
+        if good is not None:
+            good.append(item)
     return sessions
 
 
@@ -122,14 +136,15 @@ class RealtimeAggregates:
         self.in_flight = 0
         self.websockets_active = 0
 
-    def fold_drained(self, drain: Callable[[], list[Any]]) -> list[Any]:
+    def fold_drained(self, drain: Callable[[], list[Any]]) -> tuple[list[Any], int]:
         """Flusher only: take items from the inbox and fold them, as one step
-        for readers. Returns the items.
+        for readers. Returns the well-formed items and how many were not.
         """
+        good: list[Any] = []
         with self._lock:
             items = drain()
-            self.websocket_sessions += _fold(self.ring, self.totals, items)
-        return items
+            self.websocket_sessions += _fold(self.ring, self.totals, items, good)
+        return good, len(items) - len(good)
 
     def _read(self, pending: Callable[[], list[Any]]) -> tuple[list[list[Any]], list[Any], int]:
         """A consistent copy of ring, totals and the not-yet-folded items."""

@@ -12,9 +12,9 @@ import random
 
 from .client_address import ClientAddressResolver
 from .clock import Clock
+from .items import InboxItem, PendingSession
 from .labels import STANDARD_METHODS
 from .record import OTHER_METHOD, OVERFLOW_ROUTE, RequestRecord, WebSocketSession
-from .recorder import HttpItem, PendingSession
 
 
 def new_id_prefix() -> str:
@@ -70,6 +70,8 @@ class Finalizer:
         self.id_prefix = new_id_prefix()
         self.sequence = 0
         self.sampled_out = 0
+        #: Items that could not be turned into records (skipped, neighbours kept).
+        self.invalid = 0
         self._random = random.Random()
 
     def reset_after_fork(self) -> None:
@@ -82,13 +84,7 @@ class Finalizer:
         peer = client[0] if client else None
         return peer if forwarded is None else self.resolver.resolve(peer, forwarded)
 
-    def _next_id(self) -> str:
-        self.sequence += 1
-        return f"{self.id_prefix}{self.sequence:016x}"
-
-    def finalize(
-        self, items: list[HttpItem | PendingSession]
-    ) -> list[RequestRecord | WebSocketSession]:
+    def finalize(self, items: list[InboxItem]) -> list[RequestRecord | WebSocketSession]:
         """Records for the items the log keeps; errors and requests slower than
         ``slow_threshold_ms`` always stay, the rest at ``sample_rate``.
         """
@@ -109,23 +105,30 @@ class Finalizer:
         out: list[RequestRecord | WebSocketSession] = []
         append = out.append
         for item in items:
-            if type(item) is tuple:
-                (method, route, path, status, start, ttfb, end,
-                 request_bytes, response_bytes, client, forwarded, error) = item  # fmt: skip
-                if route not in known_routes:
-                    route = admit(route)
-                duration_ms = (end - start) * 1000.0
-                if (
-                    sample
-                    and not (status >= 500 or error or duration_ms >= slow)
-                    and chance() >= rate
-                ):
-                    self.sampled_out += 1
-                    continue
-                sequence += 1
-                append(
-                    make(RequestRecord, (
-                        f"{prefix}{sequence:016x}", start + wall_offset,
+            try:
+                if type(item) is tuple:
+                    (method, route, path, status, start, ttfb, end,
+                     request_bytes, response_bytes, client, forwarded, error) = item  # fmt: skip
+                    if not (
+                        type(method) is str and type(route) is str and type(path) is str
+                        and type(status) is int and type(error) is str
+                        and type(request_bytes) is int and type(response_bytes) is int
+                    ):  # fmt: skip
+                        # A bad item from a third-party caller of Recorder.offer must
+                        # not become a record that fails every write after it.
+                        raise TypeError("malformed inbox item")
+                    if route not in known_routes:
+                        route = admit(route)
+                    duration_ms = (end - start) * 1000.0
+                    if (
+                        sample
+                        and not (status >= 500 or error or duration_ms >= slow)
+                        and chance() >= rate
+                    ):
+                        self.sampled_out += 1
+                        continue
+                    record: RequestRecord | WebSocketSession = make(RequestRecord, (
+                        f"{prefix}{sequence + 1:016x}", start + wall_offset,
                         method if method in STANDARD_METHODS else OTHER_METHOD, route,
                         path if len(path) <= limit else path[:limit], status, duration_ms,
                         None if ttfb is None else (ttfb - start) * 1000.0,
@@ -134,20 +137,20 @@ class Finalizer:
                         client[0] if client and forwarded is None
                         else self._client_ip(client, forwarded),
                         error,
-                    ))
-                )  # fmt: skip
-            else:
-                self.sequence = sequence
-                session: PendingSession = item  # type: ignore[assignment]
-                append(
-                    WebSocketSession(
-                        self._next_id(), session.start + wall_offset, admit(session.route),
-                        session.path[:limit], (session.end - session.start) * 1000.0,
-                        session.messages_in, session.messages_out, session.close_code,
-                        session.accepted, self._client_ip(session.client, session.forwarded),
-                        session.error,
-                    )
-                )  # fmt: skip
-                sequence = self.sequence
+                    ))  # fmt: skip
+                else:
+                    session: PendingSession = item  # type: ignore[assignment]
+                    record = WebSocketSession(
+                        f"{prefix}{sequence + 1:016x}", session.start + wall_offset,
+                        admit(session.route), session.path[:limit],
+                        (session.end - session.start) * 1000.0, session.messages_in,
+                        session.messages_out, session.close_code, session.accepted,
+                        self._client_ip(session.client, session.forwarded), session.error,
+                    )  # fmt: skip
+            except Exception:
+                self.invalid += 1
+                continue
+            sequence += 1
+            append(record)
         self.sequence = sequence
         return out

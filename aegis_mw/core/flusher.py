@@ -89,7 +89,7 @@ class Flusher:
                 self._stop_deadline = None
                 self._thread = None
                 for runner in self.runners:
-                    runner.reset_thread()
+                    runner.restart_thread()
                 self.recorder.closed = False
             if self._thread is not None:
                 return
@@ -190,7 +190,8 @@ class Flusher:
         self._ingest()
         self._write(force=force, deadline=deadline)
         self._report_drops(time.monotonic())
-        return not self.recorder.inbox and all(not runner.backlog for runner in self.runners)
+        # Items that arrived during this cycle are the next cycle's business.
+        return all(not runner.backlog for runner in self.runners)
 
     def _ingest(self) -> None:
         """Move what the inbox holds now into every sink's backlog."""
@@ -198,12 +199,16 @@ class Flusher:
         remaining = len(recorder.inbox)
         while remaining > 0:
             count = min(remaining, self.batch_size)
-            items = self.aggregates.fold_drained(lambda: recorder.drain(count))  # noqa: B023
-            remaining -= len(items)
+            items, malformed = self.aggregates.fold_drained(lambda: recorder.drain(count))  # noqa: B023
+            remaining -= count
             if self._on_first_records is not None and items:
                 hook, self._on_first_records = self._on_first_records, None
                 hook()
+            invalid_before = self.finalizer.invalid
             records = self.finalizer.finalize(items)
+            malformed += self.finalizer.invalid - invalid_before
+            if malformed:
+                recorder.dropped["invalid"] += malformed
             for runner in self.runners:
                 overflow = runner.offer(records)
                 if overflow:
@@ -258,8 +263,12 @@ class Flusher:
             if left:
                 self.recorder.dropped["shutdown_timeout"] += left
                 logger.warning("aegis shutdown: %d records could not be written in time", left)
+                # Counted as dropped, so gone: a later restart must not write them too.
+                for runner in self.runners:
+                    runner.backlog.clear()
+                self.recorder.inbox.clear()
             self._shutdown_result = left == 0
-            self._report_drops(math.inf)
+            self._report_drops(time.monotonic(), final=True)
         except Exception:
             self.internal_errors += 1
             logger.exception("aegis final flush failed")
@@ -274,9 +283,10 @@ class Flusher:
                 logger.warning("aegis sink %s did not close cleanly: %s", runner.name, error)
             runner.stop()
 
-    def _report_drops(self, now: float) -> None:
-        """At most one warning per ``DROP_REPORT_INTERVAL`` with the counts since the last."""
-        if now - self._last_drop_report < DROP_REPORT_INTERVAL:
+    def _report_drops(self, now: float, *, final: bool = False) -> None:
+        """At most one warning per ``DROP_REPORT_INTERVAL`` with the counts since the
+        last; ``final`` (at shutdown) reports whatever is left regardless."""
+        if not final and now - self._last_drop_report < DROP_REPORT_INTERVAL:
             return
         current = dict(self.recorder.dropped)
         since = {

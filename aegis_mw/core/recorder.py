@@ -11,36 +11,13 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass
-from typing import Any
 
 from .aggregates import RealtimeAggregates
+from .items import InboxItem
 
-#: Why records were not kept; the keys of ``Recorder.dropped``.
-DROP_REASONS = ("buffer_full", "shutdown", "backlog_full", "shutdown_timeout")
-
-# Inbox items are tuples (HTTP) or PendingSession (WebSocket); the flusher
-# tells them apart by type. Tuple layout, times in monotonic seconds:
-#   (method, route, path, status, start, ttfb, end, request_bytes,
-#    response_bytes, client, forwarded, error)
-HttpItem = tuple[Any, ...]
-
-
-@dataclass(slots=True)
-class PendingSession:
-    """A finished WebSocket session waiting in the inbox (rare enough for a class)."""
-
-    start: float
-    route: str
-    path: str
-    end: float
-    messages_in: int
-    messages_out: int
-    close_code: int | None
-    accepted: bool
-    client: tuple[str, int] | None
-    forwarded: str | None
-    error: str
+#: Why records were not kept; the keys of ``Recorder.dropped``. ``invalid`` counts
+#: malformed items handed to ``Recorder.offer`` (skipped, their neighbours kept).
+DROP_REASONS = ("buffer_full", "backlog_full", "shutdown", "shutdown_timeout", "invalid")
 
 
 class Recorder:
@@ -50,14 +27,15 @@ class Recorder:
         self.aggregates = aggregates
         self.max_buffer = max_buffer
         self.batch_size = batch_size
-        self.inbox: deque[HttpItem | PendingSession] = deque()
+        self.inbox: deque[InboxItem] = deque()
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self._closed = False
         # What the request path compares the queue length against: max_buffer
         # while open, 0 once closed, so one comparison covers both.
         self.limit = max_buffer
-        # Wake the flusher once this many items were already queued.
-        self.wake_at = batch_size - 1
+        # Wake the flusher once this many items were already queued (never
+        # later than the bound, or a burst would be refused while it sleeps).
+        self.wake_at = min(batch_size, max_buffer) - 1
         # Released (never acquired) by producers to wake the flusher early:
         # ``Lock.release`` cannot block, unlike ``Event.set``, which takes a
         # lock the flusher may be holding.
@@ -95,7 +73,7 @@ class Recorder:
         """Count an item that did not fit (the request path's rare branch)."""
         self.dropped["shutdown" if self._closed else "buffer_full"] += 1
 
-    def offer(self, item: HttpItem | PendingSession) -> None:
+    def offer(self, item: InboxItem) -> None:
         """Queue one finished request or session. O(1), never blocks.
 
         The ASGI middleware does the same inline (it is the hottest path);
@@ -110,11 +88,11 @@ class Recorder:
         if queued >= self.wake_at:
             self.wake_flusher()
 
-    def drain(self, limit: int) -> list[HttpItem | PendingSession]:
+    def drain(self, limit: int) -> list[InboxItem]:
         """Flusher side: take up to ``limit`` items, oldest first."""
         pop = self.inbox.popleft
         return [pop() for _ in range(min(limit, len(self.inbox)))]
 
-    def pending(self) -> list[HttpItem | PendingSession]:
+    def pending(self) -> list[InboxItem]:
         """A copy of what waits in the inbox, for readers of the aggregates."""
         return list(self.inbox)

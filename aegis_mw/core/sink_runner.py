@@ -110,16 +110,21 @@ class SinkRunner:
         """Let the I/O thread finish once queued calls are done."""
         self._jobs.put(None)
 
-    def reset_thread(self) -> None:
-        """Forget the I/O thread (gone after fork, stopped after shutdown)."""
-        self._in_flight = None
+    def restart_thread(self) -> None:
+        """After shutdown stopped the I/O thread: a new one on a new queue.
+
+        A call abandoned at shutdown may still be running on the old thread
+        (which exits once it returns); it stays ``_in_flight``, so the sink
+        counts as busy and never sees two calls at once.
+        """
         self._jobs = queue.SimpleQueue()
         self._thread = None
 
     def reset_after_fork(self) -> None:
         """In a forked child: no thread yet, nothing owed (the parent writes it),
         and counters that describe the child's own writes only."""
-        self.reset_thread()
+        self._in_flight = None  # that call ran on a thread the child does not have
+        self.restart_thread()
         self.backlog = deque()
         self.written = self.errors = self.timeouts = self.flushes = 0
         self.consecutive_failures = 0

@@ -19,7 +19,7 @@ import pytest
 
 from aegis_mw import Aegis, AegisMiddleware, RealtimeSnapshot
 from aegis_mw.core.aggregates import RING_SIZE
-from aegis_mw.core.recorder import PendingSession
+from aegis_mw.core.items import PendingSession
 from aegis_mw.testing import FakeClock, recorded, recorded_sessions
 from tests.harness import Exchange, call, http_scope, websocket_scope
 

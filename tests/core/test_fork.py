@@ -172,11 +172,14 @@ def test_parent_writes_what_it_buffered_and_the_child_writes_its_own(
 
 def test_child_pipeline_counters_start_at_zero(make_aegis: Callable[..., Aegis]) -> None:
     """A child's stats describe only the child: nothing offered, written or dropped yet."""
-    aegis = make_aegis(sink="memory://", flush_interval=3600, max_buffer=4)
+    aegis = make_aegis(sink="memory://", flush_interval=3600, max_buffer=10)
     offer(aegis, "/before", 2)
-    assert aegis.force_flush(timeout=10) is True
-    offer(aegis, "/buffered", 6)  # 4 fit, 2 are dropped as buffer_full
-    assert aegis.stats().dropped["buffer_full"] == 2
+    assert aegis.force_flush(timeout=10) is True  # 2 written
+    aegis.recorder.closed = True
+    offer(aegis, "/refused", 2)  # 2 dropped
+    aegis.recorder.closed = False
+    offer(aegis, "/buffered", 3)  # 3 waiting: below the wake-up mark, flusher asleep
+    assert aegis.stats().dropped["shutdown"] == 2
 
     def child() -> dict[str, Any]:
         stats = aegis.stats()
@@ -206,6 +209,6 @@ def test_child_pipeline_counters_start_at_zero(make_aegis: Callable[..., Aegis])
     assert code == 0
     # The parent's own counts are untouched by the fork.
     stats = aegis.stats()
-    # Every record offered is written, buffered or counted as dropped: 2 + 4 + 2.
-    assert (stats.offered, stats.buffered, stats.dropped["buffer_full"]) == (8, 4, 2)
+    # Every record offered is written, buffered or counted as dropped: 2 + 3 + 2.
+    assert (stats.offered, stats.buffered, stats.dropped["shutdown"]) == (7, 3, 2)
     assert stats.sinks[0].written == 2

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aegis_mw import Aegis, Batch, RequestRecord, WebSocketSession
-from aegis_mw.core.recorder import PendingSession
+from aegis_mw.core.items import PendingSession
 from aegis_mw.sinks import CallableSink
 from aegis_mw.testing import FakeClock
 
@@ -100,6 +100,7 @@ def test_exception_is_a_counted_sink_error_and_retried(make_aegis: Callable[...,
         "shutdown": 0,
         "backlog_full": 0,
         "shutdown_timeout": 0,
+        "invalid": 0,
     }
     # The same records, same ids, every time.
     attempts = [[r.request_id for r in batch.requests] for batch in collector.batches]
