@@ -75,7 +75,7 @@ def _fold(
     sessions = 0
     bucket_index = histogram.bucket_index
     for item in items:
-        if type(item) is tuple:
+        if type(item) is list:
             try:  # everything that can fail, before anything is changed
                 end = item[END]
                 status = item[STATUS]

@@ -106,9 +106,9 @@ class Finalizer:
         append = out.append
         for item in items:
             try:
-                if type(item) is tuple:
-                    (method, route, path, status, start, ttfb, end,
-                     request_bytes, response_bytes, client, forwarded, error) = item  # fmt: skip
+                if type(item) is list:
+                    (method, route, path, status, start, ttfb, end, request_bytes,
+                     response_bytes, client, forwarded, error, _disconnected) = item  # fmt: skip
                     if not (
                         type(method) is str and type(route) is str and type(path) is str
                         and type(status) is int and type(error) is str

@@ -1,11 +1,17 @@
 """What waits in the inbox between the request path and the flusher.
 
-An HTTP request is a plain tuple, the cheapest thing the request path can
-build; a WebSocket session (rare) is a small class. Times are monotonic
-seconds. Layout of the HTTP tuple::
+An HTTP request is a list that the middleware builds once when the request
+starts and then fills in as messages pass (status, times, byte counts);
+when the request ends the same list is queued, so nothing is copied. A
+WebSocket session (rare) is a small class. Times are monotonic seconds.
+Layout of the HTTP list, by index::
 
-    (method, route, path, status, start, ttfb, end, request_bytes,
-     response_bytes, client, forwarded, error)
+    0 method   1 route   2 path   3 status   4 start   5 ttfb   6 end
+    7 request_bytes   8 response_bytes   9 client   10 forwarded   11 error
+    12 disconnected (the middleware's own note; not stored)
+
+A list (not a tuple) because the request path writes into it. Other callers
+of ``Recorder.offer`` build the same 13-element list.
 """
 
 from __future__ import annotations
@@ -13,10 +19,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-HttpItem = tuple[Any, ...]
-HTTP_FIELDS = 12
-# Positions the realtime ring reads.
-STATUS, START, END, ERROR = 3, 4, 6, 11
+HttpItem = list[Any]
+METHOD, ROUTE, PATH, STATUS, START, TTFB, END = 0, 1, 2, 3, 4, 5, 6
+REQUEST_BYTES, RESPONSE_BYTES, CLIENT, FORWARDED, ERROR, DISCONNECTED = 7, 8, 9, 10, 11, 12
+HTTP_FIELDS = 13
+
+
+def new_http_item(method: str, path: str, start: float, client: Any = None) -> HttpItem:
+    """An HTTP item for a request that just started (for callers other than
+    the ASGI middleware, which inlines the same literal)."""
+    return [method, None, path, 0, start, None, None, 0, 0, client, None, "", False]
 
 
 @dataclass(slots=True)

@@ -1,10 +1,11 @@
-"""The hot path: what every request costs.
+"""The inbox: the one place the request path writes to.
 
-A finished request becomes one plain tuple appended to a bounded deque;
-that is all. No I/O, no lock that can block, no JSON, no formatting, no
-aggregate update: the flusher thread folds items into the realtime ring,
-numbers them, stamps wall time and builds records. ``deque.append`` is
-atomic, so request threads (WSGI) need no lock either.
+A finished request's item (a list the middleware filled in as the request
+ran, see ``items.py``) is appended to a bounded deque; that is all. No I/O,
+no lock that can block, no JSON, no formatting, no aggregate update: the
+flusher thread folds items into the realtime ring, numbers them, stamps
+wall time and builds records. ``deque.append`` is atomic, so request
+threads (WSGI) need no lock either.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from .aggregates import RealtimeAggregates
 from .items import InboxItem
 
 #: Why records were not kept; the keys of ``Recorder.dropped``. ``invalid`` counts
-#: malformed items handed to ``Recorder.offer`` (skipped, their neighbours kept).
-DROP_REASONS = ("buffer_full", "backlog_full", "shutdown", "shutdown_timeout", "invalid")
+#: malformed items handed to ``Recorder.offer`` (skipped, their neighbours kept);
+#: ``internal_error`` a request the middleware failed to record (a bug of ours).
+DROP_REASONS = (
+    "buffer_full", "backlog_full", "shutdown", "shutdown_timeout", "invalid", "internal_error",
+)  # fmt: skip
 
 
 class Recorder:

@@ -158,12 +158,12 @@ def http_item(
     route: str = "/items/{item_id}",
     client: tuple[str, int] | None = ("127.0.0.1", 50000),
     error: str = "",
-) -> tuple[Any, ...]:
-    """A well-formed HTTP inbox tuple, as the middleware appends it."""
+) -> list[Any]:
+    """A well-formed HTTP inbox item, as the middleware queues it."""
     start = time.monotonic()
     ttfb = start + 0.001
     end = ttfb + 0.001
-    return (method, route, path, status, start, ttfb, end, 0, 10, client, None, error)
+    return [method, route, path, status, start, ttfb, end, 0, 10, client, None, error, False]
 
 
 def paths(count: int, prefix: str = "/items") -> list[str]:

@@ -29,10 +29,24 @@ NO_STATUS = {"1xx": 0, "2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0}
 
 def http_item(
     end: float, duration_ms: float = 10.0, status: int = 200, error: str = ""
-) -> tuple[Any, ...]:
+) -> list[Any]:
     """An inbox tuple as the middleware builds it, finishing at monotonic ``end``."""
     start = end - duration_ms / 1000.0
-    return ("GET", "/r", "/r", status, start, start, end, 0, 2, ("127.0.0.1", 5000), None, error)
+    return [
+        "GET",
+        "/r",
+        "/r",
+        status,
+        start,
+        start,
+        end,
+        0,
+        2,
+        ("127.0.0.1", 5000),
+        None,
+        error,
+        False,
+    ]
 
 
 def session_item(end: float) -> PendingSession:

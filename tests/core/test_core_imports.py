@@ -93,7 +93,7 @@ def test_running_a_pipeline_imports_no_third_party_module(tmp_path: Path) -> Non
     statement = (
         "from aegis_mw import Aegis\n"
         "aegis = Aegis(sink='sqlite:///probe.db', environ={})\n"
-        "aegis.recorder.offer(('GET', '/r', '/r', 200, 1.0, 1.0, 1.5, 0, 0, None, None, ''))\n"
+        "aegis.recorder.offer(['GET', '/r', '/r', 200, 1.0, 1.0, 1.5, 0, 0, None, None, '', False])\n"
         "assert aegis.force_flush(30)\n"
         "assert aegis.shutdown(30)\n"
     )
@@ -156,7 +156,7 @@ def test_memory_sinks_share_nothing() -> None:
     assert one.requests is not other.requests
     aegis = Aegis(sink=one, environ={})
     try:
-        aegis.recorder.offer(("GET", "/r", "/r", 200, 1.0, 1.0, 1.5, 0, 0, None, None, ""))
+        aegis.recorder.offer(["GET", "/r", "/r", 200, 1.0, 1.0, 1.5, 0, 0, None, None, "", False])
         assert aegis.force_flush(10)
     finally:
         assert aegis.shutdown(timeout=5)

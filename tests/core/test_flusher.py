@@ -749,15 +749,16 @@ def test_flusher_survives_a_sink_whose_close_raises(
     assert (stats.flusher_alive, stats.flusher_errors) == (True, 0)
 
 
-def _status_none() -> tuple[Any, ...]:
-    item = list(http_item("/bad"))
+def _status_none() -> list[Any]:
+    item = http_item("/bad")
     item[3] = None
-    return tuple(item)
+    return item
 
 
 MALFORMED = [
     pytest.param("not an inbox item", id="string"),
-    pytest.param(("GET",), id="short-tuple"),
+    pytest.param(["GET"], id="short-list"),
+    pytest.param(tuple(http_item("/tuple")), id="tuple-not-list"),
     pytest.param(_status_none(), id="status-None"),
 ]
 

@@ -44,8 +44,8 @@ def offer(aegis: Aegis, path: str, count: int) -> None:
     for number in range(count):
         now = aegis.clock.monotonic()
         aegis.recorder.offer(
-            ("GET", "/x/{n}", f"{path}/{number}", 200, now, now + 0.001, now + 0.002, 0, 2,
-             ("127.0.0.1", 50000), None, "")
+            ["GET", "/x/{n}", f"{path}/{number}", 200, now, now + 0.001, now + 0.002, 0, 2,
+             ("127.0.0.1", 50000), None, "", False]
         )  # fmt: skip
 
 

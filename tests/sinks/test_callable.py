@@ -15,7 +15,21 @@ from aegis_mw.testing import FakeClock
 def offer_requests(aegis: Aegis, paths: list[str]) -> None:
     for path in paths:
         aegis.recorder.offer(
-            ("GET", "/r/{n}", path, 200, 1000.0, 1000.5, 1001.0, 0, 3, ("127.0.0.1", 1), None, "")
+            [
+                "GET",
+                "/r/{n}",
+                path,
+                200,
+                1000.0,
+                1000.5,
+                1001.0,
+                0,
+                3,
+                ("127.0.0.1", 1),
+                None,
+                "",
+                False,
+            ]
         )
 
 
@@ -101,6 +115,7 @@ def test_exception_is_a_counted_sink_error_and_retried(make_aegis: Callable[...,
         "backlog_full": 0,
         "shutdown_timeout": 0,
         "invalid": 0,
+        "internal_error": 0,
     }
     # The same records, same ids, every time.
     attempts = [[r.request_id for r in batch.requests] for batch in collector.batches]

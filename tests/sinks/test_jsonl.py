@@ -191,7 +191,21 @@ def test_pipeline_retry_after_a_completed_write_appends_once(
     aegis = make_aegis(sink=sink, flush_interval=3600, clock=FakeClock())
     for number in range(4):
         aegis.recorder.offer(
-            ("GET", "/r", f"/r/{number}", 200, 1000.0, 1000.001, 1000.002, 0, 1, None, None, "")
+            [
+                "GET",
+                "/r",
+                f"/r/{number}",
+                200,
+                1000.0,
+                1000.001,
+                1000.002,
+                0,
+                1,
+                None,
+                None,
+                "",
+                False,
+            ]
         )
 
     assert aegis.force_flush(timeout=10) is False
@@ -217,7 +231,21 @@ def test_relative_url_appends_under_the_working_directory(
     assert sink.path == str(tmp_path / "rel.jsonl")
     for round_number in range(2):
         aegis.recorder.offer(
-            ("GET", "/r", f"/r/{round_number}", 200, 1000.0, None, 1000.5, 0, 0, None, None, "")
+            [
+                "GET",
+                "/r",
+                f"/r/{round_number}",
+                200,
+                1000.0,
+                None,
+                1000.5,
+                0,
+                0,
+                None,
+                None,
+                "",
+                False,
+            ]
         )
         assert aegis.force_flush(timeout=10) is True
 

@@ -74,10 +74,26 @@ def test_pipeline_stores_each_record_once_and_closes_the_sink(
     assert sink.name == "memory"
     for number in range(3):
         aegis.recorder.offer(
-            ("GET", "/r/{n}", f"/r/{number}", 200, 1000.0, 1000.5, 1001.0, 1, 2, None, None, "")
+            [
+                "GET",
+                "/r/{n}",
+                f"/r/{number}",
+                200,
+                1000.0,
+                1000.5,
+                1001.0,
+                1,
+                2,
+                None,
+                None,
+                "",
+                False,
+            ]
         )
     first = recorded(aegis)
-    aegis.recorder.offer(("GET", "/r/{n}", "/r/3", 404, 1000.0, None, 1000.0, 0, 0, None, None, ""))
+    aegis.recorder.offer(
+        ["GET", "/r/{n}", "/r/3", 404, 1000.0, None, 1000.0, 0, 0, None, None, "", False]
+    )
     second = recorded(aegis)
 
     assert [r.path for r in first] == ["/r/0", "/r/1", "/r/2"]

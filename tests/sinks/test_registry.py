@@ -49,8 +49,8 @@ def ship(batch: Batch) -> None:
 def offer_requests(aegis: Aegis, count: int) -> None:
     for number in range(count):
         aegis.recorder.offer(
-            ("PUT", "/r/{n}", f"/r/{number}", 204, 1000.0, 1000.25, 1000.5, 3, 0,
-             ("198.51.100.7", 1234), None, "")
+            ["PUT", "/r/{n}", f"/r/{number}", 204, 1000.0, 1000.25, 1000.5, 3, 0,
+             ("198.51.100.7", 1234), None, "", False]
         )  # fmt: skip
 
 

@@ -116,8 +116,8 @@ def offer_requests(aegis: Aegis, count: int, path_prefix: str = "/r") -> None:
     now = aegis.clock.monotonic()
     for number in range(count):
         aegis.recorder.offer(
-            ("GET", "/r/{n}", f"{path_prefix}/{number}", 200, now, now + 0.001, now + 0.002,
-             0, 10, ("127.0.0.1", 40000), None, "")
+            ["GET", "/r/{n}", f"{path_prefix}/{number}", 200, now, now + 0.001, now + 0.002,
+             0, 10, ("127.0.0.1", 40000), None, "", False]
         )  # fmt: skip
 
 
@@ -470,12 +470,12 @@ def test_pipeline_writes_records_built_from_inbox_items(
     clock = FakeClock(monotonic=1000.0, wall=1_700_000_000.0)
     aegis = make_aegis(sink=f"sqlite:///{path}", flush_interval=3600, clock=clock)
     aegis.recorder.offer(
-        ("POST", "/u/{id}", "/u/é", 201, 1000.0, 1000.25, 1000.5, 12, 34,
-         ("192.0.2.1", 5555), None, "")
+        ["POST", "/u/{id}", "/u/é", 201, 1000.0, 1000.25, 1000.5, 12, 34,
+         ("192.0.2.1", 5555), None, "", False]
     )  # fmt: skip
     aegis.recorder.offer(
-        ("BREW", "<unmatched>", "/pot", 500, 1000.0, None, 1001.0, 0, 0, None, None,
-         "RuntimeError: boom")
+        ["BREW", "<unmatched>", "/pot", 500, 1000.0, None, 1001.0, 0, 0, None, None,
+         "RuntimeError: boom", False]
     )  # fmt: skip
 
     assert aegis.force_flush(timeout=10) is True

@@ -1,0 +1,48 @@
+"""How a request that raised or never finished its response is recorded.
+
+Only requests off the happy path get here, so clarity wins over speed:
+
+- the app raised before the response started: 500, with the error;
+- it raised after (even after the last byte): the sent status, with the error;
+- the client went away first (``http.disconnect`` seen, a connection error,
+  or a framework's ``ClientDisconnect``) or the task was cancelled: 499;
+- it returned without any response: 500; mid-body: the sent status, flagged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..core.items import DISCONNECTED, END, ERROR, STATUS
+from ..core.labels import describe_error
+from ..core.record import CLIENT_CLOSED_STATUS
+
+NO_RESPONSE = "RuntimeError: app returned without sending a response"
+INCOMPLETE_RESPONSE = "RuntimeError: app returned before the response body was complete"
+_DISCONNECT_ERRORS = frozenset({"ClientDisconnect", "ClientDisconnected"})
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """The client went away: a broken connection, or a server/framework saying so."""
+    return isinstance(exc, ConnectionError) or type(exc).__name__ in _DISCONNECT_ERRORS
+
+
+def settle(
+    item: list[Any], failure: BaseException | None, clock: Callable[[], float], error_limit: int
+) -> None:
+    """Fill in status, end and error of an HTTP item that did not end normally."""
+    if failure is not None and isinstance(failure, Exception) and not is_disconnect(failure):
+        item[ERROR] = describe_error(failure, error_limit)
+    if item[END] is not None:
+        return  # the response went out whole; the app raised afterwards
+    item[END] = clock()
+    cancelled = failure is not None and not isinstance(failure, Exception)
+    if item[DISCONNECTED] or cancelled or (failure is not None and is_disconnect(failure)):
+        item[STATUS] = CLIENT_CLOSED_STATUS  # nobody got an answer
+    elif item[STATUS] == 0:
+        item[STATUS] = 500
+        if not item[ERROR]:
+            item[ERROR] = NO_RESPONSE
+    elif not item[ERROR]:
+        item[ERROR] = INCOMPLETE_RESPONSE
