@@ -11,7 +11,7 @@ import functools
 import logging
 import os
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence, Sized
 from types import TracebackType
 from typing import Any
 
@@ -37,6 +37,15 @@ NO_LIFESPAN_WARNING = (
     "loses what was recorded since the last flush. Run the server with lifespan "
     "enabled, or call aegis.shutdown() before the process stops."
 )
+
+
+def _warn_if_unflushed(inbox: Sized, backlogs: Sequence[Sized]) -> None:
+    left = len(inbox) + sum(len(backlog) for backlog in backlogs)
+    if left:
+        logger.warning(
+            "aegis_mw: a pipeline was discarded without shutdown(); %d records were never written",
+            left,
+        )
 
 
 def _shutdown_if_alive(ref: weakref.ReferenceType[Aegis]) -> None:
@@ -132,6 +141,10 @@ class Aegis:
         atexit.register(self._atexit_hook)
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=functools.partial(_reinit_if_alive, ref))
+        # Dropped without shutdown (an app built per test, say): its threads end
+        # on their own (they hold it weakly); say if records went with it.
+        backlogs = [runner.backlog for runner in self.flusher.runners]
+        weakref.finalize(self, _warn_if_unflushed, self.recorder.inbox, backlogs).atexit = False
         self.flusher.start()
 
     def start(self) -> None:
@@ -169,16 +182,20 @@ class Aegis:
         return self.aggregates.snapshot(int(self.clock.monotonic()), self.recorder.pending)
 
     def stats(self) -> PipelineStats:
-        """Counters describing the pipeline itself (drops, backlogs, sink errors)."""
+        """Counters describing the pipeline itself (drops, backlogs, sink errors).
+
+        Takes the aggregates' lock briefly: call it from a worker thread, not
+        from an event loop.
+        """
         recorder = self.recorder
+        dropped = dict(recorder.dropped)
+        inbox = recorder.inbox
+        seen = self.aggregates.items_seen(inbox.__len__)
         return PipelineStats(
-            # Items refused at the inbox never reach the aggregates.
-            offered=self.aggregates.offered(self.recorder.pending)
-            + recorder.dropped["buffer_full"]
-            + recorder.dropped["shutdown"],
-            buffered=len(recorder.inbox)
-            + max((len(r.backlog) for r in self.flusher.runners), default=0),
-            dropped=dict(recorder.dropped),
+            # Items refused at the inbox (or lost to our own error) never get there.
+            offered=seen + dropped["buffer_full"] + dropped["shutdown"] + dropped["internal_error"],
+            buffered=len(inbox),
+            dropped=dropped,
             sampled_out=self.finalizer.sampled_out,
             route_overflow=self.finalizer.routes.overflowed,
             flusher_alive=self.flusher.alive,
@@ -187,12 +204,15 @@ class Aegis:
                 SinkStats(
                     name=runner.name,
                     written=runner.written,
+                    backlog=len(runner.backlog),
+                    dropped=dict(runner.dropped),
                     errors=runner.errors,
                     timeouts=runner.timeouts,
-                    backlog=len(runner.backlog),
                     consecutive_failures=runner.consecutive_failures,
                     last_error=runner.last_error,
                     last_flush_seconds=runner.last_flush_seconds,
+                    flushes=runner.flushes,
+                    flush_seconds_total=runner.flush_seconds_total,
                 )
                 for runner in self.flusher.runners
             ),

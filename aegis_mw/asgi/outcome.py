@@ -32,13 +32,21 @@ def settle(
     item: list[Any], failure: BaseException | None, clock: Callable[[], float], error_limit: int
 ) -> None:
     """Fill in status, end and error of an HTTP item that did not end normally."""
-    if failure is not None and isinstance(failure, Exception) and not is_disconnect(failure):
+    disconnect = failure is not None and is_disconnect(failure)
+    if failure is not None and isinstance(failure, Exception) and not disconnect:
         item[ERROR] = describe_error(failure, error_limit)
+    if disconnect:
+        # Even when the end was stamped: it was stamped as the last body message
+        # went to the server, which then failed to deliver it.
+        if item[END] is None:
+            item[END] = clock()
+        item[STATUS] = CLIENT_CLOSED_STATUS
+        return
     if item[END] is not None:
         return  # the response went out whole; the app raised afterwards
     item[END] = clock()
     cancelled = failure is not None and not isinstance(failure, Exception)
-    if item[DISCONNECTED] or cancelled or (failure is not None and is_disconnect(failure)):
+    if item[DISCONNECTED] or cancelled:
         item[STATUS] = CLIENT_CLOSED_STATUS  # nobody got an answer
     elif item[STATUS] == 0:
         item[STATUS] = 500

@@ -121,6 +121,8 @@ class RealtimeAggregates:
         # What rotated out of the ring: running totals since start.
         self.totals: list[Any] = _empty_slot(-1)
         self.websocket_sessions = 0
+        #: Items taken from the inbox so far, well-formed or not.
+        self.drained = 0
         self._lock = threading.Lock()
         # Written by the request path (one event loop) on entry and exit.
         self.in_flight = 0
@@ -130,6 +132,7 @@ class RealtimeAggregates:
         """Forget everything (a forked child starts with its own counts)."""
         self.ring[:] = [_empty_slot(-1) for _ in range(RING_SIZE)]
         self.totals = _empty_slot(-1)
+        self.drained = 0
         # A fork may land mid-fold: the child must not inherit a held lock.
         self._lock = threading.Lock()
         self.websocket_sessions = 0
@@ -143,6 +146,7 @@ class RealtimeAggregates:
         good: list[Any] = []
         with self._lock:
             items = drain()
+            self.drained += len(items)
             self.websocket_sessions += _fold(self.ring, self.totals, items, good)
         return good, len(items) - len(good)
 
@@ -156,13 +160,10 @@ class RealtimeAggregates:
         sessions += _fold(ring, totals, waiting)
         return ring, totals, sessions
 
-    def offered(self, pending: Callable[[], list[Any]]) -> int:
-        """HTTP requests plus WebSocket sessions recorded since start."""
-        ring, totals, sessions = self._read(pending)
-        return (
-            int(totals[REQUESTS] + sum(slot[REQUESTS] for slot in ring if slot[SECOND] >= 0))
-            + sessions
-        )
+    def items_seen(self, waiting: Callable[[], int]) -> int:
+        """Items drained so far plus those still waiting, read as one moment."""
+        with self._lock:
+            return self.drained + waiting()
 
     def snapshot(self, now_second: int, pending: Callable[[], list[Any]]) -> RealtimeSnapshot:
         """Rates over the last 1/10/60 complete seconds; latency and error rate

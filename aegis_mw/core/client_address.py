@@ -14,7 +14,6 @@ from collections.abc import Iterable, Sequence
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-FORWARDED_HEADERS = ("x-forwarded-for", "forwarded")
 _CACHE_LIMIT = 4096
 
 

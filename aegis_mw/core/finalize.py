@@ -14,7 +14,34 @@ from .client_address import ClientAddressResolver
 from .clock import Clock
 from .items import InboxItem, PendingSession
 from .labels import STANDARD_METHODS
-from .record import OTHER_METHOD, OVERFLOW_ROUTE, RequestRecord, WebSocketSession
+from .record import OTHER_METHOD, OVERFLOW_ROUTE, UNMATCHED_ROUTE, RequestRecord, WebSocketSession
+
+
+def _coerce(
+    method: object,
+    route: object,
+    path: object,
+    status: object,
+    error: object,
+    request_bytes: object,
+    response_bytes: object,
+) -> tuple[str, int]:
+    """Route and status as plain ``str``/``int`` (an ``HTTPStatus`` is an int, a
+    reader may give a str subclass or None); anything else is malformed.
+
+    A bad item from a third-party caller of Recorder.offer must not become a
+    record that fails every write after it.
+    """  # fmt: skip
+    if route is None:
+        route = UNMATCHED_ROUTE
+    if not (
+        type(method) is str and type(path) is str and type(error) is str
+        and isinstance(route, str) and type(request_bytes) is int
+        and type(response_bytes) is int
+        and isinstance(status, int) and not isinstance(status, bool)
+    ):  # fmt: skip
+        raise TypeError("malformed inbox item")
+    return str(route), int(status)
 
 
 def new_id_prefix() -> str:
@@ -114,9 +141,8 @@ class Finalizer:
                         and type(status) is int and type(error) is str
                         and type(request_bytes) is int and type(response_bytes) is int
                     ):  # fmt: skip
-                        # A bad item from a third-party caller of Recorder.offer must
-                        # not become a record that fails every write after it.
-                        raise TypeError("malformed inbox item")
+                        route, status = _coerce(method, route, path, status, error,
+                                                request_bytes, response_bytes)  # fmt: skip
                     if route not in known_routes:
                         route = admit(route)
                     duration_ms = (end - start) * 1000.0

@@ -1,28 +1,35 @@
-"""The background worker: drain, finalize, write, retry — never raise.
+"""The background worker: its lifecycle and its loop.
 
 One thread per process wakes every ``flush_interval`` or as soon as
-``batch_size`` items wait (the request path releases ``Recorder.wake``),
-moves the inbox into each sink's bounded backlog and writes it in chunks.
-A failing sink keeps its backlog and backs off; a hanging one is abandoned
-after ``sink_timeout`` (see :mod:`.sink_runner`). Shutdown writes what is
-left within its deadline and counts what it could not.
+``batch_size`` items wait (the request path releases ``Recorder.wake``) and
+runs a cycle (see :mod:`.flush_cycle`): drain the inbox, fold, finalize, and
+write each sink's backlog. Shutdown writes what is left within its deadline,
+counts what it could not, and closes the sinks.
+
+The lifecycle is one state under one lock::
+
+    idle ──start──► running ──shutdown──► stopping ──► stopped ──start──► running
+
+A ``start`` that arrives while stopping is remembered and carried out by the
+stopping worker once the sinks are closed, so a restart never races the old
+run's last steps. Between wakes the worker holds only a weak reference to the
+flusher: a pipeline that is dropped without ``shutdown`` lets its threads end.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 
 from .finalize import Finalizer
+from .flush_cycle import FlushCycle
 from .recorder import Recorder
-from .sink_runner import SinkRunner, SinkTimeout
+from .sink_runner import SinkRunner
 
 logger = logging.getLogger("aegis_mw.flusher")
-
-DROP_REPORT_INTERVAL = 10.0
 
 
 class _FlushRequest:
@@ -37,8 +44,31 @@ class _FlushRequest:
         self.event.set()
 
 
+def _release(wake: threading.Lock) -> None:
+    try:
+        wake.release()
+    except RuntimeError:  # already released: a wake-up is pending anyway
+        pass
+
+
+def _worker(ref: weakref.ReferenceType[Flusher]) -> None:
+    """The flusher thread. Holds the flusher strongly only while it works."""
+    while True:
+        flusher = ref()
+        if flusher is None:
+            return
+        wake, timeout = flusher._next_wait()
+        del flusher
+        if timeout > 0:
+            wake.acquire(timeout=timeout)
+        flusher = ref()
+        if flusher is None or not flusher._step():
+            return
+        del flusher
+
+
 class Flusher:
-    """Owns the worker thread; see the module docstring for the cycle."""
+    """Owns the worker thread; see the module docstring."""
 
     def __init__(
         self,
@@ -53,27 +83,36 @@ class Flusher:
         on_first_records: Callable[[], None] | None = None,
     ) -> None:
         self.recorder = recorder
-        self.aggregates = recorder.aggregates
-        self.finalizer = finalizer
         self.runners = list(runners)
         self.flush_interval = flush_interval
-        self.batch_size = batch_size
-        self.sink_timeout = sink_timeout
         self.shutdown_timeout = shutdown_timeout
-        self.cycles = 0
-        self.internal_errors = 0
+        self.sink_timeout = sink_timeout
+        self.cycle = FlushCycle(
+            recorder,
+            finalizer,
+            self.runners,
+            batch_size=batch_size,
+            sink_timeout=sink_timeout,
+            on_first_records=on_first_records,
+        )
         self._lock = threading.Lock()
+        self._state = "idle"
         self._requests: list[_FlushRequest] = []
-        self._stop_deadline: float | None = None
-        self._shutdown_result: bool | None = None
-        self._shutdown_started = False
+        self._deadline: float | None = None
+        self._restart_wanted = False
+        self._result: bool | None = None
+        self._next_flush = 0.0
         self._thread: threading.Thread | None = None
-        self._reported_drops: dict[str, int] = dict(recorder.dropped)
-        self._last_drop_report = -math.inf
-        # Called once, from this thread, after the first records were ingested.
-        self._on_first_records = on_first_records
 
-    # -- lifecycle ---------------------------------------------------------
+    @property
+    def internal_errors(self) -> int:
+        return self.cycle.internal_errors
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- lifecycle (any thread) ---------------------------------------------
     def start(self) -> None:
         """Start the sink threads and the worker; idempotent.
 
@@ -81,26 +120,31 @@ class Flusher:
         lifespan runs several times, as test clients do, keeps recording).
         """
         with self._lock:
-            if self._shutdown_started:
-                if self._shutdown_result is None:
-                    return  # a shutdown is still running; it wins
-                self._shutdown_started = False
-                self._shutdown_result = None
-                self._stop_deadline = None
-                self._thread = None
-                for runner in self.runners:
-                    runner.restart_thread()
-                self.recorder.closed = False
-            if self._thread is not None:
-                return
-            for runner in self.runners:
-                runner.start()
-            self._thread = threading.Thread(target=self._run, name="aegis-flusher", daemon=True)
-            self._thread.start()
+            if self._state == "stopping":
+                self._restart_wanted = True
+            elif self._state != "running":
+                self._launch()
 
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+    def _launch(self) -> None:
+        """Start a run. Called with the lock held, in idle or stopped state."""
+        if self._state == "stopped":
+            for runner in self.runners:
+                runner.restart_thread()
+            self.recorder.closed = False
+        for runner in self.runners:
+            runner.start()
+        self._state = "running"
+        self._deadline = None
+        self._result = None
+        self._next_flush = time.monotonic() + self.flush_interval
+        # When the flusher is collected the callback wakes the worker, which
+        # then finds its weak reference dead and ends.
+        wake = self.recorder.wake
+        ref = weakref.ref(self, lambda _: _release(wake))
+        self._thread = threading.Thread(
+            target=_worker, args=(ref,), name="aegis-flusher", daemon=True
+        )
+        self._thread.start()
 
     def force_flush(self, timeout: float | None = None) -> bool:
         """Write everything recorded before this call; True when all sinks took it.
@@ -108,10 +152,10 @@ class Flusher:
         Sinks in backoff are tried once anyway. Blocks the calling thread, so
         from async code run it in a worker thread.
         """
-        if self._shutdown_started:
-            return self._shutdown_result is True
         request = _FlushRequest()
         with self._lock:
+            if self._state != "running":
+                return self._result is True
             self._requests.append(request)
         self.recorder.wake_flusher()
         if not request.event.wait(timeout):
@@ -120,186 +164,94 @@ class Flusher:
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Stop recording, write what is buffered within ``timeout`` (default
-        ``shutdown_timeout``), close the sinks. A second call does nothing and
-        returns the first call's result (False while the first is running).
+        ``shutdown_timeout``), close the sinks. A call while stopped or
+        stopping does nothing and returns the result so far (False until the
+        first call has finished).
         """
+        deadline = time.monotonic() + (self.shutdown_timeout if timeout is None else timeout)
         with self._lock:
-            if self._shutdown_started:
-                return self._shutdown_result is True
-            self._shutdown_started = True
-            deadline = time.monotonic() + (self.shutdown_timeout if timeout is None else timeout)
-            self._stop_deadline = deadline
+            if self._state in ("stopping", "stopped"):
+                return self._result is True
+            was_idle = self._state == "idle"
+            self._state = "stopping"
+            self._deadline = deadline
+            self.recorder.closed = True
             thread = self._thread
-        self.recorder.closed = True
-        if thread is not None and thread.is_alive():
-            self.recorder.wake_flusher()
-            # The worker honours the deadline itself; the grace covers closing.
-            thread.join(max(0.0, deadline - time.monotonic()) + self.sink_timeout + 1.0)
-        else:
+        if was_idle or thread is None:
             for runner in self.runners:
                 runner.start()
-            self._finish(deadline)
-        return self._shutdown_result is True
+            self._finish()
+            return self._result is True
+        self.recorder.wake_flusher()
+        # The worker keeps to the deadline itself; the grace covers one
+        # abandoned write and closing the sinks.
+        thread.join(max(0.0, deadline - time.monotonic()) + self.sink_timeout + 1.0)
+        if thread.is_alive():
+            logger.warning(
+                "aegis shutdown did not finish in time; %d records are still unwritten",
+                self.cycle.unwritten(),
+            )
+        return self._result is True
 
     def reset_after_fork(self) -> None:
-        """In a forked child: fresh locks, empty queues, new threads."""
+        """In a forked child: fresh lock, empty queues, new threads."""
         self._lock = threading.Lock()
         self._requests = []
         self._thread = None
         for runner in self.runners:
             runner.reset_after_fork()
-        self._reported_drops = dict(self.recorder.dropped)
-        self._last_drop_report = -math.inf
-        if not self._shutdown_started:
-            self.start()
+        self.cycle.reset_after_fork()
+        if self._state == "stopping":  # its worker did not come along
+            self._state, self._result = "stopped", False
+        elif self._state == "running":
+            self._state = "idle"
+            with self._lock:
+                self._launch()
 
     # -- the worker ----------------------------------------------------------
-    def _run(self) -> None:
-        wake = self.recorder.wake
-        next_flush = time.monotonic() + self.flush_interval
-        while True:
-            now = time.monotonic()
-            wait_until = next_flush
-            for runner in self.runners:
-                if runner.backlog and runner.retry_at > now:
-                    wait_until = min(wait_until, runner.retry_at)
-            with self._lock:
-                idle = not self._requests and self._stop_deadline is None
-            if idle and wait_until > now:
-                wake.acquire(timeout=wait_until - now)
-            with self._lock:
-                requests, self._requests = self._requests, []
-                deadline = self._stop_deadline
-            if deadline is not None:
-                self._finish(deadline)
-                for request in requests:
-                    request.finish(self._shutdown_result is True)
-                return
-            try:
-                ok = self._cycle(force=bool(requests))
-            except Exception:
-                self.internal_errors += 1
-                logger.exception("aegis flusher cycle failed; continuing")
-                ok = False
-            for request in requests:
-                request.finish(ok)
-            next_flush = time.monotonic() + self.flush_interval
-
-    def _cycle(self, *, force: bool, deadline: float | None = None) -> bool:
-        self.cycles += 1
-        self._ingest()
-        self._write(force=force, deadline=deadline)
-        self._report_drops(time.monotonic())
-        # Items that arrived during this cycle are the next cycle's business.
-        return all(not runner.backlog for runner in self.runners)
-
-    def _ingest(self) -> None:
-        """Move what the inbox holds now into every sink's backlog."""
-        recorder = self.recorder
-        remaining = len(recorder.inbox)
-        while remaining > 0:
-            count = min(remaining, self.batch_size)
-            items, malformed = self.aggregates.fold_drained(lambda: recorder.drain(count))  # noqa: B023
-            remaining -= count
-            if self._on_first_records is not None and items:
-                hook, self._on_first_records = self._on_first_records, None
-                hook()
-            invalid_before = self.finalizer.invalid
-            records = self.finalizer.finalize(items)
-            malformed += self.finalizer.invalid - invalid_before
-            if malformed:
-                recorder.dropped["invalid"] += malformed
-            for runner in self.runners:
-                overflow = runner.offer(records)
-                if overflow:
-                    self.recorder.dropped["backlog_full"] += overflow
-
-    def _write(self, *, force: bool, deadline: float | None) -> None:
-        """Write due backlogs in rounds of one chunk per sink, in parallel."""
-        failed: set[int] = set()
-        while True:
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                return
-            due = [
-                runner
-                for runner in self.runners
-                if id(runner) not in failed and runner.backlog and (force or now >= runner.retry_at)
-            ]
-            if not due:
-                return
-            wait_until = now + self.sink_timeout
-            if deadline is not None:
-                wait_until = min(wait_until, deadline)
-            calls = []
-            for runner in due:
-                batch, taken = runner.next_batch(self.batch_size)
-                calls.append((runner, taken, runner.call(runner.sink.write, batch)))
-            for runner, taken, future in calls:
-                error = runner.wait(future, wait_until)
-                finished = time.monotonic()
-                if error is None:
-                    runner.succeeded(taken, finished - now)
-                else:
-                    runner.failed(error, finished, timed_out=isinstance(error, SinkTimeout))
-                    failed.add(id(runner))
-
-    def _finish(self, deadline: float) -> None:
-        """Final flush: keep trying (with backoff) until empty or the deadline."""
-        first = True
-        try:
-            while True:
-                self._ingest()
-                self._write(force=first, deadline=deadline)
-                first = False
-                now = time.monotonic()
-                pending = [runner for runner in self.runners if runner.backlog]
-                if not pending or now >= deadline:
-                    break
-                retry = min(runner.retry_at for runner in pending)
-                # Backoff inside the worker thread, never on an event loop.
-                time.sleep(max(0.0, min(retry, deadline) - now))
-            left = sum(len(runner.backlog) for runner in self.runners) + len(self.recorder.inbox)
-            if left:
-                self.recorder.dropped["shutdown_timeout"] += left
-                logger.warning("aegis shutdown: %d records could not be written in time", left)
-                # Counted as dropped, so gone: a later restart must not write them too.
-                for runner in self.runners:
-                    runner.backlog.clear()
-                self.recorder.inbox.clear()
-            self._shutdown_result = left == 0
-            self._report_drops(time.monotonic(), final=True)
-        except Exception:
-            self.internal_errors += 1
-            logger.exception("aegis final flush failed")
-            self._shutdown_result = False
-        finally:
-            self._close_sinks(max(deadline, time.monotonic() + 1.0))
-
-    def _close_sinks(self, deadline: float) -> None:
+    def _next_wait(self) -> tuple[threading.Lock, float]:
+        """How long the worker may sleep, and on what."""
+        with self._lock:
+            if self._requests or self._state != "running":
+                return self.recorder.wake, 0.0
+        now = time.monotonic()
+        until = self._next_flush
         for runner in self.runners:
-            error = runner.wait(runner.call(runner.sink.close), deadline)
-            if error is not None:
-                logger.warning("aegis sink %s did not close cleanly: %s", runner.name, error)
-            runner.stop()
+            if runner.backlog and runner.retry_at > now:
+                until = min(until, runner.retry_at)
+        return self.recorder.wake, until - now
 
-    def _report_drops(self, now: float, *, final: bool = False) -> None:
-        """At most one warning per ``DROP_REPORT_INTERVAL`` with the counts since the
-        last; ``final`` (at shutdown) reports whatever is left regardless."""
-        if not final and now - self._last_drop_report < DROP_REPORT_INTERVAL:
-            return
-        current = dict(self.recorder.dropped)
-        since = {
-            reason: count - self._reported_drops.get(reason, 0)
-            for reason, count in current.items()
-            if count > self._reported_drops.get(reason, 0)
-        }
-        if not since:
-            return
-        self._reported_drops = current
-        self._last_drop_report = now
-        logger.warning(
-            "aegis dropped %d records since the last report (%s)",
-            sum(since.values()),
-            ", ".join(f"{reason}={count}" for reason, count in sorted(since.items())),
-        )
+    def _step(self) -> bool:
+        """One wake-up's work; False when the thread should end."""
+        with self._lock:
+            requests, self._requests = self._requests, []
+            stopping = self._state == "stopping"
+        if stopping:
+            result = self._finish()
+            for request in requests:
+                request.finish(result)
+            return False
+        ok = self.cycle.run(force=bool(requests), stop=self._stopping)
+        for request in requests:
+            request.finish(ok)
+        self._next_flush = time.monotonic() + self.flush_interval
+        return True
+
+    def _stopping(self) -> bool:
+        return self._deadline is not None
+
+    def _finish(self) -> bool:
+        """Final flush and close, then publish the result (and restart if asked)."""
+        deadline = self._deadline if self._deadline is not None else time.monotonic()
+        result = self.cycle.final(deadline)
+        self.cycle.close_sinks(max(deadline, time.monotonic() + 1.0))
+        with self._lock:
+            self._state = "stopped"
+            self._result = result
+            requests, self._requests = self._requests, []
+            for request in requests:
+                request.finish(result)
+            if self._restart_wanted:
+                self._restart_wanted = False
+                self._launch()
+        return result

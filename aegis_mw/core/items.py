@@ -11,7 +11,8 @@ Layout of the HTTP list, by index::
     12 disconnected (the middleware's own note; not stored)
 
 A list (not a tuple) because the request path writes into it. Other callers
-of ``Recorder.offer`` build the same 13-element list.
+of ``Recorder.offer`` build the same 13-element list, for a request that just
+started: ``[method, None, path, 0, start, None, None, 0, 0, client, None, "", False]``.
 """
 
 from __future__ import annotations
@@ -23,12 +24,6 @@ HttpItem = list[Any]
 METHOD, ROUTE, PATH, STATUS, START, TTFB, END = 0, 1, 2, 3, 4, 5, 6
 REQUEST_BYTES, RESPONSE_BYTES, CLIENT, FORWARDED, ERROR, DISCONNECTED = 7, 8, 9, 10, 11, 12
 HTTP_FIELDS = 13
-
-
-def new_http_item(method: str, path: str, start: float, client: Any = None) -> HttpItem:
-    """An HTTP item for a request that just started (for callers other than
-    the ASGI middleware, which inlines the same literal)."""
-    return [method, None, path, 0, start, None, None, 0, 0, client, None, "", False]
 
 
 @dataclass(slots=True)

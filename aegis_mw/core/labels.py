@@ -6,16 +6,9 @@ sending random methods or paths cannot grow memory or metric cardinality.
 
 from __future__ import annotations
 
-from .record import OTHER_METHOD
-
 STANDARD_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
-
-
-def fold_method(method: str) -> str:
-    """The method itself when standard, otherwise ``_OTHER``."""
-    return method if method in STANDARD_METHODS else OTHER_METHOD
 
 
 def describe_error(exc: BaseException, limit: int) -> str:
@@ -33,7 +26,3 @@ def describe_error(exc: BaseException, limit: int) -> str:
     if len(text) > limit:
         text = text[: max(limit - 1, 0)] + "…"
     return text
-
-
-def truncate(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit]

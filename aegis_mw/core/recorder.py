@@ -16,12 +16,12 @@ from collections import deque
 from .aggregates import RealtimeAggregates
 from .items import InboxItem
 
-#: Why records were not kept; the keys of ``Recorder.dropped``. ``invalid`` counts
-#: malformed items handed to ``Recorder.offer`` (skipped, their neighbours kept);
-#: ``internal_error`` a request the middleware failed to record (a bug of ours).
-DROP_REASONS = (
-    "buffer_full", "backlog_full", "shutdown", "shutdown_timeout", "invalid", "internal_error",
-)  # fmt: skip
+#: Why items were refused or lost before reaching any sink; the keys of
+#: ``Recorder.dropped``. ``invalid`` counts malformed items handed to
+#: ``Recorder.offer`` (skipped, their neighbours kept); ``internal_error`` a
+#: request the middleware failed to record (a bug of ours). Sink-level losses
+#: are counted per sink (``SinkRunner.dropped``).
+DROP_REASONS = ("buffer_full", "shutdown", "invalid", "internal_error")
 
 
 class Recorder:
@@ -30,7 +30,6 @@ class Recorder:
     def __init__(self, *, aggregates: RealtimeAggregates, max_buffer: int, batch_size: int) -> None:
         self.aggregates = aggregates
         self.max_buffer = max_buffer
-        self.batch_size = batch_size
         self.inbox: deque[InboxItem] = deque()
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self._closed = False

@@ -58,7 +58,14 @@ def _glob_list(value: Any) -> tuple[str, ...]:
 
 def _cidr_list(value: Any) -> tuple[str, ...]:
     cidrs = _string_list(value)
-    parse_networks(cidrs)
+    for network in parse_networks(cidrs):
+        if network.prefixlen == 0:
+            warnings.warn(
+                f"trusted_proxies includes {network}: every peer is trusted, so any client "
+                "can set its own client_ip with a forwarded-for header",
+                AegisConfigWarning,
+                stacklevel=2,
+            )
     return cidrs
 
 

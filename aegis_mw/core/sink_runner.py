@@ -17,6 +17,7 @@ import queue
 import random
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -40,8 +41,29 @@ class SinkTimeout(RuntimeError):
     """A write did not return within ``sink_timeout`` and was abandoned."""
 
 
+def _serve(jobs: queue.SimpleQueue[_Job | None]) -> None:
+    """A sink's I/O thread: runs calls until it is handed ``None``.
+
+    It holds the queue, not the runner, so a runner that is dropped (its
+    pipeline discarded without shutdown) ends the thread through a finalizer.
+    """
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        future, function, args = job
+        if not future.set_running_or_notify_cancel():
+            continue
+        try:
+            result = function(*args)
+        except BaseException as exc:  # handed to the waiting flusher, which logs it
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+
 class SinkRunner:
-    """Backlog and state of one sink; every method but the I/O loop runs in the flusher."""
+    """Backlog and state of one sink; every method runs in the flusher's thread."""
 
     def __init__(
         self,
@@ -58,6 +80,9 @@ class SinkRunner:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.backlog: deque[Stored] = deque()
+        #: Records this sink could not keep: over the backlog bound while it was
+        #: failing, or still unwritten when shutdown's deadline passed.
+        self.dropped: dict[str, int] = {"backlog_full": 0, "shutdown_timeout": 0}
         self.written = 0
         self.errors = 0
         self.timeouts = 0
@@ -74,26 +99,13 @@ class SinkRunner:
     # -- I/O thread -------------------------------------------------------
     def start(self) -> None:
         if self._thread is None:
+            jobs = self._jobs
             self._thread = threading.Thread(
-                target=self._serve, name=f"aegis-sink-{self.name}", daemon=True
+                target=_serve, args=(jobs,), name=f"aegis-sink-{self.name}", daemon=True
             )
             self._thread.start()
-
-    def _serve(self) -> None:
-        jobs = self._jobs
-        while True:
-            job = jobs.get()
-            if job is None:
-                return
-            future, function, args = job
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = function(*args)
-            except BaseException as exc:  # handed to the waiting flusher, which logs it
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
+            # Not at exit: the final flush still needs this thread then.
+            weakref.finalize(self, jobs.put, None).atexit = False
 
     def call(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
         """Run ``function`` on the sink's thread; fails fast while a call hangs."""
@@ -125,7 +137,8 @@ class SinkRunner:
         and counters that describe the child's own writes only."""
         self._in_flight = None  # that call ran on a thread the child does not have
         self.restart_thread()
-        self.backlog = deque()
+        self.backlog.clear()
+        self.dropped = dict.fromkeys(self.dropped, 0)
         self.written = self.errors = self.timeouts = self.flushes = 0
         self.consecutive_failures = 0
         self.retry_at = 0.0
@@ -133,17 +146,14 @@ class SinkRunner:
         self.last_flush_seconds = self.flush_seconds_total = 0.0
 
     # -- backlog and schedule --------------------------------------------
-    def offer(self, records: list[Stored]) -> int:
-        """Append what fits under the bound; returns how many did not fit."""
-        room = self.max_backlog - len(self.backlog)
+    def offer(self, records: list[Stored]) -> None:
+        """Append what fits under the bound; count the rest as ``backlog_full``."""
+        room = max(self.max_backlog - len(self.backlog), 0)
         if room >= len(records):
             self.backlog.extend(records)
-            return 0
-        self.backlog.extend(records[: max(room, 0)])
-        return len(records) - max(room, 0)
-
-    def due(self, now: float) -> bool:
-        return bool(self.backlog) and now >= self.retry_at
+        else:
+            self.backlog.extend(records[:room])
+            self.dropped["backlog_full"] += len(records) - room
 
     def next_batch(self, limit: int) -> tuple[Batch, int]:
         batch = Batch()

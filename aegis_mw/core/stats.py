@@ -7,23 +7,32 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class SinkStats:
+    """One sink: what it stored, what it still owes, what it lost and why."""
+
     name: str
     written: int
+    backlog: int
+    dropped: dict[str, int]
     errors: int
     timeouts: int
-    backlog: int
     consecutive_failures: int
     last_error: str
     last_flush_seconds: float
+    flushes: int
+    flush_seconds_total: float
 
 
 @dataclass(frozen=True)
 class PipelineStats:
     """Counters for ``/metrics`` and health checks: nothing is lost silently.
 
-    ``offered`` counts every record the request path produced; each one is
-    either buffered, written, sampled out, or counted in ``dropped`` by reason
-    (a record a sink could not keep counts once per such sink).
+    ``offered`` counts every item the request path produced. For each sink::
+
+        offered == buffered + sum(dropped.values()) + sampled_out
+                   + sink.written + sink.backlog + sum(sink.dropped.values())
+
+    ``buffered`` and ``dropped`` are the inbox's (before any sink); what a
+    sink could not keep is in its own ``SinkStats.dropped``.
     """
 
     offered: int

@@ -45,10 +45,12 @@ def build_sink(spec: Any) -> RecordSink:
         if scheme == "memory":
             return MemorySink()
         if scheme == "sqlite":
-            return SQLiteSink(_file_path(spec, scheme))
+            return SQLiteSink(_file_path(spec, scheme), spec)
         if scheme == "jsonl":
-            return JsonlSink(_file_path(spec, scheme))
+            return JsonlSink(_file_path(spec, scheme), spec)
         raise ConfigError("sink", spec, f"unknown sink scheme {scheme!r}; supported: {SUPPORTED}")
+    if isinstance(spec, type):
+        raise ConfigError("sink", spec, f"a class, not a sink; pass an instance: {spec.__name__}()")
     if isinstance(spec, RecordSink):
         return spec
     if callable(spec):

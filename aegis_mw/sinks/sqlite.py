@@ -1,22 +1,27 @@
 """``sqlite:///path``: the embedded default.
 
-One connection, opened by the sink's own thread on first use (and again in a
-forked child), in WAL mode so readers never block the writer, with a busy
-timeout so several processes can share one file. Each batch is one
-transaction of ``INSERT OR IGNORE`` keyed by id, so a retried batch is stored
-once.
+One connection, opened by the thread that writes (the sink's own thread; a
+new one after a fork or a restart), in WAL mode so readers never block the
+writer, with a busy timeout so several processes can share one file. Each
+batch is one transaction of ``INSERT OR IGNORE`` keyed by id, so a retried
+batch is stored once.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 
+from ..core.errors import ConfigError
 from ..core.record import Batch
+from .files import create_private, prepare_path
 from .sqlite_schema import INSERT_REQUEST, INSERT_SESSION, migrate
 
-BUSY_TIMEOUT_MS = 5000
+# Below the default sink_timeout (5 s), so a locked database shows up as an
+# error of its own rather than as an abandoned write.
+BUSY_TIMEOUT_MS = 3000
 
 
 class SQLiteSink:
@@ -27,24 +32,29 @@ class SQLiteSink:
         app.add_middleware(AegisMiddleware, sink="sqlite:///var/lib/myapp/aegis.db")
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, url: str = "") -> None:
+        if path in (":memory:", "") or path.startswith("file:"):
+            raise ConfigError(
+                "sink", url or path, "not a database file; memory:// keeps records in the process"
+            )
         # Resolved now: a later chdir must not move the database.
-        self.path = os.path.abspath(path)
+        self.path = prepare_path(path, url or f"sqlite:///{path}")
         self.name = f"sqlite:{path}"
         self._connection: sqlite3.Connection | None = None
-        self._pid = 0
-        # Connections inherited over fork are kept referenced, never closed or
-        # used: finalizing one in the child could disturb the parent's locks.
-        self._inherited: list[sqlite3.Connection] = []
+        self._owner: tuple[int, int] = (0, 0)
+        # Connections left behind by a fork, or by a thread whose write was
+        # abandoned, are kept referenced but never used or closed here:
+        # finalizing one could disturb its owner (the parent's locks, say).
+        self._left_behind: list[sqlite3.Connection] = []
 
     def _connect(self) -> sqlite3.Connection:
-        if self._connection is not None and self._pid == os.getpid():
+        owner = (os.getpid(), threading.get_ident())
+        if self._connection is not None and self._owner == owner:
             return self._connection
         if self._connection is not None:
-            self._inherited.append(self._connection)
+            self._left_behind.append(self._connection)
             self._connection = None
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
+        create_private(self.path)
         connection = sqlite3.connect(
             self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
         )
@@ -59,7 +69,7 @@ class SQLiteSink:
             connection.close()
             raise
         self._connection = connection
-        self._pid = os.getpid()
+        self._owner = owner
         return connection
 
     @staticmethod
@@ -91,6 +101,6 @@ class SQLiteSink:
             raise
 
     def close(self) -> None:
-        if self._connection is not None and self._pid == os.getpid():
+        if self._connection is not None and self._owner == (os.getpid(), threading.get_ident()):
             self._connection.close()
-        self._connection = None
+            self._connection = None

@@ -503,3 +503,26 @@ async def test_request_body_bytes_are_counted_as_they_pass(
     assert exchange.body == b'{"size":3500}'
     [record] = recorded(aegis)
     assert (record.route, record.request_bytes, record.response_bytes) == ("/upload", 3500, 13)
+
+
+async def test_failing_to_deliver_the_last_body_message_is_499(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    """The end is stamped as the last message goes to the server; if the server then
+    fails to deliver it (the client left), the request is 499, not a completed 200."""
+    aegis = make_aegis()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send(START_200)
+        await send(body(b"the end"))
+
+    async def send_fails_at_the_end(message: Any) -> None:
+        if message["type"] == "http.response.body":
+            raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        await AegisMiddleware(app, aegis=aegis)(
+            http_scope("/last"), Exchange().receive, send_fails_at_the_end
+        )
+    [record] = recorded(aegis)
+    assert (record.status, record.error) == (499, "")

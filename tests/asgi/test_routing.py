@@ -199,3 +199,76 @@ async def test_one_router_included_under_two_prefixes(make_aegis: Callable[..., 
         ("/a/ping/{n}", 200),
         ("/b/ping/{n}", 200),
     ]
+
+
+async def test_one_router_mounted_under_two_prefixes(make_aegis: Callable[..., Aegis]) -> None:
+    """The same route objects under /v1 and /v2 keep their own prefixes, request by request."""
+    aegis = make_aegis()
+    common = [Route("/users/{user_id}", ok)]
+    app = Starlette(routes=[Mount("/v1", routes=common), Mount("/v2", routes=common)])
+    app.add_middleware(AegisMiddleware, aegis=aegis)
+    assert await routes_of(
+        aegis, app, "/v1/users/1", "/v2/users/2", "/v2/users/3", "/v1/users/4"
+    ) == [
+        ("/v1/users/{user_id}", 200),
+        ("/v2/users/{user_id}", 200),
+        ("/v2/users/{user_id}", 200),
+        ("/v1/users/{user_id}", 200),
+    ]
+
+
+def fastapi_sub_app() -> FastAPI:
+    sub = FastAPI()
+    users = APIRouter(prefix="/users")
+
+    @users.get("/{user_id}")
+    async def user(user_id: int) -> dict[str, int]:
+        return {"user_id": user_id}
+
+    sub.include_router(users)
+    return sub
+
+
+@pytest.mark.parametrize("root_path", ["", "/proxy"])
+async def test_fastapi_sub_app_with_an_included_router(
+    make_aegis: Callable[..., Aegis], root_path: str
+) -> None:
+    """FastAPI's own sub-application pattern: the mount prefix is kept, with or without
+    a server root_path in front."""
+    aegis = make_aegis()
+    app = FastAPI()
+    app.mount("/v1", fastapi_sub_app())
+    app.add_middleware(AegisMiddleware, aegis=aegis)
+    records = await routes_of(aegis, app, f"{root_path}/v1/users/7", root_path=root_path)
+    assert records == [("/v1/users/{user_id}", 200)]
+
+
+async def test_a_parameterised_mount_is_reported_as_its_template(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    """/{tenant}/api mounts: every tenant's request gets the same template, never the
+    first tenant's name."""
+    aegis = make_aegis()
+    app = Starlette(routes=[Mount("/{tenant}/api", app=fastapi_sub_app())])
+    app.add_middleware(AegisMiddleware, aegis=aegis)
+    records = await routes_of(aegis, app, "/acme/api/users/1", "/globex/api/users/2")
+    assert records == [("/{tenant}/api/users/{user_id}", 200)] * 2
+
+
+async def test_a_status_given_as_an_int_enum_is_stored(make_aegis: Callable[..., Aegis]) -> None:
+    """Starlette passes HTTPStatus (an IntEnum) through as the status: stored as 201."""
+    from http import HTTPStatus
+
+    from starlette.responses import JSONResponse
+
+    aegis = make_aegis()
+
+    async def create(request: Any) -> JSONResponse:
+        return JSONResponse({"ok": True}, status_code=HTTPStatus.CREATED)
+
+    app = Starlette(routes=[Route("/things", create, methods=["POST"])])
+    app.add_middleware(AegisMiddleware, aegis=aegis)
+    await call(app, http_scope("/things", method="POST"))
+    [record] = recorded(aegis)
+    assert (record.route, record.status, type(record.status)) == ("/things", 201, int)
+    assert aegis.stats().dropped["invalid"] == 0

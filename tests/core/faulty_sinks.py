@@ -11,7 +11,8 @@ import concurrent.futures
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from aegis_mw import Aegis
@@ -169,6 +170,17 @@ def http_item(
 def paths(count: int, prefix: str = "/items") -> list[str]:
     """``count`` distinct request paths."""
     return [f"{prefix}/{index}" for index in range(count)]
+
+
+@contextmanager
+def frozen(aegis: Aegis) -> Iterator[None]:
+    """Keep the flusher out of the inbox: draining takes the aggregates' fold lock.
+
+    For tests that must overflow the inbox before the flusher (which wakes at
+    the bound) can drain it. Do not read stats or realtime figures inside.
+    """
+    with aegis.aggregates._lock:
+        yield
 
 
 def offer_all(aegis: Aegis, request_paths: list[str]) -> None:

@@ -6,23 +6,26 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-import aegis_mw.core.flusher as flusher_module
+import aegis_mw.core.flush_cycle as flush_cycle_module
 import aegis_mw.core.sink_runner as sink_runner_module
 from aegis_mw import Aegis
 from aegis_mw.core.record import Batch
 from aegis_mw.core.recorder import DROP_REASONS
+from aegis_mw.core.stats import PipelineStats
 from aegis_mw.sinks.sqlite import SQLiteSink
+from tests.core.conftest import QUIET
 from tests.core.faulty_sinks import (
     WAIT,
     FaultySink,
     SinkDown,
+    frozen,
     http_item,
     offer_all,
     paths,
@@ -32,17 +35,25 @@ from tests.core.faulty_sinks import (
 )
 
 #: Nothing happens in the background: the flusher waits for force_flush,
-#: a failed sink is not retried by the loop for a minute.
-QUIET: dict[str, Any] = {
-    "flush_interval": 3600.0,
-    "batch_size": 1000,
-    "retry_backoff_initial": 60.0,
-    "retry_backoff_max": 60.0,
-}
 
 
 def drops(**counts: int) -> dict[str, int]:
+    """Inbox-level drop counts (PipelineStats.dropped)."""
     return {reason: counts.get(reason, 0) for reason in DROP_REASONS}
+
+
+def sink_drops(**counts: int) -> dict[str, int]:
+    """One sink's drop counts (SinkStats.dropped)."""
+    return {reason: counts.get(reason, 0) for reason in ("backlog_full", "shutdown_timeout")}
+
+
+def accounted(stats: PipelineStats, sink: int = 0) -> int:
+    """Every offered item once, by PipelineStats' per-sink conservation law."""
+    entry = stats.sinks[sink]
+    return (
+        stats.buffered + sum(stats.dropped.values()) + stats.sampled_out
+        + entry.written + entry.backlog + sum(entry.dropped.values())
+    )  # fmt: skip
 
 
 def drop_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -62,25 +73,6 @@ def sqlite_paths(path: Path) -> list[str]:
     return [row[0] for row in rows]
 
 
-@pytest.fixture
-def rig(make_aegis: Callable[..., Aegis]) -> Iterator[Callable[..., Aegis]]:
-    """Pipelines over FaultySinks; the sinks are healed before the pipelines shut down."""
-    built: list[tuple[Aegis, tuple[FaultySink, ...]]] = []
-
-    def factory(*sinks: FaultySink, **options: Any) -> Aegis:
-        for key, value in QUIET.items():
-            options.setdefault(key, value)
-        aegis = make_aegis(sink=list(sinks), **options)
-        built.append((aegis, sinks))
-        return aegis
-
-    yield factory
-    for aegis, sinks in built:
-        for sink in sinks:
-            sink.heal()
-        wait_in_flight(aegis)
-
-
 # -- 1. overflow of a sink's backlog ---------------------------------------------
 
 
@@ -97,7 +89,8 @@ def test_backlog_overflow_drops_exactly_the_excess(rig: Callable[..., Aegis]) ->
     assert aegis.force_flush(WAIT) is False
     stats = aegis.stats()
     assert stats.sinks[0].backlog == bound
-    assert stats.dropped == drops(backlog_full=excess)
+    assert (stats.dropped, stats.sinks[0].dropped) == (drops(), sink_drops(backlog_full=excess))
+    assert accounted(stats) == stats.offered == bound + excess
     assert sink.paths == []
 
     sink.heal()
@@ -107,7 +100,8 @@ def test_backlog_overflow_drops_exactly_the_excess(rig: Callable[..., Aegis]) ->
     stats = aegis.stats()
     assert stats.sinks[0].written == bound
     assert stats.sinks[0].backlog == 0
-    assert stats.dropped == drops(backlog_full=excess)
+    assert (stats.dropped, stats.sinks[0].dropped) == (drops(), sink_drops(backlog_full=excess))
+    assert accounted(stats) == stats.offered == bound + excess
 
 
 # -- 2. down, then up ------------------------------------------------------------
@@ -128,7 +122,7 @@ def test_sink_down_then_up_stores_every_record_once(rig: Callable[..., Aegis]) -
     assert (entry.errors, entry.consecutive_failures, entry.timeouts) == (1, 1, 0)
     assert (entry.backlog, entry.written) == (25, 0)
     assert entry.last_error == "SinkDown: sink down"
-    assert stats.buffered == 25
+    assert stats.buffered == 0  # out of the inbox, into the sink's backlog
     assert stats.flusher_alive is True
 
     assert aegis.force_flush(WAIT) is False
@@ -383,7 +377,7 @@ def test_shutdown_with_a_failing_sink_gives_up_at_its_timeout(rig: Callable[...,
     assert aegis.shutdown() is False
     assert time.monotonic() - started < 20 * 0.3
     stats = aegis.stats()
-    assert stats.dropped == drops(shutdown_timeout=7)
+    assert (stats.dropped, stats.sinks[0].dropped) == (drops(), sink_drops(shutdown_timeout=7))
     [entry] = stats.sinks
     assert entry.errors == len(sink.attempts) >= 1
     assert entry.consecutive_failures == entry.errors
@@ -399,15 +393,16 @@ def test_leftovers_counted_at_shutdown_are_not_counted_twice(rig: Callable[..., 
     offer_all(aegis, paths(7))
     assert aegis.shutdown(timeout=0.2) is False
     stats = aegis.stats()
-    assert stats.dropped == drops(shutdown_timeout=7)
+    assert (stats.dropped, stats.sinks[0].dropped) == (drops(), sink_drops(shutdown_timeout=7))
     # PipelineStats: each record is buffered, written, sampled out or dropped: once.
-    assert stats.buffered + stats.sinks[0].written + sum(stats.dropped.values()) == 7
+    assert accounted(stats) == stats.offered == 7
 
     sink.heal()
     aegis.start()
     assert aegis.force_flush(WAIT) is True
     stats = aegis.stats()
-    assert len(sink.requests) + stats.buffered + sum(stats.dropped.values()) == 7
+    assert sink.requests == []
+    assert accounted(stats) == stats.offered == 7
 
 
 def test_shutdown_with_a_hanging_sink_returns_in_bounded_time(rig: Callable[..., Aegis]) -> None:
@@ -420,7 +415,7 @@ def test_shutdown_with_a_hanging_sink_returns_in_bounded_time(rig: Callable[...,
     assert aegis.shutdown(timeout=0.3) is False
     assert time.monotonic() - started < 20 * (0.3 + 0.2)
     stats = aegis.stats()
-    assert stats.dropped == drops(shutdown_timeout=5)
+    assert (stats.dropped, stats.sinks[0].dropped) == (drops(), sink_drops(shutdown_timeout=5))
     assert stats.sinks[0].timeouts == 1
     assert len(sink.attempts) == 1
     assert sink_threads("shutdown-hang") == 1
@@ -574,7 +569,7 @@ def test_each_sink_has_its_own_backlog_bound(rig: Callable[..., Aegis]) -> None:
     assert aegis.force_flush(WAIT) is False
     offer_all(aegis, second)
     assert aegis.force_flush(WAIT) is False
-    assert aegis.stats().dropped == drops(backlog_full=4)
+    assert aegis.stats().sinks[0].dropped == sink_drops(backlog_full=4)
     assert healthy.paths == first + second
     b = sink_stats(aegis, "bounded-broken")
     assert (b.backlog, b.written) == (10, 0)
@@ -617,26 +612,32 @@ def test_drop_warnings_are_rate_limited_and_carry_counts_since_the_last(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """One line per interval at most; the next line sums every drop since, by reason."""
-    monkeypatch.setattr(flusher_module, "DROP_REPORT_INTERVAL", 3600.0)
+    monkeypatch.setattr(flush_cycle_module, "DROP_REPORT_INTERVAL", 3600.0)
     caplog.set_level(logging.WARNING, logger="aegis_mw.flusher")
     sink = FaultySink("drop-lines")
     sink.down = True
     aegis = rig(sink, max_buffer=5, batch_size=100)
-    offer_all(aegis, paths(8, "/a"))  # 3 refused by the inbox
+    with frozen(aegis):
+        offer_all(aegis, paths(8, "/a"))  # 3 refused by the inbox
     assert aegis.force_flush(WAIT) is False
     first = "aegis dropped 3 records since the last report (buffer_full=3)"
     assert drop_lines(caplog) == [first]
 
-    offer_all(aegis, paths(7, "/b"))  # 2 refused; the 5 accepted overflow the backlog
+    with frozen(aegis):
+        offer_all(aegis, paths(7, "/b"))  # 2 refused; the 5 accepted overflow the backlog
     assert aegis.force_flush(WAIT) is False
-    assert aegis.stats().dropped == drops(buffer_full=5, backlog_full=5)
+    stats = aegis.stats()
+    assert (stats.dropped, stats.sinks[0].dropped) == (
+        drops(buffer_full=5),
+        sink_drops(backlog_full=5),
+    )
     assert drop_lines(caplog) == [first]
 
     assert aegis.shutdown(timeout=0.2) is False
     assert drop_lines(caplog) == [
         first,
         "aegis dropped 12 records since the last report "
-        "(backlog_full=5, buffer_full=2, shutdown_timeout=5)",
+        "(backlog_full@drop-lines=5, buffer_full=2, shutdown_timeout@drop-lines=5)",
     ]
 
 
@@ -646,13 +647,15 @@ def test_drop_warnings_report_only_new_drops(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """With no rate limit: a line per cycle that saw new drops, with only those."""
-    monkeypatch.setattr(flusher_module, "DROP_REPORT_INTERVAL", 0.0)
+    monkeypatch.setattr(flush_cycle_module, "DROP_REPORT_INTERVAL", 0.0)
     caplog.set_level(logging.WARNING, logger="aegis_mw.flusher")
     aegis = rig(FaultySink("drop-new"), max_buffer=5, batch_size=100)
-    offer_all(aegis, paths(8, "/a"))
+    with frozen(aegis):
+        offer_all(aegis, paths(8, "/a"))
     assert aegis.force_flush(WAIT) is True
     assert aegis.force_flush(WAIT) is True
-    offer_all(aegis, paths(6, "/b"))
+    with frozen(aegis):
+        offer_all(aegis, paths(6, "/b"))
     assert aegis.force_flush(WAIT) is True
     assert drop_lines(caplog) == [
         "aegis dropped 3 records since the last report (buffer_full=3)",
@@ -666,13 +669,15 @@ def test_drop_warnings_resume_after_a_restart(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """After shutdown() and start(), new drops are reported again."""
-    monkeypatch.setattr(flusher_module, "DROP_REPORT_INTERVAL", 0.0)
+    monkeypatch.setattr(flush_cycle_module, "DROP_REPORT_INTERVAL", 0.0)
     caplog.set_level(logging.WARNING, logger="aegis_mw.flusher")
     aegis = rig(FaultySink("drop-restart"), max_buffer=5, batch_size=100)
-    offer_all(aegis, paths(8, "/a"))
+    with frozen(aegis):
+        offer_all(aegis, paths(8, "/a"))
     assert aegis.shutdown() is True
     aegis.start()
-    offer_all(aegis, paths(9, "/b"))
+    with frozen(aegis):
+        offer_all(aegis, paths(9, "/b"))
     assert aegis.force_flush(WAIT) is True
     assert drop_lines(caplog) == [
         "aegis dropped 3 records since the last report (buffer_full=3)",

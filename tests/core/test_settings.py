@@ -715,7 +715,7 @@ def test_aegis_uses_a_given_settings_object() -> None:
     aegis = Aegis(settings=settings, environ={"AEGIS_BATCH_SIZE": "bad"})
     try:
         assert aegis.settings is settings
-        assert aegis.recorder.batch_size == 3
+        assert aegis.flusher.cycle.batch_size == 3
     finally:
         assert aegis.shutdown(timeout=5)
 
@@ -762,3 +762,10 @@ def test_explicit_environ_never_touches_os_environ(monkeypatch: pytest.MonkeyPat
         patch.setattr(os, "environ", _EnvironTrap())
         settings = AegisSettings.load(environ={"AEGIS_MAX_ROUTES": "4"}, sample_rate=0.5)
     assert (settings.max_routes, settings.sample_rate) == (4, 0.5)
+
+
+def test_trusting_every_address_is_allowed_with_a_warning() -> None:
+    """trusted_proxies 0.0.0.0/0 lets any client choose its client_ip: said at start."""
+    with pytest.warns(AegisConfigWarning, match="any client can set its own client_ip"):
+        settings = AegisSettings.load(environ={}, trusted_proxies=["0.0.0.0/0"])
+    assert settings.trusted_proxies == ("0.0.0.0/0",)

@@ -112,8 +112,6 @@ def test_exception_is_a_counted_sink_error_and_retried(make_aegis: Callable[...,
     assert aegis.stats().dropped == {
         "buffer_full": 0,
         "shutdown": 0,
-        "backlog_full": 0,
-        "shutdown_timeout": 0,
         "invalid": 0,
         "internal_error": 0,
     }

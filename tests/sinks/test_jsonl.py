@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
+import os
 import queue
 import re
 from collections.abc import Callable, Iterator
@@ -318,3 +320,53 @@ def test_two_processes_appending_produce_only_complete_lines(tmp_path: Path) -> 
         ]
         assert all(line["path"].startswith(f"/p{index}/x") for line in mine)
         assert all(line["error"].startswith(f"E{index}: é") for line in mine)
+
+
+def test_a_write_cut_short_loses_no_record_and_spoils_one_line_at_most(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_aegis: Callable[..., Aegis]
+) -> None:
+    """A full disk stops a write in the middle of a line: the complete lines stay
+    remembered, the cut line is closed off, and the retry writes the rest once."""
+    path = tmp_path / "records.jsonl"
+    aegis = make_aegis(sink=f"jsonl:///{path}", flush_interval=3600, clock=FakeClock())
+    real_write = os.write
+    budget = {"bytes": 500, "failures": 1}
+
+    def disk_fills_once(fd: int, data: Any) -> int:
+        if budget["failures"]:
+            budget["failures"] -= 1
+            real_write(fd, bytes(data)[: budget["bytes"]])  # part of it lands...
+            raise OSError(errno.ENOSPC, "No space left on device")  # ...then the disk is full
+        return real_write(fd, data)
+
+    for number in range(6):
+        aegis.recorder.offer(
+            [
+                "GET",
+                "/r",
+                f"/r/{number}",
+                200,
+                1000.0,
+                1000.001,
+                1000.002,
+                0,
+                1,
+                None,
+                None,
+                "",
+                False,
+            ]
+        )
+    monkeypatch.setattr("aegis_mw.sinks.jsonl.os.write", disk_fills_once)
+    assert aegis.force_flush(timeout=10) is False
+    assert aegis.force_flush(timeout=10) is True
+    raw = path.read_text(encoding="utf-8").splitlines()
+    readable = []
+    for line in raw:
+        try:
+            readable.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    assert len(raw) - len(readable) == 1  # the one cut line
+    assert sorted(record["path"] for record in readable) == [f"/r/{n}" for n in range(6)]
+    assert os.stat(path).st_mode & 0o777 == 0o600

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -335,3 +336,41 @@ def test_no_sink_at_all_is_refused(options: dict[str, Any], source: str) -> None
     with pytest.raises(ConfigError, match="at least one sink") as caught:
         Aegis(**options)
     assert (caught.value.option, caught.value.source) == ("sink", source)
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        (MemorySink, "a class, not a sink; pass an instance: MemorySink()"),
+        (SQLiteSink, "a class, not a sink; pass an instance: SQLiteSink()"),
+        ("sqlite:///:memory:", "not a database file; memory://"),
+    ],
+    ids=["sink-class", "sqlite-class", "sqlite-memory"],
+)
+def test_sinks_that_cannot_work_are_refused_at_start(spec: Any, words: str) -> None:
+    """A class instead of an instance, or an in-memory SQLite name: refused when built."""
+    with pytest.raises(ConfigError, match=re.escape(words)) as caught:
+        Aegis(sink=spec, environ={})
+    assert caught.value.option == "sink"
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", "jsonl"])
+def test_file_sinks_check_their_path_at_start(tmp_path: Path, scheme: str) -> None:
+    """A path that is a directory, or whose parent is a file, fails at start."""
+    a_file = tmp_path / "plain-file"
+    a_file.write_text("x")
+    with pytest.raises(ConfigError, match="names a directory"):
+        Aegis(sink=f"{scheme}:///{tmp_path}", environ={})
+    with pytest.raises(ConfigError, match="cannot be created"):
+        Aegis(sink=f"{scheme}:///{a_file}/inside.db", environ={})
+
+
+def test_sink_files_are_readable_by_their_owner_only(
+    tmp_path: Path, make_aegis: Callable[..., Aegis]
+) -> None:
+    """Records hold client addresses and error texts: files are created 0600."""
+    database, log = tmp_path / "a.db", tmp_path / "a.jsonl"
+    aegis = make_aegis(sink=[f"sqlite:///{database}", f"jsonl:///{log}"], flush_interval=3600)
+    offer_requests(aegis, 2)
+    assert aegis.force_flush(timeout=10) is True
+    assert [os.stat(path).st_mode & 0o777 for path in (database, log)] == [0o600, 0o600]

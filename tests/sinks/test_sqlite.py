@@ -400,7 +400,7 @@ def test_newer_schema_version_shows_as_sink_errors_in_the_pipeline(
     )
     assert aegis.stats().flusher_errors == 0
     assert aegis.shutdown(timeout=0.5) is False
-    assert aegis.stats().dropped["shutdown_timeout"] == 3
+    assert aegis.stats().sinks[0].dropped["shutdown_timeout"] == 3
     assert query(path, "SELECT name FROM sqlite_master") == []
 
 
@@ -428,7 +428,8 @@ def test_relative_url_is_relative_to_the_working_directory(
 def test_absolute_url_and_missing_parent_directories(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_aegis: Callable[..., Aegis]
 ) -> None:
-    """``sqlite:////abs/path.db`` (four slashes) is absolute; missing directories are created."""
+    """``sqlite:////abs/path.db`` (four slashes) is absolute; missing directories are
+    created when the sink is built (so a path that cannot work fails at start)."""
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -439,7 +440,7 @@ def test_absolute_url_and_missing_parent_directories(
     [sink] = aegis.sinks
     assert isinstance(sink, SQLiteSink)
     assert sink.path == str(target)
-    assert not target.parent.exists()
+    assert target.parent.is_dir() and not target.exists()
     offer_requests(aegis, 2)
 
     assert aegis.force_flush(timeout=10) is True

@@ -1,0 +1,201 @@
+"""What one flush does, in the worker thread: drain, finalize, write, retry.
+
+The inbox is moved into each sink's bounded backlog (folding every item into
+the realtime ring on the way), then backlogs are written in chunks of
+``batch_size``, one chunk per sink per round, all sinks in parallel. A
+failing sink keeps its backlog and backs off; a hanging one is abandoned
+after ``sink_timeout`` (see :mod:`.sink_runner`). Nothing here raises: an
+unexpected error is logged, counted, and the next cycle starts clean.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+
+from .finalize import Finalizer
+from .recorder import Recorder
+from .sink_runner import SinkRunner, SinkTimeout
+
+logger = logging.getLogger("aegis_mw.flusher")
+
+DROP_REPORT_INTERVAL = 10.0
+
+
+class FlushCycle:
+    """Ingest and write steps, and the counters that describe them."""
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        finalizer: Finalizer,
+        runners: Sequence[SinkRunner],
+        *,
+        batch_size: int,
+        sink_timeout: float,
+        on_first_records: Callable[[], None] | None = None,
+    ) -> None:
+        self.recorder = recorder
+        self.aggregates = recorder.aggregates
+        self.finalizer = finalizer
+        self.runners = list(runners)
+        self.batch_size = batch_size
+        self.sink_timeout = sink_timeout
+        self.cycles = 0
+        self.internal_errors = 0
+        # Called once, from the worker, after the first records were ingested.
+        self._on_first_records = on_first_records
+        self._reported: dict[str, int] = {}
+        self._last_report = -math.inf
+
+    def reset_after_fork(self) -> None:
+        self.cycles = self.internal_errors = 0
+        self._reported = {}
+        self._last_report = -math.inf
+
+    def unwritten(self) -> int:
+        """Records not yet written, counted once per sink that still owes them."""
+        return len(self.recorder.inbox) + sum(len(runner.backlog) for runner in self.runners)
+
+    # -- a normal cycle --------------------------------------------------------
+    def run(self, *, force: bool, stop: Callable[[], bool]) -> bool:
+        """Ingest and write; True when every sink's backlog is empty afterwards.
+
+        ``force`` tries sinks in backoff once anyway; ``stop`` turning true
+        (shutdown began) abandons the writing so the final flush runs at once.
+        """
+        self.cycles += 1
+        try:
+            self.ingest()
+            self.write(force=force, deadline=None, stop=stop)
+            self.report_drops(time.monotonic())
+        except Exception:
+            self.internal_errors += 1
+            logger.exception("aegis flusher cycle failed; continuing")
+            return False
+        # Items that arrived during this cycle are the next cycle's business.
+        return all(not runner.backlog for runner in self.runners)
+
+    def ingest(self) -> None:
+        """Move what the inbox holds now into every sink's backlog."""
+        recorder = self.recorder
+        remaining = len(recorder.inbox)
+        while remaining > 0:
+            count = min(remaining, self.batch_size)
+            items, malformed = self.aggregates.fold_drained(lambda: recorder.drain(count))  # noqa: B023
+            remaining -= count
+            if self._on_first_records is not None and items:
+                hook, self._on_first_records = self._on_first_records, None
+                hook()
+            invalid_before = self.finalizer.invalid
+            records = self.finalizer.finalize(items)
+            malformed += self.finalizer.invalid - invalid_before
+            if malformed:
+                recorder.dropped["invalid"] += malformed
+            for runner in self.runners:
+                runner.offer(records)
+
+    def write(
+        self, *, force: bool, deadline: float | None, stop: Callable[[], bool] | None = None
+    ) -> None:
+        """Write due backlogs in rounds of one chunk per sink, in parallel."""
+        failed: set[int] = set()
+        while True:
+            now = time.monotonic()
+            if (deadline is not None and now >= deadline) or (stop is not None and stop()):
+                return
+            due = [
+                runner
+                for runner in self.runners
+                if id(runner) not in failed and runner.backlog and (force or now >= runner.retry_at)
+            ]
+            if not due:
+                return
+            wait_until = now + self.sink_timeout
+            if deadline is not None:
+                wait_until = min(wait_until, deadline)
+            calls = []
+            for runner in due:
+                batch, taken = runner.next_batch(self.batch_size)
+                calls.append((runner, taken, runner.call(runner.sink.write, batch)))
+            for runner, taken, future in calls:
+                error = runner.wait(future, wait_until)
+                finished = time.monotonic()
+                if error is None:
+                    runner.succeeded(taken, finished - now)
+                else:
+                    runner.failed(error, finished, timed_out=isinstance(error, SinkTimeout))
+                    failed.add(id(runner))
+
+    # -- shutdown ----------------------------------------------------------------
+    def final(self, deadline: float) -> bool:
+        """Keep trying (with backoff) until everything is written or the
+        deadline passes; count what is left as dropped. True when all written."""
+        try:
+            first = True
+            while True:
+                # Backlogs first: a cycle cut short by the shutdown may have
+                # ingested without writing, and the inbox may have refilled.
+                self.write(force=first, deadline=deadline)
+                self.ingest()
+                self.write(force=first, deadline=deadline)
+                first = False
+                now = time.monotonic()
+                pending = [runner for runner in self.runners if runner.backlog]
+                if not pending or now >= deadline:
+                    break
+                retry = min(runner.retry_at for runner in pending)
+                # Backoff inside the worker thread, never on an event loop.
+                time.sleep(max(0.0, min(retry, deadline) - now))
+            left = self.unwritten()
+            for runner in self.runners:
+                # Counted as dropped, so gone: a restart must not write them too.
+                runner.dropped["shutdown_timeout"] += len(runner.backlog)
+                runner.backlog.clear()
+            if left:
+                logger.warning("aegis shutdown: %d records could not be written in time", left)
+            self.report_drops(time.monotonic(), final=True)
+            return left == 0
+        except Exception:
+            self.internal_errors += 1
+            logger.exception("aegis final flush failed")
+            return False
+
+    def close_sinks(self, deadline: float) -> None:
+        for runner in self.runners:
+            error = runner.wait(runner.call(runner.sink.close), deadline)
+            if error is not None:
+                logger.warning("aegis sink %s did not close cleanly: %s", runner.name, error)
+            runner.stop()
+
+    # -- reporting ----------------------------------------------------------------
+    def drop_counts(self) -> dict[str, int]:
+        """Every drop so far: inbox reasons, and sink reasons as ``reason@sink``."""
+        counts = dict(self.recorder.dropped)
+        for runner in self.runners:
+            for reason, count in runner.dropped.items():
+                counts[f"{reason}@{runner.name}"] = count
+        return counts
+
+    def report_drops(self, now: float, *, final: bool = False) -> None:
+        """At most one warning per ``DROP_REPORT_INTERVAL`` with the counts since the
+        last; ``final`` (at shutdown) reports whatever is left regardless."""
+        if not final and now - self._last_report < DROP_REPORT_INTERVAL:
+            return
+        current = self.drop_counts()
+        since = {
+            reason: count - self._reported.get(reason, 0)
+            for reason, count in current.items()
+            if count > self._reported.get(reason, 0)
+        }
+        if not since:
+            return
+        self._reported = current
+        self._last_report = now
+        logger.warning(
+            "aegis dropped %d records since the last report (%s)",
+            sum(since.values()),
+            ", ".join(f"{reason}={count}" for reason, count in sorted(since.items())),
+        )
