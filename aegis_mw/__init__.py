@@ -1,4 +1,4 @@
-"""aegis_mw: self-hosted request monitoring for ASGI and WSGI apps.
+"""aegis_mw: self-hosted request monitoring for ASGI apps.
 
 Add one middleware; every request and WebSocket session is recorded into
 batched in-memory buffers that a background thread flushes to sinks

@@ -31,6 +31,7 @@ class RequestRecord(NamedTuple):
     """One HTTP request, as stored by every sink.
 
     ``timestamp`` is seconds since the epoch (UTC) when the request started;
+    ``path`` is the path as the server decoded it, without the query string;
     ``duration_ms`` runs to the last body byte, ``ttfb_ms`` to the response
     start (``None`` when no response started). ``error`` is empty unless the
     app raised.
@@ -59,9 +60,11 @@ class RequestRecord(NamedTuple):
 class WebSocketSession(NamedTuple):
     """One WebSocket connection, from handshake to close.
 
-    ``close_code`` is the code of whichever side closed first (``None`` when
-    the connection ended without a close frame); ``accepted`` is false for a
-    handshake the app refused.
+    ``close_code`` is the code of whichever side closed first: the client's
+    (1005 when it gave none) or the app's (1000 when it gave none); 1008 when
+    the app refused the handshake with an HTTP response, 1011 when the app
+    raised, 1006 when the connection broke; ``None`` when the app returned
+    without either side closing. ``accepted`` is false for a refused handshake.
     """
 
     session_id: str

@@ -8,16 +8,21 @@ flusher and sink runners under test stay real.
 from __future__ import annotations
 
 import concurrent.futures
+import sqlite3
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from aegis_mw import Aegis
 from aegis_mw.core.record import Batch, RequestRecord, WebSocketSession
-from aegis_mw.core.stats import SinkStats
+from aegis_mw.core.recorder import DROP_REASONS
+from aegis_mw.core.stats import PipelineStats, SinkStats
 
 #: Longest a held write waits for its gate: a forgotten gate never keeps a thread forever.
 GATE_LIMIT = 60.0
@@ -206,3 +211,41 @@ def wait_in_flight(aegis: Aegis, timeout: float = WAIT) -> None:
 def sink_threads(name: str) -> int:
     """How many live threads serve the sink called ``name``."""
     return [thread.name for thread in threading.enumerate()].count(f"aegis-sink-{name}")
+
+
+def drops(**counts: int) -> dict[str, int]:
+    """Inbox-level drop counts (PipelineStats.dropped)."""
+    return {reason: counts.get(reason, 0) for reason in DROP_REASONS}
+
+
+def sink_drops(**counts: int) -> dict[str, int]:
+    """One sink's drop counts (SinkStats.dropped)."""
+    return {reason: counts.get(reason, 0) for reason in ("backlog_full", "shutdown_timeout")}
+
+
+def accounted(stats: PipelineStats, sink: int = 0) -> int:
+    """Every offered item once, by PipelineStats' per-sink conservation law."""
+    entry = stats.sinks[sink]
+    return (
+        stats.buffered + sum(stats.dropped.values()) + stats.sampled_out
+        + entry.written + entry.backlog + sum(entry.dropped.values())
+    )  # fmt: skip
+
+
+def drop_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The drop warnings the flusher logged, in order."""
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "aegis_mw.flusher" and record.getMessage().startswith("aegis dropped")
+    ]
+
+
+def sqlite_paths(path: Path) -> list[str]:
+    """The request paths stored in a SQLite file, sorted."""
+    connection = sqlite3.connect(path)
+    try:
+        rows = connection.execute("SELECT path FROM aegis_requests ORDER BY path").fetchall()
+    finally:
+        connection.close()
+    return [row[0] for row in rows]

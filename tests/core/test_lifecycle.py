@@ -16,18 +16,16 @@ import pytest
 
 from aegis_mw import Aegis
 from aegis_mw.core.record import Batch
-from aegis_mw.core.stats import PipelineStats
 from aegis_mw.sinks.sqlite import SQLiteSink
-from tests.core.faulty_sinks import WAIT, FaultySink, http_item, offer_all, paths, sink_threads
-
-
-def accounted(stats: PipelineStats, sink: int = 0) -> int:
-    """Every offered item once, by PipelineStats' per-sink conservation law."""
-    entry = stats.sinks[sink]
-    return (
-        stats.buffered + sum(stats.dropped.values()) + stats.sampled_out
-        + entry.written + entry.backlog + sum(entry.dropped.values())
-    )  # fmt: skip
+from tests.core.faulty_sinks import (
+    WAIT,
+    FaultySink,
+    accounted,
+    http_item,
+    offer_all,
+    paths,
+    sink_threads,
+)
 
 
 class ClosingGate(FaultySink):

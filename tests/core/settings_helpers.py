@@ -1,0 +1,112 @@
+"""Expected values and helpers shared by the settings tests."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from aegis_mw import ConfigError
+
+OPTION_NAMES = [
+    "sink",
+    "flush_interval",
+    "batch_size",
+    "max_buffer",
+    "sink_timeout",
+    "shutdown_timeout",
+    "retry_backoff_initial",
+    "retry_backoff_max",
+    "sample_rate",
+    "slow_threshold_ms",
+    "exclude_paths",
+    "trusted_proxies",
+    "forwarded_header",
+    "max_routes",
+    "max_path_length",
+    "max_error_length",
+]
+
+DEFAULTS: dict[str, Any] = {
+    "sink": ("sqlite:///aegis.db",),
+    "flush_interval": 1.0,
+    "batch_size": 1000,
+    "max_buffer": 100_000,
+    "sink_timeout": 5.0,
+    "shutdown_timeout": 10.0,
+    "retry_backoff_initial": 1.0,
+    "retry_backoff_max": 30.0,
+    "sample_rate": 1.0,
+    "slow_threshold_ms": 1000.0,
+    "exclude_paths": (),
+    "trusted_proxies": (),
+    "forwarded_header": "x-forwarded-for",
+    "max_routes": 1000,
+    "max_path_length": 512,
+    "max_error_length": 1024,
+}
+
+# What each option accepts, as the error message words it.
+ALLOWED: dict[str, str] = {
+    "sink": "a sink URL (memory://, sqlite:///path, jsonl:///path), a sink object, "
+    "a callable taking a Batch, or a list of these",
+    "flush_interval": "seconds, > 0 and <= 3600",
+    "batch_size": "an integer from 1 to 1000000",
+    "max_buffer": "an integer from 1 to 100000000",
+    "sink_timeout": "seconds, > 0 and <= 3600",
+    "shutdown_timeout": "seconds, from 0 to 3600",
+    "retry_backoff_initial": "seconds, > 0 and <= 3600",
+    "retry_backoff_max": "seconds, > 0, at least retry_backoff_initial",
+    "sample_rate": "a number from 0 to 1",
+    "slow_threshold_ms": "milliseconds, >= 0",
+    "exclude_paths": "a list of paths or globs starting with '/' or '*', such as '/static/*'",
+    "trusted_proxies": "a list of IP networks in CIDR form such as '10.0.0.0/8'",
+    "forwarded_header": "'x-forwarded-for' or 'forwarded'",
+    "max_routes": "an integer from 1 to 1000000",
+    "max_path_length": "an integer from 16 to 65536",
+    "max_error_length": "an integer from 16 to 65536",
+}
+
+
+def _write_sink(batch: object) -> None:
+    """A callable sink (never called: settings only keep it)."""
+
+
+def toml_value(value: Any) -> str:
+    """The TOML spelling of a str, bool, number or list of those."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "[" + ", ".join(toml_value(v) for v in value) + "]"
+
+
+def write_toml(path: Path, values: Mapping[str, Any], table: str | None = None) -> Path:
+    lines = [f"[{table}]"] if table else []
+    lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def assert_config_error(
+    error: ConfigError, option: str, value: Any, source: str, allowed: str
+) -> None:
+    """The error names the option, the value, where it came from and what is allowed."""
+    assert isinstance(error, ValueError)
+    assert (error.option, error.source, error.allowed) == (option, source, allowed)
+    if isinstance(value, float) and math.isnan(value):
+        assert isinstance(error.value, float)
+        assert math.isnan(error.value)
+    else:
+        assert error.value == value
+        assert type(error.value) is type(value)
+    message = str(error)
+    assert repr(option) in message
+    assert repr(value) in message
+    assert allowed in message
+    if source:
+        assert f"(from {source})" in message
