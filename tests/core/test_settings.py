@@ -1,4 +1,4 @@
-"""AegisSettings: defaults, validation, sources and their precedence, the settings file.
+"""AegisSettings: defaults and the validation of every option.
 
 Every test passes ``environ=`` explicitly, so the machine's environment never
 leaks in (one test proves that passing it really isolates).
