@@ -7,14 +7,15 @@ import re
 import sqlite3
 import subprocess
 import sys
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import pytest
+
+from tests.child_output import ChildOutput
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 60.0
@@ -64,42 +65,6 @@ def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-class LineReader:
-    """Drains a child's stdout on a thread (the pipe never fills) and lets tests wait on lines."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.lines: list[str] = []
-        self._eof = False
-        self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._drain, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _drain(self, stream: IO[str]) -> None:
-        try:
-            for line in stream:
-                with self._changed:
-                    self.lines.append(line.rstrip("\n"))
-                    self._changed.notify_all()
-        finally:
-            stream.close()
-            with self._changed:
-                self._eof = True
-                self._changed.notify_all()
-
-    def wait_for(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str] | None:
-        """The first line matching ``pattern``; None at EOF or after ``timeout``."""
-
-        def found() -> re.Match[str] | None:
-            return next((m for line in self.lines if (m := pattern.match(line))), None)
-
-        with self._changed:
-            self._changed.wait_for(lambda: self._eof or found() is not None, timeout)
-            return found()
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
-
 @dataclass
 class DemoRun:
     returncode: int
@@ -124,7 +89,7 @@ def run_demo(cwd: Path, db: Path, *args: str) -> DemoRun:
             text=True,
         )
     assert process.stdout is not None
-    reader = LineReader(process.stdout)
+    reader = ChildOutput(process.stdout)
     try:
         app = reader.wait_for(APP_LINE, STARTUP_TIMEOUT)
         assert app is not None, "\n".join(reader.lines) + errors_path.read_text()

@@ -15,17 +15,18 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
 from websockets.sync.client import connect
+
+from tests.child_output import ChildOutput
 
 ROOT = Path(__file__).resolve().parents[1]
 UNMATCHED = "<unmatched>"
@@ -43,52 +44,13 @@ pytestmark = pytest.mark.slow
 # --------------------------------------------------------------------------- processes
 
 
-class ChildLog:
-    """Drains a child's stderr on a thread (the pipe never fills) and lets tests wait on lines."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.lines: list[str] = []
-        self._eof = False
-        self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._drain, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _drain(self, stream: IO[str]) -> None:
-        try:
-            for line in stream:
-                with self._changed:
-                    self.lines.append(line.rstrip("\n"))
-                    self._changed.notify_all()
-        finally:
-            stream.close()
-            with self._changed:
-                self._eof = True
-                self._changed.notify_all()
-
-    def wait_for(self, marker: str, timeout: float) -> bool:
-        """True once a line containing ``marker`` was read; False at EOF or after ``timeout``."""
-        with self._changed:
-            self._changed.wait_for(
-                lambda: self._eof or any(marker in line for line in self.lines), timeout
-            )
-            return any(marker in line for line in self.lines)
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
-    @property
-    def text(self) -> str:
-        with self._changed:
-            return "\n".join(self.lines)
-
-
 @dataclass
 class Server:
     """A running uvicorn child and what it printed."""
 
     process: subprocess.Popen[str]
     port: int
-    log: ChildLog
+    log: ChildOutput
 
     @property
     def url(self) -> str:
@@ -137,7 +99,7 @@ def uvicorn_server(
         listener.close()  # the child holds its own copy
         access_log.close()
     assert process.stderr is not None
-    log = ChildLog(process.stderr)
+    log = ChildOutput(process.stderr)
     try:
         if not log.wait_for(READY_LINE, STARTUP_TIMEOUT):
             pytest.fail(f"uvicorn did not start ({app} {args}):\n{log.text}")
