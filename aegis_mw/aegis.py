@@ -178,7 +178,11 @@ class Aegis:
         return self.flusher.shutdown(timeout)
 
     def realtime(self) -> RealtimeSnapshot:
-        """Rates, latency percentiles and totals from the in-memory ring."""
+        """Rates, latency percentiles and totals from the in-memory ring.
+
+        Takes the aggregates' lock (held by the flusher for at most one batch):
+        call it from a worker thread, not from an event loop.
+        """
         return self.aggregates.snapshot(int(self.clock.monotonic()), self.recorder.pending)
 
     def stats(self) -> PipelineStats:

@@ -105,7 +105,8 @@ class Finalizer:
         # A new prefix: the child numbers its records from where the parent was.
         self.id_prefix = new_id_prefix()
         self._random = random.Random()
-        self.sampled_out = 0
+        # Counters describe the child only; the routes it already knows stay.
+        self.sampled_out = self.invalid = self.routes.overflowed = 0
 
     def _client_ip(self, client: tuple[str, int] | None, forwarded: str | None) -> str | None:
         peer = client[0] if client else None
