@@ -150,7 +150,7 @@ class AegisMiddleware:
         try:
             if item[6] is None:
                 settle(item, None, clock, self._error_limit)
-            template = self._templates.get(id(scope.get("route")))
+            template = self._templates.get(id(scope.get("route")))  # route_of, inlined
             item[1] = template if template is not None else self._read_route(scope)
             if self._check_forwarded:
                 item[10] = self.forwarded(scope)
