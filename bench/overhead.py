@@ -18,7 +18,7 @@ Aegis appears twice:
   (folding, finalizing and writing every record to SQLite), flushed inside
   the timed chunk.
 
-    python bench/overhead.py                          # full run, about a minute
+    python bench/overhead.py                          # full run, about three minutes
     python bench/overhead.py --rounds 9 --chunk 300   # quick look
 """
 
@@ -202,8 +202,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=41)
-    parser.add_argument("--chunk", type=int, default=500, help="requests per variant per round")
+    parser.add_argument("--rounds", type=int, default=301)
+    parser.add_argument("--chunk", type=int, default=100, help="requests per variant per round")
     parser.add_argument("--routes", type=int, nargs="*", default=[1, 50])
     parser.add_argument("--variants", nargs="*", default=list(LABELS))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
