@@ -12,10 +12,6 @@ from typing import Any
 
 from .errors import ConfigError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 
 class ConfigFileError(ConfigError):
@@ -34,6 +30,12 @@ def load_config_file(path: str) -> dict[str, Any]:
     suffix = file.suffix.lower()
     data: Any
     if suffix == ".toml":
+        # Imported here: on Python 3.10 the parser is the third-party tomli,
+        # and importing the core must load nothing but the standard library.
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover - exercised on 3.10 only
+            import tomli as tomllib
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
