@@ -13,7 +13,6 @@ from typing import Any
 from .errors import ConfigError
 
 
-
 class ConfigFileError(ConfigError):
     """The settings file is missing, unreadable or not a mapping of options."""
 
