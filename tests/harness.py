@@ -98,3 +98,32 @@ async def call(app: Any, scope: dict[str, Any], exchange: Exchange | None = None
     exchange = exchange or Exchange()
     await app(scope, exchange.receive, exchange.send)
     return exchange
+
+
+_UNSET: Any = object()
+
+
+def inbox_item(
+    path: str,
+    *,
+    method: str = "GET",
+    route: str = "/r",
+    status: int = 200,
+    start: float = 1000.0,
+    ttfb: float | None = _UNSET,
+    end: float | None = None,
+    request_bytes: int = 0,
+    response_bytes: int = 0,
+    client: tuple[str, int] | None = None,
+    error: str = "",
+) -> list[Any]:
+    """A finished request's inbox item, as the middleware queues it (layout in
+    ``aegis_mw/core/items.py``), for tests that feed ``Recorder.offer`` directly.
+    Times are monotonic seconds; by default the response starts 1 ms after
+    ``start`` and ends 1 ms later."""
+    return [
+        method, route, path, status, start,
+        start + 0.001 if ttfb is _UNSET else ttfb,
+        start + 0.002 if end is None else end,
+        request_bytes, response_bytes, client, None, error, False,
+    ]  # fmt: skip

@@ -23,6 +23,7 @@ from aegis_mw import Aegis
 from aegis_mw.core.record import Batch, RequestRecord, WebSocketSession
 from aegis_mw.core.recorder import DROP_REASONS
 from aegis_mw.core.stats import PipelineStats, SinkStats
+from tests.harness import inbox_item
 
 #: Longest a held write waits for its gate: a forgotten gate never keeps a thread forever.
 GATE_LIMIT = 60.0
@@ -165,11 +166,11 @@ def http_item(
     client: tuple[str, int] | None = ("127.0.0.1", 50000),
     error: str = "",
 ) -> list[Any]:
-    """A well-formed HTTP inbox item, as the middleware queues it."""
-    start = time.monotonic()
-    ttfb = start + 0.001
-    end = ttfb + 0.001
-    return [method, route, path, status, start, ttfb, end, 0, 10, client, None, error, False]
+    """A well-formed HTTP inbox item, as the middleware queues it, finished just now."""
+    return inbox_item(
+        path, method=method, route=route, status=status, start=time.monotonic(),
+        response_bytes=10, client=client, error=error,
+    )  # fmt: skip
 
 
 def paths(count: int, prefix: str = "/items") -> list[str]:

@@ -21,7 +21,7 @@ from aegis_mw import Aegis, AegisMiddleware, RealtimeSnapshot
 from aegis_mw.core.aggregates import RING_SIZE
 from aegis_mw.core.items import PendingSession
 from aegis_mw.testing import FakeClock, recorded, recorded_sessions
-from tests.harness import Exchange, call, http_scope, websocket_scope
+from tests.harness import Exchange, call, http_scope, inbox_item, websocket_scope
 
 NOW = 10_000  # the current second in most tests
 NO_STATUS = {"1xx": 0, "2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0}
@@ -30,23 +30,12 @@ NO_STATUS = {"1xx": 0, "2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0}
 def http_item(
     end: float, duration_ms: float = 10.0, status: int = 200, error: str = ""
 ) -> list[Any]:
-    """An inbox tuple as the middleware builds it, finishing at monotonic ``end``."""
+    """An inbox item as the middleware builds it, finishing at monotonic ``end``."""
     start = end - duration_ms / 1000.0
-    return [
-        "GET",
-        "/r",
-        "/r",
-        status,
-        start,
-        start,
-        end,
-        0,
-        2,
-        ("127.0.0.1", 5000),
-        None,
-        error,
-        False,
-    ]
+    return inbox_item(
+        "/r", status=status, start=start, ttfb=start, end=end, response_bytes=2,
+        client=("127.0.0.1", 5000), error=error,
+    )  # fmt: skip
 
 
 def session_item(end: float) -> PendingSession:

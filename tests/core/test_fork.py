@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from aegis_mw import Aegis
+from tests.harness import inbox_item
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)"),
@@ -44,9 +45,14 @@ def offer(aegis: Aegis, path: str, count: int) -> None:
     for number in range(count):
         now = aegis.clock.monotonic()
         aegis.recorder.offer(
-            ["GET", "/x/{n}", f"{path}/{number}", 200, now, now + 0.001, now + 0.002, 0, 2,
-             ("127.0.0.1", 50000), None, "", False]
-        )  # fmt: skip
+            inbox_item(
+                f"{path}/{number}",
+                route="/x/{n}",
+                start=now,
+                response_bytes=2,
+                client=("127.0.0.1", 50000),
+            )
+        )
 
 
 def run_in_child(check: Callable[[], dict[str, Any]]) -> tuple[int, dict[str, Any]]:

@@ -10,26 +10,20 @@ from aegis_mw import Aegis, Batch, RequestRecord, WebSocketSession
 from aegis_mw.core.items import PendingSession
 from aegis_mw.sinks import CallableSink
 from aegis_mw.testing import FakeClock
+from tests.harness import inbox_item
 
 
 def offer_requests(aegis: Aegis, paths: list[str]) -> None:
     for path in paths:
         aegis.recorder.offer(
-            [
-                "GET",
-                "/r/{n}",
+            inbox_item(
                 path,
-                200,
-                1000.0,
-                1000.5,
-                1001.0,
-                0,
-                3,
-                ("127.0.0.1", 1),
-                None,
-                "",
-                False,
-            ]
+                route="/r/{n}",
+                ttfb=1000.5,
+                end=1001.0,
+                response_bytes=3,
+                client=("127.0.0.1", 1),
+            )
         )
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
-import multiprocessing
 import os
-import queue
 import re
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -18,6 +16,8 @@ import pytest
 from aegis_mw import Aegis, Batch, RequestRecord, WebSocketSession
 from aegis_mw.sinks import JsonlSink
 from aegis_mw.testing import FakeClock
+from tests.harness import inbox_item
+from tests.spawned import run_together
 
 ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 APPENDERS = 2
@@ -192,23 +192,7 @@ def test_pipeline_retry_after_a_completed_write_appends_once(
     sink = FailsAfterWriting(JsonlSink(str(path)))
     aegis = make_aegis(sink=sink, flush_interval=3600, clock=FakeClock())
     for number in range(4):
-        aegis.recorder.offer(
-            [
-                "GET",
-                "/r",
-                f"/r/{number}",
-                200,
-                1000.0,
-                1000.001,
-                1000.002,
-                0,
-                1,
-                None,
-                None,
-                "",
-                False,
-            ]
-        )
+        aegis.recorder.offer(inbox_item(f"/r/{number}", response_bytes=1))
 
     assert aegis.force_flush(timeout=10) is False
     assert aegis.force_flush(timeout=10) is True
@@ -232,23 +216,7 @@ def test_relative_url_appends_under_the_working_directory(
     assert isinstance(sink, JsonlSink)
     assert sink.path == str(tmp_path / "rel.jsonl")
     for round_number in range(2):
-        aegis.recorder.offer(
-            [
-                "GET",
-                "/r",
-                f"/r/{round_number}",
-                200,
-                1000.0,
-                None,
-                1000.5,
-                0,
-                0,
-                None,
-                None,
-                "",
-                False,
-            ]
-        )
+        aegis.recorder.offer(inbox_item(f"/r/{round_number}", ttfb=None, end=1000.5))
         assert aegis.force_flush(timeout=10) is True
 
     assert [line["path"] for line in read_lines(tmp_path / "rel.jsonl")] == ["/r/0", "/r/1"]
@@ -285,29 +253,7 @@ def _append_from_process(path: str, index: int, barrier: Any, results: Any) -> N
 def test_two_processes_appending_produce_only_complete_lines(tmp_path: Path) -> None:
     """Concurrent appenders never split or interleave a line; every record is there once."""
     path = tmp_path / "shared.jsonl"
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(APPENDERS)
-    results = context.Queue()
-    processes = [
-        context.Process(target=_append_from_process, args=(str(path), index, barrier, results))
-        for index in range(APPENDERS)
-    ]
-    for process in processes:
-        process.start()
-    outcomes: list[tuple[int, str]] = []
-    try:
-        for _ in range(APPENDERS):
-            outcomes.append(results.get(timeout=90))
-    except queue.Empty:
-        pytest.fail(f"only {len(outcomes)} of {APPENDERS} processes reported: {outcomes}")
-    finally:
-        for process in processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
-                process.join(timeout=10)
-        results.close()
-        results.join_thread()
+    outcomes, _ = run_together(_append_from_process, APPENDERS, str(path))
 
     assert sorted(outcomes) == [(index, "") for index in range(APPENDERS)]
     lines = read_lines(path)  # json.loads fails on any torn line
@@ -340,23 +286,7 @@ def test_a_write_cut_short_loses_no_record_and_spoils_one_line_at_most(
         return real_write(fd, data)
 
     for number in range(6):
-        aegis.recorder.offer(
-            [
-                "GET",
-                "/r",
-                f"/r/{number}",
-                200,
-                1000.0,
-                1000.001,
-                1000.002,
-                0,
-                1,
-                None,
-                None,
-                "",
-                False,
-            ]
-        )
+        aegis.recorder.offer(inbox_item(f"/r/{number}", response_bytes=1))
     monkeypatch.setattr("aegis_mw.sinks.jsonl.os.write", disk_fills_once)
     assert aegis.force_flush(timeout=10) is False
     assert aegis.force_flush(timeout=10) is True

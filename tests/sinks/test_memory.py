@@ -8,6 +8,7 @@ from typing import Any
 from aegis_mw import Aegis, Batch, RequestRecord, WebSocketSession, testing
 from aegis_mw.sinks import MemorySink
 from aegis_mw.testing import FakeClock, recorded, recorded_sessions
+from tests.harness import inbox_item
 
 
 def make_request(number: int, **changes: Any) -> RequestRecord:
@@ -74,26 +75,17 @@ def test_pipeline_stores_each_record_once_and_closes_the_sink(
     assert sink.name == "memory"
     for number in range(3):
         aegis.recorder.offer(
-            [
-                "GET",
-                "/r/{n}",
+            inbox_item(
                 f"/r/{number}",
-                200,
-                1000.0,
-                1000.5,
-                1001.0,
-                1,
-                2,
-                None,
-                None,
-                "",
-                False,
-            ]
+                route="/r/{n}",
+                ttfb=1000.5,
+                end=1001.0,
+                request_bytes=1,
+                response_bytes=2,
+            )
         )
     first = recorded(aegis)
-    aegis.recorder.offer(
-        ["GET", "/r/{n}", "/r/3", 404, 1000.0, None, 1000.0, 0, 0, None, None, "", False]
-    )
+    aegis.recorder.offer(inbox_item("/r/3", route="/r/{n}", status=404, ttfb=None, end=1000.0))
     second = recorded(aegis)
 
     assert [r.path for r in first] == ["/r/0", "/r/1", "/r/2"]

@@ -15,6 +15,7 @@ import pytest
 from aegis_mw import Aegis, Batch, ConfigError, RequestRecord
 from aegis_mw.sinks import CallableSink, JsonlSink, MemorySink, SQLiteSink, build_sinks
 from aegis_mw.testing import FakeClock
+from tests.harness import inbox_item
 
 URL_FORMS = ("memory://", "sqlite:///", "sqlite:////", "jsonl:///")
 
@@ -50,9 +51,17 @@ def ship(batch: Batch) -> None:
 def offer_requests(aegis: Aegis, count: int) -> None:
     for number in range(count):
         aegis.recorder.offer(
-            ["PUT", "/r/{n}", f"/r/{number}", 204, 1000.0, 1000.25, 1000.5, 3, 0,
-             ("198.51.100.7", 1234), None, "", False]
-        )  # fmt: skip
+            inbox_item(
+                f"/r/{number}",
+                method="PUT",
+                route="/r/{n}",
+                status=204,
+                ttfb=1000.25,
+                end=1000.5,
+                request_bytes=3,
+                client=("198.51.100.7", 1234),
+            )
+        )
 
 
 def test_memory_url() -> None:

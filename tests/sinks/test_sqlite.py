@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import queue
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +14,8 @@ from aegis_mw import Aegis, Batch, RequestRecord, WebSocketSession
 from aegis_mw.sinks import SQLiteSink
 from aegis_mw.sinks.sqlite_schema import SchemaTooNew
 from aegis_mw.testing import FakeClock
+from tests.harness import inbox_item
+from tests.spawned import run_together
 
 EXPECTED_REQUEST_COLUMNS = [
     # name, declared type, not null, primary key position
@@ -116,9 +116,14 @@ def offer_requests(aegis: Aegis, count: int, path_prefix: str = "/r") -> None:
     now = aegis.clock.monotonic()
     for number in range(count):
         aegis.recorder.offer(
-            ["GET", "/r/{n}", f"{path_prefix}/{number}", 200, now, now + 0.001, now + 0.002,
-             0, 10, ("127.0.0.1", 40000), None, "", False]
-        )  # fmt: skip
+            inbox_item(
+                f"{path_prefix}/{number}",
+                route="/r/{n}",
+                start=now,
+                response_bytes=10,
+                client=("127.0.0.1", 40000),
+            )
+        )
 
 
 @pytest.fixture
@@ -308,34 +313,12 @@ def _write_from_process(
 def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path: Path) -> None:
     """Processes released together on a brand-new file: all write, one creates the schema."""
     path = tmp_path / "shared" / "aegis.db"
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(PROCESSES)
-    results = context.Queue()
-    processes = [
-        context.Process(target=_write_from_process, args=(str(path), index, barrier, results))
-        for index in range(PROCESSES)
-    ]
-    for process in processes:
-        process.start()
-    outcomes: list[tuple[int, str, str, list[int]]] = []
-    try:
-        for _ in range(PROCESSES):
-            outcomes.append(results.get(timeout=90))
-    except queue.Empty:
-        pytest.fail(f"only {len(outcomes)} of {PROCESSES} processes reported: {outcomes}")
-    finally:
-        for process in processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
-                process.join(timeout=10)
-        results.close()
-        results.join_thread()
+    outcomes, exit_codes = run_together(_write_from_process, PROCESSES, str(path))
 
     assert sorted(outcome[:3] for outcome in outcomes) == [
         (index, "ok", "") for index in range(PROCESSES)
     ]
-    assert [process.exitcode for process in processes] == [0] * PROCESSES
+    assert exit_codes == [0] * PROCESSES
     # Each process migrated once; exactly one of them found an empty file.
     versions = sorted(version for outcome in outcomes for version in outcome[3])
     assert versions == [0] + [1] * (PROCESSES - 1)
@@ -471,13 +454,29 @@ def test_pipeline_writes_records_built_from_inbox_items(
     clock = FakeClock(monotonic=1000.0, wall=1_700_000_000.0)
     aegis = make_aegis(sink=f"sqlite:///{path}", flush_interval=3600, clock=clock)
     aegis.recorder.offer(
-        ["POST", "/u/{id}", "/u/é", 201, 1000.0, 1000.25, 1000.5, 12, 34,
-         ("192.0.2.1", 5555), None, "", False]
-    )  # fmt: skip
+        inbox_item(
+            "/u/é",
+            method="POST",
+            route="/u/{id}",
+            status=201,
+            ttfb=1000.25,
+            end=1000.5,
+            request_bytes=12,
+            response_bytes=34,
+            client=("192.0.2.1", 5555),
+        )
+    )
     aegis.recorder.offer(
-        ["BREW", "<unmatched>", "/pot", 500, 1000.0, None, 1001.0, 0, 0, None, None,
-         "RuntimeError: boom", False]
-    )  # fmt: skip
+        inbox_item(
+            "/pot",
+            method="BREW",
+            route="<unmatched>",
+            status=500,
+            ttfb=None,
+            end=1001.0,
+            error="RuntimeError: boom",
+        )
+    )
 
     assert aegis.force_flush(timeout=10) is True
 
