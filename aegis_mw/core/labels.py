@@ -1,7 +1,6 @@
-"""Keeping label values bounded: methods, routes, error strings.
-
-Every value that becomes an aggregate key passes through here, so a client
-sending random methods or paths cannot grow memory or metric cardinality.
+"""Bounded values for records: the standard HTTP methods (anything else is
+folded into ``_OTHER`` by the finalizer) and error descriptions cut to a
+length. The route cap lives with the finalizer (``finalize.RouteCap``).
 """
 
 from __future__ import annotations

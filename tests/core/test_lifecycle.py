@@ -181,3 +181,13 @@ def test_a_discarded_pipeline_ends_its_threads_and_says_what_it_lost(
         thread.join(WAIT)
     assert [t.is_alive() for t in threads] == [False, False]
     assert any("discarded without shutdown(); 3 records" in r.getMessage() for r in caplog.records)
+
+
+def test_a_pipeline_used_as_a_context_manager_flushes_on_exit() -> None:
+    """``with Aegis(...) as aegis:`` shuts down at the end of the block, writing what was buffered."""
+    sink = FaultySink("with-block")
+    with Aegis(sink=sink, flush_interval=3600, environ={}) as aegis:
+        offer_all(aegis, paths(3))
+        assert sink.paths == []
+    assert sink.paths == paths(3)
+    assert (aegis.recorder.closed, aegis.flusher.alive, sink.close_calls) == (True, False, 1)
