@@ -11,9 +11,12 @@ Two clocks: process CPU time (every thread of the process, so Aegis's flusher
 and sink threads are charged to Aegis, and not disturbed by other programs
 taking the CPU) and wall time (what a request waits; noisier on a busy host).
 
-Aegis appears twice:
-- "request path": what a request pays. The flusher is held back (long
-  interval, large batch) and flushed untimed between chunks.
+Aegis appears three times:
+- "request path": what a request pays, on the compiled path (the default
+  where it was built). The flusher is held back (long interval, large batch)
+  and flushed untimed between chunks.
+- "pure-Python request path": the same with ``speedups=False``, the path
+  taken where the C extension could not be built.
 - "all-in": the same plus all the background work its records cause
   (folding, finalizing and writing every record to SQLite), flushed inside
   the timed chunk.
@@ -41,6 +44,7 @@ LABELS = {
     "bare": "bare FastAPI",
     "perf_counter": "perf_counter-and-counter middleware",
     "aegis": "AegisMiddleware, request path",
+    "aegis_python": "AegisMiddleware, pure-Python request path",
     "aegis_all_in": "AegisMiddleware, all-in (SQLite writes)",
     "starlette_exporter": "starlette_exporter",
     "instrumentator": "prometheus-fastapi-instrumentator",
@@ -82,13 +86,14 @@ def build_app(variant: str, routes: int, workdir: str) -> tuple[Any, Callable[[]
     after_chunk: Callable[[], None] = nothing
     if variant == "perf_counter":
         app.add_middleware(Timing)
-    elif variant in ("aegis", "aegis_all_in"):
+    elif variant in ("aegis", "aegis_python", "aegis_all_in"):
         from aegis_mw import Aegis, AegisMiddleware
 
         aegis = Aegis(
             sink=f"sqlite:///{workdir}/{variant}-{routes}.db",
             flush_interval=3600,
             batch_size=1_000_000,
+            speedups=variant != "aegis_python",
             environ={},
         )
         app.add_middleware(AegisMiddleware, aegis=aegis)

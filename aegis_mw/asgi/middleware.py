@@ -1,26 +1,31 @@
 """``AegisMiddleware``: pure ASGI, one record per request, nothing else changed.
 
-The HTTP path is written inline in ``__call__`` on purpose: every call,
+HTTP requests take the compiled path (``compiled.py``, ``_hotpath_c/``) where
+it was built. The pure-Python path below is the reference and the fallback:
+both must record the same thing, and the tests run both. ``__call__`` itself
+stays an ``async def`` either way, so servers detect an ASGI 3 app.
+
+The Python path is written inline in ``__call__`` on purpose: every call,
 attribute lookup and allocation here is paid by every request of every user,
 and ``bench/`` measures each one. The request's inbox item (a list, layout in
 ``core/items.py``) is built once when the request starts and *is* the
-per-request state: the ``send`` and ``receive`` wrappers write status, times
-and byte counts into it, and at the end it is queued as is. Nothing per
-request lives on ``self``.
-
-The ``send`` wrapper is a plain function returning the server's awaitable, so
-it adds no coroutine frame. The clock stops when the final body message is
-handed to the server: streamed bodies are timed to completion, background
-tasks (which run after it) are not.
+per-request state: the ``send`` and ``receive`` wrappers (``observers.py``)
+write status, times and byte counts into it, and at the end it is queued as
+is. Nothing per request lives on ``self``. The closures live in
+``observers.py`` rather than here so that ``__call__`` has no cell variables,
+which would cost the compiled path too.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from ..aegis import Aegis
-from ..types import ASGIApp, Message, Receive, RouteReader, Scope, Send
+from ..types import ASGIApp, Receive, RouteReader, Scope, Send
+from . import compiled
 from .lifespan import run_lifespan
+from .observers import observe_receive, observe_send
 from .outcome import settle
 from .routing import ScopeRouteReader
 from .websocket import record_session
@@ -72,6 +77,12 @@ class AegisMiddleware:
         self._addresses = self.aegis.client_addresses
         self._check_forwarded = self._addresses.enabled
         self._error_limit = self.aegis.settings.max_error_length
+        self._compiled = compiled.build(self) if self.aegis.settings.speedups else None
+
+    @property
+    def compiled(self) -> bool:
+        """Whether HTTP requests take the compiled path (see the ``speedups`` option)."""
+        return self._compiled is not None
 
     def forwarded(self, scope: Scope) -> str | None:
         """The forwarded-for header, only when the peer is a trusted proxy."""
@@ -94,6 +105,10 @@ class AegisMiddleware:
             else:
                 await self.app(scope, receive, send)
             return
+        fast = self._compiled
+        if fast is not None:
+            await fast(scope, receive, send)
+            return
         path = scope["path"]
         excluded = self._excluded
         if path in excluded.literal or (excluded.match is not None and excluded.match(path)):
@@ -108,35 +123,8 @@ class AegisMiddleware:
             None, "", False,
         ]  # fmt: skip
 
-        def send_wrapper(message: Message) -> Any:
-            kind = message["type"]
-            if kind == "http.response.body":
-                body = message.get("body")
-                if body:
-                    item[8] += len(body)  # response_bytes
-                if not message.get("more_body"):
-                    item[6] = clock()  # end
-            elif kind == "http.response.start":
-                item[3] = message["status"]
-                item[5] = clock()  # ttfb
-            elif kind == "http.response.pathsend":  # the whole file in one message
-                item[6] = clock()
-            elif kind == "http.response.zerocopysend":
-                item[8] += message.get("count") or 0
-                if not message.get("more_body"):
-                    item[6] = clock()
-            return send(message)
-
-        async def receive_wrapper() -> Message:
-            message = await receive()
-            kind = message["type"]
-            if kind == "http.request":
-                body = message.get("body")
-                if body:
-                    item[7] += len(body)  # request_bytes
-            elif kind == "http.disconnect":
-                item[12] = True
-            return message
+        send_wrapper = observe_send(item, clock, send)
+        receive_wrapper = partial(observe_receive, item, receive)
 
         aggregates = self._aggregates
         aggregates.in_flight += 1
@@ -166,6 +154,14 @@ class AegisMiddleware:
                 recorder.refuse()
         except Exception:  # a bug of ours must not turn a served request into an error
             self._recorder.dropped["internal_error"] += 1
+
+    def _settle_unfinished(self, item: list[Any]) -> None:
+        """The app returned without finishing its response (compiled path)."""
+        settle(item, None, self._monotonic, self._error_limit)
+
+    def _internal_error(self) -> None:
+        """A request the compiled path failed to record (a bug of ours)."""
+        self._recorder.dropped["internal_error"] += 1
 
     def _queue_failed(self, scope: Scope, item: list[Any], failure: BaseException) -> None:
         """Record a request whose app raised; never raises itself, so the app's

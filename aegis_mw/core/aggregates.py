@@ -17,6 +17,7 @@ readers from a worker thread, not an event loop.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +76,9 @@ def _fold(
     sessions = 0
     bucket_index = histogram.bucket_index
     for item in items:
-        if type(item) is list:
+        if type(item) is PendingSession:
+            sessions += 1
+        else:  # an HTTP item: a list, or the compiled path's HttpItem
             try:  # everything that can fail, before anything is changed
                 end = item[END]
                 status = item[STATUS]
@@ -104,10 +107,6 @@ def _fold(
             slot[status_index] += 1
             if slot is not totals:
                 slot[bucket] += 1
-        elif type(item) is PendingSession:
-            sessions += 1
-        else:
-            continue
         if good is not None:
             good.append(item)
     return sessions
@@ -127,6 +126,18 @@ class RealtimeAggregates:
         # Written by the request path (one event loop) on entry and exit.
         self.in_flight = 0
         self.websockets_active = 0
+        # Request paths that keep their own in-flight count (the compiled
+        # one), summed at read time: the request path pays no attribute writes.
+        self._in_flight_sources: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def add_in_flight_source(self, source: Any) -> None:
+        """Count ``source.in_flight`` (an int the source keeps) in ``in_flight``."""
+        self._in_flight_sources.add(source)
+
+    def in_flight_now(self) -> int:
+        """Requests started and not finished, on every request path."""
+        sources = list(self._in_flight_sources)
+        return self.in_flight + sum(int(source.in_flight) for source in sources)
 
     def reset(self) -> None:
         """Forget everything (a forked child starts with its own counts)."""
@@ -138,6 +149,8 @@ class RealtimeAggregates:
         self.websocket_sessions = 0
         self.in_flight = 0
         self.websockets_active = 0
+        for source in list(self._in_flight_sources):
+            source.in_flight = 0
 
     def fold_drained(self, drain: Callable[[], list[Any]]) -> tuple[list[Any], int]:
         """Flusher only: take items from the inbox and fold them, as one step
@@ -210,7 +223,7 @@ class RealtimeAggregates:
             status_totals={
                 name: int(totals[STATUS_BASE + cls]) for cls, name in enumerate(STATUS_CLASSES, 1)
             },
-            in_flight=self.in_flight,
+            in_flight=self.in_flight_now(),
             websocket_connections_active=self.websockets_active,
             websocket_sessions_total=sessions,
         )

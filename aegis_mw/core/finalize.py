@@ -134,7 +134,7 @@ class Finalizer:
         append = out.append
         for item in items:
             try:
-                if type(item) is list:
+                if not isinstance(item, PendingSession):  # a list, or the compiled HttpItem
                     (method, route, path, status, start, ttfb, end, request_bytes,
                      response_bytes, client, forwarded, error, _disconnected) = item  # fmt: skip
                     if not (
@@ -166,7 +166,7 @@ class Finalizer:
                         error,
                     ))  # fmt: skip
                 else:
-                    session: PendingSession = item  # type: ignore[assignment]
+                    session = item
                     record = WebSocketSession(
                         f"{prefix}{sequence + 1:016x}", session.start + wall_offset,
                         admit(session.route), session.path[:limit],

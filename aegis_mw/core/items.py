@@ -13,14 +13,18 @@ Layout of the HTTP list, by index::
 A list (not a tuple) because the request path writes into it. Other callers
 of ``Recorder.offer`` build the same 13-element list, for a request that just
 started: ``[method, None, path, 0, start, None, None, 0, 0, client, None, "", False]``.
+The compiled request path queues its own ``HttpItem`` instead, with the same
+layout, read and written by index like the list; readers treat every item
+that is not a ``PendingSession`` as such a sequence.
 """
 
 from __future__ import annotations
 
+from collections.abc import MutableSequence
 from dataclasses import dataclass
 from typing import Any
 
-HttpItem = list[Any]
+HttpItem = MutableSequence[Any]
 METHOD, ROUTE, PATH, STATUS, START, TTFB, END = 0, 1, 2, 3, 4, 5, 6
 REQUEST_BYTES, RESPONSE_BYTES, CLIENT, FORWARDED, ERROR, DISCONNECTED = 7, 8, 9, 10, 11, 12
 HTTP_FIELDS = 13

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Callable, Iterable
+from typing import Any
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -18,6 +19,10 @@ class PathFilter:
         self.patterns: tuple[str, ...] = ()
         self.literal: frozenset[str] = frozenset()
         self.match: Callable[[str], object] | None = None
+        #: ``[literal, match]`` again, for the compiled request path: it reads
+        #: them from this list (replaced in place, in one step) without an
+        #: attribute lookup.
+        self.current: list[Any] = [self.literal, self.match]
         self.add(*patterns)
 
     def add(self, *patterns: str) -> None:
@@ -30,6 +35,7 @@ class PathFilter:
             re.compile("|".join(fnmatch.translate(g) for g in globs)).match if globs else None
         )
         self.literal = frozenset(p for p in self.patterns if not _GLOB_CHARS & set(p))
+        self.current[:] = (self.literal, self.match)
 
     def excluded(self, path: str) -> bool:
         return path in self.literal or (self.match is not None and self.match(path) is not None)

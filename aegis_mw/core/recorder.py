@@ -39,6 +39,9 @@ class Recorder:
         # Wake the flusher once this many items were already queued (never
         # later than the bound, or a burst would be refused while it sleeps).
         self.wake_at = min(batch_size, max_buffer) - 1
+        #: ``[limit, wake_at]`` again, for the compiled request path: it reads
+        #: them from this list (updated in place) without an attribute lookup.
+        self.bounds = [self.limit, self.wake_at]
         # Released (never acquired) by producers to wake the flusher early:
         # ``Lock.release`` cannot block, unlike ``Event.set``, which takes a
         # lock the flusher may be holding.
@@ -52,7 +55,7 @@ class Recorder:
     @closed.setter
     def closed(self, value: bool) -> None:
         self._closed = value
-        self.limit = 0 if value else self.max_buffer
+        self.limit = self.bounds[0] = 0 if value else self.max_buffer
 
     def reset_after_fork(self) -> None:
         """In a forked child: the parent still owns and writes what was buffered.

@@ -69,6 +69,25 @@ def _cidr_list(value: Any) -> tuple[str, ...]:
     return cidrs
 
 
+_TRUE_TEXT = frozenset({"1", "true", "yes", "on"})
+_FALSE_TEXT = frozenset({"0", "false", "no", "off"})
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError
+    return value
+
+
+def _bool_text(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in _TRUE_TEXT:
+        return True
+    if lowered in _FALSE_TEXT:
+        return False
+    raise ValueError
+
+
 def _choice(*allowed: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if not isinstance(value, str) or value.lower() not in allowed:
@@ -141,6 +160,7 @@ _RULES: dict[str, _Rule] = {
     "max_routes": _Rule(_number(int, 1, 1_000_000), "an integer from 1 to 1000000", _int_text),
     "max_path_length": _Rule(_number(int, 16, 65536), "an integer from 16 to 65536", _int_text),
     "max_error_length": _Rule(_number(int, 16, 65536), "an integer from 16 to 65536", _int_text),
+    "speedups": _Rule(_boolean, "true or false (1/0, yes/no, on/off in text)", _bool_text),
 }
 
 
@@ -170,6 +190,9 @@ class AegisSettings:
     max_routes: int = 1000
     max_path_length: int = 512
     max_error_length: int = 1024
+    #: Use the compiled HTTP request path where it was built; False forces
+    #: the pure-Python one (same records, slower).
+    speedups: bool = True
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

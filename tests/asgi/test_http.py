@@ -20,7 +20,7 @@ from aegis_mw.asgi.outcome import INCOMPLETE_RESPONSE, NO_RESPONSE
 from aegis_mw.testing import FakeClock, recorded
 from tests.harness import Exchange, call, http_scope
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("hot_path")]
 
 START_200 = {
     "type": "http.response.start",

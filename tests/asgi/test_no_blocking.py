@@ -20,6 +20,8 @@ from fastapi.responses import StreamingResponse
 from aegis_mw import Aegis, AegisMiddleware
 from tests.harness import Exchange, call, http_scope, websocket_scope
 
+pytestmark = pytest.mark.usefixtures("hot_path")
+
 
 def build_app(aegis: Aegis) -> FastAPI:
     app = FastAPI()

@@ -17,7 +17,7 @@ from aegis_mw import Aegis, AegisMiddleware
 from aegis_mw.testing import recorded
 from tests.harness import call, http_scope
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("hot_path")]
 
 
 async def ok(request: Any) -> PlainTextResponse:

@@ -27,6 +27,7 @@ OPTION_NAMES = [
     "max_routes",
     "max_path_length",
     "max_error_length",
+    "speedups",
 ]
 
 DEFAULTS: dict[str, Any] = {
@@ -46,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "max_routes": 1000,
     "max_path_length": 512,
     "max_error_length": 1024,
+    "speedups": True,
 }
 
 # What each option accepts, as the error message words it.
@@ -67,6 +69,7 @@ ALLOWED: dict[str, str] = {
     "max_routes": "an integer from 1 to 1000000",
     "max_path_length": "an integer from 16 to 65536",
     "max_error_length": "an integer from 16 to 65536",
+    "speedups": "true or false (1/0, yes/no, on/off in text)",
 }
 
 

@@ -192,6 +192,7 @@ def test_errors_and_status_classes(make_aegis: Callable[..., Aegis], clock: Fake
 
 
 @pytest.mark.anyio
+@pytest.mark.usefixtures("hot_path")
 async def test_errors_through_the_middleware(
     make_aegis: Callable[..., Aegis], clock: FakeClock
 ) -> None:
@@ -367,6 +368,7 @@ def test_refused_items_count_as_offered_and_dropped(
 
 
 @pytest.mark.anyio
+@pytest.mark.usefixtures("hot_path")
 async def test_in_flight(make_aegis: Callable[..., Aegis], clock: FakeClock) -> None:
     """in_flight counts requests inside the app, and drops back when they finish or fail."""
     aegis = make_aegis(clock=clock)

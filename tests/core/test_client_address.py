@@ -210,6 +210,7 @@ async def ok_app(scope: Any, receive: Any, send: Any) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.usefixtures("hot_path")
 async def test_trusted_proxy_header_is_used(make_aegis: Callable[..., Aegis]) -> None:
     """A request from a trusted proxy is recorded with the forwarded client address."""
     aegis = make_aegis(trusted_proxies=["10.0.0.0/8"])
@@ -222,6 +223,7 @@ async def test_trusted_proxy_header_is_used(make_aegis: Callable[..., Aegis]) ->
 
 
 @pytest.mark.anyio
+@pytest.mark.usefixtures("hot_path")
 async def test_untrusted_peer_cannot_spoof(make_aegis: Callable[..., Aegis]) -> None:
     """A peer outside the trusted networks is recorded as itself whatever its header says."""
     aegis = make_aegis(trusted_proxies=["10.0.0.0/8"])
@@ -234,6 +236,7 @@ async def test_untrusted_peer_cannot_spoof(make_aegis: Callable[..., Aegis]) -> 
 
 
 @pytest.mark.anyio
+@pytest.mark.usefixtures("hot_path")
 async def test_without_trusted_proxies_headers_are_ignored(
     make_aegis: Callable[..., Aegis],
 ) -> None:
@@ -247,6 +250,7 @@ async def test_without_trusted_proxies_headers_are_ignored(
 
 
 @pytest.mark.anyio
+@pytest.mark.usefixtures("hot_path")
 async def test_chain_through_two_proxies_end_to_end(make_aegis: Callable[..., Aegis]) -> None:
     """Two X-Forwarded-For headers through a trusted proxy resolve to the first untrusted hop."""
     aegis = make_aegis(trusted_proxies=["10.0.0.0/8"])
@@ -262,6 +266,7 @@ async def test_chain_through_two_proxies_end_to_end(make_aegis: Callable[..., Ae
 
 
 @pytest.mark.anyio
+@pytest.mark.usefixtures("hot_path")
 async def test_rfc7239_end_to_end(make_aegis: Callable[..., Aegis]) -> None:
     """With forwarded_header='forwarded' the Forwarded header is used, X-Forwarded-For not."""
     aegis = make_aegis(trusted_proxies=["10.0.0.0/8"], forwarded_header="forwarded")

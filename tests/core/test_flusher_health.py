@@ -184,7 +184,8 @@ def _status_none() -> list[Any]:
 MALFORMED = [
     pytest.param("not an inbox item", id="string"),
     pytest.param(["GET"], id="short-list"),
-    pytest.param(tuple(http_item("/tuple")), id="tuple-not-list"),
+    pytest.param(dict(enumerate(http_item("/dict"))), id="dict-not-sequence"),
+    pytest.param(object(), id="object"),
     pytest.param(_status_none(), id="status-None"),
 ]
 

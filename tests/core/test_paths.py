@@ -125,13 +125,14 @@ class RecordingApp:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         self.calls.append((scope, receive, send))
-        self.in_flight_seen.append(self.aegis.aggregates.in_flight)
+        self.in_flight_seen.append(self.aegis.aggregates.in_flight_now())
         await receive()
         await send({"type": "http.response.start", "status": 204, "headers": [(b"x-a", b"1")]})
         await send({"type": "http.response.body", "body": b""})
 
 
 @pytest.mark.anyio
+@pytest.mark.usefixtures("hot_path")
 async def test_excluded_request_passes_through_untouched(
     make_aegis: Callable[..., Aegis],
 ) -> None:
@@ -171,6 +172,7 @@ async def test_excluded_request_passes_through_untouched(
 
 
 @pytest.mark.anyio
+@pytest.mark.usefixtures("hot_path")
 async def test_runtime_exclusion_applies_to_an_existing_middleware(
     make_aegis: Callable[..., Aegis],
 ) -> None:

@@ -153,6 +153,7 @@ LEVELS: dict[str, tuple[Any, str, Any, Any, Any]] = {
     "max_routes": (5, "6", 6, 8, 8),
     "max_path_length": (100, "200", 200, 300, 300),
     "max_error_length": (100, "200", 200, 300, 300),
+    "speedups": (False, "true", True, False, False),
 }  # fmt: skip
 
 

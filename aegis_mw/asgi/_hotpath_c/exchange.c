@@ -1,0 +1,356 @@
+/* Exchange: one HTTP request. Awaiting it drives the app's coroutine exactly as
+ * `await` would: send, throw and close are forwarded, and when the coroutine
+ * ends the request is finished (finish.c). Only the middleware's own coroutine
+ * holds it; the app gets a Sender and a Receiver instead. */
+#include "hotpath.h"
+
+/* PyObject_GetOptionalAttr before Python 3.13: 1 found, 0 absent, -1 error. */
+static int
+optional_attr(PyObject *object, PyObject *name, PyObject **result)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyObject_GetOptionalAttr(object, name, result);
+#else
+    *result = PyObject_GetAttr(object, name);
+    if (*result != NULL) {
+        return 1;
+    }
+    if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        return 0;
+    }
+    return -1;
+#endif
+}
+
+static PyObject *
+already_executing(void)
+{
+    PyErr_SetString(PyExc_ValueError, "aegis_mw request already executing");
+    return NULL;
+}
+
+/* One step of the app's coroutine, as `await` would take it. */
+static PySendResult
+exchange_step(ExchangeObject *self, PyObject *arg, PyObject **result)
+{
+    *result = NULL;
+    if (self->running) {
+        already_executing();
+        return PYGEN_ERROR;
+    }
+    if (self->inner == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse an awaited aegis_mw request");
+        return PYGEN_ERROR;
+    }
+    PyObject *inner = Py_NewRef(self->inner);
+    self->running = 1;
+    PySendResult status = PyIter_Send(inner, arg, result);
+    self->running = 0;
+    if (status == PYGEN_NEXT) {
+        Py_DECREF(inner);
+        return status;
+    }
+    Py_CLEAR(self->inner);  /* it ended; it may hold a cycle back to us */
+    Py_DECREF(inner);
+    if (status == PYGEN_RETURN) {
+        /* Like the Python path, the middleware returns None whatever the app did. */
+        Py_SETREF(*result, Py_NewRef(Py_None));
+        if (aegis_finish_returned(self) < 0) {
+            Py_CLEAR(*result);
+            return PYGEN_ERROR;
+        }
+        return PYGEN_RETURN;
+    }
+    aegis_finish_raised(self);
+    return PYGEN_ERROR;
+}
+
+static PySendResult
+exchange_am_send(PyObject *op, PyObject *arg, PyObject **result)
+{
+    return exchange_step((ExchangeObject *)op, arg, result);
+}
+
+static PyObject *
+exchange_iternext(PyObject *op)
+{
+    PyObject *result;
+    PySendResult status = exchange_step((ExchangeObject *)op, Py_None, &result);
+    if (status == PYGEN_NEXT) {
+        return result;
+    }
+    if (status == PYGEN_RETURN) {
+        Py_DECREF(result);  /* None: exhausted without an exception means StopIteration() */
+    }
+    return NULL;
+}
+
+static PyObject *
+exchange_send_method(PyObject *op, PyObject *arg)
+{
+    PyObject *result;
+    PySendResult status = exchange_step((ExchangeObject *)op, arg, &result);
+    if (status == PYGEN_NEXT) {
+        return result;
+    }
+    if (status == PYGEN_RETURN) {
+        Py_DECREF(result);
+        PyErr_SetNone(PyExc_StopIteration);
+    }
+    return NULL;
+}
+
+/* What throw(...) was given, as one exception instance carrying the given
+ * traceback (a new reference), as CPython's gen_throw makes it but without
+ * chaining it to whatever the caller is handling. When the arguments are not
+ * valid, the TypeError (or the error of the constructor) is what gets thrown,
+ * at the app's await, as CPython does. */
+static PyObject *
+thrown_exception(PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *kind = args[0];
+    PyObject *value = nargs > 1 ? args[1] : Py_None;
+    PyObject *traceback = nargs > 2 ? args[2] : Py_None;
+    PyObject *exc = NULL;
+    if (traceback != Py_None && !PyTraceBack_Check(traceback)) {
+        PyErr_SetString(PyExc_TypeError, "throw() third argument must be a traceback object");
+    }
+    else if (PyExceptionInstance_Check(kind)) {
+        if (value != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "instance exception may not have a separate value");
+        }
+        else {
+            exc = Py_NewRef(kind);
+        }
+    }
+    else if (PyExceptionClass_Check(kind)) {
+        if (PyObject_TypeCheck(value, (PyTypeObject *)kind)) {
+            exc = Py_NewRef(value);
+        }
+        else if (value == Py_None) {
+            exc = PyObject_CallNoArgs(kind);
+        }
+        else if (PyTuple_Check(value)) {
+            exc = PyObject_Call(kind, value, NULL);
+        }
+        else {
+            exc = PyObject_CallOneArg(kind, value);
+        }
+        if (exc != NULL && !PyExceptionInstance_Check(exc)) {
+            PyErr_Format(PyExc_TypeError,
+                         "calling %R should have returned an instance of BaseException, "
+                         "not %.100s", kind, Py_TYPE(exc)->tp_name);
+            Py_CLEAR(exc);
+        }
+    }
+    else {
+        PyErr_Format(PyExc_TypeError,
+                     "exceptions must be classes or instances deriving from BaseException, "
+                     "not %.100s", Py_TYPE(kind)->tp_name);
+    }
+    if (exc == NULL) {
+        return take_exception();
+    }
+    if (traceback != Py_None && PyException_SetTraceback(exc, traceback) < 0) {
+        Py_DECREF(exc);
+        return take_exception();
+    }
+    return exc;
+}
+
+static PyObject *
+exchange_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    ExchangeObject *self = (ExchangeObject *)op;
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "throw expected 1 to 3 arguments");
+        return NULL;
+    }
+    if (self->running) {
+        return already_executing();
+    }
+    /* One instance: the (type, value, traceback) form is deprecated since 3.12
+     * and the app's coroutine must not warn a second time. */
+    PyObject *exc = thrown_exception(args, nargs);
+    if (exc == NULL) {
+        return NULL;
+    }
+    if (self->inner == NULL) {  /* a finished request: it is raised right here */
+        restore_exception(exc);
+        return NULL;
+    }
+    PyObject *inner = Py_NewRef(self->inner);
+    PyObject *throw = NULL;
+    self->running = 1;  /* the lookup may run Python code (__getattr__) */
+    int found = optional_attr(inner, aegis_str.throw, &throw);
+    PyObject *result = NULL;
+    if (found > 0) {
+        result = PyObject_CallOneArg(throw, exc);
+        Py_DECREF(throw);
+    }
+    self->running = 0;
+    int raised_here = found == 0;
+    if (raised_here) {
+        /* An iterator without throw(): the exception surfaces at the await, that
+         * is in the app's stead, as `yield from` does. */
+        restore_exception(exc);
+    }
+    else {
+        Py_DECREF(exc);
+    }
+    if (result != NULL) {
+        Py_DECREF(inner);
+        return result;  /* the app caught it and awaits something else */
+    }
+    if (self->inner == inner) {
+        Py_CLEAR(self->inner);
+    }
+    Py_DECREF(inner);
+    if (found > 0 && PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        PyErr_Clear();  /* the app caught it and returned */
+        if (aegis_finish_returned(self) < 0) {
+            return NULL;
+        }
+        PyErr_SetNone(PyExc_StopIteration);
+        return NULL;
+    }
+    aegis_finish_raised(self);
+    if (raised_here && PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        /* PEP 479, as the Python path's coroutine frame would apply it. */
+        PyObject *stop = take_exception();
+        PyErr_SetString(PyExc_RuntimeError, "coroutine raised StopIteration");
+        PyObject *error = take_exception();
+        PyException_SetCause(error, Py_NewRef(stop));
+        PyException_SetContext(error, stop);
+        restore_exception(error);
+    }
+    return NULL;
+}
+
+/* Close the app's coroutine (a cancelled or discarded request): recorded like
+ * the Python path records GeneratorExit, as a request nobody got an answer to. */
+static PyObject *
+exchange_close(PyObject *op, PyObject *unused)
+{
+    ExchangeObject *self = (ExchangeObject *)op;
+    if (self->running) {
+        return already_executing();
+    }
+    if (self->inner == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *inner = self->inner;
+    self->inner = NULL;
+    PyObject *close = NULL;
+    PyObject *result = Py_NewRef(Py_None);
+    self->running = 1;
+    if (optional_attr(inner, aegis_str.close, &close) < 0) {
+        PyErr_WriteUnraisable(inner);  /* as CPython's gen_close_iter: then closed anyway */
+    }
+    if (close != NULL) {
+        Py_SETREF(result, PyObject_CallNoArgs(close));
+        Py_DECREF(close);
+    }
+    self->running = 0;
+    Py_DECREF(inner);
+    if (result == NULL) {
+        aegis_finish_raised(self);
+        return NULL;
+    }
+    Py_DECREF(result);
+    PyErr_SetNone(PyExc_GeneratorExit);
+    aegis_finish_raised(self);
+    if (!PyErr_ExceptionMatches(PyExc_GeneratorExit)) {
+        return NULL;  /* something of ours that must not be swallowed */
+    }
+    PyErr_Clear();
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+exchange_await(PyObject *op)
+{
+    if (((ExchangeObject *)op)->running) {
+        return already_executing();
+    }
+    return Py_NewRef(op);
+}
+
+static void
+exchange_finalize(PyObject *op)
+{
+    ExchangeObject *self = (ExchangeObject *)op;
+    if (self->inner == NULL) {
+        return;
+    }
+    PyObject *saved = PyErr_Occurred() ? take_exception() : NULL;
+    PyObject *result = exchange_close(op, NULL);
+    if (result == NULL) {
+        PyErr_WriteUnraisable(op);
+    }
+    Py_XDECREF(result);
+    if (saved != NULL) {
+        restore_exception(saved);
+    }
+}
+
+static int
+exchange_traverse(ExchangeObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->path);
+    Py_VISIT(self->item);
+    Py_VISIT(self->scope);
+    Py_VISIT(self->inner);
+    return 0;
+}
+
+static int
+exchange_clear(ExchangeObject *self)
+{
+    Py_CLEAR(self->path);
+    Py_CLEAR(self->item);
+    Py_CLEAR(self->scope);
+    Py_CLEAR(self->inner);
+    return 0;
+}
+
+static void
+exchange_dealloc(ExchangeObject *self)
+{
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+        return;  /* resurrected */
+    }
+    PyObject_GC_UnTrack(self);
+    exchange_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyAsyncMethods exchange_as_async = {
+    .am_await = exchange_await,
+    .am_send = exchange_am_send,
+};
+
+static PyMethodDef exchange_methods[] = {
+    {"send", (PyCFunction)exchange_send_method, METH_O, "Resume the app with a value."},
+    {"throw", (PyCFunction)(void (*)(void))exchange_throw, METH_FASTCALL,
+     "Raise an exception in the app."},
+    {"close", exchange_close, METH_NOARGS, "Close the app's coroutine."},
+    {NULL, NULL, 0, NULL},
+};
+
+PyTypeObject AegisExchangeType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aegis_mw.asgi._hotpath.Exchange",
+    .tp_doc = "One HTTP request: awaiting it runs the app.",
+    .tp_basicsize = sizeof(ExchangeObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_dealloc = (destructor)exchange_dealloc,
+    .tp_finalize = exchange_finalize,
+    .tp_traverse = (traverseproc)exchange_traverse,
+    .tp_clear = (inquiry)exchange_clear,
+    .tp_as_async = &exchange_as_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = exchange_iternext,
+    .tp_methods = exchange_methods,
+};

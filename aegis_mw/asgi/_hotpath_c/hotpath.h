@@ -1,0 +1,241 @@
+/*
+ * The HTTP request path of AegisMiddleware, compiled: what its parts share.
+ *
+ * It does exactly what the pure-Python path in middleware.py does (that path
+ * stays the reference and the fallback), at a fraction of the cost: in pure
+ * Python the two wrappers every ASGI middleware needs around `send` and
+ * `receive`, the per-request state and the garbage-collector work they cause
+ * cost several microseconds per request.
+ *
+ * The types, one file each:
+ *
+ * - HttpPath (http_path.c): one per middleware. Called with (scope, receive,
+ *   send) by the middleware's own `async def __call__`, it starts the app and
+ *   returns an Exchange for that coroutine to await.
+ * - Exchange (exchange.c, finish.c): one per request, the awaitable that
+ *   drives the app's coroutine (forwarding send/throw/close exactly like
+ *   `await` does). When the app's coroutine ends it queues the request's item
+ *   in the inbox. Only the middleware's own coroutine ever sees it.
+ * - Sender (sender.c): the `send` callable handed to the app, which notes
+ *   status, times and bytes and returns the server's own awaitable untouched.
+ * - Receiver (receiver.c): the `receive` callable handed to the app. Calling
+ *   it returns a native coroutine of a Python function, so `receive()` stays a
+ *   real coroutine for every framework that checks.
+ * - HttpItem (item.c): the request's state while it runs and its inbox item
+ *   afterwards (the 13-field layout of aegis_mw/core/items.py, readable and
+ *   writable by index). Once queued, an item holding only strings, numbers and
+ *   the client tuple leaves the garbage collector's lists, as a tuple of atoms
+ *   does: thousands of them waiting in the inbox cost the collector nothing.
+ *
+ * Only the common, well-formed case is handled here. Anything else is handed
+ * to the Python code, so it behaves exactly as the Python path does: an
+ * unusual message (not a dict, a field of an unexpected type) goes to the
+ * Python send observer; the app raising, an unfinished response, a custom
+ * route reader and trusted proxies go to methods of the middleware. A failure
+ * of ours is counted, never turned into an error of the request (unless it is
+ * not an Exception: KeyboardInterrupt and cancellation always propagate), and
+ * the app's own exception always propagates unchanged.
+ */
+#ifndef AEGIS_HOTPATH_H
+#define AEGIS_HOTPATH_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <time.h>
+
+#if defined(__linux__) && defined(CLOCK_MONOTONIC)
+#define AEGIS_NATIVE_MONOTONIC 1
+#else
+#define AEGIS_NATIVE_MONOTONIC 0
+#endif
+
+/* Interned strings, created once at import (module.c). */
+struct aegis_strings {
+    PyObject *type, *body, *more_body, *status, *count, *path, *method, *client, *route,
+        *get, *wake_flusher, *refuse, *empty, *queue_failed, *settle_unfinished,
+        *internal_error, *forwarded, *throw, *close;
+};
+extern struct aegis_strings aegis_str;
+
+/* functools.partial, for the rare receive() called with arguments. */
+extern PyObject *aegis_partial;
+
+/* Item indexes, as in aegis_mw/core/items.py. */
+enum {
+    I_METHOD, I_ROUTE, I_PATH, I_STATUS, I_START, I_TTFB, I_END,
+    I_REQUEST_BYTES, I_RESPONSE_BYTES, I_CLIENT, I_FORWARDED, I_ERROR,
+    I_DISCONNECTED, I_FIELDS
+};
+
+/* The request's state and inbox item (item.c). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *method;
+    PyObject *route;      /* NULL: None */
+    PyObject *path;
+    PyObject *status;
+    PyObject *client;
+    PyObject *forwarded;  /* NULL: None */
+    PyObject *error;
+    double start, ttfb, end;
+    long long request_bytes, response_bytes;
+    char has_ttfb, has_end, disconnected;
+} ItemObject;
+
+/* One per middleware (http_path.c). */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *owner;       /* the AegisMiddleware: slow paths are its methods */
+    PyObject *app;
+    PyObject *clock;       /* the pipeline's monotonic clock (a Python callable) */
+    int native_clock;      /* it is CLOCK_MONOTONIC: read it without calling Python */
+    PyObject *templates;   /* dict: id(route object) -> template */
+    PyObject *read_route;  /* called when templates has no answer */
+    PyObject *exclusions;  /* PathFilter.current: [literal set, match or None] */
+    PyObject *recorder;
+    PyObject *bounds;      /* Recorder.bounds: [limit, wake_at] */
+    PyObject *inbox;
+    PyObject *append;      /* inbox.append */
+    PyObject *observe_send;     /* observers.observe_send(item, clock, send) */
+    PyObject *observe_receive;  /* async observers.observe_receive(item, receive) */
+    int check_forwarded;
+    Py_ssize_t in_flight;
+    PyObject *weakreflist;
+} HttpPathObject;
+
+/* One per request (exchange.c, finish.c). */
+typedef struct {
+    PyObject_HEAD
+    HttpPathObject *path;
+    ItemObject *item;
+    PyObject *scope;   /* released when the request is queued */
+    PyObject *inner;   /* the app's awaitable iterator; released when it ends */
+    char running;      /* inside a step of `inner`: no re-entry */
+} ExchangeObject;
+
+/* The app's send (sender.c). */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    HttpPathObject *path;
+    ItemObject *item;
+    PyObject *send;
+} SenderObject;
+
+/* The app's receive (receiver.c). */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    HttpPathObject *path;
+    ItemObject *item;
+    PyObject *receive;
+} ReceiverObject;
+
+extern PyTypeObject AegisItemType, AegisHttpPathType, AegisExchangeType, AegisSenderType,
+    AegisReceiverType;
+
+/* item.c */
+ItemObject *aegis_new_item(PyObject *method, PyObject *request_path, PyObject *client);
+void aegis_item_set(ItemObject *item, Py_ssize_t index, PyObject *value);
+void aegis_untrack_if_atomic(ItemObject *item);
+
+/* sender.c */
+PyObject *aegis_sender_call(PyObject *op, PyObject *const *args, size_t nargsf,
+                            PyObject *kwnames);
+
+/* finish.c */
+int aegis_finish_returned(ExchangeObject *self);
+void aegis_finish_raised(ExchangeObject *self);
+
+/* receiver.c */
+PyObject *aegis_receiver_call(PyObject *op, PyObject *const *args, size_t nargsf,
+                              PyObject *kwnames);
+
+/* A shared list our owners update in place (Recorder.bounds,
+ * PathFilter.current): a borrowed element, checked, no attribute lookup. */
+static inline PyObject *
+shared(PyObject *list, Py_ssize_t index)
+{
+    if (!PyList_CheckExact(list) || PyList_GET_SIZE(list) <= index) {
+        PyErr_SetString(PyExc_RuntimeError, "aegis_mw: a shared list lost its shape");
+        return NULL;
+    }
+    return PyList_GET_ITEM(list, index);
+}
+
+/* The raised exception, taken out of the error indicator, normalised and
+ * carrying its traceback (PyErr_GetRaisedException before Python 3.12). */
+static inline PyObject *
+take_exception(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (traceback != NULL && value != NULL) {
+        PyException_SetTraceback(value, traceback);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(traceback);
+    return value;
+#endif
+}
+
+/* Raise `exc` again (steals the reference). */
+static inline void
+restore_exception(PyObject *exc)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
+#endif
+}
+
+/* The clock. */
+
+#if AEGIS_NATIVE_MONOTONIC
+/* The same reading, in the same units and rounding, as time.perf_counter()
+ * and time.monotonic() on Linux (both are CLOCK_MONOTONIC there). */
+static inline double
+aegis_native_monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    long long ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    if (ns % 1000000000LL == 0) {
+        return (double)(ns / 1000000000LL);
+    }
+    return (double)ns / 1e9;
+}
+#endif
+
+/* A clock reading into *out: 0, or -1 with the clock's exception set (the
+ * Python path lets it propagate too). */
+static inline int
+aegis_now(HttpPathObject *path, double *out)
+{
+#if AEGIS_NATIVE_MONOTONIC
+    if (path->native_clock) {
+        *out = aegis_native_monotonic();
+        return 0;
+    }
+#endif
+    PyObject *reading = PyObject_CallNoArgs(path->clock);
+    if (reading == NULL) {
+        return -1;
+    }
+    double value = PyFloat_AsDouble(reading);
+    Py_DECREF(reading);
+    if (value == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    *out = value;
+    return 0;
+}
+
+#endif

@@ -1,0 +1,382 @@
+/* HttpPath: one per middleware. Called with (scope, receive, send) by the
+ * middleware's own `async def __call__`, it starts the app and returns the
+ * Exchange that coroutine awaits (or, for an excluded path, the app's own awaitable). */
+#include "hotpath.h"
+
+/* A native coroutine, or a generator marked as one by @types.coroutine:
+ * 1, 0, or -1 on an error. */
+static int
+is_coroutine(PyObject *object)
+{
+    if (PyCoro_CheckExact(object)) {
+        return 1;
+    }
+    if (!PyGen_CheckExact(object)) {
+        return 0;
+    }
+    PyObject *code = PyObject_GetAttrString(object, "gi_code");  /* rare: no fast path */
+    PyObject *flags = code != NULL ? PyObject_GetAttrString(code, "co_flags") : NULL;
+    Py_XDECREF(code);
+    if (flags == NULL) {
+        return -1;
+    }
+    long value = PyLong_AsLong(flags);
+    Py_DECREF(flags);
+    if (value == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    return (value & CO_ITERABLE_COROUTINE) != 0;
+}
+
+/* The iterator `await` would drive for `awaitable` (a new reference), with the
+ * interpreter's own checks and words, so both paths record the same error. */
+static PyObject *
+awaitable_iterator(PyObject *awaitable)
+{
+    int coroutine = is_coroutine(awaitable);
+    if (coroutine != 0) {
+        return coroutine < 0 ? NULL : Py_NewRef(awaitable);
+    }
+    PyTypeObject *type = Py_TYPE(awaitable);
+    if (type->tp_as_async == NULL || type->tp_as_async->am_await == NULL) {
+#if PY_VERSION_HEX >= 0x030E0000
+        PyErr_Format(PyExc_TypeError, "'%.100s' object can't be awaited", type->tp_name);
+#else
+        PyErr_Format(PyExc_TypeError, "object %.100s can't be used in 'await' expression",
+                     type->tp_name);
+#endif
+        return NULL;
+    }
+    PyObject *iterator = type->tp_as_async->am_await(awaitable);
+    if (iterator == NULL) {
+        return NULL;
+    }
+    coroutine = is_coroutine(iterator);
+    if (coroutine != 0) {
+        if (coroutine > 0) {
+            PyErr_SetString(PyExc_TypeError, "__await__() returned a coroutine");
+        }
+        Py_DECREF(iterator);
+        return NULL;
+    }
+    if (!PyIter_Check(iterator)) {
+        PyErr_Format(PyExc_TypeError, "__await__() returned non-iterator of type '%.100s'",
+                     Py_TYPE(iterator)->tp_name);
+        Py_DECREF(iterator);
+        return NULL;
+    }
+    return iterator;
+}
+
+/* scope[key] as a new reference (a KeyError when absent, as in Python). */
+static PyObject *
+scope_item(PyObject *scope, PyObject *key)
+{
+    if (PyDict_CheckExact(scope)) {
+        PyObject *value = PyDict_GetItemWithError(scope, key);
+        if (value == NULL && !PyErr_Occurred()) {
+            PyErr_SetObject(PyExc_KeyError, key);
+        }
+        return Py_XNewRef(value);
+    }
+    return PyObject_GetItem(scope, key);
+}
+
+/* scope.get("client") as a new reference. */
+static PyObject *
+scope_client(PyObject *scope)
+{
+    if (PyDict_CheckExact(scope)) {
+        PyObject *value = PyDict_GetItemWithError(scope, aegis_str.client);
+        if (value == NULL) {
+            return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+        }
+        return Py_NewRef(value);
+    }
+    return PyObject_CallMethodOneArg(scope, aegis_str.get, aegis_str.client);
+}
+
+/* 1 when the path is one the middleware leaves alone, 0 if not, -1 on error. */
+static int
+is_excluded(HttpPathObject *self, PyObject *request_path)
+{
+    PyObject *literal = Py_XNewRef(shared(self->exclusions, 0));
+    if (literal == NULL) {
+        return -1;
+    }
+    int found = PySet_Contains(literal, request_path);
+    Py_DECREF(literal);
+    if (found != 0) {
+        return found;
+    }
+    PyObject *match = Py_XNewRef(shared(self->exclusions, 1));
+    if (match == NULL) {
+        return -1;
+    }
+    if (match == Py_None) {
+        Py_DECREF(match);
+        return 0;
+    }
+    PyObject *result = PyObject_CallOneArg(match, request_path);
+    Py_DECREF(match);
+    if (result == NULL) {
+        return -1;
+    }
+    found = PyObject_IsTrue(result);
+    Py_DECREF(result);
+    return found;
+}
+
+/* A new request's item: method, start time and client, read in the Python
+ * path's order (so a failure is the same failure). */
+static ItemObject *
+start_item(HttpPathObject *self, PyObject *scope, PyObject *request_path)
+{
+    double start;
+    PyObject *method = scope_item(scope, aegis_str.method);
+    if (method == NULL) {
+        return NULL;
+    }
+    PyObject *client = aegis_now(self, &start) < 0 ? NULL : scope_client(scope);
+    if (client == NULL) {
+        Py_DECREF(method);
+        return NULL;
+    }
+    ItemObject *item = aegis_new_item(method, request_path, client);
+    Py_DECREF(method);
+    Py_DECREF(client);
+    if (item != NULL) {
+        item->start = start;
+    }
+    return item;
+}
+
+/* HttpPath(scope, receive, send): start the app; return what to await. */
+static PyObject *
+http_path_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    HttpPathObject *self = (HttpPathObject *)op;
+    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "HttpPath expects (scope, receive, send)");
+        return NULL;
+    }
+    if (self->app == NULL) {  /* not initialised, or emptied by the collector */
+        PyErr_SetString(PyExc_RuntimeError, "HttpPath is not initialised");
+        return NULL;
+    }
+    PyObject *scope = args[0], *receive = args[1], *send = args[2];
+    PyObject *request_path = scope_item(scope, aegis_str.path);
+    if (request_path == NULL) {
+        return NULL;
+    }
+    int excluded = is_excluded(self, request_path);
+    if (excluded != 0) {
+        Py_DECREF(request_path);
+        return excluded < 0 ? NULL : PyObject_Vectorcall(self->app, args, 3, NULL);
+    }
+    ItemObject *item = start_item(self, scope, request_path);
+    Py_DECREF(request_path);
+    if (item == NULL) {
+        return NULL;
+    }
+
+    ExchangeObject *exchange = PyObject_GC_New(ExchangeObject, &AegisExchangeType);
+    if (exchange == NULL) {
+        Py_DECREF(item);
+        return NULL;
+    }
+    exchange->path = (HttpPathObject *)Py_NewRef(self);
+    exchange->item = item;
+    exchange->scope = Py_NewRef(scope);
+    exchange->inner = NULL;
+    exchange->running = 0;
+    PyObject_GC_Track(exchange);
+
+    SenderObject *sender = PyObject_GC_New(SenderObject, &AegisSenderType);
+    ReceiverObject *receiver = PyObject_GC_New(ReceiverObject, &AegisReceiverType);
+    if (sender == NULL || receiver == NULL) {
+        /* Not tracked yet: free the raw memory, fields were never set. */
+        if (sender != NULL) {
+            PyObject_GC_Del(sender);
+        }
+        if (receiver != NULL) {
+            PyObject_GC_Del(receiver);
+        }
+        Py_DECREF(exchange);
+        return NULL;
+    }
+    sender->vectorcall = aegis_sender_call;
+    sender->path = (HttpPathObject *)Py_NewRef(self);
+    sender->item = (ItemObject *)Py_NewRef(item);
+    sender->send = Py_NewRef(send);
+    PyObject_GC_Track(sender);
+    receiver->vectorcall = aegis_receiver_call;
+    receiver->path = (HttpPathObject *)Py_NewRef(self);
+    receiver->item = (ItemObject *)Py_NewRef(item);
+    receiver->receive = Py_NewRef(receive);
+    PyObject_GC_Track(receiver);
+
+    self->in_flight += 1;
+    PyObject *app_args[3] = {scope, (PyObject *)receiver, (PyObject *)sender};
+    PyObject *awaitable = PyObject_Vectorcall(self->app, app_args, 3, NULL);
+    Py_DECREF(sender);
+    Py_DECREF(receiver);
+    if (awaitable != NULL) {
+        exchange->inner = awaitable_iterator(awaitable);
+        Py_DECREF(awaitable);
+    }
+    if (exchange->inner == NULL) {  /* the app raised before it could be awaited */
+        aegis_finish_raised(exchange);
+        Py_DECREF(exchange);
+        return NULL;
+    }
+    return (PyObject *)exchange;
+}
+
+static int
+http_path_init(HttpPathObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {
+        "owner", "app", "clock", "native_clock", "templates", "read_route", "exclusions",
+        "recorder", "observe_send", "observe_receive", "check_forwarded", NULL,
+    };
+    PyObject *owner, *app, *clock, *templates, *read_route, *exclusions, *recorder;
+    PyObject *observe_send, *observe_receive;
+    int native_clock, check_forwarded;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "$OOOpO!OO!OOOp:HttpPath", keywords, &owner, &app, &clock,
+            &native_clock, &PyDict_Type, &templates, &read_route, &PyList_Type, &exclusions,
+            &recorder, &observe_send, &observe_receive, &check_forwarded)) {
+        return -1;
+    }
+#if !AEGIS_NATIVE_MONOTONIC
+    if (native_clock) {
+        PyErr_SetString(PyExc_ValueError, "no native monotonic clock on this platform");
+        return -1;
+    }
+#endif
+    PyObject *bounds = PyObject_GetAttrString(recorder, "bounds");
+    if (bounds == NULL) {
+        return -1;
+    }
+    if (!PyList_CheckExact(bounds) || PyList_GET_SIZE(bounds) != 2) {
+        Py_DECREF(bounds);
+        PyErr_SetString(PyExc_TypeError, "recorder.bounds must be a list [limit, wake_at]");
+        return -1;
+    }
+    PyObject *inbox = PyObject_GetAttrString(recorder, "inbox");
+    PyObject *append = inbox != NULL ? PyObject_GetAttrString(inbox, "append") : NULL;
+    if (append == NULL) {
+        Py_DECREF(bounds);
+        Py_XDECREF(inbox);
+        return -1;
+    }
+    Py_XSETREF(self->bounds, bounds);
+    Py_XSETREF(self->inbox, inbox);
+    Py_XSETREF(self->append, append);
+    Py_XSETREF(self->owner, Py_NewRef(owner));
+    Py_XSETREF(self->app, Py_NewRef(app));
+    Py_XSETREF(self->clock, Py_NewRef(clock));
+    self->native_clock = native_clock;
+    Py_XSETREF(self->templates, Py_NewRef(templates));
+    Py_XSETREF(self->read_route, Py_NewRef(read_route));
+    Py_XSETREF(self->exclusions, Py_NewRef(exclusions));
+    Py_XSETREF(self->recorder, Py_NewRef(recorder));
+    Py_XSETREF(self->observe_send, Py_NewRef(observe_send));
+    Py_XSETREF(self->observe_receive, Py_NewRef(observe_receive));
+    self->check_forwarded = check_forwarded;
+    self->vectorcall = http_path_call;
+    return 0;
+}
+
+static int
+http_path_traverse(HttpPathObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->owner);
+    Py_VISIT(self->app);
+    Py_VISIT(self->clock);
+    Py_VISIT(self->templates);
+    Py_VISIT(self->read_route);
+    Py_VISIT(self->exclusions);
+    Py_VISIT(self->recorder);
+    Py_VISIT(self->bounds);
+    Py_VISIT(self->inbox);
+    Py_VISIT(self->append);
+    Py_VISIT(self->observe_send);
+    Py_VISIT(self->observe_receive);
+    return 0;
+}
+
+static int
+http_path_clear(HttpPathObject *self)
+{
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->app);
+    Py_CLEAR(self->clock);
+    Py_CLEAR(self->templates);
+    Py_CLEAR(self->read_route);
+    Py_CLEAR(self->exclusions);
+    Py_CLEAR(self->recorder);
+    Py_CLEAR(self->bounds);
+    Py_CLEAR(self->inbox);
+    Py_CLEAR(self->append);
+    Py_CLEAR(self->observe_send);
+    Py_CLEAR(self->observe_receive);
+    return 0;
+}
+
+static void
+http_path_dealloc(HttpPathObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    http_path_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+http_path_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    HttpPathObject *self = (HttpPathObject *)type->tp_alloc(type, 0);
+    if (self != NULL) {
+        /* Until __init__ ran, calling it raises instead of crashing. */
+        self->vectorcall = NULL;
+    }
+    return (PyObject *)self;
+}
+
+static PyObject *
+http_path_plain_call(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    HttpPathObject *self = (HttpPathObject *)op;
+    if (self->app == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "HttpPath was not initialised");
+        return NULL;
+    }
+    return PyVectorcall_Call(op, args, kwargs);
+}
+
+static PyMemberDef http_path_members[] = {
+    {"in_flight", T_PYSSIZET, offsetof(HttpPathObject, in_flight), 0,
+     "Requests started and not yet finished on this path."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+PyTypeObject AegisHttpPathType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aegis_mw.asgi._hotpath.HttpPath",
+    .tp_doc = "The compiled HTTP request path of one AegisMiddleware.",
+    .tp_basicsize = sizeof(HttpPathObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(HttpPathObject, vectorcall),
+    .tp_call = http_path_plain_call,
+    .tp_new = http_path_new,
+    .tp_init = (initproc)http_path_init,
+    .tp_dealloc = (destructor)http_path_dealloc,
+    .tp_traverse = (traverseproc)http_path_traverse,
+    .tp_clear = (inquiry)http_path_clear,
+    .tp_weaklistoffset = offsetof(HttpPathObject, weakreflist),
+    .tp_members = http_path_members,
+};

@@ -1,0 +1,255 @@
+/* HttpItem: a request's state while it runs and its inbox item afterwards,
+ * indexable like the 13-element list of aegis_mw/core/items.py.
+ *
+ * It is a garbage-collected type, because what the app or a route reader puts
+ * in it (a status object, a route) could in principle lead back to it. But once
+ * queued, an item that holds only atoms (str, int, float, bool, None, and the
+ * client as a tuple of those) cannot be part of a cycle, so it leaves the
+ * collector's lists, as CPython does for such tuples; storing anything else in
+ * it later puts it back. */
+#include "hotpath.h"
+
+static inline int
+is_atom(PyObject *value)
+{
+    return value == NULL || value == Py_None || PyUnicode_CheckExact(value)
+        || PyLong_CheckExact(value) || PyFloat_CheckExact(value) || PyBool_Check(value);
+}
+
+static int
+is_atomic_field(Py_ssize_t index, PyObject *value)
+{
+    if (index != I_CLIENT || !PyTuple_CheckExact(value)) {
+        return is_atom(value);
+    }
+    for (Py_ssize_t position = 0; position < PyTuple_GET_SIZE(value); position++) {
+        if (!is_atom(PyTuple_GET_ITEM(value, position))) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+void
+aegis_untrack_if_atomic(ItemObject *item)
+{
+    if (PyObject_GC_IsTracked((PyObject *)item) && is_atom(item->method)
+        && is_atom(item->route) && is_atom(item->path) && is_atom(item->status)
+        && is_atomic_field(I_CLIENT, item->client) && is_atom(item->forwarded)
+        && is_atom(item->error)) {
+        PyObject_GC_UnTrack(item);
+    }
+}
+
+ItemObject *
+aegis_new_item(PyObject *method, PyObject *request_path, PyObject *client)
+{
+    ItemObject *item = PyObject_GC_New(ItemObject, &AegisItemType);
+    if (item == NULL) {
+        return NULL;
+    }
+    item->method = Py_NewRef(method);
+    item->route = NULL;
+    item->path = Py_NewRef(request_path);
+    item->status = PyLong_FromLong(0);
+    item->client = Py_NewRef(client);
+    item->forwarded = NULL;
+    item->error = Py_NewRef(aegis_str.empty);
+    item->start = item->ttfb = item->end = 0.0;
+    item->request_bytes = item->response_bytes = 0;
+    item->has_ttfb = item->has_end = item->disconnected = 0;
+    PyObject_GC_Track(item);
+    return item;
+}
+
+static int
+item_traverse(ItemObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->method);
+    Py_VISIT(self->route);
+    Py_VISIT(self->path);
+    Py_VISIT(self->status);
+    Py_VISIT(self->client);
+    Py_VISIT(self->forwarded);
+    Py_VISIT(self->error);
+    return 0;
+}
+
+static int
+item_clear(ItemObject *self)
+{
+    Py_CLEAR(self->method);
+    Py_CLEAR(self->route);
+    Py_CLEAR(self->path);
+    Py_CLEAR(self->status);
+    Py_CLEAR(self->client);
+    Py_CLEAR(self->forwarded);
+    Py_CLEAR(self->error);
+    return 0;
+}
+
+static void
+item_dealloc(ItemObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    item_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static Py_ssize_t
+item_length(PyObject *self)
+{
+    return I_FIELDS;
+}
+
+static PyObject *
+optional(PyObject *value)
+{
+    return Py_NewRef(value != NULL ? value : Py_None);
+}
+
+static PyObject *
+item_getitem(PyObject *op, Py_ssize_t index)
+{
+    ItemObject *self = (ItemObject *)op;
+    switch (index) {
+    case I_METHOD: return optional(self->method);
+    case I_ROUTE: return optional(self->route);
+    case I_PATH: return optional(self->path);
+    case I_STATUS: return optional(self->status);
+    case I_START: return PyFloat_FromDouble(self->start);
+    case I_TTFB: return self->has_ttfb ? PyFloat_FromDouble(self->ttfb) : Py_NewRef(Py_None);
+    case I_END: return self->has_end ? PyFloat_FromDouble(self->end) : Py_NewRef(Py_None);
+    case I_REQUEST_BYTES: return PyLong_FromLongLong(self->request_bytes);
+    case I_RESPONSE_BYTES: return PyLong_FromLongLong(self->response_bytes);
+    case I_CLIENT: return optional(self->client);
+    case I_FORWARDED: return optional(self->forwarded);
+    case I_ERROR: return optional(self->error);
+    case I_DISCONNECTED: return PyBool_FromLong(self->disconnected);
+    }
+    PyErr_SetString(PyExc_IndexError, "inbox item index out of range");
+    return NULL;
+}
+
+static int
+set_time(double *slot, char *present, PyObject *value)
+{
+    if (value == Py_None && present != NULL) {
+        *present = 0;
+        return 0;
+    }
+    double number = PyFloat_AsDouble(value);
+    if (number == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    *slot = number;
+    if (present != NULL) {
+        *present = 1;
+    }
+    return 0;
+}
+
+static int
+set_count(long long *slot, PyObject *value)
+{
+    if (!PyLong_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "byte counts are ints, not %.100s", Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    long long number = PyLong_AsLongLong(value);
+    if (number == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *slot = number;
+    return 0;
+}
+
+/* The slot of an object field, or NULL for the others. */
+static PyObject **
+object_slot(ItemObject *self, Py_ssize_t index)
+{
+    switch (index) {
+    case I_METHOD: return &self->method;
+    case I_ROUTE: return &self->route;
+    case I_PATH: return &self->path;
+    case I_STATUS: return &self->status;
+    case I_CLIENT: return &self->client;
+    case I_FORWARDED: return &self->forwarded;
+    case I_ERROR: return &self->error;
+    }
+    return NULL;
+}
+
+/* Store `value` in an object field (index from object_slot's set), putting an
+ * untracked item back in the collector's lists if `value` is not an atom. */
+void
+aegis_item_set(ItemObject *item, Py_ssize_t index, PyObject *value)
+{
+    if (!PyObject_GC_IsTracked((PyObject *)item) && !is_atomic_field(index, value)) {
+        PyObject_GC_Track(item);  /* it may now be part of a cycle */
+    }
+    PyObject **slot = object_slot(item, index);
+    Py_XSETREF(*slot, Py_NewRef(value));
+}
+
+static int
+item_setitem(PyObject *op, Py_ssize_t index, PyObject *value)
+{
+    ItemObject *self = (ItemObject *)op;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_TypeError, "inbox item fields cannot be deleted");
+        return -1;
+    }
+    switch (index) {
+    case I_START: return set_time(&self->start, NULL, value);
+    case I_TTFB: return set_time(&self->ttfb, &self->has_ttfb, value);
+    case I_END: return set_time(&self->end, &self->has_end, value);
+    case I_REQUEST_BYTES: return set_count(&self->request_bytes, value);
+    case I_RESPONSE_BYTES: return set_count(&self->response_bytes, value);
+    case I_DISCONNECTED: {
+        int truth = PyObject_IsTrue(value);
+        if (truth < 0) {
+            return -1;
+        }
+        self->disconnected = (char)truth;
+        return 0;
+    }
+    }
+    if (object_slot(self, index) == NULL) {
+        PyErr_SetString(PyExc_IndexError, "inbox item assignment index out of range");
+        return -1;
+    }
+    aegis_item_set(self, index, value);
+    return 0;
+}
+
+static PyObject *
+item_repr(PyObject *self)
+{
+    PyObject *fields = PySequence_List(self);
+    if (fields == NULL) {
+        return NULL;
+    }
+    PyObject *text = PyUnicode_FromFormat("HttpItem(%R)", fields);
+    Py_DECREF(fields);
+    return text;
+}
+
+static PySequenceMethods item_as_sequence = {
+    .sq_length = item_length,
+    .sq_item = item_getitem,
+    .sq_ass_item = item_setitem,
+};
+
+PyTypeObject AegisItemType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aegis_mw.asgi._hotpath.HttpItem",
+    .tp_doc = "A request's inbox item (layout in aegis_mw.core.items), indexable like a list.",
+    .tp_basicsize = sizeof(ItemObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_dealloc = (destructor)item_dealloc,
+    .tp_traverse = (traverseproc)item_traverse,
+    .tp_clear = (inquiry)item_clear,
+    .tp_repr = item_repr,
+    .tp_as_sequence = &item_as_sequence,
+};
