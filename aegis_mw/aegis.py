@@ -20,12 +20,14 @@ from .core.client_address import ClientAddressResolver
 from .core.clock import Clock, SystemClock
 from .core.finalize import Finalizer
 from .core.flusher import Flusher
+from .core.labels import RouteCap
 from .core.paths import PathFilter
 from .core.recorder import Recorder
 from .core.settings import AegisSettings
 from .core.sink import RecordSink
 from .core.sink_runner import SinkRunner
 from .core.stats import PipelineStats, SinkStats
+from .exposition.service import MetricsService
 from .sinks import build_sinks
 
 logger = logging.getLogger("aegis_mw")
@@ -92,7 +94,8 @@ class Aegis:
         self.clock: Clock = clock if clock is not None else SystemClock()
         named_sinks = build_sinks(settings.sink, settings.sources.get("sink", ""))
         self.sinks: list[RecordSink] = [sink for _, sink in named_sinks]
-        self.aggregates = RealtimeAggregates()
+        routes = RouteCap(settings.max_routes)  # records and metric labels share it
+        self.aggregates = RealtimeAggregates(routes, settings.metrics_buckets)
         self.recorder = Recorder(
             aggregates=self.aggregates,
             max_buffer=settings.max_buffer,
@@ -104,7 +107,7 @@ class Aegis:
         self.finalizer = Finalizer(
             clock=self.clock,
             resolver=self.client_addresses,
-            max_routes=settings.max_routes,
+            routes=routes,
             max_path_length=settings.max_path_length,
             sample_rate=settings.sample_rate,
             slow_threshold_ms=settings.slow_threshold_ms,
@@ -135,6 +138,8 @@ class Aegis:
         #: Paths never recorded: the user's ``exclude_paths`` plus routes
         #: that integrations mount (see :meth:`exclude`).
         self.excluded_paths = PathFilter(settings.exclude_paths)
+        #: ``/metrics``: our families, the app's registry, a Collector for others.
+        self.metrics = MetricsService(self)
         ref = weakref.ref(self)
         # Weak references: neither hook may keep a discarded Aegis alive.
         self._atexit_hook = functools.partial(_shutdown_if_alive, ref)

@@ -9,15 +9,10 @@ with httpx and the ``websockets`` client, stops the server with SIGTERM and then
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,13 +21,9 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.child_output import ChildOutput
+from tests.servers import STARTUP_TIMEOUT, child_environment, uvicorn_server
 
-ROOT = Path(__file__).resolve().parents[1]
 UNMATCHED = "<unmatched>"
-READY_LINE = "Uvicorn running on"
-STARTUP_TIMEOUT = 60.0
-EXIT_TIMEOUT = 30.0
 CLIENT_TIMEOUT = 10.0
 # Wall timestamps are anchored on the monotonic clock; they must still land near the
 # moment the test sent the request (a sanity bound on the anchor, not a speed check).
@@ -42,73 +33,6 @@ pytestmark = pytest.mark.slow
 
 
 # --------------------------------------------------------------------------- processes
-
-
-@dataclass
-class Server:
-    """A running uvicorn child and what it printed."""
-
-    process: subprocess.Popen[str]
-    port: int
-    log: ChildOutput
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def terminate(self, sig: signal.Signals = signal.SIGTERM) -> int:
-        """Send ``sig`` (SIGTERM by default), then wait (bounded) for the exit status."""
-        self.process.send_signal(sig)
-        code = self.process.wait(timeout=EXIT_TIMEOUT)
-        self.log.join(EXIT_TIMEOUT)
-        return code
-
-
-def child_environment(**extra: str) -> dict[str, str]:
-    """The test's environment without ``AEGIS_*`` variables, the repository on the path."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("AEGIS_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
-
-
-@contextmanager
-def uvicorn_server(
-    app: str, workdir: Path, *args: str, env: dict[str, str] | None = None
-) -> Iterator[Server]:
-    """Serve ``app`` with uvicorn in ``workdir`` on a socket bound here; killed on the way out."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    access_log = (workdir / "uvicorn-stdout.log").open("w")
-    try:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(128)
-        port = listener.getsockname()[1]
-        fd = listener.fileno()
-        command = [sys.executable, "-m", "uvicorn", app, "--fd", str(fd), *args]
-        process = subprocess.Popen(
-            command,
-            cwd=workdir,
-            env=env if env is not None else child_environment(),
-            pass_fds=(fd,),
-            stdin=subprocess.DEVNULL,
-            stdout=access_log,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-    finally:
-        listener.close()  # the child holds its own copy
-        access_log.close()
-    assert process.stderr is not None
-    log = ChildOutput(process.stderr)
-    try:
-        if not log.wait_for(READY_LINE, STARTUP_TIMEOUT):
-            pytest.fail(f"uvicorn did not start ({app} {args}):\n{log.text}")
-        yield Server(process, port, log)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=EXIT_TIMEOUT)
-        log.join(EXIT_TIMEOUT)
 
 
 # --------------------------------------------------------------------------- traffic

@@ -17,6 +17,7 @@ class HttpPath:
         *,
         owner: Any,
         app: Callable[..., Awaitable[None]],
+        bypass: Callable[..., Awaitable[None]],
         clock: Callable[[], float],
         native_clock: bool,
         templates: dict[int, str],

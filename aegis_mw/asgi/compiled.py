@@ -44,6 +44,7 @@ def build(middleware: AegisMiddleware) -> HttpPath | None:
     path: HttpPath = module.HttpPath(
         owner=middleware,
         app=middleware.app,
+        bypass=middleware.pass_through,
         clock=clock,
         native_clock=native,
         templates=middleware._templates,

@@ -25,6 +25,7 @@ from ..aegis import Aegis
 from ..types import ASGIApp, Receive, RouteReader, Scope, Send
 from . import compiled
 from .lifespan import run_lifespan
+from .mounted import MountedRoutes
 from .observers import observe_receive, observe_send
 from .outcome import settle
 from .routing import ScopeRouteReader
@@ -70,6 +71,10 @@ class AegisMiddleware:
         # A bound method is cheaper to call than an instance's __call__.
         self._read_route = reader.read if isinstance(reader, ScopeRouteReader) else reader
         self._excluded = self.aegis.excluded_paths
+        # Routes answered here (/metrics, health): excluded from recording, and
+        # every excluded path goes through pass_through, which serves them.
+        self._mounted = MountedRoutes(self.aegis)
+        self.aegis.exclude(*self._mounted.paths)
         self._recorder = self.aegis.recorder
         self._inbox = self.aegis.recorder.inbox
         self._aggregates = self.aegis.aggregates
@@ -112,7 +117,7 @@ class AegisMiddleware:
         path = scope["path"]
         excluded = self._excluded
         if path in excluded.literal or (excluded.match is not None and excluded.match(path)):
-            await self.app(scope, receive, send)
+            await self.pass_through(scope, receive, send)
             return
 
         clock = self._monotonic
@@ -154,6 +159,10 @@ class AegisMiddleware:
                 recorder.refuse()
         except Exception:  # a bug of ours must not turn a served request into an error
             self._recorder.dropped["internal_error"] += 1
+
+    async def pass_through(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """An excluded path: a route the middleware serves, or the app, unrecorded."""
+        await self._mounted.pass_through(self.app, scope, receive, send)
 
     def _settle_unfinished(self, item: list[Any]) -> None:
         """The app returned without finishing its response (compiled path)."""

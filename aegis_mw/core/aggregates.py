@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from . import histogram
 from .items import END, ERROR, HTTP_FIELDS, START, STATUS, PendingSession
+from .labeled import DEFAULT_BUCKETS, LabeledTotals
+from .labels import RouteCap
 
 RING_SIZE = 128  # > 60 s of history plus the current second; a power of two for masking
 MASK = RING_SIZE - 1
@@ -115,7 +117,14 @@ def _fold(
 class RealtimeAggregates:
     """The realtime figures: written by the flusher, read by anyone."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, routes: RouteCap | None = None, buckets: Sequence[float] = DEFAULT_BUCKETS
+    ) -> None:
+        #: The route cap the records pass too (the finalizer shares it), so
+        #: metric labels and stored routes agree.
+        self.routes = routes if routes is not None else RouteCap(1000)
+        #: Cumulative figures per label set, for the Prometheus exposition.
+        self.labeled = LabeledTotals(buckets)
         self.ring: list[list[Any]] = [_empty_slot(-1) for _ in range(RING_SIZE)]
         # What rotated out of the ring: running totals since start.
         self.totals: list[Any] = _empty_slot(-1)
@@ -144,6 +153,7 @@ class RealtimeAggregates:
         self.ring[:] = [_empty_slot(-1) for _ in range(RING_SIZE)]
         self.totals = _empty_slot(-1)
         self.drained = 0
+        self.labeled = LabeledTotals(self.labeled.bounds)
         # A fork may land mid-fold: the child must not inherit a held lock.
         self._lock = threading.Lock()
         self.websocket_sessions = 0
@@ -161,7 +171,18 @@ class RealtimeAggregates:
             items = drain()
             self.drained += len(items)
             self.websocket_sessions += _fold(self.ring, self.totals, items, good)
+            self.labeled.fold(good, self.routes.label)
         return good, len(items) - len(good)
+
+    def labeled_snapshot(self, pending: Callable[[], list[Any]]) -> LabeledTotals:
+        """The per-label totals including the items still waiting in the inbox,
+        read as one moment (their route labels predicted on a copy of the cap)."""
+        with self._lock:
+            labeled = self.labeled.copy()
+            routes = self.routes.copy()
+            waiting = pending()
+        labeled.fold(waiting, routes.label)
+        return labeled
 
     def _read(self, pending: Callable[[], list[Any]]) -> tuple[list[list[Any]], list[Any], int]:
         """A consistent copy of ring, totals and the not-yet-folded items."""

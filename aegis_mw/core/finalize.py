@@ -13,8 +13,8 @@ import random
 from .client_address import ClientAddressResolver
 from .clock import Clock
 from .items import InboxItem, PendingSession
-from .labels import STANDARD_METHODS
-from .record import OTHER_METHOD, OVERFLOW_ROUTE, UNMATCHED_ROUTE, RequestRecord, WebSocketSession
+from .labels import STANDARD_METHODS, RouteCap
+from .record import OTHER_METHOD, UNMATCHED_ROUTE, RequestRecord, WebSocketSession
 
 
 def _coerce(
@@ -49,32 +49,6 @@ def new_id_prefix() -> str:
     return os.urandom(8).hex()
 
 
-class RouteCap:
-    """Admits at most ``limit`` distinct route values; folds the rest.
-
-    The first ``limit`` values seen are kept for the life of the process (a
-    route set is fixed by the app, so the first ones are the real ones); any
-    later new value becomes ``<overflow>`` and is counted in ``overflowed``.
-    """
-
-    __slots__ = ("known", "limit", "overflowed")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.known: set[str] = set()
-        self.overflowed = 0
-
-    def admit(self, route: str) -> str:
-        known = self.known
-        if route in known:
-            return route
-        if len(known) < self.limit:
-            known.add(route)
-            return route
-        self.overflowed += 1
-        return OVERFLOW_ROUTE
-
-
 class Finalizer:
     """Builds records from inbox items and decides which ones the log keeps."""
 
@@ -83,14 +57,14 @@ class Finalizer:
         *,
         clock: Clock,
         resolver: ClientAddressResolver,
-        max_routes: int,
+        routes: RouteCap,
         max_path_length: int,
         sample_rate: float,
         slow_threshold_ms: float,
     ) -> None:
         self.clock = clock
         self.resolver = resolver
-        self.routes = RouteCap(max_routes)
+        self.routes = routes
         self.max_path_length = max_path_length
         self.sample_rate = sample_rate
         self.slow_threshold_ms = slow_threshold_ms

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import itertools
 import math
 import re
 import warnings
@@ -20,6 +21,7 @@ from typing import Any
 from .client_address import parse_networks
 from .config_file import load_config_file
 from .errors import ConfigError
+from .labeled import DEFAULT_BUCKETS
 
 ENV_PREFIX = "AEGIS_"
 CONFIG_ENV = "AEGIS_CONFIG"
@@ -88,6 +90,80 @@ def _bool_text(text: str) -> bool:
     raise ValueError
 
 
+_GLOB = frozenset("*?[")
+_METRIC_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+#: Label names our series use, or that Prometheus reserves.
+_RESERVED_LABELS = frozenset(
+    {"method", "route", "status", "close_code", "reason", "buffer", "sink", "check", "le",
+     "quantile", "job", "instance"}
+)  # fmt: skip
+
+
+def _mount_path(value: Any) -> str:
+    """A path the middleware answers itself; empty switches the route off."""
+    if not isinstance(value, str):
+        raise TypeError
+    path: str = value.strip()
+    if path and (not path.startswith("/") or _GLOB & set(path) or " " in path):
+        raise ValueError
+    return path
+
+
+def _namespace(value: Any) -> str:
+    if not isinstance(value, str) or not _METRIC_NAME.fullmatch(value):
+        raise ValueError
+    return value
+
+
+def _constant_labels(value: Any) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, str):
+        pairs = [part.partition("=") for part in value.split(",") if part.strip()]
+        if any(not sep for _, sep, _ in pairs):
+            raise ValueError
+        value = {name.strip(): label.strip() for name, _, label in pairs}
+    elif isinstance(value, (list, tuple)) and all(
+        isinstance(pair, (list, tuple)) and len(pair) == 2 for pair in value
+    ):
+        value = dict(value)  # the checked form, ((name, value), ...)
+    if not isinstance(value, Mapping):
+        raise TypeError
+    for name, label in value.items():
+        if not isinstance(name, str) or not isinstance(label, str):
+            raise TypeError
+        if not _METRIC_NAME.fullmatch(name) or name.startswith("__") or name in _RESERVED_LABELS:
+            raise ValueError
+    return tuple(sorted(value.items()))
+
+
+def _buckets(value: Any) -> tuple[float, ...]:
+    if isinstance(value, str):
+        value = [float(part) for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise TypeError
+    bounds = []
+    for bound in value:
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+            raise TypeError
+        if not math.isfinite(bound) or bound <= 0:
+            raise ValueError
+        bounds.append(float(bound))
+    if any(later <= earlier for earlier, later in itertools.pairwise(bounds)):
+        raise ValueError
+    return tuple(bounds)
+
+
+def _registry(value: Any) -> Any:
+    if isinstance(value, str):
+        if value.lower() not in ("default", "none"):
+            raise ValueError
+        return value.lower()
+    if value is None:
+        return "none"
+    if not callable(getattr(value, "collect", None)):
+        raise TypeError
+    return value
+
+
 def _choice(*allowed: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if not isinstance(value, str) or value.lower() not in allowed:
@@ -125,6 +201,8 @@ def _int_text(text: str) -> int:
     return int(text.replace("_", ""))
 
 
+_PATH_ALLOWED = "a path starting with '/' (no glob characters), or '' to switch the route off"
+
 _RULES: dict[str, _Rule] = {
     "sink": _Rule(
         _sinks,
@@ -161,6 +239,23 @@ _RULES: dict[str, _Rule] = {
     "max_path_length": _Rule(_number(int, 16, 65536), "an integer from 16 to 65536", _int_text),
     "max_error_length": _Rule(_number(int, 16, 65536), "an integer from 16 to 65536", _int_text),
     "speedups": _Rule(_boolean, "true or false (1/0, yes/no, on/off in text)", _bool_text),
+    "metrics_path": _Rule(_mount_path, _PATH_ALLOWED),
+    "health_path": _Rule(_mount_path, _PATH_ALLOWED),
+    "liveness_path": _Rule(_mount_path, _PATH_ALLOWED),
+    "readiness_path": _Rule(_mount_path, _PATH_ALLOWED),
+    "metrics_namespace": _Rule(_namespace, "a metric name prefix such as 'aegis' or 'shop_api'"),
+    "metrics_labels": _Rule(
+        _constant_labels,
+        "label names and values such as {'service': 'api'} or 'service=api,env=prod' "
+        "(names valid in Prometheus, not reserved, not one of ours)",
+    ),
+    "metrics_buckets": _Rule(
+        _buckets, "histogram bounds in seconds, positive and increasing, such as '0.1,0.5,1'"
+    ),
+    "metrics_registry": _Rule(
+        _registry,
+        "'default' (prometheus-client's registry), 'none', or a CollectorRegistry",
+    ),
 }
 
 
@@ -193,6 +288,14 @@ class AegisSettings:
     #: Use the compiled HTTP request path where it was built; False forces
     #: the pure-Python one (same records, slower).
     speedups: bool = True
+    metrics_path: str = "/metrics"
+    health_path: str = "/health"
+    liveness_path: str = "/health/live"
+    readiness_path: str = "/health/ready"
+    metrics_namespace: str = "aegis"
+    metrics_labels: Any = ()
+    metrics_buckets: tuple[float, ...] = DEFAULT_BUCKETS
+    metrics_registry: Any = "default"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -209,6 +312,18 @@ class AegisSettings:
             except (TypeError, ValueError):
                 raise ConfigError(option, value, rule.allowed, source) from None
             object.__setattr__(self, option, checked)
+        mounted = [
+            (name, getattr(self, name))
+            for name in ("metrics_path", "health_path", "liveness_path", "readiness_path")
+        ]
+        seen: dict[str, str] = {}
+        for name, path in mounted:
+            if path and path in seen:
+                raise ConfigError(
+                    name, path, f"a path of its own ({seen[path]} is {path!r} too)",
+                    self.sources.get(name, ""),
+                )  # fmt: skip
+            seen[path] = name
         if self.retry_backoff_max < self.retry_backoff_initial:
             raise ConfigError(
                 "retry_backoff_max",

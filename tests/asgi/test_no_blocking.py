@@ -62,6 +62,9 @@ async def exercise(app: FastAPI, requests: int) -> None:
         if message["type"] == "lifespan.startup.complete":
             for number in range(requests):
                 await call(app, http_scope(f"/items/{number}"))
+                if number % 500 == 0:  # scrapes while the flusher works
+                    scrape = await call(app, http_scope("/metrics"))
+                    assert scrape.status == 200
             await call(app, http_scope("/stream"))
             with pytest.raises(RuntimeError):
                 await call(app, http_scope("/fail"))
@@ -80,8 +83,9 @@ async def exercise(app: FastAPI, requests: int) -> None:
 def test_a_full_app_life_on_asyncio_makes_no_blocking_call(
     make_aegis: Callable[..., Aegis], tmp_path: Path
 ) -> None:
-    """Startup, 3,000 requests with flushes to SQLite on the way, a stream, an error,
-    a WebSocket, and the lifespan shutdown flush: nothing blocks the loop."""
+    """Startup, 3,000 requests with flushes to SQLite on the way and /metrics scraped
+    between them, a stream, an error, a WebSocket, and the lifespan shutdown flush:
+    nothing blocks the loop."""
     aegis = make_aegis(sink=f"sqlite:///{tmp_path}/aegis.db", batch_size=100, flush_interval=0.05)
     app = build_app(aegis)
     with blockbuster_ctx(scanned_modules=["aegis_mw"]):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aegis_mw import ConfigError
+from aegis_mw.core.labeled import DEFAULT_BUCKETS
 
 OPTION_NAMES = [
     "sink",
@@ -28,6 +29,14 @@ OPTION_NAMES = [
     "max_path_length",
     "max_error_length",
     "speedups",
+    "metrics_path",
+    "health_path",
+    "liveness_path",
+    "readiness_path",
+    "metrics_namespace",
+    "metrics_labels",
+    "metrics_buckets",
+    "metrics_registry",
 ]
 
 DEFAULTS: dict[str, Any] = {
@@ -48,7 +57,17 @@ DEFAULTS: dict[str, Any] = {
     "max_path_length": 512,
     "max_error_length": 1024,
     "speedups": True,
+    "metrics_path": "/metrics",
+    "health_path": "/health",
+    "liveness_path": "/health/live",
+    "readiness_path": "/health/ready",
+    "metrics_namespace": "aegis",
+    "metrics_labels": (),
+    "metrics_buckets": DEFAULT_BUCKETS,
+    "metrics_registry": "default",
 }
+
+PATH_ALLOWED = "a path starting with '/' (no glob characters), or '' to switch the route off"
 
 # What each option accepts, as the error message words it.
 ALLOWED: dict[str, str] = {
@@ -70,6 +89,15 @@ ALLOWED: dict[str, str] = {
     "max_path_length": "an integer from 16 to 65536",
     "max_error_length": "an integer from 16 to 65536",
     "speedups": "true or false (1/0, yes/no, on/off in text)",
+    "metrics_path": PATH_ALLOWED,
+    "health_path": PATH_ALLOWED,
+    "liveness_path": PATH_ALLOWED,
+    "readiness_path": PATH_ALLOWED,
+    "metrics_namespace": "a metric name prefix such as 'aegis' or 'shop_api'",
+    "metrics_labels": "label names and values such as {'service': 'api'} or "
+    "'service=api,env=prod' (names valid in Prometheus, not reserved, not one of ours)",
+    "metrics_buckets": "histogram bounds in seconds, positive and increasing, such as '0.1,0.5,1'",
+    "metrics_registry": "'default' (prometheus-client's registry), 'none', or a CollectorRegistry",
 }
 
 

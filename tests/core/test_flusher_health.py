@@ -181,12 +181,19 @@ def _status_none() -> list[Any]:
     return item
 
 
+def _method_unhashable() -> list[Any]:
+    item = http_item("/bad")
+    item[0] = ["GET"]  # passes the realtime fold; the metric labels must skip it too
+    return item
+
+
 MALFORMED = [
     pytest.param("not an inbox item", id="string"),
     pytest.param(["GET"], id="short-list"),
     pytest.param(dict(enumerate(http_item("/dict"))), id="dict-not-sequence"),
     pytest.param(object(), id="object"),
     pytest.param(_status_none(), id="status-None"),
+    pytest.param(_method_unhashable(), id="method-unhashable"),
 ]
 
 

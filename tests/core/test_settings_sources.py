@@ -154,13 +154,27 @@ LEVELS: dict[str, tuple[Any, str, Any, Any, Any]] = {
     "max_path_length": (100, "200", 200, 300, 300),
     "max_error_length": (100, "200", 200, 300, 300),
     "speedups": (False, "true", True, False, False),
+    "metrics_path": ("/m1", "/m2", "/m2", "/m3", "/m3"),
+    "health_path": ("/h1", "/h2", "/h2", "/h3", "/h3"),
+    "liveness_path": ("/l1", "/l2", "/l2", "/l3", "/l3"),
+    "readiness_path": ("/r1", "/r2", "/r2", "/r3", "/r3"),
+    "metrics_namespace": ("a", "b", "b", "c", "c"),
+    "metrics_labels": ("service=a", "service=b", (("service", "b"),), {"service": "c"},
+                       (("service", "c"),)),
+    "metrics_buckets": ([1, 2], "3,4", (3.0, 4.0), [5], (5.0,)),
+    "metrics_registry": ("none", "default", "default", "none", "none"),
 }  # fmt: skip
 
 
 def _file_expected(option: str, value: Any) -> Any:
-    """A file value after validation: lists become tuples, a sink URL a 1-tuple."""
+    """A file value after validation: lists become tuples, a sink URL a 1-tuple,
+    constant labels sorted pairs, bucket bounds floats."""
     if option == "sink":
         return (value,)
+    if option == "metrics_labels":
+        return tuple(sorted(tuple(pair.split("=")) for pair in value.split(",")))
+    if option == "metrics_buckets":
+        return tuple(float(bound) for bound in value)
     return tuple(value) if isinstance(value, list) else value
 
 

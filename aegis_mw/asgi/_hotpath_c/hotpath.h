@@ -89,6 +89,7 @@ typedef struct {
     vectorcallfunc vectorcall;
     PyObject *owner;       /* the AegisMiddleware: slow paths are its methods */
     PyObject *app;
+    PyObject *bypass;      /* for excluded paths: the middleware's pass_through */
     PyObject *clock;       /* the pipeline's monotonic clock (a Python callable) */
     int native_clock;      /* it is CLOCK_MONOTONIC: read it without calling Python */
     PyObject *templates;   /* dict: id(route object) -> template */

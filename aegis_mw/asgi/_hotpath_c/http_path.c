@@ -172,7 +172,7 @@ http_path_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwn
     int excluded = is_excluded(self, request_path);
     if (excluded != 0) {
         Py_DECREF(request_path);
-        return excluded < 0 ? NULL : PyObject_Vectorcall(self->app, args, 3, NULL);
+        return excluded < 0 ? NULL : PyObject_Vectorcall(self->bypass, args, 3, NULL);
     }
     ItemObject *item = start_item(self, scope, request_path);
     Py_DECREF(request_path);
@@ -237,14 +237,14 @@ static int
 http_path_init(HttpPathObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {
-        "owner", "app", "clock", "native_clock", "templates", "read_route", "exclusions",
+        "owner", "app", "bypass", "clock", "native_clock", "templates", "read_route", "exclusions",
         "recorder", "observe_send", "observe_receive", "check_forwarded", NULL,
     };
-    PyObject *owner, *app, *clock, *templates, *read_route, *exclusions, *recorder;
+    PyObject *owner, *app, *bypass, *clock, *templates, *read_route, *exclusions, *recorder;
     PyObject *observe_send, *observe_receive;
     int native_clock, check_forwarded;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOpO!OO!OOOp:HttpPath", keywords, &owner, &app, &clock,
+            args, kwargs, "$OOOOpO!OO!OOOp:HttpPath", keywords, &owner, &app, &bypass, &clock,
             &native_clock, &PyDict_Type, &templates, &read_route, &PyList_Type, &exclusions,
             &recorder, &observe_send, &observe_receive, &check_forwarded)) {
         return -1;
@@ -276,6 +276,7 @@ http_path_init(HttpPathObject *self, PyObject *args, PyObject *kwargs)
     Py_XSETREF(self->append, append);
     Py_XSETREF(self->owner, Py_NewRef(owner));
     Py_XSETREF(self->app, Py_NewRef(app));
+    Py_XSETREF(self->bypass, Py_NewRef(bypass));
     Py_XSETREF(self->clock, Py_NewRef(clock));
     self->native_clock = native_clock;
     Py_XSETREF(self->templates, Py_NewRef(templates));
@@ -294,6 +295,7 @@ http_path_traverse(HttpPathObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->owner);
     Py_VISIT(self->app);
+    Py_VISIT(self->bypass);
     Py_VISIT(self->clock);
     Py_VISIT(self->templates);
     Py_VISIT(self->read_route);
@@ -312,6 +314,7 @@ http_path_clear(HttpPathObject *self)
 {
     Py_CLEAR(self->owner);
     Py_CLEAR(self->app);
+    Py_CLEAR(self->bypass);
     Py_CLEAR(self->clock);
     Py_CLEAR(self->templates);
     Py_CLEAR(self->read_route);

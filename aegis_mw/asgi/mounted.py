@@ -1,0 +1,82 @@
+"""The routes the middleware answers itself, before the app sees the request.
+
+``/metrics`` (and, with their own handlers, the health routes): matched on the
+exact ``scope["path"]``, never recorded as app traffic (they are added to the
+excluded paths), and answered whatever the app has on the same path, so a
+scraper or a probe never depends on the app's routing. Blocking work (reading
+the aggregates under the flusher's lock, rendering) runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from ..endpoints.response import Response
+from ..types import ASGIApp, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from ..aegis import Aegis
+
+Handler = Callable[[Scope], Awaitable[Response]]
+_READ_METHODS = ("GET", "HEAD")
+
+
+async def in_thread(function: Callable[..., Response], *args: str) -> Response:
+    """Run blocking work in a worker thread, on asyncio and trio alike."""
+    # Imported here: importing aegis_mw must not import anyio (the core's
+    # standard-library-only test imports the package).
+    import anyio.to_thread
+
+    return await anyio.to_thread.run_sync(function, *args)
+
+
+def header(scope: Scope, name: bytes) -> str:
+    """All values of one request header, joined by commas (latin-1, as HTTP is)."""
+    values = [value for key, value in scope.get("headers") or () if key.lower() == name]
+    return b",".join(values).decode("latin-1")
+
+
+async def send_response(send: Send, response: Response, *, head: bool) -> None:
+    headers = [
+        (b"content-type", response.content_type.encode("latin-1")),
+        (b"content-length", str(len(response.body)).encode()),
+        (b"cache-control", b"no-store"),
+        *((name.encode("latin-1"), value.encode("latin-1")) for name, value in response.headers),
+    ]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else response.body})
+
+
+class MountedRoutes:
+    """Path -> handler for the routes the settings switch on."""
+
+    def __init__(self, aegis: Aegis) -> None:
+        settings = aegis.settings
+        self._aegis = aegis
+        self.handlers: dict[str, Handler] = {}
+        if settings.metrics_path:
+            self.handlers[settings.metrics_path] = self._metrics
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(self.handlers)
+
+    async def pass_through(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """An excluded path: ours if it is a mounted route, else the app's, untouched."""
+        handler = self.handlers.get(scope["path"]) if scope["type"] == "http" else None
+        if handler is None:
+            await app(scope, receive, send)
+            return
+        method = scope.get("method", "GET")
+        if method not in _READ_METHODS:
+            message = f"{method} is not allowed here; use GET"
+            response = Response.error(405, "method_not_allowed", message, allow="GET, HEAD")
+        else:
+            response = await handler(scope)
+        await send_response(send, response, head=method == "HEAD")
+
+    async def _metrics(self, scope: Scope) -> Response:
+        endpoint = self._aegis.metrics.endpoint
+        accept, encoding = header(scope, b"accept"), header(scope, b"accept-encoding")
+        return await in_thread(endpoint.respond, accept, encoding)

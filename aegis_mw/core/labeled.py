@@ -1,0 +1,125 @@
+"""Cumulative figures per label set, for the Prometheus exposition.
+
+The flusher folds every drained item here, under the same lock as the
+realtime ring, so a scrape reads counters that the request path never
+touched: requests by ``(method, route, status)``, and by ``(method, route)``
+latency and time-to-first-byte histograms (bucket counts kept non-cumulative,
+summed at read time, as prometheus-client does) and body sizes. WebSocket
+sessions count by ``(route, close code)``.
+
+Label values are bounded: methods outside the standard nine fold into
+``_OTHER`` and routes pass the same cap as the stored records (``RouteCap``),
+so no request can add a label set the app does not have.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from .items import PendingSession
+from .labels import STANDARD_METHODS
+from .record import OTHER_METHOD, OVERFLOW_ROUTE, UNMATCHED_ROUTE
+
+#: prometheus-client's default buckets, in seconds.
+DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+# Layout of a (method, route) series list, followed by the duration buckets
+# (len(bounds) + 1, the last one +Inf) and the TTFB buckets (as many).
+COUNT, DURATION_SUM, TTFB_COUNT, TTFB_SUM, REQUEST_BYTES, RESPONSE_BYTES = range(6)
+BUCKETS_BASE = 6
+
+RouteLabel = Callable[[str], str]
+
+
+class LabeledTotals:
+    """Counters and histograms by label set, since start (or since a fork)."""
+
+    def __init__(self, bounds: Sequence[float] = DEFAULT_BUCKETS) -> None:
+        self.bounds = tuple(bounds)
+        self.requests: dict[tuple[str, str, str], int] = {}
+        self.series: dict[tuple[str, str], list[float]] = {}
+        self.sessions: dict[tuple[str, str], int] = {}
+        #: Requests and sessions whose route became <overflow> (the records'
+        #: finalizer counts the same ones, once written).
+        self.route_overflow = 0
+        self._status_text: dict[int, str] = {}
+
+    def copy(self) -> LabeledTotals:
+        other = LabeledTotals(self.bounds)
+        other.requests = dict(self.requests)
+        other.series = {key: list(values) for key, values in self.series.items()}
+        other.sessions = dict(self.sessions)
+        other.route_overflow = self.route_overflow
+        other._status_text = self._status_text
+        return other
+
+    def _new_series(self) -> list[float]:
+        return [0] * (BUCKETS_BASE + 2 * (len(self.bounds) + 1))
+
+    def fold(self, items: Iterable[Any], route_label: RouteLabel) -> None:
+        """Add items; ``route_label`` turns a route into its label value (the
+        route cap's :meth:`~aegis_mw.core.labels.RouteCap.label`). An item
+        that cannot be read (a malformed one from a third-party caller of
+        ``Recorder.offer``) is skipped before anything is changed."""
+        for item in items:
+            try:
+                if type(item) is PendingSession:
+                    route = self._route(item.route, route_label)
+                    key = (route, str(item.close_code or "none"))
+                    self.sessions[key] = self.sessions.get(key, 0) + 1
+                else:
+                    self._fold_request(item, route_label)
+            except Exception:
+                continue
+
+    def _route(self, route: Any, route_label: RouteLabel) -> str:
+        text = _route_text(route)
+        label = route_label(text)
+        if label == OVERFLOW_ROUTE and text != OVERFLOW_ROUTE:
+            self.route_overflow += 1
+        return label
+
+    def _fold_request(self, item: Any, route_label: RouteLabel) -> None:
+        bounds = self.bounds
+        method = item[0]
+        if method not in STANDARD_METHODS:
+            method = OTHER_METHOD
+        status = item[3]
+        text = self._status_text.get(status) if type(status) is int else None
+        if text is None:
+            text = str(int(status))
+            # Only plain ints as keys: an app's status object must not be kept.
+            if type(status) is int and len(self._status_text) < 1000:
+                self._status_text[status] = text
+        start = item[4]
+        duration = float(item[6] - start)
+        ttfb = item[5]
+        if ttfb is not None:
+            ttfb = float(ttfb - start)
+        request_bytes = int(item[7])
+        response_bytes = 0 if method == "HEAD" else int(item[8])  # no body for HEAD
+        # Everything read: only now change anything.
+        route = self._route(item[1], route_label)
+        key3 = (method, route, text)
+        self.requests[key3] = self.requests.get(key3, 0) + 1
+        values = self.series.get((method, route))
+        if values is None:
+            values = self.series[(method, route)] = self._new_series()
+        values[COUNT] += 1
+        values[DURATION_SUM] += duration
+        values[BUCKETS_BASE + bisect_left(bounds, duration)] += 1
+        if ttfb is not None:
+            values[TTFB_COUNT] += 1
+            values[TTFB_SUM] += ttfb
+            values[BUCKETS_BASE + len(bounds) + 1 + bisect_left(bounds, ttfb)] += 1
+        values[REQUEST_BYTES] += request_bytes
+        values[RESPONSE_BYTES] += response_bytes
+
+
+def _route_text(route: Any) -> str:
+    """The route as the records store it (see finalize's coercion)."""
+    if type(route) is str:
+        return route
+    return UNMATCHED_ROUTE if route is None else str(route)

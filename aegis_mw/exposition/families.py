@@ -1,0 +1,228 @@
+"""Our metric families, built at scrape time from the pipeline's aggregates.
+
+One schema for every framework (the names below, under a configurable
+namespace, ``aegis`` by default). Label texts repeat from scrape to scrape, so
+they are escaped once and cached; the caches are bounded by the route cap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ..core.labeled import (
+    BUCKETS_BASE,
+    COUNT,
+    DURATION_SUM,
+    REQUEST_BYTES,
+    RESPONSE_BYTES,
+    TTFB_COUNT,
+    TTFB_SUM,
+    LabeledTotals,
+)
+from ..core.stats import PipelineStats
+from .text import Family, label_text, number
+
+
+@dataclass(frozen=True)
+class MetricsReading:
+    """What one scrape reads from the pipeline, taken as one moment."""
+
+    labeled: LabeledTotals
+    in_flight: int
+    websockets_active: int
+    stats: PipelineStats
+    health: Mapping[str, int]  # check name -> 1 healthy, 0 not (absent: none registered)
+
+
+class FamilyBuilder:
+    """Turns a :class:`MetricsReading` into families named ``<namespace>_...``.
+
+    ``constant_labels`` (service, environment, ...) are added to every series.
+    """
+
+    def __init__(
+        self, namespace: str = "aegis", constant_labels: Mapping[str, str] | None = None
+    ) -> None:
+        self.namespace = namespace
+        self._constant = label_text(sorted(dict(constant_labels or {}).items()))
+        self._texts: dict[tuple[str, ...], str] = {}
+        self._bounds: tuple[float, ...] = ()
+        self._le: list[str] = []
+
+    def _labels(self, *pairs: tuple[str, str]) -> str:
+        """Label text for these pairs (after the constant labels), cached."""
+        key = tuple(value for _, value in pairs) + tuple(name for name, _ in pairs)
+        text = self._texts.get(key)
+        if text is None:
+            own = label_text(pairs)
+            text = f"{self._constant},{own}" if self._constant and own else self._constant or own
+            if len(self._texts) < 100_000:
+                self._texts[key] = text
+        return text
+
+    def _le_texts(self, bounds: Sequence[float]) -> list[str]:
+        if tuple(bounds) != self._bounds:
+            self._bounds = tuple(bounds)
+            self._le = [f'le="{number(float(bound))}"' for bound in bounds] + ['le="+Inf"']
+        return self._le
+
+    def build(self, reading: MetricsReading) -> list[Family]:
+        ns = self.namespace
+        labels = self._labels
+        labeled = reading.labeled
+        families = [
+            self._requests(labeled),
+            *self._latency(labeled),
+            Family(
+                f"{ns}_http_requests_in_progress",
+                "gauge",
+                "HTTP requests being served now.",
+                [("", labels(), reading.in_flight)],
+            ),
+            *self._sizes(labeled),
+            Family(
+                f"{ns}_websocket_connections_active",
+                "gauge",
+                "WebSocket connections open now.",
+                [("", labels(), reading.websockets_active)],
+            ),
+            Family(
+                f"{ns}_websocket_sessions",
+                "counter",
+                "WebSocket sessions ended, by route and close code.",
+                [
+                    ("_total", labels(("route", route), ("close_code", code)), count)
+                    for (route, code), count in sorted(labeled.sessions.items())
+                ],
+            ),
+            *self._pipeline(reading.stats, labeled.route_overflow),
+        ]
+        if reading.health:
+            families.append(
+                Family(
+                    f"{ns}_health_check_status",
+                    "gauge",
+                    "1 when the health check passed its last run, 0 when it did not.",
+                    [
+                        ("", labels(("check", name)), value)
+                        for name, value in sorted(reading.health.items())
+                    ],
+                )
+            )
+        return families
+
+    def _requests(self, labeled: LabeledTotals) -> Family:
+        labels = self._labels
+        return Family(
+            f"{self.namespace}_http_requests",
+            "counter",
+            "HTTP requests answered, by method, route template and status.",
+            [
+                ("_total", labels(("method", m), ("route", r), ("status", s)), count)
+                for (m, r, s), count in sorted(labeled.requests.items())
+            ],
+        )
+
+    def _latency(self, labeled: LabeledTotals) -> tuple[Family, Family]:
+        le = self._le_texts(labeled.bounds)
+        width = len(le)
+        duration = Family(
+            f"{self.namespace}_http_request_duration_seconds",
+            "histogram",
+            "Time to the last byte of the response, by method and route template.",
+        )
+        ttfb = Family(
+            f"{self.namespace}_http_time_to_first_byte_seconds",
+            "histogram",
+            "Time to the start of the response, by method and route template.",
+        )
+        for (method, route), values in sorted(labeled.series.items()):
+            base = self._labels(("method", method), ("route", route))
+            prefix = f"{base}," if base else ""
+            for family, start, count, total in (
+                (duration, BUCKETS_BASE, values[COUNT], values[DURATION_SUM]),
+                (ttfb, BUCKETS_BASE + width, values[TTFB_COUNT], values[TTFB_SUM]),
+            ):
+                samples = family.samples
+                running = 0
+                for offset in range(width):
+                    running += int(values[start + offset])
+                    samples.append(("_bucket", prefix + le[offset], running))
+                samples.append(("_count", base, int(count)))
+                samples.append(("_sum", base, float(total)))
+        return duration, ttfb
+
+    def _sizes(self, labeled: LabeledTotals) -> tuple[Family, Family]:
+        request = Family(
+            f"{self.namespace}_http_request_size_bytes",
+            "summary",
+            "Request body bytes received, by method and route template.",
+        )
+        response = Family(
+            f"{self.namespace}_http_response_size_bytes",
+            "summary",
+            "Response body bytes sent, by method and route template.",
+        )
+        for (method, route), values in sorted(labeled.series.items()):
+            base = self._labels(("method", method), ("route", route))
+            count = int(values[COUNT])
+            request.samples += [("_count", base, count), ("_sum", base, values[REQUEST_BYTES])]
+            response.samples += [("_count", base, count), ("_sum", base, values[RESPONSE_BYTES])]
+        return request, response
+
+    def _pipeline(self, stats: PipelineStats, route_overflow: int) -> list[Family]:
+        ns = self.namespace
+        labels = self._labels
+        dropped = dict(stats.dropped)
+        for sink in stats.sinks:
+            for reason, count in sink.dropped.items():
+                dropped[reason] = dropped.get(reason, 0) + count
+        buffers: list[tuple[str, str, float | int]] = [
+            ("", labels(("buffer", "inbox")), stats.buffered)
+        ]
+        buffers += [
+            ("", labels(("buffer", f"backlog:{sink.name}")), sink.backlog) for sink in stats.sinks
+        ]
+        return [
+            Family(
+                f"{ns}_records_dropped",
+                "counter",
+                "Records lost before reaching a sink, by reason (see the README).",
+                [
+                    ("_total", labels(("reason", reason)), count)
+                    for reason, count in sorted(dropped.items())
+                ],
+            ),
+            Family(
+                f"{ns}_buffer_records",
+                "gauge",
+                "Records waiting in memory: the inbox, and each sink's backlog.",
+                buffers,
+            ),
+            Family(
+                f"{ns}_sink_flush_seconds",
+                "summary",
+                "Time spent in successful sink writes, by sink.",
+                [
+                    sample
+                    for sink in stats.sinks
+                    for sample in (
+                        ("_count", labels(("sink", sink.name)), sink.flushes),
+                        ("_sum", labels(("sink", sink.name)), sink.flush_seconds_total),
+                    )
+                ],
+            ),
+            Family(
+                f"{ns}_sink_errors",
+                "counter",
+                "Failed or abandoned sink writes, by sink.",
+                [("_total", labels(("sink", sink.name)), sink.errors) for sink in stats.sinks],
+            ),
+            Family(
+                f"{ns}_route_overflow",
+                "counter",
+                "Requests whose route was folded into <overflow> by max_routes.",
+                [("_total", labels(), route_overflow)],
+            ),
+        ]

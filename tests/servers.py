@@ -1,0 +1,89 @@
+"""Real server processes for the tests: uvicorn on a socket bound here, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.child_output import ChildOutput
+
+ROOT = Path(__file__).resolve().parents[1]
+READY_LINE = "Uvicorn running on"
+STARTUP_TIMEOUT = 60.0
+EXIT_TIMEOUT = 30.0
+
+
+@dataclass
+class Server:
+    """A running uvicorn child and what it printed."""
+
+    process: subprocess.Popen[str]
+    port: int
+    log: ChildOutput
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def terminate(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        """Send ``sig`` (SIGTERM by default), then wait (bounded) for the exit status."""
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout=EXIT_TIMEOUT)
+        self.log.join(EXIT_TIMEOUT)
+        return code
+
+
+def child_environment(**extra: str) -> dict[str, str]:
+    """The test's environment without ``AEGIS_*`` variables, the repository on the path."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("AEGIS_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def uvicorn_server(
+    app: str, workdir: Path, *args: str, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """Serve ``app`` with uvicorn in ``workdir`` on a socket bound here; killed on the way out."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    access_log = (workdir / "uvicorn-stdout.log").open("w")
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        port = listener.getsockname()[1]
+        fd = listener.fileno()
+        command = [sys.executable, "-m", "uvicorn", app, "--fd", str(fd), *args]
+        process = subprocess.Popen(
+            command,
+            cwd=workdir,
+            env=env if env is not None else child_environment(),
+            pass_fds=(fd,),
+            stdin=subprocess.DEVNULL,
+            stdout=access_log,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        listener.close()  # the child holds its own copy
+        access_log.close()
+    assert process.stderr is not None
+    log = ChildOutput(process.stderr)
+    try:
+        if not log.wait_for(READY_LINE, STARTUP_TIMEOUT):
+            pytest.fail(f"uvicorn did not start ({app} {args}):\n{log.text}")
+        yield Server(process, port, log)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=EXIT_TIMEOUT)
+        log.join(EXIT_TIMEOUT)

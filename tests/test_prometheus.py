@@ -1,0 +1,146 @@
+"""/metrics of the FastAPI example under uvicorn, judged by Prometheus's own tools:
+``promtool check metrics`` on what it serves, and a real Prometheus server (Debian's
+``prometheus`` package, on 127.0.0.1, scraping every second) whose query API must
+return the totals this test sent.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.child_output import ChildOutput
+from tests.conftest import REQUIRE_SERVICES
+from tests.servers import EXIT_TIMEOUT, uvicorn_server
+
+pytestmark = pytest.mark.slow
+CLIENT_TIMEOUT = 10.0
+PROMETHEUS_DEADLINE = 90.0  # start-up, a few scrape intervals, query
+
+
+def tool(name: str) -> str:
+    """The path of a Prometheus tool; missing: a failure in CI, a skip elsewhere."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (Debian package 'prometheus')"
+        if REQUIRE_SERVICES:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def send_traffic(url: str) -> dict[str, int]:
+    """Requests with known outcomes; returns the expected count per route label."""
+    with httpx.Client(base_url=url, timeout=CLIENT_TIMEOUT) as client:
+        for item in range(20):
+            assert client.get(f"/items/{item}").status_code == 200
+        for _ in range(3):
+            assert client.post("/items/", json={"name": "a"}).status_code == 201
+        for path in ('/no/such/"quoted"\\path', "/missing"):
+            assert client.get(path).status_code == 404
+    return {"/items/{item_id}": 20, "/items/": 3, "<unmatched>": 2}
+
+
+def test_promtool_has_nothing_to_say_about_our_output(tmp_path: Path) -> None:
+    promtool = tool("promtool")
+    with uvicorn_server("examples.fastapi_app:app", tmp_path) as server:
+        send_traffic(server.url)
+        response = httpx.get(f"{server.url}/metrics", timeout=CLIENT_TIMEOUT)
+        server.terminate()
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert "aegis_http_requests_total{" in response.text
+    assert "process_cpu_seconds_total" in response.text  # the default registry, alongside
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=response.text, capture_output=True, text=True
+    )
+    # promtool lints the default registry's own counters for missing help; ours have help.
+    complaints = [
+        line
+        for line in (checked.stdout + checked.stderr).splitlines()
+        if line.strip() and not line.startswith(("process_", "python_"))
+    ]
+    assert complaints == [], checked
+    assert checked.returncode in (0, 3), checked
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def prometheus_server(target_port: int, workdir: Path) -> Iterator[str]:
+    """Prometheus scraping 127.0.0.1:target_port every second; yields its URL."""
+    binary = tool("prometheus")
+    port = free_port()
+    config = workdir / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+        "scrape_configs:\n  - job_name: app\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{target_port}']\n"
+    )
+    command = [
+        binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    log = ChildOutput(process.stderr)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=EXIT_TIMEOUT)
+        log.join(EXIT_TIMEOUT)
+
+
+def query(url: str, expression: str) -> dict[str, float] | None:
+    """Route label -> value for an instant query; None while Prometheus is not ready."""
+    try:
+        response = httpx.get(f"{url}/api/v1/query", params={"query": expression}, timeout=5)
+    except httpx.TransportError:
+        return None
+    if response.status_code != 200:
+        return None
+    return {
+        row["metric"].get("route", ""): float(row["value"][1])
+        for row in response.json()["data"]["result"]
+    }
+
+
+def test_a_prometheus_server_scrapes_the_totals_we_sent(tmp_path: Path) -> None:
+    with uvicorn_server("examples.fastapi_app:app", tmp_path) as app:
+        expected = send_traffic(app.url)
+        with prometheus_server(app.port, tmp_path) as prometheus:
+            deadline = time.monotonic() + PROMETHEUS_DEADLINE
+            seen: dict[str, float] | None = None
+            # Prometheus scrapes on its own schedule: ask until it has the totals
+            # (each query is a round trip to the server, not a sleep).
+            while time.monotonic() < deadline:
+                seen = query(prometheus, "sum by (route) (aegis_http_requests_total)")
+                if seen == expected:
+                    break
+            assert seen == expected
+            up = query(prometheus, 'up{job="app"}')
+            assert up == {"": 1.0}
+        app.terminate()
