@@ -28,6 +28,7 @@ from .core.sink import RecordSink
 from .core.sink_runner import SinkRunner
 from .core.stats import PipelineStats, SinkStats
 from .exposition.service import MetricsService
+from .health.service import HealthService
 from .sinks import build_sinks
 
 logger = logging.getLogger("aegis_mw")
@@ -140,6 +141,8 @@ class Aegis:
         self.excluded_paths = PathFilter(settings.exclude_paths)
         #: ``/metrics``: our families, the app's registry, a Collector for others.
         self.metrics = MetricsService(self)
+        #: Health checks and the liveness/readiness answers.
+        self.health = HealthService(self)
         ref = weakref.ref(self)
         # Weak references: neither hook may keep a discarded Aegis alive.
         self._atexit_hook = functools.partial(_shutdown_if_alive, ref)
@@ -180,6 +183,7 @@ class Aegis:
         counted as dropped with reason ``shutdown``.
         """
         atexit.unregister(self._atexit_hook)
+        self.health.stop()
         return self.flusher.shutdown(timeout)
 
     def realtime(self) -> RealtimeSnapshot:

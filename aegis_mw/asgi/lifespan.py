@@ -15,6 +15,8 @@ async def run_lifespan(
         if message["type"] == "lifespan.startup":
             aegis.asgi_lifespan = True
             aegis.start()
+            # Liveness watches this loop from now on (a thread pings it).
+            aegis.health.loop_lag.start_here()
         return message
 
     async def send_wrapper(message: Message) -> None:

@@ -1,6 +1,6 @@
 """The routes the middleware answers itself, before the app sees the request.
 
-``/metrics`` (and, with their own handlers, the health routes): matched on the
+``/metrics``, ``/health``, ``/health/live`` and ``/health/ready``: matched on the
 exact ``scope["path"]``, never recorded as app traffic (they are added to the
 excluded paths), and answered whatever the app has on the same path, so a
 scraper or a probe never depends on the app's routing. Blocking work (reading
@@ -55,8 +55,13 @@ class MountedRoutes:
         settings = aegis.settings
         self._aegis = aegis
         self.handlers: dict[str, Handler] = {}
-        if settings.metrics_path:
-            self.handlers[settings.metrics_path] = self._metrics
+        routes: list[tuple[str, Handler]] = [
+            (settings.metrics_path, self._metrics),
+            (settings.health_path, self._health),
+            (settings.liveness_path, self._liveness),
+            (settings.readiness_path, self._readiness),
+        ]
+        self.handlers.update((path, handler) for path, handler in routes if path)
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -80,3 +85,12 @@ class MountedRoutes:
         endpoint = self._aegis.metrics.endpoint
         accept, encoding = header(scope, b"accept"), header(scope, b"accept-encoding")
         return await in_thread(endpoint.respond, accept, encoding)
+
+    async def _health(self, scope: Scope) -> Response:
+        return await self._aegis.health.report()
+
+    async def _liveness(self, scope: Scope) -> Response:
+        return self._aegis.health.liveness()
+
+    async def _readiness(self, scope: Scope) -> Response:
+        return await self._aegis.health.readiness()

@@ -239,6 +239,14 @@ _RULES: dict[str, _Rule] = {
     "max_path_length": _Rule(_number(int, 16, 65536), "an integer from 16 to 65536", _int_text),
     "max_error_length": _Rule(_number(int, 16, 65536), "an integer from 16 to 65536", _int_text),
     "speedups": _Rule(_boolean, "true or false (1/0, yes/no, on/off in text)", _bool_text),
+    "health_cache_seconds": _Rule(
+        _number(float, 0, 3600),
+        "seconds, from 0 to 3600 (0: run the checks every probe)",
+        _float_text,
+    ),
+    "liveness_max_loop_lag": _Rule(
+        _number(float, 0, 3600, low_open=True), "seconds, > 0 and <= 3600", _float_text
+    ),
     "metrics_path": _Rule(_mount_path, _PATH_ALLOWED),
     "health_path": _Rule(_mount_path, _PATH_ALLOWED),
     "liveness_path": _Rule(_mount_path, _PATH_ALLOWED),
@@ -292,6 +300,8 @@ class AegisSettings:
     health_path: str = "/health"
     liveness_path: str = "/health/live"
     readiness_path: str = "/health/ready"
+    health_cache_seconds: float = 1.0
+    liveness_max_loop_lag: float = 5.0
     metrics_namespace: str = "aegis"
     metrics_labels: Any = ()
     metrics_buckets: tuple[float, ...] = DEFAULT_BUCKETS

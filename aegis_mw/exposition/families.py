@@ -103,7 +103,7 @@ class FamilyBuilder:
                 Family(
                     f"{ns}_health_check_status",
                     "gauge",
-                    "1 when the health check passed its last run, 0 when it did not.",
+                    "1 when the check's last run passed or warned, 0 when it failed or timed out.",
                     [
                         ("", labels(("check", name)), value)
                         for name, value in sorted(reading.health.items())

@@ -18,6 +18,7 @@ from fastapi import FastAPI, WebSocket
 from fastapi.responses import StreamingResponse
 
 from aegis_mw import Aegis, AegisMiddleware
+from aegis_mw.health import disk_space, sink_health
 from tests.harness import Exchange, call, http_scope, websocket_scope
 
 pytestmark = pytest.mark.usefixtures("hot_path")
@@ -62,9 +63,9 @@ async def exercise(app: FastAPI, requests: int) -> None:
         if message["type"] == "lifespan.startup.complete":
             for number in range(requests):
                 await call(app, http_scope(f"/items/{number}"))
-                if number % 500 == 0:  # scrapes while the flusher works
-                    scrape = await call(app, http_scope("/metrics"))
-                    assert scrape.status == 200
+                if number % 500 == 0:  # scrapes and probes while the flusher works
+                    for route in ("/metrics", "/health/ready", "/health/live", "/health"):
+                        assert (await call(app, http_scope(route))).status == 200
             await call(app, http_scope("/stream"))
             with pytest.raises(RuntimeError):
                 await call(app, http_scope("/fail"))
@@ -83,10 +84,12 @@ async def exercise(app: FastAPI, requests: int) -> None:
 def test_a_full_app_life_on_asyncio_makes_no_blocking_call(
     make_aegis: Callable[..., Aegis], tmp_path: Path
 ) -> None:
-    """Startup, 3,000 requests with flushes to SQLite on the way and /metrics scraped
-    between them, a stream, an error, a WebSocket, and the lifespan shutdown flush:
-    nothing blocks the loop."""
+    """Startup, 3,000 requests with flushes to SQLite on the way and /metrics and the
+    health routes (sync checks included) between them, a stream, an error, a
+    WebSocket, and the lifespan shutdown flush: nothing blocks the loop."""
     aegis = make_aegis(sink=f"sqlite:///{tmp_path}/aegis.db", batch_size=100, flush_interval=0.05)
+    aegis.health.add(sink_health(aegis))  # a sync check: it must run in a thread
+    aegis.health.add(disk_space(str(tmp_path)))
     app = build_app(aegis)
     with blockbuster_ctx(scanned_modules=["aegis_mw"]):
         asyncio.run(exercise(app, 3000))

@@ -139,10 +139,10 @@ async def test_excluded_request_passes_through_untouched(
     """An excluded path reaches the app with the server's own scope, receive and send,
     is not counted in flight, and leaves no record or realtime trace.
     """
-    aegis = make_aegis(exclude_paths=["/health", "/static/*"])
+    aegis = make_aegis(exclude_paths=["/healthz", "/static/*"])
     app = RecordingApp(aegis)
     middleware = AegisMiddleware(app, aegis=aegis)
-    for path in ("/health", "/static/app.css"):
+    for path in ("/healthz", "/static/app.css"):
         exchange = Exchange()
         scope = http_scope(path)
         receive, send = exchange.receive, exchange.send

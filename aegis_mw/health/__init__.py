@@ -1,0 +1,19 @@
+"""Health checks: registration, concurrent runs with timeouts, and the answers
+for ``/health/live``, ``/health/ready`` and ``/health``."""
+
+from __future__ import annotations
+
+from .builtin import disk_space, loop_lag, process_memory, sink_health
+from .checks import CheckOutcome, CheckResult, HealthCheck
+from .service import HealthService
+
+__all__ = [
+    "CheckOutcome",
+    "CheckResult",
+    "HealthCheck",
+    "HealthService",
+    "disk_space",
+    "loop_lag",
+    "process_memory",
+    "sink_health",
+]

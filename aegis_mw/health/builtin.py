@@ -1,0 +1,104 @@
+"""Checks the user can switch on: ``aegis.health.add(disk_space("/var/lib/app"))``.
+
+Each reads something local and cheap; none touches the network.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from typing import TYPE_CHECKING
+
+from .checks import FAIL, PASS, WARN, CheckOutcome, HealthCheck
+
+if TYPE_CHECKING:
+    from ..aegis import Aegis
+    from .loop_lag import LoopLagMonitor
+
+
+def sink_health(aegis: Aegis, *, max_backlog: int = 10_000, critical: bool = False) -> HealthCheck:
+    """Every sink accepted its last write, and none has more than ``max_backlog``
+    records waiting (a sink that keeps failing is reported with its last error)."""
+
+    def check() -> CheckOutcome:
+        stats = aegis.stats()
+        details = {
+            sink.name: {"backlog": sink.backlog, "consecutive_failures": sink.consecutive_failures}
+            for sink in stats.sinks
+        }
+        failing = [sink for sink in stats.sinks if sink.consecutive_failures]
+        if failing:
+            message = "; ".join(f"{sink.name}: {sink.last_error}" for sink in failing)
+            return CheckOutcome(FAIL, message, details)
+        behind = [sink.name for sink in stats.sinks if sink.backlog > max_backlog]
+        if behind:
+            return CheckOutcome(WARN, f"backlog over {max_backlog}: {', '.join(behind)}", details)
+        if not stats.flusher_alive:
+            return CheckOutcome(FAIL, "the flusher thread is not running", details)
+        return CheckOutcome(PASS, "", details)
+
+    return HealthCheck("sinks", check, timeout=2.0, critical=critical)
+
+
+def disk_space(
+    path: str = ".", *, min_free_ratio: float = 0.05, critical: bool = False
+) -> HealthCheck:
+    """At least ``min_free_ratio`` of the file system holding ``path`` is free."""
+    if not 0 <= min_free_ratio < 1:
+        raise ValueError("min_free_ratio must be from 0 to below 1")
+
+    def check() -> CheckOutcome:
+        usage = shutil.disk_usage(path)
+        free = usage.free / usage.total if usage.total else 0.0
+        details = {"path": os.fspath(path), "free_bytes": usage.free, "total_bytes": usage.total}
+        if free < min_free_ratio:
+            return CheckOutcome(FAIL, f"{free:.1%} free, below {min_free_ratio:.1%}", details)
+        return CheckOutcome(PASS, "", details)
+
+    return HealthCheck("disk", check, timeout=2.0, critical=critical)
+
+
+def process_memory(max_rss_bytes: int, *, critical: bool = False) -> HealthCheck:
+    """The process's resident memory is below ``max_rss_bytes``."""
+    if max_rss_bytes <= 0:
+        raise ValueError("max_rss_bytes must be positive")
+
+    def check() -> CheckOutcome:
+        rss = resident_bytes()
+        details = {"rss_bytes": rss, "max_rss_bytes": max_rss_bytes}
+        if rss is None:
+            return CheckOutcome(WARN, "resident memory is not readable here", details)
+        if rss > max_rss_bytes:
+            return CheckOutcome(FAIL, f"{rss} bytes resident, over {max_rss_bytes}", details)
+        return CheckOutcome(PASS, "", details)
+
+    return HealthCheck("memory", check, timeout=2.0, critical=critical)
+
+
+def loop_lag(monitor: LoopLagMonitor, *, max_seconds: float = 1.0) -> HealthCheck:
+    """The event loop runs what it is given within ``max_seconds``."""
+
+    def check() -> CheckOutcome:
+        lag = monitor.lag()
+        details = {"lag_seconds": round(lag, 6), "max_seconds": max_seconds}
+        if lag > max_seconds:
+            return CheckOutcome(FAIL, f"event loop {lag:.3f} s behind", details)
+        return CheckOutcome(PASS, "", details)
+
+    return HealthCheck("event_loop", check, timeout=2.0, critical=False)
+
+
+def resident_bytes() -> int | None:
+    """Current resident set size (Linux), else the peak (other Unixes), else None."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
