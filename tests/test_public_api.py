@@ -12,7 +12,8 @@ def test_all_is_sorted_and_complete() -> None:
     assert exported == sorted(exported)
     # Submodules, and the name `from __future__ import annotations` leaves behind.
     modules = {
-        "aegis", "asgi", "cli", "core", "demo", "endpoints", "exposition", "health", "sinks",
+        "access", "aegis", "asgi", "cli", "core", "demo", "endpoints", "exposition", "health",
+        "sinks",
         "testing",
         "types", "annotations",
     }  # fmt: skip

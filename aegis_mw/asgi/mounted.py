@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from ..access.check import Decision, decide
+from ..core.access_rules import AccessRule
 from ..endpoints.response import Response
 from ..types import ASGIApp, Receive, Scope, Send
 
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
 
 Handler = Callable[[Scope], Awaitable[Response]]
 _READ_METHODS = ("GET", "HEAD")
+OPEN = Decision(True, "viewer")
 
 
 async def in_thread(function: Callable[..., Response], *args: str) -> Response:
@@ -54,14 +57,16 @@ class MountedRoutes:
     def __init__(self, aegis: Aegis) -> None:
         settings = aegis.settings
         self._aegis = aegis
-        self.handlers: dict[str, Handler] = {}
-        routes: list[tuple[str, Handler]] = [
-            (settings.metrics_path, self._metrics),
-            (settings.health_path, self._health),
-            (settings.liveness_path, self._liveness),
-            (settings.readiness_path, self._readiness),
+        self._rules: dict[str, AccessRule] = dict(settings.access)
+        #: path -> (access group, handler)
+        self.handlers: dict[str, tuple[str, Handler]] = {}
+        routes: list[tuple[str, str, Handler]] = [
+            (settings.metrics_path, "metrics", self._metrics),
+            (settings.health_path, "health", self._health),
+            (settings.liveness_path, "liveness", self._liveness),
+            (settings.readiness_path, "health", self._readiness),
         ]
-        self.handlers.update((path, handler) for path, handler in routes if path)
+        self.handlers.update((path, (group, handler)) for path, group, handler in routes if path)
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -69,17 +74,39 @@ class MountedRoutes:
 
     async def pass_through(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         """An excluded path: ours if it is a mounted route, else the app's, untouched."""
-        handler = self.handlers.get(scope["path"]) if scope["type"] == "http" else None
-        if handler is None:
+        route = self.handlers.get(scope["path"]) if scope["type"] == "http" else None
+        if route is None:
             await app(scope, receive, send)
             return
+        group, handler = route
         method = scope.get("method", "GET")
-        if method not in _READ_METHODS:
+        decision = self.authorize(group, scope)
+        if not decision.allowed:
+            response = Response.error(decision.status, decision.code, decision.message)
+            response.headers.extend(decision.headers)
+        elif method not in _READ_METHODS:
             message = f"{method} is not allowed here; use GET"
             response = Response.error(405, "method_not_allowed", message, allow="GET, HEAD")
         else:
             response = await handler(scope)
         await send_response(send, response, head=method == "HEAD")
+
+    def authorize(self, group: str, scope: Scope) -> Decision:
+        """The group's rule against this request (the client address after trusted proxies)."""
+        rule = self._rules.get(group)
+        if rule is None:
+            return OPEN
+        return decide(
+            rule, authorization=header(scope, b"authorization"), client_ip=self._ip(scope)
+        )
+
+    def _ip(self, scope: Scope) -> str | None:
+        client = scope.get("client")
+        peer = str(client[0]) if client else None
+        addresses = self._aegis.client_addresses
+        if peer is not None and addresses.enabled and addresses.peer_is_trusted(peer):
+            return addresses.resolve(peer, addresses.forwarded_value(scope.get("headers") or ()))
+        return peer
 
     async def _metrics(self, scope: Scope) -> Response:
         endpoint = self._aegis.metrics.endpoint

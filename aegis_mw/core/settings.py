@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import itertools
+import json
 import math
 import re
 import warnings
@@ -18,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from .access_rules import AccessRule, parse_access
 from .client_address import parse_networks
 from .config_file import load_config_file
 from .errors import ConfigError
@@ -164,6 +166,19 @@ def _registry(value: Any) -> Any:
     return value
 
 
+class _Explained(ValueError):
+    """A check's own words about what is wrong (used instead of the generic text)."""
+
+
+def _access(value: Any) -> tuple[tuple[str, AccessRule], ...]:
+    try:
+        return parse_access(value)
+    except json.JSONDecodeError as exc:
+        raise _Explained(f"AEGIS_ACCESS is not valid JSON ({exc.msg})") from None
+    except ValueError as exc:
+        raise _Explained(str(exc)) from None
+
+
 def _choice(*allowed: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if not isinstance(value, str) or value.lower() not in allowed:
@@ -247,6 +262,7 @@ _RULES: dict[str, _Rule] = {
     "liveness_max_loop_lag": _Rule(
         _number(float, 0, 3600, low_open=True), "seconds, > 0 and <= 3600", _float_text
     ),
+    "access": _Rule(_access, "route groups mapped to rules (see the README)"),
     "metrics_path": _Rule(_mount_path, _PATH_ALLOWED),
     "health_path": _Rule(_mount_path, _PATH_ALLOWED),
     "liveness_path": _Rule(_mount_path, _PATH_ALLOWED),
@@ -296,6 +312,7 @@ class AegisSettings:
     #: Use the compiled HTTP request path where it was built; False forces
     #: the pure-Python one (same records, slower).
     speedups: bool = True
+    access: Any = field(default=(), repr=False)  # holds secrets: kept out of repr
     metrics_path: str = "/metrics"
     health_path: str = "/health"
     liveness_path: str = "/health/live"
@@ -319,6 +336,10 @@ class AegisSettings:
                     raise ConfigError(option, value, rule.allowed, source) from None
             try:
                 checked = rule.check(value)
+            except _Explained as exc:
+                # The access rules hold tokens and passwords: never echo them.
+                shown = "(not shown: it holds secrets)" if option == "access" else value
+                raise ConfigError(option, shown, str(exc), source) from None
             except (TypeError, ValueError):
                 raise ConfigError(option, value, rule.allowed, source) from None
             object.__setattr__(self, option, checked)
