@@ -10,14 +10,17 @@ import atexit
 import functools
 import logging
 import os
+import sys
 import weakref
 from collections.abc import Mapping, Sequence, Sized
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from .core.aggregates import RealtimeAggregates, RealtimeSnapshot
 from .core.client_address import ClientAddressResolver
 from .core.clock import Clock, SystemClock
+from .core.errors import ConfigError
 from .core.finalize import Finalizer
 from .core.flusher import Flusher
 from .core.labels import RouteCap
@@ -61,6 +64,31 @@ def _reinit_if_alive(ref: weakref.ReferenceType[Aegis]) -> None:
     aegis = ref()
     if aegis is not None:
         aegis._after_fork_in_child()
+
+
+def multiprocess_directory(
+    settings: AegisSettings, environ: Mapping[str, str] | None
+) -> Path | None:
+    """Where worker processes share their metrics: ``metrics_multiprocess_dir``,
+    else ``PROMETHEUS_MULTIPROC_DIR`` (which prometheus-client reads too), else
+    None. A directory that is missing or not writable fails at start."""
+    source = settings.sources.get("metrics_multiprocess_dir", "")
+    text = settings.metrics_multiprocess_dir
+    if not text:
+        environment = os.environ if environ is None else environ
+        text, source = environment.get("PROMETHEUS_MULTIPROC_DIR", ""), "PROMETHEUS_MULTIPROC_DIR"
+    if not text:
+        return None
+    path = Path(text)
+    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(
+            "metrics_multiprocess_dir", text,
+            "an existing directory this process can write (create it before the workers start)",
+            source,
+        )  # fmt: skip
+    if sys.platform == "win32":
+        raise ConfigError("metrics_multiprocess_dir", text, "not supported on Windows", source)
+    return path
 
 
 class Aegis:
@@ -140,7 +168,7 @@ class Aegis:
         #: that integrations mount (see :meth:`exclude`).
         self.excluded_paths = PathFilter(settings.exclude_paths)
         #: ``/metrics``: our families, the app's registry, a Collector for others.
-        self.metrics = MetricsService(self)
+        self.metrics = MetricsService(self, multiprocess_directory(settings, environ))
         #: Health checks and the liveness/readiness answers.
         self.health = HealthService(self)
         ref = weakref.ref(self)

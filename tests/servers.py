@@ -1,12 +1,16 @@
-"""Real server processes for the tests: uvicorn on a socket bound here, on 127.0.0.1."""
+"""Real server processes for the tests, on 127.0.0.1: uvicorn on a socket bound here,
+and helpers to follow a child's output (gunicorn)."""
 
 from __future__ import annotations
 
 import os
+import queue
+import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -87,3 +91,33 @@ def uvicorn_server(
             process.kill()
             process.wait(timeout=EXIT_TIMEOUT)
         log.join(EXIT_TIMEOUT)
+
+
+def read_lines(stream: object, lines: queue.Queue[str | None]) -> None:
+    """Copy a child's output into a queue, line by line; ``None`` at EOF."""
+    for line in stream:  # type: ignore[attr-defined]
+        lines.put(line.rstrip("\n"))
+    lines.put(None)
+
+
+def wait_for(
+    lines: queue.Queue[str | None], seen: list[str], pattern: str, count: int, deadline: float
+) -> list[re.Match[str]]:
+    """Read output until ``pattern`` has matched ``count`` lines, or fail at ``deadline``."""
+    regex = re.compile(pattern)
+    matches = [m for m in (regex.search(line) for line in seen) if m]
+    while len(matches) < count:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            pytest.fail(f"no {count} x {pattern!r} in gunicorn's output:\n" + "\n".join(seen))
+        try:
+            line = lines.get(timeout=remaining)
+        except queue.Empty:
+            continue
+        if line is None:
+            pytest.fail(f"gunicorn exited before {pattern!r}:\n" + "\n".join(seen))
+        seen.append(line)
+        match = regex.search(line)
+        if match:
+            matches.append(match)
+    return matches

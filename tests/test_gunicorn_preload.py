@@ -20,6 +20,8 @@ import httpx
 import pytest
 from gunicorn.config import KNOWN_SETTINGS
 
+from tests.servers import read_lines, wait_for
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not hasattr(os, "fork"), reason="gunicorn needs os.fork (POSIX)"),
@@ -96,36 +98,6 @@ APP_MODULE = textwrap.dedent(
                         after_in_child=lambda: report("child"))
     '''
 )
-
-
-def read_lines(stream: object, lines: queue.Queue[str | None]) -> None:
-    """Copy a child's output into a queue, line by line; ``None`` at EOF."""
-    for line in stream:  # type: ignore[attr-defined]
-        lines.put(line.rstrip("\n"))
-    lines.put(None)
-
-
-def wait_for(
-    lines: queue.Queue[str | None], seen: list[str], pattern: str, count: int, deadline: float
-) -> list[re.Match[str]]:
-    """Read output until ``pattern`` has matched ``count`` lines, or fail at ``deadline``."""
-    regex = re.compile(pattern)
-    matches = [m for m in (regex.search(line) for line in seen) if m]
-    while len(matches) < count:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            pytest.fail(f"no {count} x {pattern!r} in gunicorn's output:\n" + "\n".join(seen))
-        try:
-            line = lines.get(timeout=remaining)
-        except queue.Empty:
-            continue
-        if line is None:
-            pytest.fail(f"gunicorn exited before {pattern!r}:\n" + "\n".join(seen))
-        seen.append(line)
-        match = regex.search(line)
-        if match:
-            matches.append(match)
-    return matches
 
 
 def test_record_buffered_before_fork_is_stored_once(tmp_path: Path) -> None:

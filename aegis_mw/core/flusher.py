@@ -82,6 +82,9 @@ class Flusher:
         shutdown_timeout: float,
         on_first_records: Callable[[], None] | None = None,
     ) -> None:
+        #: Called in the worker thread after every cycle and after the final
+        #: flush (the multi-process metrics snapshot); its failures are logged.
+        self.after_cycle: Callable[[], None] | None = None
         self.recorder = recorder
         self.runners = list(runners)
         self.flush_interval = flush_interval
@@ -232,10 +235,20 @@ class Flusher:
                 request.finish(result)
             return False
         ok = self.cycle.run(force=bool(requests), stop=self._stopping)
+        self._after_cycle()
         for request in requests:
             request.finish(ok)
         self._next_flush = time.monotonic() + self.flush_interval
         return True
+
+    def _after_cycle(self) -> None:
+        hook = self.after_cycle
+        if hook is None:
+            return
+        try:
+            hook()
+        except Exception:
+            logger.exception("aegis after-cycle hook failed; continuing")
 
     def _stopping(self) -> bool:
         return self._deadline is not None
@@ -244,6 +257,7 @@ class Flusher:
         """Final flush and close, then publish the result (and restart if asked)."""
         deadline = self._deadline if self._deadline is not None else time.monotonic()
         result = self.cycle.final(deadline)
+        self._after_cycle()
         self.cycle.close_sinks(max(deadline, time.monotonic() + 1.0))
         with self._lock:
             self._state = "stopped"

@@ -154,6 +154,13 @@ def _buckets(value: Any) -> tuple[float, ...]:
     return tuple(bounds)
 
 
+def _directory_text(value: Any) -> str:
+    """Only the form here; whether it exists is checked where it is used."""
+    if not isinstance(value, str):
+        raise TypeError
+    return value.strip()
+
+
 def _registry(value: Any) -> Any:
     if isinstance(value, str):
         if value.lower() not in ("default", "none"):
@@ -276,6 +283,10 @@ _RULES: dict[str, _Rule] = {
     "metrics_buckets": _Rule(
         _buckets, "histogram bounds in seconds, positive and increasing, such as '0.1,0.5,1'"
     ),
+    "metrics_multiprocess_dir": _Rule(
+        _directory_text,
+        "a directory shared by the worker processes ('' to read PROMETHEUS_MULTIPROC_DIR)",
+    ),
     "metrics_registry": _Rule(
         _registry,
         "'default' (prometheus-client's registry), 'none', or a CollectorRegistry",
@@ -323,6 +334,7 @@ class AegisSettings:
     metrics_labels: Any = ()
     metrics_buckets: tuple[float, ...] = DEFAULT_BUCKETS
     metrics_registry: Any = "default"
+    metrics_multiprocess_dir: str = ""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -3,7 +3,9 @@ app's registry next to them, and a prometheus-client Collector for others."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..endpoints.metrics import MetricsEndpoint
@@ -12,6 +14,7 @@ from .families import FamilyBuilder, MetricsReading
 
 if TYPE_CHECKING:
     from ..aegis import Aegis
+    from .multiprocess import SnapshotFiles
 
 
 class MetricsService:
@@ -22,9 +25,18 @@ class MetricsService:
         registry.register(aegis.metrics.collector())
     """
 
-    def __init__(self, aegis: Aegis) -> None:
+    def __init__(self, aegis: Aegis, multiprocess_dir: Path | None = None) -> None:
         settings = aegis.settings
         self._aegis = aegis
+        self._multiprocess_dir = multiprocess_dir
+        #: Every process's snapshot, when several workers share the metrics.
+        self.files: SnapshotFiles | None = None
+        if multiprocess_dir is not None:
+            from .multiprocess import SnapshotFiles
+
+            self.files = SnapshotFiles(multiprocess_dir)
+            aegis.flusher.after_cycle = self.publish
+        self._published: tuple[Any, ...] = ()
         self.builder = FamilyBuilder(settings.metrics_namespace, dict(settings.metrics_labels))
         #: Health check results for the ``health_check_status`` gauge (set by
         #: the health service once checks are registered).
@@ -38,14 +50,44 @@ class MetricsService:
         if choice == "none":
             return None
         if choice == "default":
+            if self._multiprocess_dir is not None:
+                # prometheus-client's own multi-process mode: the app's metrics of
+                # every worker, read from its files in the same directory.
+                from prometheus_client import CollectorRegistry
+                from prometheus_client.multiprocess import MultiProcessCollector
+
+                registry = CollectorRegistry()
+                MultiProcessCollector(registry, path=str(self._multiprocess_dir))  # type: ignore[no-untyped-call]
+                return registry
             from prometheus_client import REGISTRY
 
             return REGISTRY
         return choice
 
     def read(self) -> MetricsReading:
-        """What one scrape shows, taken now. Takes the aggregates' lock (held by
-        the flusher for at most one batch): call it off the event loop."""
+        """What one scrape shows, taken now: this process's figures, plus the other
+        workers' when several share the metrics. Takes the aggregates' lock (held
+        by the flusher for at most one batch): call it off the event loop."""
+        own = self.read_own()
+        return own if self.files is None else self.files.merged(own)
+
+    def publish(self) -> None:
+        """Flusher thread, after each cycle: this process's snapshot for the others
+        (skipped when nothing changed; gauges zero once the pipeline stopped)."""
+        aegis = self._aegis
+        assert self.files is not None
+        aggregates = aegis.aggregates
+        signature = (
+            aggregates.drained, aggregates.in_flight_now(), aggregates.websockets_active,
+            len(aegis.recorder.inbox), aegis.recorder.closed, os.getpid(),
+        )  # fmt: skip
+        if signature == self._published:
+            return
+        self.files.publish(self.read_own(), live=not aegis.recorder.closed)
+        self._published = signature
+
+    def read_own(self) -> MetricsReading:
+        """This process's figures only."""
         aegis = self._aegis
         aggregates = aegis.aggregates
         return MetricsReading(

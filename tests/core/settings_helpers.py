@@ -40,6 +40,7 @@ OPTION_NAMES = [
     "metrics_labels",
     "metrics_buckets",
     "metrics_registry",
+    "metrics_multiprocess_dir",
 ]
 
 DEFAULTS: dict[str, Any] = {
@@ -71,6 +72,7 @@ DEFAULTS: dict[str, Any] = {
     "metrics_labels": (),
     "metrics_buckets": DEFAULT_BUCKETS,
     "metrics_registry": "default",
+    "metrics_multiprocess_dir": "",
 }
 
 PATH_ALLOWED = "a path starting with '/' (no glob characters), or '' to switch the route off"
@@ -107,6 +109,8 @@ ALLOWED: dict[str, str] = {
     "'service=api,env=prod' (names valid in Prometheus, not reserved, not one of ours)",
     "metrics_buckets": "histogram bounds in seconds, positive and increasing, such as '0.1,0.5,1'",
     "metrics_registry": "'default' (prometheus-client's registry), 'none', or a CollectorRegistry",
+    "metrics_multiprocess_dir": "a directory shared by the worker processes ('' to read "
+    "PROMETHEUS_MULTIPROC_DIR)",
 }
 
 

@@ -165,6 +165,7 @@ LEVELS: dict[str, tuple[Any, str, Any, Any, Any]] = {
                        (("service", "c"),)),
     "metrics_buckets": ([1, 2], "3,4", (3.0, 4.0), [5], (5.0,)),
     "metrics_registry": ("none", "default", "default", "none", "none"),
+    "metrics_multiprocess_dir": ("/a", "/b", "/b", "/c", "/c"),
 }  # fmt: skip
 
 

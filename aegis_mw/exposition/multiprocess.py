@@ -1,0 +1,315 @@
+"""Several worker processes, one ``/metrics``: per-process snapshots merged at scrape.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (or ``metrics_multiprocess_dir``), every
+process's flusher writes its cumulative figures to its own file in that
+directory after each cycle (``aegis_<pid>_<nonce>.json``, replaced
+atomically). The worker that answers a scrape adds its own live figures to the
+other workers' latest files, so the totals are those of all workers, at most
+``flush_interval`` old for the others, whichever worker answers.
+
+A worker that exits leaves its counters behind (the requests it served still
+count) but not its gauges (nobody is in flight in a dead process): files of
+processes that no longer exist are folded into ``aegis_archive.json`` and
+removed, under a lock that readers share, so nothing is counted twice.
+prometheus-client's own files in the same directory (``*.db``) are its own
+business: the app's metrics are read with its ``MultiProcessCollector``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..core.labeled import LabeledTotals
+from ..core.stats import PipelineStats, SinkStats
+from .families import MetricsReading
+
+logger = logging.getLogger("aegis_mw.metrics")
+FORMAT = 1
+ARCHIVE = "aegis_archive.json"
+LOCK = "aegis.lock"
+
+
+def encode(reading: MetricsReading, *, pid: int, live: bool) -> dict[str, Any]:
+    """One process's figures as JSON-able data (gauges zero once it stops)."""
+    labeled, stats = reading.labeled, reading.stats
+    return {
+        "format": FORMAT,
+        "pid": pid,
+        "bounds": list(labeled.bounds),
+        "requests": [[*key, count] for key, count in labeled.requests.items()],
+        "series": [[*key, values] for key, values in labeled.series.items()],
+        "sessions": [[*key, count] for key, count in labeled.sessions.items()],
+        "route_overflow": labeled.route_overflow,
+        "offered": stats.offered,
+        "dropped": dict(stats.dropped),
+        "sampled_out": stats.sampled_out,
+        "flusher_errors": stats.flusher_errors,
+        "sinks": [
+            {
+                "name": sink.name,
+                "written": sink.written,
+                "dropped": dict(sink.dropped),
+                "errors": sink.errors,
+                "timeouts": sink.timeouts,
+                "flushes": sink.flushes,
+                "flush_seconds_total": sink.flush_seconds_total,
+                "backlog": sink.backlog if live else 0,
+            }
+            for sink in stats.sinks
+        ],
+        "gauges": {
+            "in_flight": reading.in_flight if live else 0,
+            "websockets_active": reading.websockets_active if live else 0,
+            "buffered": stats.buffered if live else 0,
+        },
+    }
+
+
+class Merge:
+    """Sums snapshots into one reading; gauges only from live processes."""
+
+    def __init__(self, own: MetricsReading) -> None:
+        self.own = own
+        self.labeled = own.labeled.copy()
+        stats = own.stats
+        self.offered, self.sampled_out = stats.offered, stats.sampled_out
+        self.flusher_errors, self.buffered = stats.flusher_errors, stats.buffered
+        self.dropped = dict(stats.dropped)
+        self.in_flight, self.websockets_active = own.in_flight, own.websockets_active
+        self.sinks: dict[str, dict[str, Any]] = {
+            sink.name: {
+                "written": sink.written,
+                "dropped": dict(sink.dropped),
+                "errors": sink.errors,
+                "timeouts": sink.timeouts,
+                "flushes": sink.flushes,
+                "flush_seconds_total": sink.flush_seconds_total,
+                "backlog": sink.backlog,
+            }
+            for sink in stats.sinks
+        }
+
+    def add(self, data: dict[str, Any], *, live: bool) -> bool:
+        """Add one snapshot; False (nothing added) when it does not fit ours."""
+        labeled = self.labeled
+        if data.get("format") != FORMAT or tuple(data.get("bounds", ())) != labeled.bounds:
+            return False
+        for method, route, status, count in data["requests"]:
+            key = (method, route, status)
+            labeled.requests[key] = labeled.requests.get(key, 0) + count
+        width = len(labeled._new_series())
+        for method, route, values in data["series"]:
+            if len(values) != width:
+                continue
+            totals = labeled.series.setdefault((method, route), [0] * width)
+            for index, value in enumerate(values):
+                totals[index] += value
+        for route, code, count in data["sessions"]:
+            labeled.sessions[(route, code)] = labeled.sessions.get((route, code), 0) + count
+        labeled.route_overflow += data["route_overflow"]
+        self.offered += data["offered"]
+        self.sampled_out += data["sampled_out"]
+        self.flusher_errors += data["flusher_errors"]
+        for reason, count in data["dropped"].items():
+            self.dropped[reason] = self.dropped.get(reason, 0) + count
+        for sink in data["sinks"]:
+            mine = self.sinks.setdefault(
+                sink["name"],
+                {
+                    "written": 0,
+                    "dropped": {},
+                    "errors": 0,
+                    "timeouts": 0,
+                    "flushes": 0,
+                    "flush_seconds_total": 0.0,
+                    "backlog": 0,
+                },
+            )
+            for field in ("written", "errors", "timeouts", "flushes", "flush_seconds_total"):
+                mine[field] += sink[field]
+            for reason, count in sink["dropped"].items():
+                mine["dropped"][reason] = mine["dropped"].get(reason, 0) + count
+            if live:
+                mine["backlog"] += sink["backlog"]
+        if live:
+            gauges = data["gauges"]
+            self.in_flight += gauges["in_flight"]
+            self.websockets_active += gauges["websockets_active"]
+            self.buffered += gauges["buffered"]
+        return True
+
+    def reading(self) -> MetricsReading:
+        own = self.own.stats
+        sinks = tuple(
+            SinkStats(
+                name=name,
+                written=values["written"],
+                backlog=values["backlog"],
+                dropped=values["dropped"],
+                errors=values["errors"],
+                timeouts=values["timeouts"],
+                consecutive_failures=0,
+                last_error="",
+                last_flush_seconds=0.0,
+                flushes=values["flushes"],
+                flush_seconds_total=values["flush_seconds_total"],
+            )
+            for name, values in self.sinks.items()
+        )
+        stats = PipelineStats(
+            offered=self.offered,
+            buffered=self.buffered,
+            dropped=self.dropped,
+            sampled_out=self.sampled_out,
+            route_overflow=self.labeled.route_overflow,
+            flusher_alive=own.flusher_alive,
+            flusher_errors=self.flusher_errors,
+            sinks=sinks,
+        )
+        return MetricsReading(
+            labeled=self.labeled,
+            in_flight=self.in_flight,
+            websockets_active=self.websockets_active,
+            stats=stats,
+            health=self.own.health,
+        )
+
+
+def _process_exists(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+def _pid_of(path: Path) -> int:
+    """The process id in a snapshot's name (``aegis_<pid>_<nonce>.json``)."""
+    try:
+        return int(path.name.split("_")[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None  # replaced or archived meanwhile
+    except (OSError, ValueError):
+        logger.warning("aegis_mw: ignoring unreadable metrics snapshot %s", path)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class SnapshotFiles:
+    """This process's snapshot in a shared directory, and the merge of all of them."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._pid = 0
+        self._path = directory
+
+    @property
+    def own_path(self) -> Path:
+        """This process's file; a forked child gets a name of its own."""
+        pid = os.getpid()
+        if pid != self._pid:
+            self._pid = pid
+            self._path = self.directory / f"aegis_{pid}_{os.urandom(4).hex()}.json"
+        return self._path
+
+    @contextlib.contextmanager
+    def _locked(self, kind: int) -> Iterator[None]:
+        with open(self.directory / LOCK, "a+b") as lock:
+            fcntl.flock(lock, kind)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def publish(self, reading: MetricsReading, *, live: bool = True) -> None:
+        """Replace this process's file (flusher thread), then archive dead ones."""
+        path = self.own_path
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(encode(reading, pid=self._pid, live=live)), "utf-8")
+        os.replace(temporary, path)
+        self._archive_dead()
+
+    def _others(self) -> Iterator[Path]:
+        own = self.own_path
+        for path in sorted(self.directory.glob("aegis_*.json")):
+            if path != own and path.name != ARCHIVE:
+                yield path
+
+    def _archive_dead(self) -> None:
+        dead = [path for path in self._others() if not _process_exists(_pid_of(path))]
+        if not dead:
+            return
+        with self._locked(fcntl.LOCK_EX):
+            archive_path = self.directory / ARCHIVE
+            archive = _read(archive_path)
+            merged: Merge | None = None
+            for path in dead:
+                data = _read(path)
+                if data is None:
+                    continue
+                if merged is None:
+                    merged = Merge(_empty_like(data))
+                    if archive is not None:
+                        merged.add(archive, live=False)
+                merged.add(data, live=False)
+            if merged is None:
+                return
+            temporary = archive_path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(encode(merged.reading(), pid=0, live=False)), "utf-8")
+            os.replace(temporary, archive_path)
+            for path in dead:
+                path.unlink(missing_ok=True)
+
+    def merged(self, own: MetricsReading) -> MetricsReading:
+        """``own`` (live) plus every other process's latest figures and the archive."""
+        merge = Merge(own)
+        with self._locked(fcntl.LOCK_SH):
+            paths = [*self._others(), self.directory / ARCHIVE]
+            for path in paths:
+                data = _read(path)
+                if data is None:
+                    continue
+                live = path.name != ARCHIVE and _process_exists(_pid_of(path))
+                if not merge.add(data, live=live):
+                    logger.warning(
+                        "aegis_mw: %s has other histogram buckets or format; not merged", path
+                    )
+        return merge.reading()
+
+
+def _empty_like(data: dict[str, Any]) -> MetricsReading:
+    """A reading with nothing in it, with the bounds of ``data``."""
+    return MetricsReading(
+        labeled=LabeledTotals(tuple(data["bounds"])),
+        in_flight=0,
+        websockets_active=0,
+        stats=PipelineStats(
+            offered=0,
+            buffered=0,
+            dropped={},
+            sampled_out=0,
+            route_overflow=0,
+            flusher_alive=False,
+            flusher_errors=0,
+            sinks=(),
+        ),
+        health={},
+    )

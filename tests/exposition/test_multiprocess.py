@@ -1,0 +1,136 @@
+"""Several processes, one /metrics: snapshot files merged, dead workers archived.
+
+Other workers are real processes here: a child that stays alive while the test
+runs, and one that has exited (its pid is free), each with a snapshot written
+by a pipeline of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from aegis_mw import Aegis, ConfigError
+from aegis_mw.exposition.multiprocess import ARCHIVE, encode
+from tests.harness import inbox_item
+
+ROUTE = "/items/{id}"
+
+
+def totals(text: str) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in (
+                "aegis_http_requests_total",
+                "aegis_http_request_duration_seconds_count",
+                "aegis_http_requests_in_progress",
+                "aegis_buffer_records",
+            ):
+                key = sample.name + ("/" + sample.labels.get("buffer", "") if "buffer" in
+                                     sample.labels else "")  # fmt: skip
+                found[key] = found.get(key, 0) + sample.value
+    return found
+
+
+@pytest.fixture
+def living_pid() -> Iterator[int]:
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)  # fmt: skip
+    yield child.pid
+    assert child.stdin is not None
+    child.stdin.close()
+    child.wait(30)
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(30)
+    return child.pid
+
+
+def other_worker(
+    directory: Path, pid: int, requests: int, make_aegis: Callable[..., Aegis], in_flight: int = 0
+) -> None:
+    """A snapshot as worker ``pid`` would publish it, built by a pipeline of its own."""
+    worker = make_aegis(metrics_registry="none")
+    for _ in range(requests):
+        worker.recorder.offer(inbox_item("/items/1", route=ROUTE))
+    worker.aggregates.in_flight = in_flight
+    reading = worker.metrics.read_own()
+    data = encode(reading, pid=pid, live=True)
+    (directory / f"aegis_{pid}_0a0b0c0d.json").write_text(json.dumps(data))
+
+
+def test_the_answering_worker_adds_every_other_workers_figures(
+    tmp_path: Path, make_aegis: Callable[..., Aegis], living_pid: int, dead_pid: int
+) -> None:
+    other_worker(tmp_path, living_pid, requests=5, make_aegis=make_aegis, in_flight=2)
+    other_worker(tmp_path, dead_pid, requests=7, make_aegis=make_aegis, in_flight=3)
+    aegis = make_aegis(metrics_registry="none", metrics_multiprocess_dir=str(tmp_path))
+    for _ in range(4):
+        aegis.recorder.offer(inbox_item("/items/1", route=ROUTE))
+
+    found = totals(aegis.metrics.endpoint.respond().body.decode())
+    assert found["aegis_http_requests_total"] == 4 + 5 + 7  # the dead worker's still count
+    assert found["aegis_http_request_duration_seconds_count"] == 16
+    assert found["aegis_http_requests_in_progress"] == 2  # gauges: living workers only
+
+    # Publishing (the flusher does it after each cycle) writes ours and archives the dead.
+    assert aegis.force_flush(10)
+    names = sorted(path.name for path in tmp_path.glob("aegis_*.json"))
+    assert ARCHIVE in names
+    assert not any(name.startswith(f"aegis_{dead_pid}_") for name in names)
+    assert any(name.startswith(f"aegis_{living_pid}_") for name in names)
+    found = totals(aegis.metrics.endpoint.respond().body.decode())
+    assert found["aegis_http_requests_total"] == 16  # nothing lost or counted twice
+
+
+def test_a_forked_worker_publishes_under_its_own_name(
+    tmp_path: Path, make_aegis: Callable[..., Aegis]
+) -> None:
+    aegis = make_aegis(metrics_registry="none", metrics_multiprocess_dir=str(tmp_path))
+    aegis.recorder.offer(inbox_item("/items/1", route=ROUTE))
+    assert aegis.force_flush(10)
+    [mine] = tmp_path.glob("aegis_*_*.json")
+    data: dict[str, Any] = json.loads(mine.read_text())
+    assert data["pid"] == int(mine.name.split("_")[1])
+    assert sum(row[-1] for row in data["requests"]) == 1
+    assert aegis.shutdown(10)
+    data = json.loads(mine.read_text())
+    assert data["gauges"] == {"in_flight": 0, "websockets_active": 0, "buffered": 0}
+
+
+def test_a_missing_or_read_only_directory_fails_at_start(
+    tmp_path: Path, make_aegis: Callable[..., Aegis]
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_aegis(metrics_multiprocess_dir=str(tmp_path / "missing"))
+    assert caught.value.option == "metrics_multiprocess_dir"
+    with pytest.raises(ConfigError) as caught:
+        make_aegis(environ={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "missing")})
+    assert caught.value.source == "PROMETHEUS_MULTIPROC_DIR"
+    a_file = tmp_path / "not-a-directory"
+    a_file.write_text("")
+    with pytest.raises(ConfigError, match="existing directory"):
+        make_aegis(metrics_multiprocess_dir=str(a_file))
+
+
+def test_other_buckets_are_not_merged(
+    tmp_path: Path, make_aegis: Callable[..., Aegis], living_pid: int
+) -> None:
+    worker = make_aegis(metrics_registry="none", metrics_buckets=[0.5, 1])
+    worker.recorder.offer(inbox_item("/items/1", route=ROUTE))
+    data = encode(worker.metrics.read_own(), pid=living_pid, live=True)
+    (tmp_path / f"aegis_{living_pid}_00000000.json").write_text(json.dumps(data))
+    aegis = make_aegis(metrics_registry="none", metrics_multiprocess_dir=str(tmp_path))
+    found = totals(aegis.metrics.endpoint.respond().body.decode())
+    assert "aegis_http_requests_total" not in found  # ours has none, theirs does not fit

@@ -1,0 +1,127 @@
+"""gunicorn with 4 uvicorn workers and PROMETHEUS_MULTIPROC_DIR: whichever worker answers
+a scrape, /metrics shows the totals of all of them, also after a worker dies."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from gunicorn.config import KNOWN_SETTINGS
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.servers import ROOT, read_lines, wait_for
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not hasattr(os, "fork"), reason="gunicorn needs os.fork (POSIX)"),
+]
+
+WORKERS = 4
+REQUESTS = 40
+STARTUP_DEADLINE = 60.0
+SETTLE_DEADLINE = 60.0  # every worker publishes within its flush interval (0.2 s here)
+ROUTE = "/items/{item_id}"
+
+
+def scrape(base: str) -> tuple[float, float]:
+    """(requests on ROUTE, requests in progress) from one /metrics answer."""
+    # A new connection per scrape: any worker may answer it.
+    text = httpx.get(f"{base}/metrics", headers={"connection": "close"}, timeout=10).text
+    requests = in_progress = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "aegis_http_requests_total" and sample.labels["route"] == ROUTE:
+                requests += sample.value
+            elif sample.name == "aegis_http_requests_in_progress":
+                in_progress += sample.value
+    return requests, in_progress
+
+
+def settled(base: str, expected: float, in_a_row: int = 12) -> list[tuple[float, float]]:
+    """Scrape until ``in_a_row`` consecutive answers all show ``expected`` requests."""
+    deadline = time.monotonic() + SETTLE_DEADLINE
+    answers: list[tuple[float, float]] = []
+    streak = 0
+    while streak < in_a_row:
+        if time.monotonic() > deadline:
+            pytest.fail(f"/metrics never settled on {expected}: {answers[-20:]}")
+        answer = scrape(base)
+        answers.append(answer)
+        streak = streak + 1 if answer[0] == expected else 0
+    return answers[-in_a_row:]
+
+
+def test_totals_are_those_of_all_workers(tmp_path: Path) -> None:
+    shared = tmp_path / "multiproc"
+    shared.mkdir()
+    env = {name: value for name, value in os.environ.items() if not name.startswith("AEGIS_")}
+    env.update(
+        PROMETHEUS_MULTIPROC_DIR=str(shared),
+        AEGIS_FLUSH_INTERVAL="0.2",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+        PYTHONUNBUFFERED="1",
+    )
+    command = [
+        sys.executable, "-m", "gunicorn", "-w", str(WORKERS), "-k",
+        "uvicorn_worker.UvicornWorker", "-b", "127.0.0.1:0", "--graceful-timeout", "20",
+        "--log-level", "info",
+    ]  # fmt: skip
+    if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
+        command.append("--no-control-socket")
+    command.append("examples.fastapi_app:app")
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: queue.Queue[str | None] = queue.Queue()
+    reader = threading.Thread(target=read_lines, args=(process.stdout, lines), daemon=True)
+    reader.start()
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + STARTUP_DEADLINE
+        [listening] = wait_for(lines, seen, r"Listening at: http://127\.0\.0\.1:(\d+)", 1, deadline)
+        base = f"http://127.0.0.1:{int(listening.group(1))}"
+        booted = wait_for(lines, seen, r"Booting worker with pid: (\d+)", WORKERS, deadline)
+        wait_for(lines, seen, r"Application startup complete", WORKERS, deadline)
+        workers = [int(match.group(1)) for match in booted]
+
+        for number in range(REQUESTS):
+            response = httpx.get(f"{base}/items/{number}", headers={"connection": "close"})
+            assert response.status_code == 200
+        answers = settled(base, REQUESTS)
+        assert {in_progress for _, in_progress in answers} == {0}
+        snapshots = [json.loads(path.read_text()) for path in shared.glob("aegis_*_*.json")]
+        assert len(snapshots) >= WORKERS  # one per worker
+        # The requests were spread over several workers, so no single one has them all.
+        busy = [data for data in snapshots if sum(row[-1] for row in data["requests"])]
+        assert len(busy) >= 2, [sum(row[-1] for row in data["requests"]) for data in snapshots]
+
+        # A worker dies (as in a crash): its requests still count; gunicorn replaces it.
+        os.kill(workers[0], signal.SIGKILL)
+        wait_for(lines, seen, r"Booting worker with pid: (\d+)", WORKERS + 1, deadline + 60)
+        for number in range(10):
+            assert httpx.get(f"{base}/items/{number}", headers={"connection": "close"}).is_success
+        settled(base, REQUESTS + 10)
+        # Its file was folded into the archive by a living worker, not lost.
+        assert not list(shared.glob(f"aegis_{workers[0]}_*.json"))
+        assert (shared / "aegis_archive.json").exists()
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+        reader.join(timeout=30)
+        process.stdout.close()  # type: ignore[union-attr]
+    output = "\n".join(seen)
+    assert "Traceback" not in output, output
