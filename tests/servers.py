@@ -121,3 +121,18 @@ def wait_for(
         if match:
             matches.append(match)
     return matches
+
+
+def gunicorn_command(workers: int, app: str, *extra: str) -> list[str]:
+    """gunicorn with uvicorn workers on an ephemeral 127.0.0.1 port."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    command = [
+        sys.executable, "-m", "gunicorn", "-w", str(workers), "-k",
+        "uvicorn_worker.UvicornWorker", "-b", "127.0.0.1:0", "--graceful-timeout", "20",
+        "--log-level", "info", *extra,
+    ]  # fmt: skip
+    if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
+        # Newer gunicorn opens a control socket under $HOME unless told not to.
+        command.append("--no-control-socket")
+    return [*command, app]

@@ -8,17 +8,15 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from gunicorn.config import KNOWN_SETTINGS
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import ROOT, read_lines, wait_for
+from tests.servers import ROOT, gunicorn_command, read_lines, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -70,14 +68,7 @@ def test_totals_are_those_of_all_workers(tmp_path: Path) -> None:
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
         PYTHONUNBUFFERED="1",
     )
-    command = [
-        sys.executable, "-m", "gunicorn", "-w", str(WORKERS), "-k",
-        "uvicorn_worker.UvicornWorker", "-b", "127.0.0.1:0", "--graceful-timeout", "20",
-        "--log-level", "info",
-    ]  # fmt: skip
-    if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
-        command.append("--no-control-socket")
-    command.append("examples.fastapi_app:app")
+    command = gunicorn_command(WORKERS, "examples.fastapi_app:app")
     process = subprocess.Popen(
         command, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

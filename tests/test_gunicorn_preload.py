@@ -10,7 +10,6 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -18,9 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gunicorn.config import KNOWN_SETTINGS
 
-from tests.servers import read_lines, wait_for
+from tests.servers import gunicorn_command, read_lines, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -114,15 +112,7 @@ def test_record_buffered_before_fork_is_stored_once(tmp_path: Path) -> None:
         AEGIS_FLUSH_INTERVAL="3600",
         PYTHONUNBUFFERED="1",
     )
-    command = [
-        sys.executable, "-m", "gunicorn", "--preload", "-w", str(WORKERS),
-        "-k", "uvicorn_worker.UvicornWorker", "-b", "127.0.0.1:0", "--chdir", str(app_dir),
-        "--graceful-timeout", "20", "--log-level", "info",
-    ]  # fmt: skip
-    if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
-        # Newer gunicorn opens a control socket under $HOME unless told not to.
-        command.append("--no-control-socket")
-    command.append("preload_app:app")
+    command = gunicorn_command(WORKERS, "preload_app:app", "--preload", "--chdir", str(app_dir))
     process = subprocess.Popen(
         command,
         cwd=tmp_path,

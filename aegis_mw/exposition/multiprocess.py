@@ -36,6 +36,19 @@ ARCHIVE = "aegis_archive.json"
 LOCK = "aegis.lock"
 
 
+def _sink_figures(sink: SinkStats, *, live: bool) -> dict[str, Any]:
+    """What adds up across processes for one sink (its backlog only while alive)."""
+    return {
+        "written": sink.written,
+        "dropped": dict(sink.dropped),
+        "errors": sink.errors,
+        "timeouts": sink.timeouts,
+        "flushes": sink.flushes,
+        "flush_seconds_total": sink.flush_seconds_total,
+        "backlog": sink.backlog if live else 0,
+    }
+
+
 def encode(reading: MetricsReading, *, pid: int, live: bool) -> dict[str, Any]:
     """One process's figures as JSON-able data (gauges zero once it stops)."""
     labeled, stats = reading.labeled, reading.stats
@@ -51,19 +64,7 @@ def encode(reading: MetricsReading, *, pid: int, live: bool) -> dict[str, Any]:
         "dropped": dict(stats.dropped),
         "sampled_out": stats.sampled_out,
         "flusher_errors": stats.flusher_errors,
-        "sinks": [
-            {
-                "name": sink.name,
-                "written": sink.written,
-                "dropped": dict(sink.dropped),
-                "errors": sink.errors,
-                "timeouts": sink.timeouts,
-                "flushes": sink.flushes,
-                "flush_seconds_total": sink.flush_seconds_total,
-                "backlog": sink.backlog if live else 0,
-            }
-            for sink in stats.sinks
-        ],
+        "sinks": [{"name": sink.name, **_sink_figures(sink, live=live)} for sink in stats.sinks],
         "gauges": {
             "in_flight": reading.in_flight if live else 0,
             "websockets_active": reading.websockets_active if live else 0,
@@ -84,16 +85,7 @@ class Merge:
         self.dropped = dict(stats.dropped)
         self.in_flight, self.websockets_active = own.in_flight, own.websockets_active
         self.sinks: dict[str, dict[str, Any]] = {
-            sink.name: {
-                "written": sink.written,
-                "dropped": dict(sink.dropped),
-                "errors": sink.errors,
-                "timeouts": sink.timeouts,
-                "flushes": sink.flushes,
-                "flush_seconds_total": sink.flush_seconds_total,
-                "backlog": sink.backlog,
-            }
-            for sink in stats.sinks
+            sink.name: _sink_figures(sink, live=True) for sink in stats.sinks
         }
 
     def add(self, data: dict[str, Any], *, live: bool) -> bool:
