@@ -97,7 +97,7 @@ _METRIC_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 #: Label names our series use, or that Prometheus reserves.
 _RESERVED_LABELS = frozenset(
     {"method", "route", "status", "close_code", "reason", "buffer", "sink", "check", "le",
-     "quantile", "job", "instance"}
+     "quantile", "job", "instance", "state", "path"}
 )  # fmt: skip
 
 
@@ -287,6 +287,12 @@ _RULES: dict[str, _Rule] = {
         _directory_text,
         "a directory shared by the worker processes ('' to read PROMETHEUS_MULTIPROC_DIR)",
     ),
+    "metrics_system": _Rule(
+        _boolean,
+        "true or false (1/0, yes/no, on/off in text); true needs the system extra",
+        _bool_text,
+    ),
+    "metrics_disk_path": _Rule(_directory_text, "a path whose file system /metrics reports"),
     "metrics_registry": _Rule(
         _registry,
         "'default' (prometheus-client's registry), 'none', or a CollectorRegistry",
@@ -335,6 +341,8 @@ class AegisSettings:
     metrics_buckets: tuple[float, ...] = DEFAULT_BUCKETS
     metrics_registry: Any = "default"
     metrics_multiprocess_dir: str = ""
+    metrics_system: bool = False
+    metrics_disk_path: str = "."
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

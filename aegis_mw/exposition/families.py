@@ -21,6 +21,7 @@ from ..core.labeled import (
     LabeledTotals,
 )
 from ..core.stats import PipelineStats
+from .system import SystemReading
 from .text import Family, label_text, number
 
 
@@ -33,6 +34,7 @@ class MetricsReading:
     websockets_active: int
     stats: PipelineStats
     health: Mapping[str, int]  # check name -> 1 healthy, 0 not (absent: none registered)
+    system: SystemReading | None = None  # with metrics_system on
 
 
 class FamilyBuilder:
@@ -98,6 +100,8 @@ class FamilyBuilder:
             ),
             *self._pipeline(reading.stats, labeled.route_overflow),
         ]
+        if reading.system is not None:
+            families += self._system(reading.system)
         if reading.health:
             families.append(
                 Family(
@@ -111,6 +115,32 @@ class FamilyBuilder:
                 )
             )
         return families
+
+    def _system(self, system: SystemReading) -> list[Family]:
+        ns, labels = self.namespace, self._labels
+        return [
+            Family(
+                f"{ns}_system_cpu_usage_ratio",
+                "gauge",
+                "Share of the machine's CPU time in use since the previous scrape.",
+                [("", labels(), system.cpu_ratio)],
+            ),
+            Family(
+                f"{ns}_system_memory_bytes",
+                "gauge",
+                "The machine's memory: total, available and used.",
+                [("", labels(("state", state)), value) for state, value in system.memory.items()],
+            ),
+            Family(
+                f"{ns}_system_disk_bytes",
+                "gauge",
+                "The file system holding metrics_disk_path: total, used and free.",
+                [
+                    ("", labels(("path", system.disk_path), ("state", state)), value)
+                    for state, value in system.disk.items()
+                ],
+            ),
+        ]
 
     def _requests(self, labeled: LabeledTotals) -> Family:
         labels = self._labels

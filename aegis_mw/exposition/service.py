@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ from .families import FamilyBuilder, MetricsReading
 if TYPE_CHECKING:
     from ..aegis import Aegis
     from .multiprocess import SnapshotFiles
+    from .system import SystemMetrics
 
 
 class MetricsService:
@@ -37,6 +39,11 @@ class MetricsService:
             self.files = SnapshotFiles(multiprocess_dir)
             aegis.flusher.after_cycle = self.publish
         self._published: tuple[Any, ...] = ()
+        self.system: SystemMetrics | None = None
+        if settings.metrics_system:
+            from .system import SystemMetrics
+
+            self.system = SystemMetrics(settings.metrics_disk_path)
         self.builder = FamilyBuilder(settings.metrics_namespace, dict(settings.metrics_labels))
         #: Health check results for the ``health_check_status`` gauge (set by
         #: the health service once checks are registered).
@@ -69,7 +76,10 @@ class MetricsService:
         workers' when several share the metrics. Takes the aggregates' lock (held
         by the flusher for at most one batch): call it off the event loop."""
         own = self.read_own()
-        return own if self.files is None else self.files.merged(own)
+        reading = own if self.files is None else self.files.merged(own)
+        if self.system is not None:
+            reading = replace(reading, system=self.system.read())
+        return reading
 
     def publish(self) -> None:
         """Flusher thread, after each cycle: this process's snapshot for the others

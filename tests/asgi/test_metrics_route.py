@@ -250,3 +250,32 @@ async def test_the_path_is_configurable_or_off(make_aegis: Callable[..., Aegis])
     off = AegisMiddleware(routed_app(), aegis=aegis)
     assert (await call(off, http_scope("/metrics"))).body == b"x" * len("/metrics")
     assert [r.path for r in recorded(aegis)] == ["/metrics"]  # ordinary app traffic now
+
+
+async def test_system_metrics_with_the_system_extra(
+    make_aegis: Callable[..., Aegis], tmp_path: Any
+) -> None:
+    """The machine's CPU, memory and the disk of a configured path (psutil, an extra)."""
+    pytest.importorskip("psutil")
+    aegis = make_aegis(
+        metrics_registry="none", metrics_system=True, metrics_disk_path=str(tmp_path)
+    )
+    middleware = AegisMiddleware(routed_app(), aegis=aegis)
+    found = samples((await scrape(middleware)).body.decode())
+    assert 0 <= value(found, "aegis_system_cpu_usage_ratio") <= 1
+    memory = {state: value(found, "aegis_system_memory_bytes", state=state)
+              for state in ("total", "available", "used")}  # fmt: skip
+    assert memory["total"] > 0 and memory["available"] <= memory["total"]
+    disk = {state: value(found, "aegis_system_disk_bytes", path=str(tmp_path), state=state)
+            for state in ("total", "used", "free")}  # fmt: skip
+    assert disk["total"] >= disk["used"] and disk["total"] > 0
+
+
+async def test_without_psutil_the_system_option_names_the_extra(
+    make_aegis: Callable[..., Aegis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psutil", None)  # as if it were not installed
+    with pytest.raises(ImportError, match=r"aegis_mw\[system\]"):
+        make_aegis(metrics_system=True)

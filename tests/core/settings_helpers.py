@@ -41,6 +41,8 @@ OPTION_NAMES = [
     "metrics_buckets",
     "metrics_registry",
     "metrics_multiprocess_dir",
+    "metrics_system",
+    "metrics_disk_path",
 ]
 
 DEFAULTS: dict[str, Any] = {
@@ -73,6 +75,8 @@ DEFAULTS: dict[str, Any] = {
     "metrics_buckets": DEFAULT_BUCKETS,
     "metrics_registry": "default",
     "metrics_multiprocess_dir": "",
+    "metrics_system": False,
+    "metrics_disk_path": ".",
 }
 
 PATH_ALLOWED = "a path starting with '/' (no glob characters), or '' to switch the route off"
@@ -111,6 +115,8 @@ ALLOWED: dict[str, str] = {
     "metrics_registry": "'default' (prometheus-client's registry), 'none', or a CollectorRegistry",
     "metrics_multiprocess_dir": "a directory shared by the worker processes ('' to read "
     "PROMETHEUS_MULTIPROC_DIR)",
+    "metrics_system": "true or false (1/0, yes/no, on/off in text); true needs the system extra",
+    "metrics_disk_path": "a path whose file system /metrics reports",
 }
 
 

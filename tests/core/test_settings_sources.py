@@ -166,6 +166,8 @@ LEVELS: dict[str, tuple[Any, str, Any, Any, Any]] = {
     "metrics_buckets": ([1, 2], "3,4", (3.0, 4.0), [5], (5.0,)),
     "metrics_registry": ("none", "default", "default", "none", "none"),
     "metrics_multiprocess_dir": ("/a", "/b", "/b", "/c", "/c"),
+    "metrics_system": (False, "yes", True, False, False),
+    "metrics_disk_path": ("/a", "/b", "/b", "/c", "/c"),
 }  # fmt: skip
 
 
