@@ -167,6 +167,8 @@ def run_demo(*, host: str, port: int, db: str, rate: float, duration: float | No
 
     print("aegis_mw demo", flush=True)
     print(f"  app        http://{host}:{port}/   (try http://{host}:{port}/api/items/1)")
+    print(f"  metrics    http://{host}:{port}/metrics   (Prometheus text format)")
+    print(f"  health     http://{host}:{port}/health   (/health/live, /health/ready)")
     print(f"  records    {path}  (table aegis_requests)")
     query = "SELECT route, status, COUNT(*) FROM aegis_requests GROUP BY 1, 2"
     print(f'             sqlite3 {db} "{query}"')

@@ -72,6 +72,8 @@ class DemoRun:
     stderr: str
     port: int
     own_statuses: list[int]
+    metrics: str
+    live_status: int
 
 
 def run_demo(cwd: Path, db: Path, *args: str) -> DemoRun:
@@ -98,6 +100,8 @@ def run_demo(cwd: Path, db: Path, *args: str) -> DemoRun:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as client:
             for method, path, _, _ in OWN_REQUESTS:
                 statuses.append(client.request(method, path).status_code)
+            metrics = client.get("/metrics").text
+            live_status = client.get("/health/live").status_code
         returncode = process.wait(timeout=EXIT_TIMEOUT)
         reader.join(EXIT_TIMEOUT)
     finally:
@@ -105,7 +109,9 @@ def run_demo(cwd: Path, db: Path, *args: str) -> DemoRun:
             process.kill()
             process.wait(timeout=EXIT_TIMEOUT)
         reader.join(EXIT_TIMEOUT)
-    return DemoRun(returncode, reader.lines, errors_path.read_text(), port, statuses)
+    return DemoRun(
+        returncode, reader.lines, errors_path.read_text(), port, statuses, metrics, live_status
+    )
 
 
 def query(db: Path, sql: str, parameters: Sequence[object] = ()) -> list[tuple[Any, ...]]:
@@ -133,6 +139,10 @@ def test_demo_exits_cleanly_and_prints_where_to_look(demo: tuple[DemoRun, Path])
     assert int(app.group(1)) == int(app.group(2)) == run.port > 0
     assert run.own_statuses == [status for _, _, status, _ in OWN_REQUESTS]
     assert f"  records    {db}  (table aegis_requests)" in run.stdout
+    port = run.port
+    assert f"  metrics    http://127.0.0.1:{port}/metrics   (Prometheus text format)" in run.stdout
+    assert 'aegis_http_requests_total{method="GET",route="/api/items/{item_id}"' in run.metrics
+    assert run.live_status == 200
     (command,) = [m for line in run.stdout if (m := SQLITE_LINE.match(line))]
     assert command.group(1) == str(db)
     # The query the printout suggests runs as printed against the file.
