@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-import binascii
+import hashlib
 import hmac
 import ipaddress
 from dataclasses import dataclass, field
@@ -24,18 +24,28 @@ class Decision:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
+def _digest(text: str) -> bytes:
+    # Hashed first so compare_digest sees equal lengths: a secret's length must
+    # not show in timing either. surrogatepass: no text can make this raise.
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
 def _matches(candidate: str, secrets: tuple[str, ...]) -> bool:
     """Constant-time over every secret (which one matched must not show in timing)."""
+    offered = _digest(candidate)
     found = False
     for secret in secrets:
-        found |= hmac.compare_digest(candidate.encode(), secret.encode())
+        found |= hmac.compare_digest(offered, _digest(secret))
     return found
 
 
 def _basic_user(encoded: str) -> tuple[str, str] | None:
+    """User and password of a Basic credential; None for anything malformed."""
     try:
+        # The header was decoded as latin-1: a non-ASCII character makes
+        # b64decode raise a plain ValueError (binascii.Error is one as well).
         text = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # also UnicodeDecodeError, a ValueError
         return None
     user, colon, password = text.partition(":")
     return (user, password) if colon else None

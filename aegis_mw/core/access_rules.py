@@ -59,6 +59,13 @@ def _secrets(value: Any, what: str) -> tuple[str, ...]:
     for secret in value:
         if not isinstance(secret, str) or len(secret) < 8:
             raise ValueError(f"{what}: each token must be a string of at least 8 characters")
+        # A token arrives in an Authorization header (read as latin-1, stripped):
+        # one with surrounding spaces, a control or a non-ASCII character could
+        # never match, and every request would get a puzzling 401.
+        if secret != secret.strip() or not all(" " <= char <= "~" for char in secret):
+            raise ValueError(
+                f"{what}: each token must be printable ASCII without surrounding spaces"
+            )
     return tuple(value)
 
 

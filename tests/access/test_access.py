@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import base64
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from aegis_mw import AegisSettings, ConfigError
+from aegis_mw import Aegis, AegisMiddleware, AegisSettings, ConfigError
 from aegis_mw.access import decide
 from aegis_mw.core.access_rules import parse_access, parse_rule
+from tests.harness import call, http_scope
 
 TOKEN, ADMIN_TOKEN = "viewer-token-123", "admin-token-456"
+
+
+async def no_app(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("the middleware answers its own routes")
 
 
 def basic(user: str, password: str) -> str:
@@ -133,3 +141,48 @@ def test_rules_from_the_environment_and_a_file(tmp_path: Path) -> None:
 def test_parse_access_keeps_its_checked_form() -> None:
     checked = parse_access({"metrics": {"tokens": [TOKEN]}})
     assert parse_access(checked) == checked
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "Basic é",  # non-ASCII: the header is read as latin-1
+        "Basic \xff\xfe\xfd\xfc",
+        "Basic " + base64.b64encode(b"\xff\xfe:\xfd").decode(),  # not UTF-8 inside
+        "Basic " + base64.b64encode(b"grafana:grafana-pass").decode() + "!",
+        "Basic",
+        "Bearer",
+    ],
+)
+def test_malformed_basic_credentials_are_a_401_not_an_error(authorization: str) -> None:
+    decision = decide(RULE, authorization=authorization, client_ip="10.1.2.3")
+    assert (decision.allowed, decision.status, decision.code) == (False, 401, "unauthorized")
+
+
+@pytest.mark.anyio
+async def test_a_non_ascii_authorization_header_on_a_route_gets_a_json_401(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    aegis = make_aegis(
+        metrics_registry="none", access={"metrics": {"basic": {"grafana": "grafana-pass"}}}
+    )
+    middleware = AegisMiddleware(no_app, aegis=aegis)
+    scope = http_scope("/metrics", headers=[(b"authorization", "Basic é€".encode())])
+    exchange = await call(middleware, scope)
+    assert exchange.status == 401
+    assert json.loads(exchange.body)["error"]["code"] == "unauthorized"
+
+
+def test_a_secret_that_cannot_be_encoded_does_not_break_matching() -> None:
+    rule = parse_rule("metrics", {"basic": {"odd": "pass\udcffword"}})
+    assert decide(rule, authorization=basic("odd", "password"), client_ip=None).status == 401
+
+
+@pytest.mark.parametrize(
+    "token", ["scrape-token-1234\n", " scrape-token-1234", "scrape\ttoken-1234", "tökenvalue1234"]
+)
+def test_a_token_no_header_can_carry_fails_at_start(token: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        AegisSettings(access={"metrics": {"tokens": [token]}})
+    assert "printable ASCII" in str(caught.value)
+    assert token not in str(caught.value)
