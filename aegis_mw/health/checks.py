@@ -15,6 +15,7 @@ A check that does not answer within its timeout is ``unknown``.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,3 +121,21 @@ def interpret(value: Any) -> tuple[str, str, Mapping[str, Any]]:
     if isinstance(value, Mapping):
         return PASS, "", value
     return PASS, "", {"value": repr(value)[:200]}
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """``value`` as plain JSON data: mappings with text keys, lists, text, finite
+    numbers, booleans and null; anything else as its (shortened) repr."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if depth < 8:
+        if isinstance(value, Mapping):
+            return {str(key): json_safe(item, depth + 1) for key, item in value.items()}
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return [json_safe(item, depth + 1) for item in value]
+    try:
+        return repr(value)[:200]
+    except Exception:
+        return f"<{type(value).__qualname__}>"

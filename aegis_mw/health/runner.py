@@ -17,7 +17,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..core.labels import describe_error
-from .checks import FAIL, UNKNOWN, CheckResult, HealthCheck, interpret
+from .checks import FAIL, UNKNOWN, CheckResult, HealthCheck, interpret, json_safe
+
+
+class _Run:
+    """One run of the checks, shared by the probes that arrive while it runs."""
+
+    __slots__ = ("done", "results")
+
+    def __init__(self, done: Any) -> None:
+        self.done = done  # anyio.Event, set when the run ends (finished or cancelled)
+        self.results: dict[str, CheckResult] | None = None  # None: it did not finish
 
 
 class CheckRunner:
@@ -35,7 +45,7 @@ class CheckRunner:
         self._wall = wall
         self._results: dict[str, CheckResult] = {}
         self._fresh_until = 0.0
-        self._running: Any = None  # anyio.Event of the run in progress
+        self._running: _Run | None = None  # the run in progress
         self._busy: set[str] = set()  # sync checks whose thread has not returned
         self._lock = threading.Lock()
 
@@ -48,13 +58,19 @@ class CheckRunner:
         """The checks' results, from the cache while it is fresh."""
         import anyio
 
-        if time.monotonic() < self._fresh_until:
-            return dict(self._results)
-        if self._running is not None:  # another probe started a run: share it
-            running = self._running
-            await running.wait()
-            return dict(self._results)
-        self._running = running = anyio.Event()
+        while True:
+            if time.monotonic() < self._fresh_until:
+                return dict(self._results)
+            shared: _Run | None = self._running
+            if shared is None:
+                break
+            # Another probe started a run: share it. If that probe was cancelled
+            # (a client gone, a timeout around it), its run has no results and
+            # this one must not answer with stale or empty ones: go round again.
+            await shared.done.wait()
+            if shared.results is not None:
+                return dict(shared.results)
+        self._running = mine = _Run(anyio.Event())
         try:
             checks = list(self._checks())
             results: dict[str, CheckResult] = {}
@@ -65,12 +81,13 @@ class CheckRunner:
             async with anyio.create_task_group() as group:
                 for check in checks:
                     group.start_soon(one, check)
-            self._results = {check.name: results[check.name] for check in checks}
+            finished = {check.name: results[check.name] for check in checks}
+            self._results = mine.results = finished
             self._fresh_until = time.monotonic() + self.cache_seconds
         finally:
             self._running = None
-            running.set()
-        return dict(self._results)
+            mine.done.set()
+        return dict(finished)
 
     async def _run_one(self, check: HealthCheck) -> CheckResult:
         import anyio
@@ -94,6 +111,9 @@ class CheckRunner:
                     if inspect.isawaitable(value):
                         value = await value
                     status, message, details = interpret(value)
+                    # What a check returns is shown as JSON: made safe here, so
+                    # an odd value cannot turn /health into a 500.
+                    message, details = str(message), json_safe(details)
                 except Exception as exc:
                     status, message, details = FAIL, describe_error(exc, 512), {}
         return CheckResult(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
+import json
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -213,3 +216,72 @@ async def test_built_in_checks(make_aegis: Callable[..., Aegis], tmp_path: Any) 
     sink.heal()
     assert await anyio.to_thread.run_sync(aegis.force_flush, 5) is True
     assert (await run(aegis))["sinks"].status == "pass"
+
+
+async def test_a_probe_sharing_a_cancelled_run_waits_for_real_results(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    """The probe that started a run goes away (cancelled) while another shares the run:
+    the other one runs the checks itself instead of answering from no results."""
+    calls = 0
+    gate, second_call = anyio.Event(), anyio.Event()
+
+    async def failing() -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            second_call.set()
+        await gate.wait()
+        return False
+
+    aegis = make_aegis(health_cache_seconds=3600)
+    aegis.health.add("failing", failing)
+    first_scope = anyio.CancelScope()
+    answers: list[int] = []
+
+    async def first() -> None:
+        with first_scope:
+            await aegis.health.readiness()
+
+    async def second() -> None:
+        answers.append((await aegis.health.readiness()).status)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(first)
+        await anyio.wait_all_tasks_blocked()  # the first probe's run is in the check
+        group.start_soon(second)
+        await anyio.wait_all_tasks_blocked()  # the second one shares that run
+        first_scope.cancel()
+        with anyio.fail_after(5):  # ... and then runs the check itself
+            await second_call.wait()
+        gate.set()
+    assert answers == [503]
+
+
+async def test_what_a_check_returns_is_always_shown_as_json(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    """Details JSON cannot carry (dates, tuple keys, sets, NaN, objects) are shown as
+    text; neither readiness nor the report becomes an error."""
+
+    class Opaque:
+        def __repr__(self) -> str:
+            return "<opaque>"
+
+    aegis = make_aegis()
+    aegis.health.add("date", lambda: {"when": datetime.date(2024, 5, 1)})
+    aegis.health.add("keys", lambda: {(1, 2): 3, 4: {5}})
+    aegis.health.add("nan", lambda: CheckOutcome("warn", "odd", {"lag": math.nan}))
+    aegis.health.add("object", lambda: {"it": Opaque(), "nested": [[{"x": math.inf}]]})
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    for answer in (aegis.health.readiness, aegis.health.report):
+        response = await answer()
+        assert response.status == 200
+        checks = json.loads(response.body, parse_constant=refuse)["checks"]
+        assert checks["date"][0]["details"] == {"when": "datetime.date(2024, 5, 1)"}
+        assert checks["keys"][0]["details"] == {"(1, 2)": 3, "4": [5]}
+        assert checks["nan"][0]["details"] == {"lag": "nan"}
+        assert checks["object"][0]["details"] == {"it": "<opaque>", "nested": [[{"x": "inf"}]]}
