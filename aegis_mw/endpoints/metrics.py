@@ -18,17 +18,36 @@ from ..exposition.text import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, rende
 from .response import Response
 
 
+def _media_range(part: str) -> tuple[str, dict[str, str]]:
+    """``type/subtype`` (lower case) and its parameters (names lower case, values
+    unquoted) of one element of ``Accept`` or ``Accept-Encoding``."""
+    media, *parameters = part.split(";")
+    found: dict[str, str] = {}
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        found[name.strip().lower()] = value.strip().strip('"')
+    return media.strip().lower(), found
+
+
+def _refused(parameters: dict[str, str]) -> bool:
+    """True for ``q=0`` (``0.0``, ``0.000``): "not this one"; an unreadable q
+    counts as a refusal too (sending the plain form is always safe)."""
+    if "q" not in parameters:
+        return False
+    try:
+        return not float(parameters["q"]) > 0
+    except ValueError:
+        return True
+
+
 def wants_openmetrics(accept: str) -> bool:
-    """True when ``Accept`` names OpenMetrics 1.x (or OpenMetrics without a version)."""
+    """True when ``Accept`` names OpenMetrics 1.x (or OpenMetrics without a version),
+    and does not refuse it with ``q=0``."""
     for part in accept.split(","):
-        media, *parameters = (token.strip() for token in part.split(";"))
-        if media != "application/openmetrics-text":
+        media, parameters = _media_range(part)
+        if media != "application/openmetrics-text" or _refused(parameters):
             continue
-        version = ""
-        for parameter in parameters:
-            name, _, value = parameter.partition("=")
-            if name.strip() == "version":
-                version = value.strip()
+        version = parameters.get("version", "")
         major = version.split(".")[0]
         if not version or (major.isdigit() and int(major) >= 1):
             return True
@@ -36,10 +55,11 @@ def wants_openmetrics(accept: str) -> bool:
 
 
 def accepts_gzip(accept_encoding: str) -> bool:
+    """True when ``Accept-Encoding`` lists gzip with a q above 0."""
     for part in accept_encoding.split(","):
-        coding, *parameters = (token.strip() for token in part.split(";"))
-        if coding.lower() == "gzip":
-            return not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00") for p in parameters)
+        coding, parameters = _media_range(part)
+        if coding == "gzip":
+            return not _refused(parameters)
     return False
 
 
@@ -64,7 +84,10 @@ class MetricsEndpoint:
         registry = self._registry()
         if registry is not None:
             text = _with_registry(registry, text, openmetrics)
-        body = text.encode()
+        # "replace": a label value can be any text (a check's name, a label from
+        # an environment variable with undecodable bytes); a lone surrogate in
+        # one must not turn every scrape into a 500.
+        body = text.encode("utf-8", "replace")
         headers = []
         if accepts_gzip(accept_encoding):
             body = gzip.compress(body, compresslevel=6)

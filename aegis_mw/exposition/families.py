@@ -49,8 +49,9 @@ class FamilyBuilder:
         self.namespace = namespace
         self._constant = label_text(sorted(dict(constant_labels or {}).items()))
         self._texts: dict[tuple[str, ...], str] = {}
-        self._bounds: tuple[float, ...] = ()
-        self._le: list[str] = []
+        #: (bounds, their le="..." texts), replaced as one tuple: scrapes run in
+        #: worker threads at once, and must never see new bounds with old texts.
+        self._le_cache: tuple[tuple[float, ...], list[str]] = ((), ['le="+Inf"'])
 
     def _labels(self, *pairs: tuple[str, str]) -> str:
         """Label text for these pairs (after the constant labels), cached."""
@@ -64,10 +65,11 @@ class FamilyBuilder:
         return text
 
     def _le_texts(self, bounds: Sequence[float]) -> list[str]:
-        if tuple(bounds) != self._bounds:
-            self._bounds = tuple(bounds)
-            self._le = [f'le="{number(float(bound))}"' for bound in bounds] + ['le="+Inf"']
-        return self._le
+        cached_bounds, texts = self._le_cache
+        if tuple(bounds) != cached_bounds:
+            texts = [f'le="{number(float(bound))}"' for bound in bounds] + ['le="+Inf"']
+            self._le_cache = (tuple(bounds), texts)
+        return texts
 
     def build(self, reading: MetricsReading) -> list[Family]:
         ns = self.namespace

@@ -38,6 +38,13 @@ def escape_label_value(value: str) -> str:
     return value
 
 
+def escape_help(text: str, *, openmetrics: bool) -> str:
+    """A HELP text escaped for its format: backslash and newline in both, and the
+    double quote too in OpenMetrics (where it is not a plain character)."""
+    text = text.replace("\\", "\\\\").replace("\n", "\\n")
+    return text.replace('"', '\\"') if openmetrics else text
+
+
 def label_text(pairs: Iterable[tuple[str, str]]) -> str:
     """``name="value",...`` for label names that are valid already (ours are)."""
     return ",".join(f'{name}="{escape_label_value(value)}"' for name, value in pairs)
@@ -64,7 +71,8 @@ def render(families: Sequence[Family], *, openmetrics: bool) -> str:
         name = family.name
         # In the 0.0.4 format a counter's TYPE line names the _total series.
         typed = name if openmetrics or family.kind != "counter" else name + "_total"
-        append(f"# HELP {typed} {family.help}\n# TYPE {typed} {family.kind}\n")
+        help_text = escape_help(family.help, openmetrics=openmetrics)
+        append(f"# HELP {typed} {help_text}\n# TYPE {typed} {family.kind}\n")
         for suffix, labels, value in family.samples:
             text = str(value) if type(value) is int else number(value)
             if labels:
