@@ -22,7 +22,7 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,10 @@ class Merge:
         """Add one snapshot; False (nothing added) when it does not fit ours."""
         labeled = self.labeled
         if data.get("format") != FORMAT or tuple(data.get("bounds", ())) != labeled.bounds:
+            return False
+        if not _well_formed(data):
+            # A damaged or foreign file: checked whole first, so that it is not
+            # half added and a scrape never fails on it.
             return False
         for method, route, status, count in data["requests"]:
             key = (method, route, status)
@@ -174,6 +178,59 @@ class Merge:
         )
 
 
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float)
+
+
+def _rows(rows: Any, texts: int, last: Callable[[Any], bool]) -> bool:
+    """A list of rows of ``texts`` strings followed by one value ``last`` accepts."""
+    return isinstance(rows, list) and all(
+        isinstance(row, list)
+        and len(row) == texts + 1
+        and all(isinstance(text, str) for text in row[:texts])
+        and last(row[texts])
+        for row in rows
+    )
+
+
+def _counts(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(key, str) and _is_number(count) for key, count in value.items()
+    )
+
+
+def _well_formed(data: dict[str, Any]) -> bool:
+    """Every field :meth:`Merge.add` reads is there, with the type it expects."""
+    sink_fields = ("written", "errors", "timeouts", "flushes", "flush_seconds_total", "backlog")
+    gauges = data.get("gauges")
+    return (
+        _rows(data.get("requests"), 3, _is_number)
+        and _rows(
+            data.get("series"),
+            2,
+            lambda values: isinstance(values, list) and all(_is_number(v) for v in values),
+        )
+        and _rows(data.get("sessions"), 2, _is_number)
+        and all(
+            _is_number(data.get(name))
+            for name in ("route_overflow", "offered", "sampled_out", "flusher_errors")
+        )
+        and _counts(data.get("dropped"))
+        and isinstance(data.get("sinks"), list)
+        and all(
+            isinstance(sink, dict)
+            and isinstance(sink.get("name"), str)
+            and all(_is_number(sink.get(name)) for name in sink_fields)
+            and _counts(sink.get("dropped"))
+            for sink in data["sinks"]
+        )
+        and isinstance(gauges, dict)
+        and all(
+            _is_number(gauges.get(name)) for name in ("in_flight", "websockets_active", "buffered")
+        )
+    )
+
+
 def _process_exists(pid: int) -> bool:
     if pid <= 0:
         return False
@@ -247,6 +304,15 @@ class SnapshotFiles:
 
     def _archive_dead(self) -> None:
         dead = [path for path in self._others() if not _process_exists(_pid_of(path))]
+        # A process killed between writing its temporary file and renaming it
+        # leaves that file behind; nobody else would ever remove it.
+        leftovers = [
+            path
+            for path in self.directory.glob("aegis_*_*.tmp")
+            if not _process_exists(_pid_of(path))
+        ]
+        for path in leftovers:
+            path.unlink(missing_ok=True)
         if not dead:
             return
         with self._locked(fcntl.LOCK_EX):
@@ -255,18 +321,18 @@ class SnapshotFiles:
             merged: Merge | None = None
             for path in dead:
                 data = _read(path)
-                if data is None:
-                    continue
+                if data is None or _bounds_of(data) is None:
+                    continue  # unreadable or foreign: removed below all the same
                 if merged is None:
                     merged = Merge(_empty_like(data))
                     if archive is not None:
                         merged.add(archive, live=False)
                 merged.add(data, live=False)
-            if merged is None:
-                return
-            temporary = archive_path.with_suffix(".tmp")
-            temporary.write_text(json.dumps(encode(merged.reading(), pid=0, live=False)), "utf-8")
-            os.replace(temporary, archive_path)
+            if merged is not None:
+                temporary = archive_path.with_suffix(".tmp")
+                data_text = json.dumps(encode(merged.reading(), pid=0, live=False))
+                temporary.write_text(data_text, "utf-8")
+                os.replace(temporary, archive_path)
             for path in dead:
                 path.unlink(missing_ok=True)
 
@@ -287,10 +353,17 @@ class SnapshotFiles:
         return merge.reading()
 
 
+def _bounds_of(data: dict[str, Any]) -> tuple[float, ...] | None:
+    bounds = data.get("bounds")
+    if isinstance(bounds, list) and all(_is_number(bound) for bound in bounds):
+        return tuple(bounds)
+    return None
+
+
 def _empty_like(data: dict[str, Any]) -> MetricsReading:
     """A reading with nothing in it, with the bounds of ``data``."""
     return MetricsReading(
-        labeled=LabeledTotals(tuple(data["bounds"])),
+        labeled=LabeledTotals(_bounds_of(data) or ()),
         in_flight=0,
         websockets_active=0,
         stats=PipelineStats(

@@ -8,8 +8,11 @@ path. Read at scrape time, off the event loop.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
+
+from ..core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,12 @@ class SystemMetrics:
             raise ImportError(
                 "metrics_system needs psutil: pip install 'aegis_mw[system]'"
             ) from None
+        if not os.path.exists(disk_path):
+            raise ConfigError(
+                "metrics_disk_path",
+                disk_path,
+                "an existing path whose file system /metrics reports",
+            )
         self._psutil: Any = psutil
         self.disk_path = disk_path
         psutil.cpu_percent(interval=None)  # the first reading only starts the measurement
@@ -37,10 +46,16 @@ class SystemMetrics:
     def read(self) -> SystemReading:
         psutil = self._psutil
         memory = psutil.virtual_memory()
-        disk = psutil.disk_usage(self.disk_path)
+        try:
+            usage = psutil.disk_usage(self.disk_path)
+            disk = {"total": usage.total, "used": usage.used, "free": usage.free}
+        except OSError:
+            # The path went away (unmounted, removed) after start: no disk
+            # series this scrape, rather than no /metrics at all.
+            disk = {}
         return SystemReading(
             cpu_ratio=psutil.cpu_percent(interval=None) / 100.0,
             memory={"total": memory.total, "available": memory.available, "used": memory.used},
             disk_path=self.disk_path,
-            disk={"total": disk.total, "used": disk.used, "free": disk.free},
+            disk=disk,
         )

@@ -134,3 +134,35 @@ def test_other_buckets_are_not_merged(
     aegis = make_aegis(metrics_registry="none", metrics_multiprocess_dir=str(tmp_path))
     found = totals(aegis.metrics.endpoint.respond().body.decode())
     assert "aegis_http_requests_total" not in found  # ours has none, theirs does not fit
+
+
+def test_a_damaged_snapshot_is_skipped_whole_and_archived_away(
+    tmp_path: Path, make_aegis: Callable[..., Aegis], living_pid: int, dead_pid: int
+) -> None:
+    """A file with the right format and buckets but missing or odd fields (another
+    version, a hand-made one) is not half added, never fails a scrape, and a dead
+    process's one is removed like any other; so is a temporary file it left."""
+    aegis = make_aegis(metrics_registry="none", metrics_multiprocess_dir=str(tmp_path))
+    good = encode(aegis.metrics.read_own(), pid=living_pid, live=True)
+    bounds = good["bounds"]
+    damaged: list[dict[str, Any]] = [
+        {"format": 1, "bounds": bounds},
+        {**good, "requests": [["GET", ROUTE, "200", 5]], "sessions": [["x"]]},
+        {**good, "requests": [["GET", ROUTE, "200", 5]], "gauges": {"in_flight": "2"}},
+        {**good, "requests": [["GET", ROUTE, "200", 5]], "sinks": [{"name": "memory"}]},
+    ]
+    for index, data in enumerate(damaged):
+        (tmp_path / f"aegis_{living_pid}_{index:08x}.json").write_text(json.dumps(data))
+    (tmp_path / f"aegis_{dead_pid}_00000000.json").write_text('{"format": 1, "bounds": "x"}')
+    (tmp_path / f"aegis_{dead_pid}_00000001.tmp").write_text("{")
+    aegis.recorder.offer(inbox_item("/items/1", route=ROUTE))
+
+    response = aegis.metrics.endpoint.respond()
+    assert response.status == 200
+    assert totals(response.body.decode())["aegis_http_requests_total"] == 1  # ours alone
+
+    assert aegis.force_flush(10)
+    left = {path.name for path in tmp_path.iterdir()}
+    assert not any(name.startswith(f"aegis_{dead_pid}_") for name in left)
+    assert sum(name.startswith(f"aegis_{living_pid}_") for name in left) == len(damaged)
+    assert totals(aegis.metrics.endpoint.respond().body.decode())["aegis_http_requests_total"] == 1
