@@ -26,12 +26,14 @@ from .core.flusher import Flusher
 from .core.labels import RouteCap
 from .core.paths import PathFilter
 from .core.recorder import Recorder
+from .core.retention import Retention
 from .core.settings import AegisSettings
 from .core.sink import RecordSink
 from .core.sink_runner import SinkRunner
 from .core.stats import PipelineStats, SinkStats
 from .exposition.service import MetricsService
 from .health.service import HealthService
+from .history.ranges import horizons
 from .sinks import build_sinks
 
 logger = logging.getLogger("aegis_mw")
@@ -160,6 +162,9 @@ class Aegis:
             sink_timeout=settings.sink_timeout,
             shutdown_timeout=settings.shutdown_timeout,
             on_first_records=self._warn_without_lifespan,
+        )
+        self.flusher.cycle.retention = Retention(
+            settings.retention_raw, horizons(settings.retention_raw, settings.retention_rollups)
         )
         #: None until an ASGI middleware attaches; then whether a lifespan
         #: startup arrived (the flusher warns once if traffic comes without one).

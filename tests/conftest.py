@@ -59,3 +59,33 @@ def hot_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Every ``@pytest.mark.anyio`` test runs on asyncio and on trio."""
     return str(request.param)
+
+
+POSTGRES_URL = os.environ.get(
+    "AEGIS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A ``postgresql://`` URL whose tables live in a fresh schema, dropped after
+    the test. Skips without a server, fails instead under REQUIRE_TEST_SERVICES."""
+    try:
+        import psycopg
+    except ImportError:
+        if REQUIRE_SERVICES:
+            pytest.fail("psycopg is not installed (pip install 'aegis_mw[postgres]')")
+        pytest.skip("psycopg is not installed")
+    schema = f"aegis_test_{os.getpid()}_{os.urandom(4).hex()}"
+    try:
+        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if REQUIRE_SERVICES:
+            pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_URL}: {exc}")
+        pytest.skip(f"PostgreSQL is not reachable: {exc}")
+    with admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+        finally:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')

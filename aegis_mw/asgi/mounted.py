@@ -1,6 +1,7 @@
 """The routes the middleware answers itself, before the app sees the request.
 
-``/metrics``, ``/health``, ``/health/live`` and ``/health/ready``: matched on the
+``/metrics``, ``/health``, ``/health/live``, ``/health/ready`` and the JSON API
+under ``/api/metrics/``: matched on the
 exact ``scope["path"]``, never recorded as app traffic (they are added to the
 excluded paths), and answered whatever the app has on the same path, so a
 scraper or a probe never depends on the app's routing. Blocking work (reading
@@ -9,11 +10,13 @@ the aggregates under the flusher's lock, rendering) runs in a worker thread.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from ..access.check import Decision, decide
 from ..core.access_rules import AccessRule
+from ..endpoints.api import PARAMETERS, MetricsAPI
 from ..endpoints.response import Response
 from ..types import ASGIApp, Receive, Scope, Send
 
@@ -25,7 +28,7 @@ _READ_METHODS = ("GET", "HEAD")
 OPEN = Decision(True, "viewer")
 
 
-async def in_thread(function: Callable[..., Response], *args: str) -> Response:
+async def in_thread(function: Callable[..., Response], *args: object) -> Response:
     """Run blocking work in a worker thread, on asyncio and trio alike."""
     # Imported here: importing aegis_mw must not import anyio (the core's
     # standard-library-only test imports the package).
@@ -66,6 +69,11 @@ class MountedRoutes:
             (settings.liveness_path, "liveness", self._liveness),
             (settings.readiness_path, "health", self._readiness),
         ]
+        if settings.api_path:
+            self.api = MetricsAPI(aegis)
+            for endpoint in PARAMETERS:
+                handler = functools.partial(self._api, endpoint)
+                routes.append((f"{settings.api_path}/{endpoint}", "api", handler))
         self.handlers.update((path, (group, handler)) for path, group, handler in routes if path)
 
     @property
@@ -112,6 +120,9 @@ class MountedRoutes:
         endpoint = self._aegis.metrics.endpoint
         accept, encoding = header(scope, b"accept"), header(scope, b"accept-encoding")
         return await in_thread(endpoint.respond, accept, encoding)
+
+    async def _api(self, endpoint: str, scope: Scope) -> Response:
+        return await in_thread(self.api.respond, endpoint, scope.get("query_string", b""))
 
     async def _health(self, scope: Scope) -> Response:
         return await self._aegis.health.report()

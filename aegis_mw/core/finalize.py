@@ -15,6 +15,7 @@ from .clock import Clock
 from .items import InboxItem, PendingSession
 from .labels import STANDARD_METHODS, RouteCap
 from .record import OTHER_METHOD, UNMATCHED_ROUTE, RequestRecord, WebSocketSession
+from .rollup import RollupDelta
 
 
 def _coerce(
@@ -73,7 +74,14 @@ class Finalizer:
         self.sampled_out = 0
         #: Items that could not be turned into records (skipped, neighbours kept).
         self.invalid = 0
+        #: Every finished HTTP request since the last take, sampled out or not.
+        self.rollups = RollupDelta()
         self._random = random.Random()
+
+    def take_rollups(self) -> RollupDelta:
+        """The rollups folded since the last call, handed over whole."""
+        delta, self.rollups = self.rollups, RollupDelta()
+        return delta
 
     def reset_after_fork(self) -> None:
         # A new prefix: the child numbers its records from where the parent was.
@@ -81,6 +89,7 @@ class Finalizer:
         self._random = random.Random()
         # Counters describe the child only; the routes it already knows stay.
         self.sampled_out = self.invalid = self.routes.overflowed = 0
+        self.rollups = RollupDelta()  # the parent stores what it folded
 
     def _client_ip(self, client: tuple[str, int] | None, forwarded: str | None) -> str | None:
         peer = client[0] if client else None
@@ -101,6 +110,7 @@ class Finalizer:
         rate = self.sample_rate
         slow = self.slow_threshold_ms
         chance = self._random.random
+        roll = self.rollups.add
         prefix = self.id_prefix
         sequence = self.sequence
         make = tuple.__new__  # skips the NamedTuple's Python-level __new__
@@ -121,6 +131,14 @@ class Finalizer:
                     if route not in known_routes:
                         route = admit(route)
                     duration_ms = (end - start) * 1000.0
+                    if method not in STANDARD_METHODS:
+                        method = OTHER_METHOD
+                    # A server sends no body for HEAD, whatever the app passed it.
+                    if method == "HEAD":
+                        response_bytes = 0
+                    # Rollups count every request: sampling thins the log only.
+                    roll(start + wall_offset, route, method, status, duration_ms,
+                         status >= 500 or bool(error), request_bytes, response_bytes)  # fmt: skip
                     if (
                         sample
                         and not (status >= 500 or error or duration_ms >= slow)
@@ -129,12 +147,10 @@ class Finalizer:
                         self.sampled_out += 1
                         continue
                     record: RequestRecord | WebSocketSession = make(RequestRecord, (
-                        f"{prefix}{sequence + 1:016x}", start + wall_offset,
-                        method if method in STANDARD_METHODS else OTHER_METHOD, route,
+                        f"{prefix}{sequence + 1:016x}", start + wall_offset, method, route,
                         path if len(path) <= limit else path[:limit], status, duration_ms,
                         None if ttfb is None else (ttfb - start) * 1000.0,
-                        # A server sends no body for HEAD, whatever the app passed it.
-                        request_bytes, 0 if method == "HEAD" else response_bytes,
+                        request_bytes, response_bytes,
                         client[0] if client and forwarded is None
                         else self._client_ip(client, forwarded),
                         error,

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 from .finalize import Finalizer
 from .recorder import Recorder
+from .retention import Retention
 from .sink_runner import SinkRunner, SinkTimeout
 
 logger = logging.getLogger("aegis_mw.flusher")
@@ -49,6 +50,8 @@ class FlushCycle:
         self._on_first_records = on_first_records
         self._reported: dict[str, int] = {}
         self._last_report = -math.inf
+        #: Set by the owner to prune expired history between writes.
+        self.retention: Retention | None = None
 
     def reset_after_fork(self) -> None:
         self.cycles = self.internal_errors = 0
@@ -70,13 +73,20 @@ class FlushCycle:
         try:
             self.ingest()
             self.write(force=force, deadline=None, stop=stop)
+            if self.retention is not None and not stop():
+                self.retention.run(
+                    self.runners,
+                    wall=self.finalizer.clock.wall(),
+                    monotonic=time.monotonic(),
+                    timeout=self.sink_timeout,
+                )
             self.report_drops(time.monotonic())
         except Exception:
             self.internal_errors += 1
             logger.exception("aegis flusher cycle failed; continuing")
             return False
         # Items that arrived during this cycle are the next cycle's business.
-        return all(not runner.backlog for runner in self.runners)
+        return not any(runner.owes() for runner in self.runners)
 
     def ingest(self) -> None:
         """Move what the inbox holds now into every sink's backlog."""
@@ -94,8 +104,10 @@ class FlushCycle:
             malformed += self.finalizer.invalid - invalid_before
             if malformed:
                 recorder.dropped["invalid"] += malformed
+            rollups = self.finalizer.take_rollups()
             for runner in self.runners:
                 runner.offer(records)
+                runner.offer_rollups(rollups)
 
     def write(
         self, *, force: bool, deadline: float | None, stop: Callable[[], bool] | None = None
@@ -109,7 +121,7 @@ class FlushCycle:
             due = [
                 runner
                 for runner in self.runners
-                if id(runner) not in failed and runner.backlog and (force or now >= runner.retry_at)
+                if id(runner) not in failed and runner.owes() and (force or now >= runner.retry_at)
             ]
             if not due:
                 return
@@ -143,7 +155,7 @@ class FlushCycle:
                 self.write(force=first, deadline=deadline)
                 first = False
                 now = time.monotonic()
-                pending = [runner for runner in self.runners if runner.backlog]
+                pending = [runner for runner in self.runners if runner.owes()]
                 if not pending or now >= deadline:
                     break
                 retry = min(runner.retry_at for runner in pending)
@@ -152,8 +164,7 @@ class FlushCycle:
             left = self.unwritten()
             for runner in self.runners:
                 # Counted as dropped, so gone: a restart must not write them too.
-                runner.dropped["shutdown_timeout"] += len(runner.backlog)
-                runner.backlog.clear()
+                runner.drop_owed("shutdown_timeout")
             if left:
                 logger.warning("aegis shutdown: %d records could not be written in time", left)
             self.report_drops(time.monotonic(), final=True)

@@ -220,7 +220,7 @@ class Flusher:
         now = time.monotonic()
         until = self._next_flush
         for runner in self.runners:
-            if runner.backlog and runner.retry_at > now:
+            if runner.owes() and runner.retry_at > now:
                 until = min(until, runner.retry_at)
         return self.recorder.wake, until - now
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from .rollup import RollupDelta
 
 #: Route value for requests the framework's router did not match.
 UNMATCHED_ROUTE = "<unmatched>"
@@ -92,10 +95,13 @@ class Batch:
 
     A batch may be delivered again after a failure or a timeout whose write in
     fact completed, so sinks store by ``request_id``/``session_id`` idempotently.
+    ``rollups`` is given only to sinks that keep history (those with
+    ``read_rollups``); they apply each ``delta_id`` once.
     """
 
     requests: list[RequestRecord] = field(default_factory=list)
     sessions: list[WebSocketSession] = field(default_factory=list)
+    rollups: RollupDelta | None = None
 
     def __len__(self) -> int:
         return len(self.requests) + len(self.sessions)

@@ -223,13 +223,25 @@ def _int_text(text: str) -> int:
     return int(text.replace("_", ""))
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration_text(text: str) -> float:
+    """Seconds, or a number with a unit: '90d', '12h', '30m', '45s'."""
+    unit = _DURATION_UNITS.get(text[-1:].lower())
+    if unit is None:
+        return float(text)
+    return float(text[:-1]) * unit
+
+
+_MOUNT_OPTIONS = ("metrics_path", "health_path", "liveness_path", "readiness_path", "api_path")
 _PATH_ALLOWED = "a path starting with '/' (no glob characters), or '' to switch the route off"
 
 _RULES: dict[str, _Rule] = {
     "sink": _Rule(
         _sinks,
-        "a sink URL (memory://, sqlite:///path, jsonl:///path), a sink object, "
-        "a callable taking a Batch, or a list of these",
+        "a sink URL (memory://, sqlite:///path, postgresql://..., jsonl:///path), "
+        "a sink object, a callable taking a Batch, or a list of these",
     ),
     "flush_interval": _Rule(
         _number(float, 0, 3600, low_open=True), "seconds, > 0 and <= 3600", _float_text
@@ -271,6 +283,17 @@ _RULES: dict[str, _Rule] = {
     ),
     "access": _Rule(_access, "route groups mapped to rules (see the README)"),
     "metrics_path": _Rule(_mount_path, _PATH_ALLOWED),
+    "api_path": _Rule(_mount_path, _PATH_ALLOWED),
+    "retention_raw": _Rule(
+        _number(float, 3600, 3650 * 86400),
+        "a duration from 1 hour to 10 years: seconds, or text such as '7d', '36h'",
+        _duration_text,
+    ),
+    "retention_rollups": _Rule(
+        _number(float, 3600, 3650 * 86400),
+        "a duration from 1 hour to 10 years, at least retention_raw: seconds, or '90d'",
+        _duration_text,
+    ),
     "health_path": _Rule(_mount_path, _PATH_ALLOWED),
     "liveness_path": _Rule(_mount_path, _PATH_ALLOWED),
     "readiness_path": _Rule(_mount_path, _PATH_ALLOWED),
@@ -331,6 +354,12 @@ class AegisSettings:
     speedups: bool = True
     access: Any = field(default=(), repr=False)  # holds secrets: kept out of repr
     metrics_path: str = "/metrics"
+    #: Prefix of the JSON metrics API (``/api/metrics/overview`` and the rest).
+    api_path: str = "/api/metrics"
+    #: How long stored requests (and the finest rollups) are kept, in seconds.
+    retention_raw: float = 7 * 86400.0
+    #: How long minute and hour rollups are kept, in seconds.
+    retention_rollups: float = 90 * 86400.0
     health_path: str = "/health"
     liveness_path: str = "/health/live"
     readiness_path: str = "/health/ready"
@@ -363,10 +392,7 @@ class AegisSettings:
             except (TypeError, ValueError):
                 raise ConfigError(option, value, rule.allowed, source) from None
             object.__setattr__(self, option, checked)
-        mounted = [
-            (name, getattr(self, name))
-            for name in ("metrics_path", "health_path", "liveness_path", "readiness_path")
-        ]
+        mounted = [(name, getattr(self, name)) for name in _MOUNT_OPTIONS]
         seen: dict[str, str] = {}
         for name, path in mounted:
             if path and path in seen:
@@ -375,6 +401,13 @@ class AegisSettings:
                     self.sources.get(name, ""),
                 )  # fmt: skip
             seen[path] = name
+        if self.retention_rollups < self.retention_raw:
+            raise ConfigError(
+                "retention_rollups",
+                self.retention_rollups,
+                f"must be at least retention_raw ({self.retention_raw:g} s)",
+                self.sources.get("retention_rollups", ""),
+            )
         if self.retry_backoff_max < self.retry_backoff_initial:
             raise ConfigError(
                 "retry_backoff_max",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
 import random
 import threading
@@ -25,6 +26,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from .record import Batch, RequestRecord, WebSocketSession
+from .rollup import MAX_PENDING_CELLS, RollupDelta
 from .sink import RecordSink
 
 logger = logging.getLogger("aegis_mw.flusher")
@@ -83,6 +85,16 @@ class SinkRunner:
         #: Records this sink could not keep: over the backlog bound while it was
         #: failing, or still unwritten when shutdown's deadline passed.
         self.dropped: dict[str, int] = {"backlog_full": 0, "shutdown_timeout": 0}
+        #: History sinks also get rollups: added up while they wait (bounded in
+        #: cells), then frozen under one id until a write of them succeeds.
+        self.keeps_rollups = callable(getattr(sink, "read_rollups", None))
+        if self.keeps_rollups:
+            # Requests whose rollup counts were lost, by the same reasons.
+            self.dropped.update(rollups_full=0, rollups_shutdown_timeout=0)
+        self.rollups_pending: RollupDelta | None = None
+        self.rollups_in_flight: RollupDelta | None = None
+        self._delta_prefix = os.urandom(8).hex()
+        self._delta_sequence = 0
         self.written = 0
         self.errors = 0
         self.timeouts = 0
@@ -138,6 +150,9 @@ class SinkRunner:
         self._in_flight = None  # that call ran on a thread the child does not have
         self.restart_thread()
         self.backlog.clear()
+        self.rollups_pending = self.rollups_in_flight = None
+        self._delta_prefix = os.urandom(8).hex()
+        self._delta_sequence = 0
         self.dropped = dict.fromkeys(self.dropped, 0)
         self.written = self.errors = self.timeouts = self.flushes = 0
         self.consecutive_failures = 0
@@ -155,8 +170,40 @@ class SinkRunner:
             self.backlog.extend(records[:room])
             self.dropped["backlog_full"] += len(records) - room
 
+    def offer_rollups(self, delta: RollupDelta) -> None:
+        """Add a copy of ``delta`` to what this sink owes (history sinks only)."""
+        if not self.keeps_rollups or not delta.requests:
+            return
+        if self.rollups_pending is None:
+            self.rollups_pending = RollupDelta()
+        self.dropped["rollups_full"] += self.rollups_pending.absorb(
+            delta, MAX_PENDING_CELLS - len(self.rollups_in_flight or ())
+        )
+
+    def owes(self) -> bool:
+        """Records or rollups not yet written."""
+        return (
+            bool(self.backlog)
+            or self.rollups_pending is not None
+            or (self.rollups_in_flight is not None)
+        )
+
+    def drop_owed(self, reason: str) -> None:
+        """Give up on everything owed, counted under ``reason``."""
+        self.dropped[reason] += len(self.backlog)
+        self.backlog.clear()
+        for delta in (self.rollups_pending, self.rollups_in_flight):
+            if delta is not None:
+                self.dropped[f"rollups_{reason}"] += delta.requests
+        self.rollups_pending = self.rollups_in_flight = None
+
     def next_batch(self, limit: int) -> tuple[Batch, int]:
-        batch = Batch()
+        if self.rollups_in_flight is None and self.rollups_pending is not None:
+            # Frozen under a new id; a retry resends the same delta and id.
+            self._delta_sequence += 1
+            self.rollups_pending.delta_id = f"{self._delta_prefix}-{self._delta_sequence:x}"
+            self.rollups_in_flight, self.rollups_pending = self.rollups_pending, None
+        batch = Batch(rollups=self.rollups_in_flight)
         taken = 0
         for record in itertools.islice(self.backlog, limit):
             if type(record) is RequestRecord:
@@ -169,6 +216,7 @@ class SinkRunner:
     def succeeded(self, taken: int, seconds: float) -> None:
         for _ in range(taken):
             self.backlog.popleft()
+        self.rollups_in_flight = None
         self.written += taken
         self.flushes += 1
         self.last_flush_seconds = seconds

@@ -1,10 +1,18 @@
-"""``memory://``: records kept in the process, for tests and experiments."""
+"""``memory://``: records kept in the process, for tests and experiments.
+
+It keeps history too, with the same rollup arithmetic as the databases, so
+the queries answer the same from memory as from SQLite or PostgreSQL.
+"""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
+from typing import Any
 
+from ..core.history import RequestQuery
 from ..core.record import Batch, RequestRecord, WebSocketSession
+from ..core.rollup import Cell, RollupRow, copy_cell, expand, merge_cell, rows_from
 
 
 class MemorySink:
@@ -25,6 +33,9 @@ class MemorySink:
         self._lock = threading.Lock()
         self._requests: dict[str, RequestRecord] = {}
         self._sessions: dict[str, WebSocketSession] = {}
+        self._rollups: dict[tuple[Any, ...], Cell] = {}
+        self._totals: dict[tuple[Any, ...], Cell] = {}
+        self._applied: set[str] = set()
         self.batches = 0
         self.closed = False
 
@@ -34,6 +45,16 @@ class MemorySink:
                 self._requests.setdefault(record.request_id, record)
             for session in batch.sessions:
                 self._sessions.setdefault(session.session_id, session)
+            delta = batch.rollups
+            if delta is not None and delta.cells and delta.delta_id not in self._applied:
+                self._applied.add(delta.delta_id)
+                for table, cells in zip((self._rollups, self._totals), expand(delta), strict=True):
+                    for key, cell in cells.items():
+                        mine = table.get(key)
+                        if mine is None:
+                            table[key] = copy_cell(cell)
+                        else:
+                            merge_cell(mine, cell)
             self.batches += 1
 
     def close(self) -> None:
@@ -53,3 +74,56 @@ class MemorySink:
         with self._lock:
             self._requests.clear()
             self._sessions.clear()
+            self._rollups.clear()
+            self._totals.clear()
+
+    # -- history ---------------------------------------------------------------
+    def read_rollups(
+        self, resolution: int, start: int, end: int, *, by_route: bool
+    ) -> list[RollupRow]:
+        with self._lock:
+            if by_route:
+                found = [
+                    ((bucket, route, method, klass), cell)
+                    for (level, bucket, route, method, klass), cell in self._rollups.items()
+                    if level == resolution and start <= bucket < end
+                ]
+            else:
+                found = [
+                    ((bucket, "", "", klass), cell)
+                    for (level, bucket, klass), cell in self._totals.items()
+                    if level == resolution and start <= bucket < end
+                ]
+            return list(rows_from(found))
+
+    def read_requests(self, query: RequestQuery) -> list[RequestRecord]:
+        with self._lock:
+            records = list(self._requests.values())
+        kept = [
+            record
+            for record in records
+            if (query.route is None or record.route == query.route)
+            and (query.method is None or record.method == query.method)
+            and (query.status_from is None or record.status >= query.status_from)
+            and (query.status_to is None or record.status < query.status_to)
+            and (query.min_duration_ms is None or record.duration_ms >= query.min_duration_ms)
+            and (query.since is None or record.timestamp >= query.since)
+            and (query.until is None or record.timestamp < query.until)
+        ]
+        kept.sort(key=lambda record: (record.timestamp, record.request_id), reverse=True)
+        return kept[query.offset : query.offset + query.limit]
+
+    def prune(self, raw_before: float, rollups_before: Mapping[int, float], limit: int) -> int:
+        deleted = 0
+        with self._lock:
+            for table in (self._requests, self._sessions):
+                expired = [key for key, record in table.items() if record.timestamp < raw_before]
+                for key in expired[:limit]:
+                    del table[key]
+                deleted += min(len(expired), limit)
+            for cells in (self._rollups, self._totals):
+                old = [cell for cell in cells if cell[1] < rollups_before.get(cell[0], -1.0)]
+                for cell_key in old[:limit]:
+                    del cells[cell_key]
+                deleted += min(len(old), limit)
+        return deleted

@@ -4,7 +4,10 @@ One connection, opened by the thread that writes (the sink's own thread; a
 new one after a fork or a restart), in WAL mode so readers never block the
 writer, with a busy timeout so several processes can share one file. Each
 batch is one transaction of ``INSERT OR IGNORE`` keyed by id, so a retried
-batch is stored once.
+batch is stored once, plus the batch's rollups added to the rollup tables
+(``BEGIN IMMEDIATE`` serialises writers, so several processes sum into one
+history). Reads use one connection per reading thread (see
+:mod:`.sqlite_read`).
 """
 
 from __future__ import annotations
@@ -13,11 +16,22 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Mapping
 
 from ..core.errors import ConfigError
-from ..core.record import Batch
+from ..core.history import RequestQuery
+from ..core.record import Batch, RequestRecord
+from ..core.rollup import LEVELS, RollupDelta, RollupRow, expand, merge_histogram_text
+from ..core.rollup import parameter_rows as rollup_parameters
+from . import history_sql
 from .files import create_private, prepare_path
+from .sqlite_read import SQLiteReader
 from .sqlite_schema import INSERT_REQUEST, INSERT_SESSION, migrate
+
+UPSERT_ROLLUPS = history_sql.upsert(history_sql.SQLITE, "aegis_rollups", history_sql.ROLLUP_KEY)
+UPSERT_TOTALS = history_sql.upsert(history_sql.SQLITE, "aegis_rollup_totals", history_sql.TOTAL_KEY)
+#: How long applied delta ids are remembered: far beyond any retry.
+DELTA_ID_KEEP_SECONDS = 86_400.0
 
 # Below the default sink_timeout (5 s), so a locked database shows up as an
 # error of its own rather than as an abandoned write.
@@ -46,6 +60,7 @@ class SQLiteSink:
         # abandoned, are kept referenced but never used or closed here:
         # finalizing one could disturb its owner (the parent's locks, say).
         self._left_behind: list[sqlite3.Connection] = []
+        self._reader = SQLiteReader(self.path, lambda: self._open(shared=True))
 
     def _connect(self) -> sqlite3.Connection:
         owner = (os.getpid(), threading.get_ident())
@@ -54,9 +69,19 @@ class SQLiteSink:
         if self._connection is not None:
             self._left_behind.append(self._connection)
             self._connection = None
+        self._connection = self._open()
+        self._owner = owner
+        return self._connection
+
+    def _open(self, *, shared: bool = False) -> sqlite3.Connection:
+        """A configured, migrated connection: for the calling thread, or
+        ``shared`` by reading threads one at a time."""
         create_private(self.path)
         connection = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+            self.path,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+            check_same_thread=not shared,
         )
         try:
             connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
@@ -64,12 +89,13 @@ class SQLiteSink:
             # WAL + NORMAL survives an application crash; only an OS crash can
             # lose the last transactions, an accepted trade for telemetry.
             connection.execute("PRAGMA synchronous = NORMAL")
+            connection.create_function(
+                "aegis_histogram_merge", 2, merge_histogram_text, deterministic=True
+            )
             migrate(connection)
         except BaseException:
             connection.close()
             raise
-        self._connection = connection
-        self._owner = owner
         return connection
 
     @staticmethod
@@ -94,13 +120,77 @@ class SQLiteSink:
                 connection.executemany(INSERT_REQUEST, batch.requests)
             if batch.sessions:
                 connection.executemany(INSERT_SESSION, batch.sessions)
+            if batch.rollups is not None and batch.rollups.cells:
+                self._add_rollups(connection, batch.rollups)
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
 
+    @staticmethod
+    def _add_rollups(connection: sqlite3.Connection, delta: RollupDelta) -> None:
+        first_time = connection.execute(
+            "INSERT OR IGNORE INTO aegis_rollup_deltas (delta_id, applied_at) VALUES (?, ?)",
+            (delta.delta_id, time.time()),
+        ).rowcount
+        if not first_time:  # a retry of a write that did commit
+            return
+        routes, totals = expand(delta)
+        connection.executemany(UPSERT_ROLLUPS, rollup_parameters(routes))
+        connection.executemany(UPSERT_TOTALS, rollup_parameters(totals))
+
+    # -- history ---------------------------------------------------------------
+    def read_rollups(
+        self, resolution: int, start: int, end: int, *, by_route: bool
+    ) -> list[RollupRow]:
+        return self._reader.read_rollups(resolution, start, end, by_route=by_route)
+
+    def read_requests(self, query: RequestQuery) -> list[RequestRecord]:
+        return self._reader.read_requests(query)
+
+    def prune(self, raw_before: float, rollups_before: Mapping[int, float], limit: int) -> int:
+        """Delete at most ``limit`` expired rows per table, each step its own
+        short transaction, so writers and readers wait for none of it."""
+        connection = self._connect()
+        steps: list[tuple[str, tuple[object, ...]]] = [
+            (_DELETE_REQUESTS, (raw_before, limit)),
+            (_DELETE_SESSIONS, (raw_before, limit)),
+            (_DELETE_DELTAS, (time.time() - DELTA_ID_KEEP_SECONDS, limit)),
+        ]
+        for level in LEVELS:
+            if level in rollups_before:
+                horizon = rollups_before[level]
+                steps.append((_DELETE_ROLLUPS, (level, horizon, limit)))
+                steps.append((_DELETE_TOTALS, (level, horizon, limit)))
+        return sum(connection.execute(sql, params).rowcount for sql, params in steps)
+
     def close(self) -> None:
+        self._reader.close()
         if self._connection is not None and self._owner == (os.getpid(), threading.get_ident()):
             self._connection.close()
             self._connection = None
+
+
+_DELETE_REQUESTS = (
+    "DELETE FROM aegis_requests WHERE request_id IN "
+    "(SELECT request_id FROM aegis_requests WHERE timestamp < ? LIMIT ?)"
+)
+_DELETE_SESSIONS = (
+    "DELETE FROM aegis_websocket_sessions WHERE session_id IN "
+    "(SELECT session_id FROM aegis_websocket_sessions WHERE timestamp < ? LIMIT ?)"
+)
+_DELETE_DELTAS = (
+    "DELETE FROM aegis_rollup_deltas WHERE delta_id IN "
+    "(SELECT delta_id FROM aegis_rollup_deltas WHERE applied_at < ? LIMIT ?)"
+)
+_DELETE_ROLLUPS = (
+    "DELETE FROM aegis_rollups WHERE (resolution, bucket, route, method, status_class) IN "
+    "(SELECT resolution, bucket, route, method, status_class FROM aegis_rollups "
+    "WHERE resolution = ?1 AND bucket < ?2 LIMIT ?3)"
+)
+_DELETE_TOTALS = (
+    "DELETE FROM aegis_rollup_totals WHERE (resolution, bucket, status_class) IN "
+    "(SELECT resolution, bucket, status_class FROM aegis_rollup_totals "
+    "WHERE resolution = ?1 AND bucket < ?2 LIMIT ?3)"
+)

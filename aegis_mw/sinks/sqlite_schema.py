@@ -22,6 +22,17 @@ SESSION_COLUMNS = (
     "messages_out", "close_code", "accepted", "client_ip", "error",
 )  # fmt: skip
 
+_ROLLUP_VALUES = """
+            count INTEGER NOT NULL,
+            errors INTEGER NOT NULL,
+            rate_limited INTEGER NOT NULL,
+            duration_sum REAL NOT NULL,
+            duration_min REAL NOT NULL,
+            duration_max REAL NOT NULL,
+            request_bytes INTEGER NOT NULL,
+            response_bytes INTEGER NOT NULL,
+            histogram TEXT NOT NULL"""
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         """
@@ -57,6 +68,40 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID
         """,
         "CREATE INDEX aegis_websocket_sessions_timestamp ON aegis_websocket_sessions (timestamp)",
+    ),
+    (
+        # Rollups per route, method and status class, and in total, at each
+        # resolution; the key leads with (resolution, bucket) so a time-range
+        # read is one index range scan.
+        f"""
+        CREATE TABLE aegis_rollups (
+            resolution INTEGER NOT NULL,
+            bucket INTEGER NOT NULL,
+            route TEXT NOT NULL,
+            method TEXT NOT NULL,
+            status_class INTEGER NOT NULL,
+            {_ROLLUP_VALUES},
+            PRIMARY KEY (resolution, bucket, route, method, status_class)
+        ) WITHOUT ROWID
+        """,
+        f"""
+        CREATE TABLE aegis_rollup_totals (
+            resolution INTEGER NOT NULL,
+            bucket INTEGER NOT NULL,
+            status_class INTEGER NOT NULL,
+            {_ROLLUP_VALUES},
+            PRIMARY KEY (resolution, bucket, status_class)
+        ) WITHOUT ROWID
+        """,
+        # Ids of the rollup deltas already added: a retried write adds none twice.
+        """
+        CREATE TABLE aegis_rollup_deltas (
+            delta_id TEXT PRIMARY KEY,
+            applied_at REAL NOT NULL
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX aegis_rollup_deltas_applied_at ON aegis_rollup_deltas (applied_at)",
+        "CREATE INDEX aegis_requests_route ON aegis_requests (route, timestamp)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -31,6 +31,9 @@ OPTION_NAMES = [
     "speedups",
     "access",
     "metrics_path",
+    "api_path",
+    "retention_raw",
+    "retention_rollups",
     "health_path",
     "liveness_path",
     "readiness_path",
@@ -67,6 +70,9 @@ DEFAULTS: dict[str, Any] = {
     "health_cache_seconds": 1.0,
     "liveness_max_loop_lag": 5.0,
     "metrics_path": "/metrics",
+    "api_path": "/api/metrics",
+    "retention_raw": 7 * 86400.0,
+    "retention_rollups": 90 * 86400.0,
     "health_path": "/health",
     "liveness_path": "/health/live",
     "readiness_path": "/health/ready",
@@ -83,7 +89,8 @@ PATH_ALLOWED = "a path starting with '/' (no glob characters), or '' to switch t
 
 # What each option accepts, as the error message words it.
 ALLOWED: dict[str, str] = {
-    "sink": "a sink URL (memory://, sqlite:///path, jsonl:///path), a sink object, "
+    "sink": "a sink URL (memory://, sqlite:///path, postgresql://..., jsonl:///path), "
+    "a sink object, "
     "a callable taking a Batch, or a list of these",
     "flush_interval": "seconds, > 0 and <= 3600",
     "batch_size": "an integer from 1 to 1000000",
@@ -105,6 +112,10 @@ ALLOWED: dict[str, str] = {
     "health_cache_seconds": "seconds, from 0 to 3600 (0: run the checks every probe)",
     "liveness_max_loop_lag": "seconds, > 0 and <= 3600",
     "metrics_path": PATH_ALLOWED,
+    "api_path": PATH_ALLOWED,
+    "retention_raw": "a duration from 1 hour to 10 years: seconds, or text such as '7d', '36h'",
+    "retention_rollups": "a duration from 1 hour to 10 years, at least retention_raw: "
+    "seconds, or '90d'",
     "health_path": PATH_ALLOWED,
     "liveness_path": PATH_ALLOWED,
     "readiness_path": PATH_ALLOWED,

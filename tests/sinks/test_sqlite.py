@@ -12,7 +12,7 @@ import pytest
 
 from aegis_mw import Aegis, Batch, RequestRecord, WebSocketSession
 from aegis_mw.sinks import SQLiteSink
-from aegis_mw.sinks.sqlite_schema import SchemaTooNew
+from aegis_mw.sinks.sqlite_schema import SCHEMA_VERSION, SchemaTooNew
 from aegis_mw.testing import FakeClock
 from tests.harness import inbox_item
 from tests.spawned import run_together
@@ -156,7 +156,12 @@ def test_schema_is_created_on_first_write(
     objects = query(path, "SELECT type, name, tbl_name FROM sqlite_master ORDER BY name")
     assert objects == [
         ("table", "aegis_requests", "aegis_requests"),
+        ("index", "aegis_requests_route", "aegis_requests"),
         ("index", "aegis_requests_timestamp", "aegis_requests"),
+        ("table", "aegis_rollup_deltas", "aegis_rollup_deltas"),
+        ("index", "aegis_rollup_deltas_applied_at", "aegis_rollup_deltas"),
+        ("table", "aegis_rollup_totals", "aegis_rollup_totals"),
+        ("table", "aegis_rollups", "aegis_rollups"),
         ("table", "aegis_websocket_sessions", "aegis_websocket_sessions"),
         ("index", "aegis_websocket_sessions_timestamp", "aegis_websocket_sessions"),
     ]
@@ -173,7 +178,7 @@ def test_schema_is_created_on_first_write(
     assert query(path, "PRAGMA index_info(aegis_websocket_sessions_timestamp)") == [
         (0, 1, "timestamp")
     ]
-    assert query(path, "PRAGMA user_version") == [(1,)]
+    assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     # journal_mode=WAL is persistent: a fresh connection sees it.
     assert query(path, "PRAGMA journal_mode") == [("wal",)]
 
@@ -194,8 +199,8 @@ def test_reopening_an_existing_file_keeps_schema_and_rows(
         make_request(1).request_id,
         make_request(2).request_id,
     ]
-    assert query(path, "PRAGMA user_version") == [(1,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 4
+    assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 9
 
 
 def test_batch_written_twice_is_stored_once(
@@ -321,9 +326,9 @@ def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path: Path) -> N
     assert exit_codes == [0] * PROCESSES
     # Each process migrated once; exactly one of them found an empty file.
     versions = sorted(version for outcome in outcomes for version in outcome[3])
-    assert versions == [0] + [1] * (PROCESSES - 1)
-    assert query(path, "PRAGMA user_version") == [(1,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 4
+    assert versions == [0] + [SCHEMA_VERSION] * (PROCESSES - 1)
+    assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 9
     ids = [row[0] for row in read_requests(path)]
     expected = sorted(
         f"{index:016x}{n:016x}" for index in range(PROCESSES) for n in range(RECORDS_PER_PROCESS)
@@ -333,7 +338,7 @@ def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path: Path) -> N
 
 def _make_too_new(path: Path) -> None:
     connection = sqlite3.connect(path)
-    connection.execute("PRAGMA user_version = 2")
+    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     connection.close()
 
 
@@ -346,7 +351,8 @@ def test_newer_schema_version_is_refused(
     sink = sink_factory(path)
 
     message = (
-        r"database schema version 2 is newer than this aegis_mw understands \(1\); "
+        rf"database schema version {SCHEMA_VERSION + 1} is newer than this aegis_mw "
+        rf"understands \({SCHEMA_VERSION}\); "
         r"upgrade aegis_mw"
     )
     with pytest.raises(SchemaTooNew, match=message):
@@ -355,7 +361,7 @@ def test_newer_schema_version_is_refused(
     with pytest.raises(SchemaTooNew, match=message):
         sink.write(Batch(requests=[make_request(1)]))
 
-    assert query(path, "PRAGMA user_version") == [(2,)]
+    assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION + 1,)]
     assert query(path, "SELECT name FROM sqlite_master") == []
 
 
@@ -378,8 +384,8 @@ def test_newer_schema_version_shows_as_sink_errors_in_the_pipeline(
     assert sink_stats.consecutive_failures == 2
     assert sink_stats.backlog == 3
     assert sink_stats.last_error == (
-        "SchemaTooNew: database schema version 2 is newer than this aegis_mw "
-        "understands (1); upgrade aegis_mw"
+        f"SchemaTooNew: database schema version {SCHEMA_VERSION + 1} is newer than this "
+        f"aegis_mw understands ({SCHEMA_VERSION}); upgrade aegis_mw"
     )
     assert aegis.stats().flusher_errors == 0
     assert aegis.shutdown(timeout=0.5) is False

@@ -1,0 +1,56 @@
+"""The read side of a sink: what history queries need from storage.
+
+A sink that implements :class:`HistorySource` is given rollups with every
+batch (see :mod:`.rollup`) and can answer the JSON API, the CLI and the
+dashboard's ranges. Reads come from any thread, concurrently with the
+sink's own writes; ``prune`` runs on the sink's thread, between writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from .record import RequestRecord
+from .rollup import RollupRow
+
+
+@dataclass(frozen=True)
+class RequestQuery:
+    """Filters for the stored request log; ``None`` means any.
+
+    ``status_from``/``status_to`` bound the status (``[500, 600)`` for 5xx);
+    ``since``/``until`` are seconds since the epoch, ``until`` exclusive.
+    Newest first.
+    """
+
+    route: str | None = None
+    method: str | None = None
+    status_from: int | None = None
+    status_to: int | None = None
+    min_duration_ms: float | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+@runtime_checkable
+class HistorySource(Protocol):
+    """Stored rollups and records, read back.
+
+    ``read_rollups`` gives the rows of one resolution (one of
+    ``rollup.LEVELS``) whose bucket starts in ``[start, end)``: per route and
+    method when ``by_route``, else the totals (route and method empty).
+    ``prune`` deletes at most ``limit`` rows of each kind older than its
+    horizon and returns how many it deleted, so cleanup runs in small steps.
+    """
+
+    def read_rollups(
+        self, resolution: int, start: int, end: int, *, by_route: bool
+    ) -> list[RollupRow]: ...
+
+    def read_requests(self, query: RequestQuery) -> list[RequestRecord]: ...
+
+    def prune(self, raw_before: float, rollups_before: Mapping[int, float], limit: int) -> int: ...

@@ -1,0 +1,222 @@
+"""Time-bucketed rollups: what history queries read instead of the request log.
+
+The flusher folds every finished HTTP request (sampled out of the log or
+not) into a :class:`RollupDelta`, keyed by 5-second bucket, route, method
+and status class. Each history sink adds a delta to its stored rollups at
+every resolution in :data:`LEVELS`, per route and in total, in the same
+transaction as the records. Since counts are added, a delta carries an id
+and a sink applies each id once: a retried write (after a timeout whose
+write in fact completed) never counts twice.
+
+A cell is one flat list (cheap to build in the flusher, a parameter row
+once its key is prepended)::
+
+    [count, errors, rate_limited, duration_sum_ms, duration_min_ms,
+     duration_max_ms, request_bytes, response_bytes, histogram]
+
+``errors`` counts 5xx responses and requests whose app raised, as the
+realtime figures do; ``histogram`` maps :mod:`.histogram` bucket indexes to
+counts, so percentiles merge exactly across buckets, routes and processes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
+
+from . import histogram
+
+#: Stored resolutions in seconds; each divides the next.
+LEVELS = (5, 60, 300, 3600)
+FINEST = LEVELS[0]
+COUNT, ERRORS, RATE_LIMITED, DURATION_SUM, DURATION_MIN, DURATION_MAX = 0, 1, 2, 3, 4, 5
+REQUEST_BYTES, RESPONSE_BYTES, HISTOGRAM = 6, 7, 8
+#: Cells a sink may owe before new ones are refused (counted, never silent).
+MAX_PENDING_CELLS = 50_000
+
+Cell = list[Any]
+Key = tuple[int, str, str, int]
+
+
+def status_class(status: int) -> int:
+    """1..5 for the five HTTP classes; anything outside folds into 5."""
+    value = status // 100
+    return value if 0 < value < 6 else 5
+
+
+def encode_histogram(counts: dict[int, int]) -> str:
+    """Compact JSON object text (``{"index": count}``), as both databases store it."""
+    return json.dumps(counts, separators=(",", ":"))
+
+
+def decode_histogram(value: str | dict[str, Any] | None) -> dict[int, int]:
+    """From stored text (SQLite) or a decoded JSON object (PostgreSQL ``jsonb``)."""
+    if not value:
+        return {}
+    data = json.loads(value) if isinstance(value, str) else value
+    return {int(index): int(count) for index, count in data.items()}
+
+
+def merge_histogram_text(left: str | None, right: str | None) -> str:
+    """Two stored histograms added; the SQLite upsert calls this on conflict."""
+    merged = decode_histogram(left)
+    for index, count in decode_histogram(right).items():
+        merged[index] = merged.get(index, 0) + count
+    return encode_histogram(merged)
+
+
+def merge_cell(into: Cell, other: Cell) -> None:
+    """Add ``other`` into ``into`` (histogram included)."""
+    into[COUNT] += other[COUNT]
+    into[ERRORS] += other[ERRORS]
+    into[RATE_LIMITED] += other[RATE_LIMITED]
+    into[DURATION_SUM] += other[DURATION_SUM]
+    if other[DURATION_MIN] < into[DURATION_MIN]:
+        into[DURATION_MIN] = other[DURATION_MIN]
+    if other[DURATION_MAX] > into[DURATION_MAX]:
+        into[DURATION_MAX] = other[DURATION_MAX]
+    into[REQUEST_BYTES] += other[REQUEST_BYTES]
+    into[RESPONSE_BYTES] += other[RESPONSE_BYTES]
+    counts = into[HISTOGRAM]
+    for index, count in other[HISTOGRAM].items():
+        counts[index] = counts.get(index, 0) + count
+
+
+def copy_cell(cell: Cell) -> Cell:
+    copied = cell[:HISTOGRAM]
+    copied.append(dict(cell[HISTOGRAM]))
+    return copied
+
+
+class RollupDelta:
+    """Rollup cells for requests not yet stored, keyed by
+    ``(bucket_start, route, method, status_class)`` at :data:`FINEST` seconds.
+
+    Example::
+
+        delta = RollupDelta()
+        delta.add(time.time(), "/items/{id}", "GET", 200, 12.5, False, 0, 512)
+    """
+
+    __slots__ = ("cells", "delta_id", "requests")
+
+    def __init__(self) -> None:
+        self.cells: dict[Key, Cell] = {}
+        #: Requests folded in; what is lost if the delta is dropped.
+        self.requests = 0
+        #: Set when a sink first takes the delta; the same on every retry.
+        self.delta_id = ""
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def add(
+        self,
+        timestamp: float,
+        route: str,
+        method: str,
+        status: int,
+        duration_ms: float,
+        failed: bool,
+        request_bytes: int,
+        response_bytes: int,
+    ) -> None:
+        bucket = int(timestamp // FINEST) * FINEST
+        klass = status // 100
+        key = (bucket, route, method, klass if 0 < klass < 6 else 5)
+        index = histogram.bucket_index(duration_ms)
+        self.requests += 1
+        cell = self.cells.get(key)
+        if cell is None:
+            self.cells[key] = [
+                1, int(failed), int(status == 429), duration_ms, duration_ms, duration_ms,
+                request_bytes, response_bytes, {index: 1},
+            ]  # fmt: skip
+            return
+        cell[COUNT] += 1
+        if failed:
+            cell[ERRORS] += 1
+        if status == 429:
+            cell[RATE_LIMITED] += 1
+        cell[DURATION_SUM] += duration_ms
+        if duration_ms < cell[DURATION_MIN]:
+            cell[DURATION_MIN] = duration_ms
+        if duration_ms > cell[DURATION_MAX]:
+            cell[DURATION_MAX] = duration_ms
+        cell[REQUEST_BYTES] += request_bytes
+        cell[RESPONSE_BYTES] += response_bytes
+        counts = cell[HISTOGRAM]
+        counts[index] = counts.get(index, 0) + 1
+
+    def absorb(self, other: RollupDelta, limit: int = MAX_PENDING_CELLS) -> int:
+        """Add a copy of ``other``'s cells; returns the requests refused because
+        this delta already held ``limit`` cells (the caller counts them)."""
+        refused = 0
+        cells = self.cells
+        for key, cell in other.cells.items():
+            mine = cells.get(key)
+            if mine is not None:
+                merge_cell(mine, cell)
+            elif len(cells) < limit:
+                cells[key] = copy_cell(cell)
+            else:
+                refused += cell[COUNT]
+        self.requests += other.requests - refused
+        return refused
+
+
+class RollupRow(NamedTuple):
+    """One stored rollup, as sinks give it back. ``route`` and ``method`` are
+    empty in the per-resolution totals."""
+
+    bucket: int
+    route: str
+    method: str
+    status_class: int
+    requests: int
+    errors: int
+    rate_limited: int
+    duration_sum: float
+    duration_min: float
+    duration_max: float
+    request_bytes: int
+    response_bytes: int
+    histogram: dict[int, int]
+
+
+def expand(delta: RollupDelta) -> tuple[dict[tuple[Any, ...], Cell], dict[tuple[Any, ...], Cell]]:
+    """The delta at every level: ``(level, bucket, route, method, class)`` cells
+    and ``(level, bucket, class)`` totals, ready to be added to storage."""
+    routes: dict[tuple[Any, ...], Cell] = {}
+    totals: dict[tuple[Any, ...], Cell] = {}
+    for (bucket, route, method, klass), cell in delta.cells.items():
+        for level in LEVELS:
+            start = bucket - bucket % level
+            for table, key in (
+                (routes, (level, start, route, method, klass)),
+                (totals, (level, start, klass)),
+            ):
+                mine = table.get(key)
+                if mine is None:
+                    table[key] = copy_cell(cell)
+                else:
+                    merge_cell(mine, cell)
+    return routes, totals
+
+
+def parameter_rows(cells: dict[tuple[Any, ...], Cell]) -> list[tuple[Any, ...]]:
+    """Key + cell as one row, histogram as JSON text, sorted by key so that
+    concurrent writers lock rows in one order (no deadlocks in PostgreSQL)."""
+    return [
+        (*key, *cell[:HISTOGRAM], encode_histogram(cell[HISTOGRAM]))
+        for key, cell in sorted(cells.items())
+    ]
+
+
+def rows_from(cells: Iterable[tuple[tuple[Any, ...], Cell]]) -> Iterator[RollupRow]:
+    """Rows from in-memory cells keyed ``(bucket, route, method, class)``."""
+    for (bucket, route, method, klass), cell in cells:
+        yield RollupRow._make(
+            (bucket, route, method, klass, *cell[:HISTOGRAM], dict(cell[HISTOGRAM]))
+        )

@@ -1,0 +1,221 @@
+"""The JSON metrics API: ``GET {api_path}/<endpoint>`` answering ``{"data": ...}``.
+
+Every parameter is checked here before any query runs: unknown or repeated
+parameters, bad ranges, malformed times and out-of-range numbers answer 400
+with ``{"error": {"code", "message", "parameter"}}``. A storage failure
+answers 503, never 500. Handlers block (they read storage), so the mounted
+routes call :meth:`MetricsAPI.respond` in a worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from ..core.history import HistorySource, RequestQuery
+from ..core.labels import STANDARD_METHODS
+from ..core.record import OTHER_METHOD
+from ..history.queries import SORTS, HistoryQueries
+from ..history.ranges import QueryError, horizons, parse_time
+from .openapi import openapi_document
+from .response import Response
+
+if TYPE_CHECKING:
+    from ..aegis import Aegis
+
+logger = logging.getLogger("aegis_mw.api")
+
+_RANGE = ("range", "from", "to")
+#: endpoint -> the query parameters it takes
+PARAMETERS: Mapping[str, tuple[str, ...]] = {
+    "overview": _RANGE,
+    "realtime": (),
+    "request-rate": _RANGE,
+    "latency": _RANGE,
+    "status-distribution": _RANGE,
+    "top-endpoints": (*_RANGE, "limit", "sort"),
+    "requests": (
+        "route",
+        "method",
+        "status",
+        "min_duration_ms",
+        "since",
+        "until",
+        "limit",
+        "offset",
+    ),
+    "openapi.json": (),
+}
+MAX_OFFSET = 1_000_000
+MAX_TEXT = 1024
+_METHODS = frozenset(STANDARD_METHODS) | {OTHER_METHOD}
+
+
+def _bad(parameter: str, message: str) -> QueryError:
+    return QueryError(parameter, message)
+
+
+def _integer(params: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    text = params.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise _bad(name, f"{name} must be an integer from {low} to {high}")
+    return value
+
+
+def _request_query(params: dict[str, str]) -> RequestQuery:
+    status_from = status_to = None
+    status = params.get("status")
+    if status is not None:
+        text = status.strip().lower()
+        if len(text) == 3 and text.endswith("xx") and text[0] in "12345":
+            status_from = int(text[0]) * 100
+            status_to = status_from + 100
+        elif len(text) == 3 and text.isdigit() and 100 <= int(text) <= 599:
+            status_from, status_to = int(text), int(text) + 1
+        else:
+            raise _bad("status", "status must be a code from 100 to 599 or a class such as 5xx")
+    method = params.get("method")
+    if method is not None and method.upper() not in _METHODS:
+        raise _bad("method", f"method must be one of {', '.join(sorted(_METHODS))}")
+    route = params.get("route")
+    if route is not None and len(route) > MAX_TEXT:
+        raise _bad("route", f"route may be at most {MAX_TEXT} characters")
+    minimum = None
+    if "min_duration_ms" in params:
+        try:
+            minimum = float(params["min_duration_ms"])
+        except ValueError:
+            minimum = -1.0
+        if not (math.isfinite(minimum) and minimum >= 0):
+            raise _bad("min_duration_ms", "min_duration_ms must be a number of milliseconds >= 0")
+    since = parse_time("since", params["since"]) if "since" in params else None
+    until = parse_time("until", params["until"]) if "until" in params else None
+    if since is not None and until is not None and since >= until:
+        raise _bad("since", "since must be before until")
+    return RequestQuery(
+        route=route,
+        method=None if method is None else method.upper(),
+        status_from=status_from,
+        status_to=status_to,
+        min_duration_ms=minimum,
+        since=since,
+        until=until,
+        limit=_integer(params, "limit", 100, 1, 1000),
+        offset=_integer(params, "offset", 0, 0, MAX_OFFSET),
+    )
+
+
+class MetricsAPI:
+    """Answers the API's endpoints for one pipeline."""
+
+    def __init__(self, aegis: Aegis) -> None:
+        self._aegis = aegis
+        settings = aegis.settings
+        source = next((s for s in aegis.sinks if isinstance(s, HistorySource)), None)
+        self.queries = (
+            None
+            if source is None
+            else HistoryQueries(
+                source,
+                clock=aegis.clock.wall,
+                horizons=horizons(settings.retention_raw, settings.retention_rollups),
+            )
+        )
+        self._openapi = openapi_document(settings.api_path)
+
+    def respond(self, endpoint: str, query_string: bytes) -> Response:
+        """The answer to ``GET {api_path}/{endpoint}?{query_string}``."""
+        try:
+            params = self._parameters(endpoint, query_string)
+            if endpoint == "openapi.json":
+                return Response.json(200, self._openapi)
+            if endpoint == "realtime":
+                return Response.json(200, {"data": self._realtime()})
+            queries = self.queries
+            if queries is None:
+                return Response.error(
+                    503,
+                    "history_unavailable",
+                    "no configured sink keeps history; use sqlite:///..., postgresql://... "
+                    "or memory://",
+                )
+            return Response.json(200, {"data": self._answer(queries, endpoint, params)})
+        except QueryError as error:
+            return Response.json(
+                400,
+                {
+                    "error": {
+                        "code": error.code,
+                        "message": error.message,
+                        "parameter": error.parameter,
+                    }
+                },
+            )
+        except Exception:
+            logger.exception("aegis metrics API: reading %s failed", endpoint)
+            return Response.error(503, "storage_unavailable", "the history could not be read")
+
+    @staticmethod
+    def _parameters(endpoint: str, query_string: bytes) -> dict[str, str]:
+        allowed = PARAMETERS[endpoint]
+        try:
+            pairs = parse_qsl(
+                query_string.decode("latin-1"),
+                keep_blank_values=True,
+                encoding="utf-8",
+                errors="strict",
+                max_num_fields=len(allowed) + 1,
+            )
+        except UnicodeDecodeError:
+            raise _bad("query", "the query string is not valid UTF-8") from None
+        except ValueError:
+            raise _bad("query", "too many query parameters") from None
+        params: dict[str, str] = {}
+        for name, value in pairs:
+            if name not in allowed:
+                shown = name if len(name) <= 64 else name[:64] + "..."
+                known = ", ".join(allowed) or "none"
+                raise QueryError(
+                    name[:64], f"unknown parameter {shown!r}; known: {known}", "unknown_parameter"
+                )
+            if name in params:
+                raise _bad(name, f"{name} is given more than once")
+            params[name] = value
+        return params
+
+    @staticmethod
+    def _answer(queries: HistoryQueries, endpoint: str, params: dict[str, str]) -> Any:
+        if endpoint == "requests":
+            return queries.requests(_request_query(params))
+        window = (params.get("range"), params.get("from"), params.get("to"))
+        if endpoint == "top-endpoints":
+            sort = params.get("sort", "count")
+            if sort not in SORTS:
+                raise _bad("sort", f"sort must be one of {', '.join(SORTS)}")
+            return queries.top_endpoints(
+                *window, limit=_integer(params, "limit", 10, 1, 1000), sort=sort
+            )
+        series: dict[str, Callable[..., Any]] = {
+            "overview": queries.overview,
+            "request-rate": queries.request_rate,
+            "latency": queries.latency,
+            "status-distribution": queries.status_distribution,
+        }
+        return series[endpoint](*window)
+
+    def _realtime(self) -> dict[str, Any]:
+        snapshot = asdict(self._aegis.realtime())
+        return {
+            key: round(value, 3) if isinstance(value, float) else value
+            for key, value in snapshot.items()
+        }

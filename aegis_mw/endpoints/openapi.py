@@ -1,0 +1,226 @@
+"""The OpenAPI 3.1 description of the JSON metrics API, served at
+``{api_path}/openapi.json`` and used by the tests to fuzz the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..history.queries import SORTS
+from ..history.ranges import RANGES
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+_TIME = {"type": "string", "format": "date-time"}
+_RANGE_PARAMETERS = [
+    _query("range", {"type": "string", "enum": list(RANGES)}, "A range ending now (default 1h)."),
+    _query("from", _TIME, "Start of an explicit range (ISO 8601; UTC when no offset)."),
+    _query("to", _TIME, "End of an explicit range (default now)."),
+]
+_LIMIT = {"type": "integer", "minimum": 1, "maximum": 1000}
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+_RANGE_INFO = {
+    "type": "object",
+    "required": ["from", "to", "step_seconds"],
+    "properties": {"from": _TIME, "to": _TIME, "step_seconds": {"type": "integer"}},
+}
+_LATENCY = {
+    "type": "object",
+    "properties": dict.fromkeys(("avg", "p50", "p95", "p99", "min", "max"), _NUMBER_OR_NULL),
+}
+_CLASSES = {f"{n}xx": {"type": "integer"} for n in range(1, 6)}
+
+
+def _series(point: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["range", "points"],
+        "properties": {
+            "range": _RANGE_INFO,
+            "points": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["timestamp", *point],
+                    "properties": {"timestamp": _TIME, **point},
+                },
+            },
+        },
+    }
+
+
+_SCHEMAS: dict[str, dict[str, Any]] = {
+    "overview": {
+        "type": "object",
+        "required": ["range", "total", "successful", "failed", "error_rate", "latency_ms"],
+        "properties": {
+            "range": _RANGE_INFO,
+            "total": {"type": "integer"},
+            "successful": {"type": "integer"},
+            "failed": {"type": "integer"},
+            "client_errors": {"type": "integer"},
+            "error_rate": {"type": "number"},
+            "requests_per_second": {"type": "number"},
+            "rate_limited": {"type": "integer"},
+            "latency_ms": _LATENCY,
+            "status": {"type": "object", "properties": _CLASSES},
+            "request_bytes": {"type": "integer"},
+            "response_bytes": {"type": "integer"},
+        },
+    },
+    "realtime": {
+        "type": "object",
+        "required": ["requests_per_second_1s", "total_requests", "in_flight"],
+        "properties": {
+            "requests_per_second_1s": {"type": "number"},
+            "requests_per_second_10s": {"type": "number"},
+            "requests_per_second_60s": {"type": "number"},
+            "total_requests": {"type": "integer"},
+            "in_flight": {"type": "integer"},
+        },
+    },
+    "request-rate": _series(
+        {
+            "requests": {"type": "integer"},
+            "errors": {"type": "integer"},
+            "requests_per_second": {"type": "number"},
+        }
+    ),
+    "latency": _series(
+        {"requests": {"type": "integer"}}
+        | dict.fromkeys(("avg", "p50", "p95", "p99"), _NUMBER_OR_NULL)
+    ),
+    "status-distribution": _series(_CLASSES),
+    "top-endpoints": {
+        "type": "object",
+        "required": ["range", "sort", "endpoints"],
+        "properties": {
+            "range": _RANGE_INFO,
+            "sort": {"type": "string", "enum": list(SORTS)},
+            "endpoints": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["route", "method", "requests", "errors"],
+                    "properties": {
+                        "route": {"type": "string"},
+                        "method": {"type": "string"},
+                        "requests": {"type": "integer"},
+                        "errors": {"type": "integer"},
+                        "error_rate": {"type": "number"},
+                        "requests_per_second": {"type": "number"},
+                        "latency_ms": _LATENCY,
+                    },
+                },
+            },
+        },
+    },
+    "requests": {
+        "type": "object",
+        "required": ["limit", "offset", "requests"],
+        "properties": {
+            "limit": {"type": "integer"},
+            "offset": {"type": "integer"},
+            "requests": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+}
+
+_PARAMETERS: dict[str, list[dict[str, Any]]] = {
+    "overview": _RANGE_PARAMETERS,
+    "realtime": [],
+    "request-rate": _RANGE_PARAMETERS,
+    "latency": _RANGE_PARAMETERS,
+    "status-distribution": _RANGE_PARAMETERS,
+    "top-endpoints": [
+        *_RANGE_PARAMETERS,
+        _query("limit", _LIMIT, "How many routes (default 10)."),
+        _query("sort", {"type": "string", "enum": list(SORTS)}, "Order (default count)."),
+    ],
+    "requests": [
+        _query("route", {"type": "string", "maxLength": 1024}, "Route template, exactly."),
+        _query("method", {"type": "string"}, "HTTP method."),
+        _query(
+            "status",
+            {"type": "string", "pattern": "^([1-5][0-9][0-9]|[1-5]xx)$"},
+            "A status code or a class such as 5xx.",
+        ),
+        _query("min_duration_ms", {"type": "number", "minimum": 0}, "Slowest requests only."),
+        _query("since", _TIME, "Requests that started at or after this time."),
+        _query("until", _TIME, "Requests that started before this time."),
+        _query("limit", _LIMIT, "Page size (default 100)."),
+        _query("offset", {"type": "integer", "minimum": 0, "maximum": 1_000_000}, "Skip."),
+    ],
+}
+_SUMMARIES = {
+    "overview": "Totals, error rate, requests per second and latency over a range",
+    "realtime": "The last seconds, from memory (no storage read)",
+    "request-rate": "Requests and errors per step",
+    "latency": "Average, p50, p95 and p99 latency per step",
+    "status-distribution": "Requests per status class per step",
+    "top-endpoints": "Routes by request count, p95 latency or errors",
+    "requests": "The stored request log, newest first",
+}
+_ERROR = {
+    "description": "Bad input, named in the error",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "required": ["code", "message"],
+                        "properties": {
+                            "code": {"type": "string"},
+                            "message": {"type": "string"},
+                            "parameter": {"type": "string"},
+                        },
+                    }
+                },
+            }
+        }
+    },
+}
+
+
+def openapi_document(prefix: str) -> dict[str, Any]:
+    """The description for an API mounted at ``prefix``."""
+    paths: dict[str, Any] = {}
+    for name, summary in _SUMMARIES.items():
+        ok = {
+            "description": "The answer, under data",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["data"],
+                        "properties": {"data": _SCHEMAS[name]},
+                    }
+                }
+            },
+        }
+        responses: dict[str, Any] = {"200": ok, "400": _ERROR, "503": _ERROR}
+        responses.update({"401": _ERROR, "403": _ERROR, "405": _ERROR})
+        paths[f"{prefix}/{name}"] = {
+            "get": {
+                "operationId": name.replace("-", "_"),
+                "summary": summary,
+                "parameters": _PARAMETERS[name],
+                "responses": responses,
+            }
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "aegis_mw metrics API", "version": "1"},
+        "paths": paths,
+    }

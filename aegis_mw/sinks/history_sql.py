@@ -1,0 +1,90 @@
+"""SQL text for history, shared by the SQLite and PostgreSQL sinks.
+
+Every statement is built here, once, from constants: what comes from a user
+(a route filter, a time range, a limit) is always a bound parameter, never
+part of the text. The two dialects differ only in the placeholder and in the
+names of the two-argument minimum and maximum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..core.history import RequestQuery
+from .sqlite_schema import REQUEST_COLUMNS
+
+ROLLUP_KEY = ("resolution", "bucket", "route", "method", "status_class")
+TOTAL_KEY = ("resolution", "bucket", "status_class")
+ROLLUP_VALUES = (
+    "count", "errors", "rate_limited", "duration_sum", "duration_min", "duration_max",
+    "request_bytes", "response_bytes", "histogram",
+)  # fmt: skip
+_ADDED = ("count", "errors", "rate_limited", "duration_sum", "request_bytes", "response_bytes")
+
+
+@dataclass(frozen=True)
+class Dialect:
+    placeholder: str
+    least: str
+    greatest: str
+
+
+SQLITE = Dialect("?", "min", "max")
+POSTGRES = Dialect("%s", "LEAST", "GREATEST")
+
+
+def upsert(dialect: Dialect, table: str, key: tuple[str, ...]) -> str:
+    """Add one row of deltas to a rollup table (insert, or add on conflict)."""
+    columns = (*key, *ROLLUP_VALUES)
+    marks = ", ".join(dialect.placeholder for _ in columns)
+    updates = [f"{name} = {table}.{name} + excluded.{name}" for name in _ADDED]
+    updates.append(f"duration_min = {dialect.least}({table}.duration_min, excluded.duration_min)")
+    updates.append(
+        f"duration_max = {dialect.greatest}({table}.duration_max, excluded.duration_max)"
+    )
+    updates.append(f"histogram = aegis_histogram_merge({table}.histogram, excluded.histogram)")
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {', '.join(updates)}"
+    )
+
+
+def select_rollups(dialect: Dialect, *, by_route: bool) -> str:
+    """Rows of one resolution with ``start <= bucket < end``."""
+    mark = dialect.placeholder
+    values = ", ".join(ROLLUP_VALUES)
+    if by_route:
+        return (
+            f"SELECT bucket, route, method, status_class, {values} FROM aegis_rollups "
+            f"WHERE resolution = {mark} AND bucket >= {mark} AND bucket < {mark}"
+        )
+    return (
+        f"SELECT bucket, '', '', status_class, {values} FROM aegis_rollup_totals "
+        f"WHERE resolution = {mark} AND bucket >= {mark} AND bucket < {mark}"
+    )
+
+
+def select_requests(dialect: Dialect, query: RequestQuery) -> tuple[str, list[object]]:
+    """The request-log query for ``query``: fixed clauses, bound values."""
+    mark = dialect.placeholder
+    clauses: list[str] = []
+    params: list[object] = []
+    for clause, value in (
+        (f"route = {mark}", query.route),
+        (f"method = {mark}", query.method),
+        (f"status >= {mark}", query.status_from),
+        (f"status < {mark}", query.status_to),
+        (f"duration_ms >= {mark}", query.min_duration_ms),
+        (f"timestamp >= {mark}", query.since),
+        (f"timestamp < {mark}", query.until),
+    ):
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    params.extend((query.limit, query.offset))
+    return (
+        f"SELECT {', '.join(REQUEST_COLUMNS)} FROM aegis_requests{where} "
+        f"ORDER BY timestamp DESC, request_id DESC LIMIT {mark} OFFSET {mark}",
+        params,
+    )
