@@ -4,6 +4,8 @@
 ``memory://``          :class:`MemorySink`, in the process (tests)
 ``sqlite:///rel.db``   :class:`SQLiteSink`; ``sqlite:////abs/path.db``
 ``jsonl:///rel.jsonl`` :class:`JsonlSink`; four slashes for absolute
+``postgresql://...``   :class:`~.postgres.PostgresSink` (also ``postgres://``);
+                       needs the ``postgres`` extra
 a callable             :class:`CallableSink`, called with each batch
 an object              anything with ``name``, ``write(batch)``, ``close()``
 =====================  ===============================================
@@ -21,7 +23,10 @@ from .jsonl import JsonlSink
 from .memory import MemorySink
 from .sqlite import SQLiteSink
 
-SUPPORTED = "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, jsonl:///path"
+SUPPORTED = (
+    "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, jsonl:///path, "
+    "postgresql://user@host:port/db"
+)
 
 __all__ = ["CallableSink", "JsonlSink", "MemorySink", "SQLiteSink", "build_sinks"]
 
@@ -48,6 +53,12 @@ def build_sink(spec: Any) -> RecordSink:
             return SQLiteSink(_file_path(spec, scheme), spec)
         if scheme == "jsonl":
             return JsonlSink(_file_path(spec, scheme), spec)
+        if scheme in ("postgresql", "postgres"):
+            # Imported here: ``import aegis_mw`` never imports psycopg. Without
+            # it, the ImportError names the extra to install.
+            from .postgres import PostgresSink
+
+            return PostgresSink(spec)
         raise ConfigError("sink", spec, f"unknown sink scheme {scheme!r}; supported: {SUPPORTED}")
     if isinstance(spec, type):
         raise ConfigError("sink", spec, f"a class, not a sink; pass an instance: {spec.__name__}()")

@@ -1,0 +1,238 @@
+"""``postgresql://user@host:5432/db``: several processes, one history.
+
+One write connection, opened by the thread that writes (the sink's own
+thread; a new one after a fork, a restart or a broken connection). Each
+batch is one transaction: records are COPYed into a per-connection staging
+table (binary COPY, no indexes: the cheapest way in), then moved with one
+``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, so a retried batch is
+stored once; then the batch's rollup delta is added, once per delta id.
+Reads borrow connections from a small pool (see :mod:`.postgres_read`).
+
+Example::
+
+    aegis = Aegis(sink="postgresql://aegis@db.internal:5432/metrics")
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+try:
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "the PostgreSQL sink needs psycopg: pip install 'aegis_mw[postgres]'"
+    ) from exc
+
+from ..core.errors import ConfigError
+from ..core.history import RequestQuery
+from ..core.record import Batch, RequestRecord
+from ..core.rollup import LEVELS, RollupDelta, RollupRow, expand
+from ..core.rollup import parameter_rows as rollup_parameters
+from . import history_sql
+from .postgres_read import PostgresReader
+from .postgres_schema import (
+    COPY_REQUESTS,
+    COPY_SESSIONS,
+    CREATE_STAGING,
+    INSERT_REQUESTS,
+    INSERT_SESSIONS,
+    REQUEST_TYPES,
+    SESSION_TYPES,
+    migrate,
+)
+
+UPSERT_ROLLUPS = history_sql.upsert(history_sql.POSTGRES, "aegis_rollups", history_sql.ROLLUP_KEY)
+UPSERT_TOTALS = history_sql.upsert(
+    history_sql.POSTGRES, "aegis_rollup_totals", history_sql.TOTAL_KEY
+)
+#: How long applied delta ids are remembered: far beyond any retry.
+DELTA_ID_KEEP_SECONDS = 86_400.0
+#: Unless the URL says otherwise: an unreachable server fails a write well
+#: within the default sink_timeout (5 s), as an error of its own.
+CONNECT_TIMEOUT_SECONDS = 3
+
+
+class PostgresSink:
+    """Writes records to ``aegis_requests`` and ``aegis_websocket_sessions``
+    and keeps rollups for history, in the database the URL names.
+
+    Example::
+
+        sink = PostgresSink("postgresql://aegis@127.0.0.1:5432/metrics")
+        aegis = Aegis(sink=sink)
+    """
+
+    def __init__(self, url: str) -> None:
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.ProgrammingError as exc:
+            # The message of the error, never the URL: it may hold a password.
+            raise ConfigError("sink", "postgresql://...", f"not a PostgreSQL URL ({exc})") from None
+        self.url = url
+        self.name = f"postgresql:{params.get('host') or 'localhost'}/{params.get('dbname') or ''}"
+        self.connect_kwargs: dict[str, Any] = {}
+        if "connect_timeout" not in params:
+            self.connect_kwargs["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
+        if "application_name" not in params:
+            self.connect_kwargs["application_name"] = "aegis_mw"
+        self._connection: psycopg.Connection[Any] | None = None
+        self._owner: tuple[int, int] = (0, 0)
+        # Connections left behind by a fork, or by a thread whose write was
+        # abandoned, stay referenced and are never used or closed here: a
+        # forked child closing its copy would end the parent's session.
+        self._left_behind: list[psycopg.Connection[Any]] = []
+        self._reader = PostgresReader(url, self.connect_kwargs, self.name)
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        owner = (os.getpid(), threading.get_ident())
+        connection = self._connection
+        if connection is not None and self._owner == owner and not connection.closed:
+            return connection
+        if connection is not None and self._owner != owner:
+            self._left_behind.append(connection)
+        self._connection = None
+        connection = psycopg.connect(self.url, autocommit=True, **self.connect_kwargs)
+        try:
+            migrate(connection)
+            for statement in CREATE_STAGING:
+                connection.execute(statement)
+        except BaseException:
+            connection.close()
+            raise
+        self._connection, self._owner = connection, owner
+        return connection
+
+    def write(self, batch: Batch) -> None:
+        connection = self._connect()
+        try:
+            with connection.transaction(), connection.cursor() as cursor:
+                if batch.requests:
+                    _copy(cursor, COPY_REQUESTS, REQUEST_TYPES, batch.requests)
+                    cursor.execute(INSERT_REQUESTS)
+                if batch.sessions:
+                    _copy(cursor, COPY_SESSIONS, SESSION_TYPES, batch.sessions)
+                    cursor.execute(INSERT_SESSIONS)
+                if batch.rollups is not None and batch.rollups.cells:
+                    _add_rollups(cursor, batch.rollups)
+        except psycopg.OperationalError:
+            self._drop_if_broken(connection)
+            raise
+
+    def _drop_if_broken(self, connection: psycopg.Connection[Any]) -> None:
+        # A lost server leaves the connection closed; a failed rollback, in an
+        # unknown transaction state. Either way the next write starts afresh.
+        idle = connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        if connection.closed or connection.broken or not idle:
+            connection.close()
+            if connection is self._connection:
+                self._connection = None
+
+    # -- history ---------------------------------------------------------------
+    def read_rollups(
+        self, resolution: int, start: int, end: int, *, by_route: bool
+    ) -> list[RollupRow]:
+        return self._reader.read_rollups(resolution, start, end, by_route=by_route)
+
+    def read_requests(self, query: RequestQuery) -> list[RequestRecord]:
+        return self._reader.read_requests(query)
+
+    def prune(self, raw_before: float, rollups_before: Mapping[int, float], limit: int) -> int:
+        """Delete at most ``limit`` expired rows per table, each step its own
+        short transaction (autocommit), so writers and readers wait for none of it."""
+        connection = self._connect()
+        steps: list[tuple[str, dict[str, object]]] = [
+            (_DELETE_REQUESTS, {"before": raw_before, "limit": limit}),
+            (_DELETE_SESSIONS, {"before": raw_before, "limit": limit}),
+            (_DELETE_DELTAS, {"before": time.time() - DELTA_ID_KEEP_SECONDS, "limit": limit}),
+        ]
+        for level in LEVELS:
+            if level in rollups_before:
+                params: dict[str, object] = {
+                    "level": level,
+                    "before": rollups_before[level],
+                    "limit": limit,
+                }
+                steps.append((_DELETE_ROLLUPS, params))
+                steps.append((_DELETE_TOTALS, params))
+        deleted = 0
+        try:
+            for sql, step_params in steps:
+                deleted += connection.execute(sql, step_params).rowcount
+        except psycopg.OperationalError:
+            self._drop_if_broken(connection)
+            raise
+        return deleted
+
+    def close(self) -> None:
+        self._reader.close()
+        if self._connection is not None and self._owner == (os.getpid(), threading.get_ident()):
+            self._connection.close()
+            self._connection = None
+
+
+def _copy(
+    cursor: psycopg.Cursor[Any], sql: str, types: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    with cursor.copy(sql) as copy:
+        copy.set_types(types)
+        write_row = copy.write_row
+        for row in rows:
+            write_row(row)
+
+
+def _add_rollups(cursor: psycopg.Cursor[Any], delta: RollupDelta) -> None:
+    cursor.execute(
+        "INSERT INTO aegis_rollup_deltas (delta_id, applied_at) VALUES (%s, %s) "
+        "ON CONFLICT DO NOTHING",
+        (delta.delta_id, time.time()),
+    )
+    # A writer racing us with the same id waits on the key until we commit,
+    # then inserts nothing: each delta is added once.
+    if not cursor.rowcount:  # a retry of a write that did commit
+        return
+    routes, totals = expand(delta)
+    # Rows come sorted by key, routes before totals in every writer, so
+    # concurrent writers lock rows in one order and cannot deadlock.
+    cursor.executemany(UPSERT_ROLLUPS, rollup_parameters(routes))
+    cursor.executemany(UPSERT_TOTALS, rollup_parameters(totals))
+
+
+# Deletes by physical row id (ctid): a LIMIT in a subquery, then a TID scan
+# (``= ANY(ARRAY(...))``, where ``IN (SELECT ...)`` would join against the
+# whole table). The outer condition repeats the horizon so a row changed
+# since the subquery read it, or a hypertable chunk reusing a ctid, is only
+# deleted when it too has expired.
+_DELETE_REQUESTS = (
+    "DELETE FROM aegis_requests WHERE timestamp < %(before)s::float8 AND ctid = ANY(ARRAY("
+    "SELECT ctid FROM aegis_requests WHERE timestamp < %(before)s::float8 LIMIT %(limit)s))"
+)
+_DELETE_SESSIONS = (
+    "DELETE FROM aegis_websocket_sessions WHERE timestamp < %(before)s::float8 AND ctid = ANY("
+    "ARRAY(SELECT ctid FROM aegis_websocket_sessions WHERE timestamp < %(before)s::float8 "
+    "LIMIT %(limit)s))"
+)
+_DELETE_DELTAS = (
+    "DELETE FROM aegis_rollup_deltas WHERE applied_at < %(before)s::float8 AND ctid = ANY(ARRAY("
+    "SELECT ctid FROM aegis_rollup_deltas WHERE applied_at < %(before)s::float8 "
+    "LIMIT %(limit)s))"
+)
+# Buckets are whole seconds: bucket < h exactly when bucket < ceil(h), and an
+# integer bound keeps the comparison on the primary key's index.
+_DELETE_ROLLUPS = (
+    "DELETE FROM aegis_rollups WHERE resolution = %(level)s "
+    "AND bucket < ceil(%(before)s::float8)::bigint AND ctid = ANY(ARRAY("
+    "SELECT ctid FROM aegis_rollups WHERE resolution = %(level)s "
+    "AND bucket < ceil(%(before)s::float8)::bigint LIMIT %(limit)s))"
+)
+_DELETE_TOTALS = (
+    "DELETE FROM aegis_rollup_totals WHERE resolution = %(level)s "
+    "AND bucket < ceil(%(before)s::float8)::bigint AND ctid = ANY(ARRAY("
+    "SELECT ctid FROM aegis_rollup_totals WHERE resolution = %(level)s "
+    "AND bucket < ceil(%(before)s::float8)::bigint LIMIT %(limit)s))"
+)

@@ -1,0 +1,103 @@
+"""Reading history back from PostgreSQL, from any thread.
+
+Readers never use the writer's connection (it belongs to the sink's thread).
+They borrow one from a small :class:`psycopg_pool.ConnectionPool`, opened on
+the first read (an app that never reads history holds no idle connection)
+and checked before it is lent, so a restarted server costs one failed check,
+not one failed read.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from ..core.history import RequestQuery
+from ..core.record import RequestRecord
+from ..core.rollup import RollupRow, decode_histogram
+from . import history_sql
+from .postgres_schema import migrate
+
+_SELECT_ROUTES = history_sql.select_rollups(history_sql.POSTGRES, by_route=True)
+_SELECT_TOTALS = history_sql.select_rollups(history_sql.POSTGRES, by_route=False)
+
+#: Readers are the JSON API, the CLI and the dashboard: a few at a time.
+MAX_READERS = 4
+#: How long a read waits for a connection before it fails.
+READ_TIMEOUT_SECONDS = 10.0
+
+
+class PostgresReader:
+    """A lazily opened pool of connections for reads."""
+
+    def __init__(self, url: str, connect_kwargs: dict[str, Any], name: str) -> None:
+        self.url = url
+        self.connect_kwargs = connect_kwargs
+        self.name = name
+        self._lock = threading.Lock()
+        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._pid = os.getpid()
+        self._migrated = False
+        # Pools inherited across a fork are kept referenced and never closed:
+        # closing would end the parent's sessions on the sockets both share.
+        self._left_behind: list[ConnectionPool[psycopg.Connection[Any]]] = []
+
+    def _current_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
+        with self._lock:
+            if self._pid != os.getpid():
+                if self._pool is not None:
+                    self._left_behind.append(self._pool)
+                self._pool, self._pid, self._migrated = None, os.getpid(), False
+            if self._pool is None:
+                pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+                    self.url,
+                    kwargs={"autocommit": True, **self.connect_kwargs},
+                    min_size=0,
+                    max_size=MAX_READERS,
+                    open=False,
+                    check=ConnectionPool.check_connection,
+                    timeout=READ_TIMEOUT_SECONDS,
+                    name=f"aegis-read-{self.name}",
+                )
+                pool.open(wait=False)
+                self._pool = pool
+            return self._pool
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._current_pool().connection() as connection:
+            if not self._migrated:
+                # A read may come before the first write: the tables must exist.
+                migrate(connection)
+                self._migrated = True
+            yield connection
+
+    def read_rollups(
+        self, resolution: int, start: int, end: int, *, by_route: bool
+    ) -> list[RollupRow]:
+        sql = _SELECT_ROUTES if by_route else _SELECT_TOTALS
+        with self._connection() as connection:
+            rows = connection.execute(sql, (resolution, start, end)).fetchall()
+        return [RollupRow._make((*row[:-1], decode_histogram(row[-1]))) for row in rows]
+
+    def read_requests(self, query: RequestQuery) -> list[RequestRecord]:
+        sql, params = history_sql.select_requests(history_sql.POSTGRES, query)
+        with self._connection() as connection:
+            rows = connection.execute(sql, params).fetchall()
+        return [RequestRecord._make(row) for row in rows]
+
+    def close(self) -> None:
+        """Close this process's pool (a parent's is left alone)."""
+        with self._lock:
+            pool, self._pool, self._migrated = self._pool, None, False
+            if pool is not None and self._pid != os.getpid():
+                self._left_behind.append(pool)
+                pool = None
+        if pool is not None:
+            pool.close()

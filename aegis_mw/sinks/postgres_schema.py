@@ -1,0 +1,239 @@
+"""The PostgreSQL schema and its versioned migrations.
+
+Columns and table names are those of SQLite (see :mod:`.sqlite_schema`), in
+PostgreSQL's types: ``double precision`` for seconds and milliseconds,
+``bigint`` for byte counts, ``boolean`` for ``accepted`` and ``jsonb`` for
+the rollup histograms. Ids and routes are ``COLLATE "C"``: bytewise, as in
+SQLite, so the request log is ordered the same by both.
+
+``aegis_schema_version`` holds one row per applied version. Migrations run in
+one transaction that first takes a transaction-scoped advisory lock (keyed by
+the schema, so databases shared by several apps' schemas do not wait for one
+another): when several processes start at once, one applies each step and
+the others, once the lock is theirs, find it done.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from .sqlite_schema import REQUEST_COLUMNS, SESSION_COLUMNS, SchemaTooNew
+
+if TYPE_CHECKING:
+    import psycopg
+
+logger = logging.getLogger("aegis_mw")
+
+#: First key of the advisory lock taken while migrating ("aegi").
+LOCK_KEY = 0x61656769
+
+_ROLLUP_VALUES = """
+            count bigint NOT NULL,
+            errors bigint NOT NULL,
+            rate_limited bigint NOT NULL,
+            duration_sum double precision NOT NULL,
+            duration_min double precision NOT NULL,
+            duration_max double precision NOT NULL,
+            request_bytes bigint NOT NULL,
+            response_bytes bigint NOT NULL,
+            histogram jsonb NOT NULL"""
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
+        CREATE TABLE aegis_requests (
+            request_id text COLLATE "C" NOT NULL,
+            timestamp double precision NOT NULL,
+            method text NOT NULL,
+            route text COLLATE "C" NOT NULL,
+            path text NOT NULL,
+            status integer NOT NULL,
+            duration_ms double precision NOT NULL,
+            ttfb_ms double precision,
+            request_bytes bigint NOT NULL,
+            response_bytes bigint NOT NULL,
+            client_ip text,
+            error text NOT NULL,
+            CONSTRAINT aegis_requests_pkey PRIMARY KEY (request_id)
+        )
+        """,
+        "CREATE INDEX aegis_requests_timestamp ON aegis_requests (timestamp)",
+        """
+        CREATE TABLE aegis_websocket_sessions (
+            session_id text COLLATE "C" PRIMARY KEY,
+            timestamp double precision NOT NULL,
+            route text COLLATE "C" NOT NULL,
+            path text NOT NULL,
+            duration_ms double precision NOT NULL,
+            messages_in bigint NOT NULL,
+            messages_out bigint NOT NULL,
+            close_code integer,
+            accepted boolean NOT NULL,
+            client_ip text,
+            error text NOT NULL
+        )
+        """,
+        "CREATE INDEX aegis_websocket_sessions_timestamp ON aegis_websocket_sessions (timestamp)",
+    ),
+    (
+        # The key leads with (resolution, bucket): a time-range read is one
+        # index range scan.
+        f"""
+        CREATE TABLE aegis_rollups (
+            resolution integer NOT NULL,
+            bucket bigint NOT NULL,
+            route text COLLATE "C" NOT NULL,
+            method text COLLATE "C" NOT NULL,
+            status_class integer NOT NULL,
+            {_ROLLUP_VALUES},
+            PRIMARY KEY (resolution, bucket, route, method, status_class)
+        )
+        """,
+        f"""
+        CREATE TABLE aegis_rollup_totals (
+            resolution integer NOT NULL,
+            bucket bigint NOT NULL,
+            status_class integer NOT NULL,
+            {_ROLLUP_VALUES},
+            PRIMARY KEY (resolution, bucket, status_class)
+        )
+        """,
+        # Ids of the rollup deltas already added: a retried write adds none twice.
+        """
+        CREATE TABLE aegis_rollup_deltas (
+            delta_id text COLLATE "C" PRIMARY KEY,
+            applied_at double precision NOT NULL
+        )
+        """,
+        "CREATE INDEX aegis_rollup_deltas_applied_at ON aegis_rollup_deltas (applied_at)",
+        "CREATE INDEX aegis_requests_route ON aegis_requests (route, timestamp)",
+        # Two histograms ({"bucket index": count}) added key by key; the
+        # rollup upsert calls it on conflict, as SQLite calls its Python twin.
+        # It walks only ``b`` (the incoming delta, a few buckets) and looks
+        # each key up in ``a`` (the stored row, which grows to many buckets):
+        # a third cheaper than regrouping both.
+        """
+        CREATE FUNCTION aegis_histogram_merge(a jsonb, b jsonb) RETURNS jsonb
+        LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+            SELECT a || coalesce(
+                (SELECT jsonb_object_agg(key, coalesce((a ->> key)::bigint, 0) + value::bigint)
+                 FROM jsonb_each_text(b)),
+                '{}'::jsonb
+            )
+        $$
+        """,
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_TIMESCALE_AVAILABLE = "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+# TimescaleDB (untested here: the extension is not installed on the machines
+# the tests run on). A hypertable's unique keys must include its partitioning
+# column, so the request key becomes (request_id, timestamp); the sink's
+# ``ON CONFLICT DO NOTHING`` names no key and so works with either (a retried
+# record carries the same timestamp). ``timestamp`` is a float, which
+# TimescaleDB cannot partition on directly: a partitioning function maps it
+# to integer microseconds, the unit of the one-day chunk interval.
+_TIMESCALE = (
+    "CREATE EXTENSION IF NOT EXISTS timescaledb",
+    """
+    CREATE FUNCTION aegis_unix_micros(seconds double precision) RETURNS bigint
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT (seconds * 1000000)::bigint $$
+    """,
+    "ALTER TABLE aegis_requests DROP CONSTRAINT aegis_requests_pkey, "
+    "ADD CONSTRAINT aegis_requests_pkey PRIMARY KEY (request_id, timestamp)",
+    "SELECT create_hypertable('aegis_requests', 'timestamp', "
+    "chunk_time_interval => 86400000000, time_partitioning_func => 'aegis_unix_micros')",
+)
+
+INSERT_REQUESTS = (
+    f"INSERT INTO aegis_requests ({', '.join(REQUEST_COLUMNS)}) "
+    f"SELECT {', '.join(REQUEST_COLUMNS)} FROM aegis_stage_requests ON CONFLICT DO NOTHING"
+)
+INSERT_SESSIONS = (
+    f"INSERT INTO aegis_websocket_sessions ({', '.join(SESSION_COLUMNS)}) "
+    f"SELECT {', '.join(SESSION_COLUMNS)} FROM aegis_stage_sessions ON CONFLICT DO NOTHING"
+)
+COPY_REQUESTS = (
+    f"COPY aegis_stage_requests ({', '.join(REQUEST_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+)
+COPY_SESSIONS = (
+    f"COPY aegis_stage_sessions ({', '.join(SESSION_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+)
+#: Binary COPY sends each value in the column's own type.
+REQUEST_TYPES = (
+    "text", "float8", "text", "text", "text", "int4", "float8", "float8",
+    "int8", "int8", "text", "text",
+)  # fmt: skip
+SESSION_TYPES = (
+    "text", "float8", "text", "text", "float8", "int8", "int8", "int4", "bool", "text", "text",
+)  # fmt: skip
+
+#: Per-connection staging tables for COPY. Emptied at every commit: a batch
+#: never sees the rows of the one before, and nothing is left to clean up.
+#: They have no indexes, so COPY into them costs only the rows.
+CREATE_STAGING = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS aegis_stage_requests "
+    "(LIKE aegis_requests) ON COMMIT DELETE ROWS",
+    "CREATE TEMPORARY TABLE IF NOT EXISTS aegis_stage_sessions "
+    "(LIKE aegis_websocket_sessions) ON COMMIT DELETE ROWS",
+)
+
+
+def migrate(connection: psycopg.Connection[Any]) -> int:
+    """Bring the schema to ``SCHEMA_VERSION``; returns the version found.
+
+    ``connection`` is in autocommit mode; the migration is one transaction.
+    """
+    with connection.transaction():
+        # Held to the end of the transaction: whoever comes next reads the
+        # version this transaction wrote.
+        connection.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (LOCK_KEY,)
+        )
+        found = _version(connection)
+        if found > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"database schema version {found} is newer than this aegis_mw "
+                f"understands ({SCHEMA_VERSION}); upgrade aegis_mw"
+            )
+        if found == 0:
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS aegis_schema_version ("
+                "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+        for version in range(found, SCHEMA_VERSION):
+            for statement in MIGRATIONS[version]:
+                connection.execute(statement)
+            if version == 0:
+                _try_timescale(connection)
+            connection.execute(
+                "INSERT INTO aegis_schema_version (version) VALUES (%s)", (version + 1,)
+            )
+    return found
+
+
+def _version(connection: psycopg.Connection[Any]) -> int:
+    exists = connection.execute("SELECT to_regclass('aegis_schema_version')").fetchone()
+    if exists is None or exists[0] is None:
+        return 0
+    row = connection.execute(
+        "SELECT coalesce(max(version), 0) FROM aegis_schema_version"
+    ).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def _try_timescale(connection: psycopg.Connection[Any]) -> None:
+    """Make ``aegis_requests`` a hypertable when TimescaleDB can be had; plain
+    tables otherwise (or when this role may not create the extension)."""
+    import psycopg
+
+    if connection.execute(_TIMESCALE_AVAILABLE).fetchone() is None:
+        return
+    try:
+        with connection.transaction():  # a savepoint: failing here keeps plain tables
+            for statement in _TIMESCALE:
+                connection.execute(statement)
+    except psycopg.Error as exc:
+        logger.warning("aegis: TimescaleDB is available but not used (%s)", exc)

@@ -1,0 +1,599 @@
+"""The PostgreSQL sink against the real server: schema, idempotence, the same
+history as the other sinks, several processes, pruning, failures, URLs."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aegis_mw import Aegis, Batch, WebSocketSession
+from aegis_mw.core.history import RequestQuery
+from aegis_mw.core.rollup import LEVELS, RollupDelta, RollupRow
+from aegis_mw.history.queries import HistoryQueries
+from aegis_mw.sinks import MemorySink, SQLiteSink, build_sink
+from aegis_mw.sinks.sqlite_schema import SchemaTooNew
+from tests.core.test_fork import run_in_child
+from tests.harness import inbox_item
+from tests.sinks.test_sqlite import make_request, make_session
+from tests.spawned import run_together
+
+psycopg = pytest.importorskip("psycopg")
+
+from aegis_mw.sinks import postgres_schema  # noqa: E402  (needs psycopg only for typing)
+from aegis_mw.sinks.postgres import PostgresSink  # noqa: E402
+
+T0 = 1_700_000_000.0
+ROUTES = ("/a", "/b/{id}", "/c/{name}", "<unmatched>")
+METHODS = ("GET", "POST", "_OTHER")
+STATUSES = (200, 200, 201, 302, 404, 429, 499, 500, 503)
+#: Rollup buckets are read over this whole range at every level.
+WHOLE = (0, 2**40)
+
+
+@pytest.fixture
+def sinks() -> Iterator[Callable[[str], PostgresSink]]:
+    """PostgreSQL sinks closed after the test."""
+    created: list[PostgresSink] = []
+
+    def factory(url: str) -> PostgresSink:
+        sink = PostgresSink(url)
+        created.append(sink)
+        return sink
+
+    yield factory
+    for sink in created:
+        sink.close()
+
+
+def sql(url: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Run one statement on a fresh connection (in the test's schema)."""
+    with psycopg.connect(url, autocommit=True) as connection:
+        cursor = connection.execute(statement, params or None)
+        return cursor.fetchall() if cursor.description else []
+
+
+def history_batch(seed: int, size: int, prefix: str, span: float = 900.0) -> Batch:
+    """``size`` requests spread over ``span`` seconds (several buckets at every
+    level), with their rollup delta, as the flusher would hand them over."""
+    rng = random.Random(seed)
+    delta = RollupDelta()
+    records = []
+    for number in range(size):
+        timestamp = T0 + rng.uniform(0, span)
+        status = rng.choice(STATUSES)
+        record = make_request(
+            number,
+            prefix=prefix,
+            timestamp=timestamp,
+            method=rng.choice(METHODS),
+            route=rng.choice(ROUTES),
+            status=status,
+            duration_ms=rng.uniform(0.05, 2500.0),
+            ttfb_ms=None if status == 499 else rng.uniform(0.01, 5.0),
+            request_bytes=rng.randrange(0, 5000),
+            response_bytes=rng.randrange(0, 10**7),
+            error="RuntimeError: boom" if number % 17 == 0 else "",
+        )
+        records.append(record)
+        delta.add(
+            record.timestamp, record.route, record.method, record.status, record.duration_ms,
+            record.status >= 500 or bool(record.error), record.request_bytes,
+            record.response_bytes,
+        )  # fmt: skip
+    delta.delta_id = f"delta-{prefix}-{seed}"
+    return Batch(requests=records, rollups=delta)
+
+
+def all_rollups(sink: Any) -> dict[tuple[int, bool], list[RollupRow]]:
+    """Every stored rollup, by (level, by_route), in a fixed order."""
+    return {
+        (level, by_route): sorted(sink.read_rollups(level, *WHOLE, by_route=by_route))
+        for level in LEVELS
+        for by_route in (True, False)
+    }
+
+
+# -- schema and URLs -------------------------------------------------------------------
+
+
+def test_build_sink_accepts_both_schemes_and_never_names_the_password() -> None:
+    """Building a sink does not connect; its name shows host and database only."""
+    for url in (
+        "postgresql://aegis:s3cret@db.example:5433/metrics",
+        "postgres://aegis:s3cret@db.example:5433/metrics?sslmode=require",
+    ):
+        sink = build_sink(url)
+        assert isinstance(sink, PostgresSink)
+        assert sink.name == "postgresql:db.example/metrics"
+        assert "s3cret" not in repr(vars(sink)["name"])
+        sink.close()
+
+
+def test_import_aegis_does_not_import_psycopg_and_a_missing_driver_names_the_extra() -> None:
+    """psycopg is imported only when a postgresql:// sink is built; without it the
+    ImportError says which extra to install."""
+    code = (
+        "import sys\n"
+        "import aegis_mw, aegis_mw.sinks\n"
+        "assert 'psycopg' not in sys.modules, 'imported by aegis_mw'\n"
+        "sys.modules['psycopg'] = None  # as if not installed\n"
+        "try:\n"
+        "    aegis_mw.sinks.build_sink('postgresql://u@h/db')\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == (
+        "the PostgreSQL sink needs psycopg: pip install 'aegis_mw[postgres]'"
+    )
+
+
+def test_schema_is_created_on_first_write(
+    postgres_url: str, sinks: Callable[[str], PostgresSink]
+) -> None:
+    """The first write creates every table, index and the merge function, at the current version."""
+    sinks(postgres_url).write(Batch())
+
+    tables = sql(
+        postgres_url,
+        "SELECT table_name FROM information_schema.tables "
+        "WHERE table_schema = current_schema() ORDER BY table_name",
+    )
+    assert [name for (name,) in tables] == [
+        "aegis_requests", "aegis_rollup_deltas", "aegis_rollup_totals", "aegis_rollups",
+        "aegis_schema_version", "aegis_websocket_sessions",
+    ]  # fmt: skip
+    columns = sql(
+        postgres_url,
+        "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = 'aegis_requests' "
+        "ORDER BY ordinal_position",
+    )
+    assert columns == [
+        ("request_id", "text", "NO"), ("timestamp", "double precision", "NO"),
+        ("method", "text", "NO"), ("route", "text", "NO"), ("path", "text", "NO"),
+        ("status", "integer", "NO"), ("duration_ms", "double precision", "NO"),
+        ("ttfb_ms", "double precision", "YES"), ("request_bytes", "bigint", "NO"),
+        ("response_bytes", "bigint", "NO"), ("client_ip", "text", "YES"), ("error", "text", "NO"),
+    ]  # fmt: skip
+    indexes = sql(
+        postgres_url,
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() "
+        "ORDER BY indexname",
+    )
+    definitions = {name: definition.split(" USING ")[1] for name, definition in indexes}
+    assert definitions["aegis_requests_timestamp"] == 'btree ("timestamp")'
+    assert definitions["aegis_websocket_sessions_timestamp"] == 'btree ("timestamp")'
+    assert definitions["aegis_rollups_pkey"] == (
+        "btree (resolution, bucket, route, method, status_class)"
+    )
+    assert definitions["aegis_rollup_totals_pkey"] == "btree (resolution, bucket, status_class)"
+    assert sql(postgres_url, "SELECT version FROM aegis_schema_version ORDER BY version") == [
+        (1,),
+        (2,),
+    ]
+    assert sql(
+        postgres_url,
+        "SELECT aegis_histogram_merge(%s::jsonb, %s::jsonb)",
+        '{"1": 2, "7": 1}',
+        '{"7": 4, "9": 1}',
+    ) == [({"1": 2, "7": 5, "9": 1},)]
+
+
+def test_every_field_round_trips_exactly(
+    postgres_url: str, sinks: Callable[[str], PostgresSink]
+) -> None:
+    """What is read back equals what was written, value and type, including None and unicode."""
+    sink = sinks(postgres_url)
+    requests = [
+        make_request(1),
+        make_request(
+            2,
+            timestamp=1_712_345_678.123456,
+            method="_OTHER",
+            route="<unmatched>",
+            path="/café/日本語/🚀?q=ü",
+            status=499,
+            duration_ms=0.1 + 0.2,
+            ttfb_ms=None,
+            request_bytes=0,
+            response_bytes=2**62,
+            client_ip=None,
+            error='ValueError: bad "input"\nline two\t\\N\u00e9\U0001f4a5',
+        ),
+        make_request(3, client_ip="2001:db8::1", ttfb_ms=1e-9, duration_ms=123456789.987654321),
+    ]
+    sessions = [
+        make_session(1),
+        make_session(
+            2,
+            path="/ws/🚀",
+            close_code=None,
+            accepted=False,
+            client_ip=None,
+            error="RuntimeError: ünïcödé",
+            messages_in=0,
+            messages_out=2**40,
+        ),
+    ]
+    sink.write(Batch(requests=requests, sessions=sessions))
+
+    stored = sink.read_requests(RequestQuery())
+    assert stored == sorted(requests, key=lambda r: r.timestamp, reverse=True)
+    by_id = {record.request_id: record for record in requests}
+    for record in stored:
+        assert [type(value) for value in record] == [
+            type(value) for value in by_id[record.request_id]
+        ]
+    assert stored[0].ttfb_ms is None and stored[0].client_ip is None
+    rows = sql(postgres_url, "SELECT * FROM aegis_websocket_sessions ORDER BY session_id")
+    assert [WebSocketSession(*row) for row in rows] == sessions
+    for row, session in zip(rows, sessions, strict=True):
+        assert [type(value) for value in row] == [type(value) for value in session]
+
+
+def test_retried_batch_is_stored_once_and_counted_once(
+    postgres_url: str, sinks: Callable[[str], PostgresSink]
+) -> None:
+    """The same records and delta id again add nothing; an overlapping retry adds only the new."""
+    sink = sinks(postgres_url)
+    batch = history_batch(1, 200, "a" * 16)
+    batch.sessions.extend(make_session(n) for n in range(3))
+    reference = MemorySink()
+    reference.write(batch)
+
+    sink.write(batch)
+    sink.write(batch)
+    # A retry with changed values for known ids, and one new record and session.
+    sink.write(
+        Batch(
+            requests=[batch.requests[0]._replace(status=500), make_request(999, prefix="n" * 16)],
+            sessions=[make_session(2, close_code=1011), make_session(7)],
+        )
+    )
+    reference.write(
+        Batch(requests=[make_request(999, prefix="n" * 16)], sessions=[make_session(7)])
+    )
+
+    assert sink.read_requests(RequestQuery(limit=1000)) == reference.read_requests(
+        RequestQuery(limit=1000)
+    )
+    assert sql(postgres_url, "SELECT count(*) FROM aegis_websocket_sessions") == [(4,)]
+    assert sql(
+        postgres_url, "SELECT close_code FROM aegis_websocket_sessions WHERE session_id = %s",
+        make_session(2).session_id,
+    ) == [(1000,)]  # fmt: skip
+    assert all_rollups(sink) == all_rollups(reference)
+    [(total,)] = sql(
+        postgres_url, "SELECT sum(count) FROM aegis_rollup_totals WHERE resolution = 5"
+    )
+    assert total == 200
+
+
+def test_history_equals_memory_and_sqlite(
+    postgres_url: str, sinks: Callable[[str], PostgresSink], tmp_path: Path
+) -> None:
+    """Fed the same batches, the three history sinks answer every read the same."""
+    postgres = sinks(postgres_url)
+    memory = MemorySink()
+    sqlite = SQLiteSink(str(tmp_path / "aegis.db"))
+    try:
+        for seed in range(6):
+            batch = history_batch(seed, 300, f"{seed:016x}", span=4000.0)
+            for sink in (postgres, memory, sqlite):
+                sink.write(batch)
+
+        expected = all_rollups(memory)
+        assert sum(len(rows) for rows in expected.values()) > 500
+        assert all_rollups(postgres) == expected
+        assert all_rollups(sqlite) == expected
+        for rows in all_rollups(postgres).values():
+            for row in rows:
+                assert [type(value) for value in row] == [
+                    int, str, str, int, int, int, int, float, float, float, int, int, dict,
+                ]  # fmt: skip
+                assert all(type(k) is int and type(v) is int for k, v in row.histogram.items())
+        # A range read: only buckets in [start, end).
+        start, end = int(T0) + 600, int(T0) + 1800
+        assert sorted(postgres.read_rollups(60, start, end, by_route=True)) == sorted(
+            memory.read_rollups(60, start, end, by_route=True)
+        )
+
+        queries = [
+            RequestQuery(),
+            RequestQuery(limit=50, offset=120),
+            RequestQuery(route="/b/{id}", limit=1000),
+            RequestQuery(method="POST", status_from=500, status_to=600, limit=1000),
+            RequestQuery(min_duration_ms=1000.0, since=T0 + 100, until=T0 + 2000, limit=1000),
+            RequestQuery(route="<unmatched>", method="_OTHER", status_from=400, status_to=500),
+            RequestQuery(route="/nowhere"),
+        ]
+        for query in queries:
+            expected_requests = memory.read_requests(query)
+            assert postgres.read_requests(query) == expected_requests, query
+            assert sqlite.read_requests(query) == expected_requests, query
+    finally:
+        sqlite.close()
+
+
+def test_reads_from_several_threads_while_writing(
+    postgres_url: str, sinks: Callable[[str], PostgresSink]
+) -> None:
+    """Readers on other threads (more than the pool holds) all get answers while writes go on."""
+    sink = sinks(postgres_url)
+    sink.write(history_batch(0, 100, "0" * 16))
+
+    def read(_: int) -> int:
+        return len(sink.read_requests(RequestQuery(limit=1000)))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(read, n) for n in range(24)]
+        for seed in range(1, 4):
+            sink.write(history_batch(seed, 100, f"{seed:016x}"))
+        counts = [future.result(timeout=60) for future in futures]
+    assert all(100 <= count <= 400 for count in counts)
+    assert read(0) == 400
+
+
+# -- several processes and connections --------------------------------------------------
+
+
+def _write_batches(url: str, index: int, barrier: Any, results: Any) -> None:
+    """Child process: write its own batches, all at once with the other processes."""
+    try:
+        sink = PostgresSink(url)
+        sink.write(Batch())  # connected and migrated before the race
+        batches = [history_batch(index * 10 + n, 150, f"{index:08x}{n:08x}") for n in range(4)]
+        barrier.wait(timeout=60)
+        for batch in batches:
+            sink.write(batch)
+        sink.close()
+    except BaseException as exc:
+        results.put((index, f"{type(exc).__name__}: {exc}"))
+    else:
+        results.put((index, "ok"))
+
+
+def test_processes_writing_at_once_add_up(postgres_url: str) -> None:
+    """Processes writing disjoint batches into the same rollup rows at once: the
+    stored history is the sum of all of them (no lost update, no deadlock)."""
+    processes = 3
+    outcomes, exit_codes = run_together(_write_batches, processes, postgres_url)
+
+    assert sorted(outcomes) == [(index, "ok") for index in range(processes)]
+    assert exit_codes == [0] * processes
+    reference = MemorySink()
+    for index in range(processes):
+        for n in range(4):
+            reference.write(history_batch(index * 10 + n, 150, f"{index:08x}{n:08x}"))
+    reader = PostgresSink(postgres_url)
+    try:
+        stored, expected = all_rollups(reader), all_rollups(reference)
+        assert stored.keys() == expected.keys()
+        for key, rows in expected.items():
+            # Processes add in whatever order they commit: sums of floats may
+            # differ in the last bits; every count and extreme is exact.
+            assert [row._replace(duration_sum=0.0) for row in stored[key]] == [
+                row._replace(duration_sum=0.0) for row in rows
+            ]
+            assert [row.duration_sum for row in stored[key]] == pytest.approx(
+                [row.duration_sum for row in rows], rel=1e-12
+            )
+        assert len(reader.read_requests(RequestQuery(limit=10_000))) == processes * 4 * 150
+    finally:
+        reader.close()
+
+
+def test_concurrent_migrations_apply_each_step_once(postgres_url: str) -> None:
+    """Connections migrating an empty schema at once: one finds it empty and applies
+    every step, the others wait for it and find the current version."""
+    count = 6
+    barrier = threading.Barrier(count, timeout=30)
+
+    def migrate(_: int) -> int:
+        with psycopg.connect(postgres_url, autocommit=True) as connection:
+            barrier.wait()
+            return postgres_schema.migrate(connection)
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        found = sorted(pool.map(migrate, range(count), timeout=60))
+
+    current = postgres_schema.SCHEMA_VERSION
+    assert found == [0] + [current] * (count - 1)
+    assert sql(postgres_url, "SELECT version FROM aegis_schema_version ORDER BY version") == [
+        (version,) for version in range(1, current + 1)
+    ]
+
+
+def test_newer_schema_version_is_refused(
+    postgres_url: str, sinks: Callable[[str], PostgresSink]
+) -> None:
+    """A schema from a newer aegis_mw is left untouched, and every write says why."""
+    newer = postgres_schema.SCHEMA_VERSION + 1
+    sql(postgres_url, "CREATE TABLE aegis_schema_version (version integer PRIMARY KEY)")
+    sql(postgres_url, "INSERT INTO aegis_schema_version VALUES (%s)", newer)
+    sink = sinks(postgres_url)
+
+    message = (
+        rf"database schema version {newer} is newer than this aegis_mw understands "
+        rf"\({newer - 1}\); upgrade aegis_mw"
+    )
+    for _ in range(2):  # no half-opened connection is kept: a retry checks again
+        with pytest.raises(SchemaTooNew, match=message):
+            sink.write(Batch(requests=[make_request(1)]))
+    with pytest.raises(SchemaTooNew, match=message):
+        sink.read_requests(RequestQuery())
+    tables = sql(
+        postgres_url,
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()",
+    )
+    assert tables == [("aegis_schema_version",)]
+
+
+# -- pruning ---------------------------------------------------------------------------
+
+
+def test_prune_deletes_only_expired_rows_in_limited_steps(
+    postgres_url: str, sinks: Callable[[str], PostgresSink]
+) -> None:
+    """Each call deletes at most ``limit`` rows per table, only rows past their horizon."""
+    sink = sinks(postgres_url)
+    reference = MemorySink()
+    batch = history_batch(3, 400, "p" * 16, span=3600.0)
+    batch.sessions.extend(make_session(n, timestamp=T0 + 10 * n) for n in range(8))
+    for target in (sink, reference):
+        target.write(batch)
+    old = Batch(rollups=history_batch(4, 10, "q" * 16).rollups)
+    assert old.rollups is not None
+    old.rollups.delta_id = "old-delta"
+    sink.write(old)
+    reference.write(old)
+    sql(postgres_url, "UPDATE aegis_rollup_deltas SET applied_at = applied_at - 2 * 86400 "
+        "WHERE delta_id = 'old-delta'")  # fmt: skip
+    raw_before = T0 + 1800.0
+    rollups_before = {5: T0 + 1200.5, 60: T0 + 600.0}
+
+    def count(table: str, where: str = "TRUE", *params: Any) -> int:
+        [(value,)] = sql(postgres_url, f"SELECT count(*) FROM {table} WHERE {where}", *params)
+        return int(value)
+
+    expired = [
+        count("aegis_requests", "timestamp < %s", raw_before),
+        count("aegis_websocket_sessions", "timestamp < %s", raw_before),
+        1,  # the old delta id
+    ]
+    for level, horizon in rollups_before.items():
+        for table in ("aegis_rollups", "aegis_rollup_totals"):
+            expired.append(count(table, "resolution = %s AND bucket < %s", level, horizon))
+    assert expired[0] > 20 and expired[1] == 8 and min(expired) >= 1
+    assert expired[3] > 5  # level 5 per route: more than one step's worth
+
+    limit = 5
+    assert sink.prune(raw_before, rollups_before, limit) == sum(min(n, limit) for n in expired)
+    assert count("aegis_requests") == 400 - limit
+    assert count("aegis_rollup_deltas", "delta_id = %s", "old-delta") == 0
+
+    steps = 1
+    while sink.prune(raw_before, rollups_before, limit):
+        steps += 1
+        assert steps < 1000
+    assert steps >= expired[0] // limit
+    reference.prune(raw_before, rollups_before, 10**9)
+    assert sink.read_requests(RequestQuery(limit=1000)) == reference.read_requests(
+        RequestQuery(limit=1000)
+    )
+    assert all_rollups(sink) == all_rollups(reference)
+    assert count("aegis_websocket_sessions") == 0
+    assert count("aegis_rollup_deltas") == 1  # the recent one stays
+
+
+# -- failures, fork and the whole pipeline ------------------------------------------------
+
+
+def test_unreachable_server_makes_write_raise(sinks: Callable[[str], PostgresSink]) -> None:
+    """No server (port 1): write raises, so the flusher keeps the batch and retries."""
+    sink = sinks("postgresql://postgres@127.0.0.1:1/test?connect_timeout=5")
+    for _ in range(2):
+        with pytest.raises(psycopg.OperationalError):
+            sink.write(Batch(requests=[make_request(1)]))
+
+
+def test_unreachable_server_is_a_counted_sink_error_in_the_pipeline(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    """Through Aegis the failure is counted and the records are kept for the retry."""
+    aegis = make_aegis(sink="postgresql://postgres@127.0.0.1:1/test", flush_interval=3600)
+    offer_requests(aegis, 3)
+
+    assert aegis.force_flush(timeout=10) is False
+
+    [stats] = aegis.stats().sinks
+    assert stats.name == "postgresql:127.0.0.1/test"
+    assert (stats.errors, stats.backlog, stats.written) == (1, 3, 0)
+    assert stats.last_error.startswith("OperationalError: ")
+    assert aegis.shutdown(timeout=0.5) is False
+    assert aegis.stats().sinks[0].dropped["shutdown_timeout"] == 3
+
+
+def test_a_broken_connection_is_replaced_on_the_next_write(
+    postgres_url: str, sinks: Callable[[str], PostgresSink]
+) -> None:
+    """The server ends the writer's session: that write fails, the next reconnects."""
+    sink = sinks(postgres_url)
+    sink.write(Batch(requests=[make_request(1)]))
+    writer = sink._connection  # the writer's own session, ended from outside
+    assert writer is not None
+    assert sql(postgres_url, "SELECT pg_terminate_backend(%s)", writer.info.backend_pid) == [
+        (True,)
+    ]
+
+    with pytest.raises(psycopg.OperationalError):
+        sink.write(Batch(requests=[make_request(2)]))
+    sink.write(Batch(requests=[make_request(2)]))
+
+    assert [r.request_id for r in sink.read_requests(RequestQuery())] == [
+        make_request(2).request_id,
+        make_request(1).request_id,
+    ]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_forked_child_opens_its_own_connections(
+    postgres_url: str, sinks: Callable[[str], PostgresSink]
+) -> None:
+    """A child forked with the sink's connections open writes and reads on its
+    own; the parent's connections keep working."""
+    sink = sinks(postgres_url)
+    sink.write(Batch(requests=[make_request(1)]))
+    assert len(sink.read_requests(RequestQuery())) == 1  # the read pool is open too
+
+    def child() -> dict[str, Any]:
+        sink.write(Batch(requests=[make_request(2)]))
+        return {"ok": True, "read": len(sink.read_requests(RequestQuery()))}
+
+    code, report = run_in_child(child)
+
+    assert (code, report) == (0, {"ok": True, "read": 2})
+    sink.write(Batch(requests=[make_request(3)]))
+    assert len(sink.read_requests(RequestQuery())) == 3
+
+
+def offer_requests(aegis: Aegis, count: int, status: int = 200) -> None:
+    """Queue ``count`` finished requests as the middleware would, timed now."""
+    now = aegis.clock.monotonic()
+    for number in range(count):
+        aegis.recorder.offer(
+            inbox_item(f"/r/{number}", route="/r/{n}", status=status, start=now, response_bytes=10)
+        )
+
+
+def test_pipeline_history_through_postgres(
+    postgres_url: str, make_aegis: Callable[..., Aegis]
+) -> None:
+    """``Aegis(sink=url)``: flushed requests show in the history overview."""
+    aegis = make_aegis(sink=postgres_url, flush_interval=3600)
+    offer_requests(aegis, 7)
+    offer_requests(aegis, 2, status=503)
+    offer_requests(aegis, 1, status=404)
+
+    assert aegis.force_flush(timeout=30) is True
+
+    [sink] = aegis.sinks
+    assert isinstance(sink, PostgresSink)
+    overview = HistoryQueries(sink).overview("5m")
+    assert (overview["total"], overview["failed"], overview["client_errors"]) == (10, 2, 1)
+    assert overview["successful"] == 7
+    assert overview["response_bytes"] == 100
+    assert len(sink.read_requests(RequestQuery(status_from=500))) == 2
