@@ -4,7 +4,8 @@ A range is a name from :data:`RANGES` (ending now) or explicit ``from``/``to``
 times. Its series gets a step from :data:`STEPS` giving about 60-120 points,
 and the start is moved back to a multiple of the step, so every point but the
 last is one whole bucket of a stored resolution. The end is moved forward to
-a whole 5-second bucket (the finest stored), and the last, partial point is
+a whole 5-second bucket (the finest stored; a range ending now includes the
+bucket now falls in), and the last, partial point is
 read from finer resolutions: a range therefore covers between its nominal
 width and that plus one step.
 """
@@ -111,7 +112,7 @@ class TimeRange:
         reads = [(self.level, self.start, whole_end)] if whole_end > self.start else []
         cursor = whole_end
         for level in reversed(LEVELS):
-            if level >= self.level and reads:
+            if level > self.level:
                 continue
             stop = self.end // level * level
             if stop > cursor:
@@ -170,5 +171,8 @@ def resolve(
     assert level is not None  # the last step is a multiple of the coarsest level
     # The finest resolution still kept at the end of the range.
     fine = next((level for level in LEVELS if last >= now - kept.get(level, math.inf)), LEVELS[-1])
-    end = max(math.ceil(last / fine) * fine, start + FINEST)
+    # A range ending now includes the bucket now is in (requests of this
+    # very instant); an explicit end is exclusive.
+    end = (math.floor(last / fine) + 1) * fine if until is None else math.ceil(last / fine) * fine
+    end = max(end, start + FINEST)
     return TimeRange(start=start, end=end, step=step, level=level, until=min(last, now))
