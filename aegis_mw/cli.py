@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from . import query_cli
+
 
 def _positive_float(text: str) -> float:
     value = float(text)
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="stop after this many seconds (default: run until Ctrl-C)",
     )
+    query_cli.add_parser(commands)
     return parser
 
 
@@ -50,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(
             host=args.host, port=args.port, db=args.db, rate=args.rate, duration=args.duration
         )
+    if args.command == "query":
+        return query_cli.run_query(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

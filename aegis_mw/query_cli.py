@@ -1,0 +1,163 @@
+"""``aegis-mw query``: the history queries from a terminal, as a table or JSON.
+
+The same parameters, checks and answers as the JSON API (one code path),
+read straight from the database a running app writes::
+
+    aegis-mw query overview --range 1h --db sqlite:///aegis.db
+    aegis-mw query top-endpoints --range 24h --sort p95 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+QUERIES = (
+    "overview", "request-rate", "latency", "status-distribution", "top-endpoints", "requests",
+)  # fmt: skip
+#: option -> the API parameter it sets
+OPTIONS = {
+    "range": "range", "from_": "from", "to": "to", "limit": "limit", "sort": "sort",
+    "route": "route", "method": "method", "status": "status",
+    "min_duration_ms": "min_duration_ms", "since": "since", "until": "until", "offset": "offset",
+}  # fmt: skip
+
+
+def add_parser(commands: Any) -> None:
+    query = commands.add_parser(
+        "query",
+        help="query the stored history (overview, latency, top endpoints, ...)",
+        description="Read the history an app with the middleware stored, as a table or JSON.",
+    )
+    query.add_argument("query", choices=QUERIES, help="what to show")
+    query.add_argument(
+        "--db",
+        default="sqlite:///aegis.db",
+        help="the sink URL the app writes (sqlite:///path or postgresql://...)",
+    )
+    query.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    query.add_argument("--range", help="5m, 15m, 1h, 6h, 24h, 7d or 30d (default 1h)")
+    query.add_argument("--from", dest="from_", metavar="TIME", help="ISO 8601 start")
+    query.add_argument("--to", metavar="TIME", help="ISO 8601 end (default now)")
+    query.add_argument("--limit", help="rows to show (top-endpoints, requests)")
+    query.add_argument("--sort", help="count, p95 or errors (top-endpoints)")
+    for name in ("route", "method", "status", "since", "until", "offset"):
+        query.add_argument(f"--{name}", help=f"{name} filter (requests)")
+    query.add_argument("--min-duration-ms", dest="min_duration_ms", help="slowest only (requests)")
+
+
+def _open(url: str) -> Any:
+    from .core.errors import ConfigError
+    from .sinks import build_sink
+
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///") :])
+        if not path.is_file():
+            raise ConfigError("--db", url, "an existing database file (nothing is stored there)")
+    sink = build_sink(url)
+    if not callable(getattr(sink, "read_rollups", None)):
+        raise ConfigError("--db", url, "a sink that keeps history: sqlite:/// or postgresql://")
+    return sink
+
+
+def run_query(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from .core.errors import ConfigError
+    from .endpoints.api import PARAMETERS, answer
+    from .history import HistoryQueries, QueryError
+
+    params = {
+        parameter: str(value)
+        for option, parameter in OPTIONS.items()
+        if (value := getattr(args, option)) is not None
+    }
+    for parameter in params:
+        if parameter not in PARAMETERS[args.query]:
+            print(f"aegis-mw: error: --{parameter} does not apply to {args.query}", file=sys.stderr)
+            return 2
+    try:
+        sink = _open(args.db)
+    except (ConfigError, ImportError) as exc:
+        print(f"aegis-mw: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        data = answer(HistoryQueries(sink), args.query, params)
+    except QueryError as exc:
+        print(f"aegis-mw: error: {exc.parameter}: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        sink.close()
+    out = sys.stdout if out is None else out
+    if args.json:
+        json.dump(data, out, indent=2)
+        out.write("\n")
+    else:
+        out.write(render(args.query, data))
+    return 0
+
+
+# -- tables --------------------------------------------------------------------
+_OVERVIEW_FIGURES = (
+    "total", "successful", "failed", "client_errors", "error_rate", "requests_per_second",
+    "rate_limited", "request_bytes", "response_bytes",
+)  # fmt: skip
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".") if value % 1 else f"{value:.0f}"
+    return str(value)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Columns padded to their widest cell; numbers right-aligned."""
+    cells = [[_cell(value) for value in row] for row in rows]
+    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
+    numeric = [
+        all(isinstance(row[i], (int, float)) or row[i] is None for row in rows)
+        for i in range(len(headers))
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric, strict=True)
+        ).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, cells)]) + "\n"
+
+
+def render(query: str, data: dict[str, Any]) -> str:
+    """The table for one query's data."""
+    span = data.get("range")
+    head = f"{span['from']} .. {span['to']} (step {span['step_seconds']} s)\n\n" if span else ""
+    if query == "overview":
+        latency = data["latency_ms"]
+        rows: list[tuple[Any, ...]] = [
+            (key.replace("_", " "), data[key]) for key in _OVERVIEW_FIGURES
+        ]
+        rows += [(f"latency {key} (ms)", value) for key, value in latency.items()]
+        rows += [(f"status {key}", value) for key, value in data["status"].items()]
+        return head + table(("figure", "value"), rows)
+    if query == "top-endpoints":
+        rows = [
+            (e["route"], e["method"], e["requests"], e["errors"], e["requests_per_second"],
+             e["latency_ms"]["avg"], e["latency_ms"]["p95"], e["latency_ms"]["p99"])
+            for e in data["endpoints"]
+        ]  # fmt: skip
+        headers = ("route", "method", "requests", "errors", "req/s", "avg ms", "p95 ms", "p99 ms")
+        return head + table(headers, rows)
+    if query == "requests":
+        rows = [
+            (r["timestamp"], r["method"], r["route"], r["path"], r["status"], r["duration_ms"])
+            for r in data["requests"]
+        ]
+        return table(("time", "method", "route", "path", "status", "ms"), rows)
+    points = data["points"]
+    columns = [key for key in points[0] if key != "timestamp"] if points else []
+    rows = [(p["timestamp"], *(p[key] for key in columns)) for p in points]
+    return head + table(("time", *columns), rows)
