@@ -113,7 +113,8 @@ class MountedRoutes:
         peer = str(client[0]) if client else None
         addresses = self._aegis.client_addresses
         if peer is not None and addresses.enabled and addresses.peer_is_trusted(peer):
-            return addresses.resolve(peer, addresses.forwarded_value(scope.get("headers") or ()))
+            forwarded = addresses.forwarded_value(scope.get("headers") or ())
+            return addresses.resolve(peer, forwarded, strict=True)
         return peer
 
     async def _metrics(self, scope: Scope) -> Response:

@@ -87,8 +87,16 @@ class ClientAddressResolver:
             return None
         return ",".join(value.decode("latin-1") for value in values)
 
-    def resolve(self, peer: str | None, forwarded: str | None) -> str | None:
-        """Flusher: the client address for a record."""
+    def resolve(
+        self, peer: str | None, forwarded: str | None, *, strict: bool = False
+    ) -> str | None:
+        """Flusher: the client address for a record.
+
+        ``strict`` (access decisions): None when the nearest entry a trusted
+        proxy passed on is not an address (``for=unknown``, an obfuscated
+        name), rather than falling back to that proxy's own address, which an
+        allow-list may well contain.
+        """
         if forwarded is None:
             return peer
         entries = (
@@ -98,6 +106,8 @@ class ClientAddressResolver:
         for entry in reversed(entries):
             address = _parse_address(entry)
             if address is None:
+                if strict:
+                    return None
                 # Garbage in the chain came from an untrusted writer; stop at
                 # the last hop a trusted proxy vouched for.
                 break

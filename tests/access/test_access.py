@@ -186,3 +186,30 @@ def test_a_token_no_header_can_carry_fails_at_start(token: str) -> None:
         AegisSettings(access={"metrics": {"tokens": [token]}})
     assert "printable ASCII" in str(caught.value)
     assert token not in str(caught.value)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("header", "value", "status"),
+    [
+        (b"x-forwarded-for", b"10.1.2.3", 200),
+        (b"x-forwarded-for", b"203.0.113.9", 403),
+        # Not an address: the proxy's own (allowed) address must not stand in for it.
+        (b"x-forwarded-for", b"unknown", 403),
+        (b"forwarded", b"for=_hidden", 403),
+        (b"forwarded", b'for="[fd00::1]"', 200),
+    ],
+)
+async def test_allow_ips_behind_a_trusted_proxy_needs_a_readable_client_address(
+    make_aegis: Callable[..., Aegis], header: bytes, value: bytes, status: int
+) -> None:
+    aegis = make_aegis(
+        metrics_registry="none",
+        trusted_proxies=["10.0.0.0/8"],
+        forwarded_header=header.decode(),
+        access={"metrics": {"allow_ips": ["10.0.0.0/8", "fd00::/8"]}},
+    )
+    middleware = AegisMiddleware(no_app, aegis=aegis)
+    scope = http_scope("/metrics", headers=[(header, value)], client=("10.0.0.1", 4000))
+    exchange = await call(middleware, scope)
+    assert exchange.status == status
