@@ -72,7 +72,7 @@ class FlushCycle:
         self.cycles += 1
         try:
             self.ingest()
-            self.write(force=force, deadline=None, stop=stop)
+            self.write(force=force, deadline=None, stop=stop, rollups_now=force)
             if self.retention is not None and not stop():
                 self.retention.run(
                     self.runners,
@@ -110,9 +110,18 @@ class FlushCycle:
                 runner.offer_rollups(rollups)
 
     def write(
-        self, *, force: bool, deadline: float | None, stop: Callable[[], bool] | None = None
+        self,
+        *,
+        force: bool,
+        deadline: float | None,
+        stop: Callable[[], bool] | None = None,
+        rollups_now: bool = True,
     ) -> None:
-        """Write due backlogs in rounds of one chunk per sink, in parallel."""
+        """Write due backlogs in rounds of one chunk per sink, in parallel.
+
+        Rollups go out every ``ROLLUP_INTERVAL`` (see :mod:`.sink_runner`),
+        or at once with ``rollups_now`` (a forced flush, shutdown).
+        """
         failed: set[int] = set()
         while True:
             now = time.monotonic()
@@ -121,7 +130,9 @@ class FlushCycle:
             due = [
                 runner
                 for runner in self.runners
-                if id(runner) not in failed and runner.owes() and (force or now >= runner.retry_at)
+                if id(runner) not in failed
+                and runner.owes_now(now, rollups_now=rollups_now)
+                and (force or now >= runner.retry_at)
             ]
             if not due:
                 return
@@ -130,7 +141,8 @@ class FlushCycle:
                 wait_until = min(wait_until, deadline)
             calls = []
             for runner in due:
-                batch, taken = runner.next_batch(self.batch_size)
+                with_rollups = runner.rollups_due(now, now_anyway=rollups_now)
+                batch, taken = runner.next_batch(self.batch_size, rollups=with_rollups)
                 calls.append((runner, taken, runner.call(runner.sink.write, batch)))
             for runner, taken, future in calls:
                 error = runner.wait(future, wait_until)

@@ -29,6 +29,14 @@ from .record import Batch, RequestRecord, WebSocketSession
 from .rollup import MAX_PENDING_CELLS, RollupDelta
 from .sink import RecordSink
 
+#: Seconds between rollup writes while traffic flows: the cost of a rollup
+#: write depends on the routes and buckets it touches, not on how many
+#: requests it sums, so adding them up for a few seconds makes it per time,
+#: not per batch. History queries lag by at most this (realtime does not).
+ROLLUP_INTERVAL = 5.0
+#: Written sooner when this many cells wait.
+ROLLUP_FLUSH_CELLS = 5_000
+
 logger = logging.getLogger("aegis_mw.flusher")
 
 Stored = RequestRecord | WebSocketSession
@@ -95,6 +103,7 @@ class SinkRunner:
         self.rollups_in_flight: RollupDelta | None = None
         self._delta_prefix = os.urandom(8).hex()
         self._delta_sequence = 0
+        self._rollups_next = 0.0
         self.written = 0
         self.errors = 0
         self.timeouts = 0
@@ -188,6 +197,20 @@ class SinkRunner:
             or (self.rollups_in_flight is not None)
         )
 
+    def rollups_due(self, now: float, *, now_anyway: bool) -> bool:
+        """Rollups to send with the next batch: a retry, or pending ones whose
+        interval is up (or that fill ROLLUP_FLUSH_CELLS, or ``now_anyway``)."""
+        if self.rollups_in_flight is not None:
+            return True
+        pending = self.rollups_pending
+        return pending is not None and (
+            now_anyway or now >= self._rollups_next or len(pending) >= ROLLUP_FLUSH_CELLS
+        )
+
+    def owes_now(self, now: float, *, rollups_now: bool) -> bool:
+        """Something to write in this round."""
+        return bool(self.backlog) or self.rollups_due(now, now_anyway=rollups_now)
+
     def drop_owed(self, reason: str) -> None:
         """Give up on everything owed, counted under ``reason``."""
         self.dropped[reason] += len(self.backlog)
@@ -197,13 +220,19 @@ class SinkRunner:
                 self.dropped[f"rollups_{reason}"] += delta.requests
         self.rollups_pending = self.rollups_in_flight = None
 
-    def next_batch(self, limit: int) -> tuple[Batch, int]:
+    def next_batch(self, limit: int, *, rollups: bool = True) -> tuple[Batch, int]:
+        """Up to ``limit`` records, and the rollups when ``rollups``."""
+        if not rollups and self.rollups_in_flight is None:
+            return self._records_batch(limit, None)
         if self.rollups_in_flight is None and self.rollups_pending is not None:
             # Frozen under a new id; a retry resends the same delta and id.
             self._delta_sequence += 1
             self.rollups_pending.delta_id = f"{self._delta_prefix}-{self._delta_sequence:x}"
             self.rollups_in_flight, self.rollups_pending = self.rollups_pending, None
-        batch = Batch(rollups=self.rollups_in_flight)
+        return self._records_batch(limit, self.rollups_in_flight)
+
+    def _records_batch(self, limit: int, rollups: RollupDelta | None) -> tuple[Batch, int]:
+        batch = Batch(rollups=rollups)
         taken = 0
         for record in itertools.islice(self.backlog, limit):
             if type(record) is RequestRecord:
@@ -216,7 +245,9 @@ class SinkRunner:
     def succeeded(self, taken: int, seconds: float) -> None:
         for _ in range(taken):
             self.backlog.popleft()
-        self.rollups_in_flight = None
+        if self.rollups_in_flight is not None:
+            self.rollups_in_flight = None
+            self._rollups_next = time.monotonic() + ROLLUP_INTERVAL
         self.written += taken
         self.flushes += 1
         self.last_flush_seconds = seconds

@@ -4,6 +4,7 @@ retention, and several processes sharing one history."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from aegis_mw import Aegis
-from aegis_mw.core import retention
+from aegis_mw.core import retention, sink_runner
 from aegis_mw.core.record import Batch
 from aegis_mw.core.rollup import RollupDelta
 from aegis_mw.history import HistoryQueries, RequestQuery
@@ -163,3 +164,27 @@ def test_processes_sharing_one_sqlite_file_give_one_history(tmp_path: Path) -> N
 
 def _write_one_share(url: str, shares: list[Any], index: int, barrier: Any, results: Any) -> None:
     write_share(url, shares[index], index, barrier, results)
+
+
+def test_rollups_are_written_per_interval_not_per_batch(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    sink, clock = MemorySink(), FakeClock()
+    aegis = make_aegis(sink=sink, clock=clock, flush_interval=3600, batch_size=10)
+    _offer(aegis, 10)
+    assert aegis.force_flush(timeout=10)  # forced: records and rollups
+    [runner] = aegis.flusher.runners
+    assert runner.rollups_pending is None and runner.rollups_in_flight is None
+
+    _offer(aegis, 30)
+    # An ordinary cycle (the worker sleeps: flush_interval is an hour) within the interval.
+    assert aegis.flusher.cycle.run(force=False, stop=lambda: False) is False
+    assert len(sink.requests) == 40  # every record written, in three batches
+    assert _total(sink, clock) == 10  # the rollups of those 30 wait for the interval
+    assert runner.rollups_pending is not None and runner.rollups_pending.requests == 30
+    now = time.monotonic()
+    assert not runner.rollups_due(now, now_anyway=False)
+    assert runner.rollups_due(now + sink_runner.ROLLUP_INTERVAL, now_anyway=False)
+
+    assert aegis.force_flush(timeout=10)
+    assert _total(sink, clock) == 40

@@ -122,7 +122,7 @@ def test_objects_and_callables() -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["postgres://db/aegis", "redis://localhost", "file:///x.db", "sqlite3:///aegis.db"],
+    ["mysql://db/aegis", "redis://localhost", "file:///x.db", "sqlite3:///aegis.db"],
 )
 def test_unknown_scheme(url: str) -> None:
     """An unknown scheme is a ConfigError naming ``sink``, the scheme and the supported forms."""
@@ -221,8 +221,8 @@ def test_bad_urls_through_aegis(spec: str, sink_form: str) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "source"),
     [
-        ({"environ": {"AEGIS_SINK": "postgres://db/aegis"}}, "AEGIS_SINK"),
-        ({"environ": {}, "sink": "postgres://db/aegis"}, "keyword argument"),
+        ({"environ": {"AEGIS_SINK": "mysql://db/aegis"}}, "AEGIS_SINK"),
+        ({"environ": {}, "sink": "mysql://db/aegis"}, "keyword argument"),
     ],
     ids=["environment", "keyword"],
 )
