@@ -1,0 +1,503 @@
+"""History storage: ingest throughput of the SQLite and PostgreSQL sinks, and
+history query latency over a day of traffic.
+
+Traffic: 20 route templates (GET/POST/PUT), statuses mostly 200 (201 for
+POST) with some 404, 429 and 500 (half of the 500s with an exception text),
+log-normal durations around a per-route median. Records are built from a
+pool of 65,536 pre-drawn request shapes plus a unique id and a timestamp, so
+generating them costs little and is never timed.
+
+1. Ingest. Batches of ``--batch-size`` (5,000) RequestRecords, each covering
+   one second of traffic, each with its RollupDelta (folded with
+   ``RollupDelta.add`` from the same records, as the flusher's finalizer
+   does, and given a unique ``delta_id``), written with ``sink.write(Batch(
+   requests=..., rollups=delta))`` into a fresh database (a temporary SQLite
+   file; a fresh PostgreSQL schema, selected with ``options=-csearch_path``).
+   One untimed batch first opens the connection and creates the tables. Each
+   round folds and writes ``--batches`` batches; sinks take turns within a
+   round. Reported per sink, as the median over rounds: records/s of write
+   alone, the fold cost (µs per record; the same folds feed both sinks) and
+   records/s of fold + write. Optionally (``--pipeline``) records/s through
+   a whole ``Aegis`` object: items offered to the recorder, then
+   ``force_flush`` (finalize, fold, write in batches of 5,000), timed from
+   the first offer to the end of the flush.
+
+2. Queries at scale. A fresh database per sink receives ``--requests``
+   (10,000,000) requests spread evenly over the 24 hours before a fixed
+   instant, in time order, through the sinks' own ``write`` in batches of
+   50,000 records, each with the RollupDelta folded from exactly those
+   records. The request rows and the rollup rows are therefore what the
+   flusher would store; the only difference from 1-second flushes is how
+   float sums (duration_sum) are grouped, which can change their last bits.
+   Both sinks receive the same batches, generated and folded once. Then
+   ``HistoryQueries(sink, clock=<that instant>)`` answers ``overview`` and
+   ``latency`` for "1h", "24h" and "7d"; after one untimed call each,
+   ``--calls`` (20) calls are timed and the median (and worst) reported. The
+   24h and 7d totals are checked against the number of requests stored, and
+   the SQLite and PostgreSQL answers against each other.
+   The 10M build takes about 3.5 minutes on a 2-CPU machine (SQLite ~75 s
+   of writes, PostgreSQL ~100 s, generating and folding ~30 s); the build's
+   time grows linearly with ``--requests``, which scales it down. Nothing is cached: the databases are
+   created for the run and deleted (file removed, schemas dropped) at the end.
+
+    python bench/history.py                      # everything, about 4 minutes
+    python bench/history.py --quick              # a quick look, about 20 seconds
+    python bench/history.py --requests 1000000   # a smaller history
+    python bench/history.py --profile            # plus cProfile of one write round per sink
+
+PostgreSQL is at ``--postgres`` (default postgresql://postgres@127.0.0.1:5432/test);
+``--postgres ''`` or an unreachable server leaves it out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import math
+import os
+import pstats
+import random
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from aegis_mw.core.record import Batch, RequestRecord
+from aegis_mw.core.rollup import RollupDelta
+
+#: (method, route template, relative weight, median duration in ms)
+ROUTES = (
+    ("GET", "/api/v1/users", 8, 12.0),
+    ("POST", "/api/v1/users", 2, 35.0),
+    ("GET", "/api/v1/users/{user_id}", 12, 6.0),
+    ("PUT", "/api/v1/users/{user_id}", 2, 25.0),
+    ("GET", "/api/v1/users/{user_id}/orders", 6, 30.0),
+    ("GET", "/api/v1/orders", 5, 40.0),
+    ("POST", "/api/v1/orders", 4, 80.0),
+    ("GET", "/api/v1/orders/{order_id}", 9, 9.0),
+    ("PUT", "/api/v1/orders/{order_id}", 2, 45.0),
+    ("GET", "/api/v1/products", 10, 15.0),
+    ("GET", "/api/v1/products/{product_id}", 14, 4.0),
+    ("PUT", "/api/v1/products/{product_id}", 1, 20.0),
+    ("GET", "/api/v1/search", 6, 120.0),
+    ("POST", "/api/v1/cart/items", 3, 18.0),
+    ("GET", "/api/v1/cart", 5, 7.0),
+    ("POST", "/api/v1/checkout", 1, 350.0),
+    ("GET", "/api/v1/inventory/{sku}", 4, 11.0),
+    ("POST", "/api/v1/events", 5, 3.0),
+    ("GET", "/health", 3, 0.8),
+    ("GET", "/static/{path}", 6, 1.5),
+)
+POOL_BITS = 16
+POOL_MASK = (1 << POOL_BITS) - 1
+#: An odd multiplier: ``sequence * STRIDE & POOL_MASK`` walks the whole pool.
+STRIDE = 40_503
+#: The instant the history ends ("now" for the queries): 2026-01-01T00:00:00Z.
+HISTORY_END = 1_767_225_600
+HISTORY_CHUNK = 50_000
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+INGEST_TARGETS = {"SQLite": 200_000.0, "PostgreSQL": 300_000.0}
+QUERY_TARGET_MS = 50.0
+QUERY_RANGES = ("1h", "24h", "7d")
+
+
+# -- traffic -----------------------------------------------------------------------
+def request_shapes(seed: int = 1) -> list[tuple[Any, ...]]:
+    """Pre-drawn (method, route, path, status, duration, ttfb, request bytes,
+    response bytes, client ip, error): a RequestRecord without id and timestamp."""
+    rng = random.Random(seed)
+    weights = [weight for _, _, weight, _ in ROUTES]
+    shapes = []
+    for _ in range(1 << POOL_BITS):
+        method, route, _, median = rng.choices(ROUTES, weights)[0]
+        path = route
+        while "{" in path:
+            head, _, rest = path.partition("{")
+            path = f"{head}{rng.randrange(1, 100_000)}{rest.partition('}')[2]}"
+        roll = rng.random()
+        status = 201 if method == "POST" else 200
+        error = ""
+        if roll > 0.985:
+            status = 500
+            error = "RuntimeError: upstream timeout" if rng.random() < 0.5 else ""
+        elif roll > 0.965:
+            status = 429
+        elif roll > 0.92:
+            status = 404
+        duration = rng.lognormvariate(math.log(median), 0.7)
+        if status == 404 or status == 429:
+            duration = min(duration, rng.lognormvariate(math.log(2.0), 0.5))
+        shapes.append(
+            (method, route, path, status, duration, duration * rng.uniform(0.5, 0.98),
+             0 if method == "GET" else rng.randrange(100, 4000), rng.randrange(50, 20_000),
+             f"10.0.{rng.randrange(256)}.{rng.randrange(256)}", error)
+        )  # fmt: skip
+    return shapes
+
+
+class Traffic:
+    """Records with unique ids, made from the pool of shapes."""
+
+    def __init__(self) -> None:
+        self.shapes = request_shapes()
+        self.prefix = uuid.uuid4().hex[:8]
+        self.sequence = 0
+
+    def records(self, count: int, start: float, span: float) -> list[RequestRecord]:
+        """``count`` records evenly spread over ``[start, start + span)``."""
+        shapes, prefix, first = self.shapes, self.prefix, self.sequence
+        make = tuple.__new__
+        step = span / count
+        out = [
+            make(RequestRecord, (f"{prefix}{first + i:016x}", start + i * step,
+                                 *shapes[(first + i) * STRIDE & POOL_MASK]))
+            for i in range(count)
+        ]  # fmt: skip
+        self.sequence += count
+        return out
+
+    def items(self, count: int, start: float) -> list[list[Any]]:
+        """Recorder inbox items (monotonic times) for the whole pipeline."""
+        shapes, first = self.shapes, self.sequence
+        out = []
+        for i in range(count):
+            method, route, path, status, duration, ttfb, rq, rs, ip, error = shapes[
+                (first + i) * STRIDE & POOL_MASK
+            ]
+            begin = start + i * 1e-4
+            out.append([method, route, path, status, begin, begin + ttfb / 1000,
+                        begin + duration / 1000, rq, rs, (ip, 40000), None, error, False])  # fmt: skip
+        self.sequence += count
+        return out
+
+
+def fold(records: list[RequestRecord], delta_id: str) -> RollupDelta:
+    """The rollups of ``records``, as the finalizer folds them."""
+    delta = RollupDelta()
+    add = delta.add
+    for _, timestamp, method, route, _, status, duration, _, rq, rs, _, error in records:
+        add(timestamp, route, method, status, duration, status >= 500 or bool(error), rq, rs)
+    delta.delta_id = delta_id
+    return delta
+
+
+# -- databases -------------------------------------------------------------------------
+class Databases:
+    """Fresh databases for one run: SQLite files in a temporary directory and
+    PostgreSQL schemas, all removed by :meth:`cleanup`."""
+
+    def __init__(self, postgres_url: str) -> None:
+        self.directory = tempfile.mkdtemp(prefix="aegis-bench-history-")
+        self.postgres_url = postgres_url
+        self.schemas: list[str] = []
+        self.sinks: list[Any] = []
+        self.postgres_skipped = ""
+        if postgres_url:
+            try:
+                import psycopg
+
+                with psycopg.connect(postgres_url, autocommit=True, connect_timeout=3):
+                    pass
+            except Exception as exc:  # ImportError or an unreachable server
+                self.postgres_skipped = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        else:
+            self.postgres_skipped = "no --postgres URL"
+
+    def postgres_spec(self, purpose: str) -> str:
+        import psycopg
+
+        schema = f"aegis_bench_{purpose}_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(self.postgres_url, autocommit=True) as connection:
+            connection.execute(f'CREATE SCHEMA "{schema}"')
+        self.schemas.append(schema)
+        joiner = "&" if "?" in self.postgres_url else "?"
+        return f"{self.postgres_url}{joiner}options=-csearch_path%3D{schema}"
+
+    def sqlite_spec(self, purpose: str) -> str:
+        return f"sqlite:///{os.path.join(self.directory, purpose + '.db')}"
+
+    def open(self, purpose: str) -> dict[str, Any]:
+        """One fresh sink per backend, by label."""
+        from aegis_mw.sinks.sqlite import SQLiteSink
+
+        sinks: dict[str, Any] = {
+            "SQLite": SQLiteSink(os.path.join(self.directory, f"{purpose}.db"))
+        }
+        if not self.postgres_skipped:
+            from aegis_mw.sinks.postgres import PostgresSink
+
+            sinks["PostgreSQL"] = PostgresSink(self.postgres_spec(purpose))
+        self.sinks.extend(sinks.values())
+        return sinks
+
+    def cleanup(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:
+                print(f"closing {sink.name}: {exc}")
+        if self.schemas:
+            import psycopg
+
+            with psycopg.connect(self.postgres_url, autocommit=True) as connection:
+                for schema in self.schemas:
+                    connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# -- 1. ingest -------------------------------------------------------------------------
+def ingest(
+    databases: Databases, traffic: Traffic, rounds: int, batches: int, size: int, profile: bool
+) -> dict[str, dict[str, float]]:
+    sinks = databases.open("ingest")
+    clock = [HISTORY_END + 0.0]
+
+    def next_batches(count: int) -> list[list[RequestRecord]]:
+        out = []
+        for _ in range(count):
+            out.append(traffic.records(size, clock[0], 1.0))
+            clock[0] += 1.0
+        return out
+
+    for label, sink in sinks.items():  # connect, create tables: untimed
+        (warm,) = next_batches(1)
+        sink.write(Batch(requests=warm, rollups=fold(warm, f"warm-{label}")))
+    writes: dict[str, list[float]] = {label: [] for label in sinks}
+    folds: list[float] = []
+    profiles = {label: cProfile.Profile() for label in sinks} if profile else {}
+    for round_index in range(rounds):
+        work = next_batches(batches)
+        gc.collect()
+        started = time.perf_counter()
+        deltas = [fold(records, f"r{round_index}-b{i}") for i, records in enumerate(work)]
+        folds.append(time.perf_counter() - started)
+        order = list(sinks.items())
+        if round_index % 2:
+            order.reverse()
+        for label, sink in order:
+            gc.collect()
+            started = time.perf_counter()
+            for records, delta in zip(work, deltas, strict=True):
+                sink.write(Batch(requests=records, rollups=delta))
+            writes[label].append(time.perf_counter() - started)
+        if profile and round_index == rounds - 1:
+            for label, sink in sinks.items():
+                extra = next_batches(batches)
+                extra_deltas = [fold(r, f"p-{label}-{i}") for i, r in enumerate(extra)]
+                profiles[label].enable()
+                for records, delta in zip(extra, extra_deltas, strict=True):
+                    sink.write(Batch(requests=records, rollups=delta))
+                profiles[label].disable()
+    count = batches * size
+    results = {}
+    for label in sinks:
+        results[label] = {
+            "write": statistics.median(count / s for s in writes[label]),
+            "fold_us": statistics.median(s / count * 1e6 for s in folds),
+            "fold_write": statistics.median(
+                count / (w + f) for w, f in zip(writes[label], folds, strict=True)
+            ),
+        }
+    for label, profiler in profiles.items():
+        print(f"\n-- cProfile: {batches} writes of {size:,} records to {label} (by own time) --")
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(14)
+    return results
+
+
+def pipeline(databases: Databases, traffic: Traffic, rounds: int, count: int) -> dict[str, float]:
+    """Records/s from the recorder's inbox into each sink, through ``Aegis``."""
+    from aegis_mw import Aegis
+
+    specs = {"SQLite": databases.sqlite_spec("pipeline")}
+    if not databases.postgres_skipped:
+        specs["PostgreSQL"] = databases.postgres_spec("pipeline")
+    results = {}
+    for label, spec in specs.items():
+        aegis = Aegis(
+            sink=spec, flush_interval=3600, batch_size=5000, max_buffer=count + 1,
+            sink_timeout=60, metrics_registry="none", environ={},
+        )  # fmt: skip
+        offer = aegis.recorder.offer
+        try:
+            for item in traffic.items(5000, time.monotonic()):  # connect, create tables
+                offer(item)
+            if not aegis.force_flush(120):
+                raise SystemExit(f"pipeline flush failed: {aegis.stats()}")
+            rates = []
+            for _ in range(rounds):
+                items = traffic.items(count, time.monotonic())
+                gc.collect()
+                started = time.perf_counter()
+                for item in items:
+                    offer(item)
+                if not aegis.force_flush(120):
+                    raise SystemExit(f"pipeline flush failed: {aegis.stats()}")
+                rates.append(count / (time.perf_counter() - started))
+            results[label] = statistics.median(rates)
+        finally:
+            aegis.shutdown()
+    return results
+
+
+# -- 2. queries ------------------------------------------------------------------------
+def build_history(
+    sinks: dict[str, Any], traffic: Traffic, requests: int
+) -> tuple[dict[str, float], float]:
+    """Seconds each sink spent writing, and the whole build's wall time."""
+    spent = dict.fromkeys(sinks, 0.0)
+    started = time.perf_counter()
+    first = HISTORY_END - 86_400.0
+    done = 0
+    chunk_index = 0
+    last_report = started
+    while done < requests:
+        count = min(HISTORY_CHUNK, requests - done)
+        span = 86_400.0 * count / requests
+        records = traffic.records(count, first + 86_400.0 * done / requests, span)
+        delta = fold(records, f"history-{chunk_index}")
+        for label, sink in sinks.items():
+            began = time.perf_counter()
+            sink.write(Batch(requests=records, rollups=delta))
+            spent[label] += time.perf_counter() - began
+        done += count
+        chunk_index += 1
+        if time.perf_counter() - last_report > 30:
+            last_report = time.perf_counter()
+            print(f"  ... {done:,} of {requests:,} requests stored ({last_report - started:.0f} s)")
+    return spent, time.perf_counter() - started
+
+
+def query_latency(
+    sinks: dict[str, Any], calls: int, requests: int
+) -> dict[tuple[str, str, str], tuple[float, float]]:
+    """(query, range, sink) -> (median ms, worst ms)."""
+    from aegis_mw.history.queries import HistoryQueries
+
+    queries = {
+        label: HistoryQueries(sink, clock=lambda: HISTORY_END) for label, sink in sinks.items()
+    }
+    names = ("overview", "latency")
+    answers: dict[tuple[str, str, str], Any] = {}
+    for label, history in queries.items():  # one untimed call each: pools, caches
+        for name in names:
+            for range_name in QUERY_RANGES:
+                answers[name, range_name, label] = getattr(history, name)(range_name)
+    for range_name in ("24h", "7d"):
+        for label in queries:
+            total = answers["overview", range_name, label]["total"]
+            if total != requests:
+                print(
+                    f"CHECK FAILED: {label} overview({range_name!r}) total {total:,} != {requests:,}"
+                )
+    labels = list(queries)
+    for key in [k for k in answers if k[2] == labels[0]]:
+        for other in labels[1:]:
+            if answers[key] != answers[(*key[:2], other)]:
+                print(f"note: {labels[0]} and {other} answer {key[0]}({key[1]!r}) differently")
+    times: dict[tuple[str, str, str], list[float]] = {key: [] for key in answers}
+    for _ in range(calls):
+        for label, history in queries.items():
+            for name in names:
+                method: Callable[[str], Any] = getattr(history, name)
+                for range_name in QUERY_RANGES:
+                    started = time.perf_counter()
+                    method(range_name)
+                    times[name, range_name, label].append((time.perf_counter() - started) * 1000)
+    return {key: (statistics.median(v), max(v)) for key, v in times.items()}
+
+
+# -- report ----------------------------------------------------------------------------
+def table(header: list[str], rows: list[list[str]]) -> Iterator[str]:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    yield "  ".join(cell.ljust(width) for cell, width in zip(header, widths, strict=True))
+    yield "  ".join("-" * width for width in widths)
+    for row in rows:
+        yield "  ".join(cell.rjust(width) if i else cell.ljust(width)
+                        for i, (cell, width) in enumerate(zip(row, widths, strict=True)))  # fmt: skip
+
+
+def verdict(ok: bool) -> str:
+    return "pass" if ok else "FAIL"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5, help="ingest rounds (median)")
+    parser.add_argument("--batches", type=int, default=20, help="batches per ingest round")
+    parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--requests", type=int, default=10_000_000, help="history size")
+    parser.add_argument("--calls", type=int, default=20, help="timed calls per query")
+    parser.add_argument("--postgres", default=DEFAULT_POSTGRES, help="'' to leave it out")
+    parser.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the whole Aegis pipeline")  # fmt: skip
+    parser.add_argument("--only", choices=("ingest", "queries"), help="run one part")
+    parser.add_argument("--profile", action="store_true", help="cProfile one write round per sink")
+    parser.add_argument("--quick", action="store_true",
+                        help="3 rounds x 5 batches, 200,000 requests, 10 calls")  # fmt: skip
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.batches, args.requests, args.calls = 3, 5, 200_000, 10
+    databases = Databases(args.postgres)
+    if databases.postgres_skipped:
+        print(f"PostgreSQL left out ({databases.postgres_skipped})")
+    traffic = Traffic()
+    lines: list[str] = []
+    try:
+        if args.only != "queries":
+            results = ingest(databases, traffic, args.rounds, args.batches, args.batch_size,
+                             args.profile)  # fmt: skip
+            piped = (
+                pipeline(databases, traffic, args.rounds, args.batches * args.batch_size)
+                if args.pipeline
+                else {}
+            )
+            count = args.batches * args.batch_size
+            lines.append(
+                f"\nIngest: batches of {args.batch_size:,} records + their RollupDelta, "
+                f"median of {args.rounds} rounds x {args.batches} batches ({count:,} records)"
+            )
+            rows = []
+            for label, figures in results.items():
+                target = INGEST_TARGETS[label]
+                rows.append([
+                    label, f"{figures['write']:,.0f}", f"{figures['fold_us']:.2f}",
+                    f"{figures['fold_write']:,.0f}",
+                    f"{piped[label]:,.0f}" if label in piped else "-",
+                    f">= {target:,.0f}", verdict(figures["write"] >= target),
+                    verdict(figures["fold_write"] >= target),
+                ])  # fmt: skip
+            header = ["sink", "write rec/s", "fold us/rec", "fold+write rec/s",
+                      "Aegis pipeline rec/s", "target", "write", "fold+write"]  # fmt: skip
+            lines.extend(table(header, rows))
+        if args.only != "ingest":
+            sinks = databases.open("history")
+            print(f"building the history: {args.requests:,} requests over 24 h ...")
+            spent, wall = build_history(sinks, traffic, args.requests)
+            latency = query_latency(sinks, args.calls, args.requests)
+            built = ", ".join(f"{label} writes {seconds:.0f} s" for label, seconds in spent.items())
+            lines.append(
+                f"\nQueries over {args.requests:,} requests in 24 h (built in {wall:.0f} s: "
+                f"{built}); median (worst) of {args.calls} calls, ms"
+            )
+            rows = []
+            for name in ("overview", "latency"):
+                for range_name in QUERY_RANGES:
+                    cells = [f"{name}({range_name!r})"]
+                    ok = True
+                    for label in sinks:
+                        median, worst = latency[name, range_name, label]
+                        cells.append(f"{median:.2f} ({worst:.1f})")
+                        ok = ok and median < QUERY_TARGET_MS
+                    rows.append([*cells, f"< {QUERY_TARGET_MS:.0f}", verdict(ok)])
+            lines.extend(table(["query", *sinks, "target", "verdict"], rows))
+    finally:
+        databases.cleanup()
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
