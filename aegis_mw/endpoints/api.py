@@ -18,7 +18,8 @@ from urllib.parse import parse_qsl
 
 from ..core.history import HistorySource, RequestQuery
 from ..core.labels import STANDARD_METHODS
-from ..core.record import OTHER_METHOD
+from ..core.record import OTHER_METHOD, RequestRecord
+from ..core.rollup import RollupRow
 from ..history.queries import SORTS, HistoryQueries
 from ..history.ranges import QueryError, horizons, parse_time
 from .openapi import openapi_document
@@ -52,6 +53,12 @@ PARAMETERS: Mapping[str, tuple[str, ...]] = {
 }
 MAX_OFFSET = 1_000_000
 MAX_TEXT = 1024
+#: Times the answers can be written in: a range's start is moved back by up to
+#: a week and its end forward, and ISO 8601 stops at year 9999 (before 1970,
+#: some platforms cannot format a time at all), so out-of-range times are bad
+#: input here rather than a failure while formatting the answer.
+EARLIEST = 0.0
+LATEST = 253_370_764_800.0  # 9999-01-01T00:00:00Z
 _METHODS = frozenset(STANDARD_METHODS) | {OTHER_METHOD}
 
 
@@ -72,7 +79,18 @@ def _integer(params: dict[str, str], name: str, default: int, low: int, high: in
     return value
 
 
-def _request_query(params: dict[str, str]) -> RequestQuery:
+def _time(params: dict[str, str], name: str) -> float | None:
+    text = params.get(name)
+    if text is None:
+        return None
+    moment = parse_time(name, text)
+    if not EARLIEST <= moment < LATEST:
+        raise _bad(name, f"{name} must be from 1970-01-01 to before 9999-01-01")
+    return moment
+
+
+def request_query(params: dict[str, str]) -> RequestQuery:
+    """A RequestQuery from text parameters (the API's and the CLI's)."""
     status_from = status_to = None
     status = params.get("status")
     if status is not None:
@@ -80,7 +98,8 @@ def _request_query(params: dict[str, str]) -> RequestQuery:
         if len(text) == 3 and text.endswith("xx") and text[0] in "12345":
             status_from = int(text[0]) * 100
             status_to = status_from + 100
-        elif len(text) == 3 and text.isdigit() and 100 <= int(text) <= 599:
+        # isascii: str.isdigit() is true for "²" and other digits int() refuses.
+        elif len(text) == 3 and text.isascii() and text.isdigit() and 100 <= int(text) <= 599:
             status_from, status_to = int(text), int(text) + 1
         else:
             raise _bad("status", "status must be a code from 100 to 599 or a class such as 5xx")
@@ -98,8 +117,7 @@ def _request_query(params: dict[str, str]) -> RequestQuery:
             minimum = -1.0
         if not (math.isfinite(minimum) and minimum >= 0):
             raise _bad("min_duration_ms", "min_duration_ms must be a number of milliseconds >= 0")
-    since = parse_time("since", params["since"]) if "since" in params else None
-    until = parse_time("until", params["until"]) if "until" in params else None
+    since, until = _time(params, "since"), _time(params, "until")
     if since is not None and until is not None and since >= until:
         raise _bad("since", "since must be before until")
     return RequestQuery(
@@ -113,6 +131,43 @@ def _request_query(params: dict[str, str]) -> RequestQuery:
         limit=_integer(params, "limit", 100, 1, 1000),
         offset=_integer(params, "offset", 0, 0, MAX_OFFSET),
     )
+
+
+def answer(queries: HistoryQueries, endpoint: str, params: dict[str, str]) -> Any:
+    """One storage endpoint's data for text parameters (the API's and the CLI's)."""
+    if endpoint == "requests":
+        return queries.requests(request_query(params))
+    window = (params.get("range"), _time(params, "from"), _time(params, "to"))
+    if endpoint == "top-endpoints":
+        sort = params.get("sort", "count")
+        if sort not in SORTS:
+            raise _bad("sort", f"sort must be one of {', '.join(SORTS)}")
+        return queries.top_endpoints(
+            *window, limit=_integer(params, "limit", 10, 1, 1000), sort=sort
+        )
+    series: dict[str, Callable[..., Any]] = {
+        "overview": queries.overview,
+        "request-rate": queries.request_rate,
+        "latency": queries.latency,
+        "status-distribution": queries.status_distribution,
+    }
+    return series[endpoint](*window)
+
+
+class _NoHistory:
+    """A source with nothing stored: bad input is checked against it, so it is
+    a 400 whether or not a sink keeps history (a 503 would say "retry")."""
+
+    def read_rollups(
+        self, resolution: int, start: int, end: int, *, by_route: bool
+    ) -> list[RollupRow]:
+        return []
+
+    def read_requests(self, query: RequestQuery) -> list[RequestRecord]:
+        return []
+
+    def prune(self, raw_before: float, rollups_before: Mapping[int, float], limit: int) -> int:
+        return 0
 
 
 class MetricsAPI:
@@ -131,6 +186,11 @@ class MetricsAPI:
                 horizons=horizons(settings.retention_raw, settings.retention_rollups),
             )
         )
+        self._no_history = HistoryQueries(
+            _NoHistory(),
+            clock=aegis.clock.wall,
+            horizons=horizons(settings.retention_raw, settings.retention_rollups),
+        )
         self._openapi = openapi_document(settings.api_path)
 
     def respond(self, endpoint: str, query_string: bytes) -> Response:
@@ -143,13 +203,14 @@ class MetricsAPI:
                 return Response.json(200, {"data": self._realtime()})
             queries = self.queries
             if queries is None:
+                answer(self._no_history, endpoint, params)
                 return Response.error(
                     503,
                     "history_unavailable",
                     "no configured sink keeps history; use sqlite:///..., postgresql://... "
                     "or memory://",
                 )
-            return Response.json(200, {"data": self._answer(queries, endpoint, params)})
+            return Response.json(200, {"data": answer(queries, endpoint, params)})
         except QueryError as error:
             return Response.json(
                 400,
@@ -169,8 +230,10 @@ class MetricsAPI:
     def _parameters(endpoint: str, query_string: bytes) -> dict[str, str]:
         allowed = PARAMETERS[endpoint]
         try:
+            # UTF-8, not latin-1: a server may pass raw (unescaped) UTF-8
+            # bytes, which latin-1 would silently turn into mojibake.
             pairs = parse_qsl(
-                query_string.decode("latin-1"),
+                query_string.decode("utf-8"),
                 keep_blank_values=True,
                 encoding="utf-8",
                 errors="strict",
@@ -192,26 +255,6 @@ class MetricsAPI:
                 raise _bad(name, f"{name} is given more than once")
             params[name] = value
         return params
-
-    @staticmethod
-    def _answer(queries: HistoryQueries, endpoint: str, params: dict[str, str]) -> Any:
-        if endpoint == "requests":
-            return queries.requests(_request_query(params))
-        window = (params.get("range"), params.get("from"), params.get("to"))
-        if endpoint == "top-endpoints":
-            sort = params.get("sort", "count")
-            if sort not in SORTS:
-                raise _bad("sort", f"sort must be one of {', '.join(SORTS)}")
-            return queries.top_endpoints(
-                *window, limit=_integer(params, "limit", 10, 1, 1000), sort=sort
-            )
-        series: dict[str, Callable[..., Any]] = {
-            "overview": queries.overview,
-            "request-rate": queries.request_rate,
-            "latency": queries.latency,
-            "status-distribution": queries.status_distribution,
-        }
-        return series[endpoint](*window)
 
     def _realtime(self) -> dict[str, Any]:
         snapshot = asdict(self._aegis.realtime())

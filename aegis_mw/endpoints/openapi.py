@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.labels import STANDARD_METHODS
+from ..core.record import OTHER_METHOD
 from ..history.queries import SORTS
 from ..history.ranges import RANGES
 
@@ -20,10 +22,20 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 
 _TIME = {"type": "string", "format": "date-time"}
+_BOUNDS = "From 1970-01-01 to before 9999-01-01."
 _RANGE_PARAMETERS = [
-    _query("range", {"type": "string", "enum": list(RANGES)}, "A range ending now (default 1h)."),
-    _query("from", _TIME, "Start of an explicit range (ISO 8601; UTC when no offset)."),
-    _query("to", _TIME, "End of an explicit range (default now)."),
+    _query(
+        "range",
+        {"type": "string", "enum": list(RANGES)},
+        "A range ending now (default 1h); not with from/to.",
+    ),
+    _query(
+        "from",
+        _TIME,
+        f"Start of an explicit range (ISO 8601; UTC when no offset), before to and at "
+        f"most 400 days before it. {_BOUNDS}",
+    ),
+    _query("to", _TIME, f"End of an explicit range (default now); needs from. {_BOUNDS}"),
 ]
 _LIMIT = {"type": "integer", "minimum": 1, "maximum": 1000}
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
@@ -37,6 +49,29 @@ _LATENCY = {
     "properties": dict.fromkeys(("avg", "p50", "p95", "p99", "min", "max"), _NUMBER_OR_NULL),
 }
 _CLASSES = {f"{n}xx": {"type": "integer"} for n in range(1, 6)}
+_INTEGER_OR_NULL = {"type": ["integer", "null"]}
+_STRING_OR_NULL = {"type": ["string", "null"]}
+_RECORD = {
+    "type": "object",
+    "required": [
+        "request_id", "timestamp", "method", "route", "path", "status", "duration_ms",
+        "ttfb_ms", "request_bytes", "response_bytes", "client_ip", "error",
+    ],
+    "properties": {
+        "request_id": {"type": "string"},
+        "timestamp": _TIME,
+        "method": {"type": "string"},
+        "route": {"type": "string"},
+        "path": {"type": "string"},
+        "status": {"type": "integer"},
+        "duration_ms": {"type": "number"},
+        "ttfb_ms": _NUMBER_OR_NULL,
+        "request_bytes": {"type": "integer"},
+        "response_bytes": {"type": "integer"},
+        "client_ip": _STRING_OR_NULL,
+        "error": {"type": "string"},
+    },
+}  # fmt: skip
 
 
 def _series(point: dict[str, Any]) -> dict[str, Any]:
@@ -83,8 +118,19 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
             "requests_per_second_1s": {"type": "number"},
             "requests_per_second_10s": {"type": "number"},
             "requests_per_second_60s": {"type": "number"},
+            "window_requests": {"type": "integer"},
+            "window_errors": {"type": "integer"},
+            "error_rate": {"type": "number"},
+            **dict.fromkeys(
+                ("latency_avg_ms", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms"),
+                _NUMBER_OR_NULL,
+            ),
             "total_requests": {"type": "integer"},
+            "total_errors": {"type": "integer"},
+            "status_totals": {"type": "object", "properties": _CLASSES},
             "in_flight": {"type": "integer"},
+            "websocket_connections_active": {"type": "integer"},
+            "websocket_sessions_total": {"type": "integer"},
         },
     },
     "request-rate": _series(
@@ -129,7 +175,7 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
         "properties": {
             "limit": {"type": "integer"},
             "offset": {"type": "integer"},
-            "requests": {"type": "array", "items": {"type": "object"}},
+            "requests": {"type": "array", "items": _RECORD},
         },
     },
 }
@@ -147,15 +193,19 @@ _PARAMETERS: dict[str, list[dict[str, Any]]] = {
     ],
     "requests": [
         _query("route", {"type": "string", "maxLength": 1024}, "Route template, exactly."),
-        _query("method", {"type": "string"}, "HTTP method."),
+        _query(
+            "method",
+            {"type": "string", "enum": sorted({*STANDARD_METHODS, OTHER_METHOD})},
+            f"HTTP method (any case); {OTHER_METHOD} for methods outside the standard ones.",
+        ),
         _query(
             "status",
-            {"type": "string", "pattern": "^([1-5][0-9][0-9]|[1-5]xx)$"},
+            {"type": "string", "pattern": "^([1-5][0-9][0-9]|[1-5][xX][xX])$"},
             "A status code or a class such as 5xx.",
         ),
         _query("min_duration_ms", {"type": "number", "minimum": 0}, "Slowest requests only."),
-        _query("since", _TIME, "Requests that started at or after this time."),
-        _query("until", _TIME, "Requests that started before this time."),
+        _query("since", _TIME, f"Requests that started at or after this time. {_BOUNDS}"),
+        _query("until", _TIME, f"Requests that started before this time (after since). {_BOUNDS}"),
         _query("limit", _LIMIT, "Page size (default 100)."),
         _query("offset", {"type": "integer", "minimum": 0, "maximum": 1_000_000}, "Skip."),
     ],

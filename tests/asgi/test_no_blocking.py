@@ -8,6 +8,7 @@ running asyncio loop with aegis_mw code on the stack.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,23 @@ from fastapi import FastAPI, WebSocket
 from fastapi.responses import StreamingResponse
 
 from aegis_mw import Aegis, AegisMiddleware
+from aegis_mw.endpoints.api import MetricsAPI
 from aegis_mw.health import disk_space, sink_health
 from tests.harness import Exchange, call, http_scope, websocket_scope
 
 pytestmark = pytest.mark.usefixtures("hot_path")
+MOUNTED = ("/metrics", "/health/ready", "/health/live", "/health")
+#: Every JSON API endpoint; all but realtime and openapi.json read the sink.
+API_READS = (
+    "/api/metrics/overview?range=5m",
+    "/api/metrics/request-rate",
+    "/api/metrics/latency?range=24h",
+    "/api/metrics/status-distribution?range=15m",
+    "/api/metrics/top-endpoints?sort=p95&limit=5",
+    "/api/metrics/requests?route=/items/{item_id}&status=2xx&limit=50&offset=10",
+    "/api/metrics/realtime",
+    "/api/metrics/openapi.json",
+)
 
 
 def build_app(aegis: Aegis) -> FastAPI:
@@ -63,9 +77,11 @@ async def exercise(app: FastAPI, requests: int) -> None:
         if message["type"] == "lifespan.startup.complete":
             for number in range(requests):
                 await call(app, http_scope(f"/items/{number}"))
-                if number % 500 == 0:  # scrapes and probes while the flusher works
-                    for route in ("/metrics", "/health/ready", "/health/live", "/health"):
-                        assert (await call(app, http_scope(route))).status == 200
+                if number % 500 == 0:  # scrapes, probes and API reads while the flusher works
+                    for route in (*MOUNTED, *API_READS):
+                        path, _, query = route.partition("?")
+                        scope = http_scope(path, query_string=query.encode())
+                        assert (await call(app, scope)).status == 200, route
             await call(app, http_scope("/stream"))
             with pytest.raises(RuntimeError):
                 await call(app, http_scope("/fail"))
@@ -106,6 +122,52 @@ def test_the_detector_does_catch_aegis_blocking_the_loop(make_aegis: Callable[..
     async def misuse() -> None:
         await call(app, http_scope("/items/1"))
         aegis.force_flush()
+
+    with blockbuster_ctx(scanned_modules=["aegis_mw"]), pytest.raises(BlockingError):
+        asyncio.run(misuse())
+
+
+def test_history_reads_from_sqlite_make_no_blocking_call(
+    make_aegis: Callable[..., Aegis], tmp_path: Path
+) -> None:
+    """The JSON API reads SQLite (rollups and the request log) in a worker thread:
+    every endpoint answers from the stored history with blockbuster watching."""
+    aegis = make_aegis(sink=f"sqlite:///{tmp_path}/aegis.db", flush_interval=3600)
+    app = build_app(aegis)
+    answers: dict[str, Any] = {}
+
+    async def read() -> None:
+        for number in range(40):
+            await call(app, http_scope(f"/items/{number}"))
+        # force_flush waits for the flusher thread: off the loop, as an app would.
+        assert await asyncio.to_thread(aegis.force_flush, 10.0)
+        for route in API_READS:
+            path, _, query = route.partition("?")
+            exchange = await call(app, http_scope(path, query_string=query.encode()))
+            assert exchange.status == 200, (route, exchange.body)
+            answers[path.rsplit("/", 1)[-1]] = json.loads(exchange.body)
+
+    with blockbuster_ctx(scanned_modules=["aegis_mw"]):
+        asyncio.run(read())
+    assert answers["overview"]["data"]["total"] == 40
+    assert sum(p["requests"] for p in answers["request-rate"]["data"]["points"]) == 40
+    [top] = answers["top-endpoints"]["data"]["endpoints"]
+    assert (top["route"], top["requests"]) == ("/items/{item_id}", 40)
+    assert len(answers["requests"]["data"]["requests"]) == 30  # 40 matching, from the 11th
+
+
+def test_the_detector_does_catch_a_history_read_on_the_loop(
+    make_aegis: Callable[..., Aegis], tmp_path: Path
+) -> None:
+    """Control: the same SQLite read made on the loop (not in a thread) is flagged."""
+    aegis = make_aegis(sink=f"sqlite:///{tmp_path}/aegis.db", flush_interval=3600)
+    aegis.force_flush()
+    queries = MetricsAPI(aegis).queries
+    assert queries is not None
+
+    async def misuse() -> None:
+        # The query itself, not respond(): respond() turns any failure into a 503.
+        queries.overview("5m")
 
     with blockbuster_ctx(scanned_modules=["aegis_mw"]), pytest.raises(BlockingError):
         asyncio.run(misuse())
