@@ -55,7 +55,8 @@ def decode_histogram(value: str | dict[str, Any] | None) -> dict[int, int]:
     if not value:
         return {}
     data = json.loads(value) if isinstance(value, str) else value
-    return {int(index): int(count) for index, count in data.items()}
+    # Counts are JSON integers already; only the keys need converting.
+    return {int(index): count for index, count in data.items()}
 
 
 def merge_histogram_text(left: str | None, right: str | None) -> str:

@@ -117,9 +117,9 @@ class HistoryQueries:
     def window(self, range: str | None = None, since: Time = None, until: Time = None) -> TimeRange:
         return resolve(range, since, until, now=self.clock(), kept=self.horizons)
 
-    def _rows(self, window: TimeRange, *, by_route: bool) -> list[RollupRow]:
+    def _rows(self, window: TimeRange, *, by_route: bool, coarse: bool = False) -> list[RollupRow]:
         rows: list[RollupRow] = []
-        for level, start, end in window.segments():
+        for level, start, end in window.coarse_segments() if coarse else window.segments():
             rows.extend(self.source.read_rollups(level, start, end, by_route=by_route))
         return rows
 
@@ -139,7 +139,7 @@ class HistoryQueries:
         window = self.window(range, since, until)
         totals = Totals()
         errors_below_400 = 0
-        for row in self._rows(window, by_route=False):
+        for row in self._rows(window, by_route=False, coarse=True):
             totals.add(row)
             if row.status_class < 4:
                 errors_below_400 += row.errors
@@ -231,7 +231,7 @@ class HistoryQueries:
         _check_limit(limit)
         window = self.window(range, since, until)
         by_route: dict[tuple[str, str], Totals] = {}
-        for row in self._rows(window, by_route=True):
+        for row in self._rows(window, by_route=True, coarse=True):
             key = (row.route, row.method)
             totals = by_route.get(key)
             if totals is None:

@@ -120,6 +120,28 @@ class TimeRange:
                 cursor = stop
         return reads
 
+    def coarse_segments(self) -> list[tuple[int, int, int]]:
+        """Reads that tile the same buckets with the fewest rows: whole hours
+        in the middle, finer resolutions only at the edges (for totals, which
+        need no points)."""
+        reads: list[tuple[int, int, int]] = []
+
+        def cover(first: int, last: int, levels: tuple[int, ...]) -> None:
+            if first >= last or not levels:
+                return
+            level, finer = levels[-1], levels[:-1]
+            inner_first = -(-first // level) * level
+            inner_last = last // level * level
+            if inner_first >= inner_last:
+                cover(first, last, finer)
+                return
+            cover(first, inner_first, finer)
+            reads.append((level, inner_first, inner_last))
+            cover(inner_last, last, finer)
+
+        cover(self.start, self.end, LEVELS)
+        return reads
+
 
 def resolve(
     range_name: str | None,

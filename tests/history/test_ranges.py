@@ -104,3 +104,20 @@ def test_bad_ranges_name_the_parameter(
         resolve(*args, now=NOW)
     assert caught.value.parameter == parameter
     assert MAX_SPAN == 400 * 86_400
+
+
+@pytest.mark.parametrize("name", list(RANGES))
+def test_coarse_segments_cover_the_same_buckets_with_few_reads(name: str) -> None:
+    window = resolve(name, None, None, now=NOW)
+    coarse = window.coarse_segments()
+    spans = sorted((start, end) for _, start, end in coarse)
+    assert spans[0][0] == window.start and spans[-1][1] == window.end
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert end == start
+    for level, start, end in coarse:
+        assert start % level == 0 and end % level == 0
+    # Whole hours come from the hourly rollups: at most a few edge reads besides.
+    assert len(coarse) <= 2 * len(LEVELS) - 1
+    if window.end - window.start >= 3 * 3600:
+        hourly = sum(end - start for level, start, end in coarse if level == 3600)
+        assert hourly >= window.end - window.start - 2 * 3600
