@@ -8,9 +8,14 @@ names of the two-argument minimum and maximum.
 
 from __future__ import annotations
 
+import functools
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 from ..core.history import RequestQuery
+from ..core.record import RequestRecord
+from ..core.rollup import RollupRow, decode_histogram
 from .sqlite_schema import REQUEST_COLUMNS
 
 ROLLUP_KEY = ("resolution", "bucket", "route", "method", "status_class")
@@ -49,6 +54,7 @@ def upsert(dialect: Dialect, table: str, key: tuple[str, ...]) -> str:
     )
 
 
+@functools.cache
 def select_rollups(dialect: Dialect, *, by_route: bool) -> str:
     """Rows of one resolution with ``start <= bucket < end``."""
     mark = dialect.placeholder
@@ -88,3 +94,27 @@ def select_requests(dialect: Dialect, query: RequestQuery) -> tuple[str, list[ob
         f"ORDER BY timestamp DESC, request_id DESC LIMIT {mark} OFFSET {mark}",
         params,
     )
+
+
+class RowReader:
+    """``read_rollups`` and ``read_requests`` for a database reader: the
+    subclass sets ``dialect`` and lends a DB-API connection from ``_connection``."""
+
+    dialect: Dialect
+
+    def _connection(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def read_rollups(
+        self, resolution: int, start: int, end: int, *, by_route: bool
+    ) -> list[RollupRow]:
+        sql = select_rollups(self.dialect, by_route=by_route)
+        with self._connection() as connection:
+            rows = connection.execute(sql, (resolution, start, end)).fetchall()
+        return [RollupRow._make((*row[:-1], decode_histogram(row[-1]))) for row in rows]
+
+    def read_requests(self, query: RequestQuery) -> list[RequestRecord]:
+        sql, params = select_requests(self.dialect, query)
+        with self._connection() as connection:
+            rows = connection.execute(sql, params).fetchall()
+        return [RequestRecord._make(row) for row in rows]

@@ -18,14 +18,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from ..core.history import RequestQuery
-from ..core.record import RequestRecord
-from ..core.rollup import RollupRow, decode_histogram
 from . import history_sql
 from .postgres_schema import migrate
-
-_SELECT_ROUTES = history_sql.select_rollups(history_sql.POSTGRES, by_route=True)
-_SELECT_TOTALS = history_sql.select_rollups(history_sql.POSTGRES, by_route=False)
 
 #: Readers are the JSON API, the CLI and the dashboard: a few at a time.
 MAX_READERS = 4
@@ -33,8 +27,10 @@ MAX_READERS = 4
 READ_TIMEOUT_SECONDS = 10.0
 
 
-class PostgresReader:
+class PostgresReader(history_sql.RowReader):
     """A lazily opened pool of connections for reads."""
+
+    dialect = history_sql.POSTGRES
 
     def __init__(self, url: str, connect_kwargs: dict[str, Any], name: str) -> None:
         self.url = url
@@ -77,20 +73,6 @@ class PostgresReader:
                 migrate(connection)
                 self._migrated = True
             yield connection
-
-    def read_rollups(
-        self, resolution: int, start: int, end: int, *, by_route: bool
-    ) -> list[RollupRow]:
-        sql = _SELECT_ROUTES if by_route else _SELECT_TOTALS
-        with self._connection() as connection:
-            rows = connection.execute(sql, (resolution, start, end)).fetchall()
-        return [RollupRow._make((*row[:-1], decode_histogram(row[-1]))) for row in rows]
-
-    def read_requests(self, query: RequestQuery) -> list[RequestRecord]:
-        sql, params = history_sql.select_requests(history_sql.POSTGRES, query)
-        with self._connection() as connection:
-            rows = connection.execute(sql, params).fetchall()
-        return [RequestRecord._make(row) for row in rows]
 
     def close(self) -> None:
         """Close this process's pool (a parent's is left alone)."""

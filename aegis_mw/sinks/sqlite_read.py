@@ -13,17 +13,13 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from ..core.history import RequestQuery
-from ..core.record import RequestRecord
-from ..core.rollup import RollupRow, decode_histogram
 from . import history_sql
 
-_SELECT_ROUTES = history_sql.select_rollups(history_sql.SQLITE, by_route=True)
-_SELECT_TOTALS = history_sql.select_rollups(history_sql.SQLITE, by_route=False)
 
-
-class SQLiteReader:
+class SQLiteReader(history_sql.RowReader):
     """A pool of read-only connections, opened by ``open`` as they are needed."""
+
+    dialect = history_sql.SQLITE
 
     def __init__(self, path: str, open_connection: Callable[[], sqlite3.Connection]) -> None:
         self.path = path
@@ -49,20 +45,6 @@ class SQLiteReader:
         with self._lock:
             if self._pid == os.getpid():
                 self._idle.append(connection)
-
-    def read_rollups(
-        self, resolution: int, start: int, end: int, *, by_route: bool
-    ) -> list[RollupRow]:
-        sql = _SELECT_ROUTES if by_route else _SELECT_TOTALS
-        with self._connection() as connection:
-            rows = connection.execute(sql, (resolution, start, end)).fetchall()
-        return [RollupRow._make((*row[:-1], decode_histogram(row[-1]))) for row in rows]
-
-    def read_requests(self, query: RequestQuery) -> list[RequestRecord]:
-        sql, params = history_sql.select_requests(history_sql.SQLITE, query)
-        with self._connection() as connection:
-            rows = connection.execute(sql, params).fetchall()
-        return [RequestRecord._make(row) for row in rows]
 
     def close(self) -> None:
         """Close the idle connections (borrowed ones close when returned late)."""
