@@ -17,12 +17,15 @@ once its key is prepended)::
 ``errors`` counts 5xx responses and requests whose app raised, as the
 realtime figures do; ``histogram`` maps :mod:`.histogram` bucket indexes to
 counts, so percentiles merge exactly across buckets, routes and processes.
+Stored, a histogram is :func:`dense`: ``[first_index, count, ...]``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+import operator
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
 from typing import Any, NamedTuple
 
 from . import histogram
@@ -45,26 +48,77 @@ def status_class(status: int) -> int:
     return value if 0 < value < 6 else 5
 
 
+def dense(counts: dict[int, int]) -> list[int]:
+    """``{index: count}`` as stored: ``[first_index, count, count, ...]`` from
+    the lowest to the highest index held (``[]`` when empty). Dense is what
+    makes reading cheap: a stored row decodes to one list and adds to a
+    running total slice by slice, where ``{index: count}`` costs a dict and a
+    key conversion per bucket."""
+    if not counts:
+        return []
+    first = min(counts)
+    out = [0] * (max(counts) - first + 2)
+    out[0] = first
+    for index, count in counts.items():
+        out[index - first + 1] = count
+    return out
+
+
 def encode_histogram(counts: dict[int, int]) -> str:
-    """Compact JSON object text (``{"index": count}``), as both databases store it."""
-    return json.dumps(counts, separators=(",", ":"))
+    """JSON array text of :func:`dense`, as SQLite stores it."""
+    return json.dumps(dense(counts), separators=(",", ":"))
 
 
-def decode_histogram(value: str | dict[str, Any] | None) -> dict[int, int]:
-    """From stored text (SQLite) or a decoded JSON object (PostgreSQL ``jsonb``)."""
+def encode_histogram_array(counts: dict[int, int]) -> str:
+    """PostgreSQL array text of :func:`dense` (``{7,3,0,1}``), cast to
+    ``bigint[]`` by the statement."""
+    return "{" + ",".join(map(str, dense(counts))) + "}"
+
+
+def decode_histogram(value: str | list[int] | None) -> list[int]:
+    """A stored histogram, from text (SQLite) or an integer array
+    (PostgreSQL), in the :func:`dense` layout."""
     if not value:
-        return {}
-    data = json.loads(value) if isinstance(value, str) else value
-    # Counts are JSON integers already; only the keys need converting.
-    return {int(index): count for index, count in data.items()}
+        return []
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def merge_dense(left: list[int], right: list[int]) -> list[int]:
+    """Two :func:`dense` histograms added."""
+    if not left:
+        return list(right)
+    if not right:
+        return list(left)
+    first = min(left[0], right[0])
+    out = [0] * (max(left[0] + len(left), right[0] + len(right)) - first - 1)
+    for part in (left, right):
+        start = part[0] - first
+        end = start + len(part) - 1
+        out[start:end] = map(operator.add, out[start:end], islice(part, 1, None))
+    return [first, *out]
 
 
 def merge_histogram_text(left: str | None, right: str | None) -> str:
     """Two stored histograms added; the SQLite upsert calls this on conflict."""
-    merged = decode_histogram(left)
-    for index, count in decode_histogram(right).items():
-        merged[index] = merged.get(index, 0) + count
-    return encode_histogram(merged)
+    return json.dumps(
+        merge_dense(decode_histogram(left), decode_histogram(right)), separators=(",", ":")
+    )
+
+
+def add_dense(total: list[int], part: list[int]) -> None:
+    """Add a :func:`dense` histogram into ``total``, a list of
+    :data:`.histogram.COUNT` counters indexed by bucket. Indexes outside it
+    (a row from a future version, say) are ignored, never raised on."""
+    if not part:
+        return
+    start = part[0]
+    end = start + len(part) - 1
+    if start >= 0 and end <= len(total):
+        total[start:end] = map(operator.add, total[start:end], islice(part, 1, None))
+        return
+    for index, count in enumerate(islice(part, 1, None), start):
+        if 0 <= index < len(total):
+            total[index] += count
 
 
 def merge_cell(into: Cell, other: Cell) -> None:
@@ -183,7 +237,8 @@ class RollupRow(NamedTuple):
     duration_max: float
     request_bytes: int
     response_bytes: int
-    histogram: dict[int, int]
+    #: In the :func:`dense` layout.
+    histogram: list[int]
 
 
 def expand(delta: RollupDelta) -> tuple[dict[tuple[Any, ...], Cell], dict[tuple[Any, ...], Cell]]:
@@ -206,12 +261,14 @@ def expand(delta: RollupDelta) -> tuple[dict[tuple[Any, ...], Cell], dict[tuple[
     return routes, totals
 
 
-def parameter_rows(cells: dict[tuple[Any, ...], Cell]) -> list[tuple[Any, ...]]:
-    """Key + cell as one row, histogram as JSON text, sorted by key so that
-    concurrent writers lock rows in one order (no deadlocks in PostgreSQL)."""
+def parameter_rows(
+    cells: dict[tuple[Any, ...], Cell], encode: Callable[[dict[int, int]], Any] = encode_histogram
+) -> list[tuple[Any, ...]]:
+    """Key + cell as one row, histogram as ``encode`` gives it (JSON text by
+    default; PostgreSQL takes :func:`encode_histogram_array`), sorted by
+    key so that concurrent writers lock rows in one order (no deadlocks)."""
     return [
-        (*key, *cell[:HISTOGRAM], encode_histogram(cell[HISTOGRAM]))
-        for key, cell in sorted(cells.items())
+        (*key, *cell[:HISTOGRAM], encode(cell[HISTOGRAM])) for key, cell in sorted(cells.items())
     ]
 
 
@@ -219,5 +276,5 @@ def rows_from(cells: Iterable[tuple[tuple[Any, ...], Cell]]) -> Iterator[RollupR
     """Rows from in-memory cells keyed ``(bucket, route, method, class)``."""
     for (bucket, route, method, klass), cell in cells:
         yield RollupRow._make(
-            (bucket, route, method, klass, *cell[:HISTOGRAM], dict(cell[HISTOGRAM]))
+            (bucket, route, method, klass, *cell[:HISTOGRAM], dense(cell[HISTOGRAM]))
         )

@@ -22,7 +22,7 @@ from typing import Any
 from ..core import histogram
 from ..core.history import HistorySource, RequestQuery
 from ..core.record import isoformat
-from ..core.rollup import RollupRow
+from ..core.rollup import RollupRow, add_dense
 from .ranges import DEFAULT_HORIZONS, QueryError, TimeRange, resolve
 
 SORTS = ("count", "p95", "errors")
@@ -44,7 +44,7 @@ class Totals:
         self.duration_min = float("inf")
         self.duration_max = 0.0
         self.classes = [0] * 6  # index = status class
-        self.histogram: dict[int, int] = {}
+        self.histogram: list[int] = []  # by bucket index, allocated on the first add
 
     def add(self, row: RollupRow) -> None:
         self.requests += row.requests
@@ -56,9 +56,10 @@ class Totals:
         self.duration_min = min(self.duration_min, row.duration_min)
         self.duration_max = max(self.duration_max, row.duration_max)
         self.classes[row.status_class] += row.requests
-        counts = self.histogram
-        for index, count in row.histogram.items():
-            counts[index] = counts.get(index, 0) + count
+        if row.histogram:
+            if not self.histogram:
+                self.histogram = [0] * histogram.COUNT
+            add_dense(self.histogram, row.histogram)
 
     def successful(self, errors_below_400: int) -> int:
         """1xx-3xx responses whose app did not raise."""
@@ -82,12 +83,9 @@ def _ms(value: float) -> float:
     return round(value, 3)
 
 
-def _percentiles(counts: Mapping[int, int]) -> list[float | None]:
-    dense = [0] * histogram.COUNT
-    for index, count in counts.items():
-        if 0 <= index < histogram.COUNT:
-            dense[index] += count
-    return [None if v is None else _ms(v) for v in histogram.percentiles(dense, (0.5, 0.95, 0.99))]
+def _percentiles(counts: list[int]) -> list[float | None]:
+    quantiles = histogram.percentiles(counts, (0.5, 0.95, 0.99))
+    return [None if v is None else _ms(v) for v in quantiles]
 
 
 def _rate(count: int, seconds: float) -> float:

@@ -2,10 +2,13 @@
 
 One write connection, opened by the thread that writes (the sink's own
 thread; a new one after a fork, a restart or a broken connection). Each
-batch is one transaction: records are COPYed into a per-connection staging
-table (binary COPY, no indexes: the cheapest way in), then moved with one
-``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, so a retried batch is
-stored once; then the batch's rollup delta is added, once per delta id.
+batch is one transaction: records are COPYed (binary) straight into their
+table, in a savepoint; when a record is already there (a retried batch
+whose first write did commit) the savepoint is rolled back and the batch
+goes through a per-connection staging table and one ``INSERT ... SELECT ...
+ON CONFLICT DO NOTHING`` instead, so it is stored once either way while a
+new batch pays for one COPY only. Then the batch's rollup delta is added,
+once per delta id.
 Reads borrow connections from a small pool (see :mod:`.postgres_read`).
 
 Example::
@@ -19,7 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 try:
     import psycopg
@@ -32,13 +35,15 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from ..core.errors import ConfigError
 from ..core.history import RequestQuery
 from ..core.record import Batch, RequestRecord
-from ..core.rollup import LEVELS, RollupDelta, RollupRow, expand
+from ..core.rollup import LEVELS, RollupDelta, RollupRow, encode_histogram_array, expand
 from ..core.rollup import parameter_rows as rollup_parameters
 from . import history_sql
 from .postgres_read import PostgresReader
 from .postgres_schema import (
     COPY_REQUESTS,
     COPY_SESSIONS,
+    COPY_STAGED_REQUESTS,
+    COPY_STAGED_SESSIONS,
     CREATE_STAGING,
     INSERT_REQUESTS,
     INSERT_SESSIONS,
@@ -81,6 +86,9 @@ class PostgresSink:
             self.connect_kwargs["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
         if "application_name" not in params:
             self.connect_kwargs["application_name"] = "aegis_mw"
+        # Commits do not wait for the server's disk flush, unless the URL says
+        # how they should (options=-csynchronous_commit=on): see the README.
+        self.relaxed_commit = "synchronous_commit" not in str(params.get("options") or "")
         self._connection: psycopg.Connection[Any] | None = None
         self._owner: tuple[int, int] = (0, 0)
         # Connections left behind by a fork, or by a thread whose write was
@@ -102,6 +110,12 @@ class PostgresSink:
             migrate(connection)
             for statement in CREATE_STAGING:
                 connection.execute(statement)
+            if self.relaxed_commit:
+                # The trade SQLite makes with synchronous=NORMAL: a crash of
+                # the database server or its machine (not of the app) may
+                # lose the last few hundred milliseconds of commits; nothing
+                # is ever corrupted or half-applied. Writes get ~15% faster.
+                connection.execute("SET synchronous_commit = off")
         except BaseException:
             connection.close()
             raise
@@ -113,11 +127,9 @@ class PostgresSink:
         try:
             with connection.transaction(), connection.cursor() as cursor:
                 if batch.requests:
-                    _copy(cursor, COPY_REQUESTS, REQUEST_TYPES, batch.requests)
-                    cursor.execute(INSERT_REQUESTS)
+                    _store(cursor, REQUEST_STEPS, batch.requests)
                 if batch.sessions:
-                    _copy(cursor, COPY_SESSIONS, SESSION_TYPES, batch.sessions)
-                    cursor.execute(INSERT_SESSIONS)
+                    _store(cursor, SESSION_STEPS, batch.sessions)
                 if batch.rollups is not None and batch.rollups.cells:
                     _add_rollups(cursor, batch.rollups)
         except psycopg.OperationalError:
@@ -176,6 +188,29 @@ class PostgresSink:
             self._connection = None
 
 
+class _Steps(NamedTuple):
+    copy: str
+    copy_staged: str
+    insert_staged: str
+    types: Sequence[str]
+
+
+REQUEST_STEPS = _Steps(COPY_REQUESTS, COPY_STAGED_REQUESTS, INSERT_REQUESTS, REQUEST_TYPES)
+SESSION_STEPS = _Steps(COPY_SESSIONS, COPY_STAGED_SESSIONS, INSERT_SESSIONS, SESSION_TYPES)
+
+
+def _store(cursor: psycopg.Cursor[Any], steps: _Steps, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Rows into their table, each stored once, in the caller's transaction."""
+    try:
+        with cursor.connection.transaction():  # a savepoint
+            _copy(cursor, steps.copy, steps.types, rows)
+        return
+    except psycopg.errors.UniqueViolation:
+        pass  # some are stored already: add the others, skipping those
+    _copy(cursor, steps.copy_staged, steps.types, rows)
+    cursor.execute(steps.insert_staged)
+
+
 def _copy(
     cursor: psycopg.Cursor[Any], sql: str, types: Sequence[str], rows: Sequence[tuple[Any, ...]]
 ) -> None:
@@ -199,8 +234,8 @@ def _add_rollups(cursor: psycopg.Cursor[Any], delta: RollupDelta) -> None:
     routes, totals = expand(delta)
     # Rows come sorted by key, routes before totals in every writer, so
     # concurrent writers lock rows in one order and cannot deadlock.
-    cursor.executemany(UPSERT_ROLLUPS, rollup_parameters(routes))
-    cursor.executemany(UPSERT_TOTALS, rollup_parameters(totals))
+    cursor.executemany(UPSERT_ROLLUPS, rollup_parameters(routes, encode_histogram_array))
+    cursor.executemany(UPSERT_TOTALS, rollup_parameters(totals, encode_histogram_array))
 
 
 # Deletes by physical row id (ctid): a LIMIT in a subquery, then a TID scan

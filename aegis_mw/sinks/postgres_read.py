@@ -66,13 +66,15 @@ class PostgresReader(history_sql.RowReader):
             return self._pool
 
     @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+    def _connection(self) -> Iterator[psycopg.Cursor[Any]]:
         with self._current_pool().connection() as connection:
             if not self._migrated:
                 # A read may come before the first write: the tables must exist.
                 migrate(connection)
                 self._migrated = True
-            yield connection
+            # Binary results: the histogram arrays arrive as lists decoded in C.
+            with connection.cursor(binary=True) as cursor:
+                yield cursor
 
     def close(self) -> None:
         """Close this process's pool (a parent's is left alone)."""

@@ -11,7 +11,10 @@ step and the others see it done.
 
 from __future__ import annotations
 
+import json
 import sqlite3
+
+from ..core.rollup import dense
 
 REQUEST_COLUMNS = (
     "request_id", "timestamp", "method", "route", "path", "status", "duration_ms",
@@ -103,6 +106,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX aegis_rollup_deltas_applied_at ON aegis_rollup_deltas (applied_at)",
         "CREATE INDEX aegis_requests_route ON aegis_requests (route, timestamp)",
     ),
+    (
+        # Histograms become dense arrays, ``[first_index, count, ...]``
+        # (see rollup.dense): a fraction of the cost to decode and to merge.
+        "UPDATE aegis_rollups SET histogram = aegis_histogram_v3(histogram)",
+        "UPDATE aegis_rollup_totals SET histogram = aegis_histogram_v3(histogram)",
+        # Kept up to date, this index cost a fifth of the insert rate; the
+        # request log filtered by route now walks the timestamp index instead.
+        "DROP INDEX IF EXISTS aegis_requests_route",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -120,8 +132,15 @@ class SchemaTooNew(RuntimeError):
     """The file was written by a newer aegis_mw; refuse rather than corrupt it."""
 
 
+def _histogram_v3(text: str | None) -> str:
+    """A version 2 histogram (``{"index": count}``) in the version 3 layout."""
+    counts = {int(index): int(count) for index, count in json.loads(text or "{}").items()}
+    return json.dumps(dense(counts), separators=(",", ":"))
+
+
 def migrate(connection: sqlite3.Connection) -> int:
     """Bring the schema to ``SCHEMA_VERSION``; returns the version found."""
+    connection.create_function("aegis_histogram_v3", 1, _histogram_v3, deterministic=True)
     connection.execute("BEGIN IMMEDIATE")
     try:
         found = int(connection.execute("PRAGMA user_version").fetchone()[0])

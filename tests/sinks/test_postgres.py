@@ -17,13 +17,18 @@ import pytest
 
 from aegis_mw import Aegis, Batch, WebSocketSession
 from aegis_mw.core.history import RequestQuery
-from aegis_mw.core.rollup import LEVELS, RollupDelta, RollupRow
+from aegis_mw.core.rollup import LEVELS, RollupDelta, RollupRow, merge_dense
 from aegis_mw.history.queries import HistoryQueries
 from aegis_mw.sinks import MemorySink, SQLiteSink, build_sink
 from aegis_mw.sinks.sqlite_schema import SchemaTooNew
 from tests.core.test_fork import run_in_child
 from tests.harness import inbox_item
-from tests.sinks.test_sqlite import make_request, make_session
+from tests.sinks.test_sqlite import (
+    check_version_2_rows_add_up,
+    check_version_2_rows_migrated,
+    make_request,
+    make_session,
+)
 from tests.spawned import run_together
 
 psycopg = pytest.importorskip("psycopg")
@@ -179,16 +184,43 @@ def test_schema_is_created_on_first_write(
         "btree (resolution, bucket, route, method, status_class)"
     )
     assert definitions["aegis_rollup_totals_pkey"] == "btree (resolution, bucket, status_class)"
+    assert "aegis_requests_route" not in definitions
     assert sql(postgres_url, "SELECT version FROM aegis_schema_version ORDER BY version") == [
         (1,),
         (2,),
+        (3,),
     ]
-    assert sql(
+    histograms = sql(
         postgres_url,
-        "SELECT aegis_histogram_merge(%s::jsonb, %s::jsonb)",
-        '{"1": 2, "7": 1}',
-        '{"7": 4, "9": 1}',
-    ) == [({"1": 2, "7": 5, "9": 1},)]
+        "SELECT data_type FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND column_name = 'histogram' ORDER BY table_name",
+    )
+    assert histograms == [("ARRAY",), ("ARRAY",)]
+
+
+@pytest.mark.parametrize(
+    ("left", "right"),
+    [
+        ([1, 2, 0, 0, 0, 0, 0, 1], [7, 4, 0, 1]),  # overlapping, right reaching further
+        ([7, 4, 0, 1], [1, 2, 0, 0, 0, 0, 0, 1]),  # the same, swapped
+        ([3, 1], [10, 5, 6]),  # apart, with a gap between
+        ([10, 5, 6], [3, 1]),
+        ([0, 9, 9, 9], [1, 1]),  # one inside the other, from index 0
+        ([5, 1, 2, 3], [5, 3, 2, 1]),  # the same span
+        ([], [4, 1]),  # either side empty
+        ([4, 1], []),
+        ([], []),
+    ],
+)
+def test_histogram_merge_function_adds_like_python(
+    postgres_url: str, sinks: Callable[[str], PostgresSink], left: list[int], right: list[int]
+) -> None:
+    """The upsert's SQL merge of dense histograms equals rollup.merge_dense."""
+    sinks(postgres_url).write(Batch())
+    merged = sql(
+        postgres_url, "SELECT aegis_histogram_merge(%s::bigint[], %s::bigint[])", left, right
+    )
+    assert merged == [(merge_dense(left, right),)]
 
 
 def test_every_field_round_trips_exactly(
@@ -281,6 +313,23 @@ def test_retried_batch_is_stored_once_and_counted_once(
     assert total == 200
 
 
+def test_commits_do_not_wait_for_the_disk_unless_the_url_says_so(
+    postgres_url: str, sinks: Callable[[str], PostgresSink]
+) -> None:
+    """The writer's session runs with synchronous_commit off (the trade SQLite
+    makes with synchronous=NORMAL); a URL that sets it keeps its own choice."""
+
+    def setting(sink: PostgresSink) -> str:
+        sink.write(Batch(requests=[make_request(1)]))
+        row = sink._connect().execute("SHOW synchronous_commit").fetchone()
+        assert row is not None
+        return str(row[0])
+
+    assert setting(sinks(postgres_url)) == "off"
+    durable = postgres_url + "%20-csynchronous_commit%3Dremote_write"
+    assert setting(sinks(durable)) == "remote_write"
+
+
 def test_history_equals_memory_and_sqlite(
     postgres_url: str, sinks: Callable[[str], PostgresSink], tmp_path: Path
 ) -> None:
@@ -301,9 +350,9 @@ def test_history_equals_memory_and_sqlite(
         for rows in all_rollups(postgres).values():
             for row in rows:
                 assert [type(value) for value in row] == [
-                    int, str, str, int, int, int, int, float, float, float, int, int, dict,
+                    int, str, str, int, int, int, int, float, float, float, int, int, list,
                 ]  # fmt: skip
-                assert all(type(k) is int and type(v) is int for k, v in row.histogram.items())
+                assert all(type(value) is int for value in row.histogram)
         # A range read: only buckets in [start, end).
         start, end = int(T0) + 600, int(T0) + 1800
         assert sorted(postgres.read_rollups(60, start, end, by_route=True)) == sorted(
@@ -439,6 +488,40 @@ def test_newer_schema_version_is_refused(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()",
     )
     assert tables == [("aegis_schema_version",)]
+
+
+def test_version_2_rollups_are_migrated_to_dense_histograms(
+    postgres_url: str, sinks: Callable[[str], PostgresSink]
+) -> None:
+    """A database left at version 2 ({"index": count} jsonb histograms, a route
+    index) reads back the same figures after the sink migrates it to version 3."""
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(
+            "CREATE TABLE aegis_schema_version ("
+            "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for version in (1, 2):
+            for statement in postgres_schema.MIGRATIONS[version - 1]:
+                connection.execute(statement)
+            connection.execute("INSERT INTO aegis_schema_version (version) VALUES (%s)", (version,))
+        values = "10, 1, 0, 55.5, 1.0, 20.0, 100, 2000"
+        connection.execute(
+            f"INSERT INTO aegis_rollups VALUES (5, 1000, '/a', 'GET', 2, {values}, "
+            """'{"120": 4, "117": 5, "125": 1}'::jsonb)"""
+        )
+        connection.execute(
+            f"INSERT INTO aegis_rollup_totals VALUES (5, 1000, 2, {values}, '{{}}'::jsonb)"
+        )
+    sink = sinks(postgres_url)
+    sink.write(Batch())
+
+    check_version_2_rows_migrated(sink)
+    assert sql(postgres_url, "SELECT max(version) FROM aegis_schema_version") == [(3,)]
+    indexes = sql(
+        postgres_url, "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+    )
+    assert ("aegis_requests_route",) not in indexes
+    check_version_2_rows_add_up(sink)  # through the new SQL merge function
 
 
 # -- pruning ---------------------------------------------------------------------------

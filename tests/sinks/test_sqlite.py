@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from aegis_mw import Aegis, Batch, RequestRecord, WebSocketSession
-from aegis_mw.sinks import SQLiteSink
+from aegis_mw.core.rollup import RollupDelta, RollupRow
+from aegis_mw.sinks import SQLiteSink, sqlite_schema
 from aegis_mw.sinks.sqlite_schema import SCHEMA_VERSION, SchemaTooNew
 from aegis_mw.testing import FakeClock
 from tests.harness import inbox_item
@@ -156,7 +157,6 @@ def test_schema_is_created_on_first_write(
     objects = query(path, "SELECT type, name, tbl_name FROM sqlite_master ORDER BY name")
     assert objects == [
         ("table", "aegis_requests", "aegis_requests"),
-        ("index", "aegis_requests_route", "aegis_requests"),
         ("index", "aegis_requests_timestamp", "aegis_requests"),
         ("table", "aegis_rollup_deltas", "aegis_rollup_deltas"),
         ("index", "aegis_rollup_deltas_applied_at", "aegis_rollup_deltas"),
@@ -200,7 +200,7 @@ def test_reopening_an_existing_file_keeps_schema_and_rows(
         make_request(2).request_id,
     ]
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 9
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 8
 
 
 def test_batch_written_twice_is_stored_once(
@@ -328,7 +328,7 @@ def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path: Path) -> N
     versions = sorted(version for outcome in outcomes for version in outcome[3])
     assert versions == [0] + [SCHEMA_VERSION] * (PROCESSES - 1)
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 9
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 8
     ids = [row[0] for row in read_requests(path)]
     expected = sorted(
         f"{index:016x}{n:016x}" for index in range(PROCESSES) for n in range(RECORDS_PER_PROCESS)
@@ -340,6 +340,54 @@ def _make_too_new(path: Path) -> None:
     connection = sqlite3.connect(path)
     connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     connection.close()
+
+
+def check_version_2_rows_migrated(sink: SQLiteSink | Any) -> None:
+    """The rows the version 2 tests store, as version 3 reads them."""
+    [row] = sink.read_rollups(5, 0, 2000, by_route=True)
+    assert row == RollupRow(1000, "/a", "GET", 2, 10, 1, 0, 55.5, 1.0, 20.0, 100, 2000,
+                            [117, 5, 0, 0, 4, 0, 0, 0, 0, 1])  # fmt: skip
+    [total] = sink.read_rollups(5, 0, 2000, by_route=False)
+    assert total.histogram == []
+
+
+def check_version_2_rows_add_up(sink: SQLiteSink | Any) -> None:
+    """A new delta adds to a migrated row (the merge works on converted histograms)."""
+    delta = RollupDelta()
+    delta.add(1001.0, "/a", "GET", 200, 0.01, False, 0, 0)  # bucket 0
+    delta.delta_id = "after-migration"
+    sink.write(Batch(rollups=delta))
+    [row] = sink.read_rollups(5, 0, 2000, by_route=True)
+    assert row.requests == 11
+    assert row.histogram == [0, 1, *[0] * 116, 5, 0, 0, 4, 0, 0, 0, 0, 1]
+
+
+def test_version_2_rollups_are_migrated_to_dense_histograms(
+    tmp_path: Path, sink_factory: Callable[[Path], SQLiteSink]
+) -> None:
+    """A file left at version 2 ({"index": count} histograms, a route index)
+    reads back the same figures once the sink has migrated it to version 3."""
+    path = tmp_path / "aegis.db"
+    connection = sqlite3.connect(path)
+    for version in (1, 2):
+        for statement in sqlite_schema.MIGRATIONS[version - 1]:
+            connection.execute(statement)
+    values = "10, 1, 0, 55.5, 1.0, 20.0, 100, 2000"
+    connection.execute(
+        f"INSERT INTO aegis_rollups VALUES (5, 1000, '/a', 'GET', 2, {values}, "
+        """'{"120": 4, "117": 5, "125": 1}')"""
+    )
+    connection.execute(f"INSERT INTO aegis_rollup_totals VALUES (5, 1000, 2, {values}, '{{}}')")
+    connection.execute("PRAGMA user_version = 2")
+    connection.commit()
+    connection.close()
+    sink = sink_factory(path)
+    sink.write(Batch())
+
+    check_version_2_rows_migrated(sink)
+    assert query(path, "PRAGMA user_version") == [(3,)]
+    assert query(path, "SELECT name FROM sqlite_master WHERE name = 'aegis_requests_route'") == []
+    check_version_2_rows_add_up(sink)
 
 
 def test_newer_schema_version_is_refused(
