@@ -75,12 +75,17 @@ def encode_histogram_array(counts: dict[int, int]) -> str:
     return "{" + ",".join(map(str, dense(counts))) + "}"
 
 
-def decode_histogram(value: str | list[int] | None) -> list[int]:
+def decode_histogram(value: str | list[int] | dict[str, int] | None) -> list[int]:
     """A stored histogram, from text (SQLite) or an integer array
-    (PostgreSQL), in the :func:`dense` layout."""
+    (PostgreSQL), in the :func:`dense` layout. The ``{"index": count}`` form
+    of schema version 2 is converted too: a process still running the older
+    version may write one after another has migrated the database."""
     if not value:
         return []
-    return json.loads(value) if isinstance(value, str) else value
+    data = json.loads(value) if isinstance(value, str) else value
+    if isinstance(data, dict):
+        return dense({int(index): int(count) for index, count in data.items()})
+    return data
 
 
 def merge_dense(left: list[int], right: list[int]) -> list[int]:

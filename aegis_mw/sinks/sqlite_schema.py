@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from ..core.rollup import dense
+from ..core.rollup import decode_histogram
 
 REQUEST_COLUMNS = (
     "request_id", "timestamp", "method", "route", "path", "status", "duration_ms",
@@ -134,8 +134,7 @@ class SchemaTooNew(RuntimeError):
 
 def _histogram_v3(text: str | None) -> str:
     """A version 2 histogram (``{"index": count}``) in the version 3 layout."""
-    counts = {int(index): int(count) for index, count in json.loads(text or "{}").items()}
-    return json.dumps(dense(counts), separators=(",", ":"))
+    return json.dumps(decode_histogram(text), separators=(",", ":"))
 
 
 def migrate(connection: sqlite3.Connection) -> int:

@@ -45,6 +45,11 @@ def test_dense_layout_examples() -> None:
     assert decode_histogram("[7,3,0,1]") == [7, 3, 0, 1]
     assert decode_histogram([7, 3]) == [7, 3]
     assert decode_histogram(None) == decode_histogram("") == decode_histogram("[]") == []
+    # Version 2's form, which a process not yet upgraded may still write.
+    assert decode_histogram('{"9": 1, "7": 3}') == [7, 3, 0, 1]
+    assert decode_histogram({"9": 1}) == [9, 1]
+    assert decode_histogram("{}") == []
+    assert json.loads(merge_histogram_text('{"9": 1}', "[7,3]")) == [7, 3, 0, 1]
 
 
 @given(counts)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
@@ -313,11 +314,12 @@ def test_retried_batch_is_stored_once_and_counted_once(
     assert total == 200
 
 
-def test_commits_do_not_wait_for_the_disk_unless_the_url_says_so(
+def test_commits_do_not_wait_for_the_disk_unless_someone_chose(
     postgres_url: str, sinks: Callable[[str], PostgresSink]
 ) -> None:
     """The writer's session runs with synchronous_commit off (the trade SQLite
-    makes with synchronous=NORMAL); a URL that sets it keeps its own choice."""
+    makes with synchronous=NORMAL) only where nobody set it: a URL option, in
+    any spelling PostgreSQL accepts, or PGOPTIONS keeps its choice."""
 
     def setting(sink: PostgresSink) -> str:
         sink.write(Batch(requests=[make_request(1)]))
@@ -326,8 +328,13 @@ def test_commits_do_not_wait_for_the_disk_unless_the_url_says_so(
         return str(row[0])
 
     assert setting(sinks(postgres_url)) == "off"
-    durable = postgres_url + "%20-csynchronous_commit%3Dremote_write"
-    assert setting(sinks(durable)) == "remote_write"
+    assert setting(sinks(postgres_url + "%20-csynchronous_commit%3Dremote_write")) == "remote_write"
+    assert setting(sinks(postgres_url + "%20-cSYNCHRONOUS-COMMIT%3Dlocal")) == "local"
+    # PGOPTIONS counts only for a URL without options of its own.
+    bare, _, options = postgres_url.partition("?options=")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PGOPTIONS", f"{unquote(options)} -c synchronous_commit=on")
+        assert setting(sinks(bare)) == "on"
 
 
 def test_history_equals_memory_and_sqlite(

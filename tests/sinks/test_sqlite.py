@@ -390,6 +390,25 @@ def test_version_2_rollups_are_migrated_to_dense_histograms(
     check_version_2_rows_add_up(sink)
 
 
+def test_a_version_2_row_written_after_the_migration_is_read_and_merged(
+    tmp_path: Path, sink_factory: Callable[[Path], SQLiteSink]
+) -> None:
+    """A process still on version 2 can add a {"index": count} row to a
+    migrated file; reads and later merges take it as the dense form."""
+    path = tmp_path / "aegis.db"
+    sink = sink_factory(path)
+    sink.write(Batch())
+    values = "10, 1, 0, 55.5, 1.0, 20.0, 100, 2000"
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            f"INSERT INTO aegis_rollups VALUES (5, 1000, '/a', 'GET', 2, {values}, "
+            """'{"120": 4, "117": 5, "125": 1}')"""
+        )
+        connection.execute(f"INSERT INTO aegis_rollup_totals VALUES (5, 1000, 2, {values}, '{{}}')")
+    check_version_2_rows_migrated(sink)
+    check_version_2_rows_add_up(sink)
+
+
 def test_newer_schema_version_is_refused(
     tmp_path: Path, sink_factory: Callable[[Path], SQLiteSink]
 ) -> None:
