@@ -127,6 +127,9 @@ class Aegis:
         self.sinks: list[RecordSink] = [sink for _, sink in named_sinks]
         routes = RouteCap(settings.max_routes)  # records and metric labels share it
         self.aggregates = RealtimeAggregates(routes, settings.metrics_buckets)
+        #: The realtime stream's hub (``aegis_mw.realtime.hub.Hub``), made by
+        #: the first ``/ws/metrics`` connection: an app nobody watches has none.
+        self.hub: Any = None
         self.recorder = Recorder(
             aggregates=self.aggregates,
             max_buffer=settings.max_buffer,
@@ -270,6 +273,7 @@ class Aegis:
             logger.warning(NO_LIFESPAN_WARNING, self.settings.flush_interval)
 
     def _after_fork_in_child(self) -> None:
+        self.hub = None  # the parent's connections are not the child's
         # The parent keeps and writes everything it buffered before the fork;
         # the child starts empty with its own threads and connections.
         self.recorder.reset_after_fork()

@@ -74,6 +74,8 @@ class AegisMiddleware:
         # Routes answered here (/metrics, health): excluded from recording, and
         # every excluded path goes through pass_through, which serves them.
         self._mounted = MountedRoutes(self.aegis)
+        # The realtime stream ("" switches it off): never recorded as a session.
+        self._ws_path = self.aegis.settings.ws_path or None
         self.aegis.exclude(*self._mounted.paths)
         self._recorder = self.aegis.recorder
         self._inbox = self.aegis.recorder.inbox
@@ -104,7 +106,13 @@ class AegisMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "websocket":
-                await record_session(self, scope, receive, send)
+                if scope["path"] == self._ws_path:
+                    # Imported on first use: importing aegis_mw must not import anyio.
+                    from .realtime_ws import serve
+
+                    await serve(self._mounted, scope, receive, send)
+                else:
+                    await record_session(self, scope, receive, send)
             elif scope["type"] == "lifespan":
                 await run_lifespan(self.aegis, self.app, scope, receive, send)
             else:

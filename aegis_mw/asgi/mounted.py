@@ -59,8 +59,8 @@ class MountedRoutes:
 
     def __init__(self, aegis: Aegis) -> None:
         settings = aegis.settings
-        self._aegis = aegis
-        self._rules: dict[str, AccessRule] = dict(settings.access)
+        self.aegis = aegis
+        self.rules: dict[str, AccessRule] = dict(settings.access)
         #: path -> (access group, handler)
         self.handlers: dict[str, tuple[str, Handler]] = {}
         routes: list[tuple[str, str, Handler]] = [
@@ -69,6 +69,7 @@ class MountedRoutes:
             (settings.liveness_path, "liveness", self._liveness),
             (settings.readiness_path, "health", self._readiness),
         ]
+        self.api: MetricsAPI | None = None
         if settings.api_path:
             self.api = MetricsAPI(aegis)
             for endpoint in PARAMETERS:
@@ -99,37 +100,45 @@ class MountedRoutes:
             response = await handler(scope)
         await send_response(send, response, head=method == "HEAD")
 
-    def authorize(self, group: str, scope: Scope) -> Decision:
-        """The group's rule against this request (the client address after trusted proxies)."""
-        rule = self._rules.get(group)
+    def authorize(self, group: str, scope: Scope, *, token: str = "") -> Decision:
+        """The group's rule against this request (the client address after
+        trusted proxies); ``token`` is one taken from a cookie or the query."""
+        rule = self.rules.get(group)
         if rule is None:
             return OPEN
         return decide(
-            rule, authorization=header(scope, b"authorization"), client_ip=self._ip(scope)
+            rule,
+            authorization=header(scope, b"authorization"),
+            client_ip=self.client_ip(scope),
+            token=token,
         )
 
-    def _ip(self, scope: Scope) -> str | None:
+    def client_ip(self, scope: Scope) -> str | None:
+        """The client's address, after trusted proxies."""
         client = scope.get("client")
         peer = str(client[0]) if client else None
-        addresses = self._aegis.client_addresses
+        addresses = self.aegis.client_addresses
         if peer is not None and addresses.enabled and addresses.peer_is_trusted(peer):
             forwarded = addresses.forwarded_value(scope.get("headers") or ())
             return addresses.resolve(peer, forwarded, strict=True)
         return peer
 
     async def _metrics(self, scope: Scope) -> Response:
-        endpoint = self._aegis.metrics.endpoint
+        endpoint = self.aegis.metrics.endpoint
         accept, encoding = header(scope, b"accept"), header(scope, b"accept-encoding")
         return await in_thread(endpoint.respond, accept, encoding)
 
     async def _api(self, endpoint: str, scope: Scope) -> Response:
-        return await in_thread(self.api.respond, endpoint, scope.get("query_string", b""))
+        api = self.api
+        if api is None:  # never: the API's routes are mounted with it
+            return Response.error(404, "not_found", "the JSON API is switched off")
+        return await in_thread(api.respond, endpoint, scope.get("query_string", b""))
 
     async def _health(self, scope: Scope) -> Response:
-        return await self._aegis.health.report()
+        return await self.aegis.health.report()
 
     async def _liveness(self, scope: Scope) -> Response:
-        return self._aegis.health.liveness()
+        return self.aegis.health.liveness()
 
     async def _readiness(self, scope: Scope) -> Response:
-        return await self._aegis.health.readiness()
+        return await self.aegis.health.readiness()

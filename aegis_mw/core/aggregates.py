@@ -20,7 +20,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import histogram
 from .items import END, ERROR, HTTP_FIELDS, START, STATUS, PendingSession
@@ -64,6 +64,20 @@ class RealtimeSnapshot:
     in_flight: int
     websocket_connections_active: int
     websocket_sessions_total: int
+
+
+class SecondFigures(NamedTuple):
+    """One second of the ring (a monotonic-clock second)."""
+
+    second: int
+    requests: int
+    errors: int
+    #: Responses by class, 1xx to 5xx.
+    status: tuple[int, int, int, int, int]
+    latency_avg_ms: float | None
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    latency_p99_ms: float | None
 
 
 def _fold(
@@ -198,6 +212,27 @@ class RealtimeAggregates:
         """Items drained so far plus those still waiting, read as one moment."""
         with self._lock:
             return self.drained + waiting()
+
+    def seconds(
+        self, now_second: int, pending: Callable[[], list[Any]], count: int = WINDOW
+    ) -> list[SecondFigures]:
+        """One entry per second for the ``count`` seconds ending with
+        ``now_second`` (oldest first), zeros where nothing happened."""
+        ring, _, _ = self._read(pending)
+        by_second = {slot[SECOND]: slot for slot in ring if slot[SECOND] >= 0}
+        out = []
+        for second in range(now_second - count + 1, now_second + 1):
+            slot = by_second.get(second)
+            if slot is None or not slot[REQUESTS]:
+                out.append(SecondFigures(second, 0, 0, (0, 0, 0, 0, 0), None, None, None, None))
+                continue
+            requests = slot[REQUESTS]
+            p50, p95, p99 = histogram.percentiles(slot[HIST_BASE:], (0.5, 0.95, 0.99))
+            status = tuple(slot[STATUS_BASE + cls] for cls in range(1, 6))
+            average = slot[DURATION_SUM] / requests
+            figures = (second, requests, slot[ERRORS], status, average, p50, p95, p99)
+            out.append(SecondFigures._make(figures))
+        return out
 
     def snapshot(self, now_second: int, pending: Callable[[], list[Any]]) -> RealtimeSnapshot:
         """Rates over the last 1/10/60 complete seconds; latency and error rate

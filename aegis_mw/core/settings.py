@@ -234,7 +234,22 @@ def _duration_text(text: str) -> float:
     return float(text[:-1]) * unit
 
 
-_MOUNT_OPTIONS = ("metrics_path", "health_path", "liveness_path", "readiness_path", "api_path")
+_MOUNT_OPTIONS = (
+    "metrics_path", "health_path", "liveness_path", "readiness_path", "api_path", "ws_path",
+)  # fmt: skip
+_ORIGIN = re.compile(r"https?://[^/\s?#@]+")
+
+
+def _origin_list(value: Any) -> tuple[str, ...]:
+    """Browser origins (scheme, host and port, as the Origin header sends
+    them), lower-cased, or '*' alone for any."""
+    origins = tuple(origin.lower().rstrip("/") for origin in _string_list(value))
+    for origin in origins:
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ValueError
+    return origins
+
+
 _PATH_ALLOWED = "a path starting with '/' (no glob characters), or '' to switch the route off"
 
 _RULES: dict[str, _Rule] = {
@@ -284,6 +299,31 @@ _RULES: dict[str, _Rule] = {
     "access": _Rule(_access, "route groups mapped to rules (see the README)"),
     "metrics_path": _Rule(_mount_path, _PATH_ALLOWED),
     "api_path": _Rule(_mount_path, _PATH_ALLOWED),
+    "ws_path": _Rule(_mount_path, _PATH_ALLOWED),
+    "update_interval": _Rule(
+        _number(int, 100, 60_000), "milliseconds, an integer from 100 to 60000", _int_text
+    ),
+    "ws_allowed_origins": _Rule(
+        _origin_list,
+        "a list of origins such as 'https://admin.example.com' (scheme://host[:port]), or '*'",
+    ),
+    "ws_max_message_bytes": _Rule(
+        _number(int, 256, 16 * 1024 * 1024), "bytes, an integer from 256 to 16777216", _int_text
+    ),
+    "ws_max_connections_per_client": _Rule(
+        _number(int, 1, 100_000), "an integer from 1 to 100000", _int_text
+    ),
+    "ws_max_connections": _Rule(
+        _number(int, 1, 1_000_000), "an integer from 1 to 1000000", _int_text
+    ),
+    "ws_message_rate": _Rule(
+        _number(float, 0, 10_000, low_open=True),
+        "messages per second, > 0 and <= 10000 (bursts of twice that allowed)",
+        _float_text,
+    ),
+    "ws_stall_timeout": _Rule(
+        _number(float, 0, 3600, low_open=True), "seconds, > 0 and <= 3600", _float_text
+    ),
     "retention_raw": _Rule(
         _number(float, 3600, 3650 * 86400),
         "a duration from 1 hour to 10 years: seconds, or text such as '7d', '36h'",
@@ -356,6 +396,19 @@ class AegisSettings:
     metrics_path: str = "/metrics"
     #: Prefix of the JSON metrics API (``/api/metrics/overview`` and the rest).
     api_path: str = "/api/metrics"
+    #: The realtime WebSocket (docs/realtime-protocol.md).
+    ws_path: str = "/ws/metrics"
+    #: Milliseconds between realtime frames.
+    update_interval: int = 1000
+    #: Origins, besides the app's own host, whose pages may open ws_path.
+    ws_allowed_origins: tuple[str, ...] = ()
+    ws_max_message_bytes: int = 65536
+    ws_max_connections_per_client: int = 10
+    ws_max_connections: int = 1000
+    #: Client messages per second on one connection (bursts of twice that).
+    ws_message_rate: float = 10.0
+    #: A client whose frames have not been taken for this long is closed.
+    ws_stall_timeout: float = 10.0
     #: How long stored requests (and the finest rollups) are kept, in seconds.
     retention_raw: float = 7 * 86400.0
     #: How long minute and hour rollups are kept, in seconds.

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -22,6 +21,7 @@ from ..core.record import OTHER_METHOD, RequestRecord
 from ..core.rollup import RollupRow
 from ..history.queries import SORTS, HistoryQueries
 from ..history.ranges import QueryError, horizons, parse_time
+from ..realtime.sections import realtime_json
 from .openapi import openapi_document
 from .response import Response
 
@@ -257,8 +257,4 @@ class MetricsAPI:
         return params
 
     def _realtime(self) -> dict[str, Any]:
-        snapshot = asdict(self._aegis.realtime())
-        return {
-            key: round(value, 3) if isinstance(value, float) else value
-            for key, value in snapshot.items()
-        }
+        return realtime_json(self._aegis.realtime())

@@ -21,6 +21,7 @@ from fastapi.responses import StreamingResponse
 from aegis_mw import Aegis, AegisMiddleware
 from aegis_mw.endpoints.api import MetricsAPI
 from aegis_mw.health import disk_space, sink_health
+from aegis_mw.realtime.protocol import SECTIONS
 from tests.harness import Exchange, call, http_scope, websocket_scope
 
 pytestmark = pytest.mark.usefixtures("hot_path")
@@ -89,6 +90,20 @@ async def exercise(app: FastAPI, requests: int) -> None:
                 [{"type": "websocket.connect"}, {"type": "websocket.receive", "text": "hi"}]
             )
             await app(websocket_scope("/ws"), socket.receive, socket.send)
+            # The realtime stream: every section built, and a history read, off the loop.
+            everything = {"type": "subscribe", "data": dict.fromkeys(SECTIONS, True)}
+            history = {"type": "get", "data": {"section": "latencyPercentiles", "range": "24h"}}
+            stream = Exchange(
+                [
+                    {"type": "websocket.connect"},
+                    {"type": "websocket.receive", "text": json.dumps(everything)},
+                    {"type": "websocket.receive", "text": json.dumps(history)},
+                    {"type": "websocket.disconnect", "code": 1000},
+                ]
+            )
+            await app(websocket_scope("/ws/metrics"), stream.receive, stream.send)
+            kinds = {json.loads(m["text"])["type"] for m in stream.sent if "text" in m}
+            assert kinds >= {"hello", "subscribed", "metrics", "result"}, stream.sent
             served.set()
             lifespan.push({"type": "lifespan.shutdown"})
 

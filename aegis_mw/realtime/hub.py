@@ -1,0 +1,117 @@
+"""The hub of ``/ws/metrics``: one snapshot per tick, shared by every client.
+
+Each connection runs its own sender loop, which wakes at every tick
+(``update_interval``) and asks the hub for the frame of its subscription.
+The first loop to ask at a tick builds the snapshot, in a worker thread
+(reading the aggregates takes their lock), holding the sections any client
+subscribes to; every other loop of that tick waits for it. Each distinct
+subscription's frame is encoded once per tick and the same text handed to
+every client subscribed alike. Nothing runs while nobody listens: ticks
+are driven by the connections themselves.
+
+A client that reads slowly only delays its own loop. When its send returns,
+the loop skips to the current tick: the newest frame replaces those it
+missed, so a client's queue never holds more than one frame.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+
+from ..core.record import isoformat
+from . import protocol, sections
+from .limits import ConnectionLimits
+
+if TYPE_CHECKING:
+    from ..aegis import Aegis
+
+
+class Hub:
+    """The state every ``/ws/metrics`` connection of one :class:`Aegis` shares.
+
+    Example::
+
+        hub = Hub(aegis)
+        text = await hub.frame(hub.next_tick(), ("overview", "alerts"))
+    """
+
+    def __init__(self, aegis: Aegis, monotonic: Callable[[], float] = time.monotonic) -> None:
+        settings = aegis.settings
+        self.aegis = aegis
+        self.interval = settings.update_interval / 1000
+        self.monotonic = monotonic
+        self.limits = ConnectionLimits(
+            settings.ws_max_connections_per_client, settings.ws_max_connections
+        )
+        #: client id -> that client's subscription
+        self.subscriptions: dict[str, protocol.Subscription] = {}
+        self._ids = itertools.count(1)
+        self._tick = -1
+        self._snapshot: dict[str, Any] = {}
+        self._timestamp = ""
+        self._frames: dict[tuple[str, ...], str] = {}
+        self._building: tuple[int, anyio.Event] | None = None
+        #: Counters for tests and benchmarks: snapshots built, frames encoded.
+        self.snapshots = 0
+        self.encoded = 0
+
+    def new_client_id(self) -> str:
+        return f"{next(self._ids):x}-{int(self.monotonic() * 1000) & 0xFFFFFF:06x}"
+
+    def next_tick(self) -> int:
+        """The number of the next tick (ticks count intervals of the clock)."""
+        return int(self.monotonic() / self.interval) + 1
+
+    def seconds_until(self, tick: int) -> float:
+        return max(0.0, tick * self.interval - self.monotonic())
+
+    def wanted(self) -> set[str]:
+        """Every section some client subscribes to."""
+        return {name for sub in self.subscriptions.values() for name, on in sub.items() if on}
+
+    async def frame(self, tick: int, names: tuple[str, ...]) -> str:
+        """The ``metrics`` frame of ``names`` at ``tick``: built once per tick
+        and encoded once per distinct ``names``."""
+        while self._tick < tick:
+            building = self._building
+            if building is not None and building[0] >= tick:
+                await building[1].wait()
+                if self._tick >= tick:
+                    break
+                continue
+            done = anyio.Event()
+            self._building = (tick, done)
+            try:
+                wanted = self.wanted() | set(names)
+                snapshot = await anyio.to_thread.run_sync(sections.build, self.aegis, wanted)
+                self._tick, self._snapshot = tick, snapshot
+                self._timestamp = isoformat(self.aegis.clock.wall())
+                self._frames = {}
+                self.snapshots += 1
+            finally:
+                self._building = None
+                done.set()
+        missing = [name for name in names if name not in self._snapshot]
+        if missing:  # subscribed since this tick's snapshot was taken
+            extra = await anyio.to_thread.run_sync(sections.build, self.aegis, missing)
+            return self._encode(self._timestamp, {**self._snapshot, **extra}, names)
+        text = self._frames.get(names)
+        if text is None:
+            text = self._frames[names] = self._encode(self._timestamp, self._snapshot, names)
+        return text
+
+    async def fresh_frame(self, names: Iterable[str]) -> str:
+        """A frame built now for one client (after it subscribes)."""
+        wanted = tuple(names)
+        data = await anyio.to_thread.run_sync(sections.build, self.aegis, wanted)
+        return self._encode(isoformat(self.aegis.clock.wall()), data, wanted)
+
+    def _encode(self, timestamp: str, data: dict[str, Any], names: Iterable[str]) -> str:
+        self.encoded += 1
+        return protocol.metrics(timestamp, {name: data[name] for name in names})

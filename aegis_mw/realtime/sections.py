@@ -1,0 +1,138 @@
+"""The data of each ``/ws/metrics`` section, read from memory.
+
+Everything here reads the in-memory aggregates (no storage), under their
+lock: call it from a worker thread, never from an event loop. Series have
+the keys of the history queries' points, so a page draws live and stored
+ranges with the same code.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Collection
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from ..core.aggregates import STATUS_CLASSES, RealtimeSnapshot, SecondFigures
+from ..core.labeled import BUCKETS_BASE, COUNT, DURATION_SUM, LabeledTotals
+from ..core.record import isoformat
+
+if TYPE_CHECKING:
+    from ..aegis import Aegis
+
+#: Rows in ``topEndpoints``.
+TOP_ENDPOINTS = 10
+
+
+def realtime_json(snapshot: RealtimeSnapshot) -> dict[str, Any]:
+    """The overview, as ``GET /api/metrics/realtime`` answers it too."""
+    return {
+        key: round(value, 3) if isinstance(value, float) else value
+        for key, value in asdict(snapshot).items()
+    }
+
+
+def build(aegis: Aegis, wanted: Collection[str]) -> dict[str, Any]:
+    """The ``wanted`` sections, each read once."""
+    out: dict[str, Any] = {}
+    if "overview" in wanted:
+        out["overview"] = realtime_json(aegis.realtime())
+    if any(section in wanted for section in _POINTS):
+        clock = aegis.clock
+        now = clock.monotonic()
+        offset = clock.wall() - now
+        seconds = aegis.aggregates.seconds(int(now), aegis.recorder.pending)
+        out.update(_series(seconds, offset, wanted))
+    if "topEndpoints" in wanted:
+        out["topEndpoints"] = top_endpoints(
+            aegis.aggregates.labeled_snapshot(aegis.recorder.pending)
+        )
+    if "alerts" in wanted:
+        out["alerts"] = []  # no alert rules are evaluated yet
+    return out
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+#: Section name -> the figures of one second, as a point of that series.
+_POINTS: dict[str, Callable[[SecondFigures], dict[str, Any]]] = {
+    "requestRate": lambda f: {
+        "requests": f.requests, "errors": f.errors, "requests_per_second": float(f.requests),
+    },
+    "latencyPercentiles": lambda f: {
+        "requests": f.requests, "avg": _ms(f.latency_avg_ms), "p50": _ms(f.latency_p50_ms),
+        "p95": _ms(f.latency_p95_ms), "p99": _ms(f.latency_p99_ms),
+    },
+    "statusDistribution": lambda f: dict(zip(STATUS_CLASSES, f.status, strict=True)),
+}  # fmt: skip
+
+
+def _series(seconds: list[SecondFigures], offset: float, wanted: Collection[str]) -> dict[str, Any]:
+    stamps = [isoformat(figures.second + offset) for figures in seconds]
+    return {
+        name: {
+            "step_seconds": 1,
+            "points": [
+                {"timestamp": stamp, **point(figures)}
+                for stamp, figures in zip(stamps, seconds, strict=True)
+            ],
+        }
+        for name, point in _POINTS.items()
+        if name in wanted
+    }
+
+
+def top_endpoints(labeled: LabeledTotals, limit: int = TOP_ENDPOINTS) -> list[dict[str, Any]]:
+    """Routes by requests since start, with errors (5xx), average and p95
+    latency (p95 read from the exposition's buckets, linearly within one)."""
+    errors: dict[tuple[str, str], int] = {}
+    for (method, route, status), count in labeled.requests.items():
+        if status[:1] == "5":
+            errors[method, route] = errors.get((method, route), 0) + count
+    rows: list[dict[str, Any]] = []
+    bounds = labeled.bounds
+    for (method, route), series in labeled.series.items():
+        requests = int(series[COUNT])
+        if not requests:
+            continue
+        buckets = series[BUCKETS_BASE : BUCKETS_BASE + len(bounds) + 1]
+        failed = errors.get((method, route), 0)
+        rows.append(
+            {
+                "route": route,
+                "method": method,
+                "requests": requests,
+                "errors": failed,
+                "error_rate": round(failed / requests, 6),
+                "latency_ms": {
+                    "avg": round(series[DURATION_SUM] * 1000 / requests, 3),
+                    "p95": _bucket_quantile(0.95, bounds, buckets),
+                },
+            }
+        )
+    rows.sort(key=lambda row: (-row["requests"], row["route"], row["method"]))
+    return rows[:limit]
+
+
+def _bucket_quantile(q: float, bounds: tuple[float, ...], counts: list[float]) -> float | None:
+    """Prometheus' ``histogram_quantile`` over non-cumulative bucket counts
+    (seconds), in milliseconds; the last finite bound when it falls in +Inf."""
+    total = sum(counts)
+    if not total:
+        return None
+    cumulative = []
+    running = 0.0
+    for count in counts:
+        running += count
+        cumulative.append(running)
+    rank = q * total
+    index = bisect_left(cumulative, rank)
+    if index >= len(bounds):
+        return round(bounds[-1] * 1000, 3)
+    lower = bounds[index - 1] if index else 0.0
+    below = cumulative[index - 1] if index else 0.0
+    inside = counts[index]
+    share = (rank - below) / inside if inside else 1.0
+    return round((lower + (bounds[index] - lower) * share) * 1000, 3)

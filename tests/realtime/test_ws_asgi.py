@@ -1,0 +1,149 @@
+"""/ws/metrics at the ASGI message level: a client whose sends never complete
+(its buffers are full) is closed after ``ws_stall_timeout`` while the others
+keep their cadence; one snapshot per tick, one encoding per subscription; the
+stream is not recorded as app traffic."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from aegis_mw import Aegis, AegisMiddleware
+from aegis_mw.types import Message, Scope
+from tests.harness import websocket_scope
+
+pytestmark = pytest.mark.anyio
+
+CONNECT: Message = {"type": "websocket.connect"}
+
+
+async def app(scope: Scope, receive: Any, send: Any) -> None:  # the app never sees the stream
+    raise AssertionError(f"the app was called for {scope['path']}")
+
+
+class Client:
+    """One connection's receive and send, as a server would give them."""
+
+    def __init__(self, *, stall_after: int | None = None) -> None:
+        self.sent: list[Message] = []
+        self.frames = 0
+        self.stall_after = stall_after  # block every send after this many
+        self.blocked_at: float | None = None
+        self.ended_at: float | None = None
+        self.leave = anyio.Event()
+        self.ended = anyio.Event()
+        self.got_frame = anyio.Event()
+        self._connected = False
+
+    async def receive(self) -> Message:
+        if not self._connected:
+            self._connected = True
+            return CONNECT
+        await self.leave.wait()
+        return {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+        if self.stall_after is not None and len(self.sent) > self.stall_after:
+            if self.blocked_at is None:
+                self.blocked_at = anyio.current_time()
+            await anyio.sleep_forever()  # a peer that stopped reading
+        if message["type"] == "websocket.send" and '"type":"metrics"' in message["text"]:
+            self.frames += 1
+            self.got_frame.set()
+
+    async def wait_frames(self, count: int) -> None:
+        while self.frames < count:
+            self.got_frame = anyio.Event()
+            await self.got_frame.wait()
+
+    def texts(self) -> list[dict[str, Any]]:
+        return [json.loads(m["text"]) for m in self.sent if m["type"] == "websocket.send"]
+
+
+async def connect(middleware: AegisMiddleware, client: Client) -> None:
+    await middleware(websocket_scope("/ws/metrics"), client.receive, client.send)
+    client.ended_at = anyio.current_time()
+    client.ended.set()
+
+
+async def test_a_stalled_client_is_closed_and_delays_no_one(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    aegis = make_aegis(update_interval=100, ws_stall_timeout=0.3, metrics_registry="none")
+    middleware = AegisMiddleware(app, aegis=aegis)
+    stalled = Client(stall_after=3)  # accept, hello, one frame; then nothing moves
+    watcher = Client()
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as group:
+            group.start_soon(connect, middleware, stalled)
+            group.start_soon(connect, middleware, watcher)
+            await stalled.ended.wait()
+            # Keep watching a little: the watcher's stream goes on.
+            await watcher.wait_frames(watcher.frames + 3)
+            watcher.leave.set()
+    assert stalled.blocked_at is not None and stalled.ended_at is not None
+    stalled_for = stalled.ended_at - stalled.blocked_at
+    # Closed once the stall timeout (0.3 s) passed, plus at most the close grace (1 s).
+    assert 0.3 <= stalled_for < 3.0
+    # The last thing it was sent is the attempt to say why.
+    assert stalled.sent[-1] == {
+        "type": "websocket.close", "code": 1008, "reason": "client stopped reading",
+    }  # fmt: skip
+    # Meanwhile the watcher got a frame about every interval (100 ms), not one per
+    # stall: at least half the ticks of the stalled client's last stretch.
+    watcher_frames = [t for t in watcher.texts() if t["type"] == "metrics"]
+    assert len(watcher_frames) >= 3 + int(stalled_for / 0.1 / 2)
+    assert aegis.hub.limits.open == 0  # both counted out
+
+
+async def test_one_snapshot_per_tick_and_one_encoding_per_subscription(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    aegis = make_aegis(update_interval=100, metrics_registry="none")
+    middleware = AegisMiddleware(app, aegis=aegis)
+    clients = [Client() for _ in range(4)]
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as group:
+            for client in clients:
+                group.start_soon(connect, middleware, client)
+            for client in clients:
+                await client.wait_frames(5)
+            hub = aegis.hub
+            for client in clients:
+                client.leave.set()
+    frames = sum(client.frames for client in clients)
+    # Four clients, one subscription: each tick built and encoded once, the
+    # same text handed to all four.
+    assert hub.snapshots <= frames / 4 + 2
+    assert hub.encoded == hub.snapshots
+    by_tick: dict[str, set[str]] = {}
+    for client in clients:
+        for message in client.sent:
+            if message["type"] == "websocket.send" and '"metrics"' in message["text"]:
+                stamp = json.loads(message["text"])["timestamp"]
+                by_tick.setdefault(stamp, set()).add(message["text"])
+    assert all(len(texts) == 1 for texts in by_tick.values())
+    # Nobody listens now: no more snapshots are built.
+    built = hub.snapshots
+    await anyio.sleep(0.3)
+    assert hub.snapshots == built
+    assert hub.subscriptions == {} and hub.limits.open == 0
+
+
+async def test_the_stream_is_not_recorded_as_a_session(make_aegis: Callable[..., Aegis]) -> None:
+    aegis = make_aegis(update_interval=100, metrics_registry="none")
+    middleware = AegisMiddleware(app, aegis=aegis)
+    client = Client()
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as group:
+            group.start_soon(connect, middleware, client)
+            await client.got_frame.wait()
+            assert aegis.realtime().websocket_connections_active == 0
+            client.leave.set()
+    assert aegis.force_flush(10)
+    assert aegis.realtime().websocket_sessions_total == 0
