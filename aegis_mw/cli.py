@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="stop after this many seconds (default: run until Ctrl-C)",
     )
+    demo.add_argument(
+        "--open", action="store_true", help="open the dashboard in the default web browser"
+    )
     query_cli.add_parser(commands)
     return parser
 
@@ -51,7 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import run_demo
 
         return run_demo(
-            host=args.host, port=args.port, db=args.db, rate=args.rate, duration=args.duration
+            host=args.host,
+            port=args.port,
+            db=args.db,
+            rate=args.rate,
+            duration=args.duration,
+            open_page=args.open,
         )
     if args.command == "query":
         return query_cli.run_query(args)

@@ -144,7 +144,9 @@ def _stored_counts(path: str) -> tuple[int, list[tuple[str, str, int]]]:
     return int(total), by_route
 
 
-def run_demo(*, host: str, port: int, db: str, rate: float, duration: float | None) -> int:
+def run_demo(
+    *, host: str, port: int, db: str, rate: float, duration: float | None, open_page: bool = False
+) -> int:
     """Serve the demo app until Ctrl-C (or ``duration``); returns an exit code."""
     try:
         import uvicorn
@@ -165,16 +167,23 @@ def run_demo(*, host: str, port: int, db: str, rate: float, duration: float | No
     # tracebacks for them would only bury the figures.
     server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="on"))
 
+    base = f"http://{host}:{port}"
     print("aegis_mw demo", flush=True)
-    print(f"  app        http://{host}:{port}/   (try http://{host}:{port}/api/items/1)")
+    print(f"  dashboard  {base}/dashboard   (live; open it in a browser)")
+    print(f"  app        {base}/   (try {base}/api/items/1)")
     print(f"  metrics    http://{host}:{port}/metrics   (Prometheus text format)")
     print(f"  health     http://{host}:{port}/health   (/health/live, /health/ready)")
+    print(f"  api        {base}/api/metrics/overview?range=1h   (and {base}/ws/metrics)")
     print(f"  records    {path}  (table aegis_requests)")
     query = "SELECT route, status, COUNT(*) FROM aegis_requests GROUP BY 1, 2"
     print(f'             sqlite3 {db} "{query}"')
     print(f"  traffic    about {rate:g} synthetic requests/s from {CLIENTS} client threads")
     print("  errors     /api/fail raises on purpose: see the error column, not a traceback")
     print("  stop       Ctrl-C" + (f" (or after {duration:g} s)" if duration else ""), flush=True)
+    if open_page:
+        import webbrowser
+
+        webbrowser.open(f"{base}/dashboard")
 
     stop = threading.Event()
     # Several clients, so slow and streamed endpoints do not hold the rate down.

@@ -56,13 +56,16 @@ def child_environment(**extra: str) -> dict[str, str]:
 
 @contextmanager
 def uvicorn_server(
-    app: str, workdir: Path, *args: str, env: dict[str, str] | None = None
+    app: str, workdir: Path, *args: str, env: dict[str, str] | None = None, port: int = 0
 ) -> Iterator[Server]:
-    """Serve ``app`` with uvicorn in ``workdir`` on a socket bound here; killed on the way out."""
+    """Serve ``app`` with uvicorn in ``workdir`` on a socket bound here (to ``port``,
+    or any free one); killed on the way out."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # A port a previous server of the test used may still have connections in TIME_WAIT.
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     access_log = (workdir / "uvicorn-stdout.log").open("w")
     try:
-        listener.bind(("127.0.0.1", 0))
+        listener.bind(("127.0.0.1", port))
         listener.listen(128)
         port = listener.getsockname()[1]
         fd = listener.fileno()

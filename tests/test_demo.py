@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from tests.child_output import ChildOutput
 
@@ -74,6 +76,8 @@ class DemoRun:
     own_statuses: list[int]
     metrics: str
     live_status: int
+    dashboard: str
+    frame: dict[str, Any]
 
 
 def run_demo(cwd: Path, db: Path, *args: str) -> DemoRun:
@@ -102,6 +106,17 @@ def run_demo(cwd: Path, db: Path, *args: str) -> DemoRun:
                 statuses.append(client.request(method, path).status_code)
             metrics = client.get("/metrics").text
             live_status = client.get("/health/live").status_code
+            dashboard = client.get("/dashboard").text
+        # The page's stream, while the demo's traffic flows: a frame with a live rate.
+        with connect(f"ws://127.0.0.1:{port}/ws/metrics") as stream:
+            frame: dict[str, Any] = {}
+            for _ in range(10):
+                frame = json.loads(stream.recv(timeout=10.0))
+                if (
+                    frame["type"] == "metrics"
+                    and frame["data"]["overview"]["requests_per_second_10s"]
+                ):
+                    break
         returncode = process.wait(timeout=EXIT_TIMEOUT)
         reader.join(EXIT_TIMEOUT)
     finally:
@@ -110,8 +125,9 @@ def run_demo(cwd: Path, db: Path, *args: str) -> DemoRun:
             process.wait(timeout=EXIT_TIMEOUT)
         reader.join(EXIT_TIMEOUT)
     return DemoRun(
-        returncode, reader.lines, errors_path.read_text(), port, statuses, metrics, live_status
-    )
+        returncode, reader.lines, errors_path.read_text(), port, statuses, metrics, live_status,
+        dashboard, frame,
+    )  # fmt: skip
 
 
 def query(db: Path, sql: str, parameters: Sequence[object] = ()) -> list[tuple[Any, ...]]:
@@ -141,6 +157,12 @@ def test_demo_exits_cleanly_and_prints_where_to_look(demo: tuple[DemoRun, Path])
     assert f"  records    {db}  (table aegis_requests)" in run.stdout
     port = run.port
     assert f"  metrics    http://127.0.0.1:{port}/metrics   (Prometheus text format)" in run.stdout
+    dashboard = f"  dashboard  http://127.0.0.1:{port}/dashboard   (live; open it in a browser)"
+    assert run.stdout[1] == dashboard
+    assert "<title>aegis_mw dashboard</title>" in run.dashboard
+    # What the page shows is alive: the stream reports the synthetic traffic.
+    overview = run.frame["data"]["overview"]
+    assert run.frame["type"] == "metrics" and overview["requests_per_second_10s"] > 0
     assert 'aegis_http_requests_total{method="GET",route="/api/items/{item_id}"' in run.metrics
     assert run.live_status == 200
     (command,) = [m for line in run.stdout if (m := SQLITE_LINE.match(line))]

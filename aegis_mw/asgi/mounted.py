@@ -1,8 +1,8 @@
 """The routes the middleware answers itself, before the app sees the request.
 
-``/metrics``, ``/health``, ``/health/live``, ``/health/ready`` and the JSON API
-under ``/api/metrics/``: matched on the
-exact ``scope["path"]``, never recorded as app traffic (they are added to the
+``/metrics``, ``/health``, ``/health/live``, ``/health/ready``, the JSON API
+under ``/api/metrics/`` and the ``/dashboard`` page: matched on the exact
+``scope["path"]``, never recorded as app traffic (they are added to the
 excluded paths), and answered whatever the app has on the same path, so a
 scraper or a probe never depends on the app's routing. Blocking work (reading
 the aggregates under the flusher's lock, rendering) runs in a worker thread.
@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
+from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
 
 from ..access.check import Decision, decide
 from ..core.access_rules import AccessRule
 from ..endpoints.api import PARAMETERS, MetricsAPI
+from ..endpoints.dashboard import render as render_dashboard
 from ..endpoints.response import Response
 from ..types import ASGIApp, Receive, Scope, Send
 
@@ -54,6 +57,25 @@ async def send_response(send: Send, response: Response, *, head: bool) -> None:
     await send({"type": "http.response.body", "body": b"" if head else response.body})
 
 
+def token_of(scope: Scope) -> str:
+    """A token from the ``aegis_token`` cookie or the ``token`` query parameter."""
+    query = bytes(scope.get("query_string", b"")).decode("latin-1")
+    for name, value in parse_qsl(query):
+        if name == "token" and value:
+            return str(value)
+    cookies = header(scope, b"cookie")
+    if cookies:
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            jar.load(cookies)
+        except CookieError:
+            return ""
+        morsel = jar.get("aegis_token")
+        if morsel is not None:
+            return str(morsel.value)
+    return ""
+
+
 class MountedRoutes:
     """Path -> handler for the routes the settings switch on."""
 
@@ -68,8 +90,10 @@ class MountedRoutes:
             (settings.health_path, "health", self._health),
             (settings.liveness_path, "liveness", self._liveness),
             (settings.readiness_path, "health", self._readiness),
+            (settings.dashboard_path, "dashboard", self._dashboard),
         ]
         self.api: MetricsAPI | None = None
+        self._page: Response | None = None  # the dashboard, rendered on first request
         if settings.api_path:
             self.api = MetricsAPI(aegis)
             for endpoint in PARAMETERS:
@@ -89,7 +113,11 @@ class MountedRoutes:
             return
         group, handler = route
         method = scope.get("method", "GET")
-        decision = self.authorize(group, scope)
+        # The page's token may come from its URL or a cookie: a browser
+        # opening a link cannot send an Authorization header.
+        decision = self.authorize(
+            group, scope, token=token_of(scope) if group == "dashboard" else ""
+        )
         if not decision.allowed:
             response = Response.error(decision.status, decision.code, decision.message)
             response.headers.extend(decision.headers)
@@ -133,6 +161,12 @@ class MountedRoutes:
         if api is None:  # never: the API's routes are mounted with it
             return Response.error(404, "not_found", "the JSON API is switched off")
         return await in_thread(api.respond, endpoint, scope.get("query_string", b""))
+
+    async def _dashboard(self, scope: Scope) -> Response:
+        page = self._page
+        if page is None:
+            page = self._page = await in_thread(render_dashboard, self.aegis.settings)
+        return page
 
     async def _health(self, scope: Scope) -> Response:
         return await self.aegis.health.report()

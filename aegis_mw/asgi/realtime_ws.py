@@ -16,9 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
-from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
 
 import anyio
 import anyio.to_thread
@@ -28,7 +26,7 @@ from ..realtime import protocol
 from ..realtime.hub import Hub
 from ..realtime.limits import CLOSE_POLICY, CLOSE_TOO_BIG, MessageRate
 from ..types import Receive, Scope, Send
-from .mounted import header
+from .mounted import header, token_of
 
 if TYPE_CHECKING:
     from .mounted import MountedRoutes
@@ -65,25 +63,6 @@ def origin_allowed(scope: Scope, allowed: tuple[str, ...]) -> bool:
     # The page's own host: same host and port, whatever the scheme (a TLS
     # terminating proxy turns https into http before the app sees it).
     return bool(host) and origin.partition("://")[2] == host
-
-
-def token_of(scope: Scope) -> str:
-    """A token from the ``aegis_token`` cookie or the ``token`` query parameter."""
-    query = bytes(scope.get("query_string", b"")).decode("latin-1")
-    for name, value in parse_qsl(query):
-        if name == "token" and value:
-            return str(value)
-    cookies = header(scope, b"cookie")
-    if cookies:
-        jar: SimpleCookie = SimpleCookie()
-        try:
-            jar.load(cookies)
-        except CookieError:
-            return ""
-        morsel = jar.get("aegis_token")
-        if morsel is not None:
-            return str(morsel.value)
-    return ""
 
 
 async def serve(mounted: MountedRoutes, scope: Scope, receive: Receive, send: Send) -> None:

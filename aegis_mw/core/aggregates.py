@@ -9,7 +9,7 @@ the inbox, keyed by the second the request completed. The request path never
 touches it. Readers combine the ring with a copy of the items still waiting
 in the inbox, so what they see is exact and current. A lock held by the
 flusher while it moves one batch from the inbox into the ring (at most
-``batch_size`` items, well under a millisecond) and by readers while they
+``batch_size`` items, a few milliseconds at most) and by readers while they
 copy keeps the two consistent; the request path never takes it, so call
 readers from a worker thread, not an event loop.
 """

@@ -236,6 +236,7 @@ def _duration_text(text: str) -> float:
 
 _MOUNT_OPTIONS = (
     "metrics_path", "health_path", "liveness_path", "readiness_path", "api_path", "ws_path",
+    "dashboard_path",
 )  # fmt: skip
 _ORIGIN = re.compile(r"https?://[^/\s?#@]+")
 
@@ -300,6 +301,7 @@ _RULES: dict[str, _Rule] = {
     "metrics_path": _Rule(_mount_path, _PATH_ALLOWED),
     "api_path": _Rule(_mount_path, _PATH_ALLOWED),
     "ws_path": _Rule(_mount_path, _PATH_ALLOWED),
+    "dashboard_path": _Rule(_mount_path, _PATH_ALLOWED),
     "update_interval": _Rule(
         _number(int, 100, 60_000), "milliseconds, an integer from 100 to 60000", _int_text
     ),
@@ -375,7 +377,7 @@ class AegisSettings:
 
     sink: Any = DEFAULT_SINK
     flush_interval: float = 1.0
-    batch_size: int = 1000
+    batch_size: int = 5000
     max_buffer: int = 100_000
     sink_timeout: float = 5.0
     shutdown_timeout: float = 10.0
@@ -398,6 +400,8 @@ class AegisSettings:
     api_path: str = "/api/metrics"
     #: The realtime WebSocket (docs/realtime-protocol.md).
     ws_path: str = "/ws/metrics"
+    #: The live dashboard page.
+    dashboard_path: str = "/dashboard"
     #: Milliseconds between realtime frames.
     update_interval: int = 1000
     #: Origins, besides the app's own host, whose pages may open ws_path.

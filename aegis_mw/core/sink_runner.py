@@ -61,15 +61,20 @@ def _serve(jobs: queue.SimpleQueue[_Job | None]) -> None:
         job = jobs.get()
         if job is None:
             return
-        future, function, args = job
-        if not future.set_running_or_notify_cancel():
-            continue
-        try:
-            result = function(*args)
-        except BaseException as exc:  # handed to the waiting flusher, which logs it
-            future.set_exception(exc)
-        else:
-            future.set_result(result)
+        _run(*job)
+        # Not kept while waiting for the next job: the batch may be thousands of records.
+        del job
+
+
+def _run(future: Future[Any], function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = function(*args)
+    except BaseException as exc:  # handed to the waiting flusher, which logs it
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 class SinkRunner:

@@ -33,6 +33,7 @@ OPTION_NAMES = [
     "metrics_path",
     "api_path",
     "ws_path",
+    "dashboard_path",
     "update_interval",
     "ws_allowed_origins",
     "ws_max_message_bytes",
@@ -59,7 +60,7 @@ OPTION_NAMES = [
 DEFAULTS: dict[str, Any] = {
     "sink": ("sqlite:///aegis.db",),
     "flush_interval": 1.0,
-    "batch_size": 1000,
+    "batch_size": 5000,
     "max_buffer": 100_000,
     "sink_timeout": 5.0,
     "shutdown_timeout": 10.0,
@@ -80,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
     "metrics_path": "/metrics",
     "api_path": "/api/metrics",
     "ws_path": "/ws/metrics",
+    "dashboard_path": "/dashboard",
     "update_interval": 1000,
     "ws_allowed_origins": (),
     "ws_max_message_bytes": 65536,
@@ -130,6 +132,7 @@ ALLOWED: dict[str, str] = {
     "metrics_path": PATH_ALLOWED,
     "api_path": PATH_ALLOWED,
     "ws_path": PATH_ALLOWED,
+    "dashboard_path": PATH_ALLOWED,
     "update_interval": "milliseconds, an integer from 100 to 60000",
     "ws_allowed_origins": "a list of origins such as 'https://admin.example.com' "
     "(scheme://host[:port]), or '*'",

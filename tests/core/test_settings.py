@@ -288,7 +288,7 @@ def test_replace_validates_again() -> None:
     """settings.replace() returns a validated copy and refuses bad values."""
     settings = AegisSettings(sink="memory://")
     assert settings.replace(batch_size="50").batch_size == 50
-    assert settings.batch_size == 1000
+    assert settings.batch_size == 5000
     with pytest.raises(ConfigError) as caught:
         settings.replace(batch_size=0)
     assert caught.value.option == "batch_size"

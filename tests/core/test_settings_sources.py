@@ -427,7 +427,7 @@ def test_explicit_environ_isolates_from_os_environ(
     assert AegisSettings.load(environ={"AEGIS_BATCH_SIZE": "5"}).batch_size == 5
     aegis = Aegis(environ={}, sink="memory://")
     try:
-        assert aegis.settings.batch_size == 1000
+        assert aegis.settings.batch_size == 5000
     finally:
         assert aegis.shutdown(timeout=5)
 

@@ -1,0 +1,63 @@
+"""``GET /dashboard``: one self-contained page from package data.
+
+No CDN, no build step, nothing fetched from elsewhere: the page's style and
+script are inline, allowed by a Content-Security-Policy that names their
+SHA-256 hashes and lets the page talk to its own origin only (the JSON API
+and the ``/ws/metrics`` stream). The paths it uses come from the settings,
+written into the page as JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from importlib import resources
+
+from ..core.settings import AegisSettings
+from .response import Response
+
+_INLINE = re.compile(r"<(style|script)>(.*?)</\1>", re.DOTALL)
+
+
+def _hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+def render(settings: AegisSettings) -> Response:
+    """The page for these settings (reads package data: call it off the event loop)."""
+    template = resources.files(__package__).joinpath("dashboard.html").read_text("utf-8")
+    config = json.dumps(
+        {
+            "wsPath": settings.ws_path,
+            "apiPath": settings.api_path,
+            "updateInterval": settings.update_interval,
+        }
+    ).replace("<", "\\u003c")  # nothing in it can close the element
+    page = template.replace("__AEGIS_CONFIG__", config)
+    hashes: dict[str, list[str]] = {"style": [], "script": []}
+    for kind, body in _INLINE.findall(page):
+        hashes[kind].append(_hash(body))
+    policy = "; ".join(
+        [
+            "default-src 'none'",
+            f"script-src {' '.join(hashes['script'])}",
+            f"style-src {' '.join(hashes['style'])}",
+            "connect-src 'self'",
+            "img-src 'self' data:",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        ]
+    )
+    return Response(
+        200,
+        page.encode(),
+        "text/html; charset=utf-8",
+        [
+            ("content-security-policy", policy),
+            ("x-content-type-options", "nosniff"),
+            ("referrer-policy", "no-referrer"),
+        ],
+    )

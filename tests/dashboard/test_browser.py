@@ -1,0 +1,189 @@
+"""The dashboard in headless Chromium (Debian's package) against a real uvicorn
+app with traffic: the numbers the page shows are those that were sent, the
+charts switch to a stored range, the page breaks no rule of its own
+Content-Security-Policy, and screenshots (light and dark) are saved as
+artifacts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import REQUIRE_SERVICES
+from tests.servers import ROOT, Server, child_environment, uvicorn_server
+
+pytestmark = pytest.mark.slow
+
+APP = "tests.realtime.ws_app:app"
+WAIT = 30.0
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--window-size=1280,900",
+)  # fmt: skip
+ARTIFACTS = Path(os.environ.get("AEGIS_TEST_ARTIFACTS", ROOT / "artifacts"))
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """Headless Chromium through chromedriver, with a fresh profile."""
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        chromium = None
+    if not chromium or not driver_path:
+        message = "Debian's chromium, chromium-driver and selenium are needed"
+        if REQUIRE_SERVICES:
+            pytest.fail(message)
+        pytest.skip(message)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def text_of(driver: Any, element_id: str) -> str:
+    return str(driver.find_element("id", element_id).text)
+
+
+def wait_until(driver: Any, condition: Any, what: str) -> None:
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    WebDriverWait(driver, WAIT, poll_frequency=0.1).until(condition, message=what)
+
+
+def send_traffic(server: Server) -> None:
+    with httpx.Client(base_url=server.url, timeout=WAIT) as client:
+        for path in ["/ok"] * 20 + ["/fail"] * 5 + ["/items/1", "/items/2", "/items/3"]:
+            client.get(path)
+
+
+def one_decimal(value: float) -> str:
+    """As the page shows a number: grouped thousands, at most one decimal."""
+    text = f"{value:,.1f}"
+    return text[:-2] if text.endswith(".0") else text
+
+
+def wait_for_stored(server: Server, total: int) -> dict[str, Any]:
+    """The 1h top endpoints once ``total`` requests are in the stored rollups."""
+    import time
+
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        top = httpx.get(f"{server.url}/api/metrics/top-endpoints?range=1h").json()["data"]
+        if sum(e["requests"] for e in top["endpoints"]) == total:
+            return dict(top)
+        time.sleep(0.2)  # polling a condition with a deadline: rollups land every 5 s
+    raise AssertionError(f"{total} requests never reached the stored rollups")
+
+
+def test_the_page_shows_what_was_sent(browser: Any, tmp_path: Path) -> None:
+    env = child_environment(AEGIS_UPDATE_INTERVAL="200")
+    with uvicorn_server(APP, tmp_path, env=env) as server:
+        send_traffic(server)
+        browser.get(f"{server.url}/dashboard")
+        wait_until(browser, lambda d: text_of(d, "tile-total") == "28", "28 requests shown")
+        wait_until(browser, lambda d: text_of(d, "status") == "live", "the stream is live")
+        assert text_of(browser, "tile-error-rate") == "17.9%"  # 5 of 28
+        assert text_of(browser, "tile-in-flight") == "0"
+        assert (
+            text_of(browser, "tile-connections") == "0"
+        )  # the page's own stream is not app traffic
+        assert text_of(browser, "tile-p95").endswith(" ms")
+        # One read of the whole table: the page redraws it with every frame.
+        rows = browser.execute_script(
+            "return [...document.querySelectorAll('#top-endpoints tbody tr')]"
+            ".map((tr) => [...tr.cells].map((td) => td.textContent))"
+        )
+        by_route = {row[1]: row for row in rows}
+        assert by_route["/ok"][:4] == ["GET", "/ok", "20", "0"]
+        assert by_route["/fail"][:4] == ["GET", "/fail", "5", "5"]
+        assert by_route["/items/{item_id}"][:4] == ["GET", "/items/{item_id}", "3", "0"]
+        # Live charts: one point a second over the last minute.
+        for chart in ("chart-rate", "chart-latency", "chart-status"):
+            assert browser.find_element("id", chart).get_attribute("data-points") == "60"
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
+
+        # A stored range: the charts and the table read the JSON API (1 h in
+        # 1-minute steps), once the rollups are stored (every 5 s).
+        stored = wait_for_stored(server, 28)
+        browser.find_element("css selector", "#ranges button[data-range='1h']").click()
+        wait_until(browser, lambda d: text_of(d, "range-rate") == "last 1h", "the range label")
+        expected = httpx.get(f"{server.url}/api/metrics/request-rate?range=1h").json()["data"]
+        points = str(len(expected["points"]))
+        wait_until(
+            browser,
+            lambda d: d.find_element("id", "chart-rate").get_attribute("data-points") == points,
+            "the 1h series drawn",
+        )
+        assert browser.find_element(
+            "css selector", "#ranges button[data-range='1h']"
+        ).get_attribute("aria-pressed") == "true"  # fmt: skip
+        wait_until(browser, lambda d: text_of(d, "range-top") == "last 1h", "the table's range")
+        rows = browser.execute_script(
+            "return [...document.querySelectorAll('#top-endpoints tbody tr')]"
+            ".map((tr) => [...tr.cells].map((td) => td.textContent))"
+        )
+        p95 = {e["route"]: e["latency_ms"]["p95"] for e in stored["endpoints"]}
+        assert {row[1]: row[5] for row in rows} == {
+            route: one_decimal(value) for route, value in p95.items()
+        }
+
+        # Dark, as the system asks.
+        browser.execute_cdp_cmd(
+            "Emulation.setEmulatedMedia",
+            {"features": [{"name": "prefers-color-scheme", "value": "dark"}]},
+        )
+        background = browser.execute_script(
+            "return getComputedStyle(document.body).backgroundColor"
+        )
+        assert background == "rgb(18, 21, 28)"
+        browser.save_screenshot(str(ARTIFACTS / "dashboard-dark.png"))
+
+        # No script error and no Content-Security-Policy violation.
+        problems = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert problems == [], json.dumps(problems, indent=1)
+
+
+def test_the_page_reconnects_after_the_stream_drops(browser: Any, tmp_path: Path) -> None:
+    """Server gone: the indicator says so; a new server on the same port: live again."""
+    env = child_environment(AEGIS_UPDATE_INTERVAL="200")
+    with uvicorn_server(APP, tmp_path, env=env) as server:
+        browser.get(f"{server.url}/dashboard")
+        wait_until(browser, lambda d: text_of(d, "status") == "live", "live")
+        server.terminate()
+        wait_until(browser, lambda d: text_of(d, "status") == "reconnecting", "reconnecting")
+        port = server.port
+    with uvicorn_server(APP, tmp_path, env=env, port=port) as again:
+        send_traffic(again)
+        wait_until(browser, lambda d: text_of(d, "status") == "live", "live again")
+        wait_until(browser, lambda d: text_of(d, "tile-total") == "28", "the new server's figures")
+
+
+def test_a_token_in_the_url_opens_the_page_and_its_stream(browser: Any, tmp_path: Path) -> None:
+    token = "dashboard-token-1234"
+    env = child_environment(
+        AEGIS_UPDATE_INTERVAL="200", AEGIS_ACCESS=json.dumps({"dashboard": {"tokens": [token]}})
+    )
+    with uvicorn_server(APP, tmp_path, env=env) as server:
+        assert httpx.get(f"{server.url}/dashboard").status_code == 401
+        send_traffic(server)
+        browser.get(f"{server.url}/dashboard?token={token}")
+        wait_until(browser, lambda d: text_of(d, "tile-total") == "28", "figures behind a token")
