@@ -86,14 +86,21 @@ async def serve(mounted: MountedRoutes, scope: Scope, receive: Receive, send: Se
         await send({"type": "websocket.close", "code": refused[0], "reason": refused[1]})
         return
     try:
-        await Connection(mounted, hub, scope, receive, send).run()
+        # History (``get``) is the JSON API's: its rule applies too.
+        may_read_history = mounted.authorize("api", scope, token=token_of(scope)).allowed
+        await Connection(mounted, hub, scope, receive, send, may_read_history).run()
     finally:
         hub.limits.release(address)
 
 
 def _authorize(mounted: MountedRoutes, scope: Scope) -> Decision:
-    group = "websocket" if "websocket" in mounted.rules else "dashboard"
-    return mounted.authorize(group, scope, token=token_of(scope))
+    """The first of the ``websocket``, ``dashboard`` and ``api`` groups that
+    has a rule decides: the stream carries the API's realtime figures, so it
+    is never more open than they are unless a rule of its own says so."""
+    for group in ("websocket", "dashboard", "api"):
+        if group in mounted.rules:
+            return mounted.authorize(group, scope, token=token_of(scope))
+    return mounted.authorize("websocket", scope)
 
 
 async def _refuse(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
@@ -113,9 +120,16 @@ class Connection:
     """One accepted client: its subscription, reader and sender."""
 
     def __init__(
-        self, mounted: MountedRoutes, hub: Hub, scope: Scope, receive: Receive, send: Send
+        self,
+        mounted: MountedRoutes,
+        hub: Hub,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        may_read_history: bool = True,
     ) -> None:
         settings = mounted.aegis.settings
+        self.may_read_history = may_read_history
         self.mounted = mounted
         self.hub = hub
         self.receive = receive
@@ -123,22 +137,45 @@ class Connection:
         self.client_id = hub.new_client_id()
         self.subscription: protocol.Subscription = dict(protocol.DEFAULT_SUBSCRIPTION)
         self.max_bytes = settings.ws_max_message_bytes
-        self.rate = MessageRate(settings.ws_message_rate, 2 * settings.ws_message_rate)
+        rate = settings.ws_message_rate
+        self.rate = MessageRate(rate, max(1.0, 2 * rate))
         self.stall_timeout = settings.ws_stall_timeout
         self._lock = anyio.Lock()
         self.closed = False
 
-    async def send_text(self, text: str) -> None:
-        # One message at a time: the reader's answers and the sender's frames.
-        async with self._lock:
-            if not self.closed:
-                await self._send({"type": "websocket.send", "text": text})
+    async def send_text(self, text: str) -> bool:
+        """Send one message; False when the connection is gone or has stalled
+        (then it is closed). Every send, a frame or an answer, may wait at
+        most ``ws_stall_timeout``: a client that stops reading is let go."""
+        with anyio.move_on_after(self.stall_timeout):
+            # One message at a time: the reader's answers and the sender's frames.
+            async with self._lock:
+                if self.closed:
+                    return False
+                try:
+                    await self._send({"type": "websocket.send", "text": text})
+                except OSError:  # the client went away mid-send (ClientDisconnected)
+                    self.closed = True
+                    return False
+                return True
+        # It stopped reading. Say why if the close frame still fits; either
+        # way the server drops the connection once the handler returns.
+        self.closed = True
+        with anyio.move_on_after(CLOSE_GRACE_SECONDS):
+            await self._close_now(CLOSE_POLICY, "client stopped reading")
+        return False
 
     async def close(self, code: int, reason: str) -> None:
         async with self._lock:
             if not self.closed:
                 self.closed = True
-                await self._send({"type": "websocket.close", "code": code, "reason": reason})
+                await self._close_now(code, reason)
+
+    async def _close_now(self, code: int, reason: str) -> None:
+        try:
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        except OSError:
+            pass  # already gone
 
     async def run(self) -> None:
         await self._send({"type": "websocket.accept"})
@@ -169,15 +206,7 @@ class Connection:
             names = protocol.frame_sections(self.subscription)
             if not names:
                 continue
-            text = await hub.frame(tick, names)
-            with anyio.move_on_after(self.stall_timeout) as waited:
-                await self.send_text(text)
-            if waited.cancelled_caught:
-                # It stopped reading. Say why if the close frame still fits;
-                # either way the server drops the connection once we return.
-                with anyio.move_on_after(CLOSE_GRACE_SECONDS):
-                    await self.close(CLOSE_POLICY, "client stopped reading")
-                self.closed = True
+            if not await self.send_text(await hub.frame(tick, names)):
                 return
 
     async def _reader(self) -> None:
@@ -222,6 +251,8 @@ class Connection:
         api = self.mounted.api
         if api is None:
             return protocol.error("history_unavailable", "the JSON API is switched off")
+        if not self.may_read_history:
+            return protocol.error("forbidden", "the api access rule does not admit this client")
         endpoint = GET_ENDPOINTS[message.section]
         query = f"range={message.range}".encode()
         response = await anyio.to_thread.run_sync(api.respond, endpoint, query)

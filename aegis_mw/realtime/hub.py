@@ -76,34 +76,37 @@ class Hub:
         return {name for sub in self.subscriptions.values() for name, on in sub.items() if on}
 
     async def frame(self, tick: int, names: tuple[str, ...]) -> str:
-        """The ``metrics`` frame of ``names`` at ``tick``: built once per tick
-        and encoded once per distinct ``names``."""
+        """The ``metrics`` frame of ``names`` at ``tick`` (or a later one):
+        built once per tick and encoded once per distinct ``names``."""
         while self._tick < tick:
             building = self._building
-            if building is not None and building[0] >= tick:
+            if building is not None:
+                # One build at a time: a slow one (a busy thread pool, say)
+                # must not pile up more of itself behind it.
                 await building[1].wait()
-                if self._tick >= tick:
-                    break
                 continue
             done = anyio.Event()
             self._building = (tick, done)
             try:
                 wanted = self.wanted() | set(names)
                 snapshot = await anyio.to_thread.run_sync(sections.build, self.aegis, wanted)
-                self._tick, self._snapshot = tick, snapshot
-                self._timestamp = isoformat(self.aegis.clock.wall())
-                self._frames = {}
-                self.snapshots += 1
+                if tick > self._tick:
+                    self._tick, self._snapshot = tick, snapshot
+                    self._timestamp = isoformat(self.aegis.clock.wall())
+                    self._frames = {}
+                    self.snapshots += 1
             finally:
                 self._building = None
                 done.set()
-        missing = [name for name in names if name not in self._snapshot]
+        # Read once: another tick may replace them while this one awaits.
+        snapshot, timestamp, frames = self._snapshot, self._timestamp, self._frames
+        missing = [name for name in names if name not in snapshot]
         if missing:  # subscribed since this tick's snapshot was taken
             extra = await anyio.to_thread.run_sync(sections.build, self.aegis, missing)
-            return self._encode(self._timestamp, {**self._snapshot, **extra}, names)
-        text = self._frames.get(names)
+            return self._encode(timestamp, {**snapshot, **extra}, names)
+        text = frames.get(names)
         if text is None:
-            text = self._frames[names] = self._encode(self._timestamp, self._snapshot, names)
+            text = frames[names] = self._encode(timestamp, snapshot, names)
         return text
 
     async def fresh_frame(self, names: Iterable[str]) -> str:

@@ -6,6 +6,7 @@ stream is not recorded as app traffic."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -147,3 +148,132 @@ async def test_the_stream_is_not_recorded_as_a_session(make_aegis: Callable[...,
             client.leave.set()
     assert aegis.force_flush(10)
     assert aegis.realtime().websocket_sessions_total == 0
+
+
+class Scripted(Client):
+    """A client that sends ``messages`` after connecting, then waits to be let go."""
+
+    def __init__(self, messages: list[dict[str, Any]], **options: Any) -> None:
+        super().__init__(**options)
+        self.inbound: list[Message] = [
+            {"type": "websocket.receive", "text": json.dumps(m)} for m in messages
+        ]
+
+    async def receive(self) -> Message:
+        if not self._connected:
+            self._connected = True
+            return CONNECT
+        if self.inbound:
+            return self.inbound.pop(0)
+        await self.leave.wait()
+        return {"type": "websocket.disconnect", "code": 1000}
+
+
+async def test_an_unread_answer_stalls_too(make_aegis: Callable[..., Aegis]) -> None:
+    """A client subscribed to nothing that pings and never reads the pong is let go."""
+    aegis = make_aegis(update_interval=100, ws_stall_timeout=0.2, metrics_registry="none")
+    nothing = {"type": "unsubscribe", "data": ["overview", "alerts"]}
+    client = Scripted([nothing, {"type": "ping"}], stall_after=3)  # accept, hello, subscribed
+    with anyio.fail_after(20):
+        await connect(AegisMiddleware(app, aegis=aegis), client)
+    assert client.sent[-1] == {
+        "type": "websocket.close", "code": 1008, "reason": "client stopped reading",
+    }  # fmt: skip
+    assert aegis.hub.limits.open == 0
+
+
+async def test_a_client_gone_mid_send_ends_quietly(make_aegis: Callable[..., Aegis]) -> None:
+    """The server's send raising OSError (uvicorn's ClientDisconnected) ends the
+    connection without an error, and it is counted out of the limits."""
+    aegis = make_aegis(update_interval=100, metrics_registry="none")
+
+    class Gone(Client):
+        async def send(self, message: Message) -> None:
+            await super().send(message)
+            if message["type"] == "websocket.send" and '"metrics"' in message["text"]:
+                raise OSError("connection reset")
+
+    client = Gone()
+    with anyio.fail_after(20):
+        await connect(AegisMiddleware(app, aegis=aegis), client)
+    assert client.frames == 1
+    assert aegis.hub.limits.open == 0
+
+
+async def test_a_slow_message_rate_still_allows_one_message(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    aegis = make_aegis(update_interval=100, ws_message_rate=0.1, metrics_registry="none")
+    client = Scripted([{"type": "ping", "data": 1}, {"type": "ping", "data": 2}])
+    with anyio.fail_after(20):
+        await connect(AegisMiddleware(app, aegis=aegis), client)
+    texts = client.texts()
+    assert texts[0]["type"] == "hello" and {"type": "pong", "data": 1} in texts
+    assert client.sent[-1] == {"type": "websocket.close", "code": 1008,
+                               "reason": "too many messages"}  # fmt: skip
+
+
+async def test_history_needs_the_api_rule(make_aegis: Callable[..., Aegis]) -> None:
+    """With only an api rule the stream is not open; admitted by the dashboard's
+    rule, a client still needs the api's for a get."""
+    api_only = make_aegis(metrics_registry="none", access={"api": {"tokens": ["api-token-1234"]}})
+    refused = Client()
+    await connect(AegisMiddleware(app, aegis=api_only), refused)
+    assert refused.sent == [{"type": "websocket.close", "code": 1008}]
+
+    both = make_aegis(
+        metrics_registry="none",
+        access={"dashboard": {"tokens": ["page-token-1234"]},
+                "api": {"tokens": ["api-token-1234"]}},
+    )  # fmt: skip
+    client = Scripted([{"type": "get", "data": {"section": "overview"}}])
+    scope = websocket_scope("/ws/metrics", query_string=b"token=page-token-1234")
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as group:
+            group.start_soon(AegisMiddleware(app, aegis=both), scope, client.receive, client.send)
+            await client.wait_frames(1)
+            client.leave.set()
+    errors = [t["data"] for t in client.texts() if t["type"] == "error"]
+    assert errors == [{"code": "forbidden",
+                       "message": "the api access rule does not admit this client"}]  # fmt: skip
+
+
+async def test_one_build_at_a_time_and_never_backwards(
+    make_aegis: Callable[..., Aegis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow build for one tick holds the next tick's request until it ends;
+    the snapshot never goes back to an older tick."""
+    from aegis_mw.realtime import hub as hub_module
+    from aegis_mw.realtime import sections
+
+    aegis = make_aegis(metrics_registry="none")
+    hub = hub_module.Hub(aegis)
+    running = 0
+    peak = 0
+    release = threading.Event()
+    real_build = sections.build
+
+    def slow_build(owner: Aegis, wanted: Any) -> dict[str, Any]:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        release.wait(10)
+        running -= 1
+        return real_build(owner, wanted)
+
+    monkeypatch.setattr(sections, "build", slow_build)
+    results: dict[int, str] = {}
+
+    async def ask(tick: int) -> None:
+        results[tick] = await hub.frame(tick, ("overview",))
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as group:
+            group.start_soon(ask, 5)
+            await anyio.wait_all_tasks_blocked()
+            group.start_soon(ask, 6)
+            await anyio.wait_all_tasks_blocked()
+            release.set()
+    assert peak == 1
+    assert hub.snapshots == 2 and hub._tick == 6
+    assert json.loads(results[6])["type"] == "metrics"
