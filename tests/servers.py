@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -126,14 +127,40 @@ def wait_for(
     return matches
 
 
-def gunicorn_command(workers: int, app: str, *extra: str) -> list[str]:
-    """gunicorn with uvicorn workers on an ephemeral 127.0.0.1 port."""
+@contextmanager
+def gunicorn_process(
+    command: list[str], cwd: Path, env: dict[str, str]
+) -> Iterator[tuple[subprocess.Popen[str], queue.Queue[str | None], list[str]]]:
+    """gunicorn started with ``command``: the process, its output lines as they
+    come (read by a thread) and a list for the lines a test has looked at;
+    killed on the way out if still running."""
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: queue.Queue[str | None] = queue.Queue()
+    reader = threading.Thread(target=read_lines, args=(process.stdout, lines), daemon=True)
+    reader.start()
+    try:
+        yield process, lines, []
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=EXIT_TIMEOUT)
+        reader.join(timeout=EXIT_TIMEOUT)
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+def gunicorn_command(
+    workers: int, app: str, *extra: str, worker_class: str = "uvicorn_worker.UvicornWorker"
+) -> list[str]:
+    """gunicorn (uvicorn workers unless told otherwise) on an ephemeral 127.0.0.1 port."""
     from gunicorn.config import KNOWN_SETTINGS
 
     command = [
-        sys.executable, "-m", "gunicorn", "-w", str(workers), "-k",
-        "uvicorn_worker.UvicornWorker", "-b", "127.0.0.1:0", "--graceful-timeout", "20",
-        "--log-level", "info", *extra,
+        sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", worker_class,
+        "-b", "127.0.0.1:0", "--graceful-timeout", "20", "--log-level", "info", *extra,
     ]  # fmt: skip
     if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
         # Newer gunicorn opens a control socket under $HOME unless told not to.

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
-import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -16,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import ROOT, gunicorn_command, read_lines, wait_for
+from tests.servers import ROOT, gunicorn_command, gunicorn_process, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -69,15 +66,7 @@ def test_totals_are_those_of_all_workers(tmp_path: Path) -> None:
         PYTHONUNBUFFERED="1",
     )
     command = gunicorn_command(WORKERS, "examples.fastapi_app:app")
-    process = subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    lines: queue.Queue[str | None] = queue.Queue()
-    reader = threading.Thread(target=read_lines, args=(process.stdout, lines), daemon=True)
-    reader.start()
-    seen: list[str] = []
-    try:
+    with gunicorn_process(command, tmp_path, env) as (process, lines, seen):
         deadline = time.monotonic() + STARTUP_DEADLINE
         [listening] = wait_for(lines, seen, r"Listening at: http://127\.0\.0\.1:(\d+)", 1, deadline)
         base = f"http://127.0.0.1:{int(listening.group(1))}"
@@ -108,11 +97,5 @@ def test_totals_are_those_of_all_workers(tmp_path: Path) -> None:
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
-        reader.join(timeout=30)
-        process.stdout.close()  # type: ignore[union-attr]
     output = "\n".join(seen)
     assert "Traceback" not in output, output

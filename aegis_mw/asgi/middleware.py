@@ -22,12 +22,12 @@ from functools import partial
 from typing import Any
 
 from ..aegis import Aegis
+from ..core.outcome import settle
 from ..types import ASGIApp, Receive, RouteReader, Scope, Send
 from . import compiled
 from .lifespan import run_lifespan
 from .mounted import MountedRoutes
 from .observers import observe_receive, observe_send
-from .outcome import settle
 from .routing import ScopeRouteReader
 from .websocket import record_session
 

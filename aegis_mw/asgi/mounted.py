@@ -113,6 +113,14 @@ class MountedRoutes:
             return
         group, handler = route
         method = scope.get("method", "GET")
+        refusal = self.refusal(group, scope, method)
+        response = refusal if refusal is not None else await handler(scope)
+        await send_response(send, response, head=method == "HEAD")
+
+    def refusal(self, group: str, scope: Scope, method: str) -> Response | None:
+        """The answer refusing this request (401/403 by the group's rule, 405
+        for a method other than GET and HEAD), or None to serve it. Shared
+        with the WSGI side."""
         # The page's token may come from its URL or a cookie: a browser
         # opening a link cannot send an Authorization header.
         decision = self.authorize(
@@ -121,12 +129,11 @@ class MountedRoutes:
         if not decision.allowed:
             response = Response.error(decision.status, decision.code, decision.message)
             response.headers.extend(decision.headers)
-        elif method not in _READ_METHODS:
+            return response
+        if method not in _READ_METHODS:
             message = f"{method} is not allowed here; use GET"
-            response = Response.error(405, "method_not_allowed", message, allow="GET, HEAD")
-        else:
-            response = await handler(scope)
-        await send_response(send, response, head=method == "HEAD")
+            return Response.error(405, "method_not_allowed", message, allow="GET, HEAD")
+        return None
 
     def authorize(self, group: str, scope: Scope, *, token: str = "") -> Decision:
         """The group's rule against this request (the client address after

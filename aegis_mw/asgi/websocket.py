@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.items import PendingSession
 from ..core.labels import describe_error
+from ..core.outcome import is_disconnect
 from ..types import Message, Receive, Scope, Send
-from .outcome import is_disconnect
 
 if TYPE_CHECKING:
     from .middleware import AegisMiddleware

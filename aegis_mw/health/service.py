@@ -55,6 +55,9 @@ class HealthService:
         self._aegis = aegis
         self._checks: dict[str, HealthCheck] = {}
         self.loop_lag = LoopLagMonitor()
+        #: Watch the event loop the probes come from for lag; off under WSGI,
+        #: where each probe runs its checks in a short loop of its own.
+        self.watch_loop = True
         self.max_loop_lag = settings.liveness_max_loop_lag
         self.runner = CheckRunner(
             lambda: list(self._checks.values()), cache_seconds=settings.health_cache_seconds
@@ -108,7 +111,8 @@ class HealthService:
     # -- answers --------------------------------------------------------------
     async def results(self) -> dict[str, CheckResult]:
         """Run the checks (or take the cached run). From a coroutine on the loop."""
-        self.loop_lag.start_here()
+        if self.watch_loop:
+            self.loop_lag.start_here()
         return await self.runner.run()
 
     async def readiness(self) -> Response:
@@ -137,7 +141,8 @@ class HealthService:
 
     def liveness(self) -> Response:
         """No check runs and nothing is revealed: just whether the process works."""
-        self.loop_lag.start_here()
+        if self.watch_loop:
+            self.loop_lag.start_here()
         alive, _ = self._alive()
         return Response.json(
             200 if alive else 503, {"status": PASS if alive else FAIL}, HEALTH_JSON

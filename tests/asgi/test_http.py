@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from aegis_mw import Aegis, AegisMiddleware
-from aegis_mw.asgi.outcome import INCOMPLETE_RESPONSE, NO_RESPONSE
+from aegis_mw.core.outcome import INCOMPLETE_RESPONSE, NO_RESPONSE
 from aegis_mw.testing import FakeClock, recorded
 from tests.harness import Exchange, call, http_scope
 

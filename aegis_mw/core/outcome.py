@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..core.items import DISCONNECTED, END, ERROR, STATUS
-from ..core.labels import describe_error
-from ..core.record import CLIENT_CLOSED_STATUS
+from .items import DISCONNECTED, END, ERROR, STATUS
+from .labels import describe_error
+from .record import CLIENT_CLOSED_STATUS
 
 NO_RESPONSE = "RuntimeError: app returned without sending a response"
 INCOMPLETE_RESPONSE = "RuntimeError: app returned before the response body was complete"

@@ -1,0 +1,1 @@
+"""Framework integrations: thin installers over the ASGI and WSGI middleware."""

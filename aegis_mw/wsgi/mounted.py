@@ -1,0 +1,119 @@
+"""The routes the middleware serves itself, inside a WSGI app: ``/metrics``,
+the health routes, the JSON API and ``/dashboard``, with the same access
+rules as under ASGI (``asgi/mounted.py`` decides; this module only speaks
+WSGI). Health checks are async functions run by anyio: each probe runs them
+in a short event loop of its own (WSGI has none).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from ..asgi.mounted import MountedRoutes
+from ..endpoints.dashboard import render as render_dashboard
+from ..endpoints.response import Response
+
+if TYPE_CHECKING:
+    from ..aegis import Aegis
+
+_STATUS_TEXT = {200: "OK", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized",
+                403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+                500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
+
+
+def scope_of(environ: dict[str, Any]) -> dict[str, Any]:
+    """The parts of an ASGI scope the access rules read, from a WSGI environ."""
+    headers = [
+        (name[5:].replace("_", "-").lower().encode("latin-1"), str(value).encode("latin-1"))
+        for name, value in environ.items()
+        if name.startswith("HTTP_")
+    ]
+    client = environ.get("REMOTE_ADDR")
+    return {
+        "type": "http",
+        "path": environ.get("PATH_INFO", ""),
+        "headers": headers,
+        "query_string": str(environ.get("QUERY_STRING", "")).encode("latin-1"),
+        "client": (client, int(environ.get("REMOTE_PORT") or 0)) if client else None,
+    }
+
+
+class WSGIRoutes:
+    """Path -> a synchronous handler, for the routes the settings switch on."""
+
+    def __init__(self, aegis: Aegis) -> None:
+        self.aegis = aegis
+        self.shared = MountedRoutes(aegis)  # access rules, the API, the paths
+        aegis.health.watch_loop = False  # no app event loop to watch
+        settings = aegis.settings
+        handlers: dict[str, Callable[[dict[str, Any]], Response]] = {
+            settings.metrics_path: self._metrics,
+            settings.health_path: lambda scope: self._run(aegis.health.report),
+            settings.liveness_path: lambda scope: aegis.health.liveness(),
+            settings.readiness_path: lambda scope: self._run(aegis.health.readiness),
+            settings.dashboard_path: self._dashboard,
+        }
+        if self.shared.api is not None:
+            prefix = settings.api_path + "/"
+            for path in self.shared.handlers:
+                if path.startswith(prefix):
+                    handlers[path] = functools.partial(self._api, path[len(prefix) :])
+        self.handlers = {path: handler for path, handler in handlers.items() if path}
+        self._page: Response | None = None
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(self.handlers)
+
+    def serve(self, app: Any, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        """An excluded path: ours if it is a mounted route, else the app's, unrecorded."""
+        response = self.respond(environ)
+        if response is None:
+            result: Iterable[bytes] = app(environ, start_response)
+            return result
+        headers = [
+            ("Content-Type", response.content_type),
+            ("Content-Length", str(len(response.body))),
+            ("Cache-Control", "no-store"),
+            *response.headers,
+        ]
+        reason = _STATUS_TEXT.get(response.status, "Unknown")
+        start_response(f"{response.status} {reason}", headers)
+        return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else response.body]
+
+    def respond(self, environ: dict[str, Any]) -> Response | None:
+        """The answer of the mounted route at ``PATH_INFO`` (refusals included),
+        or None when no route is mounted there. Blocking: never on an event loop."""
+        handler = self.handlers.get(environ.get("PATH_INFO", ""))
+        if handler is None:
+            return None
+        scope = scope_of(environ)
+        group = self.shared.handlers[scope["path"]][0]
+        refusal = self.shared.refusal(group, scope, environ.get("REQUEST_METHOD", "GET"))
+        return refusal if refusal is not None else handler(scope)
+
+    def _api(self, endpoint: str, scope: dict[str, Any]) -> Response:
+        api = self.shared.api
+        if api is None:  # never: the API's paths are mounted with it
+            return Response.error(404, "not_found", "the JSON API is switched off")
+        return api.respond(endpoint, scope["query_string"])
+
+    def _metrics(self, scope: dict[str, Any]) -> Response:
+        headers = dict(scope["headers"])
+        accept = headers.get(b"accept", b"").decode("latin-1")
+        encoding = headers.get(b"accept-encoding", b"").decode("latin-1")
+        return self.aegis.metrics.endpoint.respond(accept, encoding)
+
+    def _dashboard(self, scope: dict[str, Any]) -> Response:
+        if self._page is None:
+            self._page = render_dashboard(self.aegis.settings)
+        return self._page
+
+    @staticmethod
+    def _run(check: Callable[[], Any]) -> Response:
+        import anyio
+
+        response: Response = anyio.run(check)
+        return response

@@ -1,0 +1,97 @@
+"""The Django integration: the middleware in MIDDLEWARE, sync (test Client, as
+under WSGI) and async (AsyncClient, as under ASGI); routes from the resolver;
+the mounted routes served; a bad AEGIS option as a system-check error."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+django = pytest.importorskip("django")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.contrib.django_project.settings")
+django.setup()
+
+from django.apps import apps  # noqa: E402
+from django.core import checks  # noqa: E402
+from django.test import AsyncClient, Client, override_settings  # noqa: E402
+
+from aegis_mw.contrib.django.middleware import route_template  # noqa: E402
+from aegis_mw.testing import recorded  # noqa: E402
+
+
+def pipeline() -> Any:
+    return apps.get_app_config("aegis_mw").pipeline
+
+
+def records_of(prefix: str) -> list[Any]:
+    return [r for r in recorded(pipeline()) if r.path.startswith(prefix)]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "template"),
+    [
+        ("items/<int:item_id>/", "/items/{item_id}/"),
+        ("shop/orders/<int:order_id>/", "/shop/orders/{order_id}/"),
+        ("^articles/(?P<year>[0-9]{4})/$", "/articles/{year}/"),
+        ("", "/"),
+    ],
+)
+def test_route_templates(pattern: str, template: str) -> None:
+    assert route_template(pattern) == template
+
+
+def test_sync_requests_are_recorded() -> None:
+    client = Client(raise_request_exception=False)  # answer 500, as a server would
+    assert client.get("/items/3/").content == b"item 3"
+    assert client.get("/shop/orders/9/").status_code == 200
+    assert client.get("/articles/2024/").content == b"2024"
+    stream = client.get("/stream/")
+    assert b"".join(stream.streaming_content) == b"one two"
+    stream.close()
+    assert client.get("/boom/").status_code == 500
+    assert client.get("/nowhere/").status_code == 404
+    rows = [(r.route, r.status, r.response_bytes, r.error) for r in recorded(pipeline())
+            if r.path in ("/items/3/", "/shop/orders/9/", "/articles/2024/", "/stream/",
+                          "/boom/", "/nowhere/")]  # fmt: skip
+    assert rows[:4] == [
+        ("/items/{item_id}/", 200, 6, ""),
+        ("/shop/orders/{order_id}/", 200, 7, ""),
+        ("/articles/{year}/", 200, 4, ""),
+        ("/stream/", 200, 7, ""),
+    ]
+    assert rows[4][:2] == ("/boom/", 500) and rows[4][3] == "RuntimeError: kaput"
+    assert rows[5][:2] == ("<unmatched>", 404)
+
+
+def test_mounted_routes_are_served_by_the_middleware() -> None:
+    client = Client()
+    assert client.get("/health/live").json() == {"status": "pass"}
+    assert client.get("/health").status_code == 200
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200 and b"aegis_http_requests_total" in metrics.content
+    assert client.get("/api/metrics/realtime").json()["data"]["total_requests"] >= 0
+    assert client.get("/dashboard").status_code == 200
+    assert client.post("/metrics").status_code == 405
+    assert not [r for r in recorded(pipeline()) if r.path in ("/metrics", "/health")]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_async_requests_are_recorded(anyio_backend: str) -> None:
+    client = AsyncClient()
+    response = await client.get("/items/42/")
+    assert response.content == b"item 42"
+    live = await client.get("/health/live")
+    assert live.status_code == 200
+    [record] = [r for r in recorded(pipeline()) if r.path == "/items/42/"]
+    assert (record.route, record.status, record.response_bytes) == ("/items/{item_id}/", 200, 7)
+
+
+def test_a_bad_option_is_a_system_check_error() -> None:
+    with override_settings(AEGIS={"sample_rate": 2}):
+        errors = [m for m in checks.run_checks() if m.id == "aegis_mw.E001"]
+    assert len(errors) == 1 and "sample_rate" in errors[0].msg
+    with override_settings(AEGIS={"sink": "memory://"}):
+        assert not [m for m in checks.run_checks() if m.id == "aegis_mw.E001"]
