@@ -65,18 +65,36 @@ def origin_allowed(scope: Scope, allowed: tuple[str, ...]) -> bool:
     return bool(host) and origin.partition("://")[2] == host
 
 
-async def serve(mounted: MountedRoutes, scope: Scope, receive: Receive, send: Send) -> None:
-    """One connection to ``ws_path``, from handshake to close."""
+def handshake_refusal(
+    mounted: MountedRoutes, scope: Scope, extra_origins: tuple[str, ...] = ()
+) -> tuple[int, str, str] | None:
+    """Why this handshake is refused (HTTP status, code, message), or None."""
+    allowed = mounted.aegis.settings.ws_allowed_origins + extra_origins
+    if not origin_allowed(scope, allowed):
+        return 403, "forbidden_origin", "this origin may not open the stream"
+    decision = _authorize(mounted, scope)
+    if not decision.allowed:
+        return decision.status, decision.code, decision.message
+    return None
+
+
+async def serve(
+    mounted: MountedRoutes,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    *,
+    extra_origins: tuple[str, ...] = (),
+) -> None:
+    """One connection to ``ws_path``, from handshake to close. ``extra_origins``
+    are allowed besides the settings' (the pages a WSGI app served, for the
+    stream's own server on another port)."""
     message = await receive()
     if message["type"] != "websocket.connect":
         return
-    settings = mounted.aegis.settings
-    if not origin_allowed(scope, settings.ws_allowed_origins):
-        await _refuse(scope, send, 403, "forbidden_origin", "this origin may not open the stream")
-        return
-    decision = _authorize(mounted, scope)
-    if not decision.allowed:
-        await _refuse(scope, send, decision.status, decision.code, decision.message)
+    refusal = handshake_refusal(mounted, scope, extra_origins)
+    if refusal is not None:
+        await _refuse(scope, send, *refusal)
         return
     hub = hub_of(mounted)
     address = mounted.client_ip(scope) or "unknown"

@@ -62,14 +62,33 @@ class Aegis:
         options.update(self.options)
         pipeline = Pipeline(**options)
         app.wsgi_app = AegisWSGIMiddleware(app.wsgi_app, aegis=pipeline)  # type: ignore[method-assign]
-        app.url_value_preprocessor(_note_route)
+        app.request_class = _noting_routes(app.request_class)
         app.extensions["aegis_mw"] = pipeline
         self.pipeline = pipeline
         return pipeline
 
 
-def _note_route(endpoint: str | None, values: dict[str, Any] | None) -> None:
-    """After URL matching, before any before_request function: the rule."""
-    rule = flask.request.url_rule
-    if rule is not None:
-        flask.request.environ[ROUTE_KEY] = route_template(rule.rule)
+def _noting_routes(base: type[flask.Request]) -> type[flask.Request]:
+    """``base`` whose ``url_rule``, set once Flask has matched the URL, also
+    leaves the route template in the environ for the middleware. A request
+    hook would do the same at several times the cost (Flask's preprocessor
+    machinery runs for every request)."""
+
+    if getattr(base, "_aegis_notes_routes", False):  # init_app called again
+        return base
+
+    class AegisRequest(base):  # type: ignore[valid-type,misc]
+        _aegis_notes_routes = True
+
+        @property
+        def url_rule(self) -> Any:
+            return self.__dict__.get("_aegis_url_rule")
+
+        @url_rule.setter
+        def url_rule(self, rule: Any) -> None:
+            self.__dict__["_aegis_url_rule"] = rule
+            if rule is not None:
+                self.environ[ROUTE_KEY] = route_template(rule.rule)
+
+    AegisRequest.__name__ = AegisRequest.__qualname__ = base.__name__
+    return AegisRequest

@@ -241,6 +241,14 @@ _MOUNT_OPTIONS = (
 _ORIGIN = re.compile(r"https?://[^/\s?#@]+")
 
 
+def _host(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(
+        r"[A-Za-z0-9.:\-]+|\[[0-9A-Fa-f:.]+\]", value
+    ):
+        raise ValueError
+    return value
+
+
 def _origin_list(value: Any) -> tuple[str, ...]:
     """Browser origins (scheme, host and port, as the Origin header sends
     them), lower-cased, or '*' alone for any."""
@@ -302,6 +310,10 @@ _RULES: dict[str, _Rule] = {
     "api_path": _Rule(_mount_path, _PATH_ALLOWED),
     "ws_path": _Rule(_mount_path, _PATH_ALLOWED),
     "dashboard_path": _Rule(_mount_path, _PATH_ALLOWED),
+    "ws_host": _Rule(_host, "a host name or IP address to listen on, such as '127.0.0.1'"),
+    "ws_port": _Rule(
+        _number(int, 0, 65535), "a TCP port from 1 to 65535, or 0 for none", _int_text
+    ),
     "update_interval": _Rule(
         _number(int, 100, 60_000), "milliseconds, an integer from 100 to 60000", _int_text
     ),
@@ -402,6 +414,10 @@ class AegisSettings:
     ws_path: str = "/ws/metrics"
     #: The live dashboard page.
     dashboard_path: str = "/dashboard"
+    #: WSGI apps only (a WSGI server speaks no WebSocket): where a server
+    #: thread of the process serves ws_path; port 0 for none.
+    ws_host: str = "127.0.0.1"
+    ws_port: int = 0
     #: Milliseconds between realtime frames.
     update_interval: int = 1000
     #: Origins, besides the app's own host, whose pages may open ws_path.

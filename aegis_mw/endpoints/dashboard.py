@@ -25,12 +25,15 @@ def _hash(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
 
 
-def render(settings: AegisSettings) -> Response:
-    """The page for these settings (reads package data: call it off the event loop)."""
+def render(settings: AegisSettings, *, ws_path: str | None = None, ws_port: int = 0) -> Response:
+    """The page for these settings (reads package data: call it off the event loop).
+    ``ws_path``/``ws_port`` override where the stream is (a WSGI app serves it
+    on a port of its own, or not at all: ``ws_path=""`` makes the page poll)."""
     template = resources.files(__package__).joinpath("dashboard.html").read_text("utf-8")
     config = json.dumps(
         {
-            "wsPath": settings.ws_path,
+            "wsPath": settings.ws_path if ws_path is None else ws_path,
+            "wsPort": ws_port,
             "apiPath": settings.api_path,
             "updateInterval": settings.update_interval,
         }
@@ -44,7 +47,11 @@ def render(settings: AegisSettings) -> Response:
             "default-src 'none'",
             f"script-src {' '.join(hashes['script'])}",
             f"style-src {' '.join(hashes['style'])}",
-            "connect-src 'self'",
+            # A WSGI app's stream listens on a port of its own, on whatever host
+            # the page was loaded from.
+            f"connect-src 'self' ws://*:{ws_port} wss://*:{ws_port}"
+            if ws_port
+            else "connect-src 'self'",
             "img-src 'self' data:",
             "base-uri 'none'",
             "form-action 'none'",

@@ -16,6 +16,9 @@ else ``<unmatched>``: a raw path never becomes a label.
 
 from __future__ import annotations
 
+import functools
+import os
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -64,13 +67,22 @@ class AegisWSGIMiddleware:
         self._monotonic = self.aegis.clock.monotonic
         self._addresses = self.aegis.client_addresses
         self._error_limit = self.aegis.settings.max_error_length
-        # A WSGI server has no lifespan: the flusher starts with the first request.
+        # A WSGI server has no lifespan: the flusher (and the stream's server)
+        # start with the first request of each process.
         self._started = False
+        if hasattr(os, "register_at_fork"):
+            # By weak reference: a hook must not keep a discarded app alive.
+            os.register_at_fork(after_in_child=functools.partial(_forked, weakref.ref(self)))
+
+    def _start(self) -> None:
+        self.aegis.start()
+        if self._routes.realtime is not None:
+            self._routes.realtime.start(os.getpid())
+        self._started = True
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if not self._started:
-            self.aegis.start()
-            self._started = True
+            self._start()
         path = environ.get("PATH_INFO", "") or "/"
         excluded = self._excluded
         if path in excluded.literal or (excluded.match is not None and excluded.match(path)):
@@ -134,6 +146,12 @@ class AegisWSGIMiddleware:
             self._recorder.offer(item)
         except Exception:
             self._recorder.dropped["internal_error"] += 1
+
+
+def _forked(ref: weakref.ReferenceType[AegisWSGIMiddleware]) -> None:
+    middleware = ref()
+    if middleware is not None:
+        middleware._started = False  # threads do not survive a fork: start again
 
 
 def _not_started(data: bytes) -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..asgi.mounted import MountedRoutes
 from ..endpoints.dashboard import render as render_dashboard
 from ..endpoints.response import Response
+from .realtime import RealtimeServer
 
 if TYPE_CHECKING:
     from ..aegis import Aegis
@@ -62,6 +63,11 @@ class WSGIRoutes:
                     handlers[path] = functools.partial(self._api, path[len(prefix) :])
         self.handlers = {path: handler for path, handler in handlers.items() if path}
         self._page: Response | None = None
+        #: The stream's own server (``ws_port``), started by the first request
+        #: of each process; None when the settings ask for none.
+        self.realtime: RealtimeServer | None = None
+        if settings.ws_port and settings.ws_path:
+            self.realtime = RealtimeServer(self.shared, settings.ws_host, settings.ws_port)
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -107,8 +113,19 @@ class WSGIRoutes:
         return self.aegis.metrics.endpoint.respond(accept, encoding)
 
     def _dashboard(self, scope: dict[str, Any]) -> Response:
+        realtime = self.realtime
+        if realtime is not None:
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
+            if host:
+                # The page's origin may open the stream on its other port
+                # (either scheme: a TLS proxy may stand in front).
+                realtime.origins = realtime.origins | {f"http://{host}", f"https://{host}"}
         if self._page is None:
-            self._page = render_dashboard(self.aegis.settings)
+            if realtime is not None:
+                page = render_dashboard(self.aegis.settings, ws_port=realtime.port)
+            else:
+                page = render_dashboard(self.aegis.settings, ws_path="")  # the page polls
+            self._page = page
         return self._page
 
     @staticmethod

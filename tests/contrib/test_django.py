@@ -5,6 +5,7 @@ the mounted routes served; a bad AEGIS option as a system-check error."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,6 +24,14 @@ from aegis_mw.testing import recorded  # noqa: E402
 
 def pipeline() -> Any:
     return apps.get_app_config("aegis_mw").pipeline
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _shut_down_after_the_module() -> Iterator[None]:
+    """The app's pipeline lives as long as Django's app registry: end its
+    threads once these tests are done, as a process's exit would."""
+    yield
+    pipeline().shutdown()
 
 
 def records_of(prefix: str) -> list[Any]:

@@ -187,3 +187,38 @@ def test_a_token_in_the_url_opens_the_page_and_its_stream(browser: Any, tmp_path
         send_traffic(server)
         browser.get(f"{server.url}/dashboard?token={token}")
         wait_until(browser, lambda d: text_of(d, "tile-total") == "28", "figures behind a token")
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream-on-its-port", "polling"])
+def test_the_page_of_a_wsgi_app(browser: Any, tmp_path: Path, stream: bool) -> None:
+    """gunicorn (sync) serving a WSGI app: the page reads the stream from the
+    app's stream server (ws_port), or polls the API when there is none."""
+    import signal
+    import time
+
+    from tests.servers import gunicorn_command, gunicorn_process, wait_for
+
+    env = {name: value for name, value in os.environ.items() if not name.startswith("AEGIS_")}
+    env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", AEGIS_UPDATE_INTERVAL="200")
+    if stream:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            env["AEGIS_WS_PORT"] = str(probe.getsockname()[1])
+    command = gunicorn_command(1, "tests.wsgi.wsgi_app:app", worker_class="sync")
+    with gunicorn_process(command, tmp_path, env) as (process, lines, seen):
+        deadline = time.monotonic() + WAIT
+        [listening] = wait_for(lines, seen, r"Listening at: http://127\.0\.0\.1:(\d+)", 1, deadline)
+        base = f"http://127.0.0.1:{int(listening.group(1))}"
+        with httpx.Client(base_url=base, timeout=WAIT) as client:
+            for number in range(7):
+                client.get(f"/items/{number}", headers={"connection": "close"})
+        browser.get(f"{base}/dashboard")
+        wait_until(browser, lambda d: text_of(d, "tile-total") == "7", "7 requests shown")
+        wait_until(browser, lambda d: text_of(d, "status") == "live", "live")
+        problems = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        if stream:
+            assert problems == [], problems  # the stream connected at once
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0

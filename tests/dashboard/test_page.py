@@ -51,7 +51,7 @@ async def test_the_page_is_self_contained_with_a_strict_policy(
     assert "@import" not in page and "url(" not in page
     config = re.search(r'<script type="application/json" id="aegis-config">(.*?)</script>', page)
     assert config is not None
-    assert json.loads(config.group(1)) == {"wsPath": "/live", "apiPath": "/stats",
+    assert json.loads(config.group(1)) == {"wsPath": "/live", "wsPort": 0, "apiPath": "/stats",
                                            "updateInterval": 500}  # fmt: skip
     # The policy names the hash of each inline block and nothing looser.
     policy = dict(

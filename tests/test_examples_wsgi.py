@@ -1,0 +1,106 @@
+"""The Flask app and the Django project in examples/, started for real (gunicorn
+with two workers; Django under uvicorn too): traffic, a /metrics scrape, the
+overview from the shared SQLite history, and frames from /ws/metrics (Flask,
+whose stream is served by a worker's thread on AEGIS_WS_PORT)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from tests.servers import (
+    child_environment,
+    gunicorn_command,
+    gunicorn_process,
+    uvicorn_server,
+    wait_for,
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not hasattr(os, "fork"), reason="gunicorn needs os.fork (POSIX)"),
+]
+WAIT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def gunicorn_serving(app: str, workdir: Path, **env: str) -> Iterator[str]:
+    environment = child_environment(PYTHONUNBUFFERED="1", **env)
+    command = gunicorn_command(2, app, worker_class="sync")
+    with gunicorn_process(command, workdir, environment) as (process, lines, seen):
+        deadline = time.monotonic() + WAIT
+        [listening] = wait_for(lines, seen, r"Listening at: http://127\.0\.0\.1:(\d+)", 1, deadline)
+        wait_for(lines, seen, r"Booting worker with pid: (\d+)", 2, deadline)
+        yield f"http://127.0.0.1:{int(listening.group(1))}"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    assert "Traceback" not in "\n".join(seen) or "fails on purpose" in "\n".join(seen)
+
+
+def exercise(base: str, item_path: str) -> None:
+    """Traffic, then a scrape and the stored overview (which lags by the 5-second rollups)."""
+    with httpx.Client(base_url=base, timeout=10.0, headers={"connection": "close"}) as client:
+        for number in range(6):
+            assert client.get(f"{item_path}/{number}").json() == {"item_id": number}
+        assert client.get("/fail").status_code == 500
+        metrics = client.get("/metrics").text
+        assert 'route="/api/items/{item_id}"' in metrics
+        deadline = time.monotonic() + WAIT
+        overview: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            overview = client.get("/api/metrics/overview?range=1h").json()["data"]
+            if overview["total"] == 7:
+                break
+            time.sleep(0.25)  # polling a condition with a deadline: rollups land every 5 s
+        assert (overview["total"], overview["failed"]) == (7, 1), overview
+        assert client.get("/dashboard").status_code == 200
+
+
+def test_the_flask_example(tmp_path: Path) -> None:
+    port = free_port()
+    with gunicorn_serving("examples.flask_app:app", tmp_path, AEGIS_WS_PORT=str(port)) as base:
+        exercise(base, "/api/items")
+        # The stream, from the worker that bound the port first.
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                stream = connect(f"ws://127.0.0.1:{port}/ws/metrics", open_timeout=5)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)  # until a worker's first request has started its server
+        with stream:
+            assert json.loads(stream.recv(timeout=10))["type"] == "hello"
+            frame = json.loads(stream.recv(timeout=10))
+            assert frame["type"] == "metrics" and "overview" in frame["data"]
+
+
+def test_the_django_example_under_gunicorn(tmp_path: Path) -> None:
+    with gunicorn_serving("examples.django_project.wsgi:application", tmp_path) as base:
+        exercise(base, "/api/items")
+
+
+def test_the_django_example_under_uvicorn(tmp_path: Path) -> None:
+    env = child_environment()
+    with uvicorn_server("examples.django_project.asgi:application", tmp_path, env=env) as server:
+        exercise(server.url, "/api/items")
+        server.terminate()
+    assert (tmp_path / "aegis.db").exists()
