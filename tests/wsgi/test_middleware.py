@@ -216,3 +216,18 @@ def test_mounted_routes_inside_wsgi(make_aegis: Callable[..., Aegis]) -> None:
     assert head.status == "200 OK" and body == b""
     # Served by the middleware, never recorded; the app still owns other paths.
     assert [r.path for r in recorded(aegis)] == ["/ok"]
+
+
+def test_the_client_address_behind_a_trusted_proxy(make_aegis: Callable[..., Aegis]) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b""]
+
+    aegis = make_aegis(metrics_registry="none", trusted_proxies=["10.0.0.0/8"])
+    middleware = AegisWSGIMiddleware(app, aegis=aegis)
+    proxied = {"HTTP_X_FORWARDED_FOR": "203.0.113.9, 10.1.1.1"}
+    serve(middleware, environ_for("/via-proxy", **proxied))  # REMOTE_ADDR 10.1.2.3: trusted
+    serve(middleware, environ_for("/direct", REMOTE_ADDR="198.51.100.7", **proxied))
+    via_proxy, direct = recorded(aegis)
+    assert via_proxy.client_ip == "203.0.113.9"
+    assert direct.client_ip == "198.51.100.7"  # an untrusted peer cannot claim an address
