@@ -93,13 +93,18 @@ def test_the_flask_example(tmp_path: Path) -> None:
             assert frame["type"] == "metrics" and "overview" in frame["data"]
 
 
+#: Named, not inherited: the test process may hold another project's (the Django tests').
+DJANGO_SETTINGS = "examples.django_project.settings"
+
+
 def test_the_django_example_under_gunicorn(tmp_path: Path) -> None:
-    with gunicorn_serving("examples.django_project.wsgi:application", tmp_path) as base:
+    app = "examples.django_project.wsgi:application"
+    with gunicorn_serving(app, tmp_path, DJANGO_SETTINGS_MODULE=DJANGO_SETTINGS) as base:
         exercise(base, "/api/items")
 
 
 def test_the_django_example_under_uvicorn(tmp_path: Path) -> None:
-    env = child_environment()
+    env = child_environment(DJANGO_SETTINGS_MODULE=DJANGO_SETTINGS)
     with uvicorn_server("examples.django_project.asgi:application", tmp_path, env=env) as server:
         exercise(server.url, "/api/items")
         server.terminate()
