@@ -107,5 +107,10 @@ def test_the_django_example_under_uvicorn(tmp_path: Path) -> None:
     env = child_environment(DJANGO_SETTINGS_MODULE=DJANGO_SETTINGS)
     with uvicorn_server("examples.django_project.asgi:application", tmp_path, env=env) as server:
         exercise(server.url, "/api/items")
+        # Under ASGI the stream is served on the app's own port.
+        with connect(f"ws://127.0.0.1:{server.port}/ws/metrics") as stream:
+            assert json.loads(stream.recv(timeout=10))["type"] == "hello"
+            frame = json.loads(stream.recv(timeout=10))
+            assert frame["data"]["overview"]["total_requests"] >= 7
         server.terminate()
     assert (tmp_path / "aegis.db").exists()

@@ -1,6 +1,7 @@
 import os
 
-from django.core.asgi import get_asgi_application
+# Django's ASGI application with /ws/metrics in front (Django itself takes HTTP only).
+from aegis_mw.contrib.django.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_project.settings")
 application = get_asgi_application()
