@@ -9,6 +9,7 @@ a view raised is recorded with the 500 Django answers.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ _NAMED_GROUP = re.compile(r"\(\?P<([A-Za-z_][A-Za-z0-9_]*)>(?:[^()]|\([^()]*\))*
 _ATTRIBUTE = "_aegis_item"
 
 
+@functools.lru_cache(maxsize=4096)  # a project has a bounded set of patterns
 def route_template(pattern: str) -> str:
     """``items/<int:item_id>`` -> ``/items/{item_id}``; ``^a/(?P<y>[0-9]{4})/$`` -> ``/a/{y}/``."""
     text = _NAMED_GROUP.sub(r"{\1}", pattern)  # first: a group's name is in <...> too
