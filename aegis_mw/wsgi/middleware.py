@@ -123,6 +123,8 @@ class AegisWSGIMiddleware:
         except BaseException as exc:  # recorded, then re-raised unchanged
             self._finish(environ, item, exc)
             raise
+        if hasattr(result, "__len__"):  # a server may size the response by it
+            return _RecordedSized(self, environ, item, result)
         return _Recorded(self, environ, item, result)
 
     def _finish(
@@ -212,6 +214,17 @@ class _Recorded:
         finally:
             item[6] = self._middleware._monotonic()
             self._middleware._finish(self._environ, item, failure)
+
+
+class _RecordedSized(_Recorded):
+    """For a response that has a length (a list, say): servers such as wsgiref
+    set Content-Length for a one-item response, so the length must show
+    through, as it would without the middleware."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        return len(self._result)  # type: ignore[arg-type]
 
 
 def _describe(exc: BaseException, limit: int) -> str:

@@ -231,3 +231,32 @@ def test_the_client_address_behind_a_trusted_proxy(make_aegis: Callable[..., Aeg
     via_proxy, direct = recorded(aegis)
     assert via_proxy.client_ip == "203.0.113.9"
     assert direct.client_ip == "198.51.100.7"  # an untrusted peer cannot claim an address
+
+
+def test_a_sized_response_stays_sized(make_aegis: Callable[..., Aegis]) -> None:
+    """wsgiref sets Content-Length for a one-item list: through the middleware too."""
+    from wsgiref.util import setup_testing_defaults
+    from wsgiref.validate import validator
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"sized"]
+
+    def streamed(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"stream"
+
+    aegis = make_aegis(metrics_registry="none")
+    sized = AegisWSGIMiddleware(app, aegis=aegis)(environ_for("/"), Response().start_response)
+    assert len(sized) == 1  # type: ignore[arg-type]
+    sized.close()  # type: ignore[attr-defined]
+    generator = AegisWSGIMiddleware(streamed, aegis=aegis)(
+        environ_for("/"), Response().start_response
+    )
+    assert not hasattr(generator, "__len__")
+    generator.close()  # type: ignore[attr-defined]
+    # And the wrapped app passes PEP 3333's own validator.
+    environ = environ_for("/")
+    setup_testing_defaults(environ)
+    _, body = serve(validator(AegisWSGIMiddleware(app, aegis=aegis)), environ)
+    assert body == b"sized"
