@@ -53,20 +53,20 @@ from __future__ import annotations
 
 import argparse
 import gc
-import io
 import json
 import os
 import platform
 import select
 import shlex
-import statistics
 import subprocess
 import sys
 import time
 import types
 from collections.abc import Callable
-from importlib import metadata
 from typing import Any
+
+import wsgi_common
+from wsgi_common import drop_batch, make_environ, run_chunk, version
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Run as a script, this file's directory comes first on sys.path, where this
@@ -98,38 +98,6 @@ BASELINE = "django"
 TARGET_ROWS = ("django_aegis", "django_aegis_drop")
 #: Request-path options: the flusher waits for the untimed flush after a chunk.
 HELD_BACK = {"flush_interval": 3600, "batch_size": 1_000_000, "environ": {}}
-
-
-def drop_batch(batch: Any) -> None:
-    return None
-
-
-def make_environ(path: str) -> dict[str, Any]:
-    """What a server hands the app for a GET without a body."""
-    return {
-        "REQUEST_METHOD": "GET",
-        "SCRIPT_NAME": "",
-        "PATH_INFO": path,
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "8000",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "HTTP_HOST": "bench",
-        "HTTP_USER_AGENT": "bench",
-        "HTTP_ACCEPT": "*/*",
-        "REMOTE_ADDR": "127.0.0.1",
-        "REMOTE_PORT": "50000",
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(b""),
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-    }
-
-
-# ---------------------------------------------------------------- child side
 
 
 def project_settings(key: str) -> dict[str, Any]:
@@ -229,30 +197,6 @@ class Project:
             sum(sink.dropped.values()) + sink.errors for sink in stats.sinks
         )
         return f"records lost: {stats}" if lost or stats.flusher_errors else ""
-
-
-def run_chunk(app: Callable[..., Any], environs: list[dict[str, Any]], count: int) -> int:
-    """``count`` requests through ``app``, as a server drives it; the number of 200s."""
-    ok = 0
-    statuses: list[str] = []
-    append = statuses.append
-
-    def start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[..., Any]:
-        append(status)
-        return drop_batch
-
-    for index in range(count):
-        result = app(dict(environs[index & 1]), start_response)
-        try:
-            for _chunk in result:
-                pass
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
-    for status in statuses:
-        ok += status.startswith("200")
-    return ok
 
 
 def check(project: Project, environs: list[dict[str, Any]]) -> None:
@@ -430,47 +374,14 @@ def measure(keys: list[str], rounds: int, requests: int) -> dict[str, dict[str, 
     return results
 
 
-def version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def report(results: dict[str, dict[str, list[float]]], rounds: int, requests: int) -> None:
-    print(
-        f"\nDjango WSGI in-process, {rounds} rounds x {requests} requests per variant; medians "
-        "of per-round figures (overhead against bare Django in the same round)\n"
-    )
-    header = (
-        f"{'variant':48} {'CPU us':>8} {'overhead':>9} {'ratio':>6} {'wall us':>8} {'overhead':>9}"
-    )
-    print(header)
-    print("-" * len(header))
-    overheads: dict[str, float] = {}
-    for key, clocks in results.items():
-        cells = []
-        for clock in ("cpu", "wall"):
-            runs, bases = clocks[clock], results[BASELINE][clock]
-            extra = statistics.median(run - base for run, base in zip(runs, bases, strict=True))
-            cells.append((statistics.median(runs), extra))
-            if clock == "cpu":
-                overheads[key] = extra
-                ratio = statistics.median(run / base for run, base in zip(runs, bases, strict=True))
-        (cpu, cpu_extra), (wall, wall_extra) = cells
-        print(
-            f"{VARIANTS[key]:48} {cpu:>8.2f} {cpu_extra:>+9.2f} {ratio:>6.3f} {wall:>8.2f} {wall_extra:>+9.2f}"
-        )
-    print()
-    for key in TARGET_ROWS:
-        if key in overheads:
-            verdict = "PASS" if overheads[key] <= TARGET_US else "FAIL"
-            print(
-                f"target (<= {TARGET_US:.0f} us over bare Django, CPU): {VARIANTS[key]}: "
-                f"{overheads[key]:+.2f} us -> {verdict}"
-            )
-    if "django_prometheus" in overheads:
-        print(f"for comparison, django-prometheus: {overheads['django_prometheus']:+.2f} us")
+    wsgi_common.report(
+        results, {key: (label, BASELINE) for key, label in VARIANTS.items()},
+        title=f"Django WSGI in-process, {rounds} rounds x {requests} requests per variant; "
+        "medians of per-round figures (overhead against bare Django in the same round)",
+        target_rows=TARGET_ROWS, target_us=TARGET_US, bare="bare Django",
+        peer=("django_prometheus", "django-prometheus"),
+    )  # fmt: skip
 
 
 def main() -> None:

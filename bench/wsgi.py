@@ -47,16 +47,16 @@ from __future__ import annotations
 
 import argparse
 import gc
-import io
 import os
 import platform
 import shlex
-import statistics
 import sys
 import time
 from collections.abc import Callable
-from importlib import metadata
 from typing import Any
+
+import wsgi_common
+from wsgi_common import drop_batch, make_environ, run_chunk, version
 
 TARGET_US = 3.0
 ITEM_PATH = "/items/42"
@@ -78,35 +78,6 @@ VARIANTS: dict[str, tuple[str, str]] = {
 TARGET_ROWS = ("flask_aegis", "flask_aegis_drop")
 #: Request-path options: the flusher waits for the untimed flush after a chunk.
 HELD_BACK = {"flush_interval": 3600, "batch_size": 1_000_000, "environ": {}}
-
-
-def drop_batch(batch: Any) -> None:
-    return None
-
-
-def make_environ(path: str) -> dict[str, Any]:
-    """What a server hands the app for a GET without a body."""
-    return {
-        "REQUEST_METHOD": "GET",
-        "SCRIPT_NAME": "",
-        "PATH_INFO": path,
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "8000",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "HTTP_HOST": "bench",
-        "HTTP_USER_AGENT": "bench",
-        "HTTP_ACCEPT": "*/*",
-        "REMOTE_ADDR": "127.0.0.1",
-        "REMOTE_PORT": "50000",
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(b""),
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-    }
 
 
 def flask_app() -> Any:
@@ -183,30 +154,6 @@ class Variant:
             self.memory.clear()
 
 
-def run_chunk(app: Callable[..., Any], environs: list[dict[str, Any]], count: int) -> int:
-    """``count`` requests through ``app``, as a server drives it; the number of 200s."""
-    ok = 0
-    statuses: list[str] = []
-    append = statuses.append
-
-    def start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[..., Any]:
-        append(status)
-        return drop_batch
-
-    for index in range(count):
-        result = app(dict(environs[index & 1]), start_response)
-        try:
-            for _chunk in result:
-                pass
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
-    for status in statuses:
-        ok += status.startswith("200")
-    return ok
-
-
 def check_records(variant: Variant, environs: list[dict[str, Any]]) -> None:
     """The memory sink holds one record per request, with the route templates."""
     if variant.memory is None:
@@ -269,48 +216,14 @@ def measure(keys: list[str], rounds: int, requests: int) -> dict[str, dict[str, 
     return results
 
 
-def version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def report(results: dict[str, dict[str, list[float]]], rounds: int, requests: int) -> None:
-    print(
-        f"\nWSGI in-process, {rounds} rounds x {requests} requests per variant; medians of "
-        "per-round figures (overhead against the baseline in the same round)\n"
-    )
-    header = (
-        f"{'variant':48} {'CPU us':>8} {'overhead':>9} {'ratio':>6} {'wall us':>8} {'overhead':>9}"
-    )
-    print(header)
-    print("-" * len(header))
-    overheads: dict[str, float] = {}
-    for key, clocks in results.items():
-        label, baseline = VARIANTS[key]
-        cells = []
-        for clock in ("cpu", "wall"):
-            runs, bases = clocks[clock], results[baseline][clock]
-            extra = statistics.median(run - base for run, base in zip(runs, bases, strict=True))
-            cells.append((statistics.median(runs), extra))
-            if clock == "cpu":
-                overheads[key] = extra
-                ratio = statistics.median(run / base for run, base in zip(runs, bases, strict=True))
-        (cpu, cpu_extra), (wall, wall_extra) = cells
-        print(
-            f"{label:48} {cpu:>8.2f} {cpu_extra:>+9.2f} {ratio:>6.3f} {wall:>8.2f} {wall_extra:>+9.2f}"
-        )
-    print()
-    for key in TARGET_ROWS:
-        if key in overheads:
-            verdict = "PASS" if overheads[key] <= TARGET_US else "FAIL"
-            print(
-                f"target (<= {TARGET_US:.0f} us over bare Flask, CPU): {VARIANTS[key][0]}: "
-                f"{overheads[key]:+.2f} us -> {verdict}"
-            )
-    if "flask_prometheus" in overheads:
-        print(f"for comparison, prometheus_flask_exporter: {overheads['flask_prometheus']:+.2f} us")
+    wsgi_common.report(
+        results, VARIANTS,
+        title=f"WSGI in-process, {rounds} rounds x {requests} requests per variant; medians of "
+        "per-round figures (overhead against the baseline in the same round)",
+        target_rows=TARGET_ROWS, target_us=TARGET_US, bare="bare Flask",
+        peer=("flask_prometheus", "prometheus_flask_exporter"),
+    )  # fmt: skip
 
 
 def main() -> None:
