@@ -125,3 +125,18 @@ class RowReader:
         with self._connection() as connection:
             rows = connection.execute(sql, params).fetchall()
         return [RequestRecord._make(row) for row in rows]
+
+
+class ReaderBacked:
+    """The read side of a database sink: handed to its :class:`RowReader`
+    (``_reader``), whose connections are not the writer's."""
+
+    _reader: RowReader
+
+    def read_rollups(
+        self, resolution: int, start: int, end: int, *, by_route: bool
+    ) -> list[RollupRow]:
+        return self._reader.read_rollups(resolution, start, end, by_route=by_route)
+
+    def read_requests(self, query: RequestQuery) -> list[RequestRecord]:
+        return self._reader.read_requests(query)

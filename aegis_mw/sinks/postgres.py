@@ -33,9 +33,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from ..core.errors import ConfigError
-from ..core.history import RequestQuery
-from ..core.record import Batch, RequestRecord
-from ..core.rollup import LEVELS, RollupDelta, RollupRow, encode_histogram_array, expand
+from ..core.record import Batch
+from ..core.rollup import LEVELS, RollupDelta, encode_histogram_array, expand
 from ..core.rollup import parameter_rows as rollup_parameters
 from . import history_sql
 from .postgres_read import PostgresReader
@@ -63,7 +62,7 @@ DELTA_ID_KEEP_SECONDS = 86_400.0
 CONNECT_TIMEOUT_SECONDS = 3
 
 
-class PostgresSink:
+class PostgresSink(history_sql.ReaderBacked):
     """Writes records to ``aegis_requests`` and ``aegis_websocket_sessions``
     and keeps rollups for history, in the database the URL names.
 
@@ -92,7 +91,7 @@ class PostgresSink:
         # abandoned, stay referenced and are never used or closed here: a
         # forked child closing its copy would end the parent's session.
         self._left_behind: list[psycopg.Connection[Any]] = []
-        self._reader = PostgresReader(url, self.connect_kwargs, self.name)
+        self._reader: PostgresReader = PostgresReader(url, self.connect_kwargs, self.name)
 
     def _connect(self) -> psycopg.Connection[Any]:
         owner = (os.getpid(), threading.get_ident())
@@ -137,15 +136,7 @@ class PostgresSink:
             if connection is self._connection:
                 self._connection = None
 
-    # -- history ---------------------------------------------------------------
-    def read_rollups(
-        self, resolution: int, start: int, end: int, *, by_route: bool
-    ) -> list[RollupRow]:
-        return self._reader.read_rollups(resolution, start, end, by_route=by_route)
-
-    def read_requests(self, query: RequestQuery) -> list[RequestRecord]:
-        return self._reader.read_requests(query)
-
+    # -- history (read_rollups and read_requests: see history_sql.ReaderBacked) --
     def prune(self, raw_before: float, rollups_before: Mapping[int, float], limit: int) -> int:
         """Delete at most ``limit`` expired rows per table, each step its own
         short transaction (autocommit), so writers and readers wait for none of it."""

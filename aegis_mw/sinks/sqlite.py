@@ -19,9 +19,8 @@ import time
 from collections.abc import Mapping
 
 from ..core.errors import ConfigError
-from ..core.history import RequestQuery
-from ..core.record import Batch, RequestRecord
-from ..core.rollup import LEVELS, RollupDelta, RollupRow, expand, merge_histogram_text
+from ..core.record import Batch
+from ..core.rollup import LEVELS, RollupDelta, expand, merge_histogram_text
 from ..core.rollup import parameter_rows as rollup_parameters
 from . import history_sql
 from .files import create_private, prepare_path
@@ -38,7 +37,7 @@ DELTA_ID_KEEP_SECONDS = 86_400.0
 BUSY_TIMEOUT_MS = 3000
 
 
-class SQLiteSink:
+class SQLiteSink(history_sql.ReaderBacked):
     """Writes records to ``aegis_requests`` and ``aegis_websocket_sessions``.
 
     Example::
@@ -60,7 +59,7 @@ class SQLiteSink:
         # abandoned, are kept referenced but never used or closed here:
         # finalizing one could disturb its owner (the parent's locks, say).
         self._left_behind: list[sqlite3.Connection] = []
-        self._reader = SQLiteReader(self.path, lambda: self._open(shared=True))
+        self._reader: SQLiteReader = SQLiteReader(self.path, lambda: self._open(shared=True))
 
     def _connect(self) -> sqlite3.Connection:
         owner = (os.getpid(), threading.get_ident())
@@ -140,15 +139,7 @@ class SQLiteSink:
         connection.executemany(UPSERT_ROLLUPS, rollup_parameters(routes))
         connection.executemany(UPSERT_TOTALS, rollup_parameters(totals))
 
-    # -- history ---------------------------------------------------------------
-    def read_rollups(
-        self, resolution: int, start: int, end: int, *, by_route: bool
-    ) -> list[RollupRow]:
-        return self._reader.read_rollups(resolution, start, end, by_route=by_route)
-
-    def read_requests(self, query: RequestQuery) -> list[RequestRecord]:
-        return self._reader.read_requests(query)
-
+    # -- history (read_rollups and read_requests: see history_sql.ReaderBacked) --
     def prune(self, raw_before: float, rollups_before: Mapping[int, float], limit: int) -> int:
         """Delete at most ``limit`` expired rows per table, each step its own
         short transaction, so writers and readers wait for none of it."""
