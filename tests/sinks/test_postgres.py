@@ -25,6 +25,7 @@ from aegis_mw.sinks.sqlite_schema import SchemaTooNew
 from tests.core.test_fork import run_in_child
 from tests.harness import inbox_item
 from tests.sinks.test_sqlite import (
+    awkward_records,
     check_version_2_rows_add_up,
     check_version_2_rows_migrated,
     make_request,
@@ -229,37 +230,7 @@ def test_every_field_round_trips_exactly(
 ) -> None:
     """What is read back equals what was written, value and type, including None and unicode."""
     sink = sinks(postgres_url)
-    requests = [
-        make_request(1),
-        make_request(
-            2,
-            timestamp=1_712_345_678.123456,
-            method="_OTHER",
-            route="<unmatched>",
-            path="/café/日本語/🚀?q=ü",
-            status=499,
-            duration_ms=0.1 + 0.2,
-            ttfb_ms=None,
-            request_bytes=0,
-            response_bytes=2**62,
-            client_ip=None,
-            error='ValueError: bad "input"\nline two\t\\N\u00e9\U0001f4a5',
-        ),
-        make_request(3, client_ip="2001:db8::1", ttfb_ms=1e-9, duration_ms=123456789.987654321),
-    ]
-    sessions = [
-        make_session(1),
-        make_session(
-            2,
-            path="/ws/🚀",
-            close_code=None,
-            accepted=False,
-            client_ip=None,
-            error="RuntimeError: ünïcödé",
-            messages_in=0,
-            messages_out=2**40,
-        ),
-    ]
+    requests, sessions = awkward_records()
     sink.write(Batch(requests=requests, sessions=sessions))
 
     stored = sink.read_requests(RequestQuery())

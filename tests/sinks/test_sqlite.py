@@ -235,12 +235,9 @@ def test_batch_written_twice_is_stored_once(
     assert stored_sessions == sessions
 
 
-def test_every_field_round_trips_exactly(
-    tmp_path: Path, sink_factory: Callable[[Path], SQLiteSink]
-) -> None:
-    """What is read back equals what was written, value and type, including None and unicode."""
-    path = tmp_path / "aegis.db"
-    sink = sink_factory(path)
+def awkward_records() -> tuple[list[RequestRecord], list[WebSocketSession]]:
+    """Records with every awkward value a sink must store exactly: None, unicode,
+    control characters and COPY's escapes, extreme numbers."""
     requests = [
         make_request(1),
         make_request(
@@ -255,7 +252,7 @@ def test_every_field_round_trips_exactly(
             request_bytes=0,
             response_bytes=2**62,
             client_ip=None,
-            error='ValueError: bad "input"\nline two\t\u00e9\U0001f4a5',
+            error='ValueError: bad "input"\nline two\t\\N\u00e9\U0001f4a5',
         ),
         make_request(3, client_ip="2001:db8::1", ttfb_ms=1e-9, duration_ms=123456789.987654321),
     ]
@@ -269,9 +266,19 @@ def test_every_field_round_trips_exactly(
             client_ip=None,
             error="RuntimeError: ünïcödé",
             messages_in=0,
-            messages_out=0,
+            messages_out=2**40,
         ),
     ]
+    return requests, sessions
+
+
+def test_every_field_round_trips_exactly(
+    tmp_path: Path, sink_factory: Callable[[Path], SQLiteSink]
+) -> None:
+    """What is read back equals what was written, value and type, including None and unicode."""
+    path = tmp_path / "aegis.db"
+    sink = sink_factory(path)
+    requests, sessions = awkward_records()
     sink.write(Batch(requests=requests, sessions=sessions))
 
     rows = read_requests(path)
