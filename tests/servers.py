@@ -132,8 +132,9 @@ def gunicorn_process(
     command: list[str], cwd: Path, env: dict[str, str]
 ) -> Iterator[tuple[subprocess.Popen[str], queue.Queue[str | None], list[str]]]:
     """gunicorn started with ``command``: the process, its output lines as they
-    come (read by a thread) and a list for the lines a test has looked at;
-    killed on the way out if still running."""
+    come (read by a thread) and a list for the lines a test has looked at,
+    which holds the whole output once the block is left; killed on the way
+    out if still running."""
     process = subprocess.Popen(
         command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -141,8 +142,9 @@ def gunicorn_process(
     lines: queue.Queue[str | None] = queue.Queue()
     reader = threading.Thread(target=read_lines, args=(process.stdout, lines), daemon=True)
     reader.start()
+    seen: list[str] = []
     try:
-        yield process, lines, []
+        yield process, lines, seen
     finally:
         if process.poll() is None:
             process.kill()
@@ -150,6 +152,10 @@ def gunicorn_process(
         reader.join(timeout=EXIT_TIMEOUT)
         assert process.stdout is not None
         process.stdout.close()
+        while not lines.empty():  # what nobody waited for: the rest of the output
+            line = lines.get_nowait()
+            if line is not None:
+                seen.append(line)
 
 
 def gunicorn_command(

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..aegis import Aegis
+from ..core.labels import describe_error
 from ..core.outcome import settle
 from ..core.record import UNMATCHED_ROUTE
 from .mounted import WSGIRoutes
@@ -193,7 +194,7 @@ class _Recorded:
             raise
         except BaseException as exc:
             if not item[11]:
-                item[11] = _describe(exc, self._middleware._error_limit)
+                item[11] = describe_error(exc, self._middleware._error_limit)
             if not self._item[3]:
                 self._item[3] = 500
             raise
@@ -225,12 +226,6 @@ class _RecordedSized(_Recorded):
 
     def __len__(self) -> int:
         return len(self._result)  # type: ignore[arg-type]
-
-
-def _describe(exc: BaseException, limit: int) -> str:
-    from ..core.labels import describe_error
-
-    return describe_error(exc, limit)
 
 
 class _CountingInput:

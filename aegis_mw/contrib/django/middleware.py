@@ -106,7 +106,9 @@ class AegisMiddleware:
             response.streaming_content = _counted(response.streaming_content, item, self._clock)
         elif isinstance(response, HttpResponse):
             item[5] = self._clock()
-            item[8] = len(response.content)
+            # Summed from the chunks: ``response.content`` would join them
+            # into a copy of the whole body on every request.
+            item[8] = sum(map(len, response._container))
         closers = response._resource_closers  # called once by HttpResponseBase.close()
         closers.append(lambda: self._finish(request, item, response, None))
         return response
