@@ -7,7 +7,9 @@ prefixes included), in the ``{name}`` style the ASGI side uses:
 from ``app.config`` keys with an ``AEGIS_`` prefix (``AEGIS_SINK``,
 ``AEGIS_SAMPLE_RATE``...), then from keyword arguments. Error handlers,
 teardown functions and streamed responses are untouched: the middleware sits
-outside Flask.
+outside Flask. The matched rule is noted by a subclass of ``app.request_class``
+set by ``init_app``: set a request class of your own before calling it, not
+after (else routes are recorded as ``<unmatched>``).
 
 Example::
 
