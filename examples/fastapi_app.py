@@ -1,22 +1,41 @@
-"""A FastAPI app with aegis_mw: every request lands in aegis.db (SQLite).
+"""A FastAPI app with aegis_mw: every request lands in aegis.db (SQLite), and
+/health/ready runs a health check written as a FastAPI dependency.
 
 Run it:
     uvicorn examples.fastapi_app:app --port 8000
 then query:
     sqlite3 aegis.db "SELECT method, route, status, duration_ms FROM aegis_requests"
+    curl http://127.0.0.1:8000/health/ready
 
 Options can also come from the environment, e.g. AEGIS_SINK=sqlite:///other.db.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI, WebSocket
+import sqlite3
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, WebSocket
 from fastapi.responses import StreamingResponse
 
-from aegis_mw import AegisMiddleware
+from aegis_mw.contrib.fastapi import dependency_check, install
+
+APP_DATABASE = "app.db"
 
 app = FastAPI(title="aegis_mw FastAPI example")
 items = APIRouter(prefix="/items")
+
+
+def get_db() -> Iterator[sqlite3.Connection]:
+    """The app's database connection, opened per request and closed after it."""
+    # FastAPI runs each half of a sync `yield` dependency in its thread pool, not
+    # necessarily on the same thread (hence check_same_thread, as in its tutorial).
+    connection = sqlite3.connect(APP_DATABASE, check_same_thread=False)
+    try:
+        yield connection
+    finally:
+        connection.close()
 
 
 @items.get("/{item_id}")
@@ -51,5 +70,15 @@ async def echo(websocket: WebSocket) -> None:
 
 
 app.include_router(items)
-# Outermost of your middlewares, so errors raised by the others are seen too.
-app.add_middleware(AegisMiddleware, sink="sqlite:///aegis.db")
+# After your other middleware: install() puts aegis_mw outermost, so errors
+# raised by the others are seen too.
+aegis = install(app, sink="sqlite:///aegis.db")
+
+
+# The app's own dependency, resolved by FastAPI as for a route (its connection
+# closed after the check; app.dependency_overrides apply, as in your tests).
+@aegis.health.check("database", timeout=1.0)
+@dependency_check(app)
+def database(db: Annotated[sqlite3.Connection, Depends(get_db)]) -> dict[str, str]:
+    (version,) = db.execute("SELECT sqlite_version()").fetchone()
+    return {"sqlite_version": version}

@@ -8,12 +8,11 @@ Requests to /api/v1/users/7 are recorded with route "/api/v1/users/{user_id}".
 from __future__ import annotations
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Mount, Route
 
-from aegis_mw import AegisMiddleware
+from aegis_mw.contrib.starlette import install
 
 
 async def homepage(request: Request) -> PlainTextResponse:
@@ -29,5 +28,6 @@ app = Starlette(
         Route("/", homepage),
         Mount("/api/v1", routes=[Route("/users/{user_id:int}", user)]),
     ],
-    middleware=[Middleware(AegisMiddleware, sink="sqlite:///aegis.db")],
 )
+# Outermost of the app's middleware (add yours before this call).
+aegis = install(app, sink="sqlite:///aegis.db")

@@ -60,6 +60,7 @@ class HealthCheck:
             raise TypeError(f"health check {self.name!r}: timeout must be a number of seconds")
         if not 0 < self.timeout <= 300:
             raise ValueError(f"health check {self.name!r}: timeout must be > 0 and <= 300 s")
+        _refuse_unresolved_dependencies(self.name, self.function)
 
     @property
     def function(self) -> Callable[[], Any]:
@@ -76,6 +77,25 @@ class HealthCheck:
         return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
             getattr(function, "__call__", None)  # noqa: B004 (objects with async __call__)
         )
+
+
+def _refuse_unresolved_dependencies(name: str, function: Any) -> None:
+    """A check asking for FastAPI dependencies (``Depends(...)``) would be called
+    with none: refused at registration, pointing to what resolves them."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a builtin or an object without one
+        return
+    for parameter in parameters:
+        annotation = parameter.annotation
+        markers = [parameter.default, *getattr(annotation, "__metadata__", ())]
+        textual = isinstance(annotation, str) and "Depends(" in annotation
+        if textual or any(type(marker).__module__ == "fastapi.params" for marker in markers):
+            raise TypeError(
+                f"health check {name!r}: parameter {parameter.name!r} is a FastAPI "
+                "dependency, which nothing resolves here; wrap the check with "
+                "aegis_mw.contrib.fastapi.dependency_check(app, function)"
+            )
 
 
 @dataclass(frozen=True)
