@@ -1,9 +1,9 @@
 """Build hook for the one compiled module; everything else is in pyproject.toml.
 
-``aegis_mw.asgi._hotpath`` is the HTTP request path in C
-(``aegis_mw/asgi/_hotpath_c/``). It is optional: where
-it cannot be built (no compiler, PyPy) the package installs without it and the
-middleware runs the pure-Python path, which behaves the same, only slower.
+``aegis_mw._hotpath`` is the HTTP request path of the ASGI and the WSGI
+middleware in C (``aegis_mw/_hotpath_c/``). It is optional: where it cannot be
+built (no compiler, PyPy) the package installs without it and the middlewares
+run their pure-Python paths, which behave the same, only slower.
 """
 
 import platform
@@ -11,13 +11,13 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 
-SOURCES = Path("aegis_mw/asgi/_hotpath_c")
+SOURCES = Path("aegis_mw/_hotpath_c")
 
 ext_modules = []
 if platform.python_implementation() == "CPython":
     ext_modules.append(
         Extension(
-            "aegis_mw.asgi._hotpath",
+            "aegis_mw._hotpath",
             sources=sorted(str(path) for path in SOURCES.glob("*.c")),
             depends=[str(SOURCES / "hotpath.h")],
             optional=True,

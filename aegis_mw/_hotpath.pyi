@@ -31,3 +31,46 @@ class HttpPath:
     def __call__(
         self, scope: MutableMapping[str, Any], receive: Any, send: Any
     ) -> Awaitable[None]: ...
+
+class WsgiPath:
+    in_flight: int
+    started: bool
+    def __init__(
+        self,
+        *,
+        owner: Any,
+        app: Callable[..., Any],
+        bypass: Callable[..., Any],
+        fallback: Callable[..., Any],
+        clock: Callable[[], float],
+        native_clock: bool,
+        exclusions: list[Any],
+        recorder: Any,
+        read_route: Callable[[dict[str, Any]], str | None] | None,
+        route_key: str | None,
+        templates: dict[int, str] | None,
+        status_code: Callable[[Any], int],
+        counting_input: Callable[[Any, Any], Any],
+        unmatched: str,
+        check_forwarded: bool,
+    ) -> None: ...
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any: ...
+
+class DjangoPath:
+    in_flight: int
+    owner: Any
+    def __init__(
+        self,
+        *,
+        owner: Any,
+        get_response: Callable[[Any], Any],
+        clock: Callable[[], float],
+        native_clock: bool,
+        recorder: Any,
+        mounted: dict[str, Any],
+        templates: dict[str, str],
+        unmatched: str,
+        check_forwarded: bool,
+    ) -> None: ...
+    def __call__(self, request: Any) -> Any: ...
+    def process_exception(self, request: Any, exception: Exception) -> None: ...

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import Any
 
 import pytest
 
-from aegis_mw import Aegis
-from aegis_mw.asgi import compiled
+from aegis_mw import Aegis, speedups
 
 #: Set in CI: a test that needs a service (PostgreSQL, Redis, ...) fails
 #: instead of skipping when the service is missing.
@@ -47,12 +47,20 @@ def hot_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     one. Both must record exactly the same; tests of the request path use this
     fixture (``pytestmark = pytest.mark.usefixtures("hot_path")``) to run on both."""
     if request.param == "python":
-        monkeypatch.setattr(compiled, "load", lambda: None)
-    elif compiled.load() is None:
-        if REQUIRE_COMPILED:
-            pytest.fail("the compiled hot path (aegis_mw/asgi/_hotpath_c/) was not built")
-        pytest.skip("the compiled hot path was not built here")
+        monkeypatch.setattr(speedups, "load", lambda: None)
+    else:
+        compiled_module()
     return str(request.param)
+
+
+def compiled_module() -> ModuleType:
+    """The compiled module; the test skips where it was not built (fails in CI)."""
+    module = speedups.load()
+    if module is None:
+        if REQUIRE_COMPILED:
+            pytest.fail("the compiled hot path (aegis_mw/_hotpath_c/) was not built")
+        pytest.skip("the compiled hot path was not built here")
+    return module
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -96,37 +96,6 @@ scope_client(PyObject *scope)
     return PyObject_CallMethodOneArg(scope, aegis_str.get, aegis_str.client);
 }
 
-/* 1 when the path is one the middleware leaves alone, 0 if not, -1 on error. */
-static int
-is_excluded(HttpPathObject *self, PyObject *request_path)
-{
-    PyObject *literal = Py_XNewRef(shared(self->exclusions, 0));
-    if (literal == NULL) {
-        return -1;
-    }
-    int found = PySet_Contains(literal, request_path);
-    Py_DECREF(literal);
-    if (found != 0) {
-        return found;
-    }
-    PyObject *match = Py_XNewRef(shared(self->exclusions, 1));
-    if (match == NULL) {
-        return -1;
-    }
-    if (match == Py_None) {
-        Py_DECREF(match);
-        return 0;
-    }
-    PyObject *result = PyObject_CallOneArg(match, request_path);
-    Py_DECREF(match);
-    if (result == NULL) {
-        return -1;
-    }
-    found = PyObject_IsTrue(result);
-    Py_DECREF(result);
-    return found;
-}
-
 /* A new request's item: method, start time and client, read in the Python
  * path's order (so a failure is the same failure). */
 static ItemObject *
@@ -137,7 +106,7 @@ start_item(HttpPathObject *self, PyObject *scope, PyObject *request_path)
     if (method == NULL) {
         return NULL;
     }
-    PyObject *client = aegis_now(self, &start) < 0 ? NULL : scope_client(scope);
+    PyObject *client = aegis_now(&self->rec, &start) < 0 ? NULL : scope_client(scope);
     if (client == NULL) {
         Py_DECREF(method);
         return NULL;
@@ -169,7 +138,7 @@ http_path_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwn
     if (request_path == NULL) {
         return NULL;
     }
-    int excluded = is_excluded(self, request_path);
+    int excluded = aegis_excluded(self->exclusions, request_path);
     if (excluded != 0) {
         Py_DECREF(request_path);
         return excluded < 0 ? NULL : PyObject_Vectorcall(self->bypass, args, 3, NULL);
@@ -216,7 +185,7 @@ http_path_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwn
     receiver->receive = Py_NewRef(receive);
     PyObject_GC_Track(receiver);
 
-    self->in_flight += 1;
+    self->rec.in_flight += 1;
     PyObject *app_args[3] = {scope, (PyObject *)receiver, (PyObject *)sender};
     PyObject *awaitable = PyObject_Vectorcall(self->app, app_args, 3, NULL);
     Py_DECREF(sender);
@@ -249,40 +218,14 @@ http_path_init(HttpPathObject *self, PyObject *args, PyObject *kwargs)
             &recorder, &observe_send, &observe_receive, &check_forwarded)) {
         return -1;
     }
-#if !AEGIS_NATIVE_MONOTONIC
-    if (native_clock) {
-        PyErr_SetString(PyExc_ValueError, "no native monotonic clock on this platform");
+    if (aegis_recording_init(&self->rec, owner, clock, native_clock, recorder) < 0) {
         return -1;
     }
-#endif
-    PyObject *bounds = PyObject_GetAttrString(recorder, "bounds");
-    if (bounds == NULL) {
-        return -1;
-    }
-    if (!PyList_CheckExact(bounds) || PyList_GET_SIZE(bounds) != 2) {
-        Py_DECREF(bounds);
-        PyErr_SetString(PyExc_TypeError, "recorder.bounds must be a list [limit, wake_at]");
-        return -1;
-    }
-    PyObject *inbox = PyObject_GetAttrString(recorder, "inbox");
-    PyObject *append = inbox != NULL ? PyObject_GetAttrString(inbox, "append") : NULL;
-    if (append == NULL) {
-        Py_DECREF(bounds);
-        Py_XDECREF(inbox);
-        return -1;
-    }
-    Py_XSETREF(self->bounds, bounds);
-    Py_XSETREF(self->inbox, inbox);
-    Py_XSETREF(self->append, append);
-    Py_XSETREF(self->owner, Py_NewRef(owner));
     Py_XSETREF(self->app, Py_NewRef(app));
     Py_XSETREF(self->bypass, Py_NewRef(bypass));
-    Py_XSETREF(self->clock, Py_NewRef(clock));
-    self->native_clock = native_clock;
     Py_XSETREF(self->templates, Py_NewRef(templates));
     Py_XSETREF(self->read_route, Py_NewRef(read_route));
     Py_XSETREF(self->exclusions, Py_NewRef(exclusions));
-    Py_XSETREF(self->recorder, Py_NewRef(recorder));
     Py_XSETREF(self->observe_send, Py_NewRef(observe_send));
     Py_XSETREF(self->observe_receive, Py_NewRef(observe_receive));
     self->check_forwarded = check_forwarded;
@@ -293,36 +236,25 @@ http_path_init(HttpPathObject *self, PyObject *args, PyObject *kwargs)
 static int
 http_path_traverse(HttpPathObject *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->owner);
     Py_VISIT(self->app);
     Py_VISIT(self->bypass);
-    Py_VISIT(self->clock);
     Py_VISIT(self->templates);
     Py_VISIT(self->read_route);
     Py_VISIT(self->exclusions);
-    Py_VISIT(self->recorder);
-    Py_VISIT(self->bounds);
-    Py_VISIT(self->inbox);
-    Py_VISIT(self->append);
     Py_VISIT(self->observe_send);
     Py_VISIT(self->observe_receive);
-    return 0;
+    return aegis_recording_traverse(&self->rec, visit, arg);
 }
 
 static int
 http_path_clear(HttpPathObject *self)
 {
-    Py_CLEAR(self->owner);
+    aegis_recording_clear(&self->rec);
     Py_CLEAR(self->app);
     Py_CLEAR(self->bypass);
-    Py_CLEAR(self->clock);
     Py_CLEAR(self->templates);
     Py_CLEAR(self->read_route);
     Py_CLEAR(self->exclusions);
-    Py_CLEAR(self->recorder);
-    Py_CLEAR(self->bounds);
-    Py_CLEAR(self->inbox);
-    Py_CLEAR(self->append);
     Py_CLEAR(self->observe_send);
     Py_CLEAR(self->observe_receive);
     return 0;
@@ -362,14 +294,14 @@ http_path_plain_call(PyObject *op, PyObject *args, PyObject *kwargs)
 }
 
 static PyMemberDef http_path_members[] = {
-    {"in_flight", T_PYSSIZET, offsetof(HttpPathObject, in_flight), 0,
+    {"in_flight", T_PYSSIZET, offsetof(HttpPathObject, rec.in_flight), 0,
      "Requests started and not yet finished on this path."},
     {NULL, 0, 0, 0, NULL},
 };
 
 PyTypeObject AegisHttpPathType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "aegis_mw.asgi._hotpath.HttpPath",
+    .tp_name = "aegis_mw._hotpath.HttpPath",
     .tp_doc = "The compiled HTTP request path of one AegisMiddleware.",
     .tp_basicsize = sizeof(HttpPathObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,

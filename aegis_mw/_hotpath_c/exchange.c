@@ -4,25 +4,6 @@
  * holds it; the app gets a Sender and a Receiver instead. */
 #include "hotpath.h"
 
-/* PyObject_GetOptionalAttr before Python 3.13: 1 found, 0 absent, -1 error. */
-static int
-optional_attr(PyObject *object, PyObject *name, PyObject **result)
-{
-#if PY_VERSION_HEX >= 0x030D0000
-    return PyObject_GetOptionalAttr(object, name, result);
-#else
-    *result = PyObject_GetAttr(object, name);
-    if (*result != NULL) {
-        return 1;
-    }
-    if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
-        PyErr_Clear();
-        return 0;
-    }
-    return -1;
-#endif
-}
-
 static PyObject *
 already_executing(void)
 {
@@ -183,7 +164,7 @@ exchange_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     PyObject *inner = Py_NewRef(self->inner);
     PyObject *throw = NULL;
     self->running = 1;  /* the lookup may run Python code (__getattr__) */
-    int found = optional_attr(inner, aegis_str.throw, &throw);
+    int found = aegis_optional_attr(inner, aegis_str.throw, &throw);
     PyObject *result = NULL;
     if (found > 0) {
         result = PyObject_CallOneArg(throw, exc);
@@ -245,7 +226,7 @@ exchange_close(PyObject *op, PyObject *unused)
     PyObject *close = NULL;
     PyObject *result = Py_NewRef(Py_None);
     self->running = 1;
-    if (optional_attr(inner, aegis_str.close, &close) < 0) {
+    if (aegis_optional_attr(inner, aegis_str.close, &close) < 0) {
         PyErr_WriteUnraisable(inner);  /* as CPython's gen_close_iter: then closed anyway */
     }
     if (close != NULL) {
@@ -341,7 +322,7 @@ static PyMethodDef exchange_methods[] = {
 
 PyTypeObject AegisExchangeType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "aegis_mw.asgi._hotpath.Exchange",
+    .tp_name = "aegis_mw._hotpath.Exchange",
     .tp_doc = "One HTTP request: awaiting it runs the app.",
     .tp_basicsize = sizeof(ExchangeObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,

@@ -1,75 +1,7 @@
 /* The end of a request: the item finished, its route read, and the item queued
- * in the inbox (Recorder.offer, inlined); or the app's exception handed to the
+ * in the inbox (recording.c); or the app's exception handed to the
  * middleware's Python code and left set, unchanged. */
 #include "hotpath.h"
-
-/* A failure of ours while finishing (the exception is set). Like the Python
- * path's `except Exception`, an Exception is counted and the request goes on
- * (returns 0); anything else (KeyboardInterrupt, cancellation) propagates (-1). */
-static int
-own_failure(HttpPathObject *path)
-{
-    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
-        return -1;
-    }
-    PyErr_Clear();
-    PyObject *result = PyObject_CallMethodNoArgs(path->owner, aegis_str.internal_error);
-    if (result != NULL) {
-        Py_DECREF(result);
-        return 0;
-    }
-    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
-        return -1;
-    }
-    PyErr_WriteUnraisable(path->owner);
-    return 0;
-}
-
-static int
-shared_size(PyObject *list, Py_ssize_t index, Py_ssize_t *value)
-{
-    PyObject *number = shared(list, index);
-    if (number == NULL) {
-        return -1;
-    }
-    *value = PyLong_AsSsize_t(number);
-    return *value == -1 && PyErr_Occurred() ? -1 : 0;
-}
-
-/* Put a finished request's item in the inbox (Recorder.offer, inlined). */
-static int
-queue_item(HttpPathObject *path, ItemObject *item)
-{
-    Py_ssize_t limit, wake_at;
-    if (shared_size(path->bounds, 0, &limit) < 0 || shared_size(path->bounds, 1, &wake_at) < 0) {
-        return -1;
-    }
-    Py_ssize_t queued = PyObject_Length(path->inbox);
-    if (queued < 0) {
-        return -1;
-    }
-    PyObject *result;
-    if (queued < limit) {
-        aegis_untrack_if_atomic(item);
-        result = PyObject_CallOneArg(path->append, (PyObject *)item);
-        if (result == NULL) {
-            return -1;
-        }
-        Py_DECREF(result);
-        if (queued < wake_at) {
-            return 0;
-        }
-        result = PyObject_CallMethodNoArgs(path->recorder, aegis_str.wake_flusher);
-    }
-    else {
-        result = PyObject_CallMethodNoArgs(path->recorder, aegis_str.refuse);
-    }
-    if (result == NULL) {
-        return -1;
-    }
-    Py_DECREF(result);
-    return 0;
-}
 
 /* scope.get(key) as a new reference, None when absent. */
 static PyObject *
@@ -115,7 +47,7 @@ finish_item(HttpPathObject *path, ItemObject *item, PyObject *scope)
 {
     if (!item->has_end) {  /* no response, or one cut short */
         PyObject *result = PyObject_CallMethodOneArg(
-            path->owner, aegis_str.settle_unfinished, (PyObject *)item);
+            path->rec.owner, aegis_str.settle_unfinished, (PyObject *)item);
         if (result == NULL) {
             return -1;
         }
@@ -128,14 +60,14 @@ finish_item(HttpPathObject *path, ItemObject *item, PyObject *scope)
     aegis_item_set(item, I_ROUTE, route);
     Py_DECREF(route);
     if (path->check_forwarded) {
-        PyObject *forwarded = PyObject_CallMethodOneArg(path->owner, aegis_str.forwarded, scope);
+        PyObject *forwarded = PyObject_CallMethodOneArg(path->rec.owner, aegis_str.forwarded, scope);
         if (forwarded == NULL) {
             return -1;
         }
         aegis_item_set(item, I_FORWARDED, forwarded);
         Py_DECREF(forwarded);
     }
-    return queue_item(path, item);
+    return aegis_queue_item(&path->rec, item);
 }
 
 /* The app's coroutine returned: finish the item and queue it. Returns 0, or -1
@@ -149,10 +81,10 @@ aegis_finish_returned(ExchangeObject *self)
         return 0;
     }
     self->scope = NULL;
-    path->in_flight -= 1;
+    path->rec.in_flight -= 1;
     int status = finish_item(path, self->item, scope);
     Py_DECREF(scope);
-    return status < 0 ? own_failure(path) : 0;
+    return status < 0 ? aegis_own_failure(&path->rec) : 0;
 }
 
 /* The app raised (the exception is set): record it, and leave it set, unchanged.
@@ -167,10 +99,10 @@ aegis_finish_raised(ExchangeObject *self)
         return;
     }
     self->scope = NULL;
-    path->in_flight -= 1;
+    path->rec.in_flight -= 1;
     PyObject *exc = take_exception();
     PyObject *result = PyObject_CallMethodObjArgs(
-        path->owner, aegis_str.queue_failed, scope, (PyObject *)self->item, exc, NULL);
+        path->rec.owner, aegis_str.queue_failed, scope, (PyObject *)self->item, exc, NULL);
     Py_DECREF(scope);
     if (result != NULL) {
         Py_DECREF(result);
@@ -179,7 +111,7 @@ aegis_finish_raised(ExchangeObject *self)
         return;
     }
     if (PyErr_ExceptionMatches(PyExc_Exception)) {  /* _queue_failed catches those itself */
-        PyErr_WriteUnraisable(path->owner);
+        PyErr_WriteUnraisable(path->rec.owner);
         restore_exception(exc);
         return;
     }

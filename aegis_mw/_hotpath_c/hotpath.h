@@ -9,7 +9,7 @@
  *
  * The types, one file each:
  *
- * - HttpPath (http_path.c): one per middleware. Called with (scope, receive,
+ * - HttpPath (asgi_path.c): one per middleware. Called with (scope, receive,
  *   send) by the middleware's own `async def __call__`, it starts the app and
  *   returns an Exchange for that coroutine to await.
  * - Exchange (exchange.c, finish.c): one per request, the awaitable that
@@ -55,6 +55,15 @@ struct aegis_strings {
     PyObject *type, *body, *more_body, *status, *count, *path, *method, *client, *route,
         *get, *wake_flusher, *refuse, *empty, *queue_failed, *settle_unfinished,
         *internal_error, *forwarded, *throw, *close;
+    /* the WSGI path's */
+    PyObject *path_info, *request_method, *script_name, *remote_addr, *remote_port,
+        *wsgi_input, *content_length, *transfer_encoding, *file_wrapper, *aegis_route,
+        *method_get, *method_head, *slash, *start, *queue, *forwarded_for,
+        *iteration_failed, *watch_file;
+    /* the Django path's */
+    PyObject *path_info_attribute, *meta, *status_code, *streaming, *container,
+        *resource_closers, *resolver_match, *item_attribute, *serve_mounted, *raised,
+        *watch_stream, *template, *process_exception;
 };
 extern struct aegis_strings aegis_str;
 
@@ -83,28 +92,100 @@ typedef struct {
     char has_ttfb, has_end, disconnected;
 } ItemObject;
 
-/* One per middleware (http_path.c). */
+/* What the ASGI and the WSGI path share: the middleware whose methods take the
+ * slow paths, the clock, and the recorder's inbox (recording.c). */
 typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    PyObject *owner;       /* the AegisMiddleware: slow paths are its methods */
-    PyObject *app;
-    PyObject *bypass;      /* for excluded paths: the middleware's pass_through */
+    PyObject *owner;       /* the middleware: slow paths are its methods */
     PyObject *clock;       /* the pipeline's monotonic clock (a Python callable) */
     int native_clock;      /* it is CLOCK_MONOTONIC: read it without calling Python */
-    PyObject *templates;   /* dict: id(route object) -> template */
-    PyObject *read_route;  /* called when templates has no answer */
-    PyObject *exclusions;  /* PathFilter.current: [literal set, match or None] */
     PyObject *recorder;
     PyObject *bounds;      /* Recorder.bounds: [limit, wake_at] */
     PyObject *inbox;
     PyObject *append;      /* inbox.append */
+    Py_ssize_t in_flight;  /* requests started and not yet finished */
+} AegisRecording;
+
+/* One per ASGI middleware (asgi_path.c). */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    AegisRecording rec;
+    PyObject *app;
+    PyObject *bypass;      /* for excluded paths: the middleware's pass_through */
+    PyObject *templates;   /* dict: id(route object) -> template */
+    PyObject *read_route;  /* called when templates has no answer */
+    PyObject *exclusions;  /* PathFilter.current: [literal set, match or None] */
     PyObject *observe_send;     /* observers.observe_send(item, clock, send) */
     PyObject *observe_receive;  /* async observers.observe_receive(item, receive) */
     int check_forwarded;
-    Py_ssize_t in_flight;
     PyObject *weakreflist;
 } HttpPathObject;
+
+/* One per WSGI middleware (wsgi_path.c). */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    AegisRecording rec;
+    PyObject *app;
+    PyObject *bypass;          /* excluded paths: the middleware's serve_excluded */
+    PyObject *fallback;        /* an environ that is not a dict: its call_python */
+    PyObject *exclusions;      /* PathFilter.current: [literal set, match or None] */
+    PyObject *read_route;      /* None, or called with the environ when nothing below names it */
+    PyObject *route_key;       /* NULL, or where an integration leaves the route object */
+    PyObject *templates;       /* NULL, or dict: id(route object) -> template */
+    PyObject *status_code;     /* the Python parser, for a status line out of the usual */
+    PyObject *counting_input;  /* wraps wsgi.input: (stream, item) -> stream */
+    PyObject *unmatched;       /* the route of a request nothing names */
+    int check_forwarded;
+    char started;              /* the pipeline was started in this process */
+    PyObject *weakreflist;
+} WsgiPathObject;
+
+/* One per WSGI request (wsgi_response.c): the start_response the app calls
+ * and the iterable the server gets, timed to its close(). */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;  /* called as start_response */
+    WsgiPathObject *path;
+    ItemObject *item;
+    PyObject *environ;          /* released when the request is finished */
+    PyObject *start_response;   /* the server's */
+    PyObject *write;            /* what the server's start_response returned */
+    PyObject *headers;          /* the headers last given to start_response */
+    PyObject *result;           /* the app's iterable */
+    PyObject *iterator;         /* iter(result), from the first next(), until the pass ends */
+    char finished;              /* closed (or handed to the Python path) */
+    char exhausted;             /* the one pass over result ended, or raised */
+} WsgiResponseObject;
+
+/* The write() callable start_response returns (wsgi_response.c). */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    WsgiResponseObject *response;
+} WsgiWriterObject;
+
+/* One per Django AegisMiddleware under a sync handler (django_path.c). */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    AegisRecording rec;
+    PyObject *get_response;
+    PyObject *mounted;     /* dict: the paths the middleware serves itself */
+    PyObject *templates;   /* dict: resolver pattern -> template (the owner's) */
+    PyObject *unmatched;   /* the route of a request no pattern matched */
+    int check_forwarded;
+    PyObject *weakreflist;
+} DjangoPathObject;
+
+/* What a Django response's close() calls to end the request (django_path.c). */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    DjangoPathObject *path;
+    ItemObject *item;     /* NULL once called */
+    PyObject *request;
+} DjangoCloserObject;
 
 /* One per request (exchange.c, finish.c). */
 typedef struct {
@@ -135,12 +216,28 @@ typedef struct {
 } ReceiverObject;
 
 extern PyTypeObject AegisItemType, AegisHttpPathType, AegisExchangeType, AegisSenderType,
-    AegisReceiverType;
+    AegisReceiverType, AegisWsgiPathType, AegisWsgiResponseType, AegisWsgiSizedResponseType,
+    AegisWsgiWriterType, AegisDjangoPathType, AegisDjangoCloserType;
 
 /* item.c */
 ItemObject *aegis_new_item(PyObject *method, PyObject *request_path, PyObject *client);
 void aegis_item_set(ItemObject *item, Py_ssize_t index, PyObject *value);
 void aegis_untrack_if_atomic(ItemObject *item);
+
+/* recording.c */
+int aegis_recording_init(AegisRecording *rec, PyObject *owner, PyObject *clock, int native_clock,
+                         PyObject *recorder);
+int aegis_recording_traverse(AegisRecording *rec, visitproc visit, void *arg);
+void aegis_recording_clear(AegisRecording *rec);
+int aegis_queue_item(AegisRecording *rec, ItemObject *item);
+int aegis_own_failure(AegisRecording *rec);
+void aegis_keep_original(AegisRecording *rec, PyObject *original);
+int aegis_excluded(PyObject *exclusions, PyObject *request_path);
+
+/* environ.c */
+int aegis_truthy(PyObject *value);
+PyObject *aegis_number_or_zero(PyObject *value);
+PyObject *aegis_client_of(PyObject *environ);
 
 /* sender.c */
 PyObject *aegis_sender_call(PyObject *op, PyObject *const *args, size_t nargsf,
@@ -149,6 +246,12 @@ PyObject *aegis_sender_call(PyObject *op, PyObject *const *args, size_t nargsf,
 /* finish.c */
 int aegis_finish_returned(ExchangeObject *self);
 void aegis_finish_raised(ExchangeObject *self);
+
+/* wsgi_response.c */
+WsgiResponseObject *aegis_wsgi_response_new(WsgiPathObject *path, ItemObject *item,
+                                            PyObject *environ, PyObject *start_response);
+PyObject *aegis_wsgi_respond(WsgiResponseObject *response, PyObject *result);
+void aegis_wsgi_app_raised(WsgiResponseObject *response);
 
 /* receiver.c */
 PyObject *aegis_receiver_call(PyObject *op, PyObject *const *args, size_t nargsf,
@@ -197,6 +300,25 @@ restore_exception(PyObject *exc)
 #endif
 }
 
+/* PyObject_GetOptionalAttr before Python 3.13: 1 found, 0 absent, -1 error. */
+static inline int
+aegis_optional_attr(PyObject *object, PyObject *name, PyObject **result)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyObject_GetOptionalAttr(object, name, result);
+#else
+    *result = PyObject_GetAttr(object, name);
+    if (*result != NULL) {
+        return 1;
+    }
+    if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        return 0;
+    }
+    return -1;
+#endif
+}
+
 /* The clock. */
 
 #if AEGIS_NATIVE_MONOTONIC
@@ -218,15 +340,15 @@ aegis_native_monotonic(void)
 /* A clock reading into *out: 0, or -1 with the clock's exception set (the
  * Python path lets it propagate too). */
 static inline int
-aegis_now(HttpPathObject *path, double *out)
+aegis_now(AegisRecording *rec, double *out)
 {
 #if AEGIS_NATIVE_MONOTONIC
-    if (path->native_clock) {
+    if (rec->native_clock) {
         *out = aegis_native_monotonic();
         return 0;
     }
 #endif
-    PyObject *reading = PyObject_CallNoArgs(path->clock);
+    PyObject *reading = PyObject_CallNoArgs(rec->clock);
     if (reading == NULL) {
         return -1;
     }

@@ -243,7 +243,7 @@ static PySequenceMethods item_as_sequence = {
 
 PyTypeObject AegisItemType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "aegis_mw.asgi._hotpath.HttpItem",
+    .tp_name = "aegis_mw._hotpath.HttpItem",
     .tp_doc = "A request's inbox item (layout in aegis_mw.core.items), indexable like a list.",
     .tp_basicsize = sizeof(ItemObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,

@@ -1,5 +1,5 @@
-/* The module aegis_mw.asgi._hotpath: the HttpPath type, and the clock it reads,
- * for the tests. The overview is in hotpath.h. */
+/* The module aegis_mw._hotpath: the HttpPath (ASGI), WsgiPath and DjangoPath
+ * types, and the clock they read, for the tests. The overview is in hotpath.h. */
 #include "hotpath.h"
 
 static PyObject *
@@ -21,8 +21,8 @@ static PyMethodDef module_methods[] = {
 
 static struct PyModuleDef hotpath_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "aegis_mw.asgi._hotpath",
-    .m_doc = "The compiled HTTP request path of AegisMiddleware.",
+    .m_name = "aegis_mw._hotpath",
+    .m_doc = "The compiled request paths of the ASGI, WSGI and Django middlewares.",
     .m_size = -1,
     .m_methods = module_methods,
 };
@@ -53,6 +53,37 @@ static const struct {
     {&aegis_str.queue_failed, "_queue_failed"},
     {&aegis_str.settle_unfinished, "_settle_unfinished"},
     {&aegis_str.internal_error, "_internal_error"},
+    {&aegis_str.path_info, "PATH_INFO"},
+    {&aegis_str.request_method, "REQUEST_METHOD"},
+    {&aegis_str.script_name, "SCRIPT_NAME"},
+    {&aegis_str.remote_addr, "REMOTE_ADDR"},
+    {&aegis_str.remote_port, "REMOTE_PORT"},
+    {&aegis_str.wsgi_input, "wsgi.input"},
+    {&aegis_str.content_length, "CONTENT_LENGTH"},
+    {&aegis_str.transfer_encoding, "HTTP_TRANSFER_ENCODING"},
+    {&aegis_str.file_wrapper, "wsgi.file_wrapper"},
+    {&aegis_str.aegis_route, "aegis.route"},
+    {&aegis_str.method_get, "GET"},
+    {&aegis_str.method_head, "HEAD"},
+    {&aegis_str.slash, "/"},
+    {&aegis_str.start, "_start"},
+    {&aegis_str.queue, "_queue"},
+    {&aegis_str.forwarded_for, "_forwarded"},
+    {&aegis_str.iteration_failed, "_iteration_failed"},
+    {&aegis_str.watch_file, "_watch_file"},
+    {&aegis_str.path_info_attribute, "path_info"},
+    {&aegis_str.meta, "META"},
+    {&aegis_str.status_code, "status_code"},
+    {&aegis_str.streaming, "streaming"},
+    {&aegis_str.container, "_container"},
+    {&aegis_str.resource_closers, "_resource_closers"},
+    {&aegis_str.resolver_match, "resolver_match"},
+    {&aegis_str.item_attribute, "_aegis_item"},
+    {&aegis_str.serve_mounted, "serve_mounted"},
+    {&aegis_str.raised, "_raised"},
+    {&aegis_str.watch_stream, "_watch_stream"},
+    {&aegis_str.template, "_template"},
+    {&aegis_str.process_exception, "process_exception"},
 };
 
 PyMODINIT_FUNC
@@ -75,7 +106,11 @@ PyInit__hotpath(void)
     }
     if (PyType_Ready(&AegisItemType) < 0 || PyType_Ready(&AegisExchangeType) < 0
         || PyType_Ready(&AegisSenderType) < 0
-        || PyType_Ready(&AegisReceiverType) < 0 || PyType_Ready(&AegisHttpPathType) < 0) {
+        || PyType_Ready(&AegisReceiverType) < 0 || PyType_Ready(&AegisHttpPathType) < 0
+        || PyType_Ready(&AegisWsgiPathType) < 0 || PyType_Ready(&AegisWsgiResponseType) < 0
+        || PyType_Ready(&AegisWsgiSizedResponseType) < 0
+        || PyType_Ready(&AegisWsgiWriterType) < 0 || PyType_Ready(&AegisDjangoPathType) < 0
+        || PyType_Ready(&AegisDjangoCloserType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&hotpath_module);
@@ -84,6 +119,8 @@ PyInit__hotpath(void)
     }
     if (PyModule_AddObjectRef(module, "HttpPath", (PyObject *)&AegisHttpPathType) < 0
         || PyModule_AddObjectRef(module, "HttpItem", (PyObject *)&AegisItemType) < 0
+        || PyModule_AddObjectRef(module, "WsgiPath", (PyObject *)&AegisWsgiPathType) < 0
+        || PyModule_AddObjectRef(module, "DjangoPath", (PyObject *)&AegisDjangoPathType) < 0
         || PyModule_AddIntConstant(module, "NATIVE_MONOTONIC", AEGIS_NATIVE_MONOTONIC) < 0) {
         Py_DECREF(module);
         return NULL;

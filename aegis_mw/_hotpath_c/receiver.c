@@ -57,7 +57,7 @@ receiver_dealloc(ReceiverObject *self)
 
 PyTypeObject AegisReceiverType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "aegis_mw.asgi._hotpath.Receiver",
+    .tp_name = "aegis_mw._hotpath.Receiver",
     .tp_doc = "The app's receive: counts request body bytes and notes a disconnect.",
     .tp_basicsize = sizeof(ReceiverObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,

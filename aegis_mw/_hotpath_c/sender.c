@@ -44,7 +44,7 @@ more_body(PyObject *value)
 static inline int
 mark_end(SenderObject *self)
 {
-    if (aegis_now(self->path, &self->item->end) < 0) {
+    if (aegis_now(&self->path->rec, &self->item->end) < 0) {
         return -1;
     }
     self->item->has_end = 1;
@@ -104,7 +104,7 @@ note_sent(SenderObject *self, PyObject *message)
         }
         else {
             aegis_item_set(item, I_STATUS, first);
-            if (aegis_now(self->path, &item->ttfb) < 0) {
+            if (aegis_now(&self->path->rec, &item->ttfb) < 0) {
                 goto error;
             }
             item->has_ttfb = 1;
@@ -170,7 +170,7 @@ aegis_sender_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
     }
     HttpPathObject *path = self->path;
     PyObject *observer = PyObject_CallFunctionObjArgs(
-        path->observe_send, (PyObject *)self->item, path->clock, self->send, NULL);
+        path->observe_send, (PyObject *)self->item, path->rec.clock, self->send, NULL);
     if (observer == NULL) {
         return NULL;
     }
@@ -207,7 +207,7 @@ sender_dealloc(SenderObject *self)
 
 PyTypeObject AegisSenderType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "aegis_mw.asgi._hotpath.Sender",
+    .tp_name = "aegis_mw._hotpath.Sender",
     .tp_doc = "The app's send: notes status, times and bytes, then hands the message on.",
     .tp_basicsize = sizeof(SenderObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,

@@ -95,7 +95,7 @@ class AegisMiddleware:
         """The forwarded-for header, only when the peer is a trusted proxy."""
         client = scope.get("client")
         addresses = self._addresses
-        if client and addresses.peer_is_trusted(client[0]):
+        if addresses.peer_is_trusted(client[0] if client else None):
             return addresses.forwarded_value(scope.get("headers") or ())
         return None
 

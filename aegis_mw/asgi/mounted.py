@@ -153,7 +153,7 @@ class MountedRoutes:
         client = scope.get("client")
         peer = str(client[0]) if client else None
         addresses = self.aegis.client_addresses
-        if peer is not None and addresses.enabled and addresses.peer_is_trusted(peer):
+        if addresses.enabled and addresses.peer_is_trusted(peer):
             forwarded = addresses.forwarded_value(scope.get("headers") or ())
             return addresses.resolve(peer, forwarded, strict=True)
         return peer

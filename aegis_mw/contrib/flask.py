@@ -7,9 +7,11 @@ prefixes included), in the ``{name}`` style the ASGI side uses:
 from ``app.config`` keys with an ``AEGIS_`` prefix (``AEGIS_SINK``,
 ``AEGIS_SAMPLE_RATE``...), then from keyword arguments. Error handlers,
 teardown functions and streamed responses are untouched: the middleware sits
-outside Flask. The matched rule is noted by a subclass of ``app.request_class``
-set by ``init_app``: set a request class of your own before calling it, not
-after (else routes are recorded as ``<unmatched>``).
+outside Flask. The matched rule reaches it through the environ, left there
+by a subclass of ``app.request_class`` when Flask closes the request (the
+end of its request context, when the rule is known); set a request class of
+your own before ``init_app``, not after (else routes are recorded as
+``<unmatched>``).
 
 Example::
 
@@ -28,7 +30,8 @@ import re
 from typing import Any
 
 from ..aegis import Aegis as Pipeline
-from ..wsgi.middleware import ROUTE_KEY, AegisWSGIMiddleware
+from ..wsgi.middleware import AegisWSGIMiddleware
+from ..wsgi.routing import ObjectRouteReader
 
 try:
     import flask
@@ -36,6 +39,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("the Flask integration needs Flask: pip install 'aegis_mw[flask]'") from exc
 
 CONFIG_PREFIX = "AEGIS_"
+#: Where the request class of ``init_app`` leaves the rule Flask matched.
+RULE_KEY = "aegis.flask_rule"
 _PLACEHOLDER = re.compile(r"<(?:[^<>]*:)?([A-Za-z_][A-Za-z0-9_]*)>")
 
 
@@ -63,34 +68,43 @@ class Aegis:
         }
         options.update(self.options)
         pipeline = Pipeline(**options)
-        app.wsgi_app = AegisWSGIMiddleware(app.wsgi_app, aegis=pipeline)  # type: ignore[method-assign]
-        app.request_class = _noting_routes(app.request_class)
+        app.wsgi_app = AegisWSGIMiddleware(  # type: ignore[method-assign]
+            app.wsgi_app, aegis=pipeline, route_reader=rule_reader()
+        )
+        app.request_class = _noting_rules(app.request_class)
         app.extensions["aegis_mw"] = pipeline
         self.pipeline = pipeline
         return pipeline
 
 
-def _noting_routes(base: type[flask.Request]) -> type[flask.Request]:
-    """``base`` whose ``url_rule``, set once Flask has matched the URL, also
-    leaves the route template in the environ for the middleware. A request
-    hook would do the same at several times the cost (Flask's preprocessor
-    machinery runs for every request)."""
+def rule_reader() -> ObjectRouteReader:
+    """Names a request by the rule Flask matched, which the request class of
+    ``init_app`` leaves at ``environ[RULE_KEY]``. No rule (a 404, or an error
+    before matching): ``<unmatched>``."""
+    return ObjectRouteReader(RULE_KEY, _rule_template)
 
-    if getattr(base, "_aegis_notes_routes", False):  # init_app called again
+
+def _rule_template(rule: Any) -> str:
+    return route_template(str(rule.rule))
+
+
+def _noting_rules(base: type[flask.Request]) -> type[flask.Request]:
+    """``base`` whose ``close()``, which Flask calls once as its request context
+    ends, first leaves the matched rule in the environ. Reads of ``url_rule``
+    stay plain attribute reads; a request hook would cost several times more
+    (Flask's hook machinery runs for every request)."""
+
+    if getattr(base, "_aegis_notes_rules", False):  # init_app called again
         return base
+    close = base.close
 
     class AegisRequest(base):  # type: ignore[valid-type,misc]
-        _aegis_notes_routes = True
+        _aegis_notes_rules = True
 
-        @property
-        def url_rule(self) -> Any:
-            return self.__dict__.get("_aegis_url_rule")
-
-        @url_rule.setter
-        def url_rule(self, rule: Any) -> None:
-            self.__dict__["_aegis_url_rule"] = rule
-            if rule is not None:
-                self.environ[ROUTE_KEY] = route_template(rule.rule)
+        def close(self) -> None:
+            # The rule only (no cycle: the request holds the environ).
+            self.environ[RULE_KEY] = self.url_rule
+            close(self)
 
     AegisRequest.__name__ = AegisRequest.__qualname__ = base.__name__
     return AegisRequest

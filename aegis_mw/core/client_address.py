@@ -4,7 +4,8 @@
 from a configured proxy network, and the chain is walked from the right so an
 address a client wrote itself is never taken while a trusted hop follows it.
 The request path only checks the peer (cached) and copies the header; parsing
-happens in the flusher.
+happens in the flusher. A proxy that reaches the app over a Unix socket has no
+address: the entry ``unix`` trusts such connections (no peer address at all).
 """
 
 from __future__ import annotations
@@ -15,6 +16,15 @@ from collections.abc import Iterable, Sequence
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _CACHE_LIMIT = 4096
+#: The ``trusted_proxies`` entry for connections without a peer address (a Unix socket).
+UNIX_PEERS = "unix"
+
+
+def split_entries(entries: Iterable[str]) -> tuple[bool, list[str]]:
+    """``trusted_proxies`` as (whether ``unix`` is among them, the CIDRs)."""
+    cidrs = [entry.strip() for entry in entries]
+    unix = [entry for entry in cidrs if entry.lower() == UNIX_PEERS]
+    return bool(unix), [entry for entry in cidrs if entry.lower() != UNIX_PEERS]
 
 
 def parse_networks(cidrs: Iterable[str]) -> tuple[IPNetwork, ...]:
@@ -59,8 +69,9 @@ class ClientAddressResolver:
     """Resolves ``client_ip`` from the peer and, behind trusted proxies, a header."""
 
     def __init__(self, trusted_proxies: Sequence[str], header: str = "x-forwarded-for") -> None:
-        self.networks = parse_networks(trusted_proxies)
-        self.enabled = bool(self.networks)
+        self.trusts_unix, cidrs = split_entries(trusted_proxies)
+        self.networks = parse_networks(cidrs)
+        self.enabled = bool(self.networks) or self.trusts_unix
         self.header = header.lower()
         self.header_bytes = self.header.encode("latin-1")
         self._trusted_cache: dict[str, bool] = {}
@@ -68,8 +79,12 @@ class ClientAddressResolver:
     def _is_trusted_address(self, address: IPAddress) -> bool:
         return any(address in network for network in self.networks)
 
-    def peer_is_trusted(self, host: str) -> bool:
-        """Request path: a cached membership test of the connection's peer."""
+    def peer_is_trusted(self, host: str | None) -> bool:
+        """Request path: a cached membership test of the connection's peer; a
+        connection without one (``None`` or ``""``: a Unix socket) is trusted
+        only when ``unix`` is among the trusted proxies."""
+        if not host:
+            return self.trusts_unix
         cached = self._trusted_cache.get(host)
         if cached is None:
             address = _parse_address(host)

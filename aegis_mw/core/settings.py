@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .access_rules import AccessRule, parse_access
-from .client_address import parse_networks
+from .client_address import parse_networks, split_entries
 from .config_file import load_config_file
 from .errors import ConfigError
 from .labeled import DEFAULT_BUCKETS
@@ -61,8 +61,8 @@ def _glob_list(value: Any) -> tuple[str, ...]:
 
 
 def _cidr_list(value: Any) -> tuple[str, ...]:
-    cidrs = _string_list(value)
-    for network in parse_networks(cidrs):
+    entries = _string_list(value)
+    for network in parse_networks(split_entries(entries)[1]):
         if network.prefixlen == 0:
             warnings.warn(
                 f"trusted_proxies includes {network}: every peer is trusted, so any client "
@@ -70,7 +70,7 @@ def _cidr_list(value: Any) -> tuple[str, ...]:
                 AegisConfigWarning,
                 stacklevel=2,
             )
-    return cidrs
+    return entries
 
 
 _TRUE_TEXT = frozenset({"1", "true", "yes", "on"})
@@ -289,7 +289,11 @@ _RULES: dict[str, _Rule] = {
     "exclude_paths": _Rule(
         _glob_list, "a list of paths or globs starting with '/' or '*', such as '/static/*'"
     ),
-    "trusted_proxies": _Rule(_cidr_list, "a list of IP networks in CIDR form such as '10.0.0.0/8'"),
+    "trusted_proxies": _Rule(
+        _cidr_list,
+        "a list of IP networks in CIDR form such as '10.0.0.0/8', or 'unix' for "
+        "connections over a Unix socket",
+    ),
     "forwarded_header": _Rule(
         _choice("x-forwarded-for", "forwarded"), "'x-forwarded-for' or 'forwarded'"
     ),

@@ -5,13 +5,20 @@ The clock stops when the server calls ``close()`` on the response iterable
 non-empty chunk (or the first ``write()``). Bytes are counted as they pass,
 both ways. An exception from the app, or from iterating its response, is
 recorded and re-raised unchanged; ``close()`` is forwarded to the app's
-iterable exactly once, even when iteration raised. The item queued is the
-same list the ASGI middleware queues (``core/items.py``), so records, metric
+iterable exactly once, even when iteration raised. A response of the
+server's ``wsgi.file_wrapper`` is handed back as it is (so ``sendfile()``
+still works), with only its ``close()`` replaced. The item queued has the
+layout the ASGI middleware queues (``core/items.py``), so records, metric
 names and rollups are the same for every framework.
 
-The route template comes from ``environ["aegis.route"]`` (set by the Flask
-and Django integrations after URL matching), else from ``route_reader``,
-else ``<unmatched>``: a raw path never becomes a label.
+The route template comes from ``environ["aegis.route"]`` (where an
+integration may leave it), else from ``route_reader`` (an
+:class:`~aegis_mw.wsgi.routing.ObjectRouteReader` for Flask), else
+``<unmatched>``: a raw path never becomes a label.
+
+Requests take the compiled path (``_hotpath_c/wsgi_path.c``) where it was
+built and the ``speedups`` option is on; the Python code below is the
+reference it matches and the fallback.
 """
 
 from __future__ import annotations
@@ -19,18 +26,20 @@ from __future__ import annotations
 import functools
 import os
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..aegis import Aegis
-from ..core.labels import describe_error
+from ..core.client_address import ClientAddressResolver
 from ..core.outcome import settle
 from ..core.record import UNMATCHED_ROUTE
+from . import compiled
 from .mounted import WSGIRoutes
+from .responses import CountingInput, Recorded, RecordedSized, iteration_failed, watch_file
 
 StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
-#: Where a framework integration leaves the matched route template.
+#: Where a framework integration may leave the matched route template.
 ROUTE_KEY = "aegis.route"
 
 
@@ -71,37 +80,46 @@ class AegisWSGIMiddleware:
         # A WSGI server has no lifespan: the flusher (and the stream's server)
         # start with the first request of each process.
         self._started = False
+        self._compiled = compiled.build(self) if self.aegis.settings.speedups else None
         if hasattr(os, "register_at_fork"):
             # By weak reference: a hook must not keep a discarded app alive.
             os.register_at_fork(after_in_child=functools.partial(_forked, weakref.ref(self)))
 
-    def _start(self) -> None:
-        self.aegis.start()
-        if self._routes.realtime is not None:
-            self._routes.realtime.start(os.getpid())
-        self._started = True
+    @property
+    def compiled(self) -> bool:
+        """Whether requests take the compiled path (see the ``speedups`` option)."""
+        return self._compiled is not None
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        fast = self._compiled
+        if fast is not None:
+            answer: Iterable[bytes] = fast(environ, start_response)
+            return answer
+        return self.call_python(environ, start_response)
+
+    def call_python(
+        self, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """The pure-Python request path (also for an environ that is not a dict)."""
         if not self._started:
             self._start()
         path = environ.get("PATH_INFO", "") or "/"
         excluded = self._excluded
         if path in excluded.literal or (excluded.match is not None and excluded.match(path)):
-            return self._routes.serve(self.app, environ, start_response)
+            return self.serve_excluded(environ, start_response)
         clock = self._monotonic
-        client = environ.get("REMOTE_ADDR")
         item: list[Any] = [
             environ.get("REQUEST_METHOD", "GET"), None, environ.get("SCRIPT_NAME", "") + path,
-            0, clock(), None, None, 0, 0,
-            (client, int(environ.get("REMOTE_PORT") or 0)) if client else None, None, "", False,
+            0, clock(), None, None, 0, 0, client_of(environ), None, "", False,
         ]  # fmt: skip
         stream = environ.get("wsgi.input")
         if stream is not None and (
             environ.get("CONTENT_LENGTH") or environ.get("HTTP_TRANSFER_ENCODING")
         ):
-            environ["wsgi.input"] = _CountingInput(stream, item)
+            environ["wsgi.input"] = CountingInput(stream, item)
 
         server_write: Callable[[bytes], object] = _not_started
+        sent_headers: list[tuple[str, str]] | None = None
 
         def write(data: bytes) -> None:  # the legacy write() callable, counted too
             if data and item[5] is None:
@@ -110,11 +128,9 @@ class AegisWSGIMiddleware:
             server_write(data)
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            nonlocal server_write
-            try:
-                item[3] = int(status[:3])
-            except ValueError:
-                item[3] = 500
+            nonlocal server_write, sent_headers
+            item[3] = status_code(status)
+            sent_headers = headers
             server_write = start_response(status, headers, exc_info)
             return write
 
@@ -122,18 +138,55 @@ class AegisWSGIMiddleware:
         try:
             result = self.app(environ, start)
         except BaseException as exc:  # recorded, then re-raised unchanged
-            self._finish(environ, item, exc)
+            self._aggregates.in_flight -= 1
+            self._queue(environ, item, exc)
             raise
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
+            try:
+                watched = watch_file(self, environ, item, result, sent_headers)
+            except BaseException as exc:
+                # Nothing will record it now: not in flight. An Exception is
+                # ours (odd headers), counted, and the file goes out unrecorded;
+                # anything else propagates (as on the compiled path).
+                self._aggregates.in_flight -= 1
+                if not isinstance(exc, Exception):
+                    raise
+                self._recorder.dropped["internal_error"] += 1
+                return result
+            if watched is not None:
+                return watched  # type: ignore[no-any-return]
         if hasattr(result, "__len__"):  # a server may size the response by it
-            return _RecordedSized(self, environ, item, result)
-        return _Recorded(self, environ, item, result)
+            return RecordedSized(self, environ, item, result)
+        return Recorded(self, environ, item, result)
 
-    def _finish(
-        self, environ: dict[str, Any], item: list[Any], failure: BaseException | None
-    ) -> None:
+    def serve_excluded(
+        self, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """A mounted route, answered here, or an excluded path of the app, unrecorded."""
+        return self._routes.serve(self.app, environ, start_response)
+
+    def _start(self) -> None:
+        self.aegis.start()
+        if self._routes.realtime is not None:
+            self._routes.realtime.start(os.getpid())
+        self._started = True
+        if self._compiled is not None:
+            self._compiled.started = True
+
+    def _closed(self, environ: dict[str, Any], item: Any, failure: BaseException | None) -> None:
+        """The server closed a response of the Python path: the clock stops, queued."""
+        self._aggregates.in_flight -= 1
+        try:
+            item[6] = self._monotonic()
+        except Exception:
+            self._recorder.dropped["internal_error"] += 1
+            return
+        self._queue(environ, item, failure)
+
+    def _queue(self, environ: Any, item: Any, failure: BaseException | None) -> None:
         """Queue a finished request; never raises (the app's exception must win)."""
         try:
-            self._aggregates.in_flight -= 1
             if failure is not None or item[6] is None:
                 settle(item, failure, self._monotonic, self._error_limit)
             if item[0] == "HEAD":
@@ -142,120 +195,80 @@ class AegisWSGIMiddleware:
             if route is None and self.route_reader is not None:
                 route = self.route_reader(environ)
             item[1] = route if route else UNMATCHED_ROUTE
-            addresses = self._addresses
             client = item[9]
-            if addresses.enabled and client and addresses.peer_is_trusted(client[0]):
-                item[10] = _forwarded(environ, addresses.header)
+            if self._addresses.enabled:  # a client without an address: a Unix socket
+                item[10] = self._forwarded(environ, client)
             self._recorder.offer(item)
         except Exception:
             self._recorder.dropped["internal_error"] += 1
 
+    def _forwarded(self, environ: dict[str, Any], client: tuple[str, int] | None) -> str | None:
+        return forwarded_for(self._addresses, environ, client)
+
+    def _iteration_failed(self, item: Any, failure: BaseException) -> None:
+        iteration_failed(item, failure, self._error_limit)
+
+    def _watch_file(
+        self, environ: dict[str, Any], item: Any, result: Any, headers: Any
+    ) -> Any | None:
+        """A file response of the compiled path, which has stopped counting it
+        as in flight: from here on it is the Python path's."""
+        self._aggregates.in_flight += 1
+        try:
+            watched = watch_file(self, environ, item, result, headers)
+        except BaseException:  # the compiled path counts it, as call_python does
+            self._aggregates.in_flight -= 1
+            raise
+        if watched is None:
+            self._aggregates.in_flight -= 1
+        return watched
+
+    def _internal_error(self) -> None:
+        """A request the compiled path failed to record (a bug of ours)."""
+        self._recorder.dropped["internal_error"] += 1
+
+
+def forwarded_for(
+    addresses: ClientAddressResolver, environ: dict[str, Any], client: tuple[str, int] | None
+) -> str | None:
+    """The forwarded-for header of the environ, only when the peer (None: a Unix
+    socket) is a trusted proxy."""
+    if not addresses.peer_is_trusted(client[0] if client else None):
+        return None
+    value = environ.get("HTTP_" + addresses.header.upper().replace("-", "_"))
+    return str(value) if value is not None else None
+
+
+def client_of(environ: dict[str, Any]) -> tuple[str, int] | None:
+    """``(REMOTE_ADDR, REMOTE_PORT)``, or None without an address."""
+    client = environ.get("REMOTE_ADDR")
+    return (client, number_or_zero(environ.get("REMOTE_PORT"))) if client else None
+
+
+def number_or_zero(value: Any) -> int:
+    """A number a server put in the environ as text (``REMOTE_PORT``,
+    ``CONTENT_LENGTH``); 0 when it is absent, empty or not a number."""
+    try:
+        return int(value) if value else 0
+    except (TypeError, ValueError):
+        return 0
+
+
+def status_code(status: Any) -> int:
+    """The code of a WSGI status line (``"200 OK"``); 500 when it has none."""
+    try:
+        return int(status[:3])
+    except (TypeError, ValueError):
+        return 500
+
 
 def _forked(ref: weakref.ReferenceType[AegisWSGIMiddleware]) -> None:
     middleware = ref()
-    if middleware is not None:
-        middleware._started = False  # threads do not survive a fork: start again
+    if middleware is not None:  # threads do not survive a fork: start again
+        middleware._started = False
+        if middleware._compiled is not None:
+            middleware._compiled.started = False
 
 
 def _not_started(data: bytes) -> None:
     raise AssertionError("write() before start_response()")
-
-
-def _forwarded(environ: dict[str, Any], header: str) -> str | None:
-    value = environ.get("HTTP_" + header.upper().replace("-", "_"))
-    return str(value) if value is not None else None
-
-
-class _Recorded:
-    """The app's response iterable, timed to ``close()`` and counted as it passes."""
-
-    __slots__ = ("_closed", "_environ", "_item", "_middleware", "_result")
-
-    def __init__(
-        self, middleware: AegisWSGIMiddleware, environ: dict[str, Any], item: list[Any],
-        result: Iterable[bytes],
-    ) -> None:  # fmt: skip
-        self._middleware = middleware
-        self._environ = environ
-        self._item = item
-        self._result = result
-        self._closed = False
-
-    def __iter__(self) -> Iterator[bytes]:
-        item = self._item
-        clock = self._middleware._monotonic
-        try:
-            for chunk in self._result:
-                if chunk and item[5] is None:
-                    item[5] = clock()
-                item[8] += len(chunk)
-                yield chunk
-        except GeneratorExit:
-            raise
-        except BaseException as exc:
-            if not item[11]:
-                item[11] = describe_error(exc, self._middleware._error_limit)
-            if not self._item[3]:
-                self._item[3] = 500
-            raise
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        item = self._item
-        failure: BaseException | None = None
-        try:
-            close = getattr(self._result, "close", None)
-            if close is not None:
-                close()
-        except BaseException as exc:
-            failure = exc
-            raise
-        finally:
-            item[6] = self._middleware._monotonic()
-            self._middleware._finish(self._environ, item, failure)
-
-
-class _RecordedSized(_Recorded):
-    """For a response that has a length (a list, say): servers such as wsgiref
-    set Content-Length for a one-item response, so the length must show
-    through, as it would without the middleware."""
-
-    __slots__ = ()
-
-    def __len__(self) -> int:
-        return len(self._result)  # type: ignore[arg-type]
-
-
-class _CountingInput:
-    """``wsgi.input``, counting the request body bytes the app reads."""
-
-    __slots__ = ("_item", "_stream")
-
-    def __init__(self, stream: Any, item: list[Any]) -> None:
-        self._stream = stream
-        self._item = item
-
-    def read(self, size: int = -1) -> bytes:
-        data: bytes = self._stream.read(size) if size is not None else self._stream.read()
-        self._item[7] += len(data)
-        return data
-
-    def readline(self, size: int = -1) -> bytes:
-        data: bytes = self._stream.readline(size)
-        self._item[7] += len(data)
-        return data
-
-    def readlines(self, hint: int = -1) -> list[bytes]:
-        lines: list[bytes] = self._stream.readlines(hint)
-        self._item[7] += sum(map(len, lines))
-        return lines
-
-    def __iter__(self) -> Iterator[bytes]:
-        for line in self._stream:
-            self._item[7] += len(line)
-            yield line
-
-    def __getattr__(self, name: str) -> Any:  # anything else a server's stream offers
-        return getattr(self._stream, name)

@@ -20,16 +20,15 @@ from collections import UserDict
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from types import MappingProxyType, ModuleType
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 
 from aegis_mw import Aegis, AegisMiddleware
-from aegis_mw.asgi import compiled
 from aegis_mw.core.items import END, ERROR, START, TTFB
 from aegis_mw.testing import FakeClock, recorded
-from tests.conftest import REQUIRE_COMPILED
+from tests.conftest import compiled_module
 from tests.core.faulty_sinks import frozen
 from tests.harness import Exchange, call, http_scope
 
@@ -38,15 +37,6 @@ START_200 = {"type": "http.response.start", "status": 200, "headers": []}
 
 def body(data: bytes, more: bool = False) -> dict[str, Any]:
     return {"type": "http.response.body", "body": data, "more_body": more}
-
-
-def hotpath_module() -> ModuleType:
-    module = compiled.load()
-    if module is None:
-        if REQUIRE_COMPILED:
-            pytest.fail("the compiled hot path (aegis_mw/asgi/_hotpath_c/) was not built")
-        pytest.skip("the compiled hot path was not built here")
-    return module
 
 
 # -- one scenario, two paths -------------------------------------------------
@@ -367,7 +357,7 @@ async def _outcome(scenario: Scenario, make_aegis: Callable[..., Aegis], speedup
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 async def test_both_paths_record_the_same(name: str, make_aegis: Callable[..., Aegis]) -> None:
     """Same messages to the server, same exception, same records, same realtime figures."""
-    hotpath_module()
+    compiled_module()
     scenario = SCENARIOS[name]
     python = await _outcome(scenario, make_aegis, speedups=False)
     fast = await _outcome(scenario, make_aegis, speedups=True)
@@ -397,7 +387,7 @@ def test_speedups_off_takes_the_python_path(make_aegis: Callable[..., Aegis]) ->
 
 
 def test_speedups_on_takes_the_compiled_path_where_built(make_aegis: Callable[..., Aegis]) -> None:
-    hotpath_module()
+    compiled_module()
     assert AegisMiddleware(_empty_app, aegis=make_aegis()).compiled is True
 
 
@@ -410,7 +400,7 @@ async def test_compiled_items_index_like_lists_and_cost_the_collector_nothing(
 ) -> None:
     """The item is read and written by index as the flusher and the slow paths do;
     the garbage collector does not track it, so a full inbox costs it nothing."""
-    hotpath_module()
+    compiled_module()
     clock = FakeClock()
     aegis = make_aegis(clock=clock, flush_interval=3600)
     await call(AegisMiddleware(_ok(clock), aegis=aegis), http_scope("/item"))
@@ -451,7 +441,7 @@ async def test_compiled_items_index_like_lists_and_cost_the_collector_nothing(
 def test_the_compiled_clock_is_perf_counter() -> None:
     """With the default clock the compiled path reads CLOCK_MONOTONIC itself: the
     same clock, units and rounding as time.perf_counter (which the flusher reads)."""
-    module = hotpath_module()
+    module = compiled_module()
     if not module.NATIVE_MONOTONIC:
         pytest.skip("no native clock on this platform: the Python clock is called")
     for _ in range(1000):
@@ -599,7 +589,7 @@ async def test_requests_in_a_reference_cycle_are_collected(
 ) -> None:
     """An app that keeps its receive and send in the scope makes a cycle through the
     compiled path's objects; the garbage collector still frees them all."""
-    module = hotpath_module()
+    module = compiled_module()
     kinds: set[str] = set()
     aegis = make_aegis()
 
@@ -628,7 +618,7 @@ async def test_no_memory_is_kept_per_request(make_aegis: Callable[..., Aegis]) -
     """Twenty thousand requests of every kind (ordinary, body read, app error, no
     response) leave no memory behind: a leak of one small object per request would
     show as hundreds of kilobytes."""
-    hotpath_module()
+    compiled_module()
     aegis = make_aegis(sink=lambda batch: None, flush_interval=3600)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -801,7 +791,7 @@ async def test_an_item_in_a_cycle_through_its_status_is_collected(
 ) -> None:
     """What the app puts in the item (here a status object that refers back to the
     request's send) keeps the item visible to the garbage collector."""
-    hotpath_module()
+    compiled_module()
     markers: list[weakref.ref[Any]] = []
 
     class Status(int):
@@ -928,7 +918,7 @@ async def test_a_status_set_after_queueing_keeps_the_item_collectable(
 ) -> None:
     """An item leaves the collector's lists when queued with atoms only; a send after
     the app returned that stores a non-atom status puts it back."""
-    hotpath_module()
+    compiled_module()
     kept: list[Any] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:

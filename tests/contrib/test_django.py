@@ -21,6 +21,10 @@ from django.test import AsyncClient, Client, override_settings  # noqa: E402
 from aegis_mw.contrib.django.middleware import route_template  # noqa: E402
 from aegis_mw.testing import recorded  # noqa: E402
 
+# Every test runs on the compiled and on the pure-Python request path (a
+# test client builds Django's middleware chain, and so ours, per client).
+pytestmark = pytest.mark.usefixtures("hot_path")
+
 
 def pipeline() -> Any:
     return apps.get_app_config("aegis_mw").pipeline
@@ -32,6 +36,13 @@ def _shut_down_after_the_module() -> Iterator[None]:
     threads once these tests are done, as a process's exit would."""
     yield
     pipeline().shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _no_records_of_earlier_tests() -> None:
+    """One pipeline serves every test (and both request paths): start empty."""
+    recorded(pipeline())
+    pipeline().sinks[0].clear()
 
 
 def records_of(prefix: str) -> list[Any]:
@@ -88,13 +99,14 @@ def test_mounted_routes_are_served_by_the_middleware() -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_async_requests_are_recorded(anyio_backend: str) -> None:
+async def test_async_requests_are_recorded(anyio_backend: str, hot_path: str) -> None:
+    item_id = 42 if hot_path == "compiled" else 43  # one pipeline serves both runs
     client = AsyncClient()
-    response = await client.get("/items/42/")
-    assert response.content == b"item 42"
+    response = await client.get(f"/items/{item_id}/")
+    assert response.content == f"item {item_id}".encode()
     live = await client.get("/health/live")
     assert live.status_code == 200
-    [record] = [r for r in recorded(pipeline()) if r.path == "/items/42/"]
+    [record] = [r for r in recorded(pipeline()) if r.path == f"/items/{item_id}/"]
     assert (record.route, record.status, record.response_bytes) == ("/items/{item_id}/", 200, 7)
 
 
@@ -104,3 +116,19 @@ def test_a_bad_option_is_a_system_check_error() -> None:
     assert len(errors) == 1 and "sample_rate" in errors[0].msg
     with override_settings(AEGIS={"sink": "memory://"}):
         assert not [m for m in checks.run_checks() if m.id == "aegis_mw.E001"]
+
+
+def test_a_stream_that_breaks_midway_is_recorded_with_its_error() -> None:
+    """The body raised after its first chunk: Django had sent 200; the record keeps
+    the status, the bytes that went out and the error, and the error propagates."""
+    client = Client(raise_request_exception=False)
+    response = client.get("/broken-stream/")
+    with pytest.raises(LookupError, match="broke mid-stream"):
+        b"".join(response.streaming_content)
+    response.close()
+    [record] = [r for r in recorded(pipeline()) if r.path == "/broken-stream/"]
+    assert (record.status, record.response_bytes, record.error) == (
+        200,
+        len(b"partial"),
+        "LookupError: broke mid-stream",
+    )

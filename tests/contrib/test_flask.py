@@ -15,6 +15,9 @@ flask = pytest.importorskip("flask")
 from aegis_mw.contrib.flask import Aegis, route_template  # noqa: E402
 from aegis_mw.testing import recorded  # noqa: E402
 
+# Every test runs on the compiled and on the pure-Python request path.
+pytestmark = pytest.mark.usefixtures("hot_path")
+
 
 @pytest.mark.parametrize(
     ("rule", "template"),

@@ -124,7 +124,10 @@ ALLOWED: dict[str, str] = {
     "sample_rate": "a number from 0 to 1",
     "slow_threshold_ms": "milliseconds, >= 0",
     "exclude_paths": "a list of paths or globs starting with '/' or '*', such as '/static/*'",
-    "trusted_proxies": "a list of IP networks in CIDR form such as '10.0.0.0/8'",
+    "trusted_proxies": (
+        "a list of IP networks in CIDR form such as '10.0.0.0/8', or 'unix' for connections "
+        "over a Unix socket"
+    ),
     "forwarded_header": "'x-forwarded-for' or 'forwarded'",
     "max_routes": "an integer from 1 to 1000000",
     "max_path_length": "an integer from 16 to 65536",

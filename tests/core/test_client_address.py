@@ -159,6 +159,17 @@ def test_x_forwarded_for_chain(forwarded: str | None, client: str) -> None:
     assert xff().resolve("10.0.0.5", forwarded) == client
 
 
+def test_unix_trusts_connections_without_a_peer_address_only() -> None:
+    """``unix`` (any case, beside CIDRs or alone) trusts a connection with no peer
+    address (a Unix socket: None, or the empty REMOTE_ADDR of a WSGI server);
+    without it such a connection is never trusted, and it trusts no address."""
+    assert xff("unix").enabled and xff("UNIX", "10.0.0.0/8").enabled
+    assert xff("unix").peer_is_trusted(None) and xff(" Unix ").peer_is_trusted("")
+    assert not xff("unix").peer_is_trusted("127.0.0.1")
+    assert xff("unix", "10.0.0.0/8").peer_is_trusted("10.9.9.9")
+    assert not xff().peer_is_trusted(None) and not xff().peer_is_trusted("")
+
+
 def test_resolve_without_a_peer() -> None:
     """A connection without a peer address (a Unix socket) still resolves the header."""
     resolver = xff()
@@ -247,6 +258,25 @@ async def test_without_trusted_proxies_headers_are_ignored(
     )
     await call(AegisMiddleware(ok_app, aegis=aegis), scope)
     assert [r.client_ip for r in recorded(aegis)] == ["10.0.0.5"]
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("hot_path")
+@pytest.mark.parametrize("trusted", [["10.0.0.0/8"], ["unix"]])
+async def test_a_proxy_on_a_unix_socket_is_trusted_only_as_unix(
+    make_aegis: Callable[..., Aegis], trusted: list[str]
+) -> None:
+    """uvicorn --uds gives no client: the header is believed, for the record and for
+    allow_ips, only when ``unix`` is among the trusted proxies."""
+    aegis = make_aegis(
+        trusted_proxies=trusted, access={"metrics": {"allow_ips": ["203.0.113.0/24"]}}
+    )
+    middleware = AegisMiddleware(ok_app, aegis=aegis)
+    headers = [(b"x-forwarded-for", b"203.0.113.9")]
+    await call(middleware, http_scope("/a", client=None, headers=headers))
+    metrics = await call(middleware, http_scope("/metrics", client=None, headers=headers))
+    expected = ("203.0.113.9", 200) if trusted == ["unix"] else (None, 403)
+    assert ([r.client_ip for r in recorded(aegis)], metrics.status) == ([expected[0]], expected[1])
 
 
 @pytest.mark.anyio

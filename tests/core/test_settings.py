@@ -99,6 +99,7 @@ GOOD: list[tuple[str, Any, Any]] = [
     ("exclude_paths", [], ()),
     ("trusted_proxies", "10.0.0.0/8, ::1", ("10.0.0.0/8", "::1")),
     ("trusted_proxies", ["192.168.1.7/24", "fd00::/8"], ("192.168.1.7/24", "fd00::/8")),
+    ("trusted_proxies", "unix, 10.0.0.0/8", ("unix", "10.0.0.0/8")),
     ("forwarded_header", "Forwarded", "forwarded"),
     ("forwarded_header", "X-Forwarded-For", "x-forwarded-for"),
     ("max_routes", 1, 1),

@@ -15,6 +15,9 @@ from aegis_mw import Aegis
 from aegis_mw.testing import FakeClock, recorded
 from aegis_mw.wsgi import AegisWSGIMiddleware
 
+# Every test runs on the compiled and on the pure-Python request path.
+pytestmark = pytest.mark.usefixtures("hot_path")
+
 TOKEN = "metrics-token-1234"
 
 
@@ -231,6 +234,33 @@ def test_the_client_address_behind_a_trusted_proxy(make_aegis: Callable[..., Aeg
     via_proxy, direct = recorded(aegis)
     assert via_proxy.client_ip == "203.0.113.9"
     assert direct.client_ip == "198.51.100.7"  # an untrusted peer cannot claim an address
+
+
+@pytest.mark.parametrize("trusted", [["10.0.0.0/8"], ["unix"]])
+def test_a_proxy_on_a_unix_socket_is_trusted_only_as_unix(
+    make_aegis: Callable[..., Aegis], trusted: list[str]
+) -> None:
+    """A server on a Unix socket leaves REMOTE_ADDR empty: the forwarded header is
+    believed, for the record and for allow_ips, only when ``unix`` is trusted."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b""]
+
+    aegis = make_aegis(
+        metrics_registry="none",
+        trusted_proxies=trusted,
+        access={"metrics": {"allow_ips": ["203.0.113.0/24"]}},
+    )
+    middleware = AegisWSGIMiddleware(app, aegis=aegis)
+    proxied = {"REMOTE_ADDR": "", "HTTP_X_FORWARDED_FOR": "203.0.113.9"}
+    serve(middleware, environ_for("/via-socket", **proxied))
+    metrics, _ = serve(middleware, environ_for("/metrics", **proxied))
+    [record] = recorded(aegis)
+    if trusted == ["unix"]:
+        assert (record.client_ip, metrics.status[:3]) == ("203.0.113.9", "200")
+    else:
+        assert (record.client_ip, metrics.status[:3]) == (None, "403")
 
 
 def test_a_sized_response_stays_sized(make_aegis: Callable[..., Aegis]) -> None:

@@ -4,7 +4,15 @@ Each request's item (``core/items.py``) is queued when Django closes the
 response (``HttpResponse.close()``, which both the WSGI and the ASGI handler
 call once the body is sent), so a streamed body is timed to its end. The
 route is the resolver match's pattern in the ``{name}`` style; an exception
-a view raised is recorded with the 500 Django answers.
+a view raised is recorded with the 500 Django answers. A file response
+(``FileResponse``) is left as it is, so the server can still ``sendfile()``
+it; its bytes are its Content-Length.
+
+Under WSGI (a sync handler) Django holds the compiled path
+(``_hotpath_c/django_path.c``) where it was built and ``speedups`` is on:
+constructing ``AegisMiddleware`` then returns that object, whose slow paths
+are this class's methods. The Python code below is the reference it matches,
+and serves async handlers (ASGI) and builds without the extension.
 """
 
 from __future__ import annotations
@@ -16,17 +24,22 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.apps import apps
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse
 
 from ...aegis import Aegis
 from ...core.labels import describe_error
+from ...core.outcome import settle
 from ...core.record import UNMATCHED_ROUTE
 from ...endpoints.response import Response
+from ...wsgi.middleware import client_of, forwarded_for, number_or_zero
 from ...wsgi.mounted import WSGIRoutes
+from ...wsgi.responses import content_length, counted, iteration_failed
+from . import compiled
 
 _CONVERTER = re.compile(r"<(?:[^<>:]+:)?([A-Za-z_][A-Za-z0-9_]*)>")
 _NAMED_GROUP = re.compile(r"\(\?P<([A-Za-z_][A-Za-z0-9_]*)>(?:[^()]|\([^()]*\))*\)")
-_ATTRIBUTE = "_aegis_item"
+#: Where the request keeps its item, for process_exception.
+ITEM_ATTRIBUTE = "_aegis_item"
 
 
 @functools.lru_cache(maxsize=4096)  # a project has a bounded set of patterns
@@ -43,116 +56,181 @@ class AegisMiddleware:
     sync_capable = True
     async_capable = True
 
-    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+    def __new__(cls, get_response: Callable[[HttpRequest], Any]) -> Any:
+        middleware = super().__new__(cls)
+        middleware._setup(get_response)
+        # Django calls whatever this returns for every request: the compiled
+        # path's own object, when there is one, costs no Python frame of ours.
+        return middleware._compiled if middleware._compiled is not None else middleware
+
+    def _setup(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
         self.aegis: Aegis = apps.get_app_config("aegis_mw").pipeline
         self.routes = WSGIRoutes(self.aegis)
         self.aegis.exclude(*self.routes.paths)
         self._clock = self.aegis.clock.monotonic
         self._error_limit = self.aegis.settings.max_error_length
+        self._addresses = self.aegis.client_addresses
+        self._aggregates = self.aegis.aggregates
+        #: pattern -> template, read by the compiled path too.
+        self.templates: dict[str, str] = {}
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)
+        self._compiled = (
+            compiled.build(self) if self.aegis.settings.speedups and not self.is_async else None
+        )
         self.aegis.start()
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
             return self._acall(request)
         if request.path_info in self.routes.handlers:
-            return _django_response(self.routes.respond(request.META))
+            return self.serve_mounted(request)
         item = self._begin(request)
         try:
             response = self.get_response(request)
         except BaseException as exc:
-            self._finish(request, item, None, exc)
+            self._aggregates.in_flight -= 1
+            self._raised(request, item, exc)
             raise
         return self._watch(request, item, response)
 
     async def _acall(self, request: HttpRequest) -> Any:
         if request.path_info in self.routes.handlers:
             # Blocking reads (health checks run their own loop): in a thread.
-            answer = await sync_to_async(self.routes.respond, thread_sensitive=False)(request.META)
-            return _django_response(answer)
+            return await sync_to_async(self.serve_mounted, thread_sensitive=False)(request)
         item = self._begin(request)
         try:
             response = await self.get_response(request)
         except BaseException as exc:
-            self._finish(request, item, None, exc)
+            self._aggregates.in_flight -= 1
+            self._raised(request, item, exc)
             raise
         return self._watch(request, item, response)
 
+    def serve_mounted(self, request: HttpRequest) -> HttpResponse:
+        """``/metrics``, the health routes, the JSON API and ``/dashboard``."""
+        return _django_response(self.routes.respond(request.META))
+
     def process_exception(self, request: HttpRequest, exception: Exception) -> None:
         """A view raised: keep its text for the record (Django answers 500 itself)."""
-        item = getattr(request, _ATTRIBUTE, None)
+        item = getattr(request, ITEM_ATTRIBUTE, None)
         if item is not None and not item[11]:
             item[11] = describe_error(exception, self._error_limit)
 
     def _begin(self, request: HttpRequest) -> list[Any]:
         meta = request.META
-        client = meta.get("REMOTE_ADDR")
         item: list[Any] = [
             request.method or "GET", None, request.path, 0, self._clock(), None, None,
-            int(meta.get("CONTENT_LENGTH") or 0), 0,
-            (client, int(meta.get("REMOTE_PORT") or 0)) if client else None, None, "", False,
+            number_or_zero(meta.get("CONTENT_LENGTH")), 0, client_of(meta), None, "", False,
         ]  # fmt: skip
-        setattr(request, _ATTRIBUTE, item)
-        self.aegis.aggregates.in_flight += 1
+        setattr(request, ITEM_ATTRIBUTE, item)
+        self._aggregates.in_flight += 1
         return item
 
-    def _watch(self, request: HttpRequest, item: list[Any], response: HttpResponseBase) -> Any:
+    def _watch(self, request: HttpRequest, item: list[Any], response: Any) -> Any:
         """Count the body as it goes; queue the item when Django closes the response."""
-        item[3] = response.status_code
-        if isinstance(response, StreamingHttpResponse):
-            response.streaming_content = _counted(response.streaming_content, item, self._clock)
-        elif isinstance(response, HttpResponse):
-            item[5] = self._clock()
-            # Summed from the chunks: ``response.content`` would join them
-            # into a copy of the whole body on every request.
-            item[8] = sum(map(len, response._container))
-        closers = response._resource_closers  # called once by HttpResponseBase.close()
-        closers.append(lambda: self._finish(request, item, response, None))
+        try:
+            item[3] = response.status_code
+            if response.streaming:
+                self._watch_stream(item, response)
+            else:
+                item[5] = self._clock()
+                # Summed from the chunks: ``response.content`` would join them
+                # into a copy of the whole body on every request.
+                container = getattr(response, "_container", None)
+                if container is not None:
+                    item[8] = sum(map(len, container))
+            closers = response._resource_closers  # called once by HttpResponseBase.close()
+            closers.append(functools.partial(self._closed, request, item))
+        except BaseException as exc:
+            # No closer will end it: it is not in flight any more, whatever
+            # failed. An Exception is ours, counted, and the response goes out
+            # unrecorded rather than broken; anything else (KeyboardInterrupt)
+            # propagates, as on the compiled path.
+            self._aggregates.in_flight -= 1
+            if not isinstance(exc, Exception):
+                raise
+            self.aegis.recorder.dropped["internal_error"] += 1
         return response
 
-    def _finish(
-        self, request: HttpRequest, item: list[Any], response: Any, failure: BaseException | None
-    ) -> None:
+    def _watch_stream(self, item: Any, response: Any) -> None:
+        """A streamed body, counted as it goes; a file (``file_to_stream``) is
+        left alone, so the server's ``wsgi.file_wrapper`` can send it, and is
+        counted by its Content-Length."""
+        if getattr(response, "file_to_stream", None) is not None:
+            item[8] = content_length(response.items()) or 0
+            return
+        response.streaming_content = _counted(
+            response.streaming_content, item, self._clock, self._error_limit
+        )
+
+    def _closed(self, request: HttpRequest, item: list[Any]) -> None:
+        """Django closed the response: the clock stops, the item is queued."""
+        self._aggregates.in_flight -= 1
         try:
-            self.aegis.aggregates.in_flight -= 1
             item[6] = self._clock()
-            if failure is not None:
-                item[3] = item[3] or 500
-                if not item[11]:
-                    item[11] = describe_error(failure, self._error_limit)
             if item[0] == "HEAD":
                 item[8] = 0
-            match = getattr(request, "resolver_match", None)
-            pattern = getattr(match, "route", None) if match is not None else None
-            item[1] = route_template(pattern) if pattern else UNMATCHED_ROUTE
-            self.aegis.recorder.offer(item)
+            match = request.resolver_match
+            item[1] = self._template(match.route) if match is not None else UNMATCHED_ROUTE
+            self._queue(request.META, item)
         except Exception:
             self.aegis.recorder.dropped["internal_error"] += 1
 
+    def _raised(self, request: HttpRequest, item: Any, failure: BaseException) -> None:
+        """``get_response`` raised (a middleware's error, or ``raise_request_exception``)."""
+        try:
+            settle(item, failure, self._clock, self._error_limit)
+            match = getattr(request, "resolver_match", None)
+            item[1] = self._template(match.route) if match is not None else UNMATCHED_ROUTE
+            self._queue(request.META, item)
+        except Exception:
+            self.aegis.recorder.dropped["internal_error"] += 1
 
-def _counted(content: Any, item: list[Any], clock: Callable[[], float]) -> Any:
+    def _template(self, pattern: Any) -> str:
+        if pattern is None:
+            return UNMATCHED_ROUTE
+        template = self.templates.get(pattern)
+        if template is None:
+            template = route_template(str(pattern))
+            if len(self.templates) < 10_000:  # a project's patterns are bounded
+                self.templates[pattern] = template
+        return template
+
+    def _queue(self, meta: dict[str, Any], item: Any) -> None:
+        client = item[9]
+        if self._addresses.enabled:  # a client without an address: a Unix socket
+            item[10] = self._forwarded(meta, client)
+        self.aegis.recorder.offer(item)
+
+    def _forwarded(self, meta: dict[str, Any], client: tuple[str, int] | None) -> str | None:
+        return forwarded_for(self._addresses, meta, client)
+
+    def _internal_error(self) -> None:
+        """A request the compiled path failed to record (a bug of ours)."""
+        self.aegis.recorder.dropped["internal_error"] += 1
+
+
+def _counted(content: Any, item: Any, clock: Callable[[], float], error_limit: int) -> Any:
     if hasattr(content, "__aiter__"):
-        return _acounted(content, item, clock)
-    return _scounted(content, item, clock)
+        return _acounted(content, item, clock, error_limit)
+    return counted(content, item, clock, error_limit)
 
 
-def _scounted(content: Any, item: list[Any], clock: Callable[[], float]) -> Any:
-    for chunk in content:
-        if chunk and item[5] is None:
-            item[5] = clock()
-        item[8] += len(chunk)
-        yield chunk
-
-
-async def _acounted(content: Any, item: list[Any], clock: Callable[[], float]) -> Any:
-    async for chunk in content:
-        if chunk and item[5] is None:
-            item[5] = clock()
-        item[8] += len(chunk)
-        yield chunk
+async def _acounted(content: Any, item: Any, clock: Callable[[], float], error_limit: int) -> Any:
+    try:
+        async for chunk in content:
+            if chunk and item[5] is None:
+                item[5] = clock()
+            item[8] += len(chunk)
+            yield chunk
+    except GeneratorExit:
+        raise
+    except BaseException as exc:
+        iteration_failed(item, exc, error_limit)
+        raise
 
 
 def _django_response(answer: Response | None) -> HttpResponse:

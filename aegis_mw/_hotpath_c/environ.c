@@ -1,0 +1,71 @@
+/* What the WSGI and the Django path read from a WSGI environ (an exact dict):
+ * the client address and the numbers servers put there as text. */
+#include "hotpath.h"
+
+/* A string's truth, the usual case without a call. */
+int
+aegis_truthy(PyObject *value)
+{
+    if (value == NULL || value == Py_None) {
+        return 0;
+    }
+    if (PyUnicode_CheckExact(value)) {
+        return PyUnicode_GET_LENGTH(value) > 0;
+    }
+    return PyObject_IsTrue(value);
+}
+
+/* A number in the environ (REMOTE_PORT, CONTENT_LENGTH) as the Python paths read
+ * it: an int, 0 when absent, empty or not a number. New reference. */
+PyObject *
+aegis_number_or_zero(PyObject *value)
+{
+    int present = aegis_truthy(value);
+    if (present <= 0) {
+        return present < 0 ? NULL : PyLong_FromLong(0);
+    }
+    if (PyUnicode_CheckExact(value) && PyUnicode_IS_ASCII(value)) {
+        Py_ssize_t length = PyUnicode_GET_LENGTH(value);
+        const Py_UCS1 *digits = PyUnicode_1BYTE_DATA(value);
+        if (length <= 9) {  /* the usual case: only digits, no int() needed */
+            long value = 0;
+            Py_ssize_t index = 0;
+            for (; index < length && digits[index] >= '0' && digits[index] <= '9'; index++) {
+                value = value * 10 + (digits[index] - '0');
+            }
+            if (index == length) {
+                return PyLong_FromLong(value);
+            }
+        }
+    }
+    PyObject *number = PyNumber_Long(value);
+    if (number == NULL && (PyErr_ExceptionMatches(PyExc_ValueError)
+                           || PyErr_ExceptionMatches(PyExc_TypeError))) {
+        PyErr_Clear();
+        return PyLong_FromLong(0);
+    }
+    return number;
+}
+
+/* (REMOTE_ADDR, port), or None without an address. New reference. */
+PyObject *
+aegis_client_of(PyObject *environ)
+{
+    /* Held from here: the environ may change under a call below (a __bool__). */
+    PyObject *address = Py_XNewRef(PyDict_GetItemWithError(environ, aegis_str.remote_addr));
+    if (address == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    int present = aegis_truthy(address);
+    if (present <= 0) {
+        Py_XDECREF(address);
+        return present < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    PyObject *port = Py_XNewRef(PyDict_GetItemWithError(environ, aegis_str.remote_port));
+    PyObject *number = PyErr_Occurred() ? NULL : aegis_number_or_zero(port);
+    Py_XDECREF(port);
+    PyObject *client = number != NULL ? PyTuple_Pack(2, address, number) : NULL;
+    Py_DECREF(address);
+    Py_XDECREF(number);
+    return client;
+}
