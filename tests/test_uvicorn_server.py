@@ -58,9 +58,12 @@ class Exchange(NamedTuple):
 
 
 def send_all(base_url: str, plan: Sequence[Planned]) -> list[Exchange]:
-    """Send the plan in order on one keep-alive connection."""
+    """Send the plan in order on keep-alive connections: one, and a new one after
+    each 5xx (uvicorn closes a connection whose app raised, and a request already
+    on its way on it would be reset)."""
     exchanges = []
-    with httpx.Client(base_url=base_url, timeout=CLIENT_TIMEOUT) as client:
+    client = httpx.Client(base_url=base_url, timeout=CLIENT_TIMEOUT)
+    try:
         for planned in plan:
             headers = {"content-type": "application/json"} if planned.body else {}
             response = client.request(
@@ -74,6 +77,11 @@ def send_all(base_url: str, plan: Sequence[Planned]) -> list[Exchange]:
                     response.headers.get("transfer-encoding") == "chunked",
                 )
             )
+            if response.status_code >= 500:
+                client.close()
+                client = httpx.Client(base_url=base_url, timeout=CLIENT_TIMEOUT)
+    finally:
+        client.close()
     return exchanges
 
 
