@@ -21,8 +21,13 @@ PyObject *
 aegis_number_or_zero(PyObject *value)
 {
     int present = aegis_truthy(value);
-    if (present <= 0) {
-        return present < 0 ? NULL : PyLong_FromLong(0);
+    if (present < 0) {
+        /* The Python paths ask the truth inside their try: a ValueError or
+         * TypeError from it is "not a number" (0) there, not the request's error. */
+        goto not_a_number;
+    }
+    if (present == 0) {
+        return PyLong_FromLong(0);
     }
     if (PyUnicode_CheckExact(value) && PyUnicode_IS_ASCII(value)) {
         Py_ssize_t length = PyUnicode_GET_LENGTH(value);
@@ -39,12 +44,15 @@ aegis_number_or_zero(PyObject *value)
         }
     }
     PyObject *number = PyNumber_Long(value);
-    if (number == NULL && (PyErr_ExceptionMatches(PyExc_ValueError)
-                           || PyErr_ExceptionMatches(PyExc_TypeError))) {
+    if (number != NULL) {
+        return number;
+    }
+not_a_number:
+    if (PyErr_ExceptionMatches(PyExc_ValueError) || PyErr_ExceptionMatches(PyExc_TypeError)) {
         PyErr_Clear();
         return PyLong_FromLong(0);
     }
-    return number;
+    return NULL;
 }
 
 /* (REMOTE_ADDR, port), or None without an address. New reference. */

@@ -300,22 +300,18 @@ restore_exception(PyObject *exc)
 #endif
 }
 
-/* PyObject_GetOptionalAttr before Python 3.13: 1 found, 0 absent, -1 error. */
+/* getattr(object, name) when it may well be absent: 1 found, 0 absent, -1 error.
+ * Before Python 3.13 it is the interpreter's own _PyObject_LookupAttr, which,
+ * like PyObject_GetOptionalAttr since, finds an attribute absent without
+ * raising and clearing an AttributeError (a list response has no close(): that
+ * exception would cost more than the rest of the request's close). */
 static inline int
 aegis_optional_attr(PyObject *object, PyObject *name, PyObject **result)
 {
 #if PY_VERSION_HEX >= 0x030D0000
     return PyObject_GetOptionalAttr(object, name, result);
 #else
-    *result = PyObject_GetAttr(object, name);
-    if (*result != NULL) {
-        return 1;
-    }
-    if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
-        PyErr_Clear();
-        return 0;
-    }
-    return -1;
+    return _PyObject_LookupAttr(object, name, result);
 #endif
 }
 

@@ -48,7 +48,11 @@ full_path(PyObject *environ, PyObject *path)
         && PyUnicode_CheckExact(path)) {
         return Py_NewRef(path);
     }
-    return PyNumber_Add(script != NULL ? script : aegis_str.empty, path);
+    /* Held while adding: a path type's __radd__ could change the environ. */
+    script = Py_NewRef(script != NULL ? script : aegis_str.empty);
+    PyObject *whole = PyNumber_Add(script, path);
+    Py_DECREF(script);
+    return whole;
 }
 
 /* A new request's item, fields read in the Python path's order. */

@@ -465,6 +465,15 @@ response_close(PyObject *op, PyObject *unused)
     if (self->finished || self->item == NULL) {
         Py_RETURN_NONE;
     }
+    /* Not returned by the app yet: only the app itself can call this now (it
+     * holds this object as its start_response; the Python path's has no
+     * close()), and there is nothing of the server's to close. Ending the
+     * request here would leave the app's return (or raise) that follows with
+     * no environ, and take the request out of flight twice: only the server's
+     * close() ends it. */
+    if (self->result == NULL) {
+        Py_RETURN_NONE;
+    }
     self->finished = 1;
     WsgiPathObject *path = self->path;
     PyObject *failure = NULL, *close = NULL;

@@ -95,11 +95,14 @@ class DependencyCheck:
             # A run a probe gave up on is still in a thread it cannot leave, or in
             # its cleanup: one at a time, so a hanging dependency cannot pile up.
             await previous.done.wait()
-        run = self._running = _Run(anyio.Event(), anyio.CancelScope())
+        run = _Run(anyio.Event(), anyio.CancelScope())
         # The run has a task of its own: at the check's timeout the probe stops
         # waiting at once, even for a sync dependency's thread (which cannot be
         # interrupted); the run is cancelled and closes its dependencies itself.
         _spawn(self._resolve, run)
+        # Noted once started (a spawn that failed leaves nothing to wait for); the
+        # task has not run yet, so it cannot have finished before this.
+        self._running = run
         try:
             await run.done.wait()
         finally:

@@ -89,7 +89,9 @@ def _refuse_unresolved_dependencies(name: str, function: Any) -> None:
     for parameter in parameters:
         annotation = parameter.annotation
         markers = [parameter.default, *getattr(annotation, "__metadata__", ())]
-        textual = isinstance(annotation, str) and "Depends(" in annotation
+        textual = isinstance(annotation, str) and (
+            "Depends(" in annotation or "Security(" in annotation
+        )
         if textual or any(type(marker).__module__ == "fastapi.params" for marker in markers):
             raise TypeError(
                 f"health check {name!r}: parameter {parameter.name!r} is a FastAPI "

@@ -142,20 +142,25 @@ class AegisWSGIMiddleware:
             self._queue(environ, item, exc)
             raise
         file_wrapper = environ.get("wsgi.file_wrapper")
-        if isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
-            try:
-                watched = watch_file(self, environ, item, result, sent_headers)
-            except BaseException as exc:
-                # Nothing will record it now: not in flight. An Exception is
-                # ours (odd headers), counted, and the file goes out unrecorded;
-                # anything else propagates (as on the compiled path).
-                self._aggregates.in_flight -= 1
-                if not isinstance(exc, Exception):
-                    raise
-                self._recorder.dropped["internal_error"] += 1
-                return result
-            if watched is not None:
-                return watched  # type: ignore[no-any-return]
+        try:
+            # The isinstance() too: a wrapper's metaclass may raise, and that
+            # must not fail the app's answer nor leave it in flight for ever.
+            watched = (
+                watch_file(self, environ, item, result, sent_headers)
+                if isinstance(file_wrapper, type) and isinstance(result, file_wrapper)
+                else None
+            )
+        except BaseException as exc:
+            # Nothing will record it now: not in flight. An Exception is ours
+            # (odd headers, an odd wrapper), counted, and the answer goes out
+            # unrecorded; anything else propagates (as on the compiled path).
+            self._aggregates.in_flight -= 1
+            if not isinstance(exc, Exception):
+                raise
+            self._recorder.dropped["internal_error"] += 1
+            return result
+        if watched is not None:
+            return watched  # type: ignore[no-any-return]
         if hasattr(result, "__len__"):  # a server may size the response by it
             return RecordedSized(self, environ, item, result)
         return Recorded(self, environ, item, result)

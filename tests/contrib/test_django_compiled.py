@@ -34,7 +34,7 @@ django.setup()
 from django.apps import apps  # noqa: E402
 from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
 from django.http import HttpRequest, HttpResponse  # noqa: E402
-from django.test import Client, override_settings  # noqa: E402
+from django.test import Client, RequestFactory, override_settings  # noqa: E402
 
 from aegis_mw import Aegis  # noqa: E402
 from aegis_mw.contrib.django import AegisMiddleware  # noqa: E402
@@ -83,6 +83,13 @@ class Scenario:
     records: int = 1  # how many the reference records
 
 
+class TruthRaises:
+    """A value whose truth raises ValueError: "not a number" to number_or_zero()."""
+
+    def __bool__(self) -> bool:
+        raise ValueError("no truth here")
+
+
 def _raising(make: Callable[[], BaseException]) -> dict[str, Any]:
     """A middleware after ours that raises, and Django letting it through."""
     return {
@@ -123,6 +130,10 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "remote-addr-missing": Scenario("/clocked/ada/", meta={"REMOTE_ADDR": ""}),
     "remote-port-odd": Scenario("/clocked/ada/", meta={"REMOTE_PORT": "port"}),
+    "remote-port-truth-raises": Scenario("/clocked/ada/", meta={"REMOTE_PORT": TruthRaises()}),
+    "content-length-truth-raises": Scenario(
+        "/clocked/ada/", meta={"CONTENT_LENGTH": TruthRaises()}
+    ),
     "trusted-proxy": Scenario(
         "/clocked/ada/",
         meta={"HTTP_X_FORWARDED_FOR": "203.0.113.9, 127.0.0.2"},
@@ -285,6 +296,33 @@ def test_the_middleware_is_the_compiled_path_for_sync_handlers(
         assert type(AegisMiddleware(async_view)) is AegisMiddleware
     with serving(make_aegis(speedups=False), monkeypatch):
         assert type(AegisMiddleware(_view)) is AegisMiddleware
+
+
+def test_a_subclass_with_a_call_of_its_own_keeps_it(
+    make_aegis: Callable[..., Aegis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compiled object would bypass a subclass's __call__: such a subclass gets
+    the Python path, and its __call__ runs; one without gets the compiled path."""
+    module = compiled_module()
+    calls: list[str] = []
+
+    class Noting(AegisMiddleware):
+        def __call__(self, request: HttpRequest) -> Any:
+            calls.append(request.path)
+            return super().__call__(request)
+
+    class Plain(AegisMiddleware):
+        pass
+
+    aegis = make_aegis(metrics_registry="none")
+    with serving(aegis, monkeypatch):
+        noting = Noting(_view)
+        assert type(noting) is Noting
+        assert type(Plain(_view)) is module.DjangoPath
+        response = noting(RequestFactory().get("/clocked/ada/"))
+        response.close()
+    assert calls == ["/clocked/ada/"]
+    assert [record.path for record in recorded(aegis)] == ["/clocked/ada/"]
 
 
 @pytest.mark.usefixtures("hot_path")

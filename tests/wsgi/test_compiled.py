@@ -524,6 +524,13 @@ class BadLength:
         raise ArithmeticError("no length for you")
 
 
+class TruthRaises:
+    """A value whose truth raises ValueError: "not a number" to number_or_zero()."""
+
+    def __bool__(self) -> bool:
+        raise ValueError("no truth here")
+
+
 class TrueButEmpty:
     """A chunk whose truth and length disagree: the Python path reads both."""
 
@@ -624,6 +631,32 @@ class ClaimingWrapper(FileWrapper, metaclass=ClaimsAll):
 
 class ClaimedList(list):  # type: ignore[type-arg]
     filelike = io.BytesIO(b"")
+
+
+class RaisesOnce(type):
+    """A metaclass whose isinstance() raises for a response it has not seen yet (so
+    the middleware's question fails, and the test server's own, later, does not)."""
+
+    def __instancecheck__(cls, instance: Any) -> bool:
+        if isinstance(instance, Unseen) and not instance.seen:
+            instance.seen = True
+            raise LookupError("isinstance failed")
+        return False
+
+
+class RaisingWrapper(FileWrapper, metaclass=RaisesOnce):
+    """A file wrapper whose isinstance() fails: ours to count, not the request's error."""
+
+
+class Unseen(list):  # type: ignore[type-arg]
+    seen = False
+
+    def __init__(self, ctx: Ctx, chunks: list[bytes]) -> None:
+        super().__init__(chunks)
+        self.ctx = ctx
+
+    def close(self) -> None:
+        self.ctx.events.append("close")
 
 
 def _file(
@@ -732,6 +765,7 @@ SCENARIOS: dict[str, Scenario] = {
     "remote-port-spaces": Scenario(_list, environ={"REMOTE_PORT": " 81 "}),
     "remote-port-float": Scenario(_list, environ={"REMOTE_PORT": 80.9}),
     "remote-port-none": Scenario(_list, environ={"REMOTE_PORT": None}),
+    "remote-port-truth-raises": Scenario(_list, environ={"REMOTE_PORT": TruthRaises()}),
     **{
         f"body-{how}": Scenario(
             _reads_body(how),
@@ -907,6 +941,12 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "file-wrapper-with-a-metaclass-other-response": Scenario(
         _list, environ={"wsgi.file_wrapper": ClaimingWrapper}
+    ),
+    # Counted, and the app's response goes out as it is, unrecorded.
+    "file-wrapper-whose-isinstance-raises": Scenario(
+        _body(lambda ctx: Unseen(ctx, [b"a", b"b"])),
+        environ={"wsgi.file_wrapper": RaisingWrapper},
+        records=0,
     ),
 }
 
@@ -1188,6 +1228,41 @@ def test_the_compiled_response_types(make_aegis: Callable[..., Aegis]) -> None:
     for result in (sized, streamed):
         list(result)
         result.close()
+
+
+@pytest.mark.parametrize("then", ["returns", "raises"])
+def test_a_close_by_the_app_before_it_returned_does_not_end_the_request(
+    make_aegis: Callable[..., Aegis], then: str
+) -> None:
+    """The compiled start_response is the response too, so the app can call its close()
+    while it runs (the Python path's start_response has none): nothing of the server's is
+    closed then, and the request ends once, at the server's close() (or the app's raise)."""
+    compiled_module()
+    closes: list[str] = []
+
+    class Closing(list):  # type: ignore[type-arg]
+        def close(self) -> None:
+            closes.append("closed")
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+        start_response.close()
+        if then == "raises":
+            raise LookupError("after the close")
+        return Closing([b"body"])
+
+    aegis = make_aegis(metrics_registry="none")
+    middleware = AegisWSGIMiddleware(app, aegis=aegis)
+    if then == "raises":
+        with pytest.raises(LookupError, match="after the close"):
+            middleware(base_environ(), lambda *args: None)
+    else:
+        assert _serve(middleware, base_environ())[1] == b"body"
+        assert closes == ["closed"]
+    [record] = recorded(aegis)
+    assert record.error.startswith("LookupError") is (then == "raises")
+    assert aegis.stats().dropped["internal_error"] == 0
+    assert aegis.aggregates.in_flight_now() == 0
 
 
 # -- the pipeline is started per process --------------------------------------------

@@ -77,9 +77,11 @@ class AegisMiddleware:
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)
-        self._compiled = (
-            compiled.build(self) if self.aegis.settings.speedups and not self.is_async else None
-        )
+        # A subclass with a __call__ of its own keeps it: the compiled path
+        # would bypass it.
+        fast = self.aegis.settings.speedups and not self.is_async
+        own_call = type(self).__call__ is AegisMiddleware.__call__
+        self._compiled = compiled.build(self) if fast and own_call else None
         self.aegis.start()
 
     def __call__(self, request: HttpRequest) -> Any:
