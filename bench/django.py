@@ -19,8 +19,10 @@ Variants (each compared with bare Django):
 
 - bare Django (no middleware, no apps);
 - Django + ``aegis_mw.contrib.django`` (its app, ``AegisMiddleware``,
-  ``AEGIS = {"sink": "memory://", ...}``);
+  ``AEGIS = {"sink": "memory://", ...}``; the compiled request path, the
+  default on CPython);
 - the same with a sink that drops every batch (``"sink": <a function>``);
+- the same (``memory://``) on the pure-Python request path (``speedups=False``);
 - the same (``memory://``) "all-in": with the flusher's work charged;
 - Django + django-prometheus (its app, ``PrometheusBeforeMiddleware`` first
   and ``PrometheusAfterMiddleware`` last, the default registry).
@@ -90,6 +92,7 @@ VARIANTS: dict[str, str] = {
     "django": "bare Django",
     "django_aegis": "Django + aegis_mw (memory://), request path",
     "django_aegis_drop": "Django + aegis_mw (dropping sink), request path",
+    "django_aegis_python": "Django + aegis_mw (memory://), pure-Python path",
     "django_aegis_all_in": "Django + aegis_mw (memory://), all-in",
     "django_prometheus": "Django + django-prometheus",
 }
@@ -116,7 +119,12 @@ def project_settings(key: str) -> dict[str, Any]:
         sink: Any = drop_batch if key == "django_aegis_drop" else "memory://"
         options["INSTALLED_APPS"] = ["aegis_mw.contrib.django"]
         options["MIDDLEWARE"] = ["aegis_mw.contrib.django.AegisMiddleware"]
-        options["AEGIS"] = {"sink": sink, "metrics_registry": "none", **HELD_BACK}
+        options["AEGIS"] = {
+            "sink": sink,
+            "metrics_registry": "none",
+            "speedups": key != "django_aegis_python",
+            **HELD_BACK,
+        }
     elif key == "django_prometheus":
         options["INSTALLED_APPS"] = ["django_prometheus"]
         options["MIDDLEWARE"] = [

@@ -14,12 +14,15 @@ between two routes, ``/items/<int:item_id>`` (short text) and
 Variants (each compared with its own bare baseline):
 
 - bare Flask;
-- Flask + ``aegis_mw.contrib.flask.Aegis(app, sink="memory://")``;
+- Flask + ``aegis_mw.contrib.flask.Aegis(app, sink="memory://")`` (the
+  compiled request path, the default on CPython);
 - the same with a sink that drops every batch (``sink=lambda batch: None``);
+- the same (``memory://``) on the pure-Python request path (``speedups=False``);
 - the same (``memory://``) "all-in": with the flusher's work charged;
 - Flask + prometheus_flask_exporter (``PrometheusMetrics``, its own registry);
 - a plain WSGI callable (no framework), bare and wrapped in
-  ``AegisWSGIMiddleware`` with a dropping sink: the middleware alone.
+  ``AegisWSGIMiddleware`` with a dropping sink, compiled and pure-Python: the
+  middleware alone.
 
 The aegis pipelines use ``metrics_registry="none"`` and ignore ``AEGIS_*``
 environment variables (``environ={}``). The flusher's background work is
@@ -69,10 +72,12 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "flask": ("bare Flask", "flask"),
     "flask_aegis": ("Flask + aegis_mw (memory://), request path", "flask"),
     "flask_aegis_drop": ("Flask + aegis_mw (dropping sink), request path", "flask"),
+    "flask_aegis_python": ("Flask + aegis_mw (memory://), pure-Python path", "flask"),
     "flask_aegis_all_in": ("Flask + aegis_mw (memory://), all-in", "flask"),
     "flask_prometheus": ("Flask + prometheus_flask_exporter", "flask"),
     "wsgi": ("plain WSGI callable", "wsgi"),
     "wsgi_aegis": ("plain WSGI + AegisWSGIMiddleware (dropping)", "wsgi"),
+    "wsgi_aegis_python": ("plain WSGI + AegisWSGIMiddleware (dropping), pure-Python", "wsgi"),
 }
 #: The rows the target applies to.
 TARGET_ROWS = ("flask_aegis", "flask_aegis_drop")
@@ -120,19 +125,23 @@ class Variant:
                 from aegis_mw.contrib.flask import Aegis
 
                 sink: Any = drop_batch if key == "flask_aegis_drop" else "memory://"
-                self.pipeline = Aegis(app, sink=sink, metrics_registry="none", **HELD_BACK).pipeline
+                speedups = key != "flask_aegis_python"
+                self.pipeline = Aegis(
+                    app, sink=sink, metrics_registry="none", speedups=speedups, **HELD_BACK
+                ).pipeline
             elif key == "flask_prometheus":
                 from prometheus_client import CollectorRegistry
                 from prometheus_flask_exporter import PrometheusMetrics
 
                 PrometheusMetrics(app, registry=CollectorRegistry())
             self.app: Callable[..., Any] = app
-        elif key == "wsgi_aegis":
+        elif key.startswith("wsgi_aegis"):
             from aegis_mw.wsgi.middleware import AegisWSGIMiddleware
 
             middleware = AegisWSGIMiddleware(
-                plain_app, sink=drop_batch, metrics_registry="none", **HELD_BACK
-            )
+                plain_app, sink=drop_batch, metrics_registry="none",
+                speedups=key == "wsgi_aegis", **HELD_BACK,
+            )  # fmt: skip
             self.pipeline = middleware.aegis
             self.app = middleware
         else:
