@@ -161,7 +161,9 @@ class AegisWSGIMiddleware:
             return result
         if watched is not None:
             return watched  # type: ignore[no-any-return]
-        if hasattr(result, "__len__"):  # a server may size the response by it
+        # A server may size the response by its length. Asked of the type, as len()
+        # does (and the compiled path): an instance's __getattr__ cannot raise here.
+        if hasattr(type(result), "__len__"):
             return RecordedSized(self, environ, item, result)
         return Recorded(self, environ, item, result)
 

@@ -132,3 +132,16 @@ def test_a_stream_that_breaks_midway_is_recorded_with_its_error() -> None:
         len(b"partial"),
         "LookupError: broke mid-stream",
     )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_an_async_stream_is_counted_as_it_goes(anyio_backend: str) -> None:
+    """Under ASGI a body from an async iterator is counted chunk by chunk, the first
+    byte stamped at the first non-empty chunk, the record queued when Django's ASGI
+    handler closes the response."""
+    response = await AsyncClient().get("/async-stream/")
+    assert b"".join([chunk async for chunk in response.streaming_content]) == b"async body"
+    [record] = [r for r in recorded(pipeline()) if r.path == "/async-stream/"]
+    assert (record.route, record.status, record.response_bytes) == ("/async-stream/", 200, 10)
+    assert record.ttfb_ms is not None and record.ttfb_ms <= record.duration_ms

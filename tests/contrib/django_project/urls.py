@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,15 @@ def slow_stream(request: HttpRequest) -> StreamingHttpResponse:
         _advance(request, 0.05)
         yield b"second"
         _advance(request, 0.01)
+
+    return StreamingHttpResponse(chunks())
+
+
+def async_stream(request: HttpRequest) -> StreamingHttpResponse:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b""
+        yield b"async "
+        yield b"body"
 
     return StreamingHttpResponse(chunks())
 
@@ -169,6 +178,7 @@ urlpatterns = [
     path("echo/", echo),
     path("slow-stream/", slow_stream),
     path("broken-stream/", broken_stream),
+    path("async-stream/", async_stream),
     path("file/", file),
     path("clocked-boom/", clocked_boom),
     path("unreadable-status/", unreadable_status),
