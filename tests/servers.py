@@ -20,11 +20,48 @@ from pathlib import Path
 import pytest
 
 from tests.child_output import ChildOutput
+from tests.conftest import REQUIRE_SERVICES
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_LINE = "Uvicorn running on"
 STARTUP_TIMEOUT = 60.0
 EXIT_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 free now (another process could take it before use)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def promtool_checks(exposition: str) -> None:
+    """``promtool check metrics`` has nothing to say about ``exposition`` but the
+    default registry's own counters (missing help). promtool missing: a failure
+    in CI, a skip elsewhere."""
+    import shutil
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        message = "promtool is not installed (Debian package 'prometheus')"
+        if REQUIRE_SERVICES:
+            pytest.fail(message)
+        pytest.skip(message)
+    checked = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=exposition,
+        capture_output=True,
+        text=True,
+        timeout=EXIT_TIMEOUT,
+    )
+    # promtool lints the default registry's own counters for missing help; ours have help.
+    complaints = [
+        line
+        for line in (checked.stdout + checked.stderr).splitlines()
+        if line.strip() and not line.startswith(("process_", "python_"))
+    ]
+    assert complaints == [], checked
+    assert checked.returncode in (0, 3), checked
 
 
 @dataclass

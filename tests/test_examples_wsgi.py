@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from websockets.sync.client import connect
 
 from tests.servers import (
     child_environment,
+    free_port,
     gunicorn_command,
     gunicorn_process,
     uvicorn_server,
@@ -33,12 +33,6 @@ pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="gunicorn needs os.fork (POSIX)"),
 ]
 WAIT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextmanager

@@ -52,6 +52,7 @@ from tests.servers import (
     EXIT_TIMEOUT,
     STARTUP_TIMEOUT,
     child_environment,
+    free_port,
     gunicorn_command,
     gunicorn_process,
     uvicorn_server,
@@ -128,12 +129,6 @@ http {{
     }}
 }}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def can_bind(address: str) -> bool:

@@ -74,7 +74,7 @@ iteration_failed(WsgiResponseObject *self)
     restore_exception(exc);
 }
 
-/* len(object) is defined (hasattr(result, "__len__") on the Python path). */
+/* len(object) is defined (hasattr(type(result), "__len__") on the Python path). */
 static inline int
 has_length(PyObject *object)
 {
@@ -114,7 +114,10 @@ file_response(WsgiResponseObject *self, PyObject *result, PyObject **answer)
     if (!PyType_Check(wrapper)) {
         return 0;
     }
+    /* Held: a metaclass's __instancecheck__ could change the environ. */
+    Py_INCREF(wrapper);
     int instance = is_instance(result, wrapper);
+    Py_DECREF(wrapper);
     if (instance <= 0) {
         return instance;
     }

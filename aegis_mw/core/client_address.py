@@ -74,6 +74,8 @@ class ClientAddressResolver:
         self.enabled = bool(self.networks) or self.trusts_unix
         self.header = header.lower()
         self.header_bytes = self.header.encode("latin-1")
+        #: Where a WSGI server puts that header in the environ.
+        self.environ_key = "HTTP_" + self.header.upper().replace("-", "_")
         self._trusted_cache: dict[str, bool] = {}
 
     def _is_trusted_address(self, address: IPAddress) -> bool:

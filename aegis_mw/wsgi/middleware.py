@@ -242,7 +242,7 @@ def forwarded_for(
     socket) is a trusted proxy."""
     if not addresses.peer_is_trusted(client[0] if client else None):
         return None
-    value = environ.get("HTTP_" + addresses.header.upper().replace("-", "_"))
+    value = environ.get(addresses.environ_key)
     return str(value) if value is not None else None
 
 

@@ -193,6 +193,3 @@ def iteration_failed(item: Any, failure: BaseException, error_limit: int) -> Non
         item[11] = describe_error(failure, error_limit)
     if not item[3]:
         item[3] = 500
-
-
-StartResponse = Callable[..., Callable[[bytes], object]]

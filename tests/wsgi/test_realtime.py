@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,15 +16,10 @@ from websockets.sync.client import connect
 
 from aegis_mw import Aegis
 from aegis_mw.wsgi import AegisWSGIMiddleware
+from tests.servers import free_port
 from tests.wsgi.test_middleware import environ_for, serve
 
 WAIT = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:

@@ -34,6 +34,7 @@ from ...endpoints.response import Response
 from ...wsgi.middleware import client_of, forwarded_for, number_or_zero
 from ...wsgi.mounted import WSGIRoutes
 from ...wsgi.responses import content_length, counted, iteration_failed
+from ...wsgi.routing import MAX_CACHED_ROUTES
 from . import compiled
 
 _CONVERTER = re.compile(r"<(?:[^<>:]+:)?([A-Za-z_][A-Za-z0-9_]*)>")
@@ -175,8 +176,7 @@ class AegisMiddleware:
             item[6] = self._clock()
             if item[0] == "HEAD":
                 item[8] = 0
-            match = request.resolver_match
-            item[1] = self._template(match.route) if match is not None else UNMATCHED_ROUTE
+            item[1] = self._route_of(request)
             self._queue(request.META, item)
         except Exception:
             self.aegis.recorder.dropped["internal_error"] += 1
@@ -185,11 +185,15 @@ class AegisMiddleware:
         """``get_response`` raised (a middleware's error, or ``raise_request_exception``)."""
         try:
             settle(item, failure, self._clock, self._error_limit)
-            match = getattr(request, "resolver_match", None)
-            item[1] = self._template(match.route) if match is not None else UNMATCHED_ROUTE
+            item[1] = self._route_of(request)
             self._queue(request.META, item)
         except Exception:
             self.aegis.recorder.dropped["internal_error"] += 1
+
+    def _route_of(self, request: HttpRequest) -> str:
+        """The resolver match's pattern as a template (none: ``<unmatched>``)."""
+        match = getattr(request, "resolver_match", None)
+        return self._template(match.route) if match is not None else UNMATCHED_ROUTE
 
     def _template(self, pattern: Any) -> str:
         if pattern is None:
@@ -197,7 +201,7 @@ class AegisMiddleware:
         template = self.templates.get(pattern)
         if template is None:
             template = route_template(str(pattern))
-            if len(self.templates) < 10_000:  # a project's patterns are bounded
+            if len(self.templates) < MAX_CACHED_ROUTES:  # a project's patterns are bounded
                 self.templates[pattern] = template
         return template
 
