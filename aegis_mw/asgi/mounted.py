@@ -5,7 +5,9 @@ under ``/api/metrics/`` and the ``/dashboard`` page: matched on the exact
 ``scope["path"]``, never recorded as app traffic (they are added to the
 excluded paths), and answered whatever the app has on the same path, so a
 scraper or a probe never depends on the app's routing. Blocking work (reading
-the aggregates under the flusher's lock, rendering) runs in a worker thread.
+the aggregates under the flusher's lock, rendering, reading history) runs in
+worker threads of our own lanes (``aegis.reads``), never under the server's
+shared limiter the app's ``def`` endpoints need.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ..access.check import Decision, decide
 from ..core.access_rules import AccessRule
 from ..endpoints.api import PARAMETERS, MetricsAPI
 from ..endpoints.dashboard import render as render_dashboard
+from ..endpoints.reads import RENDER, STORE
 from ..endpoints.response import Response
 from ..types import ASGIApp, Receive, Scope, Send
 
@@ -29,15 +32,6 @@ if TYPE_CHECKING:
 Handler = Callable[[Scope], Awaitable[Response]]
 _READ_METHODS = ("GET", "HEAD")
 OPEN = Decision(True, "viewer")
-
-
-async def in_thread(function: Callable[..., Response], *args: object) -> Response:
-    """Run blocking work in a worker thread, on asyncio and trio alike."""
-    # Imported here: importing aegis_mw must not import anyio (the core's
-    # standard-library-only test imports the package).
-    import anyio.to_thread
-
-    return await anyio.to_thread.run_sync(function, *args)
 
 
 def header(scope: Scope, name: bytes) -> str:
@@ -158,21 +152,29 @@ class MountedRoutes:
             return addresses.resolve(peer, forwarded, strict=True)
         return peer
 
-    async def _metrics(self, scope: Scope) -> Response:
-        endpoint = self.aegis.metrics.endpoint
-        accept, encoding = header(scope, b"accept"), header(scope, b"accept-encoding")
-        return await in_thread(endpoint.respond, accept, encoding)
-
-    async def _api(self, endpoint: str, scope: Scope) -> Response:
+    async def read_history(self, endpoint: str, query_string: bytes) -> Response:
+        """The JSON API's answer, from a thread of the ``store`` lane (shared
+        with the stream's ``get``)."""
         api = self.api
         if api is None:  # never: the API's routes are mounted with it
             return Response.error(404, "not_found", "the JSON API is switched off")
-        return await in_thread(api.respond, endpoint, scope.get("query_string", b""))
+        return await self.aegis.reads.threads.respond(STORE, api.respond, endpoint, query_string)
+
+    async def _metrics(self, scope: Scope) -> Response:
+        endpoint = self.aegis.metrics.endpoint
+        accept, encoding = header(scope, b"accept"), header(scope, b"accept-encoding")
+        return await self.aegis.reads.threads.respond(RENDER, endpoint.respond, accept, encoding)
+
+    async def _api(self, endpoint: str, scope: Scope) -> Response:
+        return await self.read_history(endpoint, scope.get("query_string", b""))
 
     async def _dashboard(self, scope: Scope) -> Response:
         page = self._page
         if page is None:
-            page = self._page = await in_thread(render_dashboard, self.aegis.settings)
+            threads = self.aegis.reads.threads
+            page = await threads.respond(RENDER, render_dashboard, self.aegis.settings)
+            if page.status == 200:  # not a "busy" answer
+                self._page = page
         return page
 
     async def _health(self, scope: Scope) -> Response:

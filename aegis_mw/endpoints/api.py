@@ -3,8 +3,11 @@
 Every parameter is checked here before any query runs: unknown or repeated
 parameters, bad ranges, malformed times and out-of-range numbers answer 400
 with ``{"error": {"code", "message", "parameter"}}``. A storage failure
-answers 503, never 500. Handlers block (they read storage), so the mounted
-routes call :meth:`MetricsAPI.respond` in a worker thread.
+answers 503 ``storage_unavailable`` (with ``Retry-After`` when the store
+cannot be reached: its breaker then answers the next reads at once, see
+:mod:`aegis_mw.history.breaker`), never 500. Handlers block (they read
+storage), so the mounted routes call :meth:`MetricsAPI.respond` in a worker
+thread of their own (see :mod:`.reads`).
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from ..core.history import HistorySource, RequestQuery
+from ..core.history import RequestQuery
 from ..core.labels import STANDARD_METHODS
 from ..core.record import OTHER_METHOD, RequestRecord
 from ..core.rollup import RollupRow
+from ..history.breaker import StoreUnavailable
 from ..history.queries import SORTS, HistoryQueries
 from ..history.ranges import QueryError, horizons, parse_time
 from ..realtime.sections import realtime_json
@@ -176,7 +180,7 @@ class MetricsAPI:
     def __init__(self, aegis: Aegis) -> None:
         self._aegis = aegis
         settings = aegis.settings
-        source = next((s for s in aegis.sinks if isinstance(s, HistorySource)), None)
+        source = aegis.reads.history
         self.queries = (
             None
             if source is None
@@ -221,6 +225,14 @@ class MetricsAPI:
                         "parameter": error.parameter,
                     }
                 },
+            )
+        except StoreUnavailable as error:
+            # Logged by the store's breaker, once per outage.
+            return Response.error(
+                503,
+                "storage_unavailable",
+                "the history store cannot be read now; retry after the Retry-After seconds",
+                retry_after=str(error.retry_after),
             )
         except Exception:
             logger.exception("aegis metrics API: reading %s failed", endpoint)
