@@ -1,8 +1,10 @@
 """The JSON metrics API: ``GET {api_path}/<endpoint>`` answering ``{"data": ...}``.
 
 Every parameter is checked here before any query runs: unknown or repeated
-parameters, bad ranges, malformed times and out-of-range numbers answer 400
-with ``{"error": {"code", "message", "parameter"}}``. A storage failure
+parameters, text that is not valid UTF-8, holds a control character or runs
+over 1024 characters, bad ranges, malformed times and out-of-range numbers
+answer 400 with ``{"error": {"code", "message", "parameter"}}``, whatever the
+sink (PostgreSQL cannot even compare a NUL; no store sees such text). A storage failure
 answers 503 ``storage_unavailable`` (with ``Retry-After`` when the store
 cannot be reached: its breaker then answers the next reads at once, see
 :mod:`aegis_mw.history.breaker`), never 500. Handlers block (they read
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -64,10 +67,34 @@ MAX_TEXT = 1024
 EARLIEST = 0.0
 LATEST = 253_370_764_800.0  # 9999-01-01T00:00:00Z
 _METHODS = frozenset(STANDARD_METHODS) | {OTHER_METHOD}
+#: C0 and C1 controls and DEL; and surrogates, which is how bytes that are not
+#: UTF-8 come out of the "surrogateescape" decoding below.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _bad(parameter: str, message: str) -> QueryError:
     return QueryError(parameter, message)
+
+
+def _unknown(name: str, allowed: tuple[str, ...]) -> QueryError:
+    if _SURROGATE.search(name):
+        return _bad("query", "the query string is not valid UTF-8")
+    shown = name if len(name) <= 64 else name[:64] + "..."
+    known = ", ".join(allowed) or "none"
+    return QueryError(
+        name[:64], f"unknown parameter {shown!r}; known: {known}", "unknown_parameter"
+    )
+
+
+def _check_text(name: str, value: str) -> None:
+    """Text no parameter may hold, whichever it is and whatever the sink."""
+    if _SURROGATE.search(value):
+        raise _bad(name, f"{name} is not valid UTF-8")
+    if _CONTROL.search(value):
+        raise _bad(name, f"{name} may not contain control characters")
+    if len(value) > MAX_TEXT:
+        raise _bad(name, f"{name} may be at most {MAX_TEXT} characters")
 
 
 def _integer(params: dict[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -111,8 +138,6 @@ def request_query(params: dict[str, str]) -> RequestQuery:
     if method is not None and method.upper() not in _METHODS:
         raise _bad("method", f"method must be one of {', '.join(sorted(_METHODS))}")
     route = params.get("route")
-    if route is not None and len(route) > MAX_TEXT:
-        raise _bad("route", f"route may be at most {MAX_TEXT} characters")
     minimum = None
     if "min_duration_ms" in params:
         try:
@@ -139,6 +164,8 @@ def request_query(params: dict[str, str]) -> RequestQuery:
 
 def answer(queries: HistoryQueries, endpoint: str, params: dict[str, str]) -> Any:
     """One storage endpoint's data for text parameters (the API's and the CLI's)."""
+    for name, value in params.items():
+        _check_text(name, value)
     if endpoint == "requests":
         return queries.requests(request_query(params))
     window = (params.get("range"), _time(params, "from"), _time(params, "to"))
@@ -243,26 +270,22 @@ class MetricsAPI:
         allowed = PARAMETERS[endpoint]
         try:
             # UTF-8, not latin-1: a server may pass raw (unescaped) UTF-8
-            # bytes, which latin-1 would silently turn into mojibake.
+            # bytes, which latin-1 would silently turn into mojibake. Bytes that
+            # are not UTF-8 (raw or %-escaped) become lone surrogates here, so
+            # the parameter holding them can be named.
             pairs = parse_qsl(
-                query_string.decode("utf-8"),
+                query_string.decode("utf-8", "surrogateescape"),
                 keep_blank_values=True,
                 encoding="utf-8",
-                errors="strict",
+                errors="surrogateescape",
                 max_num_fields=len(allowed) + 1,
             )
-        except UnicodeDecodeError:
-            raise _bad("query", "the query string is not valid UTF-8") from None
         except ValueError:
             raise _bad("query", "too many query parameters") from None
         params: dict[str, str] = {}
         for name, value in pairs:
             if name not in allowed:
-                shown = name if len(name) <= 64 else name[:64] + "..."
-                known = ", ".join(allowed) or "none"
-                raise QueryError(
-                    name[:64], f"unknown parameter {shown!r}; known: {known}", "unknown_parameter"
-                )
+                raise _unknown(name, allowed)
             if name in params:
                 raise _bad(name, f"{name} is given more than once")
             params[name] = value
