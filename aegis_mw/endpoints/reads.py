@@ -22,7 +22,6 @@ turn of the loop passes any check before the first of it reaches the limiter).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -62,17 +61,17 @@ class ReadThreads:
     def __init__(self, lanes: dict[str, int]) -> None:
         self.lanes = dict(lanes)
         self._vars: dict[str, Any] = {}  # lane -> anyio.lowlevel.RunVar, made on first use
-        self._lock = threading.Lock()  # several loops (WSGI probes) may ask at once
 
     def _lane(self, lane: str) -> _Lane:
         # Imported here: importing aegis_mw must not import anyio.
         import anyio
         import anyio.lowlevel
 
-        with self._lock:
-            var = self._vars.get(lane)
-            if var is None:
-                var = self._vars[lane] = anyio.lowlevel.RunVar(f"aegis_mw.{lane}")
+        var = self._vars.get(lane)
+        if var is None:
+            # setdefault, not a lock: loops in other threads (WSGI probes) may
+            # race here, and one of the RunVars made wins for all of them.
+            var = self._vars.setdefault(lane, anyio.lowlevel.RunVar(f"aegis_mw.{lane}"))
         found: _Lane | None = var.get(None)
         if found is None:  # no await since get(): no other task made one meanwhile
             found = _Lane(anyio.CapacityLimiter(self.lanes[lane]))

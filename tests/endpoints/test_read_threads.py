@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -18,7 +19,7 @@ from anyio.lowlevel import checkpoint
 from aegis_mw import Aegis, AegisMiddleware
 from aegis_mw.endpoints.reads import LANES, QUEUE_PER_THREAD, RENDER, STORE
 from tests.endpoints.stores import HungStore
-from tests.harness import Exchange, call, http_scope
+from tests.harness import Exchange, call, http_scope, websocket_scope
 
 pytestmark = pytest.mark.anyio
 READERS = 60
@@ -87,3 +88,38 @@ async def test_each_event_loop_gets_limiters_of_its_own(make_aegis: Callable[...
     other = await anyio.to_thread.run_sync(anyio.run, elsewhere)
     assert other != id(here)
     assert here.total_tokens == LANES[STORE]
+
+
+async def test_the_streams_get_reads_through_the_same_lane_and_breaker(
+    make_aegis: Callable[..., Aegis], tmp_path: Path
+) -> None:
+    """A ``get`` on /ws/metrics while the store cannot be read: an error naming it,
+    at once the second time, and the socket stays open."""
+    path = tmp_path / "aegis.db"
+    path.write_bytes(b"not a database, " * 512)
+    aegis = make_aegis(sink=f"sqlite:///{path}", flush_interval=3600, metrics_registry="none")
+    get = json.dumps({"type": "get", "data": {"section": "overview", "range": "1h"}})
+    inbound = [{"type": "websocket.connect"}]
+    inbound += [{"type": "websocket.receive", "text": get}] * 2
+    answered = anyio.Event()
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if inbound:
+            return inbound.pop(0)
+        await answered.wait()
+        return {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        texts = [json.loads(m["text"]) for m in sent if "text" in m]
+        if sum(t["type"] == "error" for t in texts) == 2:
+            answered.set()
+
+    with anyio.fail_after(20):
+        await AegisMiddleware(app, aegis=aegis)(websocket_scope("/ws/metrics"), receive, send)
+    errors = [json.loads(m["text"])["data"] for m in sent if '"error"' in m.get("text", "")]
+    assert [e["code"] for e in errors] == ["storage_unavailable"] * 2
+    assert aegis.reads.history is not None
+    assert aegis.reads.history.breaker.state == "open"
+    assert not [m for m in sent if m["type"] == "websocket.close"]
