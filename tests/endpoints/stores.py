@@ -7,11 +7,11 @@ from __future__ import annotations
 import selectors
 import socket
 import threading
-from types import TracebackType
 
 
 class _Listener:
-    """A listening socket on 127.0.0.1 served by a thread until ``close()``."""
+    """A listening socket on 127.0.0.1 served by a thread until ``close()``
+    (``contextlib.closing`` closes it at the end of a block)."""
 
     def __init__(self, port: int = 0) -> None:
         self.socket = socket.socket()
@@ -54,21 +54,15 @@ class _Listener:
         for sock in (self.socket, self._wake_read, self._wake_write):
             sock.close()
 
-    def __enter__(self) -> _Listener:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 class HungStore(_Listener):
     """Accepts every connection and never sends a byte: a connection attempt
-    waits until its client gives up."""
+    waits until its client gives up. Use it as ``with closing(HungStore())``."""
+
+    @property
+    def url(self) -> str:
+        """A PostgreSQL URL naming this "server"."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/test"
 
 
 class Forwarder(_Listener):

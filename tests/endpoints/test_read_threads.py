@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,9 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
 
 
 async def test_reads_of_a_hung_store_keep_to_their_lane(make_aegis: Callable[..., Aegis]) -> None:
-    with HungStore() as store:
+    with closing(HungStore()) as store:
         aegis = make_aegis(
-            sink=f"postgresql://postgres@127.0.0.1:{store.port}/test",
+            sink=store.url,
             read_timeout=2.0,
             read_retry_after=30,
             flush_interval=3600,

@@ -12,6 +12,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +53,10 @@ def test_a_wsgi_app_reads_a_hung_store_briefly_then_not_at_all(
     make_aegis: Callable[..., Aegis], caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = FakeClock()
-    with HungStore() as store:
+    with closing(HungStore()) as store:
         aegis = make_aegis(
             clock=clock,
-            sink=f"postgresql://postgres@127.0.0.1:{store.port}/test",
+            sink=store.url,
             read_timeout=0.5,
             read_retry_after=10,
             flush_interval=3600,

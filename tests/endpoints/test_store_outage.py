@@ -13,7 +13,7 @@ import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,9 +38,11 @@ WAIT = 60.0
 def store_down(kind: str) -> Iterator[str]:
     """A postgresql:// URL whose server is down: nothing listens on its port
     (``refused``), or a listener accepts and never answers (``hung``)."""
-    with ExitStack() as stack:
-        port = stack.enter_context(HungStore()).port if kind == "hung" else free_port()
-        yield f"postgresql://postgres@127.0.0.1:{port}/test"
+    if kind == "refused":
+        yield f"postgresql://postgres@127.0.0.1:{free_port()}/test"
+        return
+    with closing(HungStore()) as store:
+        yield store.url
 
 
 def start_reads(server: Server, target: str, count: int) -> list[socket.socket]:
@@ -119,7 +121,7 @@ def test_reads_come_back_with_the_store(postgres_url: str, tmp_path: Path) -> No
         first = httpx.get(f"{server.url}{READ}", timeout=WAIT)
         assert first.status_code == 503
         assert first.json()["error"]["code"] == "storage_unavailable"
-        with Forwarder(port, (real.hostname or "127.0.0.1", real.port or 5432)):
+        with closing(Forwarder(port, (real.hostname or "127.0.0.1", real.port or 5432))):
             deadline = time.monotonic() + WAIT
             while True:
                 answer = httpx.get(f"{server.url}{READ}", timeout=WAIT)
