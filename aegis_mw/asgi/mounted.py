@@ -4,13 +4,12 @@
 under ``/api/metrics/`` and the ``/dashboard`` page: matched on the exact
 ``scope["path"]``, never recorded as app traffic (they are added to the
 excluded paths), and answered whatever the app has on the same path, so a
-scraper or a probe never depends on the app's routing. A token in the
-dashboard's URL is traded for a cookie at once (see
-:mod:`aegis_mw.endpoints.token_cookie`), so it is not in every page load's
-access log line. Blocking work (reading
+scraper or a probe never depends on the app's routing. Blocking work (reading
 the aggregates under the flusher's lock, rendering, reading history) runs in
 worker threads of our own lanes (``aegis.reads``), never under the server's
-shared limiter the app's ``def`` endpoints need.
+shared limiter the app's ``def`` endpoints need. A token in the dashboard's
+URL is traded for a cookie at once (see :mod:`aegis_mw.endpoints.token_cookie`),
+so it is not in the access log line of every page load.
 """
 
 from __future__ import annotations

@@ -223,6 +223,10 @@ class MetricsAPI:
             horizons=horizons(settings.retention_raw, settings.retention_rollups),
         )
         self._openapi = openapi_document(settings.api_path)
+        # A read that fails for another reason than an unreachable store (a
+        # fault of the read) is logged with its traceback once per burst: the
+        # first failure after a success. A race costs at most one more line.
+        self._failing = False
 
     def respond(self, endpoint: str, query_string: bytes) -> Response:
         """The answer to ``GET {api_path}/{endpoint}?{query_string}``."""
@@ -241,7 +245,9 @@ class MetricsAPI:
                     "no configured sink keeps history; use sqlite:///..., postgresql://... "
                     "or memory://",
                 )
-            return Response.json(200, {"data": answer(queries, endpoint, params)})
+            data = answer(queries, endpoint, params)
+            self._failing = False
+            return Response.json(200, {"data": data})
         except QueryError as error:
             return Response.json(
                 400,
@@ -262,7 +268,12 @@ class MetricsAPI:
                 retry_after=str(error.retry_after),
             )
         except Exception:
-            logger.exception("aegis metrics API: reading %s failed", endpoint)
+            if not self._failing:
+                self._failing = True
+                logger.exception(
+                    "aegis metrics API: reading %s failed (not logged again until a read works)",
+                    endpoint,
+                )
             return Response.error(503, "storage_unavailable", "the history could not be read")
 
     @staticmethod
