@@ -31,6 +31,7 @@ from .core.settings import AegisSettings
 from .core.sink import RecordSink
 from .core.sink_runner import SinkRunner
 from .core.stats import PipelineStats, SinkStats
+from .endpoints.reads import MonitoringReads
 from .exposition.service import MetricsService
 from .health.service import HealthService
 from .history.ranges import horizons
@@ -175,6 +176,9 @@ class Aegis:
         #: Paths never recorded: the user's ``exclude_paths`` plus routes
         #: that integrations mount (see :meth:`exclude`).
         self.excluded_paths = PathFilter(settings.exclude_paths)
+        #: The threads our routes read in, apart from the app's, and the
+        #: breaker that answers history reads at once while the store is down.
+        self.reads = MonitoringReads(settings, self.sinks, self.clock.monotonic)
         #: ``/metrics``: our families, the app's registry, a Collector for others.
         self.metrics = MetricsService(self, multiprocess_directory(settings, environ))
         #: Health checks and the liveness/readiness answers.
@@ -274,6 +278,7 @@ class Aegis:
 
     def _after_fork_in_child(self) -> None:
         self.hub = None  # the parent's connections are not the child's
+        self.reads.reset_after_fork()
         # The parent keeps and writes everything it buffered before the fork;
         # the child starts empty with its own threads and connections.
         self.recorder.reset_after_fork()

@@ -5,7 +5,11 @@ under ``/api/metrics/`` and the ``/dashboard`` page: matched on the exact
 ``scope["path"]``, never recorded as app traffic (they are added to the
 excluded paths), and answered whatever the app has on the same path, so a
 scraper or a probe never depends on the app's routing. Blocking work (reading
-the aggregates under the flusher's lock, rendering) runs in a worker thread.
+the aggregates under the flusher's lock, rendering, reading history) runs in
+worker threads of our own lanes (``aegis.reads``), never under the server's
+shared limiter the app's ``def`` endpoints need. A token in the dashboard's
+URL is traded for a cookie at once (see :mod:`aegis_mw.endpoints.token_cookie`),
+so it is not in the access log line of every page load.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from ..access.check import Decision, decide
 from ..core.access_rules import AccessRule
 from ..endpoints.api import PARAMETERS, MetricsAPI
 from ..endpoints.dashboard import render as render_dashboard
+from ..endpoints.reads import RENDER, STORE
 from ..endpoints.response import Response
+from ..endpoints.token_cookie import TOKEN_COOKIE, cookie_paths, token_login
 from ..types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -29,15 +35,6 @@ if TYPE_CHECKING:
 Handler = Callable[[Scope], Awaitable[Response]]
 _READ_METHODS = ("GET", "HEAD")
 OPEN = Decision(True, "viewer")
-
-
-async def in_thread(function: Callable[..., Response], *args: object) -> Response:
-    """Run blocking work in a worker thread, on asyncio and trio alike."""
-    # Imported here: importing aegis_mw must not import anyio (the core's
-    # standard-library-only test imports the package).
-    import anyio.to_thread
-
-    return await anyio.to_thread.run_sync(function, *args)
 
 
 def header(scope: Scope, name: bytes) -> str:
@@ -57,12 +54,17 @@ async def send_response(send: Send, response: Response, *, head: bool) -> None:
     await send({"type": "http.response.body", "body": b"" if head else response.body})
 
 
-def token_of(scope: Scope) -> str:
-    """A token from the ``aegis_token`` cookie or the ``token`` query parameter."""
+def query_token(scope: Scope) -> str:
+    """The ``token`` query parameter, or ""."""
     query = bytes(scope.get("query_string", b"")).decode("latin-1")
     for name, value in parse_qsl(query):
         if name == "token" and value:
             return str(value)
+    return ""
+
+
+def cookie_token(scope: Scope) -> str:
+    """The ``aegis_token`` cookie, or ""."""
     cookies = header(scope, b"cookie")
     if cookies:
         jar: SimpleCookie = SimpleCookie()
@@ -70,10 +72,15 @@ def token_of(scope: Scope) -> str:
             jar.load(cookies)
         except CookieError:
             return ""
-        morsel = jar.get("aegis_token")
+        morsel = jar.get(TOKEN_COOKIE)
         if morsel is not None:
             return str(morsel.value)
     return ""
+
+
+def token_of(scope: Scope) -> str:
+    """A token from the ``token`` query parameter or the ``aegis_token`` cookie."""
+    return query_token(scope) or cookie_token(scope)
 
 
 class MountedRoutes:
@@ -113,19 +120,24 @@ class MountedRoutes:
             return
         group, handler = route
         method = scope.get("method", "GET")
-        refusal = self.refusal(group, scope, method)
-        response = refusal if refusal is not None else await handler(scope)
+        early = self.preempt(group, scope, method)
+        response = early if early is not None else await handler(scope)
         await send_response(send, response, head=method == "HEAD")
 
-    def refusal(self, group: str, scope: Scope, method: str) -> Response | None:
-        """The answer refusing this request (401/403 by the group's rule, 405
-        for a method other than GET and HEAD), or None to serve it. Shared
-        with the WSGI side."""
+    def preempt(self, group: str, scope: Scope, method: str) -> Response | None:
+        """The answer given instead of the route's own: a refusal (401/403 by
+        the group's rule, 405 for a method other than GET and HEAD), or the
+        dashboard's URL token traded for a cookie (303); None to serve the
+        route. Shared with the WSGI side."""
         # The page's token may come from its URL or a cookie: a browser
-        # opening a link cannot send an Authorization header.
-        decision = self.authorize(
-            group, scope, token=token_of(scope) if group == "dashboard" else ""
-        )
+        # opening a link cannot send an Authorization header. The page's own
+        # API calls carry the cookie the URL's token was traded for.
+        token = ""
+        if group == "dashboard":
+            token = token_of(scope)
+        elif group == "api":
+            token = cookie_token(scope)
+        decision = self.authorize(group, scope, token=token)
         if not decision.allowed:
             response = Response.error(decision.status, decision.code, decision.message)
             response.headers.extend(decision.headers)
@@ -133,7 +145,36 @@ class MountedRoutes:
         if method not in _READ_METHODS:
             message = f"{method} is not allowed here; use GET"
             return Response.error(405, "method_not_allowed", message, allow="GET, HEAD")
+        if group == "dashboard":
+            return self._token_login(scope)
         return None
+
+    def _token_login(self, scope: Scope) -> Response | None:
+        token = query_token(scope)
+        # Traded only when it is a credential some rule of the page's routes
+        # takes: a token nobody asked for is left alone.
+        if not token or not any(
+            self.admits_token(group, scope, token) for group in ("dashboard", "api", "websocket")
+        ):
+            return None
+        secure = scope.get("scheme") in ("https", "wss")
+        settings = self.aegis.settings
+        return token_login(
+            token,
+            settings.dashboard_path,
+            bytes(scope.get("query_string", b"")),
+            cookie_paths(settings),
+            secure=secure,
+        )
+
+    def admits_token(self, group: str, scope: Scope, token: str) -> bool:
+        """Whether ``token`` itself is a credential the group's rule takes (an
+        Authorization header the request may carry does not count)."""
+        rule = self.rules.get(group)
+        if rule is None or not rule.needs_credentials:
+            return False
+        client_ip = self.client_ip(scope)
+        return decide(rule, authorization="", client_ip=client_ip, token=token).allowed
 
     def authorize(self, group: str, scope: Scope, *, token: str = "") -> Decision:
         """The group's rule against this request (the client address after
@@ -158,21 +199,29 @@ class MountedRoutes:
             return addresses.resolve(peer, forwarded, strict=True)
         return peer
 
-    async def _metrics(self, scope: Scope) -> Response:
-        endpoint = self.aegis.metrics.endpoint
-        accept, encoding = header(scope, b"accept"), header(scope, b"accept-encoding")
-        return await in_thread(endpoint.respond, accept, encoding)
-
-    async def _api(self, endpoint: str, scope: Scope) -> Response:
+    async def read_history(self, endpoint: str, query_string: bytes) -> Response:
+        """The JSON API's answer, from a thread of the ``store`` lane (shared
+        with the stream's ``get``)."""
         api = self.api
         if api is None:  # never: the API's routes are mounted with it
             return Response.error(404, "not_found", "the JSON API is switched off")
-        return await in_thread(api.respond, endpoint, scope.get("query_string", b""))
+        return await self.aegis.reads.threads.respond(STORE, api.respond, endpoint, query_string)
+
+    async def _metrics(self, scope: Scope) -> Response:
+        endpoint = self.aegis.metrics.endpoint
+        accept, encoding = header(scope, b"accept"), header(scope, b"accept-encoding")
+        return await self.aegis.reads.threads.respond(RENDER, endpoint.respond, accept, encoding)
+
+    async def _api(self, endpoint: str, scope: Scope) -> Response:
+        return await self.read_history(endpoint, scope.get("query_string", b""))
 
     async def _dashboard(self, scope: Scope) -> Response:
         page = self._page
         if page is None:
-            page = self._page = await in_thread(render_dashboard, self.aegis.settings)
+            threads = self.aegis.reads.threads
+            page = await threads.respond(RENDER, render_dashboard, self.aegis.settings)
+            if page.status == 200:  # not a "busy" answer
+                self._page = page
         return page
 
     async def _health(self, scope: Scope) -> Response:

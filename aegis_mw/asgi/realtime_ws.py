@@ -273,7 +273,7 @@ class Connection:
             return protocol.error("forbidden", "the api access rule does not admit this client")
         endpoint = GET_ENDPOINTS[message.section]
         query = f"range={message.range}".encode()
-        response = await anyio.to_thread.run_sync(api.respond, endpoint, query)
+        response = await self.mounted.read_history(endpoint, query)
         payload: Any = json.loads(response.body)
         if response.status != 200:
             error = payload.get("error") or {}

@@ -309,6 +309,12 @@ _RULES: dict[str, _Rule] = {
     "liveness_max_loop_lag": _Rule(
         _number(float, 0, 3600, low_open=True), "seconds, > 0 and <= 3600", _float_text
     ),
+    "read_timeout": _Rule(
+        _number(float, 0, 60, low_open=True), "seconds, > 0 and <= 60", _float_text
+    ),
+    "read_retry_after": _Rule(
+        _number(float, 0, 3600, low_open=True), "seconds, > 0 and <= 3600", _float_text
+    ),
     "access": _Rule(_access, "route groups mapped to rules (see the README)"),
     "metrics_path": _Rule(_mount_path, _PATH_ALLOWED),
     "api_path": _Rule(_mount_path, _PATH_ALLOWED),
@@ -442,6 +448,12 @@ class AegisSettings:
     readiness_path: str = "/health/ready"
     health_cache_seconds: float = 1.0
     liveness_max_loop_lag: float = 5.0
+    #: How long a history read (JSON API, /ws/metrics ``get``) waits for the
+    #: store: a connection from the pool, or a lock of an SQLite file.
+    read_timeout: float = 2.0
+    #: Once the store cannot be read, reads answer 503 at once for this long,
+    #: then one read tries the store again.
+    read_retry_after: float = 5.0
     metrics_namespace: str = "aegis"
     metrics_labels: Any = ()
     metrics_buckets: tuple[float, ...] = DEFAULT_BUCKETS

@@ -1,24 +1,31 @@
 """The JSON metrics API: ``GET {api_path}/<endpoint>`` answering ``{"data": ...}``.
 
 Every parameter is checked here before any query runs: unknown or repeated
-parameters, bad ranges, malformed times and out-of-range numbers answer 400
-with ``{"error": {"code", "message", "parameter"}}``. A storage failure
-answers 503, never 500. Handlers block (they read storage), so the mounted
-routes call :meth:`MetricsAPI.respond` in a worker thread.
+parameters, text that is not valid UTF-8, holds a control character or runs
+over 1024 characters, bad ranges, malformed times and out-of-range numbers
+answer 400 with ``{"error": {"code", "message", "parameter"}}``, whatever the
+sink (PostgreSQL cannot even compare a NUL; no store sees such text). A storage failure
+answers 503 ``storage_unavailable`` (with ``Retry-After`` when the store
+cannot be reached: its breaker then answers the next reads at once, see
+:mod:`aegis_mw.history.breaker`), never 500. Handlers block (they read
+storage), so the mounted routes call :meth:`MetricsAPI.respond` in a worker
+thread of their own (see :mod:`.reads`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from ..core.history import HistorySource, RequestQuery
+from ..core.history import RequestQuery
 from ..core.labels import STANDARD_METHODS
 from ..core.record import OTHER_METHOD, RequestRecord
 from ..core.rollup import RollupRow
+from ..history.breaker import StoreUnavailable
 from ..history.queries import SORTS, HistoryQueries
 from ..history.ranges import QueryError, horizons, parse_time
 from ..realtime.sections import realtime_json
@@ -60,10 +67,34 @@ MAX_TEXT = 1024
 EARLIEST = 0.0
 LATEST = 253_370_764_800.0  # 9999-01-01T00:00:00Z
 _METHODS = frozenset(STANDARD_METHODS) | {OTHER_METHOD}
+#: C0 and C1 controls and DEL; and surrogates, which is how bytes that are not
+#: UTF-8 come out of the "surrogateescape" decoding below.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _bad(parameter: str, message: str) -> QueryError:
     return QueryError(parameter, message)
+
+
+def _unknown(name: str, allowed: tuple[str, ...]) -> QueryError:
+    if _SURROGATE.search(name):
+        return _bad("query", "the query string is not valid UTF-8")
+    shown = name if len(name) <= 64 else name[:64] + "..."
+    known = ", ".join(allowed) or "none"
+    return QueryError(
+        name[:64], f"unknown parameter {shown!r}; known: {known}", "unknown_parameter"
+    )
+
+
+def _check_text(name: str, value: str) -> None:
+    """Text no parameter may hold, whichever it is and whatever the sink."""
+    if _SURROGATE.search(value):
+        raise _bad(name, f"{name} is not valid UTF-8")
+    if _CONTROL.search(value):
+        raise _bad(name, f"{name} may not contain control characters")
+    if len(value) > MAX_TEXT:
+        raise _bad(name, f"{name} may be at most {MAX_TEXT} characters")
 
 
 def _integer(params: dict[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -107,8 +138,6 @@ def request_query(params: dict[str, str]) -> RequestQuery:
     if method is not None and method.upper() not in _METHODS:
         raise _bad("method", f"method must be one of {', '.join(sorted(_METHODS))}")
     route = params.get("route")
-    if route is not None and len(route) > MAX_TEXT:
-        raise _bad("route", f"route may be at most {MAX_TEXT} characters")
     minimum = None
     if "min_duration_ms" in params:
         try:
@@ -135,6 +164,8 @@ def request_query(params: dict[str, str]) -> RequestQuery:
 
 def answer(queries: HistoryQueries, endpoint: str, params: dict[str, str]) -> Any:
     """One storage endpoint's data for text parameters (the API's and the CLI's)."""
+    for name, value in params.items():
+        _check_text(name, value)
     if endpoint == "requests":
         return queries.requests(request_query(params))
     window = (params.get("range"), _time(params, "from"), _time(params, "to"))
@@ -176,7 +207,7 @@ class MetricsAPI:
     def __init__(self, aegis: Aegis) -> None:
         self._aegis = aegis
         settings = aegis.settings
-        source = next((s for s in aegis.sinks if isinstance(s, HistorySource)), None)
+        source = aegis.reads.history
         self.queries = (
             None
             if source is None
@@ -192,6 +223,10 @@ class MetricsAPI:
             horizons=horizons(settings.retention_raw, settings.retention_rollups),
         )
         self._openapi = openapi_document(settings.api_path)
+        # A read that fails for another reason than an unreachable store (a
+        # fault of the read) is logged with its traceback once per burst: the
+        # first failure after a success. A race costs at most one more line.
+        self._failing = False
 
     def respond(self, endpoint: str, query_string: bytes) -> Response:
         """The answer to ``GET {api_path}/{endpoint}?{query_string}``."""
@@ -210,7 +245,9 @@ class MetricsAPI:
                     "no configured sink keeps history; use sqlite:///..., postgresql://... "
                     "or memory://",
                 )
-            return Response.json(200, {"data": answer(queries, endpoint, params)})
+            data = answer(queries, endpoint, params)
+            self._failing = False
+            return Response.json(200, {"data": data})
         except QueryError as error:
             return Response.json(
                 400,
@@ -222,8 +259,21 @@ class MetricsAPI:
                     }
                 },
             )
+        except StoreUnavailable as error:
+            # Logged by the store's breaker, once per outage.
+            return Response.error(
+                503,
+                "storage_unavailable",
+                "the history store cannot be read now; retry after the Retry-After seconds",
+                retry_after=str(error.retry_after),
+            )
         except Exception:
-            logger.exception("aegis metrics API: reading %s failed", endpoint)
+            if not self._failing:
+                self._failing = True
+                logger.exception(
+                    "aegis metrics API: reading %s failed (not logged again until a read works)",
+                    endpoint,
+                )
             return Response.error(503, "storage_unavailable", "the history could not be read")
 
     @staticmethod
@@ -231,26 +281,22 @@ class MetricsAPI:
         allowed = PARAMETERS[endpoint]
         try:
             # UTF-8, not latin-1: a server may pass raw (unescaped) UTF-8
-            # bytes, which latin-1 would silently turn into mojibake.
+            # bytes, which latin-1 would silently turn into mojibake. Bytes that
+            # are not UTF-8 (raw or %-escaped) become lone surrogates here, so
+            # the parameter holding them can be named.
             pairs = parse_qsl(
-                query_string.decode("utf-8"),
+                query_string.decode("utf-8", "surrogateescape"),
                 keep_blank_values=True,
                 encoding="utf-8",
-                errors="strict",
+                errors="surrogateescape",
                 max_num_fields=len(allowed) + 1,
             )
-        except UnicodeDecodeError:
-            raise _bad("query", "the query string is not valid UTF-8") from None
         except ValueError:
             raise _bad("query", "too many query parameters") from None
         params: dict[str, str] = {}
         for name, value in pairs:
             if name not in allowed:
-                shown = name if len(name) <= 64 else name[:64] + "..."
-                known = ", ".join(allowed) or "none"
-                raise QueryError(
-                    name[:64], f"unknown parameter {shown!r}; known: {known}", "unknown_parameter"
-                )
+                raise _unknown(name, allowed)
             if name in params:
                 raise _bad(name, f"{name} is given more than once")
             params[name] = value

@@ -22,6 +22,8 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 
 _TIME = {"type": "string", "format": "date-time"}
+#: What every text parameter is refused for holding: C0 and C1 controls, DEL.
+_NO_CONTROLS = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
 _BOUNDS = "From 1970-01-01 to before 9999-01-01."
 _RANGE_PARAMETERS = [
     _query(
@@ -192,7 +194,11 @@ _PARAMETERS: dict[str, list[dict[str, Any]]] = {
         _query("sort", {"type": "string", "enum": list(SORTS)}, "Order (default count)."),
     ],
     "requests": [
-        _query("route", {"type": "string", "maxLength": 1024}, "Route template, exactly."),
+        _query(
+            "route",
+            {"type": "string", "maxLength": 1024, "pattern": _NO_CONTROLS},
+            "Route template, exactly (no control characters).",
+        ),
         _query(
             "method",
             {"type": "string", "enum": sorted({*STANDARD_METHODS, OTHER_METHOD})},
@@ -243,6 +249,22 @@ _ERROR = {
 }
 
 
+_UNAVAILABLE = {
+    **_ERROR,
+    "description": (
+        "Not now: storage_unavailable (the history store cannot be read; while it is "
+        "known to be down the answer comes at once), busy (too many monitoring reads "
+        "at once), or history_unavailable (no sink keeps history)"
+    ),
+    "headers": {
+        "Retry-After": {
+            "description": "Seconds before the store is tried again (storage_unavailable, busy)",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
+}
+
+
 def openapi_document(prefix: str) -> dict[str, Any]:
     """The description for an API mounted at ``prefix``."""
     paths: dict[str, Any] = {}
@@ -259,7 +281,7 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                 }
             },
         }
-        responses: dict[str, Any] = {"200": ok, "400": _ERROR, "503": _ERROR}
+        responses: dict[str, Any] = {"200": ok, "400": _ERROR, "503": _UNAVAILABLE}
         responses.update({"401": _ERROR, "403": _ERROR, "405": _ERROR})
         paths[f"{prefix}/{name}"] = {
             "get": {

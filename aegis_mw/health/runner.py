@@ -39,8 +39,12 @@ class CheckRunner:
         *,
         cache_seconds: float,
         wall: Callable[[], float] = time.time,
+        limiter: Callable[[], Any] | None = None,
     ) -> None:
         self._checks = checks
+        # The CapacityLimiter of the running loop that sync checks run under:
+        # never the server's default one, which the app's own calls need.
+        self._limiter = limiter
         self.cache_seconds = cache_seconds
         self._wall = wall
         self._results: dict[str, CheckResult] = {}
@@ -106,7 +110,10 @@ class CheckRunner:
                         value = await check.function()
                     else:
                         value = await anyio.to_thread.run_sync(
-                            self._call_sync, check, abandon_on_cancel=True
+                            self._call_sync,
+                            check,
+                            abandon_on_cancel=True,
+                            limiter=None if self._limiter is None else self._limiter(),
                         )
                     if inspect.isawaitable(value):
                         value = await value

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, overload
 
+from ..endpoints.reads import CHECKS
 from ..endpoints.response import Response
 from .checks import FAIL, PASS, UNKNOWN, WARN, CheckResult, HealthCheck
 from .loop_lag import LoopLagMonitor
@@ -59,8 +60,11 @@ class HealthService:
         #: where each probe runs its checks in a short loop of its own.
         self.watch_loop = True
         self.max_loop_lag = settings.liveness_max_loop_lag
+        threads = aegis.reads.threads
         self.runner = CheckRunner(
-            lambda: list(self._checks.values()), cache_seconds=settings.health_cache_seconds
+            lambda: list(self._checks.values()),
+            cache_seconds=settings.health_cache_seconds,
+            limiter=lambda: threads.limiter(CHECKS),
         )
         aegis.metrics.health_reading = self._gauge
 

@@ -105,12 +105,19 @@ class RowReader:
     """``read_rollups`` and ``read_requests`` for a database reader: the
     subclass sets ``dialect`` and lends, from ``_connection``, anything with
     ``execute(sql, params)`` returning something with ``fetchall()`` (a
-    connection or a cursor)."""
+    connection or a cursor), waiting at most ``timeout`` seconds for the
+    store (a pooled connection, a lock); ``unavailable`` tells the errors
+    that mean the store cannot be reached from those of a read gone wrong."""
 
     dialect: Dialect
+    #: Seconds a read waits for the store; ``Aegis`` sets its ``read_timeout``.
+    timeout: float = 2.0
 
     def _connection(self) -> AbstractContextManager[Any]:
         raise NotImplementedError
+
+    def unavailable(self, error: Exception) -> bool:
+        return isinstance(error, OSError)
 
     def read_rollups(
         self, resolution: int, start: int, end: int, *, by_route: bool
@@ -132,6 +139,15 @@ class ReaderBacked:
     (``_reader``), whose connections are not the writer's."""
 
     _reader: RowReader
+
+    def set_read_timeout(self, seconds: float) -> None:
+        """How long a read waits for the store before it fails."""
+        self._reader.timeout = seconds
+
+    def read_unavailable(self, error: Exception) -> bool:
+        """Whether a read's ``error`` means the store cannot be reached (see
+        :func:`aegis_mw.history.breaker.unavailable`)."""
+        return self._reader.unavailable(error)
 
     def read_rollups(
         self, resolution: int, start: int, end: int, *, by_route: bool

@@ -4,7 +4,11 @@ Readers never use the writer's connection (it belongs to the sink's thread).
 They borrow one from a small :class:`psycopg_pool.ConnectionPool`, opened on
 the first read (an app that never reads history holds no idle connection)
 and checked before it is lent, so a restarted server costs one failed check,
-not one failed read.
+not one failed read. A read waits at most ``timeout`` (``read_timeout``) for
+a connection: with the server down or hung, the pool's own attempts go on in
+its background workers, and the read fails soon enough for the breaker in
+front of it (see :mod:`aegis_mw.history.breaker`) to answer the next ones at
+once.
 """
 
 from __future__ import annotations
@@ -23,8 +27,6 @@ from .postgres_schema import migrate
 
 #: Readers are the JSON API, the CLI and the dashboard: a few at a time.
 MAX_READERS = 4
-#: How long a read waits for a connection before it fails.
-READ_TIMEOUT_SECONDS = 10.0
 
 
 class PostgresReader(history_sql.RowReader):
@@ -58,7 +60,7 @@ class PostgresReader(history_sql.RowReader):
                     max_size=MAX_READERS,
                     open=False,
                     check=ConnectionPool.check_connection,
-                    timeout=READ_TIMEOUT_SECONDS,
+                    timeout=self.timeout,
                     name=f"aegis-read-{self.name}",
                 )
                 pool.open(wait=False)
@@ -75,6 +77,11 @@ class PostgresReader(history_sql.RowReader):
             # Binary results: the histogram arrays arrive as lists decoded in C.
             with connection.cursor(binary=True) as cursor:
                 yield cursor
+
+    def unavailable(self, error: Exception) -> bool:
+        # OperationalError: no connection within the timeout (PoolTimeout), a
+        # refused or lost connection, a server shutting down or out of slots.
+        return isinstance(error, psycopg.OperationalError | OSError)
 
     def close(self) -> None:
         """Close this process's pool (a parent's is left alone)."""

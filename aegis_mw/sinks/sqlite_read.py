@@ -2,7 +2,10 @@
 
 Readers never use the writer's connection (it belongs to the sink's thread).
 They borrow one from a small pool instead: a connection serves one thread at
-a time, and in WAL mode a read never waits for a write or holds one up.
+a time, and in WAL mode a read never waits for a write or holds one up. A
+read waits at most ``timeout`` (``read_timeout``) for a lock that is held
+(the file locked exclusively by another program, say); the sink's own open
+of a new connection, which may migrate the schema, waits as its writes do.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class SQLiteReader(history_sql.RowReader):
         if connection is None:
             connection = self._open()
             connection.execute("PRAGMA query_only = 1")
+            connection.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000):d}")
         try:
             yield connection
         except BaseException:
@@ -45,6 +49,14 @@ class SQLiteReader(history_sql.RowReader):
         with self._lock:
             if self._pid == os.getpid():
                 self._idle.append(connection)
+
+    def unavailable(self, error: Exception) -> bool:
+        # OperationalError: locked, unable to open, disk I/O error, read-only;
+        # a plain DatabaseError: not a database, or a malformed one. Their
+        # other subclasses (ProgrammingError and the rest) are a read's fault.
+        return isinstance(error, sqlite3.OperationalError | OSError) or (
+            type(error) is sqlite3.DatabaseError
+        )
 
     def close(self) -> None:
         """Close the idle connections (borrowed ones close when returned late)."""

@@ -19,13 +19,14 @@ from .realtime import RealtimeServer
 if TYPE_CHECKING:
     from ..aegis import Aegis
 
-_STATUS_TEXT = {200: "OK", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized",
-                403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+_STATUS_TEXT = {200: "OK", 303: "See Other", 304: "Not Modified", 400: "Bad Request",
+                401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
                 500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
 
 
-def scope_of(environ: dict[str, Any]) -> dict[str, Any]:
-    """The parts of an ASGI scope the access rules read, from a WSGI environ."""
+def scope_of(environ: dict[str, Any], scheme: str | None = None) -> dict[str, Any]:
+    """The parts of an ASGI scope the access rules read, from a WSGI environ
+    (``scheme``, when given, wins over ``wsgi.url_scheme``)."""
     headers = [
         (name[5:].replace("_", "-").lower().encode("latin-1"), str(value).encode("latin-1"))
         for name, value in environ.items()
@@ -34,6 +35,7 @@ def scope_of(environ: dict[str, Any]) -> dict[str, Any]:
     client = environ.get("REMOTE_ADDR")
     return {
         "type": "http",
+        "scheme": scheme or environ.get("wsgi.url_scheme", "http"),
         "path": environ.get("PATH_INFO", ""),
         "headers": headers,
         "query_string": str(environ.get("QUERY_STRING", "")).encode("latin-1"),
@@ -89,16 +91,18 @@ class WSGIRoutes:
         start_response(f"{response.status} {reason}", headers)
         return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else response.body]
 
-    def respond(self, environ: dict[str, Any]) -> Response | None:
-        """The answer of the mounted route at ``PATH_INFO`` (refusals included),
-        or None when no route is mounted there. Blocking: never on an event loop."""
+    def respond(self, environ: dict[str, Any], scheme: str | None = None) -> Response | None:
+        """The answer of the mounted route at ``PATH_INFO`` (refusals and the
+        dashboard's token traded for a cookie included), or None when no route
+        is mounted there; ``scheme`` is the request's when the framework knows
+        better than ``wsgi.url_scheme``. Blocking: never on an event loop."""
         handler = self.handlers.get(environ.get("PATH_INFO", ""))
         if handler is None:
             return None
-        scope = scope_of(environ)
+        scope = scope_of(environ, scheme)
         group = self.shared.handlers[scope["path"]][0]
-        refusal = self.shared.refusal(group, scope, environ.get("REQUEST_METHOD", "GET"))
-        return refusal if refusal is not None else handler(scope)
+        early = self.shared.preempt(group, scope, environ.get("REQUEST_METHOD", "GET"))
+        return early if early is not None else handler(scope)
 
     def _api(self, endpoint: str, scope: dict[str, Any]) -> Response:
         api = self.shared.api

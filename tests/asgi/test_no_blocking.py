@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from blockbuster import BlockingError, blockbuster_ctx
 from fastapi import FastAPI, WebSocket
@@ -186,3 +187,30 @@ def test_the_detector_does_catch_a_history_read_on_the_loop(
 
     with blockbuster_ctx(scanned_modules=["aegis_mw"]), pytest.raises(BlockingError):
         asyncio.run(misuse())
+
+
+def test_reads_while_the_store_is_down_make_no_blocking_call(
+    make_aegis: Callable[..., Aegis], tmp_path: Path
+) -> None:
+    """The breaker's path (a failing read, the outage logged, reads refused at
+    once, the lanes' busy answers) keeps off the loop too."""
+    path = tmp_path / "aegis.db"
+    path.write_bytes(b"not a database, " * 512)
+    aegis = make_aegis(sink=f"sqlite:///{path}", flush_interval=3600)
+    app = build_app(aegis)
+
+    async def reads() -> list[int | None]:
+        statuses: list[int | None] = []
+
+        async def one(route: str) -> None:
+            path, _, query = route.partition("?")
+            statuses.append((await call(app, http_scope(path, query_string=query.encode()))).status)
+
+        async with anyio.create_task_group() as group:
+            for route in API_READS[:6] * 10:  # more than the store lane holds and queues
+                group.start_soon(one, route)
+        return statuses
+
+    with blockbuster_ctx(scanned_modules=["aegis_mw"]):
+        statuses = anyio.run(reads)
+    assert statuses == [503] * 60

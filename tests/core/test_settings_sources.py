@@ -156,6 +156,8 @@ LEVELS: dict[str, tuple[Any, str, Any, Any, Any]] = {
     "speedups": (False, "true", True, False, False),
     "health_cache_seconds": (1, "2", 2.0, 3, 3.0),
     "liveness_max_loop_lag": (1, "2", 2.0, 3, 3.0),
+    "read_timeout": (1, "2", 2.0, 3, 3.0),
+    "read_retry_after": (1, "2", 2.0, 3, 3.0),
     "metrics_path": ("/m1", "/m2", "/m2", "/m3", "/m3"),
     "health_path": ("/h1", "/h2", "/h2", "/h3", "/h3"),
     "liveness_path": ("/l1", "/l2", "/l2", "/l3", "/l3"),

@@ -80,13 +80,15 @@ def one_decimal(value: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-def wait_for_stored(server: Server, total: int) -> dict[str, Any]:
+def wait_for_stored(server: Server, total: int, token: str = "") -> dict[str, Any]:
     """The 1h top endpoints once ``total`` requests are in the stored rollups."""
     import time
 
+    headers = {"authorization": f"Bearer {token}"} if token else {}
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
-        top = httpx.get(f"{server.url}/api/metrics/top-endpoints?range=1h").json()["data"]
+        url = f"{server.url}/api/metrics/top-endpoints?range=1h"
+        top = httpx.get(url, headers=headers).json()["data"]
         if sum(e["requests"] for e in top["endpoints"]) == total:
             return dict(top)
         time.sleep(0.2)  # polling a condition with a deadline: rollups land every 5 s
@@ -187,6 +189,44 @@ def test_a_token_in_the_url_opens_the_page_and_its_stream(browser: Any, tmp_path
         send_traffic(server)
         browser.get(f"{server.url}/dashboard?token={token}")
         wait_until(browser, lambda d: text_of(d, "tile-total") == "28", "figures behind a token")
+
+
+def test_the_token_leaves_the_url_and_the_page_keeps_working(browser: Any, tmp_path: Path) -> None:
+    """Opened with ?token=: the browser lands on the URL without it (other
+    parameters kept), holding a cookie no script can read; the stream connects
+    and a stored range reads the API (which needs the token too) with that
+    cookie; a reload does not put the token in the access log again."""
+    token = "dashboard-token-1234"
+    access = {"dashboard": {"tokens": [token]}, "api": {"tokens": [token]}}
+    env = child_environment(
+        AEGIS_UPDATE_INTERVAL="200", AEGIS_ACCESS=json.dumps(access), PYTHONUNBUFFERED="1"
+    )
+    with uvicorn_server(APP, tmp_path, env=env) as server:
+        send_traffic(server)
+        browser.get(f"{server.url}/dashboard?token={token}&from=mail")
+        wait_until(browser, lambda d: text_of(d, "status") == "live", "the stream is live")
+        wait_until(browser, lambda d: text_of(d, "tile-total") == "28", "figures behind a token")
+        assert browser.current_url == f"{server.url}/dashboard?from=mail"
+        assert browser.execute_script("return document.cookie") == ""  # HttpOnly
+        wait_for_stored(server, 28, token)
+        browser.find_element("css selector", "#ranges button[data-range='1h']").click()
+        expected = httpx.get(
+            f"{server.url}/api/metrics/request-rate?range=1h",
+            headers={"authorization": f"Bearer {token}"},
+        ).json()["data"]
+        points = str(len(expected["points"]))
+        wait_until(
+            browser,
+            lambda d: d.find_element("id", "chart-rate").get_attribute("data-points") == points,
+            "the 1h series read from the API with the cookie",
+        )
+        assert text_of(browser, "range-rate") == "last 1h"  # not "(unavailable)"
+        browser.refresh()
+        wait_until(browser, lambda d: text_of(d, "status") == "live", "live after a reload")
+        problems = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert problems == [], json.dumps(problems, indent=1)
+    access_log = (tmp_path / "uvicorn-stdout.log").read_text()
+    assert access_log.count(token) == 1, access_log  # the first load only
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream-on-its-port", "polling"])

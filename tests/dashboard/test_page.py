@@ -97,10 +97,14 @@ async def test_token_from_header_query_or_cookie(make_aegis: Callable[..., Aegis
     assert wrong.status == 401
     for scope in (
         http_scope("/dashboard", headers=[(b"authorization", f"Bearer {TOKEN}".encode())]),
-        http_scope("/dashboard", query_string=f"token={TOKEN}".encode()),
         http_scope("/dashboard", headers=[(b"cookie", f"a=b; aegis_token={TOKEN}".encode())]),
     ):
         assert (await call(middleware, scope)).status == 200
+    # From the URL: traded for the cookie (tests/dashboard/test_token_cookie.py).
+    traded = await call(
+        middleware, http_scope("/dashboard", query_string=f"token={TOKEN}".encode())
+    )
+    assert traded.status == 303
     # The token from the URL opens the page only, not other groups' routes.
     metrics = await call(
         AegisMiddleware(ok, aegis=make_aegis(

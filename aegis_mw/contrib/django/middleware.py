@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
+from http.cookies import SimpleCookie
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
@@ -114,7 +115,8 @@ class AegisMiddleware:
 
     def serve_mounted(self, request: HttpRequest) -> HttpResponse:
         """``/metrics``, the health routes, the JSON API and ``/dashboard``."""
-        return _django_response(self.routes.respond(request.META))
+        # request.scheme: https behind a proxy too, per SECURE_PROXY_SSL_HEADER.
+        return _django_response(self.routes.respond(request.META, request.scheme))
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> None:
         """A view raised: keep its text for the record (Django answers 500 itself)."""
@@ -245,5 +247,18 @@ def _django_response(answer: Response | None) -> HttpResponse:
     response = HttpResponse(answer.body, status=answer.status, content_type=answer.content_type)
     response["Cache-Control"] = "no-store"
     for name, value in answer.headers:
-        response[name] = value
+        if name.lower() == "set-cookie":
+            _add_cookie(response, value)
+        else:
+            response[name] = value
     return response
+
+
+def _add_cookie(response: HttpResponse, header: str) -> None:
+    """One Set-Cookie header, kept as one even when another has the same name
+    (the token's cookie is set once per path): Django writes one header per
+    entry of ``response.cookies``, keyed here by name and path."""
+    jar: SimpleCookie = SimpleCookie()
+    jar.load(header)
+    for morsel in jar.values():
+        response.cookies[f"{morsel.key}:{morsel['path']}"] = morsel

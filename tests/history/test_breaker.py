@@ -1,0 +1,131 @@
+"""The history store's breaker, step by step on a fake clock: closed, open (every
+read refused at once, with the seconds to retry after), half-open (one probe,
+the others still refused), closed again; the outage logged once each way."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+import pytest
+
+from aegis_mw.core.history import RequestQuery
+from aegis_mw.core.record import RequestRecord
+from aegis_mw.history.breaker import GuardedSource, StoreBreaker, StoreUnavailable, unavailable
+from aegis_mw.testing import FakeClock, MemorySink
+
+
+class Store(MemorySink):
+    """A memory store whose request-log reads fail with ``error`` while it is set."""
+
+    name = "store"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.error: BaseException | None = None
+        self.reads = 0
+
+    def read_requests(self, query: RequestQuery) -> list[RequestRecord]:
+        self.reads += 1
+        if self.error is not None:
+            raise self.error
+        return super().read_requests(query)
+
+
+def guarded(retry_after: float = 5.0) -> tuple[Store, GuardedSource, FakeClock]:
+    clock = FakeClock()
+    store = Store()
+    breaker = StoreBreaker("store", retry_after=retry_after, clock=clock.monotonic)
+    return store, GuardedSource(store, breaker), clock
+
+
+def refused(source: GuardedSource) -> int:
+    with pytest.raises(StoreUnavailable) as raised:
+        source.read_requests(RequestQuery())
+    return raised.value.retry_after
+
+
+def test_an_outage_is_refused_at_once_then_probed_then_over(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store, source, clock = guarded(retry_after=5.0)
+    caplog.set_level(logging.DEBUG, logger="aegis_mw.history")
+    assert source.read_requests(RequestQuery()) == []
+    store.error = ConnectionRefusedError("refused")
+    assert refused(source) == 5  # the failing read itself
+    assert store.reads == 2
+    clock.advance(1.2)
+    assert refused(source) == 4  # at once: the store is not touched
+    assert store.reads == 2
+    clock.advance(3.8)
+    assert refused(source) == 5  # the probe, failing: open again
+    assert store.reads == 3
+    assert refused(source) == 5
+    store.error = None
+    clock.advance(5.0)
+    assert source.read_requests(RequestQuery()) == []  # the probe, answered
+    assert source.breaker.state == "closed"
+    assert source.read_requests(RequestQuery()) == []
+    assert store.reads == 5
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        "aegis_mw: the history store store cannot be read (ConnectionRefusedError: refused); "
+        "reads answer 503 at once for 5 s, then one tries again",
+        "aegis_mw: the history store store can be read again after 10.0 s "
+        "(2 reads were answered 503 meanwhile)",
+    ]
+    assert all(r.exc_info is None for r in caplog.records)
+
+
+def test_only_one_read_probes_a_half_open_store() -> None:
+    _, source, clock = guarded(retry_after=2.0)
+    breaker = source.breaker
+    breaker.failed(OSError("down"))
+    clock.advance(2.0)
+    assert breaker.admit() is True  # this caller probes
+    assert breaker.state == "probing"
+    assert refused(source) == 1  # the others are refused while it runs
+    breaker.abandon(True)  # cancelled without an answer: the next read probes
+    assert breaker.admit() is True
+    breaker.succeeded()
+    assert breaker.admit() is False
+
+
+def test_a_fault_of_the_read_is_not_an_outage(caplog: pytest.LogCaptureFixture) -> None:
+    store, source, _ = guarded()
+    store.error = sqlite3.ProgrammingError("a bug in the read")
+    for _ in range(3):
+        with pytest.raises(sqlite3.ProgrammingError):
+            source.read_requests(RequestQuery())
+    assert store.reads == 3
+    assert source.breaker.state == "closed"
+    assert caplog.records == []
+
+
+def test_a_cancelled_read_leaves_the_breaker_as_it_was() -> None:
+    store, source, clock = guarded(retry_after=1.0)
+    source.breaker.failed(OSError("down"))
+    clock.advance(1.0)
+    store.error = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        source.read_requests(RequestQuery())
+    store.error = None
+    assert source.read_requests(RequestQuery()) == []  # probed again at once
+    assert source.breaker.state == "closed"
+
+
+def test_which_errors_mean_the_store_is_unavailable(tmp_path: object) -> None:
+    from aegis_mw.sinks.sqlite import SQLiteSink
+
+    sink = SQLiteSink(f"{tmp_path}/aegis.db")
+    try:
+        assert unavailable(sink, sqlite3.OperationalError("database is locked"))
+        assert unavailable(sink, sqlite3.DatabaseError("file is not a database"))
+        assert unavailable(sink, PermissionError("denied"))
+        assert not unavailable(sink, sqlite3.ProgrammingError("bad SQL"))
+        assert not unavailable(sink, ValueError("bad value"))
+    finally:
+        sink.close()
+    # A source of the user's without a say: an OSError is unavailability.
+    assert unavailable(MemorySink(), TimeoutError("timed out"))
+    assert not unavailable(MemorySink(), RuntimeError("bug"))
