@@ -19,6 +19,7 @@ open. Example::
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -95,13 +96,45 @@ class Get:
 ClientMessage = Subscribe | Unsubscribe | Ping | Get
 
 
-def parse(text: str | bytes) -> ClientMessage:
-    """One client message, checked; raises :class:`ProtocolError`."""
+class _Unrepresentable(ValueError):
+    """A number the server does not take (see :func:`_load`)."""
+
+
+def _constant(name: str) -> Any:
+    raise _Unrepresentable(f"{name} is not JSON")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):  # 1e999: valid JSON, but no double holds it
+        raise _Unrepresentable(f"the number {text[:20]} is out of range")
+    return value
+
+
+def _int(text: str) -> int:
+    # Longer integers could only be refused later (a ping echoes 256 characters
+    # at most), and turning one into an int costs time quadratic in its length.
+    if len(text) > MAX_ECHO_CHARS:
+        raise _Unrepresentable(f"an integer has at most {MAX_ECHO_CHARS} digits")
+    return int(text)
+
+
+def _load(text: str | bytes) -> Any:
+    """JSON as RFC 8259 defines it: Python's ``json`` also takes ``NaN`` and
+    ``Infinity`` (and turns ``1e999`` into infinity), which no answer could
+    echo: ``json.dumps(..., allow_nan=False)`` would raise mid-connection."""
     try:
-        value = json.loads(text)
+        return json.loads(text, parse_constant=_constant, parse_float=_float, parse_int=_int)
+    except _Unrepresentable as exc:
+        raise ProtocolError("invalid_json", f"the message is not valid JSON: {exc}") from None
     except (ValueError, RecursionError):
         # UnicodeDecodeError is a ValueError too: bytes that are not UTF-8.
         raise ProtocolError("invalid_json", "the message is not valid JSON") from None
+
+
+def parse(text: str | bytes) -> ClientMessage:
+    """One client message, checked; raises :class:`ProtocolError`."""
+    value = _load(text)
     if not isinstance(value, dict):
         raise ProtocolError("invalid_message", "a message is a JSON object with a 'type'")
     kind = value.get("type")
@@ -113,18 +146,26 @@ def parse(text: str | bytes) -> ClientMessage:
     if kind == "unsubscribe":
         return Unsubscribe(_section_names(data))
     if kind == "ping":
-        echoed = json.dumps(data, separators=(",", ":"))
-        if len(echoed) > MAX_ECHO_CHARS:
-            raise ProtocolError(
-                "invalid_field", f"ping 'data' is at most {MAX_ECHO_CHARS} characters of JSON"
-            )
-        return Ping(data)
+        return Ping(_echoable(data))
     if kind == "get":
         return _get(data)
     raise ProtocolError(
         "unknown_type",
         f"unknown message type {_shown(kind)}; use subscribe, unsubscribe, ping or get",
     )
+
+
+def _echoable(data: Any) -> Any:
+    """``data`` if ``pong`` can echo it: encoded exactly as the answer will be."""
+    try:
+        echoed = _encode(data)
+    except (ValueError, RecursionError):  # not after _load: a guard, never raise mid-answer
+        raise ProtocolError("invalid_field", "ping 'data' cannot be echoed") from None
+    if len(echoed) > MAX_ECHO_CHARS:
+        raise ProtocolError(
+            "invalid_field", f"ping 'data' is at most {MAX_ECHO_CHARS} characters of JSON"
+        )
+    return data
 
 
 def _section_flags(data: Any) -> dict[str, bool]:
@@ -181,7 +222,7 @@ def _shown(value: object) -> str:
 
 
 # -- server messages ---------------------------------------------------------------
-def _encode(message: dict[str, Any]) -> str:
+def _encode(message: Any) -> str:
     return json.dumps(message, separators=(",", ":"), allow_nan=False)
 
 

@@ -4,6 +4,7 @@ one action or raises a ProtocolError whose code the client can act on."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
@@ -79,6 +80,16 @@ def test_ping_get_and_bytes() -> None:
         ('{"type": "get", "data": {"section": "overview", "x": 1}}', "invalid_field", "'x'"),
         ('{"type": "get", "data": "overview"}', "invalid_field", "'section'"),
         ('{"type": "ping", "data": "' + "x" * 300 + '"}', "invalid_field", "at most 256"),
+        # Python's json takes these, but no answer could echo them (json.dumps
+        # refuses them with allow_nan=False): refused as the JSON they are not.
+        ('{"type": "ping", "data": NaN}', "invalid_json", "NaN is not JSON"),
+        ('{"type": "ping", "data": Infinity}', "invalid_json", "Infinity is not JSON"),
+        ('{"type": "ping", "data": [-Infinity]}', "invalid_json", "-Infinity is not JSON"),
+        ('{"type": "ping", "data": {"x": 1e999}}', "invalid_json", "1e999 is out of range"),
+        ('{"type": "ping", "data": -1E+400}', "invalid_json", "out of range"),
+        ('{"type": "subscribe", "data": {"overview": NaN}}', "invalid_json", "NaN"),
+        ('{"type": "ping", "data": ' + "9" * 5000 + "}", "invalid_json", "at most 256 digits"),
+        ('{"type": "ping", "data": ' + "[" * 200 + "]" * 200 + "}", "invalid_field", "256"),
     ],
 )
 def test_bad_messages_name_the_problem(text: str | bytes, code: str, fragment: str) -> None:
@@ -97,27 +108,42 @@ def test_long_client_values_are_cut_short_in_errors() -> None:
     assert len(raised.value.message) < 120
 
 
+# Any text, lone surrogates included; any float, NaN and infinities included
+# (json.dumps writes them as NaN and Infinity); integers of any length.
+surrogates = st.sampled_from(["\ud800", "\udfff", "\udbff\udbff"])
+texts = st.text() | st.builds(lambda a, b: a + b, st.text(max_size=3), surrogates)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    st.none() | st.booleans() | st.integers() | st.sampled_from([10**300, -(10**400)])
+    | st.floats() | st.sampled_from([math.nan, math.inf, -math.inf]) | texts,
+    lambda children: st.lists(children) | st.dictionaries(texts, children),
     max_leaves=20,
-)
+)  # fmt: skip
+kinds = st.sampled_from(["ping", "subscribe", "unsubscribe", "get"]) | st.text()
 
 
-@given(st.one_of(json_values, st.fixed_dictionaries({"type": st.text(), "data": json_values})))
+@given(st.one_of(json_values, st.fixed_dictionaries({"type": kinds, "data": json_values})))
 def test_any_json_parses_or_raises_protocol_error(value: Any) -> None:
     """Whatever a client sends, the answer is an action or a ProtocolError,
-    never another exception."""
+    never another exception; and the answer to an action encodes (a pong
+    echoes its ping's data)."""
     codes = {
         "invalid_json", "invalid_message", "unknown_type", "unknown_section", "invalid_field",
         "invalid_range",
     }  # fmt: skip
     try:
-        parse(json.dumps(value))
-        code = None
+        message = parse(json.dumps(value))
     except ProtocolError as exc:
-        code = exc.code
-    assert code is None or code in codes
+        refused: ProtocolError | None = exc
+    else:
+        refused = None
+    if refused is not None:
+        assert refused.code in codes
+        protocol.error(refused.code, refused.message).encode("ascii")
+        return
+    if isinstance(message, Ping):
+        echoed = protocol.pong(message.data)
+        # ASCII: the lone surrogates a client sent go back escaped, as sent.
+        assert json.loads(echoed.encode("ascii"))["data"] == message.data
 
 
 def test_server_messages() -> None:

@@ -16,6 +16,7 @@ import pytest
 from aegis_mw import Aegis, AegisMiddleware
 from aegis_mw.types import Message, Scope
 from tests.harness import websocket_scope
+from tests.realtime.hostile import HOSTILE
 
 pytestmark = pytest.mark.anyio
 
@@ -62,8 +63,13 @@ class Client:
             self.got_frame = anyio.Event()
             await self.got_frame.wait()
 
-    def texts(self) -> list[dict[str, Any]]:
+    def numbered(self) -> list[dict[str, Any]]:
+        """The messages sent, as they were (each with its ``seq``)."""
         return [json.loads(m["text"]) for m in self.sent if m["type"] == "websocket.send"]
+
+    def texts(self) -> list[dict[str, Any]]:
+        """The messages sent, without their ``seq``."""
+        return [{k: v for k, v in m.items() if k != "seq"} for m in self.numbered()]
 
 
 async def connect(middleware: AegisMiddleware, client: Client) -> None:
@@ -153,10 +159,11 @@ async def test_the_stream_is_not_recorded_as_a_session(make_aegis: Callable[...,
 class Scripted(Client):
     """A client that sends ``messages`` after connecting, then waits to be let go."""
 
-    def __init__(self, messages: list[dict[str, Any]], **options: Any) -> None:
+    def __init__(self, messages: list[dict[str, Any] | str], **options: Any) -> None:
         super().__init__(**options)
         self.inbound: list[Message] = [
-            {"type": "websocket.receive", "text": json.dumps(m)} for m in messages
+            {"type": "websocket.receive", "text": m if isinstance(m, str) else json.dumps(m)}
+            for m in messages
         ]
 
     async def receive(self) -> Message:
@@ -277,3 +284,26 @@ async def test_one_build_at_a_time_and_never_backwards(
     assert peak == 1
     assert hub.snapshots == 2 and hub._tick == 6
     assert json.loads(results[6])["type"] == "metrics"
+
+
+async def test_hostile_messages_get_answers_and_the_connection_stays(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    """Each is answered (an error, or a pong that echoes what was sent) and the
+    connection goes on: the last ping gets its pong, no exception escapes."""
+    aegis = make_aegis(update_interval=100, ws_message_rate=1000, metrics_registry="none")
+    client = Scripted([text for text, _ in HOSTILE] + [{"type": "ping", "data": "still here"}])
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as group:
+            group.start_soon(connect, AegisMiddleware(app, aegis=aegis), client)
+            while {"type": "pong", "data": "still here"} not in client.texts():
+                await client.wait_frames(client.frames + 1)
+            client.leave.set()
+    answers = [t for t in client.texts() if t["type"] in ("error", "pong")]
+    for (text, code), answer in zip(HOSTILE, answers, strict=False):
+        if code is None:
+            assert answer == {"type": "pong", "data": json.loads(text)["data"]}
+        else:
+            assert answer["type"] == "error" and answer["data"]["code"] == code, text[:60]
+    assert len(answers) == len(HOSTILE) + 1
+    assert all(m["type"] != "websocket.close" for m in client.sent)
