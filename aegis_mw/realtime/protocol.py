@@ -45,6 +45,9 @@ GET_RANGES = ("5m", "15m", "1h", "6h", "24h", "7d", "30d")
 DEFAULT_GET_RANGE = "1h"
 #: Client ``data`` echoed by ``pong`` is cut off at this many characters of JSON.
 MAX_ECHO_CHARS = 256
+#: The protocol's version, in ``hello``: 2 added ``seq`` and ``ack`` (a ``hello``
+#: without ``protocolVersion`` is version 1).
+PROTOCOL_VERSION = 2
 
 Subscription = dict[str, bool]
 
@@ -86,6 +89,13 @@ class Ping:
 
 
 @dataclass(frozen=True)
+class Ack:
+    """The client processed every message up to ``seq`` (see :mod:`.flow`)."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
 class Get:
     """One section over one history range, answered once by ``result``."""
 
@@ -93,7 +103,7 @@ class Get:
     range: str = DEFAULT_GET_RANGE
 
 
-ClientMessage = Subscribe | Unsubscribe | Ping | Get
+ClientMessage = Subscribe | Unsubscribe | Ping | Get | Ack
 
 
 class _Unrepresentable(ValueError):
@@ -147,11 +157,15 @@ def parse(text: str | bytes) -> ClientMessage:
         return Unsubscribe(_section_names(data))
     if kind == "ping":
         return Ping(_echoable(data))
+    if kind == "ack":
+        if type(data) is not int or data < 0:
+            raise ProtocolError("invalid_field", "ack 'data' is the seq of a message received")
+        return Ack(data)
     if kind == "get":
         return _get(data)
     raise ProtocolError(
         "unknown_type",
-        f"unknown message type {_shown(kind)}; use subscribe, unsubscribe, ping or get",
+        f"unknown message type {_shown(kind)}; use subscribe, unsubscribe, ping, get or ack",
     )
 
 
@@ -226,7 +240,15 @@ def _encode(message: Any) -> str:
     return json.dumps(message, separators=(",", ":"), allow_nan=False)
 
 
-def hello(client_id: str, version: str, interval_ms: int, subscription: Mapping[str, bool]) -> str:
+def hello(
+    client_id: str,
+    version: str,
+    interval_ms: int,
+    subscription: Mapping[str, bool],
+    *,
+    ack_window: int,
+    stall_timeout_ms: int,
+) -> str:
     """The first message of every connection."""
     return _encode(
         {
@@ -234,12 +256,21 @@ def hello(client_id: str, version: str, interval_ms: int, subscription: Mapping[
             "data": {
                 "clientId": client_id,
                 "serverVersion": version,
+                "protocolVersion": PROTOCOL_VERSION,
                 "updateInterval": interval_ms,
+                "ackWindow": ack_window,
+                "stallTimeout": stall_timeout_ms,
                 "subscription": dict(subscription),
                 "sections": list(SECTIONS),
             },
         }
     )
+
+
+def numbered(text: str, seq: int) -> str:
+    """``text`` (an encoded server message) with ``"seq"`` as its first key:
+    the frame shared by every client is encoded once, each copy numbered."""
+    return f'{{"seq":{seq},{text[1:]}'
 
 
 def metrics(timestamp: str, data: Mapping[str, Any]) -> str:

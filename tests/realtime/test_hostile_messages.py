@@ -33,8 +33,7 @@ def answer_to(ws: ClientConnection, text: str) -> dict[str, Any]:
     ws.send(text)
     for _ in range(100):
         message = json.loads(ws.recv(timeout=TIMEOUT))
-        assert isinstance(message, dict)
-        message.pop("seq", None)
+        assert isinstance(message, dict) and isinstance(message.pop("seq"), int)
         if message["type"] != "metrics":
             return message
     raise AssertionError(f"no answer to {text[:60]}")

@@ -15,6 +15,7 @@ from aegis_mw.realtime import protocol
 from aegis_mw.realtime.protocol import (
     DEFAULT_SUBSCRIPTION,
     SECTIONS,
+    Ack,
     Get,
     Ping,
     ProtocolError,
@@ -47,7 +48,9 @@ def test_unsubscribe_takes_names_or_the_subscribe_form(data: Any) -> None:
     assert protocol.frame_sections(message.apply(DEFAULT_SUBSCRIPTION)) == ()
 
 
-def test_ping_get_and_bytes() -> None:
+def test_ping_get_ack_and_bytes() -> None:
+    assert parse('{"type": "ack", "data": 12}') == Ack(12)
+    assert parse('{"type": "ping", "data": [1.5e308, "\\ud800"]}') == Ping([1.5e308, "\ud800"])
     assert parse(b'{"type": "ping"}') == Ping(None)
     assert parse('{"type": "ping", "data": {"n": 7}}') == Ping({"n": 7})
     assert parse('{"type": "get", "data": {"section": "latencyPercentiles"}}') == Get(
@@ -90,6 +93,9 @@ def test_ping_get_and_bytes() -> None:
         ('{"type": "subscribe", "data": {"overview": NaN}}', "invalid_json", "NaN"),
         ('{"type": "ping", "data": ' + "9" * 5000 + "}", "invalid_json", "at most 256 digits"),
         ('{"type": "ping", "data": ' + "[" * 200 + "]" * 200 + "}", "invalid_field", "256"),
+        ('{"type": "ack", "data": -1}', "invalid_field", "seq"),
+        ('{"type": "ack", "data": true}', "invalid_field", "seq"),
+        ('{"type": "ack", "data": 1.0}', "invalid_field", "seq"),
     ],
 )
 def test_bad_messages_name_the_problem(text: str | bytes, code: str, fragment: str) -> None:
@@ -118,7 +124,7 @@ json_values = st.recursive(
     lambda children: st.lists(children) | st.dictionaries(texts, children),
     max_leaves=20,
 )  # fmt: skip
-kinds = st.sampled_from(["ping", "subscribe", "unsubscribe", "get"]) | st.text()
+kinds = st.sampled_from(["ping", "subscribe", "unsubscribe", "get", "ack"]) | st.text()
 
 
 @given(st.one_of(json_values, st.fixed_dictionaries({"type": kinds, "data": json_values})))
@@ -147,17 +153,26 @@ def test_any_json_parses_or_raises_protocol_error(value: Any) -> None:
 
 
 def test_server_messages() -> None:
-    hello = json.loads(protocol.hello("c1", "1.2.3", 1000, DEFAULT_SUBSCRIPTION))
+    hello = json.loads(
+        protocol.hello(
+            "c1", "1.2.3", 1000, DEFAULT_SUBSCRIPTION, ack_window=4, stall_timeout_ms=10_000
+        )
+    )
     assert hello == {
         "type": "hello",
         "data": {
             "clientId": "c1",
             "serverVersion": "1.2.3",
+            "protocolVersion": 2,
             "updateInterval": 1000,
+            "ackWindow": 4,
+            "stallTimeout": 10_000,
             "subscription": dict(DEFAULT_SUBSCRIPTION),
             "sections": list(SECTIONS),
         },
     }
+    numbered = json.loads(protocol.numbered(protocol.pong(None), 17))
+    assert numbered == {"seq": 17, "type": "pong", "data": None}
     frame = json.loads(protocol.metrics("2026-01-01T00:00:00Z", {"overview": {"total": 3}}))
     assert frame == {
         "type": "metrics",
