@@ -268,9 +268,10 @@ def hello(
 
 
 def numbered(text: str, seq: int) -> str:
-    """``text`` (an encoded server message) with ``"seq"`` as its first key:
-    the frame shared by every client is encoded once, each copy numbered."""
-    return f'{{"seq":{seq},{text[1:]}'
+    """``text`` (an encoded server message) with ``"seq"`` as its last key: the
+    frame shared by every client is encoded once, each copy numbered. Last,
+    so that every message still begins with its ``type``."""
+    return f'{text[:-1]},"seq":{seq}}}'
 
 
 def metrics(timestamp: str, data: Mapping[str, Any]) -> str:

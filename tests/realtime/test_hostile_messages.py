@@ -28,8 +28,8 @@ TIMEOUT = 10.0
 IMPLEMENTATIONS = ("websockets", "websockets-sansio", "wsproto")
 
 
-def answer_to(ws: ClientConnection, text: str) -> dict[str, Any]:
-    """Send ``text``; the next message that is not a frame."""
+def answer_to(ws: ClientConnection, text: str | bytes) -> dict[str, Any]:
+    """Send ``text`` (bytes: in a binary frame); the next message that is not a frame."""
     ws.send(text)
     for _ in range(100):
         message = json.loads(ws.recv(timeout=TIMEOUT))
@@ -49,6 +49,9 @@ def each_gets_its_answer(url: str) -> None:
             else:
                 assert answer["type"] == "error", text[:60]
                 assert answer["data"]["code"] == code, text[:60]
+        for binary in (b'{"type": "ping", "data": NaN}', b"\xff\xfe\x00", b"\xed\xa0\x80"):
+            answer = answer_to(ws, binary)
+            assert answer["type"] == "error" and answer["data"]["code"] == "invalid_json"
         assert answer_to(ws, '{"type": "ping", "data": 1}') == {"type": "pong", "data": 1}
 
 

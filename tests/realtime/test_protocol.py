@@ -171,8 +171,9 @@ def test_server_messages() -> None:
             "sections": list(SECTIONS),
         },
     }
-    numbered = json.loads(protocol.numbered(protocol.pong(None), 17))
-    assert numbered == {"seq": 17, "type": "pong", "data": None}
+    numbered = protocol.numbered(protocol.pong(None), 17)
+    assert json.loads(numbered) == {"seq": 17, "type": "pong", "data": None}
+    assert numbered.startswith('{"type":"pong"')  # the type first, as before
     frame = json.loads(protocol.metrics("2026-01-01T00:00:00Z", {"overview": {"total": 3}}))
     assert frame == {
         "type": "metrics",
