@@ -49,6 +49,8 @@ GET_ENDPOINTS = {
 }
 #: How long a stalled client's close frame may wait for room.
 CLOSE_GRACE_SECONDS = 1.0
+#: Seconds before a tick that count as the tick (see Connection._sender).
+TIMER_SLACK = 0.001
 #: Sends a WebSocket ping and returns once its pong is back (see :func:`serve`).
 Ping = Callable[[], Awaitable[None]]
 
@@ -272,12 +274,22 @@ class Connection:
             if flow.stalled(now):
                 await self._give_up()
                 return
-            wait = hub.seconds_until(due) if flow.window_open() else math.inf
-            if wait > 0:
+            window_open = flow.window_open()
+            wait = hub.seconds_until(due) if window_open else math.inf
+            # The event loop may fire a timer up to its clock's resolution
+            # early: that close to the tick counts as the tick.
+            if wait > TIMER_SLACK:
                 deadline = flow.deadline()
                 if deadline is not None:
                     wait = min(wait, deadline - now)
-                await self._flow_moved.wait(wait)
+                if window_open and self.stall_timeout >= hub.interval:
+                    # Nothing to wake for before the tick: an acknowledgement
+                    # only moves the deadline later, and one that appears
+                    # meanwhile is at least ws_stall_timeout away. A plain sleep:
+                    # a timeout by cancellation costs far more, at every tick.
+                    await anyio.sleep(wait)
+                else:  # held, or deadlines nearer than a tick: woken by acknowledgements
+                    await self._flow_moved.wait(wait)
                 continue
             # Due and allowed: the current tick's frame (after a hold, a later
             # tick's than the one that was due).
