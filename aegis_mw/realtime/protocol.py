@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -142,8 +143,18 @@ def _load(text: str | bytes) -> Any:
         raise ProtocolError("invalid_json", "the message is not valid JSON") from None
 
 
+#: An ack as clients write it: the most frequent message, read without json.
+_PLAIN_ACK = re.compile(
+    r'\{\s*"type"\s*:\s*"ack"\s*,\s*"data"\s*:\s*(0|[1-9][0-9]{0,14})\s*\}', re.ASCII
+)
+
+
 def parse(text: str | bytes) -> ClientMessage:
     """One client message, checked; raises :class:`ProtocolError`."""
+    if type(text) is str:
+        plain = _PLAIN_ACK.fullmatch(text)
+        if plain is not None:
+            return Ack(int(plain[1]))
     value = _load(text)
     if not isinstance(value, dict):
         raise ProtocolError("invalid_message", "a message is a JSON object with a 'type'")

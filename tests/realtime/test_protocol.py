@@ -191,3 +191,21 @@ def test_server_messages() -> None:
     }
     with pytest.raises(ValueError):  # never NaN on the wire: it is not JSON
         protocol.metrics("t", {"overview": {"rate": float("nan")}})
+
+
+@given(
+    st.integers(min_value=0, max_value=10**20),
+    st.sampled_from([(",", ":"), (", ", ": "), (" ,\n", " :\t")]),
+    st.booleans(),
+)
+def test_acks_read_without_json_as_with_it(seq: int, separators: Any, reordered: bool) -> None:
+    message = {"data": seq, "type": "ack"} if reordered else {"type": "ack", "data": seq}
+    text = json.dumps(message, separators=separators)
+    assert parse(text) == parse(text.encode()) == Ack(seq)  # bytes: always through json
+
+
+@pytest.mark.parametrize("text", ['{"type":"ack","data":007}', '{"type":"ack","data":\u0661}'])
+def test_acks_that_are_not_json_are_refused(text: str) -> None:
+    with pytest.raises(ProtocolError) as raised:
+        parse(text)
+    assert raised.value.code == "invalid_json"
