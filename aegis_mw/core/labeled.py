@@ -8,8 +8,10 @@ summed at read time, as prometheus-client does) and body sizes. WebSocket
 sessions count by ``(route, close code)``.
 
 Label values are bounded: methods outside the standard nine fold into
-``_OTHER`` and routes pass the same cap as the stored records (``RouteCap``),
-so no request can add a label set the app does not have.
+``_OTHER``, routes pass the same cap as the stored records (``RouteCap``)
+and close codes, which a client chooses, fold into ranges
+(:func:`close_code_label`), so no request can add a label set the app does
+not have.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class LabeledTotals:
             try:
                 if type(item) is PendingSession:
                     route = self._route(item.route, route_label)
-                    key = (route, str(item.close_code or "none"))
+                    key = (route, close_code_label(item.close_code))
                     self.sessions[key] = self.sessions.get(key, 0) + 1
                 else:
                     self._fold_request(item, route_label)
@@ -116,6 +118,30 @@ class LabeledTotals:
             values[BUCKETS_BASE + len(bounds) + 1 + bisect_left(bounds, ttfb)] += 1
         values[REQUEST_BYTES] += request_bytes
         values[RESPONSE_BYTES] += response_bytes
+
+
+#: Close codes RFC 6455 and the IANA registry define (1004, 1005, 1006 and
+#: 1015 are never sent in a frame, but servers report them).
+STANDARD_CLOSE_CODES = range(1000, 1016)
+
+
+def close_code_label(code: Any) -> str:
+    """A session's close code as a label value, from a bounded set: the
+    standard codes one by one, ``3xxx`` (codes registered for libraries and
+    frameworks), ``4xxx`` (private use), ``other`` for anything else (codes
+    no peer may send, non-integers) and ``none`` for no code. The stored
+    session keeps the code itself."""
+    if code is None:
+        return "none"
+    if type(code) is not int:
+        return "other"
+    if code in STANDARD_CLOSE_CODES:
+        return str(code)
+    if 3000 <= code <= 3999:
+        return "3xxx"
+    if 4000 <= code <= 4999:
+        return "4xxx"
+    return "other"
 
 
 def _route_text(route: Any) -> str:

@@ -9,9 +9,10 @@ subscription's frame is encoded once per tick and the same text handed to
 every client subscribed alike. Nothing runs while nobody listens: ticks
 are driven by the connections themselves.
 
-A client that reads slowly only delays its own loop. When its send returns,
-the loop skips to the current tick: the newest frame replaces those it
-missed, so a client's queue never holds more than one frame.
+A client that reads slowly only delays its own loop. A loop whose client has
+too many frames unacknowledged (:mod:`.flow`), or whose send has not
+returned, sends nothing; when it may again, it sends the current tick's
+frame: the newest replaces those the client missed.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ class Hub:
     def next_tick(self) -> int:
         """The number of the next tick (ticks count intervals of the clock)."""
         return int(self.monotonic() / self.interval) + 1
+
+    def current_tick(self) -> int:
+        """The number of the tick under way (the newest frame's)."""
+        return int(self.monotonic() / self.interval)
 
     def seconds_until(self, tick: int) -> float:
         return max(0.0, tick * self.interval - self.monotonic())

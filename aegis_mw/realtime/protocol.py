@@ -19,6 +19,8 @@ open. Example::
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +46,9 @@ GET_RANGES = ("5m", "15m", "1h", "6h", "24h", "7d", "30d")
 DEFAULT_GET_RANGE = "1h"
 #: Client ``data`` echoed by ``pong`` is cut off at this many characters of JSON.
 MAX_ECHO_CHARS = 256
+#: The protocol's version, in ``hello``: 2 added ``seq`` and ``ack`` (a ``hello``
+#: without ``protocolVersion`` is version 1).
+PROTOCOL_VERSION = 2
 
 Subscription = dict[str, bool]
 
@@ -85,6 +90,13 @@ class Ping:
 
 
 @dataclass(frozen=True)
+class Ack:
+    """The client processed every message up to ``seq`` (see :mod:`.flow`)."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
 class Get:
     """One section over one history range, answered once by ``result``."""
 
@@ -92,16 +104,58 @@ class Get:
     range: str = DEFAULT_GET_RANGE
 
 
-ClientMessage = Subscribe | Unsubscribe | Ping | Get
+ClientMessage = Subscribe | Unsubscribe | Ping | Get | Ack
+
+
+class _Unrepresentable(ValueError):
+    """A number the server does not take (see :func:`_load`)."""
+
+
+def _constant(name: str) -> Any:
+    raise _Unrepresentable(f"{name} is not JSON")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):  # 1e999: valid JSON, but no double holds it
+        raise _Unrepresentable(f"the number {text[:20]} is out of range")
+    return value
+
+
+def _int(text: str) -> int:
+    # Longer integers could only be refused later (a ping echoes 256 characters
+    # at most), and turning one into an int costs time quadratic in its length.
+    if len(text) > MAX_ECHO_CHARS:
+        raise _Unrepresentable(f"an integer has at most {MAX_ECHO_CHARS} digits")
+    return int(text)
+
+
+def _load(text: str | bytes) -> Any:
+    """JSON as RFC 8259 defines it: Python's ``json`` also takes ``NaN`` and
+    ``Infinity`` (and turns ``1e999`` into infinity), which no answer could
+    echo: ``json.dumps(..., allow_nan=False)`` would raise mid-connection."""
+    try:
+        return json.loads(text, parse_constant=_constant, parse_float=_float, parse_int=_int)
+    except _Unrepresentable as exc:
+        raise ProtocolError("invalid_json", f"the message is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError):
+        # UnicodeDecodeError is a ValueError too: bytes that are not UTF-8.
+        raise ProtocolError("invalid_json", "the message is not valid JSON") from None
+
+
+#: An ack as clients write it: the most frequent message, read without json.
+_PLAIN_ACK = re.compile(
+    r'\{\s*"type"\s*:\s*"ack"\s*,\s*"data"\s*:\s*(0|[1-9][0-9]{0,14})\s*\}', re.ASCII
+)
 
 
 def parse(text: str | bytes) -> ClientMessage:
     """One client message, checked; raises :class:`ProtocolError`."""
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
-        # UnicodeDecodeError is a ValueError too: bytes that are not UTF-8.
-        raise ProtocolError("invalid_json", "the message is not valid JSON") from None
+    if type(text) is str:
+        plain = _PLAIN_ACK.fullmatch(text)
+        if plain is not None:
+            return Ack(int(plain[1]))
+    value = _load(text)
     if not isinstance(value, dict):
         raise ProtocolError("invalid_message", "a message is a JSON object with a 'type'")
     kind = value.get("type")
@@ -113,18 +167,30 @@ def parse(text: str | bytes) -> ClientMessage:
     if kind == "unsubscribe":
         return Unsubscribe(_section_names(data))
     if kind == "ping":
-        echoed = json.dumps(data, separators=(",", ":"))
-        if len(echoed) > MAX_ECHO_CHARS:
-            raise ProtocolError(
-                "invalid_field", f"ping 'data' is at most {MAX_ECHO_CHARS} characters of JSON"
-            )
-        return Ping(data)
+        return Ping(_echoable(data))
+    if kind == "ack":
+        if type(data) is not int or data < 0:
+            raise ProtocolError("invalid_field", "ack 'data' is the seq of a message received")
+        return Ack(data)
     if kind == "get":
         return _get(data)
     raise ProtocolError(
         "unknown_type",
-        f"unknown message type {_shown(kind)}; use subscribe, unsubscribe, ping or get",
+        f"unknown message type {_shown(kind)}; use subscribe, unsubscribe, ping, get or ack",
     )
+
+
+def _echoable(data: Any) -> Any:
+    """``data`` if ``pong`` can echo it: encoded exactly as the answer will be."""
+    try:
+        echoed = _encode(data)
+    except (ValueError, RecursionError):  # not after _load: a guard, never raise mid-answer
+        raise ProtocolError("invalid_field", "ping 'data' cannot be echoed") from None
+    if len(echoed) > MAX_ECHO_CHARS:
+        raise ProtocolError(
+            "invalid_field", f"ping 'data' is at most {MAX_ECHO_CHARS} characters of JSON"
+        )
+    return data
 
 
 def _section_flags(data: Any) -> dict[str, bool]:
@@ -181,11 +247,19 @@ def _shown(value: object) -> str:
 
 
 # -- server messages ---------------------------------------------------------------
-def _encode(message: dict[str, Any]) -> str:
+def _encode(message: Any) -> str:
     return json.dumps(message, separators=(",", ":"), allow_nan=False)
 
 
-def hello(client_id: str, version: str, interval_ms: int, subscription: Mapping[str, bool]) -> str:
+def hello(
+    client_id: str,
+    version: str,
+    interval_ms: int,
+    subscription: Mapping[str, bool],
+    *,
+    ack_window: int,
+    stall_timeout_ms: int,
+) -> str:
     """The first message of every connection."""
     return _encode(
         {
@@ -193,12 +267,22 @@ def hello(client_id: str, version: str, interval_ms: int, subscription: Mapping[
             "data": {
                 "clientId": client_id,
                 "serverVersion": version,
+                "protocolVersion": PROTOCOL_VERSION,
                 "updateInterval": interval_ms,
+                "ackWindow": ack_window,
+                "stallTimeout": stall_timeout_ms,
                 "subscription": dict(subscription),
                 "sections": list(SECTIONS),
             },
         }
     )
+
+
+def numbered(text: str, seq: int) -> str:
+    """``text`` (an encoded server message) with ``"seq"`` as its last key: the
+    frame shared by every client is encoded once, each copy numbered. Last,
+    so that every message still begins with its ``type``."""
+    return f'{text[:-1]},"seq":{seq}}}'
 
 
 def metrics(timestamp: str, data: Mapping[str, Any]) -> str:

@@ -1,7 +1,9 @@
 """``/ws/metrics`` for WSGI apps: a WSGI server speaks no WebSocket, so a
 ``websockets`` server in a daemon thread of the process serves the stream on
 ``ws_port`` (``ws_host``), with the protocol, limits, origin and access rules
-of the ASGI side: the same handler runs behind a small ASGI shim.
+of the ASGI side: the same handler runs behind a small ASGI shim, which
+also lends it WebSocket pings, so that clients which never acknowledge
+frames are held and timed by their pongs (``docs/realtime-protocol.md``).
 
 The page the app serves lives on the app's port, the stream on another, so
 an origin is not "the stream's own host": each origin the dashboard was
@@ -146,4 +148,15 @@ class RealtimeServer:
             except ConnectionClosed as exc:  # as ASGI servers say it: the client went away
                 raise ConnectionResetError(str(exc)) from exc
 
-        await serve(self.mounted, scope, receive, send, extra_origins=tuple(self.origins))
+        async def ping() -> None:
+            # Here the connection is ours: a WebSocket ping's pong says the
+            # client read everything sent before it (see realtime.flow), so even
+            # a client that never sends an ack is held and timed.
+            try:
+                await (await connection.ping())
+            except ConnectionClosed as exc:
+                raise ConnectionResetError(str(exc)) from exc
+
+        await serve(
+            self.mounted, scope, receive, send, extra_origins=tuple(self.origins), ping=ping
+        )

@@ -179,6 +179,46 @@ def test_the_page_reconnects_after_the_stream_drops(browser: Any, tmp_path: Path
         wait_until(browser, lambda d: text_of(d, "tile-total") == "28", "the new server's figures")
 
 
+#: Wraps the page's WebSocket sends from outside the page: the acks it sends,
+#: and how each of its streams ended.
+WATCH_THE_STREAM = """
+window.acks = []; window.closes = [];
+const send = WebSocket.prototype.send;
+WebSocket.prototype.send = function (data) {
+  const message = JSON.parse(data);
+  if (message.type === "ack") window.acks.push(message.data);
+  if (!this.watched) {
+    this.watched = true;
+    this.addEventListener("close", (event) => window.closes.push([event.code, event.reason]));
+  }
+  return send.call(this, data);
+};
+"""
+
+
+def test_the_page_acknowledges_the_stream(browser: Any, tmp_path: Path) -> None:
+    """The page acknowledges each message once processed, so the stream stays
+    open for many stall timeouts; when its script is busy for longer than one,
+    the server closes the stream (1008) and the page reconnects."""
+    env = child_environment(AEGIS_UPDATE_INTERVAL="200", AEGIS_WS_STALL_TIMEOUT="1")
+    with uvicorn_server(APP, tmp_path, env=env) as server:
+        browser.get(f"{server.url}/dashboard")
+        wait_until(browser, lambda d: text_of(d, "status") == "live", "live")
+        browser.execute_script(WATCH_THE_STREAM)
+        wait_until(browser, lambda d: len(d.execute_script("return acks")) >= 15, "15 acks")
+        acks = browser.execute_script("return acks")
+        assert acks == list(range(acks[0], acks[0] + len(acks)))  # each message, in order
+        assert browser.execute_script("return closes") == []  # 3 s: three stall timeouts
+        # A long task: nothing is processed, so nothing is acknowledged, for 2.5 s.
+        browser.execute_script("const end = Date.now() + 2500; while (Date.now() < end) {}")
+        wait_until(
+            browser,
+            lambda d: d.execute_script("return closes") == [[1008, "client stopped reading"]],
+            "the stream closed for it",
+        )
+        wait_until(browser, lambda d: text_of(d, "status") == "live", "live again")
+
+
 def test_a_token_in_the_url_opens_the_page_and_its_stream(browser: Any, tmp_path: Path) -> None:
     token = "dashboard-token-1234"
     env = child_environment(

@@ -4,6 +4,7 @@ one action or raises a ProtocolError whose code the client can act on."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from aegis_mw.realtime import protocol
 from aegis_mw.realtime.protocol import (
     DEFAULT_SUBSCRIPTION,
     SECTIONS,
+    Ack,
     Get,
     Ping,
     ProtocolError,
@@ -46,7 +48,9 @@ def test_unsubscribe_takes_names_or_the_subscribe_form(data: Any) -> None:
     assert protocol.frame_sections(message.apply(DEFAULT_SUBSCRIPTION)) == ()
 
 
-def test_ping_get_and_bytes() -> None:
+def test_ping_get_ack_and_bytes() -> None:
+    assert parse('{"type": "ack", "data": 12}') == Ack(12)
+    assert parse('{"type": "ping", "data": [1.5e308, "\\ud800"]}') == Ping([1.5e308, "\ud800"])
     assert parse(b'{"type": "ping"}') == Ping(None)
     assert parse('{"type": "ping", "data": {"n": 7}}') == Ping({"n": 7})
     assert parse('{"type": "get", "data": {"section": "latencyPercentiles"}}') == Get(
@@ -79,6 +83,19 @@ def test_ping_get_and_bytes() -> None:
         ('{"type": "get", "data": {"section": "overview", "x": 1}}', "invalid_field", "'x'"),
         ('{"type": "get", "data": "overview"}', "invalid_field", "'section'"),
         ('{"type": "ping", "data": "' + "x" * 300 + '"}', "invalid_field", "at most 256"),
+        # Python's json takes these, but no answer could echo them (json.dumps
+        # refuses them with allow_nan=False): refused as the JSON they are not.
+        ('{"type": "ping", "data": NaN}', "invalid_json", "NaN is not JSON"),
+        ('{"type": "ping", "data": Infinity}', "invalid_json", "Infinity is not JSON"),
+        ('{"type": "ping", "data": [-Infinity]}', "invalid_json", "-Infinity is not JSON"),
+        ('{"type": "ping", "data": {"x": 1e999}}', "invalid_json", "1e999 is out of range"),
+        ('{"type": "ping", "data": -1E+400}', "invalid_json", "out of range"),
+        ('{"type": "subscribe", "data": {"overview": NaN}}', "invalid_json", "NaN"),
+        ('{"type": "ping", "data": ' + "9" * 5000 + "}", "invalid_json", "at most 256 digits"),
+        ('{"type": "ping", "data": ' + "[" * 200 + "]" * 200 + "}", "invalid_field", "256"),
+        ('{"type": "ack", "data": -1}', "invalid_field", "seq"),
+        ('{"type": "ack", "data": true}', "invalid_field", "seq"),
+        ('{"type": "ack", "data": 1.0}', "invalid_field", "seq"),
     ],
 )
 def test_bad_messages_name_the_problem(text: str | bytes, code: str, fragment: str) -> None:
@@ -97,41 +114,66 @@ def test_long_client_values_are_cut_short_in_errors() -> None:
     assert len(raised.value.message) < 120
 
 
+# Any text, lone surrogates included; any float, NaN and infinities included
+# (json.dumps writes them as NaN and Infinity); integers of any length.
+surrogates = st.sampled_from(["\ud800", "\udfff", "\udbff\udbff"])
+texts = st.text() | st.builds(lambda a, b: a + b, st.text(max_size=3), surrogates)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    st.none() | st.booleans() | st.integers() | st.sampled_from([10**300, -(10**400)])
+    | st.floats() | st.sampled_from([math.nan, math.inf, -math.inf]) | texts,
+    lambda children: st.lists(children) | st.dictionaries(texts, children),
     max_leaves=20,
-)
+)  # fmt: skip
+kinds = st.sampled_from(["ping", "subscribe", "unsubscribe", "get", "ack"]) | st.text()
 
 
-@given(st.one_of(json_values, st.fixed_dictionaries({"type": st.text(), "data": json_values})))
+@given(st.one_of(json_values, st.fixed_dictionaries({"type": kinds, "data": json_values})))
 def test_any_json_parses_or_raises_protocol_error(value: Any) -> None:
     """Whatever a client sends, the answer is an action or a ProtocolError,
-    never another exception."""
+    never another exception; and the answer to an action encodes (a pong
+    echoes its ping's data)."""
     codes = {
         "invalid_json", "invalid_message", "unknown_type", "unknown_section", "invalid_field",
         "invalid_range",
     }  # fmt: skip
     try:
-        parse(json.dumps(value))
-        code = None
+        message = parse(json.dumps(value))
     except ProtocolError as exc:
-        code = exc.code
-    assert code is None or code in codes
+        refused: ProtocolError | None = exc
+    else:
+        refused = None
+    if refused is not None:
+        assert refused.code in codes
+        protocol.error(refused.code, refused.message).encode("ascii")
+        return
+    if isinstance(message, Ping):
+        echoed = protocol.pong(message.data)
+        # ASCII: the lone surrogates a client sent go back escaped, as sent.
+        assert json.loads(echoed.encode("ascii"))["data"] == message.data
 
 
 def test_server_messages() -> None:
-    hello = json.loads(protocol.hello("c1", "1.2.3", 1000, DEFAULT_SUBSCRIPTION))
+    hello = json.loads(
+        protocol.hello(
+            "c1", "1.2.3", 1000, DEFAULT_SUBSCRIPTION, ack_window=4, stall_timeout_ms=10_000
+        )
+    )
     assert hello == {
         "type": "hello",
         "data": {
             "clientId": "c1",
             "serverVersion": "1.2.3",
+            "protocolVersion": 2,
             "updateInterval": 1000,
+            "ackWindow": 4,
+            "stallTimeout": 10_000,
             "subscription": dict(DEFAULT_SUBSCRIPTION),
             "sections": list(SECTIONS),
         },
     }
+    numbered = protocol.numbered(protocol.pong(None), 17)
+    assert json.loads(numbered) == {"seq": 17, "type": "pong", "data": None}
+    assert numbered.startswith('{"type":"pong"')  # the type first, as before
     frame = json.loads(protocol.metrics("2026-01-01T00:00:00Z", {"overview": {"total": 3}}))
     assert frame == {
         "type": "metrics",
@@ -149,3 +191,21 @@ def test_server_messages() -> None:
     }
     with pytest.raises(ValueError):  # never NaN on the wire: it is not JSON
         protocol.metrics("t", {"overview": {"rate": float("nan")}})
+
+
+@given(
+    st.integers(min_value=0, max_value=10**20),
+    st.sampled_from([(",", ":"), (", ", ": "), (" ,\n", " :\t")]),
+    st.booleans(),
+)
+def test_acks_read_without_json_as_with_it(seq: int, separators: Any, reordered: bool) -> None:
+    message = {"data": seq, "type": "ack"} if reordered else {"type": "ack", "data": seq}
+    text = json.dumps(message, separators=separators)
+    assert parse(text) == parse(text.encode()) == Ack(seq)  # bytes: always through json
+
+
+@pytest.mark.parametrize("text", ['{"type":"ack","data":007}', '{"type":"ack","data":\u0661}'])
+def test_acks_that_are_not_json_are_refused(text: str) -> None:
+    with pytest.raises(ProtocolError) as raised:
+        parse(text)
+    assert raised.value.code == "invalid_json"

@@ -14,8 +14,10 @@ import anyio
 import pytest
 
 from aegis_mw import Aegis, AegisMiddleware
+from aegis_mw.realtime.flow import ACK_WINDOW
 from aegis_mw.types import Message, Scope
 from tests.harness import websocket_scope
+from tests.realtime.hostile import HOSTILE
 
 pytestmark = pytest.mark.anyio
 
@@ -62,8 +64,13 @@ class Client:
             self.got_frame = anyio.Event()
             await self.got_frame.wait()
 
-    def texts(self) -> list[dict[str, Any]]:
+    def numbered(self) -> list[dict[str, Any]]:
+        """The messages sent, as they were (each with its ``seq``)."""
         return [json.loads(m["text"]) for m in self.sent if m["type"] == "websocket.send"]
+
+    def texts(self) -> list[dict[str, Any]]:
+        """The messages sent, without their ``seq``."""
+        return [{k: v for k, v in m.items() if k != "seq"} for m in self.numbered()]
 
 
 async def connect(middleware: AegisMiddleware, client: Client) -> None:
@@ -153,10 +160,11 @@ async def test_the_stream_is_not_recorded_as_a_session(make_aegis: Callable[...,
 class Scripted(Client):
     """A client that sends ``messages`` after connecting, then waits to be let go."""
 
-    def __init__(self, messages: list[dict[str, Any]], **options: Any) -> None:
+    def __init__(self, messages: list[dict[str, Any] | str], **options: Any) -> None:
         super().__init__(**options)
         self.inbound: list[Message] = [
-            {"type": "websocket.receive", "text": json.dumps(m)} for m in messages
+            {"type": "websocket.receive", "text": m if isinstance(m, str) else json.dumps(m)}
+            for m in messages
         ]
 
     async def receive(self) -> Message:
@@ -277,3 +285,194 @@ async def test_one_build_at_a_time_and_never_backwards(
     assert peak == 1
     assert hub.snapshots == 2 and hub._tick == 6
     assert json.loads(results[6])["type"] == "metrics"
+
+
+async def test_hostile_messages_get_answers_and_the_connection_stays(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    """Each is answered (an error, or a pong that echoes what was sent) and the
+    connection goes on: the last ping gets its pong, no exception escapes."""
+    aegis = make_aegis(update_interval=100, ws_message_rate=1000, metrics_registry="none")
+    client = Scripted([text for text, _ in HOSTILE] + [{"type": "ping", "data": "still here"}])
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as group:
+            group.start_soon(connect, AegisMiddleware(app, aegis=aegis), client)
+            while {"type": "pong", "data": "still here"} not in client.texts():
+                await client.wait_frames(client.frames + 1)
+            client.leave.set()
+    answers = [t for t in client.texts() if t["type"] in ("error", "pong")]
+    for (text, code), answer in zip(HOSTILE, answers, strict=False):
+        if code is None:
+            assert answer == {"type": "pong", "data": json.loads(text)["data"]}
+        else:
+            assert answer["type"] == "error" and answer["data"]["code"] == code, text[:60]
+    assert len(answers) == len(HOSTILE) + 1
+    assert all(m["type"] != "websocket.close" for m in client.sent)
+
+
+class Acking(Client):
+    """A client that acknowledges what it is sent, one message at a time,
+    ``delay`` seconds after the last (its processing time), and stops after
+    ``stop_after`` acknowledgements (it stopped reading)."""
+
+    def __init__(self, *, delay: float = 0.0, stop_after: int | None = None) -> None:
+        super().__init__()
+        self.delay = delay
+        self.stop_after = stop_after
+        self.last_seq = 0
+        self.acked = 0
+        self.acked_at = 0.0
+        self.most_outstanding = 0
+        self.arrived = anyio.Event()
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "websocket.send":
+            sent = json.loads(message["text"])
+            if sent["type"] == "hello" and "ackWindow" not in sent["data"]:
+                self.stop_after = 0  # a server that takes no acknowledgements (protocol 1)
+            self.last_seq = sent.get("seq", self.last_seq + 1)
+            self.most_outstanding = max(self.most_outstanding, self.last_seq - self.acked)
+            self.arrived.set()
+        await super().send(message)
+
+    async def receive(self) -> Message:
+        if not self._connected:
+            self._connected = True
+            return CONNECT
+        while not self.leave.is_set():
+            if self.stop_after is not None and self.acked >= self.stop_after:
+                await self.leave.wait()
+                break
+            if self.last_seq <= self.acked:
+                self.arrived = anyio.Event()
+                await self.arrived.wait()
+                continue
+            if self.delay:
+                await anyio.sleep(self.delay)  # processing one message (not a synchronisation)
+            self.acked += 1
+            self.acked_at = anyio.current_time()
+            return {"type": "websocket.receive", "text": json.dumps({"type": "ack",
+                                                                     "data": self.acked})}  # fmt: skip
+        return {"type": "websocket.disconnect", "code": 1000}
+
+    def frame_stamps(self) -> list[str]:
+        return [t["timestamp"] for t in self.texts() if t["type"] == "metrics"]
+
+
+async def test_a_client_that_stops_acknowledging_is_held_then_closed(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    """Its sends never block (the server's buffers would take megabytes): it is
+    its acknowledgement that stops. At most the window is sent past it, then
+    nothing, and after ws_stall_timeout it is closed; an acknowledging
+    neighbour keeps its cadence."""
+    aegis = make_aegis(update_interval=100, ws_stall_timeout=0.4, metrics_registry="none")
+    middleware = AegisMiddleware(app, aegis=aegis)
+    stopped = Acking(stop_after=3)  # hello and two frames, then nothing
+    watcher = Acking()
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as group:
+            group.start_soon(connect, middleware, stopped)
+            group.start_soon(connect, middleware, watcher)
+            with anyio.fail_after(5):
+                await stopped.ended.wait()
+            await watcher.wait_frames(watcher.frames + 3)
+            watcher.leave.set()
+    assert stopped.ended_at is not None
+    stalled_for = stopped.ended_at - stopped.acked_at
+    assert 0.4 <= stalled_for < 0.4 + 0.5
+    assert stopped.last_seq - stopped.acked <= ACK_WINDOW  # held past the window
+    assert stopped.sent[-1] == {
+        "type": "websocket.close", "code": 1008, "reason": "client stopped reading",
+    }  # fmt: skip
+    # The neighbour: a frame about every interval while the other one stalled.
+    assert len(watcher.frame_stamps()) >= 3 + int(stalled_for / 0.1 / 2)
+    assert watcher.most_outstanding <= ACK_WINDOW
+    assert aegis.hub.limits.open == 0
+
+
+async def test_a_slow_client_is_skipped_to_the_newest_frame(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    """A client taking 0.25 s per message at 100 ms ticks: never more than the
+    window unacknowledged, frames skipped (the newest sent when the window
+    opens), and not closed: its acknowledgement keeps moving."""
+    aegis = make_aegis(update_interval=100, ws_stall_timeout=1.0, metrics_registry="none")
+    slow = Acking(delay=0.25)
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as group:
+            group.start_soon(connect, AegisMiddleware(app, aegis=aegis), slow)
+            await slow.wait_frames(ACK_WINDOW)
+            started, frames = anyio.current_time(), slow.frames
+            await slow.wait_frames(frames + 8)
+            elapsed = anyio.current_time() - started
+            slow.leave.set()
+    assert slow.most_outstanding <= ACK_WINDOW
+    assert all(m["type"] != "websocket.close" for m in slow.sent)
+    # Past the window, a frame waits for an acknowledgement (one per 0.25 s),
+    # not for the next tick: 8 frames took about 20 ticks, most of them skipped.
+    assert elapsed >= 8 * 0.25 * 0.9
+    stamps = slow.frame_stamps()
+    assert len(set(stamps)) == len(stamps)  # each the tick's newest, none twice
+
+
+async def test_a_client_that_never_acknowledges_is_not_closed_for_it(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    """A plain reader (websocat, say) never acknowledges: it gets every tick's
+    frame, unheld, for many stall timeouts."""
+    aegis = make_aegis(update_interval=100, ws_stall_timeout=0.2, metrics_registry="none")
+    reader = Client()
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as group:
+            group.start_soon(connect, AegisMiddleware(app, aegis=aegis), reader)
+            await reader.wait_frames(12)  # 1.2 s: six stall timeouts
+            reader.leave.set()
+    assert all(m["type"] != "websocket.close" for m in reader.sent)
+
+
+async def test_messages_are_numbered_and_hello_says_how_to_acknowledge(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    aegis = make_aegis(update_interval=100, ws_stall_timeout=2.5, metrics_registry="none")
+    client = Scripted([{"type": "ping", "data": 1}])
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as group:
+            group.start_soon(connect, AegisMiddleware(app, aegis=aegis), client)
+            await client.wait_frames(3)
+            client.leave.set()
+    sent = client.numbered()
+    assert [m["seq"] for m in sent] == list(range(1, len(sent) + 1))
+    hello = sent[0]["data"]
+    assert hello["protocolVersion"] == 2
+    assert hello["ackWindow"] == ACK_WINDOW and hello["stallTimeout"] == 2500
+
+
+async def test_acknowledgements_that_move_are_free_of_the_rate_limit(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    """At one message a second (bursts of 2), a client acknowledging ten
+    frames a second is not closed; one acknowledging what it acknowledged
+    before is counted, as is one past the last message sent (an error)."""
+    aegis = make_aegis(update_interval=100, ws_message_rate=1, metrics_registry="none")
+    middleware = AegisMiddleware(app, aegis=aegis)
+    acking = Acking()
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as group:
+            group.start_soon(connect, middleware, acking)
+            await acking.wait_frames(15)
+            acking.leave.set()
+    assert all(m["type"] != "websocket.close" for m in acking.sent)
+
+    again = Scripted(
+        [{"type": "ack", "data": 1}, {"type": "ack", "data": 1000}, {"type": "ack", "data": 1},
+         {"type": "ack", "data": 1}]
+    )  # fmt: skip
+    with anyio.fail_after(20):
+        await connect(middleware, again)
+    texts = again.texts()
+    assert {"type": "error", "data": {"code": "invalid_field",
+            "message": texts[-1]["data"]["message"]}} in texts  # fmt: skip
+    assert "past the last message sent" in texts[-1]["data"]["message"]
+    assert again.sent[-1] == {"type": "websocket.close", "code": 1008,
+                              "reason": "too many messages"}  # fmt: skip
