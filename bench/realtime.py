@@ -24,8 +24,9 @@ first round, clients first in the second, and so on):
   the ``websockets`` asyncio client (50 handshakes at a time, no client
   pings, permessage-deflate offered as browsers do unless
   ``--no-compression``), each keeping the default subscription (overview +
-  alerts) and reading and discarding its frames. Every client must receive
-  ``hello`` first. Measuring starts 3 s after the last handshake.
+  alerts) and reading and discarding its frames, acknowledging every
+  ``--ack-every`` (2) messages as the dashboard page does (0: never). Every
+  client must receive ``hello`` first. Measuring starts 3 s after the last handshake.
 
 In each state:
 
@@ -147,6 +148,7 @@ class Client:
     mark_frames: int = 0
     mark_chars: int = 0
     mark_missed: int = 0
+    acked: int = 0
 
 
 @dataclass
@@ -155,6 +157,7 @@ class Crowd:
 
     interval: float
     clients: list[Client]
+    ack_every: int = 0
     delays: list[float] = field(default_factory=list)
     mark_time: float = 0.0
     mark_cpu: float = 0.0
@@ -243,10 +246,17 @@ async def open_client(uri: str, client: Client, gate: asyncio.Semaphore, compres
 async def read_frames(crowd: Crowd, client: Client) -> None:
     """Receive and discard, counting frames, gaps and delays after the tick."""
     interval = crowd.interval
+    ack_every = crowd.ack_every
     ws = client.ws
     try:
         async for message in ws:
             now = time.monotonic()
+            if ack_every and isinstance(message, str):
+                # seq is every message's last key: '..., "seq":41}'
+                seq = int(message[message.rindex(":") + 1 : -1])
+                if seq - client.acked >= ack_every:
+                    client.acked = seq
+                    await ws.send(f'{{"type":"ack","data":{seq}}}')
             if isinstance(message, str) and message.startswith(METRICS_PREFIX):
                 if client.last:
                     gap = now - client.last
@@ -267,10 +277,12 @@ async def read_frames(crowd: Crowd, client: Client) -> None:
         client.closed = f"closed {ws.close_code} {ws.close_reason or ''}".strip()
 
 
-async def crowd_main(port: int, count: int, interval: float, compression: bool) -> None:
+async def crowd_main(
+    port: int, count: int, interval: float, compression: bool, ack_every: int
+) -> None:
     """Open ``count`` clients, then answer ``mark``/``report``/``quit`` on stdin."""
     uri = f"ws://127.0.0.1:{port}{WS_PATH}"
-    crowd = Crowd(interval, [Client() for _ in range(count)])
+    crowd = Crowd(interval, [Client() for _ in range(count)], ack_every=ack_every)
     gate = asyncio.Semaphore(CONNECT_AT_ONCE)
     started = time.monotonic()
     opening = [open_client(uri, client, gate, compression) for client in crowd.clients]
@@ -528,7 +540,7 @@ class ClientsProcess:
     def __init__(self, children: Children, port: int, args: argparse.Namespace) -> None:
         options = [
             "--port", str(port), "--clients", str(args.clients),
-            "--interval", str(args.interval),
+            "--interval", str(args.interval), "--ack-every", str(args.ack_every),
         ]  # fmt: skip
         if args.no_compression:
             options.append("--no-compression")
@@ -698,7 +710,8 @@ def environment_lines(args: argparse.Namespace, server: Server) -> list[str]:
         f"starlette {version_of('starlette')}; aegis_mw {version_of('aegis_mw')}",
         f"server: {server.command}",
         f"plan: {args.rounds} round(s); {args.clients} clients at {args.interval} ms "
-        f"(permessage-deflate {'not offered' if args.no_compression else 'offered'}); "
+        f"(permessage-deflate {'not offered' if args.no_compression else 'offered'}; "
+        f"acks {f'every {args.ack_every} messages' if args.ack_every else 'never'}); "
         f"{args.window:g} s CPU windows; {args.requests} GET /ok per state",
     ]
 
@@ -808,6 +821,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, help="GET /ok per state (20000; 5000 with --quick)")
     parser.add_argument("--interval", type=int, default=1000, help="update_interval, ms (1000)")
     parser.add_argument("--quick", action="store_true", help="one short round, about 30 s")
+    parser.add_argument("--ack-every", type=int, default=2,
+                        help="clients acknowledge every Nth message, as the dashboard does "
+                        "(2 with the default interval and stall timeout); 0: never")  # fmt: skip
     parser.add_argument("--no-compression", action="store_true",
                         help="clients do not offer permessage-deflate")  # fmt: skip
     parser.add_argument("--role", choices=("main", "clients", "load"), default="main",
@@ -817,7 +833,13 @@ def main() -> None:
     try:
         if args.role == "clients":
             asyncio.run(
-                crowd_main(args.port, args.clients, args.interval / 1000, not args.no_compression)
+                crowd_main(
+                    args.port,
+                    args.clients,
+                    args.interval / 1000,
+                    not args.no_compression,
+                    args.ack_every,
+                )
             )
             return
         if args.role == "load":

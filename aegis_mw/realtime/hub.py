@@ -26,6 +26,7 @@ import anyio
 import anyio.to_thread
 
 from ..core.record import isoformat
+from ..endpoints.reads import RENDER
 from . import protocol, sections
 from .limits import ConnectionLimits
 
@@ -80,6 +81,12 @@ class Hub:
         """Every section some client subscribes to."""
         return {name for sub in self.subscriptions.values() for name, on in sub.items() if on}
 
+    async def _build(self, names: Iterable[str]) -> dict[str, Any]:
+        """Sections read in one of our own render threads: never under the
+        server's shared limiter, which the app's sync endpoints need."""
+        limiter = self.aegis.reads.threads.limiter(RENDER)
+        return await anyio.to_thread.run_sync(sections.build, self.aegis, names, limiter=limiter)
+
     async def frame(self, tick: int, names: tuple[str, ...]) -> str:
         """The ``metrics`` frame of ``names`` at ``tick`` (or a later one):
         built once per tick and encoded once per distinct ``names``."""
@@ -94,7 +101,7 @@ class Hub:
             self._building = (tick, done)
             try:
                 wanted = self.wanted() | set(names)
-                snapshot = await anyio.to_thread.run_sync(sections.build, self.aegis, wanted)
+                snapshot = await self._build(wanted)
                 if tick > self._tick:
                     self._tick, self._snapshot = tick, snapshot
                     self._timestamp = isoformat(self.aegis.clock.wall())
@@ -107,7 +114,7 @@ class Hub:
         snapshot, timestamp, frames = self._snapshot, self._timestamp, self._frames
         missing = [name for name in names if name not in snapshot]
         if missing:  # subscribed since this tick's snapshot was taken
-            extra = await anyio.to_thread.run_sync(sections.build, self.aegis, missing)
+            extra = await self._build(missing)
             return self._encode(timestamp, {**snapshot, **extra}, names)
         text = frames.get(names)
         if text is None:
@@ -117,7 +124,7 @@ class Hub:
     async def fresh_frame(self, names: Iterable[str]) -> str:
         """A frame built now for one client (after it subscribes)."""
         wanted = tuple(names)
-        data = await anyio.to_thread.run_sync(sections.build, self.aegis, wanted)
+        data = await self._build(wanted)
         return self._encode(isoformat(self.aegis.clock.wall()), data, wanted)
 
     def _encode(self, timestamp: str, data: dict[str, Any], names: Iterable[str]) -> str:

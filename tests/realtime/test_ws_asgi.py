@@ -476,3 +476,31 @@ async def test_acknowledgements_that_move_are_free_of_the_rate_limit(
     assert "past the last message sent" in texts[-1]["data"]["message"]
     assert again.sent[-1] == {"type": "websocket.close", "code": 1008,
                               "reason": "too many messages"}  # fmt: skip
+
+
+async def test_frames_are_built_outside_the_servers_shared_thread_limiter(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    """Every token of the limiter the app's ``def`` endpoints run under is held
+    (a busy app): the stream still sends its frames, built in a thread of the
+    pipeline's own render lane."""
+    import anyio.to_thread
+
+    aegis = make_aegis(update_interval=100)
+    middleware = AegisMiddleware(app, aegis=aegis)
+    default = anyio.to_thread.current_default_thread_limiter()
+    default.total_tokens = 1
+    release = threading.Event()
+    client = Client()
+    async with anyio.create_task_group() as group:
+        group.start_soon(anyio.to_thread.run_sync, release.wait)  # the app's busy thread
+        await anyio.wait_all_tasks_blocked()
+        assert default.available_tokens == 0
+        group.start_soon(connect, middleware, client)
+        try:
+            with anyio.fail_after(10):
+                await client.wait_frames(2)
+        finally:
+            client.leave.set()
+            release.set()
+    assert default.borrowed_tokens == 0
