@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -81,7 +81,7 @@ class Hub:
         """Every section some client subscribes to."""
         return {name for sub in self.subscriptions.values() for name, on in sub.items() if on}
 
-    async def _build(self, names: Iterable[str]) -> dict[str, Any]:
+    async def _build(self, names: Collection[str]) -> dict[str, Any]:
         """Sections read in one of our own render threads: never under the
         server's shared limiter, which the app's sync endpoints need."""
         limiter = self.aegis.reads.threads.limiter(RENDER)
