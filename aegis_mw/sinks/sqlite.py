@@ -3,10 +3,10 @@
 One connection, opened by the thread that writes (the sink's own thread; a
 new one after a fork or a restart), in WAL mode so readers never block the
 writer, with a busy timeout so several processes can share one file. Each
-batch is one transaction of ``INSERT OR IGNORE`` keyed by id, so a retried
-batch is stored once, plus the batch's rollups added to the rollup tables
-(``BEGIN IMMEDIATE`` serialises writers, so several processes sum into one
-history). Reads use one connection per reading thread (see
+batch is one transaction of inserts that skip an id stored already, so a
+retried batch is stored once, plus the batch's rollups added to the rollup
+tables (``BEGIN IMMEDIATE`` serialises writers, so several processes sum into
+one history). Reads use one connection per reading thread (see
 :mod:`.sqlite_read`).
 """
 
