@@ -20,6 +20,7 @@ from tests.core.faulty_sinks import (
     FaultySink,
     SinkDown,
     accounted,
+    drop_lines,
     http_item,
     offer_all,
     paths,
@@ -330,3 +331,19 @@ def test_the_search_state_is_dropped_with_what_shutdown_could_not_write(
     assert entry.dropped["rejected"] == 0
     assert entry.written + entry.dropped["shutdown_timeout"] == 40
     assert aegis.flusher.runners[0].isolation.suspect == 0
+
+
+def test_rejected_records_show_in_the_metrics_and_the_drop_report(
+    rig: Callable[..., Aegis], caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = FaultySink("metrics")
+    offered = paths(20)
+    refusing(sink, {offered[3], offered[4]})
+    aegis = rig(sink, metrics_registry="none")
+    offer_all(aegis, offered)
+    assert aegis.force_flush(WAIT) is True
+
+    body = aegis.metrics.endpoint.respond().body.decode()
+    assert 'aegis_records_dropped_total{reason="rejected"} 2' in body
+    assert aegis.shutdown(timeout=WAIT) is True
+    assert any("rejected@metrics=2" in line for line in drop_lines(caplog))
