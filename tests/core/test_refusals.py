@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
@@ -29,10 +28,13 @@ from tests.core.faulty_sinks import (
 )
 
 
-def refusing(sink: FaultySink, poison: set[str]) -> None:
-    """Make ``sink`` refuse every batch holding a path in ``poison``."""
+def refusing(sink: FaultySink, poison: set[str], *, down_at_attempt: int = 0) -> None:
+    """Make ``sink`` refuse every batch holding a path in ``poison``; from its
+    ``down_at_attempt``-th write on, it is down instead."""
 
     def check(batch: Batch) -> None:
+        if down_at_attempt and len(sink.attempts) == down_at_attempt:
+            sink.down = True
         for record in batch.requests:
             if record.path in poison:
                 raise RecordRejected(f"cannot store {record.path}")
@@ -176,16 +178,7 @@ def test_an_outage_in_the_middle_of_a_search_loses_nothing(rig: Callable[..., Ae
     for it to come back and goes on where it was."""
     sink = FaultySink("flaky")
     offered = paths(100)
-    refusing(sink, {offered[70]})
-    search = sink.on_write
-    assert search is not None
-
-    def then_down(batch: Batch) -> None:
-        if len(sink.attempts) == 3:
-            sink.down = True
-        search(batch)
-
-    sink.on_write = then_down
+    refusing(sink, {offered[70]}, down_at_attempt=3)
     aegis = rig(sink)
     offer_all(aegis, offered)
 
@@ -311,16 +304,7 @@ def test_the_search_state_is_dropped_with_what_shutdown_could_not_write(
     shutdown_timeout, never written twice nor left half-searched."""
     sink = FaultySink("down-at-shutdown")
     offered = paths(40)
-    refusing(sink, {offered[5]})
-    search = sink.on_write
-    assert search is not None
-
-    def then_down(batch: Any) -> None:
-        if len(sink.attempts) == 2:
-            sink.down = True
-        search(batch)  # type: ignore[misc]
-
-    sink.on_write = then_down
+    refusing(sink, {offered[5]}, down_at_attempt=2)
     aegis = rig(sink)
     offer_all(aegis, offered)
     assert aegis.force_flush(WAIT) is False
