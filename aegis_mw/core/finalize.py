@@ -32,6 +32,9 @@ from .storable import (
 SMALL = 2**30
 #: How many clean client addresses are remembered before starting afresh.
 CLEAN_CLIENTS = 4096
+#: The standard methods, each to itself: a lookup folds the rest into _OTHER
+#: and stores a plain str even for a str subclass equal to one of them.
+_METHODS = {method: method for method in STANDARD_METHODS}
 
 
 def _repair_http(
@@ -45,7 +48,7 @@ def _repair_http(
 ) -> tuple[str, int, str, int, int]:
     """Path, status, error and byte counts as every sink can store them (see
     :mod:`.storable`); raises for an item that has no faithful repair. The
-    method needs none: anything but the standard nine becomes ``_OTHER``.
+    method needs none: any text but the standard nine becomes ``_OTHER``.
 
     An item from a raw scope, an odd app or a third-party caller of
     Recorder.offer must not become a record that fails every write after it.
@@ -147,6 +150,7 @@ class Finalizer:
         limit = self.max_path_length
         error_limit = self.max_error_length
         clean_routes = self._clean_routes
+        methods = _METHODS.get
         small = SMALL
         clean_clients = self._clean_clients
         sample = self.sample_rate < 1.0
@@ -190,8 +194,12 @@ class Finalizer:
                         ttfb_ms is not None and ttfb_ms - ttfb_ms != 0.0
                     ):
                         raise ValueError("a time is not finite")
-                    if method not in STANDARD_METHODS:
-                        method = OTHER_METHOD
+                    folded = methods(method)  # the canonical str, or None
+                    if folded is None:
+                        if not isinstance(method, str):
+                            raise TypeError("malformed inbox item")
+                        folded = OTHER_METHOD
+                    method = folded
                     # A server sends no body for HEAD, whatever the app passed it.
                     if method == "HEAD":
                         response_bytes = 0

@@ -24,10 +24,13 @@ are repaired before any sink sees them, the same way for all:
 - **Numbers**: a status or close code that is an ``int`` subclass
   (``HTTPStatus``, an ``IntEnum``) or an integral float (``200.0``, sent by
   some apps) is stored as the ``int``. Anything else (a ``bool``, a ``str``,
-  ``200.5``, NaN) has no faithful repair, and neither does a value outside the
-  column's range (a status or close code beyond 32 bits, a byte count below 0
-  or from :data:`MAX_BYTES`) or a time that is not finite: such an item is
-  counted as ``invalid`` (``stats().dropped``) and its neighbours are kept.
+  ``200.5``, NaN) has no faithful repair, and neither does a status or close
+  code beyond 32 bits or a time that is not finite: such an item is counted as
+  ``invalid`` (``stats().dropped``) and its neighbours are kept. A byte or
+  message count of :data:`MAX_COUNT` (1 TiB) or more in size is stored as
+  ``MAX_COUNT - 1`` (with its sign): no request moves that much, so only a
+  client can claim it (Django's count is the ``Content-Length`` header), and
+  dropping the record would let the client hide its request.
 
 The checks are cheap on the common case (``str.isprintable`` is true for a
 clean path and covers NUL, controls and surrogates at once); the repairs run
@@ -43,10 +46,10 @@ from typing import Any
 ROUTE_LIMIT = 512
 #: An address, with a zone or a port, is far shorter.
 CLIENT_IP_LIMIT = 255
-#: Byte counts from 2**53 (8 PiB) cannot come from a request; below it they
-#: stay exact as floats (the metrics' sums) and a rollup cell's sum of a
-#: thousand of them still fits a 64-bit column.
-MAX_BYTES = 2**53
+#: No request moves a terabyte. Counts are saturated below it, so the sums
+#: in a rollup cell (millions of requests) still fit a 64-bit column and stay
+#: exact as floats (the metrics' sums).
+MAX_COUNT = 2**40
 #: A 32-bit signed column (``status``, ``close_code``).
 INT32_LOW, INT32_HIGH = -(2**31), 2**31
 
@@ -141,10 +144,15 @@ def int32(value: Any) -> int:
 
 
 def count(value: Any) -> int:
-    """A byte or message count in ``[0, MAX_BYTES)``; ValueError otherwise."""
+    """A byte or message count, saturated below :data:`MAX_COUNT` in size;
+    ValueError when it is no whole number. A negative one (an app's bogus
+    ``zerocopysend`` count, say) is kept: storage takes it, and it says what
+    happened."""
     number = value if type(value) is int else whole_number(value)
-    if not 0 <= number < MAX_BYTES:
-        raise ValueError(f"count out of range: {number}")
+    if number >= MAX_COUNT:
+        return MAX_COUNT - 1
+    if number <= -MAX_COUNT:
+        return 1 - MAX_COUNT
     return number
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from aegis_mw import Aegis
 from aegis_mw.core.items import PendingSession
-from aegis_mw.core.storable import MAX_BYTES, ROUTE_LIMIT, plain_text, url_text
+from aegis_mw.core.storable import MAX_COUNT, ROUTE_LIMIT, plain_text, url_text
 from aegis_mw.testing import MemorySink
 from tests.core.faulty_sinks import accounted, drops, http_item
 
@@ -115,9 +115,8 @@ BAD_HTTP_VALUES: list[tuple[str, int, Any]] = [
     ("status", 3, math.nan),
     ("status", 3, 2**31),
     ("status", 3, -(2**31) - 1),
-    ("request_bytes", 7, -1),
-    ("request_bytes", 7, MAX_BYTES),
-    ("response_bytes", 8, 2**63),
+    ("request_bytes", 7, 1.5),
+    ("response_bytes", 8, "10"),
     ("end", 6, math.nan),
     ("end", 6, math.inf),
     ("start", 4, math.inf),
@@ -144,6 +143,25 @@ def test_an_item_without_a_faithful_repair_costs_only_itself(
     stats = aegis.stats()
     assert stats.dropped == drops(invalid=1)
     assert accounted(stats) == stats.offered == 3
+
+
+def test_counts_beyond_a_terabyte_are_saturated_and_the_request_kept(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    """Only a client can claim such a count (Django's is the Content-Length
+    header): dropping the record would let it hide its request."""
+    aegis = make_aegis(**QUIET)
+    for request_bytes, response_bytes in ((10**23, 2**63), (-(10**23), MAX_COUNT - 1), (-4, 7.0)):
+        item = http_item("/claimed")
+        item[7], item[8] = request_bytes, response_bytes
+        aegis.recorder.offer(item)
+
+    records = stored(aegis)
+
+    assert [(r.request_bytes, r.response_bytes) for r in records] == [
+        (MAX_COUNT - 1, MAX_COUNT - 1), (1 - MAX_COUNT, MAX_COUNT - 1), (-4, 7),
+    ]  # fmt: skip
+    assert aegis.stats().dropped == drops()
 
 
 def session(**changes: Any) -> PendingSession:
@@ -178,7 +196,7 @@ def test_sessions_are_repaired_the_same_way(make_aegis: Callable[..., Aegis]) ->
         {"close_code": "1000"},
         {"close_code": True},
         {"end": math.nan},
-        {"messages_in": -1},
+        {"messages_in": None},
         {"path": None},
     ],
 )
