@@ -319,15 +319,19 @@ class SinkRunner:
                 isolation.rollups_alone = True
             else:
                 self.dropped["rollups_rejected"] += delta.requests
-                self._log_refusal(exc, f"rollups of {delta.requests} requests ({delta.delta_id})")
+                self._log_refusal(
+                    exc,
+                    f"rollups of {delta.requests} requests ({delta.delta_id})",
+                    "rollups_rejected",
+                )
                 self._rollups_done(refused=True)
             return
         if isolation.batch_refused(taken, with_rollups=delta is not None):
             record = self.backlog.popleft()
             self.dropped["rejected"] += 1
-            self._log_refusal(exc, _describe(record))
+            self._log_refusal(exc, _describe(record), "rejected")
 
-    def _log_refusal(self, exc: BaseException, what: str) -> None:
+    def _log_refusal(self, exc: BaseException, what: str, reason: str) -> None:
         self._refusals_unlogged += 1
         now = time.monotonic()
         if now - self._refusal_logged_at < REFUSAL_LOG_INTERVAL:
@@ -335,10 +339,11 @@ class SinkRunner:
         # One line per burst: the refusal that opens it, and how many were
         # only counted since the last line.
         logger.warning(
-            "aegis sink %s refused %s: %s; set aside and counted as dropped (rejected)%s",
+            "aegis sink %s refused %s: %s; set aside and counted as dropped (%s)%s",
             self.name,
             what,
             f"{type(exc).__name__}: {exc}",
+            reason,
             f"; {self._refusals_unlogged - 1} more since the last report"
             if self._refusals_unlogged > 1
             else "",
