@@ -144,6 +144,7 @@ class Aegis:
             resolver=self.client_addresses,
             routes=routes,
             max_path_length=settings.max_path_length,
+            max_error_length=settings.max_error_length,
             sample_rate=settings.sample_rate,
             slow_threshold_ms=settings.slow_threshold_ms,
         )

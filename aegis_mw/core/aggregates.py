@@ -26,6 +26,7 @@ from . import histogram
 from .items import END, ERROR, HTTP_FIELDS, START, STATUS, PendingSession
 from .labeled import DEFAULT_BUCKETS, LabeledTotals
 from .labels import RouteCap
+from .storable import whole_number
 
 RING_SIZE = 128  # > 60 s of history plus the current second; a power of two for masking
 MASK = RING_SIZE - 1
@@ -98,7 +99,15 @@ def _fold(
             try:  # everything that can fail, before anything is changed
                 end = item[END]
                 status = item[STATUS]
+                if type(status) is not int:
+                    # 200.0 or HTTPStatus.OK count as 200, as the finalizer
+                    # stores them; a bool or a str makes the item malformed.
+                    status = whole_number(status)
                 duration_ms = (end - item[START]) * 1000.0
+                if duration_ms - duration_ms != 0.0:
+                    # NaN or infinite (a start time of +inf): it would make
+                    # every sum it joins NaN or infinite.
+                    raise ValueError("duration is not finite")
                 second = int(end)
                 failed = status >= 500 or bool(item[ERROR])
                 status_class = status // 100

@@ -2,7 +2,8 @@
 
 Everything the request path deferred happens here: request ids, wall-clock
 timestamps, TTFB in milliseconds, method folding, the route cap, path
-truncation, forwarded-address parsing and sampling.
+truncation, forwarded-address parsing and sampling; and, once for every sink,
+the repairs that make each value storable (see :mod:`.storable`).
 """
 
 from __future__ import annotations
@@ -16,33 +17,49 @@ from .items import InboxItem, PendingSession
 from .labels import STANDARD_METHODS, RouteCap
 from .record import OTHER_METHOD, UNMATCHED_ROUTE, RequestRecord, WebSocketSession
 from .rollup import RollupDelta
+from .storable import (
+    ROUTE_LIMIT,
+    client_field,
+    count,
+    finite,
+    int32,
+    text_field,
+    url_field,
+)
+
+#: Statuses and byte counts below this take the fast path (small ints compare
+#: fast); others are checked against the storable ranges in _repair_http.
+SMALL = 2**30
+#: How many clean client addresses are remembered before starting afresh.
+CLEAN_CLIENTS = 4096
+#: The standard methods, each to itself: a lookup folds the rest into _OTHER
+#: and stores a plain str even for a str subclass equal to one of them.
+_METHODS = {method: method for method in STANDARD_METHODS}
 
 
-def _coerce(
-    method: object,
-    route: object,
+def _repair_http(
     path: object,
     status: object,
     error: object,
     request_bytes: object,
     response_bytes: object,
-) -> tuple[str, int]:
-    """Route and status as plain ``str``/``int`` (an ``HTTPStatus`` is an int, a
-    reader may give a str subclass or None); anything else is malformed.
+    path_limit: int,
+    error_limit: int,
+) -> tuple[str, int, str, int, int]:
+    """Path, status, error and byte counts as every sink can store them (see
+    :mod:`.storable`); raises for an item that has no faithful repair. The
+    method needs none: any text but the standard nine becomes ``_OTHER``.
 
-    A bad item from a third-party caller of Recorder.offer must not become a
-    record that fails every write after it.
-    """  # fmt: skip
-    if route is None:
-        route = UNMATCHED_ROUTE
-    if not (
-        type(method) is str and type(path) is str and type(error) is str
-        and isinstance(route, str) and type(request_bytes) is int
-        and type(response_bytes) is int
-        and isinstance(status, int) and not isinstance(status, bool)
-    ):  # fmt: skip
-        raise TypeError("malformed inbox item")
-    return str(route), int(status)
+    An item from a raw scope, an odd app or a third-party caller of
+    Recorder.offer must not become a record that fails every write after it.
+    """
+    return (
+        url_field(path, path_limit),
+        int32(status),
+        text_field(error, error_limit),
+        count(request_bytes),
+        count(response_bytes),
+    )
 
 
 def new_id_prefix() -> str:
@@ -62,11 +79,13 @@ class Finalizer:
         max_path_length: int,
         sample_rate: float,
         slow_threshold_ms: float,
+        max_error_length: int = 1024,
     ) -> None:
         self.clock = clock
         self.resolver = resolver
         self.routes = routes
         self.max_path_length = max_path_length
+        self.max_error_length = max_error_length
         self.sample_rate = sample_rate
         self.slow_threshold_ms = slow_threshold_ms
         self.id_prefix = new_id_prefix()
@@ -77,6 +96,12 @@ class Finalizer:
         #: Every finished HTTP request since the last take, sampled out or not.
         self.rollups = RollupDelta()
         self._random = random.Random()
+        # Routes known to be storable as they are and admitted by the route
+        # cap as themselves: one set lookup per record instead of the checks.
+        # At most max_routes of them (the cap's own bound).
+        self._clean_routes: set[str] = set()
+        # Client addresses seen storable as they are (emptied at CLEAN_CLIENTS).
+        self._clean_clients: set[str] = set()
 
     def take_rollups(self) -> RollupDelta:
         """The rollups folded since the last call, handed over whole."""
@@ -91,21 +116,43 @@ class Finalizer:
         self.sampled_out = self.invalid = self.routes.overflowed = 0
         self.rollups = RollupDelta()  # the parent stores what it folded
 
+    def _route(self, route: object) -> str:
+        """A route not seen clean before: repaired, then through the route cap."""
+        text = url_field(UNMATCHED_ROUTE if route is None else route, ROUTE_LIMIT)
+        admitted = self.routes.admit(text)
+        if admitted is text and type(route) is str and route == text:
+            self._clean_routes.add(text)
+        return admitted
+
+    def _client_text(self, client_ip: object) -> str | None:
+        """A client address not seen clean recently: checked, bounded, repaired."""
+        text = client_field(client_ip)
+        if text is not None and text is client_ip:
+            clean = self._clean_clients
+            if len(clean) >= CLEAN_CLIENTS:
+                clean.clear()
+            clean.add(text)
+        return text
+
     def _client_ip(self, client: tuple[str, int] | None, forwarded: str | None) -> str | None:
         peer = client[0] if client else None
         return peer if forwarded is None else self.resolver.resolve(peer, forwarded)
 
     def finalize(self, items: list[InboxItem]) -> list[RequestRecord | WebSocketSession]:
         """Records for the items the log keeps; errors and requests slower than
-        ``slow_threshold_ms`` always stay, the rest at ``sample_rate``.
+        ``slow_threshold_ms`` always stay, the rest at ``sample_rate``. An item
+        that cannot become a storable record is counted in ``invalid``.
         """
         # The request path stamps only the monotonic clock; one pair of
         # readings here turns those into wall time. Items are at most a few
         # seconds old, so clock drift in between is negligible.
         wall_offset = self.clock.wall() - self.clock.monotonic()
         limit = self.max_path_length
-        known_routes = self.routes.known
-        admit = self.routes.admit
+        error_limit = self.max_error_length
+        clean_routes = self._clean_routes
+        methods = _METHODS.get
+        small = SMALL
+        clean_clients = self._clean_clients
         sample = self.sample_rate < 1.0
         rate = self.sample_rate
         slow = self.slow_threshold_ms
@@ -121,21 +168,47 @@ class Finalizer:
                 if not isinstance(item, PendingSession):  # a list, or the compiled HttpItem
                     (method, route, path, status, start, ttfb, end, request_bytes,
                      response_bytes, client, forwarded, error, _disconnected) = item  # fmt: skip
-                    if not (
-                        type(method) is str and type(route) is str and type(path) is str
-                        and type(status) is int and type(error) is str
-                        and type(request_bytes) is int and type(response_bytes) is int
-                    ):  # fmt: skip
-                        route, status = _coerce(method, route, path, status, error,
-                                                request_bytes, response_bytes)  # fmt: skip
-                    if route not in known_routes:
-                        route = admit(route)
                     duration_ms = (end - start) * 1000.0
-                    if method not in STANDARD_METHODS:
-                        method = OTHER_METHOD
+                    # One pass of cheap checks; the repairs run only for the
+                    # rare value that fails one (see storable).
+                    if not (
+                        type(path) is str and type(status) is int and type(error) is str
+                        and type(request_bytes) is int and type(response_bytes) is int
+                        and path.isprintable() and len(path) <= limit
+                        and (not error or (error.isprintable() and len(error) <= error_limit))
+                        # Status and counts all in [0, SMALL) exactly when their
+                        # OR is (a power of two): one comparison of small ints. The
+                        # storable ranges are wider; _repair_http checks those.
+                        and 0 <= status | request_bytes | response_bytes < small
+                    ):  # fmt: skip
+                        path, status, error, request_bytes, response_bytes = _repair_http(
+                            path, status, error, request_bytes, response_bytes,
+                            limit, error_limit,
+                        )  # fmt: skip
+                    if not (type(route) is str and route in clean_routes):
+                        route = self._route(route)
+                    ttfb_ms = None if ttfb is None else (ttfb - start) * 1000.0
+                    # NaN and the infinities are the only floats x with x - x != 0;
+                    # a finite duration means finite start and end times.
+                    if duration_ms - duration_ms != 0.0 or (
+                        ttfb_ms is not None and ttfb_ms - ttfb_ms != 0.0
+                    ):
+                        raise ValueError("a time is not finite")
+                    folded = methods(method)  # the canonical str, or None
+                    if folded is None:
+                        if not isinstance(method, str):
+                            raise TypeError("malformed inbox item")
+                        folded = OTHER_METHOD
+                    method = folded
                     # A server sends no body for HEAD, whatever the app passed it.
                     if method == "HEAD":
                         response_bytes = 0
+                    client_ip = (
+                        client[0] if client and forwarded is None
+                        else self._client_ip(client, forwarded)
+                    )  # fmt: skip
+                    if client_ip is not None and client_ip not in clean_clients:
+                        client_ip = self._client_text(client_ip)
                     # Rollups count every request: sampling thins the log only.
                     roll(start + wall_offset, route, method, status, duration_ms,
                          status >= 500 or bool(error), request_bytes, response_bytes)  # fmt: skip
@@ -148,22 +221,11 @@ class Finalizer:
                         continue
                     record: RequestRecord | WebSocketSession = make(RequestRecord, (
                         f"{prefix}{sequence + 1:016x}", start + wall_offset, method, route,
-                        path if len(path) <= limit else path[:limit], status, duration_ms,
-                        None if ttfb is None else (ttfb - start) * 1000.0,
-                        request_bytes, response_bytes,
-                        client[0] if client and forwarded is None
-                        else self._client_ip(client, forwarded),
-                        error,
+                        path, status, duration_ms, ttfb_ms, request_bytes, response_bytes,
+                        client_ip, error,
                     ))  # fmt: skip
                 else:
-                    session = item
-                    record = WebSocketSession(
-                        f"{prefix}{sequence + 1:016x}", session.start + wall_offset,
-                        admit(session.route), session.path[:limit],
-                        (session.end - session.start) * 1000.0, session.messages_in,
-                        session.messages_out, session.close_code, session.accepted,
-                        self._client_ip(session.client, session.forwarded), session.error,
-                    )  # fmt: skip
+                    record = self._session(item, f"{prefix}{sequence + 1:016x}", wall_offset)
             except Exception:
                 self.invalid += 1
                 continue
@@ -171,3 +233,22 @@ class Finalizer:
             append(record)
         self.sequence = sequence
         return out
+
+    def _session(
+        self, item: PendingSession, session_id: str, wall_offset: float
+    ) -> WebSocketSession:
+        """A session record, every field checked and repaired (sessions are rare)."""
+        start = finite(item.start)
+        return WebSocketSession(
+            session_id,
+            start + wall_offset,
+            self._route(item.route),
+            url_field(item.path, self.max_path_length),
+            finite((item.end - start) * 1000.0),
+            count(item.messages_in),
+            count(item.messages_out),
+            None if item.close_code is None else int32(item.close_code),
+            bool(item.accepted),
+            client_field(self._client_ip(item.client, item.forwarded)),
+            text_field(item.error, self.max_error_length),
+        )

@@ -4,7 +4,9 @@ The inbox is moved into each sink's bounded backlog (folding every item into
 the realtime ring on the way), then backlogs are written in chunks of
 ``batch_size``, one chunk per sink per round, all sinks in parallel. A
 failing sink keeps its backlog and backs off; a hanging one is abandoned
-after ``sink_timeout`` (see :mod:`.sink_runner`). Nothing here raises: an
+after ``sink_timeout`` (see :mod:`.sink_runner`); one that refuses a batch
+for its content has the refused records found and set aside while the rest
+is stored (see :mod:`.isolation`). Nothing here raises: an
 unexpected error is logged, counted, and the next cycle starts clean.
 """
 
@@ -18,6 +20,7 @@ from collections.abc import Callable, Sequence
 from .finalize import Finalizer
 from .recorder import Recorder
 from .retention import Retention
+from .sink import is_refusal
 from .sink_runner import SinkRunner, SinkTimeout
 
 logger = logging.getLogger("aegis_mw.flusher")
@@ -149,6 +152,10 @@ class FlushCycle:
                 finished = time.monotonic()
                 if error is None:
                     runner.succeeded(taken, finished - now)
+                elif is_refusal(error):
+                    # The sink is up and refused content: the next round
+                    # writes a smaller part at once (no backoff, see isolation).
+                    runner.refused(error, taken)
                 else:
                     runner.failed(error, finished, timed_out=isinstance(error, SinkTimeout))
                     failed.add(id(runner))

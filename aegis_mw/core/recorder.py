@@ -17,10 +17,12 @@ from .aggregates import RealtimeAggregates
 from .items import InboxItem
 
 #: Why items were refused or lost before reaching any sink; the keys of
-#: ``Recorder.dropped``. ``invalid`` counts malformed items handed to
-#: ``Recorder.offer`` (skipped, their neighbours kept); ``internal_error`` a
-#: request the middleware failed to record (a bug of ours). Sink-level losses
-#: are counted per sink (``SinkRunner.dropped``).
+#: ``Recorder.dropped``. ``invalid`` counts items that cannot become a
+#: storable record (skipped, their neighbours kept): malformed items handed to
+#: ``Recorder.offer``, and values with no faithful repair, such as an app's
+#: ``str`` status or a number beyond its column (see ``storable``);
+#: ``internal_error`` a request the middleware failed to record (a bug of
+#: ours). Sink-level losses are counted per sink (``SinkRunner.dropped``).
 DROP_REASONS = ("buffer_full", "shutdown", "invalid", "internal_error")
 
 

@@ -7,6 +7,42 @@ from typing import Protocol, runtime_checkable
 from .record import Batch
 
 
+class RecordRejected(Exception):
+    """A sink refuses a batch for what it holds, not because storage is away.
+
+    Raised by ``write`` when a value in the batch cannot be stored (PostgreSQL
+    refusing a character or a number out of range, say). Retrying the same
+    records would fail the same way, so the flusher splits the batch until it
+    has found the records refused, sets those aside (counted per sink as
+    dropped, reason ``rejected``) and stores the rest, in order. The built-in
+    sinks translate their drivers' data errors into it. ``write`` must have
+    stored nothing of a batch it refuses, or store it idempotently (a record
+    of a refused batch is offered again in a smaller one).
+
+    Example::
+
+        def write(self, batch: Batch) -> None:
+            for record in batch.requests:
+                if len(record.path) > 255:
+                    raise RecordRejected(f"path longer than 255: {record.request_id}")
+            ...
+    """
+
+
+#: What the flusher takes for a refusal of the content: :class:`RecordRejected`,
+#: and the two errors Python itself raises for a value that cannot be encoded
+#: or represented (a str that is no UTF-8, an int too large for the column),
+#: which a sink that never heard of ``RecordRejected`` lets through. Every other
+#: exception means the storage could not take the batch now (a lost connection,
+#: a full disk, a timeout): the batch is kept and retried with backoff.
+REFUSALS: tuple[type[BaseException], ...] = (RecordRejected, UnicodeEncodeError, OverflowError)
+
+
+def is_refusal(error: BaseException) -> bool:
+    """Whether ``error``, raised by a sink's ``write``, refuses the batch's content."""
+    return isinstance(error, REFUSALS)
+
+
 @runtime_checkable
 class RecordSink(Protocol):
     """Stores batches of records.
@@ -17,6 +53,12 @@ class RecordSink(Protocol):
     failure or a timeout) and must store each ``request_id``/``session_id``
     once. A sink holding connections re-opens them when ``os.getpid()``
     changes, since a forked child must not reuse its parent's.
+
+    What ``write`` raises decides what happens next: :class:`RecordRejected`
+    (or a ``UnicodeEncodeError`` or ``OverflowError``) says the content was
+    refused, and the flusher isolates the records refused and stores the
+    others at once; anything else says the storage is unavailable, and the
+    batch is kept and retried with backoff, never split.
 
     Example::
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import queue
 import random
@@ -25,6 +26,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+from .isolation import Isolation, split_delta
 from .record import Batch, RequestRecord, WebSocketSession
 from .rollup import MAX_PENDING_CELLS, RollupDelta
 from .sink import RecordSink
@@ -36,6 +38,9 @@ from .sink import RecordSink
 ROLLUP_INTERVAL = 5.0
 #: Written sooner when this many cells wait.
 ROLLUP_FLUSH_CELLS = 5_000
+#: At most one line per this many seconds tells what a sink refused and why;
+#: the refusals in between are counted (and reported with the other drops).
+REFUSAL_LOG_INTERVAL = 10.0
 
 logger = logging.getLogger("aegis_mw.flusher")
 
@@ -96,16 +101,24 @@ class SinkRunner:
         self.backoff_max = backoff_max
         self.backlog: deque[Stored] = deque()
         #: Records this sink could not keep: over the backlog bound while it was
-        #: failing, or still unwritten when shutdown's deadline passed.
-        self.dropped: dict[str, int] = {"backlog_full": 0, "shutdown_timeout": 0}
+        #: failing, still unwritten when shutdown's deadline passed, or refused
+        #: by the sink for their content (see :mod:`.isolation`).
+        self.dropped: dict[str, int] = {"backlog_full": 0, "shutdown_timeout": 0, "rejected": 0}
         #: History sinks also get rollups: added up while they wait (bounded in
         #: cells), then frozen under one id until a write of them succeeds.
         self.keeps_rollups = callable(getattr(sink, "read_rollups", None))
         if self.keeps_rollups:
             # Requests whose rollup counts were lost, by the same reasons.
-            self.dropped.update(rollups_full=0, rollups_shutdown_timeout=0)
+            self.dropped.update(rollups_full=0, rollups_shutdown_timeout=0, rollups_rejected=0)
         self.rollups_pending: RollupDelta | None = None
         self.rollups_in_flight: RollupDelta | None = None
+        #: Parts of a refused delta still to be tried, after the one in flight.
+        self.rollup_parts: deque[RollupDelta] = deque()
+        self.isolation = Isolation()
+        # Whether the batch of the write in progress carries the rollups.
+        self._batch_has_rollups = False
+        self._refusals_unlogged = 0
+        self._refusal_logged_at = -math.inf
         self._delta_prefix = os.urandom(8).hex()
         self._delta_sequence = 0
         self._rollups_next = 0.0
@@ -165,6 +178,10 @@ class SinkRunner:
         self.restart_thread()
         self.backlog.clear()
         self.rollups_pending = self.rollups_in_flight = None
+        self.rollup_parts.clear()
+        self.isolation.reset()
+        self._refusals_unlogged = 0
+        self._refusal_logged_at = -math.inf
         self._delta_prefix = os.urandom(8).hex()
         self._delta_sequence = 0
         self.dropped = dict.fromkeys(self.dropped, 0)
@@ -190,9 +207,8 @@ class SinkRunner:
             return
         if self.rollups_pending is None:
             self.rollups_pending = RollupDelta()
-        self.dropped["rollups_full"] += self.rollups_pending.absorb(
-            delta, MAX_PENDING_CELLS - len(self.rollups_in_flight or ())
-        )
+        owed = len(self.rollups_in_flight or ()) + sum(map(len, self.rollup_parts))
+        self.dropped["rollups_full"] += self.rollups_pending.absorb(delta, MAX_PENDING_CELLS - owed)
 
     def owes(self) -> bool:
         """Records or rollups not yet written."""
@@ -200,6 +216,7 @@ class SinkRunner:
             bool(self.backlog)
             or self.rollups_pending is not None
             or (self.rollups_in_flight is not None)
+            or bool(self.rollup_parts)
         )
 
     def rollups_due(self, now: float, *, now_anyway: bool) -> bool:
@@ -220,13 +237,24 @@ class SinkRunner:
         """Give up on everything owed, counted under ``reason``."""
         self.dropped[reason] += len(self.backlog)
         self.backlog.clear()
-        for delta in (self.rollups_pending, self.rollups_in_flight):
+        for delta in (self.rollups_pending, self.rollups_in_flight, *self.rollup_parts):
             if delta is not None:
                 self.dropped[f"rollups_{reason}"] += delta.requests
         self.rollups_pending = self.rollups_in_flight = None
+        self.rollup_parts.clear()
+        self.isolation.reset()
 
     def next_batch(self, limit: int, *, rollups: bool = True) -> tuple[Batch, int]:
-        """Up to ``limit`` records, and the rollups when ``rollups``."""
+        """Up to ``limit`` records, and the rollups when ``rollups``. While a
+        refusal is searched (see :mod:`.isolation`): the rollups alone, or a
+        part of the suspect records without them."""
+        isolation = self.isolation
+        if isolation.rollups_alone:
+            if self.rollups_in_flight is not None:
+                return self._records_batch(0, self.rollups_in_flight)
+            isolation.rollups_alone = False
+        if isolation.active:
+            return self._records_batch(isolation.next_size(limit), None)
         if not rollups and self.rollups_in_flight is None:
             return self._records_batch(limit, None)
         if self.rollups_in_flight is None and self.rollups_pending is not None:
@@ -237,6 +265,7 @@ class SinkRunner:
         return self._records_batch(limit, self.rollups_in_flight)
 
     def _records_batch(self, limit: int, rollups: RollupDelta | None) -> tuple[Batch, int]:
+        self._batch_has_rollups = rollups is not None
         batch = Batch(rollups=rollups)
         taken = 0
         for record in itertools.islice(self.backlog, limit):
@@ -250,9 +279,9 @@ class SinkRunner:
     def succeeded(self, taken: int, seconds: float) -> None:
         for _ in range(taken):
             self.backlog.popleft()
-        if self.rollups_in_flight is not None:
-            self.rollups_in_flight = None
-            self._rollups_next = time.monotonic() + ROLLUP_INTERVAL
+        self.isolation.stored(taken)
+        if self._batch_has_rollups:
+            self._rollups_done(refused=False)
         self.written += taken
         self.flushes += 1
         self.last_flush_seconds = seconds
@@ -265,6 +294,62 @@ class SinkRunner:
             )
         self.consecutive_failures = 0
         self.retry_at = 0.0
+
+    def _rollups_done(self, *, refused: bool) -> None:
+        """The in-flight delta was stored, or set aside: on to the next part."""
+        isolation = self.isolation
+        if isolation.rollups_alone:
+            isolation.rollups_answered(refused=refused)
+        self.rollups_in_flight = self.rollup_parts.popleft() if self.rollup_parts else None
+        if self.rollups_in_flight is None:
+            isolation.rollups_alone = False
+            self._rollups_next = time.monotonic() + ROLLUP_INTERVAL
+
+    def refused(self, exc: BaseException, taken: int) -> None:
+        """The sink refused the last batch for its content: narrow the search
+        (see :mod:`.isolation`), setting aside what is found. No backoff: the
+        sink is up, and the next round writes a smaller part."""
+        isolation = self.isolation
+        delta = self.rollups_in_flight if self._batch_has_rollups else None
+        if delta is not None and taken == 0:
+            isolation.rollups_answered(refused=True)
+            if len(delta) > 1:
+                self.rollups_in_flight, second = split_delta(delta)
+                self.rollup_parts.appendleft(second)
+                isolation.rollups_alone = True
+            else:
+                self.dropped["rollups_rejected"] += delta.requests
+                self._log_refusal(
+                    exc,
+                    f"rollups of {delta.requests} requests ({delta.delta_id})",
+                    "rollups_rejected",
+                )
+                self._rollups_done(refused=True)
+            return
+        if isolation.batch_refused(taken, with_rollups=delta is not None):
+            record = self.backlog.popleft()
+            self.dropped["rejected"] += 1
+            self._log_refusal(exc, _describe(record), "rejected")
+
+    def _log_refusal(self, exc: BaseException, what: str, reason: str) -> None:
+        self._refusals_unlogged += 1
+        now = time.monotonic()
+        if now - self._refusal_logged_at < REFUSAL_LOG_INTERVAL:
+            return
+        # One line per burst: the refusal that opens it, and how many were
+        # only counted since the last line.
+        logger.warning(
+            "aegis sink %s refused %s: %s; set aside and counted as dropped (%s)%s",
+            self.name,
+            what,
+            f"{type(exc).__name__}: {exc}",
+            reason,
+            f"; {self._refusals_unlogged - 1} more since the last report"
+            if self._refusals_unlogged > 1
+            else "",
+        )
+        self._refusals_unlogged = 0
+        self._refusal_logged_at = now
 
     def failed(self, exc: BaseException, now: float, *, timed_out: bool) -> None:
         self.errors += 1
@@ -299,3 +384,9 @@ class SinkRunner:
         except BaseException as exc:
             return exc
         return None
+
+
+def _describe(record: Stored) -> str:
+    """A refused record, for the log: its id and its path, shortened."""
+    kind = "request" if type(record) is RequestRecord else "session"
+    return f"{kind} {record[0]} (path {record.path[:80]!r})"

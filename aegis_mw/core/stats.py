@@ -31,8 +31,13 @@ class PipelineStats:
         offered == buffered + sum(dropped.values()) + sampled_out
                    + sink.written + sink.backlog + sum(sink.dropped.values())
 
-    ``buffered`` and ``dropped`` are the inbox's (before any sink); what a
-    sink could not keep is in its own ``SinkStats.dropped``.
+    ``buffered`` and ``dropped`` are the inbox's (before any sink; ``invalid``
+    counts items that could not become a storable record); what a sink could
+    not keep is in its own ``SinkStats.dropped``: ``backlog_full``,
+    ``shutdown_timeout``, and ``rejected`` for records the sink refused for
+    their content (set aside so the rest is stored). The ``rollups_*`` reasons
+    of history sinks count requests missing from the stored rollups, not
+    records, and stay out of the sum.
     """
 
     offered: int

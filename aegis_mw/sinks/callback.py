@@ -10,7 +10,11 @@ from ..core.record import Batch
 class CallableSink:
     """Wraps ``function(batch)``. It runs on the sink's own thread and may be
     called again with a batch it already saw (after a failure or a timeout),
-    so it should treat ``request_id`` as a key.
+    so it should treat ``request_id`` as a key. To refuse a record it cannot
+    take, it raises :class:`~aegis_mw.core.sink.RecordRejected`: that record is
+    set aside (counted ``rejected``) and the others are passed on; any other
+    exception is taken for the destination being unavailable, and the batch
+    is retried with backoff.
 
     Example::
 

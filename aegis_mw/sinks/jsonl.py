@@ -18,6 +18,7 @@ import os
 from collections import deque
 
 from ..core.record import Batch
+from ..core.sink import RecordRejected
 from .files import FILE_MODE, prepare_path
 
 _REMEMBERED_IDS = 200_000
@@ -51,17 +52,24 @@ class JsonlSink:
             self._recent.discard(self._recent_order.popleft())
 
     def write(self, batch: Batch) -> None:
+        """Append the batch's new records; raises
+        :class:`~aegis_mw.core.sink.RecordRejected`, having written nothing,
+        when a record cannot be encoded as a JSON line."""
         recent = self._recent
         lines: list[bytes] = []
         ids: list[str] = []
-        for record in batch.requests:
-            if record.request_id not in recent:
-                lines.append(_line({"type": "request", **record.to_json()}))
-                ids.append(record.request_id)
-        for session in batch.sessions:
-            if session.session_id not in recent:
-                lines.append(_line({"type": "websocket", **session.to_json()}))
-                ids.append(session.session_id)
+        try:
+            for record in batch.requests:
+                if record.request_id not in recent:
+                    lines.append(_line({"type": "request", **record.to_json()}))
+                    ids.append(record.request_id)
+            for session in batch.sessions:
+                if session.session_id not in recent:
+                    lines.append(_line({"type": "websocket", **session.to_json()}))
+                    ids.append(session.session_id)
+        except (TypeError, ValueError, OverflowError) as exc:
+            # Every line is encoded before the first byte is written.
+            raise RecordRejected(f"not encodable as JSON ({type(exc).__name__}: {exc})") from exc
         if not lines:
             return
         prefix = b"\n" if self._torn else b""

@@ -36,6 +36,7 @@ from ..core.errors import ConfigError
 from ..core.record import Batch
 from ..core.rollup import LEVELS, RollupDelta, encode_histogram_array, expand
 from ..core.rollup import parameter_rows as rollup_parameters
+from ..core.sink import RecordRejected
 from . import history_sql
 from .postgres_read import PostgresReader
 from .postgres_schema import (
@@ -51,6 +52,21 @@ from .postgres_schema import (
     migrate,
 )
 
+#: What tells that a value was refused, not that the server is away: data
+#: exceptions (SQLSTATE class 22: a NUL in text, a number out of range),
+#: constraint violations and program limits (an index entry too large) from
+#: the server; values the driver cannot send (an int beyond 64 bits, text that
+#: is no UTF-8, a type it cannot adapt). Connection trouble is an
+#: OperationalError of another class (08, 53, 57) and is retried with backoff.
+REFUSED: tuple[type[BaseException], ...] = (
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    psycopg.errors.ProgramLimitExceeded,
+    UnicodeEncodeError,
+    OverflowError,
+    TypeError,
+    ValueError,
+)
 UPSERT_ROLLUPS = history_sql.upsert(history_sql.POSTGRES, "aegis_rollups", history_sql.ROLLUP_KEY)
 UPSERT_TOTALS = history_sql.upsert(
     history_sql.POSTGRES, "aegis_rollup_totals", history_sql.TOTAL_KEY
@@ -114,6 +130,10 @@ class PostgresSink(history_sql.ReaderBacked):
         return connection
 
     def write(self, batch: Batch) -> None:
+        """Store the batch in one transaction; raises
+        :class:`~aegis_mw.core.sink.RecordRejected` when the server or the
+        driver refuses a value in it (see :data:`REFUSED`), so the flusher
+        finds that record and stores the others."""
         connection = self._connect()
         try:
             with connection.transaction(), connection.cursor() as cursor:
@@ -123,6 +143,13 @@ class PostgresSink(history_sql.ReaderBacked):
                     _store(cursor, SESSION_STEPS, batch.sessions)
                 if batch.rollups is not None and batch.rollups.cells:
                     _add_rollups(cursor, batch.rollups)
+        except psycopg.errors.UniqueViolation:
+            raise  # never the content: every insert skips ids stored already
+        except REFUSED as exc:
+            # The transaction was rolled back and the connection is idle.
+            raise RecordRejected(
+                f"PostgreSQL refused the batch ({type(exc).__name__}: {exc})"
+            ) from exc
         except psycopg.OperationalError:
             self._drop_if_broken(connection)
             raise

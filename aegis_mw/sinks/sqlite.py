@@ -3,10 +3,10 @@
 One connection, opened by the thread that writes (the sink's own thread; a
 new one after a fork or a restart), in WAL mode so readers never block the
 writer, with a busy timeout so several processes can share one file. Each
-batch is one transaction of ``INSERT OR IGNORE`` keyed by id, so a retried
-batch is stored once, plus the batch's rollups added to the rollup tables
-(``BEGIN IMMEDIATE`` serialises writers, so several processes sum into one
-history). Reads use one connection per reading thread (see
+batch is one transaction of inserts that skip an id stored already, so a
+retried batch is stored once, plus the batch's rollups added to the rollup
+tables (``BEGIN IMMEDIATE`` serialises writers, so several processes sum into
+one history). Reads use one connection per reading thread (see
 :mod:`.sqlite_read`).
 """
 
@@ -22,6 +22,7 @@ from ..core.errors import ConfigError
 from ..core.record import Batch
 from ..core.rollup import LEVELS, RollupDelta, expand, merge_histogram_text
 from ..core.rollup import parameter_rows as rollup_parameters
+from ..core.sink import RecordRejected
 from . import history_sql
 from .files import create_private, prepare_path
 from .sqlite_read import SQLiteReader
@@ -112,6 +113,10 @@ class SQLiteSink(history_sql.ReaderBacked):
                 time.sleep(0.01)
 
     def write(self, batch: Batch) -> None:
+        """Store the batch in one transaction; raises
+        :class:`~aegis_mw.core.sink.RecordRejected` when SQLite refuses a value
+        in it (see :func:`_refused`), so the flusher finds that record and
+        stores the others."""
         connection = self._connect()
         connection.execute("BEGIN IMMEDIATE")
         try:
@@ -122,9 +127,13 @@ class SQLiteSink(history_sql.ReaderBacked):
             if batch.rollups is not None and batch.rollups.cells:
                 self._add_rollups(connection, batch.rollups)
             connection.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
+            if _refused(exc):
+                raise RecordRejected(
+                    f"SQLite refused the batch ({type(exc).__name__}: {exc})"
+                ) from exc
             raise
 
     @staticmethod
@@ -161,6 +170,21 @@ class SQLiteSink(history_sql.ReaderBacked):
         if self._connection is not None and self._owner == (os.getpid(), threading.get_ident()):
             self._connection.close()
             self._connection = None
+
+
+def _refused(exc: BaseException) -> bool:
+    """A value SQLite cannot take: text that is no UTF-8, an int beyond 64 bits,
+    a string or blob too big, a constraint, a type it cannot bind. A locked,
+    full, read-only or broken database is an OperationalError or a
+    DatabaseError of another kind, and is retried with backoff."""
+    if isinstance(
+        exc, (UnicodeEncodeError, OverflowError, sqlite3.DataError, sqlite3.IntegrityError)
+    ):
+        return True
+    # Binding an unsupported type: ProgrammingError since 3.11, InterfaceError before.
+    return isinstance(exc, (sqlite3.ProgrammingError, sqlite3.InterfaceError)) and str(
+        exc
+    ).startswith("Error binding parameter")
 
 
 _DELETE_REQUESTS = (

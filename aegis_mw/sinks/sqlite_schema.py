@@ -118,13 +118,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
+# ``ON CONFLICT DO NOTHING`` skips only an id stored already (a retried
+# batch); ``INSERT OR IGNORE`` would also skip, silently, a row that breaks a
+# NOT NULL constraint (a NaN is stored as NULL) while the batch counts it as
+# written. This way such a row is an error the flusher sees (see sqlite.py).
 INSERT_REQUEST = (
-    f"INSERT OR IGNORE INTO aegis_requests ({', '.join(REQUEST_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in REQUEST_COLUMNS)})"
+    f"INSERT INTO aegis_requests ({', '.join(REQUEST_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in REQUEST_COLUMNS)}) ON CONFLICT DO NOTHING"
 )
 INSERT_SESSION = (
-    f"INSERT OR IGNORE INTO aegis_websocket_sessions ({', '.join(SESSION_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in SESSION_COLUMNS)})"
+    f"INSERT INTO aegis_websocket_sessions ({', '.join(SESSION_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in SESSION_COLUMNS)}) ON CONFLICT DO NOTHING"
 )
 
 

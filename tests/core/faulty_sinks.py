@@ -221,7 +221,9 @@ def drops(**counts: int) -> dict[str, int]:
 
 def sink_drops(**counts: int) -> dict[str, int]:
     """One sink's drop counts (SinkStats.dropped)."""
-    return {reason: counts.get(reason, 0) for reason in ("backlog_full", "shutdown_timeout")}
+    return {
+        reason: counts.get(reason, 0) for reason in ("backlog_full", "shutdown_timeout", "rejected")
+    }
 
 
 def accounted(stats: PipelineStats, sink: int = 0) -> int:

@@ -24,6 +24,7 @@ from tests.core.faulty_sinks import (
     http_item,
     offer_all,
     paths,
+    sink_drops,
     sink_threads,
 )
 
@@ -111,9 +112,7 @@ def test_each_failing_sink_counts_its_own_losses(rig: Callable[..., Aegis]) -> N
     assert aegis.shutdown(timeout=0.2) is False
     stats = aegis.stats()
     assert sum(stats.dropped.values()) == 0
-    assert [entry.dropped for entry in stats.sinks] == [
-        {"backlog_full": 0, "shutdown_timeout": 10}
-    ] * 2
+    assert [entry.dropped for entry in stats.sinks] == [sink_drops(shutdown_timeout=10)] * 2
     assert accounted(stats, 0) == accounted(stats, 1) == stats.offered == 10
 
 

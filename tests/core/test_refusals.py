@@ -1,0 +1,333 @@
+"""A sink that refuses records for their content: the refused ones are found and set
+aside (counted ``rejected``), everything else is stored once, in order; an outage is
+still an outage (kept, backed off, never split)."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+
+import pytest
+
+from aegis_mw import Aegis, Batch
+from aegis_mw.core.rollup import LEVELS
+from aegis_mw.core.sink import RecordRejected
+from aegis_mw.testing import MemorySink
+from tests.core.faulty_sinks import (
+    WAIT,
+    FaultySink,
+    SinkDown,
+    accounted,
+    drop_lines,
+    http_item,
+    offer_all,
+    paths,
+    sink_drops,
+    sink_stats,
+)
+
+
+def refusing(sink: FaultySink, poison: set[str], *, down_at_attempt: int = 0) -> None:
+    """Make ``sink`` refuse every batch holding a path in ``poison``; from its
+    ``down_at_attempt``-th write on, it is down instead."""
+
+    def check(batch: Batch) -> None:
+        if down_at_attempt and len(sink.attempts) == down_at_attempt:
+            sink.down = True
+        for record in batch.requests:
+            if record.path in poison:
+                raise RecordRejected(f"cannot store {record.path}")
+
+    sink.on_write = check
+
+
+def refusal_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "aegis_mw.flusher" and " refused " in record.getMessage()
+    ]
+
+
+@pytest.mark.parametrize("position", [0, 1, 499, 998, 999])
+def test_one_refused_record_costs_only_itself(
+    rig: Callable[..., Aegis], caplog: pytest.LogCaptureFixture, position: int
+) -> None:
+    """1000 records in one batch, one refused: the 999 others stored in order, each
+    once, in at most log2(1000) + 3 writes; one log line says what and why."""
+    sink = FaultySink("refuses-one")
+    offered = paths(1000)
+    refusing(sink, {offered[position]})
+    aegis = rig(sink)
+    offer_all(aegis, offered)
+
+    assert aegis.force_flush(WAIT) is True
+
+    assert sink.paths == offered[:position] + offered[position + 1 :]
+    assert set(sink.deliveries.values()) == {1}
+    assert len(sink.attempts) <= math.ceil(math.log2(1000)) + 3
+    stats = aegis.stats()
+    entry = sink_stats(aegis, "refuses-one")
+    assert entry.dropped == sink_drops(rejected=1)
+    assert (entry.written, entry.backlog, entry.errors, entry.consecutive_failures) == (
+        999,
+        0,
+        0,
+        0,
+    )
+    assert accounted(stats) == stats.offered == 1000
+    [line] = refusal_lines(caplog)
+    assert "refused request" in line and repr(offered[position]) in line
+    assert f"cannot store {offered[position]}" in line
+
+
+def test_many_refused_records_are_all_found_and_logged_once(
+    rig: Callable[..., Aegis], caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = FaultySink("refuses-some")
+    offered = paths(500)
+    poison = set(random.Random(13).sample(offered, 7))
+    refusing(sink, poison)
+    aegis = rig(sink, batch_size=200)
+    offer_all(aegis, offered)
+
+    assert aegis.force_flush(WAIT) is True
+
+    assert sink.paths == [path for path in offered if path not in poison]
+    assert set(sink.deliveries.values()) == {1}
+    assert sink_stats(aegis, "refuses-some").dropped == sink_drops(rejected=7)
+    assert len(refusal_lines(caplog)) == 1  # one burst, one line
+
+
+def test_a_sink_refusing_everything_costs_about_one_write_per_record(
+    rig: Callable[..., Aegis],
+) -> None:
+    sink = FaultySink("refuses-all")
+    offered = paths(64)
+    refusing(sink, set(offered))
+    aegis = rig(sink)
+    offer_all(aegis, offered)
+
+    assert aegis.force_flush(WAIT) is True
+
+    assert sink.paths == []
+    assert sink_stats(aegis, "refuses-all").dropped == sink_drops(rejected=64)
+    assert len(sink.attempts) <= 64 + 2 * math.ceil(math.log2(64))
+
+
+@pytest.mark.parametrize("error", [UnicodeEncodeError, OverflowError])
+def test_a_user_function_that_cannot_encode_one_record(
+    make_aegis: Callable[..., Aegis], error: type[Exception]
+) -> None:
+    """A callable sink that never heard of RecordRejected: the errors Python raises
+    for a value that cannot be encoded or represented count as refusals too."""
+    shipped: list[str] = []
+
+    def ship(batch: Batch) -> None:
+        lines = []
+        for record in batch.requests:
+            if record.path == "/café":
+                if error is UnicodeEncodeError:
+                    record.path.encode("ascii")
+                raise OverflowError("too large")
+            lines.append(record.path)
+        shipped.extend(lines)
+
+    aegis = make_aegis(sink=ship, flush_interval=3600)
+    offer_all(aegis, ["/a", "/café", "/b"])
+
+    assert aegis.force_flush(WAIT) is True
+
+    assert shipped == ["/a", "/b"]
+    assert aegis.stats().sinks[0].dropped == sink_drops(rejected=1)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        lambda: SinkDown("down"),
+        lambda: ValueError("Expecting value: line 1 column 1"),
+        TimeoutError,
+    ],
+)
+def test_an_outage_is_kept_and_retried_never_split(
+    rig: Callable[..., Aegis], error: Callable[[], BaseException]
+) -> None:
+    """Any error but a refusal (a ValueError from parsing an error page, say) keeps
+    the whole batch, tries once and backs off; healed, it stores every record once."""
+    sink = FaultySink("outage")
+    sink.down = True
+    sink.error = error
+    aegis = rig(sink)
+    offered = paths(300)
+    offer_all(aegis, offered)
+
+    assert aegis.force_flush(WAIT) is False
+
+    assert len(sink.attempts) == 1
+    entry = sink_stats(aegis, "outage")
+    assert (entry.backlog, entry.errors, entry.dropped) == (300, 1, sink_drops())
+    sink.heal()
+    assert aegis.force_flush(WAIT) is True
+    assert sink.paths == offered
+
+
+def test_an_outage_in_the_middle_of_a_search_loses_nothing(rig: Callable[..., Aegis]) -> None:
+    """The sink goes down while the refused record is searched: the search waits
+    for it to come back and goes on where it was."""
+    sink = FaultySink("flaky")
+    offered = paths(100)
+    refusing(sink, {offered[70]}, down_at_attempt=3)
+    aegis = rig(sink)
+    offer_all(aegis, offered)
+
+    assert aegis.force_flush(WAIT) is False
+    entry = sink_stats(aegis, "flaky")
+    assert entry.dropped == sink_drops()
+    assert entry.written + entry.backlog == 100
+
+    sink.down = False
+    assert aegis.force_flush(WAIT) is True
+    assert sink.paths == offered[:70] + offered[71:]
+    assert set(sink.deliveries.values()) == {1}
+    assert sink_stats(aegis, "flaky").dropped == sink_drops(rejected=1)
+
+
+def test_shutdown_with_a_refused_record_stores_the_rest_and_succeeds(
+    rig: Callable[..., Aegis],
+) -> None:
+    sink = FaultySink("shutdown")
+    offered = paths(50)
+    refusing(sink, {offered[10]})
+    aegis = rig(sink, shutdown_timeout=30)
+    offer_all(aegis, offered)
+
+    assert aegis.shutdown() is True
+
+    assert sink.paths == offered[:10] + offered[11:]
+    entry = sink_stats(aegis, "shutdown")
+    assert entry.dropped == sink_drops(rejected=1)
+
+
+# -- rollups travel with a batch ---------------------------------------------------
+
+
+class PickyHistory(MemorySink):
+    """A history sink that refuses some records, or some rollup cells, for their content."""
+
+    name = "picky"
+
+    def __init__(self, paths: set[str] = frozenset(), routes: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        super().__init__()
+        self.bad_paths = paths
+        self.bad_routes = routes
+        self.attempts = 0
+        self.delta_ids: list[str] = []
+
+    def write(self, batch: Batch) -> None:
+        self.attempts += 1
+        for record in batch.requests:
+            if record.path in self.bad_paths:
+                raise RecordRejected(f"path {record.path}")
+        if batch.rollups is not None:
+            for _, route, _, _ in batch.rollups.cells:
+                if route in self.bad_routes:
+                    raise RecordRejected(f"route {route}")
+        super().write(batch)
+        if batch.rollups is not None and batch.rollups.cells:
+            self.delta_ids.append(batch.rollups.delta_id)
+
+
+def rollup_requests(sink: MemorySink) -> dict[str, int]:
+    """Requests in the stored rollups by route, at every level (they must agree)."""
+    by_level = []
+    for level in LEVELS:
+        counts: dict[str, int] = {}
+        for row in sink.read_rollups(level, 0, 2**40, by_route=True):
+            counts[row.route] = counts.get(row.route, 0) + row.requests
+        by_level.append(counts)
+    assert all(counts == by_level[0] for counts in by_level)
+    return by_level[0]
+
+
+def offer_routes(aegis: Aegis, routes: dict[str, int]) -> None:
+    for route, count in routes.items():
+        for number in range(count):
+            aegis.recorder.offer(http_item(f"{route}/{number}", route=route))
+
+
+def test_rollups_are_neither_lost_nor_applied_twice_when_records_are_refused(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    sink = PickyHistory(paths={"/a/3", "/b/9"})
+    aegis = make_aegis(sink=sink, flush_interval=3600)
+    offer_routes(aegis, {"/a": 40, "/b": 60})
+
+    assert aegis.force_flush(WAIT) is True
+
+    assert len(sink.requests) == 98
+    # Rollups count every request, those whose record was refused too: once.
+    assert rollup_requests(sink) == {"/a": 40, "/b": 60}
+    assert len(sink.delta_ids) == len(set(sink.delta_ids)) == 1
+    entry = aegis.stats().sinks[0]
+    assert (entry.dropped["rejected"], entry.dropped["rollups_rejected"]) == (2, 0)
+
+
+def test_refused_rollup_cells_are_set_aside_and_the_others_applied(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    sink = PickyHistory(routes={"/bad"})
+    aegis = make_aegis(sink=sink, flush_interval=3600)
+    offer_routes(aegis, {"/a": 5, "/bad": 7, "/c": 11, "/d": 13})
+
+    assert aegis.force_flush(WAIT) is True
+
+    assert len(sink.requests) == 36  # the records were never the trouble
+    assert rollup_requests(sink) == {"/a": 5, "/c": 11, "/d": 13}
+    entry = aegis.stats().sinks[0]
+    assert (entry.dropped["rejected"], entry.dropped["rollups_rejected"]) == (0, 7)
+    assert len(sink.delta_ids) == len(set(sink.delta_ids))
+    # Parts of the refused delta, under ids derived from its own.
+    assert all("." in delta_id for delta_id in sink.delta_ids)
+
+    # Later rollups go out as usual.
+    offer_routes(aegis, {"/a": 2})
+    assert aegis.force_flush(WAIT) is True
+    assert rollup_requests(sink)["/a"] == 7
+
+
+def test_the_search_state_is_dropped_with_what_shutdown_could_not_write(
+    rig: Callable[..., Aegis],
+) -> None:
+    """A sink down during a search, then shut down: what is left is counted
+    shutdown_timeout, never written twice nor left half-searched."""
+    sink = FaultySink("down-at-shutdown")
+    offered = paths(40)
+    refusing(sink, {offered[5]}, down_at_attempt=2)
+    aegis = rig(sink)
+    offer_all(aegis, offered)
+    assert aegis.force_flush(WAIT) is False
+
+    assert aegis.shutdown(timeout=0.2) is False
+
+    entry = sink_stats(aegis, "down-at-shutdown")
+    assert entry.dropped["rejected"] == 0
+    assert entry.written + entry.dropped["shutdown_timeout"] == 40
+    assert aegis.flusher.runners[0].isolation.suspect == 0
+
+
+def test_rejected_records_show_in_the_metrics_and_the_drop_report(
+    rig: Callable[..., Aegis], caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = FaultySink("metrics")
+    offered = paths(20)
+    refusing(sink, {offered[3], offered[4]})
+    aegis = rig(sink, metrics_registry="none")
+    offer_all(aegis, offered)
+    assert aegis.force_flush(WAIT) is True
+
+    body = aegis.metrics.endpoint.respond().body.decode()
+    assert 'aegis_records_dropped_total{reason="rejected"} 2' in body
+    assert aegis.shutdown(timeout=WAIT) is True
+    assert any("rejected@metrics=2" in line for line in drop_lines(caplog))
