@@ -38,12 +38,117 @@ def _odd_zerocopy_count(case: Any) -> bool:
     return False
 
 
+def _wsgi_steps(case: Any) -> list[tuple[Any, ...]]:
+    """The app's steps, those of its generator included."""
+    steps = list(case.steps)
+    if case.result[0] == "generator":
+        steps += case.result[1]
+    return steps
+
+
+def _bad_start_call(case: Any) -> bool:
+    return any(s[0] == "start" and s[4] in ("no-args", "extra-arg") for s in _wsgi_steps(case))
+
+
+def _iterable(case: Any) -> Any:
+    return case.result[1] if case.result[0] == "iterable" else None
+
+
+def _returns_start_response(case: Any) -> bool:
+    iterable = _iterable(case)
+    return case.result[0] == "start_response" or (
+        iterable is not None and iterable.iter_how == "start_response"
+    )
+
+
+def _iter_calls_next_on_start_response(case: Any) -> bool:
+    iterable = _iterable(case)
+    return iterable is not None and iterable.iter_how == "next-start"
+
+
+def _generator_exit_while_iterating(case: Any) -> bool:
+    """The app raises GeneratorExit from __next__, a generator or a chunk's len()."""
+    chunks = list(case.result[1]) if case.result[0] in ("list", "tuple") else []
+    iterable = _iterable(case)
+    if iterable is not None:
+        chunks += iterable.chunks
+        if iterable.next_raises is not None and iterable.next_raises[1] == "GeneratorExit":
+            return True
+    if case.result[0] == "generator":
+        chunks += [step[1] for step in case.result[1] if step[0] == "yield"]
+        if any(step == ("raise", "GeneratorExit") for step in case.result[1]):
+            return True
+    return ("len-raises", "GeneratorExit") in chunks
+
+
+def _stop_iteration_while_counting(case: Any) -> bool:
+    """StopIteration from the iterable's __iter__, or from a chunk's len()."""
+    iterable = _iterable(case)
+    if iterable is not None and iterable.iter_how == "raise:StopIteration":
+        return True
+    chunks = list(case.result[1]) if case.result[0] in ("list", "tuple") else []
+    chunks += iterable.chunks if iterable is not None else []
+    if case.result[0] == "generator":
+        chunks += [step[1] for step in case.result[1] if step[0] == "yield"]
+    return ("len-raises", "StopIteration") in chunks
+
+
+def _django_container_len_raises_stop_iteration(case: Any) -> bool:
+    kind, value = case.answer
+    return kind == "http-odd-container" and ("len-raises", "StopIteration") in value
+
+
 KNOWN_DIVERGENCES: tuple[Known, ...] = (
     Known(
         "asgi-zerocopy-count-not-a-small-int",
         "issue 13, compiled path 3: the compiled item raises inside the app's send()",
         "asgi",
         _odd_zerocopy_count,
+    ),
+    Known(
+        "wsgi-bad-start-response-call-error-text",
+        "issue 13, compiled path 5: different error text for bad start_response calls",
+        "wsgi",
+        _bad_start_call,
+    ),
+    Known(
+        "wsgi-app-returns-its-start-response",
+        "issue 13, compiled path 1: SIGSEGV (response_next recurses through tp_iternext)",
+        "wsgi",
+        _returns_start_response,
+    ),
+    Known(
+        "wsgi-iter-calls-next-on-start-response",
+        "issue 13, compiled path 2: a reference leak, a chunk lost under deep recursion",
+        "wsgi",
+        _iter_calls_next_on_start_response,
+    ),
+    Known(
+        "wsgi-app-returns-its-write-callable",
+        "found by the fuzzer: the server's TypeError names aegis_mw._hotpath.WsgiWriter, "
+        "not 'function', and so does the record's error",
+        "wsgi",
+        lambda case: case.result[0] == "writer",
+    ),
+    Known(
+        "wsgi-generator-exit-from-the-app-while-iterating",
+        "issue 13, compiled path 5: recorded as an error (the Python path does not)",
+        "wsgi",
+        _generator_exit_while_iterating,
+    ),
+    Known(
+        "wsgi-stop-iteration-from-iter-or-a-chunk-len",
+        "issue 13, compiled path 4: the server sees a normal end, a silently truncated body",
+        "wsgi",
+        _stop_iteration_while_counting,
+    ),
+    Known(
+        "django-stop-iteration-from-a-chunk-len",
+        "found by the fuzzer (the class of issue 13, compiled path 4): the Python path's "
+        "sum(map(len, _container)) ends early and records the request; the compiled path "
+        "counts an internal_error and records nothing",
+        "django",
+        _django_container_len_raises_stop_iteration,
     ),
 )
 

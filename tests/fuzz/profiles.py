@@ -15,7 +15,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 
-PROFILES = {"ci": 250, "long": 20_000}
+PROFILES = {"ci": 500, "long": 20_000}
 PROFILE = os.environ.get("AEGIS_FUZZ_PROFILE", "ci")
 if PROFILE not in PROFILES:
     raise ValueError(f"AEGIS_FUZZ_PROFILE={PROFILE!r}: expected one of {sorted(PROFILES)}")
