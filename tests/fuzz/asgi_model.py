@@ -52,9 +52,13 @@ class AsgiCase:
     send_fails_with: str = "ConnectionResetError"
     route: Any = None  # scope["route"] set by the app (a template object or text)
     #: What the server does when the app suspends (a "suspend" step): resume it
-    #: ("send"), throw an exception into it ("throw:<name>", a cancellation), or
-    #: close() it (the task is dropped).
+    #: ("send"), throw an exception into it ("throw:<name>", a cancellation; as
+    #: its class, "throw-type:", or in the old three-argument form), or close()
+    #: it (the task is dropped).
     on_suspend: str = "send"
+    #: "async" (an async def), "bare-iterator" (returns an awaitable whose
+    #: iterator suspends once and has no throw()), "sync" (returns None: not awaitable)
+    app_kind: str = "async"
 
 
 # -- strategies -------------------------------------------------------------------
@@ -207,9 +211,14 @@ def asgi_cases(draw: st.DrawFn) -> AsgiCase:
                     "throw:ValueError",
                     "throw:GeneratorExit",
                     "throw:KeyboardInterrupt",
+                    "throw-type:ValueError",
+                    "throw-three-arguments:ValueError",
+                    "throw-invalid:KeyError",
+                    "throw:StopIteration",
                 ]
             )
         ),
+        app_kind=draw(st.sampled_from(["async"] * 8 + ["bare-iterator", "sync"])),
     )
 
 
@@ -280,7 +289,14 @@ def run(case: AsgiCase, compiled: bool) -> dict[str, Any]:
                         raise
                     events.append(("suspension raised", normal(exc)))
 
-    middleware = AegisMiddleware(app, aegis=aegis)
+    def bare_iterator(scope: Any, receive: Any, send: Any) -> Any:
+        return Held()
+
+    def sync(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    apps = {"async": app, "bare-iterator": bare_iterator, "sync": sync}
+    middleware = AegisMiddleware(apps[case.app_kind], aegis=aegis)
     assert middleware.compiled is compiled
     aegis.asgi_lifespan = True  # no "no lifespan" warning: it says nothing here
     with warnings.catch_warnings(record=True) as caught:
@@ -308,6 +324,13 @@ def run(case: AsgiCase, compiled: bool) -> dict[str, Any]:
     return result
 
 
+class Held:
+    """An app's awaitable whose iterator (a list's) suspends once, with no throw()."""
+
+    def __await__(self) -> Any:
+        return iter(["suspended"])
+
+
 class Suspend:
     """Suspends the coroutine awaiting it, as waiting on the network does."""
 
@@ -321,9 +344,17 @@ def _drive(coroutine: Any, on_suspend: str, own: list[BaseException]) -> Any:
     value: Any = None
     for _ in range(20):
         try:
-            if on_suspend.startswith("throw:") and value == "suspended":
-                own.append(EXCEPTIONS[on_suspend[6:]]("thrown in by the server"))
-                value = coroutine.throw(own[-1])
+            if on_suspend.startswith("throw") and value == "suspended":
+                how, name = on_suspend.split(":")
+                own.append(EXCEPTIONS[name]("thrown in by the server"))
+                if how == "throw-type":  # the class: Python makes the instance
+                    value = coroutine.throw(EXCEPTIONS[name])
+                elif how == "throw-three-arguments":  # deprecated since 3.12, still served
+                    value = coroutine.throw(EXCEPTIONS[name], own[-1], None)
+                elif how == "throw-invalid":  # an instance with a value: a TypeError
+                    value = coroutine.throw(own[-1], 5)
+                else:
+                    value = coroutine.throw(own[-1])
             elif on_suspend == "close" and value == "suspended":
                 coroutine.close()
                 return ("closed", None)

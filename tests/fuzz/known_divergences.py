@@ -106,6 +106,21 @@ KNOWN_DIVERGENCES: tuple[Known, ...] = (
         _odd_zerocopy_count,
     ),
     Known(
+        "asgi-invalid-throw-arguments-into-a-bare-iterator-app",
+        "found by the fuzzer: throw(exc, value) while an app's plain iterator (no throw()) is "
+        "suspended: the Python path raises the TypeError outside and leaves the request in "
+        "flight, unrecorded; the compiled path records it as the app's error",
+        "asgi",
+        lambda case: case.app_kind == "bare-iterator" and case.on_suspend.startswith("throw-inv"),
+    ),
+    Known(
+        "asgi-stop-iteration-thrown-into-a-bare-iterator-app",
+        "issue 13, compiled path 5: throw() handling hard-codes 3.11 (on 3.12+ the Python "
+        "path ends the await, the compiled path raises RuntimeError)",
+        "asgi",
+        lambda case: case.app_kind == "bare-iterator" and case.on_suspend == "throw:StopIteration",
+    ),
+    Known(
         "wsgi-bad-start-response-call-error-text",
         "issue 13, compiled path 5: different error text for bad start_response calls",
         "wsgi",

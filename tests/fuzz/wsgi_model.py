@@ -76,7 +76,8 @@ start_step = st.tuples(
     statuses,
     st.sampled_from(["list", "list", "content-length", "tuple", "none"]),
     st.sampled_from(["none", "none", "none", "current", "bad"]),
-    st.sampled_from(["positional"] * 6 + ["keywords"] * 2 + ["no-args", "extra-arg"]),
+    # (rarely wrong: a known divergence skips those, issue 13)
+    st.sampled_from(["positional"] * 12 + ["keywords"] * 3 + ["no-args", "extra-arg"]),
 )
 body_step = st.one_of(
     st.tuples(st.just("write"), chunks),
