@@ -20,11 +20,11 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from aegis_mw import Aegis, AegisMiddleware
+from aegis_mw import AegisMiddleware
 from aegis_mw.testing import FakeClock
 from tests.harness import http_scope
 
-from .normalize import normal, raised
+from .normalize import fresh_pipeline, normal, pipeline_figures, raised, warnings_of
 
 Step = tuple[Any, ...]
 
@@ -238,10 +238,7 @@ def _build(how: str, message: dict[str, Any]) -> Any:
 def run(case: AsgiCase, compiled: bool) -> dict[str, Any]:
     """One path's outcome: everything the server, the app and the pipeline saw."""
     clock = FakeClock()
-    aegis = Aegis(
-        sink="memory://", environ={}, clock=clock, speedups=compiled,
-        metrics_registry="none", flush_interval=3600, exclude_paths=["/static/*"],
-    )  # fmt: skip
+    aegis = fresh_pipeline(clock, compiled, exclude_paths=["/static/*"])
     own: list[BaseException] = []  # what the app or the server raised
     events: list[Any] = []  # what the app saw
     sent: list[Any] = []  # what the server was sent
@@ -304,24 +301,14 @@ def run(case: AsgiCase, compiled: bool) -> dict[str, Any]:
         scope = http_scope(case.path, method=case.method)
         outcome = _drive(middleware(scope, receive, send), case.on_suspend, own)
         gc.collect()
-    items = [normal(list(item)) for item in aegis.recorder.inbox]
-    in_flight = aegis.aggregates.in_flight_now()
-    flushed = aegis.force_flush(10)
-    records = [normal(r._replace(request_id="")) for r in aegis.sinks[0].requests]
-    result = {
+    return {
         "server was sent": sent,
         "the app saw": events,
         "raised": raised(outcome, own) if not isinstance(outcome, tuple) else outcome,
-        "inbox items": items,
-        "in flight": in_flight,
-        "flushed": flushed,
-        "records": records,
-        "realtime": normal(aegis.realtime()),
-        "dropped": normal(dict(aegis.stats().dropped)),
-        "warnings": sorted(f"{w.category.__name__}: {w.message}" for w in caught),
+        "in flight": aegis.aggregates.in_flight_now(),
+        "warnings": warnings_of(caught),
+        **pipeline_figures(aegis),
     }
-    aegis.shutdown(timeout=5)
-    return result
 
 
 class Held:

@@ -34,12 +34,11 @@ from django.http import (  # noqa: E402
 )
 from django.test import RequestFactory  # noqa: E402
 
-from aegis_mw import Aegis  # noqa: E402
 from aegis_mw.contrib.django import AegisMiddleware  # noqa: E402
 from aegis_mw.testing import FakeClock  # noqa: E402
 
 from .asgi_model import EXCEPTIONS, status_values  # noqa: E402
-from .normalize import normal, raised  # noqa: E402
+from .normalize import fresh_pipeline, normal, pipeline_figures, raised, warnings_of  # noqa: E402
 from .wsgi_model import Ctx, chunks, make_chunk  # noqa: E402
 
 Step = tuple[Any, ...]
@@ -133,10 +132,7 @@ def _request(case: DjangoCase, clock: FakeClock) -> HttpRequest:
 
 def run(case: DjangoCase, compiled: bool) -> dict[str, Any]:
     clock = FakeClock()
-    aegis = Aegis(
-        sink="memory://", environ={}, clock=clock, speedups=compiled, metrics_registry="none",
-        flush_interval=3600,
-    )  # fmt: skip
+    aegis = fresh_pipeline(clock, compiled)
     own: list[BaseException] = []
     events: list[Any] = []
     log: list[Any] = []
@@ -198,22 +194,14 @@ def run(case: DjangoCase, compiled: bool) -> dict[str, Any]:
             gc.collect()
     finally:
         config._pipeline = saved
-    items = [normal(list(item)) for item in aegis.recorder.inbox]
-    flushed = aegis.force_flush(10)
-    result = {
+    return {
         "server saw": log,
         "the app saw": events_before_collection,
         "the app saw, after a collection": events[len(events_before_collection) :],
-        "inbox items": items,
         "in flight": in_flight,
-        "flushed": flushed,
-        "records": [normal(r._replace(request_id="")) for r in aegis.sinks[0].requests],
-        "realtime": normal(aegis.realtime()),
-        "dropped": normal(dict(aegis.stats().dropped)),
-        "warnings": sorted(f"{w.category.__name__}: {w.message}" for w in caught),
+        "warnings": warnings_of(caught),
+        **pipeline_figures(aegis),
     }
-    aegis.shutdown(timeout=5)
-    return result
 
 
 def _serve(

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from typing import Any
+
+from aegis_mw import Aegis
+from aegis_mw.testing import FakeClock
 
 _ADDRESS = re.compile(r" at 0x[0-9a-f]+")
 
@@ -63,3 +67,32 @@ def raised(exc: BaseException | None, own: list[BaseException]) -> Any:
     if exc is None:
         return None
     return (type(exc).__qualname__, _text(exc), any(exc is each for each in own))
+
+
+def fresh_pipeline(clock: FakeClock, compiled: bool, **options: Any) -> Aegis:
+    """A pipeline of its own for one path of one case: memory sink, fake clock,
+    no flush until asked."""
+    return Aegis(
+        sink="memory://", environ={}, clock=clock, speedups=compiled, metrics_registry="none",
+        flush_interval=3600, **options,
+    )  # fmt: skip
+
+
+def pipeline_figures(aegis: Aegis) -> dict[str, Any]:
+    """What the pipeline holds after a case: the inbox items as queued, then,
+    flushed, the records, realtime figures and drops. Shuts it down."""
+    items = [normal(list(item)) for item in aegis.recorder.inbox]
+    flushed = aegis.force_flush(10)
+    figures = {
+        "inbox items": items,
+        "flushed": flushed,
+        "records": [normal(r._replace(request_id="")) for r in aegis.sinks[0].requests],
+        "realtime": normal(aegis.realtime()),
+        "dropped": normal(dict(aegis.stats().dropped)),
+    }
+    aegis.shutdown(timeout=5)
+    return figures
+
+
+def warnings_of(caught: list[warnings.WarningMessage]) -> list[str]:
+    return sorted(f"{w.category.__name__}: {w.message}" for w in caught)

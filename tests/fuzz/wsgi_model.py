@@ -20,12 +20,11 @@ from wsgiref.util import FileWrapper
 
 from hypothesis import strategies as st
 
-from aegis_mw import Aegis
 from aegis_mw.testing import FakeClock
 from aegis_mw.wsgi import AegisWSGIMiddleware
 
 from .asgi_model import EXCEPTIONS, split_bodies
-from .normalize import normal, raised
+from .normalize import fresh_pipeline, normal, pipeline_figures, raised, warnings_of
 
 Step = tuple[Any, ...]
 
@@ -456,10 +455,7 @@ def environ_of(case: WsgiCase) -> dict[str, Any]:
 
 def run(case: WsgiCase, compiled: bool) -> dict[str, Any]:
     clock = FakeClock()
-    aegis = Aegis(
-        sink="memory://", environ={}, clock=clock, speedups=compiled, metrics_registry="none",
-        flush_interval=3600, exclude_paths=["/static/*"],
-    )  # fmt: skip
+    aegis = fresh_pipeline(clock, compiled, exclude_paths=["/static/*"])
     ctx = Ctx(clock)
     middleware = AegisWSGIMiddleware(make_app(case, ctx), aegis=aegis)
     assert middleware.compiled is compiled
@@ -469,22 +465,14 @@ def run(case: WsgiCase, compiled: bool) -> dict[str, Any]:
         in_flight = aegis.aggregates.in_flight_now()
         events_before_collection = list(ctx.events)
         gc.collect()
-    items = [normal(list(item)) for item in aegis.recorder.inbox]
-    flushed = aegis.force_flush(10)
-    result = {
+    return {
         "server saw": ctx.log,
         "the app saw": events_before_collection,
         "the app saw, after a collection": ctx.events[len(events_before_collection) :],
-        "inbox items": items,
         "in flight": in_flight,
-        "flushed": flushed,
-        "records": [normal(r._replace(request_id="")) for r in aegis.sinks[0].requests],
-        "realtime": normal(aegis.realtime()),
-        "dropped": normal(dict(aegis.stats().dropped)),
-        "warnings": sorted(f"{w.category.__name__}: {w.message}" for w in caught),
+        "warnings": warnings_of(caught),
+        **pipeline_figures(aegis),
     }
-    aegis.shutdown(timeout=5)
-    return result
 
 
 def both_paths(case: WsgiCase) -> tuple[dict[str, Any], dict[str, Any]]:
