@@ -19,7 +19,7 @@ from typing import Any
 class Known:
     name: str
     issue: str  # where it is described
-    kind: str  # "asgi", "wsgi", "django" or "refcount"
+    kind: str  # "asgi", "wsgi" or "django"
     applies: Callable[[Any], bool]  # does this case belong to the class?
 
 
