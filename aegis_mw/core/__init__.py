@@ -19,7 +19,7 @@ from .record import (
     WebSocketSession,
 )
 from .settings import AegisConfigWarning, AegisSettings
-from .sink import RecordSink
+from .sink import RecordRejected, RecordSink
 
 __all__ = [
     "CLIENT_CLOSED_STATUS",
@@ -33,6 +33,7 @@ __all__ = [
     "ConfigError",
     "RealtimeAggregates",
     "RealtimeSnapshot",
+    "RecordRejected",
     "RecordSink",
     "RequestRecord",
     "SystemClock",

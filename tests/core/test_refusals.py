@@ -10,9 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from aegis_mw import Aegis, Batch
+from aegis_mw import Aegis, Batch, RecordRejected
 from aegis_mw.core.rollup import LEVELS
-from aegis_mw.core.sink import RecordRejected
 from aegis_mw.testing import MemorySink
 from tests.core.faulty_sinks import (
     WAIT,

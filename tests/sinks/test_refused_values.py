@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 
-from aegis_mw import Aegis, Batch, RequestRecord
-from aegis_mw.core.sink import RecordRejected
+from aegis_mw import Aegis, Batch, RecordRejected, RequestRecord
 from aegis_mw.sinks import JsonlSink, SQLiteSink
 from tests.sinks.test_sqlite import make_request, make_session
 
