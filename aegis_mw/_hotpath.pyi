@@ -51,6 +51,8 @@ class WsgiPath:
         templates: dict[int, str] | None,
         status_code: Callable[[Any], int],
         counting_input: Callable[[Any, Any], Any],
+        start_arguments: Callable[..., tuple[Any, Any, Any]],
+        write_arguments: Callable[..., Any],
         unmatched: str,
         check_forwarded: bool,
     ) -> None: ...

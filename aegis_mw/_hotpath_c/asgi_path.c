@@ -212,6 +212,9 @@ http_path_init(HttpPathObject *self, PyObject *args, PyObject *kwargs)
     PyObject *owner, *app, *bypass, *clock, *templates, *read_route, *exclusions, *recorder;
     PyObject *observe_send, *observe_receive;
     int native_clock, check_forwarded;
+    if (aegis_refuse_init_again((PyObject *)self, self->vectorcall) < 0) {
+        return -1;
+    }
     if (!PyArg_ParseTupleAndKeywords(
             args, kwargs, "$OOOOpO!OO!OOOp:HttpPath", keywords, &owner, &app, &bypass, &clock,
             &native_clock, &PyDict_Type, &templates, &read_route, &PyList_Type, &exclusions,

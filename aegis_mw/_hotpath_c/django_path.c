@@ -94,39 +94,81 @@ done:
     return item;
 }
 
-/* Sum of the sizes of the chunks of an HttpResponse's _container: -1 on error. */
-static long long
-container_size(PyObject *container)
+/* len(chunk), the chunk held meanwhile (its __len__ may change the container
+ * it came from): >= 0, or -1 with an error set. */
+static Py_ssize_t
+chunk_size(PyObject *chunk)
 {
-    long long total = 0;
-    if (PyList_CheckExact(container)) {
-        for (Py_ssize_t index = 0; index < PyList_GET_SIZE(container); index++) {
-            PyObject *chunk = PyList_GET_ITEM(container, index);
-            Py_ssize_t size = PyBytes_CheckExact(chunk) ? PyBytes_GET_SIZE(chunk)
-                                                        : PyObject_Length(chunk);
-            if (size < 0) {
-                return -1;
-            }
-            total += size;
-        }
-        return total;
+    if (PyBytes_CheckExact(chunk)) {
+        return PyBytes_GET_SIZE(chunk);
     }
-    PyObject *iterator = PyObject_GetIter(container);
-    if (iterator == NULL) {
+    Py_INCREF(chunk);
+    Py_ssize_t size = PyObject_Length(chunk);
+    Py_DECREF(chunk);
+    return size;
+}
+
+/* total += size: in the long long while it holds the sum, else (past 64
+ * bits, with chunks that claim to be huge) in a Python int, as sum() adds.
+ * 0, or -1 with an error set. */
+static int
+add_size(long long *total, PyObject **big, Py_ssize_t size)
+{
+    if (*big == NULL && !aegis_add_overflows(*total, size, total)) {
+        return 0;
+    }
+    if (*big == NULL && (*big = PyLong_FromLongLong(*total)) == NULL) {
         return -1;
     }
-    PyObject *chunk;
-    while ((chunk = PyIter_Next(iterator)) != NULL) {
-        Py_ssize_t size = PyObject_Length(chunk);
-        Py_DECREF(chunk);
-        if (size < 0) {
-            Py_DECREF(iterator);
+    PyObject *added = PyLong_FromSsize_t(size);
+    PyObject *sum = added != NULL ? PyNumber_Add(*big, added) : NULL;
+    Py_XDECREF(added);
+    Py_SETREF(*big, sum);
+    return sum != NULL ? 0 : -1;
+}
+
+/* item[8] = sum(map(len, container)), for an HttpResponse's _container: 0,
+ * or -1 with an error set (the item unchanged). */
+static int
+count_container(ItemObject *item, PyObject *container)
+{
+    long long total = 0;
+    PyObject *big = NULL;
+    int status = 0;
+    if (PyList_CheckExact(container)) {
+        /* By index, the size asked each time, as a list's iterator does. */
+        for (Py_ssize_t index = 0; status == 0 && index < PyList_GET_SIZE(container); index++) {
+            Py_ssize_t size = chunk_size(PyList_GET_ITEM(container, index));
+            status = size < 0 ? -1 : add_size(&total, &big, size);
+        }
+    }
+    else {
+        PyObject *iterator = PyObject_GetIter(container);
+        if (iterator == NULL) {
             return -1;
         }
-        total += size;
+        PyObject *chunk;
+        while (status == 0 && (chunk = PyIter_Next(iterator)) != NULL) {
+            Py_ssize_t size = chunk_size(chunk);
+            Py_DECREF(chunk);
+            status = size < 0 ? -1 : add_size(&total, &big, size);
+        }
+        Py_DECREF(iterator);
+        if (status == 0 && PyErr_Occurred()) {
+            status = -1;
+        }
     }
-    Py_DECREF(iterator);
-    return PyErr_Occurred() ? -1 : total;
+    if (status == 0) {
+        if (big != NULL) {
+            status = aegis_item_set_bytes(item, I_RESPONSE_BYTES, big);
+        }
+        else {
+            aegis_item_zero_bytes(item, I_RESPONSE_BYTES);
+            item->response_bytes = total;
+        }
+    }
+    Py_XDECREF(big);
+    return status;
 }
 
 static DjangoCloserObject *
@@ -180,12 +222,11 @@ watch(DjangoPathObject *self, PyObject *request, ItemObject *item, PyObject *res
             return -1;
         }
         if (found && container != Py_None) {
-            long long size = container_size(container);
+            int counted = count_container(item, container);
             Py_DECREF(container);
-            if (size < 0) {
+            if (counted < 0) {
                 return -1;
             }
-            item->response_bytes = size;
         }
         else {
             Py_XDECREF(container);
@@ -307,7 +348,7 @@ close_request(DjangoPathObject *path, ItemObject *item, PyObject *request)
     PyObject *method = item->method;
     if (PyUnicode_CheckExact(method) && PyUnicode_GET_LENGTH(method) == 4
         && PyUnicode_IS_ASCII(method) && memcmp(PyUnicode_1BYTE_DATA(method), "HEAD", 4) == 0) {
-        item->response_bytes = 0;
+        aegis_item_zero_bytes(item, I_RESPONSE_BYTES);
     }
     PyObject *route = route_of(path, request);
     if (route == NULL) {
@@ -378,6 +419,9 @@ django_path_init(DjangoPathObject *self, PyObject *args, PyObject *kwargs)
     };
     PyObject *owner, *get_response, *clock, *recorder, *mounted, *templates, *unmatched;
     int native_clock, check_forwarded;
+    if (aegis_refuse_init_again((PyObject *)self, self->vectorcall) < 0) {
+        return -1;
+    }
     if (!PyArg_ParseTupleAndKeywords(
             args, kwargs, "$OOOpOO!O!Up:DjangoPath", keywords, &owner, &get_response, &clock,
             &native_clock, &recorder, &PyDict_Type, &mounted, &PyDict_Type, &templates,

@@ -196,16 +196,27 @@ exchange_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetNone(PyExc_StopIteration);
         return NULL;
     }
-    aegis_finish_raised(self);
     if (raised_here && PyErr_ExceptionMatches(PyExc_StopIteration)) {
-        /* PEP 479, as the Python path's coroutine frame would apply it. */
-        PyObject *stop = take_exception();
-        PyErr_SetString(PyExc_RuntimeError, "coroutine raised StopIteration");
-        PyObject *error = take_exception();
-        PyException_SetCause(error, Py_NewRef(stop));
-        PyException_SetContext(error, stop);
-        restore_exception(error);
+        /* A StopIteration raised at the await, as the Python path's coroutine
+         * frame would take it there. */
+#if PY_VERSION_HEX >= 0x030C0000
+        /* Since 3.12 (CLEANUP_THROW) it is what the await returns: the app
+         * returned, and so does the middleware. */
+        PyErr_Clear();
+        if (aegis_finish_returned(self) < 0) {
+            return NULL;
+        }
+        PyErr_SetNone(PyExc_StopIteration);
+        return NULL;
+#else
+        /* Before, it leaves the middleware's coroutine, recorded, as the
+         * RuntimeError of PEP 479. */
+        aegis_finish_raised(self);
+        stop_iteration_to_runtime_error("coroutine raised StopIteration");
+        return NULL;
+#endif
     }
+    aegis_finish_raised(self);
     return NULL;
 }
 
