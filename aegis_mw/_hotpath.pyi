@@ -26,6 +26,7 @@ class HttpPath:
         recorder: Any,
         observe_send: Callable[..., Any],
         observe_receive: Callable[..., Awaitable[Any]],
+        throw_quietly: Callable[..., Any],
         check_forwarded: bool,
     ) -> None: ...
     def __call__(

@@ -126,6 +126,7 @@ typedef struct {
     PyObject *exclusions;  /* PathFilter.current: [literal set, match or None] */
     PyObject *observe_send;     /* observers.observe_send(item, clock, send) */
     PyObject *observe_receive;  /* async observers.observe_receive(item, receive) */
+    PyObject *throw_quietly;    /* compiled.throw_quietly(throw, *args) */
     int check_forwarded;
     PyObject *weakreflist;
 } HttpPathObject;

@@ -931,6 +931,122 @@ def test_invalid_throw_arguments_are_thrown_into_the_app(
     assert aegis.realtime().in_flight == 0
 
 
+class Bare:
+    """An awaitable whose iterator has no throw(): a thrown exception is raised at the
+    await itself."""
+
+    def __await__(self) -> Any:
+        return iter(["suspended"])
+
+
+class OwnThrow:
+    """An awaitable with a throw() of its own, which sees the arguments as given: for
+    a KeyError it returns (StopIteration), anything else it raises."""
+
+    def __await__(self) -> Any:
+        return self
+
+    def __iter__(self) -> Any:
+        return self
+
+    def __next__(self) -> str:
+        return "suspended"
+
+    def throw(self, *args: Any) -> Any:
+        if args[0] is KeyError or isinstance(args[0], KeyError):
+            raise StopIteration(f"{len(args)} arguments")
+        raise args[0]
+
+
+def _awaits(awaitable: Callable[[], Any], catching: bool = False, nested: bool = False) -> Any:
+    async def inner() -> Any:
+        return await awaitable()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send(START_200)
+        try:
+            value = await (inner() if nested else awaitable())
+        except BaseException as exc:
+            await send(body(repr(exc).encode()))
+            if not catching or not isinstance(exc, Exception):
+                raise
+            return
+        await send(body(repr(value).encode()))
+
+    return app
+
+
+def _traceback() -> Any:
+    try:
+        raise ValueError("for its traceback")
+    except ValueError as exc:
+        return exc.__traceback__
+
+
+THROWN_INTO: dict[str, Callable[..., Any]] = {
+    "returns-a-bare-awaitable": lambda scope, receive, send: Bare(),
+    "returns-an-awaitable-with-its-own-throw": lambda scope, receive, send: OwnThrow(),
+    "awaits-a-bare-awaitable": _awaits(Bare),
+    "awaits-and-catches": _awaits(Bare, catching=True),
+    "awaits-through-a-coroutine": _awaits(Bare, catching=True, nested=True),
+    "awaits-one-with-its-own-throw": _awaits(OwnThrow, catching=True),
+}
+THROWN: dict[str, Callable[[], tuple[Any, ...]]] = {
+    "instance": lambda: (KeyError("k"),),
+    "class": lambda: (KeyError,),
+    "class-and-value": lambda: (KeyError, "v"),
+    "class-and-arguments": lambda: (LookupError, ("a", "b")),
+    "class-and-traceback": lambda: (ValueError, None, _traceback()),
+    "stop-iteration": lambda: (StopIteration("s"),),
+    "stop-iteration-class": lambda: (StopIteration,),
+    "generator-exit": lambda: (GeneratorExit(),),
+    "keyboard-interrupt": lambda: (KeyboardInterrupt(),),
+    "not-an-exception": lambda: (42,),
+    "instance-and-value": lambda: (KeyError("k"), 5),
+    "not-a-traceback": lambda: (KeyError, None, 5),
+}
+
+
+def _thrown_outcome(make_aegis: Callable[..., Aegis], app: Any, thrown: Any, compiled: bool) -> Any:
+    aegis = make_aegis(speedups=compiled)
+    exchange = Exchange()
+    coroutine = AegisMiddleware(app, aegis=aegis)(
+        http_scope("/thrown"), exchange.receive, exchange.send
+    )
+    assert coroutine.send(None) == "suspended"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            outcome: tuple[Any, ...] = ("yielded", coroutine.throw(*thrown()))
+        except BaseException as exc:
+            outcome = (
+                type(exc).__name__, str(exc), type(exc.__cause__).__name__,
+                exc.value if isinstance(exc, StopIteration) else None,
+            )  # fmt: skip
+    coroutine.close()
+    records = [(r.status, r.error) for r in recorded(aegis)]
+    warned = [str(w.message) for w in caught]
+    return outcome, warned, exchange.sent, records, aegis.realtime().in_flight
+
+
+@pytest.mark.parametrize("thrown", sorted(THROWN))
+@pytest.mark.parametrize("app", sorted(THROWN_INTO))
+def test_throw_into_a_suspended_request_as_the_python_path(
+    make_aegis: Callable[..., Aegis], app: str, thrown: str
+) -> None:
+    """throw() with every form of arguments CPython takes (and some it refuses) into
+    a request suspended at an await, as asyncio and trio throw cancellations in: the
+    same exception leaves, the same warnings, messages and records, on each Python
+    version (the arguments reach the app's own throw() as given; the ones that cannot
+    be raised fail throw() where CPython fails it; a StopIteration at a bare await is
+    what it returns since 3.12)."""
+    compiled_module()
+    python = _thrown_outcome(make_aegis, THROWN_INTO[app], THROWN[thrown], compiled=False)
+    fast = _thrown_outcome(make_aegis, THROWN_INTO[app], THROWN[thrown], compiled=True)
+    assert fast == python
+    assert python[-1] == 0
+
+
 @pytest.mark.usefixtures("hot_path")
 def test_a_thrown_exception_keeps_its_own_context(make_aegis: Callable[..., Aegis]) -> None:
     """Throwing while the caller handles another exception does not chain the two."""
