@@ -27,10 +27,11 @@
  *   the client tuple leaves the garbage collector's lists, as a tuple of atoms
  *   does: thousands of them waiting in the inbox cost the collector nothing.
  * - WsgiPath (wsgi_path.c), StartResponse and Writer (wsgi_start.c), WsgiResponse
- *   (wsgi_response.c): the WSGI middleware's, one start_response for the app
- *   and one response iterable for the server per request, kept apart so that
- *   nothing the app holds leads to what the server iterates.
- * - DjangoPath and DjangoCloser (django_path.c): Django's, under a sync handler.
+ *   (wsgi_response.c, wsgi_finish.c): the WSGI middleware's, one start_response
+ *   for the app and one response iterable for the server per request, kept
+ *   apart so that nothing the app holds leads to what the server iterates.
+ * - DjangoPath (django_path.c) and DjangoCloser (django_closer.c): Django's,
+ *   under a sync handler.
  *
  * Only the common, well-formed case is handled here. Anything else is handed
  * to the Python code, so it behaves exactly as the Python path does: an
@@ -252,6 +253,7 @@ void aegis_item_set(ItemObject *item, Py_ssize_t index, PyObject *value);
 int aegis_item_add_bytes(ItemObject *item, Py_ssize_t index, long long size);
 int aegis_item_set_bytes(ItemObject *item, Py_ssize_t index, PyObject *value);
 void aegis_item_zero_bytes(ItemObject *item, Py_ssize_t index);
+int aegis_item_count_chunks(ItemObject *item, Py_ssize_t index, PyObject *chunks);
 void aegis_untrack_if_atomic(ItemObject *item);
 
 /* recording.c */
@@ -269,6 +271,7 @@ int aegis_refuse_init_again(PyObject *self, vectorcallfunc initialised);
 int aegis_truthy(PyObject *value);
 PyObject *aegis_number_or_zero(PyObject *value);
 PyObject *aegis_client_of(PyObject *environ);
+int aegis_is_head(PyObject *method);
 
 /* sender.c */
 PyObject *aegis_sender_call(PyObject *op, PyObject *const *args, size_t nargsf,
@@ -287,6 +290,13 @@ int aegis_wsgi_count_chunk(WsgiPathObject *path, ItemObject *item, PyObject *chu
 PyObject *aegis_wsgi_respond(WsgiPathObject *path, ItemObject *item, PyObject *environ,
                              WsgiStartObject *start, PyObject *result);
 void aegis_wsgi_app_raised(WsgiPathObject *path, ItemObject *item, PyObject *environ);
+
+/* wsgi_finish.c */
+int aegis_wsgi_queue_closed(WsgiPathObject *path, ItemObject *item, PyObject *environ);
+
+/* django_closer.c */
+DjangoCloserObject *aegis_django_closer_new(DjangoPathObject *path, ItemObject *item,
+                                           PyObject *request);
 
 /* receiver.c */
 PyObject *aegis_receiver_call(PyObject *op, PyObject *const *args, size_t nargsf,

@@ -135,6 +135,84 @@ aegis_new_item(PyObject *method, PyObject *request_path, PyObject *client)
     return item;
 }
 
+/* len(chunk), the chunk held meanwhile (its __len__ may change the container
+ * it came from): >= 0, or -1 with an error set. */
+static Py_ssize_t
+chunk_size(PyObject *chunk)
+{
+    if (PyBytes_CheckExact(chunk)) {
+        return PyBytes_GET_SIZE(chunk);
+    }
+    Py_INCREF(chunk);
+    Py_ssize_t size = PyObject_Length(chunk);
+    Py_DECREF(chunk);
+    return size;
+}
+
+/* total += size: in the long long while it holds the sum, else (past 64
+ * bits, with chunks that claim to be huge) in a Python int, as sum() adds.
+ * 0, or -1 with an error set. */
+static int
+add_size(long long *total, PyObject **big, Py_ssize_t size)
+{
+    if (*big == NULL && !aegis_add_overflows(*total, size, total)) {
+        return 0;
+    }
+    if (*big == NULL && (*big = PyLong_FromLongLong(*total)) == NULL) {
+        return -1;
+    }
+    PyObject *added = PyLong_FromSsize_t(size);
+    PyObject *sum = added != NULL ? PyNumber_Add(*big, added) : NULL;
+    Py_XDECREF(added);
+    Py_SETREF(*big, sum);
+    return sum != NULL ? 0 : -1;
+}
+
+/* item[index] = sum(map(len, chunks)) for a byte count (Django's body, its
+ * HttpResponse._container, as the Python path counts it): 0, or -1 with an
+ * error set (the item unchanged). */
+int
+aegis_item_count_chunks(ItemObject *item, Py_ssize_t index, PyObject *container)
+{
+    long long total = 0;
+    PyObject *big = NULL;
+    int status = 0;
+    if (PyList_CheckExact(container)) {
+        /* By index, the size asked each time, as a list's iterator does. */
+        for (Py_ssize_t index = 0; status == 0 && index < PyList_GET_SIZE(container); index++) {
+            Py_ssize_t size = chunk_size(PyList_GET_ITEM(container, index));
+            status = size < 0 ? -1 : add_size(&total, &big, size);
+        }
+    }
+    else {
+        PyObject *iterator = PyObject_GetIter(container);
+        if (iterator == NULL) {
+            return -1;
+        }
+        PyObject *chunk;
+        while (status == 0 && (chunk = PyIter_Next(iterator)) != NULL) {
+            Py_ssize_t size = chunk_size(chunk);
+            Py_DECREF(chunk);
+            status = size < 0 ? -1 : add_size(&total, &big, size);
+        }
+        Py_DECREF(iterator);
+        if (status == 0 && PyErr_Occurred()) {
+            status = -1;
+        }
+    }
+    if (status == 0) {
+        if (big != NULL) {
+            status = aegis_item_set_bytes(item, index, big);
+        }
+        else {
+            aegis_item_zero_bytes(item, index);
+            *count_native(item, index) = total;
+        }
+    }
+    Py_XDECREF(big);
+    return status;
+}
+
 static int
 item_traverse(ItemObject *self, visitproc visit, void *arg)
 {

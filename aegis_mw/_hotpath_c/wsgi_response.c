@@ -238,87 +238,6 @@ response_next(PyObject *op)
     return chunk;
 }
 
-/* The route template: environ["aegis.route"], else the route object an
- * integration left at route_key, by identity (ObjectRouteReader's cache),
- * else the reader; a falsy answer is "<unmatched>". New reference. */
-static PyObject *
-route_of(WsgiPathObject *path, PyObject *environ)
-{
-    PyObject *route = Py_XNewRef(PyDict_GetItemWithError(environ, aegis_str.aegis_route));
-    if (route == NULL && PyErr_Occurred()) {
-        return NULL;
-    }
-    if ((route == NULL || route == Py_None) && path->route_key != NULL) {
-        Py_CLEAR(route);
-        PyObject *object = PyDict_GetItemWithError(environ, path->route_key);
-        if (object != NULL && object != Py_None) {
-            PyObject *key = PyLong_FromVoidPtr(object);
-            route = key != NULL ? Py_XNewRef(PyDict_GetItemWithError(path->templates, key)) : NULL;
-            Py_XDECREF(key);
-        }
-        if (route == NULL && PyErr_Occurred()) {
-            return NULL;
-        }
-    }
-    if ((route == NULL || route == Py_None) && path->read_route != Py_None) {
-        Py_XSETREF(route, PyObject_CallOneArg(path->read_route, environ));
-        if (route == NULL) {
-            return NULL;
-        }
-    }
-    int named = route != NULL && route != Py_None ? PyObject_IsTrue(route) : 0;
-    if (named < 0) {
-        Py_DECREF(route);
-        return NULL;
-    }
-    if (!named) {
-        Py_XSETREF(route, Py_NewRef(path->unmatched));
-    }
-    return route;
-}
-
-static inline int
-is_head(PyObject *method)
-{
-    if (PyUnicode_CheckExact(method)) {
-        return PyUnicode_GET_LENGTH(method) == 4 && PyUnicode_IS_ASCII(method)
-            && memcmp(PyUnicode_1BYTE_DATA(method), "HEAD", 4) == 0;
-    }
-    return PyObject_RichCompareBool(method, aegis_str.method_head, Py_EQ);
-}
-
-/* A request that ended well: its route, the client behind a trusted proxy,
- * queued. 0, or -1 with our failure set. */
-static int
-queue_closed(WsgiResponseObject *self)
-{
-    WsgiPathObject *path = self->path;
-    ItemObject *item = self->item;
-    int head = is_head(item->method);
-    if (head < 0) {
-        return -1;
-    }
-    if (head) {
-        aegis_item_zero_bytes(item, I_RESPONSE_BYTES);
-    }
-    PyObject *route = route_of(path, self->environ);
-    if (route == NULL) {
-        return -1;
-    }
-    aegis_item_set(item, I_ROUTE, route);
-    Py_DECREF(route);
-    if (path->check_forwarded) {  /* no client address: a Unix socket, maybe trusted */
-        PyObject *forwarded = PyObject_CallMethodObjArgs(
-            path->rec.owner, aegis_str.forwarded_for, self->environ, item->client, NULL);
-        if (forwarded == NULL) {
-            return -1;
-        }
-        aegis_item_set(item, I_FORWARDED, forwarded);
-        Py_DECREF(forwarded);
-    }
-    return aegis_queue_item(&path->rec, item);
-}
-
 /* close(): the pass ended and the app's iterable closed (once, even after
  * iteration raised), the clock stopped, the item queued; the app's close()
  * error propagates. */
@@ -359,7 +278,7 @@ response_close(PyObject *op, PyObject *unused)
     if (status == 0) {
         self->item->has_end = 1;
         if (failure == NULL) {
-            status = queue_closed(self);
+            status = aegis_wsgi_queue_closed(path, self->item, self->environ);
         }
         else {
             PyObject *done = PyObject_CallMethodObjArgs(
