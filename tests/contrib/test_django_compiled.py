@@ -435,6 +435,26 @@ def test_odd_requests(make_aegis: Callable[..., Aegis], monkeypatch: pytest.Monk
     assert aegis.aggregates.in_flight_now() == 0
 
 
+class Method(str):
+    pass
+
+
+@pytest.mark.usefixtures("hot_path")
+def test_a_head_method_of_a_str_subclass_counts_no_body(
+    make_aegis: Callable[..., Aegis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The method is compared with "HEAD" as the Python path compares it, not only as
+    an exact str (seen in the queued item: the flusher sets such a record aside)."""
+    aegis = make_aegis(metrics_registry="none", flush_interval=3600)
+    with serving(aegis, monkeypatch), frozen(aegis):
+        request = _request("/head/")
+        request.method = Method("HEAD")
+        request.resolver_match = None
+        AegisMiddleware(_view)(request).close()
+        [item] = list(aegis.recorder.inbox)
+        assert (item[0], item[8]) == ("HEAD", 0)
+
+
 # -- under Django's WSGI handler --------------------------------------------------------
 
 
