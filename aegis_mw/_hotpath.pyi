@@ -26,6 +26,7 @@ class HttpPath:
         recorder: Any,
         observe_send: Callable[..., Any],
         observe_receive: Callable[..., Awaitable[Any]],
+        throw_quietly: Callable[..., Any],
         check_forwarded: bool,
     ) -> None: ...
     def __call__(
@@ -51,6 +52,8 @@ class WsgiPath:
         templates: dict[int, str] | None,
         status_code: Callable[[Any], int],
         counting_input: Callable[[Any, Any], Any],
+        start_arguments: Callable[..., tuple[Any, Any, Any]],
+        write_arguments: Callable[..., Any],
         unmatched: str,
         check_forwarded: bool,
     ) -> None: ...

@@ -207,15 +207,18 @@ http_path_init(HttpPathObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {
         "owner", "app", "bypass", "clock", "native_clock", "templates", "read_route", "exclusions",
-        "recorder", "observe_send", "observe_receive", "check_forwarded", NULL,
+        "recorder", "observe_send", "observe_receive", "throw_quietly", "check_forwarded", NULL,
     };
     PyObject *owner, *app, *bypass, *clock, *templates, *read_route, *exclusions, *recorder;
-    PyObject *observe_send, *observe_receive;
+    PyObject *observe_send, *observe_receive, *throw_quietly;
     int native_clock, check_forwarded;
+    if (aegis_refuse_init_again((PyObject *)self, self->vectorcall) < 0) {
+        return -1;
+    }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOOpO!OO!OOOp:HttpPath", keywords, &owner, &app, &bypass, &clock,
+            args, kwargs, "$OOOOpO!OO!OOOOp:HttpPath", keywords, &owner, &app, &bypass, &clock,
             &native_clock, &PyDict_Type, &templates, &read_route, &PyList_Type, &exclusions,
-            &recorder, &observe_send, &observe_receive, &check_forwarded)) {
+            &recorder, &observe_send, &observe_receive, &throw_quietly, &check_forwarded)) {
         return -1;
     }
     if (aegis_recording_init(&self->rec, owner, clock, native_clock, recorder) < 0) {
@@ -228,6 +231,7 @@ http_path_init(HttpPathObject *self, PyObject *args, PyObject *kwargs)
     Py_XSETREF(self->exclusions, Py_NewRef(exclusions));
     Py_XSETREF(self->observe_send, Py_NewRef(observe_send));
     Py_XSETREF(self->observe_receive, Py_NewRef(observe_receive));
+    Py_XSETREF(self->throw_quietly, Py_NewRef(throw_quietly));
     self->check_forwarded = check_forwarded;
     self->vectorcall = http_path_call;
     return 0;
@@ -243,6 +247,7 @@ http_path_traverse(HttpPathObject *self, visitproc visit, void *arg)
     Py_VISIT(self->exclusions);
     Py_VISIT(self->observe_send);
     Py_VISIT(self->observe_receive);
+    Py_VISIT(self->throw_quietly);
     return aegis_recording_traverse(&self->rec, visit, arg);
 }
 
@@ -257,6 +262,7 @@ http_path_clear(HttpPathObject *self)
     Py_CLEAR(self->exclusions);
     Py_CLEAR(self->observe_send);
     Py_CLEAR(self->observe_receive);
+    Py_CLEAR(self->throw_quietly);
     return 0;
 }
 

@@ -7,11 +7,9 @@
  * AegisMiddleware does (aegis_mw/contrib/django/middleware.py), which stays
  * the reference: a META that is not a dict goes to it whole, and the rare
  * cases (a mounted route, a streamed or file body, the chain raising, a route
- * pattern not seen before, trusted proxies) go to its methods. */
+ * pattern not seen before, trusted proxies) go to its methods. The closer is
+ * in django_closer.c. */
 #include "hotpath.h"
-
-static PyObject *closer_call(PyObject *op, PyObject *const *args, size_t nargsf,
-                             PyObject *kwnames);
 
 /* request.attr as a new reference. */
 static inline PyObject *
@@ -94,56 +92,6 @@ done:
     return item;
 }
 
-/* Sum of the sizes of the chunks of an HttpResponse's _container: -1 on error. */
-static long long
-container_size(PyObject *container)
-{
-    long long total = 0;
-    if (PyList_CheckExact(container)) {
-        for (Py_ssize_t index = 0; index < PyList_GET_SIZE(container); index++) {
-            PyObject *chunk = PyList_GET_ITEM(container, index);
-            Py_ssize_t size = PyBytes_CheckExact(chunk) ? PyBytes_GET_SIZE(chunk)
-                                                        : PyObject_Length(chunk);
-            if (size < 0) {
-                return -1;
-            }
-            total += size;
-        }
-        return total;
-    }
-    PyObject *iterator = PyObject_GetIter(container);
-    if (iterator == NULL) {
-        return -1;
-    }
-    PyObject *chunk;
-    while ((chunk = PyIter_Next(iterator)) != NULL) {
-        Py_ssize_t size = PyObject_Length(chunk);
-        Py_DECREF(chunk);
-        if (size < 0) {
-            Py_DECREF(iterator);
-            return -1;
-        }
-        total += size;
-    }
-    Py_DECREF(iterator);
-    return PyErr_Occurred() ? -1 : total;
-}
-
-static DjangoCloserObject *
-new_closer(DjangoPathObject *self, ItemObject *item, PyObject *request)
-{
-    DjangoCloserObject *closer = PyObject_GC_New(DjangoCloserObject, &AegisDjangoCloserType);
-    if (closer == NULL) {
-        return NULL;
-    }
-    closer->vectorcall = closer_call;
-    closer->path = (DjangoPathObject *)Py_NewRef(self);
-    closer->item = (ItemObject *)Py_NewRef(item);
-    closer->request = Py_NewRef(request);
-    PyObject_GC_Track(closer);
-    return closer;
-}
-
 /* Note the response's status and body, and ask Django to call our closer
  * when it closes the response: 0, or -1 with our failure set. */
 static int
@@ -180,12 +128,11 @@ watch(DjangoPathObject *self, PyObject *request, ItemObject *item, PyObject *res
             return -1;
         }
         if (found && container != Py_None) {
-            long long size = container_size(container);
+            int counted = aegis_item_count_chunks(item, I_RESPONSE_BYTES, container);
             Py_DECREF(container);
-            if (size < 0) {
+            if (counted < 0) {
                 return -1;
             }
-            item->response_bytes = size;
         }
         else {
             Py_XDECREF(container);
@@ -195,7 +142,7 @@ watch(DjangoPathObject *self, PyObject *request, ItemObject *item, PyObject *res
     if (closers == NULL) {
         return -1;
     }
-    DjangoCloserObject *closer = new_closer(self, item, request);
+    DjangoCloserObject *closer = aegis_django_closer_new(self, item, request);
     int appended = -1;
     if (closer != NULL && PyList_CheckExact(closers)) {
         appended = PyList_Append(closers, (PyObject *)closer);
@@ -269,93 +216,6 @@ django_path_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *k
     return response;
 }
 
-/* The route template of the resolver match's pattern: the owner's cache, or
- * its _template() for a pattern not seen yet. New reference. */
-static PyObject *
-route_of(DjangoPathObject *path, PyObject *request)
-{
-    PyObject *match = attribute(request, aegis_str.resolver_match);
-    if (match == NULL) {
-        return NULL;
-    }
-    if (match == Py_None) {
-        Py_DECREF(match);
-        return Py_NewRef(path->unmatched);
-    }
-    PyObject *pattern = attribute(match, aegis_str.route);
-    Py_DECREF(match);
-    if (pattern == NULL) {
-        return NULL;
-    }
-    PyObject *template = PyUnicode_CheckExact(pattern)
-        ? Py_XNewRef(PyDict_GetItemWithError(path->templates, pattern)) : NULL;
-    if (template == NULL && !PyErr_Occurred()) {
-        template = PyObject_CallMethodOneArg(path->rec.owner, aegis_str.template, pattern);
-    }
-    Py_DECREF(pattern);
-    return template;
-}
-
-/* The end of a request: 0, or -1 with our failure set. */
-static int
-close_request(DjangoPathObject *path, ItemObject *item, PyObject *request)
-{
-    if (aegis_now(&path->rec, &item->end) < 0) {
-        return -1;
-    }
-    item->has_end = 1;
-    PyObject *method = item->method;
-    if (PyUnicode_CheckExact(method) && PyUnicode_GET_LENGTH(method) == 4
-        && PyUnicode_IS_ASCII(method) && memcmp(PyUnicode_1BYTE_DATA(method), "HEAD", 4) == 0) {
-        item->response_bytes = 0;
-    }
-    PyObject *route = route_of(path, request);
-    if (route == NULL) {
-        return -1;
-    }
-    aegis_item_set(item, I_ROUTE, route);
-    Py_DECREF(route);
-    if (path->check_forwarded) {  /* no client address: a Unix socket, maybe trusted */
-        PyObject *meta = attribute(request, aegis_str.meta);
-        PyObject *forwarded = meta != NULL ? PyObject_CallMethodObjArgs(
-            path->rec.owner, aegis_str.forwarded_for, meta, item->client, NULL) : NULL;
-        Py_XDECREF(meta);
-        if (forwarded == NULL) {
-            return -1;
-        }
-        aegis_item_set(item, I_FORWARDED, forwarded);
-        Py_DECREF(forwarded);
-    }
-    return aegis_queue_item(&path->rec, item);
-}
-
-/* DjangoCloser(): called by HttpResponseBase.close(), once. */
-static PyObject *
-closer_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
-{
-    DjangoCloserObject *self = (DjangoCloserObject *)op;
-    if (PyVectorcall_NARGS(nargsf) != 0 || kwnames != NULL) {
-        PyErr_SetString(PyExc_TypeError, "the closer takes no arguments");
-        return NULL;
-    }
-    ItemObject *item = self->item;
-    PyObject *request = self->request;
-    if (item == NULL || request == NULL || self->path == NULL) {
-        Py_RETURN_NONE;  /* called already: never count a request twice */
-    }
-    self->item = NULL;
-    self->request = NULL;
-    DjangoPathObject *path = self->path;
-    path->rec.in_flight -= 1;
-    int status = close_request(path, item, request);
-    Py_DECREF(item);
-    Py_DECREF(request);
-    if (status < 0 && aegis_own_failure(&path->rec) < 0) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
 /* process_exception(request, exception): the view's error, for the record. */
 static PyObject *
 django_path_process_exception(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
@@ -378,6 +238,9 @@ django_path_init(DjangoPathObject *self, PyObject *args, PyObject *kwargs)
     };
     PyObject *owner, *get_response, *clock, *recorder, *mounted, *templates, *unmatched;
     int native_clock, check_forwarded;
+    if (aegis_refuse_init_again((PyObject *)self, self->vectorcall) < 0) {
+        return -1;
+    }
     if (!PyArg_ParseTupleAndKeywords(
             args, kwargs, "$OOOpOO!O!Up:DjangoPath", keywords, &owner, &get_response, &clock,
             &native_clock, &recorder, &PyDict_Type, &mounted, &PyDict_Type, &templates,
@@ -490,43 +353,4 @@ PyTypeObject AegisDjangoPathType = {
     .tp_members = django_path_members,
     .tp_methods = django_path_methods,
     .tp_getset = django_path_getset,
-};
-
-static int
-closer_traverse(DjangoCloserObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->path);
-    Py_VISIT(self->item);
-    Py_VISIT(self->request);
-    return 0;
-}
-
-static int
-closer_clear(DjangoCloserObject *self)
-{
-    Py_CLEAR(self->path);
-    Py_CLEAR(self->item);
-    Py_CLEAR(self->request);
-    return 0;
-}
-
-static void
-closer_dealloc(DjangoCloserObject *self)
-{
-    PyObject_GC_UnTrack(self);
-    closer_clear(self);
-    PyObject_GC_Del(self);
-}
-
-PyTypeObject AegisDjangoCloserType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "aegis_mw._hotpath.DjangoCloser",
-    .tp_doc = "Called by a Django response's close(): the request ends and is queued.",
-    .tp_basicsize = sizeof(DjangoCloserObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_vectorcall_offset = offsetof(DjangoCloserObject, vectorcall),
-    .tp_call = PyVectorcall_Call,
-    .tp_dealloc = (destructor)closer_dealloc,
-    .tp_traverse = (traverseproc)closer_traverse,
-    .tp_clear = (inquiry)closer_clear,
 };

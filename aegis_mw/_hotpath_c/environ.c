@@ -77,3 +77,14 @@ aegis_client_of(PyObject *environ)
     Py_XDECREF(number);
     return client;
 }
+
+/* method == "HEAD", as the Python paths compare it: 1, 0, or -1 on an error. */
+int
+aegis_is_head(PyObject *method)
+{
+    if (PyUnicode_CheckExact(method)) {
+        return PyUnicode_GET_LENGTH(method) == 4 && PyUnicode_IS_ASCII(method)
+            && memcmp(PyUnicode_1BYTE_DATA(method), "HEAD", 4) == 0;
+    }
+    return PyObject_RichCompareBool(method, aegis_str.method_head, Py_EQ);
+}

@@ -82,62 +82,88 @@ exchange_send_method(PyObject *op, PyObject *arg)
     return NULL;
 }
 
-/* What throw(...) was given, as one exception instance carrying the given
- * traceback (a new reference), as CPython's gen_throw makes it but without
- * chaining it to whatever the caller is handling. When the arguments are not
- * valid, the TypeError (or the error of the constructor) is what gets thrown,
- * at the app's await, as CPython does. */
+/* exc = type(value), as PyErr_NormalizeException makes it: a new reference,
+ * or the error of the constructor (taken out, as it is what gets raised). */
+static PyObject *
+instance_of(PyObject *kind, PyObject *value)
+{
+    if (PyExceptionInstance_Check(value)) {
+        int subclass = PyObject_IsSubclass((PyObject *)Py_TYPE(value), kind);
+        if (subclass < 0) {
+            return take_exception();
+        }
+        if (subclass) {
+            return Py_NewRef(value);
+        }
+    }
+    PyObject *exc = value == Py_None      ? PyObject_CallNoArgs(kind)
+                    : PyTuple_Check(value) ? PyObject_Call(kind, value, NULL)
+                                           : PyObject_CallOneArg(kind, value);
+    if (exc != NULL && !PyExceptionInstance_Check(exc)) {
+        PyErr_Format(PyExc_TypeError,
+                     "calling %R should have returned an instance of BaseException, not %.100s",
+                     kind, Py_TYPE(exc)->tp_name);
+        Py_CLEAR(exc);
+    }
+    return exc != NULL ? exc : take_exception();
+}
+
+/* What throw(...) raises at an await whose iterator has no throw(), as
+ * CPython's _gen_throw makes it there: the exception (a new reference, an
+ * error of its constructor included), or NULL with the TypeError that throw()
+ * itself raises for arguments that cannot be raised, without entering the
+ * frame. */
 static PyObject *
 thrown_exception(PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *kind = args[0];
     PyObject *value = nargs > 1 ? args[1] : Py_None;
     PyObject *traceback = nargs > 2 ? args[2] : Py_None;
-    PyObject *exc = NULL;
+    PyObject *exc;
     if (traceback != Py_None && !PyTraceBack_Check(traceback)) {
         PyErr_SetString(PyExc_TypeError, "throw() third argument must be a traceback object");
+        return NULL;
+    }
+    if (PyExceptionClass_Check(kind)) {
+        exc = instance_of(kind, value);
     }
     else if (PyExceptionInstance_Check(kind)) {
         if (value != Py_None) {
             PyErr_SetString(PyExc_TypeError, "instance exception may not have a separate value");
+            return NULL;
         }
-        else {
-            exc = Py_NewRef(kind);
-        }
-    }
-    else if (PyExceptionClass_Check(kind)) {
-        if (PyObject_TypeCheck(value, (PyTypeObject *)kind)) {
-            exc = Py_NewRef(value);
-        }
-        else if (value == Py_None) {
-            exc = PyObject_CallNoArgs(kind);
-        }
-        else if (PyTuple_Check(value)) {
-            exc = PyObject_Call(kind, value, NULL);
-        }
-        else {
-            exc = PyObject_CallOneArg(kind, value);
-        }
-        if (exc != NULL && !PyExceptionInstance_Check(exc)) {
-            PyErr_Format(PyExc_TypeError,
-                         "calling %R should have returned an instance of BaseException, "
-                         "not %.100s", kind, Py_TYPE(exc)->tp_name);
-            Py_CLEAR(exc);
-        }
+        exc = Py_NewRef(kind);
     }
     else {
         PyErr_Format(PyExc_TypeError,
                      "exceptions must be classes or instances deriving from BaseException, "
                      "not %.100s", Py_TYPE(kind)->tp_name);
-    }
-    if (exc == NULL) {
-        return take_exception();
+        return NULL;
     }
     if (traceback != Py_None && PyException_SetTraceback(exc, traceback) < 0) {
         Py_DECREF(exc);
         return take_exception();
     }
     return exc;
+}
+
+/* inner.throw(*args), as CPython's _gen_throw hands a thrown exception to the
+ * iterator an await delegates to: the arguments as given (a throw() of the
+ * app's own sees them as the Python path's await gives them). To a generator
+ * or a coroutine CPython gives them without a warning, while its throw()
+ * method warns about the (type, value, traceback) form since 3.12: the
+ * caller's own throw() warned already, so that call ignores the warning. */
+static PyObject *
+forward_throw(ExchangeObject *self, PyObject *inner, PyObject *throw, PyObject *const *args,
+              Py_ssize_t nargs)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    if (nargs > 1 && (PyGen_CheckExact(inner) || PyCoro_CheckExact(inner))) {
+        PyObject *call_args[4] = {throw, args[0], args[1], nargs > 2 ? args[2] : NULL};
+        return PyObject_Vectorcall(self->path->throw_quietly, call_args, (size_t)nargs + 1, NULL);
+    }
+#endif
+    return PyObject_Vectorcall(throw, args, (size_t)nargs, NULL);
 }
 
 static PyObject *
@@ -151,34 +177,39 @@ exchange_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     if (self->running) {
         return already_executing();
     }
-    /* One instance: the (type, value, traceback) form is deprecated since 3.12
-     * and the app's coroutine must not warn a second time. */
-    PyObject *exc = thrown_exception(args, nargs);
-    if (exc == NULL) {
-        return NULL;
-    }
     if (self->inner == NULL) {  /* a finished request: it is raised right here */
-        restore_exception(exc);
+        PyObject *exc = thrown_exception(args, nargs);
+        if (exc != NULL) {
+            restore_exception(exc);
+        }
         return NULL;
     }
     PyObject *inner = Py_NewRef(self->inner);
-    PyObject *throw = NULL;
-    self->running = 1;  /* the lookup may run Python code (__getattr__) */
+    PyObject *throw = NULL, *result = NULL;
+    self->running = 1;  /* the lookup and the call run the app's code */
     int found = aegis_optional_attr(inner, aegis_str.throw, &throw);
-    PyObject *result = NULL;
     if (found > 0) {
-        result = PyObject_CallOneArg(throw, exc);
+        result = forward_throw(self, inner, throw, args, nargs);
         Py_DECREF(throw);
     }
     self->running = 0;
-    int raised_here = found == 0;
-    if (raised_here) {
-        /* An iterator without throw(): the exception surfaces at the await, that
-         * is in the app's stead, as `yield from` does. */
-        restore_exception(exc);
+    if (found == 0) {
+        /* An iterator without throw(): the exception surfaces at the await,
+         * that is in the app's stead, as `yield from` does. */
+        PyObject *exc = thrown_exception(args, nargs);
+        if (exc == NULL) {
+            found = -1;
+        }
+        else {
+            restore_exception(exc);
+        }
     }
-    else {
-        Py_DECREF(exc);
+    if (found < 0) {
+        /* The lookup failed, or the arguments cannot be raised: that error
+         * leaves throw(), and the request stays as it was, as CPython leaves
+         * the awaiting frame it did not enter. */
+        Py_DECREF(inner);
+        return NULL;
     }
     if (result != NULL) {
         Py_DECREF(inner);
@@ -188,7 +219,8 @@ exchange_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
         Py_CLEAR(self->inner);
     }
     Py_DECREF(inner);
-    if (found > 0 && PyErr_ExceptionMatches(PyExc_StopIteration)) {
+    int raised_here = found == 0;
+    if (!raised_here && PyErr_ExceptionMatches(PyExc_StopIteration)) {
         PyErr_Clear();  /* the app caught it and returned */
         if (aegis_finish_returned(self) < 0) {
             return NULL;
@@ -196,16 +228,27 @@ exchange_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetNone(PyExc_StopIteration);
         return NULL;
     }
-    aegis_finish_raised(self);
     if (raised_here && PyErr_ExceptionMatches(PyExc_StopIteration)) {
-        /* PEP 479, as the Python path's coroutine frame would apply it. */
-        PyObject *stop = take_exception();
-        PyErr_SetString(PyExc_RuntimeError, "coroutine raised StopIteration");
-        PyObject *error = take_exception();
-        PyException_SetCause(error, Py_NewRef(stop));
-        PyException_SetContext(error, stop);
-        restore_exception(error);
+        /* A StopIteration raised at the await, as the Python path's coroutine
+         * frame would take it there. */
+#if PY_VERSION_HEX >= 0x030C0000
+        /* Since 3.12 (CLEANUP_THROW) it is what the await returns: the app
+         * returned, and so does the middleware. */
+        PyErr_Clear();
+        if (aegis_finish_returned(self) < 0) {
+            return NULL;
+        }
+        PyErr_SetNone(PyExc_StopIteration);
+        return NULL;
+#else
+        /* Before, it leaves the middleware's coroutine, recorded, as the
+         * RuntimeError of PEP 479. */
+        aegis_finish_raised(self);
+        stop_iteration_to_runtime_error("coroutine raised StopIteration");
+        return NULL;
+#endif
     }
+    aegis_finish_raised(self);
     return NULL;
 }
 

@@ -26,6 +26,12 @@
  *   writable by index). Once queued, an item holding only strings, numbers and
  *   the client tuple leaves the garbage collector's lists, as a tuple of atoms
  *   does: thousands of them waiting in the inbox cost the collector nothing.
+ * - WsgiPath (wsgi_path.c), StartResponse and Writer (wsgi_start.c), WsgiResponse
+ *   (wsgi_response.c, wsgi_finish.c): the WSGI middleware's, one start_response
+ *   for the app and one response iterable for the server per request, kept
+ *   apart so that nothing the app holds leads to what the server iterates.
+ * - DjangoPath (django_path.c) and DjangoCloser (django_closer.c): Django's,
+ *   under a sync handler.
  *
  * Only the common, well-formed case is handled here. Anything else is handed
  * to the Python code, so it behaves exactly as the Python path does: an
@@ -89,6 +95,10 @@ typedef struct {
     PyObject *error;
     double start, ttfb, end;
     long long request_bytes, response_bytes;
+    /* A byte count the long long cannot hold (past 64 bits), or one that is not
+     * an exact int (a float an app sent): kept as the Python path's list keeps
+     * it, and added to as Python adds. NULL: the long long holds the count. */
+    PyObject *request_count, *response_count;
     char has_ttfb, has_end, disconnected;
 } ItemObject;
 
@@ -117,6 +127,7 @@ typedef struct {
     PyObject *exclusions;  /* PathFilter.current: [literal set, match or None] */
     PyObject *observe_send;     /* observers.observe_send(item, clock, send) */
     PyObject *observe_receive;  /* async observers.observe_receive(item, receive) */
+    PyObject *throw_quietly;    /* compiled.throw_quietly(throw, *args) */
     int check_forwarded;
     PyObject *weakreflist;
 } HttpPathObject;
@@ -135,35 +146,52 @@ typedef struct {
     PyObject *templates;       /* NULL, or dict: id(route object) -> template */
     PyObject *status_code;     /* the Python parser, for a status line out of the usual */
     PyObject *counting_input;  /* wraps wsgi.input: (stream, item) -> stream */
+    PyObject *start_arguments; /* the Python path's start_response signature, for odd calls */
+    PyObject *write_arguments; /* the same for write() */
     PyObject *unmatched;       /* the route of a request nothing names */
     int check_forwarded;
     char started;              /* the pipeline was started in this process */
     PyObject *weakreflist;
 } WsgiPathObject;
 
-/* One per WSGI request (wsgi_response.c): the start_response the app calls
- * and the iterable the server gets, timed to its close(). */
-typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;  /* called as start_response */
-    WsgiPathObject *path;
-    ItemObject *item;
-    PyObject *environ;          /* released when the request is finished */
-    PyObject *start_response;   /* the server's */
-    PyObject *write;            /* what the server's start_response returned */
-    PyObject *headers;          /* the headers last given to start_response */
-    PyObject *result;           /* the app's iterable */
-    PyObject *iterator;         /* iter(result), from the first next(), until the pass ends */
-    char finished;              /* closed (or handed to the Python path) */
-    char exhausted;             /* the one pass over result ended, or raised */
-} WsgiResponseObject;
+struct WsgiWriterObject;
 
-/* The write() callable start_response returns (wsgi_response.c). */
+/* The start_response the app is given, one per WSGI request (wsgi_start.c).
+ * It leads to nothing the server iterates: an app that returns it, or
+ * iterates it, gets a TypeError, as with the Python path's function, and an
+ * app generator holding it makes no reference cycle with the response. */
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
-    WsgiResponseObject *response;
+    WsgiPathObject *path;
+    ItemObject *item;
+    PyObject *start_response;   /* the server's */
+    PyObject *write;            /* what the server's start_response returned last */
+    PyObject *headers;          /* the headers last given */
+    struct WsgiWriterObject *writer;  /* borrowed: the live write() it returned, or NULL */
+} WsgiStartObject;
+
+/* The write() callable start_response returns (wsgi_start.c): the same one
+ * for every call while the app holds it, as the Python path's closure is. */
+typedef struct WsgiWriterObject {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    WsgiStartObject *start;
 } WsgiWriterObject;
+
+/* The response iterable the server gets, one per WSGI request
+ * (wsgi_response.c), timed to its close(). */
+typedef struct {
+    PyObject_HEAD
+    WsgiPathObject *path;
+    ItemObject *item;
+    PyObject *environ;          /* released when the request is finished */
+    PyObject *result;           /* the app's iterable */
+    PyObject *iterator;         /* iter(result), from the first next(), until the pass ends */
+    char finished;              /* closed */
+    char exhausted;             /* the one pass over result ended, or raised */
+    char running;               /* inside a next(): no re-entry (as a generator refuses it) */
+} WsgiResponseObject;
 
 /* One per Django AegisMiddleware under a sync handler (django_path.c). */
 typedef struct {
@@ -216,12 +244,16 @@ typedef struct {
 } ReceiverObject;
 
 extern PyTypeObject AegisItemType, AegisHttpPathType, AegisExchangeType, AegisSenderType,
-    AegisReceiverType, AegisWsgiPathType, AegisWsgiResponseType, AegisWsgiSizedResponseType,
-    AegisWsgiWriterType, AegisDjangoPathType, AegisDjangoCloserType;
+    AegisReceiverType, AegisWsgiPathType, AegisWsgiStartType, AegisWsgiResponseType,
+    AegisWsgiSizedResponseType, AegisWsgiWriterType, AegisDjangoPathType, AegisDjangoCloserType;
 
 /* item.c */
 ItemObject *aegis_new_item(PyObject *method, PyObject *request_path, PyObject *client);
 void aegis_item_set(ItemObject *item, Py_ssize_t index, PyObject *value);
+int aegis_item_add_bytes(ItemObject *item, Py_ssize_t index, long long size);
+int aegis_item_set_bytes(ItemObject *item, Py_ssize_t index, PyObject *value);
+void aegis_item_zero_bytes(ItemObject *item, Py_ssize_t index);
+int aegis_item_count_chunks(ItemObject *item, Py_ssize_t index, PyObject *chunks);
 void aegis_untrack_if_atomic(ItemObject *item);
 
 /* recording.c */
@@ -233,11 +265,13 @@ int aegis_queue_item(AegisRecording *rec, ItemObject *item);
 int aegis_own_failure(AegisRecording *rec);
 void aegis_keep_original(AegisRecording *rec, PyObject *original);
 int aegis_excluded(PyObject *exclusions, PyObject *request_path);
+int aegis_refuse_init_again(PyObject *self, vectorcallfunc initialised);
 
 /* environ.c */
 int aegis_truthy(PyObject *value);
 PyObject *aegis_number_or_zero(PyObject *value);
 PyObject *aegis_client_of(PyObject *environ);
+int aegis_is_head(PyObject *method);
 
 /* sender.c */
 PyObject *aegis_sender_call(PyObject *op, PyObject *const *args, size_t nargsf,
@@ -247,11 +281,22 @@ PyObject *aegis_sender_call(PyObject *op, PyObject *const *args, size_t nargsf,
 int aegis_finish_returned(ExchangeObject *self);
 void aegis_finish_raised(ExchangeObject *self);
 
+/* wsgi_start.c */
+WsgiStartObject *aegis_wsgi_start_new(WsgiPathObject *path, ItemObject *item,
+                                      PyObject *start_response);
+int aegis_wsgi_count_chunk(WsgiPathObject *path, ItemObject *item, PyObject *chunk);
+
 /* wsgi_response.c */
-WsgiResponseObject *aegis_wsgi_response_new(WsgiPathObject *path, ItemObject *item,
-                                            PyObject *environ, PyObject *start_response);
-PyObject *aegis_wsgi_respond(WsgiResponseObject *response, PyObject *result);
-void aegis_wsgi_app_raised(WsgiResponseObject *response);
+PyObject *aegis_wsgi_respond(WsgiPathObject *path, ItemObject *item, PyObject *environ,
+                             WsgiStartObject *start, PyObject *result);
+void aegis_wsgi_app_raised(WsgiPathObject *path, ItemObject *item, PyObject *environ);
+
+/* wsgi_finish.c */
+int aegis_wsgi_queue_closed(WsgiPathObject *path, ItemObject *item, PyObject *environ);
+
+/* django_closer.c */
+DjangoCloserObject *aegis_django_closer_new(DjangoPathObject *path, ItemObject *item,
+                                           PyObject *request);
 
 /* receiver.c */
 PyObject *aegis_receiver_call(PyObject *op, PyObject *const *args, size_t nargsf,
@@ -269,10 +314,10 @@ shared(PyObject *list, Py_ssize_t index)
     return PyList_GET_ITEM(list, index);
 }
 
-/* The raised exception, taken out of the error indicator, normalised and
- * carrying its traceback (PyErr_GetRaisedException before Python 3.12). */
+/* The raised exception, out of the error indicator, normalised and carrying
+ * its traceback (PyErr_GetRaisedException before Python 3.12). */
 static inline PyObject *
-take_exception(void)
+fetch_exception(void)
 {
 #if PY_VERSION_HEX >= 0x030C0000
     return PyErr_GetRaisedException();
@@ -289,6 +334,20 @@ take_exception(void)
 #endif
 }
 
+/* The raised exception, taken out of the error indicator: never NULL, so it
+ * can be passed on as an argument. A failure reported without an exception
+ * (a bug, of ours or of a C extension's) becomes a SystemError saying so. */
+static inline PyObject *
+take_exception(void)
+{
+    PyObject *exc = fetch_exception();
+    if (exc == NULL) {
+        PyErr_SetString(PyExc_SystemError, "aegis_mw: a failure without an exception set");
+        exc = fetch_exception();
+    }
+    return exc;
+}
+
 /* Raise `exc` again (steals the reference). */
 static inline void
 restore_exception(PyObject *exc)
@@ -297,6 +356,39 @@ restore_exception(PyObject *exc)
     PyErr_SetRaisedException(exc);
 #else
     PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
+#endif
+}
+
+/* The StopIteration set becomes a RuntimeError(message) caused by it, as
+ * CPython turns a StopIteration leaving a generator or a coroutine (PEP 479). */
+static inline void
+stop_iteration_to_runtime_error(const char *message)
+{
+    PyObject *stop = take_exception();
+    PyErr_SetString(PyExc_RuntimeError, message);
+    PyObject *error = take_exception();
+    PyException_SetCause(error, Py_NewRef(stop));
+    PyException_SetContext(error, stop);
+    restore_exception(error);
+}
+
+/* *sum = a + b, unless that overflows a long long: 1 then (*sum unchanged). */
+static inline int
+aegis_add_overflows(long long a, long long b, long long *sum)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    long long result;
+    if (__builtin_add_overflow(a, b, &result)) {
+        return 1;
+    }
+    *sum = result;
+    return 0;
+#else
+    if ((b > 0 && a > LLONG_MAX - b) || (b < 0 && a < LLONG_MIN - b)) {
+        return 1;
+    }
+    *sum = a + b;
+    return 0;
 #endif
 }
 

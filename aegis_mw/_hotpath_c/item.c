@@ -6,7 +6,8 @@
  * queued, an item that holds only atoms (str, int, float, bool, None, and the
  * client as a tuple of those) cannot be part of a cycle, so it leaves the
  * collector's lists, as CPython does for such tuples; storing anything else in
- * it later puts it back. */
+ * it later puts it back. Byte counts are long longs, or (past 64 bits, or
+ * not ints) objects, as the Python path's list would hold them. */
 #include "hotpath.h"
 
 static inline int
@@ -36,9 +37,80 @@ aegis_untrack_if_atomic(ItemObject *item)
     if (PyObject_GC_IsTracked((PyObject *)item) && is_atom(item->method)
         && is_atom(item->route) && is_atom(item->path) && is_atom(item->status)
         && is_atomic_field(I_CLIENT, item->client) && is_atom(item->forwarded)
-        && is_atom(item->error)) {
+        && is_atom(item->error) && is_atom(item->request_count)
+        && is_atom(item->response_count)) {
         PyObject_GC_UnTrack(item);
     }
+}
+
+/* The object slot of a byte count, and its native field. */
+static inline PyObject **
+count_object(ItemObject *item, Py_ssize_t index)
+{
+    return index == I_REQUEST_BYTES ? &item->request_count : &item->response_count;
+}
+
+static inline long long *
+count_native(ItemObject *item, Py_ssize_t index)
+{
+    return index == I_REQUEST_BYTES ? &item->request_bytes : &item->response_bytes;
+}
+
+static PyObject *item_getitem(PyObject *op, Py_ssize_t index);
+
+/* item[index] = value for a byte count, as a list stores it: an exact int a
+ * long long holds in the native field, anything else as it is. 0, or -1. */
+int
+aegis_item_set_bytes(ItemObject *item, Py_ssize_t index, PyObject *value)
+{
+    PyObject **slot = count_object(item, index);
+    if (PyLong_CheckExact(value)) {
+        int overflow = 0;
+        long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (number == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (!overflow) {
+            *count_native(item, index) = number;
+            Py_CLEAR(*slot);
+            return 0;
+        }
+    }
+    if (!PyObject_GC_IsTracked((PyObject *)item) && !is_atom(value)) {
+        PyObject_GC_Track(item);  /* it may now be part of a cycle */
+    }
+    Py_XSETREF(*slot, Py_NewRef(value));
+    return 0;
+}
+
+/* item[index] += size for a byte count: in the native field while it holds
+ * the sum, else as the Python path's `item[index] += size` adds. 0, or -1. */
+int
+aegis_item_add_bytes(ItemObject *item, Py_ssize_t index, long long size)
+{
+    long long *native = count_native(item, index);
+    if (*count_object(item, index) == NULL && !aegis_add_overflows(*native, size, native)) {
+        return 0;
+    }
+    PyObject *current = item_getitem((PyObject *)item, index);
+    PyObject *added = current != NULL ? PyLong_FromLongLong(size) : NULL;
+    PyObject *total = added != NULL ? PyNumber_InPlaceAdd(current, added) : NULL;
+    Py_XDECREF(current);
+    Py_XDECREF(added);
+    if (total == NULL) {
+        return -1;
+    }
+    int status = aegis_item_set_bytes(item, index, total);
+    Py_DECREF(total);
+    return status;
+}
+
+/* item[index] = 0 for a byte count (a HEAD response sends no body). */
+void
+aegis_item_zero_bytes(ItemObject *item, Py_ssize_t index)
+{
+    *count_native(item, index) = 0;
+    Py_CLEAR(*count_object(item, index));
 }
 
 ItemObject *
@@ -57,9 +129,88 @@ aegis_new_item(PyObject *method, PyObject *request_path, PyObject *client)
     item->error = Py_NewRef(aegis_str.empty);
     item->start = item->ttfb = item->end = 0.0;
     item->request_bytes = item->response_bytes = 0;
+    item->request_count = item->response_count = NULL;
     item->has_ttfb = item->has_end = item->disconnected = 0;
     PyObject_GC_Track(item);
     return item;
+}
+
+/* len(chunk), the chunk held meanwhile (its __len__ may change the container
+ * it came from): >= 0, or -1 with an error set. */
+static Py_ssize_t
+chunk_size(PyObject *chunk)
+{
+    if (PyBytes_CheckExact(chunk)) {
+        return PyBytes_GET_SIZE(chunk);
+    }
+    Py_INCREF(chunk);
+    Py_ssize_t size = PyObject_Length(chunk);
+    Py_DECREF(chunk);
+    return size;
+}
+
+/* total += size: in the long long while it holds the sum, else (past 64
+ * bits, with chunks that claim to be huge) in a Python int, as sum() adds.
+ * 0, or -1 with an error set. */
+static int
+add_size(long long *total, PyObject **big, Py_ssize_t size)
+{
+    if (*big == NULL && !aegis_add_overflows(*total, size, total)) {
+        return 0;
+    }
+    if (*big == NULL && (*big = PyLong_FromLongLong(*total)) == NULL) {
+        return -1;
+    }
+    PyObject *added = PyLong_FromSsize_t(size);
+    PyObject *sum = added != NULL ? PyNumber_Add(*big, added) : NULL;
+    Py_XDECREF(added);
+    Py_SETREF(*big, sum);
+    return sum != NULL ? 0 : -1;
+}
+
+/* item[index] = sum(map(len, chunks)) for a byte count (Django's body, its
+ * HttpResponse._container, as the Python path counts it): 0, or -1 with an
+ * error set (the item unchanged). */
+int
+aegis_item_count_chunks(ItemObject *item, Py_ssize_t index, PyObject *container)
+{
+    long long total = 0;
+    PyObject *big = NULL;
+    int status = 0;
+    if (PyList_CheckExact(container)) {
+        /* By index, the size asked each time, as a list's iterator does. */
+        for (Py_ssize_t index = 0; status == 0 && index < PyList_GET_SIZE(container); index++) {
+            Py_ssize_t size = chunk_size(PyList_GET_ITEM(container, index));
+            status = size < 0 ? -1 : add_size(&total, &big, size);
+        }
+    }
+    else {
+        PyObject *iterator = PyObject_GetIter(container);
+        if (iterator == NULL) {
+            return -1;
+        }
+        PyObject *chunk;
+        while (status == 0 && (chunk = PyIter_Next(iterator)) != NULL) {
+            Py_ssize_t size = chunk_size(chunk);
+            Py_DECREF(chunk);
+            status = size < 0 ? -1 : add_size(&total, &big, size);
+        }
+        Py_DECREF(iterator);
+        if (status == 0 && PyErr_Occurred()) {
+            status = -1;
+        }
+    }
+    if (status == 0) {
+        if (big != NULL) {
+            status = aegis_item_set_bytes(item, index, big);
+        }
+        else {
+            aegis_item_zero_bytes(item, index);
+            *count_native(item, index) = total;
+        }
+    }
+    Py_XDECREF(big);
+    return status;
 }
 
 static int
@@ -72,6 +223,8 @@ item_traverse(ItemObject *self, visitproc visit, void *arg)
     Py_VISIT(self->client);
     Py_VISIT(self->forwarded);
     Py_VISIT(self->error);
+    Py_VISIT(self->request_count);
+    Py_VISIT(self->response_count);
     return 0;
 }
 
@@ -85,6 +238,8 @@ item_clear(ItemObject *self)
     Py_CLEAR(self->client);
     Py_CLEAR(self->forwarded);
     Py_CLEAR(self->error);
+    Py_CLEAR(self->request_count);
+    Py_CLEAR(self->response_count);
     return 0;
 }
 
@@ -120,8 +275,12 @@ item_getitem(PyObject *op, Py_ssize_t index)
     case I_START: return PyFloat_FromDouble(self->start);
     case I_TTFB: return self->has_ttfb ? PyFloat_FromDouble(self->ttfb) : Py_NewRef(Py_None);
     case I_END: return self->has_end ? PyFloat_FromDouble(self->end) : Py_NewRef(Py_None);
-    case I_REQUEST_BYTES: return PyLong_FromLongLong(self->request_bytes);
-    case I_RESPONSE_BYTES: return PyLong_FromLongLong(self->response_bytes);
+    case I_REQUEST_BYTES:
+        return self->request_count != NULL ? Py_NewRef(self->request_count)
+                                           : PyLong_FromLongLong(self->request_bytes);
+    case I_RESPONSE_BYTES:
+        return self->response_count != NULL ? Py_NewRef(self->response_count)
+                                            : PyLong_FromLongLong(self->response_bytes);
     case I_CLIENT: return optional(self->client);
     case I_FORWARDED: return optional(self->forwarded);
     case I_ERROR: return optional(self->error);
@@ -146,21 +305,6 @@ set_time(double *slot, char *present, PyObject *value)
     if (present != NULL) {
         *present = 1;
     }
-    return 0;
-}
-
-static int
-set_count(long long *slot, PyObject *value)
-{
-    if (!PyLong_Check(value)) {
-        PyErr_Format(PyExc_TypeError, "byte counts are ints, not %.100s", Py_TYPE(value)->tp_name);
-        return -1;
-    }
-    long long number = PyLong_AsLongLong(value);
-    if (number == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    *slot = number;
     return 0;
 }
 
@@ -204,8 +348,8 @@ item_setitem(PyObject *op, Py_ssize_t index, PyObject *value)
     case I_START: return set_time(&self->start, NULL, value);
     case I_TTFB: return set_time(&self->ttfb, &self->has_ttfb, value);
     case I_END: return set_time(&self->end, &self->has_end, value);
-    case I_REQUEST_BYTES: return set_count(&self->request_bytes, value);
-    case I_RESPONSE_BYTES: return set_count(&self->response_bytes, value);
+    case I_REQUEST_BYTES:
+    case I_RESPONSE_BYTES: return aegis_item_set_bytes(self, index, value);
     case I_DISCONNECTED: {
         int truth = PyObject_IsTrue(value);
         if (truth < 0) {

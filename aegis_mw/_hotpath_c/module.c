@@ -107,7 +107,8 @@ PyInit__hotpath(void)
     if (PyType_Ready(&AegisItemType) < 0 || PyType_Ready(&AegisExchangeType) < 0
         || PyType_Ready(&AegisSenderType) < 0
         || PyType_Ready(&AegisReceiverType) < 0 || PyType_Ready(&AegisHttpPathType) < 0
-        || PyType_Ready(&AegisWsgiPathType) < 0 || PyType_Ready(&AegisWsgiResponseType) < 0
+        || PyType_Ready(&AegisWsgiPathType) < 0 || PyType_Ready(&AegisWsgiStartType) < 0
+        || PyType_Ready(&AegisWsgiResponseType) < 0
         || PyType_Ready(&AegisWsgiSizedResponseType) < 0
         || PyType_Ready(&AegisWsgiWriterType) < 0 || PyType_Ready(&AegisDjangoPathType) < 0
         || PyType_Ready(&AegisDjangoCloserType) < 0) {

@@ -68,6 +68,9 @@ aegis_recording_clear(AegisRecording *rec)
 int
 aegis_own_failure(AegisRecording *rec)
 {
+    if (!PyErr_Occurred()) {  /* a failure reported without an exception: a bug, counted */
+        PyErr_SetString(PyExc_SystemError, "aegis_mw: a failure without an exception set");
+    }
     if (!PyErr_ExceptionMatches(PyExc_Exception)) {
         return -1;
     }
@@ -175,4 +178,17 @@ aegis_excluded(PyObject *exclusions, PyObject *request_path)
     found = PyObject_IsTrue(result);
     Py_DECREF(result);
     return found;
+}
+
+/* __init__ on an object already initialised (`initialised`, its vectorcall,
+ * set by a successful __init__): refused, -1 with RuntimeError. Requests in
+ * flight rely on what it was built with, borrowed across their calls. */
+int
+aegis_refuse_init_again(PyObject *self, vectorcallfunc initialised)
+{
+    if (initialised == NULL) {
+        return 0;
+    }
+    PyErr_Format(PyExc_RuntimeError, "%.100s is already initialised", Py_TYPE(self)->tp_name);
+    return -1;
 }

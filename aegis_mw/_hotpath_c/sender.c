@@ -40,6 +40,15 @@ more_body(PyObject *value)
     return value == Py_True ? 1 : -1;
 }
 
+/* Add `size` bytes to the response's count, when the item's long long holds
+ * the sum: 1, else 0 and nothing changed (the Python observer adds it). */
+static inline int
+add_bytes(ItemObject *item, long long size)
+{
+    return item->response_count == NULL
+        && !aegis_add_overflows(item->response_bytes, size, &item->response_bytes);
+}
+
 /* The response is complete: stop the clock. */
 static inline int
 mark_end(SenderObject *self)
@@ -82,16 +91,13 @@ note_sent(SenderObject *self, PyObject *message)
             goto error;
         }
         more = more_body(second);
-        if ((first != NULL && first != Py_None && !PyBytes_CheckExact(first)) || more < 0) {
+        int bytes = first != NULL && first != Py_None;
+        if ((bytes && !PyBytes_CheckExact(first)) || more < 0
+            || (bytes && !add_bytes(item, PyBytes_GET_SIZE(first)))) {
             noted = 0;
         }
-        else {
-            if (first != NULL && first != Py_None) {
-                item->response_bytes += PyBytes_GET_SIZE(first);
-            }
-            if (!more && mark_end(self) < 0) {
-                goto error;
-            }
+        else if (!more && mark_end(self) < 0) {
+            goto error;
         }
     }
     else if (kind_is(kind, "http.response.start", 19)) {
@@ -123,21 +129,24 @@ note_sent(SenderObject *self, PyObject *message)
             goto error;
         }
         more = more_body(second);
+        /* An exact int that fits, added if the sum fits; anything else (past 64
+         * bits, a float, a bool, a str) is the Python observer's to add, as
+         * Python adds it (or to fail as it fails). */
         long long count = 0;
+        int odd = 0;
         if (first != NULL && first != Py_None) {
-            count = PyLong_CheckExact(first) ? PyLong_AsLongLong(first) : -1;
-            if (count == -1 && PyErr_Occurred()) {
-                PyErr_Clear();  /* too large for us: the Python observer adds it */
+            if (PyLong_CheckExact(first)) {
+                count = PyLong_AsLongLongAndOverflow(first, &odd);  /* cannot fail */
+            }
+            else {
+                odd = 1;
             }
         }
-        if (count < 0 || more < 0) {
+        if (odd || more < 0 || !add_bytes(item, count)) {
             noted = 0;
         }
-        else {
-            item->response_bytes += count;
-            if (!more && mark_end(self) < 0) {
-                goto error;
-            }
+        else if (!more && mark_end(self) < 0) {
+            goto error;
         }
     }
     Py_XDECREF(kind);

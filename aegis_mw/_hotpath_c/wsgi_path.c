@@ -1,7 +1,7 @@
 /* WsgiPath: one per AegisWSGIMiddleware. Called with (environ, start_response)
  * by the server (through the middleware's __call__), it starts the request's
- * item, calls the app with a start_response of ours, and hands the server the
- * response (wsgi_response.c), timed to its close(). It does what the Python
+ * item, calls the app with a start_response of ours (wsgi_start.c), and hands
+ * the server the response (wsgi_response.c), timed to its close(). It does what the Python
  * path (AegisWSGIMiddleware.call_python) does, which stays the reference: an
  * environ that is not a dict goes there whole, and the rare cases (the
  * pipeline not started yet, a request body, a file response, the app raising,
@@ -162,22 +162,24 @@ wsgi_path_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwn
         Py_DECREF(item);
         return NULL;
     }
-    WsgiResponseObject *response = aegis_wsgi_response_new(self, item, environ, start_response);
-    Py_DECREF(item);
-    if (response == NULL) {
+    WsgiStartObject *start = aegis_wsgi_start_new(self, item, start_response);
+    if (start == NULL) {
+        Py_DECREF(item);
         return NULL;
     }
     self->rec.in_flight += 1;
-    PyObject *app_args[2] = {environ, (PyObject *)response};
+    PyObject *app_args[2] = {environ, (PyObject *)start};
     PyObject *result = PyObject_Vectorcall(self->app, app_args, 2, NULL);
+    PyObject *answer = NULL;
     if (result == NULL) {
-        aegis_wsgi_app_raised(response);  /* recorded; the app's exception stays set */
-        Py_DECREF(response);
-        return NULL;
+        aegis_wsgi_app_raised(self, item, environ);  /* recorded; the app's exception stays set */
     }
-    PyObject *answer = aegis_wsgi_respond(response, result);
-    Py_DECREF(result);
-    Py_DECREF(response);
+    else {
+        answer = aegis_wsgi_respond(self, item, environ, start, result);
+        Py_DECREF(result);
+    }
+    Py_DECREF(start);
+    Py_DECREF(item);
     return answer;
 }
 
@@ -186,16 +188,21 @@ wsgi_path_init(WsgiPathObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {
         "owner", "app", "bypass", "fallback", "clock", "native_clock", "exclusions", "recorder",
-        "read_route", "route_key", "templates", "status_code",
-        "counting_input", "unmatched", "check_forwarded", NULL,
+        "read_route", "route_key", "templates", "status_code", "counting_input",
+        "start_arguments", "write_arguments", "unmatched", "check_forwarded", NULL,
     };
     PyObject *owner, *app, *bypass, *fallback, *clock, *exclusions, *recorder, *read_route;
-    PyObject *route_key, *templates, *status_code, *counting_input, *unmatched;
+    PyObject *route_key, *templates, *status_code, *counting_input, *start_arguments;
+    PyObject *write_arguments, *unmatched;
     int native_clock, check_forwarded;
+    if (aegis_refuse_init_again((PyObject *)self, self->vectorcall) < 0) {
+        return -1;
+    }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOOOpO!OOOOOOUp:WsgiPath", keywords, &owner, &app, &bypass,
+            args, kwargs, "$OOOOOpO!OOOOOOOOUp:WsgiPath", keywords, &owner, &app, &bypass,
             &fallback, &clock, &native_clock, &PyList_Type, &exclusions, &recorder, &read_route,
-            &route_key, &templates, &status_code, &counting_input, &unmatched, &check_forwarded)) {
+            &route_key, &templates, &status_code, &counting_input, &start_arguments,
+            &write_arguments, &unmatched, &check_forwarded)) {
         return -1;
     }
     int by_object = route_key != Py_None;
@@ -215,6 +222,8 @@ wsgi_path_init(WsgiPathObject *self, PyObject *args, PyObject *kwargs)
     Py_XSETREF(self->templates, by_object ? Py_NewRef(templates) : NULL);
     Py_XSETREF(self->status_code, Py_NewRef(status_code));
     Py_XSETREF(self->counting_input, Py_NewRef(counting_input));
+    Py_XSETREF(self->start_arguments, Py_NewRef(start_arguments));
+    Py_XSETREF(self->write_arguments, Py_NewRef(write_arguments));
     Py_XSETREF(self->unmatched, Py_NewRef(unmatched));
     self->check_forwarded = check_forwarded;
     self->started = 0;
@@ -234,6 +243,8 @@ wsgi_path_traverse(WsgiPathObject *self, visitproc visit, void *arg)
     Py_VISIT(self->templates);
     Py_VISIT(self->status_code);
     Py_VISIT(self->counting_input);
+    Py_VISIT(self->start_arguments);
+    Py_VISIT(self->write_arguments);
     Py_VISIT(self->unmatched);
     return aegis_recording_traverse(&self->rec, visit, arg);
 }
@@ -251,6 +262,8 @@ wsgi_path_clear(WsgiPathObject *self)
     Py_CLEAR(self->templates);
     Py_CLEAR(self->status_code);
     Py_CLEAR(self->counting_input);
+    Py_CLEAR(self->start_arguments);
+    Py_CLEAR(self->write_arguments);
     Py_CLEAR(self->unmatched);
     return 0;
 }

@@ -7,7 +7,9 @@ that Python path stays the reference and the fallback (see ``speedups.py``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .. import speedups
 from .observers import observe_receive, observe_send
@@ -35,7 +37,23 @@ def build(middleware: AegisMiddleware) -> HttpPath | None:
         recorder=middleware.aegis.recorder,
         observe_send=observe_send,
         observe_receive=observe_receive,
+        throw_quietly=throw_quietly,
         check_forwarded=middleware._check_forwarded,
     )
     middleware.aegis.aggregates.add_in_flight_source(path)
     return path
+
+
+def throw_quietly(throw: Callable[..., Any], *args: Any) -> Any:
+    """``throw(*args)``, a generator's or coroutine's, with the DeprecationWarning
+    for the (type, value, traceback) form ignored (Python 3.12 and later).
+
+    The compiled path forwards the arguments of a throw() into the request to the
+    app's coroutine as they were given, as CPython's own await does; CPython does
+    that without a warning (the caller's throw() warned already), a throw() call
+    from outside cannot. Swapping the warning filters is process-wide for the
+    length of the call, so only that deprecated form comes here.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return throw(*args)

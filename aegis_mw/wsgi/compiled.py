@@ -23,7 +23,7 @@ def build(middleware: AegisWSGIMiddleware) -> Any | None:
     module = speedups.load()
     if module is None:
         return None
-    from .middleware import status_code
+    from .middleware import start_arguments, status_code, write_arguments
 
     clock = middleware.aegis.clock.monotonic
     reader = middleware.route_reader
@@ -44,6 +44,8 @@ def build(middleware: AegisWSGIMiddleware) -> Any | None:
         templates=by_object.templates if by_object is not None else None,
         status_code=status_code,
         counting_input=CountingInput,
+        start_arguments=start_arguments,
+        write_arguments=write_arguments,
         unmatched=UNMATCHED_ROUTE,
         check_forwarded=middleware.aegis.client_addresses.enabled,
     )

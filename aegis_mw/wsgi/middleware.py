@@ -269,6 +269,25 @@ def status_code(status: Any) -> int:
         return 500
 
 
+def start_arguments(status: Any, headers: Any, exc_info: Any = None) -> tuple[Any, Any, Any]:
+    """The arguments of a start_response call, bound as call_python's ``start``
+    binds them; a call it cannot bind raises its TypeError, word for word. The
+    compiled start_response asks it for calls with keywords or a wrong count."""
+    return status, headers, exc_info
+
+
+def write_arguments(data: Any) -> Any:
+    """The same for call_python's ``write``."""
+    return data
+
+
+# Named as the functions they stand for: CPython's TypeErrors quote the name.
+start_arguments.__name__ = "start"
+start_arguments.__qualname__ = f"{AegisWSGIMiddleware.call_python.__qualname__}.<locals>.start"
+write_arguments.__name__ = "write"
+write_arguments.__qualname__ = f"{AegisWSGIMiddleware.call_python.__qualname__}.<locals>.write"
+
+
 def _forked(ref: weakref.ReferenceType[AegisWSGIMiddleware]) -> None:
     middleware = ref()
     if middleware is not None:  # threads do not survive a fork: start again
