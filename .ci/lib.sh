@@ -6,16 +6,10 @@
 COMPILED_TESTS=(
     tests/asgi/test_compiled.py
     tests/wsgi/test_compiled.py
+    tests/wsgi/test_app_misuse.py
     tests/contrib/test_django_compiled.py
+    tests/test_speedups.py
     tests/fuzz
-)
-# Left out of those runs (./run-tests still runs them): this one's memory budget is
-# in fact one of wall time (a realtime-ring slot of about 3 KB per second its
-# 10,500 requests take on the real clock; over 100 KB past about 30 s), which a
-# sanitized run, or one beside another job on two cores, exceeds. Delete the
-# line once the test runs on a fake clock.
-COMPILED_TESTS_LEFT_OUT=(
-    --deselect tests/contrib/test_django_compiled.py::test_no_memory_is_kept_per_request
 )
 # What those tests import, beyond the package itself: a venv with only these
 # installs in about 30 s where '.[dev]' takes about 75 s.

@@ -13,13 +13,21 @@ from aegis_mw import Aegis
 from aegis_mw.testing import FakeClock
 
 _ADDRESS = re.compile(r" at 0x[0-9a-f]+")
+#: The callables the app is handed as ``start_response`` and ``write`` are
+#: functions on the Python path and objects of these types on the compiled one
+#: (PEP 3333 asks only for callables). An app that misuses one (returns it as
+#: its body, say) gets the interpreter's TypeError naming the type: that name,
+#: and nothing else, is the same on both paths once read as the function's.
+_CALLABLE_TYPES = re.compile(r"'aegis_mw\._hotpath\.(?:StartResponse|Writer)'")
 
 
 def normal(value: Any, depth: int = 0) -> Any:
     """``value`` as nested tuples of plain values; the type shows wherever it is
     not the obvious one."""
     kind = type(value)
-    if value is None or kind in (bool, int, str, bytes):
+    if kind is str:
+        return _CALLABLE_TYPES.sub("'function'", value)
+    if value is None or kind in (bool, int, bytes):
         return value
     if depth > 8:
         return ("deep", kind.__qualname__)
@@ -56,7 +64,7 @@ def normal(value: Any, depth: int = 0) -> Any:
 
 def _text(value: Any) -> str:
     try:
-        return _ADDRESS.sub("", str(value))
+        return _CALLABLE_TYPES.sub("'function'", _ADDRESS.sub("", str(value)))
     except Exception as exc:  # an exception whose str() raises
         return f"<str() raised {type(exc).__qualname__}>"
 
