@@ -1,5 +1,6 @@
 """The test project's routes, and responses whose body claims more bytes than a
-64-bit count holds (each chunk says it is ``sys.maxsize`` long)."""
+64-bit count holds (each chunk says it is ``sys.maxsize`` long), or whose
+chunk's ``len()`` raises StopIteration."""
 
 from __future__ import annotations
 
@@ -30,4 +31,18 @@ def huge_tuple(request: HttpRequest) -> HttpResponse:
     return HugeBody((Claims(b"a"), Claims(b"b"), b"c"))
 
 
-urlpatterns = [*project, path("huge-list/", huge_list), path("huge-tuple/", huge_tuple)]
+class StopsCounting(bytes):
+    def __len__(self) -> int:
+        raise StopIteration
+
+
+def stops_counting(request: HttpRequest) -> HttpResponse:
+    return HugeBody([b"a", StopsCounting(b"b"), b"c"])
+
+
+urlpatterns = [
+    *project,
+    path("huge-list/", huge_list),
+    path("huge-tuple/", huge_tuple),
+    path("stops-counting/", stops_counting),
+]

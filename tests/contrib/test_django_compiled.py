@@ -171,6 +171,11 @@ SCENARIOS: dict[str, Scenario] = {
         )
         for kind in ("list", "tuple")
     },
+    # A chunk whose len() raises StopIteration: an error counting the body (the
+    # response goes out unrecorded, counted), never a short count.
+    "chunk-length-stops-iteration": Scenario(
+        "/stops-counting/", settings={"ROOT_URLCONF": "tests.contrib.django_huge_urls"}, records=0
+    ),
 }
 
 

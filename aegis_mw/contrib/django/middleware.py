@@ -146,7 +146,14 @@ class AegisMiddleware:
                 # into a copy of the whole body on every request.
                 container = getattr(response, "_container", None)
                 if container is not None:
-                    item[8] = sum(map(len, container))
+                    # A loop, not sum(map(len, ...)): map would take a
+                    # StopIteration from a chunk's len() for the end of the
+                    # chunks and count a short body; here it fails like any
+                    # other error of len(), as on the compiled path.
+                    total = 0
+                    for chunk in container:
+                        total += len(chunk)
+                    item[8] = total
             closers = response._resource_closers  # called once by HttpResponseBase.close()
             closers.append(functools.partial(self._closed, request, item))
         except BaseException as exc:
