@@ -192,7 +192,10 @@ class Aegis:
             os.register_at_fork(after_in_child=functools.partial(_reinit_if_alive, ref))
         # Dropped without shutdown (an app built per test, say): its threads end
         # on their own (they hold it weakly); say if records went with it.
-        backlogs = [runner.backlog for runner in self.flusher.runners]
+        runners = self.flusher.runners
+        # The deques, not the runners: the finalizer must not keep the pipeline alive.
+        backlogs = [runner.backlog for runner in runners]
+        backlogs += [runner.isolation.held for runner in runners]
         weakref.finalize(self, _warn_if_unflushed, self.recorder.inbox, backlogs).atexit = False
         self.flusher.start()
 
@@ -258,7 +261,7 @@ class Aegis:
                 SinkStats(
                     name=runner.name,
                     written=runner.written,
-                    backlog=len(runner.backlog),
+                    backlog=runner.queued(),
                     dropped=dict(runner.dropped),
                     errors=runner.errors,
                     timeouts=runner.timeouts,

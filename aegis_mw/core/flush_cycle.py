@@ -63,7 +63,7 @@ class FlushCycle:
 
     def unwritten(self) -> int:
         """Records not yet written, counted once per sink that still owes them."""
-        return len(self.recorder.inbox) + sum(len(runner.backlog) for runner in self.runners)
+        return len(self.recorder.inbox) + sum(runner.queued() for runner in self.runners)
 
     # -- a normal cycle --------------------------------------------------------
     def run(self, *, force: bool, stop: Callable[[], bool]) -> bool:
@@ -154,8 +154,10 @@ class FlushCycle:
                     runner.succeeded(taken, finished - now)
                 elif is_refusal(error):
                     # The sink is up and refused content: the next round
-                    # writes a smaller part at once (no backoff, see isolation).
-                    runner.refused(error, taken)
+                    # writes a smaller part at once (no backoff, see isolation),
+                    # unless it refused everything it was given (see refusals).
+                    if runner.refused(error, taken, closing=deadline is not None):
+                        failed.add(id(runner))
                 else:
                     runner.failed(error, finished, timed_out=isinstance(error, SinkTimeout))
                     failed.add(id(runner))

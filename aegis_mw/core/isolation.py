@@ -12,11 +12,12 @@ next try takes half of that. Once a record was set aside, the rest is tried
 whole (refused records are usually few and far between); when a second one
 is set aside before anything was stored, the tries start from one record and
 grow by doubling instead. Finding one refused record among ``n`` takes at
-most ``log2(n) + 3`` writes, ``k`` of them about ``k * log2(n)``; a batch
-whose every record is refused costs about one write per record. All of it
-happens against a sink that just answered, so it never adds attempts against
-storage that is down: an outage is a different error, and backs off as
-always.
+most ``log2(n) + 3`` writes, ``k`` of them about ``k * log2(n)``. A sink
+that refuses every record is not taken for a batch of bad records (see
+:mod:`.refusals`): a record refused alone is set aside only once the sink has
+stored another. All of it happens against a sink that just answered, so it
+never adds attempts against storage that is down: an outage is a different
+error, and backs off as always.
 
 Rollups travel with a batch. A refused batch's rollups are written alone
 first (the same delta and id), which tells whether they or the records were
@@ -28,6 +29,9 @@ id) until the refused cells are found and set aside.
 
 from __future__ import annotations
 
+from collections import deque
+from typing import Any
+
 from .rollup import RollupDelta
 
 
@@ -37,11 +41,16 @@ class Isolation:
     ``suspect`` counts the records at the front of the backlog not yet stored
     since a refusal; ``probe`` is the size of the next try; ``bad_within`` is
     the length of a front run known to hold a refused record (0: unknown).
+    ``held`` keeps records refused on their own until a record stored proves
+    the sink takes any (``proven``; see :mod:`.refusals`).
     """
 
     __slots__ = (
         "bad_within",
+        "held",
+        "last_refusal",
         "probe",
+        "proven",
         "rejected_since_stored",
         "rollups_alone",
         "rollups_verdict",
@@ -49,6 +58,10 @@ class Isolation:
     )
 
     def __init__(self) -> None:
+        self.held: deque[Any] = deque()
+        self.last_refusal: BaseException | None = None
+        #: A record was stored since this search began: refusals are content.
+        self.proven = False
         self.suspect = 0
         self.probe = 0
         self.bad_within = 0
@@ -94,10 +107,13 @@ class Isolation:
         """``taken`` front records were stored."""
         self.rejected_since_stored = False
         if not self.suspect:
+            self.proven = False
             return
         self.suspect = max(self.suspect - taken, 0)
+        self.proven = self.proven or taken > 0
         if not self.suspect:
             self.probe = self.bad_within = 0
+            self.proven = False  # the search is over: the next one proves anew
             return
         if self.bad_within > taken:
             # The rest of the refused run holds the refused record: halve it.
@@ -116,8 +132,12 @@ class Isolation:
         self.rollups_verdict = False
 
     def reset(self) -> None:
+        """Forget the search (its held records counted or given back first)."""
+        self.held.clear()
+        self.last_refusal = None
         self.suspect = self.probe = self.bad_within = 0
         self.rejected_since_stored = self.rollups_alone = self.rollups_verdict = False
+        self.proven = False
 
 
 def split_delta(delta: RollupDelta) -> tuple[RollupDelta, RollupDelta]:

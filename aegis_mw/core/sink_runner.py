@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
 import queue
 import random
@@ -26,8 +25,9 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from .isolation import Isolation, split_delta
-from .record import Batch, RequestRecord, WebSocketSession
+from .isolation import Isolation
+from .record import Batch, RequestRecord
+from .refusals import RefusalHandling, Stored
 from .rollup import MAX_PENDING_CELLS, RollupDelta
 from .sink import RecordSink
 
@@ -38,13 +38,9 @@ from .sink import RecordSink
 ROLLUP_INTERVAL = 5.0
 #: Written sooner when this many cells wait.
 ROLLUP_FLUSH_CELLS = 5_000
-#: At most one line per this many seconds tells what a sink refused and why;
-#: the refusals in between are counted (and reported with the other drops).
-REFUSAL_LOG_INTERVAL = 10.0
 
 logger = logging.getLogger("aegis_mw.flusher")
 
-Stored = RequestRecord | WebSocketSession
 _Job = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...]]
 
 
@@ -82,7 +78,7 @@ def _run(future: Future[Any], function: Callable[..., Any], args: tuple[Any, ...
         future.set_result(result)
 
 
-class SinkRunner:
+class SinkRunner(RefusalHandling):
     """Backlog and state of one sink; every method runs in the flusher's thread."""
 
     def __init__(
@@ -117,8 +113,7 @@ class SinkRunner:
         self.isolation = Isolation()
         # Whether the batch of the write in progress carries the rollups.
         self._batch_has_rollups = False
-        self._refusals_unlogged = 0
-        self._refusal_logged_at = -math.inf
+        self._reset_refusal_log()
         self._delta_prefix = os.urandom(8).hex()
         self._delta_sequence = 0
         self._rollups_next = 0.0
@@ -180,8 +175,8 @@ class SinkRunner:
         self.rollups_pending = self.rollups_in_flight = None
         self.rollup_parts.clear()
         self.isolation.reset()
-        self._refusals_unlogged = 0
-        self._refusal_logged_at = -math.inf
+        self._tail_probe = False
+        self._reset_refusal_log()
         self._delta_prefix = os.urandom(8).hex()
         self._delta_sequence = 0
         self.dropped = dict.fromkeys(self.dropped, 0)
@@ -210,10 +205,14 @@ class SinkRunner:
         owed = len(self.rollups_in_flight or ()) + sum(map(len, self.rollup_parts))
         self.dropped["rollups_full"] += self.rollups_pending.absorb(delta, MAX_PENDING_CELLS - owed)
 
+    def queued(self) -> int:
+        """Records owed: the backlog, and those held while a refusal is searched."""
+        return len(self.backlog) + len(self.isolation.held)
+
     def owes(self) -> bool:
         """Records or rollups not yet written."""
         return (
-            bool(self.backlog)
+            bool(self.queued())
             or self.rollups_pending is not None
             or (self.rollups_in_flight is not None)
             or bool(self.rollup_parts)
@@ -235,8 +234,9 @@ class SinkRunner:
 
     def drop_owed(self, reason: str) -> None:
         """Give up on everything owed, counted under ``reason``."""
-        self.dropped[reason] += len(self.backlog)
+        self.dropped[reason] += self.queued()
         self.backlog.clear()
+        self._tail_probe = False
         for delta in (self.rollups_pending, self.rollups_in_flight, *self.rollup_parts):
             if delta is not None:
                 self.dropped[f"rollups_{reason}"] += delta.requests
@@ -253,6 +253,14 @@ class SinkRunner:
             if self.rollups_in_flight is not None:
                 return self._records_batch(0, self.rollups_in_flight)
             isolation.rollups_alone = False
+        if self._tail_probe:  # does the sink take any record? (see .refusals)
+            batch, _ = self._records_batch(0, None)
+            record = self.backlog[-1]
+            if type(record) is RequestRecord:
+                batch.requests.append(record)
+            else:
+                batch.sessions.append(record)  # type: ignore[arg-type]
+            return batch, 1
         if isolation.active:
             return self._records_batch(isolation.next_size(limit), None)
         if not rollups and self.rollups_in_flight is None:
@@ -277,9 +285,19 @@ class SinkRunner:
         return batch, taken
 
     def succeeded(self, taken: int, seconds: float) -> None:
-        for _ in range(taken):
-            self.backlog.popleft()
-        self.isolation.stored(taken)
+        isolation = self.isolation
+        if self._tail_probe:  # the sink takes records: the held ones were bad
+            self._tail_probe = False
+            self.backlog.pop()
+            isolation.suspect = min(isolation.suspect, len(self.backlog))
+            isolation.proven = True
+            self.proven()
+        else:
+            for _ in range(taken):
+                self.backlog.popleft()
+            if taken:
+                self.proven()
+            isolation.stored(taken)
         if self._batch_has_rollups:
             self._rollups_done(refused=False)
         self.written += taken
@@ -304,52 +322,6 @@ class SinkRunner:
         if self.rollups_in_flight is None:
             isolation.rollups_alone = False
             self._rollups_next = time.monotonic() + ROLLUP_INTERVAL
-
-    def refused(self, exc: BaseException, taken: int) -> None:
-        """The sink refused the last batch for its content: narrow the search
-        (see :mod:`.isolation`), setting aside what is found. No backoff: the
-        sink is up, and the next round writes a smaller part."""
-        isolation = self.isolation
-        delta = self.rollups_in_flight if self._batch_has_rollups else None
-        if delta is not None and taken == 0:
-            isolation.rollups_answered(refused=True)
-            if len(delta) > 1:
-                self.rollups_in_flight, second = split_delta(delta)
-                self.rollup_parts.appendleft(second)
-                isolation.rollups_alone = True
-            else:
-                self.dropped["rollups_rejected"] += delta.requests
-                self._log_refusal(
-                    exc,
-                    f"rollups of {delta.requests} requests ({delta.delta_id})",
-                    "rollups_rejected",
-                )
-                self._rollups_done(refused=True)
-            return
-        if isolation.batch_refused(taken, with_rollups=delta is not None):
-            record = self.backlog.popleft()
-            self.dropped["rejected"] += 1
-            self._log_refusal(exc, _describe(record), "rejected")
-
-    def _log_refusal(self, exc: BaseException, what: str, reason: str) -> None:
-        self._refusals_unlogged += 1
-        now = time.monotonic()
-        if now - self._refusal_logged_at < REFUSAL_LOG_INTERVAL:
-            return
-        # One line per burst: the refusal that opens it, and how many were
-        # only counted since the last line.
-        logger.warning(
-            "aegis sink %s refused %s: %s; set aside and counted as dropped (%s)%s",
-            self.name,
-            what,
-            f"{type(exc).__name__}: {exc}",
-            reason,
-            f"; {self._refusals_unlogged - 1} more since the last report"
-            if self._refusals_unlogged > 1
-            else "",
-        )
-        self._refusals_unlogged = 0
-        self._refusal_logged_at = now
 
     def failed(self, exc: BaseException, now: float, *, timed_out: bool) -> None:
         self.errors += 1
@@ -384,9 +356,3 @@ class SinkRunner:
         except BaseException as exc:
             return exc
         return None
-
-
-def _describe(record: Stored) -> str:
-    """A refused record, for the log: its id and its path, shortened."""
-    kind = "request" if type(record) is RequestRecord else "session"
-    return f"{kind} {record[0]} (path {record.path[:80]!r})"

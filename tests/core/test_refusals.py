@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from aegis_mw import Aegis, Batch, RecordRejected
+from aegis_mw.core.refusals import HOLD_LIMIT
 from aegis_mw.core.rollup import LEVELS
 from aegis_mw.testing import MemorySink
 from tests.core.faulty_sinks import (
@@ -99,20 +100,92 @@ def test_many_refused_records_are_all_found_and_logged_once(
     assert len(refusal_lines(caplog)) == 1  # one burst, one line
 
 
-def test_a_sink_refusing_everything_costs_about_one_write_per_record(
+def test_a_sink_refusing_every_record_is_an_outage_not_bad_records(
     rig: Callable[..., Aegis],
 ) -> None:
+    """A sink that refuses every record (a column added NOT NULL, a bug in a custom
+    sink) looks, record by record, like bad records: none is set aside before the sink
+    has stored one. After HOLD_LIMIT refused in a row, and the backlog's last record
+    refused too, all are kept and retried with backoff, as in an outage; once the
+    sink is fixed, every record is stored once, in order."""
     sink = FaultySink("refuses-all")
     offered = paths(64)
-    refusing(sink, set(offered))
+    poison = set(offered)
+    refusing(sink, poison)
+    aegis = rig(sink)
+    offer_all(aegis, offered)
+
+    assert aegis.force_flush(WAIT) is False
+
+    entry = sink_stats(aegis, "refuses-all")
+    assert entry.dropped == sink_drops()
+    assert (entry.backlog, entry.errors, entry.consecutive_failures) == (64, 1, 1)
+    assert "refused every record it was given" in entry.last_error
+    # Halvings down to one record (twice: the rest is tried whole once), then
+    # one by one up to HOLD_LIMIT, then the last record: never one per record.
+    assert len(sink.attempts) <= 2 * math.ceil(math.log2(64)) + HOLD_LIMIT + 2
+    poison.clear()  # the schema is fixed
+    assert aegis.force_flush(WAIT) is True
+    assert sink.paths == offered
+    assert set(sink.deliveries.values()) == {1}
+    stats = aegis.stats()
+    assert accounted(stats) == stats.offered == 64
+
+
+def test_a_run_of_refused_records_longer_than_the_hold_is_still_set_aside(
+    rig: Callable[..., Aegis],
+) -> None:
+    """More refused records in a row than HOLD_LIMIT, then good ones: the backlog's
+    last record proves the sink takes records (stored out of order), so the refused
+    ones are set aside and the rest stored."""
+    sink = FaultySink("refuses-a-run")
+    offered = paths(100)
+    refusing(sink, set(offered[:20]))
     aegis = rig(sink)
     offer_all(aegis, offered)
 
     assert aegis.force_flush(WAIT) is True
 
-    assert sink.paths == []
-    assert sink_stats(aegis, "refuses-all").dropped == sink_drops(rejected=64)
-    assert len(sink.attempts) <= 64 + 2 * math.ceil(math.log2(64))
+    assert sink.paths == [offered[99], *offered[20:99]]
+    assert set(sink.deliveries.values()) == {1}
+    assert sink_stats(aegis, "refuses-a-run").dropped == sink_drops(rejected=20)
+
+
+def test_a_lone_refused_record_waits_for_a_record_the_sink_takes(
+    rig: Callable[..., Aegis],
+) -> None:
+    """The only record owed is refused: nothing tells yet whether the sink takes any,
+    so it is kept (with backoff) until a later record is stored; then it is set aside."""
+    sink = FaultySink("refuses-the-only-one")
+    refusing(sink, {"/only"})
+    aegis = rig(sink)
+    offer_all(aegis, ["/only"])
+
+    assert aegis.force_flush(WAIT) is False
+    entry = sink_stats(aegis, "refuses-the-only-one")
+    assert (entry.backlog, entry.dropped) == (1, sink_drops())
+
+    offer_all(aegis, ["/later"])
+    assert aegis.force_flush(WAIT) is True
+    assert sink.paths == ["/later"]
+    entry = sink_stats(aegis, "refuses-the-only-one")
+    assert (entry.backlog, entry.dropped) == (0, sink_drops(rejected=1))
+
+
+def test_at_shutdown_a_lone_refused_record_is_set_aside_at_once(
+    rig: Callable[..., Aegis],
+) -> None:
+    """Shutdown has no time to wait for proof: the refused record is set aside and
+    shutdown succeeds without waiting out its deadline's backoff."""
+    sink = FaultySink("refuses-at-shutdown")
+    refusing(sink, {"/only"})
+    aegis = rig(sink, shutdown_timeout=30)
+    offer_all(aegis, ["/only"])
+
+    assert aegis.shutdown() is True
+
+    entry = sink_stats(aegis, "refuses-at-shutdown")
+    assert (entry.backlog, entry.dropped) == (0, sink_drops(rejected=1))
 
 
 @pytest.mark.parametrize("error", [UnicodeEncodeError, OverflowError])
