@@ -119,7 +119,14 @@ class MonitoringReads:
             if callable(set_timeout):
                 set_timeout(settings.read_timeout)
             name = str(getattr(source, "name", "") or type(source).__name__)
-            breaker = StoreBreaker(name, retry_after=settings.read_retry_after, clock=monotonic)
+            # A probe gets its connection within read_timeout, or fails; one that
+            # takes longer still has hung on an established one.
+            breaker = StoreBreaker(
+                name,
+                retry_after=settings.read_retry_after,
+                probe_limit=settings.read_timeout + settings.read_retry_after,
+                clock=monotonic,
+            )
             self.history = GuardedSource(source, breaker)
 
     def reset_after_fork(self) -> None:

@@ -6,7 +6,10 @@ reached (the source says which of its errors mean that, see
 raises :class:`StoreUnavailable` at once, without waiting for a connection,
 a lock or a thread. Then the breaker is half-open: one read (the probe) tries
 the store while the others still fail at once; its success closes the breaker,
-its failure opens it for another ``retry_after``. The outage is logged when
+its failure opens it for another ``retry_after``. A probe that has not
+answered within ``probe_limit`` seconds (a store that accepted the connection
+and then hung) no longer holds the breaker: the next read probes instead. The
+outage is logged when
 it starts and when it ends, once each, however many reads it refused: never a
 traceback per request.
 
@@ -59,15 +62,22 @@ class StoreBreaker:
     """Closed, open or probing; thread-safe (reads come from many threads)."""
 
     def __init__(
-        self, store: str, *, retry_after: float, clock: Callable[[], float] = time.monotonic
+        self,
+        store: str,
+        *,
+        retry_after: float,
+        probe_limit: float = math.inf,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.retry_after = retry_after
+        self.probe_limit = probe_limit
         self._clock = clock
         # Held only to read and change the state, never across I/O or logging.
         self._lock = threading.Lock()
         self._state = _CLOSED
         self._probe_at = 0.0  # open: when a read may try the store again
+        self._probe_started = 0.0  # probing: when the probe was let through
         self._since = 0.0  # when the outage began
         self._refused = 0  # reads answered at once during this outage
 
@@ -82,8 +92,11 @@ class StoreBreaker:
             if self._state == _CLOSED:
                 return False
             now = self._clock()
-            if self._state == _OPEN and now >= self._probe_at:
-                self._state = _PROBING
+            if (self._state == _OPEN and now >= self._probe_at) or (
+                self._state == _PROBING and now >= self._probe_started + self.probe_limit
+            ):
+                # A probe still out after probe_limit has hung: this read probes.
+                self._state, self._probe_started = _PROBING, now
                 return True
             self._refused += 1
             wait = self._probe_at - now

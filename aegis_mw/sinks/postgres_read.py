@@ -8,7 +8,10 @@ not one failed read. A read waits at most ``timeout`` (``read_timeout``) for
 a connection: with the server down or hung, the pool's own attempts go on in
 its background workers, and the read fails soon enough for the breaker in
 front of it (see :mod:`aegis_mw.history.breaker`) to answer the next ones at
-once.
+once. Once lent, a connection's query is bounded too: by a statement timeout
+(a read stuck behind a lock or on a huge scan), and by TCP keepalives (a
+server whose host went away), unless the URL, the role or the server set
+their own.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from . import history_sql
@@ -27,6 +31,22 @@ from .postgres_schema import migrate
 
 #: Readers are the JSON API, the CLI and the dashboard: a few at a time.
 MAX_READERS = 4
+#: A history read that runs longer is cancelled by the server (milliseconds).
+STATEMENT_TIMEOUT_MS = 30_000
+#: libpq keepalives for read connections, unless the URL has its own: a peer
+#: gone silent is found in about 10 + 3 x 5 s instead of the kernel's hours.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+              "keepalives_count": 3}  # fmt: skip
+
+
+def _bound_statements(connection: psycopg.Connection[Any]) -> None:
+    """The pool's ``configure``: a statement timeout where nobody chose one
+    (URL ``options``, ``PGOPTIONS``, the role, the database, the server)."""
+    row = connection.execute(
+        "SELECT source FROM pg_settings WHERE name = 'statement_timeout'"
+    ).fetchone()
+    if row is not None and row[0] == "default":
+        connection.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
 
 
 class PostgresReader(history_sql.RowReader):
@@ -36,7 +56,9 @@ class PostgresReader(history_sql.RowReader):
 
     def __init__(self, url: str, connect_kwargs: dict[str, Any], name: str) -> None:
         self.url = url
-        self.connect_kwargs = connect_kwargs
+        params = conninfo_to_dict(url)
+        keepalives = {key: value for key, value in KEEPALIVES.items() if key not in params}
+        self.connect_kwargs = {**keepalives, **connect_kwargs}
         self.name = name
         self._lock = threading.Lock()
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
@@ -60,6 +82,7 @@ class PostgresReader(history_sql.RowReader):
                     max_size=MAX_READERS,
                     open=False,
                     check=ConnectionPool.check_connection,
+                    configure=_bound_statements,
                     timeout=self.timeout,
                     name=f"aegis-read-{self.name}",
                 )

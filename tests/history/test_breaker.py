@@ -129,3 +129,22 @@ def test_which_errors_mean_the_store_is_unavailable(tmp_path: object) -> None:
     # A source of the user's without a say: an OSError is unavailability.
     assert unavailable(MemorySink(), TimeoutError("timed out"))
     assert not unavailable(MemorySink(), RuntimeError("bug"))
+
+
+def test_a_probe_that_hangs_holds_the_breaker_only_until_its_limit() -> None:
+    """The probe got a connection, then the store stopped answering on it: after
+    ``probe_limit`` the next read probes instead, and its answer closes the breaker."""
+    clock = FakeClock()
+    store = Store()
+    breaker = StoreBreaker("store", retry_after=5.0, probe_limit=7.0, clock=clock.monotonic)
+    source = GuardedSource(store, breaker)
+    store.error = ConnectionRefusedError("refused")
+    refused(source)
+    clock.advance(5.0)
+    assert breaker.admit() is True  # the probe, which never answers
+    clock.advance(6.9)
+    assert refused(source) == 1  # within its limit: the others still wait for it
+    clock.advance(0.1)
+    store.error = None
+    assert source.read_requests(RequestQuery()) == []  # the next probe
+    assert breaker.state == "closed"

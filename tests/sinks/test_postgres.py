@@ -658,3 +658,21 @@ def test_pipeline_history_through_postgres(
     assert overview["successful"] == 7
     assert overview["response_bytes"] == 100
     assert len(sink.read_requests(RequestQuery(status_from=500))) == 2
+
+
+def test_reads_are_bounded_by_a_statement_timeout_and_keepalives(
+    postgres_url: str, sinks: Callable[[str], PostgresSink]
+) -> None:
+    """A read connection, once lent, cannot wait forever: the server cancels a
+    statement after 30 s (a read behind a lock), and TCP keepalives find a server
+    whose host went away; a URL's own settings are kept."""
+    reader = sinks(postgres_url)._reader
+    with reader._connection() as cursor:
+        assert cursor.execute("SHOW statement_timeout").fetchone() == ("30s",)
+        parameters = cursor.connection.info.get_parameters()
+        assert (parameters["keepalives_idle"], parameters["keepalives_count"]) == ("10", "3")
+    own = f"{postgres_url}%20-cstatement_timeout%3D1500&keepalives_idle=60"
+    reader = sinks(own)._reader
+    with reader._connection() as cursor:
+        assert cursor.execute("SHOW statement_timeout").fetchone() == ("1500ms",)
+        assert cursor.connection.info.get_parameters()["keepalives_idle"] == "60"
