@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..asgi.mounted import MountedRoutes
 from ..endpoints.dashboard import render as render_dashboard
+from ..endpoints.reads import CHECKS, RENDER, STORE
 from ..endpoints.response import Response
 from .realtime import RealtimeServer
 
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
 _STATUS_TEXT = {200: "OK", 303: "See Other", 304: "Not Modified", 400: "Bad Request",
                 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
                 500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
+
+
+#: Access group -> read lane: history reads, health checks, the rest rendered.
+_LANES = {"api": STORE, "health": CHECKS}
 
 
 def scope_of(environ: dict[str, Any], scheme: str | None = None) -> dict[str, Any]:
@@ -74,6 +79,11 @@ class WSGIRoutes:
     @property
     def paths(self) -> tuple[str, ...]:
         return tuple(self.handlers)
+
+    def lane(self, path: str) -> str:
+        """The read lane (``aegis.reads``) a mounted path's answer runs in, where
+        the server has an event loop (Django under ASGI)."""
+        return _LANES.get(self.shared.handlers[path][0], RENDER)
 
     def serve(self, app: Any, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         """An excluded path: ours if it is a mounted route, else the app's, unrecorded."""

@@ -4,8 +4,11 @@ the mounted routes served; a bad AEGIS option as a system-check error."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -20,6 +23,7 @@ from django.test import AsyncClient, Client, override_settings  # noqa: E402
 
 from aegis_mw.contrib.django.middleware import route_template  # noqa: E402
 from aegis_mw.testing import recorded  # noqa: E402
+from aegis_mw.wsgi.mounted import WSGIRoutes  # noqa: E402
 
 # Every test runs on the compiled and on the pure-Python request path (a
 # test client builds Django's middleware chain, and so ours, per client).
@@ -108,6 +112,34 @@ async def test_async_requests_are_recorded(anyio_backend: str, hot_path: str) ->
     assert live.status_code == 200
     [record] = [r for r in recorded(pipeline()) if r.path == f"/items/{item_id}/"]
     assert (record.route, record.status, record.response_bytes) == ("/items/{item_id}/", 200, 7)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_async_mounted_routes_take_none_of_the_loops_shared_threads(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ASGI the app's sync_to_async calls (and Django's own) run in the loop's
+    default executor: /metrics, the health routes and the JSON API are answered in
+    threads of the pipeline's own lanes instead, never in that executor."""
+    answered_in: list[str] = []
+    respond = WSGIRoutes.respond
+
+    def watched(self: WSGIRoutes, *args: Any) -> Any:
+        answered_in.append(threading.current_thread().name)
+        return respond(self, *args)
+
+    monkeypatch.setattr(WSGIRoutes, "respond", watched)
+    shared = ThreadPoolExecutor(max_workers=4, thread_name_prefix="loop-shared")
+    asyncio.get_running_loop().set_default_executor(shared)
+    try:
+        client = AsyncClient()
+        for path in ("/metrics", "/health", "/api/metrics/realtime"):
+            assert (await client.get(path)).status_code == 200
+    finally:
+        shared.shutdown()
+    assert len(answered_in) == 3
+    assert not [name for name in answered_in if name.startswith("loop-shared")]
 
 
 def test_a_bad_option_is_a_system_check_error() -> None:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from http.cookies import SimpleCookie
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.apps import apps
 from django.http import HttpRequest, HttpResponse
 
@@ -101,9 +101,14 @@ class AegisMiddleware:
         return self._watch(request, item, response)
 
     async def _acall(self, request: HttpRequest) -> Any:
-        if request.path_info in self.routes.handlers:
-            # Blocking reads (health checks run their own loop): in a thread.
-            return await sync_to_async(self.serve_mounted, thread_sensitive=False)(request)
+        path = request.path_info
+        if path in self.routes.handlers:
+            # Blocking reads (health checks run their own loop): in a thread of
+            # the pipeline's own lanes, never the loop's shared executor, which
+            # the app's sync_to_async calls need; 503 busy when a lane is full.
+            threads = self.aegis.reads.threads
+            answer = await threads.respond(self.routes.lane(path), self._mounted, request)
+            return _django_response(answer)
         item = self._begin(request)
         try:
             response = await self.get_response(request)
@@ -115,8 +120,14 @@ class AegisMiddleware:
 
     def serve_mounted(self, request: HttpRequest) -> HttpResponse:
         """``/metrics``, the health routes, the JSON API and ``/dashboard``."""
+        return _django_response(self._mounted(request))
+
+    def _mounted(self, request: HttpRequest) -> Response:
         # request.scheme: https behind a proxy too, per SECURE_PROXY_SSL_HEADER.
-        return _django_response(self.routes.respond(request.META, request.scheme))
+        answer = self.routes.respond(request.META, request.scheme)
+        if answer is None:  # not a mounted path: never, the callers check first
+            return Response.error(404, "not_found", "no route of ours here")
+        return answer
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> None:
         """A view raised: keep its text for the record (Django answers 500 itself)."""
