@@ -100,8 +100,10 @@ def url_field(value: Any, limit: int) -> str:
             value = bytes(value).decode("utf-8", "surrogateescape")
         else:
             raise TypeError(f"not text: {type(value).__name__}")
-    # Cut first, so an escape is never cut in half (the repair makes a
-    # stored path at most three times the limit; repairs are rare).
+    # Cut first, so an escape is never cut in half. The repair may make a
+    # stored path longer than the limit: three characters per control
+    # character, nine per lone surrogate outside U+DC80..U+DCFF (its UTF-8
+    # bytes, percent-encoded); repairs are rare.
     return url_text(value[:limit])
 
 

@@ -39,7 +39,7 @@ INTERVAL = 0.1
 STALL = 0.5
 #: How long after ws_stall_timeout a stopped client may still be open: the
 #: close is sent at the deadline; this is for a busy machine.
-LATE = 1.0
+LATE = 2.0
 TIMEOUT = 10.0
 #: The frames a client had acknowledged before it stopped.
 BEFORE_STOPPING = 3
@@ -97,7 +97,7 @@ async def reading(url: str, *, acks: bool) -> Peer:
     expected = (STALL + LATE) / INTERVAL
     late = peer.lateness[BEFORE_STOPPING:]
     assert len(late) >= expected / 2
-    assert max(late) < 0.5, late
+    assert max(late) < 1.0, late  # fresh, where a backlog would be seconds behind
     await peer.ws.close()
     return peer
 

@@ -380,7 +380,7 @@ async def test_a_client_that_stops_acknowledging_is_held_then_closed(
             watcher.leave.set()
     assert stopped.ended_at is not None
     stalled_for = stopped.ended_at - stopped.acked_at
-    assert 0.4 <= stalled_for < 0.4 + 0.5
+    assert 0.4 <= stalled_for < 0.4 + 2.0  # the deadline, and a busy machine's delay
     assert stopped.last_seq - stopped.acked <= ACK_WINDOW  # held past the window
     assert stopped.sent[-1] == {
         "type": "websocket.close", "code": 1008, "reason": "client stopped reading",
