@@ -37,7 +37,13 @@ WAIT = 60.0
 
 @contextmanager
 def gunicorn_serving(app: str, workdir: Path, **env: str) -> Iterator[str]:
-    environment = child_environment(PYTHONUNBUFFERED="1", **env)
+    # Two workers share their figures the documented way, so a scrape answered by
+    # either worker counts the other's requests too.
+    shared = workdir / "metrics-multiproc"
+    shared.mkdir()
+    environment = child_environment(
+        PYTHONUNBUFFERED="1", PROMETHEUS_MULTIPROC_DIR=str(shared), **env
+    )
     command = gunicorn_command(2, app, worker_class="sync")
     with gunicorn_process(command, workdir, environment) as (process, lines, seen):
         deadline = time.monotonic() + WAIT
@@ -59,9 +65,12 @@ def exercise(base: str, item_path: str) -> None:
         for number in range(6):
             assert client.get(f"{item_path}/{number}").json() == {"item_id": number}
         assert client.get("/fail").status_code == 500
-        metrics = client.get("/metrics").text
-        assert 'route="/api/items/{item_id}"' in metrics
+        # Every worker's requests are on the scrape, another worker's within one
+        # flush_interval (its flusher writes its file after each cycle).
         deadline = time.monotonic() + WAIT
+        while (answered := _items_answered(client.get("/metrics").text)) != 6:
+            assert time.monotonic() < deadline, f"/metrics counts {answered} item requests"
+            time.sleep(0.1)  # polling a condition with a deadline: files land each cycle
         overview: dict[str, Any] = {}
         while time.monotonic() < deadline:
             overview = client.get("/api/metrics/overview?range=1h").json()["data"]
@@ -70,6 +79,12 @@ def exercise(base: str, item_path: str) -> None:
             time.sleep(0.25)  # polling a condition with a deadline: rollups land every 5 s
         assert (overview["total"], overview["failed"]) == (7, 1), overview
         assert client.get("/dashboard").status_code == 200
+
+
+def _items_answered(metrics: str) -> float:
+    """The item route's 200 answers on a scrape, summed over its series."""
+    pattern = r'^aegis_http_requests_total\{[^}]*route="/api/items/\{item_id\}"[^}]*\} (\S+)$'
+    return sum(float(value) for value in re.findall(pattern, metrics, re.MULTILINE))
 
 
 def test_the_flask_example(tmp_path: Path) -> None:

@@ -129,8 +129,11 @@ def test_retention_prunes_in_small_batches(
     assert _count(path, old_requests) == 600
 
     assert aegis.force_flush(timeout=10)
-    # One small batch per table and cycle; another cycle is due at once.
-    assert _count(path, old_requests) == 350
+    # One small batch per table and cycle; another cycle is due at once. The
+    # worker's first cycle may run before the flush request or together with it.
+    cycles = aegis.flusher.cycle.cycles
+    assert cycles in (1, 2)
+    assert _count(path, old_requests) == 600 - 250 * cycles
     assert aegis.force_flush(timeout=10)
     assert aegis.force_flush(timeout=10)
     assert _count(path, old_requests) == 0
