@@ -55,9 +55,25 @@ class AegisMiddleware:
         route_reader: RouteReader | None = None,
         **options: Any,
     ) -> None:
+        self.app = app
+        try:
+            self._build(aegis, route_reader, options)
+        except Exception as error:
+            # Starlette builds its middleware on its first call, the lifespan:
+            # raised there, the error reads as "lifespan unsupported" to the
+            # server, which then starts and answers every request 500. Kept
+            # instead, it is reported as lifespan.startup.failed, so the server
+            # refuses to start with the message.
+            from .refused_start import RefusedStart
+
+            self.__class__ = RefusedStart
+            self.startup_error = error
+
+    def _build(
+        self, aegis: Aegis | None, route_reader: RouteReader | None, options: dict[str, Any]
+    ) -> None:
         if aegis is not None and options:
             raise TypeError("pass either aegis=Aegis(...) or options, not both")
-        self.app = app
         self.aegis = aegis if aegis is not None else Aegis(**options)
         if self.aegis.asgi_lifespan is None:
             self.aegis.asgi_lifespan = False

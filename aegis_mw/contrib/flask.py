@@ -30,6 +30,7 @@ import re
 from typing import Any
 
 from ..aegis import Aegis as Pipeline
+from ..core.settings import AegisSettings
 from ..wsgi.middleware import AegisWSGIMiddleware
 from ..wsgi.routing import ObjectRouteReader
 
@@ -61,13 +62,16 @@ class Aegis:
             self.init_app(app)
 
     def init_app(self, app: flask.Flask) -> Pipeline:
-        options = {
-            key[len(CONFIG_PREFIX) :].lower(): value
+        # Errors name the config key the user wrote, not "keyword argument".
+        configured = {
+            key[len(CONFIG_PREFIX) :].lower(): (value, f'app.config["{key}"]')
             for key, value in app.config.items()
             if key.startswith(CONFIG_PREFIX) and key != "AEGIS_CONFIG"
         }
-        options.update(self.options)
-        pipeline = Pipeline(**options)
+        options = dict(self.options)
+        clock = options.pop("clock", None)
+        settings = AegisSettings.load(options.pop("environ", None), sourced=configured, **options)
+        pipeline = Pipeline(settings, clock=clock)
         app.wsgi_app = AegisWSGIMiddleware(  # type: ignore[method-assign]
             app.wsgi_app, aegis=pipeline, route_reader=rule_reader()
         )

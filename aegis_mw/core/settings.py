@@ -514,9 +514,17 @@ class AegisSettings:
         return [f.name for f in fields(cls) if f.name != "sources"]
 
     @classmethod
-    def load(cls, environ: Mapping[str, str] | None = None, **options: Any) -> AegisSettings:
-        """Merge ``options`` over ``AEGIS_*`` variables over the ``AEGIS_CONFIG``
-        file over defaults. ``environ`` defaults to ``os.environ``.
+    def load(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        sourced: Mapping[str, tuple[Any, str]] | None = None,
+        **options: Any,
+    ) -> AegisSettings:
+        """Merge ``options`` over ``sourced`` over ``AEGIS_*`` variables over the
+        ``AEGIS_CONFIG`` file over defaults. ``environ`` defaults to
+        ``os.environ``. ``sourced`` maps an option to its value and where the
+        user wrote it (a framework's config key, say), which errors then name.
         """
         if environ is None:
             import os
@@ -547,6 +555,10 @@ class AegisSettings:
                 continue
             values[key] = value
             sources[key] = name
+        for key, (value, source) in (sourced or {}).items():
+            _require_known(key, known, source)
+            values[key] = value
+            sources[key] = source
         for key, value in options.items():
             _require_known(key, known, "keyword arguments")
             values[key] = value

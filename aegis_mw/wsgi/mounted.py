@@ -15,7 +15,7 @@ from ..asgi.mounted import MountedRoutes
 from ..endpoints.dashboard import render as render_dashboard
 from ..endpoints.reads import CHECKS, RENDER, STORE
 from ..endpoints.response import Response
-from .realtime import RealtimeServer
+from .realtime import RealtimeServer, require_websockets
 
 if TYPE_CHECKING:
     from ..aegis import Aegis
@@ -74,6 +74,7 @@ class WSGIRoutes:
         #: of each process; None when the settings ask for none.
         self.realtime: RealtimeServer | None = None
         if settings.ws_port and settings.ws_path:
+            require_websockets(settings.ws_port, settings.sources.get("ws_port", ""))
             self.realtime = RealtimeServer(self.shared, settings.ws_host, settings.ws_port)
 
     @property

@@ -29,6 +29,23 @@ if TYPE_CHECKING:
 logger = logging.getLogger("aegis_mw")
 
 
+def require_websockets(port: int, source: str) -> None:
+    """``ws_port`` serves the stream with ``websockets``: without it the page
+    would poll forever while the server starts as if all were well."""
+    import importlib.util
+
+    if importlib.util.find_spec("websockets") is None:
+        from ..core.errors import ConfigError
+
+        raise ConfigError(
+            "ws_port",
+            port,
+            "the stream on ws_port needs the websockets package: "
+            "pip install 'aegis_mw[flask]' (or 'aegis_mw[django]', or websockets itself)",
+            source,
+        )
+
+
 def _finish(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
