@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from .access.app_token import monitoring_access
 from .core.aggregates import RealtimeAggregates, RealtimeSnapshot
 from .core.client_address import ClientAddressResolver
 from .core.clock import Clock, SystemClock
@@ -126,6 +127,10 @@ class Aegis:
         self.clock: Clock = clock if clock is not None else SystemClock()
         named_sinks = build_sinks(settings.sink, settings.sources.get("sink", ""))
         self.sinks: list[RecordSink] = [sink for _, sink in named_sinks]
+        #: The rules of the routes we serve, the app token's filled in for the
+        #: monitoring data that has none of its own (``access/app_token.py``);
+        #: ``access_token`` is that token, None when no route needs it.
+        self.access_token, self.access_rules = monitoring_access(settings, self.sinks)
         routes = RouteCap(settings.max_routes)  # records and metric labels share it
         self.aggregates = RealtimeAggregates(routes, settings.metrics_buckets)
         #: The realtime stream's hub (``aegis_mw.realtime.hub.Hub``), made by
@@ -174,6 +179,9 @@ class Aegis:
         #: None until an ASGI middleware attaches; then whether a lifespan
         #: startup arrived (the flusher warns once if traffic comes without one).
         self.asgi_lifespan: bool | None = None
+        #: The request path the attached middleware runs ("compiled" or
+        #: "python"), on /metrics as aegis_build_info; "" until one attaches.
+        self.hot_path = ""
         #: Paths never recorded: the user's ``exclude_paths`` plus routes
         #: that integrations mount (see :meth:`exclude`).
         self.excluded_paths = PathFilter(settings.exclude_paths)
@@ -207,6 +215,15 @@ class Aegis:
         atexit.unregister(self._atexit_hook)
         atexit.register(self._atexit_hook)
         self.flusher.start()
+
+    def attached(self, hot_path: str) -> None:
+        """A middleware serves this pipeline: the first one says so at start
+        (the request path, and the dashboard's link with its token)."""
+        if not self.hot_path:
+            self.hot_path = hot_path
+            from .access.banner import announce
+
+            announce(self, hot_path)
 
     def exclude(self, *paths: str) -> None:
         """Never record these paths or globs (integrations add their own routes)."""

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from aegis_mw import Aegis, speedups
+from tests.harness import OPEN_MONITORING
 
 #: Set in CI: a test that needs a service (PostgreSQL, Redis, ...) fails
 #: instead of skipping when the service is missing.
@@ -25,13 +26,17 @@ def make_aegis() -> Iterator[Callable[..., Aegis]]:
     """Build pipelines (memory sink unless told otherwise) that are shut down after the test.
 
     The environment is not consulted (``environ={}``), so an ``AEGIS_*``
-    variable on the machine cannot change what a test sees.
+    variable on the machine cannot change what a test sees. The monitoring
+    data is opened (``OPEN_MONITORING``) unless the test passes ``access``:
+    tests that read it are not about access control; those that are pass
+    their own rules, or ``access={}`` for the private default.
     """
     created: list[Aegis] = []
 
     def factory(**options: Any) -> Aegis:
         options.setdefault("sink", "memory://")
         options.setdefault("environ", {})
+        options.setdefault("access", OPEN_MONITORING)
         aegis = Aegis(**options)
         created.append(aegis)
         return aegis

@@ -16,6 +16,11 @@ import anyio
 Message = dict[str, Any]
 
 
+#: The monitoring data opened on purpose, for tests that read it and are not
+#: about access control (which is private by default: tests/access/).
+OPEN_MONITORING = {"api": "open", "dashboard": "open", "websocket": "open"}
+
+
 def http_scope(
     path: str = "/",
     *,

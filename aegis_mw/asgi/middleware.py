@@ -23,6 +23,7 @@ from typing import Any
 
 from ..aegis import Aegis
 from ..core.outcome import settle
+from ..endpoints.app_routes import report, starlette_routes
 from ..types import ASGIApp, Receive, RouteReader, Scope, Send
 from . import compiled
 from .lifespan import run_lifespan
@@ -92,6 +93,13 @@ class AegisMiddleware:
         self._mounted = MountedRoutes(self.aegis)
         # The realtime stream ("" switches it off): never recorded as a session.
         self._ws_path = self.aegis.settings.ws_path or None
+        # The app's own routes on our paths stay the app's (endpoints/app_routes.py).
+        has_route = starlette_routes(self.app)
+        if has_route is not None:
+            self._mounted.yield_to_app(has_route)
+            if self._ws_path is not None and has_route(self._ws_path):
+                report(self.aegis.settings, [self._ws_path])
+                self._ws_path = None
         self.aegis.exclude(*self._mounted.paths)
         self._recorder = self.aegis.recorder
         self._inbox = self.aegis.recorder.inbox
@@ -101,6 +109,7 @@ class AegisMiddleware:
         self._check_forwarded = self._addresses.enabled
         self._error_limit = self.aegis.settings.max_error_length
         self._compiled = compiled.build(self) if self.aegis.settings.speedups else None
+        self.aegis.attached("compiled" if self._compiled is not None else "python")
 
     @property
     def compiled(self) -> bool:

@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl
 from ..access.check import Decision, decide
 from ..core.access_rules import AccessRule
 from ..endpoints.api import PARAMETERS, MetricsAPI
+from ..endpoints.app_routes import HasRoute, report
 from ..endpoints.dashboard import render as render_dashboard
 from ..endpoints.reads import RENDER, STORE
 from ..endpoints.response import Response
@@ -89,7 +90,7 @@ class MountedRoutes:
     def __init__(self, aegis: Aegis) -> None:
         settings = aegis.settings
         self.aegis = aegis
-        self.rules: dict[str, AccessRule] = dict(settings.access)
+        self.rules: dict[str, AccessRule] = aegis.access_rules
         #: path -> (access group, handler)
         self.handlers: dict[str, tuple[str, Handler]] = {}
         routes: list[tuple[str, str, Handler]] = [
@@ -111,6 +112,14 @@ class MountedRoutes:
     @property
     def paths(self) -> tuple[str, ...]:
         return tuple(self.handlers)
+
+    def yield_to_app(self, has_route: HasRoute) -> list[str]:
+        """Drop our routes where the app has its own; the paths given up, logged."""
+        given_up = [path for path in list(self.handlers) if has_route(path)]
+        for path in given_up:
+            self.handlers.pop(path, None)
+        report(self.aegis.settings, given_up)
+        return given_up
 
     async def pass_through(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         """An excluded path: ours if it is a mounted route, else the app's, untouched."""

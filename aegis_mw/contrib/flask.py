@@ -31,6 +31,7 @@ from typing import Any
 
 from ..aegis import Aegis as Pipeline
 from ..core.settings import AegisSettings
+from ..endpoints.app_routes import flask_routes
 from ..wsgi.middleware import AegisWSGIMiddleware
 from ..wsgi.routing import ObjectRouteReader
 
@@ -73,7 +74,7 @@ class Aegis:
         settings = AegisSettings.load(options.pop("environ", None), sourced=configured, **options)
         pipeline = Pipeline(settings, clock=clock)
         app.wsgi_app = AegisWSGIMiddleware(  # type: ignore[method-assign]
-            app.wsgi_app, aegis=pipeline, route_reader=rule_reader()
+            app.wsgi_app, aegis=pipeline, route_reader=rule_reader(), has_route=flask_routes(app)
         )
         app.request_class = _noting_rules(app.request_class)
         app.extensions["aegis_mw"] = pipeline

@@ -1,9 +1,12 @@
 """Who may read what leaves the process: one rule per route group.
 
 Groups: ``metrics``, ``health`` (readiness and the full report), ``liveness``,
-and for the routes that come later ``api``, ``dashboard`` and ``websocket``.
-A group without a rule is open (liveness should stay so: a probe carries no
-credentials). A rule combines, all of which must hold:
+``api``, ``dashboard`` and ``websocket``. ``metrics`` and the health groups
+without a rule are open (a scraper or a probe carries no credentials); the
+monitoring data (``api``, ``dashboard``, and ``websocket``, which follows
+them) without a rule take the app's access token (``access/app_token.py``).
+A rule given as ``"open"`` serves its group to every client. A rule
+combines, all of which must hold:
 
 - ``allow_ips``: the client address (after trusted proxies) must be in one of
   these networks, else 403;
@@ -27,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 GROUPS = ("metrics", "health", "liveness", "api", "dashboard", "websocket")
+#: A group's rule given as this word serves it to every client, on purpose.
+OPEN = "open"
 _FIELDS = ("tokens", "admin_tokens", "basic", "admin_basic", "allow_ips")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -41,6 +46,8 @@ class AccessRule:
     basic: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     admin_basic: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     allow_ips: tuple[Network, ...] = ()
+    #: Given as "open": the user chose to serve this group to every client.
+    opened: bool = False
 
     @property
     def needs_credentials(self) -> bool:
@@ -94,8 +101,10 @@ def _networks(value: Any, what: str) -> tuple[Network, ...]:
 def parse_rule(group: str, value: Any) -> AccessRule:
     if isinstance(value, AccessRule):
         return value
+    if value == OPEN:
+        return AccessRule(opened=True)
     if not isinstance(value, Mapping):
-        raise ValueError(f"access[{group!r}] must be a table of {', '.join(_FIELDS)}")
+        raise ValueError(f"access[{group!r}] must be {OPEN!r} or a table of {', '.join(_FIELDS)}")
     unknown = set(value) - set(_FIELDS)
     if unknown:
         raise ValueError(f"access[{group!r}] has unknown fields {sorted(unknown)}")

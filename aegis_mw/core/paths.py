@@ -37,5 +37,11 @@ class PathFilter:
         self.literal = frozenset(p for p in self.patterns if not _GLOB_CHARS & set(p))
         self.current[:] = (self.literal, self.match)
 
+    def discard(self, *patterns: str) -> None:
+        """Record these paths again (an app's own route where ours was)."""
+        kept = tuple(p for p in self.patterns if p not in patterns)
+        self.patterns = ()
+        self.add(*kept)
+
     def excluded(self, path: str) -> bool:
         return path in self.literal or (self.match is not None and self.match(path) is not None)

@@ -186,6 +186,20 @@ def _access(value: Any) -> tuple[tuple[str, AccessRule], ...]:
         raise _Explained(str(exc)) from None
 
 
+def _access_token(value: Any) -> str:
+    # It travels in an Authorization header, a cookie and a URL: printable
+    # ASCII without spaces or separators, and long enough not to be guessed.
+    if not isinstance(value, str):
+        raise TypeError
+    if value and not re.fullmatch(r"[A-Za-z0-9._~+/=-]{16,256}", value):
+        raise ValueError
+    return value
+
+
+#: Options whose values an error message must never show.
+_SECRET = ("access", "access_token")
+
+
 def _choice(*allowed: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if not isinstance(value, str) or value.lower() not in allowed:
@@ -316,6 +330,14 @@ _RULES: dict[str, _Rule] = {
         _number(float, 0, 3600, low_open=True), "seconds, > 0 and <= 3600", _float_text
     ),
     "access": _Rule(_access, "route groups mapped to rules (see the README)"),
+    "access_token": _Rule(
+        _access_token,
+        "16 to 256 characters of letters, digits and . _ ~ + / = - ('' to generate one)",
+    ),
+    "access_token_file": _Rule(
+        _directory_text,
+        "a file path ('' for the default: beside the SQLite or JSONL file of the sink)",
+    ),
     "metrics_path": _Rule(_mount_path, _PATH_ALLOWED),
     "api_path": _Rule(_mount_path, _PATH_ALLOWED),
     "ws_path": _Rule(_mount_path, _PATH_ALLOWED),
@@ -417,6 +439,11 @@ class AegisSettings:
     #: the pure-Python one (same records, slower).
     speedups: bool = True
     access: Any = field(default=(), repr=False)  # holds secrets: kept out of repr
+    #: What opens the JSON API, the dashboard and the stream when they have no
+    #: access rule of their own; generated (and kept in access_token_file) if ''.
+    access_token: str = field(default="", repr=False)
+    #: Where a generated access token is kept, shared by the app's workers.
+    access_token_file: str = ""
     metrics_path: str = "/metrics"
     #: Prefix of the JSON metrics API (``/api/metrics/overview`` and the rest).
     api_path: str = "/api/metrics"
@@ -476,10 +503,11 @@ class AegisSettings:
                 checked = rule.check(value)
             except _Explained as exc:
                 # The access rules hold tokens and passwords: never echo them.
-                shown = "(not shown: it holds secrets)" if option == "access" else value
+                shown = "(not shown: it holds secrets)" if option in _SECRET else value
                 raise ConfigError(option, shown, str(exc), source) from None
             except (TypeError, ValueError):
-                raise ConfigError(option, value, rule.allowed, source) from None
+                shown = "(not shown: it is a secret)" if option in _SECRET else value
+                raise ConfigError(option, shown, rule.allowed, source) from None
             object.__setattr__(self, option, checked)
         mounted = [(name, getattr(self, name)) for name in _MOUNT_OPTIONS]
         seen: dict[str, str] = {}

@@ -35,6 +35,8 @@ class MetricsReading:
     stats: PipelineStats
     health: Mapping[str, int]  # check name -> 1 healthy, 0 not (absent: none registered)
     system: SystemReading | None = None  # with metrics_system on
+    #: (version, request path: "compiled" or "python"; "" before a middleware attached)
+    build: tuple[str, str] = ("", "")
 
 
 class FamilyBuilder:
@@ -102,6 +104,16 @@ class FamilyBuilder:
             ),
             *self._pipeline(reading.stats, labeled.route_overflow),
         ]
+        version, hot_path = reading.build
+        if version:
+            families.append(
+                Family(
+                    f"{ns}_build_info",
+                    "gauge",
+                    "aegis_mw's version and the request path it runs (compiled or python).",
+                    [("", labels(("version", version), ("hot_path", hot_path or "none")), 1)],
+                )
+            )
         if reading.system is not None:
             families += self._system(reading.system)
         if reading.health:

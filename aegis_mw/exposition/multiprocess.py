@@ -175,6 +175,7 @@ class Merge:
             websockets_active=self.websockets_active,
             stats=stats,
             health=self.own.health,
+            build=self.own.build,  # the answering process's, as health is
         )
 
 

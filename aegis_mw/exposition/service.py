@@ -98,6 +98,8 @@ class MetricsService:
 
     def read_own(self) -> MetricsReading:
         """This process's figures only."""
+        from .. import __version__
+
         aegis = self._aegis
         aggregates = aegis.aggregates
         return MetricsReading(
@@ -106,6 +108,7 @@ class MetricsService:
             websockets_active=aggregates.websockets_active,
             stats=aegis.stats(),
             health=self.health_reading(),
+            build=(__version__, aegis.hot_path),
         )
 
     def collector(self) -> AegisCollector:

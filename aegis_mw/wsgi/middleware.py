@@ -33,6 +33,7 @@ from ..aegis import Aegis
 from ..core.client_address import ClientAddressResolver
 from ..core.outcome import settle
 from ..core.record import UNMATCHED_ROUTE
+from ..endpoints.app_routes import HasRoute
 from . import compiled
 from .mounted import WSGIRoutes
 from .responses import CountingInput, Recorded, RecordedSized, iteration_failed, watch_file
@@ -62,6 +63,7 @@ class AegisWSGIMiddleware:
         *,
         aegis: Aegis | None = None,
         route_reader: Callable[[dict[str, Any]], str | None] | None = None,
+        has_route: HasRoute | None = None,
         **options: Any,
     ) -> None:
         if aegis is not None and options:
@@ -70,6 +72,11 @@ class AegisWSGIMiddleware:
         self.aegis = aegis if aegis is not None else Aegis(**options)
         self.route_reader = route_reader
         self._routes = WSGIRoutes(self.aegis)
+        # The app's own routes on our paths stay the app's; asked again at the
+        # first request, for routes the app added after this (Flask's style).
+        self._has_route = has_route
+        if has_route is not None:
+            self._routes.yield_to_app(has_route)
         self.aegis.exclude(*self._routes.paths)
         self._excluded = self.aegis.excluded_paths
         self._recorder = self.aegis.recorder
@@ -81,6 +88,7 @@ class AegisWSGIMiddleware:
         # start with the first request of each process.
         self._started = False
         self._compiled = compiled.build(self) if self.aegis.settings.speedups else None
+        self.aegis.attached("compiled" if self._compiled is not None else "python")
         if hasattr(os, "register_at_fork"):
             # By weak reference: a hook must not keep a discarded app alive.
             os.register_at_fork(after_in_child=functools.partial(_forked, weakref.ref(self)))
@@ -174,6 +182,10 @@ class AegisWSGIMiddleware:
         return self._routes.serve(self.app, environ, start_response)
 
     def _start(self) -> None:
+        if self._has_route is not None:
+            given_up = self._routes.yield_to_app(self._has_route)
+            if given_up:
+                self.aegis.excluded_paths.discard(*given_up)  # recorded as the app's
         self.aegis.start()
         if self._routes.realtime is not None:
             self._routes.realtime.start(os.getpid())

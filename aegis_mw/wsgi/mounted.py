@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..asgi.mounted import MountedRoutes
+from ..endpoints.app_routes import HasRoute, report
 from ..endpoints.dashboard import render as render_dashboard
 from ..endpoints.reads import CHECKS, RENDER, STORE
 from ..endpoints.response import Response
@@ -80,6 +81,16 @@ class WSGIRoutes:
     @property
     def paths(self) -> tuple[str, ...]:
         return tuple(self.handlers)
+
+    def yield_to_app(self, has_route: HasRoute) -> list[str]:
+        """Drop our routes where the app has its own; the paths given up, logged.
+        (The stream is on a port of its own: no path of the app's to yield.)"""
+        given_up = [path for path in list(self.handlers) if has_route(path)]
+        for path in given_up:
+            self.handlers.pop(path, None)
+            self.shared.handlers.pop(path, None)
+        report(self.aegis.settings, given_up)
+        return given_up
 
     def lane(self, path: str) -> str:
         """The read lane (``aegis.reads``) a mounted path's answer runs in, where

@@ -30,6 +30,7 @@ from aegis_mw.endpoints.api import MetricsAPI
 from aegis_mw.history.ranges import MAX_SPAN
 from aegis_mw.testing import FakeClock
 from tests.endpoints.test_api import API, TOTAL, send_traffic, starlette_app
+from tests.harness import OPEN_MONITORING
 
 CHECKS = [
     not_a_server_error,
@@ -57,7 +58,7 @@ deferred = Deferred()
 
 def load_schema() -> Any:
     """The document as the middleware serves it (it does not depend on the sink)."""
-    aegis = Aegis(sink="memory://", environ={}, metrics_registry="none")
+    aegis = Aegis(sink="memory://", environ={}, metrics_registry="none", access=OPEN_MONITORING)
     deferred.app = AegisMiddleware(starlette_app(FakeClock()), aegis=aegis)
     try:
         return schemathesis.openapi.from_asgi(f"{API}/openapi.json", deferred)

@@ -31,6 +31,7 @@ from ...aegis import Aegis
 from ...core.labels import describe_error
 from ...core.outcome import settle
 from ...core.record import UNMATCHED_ROUTE
+from ...endpoints.app_routes import django_routes
 from ...endpoints.response import Response
 from ...wsgi.middleware import client_of, forwarded_for, number_or_zero
 from ...wsgi.mounted import WSGIRoutes
@@ -69,6 +70,7 @@ class AegisMiddleware:
         self.get_response = get_response
         self.aegis: Aegis = apps.get_app_config("aegis_mw").pipeline
         self.routes = WSGIRoutes(self.aegis)
+        self.routes.yield_to_app(django_routes())  # the project's own routes stay its own
         self.aegis.exclude(*self.routes.paths)
         self._clock = self.aegis.clock.monotonic
         self._error_limit = self.aegis.settings.max_error_length
@@ -84,6 +86,7 @@ class AegisMiddleware:
         fast = self.aegis.settings.speedups and not self.is_async
         own_call = type(self).__call__ is AegisMiddleware.__call__
         self._compiled = compiled.build(self) if fast and own_call else None
+        self.aegis.attached("compiled" if self._compiled is not None else "python")
         self.aegis.start()
 
     def __call__(self, request: HttpRequest) -> Any:
