@@ -27,6 +27,7 @@ from ..endpoints.app_routes import HasRoute, report
 from ..endpoints.dashboard import render as render_dashboard
 from ..endpoints.reads import RENDER, STORE
 from ..endpoints.response import Response
+from ..endpoints.stream_path import ASGI_FIX, StreamPathAnswers
 from ..endpoints.token_cookie import TOKEN_COOKIE, cookie_paths, token_login
 from ..types import ASGIApp, Receive, Scope, Send
 
@@ -108,10 +109,17 @@ class MountedRoutes:
                 handler = functools.partial(self._api, endpoint)
                 routes.append((f"{settings.api_path}/{endpoint}", "api", handler))
         self.handlers.update((path, (group, handler)) for path, group, handler in routes if path)
+        #: Plain HTTP on the stream's path: a handshake the server could not
+        #: take comes this way (see :mod:`aegis_mw.endpoints.stream_path`).
+        self.stream_path = (
+            StreamPathAnswers(settings.ws_path, fix=ASGI_FIX) if settings.ws_path else None
+        )
 
     @property
     def paths(self) -> tuple[str, ...]:
-        return tuple(self.handlers)
+        """The paths answered here over HTTP (the stream's path included)."""
+        stream = self.stream_path
+        return (*self.handlers, *((stream.ws_path,) if stream is not None else ()))
 
     def yield_to_app(self, has_route: HasRoute) -> list[str]:
         """Drop our routes where the app has its own; the paths given up, logged."""
@@ -125,6 +133,13 @@ class MountedRoutes:
         """An excluded path: ours if it is a mounted route, else the app's, untouched."""
         route = self.handlers.get(scope["path"]) if scope["type"] == "http" else None
         if route is None:
+            stream = self.stream_path
+            if stream is not None and scope["type"] == "http" and scope["path"] == stream.ws_path:
+                # No data in this answer, so no access rule: it says only what
+                # the server lacks, and the page needs it to say why it polls.
+                response = stream.respond(header(scope, b"upgrade"))
+                await send_response(send, response, head=scope.get("method") == "HEAD")
+                return
             await app(scope, receive, send)
             return
         group, handler = route

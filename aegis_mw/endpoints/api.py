@@ -28,7 +28,7 @@ from ..core.rollup import RollupRow
 from ..history.breaker import StoreUnavailable
 from ..history.queries import SORTS, HistoryQueries
 from ..history.ranges import QueryError, horizons, parse_time
-from ..realtime.sections import realtime_json
+from ..realtime.sections import realtime_api
 from .openapi import openapi_document
 from .response import Response
 
@@ -303,4 +303,4 @@ class MetricsAPI:
         return params
 
     def _realtime(self) -> dict[str, Any]:
-        return realtime_json(self._aegis.realtime())
+        return realtime_api(self._aegis)

@@ -30,12 +30,19 @@ def render(settings: AegisSettings, *, ws_path: str | None = None, ws_port: int 
     ``ws_path``/``ws_port`` override where the stream is (a WSGI app serves it
     on a port of its own, or not at all: ``ws_path=""`` makes the page poll)."""
     template = resources.files(__package__).joinpath("dashboard.html").read_text("utf-8")
+    # Why the page polls when it has no stream to open, shown beside its status.
+    no_stream = ""
+    if not settings.ws_path:
+        no_stream = "the stream is switched off (ws_path is empty)"
+    elif ws_path == "":  # a WSGI app without a stream server of its own
+        no_stream = "a WSGI server has no WebSocket support: set ws_port for the live stream"
     config = json.dumps(
         {
             "wsPath": settings.ws_path if ws_path is None else ws_path,
             "wsPort": ws_port,
             "apiPath": settings.api_path,
             "updateInterval": settings.update_interval,
+            "noStream": no_stream,
         }
     ).replace("<", "\\u003c")  # nothing in it can close the element
     page = template.replace("__AEGIS_CONFIG__", config)

@@ -94,6 +94,41 @@ def _series(point: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _live_series(point: dict[str, Any]) -> dict[str, Any]:
+    """A series of the last minute from memory: one point a second."""
+    series = _series(point)
+    return {
+        "type": "object",
+        "required": ["step_seconds", "points"],
+        "properties": {
+            "step_seconds": {"type": "integer"},
+            "points": series["properties"]["points"],
+        },
+    }
+
+
+_RATE_POINT = {
+    "requests": {"type": "integer"},
+    "errors": {"type": "integer"},
+    "requests_per_second": {"type": "number"},
+}
+_LATENCY_POINT = {"requests": {"type": "integer"}} | dict.fromkeys(
+    ("avg", "p50", "p95", "p99"), _NUMBER_OR_NULL
+)
+_ENDPOINT = {
+    "type": "object",
+    "required": ["route", "method", "requests", "errors"],
+    "properties": {
+        "route": {"type": "string"},
+        "method": {"type": "string"},
+        "requests": {"type": "integer"},
+        "errors": {"type": "integer"},
+        "error_rate": {"type": "number"},
+        "requests_per_second": {"type": "number"},
+        "latency_ms": _LATENCY,
+    },
+}
+
 _SCHEMAS: dict[str, dict[str, Any]] = {
     "overview": {
         "type": "object",
@@ -133,19 +168,15 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
             "in_flight": {"type": "integer"},
             "websocket_connections_active": {"type": "integer"},
             "websocket_sessions_total": {"type": "integer"},
+            "stream_connections_active": {"type": "integer"},
+            "request_rate": _live_series(_RATE_POINT),
+            "latency_percentiles": _live_series(_LATENCY_POINT),
+            "status_distribution": _live_series(_CLASSES),
+            "top_endpoints": {"type": "array", "items": _ENDPOINT},
         },
     },
-    "request-rate": _series(
-        {
-            "requests": {"type": "integer"},
-            "errors": {"type": "integer"},
-            "requests_per_second": {"type": "number"},
-        }
-    ),
-    "latency": _series(
-        {"requests": {"type": "integer"}}
-        | dict.fromkeys(("avg", "p50", "p95", "p99"), _NUMBER_OR_NULL)
-    ),
+    "request-rate": _series(_RATE_POINT),
+    "latency": _series(_LATENCY_POINT),
     "status-distribution": _series(_CLASSES),
     "top-endpoints": {
         "type": "object",
@@ -153,22 +184,7 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
         "properties": {
             "range": _RANGE_INFO,
             "sort": {"type": "string", "enum": list(SORTS)},
-            "endpoints": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["route", "method", "requests", "errors"],
-                    "properties": {
-                        "route": {"type": "string"},
-                        "method": {"type": "string"},
-                        "requests": {"type": "integer"},
-                        "errors": {"type": "integer"},
-                        "error_rate": {"type": "number"},
-                        "requests_per_second": {"type": "number"},
-                        "latency_ms": _LATENCY,
-                    },
-                },
-            },
+            "endpoints": {"type": "array", "items": _ENDPOINT},
         },
     },
     "requests": {

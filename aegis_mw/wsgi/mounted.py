@@ -16,6 +16,7 @@ from ..endpoints.app_routes import HasRoute, report
 from ..endpoints.dashboard import render as render_dashboard
 from ..endpoints.reads import CHECKS, RENDER, STORE
 from ..endpoints.response import Response
+from ..endpoints.stream_path import WSGI_FIX, StreamPathAnswers
 from .realtime import RealtimeServer, require_websockets
 
 if TYPE_CHECKING:
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
 
 _STATUS_TEXT = {200: "OK", 303: "See Other", 304: "Not Modified", 400: "Bad Request",
                 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-                500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
+                426: "Upgrade Required", 500: "Internal Server Error",
+                503: "Service Unavailable"}  # fmt: skip
 
 
 #: Access group -> read lane: history reads, health checks, the rest rendered.
@@ -77,6 +79,16 @@ class WSGIRoutes:
         if settings.ws_port and settings.ws_path:
             require_websockets(settings.ws_port, settings.sources.get("ws_port", ""))
             self.realtime = RealtimeServer(self.shared, settings.ws_host, settings.ws_port)
+        #: Plain HTTP on the stream's path (a WSGI server takes no handshake).
+        self.stream_path: StreamPathAnswers | None = None
+        if settings.ws_path:
+            fix = (
+                f"open the stream on port {settings.ws_port}, where it is served"
+                if self.realtime is not None
+                else WSGI_FIX
+            )
+            self.stream_path = StreamPathAnswers(settings.ws_path, fix=fix)
+            self.handlers[settings.ws_path] = self._stream
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -95,7 +107,8 @@ class WSGIRoutes:
     def lane(self, path: str) -> str:
         """The read lane (``aegis.reads``) a mounted path's answer runs in, where
         the server has an event loop (Django under ASGI)."""
-        return _LANES.get(self.shared.handlers[path][0], RENDER)
+        route = self.shared.handlers.get(path)
+        return RENDER if route is None else _LANES.get(route[0], RENDER)
 
     def serve(self, app: Any, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         """An excluded path: ours if it is a mounted route, else the app's, unrecorded."""
@@ -122,7 +135,10 @@ class WSGIRoutes:
         if handler is None:
             return None
         scope = scope_of(environ, scheme)
-        group = self.shared.handlers[scope["path"]][0]
+        route = self.shared.handlers.get(scope["path"])
+        if route is None:  # the stream's path: no data there, so no access rule
+            return handler(scope)
+        group = route[0]
         early = self.shared.preempt(group, scope, environ.get("REQUEST_METHOD", "GET"))
         return early if early is not None else handler(scope)
 
@@ -131,6 +147,12 @@ class WSGIRoutes:
         if api is None:  # never: the API's paths are mounted with it
             return Response.error(404, "not_found", "the JSON API is switched off")
         return api.respond(endpoint, scope["query_string"])
+
+    def _stream(self, scope: dict[str, Any]) -> Response:
+        assert self.stream_path is not None  # mounted only with it
+        return self.stream_path.respond(
+            dict(scope["headers"]).get(b"upgrade", b"").decode("latin-1")
+        )
 
     def _metrics(self, scope: dict[str, Any]) -> Response:
         headers = dict(scope["headers"])

@@ -96,6 +96,38 @@ def wait_for_stored(server: Server, total: int, token: str = "") -> dict[str, An
     raise AssertionError(f"{total} requests never reached the stored rollups")
 
 
+def live_rows(driver: Any) -> dict[str, list[str]]:
+    """The top endpoints table by route, in one read (it is redrawn at every update)."""
+    rows = driver.execute_script(
+        "return [...document.querySelectorAll('#top-endpoints tbody tr')]"
+        ".map((tr) => [...tr.cells].map((td) => td.textContent))"
+    )
+    return {row[1]: row for row in rows}
+
+
+def check_live_table(driver: Any, server: Server) -> None:
+    """The live table after :func:`send_traffic`, its p95 those of the realtime API."""
+    realtime = httpx.get(f"{server.url}/api/metrics/realtime", timeout=WAIT).json()["data"]
+    p95 = {row["route"]: row["latency_ms"]["p95"] for row in realtime["top_endpoints"]}
+    by_route = live_rows(driver)
+    assert by_route["/ok"][:4] == ["GET", "/ok", "20", "0"]
+    assert by_route["/fail"][:4] == ["GET", "/fail", "5", "5"]
+    assert by_route["/items/{item_id}"][:4] == ["GET", "/items/{item_id}", "3", "0"]
+    assert {route: row[5] for route, row in by_route.items()} == {
+        route: one_decimal(value) for route, value in p95.items()
+    }
+    assert all(row[5] != "\u2013" for row in by_route.values())  # the page's "no value"
+
+
+def chart_scales(driver: Any) -> dict[str, float]:
+    """The value each live chart is scaled to (0 while it is flat or empty)."""
+    scales = driver.execute_script(
+        "return Object.fromEntries(['chart-rate', 'chart-latency', 'chart-status']"
+        ".map((id) => [id, Number(document.getElementById(id).dataset.max || 0)]))"
+    )
+    return {name: float(value) for name, value in scales.items()}
+
+
 def test_the_page_shows_what_was_sent(browser: Any, tmp_path: Path) -> None:
     env = child_environment(AEGIS_UPDATE_INTERVAL="200")
     with uvicorn_server(APP, tmp_path, env=env) as server:
@@ -105,19 +137,11 @@ def test_the_page_shows_what_was_sent(browser: Any, tmp_path: Path) -> None:
         wait_until(browser, lambda d: text_of(d, "status") == "live", "the stream is live")
         assert text_of(browser, "tile-error-rate") == "17.9%"  # 5 of 28
         assert text_of(browser, "tile-in-flight") == "0"
-        assert (
-            text_of(browser, "tile-connections") == "0"
-        )  # the page's own stream is not app traffic
+        # The page's own stream is a WebSocket connection too (not app traffic).
+        assert text_of(browser, "tile-connections") == "1"
+        assert text_of(browser, "tile-connections-detail") == "app 0 · metrics stream 1"
         assert text_of(browser, "tile-p95").endswith(" ms")
-        # One read of the whole table: the page redraws it with every frame.
-        rows = browser.execute_script(
-            "return [...document.querySelectorAll('#top-endpoints tbody tr')]"
-            ".map((tr) => [...tr.cells].map((td) => td.textContent))"
-        )
-        by_route = {row[1]: row for row in rows}
-        assert by_route["/ok"][:4] == ["GET", "/ok", "20", "0"]
-        assert by_route["/fail"][:4] == ["GET", "/fail", "5", "5"]
-        assert by_route["/items/{item_id}"][:4] == ["GET", "/items/{item_id}", "3", "0"]
+        check_live_table(browser, server)
         # Live charts: one point a second over the last minute.
         for chart in ("chart-rate", "chart-latency", "chart-status"):
             assert browser.find_element("id", chart).get_attribute("data-points") == "60"
@@ -178,6 +202,40 @@ def test_the_page_reconnects_after_the_stream_drops(browser: Any, tmp_path: Path
         send_traffic(again)
         wait_until(browser, lambda d: text_of(d, "status") == "live", "live again")
         wait_until(browser, lambda d: text_of(d, "tile-total") == "28", "the new server's figures")
+
+
+POLLING = "polling: live stream unavailable"
+
+
+def test_without_websocket_support_the_page_polls_and_draws(browser: Any, tmp_path: Path) -> None:
+    """uvicorn without WebSockets (``--ws none``, as after a bare ``pip install
+    uvicorn``): the page says it polls and why, and its polling fills the
+    charts and the live table as the stream would."""
+    env = child_environment(AEGIS_UPDATE_INTERVAL="200")
+    with uvicorn_server(APP, tmp_path, "--ws", "none", env=env) as server:
+        send_traffic(server)
+        browser.get(f"{server.url}/dashboard")
+        wait_until(browser, lambda d: text_of(d, "status") == POLLING, "polling, and says so")
+        assert browser.find_element("id", "status").get_attribute("data-state") == "polling"
+        assert "no WebSocket support" in text_of(browser, "status-reason")
+        assert "uvicorn[standard]" in text_of(browser, "status-reason")
+        wait_until(browser, lambda d: text_of(d, "tile-total") == "28", "28 requests shown")
+        wait_until(browser, lambda d: all(chart_scales(d).values()), "three charts drawn")
+        for chart in ("chart-rate", "chart-latency", "chart-status"):
+            assert browser.find_element("id", chart).get_attribute("data-points") == "60"
+        # 28 requests within the last minute: a bar or more of them.
+        bars = browser.execute_script(
+            "return document.querySelectorAll('#chart-status rect').length"
+        )
+        assert bars >= 1
+        wait_until(browser, lambda d: "/ok" in live_rows(d), "the live table filled")
+        check_live_table(browser, server)
+        assert text_of(browser, "tile-connections") == "0"  # polling holds no stream open
+        problems = [
+            e for e in browser.get_log("browser")
+            if e["level"] == "SEVERE" and "/ws/metrics" not in e["message"]
+        ]  # fmt: skip
+        assert problems == [], json.dumps(problems, indent=1)  # the failed handshake aside
 
 
 #: Wraps the page's WebSocket sends from outside the page: the acks it sends,
@@ -299,7 +357,13 @@ def test_the_page_of_a_wsgi_app(browser: Any, tmp_path: Path, stream: bool) -> N
                 client.get(f"/items/{number}", headers={"connection": "close"})
         browser.get(f"{base}/dashboard")
         wait_until(browser, lambda d: text_of(d, "tile-total") == "7", "7 requests shown")
-        wait_until(browser, lambda d: text_of(d, "status") == "live", "live")
+        if stream:
+            wait_until(browser, lambda d: text_of(d, "status") == "live", "live")
+        else:
+            wait_until(browser, lambda d: text_of(d, "status") == POLLING, "polling, and says so")
+            assert "set ws_port" in text_of(browser, "status-reason")
+        # Streamed or polled, the charts draw the requests.
+        wait_until(browser, lambda d: all(chart_scales(d).values()), "three charts drawn")
         problems = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         if stream:
             assert problems == [], problems  # the stream connected at once

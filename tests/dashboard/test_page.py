@@ -52,7 +52,7 @@ async def test_the_page_is_self_contained_with_a_strict_policy(
     config = re.search(r'<script type="application/json" id="aegis-config">(.*?)</script>', page)
     assert config is not None
     assert json.loads(config.group(1)) == {"wsPath": "/live", "wsPort": 0, "apiPath": "/stats",
-                                           "updateInterval": 500}  # fmt: skip
+                                           "updateInterval": 500, "noStream": ""}  # fmt: skip
     # The policy names the hash of each inline block and nothing looser.
     policy = dict(
         part.strip().split(" ", 1) for part in headers["content-security-policy"].split(";")

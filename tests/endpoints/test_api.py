@@ -282,6 +282,36 @@ async def test_realtime_answers_from_memory_before_any_flush(
     assert realtime["in_flight"] == 0
 
 
+async def test_realtime_carries_the_streams_series_and_top_endpoints(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    """What a page polling without the stream draws: the last minute's series
+    and the live top endpoints, with their p95, beside the overview's fields."""
+    clock = FakeClock()
+    aegis = make_aegis(clock=clock, flush_interval=3600, metrics_registry="none")
+    app = AegisMiddleware(starlette_app(clock), aegis=aegis)
+    async with client(app) as http:
+        await send_traffic(http, clock)  # about 35 fake seconds: all in the last minute
+        realtime = await get(http, "realtime")
+    assert realtime["total_requests"] == TOTAL and realtime["stream_connections_active"] == 0
+    rate = realtime["request_rate"]
+    assert rate["step_seconds"] == 1 and len(rate["points"]) == 60
+    assert sum(point["requests"] for point in rate["points"]) == TOTAL
+    assert sum(point["errors"] for point in rate["points"]) == 4
+    assert max(p["p99"] or 0 for p in realtime["latency_percentiles"]["points"]) == pytest.approx(
+        800, rel=0.02
+    )
+    status = realtime["status_distribution"]["points"]
+    assert sum(point["2xx"] for point in status) == 17
+    top = {(row["method"], row["route"]): row for row in realtime["top_endpoints"]}
+    assert top["GET", "/items/{item_id}"]["requests"] == 12
+    # p95 from the fine buckets (2% wide), not the exposition's (5 ms, 10 ms, ...).
+    assert top["GET", "/items/{item_id}"]["latency_ms"]["p95"] == pytest.approx(10, rel=0.02)
+    assert top["POST", "/items/{item_id}"]["latency_ms"]["p95"] == pytest.approx(20, rel=0.02)
+    assert top["GET", "/slow"]["latency_ms"]["p95"] == pytest.approx(800, rel=0.02)
+    assert top["GET", "/limited"]["latency_ms"]["p95"] == pytest.approx(1, rel=0.02)
+
+
 async def test_a_sink_without_history_serves_realtime_but_not_storage(
     make_aegis: Callable[..., Aegis], tmp_path: Path
 ) -> None:

@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 from aegis_mw import Aegis, AegisMiddleware
+from aegis_mw.realtime import sections
 from aegis_mw.realtime.flow import ACK_WINDOW
 from aegis_mw.types import Message, Scope
 from tests.harness import websocket_scope
@@ -152,9 +153,13 @@ async def test_the_stream_is_not_recorded_as_a_session(make_aegis: Callable[...,
             group.start_soon(connect, middleware, client)
             await client.got_frame.wait()
             assert aegis.realtime().websocket_connections_active == 0
+            # ...but counted as a connection to the stream, in its own figure.
+            [first] = [m for m in client.texts() if m["type"] == "metrics"][:1]
+            assert first["data"]["overview"]["stream_connections_active"] == 1
             client.leave.set()
     assert aegis.force_flush(10)
     assert aegis.realtime().websocket_sessions_total == 0
+    assert sections.overview(aegis)["stream_connections_active"] == 0  # it left
 
 
 class Scripted(Client):

@@ -24,7 +24,9 @@ def get_asgi_application() -> ASGIApp:
 
 
 class MetricsStream:
-    """An ASGI app: ``ws_path`` WebSockets answered here, the rest by ``app``."""
+    """An ASGI app: ``ws_path`` WebSockets answered here (and plain HTTP there,
+    a handshake a server without WebSocket support let through), the rest by
+    ``app``."""
 
     def __init__(self, app: Any) -> None:
         from django.apps import apps
@@ -41,5 +43,8 @@ class MetricsStream:
             from ...asgi.realtime_ws import serve
 
             await serve(self.mounted, scope, receive, send)
+            return
+        if scope["type"] == "http" and scope["path"] == self.ws_path:
+            await self.mounted.pass_through(self.app, scope, receive, send)
             return
         await self.app(scope, receive, send)
