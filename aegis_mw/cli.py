@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import query_cli
+from . import __version__, query_cli
+from .cli_args import demo_database
 
 
 def _positive_float(text: str) -> float:
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aegis-mw", description="Self-hosted request monitoring middleware."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
@@ -29,11 +31,24 @@ def build_parser() -> argparse.ArgumentParser:
             "synthetic traffic, print live figures, and store every request in SQLite."
         ),
     )
-    demo.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    demo.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
-    demo.add_argument("--db", default="aegis-demo.db", help="SQLite file for the records")
     demo.add_argument(
-        "--rate", type=_positive_float, default=50.0, help="synthetic requests per second"
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--port", type=int, default=8000, help="port; 0 picks a free one (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--db",
+        type=demo_database,
+        default="aegis-demo.db",
+        help="SQLite file for the records: a path or sqlite:///path, in an existing "
+        "directory (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--rate",
+        type=_positive_float,
+        default=50.0,
+        help="synthetic requests per second (default: %(default)s)",
     )
     demo.add_argument(
         "--duration",

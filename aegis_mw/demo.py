@@ -7,14 +7,17 @@ request lands in a SQLite file you can query afterwards.
 
 from __future__ import annotations
 
+import errno
 import http.client
 import os
 import random
 import socket
 import sqlite3
+import sys
 import threading
 import time
 from typing import Any
+from urllib.parse import quote
 
 from .aegis import Aegis
 
@@ -144,6 +147,29 @@ def _stored_counts(path: str) -> tuple[int, list[tuple[str, str, int]]]:
     return int(total), by_route
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(128)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> str:
+    """One line for a failed bind: what, where, and what to try."""
+    where = f"cannot listen on {host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        in_use = "the address is already in use (another server?)"
+        return f"{where}: {in_use}; try --port 0 to pick a free port"
+    if exc.errno == errno.EACCES:
+        return f"{where}: permission denied (ports below 1024 need privileges); try --port 0"
+    return f"{where}: {exc.strerror or exc}; check --host and --port"
+
+
 def run_demo(
     *, host: str, port: int, db: str, rate: float, duration: float | None, open_page: bool = False
 ) -> int:
@@ -153,16 +179,18 @@ def run_demo(
     except ImportError:  # pragma: no cover - depends on the installed extras
         raise ImportError("the demo needs uvicorn: pip install 'aegis_mw[fastapi]'") from None
 
-    path = os.path.abspath(db)
-    aegis = Aegis(sink=f"sqlite:///{path}")
-    app = build_app(aegis)
-    # Bind first, so the traffic thread can connect before uvicorn is up and
-    # port 0 can be resolved to the real port for the printout.
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((host, port))
-    listener.listen(128)
+    # Bind first, so the traffic thread can connect before uvicorn is up,
+    # port 0 can be resolved to the real port for the printout, and an
+    # address that cannot be had fails before any file is created.
+    try:
+        listener = _listen(host, port)
+    except OSError as exc:
+        print(f"aegis-mw: error: {_cannot_listen(host, port, exc)}", file=sys.stderr)
+        return 1
     port = listener.getsockname()[1]
+    path = os.path.abspath(db)
+    aegis = Aegis(sink=f"sqlite:///{quote(path)}")
+    app = build_app(aegis)
     # The demo fails on purpose; aegis records those errors, so uvicorn's
     # tracebacks for them would only bury the figures.
     server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="on"))
@@ -173,7 +201,9 @@ def run_demo(
     print(f"  app        {base}/   (try {base}/api/items/1)")
     print(f"  metrics    http://{host}:{port}/metrics   (Prometheus text format)")
     print(f"  health     http://{host}:{port}/health   (/health/live, /health/ready)")
-    print(f"  api        {base}/api/metrics/overview?range=1h   (and {base}/ws/metrics)")
+    print(f"  api        {base}/api/metrics/overview?range=1h")
+    stream = f"ws://{host}:{port}{aegis.settings.ws_path}"
+    print(f"  stream     {stream}   (live JSON frames, as the dashboard gets)")
     print(f"  records    {path}  (table aegis_requests)")
     query = "SELECT route, status, COUNT(*) FROM aegis_requests GROUP BY 1, 2"
     print(f'             sqlite3 {db} "{query}"')

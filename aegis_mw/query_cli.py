@@ -5,16 +5,19 @@ read straight from the database a running app writes::
 
     aegis-mw query overview --range 1h --db sqlite:///aegis.db
     aegis-mw query top-endpoints --range 24h --sort p95 --json
+    aegis-mw query requests --status 5xx --since 15m --db aegis.db
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, TextIO
+
+from .cli_args import missing_directory, moment, sqlite_path
 
 QUERIES = (
     "overview", "request-rate", "latency", "status-distribution", "top-endpoints", "requests",
@@ -37,28 +40,41 @@ def add_parser(commands: Any) -> None:
     query.add_argument(
         "--db",
         default="sqlite:///aegis.db",
-        help="the sink URL the app writes (sqlite:///path or postgresql://...)",
+        help="the database the app writes: a SQLite file path, sqlite:///path or "
+        "postgresql://... (default: %(default)s)",
     )
     query.add_argument("--json", action="store_true", help="print JSON instead of a table")
     query.add_argument("--range", help="5m, 15m, 1h, 6h, 24h, 7d or 30d (default 1h)")
-    query.add_argument("--from", dest="from_", metavar="TIME", help="ISO 8601 start")
-    query.add_argument("--to", metavar="TIME", help="ISO 8601 end (default now)")
+    when = "an ISO 8601 time, or a duration before now (30s, 15m, 2h, 7d)"
+    query.add_argument("--from", dest="from_", metavar="TIME", type=moment, help=f"start: {when}")
+    query.add_argument("--to", metavar="TIME", type=moment, help=f"end: {when} (default now)")
     query.add_argument("--limit", help="rows to show (top-endpoints, requests)")
     query.add_argument("--sort", help="count, p95 or errors (top-endpoints)")
-    for name in ("route", "method", "status", "since", "until", "offset"):
+    for name in ("route", "method", "status", "offset"):
         query.add_argument(f"--{name}", help=f"{name} filter (requests)")
+    for name in ("since", "until"):
+        query.add_argument(
+            f"--{name}", metavar="TIME", type=moment, help=f"{name} filter (requests): {when}"
+        )
     query.add_argument("--min-duration-ms", dest="min_duration_ms", help="slowest only (requests)")
 
 
 def _open(url: str) -> Any:
     from .core.errors import ConfigError
-    from .sinks import build_sink
+    from .sinks import SQLiteSink, build_sink
 
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///") :])
-        if not path.is_file():
+    path = sqlite_path(url)
+    if path is None:
+        sink = build_sink(url)
+    else:
+        # Checked first: the sink would create a missing directory and file,
+        # and a query of an empty new file would look like "no traffic".
+        directory = missing_directory(path)
+        if directory is not None:
+            raise ConfigError("--db", url, f"the directory {directory} does not exist")
+        if not os.path.isfile(path):
             raise ConfigError("--db", url, "an existing database file (nothing is stored there)")
-    sink = build_sink(url)
+        sink = SQLiteSink(path, url)
     if not callable(getattr(sink, "read_rollups", None)):
         raise ConfigError("--db", url, "a sink that keeps history: sqlite:/// or postgresql://")
     return sink
@@ -153,10 +169,11 @@ def render(query: str, data: dict[str, Any]) -> str:
         return head + table(headers, rows)
     if query == "requests":
         rows = [
-            (r["timestamp"], r["method"], r["route"], r["path"], r["status"], r["duration_ms"])
+            (r["timestamp"], r["method"], r["route"], r["path"], r["status"], r["duration_ms"],
+             r["error"])
             for r in data["requests"]
-        ]
-        return table(("time", "method", "route", "path", "status", "ms"), rows)
+        ]  # fmt: skip
+        return table(("time", "method", "route", "path", "status", "ms", "error"), rows)
     points = data["points"]
     columns = [key for key in points[0] if key != "timestamp"] if points else []
     rows = [(p["timestamp"], *(p[key] for key in columns)) for p in points]

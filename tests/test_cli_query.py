@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from aegis_mw.cli import main
-from aegis_mw.core.record import isoformat
+from aegis_mw.core.record import RequestRecord, isoformat
 from aegis_mw.history import HistoryQueries
 from aegis_mw.sinks import SQLiteSink
 
@@ -54,7 +55,7 @@ def test_tables(database: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert ["total", str(answer["total"])] in [line.split() for line in lines]
     assert main(["query", "requests", "--db", url, "--status", "5xx", "--limit", "4"]) == 0
     rows = capsys.readouterr().out.splitlines()
-    assert rows[0].split() == ["time", "method", "route", "path", "status", "ms"]
+    assert rows[0].split() == ["time", "method", "route", "path", "status", "ms", "error"]
     assert len(rows) == 2 + 4 and all(row.split()[4].startswith("5") for row in rows[2:])
     assert main(["query", "latency", "--db", url, "--from", FROM, "--to", TO]) == 0
     series = capsys.readouterr().out.splitlines()
@@ -99,3 +100,86 @@ def test_the_installed_command(database: Path) -> None:
     assert done.returncode == 0, done.stderr
     points = json.loads(done.stdout)["points"]
     assert sum(sum(p[f"{n}xx"] for n in range(1, 6)) for p in points) > 0
+
+
+def test_db_takes_a_plain_file_path(
+    database: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--db aegis.db`` reads the same file as ``--db sqlite:///aegis.db``."""
+    expected = HistoryQueries(SQLiteSink(str(database))).overview(None, FROM, TO)
+    monkeypatch.chdir(database.parent)
+    for db in (str(database), database.name, f"sqlite:///{database.name}"):
+        assert main(["query", "overview", "--db", db, "--from", FROM, "--to", TO, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == expected
+
+
+@pytest.mark.parametrize("scheme", ["", "sqlite:///"])
+def test_db_in_a_missing_directory_is_an_error_naming_it(
+    tmp_path: Path, scheme: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no" / "such"
+    assert main(["query", "overview", "--db", f"{scheme}{missing / 'aegis.db'}"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert f"the directory {missing} does not exist" in captured.err
+    assert not (tmp_path / "no").exists()
+
+
+def _stored_now(path: Path, ages: dict[str, float]) -> None:
+    """One request per name, ``ages[name]`` seconds old (real time), with an error."""
+    now = time.time()
+    records = [
+        RequestRecord(
+            request_id=f"{number:016x}", timestamp=now - age, method="GET", route="/r",
+            path=f"/{name}", status=500, duration_ms=1.0, ttfb_ms=None, request_bytes=0,
+            response_bytes=0, client_ip=None, error=f"RuntimeError: {name} failed",
+        )
+        for number, (name, age) in enumerate(ages.items())
+    ]  # fmt: skip
+    sink = SQLiteSink(str(path))
+    for batch in batches(records):
+        sink.write(batch)
+    sink.close()
+
+
+def test_since_takes_a_duration_or_a_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = tmp_path / "aegis.db"
+    _stored_now(database, {"recent": 60.0, "older": 1800.0, "oldest": 3 * 86400.0})
+
+    def paths(*options: str) -> list[str]:
+        assert main(["query", "requests", "--db", str(database), "--json", *options]) == 0
+        return [r["path"] for r in json.loads(capsys.readouterr().out)["requests"]]
+
+    assert paths("--since", "15m") == ["/recent"]
+    assert paths("--since", "900s") == ["/recent"]
+    assert paths("--since", "2h") == ["/recent", "/older"]
+    assert paths("--since", "7d") == ["/recent", "/older", "/oldest"]
+    assert paths("--since", "7d", "--until", "15m") == ["/older", "/oldest"]
+    assert paths("--since", isoformat(time.time() - 3600)) == ["/recent", "/older"]
+
+
+@pytest.mark.parametrize("value", ["15x", "m", "-5m", "1.5h", "yesterday", "2026-13-01"])
+def test_a_bad_since_is_a_usage_error_naming_the_option(
+    database: Path, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["query", "requests", "--db", str(database), f"--since={value}"])
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"argument --since: {value!r} is not a duration (30s, 15m, 2h, 7d)" in captured.err
+
+
+def test_the_requests_table_shows_the_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = tmp_path / "aegis.db"
+    _stored_now(database, {"recent": 60.0})
+    assert main(["query", "requests", "--db", str(database)]) == 0
+    header, _, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["time", "method", "route", "path", "status", "ms", "error"]
+    assert row.endswith("  RuntimeError: recent failed")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -80,9 +82,9 @@ class DemoRun:
     frame: dict[str, Any]
 
 
-def run_demo(cwd: Path, db: Path, *args: str) -> DemoRun:
+def run_demo(cwd: Path, db: str, *args: str) -> DemoRun:
     """Run the demo, send OWN_REQUESTS to the URL it prints, wait for it to finish by itself."""
-    command = [sys.executable, "-m", "aegis_mw.cli", "demo", "--port", "0", "--db", str(db)]
+    command = [sys.executable, "-m", "aegis_mw.cli", "demo", "--port", "0", "--db", db]
     errors_path = cwd / "demo-stderr.log"
     with errors_path.open("w") as errors:
         process = subprocess.Popen(
@@ -140,10 +142,11 @@ def query(db: Path, sql: str, parameters: Sequence[object] = ()) -> list[tuple[A
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoRun, Path]:
-    """One three-second demo run at 40 requests/s, shared by the tests below."""
+    """One three-second demo run at 40 requests/s, shared by the tests below; the
+    file given as a ``sqlite:///`` URL (four slashes: an absolute path)."""
     workdir = tmp_path_factory.mktemp("demo")
     db = workdir / "demo.db"
-    return run_demo(workdir, db, "--duration", "3", "--rate", "40"), db
+    return run_demo(workdir, f"sqlite:///{db}", "--duration", "3", "--rate", "40"), db
 
 
 def test_demo_exits_cleanly_and_prints_where_to_look(demo: tuple[DemoRun, Path]) -> None:
@@ -159,6 +162,12 @@ def test_demo_exits_cleanly_and_prints_where_to_look(demo: tuple[DemoRun, Path])
     assert f"  metrics    http://127.0.0.1:{port}/metrics   (Prometheus text format)" in run.stdout
     dashboard = f"  dashboard  http://127.0.0.1:{port}/dashboard   (live; open it in a browser)"
     assert run.stdout[1] == dashboard
+    # The stream is a WebSocket: a ws:// URL, which the test connected to.
+    stream = (
+        f"  stream     ws://127.0.0.1:{port}/ws/metrics   (live JSON frames, as the dashboard gets)"
+    )
+    assert stream in run.stdout
+    assert not [line for line in run.stdout if "http://127.0.0.1" in line and "/ws/" in line]
     assert "<title>aegis_mw dashboard</title>" in run.dashboard
     # What the page shows is alive: the stream reports the synthetic traffic.
     overview = run.frame["data"]["overview"]
@@ -218,6 +227,34 @@ def test_demo_summary_matches_the_database(demo: tuple[DemoRun, Path]) -> None:
     assert dropped_at == len(run.stdout) - 1
 
 
+def test_db_is_a_path_or_a_sqlite_url(tmp_path: Path) -> None:
+    """Both name the same file; the printout's sqlite3 command gets the path."""
+    from aegis_mw.cli import build_parser
+
+    for given in ("demo.db", "sqlite:///demo.db"):
+        assert build_parser().parse_args(["demo", "--db", given]).db == "demo.db"
+    absolute = str(tmp_path / "d b%.db")
+    for given in (absolute, f"sqlite:///{quote(absolute)}"):
+        assert build_parser().parse_args(["demo", "--db", given]).db == absolute
+
+
+def test_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    """Exit 1 with a line that names the address and suggests --port 0; nothing
+    printed before, no traceback, no database created."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(tmp_path, "demo", "--port", str(port), "--db", "demo.db")
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"aegis-mw: error: cannot listen on 127.0.0.1:{port}: the address is already in use "
+        "(another server?); try --port 0 to pick a free port\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_help(tmp_path: Path) -> None:
     """`aegis-mw --help` lists the demo command; `aegis-mw demo --help` its options."""
     top = run_cli(tmp_path, "--help")
@@ -239,6 +276,16 @@ def test_cli_help(tmp_path: Path) -> None:
         (("demo", "--rate", "-5"), "argument --rate: must be > 0, not -5"),
         (("demo", "--duration", "0"), "argument --duration: must be > 0, not 0"),
         (("demo", "--rate", "fast"), "argument --rate: invalid"),
+        (
+            ("demo", "--db", "no/such/demo.db"),
+            "argument --db: the directory {tmp}/no/such does not exist",
+        ),
+        (
+            ("demo", "--db", "sqlite:///no/demo.db"),
+            "argument --db: the directory {tmp}/no does not exist",
+        ),
+        (("demo", "--db", "."), "argument --db: {tmp} is a directory; give a file path"),
+        (("demo", "--db", "postgresql://db/x"), "argument --db: the demo writes a SQLite file"),
         ((), "the following arguments are required: COMMAND"),
     ],
 )
@@ -249,6 +296,6 @@ def test_cli_rejects_bad_arguments_with_a_usage_error(
     result = run_cli(tmp_path, *args)
     assert result.returncode == 2
     assert result.stderr.startswith("usage: aegis-mw")
-    assert message in result.stderr
+    assert message.format(tmp=tmp_path) in result.stderr
     assert result.stdout == ""
     assert list(tmp_path.iterdir()) == []  # no database was created

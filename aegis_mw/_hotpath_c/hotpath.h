@@ -64,6 +64,7 @@ struct aegis_strings {
     /* the WSGI path's */
     PyObject *path_info, *request_method, *script_name, *remote_addr, *remote_port,
         *wsgi_input, *content_length, *transfer_encoding, *file_wrapper, *aegis_route,
+        *aegis_error,
         *method_get, *method_head, *slash, *start, *queue, *forwarded_for,
         *iteration_failed, *watch_file;
     /* the Django path's */

@@ -63,6 +63,7 @@ static const struct {
     {&aegis_str.transfer_encoding, "HTTP_TRANSFER_ENCODING"},
     {&aegis_str.file_wrapper, "wsgi.file_wrapper"},
     {&aegis_str.aegis_route, "aegis.route"},
+    {&aegis_str.aegis_error, "aegis.error"},
     {&aegis_str.method_get, "GET"},
     {&aegis_str.method_head, "HEAD"},
     {&aegis_str.slash, "/"},

@@ -41,9 +41,34 @@ route_of(WsgiPathObject *path, PyObject *environ)
     return route;
 }
 
+/* The error an integration noted at environ["aegis.error"] (a framework that
+ * answered an exception itself), as the Python path's _queue takes it: a
+ * non-empty str, into an item without an error. 0, or -1 with an error set. */
+static int
+take_noted_error(ItemObject *item, PyObject *environ)
+{
+    PyObject *noted = PyDict_GetItemWithError(environ, aegis_str.aegis_error);
+    if (noted == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    if (!PyUnicode_Check(noted) || PyUnicode_GET_LENGTH(noted) == 0) {
+        return 0;
+    }
+    /* Held while the item's own error is asked its truth: an error object's
+     * __bool__ could take it out of the environ. */
+    noted = Py_NewRef(noted);
+    int has_error = aegis_truthy(item->error);
+    if (has_error == 0) {
+        aegis_item_set(item, I_ERROR, noted);
+    }
+    Py_DECREF(noted);
+    return has_error < 0 ? -1 : 0;
+}
+
 /* A request that ended well (its response closed, the clock stopped): a HEAD
- * response's bytes are 0, the route and the client behind a trusted proxy
- * read, the item queued. 0, or -1 with our failure set. */
+ * response's bytes are 0, the route, an error an integration noted and the
+ * client behind a trusted proxy read, the item queued. 0, or -1 with our
+ * failure set. */
 int
 aegis_wsgi_queue_closed(WsgiPathObject *path, ItemObject *item, PyObject *environ)
 {
@@ -60,6 +85,9 @@ aegis_wsgi_queue_closed(WsgiPathObject *path, ItemObject *item, PyObject *enviro
     }
     aegis_item_set(item, I_ROUTE, route);
     Py_DECREF(route);
+    if (take_noted_error(item, environ) < 0) {
+        return -1;
+    }
     if (path->check_forwarded) {  /* no client address: a Unix socket, maybe trusted */
         PyObject *forwarded = PyObject_CallMethodObjArgs(
             path->rec.owner, aegis_str.forwarded_for, environ, item->client, NULL);

@@ -7,8 +7,11 @@ prefixes included), in the ``{name}`` style the ASGI side uses:
 from ``app.config`` keys with an ``AEGIS_`` prefix (``AEGIS_SINK``,
 ``AEGIS_SAMPLE_RATE``...), then from keyword arguments. Error handlers,
 teardown functions and streamed responses are untouched: the middleware sits
-outside Flask. The matched rule reaches it through the environ, left there
-by a subclass of ``app.request_class`` when Flask closes the request (the
+outside Flask. An unhandled exception, which Flask answers itself outside
+debug mode (so it never reaches the middleware), is recorded as the request's
+``error`` all the same, from Flask's ``got_request_exception`` signal. The
+matched rule reaches the middleware through the environ, left there by a
+subclass of ``app.request_class`` when Flask closes the request (the
 end of its request context, when the rule is known); set a request class of
 your own before ``init_app``, not after (else routes are recorded as
 ``<unmatched>``).
@@ -30,9 +33,10 @@ import re
 from typing import Any
 
 from ..aegis import Aegis as Pipeline
+from ..core.labels import describe_error
 from ..core.settings import AegisSettings
 from ..endpoints.app_routes import flask_routes
-from ..wsgi.middleware import AegisWSGIMiddleware
+from ..wsgi.middleware import ERROR_KEY, AegisWSGIMiddleware
 from ..wsgi.routing import ObjectRouteReader
 
 try:
@@ -77,9 +81,25 @@ class Aegis:
             app.wsgi_app, aegis=pipeline, route_reader=rule_reader(), has_route=flask_routes(app)
         )
         app.request_class = _noting_rules(app.request_class)
+        # Sent for an exception no error handler took, before Flask answers it
+        # (500, or re-raised in debug mode). A module function, connected per
+        # app: blinker holds receivers weakly, and connecting it again is a no-op.
+        flask.got_request_exception.connect(_note_error, app)
         app.extensions["aegis_mw"] = pipeline
         self.pipeline = pipeline
         return pipeline
+
+
+def _note_error(sender: flask.Flask, exception: BaseException, **extra: Any) -> None:
+    """Leave the text of the app's unhandled exception in the environ (as
+    ``"Type: message"``, the form the ASGI side records) for the middleware."""
+    try:
+        pipeline = sender.extensions.get("aegis_mw")
+        if pipeline is not None:
+            limit = pipeline.settings.max_error_length
+            flask.request.environ[ERROR_KEY] = describe_error(exception, limit)
+    except Exception:  # telemetry never changes how the app answers its error
+        pass
 
 
 def rule_reader() -> ObjectRouteReader:

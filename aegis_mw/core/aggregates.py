@@ -2,7 +2,11 @@
 
 Each slot is one flat list for one second of the monotonic clock::
 
-    [second, requests, errors, duration_sum_ms, 1xx, 2xx, 3xx, 4xx, 5xx, *histogram]
+    [second, requests, errors, duration_sum_ms, 1xx, 2xx, 3xx, 4xx, 5xx,
+     duration_min_ms, duration_max_ms, *histogram]
+
+The min and max keep percentiles read from the histogram within what was
+observed (a bucket's midpoint can lie past every duration in it).
 
 Only the flusher thread writes the ring: it folds every item it drains from
 the inbox, keyed by the second the request completed. The request path never
@@ -32,7 +36,9 @@ RING_SIZE = 128  # > 60 s of history plus the current second; a power of two for
 MASK = RING_SIZE - 1
 SECOND, REQUESTS, ERRORS, DURATION_SUM = 0, 1, 2, 3
 STATUS_BASE = 3  # slot[STATUS_BASE + status // 100] for classes 1..5
-HIST_BASE = 9
+SUMMED_END = 9  # slot[REQUESTS:SUMMED_END] add up into the totals
+DURATION_MIN, DURATION_MAX = 9, 10
+HIST_BASE = 11
 SLOT_LEN = HIST_BASE + histogram.COUNT
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 WINDOW = 60
@@ -42,6 +48,8 @@ def _empty_slot(second: int) -> list[Any]:
     slot: list[Any] = [0] * SLOT_LEN
     slot[SECOND] = second
     slot[DURATION_SUM] = 0.0
+    slot[DURATION_MIN] = float("inf")
+    slot[DURATION_MAX] = float("-inf")
     return slot
 
 
@@ -120,7 +128,7 @@ def _fold(
             slot = ring[second & MASK]
             if slot[SECOND] != second:
                 if slot[SECOND] < second:
-                    for position in range(REQUESTS, HIST_BASE):
+                    for position in range(REQUESTS, SUMMED_END):
                         totals[position] += slot[position]
                     slot = ring[second & MASK] = _empty_slot(second)
                 else:
@@ -132,6 +140,10 @@ def _fold(
             slot[status_index] += 1
             if slot is not totals:
                 slot[bucket] += 1
+                if duration_ms < slot[DURATION_MIN]:
+                    slot[DURATION_MIN] = duration_ms
+                if duration_ms > slot[DURATION_MAX]:
+                    slot[DURATION_MAX] = duration_ms
         if good is not None:
             good.append(item)
     return sessions
@@ -236,7 +248,12 @@ class RealtimeAggregates:
                 out.append(SecondFigures(second, 0, 0, (0, 0, 0, 0, 0), None, None, None, None))
                 continue
             requests = slot[REQUESTS]
-            p50, p95, p99 = histogram.percentiles(slot[HIST_BASE:], (0.5, 0.95, 0.99))
+            p50, p95, p99 = histogram.percentiles(
+                slot[HIST_BASE:],
+                (0.5, 0.95, 0.99),
+                lowest=slot[DURATION_MIN],
+                highest=slot[DURATION_MAX],
+            )
             status = tuple(slot[STATUS_BASE + cls] for cls in range(1, 6))
             average = slot[DURATION_SUM] / requests
             figures = (second, requests, slot[ERRORS], status, average, p50, p95, p99)
@@ -252,7 +269,7 @@ class RealtimeAggregates:
         for slot in ring:
             if slot[SECOND] < 0:
                 continue
-            for position in range(REQUESTS, HIST_BASE):
+            for position in range(REQUESTS, SUMMED_END):
                 totals[position] += slot[position]
             by_second[slot[SECOND]] = slot
 
@@ -266,12 +283,17 @@ class RealtimeAggregates:
         errors = sum(slot[ERRORS] for slot in window)
         merged = [0] * histogram.COUNT
         duration_sum = 0.0
+        lowest, highest = float("inf"), float("-inf")
         for slot in window:
             duration_sum += slot[DURATION_SUM]
+            lowest = min(lowest, slot[DURATION_MIN])
+            highest = max(highest, slot[DURATION_MAX])
             for offset, value in enumerate(slot[HIST_BASE:]):
                 if value:
                     merged[offset] += value
-        p50, p95, p99 = histogram.percentiles(merged, (0.5, 0.95, 0.99))
+        p50, p95, p99 = histogram.percentiles(
+            merged, (0.5, 0.95, 0.99), lowest=lowest, highest=highest
+        )
         return RealtimeSnapshot(
             requests_per_second_1s=float(requests_between(now_second - 1, now_second - 1)),
             requests_per_second_10s=requests_between(now_second - 10, now_second - 1) / 10,

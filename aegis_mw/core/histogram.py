@@ -36,11 +36,31 @@ def bucket_value(index: int) -> float:
     return float(LOW_MS * GROWTH ** (index - 0.5))
 
 
-def percentiles(counts: Sequence[int], quantiles: Sequence[float]) -> list[float | None]:
+def percentiles(
+    counts: Sequence[int],
+    quantiles: Sequence[float],
+    *,
+    lowest: float | None = None,
+    highest: float | None = None,
+) -> list[float | None]:
     """Read several quantiles (0..1) from one histogram in a single pass.
 
-    Returns ``None`` for each quantile when the histogram is empty.
+    Returns ``None`` for each quantile when the histogram is empty. With the
+    observed ``lowest`` and ``highest`` durations given, each value is kept
+    within them: a bucket's midpoint can lie past every duration in it (all
+    requests just above the bucket's lower edge), and a p99 above the max
+    reads as a bug. Clamping only moves a value closer to the truth, since
+    every true quantile lies between the min and the max.
     """
+    results = _read(counts, quantiles)
+    if lowest is None and highest is None:
+        return results
+    low = float("-inf") if lowest is None else lowest
+    high = float("inf") if highest is None else highest
+    return [None if value is None else min(max(value, low), high) for value in results]
+
+
+def _read(counts: Sequence[int], quantiles: Sequence[float]) -> list[float | None]:
     total = sum(counts)
     if total == 0:
         return [None for _ in quantiles]

@@ -68,7 +68,7 @@ class Totals:
     def latency(self) -> dict[str, float | None]:
         if not self.requests:
             return dict.fromkeys(("avg", "p50", "p95", "p99", "min", "max"))
-        p50, p95, p99 = _percentiles(self.histogram)
+        p50, p95, p99 = _percentiles(self.histogram, self.duration_min, self.duration_max)
         return {
             "avg": _ms(self.duration_sum / self.requests),
             "p50": p50,
@@ -83,8 +83,9 @@ def _ms(value: float) -> float:
     return round(value, 3)
 
 
-def _percentiles(counts: list[int]) -> list[float | None]:
-    quantiles = histogram.percentiles(counts, (0.5, 0.95, 0.99))
+def _percentiles(counts: list[int], lowest: float, highest: float) -> list[float | None]:
+    # Within the rows' own min and max: a bucket midpoint may lie past both.
+    quantiles = histogram.percentiles(counts, (0.5, 0.95, 0.99), lowest=lowest, highest=highest)
     return [None if v is None else _ms(v) for v in quantiles]
 
 

@@ -14,7 +14,11 @@ names and rollups are the same for every framework.
 The route template comes from ``environ["aegis.route"]`` (where an
 integration may leave it), else from ``route_reader`` (an
 :class:`~aegis_mw.wsgi.routing.ObjectRouteReader` for Flask), else
-``<unmatched>``: a raw path never becomes a label.
+``<unmatched>``: a raw path never becomes a label. A framework that turns
+the app's exception into a response of its own (Flask outside debug mode)
+never lets it reach the middleware; its integration may leave the text at
+``environ["aegis.error"]``, which is recorded when the request has no error
+of its own.
 
 Requests take the compiled path (``_hotpath_c/wsgi_path.c``) where it was
 built and the ``speedups`` option is on; the Python code below is the
@@ -42,6 +46,8 @@ StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 #: Where a framework integration may leave the matched route template.
 ROUTE_KEY = "aegis.route"
+#: Where it may leave the error of an exception the framework answered itself.
+ERROR_KEY = "aegis.error"
 
 
 class AegisWSGIMiddleware:
@@ -214,6 +220,10 @@ class AegisWSGIMiddleware:
             if route is None and self.route_reader is not None:
                 route = self.route_reader(environ)
             item[1] = route if route else UNMATCHED_ROUTE
+            if not item[11]:
+                noted = environ.get(ERROR_KEY)
+                if isinstance(noted, str) and noted:
+                    item[11] = noted
             client = item[9]
             if self._addresses.enabled:  # a client without an address: a Unix socket
                 item[10] = self._forwarded(environ, client)

@@ -5,7 +5,9 @@ streamed responses unchanged."""
 from __future__ import annotations
 
 import functools
+import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -132,3 +134,46 @@ def test_an_unhandled_error_is_recorded_and_flask_answers_as_usual() -> None:
     [record] = recorded(extension.pipeline)  # type: ignore[arg-type]
     assert (record.route, record.status) == ("/boom", 500)
     extension.pipeline.shutdown()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_an_unhandled_error_is_stored_with_its_type_and_message(
+    tmp_path: Path, debug: bool
+) -> None:
+    """Outside debug mode Flask answers the exception itself (it never reaches
+    the middleware); the stored record still names it, as under ASGI, and the
+    app's answer is Flask's own."""
+    app = flask.Flask(__name__)
+    app.debug = debug
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise RuntimeError("kaput")
+
+    @app.get("/fine")
+    def fine() -> str:
+        return "fine"
+
+    without = flask.Flask(__name__)
+    without.add_url_rule("/boom", view_func=boom)
+    database = tmp_path / "aegis.db"
+    extension = Aegis(app, sink=f"sqlite:///{database}", metrics_registry="none")
+    client = app.test_client()
+    if debug:  # Flask lets it propagate to the server: the middleware sees it
+        with pytest.raises(RuntimeError, match="kaput"):
+            client.get("/boom", buffered=True)
+    else:
+        response = client.get("/boom", buffered=True)
+        expected = without.test_client().get("/boom", buffered=True)
+        assert (response.status_code, response.data) == (500, expected.data)
+    assert client.get("/fine", buffered=True).text == "fine"
+    assert extension.pipeline is not None
+    extension.pipeline.shutdown()
+    connection = sqlite3.connect(database)
+    try:
+        rows = connection.execute(
+            "SELECT route, status, error FROM aegis_requests ORDER BY timestamp"
+        ).fetchall()
+    finally:
+        connection.close()
+    assert rows == [("/boom", 500, "RuntimeError: kaput"), ("/fine", 200, "")]

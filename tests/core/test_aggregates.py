@@ -550,3 +550,32 @@ def test_reader_during_a_stalled_fold_sees_exact_figures(
     assert [s.total_requests for s in snapshots] == [10]
     assert offered == [10]
     assert aegis.realtime().total_requests == 10
+
+
+def test_percentiles_stay_within_the_observed_min_and_max(
+    make_aegis: Callable[..., Aegis], clock: FakeClock
+) -> None:
+    """Every request took d, just above its bucket's lower edge: the window's
+    and that second's percentiles are d, not the bucket's midpoint (~2% higher).
+    Likewise for requests just below a bucket's upper edge, in the next second:
+    that second reports them, not a midpoint ~2% lower than all of them."""
+    from aegis_mw.core.histogram import GROWTH, bucket_index, bucket_value
+
+    index = bucket_index(10.0)
+    low = bucket_value(index) / GROWTH**0.5 * 1.001
+    high = bucket_value(index + 1) * GROWTH**0.5 * 0.999
+    aegis = make_aegis(clock=clock)
+    for _ in range(20):
+        aegis.recorder.offer(http_item(NOW - 1 + 0.5, low))
+    flush(aegis)
+    snapshot = aegis.realtime()
+    assert snapshot.latency_p50_ms == snapshot.latency_p99_ms == pytest.approx(low, rel=1e-9)
+    for _ in range(20):
+        aegis.recorder.offer(http_item(NOW + 0.5, high))
+    flush(aegis)
+    snapshot = aegis.realtime()
+    assert snapshot.latency_p50_ms is not None and snapshot.latency_p99_ms is not None
+    assert low <= snapshot.latency_p50_ms <= snapshot.latency_p99_ms <= high
+    *_, before, current = aegis.aggregates.seconds(NOW, aegis.recorder.pending)
+    assert before.latency_p50_ms == before.latency_p99_ms == pytest.approx(low, rel=1e-9)
+    assert current.latency_p50_ms == current.latency_p99_ms == pytest.approx(high, rel=1e-9)

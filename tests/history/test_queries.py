@@ -207,3 +207,47 @@ def test_a_batch_written_twice_counts_once(source: HistorySource) -> None:
     _fill(source)
     answer = HistoryQueries(source, clock=lambda: NOW).overview("24h")
     assert answer["total"] == len(_inside(*_bounds(answer)))
+
+
+def _at_bucket_edges() -> tuple[float, float]:
+    """A duration just above the lower edge of its histogram bucket (the bucket's
+    reported midpoint is ~2% higher) and one just below the upper edge of the
+    next bucket (its midpoint is ~2% lower)."""
+    from aegis_mw.core.histogram import GROWTH, bucket_index, bucket_value
+
+    index = bucket_index(10.0)
+    low = bucket_value(index) / GROWTH**0.5 * 1.001
+    high = bucket_value(index + 1) * GROWTH**0.5 * 0.999
+    assert bucket_index(low) == index and bucket_value(index) > low
+    assert bucket_index(high) == index + 1 and bucket_value(index + 1) < high
+    return low, high
+
+
+def test_percentiles_stay_within_the_observed_min_and_max(tmp_path: Path) -> None:
+    """Percentiles read from buckets are clamped to the group's min and max: a
+    route whose every request took d reports d, never a bucket midpoint past it."""
+    low, high = _at_bucket_edges()
+    records = [
+        RequestRecord(
+            request_id=f"{number:016x}", timestamp=NOW - 60 - number, method="GET",
+            route=route, path=route, status=200, duration_ms=duration, ttfb_ms=None,
+            request_bytes=0, response_bytes=0, client_ip=None, error="",
+        )
+        for number, (route, duration) in enumerate([("/low", low), ("/high", high)] * 50)
+    ]  # fmt: skip
+    sink = SQLiteSink(str(tmp_path / "aegis.db"))
+    for batch in batches(records):
+        sink.write(batch)
+    queries = HistoryQueries(sink, clock=lambda: NOW)
+    top = {e["route"]: e["latency_ms"] for e in queries.top_endpoints("1h")["endpoints"]}
+    for route, duration in (("/low", low), ("/high", high)):
+        latency = top[route]
+        assert latency["max"] == round(duration, 3)
+        assert latency["p50"] == latency["p95"] == latency["p99"] == latency["max"]
+    overview = queries.overview("1h")["latency_ms"]
+    assert overview["p50"] >= overview["min"] == round(low, 3)
+    assert overview["p99"] <= overview["max"] == round(high, 3)
+    for point in queries.latency("1h")["points"]:
+        if point["requests"]:
+            assert round(low, 3) <= point["p50"] <= point["p99"] <= round(high, 3)
+    sink.close()

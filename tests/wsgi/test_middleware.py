@@ -94,6 +94,40 @@ def test_a_plain_request_is_recorded(make_aegis: Callable[..., Aegis], clock: Fa
     assert (record.client_ip, record.error) == ("10.1.2.3", "")
 
 
+@pytest.mark.parametrize(
+    ("noted", "raised", "stored"),
+    [
+        ("LookupError: answered by the framework", False, "LookupError: answered by the framework"),
+        ("", False, ""),
+        (b"not text", False, ""),
+        ("LookupError: noted", True, "RuntimeError: raised"),  # the request's own error wins
+    ],
+)
+def test_an_error_noted_in_the_environ_is_recorded(
+    make_aegis: Callable[..., Aegis], noted: object, raised: bool, stored: str
+) -> None:
+    """``environ["aegis.error"]``: the text of an exception a framework answered
+    itself (Flask outside debug mode); only a non-empty str, never over an error
+    the request has of its own."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        environ["aegis.error"] = noted
+        start_response("500 Internal Server Error", [])
+        yield b"oops"
+        if raised:
+            raise RuntimeError("raised")
+
+    aegis = make_aegis(metrics_registry="none")
+    middleware = AegisWSGIMiddleware(app, aegis=aegis)
+    if raised:
+        with pytest.raises(RuntimeError):
+            serve(middleware, environ_for("/x"))
+    else:
+        serve(middleware, environ_for("/x"))
+    [record] = recorded(aegis)
+    assert (record.status, record.error) == (500, stored)
+
+
 def test_a_stream_is_timed_to_close_and_ttfb_to_the_first_chunk(
     make_aegis: Callable[..., Aegis], clock: FakeClock
 ) -> None:
