@@ -196,12 +196,18 @@ def run_demo(
     server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="on"))
 
     base = f"http://{host}:{port}"
+    # The monitoring data is private: the link carries the app's access token
+    # (traded for a cookie on the first visit), as the start-up line does.
+    token = aegis.access_token.value if aegis.access_token is not None else ""
+    dashboard = f"{base}/dashboard" + (f"?token={token}" if token else "")
     print("aegis_mw demo", flush=True)
-    print(f"  dashboard  {base}/dashboard   (live; open it in a browser)")
+    print(f"  dashboard  {dashboard}   (live; open it in a browser)")
     print(f"  app        {base}/   (try {base}/api/items/1)")
     print(f"  metrics    http://{host}:{port}/metrics   (Prometheus text format)")
     print(f"  health     http://{host}:{port}/health   (/health/live, /health/ready)")
     print(f"  api        {base}/api/metrics/overview?range=1h")
+    if token:
+        print(f'             curl -H "Authorization: Bearer {token}" {base}/api/metrics/overview')
     stream = f"ws://{host}:{port}{aegis.settings.ws_path}"
     print(f"  stream     {stream}   (live JSON frames, as the dashboard gets)")
     print(f"  records    {path}  (table aegis_requests)")
@@ -213,7 +219,7 @@ def run_demo(
     if open_page:
         import webbrowser
 
-        webbrowser.open(f"{base}/dashboard")
+        webbrowser.open(dashboard)
 
     stop = threading.Event()
     # Several clients, so slow and streamed endpoints do not hold the rate down.

@@ -7,6 +7,7 @@ disconnect. Tests use it to check exactly what the middleware passes through.
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +20,12 @@ Message = dict[str, Any]
 #: The monitoring data opened on purpose, for tests that read it and are not
 #: about access control (which is private by default: tests/access/).
 OPEN_MONITORING = {"api": "open", "dashboard": "open", "websocket": "open"}
+#: The same for a server started in a child process (``AEGIS_ACCESS``).
+OPEN_MONITORING_ENV = {"AEGIS_ACCESS": json.dumps(OPEN_MONITORING)}
+
+#: The request path a differential test's pipelines report on /metrics
+#: (``aegis_build_info``), the one difference between the paths by design.
+SAME_BUILD = "compared"
 
 
 def http_scope(

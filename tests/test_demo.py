@@ -28,6 +28,7 @@ APP_LINE = re.compile(
     r"^  app +http://127\.0\.0\.1:(\d+)/ +\(try http://127\.0\.0\.1:(\d+)/api/items/1\)$"
 )
 SQLITE_LINE = re.compile(r'^ +sqlite3 (\S+) "(SELECT [^"]+)"$')
+DASHBOARD_LINE = re.compile(r"^  dashboard  (http://\S+/dashboard\?token=\S+)   ")
 ROUTE_LINE = re.compile(r"^ +(\d+) +([A-Z_]+) +(\S+)$")
 # Requests this test sends itself, so the routes it checks do not depend on the
 # demo's random traffic mix: (method, path, status, route).
@@ -103,14 +104,22 @@ def run_demo(cwd: Path, db: str, *args: str) -> DemoRun:
         assert app is not None, "\n".join(reader.lines) + errors_path.read_text()
         port = int(app.group(1))
         statuses = []
+        # The link the demo prints, followed as a browser would: the token is
+        # traded for a cookie, which the page's stream then carries.
+        (link,) = [m.group(1) for line in reader.lines if (m := DASHBOARD_LINE.match(line))]
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as client:
             for method, path, _, _ in OWN_REQUESTS:
                 statuses.append(client.request(method, path).status_code)
             metrics = client.get("/metrics").text
             live_status = client.get("/health/live").status_code
-            dashboard = client.get("/dashboard").text
+            assert client.get("/dashboard").status_code == 401  # private without the link
+            dashboard = client.get(link, follow_redirects=True).text
+            # One cookie per path the page uses (page, API, stream), all the same token.
+            (token,) = {cookie.value for cookie in client.cookies.jar}
+            cookie = f"aegis_token={token}"
         # The page's stream, while the demo's traffic flows: a frame with a live rate.
-        with connect(f"ws://127.0.0.1:{port}/ws/metrics") as stream:
+        url = f"ws://127.0.0.1:{port}/ws/metrics"
+        with connect(url, additional_headers={"Cookie": cookie}) as stream:
             frame: dict[str, Any] = {}
             for _ in range(10):
                 frame = json.loads(stream.recv(timeout=10.0))
@@ -160,7 +169,11 @@ def test_demo_exits_cleanly_and_prints_where_to_look(demo: tuple[DemoRun, Path])
     assert f"  records    {db}  (table aegis_requests)" in run.stdout
     port = run.port
     assert f"  metrics    http://127.0.0.1:{port}/metrics   (Prometheus text format)" in run.stdout
-    dashboard = f"  dashboard  http://127.0.0.1:{port}/dashboard   (live; open it in a browser)"
+    token = Path(f"{db}.token").read_text().strip()  # kept beside the database
+    dashboard = (
+        f"  dashboard  http://127.0.0.1:{port}/dashboard?token={token}   "
+        "(live; open it in a browser)"
+    )
     assert run.stdout[1] == dashboard
     # The stream is a WebSocket: a ws:// URL, which the test connected to.
     stream = (

@@ -129,9 +129,12 @@ def poll(read: Any, done: Any, what: str) -> Any:
     return answer
 
 
-def stream_frames(url: str, total: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def stream_frames(
+    url: str, total: int, credential: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The hello, then the first metrics frame whose overview counts ``total`` requests."""
-    with connect(url, open_timeout=CLIENT_TIMEOUT, close_timeout=CLIENT_TIMEOUT) as stream:
+    with connect(url, open_timeout=CLIENT_TIMEOUT, close_timeout=CLIENT_TIMEOUT,
+                 additional_headers=credential) as stream:  # fmt: skip
         hello = json.loads(stream.recv(timeout=CLIENT_TIMEOUT))
         deadline = time.monotonic() + WAIT
         frame: dict[str, Any] = {}
@@ -152,7 +155,13 @@ def serve(example: Example, workdir: Path) -> Run:
         client = httpx.Client(
             base_url=server.url, timeout=CLIENT_TIMEOUT, headers={"connection": "close"}
         )
+        # The monitoring data is private: the token the example generated, kept
+        # beside its SQLite file, is the credential (and in the start-up line).
+        token = (workdir / "aegis.db.token").read_text().strip()
+        assert f"dashboard at /dashboard?token={token}" in server.log.text
+        credential = {"Authorization": f"Bearer {token}"}
         with client:
+            assert client.get("/api/metrics/overview").status_code == 401
             statuses = [client.get(path).status_code for path, _, _ in example.traffic]
             # The counters are the live aggregates, the overview the stored 5-second
             # rollups: both are polled until they hold the traffic, within WAIT.
@@ -162,22 +171,26 @@ def serve(example: Example, workdir: Path) -> Run:
                 "a /metrics with every request",
             )
             overview = poll(
-                lambda: client.get("/api/metrics/overview?range=1h").json()["data"],
+                lambda: client.get("/api/metrics/overview?range=1h", headers=credential).json()[
+                    "data"
+                ],
                 lambda answer: answer["total"] == total,
                 f"an overview of {total} requests",
             )
             health = client.get("/health/ready")
         ws_url = f"ws://127.0.0.1:{server.port}/ws/metrics"
-        hello, frame = stream_frames(ws_url, total)
+        hello, frame = stream_frames(ws_url, total, credential)
         foreign: InvalidStatus | None = None
         foreign_page = "https://evil.example.net"
         try:
-            with connect(ws_url, origin=foreign_page, open_timeout=CLIENT_TIMEOUT):  # type: ignore[arg-type]
+            with connect(ws_url, origin=foreign_page, open_timeout=CLIENT_TIMEOUT,  # type: ignore[arg-type]
+                         additional_headers=credential):  # fmt: skip
                 pass  # admitted: the test below says so
         except InvalidStatus as refused:
             foreign = refused
         own = f"http://127.0.0.1:{server.port}"
-        with connect(ws_url, origin=own, open_timeout=CLIENT_TIMEOUT) as stream:  # type: ignore[arg-type]
+        with connect(ws_url, origin=own, open_timeout=CLIENT_TIMEOUT,  # type: ignore[arg-type]
+                     additional_headers=credential) as stream:  # fmt: skip
             own_hello = json.loads(stream.recv(timeout=CLIENT_TIMEOUT))
         returncode = server.terminate()
         log = server.log.text

@@ -49,19 +49,34 @@ def gunicorn_serving(app: str, workdir: Path, **env: str) -> Iterator[str]:
         deadline = time.monotonic() + WAIT
         [listening] = wait_for(lines, seen, r"Listening at: http://127\.0\.0\.1:(\d+)", 1, deadline)
         wait_for(lines, seen, r"Booting worker with pid: (\d+)", 2, deadline)
+        # Each worker's start-up line: its app is loaded (and the token kept).
+        wait_for(lines, seen, r"dashboard at /dashboard\?token=", 2, deadline)
         yield f"http://127.0.0.1:{int(listening.group(1))}"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     # The only tracebacks logged (Flask logs its own; Django, at these logging
     # defaults, does not) are those of the view that fails on purpose.
     output = "\n".join(seen)
+    # Every worker printed the dashboard's link with one token: the file's.
+    printed = set(re.findall(r"dashboard at /dashboard\?token=(\S+)", output))
+    assert printed == {(workdir / "aegis.db.token").read_text().strip()}, output
     purposeful = re.findall(r"^RuntimeError: this \w+ fails on purpose$", output, re.MULTILINE)
     assert output.count("Traceback (most recent call last)") == len(purposeful), output
 
 
-def exercise(base: str, item_path: str) -> None:
-    """Traffic, then a scrape and the stored overview (which lags by the 5-second rollups)."""
+def exercise(base: str, item_path: str, workdir: Path) -> None:
+    """Traffic, then a scrape and the stored overview (which lags by the 5-second
+    rollups), read with the cookie the dashboard's link is traded for: a new
+    connection per request, so with several workers each answers some."""
+    token = (workdir / "aegis.db.token").read_text().strip()
     with httpx.Client(base_url=base, timeout=10.0, headers={"connection": "close"}) as client:
+        assert client.get("/api/metrics/overview").status_code == 401
+        login = client.get(f"/dashboard?token={token}")
+        assert login.status_code == 303 and "aegis_token" in login.headers["set-cookie"]
+        assert client.cookies  # one per path the page uses, scoped to them
+        for _ in range(6):
+            assert client.get("/dashboard").status_code == 200
+            assert client.get("/api/metrics/realtime").status_code == 200
         for number in range(6):
             assert client.get(f"{item_path}/{number}").json() == {"item_id": number}
         assert client.get("/fail").status_code == 500
@@ -90,12 +105,15 @@ def _items_answered(metrics: str) -> float:
 def test_the_flask_example(tmp_path: Path) -> None:
     port = free_port()
     with gunicorn_serving("examples.flask_app:app", tmp_path, AEGIS_WS_PORT=str(port)) as base:
-        exercise(base, "/api/items")
+        exercise(base, "/api/items", tmp_path)
+        bearer = {"Authorization": f"Bearer {(tmp_path / 'aegis.db.token').read_text().strip()}"}
         # The stream, from the worker that bound the port first.
         deadline = time.monotonic() + WAIT
         while True:
             try:
-                stream = connect(f"ws://127.0.0.1:{port}/ws/metrics", open_timeout=5)
+                stream = connect(
+                    f"ws://127.0.0.1:{port}/ws/metrics", open_timeout=5, additional_headers=bearer
+                )
                 break
             except OSError:
                 if time.monotonic() > deadline:
@@ -114,15 +132,17 @@ DJANGO_SETTINGS = "examples.django_project.settings"
 def test_the_django_example_under_gunicorn(tmp_path: Path) -> None:
     app = "examples.django_project.wsgi:application"
     with gunicorn_serving(app, tmp_path, DJANGO_SETTINGS_MODULE=DJANGO_SETTINGS) as base:
-        exercise(base, "/api/items")
+        exercise(base, "/api/items", tmp_path)
 
 
 def test_the_django_example_under_uvicorn(tmp_path: Path) -> None:
     env = child_environment(DJANGO_SETTINGS_MODULE=DJANGO_SETTINGS)
     with uvicorn_server("examples.django_project.asgi:application", tmp_path, env=env) as server:
-        exercise(server.url, "/api/items")
+        exercise(server.url, "/api/items", tmp_path)
         # Under ASGI the stream is served on the app's own port.
-        with connect(f"ws://127.0.0.1:{server.port}/ws/metrics") as stream:
+        token = (tmp_path / "aegis.db.token").read_text().strip()
+        url = f"ws://127.0.0.1:{server.port}/ws/metrics"
+        with connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as stream:
             assert json.loads(stream.recv(timeout=10))["type"] == "hello"
             frame = json.loads(stream.recv(timeout=10))
             assert frame["data"]["overview"]["total_requests"] >= 7

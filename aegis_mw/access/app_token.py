@@ -1,8 +1,9 @@
 """The app's access token: what opens the monitoring data by default.
 
 The JSON API, the dashboard and the stream show request paths, client
-addresses and error messages, so a group of theirs without a rule of its own
-is not open: it takes this token (as a bearer token, or the cookie the
+addresses and error messages, so they are not open by default: the page and
+its API without a rule of their own take the other's rule, or, when neither
+has one, this token (as a bearer token, or the cookie the
 dashboard's ``?token=`` link is traded for). It is the ``access_token``
 option when set; else it is generated once and kept in a file every worker
 of the app reads, so a link printed by one worker opens the dashboard
@@ -68,7 +69,7 @@ def monitoring_access(
     rules = dict(settings.access)
     served = bool(settings.api_path or settings.dashboard_path or settings.ws_path)
     if not needs_token(rules, served):
-        return None, rules
+        return None, with_defaults(rules, None)
     path = settings.access_token_file or default_file(sinks)
     if settings.access_token or path:
         token = resolve(settings.access_token, path)
@@ -122,15 +123,22 @@ def _read(path: str) -> str:
     return value
 
 
-def with_defaults(rules: Mapping[str, AccessRule], token: AppToken | None) -> dict[str, AccessRule]:
-    """The user's rules, and the token's rule for each private group without one."""
+def with_defaults(
+    rules: Mapping[str, AccessRule], token: AppToken | None
+) -> dict[str, AccessRule]:
+    """The user's rules, each private group without one filled in: the page
+    and its API go together (the page is useless without its API calls), so
+    a rule given for one serves for the other; with none, the token's."""
     merged = dict(rules)
-    if token is not None:
+    given = next((rules[group] for group in PRIVATE_GROUPS if group in rules), None)
+    if given is None and token is not None:
+        given = AccessRule(tokens=(token.value,))
+    if given is not None:
         for group in PRIVATE_GROUPS:
-            merged.setdefault(group, AccessRule(tokens=(token.value,)))
+            merged.setdefault(group, given)
     return merged
 
 
 def needs_token(rules: Mapping[str, AccessRule], served: bool) -> bool:
-    """Whether a private group would be served without a rule of its own."""
-    return served and any(group not in rules for group in PRIVATE_GROUPS)
+    """Whether the private groups would be served with no rule of the user's."""
+    return served and not any(group in rules for group in PRIVATE_GROUPS)

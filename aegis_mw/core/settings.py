@@ -329,7 +329,7 @@ _RULES: dict[str, _Rule] = {
     "read_retry_after": _Rule(
         _number(float, 0, 3600, low_open=True), "seconds, > 0 and <= 3600", _float_text
     ),
-    "access": _Rule(_access, "route groups mapped to rules (see the README)"),
+    "access": _Rule(_access, "route groups mapped to rules or 'open' (see docs/access-control.md)"),
     "access_token": _Rule(
         _access_token,
         "16 to 256 characters of letters, digits and . _ ~ + / = - ('' to generate one)",

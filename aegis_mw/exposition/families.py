@@ -232,7 +232,7 @@ class FamilyBuilder:
             Family(
                 f"{ns}_records_dropped",
                 "counter",
-                "Records lost before reaching a sink, by reason (see the README).",
+                "Records lost before reaching a sink, by reason (see docs/metrics.md).",
                 [
                     ("_total", labels(("reason", reason)), count)
                     for reason, count in sorted(dropped.items())

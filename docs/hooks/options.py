@@ -130,7 +130,7 @@ DESCRIPTIONS: dict[str, str] = {
 }
 
 #: Wording of the validators that points elsewhere, pointed at the page instead.
-_SEE_README = "(see the README)"
+_SEE_DOCS = "(see docs/access-control.md)"
 
 
 def _default(field: dataclasses.Field[Any], rule: Any) -> str:
@@ -179,7 +179,7 @@ def options_table() -> str:
     for name in _settings.AegisSettings.option_names():
         rule = _settings._RULES.get(name)
         allowed = _plain(rule.allowed if rule is not None else "")
-        allowed = allowed.replace(_SEE_README, "(see [Access control](access-control.md))")
+        allowed = allowed.replace(_SEE_DOCS, "(see [Access control](access-control.md))")
         description = DESCRIPTIONS.get(name)
         if description is None:
             log.warning(

@@ -109,7 +109,7 @@ def test_no_rule_is_open_as_a_viewer() -> None:
         ({"metrics": {"token": [TOKEN]}}, "unknown fields ['token']"),
         ({"metrics": {"allow_ips": ["10.0.0.0/33"]}}, "access['metrics'].allow_ips"),
         ({"metrics": {"basic": {"a:b": "password1"}}}, "without ':'"),
-        ({"metrics": "open"}, "must be a table"),
+        ({"metrics": "closed"}, "must be 'open' or a table"),
         ("{not json", "not valid JSON"),
     ],
 )

@@ -192,3 +192,12 @@ async def test_the_start_up_line_carries_the_link_and_the_request_path(
     metrics = (await call(middleware, http_scope("/metrics"))).body.decode()
     assert 'aegis_build_info{version="' in metrics
     assert f'hot_path="{hot_path}"}} 1' in metrics
+
+
+async def test_a_rule_for_the_page_serves_its_api_too(make_aegis: Any) -> None:
+    """The page is useless without its API: a rule given for one is the other's."""
+    pipeline = make_aegis(sink="memory://", access={"dashboard": {"tokens": ["page-token-1234"]}})
+    app = AegisMiddleware(no_app, aegis=pipeline)
+    assert pipeline.access_token is None
+    assert await _status(app, "/api/metrics/requests") == 401
+    assert await _status(app, "/api/metrics/requests", _bearer("page-token-1234")) == 200

@@ -47,6 +47,7 @@ from tests.asgi.test_compiled import (  # noqa: E402
 from tests.conftest import compiled_module  # noqa: E402
 from tests.contrib.django_project.urls import SERVED_FILE  # noqa: E402
 from tests.core.faulty_sinks import frozen  # noqa: E402
+from tests.harness import SAME_BUILD  # noqa: E402
 
 OURS = "aegis_mw.contrib.django.AegisMiddleware"
 RAISING = "tests.contrib.django_project.urls.RaisingMiddleware"
@@ -219,6 +220,7 @@ def outcome(
     )
     options = {"metrics_registry": "none", "flush_interval": 3600, **scenario.options}
     aegis = make_aegis(clock=clock, speedups=compiled, **options)
+    aegis.hot_path = SAME_BUILD  # aegis_build_info names the path: set alike on both
     answers = []
     with serving(aegis, monkeypatch), override_settings(**scenario.settings):
         client = Client(raise_request_exception=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +70,18 @@ def wait_until(driver: Any, condition: Any, what: str) -> None:
     WebDriverWait(driver, WAIT, poll_frequency=0.1).until(condition, message=what)
 
 
+#: The start-up line's link: the monitoring data is private by default.
+PRINTED_LINK = re.compile(r"dashboard at (/dashboard\?token=(\S+))")
+
+
+def printed_link(log: str) -> tuple[str, dict[str, str]]:
+    """The dashboard's link from the server's start-up line, and the token in it
+    as a bearer header (for the test's own API reads)."""
+    match = PRINTED_LINK.search(log)
+    assert match, log
+    return match.group(1), {"authorization": f"Bearer {match.group(2)}"}
+
+
 def send_traffic(server: Server) -> None:
     with httpx.Client(base_url=server.url, timeout=WAIT) as client:
         for path in ["/ok"] * 20 + ["/fail"] * 5 + ["/items/1", "/items/2", "/items/3"]:
@@ -81,11 +94,11 @@ def one_decimal(value: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-def wait_for_stored(server: Server, total: int, token: str = "") -> dict[str, Any]:
+def wait_for_stored(server: Server, total: int, token: str) -> dict[str, Any]:
     """The 1h top endpoints once ``total`` requests are in the stored rollups."""
     import time
 
-    headers = {"authorization": f"Bearer {token}"} if token else {}
+    headers = {"authorization": f"Bearer {token}"}
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
         url = f"{server.url}/api/metrics/top-endpoints?range=1h"
@@ -105,9 +118,10 @@ def live_rows(driver: Any) -> dict[str, list[str]]:
     return {row[1]: row for row in rows}
 
 
-def check_live_table(driver: Any, server: Server) -> None:
+def check_live_table(driver: Any, server: Server, bearer: dict[str, str]) -> None:
     """The live table after :func:`send_traffic`, its p95 those of the realtime API."""
-    realtime = httpx.get(f"{server.url}/api/metrics/realtime", timeout=WAIT).json()["data"]
+    url = f"{server.url}/api/metrics/realtime"
+    realtime = httpx.get(url, timeout=WAIT, headers=bearer).json()["data"]
     p95 = {row["route"]: row["latency_ms"]["p95"] for row in realtime["top_endpoints"]}
     by_route = live_rows(driver)
     assert by_route["/ok"][:4] == ["GET", "/ok", "20", "0"]
@@ -132,7 +146,8 @@ def test_the_page_shows_what_was_sent(browser: Any, tmp_path: Path) -> None:
     env = child_environment(AEGIS_UPDATE_INTERVAL="200")
     with uvicorn_server(APP, tmp_path, env=env) as server:
         send_traffic(server)
-        browser.get(f"{server.url}/dashboard")
+        link, bearer = printed_link(server.log.text)
+        browser.get(f"{server.url}{link}")
         wait_until(browser, lambda d: text_of(d, "tile-total") == "28", "28 requests shown")
         wait_until(browser, lambda d: text_of(d, "status") == "live", "the stream is live")
         assert text_of(browser, "tile-error-rate") == "17.9%"  # 5 of 28
@@ -141,7 +156,7 @@ def test_the_page_shows_what_was_sent(browser: Any, tmp_path: Path) -> None:
         assert text_of(browser, "tile-connections") == "1"
         assert text_of(browser, "tile-connections-detail") == "app 0 · metrics stream 1"
         assert text_of(browser, "tile-p95").endswith(" ms")
-        check_live_table(browser, server)
+        check_live_table(browser, server, bearer)
         # Live charts: one point a second over the last minute.
         for chart in ("chart-rate", "chart-latency", "chart-status"):
             assert browser.find_element("id", chart).get_attribute("data-points") == "60"
@@ -150,10 +165,12 @@ def test_the_page_shows_what_was_sent(browser: Any, tmp_path: Path) -> None:
 
         # A stored range: the charts and the table read the JSON API (1 h in
         # 1-minute steps), once the rollups are stored (every 5 s).
-        stored = wait_for_stored(server, 28)
+        stored = wait_for_stored(server, 28, bearer["authorization"][len("Bearer ") :])
         browser.find_element("css selector", "#ranges button[data-range='1h']").click()
         wait_until(browser, lambda d: text_of(d, "range-rate") == "last 1h", "the range label")
-        expected = httpx.get(f"{server.url}/api/metrics/request-rate?range=1h").json()["data"]
+        expected = httpx.get(
+            f"{server.url}/api/metrics/request-rate?range=1h", headers=bearer
+        ).json()["data"]
         points = str(len(expected["points"]))
         wait_until(
             browser,
@@ -190,10 +207,13 @@ def test_the_page_shows_what_was_sent(browser: Any, tmp_path: Path) -> None:
 
 
 def test_the_page_reconnects_after_the_stream_drops(browser: Any, tmp_path: Path) -> None:
-    """Server gone: the indicator says so; a new server on the same port: live again."""
-    env = child_environment(AEGIS_UPDATE_INTERVAL="200")
+    """Server gone: the indicator says so; a new server on the same port: live again
+    (with the same access token, as an app's restarted process has it: from its
+    file, or here from AEGIS_ACCESS_TOKEN, the memory sink keeping none)."""
+    env = child_environment(AEGIS_UPDATE_INTERVAL="200", AEGIS_ACCESS_TOKEN="restart-proof-token-1")
     with uvicorn_server(APP, tmp_path, env=env) as server:
-        browser.get(f"{server.url}/dashboard")
+        link, _ = printed_link(server.log.text)
+        browser.get(f"{server.url}{link}")
         wait_until(browser, lambda d: text_of(d, "status") == "live", "live")
         server.terminate()
         wait_until(browser, lambda d: text_of(d, "status") == "reconnecting", "reconnecting")
@@ -214,7 +234,8 @@ def test_without_websocket_support_the_page_polls_and_draws(browser: Any, tmp_pa
     env = child_environment(AEGIS_UPDATE_INTERVAL="200")
     with uvicorn_server(APP, tmp_path, "--ws", "none", env=env) as server:
         send_traffic(server)
-        browser.get(f"{server.url}/dashboard")
+        link, bearer = printed_link(server.log.text)
+        browser.get(f"{server.url}{link}")
         wait_until(browser, lambda d: text_of(d, "status") == POLLING, "polling, and says so")
         assert browser.find_element("id", "status").get_attribute("data-state") == "polling"
         assert "no WebSocket support" in text_of(browser, "status-reason")
@@ -229,7 +250,7 @@ def test_without_websocket_support_the_page_polls_and_draws(browser: Any, tmp_pa
         )
         assert bars >= 1
         wait_until(browser, lambda d: "/ok" in live_rows(d), "the live table filled")
-        check_live_table(browser, server)
+        check_live_table(browser, server, bearer)
         assert text_of(browser, "tile-connections") == "0"  # polling holds no stream open
         problems = [
             e for e in browser.get_log("browser")
@@ -261,7 +282,8 @@ def test_the_page_acknowledges_the_stream(browser: Any, tmp_path: Path) -> None:
     the server closes the stream (1008) and the page reconnects."""
     env = child_environment(AEGIS_UPDATE_INTERVAL="200", AEGIS_WS_STALL_TIMEOUT="1")
     with uvicorn_server(APP, tmp_path, env=env) as server:
-        browser.get(f"{server.url}/dashboard")
+        link, _ = printed_link(server.log.text)
+        browser.get(f"{server.url}{link}")
         wait_until(browser, lambda d: text_of(d, "status") == "live", "live")
         browser.execute_script(WATCH_THE_STREAM)
         wait_until(browser, lambda d: len(d.execute_script("return acks")) >= 15, "15 acks")
@@ -355,7 +377,9 @@ def test_the_page_of_a_wsgi_app(browser: Any, tmp_path: Path, stream: bool) -> N
         with httpx.Client(base_url=base, timeout=WAIT) as client:
             for number in range(7):
                 client.get(f"/items/{number}", headers={"connection": "close"})
-        browser.get(f"{base}/dashboard")
+        # The worker's start-up line: the link with its access token.
+        [banner] = wait_for(lines, seen, PRINTED_LINK.pattern, 1, deadline)
+        browser.get(f"{base}{banner.group(1)}")
         wait_until(browser, lambda d: text_of(d, "tile-total") == "7", "7 requests shown")
         if stream:
             wait_until(browser, lambda d: text_of(d, "status") == "live", "live")

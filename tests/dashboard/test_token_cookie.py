@@ -104,7 +104,9 @@ async def test_asgi_trades_the_token_for_a_cookie(
 async def test_only_a_token_some_rule_takes_is_traded(make_aegis: Callable[..., Aegis]) -> None:
     """An open page with a token for its API: traded. A token no rule takes, or a
     page with no credential rule at all: the page as it is, no cookie."""
-    only_api = make_aegis(metrics_registry="none", access={"api": {"tokens": [TOKEN]}})
+    only_api = make_aegis(
+        metrics_registry="none", access={"api": {"tokens": [TOKEN]}, "dashboard": "open"}
+    )
     middleware = AegisMiddleware(ok, aegis=only_api)
     traded = await call(middleware, http_scope("/dashboard", query_string=QUERY))
     assert_traded(traded.status or 0, asgi_headers(traded.sent), secure=False)

@@ -85,6 +85,7 @@ async def test_a_nul_route_on_postgresql_is_bad_input(
     aegis = make_aegis(sink=postgres_url, metrics_registry="none")
     app = AegisMiddleware(Starlette(), aegis=aegis)
     transport = httpx.ASGITransport(app=app)
+    caplog.clear()  # what start-up said aside
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         with caplog.at_level(logging.INFO):
             response = await http.get("/api/metrics/requests?route=%00")

@@ -63,6 +63,7 @@ def test_a_wsgi_app_reads_a_hung_store_briefly_then_not_at_all(
             metrics_registry="none",
         )
         middleware = AegisWSGIMiddleware(wsgi_app, aegis=aegis)
+        caplog.clear()  # what start-up said aside
         first = read(middleware)
         assert_refused(first)
         assert 2.0 <= first[3] < 6.0  # read_timeout, not psycopg_pool's 30 s or our old 10 s

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tests.endpoints.stores import Forwarder, HungStore
+from tests.harness import OPEN_MONITORING_ENV
 from tests.servers import Server, child_environment, free_port, uvicorn_server
 
 pytestmark = pytest.mark.slow
@@ -78,7 +79,10 @@ def timed_get(server: Server, target: str) -> tuple[int, float]:
 
 def outage_env(url: str, retry_after: str = "30") -> dict[str, str]:
     return child_environment(
-        AEGIS_SINK=url, AEGIS_METRICS_REGISTRY="none", AEGIS_READ_RETRY_AFTER=retry_after
+        AEGIS_SINK=url,
+        AEGIS_METRICS_REGISTRY="none",
+        AEGIS_READ_RETRY_AFTER=retry_after,
+        **OPEN_MONITORING_ENV,
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from aegis_mw import Aegis
 from aegis_mw.testing import FakeClock
+from tests.harness import SAME_BUILD
 
 _ADDRESS = re.compile(r" at 0x[0-9a-f]+")
 #: The callables the app is handed as ``start_response`` and ``write`` are
@@ -80,10 +81,12 @@ def raised(exc: BaseException | None, own: list[BaseException]) -> Any:
 def fresh_pipeline(clock: FakeClock, compiled: bool, **options: Any) -> Aegis:
     """A pipeline of its own for one path of one case: memory sink, fake clock,
     no flush until asked."""
-    return Aegis(
+    aegis = Aegis(
         sink="memory://", environ={}, clock=clock, speedups=compiled, metrics_registry="none",
         flush_interval=3600, **options,
     )  # fmt: skip
+    aegis.hot_path = SAME_BUILD  # aegis_build_info names the path: set alike on both
+    return aegis
 
 
 def pipeline_figures(aegis: Aegis) -> dict[str, Any]:

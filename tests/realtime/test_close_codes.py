@@ -22,6 +22,7 @@ from aegis_mw import Aegis
 from aegis_mw.core.items import PendingSession
 from aegis_mw.core.labeled import close_code_label
 from aegis_mw.exposition.multiprocess import encode
+from tests.harness import OPEN_MONITORING_ENV
 from tests.servers import child_environment, promtool_checks, uvicorn_server
 
 TIMEOUT = 10.0
@@ -56,7 +57,9 @@ def sessions_on_metrics(url: str) -> tuple[dict[str, float], str]:
 @pytest.mark.slow
 def test_a_hundred_close_codes_make_a_bounded_number_of_series(tmp_path: Path) -> None:
     database = tmp_path / "aegis.db"
-    env = child_environment(AEGIS_SINK=f"sqlite:///{database}", AEGIS_FLUSH_INTERVAL="0.1")
+    env = child_environment(
+        AEGIS_SINK=f"sqlite:///{database}", AEGIS_FLUSH_INTERVAL="0.1", **OPEN_MONITORING_ENV
+    )
     with uvicorn_server("tests.realtime.session_app:app", tmp_path, env=env) as server:
         for code in CODES:
             with connect(f"ws://127.0.0.1:{server.port}/echo") as ws:

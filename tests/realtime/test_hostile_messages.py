@@ -16,6 +16,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from aegis_mw import Aegis
 from aegis_mw.wsgi import AegisWSGIMiddleware
+from tests.harness import OPEN_MONITORING_ENV
 from tests.realtime.hostile import HOSTILE
 from tests.servers import child_environment, free_port, uvicorn_server
 from tests.wsgi.test_middleware import environ_for, serve
@@ -57,7 +58,9 @@ def each_gets_its_answer(url: str) -> None:
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_under_uvicorn(tmp_path: Path, implementation: str) -> None:
-    env = child_environment(AEGIS_UPDATE_INTERVAL="100", AEGIS_WS_MESSAGE_RATE="1000")
+    env = child_environment(
+        AEGIS_UPDATE_INTERVAL="100", AEGIS_WS_MESSAGE_RATE="1000", **OPEN_MONITORING_ENV
+    )
     with uvicorn_server(APP, tmp_path, "--ws", implementation, env=env) as server:
         each_gets_its_answer(f"ws://127.0.0.1:{server.port}/ws/metrics")
         log = server.log.text

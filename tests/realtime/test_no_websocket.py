@@ -18,7 +18,7 @@ from websockets.sync.client import connect
 from aegis_mw import Aegis, AegisMiddleware
 from aegis_mw.testing import recorded
 from aegis_mw.wsgi import AegisWSGIMiddleware
-from tests.harness import call, http_scope
+from tests.harness import OPEN_MONITORING_ENV, call, http_scope
 from tests.servers import child_environment, uvicorn_server
 from tests.wsgi.test_middleware import environ_for, serve
 
@@ -37,7 +37,7 @@ def refusal(url: str) -> tuple[int, dict[str, Any]]:
 
 @pytest.mark.slow
 def test_uvicorn_without_websockets_gets_a_426_and_one_warning(tmp_path: Path) -> None:
-    env = child_environment(AEGIS_UPDATE_INTERVAL="200")
+    env = child_environment(AEGIS_UPDATE_INTERVAL="200", **OPEN_MONITORING_ENV)
     with uvicorn_server(APP, tmp_path, "--ws", "none", env=env) as server:
         url = f"ws://127.0.0.1:{server.port}/ws/metrics"
         for _ in range(3):  # a page retrying

@@ -29,6 +29,7 @@ from websockets.frames import Close
 
 from aegis_mw import Aegis
 from aegis_mw.realtime.flow import ACK_WINDOW
+from tests.harness import OPEN_MONITORING_ENV
 from tests.realtime.test_hostile_messages import IMPLEMENTATIONS, stream_server
 from tests.servers import child_environment, uvicorn_server
 
@@ -161,7 +162,7 @@ async def scenario(url: str, *, pings: bool) -> None:
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_under_uvicorn(tmp_path: Path, implementation: str) -> None:
     env = child_environment(AEGIS_UPDATE_INTERVAL=str(int(INTERVAL * 1000)),
-                            AEGIS_WS_STALL_TIMEOUT=str(STALL))  # fmt: skip
+                            AEGIS_WS_STALL_TIMEOUT=str(STALL), **OPEN_MONITORING_ENV)  # fmt: skip
     with uvicorn_server(APP, tmp_path, "--ws", implementation, env=env) as server:
         url = f"ws://127.0.0.1:{server.port}/ws/metrics"
         asyncio.run(asyncio.wait_for(scenario(url, pings=False), 60))

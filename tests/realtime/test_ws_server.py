@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from aegis_mw import __version__
+from tests.harness import OPEN_MONITORING_ENV
 from tests.servers import Server, child_environment, uvicorn_server
 
 pytestmark = pytest.mark.slow
@@ -27,9 +28,8 @@ TIMEOUT = 10.0
 
 @contextmanager
 def serving(tmp_path: Path, **options: str) -> Iterator[Server]:
-    env = child_environment(
-        AEGIS_UPDATE_INTERVAL="100", **{f"AEGIS_{k.upper()}": v for k, v in options.items()}
-    )
+    settings = {**OPEN_MONITORING_ENV, **{f"AEGIS_{k.upper()}": v for k, v in options.items()}}
+    env = child_environment(AEGIS_UPDATE_INTERVAL="100", **settings)
     with uvicorn_server(APP, tmp_path, env=env) as server:
         yield server
 

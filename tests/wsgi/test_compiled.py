@@ -38,6 +38,7 @@ from aegis_mw.wsgi.routing import ObjectRouteReader
 from tests.asgi.test_compiled import FailingClock, init_arguments, retained_memory
 from tests.conftest import compiled_module
 from tests.core.faulty_sinks import frozen
+from tests.harness import SAME_BUILD
 
 #: Marks an environ key the scenario removes.
 DELETE = object()
@@ -1155,6 +1156,7 @@ def outcome(
     ctx = Ctx(clock, files)
     options = {"metrics_registry": "none", "flush_interval": 3600, **scenario.options}
     aegis = make_aegis(clock=clock, speedups=compiled, **options)
+    aegis.hot_path = SAME_BUILD  # aegis_build_info names the path: set alike on both
     reader = scenario.reader(ctx) if scenario.reader is not None else None
     middleware = AegisWSGIMiddleware(scenario.app(ctx), aegis=aegis, route_reader=reader)
     assert middleware.compiled is compiled

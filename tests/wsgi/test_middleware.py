@@ -14,6 +14,7 @@ import pytest
 from aegis_mw import Aegis
 from aegis_mw.testing import FakeClock, recorded
 from aegis_mw.wsgi import AegisWSGIMiddleware
+from tests.harness import OPEN_MONITORING
 
 # Every test runs on the compiled and on the pure-Python request path.
 pytestmark = pytest.mark.usefixtures("hot_path")
@@ -226,7 +227,7 @@ def test_mounted_routes_inside_wsgi(make_aegis: Callable[..., Aegis]) -> None:
         start_response("200 OK", [])
         return [b"app"]
 
-    aegis = make_aegis(access={"metrics": {"tokens": [TOKEN]}})
+    aegis = make_aegis(access={"metrics": {"tokens": [TOKEN]}, **OPEN_MONITORING})
     middleware = AegisWSGIMiddleware(app, aegis=aegis)
     serve(middleware, environ_for("/ok"))
     refused, body = serve(middleware, environ_for("/metrics"))

@@ -8,4 +8,11 @@ INSTALLED_APPS = ["aegis_mw.contrib.django"]
 MIDDLEWARE = ["aegis_mw.contrib.django.AegisMiddleware"]
 DATABASES: dict[str, dict[str, str]] = {}
 USE_TZ = True
-AEGIS = {"sink": "memory://", "metrics_registry": "none", "flush_interval": 0.05}
+# The monitoring data opened on purpose: these tests read it and are not about
+# access control (private by default; see tests/access/).
+AEGIS = {
+    "sink": "memory://",
+    "metrics_registry": "none",
+    "flush_interval": 0.05,
+    "access": {"api": "open", "dashboard": "open", "websocket": "open"},
+}
