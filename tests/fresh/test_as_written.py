@@ -1,0 +1,165 @@
+"""The README's quick starts and the demo, as a new user runs them: a fresh
+virtual environment with only the extra the README names beside each (not the
+dev extra, which brings WebSocket libraries and the rest), the file saved as
+``main.py``, the command the README gives, then the dashboard opened in
+headless Chromium from the link the start-up line prints. The page must
+connect its WebSocket ("live") and draw the three charts with the traffic.
+
+The package is built once into a wheel and installed from it with the
+extra, as ``pip install 'aegis_mw[fastapi]'`` would from an index."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.child_output import ChildOutput
+from tests.dashboard.test_browser import PRINTED_LINK, chart_scales, text_of, wait_until
+from tests.servers import ROOT, free_port
+
+pytestmark = pytest.mark.slow
+INSTALL_TIMEOUT = 600.0
+STARTUP_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class QuickStart:
+    extra: str
+    file: str
+    command: tuple[str, ...]  # as the README gives it; the port is added
+    port_option: tuple[str, ...]
+    ready: str
+    traffic: tuple[str, ...]
+
+
+QUICK_STARTS = [
+    QuickStart("fastapi", "fastapi_main.py", ("uvicorn", "main:app"), ("--port",),
+               "Uvicorn running on", tuple(f"/items/{n}" for n in range(12))),
+    QuickStart("starlette", "starlette_main.py", ("uvicorn", "main:app"), ("--port",),
+               "Uvicorn running on", tuple(f"/users/{n}" for n in range(12))),
+    QuickStart("flask", "flask_main.py", ("flask", "--app", "main", "run"), ("--port",),
+               "Running on http://127.0.0.1", tuple(f"/items/{n}" for n in range(12))),
+]  # fmt: skip
+
+
+def _clean_environment() -> dict[str, str]:
+    """The machine's environment without this checkout or its venv in it."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("AEGIS_") and name not in ("PYTHONPATH", "VIRTUAL_ENV")
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    into = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(into), str(ROOT)],
+        check=True,
+        timeout=INSTALL_TIMEOUT,
+        env=_clean_environment(),
+    )
+    (built,) = into.glob("aegis_mw-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def venvs(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A fresh virtual environment per extra, made on first use."""
+    made: dict[str, Path] = {}
+
+    def venv(extra: str) -> Path:
+        if extra not in made:
+            where = tmp_path_factory.mktemp(f"venv-{extra}")
+            base = getattr(sys, "_base_executable", sys.executable)
+            subprocess.run([base, "-m", "venv", str(where)], check=True, timeout=120)
+            subprocess.run(
+                [str(where / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                 f"{wheel}[{extra}]"],
+                check=True, timeout=INSTALL_TIMEOUT, env=_clean_environment(),
+            )  # fmt: skip
+            made[extra] = where
+        return made[extra]
+
+    return venv
+
+
+@contextmanager
+def running(command: list[str], cwd: Path, ready: str) -> Iterator[ChildOutput]:
+    process = subprocess.Popen(
+        command, cwd=cwd, env=_clean_environment(), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    output = ChildOutput(process.stdout)
+    try:
+        if output.wait_for(ready, STARTUP_TIMEOUT) is None:
+            pytest.fail(f"{command} did not start:\n{output.text}")
+        yield output
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+        output.join(30)
+
+
+def _see_it_live(browser: Any, base: str, link: str, requests: int) -> None:
+    """The page from the printed link: its WebSocket connected, the charts drawn."""
+    browser.get(f"{base}{link}")
+    wait_until(browser, lambda d: text_of(d, "status") == "live", "the stream connected")
+    wait_until(browser, lambda d: all(chart_scales(d).values()), "three charts drawn")
+    wait_until(
+        browser, lambda d: text_of(d, "tile-total").replace(",", "").isdigit()
+        and int(text_of(d, "tile-total").replace(",", "")) >= requests, "the traffic counted",
+    )  # fmt: skip
+    failed = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert failed == [], failed
+
+
+@pytest.mark.parametrize("quick", QUICK_STARTS, ids=[q.extra for q in QUICK_STARTS])
+def test_a_quick_start_as_written(
+    quick: QuickStart, venvs: Any, browser: Any, tmp_path: Path
+) -> None:
+    venv = venvs(quick.extra)
+    shutil.copy(ROOT / "examples" / "quickstart" / quick.file, tmp_path / "main.py")
+    port = free_port()
+    command = [str(venv / "bin" / quick.command[0]), *quick.command[1:], *quick.port_option,
+               str(port)]  # fmt: skip
+    with running(command, tmp_path, quick.ready) as output:
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, timeout=10.0) as client:
+            for path in quick.traffic:
+                assert client.get(path).status_code == 200
+            assert client.get("/dashboard").status_code == 401  # private by default
+        match = output.wait_for(PRINTED_LINK, STARTUP_TIMEOUT)
+        assert match is not None, output.text
+        _see_it_live(browser, base, match.group(1), len(quick.traffic))
+
+
+def test_the_demo_as_written(venvs: Any, browser: Any, tmp_path: Path) -> None:
+    """``./run-demo`` installs the ``fastapi`` extra and runs ``aegis-mw demo``."""
+    venv = venvs("fastapi")
+    command = [str(venv / "bin" / "aegis-mw"), "demo", "--port", "0", "--duration", "120"]
+    with running(command, tmp_path, "  dashboard  ") as output:
+        printed = output.wait_for(re.compile(r"^  dashboard  (http://[^/]+)(/dashboard\S*)"), 5)
+        assert printed is not None, output.text
+        base, link = printed.group(1), printed.group(2)
+        assert "?token=" in link
+        _see_it_live(browser, base, link, 20)
