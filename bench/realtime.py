@@ -97,6 +97,8 @@ REQUEST = b"GET /ok HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench-realtime\r\
 TARGET_CPU_PERCENT = 10.0
 TARGET_LATENCY_RATIO = 1.05
 CONNECT_AT_ONCE = 50
+#: The app's access token the server is given and the clients send.
+BENCH_TOKEN = "realtime-bench-token"
 HANDSHAKE_TIMEOUT = 15.0  # one client's handshake, then its hello
 CONNECT_DEADLINE = 120.0  # all the clients' handshakes
 STARTUP_TIMEOUT = 60.0
@@ -226,6 +228,8 @@ async def open_client(uri: str, client: Client, gate: asyncio.Semaphore, compres
                 compression="deflate" if compression else None,
                 proxy=None,
                 max_size=1 << 22,
+                # The stream is private by default: the clients hold the app's token.
+                additional_headers={"Authorization": f"Bearer {BENCH_TOKEN}"},
             )
         except Exception as exc:
             client.error = describe(exc)
@@ -475,6 +479,7 @@ def server_environment(interval_ms: int, clients: int) -> tuple[dict[str, str], 
         "AEGIS_UPDATE_INTERVAL": str(interval_ms),
         "AEGIS_WS_MAX_CONNECTIONS_PER_CLIENT": str(per_client),
         "AEGIS_WS_MAX_CONNECTIONS": str(max(2000, 2 * per_client)),
+        "AEGIS_ACCESS_TOKEN": BENCH_TOKEN,
     }
     env.update(options)
     return env, options
