@@ -123,9 +123,7 @@ def _read(path: str) -> str:
     return value
 
 
-def with_defaults(
-    rules: Mapping[str, AccessRule], token: AppToken | None
-) -> dict[str, AccessRule]:
+def with_defaults(rules: Mapping[str, AccessRule], token: AppToken | None) -> dict[str, AccessRule]:
     """The user's rules, each private group without one filled in: the page
     and its API go together (the page is useless without its API calls), so
     a rule given for one serves for the other; with none, the token's."""

@@ -25,7 +25,9 @@ def check_options(**kwargs: Any) -> list[checks.CheckMessage]:
     try:
         AegisSettings.load(**options())
     except ConfigError as exc:
-        return [checks.Error(str(exc), hint="see aegis_mw's docs/configuration.md", id="aegis_mw.E001")]
+        return [
+            checks.Error(str(exc), hint="see aegis_mw's docs/configuration.md", id="aegis_mw.E001")
+        ]
     return []
 
 
