@@ -131,7 +131,8 @@ DJANGO_SETTINGS = "examples.django_project.settings"
 
 def test_the_django_example_under_gunicorn(tmp_path: Path) -> None:
     app = "examples.django_project.wsgi:application"
-    with gunicorn_serving(app, tmp_path, DJANGO_SETTINGS_MODULE=DJANGO_SETTINGS) as base:
+    env = {"DJANGO_SETTINGS_MODULE": DJANGO_SETTINGS, "AEGIS_WS_PORT": str(free_port())}
+    with gunicorn_serving(app, tmp_path, **env) as base:
         exercise(base, "/api/items", tmp_path)
 
 

@@ -10,9 +10,11 @@ extra, as ``pip install 'aegis_mw[fastapi]'`` would from an index."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -99,10 +101,12 @@ def venvs(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 @contextmanager
-def running(command: list[str], cwd: Path, ready: str) -> Iterator[ChildOutput]:
+def running(command: list[str], cwd: Path, ready: str, **env: str) -> Iterator[ChildOutput]:
+    """The command in a session of its own: a server that forks (Django's
+    reloader) is stopped whole."""
     process = subprocess.Popen(
-        command, cwd=cwd, env=_clean_environment(), stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        command, cwd=cwd, env={**_clean_environment(), **env}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     assert process.stdout is not None
     output = ChildOutput(process.stdout)
@@ -111,11 +115,13 @@ def running(command: list[str], cwd: Path, ready: str) -> Iterator[ChildOutput]:
             pytest.fail(f"{command} did not start:\n{output.text}")
         yield output
     finally:
-        process.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
         output.join(30)
 
@@ -151,6 +157,27 @@ def test_a_quick_start_as_written(
         match = output.wait_for(PRINTED_LINK, STARTUP_TIMEOUT)
         assert match is not None, output.text
         _see_it_live(browser, base, match.group(1), len(quick.traffic))
+
+
+def test_the_django_example_as_written(venvs: Any, browser: Any, tmp_path: Path) -> None:
+    """The README's Django project, from a checkout, with only the ``django``
+    extra: Django's own server, the stream on ``ws_port`` (a free one here)."""
+    venv = venvs("django")
+    shutil.copytree(ROOT / "examples", tmp_path / "examples",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.db*"))  # fmt: skip
+    port, stream = free_port(), free_port()
+    command = [str(venv / "bin" / "python"), "examples/django_project/manage.py", "runserver",
+               f"127.0.0.1:{port}"]  # fmt: skip
+    with running(command, tmp_path, "Starting development server", AEGIS_WS_PORT=str(stream)) as (
+        output
+    ):
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, timeout=10.0) as client:
+            for number in range(12):
+                assert client.get(f"/api/items/{number}").status_code == 200
+        match = output.wait_for(PRINTED_LINK, STARTUP_TIMEOUT)
+        assert match is not None, output.text
+        _see_it_live(browser, base, match.group(1), 12)
 
 
 def test_the_demo_as_written(venvs: Any, browser: Any, tmp_path: Path) -> None:

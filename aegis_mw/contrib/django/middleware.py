@@ -18,6 +18,7 @@ and serves async handlers (ASGI) and builds without the extension.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from collections.abc import Callable
 from http.cookies import SimpleCookie
@@ -88,6 +89,7 @@ class AegisMiddleware:
         self._compiled = compiled.build(self) if fast and own_call else None
         self.aegis.attached("compiled" if self._compiled is not None else "python")
         self.aegis.start()
+        self._start_stream()
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
@@ -125,7 +127,17 @@ class AegisMiddleware:
         """``/metrics``, the health routes, the JSON API and ``/dashboard``."""
         return _django_response(self._mounted(request))
 
+    def _start_stream(self) -> None:
+        """Under WSGI with ``ws_port``, the stream's server thread of this
+        process (a no-op when it runs; again after a fork, threads do not
+        survive one). Under ASGI the stream is on the app's own port."""
+        if self.routes.realtime is not None and not self.is_async:
+            self.routes.realtime.start(os.getpid())
+
     def _mounted(self, request: HttpRequest) -> Response:
+        # The page served here connects to the stream next: it must be up in
+        # this process (its handler may have been built before a fork).
+        self._start_stream()
         # request.scheme: https behind a proxy too, per SECURE_PROXY_SSL_HEADER.
         answer = self.routes.respond(request.META, request.scheme)
         if answer is None:  # not a mounted path: never, the callers check first
