@@ -4,6 +4,8 @@ whichever server runs the app: never a server that starts and answers 500."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -77,16 +79,19 @@ def _run(command: list[str], workdir: Path, **env: str) -> tuple[int, str]:
     """Run a server to its exit; its output, both streams."""
     environment = child_environment(**env)
     environment["PYTHONPATH"] = f"{workdir}:{environment['PYTHONPATH']}"
-    done = subprocess.run(
-        command,
-        cwd=workdir,
-        env=environment,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=EXIT_WITHIN,
-    )
-    return done.returncode, done.stdout + done.stderr
+    # A session of its own: a server that started anyway (with workers) is
+    # stopped whole when the time runs out, not just its first process.
+    process = subprocess.Popen(
+        command, cwd=workdir, env=environment, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        output, _ = process.communicate(timeout=EXIT_WITHIN)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"{command} still ran after {EXIT_WITHIN} s:\n{output}")
+    return process.returncode, output
 
 
 def _uvicorn(*args: str) -> list[str]:
