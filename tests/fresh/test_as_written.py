@@ -56,11 +56,13 @@ QUICK_STARTS = [
 
 
 def _clean_environment() -> dict[str, str]:
-    """The machine's environment without this checkout or its venv in it."""
+    """The machine's environment without this checkout, its venv or what the
+    test run set (the Django tests' settings module) in it: a new user's shell."""
+    dropped = ("PYTHONPATH", "VIRTUAL_ENV", "DJANGO_SETTINGS_MODULE")
     env = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith("AEGIS_") and name not in ("PYTHONPATH", "VIRTUAL_ENV")
+        if not name.startswith("AEGIS_") and name not in dropped
     }
     env["PYTHONUNBUFFERED"] = "1"
     return env
