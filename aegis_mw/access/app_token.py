@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import secrets
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -101,8 +102,9 @@ def _read_or_create(path: str) -> str:
     except FileNotFoundError:
         pass
     directory = os.path.dirname(path) or "."
-    aside = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A name of its own (mode 0600), so pipelines racing in one process too
+    # never write or remove each other's file.
+    fd, aside = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
     try:
         with os.fdopen(fd, "w") as file:
             file.write(secrets.token_urlsafe(24) + "\n")

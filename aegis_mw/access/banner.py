@@ -34,7 +34,7 @@ def announce(aegis: Aegis, hot_path: str) -> str:
     if settings.dashboard_path:
         where = settings.dashboard_path
         token = aegis.access_token
-        if token is not None and "dashboard" not in settings.access:
+        if token is not None:  # there is one only when neither the page nor its API has a rule
             where += f"?token={token.value}"
             if token.origin not in ("option", "memory"):
                 where += f" (token kept in {token.origin})"
