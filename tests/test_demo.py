@@ -151,11 +151,14 @@ def query(db: Path, sql: str, parameters: Sequence[object] = ()) -> list[tuple[A
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoRun, Path]:
-    """One three-second demo run at 40 requests/s, shared by the tests below; the
-    file given as a ``sqlite:///`` URL (four slashes: an absolute path)."""
+    """One eight-second demo run at 40 requests/s, shared by the tests below; the
+    file given as a ``sqlite:///`` URL (four slashes: an absolute path). Eight
+    seconds leave this test's own requests room on a loaded machine: with
+    three, the demo sometimes ended (resetting the connection) before they
+    were done."""
     workdir = tmp_path_factory.mktemp("demo")
     db = workdir / "demo.db"
-    return run_demo(workdir, f"sqlite:///{db}", "--duration", "3", "--rate", "40"), db
+    return run_demo(workdir, f"sqlite:///{db}", "--duration", "8", "--rate", "40"), db
 
 
 def test_demo_exits_cleanly_and_prints_where_to_look(demo: tuple[DemoRun, Path]) -> None:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from .finalize import Finalizer
+from .gil_slices import Slices
 from .recorder import Recorder
 from .retention import Retention
 from .sink import is_refusal
@@ -26,6 +27,9 @@ from .sink_runner import SinkRunner, SinkTimeout
 logger = logging.getLogger("aegis_mw.flusher")
 
 DROP_REPORT_INTERVAL = 10.0
+#: Items folded and finalized between two checks of the GIL slice (see
+#: :mod:`.gil_slices`): small enough that one step stays well under a slice.
+INGEST_STEP = 32
 
 
 class FlushCycle:
@@ -55,6 +59,8 @@ class FlushCycle:
         self._last_report = -math.inf
         #: Set by the owner to prune expired history between writes.
         self.retention: Retention | None = None
+        #: The worker thread's slices (see :mod:`.gil_slices`).
+        self.slices = Slices()
 
     def reset_after_fork(self) -> None:
         self.cycles = self.internal_errors = 0
@@ -92,24 +98,34 @@ class FlushCycle:
         return not any(runner.owes() for runner in self.runners)
 
     def ingest(self) -> None:
-        """Move what the inbox holds now into every sink's backlog."""
+        """Move what the inbox holds now into every sink's backlog, a few
+        items at a time with pauses between slices (see :mod:`.gil_slices`);
+        the rollups folded on the way go to the sinks once, at the end."""
         recorder = self.recorder
+        fold_drained = self.aggregates.fold_drained
+        finalize = self.finalizer.finalize
+        runners = self.runners
+        slices = self.slices
+        slices.begin()
         remaining = len(recorder.inbox)
         while remaining > 0:
-            count = min(remaining, self.batch_size)
-            items, malformed = self.aggregates.fold_drained(lambda: recorder.drain(count))  # noqa: B023
+            count = min(remaining, INGEST_STEP)
+            items, malformed = fold_drained(lambda: recorder.drain(count))  # noqa: B023
             remaining -= count
             if self._on_first_records is not None and items:
                 hook, self._on_first_records = self._on_first_records, None
                 hook()
             invalid_before = self.finalizer.invalid
-            records = self.finalizer.finalize(items)
+            records = finalize(items)
             malformed += self.finalizer.invalid - invalid_before
             if malformed:
                 recorder.dropped["invalid"] += malformed
-            rollups = self.finalizer.take_rollups()
-            for runner in self.runners:
+            for runner in runners:
                 runner.offer(records)
+            slices.check()
+        rollups = self.finalizer.take_rollups()
+        if rollups.requests:
+            for runner in runners:
                 runner.offer_rollups(rollups)
 
     def write(

@@ -61,6 +61,12 @@ def _worker(ref: weakref.ReferenceType[Flusher]) -> None:
         del flusher
         if timeout > 0:
             wake.acquire(timeout=timeout)
+        else:
+            # Work is waiting already (a flush request, say): a wake-up
+            # released for it is consumed here, or it would run a second,
+            # empty cycle right after this one, racing the caller that
+            # asked for the flush.
+            wake.acquire(blocking=False)
         flusher = ref()
         if flusher is None or not flusher._step():
             return

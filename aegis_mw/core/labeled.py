@@ -42,6 +42,11 @@ COUNT, DURATION_SUM, TTFB_COUNT, TTFB_SUM, REQUEST_BYTES, RESPONSE_BYTES = range
 BUCKETS_BASE = 6
 
 RouteLabel = Callable[[str], str]
+#: (requests key, series, fine histogram, is HEAD) for a known label set.
+_Known = tuple[tuple[str, str, str], list[float], "array[int]", bool]
+#: At most this many (method, route, status) triples are remembered: the
+#: route cap and the nine methods bound them, but an app may send any status.
+KNOWN_LIMIT = 10_000
 
 
 class LabeledTotals:
@@ -58,6 +63,10 @@ class LabeledTotals:
         #: finalizer counts the same ones, once written).
         self.route_overflow = 0
         self._status_text: dict[int, str] = {}
+        # (method, route, status) as items carry them, for plain values seen
+        # before -> what folding one needs: (requests key, series, fine
+        # histogram, is HEAD). One lookup instead of the label work.
+        self._known: dict[tuple[str, str, int], _Known] = {}
 
     def copy(self) -> LabeledTotals:
         other = LabeledTotals(self.bounds)
@@ -67,7 +76,7 @@ class LabeledTotals:
         other.latency = {key: counts[:] for key, counts in self.latency.items()}
         other.route_overflow = self.route_overflow
         other._status_text = self._status_text
-        return other
+        return other  # its own _known: the entries point at this object's lists
 
     def _new_series(self) -> list[float]:
         return [0] * (BUCKETS_BASE + 2 * (len(self.bounds) + 1))
@@ -77,14 +86,51 @@ class LabeledTotals:
         route cap's :meth:`~aegis_mw.core.labels.RouteCap.label`). An item
         that cannot be read (a malformed one from a third-party caller of
         ``Recorder.offer``) is skipped before anything is changed."""
+        known = self._known
+        requests = self.requests
+        bounds = self.bounds
+        ttfb_base = BUCKETS_BASE + len(bounds) + 1
+        bucket_index = histogram.bucket_index
         for item in items:
             try:
                 if type(item) is PendingSession:
                     route = self._route(item.route, route_label)
                     key = (route, close_code_label(item.close_code))
                     self.sessions[key] = self.sessions.get(key, 0) + 1
+                    continue
+                try:
+                    entry = known.get((item[0], item[1], item[3]))
+                except TypeError:  # an unhashable value: the general path
+                    entry = None
+                if entry is None:
+                    labels = self._labels(item)
+                    head = labels[0] == "HEAD"
                 else:
-                    self._fold_request(item, route_label)
+                    head = entry[3]
+                start = item[4]
+                duration = float(item[6] - start)
+                ttfb = item[5]
+                if ttfb is not None:
+                    ttfb = float(ttfb - start)
+                request_bytes = int(item[7])
+                response_bytes = 0 if head else int(item[8])  # no body for HEAD
+                # Everything read: only now change anything.
+                if entry is None:
+                    entry = self._label_set(item, labels, route_label)
+                key3, values, counts, _ = entry
+                # Not finite (NaN, inf): no bucket, as the realtime ring keeps none.
+                if duration - duration == 0.0:
+                    counts[bucket_index(duration * 1000.0)] += 1
+                requests[key3] += 1
+                values[COUNT] += 1
+                values[DURATION_SUM] += duration
+                values[BUCKETS_BASE + bisect_left(bounds, duration)] += 1
+                if ttfb is not None:
+                    values[TTFB_COUNT] += 1
+                    values[TTFB_SUM] += ttfb
+                    values[ttfb_base + bisect_left(bounds, ttfb)] += 1
+                values[REQUEST_BYTES] += request_bytes
+                values[RESPONSE_BYTES] += response_bytes
             except Exception:
                 continue
 
@@ -95,8 +141,9 @@ class LabeledTotals:
             self.route_overflow += 1
         return label
 
-    def _fold_request(self, item: Any, route_label: RouteLabel) -> None:
-        bounds = self.bounds
+    def _labels(self, item: Any) -> tuple[str, str]:
+        """The method and status label values of an item not seen before;
+        raises for a status that is no number (nothing changed yet)."""
         method = item[0]
         if method not in STANDARD_METHODS:
             method = OTHER_METHOD
@@ -107,36 +154,31 @@ class LabeledTotals:
             # Only plain ints as keys: an app's status object must not be kept.
             if type(status) is int and len(self._status_text) < 1000:
                 self._status_text[status] = text
-        start = item[4]
-        duration = float(item[6] - start)
-        # Not finite (NaN, inf): no bucket, as the realtime ring keeps none.
-        bucket = histogram.bucket_index(duration * 1000.0) if duration - duration == 0.0 else -1
-        ttfb = item[5]
-        if ttfb is not None:
-            ttfb = float(ttfb - start)
-        request_bytes = int(item[7])
-        response_bytes = 0 if method == "HEAD" else int(item[8])  # no body for HEAD
-        # Everything read: only now change anything.
+        return method, text
+
+    def _label_set(self, item: Any, labels: tuple[str, str], route_label: RouteLabel) -> _Known:
+        """The counters of an item's label set, created when new; remembered
+        for the fast path when the item's values are plain and its labels
+        stay what they are (an overflowed route is counted each time)."""
+        method, text = labels
         route = self._route(item[1], route_label)
         key3 = (method, route, text)
-        self.requests[key3] = self.requests.get(key3, 0) + 1
+        if key3 not in self.requests:
+            self.requests[key3] = 0
         values = self.series.get((method, route))
         if values is None:
             values = self.series[(method, route)] = self._new_series()
-        if bucket >= 0:
-            counts = self.latency.get((method, route))
-            if counts is None:
-                counts = self.latency[(method, route)] = array("Q", bytes(8 * histogram.COUNT))
-            counts[bucket] += 1
-        values[COUNT] += 1
-        values[DURATION_SUM] += duration
-        values[BUCKETS_BASE + bisect_left(bounds, duration)] += 1
-        if ttfb is not None:
-            values[TTFB_COUNT] += 1
-            values[TTFB_SUM] += ttfb
-            values[BUCKETS_BASE + len(bounds) + 1 + bisect_left(bounds, ttfb)] += 1
-        values[REQUEST_BYTES] += request_bytes
-        values[RESPONSE_BYTES] += response_bytes
+        counts = self.latency.get((method, route))
+        if counts is None:
+            counts = self.latency[(method, route)] = array("Q", bytes(8 * histogram.COUNT))
+        entry = (key3, values, counts, method == "HEAD")
+        raw = (item[0], item[1], item[3])
+        if (
+            type(raw[0]) is str and type(raw[1]) is str and type(raw[2]) is int
+            and raw[0] == method and route != OVERFLOW_ROUTE and len(self._known) < KNOWN_LIMIT
+        ):  # fmt: skip
+            self._known[raw] = entry
+        return entry
 
 
 #: Close codes RFC 6455 and the IANA registry define (1004, 1005, 1006 and

@@ -95,13 +95,18 @@ class Batch:
 
     A batch may be delivered again after a failure or a timeout whose write in
     fact completed, so sinks store by ``request_id``/``session_id`` idempotently.
-    ``rollups`` is given only to sinks that keep history (those with
-    ``read_rollups``); they apply each ``delta_id`` once.
+    A batch delivered again is the same batch: the same records under the
+    same ``batch_id`` (never reused for other records), so a sink may instead
+    store each ``batch_id`` once, in the transaction that stores its records
+    (the SQLite sink does); an empty ``batch_id`` (a batch built by hand) is
+    stored as it is. ``rollups`` is given only to sinks that keep history
+    (those with ``read_rollups``); they apply each ``delta_id`` once.
     """
 
     requests: list[RequestRecord] = field(default_factory=list)
     sessions: list[WebSocketSession] = field(default_factory=list)
     rollups: RollupDelta | None = None
+    batch_id: str = ""
 
     def __len__(self) -> int:
         return len(self.requests) + len(self.sessions)

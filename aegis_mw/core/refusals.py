@@ -29,7 +29,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from .record import RequestRecord, WebSocketSession
+from .record import Batch, RequestRecord, WebSocketSession
 
 if TYPE_CHECKING:
     from .isolation import Isolation
@@ -66,6 +66,7 @@ class RefusalHandling:
     _refusal_logged_at: float
     #: The batch in flight is one record from the end of the backlog.
     _tail_probe: bool = False
+    _unanswered: tuple[Batch, int] | None = None
 
     def failed(self, exc: BaseException, now: float, *, timed_out: bool) -> None:
         raise NotImplementedError  # SinkRunner's
@@ -78,6 +79,7 @@ class RefusalHandling:
         (see :mod:`.isolation`) and deal with a record found refused. True when
         the sink is now backing off (it refused everything it was given)."""
         isolation = self.isolation
+        self._unanswered = None  # refused: rolled back, so nothing of it was stored
         if self._tail_probe:
             self._tail_probe = False
             return self._refuses_everything(exc)

@@ -116,6 +116,11 @@ class SinkRunner(RefusalHandling):
         self._reset_refusal_log()
         self._delta_prefix = os.urandom(8).hex()
         self._delta_sequence = 0
+        self._batch_sequence = 0
+        # The batch of the last write whose outcome is unknown (it failed or
+        # timed out, and may have been stored anyway): sent again, under the
+        # same id, until it succeeds or is refused. See next_batch.
+        self._unanswered: tuple[Batch, int] | None = None
         self._rollups_next = 0.0
         self.written = 0
         self.errors = 0
@@ -176,6 +181,7 @@ class SinkRunner(RefusalHandling):
         self.rollup_parts.clear()
         self.isolation.reset()
         self._tail_probe = False
+        self._unanswered = None
         self._reset_refusal_log()
         self._delta_prefix = os.urandom(8).hex()
         self._delta_sequence = 0
@@ -243,11 +249,25 @@ class SinkRunner(RefusalHandling):
         self.rollups_pending = self.rollups_in_flight = None
         self.rollup_parts.clear()
         self.isolation.reset()
+        self._unanswered = None
 
     def next_batch(self, limit: int, *, rollups: bool = True) -> tuple[Batch, int]:
         """Up to ``limit`` records, and the rollups when ``rollups``. While a
         refusal is searched (see :mod:`.isolation`): the rollups alone, or a
-        part of the suspect records without them."""
+        part of the suspect records without them.
+
+        After a failed write, the same batch again, with the same
+        ``batch_id``: the write may have been stored (a timeout whose write
+        completed, a connection lost during the commit), and a sink that
+        stores each batch id once (SQLite) then skips it whole. Nothing
+        changes the backlog's front meanwhile: records are added at the end,
+        and removed only by the outcome of this write or by dropping them all.
+        """
+        if self._unanswered is None:
+            self._unanswered = self._build_batch(limit, rollups=rollups)
+        return self._unanswered
+
+    def _build_batch(self, limit: int, *, rollups: bool) -> tuple[Batch, int]:
         isolation = self.isolation
         if isolation.rollups_alone:
             if self.rollups_in_flight is not None:
@@ -274,7 +294,8 @@ class SinkRunner(RefusalHandling):
 
     def _records_batch(self, limit: int, rollups: RollupDelta | None) -> tuple[Batch, int]:
         self._batch_has_rollups = rollups is not None
-        batch = Batch(rollups=rollups)
+        self._batch_sequence += 1
+        batch = Batch(rollups=rollups, batch_id=f"{self._delta_prefix}.{self._batch_sequence:x}")
         taken = 0
         for record in itertools.islice(self.backlog, limit):
             if type(record) is RequestRecord:
@@ -285,6 +306,7 @@ class SinkRunner(RefusalHandling):
         return batch, taken
 
     def succeeded(self, taken: int, seconds: float) -> None:
+        self._unanswered = None
         isolation = self.isolation
         if self._tail_probe:  # the sink takes records: the held ones were bad
             self._tail_probe = False

@@ -33,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from ..core.errors import ConfigError
+from ..core.gil_slices import Slices
 from ..core.record import Batch
 from ..core.rollup import LEVELS, RollupDelta, encode_histogram_array, expand
 from ..core.rollup import parameter_rows as rollup_parameters
@@ -238,14 +239,23 @@ def _store(cursor: psycopg.Cursor[Any], steps: _Steps, rows: Sequence[tuple[Any,
     cursor.execute(steps.insert_staged)
 
 
+#: Rows formatted for COPY between two checks of the writing thread's GIL
+#: slice: formatting holds the GIL, and psycopg lets it go only when it sends
+#: a full buffer (see core.gil_slices).
+COPY_STEP = 64
+
+
 def _copy(
     cursor: psycopg.Cursor[Any], sql: str, types: Sequence[str], rows: Sequence[tuple[Any, ...]]
 ) -> None:
+    slices = Slices()
     with cursor.copy(sql) as copy:
         copy.set_types(types)
         write_row = copy.write_row
-        for row in rows:
-            write_row(row)
+        for first in range(0, len(rows), COPY_STEP):
+            for row in rows[first : first + COPY_STEP]:
+                write_row(row)
+            slices.check()
 
 
 def _add_rollups(cursor: psycopg.Cursor[Any], delta: RollupDelta) -> None:

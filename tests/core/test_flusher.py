@@ -152,6 +152,39 @@ def test_lost_acknowledgement_into_sqlite_keeps_one_row_per_record(
     assert (entry.errors, entry.written, entry.backlog) == (2, 12, 0)
 
 
+def test_a_retry_is_the_same_batch_though_more_records_arrived(
+    make_aegis: Callable[..., Aegis], tmp_path: Path
+) -> None:
+    """The SQLite sink keys a write by its batch id: after a lost
+    acknowledgement the retry sends exactly the records of the first attempt
+    under the same id (skipped whole), and the records that arrived meanwhile
+    go in a batch of their own. With a retry that took the newcomers along
+    under the old id, they would be skipped with it and lost."""
+    database = tmp_path / "lost-ack-grown.db"
+    sink = LostAckSQLiteSink(str(database), lose=1)
+    sent: list[tuple[str, int]] = []
+    write = sink.write
+
+    def noted(batch: Batch) -> None:
+        sent.append((batch.batch_id, len(batch)))
+        write(batch)
+
+    sink.write = noted  # type: ignore[method-assign]
+    aegis = make_aegis(sink=sink, **QUIET)
+    first, later = paths(3, "/first"), paths(4, "/later")
+    offer_all(aegis, first)
+    assert aegis.force_flush(WAIT) is False
+    offer_all(aegis, later)
+    assert aegis.force_flush(WAIT) is True
+
+    assert sqlite_paths(database) == sorted(first + later)
+    (first_id, first_size), (retry_id, retry_size), (next_id, next_size) = sent
+    assert (retry_id, retry_size) == (first_id, first_size) == (first_id, 3)
+    assert next_id != first_id and next_size == 4
+    [entry] = aegis.stats().sinks
+    assert (entry.errors, entry.written, entry.backlog) == (1, 7, 0)
+
+
 # -- 4. a hanging sink -----------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from aegis_mw import Aegis, Batch, RequestRecord, WebSocketSession
+from aegis_mw.core.history import RequestQuery
 from aegis_mw.core.rollup import RollupDelta, RollupRow
 from aegis_mw.sinks import SQLiteSink, sqlite_schema
 from aegis_mw.sinks.sqlite_schema import SCHEMA_VERSION, SchemaTooNew
@@ -20,7 +21,7 @@ from tests.spawned import run_together
 
 EXPECTED_REQUEST_COLUMNS = [
     # name, declared type, not null, primary key position
-    ("request_id", "TEXT", 1, 1),  # WITHOUT ROWID keys are NOT NULL
+    ("request_id", "TEXT", 1, 0),  # no key since version 4: batches are
     ("timestamp", "REAL", 1, 0),
     ("method", "TEXT", 1, 0),
     ("route", "TEXT", 1, 0),
@@ -156,6 +157,8 @@ def test_schema_is_created_on_first_write(
     assert path.exists()
     objects = query(path, "SELECT type, name, tbl_name FROM sqlite_master ORDER BY name")
     assert objects == [
+        ("table", "aegis_batches", "aegis_batches"),
+        ("index", "aegis_batches_applied_at", "aegis_batches"),
         ("table", "aegis_requests", "aegis_requests"),
         ("index", "aegis_requests_timestamp", "aegis_requests"),
         ("table", "aegis_rollup_deltas", "aegis_rollup_deltas"),
@@ -169,11 +172,14 @@ def test_schema_is_created_on_first_write(
     assert [(c[1], c[2], c[3], c[5]) for c in request_columns] == EXPECTED_REQUEST_COLUMNS
     session_columns = query(path, "PRAGMA table_info(aegis_websocket_sessions)")
     assert [(c[1], c[2], c[3], c[5]) for c in session_columns] == EXPECTED_SESSION_COLUMNS
-    for table in ("aegis_requests", "aegis_websocket_sessions"):
-        [(sql,)] = query(path, "SELECT sql FROM sqlite_master WHERE name = ?", table)
-        assert sql.rstrip().endswith("WITHOUT ROWID")
-        with pytest.raises(sqlite3.OperationalError, match="no such column: rowid"):
-            query(path, f"SELECT rowid FROM {table}")
+    # The request log appends to a rowid table (no key to keep in order);
+    # sessions stay clustered on their id.
+    [(sql,)] = query(path, "SELECT sql FROM sqlite_master WHERE name = 'aegis_requests'")
+    assert "WITHOUT ROWID" not in sql
+    [(sql,)] = query(path, "SELECT sql FROM sqlite_master WHERE name = 'aegis_websocket_sessions'")
+    assert sql.rstrip().endswith("WITHOUT ROWID")
+    with pytest.raises(sqlite3.OperationalError, match="no such column: rowid"):
+        query(path, "SELECT rowid FROM aegis_websocket_sessions")
     assert query(path, "PRAGMA index_info(aegis_requests_timestamp)") == [(0, 1, "timestamp")]
     assert query(path, "PRAGMA index_info(aegis_websocket_sessions_timestamp)") == [
         (0, 1, "timestamp")
@@ -200,39 +206,89 @@ def test_reopening_an_existing_file_keeps_schema_and_rows(
         make_request(2).request_id,
     ]
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 8
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 10
 
 
 def test_batch_written_twice_is_stored_once(
     tmp_path: Path, sink_factory: Callable[[Path], SQLiteSink]
 ) -> None:
-    """Writes are keyed by id: a repeated batch adds nothing and never overwrites the first copy."""
+    """Writes are keyed by batch id: the same batch again (a retry after a
+    write whose outcome was unknown) adds nothing; another batch id adds its
+    records, and a batch without one is stored as it is."""
     path = tmp_path / "aegis.db"
     sink = sink_factory(path)
     requests = [make_request(n) for n in range(5)]
     sessions = [make_session(n) for n in range(3)]
-    batch = Batch(requests=requests, sessions=sessions)
+    batch = Batch(requests=requests, sessions=sessions, batch_id="p.1")
 
     sink.write(batch)
     sink.write(batch)
-    # A retry that overlaps: two known ids (with different values) and one new.
-    sink.write(
-        Batch(
-            requests=[
-                make_request(0, status=500),
-                make_request(4, path="/changed"),
-                make_request(5),
-            ],
-            sessions=[make_session(2, close_code=1011)],
-        )
-    )
+    sink.write(Batch(requests=[make_request(5)], batch_id="p.2"))
+    sink.write(Batch(requests=[make_request(6)]))
 
     assert [RequestRecord(*row) for row in read_requests(path)] == [
         *requests,
         make_request(5),
+        make_request(6),
     ]
     stored_sessions = [WebSocketSession(*row) for row in read_sessions(path)]
     assert stored_sessions == sessions
+    assert query(path, "SELECT batch_id FROM aegis_batches ORDER BY batch_id") == [
+        ("p.1",),
+        ("p.2",),
+    ]
+
+
+def test_a_batch_of_any_size_is_stored_whole_and_in_order(
+    tmp_path: Path, sink_factory: Callable[[Path], SQLiteSink]
+) -> None:
+    """Requests go in statements of ROWS_PER_INSERT rows, the rest one by
+    one: every size around those boundaries stores each record once."""
+    path = tmp_path / "aegis.db"
+    sink = sink_factory(path)
+    step = sqlite_schema.ROWS_PER_INSERT
+    number = 0
+    expected = []
+    for size in (1, step - 1, step, step + 1, 3 * step, 3 * step + 5):
+        batch = [make_request(number + offset) for offset in range(size)]
+        number += size
+        expected.extend(batch)
+        sink.write(Batch(requests=batch, batch_id=f"size-{size}"))
+    assert [RequestRecord(*row) for row in read_requests(path)] == expected
+
+
+def test_version_3_request_log_is_migrated_with_every_row(
+    tmp_path: Path, sink_factory: Callable[[Path], SQLiteSink]
+) -> None:
+    """A file left at version 3 (request_id as the key) keeps every row and
+    value through the migration to version 4, reads back the same through the
+    sink, and takes new batches after it."""
+    path = tmp_path / "aegis.db"
+    connection = sqlite3.connect(path)
+    for version in (1, 2, 3):
+        for statement in sqlite_schema.MIGRATIONS[version - 1]:
+            if "aegis_histogram_v3" not in statement:  # no rollup rows to convert
+                connection.execute(statement)
+    old_requests, _ = awkward_records()
+    old_requests = [*old_requests, *(make_request(n) for n in range(10, 20))]
+    connection.executemany(
+        f"INSERT INTO aegis_requests VALUES ({', '.join('?' * 12)})", old_requests
+    )
+    connection.execute("PRAGMA user_version = 3")
+    connection.commit()
+    connection.close()
+
+    sink = sink_factory(path)
+    sink.write(Batch(requests=[make_request(30)], batch_id="after"))
+
+    assert query(path, "PRAGMA user_version") == [(sqlite_schema.SCHEMA_VERSION,)]
+    stored = [RequestRecord(*row) for row in read_requests(path)]
+    assert stored == sorted([*old_requests, make_request(30)], key=lambda r: r.request_id)
+    newest_first = sink.read_requests(RequestQuery(limit=100))
+    assert newest_first == sorted(
+        [*old_requests, make_request(30)], key=lambda r: (r.timestamp, r.request_id), reverse=True
+    )
+    assert query(path, "PRAGMA index_info(aegis_requests_timestamp)") == [(0, 1, "timestamp")]
 
 
 def awkward_records() -> tuple[list[RequestRecord], list[WebSocketSession]]:
@@ -311,7 +367,10 @@ def _write_from_process(
     sqlite_module.migrate = observed_migrate
     try:
         sink = SQLiteSink(path)
-        batch = Batch(requests=[make_request(n, prefix=f"{index:016x}") for n in range(count)])
+        batch = Batch(
+            requests=[make_request(n, prefix=f"{index:016x}") for n in range(count)],
+            batch_id=f"process-{index}",
+        )
         barrier.wait(timeout=60)
         sink.write(batch)
         sink.write(batch)
@@ -335,7 +394,7 @@ def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path: Path) -> N
     versions = sorted(version for outcome in outcomes for version in outcome[3])
     assert versions == [0] + [SCHEMA_VERSION] * (PROCESSES - 1)
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 8
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 10
     ids = [row[0] for row in read_requests(path)]
     expected = sorted(
         f"{index:016x}{n:016x}" for index in range(PROCESSES) for n in range(RECORDS_PER_PROCESS)
@@ -392,7 +451,7 @@ def test_version_2_rollups_are_migrated_to_dense_histograms(
     sink.write(Batch())
 
     check_version_2_rows_migrated(sink)
-    assert query(path, "PRAGMA user_version") == [(3,)]
+    assert query(path, "PRAGMA user_version") == [(sqlite_schema.SCHEMA_VERSION,)]
     assert query(path, "SELECT name FROM sqlite_master WHERE name = 'aegis_requests_route'") == []
     check_version_2_rows_add_up(sink)
 

@@ -1,0 +1,267 @@
+"""Where the background pipeline's time goes, per record, and how long it
+keeps the GIL from the threads that serve requests.
+
+1. **Stages.** Items shaped like the middleware's (20 routes, a 2 % error
+   rate, durations of a few milliseconds) go through each step the flusher
+   and the SQLite sink take, timed one step at a time over the same items:
+   drain, the realtime ring, the per-label totals (``/metrics``), finalize
+   without and with the rollup folding (the difference is the rollups),
+   expanding the rollups to every level, and the SQLite statement and
+   commit. Reported in CPU µs per record (this thread's CPU time, so the
+   pauses between GIL slices do not count), the median over rounds.
+
+2. **GIL waits.** A probe thread stands in for an event loop: it sleeps 1 ms
+   at a time and records how late it wakes (the time it waited for the
+   GIL, plus the timer's own slack). A producer thread offers items to a real
+   ``Aegis`` (default settings, SQLite sink) at ``--rate`` per second in
+   chunks of 50. Run once with the pipeline and once with a baseline whose
+   items are thrown away, so the timer's slack, the producer's own share and
+   the garbage collector's passes over what the producer allocates show up
+   in the baseline. Reported: the lateness percentiles and a
+   histogram of the longest waits.
+
+3. **Throughput.** ``--records`` items offered to a real ``Aegis`` at once,
+   then ``force_flush``: records/s from the first offer to the last commit,
+   into SQLite, and into PostgreSQL when ``--postgres`` reaches one.
+
+    python bench/pipeline.py            # about a minute
+    python bench/pipeline.py --quick    # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aegis_mw import Aegis
+from aegis_mw.core.aggregates import _fold
+from aegis_mw.core.record import Batch
+from aegis_mw.core.rollup import RollupDelta, expand, parameter_rows
+
+ROUTES = [f"/api/v1/resource{index}/{{item_id}}" for index in range(20)]
+LATENESS_BOUNDS_MS = (0.25, 0.5, 1, 2, 5, 10, 20, 50)
+
+
+def make_items(count: int, seed: int = 1) -> list[list[Any]]:
+    """Inbox items as the middleware queues them (see aegis_mw.core.items)."""
+    chance = random.Random(seed)
+    now = time.monotonic()
+    items = []
+    for index in range(count):
+        start = now - 1.0 + index * 1e-6
+        duration = chance.lognormvariate(-5.5, 0.6)
+        status = 500 if chance.random() < 0.02 else 200
+        route = index % len(ROUTES)
+        items.append([
+            "GET", ROUTES[route], f"/api/v1/resource{route}/{index}", status, start,
+            start + duration / 2, start + duration, 0, 512, ("127.0.0.1", 40000 + route),
+            None, "", False,
+        ])  # fmt: skip
+    return items
+
+
+def timed(function: Callable[[], Any]) -> tuple[float, Any]:
+    """CPU seconds of this thread (the pauses between GIL slices are not work)."""
+    began = time.thread_time()
+    result = function()
+    return time.thread_time() - began, result
+
+
+class NoRollups:
+    """Stands in for the finalizer's RollupDelta: finalize without the folding."""
+
+    def add(self, *args: Any) -> None:
+        return None
+
+
+def stage_round(aegis: Aegis, records: int, round_index: int) -> dict[str, float]:
+    """CPU seconds of each step over one round's records."""
+    recorder, finalizer = aegis.recorder, aegis.finalizer
+    aggregates = recorder.aggregates
+    sink = aegis.flusher.runners[0].sink
+    connection = sink._connect()  # the sink's own connection, in this thread
+    seconds: dict[str, float] = {}
+    recorder.inbox.extend(make_items(records, seed=round_index))
+    seconds["drain"], items = timed(lambda: recorder.drain(records))
+    good: list[Any] = []
+    seconds["realtime ring"] = timed(
+        lambda: _fold(aggregates.ring, aggregates.totals, items, good)
+    )[0]
+    seconds["per-label totals"] = timed(
+        lambda: aggregates.labeled.fold(good, aggregates.routes.label)
+    )[0]
+    finalizer.rollups = NoRollups()  # type: ignore[assignment]
+    seconds["finalize"] = timed(lambda: finalizer.finalize(good))[0]
+    finalizer.rollups = RollupDelta()
+    with_rollups, stored = timed(lambda: finalizer.finalize(good))
+    seconds["rollup folding"] = with_rollups - seconds["finalize"]
+    delta = finalizer.take_rollups()
+    seconds["rollups to rows"] = timed(lambda: [parameter_rows(part) for part in expand(delta)])[0]
+
+    def insert() -> None:
+        connection.execute("BEGIN IMMEDIATE")
+        if hasattr(sink, "_insert_requests"):
+            sink._insert_requests(connection, stored)
+        else:  # versions before the 64-row statements, for comparisons
+            from aegis_mw.sinks.sqlite_schema import INSERT_REQUEST
+
+            connection.executemany(INSERT_REQUEST, stored)
+
+    seconds["SQLite inserts"] = timed(insert)[0]
+    seconds["SQLite commit"] = timed(lambda: connection.execute("COMMIT"))[0]
+    delta.delta_id = f"bench-{round_index}"
+    seconds["SQLite rollup upserts"] = timed(lambda: sink.write(Batch(rollups=delta)))[0]
+    return seconds
+
+
+def stages(workdir: Path, records: int, rounds: int) -> dict[str, float]:
+    aegis = Aegis(
+        sink=f"sqlite:///{workdir}/stages.db", flush_interval=3600, batch_size=1_000_000, environ={}
+    )
+    aegis.start()
+    figures: dict[str, list[float]] = {}
+    for round_index in range(rounds):
+        for name, seconds in stage_round(aegis, records, round_index).items():
+            figures.setdefault(name, []).append(seconds / records * 1e6)
+    aegis.shutdown()
+    medians = {name: statistics.median(values) for name, values in figures.items()}
+    print(f"\nstages, CPU µs per record (median of {rounds} rounds of {records:,} records)")
+    for name, value in medians.items():
+        print(f"  {name:24s} {value:6.2f}")
+    print(f"  {'total':24s} {sum(medians.values()):6.2f}")
+    return medians
+
+
+def probe_lateness(stop: threading.Event, out: list[float], period: float = 0.001) -> None:
+    clock = time.perf_counter
+    while not stop.is_set():
+        began = clock()
+        time.sleep(period)
+        out.append((clock() - began - period) * 1000.0)
+
+
+def gil_waits(workdir: Path, rate: int, seconds: float) -> dict[str, dict[str, float]]:
+    chunk = 50
+    total = int(rate * seconds)
+    report = {}
+    for variant in ("baseline", "pipeline"):
+        aegis = None
+        if variant == "pipeline":
+            aegis = Aegis(sink=f"sqlite:///{workdir}/gil.db", environ={})
+            aegis.start()
+            offer = aegis.recorder.offer
+        else:
+            # Held about as long as the pipeline holds them, then let go.
+            offer = deque(maxlen=5000).append
+        lateness: list[float] = []
+        stop = threading.Event()
+        probe = threading.Thread(target=probe_lateness, args=(stop, lateness))
+        probe.start()
+        began = time.perf_counter()
+        for first in range(0, total, chunk):
+            due = began + first / rate
+            pause = due - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            # Made as they are offered: the heap holds what an app's would
+            # (a pre-built list of every item would make each full garbage
+            # collection walk all of them).
+            for item in make_items(chunk, seed=first):
+                offer(item)
+        if aegis is not None:
+            aegis.shutdown()
+        stop.set()
+        probe.join()
+        lateness.sort()
+        count = len(lateness)
+        figures = {
+            "p50_ms": lateness[count // 2],
+            "p99_ms": lateness[int(count * 0.99)],
+            "p999_ms": lateness[int(count * 0.999)],
+            "max_ms": lateness[-1],
+        }
+        histogram = {}
+        for bound in LATENESS_BOUNDS_MS:
+            histogram[f"> {bound:g} ms"] = sum(1 for value in lateness if value > bound)
+        report[variant] = {**figures, **histogram, "wakes": count}
+    print(f"\nGIL waits of a 1 ms sleeper while {rate:,} records/s flow ({seconds:g} s)")
+    print(f"  {'':10s} {'p50':>7s} {'p99':>7s} {'p99.9':>7s} {'max':>7s}  wakes later than")
+    for variant, row in report.items():
+        late = "  ".join(f"{key[2:]}: {row[key]}" for key in row if key.startswith(">"))
+        print(
+            f"  {variant:10s} {row['p50_ms']:7.3f} {row['p99_ms']:7.3f} {row['p999_ms']:7.3f} "
+            f"{row['max_ms']:7.2f}  ({row['wakes']} wakes) {late}"
+        )
+    return report
+
+
+def throughput(sink_url: str, records: int, rounds: int) -> float:
+    rates = []
+    for round_index in range(rounds):
+        items = make_items(records, seed=100 + round_index)
+        aegis = Aegis(sink=sink_url, max_buffer=records + 1, environ={})
+        aegis.start()
+        offer = aegis.recorder.offer
+        began = time.perf_counter()
+        for item in items:
+            offer(item)
+        if not aegis.force_flush(300):
+            raise SystemExit(f"flush failed: {aegis.stats()}")
+        rates.append(records / (time.perf_counter() - began))
+        stats = aegis.stats()
+        aegis.shutdown()
+        if stats.dropped and any(stats.dropped.values()):
+            raise SystemExit(f"records dropped: {stats.dropped}")
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rate", type=int, default=20_000, help="GIL waits: records/s")
+    parser.add_argument("--seconds", type=float, default=5.0, help="GIL waits: duration")
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.records, args.rounds, args.seconds = 20_000, 3, 3.0
+    with tempfile.TemporaryDirectory(prefix="aegis-pipeline-") as directory:
+        workdir = Path(directory)
+        stages(workdir, args.records, args.rounds)
+        gil_waits(workdir, args.rate, args.seconds)
+        print(
+            f"\nthroughput, {args.records:,} records offered then flushed (median of {args.rounds})"
+        )
+        rate = throughput(f"sqlite:///{workdir}/throughput.db", args.records, args.rounds)
+        print(f"  sqlite     {rate:10,.0f} records/s")
+        if args.postgres:
+            try:
+                import psycopg
+
+                with psycopg.connect(args.postgres, connect_timeout=3) as connection:
+                    schema = f"aegis_bench_{int(time.time())}"
+                    connection.execute(f"CREATE SCHEMA {schema}")
+                    connection.commit()
+            except Exception as exc:  # report it and go on without PostgreSQL
+                print(f"  postgresql left out: {exc}")
+                return
+            try:
+                url = f"{args.postgres}?options=-csearch_path%3D{schema}"
+                rate = throughput(url, args.records, args.rounds)
+                print(f"  postgresql {rate:10,.0f} records/s")
+            finally:
+                with psycopg.connect(args.postgres) as connection:
+                    connection.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+if __name__ == "__main__":
+    main()

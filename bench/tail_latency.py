@@ -1,0 +1,287 @@
+"""Tail latency and server CPU under HTTP load: a bare Starlette app beside
+the same app with AegisMiddleware (default SQLite sink, every request stored)
+and with starlette_exporter.
+
+Each variant is a real ``uvicorn`` server (one worker, its defaults: uvloop
+and httptools where installed) pinned to CPU 0; ``wrk`` runs pinned to CPU 1,
+so the server has one core to itself and the load generator the other. All
+servers start together and stay up; rounds run each variant once, in rotating
+order, so slow drifts of the machine hit every variant alike. Reported per
+variant, as the median over rounds: requests/s, the server's CPU time per
+request (utime + stime from /proc, so the background pipeline is charged to
+the variant), and wrk's latency percentiles.
+
+Two loads:
+
+- **saturation**: ``-c 32`` connections as fast as the server answers;
+- **paced** (``--paced 0.5``): about half of bare's saturated rate, each
+  connection waiting a fixed delay between a response and its next request
+  (wrk's ``delay()``), so queueing is not what the percentiles measure: what
+  the middleware adds to a request's own latency is.
+
+    python bench/tail_latency.py                  # 6 rounds of 8 s per load
+    python bench/tail_latency.py --rounds 3 --seconds 4 --no-paced   # quick look
+    python bench/tail_latency.py --other-tree ../aegis-before   # beside another commit
+
+Needs ``wrk`` (Debian/Ubuntu: ``apt-get install wrk``) and two CPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+APP = textwrap.dedent(
+    """
+    import os
+
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+
+    async def item(request):
+        return PlainTextResponse("ok")
+
+
+    app = Starlette(routes=[Route("/items/{item_id}", item)])
+    variant = os.environ["BENCH_VARIANT"]
+    if variant == "aegis":
+        from aegis_mw import AegisMiddleware
+
+        app.add_middleware(AegisMiddleware, sink="sqlite:///" + os.environ["BENCH_DB"])
+    elif variant == "starlette_exporter":
+        from starlette_exporter import PrometheusMiddleware
+
+        app.add_middleware(PrometheusMiddleware)
+    """
+)
+
+WRK_SCRIPT = textwrap.dedent(
+    """
+    local delay_ms = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
+    local counter = 0
+    request = function()
+      counter = counter + 1
+      return wrk.format("GET", "/items/" .. (counter % 1000))
+    end
+    if delay_ms > 0 then
+      delay = function() return delay_ms end
+    end
+    done = function(summary, latency, requests)
+      local e = summary.errors
+      io.write(string.format(
+        'BENCH {"requests":%d,"duration_us":%d,"errors":%d,"non2xx":%d,' ..
+        '"p50":%d,"p99":%d,"p999":%d,"max":%d}\\n',
+        summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout,
+        e.status, latency:percentile(50), latency:percentile(99),
+        latency:percentile(99.9), latency.max))
+    end
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_ready(port: int, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"GET /items/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"server on port {port} did not start")
+
+
+def start_server(
+    variant: str, workdir: Path, other_tree: Path | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``aegis_other`` runs the aegis app on the aegis_mw of ``other_tree``
+    (a checkout of another commit, its extension built or copied in)."""
+    port = free_port()
+    app_variant = "aegis" if variant == "aegis_other" else variant
+    env = dict(os.environ, BENCH_VARIANT=app_variant, BENCH_DB=str(workdir / f"{variant}.db"))
+    paths = [str(workdir), env.get("PYTHONPATH", "")]
+    if variant == "aegis_other" and other_tree is not None:
+        paths.insert(0, str(other_tree))
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    command = [
+        "taskset", "-c", "0", sys.executable, "-m", "uvicorn", "bench_app:app",
+        "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    server = subprocess.Popen(command, env=env, cwd=workdir, start_new_session=True)
+    wait_ready(port, time.monotonic() + 30)
+    return server, port
+
+
+def run_wrk(port: int, seconds: float, connections: int, delay_ms: int, script: Path) -> dict:
+    env = dict(os.environ, BENCH_DELAY_MS=str(delay_ms))
+    command = [
+        "taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s",
+        "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{port}",
+    ]  # fmt: skip
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    for line in out.stdout.splitlines():
+        if line.startswith("BENCH "):
+            return json.loads(line[6:])
+    raise SystemExit(f"wrk gave no summary:\n{out.stdout}\n{out.stderr}")
+
+
+def measure(
+    servers: dict[str, tuple[subprocess.Popen[bytes], int]],
+    *,
+    rounds: int,
+    seconds: float,
+    connections: int,
+    delay_ms: int,
+    script: Path,
+) -> dict[str, list[dict[str, float]]]:
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+    names = list(servers)
+    for round_index in range(rounds):
+        order = names[round_index % len(names) :] + names[: round_index % len(names)]
+        for name in order:
+            server, port = servers[name]
+            before = cpu_seconds(server.pid)
+            summary = run_wrk(port, seconds, connections, delay_ms, script)
+            # The pipeline's work for the last requests lands within a flush
+            # interval: wait it out so the round is charged for all of it.
+            time.sleep(1.5)
+            cpu = cpu_seconds(server.pid) - before
+            requests = summary["requests"]
+            if summary["errors"] or summary["non2xx"]:
+                raise SystemExit(f"{name}: wrk saw errors: {summary}")
+            results[name].append(
+                {
+                    "rps": requests / (summary["duration_us"] / 1e6),
+                    "cpu_us": cpu / requests * 1e6,
+                    "p50_ms": summary["p50"] / 1000,
+                    "p99_ms": summary["p99"] / 1000,
+                    "p999_ms": summary["p999"] / 1000,
+                    "max_ms": summary["max"] / 1000,
+                }
+            )
+            print(
+                f"  round {round_index + 1} {name:20s} " + format_row(results[name][-1]), flush=True
+            )
+    return results
+
+
+def format_row(row: dict[str, float]) -> str:
+    return (
+        f"{row['rps']:8.0f} req/s  {row['cpu_us']:6.1f} µs CPU/req  p50 {row['p50_ms']:6.2f}  "
+        f"p99 {row['p99_ms']:6.2f}  p99.9 {row['p999_ms']:6.2f}  max {row['max_ms']:7.2f} ms"
+    )
+
+
+def summarize(title: str, results: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    medians = {
+        name: {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+        for name, rows in results.items()
+    }
+    bare = medians["bare"]
+    print(f"\n{title} (medians of {len(results['bare'])} rounds)")
+    print(f"{'variant':20s} {'req/s':>8s} {'ratio':>6s} {'CPU µs/req':>11s} {'Δ CPU':>7s} "
+          f"{'p50 ms':>7s} {'p99 ms':>7s} {'p99 x':>6s} {'p99.9 ms':>9s} {'Δ p99.9':>8s}")  # fmt: skip
+    for name, row in medians.items():
+        print(
+            f"{name:20s} {row['rps']:8.0f} {row['rps'] / bare['rps']:6.2f} {row['cpu_us']:11.1f} "
+            f"{row['cpu_us'] - bare['cpu_us']:+7.1f} {row['p50_ms']:7.2f} {row['p99_ms']:7.2f} "
+            f"{row['p99_ms'] / bare['p99_ms']:6.2f} {row['p999_ms']:9.2f} "
+            f"{row['p999_ms'] - bare['p999_ms']:+8.2f}"
+        )
+    return {"medians": medians, "rounds": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--paced", type=float, default=0.5, help="fraction of bare's rate")
+    parser.add_argument("--no-paced", dest="paced", action="store_const", const=0.0)
+    parser.add_argument("--delay-ms", type=int, default=5, help="paced: per-connection delay")
+    parser.add_argument("--variants", nargs="+", default=["bare", "aegis", "starlette_exporter"])
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--other-tree",
+        type=Path,
+        help="also run the aegis app on the aegis_mw in this directory (variant aegis_other): "
+        "a before-and-after comparison in one run",
+    )
+    args = parser.parse_args()
+    if shutil.which("wrk") is None or shutil.which("taskset") is None:
+        raise SystemExit("needs wrk and taskset")
+    if "bare" not in args.variants:
+        args.variants.insert(0, "bare")
+    if args.other_tree is not None and "aegis_other" not in args.variants:
+        args.variants.append("aegis_other")
+    workdir = Path(tempfile.mkdtemp(prefix="aegis-tail-"))
+    (workdir / "bench_app.py").write_text(APP)
+    script = workdir / "bench.lua"
+    script.write_text(WRK_SCRIPT)
+    servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    report: dict[str, Any] = {}
+    try:
+        for name in args.variants:
+            servers[name] = start_server(name, workdir, args.other_tree)
+        for _, port in servers.values():  # warm up: imports, caches, first flush
+            run_wrk(port, 2, args.connections, 0, script)
+        print(f"saturation: wrk -c{args.connections}, {args.seconds:g} s rounds")
+        saturated = measure(
+            servers, rounds=args.rounds, seconds=args.seconds,
+            connections=args.connections, delay_ms=0, script=script,
+        )  # fmt: skip
+        report["saturation"] = summarize("saturation", saturated)
+        if args.paced > 0:
+            rate = report["saturation"]["medians"]["bare"]["rps"] * args.paced
+            connections = max(1, round(rate * args.delay_ms / 1000))
+            print(
+                f"\npaced: about {rate:.0f} req/s ({args.paced:g} of bare's), "
+                f"{connections} connections each waiting {args.delay_ms} ms between requests"
+            )
+            paced = measure(
+                servers, rounds=args.rounds, seconds=args.seconds,
+                connections=connections, delay_ms=args.delay_ms, script=script,
+            )  # fmt: skip
+            report["paced"] = summarize("paced", paced)
+    finally:
+        for server, _ in servers.values():
+            os.killpg(server.pid, signal.SIGINT)
+        for server, _ in servers.values():
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
