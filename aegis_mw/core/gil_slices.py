@@ -15,21 +15,26 @@ before a waiting thread on another core has even woken up. The switch
 interval itself is the app's setting and is left alone.
 
 The slice length is a trade: a pause is cheap in itself, but the work after
-it runs on colder caches. Measured on a 2-core VM (``bench/overhead.py``'s
-all-in flush): slices of 0.2 ms cost the pipeline about 2.5 µs of CPU per
-record more than no pauses, slices of 1 ms about 0.5 µs; 0.5 ms keeps a
-waiting thread's delay well under the switch interval for a fraction of
-that.
+it runs on colder caches. Measured on a 2-core VM (the CPU of a flush of
+5,000 records from ``bench/overhead.py``'s all-in app, medians of 8): slices
+of 0.2 ms cost the pipeline 2.4 to 3.4 µs of CPU per record more than no
+pauses, slices of 1 ms 0 to 0.5 µs. 0.5 ms lies between; it keeps a waiting
+thread's delay a tenth of the switch interval.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
-#: Longest stretch of Python work between two pauses, in seconds.
+#: Longest stretch of Python work between two pauses, in seconds (a slice
+#: ends at the first check past it).
 SLICE_SECONDS = 0.0005
 #: How long a pause lets other threads run (the kernel rounds it up a little).
-PAUSE_SECONDS = 0.00005
+#: Windows rounds any sleep up to its timer's tick (0.5 to 15.6 ms), which
+#: would slow the pipeline down tens of times: there a pause only releases the
+#: GIL (``sleep(0)``), which hands it over less reliably.
+PAUSE_SECONDS = 0.0 if sys.platform == "win32" else 0.00005
 
 
 class Slices:

@@ -306,11 +306,11 @@ class SinkRunner(RefusalHandling):
         return batch, taken
 
     def succeeded(self, taken: int, seconds: float) -> None:
-        self._unanswered = None
+        answered, self._unanswered = self._unanswered, None
         isolation = self.isolation
         if self._tail_probe:  # the sink takes records: the held ones were bad
             self._tail_probe = False
-            self.backlog.pop()
+            self._remove_probed(answered[0] if answered is not None else None)
             isolation.suspect = min(isolation.suspect, len(self.backlog))
             isolation.proven = True
             self.proven()
@@ -334,6 +334,19 @@ class SinkRunner(RefusalHandling):
             )
         self.consecutive_failures = 0
         self.retry_at = 0.0
+
+    def _remove_probed(self, batch: Batch | None) -> None:
+        """Take the probed record out of the backlog: the last one when the
+        probe was built, but a retried probe finds records added after it."""
+        backlog = self.backlog
+        if batch is None:
+            backlog.pop()
+            return
+        probed = (batch.requests or batch.sessions)[0]
+        for index in range(len(backlog) - 1, -1, -1):
+            if backlog[index] is probed:
+                del backlog[index]
+                return
 
     def _rollups_done(self, *, refused: bool) -> None:
         """The in-flight delta was stored, or set aside: on to the next part."""

@@ -57,7 +57,12 @@ def test_shutdown_during_a_long_cycle_keeps_to_its_deadline(rig: Callable[..., A
     assert time.monotonic() - started < 0.3 + 1.0 + 1.0 + 1.0  # deadline + sink_timeout + grace
     stats = aegis.stats()
     entry = stats.sinks[0]
-    assert entry.written == len(sink.requests) < 1000
+    # The write in progress at the deadline was abandoned; it may still store
+    # its batch. Wait for it: such a batch is counted lost, never hidden.
+    with sink._cond:
+        assert sink._cond.wait_for(lambda: sink.active == 0, WAIT)
+    assert entry.written <= len(sink.requests) <= entry.written + 10
+    assert entry.written < 1000
     assert entry.dropped["shutdown_timeout"] == 1000 - entry.written
     assert accounted(stats) == stats.offered == 1000
     assert not aegis.flusher.alive

@@ -403,3 +403,40 @@ def test_rejected_records_show_in_the_metrics_and_the_drop_report(
     assert 'aegis_records_dropped_total{reason="rejected"} 2' in body
     assert aegis.shutdown(timeout=WAIT) is True
     assert any("rejected@metrics=2" in line for line in drop_lines(caplog))
+
+
+def test_a_retried_tail_probe_takes_out_the_record_it_probed(rig: Callable[..., Aegis]) -> None:
+    """The probe (the backlog's last record) is stored but its acknowledgement
+    is lost; records arrive before the retry. The retry sends the same record,
+    and its success takes out that record, not the newest one: every record
+    is stored, none lost without a count."""
+    sink = FaultySink("probe-retry")
+    first = paths(HOLD_LIMIT + 4, "/first")
+    poison = set(first[:HOLD_LIMIT])
+    probed = first[-1]
+    lost_once: list[bool] = []
+
+    def check(batch: Batch) -> None:
+        for record in batch.requests:
+            if record.path in poison:
+                raise RecordRejected(f"cannot store {record.path}")
+        if not lost_once and [record.path for record in batch.requests] == [probed]:
+            lost_once.append(True)
+            sink.lose_acks = 1  # stored, then the acknowledgement is lost
+
+    sink.on_write = check
+    aegis = rig(sink)
+    offer_all(aegis, first)
+    assert aegis.force_flush(WAIT) is False
+    assert lost_once and sink.paths == [probed]
+    later = paths(3, "/later")
+    offer_all(aegis, later)
+
+    assert aegis.force_flush(WAIT) is True
+
+    assert sorted(sink.paths) == sorted(first[HOLD_LIMIT:] + later)
+    entry = sink_stats(aegis, "probe-retry")
+    assert entry.dropped == sink_drops(rejected=HOLD_LIMIT)
+    assert entry.backlog == 0
+    stats = aegis.stats()
+    assert accounted(stats) == stats.offered == len(first) + len(later)
