@@ -20,9 +20,8 @@ keeps the GIL from the threads that serve requests.
    in the baseline. Reported: the lateness percentiles and a
    histogram of the longest waits.
 
-3. **Throughput.** ``--records`` items offered to a real ``Aegis`` at once,
-   then ``force_flush``: records/s from the first offer to the last commit,
-   into SQLite, and into PostgreSQL when ``--postgres`` reaches one.
+Records/s through the whole pipeline, into SQLite and PostgreSQL, are
+``bench/history.py``'s (its ``--pipeline`` part).
 
     python bench/pipeline.py            # about a minute
     python bench/pipeline.py --quick    # a quick look
@@ -203,33 +202,12 @@ def gil_waits(workdir: Path, rate: int, seconds: float) -> dict[str, dict[str, f
     return report
 
 
-def throughput(sink_url: str, records: int, rounds: int) -> float:
-    rates = []
-    for round_index in range(rounds):
-        items = make_items(records, seed=100 + round_index)
-        aegis = Aegis(sink=sink_url, max_buffer=records + 1, environ={})
-        aegis.start()
-        offer = aegis.recorder.offer
-        began = time.perf_counter()
-        for item in items:
-            offer(item)
-        if not aegis.force_flush(300):
-            raise SystemExit(f"flush failed: {aegis.stats()}")
-        rates.append(records / (time.perf_counter() - began))
-        stats = aegis.stats()
-        aegis.shutdown()
-        if stats.dropped and any(stats.dropped.values()):
-            raise SystemExit(f"records dropped: {stats.dropped}")
-    return statistics.median(rates)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rate", type=int, default=20_000, help="GIL waits: records/s")
     parser.add_argument("--seconds", type=float, default=5.0, help="GIL waits: duration")
-    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -238,29 +216,6 @@ def main() -> None:
         workdir = Path(directory)
         stages(workdir, args.records, args.rounds)
         gil_waits(workdir, args.rate, args.seconds)
-        print(
-            f"\nthroughput, {args.records:,} records offered then flushed (median of {args.rounds})"
-        )
-        rate = throughput(f"sqlite:///{workdir}/throughput.db", args.records, args.rounds)
-        print(f"  sqlite     {rate:10,.0f} records/s")
-        if args.postgres:
-            try:
-                import psycopg
-
-                with psycopg.connect(args.postgres, connect_timeout=3) as connection:
-                    schema = f"aegis_bench_{int(time.time())}"
-                    connection.execute(f"CREATE SCHEMA {schema}")
-                    connection.commit()
-            except Exception as exc:  # report it and go on without PostgreSQL
-                print(f"  postgresql left out: {exc}")
-                return
-            try:
-                url = f"{args.postgres}?options=-csearch_path%3D{schema}"
-                rate = throughput(url, args.records, args.rounds)
-                print(f"  postgresql {rate:10,.0f} records/s")
-            finally:
-                with psycopg.connect(args.postgres) as connection:
-                    connection.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 if __name__ == "__main__":

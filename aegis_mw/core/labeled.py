@@ -163,8 +163,7 @@ class LabeledTotals:
         method, text = labels
         route = self._route(item[1], route_label)
         key3 = (method, route, text)
-        if key3 not in self.requests:
-            self.requests[key3] = 0
+        self.requests.setdefault(key3, 0)
         values = self.series.get((method, route))
         if values is None:
             values = self.series[(method, route)] = self._new_series()

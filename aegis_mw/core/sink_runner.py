@@ -310,7 +310,8 @@ class SinkRunner(RefusalHandling):
         isolation = self.isolation
         if self._tail_probe:  # the sink takes records: the held ones were bad
             self._tail_probe = False
-            self._remove_probed(answered[0] if answered is not None else None)
+            if answered is not None:  # always: every write's batch comes from next_batch
+                self._remove_probed(answered[0])
             isolation.suspect = min(isolation.suspect, len(self.backlog))
             isolation.proven = True
             self.proven()
@@ -335,13 +336,10 @@ class SinkRunner(RefusalHandling):
         self.consecutive_failures = 0
         self.retry_at = 0.0
 
-    def _remove_probed(self, batch: Batch | None) -> None:
+    def _remove_probed(self, batch: Batch) -> None:
         """Take the probed record out of the backlog: the last one when the
         probe was built, but a retried probe finds records added after it."""
         backlog = self.backlog
-        if batch is None:
-            backlog.pop()
-            return
         probed = (batch.requests or batch.sessions)[0]
         for index in range(len(backlog) - 1, -1, -1):
             if backlog[index] is probed:
