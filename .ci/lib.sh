@@ -9,6 +9,8 @@ COMPILED_TESTS=(
     tests/wsgi/test_app_misuse.py
     tests/contrib/test_django_compiled.py
     tests/test_speedups.py
+    tests/core/test_compiled_finalize.py
+    tests/core/test_compiled_fold.py
     tests/fuzz
 )
 # What those tests import, beyond the package itself: a venv with only these

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from . import speedups
 from .access.app_token import monitoring_access
 from .core.aggregates import RealtimeAggregates, RealtimeSnapshot
 from .core.client_address import ClientAddressResolver
@@ -132,7 +133,10 @@ class Aegis:
         #: ``access_token`` is that token, None when no route needs it.
         self.access_token, self.access_rules = monitoring_access(settings, self.sinks)
         routes = RouteCap(settings.max_routes)  # records and metric labels share it
-        self.aggregates = RealtimeAggregates(routes, settings.metrics_buckets)
+        # The compiled finalizer and fold take the clean compiled items; they
+        # are used where the compiled request paths would be.
+        compiled = speedups.load() if settings.speedups else None
+        self.aggregates = RealtimeAggregates(routes, settings.metrics_buckets, compiled)
         #: The realtime stream's hub (``aegis_mw.realtime.hub.Hub``), made by
         #: the first ``/ws/metrics`` connection: an app nobody watches has none.
         self.hub: Any = None
@@ -152,6 +156,7 @@ class Aegis:
             max_error_length=settings.max_error_length,
             sample_rate=settings.sample_rate,
             slow_threshold_ms=settings.slow_threshold_ms,
+            compiled=compiled,
         )
         runners = [
             SinkRunner(

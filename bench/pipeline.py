@@ -5,10 +5,14 @@ keeps the GIL from the threads that serve requests.
    rate, durations of a few milliseconds) go through each step the flusher
    and the SQLite sink take, timed one step at a time over the same items:
    drain, the realtime ring, the per-label totals (``/metrics``), finalize
-   without and with the rollup folding (the difference is the rollups),
-   expanding the rollups to every level, and the SQLite statement and
-   commit. Reported in CPU µs per record (this thread's CPU time, so the
-   pauses between GIL slices do not count), the median over rounds.
+   with the rollup folding, expanding the rollups to every level, and the
+   SQLite statement and commit. Reported in CPU µs per record (this thread's
+   CPU time, so the pauses between GIL slices do not count), the median over
+   rounds. The items are compiled ``HttpItem`` objects where the extension
+   was built, as the compiled request paths queue them; the ring and the
+   per-label totals are then folded by one compiled loop, and finalize with
+   the rollups by another. The Python code's figures for the same items are
+   shown beside them in parentheses (not in the total).
 
 2. **GIL waits.** A probe thread stands in for an event loop: it sleeps 1 ms
    at a time and records how late it wakes (the time it waited for the
@@ -40,8 +44,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aegis_mw import Aegis
-from aegis_mw.core.aggregates import _fold
+from aegis_mw import Aegis, speedups
+from aegis_mw.core.aggregates import RealtimeAggregates, _fold
+from aegis_mw.core.finalize import Finalizer
 from aegis_mw.core.record import Batch
 from aegis_mw.core.rollup import RollupDelta, expand, parameter_rows
 
@@ -49,8 +54,10 @@ ROUTES = [f"/api/v1/resource{index}/{{item_id}}" for index in range(20)]
 LATENESS_BOUNDS_MS = (0.25, 0.5, 1, 2, 5, 10, 20, 50)
 
 
-def make_items(count: int, seed: int = 1) -> list[list[Any]]:
-    """Inbox items as the middleware queues them (see aegis_mw.core.items)."""
+def make_items(count: int, seed: int = 1) -> list[Any]:
+    """Inbox items as the middleware queues them (see aegis_mw.core.items):
+    compiled ``HttpItem`` objects where the extension was built."""
+    compiled = speedups.load()
     chance = random.Random(seed)
     now = time.monotonic()
     items = []
@@ -64,7 +71,7 @@ def make_items(count: int, seed: int = 1) -> list[list[Any]]:
             start + duration / 2, start + duration, 0, 512, ("127.0.0.1", 40000 + route),
             None, "", False,
         ])  # fmt: skip
-    return items
+    return items if compiled is None else [compiled.item_from_fields(item) for item in items]
 
 
 def timed(function: Callable[[], Any]) -> tuple[float, Any]:
@@ -81,7 +88,54 @@ class NoRollups:
         return None
 
 
-def stage_round(aegis: Aegis, records: int, round_index: int) -> dict[str, float]:
+def python_twins(aegis: Aegis) -> tuple[RealtimeAggregates, Finalizer] | None:
+    """Aggregates and a finalizer like the pipeline's without the compiled
+    loops, for the Python code's figures beside theirs (None where they are
+    not compiled). The finalizer shares the route cap and resolver, so it
+    knows the same routes and clients clean once it has seen them."""
+    finalizer = aegis.finalizer
+    if finalizer._compiled is None:
+        return None
+    aggregates = RealtimeAggregates(finalizer.routes.copy(), aegis.aggregates.labeled.bounds)
+    python = Finalizer(
+        clock=finalizer.clock,
+        resolver=finalizer.resolver,
+        routes=finalizer.routes,
+        max_path_length=finalizer.max_path_length,
+        sample_rate=finalizer.sample_rate,
+        slow_threshold_ms=finalizer.slow_threshold_ms,
+        max_error_length=finalizer.max_error_length,
+    )
+    return aggregates, python
+
+
+def python_stages(
+    twins: tuple[RealtimeAggregates, Finalizer], items: list[Any]
+) -> dict[str, float]:
+    """The Python code's figures for the steps the compiled loops fuse."""
+    aggregates, finalizer = twins
+    seconds: dict[str, float] = {}
+    good: list[Any] = []
+    seconds["(Python: realtime ring)"] = timed(
+        lambda: _fold(aggregates.ring, aggregates.totals, items, good)
+    )[0]
+    seconds["(Python: per-label totals)"] = timed(
+        lambda: aggregates.labeled.fold(good, aggregates.routes.label)
+    )[0]
+    finalizer.rollups = NoRollups()  # type: ignore[assignment]
+    seconds["(Python: finalize)"] = timed(lambda: finalizer.finalize(good))[0]
+    finalizer.rollups = RollupDelta()
+    with_rollups = timed(lambda: finalizer.finalize(good))[0]
+    seconds["(Python: rollup folding)"] = with_rollups - seconds["(Python: finalize)"]
+    return seconds
+
+
+def stage_round(
+    aegis: Aegis,
+    twins: tuple[RealtimeAggregates, Finalizer] | None,
+    records: int,
+    round_index: int,
+) -> dict[str, float]:
     """CPU seconds of each step over one round's records."""
     recorder, finalizer = aegis.recorder, aegis.finalizer
     aggregates = recorder.aggregates
@@ -90,18 +144,14 @@ def stage_round(aegis: Aegis, records: int, round_index: int) -> dict[str, float
     seconds: dict[str, float] = {}
     recorder.inbox.extend(make_items(records, seed=round_index))
     seconds["drain"], items = timed(lambda: recorder.drain(records))
-    good: list[Any] = []
-    seconds["realtime ring"] = timed(
-        lambda: _fold(aggregates.ring, aggregates.totals, items, good)
-    )[0]
-    seconds["per-label totals"] = timed(
-        lambda: aggregates.labeled.fold(good, aggregates.routes.label)
-    )[0]
-    finalizer.rollups = NoRollups()  # type: ignore[assignment]
-    seconds["finalize"] = timed(lambda: finalizer.finalize(good))[0]
-    finalizer.rollups = RollupDelta()
-    with_rollups, stored = timed(lambda: finalizer.finalize(good))
-    seconds["rollup folding"] = with_rollups - seconds["finalize"]
+    # The compiled loops fuse the ring with the per-label totals and
+    # finalize with the rollup folding; the Python code's steps come after.
+    seconds["ring + per-label totals"], (good, _) = timed(
+        lambda: aggregates.fold_drained(lambda: items)
+    )
+    seconds["finalize + rollups"], stored = timed(lambda: finalizer.finalize(good))
+    if twins is not None:
+        seconds.update(python_stages(twins, items))
     delta = finalizer.take_rollups()
     seconds["rollups to rows"] = timed(lambda: [parameter_rows(part) for part in expand(delta)])[0]
 
@@ -126,16 +176,18 @@ def stages(workdir: Path, records: int, rounds: int) -> dict[str, float]:
         sink=f"sqlite:///{workdir}/stages.db", flush_interval=3600, batch_size=1_000_000, environ={}
     )
     aegis.start()
+    twins = python_twins(aegis)
     figures: dict[str, list[float]] = {}
     for round_index in range(rounds):
-        for name, seconds in stage_round(aegis, records, round_index).items():
+        for name, seconds in stage_round(aegis, twins, records, round_index).items():
             figures.setdefault(name, []).append(seconds / records * 1e6)
     aegis.shutdown()
     medians = {name: statistics.median(values) for name, values in figures.items()}
     print(f"\nstages, CPU µs per record (median of {rounds} rounds of {records:,} records)")
     for name, value in medians.items():
-        print(f"  {name:24s} {value:6.2f}")
-    print(f"  {'total':24s} {sum(medians.values()):6.2f}")
+        print(f"  {name:28s} {value:6.2f}")
+    total = sum(value for name, value in medians.items() if not name.startswith("("))
+    print(f"  {'total':28s} {total:6.2f}")
     return medians
 
 

@@ -48,6 +48,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <math.h>
 #include <time.h>
 
 #if defined(__linux__) && defined(CLOCK_MONOTONIC)
@@ -256,6 +257,14 @@ int aegis_item_set_bytes(ItemObject *item, Py_ssize_t index, PyObject *value);
 void aegis_item_zero_bytes(ItemObject *item, Py_ssize_t index);
 int aegis_item_count_chunks(ItemObject *item, Py_ssize_t index, PyObject *chunks);
 void aegis_untrack_if_atomic(ItemObject *item);
+PyObject *aegis_item_from_fields(PyObject *module, PyObject *fields);
+
+/* finalize.c */
+PyObject *aegis_finalize_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
+/* fold.c */
+PyObject *aegis_fold_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *aegis_fold_layout(void);
 
 /* recording.c */
 int aegis_recording_init(AegisRecording *rec, PyObject *owner, PyObject *clock, int native_clock,
@@ -448,6 +457,45 @@ aegis_now(AegisRecording *rec, double *out)
     }
     *out = value;
     return 0;
+}
+
+/* The pipeline loops (finalize.c, fold.c) share these two. */
+
+/* value + delta for a plain int a long long holds, as a new int; NULL with
+ * no error set for any other value or a sum past 64 bits (the caller leaves
+ * the item to the Python code), NULL with an error when out of memory. */
+static inline PyObject *
+aegis_int_plus(PyObject *value, long long delta)
+{
+    if (!PyLong_CheckExact(value)) {
+        return NULL;
+    }
+    int overflow = 0;
+    long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
+    long long sum;
+    if (overflow || (number == -1 && PyErr_Occurred())
+        || aegis_add_overflows(number, delta, &sum)) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return PyLong_FromLongLong(sum);
+}
+
+/* aegis_mw.core.histogram.bucket_index(duration_ms) for a finite duration,
+ * with that module's LOW_MS, _SCALE, _SHIFT and _LAST (passed in by the
+ * Python side, so the two cannot disagree): the same operations in the same
+ * order, so the same bucket (the extension is built without contracting
+ * a*b+c, see setup.py). */
+static inline long
+aegis_duration_bucket(double duration_ms, double low_ms, double scale, double shift, long last)
+{
+    if (duration_ms <= low_ms) {
+        return 0;
+    }
+    double position = log(duration_ms) * scale;
+    position = position + shift;
+    long index = (long)position + 1;
+    return index < last ? index : last;
 }
 
 #endif

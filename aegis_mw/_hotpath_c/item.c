@@ -385,6 +385,35 @@ static PySequenceMethods item_as_sequence = {
     .sq_ass_item = item_setitem,
 };
 
+/* item_from_fields(fields): an item holding the 13 fields of a list item, each
+ * set as the request path sets it (for tests and benchmarks of what reads
+ * items). */
+PyObject *
+aegis_item_from_fields(PyObject *module, PyObject *fields)
+{
+    PyObject *sequence = PySequence_Fast(fields, "item_from_fields takes a sequence");
+    if (sequence == NULL) {
+        return NULL;
+    }
+    if (PySequence_Fast_GET_SIZE(sequence) != I_FIELDS) {
+        Py_DECREF(sequence);
+        PyErr_SetString(PyExc_ValueError, "item_from_fields takes 13 fields");
+        return NULL;
+    }
+    PyObject **values = PySequence_Fast_ITEMS(sequence);
+    ItemObject *item = aegis_new_item(values[I_METHOD], values[I_PATH], values[I_CLIENT]);
+    for (Py_ssize_t index = 0; item != NULL && index < I_FIELDS; index++) {
+        if (item_setitem((PyObject *)item, index, values[index]) < 0) {
+            Py_CLEAR(item);
+        }
+    }
+    Py_DECREF(sequence);
+    if (item != NULL) {
+        aegis_untrack_if_atomic(item);
+    }
+    return (PyObject *)item;
+}
+
 PyTypeObject AegisItemType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "aegis_mw._hotpath.HttpItem",

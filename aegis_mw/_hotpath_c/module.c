@@ -16,6 +16,12 @@ module_monotonic(PyObject *module, PyObject *unused)
 static PyMethodDef module_methods[] = {
     {"monotonic", module_monotonic, METH_NOARGS,
      "The clock the compiled path reads when none is given (time.perf_counter's)."},
+    {"finalize_items", (PyCFunction)(void (*)(void))aegis_finalize_items, METH_FASTCALL,
+     "The finalizer's loop for clean compiled items (aegis_mw.core.finalize)."},
+    {"fold_items", (PyCFunction)(void (*)(void))aegis_fold_items, METH_FASTCALL,
+     "The realtime ring's and per-label totals' fold for compiled items (aegis_mw.core.aggregates)."},
+    {"item_from_fields", aegis_item_from_fields, METH_O,
+     "An HttpItem holding the 13 fields of a list item (tests, benchmarks)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -87,6 +93,18 @@ static const struct {
     {&aegis_str.process_exception, "process_exception"},
 };
 
+/* PyModule_Add (3.13) for the older versions: `value` is released either way. */
+static int
+add_owned(PyObject *module, const char *name, PyObject *value)
+{
+    if (value == NULL) {
+        return -1;
+    }
+    int status = PyModule_AddObjectRef(module, name, value);
+    Py_DECREF(value);
+    return status;
+}
+
 PyMODINIT_FUNC
 PyInit__hotpath(void)
 {
@@ -123,7 +141,8 @@ PyInit__hotpath(void)
         || PyModule_AddObjectRef(module, "HttpItem", (PyObject *)&AegisItemType) < 0
         || PyModule_AddObjectRef(module, "WsgiPath", (PyObject *)&AegisWsgiPathType) < 0
         || PyModule_AddObjectRef(module, "DjangoPath", (PyObject *)&AegisDjangoPathType) < 0
-        || PyModule_AddIntConstant(module, "NATIVE_MONOTONIC", AEGIS_NATIVE_MONOTONIC) < 0) {
+        || PyModule_AddIntConstant(module, "NATIVE_MONOTONIC", AEGIS_NATIVE_MONOTONIC) < 0
+        || add_owned(module, "FOLD_LAYOUT", aegis_fold_layout()) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -24,11 +24,16 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, NamedTuple
 
 from . import histogram
 from .items import END, ERROR, HTTP_FIELDS, START, STATUS, PendingSession
-from .labeled import DEFAULT_BUCKETS, LabeledTotals
+from .labeled import BUCKETS_BASE, DEFAULT_BUCKETS, TTFB_COUNT, TTFB_SUM, LabeledTotals
+from .labeled import COUNT as SERIES_COUNT
+from .labeled import DURATION_SUM as SERIES_DURATION_SUM
+from .labeled import REQUEST_BYTES as SERIES_REQUEST_BYTES
+from .labeled import RESPONSE_BYTES as SERIES_RESPONSE_BYTES
 from .labels import RouteCap
 from .storable import whole_number
 
@@ -42,6 +47,16 @@ HIST_BASE = 11
 SLOT_LEN = HIST_BASE + histogram.COUNT
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 WINDOW = 60
+#: The ring's and the series' layouts as the compiled fold must see them
+#: (``_hotpath.FOLD_LAYOUT``); it is used only where the two agree.
+FOLD_LAYOUT = (
+    (MASK, SECOND, REQUESTS, ERRORS, DURATION_SUM, STATUS_BASE, DURATION_MIN, HIST_BASE),
+    (SERIES_COUNT, SERIES_DURATION_SUM, TTFB_COUNT, TTFB_SUM, SERIES_REQUEST_BYTES,
+     SERIES_RESPONSE_BYTES, BUCKETS_BASE),
+)  # fmt: skip
+#: The most bucket bounds the compiled fold takes (it keeps them on its stack).
+MAX_COMPILED_BOUNDS = 64
+_HISTOGRAM = (histogram.LOW_MS, histogram._SCALE, histogram._SHIFT, histogram._LAST)
 
 
 def _empty_slot(second: int) -> list[Any]:
@@ -153,7 +168,10 @@ class RealtimeAggregates:
     """The realtime figures: written by the flusher, read by anyone."""
 
     def __init__(
-        self, routes: RouteCap | None = None, buckets: Sequence[float] = DEFAULT_BUCKETS
+        self,
+        routes: RouteCap | None = None,
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+        compiled: ModuleType | None = None,
     ) -> None:
         #: The route cap the records pass too (the finalizer shares it), so
         #: metric labels and stored routes agree.
@@ -173,6 +191,16 @@ class RealtimeAggregates:
         # Request paths that keep their own in-flight count (the compiled
         # one), summed at read time: the request path pays no attribute writes.
         self._in_flight_sources: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: The compiled fold (``_hotpath.fold_items``), or None: it takes the
+        #: plain compiled items of known label sets, the rest are folded here.
+        self._compiled_fold = (
+            compiled.fold_items
+            if compiled is not None
+            and compiled.FOLD_LAYOUT == FOLD_LAYOUT
+            and len(self.labeled.bounds) <= MAX_COMPILED_BOUNDS
+            and all(type(bound) is float for bound in self.labeled.bounds)
+            else None
+        )
 
     def add_in_flight_source(self, source: Any) -> None:
         """Count ``source.in_flight`` (an int the source keeps) in ``in_flight``."""
@@ -205,9 +233,29 @@ class RealtimeAggregates:
         with self._lock:
             items = drain()
             self.drained += len(items)
-            self.websocket_sessions += _fold(self.ring, self.totals, items, good)
-            self.labeled.fold(good, self.routes.label)
+            if self._compiled_fold is None or type(items) is not list:
+                self.websocket_sessions += _fold(self.ring, self.totals, items, good)
+                self.labeled.fold(good, self.routes.label)
+            else:
+                self._fold_compiled(self._compiled_fold, items, good)
         return good, len(items) - len(good)
+
+    def _fold_compiled(self, fold: Callable[..., int], items: list[Any], good: list[Any]) -> None:
+        """Fold with the compiled loop; each item it stops at (a new second,
+        a label set not seen, an odd value) is folded here, and it goes on."""
+        labeled = self.labeled
+        index, total = 0, len(items)
+        while True:
+            index = fold(
+                items, index, good, self.ring, labeled._known, labeled.requests,
+                labeled.bounds, _HISTOGRAM,
+            )  # fmt: skip
+            if index >= total:
+                return
+            folded = len(good)
+            self.websocket_sessions += _fold(self.ring, self.totals, items[index : index + 1], good)
+            labeled.fold(good[folded:], self.routes.label)
+            index += 1
 
     def labeled_snapshot(self, pending: Callable[[], list[Any]]) -> LabeledTotals:
         """The per-label totals including the items still waiting in the inbox,

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import random
+from array import array
+from types import ModuleType
 
+from . import histogram
 from .client_address import ClientAddressResolver
 from .clock import Clock
 from .items import InboxItem, PendingSession
@@ -35,6 +38,11 @@ CLEAN_CLIENTS = 4096
 #: The standard methods, each to itself: a lookup folds the rest into _OTHER
 #: and stores a plain str even for a str subclass equal to one of them.
 _METHODS = {method: method for method in STANDARD_METHODS}
+#: What the compiled loop needs of :mod:`.histogram` to place a duration.
+_HISTOGRAM = (histogram.LOW_MS, histogram._SCALE, histogram._SHIFT, histogram._LAST)
+#: Sequence numbers past this go through the Python loop (the compiled one
+#: counts in 64 bits).
+_COMPILED_SEQUENCE_LIMIT = 2**62
 
 
 def _repair_http(
@@ -80,6 +88,7 @@ class Finalizer:
         sample_rate: float,
         slow_threshold_ms: float,
         max_error_length: int = 1024,
+        compiled: ModuleType | None = None,
     ) -> None:
         self.clock = clock
         self.resolver = resolver
@@ -102,6 +111,11 @@ class Finalizer:
         self._clean_routes: set[str] = set()
         # Client addresses seen storable as they are (emptied at CLEAN_CLIENTS).
         self._clean_clients: set[str] = set()
+        #: The compiled loop (``_hotpath.finalize_items``), or None: it takes
+        #: the clean compiled items and leaves the rest to the Python loop.
+        self._compiled = None if compiled is None else compiled.finalize_items
+        # Its progress: index, sequence, sampled out, rolled up, invalid.
+        self._progress = array("q", bytes(8 * 5))
 
     def take_rollups(self) -> RollupDelta:
         """The rollups folded since the last call, handed over whole."""
@@ -147,6 +161,58 @@ class Finalizer:
         # readings here turns those into wall time. Items are at most a few
         # seconds old, so clock drift in between is negligible.
         wall_offset = self.clock.wall() - self.clock.monotonic()
+        compiled = self._compiled
+        if compiled is None or not self._compiled_applies(items):
+            return self._finalize(items, wall_offset)
+        out: list[RequestRecord | WebSocketSession] = []
+        progress = self._progress
+        progress[0] = 0
+        progress[1] = self.sequence
+        progress[2] = progress[3] = progress[4] = 0
+        rate = self.sample_rate
+        total = len(items)
+        try:
+            while True:
+                compiled(
+                    items, out, progress, wall_offset, self.id_prefix, self.rollups.cells,
+                    RequestRecord, _METHODS, self._clean_routes, self._clean_clients,
+                    self.max_path_length, self.max_error_length,
+                    rate if rate < 1.0 else None, float(self.slow_threshold_ms),
+                    self._random.random, _HISTOGRAM,
+                )  # fmt: skip
+                index = progress[0]
+                if index >= total:
+                    break
+                # An item the compiled loop leaves to this one: odd values, a
+                # route or client not seen clean yet, a forwarded header.
+                self.sequence = progress[1]
+                out.extend(self._finalize(items[index : index + 1], wall_offset))
+                progress[0] = index + 1
+                progress[1] = self.sequence
+        finally:
+            self.sequence = progress[1]
+            self.sampled_out += progress[2]
+            self.rollups.requests += progress[3]
+            self.invalid += progress[4]
+        return out
+
+    def _compiled_applies(self, items: list[InboxItem]) -> bool:
+        """Whether the compiled loop may take these items: a list, numbers it
+        holds in 64 bits, and a slow threshold it compares as Python does."""
+        slow = self.slow_threshold_ms
+        return (
+            type(items) is list
+            and self.sequence < _COMPILED_SEQUENCE_LIMIT
+            and type(self.max_path_length) is int
+            and type(self.max_error_length) is int
+            and type(slow) in (int, float)
+            and float(slow) == slow
+        )
+
+    def _finalize(
+        self, items: list[InboxItem], wall_offset: float
+    ) -> list[RequestRecord | WebSocketSession]:
+        """The reference loop: every item, whatever its values."""
         limit = self.max_path_length
         error_limit = self.max_error_length
         clean_routes = self._clean_routes

@@ -32,7 +32,9 @@ exec(sys.argv[1])
 stdlib = sys.stdlib_module_names
 def foreign(name):
     top = name.partition(".")[0]
-    return top not in stdlib and top != "aegis_mw"
+    # _sysconfigdata_<abi>_<platform>: the standard library's build settings
+    # (sysconfig reads them), named per platform, so not in the list.
+    return top not in stdlib and top != "aegis_mw" and not top.startswith("_sysconfigdata_")
 new = sorted(set(sys.modules) - before)
 print(json.dumps({
     "foreign": [m for m in new if foreign(m)],

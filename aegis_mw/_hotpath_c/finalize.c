@@ -1,0 +1,531 @@
+/* The flusher's finalize loop (aegis_mw/core/finalize.py) for compiled inbox
+ * items, with the rollup folding (RollupDelta.add in core/rollup.py) fused in.
+ *
+ * It takes the common case only: an HttpItem whose values are plain and
+ * already known clean (an exact str route in the finalizer's clean routes, a
+ * client address in its clean clients or none, no forwarded header, a
+ * printable ASCII path and error within their limits, a status and byte
+ * counts in [0, 2**30), a standard method, finite times). At the first item
+ * it does not take, or whose rollup cell is not the plain shape, it stops and
+ * leaves that item to the Python loop, which stays the reference: both give
+ * the same records, rollup cells and counters, float for float (the same
+ * operations in the same order; the extension is built without contracting
+ * a*b+c into one rounding, see setup.py).
+ *
+ * Progress is written to `state`, an array('q') of S_FIELDS numbers, after
+ * every item, so that the caller knows where it got to whatever happens. A
+ * failure in one item is counted as invalid, as the Python loop counts it,
+ * and the loop goes on with the next. */
+#include "hotpath.h"
+#include <math.h>
+
+enum { S_INDEX, S_SEQUENCE, S_SAMPLED, S_ROLLED, S_INVALID, S_FIELDS };
+enum { C_COUNT, C_ERRORS, C_RATE_LIMITED, C_SUM, C_MIN, C_MAX, C_REQUEST, C_RESPONSE,
+       C_HISTOGRAM, C_FIELDS };
+
+#define SMALL (1LL << 30)
+#define FINEST 5.0
+/* Timestamps past this take the Python loop (see bucket_start). */
+#define TIMESTAMP_LIMIT 1e15
+#define RECORD_FIELDS 12
+
+/* The 5-second bucket of a timestamp, as `int(timestamp // 5) * 5` gives it:
+ * Python's floor division of floats is the exact floor of the quotient
+ * wherever its steps are exact, which they are below TIMESTAMP_LIMIT. The
+ * rounded quotient is corrected by exact comparisons (every multiple of 5
+ * below 2**53 is a double), where fmod would cost ten times as much. (For
+ * a divisor of 5 the rounding never crosses an integer, as the edge test
+ * shows; the comparisons keep the result exact without relying on that.) */
+static long long
+bucket_start(double timestamp)
+{
+    double quotient = floor(timestamp / FINEST);
+    if (quotient * FINEST > timestamp) {
+        quotient -= 1.0;
+    }
+    else if ((quotient + 1.0) * FINEST <= timestamp) {
+        quotient += 1.0;
+    }
+    return (long long)quotient * 5;
+}
+
+/* str.isprintable() and len() <= limit, decided for compact ASCII text; -1
+ * for other text (the Python loop decides). */
+static int
+printable_ascii(PyObject *text, Py_ssize_t limit)
+{
+    if (!PyUnicode_IS_COMPACT_ASCII(text)) {
+        return -1;
+    }
+    Py_ssize_t length = PyUnicode_GET_LENGTH(text);
+    if (length > limit) {
+        return 0;
+    }
+    const unsigned char *chars = PyUnicode_1BYTE_DATA(text);
+    for (Py_ssize_t i = 0; i < length; i++) {
+        if (chars[i] < 0x20 || chars[i] > 0x7e) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* A native count in [0, SMALL) when the item holds one as a long long. */
+static inline int
+small_count(PyObject *object, long long value)
+{
+    return object == NULL && value >= 0 && value < SMALL;
+}
+
+typedef struct {
+    double duration_ms;
+    PyObject *duration;  /* the same value as a float object */
+    int failed, limited;
+    long long request_bytes, response_bytes;
+    long bucket;         /* the histogram bucket of the duration */
+} Fold;
+
+/* A new cell: [1, failed, limited, d, d, d, request, response, {bucket: 1}]. */
+static PyObject *
+new_cell(const Fold *fold)
+{
+    PyObject *histogram = PyDict_New();
+    PyObject *bucket = PyLong_FromLong(fold->bucket);
+    PyObject *one = PyLong_FromLong(1);
+    PyObject *cell = PyList_New(C_FIELDS);
+    PyObject *request = PyLong_FromLongLong(fold->request_bytes);
+    PyObject *response = PyLong_FromLongLong(fold->response_bytes);
+    PyObject *failed = PyLong_FromLong(fold->failed);
+    PyObject *limited = PyLong_FromLong(fold->limited);
+    if (histogram == NULL || bucket == NULL || one == NULL || cell == NULL || request == NULL
+        || response == NULL || failed == NULL || limited == NULL
+        || PyDict_SetItem(histogram, bucket, one) < 0) {
+        Py_XDECREF(histogram);
+        Py_XDECREF(cell);
+        Py_XDECREF(request);
+        Py_XDECREF(response);
+        Py_XDECREF(failed);
+        Py_XDECREF(limited);
+        Py_XDECREF(bucket);
+        Py_XDECREF(one);
+        return NULL;
+    }
+    Py_DECREF(bucket);
+    PyList_SET_ITEM(cell, C_COUNT, one);
+    PyList_SET_ITEM(cell, C_ERRORS, failed);
+    PyList_SET_ITEM(cell, C_RATE_LIMITED, limited);
+    PyList_SET_ITEM(cell, C_SUM, Py_NewRef(fold->duration));
+    PyList_SET_ITEM(cell, C_MIN, Py_NewRef(fold->duration));
+    PyList_SET_ITEM(cell, C_MAX, Py_NewRef(fold->duration));
+    PyList_SET_ITEM(cell, C_REQUEST, request);
+    PyList_SET_ITEM(cell, C_RESPONSE, response);
+    PyList_SET_ITEM(cell, C_HISTOGRAM, histogram);
+    return cell;
+}
+
+/* Add the request to an existing cell: 0 when added, 1 when the cell is not
+ * the plain shape (nothing changed: the caller stops), -1 with an error set
+ * (nothing changed). Every new value is made before anything changes. */
+static int
+add_to_cell(PyObject *cell, const Fold *fold)
+{
+    if (!PyList_CheckExact(cell) || PyList_GET_SIZE(cell) != C_FIELDS) {
+        return 1;
+    }
+    PyObject *sum = PyList_GET_ITEM(cell, C_SUM);
+    PyObject *low = PyList_GET_ITEM(cell, C_MIN);
+    PyObject *high = PyList_GET_ITEM(cell, C_MAX);
+    PyObject *histogram = PyList_GET_ITEM(cell, C_HISTOGRAM);
+    if (!PyFloat_CheckExact(sum) || !PyFloat_CheckExact(low) || !PyFloat_CheckExact(high)
+        || !PyDict_CheckExact(histogram)) {
+        return 1;
+    }
+    PyObject *fresh[C_FIELDS] = {NULL};
+    int status = -1;
+    PyObject *bucket = PyLong_FromLong(fold->bucket);
+    if (bucket == NULL) {
+        return -1;
+    }
+    PyObject *held = PyDict_GetItemWithError(histogram, bucket);  /* borrowed */
+    PyObject *count = NULL;
+    if (held == NULL && PyErr_Occurred()) {
+        goto done;
+    }
+    count = held == NULL ? PyLong_FromLong(1) : aegis_int_plus(held, 1);
+    fresh[C_COUNT] = aegis_int_plus(PyList_GET_ITEM(cell, C_COUNT), 1);
+    fresh[C_ERRORS] = fold->failed ? aegis_int_plus(PyList_GET_ITEM(cell, C_ERRORS), 1) : NULL;
+    fresh[C_RATE_LIMITED] =
+        fold->limited ? aegis_int_plus(PyList_GET_ITEM(cell, C_RATE_LIMITED), 1) : NULL;
+    fresh[C_REQUEST] = aegis_int_plus(PyList_GET_ITEM(cell, C_REQUEST), fold->request_bytes);
+    fresh[C_RESPONSE] = aegis_int_plus(PyList_GET_ITEM(cell, C_RESPONSE), fold->response_bytes);
+    if (PyErr_Occurred()) {
+        goto done;
+    }
+    if (count == NULL || fresh[C_COUNT] == NULL || (fold->failed && fresh[C_ERRORS] == NULL)
+        || (fold->limited && fresh[C_RATE_LIMITED] == NULL) || fresh[C_REQUEST] == NULL
+        || fresh[C_RESPONSE] == NULL) {
+        status = 1;  /* not plain ints, or past 64 bits: the Python loop adds */
+        goto done;
+    }
+    fresh[C_SUM] = PyFloat_FromDouble(PyFloat_AS_DOUBLE(sum) + fold->duration_ms);
+    if (fresh[C_SUM] == NULL) {
+        goto done;
+    }
+    if (fold->duration_ms < PyFloat_AS_DOUBLE(low)) {
+        fresh[C_MIN] = Py_NewRef(fold->duration);
+    }
+    if (fold->duration_ms > PyFloat_AS_DOUBLE(high)) {
+        fresh[C_MAX] = Py_NewRef(fold->duration);
+    }
+    /* The one step that can fail and changes something comes first. */
+    if (PyDict_SetItem(histogram, bucket, count) < 0) {
+        goto done;
+    }
+    for (Py_ssize_t position = 0; position < C_HISTOGRAM; position++) {
+        if (fresh[position] != NULL) {
+            PyList_SetItem(cell, position, fresh[position]);  /* steals it */
+            fresh[position] = NULL;
+        }
+    }
+    status = 0;
+done:
+    for (Py_ssize_t position = 0; position < C_FIELDS; position++) {
+        Py_XDECREF(fresh[position]);
+    }
+    Py_XDECREF(count);
+    Py_DECREF(bucket);
+    return status;
+}
+
+/* Fold into the delta's cells: 0, 1 to stop (nothing changed), -1 (nothing changed). */
+static int
+roll(PyObject *cells, PyObject *key, const Fold *fold)
+{
+    PyObject *cell = PyDict_GetItemWithError(cells, key);  /* borrowed */
+    if (cell != NULL) {
+        Py_INCREF(cell);
+        int status = add_to_cell(cell, fold);
+        Py_DECREF(cell);
+        return status;
+    }
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    cell = new_cell(fold);
+    if (cell == NULL) {
+        return -1;
+    }
+    int status = PyDict_SetItem(cells, key, cell);
+    Py_DECREF(cell);
+    return status;
+}
+
+/* The record's id: the finalizer's prefix (hex digits) and the sequence
+ * number as 16 hex digits, as f"{prefix}{sequence:016x}" writes it. */
+static PyObject *
+record_id(PyObject *prefix, unsigned long long sequence)
+{
+    static const char HEX[] = "0123456789abcdef";
+    char digits[16];
+    for (int position = 15; position >= 0; position--) {  /* snprintf costs 20 times more */
+        digits[position] = HEX[sequence & 15];
+        sequence >>= 4;
+    }
+    Py_ssize_t length = PyUnicode_GET_LENGTH(prefix);
+    PyObject *id = PyUnicode_New(length + 16, 127);
+    if (id == NULL) {
+        return NULL;
+    }
+    memcpy(PyUnicode_1BYTE_DATA(id), PyUnicode_1BYTE_DATA(prefix), (size_t)length);
+    memcpy(PyUnicode_1BYTE_DATA(id) + length, digits, 16);
+    return id;
+}
+
+/* tuple.__new__(record_type, fields): the fields are stolen, all or none.
+ * The record holds atoms only (str, int, float, None) and its type none of
+ * its instances, so it can never be part of a reference cycle: it leaves
+ * the collector's lists, as CPython untracks such plain tuples, so the
+ * records waiting for the sink cost the collector nothing. */
+static PyObject *
+new_record(PyTypeObject *record_type, PyObject *fields[RECORD_FIELDS])
+{
+    PyObject *record = record_type->tp_alloc(record_type, RECORD_FIELDS);
+    for (Py_ssize_t position = 0; position < RECORD_FIELDS; position++) {
+        if (record != NULL) {
+            PyTuple_SET_ITEM(record, position, fields[position]);
+        }
+        else {
+            Py_DECREF(fields[position]);
+        }
+    }
+    if (record != NULL && PyObject_GC_IsTracked(record)) {
+        PyObject_GC_UnTrack(record);
+    }
+    return record;
+}
+
+typedef struct {
+    PyObject *out, *cells, *prefix, *methods, *clean_routes, *clean_clients, *chance, *rate;
+    PyTypeObject *record_type;
+    double wall_offset, slow, low_ms, scale, shift;
+    long last;
+    Py_ssize_t path_limit, error_limit;
+    int sampling;
+    long long *state;
+} Run;
+
+enum { TAKEN, STOP, FAILED };
+
+/* One item: TAKEN (recorded, sampled out or counted invalid), STOP (left to
+ * the Python loop, nothing changed) or FAILED (an error that is no Exception,
+ * to be raised). */
+static int
+finalize_one(Run *run, PyObject *object)
+{
+    if (Py_TYPE(object) != &AegisItemType) {
+        return STOP;
+    }
+    ItemObject *item = (ItemObject *)object;
+    PyObject *method = item->method, *route = item->route, *path = item->path;
+    PyObject *status_object = item->status, *error = item->error, *client = item->client;
+    if (method == NULL || route == NULL || path == NULL || status_object == NULL
+        || error == NULL || !item->has_end
+        || (item->forwarded != NULL && item->forwarded != Py_None)
+        || !PyUnicode_CheckExact(method) || !PyUnicode_CheckExact(route)
+        || !PyUnicode_CheckExact(path) || !PyUnicode_CheckExact(error)
+        || !PyLong_CheckExact(status_object)
+        || !small_count(item->request_count, item->request_bytes)
+        || !small_count(item->response_count, item->response_bytes)) {
+        return STOP;
+    }
+    int overflow = 0;
+    long long status = PyLong_AsLongLongAndOverflow(status_object, &overflow);
+    if (overflow || status < 0 || status >= SMALL) {
+        PyErr_Clear();
+        return STOP;
+    }
+    Py_ssize_t error_length = PyUnicode_GET_LENGTH(error);
+    if (printable_ascii(path, run->path_limit) != 1
+        || (error_length && printable_ascii(error, run->error_limit) != 1)) {
+        return STOP;
+    }
+    double duration_ms = (item->end - item->start) * 1000.0;
+    double ttfb_ms = item->has_ttfb ? (item->ttfb - item->start) * 1000.0 : 0.0;
+    double timestamp = item->start + run->wall_offset;
+    if (!isfinite(duration_ms) || !isfinite(ttfb_ms) || !(fabs(timestamp) < TIMESTAMP_LIMIT)) {
+        return STOP;
+    }
+    PyObject *client_ip = Py_None;  /* borrowed */
+    if (client != NULL && client != Py_None) {
+        if (!PyTuple_CheckExact(client)) {
+            return STOP;
+        }
+        if (PyTuple_GET_SIZE(client) > 0) {
+            client_ip = PyTuple_GET_ITEM(client, 0);
+        }
+    }
+    if (client_ip != Py_None) {
+        if (!PyUnicode_CheckExact(client_ip)) {
+            return STOP;
+        }
+        int clean = PySet_Contains(run->clean_clients, client_ip);
+        if (clean != 1) {
+            PyErr_Clear();
+            return STOP;
+        }
+    }
+    int clean = PySet_Contains(run->clean_routes, route);
+    if (clean != 1) {
+        PyErr_Clear();
+        return STOP;
+    }
+    PyObject *folded = PyDict_GetItemWithError(run->methods, method);  /* borrowed */
+    if (folded == NULL) {
+        PyErr_Clear();
+        return STOP;
+    }
+    Py_INCREF(folded);
+    int head = PyUnicode_CompareWithASCIIString(folded, "HEAD") == 0;
+    long long response_bytes = head ? 0 : item->response_bytes;
+    int failed = status >= 500 || error_length > 0;
+
+    Fold fold = {
+        .duration_ms = duration_ms,
+        .failed = failed,
+        .limited = status == 429,
+        .request_bytes = item->request_bytes,
+        .response_bytes = response_bytes,
+    };
+    fold.bucket =
+        aegis_duration_bucket(duration_ms, run->low_ms, run->scale, run->shift, run->last);
+    long long bucket = bucket_start(timestamp);
+    long klass = (long)(status / 100);
+
+    int outcome = FAILED;
+    PyObject *key = NULL;
+    PyObject *fields[RECORD_FIELDS] = {NULL};
+    fold.duration = PyFloat_FromDouble(duration_ms);
+    PyObject *bucket_object = PyLong_FromLongLong(bucket);
+    PyObject *klass_object = PyLong_FromLong(0 < klass && klass < 6 ? klass : 5);
+    if (fold.duration == NULL || bucket_object == NULL || klass_object == NULL) {
+        goto invalid;
+    }
+    key = PyTuple_Pack(4, bucket_object, route, folded, klass_object);
+    if (key == NULL) {
+        goto invalid;
+    }
+    int rolled = roll(run->cells, key, &fold);
+    if (rolled == 1) {
+        outcome = STOP;
+        goto done;
+    }
+    if (rolled < 0) {
+        goto invalid;
+    }
+    run->state[S_ROLLED]++;
+    if (run->sampling && !(status >= 500 || error_length || duration_ms >= run->slow)) {
+        PyObject *chance = PyObject_CallNoArgs(run->chance);
+        int out = chance == NULL ? -1 : PyObject_RichCompareBool(chance, run->rate, Py_GE);
+        Py_XDECREF(chance);
+        if (out < 0) {
+            goto invalid;
+        }
+        if (out) {
+            run->state[S_SAMPLED]++;
+            outcome = TAKEN;
+            goto done;
+        }
+    }
+    fields[0] = record_id(run->prefix, (unsigned long long)run->state[S_SEQUENCE] + 1);
+    fields[1] = PyFloat_FromDouble(timestamp);
+    fields[2] = Py_NewRef(folded);
+    fields[3] = Py_NewRef(route);
+    fields[4] = Py_NewRef(path);
+    fields[5] = Py_NewRef(status_object);
+    fields[6] = Py_NewRef(fold.duration);
+    fields[7] = item->has_ttfb ? PyFloat_FromDouble(ttfb_ms) : Py_NewRef(Py_None);
+    fields[8] = PyLong_FromLongLong(item->request_bytes);
+    fields[9] = PyLong_FromLongLong(response_bytes);
+    fields[10] = Py_NewRef(client_ip);
+    fields[11] = Py_NewRef(error);
+    for (int position = 0; position < RECORD_FIELDS; position++) {
+        if (fields[position] == NULL) {
+            for (int other = 0; other < RECORD_FIELDS; other++) {
+                Py_XDECREF(fields[other]);
+            }
+            goto invalid;
+        }
+    }
+    PyObject *record = new_record(run->record_type, fields);
+    if (record == NULL) {
+        goto invalid;
+    }
+    run->state[S_SEQUENCE]++;
+    /* Outside the per-item handling in the Python loop too: raised. */
+    int appended = PyList_Append(run->out, record);
+    Py_DECREF(record);
+    outcome = appended < 0 ? FAILED : TAKEN;
+    goto done;
+invalid:
+    /* Counted and skipped, as the Python loop's `except Exception` does. */
+    if (PyErr_ExceptionMatches(PyExc_Exception)) {
+        PyErr_Clear();
+        run->state[S_INVALID]++;
+        outcome = TAKEN;
+    }
+done:
+    Py_XDECREF(key);
+    Py_XDECREF(bucket_object);
+    Py_XDECREF(klass_object);
+    Py_XDECREF(fold.duration);
+    Py_DECREF(folded);
+    return outcome;
+}
+
+static int
+as_size(PyObject *value, Py_ssize_t *out)
+{
+    *out = PyLong_AsSsize_t(value);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static int
+as_double(PyObject *value, double *out)
+{
+    *out = PyFloat_AsDouble(value);
+    return *out == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* finalize_items(items, out, state, wall_offset, prefix, cells, record_type,
+ *                methods, clean_routes, clean_clients, path_limit,
+ *                error_limit, sample_rate or None, slow_ms, chance,
+ *                (low_ms, scale, shift, last)) */
+PyObject *
+aegis_finalize_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 16) {
+        PyErr_SetString(PyExc_TypeError, "finalize_items takes 16 arguments");
+        return NULL;
+    }
+    PyObject *items = args[0], *constants = args[15];
+    Run run = {
+        .out = args[1], .prefix = args[4], .cells = args[5],
+        .methods = args[7], .clean_routes = args[8], .clean_clients = args[9],
+        .rate = args[12], .chance = args[14],
+    };
+    if (!PyList_CheckExact(items) || !PyList_CheckExact(run.out) || !PyDict_CheckExact(run.cells)
+        || !PyDict_CheckExact(run.methods) || !PySet_CheckExact(run.clean_routes)
+        || !PySet_CheckExact(run.clean_clients) || !PyType_Check(args[6])
+        || !PyTuple_CheckExact(constants) || PyTuple_GET_SIZE(constants) != 4
+        || !PyUnicode_CheckExact(run.prefix) || !PyUnicode_IS_COMPACT_ASCII(run.prefix)) {
+        PyErr_SetString(PyExc_TypeError, "finalize_items: unexpected argument types");
+        return NULL;
+    }
+    run.record_type = (PyTypeObject *)args[6];
+    if (!PyType_IsSubtype(run.record_type, &PyTuple_Type)
+        || run.record_type->tp_basicsize != PyTuple_Type.tp_basicsize
+        || run.record_type->tp_itemsize != PyTuple_Type.tp_itemsize) {
+        PyErr_SetString(PyExc_TypeError,
+                        "finalize_items: the record type must be a plain tuple subclass");
+        return NULL;
+    }
+    run.sampling = run.rate != Py_None;
+    if (as_double(args[3], &run.wall_offset) < 0 || as_size(args[10], &run.path_limit) < 0
+        || as_size(args[11], &run.error_limit) < 0 || as_double(args[13], &run.slow) < 0
+        || as_double(PyTuple_GET_ITEM(constants, 0), &run.low_ms) < 0
+        || as_double(PyTuple_GET_ITEM(constants, 1), &run.scale) < 0
+        || as_double(PyTuple_GET_ITEM(constants, 2), &run.shift) < 0) {
+        return NULL;
+    }
+    run.last = PyLong_AsLong(PyTuple_GET_ITEM(constants, 3));
+    if (run.last == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[2], &view, PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
+        return NULL;
+    }
+    if (view.itemsize != 8 || view.format == NULL || strcmp(view.format, "q") != 0
+        || view.len < (Py_ssize_t)(S_FIELDS * sizeof(long long))) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_TypeError, "finalize_items: state must be array('q') of 5");
+        return NULL;
+    }
+    run.state = (long long *)view.buf;
+    PyObject *result = Py_None;
+    while (run.state[S_INDEX] < PyList_GET_SIZE(items)) {
+        PyObject *item = Py_NewRef(PyList_GET_ITEM(items, (Py_ssize_t)run.state[S_INDEX]));
+        int outcome = finalize_one(&run, item);
+        Py_DECREF(item);
+        if (outcome == STOP) {
+            break;
+        }
+        run.state[S_INDEX]++;
+        if (outcome == FAILED) {
+            result = NULL;
+            break;
+        }
+    }
+    PyBuffer_Release(&view);
+    return Py_XNewRef(result);
+}

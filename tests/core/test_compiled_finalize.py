@@ -1,0 +1,235 @@
+"""The compiled finalizer (``_hotpath_c/finalize.c``) against the Python loop.
+
+Two finalizers in the same state, one with the compiled loop and one without,
+finalize the same compiled inbox items, batch after batch (the first batches
+teach both which routes and clients are clean, so later ones take the
+compiled path). Everything either shows must be equal: the records, field for
+field and float for float, the rollup cells, and every counter. Items are
+drawn from clean values and from every kind of odd one the Python loop
+repairs, folds or refuses, so the compiled loop is checked both where it
+takes an item and where it must leave it alone.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from http import HTTPStatus
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aegis_mw.core.client_address import ClientAddressResolver
+from aegis_mw.core.finalize import Finalizer
+from aegis_mw.core.labels import RouteCap
+from aegis_mw.core.rollup import RollupDelta
+from tests.conftest import compiled_module
+
+
+class FixedClock:
+    """One wall-clock offset for both finalizers (a real one moves between calls)."""
+
+    def __init__(self, wall: float) -> None:
+        self._wall = wall
+
+    def monotonic(self) -> float:
+        return 1000.0
+
+    def wall(self) -> float:
+        return self._wall
+
+
+class Text(str):
+    """A str subclass: equal to a clean value, never taken as one."""
+
+
+# Each field: clean values first, then odd ones. An item is drawn clean, then
+# has a few of its fields (often none) replaced by any value of their list.
+METHODS = ["GET", "POST", "HEAD", "DELETE", "get", "BREW", "", Text("GET"), None, 7]
+ROUTES = ["/a", "/items/{id}", "/b", None, "/bad\x00", "/é", "/" + "r" * 600, Text("/a"), 3]
+PATHS = ["/a", "/items/1", "/b?x=1", "", "/" * 200, "/é", "/ctl\x1f", "/del\x7f", "/" * 201,
+         Text("/a"), b"/a", None]  # fmt: skip
+STATUSES = [200, 204, 301, 404, 429, 500, 503, 0, 99, 600, 999, 2**30 - 1, -1, 2**30, 2**40,
+            200.0, True, "200", HTTPStatus.OK, None]  # fmt: skip
+DURATIONS = [0.0, 1e-6, 0.00001, 0.00002, 0.0004, 0.005, 0.012, 0.25, 0.5, 1.0, 3.0, 2000.0,
+             -0.5, math.nan, math.inf]  # fmt: skip
+BYTES = [0, 17, 4096, 2**30 - 1, 2**30, 2**63 - 1, 2**70, -3, 1.5, True, None]
+CLIENTS = [None, ("10.0.0.1", 5), ("10.0.0.2", 6), ("::1", 1), (), ["10.0.0.1", 5],
+           ("bad\x00", 1), (7, 1), ("x" * 300, 1), (Text("10.0.0.1"), 1)]  # fmt: skip
+FORWARDED = [None, "203.0.113.9", "10.0.0.3, 203.0.113.9"]
+ERRORS = ["", "ValueError: boom", "x" * 1024, "x" * 1025, "bad\x00", "é", Text("e"), None, 5]
+TTFBS = [None, 0.0, 0.001, math.nan, math.inf]
+STARTS = [10.0, 12.5, 1e9, 1.7e9, -3.0, 4e15, math.inf]
+#: How many values of each list count as clean.
+CLEAN = {"method": 4, "route": 3, "path": 5, "status": 12, "duration": 12, "bytes": 4,
+         "client": 4, "forwarded": 1, "error": 3, "ttfb": 3, "start": 4}  # fmt: skip
+VALUES = {"method": METHODS, "route": ROUTES, "path": PATHS, "status": STATUSES,
+          "duration": DURATIONS, "request_bytes": BYTES, "response_bytes": BYTES,
+          "client": CLIENTS, "forwarded": FORWARDED, "error": ERRORS, "ttfb": TTFBS,
+          "start": STARTS}  # fmt: skip
+
+
+@st.composite
+def items(draw: st.DrawFn) -> list[Any]:
+    odd = draw(st.sets(st.sampled_from(sorted(VALUES)), max_size=2))
+    odd = odd if draw(st.integers(0, 3)) == 0 else set()  # most items are clean
+
+    def value(name: str) -> Any:
+        choices = VALUES[name]
+        clean = CLEAN[name.replace("request_", "").replace("response_", "")]
+        return draw(st.sampled_from(choices if name in odd else choices[:clean]))
+
+    start = value("start") + draw(st.floats(0, 10, allow_nan=False))
+    ttfb = value("ttfb")
+    return [
+        value("method"),
+        value("route"),
+        value("path"),
+        value("status"),
+        start,
+        None if ttfb is None else start + ttfb,
+        start + value("duration"),
+        value("request_bytes"),
+        value("response_bytes"),
+        value("client"),
+        value("forwarded"),
+        value("error"),
+        draw(st.booleans()),
+    ]
+
+
+def finalizer(compiled: Any, sample_rate: float, wall: float) -> Finalizer:
+    made = Finalizer(
+        clock=FixedClock(wall),
+        resolver=ClientAddressResolver(["10.0.0.0/8"]),
+        routes=RouteCap(4),
+        max_path_length=200,
+        max_error_length=1024,
+        sample_rate=sample_rate,
+        slow_threshold_ms=100.0,
+        compiled=compiled,
+    )
+    made.id_prefix = "00c0ffee00c0ffee"
+    made._random = random.Random(7)
+    return made
+
+
+def shown(made: Finalizer, records: list[Any]) -> dict[str, Any]:
+    """Everything a finalizer shows; floats by their bits (NaN equal to NaN)."""
+
+    def exact(value: Any) -> Any:
+        if type(value) is float:
+            return ("float", value.hex())
+        if isinstance(value, (list, tuple)):
+            return (type(value).__name__, [exact(part) for part in value])
+        if isinstance(value, dict):
+            return {key: exact(part) for key, part in value.items()}
+        return (type(value).__name__, value)
+
+    delta: RollupDelta = made.rollups
+    return {
+        "records": [exact(record) for record in records],
+        "cells": {key: exact(cell) for key, cell in delta.cells.items()},
+        "rolled": delta.requests,
+        "sequence": made.sequence,
+        "sampled_out": made.sampled_out,
+        "invalid": made.invalid,
+        "routes": (sorted(made.routes.known), made.routes.overflowed),
+        "clean": (sorted(made._clean_routes), sorted(made._clean_clients)),
+    }
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    batches=st.lists(st.lists(items(), max_size=16), min_size=1, max_size=4),
+    sample_rate=st.sampled_from([1.0, 1.0, 0.5, 0.0]),
+    wall=st.sampled_from([1.7e9, 1.7e9 + 0.3, 0.0, -50.0]),
+)
+def test_the_compiled_loop_finalizes_as_the_python_loop(
+    batches: list[list[list[Any]]], sample_rate: float, wall: float
+) -> None:
+    module = compiled_module()
+    python = finalizer(None, sample_rate, wall)
+    compiled = finalizer(module, sample_rate, wall)
+    for batch in batches:
+        made = [module.item_from_fields(fields) for fields in batch]
+        expected = shown(python, python.finalize(made))
+        assert shown(compiled, compiled.finalize(made)) == expected
+
+
+def test_clean_items_take_the_compiled_loop() -> None:
+    """Once the route and client are known clean, the compiled loop takes every
+    item: the Python loop is not called again (and the figures still agree)."""
+    module = compiled_module()
+    compiled = finalizer(module, 1.0, 1.7e9)
+    fields = ["GET", "/a", "/a", 200, 5.0, 5.001, 5.002, 3, 10, ("10.0.0.1", 1), None, "", False]
+    compiled.finalize([module.item_from_fields(fields)])
+    calls = []
+    original = compiled._finalize
+    compiled._finalize = lambda *args: calls.append(args) or original(*args)  # type: ignore[method-assign]
+    batch = [module.item_from_fields(fields) for _ in range(50)]
+    records = compiled.finalize(batch)
+    assert calls == []
+    assert len(records) == 50 and compiled.sequence == 51
+    assert compiled.rollups.requests == 51
+    [cell] = compiled.rollups.cells.values()
+    assert cell[0] == 51 and cell[7] == 510
+
+
+def test_a_failing_sampler_counts_the_item_invalid_after_its_rollup() -> None:
+    """An exception inside an item's handling (here the sampler's) counts that
+    item invalid and goes on with the next, as the Python loop's except does."""
+    module = compiled_module()
+    fields = ["GET", "/a", "/a", 200, 5.0, None, 5.001, 0, 0, None, None, "", False]
+    results = []
+    for compiled in (None, module):
+        made = finalizer(compiled, 0.5, 1.7e9)
+        made.finalize([module.item_from_fields(fields)])  # the route becomes clean
+
+        def broken() -> float:
+            raise RuntimeError("sampler failed")
+
+        made._random.random = broken  # type: ignore[method-assign]
+        records = made.finalize([module.item_from_fields(fields) for _ in range(3)])
+        results.append(shown(made, records))
+        assert made.invalid == 3 and made.rollups.requests == 4
+    assert results[0] == results[1]
+
+
+def test_bad_arguments_raise_a_type_error() -> None:
+    module = compiled_module()
+    with pytest.raises(TypeError):
+        module.finalize_items()
+    with pytest.raises(ValueError):
+        module.item_from_fields([1, 2])
+
+
+def test_buckets_at_their_edges_match_python_floor_division() -> None:
+    """The compiled loop finds a record's 5-second bucket without fmod: at the
+    edges of buckets (multiples of 5 and the doubles either side of them),
+    negative times and near its limit of 1e15, it gives what
+    ``int(timestamp // 5) * 5`` gives."""
+    module = compiled_module()
+    starts: list[float] = [0.0, -0.0, 1e-300, -1e-300, 0.3, -0.3, 4.999999, -4.999999]
+    for base in (5.0, 10.0, 1.7e9, 1_700_000_005.0, 2.0**40 * 5, 9.99e14, 1e15 - 5, -5.0, -1.7e9):
+        for offset in (-1, 0, 1):
+            starts.append(
+                math.nextafter(base, math.inf if offset > 0 else -math.inf) if offset else base
+            )
+            starts.append(base + 2.5 + offset * 1e-6)
+    results = []
+    for compiled in (None, module):
+        made = finalizer(compiled, 1.0, 1000.0)  # wall - monotonic = 0: timestamp = start
+        fields = ["GET", "/a", "/a", 200, 1.0, None, 1.001, 0, 0, None, None, "", False]
+        made.finalize([module.item_from_fields(fields)])
+        batch = []
+        for start in starts:
+            fields[4], fields[6] = start, start + 0.001
+            batch.append(module.item_from_fields(fields))
+        records = made.finalize(batch)
+        results.append(sorted(made.rollups.cells))
+        assert len(records) == len(starts)
+    assert results[0] == results[1]
+    assert len(results[1]) > 10
