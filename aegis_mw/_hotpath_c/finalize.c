@@ -258,8 +258,15 @@ new_record(PyTypeObject *record_type, PyObject *fields[RECORD_FIELDS])
             Py_DECREF(fields[position]);
         }
     }
-    if (record != NULL && PyObject_GC_IsTracked(record)) {
-        PyObject_GC_UnTrack(record);
+    if (record != NULL) {
+#if PY_VERSION_HEX >= 0x030E0000
+        /* 3.14 caches a tuple's hash, -1 meaning "not computed": tp_alloc
+         * leaves 0, which tuple.__new__ would not. */
+        ((PyTupleObject *)record)->ob_hash = -1;
+#endif
+        if (PyObject_GC_IsTracked(record)) {
+            PyObject_GC_UnTrack(record);
+        }
     }
     return record;
 }
@@ -280,12 +287,8 @@ enum { TAKEN, STOP, FAILED };
  * the Python loop, nothing changed) or FAILED (an error that is no Exception,
  * to be raised). */
 static int
-finalize_one(Run *run, PyObject *object)
+finalize_held(Run *run, const ItemObject *item)
 {
-    if (Py_TYPE(object) != &AegisItemType) {
-        return STOP;
-    }
-    ItemObject *item = (ItemObject *)object;
     PyObject *method = item->method, *route = item->route, *path = item->path;
     PyObject *status_object = item->status, *error = item->error, *client = item->client;
     if (method == NULL || route == NULL || path == NULL || status_object == NULL
@@ -442,6 +445,30 @@ done:
     return outcome;
 }
 
+/* One item, its fields held meanwhile: the sampler may run Python code that
+ * changes the item (the Python loop unpacks the fields before calling it, so
+ * its record keeps what was there). */
+static int
+finalize_one(Run *run, PyObject *object)
+{
+    if (Py_TYPE(object) != &AegisItemType) {
+        return STOP;
+    }
+    ItemObject held = *(ItemObject *)object;  /* the values only: never used as an object */
+    PyObject **fields[] = {&held.method, &held.route, &held.path, &held.status, &held.client,
+                           &held.forwarded, &held.error, &held.request_count,
+                           &held.response_count};
+    size_t count = sizeof fields / sizeof fields[0];
+    for (size_t position = 0; position < count; position++) {
+        Py_XINCREF(*fields[position]);
+    }
+    int outcome = finalize_held(run, &held);
+    for (size_t position = 0; position < count; position++) {
+        Py_XDECREF(*fields[position]);
+    }
+    return outcome;
+}
+
 static int
 as_size(PyObject *value, Py_ssize_t *out)
 {
@@ -512,6 +539,11 @@ aegis_finalize_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     run.state = (long long *)view.buf;
+    if (run.state[S_INDEX] < 0) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "finalize_items: a negative index");
+        return NULL;
+    }
     PyObject *result = Py_None;
     while (run.state[S_INDEX] < PyList_GET_SIZE(items)) {
         PyObject *item = Py_NewRef(PyList_GET_ITEM(items, (Py_ssize_t)run.state[S_INDEX]));

@@ -29,8 +29,8 @@ enum { L_COUNT, L_DURATION_SUM, L_TTFB_COUNT, L_TTFB_SUM, L_REQUEST, L_RESPONSE,
 PyObject *
 aegis_fold_layout(void)
 {
-    return Py_BuildValue("(iiiiiiii)(iiiiiii)", RING_MASK, R_SECOND, R_REQUESTS, R_ERRORS,
-                         R_DURATION_SUM, R_STATUS_BASE, R_MIN, R_HIST_BASE, L_COUNT,
+    return Py_BuildValue("(iiiiiiiii)(iiiiiii)", RING_MASK, R_SECOND, R_REQUESTS, R_ERRORS,
+                         R_DURATION_SUM, R_STATUS_BASE, R_MIN, R_MAX, R_HIST_BASE, L_COUNT,
                          L_DURATION_SUM, L_TTFB_COUNT, L_TTFB_SUM, L_REQUEST, L_RESPONSE,
                          L_BUCKETS);
 }
@@ -122,7 +122,8 @@ fold_one(Fold *fold, PyObject *object)
         return 0;
     }
     PyObject *held_second = PyList_GET_ITEM(slot, R_SECOND);
-    if (!PyLong_CheckExact(held_second) || PyLong_AsLongLong(held_second) != second) {
+    long long held = PyLong_CheckExact(held_second) ? PyLong_AsLongLong(held_second) : second + 1;
+    if (held != second || PyErr_Occurred()) {
         PyErr_Clear();
         return 0;
     }
@@ -242,6 +243,8 @@ done:
     }
     Py_XDECREF(new_count);
     PyBuffer_Release(&view);
+    /* A failure (no memory) leaves the item, unchanged, to the Python code. */
+    PyErr_Clear();
     return folded;
 }
 
@@ -259,6 +262,10 @@ aegis_fold_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Fold fold = {.good = args[2], .ring = args[3], .known = args[4], .requests = args[5]};
     Py_ssize_t index = PyLong_AsSsize_t(args[1]);
     if (index == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (index < 0) {
+        PyErr_SetString(PyExc_ValueError, "fold_items: a negative index");
         return NULL;
     }
     if (!PyList_CheckExact(items) || !PyList_CheckExact(fold.good)

@@ -50,7 +50,8 @@ WINDOW = 60
 #: The ring's and the series' layouts as the compiled fold must see them
 #: (``_hotpath.FOLD_LAYOUT``); it is used only where the two agree.
 FOLD_LAYOUT = (
-    (MASK, SECOND, REQUESTS, ERRORS, DURATION_SUM, STATUS_BASE, DURATION_MIN, HIST_BASE),
+    (MASK, SECOND, REQUESTS, ERRORS, DURATION_SUM, STATUS_BASE, DURATION_MIN, DURATION_MAX,
+     HIST_BASE),
     (SERIES_COUNT, SERIES_DURATION_SUM, TTFB_COUNT, TTFB_SUM, SERIES_REQUEST_BYTES,
      SERIES_RESPONSE_BYTES, BUCKETS_BASE),
 )  # fmt: skip

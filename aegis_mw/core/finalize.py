@@ -40,8 +40,8 @@ CLEAN_CLIENTS = 4096
 _METHODS = {method: method for method in STANDARD_METHODS}
 #: What the compiled loop needs of :mod:`.histogram` to place a duration.
 _HISTOGRAM = (histogram.LOW_MS, histogram._SCALE, histogram._SHIFT, histogram._LAST)
-#: Sequence numbers past this go through the Python loop (the compiled one
-#: counts in 64 bits).
+#: Sequence numbers and limits past this go through the Python loop (the
+#: compiled one holds them in 64 bits).
 _COMPILED_SEQUENCE_LIMIT = 2**62
 
 
@@ -204,9 +204,10 @@ class Finalizer:
             type(items) is list
             and self.sequence < _COMPILED_SEQUENCE_LIMIT
             and type(self.max_path_length) is int
+            and 0 <= self.max_path_length < _COMPILED_SEQUENCE_LIMIT
             and type(self.max_error_length) is int
-            and type(slow) in (int, float)
-            and float(slow) == slow
+            and 0 <= self.max_error_length < _COMPILED_SEQUENCE_LIMIT
+            and (type(slow) is float or (type(slow) is int and -(2**53) <= slow <= 2**53))
         )
 
     def _finalize(

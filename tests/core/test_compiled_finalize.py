@@ -12,6 +12,8 @@ takes an item and where it must leave it alone.
 
 from __future__ import annotations
 
+import copy
+import gc
 import math
 import random
 from http import HTTPStatus
@@ -233,3 +235,70 @@ def test_buckets_at_their_edges_match_python_floor_division() -> None:
         assert len(records) == len(starts)
     assert results[0] == results[1]
     assert len(results[1]) > 10
+
+
+def test_compiled_records_hash_as_tuples_and_leave_the_collector() -> None:
+    module = compiled_module()
+    made = finalizer(module, 1.0, 1.7e9)
+    fields = ["GET", "/a", "/a", 200, 5.0, None, 5.001, 0, 0, ("10.0.0.1", 1), None, "", False]
+    made.finalize([module.item_from_fields(fields)])
+    [record] = made.finalize([module.item_from_fields(fields)])
+    assert made._progress[0] == 1 and made._progress[4] == 0  # the compiled loop built it
+    assert hash(record) == hash(tuple(record)) and record == tuple(record)
+    assert not gc.is_tracked(record)
+
+
+def test_a_sampler_that_changes_the_item_leaves_the_record_as_python_does() -> None:
+    """The sampler is Python code called mid-item: if it replaces the item's
+    fields, the record still holds what the item held before, as the Python
+    loop's unpacking keeps it (and nothing freed is read)."""
+    module = compiled_module()
+    results = []
+    for compiled in (None, module):
+        made = finalizer(compiled, 0.5, 1.7e9)
+        fields = ["GET", "/a", "/" + "q" * 40, 200, 5.0, None, 5.001, 0, 0, None, None, "", False]
+        made.finalize([module.item_from_fields(fields)])
+        item = module.item_from_fields(["GET", "/a", "".join(["/", "q" * 40]), *fields[3:]])
+        junk: list[str] = []
+
+        def chance(item: Any = item, junk: list[str] = junk) -> float:
+            item[2] = "/replaced"
+            item[11] = "".join(["replaced", "!"])
+            junk.extend("".join(["Z"] * 41) for _ in range(1000))
+            return 0.0
+
+        made._random.random = chance  # type: ignore[method-assign]
+        records = made.finalize([item])
+        assert records[0].path == "/" + "q" * 40 and records[0].error == ""
+        results.append(shown(made, records))
+    assert results[0] == results[1]
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [
+        [1.0, 0, 0, 1.0, 1.0, 1.0, 0, 0, {}],  # a float count
+        [2**63 - 1, 0, 0, 1.0, 1.0, 1.0, 0, 0, {}],  # a count at the end of 64 bits
+        [1, 0, 0, 1.0, 1.0, 1.0, 2**70, 0, {}],  # a byte total past them
+        [1, 0, 0, 1, 1.0, 1.0, 0, 0, {}],  # an int duration sum
+        [1, 0, 0, 1.0, 1.0, 1.0, 0, 0, {100: 2**63 - 1}],  # a bucket count at the end
+        (1, 0, 0, 1.0, 1.0, 1.0, 0, 0, {}),  # not a list
+    ],
+)
+def test_cells_of_another_shape_are_folded_as_python_folds_them(cell: Any) -> None:
+    """A rollup cell the compiled loop cannot add to exactly is left to the
+    Python code, with the item, and both end the same (or raise the same)."""
+    module = compiled_module()
+    fields = ["GET", "/a", "/a", 200, 5.0, None, 5.001, 3, 4, None, None, "", False]
+    results = []
+    for compiled in (None, module):
+        made = finalizer(compiled, 1.0, 1000.0)
+        made.finalize([module.item_from_fields(fields)])
+        [key] = made.rollups.cells
+        made.rollups.cells[key] = copy.deepcopy(cell)
+        try:
+            records = made.finalize([module.item_from_fields(fields) for _ in range(3)])
+            results.append(shown(made, records))
+        except Exception as error:  # compared below
+            results.append(repr(error))
+    assert results[0] == results[1]
