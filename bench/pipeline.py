@@ -153,7 +153,9 @@ def stage_round(
     if twins is not None:
         seconds.update(python_stages(twins, items))
     delta = finalizer.take_rollups()
-    seconds["rollups to rows"] = timed(lambda: [parameter_rows(part) for part in expand(delta)])[0]
+    seconds["rollups to rows"] = timed(
+        lambda: [list(parameter_rows(part)) for part in expand(delta)]
+    )[0]
 
     def insert() -> None:
         connection.execute("BEGIN IMMEDIATE")

@@ -3,7 +3,7 @@
  *
  * It takes the common case only: an HttpItem whose values are plain and
  * already known clean (an exact str route in the finalizer's clean routes, a
- * client address in its clean clients or none, no forwarded header, a
+ * printable ASCII client address or none, no forwarded header, a
  * printable ASCII path and error within their limits, a status and byte
  * counts in [0, 2**30), a standard method, finite times). At the first item
  * it does not take, or whose rollup cell is not the plain shape, it stops and
@@ -276,7 +276,7 @@ typedef struct {
     PyTypeObject *record_type;
     double wall_offset, slow, low_ms, scale, shift;
     long last;
-    Py_ssize_t path_limit, error_limit;
+    Py_ssize_t path_limit, error_limit, client_limit, clean_clients_limit;
     int sampling;
     long long *state;
 } Run;
@@ -332,9 +332,26 @@ finalize_held(Run *run, const ItemObject *item)
             return STOP;
         }
         int clean = PySet_Contains(run->clean_clients, client_ip);
-        if (clean != 1) {
+        if (clean < 0) {
             PyErr_Clear();
             return STOP;
+        }
+        if (!clean) {
+            /* Storable as it is (what Finalizer._client_text checks with
+             * client_field): remembered as clean, the set emptied first when
+             * full, as there. Other text is the Python loop's. */
+            if (printable_ascii(client_ip, run->client_limit) != 1) {
+                return STOP;
+            }
+            if (PySet_GET_SIZE(run->clean_clients) >= run->clean_clients_limit
+                && PySet_Clear(run->clean_clients) < 0) {
+                PyErr_Clear();
+                return STOP;
+            }
+            if (PySet_Add(run->clean_clients, client_ip) < 0) {
+                PyErr_Clear();
+                return STOP;
+            }
         }
     }
     int clean = PySet_Contains(run->clean_routes, route);
@@ -486,7 +503,7 @@ as_double(PyObject *value, double *out)
 /* finalize_items(items, out, state, wall_offset, prefix, cells, record_type,
  *                methods, clean_routes, clean_clients, path_limit,
  *                error_limit, sample_rate or None, slow_ms, chance,
- *                (low_ms, scale, shift, last)) */
+ *                (low_ms, scale, shift, last, client_limit, clean_clients_limit)) */
 PyObject *
 aegis_finalize_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -503,7 +520,7 @@ aegis_finalize_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!PyList_CheckExact(items) || !PyList_CheckExact(run.out) || !PyDict_CheckExact(run.cells)
         || !PyDict_CheckExact(run.methods) || !PySet_CheckExact(run.clean_routes)
         || !PySet_CheckExact(run.clean_clients) || !PyType_Check(args[6])
-        || !PyTuple_CheckExact(constants) || PyTuple_GET_SIZE(constants) != 4
+        || !PyTuple_CheckExact(constants) || PyTuple_GET_SIZE(constants) != 6
         || !PyUnicode_CheckExact(run.prefix) || !PyUnicode_IS_COMPACT_ASCII(run.prefix)) {
         PyErr_SetString(PyExc_TypeError, "finalize_items: unexpected argument types");
         return NULL;
@@ -525,6 +542,11 @@ aegis_finalize_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     run.last = PyLong_AsLong(PyTuple_GET_ITEM(constants, 3));
+    run.client_limit = PyLong_AsSsize_t(PyTuple_GET_ITEM(constants, 4));
+    run.clean_clients_limit = PyLong_AsSsize_t(PyTuple_GET_ITEM(constants, 5));
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
     if (run.last == -1 && PyErr_Occurred()) {
         return NULL;
     }

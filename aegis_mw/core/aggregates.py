@@ -28,7 +28,7 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 from . import histogram
-from .items import END, ERROR, HTTP_FIELDS, START, STATUS, PendingSession
+from .items import END, ERROR, HTTP_FIELDS, START, STATUS, PendingSession, python_run_end
 from .labeled import BUCKETS_BASE, DEFAULT_BUCKETS, TTFB_COUNT, TTFB_SUM, LabeledTotals
 from .labeled import COUNT as SERIES_COUNT
 from .labeled import DURATION_SUM as SERIES_DURATION_SUM
@@ -194,6 +194,7 @@ class RealtimeAggregates:
         self._in_flight_sources: weakref.WeakSet[Any] = weakref.WeakSet()
         #: The compiled fold (``_hotpath.fold_items``), or None: it takes the
         #: plain compiled items of known label sets, the rest are folded here.
+        self._item_type: type | None = None if compiled is None else compiled.HttpItem
         self._compiled_fold = (
             compiled.fold_items
             if compiled is not None
@@ -253,10 +254,13 @@ class RealtimeAggregates:
             )  # fmt: skip
             if index >= total:
                 return
+            # The item it stopped at, and every following one that is not a
+            # compiled item (a pure-Python path's list, a session), here.
+            end = python_run_end(items, index, self._item_type)
             folded = len(good)
-            self.websocket_sessions += _fold(self.ring, self.totals, items[index : index + 1], good)
+            self.websocket_sessions += _fold(self.ring, self.totals, items[index:end], good)
             labeled.fold(good[folded:], self.routes.label)
-            index += 1
+            index = end
 
     def labeled_snapshot(self, pending: Callable[[], list[Any]]) -> LabeledTotals:
         """The per-label totals including the items still waiting in the inbox,

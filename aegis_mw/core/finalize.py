@@ -16,11 +16,12 @@ from types import ModuleType
 from . import histogram
 from .client_address import ClientAddressResolver
 from .clock import Clock
-from .items import InboxItem, PendingSession
+from .items import InboxItem, PendingSession, python_run_end
 from .labels import STANDARD_METHODS, RouteCap
 from .record import OTHER_METHOD, UNMATCHED_ROUTE, RequestRecord, WebSocketSession
 from .rollup import RollupDelta
 from .storable import (
+    CLIENT_IP_LIMIT,
     ROUTE_LIMIT,
     client_field,
     count,
@@ -38,8 +39,12 @@ CLEAN_CLIENTS = 4096
 #: The standard methods, each to itself: a lookup folds the rest into _OTHER
 #: and stores a plain str even for a str subclass equal to one of them.
 _METHODS = {method: method for method in STANDARD_METHODS}
-#: What the compiled loop needs of :mod:`.histogram` to place a duration.
-_HISTOGRAM = (histogram.LOW_MS, histogram._SCALE, histogram._SHIFT, histogram._LAST)
+#: What the compiled loop needs of :mod:`.histogram` to place a duration, and
+#: of the client checks to take a client address not seen before.
+_COMPILED_CONSTANTS = (
+    histogram.LOW_MS, histogram._SCALE, histogram._SHIFT, histogram._LAST,
+    CLIENT_IP_LIMIT, CLEAN_CLIENTS,
+)  # fmt: skip
 #: Sequence numbers and limits past this go through the Python loop (the
 #: compiled one holds them in 64 bits).
 _COMPILED_SEQUENCE_LIMIT = 2**62
@@ -114,6 +119,7 @@ class Finalizer:
         #: The compiled loop (``_hotpath.finalize_items``), or None: it takes
         #: the clean compiled items and leaves the rest to the Python loop.
         self._compiled = None if compiled is None else compiled.finalize_items
+        self._item_type: type | None = None if compiled is None else compiled.HttpItem
         # Its progress: index, sequence, sampled out, rolled up, invalid.
         self._progress = array("q", bytes(8 * 5))
 
@@ -178,16 +184,20 @@ class Finalizer:
                     RequestRecord, _METHODS, self._clean_routes, self._clean_clients,
                     self.max_path_length, self.max_error_length,
                     rate if rate < 1.0 else None, float(self.slow_threshold_ms),
-                    self._random.random, _HISTOGRAM,
+                    self._random.random, _COMPILED_CONSTANTS,
                 )  # fmt: skip
                 index = progress[0]
                 if index >= total:
                     break
-                # An item the compiled loop leaves to this one: odd values, a
-                # route or client not seen clean yet, a forwarded header.
+                # Items the compiled loop leaves to this one: one with odd
+                # values, a route not seen clean yet, a client address to
+                # repair or a forwarded header, and with it every following
+                # item that is not a compiled one (a pure-Python path's list,
+                # a session).
+                end = python_run_end(items, index, self._item_type)
                 self.sequence = progress[1]
-                out.extend(self._finalize(items[index : index + 1], wall_offset))
-                progress[0] = index + 1
+                out.extend(self._finalize(items[index:end], wall_offset))
+                progress[0] = end
                 progress[1] = self.sequence
         finally:
             self.sequence = progress[1]

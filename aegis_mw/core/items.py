@@ -48,3 +48,15 @@ class PendingSession:
 
 
 InboxItem = HttpItem | PendingSession
+
+
+def python_run_end(items: list[Any], index: int, item_type: type | None) -> int:
+    """Where the Python code's share of ``items`` ends when a compiled loop of
+    the flusher stopped at ``index``: after that item and every following
+    one that is not ``item_type`` (the compiled loops' own items); so a batch
+    of lists from a pure-Python path takes one pass, not one call per item."""
+    end = index + 1
+    total = len(items)
+    while end < total and type(items[end]) is not item_type:
+        end += 1
+    return end

@@ -268,11 +268,16 @@ def _add_rollups(cursor: psycopg.Cursor[Any], delta: RollupDelta) -> None:
     # then inserts nothing: each delta is added once.
     if not cursor.rowcount:  # a retry of a write that did commit
         return
-    routes, totals = expand(delta)
+    slices = Slices()  # this write's thread (see core.gil_slices)
+    routes, totals = expand(delta, slices)
     # Rows come sorted by key, routes before totals in every writer, so
     # concurrent writers lock rows in one order and cannot deadlock.
-    cursor.executemany(UPSERT_ROLLUPS, rollup_parameters(routes, encode_histogram_array))
-    cursor.executemany(UPSERT_TOTALS, rollup_parameters(totals, encode_histogram_array))
+    cursor.executemany(
+        UPSERT_ROLLUPS, rollup_parameters(routes, encode_histogram_array, slices=slices)
+    )
+    cursor.executemany(
+        UPSERT_TOTALS, rollup_parameters(totals, encode_histogram_array, slices=slices)
+    )
 
 
 # Deletes by physical row id (ctid): a LIMIT in a subquery, then a TID scan

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from itertools import chain
 
 from ..core.errors import ConfigError
+from ..core.gil_slices import Slices
 from ..core.record import Batch, RequestRecord
 from ..core.rollup import LEVELS, RollupDelta, expand, merge_histogram_text
 from ..core.rollup import parameter_rows as rollup_parameters
@@ -173,9 +174,10 @@ class SQLiteSink(history_sql.ReaderBacked):
         ).rowcount
         if not first_time:  # a retry of a write that did commit
             return
-        routes, totals = expand(delta)
-        connection.executemany(UPSERT_ROLLUPS, rollup_parameters(routes))
-        connection.executemany(UPSERT_TOTALS, rollup_parameters(totals))
+        slices = Slices()  # this write's thread (see core.gil_slices)
+        routes, totals = expand(delta, slices)
+        connection.executemany(UPSERT_ROLLUPS, rollup_parameters(routes, slices=slices))
+        connection.executemany(UPSERT_TOTALS, rollup_parameters(totals, slices=slices))
 
     # -- history (read_rollups and read_requests: see history_sql.ReaderBacked) --
     def prune(self, raw_before: float, rollups_before: Mapping[int, float], limit: int) -> int:

@@ -102,6 +102,13 @@ def items(draw: st.DrawFn) -> list[Any]:
     ]
 
 
+def as_item(module: Any, fields: list[Any]) -> Any:
+    """An HttpItem, or for an item whose last field (``disconnected``) is
+    set, the list itself, as a pure-Python request path queues it: the
+    compiled loops leave those to the Python code."""
+    return list(fields) if fields[12] else module.item_from_fields(fields)
+
+
 def finalizer(compiled: Any, sample_rate: float, wall: float) -> Finalizer:
     made = Finalizer(
         clock=FixedClock(wall),
@@ -156,7 +163,7 @@ def test_the_compiled_loop_finalizes_as_the_python_loop(
     python = finalizer(None, sample_rate, wall)
     compiled = finalizer(module, sample_rate, wall)
     for batch in batches:
-        made = [module.item_from_fields(fields) for fields in batch]
+        made = [as_item(module, fields) for fields in batch]
         expected = shown(python, python.finalize(made))
         assert shown(compiled, compiled.finalize(made)) == expected
 
@@ -301,4 +308,43 @@ def test_cells_of_another_shape_are_folded_as_python_folds_them(cell: Any) -> No
             results.append(shown(made, records))
         except Exception as error:  # compared below
             results.append(repr(error))
+    assert results[0] == results[1]
+
+
+def test_a_batch_of_lists_takes_one_python_pass() -> None:
+    """Items of a pure-Python path (lists) go to the Python loop in one pass
+    per run, not one call per item."""
+    module = compiled_module()
+    made = finalizer(module, 1.0, 1.7e9)
+    fields = ["GET", "/a", "/a", 200, 5.0, None, 5.001, 0, 0, None, None, "", False]
+    calls: list[int] = []
+    original = made._finalize
+    made._finalize = lambda batch, *rest: calls.append(len(batch)) or original(batch, *rest)  # type: ignore[method-assign]
+    batch = [list(fields) for _ in range(20)]
+    batch[10:12] = [module.item_from_fields(fields), module.item_from_fields(fields)]
+    assert len(made.finalize(batch)) == 20
+    assert calls == [10, 8]  # the first compiled item was clean already
+
+
+def test_new_clients_are_taken_and_remembered_as_the_python_loop_does() -> None:
+    """A printable client address not seen before is the compiled loop's too:
+    remembered as clean, the memory emptied when full (4,096), as the Python
+    loop does; an address it cannot take as it is stops the loop."""
+    module = compiled_module()
+    results = []
+    for compiled in (None, module):
+        made = finalizer(compiled, 1.0, 1.7e9)
+        fields = ["GET", "/a", "/a", 200, 5.0, None, 5.001, 0, 0, None, None, "", False]
+        made.finalize([module.item_from_fields(fields)])
+        batch = []
+        for index in range(5000):
+            fields[9] = (f"10.{index // 65536}.{index // 256 % 256}.{index % 256}", 1)
+            batch.append(module.item_from_fields(fields))
+        fields[9] = ("é-host", 1)
+        batch.append(module.item_from_fields(fields))
+        fields[9] = ("x" * 300, 1)
+        batch.append(module.item_from_fields(fields))
+        records = made.finalize(batch)
+        results.append(shown(made, records))
+        assert len(made._clean_clients) == 5000 - 4096 + 1
     assert results[0] == results[1]

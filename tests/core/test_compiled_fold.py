@@ -22,7 +22,7 @@ from aegis_mw.core.aggregates import RealtimeAggregates
 from aegis_mw.core.items import PendingSession
 from aegis_mw.core.labels import RouteCap
 from tests.conftest import compiled_module
-from tests.core.test_compiled_finalize import items
+from tests.core.test_compiled_finalize import as_item, items
 
 
 def exact(value: Any) -> Any:
@@ -88,7 +88,7 @@ def test_the_compiled_fold_folds_as_the_python_one(
     assert compiled._compiled_fold is not None
     for batch in batches:
         made = [
-            entry if isinstance(entry, PendingSession) else module.item_from_fields(entry)
+            entry if isinstance(entry, PendingSession) else as_item(module, entry)
             for repeated in batch
             for entry in repeated
         ]
@@ -120,3 +120,15 @@ def test_layouts_and_bounds_the_compiled_fold_cannot_take_leave_it_unused() -> N
     assert RealtimeAggregates(buckets=(1, 2), compiled=module)._compiled_fold is None
     many = tuple(float(bound) for bound in range(1, 70))
     assert RealtimeAggregates(buckets=many, compiled=module)._compiled_fold is None
+
+
+def test_a_batch_of_lists_takes_one_python_pass() -> None:
+    module = compiled_module()
+    aggregates = RealtimeAggregates(RouteCap(10), compiled=module)
+    fields = ["GET", "/a", "/a", 200, 5.0, 5.001, 5.002, 3, 10, None, None, "", False]
+    calls: list[int] = []
+    fold = aggregates.labeled.fold
+    aggregates.labeled.fold = lambda batch, label: calls.append(len(batch)) or fold(batch, label)  # type: ignore[method-assign]
+    batch = [list(fields) for _ in range(30)]
+    good, malformed = aggregates.fold_drained(lambda: batch)
+    assert (len(good), malformed, calls) == (30, 0, [30])

@@ -9,14 +9,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aegis_mw.core import histogram
+from aegis_mw.core.gil_slices import Slices
 from aegis_mw.core.rollup import (
+    RollupDelta,
     add_dense,
     decode_histogram,
     dense,
     encode_histogram,
     encode_histogram_array,
+    expand,
     merge_dense,
     merge_histogram_text,
+    parameter_rows,
 )
 
 counts = st.dictionaries(st.integers(0, histogram.COUNT - 1), st.integers(1, 10**12), max_size=40)
@@ -59,6 +63,9 @@ def test_dense_round_trips_through_text(value: dict[int, int]) -> None:
     if stored:  # no zeros at either end: nothing stored beyond what is held
         assert stored[1] and stored[-1]
     assert decode_histogram(encode_histogram(value)) == stored
+    # The text is what json.dumps writes, byte for byte (rows stored before
+    # it was written by hand compare equal).
+    assert encode_histogram(value) == json.dumps(stored, separators=(",", ":"))
 
 
 @given(counts, counts)
@@ -90,3 +97,17 @@ def test_add_dense_ignores_indexes_outside_the_histogram() -> None:
 def test_array_text_for_postgresql() -> None:
     assert encode_histogram_array({}) == "{}"
     assert encode_histogram_array({9: 1, 7: 3}) == "{7,3,0,1}"
+
+
+def test_rows_made_in_slices_are_the_rows_made_at_once() -> None:
+    """A writer pauses between cells and between rows when its slice is spent
+    (here after every one); what it writes is the same."""
+    delta = RollupDelta()
+    for index in range(300):
+        delta.add(1.7e9 + index, f"/r{index % 7}", "GET", 200 + index % 3 * 100, 1.0 + index,
+                  index % 5 == 0, index, 2 * index)  # fmt: skip
+    at_once = [list(parameter_rows(cells)) for cells in expand(delta)]
+    slices = Slices(budget=0.0)
+    sliced = [list(parameter_rows(cells, slices=slices)) for cells in expand(delta, slices)]
+    assert sliced == at_once
+    assert slices.pauses == len(delta.cells) + sum(map(len, at_once))
