@@ -57,7 +57,6 @@ FOLD_LAYOUT = (
 )  # fmt: skip
 #: The most bucket bounds the compiled fold takes (it keeps them on its stack).
 MAX_COMPILED_BOUNDS = 64
-_HISTOGRAM = (histogram.LOW_MS, histogram._SCALE, histogram._SHIFT, histogram._LAST)
 
 
 def _empty_slot(second: int) -> list[Any]:
@@ -250,7 +249,7 @@ class RealtimeAggregates:
         while True:
             index = fold(
                 items, index, good, self.ring, labeled._known, labeled.requests,
-                labeled.bounds, _HISTOGRAM,
+                labeled.bounds, histogram.PLACEMENT,
             )  # fmt: skip
             if index >= total:
                 return

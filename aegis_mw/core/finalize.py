@@ -41,10 +41,7 @@ CLEAN_CLIENTS = 4096
 _METHODS = {method: method for method in STANDARD_METHODS}
 #: What the compiled loop needs of :mod:`.histogram` to place a duration, and
 #: of the client checks to take a client address not seen before.
-_COMPILED_CONSTANTS = (
-    histogram.LOW_MS, histogram._SCALE, histogram._SHIFT, histogram._LAST,
-    CLIENT_IP_LIMIT, CLEAN_CLIENTS,
-)  # fmt: skip
+_COMPILED_CONSTANTS = (*histogram.PLACEMENT, CLIENT_IP_LIMIT, CLEAN_CLIENTS)
 #: Sequence numbers and limits past this go through the Python loop (the
 #: compiled one holds them in 64 bits).
 _COMPILED_SEQUENCE_LIMIT = 2**62

@@ -19,6 +19,9 @@ COUNT = ceil(log(HIGH_MS / LOW_MS) / log(GROWTH)) + 2
 _SCALE = 1.0 / log(GROWTH)
 _SHIFT = -log(LOW_MS) * _SCALE
 _LAST = COUNT - 1
+#: What the compiled pipeline loops need to place a duration as
+#: :func:`bucket_index` does (``aegis_mw/_hotpath_c/``): the same numbers.
+PLACEMENT = (LOW_MS, _SCALE, _SHIFT, _LAST)
 
 
 def bucket_index(duration_ms: float) -> int:

@@ -228,6 +228,16 @@ def test_buckets_at_their_edges_match_python_floor_division() -> None:
                 math.nextafter(base, math.inf if offset > 0 else -math.inf) if offset else base
             )
             starts.append(base + 2.5 + offset * 1e-6)
+    # And the doubles either side of random multiples of 5 at every magnitude.
+    chance = random.Random(5)
+    for _ in range(2000):
+        multiple = 5.0 * chance.randrange(1, 2 * 10**14) * chance.choice((1, -1))
+        multiple = multiple / 10 ** chance.randrange(0, 12) // 5 * 5 or 5.0
+        starts += [
+            math.nextafter(multiple, -math.inf),
+            multiple,
+            math.nextafter(multiple, math.inf),
+        ]
     results = []
     for compiled in (None, module):
         made = finalizer(compiled, 1.0, 1000.0)  # wall - monotonic = 0: timestamp = start
@@ -241,7 +251,7 @@ def test_buckets_at_their_edges_match_python_floor_division() -> None:
         results.append(sorted(made.rollups.cells))
         assert len(records) == len(starts)
     assert results[0] == results[1]
-    assert len(results[1]) > 10
+    assert len(results[1]) > 2000
 
 
 def test_compiled_records_hash_as_tuples_and_leave_the_collector() -> None:
