@@ -25,6 +25,8 @@ if platform.python_implementation() == "CPython":
             # rounding for rounding: no fused multiply-add where the C
             # compiler would otherwise contract one (MSVC does not by default).
             extra_compile_args=[] if sys.platform == "win32" else ["-ffp-contract=off"],
+            # dlopen/dlsym (sqlite_rows.c): in libc from glibc 2.34, in libdl before.
+            libraries=["dl"] if sys.platform.startswith("linux") else [],
             optional=True,
         )
     )

@@ -11,6 +11,7 @@ COMPILED_TESTS=(
     tests/test_speedups.py
     tests/core/test_compiled_finalize.py
     tests/core/test_compiled_fold.py
+    tests/sinks/test_sqlite_rows.py
     tests/fuzz
 )
 # What those tests import, beyond the package itself: a venv with only these

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import weakref
-from collections.abc import Mapping, Sequence, Sized
+from collections.abc import Callable, Mapping, Sequence, Sized
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -57,6 +57,11 @@ def _warn_if_unflushed(inbox: Sized, backlogs: Sequence[Sized]) -> None:
             "aegis_mw: a pipeline was discarded without shutdown(); %d records were never written",
             left,
         )
+
+
+def _backlog_of(recorder: Recorder, backlog: Sized, bound: int) -> Callable[[], float]:
+    """The fuller of the inbox and one sink's backlog, as a share of its bound."""
+    return lambda: max(recorder.fill(), len(backlog) / bound)
 
 
 def _shutdown_if_alive(ref: weakref.ReferenceType[Aegis]) -> None:
@@ -137,6 +142,10 @@ class Aegis:
         # are used where the compiled request paths would be.
         compiled = speedups.load() if settings.speedups else None
         self.aggregates = RealtimeAggregates(routes, settings.metrics_buckets, compiled)
+        for sink in self.sinks:  # the SQLite sink binds its rows with it
+            use_compiled = getattr(sink, "use_compiled", None)
+            if use_compiled is not None:
+                use_compiled(compiled)
         #: The realtime stream's hub (``aegis_mw.realtime.hub.Hub``), made by
         #: the first ``/ws/metrics`` connection: an app nobody watches has none.
         self.hub: Any = None
@@ -168,6 +177,10 @@ class Aegis:
             )
             for name, sink in named_sinks
         ]
+        for runner in runners:  # the SQLite sink paces its inserts by them
+            pace_by = getattr(runner.sink, "pace_by", None)
+            if pace_by is not None:
+                pace_by(_backlog_of(self.recorder, runner.backlog, runner.max_backlog))
         self.flusher = Flusher(
             self.recorder,
             self.finalizer,

@@ -11,8 +11,9 @@ keeps the GIL from the threads that serve requests.
    rounds. The items are compiled ``HttpItem`` objects where the extension
    was built, as the compiled request paths queue them; the ring and the
    per-label totals are then folded by one compiled loop, and finalize with
-   the rollups by another. The Python code's figures for the same items are
-   shown beside them in parentheses (not in the total).
+   the rollups by another, and the SQLite sink binds its rows in C. The
+   Python code's figures for the same items (and the same rows bound by the
+   sqlite3 module) are shown beside them in parentheses (not in the total).
 
 2. **GIL waits.** A probe thread stands in for an event loop: it sleeps 1 ms
    at a time and records how late it wakes (the time it waited for the
@@ -49,6 +50,7 @@ from aegis_mw.core.aggregates import RealtimeAggregates, _fold
 from aegis_mw.core.finalize import Finalizer
 from aegis_mw.core.record import Batch
 from aegis_mw.core.rollup import RollupDelta, expand, parameter_rows
+from aegis_mw.sinks import SQLiteSink
 
 ROUTES = [f"/api/v1/resource{index}/{{item_id}}" for index in range(20)]
 LATENESS_BOUNDS_MS = (0.25, 0.5, 1, 2, 5, 10, 20, 50)
@@ -135,6 +137,7 @@ def stage_round(
     twins: tuple[RealtimeAggregates, Finalizer] | None,
     records: int,
     round_index: int,
+    twin_sink: SQLiteSink | None = None,
 ) -> dict[str, float]:
     """CPU seconds of each step over one round's records."""
     recorder, finalizer = aegis.recorder, aegis.finalizer
@@ -168,6 +171,15 @@ def stage_round(
 
     seconds["SQLite inserts"] = timed(insert)[0]
     seconds["SQLite commit"] = timed(lambda: connection.execute("COMMIT"))[0]
+    if twin_sink is not None:
+        # The same rows bound by the sqlite3 module, into a twin file that
+        # holds the same rows as the sink's, as without the compiled module.
+        twin = twin_sink._connect()
+        twin.execute("BEGIN IMMEDIATE")
+        seconds["(sqlite3 module: inserts)"] = timed(
+            lambda: twin_sink._insert_requests(twin, stored)
+        )[0]
+        twin.execute("COMMIT")
     delta.delta_id = f"bench-{round_index}"
     seconds["SQLite rollup upserts"] = timed(lambda: sink.write(Batch(rollups=delta)))[0]
     return seconds
@@ -179,11 +191,17 @@ def stages(workdir: Path, records: int, rounds: int) -> dict[str, float]:
     )
     aegis.start()
     twins = python_twins(aegis)
+    twin_sink = None
+    if getattr(aegis.flusher.runners[0].sink, "_compiled", None) is not None:
+        twin_sink = SQLiteSink(str(workdir / "twin.db"))
+        twin_sink.use_compiled(None)
     figures: dict[str, list[float]] = {}
     for round_index in range(rounds):
-        for name, seconds in stage_round(aegis, twins, records, round_index).items():
+        for name, seconds in stage_round(aegis, twins, records, round_index, twin_sink).items():
             figures.setdefault(name, []).append(seconds / records * 1e6)
     aegis.shutdown()
+    if twin_sink is not None:
+        twin_sink.close()
     medians = {name: statistics.median(values) for name, values in figures.items()}
     print(f"\nstages, CPU µs per record (median of {rounds} rounds of {records:,} records)")
     for name, value in medians.items():

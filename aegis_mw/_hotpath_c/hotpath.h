@@ -266,6 +266,11 @@ PyObject *aegis_finalize_items(PyObject *module, PyObject *const *args, Py_ssize
 PyObject *aegis_fold_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *aegis_fold_layout(void);
 
+/* sqlite_rows.c */
+PyObject *aegis_sqlite_rows_init(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *aegis_sqlite_filename(PyObject *module, PyObject *connection);
+PyObject *aegis_sqlite_insert_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
 /* recording.c */
 int aegis_recording_init(AegisRecording *rec, PyObject *owner, PyObject *clock, int native_clock,
                          PyObject *recorder);

@@ -59,8 +59,9 @@ class FlushCycle:
         self._last_report = -math.inf
         #: Set by the owner to prune expired history between writes.
         self.retention: Retention | None = None
-        #: The worker thread's slices (see :mod:`.gil_slices`).
-        self.slices = Slices()
+        #: The worker thread's slices (see :mod:`.gil_slices`), hurried while
+        #: the inbox fills.
+        self.slices = Slices(backlog=recorder.fill)
 
     def reset_after_fork(self) -> None:
         self.cycles = self.internal_errors = 0

@@ -166,6 +166,8 @@ class Flusher:
             if self._state != "running":
                 return self._result is True
             self._requests.append(request)
+            # No long pauses from now on, in the cycle under way too (gil_slices).
+            self.recorder.hurried = True
         self.recorder.wake_flusher()
         if not request.event.wait(timeout):
             return False
@@ -240,7 +242,13 @@ class Flusher:
             for request in requests:
                 request.finish(result)
             return False
-        ok = self.cycle.run(force=bool(requests), stop=self._stopping)
+        # A force_flush waits for this cycle: no long pauses (gil_slices).
+        self.recorder.hurried = bool(requests)
+        try:
+            ok = self.cycle.run(force=bool(requests), stop=self._stopping)
+        finally:
+            with self._lock:  # one that came meanwhile keeps it for its cycle
+                self.recorder.hurried = bool(self._requests)
         self._after_cycle()
         for request in requests:
             request.finish(ok)

@@ -20,21 +20,44 @@ it runs on colder caches. Measured on a 2-core VM (the CPU of a flush of
 of 0.2 ms cost the pipeline 2.4 to 3.4 µs of CPU per record more than no
 pauses, slices of 1 ms 0 to 0.5 µs. 0.5 ms lies between; it keeps a waiting
 thread's delay a tenth of the switch interval.
+
+Short pauses are not enough under load. An event loop that shares its core
+with the pipeline (one worker pinned to a core, or a busy host) gets the GIL
+back at each pause but only runs until the pipeline wants it again; a flush
+of 5,000 records (several milliseconds of work for the flusher and as much
+again of SQLite's in the sink's thread) then slows every request under way
+to a fraction of its speed, a few times a second at 15,000 requests a second:
+that was most of the p99 the middleware added in ``bench/tail_latency.py``.
+So while the work keeps up, a pause lasts four slices, and the pipeline
+takes at most a fifth of the core; when its backlog fills (a quarter of its
+bound), pauses become short again, so it catches up rather than drop
+records. Work paced this way takes longer, not more CPU: a flush that needs
+5 ms of CPU ends about 25 ms after it began.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 #: Longest stretch of Python work between two pauses, in seconds (a slice
 #: ends at the first check past it).
 SLICE_SECONDS = 0.0005
-#: How long a pause lets other threads run (the kernel rounds it up a little).
+#: How long a pause lets other threads run while the work keeps up (the
+#: kernel rounds it up a little): four slices' worth, so background work takes
+#: at most a fifth of the core it shares with an event loop, and a request
+#: under way while the pipeline works is slowed by about that, not stopped.
 #: Windows rounds any sleep up to its timer's tick (0.5 to 15.6 ms), which
 #: would slow the pipeline down tens of times: there a pause only releases the
 #: GIL (``sleep(0)``), which hands it over less reliably.
-PAUSE_SECONDS = 0.0 if sys.platform == "win32" else 0.00005
+PAUSE_SECONDS = 0.0 if sys.platform == "win32" else 0.002
+#: The pause while the work falls behind (its backlog a quarter full or more,
+#: see :data:`BEHIND`): just long enough for a waiting thread to take the GIL,
+#: so the pipeline catches up at nearly a whole core rather than drop records.
+HURRIED_PAUSE_SECONDS = 0.0 if sys.platform == "win32" else 0.00005
+#: The share of its bound a backlog holds when the work counts as behind.
+BEHIND = 0.25
 
 
 class Slices:
@@ -49,15 +72,30 @@ class Slices:
             slices.check()
     """
 
-    __slots__ = ("_clock", "_since", "budget", "pause", "pauses")
+    __slots__ = ("_clock", "_since", "backlog", "budget", "hurried", "pause", "pauses")
 
-    def __init__(self, budget: float = SLICE_SECONDS, pause: float = PAUSE_SECONDS) -> None:
+    def __init__(
+        self,
+        budget: float = SLICE_SECONDS,
+        pause: float = PAUSE_SECONDS,
+        *,
+        backlog: Callable[[], float] | None = None,
+        hurried: float = HURRIED_PAUSE_SECONDS,
+    ) -> None:
         self.budget = budget
         self.pause = pause
+        #: The share of its bound the work's backlog holds (0 to 1), read at
+        #: each pause: at :data:`BEHIND` or more, pauses are ``hurried``.
+        self.backlog = backlog
+        self.hurried = hurried
         #: Pauses taken so far.
         self.pauses = 0
         self._clock = time.perf_counter
         self._since = self._clock()
+
+    def pause_seconds(self) -> float:
+        """The next pause: ``pause``, or ``hurried`` while the work is behind."""
+        return pause_for(self.backlog, self.pause, self.hurried)
 
     def begin(self) -> None:
         """Start a slice now (after the thread was blocked anyway)."""
@@ -65,6 +103,17 @@ class Slices:
 
     def check(self) -> None:
         if self._clock() - self._since >= self.budget:
-            time.sleep(self.pause)
+            time.sleep(self.pause_seconds())
             self.pauses += 1
             self._since = self._clock()
+
+
+def pause_for(
+    backlog: Callable[[], float] | None,
+    pause: float = PAUSE_SECONDS,
+    hurried: float = HURRIED_PAUSE_SECONDS,
+) -> float:
+    """``pause``, or ``hurried`` while ``backlog`` says the work is behind."""
+    if backlog is not None and backlog() >= BEHIND:
+        return hurried
+    return pause

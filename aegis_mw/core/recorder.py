@@ -38,6 +38,8 @@ class Recorder:
         # What the request path compares the queue length against: max_buffer
         # while open, 0 once closed, so one comparison covers both.
         self.limit = max_buffer
+        #: Set by the flusher while it runs a cycle someone waits for.
+        self.hurried = False
         # Wake the flusher once this many items were already queued (never
         # later than the bound, or a burst would be refused while it sleeps).
         self.wake_at = min(batch_size, max_buffer) - 1
@@ -58,6 +60,15 @@ class Recorder:
     def closed(self, value: bool) -> None:
         self._closed = value
         self.limit = self.bounds[0] = 0 if value else self.max_buffer
+
+    def fill(self) -> float:
+        """The share of ``max_buffer`` the inbox holds; 1.0 once closed, and
+        while ``hurried`` (a ``force_flush`` under way), so the pipeline
+        writes at full speed when it was asked to or shutdown's deadline
+        runs (see :mod:`.gil_slices`)."""
+        if self._closed or self.hurried:
+            return 1.0
+        return len(self.inbox) / self.max_buffer
 
     def reset_after_fork(self) -> None:
         """In a forked child: the parent still owns and writes what was buffered.

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 try:
@@ -109,6 +109,12 @@ class PostgresSink(history_sql.ReaderBacked):
         # forked child closing its copy would end the parent's session.
         self._left_behind: list[psycopg.Connection[Any]] = []
         self._reader: PostgresReader = PostgresReader(url, self.connect_kwargs, self.name)
+        self._backlog: Callable[[], float] | None = None
+
+    def pace_by(self, backlog: Callable[[], float]) -> None:
+        """Pace the pauses of this sink's Python work by ``backlog`` (the share
+        of its bound the work waiting for it holds; see core.gil_slices)."""
+        self._backlog = backlog
 
     def _connect(self) -> psycopg.Connection[Any]:
         owner = (os.getpid(), threading.get_ident())
@@ -137,13 +143,14 @@ class PostgresSink(history_sql.ReaderBacked):
         finds that record and stores the others."""
         connection = self._connect()
         try:
+            slices = Slices(backlog=self._backlog)  # this write's thread
             with connection.transaction(), connection.cursor() as cursor:
                 if batch.requests:
-                    _store(cursor, REQUEST_STEPS, batch.requests)
+                    _store(cursor, REQUEST_STEPS, batch.requests, slices)
                 if batch.sessions:
-                    _store(cursor, SESSION_STEPS, batch.sessions)
+                    _store(cursor, SESSION_STEPS, batch.sessions, slices)
                 if batch.rollups is not None and batch.rollups.cells:
-                    _add_rollups(cursor, batch.rollups)
+                    _add_rollups(cursor, batch.rollups, slices)
         except psycopg.errors.UniqueViolation:
             raise  # never the content: every insert skips ids stored already
         except REFUSED as exc:
@@ -227,15 +234,17 @@ REQUEST_STEPS = _Steps(COPY_REQUESTS, COPY_STAGED_REQUESTS, INSERT_REQUESTS, REQ
 SESSION_STEPS = _Steps(COPY_SESSIONS, COPY_STAGED_SESSIONS, INSERT_SESSIONS, SESSION_TYPES)
 
 
-def _store(cursor: psycopg.Cursor[Any], steps: _Steps, rows: Sequence[tuple[Any, ...]]) -> None:
+def _store(
+    cursor: psycopg.Cursor[Any], steps: _Steps, rows: Sequence[tuple[Any, ...]], slices: Slices
+) -> None:
     """Rows into their table, each stored once, in the caller's transaction."""
     try:
         with cursor.connection.transaction():  # a savepoint
-            _copy(cursor, steps.copy, steps.types, rows)
+            _copy(cursor, steps.copy, steps.types, rows, slices)
         return
     except psycopg.errors.UniqueViolation:
         pass  # some are stored already: add the others, skipping those
-    _copy(cursor, steps.copy_staged, steps.types, rows)
+    _copy(cursor, steps.copy_staged, steps.types, rows, slices)
     cursor.execute(steps.insert_staged)
 
 
@@ -246,9 +255,13 @@ COPY_STEP = 64
 
 
 def _copy(
-    cursor: psycopg.Cursor[Any], sql: str, types: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    cursor: psycopg.Cursor[Any],
+    sql: str,
+    types: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+    slices: Slices,
 ) -> None:
-    slices = Slices()
+    slices.begin()  # the round trips before it were no work of ours
     with cursor.copy(sql) as copy:
         copy.set_types(types)
         write_row = copy.write_row
@@ -258,7 +271,7 @@ def _copy(
             slices.check()
 
 
-def _add_rollups(cursor: psycopg.Cursor[Any], delta: RollupDelta) -> None:
+def _add_rollups(cursor: psycopg.Cursor[Any], delta: RollupDelta, slices: Slices) -> None:
     cursor.execute(
         "INSERT INTO aegis_rollup_deltas (delta_id, applied_at) VALUES (%s, %s) "
         "ON CONFLICT DO NOTHING",
@@ -268,7 +281,6 @@ def _add_rollups(cursor: psycopg.Cursor[Any], delta: RollupDelta) -> None:
     # then inserts nothing: each delta is added once.
     if not cursor.rowcount:  # a retry of a write that did commit
         return
-    slices = Slices()  # this write's thread (see core.gil_slices)
     routes, totals = expand(delta, slices)
     # Rows come sorted by key, routes before totals in every writer, so
     # concurrent writers lock rows in one order and cannot deadlock.

@@ -12,20 +12,22 @@ one history). Reads use one connection per reading thread (see
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import chain
+from types import ModuleType
 
 from ..core.errors import ConfigError
-from ..core.gil_slices import Slices
+from ..core.gil_slices import Slices, pause_for
 from ..core.record import Batch, RequestRecord
 from ..core.rollup import LEVELS, RollupDelta, expand, merge_histogram_text
 from ..core.rollup import parameter_rows as rollup_parameters
 from ..core.sink import RecordRejected
-from . import history_sql
+from . import history_sql, sqlite_rows
 from .files import create_private, prepare_path
 from .sqlite_read import SQLiteReader
 from .sqlite_schema import (
@@ -33,9 +35,12 @@ from .sqlite_schema import (
     INSERT_REQUEST,
     INSERT_REQUESTS,
     INSERT_SESSION,
+    REQUEST_COLUMNS,
     ROWS_PER_INSERT,
     migrate,
 )
+
+logger = logging.getLogger("aegis_mw")
 
 UPSERT_ROLLUPS = history_sql.upsert(history_sql.SQLITE, "aegis_rollups", history_sql.ROLLUP_KEY)
 UPSERT_TOTALS = history_sql.upsert(history_sql.SQLITE, "aegis_rollup_totals", history_sql.TOTAL_KEY)
@@ -70,6 +75,25 @@ class SQLiteSink(history_sql.ReaderBacked):
         # finalizing one could disturb its owner (the parent's locks, say).
         self._left_behind: list[sqlite3.Connection] = []
         self._reader: SQLiteReader = SQLiteReader(self.path, lambda: self._open(shared=True))
+        # The compiled module offered by use_compiled, and whether its row
+        # inserts drive the writer's connection (see sqlite_rows), checked
+        # once per connection, by the thread that writes.
+        self._compiled: ModuleType | None = None
+        self._rows: ModuleType | None = None
+        self._rows_checked_for: sqlite3.Connection | None = None
+        self._backlog: Callable[[], float] | None = None
+
+    def pace_by(self, backlog: Callable[[], float]) -> None:
+        """Pace the compiled inserts' pauses by ``backlog`` (the share of its
+        bound the work waiting for this sink holds; see core.gil_slices):
+        ``Aegis`` gives the fuller of its inbox and this sink's backlog."""
+        self._backlog = backlog
+
+    def use_compiled(self, module: ModuleType | None) -> None:
+        """Let the compiled module bind request rows (``Aegis`` offers it where
+        the compiled request paths are used); None: the sqlite3 module binds."""
+        self._compiled = module
+        self._rows_checked_for = None
 
     def _connect(self) -> sqlite3.Connection:
         owner = (os.getpid(), threading.get_ident())
@@ -157,7 +181,33 @@ class SQLiteSink(history_sql.ReaderBacked):
         by one. Binding a statement's rows holds the GIL for a fraction of a
         millisecond; SQLite's work on them runs without it, long enough for
         a waiting request thread to take it (no pauses needed, unlike the
-        flusher's pure-Python work: see :mod:`..core.gil_slices`)."""
+        flusher's pure-Python work: see :mod:`..core.gil_slices`). The
+        compiled inserts, where used, take the records first (see
+        :mod:`.sqlite_rows`), and these statements whatever they left."""
+        if self._rows_checked_for is not connection:
+            self._rows = sqlite_rows.compiled_rows(connection, self._compiled)
+            self._rows_checked_for = connection
+        # A whole statement's rows at least: fewer (a record being isolated,
+        # a quiet second) cost less through the sqlite3 module's statement
+        # cache than a 64-row statement prepared for them.
+        if (
+            self._rows is not None
+            and type(records) is list
+            and len(records) >= ROWS_PER_INSERT
+            and not sqlite_rows.adapted()
+        ):
+            try:
+                start = sqlite_rows.insert(
+                    self._rows, connection, INSERT_REQUESTS, INSERT_REQUEST, ROWS_PER_INSERT,
+                    len(REQUEST_COLUMNS), records, pause_for(self._backlog),
+                )  # fmt: skip
+            except (TypeError, ValueError):
+                # A compiled module that does not fit this code (raised before
+                # any row is written): the sqlite3 module binds from now on.
+                logger.exception("aegis_mw: compiled SQLite inserts failed; not used again")
+                self._rows = None
+                start = 0
+            records = records[start:]
         whole = len(records) - len(records) % ROWS_PER_INSERT
         flatten = chain.from_iterable
         step = ROWS_PER_INSERT
@@ -166,15 +216,14 @@ class SQLiteSink(history_sql.ReaderBacked):
         if whole < len(records):
             connection.executemany(INSERT_REQUEST, records[whole:])
 
-    @staticmethod
-    def _add_rollups(connection: sqlite3.Connection, delta: RollupDelta) -> None:
+    def _add_rollups(self, connection: sqlite3.Connection, delta: RollupDelta) -> None:
         first_time = connection.execute(
             "INSERT OR IGNORE INTO aegis_rollup_deltas (delta_id, applied_at) VALUES (?, ?)",
             (delta.delta_id, time.time()),
         ).rowcount
         if not first_time:  # a retry of a write that did commit
             return
-        slices = Slices()  # this write's thread (see core.gil_slices)
+        slices = Slices(backlog=self._backlog)  # this write's thread (see core.gil_slices)
         routes, totals = expand(delta, slices)
         connection.executemany(UPSERT_ROLLUPS, rollup_parameters(routes, slices=slices))
         connection.executemany(UPSERT_TOTALS, rollup_parameters(totals, slices=slices))

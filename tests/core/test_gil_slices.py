@@ -7,12 +7,25 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from aegis_mw import Aegis
-from aegis_mw.core.gil_slices import Slices
+from aegis_mw import Aegis, Batch
+from aegis_mw.core import gil_slices
+from aegis_mw.core.gil_slices import (
+    BEHIND,
+    HURRIED_PAUSE_SECONDS,
+    PAUSE_SECONDS,
+    SLICE_SECONDS,
+    Slices,
+    pause_for,
+)
+from aegis_mw.sinks import SQLiteSink, sqlite_rows
+from tests.conftest import compiled_module
 from tests.core.faulty_sinks import WAIT, FaultySink, http_item, paths
+from tests.sinks.test_sqlite import make_request
 
 
 def test_a_slice_pauses_only_once_its_budget_is_spent() -> None:
@@ -107,3 +120,76 @@ def test_other_threads_run_while_a_large_inbox_is_ingested(
     assert len(during) >= 10, (len(during), cycle.slices.pauses, ended - began)
     assert cycle.slices.pauses >= 10
     assert aegis.aggregates.drained == 40_000
+
+
+def test_pauses_are_long_while_the_work_keeps_up_and_short_once_it_falls_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Four slices' worth of pause while the backlog is under a quarter of its
+    bound (the pipeline takes at most a fifth of a core), a short one from a
+    quarter on (it catches up instead of dropping records)."""
+    assert PAUSE_SECONDS >= 4 * SLICE_SECONDS > HURRIED_PAUSE_SECONDS or sys.platform == "win32"
+    fill = [0.0]
+    slept: list[float] = []
+    monkeypatch.setattr(gil_slices.time, "sleep", slept.append)
+    slices = Slices(budget=0.0, backlog=lambda: fill[0])
+    for fill[0] in (0.0, BEHIND - 0.01, BEHIND, 1.0, 0.1):
+        slices.check()
+    assert slept == [PAUSE_SECONDS, PAUSE_SECONDS, HURRIED_PAUSE_SECONDS,
+                     HURRIED_PAUSE_SECONDS, PAUSE_SECONDS]  # fmt: skip
+    assert pause_for(None) == PAUSE_SECONDS
+    assert pause_for(lambda: 0.5, 1.0, 2.0) == 2.0
+
+
+def test_the_flusher_and_the_sqlite_sink_are_paced_by_the_inbox_and_the_backlog(
+    make_aegis: Callable[..., Aegis], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flusher reads the inbox's fill; the SQLite sink the fuller of the
+    inbox and its own backlog, and passes the pause to its compiled inserts.
+    Shutdown counts as behind: what is left is written at full speed."""
+    # The flusher sleeps through the test (an hour's interval, 30 items far
+    # from a batch): the inbox and the sink are the test's alone.
+    aegis = make_aegis(sink=f"sqlite:///{tmp_path}/paced.db", max_buffer=100, flush_interval=3600)
+    sink = aegis.sinks[0]
+    assert isinstance(sink, SQLiteSink)
+    fill = aegis.flusher.cycle.slices.backlog
+    assert fill is not None and fill() == 0.0 and sink._backlog is not None
+    for path in paths(30):
+        aegis.recorder.offer(http_item(path))
+    assert fill() == sink._backlog() == 0.3
+    aegis.flusher.runners[0].backlog.extend([None] * 60)  # type: ignore[list-item]
+    assert fill() == 0.3 and sink._backlog() == 0.6
+    aegis.flusher.runners[0].backlog.clear()
+
+    passed: list[float] = []
+    real = sqlite_rows.insert
+
+    def insert(*args: Any) -> int:
+        passed.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(sqlite_rows, "insert", insert)
+    sink.use_compiled(compiled_module())
+    for pace in (0.0, 0.5):
+        sink.pace_by(lambda pace=pace: pace)  # type: ignore[misc]
+        sink.write(Batch(requests=[make_request(len(passed) * 100 + n) for n in range(64)]))
+    assert passed == [PAUSE_SECONDS, HURRIED_PAUSE_SECONDS]
+    aegis.shutdown()
+    assert fill() == 1.0
+
+
+def test_a_force_flush_is_written_without_long_pauses(rig: Callable[..., Aegis]) -> None:
+    """Someone waits for it: the pipeline counts as behind while it runs."""
+    seen: list[float] = []
+
+    class Watching(FaultySink):
+        def write(self, batch: Batch) -> None:
+            seen.append(aegis.recorder.fill())
+            super().write(batch)
+
+    aegis = rig(Watching("watching"), max_buffer=1000)
+    aegis.recorder.offer(http_item("/a"))
+    assert aegis.recorder.fill() == 0.001
+    assert aegis.force_flush(WAIT) is True
+    assert seen and set(seen) == {1.0}
+    assert aegis.recorder.fill() == 0.0

@@ -1,0 +1,452 @@
+/*
+ * The SQLite sink's row inserts, compiled (aegis_mw/sinks/sqlite_rows.py).
+ *
+ * Binding parameters through the sqlite3 module costs more than SQLite's own
+ * work on the rows: each text value is copied into a fresh allocation, and a
+ * record of 12 fields is bound field by field under the GIL (see
+ * bench/pipeline.py). Here the records' values are checked under the GIL, then
+ * bound and stepped with it released, text bound in place (SQLITE_STATIC: the
+ * records are held until their statement is done with them).
+ *
+ * It drives the connection the sqlite3 module opened, through SQLite's stable
+ * C API, which it finds in the library the sqlite3 module itself uses (no
+ * header or library needed at build time). The handle is read the way
+ * extensions of the sqlite3 module have long read it: the first member after
+ * the object header of every CPython's pysqlite_Connection; the Python side
+ * checks it against the connection's own idea of its file before trusting it.
+ *
+ * Only the common case is taken: exact str, int (64-bit), float and None
+ * values. At the first record holding anything else it stops and says how far
+ * it got; the Python code binds the rest exactly as before, so a value the
+ * sqlite3 module refuses is refused with the same error.
+ */
+#include "hotpath.h"
+
+#ifndef _WIN32
+#include <dlfcn.h>
+#endif
+#include <stdint.h>
+#include <string.h>
+
+/* SQLite's stable C API, declared here (no sqlite3.h at build time). */
+typedef struct sqlite3 sqlite3;
+typedef struct sqlite3_stmt sqlite3_stmt;
+#define SQLITE_OK 0
+#define SQLITE_DONE 101
+#define SQLITE_STATIC ((void (*)(void *))0)
+
+static struct {
+    int ready;
+    int (*prepare_v2)(sqlite3 *, const char *, int, sqlite3_stmt **, const char **);
+    int (*bind_text)(sqlite3_stmt *, int, const char *, int, void (*)(void *));
+    int (*bind_int64)(sqlite3_stmt *, int, long long);
+    int (*bind_double)(sqlite3_stmt *, int, double);
+    int (*bind_null)(sqlite3_stmt *, int);
+    int (*bind_parameter_count)(sqlite3_stmt *);
+    int (*step)(sqlite3_stmt *);
+    int (*reset)(sqlite3_stmt *);
+    int (*finalize)(sqlite3_stmt *);
+    int (*clear_bindings)(sqlite3_stmt *);
+    int (*extended_errcode)(sqlite3 *);
+    const char *(*errmsg)(sqlite3 *);
+    const char *(*db_filename)(sqlite3 *, const char *);
+} api;
+
+static PyTypeObject *connection_type;
+
+/* What every CPython's sqlite3.Connection starts with. */
+typedef struct {
+    PyObject_HEAD
+    sqlite3 *db;
+} ConnectionPrefix;
+
+/* sqlite_rows_init(module_file, connection_type) -> bool: find SQLite's
+ * functions in the library the sqlite3 module loaded (`module_file` is
+ * _sqlite3's __file__, loaded already). False where they cannot be found. */
+PyObject *
+aegis_sqlite_rows_init(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyUnicode_Check(args[0]) || !PyType_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "sqlite_rows_init(module_file, connection_type)");
+        return NULL;
+    }
+#ifdef _WIN32
+    Py_RETURN_FALSE;
+#else
+    if (api.ready) {
+        Py_RETURN_TRUE;
+    }
+    const char *file = PyUnicode_AsUTF8(args[0]);
+    if (file == NULL) {
+        return NULL;
+    }
+    /* RTLD_NOLOAD: only the copy already loaded, never a second one. dlsym on
+     * its handle searches it and the libraries it was linked with. */
+    void *handle = dlopen(file, RTLD_LAZY | RTLD_NOLOAD);
+    if (handle == NULL) {
+        Py_RETURN_FALSE;
+    }
+    struct {
+        void **slot;
+        const char *name;
+    } symbols[] = {
+        {(void **)&api.prepare_v2, "sqlite3_prepare_v2"},
+        {(void **)&api.bind_text, "sqlite3_bind_text"},
+        {(void **)&api.bind_int64, "sqlite3_bind_int64"},
+        {(void **)&api.bind_double, "sqlite3_bind_double"},
+        {(void **)&api.bind_null, "sqlite3_bind_null"},
+        {(void **)&api.bind_parameter_count, "sqlite3_bind_parameter_count"},
+        {(void **)&api.step, "sqlite3_step"},
+        {(void **)&api.reset, "sqlite3_reset"},
+        {(void **)&api.finalize, "sqlite3_finalize"},
+        {(void **)&api.clear_bindings, "sqlite3_clear_bindings"},
+        {(void **)&api.extended_errcode, "sqlite3_extended_errcode"},
+        {(void **)&api.errmsg, "sqlite3_errmsg"},
+        {(void **)&api.db_filename, "sqlite3_db_filename"},
+    };
+    for (size_t i = 0; i < sizeof symbols / sizeof symbols[0]; i++) {
+        *symbols[i].slot = dlsym(handle, symbols[i].name);
+        if (*symbols[i].slot == NULL) {
+            /* The handle stays open: the module holds the library anyway. */
+            Py_RETURN_FALSE;
+        }
+    }
+    Py_XSETREF(connection_type, (PyTypeObject *)Py_NewRef(args[1]));
+    api.ready = 1;
+    Py_RETURN_TRUE;
+#endif
+}
+
+/* The open handle of `connection`, or NULL (with an error set where it is not
+ * a connection; without one where it is closed). */
+static sqlite3 *
+handle_of(PyObject *connection)
+{
+    if (!api.ready || connection_type == NULL
+        || !PyObject_TypeCheck(connection, connection_type)) {
+        PyErr_SetString(PyExc_TypeError, "not an sqlite3.Connection (or not initialised)");
+        return NULL;
+    }
+    return ((ConnectionPrefix *)connection)->db;
+}
+
+/* sqlite_filename(connection) -> str | None: the file of its "main" database,
+ * as SQLite reports it through the handle read here (the Python side compares
+ * it with PRAGMA database_list before trusting the handle). */
+PyObject *
+aegis_sqlite_filename(PyObject *module, PyObject *connection)
+{
+    sqlite3 *db = handle_of(connection);
+    if (db == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    const char *name = api.db_filename(db, "main");
+    if (name == NULL) {
+        Py_RETURN_NONE;
+    }
+    return PyUnicode_DecodeFSDefault(name);
+}
+
+/* One value, read under the GIL and bound without it. */
+enum { CELL_NULL, CELL_INT, CELL_FLOAT, CELL_TEXT };
+typedef struct {
+    int kind;
+    int length;
+    union {
+        long long integer;
+        double real;
+        const char *text;
+    } v;
+} Cell;
+
+/* Read a record's `width` values into `cells`; 0 when one is not of the
+ * common kinds (no error left set). */
+static int
+read_record(PyObject *record, Py_ssize_t width, Cell *cells)
+{
+    if (!PyTuple_Check(record) || PyTuple_GET_SIZE(record) != width) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < width; i++) {
+        PyObject *value = PyTuple_GET_ITEM(record, i);
+        Cell *cell = &cells[i];
+        if (value == Py_None) {
+            cell->kind = CELL_NULL;
+        }
+        else if (PyUnicode_CheckExact(value)) {
+            Py_ssize_t length;
+            const char *text = PyUnicode_AsUTF8AndSize(value, &length);
+            if (text == NULL || length > INT32_MAX) {
+                PyErr_Clear();
+                return 0;
+            }
+            cell->kind = CELL_TEXT;
+            cell->v.text = text;
+            cell->length = (int)length;
+        }
+        else if (PyLong_CheckExact(value)) {
+            int overflow;
+            long long integer = PyLong_AsLongLongAndOverflow(value, &overflow);
+            if (overflow || (integer == -1 && PyErr_Occurred())) {
+                PyErr_Clear();
+                return 0;
+            }
+            cell->kind = CELL_INT;
+            cell->v.integer = integer;
+        }
+        else if (PyFloat_CheckExact(value)) {
+            cell->kind = CELL_FLOAT;
+            cell->v.real = PyFloat_AS_DOUBLE(value);
+        }
+        else {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int
+bind_cells(sqlite3_stmt *statement, const Cell *cells, int count)
+{
+    for (int i = 0; i < count; i++) {
+        const Cell *cell = &cells[i];
+        int rc;
+        switch (cell->kind) {
+        case CELL_INT:
+            rc = api.bind_int64(statement, i + 1, cell->v.integer);
+            break;
+        case CELL_FLOAT:
+            rc = api.bind_double(statement, i + 1, cell->v.real);
+            break;
+        case CELL_TEXT:
+            rc = api.bind_text(statement, i + 1, cell->v.text, cell->length, SQLITE_STATIC);
+            break;
+        default:
+            rc = api.bind_null(statement, i + 1);
+        }
+        if (rc != SQLITE_OK) {
+            return rc;
+        }
+    }
+    return SQLITE_OK;
+}
+
+/* Bind `cells` (rows of `width`) and step `statement` once; SQLITE_OK or the
+ * error. The statement is reset either way, so its next step starts clean. */
+static int
+run_statement(sqlite3_stmt *statement, const Cell *cells, int count)
+{
+    int rc = bind_cells(statement, cells, count);
+    if (rc == SQLITE_OK) {
+        rc = api.step(statement);
+        rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+    }
+    int reset = api.reset(statement);
+    /* A failed step's error is reported by the reset too; keep the first. */
+    return rc != SQLITE_OK ? rc : reset;
+}
+
+/* Records read per pause: the GIL is held while they are read (well under a
+ * millisecond for this many) and released while SQLite takes them. */
+#define CHUNK_RECORDS 1024
+
+static double
+seconds_now(void)
+{
+#ifdef _WIN32
+    return 0.0;
+#else
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
+#endif
+}
+
+/* Work in slices, as the flusher's Python work does (core/gil_slices.py):
+ * with the GIL released SQLite's work no longer delays the app's threads
+ * through the GIL, but it still takes the CPU, and an event loop sharing a
+ * core with this thread waits for the kernel to switch back to it. A short
+ * sleep after each `slice` seconds of work hands the core over. */
+typedef struct {
+    double slice;
+    double pause;
+    double since;
+} Slicer;
+
+static void
+slicer_check(Slicer *slicer)
+{
+#ifndef _WIN32
+    if (slicer->pause <= 0.0) {
+        return;
+    }
+    double now = seconds_now();
+    if (now - slicer->since < slicer->slice) {
+        return;
+    }
+    struct timespec pause;
+    pause.tv_sec = (time_t)slicer->pause;
+    pause.tv_nsec = (long)((slicer->pause - (double)pause.tv_sec) * 1e9);
+    nanosleep(&pause, NULL);
+    slicer->since = seconds_now();
+#endif
+}
+
+/* sqlite_insert_rows(connection, many_sql, one_sql, rows_per_statement, width,
+ *                    records, start, slice_seconds, pause_seconds)
+ *     -> (done, error_code, error_message)
+ *
+ * Inserts records[start:] with `many_sql` (rows_per_statement rows of `width`
+ * parameters) while whole groups remain, and `one_sql` for the rest. Returns
+ * how many records it stored (from `start`), and SQLite's error code and
+ * message when a statement failed (0 and None otherwise): then the
+ * transaction holds the rows of the statements before that one, and the
+ * caller rolls it back. `done` short of the end with no error: a record after
+ * `start + done` holds a value of another kind; the caller binds from there
+ * (a whole number of statements on, so its statements hold the same rows).
+ * After each `slice_seconds` of statements it sleeps `pause_seconds` (none
+ * when 0, and none on Windows, whose sleeps last a timer tick). */
+PyObject *
+aegis_sqlite_insert_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9 || !PyUnicode_Check(args[1]) || !PyUnicode_Check(args[2])
+        || !PyLong_Check(args[3]) || !PyLong_Check(args[4]) || !PyList_Check(args[5])
+        || !PyLong_Check(args[6]) || !PyFloat_Check(args[7]) || !PyFloat_Check(args[8])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "sqlite_insert_rows(connection, many_sql, one_sql, "
+                        "rows_per_statement, width, records: list, start, "
+                        "slice_seconds: float, pause_seconds: float)");
+        return NULL;
+    }
+    Slicer slicer = {PyFloat_AS_DOUBLE(args[7]), PyFloat_AS_DOUBLE(args[8]), seconds_now()};
+    if (!(slicer.slice >= 0.0 && slicer.pause >= 0.0 && slicer.pause < 1.0)) {
+        PyErr_SetString(PyExc_ValueError, "sqlite_insert_rows: bad slice or pause");
+        return NULL;
+    }
+    PyObject *connection = args[0];
+    sqlite3 *db = handle_of(connection);
+    if (db == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "the connection is closed");
+        }
+        return NULL;
+    }
+    const char *many_sql = PyUnicode_AsUTF8(args[1]);
+    const char *one_sql = PyUnicode_AsUTF8(args[2]);
+    Py_ssize_t per = PyLong_AsSsize_t(args[3]);
+    Py_ssize_t width = PyLong_AsSsize_t(args[4]);
+    Py_ssize_t start = PyLong_AsSsize_t(args[6]);
+    if (many_sql == NULL || one_sql == NULL || PyErr_Occurred()) {
+        return NULL;
+    }
+    if (per < 1 || per > CHUNK_RECORDS || width < 1 || width > 32766
+        || per * width > 32766 || start < 0 || CHUNK_RECORDS % per != 0) {
+        PyErr_SetString(PyExc_ValueError, "sqlite_insert_rows: bad shape");
+        return NULL;
+    }
+    /* Held for the call: nothing the GIL lets run meanwhile can free the list
+     * or the connection under us. */
+    PyObject *records = Py_NewRef(args[5]);
+    Py_INCREF(connection);
+    PyObject **held = PyMem_Malloc(sizeof(PyObject *) * CHUNK_RECORDS);
+    Cell *cells = PyMem_Malloc(sizeof(Cell) * (size_t)width * CHUNK_RECORDS);
+    sqlite3_stmt *many = NULL, *one = NULL;
+    int rc = SQLITE_OK;
+    Py_ssize_t done = 0;
+    if (held == NULL || cells == NULL) {
+        PyErr_NoMemory();
+        goto failed;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rc = api.prepare_v2(db, many_sql, -1, &many, NULL);
+    if (rc == SQLITE_OK) {
+        rc = api.prepare_v2(db, one_sql, -1, &one, NULL);
+    }
+    Py_END_ALLOW_THREADS
+    if (rc == SQLITE_OK
+        && (many == NULL || one == NULL || api.bind_parameter_count(many) != per * width
+            || api.bind_parameter_count(one) != width)) {
+        PyErr_SetString(PyExc_ValueError, "sqlite_insert_rows: the statements do not fit");
+        goto failed;
+    }
+    int stopped = 0;
+    while (rc == SQLITE_OK && !stopped) {
+        /* Read a chunk under the GIL; the list may have changed length. */
+        Py_ssize_t total = PyList_GET_SIZE(records);
+        Py_ssize_t first = start + done;
+        Py_ssize_t taken = 0;
+        int odd = 0;
+        while (taken < CHUNK_RECORDS && first + taken < total) {
+            PyObject *record = PyList_GET_ITEM(records, first + taken);
+            if (!read_record(record, width, cells + taken * width)) {
+                odd = 1;
+                break;
+            }
+            held[taken++] = Py_NewRef(record);
+        }
+        stopped = odd || first + taken >= total;
+        /* Before a record left to the sqlite3 module, only whole statements:
+         * it binds from there in statements of the same rows as it would
+         * have from the start, so a refusal comes from the same statement,
+         * with the same error. At the end, the rest one by one, as it does. */
+        Py_ssize_t whole = taken - taken % per;
+        Py_ssize_t upto = odd ? whole : taken;
+        Py_ssize_t stored = 0;
+        Py_BEGIN_ALLOW_THREADS
+        while (rc == SQLITE_OK && stored < whole) {
+            rc = run_statement(many, cells + stored * width, (int)(per * width));
+            stored += rc == SQLITE_OK ? per : 0;
+            slicer_check(&slicer);
+        }
+        while (rc == SQLITE_OK && stored < upto) {
+            rc = run_statement(one, cells + stored * width, (int)width);
+            stored += rc == SQLITE_OK ? 1 : 0;
+        }
+        Py_END_ALLOW_THREADS
+        /* No binding may outlive the text it points into. */
+        api.clear_bindings(many);
+        api.clear_bindings(one);
+        for (Py_ssize_t i = 0; i < taken; i++) {
+            Py_DECREF(held[i]);
+        }
+        done += stored;
+    }
+    PyObject *message = Py_None;
+    int code = 0;
+    if (rc != SQLITE_OK) {
+        /* The extended code, as the sqlite3 module reports it (3.11+). */
+        code = api.extended_errcode(db);
+        code = code != SQLITE_OK ? code : rc;
+        const char *text = api.errmsg(db);
+        message = PyUnicode_DecodeUTF8(text, (Py_ssize_t)strlen(text), "replace");
+        if (message == NULL) {
+            goto failed;
+        }
+    }
+    else {
+        Py_INCREF(message);
+    }
+    api.finalize(many);
+    api.finalize(one);
+    PyMem_Free(held);
+    PyMem_Free(cells);
+    Py_DECREF(records);
+    Py_DECREF(connection);
+    return Py_BuildValue("(niN)", done, code, message);
+
+failed:
+    if (many != NULL) {
+        api.finalize(many);
+    }
+    if (one != NULL) {
+        api.finalize(one);
+    }
+    PyMem_Free(held);
+    PyMem_Free(cells);
+    Py_DECREF(records);
+    Py_DECREF(connection);
+    return NULL;
+}

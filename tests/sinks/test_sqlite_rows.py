@@ -1,0 +1,382 @@
+"""The compiled row inserts of the SQLite sink (``_hotpath_c/sqlite_rows.c``)
+against the sqlite3 module's binding, which stays the reference.
+
+Two sinks on two real files, one offered the compiled module and one not, are
+given the same batches; what each stores (every column, with SQLite's own
+type of each value) and what each raises must be equal. Batches are drawn
+from clean records and from every kind of value the compiled inserts must
+leave to the sqlite3 module (a bool, a str or int subclass, bytes, an int past
+64 bits, a lone surrogate) or that SQLite refuses (NaN or None where NOT NULL).
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aegis_mw import Batch, RecordRejected, RequestRecord
+from aegis_mw.sinks import SQLiteSink, sqlite_rows
+from aegis_mw.sinks.sqlite_schema import (
+    INSERT_REQUEST,
+    INSERT_REQUESTS,
+    REQUEST_COLUMNS,
+    ROWS_PER_INSERT,
+)
+from tests.conftest import compiled_module
+from tests.sinks.test_sqlite import make_request
+
+
+class Text(str):
+    """A str subclass: the sqlite3 module adapts it; the compiled inserts leave it."""
+
+
+class Number(int):
+    pass
+
+
+# Odd values by field: what the compiled inserts must hand back, and what SQLite
+# stores differently or refuses.
+ODD: dict[str, list[Any]] = {
+    "request_id": ["", "é" * 40, "nul\x00inside", Text("x"), 12, 2**63 - 1, -(2**63), 2.5],
+    "timestamp": [math.inf, -math.inf, -0.0, 0, 2**62, math.nan, None, True],
+    "method": ["", "ÜBER", Text("GET"), b"GET", 2**63, None],
+    "route": ["/caf\udce9", "/" + "r" * 5000, "😀", Number(3)],
+    "path": ["/a\x00b", "", None, "/" * 3000],
+    "status": [0, -1, 2**63 - 1, 2**63, 200.0, True, Number(200), "200"],
+    "duration_ms": [math.nan, 1e308, -0.0, 5e-324, 7],
+    "ttfb_ms": [None, math.nan, math.inf, 0],
+    "request_bytes": [-(2**63), 2**64, False, 1.5],
+    "response_bytes": [0, 2**63 - 1, None],
+    "client_ip": [None, "", "::1", "é"],
+    "error": ["", "Traceback\n" * 100, None, 0.5],
+}
+
+
+def open_pair(tmp_path: Path) -> tuple[SQLiteSink, SQLiteSink]:
+    compiled = SQLiteSink(str(tmp_path / "compiled.db"))
+    compiled.use_compiled(compiled_module())
+    reference = SQLiteSink(str(tmp_path / "reference.db"))
+    reference.use_compiled(None)
+    return compiled, reference
+
+
+def stored(path: Path) -> list[tuple[Any, ...]]:
+    columns = ", ".join(f"{name}, typeof({name})" for name in REQUEST_COLUMNS)
+    with sqlite3.connect(path) as connection:
+        rows = connection.execute(f"SELECT {columns} FROM aegis_requests ORDER BY rowid").fetchall()
+    connection.close()
+    # Floats compared by their bits (-0.0 and 0.0 differ; NaN is never stored).
+    return [tuple(_exact(value) for value in row) for row in rows]
+
+
+def _exact(value: Any) -> Any:
+    return (float, value.hex()) if isinstance(value, float) else value
+
+
+def outcome(sink: SQLiteSink, batch: Batch) -> tuple[str, str, object] | None:
+    try:
+        sink.write(batch)
+    except RecordRejected as exc:
+        cause = exc.__cause__
+        # The code the sqlite3 module sets on 3.11 and later (its extended one).
+        return (type(cause).__name__, str(cause), getattr(cause, "sqlite_errorcode", None))
+    return None
+
+
+def compiled_insert(
+    sink: SQLiteSink, records: list[RequestRecord], then: str = "COMMIT", pause: float = 0.0
+) -> int:
+    """The compiled inserts called on their own in one transaction of the
+    sink's connection, ended by ``then``: how many records they took."""
+    connection = sink._connect()
+    connection.execute("BEGIN IMMEDIATE")
+    taken = sqlite_rows.insert(
+        compiled_module(), connection, INSERT_REQUESTS, INSERT_REQUEST,
+        ROWS_PER_INSERT, len(REQUEST_COLUMNS), records, pause,
+    )  # fmt: skip
+    connection.execute(then)
+    return taken
+
+
+def test_the_sink_takes_the_compiled_inserts_where_the_module_is_used(tmp_path: Path) -> None:
+    compiled, reference = open_pair(tmp_path)
+    try:
+        compiled.write(Batch(requests=[make_request(n) for n in range(3)]))
+        reference.write(Batch(requests=[make_request(n) for n in range(3)]))
+        assert compiled._rows is compiled_module()
+        assert reference._rows is None
+    finally:
+        compiled.close()
+        reference.close()
+
+
+@pytest.mark.parametrize("count", [0, 1, 63, 64, 65, 1023, 1024, 1025, 2 * 1024 + 64 * 3 + 5])
+def test_every_record_is_stored_as_the_sqlite3_module_stores_it(tmp_path: Path, count: int) -> None:
+    compiled, reference = open_pair(tmp_path)
+    records = [make_request(n, path=f"/items/{n}é" if n % 7 else "/items") for n in range(count)]
+    try:
+        # The compiled inserts take every clean record themselves.
+        assert compiled_insert(compiled, records) == count
+        reference.write(Batch(requests=records))
+    finally:
+        compiled.close()
+        reference.close()
+    assert stored(tmp_path / "compiled.db") == stored(tmp_path / "reference.db")
+    assert len(stored(tmp_path / "compiled.db")) == count
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> list[RequestRecord]:
+    count = draw(st.sampled_from([1, 2, 63, 64, 65, 130, 1100]))
+    records = [make_request(n) for n in range(count)]
+    for _ in range(draw(st.integers(0, 3))):
+        index = draw(st.integers(0, count - 1))
+        field = draw(st.sampled_from(sorted(ODD)))
+        records[index] = records[index]._replace(**{field: draw(st.sampled_from(ODD[field]))})
+    return records
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(records=batches())
+def test_odd_values_are_stored_or_refused_as_the_sqlite3_module_does(
+    tmp_path_factory: pytest.TempPathFactory, records: list[RequestRecord]
+) -> None:
+    directory = tmp_path_factory.mktemp("pair")
+    compiled, reference = open_pair(directory)
+    try:
+        assert outcome(compiled, Batch(requests=records)) == outcome(
+            reference, Batch(requests=records)
+        )
+        # Both connections still work after a refusal (the batch rolled back).
+        compiled.write(Batch(requests=[make_request(10_000)]))
+        reference.write(Batch(requests=[make_request(10_000)]))
+    finally:
+        compiled.close()
+        reference.close()
+    assert stored(directory / "compiled.db") == stored(directory / "reference.db")
+
+
+@pytest.mark.parametrize("odd", [0, 63, 64, 130, 1023, 1024, 1100, 1199])
+def test_a_value_left_to_the_sqlite3_module_stops_the_compiled_inserts_before_its_statement(
+    tmp_path: Path, odd: int
+) -> None:
+    compiled, _ = open_pair(tmp_path)
+    records = [make_request(n) for n in range(1200)]
+    records[odd] = records[odd]._replace(status=True)  # bound by the sqlite3 module
+    try:
+        taken = compiled_insert(compiled, records, then="ROLLBACK")
+        # Whole statements only: the sqlite3 module binds the rows from there
+        # in the statements it would have used for them from the start.
+        assert taken == odd - odd % ROWS_PER_INSERT
+        compiled.write(Batch(requests=records))
+    finally:
+        compiled.close()
+    assert len(stored(tmp_path / "compiled.db")) == 1200
+
+
+def test_a_refusal_comes_from_the_statement_the_sqlite3_module_would_have_run(
+    tmp_path: Path,
+) -> None:
+    """A NaN where NOT NULL (refused by SQLite as the statement runs) before a
+    lone surrogate in the same 64 rows (refused by the sqlite3 module as it
+    binds): the sqlite3 module binds that statement, so the error is its."""
+    compiled, reference = open_pair(tmp_path)
+    records = [make_request(n) for n in range(100)]
+    records[3] = records[3]._replace(duration_ms=math.nan)
+    records[5] = records[5]._replace(route="/caf\udce9")
+    try:
+        found = outcome(compiled, Batch(requests=records))
+        assert found == outcome(reference, Batch(requests=records))
+        assert found is not None and found[0] == "UnicodeEncodeError"
+    finally:
+        compiled.close()
+        reference.close()
+
+
+def test_an_error_of_sqlite_is_the_one_the_sqlite3_module_raises(tmp_path: Path) -> None:
+    compiled, reference = open_pair(tmp_path)
+    try:
+        for sink in (compiled, reference):
+            sink.write(Batch(requests=[make_request(0)]))  # opened and migrated
+            sink._connect().execute("PRAGMA query_only = 1")
+        errors = []
+        for sink in (compiled, reference):
+            with pytest.raises(sqlite3.OperationalError) as caught:
+                sink.write(Batch(requests=[make_request(n) for n in range(1, 100)]))
+            errors.append(str(caught.value))
+        assert errors[0] == errors[1] == "attempt to write a readonly database"
+    finally:
+        compiled.close()
+        reference.close()
+
+
+def test_error_codes_map_to_the_sqlite3_module_exceptions() -> None:
+    assert type(sqlite_rows.error_for(19 | (5 << 8), "x")) is sqlite3.IntegrityError
+    assert type(sqlite_rows.error_for(5, "locked")) is sqlite3.OperationalError
+    assert type(sqlite_rows.error_for(11, "x")) is sqlite3.DatabaseError
+    assert type(sqlite_rows.error_for(18, "x")) is sqlite3.DataError
+    assert type(sqlite_rows.error_for(21, "x")) is sqlite3.InterfaceError
+    assert type(sqlite_rows.error_for(7, "x")) is MemoryError
+    assert type(sqlite_rows.error_for(99, "x")) is sqlite3.DatabaseError
+
+
+def test_a_handle_that_names_no_file_is_not_trusted(tmp_path: Path) -> None:
+    module = compiled_module()
+    memory = sqlite3.connect(":memory:")
+    try:
+        assert sqlite_rows.compiled_rows(memory, module) is None
+    finally:
+        memory.close()
+    on_file = sqlite3.connect(tmp_path / "x.db")
+    assert sqlite_rows.compiled_rows(on_file, module) is module
+    assert module.sqlite_filename(on_file) == str(tmp_path / "x.db")
+    on_file.close()
+    assert module.sqlite_filename(on_file) is None  # closed: no handle
+    with pytest.raises(ValueError, match="closed"):
+        module.sqlite_insert_rows(on_file, INSERT_REQUESTS, INSERT_REQUEST, 64, 12, [], 0, 0.0, 0.0)
+    with pytest.raises(TypeError):
+        module.sqlite_filename(object())
+    assert sqlite_rows.compiled_rows(on_file, None) is None
+
+
+def test_statements_that_do_not_fit_the_shape_are_refused(tmp_path: Path) -> None:
+    module = compiled_module()
+    connection = sqlite3.connect(tmp_path / "x.db")
+    connection.execute("CREATE TABLE t (a, b)")
+    try:
+        assert sqlite_rows.compiled_rows(connection, module) is module
+        with pytest.raises(ValueError, match="do not fit"):
+            module.sqlite_insert_rows(
+                connection, "INSERT INTO t VALUES (?, ?)", "INSERT INTO t VALUES (?, ?)",
+                64, 2, [(1, 2)], 0, 0.0, 0.0,
+            )  # fmt: skip
+        with pytest.raises(ValueError, match="shape"):
+            module.sqlite_insert_rows(
+                connection, "INSERT INTO t VALUES (?, ?)", "INSERT INTO t VALUES (?, ?)",
+                3, 2, [(1, 2)], 0, 0.0, 0.0,
+            )  # fmt: skip
+        done, code, message = module.sqlite_insert_rows(
+            connection, "INSERT INTO nowhere VALUES (?, ?)", "INSERT INTO t VALUES (?, ?)",
+            1, 2, [(1, 2)], 0, 0.0, 0.0,
+        )  # fmt: skip
+        assert (done, code) == (0, 1) and "no such table" in message
+    finally:
+        connection.close()
+
+
+def test_the_gil_is_released_while_sqlite_takes_the_rows(tmp_path: Path) -> None:
+    """A thread that waits in short steps runs while a large insert is under way,
+    with a switch interval so long that only a released GIL lets it in."""
+    compiled, _ = open_pair(tmp_path)
+    records = [make_request(n) for n in range(60_000)]
+    ticks = [0]
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(0.0002):
+            ticks[0] += 1
+
+    connection = compiled._connect()
+    ticker = threading.Thread(target=tick)
+    interval = sys.getswitchinterval()
+    ticker.start()
+    sys.setswitchinterval(30.0)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        before = ticks[0]
+        taken = sqlite_rows.insert(
+            compiled_module(), connection, INSERT_REQUESTS, INSERT_REQUEST,
+            ROWS_PER_INSERT, len(REQUEST_COLUMNS), records, 0.0,
+        )  # fmt: skip
+        during = ticks[0] - before
+        connection.execute("COMMIT")
+    finally:
+        sys.setswitchinterval(interval)
+        stop.set()
+        ticker.join()
+        compiled.close()
+    assert taken == len(records)
+    assert during >= 5
+
+
+def test_sqlite_work_pauses_between_slices(tmp_path: Path) -> None:
+    """With slices of no length, a pause after every statement: 50 statements of
+    64 rows, each followed by 2 ms of sleep, last at least 100 ms."""
+    module = compiled_module()
+    connection = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    connection.execute("CREATE TABLE t (a, b)")
+    rows = [(n, "x") for n in range(50 * 64)]
+    many = "INSERT INTO t VALUES " + ", ".join(["(?, ?)"] * 64)
+    try:
+        began = time.perf_counter()
+        done, code, _ = module.sqlite_insert_rows(
+            connection, many, "INSERT INTO t VALUES (?, ?)", 64, 2, rows, 0, 0.0, 0.002
+        )
+        assert time.perf_counter() - began >= 0.1
+        assert (done, code) == (len(rows), 0)
+        for bad in ((-1.0, 0.0), (0.0, -0.5), (0.0, 1.0), (math.nan, 0.0)):
+            with pytest.raises(ValueError, match="slice or pause"):
+                module.sqlite_insert_rows(
+                    connection, many, "INSERT INTO t VALUES (?, ?)", 64, 2, rows, 0, *bad
+                )
+    finally:
+        connection.close()
+
+
+def test_an_adapter_for_a_type_bound_in_c_sends_the_rows_to_the_sqlite3_module(
+    tmp_path: Path,
+) -> None:
+    """The sqlite3 module calls an adapter registered for str, int or float on
+    every such value; the compiled inserts would not, so they step aside."""
+    compiled, reference = open_pair(tmp_path)
+    records = [make_request(n) for n in range(100)]
+    key = (float, sqlite3.PrepareProtocol)
+    sqlite3.register_adapter(float, lambda value: round(value, 1))
+    try:
+        assert sqlite_rows.adapted()
+        compiled.write(Batch(requests=records))
+        reference.write(Batch(requests=records))
+    finally:
+        del sqlite3.adapters[key]
+        compiled.close()
+        reference.close()
+    assert not sqlite_rows.adapted()
+    assert stored(tmp_path / "compiled.db") == stored(tmp_path / "reference.db")
+    # The adapter ran: 1_700_000_000.125 was stored rounded.
+    assert stored(tmp_path / "compiled.db")[1][2] == (float, round(1_700_000_000.125, 1).hex())
+
+
+def test_a_compiled_module_that_does_not_fit_is_dropped_and_nothing_is_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A build of the module older than this code (its inserts take other
+    arguments): the call fails before any row is written, the sqlite3 module
+    binds this batch and every later one, and the failure is logged."""
+    module = compiled_module()
+    stale = types.SimpleNamespace(
+        sqlite_rows_init=module.sqlite_rows_init,
+        sqlite_filename=module.sqlite_filename,
+        sqlite_insert_rows=lambda *args: module.sqlite_insert_rows(*args[:7]),
+    )
+    sink = SQLiteSink(str(tmp_path / "stale.db"))
+    sink.use_compiled(stale)  # type: ignore[arg-type]
+    try:
+        sink.write(Batch(requests=[make_request(n) for n in range(100)]))
+        assert sink._rows is None
+        sink.write(Batch(requests=[make_request(n) for n in range(100, 300)]))
+    finally:
+        sink.close()
+    assert len(stored(tmp_path / "stale.db")) == 300
+    assert "compiled SQLite inserts failed" in caplog.text
