@@ -242,8 +242,7 @@ class Flusher:
             for request in requests:
                 request.finish(result)
             return False
-        # A force_flush waits for this cycle: no long pauses (gil_slices).
-        self.recorder.hurried = bool(requests)
+        # force_flush set recorder.hurried (no long pauses, see gil_slices).
         try:
             ok = self.cycle.run(force=bool(requests), stop=self._stopping)
         finally:

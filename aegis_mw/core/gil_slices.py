@@ -108,6 +108,17 @@ class Slices:
             self._since = self._clock()
 
 
+class Paced:
+    """A sink whose writes pause between slices, paced by what ``Aegis``
+    gives :meth:`pace_by`: the fuller of its inbox and the sink's backlog."""
+
+    _backlog: Callable[[], float] | None = None
+
+    def pace_by(self, backlog: Callable[[], float]) -> None:
+        """Pace this sink's pauses by ``backlog`` (a share of its bound)."""
+        self._backlog = backlog
+
+
 def pause_for(
     backlog: Callable[[], float] | None,
     pause: float = PAUSE_SECONDS,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 try:
@@ -33,7 +33,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from ..core.errors import ConfigError
-from ..core.gil_slices import Slices
+from ..core.gil_slices import Paced, Slices
 from ..core.record import Batch
 from ..core.rollup import LEVELS, RollupDelta, encode_histogram_array, expand
 from ..core.rollup import parameter_rows as rollup_parameters
@@ -79,7 +79,7 @@ DELTA_ID_KEEP_SECONDS = 86_400.0
 CONNECT_TIMEOUT_SECONDS = 3
 
 
-class PostgresSink(history_sql.ReaderBacked):
+class PostgresSink(Paced, history_sql.ReaderBacked):
     """Writes records to ``aegis_requests`` and ``aegis_websocket_sessions``
     and keeps rollups for history, in the database the URL names.
 
@@ -109,12 +109,6 @@ class PostgresSink(history_sql.ReaderBacked):
         # forked child closing its copy would end the parent's session.
         self._left_behind: list[psycopg.Connection[Any]] = []
         self._reader: PostgresReader = PostgresReader(url, self.connect_kwargs, self.name)
-        self._backlog: Callable[[], float] | None = None
-
-    def pace_by(self, backlog: Callable[[], float]) -> None:
-        """Pace the pauses of this sink's Python work by ``backlog`` (the share
-        of its bound the work waiting for it holds; see core.gil_slices)."""
-        self._backlog = backlog
 
     def _connect(self) -> psycopg.Connection[Any]:
         owner = (os.getpid(), threading.get_ident())

@@ -17,12 +17,12 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from itertools import chain
 from types import ModuleType
 
 from ..core.errors import ConfigError
-from ..core.gil_slices import Slices, pause_for
+from ..core.gil_slices import Paced, Slices, pause_for
 from ..core.record import Batch, RequestRecord
 from ..core.rollup import LEVELS, RollupDelta, expand, merge_histogram_text
 from ..core.rollup import parameter_rows as rollup_parameters
@@ -52,7 +52,7 @@ DELTA_ID_KEEP_SECONDS = 86_400.0
 BUSY_TIMEOUT_MS = 3000
 
 
-class SQLiteSink(history_sql.ReaderBacked):
+class SQLiteSink(Paced, history_sql.ReaderBacked):
     """Writes records to ``aegis_requests`` and ``aegis_websocket_sessions``.
 
     Example::
@@ -81,13 +81,6 @@ class SQLiteSink(history_sql.ReaderBacked):
         self._compiled: ModuleType | None = None
         self._rows: ModuleType | None = None
         self._rows_checked_for: sqlite3.Connection | None = None
-        self._backlog: Callable[[], float] | None = None
-
-    def pace_by(self, backlog: Callable[[], float]) -> None:
-        """Pace the compiled inserts' pauses by ``backlog`` (the share of its
-        bound the work waiting for this sink holds; see core.gil_slices):
-        ``Aegis`` gives the fuller of its inbox and this sink's backlog."""
-        self._backlog = backlog
 
     def use_compiled(self, module: ModuleType | None) -> None:
         """Let the compiled module bind request rows (``Aegis`` offers it where
@@ -180,10 +173,10 @@ class SQLiteSink(history_sql.ReaderBacked):
         """Whole statements of :data:`ROWS_PER_INSERT` rows, then the rest one
         by one. Binding a statement's rows holds the GIL for a fraction of a
         millisecond; SQLite's work on them runs without it, long enough for
-        a waiting request thread to take it (no pauses needed, unlike the
-        flusher's pure-Python work: see :mod:`..core.gil_slices`). The
-        compiled inserts, where used, take the records first (see
-        :mod:`.sqlite_rows`), and these statements whatever they left."""
+        a waiting request thread to take it. The compiled inserts, where
+        used, take the records first, pausing between slices of SQLite's
+        work as paced (see :mod:`.sqlite_rows`), and these statements
+        whatever they left."""
         if self._rows_checked_for is not connection:
             self._rows = sqlite_rows.compiled_rows(connection, self._compiled)
             self._rows_checked_for = connection
