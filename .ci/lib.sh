@@ -11,6 +11,7 @@ COMPILED_TESTS=(
     tests/test_speedups.py
     tests/core/test_compiled_finalize.py
     tests/core/test_compiled_fold.py
+    tests/core/test_free_lists.py
     tests/sinks/test_sqlite_rows.py
     tests/fuzz
 )

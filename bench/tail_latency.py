@@ -9,7 +9,9 @@ servers start together and stay up; rounds run each variant once, in rotating
 order, so slow drifts of the machine hit every variant alike. Reported per
 variant, as the median over rounds: requests/s, the server's CPU time per
 request (utime + stime from /proc, so the background pipeline is charged to
-the variant), and wrk's latency percentiles.
+the variant), split into the event loop's thread and the others, wrk's latency
+percentiles, and the server's garbage collections (young, middle, full, and
+the longest, from ``gc.callbacks``).
 
 Two loads:
 
@@ -40,23 +42,54 @@ import sys
 import tempfile
 import textwrap
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 APP = textwrap.dedent(
     """
+    import gc
     import os
+    import time
 
     from starlette.applications import Starlette
-    from starlette.responses import PlainTextResponse
+    from starlette.responses import JSONResponse, PlainTextResponse
     from starlette.routing import Route
+
+    # Garbage collections in the server (any thread): per generation, count,
+    # seconds and the longest, read and reset by the bench after each round.
+    collections = [[0, 0.0, 0.0] for _ in range(3)]
+    started = [0.0]
+
+
+    def watch(phase, info):
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        seconds = time.perf_counter() - started[0]
+        entry = collections[info["generation"]]
+        entry[0] += 1
+        entry[1] += seconds
+        entry[2] = max(entry[2], seconds)
+
+
+    gc.callbacks.append(watch)
 
 
     async def item(request):
         return PlainTextResponse("ok")
 
 
-    app = Starlette(routes=[Route("/items/{item_id}", item)])
+    async def read_collections(request):
+        data = [list(entry) for entry in collections]
+        for entry in collections:
+            entry[:] = [0, 0.0, 0.0]
+        return JSONResponse(data)
+
+
+    app = Starlette(
+        routes=[Route("/items/{item_id}", item), Route("/_bench/collections", read_collections)]
+    )
     variant = os.environ["BENCH_VARIANT"]
     if variant == "aegis":
         from aegis_mw import AegisMiddleware
@@ -99,10 +132,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (all its threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """utime + stime of one process (all its threads), or of one of its threads,
+    in seconds."""
+    where = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    fields = Path(where).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def read_collections(port: int) -> list[list[float]]:
+    """The server's garbage collections since the last read: per generation,
+    [count, seconds, longest]; the read resets them."""
+    url = f"http://127.0.0.1:{port}/_bench/collections"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
 
 
 def wait_ready(port: int, deadline: float) -> None:
@@ -167,12 +210,18 @@ def measure(
         order = names[round_index % len(names) :] + names[: round_index % len(names)]
         for name in order:
             server, port = servers[name]
+            read_collections(port)
             before = cpu_seconds(server.pid)
+            # The server's main thread runs the event loop (and the request
+            # path); the rest of its CPU is in other threads (the pipeline's).
+            loop_before = cpu_seconds(server.pid, server.pid)
             summary = run_wrk(port, seconds, connections, delay_ms, script)
             # The pipeline's work for the last requests lands within a flush
             # interval: wait it out so the round is charged for all of it.
             time.sleep(1.5)
             cpu = cpu_seconds(server.pid) - before
+            loop_cpu = cpu_seconds(server.pid, server.pid) - loop_before
+            collected = read_collections(port)
             requests = summary["requests"]
             if summary["errors"] or summary["non2xx"]:
                 raise SystemExit(f"{name}: wrk saw errors: {summary}")
@@ -180,6 +229,11 @@ def measure(
                 {
                     "rps": requests / (summary["duration_us"] / 1e6),
                     "cpu_us": cpu / requests * 1e6,
+                    "loop_cpu_us": loop_cpu / requests * 1e6,
+                    "young_gcs": collected[0][0],
+                    "middle_gcs": collected[1][0],
+                    "full_gcs": collected[2][0],
+                    "longest_gc_ms": max(entry[2] for entry in collected) * 1000,
                     "p50_ms": summary["p50"] / 1000,
                     "p99_ms": summary["p99"] / 1000,
                     "p999_ms": summary["p999"] / 1000,
@@ -194,8 +248,11 @@ def measure(
 
 def format_row(row: dict[str, float]) -> str:
     return (
-        f"{row['rps']:8.0f} req/s  {row['cpu_us']:6.1f} µs CPU/req  p50 {row['p50_ms']:6.2f}  "
-        f"p99 {row['p99_ms']:6.2f}  p99.9 {row['p999_ms']:6.2f}  max {row['max_ms']:7.2f} ms"
+        f"{row['rps']:8.0f} req/s  {row['cpu_us']:6.1f} µs CPU/req "
+        f"({row['loop_cpu_us']:.1f} loop)  p50 {row['p50_ms']:6.2f}  "
+        f"p99 {row['p99_ms']:6.2f}  p99.9 {row['p999_ms']:6.2f}  max {row['max_ms']:7.2f} ms  "
+        f"gc {row['young_gcs']:.0f}/{row['middle_gcs']:.0f}/{row['full_gcs']:.0f} "
+        f"longest {row['longest_gc_ms']:.1f} ms"
     )
 
 
@@ -214,6 +271,14 @@ def summarize(title: str, results: dict[str, list[dict[str, float]]]) -> dict[st
             f"{row['cpu_us'] - bare['cpu_us']:+7.1f} {row['p50_ms']:7.2f} {row['p99_ms']:7.2f} "
             f"{row['p99_ms'] / bare['p99_ms']:6.2f} {row['p999_ms']:9.2f} "
             f"{row['p999_ms'] - bare['p999_ms']:+8.2f}"
+        )
+    print(f"\n{'':20s} {'loop thread':>11s} {'other threads':>13s}   "
+          f"garbage collections per round (young/middle/full, longest)")  # fmt: skip
+    for name, row in medians.items():
+        print(
+            f"{name:20s} {row['loop_cpu_us']:8.1f} µs {row['cpu_us'] - row['loop_cpu_us']:10.1f} µs   "
+            f"{row['young_gcs']:.0f}/{row['middle_gcs']:.0f}/{row['full_gcs']:.0f}, "
+            f"{row['longest_gc_ms']:.1f} ms"
         )
     return {"medians": medians, "rounds": results}
 

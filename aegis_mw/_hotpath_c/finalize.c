@@ -27,7 +27,6 @@ enum { C_COUNT, C_ERRORS, C_RATE_LIMITED, C_SUM, C_MIN, C_MAX, C_REQUEST, C_RESP
 #define FINEST 5.0
 /* Timestamps past this take the Python loop (see bucket_start). */
 #define TIMESTAMP_LIMIT 1e15
-#define RECORD_FIELDS 12
 
 /* The 5-second bucket of a timestamp, as `int(timestamp // 5) * 5` gives it.
  * Python's floor division of floats is the exact floor of the quotient
@@ -242,7 +241,10 @@ record_id(PyObject *prefix, unsigned long long sequence)
 static PyObject *
 new_record(PyTypeObject *record_type, PyObject *fields[RECORD_FIELDS])
 {
-    PyObject *record = record_type->tp_alloc(record_type, RECORD_FIELDS);
+    PyObject *record = aegis_reused_record(record_type);
+    if (record == NULL) {
+        record = record_type->tp_alloc(record_type, RECORD_FIELDS);
+    }
     for (Py_ssize_t position = 0; position < RECORD_FIELDS; position++) {
         if (record != NULL) {
             PyTuple_SET_ITEM(record, position, fields[position]);

@@ -259,8 +259,17 @@ int aegis_item_count_chunks(ItemObject *item, Py_ssize_t index, PyObject *chunks
 void aegis_untrack_if_atomic(ItemObject *item);
 PyObject *aegis_item_from_fields(PyObject *module, PyObject *fields);
 
-/* finalize.c */
+/* finalize.c: a RequestRecord's field count (aegis_mw/core/record.py). */
+#define RECORD_FIELDS 12
 PyObject *aegis_finalize_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
+/* free_lists.c */
+ItemObject *aegis_reused_item(void);
+int aegis_keep_item(ItemObject *item);
+PyObject *aegis_reused_record(PyTypeObject *type);
+PyObject *aegis_reuse_records(PyObject *module, PyObject *type);
+PyObject *aegis_free_list_sizes(PyObject *module, PyObject *unused);
+PyObject *aegis_clear_free_lists(PyObject *module, PyObject *unused);
 
 /* fold.c */
 PyObject *aegis_fold_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

@@ -116,9 +116,12 @@ aegis_item_zero_bytes(ItemObject *item, Py_ssize_t index)
 ItemObject *
 aegis_new_item(PyObject *method, PyObject *request_path, PyObject *client)
 {
-    ItemObject *item = PyObject_GC_New(ItemObject, &AegisItemType);
+    ItemObject *item = aegis_reused_item();  /* see free_lists.c */
     if (item == NULL) {
-        return NULL;
+        item = PyObject_GC_New(ItemObject, &AegisItemType);
+        if (item == NULL) {
+            return NULL;
+        }
     }
     item->method = Py_NewRef(method);
     item->route = NULL;
@@ -248,7 +251,9 @@ item_dealloc(ItemObject *self)
 {
     PyObject_GC_UnTrack(self);
     item_clear(self);
-    PyObject_GC_Del(self);
+    if (!aegis_keep_item(self)) {
+        PyObject_GC_Del(self);
+    }
 }
 
 static Py_ssize_t

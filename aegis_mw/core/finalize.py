@@ -117,6 +117,11 @@ class Finalizer:
         #: the clean compiled items and leaves the rest to the Python loop.
         self._compiled = None if compiled is None else compiled.finalize_items
         self._item_type: type | None = None if compiled is None else compiled.HttpItem
+        if compiled is not None:
+            # Records freed after the sink's write are kept for the loop to
+            # reuse, so thousands waiting for the sink do not set off the
+            # garbage collector (see _hotpath_c/free_lists.c).
+            compiled.reuse_records(RequestRecord)
         # Its progress: index, sequence, sampled out, rolled up, invalid.
         self._progress = array("q", bytes(8 * 5))
 

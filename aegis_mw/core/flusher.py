@@ -24,6 +24,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 
+from . import gil_slices
 from .finalize import Finalizer
 from .flush_cycle import FlushCycle
 from .recorder import Recorder
@@ -53,6 +54,7 @@ def _release(wake: threading.Lock) -> None:
 
 def _worker(ref: weakref.ReferenceType[Flusher]) -> None:
     """The flusher thread. Holds the flusher strongly only while it works."""
+    gil_slices.lower_thread_priority()
     while True:
         flusher = ref()
         if flusher is None:

@@ -25,6 +25,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+from . import gil_slices
 from .isolation import Isolation
 from .record import Batch, RequestRecord
 from .refusals import RefusalHandling, Stored
@@ -58,6 +59,7 @@ def _serve(jobs: queue.SimpleQueue[_Job | None]) -> None:
     It holds the queue, not the runner, so a runner that is dropped (its
     pipeline discarded without shutdown) ends the thread through a finalizer.
     """
+    gil_slices.lower_thread_priority()
     while True:
         job = jobs.get()
         if job is None:

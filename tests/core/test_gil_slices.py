@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -193,3 +194,41 @@ def test_a_force_flush_is_written_without_long_pauses(rig: Callable[..., Aegis])
     assert aegis.force_flush(WAIT) is True
     assert seen and set(seen) == {1.0}
     assert aegis.recorder.fill() == 0.0
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="a thread's own priority is Linux's"
+)
+def test_the_pipelines_threads_run_below_the_apps(
+    make_aegis: Callable[..., Aegis], tmp_path: Path
+) -> None:
+    """The flusher's and the sink's threads run NICENESS levels below the
+    process (the app's threads, this one included, stay where they were)."""
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    aegis = make_aegis(sink=f"sqlite:///{tmp_path}/nice.db")
+    assert aegis.force_flush(timeout=10) is True  # both threads have started
+    threads = [
+        t.native_id
+        for t in threading.enumerate()
+        if t.name == "aegis-flusher" or t.name.startswith("aegis-sink-sqlite:")
+    ]
+    assert len(threads) == 2, [t.name for t in threading.enumerate()]
+    for native_id in threads:
+        assert native_id is not None
+        assert os.getpriority(os.PRIO_PROCESS, native_id) == min(19, own + gil_slices.NICENESS)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+    assert os.getpriority(os.PRIO_PROCESS, os.getpid()) == os.getpriority(
+        os.PRIO_PROCESS, threading.main_thread().native_id or 0
+    )
+
+
+def test_a_refused_priority_change_leaves_the_thread_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(*args: Any) -> None:
+        raise PermissionError("not in this sandbox")
+
+    monkeypatch.setattr(os, "setpriority", refuse)
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    gil_slices.lower_thread_priority()  # no error
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
