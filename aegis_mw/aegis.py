@@ -174,6 +174,7 @@ class Aegis:
                 max_backlog=settings.max_buffer,
                 backoff_initial=settings.retry_backoff_initial,
                 backoff_max=settings.retry_backoff_max,
+                niceness=settings.background_niceness,
             )
             for name, sink in named_sinks
         ]
@@ -190,6 +191,7 @@ class Aegis:
             sink_timeout=settings.sink_timeout,
             shutdown_timeout=settings.shutdown_timeout,
             on_first_records=self._warn_without_lifespan,
+            niceness=settings.background_niceness,
         )
         self.flusher.cycle.retention = Retention(
             settings.retention_raw, horizons(settings.retention_raw, settings.retention_rollups)

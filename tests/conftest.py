@@ -68,27 +68,6 @@ def compiled_module() -> ModuleType:
     return module
 
 
-def fill_free_lists(module: ModuleType) -> None:
-    """Fill the compiled module's free lists of items and records to their bounds
-    (``_hotpath_c/free_lists.c``) with blocks allocated now. They keep up to about
-    3.6 MB, by design; a test measuring the memory requests leave behind fills them
-    after starting tracemalloc, so that neither the lists filling nor their swapping
-    untraced blocks for traced ones counts as growth. Records go to their list once
-    an Aegis with the compiled loops exists (it makes ``RequestRecord`` reusable)."""
-    from aegis_mw.core.record import RequestRecord
-
-    module.clear_free_lists()
-    _, item_limit, _, record_limit = module.free_list_sizes()
-    fields = ["GET", "/a", "/a", 200, 5.0, 5.001, 5.002, 3, 10, ("10.0.0.1", 1), None, "", False]
-    items = [module.item_from_fields(fields) for _ in range(item_limit)]
-    records = [
-        RequestRecord(str(n), 0.0, "GET", "/", "/", 200, 1.0, None, 0, 0, None, "")
-        for n in range(record_limit)
-    ]
-    del items, records
-    assert module.free_list_sizes()[::2] == (item_limit, record_limit)
-
-
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Every ``@pytest.mark.anyio`` test runs on asyncio and on trio."""

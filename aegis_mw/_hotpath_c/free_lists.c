@@ -36,6 +36,27 @@
  * and its type reference dropped by the dealloc, as for any freed object. */
 #include "hotpath.h"
 
+/* Under AddressSanitizer a kept object's memory is marked unusable until it
+ * is handed out again, so a use after free of an item or a record (which the
+ * lists would otherwise hide by recycling the memory) still stops the test. */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define AEGIS_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define AEGIS_ASAN 1
+#endif
+#ifdef AEGIS_ASAN
+#include <sanitizer/asan_interface.h>
+#define HIDE(object, size) ASAN_POISON_MEMORY_REGION((object), (size))
+#define SHOW(object, size) ASAN_UNPOISON_MEMORY_REGION((object), (size))
+#else
+#define HIDE(object, size) ((void)0)
+#define SHOW(object, size) ((void)0)
+#endif
+#define RECORD_SIZE_BYTES (PyTuple_Type.tp_basicsize + RECORD_FIELDS * sizeof(PyObject *))
+
 #define ITEM_FREE_LIMIT 8192
 #define RECORD_FREE_LIMIT 16384
 
@@ -55,6 +76,7 @@ aegis_reused_item(void)
 #ifndef Py_GIL_DISABLED
     if (free_item_count > 0) {
         ItemObject *item = free_items[--free_item_count];
+        SHOW(item, sizeof(ItemObject));
         _Py_NewReference((PyObject *)item);
         return item;
     }
@@ -68,6 +90,7 @@ aegis_keep_item(ItemObject *item)
 #ifndef Py_GIL_DISABLED
     if (free_item_count < ITEM_FREE_LIMIT) {
         free_items[free_item_count++] = item;
+        HIDE(item, sizeof(ItemObject));
         return 1;
     }
 #endif
@@ -82,6 +105,7 @@ record_free(void *memory)
     if (Py_TYPE(record) == record_type && Py_SIZE(record) == RECORD_FIELDS
         && free_record_count < RECORD_FREE_LIMIT) {
         free_records[free_record_count++] = record;
+        HIDE(record, RECORD_SIZE_BYTES);
         return;
     }
 #endif
@@ -94,6 +118,7 @@ aegis_reused_record(PyTypeObject *type)
 #ifndef Py_GIL_DISABLED
     if (type == record_type && free_record_count > 0) {
         PyObject *record = free_records[--free_record_count];
+        SHOW(record, RECORD_SIZE_BYTES);
         Py_INCREF(type);  /* what PyType_GenericAlloc takes for a heap type's instance */
         _Py_NewReference(record);
         return record;
@@ -135,16 +160,34 @@ aegis_reuse_records(PyObject *module, PyObject *type)
     Py_RETURN_TRUE;
 }
 
+/* At the module's initialisation: lists left by an earlier runtime of the
+ * same process (an embedder's Py_Finalize then Py_Initialize) are forgotten,
+ * not reused (their memory belonged to that runtime), and no record type is
+ * reused until the new runtime's RequestRecord asks. */
+void
+aegis_free_lists_init(void)
+{
+#ifndef Py_GIL_DISABLED
+    free_item_count = 0;
+    free_record_count = 0;
+#endif
+    record_type = NULL;
+}
+
 /* clear_free_lists(): free what the lists hold (tests; memory back). */
 PyObject *
 aegis_clear_free_lists(PyObject *module, PyObject *unused)
 {
 #ifndef Py_GIL_DISABLED
     while (free_item_count > 0) {
-        PyObject_GC_Del(free_items[--free_item_count]);
+        ItemObject *item = free_items[--free_item_count];
+        SHOW(item, sizeof(ItemObject));
+        PyObject_GC_Del(item);
     }
     while (free_record_count > 0) {
-        PyObject_GC_Del(free_records[--free_record_count]);
+        PyObject *record = free_records[--free_record_count];
+        SHOW(record, RECORD_SIZE_BYTES);
+        PyObject_GC_Del(record);
     }
 #endif
     Py_RETURN_NONE;

@@ -270,6 +270,7 @@ PyObject *aegis_reused_record(PyTypeObject *type);
 PyObject *aegis_reuse_records(PyObject *module, PyObject *type);
 PyObject *aegis_free_list_sizes(PyObject *module, PyObject *unused);
 PyObject *aegis_clear_free_lists(PyObject *module, PyObject *unused);
+void aegis_free_lists_init(void);
 
 /* fold.c */
 PyObject *aegis_fold_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

@@ -145,6 +145,7 @@ PyInit__hotpath(void)
         || PyType_Ready(&AegisDjangoCloserType) < 0) {
         return NULL;
     }
+    aegis_free_lists_init();
     PyObject *module = PyModule_Create(&hotpath_module);
     if (module == NULL) {
         return NULL;

@@ -54,7 +54,10 @@ def _release(wake: threading.Lock) -> None:
 
 def _worker(ref: weakref.ReferenceType[Flusher]) -> None:
     """The flusher thread. Holds the flusher strongly only while it works."""
-    gil_slices.lower_thread_priority()
+    flusher = ref()
+    if flusher is not None:
+        gil_slices.lower_thread_priority(flusher.niceness)
+    del flusher
     while True:
         flusher = ref()
         if flusher is None:
@@ -89,7 +92,10 @@ class Flusher:
         sink_timeout: float,
         shutdown_timeout: float,
         on_first_records: Callable[[], None] | None = None,
+        niceness: int = gil_slices.NICENESS,
     ) -> None:
+        #: Nice levels its thread runs below the process (gil_slices).
+        self.niceness = niceness
         #: Called in the worker thread after every cycle and after the final
         #: flush (the multi-process metrics snapshot); its failures are logged.
         self.after_cycle: Callable[[], None] | None = None

@@ -66,29 +66,33 @@ HURRIED_PAUSE_SECONDS = 0.0 if sys.platform == "win32" else 0.00005
 #: The share of its bound a backlog holds when the work counts as behind.
 BEHIND = 0.25
 #: How many nice levels below the app's threads the flusher's and the sinks'
-#: threads run (Linux). Under saturating HTTP load (``bench/tail_latency.py``,
-#: beside the same code without it) p99 went from 1.60 to 1.35 times the bare
-#: app's at 5 levels and from 1.56 to 1.35 at 10, CPU the same.
-#: 5 weighs such a thread at a third of a normal one (Linux's nice weights), so
-#: against one busy event loop it still gets about a quarter of the core when
-#: it wants it: well above the tenth the pipeline needs at the loop's full
-#: speed, so it keeps up instead of dropping records. 10 would give it a tenth.
+#: threads run by default (Linux; the ``background_niceness`` option). Under
+#: saturating HTTP load (``bench/tail_latency.py``, beside the same code
+#: without it) p99 went from 1.60 to 1.35 times the bare app's at 5 levels and
+#: from 1.56 to 1.35 at 10, CPU the same. 5 weighs such a thread at a third of
+#: a normal one (Linux's nice weights), so against one busy event loop it still
+#: gets about a quarter of the core when it wants it: well above the tenth the
+#: pipeline needs at the loop's full speed, so it keeps up instead of dropping
+#: records. 10 would give it a tenth.
 NICENESS = 5
 
 
-def lower_thread_priority() -> None:
-    """Lower the calling thread's priority by :data:`NICENESS` nice levels,
-    from where it is (the process's own), on Linux, where each thread has its
-    own; elsewhere a priority is the whole process's, the app's too, and is
-    left alone. A refusal (a sandbox without ``setpriority``) leaves it as it
-    is: the pacing alone still applies."""
-    if not sys.platform.startswith("linux"):
+def lower_thread_priority(niceness: int) -> None:
+    """Run the calling thread ``niceness`` nice levels below the process (its
+    main thread's level), on Linux, where each thread has its own; elsewhere a
+    priority is the whole process's, the app's too, and is left alone. The
+    level is set from the process's, not the thread's own, so a thread started
+    by an already lowered one (a pipeline restarted from its own thread) ends
+    at the same level, not lower still. A refusal (a sandbox without
+    ``setpriority``) leaves it as it is: the pacing alone still applies."""
+    if niceness <= 0 or not sys.platform.startswith("linux"):
         return
     try:
         thread = threading.get_native_id()
-        current = os.getpriority(os.PRIO_PROCESS, thread)
-        os.setpriority(os.PRIO_PROCESS, thread, min(19, current + NICENESS))
-    except OSError:
+        target = min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + niceness)
+        if os.getpriority(os.PRIO_PROCESS, thread) < target:
+            os.setpriority(os.PRIO_PROCESS, thread, target)
+    except (OSError, AttributeError):
         pass
 
 

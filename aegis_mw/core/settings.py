@@ -315,6 +315,9 @@ _RULES: dict[str, _Rule] = {
     "max_path_length": _Rule(_number(int, 16, 65536), "an integer from 16 to 65536", _int_text),
     "max_error_length": _Rule(_number(int, 16, 65536), "an integer from 16 to 65536", _int_text),
     "speedups": _Rule(_boolean, "true or false (1/0, yes/no, on/off in text)", _bool_text),
+    "background_niceness": _Rule(
+        _number(int, 0, 19), "an integer from 0 to 19 (0: the app's priority)", _int_text
+    ),
     "health_cache_seconds": _Rule(
         _number(float, 0, 3600),
         "seconds, from 0 to 3600 (0: run the checks every probe)",
@@ -438,6 +441,9 @@ class AegisSettings:
     #: Use the compiled HTTP request path where it was built; False forces
     #: the pure-Python one (same records, slower).
     speedups: bool = True
+    #: Nice levels the pipeline's threads run below the app's (Linux); 0 keeps
+    #: them at the app's priority.
+    background_niceness: int = 5
     access: Any = field(default=(), repr=False)  # holds secrets: kept out of repr
     #: What opens the JSON API, the dashboard and the stream when they have no
     #: access rule of their own; generated (and kept in access_token_file) if ''.

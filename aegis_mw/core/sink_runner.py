@@ -53,13 +53,13 @@ class SinkTimeout(RuntimeError):
     """A write did not return within ``sink_timeout`` and was abandoned."""
 
 
-def _serve(jobs: queue.SimpleQueue[_Job | None]) -> None:
+def _serve(jobs: queue.SimpleQueue[_Job | None], niceness: int) -> None:
     """A sink's I/O thread: runs calls until it is handed ``None``.
 
     It holds the queue, not the runner, so a runner that is dropped (its
     pipeline discarded without shutdown) ends the thread through a finalizer.
     """
-    gil_slices.lower_thread_priority()
+    gil_slices.lower_thread_priority(niceness)
     while True:
         job = jobs.get()
         if job is None:
@@ -91,8 +91,11 @@ class SinkRunner(RefusalHandling):
         max_backlog: int,
         backoff_initial: float,
         backoff_max: float,
+        niceness: int = gil_slices.NICENESS,
     ) -> None:
         self.sink = sink
+        #: Nice levels its thread runs below the process (gil_slices).
+        self.niceness = niceness
         self.name = name
         self.max_backlog = max_backlog
         self.backoff_initial = backoff_initial
@@ -142,7 +145,10 @@ class SinkRunner(RefusalHandling):
         if self._thread is None:
             jobs = self._jobs
             self._thread = threading.Thread(
-                target=_serve, args=(jobs,), name=f"aegis-sink-{self.name}", daemon=True
+                target=_serve,
+                args=(jobs, self.niceness),
+                name=f"aegis-sink-{self.name}",
+                daemon=True,
             )
             self._thread.start()
             # Not at exit: the final flush still needs this thread then.

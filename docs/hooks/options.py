@@ -59,6 +59,13 @@ DESCRIPTIONS: dict[str, str] = {
         "Use the compiled request path where it was built; `false` runs the pure-Python one "
         "(same records, slower). [How it works](how-it-works.md#compiled-where-it-can-be)."
     ),
+    "background_niceness": (
+        "Linux: how many nice levels below the app the flusher's and the sinks' threads run, "
+        "so background work waits for the event loop's idle moments instead of preempting it; "
+        "`0` keeps them at the app's priority. Threads and processes started from those "
+        "threads (by a sink of yours, say) inherit the level "
+        "([How it works](how-it-works.md#the-flusher))."
+    ),
     "access": "Rules per route group ([Access control](access-control.md)).",
     "access_token": (
         "The app's access token, accepted by the `api`, `dashboard` and `websocket` groups "

@@ -44,7 +44,7 @@ from tests.asgi.test_compiled import (  # noqa: E402
     init_arguments,
     retained_memory,
 )
-from tests.conftest import compiled_module, fill_free_lists  # noqa: E402
+from tests.conftest import compiled_module  # noqa: E402
 from tests.contrib.django_project.urls import SERVED_FILE  # noqa: E402
 from tests.core.faulty_sinks import frozen  # noqa: E402
 from tests.harness import SAME_BUILD  # noqa: E402
@@ -579,8 +579,6 @@ def test_no_memory_is_kept_per_request(
         burst(1400)
         tracemalloc.start()
         try:
-            # full, of blocks traced: what they swap later is not growth
-            fill_free_lists(compiled_module())
             burst(700)
             baseline = retained_memory()
             burst(10500)

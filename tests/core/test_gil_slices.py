@@ -196,30 +196,71 @@ def test_a_force_flush_is_written_without_long_pauses(rig: Callable[..., Aegis])
     assert aegis.recorder.fill() == 0.0
 
 
-@pytest.mark.skipif(
+LINUX_ONLY = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="a thread's own priority is Linux's"
 )
+
+
+def priority(native_id: int | None) -> int:
+    assert native_id is not None
+    return os.getpriority(os.PRIO_PROCESS, native_id)
+
+
+def pipeline_threads(aegis: Aegis) -> list[threading.Thread]:
+    threads = [aegis.flusher._thread] + [runner._thread for runner in aegis.flusher.runners]
+    return [thread for thread in threads if thread is not None]
+
+
+@LINUX_ONLY
 def test_the_pipelines_threads_run_below_the_apps(
     make_aegis: Callable[..., Aegis], tmp_path: Path
 ) -> None:
     """The flusher's and the sink's threads run NICENESS levels below the
-    process (the app's threads, this one included, stay where they were)."""
-    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    process; the app's threads (this one) and the process stay where they were."""
+    own = priority(threading.get_native_id())
+    process = os.getpriority(os.PRIO_PROCESS, os.getpid())
     aegis = make_aegis(sink=f"sqlite:///{tmp_path}/nice.db")
-    assert aegis.force_flush(timeout=10) is True  # both threads have started
-    threads = [
-        t.native_id
-        for t in threading.enumerate()
-        if t.name == "aegis-flusher" or t.name.startswith("aegis-sink-sqlite:")
-    ]
-    assert len(threads) == 2, [t.name for t in threading.enumerate()]
-    for native_id in threads:
-        assert native_id is not None
-        assert os.getpriority(os.PRIO_PROCESS, native_id) == min(19, own + gil_slices.NICENESS)
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
-    assert os.getpriority(os.PRIO_PROCESS, os.getpid()) == os.getpriority(
-        os.PRIO_PROCESS, threading.main_thread().native_id or 0
-    )
+    # Each thread lowers itself first thing; a flush has run on both since.
+    assert aegis.force_flush(timeout=10) is True
+    threads = pipeline_threads(aegis)
+    assert len(threads) == 2
+    expected = min(19, process + gil_slices.NICENESS)
+    assert [priority(thread.native_id) for thread in threads] == [expected] * 2
+    assert priority(threading.get_native_id()) == own
+    assert os.getpriority(os.PRIO_PROCESS, os.getpid()) == process
+
+
+@LINUX_ONLY
+def test_background_niceness_0_keeps_the_apps_priority(
+    make_aegis: Callable[..., Aegis], tmp_path: Path
+) -> None:
+    process = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    aegis = make_aegis(sink=f"sqlite:///{tmp_path}/nice.db", background_niceness=0)
+    assert aegis.force_flush(timeout=10) is True
+    threads = pipeline_threads(aegis)
+    assert [priority(thread.native_id) for thread in threads] == [process] * 2
+
+
+@LINUX_ONLY
+def test_a_thread_started_by_a_lowered_one_is_lowered_once() -> None:
+    """A pipeline restarted from its own thread starts its threads from a
+    lowered one (a new thread inherits its creator's level): they end at the
+    same level, never lower still."""
+    process = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    levels: list[int] = []
+
+    def lowered(depth: int) -> None:
+        gil_slices.lower_thread_priority(5)
+        levels.append(priority(threading.get_native_id()))
+        if depth:
+            child = threading.Thread(target=lowered, args=(depth - 1,))
+            child.start()
+            child.join()
+
+    thread = threading.Thread(target=lowered, args=(2,))
+    thread.start()
+    thread.join()
+    assert levels == [min(19, process + 5)] * 3
 
 
 def test_a_refused_priority_change_leaves_the_thread_as_it_was(
@@ -229,6 +270,13 @@ def test_a_refused_priority_change_leaves_the_thread_as_it_was(
         raise PermissionError("not in this sandbox")
 
     monkeypatch.setattr(os, "setpriority", refuse)
-    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    gil_slices.lower_thread_priority()  # no error
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+    levels: list[int] = []
+
+    def lowered() -> None:
+        gil_slices.lower_thread_priority(5)  # no error
+        levels.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    thread = threading.Thread(target=lowered)
+    thread.start()
+    thread.join()
+    assert levels == [os.getpriority(os.PRIO_PROCESS, os.getpid())]

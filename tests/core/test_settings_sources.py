@@ -154,6 +154,7 @@ LEVELS: dict[str, tuple[Any, str, Any, Any, Any]] = {
     "max_path_length": (100, "200", 200, 300, 300),
     "max_error_length": (100, "200", 200, 300, 300),
     "speedups": (False, "true", True, False, False),
+    "background_niceness": (1, "2", 2, 3, 3),
     "health_cache_seconds": (1, "2", 2.0, 3, 3.0),
     "liveness_max_loop_lag": (1, "2", 2.0, 3, 3.0),
     "read_timeout": (1, "2", 2.0, 3, 3.0),

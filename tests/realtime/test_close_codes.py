@@ -72,6 +72,12 @@ def test_a_hundred_close_codes_make_a_bounded_number_of_series(tmp_path: Path) -
             time.sleep(0.1)  # polling a condition with a deadline: the flusher folds them
             series, exposition = sessions_on_metrics(server.url)
         realtime = httpx.get(f"{server.url}/api/metrics/realtime", timeout=TIMEOUT).json()
+        # The sink writes what the flusher folded a moment later, in its own
+        # thread; the server is killed on the way out, so wait for the rows.
+        stored = stored_close_codes(database)
+        while len(stored) < len(CODES) and time.monotonic() < deadline:
+            time.sleep(0.1)  # polling a condition with a deadline: the sink writes them
+            stored = stored_close_codes(database)
     expected = {"1000", "1001", "1003", "1007", "1008", "1009", "1010", "1011", "3xxx", "4xxx"}
     assert set(series) == expected
     assert series["3xxx"] == series["4xxx"] == 46
@@ -79,11 +85,18 @@ def test_a_hundred_close_codes_make_a_bounded_number_of_series(tmp_path: Path) -
     assert sum(series.values()) == realtime["data"]["websocket_sessions_total"] == 100
     promtool_checks(exposition)
     # Each stored session keeps the code its client sent.
-    with sqlite3.connect(database) as connection:
-        stored = [
-            row[0] for row in connection.execute("SELECT close_code FROM aegis_websocket_sessions")
-        ]
     assert sorted(stored) == CODES
+
+
+def stored_close_codes(database: Path) -> list[int]:
+    connection = sqlite3.connect(database)
+    try:
+        query = "SELECT close_code FROM aegis_websocket_sessions"
+        return [row[0] for row in connection.execute(query)]
+    except sqlite3.OperationalError:  # the table is created with the first write
+        return []
+    finally:
+        connection.close()
 
 
 def test_workers_merged_at_scrape_keep_the_bounded_labels(

@@ -36,7 +36,7 @@ from aegis_mw.wsgi import AegisWSGIMiddleware, routing
 from aegis_mw.wsgi import middleware as wsgi_middleware
 from aegis_mw.wsgi.routing import ObjectRouteReader
 from tests.asgi.test_compiled import FailingClock, init_arguments, retained_memory
-from tests.conftest import compiled_module, fill_free_lists
+from tests.conftest import compiled_module
 from tests.core.faulty_sinks import frozen
 from tests.harness import SAME_BUILD
 
@@ -1714,8 +1714,6 @@ def test_no_memory_is_kept_per_request(make_aegis: Callable[..., Aegis]) -> None
     burst(4800)  # warm every cache first
     tracemalloc.start()
     try:
-        # full, of blocks traced: what they swap later is not growth
-        fill_free_lists(compiled_module())
         burst(1200)
         baseline = retained_memory()
         burst(20400)
