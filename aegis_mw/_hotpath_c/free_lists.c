@@ -6,11 +6,11 @@
  * garbage-collected objects exceed deallocations by 700 (gc threshold 0).
  * A bare ASGI app frees what a request allocates before the next requests
  * come, so its count hovers and it almost never collects. Our items and
- * records live on for milliseconds to a second, so at 30,000 requests/s the
- * count crossed the threshold about 40 times a second: measured in a uvicorn
- * server under wrk, 270 young collections in 6 s, and, because each promotes
- * the app's objects that happen to be alive at that moment, two full
- * collections of 14-16 ms that became the server's p99.9. Taken from and
+ * records live on for milliseconds to a second, so at 29,000 requests/s the
+ * count crossed the threshold about 45 times a second: measured in a uvicorn
+ * server under wrk, 266 to 273 young collections in 6 s, and, because each
+ * promotes the app's objects that happen to be alive at that moment, two full
+ * collections of 13.7 to 15.7 ms that became the server's p99.9. Taken from and
  * returned to these lists, items and records are neither counted as
  * allocations nor as deallocations (as CPython's own tuple free list works),
  * and the same load runs with the bare app's 1-3 collections.
@@ -20,10 +20,10 @@
  * a batch of records being finalized while the sink writes the one before):
  * with smaller lists, a paced load at 15,000 requests/s still started twice
  * the bare app's collections. What they hold is memory the process keeps
- * after its busiest moment: at most about 1.2 MB of items (152 bytes each)
- * and 2.4 MB of records (144 bytes each). Every
- * use is under the GIL: the request path, the flusher and the sink thread all
- * hold it when they create or free these objects. A build without the GIL
+ * after its busiest moment: at most about 1.3 MB of items (152 bytes each,
+ * 160 in the allocator) and 2.4 MB of records (144 bytes each). Every use is
+ * under the GIL: the request path, the flusher and the sink thread all hold
+ * it when they create or free these objects. A build without the GIL
  * (Py_GIL_DISABLED) keeps no lists.
  *
  * Records are instances of aegis_mw.core.record.RequestRecord, a Python

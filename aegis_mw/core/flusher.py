@@ -52,12 +52,9 @@ def _release(wake: threading.Lock) -> None:
         pass
 
 
-def _worker(ref: weakref.ReferenceType[Flusher]) -> None:
+def _worker(ref: weakref.ReferenceType[Flusher], niceness: int) -> None:
     """The flusher thread. Holds the flusher strongly only while it works."""
-    flusher = ref()
-    if flusher is not None:
-        gil_slices.lower_thread_priority(flusher.niceness)
-    del flusher
+    gil_slices.lower_thread_priority(niceness)
     while True:
         flusher = ref()
         if flusher is None:
@@ -159,7 +156,7 @@ class Flusher:
         wake = self.recorder.wake
         ref = weakref.ref(self, lambda _: _release(wake))
         self._thread = threading.Thread(
-            target=_worker, args=(ref,), name="aegis-flusher", daemon=True
+            target=_worker, args=(ref, self.niceness), name="aegis-flusher", daemon=True
         )
         self._thread.start()
 
