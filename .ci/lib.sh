@@ -13,11 +13,12 @@ COMPILED_TESTS=(
     tests/core/test_compiled_fold.py
     tests/core/test_free_lists.py
     tests/sinks/test_sqlite_rows.py
+    tests/sinks/test_postgres_copy.py
     tests/fuzz
 )
 # What those tests import, beyond the package itself: a venv with only these
 # installs in about 30 s where '.[dev]' takes about 75 s.
-COMPILED_TEST_DEPS=(pytest pytest-timeout hypothesis django gunicorn 'anyio[trio]')
+COMPILED_TEST_DEPS=(pytest pytest-timeout hypothesis django gunicorn 'anyio[trio]' 'psycopg[binary,pool]')
 
 # Where the jobs build and keep their venvs and logs (ignored by git: build/).
 CI_BUILD=build/ci

@@ -142,7 +142,7 @@ class Aegis:
         # are used where the compiled request paths would be.
         compiled = speedups.load() if settings.speedups else None
         self.aggregates = RealtimeAggregates(routes, settings.metrics_buckets, compiled)
-        for sink in self.sinks:  # the SQLite sink binds its rows with it
+        for sink in self.sinks:  # SQLite binds rows, PostgreSQL formats COPY rows with it
             use_compiled = getattr(sink, "use_compiled", None)
             if use_compiled is not None:
                 use_compiled(compiled)

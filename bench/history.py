@@ -226,7 +226,14 @@ class Databases:
         return f"sqlite:///{os.path.join(self.directory, purpose + '.db')}"
 
     def open(self, purpose: str) -> dict[str, Any]:
-        """One fresh sink per backend, by label."""
+        """One fresh sink per backend, by label, set up as ``Aegis`` sets it up
+        where the pipeline is behind: offered the compiled module (the
+        SQLite rows bound, the PostgreSQL COPY rows formatted in C where it
+        was built), and paced as when its backlog is full, so its pauses
+        are the short ones (a pipeline that keeps up takes at most a fifth of
+        a core on purpose, see core.gil_slices; what it can sustain is
+        its speed when behind)."""
+        from aegis_mw import speedups
         from aegis_mw.sinks.sqlite import SQLiteSink
 
         sinks: dict[str, Any] = {
@@ -236,6 +243,11 @@ class Databases:
             from aegis_mw.sinks.postgres import PostgresSink
 
             sinks["PostgreSQL"] = PostgresSink(self.postgres_spec(purpose))
+        compiled = speedups.load()
+        for sink in sinks.values():
+            if hasattr(sink, "use_compiled"):  # an older tree's PostgresSink has none
+                sink.use_compiled(compiled)
+            sink.pace_by(lambda: 1.0)
         self.sinks.extend(sinks.values())
         return sinks
 

@@ -276,6 +276,9 @@ void aegis_free_lists_init(void);
 PyObject *aegis_fold_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *aegis_fold_layout(void);
 
+/* pg_copy.c */
+PyObject *aegis_pg_copy_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
 /* sqlite_rows.c */
 PyObject *aegis_sqlite_rows_init(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *aegis_sqlite_filename(PyObject *module, PyObject *connection);

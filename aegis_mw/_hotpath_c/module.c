@@ -24,6 +24,8 @@ static PyMethodDef module_methods[] = {
      "Find SQLite's C functions in the library the sqlite3 module uses (aegis_mw.sinks.sqlite_rows)."},
     {"sqlite_filename", aegis_sqlite_filename, METH_O,
      "The main database file of an sqlite3.Connection, read through its handle."},
+    {"pg_copy_rows", (PyCFunction)(void (*)(void))aegis_pg_copy_rows, METH_FASTCALL,
+     "Records in PostgreSQL's binary COPY tuple format (aegis_mw.sinks.postgres_copy)."},
     {"sqlite_insert_rows", (PyCFunction)(void (*)(void))aegis_sqlite_insert_rows, METH_FASTCALL,
      "Insert records through an sqlite3.Connection's handle, the GIL released (aegis_mw.sinks.sqlite_rows)."},
     {"reuse_records", aegis_reuse_records, METH_O,

@@ -2,13 +2,14 @@
 
 One write connection, opened by the thread that writes (the sink's own
 thread; a new one after a fork, a restart or a broken connection). Each
-batch is one transaction: records are COPYed (binary) straight into their
-table, in a savepoint; when a record is already there (a retried batch
-whose first write did commit) the savepoint is rolled back and the batch
-goes through a per-connection staging table and one ``INSERT ... SELECT ...
-ON CONFLICT DO NOTHING`` instead, so it is stored once either way while a
-new batch pays for one COPY only. Then the batch's rollup delta is added,
-once per delta id.
+batch is one transaction. Its id goes into ``aegis_batches`` first: when it
+is there already (a retried batch whose first write did commit), its records
+are skipped whole. Requests are then COPYed (binary) straight into their
+table, which has no key to check (schema version 4). Sessions are COPYed in
+a savepoint; when one is already there (a batch built by hand, without an
+id, written twice) the savepoint is rolled back and they go through a
+per-connection staging table and one ``INSERT ... SELECT ... ON CONFLICT DO
+NOTHING`` instead. Then the batch's rollup delta is added, once per delta id.
 Reads borrow connections from a small pool (see :mod:`.postgres_read`).
 
 Example::
@@ -22,6 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from types import ModuleType
 from typing import Any, NamedTuple
 
 try:
@@ -38,15 +40,14 @@ from ..core.record import Batch
 from ..core.rollup import LEVELS, RollupDelta, encode_histogram_array, expand
 from ..core.rollup import parameter_rows as rollup_parameters
 from ..core.sink import RecordRejected
-from . import history_sql
+from . import history_sql, postgres_copy
 from .postgres_read import PostgresReader
 from .postgres_schema import (
     COPY_REQUESTS,
     COPY_SESSIONS,
-    COPY_STAGED_REQUESTS,
     COPY_STAGED_SESSIONS,
     CREATE_STAGING,
-    INSERT_REQUESTS,
+    INSERT_BATCH,
     INSERT_SESSIONS,
     REQUEST_TYPES,
     SESSION_TYPES,
@@ -109,6 +110,18 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         # forked child closing its copy would end the parent's session.
         self._left_behind: list[psycopg.Connection[Any]] = []
         self._reader: PostgresReader = PostgresReader(url, self.connect_kwargs, self.name)
+        # The compiled module offered by use_compiled, and whether it formats
+        # COPY rows on the write connection (see postgres_copy), checked once
+        # per connection, by the thread that writes.
+        self._compiled: ModuleType | None = None
+        self._copier: ModuleType | None = None
+        self._copier_checked_for: psycopg.Connection[Any] | None = None
+
+    def use_compiled(self, module: ModuleType | None) -> None:
+        """Let the compiled module format COPY rows (``Aegis`` offers it where
+        the compiled request paths are used); None: psycopg formats them."""
+        self._compiled = module
+        self._copier_checked_for = None
 
     def _connect(self) -> psycopg.Connection[Any]:
         owner = (os.getpid(), threading.get_ident())
@@ -137,12 +150,23 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         finds that record and stores the others."""
         connection = self._connect()
         try:
+            if self._copier_checked_for is not connection:
+                self._copier = postgres_copy.compiled_copy(
+                    connection, self._compiled, REQUEST_TYPES + SESSION_TYPES
+                )
+                self._copier_checked_for = connection
             slices = Slices(backlog=self._backlog)  # this write's thread
             with connection.transaction(), connection.cursor() as cursor:
-                if batch.requests:
-                    _store(cursor, REQUEST_STEPS, batch.requests, slices)
-                if batch.sessions:
-                    _store(cursor, SESSION_STEPS, batch.sessions, slices)
+                # No row for the id: a retry of a write that did commit.
+                if (batch.requests or batch.sessions) and (
+                    not batch.batch_id
+                    or cursor.execute(INSERT_BATCH, (batch.batch_id, time.time())).rowcount
+                ):
+                    if batch.requests:
+                        _copy(cursor, COPY_REQUESTS, REQUEST_STEPS, batch.requests,
+                              self._copier, slices)  # fmt: skip
+                    if batch.sessions:
+                        _store(cursor, SESSION_STEPS, batch.sessions, self._copier, slices)
                 if batch.rollups is not None and batch.rollups.cells:
                     _add_rollups(cursor, batch.rollups, slices)
         except psycopg.errors.UniqueViolation:
@@ -174,6 +198,7 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
             (_DELETE_REQUESTS, {"before": raw_before, "limit": limit}),
             (_DELETE_SESSIONS, {"before": raw_before, "limit": limit}),
             (_DELETE_DELTAS, {"before": time.time() - DELTA_ID_KEEP_SECONDS, "limit": limit}),
+            (_DELETE_BATCHES, {"before": time.time() - DELTA_ID_KEEP_SECONDS, "limit": limit}),
         ]
         for level in LEVELS:
             if level in rollups_before:
@@ -222,47 +247,49 @@ class _Steps(NamedTuple):
     copy_staged: str
     insert_staged: str
     types: Sequence[str]
+    kinds: bytes
 
 
-REQUEST_STEPS = _Steps(COPY_REQUESTS, COPY_STAGED_REQUESTS, INSERT_REQUESTS, REQUEST_TYPES)
-SESSION_STEPS = _Steps(COPY_SESSIONS, COPY_STAGED_SESSIONS, INSERT_SESSIONS, SESSION_TYPES)
+#: Requests have no staging: their table has no key (idempotent per batch).
+REQUEST_STEPS = _Steps(
+    COPY_REQUESTS, "", "", REQUEST_TYPES, postgres_copy.kinds_of(REQUEST_TYPES)
+)  # fmt: skip
+SESSION_STEPS = _Steps(
+    COPY_SESSIONS, COPY_STAGED_SESSIONS, INSERT_SESSIONS, SESSION_TYPES,
+    postgres_copy.kinds_of(SESSION_TYPES),
+)  # fmt: skip
 
 
 def _store(
-    cursor: psycopg.Cursor[Any], steps: _Steps, rows: Sequence[tuple[Any, ...]], slices: Slices
+    cursor: psycopg.Cursor[Any],
+    steps: _Steps,
+    rows: Sequence[tuple[Any, ...]],
+    compiled: ModuleType | None,
+    slices: Slices,
 ) -> None:
     """Rows into their table, each stored once, in the caller's transaction."""
     try:
         with cursor.connection.transaction():  # a savepoint
-            _copy(cursor, steps.copy, steps.types, rows, slices)
+            _copy(cursor, steps.copy, steps, rows, compiled, slices)
         return
     except psycopg.errors.UniqueViolation:
         pass  # some are stored already: add the others, skipping those
-    _copy(cursor, steps.copy_staged, steps.types, rows, slices)
+    _copy(cursor, steps.copy_staged, steps, rows, compiled, slices)
     cursor.execute(steps.insert_staged)
-
-
-#: Rows formatted for COPY between two checks of the writing thread's GIL
-#: slice: formatting holds the GIL, and psycopg lets it go only when it sends
-#: a full buffer (see core.gil_slices).
-COPY_STEP = 64
 
 
 def _copy(
     cursor: psycopg.Cursor[Any],
     sql: str,
-    types: Sequence[str],
+    steps: _Steps,
     rows: Sequence[tuple[Any, ...]],
+    compiled: ModuleType | None,
     slices: Slices,
 ) -> None:
     slices.begin()  # the round trips before it were no work of ours
     with cursor.copy(sql) as copy:
-        copy.set_types(types)
-        write_row = copy.write_row
-        for first in range(0, len(rows), COPY_STEP):
-            for row in rows[first : first + COPY_STEP]:
-                write_row(row)
-            slices.check()
+        copy.set_types(steps.types)
+        postgres_copy.write_rows(copy, rows, steps.kinds, compiled, slices)
 
 
 def _add_rollups(cursor: psycopg.Cursor[Any], delta: RollupDelta, slices: Slices) -> None:
@@ -304,6 +331,10 @@ _DELETE_DELTAS = (
     "DELETE FROM aegis_rollup_deltas WHERE applied_at < %(before)s::float8 AND ctid = ANY(ARRAY("
     "SELECT ctid FROM aegis_rollup_deltas WHERE applied_at < %(before)s::float8 "
     "LIMIT %(limit)s))"
+)
+_DELETE_BATCHES = (
+    "DELETE FROM aegis_batches WHERE applied_at < %(before)s::float8 AND ctid = ANY(ARRAY("
+    "SELECT ctid FROM aegis_batches WHERE applied_at < %(before)s::float8 LIMIT %(limit)s))"
 )
 # Buckets are whole seconds: bucket < h exactly when bucket < ceil(h), and an
 # integer bound keeps the comparison on the primary key's index.

@@ -168,6 +168,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # request log filtered by route now walks the timestamp index instead.
         "DROP INDEX IF EXISTS aegis_requests_route",
     ),
+    (
+        # The request log without its primary key: idempotency per batch
+        # instead of per row (see Batch.batch_id), as SQLite's version 4. Each
+        # row's entry in an index of random text ids cost the server about a
+        # microsecond, more as the table grew. The rows stay where they are.
+        "ALTER TABLE aegis_requests DROP CONSTRAINT IF EXISTS aegis_requests_pkey",
+        # Ids of the batches stored: a retried batch is stored once.
+        """
+        CREATE TABLE aegis_batches (
+            batch_id text COLLATE "C" PRIMARY KEY,
+            applied_at double precision NOT NULL
+        )
+        """,
+        "CREATE INDEX aegis_batches_applied_at ON aegis_batches (applied_at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -191,10 +206,6 @@ _TIMESCALE = (
     "chunk_time_interval => 86400000000, time_partitioning_func => 'aegis_unix_micros')",
 )
 
-INSERT_REQUESTS = (
-    f"INSERT INTO aegis_requests ({', '.join(REQUEST_COLUMNS)}) "
-    f"SELECT {', '.join(REQUEST_COLUMNS)} FROM aegis_stage_requests ON CONFLICT DO NOTHING"
-)
 INSERT_SESSIONS = (
     f"INSERT INTO aegis_websocket_sessions ({', '.join(SESSION_COLUMNS)}) "
     f"SELECT {', '.join(SESSION_COLUMNS)} FROM aegis_stage_sessions ON CONFLICT DO NOTHING"
@@ -202,9 +213,6 @@ INSERT_SESSIONS = (
 COPY_REQUESTS = f"COPY aegis_requests ({', '.join(REQUEST_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 COPY_SESSIONS = (
     f"COPY aegis_websocket_sessions ({', '.join(SESSION_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-)
-COPY_STAGED_REQUESTS = (
-    f"COPY aegis_stage_requests ({', '.join(REQUEST_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 )
 COPY_STAGED_SESSIONS = (
     f"COPY aegis_stage_sessions ({', '.join(SESSION_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
@@ -218,15 +226,18 @@ SESSION_TYPES = (
     "text", "float8", "text", "text", "float8", "int8", "int8", "int4", "bool", "text", "text",
 )  # fmt: skip
 
-#: Per-connection staging tables for a batch some of whose records are
-#: stored already (a retry). Emptied at every commit: a batch
-#: never sees the rows of the one before, and nothing is left to clean up.
-#: They have no indexes, so COPY into them costs only the rows.
+#: A per-connection staging table for sessions some of which are stored
+#: already (a batch built by hand, without a batch id, written twice).
+#: Emptied at every commit: a batch never sees the rows of the one before,
+#: and nothing is left to clean up. It has no indexes, so COPY into it costs
+#: only the rows.
 CREATE_STAGING = (
-    "CREATE TEMPORARY TABLE IF NOT EXISTS aegis_stage_requests "
-    "(LIKE aegis_requests) ON COMMIT DELETE ROWS",
     "CREATE TEMPORARY TABLE IF NOT EXISTS aegis_stage_sessions "
     "(LIKE aegis_websocket_sessions) ON COMMIT DELETE ROWS",
+)
+#: A batch's id, stored once: no row inserted means a retry of a batch stored already.
+INSERT_BATCH = (
+    "INSERT INTO aegis_batches (batch_id, applied_at) VALUES (%s, %s) ON CONFLICT DO NOTHING"
 )
 
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 import aegis_mw.core.sink_runner as sink_runner_module
 from aegis_mw import Aegis
+from aegis_mw.core.history import RequestQuery
 from aegis_mw.core.record import Batch
+from aegis_mw.core.rollup import LEVELS
 from aegis_mw.sinks.sqlite import SQLiteSink
 from tests.core.conftest import QUIET
 from tests.core.faulty_sinks import (
@@ -29,6 +33,7 @@ from tests.core.faulty_sinks import (
     sqlite_paths,
     wait_in_flight,
 )
+from tests.harness import inbox_item
 
 # -- 1. overflow of a sink's backlog ---------------------------------------------
 
@@ -400,3 +405,55 @@ def test_a_hanging_sink_does_not_starve_another(rig: Callable[..., Aegis]) -> No
     assert aegis.force_flush(WAIT) is True
     assert hung.paths == first + second
     assert [hung.deliveries[r.request_id] for r in hung.requests] == [2] * 5 + [1] * 5
+
+
+# -- 7. ingesting while the sinks write ----------------------------------------------
+
+
+def test_the_rest_of_a_cycle_is_ingested_while_its_first_write_is_in_flight(
+    rig: Callable[..., Aegis],
+) -> None:
+    """A cycle ingests one batch's worth, starts the write, and ingests the
+    rest meanwhile (the database's work holds no GIL); the records are written
+    in order, in batches of batch_size, each once."""
+    sink = FaultySink("overlap")
+    gate = sink.hold()
+    aegis = rig(sink, batch_size=10)
+    runner = aegis.flusher.runners[0]
+    all_in, first_write_held = threading.Event(), []
+    offer = runner.offer
+
+    def counting_offer(records: list[Any]) -> None:
+        offer(records)
+        if runner.queued() == 35 and not all_in.is_set():
+            in_flight = runner._in_flight
+            first_write_held.append(in_flight is not None and not in_flight.done())
+            all_in.set()
+
+    runner.offer = counting_offer  # type: ignore[method-assign]
+    offered = paths(35)
+    offer_all(aegis, offered)
+    results: list[bool] = []
+    flushing = threading.Thread(target=lambda: results.append(aegis.force_flush(WAIT)))
+    flushing.start()
+    assert all_in.wait(WAIT)
+    assert first_write_held == [True]
+    gate.set()
+    flushing.join(WAIT)
+    assert results == [True]
+    assert sink.paths == offered
+    assert sink.batch_sizes == [10, 10, 10, 5]
+    assert set(sink.deliveries.values()) == {1}
+
+
+def test_rollups_of_records_ingested_during_writes_are_written_by_the_same_flush(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    aegis = make_aegis(sink="memory://", **{**QUIET, "batch_size": 10})
+    for number in range(35):
+        aegis.recorder.offer(inbox_item(f"/items/{number}", start=1000.0 + number / 100))
+    assert aegis.force_flush(WAIT) is True
+    sink = aegis.sinks[0]
+    totals = sink.read_rollups(LEVELS[0], 0, 2**40, by_route=False)
+    assert sum(row.requests for row in totals) == 35
+    assert len(sink.read_requests(RequestQuery(limit=100))) == 35

@@ -27,6 +27,7 @@ from aegis_mw import Aegis, AegisMiddleware
 from aegis_mw.testing import FakeClock
 from aegis_mw.wsgi import AegisWSGIMiddleware
 from tests.fuzz.known_divergences import KNOWN_DIVERGENCES
+from tests.harness import inbox_item
 
 #: Growth over all the requests of one kind, after the warm-up, that fails it:
 #: far below one reference per request (2,000 over 2,000 requests), above the
@@ -299,6 +300,54 @@ def django_kinds(aegis: Aegis) -> dict[str, Run]:
     }
 
 
+# -- the PostgreSQL sink's COPY rows (pg_copy.c) --------------------------------------
+
+#: The request table's column kinds, as the PostgreSQL sink spells them
+#: (``postgres_copy.kinds_of(REQUEST_TYPES)``; psycopg is not installed here).
+COPY_KINDS = b"tdtttiddlltt"
+
+
+def copy_kinds(aegis: Aegis) -> dict[str, Run]:
+    """Rows formatted for COPY: all taken, one left to psycopg midway, a bad
+    call. Each run also records one request, so the loop's check holds."""
+    from aegis_mw import _hotpath
+
+    offer = aegis.recorder.offer
+
+    def record() -> None:
+        offer(inbox_item("/copy"))
+
+    def rows(odd: bool) -> list[tuple[Any, ...]]:
+        # New str objects each time: their UTF-8 form is made and kept by the call.
+        out = [
+            (f"id{n}é", 1.5 * n, "GET", f"/r/{n}", f"/p/{n}", 200 + n, 0.5, None, n, 2**40,
+             None if n % 2 else "::1", "")
+            for n in range(40)
+        ]  # fmt: skip
+        if odd:
+            out[17] = (*out[17][:5], 2**40, *out[17][6:])  # int4 out of range: left
+        return out
+
+    def taken() -> None:
+        data, end = _hotpath.pg_copy_rows(rows(False), COPY_KINDS, 0, 40)
+        assert end == 40 and data
+        record()
+
+    def left() -> None:
+        data, end = _hotpath.pg_copy_rows(rows(True), COPY_KINDS, 3, 40)
+        assert end == 17 and data
+        record()
+
+    def refused() -> None:
+        try:
+            _hotpath.pg_copy_rows(rows(False), b"tq", 0, 1)
+        except ValueError:
+            pass
+        record()
+
+    return {"copy-rows-taken": taken, "copy-rows-left": left, "copy-rows-refused": refused}
+
+
 # -- the loop ------------------------------------------------------------------------
 
 
@@ -339,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     known = {entry.name for entry in KNOWN_DIVERGENCES}
     aegis = pipeline()
-    kinds = {**asgi_kinds(aegis), **wsgi_kinds(aegis), **django_kinds(aegis)}
+    kinds = {
+        **asgi_kinds(aegis), **wsgi_kinds(aegis), **django_kinds(aegis), **copy_kinds(aegis)
+    }  # fmt: skip
     failed = []
     for name, one in kinds.items():
         if args.kind and name not in args.kind:

@@ -3,6 +3,7 @@ history as the other sinks, several processes, pruning, failures, URLs."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import subprocess
@@ -158,8 +159,8 @@ def test_schema_is_created_on_first_write(
         "WHERE table_schema = current_schema() ORDER BY table_name",
     )
     assert [name for (name,) in tables] == [
-        "aegis_requests", "aegis_rollup_deltas", "aegis_rollup_totals", "aegis_rollups",
-        "aegis_schema_version", "aegis_websocket_sessions",
+        "aegis_batches", "aegis_requests", "aegis_rollup_deltas", "aegis_rollup_totals",
+        "aegis_rollups", "aegis_schema_version", "aegis_websocket_sessions",
     ]  # fmt: skip
     columns = sql(
         postgres_url,
@@ -187,10 +188,16 @@ def test_schema_is_created_on_first_write(
     )
     assert definitions["aegis_rollup_totals_pkey"] == "btree (resolution, bucket, status_class)"
     assert "aegis_requests_route" not in definitions
+    # The request log has no key (idempotent per batch): its one index is by time.
+    assert [name for name in definitions if name.startswith("aegis_requests")] == [
+        "aegis_requests_timestamp"
+    ]
+    assert definitions["aegis_batches_pkey"] == "btree (batch_id)"
     assert sql(postgres_url, "SELECT version FROM aegis_schema_version ORDER BY version") == [
         (1,),
         (2,),
         (3,),
+        (4,),
     ]
     histograms = sql(
         postgres_url,
@@ -250,29 +257,40 @@ def test_every_field_round_trips_exactly(
 def test_retried_batch_is_stored_once_and_counted_once(
     postgres_url: str, sinks: Callable[[str], PostgresSink]
 ) -> None:
-    """The same records and delta id again add nothing; an overlapping retry adds only the new."""
+    """Writes are keyed by batch id (schema version 4): the same batch again
+    (a retry after a write whose outcome was unknown) adds nothing, records
+    or rollups; another id adds its records. A batch without an id (built by
+    hand) is stored as it is, but a session stored already is skipped."""
     sink = sinks(postgres_url)
-    batch = history_batch(1, 200, "a" * 16)
+    batch = dataclasses.replace(history_batch(1, 200, "a" * 16), batch_id="p.1")
     batch.sessions.extend(make_session(n) for n in range(3))
     reference = MemorySink()
     reference.write(batch)
 
     sink.write(batch)
     sink.write(batch)
-    # A retry with changed values for known ids, and one new record and session.
+    sink.write(Batch(requests=[make_request(998, prefix="n" * 16)], batch_id="p.2"))
     sink.write(
         Batch(
-            requests=[batch.requests[0]._replace(status=500), make_request(999, prefix="n" * 16)],
+            requests=[make_request(999, prefix="n" * 16)],
             sessions=[make_session(2, close_code=1011), make_session(7)],
         )
     )
     reference.write(
-        Batch(requests=[make_request(999, prefix="n" * 16)], sessions=[make_session(7)])
+        Batch(
+            requests=[make_request(n, prefix="n" * 16) for n in (998, 999)],
+            sessions=[make_session(7)],
+        )
     )
 
     assert sink.read_requests(RequestQuery(limit=1000)) == reference.read_requests(
         RequestQuery(limit=1000)
     )
+    assert sql(postgres_url, "SELECT count(*) FROM aegis_requests") == [(202,)]
+    assert sql(postgres_url, "SELECT batch_id FROM aegis_batches ORDER BY batch_id") == [
+        ("p.1",),
+        ("p.2",),
+    ]
     assert sql(postgres_url, "SELECT count(*) FROM aegis_websocket_sessions") == [(4,)]
     assert sql(
         postgres_url, "SELECT close_code FROM aegis_websocket_sessions WHERE session_id = %s",
@@ -283,6 +301,44 @@ def test_retried_batch_is_stored_once_and_counted_once(
         postgres_url, "SELECT sum(count) FROM aegis_rollup_totals WHERE resolution = 5"
     )
     assert total == 200
+
+
+def test_version_3_request_log_is_migrated_in_place_with_every_row(
+    postgres_url: str, sinks: Callable[[str], PostgresSink]
+) -> None:
+    """A database left at version 3 (request_id as the key) keeps every row
+    and value through the migration to version 4, reads back the same, takes
+    new batches after it, and a retried one once."""
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(
+            "CREATE TABLE aegis_schema_version ("
+            "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for version in (1, 2, 3):
+            for statement in postgres_schema.MIGRATIONS[version - 1]:
+                connection.execute(statement)
+            connection.execute("INSERT INTO aegis_schema_version (version) VALUES (%s)", (version,))
+        old_requests, _ = awkward_records()
+        old_requests = [*old_requests, *(make_request(n) for n in range(10, 20))]
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO aegis_requests VALUES ({', '.join(['%s'] * 12)})", old_requests
+            )
+    sink = sinks(postgres_url)
+    new = Batch(requests=[make_request(30), make_request(10)], batch_id="after")
+    sink.write(new)
+    sink.write(new)
+
+    assert sql(postgres_url, "SELECT max(version) FROM aegis_schema_version") == [(4,)]
+    stored = sink.read_requests(RequestQuery(limit=100))
+    expected = [*old_requests, make_request(30), make_request(10)]
+    assert stored == sorted(expected, key=lambda r: (r.timestamp, r.request_id), reverse=True)
+    keys = sql(
+        postgres_url,
+        "SELECT conname FROM pg_constraint WHERE conrelid = 'aegis_requests'::regclass "
+        "AND contype = 'p'",
+    )
+    assert keys == []
 
 
 def test_commits_do_not_wait_for_the_disk_unless_someone_chose(
@@ -494,7 +550,9 @@ def test_version_2_rollups_are_migrated_to_dense_histograms(
     sink.write(Batch())
 
     check_version_2_rows_migrated(sink)
-    assert sql(postgres_url, "SELECT max(version) FROM aegis_schema_version") == [(3,)]
+    assert sql(postgres_url, "SELECT max(version) FROM aegis_schema_version") == [
+        (postgres_schema.SCHEMA_VERSION,)
+    ]
     indexes = sql(
         postgres_url, "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
     )
@@ -511,10 +569,11 @@ def test_prune_deletes_only_expired_rows_in_limited_steps(
     """Each call deletes at most ``limit`` rows per table, only rows past their horizon."""
     sink = sinks(postgres_url)
     reference = MemorySink()
-    batch = history_batch(3, 400, "p" * 16, span=3600.0)
+    batch = dataclasses.replace(history_batch(3, 400, "p" * 16, span=3600.0), batch_id="recent")
     batch.sessions.extend(make_session(n, timestamp=T0 + 10 * n) for n in range(8))
     for target in (sink, reference):
         target.write(batch)
+    sql(postgres_url, "INSERT INTO aegis_batches VALUES ('old-batch', %s)", T0 - 2 * 86400)
     old = Batch(rollups=history_batch(4, 10, "q" * 16).rollups)
     assert old.rollups is not None
     old.rollups.delta_id = "old-delta"
@@ -533,12 +592,13 @@ def test_prune_deletes_only_expired_rows_in_limited_steps(
         count("aegis_requests", "timestamp < %s", raw_before),
         count("aegis_websocket_sessions", "timestamp < %s", raw_before),
         1,  # the old delta id
+        1,  # the old batch id
     ]
     for level, horizon in rollups_before.items():
         for table in ("aegis_rollups", "aegis_rollup_totals"):
             expired.append(count(table, "resolution = %s AND bucket < %s", level, horizon))
     assert expired[0] > 20 and expired[1] == 8 and min(expired) >= 1
-    assert expired[3] > 5  # level 5 per route: more than one step's worth
+    assert expired[4] > 5  # level 5 per route: more than one step's worth
 
     limit = 5
     assert sink.prune(raw_before, rollups_before, limit) == sum(min(n, limit) for n in expired)
@@ -557,6 +617,7 @@ def test_prune_deletes_only_expired_rows_in_limited_steps(
     assert all_rollups(sink) == all_rollups(reference)
     assert count("aegis_websocket_sessions") == 0
     assert count("aegis_rollup_deltas") == 1  # the recent one stays
+    assert sql(postgres_url, "SELECT batch_id FROM aegis_batches") == [("recent",)]
 
 
 # -- failures, fork and the whole pipeline ------------------------------------------------
