@@ -106,17 +106,23 @@ class FlushCycle:
         # Items that arrived during this cycle are the next cycle's business.
         return not any(runner.owes() for runner in self.runners)
 
-    def ingest(self, limit: int | None = None, *, rollups: bool = True) -> int:
+    def ingest(
+        self, limit: int | None = None, *, rollups: bool = True, new_slice: bool = True
+    ) -> int:
         """Move what the inbox holds now (at most ``limit`` items) into every
         sink's backlog, a few items at a time with pauses between slices (see
         :mod:`.gil_slices`); with ``rollups``, the rollups folded so far go to
-        the sinks once, at the end. Returns how many items were taken."""
+        the sinks once, at the end. ``new_slice``: the thread was blocked
+        until now, so a slice starts; a part of the work that goes on from
+        the last one (``_ingest_part``) passes False, or parts shorter than
+        a slice would never pause. Returns how many items were taken."""
         recorder = self.recorder
         fold_drained = self.aggregates.fold_drained
         finalize = self.finalizer.finalize
         runners = self.runners
         slices = self.slices
-        slices.begin()
+        if new_slice:
+            slices.begin()
         held = len(recorder.inbox)
         remaining = taken = held if limit is None else min(limit, held)
         while remaining > 0:
@@ -148,7 +154,7 @@ class FlushCycle:
         """Ingest up to ``step`` of the ``budget`` items still to come; the
         rollups go with the last of them. Returns the budget left (0 also when
         the inbox turned out to hold fewer: a fork's child emptied it)."""
-        taken = self.ingest(min(budget, step), rollups=False)
+        taken = self.ingest(min(budget, step), rollups=False, new_slice=False)
         budget = budget - taken if taken else 0
         if budget <= 0:
             self._offer_rollups()
@@ -202,7 +208,10 @@ class FlushCycle:
                 # found slow, not one the flusher kept waiting.
                 while budget > 0 and not future.done() and time.monotonic() < wait_until:
                     budget = self._ingest_part(budget, OVERLAP_STEP)
+                blocks = not future.done()
                 error = runner.wait(future, wait_until)
+                if blocks:  # a slice starts after the thread was blocked, not before
+                    self.slices.begin()
                 finished = time.monotonic()
                 if error is None:
                     runner.succeeded(taken, finished - now)

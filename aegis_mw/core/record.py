@@ -94,12 +94,13 @@ class Batch:
     """What a sink's ``write`` receives: the requests and sessions of one flush.
 
     A batch may be delivered again after a failure or a timeout whose write in
-    fact completed, so sinks store by ``request_id``/``session_id`` idempotently.
-    A batch delivered again is the same batch: the same records under the
-    same ``batch_id`` (never reused for other records), so a sink may instead
-    store each ``batch_id`` once, in the transaction that stores its records
-    (the SQLite sink does); an empty ``batch_id`` (a batch built by hand) is
-    stored as it is. ``rollups`` is given only to sinks that keep history
+    fact completed, so sinks store it idempotently: by ``request_id`` and
+    ``session_id`` (the JSONL and memory sinks), or, since a batch delivered
+    again is the same batch (the same records under the same ``batch_id``,
+    never reused for other records), by storing each ``batch_id`` once, in
+    the transaction that stores its records (the SQLite and PostgreSQL
+    sinks); there an empty ``batch_id`` (a batch built by hand) is stored as
+    it is. ``rollups`` is given only to sinks that keep history
     (those with ``read_rollups``); they apply each ``delta_id`` once.
     """
 

@@ -189,9 +189,9 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _TIMESCALE_AVAILABLE = "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
 # TimescaleDB (untested here: the extension is not installed on the machines
 # the tests run on). A hypertable's unique keys must include its partitioning
-# column, so the request key becomes (request_id, timestamp); the sink's
-# ``ON CONFLICT DO NOTHING`` names no key and so works with either (a retried
-# record carries the same timestamp). ``timestamp`` is a float, which
+# column, so the request key becomes (request_id, timestamp) here, until
+# version 4 drops the key altogether (applied after this, in the same
+# transaction, on a new database). ``timestamp`` is a float, which
 # TimescaleDB cannot partition on directly: a partitioning function maps it
 # to integer microseconds, the unit of the one-day chunk interval.
 _TIMESCALE = (

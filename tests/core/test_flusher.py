@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -457,3 +458,41 @@ def test_rollups_of_records_ingested_during_writes_are_written_by_the_same_flush
     totals = sink.read_rollups(LEVELS[0], 0, 2**40, by_route=False)
     assert sum(row.requests for row in totals) == 35
     assert len(sink.read_requests(RequestQuery(limit=100))) == 35
+
+
+def test_ingesting_during_a_write_pauses_between_slices_as_any_ingest(
+    rig: Callable[..., Aegis],
+) -> None:
+    """The parts ingested while a write is in flight are one stretch of work:
+    a slice runs on across them, so it pauses as often as one long ingest
+    (a part is shorter than a slice; restarting the slice at each part would
+    never pause). The slice's clock counts its own readings here, so the
+    number of pauses depends on the work, not on the machine's speed."""
+    sink = FaultySink("overlap-pauses")
+    gate = sink.hold()
+    aegis = rig(sink, batch_size=10, max_buffer=10_000)
+    slices = aegis.flusher.cycle.slices
+    ticks = itertools.count()
+    slices._clock = lambda: float(next(ticks))
+    slices.budget, slices.pause, slices.hurried = 20.0, 0.0, 0.0
+    runner = aegis.flusher.runners[0]
+    all_in = threading.Event()
+    offer = runner.offer
+
+    def counting_offer(records: list[Any]) -> None:
+        offer(records)
+        if runner.queued() == 3000:
+            all_in.set()
+
+    runner.offer = counting_offer  # type: ignore[method-assign]
+    offer_all(aegis, paths(3000))
+    results: list[bool] = []
+    flushing = threading.Thread(target=lambda: results.append(aegis.force_flush(WAIT)))
+    flushing.start()
+    assert all_in.wait(WAIT)
+    # About one pause per 20 steps of 32 items (a step reads the clock once).
+    assert slices.pauses >= 3
+    gate.set()
+    flushing.join(WAIT)
+    assert results == [True]
+    assert len(sink.paths) == 3000

@@ -305,6 +305,8 @@ def django_kinds(aegis: Aegis) -> dict[str, Run]:
 #: The request table's column kinds, as the PostgreSQL sink spells them
 #: (``postgres_copy.kinds_of(REQUEST_TYPES)``; psycopg is not installed here).
 COPY_KINDS = b"tdtttiddlltt"
+#: The sessions table's (``kinds_of(SESSION_TYPES)``).
+SESSION_COPY_KINDS = b"tdttdllibtt"
 
 
 def copy_kinds(aegis: Aegis) -> dict[str, Run]:
@@ -331,6 +333,12 @@ def copy_kinds(aegis: Aegis) -> dict[str, Run]:
     def taken() -> None:
         data, end = _hotpath.pg_copy_rows(rows(False), COPY_KINDS, 0, 40)
         assert end == 40 and data
+        sessions = [
+            (f"s{n}é", 1.5 * n, f"/ws/{n}", f"/ws/{n}", 0.5, n, n, 1000, n % 2 == 0, None, "")
+            for n in range(10)
+        ]  # fmt: skip
+        data, end = _hotpath.pg_copy_rows(sessions, SESSION_COPY_KINDS, 0, 10)
+        assert end == 10 and data
         record()
 
     def left() -> None:

@@ -47,7 +47,8 @@ class Real(float):
     pass
 
 
-#: Values by the column type they are put in: what the compiled formatter
+#: Values by the column type they are put in (the first three of each are
+#: clean: the rows ``row_lists`` starts from): what the compiled formatter
 #: takes at its edges, what it must leave to psycopg (a subclass, another
 #: type, NUL in text, an int out of the column's range, a lone surrogate), and
 #: what psycopg or the server refuse.
@@ -59,7 +60,7 @@ VALUES: dict[str, list[Any]] = {
     "int4": [0, -1, 2**31 - 1, -(2**31), 2**31, -(2**31) - 1, True, Number(200), 200.0, "200",
              None],
     "int8": [0, 2**63 - 1, -(2**63), 2**63, -(2**63) - 1, False, Number(3), 1.5, None],
-    "bool": [True, False, 1, 0, None, "true"],
+    "bool": [True, False, None, 1, 0, "true"],
 }  # fmt: skip
 #: Fields of the records by their column type, for the batches the sinks get.
 REQUEST_FIELDS = dict(zip(RequestRecord._fields, REQUEST_TYPES, strict=True))
@@ -260,12 +261,14 @@ def test_the_server_stores_or_refuses_what_psycopg_alone_would(
         connection.execute("TRUNCATE aegis_requests, aegis_websocket_sessions")
 
 
+@pytest.mark.parametrize("encoding", ["LATIN1", "GB18030"])
 def test_an_encoding_other_than_utf8_is_left_to_psycopg(
-    postgres_url: str, pair: tuple[PostgresSink, PostgresSink]
+    postgres_url: str, pair: tuple[PostgresSink, PostgresSink], encoding: str
 ) -> None:
-    """The probe rows' bytes differ (or psycopg cannot encode them): psycopg
-    formats every row on that connection, and stores them as it always did."""
-    sink = PostgresSink(postgres_url + "%20-cclient_encoding%3DLATIN1")
+    """psycopg cannot encode a probe value (LATIN1 has no emoji), or encodes
+    every one in other bytes (GB18030): either way psycopg formats every row
+    on that connection, and stores them as it always did."""
+    sink = PostgresSink(postgres_url + f"%20-cclient_encoding%3D{encoding}")
     sink.use_compiled(compiled_module())
     try:
         sink.write(Batch(requests=[make_request(1, path="/café")]))
@@ -275,14 +278,22 @@ def test_an_encoding_other_than_utf8_is_left_to_psycopg(
         sink.close()
 
 
-def test_the_check_is_made_again_on_a_new_connection(
-    pair: tuple[PostgresSink, PostgresSink],
+def test_the_check_is_made_once_per_connection(
+    pair: tuple[PostgresSink, PostgresSink], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     compiled, _ = pair
+    checks = []
+    check = postgres_copy.compiled_copy
+
+    def counted(connection: Any, module: Any, types: Any) -> Any:
+        checks.append(connection)
+        return check(connection, module, types)
+
+    monkeypatch.setattr(postgres_copy, "compiled_copy", counted)
     compiled.write(Batch(requests=[make_request(1)]))
-    first = compiled._connect()
-    assert compiled._copier is compiled_module()
-    first.close()
-    compiled.use_compiled(None)
     compiled.write(Batch(requests=[make_request(2)]))
-    assert compiled._connect() is not first and compiled._copier is None
+    first = compiled._connect()
+    assert checks == [first] and compiled._copier is compiled_module()
+    first.close()  # the next write opens another
+    compiled.write(Batch(requests=[make_request(3)]))
+    assert len(checks) == 2 and checks[1] is compiled._connect() is not first
