@@ -163,10 +163,9 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
                     or cursor.execute(INSERT_BATCH, (batch.batch_id, time.time())).rowcount
                 ):
                     if batch.requests:
-                        _copy(cursor, COPY_REQUESTS, REQUEST_STEPS, batch.requests,
-                              self._copier, slices)  # fmt: skip
+                        _copy(cursor, REQUESTS.copy, REQUESTS, batch.requests, self._copier, slices)
                     if batch.sessions:
-                        _store(cursor, SESSION_STEPS, batch.sessions, self._copier, slices)
+                        _store_sessions(cursor, batch.sessions, self._copier, slices)
                 if batch.rollups is not None and batch.rollups.cells:
                     _add_rollups(cursor, batch.rollups, slices)
         except psycopg.errors.UniqueViolation:
@@ -242,54 +241,46 @@ def _relax_commits(connection: psycopg.Connection[Any]) -> None:
         connection.execute("SET synchronous_commit = off")
 
 
-class _Steps(NamedTuple):
+class _Table(NamedTuple):
     copy: str
-    copy_staged: str
-    insert_staged: str
     types: Sequence[str]
-    kinds: bytes
+    kinds: bytes  # the types, as the compiled formatter spells them
 
 
-#: Requests have no staging: their table has no key (idempotent per batch).
-REQUEST_STEPS = _Steps(
-    COPY_REQUESTS, "", "", REQUEST_TYPES, postgres_copy.kinds_of(REQUEST_TYPES)
-)  # fmt: skip
-SESSION_STEPS = _Steps(
-    COPY_SESSIONS, COPY_STAGED_SESSIONS, INSERT_SESSIONS, SESSION_TYPES,
-    postgres_copy.kinds_of(SESSION_TYPES),
-)  # fmt: skip
+REQUESTS = _Table(COPY_REQUESTS, REQUEST_TYPES, postgres_copy.kinds_of(REQUEST_TYPES))
+SESSIONS = _Table(COPY_SESSIONS, SESSION_TYPES, postgres_copy.kinds_of(SESSION_TYPES))
 
 
-def _store(
+def _store_sessions(
     cursor: psycopg.Cursor[Any],
-    steps: _Steps,
     rows: Sequence[tuple[Any, ...]],
     compiled: ModuleType | None,
     slices: Slices,
 ) -> None:
-    """Rows into their table, each stored once, in the caller's transaction."""
+    """Sessions into their table, each stored once, in the caller's
+    transaction (requests need no such care: their table has no key)."""
     try:
         with cursor.connection.transaction():  # a savepoint
-            _copy(cursor, steps.copy, steps, rows, compiled, slices)
+            _copy(cursor, SESSIONS.copy, SESSIONS, rows, compiled, slices)
         return
     except psycopg.errors.UniqueViolation:
         pass  # some are stored already: add the others, skipping those
-    _copy(cursor, steps.copy_staged, steps, rows, compiled, slices)
-    cursor.execute(steps.insert_staged)
+    _copy(cursor, COPY_STAGED_SESSIONS, SESSIONS, rows, compiled, slices)
+    cursor.execute(INSERT_SESSIONS)
 
 
 def _copy(
     cursor: psycopg.Cursor[Any],
     sql: str,
-    steps: _Steps,
+    table: _Table,
     rows: Sequence[tuple[Any, ...]],
     compiled: ModuleType | None,
     slices: Slices,
 ) -> None:
     slices.begin()  # the round trips before it were no work of ours
     with cursor.copy(sql) as copy:
-        copy.set_types(steps.types)
-        postgres_copy.write_rows(copy, rows, steps.kinds, compiled, slices)
+        copy.set_types(table.types)
+        postgres_copy.write_rows(copy, rows, table.kinds, compiled, slices)
 
 
 def _add_rollups(cursor: psycopg.Cursor[Any], delta: RollupDelta, slices: Slices) -> None:
