@@ -20,6 +20,7 @@ from aegis_mw.core.rollup import LEVELS
 from aegis_mw.sinks.sqlite import SQLiteSink
 from tests.core.conftest import QUIET
 from tests.core.faulty_sinks import (
+    GATE_LIMIT,
     WAIT,
     FaultySink,
     SinkDown,
@@ -470,7 +471,9 @@ def test_ingesting_during_a_write_pauses_between_slices_as_any_ingest(
     number of pauses depends on the work, not on the machine's speed."""
     sink = FaultySink("overlap-pauses")
     gate = sink.hold()
-    aegis = rig(sink, batch_size=10, max_buffer=10_000)
+    # The held write must outlast the ingest of 3,000 items on a loaded machine
+    # (in CI, beside the other jobs, it once took more than the default 5 s).
+    aegis = rig(sink, batch_size=10, max_buffer=10_000, sink_timeout=GATE_LIMIT)
     slices = aegis.flusher.cycle.slices
     ticks = itertools.count()
     slices._clock = lambda: float(next(ticks))
