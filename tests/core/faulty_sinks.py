@@ -195,6 +195,20 @@ def offer_all(aegis: Aegis, request_paths: list[str]) -> None:
         aegis.recorder.offer(http_item(path))
 
 
+def offer_unwoken(aegis: Aegis, request_paths: list[str]) -> None:
+    """``offer_all`` without waking the flusher early, so the next cycle (a
+    ``force_flush``) finds every item in the inbox. Otherwise a producer past
+    ``batch_size`` wakes it, and a cycle that starts halfway through the
+    offers takes only the half it saw."""
+    recorder = aegis.recorder
+    wake_at = recorder.wake_at
+    recorder.wake_at = len(request_paths) + recorder.max_buffer
+    try:
+        offer_all(aegis, request_paths)
+    finally:
+        recorder.wake_at = wake_at
+
+
 def sink_stats(aegis: Aegis, name: str) -> SinkStats:
     """The ``stats()`` entry of the sink called ``name``."""
     [found] = [entry for entry in aegis.stats().sinks if entry.name == name]
