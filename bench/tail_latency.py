@@ -10,8 +10,11 @@ order, so slow drifts of the machine hit every variant alike. Reported per
 variant, as the median over rounds: requests/s, the server's CPU time per
 request (utime + stime from /proc, so the background pipeline is charged to
 the variant), split into the event loop's thread and the others, wrk's latency
-percentiles, and the server's garbage collections (young, middle, full, and
-the longest, from ``gc.callbacks``).
+percentiles, the server's garbage collections (young, middle, full, and
+the longest, from ``gc.callbacks``), and its context switches per 1,000
+requests (from /proc): the event loop's thread preempted (involuntary), and
+the other threads' sleeps and waits (voluntary), which the pipeline's pauses
+and the GIL's hand-overs show up as.
 
 Two loads:
 
@@ -24,6 +27,7 @@ Two loads:
     python bench/tail_latency.py                  # 6 rounds of 8 s per load
     python bench/tail_latency.py --rounds 3 --seconds 4 --no-paced   # quick look
     python bench/tail_latency.py --other-tree ../aegis-before   # beside another commit
+    python bench/tail_latency.py --alt-options '{"sink": "memory://"}'  # beside other options
 
 Needs ``wrk`` (Debian/Ubuntu: ``apt-get install wrk``) and two CPUs.
 """
@@ -92,9 +96,13 @@ APP = textwrap.dedent(
     )
     variant = os.environ["BENCH_VARIANT"]
     if variant == "aegis":
+        import json
+
         from aegis_mw import AegisMiddleware
 
-        app.add_middleware(AegisMiddleware, sink="sqlite:///" + os.environ["BENCH_DB"])
+        options = {"sink": "sqlite:///" + os.environ["BENCH_DB"]}
+        options.update(json.loads(os.environ.get("BENCH_AEGIS_OPTIONS") or "{}"))
+        app.add_middleware(AegisMiddleware, **options)
     elif variant == "starlette_exporter":
         from starlette_exporter import PrometheusMiddleware
 
@@ -140,6 +148,23 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def context_switches(pid: int) -> tuple[int, int]:
+    """The main thread's involuntary context switches, and the voluntary ones
+    of all the other threads (a thread that ended meanwhile is not counted)."""
+    loop_preempted = others_waited = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            status = Path(f"/proc/{pid}/task/{task}/status").read_text()
+        except OSError:  # the thread ended
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if int(task) == pid:
+            loop_preempted = int(fields["nonvoluntary_ctxt_switches"])
+        else:
+            others_waited += int(fields["voluntary_ctxt_switches"])
+    return loop_preempted, others_waited
+
+
 def read_collections(port: int) -> list[list[float]]:
     """The server's garbage collections since the last read: per generation,
     [count, seconds, longest]; the read resets them."""
@@ -162,13 +187,16 @@ def wait_ready(port: int, deadline: float) -> None:
 
 
 def start_server(
-    variant: str, workdir: Path, other_tree: Path | None = None
+    variant: str, workdir: Path, other_tree: Path | None = None, alt_options: str = ""
 ) -> tuple[subprocess.Popen[bytes], int]:
     """``aegis_other`` runs the aegis app on the aegis_mw of ``other_tree``
-    (a checkout of another commit, its extension built or copied in)."""
+    (a checkout of another commit, its extension built or copied in);
+    ``aegis_alt`` runs it with ``alt_options`` (JSON: AegisMiddleware's
+    keyword arguments over the default SQLite sink)."""
     port = free_port()
-    app_variant = "aegis" if variant == "aegis_other" else variant
+    app_variant = "aegis" if variant in ("aegis_other", "aegis_alt") else variant
     env = dict(os.environ, BENCH_VARIANT=app_variant, BENCH_DB=str(workdir / f"{variant}.db"))
+    env["BENCH_AEGIS_OPTIONS"] = alt_options if variant == "aegis_alt" else ""
     paths = [str(workdir), env.get("PYTHONPATH", "")]
     if variant == "aegis_other" and other_tree is not None:
         paths.insert(0, str(other_tree))
@@ -215,12 +243,17 @@ def measure(
             # The server's main thread runs the event loop (and the request
             # path); the rest of its CPU is in other threads (the pipeline's).
             loop_before = cpu_seconds(server.pid, server.pid)
+            switches_before = context_switches(server.pid)
             summary = run_wrk(port, seconds, connections, delay_ms, script)
             # The pipeline's work for the last requests lands within a flush
             # interval: wait it out so the round is charged for all of it.
             time.sleep(1.5)
             cpu = cpu_seconds(server.pid) - before
             loop_cpu = cpu_seconds(server.pid, server.pid) - loop_before
+            preempted, waited = (
+                after - before
+                for after, before in zip(context_switches(server.pid), switches_before, strict=True)
+            )
             collected = read_collections(port)
             requests = summary["requests"]
             if summary["errors"] or summary["non2xx"]:
@@ -230,6 +263,8 @@ def measure(
                     "rps": requests / (summary["duration_us"] / 1e6),
                     "cpu_us": cpu / requests * 1e6,
                     "loop_cpu_us": loop_cpu / requests * 1e6,
+                    "loop_preempted_per_k": preempted / requests * 1000,
+                    "others_waited_per_k": waited / requests * 1000,
                     "young_gcs": collected[0][0],
                     "middle_gcs": collected[1][0],
                     "full_gcs": collected[2][0],
@@ -252,7 +287,8 @@ def format_row(row: dict[str, float]) -> str:
         f"({row['loop_cpu_us']:.1f} loop)  p50 {row['p50_ms']:6.2f}  "
         f"p99 {row['p99_ms']:6.2f}  p99.9 {row['p999_ms']:6.2f}  max {row['max_ms']:7.2f} ms  "
         f"gc {row['young_gcs']:.0f}/{row['middle_gcs']:.0f}/{row['full_gcs']:.0f} "
-        f"longest {row['longest_gc_ms']:.1f} ms"
+        f"longest {row['longest_gc_ms']:.1f} ms  "
+        f"switches/1k {row['loop_preempted_per_k']:.1f}/{row['others_waited_per_k']:.1f}"
     )
 
 
@@ -273,12 +309,16 @@ def summarize(title: str, results: dict[str, list[dict[str, float]]]) -> dict[st
             f"{row['p999_ms'] - bare['p999_ms']:+8.2f}"
         )
     print(f"\n{'':20s} {'loop thread':>11s} {'other threads':>13s}   "
-          f"garbage collections per round (young/middle/full, longest)")  # fmt: skip
+          f"collections per round (young/middle/full, longest)   "
+          f"per 1k requests: loop preempted, others waited")  # fmt: skip
     for name, row in medians.items():
-        print(
-            f"{name:20s} {row['loop_cpu_us']:8.1f} µs {row['cpu_us'] - row['loop_cpu_us']:10.1f} µs   "
+        collections = (
             f"{row['young_gcs']:.0f}/{row['middle_gcs']:.0f}/{row['full_gcs']:.0f}, "
             f"{row['longest_gc_ms']:.1f} ms"
+        )
+        print(
+            f"{name:20s} {row['loop_cpu_us']:8.1f} µs {row['cpu_us'] - row['loop_cpu_us']:10.1f} µs   "
+            f"{collections:51s} {row['loop_preempted_per_k']:8.1f} {row['others_waited_per_k']:8.1f}"
         )
     return {"medians": medians, "rounds": results}
 
@@ -294,6 +334,12 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["bare", "aegis", "starlette_exporter"])
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
+        "--alt-options",
+        default="",
+        help="also run the aegis app with these AegisMiddleware options (JSON, over the "
+        "default SQLite sink; variant aegis_alt): options compared in one run",
+    )
+    parser.add_argument(
         "--other-tree",
         type=Path,
         help="also run the aegis app on the aegis_mw in this directory (variant aegis_other): "
@@ -306,6 +352,11 @@ def main() -> None:
         args.variants.insert(0, "bare")
     if args.other_tree is not None and "aegis_other" not in args.variants:
         args.variants.append("aegis_other")
+    if args.alt_options:
+        if not isinstance(json.loads(args.alt_options), dict):
+            raise SystemExit("--alt-options: a JSON object of AegisMiddleware options")
+        if "aegis_alt" not in args.variants:
+            args.variants.append("aegis_alt")
     workdir = Path(tempfile.mkdtemp(prefix="aegis-tail-"))
     (workdir / "bench_app.py").write_text(APP)
     script = workdir / "bench.lua"
@@ -314,7 +365,7 @@ def main() -> None:
     report: dict[str, Any] = {}
     try:
         for name in args.variants:
-            servers[name] = start_server(name, workdir, args.other_tree)
+            servers[name] = start_server(name, workdir, args.other_tree, args.alt_options)
         for _, port in servers.values():  # warm up: imports, caches, first flush
             run_wrk(port, 2, args.connections, 0, script)
         print(f"saturation: wrk -c{args.connections}, {args.seconds:g} s rounds")

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 from .sqlite_schema import REQUEST_COLUMNS, SESSION_COLUMNS, SchemaTooNew
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import psycopg
 
 logger = logging.getLogger("aegis_mw")
@@ -40,7 +42,29 @@ _ROLLUP_VALUES = """
             histogram jsonb NOT NULL"""
 # (Version 3 turns ``histogram`` into ``bigint[]``: see MIGRATIONS.)
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+
+def _drop_request_key(connection: psycopg.Connection[Any]) -> None:
+    """Version 4's drop of the request key, unless a foreign key of the
+    user's references it: dropping it would fail, and with it every connect.
+    Requests are then still stored once per batch, with the key's cost."""
+    dependents = connection.execute(
+        "SELECT conname, conrelid::regclass::text FROM pg_constraint "
+        "WHERE contype = 'f' AND confrelid = to_regclass('aegis_requests')"
+    ).fetchall()
+    if dependents:
+        logger.warning(
+            "aegis: the primary key of aegis_requests is kept: %s reference%s it "
+            "(dropping it makes each stored request cheaper for the server)",
+            ", ".join(f"foreign key {name} of {table}" for name, table in dependents),
+            "" if len(dependents) > 1 else "s",
+        )
+        return
+    connection.execute("ALTER TABLE aegis_requests DROP CONSTRAINT IF EXISTS aegis_requests_pkey")
+
+
+#: Each version's steps: statements, or a function of the connection where a
+#: step depends on what the database holds.
+MIGRATIONS: tuple[tuple[str | Callable[[psycopg.Connection[Any]], None], ...], ...] = (
     (
         """
         CREATE TABLE aegis_requests (
@@ -173,7 +197,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # instead of per row (see Batch.batch_id), as SQLite's version 4. Each
         # row's entry in an index of random text ids cost the server about a
         # microsecond, more as the table grew. The rows stay where they are.
-        "ALTER TABLE aegis_requests DROP CONSTRAINT IF EXISTS aegis_requests_pkey",
+        _drop_request_key,
         # Ids of the batches stored: a retried batch is stored once.
         """
         CREATE TABLE aegis_batches (
@@ -264,8 +288,11 @@ def migrate(connection: psycopg.Connection[Any]) -> int:
                 "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             )
         for version in range(found, SCHEMA_VERSION):
-            for statement in MIGRATIONS[version]:
-                connection.execute(statement)
+            for step in MIGRATIONS[version]:
+                if callable(step):
+                    step(connection)
+                else:
+                    connection.execute(step)
             if version == 0:
                 _try_timescale(connection)
             connection.execute(

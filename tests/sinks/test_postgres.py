@@ -4,6 +4,7 @@ history as the other sinks, several processes, pruning, failures, URLs."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import random
 import subprocess
@@ -67,6 +68,21 @@ def sql(url: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(url, autocommit=True) as connection:
         cursor = connection.execute(statement, params or None)
         return cursor.fetchall() if cursor.description else []
+
+
+def schema_at(connection: psycopg.Connection[Any], version: int) -> None:
+    """The tables as the sink left them at ``version`` (an older aegis_mw)."""
+    connection.execute(
+        "CREATE TABLE aegis_schema_version ("
+        "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    for number in range(1, version + 1):
+        for step in postgres_schema.MIGRATIONS[number - 1]:
+            if callable(step):
+                step(connection)
+            else:
+                connection.execute(step)
+        connection.execute("INSERT INTO aegis_schema_version (version) VALUES (%s)", (number,))
 
 
 def history_batch(seed: int, size: int, prefix: str, span: float = 900.0) -> Batch:
@@ -310,14 +326,7 @@ def test_version_3_request_log_is_migrated_in_place_with_every_row(
     and value through the migration to version 4, reads back the same, takes
     new batches after it, and a retried one once."""
     with psycopg.connect(postgres_url, autocommit=True) as connection:
-        connection.execute(
-            "CREATE TABLE aegis_schema_version ("
-            "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for version in (1, 2, 3):
-            for statement in postgres_schema.MIGRATIONS[version - 1]:
-                connection.execute(statement)
-            connection.execute("INSERT INTO aegis_schema_version (version) VALUES (%s)", (version,))
+        schema_at(connection, 3)
         old_requests, _ = awkward_records()
         old_requests = [*old_requests, *(make_request(n) for n in range(10, 20))]
         with connection.cursor() as cursor:
@@ -339,6 +348,43 @@ def test_version_3_request_log_is_migrated_in_place_with_every_row(
         "AND contype = 'p'",
     )
     assert keys == []
+
+
+def test_a_foreign_key_to_the_request_log_keeps_its_key_through_version_4(
+    postgres_url: str, sinks: Callable[[str], PostgresSink], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A table of the user's referencing ``aegis_requests(request_id)`` would
+    make dropping the key fail, and with it every connect: the key is kept,
+    with a warning naming the foreign key, and the sink stores batches (a
+    retried one once) as it does without the key."""
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        schema_at(connection, 3)
+        connection.execute(
+            'CREATE TABLE app_notes (note text, request_id text COLLATE "C" '
+            "CONSTRAINT app_notes_request REFERENCES aegis_requests (request_id))"
+        )
+        connection.execute(
+            f"INSERT INTO aegis_requests VALUES ({', '.join(['%s'] * 12)})", make_request(1)
+        )
+        connection.execute("INSERT INTO app_notes VALUES ('slow', %s)", (make_request(1)[0],))
+    sink = sinks(postgres_url)
+    batch = Batch(requests=[make_request(2), make_request(3)], batch_id="with-key")
+    with caplog.at_level(logging.WARNING, logger="aegis_mw"):
+        sink.write(batch)
+        sink.write(batch)
+
+    assert sql(postgres_url, "SELECT max(version) FROM aegis_schema_version") == [(4,)]
+    assert "foreign key app_notes_request of app_notes references it" in caplog.text
+    keys = sql(
+        postgres_url,
+        "SELECT conname FROM pg_constraint WHERE conrelid = 'aegis_requests'::regclass "
+        "AND contype = 'p'",
+    )
+    assert keys == [("aegis_requests_pkey",)]
+    stored = sink.read_requests(RequestQuery(limit=10))
+    assert stored == [make_request(3), make_request(2), make_request(1)]
+    # A second sink (a restart) connects to the migrated database as well.
+    assert sinks(postgres_url).read_requests(RequestQuery(limit=10)) == stored
 
 
 def test_commits_do_not_wait_for_the_disk_unless_someone_chose(
@@ -530,14 +576,7 @@ def test_version_2_rollups_are_migrated_to_dense_histograms(
     """A database left at version 2 ({"index": count} jsonb histograms, a route
     index) reads back the same figures after the sink migrates it to version 3."""
     with psycopg.connect(postgres_url, autocommit=True) as connection:
-        connection.execute(
-            "CREATE TABLE aegis_schema_version ("
-            "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for version in (1, 2):
-            for statement in postgres_schema.MIGRATIONS[version - 1]:
-                connection.execute(statement)
-            connection.execute("INSERT INTO aegis_schema_version (version) VALUES (%s)", (version,))
+        schema_at(connection, 2)
         values = "10, 1, 0, 55.5, 1.0, 20.0, 100, 2000"
         connection.execute(
             f"INSERT INTO aegis_rollups VALUES (5, 1000, '/a', 'GET', 2, {values}, "
