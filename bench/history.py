@@ -24,6 +24,11 @@ generating them costs little and is never timed.
    ``Aegis`` object: ``--pipeline-records`` items offered to the recorder,
    then ``force_flush`` (finalize, fold, write in batches of 5,000, rollups
    with the last one), timed from the first offer to the end of the flush.
+   Beside each rate, the CPU it took per record: this process's (all its
+   threads), and the PostgreSQL server's (every ``postgres`` process of
+   this machine, read from /proc: the backend and its background writers),
+   which shares the machine's cores with it; "-" where /proc does not show
+   the server (another host).
 
 2. Queries at scale. A fresh database per sink receives ``--requests``
    (10,000,000) requests spread evenly over the 24 hours before a fixed
@@ -267,6 +272,54 @@ class Databases:
 
 
 # -- 1. ingest -------------------------------------------------------------------------
+def server_cpu_seconds() -> float | None:
+    """CPU seconds (user + system) of every ``postgres`` process this
+    machine's /proc shows, None when it shows none (a server elsewhere)."""
+    total, seen = 0.0, False
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                text = stat.read()
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+        name = text[text.find("(") + 1 : text.rfind(")")]
+        if name == "postgres" or name.startswith("postgres:"):
+            fields = text[text.rfind(")") + 2 :].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            seen = True
+    return total if seen else None
+
+
+class CpuMeter:
+    """CPU µs per record of this process and of the PostgreSQL server,
+    over the stretches between :meth:`start` and :meth:`stop`."""
+
+    def __init__(self) -> None:
+        self.own: list[float] = []
+        self.server: list[float] = []
+        self._began: tuple[float, float | None] = (0.0, None)
+
+    def start(self) -> None:
+        self._began = (time.process_time(), server_cpu_seconds())
+
+    def stop(self, records: int) -> None:
+        own, server = time.process_time(), server_cpu_seconds()
+        self.own.append((own - self._began[0]) / records * 1e6)
+        if server is not None and self._began[1] is not None:
+            self.server.append((server - self._began[1]) / records * 1e6)
+
+    def figures(self) -> tuple[float, float | None]:
+        """Medians: this process's µs per record, the server's (None: unseen)."""
+        server = statistics.median(self.server) if self.server else None
+        return statistics.median(self.own), server
+
+
 def ingest(
     databases: Databases, traffic: Traffic, rounds: int, rate: int, size: int, profile: bool
 ) -> dict[str, dict[str, float]]:
@@ -291,6 +344,7 @@ def ingest(
         warm = traffic.records(size, clock[0] - 10.0, 1.0)
         sink.write(Batch(requests=warm, rollups=fold(warm, f"warm-{label}")))
     writes: dict[str, list[float]] = {label: [] for label in sinks}
+    meters = {label: CpuMeter() for label in sinks}
     folds: list[float] = []
     profiles = {label: cProfile.Profile() for label in sinks} if profile else {}
     # One sink at a time: the database server shares the machine's cores,
@@ -304,10 +358,12 @@ def ingest(
             deltas = fold_round(work, f"{label}-r{round_index}")
             folds.append(time.perf_counter() - started)
             gc.collect()
+            meters[label].start()
             started = time.perf_counter()
             for records, delta in zip(work, deltas, strict=True):
                 sink.write(Batch(requests=records, rollups=delta))
             writes[label].append(time.perf_counter() - started)
+            meters[label].stop(batches * size)
             del work, deltas
     for label, profiler in profiles.items():
         work, _ = next_round()
@@ -319,8 +375,11 @@ def ingest(
     count = batches * size
     results = {}
     for label in sinks:
+        own, server = meters[label].figures()
         results[label] = {
             "write": statistics.median(count / s for s in writes[label]),
+            "write_cpu_us": own,
+            "write_server_cpu_us": math.nan if server is None else server,
             "fold_us": statistics.median(s / count * 1e6 for s in folds),
             "fold_write": count / (statistics.median(writes[label]) + statistics.median(folds)),
         }
@@ -330,10 +389,14 @@ def ingest(
     return results
 
 
-def pipeline(databases: Databases, traffic: Traffic, rounds: int, count: int) -> dict[str, float]:
-    """Records/s from the recorder's inbox into each sink, through ``Aegis``.
-    The items are the compiled request paths' own where the extension was
-    built (what the flusher gets from them), lists otherwise."""
+def pipeline(
+    databases: Databases, traffic: Traffic, rounds: int, count: int
+) -> dict[str, tuple[float, float, float]]:
+    """Records/s from the recorder's inbox into each sink, through ``Aegis``,
+    with the CPU µs per record of this process and of the PostgreSQL server
+    (NaN where it is not seen). The items are the compiled request paths'
+    own where the extension was built (what the flusher gets from them),
+    lists otherwise."""
     from aegis_mw import Aegis, speedups
 
     compiled = speedups.load()
@@ -358,16 +421,20 @@ def pipeline(databases: Databases, traffic: Traffic, rounds: int, count: int) ->
             if not aegis.force_flush(120):
                 raise SystemExit(f"pipeline flush failed: {aegis.stats()}")
             rates = []
+            meter = CpuMeter()
             for _ in range(rounds):
                 items = inbox_items(count)
                 gc.collect()
+                meter.start()
                 started = time.perf_counter()
                 for item in items:
                     offer(item)
                 if not aegis.force_flush(120):
                     raise SystemExit(f"pipeline flush failed: {aegis.stats()}")
                 rates.append(count / (time.perf_counter() - started))
-            results[label] = statistics.median(rates)
+                meter.stop(count)
+            own, server = meter.figures()
+            results[label] = (statistics.median(rates), own, math.nan if server is None else server)
         finally:
             aegis.shutdown()
     return results
@@ -479,6 +546,13 @@ def table(header: list[str], rows: list[list[str]]) -> Iterator[str]:
                         for i, (cell, width) in enumerate(zip(row, widths, strict=True)))  # fmt: skip
 
 
+def cpu_pair(own: float, server: float, label: str) -> str:
+    """``own + server`` µs per record; the server's part only for PostgreSQL."""
+    if label != "PostgreSQL":
+        return f"{own:.2f}"
+    return f"{own:.2f} + " + ("-" if math.isnan(server) else f"{server:.2f}")
+
+
 def verdict(ok: bool) -> str:
     return "pass" if ok else "FAIL"
 
@@ -528,15 +602,18 @@ def main() -> None:
             for label, figures in results.items():
                 target = INGEST_TARGETS[label]
                 rows.append([
-                    label, f"{figures['write']:,.0f}", f"{figures['fold_us']:.2f}",
-                    f"{figures['fold_write']:,.0f}",
-                    f"{piped[label]:,.0f}" if label in piped else "-",
+                    label, f"{figures['write']:,.0f}",
+                    cpu_pair(figures["write_cpu_us"], figures["write_server_cpu_us"], label),
+                    f"{figures['fold_us']:.2f}", f"{figures['fold_write']:,.0f}",
+                    f"{piped[label][0]:,.0f}" if label in piped else "-",
+                    cpu_pair(*piped[label][1:], label) if label in piped else "-",
                     f">= {target:,.0f}", verdict(figures["write"] >= target),
                 ])  # fmt: skip
             # The target is the database's: what all processes writing one
             # history can store. Folding is each process's own flusher work.
-            header = ["sink", "write rec/s", "fold us/rec", "fold+write rec/s",
-                      "Aegis pipeline rec/s", "write target", "verdict"]  # fmt: skip
+            header = ["sink", "write rec/s", "CPU us/rec (ours + server)", "fold us/rec",
+                      "fold+write rec/s", "Aegis pipeline rec/s", "CPU us/rec (ours + server)",
+                      "write target", "verdict"]  # fmt: skip
             lines.extend(table(header, rows))
         if args.only != "ingest":
             sinks = databases.open("history")
