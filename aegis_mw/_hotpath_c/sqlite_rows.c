@@ -150,8 +150,9 @@ aegis_sqlite_filename(PyObject *module, PyObject *connection)
     return PyUnicode_DecodeFSDefault(name);
 }
 
-/* One value, read under the GIL and bound without it. */
-enum { CELL_NULL, CELL_INT, CELL_FLOAT, CELL_TEXT };
+/* One value, read under the GIL and bound without it. CELL_UNSET: nothing
+ * known to be bound (a statement's parameters before their first bind). */
+enum { CELL_NULL, CELL_INT, CELL_FLOAT, CELL_TEXT, CELL_UNSET };
 typedef struct {
     int kind;
     int length;
@@ -208,11 +209,44 @@ read_record(PyObject *record, Py_ssize_t width, Cell *cells)
     return 1;
 }
 
+/* Whether binding `cell` where `bound` is bound would change nothing: the
+ * same kind and value (a float's bits; a text's very bytes, at the same
+ * address, which the records held for the chunk keep alive). */
 static int
-bind_cells(sqlite3_stmt *statement, const Cell *cells, int count)
+same_cell(const Cell *cell, const Cell *bound)
+{
+    if (cell->kind != bound->kind) {
+        return 0;
+    }
+    switch (cell->kind) {
+    case CELL_INT:
+        return cell->v.integer == bound->v.integer;
+    case CELL_FLOAT:
+        return memcmp(&cell->v.real, &bound->v.real, sizeof(double)) == 0;
+    case CELL_TEXT:
+        return cell->v.text == bound->v.text && cell->length == bound->length;
+    case CELL_NULL:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* Bind `cells` to the statement's first `count` parameters, skipping those
+ * whose value is bound already: `bound` holds what each parameter holds
+ * (SQLite keeps bindings across steps and resets), and is kept up to date.
+ * Most columns repeat from one statement's row to the same row of the next
+ * (method, route, status, client, error, sizes), and each bind costs a
+ * mutex and the release of the old value. */
+static int
+bind_cells(sqlite3_stmt *statement, const Cell *cells, Cell *bound, int count)
 {
     for (int i = 0; i < count; i++) {
         const Cell *cell = &cells[i];
+        if (same_cell(cell, &bound[i])) {
+            continue;
+        }
+        bound[i].kind = CELL_UNSET;  /* until the bind below succeeded */
         int rc;
         switch (cell->kind) {
         case CELL_INT:
@@ -230,16 +264,27 @@ bind_cells(sqlite3_stmt *statement, const Cell *cells, int count)
         if (rc != SQLITE_OK) {
             return rc;
         }
+        bound[i] = *cell;
     }
     return SQLITE_OK;
+}
+
+/* No parameter of `count` known to be bound: after clear_bindings, and for a
+ * statement just prepared. */
+static void
+forget_bound(Cell *bound, Py_ssize_t count)
+{
+    for (Py_ssize_t i = 0; i < count; i++) {
+        bound[i].kind = CELL_UNSET;
+    }
 }
 
 /* Bind `cells` (rows of `width`) and step `statement` once; SQLITE_OK or the
  * error. The statement is reset either way, so its next step starts clean. */
 static int
-run_statement(sqlite3_stmt *statement, const Cell *cells, int count)
+run_statement(sqlite3_stmt *statement, const Cell *cells, Cell *bound, int count)
 {
-    int rc = bind_cells(statement, cells, count);
+    int rc = bind_cells(statement, cells, bound, count);
     if (rc == SQLITE_OK) {
         rc = api.step(statement);
         rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
@@ -353,13 +398,17 @@ aegis_sqlite_insert_rows(PyObject *module, PyObject *const *args, Py_ssize_t nar
     Py_INCREF(connection);
     PyObject **held = PyMem_Malloc(sizeof(PyObject *) * CHUNK_RECORDS);
     Cell *cells = PyMem_Malloc(sizeof(Cell) * (size_t)width * CHUNK_RECORDS);
+    /* What each parameter of `many`, then of `one`, holds (see bind_cells). */
+    Cell *bound = PyMem_Malloc(sizeof(Cell) * (size_t)width * (size_t)(per + 1));
+    Cell *bound_one = NULL;
     sqlite3_stmt *many = NULL, *one = NULL;
     int rc = SQLITE_OK;
     Py_ssize_t done = 0;
-    if (held == NULL || cells == NULL) {
+    if (held == NULL || cells == NULL || bound == NULL) {
         PyErr_NoMemory();
         goto failed;
     }
+    bound_one = bound + width * per;
     Py_BEGIN_ALLOW_THREADS
     rc = api.prepare_v2(db, many_sql, -1, &many, NULL);
     if (rc == SQLITE_OK) {
@@ -395,14 +444,16 @@ aegis_sqlite_insert_rows(PyObject *module, PyObject *const *args, Py_ssize_t nar
         Py_ssize_t whole = taken - taken % per;
         Py_ssize_t upto = odd ? whole : taken;
         Py_ssize_t stored = 0;
+        /* clear_bindings after the last chunk unbound everything. */
+        forget_bound(bound, width * (per + 1));
         Py_BEGIN_ALLOW_THREADS
         while (rc == SQLITE_OK && stored < whole) {
-            rc = run_statement(many, cells + stored * width, (int)(per * width));
+            rc = run_statement(many, cells + stored * width, bound, (int)(per * width));
             stored += rc == SQLITE_OK ? per : 0;
             slicer_check(&slicer);
         }
         while (rc == SQLITE_OK && stored < upto) {
-            rc = run_statement(one, cells + stored * width, (int)width);
+            rc = run_statement(one, cells + stored * width, bound_one, (int)width);
             stored += rc == SQLITE_OK ? 1 : 0;
         }
         Py_END_ALLOW_THREADS
@@ -433,6 +484,7 @@ aegis_sqlite_insert_rows(PyObject *module, PyObject *const *args, Py_ssize_t nar
     api.finalize(one);
     PyMem_Free(held);
     PyMem_Free(cells);
+    PyMem_Free(bound);
     Py_DECREF(records);
     Py_DECREF(connection);
     return Py_BuildValue("(niN)", done, code, message);
@@ -446,6 +498,7 @@ failed:
     }
     PyMem_Free(held);
     PyMem_Free(cells);
+    PyMem_Free(bound);
     Py_DECREF(records);
     Py_DECREF(connection);
     return NULL;

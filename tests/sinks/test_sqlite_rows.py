@@ -12,6 +12,7 @@ leave to the sqlite3 module (a bool, a str or int subclass, bytes, an int past
 from __future__ import annotations
 
 import math
+import random
 import sqlite3
 import sys
 import threading
@@ -99,6 +100,8 @@ def compiled_insert(
     """The compiled inserts called on their own in one transaction of the
     sink's connection, ended by ``then``: how many records they took."""
     connection = sink._connect()
+    # What the sink checks before its first insert (it also finds SQLite's functions).
+    assert sqlite_rows.compiled_rows(connection, compiled_module()) is compiled_module()
     connection.execute("BEGIN IMMEDIATE")
     taken = sqlite_rows.insert(
         compiled_module(), connection, INSERT_REQUESTS, INSERT_REQUEST,
@@ -166,6 +169,96 @@ def test_odd_values_are_stored_or_refused_as_the_sqlite3_module_does(
         compiled.close()
         reference.close()
     assert stored(directory / "compiled.db") == stored(directory / "reference.db")
+
+
+def _same_text(text: str) -> str:
+    """``text`` as another object (equal, at another address)."""
+    return "".join(list(text))
+
+
+#: Values the compiled inserts take, in kinds SQLite stores differently in
+#: these columns (1, 1.0 and "1" as text are '1', '1.0' and '1'; -0.0 and
+#: 0.0 differ in their bits), some equal in value, kind or address only, so
+#: that a parameter often keeps its value from one statement to the next and
+#: often changes only its kind (the compiled inserts bind only what changed).
+REBOUND: dict[str, list[Any]] = {
+    "ttfb_ms": [None, 0.0, -0.0, 1, 1.0, 2.5],
+    "client_ip": [None, "1", _same_text("1"), 1, 1.0, "a", _same_text("a")],
+    "error": ["", _same_text(""), "1", 1, 1.0, -0.0, 0.0],
+    "request_bytes": [0, 0.0, 1, 1.0, "1", 2**40],
+    "method": ["GET", _same_text("GET"), "POST"],
+}
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    count=st.sampled_from([2 * 64 + 5, 1024 + 64 + 3]),
+    seed=st.integers(0, 2**32),
+    fields=st.lists(st.sampled_from(sorted(REBOUND)), min_size=1, max_size=3, unique=True),
+    choices=st.integers(1, 3),
+)
+def test_parameters_are_bound_again_whenever_their_value_or_kind_changes(
+    tmp_path_factory: pytest.TempPathFactory,
+    count: int,
+    seed: int,
+    fields: list[str],
+    choices: int,
+) -> None:
+    """The compiled inserts skip binding a parameter whose value is bound
+    already (same kind, same bits, same text at the same address); whatever
+    the values repeat or change between statements and chunks, every row is
+    stored as the sqlite3 module stores it."""
+    chance = random.Random(seed)
+    pools = {
+        field: chance.sample(REBOUND[field], min(choices, len(REBOUND[field]))) for field in fields
+    }
+    records = [
+        make_request(n)._replace(**{field: chance.choice(pool) for field, pool in pools.items()})
+        for n in range(count)
+    ]
+    directory = tmp_path_factory.mktemp("rebound")
+    compiled, reference = open_pair(directory)
+    try:
+        assert compiled_insert(compiled, records) == count
+        reference.write(Batch(requests=records))
+    finally:
+        compiled.close()
+        reference.close()
+    assert stored(directory / "compiled.db") == stored(directory / "reference.db")
+
+
+@pytest.mark.parametrize(
+    ("field", "first", "second"),
+    [
+        ("error", -0.0, 0.0),
+        ("error", 1, 1.0),
+        ("error", "1", 1),
+        ("error", "x", _same_text("y")),
+        ("client_ip", None, ""),
+        ("request_bytes", 7, 7.0),
+        ("ttfb_ms", None, 0.0),
+    ],
+)
+def test_a_parameter_whose_value_changes_only_in_kind_or_bits_is_bound_again(
+    tmp_path: Path, field: str, first: Any, second: Any
+) -> None:
+    """Statements alternate between two values that a looser comparison would
+    take for one; the second statement of each pair must store its own."""
+    statements = 2 * 4 + 1
+    records = [
+        make_request(n)._replace(**{field: first if n // ROWS_PER_INSERT % 2 == 0 else second})
+        for n in range(statements * ROWS_PER_INSERT)
+    ]
+    compiled, reference = open_pair(tmp_path)
+    try:
+        assert compiled_insert(compiled, records) == len(records)
+        reference.write(Batch(requests=records))
+    finally:
+        compiled.close()
+        reference.close()
+    assert stored(tmp_path / "compiled.db") == stored(tmp_path / "reference.db")
 
 
 @pytest.mark.parametrize("odd", [0, 63, 64, 130, 1023, 1024, 1100, 1199])
