@@ -111,6 +111,22 @@ def compiled_insert(
     return taken
 
 
+def store_both(directory: Path, records: list[RequestRecord]) -> list[tuple[Any, ...]]:
+    """``records`` stored by the compiled inserts, which must take them all,
+    and by the sqlite3 module; the two files must hold the same rows, which
+    are returned."""
+    compiled, reference = open_pair(directory)
+    try:
+        assert compiled_insert(compiled, records) == len(records)
+        reference.write(Batch(requests=records))
+    finally:
+        compiled.close()
+        reference.close()
+    rows = stored(directory / "compiled.db")
+    assert rows == stored(directory / "reference.db")
+    return rows
+
+
 def test_the_sink_takes_the_compiled_inserts_where_the_module_is_used(tmp_path: Path) -> None:
     compiled, reference = open_pair(tmp_path)
     try:
@@ -125,17 +141,8 @@ def test_the_sink_takes_the_compiled_inserts_where_the_module_is_used(tmp_path: 
 
 @pytest.mark.parametrize("count", [0, 1, 63, 64, 65, 1023, 1024, 1025, 2 * 1024 + 64 * 3 + 5])
 def test_every_record_is_stored_as_the_sqlite3_module_stores_it(tmp_path: Path, count: int) -> None:
-    compiled, reference = open_pair(tmp_path)
     records = [make_request(n, path=f"/items/{n}é" if n % 7 else "/items") for n in range(count)]
-    try:
-        # The compiled inserts take every clean record themselves.
-        assert compiled_insert(compiled, records) == count
-        reference.write(Batch(requests=records))
-    finally:
-        compiled.close()
-        reference.close()
-    assert stored(tmp_path / "compiled.db") == stored(tmp_path / "reference.db")
-    assert len(stored(tmp_path / "compiled.db")) == count
+    assert len(store_both(tmp_path, records)) == count
 
 
 @st.composite
@@ -218,15 +225,7 @@ def test_parameters_are_bound_again_whenever_their_value_or_kind_changes(
         make_request(n)._replace(**{field: chance.choice(pool) for field, pool in pools.items()})
         for n in range(count)
     ]
-    directory = tmp_path_factory.mktemp("rebound")
-    compiled, reference = open_pair(directory)
-    try:
-        assert compiled_insert(compiled, records) == count
-        reference.write(Batch(requests=records))
-    finally:
-        compiled.close()
-        reference.close()
-    assert stored(directory / "compiled.db") == stored(directory / "reference.db")
+    store_both(tmp_path_factory.mktemp("rebound"), records)
 
 
 @pytest.mark.parametrize(
@@ -251,14 +250,7 @@ def test_a_parameter_whose_value_changes_only_in_kind_or_bits_is_bound_again(
         make_request(n)._replace(**{field: first if n // ROWS_PER_INSERT % 2 == 0 else second})
         for n in range(statements * ROWS_PER_INSERT)
     ]
-    compiled, reference = open_pair(tmp_path)
-    try:
-        assert compiled_insert(compiled, records) == len(records)
-        reference.write(Batch(requests=records))
-    finally:
-        compiled.close()
-        reference.close()
-    assert stored(tmp_path / "compiled.db") == stored(tmp_path / "reference.db")
+    store_both(tmp_path, records)
 
 
 @pytest.mark.parametrize("odd", [0, 63, 64, 130, 1023, 1024, 1100, 1199])
