@@ -9,7 +9,9 @@ table, which has no key to check (schema version 4). Sessions are COPYed in
 a savepoint; when one is already there (a batch built by hand, without an
 id, written twice) the savepoint is rolled back and they go through a
 per-connection staging table and one ``INSERT ... SELECT ... ON CONFLICT DO
-NOTHING`` instead. Then the batch's rollup delta is added, once per delta id.
+NOTHING`` instead; so are requests where their table kept its key (something
+of the app's depended on it, see ``postgres_schema.request_key``). Then the
+batch's rollup delta is added, once per delta id.
 Reads borrow connections from a small pool (see :mod:`.postgres_read`).
 
 Example::
@@ -19,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -45,14 +48,19 @@ from .postgres_read import PostgresReader
 from .postgres_schema import (
     COPY_REQUESTS,
     COPY_SESSIONS,
+    COPY_STAGED_REQUESTS,
     COPY_STAGED_SESSIONS,
     CREATE_STAGING,
     INSERT_BATCH,
     INSERT_SESSIONS,
+    INSERT_STAGED_REQUESTS,
     REQUEST_TYPES,
     SESSION_TYPES,
     migrate,
+    request_key,
 )
+
+logger = logging.getLogger("aegis_mw")
 
 #: What tells that a value was refused, not that the server is away: data
 #: exceptions (SQLSTATE class 22: a NUL in text, a number out of range),
@@ -109,6 +117,12 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         # abandoned, stay referenced and are never used or closed here: a
         # forked child closing its copy would end the parent's session.
         self._left_behind: list[psycopg.Connection[Any]] = []
+        # How requests are stored: COPYed plainly, or as sessions are where
+        # their table kept a key (checked on each new connection).
+        self._requests = REQUESTS
+        # Tables whose expired rows the database refused to delete (a foreign
+        # key of the app's), warned about once each.
+        self._prune_refused: set[str] = set()
         self._reader: PostgresReader = PostgresReader(url, self.connect_kwargs, self.name)
         # The compiled module offered by use_compiled, and whether it formats
         # COPY rows on the write connection (see postgres_copy), checked once
@@ -137,6 +151,7 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
             for statement in CREATE_STAGING:
                 connection.execute(statement)
             _relax_commits(connection)
+            self._requests = KEYED_REQUESTS if request_key(connection) else REQUESTS
         except BaseException:
             connection.close()
             raise
@@ -163,13 +178,13 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
                     or cursor.execute(INSERT_BATCH, (batch.batch_id, time.time())).rowcount
                 ):
                     if batch.requests:
-                        _copy(cursor, REQUESTS.copy, REQUESTS, batch.requests, self._copier, slices)
+                        _store(cursor, self._requests, batch.requests, self._copier, slices)
                     if batch.sessions:
-                        _store_sessions(cursor, batch.sessions, self._copier, slices)
+                        _store(cursor, SESSIONS, batch.sessions, self._copier, slices)
                 if batch.rollups is not None and batch.rollups.cells:
                     _add_rollups(cursor, batch.rollups, slices)
         except psycopg.errors.UniqueViolation:
-            raise  # never the content: every insert skips ids stored already
+            raise  # never the content: every keyed insert skips ids stored already
         except REFUSED as exc:
             # The transaction was rolled back and the connection is idle.
             raise RecordRejected(
@@ -211,11 +226,27 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         deleted = 0
         try:
             for sql, step_params in steps:
-                deleted += connection.execute(sql, step_params).rowcount
+                try:
+                    deleted += connection.execute(sql, step_params).rowcount
+                except psycopg.IntegrityError as exc:
+                    # A foreign key of the app's on an expired row: that
+                    # table waits; the others are pruned all the same.
+                    self._warn_prune_refused(sql, exc)
         except psycopg.OperationalError:
             self._drop_if_broken(connection)
             raise
         return deleted
+
+    def _warn_prune_refused(self, sql: str, exc: psycopg.Error) -> None:
+        table = sql.split()[2]  # DELETE FROM <table> ...
+        if table not in self._prune_refused:  # once per table and sink
+            self._prune_refused.add(table)
+            logger.warning(
+                "aegis: expired rows of %s are kept, as the database refused to delete them "
+                "(%s); the other tables are pruned",
+                table,
+                str(exc).splitlines()[0],
+            )
 
     def close(self) -> None:
         self._reader.close()
@@ -245,28 +276,43 @@ class _Table(NamedTuple):
     copy: str
     types: Sequence[str]
     kinds: bytes  # the types, as the compiled formatter spells them
+    #: For a table with a key: the COPY into its staging table, and the insert
+    #: from there that skips the keys stored already; empty for none.
+    staged_copy: str = ""
+    insert_staged: str = ""
 
 
 REQUESTS = _Table(COPY_REQUESTS, REQUEST_TYPES, postgres_copy.kinds_of(REQUEST_TYPES))
-SESSIONS = _Table(COPY_SESSIONS, SESSION_TYPES, postgres_copy.kinds_of(SESSION_TYPES))
+KEYED_REQUESTS = REQUESTS._replace(
+    staged_copy=COPY_STAGED_REQUESTS, insert_staged=INSERT_STAGED_REQUESTS
+)
+SESSIONS = _Table(
+    COPY_SESSIONS, SESSION_TYPES, postgres_copy.kinds_of(SESSION_TYPES),
+    COPY_STAGED_SESSIONS, INSERT_SESSIONS,
+)  # fmt: skip
 
 
-def _store_sessions(
+def _store(
     cursor: psycopg.Cursor[Any],
+    table: _Table,
     rows: Sequence[tuple[Any, ...]],
     compiled: ModuleType | None,
     slices: Slices,
 ) -> None:
-    """Sessions into their table, each stored once, in the caller's
-    transaction (requests need no such care: their table has no key)."""
+    """Rows into their table in the caller's transaction; into a table with
+    a key, each stored once: COPYed in a savepoint, and if some are there
+    already, through the staging table instead, skipping those."""
+    if not table.staged_copy:
+        _copy(cursor, table.copy, table, rows, compiled, slices)
+        return
     try:
         with cursor.connection.transaction():  # a savepoint
-            _copy(cursor, SESSIONS.copy, SESSIONS, rows, compiled, slices)
+            _copy(cursor, table.copy, table, rows, compiled, slices)
         return
     except psycopg.errors.UniqueViolation:
         pass  # some are stored already: add the others, skipping those
-    _copy(cursor, COPY_STAGED_SESSIONS, SESSIONS, rows, compiled, slices)
-    cursor.execute(INSERT_SESSIONS)
+    _copy(cursor, table.staged_copy, table, rows, compiled, slices)
+    cursor.execute(table.insert_staged)
 
 
 def _copy(

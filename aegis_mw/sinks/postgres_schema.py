@@ -44,22 +44,35 @@ _ROLLUP_VALUES = """
 
 
 def _drop_request_key(connection: psycopg.Connection[Any]) -> None:
-    """Version 4's drop of the request key, unless a foreign key of the
-    user's references it: dropping it would fail, and with it every connect.
-    Requests are then still stored once per batch, with the key's cost."""
-    dependents = connection.execute(
-        "SELECT conname, conrelid::regclass::text FROM pg_constraint "
-        "WHERE contype = 'f' AND confrelid = to_regclass('aegis_requests')"
-    ).fetchall()
-    if dependents:
+    """Version 4's drop of the request key, unless something of the app's
+    depends on it (a foreign key referencing ``aegis_requests``, a view
+    grouping by ``request_id``): dropping it would fail, and with it every
+    connect. The key is then kept, and the sink stores requests as it
+    stores sessions (see :func:`request_key`)."""
+    import psycopg
+
+    try:
+        with connection.transaction():  # a savepoint: a refusal keeps the rest
+            connection.execute(
+                "ALTER TABLE aegis_requests DROP CONSTRAINT IF EXISTS aegis_requests_pkey"
+            )
+    except psycopg.errors.DependentObjectsStillExist as exc:
         logger.warning(
-            "aegis: the primary key of aegis_requests is kept: %s reference%s it "
-            "(dropping it makes each stored request cheaper for the server)",
-            ", ".join(f"foreign key {name} of {table}" for name, table in dependents),
-            "" if len(dependents) > 1 else "s",
+            "aegis: the primary key of aegis_requests is kept, as something depends on it "
+            "(%s); requests are still stored once each, at the key's cost to the server",
+            exc.diag.message_detail or exc,
         )
-        return
-    connection.execute("ALTER TABLE aegis_requests DROP CONSTRAINT IF EXISTS aegis_requests_pkey")
+
+
+def request_key(connection: psycopg.Connection[Any]) -> bool:
+    """Whether ``aegis_requests`` has a unique key (one kept by version 4, or
+    TimescaleDB's): then a batch without an id written twice, or retried
+    after its id was pruned, would conflict with its own rows."""
+    row = connection.execute(
+        "SELECT count(*) FROM pg_constraint "
+        "WHERE conrelid = to_regclass('aegis_requests') AND contype IN ('p', 'u')"
+    ).fetchone()
+    return row is not None and row[0] > 0
 
 
 #: Each version's steps: statements, or a function of the connection where a
@@ -234,12 +247,19 @@ INSERT_SESSIONS = (
     f"INSERT INTO aegis_websocket_sessions ({', '.join(SESSION_COLUMNS)}) "
     f"SELECT {', '.join(SESSION_COLUMNS)} FROM aegis_stage_sessions ON CONFLICT DO NOTHING"
 )
+INSERT_STAGED_REQUESTS = (
+    f"INSERT INTO aegis_requests ({', '.join(REQUEST_COLUMNS)}) "
+    f"SELECT {', '.join(REQUEST_COLUMNS)} FROM aegis_stage_requests ON CONFLICT DO NOTHING"
+)
 COPY_REQUESTS = f"COPY aegis_requests ({', '.join(REQUEST_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 COPY_SESSIONS = (
     f"COPY aegis_websocket_sessions ({', '.join(SESSION_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 )
 COPY_STAGED_SESSIONS = (
     f"COPY aegis_stage_sessions ({', '.join(SESSION_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+)
+COPY_STAGED_REQUESTS = (
+    f"COPY aegis_stage_requests ({', '.join(REQUEST_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 )
 #: Binary COPY sends each value in the column's own type.
 REQUEST_TYPES = (
@@ -250,14 +270,17 @@ SESSION_TYPES = (
     "text", "float8", "text", "text", "float8", "int8", "int8", "int4", "bool", "text", "text",
 )  # fmt: skip
 
-#: A per-connection staging table for sessions some of which are stored
-#: already (a batch built by hand, without a batch id, written twice).
+#: Per-connection staging tables for sessions some of which are stored
+#: already (a batch built by hand, without a batch id, written twice), and
+#: for requests where their table kept a key (see request_key).
 #: Emptied at every commit: a batch never sees the rows of the one before,
 #: and nothing is left to clean up. It has no indexes, so COPY into it costs
 #: only the rows.
 CREATE_STAGING = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS aegis_stage_sessions "
     "(LIKE aegis_websocket_sessions) ON COMMIT DELETE ROWS",
+    "CREATE TEMPORARY TABLE IF NOT EXISTS aegis_stage_requests "
+    "(LIKE aegis_requests) ON COMMIT DELETE ROWS",
 )
 #: A batch's id, stored once: no row inserted means a retry of a batch stored already.
 INSERT_BATCH = (

@@ -350,41 +350,89 @@ def test_version_3_request_log_is_migrated_in_place_with_every_row(
     assert keys == []
 
 
-def test_a_foreign_key_to_the_request_log_keeps_its_key_through_version_4(
-    postgres_url: str, sinks: Callable[[str], PostgresSink], caplog: pytest.LogCaptureFixture
+#: Things of the app's that depend on the request key, and what PostgreSQL
+#: says of each when the key is dropped.
+DEPENDENTS = {
+    "foreign key": (
+        'CREATE TABLE app_notes (note text, request_id text COLLATE "C" '
+        "CONSTRAINT app_notes_request REFERENCES aegis_requests (request_id))",
+        "constraint app_notes_request on table app_notes depends on index aegis_requests_pkey",
+    ),
+    "view": (
+        # Selecting route ungrouped relies on the key (a functional dependency).
+        "CREATE VIEW app_routes AS SELECT request_id, route FROM aegis_requests "
+        "GROUP BY request_id",
+        "view app_routes depends on constraint aegis_requests_pkey",
+    ),
+}
+
+
+@pytest.mark.parametrize("dependent", sorted(DEPENDENTS))
+def test_what_depends_on_the_request_key_keeps_it_through_version_4(
+    postgres_url: str,
+    sinks: Callable[[str], PostgresSink],
+    caplog: pytest.LogCaptureFixture,
+    dependent: str,
 ) -> None:
-    """A table of the user's referencing ``aegis_requests(request_id)`` would
-    make dropping the key fail, and with it every connect: the key is kept,
-    with a warning naming the foreign key, and the sink stores batches (a
-    retried one once) as it does without the key."""
+    """Something of the app's depending on ``aegis_requests``' key would make
+    dropping it fail, and with it every connect: the key is kept, with a
+    warning naming what depends on it, and the sink stores every request
+    once all the same: a batch without an id written twice, a batch holding
+    requests stored already and new ones."""
+    create, detail = DEPENDENTS[dependent]
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         schema_at(connection, 3)
         connection.execute(
-            'CREATE TABLE app_notes (note text, request_id text COLLATE "C" '
-            "CONSTRAINT app_notes_request REFERENCES aegis_requests (request_id))"
-        )
-        connection.execute(
             f"INSERT INTO aegis_requests VALUES ({', '.join(['%s'] * 12)})", make_request(1)
         )
-        connection.execute("INSERT INTO app_notes VALUES ('slow', %s)", (make_request(1)[0],))
+        connection.execute(create)
+        if dependent == "foreign key":
+            connection.execute("INSERT INTO app_notes VALUES ('slow', %s)", (make_request(1)[0],))
     sink = sinks(postgres_url)
-    batch = Batch(requests=[make_request(2), make_request(3)], batch_id="with-key")
     with caplog.at_level(logging.WARNING, logger="aegis_mw"):
-        sink.write(batch)
-        sink.write(batch)
+        sink.write(Batch(requests=[make_request(2), make_request(3)], batch_id="with-key"))
 
     assert sql(postgres_url, "SELECT max(version) FROM aegis_schema_version") == [(4,)]
-    assert "foreign key app_notes_request of app_notes references it" in caplog.text
+    assert detail in caplog.text
     keys = sql(
         postgres_url,
         "SELECT conname FROM pg_constraint WHERE conrelid = 'aegis_requests'::regclass "
         "AND contype = 'p'",
     )
     assert keys == [("aegis_requests_pkey",)]
-    stored = sink.read_requests(RequestQuery(limit=10))
-    assert stored == [make_request(3), make_request(2), make_request(1)]
+    unnamed = Batch(requests=[make_request(4), make_request(5)])
+    sink.write(unnamed)
+    sink.write(unnamed)
+    sink.write(Batch(requests=[make_request(n) for n in range(1, 8)]))
+    expected = [make_request(n) for n in range(7, 0, -1)]
+    assert sink.read_requests(RequestQuery(limit=20)) == expected
     # A second sink (a restart) connects to the migrated database as well.
-    assert sinks(postgres_url).read_requests(RequestQuery(limit=10)) == stored
+    assert sinks(postgres_url).read_requests(RequestQuery(limit=20)) == expected
+
+
+def test_pruning_goes_on_past_expired_requests_the_app_still_references(
+    postgres_url: str, sinks: Callable[[str], PostgresSink], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A foreign key of the app's on an expired request makes deleting it
+    fail: the request log waits, with one warning, and the other tables are
+    pruned all the same, every time."""
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        schema_at(connection, 3)
+        connection.execute(DEPENDENTS["foreign key"][0])
+    sink = sinks(postgres_url)
+    sink.write(Batch(requests=[make_request(1), make_request(2)], sessions=[make_session(1)]))
+    sql(postgres_url, "INSERT INTO app_notes VALUES ('slow', %s)", make_request(1)[0])
+    after_all = 1_800_000_000.0
+    with caplog.at_level(logging.WARNING, logger="aegis_mw"):
+        sink.prune(after_all, {}, 1000)
+        sink.write(Batch(sessions=[make_session(2)]))
+        sink.prune(after_all, {}, 1000)
+
+    assert sql(postgres_url, "SELECT count(*) FROM aegis_websocket_sessions") == [(0,)]
+    assert sql(postgres_url, "SELECT count(*) FROM aegis_requests") == [(2,)]
+    warnings = [r.getMessage() for r in caplog.records if "are kept" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "expired rows of aegis_requests are kept" in warnings[0]
 
 
 def test_commits_do_not_wait_for_the_disk_unless_someone_chose(
