@@ -147,11 +147,17 @@ def stage_round(
     seconds: dict[str, float] = {}
     recorder.inbox.extend(make_items(records, seed=round_index))
     seconds["drain"], items = timed(lambda: recorder.drain(records))
+
     # The compiled loops fuse the ring with the per-label totals and
     # finalize with the rollup folding; the Python code's steps come after.
-    seconds["ring + per-label totals"], (good, _) = timed(
-        lambda: aggregates.fold_drained(lambda: items)
-    )
+    def fold() -> tuple[list[Any], int]:
+        folded = aggregates.fold_drained(lambda: items)
+        # The sums the compiled fold left pending, as a reader would (versions
+        # before the pending sums have none).
+        getattr(aggregates, "settle", lambda: None)()
+        return folded
+
+    seconds["ring + per-label totals"], (good, _) = timed(fold)
     seconds["finalize + rollups"], stored = timed(lambda: finalizer.finalize(good))
     if twins is not None:
         seconds.update(python_stages(twins, items))

@@ -7,11 +7,15 @@
  * status, native byte counts and a plain error, whose second is the one its
  * ring slot holds and whose (method, route, status) the totals already know.
  * At the first item it does not take it stops and returns that item's index;
- * the Python code, which stays the reference, folds that one, and the caller
- * calls again for the rest. Each structure still sees the items in their
- * order, so sums come out float for float as the Python code makes them.
- * Everything an item needs is read and made before anything changes; a
- * failure (no memory) also stops, with nothing changed. */
+ * the Python code, which stays the reference, settles the pending sums and
+ * folds that one, and the caller calls again for the rest.
+ *
+ * The sums go to a FoldPending (fold_pending.c) as C numbers, not into the
+ * lists: they are written there when someone reads or the Python code takes
+ * over, float for float what the Python code would have made, as each list
+ * still sees the items in their order. Everything an item needs is checked
+ * before anything changes; a failure (no memory) stops, with nothing
+ * changed. */
 #include "hotpath.h"
 #include <math.h>
 
@@ -35,23 +39,6 @@ aegis_fold_layout(void)
                          L_BUCKETS);
 }
 
-/* value + addend as Python adds them (int 0 + float, float + float); NULL
- * with an error cleared when that fails. */
-static PyObject *
-number_plus(PyObject *value, double addend)
-{
-    if (PyFloat_CheckExact(value)) {
-        return PyFloat_FromDouble(PyFloat_AS_DOUBLE(value) + addend);
-    }
-    PyObject *other = PyFloat_FromDouble(addend);
-    PyObject *sum = other != NULL ? PyNumber_Add(value, other) : NULL;
-    Py_XDECREF(other);
-    if (sum == NULL) {
-        PyErr_Clear();
-    }
-    return sum;
-}
-
 /* bisect_left over the bounds. */
 static Py_ssize_t
 bisect_left(const double *bounds, Py_ssize_t count, double value)
@@ -70,22 +57,108 @@ bisect_left(const double *bounds, Py_ssize_t count, double value)
 }
 
 typedef struct {
-    PyObject *ring, *good, *known, *requests;
+    PyObject *ring, *good, *known;
+    FoldPendingObject *pending;
     double bounds[MAX_BOUNDS];
     Py_ssize_t bound_count, slot_length, series_length;
     double low_ms, scale, shift;
     long last;
 } Fold;
 
-/* A list slot holding a new object at `position`, in a batch of changes
- * made only once every new object exists. */
-typedef struct {
-    PyObject *list;
-    Py_ssize_t position;
-    PyObject *value;
-} Change;
+/* The items between two settles stay far below where a count could pass 64
+ * bits (each adds 1 to one); byte counts, which can be any 64-bit number,
+ * are checked (can_add). */
+#define MAX_PENDING_ITEMS (1LL << 31)
 
-#define MAX_CHANGES 16
+/* Whether a position can take pending sums: the value the list holds must
+ * be a plain int (for counts) or a float (an int too, for a sum that Python
+ * starts at int 0). Positions with sums pending already can. */
+static inline int
+can_count(PendingList *entry, Py_ssize_t position)
+{
+    return entry->kind[position] != PENDING_NONE
+           || PyLong_CheckExact(PyList_GET_ITEM(entry->list, position));
+}
+
+/* can_count, and the pending delta plus `delta` within 64 bits. */
+static inline int
+can_add(PendingList *entry, Py_ssize_t position, long long delta)
+{
+    long long sum;
+    if (entry->kind[position] == PENDING_INT) {
+        return !aegis_add_overflows(entry->ints[position], delta, &sum);
+    }
+    return can_count(entry, position);
+}
+
+static inline int
+can_sum(PendingList *entry, Py_ssize_t position, int from_int)
+{
+    if (entry->kind[position] != PENDING_NONE) {
+        return 1;
+    }
+    PyObject *held = PyList_GET_ITEM(entry->list, position);
+    if (PyFloat_CheckExact(held)) {
+        return 1;
+    }
+    if (!from_int || !PyLong_CheckExact(held)) {
+        return 0;
+    }
+    double value = PyLong_AsDouble(held);  /* as int + float converts it */
+    if (value == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+static inline void
+touch(PendingList *entry, Py_ssize_t position, unsigned char kind)
+{
+    entry->kind[position] = kind;
+    entry->touched[entry->touched_count++] = position;
+}
+
+static inline void
+add_count(PendingList *entry, Py_ssize_t position, long long delta)
+{
+    if (entry->kind[position] == PENDING_NONE) {
+        touch(entry, position, PENDING_INT);
+        entry->ints[position] = 0;
+    }
+    entry->ints[position] += delta;
+}
+
+/* The float the position holds now, pending or in the list (a float, or an
+ * int can_sum passed). */
+static inline double
+current(PendingList *entry, Py_ssize_t position)
+{
+    if (entry->kind[position] == PENDING_FLOAT) {
+        return entry->floats[position];
+    }
+    PyObject *held = PyList_GET_ITEM(entry->list, position);
+    return PyFloat_CheckExact(held) ? PyFloat_AS_DOUBLE(held) : PyLong_AsDouble(held);
+}
+
+static inline void
+add_sum(PendingList *entry, Py_ssize_t position, double addend)
+{
+    double value = current(entry, position) + addend;
+    if (entry->kind[position] == PENDING_NONE) {
+        touch(entry, position, PENDING_FLOAT);
+    }
+    entry->floats[position] = value;
+}
+
+static inline void
+set_float(PendingList *entry, Py_ssize_t position, double value)
+{
+    if (entry->kind[position] == PENDING_NONE) {
+        touch(entry, position, PENDING_FLOAT);
+    }
+    entry->floats[position] = value;
+}
 
 /* 1 when the item was folded, 0 to stop (nothing changed). */
 static int
@@ -112,6 +185,10 @@ fold_one(Fold *fold, PyObject *object)
     double duration_ms = seconds * 1000.0;
     double ttfb = item->has_ttfb ? item->ttfb - item->start : 0.0;
     if (!isfinite(duration_ms) || !isfinite(ttfb) || !(fabs(item->end) < SECOND_LIMIT)) {
+        return 0;
+    }
+    FoldPendingObject *pending = fold->pending;
+    if (pending->items >= MAX_PENDING_ITEMS) {
         return 0;
     }
     /* The ring's slot: the one of this second already (a new second, or a
@@ -145,121 +222,105 @@ fold_one(Fold *fold, PyObject *object)
     if (!PyList_CheckExact(series) || PyList_GET_SIZE(series) != fold->series_length) {
         return 0;
     }
-    PyObject *count = PyDict_GetItemWithError(fold->requests, key3);  /* borrowed */
+    /* Their pending sums (made when new: that changes no figure). */
+    PendingList *ring_sums = aegis_pending_list(pending, slot, fold->slot_length);
+    PendingList *series_sums =
+        ring_sums != NULL ? aegis_pending_list(pending, series, fold->series_length) : NULL;
+    long long *count = series_sums != NULL ? aegis_pending_count(pending, key3) : NULL;
     if (count == NULL) {
-        PyErr_Clear();
         return 0;
     }
     long bucket =
         aegis_duration_bucket(duration_ms, fold->low_ms, fold->scale, fold->shift, fold->last);
-    Py_buffer view;
-    if (PyObject_GetBuffer(fine, &view, PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
-        PyErr_Clear();
-        return 0;
-    }
-    int folded = 0;
-    Change changes[MAX_CHANGES];
-    int made = 0;
-    PyObject *new_count = NULL;
-    if (view.itemsize != 8 || view.format == NULL || strcmp(view.format, "Q") != 0
-        || bucket >= view.len / 8) {
-        goto done;
-    }
     long long request_bytes = item->request_bytes;
     long long response_bytes = head ? 0 : item->response_bytes;
     int failed = status >= 500 || PyUnicode_GET_LENGTH(item->error) > 0;
     long klass = (long)(status / 100);
     Py_ssize_t status_index = R_STATUS_BASE + (0 < klass && klass < 6 ? klass : 5);
     Py_ssize_t ttfb_base = L_BUCKETS + fold->bound_count + 1;
-
-#define CHANGE(target, where, made_value)                                            \
-    do {                                                                             \
-        PyObject *value_ = (made_value);                                             \
-        if (value_ == NULL) {                                                        \
-            goto done;                                                               \
-        }                                                                            \
-        changes[made++] = (Change){(target), (where), value_};                       \
-    } while (0)
-#define INT_CHANGE(target, where, delta) \
-    CHANGE(target, where, aegis_int_plus(PyList_GET_ITEM(target, where), delta))
-
-    /* The ring slot (aggregates._fold). */
-    PyObject *low = PyList_GET_ITEM(slot, R_MIN), *high = PyList_GET_ITEM(slot, R_MAX);
-    PyObject *sum = PyList_GET_ITEM(slot, R_DURATION_SUM);
-    if (!PyFloat_CheckExact(low) || !PyFloat_CheckExact(high) || !PyFloat_CheckExact(sum)) {
+    Py_ssize_t series_bucket = L_BUCKETS + bisect_left(fold->bounds, fold->bound_count, seconds);
+    Py_ssize_t ttfb_bucket = ttfb_base + bisect_left(fold->bounds, fold->bound_count, ttfb);
+    /* Everything checked before anything changes. */
+    if (!can_count(ring_sums, R_REQUESTS) || !can_count(ring_sums, R_ERRORS)
+        || !can_count(ring_sums, status_index) || !can_count(ring_sums, R_HIST_BASE + bucket)
+        || !can_sum(ring_sums, R_DURATION_SUM, 0) || !can_sum(ring_sums, R_MIN, 0)
+        || !can_sum(ring_sums, R_MAX, 0) || !can_count(series_sums, L_COUNT)
+        || !can_count(series_sums, series_bucket) || !can_add(series_sums, L_REQUEST, request_bytes)
+        || !can_add(series_sums, L_RESPONSE, response_bytes) || !can_sum(series_sums, L_DURATION_SUM, 1)
+        || (item->has_ttfb
+            && (!can_count(series_sums, L_TTFB_COUNT) || !can_count(series_sums, ttfb_bucket)
+                || !can_sum(series_sums, L_TTFB_SUM, 1)))) {
+        return 0;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(fine, &view, PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    int folded = 0;
+    if (view.itemsize != 8 || view.format == NULL || strcmp(view.format, "Q") != 0
+        || bucket >= view.len / 8) {
         goto done;
     }
-    INT_CHANGE(slot, R_REQUESTS, 1);
-    if (failed) {
-        INT_CHANGE(slot, R_ERRORS, 1);
-    }
-    CHANGE(slot, R_DURATION_SUM, PyFloat_FromDouble(PyFloat_AS_DOUBLE(sum) + duration_ms));
-    INT_CHANGE(slot, status_index, 1);
-    INT_CHANGE(slot, R_HIST_BASE + bucket, 1);
-    if (duration_ms < PyFloat_AS_DOUBLE(low)) {
-        CHANGE(slot, R_MIN, PyFloat_FromDouble(duration_ms));
-    }
-    if (duration_ms > PyFloat_AS_DOUBLE(high)) {
-        CHANGE(slot, R_MAX, PyFloat_FromDouble(duration_ms));
-    }
-    /* The series (LabeledTotals.fold). */
-    INT_CHANGE(series, L_COUNT, 1);
-    CHANGE(series, L_DURATION_SUM, number_plus(PyList_GET_ITEM(series, L_DURATION_SUM), seconds));
-    INT_CHANGE(series, L_BUCKETS + bisect_left(fold->bounds, fold->bound_count, seconds), 1);
-    if (item->has_ttfb) {
-        INT_CHANGE(series, L_TTFB_COUNT, 1);
-        CHANGE(series, L_TTFB_SUM, number_plus(PyList_GET_ITEM(series, L_TTFB_SUM), ttfb));
-        INT_CHANGE(series, ttfb_base + bisect_left(fold->bounds, fold->bound_count, ttfb), 1);
-    }
-    INT_CHANGE(series, L_REQUEST, request_bytes);
-    INT_CHANGE(series, L_RESPONSE, response_bytes);
-#undef INT_CHANGE
-#undef CHANGE
-    new_count = aegis_int_plus(count, 1);
-    if (new_count == NULL) {
-        goto done;
-    }
-    /* The steps that can fail and change something, first. */
+    /* The one step that can fail and changes something, first. */
     if (PyList_Append(fold->good, object) < 0) {
         PyErr_Clear();
         goto done;
     }
-    /* An existing key: setting it allocates nothing, so it cannot fail. */
-    if (PyDict_SetItem(fold->requests, key3, new_count) < 0) {
-        PyErr_Clear();  /* not reached; the item is then the Python code's */
-        Py_ssize_t appended = PyList_GET_SIZE(fold->good) - 1;
-        PyList_SetSlice(fold->good, appended, appended + 1, NULL);
-        goto done;
+    /* The ring slot (aggregates._fold). */
+    add_count(ring_sums, R_REQUESTS, 1);
+    if (failed) {
+        add_count(ring_sums, R_ERRORS, 1);
     }
-    for (int change = 0; change < made; change++) {
-        PyList_SetItem(changes[change].list, changes[change].position, changes[change].value);
+    add_sum(ring_sums, R_DURATION_SUM, duration_ms);
+    add_count(ring_sums, status_index, 1);
+    add_count(ring_sums, R_HIST_BASE + bucket, 1);
+    if (duration_ms < current(ring_sums, R_MIN)) {
+        set_float(ring_sums, R_MIN, duration_ms);
     }
-    made = 0;
+    if (duration_ms > current(ring_sums, R_MAX)) {
+        set_float(ring_sums, R_MAX, duration_ms);
+    }
+    /* The series (LabeledTotals.fold). */
+    add_count(series_sums, L_COUNT, 1);
+    add_sum(series_sums, L_DURATION_SUM, seconds);
+    add_count(series_sums, series_bucket, 1);
+    if (item->has_ttfb) {
+        add_count(series_sums, L_TTFB_COUNT, 1);
+        add_sum(series_sums, L_TTFB_SUM, ttfb);
+        add_count(series_sums, ttfb_bucket, 1);
+    }
+    add_count(series_sums, L_REQUEST, request_bytes);
+    add_count(series_sums, L_RESPONSE, response_bytes);
+    *count += 1;
+    pending->items++;
     ((unsigned long long *)view.buf)[bucket] += 1;
     folded = 1;
 done:
-    for (int change = 0; change < made; change++) {
-        Py_DECREF(changes[change].value);
-    }
-    Py_XDECREF(new_count);
     PyBuffer_Release(&view);
     /* A failure (no memory) leaves the item, unchanged, to the Python code. */
     PyErr_Clear();
     return folded;
 }
 
-/* fold_items(items, start, good, ring, known, requests, bounds,
+/* fold_items(items, start, good, pending, known, bounds,
  *            (low_ms, scale, shift, last)) -> the index of the first item
- * not folded (len(items) when all were). */
+ * not folded (len(items) when all were). The ring and the request counts
+ * are the pending sums' (a FoldPending), where the items' sums go. */
 PyObject *
 aegis_fold_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "fold_items takes 8 arguments");
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "fold_items takes 7 arguments");
         return NULL;
     }
-    PyObject *items = args[0], *bounds = args[6], *constants = args[7];
-    Fold fold = {.good = args[2], .ring = args[3], .known = args[4], .requests = args[5]};
+    PyObject *items = args[0], *bounds = args[5], *constants = args[6];
+    if (Py_TYPE(args[3]) != &AegisFoldPendingType) {
+        PyErr_SetString(PyExc_TypeError, "fold_items: pending must be a FoldPending");
+        return NULL;
+    }
+    FoldPendingObject *pending = (FoldPendingObject *)args[3];
+    Fold fold = {.good = args[2], .ring = pending->ring, .known = args[4], .pending = pending};
     Py_ssize_t index = PyLong_AsSsize_t(args[1]);
     if (index == -1 && PyErr_Occurred()) {
         return NULL;
@@ -269,8 +330,7 @@ aegis_fold_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     if (!PyList_CheckExact(items) || !PyList_CheckExact(fold.good)
-        || !PyList_CheckExact(fold.ring) || PyList_GET_SIZE(fold.ring) != RING_MASK + 1
-        || !PyDict_CheckExact(fold.known) || !PyDict_CheckExact(fold.requests)
+        || PyList_GET_SIZE(fold.ring) != RING_MASK + 1 || !PyDict_CheckExact(fold.known)
         || !PyTuple_CheckExact(bounds) || PyTuple_GET_SIZE(bounds) > MAX_BOUNDS
         || !PyTuple_CheckExact(constants) || PyTuple_GET_SIZE(constants) != 4) {
         PyErr_SetString(PyExc_TypeError, "fold_items: unexpected argument types");

@@ -276,6 +276,44 @@ void aegis_free_lists_init(void);
 PyObject *aegis_fold_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *aegis_fold_layout(void);
 
+/* fold_pending.c: the compiled fold's sums not yet written into the lists. */
+enum { PENDING_NONE, PENDING_INT, PENDING_FLOAT };
+#define PENDING_LISTS 512
+#define PENDING_COUNTS 512
+#define PENDING_TABLE_BITS 10
+#define PENDING_TABLE (1 << PENDING_TABLE_BITS) /* twice the most entries: short probes */
+
+typedef struct {
+    PyObject *list;          /* held */
+    Py_ssize_t length;
+    long long *ints;         /* per position: the delta of an int */
+    double *floats;          /* per position: the new value of a float */
+    Py_ssize_t *touched;     /* the positions with a kind, in the order first touched */
+    unsigned char *kind;     /* per position: PENDING_NONE, _INT or _FLOAT */
+    Py_ssize_t touched_count;
+} PendingList;
+
+typedef struct {
+    PyObject *key;           /* held */
+    long long delta;
+} PendingCount;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *ring, *requests;
+    long long items;         /* items folded since the last settle */
+    Py_ssize_t list_count, count_count;
+    PendingList lists[PENDING_LISTS];
+    PendingCount counts[PENDING_COUNTS];
+    short list_table[PENDING_TABLE];  /* index + 1 into lists, 0 for none */
+    short count_table[PENDING_TABLE];
+} FoldPendingObject;
+
+extern PyTypeObject AegisFoldPendingType;
+PendingList *aegis_pending_list(FoldPendingObject *pending, PyObject *list, Py_ssize_t length);
+long long *aegis_pending_count(FoldPendingObject *pending, PyObject *key);
+int aegis_pending_settle(FoldPendingObject *pending);
+
 /* pg_copy.c */
 PyObject *aegis_pg_copy_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 

@@ -144,7 +144,7 @@ PyInit__hotpath(void)
         || PyType_Ready(&AegisWsgiResponseType) < 0
         || PyType_Ready(&AegisWsgiSizedResponseType) < 0
         || PyType_Ready(&AegisWsgiWriterType) < 0 || PyType_Ready(&AegisDjangoPathType) < 0
-        || PyType_Ready(&AegisDjangoCloserType) < 0) {
+        || PyType_Ready(&AegisDjangoCloserType) < 0 || PyType_Ready(&AegisFoldPendingType) < 0) {
         return NULL;
     }
     aegis_free_lists_init();
@@ -156,6 +156,7 @@ PyInit__hotpath(void)
         || PyModule_AddObjectRef(module, "HttpItem", (PyObject *)&AegisItemType) < 0
         || PyModule_AddObjectRef(module, "WsgiPath", (PyObject *)&AegisWsgiPathType) < 0
         || PyModule_AddObjectRef(module, "DjangoPath", (PyObject *)&AegisDjangoPathType) < 0
+        || PyModule_AddObjectRef(module, "FoldPending", (PyObject *)&AegisFoldPendingType) < 0
         || PyModule_AddIntConstant(module, "NATIVE_MONOTONIC", AEGIS_NATIVE_MONOTONIC) < 0
         || add_owned(module, "FOLD_LAYOUT", aegis_fold_layout()) < 0) {
         Py_DECREF(module);

@@ -202,6 +202,25 @@ class RealtimeAggregates:
             and all(type(bound) is float for bound in self.labeled.bounds)
             else None
         )
+        #: The compiled fold's sums not yet in the ring, the series and the
+        #: request counts (``_hotpath.FoldPending``): settled before anyone
+        #: reads them and before the Python fold changes them.
+        self._pending: Any = self._new_pending(compiled)
+
+    def _new_pending(self, compiled: ModuleType | None) -> Any:
+        if self._compiled_fold is None or compiled is None:
+            return None
+        return compiled.FoldPending(self.ring, self.labeled.requests)
+
+    def settle(self) -> None:
+        """Write the compiled fold's pending sums into the figures (readers
+        do it themselves; for callers that read the lists directly)."""
+        with self._lock:
+            self._settle()
+
+    def _settle(self) -> None:
+        if self._pending is not None:
+            self._pending.settle()
 
     def add_in_flight_source(self, source: Any) -> None:
         """Count ``source.in_flight`` (an int the source keeps) in ``in_flight``."""
@@ -218,6 +237,8 @@ class RealtimeAggregates:
         self.totals = _empty_slot(-1)
         self.drained = 0
         self.labeled = LabeledTotals(self.labeled.bounds)
+        if self._pending is not None:  # its sums were the parent's
+            self._pending = type(self._pending)(self.ring, self.labeled.requests)
         # A fork may land mid-fold: the child must not inherit a held lock.
         self._lock = threading.Lock()
         self.websocket_sessions = 0
@@ -235,6 +256,7 @@ class RealtimeAggregates:
             items = drain()
             self.drained += len(items)
             if self._compiled_fold is None or type(items) is not list:
+                self._settle()
                 self.websocket_sessions += _fold(self.ring, self.totals, items, good)
                 self.labeled.fold(good, self.routes.label)
             else:
@@ -243,16 +265,18 @@ class RealtimeAggregates:
 
     def _fold_compiled(self, fold: Callable[..., int], items: list[Any], good: list[Any]) -> None:
         """Fold with the compiled loop; each item it stops at (a new second,
-        a label set not seen, an odd value) is folded here, and it goes on."""
+        a label set not seen, an odd value) is folded here, after its pending
+        sums are settled, and it goes on."""
         labeled = self.labeled
         index, total = 0, len(items)
         while True:
             index = fold(
-                items, index, good, self.ring, labeled._known, labeled.requests,
-                labeled.bounds, histogram.PLACEMENT,
+                items, index, good, self._pending, labeled._known, labeled.bounds,
+                histogram.PLACEMENT,
             )  # fmt: skip
             if index >= total:
                 return
+            self._pending.settle()
             # The item it stopped at, and every following one that is not a
             # compiled item (a pure-Python path's list, a session), here.
             end = python_run_end(items, index, self._item_type)
@@ -265,6 +289,7 @@ class RealtimeAggregates:
         """The per-label totals including the items still waiting in the inbox,
         read as one moment (their route labels predicted on a copy of the cap)."""
         with self._lock:
+            self._settle()
             labeled = self.labeled.copy()
             routes = self.routes.copy()
             waiting = pending()
@@ -274,6 +299,7 @@ class RealtimeAggregates:
     def _read(self, pending: Callable[[], list[Any]]) -> tuple[list[list[Any]], list[Any], int]:
         """A consistent copy of ring, totals and the not-yet-folded items."""
         with self._lock:
+            self._settle()
             ring = [list(slot) for slot in self.ring]
             totals = list(self.totals)
             sessions = self.websocket_sessions

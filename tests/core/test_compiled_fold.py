@@ -15,11 +15,13 @@ from __future__ import annotations
 import marshal
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aegis_mw.core.aggregates import RealtimeAggregates
 from aegis_mw.core.items import PendingSession
+from aegis_mw.core.labeled import REQUEST_BYTES
 from aegis_mw.core.labels import RouteCap
 from tests.conftest import compiled_module
 from tests.core.test_compiled_finalize import as_item, items
@@ -37,6 +39,7 @@ def exact(value: Any) -> Any:
 
 
 def shown(aggregates: RealtimeAggregates, good: list[Any], malformed: int) -> Any:
+    aggregates.settle()
     labeled = aggregates.labeled
     return exact({
         # marshal keeps each float's bits, and is quick over the whole ring.
@@ -76,24 +79,34 @@ def timed_items(draw: st.DrawFn) -> Any:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    batches=st.lists(st.lists(timed_items(), max_size=8), min_size=1, max_size=4),
+    batches=st.lists(
+        st.tuples(st.lists(timed_items(), max_size=8), st.booleans()), min_size=1, max_size=4
+    ),
     buckets=st.sampled_from([(0.005, 0.01, 0.1, 1.0), (0.5,), ()]),
 )
 def test_the_compiled_fold_folds_as_the_python_one(
-    batches: list[list[Any]], buckets: tuple[float, ...]
+    batches: list[tuple[list[Any], bool]], buckets: tuple[float, ...]
 ) -> None:
+    """Compared after the batches drawn to be read and after the last: the
+    compiled fold's sums stay pending across the others."""
     module = compiled_module()
     python = RealtimeAggregates(RouteCap(4), buckets)
     compiled = RealtimeAggregates(RouteCap(4), buckets, module)
     assert compiled._compiled_fold is not None
-    for batch in batches:
+    for number, (batch, read) in enumerate(batches, 1):
         made = [
             entry if isinstance(entry, PendingSession) else as_item(module, entry)
             for repeated in batch
             for entry in repeated
         ]
-        expected = shown(python, *python.fold_drained(lambda: list(made)))  # noqa: B023
-        assert shown(compiled, *compiled.fold_drained(lambda: list(made))) == expected  # noqa: B023
+        expected = python.fold_drained(lambda: list(made))  # noqa: B023
+        got = compiled.fold_drained(lambda: list(made))  # noqa: B023
+        assert ([id(item) for item in got[0]], got[1]) == (
+            [id(item) for item in expected[0]],
+            expected[1],
+        )
+        if read or number == len(batches):
+            assert shown(compiled, *got) == shown(python, *expected)
 
 
 def test_items_of_a_known_second_and_label_set_take_the_compiled_fold() -> None:
@@ -108,6 +121,7 @@ def test_items_of_a_known_second_and_label_set_take_the_compiled_fold() -> None:
     aggregates.labeled.fold = lambda batch, label: calls.append(len(batch)) or fold(batch, label)  # type: ignore[method-assign]
     good, malformed = aggregates.fold_drained(lambda: items)
     assert (len(good), malformed, calls) == (40, 0, [1])
+    aggregates.settle()
     assert aggregates.labeled.requests[("GET", "/a", "200")] == 40
     assert aggregates.labeled.series[("GET", "/a")][0] == 40
     slot = aggregates.ring[5 & 127]
@@ -132,3 +146,99 @@ def test_a_batch_of_lists_takes_one_python_pass() -> None:
     batch = [list(fields) for _ in range(30)]
     good, malformed = aggregates.fold_drained(lambda: batch)
     assert (len(good), malformed, calls) == (30, 0, [30])
+
+
+def clean_items(module: Any, routes: int, count: int, second: float = 5.0) -> list[Any]:
+    """Items of one second, `routes` label sets in turn (every other one
+    failing), the first `routes` items one of each; durations vary."""
+    made = []
+    for index in range(count):
+        route, end = index % routes, second + 0.001 * (1 + index % 29)
+        status = 503 if route % 2 else 200
+        fields = ["GET", f"/r{route}", "/p", status, second, second + 0.0001 * (index % 13), end]
+        made.append(module.item_from_fields([*fields, 3, 10 + index, None, None, "", False]))
+    return made
+
+
+def folded_pair(module: Any, batches: list[list[Any]]) -> tuple[Any, Any]:
+    python = RealtimeAggregates(RouteCap(2000))
+    compiled = RealtimeAggregates(RouteCap(2000), compiled=module)
+    for batch in batches:
+        python.fold_drained(lambda: list(batch))  # noqa: B023
+        compiled.fold_drained(lambda: list(batch))  # noqa: B023
+    return python, compiled
+
+
+def test_readers_see_the_pending_sums_which_stay_out_of_the_lists_until_then() -> None:
+    module = compiled_module()
+    items = clean_items(module, 3, 90)
+    python, compiled = folded_pair(module, [items[:3], items[3:]])
+    # The first three taught the label sets; the other 87 are pending.
+    assert compiled._pending.sizes()[2] == 87
+    assert compiled.ring[5][1] == 3
+    assert compiled.labeled.requests[("GET", "/r0", "200")] < 30
+    for aggregates in (python, compiled):
+        assert aggregates.snapshot(6, list).total_requests == 90
+    assert compiled._pending.sizes() == (0, 0, 0)  # the snapshot settled them
+    assert compiled.seconds(5, list, 3) == python.seconds(5, list, 3)
+    assert compiled.labeled_snapshot(list).requests == python.labeled_snapshot(list).requests
+    assert shown(compiled, [], 0) == shown(python, [], 0)
+
+
+def test_more_label_sets_than_it_keeps_sums_for_are_folded_exactly() -> None:
+    """Past the lists and counts a FoldPending holds, the fold stops, the
+    Python code settles and folds the item, and the compiled fold goes on."""
+    module = compiled_module()
+    items = clean_items(module, 700, 2100)
+    python, compiled = folded_pair(module, [items[:700], items[700:]])
+    assert shown(compiled, [], 0) == shown(python, [], 0)
+
+
+def test_a_settle_out_of_memory_changes_nothing_and_keeps_the_sums() -> None:
+    testcapi = pytest.importorskip("_testcapi")
+    module = compiled_module()
+    items = clean_items(module, 4, 400)
+    python, compiled = folded_pair(module, [items[:4], items[4:]])
+    raw = marshal.dumps(compiled.ring), dict(compiled.labeled.requests)
+    pending = compiled._pending.sizes()
+    for start in range(40):
+        testcapi.set_nomemory(start, 0)
+        try:
+            compiled._pending.settle()
+        except MemoryError:
+            pass
+        else:
+            testcapi.remove_mem_hooks()
+            break
+        finally:
+            testcapi.remove_mem_hooks()
+        assert (marshal.dumps(compiled.ring), dict(compiled.labeled.requests)) == raw
+        assert compiled._pending.sizes() == pending
+    else:
+        pytest.fail("settle never got the memory it needed")
+    assert start > 0  # it did fail, and changed nothing meanwhile
+    assert shown(compiled, [], 0) == shown(python, [], 0)
+
+
+def test_a_reset_drops_the_pending_sums() -> None:
+    module = compiled_module()
+    items = clean_items(module, 2, 50)
+    _, compiled = folded_pair(module, [items[:2], items[2:]])
+    assert compiled._pending.sizes()[2] == 48
+    compiled.reset()
+    assert compiled._pending.sizes() == (0, 0, 0)
+    assert compiled.snapshot(6, list).total_requests == 0
+    compiled.fold_drained(lambda: clean_items(module, 2, 10))
+    assert compiled.snapshot(6, list).total_requests == 10
+
+
+def test_byte_counts_past_64_bits_together_are_summed_as_python_sums_them() -> None:
+    """Each count fits 64 bits, their sum does not: the pending sum stops
+    short of overflowing, and the list gets Python's exact sum."""
+    module = compiled_module()
+    largest = 2**63 - 1
+    fields = ["GET", "/a", "/a", 200, 5.0, 5.001, 5.002, largest, largest, None, None, "", False]
+    items = [module.item_from_fields(fields) for _ in range(5)]
+    python, compiled = folded_pair(module, [items[:1], items[1:]])
+    assert shown(compiled, [], 0) == shown(python, [], 0)
+    assert compiled.labeled.series[("GET", "/a")][REQUEST_BYTES] == 5 * largest
