@@ -158,7 +158,13 @@ def stage_round(
         return folded
 
     seconds["ring + per-label totals"], (good, _) = timed(fold)
-    seconds["finalize + rollups"], stored = timed(lambda: finalizer.finalize(good))
+
+    def finalize() -> list[Any]:
+        stored = finalizer.finalize(good)
+        assert finalizer.rollups is not None  # reading them writes their pending sums
+        return stored
+
+    seconds["finalize + rollups"], stored = timed(finalize)
     if twins is not None:
         seconds.update(python_stages(twins, items))
     delta = finalizer.take_rollups()

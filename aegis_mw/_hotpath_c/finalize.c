@@ -12,6 +12,12 @@
  * operations in the same order; the extension is built without contracting
  * a*b+c into one rounding, see setup.py).
  *
+ * An existing rollup cell is not changed item by item: the item's sums go
+ * to the cell's pending sums (a FoldPending, fold_pending.c), written into
+ * the cell when the Finalizer hands its rollups over or the Python loop
+ * takes an item; the cell is found by its key remembered there, compared by
+ * identity, before its dict is looked up. A new cell is made whole at once.
+ *
  * Progress is written to `state`, an array('q') of S_FIELDS numbers, after
  * every item, so that the caller knows where it got to whatever happens. A
  * failure in one item is counted as invalid, as the Python loop counts it,
@@ -115,101 +121,82 @@ new_cell(const Fold *fold)
     return cell;
 }
 
-/* Add the request to an existing cell: 0 when added, 1 when the cell is not
- * the plain shape (nothing changed: the caller stops), -1 with an error set
- * (nothing changed). Every new value is made before anything changes. */
+/* The request's sums into a cell's pending sums: 0 when added, 1 when the
+ * cell's values are not the plain shape or a sum would pass 64 bits
+ * (nothing changed: the caller stops). */
 static int
-add_to_cell(PyObject *cell, const Fold *fold)
+add_pending(PendingList *sums, const Fold *fold)
 {
-    if (!PyList_CheckExact(cell) || PyList_GET_SIZE(cell) != C_FIELDS) {
+    Py_ssize_t bucket = C_FIELDS + fold->bucket;
+    if (bucket >= sums->length || !aegis_can_count(sums, C_COUNT)
+        || (fold->failed && !aegis_can_count(sums, C_ERRORS))
+        || (fold->limited && !aegis_can_count(sums, C_RATE_LIMITED))
+        || !aegis_can_sum(sums, C_SUM, 0) || !aegis_can_sum(sums, C_MIN, 0)
+        || !aegis_can_sum(sums, C_MAX, 0) || !aegis_can_add(sums, C_REQUEST, fold->request_bytes)
+        || !aegis_can_add(sums, C_RESPONSE, fold->response_bytes)
+        || !aegis_can_count(sums, bucket)) {
         return 1;
     }
-    PyObject *sum = PyList_GET_ITEM(cell, C_SUM);
-    PyObject *low = PyList_GET_ITEM(cell, C_MIN);
-    PyObject *high = PyList_GET_ITEM(cell, C_MAX);
-    PyObject *histogram = PyList_GET_ITEM(cell, C_HISTOGRAM);
-    if (!PyFloat_CheckExact(sum) || !PyFloat_CheckExact(low) || !PyFloat_CheckExact(high)
-        || !PyDict_CheckExact(histogram)) {
-        return 1;
+    aegis_add_count(sums, C_COUNT, 1);
+    if (fold->failed) {
+        aegis_add_count(sums, C_ERRORS, 1);
     }
-    PyObject *fresh[C_FIELDS] = {NULL};
-    int status = -1;
-    PyObject *bucket = PyLong_FromLong(fold->bucket);
-    if (bucket == NULL) {
-        return -1;
+    if (fold->limited) {
+        aegis_add_count(sums, C_RATE_LIMITED, 1);
     }
-    PyObject *held = PyDict_GetItemWithError(histogram, bucket);  /* borrowed */
-    PyObject *count = NULL;
-    if (held == NULL && PyErr_Occurred()) {
-        goto done;
+    aegis_add_sum(sums, C_SUM, fold->duration_ms);
+    if (fold->duration_ms < aegis_current(sums, C_MIN)) {
+        aegis_set_float(sums, C_MIN, fold->duration_ms);
     }
-    count = held == NULL ? PyLong_FromLong(1) : aegis_int_plus(held, 1);
-    fresh[C_COUNT] = aegis_int_plus(PyList_GET_ITEM(cell, C_COUNT), 1);
-    fresh[C_ERRORS] = fold->failed ? aegis_int_plus(PyList_GET_ITEM(cell, C_ERRORS), 1) : NULL;
-    fresh[C_RATE_LIMITED] =
-        fold->limited ? aegis_int_plus(PyList_GET_ITEM(cell, C_RATE_LIMITED), 1) : NULL;
-    fresh[C_REQUEST] = aegis_int_plus(PyList_GET_ITEM(cell, C_REQUEST), fold->request_bytes);
-    fresh[C_RESPONSE] = aegis_int_plus(PyList_GET_ITEM(cell, C_RESPONSE), fold->response_bytes);
-    if (PyErr_Occurred()) {
-        goto done;
+    if (fold->duration_ms > aegis_current(sums, C_MAX)) {
+        aegis_set_float(sums, C_MAX, fold->duration_ms);
     }
-    if (count == NULL || fresh[C_COUNT] == NULL || (fold->failed && fresh[C_ERRORS] == NULL)
-        || (fold->limited && fresh[C_RATE_LIMITED] == NULL) || fresh[C_REQUEST] == NULL
-        || fresh[C_RESPONSE] == NULL) {
-        status = 1;  /* not plain ints, or past 64 bits: the Python loop adds */
-        goto done;
-    }
-    fresh[C_SUM] = PyFloat_FromDouble(PyFloat_AS_DOUBLE(sum) + fold->duration_ms);
-    if (fresh[C_SUM] == NULL) {
-        goto done;
-    }
-    if (fold->duration_ms < PyFloat_AS_DOUBLE(low)) {
-        fresh[C_MIN] = Py_NewRef(fold->duration);
-    }
-    if (fold->duration_ms > PyFloat_AS_DOUBLE(high)) {
-        fresh[C_MAX] = Py_NewRef(fold->duration);
-    }
-    /* The one step that can fail and changes something comes first. */
-    if (PyDict_SetItem(histogram, bucket, count) < 0) {
-        goto done;
-    }
-    for (Py_ssize_t position = 0; position < C_HISTOGRAM; position++) {
-        if (fresh[position] != NULL) {
-            PyList_SetItem(cell, position, fresh[position]);  /* steals it */
-            fresh[position] = NULL;
-        }
-    }
-    status = 0;
-done:
-    for (Py_ssize_t position = 0; position < C_FIELDS; position++) {
-        Py_XDECREF(fresh[position]);
-    }
-    Py_XDECREF(count);
-    Py_DECREF(bucket);
-    return status;
+    aegis_add_count(sums, C_REQUEST, fold->request_bytes);
+    aegis_add_count(sums, C_RESPONSE, fold->response_bytes);
+    aegis_add_count(sums, bucket, 1);
+    return 0;
 }
 
-/* Fold into the delta's cells: 0, 1 to stop (nothing changed), -1 (nothing changed). */
+/* Fold into the delta's cell of (bucket, route, method, class): a new cell
+ * is made whole at once, an existing one gets pending sums, found by the key
+ * remembered (the route and method by identity) or looked up once. 0, 1 to
+ * stop (nothing changed), -1 with an error (nothing changed). */
 static int
-roll(PyObject *cells, PyObject *key, const Fold *fold)
+roll(PyObject *cells, FoldPendingObject *pending, long long bucket, PyObject *route,
+     PyObject *method, long klass, long buckets, const Fold *fold)
 {
+    PendingList *sums = aegis_pending_key(pending, bucket, route, method, klass);
+    if (sums != NULL) {
+        return add_pending(sums, fold);
+    }
+    PyObject *bucket_object = PyLong_FromLongLong(bucket);
+    PyObject *klass_object = PyLong_FromLong(klass);
+    PyObject *key = bucket_object != NULL && klass_object != NULL
+                        ? PyTuple_Pack(4, bucket_object, route, method, klass_object)
+                        : NULL;
+    Py_XDECREF(bucket_object);
+    Py_XDECREF(klass_object);
+    if (key == NULL) {
+        return -1;
+    }
     PyObject *cell = PyDict_GetItemWithError(cells, key);  /* borrowed */
-    if (cell != NULL) {
-        Py_INCREF(cell);
-        int status = add_to_cell(cell, fold);
-        Py_DECREF(cell);
+    if (cell == NULL) {
+        int status = -1;
+        if (!PyErr_Occurred()) {
+            cell = new_cell(fold);
+            status = cell != NULL ? PyDict_SetItem(cells, key, cell) : -1;
+            Py_XDECREF(cell);
+        }
+        Py_DECREF(key);
         return status;
     }
-    if (PyErr_Occurred()) {
-        return -1;
+    Py_DECREF(key);
+    sums = aegis_pending_cell(pending, cell, C_FIELDS, buckets);
+    if (sums == NULL) {
+        return 1;  /* another shape, or no room: the Python loop, which settles first */
     }
-    cell = new_cell(fold);
-    if (cell == NULL) {
-        return -1;
-    }
-    int status = PyDict_SetItem(cells, key, cell);
-    Py_DECREF(cell);
-    return status;
+    aegis_pending_remember(pending, bucket, route, method, klass, sums);
+    return add_pending(sums, fold);
 }
 
 /* The record's id: the finalizer's prefix (hex digits) and the sequence
@@ -269,6 +256,7 @@ new_record(PyTypeObject *record_type, PyObject *fields[RECORD_FIELDS])
 typedef struct {
     PyObject *out, *cells, *prefix, *methods, *clean_routes, *clean_clients, *chance, *rate;
     PyTypeObject *record_type;
+    FoldPendingObject *pending;  /* the rollup cells' pending sums */
     double wall_offset, slow, low_ms, scale, shift;
     long last;
     Py_ssize_t path_limit, error_limit, client_limit, clean_clients_limit;
@@ -377,19 +365,13 @@ finalize_held(Run *run, const ItemObject *item)
     long klass = (long)(status / 100);
 
     int outcome = FAILED;
-    PyObject *key = NULL;
     PyObject *fields[RECORD_FIELDS] = {NULL};
     fold.duration = PyFloat_FromDouble(duration_ms);
-    PyObject *bucket_object = PyLong_FromLongLong(bucket);
-    PyObject *klass_object = PyLong_FromLong(0 < klass && klass < 6 ? klass : 5);
-    if (fold.duration == NULL || bucket_object == NULL || klass_object == NULL) {
+    if (fold.duration == NULL) {
         goto invalid;
     }
-    key = PyTuple_Pack(4, bucket_object, route, folded, klass_object);
-    if (key == NULL) {
-        goto invalid;
-    }
-    int rolled = roll(run->cells, key, &fold);
+    int rolled = roll(run->cells, run->pending, bucket, route, folded,
+                      0 < klass && klass < 6 ? klass : 5, run->last + 1, &fold);
     if (rolled == 1) {
         outcome = STOP;
         goto done;
@@ -449,9 +431,6 @@ invalid:
         outcome = TAKEN;
     }
 done:
-    Py_XDECREF(key);
-    Py_XDECREF(bucket_object);
-    Py_XDECREF(klass_object);
     Py_XDECREF(fold.duration);
     Py_DECREF(folded);
     return outcome;
@@ -498,12 +477,18 @@ as_double(PyObject *value, double *out)
 /* finalize_items(items, out, state, wall_offset, prefix, cells, record_type,
  *                methods, clean_routes, clean_clients, path_limit,
  *                error_limit, sample_rate or None, slow_ms, chance,
- *                (low_ms, scale, shift, last, client_limit, clean_clients_limit)) */
+ *                (low_ms, scale, shift, last, client_limit, clean_clients_limit),
+ *                pending) where pending is the cells' FoldPending(). */
 PyObject *
 aegis_finalize_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 16) {
-        PyErr_SetString(PyExc_TypeError, "finalize_items takes 16 arguments");
+    if (nargs != 17) {
+        PyErr_SetString(PyExc_TypeError, "finalize_items takes 17 arguments");
+        return NULL;
+    }
+    if (Py_TYPE(args[16]) != &AegisFoldPendingType
+        || ((FoldPendingObject *)args[16])->ring != NULL) {
+        PyErr_SetString(PyExc_TypeError, "finalize_items: pending must be a FoldPending()");
         return NULL;
     }
     PyObject *items = args[0], *constants = args[15];
@@ -511,6 +496,7 @@ aegis_finalize_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         .out = args[1], .prefix = args[4], .cells = args[5],
         .methods = args[7], .clean_routes = args[8], .clean_clients = args[9],
         .rate = args[12], .chance = args[14],
+        .pending = (FoldPendingObject *)args[16],
     };
     if (!PyList_CheckExact(items) || !PyList_CheckExact(run.out) || !PyDict_CheckExact(run.cells)
         || !PyDict_CheckExact(run.methods) || !PySet_CheckExact(run.clean_routes)

@@ -70,96 +70,6 @@ typedef struct {
  * are checked (can_add). */
 #define MAX_PENDING_ITEMS (1LL << 31)
 
-/* Whether a position can take pending sums: the value the list holds must
- * be a plain int (for counts) or a float (an int too, for a sum that Python
- * starts at int 0). Positions with sums pending already can. */
-static inline int
-can_count(PendingList *entry, Py_ssize_t position)
-{
-    return entry->kind[position] != PENDING_NONE
-           || PyLong_CheckExact(PyList_GET_ITEM(entry->list, position));
-}
-
-/* can_count, and the pending delta plus `delta` within 64 bits. */
-static inline int
-can_add(PendingList *entry, Py_ssize_t position, long long delta)
-{
-    long long sum;
-    if (entry->kind[position] == PENDING_INT) {
-        return !aegis_add_overflows(entry->ints[position], delta, &sum);
-    }
-    return can_count(entry, position);
-}
-
-static inline int
-can_sum(PendingList *entry, Py_ssize_t position, int from_int)
-{
-    if (entry->kind[position] != PENDING_NONE) {
-        return 1;
-    }
-    PyObject *held = PyList_GET_ITEM(entry->list, position);
-    if (PyFloat_CheckExact(held)) {
-        return 1;
-    }
-    if (!from_int || !PyLong_CheckExact(held)) {
-        return 0;
-    }
-    double value = PyLong_AsDouble(held);  /* as int + float converts it */
-    if (value == -1.0 && PyErr_Occurred()) {
-        PyErr_Clear();
-        return 0;
-    }
-    return 1;
-}
-
-static inline void
-touch(PendingList *entry, Py_ssize_t position, unsigned char kind)
-{
-    entry->kind[position] = kind;
-    entry->touched[entry->touched_count++] = position;
-}
-
-static inline void
-add_count(PendingList *entry, Py_ssize_t position, long long delta)
-{
-    if (entry->kind[position] == PENDING_NONE) {
-        touch(entry, position, PENDING_INT);
-        entry->ints[position] = 0;
-    }
-    entry->ints[position] += delta;
-}
-
-/* The float the position holds now, pending or in the list (a float, or an
- * int can_sum passed). */
-static inline double
-current(PendingList *entry, Py_ssize_t position)
-{
-    if (entry->kind[position] == PENDING_FLOAT) {
-        return entry->floats[position];
-    }
-    PyObject *held = PyList_GET_ITEM(entry->list, position);
-    return PyFloat_CheckExact(held) ? PyFloat_AS_DOUBLE(held) : PyLong_AsDouble(held);
-}
-
-static inline void
-add_sum(PendingList *entry, Py_ssize_t position, double addend)
-{
-    double value = current(entry, position) + addend;
-    if (entry->kind[position] == PENDING_NONE) {
-        touch(entry, position, PENDING_FLOAT);
-    }
-    entry->floats[position] = value;
-}
-
-static inline void
-set_float(PendingList *entry, Py_ssize_t position, double value)
-{
-    if (entry->kind[position] == PENDING_NONE) {
-        touch(entry, position, PENDING_FLOAT);
-    }
-    entry->floats[position] = value;
-}
-
 /* 1 when the item was folded, 0 to stop (nothing changed). */
 static int
 fold_one(Fold *fold, PyObject *object)
@@ -241,15 +151,19 @@ fold_one(Fold *fold, PyObject *object)
     Py_ssize_t series_bucket = L_BUCKETS + bisect_left(fold->bounds, fold->bound_count, seconds);
     Py_ssize_t ttfb_bucket = ttfb_base + bisect_left(fold->bounds, fold->bound_count, ttfb);
     /* Everything checked before anything changes. */
-    if (!can_count(ring_sums, R_REQUESTS) || !can_count(ring_sums, R_ERRORS)
-        || !can_count(ring_sums, status_index) || !can_count(ring_sums, R_HIST_BASE + bucket)
-        || !can_sum(ring_sums, R_DURATION_SUM, 0) || !can_sum(ring_sums, R_MIN, 0)
-        || !can_sum(ring_sums, R_MAX, 0) || !can_count(series_sums, L_COUNT)
-        || !can_count(series_sums, series_bucket) || !can_add(series_sums, L_REQUEST, request_bytes)
-        || !can_add(series_sums, L_RESPONSE, response_bytes) || !can_sum(series_sums, L_DURATION_SUM, 1)
+    if (!aegis_can_count(ring_sums, R_REQUESTS) || !aegis_can_count(ring_sums, R_ERRORS)
+        || !aegis_can_count(ring_sums, status_index)
+        || !aegis_can_count(ring_sums, R_HIST_BASE + bucket)
+        || !aegis_can_sum(ring_sums, R_DURATION_SUM, 0) || !aegis_can_sum(ring_sums, R_MIN, 0)
+        || !aegis_can_sum(ring_sums, R_MAX, 0) || !aegis_can_count(series_sums, L_COUNT)
+        || !aegis_can_count(series_sums, series_bucket)
+        || !aegis_can_add(series_sums, L_REQUEST, request_bytes)
+        || !aegis_can_add(series_sums, L_RESPONSE, response_bytes)
+        || !aegis_can_sum(series_sums, L_DURATION_SUM, 1)
         || (item->has_ttfb
-            && (!can_count(series_sums, L_TTFB_COUNT) || !can_count(series_sums, ttfb_bucket)
-                || !can_sum(series_sums, L_TTFB_SUM, 1)))) {
+            && (!aegis_can_count(series_sums, L_TTFB_COUNT)
+                || !aegis_can_count(series_sums, ttfb_bucket)
+                || !aegis_can_sum(series_sums, L_TTFB_SUM, 1)))) {
         return 0;
     }
     Py_buffer view;
@@ -268,30 +182,30 @@ fold_one(Fold *fold, PyObject *object)
         goto done;
     }
     /* The ring slot (aggregates._fold). */
-    add_count(ring_sums, R_REQUESTS, 1);
+    aegis_add_count(ring_sums, R_REQUESTS, 1);
     if (failed) {
-        add_count(ring_sums, R_ERRORS, 1);
+        aegis_add_count(ring_sums, R_ERRORS, 1);
     }
-    add_sum(ring_sums, R_DURATION_SUM, duration_ms);
-    add_count(ring_sums, status_index, 1);
-    add_count(ring_sums, R_HIST_BASE + bucket, 1);
-    if (duration_ms < current(ring_sums, R_MIN)) {
-        set_float(ring_sums, R_MIN, duration_ms);
+    aegis_add_sum(ring_sums, R_DURATION_SUM, duration_ms);
+    aegis_add_count(ring_sums, status_index, 1);
+    aegis_add_count(ring_sums, R_HIST_BASE + bucket, 1);
+    if (duration_ms < aegis_current(ring_sums, R_MIN)) {
+        aegis_set_float(ring_sums, R_MIN, duration_ms);
     }
-    if (duration_ms > current(ring_sums, R_MAX)) {
-        set_float(ring_sums, R_MAX, duration_ms);
+    if (duration_ms > aegis_current(ring_sums, R_MAX)) {
+        aegis_set_float(ring_sums, R_MAX, duration_ms);
     }
     /* The series (LabeledTotals.fold). */
-    add_count(series_sums, L_COUNT, 1);
-    add_sum(series_sums, L_DURATION_SUM, seconds);
-    add_count(series_sums, series_bucket, 1);
+    aegis_add_count(series_sums, L_COUNT, 1);
+    aegis_add_sum(series_sums, L_DURATION_SUM, seconds);
+    aegis_add_count(series_sums, series_bucket, 1);
     if (item->has_ttfb) {
-        add_count(series_sums, L_TTFB_COUNT, 1);
-        add_sum(series_sums, L_TTFB_SUM, ttfb);
-        add_count(series_sums, ttfb_bucket, 1);
+        aegis_add_count(series_sums, L_TTFB_COUNT, 1);
+        aegis_add_sum(series_sums, L_TTFB_SUM, ttfb);
+        aegis_add_count(series_sums, ttfb_bucket, 1);
     }
-    add_count(series_sums, L_REQUEST, request_bytes);
-    add_count(series_sums, L_RESPONSE, response_bytes);
+    aegis_add_count(series_sums, L_REQUEST, request_bytes);
+    aegis_add_count(series_sums, L_RESPONSE, response_bytes);
     *count += 1;
     pending->items++;
     ((unsigned long long *)view.buf)[bucket] += 1;
@@ -315,8 +229,9 @@ aegis_fold_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *items = args[0], *bounds = args[5], *constants = args[6];
-    if (Py_TYPE(args[3]) != &AegisFoldPendingType) {
-        PyErr_SetString(PyExc_TypeError, "fold_items: pending must be a FoldPending");
+    if (Py_TYPE(args[3]) != &AegisFoldPendingType
+        || ((FoldPendingObject *)args[3])->ring == NULL) {
+        PyErr_SetString(PyExc_TypeError, "fold_items: pending must be a FoldPending(ring, ...)");
         return NULL;
     }
     FoldPendingObject *pending = (FoldPendingObject *)args[3];

@@ -276,16 +276,27 @@ void aegis_free_lists_init(void);
 PyObject *aegis_fold_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *aegis_fold_layout(void);
 
-/* fold_pending.c: the compiled fold's sums not yet written into the lists. */
+/* fold_pending.c: the compiled loops' sums not yet written into the lists
+ * (the fold's ring slots, series and request counts; finalize's rollup
+ * cells). */
 enum { PENDING_NONE, PENDING_INT, PENDING_FLOAT };
 #define PENDING_LISTS 512
 #define PENDING_COUNTS 512
 #define PENDING_TABLE_BITS 10
 #define PENDING_TABLE (1 << PENDING_TABLE_BITS) /* twice the most entries: short probes */
+#if PENDING_TABLE < 2 * PENDING_LISTS || PENDING_TABLE < 2 * PENDING_COUNTS || PENDING_TABLE > 32767
+#error "the pending sums' tables must have room to spare and index with a short"
+#endif
 
 typedef struct {
     PyObject *list;          /* held */
-    Py_ssize_t length;
+    Py_ssize_t list_length;  /* the list's */
+    /* Positions from dict_base on are the keys 0, 1, ... of `dict` (held),
+     * the list's item at dict_base - 1 (a rollup cell's histogram); without
+     * a dict, dict_base is the list's length. */
+    PyObject *dict;
+    Py_ssize_t dict_base;
+    Py_ssize_t length;       /* positions */
     long long *ints;         /* per position: the delta of an int */
     double *floats;          /* per position: the new value of a float */
     Py_ssize_t *touched;     /* the positions with a kind, in the order first touched */
@@ -298,20 +309,37 @@ typedef struct {
     long long delta;
 } PendingCount;
 
+/* A rollup cell's key, (bucket, route, method, class), remembered with the
+ * cell's pending sums: route and method held, compared by identity. */
+typedef struct {
+    long long bucket;
+    PyObject *route, *method;
+    long klass;
+    PendingList *sums;
+} PendingKey;
+
 typedef struct {
     PyObject_HEAD
-    PyObject *ring, *requests;
+    PyObject *ring, *requests;  /* the fold's (NULL for rollup cells) */
     long long items;         /* items folded since the last settle */
-    Py_ssize_t list_count, count_count;
+    Py_ssize_t list_count, count_count, key_count;
     PendingList lists[PENDING_LISTS];
     PendingCount counts[PENDING_COUNTS];
+    PendingKey keys[PENDING_LISTS];
     short list_table[PENDING_TABLE];  /* index + 1 into lists, 0 for none */
     short count_table[PENDING_TABLE];
+    short key_table[PENDING_TABLE];
 } FoldPendingObject;
 
 extern PyTypeObject AegisFoldPendingType;
 PendingList *aegis_pending_list(FoldPendingObject *pending, PyObject *list, Py_ssize_t length);
+PendingList *aegis_pending_cell(FoldPendingObject *pending, PyObject *cell, Py_ssize_t fields,
+                                Py_ssize_t buckets);
 long long *aegis_pending_count(FoldPendingObject *pending, PyObject *key);
+PendingList *aegis_pending_key(FoldPendingObject *pending, long long bucket, PyObject *route,
+                               PyObject *method, long klass);
+void aegis_pending_remember(FoldPendingObject *pending, long long bucket, PyObject *route,
+                            PyObject *method, long klass, PendingList *sums);
 int aegis_pending_settle(FoldPendingObject *pending);
 
 /* pg_copy.c */
@@ -552,6 +580,111 @@ aegis_duration_bucket(double duration_ms, double low_ms, double scale, double sh
     position = position + shift;
     long index = (long)position + 1;
     return index < last ? index : last;
+}
+
+/* The compiled loops' pending sums (fold_pending.c): whether a position can
+ * take them, and adding to them. A list position's value must be a plain int
+ * (for counts) or a float (an int too, for a sum that Python starts at int
+ * 0); a dict position's (a histogram's bucket) a plain int or none. Positions
+ * with sums pending already can. Checks come first, then the changes, which
+ * cannot fail. */
+static inline int
+aegis_can_count(PendingList *entry, Py_ssize_t position)
+{
+    if (entry->kind[position] != PENDING_NONE) {
+        return 1;
+    }
+    if (position < entry->dict_base) {
+        return PyLong_CheckExact(PyList_GET_ITEM(entry->list, position));
+    }
+    PyObject *key = PyLong_FromSsize_t(position - entry->dict_base);
+    PyObject *held = key != NULL ? PyDict_GetItemWithError(entry->dict, key) : NULL;
+    Py_XDECREF(key);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return held == NULL || PyLong_CheckExact(held);
+}
+
+/* aegis_can_count, and the pending delta plus `delta` within 64 bits. */
+static inline int
+aegis_can_add(PendingList *entry, Py_ssize_t position, long long delta)
+{
+    long long sum;
+    if (entry->kind[position] == PENDING_INT) {
+        return !aegis_add_overflows(entry->ints[position], delta, &sum);
+    }
+    return aegis_can_count(entry, position);
+}
+
+static inline int
+aegis_can_sum(PendingList *entry, Py_ssize_t position, int from_int)
+{
+    if (entry->kind[position] != PENDING_NONE) {
+        return 1;
+    }
+    PyObject *held = PyList_GET_ITEM(entry->list, position);
+    if (PyFloat_CheckExact(held)) {
+        return 1;
+    }
+    if (!from_int || !PyLong_CheckExact(held)) {
+        return 0;
+    }
+    double value = PyLong_AsDouble(held);  /* as int + float converts it */
+    if (value == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+static inline void
+aegis_touch(PendingList *entry, Py_ssize_t position, unsigned char kind)
+{
+    entry->kind[position] = kind;
+    entry->touched[entry->touched_count++] = position;
+}
+
+static inline void
+aegis_add_count(PendingList *entry, Py_ssize_t position, long long delta)
+{
+    if (entry->kind[position] == PENDING_NONE) {
+        aegis_touch(entry, position, PENDING_INT);
+        entry->ints[position] = 0;
+    }
+    entry->ints[position] += delta;
+}
+
+/* The float a list position holds now, pending or in the list (a float, or
+ * an int aegis_can_sum passed). */
+static inline double
+aegis_current(PendingList *entry, Py_ssize_t position)
+{
+    if (entry->kind[position] == PENDING_FLOAT) {
+        return entry->floats[position];
+    }
+    PyObject *held = PyList_GET_ITEM(entry->list, position);
+    return PyFloat_CheckExact(held) ? PyFloat_AS_DOUBLE(held) : PyLong_AsDouble(held);
+}
+
+static inline void
+aegis_add_sum(PendingList *entry, Py_ssize_t position, double addend)
+{
+    double value = aegis_current(entry, position) + addend;
+    if (entry->kind[position] == PENDING_NONE) {
+        aegis_touch(entry, position, PENDING_FLOAT);
+    }
+    entry->floats[position] = value;
+}
+
+static inline void
+aegis_set_float(PendingList *entry, Py_ssize_t position, double value)
+{
+    if (entry->kind[position] == PENDING_NONE) {
+        aegis_touch(entry, position, PENDING_FLOAT);
+    }
+    entry->floats[position] = value;
 }
 
 #endif

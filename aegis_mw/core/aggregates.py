@@ -35,6 +35,7 @@ from .labeled import DURATION_SUM as SERIES_DURATION_SUM
 from .labeled import REQUEST_BYTES as SERIES_REQUEST_BYTES
 from .labeled import RESPONSE_BYTES as SERIES_RESPONSE_BYTES
 from .labels import RouteCap
+from .pending_sums import settle_or_drop
 from .storable import whole_number
 
 RING_SIZE = 128  # > 60 s of history plus the current second; a power of two for masking
@@ -198,6 +199,7 @@ class RealtimeAggregates:
             compiled.fold_items
             if compiled is not None
             and compiled.FOLD_LAYOUT == FOLD_LAYOUT
+            and hasattr(compiled, "FoldPending")  # a module built before the pending sums
             and len(self.labeled.bounds) <= MAX_COMPILED_BOUNDS
             and all(type(bound) is float for bound in self.labeled.bounds)
             else None
@@ -206,6 +208,9 @@ class RealtimeAggregates:
         #: request counts (``_hotpath.FoldPending``): settled before anyone
         #: reads them and before the Python fold changes them.
         self._pending: Any = self._new_pending(compiled)
+
+    def _pending_lists(self) -> tuple[Any, ...]:
+        return (self.ring, self.labeled.requests)
 
     def _new_pending(self, compiled: ModuleType | None) -> Any:
         if self._compiled_fold is None or compiled is None:
@@ -220,7 +225,7 @@ class RealtimeAggregates:
 
     def _settle(self) -> None:
         if self._pending is not None:
-            self._pending.settle()
+            settle_or_drop(self, "realtime figures")
 
     def add_in_flight_source(self, source: Any) -> None:
         """Count ``source.in_flight`` (an int the source keeps) in ``in_flight``."""
@@ -238,7 +243,7 @@ class RealtimeAggregates:
         self.drained = 0
         self.labeled = LabeledTotals(self.labeled.bounds)
         if self._pending is not None:  # its sums were the parent's
-            self._pending = type(self._pending)(self.ring, self.labeled.requests)
+            self._pending = type(self._pending)(*self._pending_lists())
         # A fork may land mid-fold: the child must not inherit a held lock.
         self._lock = threading.Lock()
         self.websocket_sessions = 0
@@ -276,7 +281,7 @@ class RealtimeAggregates:
             )  # fmt: skip
             if index >= total:
                 return
-            self._pending.settle()
+            self._settle()
             # The item it stopped at, and every following one that is not a
             # compiled item (a pure-Python path's list, a session), here.
             end = python_run_end(items, index, self._item_type)

@@ -12,12 +12,14 @@ import os
 import random
 from array import array
 from types import ModuleType
+from typing import Any
 
 from . import histogram
 from .client_address import ClientAddressResolver
 from .clock import Clock
 from .items import InboxItem, PendingSession, python_run_end
 from .labels import STANDARD_METHODS, RouteCap
+from .pending_sums import settle_or_drop
 from .record import OTHER_METHOD, UNMATCHED_ROUTE, RequestRecord, WebSocketSession
 from .rollup import RollupDelta
 from .storable import (
@@ -104,8 +106,9 @@ class Finalizer:
         self.sampled_out = 0
         #: Items that could not be turned into records (skipped, neighbours kept).
         self.invalid = 0
-        #: Every finished HTTP request since the last take, sampled out or not.
-        self.rollups = RollupDelta()
+        # Every finished HTTP request since the last take, sampled out or not
+        # (read it as ``rollups``).
+        self._rollups = RollupDelta()
         self._random = random.Random()
         # Routes known to be storable as they are and admitted by the route
         # cap as themselves: one set lookup per record instead of the checks.
@@ -115,8 +118,14 @@ class Finalizer:
         self._clean_clients: set[str] = set()
         #: The compiled loop (``_hotpath.finalize_items``), or None: it takes
         #: the clean compiled items and leaves the rest to the Python loop.
+        if compiled is not None and not hasattr(compiled, "FoldPending"):
+            compiled = None  # a module built before the pending sums: not this code's
         self._compiled = None if compiled is None else compiled.finalize_items
         self._item_type: type | None = None if compiled is None else compiled.HttpItem
+        #: The compiled loop's sums for existing rollup cells not yet in them
+        #: (``_hotpath.FoldPending``): settled before the rollups are read or
+        #: handed over and before the Python loop adds to them.
+        self._pending: Any = None if compiled is None else compiled.FoldPending()
         if compiled is not None:
             # Records freed after the sink's write are kept for the loop to
             # reuse, so thousands waiting for the sink do not set off the
@@ -125,9 +134,28 @@ class Finalizer:
         # Its progress: index, sequence, sampled out, rolled up, invalid.
         self._progress = array("q", bytes(8 * 5))
 
+    @property
+    def rollups(self) -> RollupDelta:
+        """The rollups folded since the last take, whole."""
+        self._settle()
+        return self._rollups
+
+    @rollups.setter
+    def rollups(self, delta: RollupDelta) -> None:
+        self._settle()
+        self._rollups = delta
+
+    def _settle(self) -> None:
+        if self._pending is not None:
+            settle_or_drop(self, "rollups")
+
+    def _pending_lists(self) -> tuple[Any, ...]:
+        return ()
+
     def take_rollups(self) -> RollupDelta:
         """The rollups folded since the last call, handed over whole."""
-        delta, self.rollups = self.rollups, RollupDelta()
+        self._settle()
+        delta, self._rollups = self._rollups, RollupDelta()
         return delta
 
     def reset_after_fork(self) -> None:
@@ -136,7 +164,9 @@ class Finalizer:
         self._random = random.Random()
         # Counters describe the child only; the routes it already knows stay.
         self.sampled_out = self.invalid = self.routes.overflowed = 0
-        self.rollups = RollupDelta()  # the parent stores what it folded
+        self._rollups = RollupDelta()  # the parent stores what it folded
+        if self._pending is not None:  # with its pending sums
+            self._pending = type(self._pending)()
 
     def _route(self, route: object) -> str:
         """A route not seen clean before: repaired, then through the route cap."""
@@ -171,6 +201,7 @@ class Finalizer:
         wall_offset = self.clock.wall() - self.clock.monotonic()
         compiled = self._compiled
         if compiled is None or not self._compiled_applies(items):
+            self._settle()
             return self._finalize(items, wall_offset)
         out: list[RequestRecord | WebSocketSession] = []
         progress = self._progress
@@ -182,11 +213,11 @@ class Finalizer:
         try:
             while True:
                 compiled(
-                    items, out, progress, wall_offset, self.id_prefix, self.rollups.cells,
+                    items, out, progress, wall_offset, self.id_prefix, self._rollups.cells,
                     RequestRecord, _METHODS, self._clean_routes, self._clean_clients,
                     self.max_path_length, self.max_error_length,
                     rate if rate < 1.0 else None, float(self.slow_threshold_ms),
-                    self._random.random, _COMPILED_CONSTANTS,
+                    self._random.random, _COMPILED_CONSTANTS, self._pending,
                 )  # fmt: skip
                 index = progress[0]
                 if index >= total:
@@ -197,6 +228,7 @@ class Finalizer:
                 # item that is not a compiled one (a pure-Python path's list,
                 # a session).
                 end = python_run_end(items, index, self._item_type)
+                self._settle()
                 self.sequence = progress[1]
                 out.extend(self._finalize(items[index:end], wall_offset))
                 progress[0] = end
@@ -204,7 +236,7 @@ class Finalizer:
         finally:
             self.sequence = progress[1]
             self.sampled_out += progress[2]
-            self.rollups.requests += progress[3]
+            self._rollups.requests += progress[3]
             self.invalid += progress[4]
         return out
 

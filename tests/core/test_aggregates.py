@@ -480,9 +480,11 @@ def test_concurrent_readers_never_miss_or_repeat_items(
             offered += 1  # counted before the item is visible
             aegis.recorder.offer(http_item(NOW - (i % 200) + 0.5))
     finally:
-        flush(aegis)
-        done.set()
-        thread.join(timeout=30)
+        try:
+            flush(aegis)
+        finally:  # the reader stops even when the flush fails
+            done.set()
+            thread.join(timeout=30)
     assert not thread.is_alive()
     assert problems == []
     assert reads > 0

@@ -28,6 +28,7 @@ from aegis_mw.core.finalize import Finalizer
 from aegis_mw.core.labels import RouteCap
 from aegis_mw.core.rollup import RollupDelta
 from tests.conftest import compiled_module
+from tests.core.failing_settles import settle_failing_each_allocation
 
 
 class FixedClock:
@@ -152,20 +153,28 @@ def shown(made: Finalizer, records: list[Any]) -> dict[str, Any]:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    batches=st.lists(st.lists(items(), max_size=16), min_size=1, max_size=4),
+    batches=st.lists(
+        st.tuples(st.lists(items(), max_size=16), st.booleans()), min_size=1, max_size=4
+    ),
     sample_rate=st.sampled_from([1.0, 1.0, 0.5, 0.0]),
     wall=st.sampled_from([1.7e9, 1.7e9 + 0.3, 0.0, -50.0]),
 )
 def test_the_compiled_loop_finalizes_as_the_python_loop(
-    batches: list[list[list[Any]]], sample_rate: float, wall: float
+    batches: list[tuple[list[list[Any]], bool]], sample_rate: float, wall: float
 ) -> None:
+    """The records compared after every batch; the rollups (read through
+    ``rollups``, which settles the pending sums) after the batches drawn to
+    be read and after the last, so sums stay pending across the others."""
     module = compiled_module()
     python = finalizer(None, sample_rate, wall)
     compiled = finalizer(module, sample_rate, wall)
-    for batch in batches:
+    for number, (batch, read) in enumerate(batches, 1):
         made = [as_item(module, fields) for fields in batch]
-        expected = shown(python, python.finalize(made))
-        assert shown(compiled, compiled.finalize(made)) == expected
+        expected, got = python.finalize(made), compiled.finalize(made)
+        if read or number == len(batches):
+            assert shown(compiled, got) == shown(python, expected)
+        else:
+            assert shown(compiled, got)["records"] == shown(python, expected)["records"]
 
 
 def test_clean_items_take_the_compiled_loop() -> None:
@@ -358,3 +367,78 @@ def test_new_clients_are_taken_and_remembered_as_the_python_loop_does() -> None:
         results.append(shown(made, records))
         assert len(made._clean_clients) == 5000 - 4096 + 1
     assert results[0] == results[1]
+
+
+def spread_items(module: Any, buckets: int, count: int) -> list[Any]:
+    """Clean items of one route over `buckets` 5-second buckets (one cell
+    each), the first `buckets` items one in each; durations and statuses vary
+    (new histogram buckets, errors, 429s)."""
+    made = []
+    for index in range(count):
+        start = 10.0 + 5.0 * (index % buckets)
+        status = (200, 500, 429, 201)[index % 4]
+        fields = ["GET", "/a", "/a", status, start, None, start + 0.0001 * (1 + index % 97)]
+        made.append(module.item_from_fields([*fields, 3, index, None, None, "", False]))
+    return made
+
+
+def finalized_pair(module: Any, batches: list[list[Any]]) -> tuple[Finalizer, Finalizer]:
+    python, compiled = finalizer(None, 1.0, 1000.0), finalizer(module, 1.0, 1000.0)
+    for batch in batches:
+        # Records only (by repr, floats round-trip): reading the rollups
+        # would settle their pending sums.
+        assert repr(compiled.finalize(batch)) == repr(python.finalize(batch))
+    return python, compiled
+
+
+def test_sums_stay_pending_until_the_rollups_are_read_or_taken() -> None:
+    module = compiled_module()
+    items = spread_items(module, 3, 300)
+    python, compiled = finalized_pair(module, [items[:3], items[3:150], items[150:]])
+    # Every cell (3 buckets, 3 status classes) has sums pending: each still
+    # holds only the item it was made with.
+    assert compiled._pending.sizes()[0] == len(compiled._rollups.cells) == 9
+    assert max(cell[0] for cell in compiled._rollups.cells.values()) == 1
+    assert shown(compiled, []) == shown(python, [])  # ``rollups`` settles
+    assert compiled._pending.sizes() == (0, 0, 0)
+    compiled.finalize(items[:30])
+    python.finalize(items[:30])
+    taken, expected = compiled.take_rollups(), python.take_rollups()
+    assert shown_cells(taken) == shown_cells(expected)
+    assert compiled.rollups.cells == {} and compiled._pending.sizes() == (0, 0, 0)
+
+
+def shown_cells(delta: RollupDelta) -> Any:
+    return {key: [repr(value) for value in cell] for key, cell in delta.cells.items()}
+
+
+def test_more_cells_than_it_keeps_sums_for_are_rolled_up_exactly() -> None:
+    """Past the cells a FoldPending holds, the compiled loop stops, the Python
+    loop settles and folds the item, and the compiled loop goes on."""
+    module = compiled_module()
+    items = spread_items(module, 700, 2800)
+    python, compiled = finalized_pair(module, [items[:700], items[700:]])
+    assert shown(compiled, []) == shown(python, [])
+
+
+def test_a_rollup_settle_out_of_memory_changes_nothing_and_keeps_the_sums() -> None:
+    """Including the histogram keys a settle adds: taken out again when a
+    later one cannot be added."""
+    module = compiled_module()
+    items = spread_items(module, 3, 600)
+    python, compiled = finalized_pair(module, [items[:3], items[3:]])
+    failures = settle_failing_each_allocation(
+        compiled._pending, lambda: shown_cells(compiled._rollups)
+    )
+    assert failures > 5
+    assert shown(compiled, []) == shown(python, [])
+
+
+def test_a_fork_drops_the_pending_sums() -> None:
+    module = compiled_module()
+    items = spread_items(module, 2, 40)
+    _, compiled = finalized_pair(module, [items[:2], items[2:]])
+    assert compiled._pending.sizes()[0] == len(compiled._rollups.cells) == 4
+    compiled.reset_after_fork()
+    assert compiled._pending.sizes() == (0, 0, 0)
+    assert compiled.rollups.cells == {}

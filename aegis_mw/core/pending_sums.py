@@ -1,0 +1,28 @@
+"""The compiled pipeline loops' pending sums (``_hotpath.FoldPending``).
+
+The compiled fold and finalize loops add a request's counts into C numbers,
+not into the Python lists of the realtime ring, the per-label totals and the
+rollup cells; the owner settles them (writes them into the lists) before
+anyone reads the lists or the Python code changes them. See
+``_hotpath_c/fold_pending.c``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger("aegis_mw.flusher")
+
+
+def settle_or_drop(owner: Any, what: str) -> None:
+    """Settle ``owner._pending`` (a ``_hotpath.FoldPending``). Out of memory
+    it raises with the sums kept; if a list it has sums for changed shape
+    under it (nothing in this package does that), those sums cannot be
+    written: they are dropped, once, with an error logged, rather than fail
+    every read after."""
+    try:
+        owner._pending.settle()
+    except RuntimeError:
+        logger.exception("aegis_mw: pending sums of the %s dropped", what)
+        owner._pending = type(owner._pending)(*owner._pending_lists())
