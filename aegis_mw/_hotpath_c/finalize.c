@@ -381,6 +381,10 @@ finalize_held(Run *run, const ItemObject *item)
     }
     run->state[S_ROLLED]++;
     if (run->sampling && !(status >= 500 || error_length || duration_ms >= run->slow)) {
+        /* Python code: it may take or replace the rollups, and so settle
+         * the pending sums; the keys remembered stay with the cells dict this
+         * call was given (as the Python loop keeps adding to the delta it
+         * started with), and the next call, given another, forgets them. */
         PyObject *chance = PyObject_CallNoArgs(run->chance);
         int out = chance == NULL ? -1 : PyObject_RichCompareBool(chance, run->rate, Py_GE);
         Py_XDECREF(chance);
@@ -547,6 +551,7 @@ aegis_finalize_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "finalize_items: a negative index");
         return NULL;
     }
+    aegis_pending_cells(run.pending, run.cells);
     PyObject *result = Py_None;
     while (run.state[S_INDEX] < PyList_GET_SIZE(items)) {
         PyObject *item = Py_NewRef(PyList_GET_ITEM(items, (Py_ssize_t)run.state[S_INDEX]));

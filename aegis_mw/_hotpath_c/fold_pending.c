@@ -211,6 +211,31 @@ int_sum(PyObject *held, long long delta)
     return sum;
 }
 
+/* Forget the remembered keys (their sums stay). */
+static void
+forget_keys(FoldPendingObject *pending)
+{
+    for (Py_ssize_t index = 0; index < pending->key_count; index++) {
+        Py_CLEAR(pending->keys[index].route);
+        Py_CLEAR(pending->keys[index].method);
+    }
+    pending->key_count = 0;
+    memset(pending->key_table, 0, sizeof pending->key_table);
+    Py_CLEAR(pending->cells);
+}
+
+/* The rollup cells dict the keys remembered from now on are found in: when
+ * it is another than theirs (the rollups were taken, or replaced, since),
+ * the keys are forgotten, so none leads to a cell of another dict. */
+void
+aegis_pending_cells(FoldPendingObject *pending, PyObject *cells)
+{
+    if (pending->cells != cells) {
+        forget_keys(pending);
+        pending->cells = Py_NewRef(cells);
+    }
+}
+
 static void
 forget(FoldPendingObject *pending)
 {
@@ -222,15 +247,11 @@ forget(FoldPendingObject *pending)
     for (Py_ssize_t index = 0; index < pending->count_count; index++) {
         Py_CLEAR(pending->counts[index].key);
     }
-    for (Py_ssize_t index = 0; index < pending->key_count; index++) {
-        Py_CLEAR(pending->keys[index].route);
-        Py_CLEAR(pending->keys[index].method);
-    }
-    pending->list_count = pending->count_count = pending->key_count = 0;
+    forget_keys(pending);
+    pending->list_count = pending->count_count = 0;
     pending->items = 0;
     memset(pending->list_table, 0, sizeof pending->list_table);
     memset(pending->count_table, 0, sizeof pending->count_table);
-    memset(pending->key_table, 0, sizeof pending->key_table);
 }
 
 /* One value settle writes: into a list, or a dict's key (with the value it

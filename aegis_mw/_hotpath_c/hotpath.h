@@ -276,6 +276,11 @@ void aegis_free_lists_init(void);
 PyObject *aegis_fold_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *aegis_fold_layout(void);
 
+/* The pipeline loops' calling convention (fold_items, finalize_items,
+ * FoldPending), as aegis_mw.core.pending_sums.PIPELINE_LOOPS expects it: a
+ * module built for another is not used by that code. */
+#define AEGIS_PIPELINE_LOOPS 2
+
 /* fold_pending.c: the compiled loops' sums not yet written into the lists
  * (the fold's ring slots, series and request counts; finalize's rollup
  * cells). */
@@ -321,6 +326,7 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     PyObject *ring, *requests;  /* the fold's (NULL for rollup cells) */
+    PyObject *cells;         /* held: the rollup cells dict the keys were found in */
     long long items;         /* items folded since the last settle */
     Py_ssize_t list_count, count_count, key_count;
     PendingList lists[PENDING_LISTS];
@@ -340,6 +346,7 @@ PendingList *aegis_pending_key(FoldPendingObject *pending, long long bucket, PyO
                                PyObject *method, long klass);
 void aegis_pending_remember(FoldPendingObject *pending, long long bucket, PyObject *route,
                             PyObject *method, long klass, PendingList *sums);
+void aegis_pending_cells(FoldPendingObject *pending, PyObject *cells);
 int aegis_pending_settle(FoldPendingObject *pending);
 
 /* pg_copy.c */

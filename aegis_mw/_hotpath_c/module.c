@@ -158,6 +158,7 @@ PyInit__hotpath(void)
         || PyModule_AddObjectRef(module, "DjangoPath", (PyObject *)&AegisDjangoPathType) < 0
         || PyModule_AddObjectRef(module, "FoldPending", (PyObject *)&AegisFoldPendingType) < 0
         || PyModule_AddIntConstant(module, "NATIVE_MONOTONIC", AEGIS_NATIVE_MONOTONIC) < 0
+        || PyModule_AddIntConstant(module, "PIPELINE_LOOPS", AEGIS_PIPELINE_LOOPS) < 0
         || add_owned(module, "FOLD_LAYOUT", aegis_fold_layout()) < 0) {
         Py_DECREF(module);
         return NULL;

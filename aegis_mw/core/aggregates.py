@@ -35,7 +35,7 @@ from .labeled import DURATION_SUM as SERIES_DURATION_SUM
 from .labeled import REQUEST_BYTES as SERIES_REQUEST_BYTES
 from .labeled import RESPONSE_BYTES as SERIES_RESPONSE_BYTES
 from .labels import RouteCap
-from .pending_sums import settle_or_drop
+from .pending_sums import loops_fit, settle_or_drop, settled
 from .storable import whole_number
 
 RING_SIZE = 128  # > 60 s of history plus the current second; a power of two for masking
@@ -199,7 +199,7 @@ class RealtimeAggregates:
             compiled.fold_items
             if compiled is not None
             and compiled.FOLD_LAYOUT == FOLD_LAYOUT
-            and hasattr(compiled, "FoldPending")  # a module built before the pending sums
+            and loops_fit(compiled)
             and len(self.labeled.bounds) <= MAX_COMPILED_BOUNDS
             and all(type(bound) is float for bound in self.labeled.bounds)
             else None
@@ -281,10 +281,12 @@ class RealtimeAggregates:
             )  # fmt: skip
             if index >= total:
                 return
-            self._settle()
             # The item it stopped at, and every following one that is not a
             # compiled item (a pure-Python path's list, a session), here.
             end = python_run_end(items, index, self._item_type)
+            if not settled(self, "realtime figures"):
+                index = end  # out of memory: left out, counted malformed
+                continue
             folded = len(good)
             self.websocket_sessions += _fold(self.ring, self.totals, items[index:end], good)
             labeled.fold(good[folded:], self.routes.label)

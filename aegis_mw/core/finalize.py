@@ -19,7 +19,7 @@ from .client_address import ClientAddressResolver
 from .clock import Clock
 from .items import InboxItem, PendingSession, python_run_end
 from .labels import STANDARD_METHODS, RouteCap
-from .pending_sums import settle_or_drop
+from .pending_sums import loops_fit, settle_or_drop, settled
 from .record import OTHER_METHOD, UNMATCHED_ROUTE, RequestRecord, WebSocketSession
 from .rollup import RollupDelta
 from .storable import (
@@ -118,8 +118,8 @@ class Finalizer:
         self._clean_clients: set[str] = set()
         #: The compiled loop (``_hotpath.finalize_items``), or None: it takes
         #: the clean compiled items and leaves the rest to the Python loop.
-        if compiled is not None and not hasattr(compiled, "FoldPending"):
-            compiled = None  # a module built before the pending sums: not this code's
+        if compiled is not None and not loops_fit(compiled):
+            compiled = None  # a module built for other loops (an older build)
         self._compiled = None if compiled is None else compiled.finalize_items
         self._item_type: type | None = None if compiled is None else compiled.HttpItem
         #: The compiled loop's sums for existing rollup cells not yet in them
@@ -201,7 +201,9 @@ class Finalizer:
         wall_offset = self.clock.wall() - self.clock.monotonic()
         compiled = self._compiled
         if compiled is None or not self._compiled_applies(items):
-            self._settle()
+            if self._pending is not None and not settled(self, "rollups"):
+                self.invalid += len(items)  # out of memory: as the Python loop counts it
+                return []
             return self._finalize(items, wall_offset)
         out: list[RequestRecord | WebSocketSession] = []
         progress = self._progress
@@ -210,6 +212,7 @@ class Finalizer:
         progress[2] = progress[3] = progress[4] = 0
         rate = self.sample_rate
         total = len(items)
+        cells = self._rollups.cells
         try:
             while True:
                 compiled(
@@ -228,7 +231,13 @@ class Finalizer:
                 # item that is not a compiled one (a pure-Python path's list,
                 # a session).
                 end = python_run_end(items, index, self._item_type)
-                self._settle()
+                if not settled(self, "rollups"):
+                    # Out of memory: the Python loop may not add to the cells
+                    # before their pending sums are in; the run is counted
+                    # invalid, as that loop counts an item it cannot finish.
+                    progress[4] += end - index
+                    progress[0] = end
+                    continue
                 self.sequence = progress[1]
                 out.extend(self._finalize(items[index:end], wall_offset))
                 progress[0] = end
@@ -238,6 +247,13 @@ class Finalizer:
             self.sampled_out += progress[2]
             self._rollups.requests += progress[3]
             self.invalid += progress[4]
+            if self._rollups.cells is not cells:
+                # The rollups were taken or replaced during the call (by the
+                # sampler: Python code): what the rest of it added went to
+                # the cells it began with, as the Python loop's adds do, and
+                # are written there now, not at some later read (out of
+                # memory, at the next one).
+                settled(self, "rollups")
         return out
 
     def _compiled_applies(self, items: list[InboxItem]) -> bool:

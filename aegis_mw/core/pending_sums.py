@@ -14,6 +14,16 @@ from typing import Any
 
 logger = logging.getLogger("aegis_mw.flusher")
 
+#: The compiled pipeline loops' calling convention this code calls them by
+#: (``_hotpath.PIPELINE_LOOPS``): a module built for another (an older build
+#: left in place) is not used for them.
+PIPELINE_LOOPS = 2
+
+
+def loops_fit(compiled: Any) -> bool:
+    """Whether the compiled module's pipeline loops are the ones this code calls."""
+    return getattr(compiled, "PIPELINE_LOOPS", None) == PIPELINE_LOOPS
+
 
 def settle_or_drop(owner: Any, what: str) -> None:
     """Settle ``owner._pending`` (a ``_hotpath.FoldPending``). Out of memory
@@ -26,3 +36,13 @@ def settle_or_drop(owner: Any, what: str) -> None:
     except RuntimeError:
         logger.exception("aegis_mw: pending sums of the %s dropped", what)
         owner._pending = type(owner._pending)(*owner._pending_lists())
+
+
+def settled(owner: Any, what: str) -> bool:
+    """:func:`settle_or_drop`; False when out of memory (the sums kept, so
+    the caller must not let the Python code add to those lists yet)."""
+    try:
+        settle_or_drop(owner, what)
+    except MemoryError:
+        return False
+    return True

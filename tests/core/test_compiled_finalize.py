@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aegis_mw.core import histogram
 from aegis_mw.core.client_address import ClientAddressResolver
 from aegis_mw.core.finalize import Finalizer
 from aegis_mw.core.labels import RouteCap
@@ -307,7 +308,8 @@ def test_a_sampler_that_changes_the_item_leaves_the_record_as_python_does() -> N
         [2**63 - 1, 0, 0, 1.0, 1.0, 1.0, 0, 0, {}],  # a count at the end of 64 bits
         [1, 0, 0, 1.0, 1.0, 1.0, 2**70, 0, {}],  # a byte total past them
         [1, 0, 0, 1, 1.0, 1.0, 0, 0, {}],  # an int duration sum
-        [1, 0, 0, 1.0, 1.0, 1.0, 0, 0, {100: 2**63 - 1}],  # a bucket count at the end
+        # A count at the end of 64 bits in the bucket the items land in (1 ms).
+        [1, 0, 0, 1.0, 1.0, 1.0, 0, 0, {histogram.bucket_index(1.0): 2**63 - 1}],
         (1, 0, 0, 1.0, 1.0, 1.0, 0, 0, {}),  # not a list
     ],
 )
@@ -369,7 +371,7 @@ def test_new_clients_are_taken_and_remembered_as_the_python_loop_does() -> None:
     assert results[0] == results[1]
 
 
-def spread_items(module: Any, buckets: int, count: int) -> list[Any]:
+def spread_items(module: Any, buckets: int, count: int, durations: int = 97) -> list[Any]:
     """Clean items of one route over `buckets` 5-second buckets (one cell
     each), the first `buckets` items one in each; durations and statuses vary
     (new histogram buckets, errors, 429s)."""
@@ -377,13 +379,15 @@ def spread_items(module: Any, buckets: int, count: int) -> list[Any]:
     for index in range(count):
         start = 10.0 + 5.0 * (index % buckets)
         status = (200, 500, 429, 201)[index % 4]
-        fields = ["GET", "/a", "/a", status, start, None, start + 0.0001 * (1 + index % 97)]
+        fields = ["GET", "/a", "/a", status, start, None, start + 0.0001 * (1 + index % durations)]
         made.append(module.item_from_fields([*fields, 3, index, None, None, "", False]))
     return made
 
 
-def finalized_pair(module: Any, batches: list[list[Any]]) -> tuple[Finalizer, Finalizer]:
-    python, compiled = finalizer(None, 1.0, 1000.0), finalizer(module, 1.0, 1000.0)
+def finalized_pair(
+    module: Any, batches: list[list[Any]], pair: tuple[Finalizer, Finalizer] | None = None
+) -> tuple[Finalizer, Finalizer]:
+    python, compiled = pair or (finalizer(None, 1.0, 1000.0), finalizer(module, 1.0, 1000.0))
     for batch in batches:
         # Records only (by repr, floats round-trip): reading the rollups
         # would settle their pending sums.
@@ -423,15 +427,66 @@ def test_more_cells_than_it_keeps_sums_for_are_rolled_up_exactly() -> None:
 
 def test_a_rollup_settle_out_of_memory_changes_nothing_and_keeps_the_sums() -> None:
     """Including the histogram keys a settle adds: taken out again when a
-    later one cannot be added."""
+    later one cannot be added; and the counts it replaces are put back
+    (past 256, ints CPython does not share)."""
     module = compiled_module()
     items = spread_items(module, 3, 600)
-    python, compiled = finalized_pair(module, [items[:3], items[3:]])
+    many = spread_items(module, 3, 1800, durations=2)
+    python, compiled = finalized_pair(module, [many[:3], many[3:], items[3:]])
+    assert compiled.take_rollups().cells == python.take_rollups().cells
+    python, compiled = finalized_pair(module, [many, items[3:]], (python, compiled))
     failures = settle_failing_each_allocation(
         compiled._pending, lambda: shown_cells(compiled._rollups)
     )
     assert failures > 5
     assert shown(compiled, []) == shown(python, [])
+
+
+def test_a_changed_cell_drops_its_pending_sums_with_an_error_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nothing in the package replaces a cell's histogram under its pending
+    sums; if something did, the sums could not be written: dropped once, with
+    an error logged, and the finalizer goes on."""
+    module = compiled_module()
+    items = spread_items(module, 2, 40)
+    _, compiled = finalized_pair(module, [items[:2], items[2:]])
+    cells = compiled._rollups.cells
+    key = next(iter(cells))
+    cells[key][8] = {}
+    assert compiled.rollups is not None  # read: dropped, logged
+    assert "pending sums of the rollups dropped" in caplog.text
+    # Every cell holds only the item it was made with: the others' sums went.
+    assert compiled._pending.sizes() == (0, 0, 0)
+    assert [cell[0] for cell in cells.values()] == [1] * len(cells)
+    compiled.finalize(items[:4])
+    assert sum(cell[0] for cell in compiled.rollups.cells.values()) == len(cells) + 4
+
+
+def test_rollups_taken_by_the_sampler_midway_end_as_the_python_loops() -> None:
+    """A sampler that takes the rollups (Python code between two items): the
+    rest of that call adds to the cells it began with, as the Python loop
+    does, and the next call's items go to the new delta's cells."""
+    module = compiled_module()
+    fields = ["GET", "/a", "/a", 200, 5.0, None, 5.001, 0, 0, None, None, "", False]
+    results = []
+    for compiled in (None, module):
+        made = finalizer(compiled, 0.5, 1000.0)
+        made.finalize([module.item_from_fields(fields) for _ in range(3)])
+        taken: list[RollupDelta] = []
+        chance = made._random.random
+
+        def taking() -> float:
+            if not taken:  # noqa: B023
+                taken.append(made.take_rollups())  # noqa: B023
+            return chance()  # noqa: B023
+
+        made._random.random = taking  # type: ignore[method-assign]
+        made.finalize([module.item_from_fields(fields) for _ in range(3)])
+        made.finalize([module.item_from_fields(fields)])
+        results.append((shown_cells(taken[0]), shown_cells(made.rollups)))
+    assert results[0] == results[1]
+    assert results[1][1]  # the last item is in the new delta
 
 
 def test_a_fork_drops_the_pending_sums() -> None:
@@ -442,3 +497,21 @@ def test_a_fork_drops_the_pending_sums() -> None:
     compiled.reset_after_fork()
     assert compiled._pending.sizes() == (0, 0, 0)
     assert compiled.rollups.cells == {}
+
+
+def test_a_module_built_for_other_pipeline_loops_is_not_used() -> None:
+    """An older build left in place (its loops called another way): the
+    Python code does the work, it does not fail."""
+    from types import SimpleNamespace
+
+    from aegis_mw.core.aggregates import RealtimeAggregates
+
+    module = compiled_module()
+    older = SimpleNamespace(**{
+        name: getattr(module, name) for name in dir(module) if name != "PIPELINE_LOOPS"
+    })  # fmt: skip
+    assert RealtimeAggregates(compiled=older)._compiled_fold is None
+    made = finalizer(older, 1.0, 1000.0)
+    assert made._compiled is None and made._pending is None
+    fields = ["GET", "/a", "/a", 200, 5.0, None, 5.001, 0, 0, None, None, "", False]
+    assert len(made.finalize([module.item_from_fields(fields)])) == 1
