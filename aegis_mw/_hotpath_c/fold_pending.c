@@ -19,7 +19,10 @@
  *
  * `settle()` makes every new object before it changes anything, and undoes
  * the histogram entries it added if one cannot be added: when out of memory
- * it raises and keeps what is pending, so nothing is lost or counted twice.
+ * it raises MemoryError and keeps what is pending, so nothing is lost or
+ * counted twice. Sums for a list that changed shape under them (nothing in
+ * the package does that) cannot be written: it drops them all and raises
+ * RuntimeError, which the owner logs (core/pending_sums.py).
  * Dropping the object drops the pending sums with it (a reset, a fork).
  *
  * It holds lists, dicts, tuples and strs only, none of which can hold it: no
@@ -225,8 +228,9 @@ forget_keys(FoldPendingObject *pending)
 }
 
 /* The rollup cells dict the keys remembered from now on are found in: when
- * it is another than theirs (the rollups were taken, or replaced, since),
- * the keys are forgotten, so none leads to a cell of another dict. */
+ * it is another than theirs (the rollups were taken or replaced and the
+ * settle that forgets the keys then ran out of memory), the keys are
+ * forgotten, so none leads to a cell of another dict. */
 void
 aegis_pending_cells(FoldPendingObject *pending, PyObject *cells)
 {
@@ -314,8 +318,10 @@ aegis_pending_settle(FoldPendingObject *pending)
         if (!PyList_CheckExact(entry->list) || PyList_GET_SIZE(entry->list) != entry->list_length
             || (entry->dict != NULL
                 && PyList_GET_ITEM(entry->list, entry->dict_base - 1) != entry->dict)) {
+            forget(pending);  /* they cannot be written: dropped, not kept to fail again */
             PyErr_SetString(PyExc_RuntimeError,
-                            "a list with sums pending changed its length or its histogram");
+                            "a list with sums pending changed its length or its histogram: "
+                            "its sums and the others were dropped");
             return -1;
         }
         total += entry->touched_count;
@@ -339,11 +345,13 @@ aegis_pending_settle(FoldPendingObject *pending)
         PendingCount *entry = &pending->counts[index];
         PyObject *held = PyDict_GetItemWithError(pending->requests, entry->key); /* borrowed */
         if (held == NULL) {
-            if (!PyErr_Occurred()) {
-                PyErr_SetString(PyExc_RuntimeError,
-                                "a request count with a sum pending is gone");
-            }
             release(made, next);
+            if (!PyErr_Occurred()) {
+                forget(pending);  /* as above */
+                PyErr_SetString(PyExc_RuntimeError,
+                                "a request count with a sum pending is gone: the sums were "
+                                "dropped");
+            }
             return -1;
         }
         made[next].value = int_sum(held, entry->delta);

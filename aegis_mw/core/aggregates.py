@@ -207,15 +207,11 @@ class RealtimeAggregates:
         #: The compiled fold's sums not yet in the ring, the series and the
         #: request counts (``_hotpath.FoldPending``): settled before anyone
         #: reads them and before the Python fold changes them.
-        self._pending: Any = self._new_pending(compiled)
-
-    def _pending_lists(self) -> tuple[Any, ...]:
-        return (self.ring, self.labeled.requests)
-
-    def _new_pending(self, compiled: ModuleType | None) -> Any:
-        if self._compiled_fold is None or compiled is None:
-            return None
-        return compiled.FoldPending(self.ring, self.labeled.requests)
+        self._pending: Any = (
+            None
+            if self._compiled_fold is None or compiled is None
+            else compiled.FoldPending(self.ring, self.labeled.requests)
+        )
 
     def settle(self) -> None:
         """Write the compiled fold's pending sums into the figures (readers
@@ -243,7 +239,7 @@ class RealtimeAggregates:
         self.drained = 0
         self.labeled = LabeledTotals(self.labeled.bounds)
         if self._pending is not None:  # its sums were the parent's
-            self._pending = type(self._pending)(*self._pending_lists())
+            self._pending = type(self._pending)(self.ring, self.labeled.requests)
         # A fork may land mid-fold: the child must not inherit a held lock.
         self._lock = threading.Lock()
         self.websocket_sessions = 0

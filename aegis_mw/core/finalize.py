@@ -149,9 +149,6 @@ class Finalizer:
         if self._pending is not None:
             settle_or_drop(self, "rollups")
 
-    def _pending_lists(self) -> tuple[Any, ...]:
-        return ()
-
     def take_rollups(self) -> RollupDelta:
         """The rollups folded since the last call, handed over whole."""
         self._settle()

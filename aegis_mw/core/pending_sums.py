@@ -28,14 +28,13 @@ def loops_fit(compiled: Any) -> bool:
 def settle_or_drop(owner: Any, what: str) -> None:
     """Settle ``owner._pending`` (a ``_hotpath.FoldPending``). Out of memory
     it raises with the sums kept; if a list it has sums for changed shape
-    under it (nothing in this package does that), those sums cannot be
-    written: they are dropped, once, with an error logged, rather than fail
+    under it (nothing in this package does that), the settle drops them, as
+    they cannot be written, and that is logged here, once, rather than fail
     every read after."""
     try:
         owner._pending.settle()
     except RuntimeError:
         logger.exception("aegis_mw: pending sums of the %s dropped", what)
-        owner._pending = type(owner._pending)(*owner._pending_lists())
 
 
 def settled(owner: Any, what: str) -> bool:
