@@ -156,6 +156,7 @@ class Traffic:
         self.shapes = request_shapes()
         self.prefix = uuid.uuid4().hex[:8]
         self.sequence = 0
+        self.items_end = -math.inf
 
     def records(self, count: int, start: float, span: float) -> list[RequestRecord]:
         """``count`` records evenly spread over ``[start, start + span)``."""
@@ -171,7 +172,14 @@ class Traffic:
         return out
 
     def items(self, count: int, start: float) -> list[list[Any]]:
-        """Recorder inbox items (monotonic times) for the whole pipeline."""
+        """Recorder inbox items (monotonic times) for the whole pipeline, 0.1 ms
+        apart: from ``start``, or from where the last call's items ended when
+        that is later, so times only go forward from one round to the next as
+        a server's do (items offered faster than they are spaced would
+        otherwise land in the middle of the last round's times, and the
+        timestamp index would take them as out-of-order inserts)."""
+        start = max(start, self.items_end)
+        self.items_end = start + count * 1e-4
         shapes, first = self.shapes, self.sequence
         out = []
         for i in range(count):

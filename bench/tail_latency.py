@@ -1,6 +1,8 @@
 """Tail latency and server CPU under HTTP load: a bare Starlette app beside
-the same app with AegisMiddleware (default SQLite sink, every request stored)
-and with starlette_exporter.
+the same app with AegisMiddleware (default SQLite sink, every request stored),
+with starlette_exporter, and with the cheapest pure ASGI middleware there is
+(``timing``: a clock read and two additions), the floor any middleware pays in
+a real server.
 
 Each variant is a real ``uvicorn`` server (one worker, its defaults: uvloop
 and httptools where installed) pinned to CPU 0; ``wrk`` runs pinned to CPU 1,
@@ -28,6 +30,12 @@ Two loads:
     python bench/tail_latency.py --rounds 3 --seconds 4 --no-paced   # quick look
     python bench/tail_latency.py --other-tree ../aegis-before   # beside another commit
     python bench/tail_latency.py --alt-options '{"sink": "memory://"}'  # beside other options
+    python bench/tail_latency.py --alt-options '{}' --alt-pipeline-cpu 1  # pipeline on wrk's core
+
+``--alt-pipeline-cpu`` moves the ``aegis_alt`` server's other threads (the
+flusher's and the sinks') to another CPU once it is warm, so the event loop
+has its core to itself: what the loop's thread then costs is the request
+path's own share, without the pipeline beside it.
 
 Needs ``wrk`` (Debian/Ubuntu: ``apt-get install wrk``) and two CPUs.
 """
@@ -107,6 +115,23 @@ APP = textwrap.dedent(
         from starlette_exporter import PrometheusMiddleware
 
         app.add_middleware(PrometheusMiddleware)
+    elif variant == "timing":
+
+        # The cheapest useful pure ASGI middleware, a clock read and two
+        # additions: what any middleware costs a real server.
+        class Timing:
+            def __init__(self, app):
+                self.app = app
+                self.count = 0
+                self.total = 0.0
+
+            async def __call__(self, scope, receive, send):
+                start = time.perf_counter()
+                await self.app(scope, receive, send)
+                self.count += 1
+                self.total += time.perf_counter() - start
+
+        app.add_middleware(Timing)
     """
 )
 
@@ -163,6 +188,13 @@ def context_switches(pid: int) -> tuple[int, int]:
         else:
             others_waited += int(fields["voluntary_ctxt_switches"])
     return loop_preempted, others_waited
+
+
+def pin_other_threads(pid: int, cpu: int) -> None:
+    """Every thread of the server but its main one (the event loop's) onto ``cpu``."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        if int(task) != pid:
+            os.sched_setaffinity(int(task), {cpu})
 
 
 def read_collections(port: int) -> list[list[float]]:
@@ -331,13 +363,21 @@ def main() -> None:
     parser.add_argument("--paced", type=float, default=0.5, help="fraction of bare's rate")
     parser.add_argument("--no-paced", dest="paced", action="store_const", const=0.0)
     parser.add_argument("--delay-ms", type=int, default=5, help="paced: per-connection delay")
-    parser.add_argument("--variants", nargs="+", default=["bare", "aegis", "starlette_exporter"])
+    parser.add_argument(
+        "--variants", nargs="+", default=["bare", "timing", "aegis", "starlette_exporter"]
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
         "--alt-options",
         default="",
         help="also run the aegis app with these AegisMiddleware options (JSON, over the "
         "default SQLite sink; variant aegis_alt): options compared in one run",
+    )
+    parser.add_argument(
+        "--alt-pipeline-cpu",
+        type=int,
+        help="with --alt-options: run the aegis_alt server's background threads on this CPU "
+        "(its event loop keeps CPU 0)",
     )
     parser.add_argument(
         "--other-tree",
@@ -352,6 +392,8 @@ def main() -> None:
         args.variants.insert(0, "bare")
     if args.other_tree is not None and "aegis_other" not in args.variants:
         args.variants.append("aegis_other")
+    if args.alt_pipeline_cpu is not None and not args.alt_options:
+        raise SystemExit("--alt-pipeline-cpu needs --alt-options (use '{}' for the defaults)")
     if args.alt_options:
         if not isinstance(json.loads(args.alt_options), dict):
             raise SystemExit("--alt-options: a JSON object of AegisMiddleware options")
@@ -368,6 +410,8 @@ def main() -> None:
             servers[name] = start_server(name, workdir, args.other_tree, args.alt_options)
         for _, port in servers.values():  # warm up: imports, caches, first flush
             run_wrk(port, 2, args.connections, 0, script)
+        if args.alt_pipeline_cpu is not None:
+            pin_other_threads(servers["aegis_alt"][0].pid, args.alt_pipeline_cpu)
         print(f"saturation: wrk -c{args.connections}, {args.seconds:g} s rounds")
         saturated = measure(
             servers, rounds=args.rounds, seconds=args.seconds,
