@@ -14,6 +14,7 @@ COMPILED_TESTS=(
     tests/core/test_free_lists.py
     tests/sinks/test_sqlite_rows.py
     tests/sinks/test_postgres_copy.py
+    tests/core/test_histogram_text.py
     tests/fuzz
 )
 # What those tests import, beyond the package itself: a venv with only these

@@ -49,7 +49,7 @@ from aegis_mw import Aegis, speedups
 from aegis_mw.core.aggregates import RealtimeAggregates, _fold
 from aegis_mw.core.finalize import Finalizer
 from aegis_mw.core.record import Batch
-from aegis_mw.core.rollup import RollupDelta, expand, parameter_rows
+from aegis_mw.core.rollup import RollupDelta, encode_histogram, expand, parameter_rows
 from aegis_mw.sinks import SQLiteSink
 
 ROUTES = [f"/api/v1/resource{index}/{{item_id}}" for index in range(20)]
@@ -168,8 +168,10 @@ def stage_round(
     if twins is not None:
         seconds.update(python_stages(twins, items))
     delta = finalizer.take_rollups()
+    # As the sink encodes them (compiled where it was offered the module).
+    encode = getattr(sink, "_histograms", (encode_histogram,))[0]
     seconds["rollups to rows"] = timed(
-        lambda: [list(parameter_rows(part)) for part in expand(delta)]
+        lambda: [list(parameter_rows(part, encode)) for part in expand(delta)]
     )[0]
 
     def insert() -> None:

@@ -357,6 +357,10 @@ PyObject *aegis_sqlite_rows_init(PyObject *module, PyObject *const *args, Py_ssi
 PyObject *aegis_sqlite_filename(PyObject *module, PyObject *connection);
 PyObject *aegis_sqlite_insert_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
+/* histogram_text.c: the rollups' histograms as stored text */
+PyObject *aegis_histogram_text(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *aegis_histogram_merge_text(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
 /* recording.c */
 int aegis_recording_init(AegisRecording *rec, PyObject *owner, PyObject *clock, int native_clock,
                          PyObject *recorder);

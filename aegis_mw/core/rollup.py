@@ -83,6 +83,36 @@ def encode_histogram_array(counts: dict[int, int]) -> str:
     return "{" + ",".join(map(str, dense(counts))) + "}"
 
 
+Encode = Callable[[dict[int, int]], str]
+Merge = Callable[[str | None, str | None], str]
+
+
+def histogram_functions(compiled: Any) -> tuple[Encode, Encode, Merge]:
+    """:func:`encode_histogram`, :func:`encode_histogram_array` and
+    :func:`merge_histogram_text`, each through the compiled module's version
+    where it has one (``aegis_mw/_hotpath_c/histogram_text.c``: the same
+    text for what it takes, a tenth of the time, and None for the rest,
+    which these functions then handle)."""
+    text = getattr(compiled, "histogram_text", None)
+    merge = getattr(compiled, "histogram_merge_text", None)
+    if text is None or merge is None:
+        return encode_histogram, encode_histogram_array, merge_histogram_text
+
+    def encode(counts: dict[int, int]) -> str:
+        out: str | None = text(counts, False)
+        return encode_histogram(counts) if out is None else out
+
+    def encode_array(counts: dict[int, int]) -> str:
+        out: str | None = text(counts, True)
+        return encode_histogram_array(counts) if out is None else out
+
+    def merged(left: str | None, right: str | None) -> str:
+        out: str | None = merge(left, right)
+        return merge_histogram_text(left, right) if out is None else out
+
+    return encode, encode_array, merged
+
+
 def decode_histogram(value: str | list[int] | dict[str, int] | None) -> list[int]:
     """A stored histogram, from text (SQLite) or an integer array
     (PostgreSQL), in the :func:`dense` layout. The ``{"index": count}`` form

@@ -40,7 +40,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from ..core.errors import ConfigError
 from ..core.gil_slices import Paced, Slices
 from ..core.record import Batch
-from ..core.rollup import LEVELS, RollupDelta, encode_histogram_array, expand
+from ..core.rollup import LEVELS, Encode, RollupDelta, expand, histogram_functions
 from ..core.rollup import parameter_rows as rollup_parameters
 from ..core.sink import RecordRejected
 from . import history_sql, postgres_copy
@@ -128,6 +128,7 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         # COPY rows on the write connection (see postgres_copy), checked once
         # per connection, by the thread that writes.
         self._compiled: ModuleType | None = None
+        self._encode_histogram: Encode = histogram_functions(None)[1]
         self._copier: ModuleType | None = None
         self._copier_checked_for: psycopg.Connection[Any] | None = None
 
@@ -136,6 +137,7 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         the compiled request paths are used); None: psycopg formats them."""
         self._compiled = module
         self._copier_checked_for = None
+        self._encode_histogram = histogram_functions(module)[1]
 
     def _connect(self) -> psycopg.Connection[Any]:
         owner = (os.getpid(), threading.get_ident())
@@ -182,7 +184,7 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
                     if batch.sessions:
                         _store(cursor, SESSIONS, batch.sessions, self._copier, slices)
                 if batch.rollups is not None and batch.rollups.cells:
-                    _add_rollups(cursor, batch.rollups, slices)
+                    _add_rollups(cursor, batch.rollups, slices, self._encode_histogram)
         except psycopg.errors.UniqueViolation:
             raise  # never the content: every keyed insert skips ids stored already
         except REFUSED as exc:
@@ -329,7 +331,9 @@ def _copy(
         postgres_copy.write_rows(copy, rows, table.kinds, compiled, slices)
 
 
-def _add_rollups(cursor: psycopg.Cursor[Any], delta: RollupDelta, slices: Slices) -> None:
+def _add_rollups(
+    cursor: psycopg.Cursor[Any], delta: RollupDelta, slices: Slices, encode: Encode
+) -> None:
     cursor.execute(
         "INSERT INTO aegis_rollup_deltas (delta_id, applied_at) VALUES (%s, %s) "
         "ON CONFLICT DO NOTHING",
@@ -342,12 +346,8 @@ def _add_rollups(cursor: psycopg.Cursor[Any], delta: RollupDelta, slices: Slices
     routes, totals = expand(delta, slices)
     # Rows come sorted by key, routes before totals in every writer, so
     # concurrent writers lock rows in one order and cannot deadlock.
-    cursor.executemany(
-        UPSERT_ROLLUPS, rollup_parameters(routes, encode_histogram_array, slices=slices)
-    )
-    cursor.executemany(
-        UPSERT_TOTALS, rollup_parameters(totals, encode_histogram_array, slices=slices)
-    )
+    cursor.executemany(UPSERT_ROLLUPS, rollup_parameters(routes, encode, slices=slices))
+    cursor.executemany(UPSERT_TOTALS, rollup_parameters(totals, encode, slices=slices))
 
 
 # Deletes by physical row id (ctid): a LIMIT in a subquery, then a TID scan

@@ -24,7 +24,7 @@ from types import ModuleType
 from ..core.errors import ConfigError
 from ..core.gil_slices import Paced, Slices, pause_for
 from ..core.record import Batch, RequestRecord
-from ..core.rollup import LEVELS, RollupDelta, expand, merge_histogram_text
+from ..core.rollup import LEVELS, RollupDelta, expand, histogram_functions
 from ..core.rollup import parameter_rows as rollup_parameters
 from ..core.sink import RecordRejected
 from . import history_sql, sqlite_rows
@@ -81,12 +81,16 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         self._compiled: ModuleType | None = None
         self._rows: ModuleType | None = None
         self._rows_checked_for: sqlite3.Connection | None = None
+        # How rollup histograms are encoded and merged on conflict (compiled
+        # where offered; a connection opened before keeps the Python merge).
+        self._histograms = histogram_functions(None)
 
     def use_compiled(self, module: ModuleType | None) -> None:
         """Let the compiled module bind request rows (``Aegis`` offers it where
         the compiled request paths are used); None: the sqlite3 module binds."""
         self._compiled = module
         self._rows_checked_for = None
+        self._histograms = histogram_functions(module)
 
     def _connect(self) -> sqlite3.Connection:
         owner = (os.getpid(), threading.get_ident())
@@ -116,7 +120,7 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
             # lose the last transactions, an accepted trade for telemetry.
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.create_function(
-                "aegis_histogram_merge", 2, merge_histogram_text, deterministic=True
+                "aegis_histogram_merge", 2, self._histograms[2], deterministic=True
             )
             migrate(connection)
         except BaseException:
@@ -218,8 +222,9 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
             return
         slices = Slices(backlog=self._backlog)  # this write's thread (see core.gil_slices)
         routes, totals = expand(delta, slices)
-        connection.executemany(UPSERT_ROLLUPS, rollup_parameters(routes, slices=slices))
-        connection.executemany(UPSERT_TOTALS, rollup_parameters(totals, slices=slices))
+        encode = self._histograms[0]
+        connection.executemany(UPSERT_ROLLUPS, rollup_parameters(routes, encode, slices=slices))
+        connection.executemany(UPSERT_TOTALS, rollup_parameters(totals, encode, slices=slices))
 
     # -- history (read_rollups and read_requests: see history_sql.ReaderBacked) --
     def prune(self, raw_before: float, rollups_before: Mapping[int, float], limit: int) -> int:

@@ -356,6 +356,34 @@ def copy_kinds(aegis: Aegis) -> dict[str, Run]:
     return {"copy-rows-taken": taken, "copy-rows-left": left, "copy-rows-refused": refused}
 
 
+def histogram_kinds(aegis: Aegis) -> dict[str, Run]:
+    """Rollup histograms as text: encoded, merged, and left to Python (None).
+    Each run also records one request, so the loop's check holds."""
+    from aegis_mw import _hotpath
+
+    offer = aegis.recorder.offer
+
+    def encoded() -> None:
+        counts = {index: index * 3 for index in range(100, 160)}
+        assert _hotpath.histogram_text(counts, False).startswith("[100,300,")
+        assert _hotpath.histogram_text(counts, True).startswith("{100,300,")
+        assert _hotpath.histogram_text({1: 2**64}, False) is None
+        offer(inbox_item("/histogram"))
+
+    def merged() -> None:
+        left = "[" + ",".join(str(n) for n in range(100, 160)) + "]"  # a new str each time
+        assert _hotpath.histogram_merge_text(left, "[90,1,2]").startswith("[90,1,2,")
+        assert _hotpath.histogram_merge_text(None, left) == left
+        assert _hotpath.histogram_merge_text('{"9": 1}', left) is None
+        try:
+            _hotpath.histogram_merge_text(left)
+        except TypeError:
+            pass
+        offer(inbox_item("/histogram"))
+
+    return {"histogram-text": encoded, "histogram-merge": merged}
+
+
 # -- the loop ------------------------------------------------------------------------
 
 
@@ -397,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     known = {entry.name for entry in KNOWN_DIVERGENCES}
     aegis = pipeline()
     kinds = {
-        **asgi_kinds(aegis), **wsgi_kinds(aegis), **django_kinds(aegis), **copy_kinds(aegis)
+        **asgi_kinds(aegis), **wsgi_kinds(aegis), **django_kinds(aegis), **copy_kinds(aegis),
+        **histogram_kinds(aegis),
     }  # fmt: skip
     failed = []
     for name, one in kinds.items():
