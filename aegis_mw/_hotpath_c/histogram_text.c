@@ -90,14 +90,18 @@ exact_long_long(PyObject *object, long long *out)
 /* histogram_text(counts: dict, array: bool) -> str | None
  *
  * rollup.dense(counts) as encode_histogram writes it ("[...]"), or as
- * encode_histogram_array does with `array` ("{...}"); None when a key or a
+ * encode_histogram_array does with `array` ("{...}"); None when `counts` is
+ * not an exact dict (a subclass may read its items otherwise), a key or a
  * count is not an exact int within 64 bits, or the indexes span too much. */
 PyObject *
 aegis_histogram_text(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyDict_Check(args[0])) {
+    if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "histogram_text(counts: dict, array: bool)");
         return NULL;
+    }
+    if (!PyDict_CheckExact(args[0])) {
+        Py_RETURN_NONE;
     }
     int array = PyObject_IsTrue(args[1]);
     if (array < 0) {
@@ -268,7 +272,8 @@ aegis_histogram_merge_text(PyObject *module, PyObject *const *args, Py_ssize_t n
     long long first = parts[0][0] < parts[1][0] ? parts[0][0] : parts[1][0];
     long long last = 0; /* max(part[0] + len(part)) over both */
     for (int i = 0; i < 2; i++) {
-        if (parts[i][0] < LLONG_MIN / 2 || parts[i][0] > LLONG_MAX / 2) {
+        /* Within a quarter of the range each, so last - first cannot overflow. */
+        if (parts[i][0] < LLONG_MIN / 4 || parts[i][0] > LLONG_MAX / 4) {
             goto python;
         }
         long long end = parts[i][0] + (long long)counts[i];

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import UserDict
 from pathlib import Path
-from types import ModuleType
+from types import MappingProxyType, ModuleType
 from typing import Any
 
 import pytest
@@ -78,8 +79,20 @@ def test_encoding_leaves_what_is_not_a_plain_int_to_python(compiled: ModuleType)
     assert (
         compiled.histogram_text({3: -INT64, 5: INT64 - 1}, False) == f"[3,{-INT64},0,{INT64 - 1}]"
     )
+
+    # Not an exact dict (a subclass may read its items otherwise): Python's,
+    # and the function the sinks use gives what Python gives.
+    class Tenfold(dict):  # type: ignore[type-arg]
+        def items(self):  # type: ignore[no-untyped-def]
+            return [(key, value * 10) for key, value in dict.items(self)]
+
+    encode = histogram_functions(compiled)[0]
+    for counts in ([], Tenfold({1: 2, 3: 4}), UserDict({1: 2}), MappingProxyType({1: 2})):
+        assert compiled.histogram_text(counts, False) is None, counts
+        assert outcome(encode, counts) == outcome(encode_histogram, counts)
+    assert encode(Tenfold({1: 2, 3: 4})) == "[1,20,0,40]"
     with pytest.raises(TypeError):
-        compiled.histogram_text([1, 2], False)
+        compiled.histogram_text({1: 2})
 
 
 def dense_texts() -> st.SearchStrategy[str | None]:
@@ -124,6 +137,8 @@ def test_merging_takes_the_canonical_form_only(compiled: ModuleType) -> None:
     for left, right in [
         (f"[0,{INT64 - 1}]", "[0,1]"), ('{"9": 1}', "[7,3]"), ("[1, 2]", "[1]"),
         ("[01]", "[1]"), ("[-0,1]", "[1]"), ("[\u0661]", "[1]"), (b"[1]", "[1]"), (1, None),
+        # First indexes a whole range apart: their distance is past 64 bits.
+        (f"[{-(2**62)},1]", f"[{2**62 - 1},1]"),
     ]:  # fmt: skip
         assert merge(left, right) is None, (left, right)
 
