@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import UserDict
+from contextlib import closing
 from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any
@@ -188,7 +189,7 @@ def test_merging_takes_the_canonical_form_only(compiled: ModuleType) -> None:
 
 
 def stored_rollups(path: Path) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(path) as connection:
+    with closing(sqlite3.connect(path)) as connection:
         rows = connection.execute("SELECT * FROM aegis_rollups ORDER BY 1, 2, 3, 4, 5").fetchall()
         rows += connection.execute("SELECT * FROM aegis_rollup_totals ORDER BY 1, 2, 3").fetchall()
     return rows
