@@ -91,8 +91,10 @@ def histogram_functions(compiled: Any) -> tuple[Encode, Encode, Merge]:
     """:func:`encode_histogram`, :func:`encode_histogram_array` and
     :func:`merge_histogram_text`, each through the compiled module's version
     where it has one (``aegis_mw/_hotpath_c/histogram_text.c``: the same
-    text for what it takes, a tenth of the time, and None for the rest,
-    which these functions then handle)."""
+    text for what it takes, and None for the rest, which these functions
+    then handle). For histograms of 60 to 70 buckets, through these
+    wrappers: 1.3 µs to encode against 8.3 in Python, 1.2 µs to merge
+    against 20.2."""
     text = getattr(compiled, "histogram_text", None)
     merge = getattr(compiled, "histogram_merge_text", None)
     if text is None or merge is None:
