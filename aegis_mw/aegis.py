@@ -19,12 +19,15 @@ from typing import Any
 
 from . import speedups
 from .access.app_token import monitoring_access
+from .alerts.service import AlertService
+from .alerts.store import MemoryAlertStore
 from .core.aggregates import RealtimeAggregates, RealtimeSnapshot
 from .core.client_address import ClientAddressResolver
 from .core.clock import Clock, SystemClock
 from .core.errors import ConfigError
 from .core.finalize import Finalizer
 from .core.flusher import Flusher
+from .core.history import HistorySource
 from .core.labels import RouteCap
 from .core.paths import PathFilter
 from .core.recorder import Recorder
@@ -99,6 +102,28 @@ def multiprocess_directory(
     if sys.platform == "win32":
         raise ConfigError("metrics_multiprocess_dir", text, "not supported on Windows", source)
     return path
+
+
+def _alert_service(
+    settings: AegisSettings, sinks: Sequence[RecordSink], clock: Clock
+) -> AlertService | None:
+    """The alert service over the first sink that keeps history, in the
+    store beside its data (in the process for the memory sink)."""
+    if not settings.alert_rules:
+        return None
+    source = next((sink for sink in sinks if isinstance(sink, HistorySource)), None)
+    if source is None:
+        raise ConfigError(
+            "alert_rules", f"{len(settings.alert_rules)} rules",
+            "alerts need a sink that keeps history: memory://, sqlite:///... or postgresql://...",
+            settings.sources.get("alert_rules", ""),
+        )  # fmt: skip
+    make_store = getattr(source, "alert_store", None)
+    store = make_store() if callable(make_store) else MemoryAlertStore()
+    return AlertService(
+        settings.alert_rules, store, source, interval=settings.alert_interval, wall=clock.wall,
+        retention=settings.retention_rollups,
+    )  # fmt: skip
 
 
 class Aegis:
@@ -212,6 +237,8 @@ class Aegis:
         self.metrics = MetricsService(self, multiprocess_directory(settings, environ))
         #: Health checks and the liveness/readiness answers.
         self.health = HealthService(self)
+        #: The alert rules' evaluation (None without rules): see aegis_mw.alerts.
+        self.alerts: AlertService | None = _alert_service(settings, self.sinks, self.clock)
         ref = weakref.ref(self)
         # Weak references: neither hook may keep a discarded Aegis alive.
         self._atexit_hook = functools.partial(_shutdown_if_alive, ref)
@@ -226,6 +253,8 @@ class Aegis:
         backlogs += [runner.isolation.held for runner in runners]
         weakref.finalize(self, _warn_if_unflushed, self.recorder.inbox, backlogs).atexit = False
         self.flusher.start()
+        if self.alerts is not None:
+            self.alerts.start()
 
     def start(self) -> None:
         """Start recording again after :meth:`shutdown` (no-op while running).
@@ -235,6 +264,8 @@ class Aegis:
         atexit.unregister(self._atexit_hook)
         atexit.register(self._atexit_hook)
         self.flusher.start()
+        if self.alerts is not None:
+            self.alerts.start()
 
     def attached(self, hot_path: str) -> None:
         """A middleware serves this pipeline: the first one says so at start
@@ -265,6 +296,8 @@ class Aegis:
         """
         atexit.unregister(self._atexit_hook)
         self.health.stop()
+        if self.alerts is not None:
+            self.alerts.stop(timeout)
         return self.flusher.shutdown(timeout)
 
     def realtime(self) -> RealtimeSnapshot:
@@ -326,6 +359,8 @@ class Aegis:
         self.aggregates.reset()
         self.finalizer.reset_after_fork()
         self.flusher.reset_after_fork()
+        if self.alerts is not None:
+            self.alerts.reset_after_fork()
 
     def __enter__(self) -> Aegis:
         return self

@@ -34,6 +34,19 @@ TRAFFIC = (
     (4, "GET", "/no/such/page/{n}"),
     (5, "GET", "/"),
 )
+#: Alert rules the demo's traffic sets off: /api/fail always fails, so its
+#: error ratio fires once a minute's window holds a few of its requests.
+ALERT_RULES = (
+    {
+        "name": "fail_route_errors", "input": "error_ratio", "operator": ">",
+        "threshold": 0.5, "window": "1m", "route": "/api/fail", "min_requests": 3,
+        "severity": "critical", "annotations": {"summary": "$route fails $value_percent"},
+    },
+    {
+        "name": "slow_p95", "input": "latency_p95_ms", "operator": ">", "threshold": 10_000,
+        "window": "5m", "group_by": ["route"],
+    },
+)  # fmt: skip
 
 
 def build_app(aegis: Aegis) -> Any:
@@ -189,7 +202,7 @@ def run_demo(
         return 1
     port = listener.getsockname()[1]
     path = os.path.abspath(db)
-    aegis = Aegis(sink=f"sqlite:///{quote(path)}")
+    aegis = Aegis(sink=f"sqlite:///{quote(path)}", alert_rules=ALERT_RULES, alert_interval=5)
     app = build_app(aegis)
     # The demo fails on purpose; aegis records those errors, so uvicorn's
     # tracebacks for them would only bury the figures.
@@ -215,6 +228,7 @@ def run_demo(
     print(f'             sqlite3 {db} "{query}"')
     print(f"  traffic    about {rate:g} synthetic requests/s from {CLIENTS} client threads")
     print("  errors     /api/fail raises on purpose: see the error column, not a traceback")
+    print(f"  alerts     {base}/api/metrics/alerts   (fail_route_errors fires within a minute)")
     print("  stop       Ctrl-C" + (f" (or after {duration:g} s)" if duration else ""), flush=True)
     if open_page:
         import webbrowser

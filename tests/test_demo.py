@@ -172,6 +172,8 @@ def test_demo_exits_cleanly_and_prints_where_to_look(demo: tuple[DemoRun, Path])
     assert f"  records    {db}  (table aegis_requests)" in run.stdout
     port = run.port
     assert f"  metrics    http://127.0.0.1:{port}/metrics   (Prometheus text format)" in run.stdout
+    alerts = f"  alerts     http://127.0.0.1:{port}/api/metrics/alerts   (fail_route_errors fires"
+    assert any(line.startswith(alerts) for line in run.stdout), run.stdout
     token = Path(f"{db}.token").read_text().strip()  # kept beside the database
     dashboard = (
         f"  dashboard  http://127.0.0.1:{port}/dashboard?token={token}   "

@@ -273,6 +273,23 @@ def _origin_list(value: Any) -> tuple[str, ...]:
     return origins
 
 
+def _alert_rules(value: Any) -> tuple[Any, ...]:
+    """Rules as objects or mappings (a settings file's ``[[alert_rules]]``
+    tables), or JSON text of such a list (an environment variable)."""
+    # Imported here: the alerts package imports the core.
+    from ..alerts.rules import RuleError, rules_from_config
+
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else []
+        except json.JSONDecodeError as exc:
+            raise _Explained(f"JSON text of a list of rules ({exc})") from None
+    try:
+        return rules_from_config(value)
+    except RuleError as exc:
+        raise _Explained(str(exc)) from None
+
+
 _PATH_ALLOWED = "a path starting with '/' (no glob characters), or '' to switch the route off"
 
 _RULES: dict[str, _Rule] = {
@@ -341,6 +358,11 @@ _RULES: dict[str, _Rule] = {
         _directory_text,
         "a file path ('' for the default: beside the SQLite or JSONL file of the sink)",
     ),
+    "alert_rules": _Rule(
+        _alert_rules,
+        "a list of alert rules (AlertRule objects or mappings, see docs/alerts.md)",
+    ),
+    "alert_interval": _Rule(_number(float, 1, 3600), "seconds, from 1 to 3600", _duration_text),
     "metrics_path": _Rule(_mount_path, _PATH_ALLOWED),
     "api_path": _Rule(_mount_path, _PATH_ALLOWED),
     "ws_path": _Rule(_mount_path, _PATH_ALLOWED),
@@ -450,6 +472,10 @@ class AegisSettings:
     access_token: str = field(default="", repr=False)
     #: Where a generated access token is kept, shared by the app's workers.
     access_token_file: str = ""
+    #: Alert rules over the stored rollups (docs/alerts.md); one process of
+    #: the app evaluates them every alert_interval seconds.
+    alert_rules: Any = ()
+    alert_interval: float = 10.0
     metrics_path: str = "/metrics"
     #: Prefix of the JSON metrics API (``/api/metrics/overview`` and the rest).
     api_path: str = "/api/metrics"

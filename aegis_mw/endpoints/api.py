@@ -34,6 +34,7 @@ from .response import Response
 
 if TYPE_CHECKING:
     from ..aegis import Aegis
+    from ..alerts.service import AlertService
 
 logger = logging.getLogger("aegis_mw.api")
 
@@ -56,6 +57,8 @@ PARAMETERS: Mapping[str, tuple[str, ...]] = {
         "limit",
         "offset",
     ),
+    "alerts": (),
+    "alert-history": ("limit", "before"),
     "openapi.json": (),
 }
 MAX_OFFSET = 1_000_000
@@ -185,6 +188,21 @@ def answer(queries: HistoryQueries, endpoint: str, params: dict[str, str]) -> An
     return series[endpoint](*window)
 
 
+def alerts_answer(alerts: AlertService | None) -> dict[str, Any]:
+    """The alerts shown now and every rule with its health (no I/O: what
+    the alert service last read)."""
+    if alerts is None:
+        return {"evaluating": False, "interval": None, "alerts": [], "nodata": [], "rules": []}
+    health = alerts.health if alerts.token is not None else {}
+    return {
+        "evaluating": alerts.token is not None,
+        "interval": alerts.interval,
+        "alerts": alerts.view(),
+        "nodata": [{"name": i.rule, "group": dict(i.group)} for i in alerts.nodata],
+        "rules": [{**rule.to_mapping(), "health": health.get(rule.name)} for rule in alerts.rules],
+    }
+
+
 class _NoHistory:
     """A source with nothing stored: bad input is checked against it, so it is
     a 400 whether or not a sink keeps history (a 503 would say "retry")."""
@@ -236,6 +254,16 @@ class MetricsAPI:
                 return Response.json(200, self._openapi)
             if endpoint == "realtime":
                 return Response.json(200, {"data": self._realtime()})
+            if endpoint == "alerts":
+                return Response.json(200, {"data": alerts_answer(self._aegis.alerts)})
+            if endpoint == "alert-history":
+                for name, value in params.items():
+                    _check_text(name, value)
+                limit = _integer(params, "limit", 100, 1, 1000)
+                before = _integer(params, "before", 2**62, 1, 2**62)
+                alerts = self._aegis.alerts
+                rows = [] if alerts is None else alerts.store.history(limit, before)
+                return Response.json(200, {"data": {"transitions": rows}})
             queries = self.queries
             if queries is None:
                 answer(self._no_history, endpoint, params)

@@ -198,6 +198,66 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
     },
 }
 
+_GROUP = {"type": "object", "additionalProperties": {"type": "string"}}
+_ALERT = {
+    "type": "object",
+    "required": ["name", "state", "severity", "group", "message"],
+    "properties": {
+        "name": {"type": "string"},
+        "state": {"type": "string", "enum": ["pending", "firing"]},
+        "severity": {"type": "string"},
+        "group": _GROUP,
+        "value": _NUMBER_OR_NULL,
+        "since": _NUMBER_OR_NULL,
+        "episode": {"type": "string"},
+        "flapping": {"type": "boolean"},
+        "message": {"type": "string"},
+        "annotations": _GROUP,
+    },
+}
+_TRANSITION = {
+    "type": "object",
+    "required": ["id", "at", "rule", "group", "kind", "from_state", "to_state", "notify"],
+    "properties": {
+        "id": {"type": "integer"},
+        "at": {"type": "number"},
+        "rule": {"type": "string"},
+        "group": _GROUP,
+        "kind": {"type": "string"},
+        "from_state": {"type": "string"},
+        "to_state": {"type": "string"},
+        "value": _NUMBER_OR_NULL,
+        "severity": {"type": "string"},
+        "episode": {"type": "string"},
+        "notify": {"type": "boolean"},
+        "labels": _GROUP,
+        "annotations": _GROUP,
+    },
+}
+_SCHEMAS["alerts"] = {
+    "type": "object",
+    "required": ["evaluating", "alerts", "nodata", "rules"],
+    "properties": {
+        "evaluating": {"type": "boolean"},
+        "interval": _NUMBER_OR_NULL,
+        "alerts": {"type": "array", "items": _ALERT},
+        "nodata": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "group"],
+                "properties": {"name": {"type": "string"}, "group": _GROUP},
+            },
+        },
+        "rules": {"type": "array", "items": {"type": "object"}},
+    },
+}
+_SCHEMAS["alert-history"] = {
+    "type": "object",
+    "required": ["transitions"],
+    "properties": {"transitions": {"type": "array", "items": _TRANSITION}},
+}
+
 _PARAMETERS: dict[str, list[dict[str, Any]]] = {
     "overview": _RANGE_PARAMETERS,
     "realtime": [],
@@ -232,6 +292,13 @@ _PARAMETERS: dict[str, list[dict[str, Any]]] = {
         _query("offset", {"type": "integer", "minimum": 0, "maximum": 1_000_000}, "Skip."),
     ],
 }
+_PARAMETERS["alerts"] = []
+_PARAMETERS["alert-history"] = [
+    _query("limit", _LIMIT, "Page size (default 100)."),
+    _query(
+        "before", {"type": "integer", "minimum": 1}, "Transitions with a smaller id (paging back)."
+    ),
+]
 _SUMMARIES = {
     "overview": "Totals, error rate, requests per second and latency over a range",
     "realtime": "The last seconds, from memory (no storage read)",
@@ -240,6 +307,8 @@ _SUMMARIES = {
     "status-distribution": "Requests per status class per step",
     "top-endpoints": "Routes by request count, p95 latency or errors",
     "requests": "The stored request log, newest first",
+    "alerts": "Alerts pending or firing, rules without data, and every rule with its health",
+    "alert-history": "Alert transitions, newest first",
 }
 _ERROR = {
     "description": "Bad input, named in the error",

@@ -78,7 +78,8 @@ def build(aegis: Aegis, wanted: Collection[str]) -> dict[str, Any]:
             aegis.aggregates.labeled_snapshot(aegis.recorder.pending)
         )
     if "alerts" in wanted:
-        out["alerts"] = []  # no alert rules are evaluated yet
+        alerts = aegis.alerts
+        out["alerts"] = [] if alerts is None else alerts.view()
     return out
 
 

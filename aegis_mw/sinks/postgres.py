@@ -37,6 +37,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "the PostgreSQL sink needs psycopg: pip install 'aegis_mw[postgres]'"
     ) from exc
 
+from ..alerts.store import SQLAlertStore
 from ..core.errors import ConfigError
 from ..core.gil_slices import Paced, Slices
 from ..core.record import Batch
@@ -131,6 +132,21 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         self._encode_histogram: Encode = histogram_functions(None)[1]
         self._copier: ModuleType | None = None
         self._copier_checked_for: psycopg.Connection[Any] | None = None
+
+    def alert_store(self) -> SQLAlertStore:
+        """The alert state's store in this database (see
+        :mod:`aegis_mw.alerts.store`): each call of it opens a migrated
+        connection of its own."""
+        return SQLAlertStore(self._alert_connection, "postgresql")
+
+    def _alert_connection(self) -> psycopg.Connection[Any]:
+        connection = psycopg.connect(self.url, autocommit=True, **self.connect_kwargs)
+        try:
+            migrate(connection)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
 
     def use_compiled(self, module: ModuleType | None) -> None:
         """Let the compiled module format COPY rows (``Aegis`` offers it where

@@ -220,6 +220,45 @@ MIGRATIONS: tuple[tuple[str | Callable[[psycopg.Connection[Any]], None], ...], .
         """,
         "CREATE INDEX aegis_batches_applied_at ON aegis_batches (applied_at)",
     ),
+    (
+        # Alerts (aegis_mw.alerts.store), as SQLite's version 5.
+        """
+        CREATE TABLE aegis_alert_lease (
+            name text PRIMARY KEY,
+            holder text NOT NULL,
+            token bigint NOT NULL,
+            expires_at double precision NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE aegis_alert_instances (
+            rule text NOT NULL,
+            group_key text NOT NULL,
+            state text NOT NULL,
+            data text NOT NULL,
+            updated_at double precision NOT NULL,
+            PRIMARY KEY (rule, group_key)
+        )
+        """,
+        """
+        CREATE TABLE aegis_alert_transitions (
+            id bigserial PRIMARY KEY,
+            at double precision NOT NULL,
+            rule text NOT NULL,
+            group_key text NOT NULL,
+            kind text NOT NULL,
+            from_state text NOT NULL,
+            to_state text NOT NULL,
+            value double precision,
+            severity text NOT NULL,
+            episode text NOT NULL,
+            notify boolean NOT NULL,
+            labels text NOT NULL,
+            annotations text NOT NULL
+        )
+        """,
+        "CREATE INDEX aegis_alert_transitions_at ON aegis_alert_transitions (at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from itertools import chain
 from types import ModuleType
 
+from ..alerts.store import SQLAlertStore
 from ..core.errors import ConfigError
 from ..core.gil_slices import Paced, Slices, pause_for
 from ..core.record import Batch, RequestRecord
@@ -84,6 +85,11 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         # How rollup histograms are encoded and merged on conflict (compiled
         # where offered; a connection opened before keeps the Python merge).
         self._histograms = histogram_functions(None)
+
+    def alert_store(self) -> SQLAlertStore:
+        """The alert state's store in this file (see :mod:`aegis_mw.alerts.store`):
+        each call of it opens a migrated connection of its own."""
+        return SQLAlertStore(self._open, "sqlite")
 
     def use_compiled(self, module: ModuleType | None) -> None:
         """Let the compiled module bind request rows (``Aegis`` offers it where

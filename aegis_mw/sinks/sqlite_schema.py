@@ -142,6 +142,47 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX aegis_batches_applied_at ON aegis_batches (applied_at)",
     ),
+    (
+        # Alerts (aegis_mw.alerts.store): the evaluator's lease with its
+        # fencing token, the state of every alert instance, and a row per
+        # transition.
+        """
+        CREATE TABLE aegis_alert_lease (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            token INTEGER NOT NULL,
+            expires_at REAL NOT NULL
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE aegis_alert_instances (
+            rule TEXT NOT NULL,
+            group_key TEXT NOT NULL,
+            state TEXT NOT NULL,
+            data TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (rule, group_key)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE aegis_alert_transitions (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            rule TEXT NOT NULL,
+            group_key TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            from_state TEXT NOT NULL,
+            to_state TEXT NOT NULL,
+            value REAL,
+            severity TEXT NOT NULL,
+            episode TEXT NOT NULL,
+            notify INTEGER NOT NULL,
+            labels TEXT NOT NULL,
+            annotations TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX aegis_alert_transitions_at ON aegis_alert_transitions (at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

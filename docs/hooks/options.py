@@ -76,6 +76,12 @@ DESCRIPTIONS: dict[str, str] = {
         "Where a generated access token is kept (created 0600, shared by every worker of the "
         "app on the host)."
     ),
+    "alert_rules": (
+        "Alert rules over the stored rollups, evaluated by one process of the app "
+        "([Alerts](alerts.md)); from a settings file as `[[alert_rules]]` tables, from "
+        "`AEGIS_ALERT_RULES` as JSON text."
+    ),
+    "alert_interval": "Seconds between evaluations of the alert rules ([Alerts](alerts.md)).",
     "metrics_path": "The Prometheus route, served by the middleware ([/metrics](metrics.md)).",
     "api_path": "Prefix of the JSON metrics API ([History API](history.md)).",
     "ws_path": (

@@ -73,6 +73,13 @@ def test_core_imports_only_the_standard_library(tmp_path: Path) -> None:
     assert "aegis_mw.core.aggregates" in result["aegis"]
 
 
+def test_alerts_import_only_the_standard_library(tmp_path: Path) -> None:
+    """The alert rules and their evaluation are standard library only, as the core."""
+    result = imported_by("import aegis_mw.alerts", tmp_path)
+    assert result["foreign"] == []
+    assert "aegis_mw.alerts.evaluator" in result["aegis"]
+
+
 def test_package_import_pulls_in_no_third_party_module(tmp_path: Path) -> None:
     """import aegis_mw imports no starlette, fastapi, anyio, yaml or sqlite driver besides
     the standard library's sqlite3: in fact no third-party module at all.

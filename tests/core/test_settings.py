@@ -273,6 +273,8 @@ BAD: list[tuple[str, Any]] = [
     ("sink", None),
     ("sink", [5]),
     ("sink", ["memory://", 3.5]),
+    ("alert_interval", 0.5),
+    ("alert_interval", "soon"),
 ]
 
 

@@ -393,3 +393,32 @@ def test_the_page_of_a_wsgi_app(browser: Any, tmp_path: Path, stream: bool) -> N
             assert problems == [], problems  # the stream connected at once
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
+
+
+def test_a_firing_alert_shows_in_the_panel(browser: Any, tmp_path: Path) -> None:
+    """A rule given as JSON in the environment, evaluated by the server's own
+    alert service over the SQLite rollups: the panel lists the alert once it
+    fires (the buckets settle for 10 s first), as the API does."""
+    rule = {
+        "name": "failing", "input": "error_ratio", "operator": ">", "threshold": 0.1,
+        "window": "30s", "min_requests": 5, "severity": "critical",
+        "annotations": {"summary": "$value_percent of requests fail"},
+    }  # fmt: skip
+    env = child_environment(
+        AEGIS_UPDATE_INTERVAL="200", AEGIS_ALERT_RULES=json.dumps([rule]), AEGIS_ALERT_INTERVAL="1"
+    )
+    with uvicorn_server(APP, tmp_path, env=env) as server:
+        link, bearer = printed_link(server.log.text)
+        browser.get(f"{server.url}{link}")
+        wait_until(browser, lambda d: text_of(d, "status") == "live", "the stream is live")
+        assert text_of(browser, "alerts") == "none"
+        send_traffic(server)
+        wait_until(
+            browser,
+            lambda d: text_of(d, "alerts") == "failing firing: 17.9 % of requests fail",
+            "the alert in the panel",
+        )
+        answer = httpx.get(f"{server.url}/api/metrics/alerts", headers=bearer).json()["data"]
+        assert [(a["name"], a["state"]) for a in answer["alerts"]] == [("failing", "firing")]
+        problems = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert problems == [], json.dumps(problems, indent=1)

@@ -17,6 +17,18 @@ ROUTES = ("/", "/items/{id}", "/users/{id}", "/search", "/upload", "<unmatched>"
 STATUSES = (200,) * 12 + (201, 204, 302, 304, 400, 404, 404, 429, 500, 503)
 
 
+def open_sink(kind: str, request: Any, tmp_path: Any) -> Any:
+    """A fresh history sink of ``kind`` (memory, sqlite or postgres; the last
+    through the ``postgres_url`` fixture, which fails without a server in CI)."""
+    from aegis_mw.sinks import MemorySink, SQLiteSink, build_sink
+
+    if kind == "memory":
+        return MemorySink()
+    if kind == "sqlite":
+        return SQLiteSink(str(tmp_path / "aegis.db"))
+    return build_sink(request.getfixturevalue("postgres_url"))
+
+
 def make_records(count: int = 3000, seed: int = 7, span: float = 7200.0) -> list[RequestRecord]:
     """``count`` requests spread over the ``span`` seconds before NOW."""
     chance = random.Random(seed)

@@ -18,7 +18,7 @@ from aegis_mw.core.record import RequestRecord
 from aegis_mw.history import HistoryQueries, QueryError
 from aegis_mw.sinks import MemorySink, SQLiteSink, build_sink
 
-from .dataset import NOW, batches, exact_percentile, expected_overview, make_records
+from .dataset import NOW, batches, exact_percentile, expected_overview, make_records, open_sink
 
 RECORDS = make_records()
 
@@ -31,12 +31,7 @@ def _fill(sink: Any) -> Any:
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
 def source(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HistorySource]:
-    if request.param == "memory":
-        sink: Any = MemorySink()
-    elif request.param == "sqlite":
-        sink = SQLiteSink(str(tmp_path / "aegis.db"))
-    else:
-        sink = build_sink(request.getfixturevalue("postgres_url"))
+    sink = open_sink(request.param, request, tmp_path)
     yield _fill(sink)
     sink.close()
 

@@ -175,6 +175,7 @@ def test_schema_is_created_on_first_write(
         "WHERE table_schema = current_schema() ORDER BY table_name",
     )
     assert [name for (name,) in tables] == [
+        "aegis_alert_instances", "aegis_alert_lease", "aegis_alert_transitions",
         "aegis_batches", "aegis_requests", "aegis_rollup_deltas", "aegis_rollup_totals",
         "aegis_rollups", "aegis_schema_version", "aegis_websocket_sessions",
     ]  # fmt: skip
@@ -214,6 +215,7 @@ def test_schema_is_created_on_first_write(
         (2,),
         (3,),
         (4,),
+        (5,),
     ]
     histograms = sql(
         postgres_url,
@@ -338,7 +340,9 @@ def test_version_3_request_log_is_migrated_in_place_with_every_row(
     sink.write(new)
     sink.write(new)
 
-    assert sql(postgres_url, "SELECT max(version) FROM aegis_schema_version") == [(4,)]
+    assert sql(postgres_url, "SELECT max(version) FROM aegis_schema_version") == [
+        (postgres_schema.SCHEMA_VERSION,)
+    ]
     stored = sink.read_requests(RequestQuery(limit=100))
     expected = [*old_requests, make_request(30), make_request(10)]
     assert stored == sorted(expected, key=lambda r: (r.timestamp, r.request_id), reverse=True)
@@ -392,7 +396,9 @@ def test_what_depends_on_the_request_key_keeps_it_through_version_4(
     with caplog.at_level(logging.WARNING, logger="aegis_mw"):
         sink.write(Batch(requests=[make_request(2), make_request(3)], batch_id="with-key"))
 
-    assert sql(postgres_url, "SELECT max(version) FROM aegis_schema_version") == [(4,)]
+    assert sql(postgres_url, "SELECT max(version) FROM aegis_schema_version") == [
+        (postgres_schema.SCHEMA_VERSION,)
+    ]
     assert detail in caplog.text
     keys = sql(
         postgres_url,

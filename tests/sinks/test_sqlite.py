@@ -157,6 +157,10 @@ def test_schema_is_created_on_first_write(
     assert path.exists()
     objects = query(path, "SELECT type, name, tbl_name FROM sqlite_master ORDER BY name")
     assert objects == [
+        ("table", "aegis_alert_instances", "aegis_alert_instances"),
+        ("table", "aegis_alert_lease", "aegis_alert_lease"),
+        ("table", "aegis_alert_transitions", "aegis_alert_transitions"),
+        ("index", "aegis_alert_transitions_at", "aegis_alert_transitions"),
         ("table", "aegis_batches", "aegis_batches"),
         ("index", "aegis_batches_applied_at", "aegis_batches"),
         ("table", "aegis_requests", "aegis_requests"),
@@ -206,7 +210,7 @@ def test_reopening_an_existing_file_keeps_schema_and_rows(
         make_request(2).request_id,
     ]
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 10
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 14
 
 
 def test_batch_written_twice_is_stored_once(
@@ -394,7 +398,7 @@ def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path: Path) -> N
     versions = sorted(version for outcome in outcomes for version in outcome[3])
     assert versions == [0] + [SCHEMA_VERSION] * (PROCESSES - 1)
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 10
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 14
     ids = [row[0] for row in read_requests(path)]
     expected = sorted(
         f"{index:016x}{n:016x}" for index in range(PROCESSES) for n in range(RECORDS_PER_PROCESS)

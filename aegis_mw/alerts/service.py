@@ -1,0 +1,236 @@
+"""The alert service: one thread per process, one evaluator per app.
+
+Every ``interval`` seconds each process's service asks the store for the
+evaluator's lease (see :mod:`.store`). The holder reads every rule's window
+figures from the shared rollups, evaluates (:func:`.evaluator.evaluate`)
+and commits the changed instances and the transitions under its fencing
+token; the others only refresh what they show from the store, so the
+dashboard and the stream of every worker show the same alerts.
+
+Notices (the transitions receivers are told of) go to the ``aegis_mw.alerts``
+logger, after their commit: a process that lost the lease writes and logs
+nothing. Everything runs on this thread, never on an event loop; a failure
+(the store down) is logged once per streak and the thread carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from .evaluator import FIRING, NODATA, PENDING, Instance, Key, evaluate, render
+from .figures import RollupReader, collect
+from .rules import AlertRule
+from .store import SHOWN, AlertStore, changes_between
+
+logger = logging.getLogger("aegis_mw.alerts")
+
+#: The lease lasts this many intervals: a holder that stops renewing it is
+#: replaced after at most this many intervals, plus one.
+LEASE_INTERVALS = 1.5
+#: The evaluating process deletes transitions older than the history's
+#: retention at most this often, at most PRUNE_LIMIT rows at a time.
+PRUNE_EVERY = 3600.0
+PRUNE_LIMIT = 10_000
+
+
+class AlertService:
+    """Evaluates ``rules`` over ``reader``'s rollups while it holds ``store``'s lease."""
+
+    def __init__(
+        self,
+        rules: Sequence[AlertRule],
+        store: AlertStore,
+        reader: RollupReader,
+        *,
+        interval: float,
+        wall: Callable[[], float],
+        retention: float = 90 * 86400.0,
+    ) -> None:
+        self.rules = tuple(rules)
+        self.store = store
+        self.reader = reader
+        self.interval = interval
+        self.wall = wall
+        #: Seconds transitions are kept (the rollups' retention).
+        self.retention = retention
+        self._pruned_at = float("-inf")
+        self.holder = _holder_id()
+        #: The fencing token while this process evaluates, else None.
+        self.token: int | None = None
+        self._instances: dict[Key, Instance] = {}
+        #: Per rule: "" when it evaluated, else the problem (the holder's view).
+        self.health: dict[str, str] = {}
+        #: The instances shown (pending, firing), and those without data,
+        #: refreshed every tick.
+        self.shown: list[Instance] = []
+        self.nodata: list[Instance] = []
+        self.evaluations = 0
+        self.failures = 0
+        self._failing = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # -- life ---------------------------------------------------------------------
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop = threading.Event()
+            ref = weakref.ref(self)
+            self._thread = threading.Thread(
+                target=_run, args=(ref, self._stop, self.interval), name="aegis-alerts", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop evaluating and hand the lease on at once."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        self._stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        if self.token is not None:
+            self.token = None
+            try:
+                self.store.release(self.holder)
+            except Exception:  # the store is down: the lease expires on its own
+                logger.warning("aegis_mw: could not release the alert lease", exc_info=True)
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: a process of its own, with its own thread."""
+        self.holder = _holder_id()
+        self.token = None
+        self._instances = {}
+        self._thread = None
+        self._lock = threading.Lock()
+        self.start()
+
+    # -- one tick -----------------------------------------------------------------
+    def tick(self) -> None:
+        """One interval's work: evaluate if this process holds the lease,
+        then refresh what is shown. Never raises an Exception."""
+        try:
+            self._tick()
+        except Exception:
+            self.failures += 1
+            if not self._failing:
+                logger.warning("aegis_mw: alert evaluation failed", exc_info=True)
+            self._failing = True
+        else:
+            if self._failing:
+                logger.info("aegis_mw: alert evaluation works again")
+            self._failing = False
+
+    def _tick(self) -> None:
+        now = self.wall()
+        token = self.store.claim(self.holder, now, self.interval * LEASE_INTERVALS)
+        if token is None:
+            self.token = None
+            self._show(self.store.instances())
+            return
+        if token != self.token:
+            # Taken over (or first): resume from what the last holder stored.
+            self._instances = self.store.load()
+            self.token = token
+        figures = collect(self.reader, self.rules, now)
+        result = evaluate(self.rules, self._instances, figures, now, 2 * self.interval)
+        changed, removed = changes_between(self._instances, result.instances)
+        if not self.store.commit(self.holder, token, changed, removed, result.transitions):
+            self.token = None  # fenced out: another process evaluates now
+            return
+        self._instances = result.instances
+        self.health = result.health
+        self.evaluations += 1
+        self._show(self._instances.values())
+        for transition in result.transitions:
+            if transition.notify:
+                _log(transition)
+        if now - self._pruned_at >= PRUNE_EVERY:
+            self._pruned_at = now
+            self.store.prune_history(now - self.retention, PRUNE_LIMIT)
+
+    # -- what is shown ------------------------------------------------------------
+    def _show(self, instances: Iterable[Instance]) -> None:
+        ordered = sorted(instances, key=lambda i: (i.rule, i.group))
+        self.shown = [i for i in ordered if i.state in SHOWN]
+        self.nodata = [i for i in ordered if i.state == NODATA]
+
+    def view(self) -> list[dict[str, Any]]:
+        """The alerts to show (pending and firing), firing and most severe
+        first; no I/O (safe on an event loop)."""
+        rules = {rule.name: rule for rule in self.rules}
+        shown = [(instance, rules.get(instance.rule)) for instance in self.shown]
+        shown.sort(key=lambda pair: _order(*pair))
+        return [alert_view(instance, rule) for instance, rule in shown]
+
+
+_SEVERITY_ORDER = {"critical": 0, "error": 1, "warning": 2, "info": 3}
+_STATE_ORDER = {FIRING: 0, PENDING: 1}
+
+
+def _order(instance: Instance, rule: AlertRule | None) -> tuple[int, int, str]:
+    severity = rule.severity if rule is not None else ""
+    return (_STATE_ORDER.get(instance.state, 2), _SEVERITY_ORDER.get(severity, 4), instance.rule)
+
+
+def alert_view(instance: Instance, rule: AlertRule | None) -> dict[str, Any]:
+    """One alert as the stream, the dashboard and the API show it."""
+    severity = rule.severity if rule is not None else ""
+    rendered = render(rule, instance.group, instance.value) if rule is not None else {}
+    text = rendered.get("summary", "")
+    label = ", ".join(f"{k}={v}" for k, v in instance.group)
+    if not text and rule is not None:
+        shown = "no data" if instance.value is None else f"{instance.value:.4g}"
+        text = f"{rule.input} {shown} {rule.operator} {rule.threshold:g}"
+    return {
+        "name": instance.rule,
+        "state": instance.state,
+        "severity": severity,
+        "group": dict(instance.group),
+        "value": instance.value,
+        "since": instance.fired_at if instance.state == FIRING else instance.active_at,
+        "episode": instance.episode,
+        "flapping": instance.flapping,
+        "message": f"{instance.rule}{f' [{label}]' if label else ''} {instance.state}: {text}",
+        "annotations": rendered,
+    }
+
+
+def _shown(instances: Any) -> list[Instance]:
+    return sorted((i for i in instances if i.state in SHOWN), key=lambda i: (i.rule, i.group))
+
+
+def _log(transition: Any) -> None:
+    level = logging.WARNING if transition.to_state == FIRING else logging.INFO
+    labels = ",".join(f"{k}={v}" for k, v in transition.labels.items())
+    value = "no data" if transition.value is None else f"{transition.value:.4g}"
+    logger.log(
+        level, "alert %s %s (%s) value=%s episode=%s %s",
+        transition.rule, transition.kind, labels, value, transition.episode,
+        transition.annotations.get("summary", ""),
+    )  # fmt: skip
+
+
+def _holder_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _run(ref: weakref.ReferenceType[AlertService], stop: threading.Event, interval: float) -> None:
+    """The thread: holds the service weakly, so an app dropped without
+    shutdown lets its service go and the thread ends."""
+    while True:
+        service = ref()
+        if service is None:
+            return
+        service.tick()
+        del service
+        if stop.wait(interval):
+            return

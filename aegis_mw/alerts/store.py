@@ -1,0 +1,401 @@
+"""Where alert state lives: the evaluator's lease, instances, transitions.
+
+Every worker and host of an app runs an alert service; exactly one of them
+evaluates at a time, the holder of a lease in the shared store. The lease
+carries a fencing token, raised each time it changes hands, and every write
+of an evaluation checks it in the same transaction as the write: an
+evaluator that stalled past its lease (a long pause, a partition) and comes
+back finds the token moved on and writes nothing, so two evaluators never
+both record a transition.
+
+The instances the holder keeps are stored when they change (not when only
+the time they were last seen did), so the next holder resumes pending
+timers and firing episodes where they were. Transitions are appended, one
+row each, as the history.
+
+Stores: :class:`MemoryAlertStore` (one process: the memory sink), and
+:class:`SQLAlertStore` over the SQLite file or the PostgreSQL database of
+the app's sink (the tables are created by the sinks' schema migrations).
+Only parameterised SQL.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import asdict, fields
+from typing import Any, Protocol
+
+from .evaluator import FIRING, INACTIVE, PENDING, Instance, Key, Transition
+
+LEASE = "evaluator"
+#: Fields whose change alone does not make an instance worth writing.
+_VOLATILE = frozenset({"seen_at", "value"})
+_INSTANCE_FIELDS = frozenset(f.name for f in fields(Instance))
+
+
+class AlertStore(Protocol):
+    """The store of one app's alert state, shared by its processes."""
+
+    def claim(self, holder: str, now: float, ttl: float) -> int | None:
+        """The fencing token when ``holder`` holds the lease (kept, or taken
+        because it expired), else None."""
+
+    def release(self, holder: str) -> None:
+        """Give the lease up at once (a clean shutdown), when it is ``holder``'s."""
+
+    def load(self) -> dict[Key, Instance]:
+        """Every stored instance."""
+
+    def commit(
+        self,
+        holder: str,
+        token: int,
+        changed: list[Instance],
+        removed: list[Key],
+        transitions: list[Transition],
+    ) -> bool:
+        """Store an evaluation's changes in one transaction, if ``holder``
+        still holds the lease with ``token``; False (nothing written) if not."""
+
+    def instances(self) -> list[Instance]:
+        """The stored instances that are not inactive."""
+
+    def history(self, limit: int, before: int | None = None) -> list[dict[str, Any]]:
+        """The latest transitions, newest first; ``before`` an ``id`` to page back."""
+
+    def prune_history(self, before: float, limit: int) -> int:
+        """Delete at most ``limit`` transitions older than ``before``; how many."""
+
+
+def changes_between(
+    old: Mapping[Key, Instance], new: Mapping[Key, Instance]
+) -> tuple[list[Instance], list[Key]]:
+    """What an evaluation changed worth storing: instances new or changed in
+    more than when they were seen (their value too while pending or firing,
+    which a reader shows), and the keys of those gone."""
+    changed = []
+    for key, instance in new.items():
+        before = old.get(key)
+        if before is None or _worth_writing(before, instance):
+            changed.append(instance)
+    removed = [key for key in old if key not in new]
+    return changed, removed
+
+
+def _worth_writing(before: Instance, after: Instance) -> bool:
+    if before == after:
+        return False
+    if after.state in (PENDING, FIRING) and before.value != after.value:
+        return True
+    return any(
+        getattr(before, name) != getattr(after, name)
+        for name in _INSTANCE_FIELDS
+        if name not in _VOLATILE
+    )
+
+
+def group_key(group: tuple[tuple[str, str], ...]) -> str:
+    return json.dumps([list(pair) for pair in group], separators=(",", ":"))
+
+
+def instance_text(instance: Instance) -> str:
+    return json.dumps(asdict(instance), separators=(",", ":"), allow_nan=False)
+
+
+def instance_from_text(text: str) -> Instance:
+    data = json.loads(text)
+    data = {key: value for key, value in data.items() if key in _INSTANCE_FIELDS}
+    data["group"] = tuple(tuple(pair) for pair in data.get("group", ()))
+    data["changes"] = tuple(data.get("changes", ()))
+    return Instance(**data)
+
+
+def transition_row(transition: Transition) -> dict[str, Any]:
+    """A transition as the API shows it (and as the stores keep it)."""
+    return {
+        "at": transition.at,
+        "rule": transition.rule,
+        "group": dict(transition.group),
+        "kind": transition.kind,
+        "from_state": transition.from_state,
+        "to_state": transition.to_state,
+        "value": transition.value,
+        "severity": transition.severity,
+        "episode": transition.episode,
+        "notify": transition.notify,
+        "labels": dict(transition.labels),
+        "annotations": dict(transition.annotations),
+    }
+
+
+class MemoryAlertStore:
+    """Alert state in the process: for the memory sink, whose figures are
+    this process's only."""
+
+    def __init__(self, history_limit: int = 10_000) -> None:
+        self._lock = threading.Lock()
+        self._lease: tuple[str, int, float] = ("", 0, 0.0)
+        self._instances: dict[Key, Instance] = {}
+        self._history: list[dict[str, Any]] = []
+        self._next_id = 1
+        self._history_limit = history_limit
+
+    def claim(self, holder: str, now: float, ttl: float) -> int | None:
+        with self._lock:
+            current, token, expires = self._lease
+            if current != holder:
+                if expires >= now:
+                    return None
+                token += 1
+            self._lease = (holder, token, now + ttl)
+            return token
+
+    def release(self, holder: str) -> None:
+        with self._lock:
+            current, token, _ = self._lease
+            if current == holder:
+                self._lease = ("", token, 0.0)
+
+    def load(self) -> dict[Key, Instance]:
+        with self._lock:
+            return dict(self._instances)
+
+    def commit(
+        self,
+        holder: str,
+        token: int,
+        changed: list[Instance],
+        removed: list[Key],
+        transitions: list[Transition],
+    ) -> bool:
+        with self._lock:
+            if self._lease[:2] != (holder, token):
+                return False
+            for instance in changed:
+                self._instances[(instance.rule, instance.group)] = instance
+            for key in removed:
+                self._instances.pop(key, None)
+            for transition in transitions:
+                self._history.append({"id": self._next_id, **transition_row(transition)})
+                self._next_id += 1
+            del self._history[: -self._history_limit]
+            return True
+
+    def instances(self) -> list[Instance]:
+        with self._lock:
+            return [i for i in self._instances.values() if i.state != INACTIVE]
+
+    def history(self, limit: int, before: int | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = [r for r in self._history if before is None or r["id"] < before]
+        return rows[::-1][:limit]
+
+    def prune_history(self, before: float, limit: int) -> int:
+        with self._lock:
+            old = [row for row in self._history[:limit] if row["at"] < before]
+            del self._history[: len(old)]
+            return len(old)
+
+
+class SQLAlertStore:
+    """Alert state in the app's SQLite file or PostgreSQL database.
+
+    ``connect`` gives a connection whose schema is migrated (the sink's
+    own); ``dialect`` is ``"sqlite"`` or ``"postgresql"``. Each call takes a
+    connection and closes it: the service calls a few times per interval.
+    """
+
+    def __init__(self, connect: Callable[[], Any], dialect: str) -> None:
+        self._connect = connect
+        self.dialect = dialect
+        self._mark = "?" if dialect == "sqlite" else "%s"
+
+    def _sql(self, text: str) -> str:
+        return text.replace("?", self._mark)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        """A write transaction: SQLite's ``BEGIN IMMEDIATE`` takes the file's
+        write lock at once; PostgreSQL's rows are locked by ``FOR UPDATE``."""
+        connection = self._connect()
+        try:
+            if self.dialect == "sqlite":
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    yield connection
+                except BaseException:
+                    connection.execute("ROLLBACK")
+                    raise
+                connection.execute("COMMIT")
+            else:
+                with connection.transaction():
+                    yield connection
+        finally:
+            connection.close()
+
+    def _read(self) -> AbstractContextManager[Any]:
+        return _closing(self._connect())
+
+    def _lease_row(self, connection: Any) -> tuple[str, int, float]:
+        connection.execute(
+            self._sql(
+                "INSERT INTO aegis_alert_lease (name, holder, token, expires_at) "
+                "VALUES (?, '', 0, 0) ON CONFLICT DO NOTHING"
+            ),
+            (LEASE,),
+        )
+        lock = "" if self.dialect == "sqlite" else " FOR UPDATE"
+        row = connection.execute(
+            self._sql(
+                f"SELECT holder, token, expires_at FROM aegis_alert_lease WHERE name = ?{lock}"
+            ),
+            (LEASE,),
+        ).fetchone()
+        return str(row[0]), int(row[1]), float(row[2])
+
+    def claim(self, holder: str, now: float, ttl: float) -> int | None:
+        with self._transaction() as connection:
+            current, token, expires = self._lease_row(connection)
+            if current != holder:
+                if expires >= now:
+                    return None
+                token += 1
+            connection.execute(
+                self._sql(
+                    "UPDATE aegis_alert_lease SET holder = ?, token = ?, expires_at = ? "
+                    "WHERE name = ?"
+                ),
+                (holder, token, now + ttl, LEASE),
+            )
+            return token
+
+    def release(self, holder: str) -> None:
+        with self._transaction() as connection:
+            connection.execute(
+                self._sql(
+                    "UPDATE aegis_alert_lease SET holder = '', expires_at = 0 "
+                    "WHERE name = ? AND holder = ?"
+                ),
+                (LEASE, holder),
+            )
+
+    def load(self) -> dict[Key, Instance]:
+        with self._read() as connection:
+            rows = connection.execute("SELECT data FROM aegis_alert_instances").fetchall()
+        loaded = (instance_from_text(row[0]) for row in rows)
+        return {(i.rule, i.group): i for i in loaded}
+
+    def commit(
+        self,
+        holder: str,
+        token: int,
+        changed: list[Instance],
+        removed: list[Key],
+        transitions: list[Transition],
+    ) -> bool:
+        with self._transaction() as connection:
+            current, held, _ = self._lease_row(connection)
+            if (current, held) != (holder, token):
+                return False
+            if changed:
+                connection.cursor().executemany(
+                    self._sql(
+                        "INSERT INTO aegis_alert_instances "
+                        "(rule, group_key, state, data, updated_at) VALUES (?, ?, ?, ?, ?) "
+                        "ON CONFLICT (rule, group_key) DO UPDATE SET state = excluded.state, "
+                        "data = excluded.data, updated_at = excluded.updated_at"
+                    ),
+                    [
+                        (i.rule, group_key(i.group), i.state, instance_text(i), i.seen_at)
+                        for i in changed
+                    ],
+                )
+            if removed:
+                connection.cursor().executemany(
+                    self._sql("DELETE FROM aegis_alert_instances WHERE rule = ? AND group_key = ?"),
+                    [(rule, group_key(group)) for rule, group in removed],
+                )
+            if transitions:
+                connection.cursor().executemany(
+                    self._sql(
+                        "INSERT INTO aegis_alert_transitions (at, rule, group_key, kind, "
+                        "from_state, to_state, value, severity, episode, notify, labels, "
+                        "annotations) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    ),
+                    [_transition_params(t, self.dialect) for t in transitions],
+                )
+            return True
+
+    def instances(self) -> list[Instance]:
+        with self._read() as connection:
+            rows = connection.execute(
+                self._sql("SELECT data FROM aegis_alert_instances WHERE state <> ?"), (INACTIVE,)
+            ).fetchall()
+        return [instance_from_text(row[0]) for row in rows]
+
+    def history(self, limit: int, before: int | None = None) -> list[dict[str, Any]]:
+        bound = 2**62 if before is None else before
+        with self._read() as connection:
+            rows = connection.execute(
+                self._sql(
+                    "SELECT id, at, rule, group_key, kind, from_state, to_state, value, "
+                    "severity, episode, notify, labels, annotations FROM aegis_alert_transitions "
+                    "WHERE id < ? ORDER BY id DESC LIMIT ?"
+                ),
+                (bound, limit),
+            ).fetchall()
+        return [
+            {
+                "id": int(row[0]),
+                "at": float(row[1]),
+                "rule": row[2],
+                "group": dict(json.loads(row[3])),
+                "kind": row[4],
+                "from_state": row[5],
+                "to_state": row[6],
+                "value": row[7],
+                "severity": row[8],
+                "episode": row[9],
+                "notify": bool(row[10]),
+                "labels": json.loads(row[11]),
+                "annotations": json.loads(row[12]),
+            }
+            for row in rows
+        ]
+
+    def prune_history(self, before: float, limit: int) -> int:
+        with self._transaction() as connection:
+            # The oldest rows first, by the index on their time.
+            cursor = connection.execute(
+                self._sql(
+                    "DELETE FROM aegis_alert_transitions WHERE id IN (SELECT id FROM "
+                    "aegis_alert_transitions WHERE at < ? ORDER BY at LIMIT ?)"
+                ),
+                (before, limit),
+            )
+            return int(cursor.rowcount)
+
+
+def _transition_params(transition: Transition, dialect: str) -> tuple[Any, ...]:
+    notify: Any = transition.notify if dialect != "sqlite" else int(transition.notify)
+    return (
+        transition.at, transition.rule, group_key(transition.group), transition.kind,
+        transition.from_state, transition.to_state, transition.value, transition.severity,
+        transition.episode, notify, json.dumps(dict(transition.labels)),
+        json.dumps(dict(transition.annotations)),
+    )  # fmt: skip
+
+
+@contextmanager
+def _closing(connection: Any) -> Iterator[Any]:
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+#: States shown as alerts (nodata is listed apart: a quiet app is no alert).
+SHOWN = (PENDING, FIRING)

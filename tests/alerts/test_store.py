@@ -1,0 +1,127 @@
+"""The alert store in a real SQLite file, the real PostgreSQL, and memory:
+the lease and its fencing token, instances, history."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aegis_mw.alerts import AlertRule, Instance, evaluate
+from aegis_mw.alerts.store import MemoryAlertStore, changes_between
+from tests.history.dataset import open_sink
+
+from .timeline import START, ratio
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    if request.param == "memory":
+        yield MemoryAlertStore()
+        return
+    sink = open_sink(request.param, request, tmp_path)
+    yield sink.alert_store()
+    sink.close()
+
+
+def test_the_lease_is_held_renewed_and_taken_over_with_a_new_token(store: Any) -> None:
+    assert store.claim("a", START, 15) == 1
+    assert store.claim("b", START + 5, 15) is None
+    assert store.claim("a", START + 10, 15) == 1  # renewed until START + 25
+    assert store.claim("b", START + 24, 15) is None
+    assert store.claim("b", START + 26, 15) == 2  # expired: taken, token raised
+    assert store.claim("a", START + 27, 15) is None
+    store.release("a")  # not a's any more: nothing happens
+    assert store.claim("a", START + 28, 15) is None
+    store.release("b")
+    assert store.claim("a", START + 29, 15) == 3
+
+
+def test_a_fenced_out_holder_writes_nothing(store: Any) -> None:
+    rule = AlertRule(name="errors", input="error_ratio", operator=">", threshold=0.05)
+    first = evaluate([rule], {}, {"errors": ratio(rule, 0.5)}, START, 20)
+    assert store.claim("a", START, 15) == 1
+    assert store.claim("b", START + 20, 15) == 2
+    changed, removed = changes_between({}, first.instances)
+    assert not store.commit("a", 1, changed, removed, first.transitions)
+    assert store.load() == {} and store.history(10) == []
+    assert store.commit("b", 2, changed, removed, first.transitions)
+    assert store.load() == first.instances
+    assert [row["kind"] for row in store.history(10)] == ["firing"]
+
+
+def test_instances_and_history_round_trip(store: Any) -> None:
+    rule = AlertRule(
+        name="errors", input="error_ratio", operator=">", threshold=0.05, group_by=("route",),
+        annotations={"summary": "$route at $value_percent"}, labels={"team": "web"},
+    )  # fmt: skip
+    figures = {
+        "errors": {(("route", f"/r{n}"),): ratio(rule, n / 10)[()] for n in range(4)},
+    }
+    token = store.claim("a", START, 15)
+    instances: dict[Any, Instance] = {}
+    for step in range(3):
+        result = evaluate([rule], instances, figures, START + 10 * step, 20)
+        changed, removed = changes_between(instances, result.instances)
+        assert store.commit("a", token, changed, removed, result.transitions)
+        instances = result.instances
+    loaded = store.load()
+    # The time last seen is not written when nothing else changed.
+    assert {k: (i.state, i.episode, i.fired_at) for k, i in loaded.items()} == {
+        k: (i.state, i.episode, i.fired_at) for k, i in instances.items()
+    }
+    assert sorted(i.group for i in store.instances()) == [
+        (("route", "/r1"),), (("route", "/r2"),), (("route", "/r3"),)
+    ]  # fmt: skip
+    history = store.history(2)
+    assert [row["group"] for row in history] == [{"route": "/r3"}, {"route": "/r2"}]
+    assert history[0]["labels"] == {"alertname": "errors", "severity": "warning", "team": "web",
+                                    "route": "/r3"}  # fmt: skip
+    assert history[0]["annotations"] == {"summary": "/r3 at 30 %"}
+    assert history[0]["notify"] is True and history[0]["value"] == 0.3
+    older = store.history(10, before=history[-1]["id"])
+    assert [row["group"] for row in older] == [{"route": "/r1"}]
+
+
+def test_one_holder_at_a_time_under_contention(store: Any) -> None:
+    """Eight threads claim the lease over and over (each call its own
+    connection): every token is ever held by one holder only."""
+    holders: dict[int, set[str]] = {}
+    lock = threading.Lock()
+    start = threading.Barrier(8)
+
+    def claim(name: str) -> None:
+        start.wait(timeout=30)
+        for step in range(25):
+            token = store.claim(name, START + step, 0.5)
+            if token is not None:
+                with lock:
+                    holders.setdefault(token, set()).add(name)
+
+    threads = [threading.Thread(target=claim, args=(f"h{n}",)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert holders, "nobody ever held the lease"
+    assert all(len(names) == 1 for names in holders.values()), holders
+
+
+def test_old_transitions_are_pruned_oldest_first_in_steps(store: Any) -> None:
+    rule = AlertRule(name="errors", input="error_ratio", operator=">", threshold=0.05)
+    token = store.claim("a", START, 10**6)
+    instances: dict[Any, Instance] = {}
+    for step in range(5):  # firing, resolved, firing, ... one a minute
+        value = 0.5 if step % 2 == 0 else 0.0
+        result = evaluate([rule], instances, {"errors": ratio(rule, value)}, START + 60 * step, 20)
+        changed, removed = changes_between(instances, result.instances)
+        assert store.commit("a", token, changed, removed, result.transitions)
+        instances = result.instances
+    assert len(store.history(100)) == 5
+    assert store.prune_history(START + 150, 2) == 2
+    assert store.prune_history(START + 150, 2) == 1
+    assert store.prune_history(START + 150, 2) == 0
+    assert [row["at"] for row in store.history(100)] == [START + 60 * n for n in (4, 3)]
