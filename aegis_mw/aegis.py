@@ -19,6 +19,7 @@ from typing import Any
 
 from . import speedups
 from .access.app_token import monitoring_access
+from .alerts.figures import SETTLE_SECONDS
 from .alerts.service import AlertService
 from .alerts.store import MemoryAlertStore
 from .core.aggregates import RealtimeAggregates, RealtimeSnapshot
@@ -118,11 +119,22 @@ def _alert_service(
             "alerts need a sink that keeps history: memory://, sqlite:///... or postgresql://...",
             settings.sources.get("alert_rules", ""),
         )  # fmt: skip
+    kept = horizons(settings.retention_raw, settings.retention_rollups)
+    for rule in settings.alert_rules:
+        if rule.window > kept[rule.resolution]:
+            raise ConfigError(
+                "alert_rules", f"rule {rule.name!r} window {rule.window:g} s",
+                f"a window of at most the {kept[rule.resolution]:g} s its "
+                f"{rule.resolution} s rollups are kept (retention_raw)",
+                settings.sources.get("alert_rules", ""),
+            )  # fmt: skip
     make_store = getattr(source, "alert_store", None)
     store = make_store() if callable(make_store) else MemoryAlertStore()
     return AlertService(
         settings.alert_rules, store, source, interval=settings.alert_interval, wall=clock.wall,
         retention=settings.retention_rollups,
+        # Items wait up to a flush interval before they are folded at all.
+        settle=SETTLE_SECONDS + settings.flush_interval,
     )  # fmt: skip
 
 

@@ -48,6 +48,10 @@ FLAP_WINDOW = 3600.0
 FLAP_START = 6
 #: ... and end it when they fall below this many.
 FLAP_STOP = 3
+#: A grouped instance whose group has had no request for this long (or the
+#: rule's window, if longer) is resolved and forgotten: the route is gone,
+#: or the rule's grouping changed, and nothing else would ever resolve it.
+ABSENT_LIMIT = 3600.0
 
 Key = tuple[str, Group]
 
@@ -71,8 +75,12 @@ class Instance:
     clear_for: float | None = None
     #: The time of the evaluation that last saw this instance.
     seen_at: float = 0.0
-    #: The last condition read from data (for the ``keep_last`` policy).
+    #: The last condition read from data (for the ``keep_last`` policy):
+    #: breaching, and clear (past the resolve threshold).
     last_breach: bool | None = None
+    last_clear: bool | None = None
+    #: When a grouped instance's group last had requests in the window.
+    data_at: float | None = None
     #: Times it fired or resolved within :data:`FLAP_WINDOW`.
     changes: tuple[float, ...] = ()
     flapping: bool = False
@@ -81,6 +89,9 @@ class Instance:
     #: The current fire-to-resolve episode's key (stable; a receiver's
     #: deduplication key).
     episode: str = ""
+    #: The episode receivers were last told of (while flapping, episodes
+    #: fire and resolve unannounced: the resolve receivers get is this one's).
+    announced_episode: str = ""
 
 
 @dataclass(frozen=True)
@@ -145,51 +156,99 @@ def evaluate(
         known = {i.group: i for i in kept}
         for group in sorted(set(known) | set(read)):
             window = read.get(group)
-            before = known.get(group) or Instance(rule.name, group, seen_at=now)
+            before = known.get(group)
+            if before is None:
+                before = Instance(rule.name, group, seen_at=now, data_at=now)
+            elif tuple(label for label, _ in group) != rule.group_by:
+                # The rule's grouping changed: this instance can never be
+                # evaluated again.
+                _forget(before, now, "the rule's grouping changed", transitions)
+                continue
             if window is None:  # a group with no requests in the window
+                absent = now - (before.data_at if before.data_at is not None else now)
                 if before.state in (INACTIVE, NODATA):
-                    continue  # forgotten: groups come and go with traffic
+                    # Forgotten: groups come and go with traffic.
+                    _forget(before, now, "no requests in its group", transitions)
+                    continue
+                if absent >= max(ABSENT_LIMIT, rule.window):
+                    _forget(before, now, "no requests in its group for an hour", transitions)
+                    continue
                 window = WindowFigures(float(rule.window))
-            after = _advance(rule, before, window.value(rule), now, max_step, transitions)
-            if after is not None:
+                data_at = before.data_at
+            else:
+                data_at = now if rule.group_by else before.data_at
+            after = _advance(rule, before, window, now, max_step, transitions, data_at)
+            if after is None:
+                _forget(before, now, "resolved and kept long enough", transitions)
+            else:
                 out[(rule.name, group)] = _settle_flapping(rule, after, now, transitions)
-    # Instances of rules that are gone: a firing one is resolved as it goes,
-    # so no receiver is left with an alert nothing will ever resolve.
+    # Instances of rules that are gone: one receivers hold as firing is
+    # resolved as it goes, so none is left with an alert nothing will resolve.
     for gone in by_rule.values():
         for instance in gone:
-            if instance.state == FIRING:
-                transitions.append(_removed(instance, now))
+            _forget(instance, now, "the rule was removed", transitions)
     return Evaluation(out, transitions, health)
+
+
+def _forget(instance: Instance, now: float, reason: str, transitions: list[Transition]) -> None:
+    """An instance is dropped: if receivers hold it as firing, they are told
+    it resolved (its announced episode), with the reason."""
+    if instance.announced != FIRING:
+        return
+    labels = {"alertname": instance.rule, **dict(instance.group)}
+    transitions.append(
+        Transition(
+            rule=instance.rule,
+            group=instance.group,
+            kind=RESOLVED,
+            from_state=instance.state,
+            to_state=RESOLVED,
+            at=now,
+            value=None,
+            severity="",
+            episode=instance.announced_episode,
+            notify=True,
+            labels=labels,
+            annotations={"summary": f"resolved: {reason}"},
+        )
+    )
 
 
 def _advance(
     rule: AlertRule,
     before: Instance,
-    value: float | None,
+    window: WindowFigures,
     now: float,
     max_step: float,
     transitions: list[Transition],
+    data_at: float | None,
 ) -> Instance | None:
-    """The instance after one evaluation; None when it is to be forgotten."""
+    """The instance after one evaluation over ``window``; None when it is to
+    be forgotten."""
+    value = window.value(rule)
     step = min(max(now - before.seen_at, 0.0), max_step)
     state = before.state
-    changes = tuple(t for t in before.changes if now - t < FLAP_WINDOW)
-    instance = replace(before, value=value, seen_at=now, changes=changes)
+    changes = before.changes
+    if changes and now - changes[0] >= FLAP_WINDOW:
+        changes = tuple(t for t in changes if now - t < FLAP_WINDOW)
     breach: bool | None
     clear: bool | None
     if value is not None:
         breach = rule.breaches(value)
+        if not breach and state == INACTIVE:
+            # The common case, quiet and staying so: one new instance.
+            return replace(
+                before, value=value, seen_at=now, changes=changes, last_breach=False,
+                last_clear=True, data_at=data_at,
+            )  # fmt: skip
         clear = rule.clears(value)
-        instance = replace(instance, last_breach=breach)
-    elif rule.no_data == "ok":
-        breach, clear = False, True
-    elif rule.no_data == "alerting":
-        breach, clear = True, False
-    elif rule.no_data == "keep_last" and before.last_breach is not None:
-        breach = before.last_breach
-        clear = not breach
+        instance = replace(
+            before, value=value, seen_at=now, changes=changes, last_breach=breach,
+            last_clear=clear, data_at=data_at,
+        )  # fmt: skip
     else:
-        breach = clear = None
+        instance = replace(before, value=None, seen_at=now, changes=changes, data_at=data_at)
+        breach, clear = _without_data(rule, before)
 
     if breach is None:
         # No data: a firing alert stays firing (silence is no proof of
@@ -237,6 +296,18 @@ def _advance(
     return _fire(rule, instance, state, now, transitions)
 
 
+def _without_data(rule: AlertRule, before: Instance) -> tuple[bool | None, bool | None]:
+    """(breach, clear) for a window without data, as the rule's policy
+    says; (None, None) for the ``nodata`` state."""
+    if rule.no_data == "ok":
+        return False, True
+    if rule.no_data == "alerting":
+        return True, False
+    if rule.no_data == "keep_last" and before.last_breach is not None:
+        return before.last_breach, before.last_clear
+    return None, None
+
+
 def _fire(
     rule: AlertRule, instance: Instance, state: str, now: float, transitions: list[Transition]
 ) -> Instance:
@@ -249,7 +320,9 @@ def _fire(
     instance = _start_flapping(rule, instance, state, now, transitions)
     notify = not instance.flapping
     transitions.append(_transition(rule, instance, FIRING, state, now, notify=notify))
-    return replace(instance, announced=FIRING) if notify else instance
+    if notify:
+        return replace(instance, announced=FIRING, announced_episode=episode)
+    return instance
 
 
 def _resolve(
@@ -262,7 +335,12 @@ def _resolve(
     )  # fmt: skip
     instance = _start_flapping(rule, instance, state, now, transitions)
     notify = not instance.flapping and instance.announced == FIRING
-    transitions.append(_transition(rule, instance, RESOLVED, state, now, notify=notify))
+    transitions.append(
+        _transition(
+            rule, instance, RESOLVED, state, now, notify=notify,
+            episode=instance.announced_episode if notify else None,
+        )
+    )  # fmt: skip
     return replace(instance, announced=RESOLVED) if notify else instance
 
 
@@ -285,17 +363,20 @@ def _settle_flapping(
     where the instance settled, and receivers hold the truth again."""
     if not instance.flapping or len(instance.changes) >= FLAP_STOP:
         return instance
-    if instance.state == FIRING:
-        announced: str | None = FIRING
+    instance = replace(instance, flapping=False)
+    episode: str | None = None
+    if instance.state == FIRING and instance.announced == FIRING:
+        # Receivers hold it firing already: it goes on as that episode.
+        instance = replace(instance, episode=instance.announced_episode)
+    elif instance.state == FIRING:
+        instance = replace(instance, announced=FIRING, announced_episode=instance.episode)
     elif instance.announced == FIRING:
-        announced = RESOLVED
-    else:
-        announced = instance.announced
-    instance = replace(instance, flapping=False, announced=announced)
+        episode = instance.announced_episode  # the resolve receivers wait for
+        instance = replace(instance, announced=RESOLVED)
     transitions.append(
         _transition(
             rule, instance, "flapping_ended", instance.state, now, notify=True,
-            to_state=instance.state,
+            to_state=instance.state, episode=episode,
         )
     )  # fmt: skip
     return instance
@@ -343,21 +424,13 @@ def _transition(
     *,
     notify: bool,
     to_state: str | None = None,
+    episode: str | None = None,
 ) -> Transition:
     return Transition(
         rule=rule.name, group=instance.group, kind=kind, from_state=from_state,
         to_state=kind if to_state is None else to_state, at=now, value=instance.value,
-        severity=rule.severity, episode=instance.episode, notify=notify,
+        severity=rule.severity, episode=instance.episode if episode is None else episode,
+        notify=notify,
         labels=_labels(rule, instance.group),
         annotations=render(rule, instance.group, instance.value),
-    )  # fmt: skip
-
-
-def _removed(instance: Instance, now: float) -> Transition:
-    labels = {"alertname": instance.rule, **dict(instance.group)}
-    return Transition(
-        rule=instance.rule, group=instance.group, kind=RESOLVED, from_state=FIRING,
-        to_state=RESOLVED, at=now, value=None, severity="", episode=instance.episode,
-        notify=instance.announced == FIRING, labels=labels,
-        annotations={"summary": "the rule was removed"},
     )  # fmt: skip

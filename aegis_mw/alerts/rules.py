@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..core.errors import ConfigError
+from ..core.labels import STANDARD_METHODS
+from ..core.record import OTHER_METHOD
 from ..core.rollup import LEVELS
 
 #: Inputs whose value is a fraction of the window's requests (0..1).
@@ -51,6 +53,9 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,127}")
 _LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?")
 _ANNOTATIONS = ("summary", "description", "runbook_url")
+#: Labels every alert has (its name, severity, group): a rule cannot set them.
+_RESERVED_LABELS = frozenset({"alertname", "severity", *GROUP_LABELS})
+_METHODS = (*sorted(STANDARD_METHODS), OTHER_METHOD)
 _TEXT_LIMIT = 2048
 
 
@@ -71,7 +76,10 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("a duration, not a boolean")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError("a number of seconds within a week") from None
     elif isinstance(value, str):
         text = value.strip()
         match = _DURATION.fullmatch(text)
@@ -163,10 +171,12 @@ class AlertRule:
                     name, "resolve_threshold", resolve,
                     f"{side} the threshold ({threshold:g}) for operator {self.operator!r}",
                 )  # fmt: skip
-        if self.input in RATIO_INPUTS and not 0.0 <= threshold <= 1.0:
-            raise RuleError(
-                name, "threshold", threshold, "a fraction from 0 to 1 for a ratio (0.05 is 5 %)"
-            )
+        if self.input in RATIO_INPUTS:
+            for key, bound in (("threshold", threshold), ("resolve_threshold", resolve)):
+                if bound is not None and not 0.0 <= bound <= 1.0:
+                    raise RuleError(
+                        name, key, bound, "a fraction from 0 to 1 for a ratio (0.05 is 5 %)"
+                    )
         window = self._duration("window", self.window, 5.0, MAX_WINDOW)
         resolution = resolution_for(window)
         if window % resolution:
@@ -183,12 +193,20 @@ class AlertRule:
             or not 0 <= self.min_requests <= 1_000_000_000
         ):
             raise RuleError(name, "min_requests", self.min_requests, "an integer from 0 to 10**9")
-        for key in ("route", "method"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise RuleError(name, key, value, "a non-empty text, or unset for every one")
+        route = self.route
+        if route is not None and (not isinstance(route, str) or not route.startswith(("/", "<"))):
+            raise RuleError(
+                name, "route", route, "a route template as recorded, such as '/items/{id}'"
+            )
+        method = self.method
+        if method is not None:
+            method = method.upper() if isinstance(method, str) else method
+            if method not in _METHODS:
+                raise RuleError(name, "method", self.method, f"one of {', '.join(_METHODS)}")
         group_by: Any = self.group_by  # a text or a list from a settings file
-        if isinstance(group_by, str) or not all(g in GROUP_LABELS for g in group_by):
+        if not isinstance(group_by, (list, tuple)) or not all(
+            isinstance(g, str) and g in GROUP_LABELS for g in group_by
+        ):
             raise RuleError(
                 name, "group_by", group_by, f"a list of {', '.join(GROUP_LABELS)} (or empty)"
             )
@@ -203,6 +221,7 @@ class AlertRule:
         set_(self, "for_", hold)
         set_(self, "keep_firing_for", keep)
         set_(self, "group_by", tuple(group_by))
+        set_(self, "method", method)
         set_(self, "labels", labels)
         set_(self, "annotations", annotations)
 
@@ -248,7 +267,10 @@ class AlertRule:
     def _number(self, key: str, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RuleError(self.name, key, value, "a number")
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise RuleError(self.name, key, value, "a finite number") from None
         if not math.isfinite(number):
             raise RuleError(self.name, key, value, "a finite number")
         return number
@@ -272,6 +294,11 @@ class AlertRule:
                 raise RuleError(
                     self.name, key, name, "label names of letters, digits and '_' (64 at most)"
                 )
+            if names is None and name in _RESERVED_LABELS:
+                raise RuleError(
+                    self.name, key, name,
+                    f"a name of your own: {', '.join(sorted(_RESERVED_LABELS))} are the alert's",
+                )  # fmt: skip
             if not isinstance(text, str) or len(text) > _TEXT_LIMIT:
                 raise RuleError(
                     self.name, f"{key}.{name}", text, f"a text of at most {_TEXT_LIMIT} characters"

@@ -19,14 +19,15 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .evaluator import FIRING, NODATA, PENDING, Instance, Key, evaluate, render
-from .figures import RollupReader, collect
-from .rules import AlertRule
+from .figures import SETTLE_SECONDS, RecentRollups, RollupReader, collect
+from .rules import SEVERITIES, AlertRule
 from .store import SHOWN, AlertStore, changes_between
 
 logger = logging.getLogger("aegis_mw.alerts")
@@ -52,6 +53,7 @@ class AlertService:
         interval: float,
         wall: Callable[[], float],
         retention: float = 90 * 86400.0,
+        settle: float = SETTLE_SECONDS,
     ) -> None:
         self.rules = tuple(rules)
         self.store = store
@@ -61,10 +63,14 @@ class AlertService:
         #: Seconds transitions are kept (the rollups' retention).
         self.retention = retention
         self._pruned_at = float("-inf")
+        #: Seconds a bucket is left before windows include it.
+        self.settle = settle
         self.holder = _holder_id()
         #: The fencing token while this process evaluates, else None.
         self.token: int | None = None
         self._instances: dict[Key, Instance] = {}
+        #: The rows of recent buckets, kept between this process's evaluations.
+        self._recent = RecentRollups()
         #: Per rule: "" when it evaluated, else the problem (the holder's view).
         self.health: dict[str, str] = {}
         #: The instances shown (pending, firing), and those without data,
@@ -75,12 +81,14 @@ class AlertService:
         self.failures = 0
         self._failing = False
         self._stop = threading.Event()
+        self._running = False
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     # -- life ---------------------------------------------------------------------
     def start(self) -> None:
         with self._lock:
+            self._running = True
             if self._thread is not None and self._thread.is_alive():
                 return
             self._stop = threading.Event()
@@ -93,10 +101,15 @@ class AlertService:
     def stop(self, timeout: float | None = None) -> None:
         """Stop evaluating and hand the lease on at once."""
         with self._lock:
+            self._running = False
             thread, self._thread = self._thread, None
         self._stop.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+            if thread.is_alive():
+                # Still in a tick (a store that hangs): its lease runs out
+                # on its own; released now, the tick could take it again.
+                return
         if self.token is not None:
             self.token = None
             try:
@@ -105,13 +118,19 @@ class AlertService:
                 logger.warning("aegis_mw: could not release the alert lease", exc_info=True)
 
     def reset_after_fork(self) -> None:
-        """In a forked child: a process of its own, with its own thread."""
+        """In a forked child: a process of its own, with its own thread if
+        the parent's was running (not after a shutdown)."""
         self.holder = _holder_id()
         self.token = None
         self._instances = {}
+        self._recent = RecentRollups()
         self._thread = None
         self._lock = threading.Lock()
-        self.start()
+        reset_store = getattr(self.store, "reset_after_fork", None)
+        if reset_store is not None:
+            reset_store()
+        if self._running:
+            self.start()
 
     # -- one tick -----------------------------------------------------------------
     def tick(self) -> None:
@@ -139,11 +158,16 @@ class AlertService:
         if token != self.token:
             # Taken over (or first): resume from what the last holder stored.
             self._instances = self.store.load()
+            self._recent = RecentRollups()
             self.token = token
-        figures = collect(self.reader, self.rules, now)
+        figures = collect(self.reader, self.rules, now, self.settle, self._recent)
         result = evaluate(self.rules, self._instances, figures, now, 2 * self.interval)
         changed, removed = changes_between(self._instances, result.instances)
-        if not self.store.commit(self.holder, token, changed, removed, result.transitions):
+        # Renewed as it commits: the lease outlives a tick that took long.
+        renew_until = self.wall() + self.interval * LEASE_INTERVALS
+        if not self.store.commit(
+            self.holder, token, changed, removed, result.transitions, renew_until
+        ):
             self.token = None  # fenced out: another process evaluates now
             return
         self._instances = result.instances
@@ -162,6 +186,17 @@ class AlertService:
         ordered = sorted(instances, key=lambda i: (i.rule, i.group))
         self.shown = [i for i in ordered if i.state in SHOWN]
         self.nodata = [i for i in ordered if i.state == NODATA]
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Alerts shown, by (state, severity), every pair present (0 when
+        none), for ``/metrics``; no I/O."""
+        severities = {rule.name: rule.severity for rule in self.rules}
+        out = dict.fromkeys(((s, v) for s in SHOWN for v in SEVERITIES), 0)
+        for instance in self.shown:
+            severity = severities.get(instance.rule)
+            if severity is not None:
+                out[(instance.state, severity)] += 1
+        return out
 
     def view(self) -> list[dict[str, Any]]:
         """The alerts to show (pending and firing), firing and most severe
@@ -230,7 +265,9 @@ def _run(ref: weakref.ReferenceType[AlertService], stop: threading.Event, interv
         service = ref()
         if service is None:
             return
+        started = time.monotonic()
         service.tick()
         del service
-        if stop.wait(interval):
+        # Ticks start an interval apart, however long one took.
+        if stop.wait(max(0.0, interval - (time.monotonic() - started))):
             return

@@ -22,18 +22,22 @@ Only parameterised SQL.
 from __future__ import annotations
 
 import json
+import operator
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import asdict, fields
+from dataclasses import fields
 from typing import Any, Protocol
 
 from .evaluator import FIRING, INACTIVE, PENDING, Instance, Key, Transition
 
 LEASE = "evaluator"
-#: Fields whose change alone does not make an instance worth writing.
-_VOLATILE = frozenset({"seen_at", "value"})
-_INSTANCE_FIELDS = frozenset(f.name for f in fields(Instance))
+#: Fields whose change alone does not make an instance worth writing (when
+#: its group last had data matters only once it stops, and then it is left
+#: as it was last written).
+_VOLATILE = frozenset({"seen_at", "value", "data_at"})
+_NAMES = tuple(f.name for f in fields(Instance))
+_INSTANCE_FIELDS = frozenset(_NAMES)
 
 
 class AlertStore(Protocol):
@@ -56,9 +60,11 @@ class AlertStore(Protocol):
         changed: list[Instance],
         removed: list[Key],
         transitions: list[Transition],
+        renew_until: float,
     ) -> bool:
         """Store an evaluation's changes in one transaction, if ``holder``
-        still holds the lease with ``token``; False (nothing written) if not."""
+        still holds the lease with ``token``, and renew the lease until
+        ``renew_until``; False (nothing written) if not."""
 
     def instances(self) -> list[Instance]:
         """The stored instances that are not inactive."""
@@ -85,16 +91,14 @@ def changes_between(
     return changed, removed
 
 
+_KEPT = operator.attrgetter(*sorted(_INSTANCE_FIELDS - _VOLATILE))
+_ALL = operator.attrgetter(*(f.name for f in fields(Instance)))
+
+
 def _worth_writing(before: Instance, after: Instance) -> bool:
-    if before == after:
-        return False
     if after.state in (PENDING, FIRING) and before.value != after.value:
         return True
-    return any(
-        getattr(before, name) != getattr(after, name)
-        for name in _INSTANCE_FIELDS
-        if name not in _VOLATILE
-    )
+    return bool(_KEPT(before) != _KEPT(after))
 
 
 def group_key(group: tuple[tuple[str, str], ...]) -> str:
@@ -102,7 +106,8 @@ def group_key(group: tuple[tuple[str, str], ...]) -> str:
 
 
 def instance_text(instance: Instance) -> str:
-    return json.dumps(asdict(instance), separators=(",", ":"), allow_nan=False)
+    data = dict(zip(_NAMES, _ALL(instance), strict=True))
+    return json.dumps(data, separators=(",", ":"), allow_nan=False)
 
 
 def instance_from_text(text: str) -> Instance:
@@ -170,10 +175,12 @@ class MemoryAlertStore:
         changed: list[Instance],
         removed: list[Key],
         transitions: list[Transition],
+        renew_until: float,
     ) -> bool:
         with self._lock:
             if self._lease[:2] != (holder, token):
                 return False
+            self._lease = (holder, token, renew_until)
             for instance in changed:
                 self._instances[(instance.rule, instance.group)] = instance
             for key in removed:
@@ -195,9 +202,15 @@ class MemoryAlertStore:
 
     def prune_history(self, before: float, limit: int) -> int:
         with self._lock:
-            old = [row for row in self._history[:limit] if row["at"] < before]
-            del self._history[: len(old)]
-            return len(old)
+            # The oldest by time, as the SQL stores delete them.
+            old = sorted((r for r in self._history if r["at"] < before), key=lambda r: r["at"])
+            gone = {row["id"] for row in old[:limit]}
+            self._history = [row for row in self._history if row["id"] not in gone]
+            return len(gone)
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: a lock of its own (the parent's may be held)."""
+        self._lock = threading.Lock()
 
 
 class SQLAlertStore:
@@ -295,11 +308,16 @@ class SQLAlertStore:
         changed: list[Instance],
         removed: list[Key],
         transitions: list[Transition],
+        renew_until: float,
     ) -> bool:
         with self._transaction() as connection:
             current, held, _ = self._lease_row(connection)
             if (current, held) != (holder, token):
                 return False
+            connection.execute(
+                self._sql("UPDATE aegis_alert_lease SET expires_at = ? WHERE name = ?"),
+                (renew_until, LEASE),
+            )
             if changed:
                 connection.cursor().executemany(
                     self._sql(

@@ -288,6 +288,8 @@ def _alert_rules(value: Any) -> tuple[Any, ...]:
         return rules_from_config(value)
     except RuleError as exc:
         raise _Explained(str(exc)) from None
+    except (TypeError, ValueError, OverflowError) as exc:  # a value no check foresaw
+        raise _Explained(f"a list of valid rules ({type(exc).__name__}: {exc})") from None
 
 
 _PATH_ALLOWED = "a path starting with '/' (no glob characters), or '' to switch the route off"

@@ -37,6 +37,10 @@ class MetricsReading:
     system: SystemReading | None = None  # with metrics_system on
     #: (version, request path: "compiled" or "python"; "" before a middleware attached)
     build: tuple[str, str] = ("", "")
+    #: (state, severity) -> alerts in it; None without alert rules. Every
+    #: process shows the app's alerts (see aegis_mw.alerts.service), so the
+    #: answering process's count is the app's, as health is.
+    alerts: Mapping[tuple[str, str], int] | None = None
 
 
 class FamilyBuilder:
@@ -125,6 +129,18 @@ class FamilyBuilder:
                     [
                         ("", labels(("check", name)), value)
                         for name, value in sorted(reading.health.items())
+                    ],
+                )
+            )
+        if reading.alerts is not None:
+            families.append(
+                Family(
+                    f"{ns}_alerts",
+                    "gauge",
+                    "Alerts pending or firing, by state and severity (the app's, from its store).",
+                    [
+                        ("", labels(("state", state), ("severity", severity)), count)
+                        for (state, severity), count in sorted(reading.alerts.items())
                     ],
                 )
             )

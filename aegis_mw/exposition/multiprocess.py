@@ -176,6 +176,7 @@ class Merge:
             stats=stats,
             health=self.own.health,
             build=self.own.build,  # the answering process's, as health is
+            alerts=self.own.alerts,
         )
 
 

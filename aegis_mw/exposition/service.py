@@ -109,6 +109,7 @@ class MetricsService:
             stats=aegis.stats(),
             health=self.health_reading(),
             build=(__version__, aegis.hot_path),
+            alerts=None if aegis.alerts is None else aegis.alerts.counts(),
         )
 
     def collector(self) -> AegisCollector:

@@ -225,6 +225,86 @@ def test_flapping_that_settles_firing_announces_it() -> None:
     assert line.notices()[-1] == ("resolved", "resolved")
 
 
+def _flap(line: Timeline, r: AlertRule, cycles: int = 4, figures: Any = None) -> None:
+    for _ in range(cycles):
+        line.step({"errors": figures(0.5) if figures else ratio(r, 0.5)})
+        line.step({"errors": figures(0.0) if figures else ratio(r, 0.0)})
+
+
+def test_flapping_that_settles_firing_keeps_the_announced_episode() -> None:
+    """Fired (announced), flapped (episodes fire and resolve unannounced),
+    settled firing: receivers still hold the first episode, and its resolve
+    names it."""
+    r = rule()
+    line = Timeline([r])
+    _flap(line, r)
+    announced = [t.episode for t in line.transitions if t.notify and t.kind == "firing"]
+    assert len(announced) == 3  # the flapping began at the third resolve
+    for _ in range(int(FLAP_WINDOW / INTERVAL) + 1):
+        line.step({"errors": ratio(r, 0.5)})
+    [ended] = [t for t in line.transitions if t.kind == "flapping_ended"]
+    assert (ended.to_state, ended.notify, ended.episode) == ("firing", True, announced[-1])
+    resolved = line.step({"errors": ratio(r, 0.0)})
+    assert [(t.kind, t.notify, t.episode) for t in resolved] == [("resolved", True, announced[-1])]
+
+
+def test_a_grouped_instance_forgotten_while_flapping_is_resolved_first() -> None:
+    r = rule(group_by=("route",))
+    pay = (("route", "/pay"),)
+    line = Timeline([r])
+    _flap(line, r, figures=lambda value: {pay: window(r, 100, round(value * 100))})
+    open_episode = ""
+    for t in line.transitions:
+        if t.notify:
+            open_episode = told_episode(t, open_episode)
+    assert open_episode  # the last announced firing was never resolved (flapping)
+    seen = len(line.transitions)
+    for _ in range(int(RESOLVED_RETENTION / INTERVAL) + 2):
+        line.step({"errors": {pay: window(r, 100, 0)}})
+    # Forgotten after the retention (a resolve for what receivers hold), then
+    # met again as a new instance: the route still has traffic.
+    fresh = line.instances[("errors", pay)]
+    assert (fresh.state, fresh.flapping, fresh.announced) == ("inactive", False, None)
+    for t in line.transitions[seen:]:
+        if t.notify:
+            open_episode = told_episode(t, open_episode)
+    assert open_episode == ""
+
+
+def test_a_rule_regrouped_while_firing_resolves_the_old_instance() -> None:
+    r = rule()
+    line = Timeline([r])
+    line.step({"errors": ratio(r, 0.5)})
+    line.rules = [rule(group_by=("route",))]
+    changes = line.step({"errors": {(("route", "/a"),): window(r, 100, 0)}})
+    assert [(t.group, t.kind, t.notify) for t in changes] == [((), "resolved", True)]
+    assert changes[0].annotations == {"summary": "resolved: the rule's grouping changed"}
+    assert ("errors", ()) not in line.instances
+
+
+def test_a_firing_group_without_traffic_resolves_after_an_hour() -> None:
+    r = rule(group_by=("route",))
+    gone = (("route", "/gone"),)
+    line = Timeline([r])
+    line.step({"errors": {gone: window(r, 100, 50)}})
+    for _ in range(int(3600 / INTERVAL) - 1):
+        line.step({"errors": {}})
+        assert line.state("errors", gone) == "firing"  # silence is no proof of recovery
+    changes = line.step({"errors": {}})
+    assert [(t.kind, t.notify) for t in changes] == [("resolved", True)]
+    assert line.state("errors", gone) == "absent"
+
+
+def test_keep_last_keeps_a_value_inside_the_hysteresis_band() -> None:
+    r = rule(resolve_threshold=0.02, no_data="keep_last")
+    line = Timeline([r])
+    for value in (0.10, 0.03, None, None):
+        line.step({"errors": ratio(r, value)})
+        assert line.state() == "firing"
+    line.step({"errors": ratio(r, 0.01)})
+    assert line.state() == "resolved"
+
+
 def test_an_evaluation_error_changes_nothing() -> None:
     r = rule(for_="20s")
     line = Timeline([r])
@@ -298,6 +378,19 @@ def test_evaluation_is_deterministic() -> None:
     assert [t.group for t in first.transitions] == sorted(t.group for t in first.transitions)
 
 
+def told_episode(t: Any, open_episode: str) -> str:
+    """What a receiver that deduplicates by episode holds open after a notice:
+    a firing opens one (none may be open), a resolve closes the open one (and
+    must name it), a flapping_ended notice does whichever its state says."""
+    if t.kind == "firing" or (t.kind == "flapping_ended" and t.to_state == "firing"):
+        assert open_episode in ("", t.episode), (open_episode, t)
+        return str(t.episode)
+    if t.kind == "resolved" or (t.kind == "flapping_ended" and open_episode):
+        assert t.episode == open_episode, (open_episode, t)
+        return ""
+    return open_episode
+
+
 # -- properties over random timelines -------------------------------------------------
 STEP = st.one_of(
     st.tuples(st.sampled_from(["value"]), st.sampled_from([0.0, 0.01, 0.04, 0.06, 0.2, 1.0])),
@@ -325,6 +418,7 @@ def test_receivers_never_see_a_resolve_without_its_firing_and_nothing_fires_earl
 ) -> None:
     line = Timeline([r], max_step=20.0)
     told = "resolved"
+    open_episode = ""
     went_back = False
     for (kind, value), after in steps:
         went_back = went_back or after < 0
@@ -335,6 +429,8 @@ def test_receivers_never_see_a_resolve_without_its_firing_and_nothing_fires_earl
             continue
         changes = line.step({"errors": ratio(r, value if kind == "value" else None)}, after)
         for t in changes:
+            if t.notify:
+                open_episode = told_episode(t, open_episode)
             if t.kind == "firing" and r.for_ > 0:
                 # Never early: a pending alert needs `for` of counted breaching time,
                 # and counted time never exceeds the clock's.
@@ -355,5 +451,7 @@ def test_receivers_never_see_a_resolve_without_its_firing_and_nothing_fires_earl
                 told = "firing" if t.to_state == "firing" else "resolved"
         instance = line.instances[("errors", ())]
         if not instance.flapping:
-            # Outside flapping, receivers hold the truth about firing.
+            # Outside flapping, receivers hold the truth about firing, and
+            # the episode they hold open is the instance's.
             assert (told == "firing") == (instance.state == "firing")
+            assert open_episode == (instance.episode if told == "firing" else "")

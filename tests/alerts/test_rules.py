@@ -74,7 +74,18 @@ def test_parse_duration_refuses(text: Any) -> None:
         ({"min_requests": 2.5}, "min_requests", "an integer"),
         ({"no_data": "ignore"}, "no_data", "one of nodata, ok, alerting, keep_last"),
         ({"severity": "page"}, "severity", "one of info, warning, error, critical"),
-        ({"route": ""}, "route", "a non-empty text"),
+        ({"route": ""}, "route", "a route template"),
+        ({"route": "items"}, "route", "a route template"),
+        ({"method": "FETCH"}, "method", "one of CONNECT, DELETE"),
+        ({"method": 3}, "method", "one of CONNECT"),
+        ({"resolve_threshold": 5.0, "operator": "<"}, "resolve_threshold", "a fraction"),
+        ({"threshold": 10**400}, "threshold", "a finite number"),
+        ({"window": 10**400}, "window", "within a week"),
+        ({"group_by": {"route": 1}}, "group_by", "a list of route, method"),
+        ({"group_by": None}, "group_by", "a list of route, method"),
+        ({"group_by": 3}, "group_by", "a list of route, method"),
+        ({"labels": {"alertname": "other"}}, "labels", "a name of your own"),
+        ({"labels": {"route": "/x"}}, "labels", "a name of your own"),
         ({"group_by": ["path"]}, "group_by", "a list of route, method"),
         ({"group_by": "route"}, "group_by", "a list of route, method"),
         ({"group_by": ["route", "route"]}, "group_by", "each label once"),
@@ -95,6 +106,11 @@ def test_a_bad_field_is_named_with_its_value_and_what_is_allowed(
     assert (error.rule, error.field) == (changes.get("name", "errors"), field)
     assert allowed in str(error)
     assert f"alert rule {changes.get('name', 'errors')!r}: {field} = " in str(error)
+
+
+def test_methods_are_read_as_recorded() -> None:
+    assert AlertRule(**BASE, method="get").method == "GET"
+    assert AlertRule(**BASE, method="_OTHER").method == "_OTHER"
 
 
 def test_a_resolve_threshold_must_be_on_the_clear_side() -> None:

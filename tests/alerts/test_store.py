@@ -40,15 +40,22 @@ def test_the_lease_is_held_renewed_and_taken_over_with_a_new_token(store: Any) -
     assert store.claim("a", START + 29, 15) == 3
 
 
+def test_a_commit_renews_the_lease(store: Any) -> None:
+    assert store.claim("a", START, 15) == 1
+    assert store.commit("a", 1, [], [], [], START + 60)
+    assert store.claim("b", START + 50, 15) is None  # renewed until START + 60
+    assert store.claim("b", START + 61, 15) == 2
+
+
 def test_a_fenced_out_holder_writes_nothing(store: Any) -> None:
     rule = AlertRule(name="errors", input="error_ratio", operator=">", threshold=0.05)
     first = evaluate([rule], {}, {"errors": ratio(rule, 0.5)}, START, 20)
     assert store.claim("a", START, 15) == 1
     assert store.claim("b", START + 20, 15) == 2
     changed, removed = changes_between({}, first.instances)
-    assert not store.commit("a", 1, changed, removed, first.transitions)
+    assert not store.commit("a", 1, changed, removed, first.transitions, START + 40)
     assert store.load() == {} and store.history(10) == []
-    assert store.commit("b", 2, changed, removed, first.transitions)
+    assert store.commit("b", 2, changed, removed, first.transitions, START + 40)
     assert store.load() == first.instances
     assert [row["kind"] for row in store.history(10)] == ["firing"]
 
@@ -66,7 +73,7 @@ def test_instances_and_history_round_trip(store: Any) -> None:
     for step in range(3):
         result = evaluate([rule], instances, figures, START + 10 * step, 20)
         changed, removed = changes_between(instances, result.instances)
-        assert store.commit("a", token, changed, removed, result.transitions)
+        assert store.commit("a", token, changed, removed, result.transitions, START + 15)
         instances = result.instances
     loaded = store.load()
     # The time last seen is not written when nothing else changed.
@@ -118,7 +125,7 @@ def test_old_transitions_are_pruned_oldest_first_in_steps(store: Any) -> None:
         value = 0.5 if step % 2 == 0 else 0.0
         result = evaluate([rule], instances, {"errors": ratio(rule, value)}, START + 60 * step, 20)
         changed, removed = changes_between(instances, result.instances)
-        assert store.commit("a", token, changed, removed, result.transitions)
+        assert store.commit("a", token, changed, removed, result.transitions, START + 10**6)
         instances = result.instances
     assert len(store.history(100)) == 5
     assert store.prune_history(START + 150, 2) == 2

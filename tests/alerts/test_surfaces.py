@@ -13,6 +13,7 @@ from aegis_mw import Aegis, AegisMiddleware
 from aegis_mw.realtime.sections import build
 from aegis_mw.testing import FakeClock
 from tests.endpoints.test_api import client, flush, starlette_app
+from tests.servers import promtool_checks
 
 pytestmark = pytest.mark.anyio
 
@@ -65,8 +66,14 @@ async def test_a_firing_alert_on_the_api_and_the_stream(make_aegis: Callable[...
             f"{API}/alert-history", params={"before": history["transitions"][-1]["id"]}
         )
         assert older.json()["data"]["transitions"] == []
+        metrics = (await http.get("/metrics")).text
     frame = build(aegis, ("alerts",))
     assert [a["name"] for a in frame["alerts"]] == ["boom_errors"]
+    lines = [line for line in metrics.splitlines() if line.startswith("aegis_alerts{")]
+    assert len(lines) == 8  # every state and severity, so no series comes and goes
+    assert 'aegis_alerts{state="firing",severity="critical"} 1' in lines
+    assert 'aegis_alerts{state="firing",severity="warning"} 0' in lines
+    await anyio.to_thread.run_sync(promtool_checks, metrics)
 
 
 @pytest.mark.parametrize(
@@ -111,3 +118,19 @@ def test_rules_need_a_sink_that_keeps_history(make_aegis: Callable[..., Aegis]) 
 
     with pytest.raises(ConfigError, match="alerts need a sink that keeps history"):
         make_aegis(sink=lambda batch: None, alert_rules=RULES)
+
+
+def test_a_window_longer_than_its_rows_are_kept_is_refused(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    from aegis_mw import ConfigError
+
+    long = {"name": "long", "input": "request_rate", "operator": "<", "threshold": 1}
+    make_aegis(alert_rules=[{**long, "window": "1h"}], retention_raw=3600)
+    with pytest.raises(ConfigError, match=r"rule 'long' window 7200 s.*3600 s its 60 s rollups"):
+        make_aegis(alert_rules=[{**long, "window": "2h"}], retention_raw=3600)
+
+
+def test_windows_wait_for_a_flush_interval_more(make_aegis: Callable[..., Aegis]) -> None:
+    aegis = make_aegis(alert_rules=RULES, flush_interval=30)
+    assert aegis.alerts is not None and aegis.alerts.settle == 40.0

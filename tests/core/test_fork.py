@@ -7,6 +7,7 @@ import os
 import select
 import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -218,3 +219,43 @@ def test_child_pipeline_counters_start_at_zero(make_aegis: Callable[..., Aegis])
     # Every record offered is written, buffered or counted as dropped: 2 + 3 + 2.
     assert (stats.offered, stats.buffered, stats.dropped["shutdown"]) == (7, 3, 2)
     assert stats.sinks[0].written == 2
+
+
+ALERT_RULES = [{"name": "errors", "input": "error_ratio", "operator": ">", "threshold": 0.5}]
+
+
+def _alert_threads() -> int:
+    return sum(thread.name == "aegis-alerts" for thread in threading.enumerate())
+
+
+def test_a_child_evaluates_alerts_as_a_process_of_its_own(
+    make_aegis: Callable[..., Aegis], tmp_path: Path
+) -> None:
+    aegis = make_aegis(sink=f"sqlite:///{tmp_path / 'a.db'}", alert_rules=ALERT_RULES)
+    assert aegis.alerts is not None
+    parent = aegis.alerts.holder
+
+    def child() -> dict[str, Any]:
+        assert aegis.alerts is not None
+        report: dict[str, Any] = {
+            "threads": _alert_threads(), "own_holder": aegis.alerts.holder != parent
+        }  # fmt: skip
+        report["ok"] = report == {"threads": 1, "own_holder": True}
+        return report
+
+    code, report = run_in_child(child)
+    assert (code, report) == (0, {"threads": 1, "own_holder": True, "ok": True})
+
+
+def test_a_child_forked_after_shutdown_evaluates_nothing(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    aegis = make_aegis(sink="memory://", alert_rules=ALERT_RULES)
+    assert aegis.shutdown(10)
+
+    def child() -> dict[str, Any]:
+        threads = _alert_threads()
+        return {"threads": threads, "ok": threads == 0}
+
+    code, report = run_in_child(child)
+    assert (code, report) == (0, {"threads": 0, "ok": True})

@@ -1,0 +1,145 @@
+"""What alert evaluation costs the process that evaluates.
+
+200 rules over an app of 50 routes, as a user might write them: error
+ratios, p95/p99 latencies, request and 429 rates, over 5-minute, 15-minute
+and 1-hour windows, a quarter of them one alert per route (``group_by``).
+An hour of traffic (every route, every 5 seconds, a few status classes) is
+stored first through the sink, as the flusher stores it. Then an
+``AlertService`` ticks as its thread would every ``alert_interval``: claim
+the lease, read every rule's window (one query per distinct window), evaluate,
+commit the changed instances and the transitions.
+
+Reported per sink: the CPU time of one tick (this process; the database
+server's own work for PostgreSQL is not in it) and its wall time, medians
+over ``--ticks``, and the share of one core that is at an evaluation every
+10 seconds (the default ``alert_interval``).
+
+    python bench/alerts.py                  # SQLite and PostgreSQL (if reachable)
+    python bench/alerts.py --ticks 5        # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from typing import Any
+
+from aegis_mw.alerts import AlertRule
+from aegis_mw.alerts.service import AlertService
+from aegis_mw.core.record import Batch
+from aegis_mw.core.rollup import RollupDelta
+
+ROUTES = [f"/api/v1/resource{n}/{{id}}" for n in range(50)]
+INPUTS = ("error_ratio", "latency_p95_ms", "latency_p99_ms", "request_rate", "rate_limited_ratio")
+THRESHOLDS = {
+    "error_ratio": 0.05, "latency_p95_ms": 500.0, "latency_p99_ms": 1500.0,
+    "request_rate": 1000.0, "rate_limited_ratio": 0.1,
+}  # fmt: skip
+WINDOWS = ("5m", "15m", "1h")
+
+
+def rules(count: int = 200) -> list[AlertRule]:
+    """``count`` rules: per route, per route grouped, and app-wide."""
+    out = []
+    shapes = itertools.cycle(itertools.product(INPUTS, WINDOWS))
+    for n in range(count):
+        name, window = next(shapes)
+        options: dict[str, Any] = {}
+        if n % 4 == 0:
+            options["group_by"] = ("route",)
+        elif n % 4 in (1, 2):
+            options["route"] = ROUTES[n % len(ROUTES)]
+        rule = AlertRule(
+            name=f"rule_{n}", input=name, operator=">", threshold=THRESHOLDS[name],
+            window=window, for_="1m", **options,
+        )  # fmt: skip
+        out.append(rule)
+    return out
+
+
+def fill(sink: Any, now: float, seconds: int = 3600) -> int:
+    """An hour of rollups: every route every 5 seconds, 200s, some 500s and 429s."""
+    written = 0
+    for start in range(int(now) - seconds, int(now), 300):
+        delta = RollupDelta()
+        for bucket in range(start, start + 300, 5):
+            for index, route in enumerate(ROUTES):
+                for status, count in ((200, 8), (500, index % 3), (429, index % 2)):
+                    for _ in range(count):
+                        delta.add(bucket + 1.0, route, "GET", status, 20.0 + index, status >= 500,
+                                  0, 512)  # fmt: skip
+                        written += 1
+        delta.delta_id = uuid.uuid4().hex
+        sink.write(Batch(rollups=delta))
+    return written
+
+
+def measure(label: str, sink: Any, ticks: int) -> tuple[float, float]:
+    now = time.time()
+    fill(sink, now)
+    service = AlertService(rules(), sink.alert_store(), sink, interval=10.0, wall=time.time)
+    service.tick()  # the first: every instance is new
+    cpu, wall = [], []
+    for _ in range(ticks):
+        started_cpu, started = time.thread_time(), time.perf_counter()
+        service.tick()
+        cpu.append(time.thread_time() - started_cpu)
+        wall.append(time.perf_counter() - started)
+    if service.failures or service.token is None:
+        raise SystemExit(f"{label}: the evaluation failed ({service.failures} failures)")
+    instances = len(service._instances)
+    cpu_ms, wall_ms = statistics.median(cpu) * 1000, statistics.median(wall) * 1000
+    print(
+        f"{label:<11} {instances:>9} {cpu_ms:>12.1f} {wall_ms:>12.1f} "
+        f"{cpu_ms / 10_000 * 100:>17.2f} %"
+    )
+    return cpu_ms, wall_ms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ticks", type=int, default=21)
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("AEGIS_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1/test"),
+    )
+    args = parser.parse_args()
+    print(f"200 rules over {len(ROUTES)} routes, an hour stored; medians of {args.ticks} ticks")
+    print(f"{'sink':<11} {'instances':>9} {'CPU ms/tick':>12} {'wall ms/tick':>12} "
+          f"{'core at 10 s':>19}")  # fmt: skip
+    from aegis_mw.sinks import SQLiteSink
+
+    with tempfile.TemporaryDirectory() as directory:
+        sink = SQLiteSink(os.path.join(directory, "aegis.db"))
+        try:
+            measure("SQLite", sink, args.ticks)
+        finally:
+            sink.close()
+    try:
+        import psycopg
+
+        schema = f"aegis_bench_alerts_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(args.postgres, autocommit=True, connect_timeout=3) as admin:
+            admin.execute(f'CREATE SCHEMA "{schema}"')
+    except Exception as exc:  # no driver or no server: SQLite only
+        print(f"PostgreSQL   skipped: {type(exc).__name__}: {exc}".splitlines()[0])
+        return
+    from aegis_mw.sinks.postgres import PostgresSink
+
+    joiner = "&" if "?" in args.postgres else "?"
+    sink = PostgresSink(f"{args.postgres}{joiner}options=-csearch_path%3D{schema}")
+    try:
+        measure("PostgreSQL", sink, args.ticks)
+    finally:
+        sink.close()
+        with psycopg.connect(args.postgres, autocommit=True) as admin:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+if __name__ == "__main__":
+    main()
