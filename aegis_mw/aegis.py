@@ -105,6 +105,10 @@ def multiprocess_directory(
     return path
 
 
+#: The most a shutdown waits for the alert threads (an evaluation, a send).
+ALERTS_STOP_SECONDS = 5.0
+
+
 def _alert_service(
     settings: AegisSettings, sinks: Sequence[RecordSink], clock: Clock
 ) -> AlertService | None:
@@ -135,6 +139,7 @@ def _alert_service(
         retention=settings.retention_rollups,
         # Items wait up to a flush interval before they are folded at all.
         settle=SETTLE_SECONDS + settings.flush_interval,
+        channels=settings.alert_channels,
     )  # fmt: skip
 
 
@@ -309,7 +314,9 @@ class Aegis:
         atexit.unregister(self._atexit_hook)
         self.health.stop()
         if self.alerts is not None:
-            self.alerts.stop(timeout)
+            # Bounded: a receiver that hangs must not hold the flush back.
+            limit = self.settings.shutdown_timeout if timeout is None else timeout
+            self.alerts.stop(min(limit, ALERTS_STOP_SECONDS))
         return self.flusher.shutdown(timeout)
 
     def realtime(self) -> RealtimeSnapshot:

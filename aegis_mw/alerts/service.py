@@ -22,11 +22,13 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from .channels import Channel
 from .evaluator import FIRING, NODATA, PENDING, Instance, Key, evaluate, render
 from .figures import SETTLE_SECONDS, RecentRollups, RollupReader, collect
+from .outbox import AlertSender, notices_for
 from .rules import SEVERITIES, AlertRule
 from .store import SHOWN, AlertStore, changes_between
 
@@ -54,6 +56,7 @@ class AlertService:
         wall: Callable[[], float],
         retention: float = 90 * 86400.0,
         settle: float = SETTLE_SECONDS,
+        channels: Mapping[str, Channel] | None = None,
     ) -> None:
         self.rules = tuple(rules)
         self.store = store
@@ -66,6 +69,10 @@ class AlertService:
         #: Seconds a bucket is left before windows include it.
         self.settle = settle
         self.holder = _holder_id()
+        #: Where notices go (see .channels); none: the log only.
+        self.channels: dict[str, Channel] = dict(channels or {})
+        #: Delivers the outbox's notices (a thread of its own, every process).
+        self.sender = AlertSender(store, self.channels, wall=wall, claimer=self.holder)
         #: The fencing token while this process evaluates, else None.
         self.token: int | None = None
         self._instances: dict[Key, Instance] = {}
@@ -97,6 +104,8 @@ class AlertService:
                 target=_run, args=(ref, self._stop, self.interval), name="aegis-alerts", daemon=True
             )
             self._thread.start()
+        if self.channels:
+            self.sender.start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop evaluating and hand the lease on at once."""
@@ -104,8 +113,12 @@ class AlertService:
             self._running = False
             thread, self._thread = self._thread, None
         self._stop.set()
+        # One deadline for both threads (a send in progress ends within its
+        # channel's timeout; an evaluation within its store's).
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.sender.stop(timeout)
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 # Still in a tick (a store that hangs): its lease runs out
                 # on its own; released now, the tick could take it again.
@@ -129,6 +142,7 @@ class AlertService:
         reset_store = getattr(self.store, "reset_after_fork", None)
         if reset_store is not None:
             reset_store()
+        self.sender.reset_after_fork(self.holder)
         if self._running:
             self.start()
 
@@ -165,8 +179,9 @@ class AlertService:
         changed, removed = changes_between(self._instances, result.instances)
         # Renewed as it commits: the lease outlives a tick that took long.
         renew_until = self.wall() + self.interval * LEASE_INTERVALS
+        notices = notices_for(result.transitions, self.channels)
         if not self.store.commit(
-            self.holder, token, changed, removed, result.transitions, renew_until
+            self.holder, token, changed, removed, result.transitions, renew_until, notices
         ):
             self.token = None  # fenced out: another process evaluates now
             return

@@ -24,12 +24,14 @@ from __future__ import annotations
 import json
 import operator
 import threading
-from collections.abc import Callable, Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import fields
 from typing import Any, Protocol
 
 from .evaluator import FIRING, INACTIVE, PENDING, Instance, Key, Transition
+from .outbox import Claimed, Notice
 
 LEASE = "evaluator"
 #: Fields whose change alone does not make an instance worth writing (when
@@ -61,10 +63,31 @@ class AlertStore(Protocol):
         removed: list[Key],
         transitions: list[Transition],
         renew_until: float,
+        notices: Sequence[Notice] = (),
     ) -> bool:
-        """Store an evaluation's changes in one transaction, if ``holder``
-        still holds the lease with ``token``, and renew the lease until
-        ``renew_until``; False (nothing written) if not."""
+        """Store an evaluation's changes and its notices' outbox rows in one
+        transaction, if ``holder`` still holds the lease with ``token``, and
+        renew the lease until ``renew_until``; False (nothing written) if not."""
+
+    def claim_notices(
+        self, claimer: str, now: float, hold: float, limit: int, channels: Sequence[str]
+    ) -> list[Claimed]:
+        """At most ``limit`` due rows of ``channels`` nobody holds, held by
+        ``claimer`` for ``hold`` seconds: the oldest pending one of each
+        channel's alert only."""
+
+    def renew_claim(self, row: int, claim: str, until: float, now: float) -> bool:
+        """Hold a claimed row until ``until``; False if the claim was lost
+        (it ran out and another sender took the row)."""
+
+    def finish_notice(
+        self, row: int, claim: str, state: str, next_at: float, error: str, now: float
+    ) -> None:
+        """A claimed row's outcome, written by the token it was claimed with:
+        ``delivered``, ``failed``, or ``pending`` again (tried at ``next_at``)."""
+
+    def notices(self, limit: int) -> list[dict[str, Any]]:
+        """The latest outbox rows, newest first, without their payloads."""
 
     def instances(self) -> list[Instance]:
         """The stored instances that are not inactive."""
@@ -73,7 +96,8 @@ class AlertStore(Protocol):
         """The latest transitions, newest first; ``before`` an ``id`` to page back."""
 
     def prune_history(self, before: float, limit: int) -> int:
-        """Delete at most ``limit`` transitions older than ``before``; how many."""
+        """Delete at most ``limit`` transitions older than ``before``, and as
+        many finished outbox rows; how many rows in all."""
 
 
 def changes_between(
@@ -145,6 +169,7 @@ class MemoryAlertStore:
         self._lease: tuple[str, int, float] = ("", 0, 0.0)
         self._instances: dict[Key, Instance] = {}
         self._history: list[dict[str, Any]] = []
+        self._outbox: list[dict[str, Any]] = []
         self._next_id = 1
         self._history_limit = history_limit
 
@@ -176,11 +201,34 @@ class MemoryAlertStore:
         removed: list[Key],
         transitions: list[Transition],
         renew_until: float,
+        notices: Sequence[Notice] = (),
     ) -> bool:
         with self._lock:
             if self._lease[:2] != (holder, token):
                 return False
             self._lease = (holder, token, renew_until)
+            for notice in notices:
+                targets = (
+                    [notice.channel]
+                    if notice.channel is not None
+                    else sorted(
+                        {r["channel"] for r in self._outbox if r["episode"] == notice.episode}
+                    )
+                )
+                for channel in targets:
+                    if any(
+                        r["channel"] == channel and r["notice_key"] == notice.key
+                        for r in self._outbox
+                    ):
+                        continue
+                    self._outbox.append({
+                        "id": len(self._outbox) + 1, "created_at": notice.at, "channel": channel,
+                        "notice_key": notice.key, "alert_key": notice.alert_key,
+                        "episode": notice.episode,
+                        "payload": notice.payload, "state": "pending", "attempts": 0,
+                        "next_at": 0.0, "claimed_by": "", "claimed_until": 0.0,
+                        "last_error": "", "done_at": None,
+                    })  # fmt: skip
             for instance in changed:
                 self._instances[(instance.rule, instance.group)] = instance
             for key in removed:
@@ -206,7 +254,63 @@ class MemoryAlertStore:
             old = sorted((r for r in self._history if r["at"] < before), key=lambda r: r["at"])
             gone = {row["id"] for row in old[:limit]}
             self._history = [row for row in self._history if row["id"] not in gone]
-            return len(gone)
+            done = [r for r in self._outbox if r["done_at"] is not None and r["done_at"] < before]
+            finished = {row["id"] for row in done[:limit]}
+            self._outbox = [row for row in self._outbox if row["id"] not in finished]
+            return len(gone) + len(finished)
+
+    def claim_notices(
+        self, claimer: str, now: float, hold: float, limit: int, channels: Sequence[str]
+    ) -> list[Claimed]:
+        with self._lock:
+            pending = [
+                r for r in self._outbox if r["state"] == "pending" and r["channel"] in channels
+            ]
+            first: dict[tuple[str, str], int] = {}
+            for row in pending:
+                first.setdefault((row["channel"], row["alert_key"]), row["id"])
+            claim = f"{claimer}:{uuid.uuid4().hex}"
+            out: list[Claimed] = []
+            for row in pending:
+                if len(out) >= limit:
+                    break
+                if (
+                    row["next_at"] <= now
+                    and row["claimed_until"] < now
+                    and first[(row["channel"], row["alert_key"])] == row["id"]
+                ):
+                    row["claimed_by"], row["claimed_until"] = claim, now + hold
+                    out.append(_claimed(row))
+            return out
+
+    def renew_claim(self, row: int, claim: str, until: float, now: float) -> bool:
+        with self._lock:
+            for item in self._outbox:
+                if (
+                    item["id"] == row
+                    and item["claimed_by"] == claim
+                    and item["claimed_until"] > now
+                ):
+                    item["claimed_until"] = until
+                    return True
+            return False
+
+    def finish_notice(
+        self, row: int, claim: str, state: str, next_at: float, error: str, now: float
+    ) -> None:
+        with self._lock:
+            for item in self._outbox:
+                if item["id"] == row and item["claimed_by"] == claim:
+                    item.update(
+                        state=state, next_at=next_at, last_error=error, claimed_by="",
+                        claimed_until=0.0, attempts=item["attempts"] + 1,
+                        done_at=now if state != "pending" else None,
+                    )  # fmt: skip
+
+    def notices(self, limit: int) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = [_notice_view(r) for r in self._outbox]
+        return rows[::-1][:limit]
 
     def reset_after_fork(self) -> None:
         """In a forked child: a lock of its own (the parent's may be held)."""
@@ -309,11 +413,14 @@ class SQLAlertStore:
         removed: list[Key],
         transitions: list[Transition],
         renew_until: float,
+        notices: Sequence[Notice] = (),
     ) -> bool:
         with self._transaction() as connection:
             current, held, _ = self._lease_row(connection)
             if (current, held) != (holder, token):
                 return False
+            if notices:
+                self._add_notices(connection, notices)
             connection.execute(
                 self._sql("UPDATE aegis_alert_lease SET expires_at = ? WHERE name = ?"),
                 (renew_until, LEASE),
@@ -384,6 +491,116 @@ class SQLAlertStore:
             for row in rows
         ]
 
+    def _add_notices(self, connection: Any, notices: Sequence[Notice]) -> None:
+        rows = []
+        # Channels given a notice of each episode by this batch (a firing
+        # and its resolve can come in one evaluation).
+        batch: dict[str, set[str]] = {}
+        for notice in notices:
+            if notice.channel is not None:
+                targets = [notice.channel]
+            else:  # a resolve: wherever its episode's firing went
+                stored = connection.execute(
+                    self._sql("SELECT DISTINCT channel FROM aegis_alert_outbox WHERE episode = ?"),
+                    (notice.episode,),
+                ).fetchall()
+                targets = sorted({str(row[0]) for row in stored} | batch.get(notice.episode, set()))
+            batch.setdefault(notice.episode, set()).update(targets)
+            rows += [
+                (notice.at, channel, notice.key, notice.alert_key, notice.episode, notice.payload)
+                for channel in targets
+            ]
+        if rows:
+            connection.cursor().executemany(
+                self._sql(
+                    "INSERT INTO aegis_alert_outbox (created_at, channel, notice_key, alert_key, "
+                    "episode, payload, state, attempts, next_at, claimed_by, claimed_until, "
+                    "last_error) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, 0, '', 0, '') "
+                    "ON CONFLICT (channel, notice_key) DO NOTHING"
+                ),
+                rows,
+            )
+
+    def claim_notices(
+        self, claimer: str, now: float, hold: float, limit: int, channels: Sequence[str]
+    ) -> list[Claimed]:
+        if not channels:
+            return []
+        marks = ", ".join("?" for _ in channels)
+        due = (
+            f"o.state = 'pending' AND o.next_at <= ? AND o.claimed_until < ? "
+            f"AND o.channel IN ({marks})"
+        )
+        # A read first: a write transaction only when something is due (with
+        # SQLite, every process's sender would otherwise take the file's
+        # write lock each second).
+        with self._read() as connection:
+            found = connection.execute(
+                self._sql(f"SELECT 1 FROM aegis_alert_outbox o WHERE {due} LIMIT 1"),
+                (now, now, *channels),
+            ).fetchone()
+        if found is None:
+            return []
+        # A claim of its own: the rows this call marked, and no others.
+        claim = f"{claimer}:{uuid.uuid4().hex}"
+        skip = "" if self.dialect == "sqlite" else " FOR UPDATE SKIP LOCKED"
+        with self._transaction() as connection:
+            connection.execute(
+                self._sql(
+                    "UPDATE aegis_alert_outbox SET claimed_by = ?, claimed_until = ? "
+                    f"WHERE id IN (SELECT o.id FROM aegis_alert_outbox o WHERE {due} "
+                    "AND NOT EXISTS (SELECT 1 FROM aegis_alert_outbox p WHERE p.channel = "
+                    "o.channel AND p.alert_key = o.alert_key AND p.state = 'pending' "
+                    f"AND p.id < o.id) ORDER BY o.id LIMIT ?{skip})"
+                ),
+                (claim, now + hold, now, now, *channels, limit),
+            )
+            rows = connection.execute(
+                self._sql(
+                    "SELECT id, channel, notice_key, payload, attempts FROM aegis_alert_outbox "
+                    "WHERE claimed_by = ? ORDER BY id"
+                ),
+                (claim,),
+            ).fetchall()
+        return [Claimed(int(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4]), claim) for r in rows]
+
+    def renew_claim(self, row: int, claim: str, until: float, now: float) -> bool:
+        with self._transaction() as connection:
+            cursor = connection.execute(
+                self._sql(
+                    "UPDATE aegis_alert_outbox SET claimed_until = ? "
+                    "WHERE id = ? AND claimed_by = ? AND claimed_until > ?"
+                ),
+                (until, row, claim, now),
+            )
+            return int(cursor.rowcount) == 1
+
+    def finish_notice(
+        self, row: int, claim: str, state: str, next_at: float, error: str, now: float
+    ) -> None:
+        with self._transaction() as connection:
+            connection.execute(
+                self._sql(
+                    "UPDATE aegis_alert_outbox SET state = ?, next_at = ?, last_error = ?, "
+                    "attempts = attempts + 1, claimed_by = '', claimed_until = 0, done_at = ? "
+                    "WHERE id = ? AND claimed_by = ?"
+                ),
+                (state, next_at, error, None if state == "pending" else now, row, claim),
+            )
+
+    def notices(self, limit: int) -> list[dict[str, Any]]:
+        with self._read() as connection:
+            rows = connection.execute(
+                self._sql(
+                    "SELECT id, created_at, channel, notice_key, episode, state, attempts, "
+                    "next_at, last_error, done_at FROM aegis_alert_outbox ORDER BY id DESC LIMIT ?"
+                ),
+                (limit,),
+            ).fetchall()
+        names = ("id", "created_at", "channel", "notice_key", "episode", "state", "attempts",
+                 "next_at", "last_error", "done_at")  # fmt: skip
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
     def prune_history(self, before: float, limit: int) -> int:
         with self._transaction() as connection:
             # The oldest rows first, by the index on their time.
@@ -394,7 +611,14 @@ class SQLAlertStore:
                 ),
                 (before, limit),
             )
-            return int(cursor.rowcount)
+            finished = connection.execute(
+                self._sql(
+                    "DELETE FROM aegis_alert_outbox WHERE id IN (SELECT id FROM "
+                    "aegis_alert_outbox WHERE done_at < ? ORDER BY done_at LIMIT ?)"
+                ),
+                (before, limit),
+            )
+            return int(cursor.rowcount) + int(finished.rowcount)
 
 
 def _transition_params(transition: Transition, dialect: str) -> tuple[Any, ...]:
@@ -405,6 +629,23 @@ def _transition_params(transition: Transition, dialect: str) -> tuple[Any, ...]:
         transition.episode, notify, json.dumps(dict(transition.labels)),
         json.dumps(dict(transition.annotations)),
     )  # fmt: skip
+
+
+def _claimed(row: Mapping[str, Any]) -> Claimed:
+    return Claimed(
+        row["id"], row["channel"], row["notice_key"], row["payload"], row["attempts"],
+        row["claimed_by"],
+    )  # fmt: skip
+
+
+_NOTICE_FIELDS = (
+    "id", "created_at", "channel", "notice_key", "episode", "state", "attempts", "next_at",
+    "last_error", "done_at",
+)  # fmt: skip
+
+
+def _notice_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: row[name] for name in _NOTICE_FIELDS}
 
 
 @contextmanager

@@ -197,7 +197,7 @@ def _access_token(value: Any) -> str:
 
 
 #: Options whose values an error message must never show.
-_SECRET = ("access", "access_token")
+_SECRET = ("access", "access_token", "alert_channels")
 
 
 def _choice(*allowed: str) -> Callable[[Any], str]:
@@ -292,6 +292,24 @@ def _alert_rules(value: Any) -> tuple[Any, ...]:
         raise _Explained(f"a list of valid rules ({type(exc).__name__}: {exc})") from None
 
 
+def _alert_channels(value: Any) -> Mapping[str, Any]:
+    """Channel names to their settings, or JSON text of that mapping; each
+    checked (and its secrets read) by aegis_mw.alerts.channels."""
+    from ..alerts.channels import WebhookChannel, channels_from_config
+
+    if isinstance(value, Mapping) and all(isinstance(v, WebhookChannel) for v in value.values()):
+        return dict(value)  # checked already (AegisSettings.replace checks again)
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise _Explained(f"JSON text of a mapping of channels ({exc.msg})") from None
+    try:
+        return channels_from_config(value)
+    except ConfigError as exc:
+        raise _Explained(f"{exc.option}: {exc.allowed}") from None
+
+
 _PATH_ALLOWED = "a path starting with '/' (no glob characters), or '' to switch the route off"
 
 _RULES: dict[str, _Rule] = {
@@ -363,6 +381,10 @@ _RULES: dict[str, _Rule] = {
     "alert_rules": _Rule(
         _alert_rules,
         "a list of alert rules (AlertRule objects or mappings, see docs/alerts.md)",
+    ),
+    "alert_channels": _Rule(
+        _alert_channels,
+        "a mapping of channel names to their settings (see docs/alerts.md)",
     ),
     "alert_interval": _Rule(_number(float, 1, 3600), "seconds, from 1 to 3600", _duration_text),
     "metrics_path": _Rule(_mount_path, _PATH_ALLOWED),
@@ -477,6 +499,9 @@ class AegisSettings:
     #: Alert rules over the stored rollups (docs/alerts.md); one process of
     #: the app evaluates them every alert_interval seconds.
     alert_rules: Any = ()
+    #: Where alert notices go: channel names to their settings (secrets by
+    #: reference; kept out of repr).
+    alert_channels: Any = field(default_factory=dict, repr=False)
     alert_interval: float = 10.0
     metrics_path: str = "/metrics"
     #: Prefix of the JSON metrics API (``/api/metrics/overview`` and the rest).

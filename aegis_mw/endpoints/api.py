@@ -263,7 +263,8 @@ class MetricsAPI:
                 before = _integer(params, "before", 2**62, 1, 2**62)
                 alerts = self._aegis.alerts
                 rows = [] if alerts is None else alerts.store.history(limit, before)
-                return Response.json(200, {"data": {"transitions": rows}})
+                notices = [] if alerts is None else alerts.store.notices(limit)
+                return Response.json(200, {"data": {"transitions": rows, "notices": notices}})
             queries = self.queries
             if queries is None:
                 answer(self._no_history, endpoint, params)

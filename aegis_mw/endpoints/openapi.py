@@ -252,10 +252,29 @@ _SCHEMAS["alerts"] = {
         "rules": {"type": "array", "items": {"type": "object"}},
     },
 }
+_NOTICE = {
+    "type": "object",
+    "required": ["id", "channel", "state", "attempts"],
+    "properties": {
+        "id": {"type": "integer"},
+        "created_at": {"type": "number"},
+        "channel": {"type": "string"},
+        "notice_key": {"type": "string"},
+        "episode": {"type": "string"},
+        "state": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+        "attempts": {"type": "integer"},
+        "next_at": {"type": "number"},
+        "last_error": {"type": "string"},
+        "done_at": _NUMBER_OR_NULL,
+    },
+}
 _SCHEMAS["alert-history"] = {
     "type": "object",
-    "required": ["transitions"],
-    "properties": {"transitions": {"type": "array", "items": _TRANSITION}},
+    "required": ["transitions", "notices"],
+    "properties": {
+        "transitions": {"type": "array", "items": _TRANSITION},
+        "notices": {"type": "array", "items": _NOTICE},
+    },
 }
 
 _PARAMETERS: dict[str, list[dict[str, Any]]] = {
@@ -308,7 +327,7 @@ _SUMMARIES = {
     "top-endpoints": "Routes by request count, p95 latency or errors",
     "requests": "The stored request log, newest first",
     "alerts": "Alerts pending or firing, rules without data, and every rule with its health",
-    "alert-history": "Alert transitions, newest first",
+    "alert-history": "Alert transitions and their notices to each channel, newest first",
 }
 _ERROR = {
     "description": "Bad input, named in the error",

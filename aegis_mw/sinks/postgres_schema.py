@@ -259,6 +259,34 @@ MIGRATIONS: tuple[tuple[str | Callable[[psycopg.Connection[Any]], None], ...], .
         """,
         "CREATE INDEX aegis_alert_transitions_at ON aegis_alert_transitions (at)",
     ),
+    (
+        # The alert notices' outbox, as SQLite's version 6.
+        """
+        CREATE TABLE aegis_alert_outbox (
+            id bigserial PRIMARY KEY,
+            created_at double precision NOT NULL,
+            channel text NOT NULL,
+            notice_key text NOT NULL,
+            alert_key text NOT NULL,
+            episode text NOT NULL,
+            payload text NOT NULL,
+            state text NOT NULL,
+            attempts integer NOT NULL,
+            next_at double precision NOT NULL,
+            claimed_by text NOT NULL,
+            claimed_until double precision NOT NULL,
+            last_error text NOT NULL,
+            done_at double precision,
+            UNIQUE (channel, notice_key)
+        )
+        """,
+        "CREATE INDEX aegis_alert_outbox_due ON aegis_alert_outbox (state, next_at)",
+        # A channel's notices of one alert go in order; a resolve goes where
+        # its episode's firing went; finished rows are pruned by age.
+        "CREATE INDEX aegis_alert_outbox_alert ON aegis_alert_outbox (channel, alert_key, state)",
+        "CREATE INDEX aegis_alert_outbox_episode ON aegis_alert_outbox (episode)",
+        "CREATE INDEX aegis_alert_outbox_done ON aegis_alert_outbox (done_at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

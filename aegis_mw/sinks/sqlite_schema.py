@@ -183,6 +183,35 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX aegis_alert_transitions_at ON aegis_alert_transitions (at)",
     ),
+    (
+        # The alert notices' outbox (aegis_mw.alerts.outbox): one row per
+        # notice and channel, written with its transition.
+        """
+        CREATE TABLE aegis_alert_outbox (
+            id INTEGER PRIMARY KEY,
+            created_at REAL NOT NULL,
+            channel TEXT NOT NULL,
+            notice_key TEXT NOT NULL,
+            alert_key TEXT NOT NULL,
+            episode TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            next_at REAL NOT NULL,
+            claimed_by TEXT NOT NULL,
+            claimed_until REAL NOT NULL,
+            last_error TEXT NOT NULL,
+            done_at REAL,
+            UNIQUE (channel, notice_key)
+        )
+        """,
+        "CREATE INDEX aegis_alert_outbox_due ON aegis_alert_outbox (state, next_at)",
+        # A channel's notices of one alert go in order; a resolve goes where
+        # its episode's firing went; finished rows are pruned by age.
+        "CREATE INDEX aegis_alert_outbox_alert ON aegis_alert_outbox (channel, alert_key, state)",
+        "CREATE INDEX aegis_alert_outbox_episode ON aegis_alert_outbox (episode)",
+        "CREATE INDEX aegis_alert_outbox_done ON aegis_alert_outbox (done_at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -81,6 +81,10 @@ DESCRIPTIONS: dict[str, str] = {
         "([Alerts](alerts.md)); from a settings file as `[[alert_rules]]` tables, from "
         "`AEGIS_ALERT_RULES` as JSON text."
     ),
+    "alert_channels": (
+        "Where alert notices go: channel names to their settings, secrets by reference "
+        "([Alerts](alerts.md#channels)); from `AEGIS_ALERT_CHANNELS` as JSON text."
+    ),
     "alert_interval": "Seconds between evaluations of the alert rules ([Alerts](alerts.md)).",
     "metrics_path": "The Prometheus route, served by the middleware ([/metrics](metrics.md)).",
     "api_path": "Prefix of the JSON metrics API ([History API](history.md)).",

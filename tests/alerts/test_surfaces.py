@@ -109,7 +109,7 @@ async def test_without_rules_the_answers_are_empty(make_aegis: Callable[..., Aeg
             "evaluating": False, "interval": None, "alerts": [], "nodata": [], "rules": []
         }  # fmt: skip
         history = (await http.get(f"{API}/alert-history")).json()["data"]
-        assert history == {"transitions": []}
+        assert history == {"transitions": [], "notices": []}
     assert build(aegis, ("alerts",)) == {"alerts": []}
 
 

@@ -138,6 +138,9 @@ def test_reads_come_back_with_the_store(postgres_url: str, tmp_path: Path) -> No
                 time.sleep(0.1)  # polling a condition with a deadline: the retry interval passes
             assert answer.status_code == 200, answer.text
             assert answer.json()["data"]["total"] == 0
+            # Logged before the answer, but read from the server's stderr by
+            # a thread of ours: waited for, not assumed there.
+            assert server.log.wait_for("can be read again", WAIT), server.log.text
             log = server.log.text
     assert "Traceback" not in log, log
     assert log.count("cannot be read") == 1, log

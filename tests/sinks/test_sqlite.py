@@ -159,6 +159,11 @@ def test_schema_is_created_on_first_write(
     assert objects == [
         ("table", "aegis_alert_instances", "aegis_alert_instances"),
         ("table", "aegis_alert_lease", "aegis_alert_lease"),
+        ("table", "aegis_alert_outbox", "aegis_alert_outbox"),
+        ("index", "aegis_alert_outbox_alert", "aegis_alert_outbox"),
+        ("index", "aegis_alert_outbox_done", "aegis_alert_outbox"),
+        ("index", "aegis_alert_outbox_due", "aegis_alert_outbox"),
+        ("index", "aegis_alert_outbox_episode", "aegis_alert_outbox"),
         ("table", "aegis_alert_transitions", "aegis_alert_transitions"),
         ("index", "aegis_alert_transitions_at", "aegis_alert_transitions"),
         ("table", "aegis_batches", "aegis_batches"),
@@ -171,6 +176,7 @@ def test_schema_is_created_on_first_write(
         ("table", "aegis_rollups", "aegis_rollups"),
         ("table", "aegis_websocket_sessions", "aegis_websocket_sessions"),
         ("index", "aegis_websocket_sessions_timestamp", "aegis_websocket_sessions"),
+        ("index", "sqlite_autoindex_aegis_alert_outbox_1", "aegis_alert_outbox"),
     ]
     request_columns = query(path, "PRAGMA table_info(aegis_requests)")
     assert [(c[1], c[2], c[3], c[5]) for c in request_columns] == EXPECTED_REQUEST_COLUMNS
@@ -210,7 +216,7 @@ def test_reopening_an_existing_file_keeps_schema_and_rows(
         make_request(2).request_id,
     ]
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 14
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 20
 
 
 def test_batch_written_twice_is_stored_once(
@@ -398,7 +404,7 @@ def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path: Path) -> N
     versions = sorted(version for outcome in outcomes for version in outcome[3])
     assert versions == [0] + [SCHEMA_VERSION] * (PROCESSES - 1)
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 14
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 20
     ids = [row[0] for row in read_requests(path)]
     expected = sorted(
         f"{index:016x}{n:016x}" for index in range(PROCESSES) for n in range(RECORDS_PER_PROCESS)

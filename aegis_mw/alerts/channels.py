@@ -1,0 +1,325 @@
+"""Notification channels: where alert notices go, and how one is sent.
+
+Configured by the ``alert_channels`` option, a mapping of channel names to
+their settings::
+
+    alert_channels = {
+        "ops": {"type": "webhook", "url": "env:OPS_WEBHOOK_URL",
+                "secret": "env:OPS_WEBHOOK_SECRET", "severities": ["critical", "error"]},
+    }
+
+Every notice is also written to the ``aegis_mw.alerts`` log by the
+evaluating process (see :mod:`.service`), with or without channels.
+
+Secrets (a webhook's URL, its signing secret) are given by reference,
+``env:NAME`` or ``file:PATH``, or as they are; none is ever shown in an
+error, a log line or an API answer.
+
+A webhook gets the notice as JSON in the shape of Alertmanager's webhook,
+signed by the Standard Webhooks scheme (``webhook-id``, ``webhook-timestamp``,
+``webhook-signature: v1,<base64 HMAC-SHA256 of id.timestamp.body>``) when it
+has a secret. Its address must not be the host's own network: a name that
+resolves to a loopback, private, link-local (cloud metadata), multicast or
+reserved address is refused when the channel is configured (a literal
+address) and again at every send (every address the name resolves to), and
+the connection goes to the address that was checked; redirects are not
+followed. ``allow_private: true`` lifts this for receivers on a private
+network (the tests' 127.0.0.1 receivers use it).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import http.client
+import ipaddress
+import json
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+from ..core.errors import ConfigError
+from .rules import SEVERITIES
+
+KINDS = ("webhook",)
+_OPTION = "alert_channels"
+#: The most a receiver may ask to wait (Retry-After) before a retry.
+MAX_RETRY_AFTER = 3600.0
+
+
+class Delivery(NamedTuple):
+    """How one send went: delivered, or why not and whether to retry."""
+
+    delivered: bool
+    error: str = ""
+    #: Never retried (the receiver says the target is gone or refused for good).
+    permanent: bool = False
+    #: Seconds the receiver asked to wait before the next try.
+    retry_after: float | None = None
+
+
+def resolve_secret(reference: str, what: str) -> str:
+    """The text behind ``env:NAME``/``file:PATH``, or the text itself."""
+    if reference.startswith("env:"):
+        value = os.environ.get(reference[4:])
+        if value is None:
+            raise ConfigError(_OPTION, f"{what} (not shown)", f"{reference} is not set")
+        return value.strip()
+    if reference.startswith("file:"):
+        try:
+            with open(reference[5:], encoding="utf-8") as handle:
+                return handle.read().strip()
+        except OSError as exc:
+            raise ConfigError(
+                _OPTION, f"{what} (not shown)", f"{reference} cannot be read: {exc.strerror}"
+            ) from None
+    return reference
+
+
+def _refused_address(address: str) -> str:
+    """Why an address may not be a webhook's target ('' when it may): any
+    address that is not public, including the IPv4 address inside a mapped,
+    6to4 or Teredo IPv6 one."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    inner = []
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = [a for a in (ip.ipv4_mapped, ip.sixtofour) if a is not None]
+        if ip.teredo is not None:
+            inner += list(ip.teredo)
+    for candidate in (*inner, ip):  # the embedded address names the reason best
+        for test, name in (
+            (candidate.is_loopback, "loopback"), (candidate.is_link_local, "link-local"),
+            (candidate.is_private, "private"), (candidate.is_multicast, "multicast"),
+            (candidate.is_reserved, "reserved"), (candidate.is_unspecified, "unspecified"),
+            (not candidate.is_global, "non-public"),
+        ):  # fmt: skip
+            if test:
+                return f"a {name} address"
+    return ""
+
+
+@dataclass(frozen=True)
+class WebhookChannel:
+    """POSTs each notice as JSON to ``url``."""
+
+    name: str
+    url: str = field(repr=False)
+    secret: bytes | None = field(default=None, repr=False)
+    severities: tuple[str, ...] = SEVERITIES
+    allow_private: bool = False
+    timeout: float = 10.0
+
+    def payload(self, notice: Mapping[str, Any]) -> dict[str, Any]:
+        return {**notice, "receiver": self.name}
+
+    def send(self, key: str, notice: Mapping[str, Any]) -> Delivery:
+        body = json.dumps(self.payload(notice), separators=(",", ":")).encode()
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            address = self._vetted_address(host, port)
+        except OSError as exc:
+            return Delivery(False, f"cannot resolve the webhook's host: {exc.strerror or exc}")
+        if isinstance(address, Delivery):
+            return address
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "aegis_mw-alerts",
+            "webhook-id": key,
+        }
+        if self.secret is not None:
+            stamp = str(int(time.time()))
+            signed = f"{key}.{stamp}.".encode() + body
+            digest = hmac.new(self.secret, signed, hashlib.sha256).digest()
+            headers["webhook-timestamp"] = stamp
+            headers["webhook-signature"] = "v1," + base64.b64encode(digest).decode()
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        connection = _PinnedConnection(parts.scheme, host, port, address, self.timeout)
+        try:
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
+            response.read(65536)  # never shown: a test-send reports only the outcome
+            status = response.status
+            retry_after = _retry_after(response.getheader("retry-after"))
+        except ssl.SSLCertVerificationError:
+            # Not a passing fault: the receiver is not who the URL names.
+            return Delivery(False, "the webhook's TLS certificate was refused", permanent=True)
+        except (OSError, http.client.HTTPException) as exc:
+            return Delivery(False, f"the webhook could not be reached: {type(exc).__name__}")
+        finally:
+            connection.close()
+        if 200 <= status < 300:
+            return Delivery(True)
+        permanent = status in (400, 401, 403, 404, 410, 413, 422)
+        return Delivery(False, f"the webhook answered {status}", permanent, retry_after)
+
+    def _vetted_address(self, host: str, port: int) -> str | Delivery:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = [str(info[4][0]) for info in infos]
+        if not addresses:
+            return Delivery(False, "the webhook's host has no address")
+        if not self.allow_private:
+            for address in addresses:
+                why = _refused_address(address)
+                if why:
+                    return Delivery(
+                        False, f"the webhook's host resolves to {why} (allow_private is off)",
+                        permanent=True,
+                    )  # fmt: skip
+        return addresses[0]
+
+
+class _PinnedConnection:
+    """An HTTP(S) connection to an address checked beforehand, with the URL's
+    host name for the Host header and TLS (SNI and certificate checks)."""
+
+    def __init__(self, scheme: str, host: str, port: int, address: str, timeout: float) -> None:
+        self.connection: http.client.HTTPConnection
+        if scheme == "https":
+            context = ssl.create_default_context()
+            self.connection = http.client.HTTPSConnection(
+                host, port, timeout=timeout, context=context
+            )
+        else:
+            self.connection = http.client.HTTPConnection(host, port, timeout=timeout)
+        connection = self.connection
+
+        self._timer: threading.Timer | None = None
+
+        def connect() -> None:
+            sock = socket.create_connection((address, port), timeout)
+            # The timeout bounds each read; this bounds the whole send: a
+            # receiver that answers a byte at a time is cut off.
+            self._timer = threading.Timer(timeout, _cut, args=(sock,))
+            self._timer.daemon = True
+            self._timer.start()
+            if scheme == "https":
+                sock = context.wrap_socket(sock, server_hostname=host)
+            connection.sock = sock
+
+        connection.connect = connect  # type: ignore[method-assign]
+
+    def request(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> None:
+        self.connection.request(method, path, body=body, headers=headers)
+
+    def getresponse(self) -> http.client.HTTPResponse:
+        return self.connection.getresponse()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.connection.close()
+
+
+def _cut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # closed already
+        pass
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+Channel = WebhookChannel
+
+
+def channels_from_config(data: Any) -> dict[str, Channel]:
+    """Channels from the ``alert_channels`` mapping, checked: an error names
+    the channel and the field, never a secret."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(_OPTION, "(not shown)", "a mapping of channel names to their settings")
+    out: dict[str, Channel] = {}
+    for name, settings in data.items():
+        if not isinstance(name, str) or not name or len(name) > 64:
+            raise ConfigError(_OPTION, name, "channel names of 1 to 64 characters")
+        if not isinstance(settings, Mapping):
+            raise ConfigError(f"{_OPTION}.{name}", "(not shown)", "a mapping of channel settings")
+        out[name] = _channel(name, settings)
+    return out
+
+
+def _channel(name: str, settings: Mapping[str, Any]) -> Channel:
+    where = f"{_OPTION}.{name}"
+    kind = settings.get("type")
+    if kind not in KINDS:
+        raise ConfigError(f"{where}.type", kind, f"one of {', '.join(KINDS)}")
+    known = {"type", "severities", "url", "secret", "allow_private", "timeout"}
+    for key in settings:
+        if key not in known:
+            raise ConfigError(f"{where}.{key}", "(not shown)", f"one of {', '.join(sorted(known))}")
+    severities = settings.get("severities", SEVERITIES)
+    if (
+        isinstance(severities, str)
+        or not isinstance(severities, (list, tuple))
+        or not all(s in SEVERITIES for s in severities)
+    ):
+        raise ConfigError(f"{where}.severities", severities, f"a list of {', '.join(SEVERITIES)}")
+    url = settings.get("url")
+    if not isinstance(url, str):
+        raise ConfigError(f"{where}.url", "(not shown)", "an http(s) URL, env:NAME or file:PATH")
+    url = resolve_secret(url, f"{where}.url")
+    parts = urlsplit(url)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ConfigError(
+            f"{where}.url",
+            "(not shown)",
+            "an http:// or https:// URL with a host (and a valid port)",
+        )
+    allow_private = settings.get("allow_private", False)
+    if not isinstance(allow_private, bool):
+        raise ConfigError(f"{where}.allow_private", allow_private, "true or false")
+    try:
+        literal = ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        literal = None
+    if literal is not None and not allow_private:
+        why = _refused_address(str(literal))
+        if why:
+            raise ConfigError(
+                f"{where}.url", "(not shown)",
+                f"a public address: this one is {why} (set allow_private to send there)",
+            )  # fmt: skip
+    timeout = settings.get("timeout", 10.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 60:
+        raise ConfigError(f"{where}.timeout", timeout, "seconds, > 0 and <= 60")
+    secret: bytes | None = None
+    raw = settings.get("secret")
+    if raw is not None:
+        if not isinstance(raw, str):
+            raise ConfigError(f"{where}.secret", "(not shown)", "a text, env:NAME or file:PATH")
+        text = resolve_secret(raw, f"{where}.secret")
+        try:
+            secret = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+        except ValueError:
+            raise ConfigError(
+                f"{where}.secret", "(not shown)", "base64 text, optionally prefixed whsec_"
+            ) from None
+        if len(secret) < 16:
+            raise ConfigError(f"{where}.secret", "(not shown)", "at least 16 bytes of secret")
+    return WebhookChannel(name, url, secret, tuple(severities), allow_private, float(timeout))

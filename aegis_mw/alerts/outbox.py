@@ -1,0 +1,248 @@
+"""Alert notices as outbox rows, and the thread that delivers them.
+
+A transition receivers are told of becomes one row per channel, written in
+the same transaction as the transition itself (see
+:meth:`.store.SQLAlertStore.commit`): a notice is never lost because a
+process died between deciding and sending, and never written by an
+evaluator that lost its lease. Every process of the app runs a sender: it
+claims due rows for a while (so two senders never send one row at once),
+sends them, and marks each delivered only after the receiver accepted it;
+a failure is retried with exponential backoff and jitter, no sooner than a
+receiver's ``Retry-After``; a refusal for good (404, 410, 401, ...) marks
+the row failed. A sender that dies mid-send leaves its claim to expire and
+another sends the row again: delivery is at least once, with the row's
+``webhook-id`` a stable key receivers deduplicate by.
+
+Within one channel the notices of one episode go in order: a resolve is
+never claimed before its firing was delivered (or failed for good).
+Firing and flapping notices go to the channels whose severities include
+the rule's; a resolve goes to every channel its episode's firing went to.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
+
+from .channels import Channel, Delivery
+from .evaluator import FIRING, Transition
+
+logger = logging.getLogger("aegis_mw.alerts")
+
+#: How long a sender holds a row (renewed as each send starts; a send takes
+#: at most its channel's timeout, 60 s at most, plus the name's lookup).
+CLAIM_SECONDS = 120.0
+#: Rows claimed at once.
+CLAIM_LIMIT = 20
+#: Backoff: the first retry after about this many seconds, doubling, at most MAX.
+BACKOFF_FIRST = 2.0
+BACKOFF_MAX = 300.0
+#: Seconds between looks for due rows.
+POLL_SECONDS = 1.0
+_ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+class Notice(NamedTuple):
+    """One outbox row to write: ``channel`` None for every channel that has a
+    notice of the same episode (a resolve follows its firing). ``alert_key``
+    names the alert (rule and group): a channel's notices of one alert go in
+    order, whatever their episodes."""
+
+    channel: str | None
+    key: str
+    alert_key: str
+    episode: str
+    payload: str
+    #: The transition's time.
+    at: float
+
+
+class Claimed(NamedTuple):
+    """A row a sender holds: ``claim`` is the token its outcome is written by."""
+
+    id: int
+    channel: str
+    key: str
+    payload: str
+    attempts: int
+    claim: str
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def notice_payload(transition: Transition) -> dict[str, Any]:
+    """A transition in the shape of Alertmanager's webhook payload (one
+    alert), with ours under ``aegis``."""
+    firing = transition.to_state == FIRING
+    status = "firing" if firing else "resolved"
+    labels = dict(transition.labels)
+    alert = {
+        "status": status,
+        "labels": labels,
+        "annotations": dict(transition.annotations),
+        "startsAt": _iso(transition.at) if firing else _ZERO_TIME,
+        "endsAt": _ZERO_TIME if firing else _iso(transition.at),
+        "generatorURL": "",
+        "fingerprint": transition.episode,
+    }
+    return {
+        "version": "4",
+        "status": status,
+        "groupKey": json.dumps([transition.rule, list(map(list, transition.group))]),
+        "groupLabels": {"alertname": transition.rule, **dict(transition.group)},
+        "commonLabels": labels,
+        "commonAnnotations": dict(transition.annotations),
+        "externalURL": "",
+        "alerts": [alert],
+        "truncatedAlerts": 0,
+        "aegis": {
+            "kind": transition.kind,
+            "episode": transition.episode,
+            "value": transition.value,
+            "at": transition.at,
+        },
+    }
+
+
+def notices_for(transitions: Iterable[Transition], channels: Mapping[str, Channel]) -> list[Notice]:
+    """The outbox rows of an evaluation's transitions."""
+    out = []
+    for transition in transitions:
+        if not transition.notify:
+            continue
+        payload = json.dumps(notice_payload(transition), separators=(",", ":"))
+        key = f"{transition.episode or transition.rule}.{transition.kind}.{transition.at:.3f}"
+        alert = json.dumps([transition.rule, [list(pair) for pair in transition.group]])
+        if transition.to_state == FIRING or transition.kind == "flapping":
+            for name, channel in channels.items():
+                if transition.severity in channel.severities:
+                    out.append(Notice(name, key, alert, transition.episode, payload, transition.at))
+        else:
+            out.append(Notice(None, key, alert, transition.episode, payload, transition.at))
+    return out
+
+
+def backoff(attempts: int, retry_after: float | None) -> float:
+    """Seconds before the next try after ``attempts`` failed ones."""
+    wait = min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** max(attempts - 1, 0))
+    return max(wait * random.uniform(0.8, 1.2), retry_after or 0.0)
+
+
+class AlertSender:
+    """The thread that delivers due outbox rows (one per process)."""
+
+    def __init__(
+        self,
+        store: Any,
+        channels: Mapping[str, Channel],
+        *,
+        wall: Callable[[], float],
+        claimer: str,
+    ) -> None:
+        self.store = store
+        self.channels = dict(channels)
+        self.wall = wall
+        self.claimer = claimer
+        self.delivered = 0
+        self.failed = 0
+        self.retried = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self._failing = False
+
+    def start(self) -> None:
+        self._running = True
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop = threading.Event()
+        ref = weakref.ref(self)
+        self._thread = threading.Thread(
+            target=_run, args=(ref, self._stop), name="aegis-alert-sender", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        self._running = False
+        thread, self._thread = self._thread, None
+        self._stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def reset_after_fork(self, claimer: str) -> None:
+        self.claimer = claimer
+        self._thread = None
+        if self._running:
+            self.start()
+
+    def send_due(self) -> int:
+        """Claim and send what is due now; how many were handled. Never
+        raises an Exception (the store down: logged once per streak)."""
+        try:
+            handled = self._send_due()
+        except Exception:
+            if not self._failing:
+                logger.warning("aegis_mw: alert notices could not be sent", exc_info=True)
+            self._failing = True
+            return 0
+        self._failing = False
+        return handled
+
+    def _send_due(self) -> int:
+        now = self.wall()
+        # Only the channels configured here: a process of another
+        # configuration (a deploy rolling out a new channel) leaves the rows
+        # of channels it does not know to the processes that do.
+        claimed: Sequence[Claimed] = self.store.claim_notices(
+            self.claimer, now, CLAIM_SECONDS, CLAIM_LIMIT, sorted(self.channels)
+        )
+        for row in claimed:
+            if self._stop.is_set():
+                break  # stopping: the rest are sent by whoever claims them next
+            channel = self.channels[row.channel]
+            start = self.wall()
+            # Each send holds its row anew: a batch of slow sends never lets
+            # a claim run out under a row still being sent.
+            if not self.store.renew_claim(row.id, row.claim, start + CLAIM_SECONDS, start):
+                continue
+            try:
+                result = channel.send(row.key, json.loads(row.payload))
+            except Exception as exc:  # a channel's own fault: retried, never fatal
+                result = Delivery(False, f"{type(exc).__name__} while sending")
+            done = self.wall()
+            if result.delivered:
+                self.delivered += 1
+                self.store.finish_notice(row.id, row.claim, "delivered", done, "", done)
+            elif result.permanent:
+                self.failed += 1
+                self.store.finish_notice(row.id, row.claim, "failed", done, result.error, done)
+                logger.warning(
+                    "aegis_mw: alert notice to %s failed for good: %s", row.channel, result.error
+                )
+            else:
+                self.retried += 1
+                wait = backoff(row.attempts + 1, result.retry_after)
+                self.store.finish_notice(
+                    row.id, row.claim, "pending", done + wait, result.error, done
+                )
+        return len(claimed)
+
+
+def _run(ref: weakref.ReferenceType[AlertSender], stop: threading.Event) -> None:
+    while True:
+        sender = ref()
+        if sender is None:
+            return
+        handled = sender.send_due()
+        del sender
+        # More may be due at once when a whole claim was taken.
+        if stop.wait(0 if handled >= CLAIM_LIMIT else POLL_SECONDS):
+            return
