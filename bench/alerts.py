@@ -14,6 +14,11 @@ server's own work for PostgreSQL is not in it) and its wall time, medians
 over ``--ticks``, and the share of one core that is at an evaluation every
 10 seconds (the default ``alert_interval``).
 
+Then the time from a transition to its receiver: an alert service with its
+own threads, a webhook channel to an HTTP receiver on 127.0.0.1, traffic
+that breaches a rule; from the evaluation that fires (the transition's time)
+to the receiver's answer, for ``--episodes`` rules in turn, on SQLite.
+
     python bench/alerts.py                  # SQLite and PostgreSQL (if reachable)
     python bench/alerts.py --ticks 5        # a quick look
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import logging
 import os
 import statistics
 import tempfile
@@ -101,9 +107,68 @@ def measure(label: str, sink: Any, ticks: int) -> tuple[float, float]:
     return cpu_ms, wall_ms
 
 
+def delivery_latency(episodes: int) -> list[float]:
+    """Seconds from each firing's evaluation to the receiver getting it."""
+    import http.server
+    import json
+    import threading
+
+    from aegis_mw.alerts.channels import channels_from_config
+    from aegis_mw.sinks import SQLiteSink
+
+    arrivals: dict[str, float] = {}
+    got = threading.Condition()
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            self.send_response(200)
+            self.end_headers()
+            with got:
+                arrivals[body["groupLabels"]["alertname"]] = time.time() - body["aegis"]["at"]
+                got.notify_all()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    channels = channels_from_config(
+        {"hook": {"type": "webhook", "url": url, "allow_private": True}}
+    )
+    out = []
+    with tempfile.TemporaryDirectory() as directory:
+        sink = SQLiteSink(os.path.join(directory, "aegis.db"))
+        now = time.time()
+        delta = RollupDelta()
+        for second in range(15, 60, 5):
+            for n in range(20):
+                delta.add(now - second, ROUTES[0], "GET", 500 if n < 10 else 200, 5.0, n < 10, 0, 1)
+        delta.delta_id = uuid.uuid4().hex
+        sink.write(Batch(rollups=delta))
+        for episode in range(episodes):
+            name = f"latency_{episode}"
+            rule = AlertRule(name=name, input="error_ratio", operator=">", threshold=0.1,
+                             window="1m")  # fmt: skip
+            service = AlertService(
+                [rule], sink.alert_store(), sink, interval=10.0, wall=time.time,
+                channels=channels,
+            )  # fmt: skip
+            service.start()  # its first tick evaluates at once, and fires
+            with got:
+                got.wait_for(lambda name=name: name in arrivals, timeout=30)
+            service.stop(10)
+            out.append(arrivals.get(name, float("inf")))
+        sink.close()
+    server.shutdown()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ticks", type=int, default=21)
+    parser.add_argument("--episodes", type=int, default=11)
     parser.add_argument(
         "--postgres",
         default=os.environ.get("AEGIS_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1/test"),
@@ -120,6 +185,12 @@ def main() -> None:
             measure("SQLite", sink, args.ticks)
         finally:
             sink.close()
+    logging.getLogger("aegis_mw.alerts").setLevel(logging.ERROR)  # its notices, not ours
+    latencies = delivery_latency(args.episodes)
+    print(
+        f"transition to receiver, SQLite, {len(latencies)} firings: median "
+        f"{statistics.median(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
+    )
     try:
         import psycopg
 

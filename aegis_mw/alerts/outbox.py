@@ -155,6 +155,8 @@ class AlertSender:
         self.failed = 0
         self.retried = 0
         self._stop = threading.Event()
+        #: Set by the evaluator after a commit with notices, and by stop().
+        self.wakeup = threading.Event()
         self._thread: threading.Thread | None = None
         self._running = False
         self._failing = False
@@ -174,12 +176,14 @@ class AlertSender:
         self._running = False
         thread, self._thread = self._thread, None
         self._stop.set()
+        self.wakeup.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
     def reset_after_fork(self, claimer: str) -> None:
         self.claimer = claimer
         self._thread = None
+        self.wakeup = threading.Event()  # the parent's may be mid-wait
         if self._running:
             self.start()
 
@@ -241,8 +245,13 @@ def _run(ref: weakref.ReferenceType[AlertSender], stop: threading.Event) -> None
         sender = ref()
         if sender is None:
             return
+        wake = sender.wakeup
+        wake.clear()  # before looking: a wake-up from now on is not missed
         handled = sender.send_due()
         del sender
-        # More may be due at once when a whole claim was taken.
-        if stop.wait(0 if handled >= CLAIM_LIMIT else POLL_SECONDS):
+        if stop.is_set():
             return
+        # More may be due at once when a whole claim was taken; else wait for
+        # the poll, or for this process's evaluator to commit new notices.
+        if handled < CLAIM_LIMIT:
+            wake.wait(POLL_SECONDS)

@@ -189,6 +189,8 @@ class AlertService:
         self.health = result.health
         self.evaluations += 1
         self._show(self._instances.values())
+        if notices:
+            self.sender.wakeup.set()  # delivered now, not at the next poll
         for transition in result.transitions:
             if transition.notify:
                 _log(transition)
