@@ -15,6 +15,9 @@ Secrets (a webhook's URL, its signing secret) are given by reference,
 ``env:NAME`` or ``file:PATH``, or as they are; none is ever shown in an
 error, a log line or an API answer.
 
+A Slack channel (``"type": "slack"``, an incoming webhook's URL) gets the
+notice as one line of text, under the same address checks and retries.
+
 A webhook gets the notice as JSON in the shape of Alertmanager's webhook,
 signed by the Standard Webhooks scheme (``webhook-id``, ``webhook-timestamp``,
 ``webhook-signature: v1,<base64 HMAC-SHA256 of id.timestamp.body>``) when it
@@ -49,7 +52,7 @@ from urllib.parse import urlsplit
 from ..core.errors import ConfigError
 from .rules import SEVERITIES
 
-KINDS = ("webhook",)
+KINDS = ("webhook", "slack")
 _OPTION = "alert_channels"
 #: The most a receiver may ask to wait (Retry-After) before a retry.
 MAX_RETRY_AFTER = 3600.0
@@ -180,6 +183,31 @@ class WebhookChannel:
         return addresses[0]
 
 
+@dataclass(frozen=True)
+class SlackChannel(WebhookChannel):
+    """A Slack incoming webhook: the notice as one line of text (Slack's
+    answers 404, 410 and 403, a removed hook or channel, fail it for good;
+    429 waits its Retry-After)."""
+
+    def payload(self, notice: Mapping[str, Any]) -> dict[str, Any]:
+        return {"text": slack_text(notice)}
+
+
+def slack_text(notice: Mapping[str, Any]) -> str:
+    alert = (notice.get("alerts") or [{}])[0]
+    labels = dict(alert.get("labels") or {})
+    name = labels.pop("alertname", "alert")
+    severity = labels.pop("severity", "")
+    kind = (notice.get("aegis") or {}).get("kind", notice.get("status", ""))
+    mark = ":red_circle:" if notice.get("status") == "firing" else ":large_green_circle:"
+    where = ", ".join(f"{key}={value}" for key, value in labels.items())
+    summary = (alert.get("annotations") or {}).get("summary", "")
+    parts = [mark, f"*{name}* {kind}", f"({severity})" if severity else "", where, summary]
+    # Slack reads <, > and & as markup: escaped as its docs ask.
+    text = " ".join(part for part in parts if part)
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 class _PinnedConnection:
     """An HTTP(S) connection to an address checked beforehand, with the URL's
     host name for the Host header and TLS (SNI and certificate checks)."""
@@ -265,7 +293,9 @@ def _channel(name: str, settings: Mapping[str, Any]) -> Channel:
     kind = settings.get("type")
     if kind not in KINDS:
         raise ConfigError(f"{where}.type", kind, f"one of {', '.join(KINDS)}")
-    known = {"type", "severities", "url", "secret", "allow_private", "timeout"}
+    known = {"type", "severities", "url", "allow_private", "timeout"}
+    if kind == "webhook":  # Slack's hooks are not signed: the URL is the secret
+        known.add("secret")
     for key in settings:
         if key not in known:
             raise ConfigError(f"{where}.{key}", "(not shown)", f"one of {', '.join(sorted(known))}")
@@ -322,4 +352,5 @@ def _channel(name: str, settings: Mapping[str, Any]) -> Channel:
             ) from None
         if len(secret) < 16:
             raise ConfigError(f"{where}.secret", "(not shown)", "at least 16 bytes of secret")
-    return WebhookChannel(name, url, secret, tuple(severities), allow_private, float(timeout))
+    made = SlackChannel if kind == "slack" else WebhookChannel
+    return made(name, url, secret, tuple(severities), allow_private, float(timeout))

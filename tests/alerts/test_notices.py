@@ -373,3 +373,46 @@ def test_a_receiver_that_answers_a_byte_at_a_time_is_cut_off() -> None:
     listener.close()
     assert not result.delivered and not result.permanent
     assert took < 3.0, took
+
+
+def test_a_slack_channel_gets_one_line_per_notice(sink: Any, httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/slack", method="POST").respond_with_data("ok")
+    wall = Wall()
+    channels = channels_from_config(
+        {"team": {"type": "slack", "url": httpserver.url_for("/slack"), "allow_private": True}}
+    )
+    evaluator = AlertService(
+        [RULE], sink.alert_store(), sink, interval=10, wall=wall, channels=channels
+    )
+    episode(sink, wall, evaluator)
+    evaluator.sender.send_due()
+    evaluator.sender.send_due()
+    texts = [json.loads(request.get_data()) for request, _ in httpserver.log]
+    assert texts == [
+        {"text": ":red_circle: *errors* firing (critical) 30 % fail"},
+        {"text": ":large_green_circle: *errors* resolved (critical) 0 % fail"},
+    ]
+    assert "webhook-signature" not in httpserver.log[0][0].headers
+
+
+def test_slack_text_escapes_its_markup() -> None:
+    from aegis_mw.alerts.channels import slack_text
+
+    notice = {
+        "status": "firing",
+        "alerts": [{"labels": {"alertname": "a", "route": "/x/<id>"},
+                    "annotations": {"summary": "p99 > 1 s & rising"}}],
+    }  # fmt: skip
+    assert (
+        slack_text(notice)
+        == ":red_circle: *a* firing route=/x/&lt;id&gt; p99 &gt; 1 s &amp; rising"
+    )
+
+
+def test_a_slack_channel_takes_no_secret() -> None:
+    with pytest.raises(ConfigError) as caught:
+        channels_from_config(
+            {"s": {"type": "slack", "url": "https://hooks.slack.com/x", "secret": SECRET}}
+        )
+    assert caught.value.option == "alert_channels.s.secret"
+    assert SECRET not in str(caught.value) and "hooks.slack.com" not in str(caught.value)
