@@ -16,7 +16,9 @@ Secrets (a webhook's URL, its signing secret) are given by reference,
 error, a log line or an API answer.
 
 A Slack channel (``"type": "slack"``, an incoming webhook's URL) gets the
-notice as one line of text, under the same address checks and retries.
+notice as one line of text, and a PagerDuty channel (``"type": "pagerduty"``,
+an integration's ``routing_key``) an Events API v2 trigger or resolve with one
+dedup key per episode, under the same address checks and retries.
 
 A webhook gets the notice as JSON in the shape of Alertmanager's webhook,
 signed by the Standard Webhooks scheme (``webhook-id``, ``webhook-timestamp``,
@@ -52,7 +54,7 @@ from urllib.parse import urlsplit
 from ..core.errors import ConfigError
 from .rules import SEVERITIES
 
-KINDS = ("webhook", "slack")
+KINDS = ("webhook", "slack", "pagerduty")
 _OPTION = "alert_channels"
 #: The most a receiver may ask to wait (Retry-After) before a retry.
 MAX_RETRY_AFTER = 3600.0
@@ -193,19 +195,58 @@ class SlackChannel(WebhookChannel):
         return {"text": slack_text(notice)}
 
 
-def slack_text(notice: Mapping[str, Any]) -> str:
+def notice_line(notice: Mapping[str, Any]) -> str:
+    """A notice as one line: ``name kind (severity) labels summary``."""
     alert = (notice.get("alerts") or [{}])[0]
     labels = dict(alert.get("labels") or {})
     name = labels.pop("alertname", "alert")
     severity = labels.pop("severity", "")
     kind = (notice.get("aegis") or {}).get("kind", notice.get("status", ""))
-    mark = ":red_circle:" if notice.get("status") == "firing" else ":large_green_circle:"
     where = ", ".join(f"{key}={value}" for key, value in labels.items())
     summary = (alert.get("annotations") or {}).get("summary", "")
-    parts = [mark, f"*{name}* {kind}", f"({severity})" if severity else "", where, summary]
+    parts = [f"{name} {kind}", f"({severity})" if severity else "", where, summary]
+    return " ".join(part for part in parts if part)
+
+
+def slack_text(notice: Mapping[str, Any]) -> str:
+    mark = ":red_circle:" if notice.get("status") == "firing" else ":large_green_circle:"
+    line = notice_line(notice)
+    name, _, rest = line.partition(" ")
     # Slack reads <, > and & as markup: escaped as its docs ask.
-    text = " ".join(part for part in parts if part)
+    text = f"{mark} *{name}* {rest}"
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+#: PagerDuty's Events API v2 (a channel may name another, for a proxy or a test).
+PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
+
+
+@dataclass(frozen=True)
+class PagerDutyChannel(WebhookChannel):
+    """PagerDuty's Events API v2: a firing triggers, its resolve resolves,
+    under one dedup key per fire-to-resolve episode. ``routing_key`` is the
+    integration's key (a secret)."""
+
+    routing_key: str = field(default="", repr=False)
+
+    def payload(self, notice: Mapping[str, Any]) -> dict[str, Any]:
+        alert = (notice.get("alerts") or [{}])[0]
+        labels = dict(alert.get("labels") or {})
+        episode = (notice.get("aegis") or {}).get("episode") or alert.get("fingerprint", "")
+        firing = notice.get("status") == "firing"
+        severity = labels.get("severity", "")
+        return {
+            "routing_key": self.routing_key,
+            "event_action": "trigger" if firing else "resolve",
+            "dedup_key": f"aegis-{episode}",
+            "payload": {
+                "summary": notice_line(notice)[:1024],
+                "source": "aegis_mw",
+                "severity": severity if severity in SEVERITIES else "error",
+                "component": labels.get("route", ""),
+                "custom_details": {"labels": labels, "annotations": alert.get("annotations", {})},
+            },
+        }
 
 
 class _PinnedConnection:
@@ -296,6 +337,8 @@ def _channel(name: str, settings: Mapping[str, Any]) -> Channel:
     known = {"type", "severities", "url", "allow_private", "timeout"}
     if kind == "webhook":  # Slack's hooks are not signed: the URL is the secret
         known.add("secret")
+    if kind == "pagerduty":
+        known.add("routing_key")
     for key in settings:
         if key not in known:
             raise ConfigError(f"{where}.{key}", "(not shown)", f"one of {', '.join(sorted(known))}")
@@ -306,7 +349,17 @@ def _channel(name: str, settings: Mapping[str, Any]) -> Channel:
         or not all(s in SEVERITIES for s in severities)
     ):
         raise ConfigError(f"{where}.severities", severities, f"a list of {', '.join(SEVERITIES)}")
-    url = settings.get("url")
+    routing_key = ""
+    if kind == "pagerduty":
+        raw_key = settings.get("routing_key")
+        if not isinstance(raw_key, str) or not raw_key:
+            raise ConfigError(
+                f"{where}.routing_key", "(not shown)", "a text, env:NAME or file:PATH"
+            )
+        routing_key = resolve_secret(raw_key, f"{where}.routing_key")
+        if not routing_key:
+            raise ConfigError(f"{where}.routing_key", "(not shown)", "an integration key")
+    url = settings.get("url", PAGERDUTY_URL if kind == "pagerduty" else None)
     if not isinstance(url, str):
         raise ConfigError(f"{where}.url", "(not shown)", "an http(s) URL, env:NAME or file:PATH")
     url = resolve_secret(url, f"{where}.url")
@@ -352,5 +405,9 @@ def _channel(name: str, settings: Mapping[str, Any]) -> Channel:
             ) from None
         if len(secret) < 16:
             raise ConfigError(f"{where}.secret", "(not shown)", "at least 16 bytes of secret")
+    if kind == "pagerduty":
+        return PagerDutyChannel(
+            name, url, None, tuple(severities), allow_private, float(timeout), routing_key
+        )
     made = SlackChannel if kind == "slack" else WebhookChannel
     return made(name, url, secret, tuple(severities), allow_private, float(timeout))

@@ -188,7 +188,7 @@ def test_the_hosts_own_network_is_refused_at_send_time(sink: Any, httpserver: HT
 @pytest.mark.parametrize(
     ("settings", "where", "allowed"),
     [
-        ({"type": "sms"}, "alert_channels.c.type", "one of webhook"),
+        ({"type": "sms"}, "alert_channels.c.type", "one of webhook, slack, pagerduty"),
         ({"type": "webhook", "url": "https://h.example", "colour": 1}, "alert_channels.c.colour",
          "one of allow_private"),
         ({"type": "webhook", "url": "ftp://x"}, "alert_channels.c.url", "http:// or https://"),
@@ -416,3 +416,42 @@ def test_a_slack_channel_takes_no_secret() -> None:
         )
     assert caught.value.option == "alert_channels.s.secret"
     assert SECRET not in str(caught.value) and "hooks.slack.com" not in str(caught.value)
+
+
+def test_a_pagerduty_channel_triggers_and_resolves_one_incident(
+    sink: Any, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events API v2 (202 Accepted): one dedup key per episode, the routing
+    key from the environment, never stored in the outbox."""
+    httpserver.expect_request("/v2/enqueue", method="POST").respond_with_json(
+        {"status": "success", "message": "Event processed"}, status=202
+    )
+    monkeypatch.setenv("AEGIS_TEST_PD_KEY", "R0UTINGKEY0123456789abcdef012345")
+    wall = Wall()
+    channels = channels_from_config(
+        {"pager": {"type": "pagerduty", "routing_key": "env:AEGIS_TEST_PD_KEY",
+                   "url": httpserver.url_for("/v2/enqueue"), "allow_private": True}}
+    )  # fmt: skip
+    evaluator = AlertService(
+        [RULE], sink.alert_store(), sink, interval=10, wall=wall, channels=channels
+    )
+    episode(sink, wall, evaluator)
+    evaluator.sender.send_due()
+    evaluator.sender.send_due()
+    trigger, resolve = (json.loads(request.get_data()) for request, _ in httpserver.log)
+    assert (trigger["event_action"], resolve["event_action"]) == ("trigger", "resolve")
+    assert trigger["dedup_key"] == resolve["dedup_key"] != "aegis-"
+    assert trigger["routing_key"] == "R0UTINGKEY0123456789abcdef012345"
+    assert trigger["payload"]["severity"] == "critical"
+    assert trigger["payload"]["summary"] == "errors firing (critical) 30 % fail"
+    assert [n["state"] for n in evaluator.store.notices(10)] == ["delivered", "delivered"]
+    stored = json.dumps(sink.alert_store().history(10)) + json.dumps(evaluator.store.notices(10))
+    assert "R0UTINGKEY" not in stored and "R0UTINGKEY" not in repr(channels)
+
+
+def test_a_pagerduty_channel_needs_its_routing_key() -> None:
+    with pytest.raises(ConfigError) as caught:
+        channels_from_config({"p": {"type": "pagerduty"}})
+    assert caught.value.option == "alert_channels.p.routing_key"
+    [channel] = channels_from_config({"p": {"type": "pagerduty", "routing_key": "k" * 32}}).values()
+    assert channel.url == "https://events.pagerduty.com/v2/enqueue"
