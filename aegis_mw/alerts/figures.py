@@ -281,13 +281,3 @@ def collect(
             groups = shared[kind] = _groups(rule, index)
         out[rule.name] = groups
     return out
-
-
-def describe(figures: WindowFigures) -> dict[str, Any]:
-    """The figures as plain numbers (for a dry run or an API answer)."""
-    return {
-        "requests": figures.requests,
-        "errors": figures.errors,
-        "rate_limited": figures.rate_limited,
-        "seconds": figures.seconds,
-    }

@@ -151,9 +151,6 @@ class AlertSender:
         self.channels = dict(channels)
         self.wall = wall
         self.claimer = claimer
-        self.delivered = 0
-        self.failed = 0
-        self.retried = 0
         self._stop = threading.Event()
         #: Set by the evaluator after a commit with notices, and by stop().
         self.wakeup = threading.Event()
@@ -223,16 +220,13 @@ class AlertSender:
                 result = Delivery(False, f"{type(exc).__name__} while sending")
             done = self.wall()
             if result.delivered:
-                self.delivered += 1
                 self.store.finish_notice(row.id, row.claim, "delivered", done, "", done)
             elif result.permanent:
-                self.failed += 1
                 self.store.finish_notice(row.id, row.claim, "failed", done, result.error, done)
                 logger.warning(
                     "aegis_mw: alert notice to %s failed for good: %s", row.channel, result.error
                 )
             else:
-                self.retried += 1
                 wait = backoff(row.attempts + 1, result.retry_after)
                 self.store.finish_notice(
                     row.id, row.claim, "pending", done + wait, result.error, done
