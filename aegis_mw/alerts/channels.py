@@ -69,6 +69,10 @@ class Delivery(NamedTuple):
     permanent: bool = False
     #: Seconds the receiver asked to wait before the next try.
     retry_after: float | None = None
+    #: The channel itself is broken (gone, its credentials refused, not who
+    #: it claims to be): nothing will reach it until it is fixed, so it is
+    #: disabled (see .outbox) and the notice kept for when it works again.
+    broken: bool = False
 
 
 def resolve_secret(reference: str, what: str) -> str:
@@ -159,15 +163,20 @@ class WebhookChannel:
             retry_after = _retry_after(response.getheader("retry-after"))
         except ssl.SSLCertVerificationError:
             # Not a passing fault: the receiver is not who the URL names.
-            return Delivery(False, "the webhook's TLS certificate was refused", permanent=True)
+            return Delivery(
+                False, "the webhook's TLS certificate was refused", permanent=True, broken=True
+            )
         except (OSError, http.client.HTTPException) as exc:
             return Delivery(False, f"the webhook could not be reached: {type(exc).__name__}")
         finally:
             connection.close()
         if 200 <= status < 300:
             return Delivery(True)
-        permanent = status in (400, 401, 403, 404, 410, 413, 422)
-        return Delivery(False, f"the webhook answered {status}", permanent, retry_after)
+        # Gone or refusing our credentials: every notice would fail alike.
+        broken = status in (401, 403, 404, 410)
+        # Refusing this notice (its size or shape): others may pass.
+        permanent = broken or status in (400, 413, 422)
+        return Delivery(False, f"the webhook answered {status}", permanent, retry_after, broken)
 
     def _vetted_address(self, host: str, port: int) -> str | Delivery:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -180,7 +189,7 @@ class WebhookChannel:
                 if why:
                     return Delivery(
                         False, f"the webhook's host resolves to {why} (allow_private is off)",
-                        permanent=True,
+                        permanent=True, broken=True,
                     )  # fmt: skip
         return addresses[0]
 

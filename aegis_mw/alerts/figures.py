@@ -16,13 +16,13 @@ changed since the last one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..core import histogram
 from ..core.rollup import RollupRow
-from .rules import AlertRule
+from .rules import STATE_INPUTS, AlertRule
 
 #: Seconds a bucket is left to settle before a window includes it.
 SETTLE_SECONDS = 10.0
@@ -53,6 +53,8 @@ class WindowFigures:
     latency: list[int] = field(default_factory=lambda: [0] * histogram.COUNT)
     duration_min: float = float("inf")
     duration_max: float = float("-inf")
+    #: A state input's value (see rules.STATE_INPUTS): 0 when not given.
+    state: float = 0.0
 
     def add(self, row: RollupRow) -> None:
         requests = row.requests
@@ -98,6 +100,8 @@ class WindowFigures:
         name = rule.input
         if rule.needs_requests and (self.requests < max(rule.min_requests, 1)):
             return None
+        if name in STATE_INPUTS:
+            return self.state
         if name == "request_rate":
             return self.requests / self.seconds
         if name == "error_rate":
@@ -233,6 +237,7 @@ def collect(
     now: float,
     settle: float = SETTLE_SECONDS,
     recent: RecentRollups | None = None,
+    states: Mapping[str, Mapping[Group, float] | Exception] | None = None,
 ) -> Collected:
     """Every rule's figures at ``now``, by rule name.
 
@@ -242,7 +247,24 @@ def collect(
     and method once per window; one set of groups per distinct window,
     filters and grouping, which rules share (read only). A read that fails
     gives its rules the exception instead (their health), and the others
-    are still evaluated."""
+    are still evaluated. Rules over a state input take its values per group
+    from ``states`` (by input), read by the caller."""
+    out: Collected = {}
+    for rule in rules:
+        if rule.input in STATE_INPUTS:
+            values = (states or {}).get(rule.input, {})
+            if isinstance(values, Exception):
+                out[rule.name] = values
+                continue
+            summed: dict[Group, WindowFigures] = {}
+            for group, value in values.items():
+                kept: Group = tuple(pair for pair in group if pair[0] in rule.group_by)
+                figures = summed.setdefault(kept, WindowFigures(float(rule.window)))
+                figures.state += value
+            if not rule.group_by:
+                summed.setdefault((), WindowFigures(float(rule.window)))
+            out[rule.name] = summed
+    rules = [rule for rule in rules if rule.input not in STATE_INPUTS]
     windows = {rule.name: window_of(rule, now, settle) for rule in rules}
     spans: dict[tuple[int, bool], tuple[int, int]] = {}
     for rule in rules:
@@ -264,7 +286,6 @@ def collect(
             reads[(resolution, by_route)] = exc
     indexes: dict[tuple[int, bool, int, int], Index] = {}
     shared: dict[tuple[Any, ...], dict[Group, WindowFigures]] = {}
-    out: Collected = {}
     for rule in rules:
         start, end = windows[rule.name]
         read = reads[(rule.resolution, per_route(rule))]

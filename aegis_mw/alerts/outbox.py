@@ -17,16 +17,28 @@ Within one channel the notices of one episode go in order: a resolve is
 never claimed before its firing was delivered (or failed for good).
 Firing and flapping notices go to the channels whose severities include
 the rule's; a resolve goes to every channel its episode's firing went to.
+
+A failure every notice would meet (the receiver gone, 401/403/404/410, a
+certificate refused, an address not allowed) disables the channel instead
+of failing the notice: its rows are kept, nothing is sent to it but one
+probe (its oldest due row) every :data:`PROBE_SECONDS`, and the built-in
+``aegis_channel_disabled`` alert fires and goes to the other channels. The
+first delivery enables it again, as does a change of its settings (a
+disabled channel is disabled with its settings' fingerprint: a process
+with other settings for it sends as usual, and its first success enables
+it for all). Every attempt is kept (``aegis_alert_attempts``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import random
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
@@ -45,6 +57,8 @@ BACKOFF_FIRST = 2.0
 BACKOFF_MAX = 300.0
 #: Seconds between looks for due rows.
 POLL_SECONDS = 1.0
+#: Seconds between probes of a disabled channel.
+PROBE_SECONDS = 600.0
 _ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
@@ -72,6 +86,28 @@ class Claimed(NamedTuple):
     payload: str
     attempts: int
     claim: str
+
+
+class ChannelState(NamedTuple):
+    """A disabled channel: with which settings, why, since when, and when
+    its next probe is due."""
+
+    channel: str
+    fingerprint: str
+    reason: str
+    disabled_at: float
+    probe_at: float
+
+
+def channel_fingerprint(channel: Any) -> str:
+    """A digest of a channel's settings (its secrets among them, never
+    stored as they are): the same channel with other settings has another."""
+    if dataclasses.is_dataclass(channel) and not isinstance(channel, type):
+        fields: Any = dataclasses.astuple(channel)
+    else:
+        fields = vars(channel)
+    text = f"{type(channel).__name__}:{fields!r}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _iso(seconds: float) -> str:
@@ -122,8 +158,10 @@ def notices_for(transitions: Iterable[Transition], channels: Mapping[str, Channe
         key = f"{transition.episode or transition.rule}.{transition.kind}.{transition.at:.3f}"
         alert = json.dumps([transition.rule, [list(pair) for pair in transition.group]])
         if transition.to_state == FIRING or transition.kind == "flapping":
+            # The alert about a channel (aegis_channel_disabled) goes to the others.
+            about = dict(transition.group).get("channel")
             for name, channel in channels.items():
-                if transition.severity in channel.severities:
+                if transition.severity in channel.severities and name != about:
                     out.append(Notice(name, key, alert, transition.episode, payload, transition.at))
         else:
             out.append(Notice(None, key, alert, transition.episode, payload, transition.at))
@@ -149,6 +187,7 @@ class AlertSender:
     ) -> None:
         self.store = store
         self.channels = dict(channels)
+        self.fingerprints = {name: channel_fingerprint(c) for name, c in self.channels.items()}
         self.wall = wall
         self.claimer = claimer
         self._stop = threading.Event()
@@ -199,39 +238,83 @@ class AlertSender:
 
     def _send_due(self) -> int:
         now = self.wall()
+        states = self.store.channel_states()
+        disabled = {
+            name: state for name, state in states.items()
+            if self.fingerprints.get(name) == state.fingerprint
+        }  # fmt: skip
         # Only the channels configured here: a process of another
         # configuration (a deploy rolling out a new channel) leaves the rows
         # of channels it does not know to the processes that do.
-        claimed: Sequence[Claimed] = self.store.claim_notices(
-            self.claimer, now, CLAIM_SECONDS, CLAIM_LIMIT, sorted(self.channels)
+        usable = sorted(name for name in self.channels if name not in disabled)
+        claimed: list[Claimed] = list(
+            self.store.claim_notices(self.claimer, now, CLAIM_SECONDS, CLAIM_LIMIT, usable)
         )
+        for name in sorted(disabled):
+            if disabled[name].probe_at <= now:  # one row, to see whether it works again
+                claimed += self.store.claim_notices(self.claimer, now, CLAIM_SECONDS, 1, [name])
+        broken: set[str] = set()
         for row in claimed:
             if self._stop.is_set():
                 break  # stopping: the rest are sent by whoever claims them next
-            channel = self.channels[row.channel]
             start = self.wall()
+            if row.channel in broken:  # disabled by an earlier row: let the rest go at once
+                self.store.renew_claim(row.id, row.claim, start, start)
+                continue
             # Each send holds its row anew: a batch of slow sends never lets
             # a claim run out under a row still being sent.
             if not self.store.renew_claim(row.id, row.claim, start + CLAIM_SECONDS, start):
                 continue
             try:
-                result = channel.send(row.key, json.loads(row.payload))
+                result = self.channels[row.channel].send(row.key, json.loads(row.payload))
             except Exception as exc:  # a channel's own fault: retried, never fatal
                 result = Delivery(False, f"{type(exc).__name__} while sending")
             done = self.wall()
-            if result.delivered:
-                self.store.finish_notice(row.id, row.claim, "delivered", done, "", done)
-            elif result.permanent:
-                self.store.finish_notice(row.id, row.claim, "failed", done, result.error, done)
-                logger.warning(
-                    "aegis_mw: alert notice to %s failed for good: %s", row.channel, result.error
-                )
-            else:
-                wait = backoff(row.attempts + 1, result.retry_after)
-                self.store.finish_notice(
-                    row.id, row.claim, "pending", done + wait, result.error, done
-                )
+            self._finish(row, result, start, done, states.get(row.channel), broken)
         return len(claimed)
+
+    def _finish(
+        self, row: Claimed, result: Delivery, start: float, done: float,
+        state: ChannelState | None, broken: set[str],
+    ) -> None:  # fmt: skip
+        took = done - start
+        if result.delivered:
+            self.store.finish_notice(row.id, row.claim, "delivered", done, "", done, seconds=took)
+            if state is not None and self.store.enable_channel(row.channel):
+                logger.warning("aegis_mw: alert channel %s works again", row.channel)
+        elif result.broken:
+            # Kept, due at once when the channel works again.
+            self.store.finish_notice(
+                row.id, row.claim, "pending", done, result.error, done,
+                outcome="disabled", seconds=took,
+            )  # fmt: skip
+            fingerprint = self.fingerprints[row.channel]
+            again = state is not None and state.fingerprint == fingerprint
+            self.store.disable_channel(
+                ChannelState(
+                    row.channel, fingerprint, result.error,
+                    state.disabled_at if again and state is not None else done,
+                    done + PROBE_SECONDS,
+                )
+            )  # fmt: skip
+            broken.add(row.channel)
+            if not again:
+                logger.error(
+                    "aegis_mw: alert channel %s disabled: %s; its notices are kept, and it is "
+                    "tried again every %g s", row.channel, result.error, PROBE_SECONDS,
+                )  # fmt: skip
+        elif result.permanent:
+            self.store.finish_notice(
+                row.id, row.claim, "failed", done, result.error, done, seconds=took
+            )
+            logger.warning(
+                "aegis_mw: alert notice to %s failed for good: %s", row.channel, result.error
+            )
+        else:
+            wait = backoff(row.attempts + 1, result.retry_after)
+            self.store.finish_notice(
+                row.id, row.claim, "pending", done + wait, result.error, done, seconds=took
+            )
 
 
 def _run(ref: weakref.ReferenceType[AlertSender], stop: threading.Event) -> None:

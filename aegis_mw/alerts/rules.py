@@ -32,11 +32,18 @@ RATIO_INPUTS = (
 LATENCY_INPUTS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms")
 #: Inputs counted per second over the window.
 RATE_INPUTS = ("request_rate", "error_rate", "rate_limited_rate")
-INPUTS = RATIO_INPUTS + LATENCY_INPUTS + RATE_INPUTS
+#: Inputs read from the alerting's own state, not from the rollups: 1 for
+#: each channel disabled after a failure every notice would meet, else 0.
+STATE_INPUTS = ("channel_disabled",)
+#: Inputs read from the stored rollups.
+ROLLUP_INPUTS = RATIO_INPUTS + LATENCY_INPUTS + RATE_INPUTS
+INPUTS = ROLLUP_INPUTS + STATE_INPUTS
 
 OPERATORS = (">", ">=", "<", "<=")
 SEVERITIES = ("info", "warning", "error", "critical")
 GROUP_LABELS = ("route", "method")
+#: The labels a state input's alerts are grouped by.
+STATE_GROUP_LABELS = {"channel_disabled": ("channel",)}
 #: What happens when a window holds fewer than ``min_requests`` requests.
 NO_DATA_POLICIES = ("nodata", "ok", "alerting", "keep_last")
 
@@ -54,7 +61,7 @@ _LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?")
 _ANNOTATIONS = ("summary", "description", "runbook_url")
 #: Labels every alert has (its name, severity, group): a rule cannot set them.
-_RESERVED_LABELS = frozenset({"alertname", "severity", *GROUP_LABELS})
+_RESERVED_LABELS = frozenset({"alertname", "severity", "channel", *GROUP_LABELS})
 _METHODS = (*sorted(STANDARD_METHODS), OTHER_METHOD)
 _TEXT_LIMIT = 2048
 
@@ -204,12 +211,19 @@ class AlertRule:
             if method not in _METHODS:
                 raise RuleError(name, "method", self.method, f"one of {', '.join(_METHODS)}")
         group_by: Any = self.group_by  # a text or a list from a settings file
+        allowed = STATE_GROUP_LABELS.get(self.input, GROUP_LABELS)
         if not isinstance(group_by, (list, tuple)) or not all(
-            isinstance(g, str) and g in GROUP_LABELS for g in group_by
+            isinstance(g, str) and g in allowed for g in group_by
         ):
             raise RuleError(
-                name, "group_by", group_by, f"a list of {', '.join(GROUP_LABELS)} (or empty)"
+                name, "group_by", group_by, f"a list of {', '.join(allowed)} (or empty)"
             )
+        if self.input in STATE_INPUTS:
+            for key in ("route", "method"):
+                if getattr(self, key) is not None:
+                    raise RuleError(
+                        name, key, getattr(self, key), f"none: {self.input} is not per request"
+                    )
         if len(set(group_by)) != len(tuple(group_by)):
             raise RuleError(name, "group_by", group_by, "each label once")
         labels = self._texts("labels", self.labels, None)
@@ -233,7 +247,7 @@ class AlertRule:
     @property
     def needs_requests(self) -> bool:
         """Whether fewer than ``min_requests`` requests make the window "no data"."""
-        return self.input not in RATE_INPUTS
+        return self.input not in RATE_INPUTS and self.input not in STATE_INPUTS
 
     def breaches(self, value: float) -> bool:
         """Whether ``value`` meets the firing condition."""

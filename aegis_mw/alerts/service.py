@@ -28,7 +28,7 @@ from typing import Any
 from .channels import Channel
 from .evaluator import FIRING, NODATA, PENDING, Instance, Key, evaluate, render
 from .figures import SETTLE_SECONDS, RecentRollups, RollupReader, collect
-from .outbox import AlertSender, notices_for
+from .outbox import AlertSender, ChannelState, notices_for
 from .rules import SEVERITIES, AlertRule
 from .store import SHOWN, AlertStore, changes_between
 
@@ -41,6 +41,19 @@ LEASE_INTERVALS = 1.5
 #: retention at most this often, at most PRUNE_LIMIT rows at a time.
 PRUNE_EVERY = 3600.0
 PRUNE_LIMIT = 10_000
+
+#: The alert raised while a channel is disabled (see .outbox), added to the
+#: rules when there are channels and no rule of the app's own watches them.
+CHANNEL_RULE = AlertRule(
+    name="aegis_channel_disabled", input="channel_disabled", operator=">", threshold=0,
+    group_by=("channel",), severity="critical",
+    annotations={
+        "summary": "alert channel $channel is disabled: its notices are held",
+        "description": "A send to $channel failed in a way every notice would (the "
+        "receiver gone, its credentials refused). Its notices are kept and sent once it "
+        "works again; see the alert API's channels for the reason.",
+    },
+)  # fmt: skip
 
 
 class AlertService:
@@ -59,6 +72,10 @@ class AlertService:
         channels: Mapping[str, Channel] | None = None,
     ) -> None:
         self.rules = tuple(rules)
+        if channels and not any(
+            rule.input == CHANNEL_RULE.input or rule.name == CHANNEL_RULE.name for rule in rules
+        ):
+            self.rules += (CHANNEL_RULE,)
         self.store = store
         self.reader = reader
         self.interval = interval
@@ -84,6 +101,8 @@ class AlertService:
         #: refreshed every tick.
         self.shown: list[Instance] = []
         self.nodata: list[Instance] = []
+        #: Each channel's health and outbox rows, refreshed every tick.
+        self.channel_view: list[dict[str, Any]] = []
         self.evaluations = 0
         self.failures = 0
         self._failing = False
@@ -165,6 +184,7 @@ class AlertService:
     def _tick(self) -> None:
         now = self.wall()
         token = self.store.claim(self.holder, now, self.interval * LEASE_INTERVALS)
+        disabled = self._read_channels()
         if token is None:
             self.token = None
             self._show(self.store.instances())
@@ -174,7 +194,8 @@ class AlertService:
             self._instances = self.store.load()
             self._recent = RecentRollups()
             self.token = token
-        figures = collect(self.reader, self.rules, now, self.settle, self._recent)
+        states: dict[str, Any] = {"channel_disabled": disabled}
+        figures = collect(self.reader, self.rules, now, self.settle, self._recent, states)
         result = evaluate(self.rules, self._instances, figures, now, 2 * self.interval)
         changed, removed = changes_between(self._instances, result.instances)
         # Renewed as it commits: the lease outlives a tick that took long.
@@ -197,6 +218,37 @@ class AlertService:
         if now - self._pruned_at >= PRUNE_EVERY:
             self._pruned_at = now
             self.store.prune_history(now - self.retention, PRUNE_LIMIT)
+
+    def _read_channels(self) -> dict[tuple[tuple[str, str], ...], float] | Exception:
+        """Each channel's ``channel_disabled`` value (1 when disabled with
+        the settings it has here); refreshes :attr:`channel_view`."""
+        if not self.channels:
+            return {}
+        try:
+            states = self.store.channel_states()
+            counts = self.store.notice_counts()
+        except Exception as exc:  # the rules over it report it as their health
+            return exc
+        fingerprints = self.sender.fingerprints
+        view = []
+        values: dict[tuple[tuple[str, str], ...], float] = {}
+        for name in sorted(self.channels):
+            state: ChannelState | None = states.get(name)
+            if state is not None and state.fingerprint != fingerprints[name]:
+                state = None  # disabled with other settings: these are tried
+            values[(("channel", name),)] = 0.0 if state is None else 1.0
+            rows = {kind: counts.get((name, kind), (0, None)) for kind in NOTICE_STATES}
+            view.append({
+                "name": name,
+                "state": "ok" if state is None else "disabled",
+                "reason": None if state is None else state.reason,
+                "disabled_at": None if state is None else state.disabled_at,
+                "next_probe_at": None if state is None else state.probe_at,
+                "notices": {kind: count for kind, (count, _) in rows.items()},
+                "oldest_pending_at": rows["pending"][1],
+            })  # fmt: skip
+        self.channel_view = view
+        return values
 
     # -- what is shown ------------------------------------------------------------
     def _show(self, instances: Iterable[Instance]) -> None:
@@ -224,6 +276,8 @@ class AlertService:
         return [alert_view(instance, rule) for instance, rule in shown]
 
 
+#: The states of an outbox row.
+NOTICE_STATES = ("pending", "delivered", "failed")
 _SEVERITY_ORDER = {"critical": 0, "error": 1, "warning": 2, "info": 3}
 _STATE_ORDER = {FIRING: 0, PENDING: 1}
 

@@ -31,7 +31,7 @@ from dataclasses import fields
 from typing import Any, Protocol
 
 from .evaluator import FIRING, INACTIVE, PENDING, Instance, Key, Transition
-from .outbox import Claimed, Notice
+from .outbox import ChannelState, Claimed, Notice
 
 LEASE = "evaluator"
 #: Fields whose change alone does not make an instance worth writing (when
@@ -81,13 +81,32 @@ class AlertStore(Protocol):
         (it ran out and another sender took the row)."""
 
     def finish_notice(
-        self, row: int, claim: str, state: str, next_at: float, error: str, now: float
-    ) -> None:
+        self, row: int, claim: str, state: str, next_at: float, error: str, now: float,
+        *, outcome: str = "", seconds: float = 0.0,
+    ) -> None:  # fmt: skip
         """A claimed row's outcome, written by the token it was claimed with:
-        ``delivered``, ``failed``, or ``pending`` again (tried at ``next_at``)."""
+        ``delivered``, ``failed``, or ``pending`` again (tried at ``next_at``);
+        and the attempt, with its ``outcome`` (the state, or ``retry`` for a
+        pending row; ``disabled`` when it disabled the channel) and how many
+        ``seconds`` it took."""
 
     def notices(self, limit: int) -> list[dict[str, Any]]:
         """The latest outbox rows, newest first, without their payloads."""
+
+    def attempts(self, notices: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        """The delivery attempts of these outbox rows, oldest first."""
+
+    def notice_counts(self) -> dict[tuple[str, str], tuple[int, float | None]]:
+        """Outbox rows by (channel, state): how many, and the oldest's time."""
+
+    def channel_states(self) -> dict[str, ChannelState]:
+        """The disabled channels, by name."""
+
+    def disable_channel(self, state: ChannelState) -> None:
+        """Mark a channel disabled (or move its next probe)."""
+
+    def enable_channel(self, channel: str) -> bool:
+        """Mark a channel working again; False if it was not disabled."""
 
     def instances(self) -> list[Instance]:
         """The stored instances that are not inactive."""
@@ -170,6 +189,8 @@ class MemoryAlertStore:
         self._instances: dict[Key, Instance] = {}
         self._history: list[dict[str, Any]] = []
         self._outbox: list[dict[str, Any]] = []
+        self._attempts: list[dict[str, Any]] = []
+        self._channels: dict[str, ChannelState] = {}
         self._next_id = 1
         self._history_limit = history_limit
 
@@ -257,7 +278,10 @@ class MemoryAlertStore:
             done = [r for r in self._outbox if r["done_at"] is not None and r["done_at"] < before]
             finished = {row["id"] for row in done[:limit]}
             self._outbox = [row for row in self._outbox if row["id"] not in finished]
-            return len(gone) + len(finished)
+            kept = [a for a in self._attempts if a["at"] >= before]
+            tried = len(self._attempts) - len(kept)
+            self._attempts = kept
+            return len(gone) + len(finished) + tried
 
     def claim_notices(
         self, claimer: str, now: float, hold: float, limit: int, channels: Sequence[str]
@@ -296,11 +320,17 @@ class MemoryAlertStore:
             return False
 
     def finish_notice(
-        self, row: int, claim: str, state: str, next_at: float, error: str, now: float
-    ) -> None:
+        self, row: int, claim: str, state: str, next_at: float, error: str, now: float,
+        *, outcome: str = "", seconds: float = 0.0,
+    ) -> None:  # fmt: skip
         with self._lock:
             for item in self._outbox:
                 if item["id"] == row and item["claimed_by"] == claim:
+                    self._attempts.append({
+                        "notice_id": row, "channel": item["channel"], "at": now,
+                        "outcome": outcome or _outcome(state), "error": error,
+                        "seconds": seconds, "sender": _sender(claim),
+                    })  # fmt: skip
                     item.update(
                         state=state, next_at=next_at, last_error=error, claimed_by="",
                         claimed_until=0.0, attempts=item["attempts"] + 1,
@@ -311,6 +341,37 @@ class MemoryAlertStore:
         with self._lock:
             rows = [_notice_view(r) for r in self._outbox]
         return rows[::-1][:limit]
+
+    def attempts(self, notices: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        wanted = set(notices)
+        out: dict[int, list[dict[str, Any]]] = {}
+        with self._lock:
+            for attempt in self._attempts:
+                if attempt["notice_id"] in wanted:
+                    out.setdefault(attempt["notice_id"], []).append(_attempt_view(attempt))
+        return out
+
+    def notice_counts(self) -> dict[tuple[str, str], tuple[int, float | None]]:
+        out: dict[tuple[str, str], tuple[int, float | None]] = {}
+        with self._lock:
+            for row in self._outbox:
+                key = (row["channel"], row["state"])
+                count, oldest = out.get(key, (0, None))
+                at = row["created_at"]
+                out[key] = (count + 1, at if oldest is None else min(oldest, at))
+        return out
+
+    def channel_states(self) -> dict[str, ChannelState]:
+        with self._lock:
+            return dict(self._channels)
+
+    def disable_channel(self, state: ChannelState) -> None:
+        with self._lock:
+            self._channels[state.channel] = state
+
+    def enable_channel(self, channel: str) -> bool:
+        with self._lock:
+            return self._channels.pop(channel, None) is not None
 
     def reset_after_fork(self) -> None:
         """In a forked child: a lock of its own (the parent's may be held)."""
@@ -576,9 +637,19 @@ class SQLAlertStore:
             return int(cursor.rowcount) == 1
 
     def finish_notice(
-        self, row: int, claim: str, state: str, next_at: float, error: str, now: float
-    ) -> None:
+        self, row: int, claim: str, state: str, next_at: float, error: str, now: float,
+        *, outcome: str = "", seconds: float = 0.0,
+    ) -> None:  # fmt: skip
         with self._transaction() as connection:
+            # The attempt first: written only while the claim is still this one's.
+            connection.execute(
+                self._sql(
+                    "INSERT INTO aegis_alert_attempts (notice_id, channel, at, outcome, error, "
+                    "seconds, sender) SELECT id, channel, ?, ?, ?, ?, ? FROM aegis_alert_outbox "
+                    "WHERE id = ? AND claimed_by = ?"
+                ),
+                (now, outcome or _outcome(state), error, seconds, _sender(claim), row, claim),
+            )
             connection.execute(
                 self._sql(
                     "UPDATE aegis_alert_outbox SET state = ?, next_at = ?, last_error = ?, "
@@ -601,6 +672,59 @@ class SQLAlertStore:
                  "next_at", "last_error", "done_at")  # fmt: skip
         return [dict(zip(names, row, strict=True)) for row in rows]
 
+    def attempts(self, notices: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        if not notices:
+            return {}
+        marks = ", ".join("?" for _ in notices)
+        with self._read() as connection:
+            rows = connection.execute(
+                self._sql(
+                    "SELECT notice_id, channel, at, outcome, error, seconds, sender FROM "
+                    f"aegis_alert_attempts WHERE notice_id IN ({marks}) ORDER BY id"
+                ),
+                tuple(notices),
+            ).fetchall()
+        out: dict[int, list[dict[str, Any]]] = {}
+        for row in rows:
+            attempt = dict(zip(_ATTEMPT_COLUMNS, row, strict=True))
+            out.setdefault(int(row[0]), []).append(_attempt_view(attempt))
+        return out
+
+    def notice_counts(self) -> dict[tuple[str, str], tuple[int, float | None]]:
+        with self._read() as connection:
+            rows = connection.execute(
+                "SELECT channel, state, count(*), min(created_at) FROM aegis_alert_outbox "
+                "GROUP BY channel, state"
+            ).fetchall()
+        return {(str(r[0]), str(r[1])): (int(r[2]), r[3]) for r in rows}
+
+    def channel_states(self) -> dict[str, ChannelState]:
+        with self._read() as connection:
+            rows = connection.execute(
+                "SELECT channel, fingerprint, reason, disabled_at, probe_at "
+                "FROM aegis_alert_channels"
+            ).fetchall()
+        return {str(r[0]): ChannelState(str(r[0]), str(r[1]), str(r[2]), r[3], r[4]) for r in rows}
+
+    def disable_channel(self, state: ChannelState) -> None:
+        with self._transaction() as connection:
+            connection.execute(
+                self._sql(
+                    "INSERT INTO aegis_alert_channels (channel, fingerprint, reason, disabled_at, "
+                    "probe_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (channel) DO UPDATE SET "
+                    "fingerprint = excluded.fingerprint, reason = excluded.reason, "
+                    "disabled_at = excluded.disabled_at, probe_at = excluded.probe_at"
+                ),
+                tuple(state),
+            )
+
+    def enable_channel(self, channel: str) -> bool:
+        with self._transaction() as connection:
+            cursor = connection.execute(
+                self._sql("DELETE FROM aegis_alert_channels WHERE channel = ?"), (channel,)
+            )
+            return int(cursor.rowcount) > 0
+
     def prune_history(self, before: float, limit: int) -> int:
         with self._transaction() as connection:
             # The oldest rows first, by the index on their time.
@@ -618,7 +742,14 @@ class SQLAlertStore:
                 ),
                 (before, limit),
             )
-            return int(cursor.rowcount) + int(finished.rowcount)
+            tried = connection.execute(
+                self._sql(
+                    "DELETE FROM aegis_alert_attempts WHERE id IN (SELECT id FROM "
+                    "aegis_alert_attempts WHERE at < ? ORDER BY at LIMIT ?)"
+                ),
+                (before, limit),
+            )
+            return int(cursor.rowcount) + int(finished.rowcount) + int(tried.rowcount)
 
 
 def _transition_params(transition: Transition, dialect: str) -> tuple[Any, ...]:
@@ -646,6 +777,22 @@ _NOTICE_FIELDS = (
 
 def _notice_view(row: Mapping[str, Any]) -> dict[str, Any]:
     return {name: row[name] for name in _NOTICE_FIELDS}
+
+
+_ATTEMPT_COLUMNS = ("notice_id", "channel", "at", "outcome", "error", "seconds", "sender")
+
+
+def _attempt_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: row[name] for name in _ATTEMPT_COLUMNS[1:]}
+
+
+def _outcome(state: str) -> str:
+    return "retry" if state == "pending" else state
+
+
+def _sender(claim: str) -> str:
+    """The process that held a claim (``holder:random``)."""
+    return claim.rpartition(":")[0]
 
 
 @contextmanager

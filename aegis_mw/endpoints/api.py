@@ -192,7 +192,10 @@ def alerts_answer(alerts: AlertService | None) -> dict[str, Any]:
     """The alerts shown now and every rule with its health (no I/O: what
     the alert service last read)."""
     if alerts is None:
-        return {"evaluating": False, "interval": None, "alerts": [], "nodata": [], "rules": []}
+        return {
+            "evaluating": False, "interval": None, "alerts": [], "nodata": [], "rules": [],
+            "channels": [],
+        }  # fmt: skip
     health = alerts.health if alerts.token is not None else {}
     return {
         "evaluating": alerts.token is not None,
@@ -200,6 +203,7 @@ def alerts_answer(alerts: AlertService | None) -> dict[str, Any]:
         "alerts": alerts.view(),
         "nodata": [{"name": i.rule, "group": dict(i.group)} for i in alerts.nodata],
         "rules": [{**rule.to_mapping(), "health": health.get(rule.name)} for rule in alerts.rules],
+        "channels": alerts.channel_view,
     }
 
 
@@ -264,6 +268,9 @@ class MetricsAPI:
                 alerts = self._aegis.alerts
                 rows = [] if alerts is None else alerts.store.history(limit, before)
                 notices = [] if alerts is None else alerts.store.notices(limit)
+                if notices and alerts is not None:
+                    tried = alerts.store.attempts([notice["id"] for notice in notices])
+                    notices = [{**n, "attempt_log": tried.get(n["id"], [])} for n in notices]
                 return Response.json(200, {"data": {"transitions": rows, "notices": notices}})
             queries = self.queries
             if queries is None:

@@ -234,6 +234,31 @@ _TRANSITION = {
         "annotations": _GROUP,
     },
 }
+_CHANNEL = {
+    "type": "object",
+    "required": ["name", "state", "notices"],
+    "properties": {
+        "name": {"type": "string"},
+        "state": {"type": "string", "enum": ["ok", "disabled"]},
+        "reason": {"type": ["string", "null"]},
+        "disabled_at": _NUMBER_OR_NULL,
+        "next_probe_at": _NUMBER_OR_NULL,
+        "notices": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "oldest_pending_at": _NUMBER_OR_NULL,
+    },
+}
+_ATTEMPT = {
+    "type": "object",
+    "required": ["channel", "at", "outcome", "error", "seconds", "sender"],
+    "properties": {
+        "channel": {"type": "string"},
+        "at": {"type": "number"},
+        "outcome": {"type": "string", "enum": ["delivered", "retry", "failed", "disabled"]},
+        "error": {"type": "string"},
+        "seconds": {"type": "number"},
+        "sender": {"type": "string"},
+    },
+}
 _SCHEMAS["alerts"] = {
     "type": "object",
     "required": ["evaluating", "alerts", "nodata", "rules"],
@@ -250,6 +275,7 @@ _SCHEMAS["alerts"] = {
             },
         },
         "rules": {"type": "array", "items": {"type": "object"}},
+        "channels": {"type": "array", "items": _CHANNEL},
     },
 }
 _NOTICE = {
@@ -266,6 +292,7 @@ _NOTICE = {
         "next_at": {"type": "number"},
         "last_error": {"type": "string"},
         "done_at": _NUMBER_OR_NULL,
+        "attempt_log": {"type": "array", "items": _ATTEMPT},
     },
 }
 _SCHEMAS["alert-history"] = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..core.labeled import (
     BUCKETS_BASE,
@@ -41,6 +42,9 @@ class MetricsReading:
     #: process shows the app's alerts (see aegis_mw.alerts.service), so the
     #: answering process's count is the app's, as health is.
     alerts: Mapping[tuple[str, str], int] | None = None
+    #: Each alert channel's health and outbox rows (AlertService.channel_view),
+    #: the app's as alerts are; empty without channels.
+    alert_channels: Sequence[Mapping[str, Any]] = ()
 
 
 class FamilyBuilder:
@@ -144,7 +148,43 @@ class FamilyBuilder:
                     ],
                 )
             )
+        if reading.alert_channels:
+            families += self._alert_channels(reading.alert_channels)
         return families
+
+    def _alert_channels(self, channels: Sequence[Mapping[str, Any]]) -> list[Family]:
+        ns, labels = self.namespace, self._labels
+        return [
+            Family(
+                f"{ns}_alert_channel_up",
+                "gauge",
+                "1 while the alert channel is enabled, 0 while a failure every notice "
+                "would meet keeps it disabled.",
+                [("", labels(("channel", c["name"])), int(c["state"] == "ok")) for c in channels],
+            ),
+            Family(
+                f"{ns}_alert_notices",
+                "gauge",
+                "Alert notices kept in the outbox, by channel and state (pending is the "
+                "backlog; delivered and failed ones are kept as long as the history).",
+                [
+                    ("", labels(("channel", c["name"]), ("state", state)), count)
+                    for c in channels
+                    for state, count in c["notices"].items()
+                ],
+            ),
+            Family(
+                f"{ns}_alert_oldest_pending_notice_timestamp_seconds",
+                "gauge",
+                "When the oldest notice not yet delivered to the channel was raised "
+                "(absent when none waits).",
+                [
+                    ("", labels(("channel", c["name"])), c["oldest_pending_at"])
+                    for c in channels
+                    if c["oldest_pending_at"] is not None
+                ],
+            ),
+        ]
 
     def _system(self, system: SystemReading) -> list[Family]:
         ns, labels = self.namespace, self._labels

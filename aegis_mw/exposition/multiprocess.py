@@ -177,6 +177,7 @@ class Merge:
             health=self.own.health,
             build=self.own.build,  # the answering process's, as health is
             alerts=self.own.alerts,
+            alert_channels=self.own.alert_channels,
         )
 
 

@@ -110,6 +110,7 @@ class MetricsService:
             health=self.health_reading(),
             build=(__version__, aegis.hot_path),
             alerts=None if aegis.alerts is None else aegis.alerts.counts(),
+            alert_channels=() if aegis.alerts is None else aegis.alerts.channel_view,
         )
 
     def collector(self) -> AegisCollector:

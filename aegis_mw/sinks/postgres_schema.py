@@ -287,6 +287,32 @@ MIGRATIONS: tuple[tuple[str | Callable[[psycopg.Connection[Any]], None], ...], .
         "CREATE INDEX aegis_alert_outbox_episode ON aegis_alert_outbox (episode)",
         "CREATE INDEX aegis_alert_outbox_done ON aegis_alert_outbox (done_at)",
     ),
+    (
+        # Delivery attempts and disabled channels, as SQLite's version 7.
+        """
+        CREATE TABLE aegis_alert_attempts (
+            id bigserial PRIMARY KEY,
+            notice_id bigint NOT NULL,
+            channel text NOT NULL,
+            at double precision NOT NULL,
+            outcome text NOT NULL,
+            error text NOT NULL,
+            seconds double precision NOT NULL,
+            sender text NOT NULL
+        )
+        """,
+        "CREATE INDEX aegis_alert_attempts_notice ON aegis_alert_attempts (notice_id)",
+        "CREATE INDEX aegis_alert_attempts_at ON aegis_alert_attempts (at)",
+        """
+        CREATE TABLE aegis_alert_channels (
+            channel text PRIMARY KEY,
+            fingerprint text NOT NULL,
+            reason text NOT NULL,
+            disabled_at double precision NOT NULL,
+            probe_at double precision NOT NULL
+        )
+        """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -212,6 +212,35 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX aegis_alert_outbox_episode ON aegis_alert_outbox (episode)",
         "CREATE INDEX aegis_alert_outbox_done ON aegis_alert_outbox (done_at)",
     ),
+    (
+        # Every attempt to deliver a notice (aegis_mw.alerts.outbox), and
+        # the channels disabled after a failure that every notice would
+        # meet (a receiver gone, credentials refused), by their settings'
+        # fingerprint: the same channel with other settings is not.
+        """
+        CREATE TABLE aegis_alert_attempts (
+            id INTEGER PRIMARY KEY,
+            notice_id INTEGER NOT NULL,
+            channel TEXT NOT NULL,
+            at REAL NOT NULL,
+            outcome TEXT NOT NULL,
+            error TEXT NOT NULL,
+            seconds REAL NOT NULL,
+            sender TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX aegis_alert_attempts_notice ON aegis_alert_attempts (notice_id)",
+        "CREATE INDEX aegis_alert_attempts_at ON aegis_alert_attempts (at)",
+        """
+        CREATE TABLE aegis_alert_channels (
+            channel TEXT PRIMARY KEY,
+            fingerprint TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            disabled_at REAL NOT NULL,
+            probe_at REAL NOT NULL
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -11,7 +11,7 @@ import pytest
 
 from aegis_mw.alerts import AlertRule, collect, window_of
 from aegis_mw.alerts.figures import Group
-from aegis_mw.alerts.rules import INPUTS, RATIO_INPUTS
+from aegis_mw.alerts.rules import RATIO_INPUTS, ROLLUP_INPUTS
 from aegis_mw.core import histogram
 from aegis_mw.core.record import RequestRecord
 from aegis_mw.sinks import MemorySink
@@ -74,7 +74,7 @@ def _value(rule: AlertRule, records: list[RequestRecord]) -> float | None:
 
 RULES = [
     AlertRule(name=f"{name}_{window}", input=name, operator=">", threshold=0.5, window=window)
-    for name in INPUTS
+    for name in ROLLUP_INPUTS
     for window in ("5m", "1h")
 ] + [
     AlertRule(name="by_route", input="error_ratio", operator=">", threshold=0.1, group_by=("route",), window="30m"),
@@ -118,7 +118,9 @@ def test_rules_with_the_same_window_share_one_read() -> None:
         sink.write(batch)
     reader = CountingReader(sink)
     rules = [
-        AlertRule(name=f"r{n}", input=INPUTS[n % len(INPUTS)], operator=">", threshold=0.5)
+        AlertRule(
+            name=f"r{n}", input=ROLLUP_INPUTS[n % len(ROLLUP_INPUTS)], operator=">", threshold=0.5
+        )
         for n in range(200)
     ]
     collect(reader, rules, NOW)

@@ -145,8 +145,10 @@ def test_a_receiver_down_for_the_whole_episode_gets_it_in_order(
     assert [n["status"] for n in received(httpserver)] == ["firing", "resolved"]
 
 
-def test_a_receiver_gone_for_good_is_not_retried(sink: Any, httpserver: HTTPServer) -> None:
-    httpserver.expect_request("/hook").respond_with_data("gone", status=410)
+def test_a_notice_refused_for_good_is_not_retried(sink: Any, httpserver: HTTPServer) -> None:
+    """413 refuses this notice, not the channel: failed, and the next one
+    (its resolve) is still sent."""
+    httpserver.expect_request("/hook").respond_with_data("too large", status=413)
     wall = Wall()
     evaluator = service(sink, wall, httpserver.url_for("/hook"))
     episode(sink, wall, evaluator)
@@ -156,7 +158,8 @@ def test_a_receiver_gone_for_good_is_not_retried(sink: Any, httpserver: HTTPServ
     assert len(httpserver.log) == 2  # the firing, then its resolve: each once
     rows = evaluator.store.notices(10)
     assert [r["state"] for r in rows] == ["failed", "failed"]
-    assert rows[0]["last_error"] == "the webhook answered 410"
+    assert rows[0]["last_error"] == "the webhook answered 413"
+    assert evaluator.store.channel_states() == {}
 
 
 def test_two_senders_deliver_each_notice_once(sink: Any, httpserver: HTTPServer) -> None:
@@ -182,7 +185,9 @@ def test_the_hosts_own_network_is_refused_at_send_time(sink: Any, httpserver: HT
     evaluator.sender.send_due()
     assert httpserver.log == []
     [*_, first] = evaluator.store.notices(10)
-    assert first["state"] == "failed" and "loopback" in first["last_error"]
+    # Every notice would meet it: the channel is disabled, the notice kept.
+    assert first["state"] == "pending" and "loopback" in first["last_error"]
+    assert "loopback" in evaluator.store.channel_states()["hook"].reason
 
 
 @pytest.mark.parametrize(

@@ -94,6 +94,18 @@ def test_parse_duration_refuses(text: Any) -> None:
         ({"annotations": {"title": "x"}}, "annotations", "one of summary"),
         ({"annotations": {"summary": "x" * 3000}}, "annotations.summary", "at most 2048"),
         ({"colour": "red"}, "colour", "one of name, input"),
+        ({"labels": {"channel": "x"}}, "labels", "a name of your own"),
+        ({"group_by": ["channel"]}, "group_by", "a list of route, method"),
+        (
+            {"input": "channel_disabled", "threshold": 0, "group_by": ["route"]},
+            "group_by",
+            "a list of channel",
+        ),
+        (
+            {"input": "channel_disabled", "threshold": 0, "route": "/x"},
+            "route",
+            "none: channel_disabled is not per request",
+        ),
     ],
 )
 def test_a_bad_field_is_named_with_its_value_and_what_is_allowed(

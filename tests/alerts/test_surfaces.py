@@ -106,7 +106,8 @@ async def test_without_rules_the_answers_are_empty(make_aegis: Callable[..., Aeg
     async with client(AegisMiddleware(starlette_app(FakeClock()), aegis=aegis)) as http:
         answer = (await http.get(f"{API}/alerts")).json()["data"]
         assert answer == {
-            "evaluating": False, "interval": None, "alerts": [], "nodata": [], "rules": []
+            "evaluating": False, "interval": None, "alerts": [], "nodata": [], "rules": [],
+            "channels": [],
         }  # fmt: skip
         history = (await http.get(f"{API}/alert-history")).json()["data"]
         assert history == {"transitions": [], "notices": []}
