@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import __version__, query_cli
+from . import __version__, alerts_cli, query_cli
 from .cli_args import demo_database
 
 
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--open", action="store_true", help="open the dashboard in the default web browser"
     )
     query_cli.add_parser(commands)
+    alerts_cli.add_parser(commands)
     return parser
 
 
@@ -78,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.command == "query":
         return query_cli.run_query(args)
+    if args.command == "alerts":
+        return alerts_cli.run(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -48,13 +48,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from ..core.errors import ConfigError
 from .rules import SEVERITIES
 
-KINDS = ("webhook", "slack", "pagerduty")
+KINDS = ("webhook", "slack", "pagerduty", "email")
 _OPTION = "alert_channels"
 #: The most a receiver may ask to wait (Retry-After) before a retry.
 MAX_RETRY_AFTER = 3600.0
@@ -93,7 +93,7 @@ def resolve_secret(reference: str, what: str) -> str:
     return reference
 
 
-def _refused_address(address: str) -> str:
+def refused_address(address: str) -> str:
     """Why an address may not be a webhook's target ('' when it may): any
     address that is not public, including the IPv4 address inside a mapped,
     6to4 or Teredo IPv6 one."""
@@ -125,6 +125,8 @@ class WebhookChannel:
     severities: tuple[str, ...] = SEVERITIES
     allow_private: bool = False
     timeout: float = 10.0
+    #: A PEM file of the CA certificates to trust instead of the system's.
+    ca_file: str | None = None
 
     def payload(self, notice: Mapping[str, Any]) -> dict[str, Any]:
         return {**notice, "receiver": self.name}
@@ -135,7 +137,7 @@ class WebhookChannel:
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
-            address = self._vetted_address(host, port)
+            address = vetted_address(host, port, self.allow_private, "the webhook's host")
         except OSError as exc:
             return Delivery(False, f"cannot resolve the webhook's host: {exc.strerror or exc}")
         if isinstance(address, Delivery):
@@ -154,7 +156,12 @@ class WebhookChannel:
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
-        connection = _PinnedConnection(parts.scheme, host, port, address, self.timeout)
+        try:
+            connection = _PinnedConnection(
+                parts.scheme, host, port, address, self.timeout, self.ca_file
+            )
+        except OSError as exc:  # ca_file gone or changed since the start: retried
+            return Delivery(False, f"the channel's ca_file cannot be loaded: {type(exc).__name__}")
         try:
             connection.request("POST", path, body=body, headers=headers)
             response = connection.getresponse()
@@ -177,21 +184,6 @@ class WebhookChannel:
         # Refusing this notice (its size or shape): others may pass.
         permanent = broken or status in (400, 413, 422)
         return Delivery(False, f"the webhook answered {status}", permanent, retry_after, broken)
-
-    def _vetted_address(self, host: str, port: int) -> str | Delivery:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        addresses = [str(info[4][0]) for info in infos]
-        if not addresses:
-            return Delivery(False, "the webhook's host has no address")
-        if not self.allow_private:
-            for address in addresses:
-                why = _refused_address(address)
-                if why:
-                    return Delivery(
-                        False, f"the webhook's host resolves to {why} (allow_private is off)",
-                        permanent=True, broken=True,
-                    )  # fmt: skip
-        return addresses[0]
 
 
 @dataclass(frozen=True)
@@ -262,26 +254,27 @@ class _PinnedConnection:
     """An HTTP(S) connection to an address checked beforehand, with the URL's
     host name for the Host header and TLS (SNI and certificate checks)."""
 
-    def __init__(self, scheme: str, host: str, port: int, address: str, timeout: float) -> None:
+    def __init__(
+        self, scheme: str, host: str, port: int, address: str, timeout: float,
+        ca_file: str | None = None,
+    ) -> None:  # fmt: skip
         self.connection: http.client.HTTPConnection
         if scheme == "https":
-            context = ssl.create_default_context()
+            # ca_file, when given, is the whole trust: a private CA only.
+            context = ssl.create_default_context(cafile=ca_file)
             self.connection = http.client.HTTPSConnection(
                 host, port, timeout=timeout, context=context
             )
         else:
             self.connection = http.client.HTTPConnection(host, port, timeout=timeout)
         connection = self.connection
-
-        self._timer: threading.Timer | None = None
+        # The timeout bounds each read; this bounds the whole send: a
+        # receiver that answers a byte at a time is cut off.
+        self.cutoff = cutoff = Cutoff(timeout)
 
         def connect() -> None:
             sock = socket.create_connection((address, port), timeout)
-            # The timeout bounds each read; this bounds the whole send: a
-            # receiver that answers a byte at a time is cut off.
-            self._timer = threading.Timer(timeout, _cut, args=(sock,))
-            self._timer.daemon = True
-            self._timer.start()
+            cutoff.arm(sock)
             if scheme == "https":
                 sock = context.wrap_socket(sock, server_hostname=host)
             connection.sock = sock
@@ -295,12 +288,95 @@ class _PinnedConnection:
         return self.connection.getresponse()
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self.cutoff.close()
         self.connection.close()
 
 
-def _cut(sock: socket.socket) -> None:
+def severities_and_timeout(
+    where: str, settings: Mapping[str, Any]
+) -> tuple[tuple[str, ...], float]:
+    """The ``severities`` and ``timeout`` every channel has, checked."""
+    severities = settings.get("severities", SEVERITIES)
+    if (
+        isinstance(severities, str)
+        or not isinstance(severities, (list, tuple))
+        or not all(s in SEVERITIES for s in severities)
+    ):
+        raise ConfigError(f"{where}.severities", severities, f"a list of {', '.join(SEVERITIES)}")
+    timeout = settings.get("timeout", 10.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 60:
+        raise ConfigError(f"{where}.timeout", timeout, "seconds, > 0 and <= 60")
+    return tuple(severities), float(timeout)
+
+
+def check_ca_file(where: str, ca_file: Any) -> None:
+    """A ``ca_file`` setting: a PEM file of certificates that loads."""
+    if not isinstance(ca_file, str) or not ca_file:
+        raise ConfigError(f"{where}.ca_file", ca_file, "the path of a PEM file of certificates")
+    try:
+        ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"{where}.ca_file", ca_file,
+            f"the path of a PEM file of certificates ({type(exc).__name__})",
+        ) from None  # fmt: skip
+
+
+def vetted_address(host: str, port: int, allow_private: bool, what: str) -> str | Delivery:
+    """The address to connect to for ``host``, or why not: unless
+    ``allow_private``, every address the name resolves to must be public
+    (one that is not fails the channel: every notice would meet it)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = [str(info[4][0]) for info in infos]
+    if not addresses:
+        return Delivery(False, f"{what} has no address")
+    if not allow_private:
+        for address in addresses:
+            why = refused_address(address)
+            if why:
+                return Delivery(
+                    False, f"{what} resolves to {why} (allow_private is off)",
+                    permanent=True, broken=True,
+                )  # fmt: skip
+    return addresses[0]
+
+
+class Cutoff:
+    """Bounds a whole send: each read has the timeout, and this shuts the
+    connection when the send as a whole outlasts it (a server that answers a
+    byte at a time). It shuts a duplicate of the socket's descriptor, which
+    reaches the connection however TLS has wrapped the socket since."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.fired = False
+        self._lock = threading.Lock()
+        self._guard: socket.socket | None = None
+        self._timer = threading.Timer(timeout, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def arm(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._guard = sock.dup()
+            if self.fired:
+                _shut(self._guard)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            if self._guard is not None:
+                _shut(self._guard)
+
+    def close(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            if self._guard is not None:
+                self._guard.close()
+                self._guard = None
+
+
+def _shut(sock: socket.socket) -> None:
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:  # closed already
@@ -320,7 +396,14 @@ def _retry_after(value: str | None) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
-Channel = WebhookChannel
+class Channel(Protocol):
+    """What the sender needs of a channel (a webhook's or an email's)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def severities(self) -> tuple[str, ...]: ...
+    def send(self, key: str, notice: Mapping[str, Any]) -> Delivery: ...
 
 
 def channels_from_config(data: Any) -> dict[str, Channel]:
@@ -332,10 +415,19 @@ def channels_from_config(data: Any) -> dict[str, Channel]:
     for name, settings in data.items():
         if not isinstance(name, str) or not name or len(name) > 64:
             raise ConfigError(_OPTION, name, "channel names of 1 to 64 characters")
+        if _built(settings):  # checked when made (AegisSettings.replace passes them again)
+            out[name] = settings
+            continue
         if not isinstance(settings, Mapping):
             raise ConfigError(f"{_OPTION}.{name}", "(not shown)", "a mapping of channel settings")
         out[name] = _channel(name, settings)
     return out
+
+
+def _built(settings: Any) -> bool:
+    from .email_channel import EmailChannel
+
+    return isinstance(settings, (WebhookChannel, EmailChannel))
 
 
 def _channel(name: str, settings: Mapping[str, Any]) -> Channel:
@@ -343,7 +435,11 @@ def _channel(name: str, settings: Mapping[str, Any]) -> Channel:
     kind = settings.get("type")
     if kind not in KINDS:
         raise ConfigError(f"{where}.type", kind, f"one of {', '.join(KINDS)}")
-    known = {"type", "severities", "url", "allow_private", "timeout"}
+    if kind == "email":  # its own module: SMTP settings share nothing with a URL's
+        from .email_channel import email_from_config
+
+        return email_from_config(name, settings)
+    known = {"type", "severities", "url", "allow_private", "timeout", "ca_file"}
     if kind == "webhook":  # Slack's hooks are not signed: the URL is the secret
         known.add("secret")
     if kind == "pagerduty":
@@ -351,13 +447,7 @@ def _channel(name: str, settings: Mapping[str, Any]) -> Channel:
     for key in settings:
         if key not in known:
             raise ConfigError(f"{where}.{key}", "(not shown)", f"one of {', '.join(sorted(known))}")
-    severities = settings.get("severities", SEVERITIES)
-    if (
-        isinstance(severities, str)
-        or not isinstance(severities, (list, tuple))
-        or not all(s in SEVERITIES for s in severities)
-    ):
-        raise ConfigError(f"{where}.severities", severities, f"a list of {', '.join(SEVERITIES)}")
+    severities, timeout = severities_and_timeout(where, settings)
     routing_key = ""
     if kind == "pagerduty":
         raw_key = settings.get("routing_key")
@@ -391,15 +481,12 @@ def _channel(name: str, settings: Mapping[str, Any]) -> Channel:
     except ValueError:
         literal = None
     if literal is not None and not allow_private:
-        why = _refused_address(str(literal))
+        why = refused_address(str(literal))
         if why:
             raise ConfigError(
                 f"{where}.url", "(not shown)",
                 f"a public address: this one is {why} (set allow_private to send there)",
             )  # fmt: skip
-    timeout = settings.get("timeout", 10.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 60:
-        raise ConfigError(f"{where}.timeout", timeout, "seconds, > 0 and <= 60")
     secret: bytes | None = None
     raw = settings.get("secret")
     if raw is not None:
@@ -414,9 +501,15 @@ def _channel(name: str, settings: Mapping[str, Any]) -> Channel:
             ) from None
         if len(secret) < 16:
             raise ConfigError(f"{where}.secret", "(not shown)", "at least 16 bytes of secret")
+    ca_file = settings.get("ca_file")
+    if ca_file is not None:
+        if parts.scheme != "https":
+            raise ConfigError(f"{where}.ca_file", ca_file, "no ca_file for an http:// URL")
+        check_ca_file(where, ca_file)
     if kind == "pagerduty":
         return PagerDutyChannel(
-            name, url, None, tuple(severities), allow_private, float(timeout), routing_key
-        )
+            name, url, None, severities, allow_private, timeout, ca_file,
+            routing_key,
+        )  # fmt: skip
     made = SlackChannel if kind == "slack" else WebhookChannel
-    return made(name, url, secret, tuple(severities), allow_private, float(timeout))
+    return made(name, url, secret, severities, allow_private, timeout, ca_file)

@@ -295,10 +295,8 @@ def _alert_rules(value: Any) -> tuple[Any, ...]:
 def _alert_channels(value: Any) -> Mapping[str, Any]:
     """Channel names to their settings, or JSON text of that mapping; each
     checked (and its secrets read) by aegis_mw.alerts.channels."""
-    from ..alerts.channels import WebhookChannel, channels_from_config
+    from ..alerts.channels import channels_from_config
 
-    if isinstance(value, Mapping) and all(isinstance(v, WebhookChannel) for v in value.values()):
-        return dict(value)  # checked already (AegisSettings.replace checks again)
     if isinstance(value, str):
         try:
             value = json.loads(value) if value.strip() else {}

@@ -213,6 +213,10 @@ def test_the_hosts_own_network_is_refused_at_send_time(sink: Any, httpserver: HT
          "alert_channels.c.secret", "at least 16 bytes"),
         ({"type": "webhook", "url": "https://h.example", "secret": "not base64!"},
          "alert_channels.c.secret", "base64"),
+        ({"type": "webhook", "url": "http://h.example", "ca_file": "x.pem"},
+         "alert_channels.c.ca_file", "no ca_file for an http:// URL"),
+        ({"type": "webhook", "url": "https://h.example", "ca_file": "no-such.pem"},
+         "alert_channels.c.ca_file", "a PEM file of certificates (FileNotFoundError)"),
         ({"type": "webhook", "url": "https://h.example", "timeout": 0}, "alert_channels.c.timeout",
          "> 0 and <= 60"),
         ({"type": "webhook", "url": "https://h.example", "severities": ["page"]},
@@ -378,6 +382,88 @@ def test_a_receiver_that_answers_a_byte_at_a_time_is_cut_off() -> None:
     listener.close()
     assert not result.delivered and not result.permanent
     assert took < 3.0, took
+
+
+def test_a_tls_receiver_that_answers_a_byte_at_a_time_is_cut_off(
+    certificate: tuple[Path, Path],
+) -> None:
+    """Over TLS too (the cut reaches the connection however TLS wrapped it),
+    with a private CA trusted through ca_file."""
+    import socket
+    import ssl
+    import threading
+    import time
+
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(*certificate)
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        raw, _ = listener.accept()
+        with server.wrap_socket(raw, server_side=True) as connection:
+            connection.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 100:
+                if stop.wait(0.2):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=drip)
+    thread.start()
+    [channel] = channels_from_config({
+        "slow": {"type": "webhook", "url": f"https://localhost:{listener.getsockname()[1]}/h",
+                 "allow_private": True, "timeout": 1.0, "ca_file": str(certificate[0])},
+    }).values()  # fmt: skip
+    started = time.monotonic()
+    result = channel.send("k", {})
+    took = time.monotonic() - started
+    stop.set()
+    thread.join(10)
+    listener.close()
+    assert not result.delivered and not result.permanent, result
+    assert took < 3.0, took
+
+
+def test_a_private_ca_is_trusted_only_through_ca_file(
+    certificate: tuple[Path, Path],
+) -> None:
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Ok(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever)
+    thread.start()
+    try:
+        url = f"https://localhost:{httpd.server_address[1]}/h"
+        trusting, default = channels_from_config({
+            "trusting": {"type": "webhook", "url": url, "allow_private": True,
+                         "ca_file": str(certificate[0])},
+            "default": {"type": "webhook", "url": url, "allow_private": True},
+        }).values()  # fmt: skip
+        assert trusting.send("k", {}).delivered
+        refused = default.send("k", {})
+        assert (refused.delivered, refused.permanent, refused.broken) == (False, True, True)
+        assert refused.error == "the webhook's TLS certificate was refused"
+    finally:
+        httpd.shutdown()
+        thread.join(10)
+        httpd.server_close()
 
 
 def test_a_slack_channel_gets_one_line_per_notice(sink: Any, httpserver: HTTPServer) -> None:
