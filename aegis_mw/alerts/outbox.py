@@ -47,9 +47,12 @@ from .evaluator import FIRING, Transition
 
 logger = logging.getLogger("aegis_mw.alerts")
 
-#: How long a sender holds a row (renewed as each send starts; a send takes
-#: at most its channel's timeout, 60 s at most, plus the name's lookup).
-CLAIM_SECONDS = 120.0
+#: How long a sender holds the rows it claims until it starts sending each
+#: (a sender that dies leaves them to the others this much later).
+CLAIM_SECONDS = 30.0
+#: Each send holds its row anew, for its channel's timeout (which bounds the
+#: send) twice over plus this, for the address lookup the timeout does not bound.
+SEND_MARGIN = 10.0
 #: Rows claimed at once.
 CLAIM_LIMIT = 20
 #: Backoff: the first retry after about this many seconds, doubling, at most MAX.
@@ -263,10 +266,12 @@ class AlertSender:
                 continue
             # Each send holds its row anew: a batch of slow sends never lets
             # a claim run out under a row still being sent.
-            if not self.store.renew_claim(row.id, row.claim, start + CLAIM_SECONDS, start):
+            channel = self.channels[row.channel]
+            hold = 2 * channel.timeout + SEND_MARGIN
+            if not self.store.renew_claim(row.id, row.claim, start + hold, start):
                 continue
             try:
-                result = self.channels[row.channel].send(row.key, json.loads(row.payload))
+                result = channel.send(row.key, json.loads(row.payload))
             except Exception as exc:  # a channel's own fault: retried, never fatal
                 result = Delivery(False, f"{type(exc).__name__} while sending")
             done = self.wall()
