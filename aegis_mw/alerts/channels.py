@@ -52,6 +52,7 @@ from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from ..core.errors import ConfigError
+from .grouping import ALONE, BY_RULE, GROUPING_KEYS, Grouping, grouping_from_settings
 from .rules import SEVERITIES
 
 KINDS = ("webhook", "slack", "pagerduty", "email")
@@ -127,6 +128,8 @@ class WebhookChannel:
     timeout: float = 10.0
     #: A PEM file of the CA certificates to trust instead of the system's.
     ca_file: str | None = None
+    #: How its notices are grouped and timed (see .grouping).
+    grouping: Grouping = BY_RULE
 
     def payload(self, notice: Mapping[str, Any]) -> dict[str, Any]:
         return {**notice, "receiver": self.name}
@@ -196,25 +199,42 @@ class SlackChannel(WebhookChannel):
         return {"text": slack_text(notice)}
 
 
+def alert_lines(notice: Mapping[str, Any]) -> list[str]:
+    """One line per alert of a notification: ``name kind (severity) labels summary``."""
+    ours = notice.get("aegis") or {}
+    out = []
+    for alert in notice.get("alerts") or [{}]:
+        kind = (alert.get("aegis") or ours).get("kind") or ""
+        if kind in ("", "group"):
+            kind = alert.get("status") or notice.get("status", "")
+        labels = dict(alert.get("labels") or {})
+        name = labels.pop("alertname", "alert")
+        severity = labels.pop("severity", "")
+        where = ", ".join(f"{key}={value}" for key, value in labels.items())
+        summary = (alert.get("annotations") or {}).get("summary", "")
+        parts = [f"{name} {kind}", f"({severity})" if severity else "", where, summary]
+        out.append(" ".join(part for part in parts if part))
+    return out
+
+
 def notice_line(notice: Mapping[str, Any]) -> str:
-    """A notice as one line: ``name kind (severity) labels summary``."""
-    alert = (notice.get("alerts") or [{}])[0]
-    labels = dict(alert.get("labels") or {})
-    name = labels.pop("alertname", "alert")
-    severity = labels.pop("severity", "")
-    kind = (notice.get("aegis") or {}).get("kind", notice.get("status", ""))
-    where = ", ".join(f"{key}={value}" for key, value in labels.items())
-    summary = (alert.get("annotations") or {}).get("summary", "")
-    parts = [f"{name} {kind}", f"({severity})" if severity else "", where, summary]
-    return " ".join(part for part in parts if part)
+    """A notification as one line: its alert's, or a group's count."""
+    alerts = notice.get("alerts") or [{}]
+    if len(alerts) == 1:
+        return alert_lines(notice)[0]
+    names = sorted({str((a.get("labels") or {}).get("alertname", "alert")) for a in alerts})
+    firing = sum(1 for a in alerts if a.get("status") == "firing")
+    counts = [f"{firing} firing" if firing else "", f"{len(alerts) - firing} resolved"]
+    return f"{', '.join(names)}: {len(alerts)} alerts, " + ", ".join(c for c in counts if c)
 
 
 def slack_text(notice: Mapping[str, Any]) -> str:
     mark = ":red_circle:" if notice.get("status") == "firing" else ":large_green_circle:"
-    line = notice_line(notice)
-    name, _, rest = line.partition(" ")
-    # Slack reads <, > and & as markup: escaped as its docs ask.
+    name, _, rest = notice_line(notice).partition(" ")
     text = f"{mark} *{name}* {rest}"
+    if len(notice.get("alerts") or []) > 1:
+        text += "".join(f"\n• {line}" for line in alert_lines(notice))
+    # Slack reads <, > and & as markup: escaped as its docs ask.
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
@@ -405,6 +425,8 @@ class Channel(Protocol):
     def severities(self) -> tuple[str, ...]: ...
     @property
     def timeout(self) -> float: ...
+    @property
+    def grouping(self) -> Grouping: ...
     def send(self, key: str, notice: Mapping[str, Any]) -> Delivery: ...
 
 
@@ -441,11 +463,13 @@ def _channel(name: str, settings: Mapping[str, Any]) -> Channel:
         from .email_channel import email_from_config
 
         return email_from_config(name, settings)
-    known = {"type", "severities", "url", "allow_private", "timeout", "ca_file"}
+    known = {"type", "severities", "url", "allow_private", "timeout", "ca_file", *GROUPING_KEYS}
     if kind == "webhook":  # Slack's hooks are not signed: the URL is the secret
         known.add("secret")
     if kind == "pagerduty":
+        # An incident per alert episode: never grouped, only repeated.
         known.add("routing_key")
+        known -= {"group_by", "group_wait", "group_interval"}
     for key in settings:
         if key not in known:
             raise ConfigError(f"{where}.{key}", "(not shown)", f"one of {', '.join(sorted(known))}")
@@ -511,7 +535,8 @@ def _channel(name: str, settings: Mapping[str, Any]) -> Channel:
     if kind == "pagerduty":
         return PagerDutyChannel(
             name, url, None, severities, allow_private, timeout, ca_file,
-            routing_key,
+            grouping_from_settings(where, settings, ALONE), routing_key,
         )  # fmt: skip
     made = SlackChannel if kind == "slack" else WebhookChannel
-    return made(name, url, secret, severities, allow_private, timeout, ca_file)
+    grouping = grouping_from_settings(where, settings)
+    return made(name, url, secret, severities, allow_private, timeout, ca_file, grouping)

@@ -45,6 +45,7 @@ from ..core.errors import ConfigError
 from .channels import (
     Cutoff,
     Delivery,
+    alert_lines,
     check_ca_file,
     notice_line,
     refused_address,
@@ -52,6 +53,7 @@ from .channels import (
     severities_and_timeout,
     vetted_address,
 )
+from .grouping import BY_RULE, GROUPING_KEYS, Grouping, grouping_from_settings
 from .rules import SEVERITIES
 
 logger = logging.getLogger("aegis_mw.alerts")
@@ -63,7 +65,7 @@ ID_DOMAIN = "aegis_mw"
 _KNOWN = frozenset(
     {
         "type", "host", "port", "security", "username", "password", "sender", "to",
-        "ca_file", "severities", "timeout", "allow_private",
+        "ca_file", "severities", "timeout", "allow_private", *GROUPING_KEYS,
     }
 )  # fmt: skip
 _HOST = re.compile(
@@ -92,6 +94,8 @@ class EmailChannel:
     severities: tuple[str, ...] = SEVERITIES
     allow_private: bool = False
     timeout: float = 10.0
+    #: How its notices are grouped and timed (see .grouping).
+    grouping: Grouping = BY_RULE
 
     def message(self, key: str, notice: Mapping[str, Any]) -> EmailMessage:
         """The mail of one notice (the same for every retry, but its Date)."""
@@ -235,8 +239,13 @@ class _PinnedSMTP(smtplib.SMTP):
 
 
 def email_subject(notice: Mapping[str, Any]) -> str:
-    """``[FIRING] name (severity) labels summary``: one line, no controls."""
+    """``[FIRING] name (severity) labels summary`` (a group's: ``[FIRING:3]
+    name: 3 alerts, ...``): one line, no controls."""
     kind = _kind(notice)
+    alerts = notice.get("alerts") or [{}]
+    if len(alerts) > 1:
+        tag = f"{str(notice.get('status', '')).upper()}:{len(alerts)}"
+        return _clean(f"[{tag}] {notice_line(notice)}")[:250]
     name, _, rest = notice_line(notice).partition(" ")
     rest = rest.removeprefix(kind).lstrip() if rest == kind or rest.startswith(kind + " ") else rest
     tag = kind.replace("_", " ").upper() or "NOTICE"
@@ -244,29 +253,34 @@ def email_subject(notice: Mapping[str, Any]) -> str:
 
 
 def email_body(notice: Mapping[str, Any], channel: str) -> str:
-    """The plain text of a notice: what, when, its labels and annotations."""
-    alert = (notice.get("alerts") or [{}])[0]
+    """The plain text of a notice (each alert of a group's in turn): what,
+    when, its labels and annotations."""
     ours = notice.get("aegis") or {}
-    value = ours.get("value")
-    lines = [
-        _clean(notice_line(notice)),
-        "",
-        f"Notice:   {_clean(_kind(notice))}",
-        f"Value:    {'no data' if value is None else _clean(str(value))}",
-    ]
-    for title, key in (("Started:  ", "startsAt"), ("Ended:    ", "endsAt")):
-        stamp = str(alert.get(key) or "")
-        if stamp and not stamp.startswith("0001-"):  # Alertmanager's zero time: not set
-            lines.append(title + _clean(stamp))
-    for title, values in (
-        ("Labels:", alert.get("labels")),
-        ("Annotations:", alert.get("annotations")),
-    ):
-        if values:
-            lines.append(title)
-            lines += [f"  {_clean(str(k))} = {_clean(str(v))}" for k, v in dict(values).items()]
-    if ours.get("episode"):
-        lines.append(f"Episode:  {_clean(str(ours['episode']))}")
+    alerts = notice.get("alerts") or [{}]
+    lines = [_clean(notice_line(notice))]
+    for alert, line in zip(alerts, alert_lines(notice), strict=True):
+        details = alert.get("aegis") or ours
+        value = details.get("value")
+        if len(alerts) > 1:
+            lines += ["", _clean(line)]
+        lines += [
+            "",
+            f"Notice:   {_clean(str(details.get('kind') or alert.get('status') or ''))}",
+            f"Value:    {'no data' if value is None else _clean(str(value))}",
+        ]
+        for title, key in (("Started:  ", "startsAt"), ("Ended:    ", "endsAt")):
+            stamp = str(alert.get(key) or "")
+            if stamp and not stamp.startswith("0001-"):  # Alertmanager's zero time: not set
+                lines.append(title + _clean(stamp))
+        for title, values in (
+            ("Labels:", alert.get("labels")),
+            ("Annotations:", alert.get("annotations")),
+        ):
+            if values:
+                lines.append(title)
+                lines += [f"  {_clean(str(k))} = {_clean(str(v))}" for k, v in dict(values).items()]
+        if details.get("episode"):
+            lines.append(f"Episode:  {_clean(str(details['episode']))}")
     lines += ["", f"-- aegis_mw, alert channel {_clean(channel)}"]
     return "\n".join(lines) + "\n"
 
@@ -338,7 +352,7 @@ def email_from_config(name: str, settings: Mapping[str, Any]) -> EmailChannel:
     severities, timeout = severities_and_timeout(where, settings)
     return EmailChannel(
         name, host, sender, recipients, port, security, username, password, ca_file,
-        severities, allow_private, timeout,
+        severities, allow_private, timeout, grouping_from_settings(where, settings),
     )  # fmt: skip
 
 

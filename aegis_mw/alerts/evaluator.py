@@ -387,7 +387,8 @@ def _episode(rule: str, group: Group, fired_at: float) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _labels(rule: AlertRule, group: Group) -> dict[str, str]:
+def alert_labels(rule: AlertRule, group: Group) -> dict[str, str]:
+    """An alert's labels: its name, severity, the rule's labels and its group."""
     labels = {"alertname": rule.name, "severity": rule.severity, **rule.labels}
     labels.update(group)
     return labels
@@ -431,6 +432,6 @@ def _transition(
         to_state=kind if to_state is None else to_state, at=now, value=instance.value,
         severity=rule.severity, episode=instance.episode if episode is None else episode,
         notify=notify,
-        labels=_labels(rule, instance.group),
+        labels=alert_labels(rule, instance.group),
         annotations=render(rule, instance.group, instance.value),
     )  # fmt: skip

@@ -38,12 +38,13 @@ import logging
 import random
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from .channels import Channel, Delivery
 from .evaluator import FIRING, Transition
+from .grouping import group_payload, notification_key
 
 logger = logging.getLogger("aegis_mw.alerts")
 
@@ -54,7 +55,7 @@ CLAIM_SECONDS = 30.0
 #: send) twice over plus this, for the address lookup the timeout does not bound.
 SEND_MARGIN = 10.0
 #: Rows claimed at once.
-CLAIM_LIMIT = 20
+CLAIM_LIMIT = 200
 #: Backoff: the first retry after about this many seconds, doubling, at most MAX.
 BACKOFF_FIRST = 2.0
 BACKOFF_MAX = 300.0
@@ -78,6 +79,8 @@ class Notice(NamedTuple):
     payload: str
     #: The transition's time.
     at: float
+    #: The alert's labels (its group, per channel: see .grouping).
+    labels: Mapping[str, str] = {}
 
 
 class Claimed(NamedTuple):
@@ -89,6 +92,11 @@ class Claimed(NamedTuple):
     payload: str
     attempts: int
     claim: str
+    #: The row's group on its channel ('' for none: sent alone).
+    group_key: str = ""
+    #: Whether a notice of the row's episode was delivered on its channel
+    #: before it (a resolve is sent only where its firing was).
+    announced: bool = True
 
 
 class ChannelState(NamedTuple):
@@ -158,6 +166,7 @@ def notices_for(transitions: Iterable[Transition], channels: Mapping[str, Channe
         if not transition.notify:
             continue
         payload = json.dumps(notice_payload(transition), separators=(",", ":"))
+        labels = dict(transition.labels)
         key = f"{transition.episode or transition.rule}.{transition.kind}.{transition.at:.3f}"
         alert = json.dumps([transition.rule, [list(pair) for pair in transition.group]])
         if transition.to_state == FIRING or transition.kind == "flapping":
@@ -165,9 +174,11 @@ def notices_for(transitions: Iterable[Transition], channels: Mapping[str, Channe
             about = dict(transition.group).get("channel")
             for name, channel in channels.items():
                 if transition.severity in channel.severities and name != about:
-                    out.append(Notice(name, key, alert, transition.episode, payload, transition.at))
+                    out.append(
+                        Notice(name, key, alert, transition.episode, payload, transition.at, labels)
+                    )
         else:
-            out.append(Notice(None, key, alert, transition.episode, payload, transition.at))
+            out.append(Notice(None, key, alert, transition.episode, payload, transition.at, labels))
     return out
 
 
@@ -257,26 +268,50 @@ class AlertSender:
             if disabled[name].probe_at <= now:  # one row, to see whether it works again
                 claimed += self.store.claim_notices(self.claimer, now, CLAIM_SECONDS, 1, [name])
         broken: set[str] = set()
-        for row in claimed:
+        for batch in _batches(claimed):
             if self._stop.is_set():
                 break  # stopping: the rest are sent by whoever claims them next
-            start = self.wall()
-            if row.channel in broken:  # disabled by an earlier row: let the rest go at once
-                self.store.renew_claim(row.id, row.claim, start, start)
-                continue
-            # Each send holds its row anew: a batch of slow sends never lets
-            # a claim run out under a row still being sent.
-            channel = self.channels[row.channel]
-            hold = 2 * channel.timeout + SEND_MARGIN
-            if not self.store.renew_claim(row.id, row.claim, start + hold, start):
-                continue
-            try:
-                result = channel.send(row.key, json.loads(row.payload))
-            except Exception as exc:  # a channel's own fault: retried, never fatal
-                result = Delivery(False, f"{type(exc).__name__} while sending")
-            done = self.wall()
-            self._finish(row, result, start, done, states.get(row.channel), broken)
+            self._send_batch(batch, states, broken)
         return len(claimed)
+
+    def _send_batch(
+        self, batch: list[Claimed], states: Mapping[str, ChannelState], broken: set[str]
+    ) -> None:
+        """Send one group's rows as one notification (or one row alone)."""
+        start = self.wall()
+        name = batch[0].channel
+        if name in broken:  # disabled by an earlier batch: let the rows go at once
+            for row in batch:
+                self.store.renew_claim(row.id, row.claim, start, start)
+            return
+        channel = self.channels[name]
+        hold = 2 * channel.timeout + SEND_MARGIN
+        rows: list[Claimed] = []
+        payloads = []
+        for row in batch:
+            payload = json.loads(row.payload)
+            if payload.get("status") == "resolved" and not row.announced:
+                # Its firing never reached this channel: no resolve of nothing.
+                self.store.finish_notice(
+                    row.id, row.claim, "skipped", start, "its firing was not delivered here",
+                    start,
+                )  # fmt: skip
+                continue
+            # Each send holds its rows anew: a batch of slow sends never lets
+            # a claim run out under a row still being sent.
+            if self.store.renew_claim(row.id, row.claim, start + hold, start):
+                rows.append(row)
+                payloads.append(payload)
+        if not rows:
+            return
+        notice = group_payload(payloads, rows[0].group_key)
+        try:
+            result = channel.send(notification_key([row.key for row in rows]), notice)
+        except Exception as exc:  # a channel's own fault: retried, never fatal
+            result = Delivery(False, f"{type(exc).__name__} while sending")
+        done = self.wall()
+        for row in rows:
+            self._finish(row, result, start, done, states.get(name), broken)
 
     def _finish(
         self, row: Claimed, result: Delivery, start: float, done: float,
@@ -293,6 +328,8 @@ class AlertSender:
                 row.id, row.claim, "pending", done, result.error, done,
                 outcome="disabled", seconds=took,
             )  # fmt: skip
+            if row.channel in broken:
+                return  # disabled by another row of this notification
             fingerprint = self.fingerprints[row.channel]
             again = state is not None and state.fingerprint == fingerprint
             self.store.disable_channel(
@@ -320,6 +357,15 @@ class AlertSender:
             self.store.finish_notice(
                 row.id, row.claim, "pending", done + wait, result.error, done, seconds=took
             )
+
+
+def _batches(claimed: Sequence[Claimed]) -> list[list[Claimed]]:
+    """Claimed rows by notification: a group's rows on its channel together,
+    a row of no group alone; in the order of their first row."""
+    out: dict[tuple[str, str] | int, list[Claimed]] = {}
+    for row in claimed:
+        out.setdefault((row.channel, row.group_key) if row.group_key else row.id, []).append(row)
+    return list(out.values())
 
 
 def _run(ref: weakref.ReferenceType[AlertSender], stop: threading.Event) -> None:

@@ -26,9 +26,19 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .channels import Channel
-from .evaluator import FIRING, NODATA, PENDING, Instance, Key, evaluate, render
+from .evaluator import (
+    FIRING,
+    NODATA,
+    PENDING,
+    Instance,
+    Key,
+    Transition,
+    alert_labels,
+    evaluate,
+    render,
+)  # fmt: skip
 from .figures import SETTLE_SECONDS, RecentRollups, RollupReader, collect
-from .outbox import AlertSender, ChannelState, notices_for
+from .outbox import AlertSender, ChannelState, Notice, notices_for
 from .rules import SEVERITIES, AlertRule
 from .store import SHOWN, AlertStore, changes_between
 
@@ -201,9 +211,12 @@ class AlertService:
         # Renewed as it commits: the lease outlives a tick that took long.
         renew_until = self.wall() + self.interval * LEASE_INTERVALS
         notices = notices_for(result.transitions, self.channels)
+        notices += self._repeats(result.instances, now)
+        groupings = {name: channel.grouping for name, channel in self.channels.items()}
         if not self.store.commit(
-            self.holder, token, changed, removed, result.transitions, renew_until, notices
-        ):
+            self.holder, token, changed, removed, result.transitions, renew_until, notices,
+            groupings,
+        ):  # fmt: skip
             self.token = None  # fenced out: another process evaluates now
             return
         self._instances = result.instances
@@ -218,6 +231,37 @@ class AlertService:
         if now - self._pruned_at >= PRUNE_EVERY:
             self._pruned_at = now
             self.store.prune_history(now - self.retention, PRUNE_LIMIT)
+
+    def _repeats(self, instances: Mapping[Key, Instance], now: float) -> list[Notice]:
+        """A notice again of each alert still firing whose last notice to a
+        channel (delivered, none pending) is its ``repeat_interval`` old."""
+        if not self.channels:
+            return []
+        firing = {
+            instance.announced_episode or instance.episode: instance
+            for instance in instances.values()
+            if instance.state == FIRING and instance.announced == FIRING
+        }
+        if not firing:
+            return []
+        rules = {rule.name: rule for rule in self.rules}
+        out: list[Notice] = []
+        for name, episode, last, pending, delivered in self.store.episode_notices(sorted(firing)):
+            channel = self.channels.get(name)
+            instance = firing[episode]
+            rule = rules.get(instance.rule)
+            if channel is None or rule is None or pending or not delivered:
+                continue
+            if now - last < channel.grouping.repeat_interval:
+                continue
+            again = Transition(
+                rule=rule.name, group=instance.group, kind="repeat", from_state=FIRING,
+                to_state=FIRING, at=now, value=instance.value, severity=rule.severity,
+                episode=episode, notify=True, labels=alert_labels(rule, instance.group),
+                annotations=render(rule, instance.group, instance.value),
+            )  # fmt: skip
+            out += notices_for([again], {name: channel})
+        return out
 
     def _read_channels(self) -> dict[tuple[tuple[str, str], ...], float] | Exception:
         """Each channel's ``channel_disabled`` value (1 when disabled with
@@ -277,7 +321,7 @@ class AlertService:
 
 
 #: The states of an outbox row.
-NOTICE_STATES = ("pending", "delivered", "failed")
+NOTICE_STATES = ("pending", "delivered", "failed", "skipped")
 _SEVERITY_ORDER = {"critical": 0, "error": 1, "warning": 2, "info": 3}
 _STATE_ORDER = {FIRING: 0, PENDING: 1}
 

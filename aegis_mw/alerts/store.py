@@ -31,6 +31,7 @@ from dataclasses import fields
 from typing import Any, Protocol
 
 from .evaluator import FIRING, INACTIVE, PENDING, Instance, Key, Transition
+from .grouping import ALONE, Grouping
 from .outbox import ChannelState, Claimed, Notice
 
 LEASE = "evaluator"
@@ -64,10 +65,13 @@ class AlertStore(Protocol):
         transitions: list[Transition],
         renew_until: float,
         notices: Sequence[Notice] = (),
+        groupings: Mapping[str, Grouping] | None = None,
     ) -> bool:
         """Store an evaluation's changes and its notices' outbox rows in one
         transaction, if ``holder`` still holds the lease with ``token``, and
-        renew the lease until ``renew_until``; False (nothing written) if not."""
+        renew the lease until ``renew_until``; False (nothing written) if not.
+        Each row is due as its channel's grouping says (``groupings``, by
+        channel; a channel not there sends each notice alone, at once)."""
 
     def claim_notices(
         self, claimer: str, now: float, hold: float, limit: int, channels: Sequence[str]
@@ -92,6 +96,10 @@ class AlertStore(Protocol):
 
     def notices(self, limit: int) -> list[dict[str, Any]]:
         """The latest outbox rows, newest first, without their payloads."""
+
+    def episode_notices(self, episodes: Sequence[str]) -> list[tuple[str, str, float, int, int]]:
+        """Per (channel, episode) of these: the last notice's time, how many
+        are pending, how many were delivered."""
 
     def attempts(self, notices: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
         """The delivery attempts of these outbox rows, oldest first."""
@@ -223,6 +231,7 @@ class MemoryAlertStore:
         transitions: list[Transition],
         renew_until: float,
         notices: Sequence[Notice] = (),
+        groupings: Mapping[str, Grouping] | None = None,
     ) -> bool:
         with self._lock:
             if self._lease[:2] != (holder, token):
@@ -242,13 +251,22 @@ class MemoryAlertStore:
                         for r in self._outbox
                     ):
                         continue
+                    grouping = (groupings or {}).get(channel, ALONE)
+                    group = grouping.key(notice.labels)
+                    rows = [
+                        r
+                        for r in self._outbox
+                        if (r["channel"], r["group_key"]) == (channel, group)
+                    ]
+                    pending = [r["next_at"] for r in rows if r["state"] == "pending"]
+                    sent = [r["done_at"] for r in rows if r["state"] == "delivered"]
                     self._outbox.append({
                         "id": len(self._outbox) + 1, "created_at": notice.at, "channel": channel,
                         "notice_key": notice.key, "alert_key": notice.alert_key,
-                        "episode": notice.episode,
+                        "episode": notice.episode, "group_key": group,
                         "payload": notice.payload, "state": "pending", "attempts": 0,
-                        "next_at": 0.0, "claimed_by": "", "claimed_until": 0.0,
-                        "last_error": "", "done_at": None,
+                        "next_at": due_at(grouping, group, notice.at, pending, sent),
+                        "claimed_by": "", "claimed_until": 0.0, "last_error": "", "done_at": None,
                     })  # fmt: skip
             for instance in changed:
                 self._instances[(instance.rule, instance.group)] = instance
@@ -293,18 +311,28 @@ class MemoryAlertStore:
             first: dict[tuple[str, str], int] = {}
             for row in pending:
                 first.setdefault((row["channel"], row["alert_key"]), row["id"])
+            # Groups with a row due: their other rows go in the same notification.
+            due_groups = {
+                (r["channel"], r["group_key"]) for r in pending
+                if r["group_key"] and r["next_at"] <= now and r["claimed_until"] < now
+            }  # fmt: skip
             claim = f"{claimer}:{uuid.uuid4().hex}"
             out: list[Claimed] = []
             for row in pending:
                 if len(out) >= limit:
                     break
                 if (
-                    row["next_at"] <= now
+                    (row["next_at"] <= now or (row["channel"], row["group_key"]) in due_groups)
                     and row["claimed_until"] < now
                     and first[(row["channel"], row["alert_key"])] == row["id"]
                 ):
                     row["claimed_by"], row["claimed_until"] = claim, now + hold
-                    out.append(_claimed(row))
+                    announced = any(
+                        r["channel"] == row["channel"] and r["episode"] == row["episode"]
+                        and r["state"] == "delivered" and r["id"] < row["id"]
+                        for r in self._outbox
+                    )  # fmt: skip
+                    out.append(_claimed(row)._replace(announced=announced))
             return out
 
     def renew_claim(self, row: int, claim: str, until: float, now: float) -> bool:
@@ -341,6 +369,18 @@ class MemoryAlertStore:
         with self._lock:
             rows = [_notice_view(r) for r in self._outbox]
         return rows[::-1][:limit]
+
+    def episode_notices(self, episodes: Sequence[str]) -> list[tuple[str, str, float, int, int]]:
+        wanted = set(episodes)
+        out: dict[tuple[str, str], list[Any]] = {}
+        with self._lock:
+            for row in self._outbox:
+                if row["episode"] in wanted:
+                    item = out.setdefault((row["channel"], row["episode"]), [0.0, 0, 0])
+                    item[0] = max(item[0], row["created_at"])
+                    item[1] += row["state"] == "pending"
+                    item[2] += row["state"] == "delivered"
+        return [(c, e, float(v[0]), int(v[1]), int(v[2])) for (c, e), v in out.items()]
 
     def attempts(self, notices: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
         wanted = set(notices)
@@ -475,13 +515,14 @@ class SQLAlertStore:
         transitions: list[Transition],
         renew_until: float,
         notices: Sequence[Notice] = (),
+        groupings: Mapping[str, Grouping] | None = None,
     ) -> bool:
         with self._transaction() as connection:
             current, held, _ = self._lease_row(connection)
             if (current, held) != (holder, token):
                 return False
             if notices:
-                self._add_notices(connection, notices)
+                self._add_notices(connection, notices, groupings or {})
             connection.execute(
                 self._sql("UPDATE aegis_alert_lease SET expires_at = ? WHERE name = ?"),
                 (renew_until, LEASE),
@@ -552,11 +593,15 @@ class SQLAlertStore:
             for row in rows
         ]
 
-    def _add_notices(self, connection: Any, notices: Sequence[Notice]) -> None:
+    def _add_notices(
+        self, connection: Any, notices: Sequence[Notice], groupings: Mapping[str, Grouping]
+    ) -> None:
         rows = []
         # Channels given a notice of each episode by this batch (a firing
-        # and its resolve can come in one evaluation).
+        # and its resolve can come in one evaluation), and the groups this
+        # batch scheduled.
         batch: dict[str, set[str]] = {}
+        scheduled: dict[tuple[str, str], float] = {}
         for notice in notices:
             if notice.channel is not None:
                 targets = [notice.channel]
@@ -567,20 +612,46 @@ class SQLAlertStore:
                 ).fetchall()
                 targets = sorted({str(row[0]) for row in stored} | batch.get(notice.episode, set()))
             batch.setdefault(notice.episode, set()).update(targets)
-            rows += [
-                (notice.at, channel, notice.key, notice.alert_key, notice.episode, notice.payload)
-                for channel in targets
-            ]
+            for channel in targets:
+                grouping = groupings.get(channel, ALONE)
+                key = grouping.key(notice.labels)
+                due = scheduled.get((channel, key))
+                if due is None:
+                    due = self._due_at(connection, grouping, channel, key, notice.at)
+                    if key:
+                        scheduled[(channel, key)] = due
+                rows.append((
+                    notice.at, channel, notice.key, notice.alert_key, notice.episode,
+                    notice.payload, due, key,
+                ))  # fmt: skip
         if rows:
             connection.cursor().executemany(
                 self._sql(
                     "INSERT INTO aegis_alert_outbox (created_at, channel, notice_key, alert_key, "
                     "episode, payload, state, attempts, next_at, claimed_by, claimed_until, "
-                    "last_error) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, 0, '', 0, '') "
+                    "last_error, group_key) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, '', 0, '', ?) "
                     "ON CONFLICT (channel, notice_key) DO NOTHING"
                 ),
                 rows,
             )
+
+    def _due_at(
+        self, connection: Any, grouping: Grouping, channel: str, key: str, at: float
+    ) -> float:
+        if not key:
+            return due_at(grouping, key, at, [], [])
+        pending, sent = connection.execute(
+            self._sql(
+                "SELECT min(CASE WHEN state = 'pending' THEN next_at END), "
+                "max(CASE WHEN state = 'delivered' THEN done_at END) FROM aegis_alert_outbox "
+                "WHERE channel = ? AND group_key = ?"
+            ),
+            (channel, key),
+        ).fetchone()
+        return due_at(
+            grouping, key, at, [] if pending is None else [pending], [] if sent is None else [sent]
+        )
 
     def claim_notices(
         self, claimer: str, now: float, hold: float, limit: int, channels: Sequence[str]
@@ -602,6 +673,17 @@ class SQLAlertStore:
             ).fetchone()
         if found is None:
             return []
+        # A row is taken when it is due, or when a row of its group on its
+        # channel is (they go in one notification); and only when it is the
+        # oldest pending row of its alert on its channel (in order).
+        wanted = (
+            f"o.state = 'pending' AND o.claimed_until < ? AND o.channel IN ({marks}) "
+            "AND (o.next_at <= ? OR (o.group_key <> '' AND EXISTS (SELECT 1 FROM "
+            "aegis_alert_outbox d WHERE d.channel = o.channel AND d.group_key = o.group_key "
+            "AND d.state = 'pending' AND d.next_at <= ? AND d.claimed_until < ?))) "
+            "AND NOT EXISTS (SELECT 1 FROM aegis_alert_outbox p WHERE p.channel = "
+            "o.channel AND p.alert_key = o.alert_key AND p.state = 'pending' AND p.id < o.id)"
+        )
         # A claim of its own: the rows this call marked, and no others.
         claim = f"{claimer}:{uuid.uuid4().hex}"
         skip = "" if self.dialect == "sqlite" else " FOR UPDATE SKIP LOCKED"
@@ -609,21 +691,26 @@ class SQLAlertStore:
             connection.execute(
                 self._sql(
                     "UPDATE aegis_alert_outbox SET claimed_by = ?, claimed_until = ? "
-                    f"WHERE id IN (SELECT o.id FROM aegis_alert_outbox o WHERE {due} "
-                    "AND NOT EXISTS (SELECT 1 FROM aegis_alert_outbox p WHERE p.channel = "
-                    "o.channel AND p.alert_key = o.alert_key AND p.state = 'pending' "
-                    f"AND p.id < o.id) ORDER BY o.id LIMIT ?{skip})"
+                    f"WHERE id IN (SELECT o.id FROM aegis_alert_outbox o WHERE {wanted} "
+                    f"ORDER BY o.id LIMIT ?{skip})"
                 ),
-                (claim, now + hold, now, now, *channels, limit),
+                (claim, now + hold, now, *channels, now, now, now, limit),
             )
             rows = connection.execute(
                 self._sql(
-                    "SELECT id, channel, notice_key, payload, attempts FROM aegis_alert_outbox "
-                    "WHERE claimed_by = ? ORDER BY id"
+                    "SELECT o.id, o.channel, o.notice_key, o.payload, o.attempts, o.group_key, "
+                    "EXISTS (SELECT 1 FROM aegis_alert_outbox f WHERE f.channel = o.channel "
+                    "AND f.episode = o.episode AND f.state = 'delivered' AND f.id < o.id) "
+                    "FROM aegis_alert_outbox o WHERE o.claimed_by = ? ORDER BY o.id"
                 ),
                 (claim,),
             ).fetchall()
-        return [Claimed(int(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4]), claim) for r in rows]
+        return [
+            Claimed(
+                int(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4]), claim, str(r[5]), bool(r[6])
+            )
+            for r in rows
+        ]
 
     def renew_claim(self, row: int, claim: str, until: float, now: float) -> bool:
         with self._transaction() as connection:
@@ -671,6 +758,22 @@ class SQLAlertStore:
         names = ("id", "created_at", "channel", "notice_key", "episode", "state", "attempts",
                  "next_at", "last_error", "done_at")  # fmt: skip
         return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def episode_notices(self, episodes: Sequence[str]) -> list[tuple[str, str, float, int, int]]:
+        if not episodes:
+            return []
+        marks = ", ".join("?" for _ in episodes)
+        with self._read() as connection:
+            rows = connection.execute(
+                self._sql(
+                    "SELECT channel, episode, max(created_at), "
+                    "sum(CASE WHEN state = 'pending' THEN 1 ELSE 0 END), "
+                    "sum(CASE WHEN state = 'delivered' THEN 1 ELSE 0 END) "
+                    f"FROM aegis_alert_outbox WHERE episode IN ({marks}) GROUP BY channel, episode"
+                ),
+                tuple(episodes),
+            ).fetchall()
+        return [(str(r[0]), str(r[1]), float(r[2]), int(r[3]), int(r[4])) for r in rows]
 
     def attempts(self, notices: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
         if not notices:
@@ -765,8 +868,25 @@ def _transition_params(transition: Transition, dialect: str) -> tuple[Any, ...]:
 def _claimed(row: Mapping[str, Any]) -> Claimed:
     return Claimed(
         row["id"], row["channel"], row["notice_key"], row["payload"], row["attempts"],
-        row["claimed_by"],
+        row["claimed_by"], row["group_key"],
     )  # fmt: skip
+
+
+def due_at(
+    grouping: Grouping, key: str, at: float, pending: Sequence[float], sent: Sequence[float]
+) -> float:
+    """When a notice raised ``at`` is due on a channel: at once alone; with a
+    group, when the group's pending notification is (``pending``: their due
+    times), else ``group_interval`` after its last delivery (``sent``), or
+    ``group_wait`` from now for a group with none that recent."""
+    if not key:
+        return at
+    if pending:
+        return min(pending)
+    last = max(sent, default=None)
+    if last is None or at - last >= grouping.group_interval:
+        return at + grouping.group_wait
+    return last + grouping.group_interval
 
 
 _NOTICE_FIELDS = (

@@ -253,7 +253,10 @@ _ATTEMPT = {
     "properties": {
         "channel": {"type": "string"},
         "at": {"type": "number"},
-        "outcome": {"type": "string", "enum": ["delivered", "retry", "failed", "disabled"]},
+        "outcome": {
+            "type": "string",
+            "enum": ["delivered", "retry", "failed", "disabled", "skipped"],
+        },
         "error": {"type": "string"},
         "seconds": {"type": "number"},
         "sender": {"type": "string"},
@@ -287,7 +290,7 @@ _NOTICE = {
         "channel": {"type": "string"},
         "notice_key": {"type": "string"},
         "episode": {"type": "string"},
-        "state": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+        "state": {"type": "string", "enum": ["pending", "delivered", "failed", "skipped"]},
         "attempts": {"type": "integer"},
         "next_at": {"type": "number"},
         "last_error": {"type": "string"},

@@ -313,6 +313,12 @@ MIGRATIONS: tuple[tuple[str | Callable[[psycopg.Connection[Any]], None], ...], .
         )
         """,
     ),
+    (
+        # Each outbox row's group on its channel (aegis_mw.alerts.grouping):
+        # a group's rows go in one notification.
+        "ALTER TABLE aegis_alert_outbox ADD COLUMN group_key text NOT NULL DEFAULT ''",
+        "CREATE INDEX aegis_alert_outbox_group ON aegis_alert_outbox (channel, group_key, state)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -241,6 +241,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID
         """,
     ),
+    (
+        # Each outbox row's group on its channel (aegis_mw.alerts.grouping):
+        # a group's rows go in one notification.
+        "ALTER TABLE aegis_alert_outbox ADD COLUMN group_key TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX aegis_alert_outbox_group ON aegis_alert_outbox (channel, group_key, state)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

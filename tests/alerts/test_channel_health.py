@@ -39,8 +39,10 @@ def sink(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
 def two_channels(sink: Any, wall: Wall, server: HTTPServer, **hook: Any) -> AlertService:
     channels = channels_from_config({
         "hook": {"type": "webhook", "url": server.url_for("/hook"), "allow_private": True,
+                 "group_by": ["..."],
                  **hook},
-        "other": {"type": "webhook", "url": server.url_for("/other"), "allow_private": True},
+        "other": {"type": "webhook", "url": server.url_for("/other"), "allow_private": True,
+                  "group_by": ["..."]},
     })  # fmt: skip
     return AlertService([RULE], sink.alert_store(), sink, interval=10, wall=wall, channels=channels)
 
@@ -145,7 +147,14 @@ def test_new_settings_send_at_once_and_enable_the_channel(
     wall = Wall()
     broken = two_channels(sink, wall, httpserver)
     broken.sender.channels["hook"] = channels_from_config(
-        {"hook": {"type": "webhook", "url": httpserver.url_for("/old"), "allow_private": True}}
+        {
+            "hook": {
+                "type": "webhook",
+                "url": httpserver.url_for("/old"),
+                "allow_private": True,
+                "group_by": ["..."],
+            }
+        }
     )["hook"]  # the old deploy's URL, with the same fingerprint as the new one
     broken.sender.fingerprints["hook"] = "old-settings"
     episode(sink, wall, broken)
@@ -183,7 +192,12 @@ async def test_channel_health_on_metrics_and_in_the_api(
     httpserver.expect_request("/hook").respond_with_data("", status=401)
     httpserver.expect_request("/other").respond_with_data("ok")
     channels = {
-        name: {"type": "webhook", "url": httpserver.url_for(f"/{name}"), "allow_private": True}
+        name: {
+            "type": "webhook",
+            "url": httpserver.url_for(f"/{name}"),
+            "allow_private": True,
+            "group_by": ["..."],
+        }
         for name in ("hook", "other")
     }
     aegis, app, clock = await firing_app(make_aegis, alert_channels=channels)
@@ -210,7 +224,7 @@ async def test_channel_health_on_metrics_and_in_the_api(
     assert (hook["name"], hook["state"], hook["reason"]) == (
         "hook", "disabled", "the webhook answered 401"
     )  # fmt: skip
-    assert hook["notices"] == {"pending": 1, "delivered": 0, "failed": 0}
+    assert hook["notices"] == {"pending": 1, "delivered": 0, "failed": 0, "skipped": 0}
     assert (other["name"], other["state"]) == ("other", "ok")
     assert ("aegis_channel_disabled", "firing") in {
         (a["name"], a["state"]) for a in answer["alerts"]

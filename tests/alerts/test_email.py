@@ -134,6 +134,7 @@ def email(server: Server, **settings: Any) -> EmailChannel:
         "type": "email", "host": "127.0.0.1", "port": server.port, "security": "none",
         "sender": "Aegis alerts <alerts@aegis.example>",
         "to": ["ops@aegis.example", "oncall@aegis.example"], "allow_private": True,
+        "group_by": ["..."],
     }  # fmt: skip
     [channel] = channels_from_config({"mail": {**base, **settings}}).values()
     assert isinstance(channel, EmailChannel)

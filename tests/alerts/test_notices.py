@@ -51,7 +51,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
 
 def service(sink: Any, wall: Wall, url: str, **extra: Any) -> AlertService:
     channels = channels_from_config(
-        {"hook": {"type": "webhook", "url": url, "secret": f"whsec_{SECRET}",
+        {"hook": {"type": "webhook", "url": url, "secret": f"whsec_{SECRET}", "group_by": ["..."],
                   "allow_private": True, **extra}}
     )  # fmt: skip
     return AlertService([RULE], sink.alert_store(), sink, interval=10, wall=wall, channels=channels)
@@ -146,8 +146,8 @@ def test_a_receiver_down_for_the_whole_episode_gets_it_in_order(
 
 
 def test_a_notice_refused_for_good_is_not_retried(sink: Any, httpserver: HTTPServer) -> None:
-    """413 refuses this notice, not the channel: failed, and the next one
-    (its resolve) is still sent."""
+    """413 refuses this notice, not the channel: failed, and not retried; its
+    resolve is not sent (no resolve of a firing the receiver never had)."""
     httpserver.expect_request("/hook").respond_with_data("too large", status=413)
     wall = Wall()
     evaluator = service(sink, wall, httpserver.url_for("/hook"))
@@ -155,10 +155,12 @@ def test_a_notice_refused_for_good_is_not_retried(sink: Any, httpserver: HTTPSer
     evaluator.sender.send_due()
     wall.now += 3600
     evaluator.sender.send_due()
-    assert len(httpserver.log) == 2  # the firing, then its resolve: each once
-    rows = evaluator.store.notices(10)
-    assert [r["state"] for r in rows] == ["failed", "failed"]
-    assert rows[0]["last_error"] == "the webhook answered 413"
+    assert len(httpserver.log) == 1  # the firing, once
+    resolve, firing = evaluator.store.notices(10)
+    assert (firing["state"], firing["last_error"]) == ("failed", "the webhook answered 413")
+    assert (resolve["state"], resolve["last_error"]) == (
+        "skipped", "its firing was not delivered here"
+    )  # fmt: skip
     assert evaluator.store.channel_states() == {}
 
 
@@ -273,7 +275,7 @@ def test_an_apps_threads_evaluate_and_deliver(
     aegis = make_aegis(
         sink=url, alert_rules=[RULE], alert_interval=1,
         alert_channels={"hook": {"type": "webhook", "url": httpserver.url_for("/hook"),
-                                 "allow_private": True}},
+                                 "allow_private": True, "group_wait": "0s"}},
     )  # fmt: skip
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not httpserver.log:
@@ -470,7 +472,14 @@ def test_a_slack_channel_gets_one_line_per_notice(sink: Any, httpserver: HTTPSer
     httpserver.expect_request("/slack", method="POST").respond_with_data("ok")
     wall = Wall()
     channels = channels_from_config(
-        {"team": {"type": "slack", "url": httpserver.url_for("/slack"), "allow_private": True}}
+        {
+            "team": {
+                "type": "slack",
+                "url": httpserver.url_for("/slack"),
+                "allow_private": True,
+                "group_by": ["..."],
+            }
+        }
     )
     evaluator = AlertService(
         [RULE], sink.alert_store(), sink, interval=10, wall=wall, channels=channels
