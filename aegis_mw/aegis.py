@@ -132,6 +132,15 @@ def _alert_service(
                 f"{rule.resolution} s rollups are kept (retention_raw)",
                 settings.sources.get("alert_rules", ""),
             )  # fmt: skip
+    windows = {window.name for window in settings.alert_mute_windows}
+    for name, channel in settings.alert_channels.items():
+        unknown = sorted(set(channel.mute_windows) - windows)
+        if unknown:
+            raise ConfigError(
+                f"alert_channels.{name}.mute_windows", unknown[0],
+                f"a name of alert_mute_windows ({', '.join(sorted(windows)) or 'none defined'})",
+                settings.sources.get("alert_channels", ""),
+            )  # fmt: skip
     make_store = getattr(source, "alert_store", None)
     store = make_store() if callable(make_store) else MemoryAlertStore()
     return AlertService(
@@ -139,7 +148,8 @@ def _alert_service(
         retention=settings.retention_rollups,
         # Items wait up to a flush interval before they are folded at all.
         settle=SETTLE_SECONDS + settings.flush_interval,
-        channels=settings.alert_channels,
+        channels=settings.alert_channels, mute_windows=settings.alert_mute_windows,
+        inhibit_rules=settings.alert_inhibit_rules,
     )  # fmt: skip
 
 

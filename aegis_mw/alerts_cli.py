@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
+from . import silence_cli
 from .query_cli import table
 
 _DB_HELP = (
@@ -90,6 +91,7 @@ def add_parser(commands: Any) -> None:
         "--tests", metavar="FILE",
         help="also write a promtool test file (promtool test rules FILE); needs -o",
     )  # fmt: skip
+    silence_cli.add_parser(actions)
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -98,6 +100,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return _read(args, out)
     if args.action == "test":
         return _test(args, out)
+    if args.action == "silence":
+        return silence_cli.run(args, out, _error, _open_store)
     return _export(args, out)
 
 

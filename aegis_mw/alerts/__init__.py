@@ -3,7 +3,9 @@
 Standard library only, like the core. This is the evaluation side: rules are
 declared and checked (:mod:`.rules`), their window figures read from the
 stored rollups every worker shares (:mod:`.figures`), and evaluated by a
-pure function into instances and transitions (:mod:`.evaluator`).
+pure function into instances and transitions (:mod:`.evaluator`); who is
+told is decided by the channels, their grouping and the silences, mute
+windows and inhibit rules (:mod:`.silences`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .evaluator import (
     render,
 )
 from .figures import WindowFigures, collect, figures_for, window_of
+from .matchers import Matcher, PolicyError
 from .rules import (
     INPUTS,
     AlertRule,
@@ -29,6 +32,7 @@ from .rules import (
     rule_from_mapping,
     rules_from_config,
 )
+from .silences import InhibitRule, MuteWindow, NotificationPolicy, Silence
 
 __all__ = [
     "FIRING",
@@ -39,8 +43,14 @@ __all__ = [
     "RESOLVED",
     "AlertRule",
     "Evaluation",
+    "InhibitRule",
     "Instance",
+    "Matcher",
+    "MuteWindow",
+    "NotificationPolicy",
+    "PolicyError",
     "RuleError",
+    "Silence",
     "Transition",
     "WindowFigures",
     "collect",

@@ -130,6 +130,8 @@ class WebhookChannel:
     ca_file: str | None = None
     #: How its notices are grouped and timed (see .grouping).
     grouping: Grouping = BY_RULE
+    #: The alert_mute_windows during which it is not told of firings.
+    mute_windows: tuple[str, ...] = ()
 
     def payload(self, notice: Mapping[str, Any]) -> dict[str, Any]:
         return {**notice, "receiver": self.name}
@@ -329,6 +331,19 @@ def severities_and_timeout(
     return tuple(severities), float(timeout)
 
 
+def mute_window_names(where: str, settings: Mapping[str, Any]) -> tuple[str, ...]:
+    """A channel's ``mute_windows``: names of ``alert_mute_windows`` (each
+    checked against them when the alerts start)."""
+    names = settings.get("mute_windows", [])
+    if (
+        isinstance(names, str)
+        or not isinstance(names, (list, tuple))
+        or not all(isinstance(n, str) and n for n in names)
+    ):
+        raise ConfigError(f"{where}.mute_windows", names, "a list of alert_mute_windows names")
+    return tuple(names)
+
+
 def check_ca_file(where: str, ca_file: Any) -> None:
     """A ``ca_file`` setting: a PEM file of certificates that loads."""
     if not isinstance(ca_file, str) or not ca_file:
@@ -427,6 +442,8 @@ class Channel(Protocol):
     def timeout(self) -> float: ...
     @property
     def grouping(self) -> Grouping: ...
+    @property
+    def mute_windows(self) -> tuple[str, ...]: ...
     def send(self, key: str, notice: Mapping[str, Any]) -> Delivery: ...
 
 
@@ -463,7 +480,10 @@ def _channel(name: str, settings: Mapping[str, Any]) -> Channel:
         from .email_channel import email_from_config
 
         return email_from_config(name, settings)
-    known = {"type", "severities", "url", "allow_private", "timeout", "ca_file", *GROUPING_KEYS}
+    known = {
+        "type", "severities", "url", "allow_private", "timeout", "ca_file", "mute_windows",
+        *GROUPING_KEYS,
+    }  # fmt: skip
     if kind == "webhook":  # Slack's hooks are not signed: the URL is the secret
         known.add("secret")
     if kind == "pagerduty":
@@ -474,6 +494,7 @@ def _channel(name: str, settings: Mapping[str, Any]) -> Channel:
         if key not in known:
             raise ConfigError(f"{where}.{key}", "(not shown)", f"one of {', '.join(sorted(known))}")
     severities, timeout = severities_and_timeout(where, settings)
+    windows = mute_window_names(where, settings)
     routing_key = ""
     if kind == "pagerduty":
         raw_key = settings.get("routing_key")
@@ -535,8 +556,8 @@ def _channel(name: str, settings: Mapping[str, Any]) -> Channel:
     if kind == "pagerduty":
         return PagerDutyChannel(
             name, url, None, severities, allow_private, timeout, ca_file,
-            grouping_from_settings(where, settings, ALONE), routing_key,
+            grouping_from_settings(where, settings, ALONE), windows, routing_key,
         )  # fmt: skip
     made = SlackChannel if kind == "slack" else WebhookChannel
     grouping = grouping_from_settings(where, settings)
-    return made(name, url, secret, severities, allow_private, timeout, ca_file, grouping)
+    return made(name, url, secret, severities, allow_private, timeout, ca_file, grouping, windows)

@@ -47,6 +47,7 @@ from .channels import (
     Delivery,
     alert_lines,
     check_ca_file,
+    mute_window_names,
     notice_line,
     refused_address,
     resolve_secret,
@@ -65,7 +66,7 @@ ID_DOMAIN = "aegis_mw"
 _KNOWN = frozenset(
     {
         "type", "host", "port", "security", "username", "password", "sender", "to",
-        "ca_file", "severities", "timeout", "allow_private", *GROUPING_KEYS,
+        "ca_file", "severities", "timeout", "allow_private", "mute_windows", *GROUPING_KEYS,
     }
 )  # fmt: skip
 _HOST = re.compile(
@@ -96,6 +97,8 @@ class EmailChannel:
     timeout: float = 10.0
     #: How its notices are grouped and timed (see .grouping).
     grouping: Grouping = BY_RULE
+    #: The alert_mute_windows during which it is not told of firings.
+    mute_windows: tuple[str, ...] = ()
 
     def message(self, key: str, notice: Mapping[str, Any]) -> EmailMessage:
         """The mail of one notice (the same for every retry, but its Date)."""
@@ -353,6 +356,7 @@ def email_from_config(name: str, settings: Mapping[str, Any]) -> EmailChannel:
     return EmailChannel(
         name, host, sender, recipients, port, security, username, password, ca_file,
         severities, allow_private, timeout, grouping_from_settings(where, settings),
+        mute_window_names(where, settings),
     )  # fmt: skip
 
 

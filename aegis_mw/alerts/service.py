@@ -40,6 +40,7 @@ from .evaluator import (
 from .figures import SETTLE_SECONDS, RecentRollups, RollupReader, collect
 from .outbox import AlertSender, ChannelState, Notice, notices_for
 from .rules import SEVERITIES, AlertRule
+from .silences import InhibitRule, MuteWindow, NotificationPolicy
 from .store import SHOWN, AlertStore, changes_between
 
 logger = logging.getLogger("aegis_mw.alerts")
@@ -80,6 +81,8 @@ class AlertService:
         retention: float = 90 * 86400.0,
         settle: float = SETTLE_SECONDS,
         channels: Mapping[str, Channel] | None = None,
+        mute_windows: Sequence[MuteWindow] = (),
+        inhibit_rules: Sequence[InhibitRule] = (),
     ) -> None:
         self.rules = tuple(rules)
         if channels and not any(
@@ -113,6 +116,12 @@ class AlertService:
         self.nodata: list[Instance] = []
         #: Each channel's health and outbox rows, refreshed every tick.
         self.channel_view: list[dict[str, Any]] = []
+        self.mute_windows = tuple(mute_windows)
+        self.inhibit_rules = tuple(inhibit_rules)
+        #: Silences (read every tick), mute windows and inhibit rules.
+        self.policy = NotificationPolicy((), self.mute_windows, self.inhibit_rules)
+        #: Notices held back by the policy (this process's evaluations).
+        self.muted = 0
         self.evaluations = 0
         self.failures = 0
         self._failing = False
@@ -195,6 +204,9 @@ class AlertService:
         now = self.wall()
         token = self.store.claim(self.holder, now, self.interval * LEASE_INTERVALS)
         disabled = self._read_channels()
+        self.policy = NotificationPolicy(
+            tuple(self.store.silences(now)), self.mute_windows, self.inhibit_rules
+        )
         if token is None:
             self.token = None
             self._show(self.store.instances())
@@ -211,7 +223,9 @@ class AlertService:
         # Renewed as it commits: the lease outlives a tick that took long.
         renew_until = self.wall() + self.interval * LEASE_INTERVALS
         notices = notices_for(result.transitions, self.channels)
-        notices += self._repeats(result.instances, now)
+        firing = self._firing_labels(result.instances)
+        notices += self._followups(result.instances, now, firing, notices)
+        notices = self._unmuted(notices, now, firing)
         groupings = {name: channel.grouping for name, channel in self.channels.items()}
         if not self.store.commit(
             self.holder, token, changed, removed, result.transitions, renew_until, notices,
@@ -232,35 +246,88 @@ class AlertService:
             self._pruned_at = now
             self.store.prune_history(now - self.retention, PRUNE_LIMIT)
 
-    def _repeats(self, instances: Mapping[Key, Instance], now: float) -> list[Notice]:
-        """A notice again of each alert still firing whose last notice to a
-        channel (delivered, none pending) is its ``repeat_interval`` old."""
+    def _firing_labels(self, instances: Mapping[Key, Instance]) -> list[dict[str, str]]:
+        """The labels of every alert firing (the sources inhibit rules look at)."""
+        rules = {rule.name: rule for rule in self.rules}
+        return [
+            alert_labels(rules[i.rule], i.group)
+            for i in instances.values()
+            if i.state == FIRING and i.rule in rules
+        ]
+
+    def _unmuted(
+        self, notices: list[Notice], now: float, firing: list[dict[str, str]]
+    ) -> list[Notice]:
+        """The notices the policy lets through: a firing (or a repeat, a
+        flapping notice) that a silence, a channel's mute window or an
+        inhibiting alert holds back is not written; a resolve always goes
+        where its firing went (an incident is never left open)."""
+        kept = []
+        for notice in notices:
+            channel = self.channels.get(notice.channel) if notice.channel is not None else None
+            why = (
+                None if channel is None
+                else self.policy.why_muted(notice.labels, firing, now, channel.mute_windows)
+            )  # fmt: skip
+            if why is None:
+                kept.append(notice)
+            else:
+                self.muted += 1
+                logger.info(
+                    "aegis_mw: alert notice %s to %s held: %s", notice.key, notice.channel, why
+                )
+        return kept
+
+    def _followups(
+        self, instances: Mapping[Key, Instance], now: float, firing: list[dict[str, str]],
+        written: Sequence[Notice],
+    ) -> list[Notice]:  # fmt: skip
+        """For each alert still firing and each channel it goes to: its
+        firing, when that channel has none of its episode (a silence or a
+        mute window that held it has ended, a channel was added), or a
+        repeat when its last notice there is ``repeat_interval`` old; none
+        while the policy holds it back."""
         if not self.channels:
             return []
-        firing = {
+        alerts = {
             instance.announced_episode or instance.episode: instance
             for instance in instances.values()
             if instance.state == FIRING and instance.announced == FIRING
         }
-        if not firing:
+        if not alerts:
             return []
         rules = {rule.name: rule for rule in self.rules}
+        rows = {
+            (channel, episode): (last, pending, delivered)
+            for channel, episode, last, pending, delivered in self.store.episode_notices(
+                sorted(alerts)
+            )
+        }
+        rows.update(((n.channel or "", n.episode), (now, 1, 0)) for n in written)
         out: list[Notice] = []
-        for name, episode, last, pending, delivered in self.store.episode_notices(sorted(firing)):
-            channel = self.channels.get(name)
-            instance = firing[episode]
+        for episode, instance in sorted(alerts.items()):
             rule = rules.get(instance.rule)
-            if channel is None or rule is None or pending or not delivered:
+            if rule is None:
                 continue
-            if now - last < channel.grouping.repeat_interval:
-                continue
-            again = Transition(
-                rule=rule.name, group=instance.group, kind="repeat", from_state=FIRING,
-                to_state=FIRING, at=now, value=instance.value, severity=rule.severity,
-                episode=episode, notify=True, labels=alert_labels(rule, instance.group),
-                annotations=render(rule, instance.group, instance.value),
-            )  # fmt: skip
-            out += notices_for([again], {name: channel})
+            labels = alert_labels(rule, instance.group)
+            for name, channel in self.channels.items():
+                row = rows.get((name, episode))
+                if row is None:
+                    kind = FIRING
+                else:
+                    last, pending, delivered = row
+                    if pending or not delivered or now - last < channel.grouping.repeat_interval:
+                        continue
+                    kind = "repeat"
+                if self.policy.why_muted(labels, firing, now, channel.mute_windows):
+                    continue
+                again = Transition(
+                    rule=rule.name, group=instance.group, kind=kind, from_state=FIRING,
+                    to_state=FIRING, at=now, value=instance.value, severity=rule.severity,
+                    episode=episode, notify=True, labels=labels,
+                    annotations=render(rule, instance.group, instance.value),
+                )  # fmt: skip
+                out += notices_for([again], {name: channel})
         return out
 
     def _read_channels(self) -> dict[tuple[tuple[str, str], ...], float] | Exception:
@@ -317,7 +384,19 @@ class AlertService:
         rules = {rule.name: rule for rule in self.rules}
         shown = [(instance, rules.get(instance.rule)) for instance in self.shown]
         shown.sort(key=lambda pair: _order(*pair))
-        return [alert_view(instance, rule) for instance, rule in shown]
+        firing = self._firing_labels({(i.rule, i.group): i for i in self.shown})
+        now = self.wall()
+        out = []
+        for instance, rule in shown:
+            view = alert_view(instance, rule)
+            # What holds its notices back everywhere (a channel's own mute
+            # windows aside): a silence or an inhibiting alert.
+            view["muted"] = (
+                None if rule is None
+                else self.policy.why_muted(alert_labels(rule, instance.group), firing, now, ())
+            )  # fmt: skip
+            out.append(view)
+        return out
 
 
 #: The states of an outbox row.

@@ -21,6 +21,7 @@ Only parameterised SQL.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import operator
 import threading
@@ -33,6 +34,7 @@ from typing import Any, Protocol
 from .evaluator import FIRING, INACTIVE, PENDING, Instance, Key, Transition
 from .grouping import ALONE, Grouping
 from .outbox import ChannelState, Claimed, Notice
+from .silences import Silence, silence_from_mapping
 
 LEASE = "evaluator"
 #: Fields whose change alone does not make an instance worth writing (when
@@ -115,6 +117,19 @@ class AlertStore(Protocol):
 
     def enable_channel(self, channel: str) -> bool:
         """Mark a channel working again; False if it was not disabled."""
+
+    def silences(self, since: float) -> list[Silence]:
+        """The silences that end at ``since`` or later."""
+
+    def put_silence(self, silence: Silence, actor: str, now: float) -> None:
+        """Add a silence, or replace the one with its id; audited."""
+
+    def expire_silence(self, silence_id: str, actor: str, now: float) -> bool:
+        """End a silence now (one not started yet is dropped); audited.
+        False when there is no such silence still to end."""
+
+    def audit(self, limit: int) -> list[dict[str, Any]]:
+        """The latest changes to silences, newest first."""
 
     def instances(self) -> list[Instance]:
         """The stored instances that are not inactive."""
@@ -199,6 +214,8 @@ class MemoryAlertStore:
         self._outbox: list[dict[str, Any]] = []
         self._attempts: list[dict[str, Any]] = []
         self._channels: dict[str, ChannelState] = {}
+        self._silences: dict[str, Silence] = {}
+        self._audit: list[dict[str, Any]] = []
         self._next_id = 1
         self._history_limit = history_limit
 
@@ -299,7 +316,12 @@ class MemoryAlertStore:
             kept = [a for a in self._attempts if a["at"] >= before]
             tried = len(self._attempts) - len(kept)
             self._attempts = kept
-            return len(gone) + len(finished) + tried
+            ended = [key for key, silence in self._silences.items() if silence.ends_at < before]
+            for key in ended:
+                del self._silences[key]
+            audited = len(self._audit)
+            self._audit = [row for row in self._audit if row["at"] >= before]
+            return len(gone) + len(finished) + tried + len(ended) + audited - len(self._audit)
 
     def claim_notices(
         self, claimer: str, now: float, hold: float, limit: int, channels: Sequence[str]
@@ -412,6 +434,33 @@ class MemoryAlertStore:
     def enable_channel(self, channel: str) -> bool:
         with self._lock:
             return self._channels.pop(channel, None) is not None
+
+    def silences(self, since: float) -> list[Silence]:
+        with self._lock:
+            return [s for s in self._silences.values() if s.ends_at >= since]
+
+    def put_silence(self, silence: Silence, actor: str, now: float) -> None:
+        with self._lock:
+            action = "update" if silence.id in self._silences else "create"
+            self._silences[silence.id] = silence
+            self._audit.append(_audit_row(now, actor, action, silence))
+
+    def expire_silence(self, silence_id: str, actor: str, now: float) -> bool:
+        with self._lock:
+            silence = self._silences.get(silence_id)
+            if silence is None or silence.ends_at <= now:
+                return False
+            ended = _ended(silence, now)
+            if ended is None:
+                del self._silences[silence_id]
+            else:
+                self._silences[silence_id] = ended
+            self._audit.append(_audit_row(now, actor, "expire", silence))
+            return True
+
+    def audit(self, limit: int) -> list[dict[str, Any]]:
+        with self._lock:
+            return self._audit[::-1][:limit]
 
     def reset_after_fork(self) -> None:
         """In a forked child: a lock of its own (the parent's may be held)."""
@@ -828,6 +877,76 @@ class SQLAlertStore:
             )
             return int(cursor.rowcount) > 0
 
+    def silences(self, since: float) -> list[Silence]:
+        with self._read() as connection:
+            rows = connection.execute(
+                self._sql("SELECT data FROM aegis_alert_silences WHERE ends_at >= ? ORDER BY id"),
+                (since,),
+            ).fetchall()
+        return [silence_from_mapping(json.loads(row[0])) for row in rows]
+
+    def put_silence(self, silence: Silence, actor: str, now: float) -> None:
+        with self._transaction() as connection:
+            known = connection.execute(
+                self._sql("SELECT 1 FROM aegis_alert_silences WHERE id = ?"), (silence.id,)
+            ).fetchone()
+            self._write_silence(connection, silence, now)
+            self._write_audit(
+                connection, _audit_row(now, actor, "update" if known else "create", silence)
+            )
+
+    def expire_silence(self, silence_id: str, actor: str, now: float) -> bool:
+        with self._transaction() as connection:
+            row = connection.execute(
+                self._sql("SELECT data FROM aegis_alert_silences WHERE id = ? AND ends_at > ?"),
+                (silence_id, now),
+            ).fetchone()
+            if row is None:
+                return False
+            silence = silence_from_mapping(json.loads(row[0]))
+            ended = _ended(silence, now)
+            if ended is None:
+                connection.execute(
+                    self._sql("DELETE FROM aegis_alert_silences WHERE id = ?"), (silence_id,)
+                )
+            else:
+                self._write_silence(connection, ended, now)
+            self._write_audit(connection, _audit_row(now, actor, "expire", silence))
+            return True
+
+    def _write_silence(self, connection: Any, silence: Silence, now: float) -> None:
+        connection.execute(
+            self._sql(
+                "INSERT INTO aegis_alert_silences (id, data, ends_at, updated_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data, "
+                "ends_at = excluded.ends_at, updated_at = excluded.updated_at"
+            ),
+            (silence.id, json.dumps(silence.to_mapping()), silence.ends_at, now),
+        )
+
+    def _write_audit(self, connection: Any, row: Mapping[str, Any]) -> None:
+        connection.execute(
+            self._sql(
+                "INSERT INTO aegis_alert_audit (at, actor, action, object, detail) "
+                "VALUES (?, ?, ?, ?, ?)"
+            ),
+            (row["at"], row["actor"], row["action"], row["object"], json.dumps(row["detail"])),
+        )
+
+    def audit(self, limit: int) -> list[dict[str, Any]]:
+        with self._read() as connection:
+            rows = connection.execute(
+                self._sql(
+                    "SELECT at, actor, action, object, detail FROM aegis_alert_audit "
+                    "ORDER BY id DESC LIMIT ?"
+                ),
+                (limit,),
+            ).fetchall()
+        return [
+            {"at": r[0], "actor": r[1], "action": r[2], "object": r[3], "detail": json.loads(r[4])}
+            for r in rows
+        ]
+
     def prune_history(self, before: float, limit: int) -> int:
         with self._transaction() as connection:
             # The oldest rows first, by the index on their time.
@@ -852,7 +971,17 @@ class SQLAlertStore:
                 ),
                 (before, limit),
             )
-            return int(cursor.rowcount) + int(finished.rowcount) + int(tried.rowcount)
+            ended = connection.execute(
+                self._sql("DELETE FROM aegis_alert_silences WHERE ends_at < ?"), (before,)
+            )
+            audited = connection.execute(
+                self._sql(
+                    "DELETE FROM aegis_alert_audit WHERE id IN (SELECT id FROM "
+                    "aegis_alert_audit WHERE at < ? ORDER BY at LIMIT ?)"
+                ),
+                (before, limit),
+            )
+            return sum(int(c.rowcount) for c in (cursor, finished, tried, ended, audited))
 
 
 def _transition_params(transition: Transition, dialect: str) -> tuple[Any, ...]:
@@ -870,6 +999,21 @@ def _claimed(row: Mapping[str, Any]) -> Claimed:
         row["id"], row["channel"], row["notice_key"], row["payload"], row["attempts"],
         row["claimed_by"], row["group_key"],
     )  # fmt: skip
+
+
+def _audit_row(now: float, actor: str, action: str, silence: Silence) -> dict[str, Any]:
+    return {
+        "at": now, "actor": actor, "action": action, "object": f"silence {silence.id}",
+        "detail": silence.to_mapping(),
+    }  # fmt: skip
+
+
+def _ended(silence: Silence, now: float) -> Silence | None:
+    """A silence ended at ``now``; None for one that has not started (it
+    never took effect: dropped, as Alertmanager drops it)."""
+    if silence.starts_at >= now:
+        return None
+    return dataclasses.replace(silence, ends_at=now)
 
 
 def due_at(

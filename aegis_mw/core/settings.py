@@ -292,6 +292,36 @@ def _alert_rules(value: Any) -> tuple[Any, ...]:
         raise _Explained(f"a list of valid rules ({type(exc).__name__}: {exc})") from None
 
 
+def _policy_list(kind: str) -> Callable[[Any], tuple[Any, ...]]:
+    """A list of mute windows or inhibit rules (objects, mappings, or JSON
+    text of a list of mappings), each checked by aegis_mw.alerts.silences."""
+
+    def check(value: Any) -> tuple[Any, ...]:
+        from ..alerts import silences
+
+        made, parse = {
+            "mute window": (silences.MuteWindow, silences.mute_window_from_mapping),
+            "inhibit rule": (silences.InhibitRule, silences.inhibit_rule_from_mapping),
+        }[kind]
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else []
+            except json.JSONDecodeError as exc:
+                raise _Explained(f"JSON text of a list of {kind}s ({exc})") from None
+        if isinstance(value, Mapping) or not isinstance(value, (list, tuple)):
+            raise _Explained(f"a list of {kind}s")
+        try:
+            items = tuple(
+                item if isinstance(item, made) else parse(item, f"[{index}]")
+                for index, item in enumerate(value)
+            )
+        except ConfigError as exc:
+            raise _Explained(str(exc)) from None
+        return items
+
+    return check
+
+
 def _alert_channels(value: Any) -> Mapping[str, Any]:
     """Channel names to their settings, or JSON text of that mapping; each
     checked (and its secrets read) by aegis_mw.alerts.channels."""
@@ -385,6 +415,12 @@ _RULES: dict[str, _Rule] = {
         "a mapping of channel names to their settings (see docs/alerts.md)",
     ),
     "alert_interval": _Rule(_number(float, 1, 3600), "seconds, from 1 to 3600", _duration_text),
+    "alert_mute_windows": _Rule(
+        _policy_list("mute window"), "a list of mute windows (see docs/alerts.md)"
+    ),
+    "alert_inhibit_rules": _Rule(
+        _policy_list("inhibit rule"), "a list of inhibit rules (see docs/alerts.md)"
+    ),
     "metrics_path": _Rule(_mount_path, _PATH_ALLOWED),
     "api_path": _Rule(_mount_path, _PATH_ALLOWED),
     "ws_path": _Rule(_mount_path, _PATH_ALLOWED),
@@ -501,6 +537,11 @@ class AegisSettings:
     #: reference; kept out of repr).
     alert_channels: Any = field(default_factory=dict, repr=False)
     alert_interval: float = 10.0
+    #: Recurring times (in a time zone) when the channels that name them are
+    #: not told of firings (docs/alerts.md, "Silences").
+    alert_mute_windows: Any = ()
+    #: Alerts that mute others while they fire (a critical one its route's warnings).
+    alert_inhibit_rules: Any = ()
     metrics_path: str = "/metrics"
     #: Prefix of the JSON metrics API (``/api/metrics/overview`` and the rest).
     api_path: str = "/api/metrics"

@@ -59,6 +59,7 @@ PARAMETERS: Mapping[str, tuple[str, ...]] = {
     ),
     "alerts": (),
     "alert-history": ("limit", "before"),
+    "silences": (),
     "openapi.json": (),
 }
 MAX_OFFSET = 1_000_000
@@ -207,6 +208,23 @@ def alerts_answer(alerts: AlertService | None) -> dict[str, Any]:
     }
 
 
+def silences_answer(alerts: AlertService | None) -> dict[str, Any]:
+    """The silences not yet ended, the mute windows, the inhibit rules, and
+    the latest changes to silences (who, what, when)."""
+    if alerts is None:
+        return {"silences": [], "mute_windows": [], "inhibit_rules": [], "audit": []}
+    now = alerts.wall()
+    return {
+        "silences": [
+            {**silence.to_mapping(), "state": silence.state(now)}
+            for silence in alerts.store.silences(now)
+        ],
+        "mute_windows": [window.to_mapping() for window in alerts.mute_windows],
+        "inhibit_rules": [rule.to_mapping() for rule in alerts.inhibit_rules],
+        "audit": alerts.store.audit(100),
+    }
+
+
 class _NoHistory:
     """A source with nothing stored: bad input is checked against it, so it is
     a 400 whether or not a sink keeps history (a 503 would say "retry")."""
@@ -260,6 +278,8 @@ class MetricsAPI:
                 return Response.json(200, {"data": self._realtime()})
             if endpoint == "alerts":
                 return Response.json(200, {"data": alerts_answer(self._aegis.alerts)})
+            if endpoint == "silences":
+                return Response.json(200, {"data": silences_answer(self._aegis.alerts)})
             if endpoint == "alert-history":
                 for name, value in params.items():
                     _check_text(name, value)

@@ -213,6 +213,7 @@ _ALERT = {
         "flapping": {"type": "boolean"},
         "message": {"type": "string"},
         "annotations": _GROUP,
+        "muted": {"type": ["string", "null"]},
     },
 }
 _TRANSITION = {
@@ -298,6 +299,44 @@ _NOTICE = {
         "attempt_log": {"type": "array", "items": _ATTEMPT},
     },
 }
+_SCHEMAS["silences"] = {
+    "type": "object",
+    "required": ["silences", "mute_windows", "inhibit_rules", "audit"],
+    "properties": {
+        "silences": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["id", "matchers", "starts_at", "ends_at", "state"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "matchers": {"type": "array", "items": {"type": "string"}},
+                    "starts_at": {"type": "number"},
+                    "ends_at": {"type": "number"},
+                    "created_by": {"type": "string"},
+                    "comment": {"type": "string"},
+                    "state": {"type": "string", "enum": ["pending", "active", "expired"]},
+                },
+            },
+        },
+        "mute_windows": {"type": "array", "items": {"type": "object"}},
+        "inhibit_rules": {"type": "array", "items": {"type": "object"}},
+        "audit": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["at", "actor", "action", "object"],
+                "properties": {
+                    "at": {"type": "number"},
+                    "actor": {"type": "string"},
+                    "action": {"type": "string", "enum": ["create", "update", "expire"]},
+                    "object": {"type": "string"},
+                    "detail": {"type": "object"},
+                },
+            },
+        },
+    },
+}
 _SCHEMAS["alert-history"] = {
     "type": "object",
     "required": ["transitions", "notices"],
@@ -342,6 +381,7 @@ _PARAMETERS: dict[str, list[dict[str, Any]]] = {
     ],
 }
 _PARAMETERS["alerts"] = []
+_PARAMETERS["silences"] = []
 _PARAMETERS["alert-history"] = [
     _query("limit", _LIMIT, "Page size (default 100)."),
     _query(
@@ -358,6 +398,7 @@ _SUMMARIES = {
     "requests": "The stored request log, newest first",
     "alerts": "Alerts pending or firing, rules without data, and every rule with its health",
     "alert-history": "Alert transitions and their notices to each channel, newest first",
+    "silences": "Silences not yet ended, mute windows, inhibit rules and the silences' audit",
 }
 _ERROR = {
     "description": "Bad input, named in the error",

@@ -319,6 +319,29 @@ MIGRATIONS: tuple[tuple[str | Callable[[psycopg.Connection[Any]], None], ...], .
         "ALTER TABLE aegis_alert_outbox ADD COLUMN group_key text NOT NULL DEFAULT ''",
         "CREATE INDEX aegis_alert_outbox_group ON aegis_alert_outbox (channel, group_key, state)",
     ),
+    (
+        # Silences (aegis_mw.alerts.silences), each as its mapping, and the
+        # audit of every change to them: who, what, when.
+        """
+        CREATE TABLE aegis_alert_silences (
+            id text PRIMARY KEY,
+            data text NOT NULL,
+            ends_at double precision NOT NULL,
+            updated_at double precision NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE aegis_alert_audit (
+            id bigserial PRIMARY KEY,
+            at double precision NOT NULL,
+            actor text NOT NULL,
+            action text NOT NULL,
+            object text NOT NULL,
+            detail text NOT NULL
+        )
+        """,
+        "CREATE INDEX aegis_alert_audit_at ON aegis_alert_audit (at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

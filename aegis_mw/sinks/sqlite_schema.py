@@ -247,6 +247,29 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE aegis_alert_outbox ADD COLUMN group_key TEXT NOT NULL DEFAULT ''",
         "CREATE INDEX aegis_alert_outbox_group ON aegis_alert_outbox (channel, group_key, state)",
     ),
+    (
+        # Silences (aegis_mw.alerts.silences), each as its mapping, and the
+        # audit of every change to them: who, what, when.
+        """
+        CREATE TABLE aegis_alert_silences (
+            id TEXT PRIMARY KEY,
+            data TEXT NOT NULL,
+            ends_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE aegis_alert_audit (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            object TEXT NOT NULL,
+            detail TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX aegis_alert_audit_at ON aegis_alert_audit (at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

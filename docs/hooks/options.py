@@ -86,6 +86,17 @@ DESCRIPTIONS: dict[str, str] = {
         "([Alerts](alerts.md#channels)); from `AEGIS_ALERT_CHANNELS` as JSON text."
     ),
     "alert_interval": "Seconds between evaluations of the alert rules ([Alerts](alerts.md)).",
+    "alert_mute_windows": (
+        "Recurring local times (in an IANA time zone) when the channels naming them in "
+        "`mute_windows` are not told of firings "
+        "([Alerts](alerts.md#silences-mute-windows-and-inhibition)); `[[alert_mute_windows]]` "
+        "tables, or JSON text in `AEGIS_ALERT_MUTE_WINDOWS`."
+    ),
+    "alert_inhibit_rules": (
+        "Alerts that hold back the notices of others while they fire (source and target "
+        "matchers, `equal` labels) ([Alerts](alerts.md#silences-mute-windows-and-inhibition)); "
+        "`[[alert_inhibit_rules]]` tables, or JSON text in `AEGIS_ALERT_INHIBIT_RULES`."
+    ),
     "metrics_path": "The Prometheus route, served by the middleware ([/metrics](metrics.md)).",
     "api_path": "Prefix of the JSON metrics API ([History API](history.md)).",
     "ws_path": (

@@ -545,7 +545,8 @@ async def test_the_api_moves_with_api_path(make_aegis: Callable[..., Aegis]) -> 
     async with client(AegisMiddleware(starlette_app(FakeClock()), aegis=aegis)) as http:
         document = (await http.get("/internal/stats/openapi.json")).json()
         assert sorted(document["paths"]) == sorted(
-            f"/internal/stats/{name}" for name in (*HISTORY, "realtime", "alerts", "alert-history")
+            f"/internal/stats/{name}"
+            for name in (*HISTORY, "realtime", "alerts", "alert-history", "silences")
         )
         assert (await http.get("/internal/stats/overview")).json()["data"]["total"] == 0
         assert (await http.get(f"{API}/overview")).status_code == 404  # now the app's path
