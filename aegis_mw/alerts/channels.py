@@ -53,7 +53,7 @@ from urllib.parse import urlsplit
 
 from ..core.errors import ConfigError
 from .grouping import ALONE, BY_RULE, GROUPING_KEYS, Grouping, grouping_from_settings
-from .rules import SEVERITIES
+from .rules import SEVERITIES, parse_duration
 
 KINDS = ("webhook", "slack", "pagerduty", "email")
 _OPTION = "alert_channels"
@@ -132,6 +132,8 @@ class WebhookChannel:
     grouping: Grouping = BY_RULE
     #: The alert_mute_windows during which it is not told of firings.
     mute_windows: tuple[str, ...] = ()
+    #: At most (count, per seconds) notifications (see .outbox); None: no limit.
+    rate_limit: tuple[int, float] | None = None
 
     def payload(self, notice: Mapping[str, Any]) -> dict[str, Any]:
         return {**notice, "receiver": self.name}
@@ -226,7 +228,8 @@ def notice_line(notice: Mapping[str, Any]) -> str:
         return alert_lines(notice)[0]
     names = sorted({str((a.get("labels") or {}).get("alertname", "alert")) for a in alerts})
     firing = sum(1 for a in alerts if a.get("status") == "firing")
-    counts = [f"{firing} firing" if firing else "", f"{len(alerts) - firing} resolved"]
+    resolved = len(alerts) - firing
+    counts = [f"{firing} firing" if firing else "", f"{resolved} resolved" if resolved else ""]
     return f"{', '.join(names)}: {len(alerts)} alerts, " + ", ".join(c for c in counts if c)
 
 
@@ -329,6 +332,33 @@ def severities_and_timeout(
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 60:
         raise ConfigError(f"{where}.timeout", timeout, "seconds, > 0 and <= 60")
     return tuple(severities), float(timeout)
+
+
+#: The receivers' own limits: Slack about one message a second per hook,
+#: PagerDuty 120 events a minute per integration key.
+DEFAULT_RATE_LIMITS = {"slack": (1, 1.0), "pagerduty": (120, 60.0)}
+
+
+def rate_limit_from_settings(
+    where: str, settings: Mapping[str, Any], default: tuple[int, float] | None
+) -> tuple[int, float] | None:
+    """A channel's ``rate_limit``: ``{"count": N, "per": "1m"}``, or none."""
+    value = settings.get("rate_limit")
+    if value is None:
+        return default
+    allowed = 'a mapping {"count": 1 to 10000, "per": a duration from 1 s to 1 h}'
+    if not isinstance(value, Mapping) or set(value) != {"count", "per"}:
+        raise ConfigError(f"{where}.rate_limit", value, allowed)
+    count = value["count"]
+    try:
+        per = parse_duration(value["per"])
+    except ValueError:
+        raise ConfigError(f"{where}.rate_limit", value, allowed) from None
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 10_000:
+        raise ConfigError(f"{where}.rate_limit", value, allowed)
+    if not 1.0 <= per <= 3600.0:
+        raise ConfigError(f"{where}.rate_limit", value, allowed)
+    return count, per
 
 
 def mute_window_names(where: str, settings: Mapping[str, Any]) -> tuple[str, ...]:
@@ -444,6 +474,8 @@ class Channel(Protocol):
     def grouping(self) -> Grouping: ...
     @property
     def mute_windows(self) -> tuple[str, ...]: ...
+    @property
+    def rate_limit(self) -> tuple[int, float] | None: ...
     def send(self, key: str, notice: Mapping[str, Any]) -> Delivery: ...
 
 
@@ -482,7 +514,7 @@ def _channel(name: str, settings: Mapping[str, Any]) -> Channel:
         return email_from_config(name, settings)
     known = {
         "type", "severities", "url", "allow_private", "timeout", "ca_file", "mute_windows",
-        *GROUPING_KEYS,
+        "rate_limit", *GROUPING_KEYS,
     }  # fmt: skip
     if kind == "webhook":  # Slack's hooks are not signed: the URL is the secret
         known.add("secret")
@@ -553,11 +585,15 @@ def _channel(name: str, settings: Mapping[str, Any]) -> Channel:
         if parts.scheme != "https":
             raise ConfigError(f"{where}.ca_file", ca_file, "no ca_file for an http:// URL")
         check_ca_file(where, ca_file)
+    common: dict[str, Any] = {
+        "name": name, "url": url, "severities": severities, "allow_private": allow_private,
+        "timeout": timeout, "ca_file": ca_file, "mute_windows": windows,
+        "rate_limit": rate_limit_from_settings(where, settings, DEFAULT_RATE_LIMITS.get(kind)),
+    }  # fmt: skip
     if kind == "pagerduty":
         return PagerDutyChannel(
-            name, url, None, severities, allow_private, timeout, ca_file,
-            grouping_from_settings(where, settings, ALONE), windows, routing_key,
+            **common, grouping=grouping_from_settings(where, settings, ALONE),
+            routing_key=routing_key,
         )  # fmt: skip
     made = SlackChannel if kind == "slack" else WebhookChannel
-    grouping = grouping_from_settings(where, settings)
-    return made(name, url, secret, severities, allow_private, timeout, ca_file, grouping, windows)
+    return made(**common, secret=secret, grouping=grouping_from_settings(where, settings))

@@ -49,6 +49,7 @@ from .channels import (
     check_ca_file,
     mute_window_names,
     notice_line,
+    rate_limit_from_settings,
     refused_address,
     resolve_secret,
     severities_and_timeout,
@@ -66,7 +67,8 @@ ID_DOMAIN = "aegis_mw"
 _KNOWN = frozenset(
     {
         "type", "host", "port", "security", "username", "password", "sender", "to",
-        "ca_file", "severities", "timeout", "allow_private", "mute_windows", *GROUPING_KEYS,
+        "ca_file", "severities", "timeout", "allow_private", "mute_windows", "rate_limit",
+        *GROUPING_KEYS,
     }
 )  # fmt: skip
 _HOST = re.compile(
@@ -99,6 +101,8 @@ class EmailChannel:
     grouping: Grouping = BY_RULE
     #: The alert_mute_windows during which it is not told of firings.
     mute_windows: tuple[str, ...] = ()
+    #: At most (count, per seconds) notifications (see .outbox); None: no limit.
+    rate_limit: tuple[int, float] | None = None
 
     def message(self, key: str, notice: Mapping[str, Any]) -> EmailMessage:
         """The mail of one notice (the same for every retry, but its Date)."""
@@ -356,7 +360,7 @@ def email_from_config(name: str, settings: Mapping[str, Any]) -> EmailChannel:
     return EmailChannel(
         name, host, sender, recipients, port, security, username, password, ca_file,
         severities, allow_private, timeout, grouping_from_settings(where, settings),
-        mute_window_names(where, settings),
+        mute_window_names(where, settings), rate_limit_from_settings(where, settings, None),
     )  # fmt: skip
 
 

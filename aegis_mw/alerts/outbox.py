@@ -32,17 +32,19 @@ it for all). Every attempt is kept (``aegis_alert_attempts``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import random
 import threading
+import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
-from .channels import Channel, Delivery
+from .channels import Channel, Delivery, PagerDutyChannel
 from .evaluator import FIRING, Transition
 from .grouping import group_payload, notification_key
 
@@ -268,11 +270,41 @@ class AlertSender:
             if disabled[name].probe_at <= now:  # one row, to see whether it works again
                 claimed += self.store.claim_notices(self.claimer, now, CLAIM_SECONDS, 1, [name])
         broken: set[str] = set()
-        for batch in _batches(claimed):
+        for batch in self._within_limits(_batches(claimed), now):
             if self._stop.is_set():
                 break  # stopping: the rest are sent by whoever claims them next
             self._send_batch(batch, states, broken)
         return len(claimed)
+
+    def _within_limits(self, batches: list[list[Claimed]], now: float) -> list[list[Claimed]]:
+        """The notifications to send now, each channel within its rate limit:
+        what is over it goes as one digest in the last notification the
+        limit allows (never dropped; PagerDuty's events, one per alert,
+        wait instead), or waits, released, when the limit is used up."""
+        by_channel: dict[str, list[list[Claimed]]] = {}
+        for batch in batches:
+            by_channel.setdefault(batch[0].channel, []).append(batch)
+        out: list[list[Claimed]] = []
+        for name, planned in by_channel.items():
+            limit = self.channels[name].rate_limit
+            if limit is None:
+                out += planned
+                continue
+            count, per = limit
+            allowed = count - self.store.sends_since(name, now - per)
+            if len(planned) <= allowed:
+                out += planned
+                continue
+            if allowed <= 0 or isinstance(self.channels[name], _EventsOnly):
+                keep, wait = planned[: max(allowed, 0)], planned[max(allowed, 0) :]
+            else:
+                keep = [*planned[: allowed - 1], [row for b in planned[allowed - 1 :] for row in b]]
+                wait = []
+            out += keep
+            for batch in wait:  # due again as soon as the limit allows
+                for row in batch:
+                    self.store.renew_claim(row.id, row.claim, now, now)
+        return out
 
     def _send_batch(
         self, batch: list[Claimed], states: Mapping[str, ChannelState], broken: set[str]
@@ -304,30 +336,31 @@ class AlertSender:
                 payloads.append(payload)
         if not rows:
             return
-        notice = group_payload(payloads, rows[0].group_key)
+        keys = {row.group_key for row in rows}
+        # One group's rows, or a digest of several groups (a rate limit's).
+        notice = group_payload(payloads, keys.pop() if len(keys) == 1 else "")
         try:
             result = channel.send(notification_key([row.key for row in rows]), notice)
         except Exception as exc:  # a channel's own fault: retried, never fatal
             result = Delivery(False, f"{type(exc).__name__} while sending")
         done = self.wall()
+        send_id = uuid.uuid4().hex
         for row in rows:
-            self._finish(row, result, start, done, states.get(name), broken)
+            self._finish(row, result, start, done, states.get(name), broken, send_id)
 
     def _finish(
         self, row: Claimed, result: Delivery, start: float, done: float,
-        state: ChannelState | None, broken: set[str],
+        state: ChannelState | None, broken: set[str], send_id: str,
     ) -> None:  # fmt: skip
         took = done - start
+        finish = functools.partial(self.store.finish_notice, seconds=took, send_id=send_id)
         if result.delivered:
-            self.store.finish_notice(row.id, row.claim, "delivered", done, "", done, seconds=took)
+            finish(row.id, row.claim, "delivered", done, "", done)
             if state is not None and self.store.enable_channel(row.channel):
                 logger.warning("aegis_mw: alert channel %s works again", row.channel)
         elif result.broken:
             # Kept, due at once when the channel works again.
-            self.store.finish_notice(
-                row.id, row.claim, "pending", done, result.error, done,
-                outcome="disabled", seconds=took,
-            )  # fmt: skip
+            finish(row.id, row.claim, "pending", done, result.error, done, outcome="disabled")
             if row.channel in broken:
                 return  # disabled by another row of this notification
             fingerprint = self.fingerprints[row.channel]
@@ -346,17 +379,17 @@ class AlertSender:
                     "tried again every %g s", row.channel, result.error, PROBE_SECONDS,
                 )  # fmt: skip
         elif result.permanent:
-            self.store.finish_notice(
-                row.id, row.claim, "failed", done, result.error, done, seconds=took
-            )
+            finish(row.id, row.claim, "failed", done, result.error, done)
             logger.warning(
                 "aegis_mw: alert notice to %s failed for good: %s", row.channel, result.error
             )
         else:
             wait = backoff(row.attempts + 1, result.retry_after)
-            self.store.finish_notice(
-                row.id, row.claim, "pending", done + wait, result.error, done, seconds=took
-            )
+            finish(row.id, row.claim, "pending", done + wait, result.error, done)
+
+
+#: Channels whose notifications cannot hold several alerts (an event each).
+_EventsOnly = PagerDutyChannel
 
 
 def _batches(claimed: Sequence[Claimed]) -> list[list[Claimed]]:

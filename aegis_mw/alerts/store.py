@@ -88,13 +88,13 @@ class AlertStore(Protocol):
 
     def finish_notice(
         self, row: int, claim: str, state: str, next_at: float, error: str, now: float,
-        *, outcome: str = "", seconds: float = 0.0,
+        *, outcome: str = "", seconds: float = 0.0, send_id: str = "",
     ) -> None:  # fmt: skip
         """A claimed row's outcome, written by the token it was claimed with:
         ``delivered``, ``failed``, or ``pending`` again (tried at ``next_at``);
         and the attempt, with its ``outcome`` (the state, or ``retry`` for a
         pending row; ``disabled`` when it disabled the channel) and how many
-        ``seconds`` it took."""
+        ``seconds`` it took, in the notification ``send_id``."""
 
     def notices(self, limit: int) -> list[dict[str, Any]]:
         """The latest outbox rows, newest first, without their payloads."""
@@ -105,6 +105,9 @@ class AlertStore(Protocol):
 
     def attempts(self, notices: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
         """The delivery attempts of these outbox rows, oldest first."""
+
+    def sends_since(self, channel: str, since: float) -> int:
+        """How many notifications were sent to ``channel`` after ``since``."""
 
     def notice_counts(self) -> dict[tuple[str, str], tuple[int, float | None]]:
         """Outbox rows by (channel, state): how many, and the oldest's time."""
@@ -371,7 +374,7 @@ class MemoryAlertStore:
 
     def finish_notice(
         self, row: int, claim: str, state: str, next_at: float, error: str, now: float,
-        *, outcome: str = "", seconds: float = 0.0,
+        *, outcome: str = "", seconds: float = 0.0, send_id: str = "",
     ) -> None:  # fmt: skip
         with self._lock:
             for item in self._outbox:
@@ -379,7 +382,7 @@ class MemoryAlertStore:
                     self._attempts.append({
                         "notice_id": row, "channel": item["channel"], "at": now,
                         "outcome": outcome or _outcome(state), "error": error,
-                        "seconds": seconds, "sender": _sender(claim),
+                        "seconds": seconds, "sender": _sender(claim), "send_id": send_id,
                     })  # fmt: skip
                     item.update(
                         state=state, next_at=next_at, last_error=error, claimed_by="",
@@ -403,6 +406,13 @@ class MemoryAlertStore:
                     item[1] += row["state"] == "pending"
                     item[2] += row["state"] == "delivered"
         return [(c, e, float(v[0]), int(v[1]), int(v[2])) for (c, e), v in out.items()]
+
+    def sends_since(self, channel: str, since: float) -> int:
+        with self._lock:
+            return len({
+                a["send_id"] for a in self._attempts
+                if a["channel"] == channel and a["at"] > since and a["outcome"] != "skipped"
+            })  # fmt: skip
 
     def attempts(self, notices: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
         wanted = set(notices)
@@ -774,18 +784,21 @@ class SQLAlertStore:
 
     def finish_notice(
         self, row: int, claim: str, state: str, next_at: float, error: str, now: float,
-        *, outcome: str = "", seconds: float = 0.0,
+        *, outcome: str = "", seconds: float = 0.0, send_id: str = "",
     ) -> None:  # fmt: skip
         with self._transaction() as connection:
             # The attempt first: written only while the claim is still this one's.
             connection.execute(
                 self._sql(
                     "INSERT INTO aegis_alert_attempts (notice_id, channel, at, outcome, error, "
-                    "seconds, sender) SELECT id, channel, ?, ?, ?, ?, ? FROM aegis_alert_outbox "
-                    "WHERE id = ? AND claimed_by = ?"
+                    "seconds, sender, send_id) SELECT id, channel, ?, ?, ?, ?, ?, ? "
+                    "FROM aegis_alert_outbox WHERE id = ? AND claimed_by = ?"
                 ),
-                (now, outcome or _outcome(state), error, seconds, _sender(claim), row, claim),
-            )
+                (
+                    now, outcome or _outcome(state), error, seconds, _sender(claim), send_id,
+                    row, claim,
+                ),
+            )  # fmt: skip
             connection.execute(
                 self._sql(
                     "UPDATE aegis_alert_outbox SET state = ?, next_at = ?, last_error = ?, "
@@ -823,6 +836,17 @@ class SQLAlertStore:
                 tuple(episodes),
             ).fetchall()
         return [(str(r[0]), str(r[1]), float(r[2]), int(r[3]), int(r[4])) for r in rows]
+
+    def sends_since(self, channel: str, since: float) -> int:
+        with self._read() as connection:
+            row = connection.execute(
+                self._sql(
+                    "SELECT count(DISTINCT send_id) FROM aegis_alert_attempts "
+                    "WHERE at > ? AND channel = ? AND outcome <> 'skipped'"
+                ),
+                (since, channel),
+            ).fetchone()
+        return int(row[0])
 
     def attempts(self, notices: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
         if not notices:

@@ -270,6 +270,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX aegis_alert_audit_at ON aegis_alert_audit (at)",
     ),
+    (
+        # The notification each attempt was part of (a group's rows are sent
+        # as one): rate limits count notifications, not rows.
+        "ALTER TABLE aegis_alert_attempts ADD COLUMN send_id TEXT NOT NULL DEFAULT ''",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
