@@ -11,7 +11,7 @@ Two clocks: process CPU time (every thread of the process, so Aegis's flusher
 and sink threads are charged to Aegis, and not disturbed by other programs
 taking the CPU) and wall time (what a request waits; noisier on a busy host).
 
-Aegis appears three times:
+Aegis appears four times:
 - "request path": what a request pays, on the compiled path (the default
   where it was built). The flusher is held back (long interval, large batch)
   and flushed untimed between chunks.
@@ -24,6 +24,9 @@ Aegis appears three times:
   figure; and again with ``sample_rate=0.1`` (the request log keeps
   one in ten requests, plus every error and slow one; the figures and rollups
   still count all).
+- "alerts": the request path again with bench/alerts.py's 200 alert rules
+  evaluated every 10 s by the alert service's thread (it reads the stored
+  rollups, not the requests: the request path should cost the same).
 
     python bench/overhead.py                          # full run, about three minutes
     python bench/overhead.py --rounds 9 --chunk 300   # quick look
@@ -51,6 +54,7 @@ LABELS = {
     "aegis_python": "AegisMiddleware, pure-Python request path",
     "aegis_all_in": "AegisMiddleware, all-in (SQLite writes)",
     "aegis_all_in_sampled": "AegisMiddleware, all-in, sample_rate=0.1",
+    "aegis_alerts": "AegisMiddleware, request path, 200 alert rules evaluated every 10 s",
     "starlette_exporter": "starlette_exporter",
     "instrumentator": "prometheus-fastapi-instrumentator",
 }
@@ -72,6 +76,23 @@ class Timing:
         self.total += time.perf_counter() - start
 
 
+AEGIS_VARIANTS = ("aegis", "aegis_python", "aegis_all_in", "aegis_all_in_sampled", "aegis_alerts")
+
+
+def alert_rules() -> list[Any]:
+    """bench/alerts.py's 200 rules over 50 routes."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_alerts", os.path.join(os.path.dirname(os.path.abspath(__file__)), "alerts.py")
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.rules())
+
+
 def build_app(variant: str, routes: int, workdir: str) -> tuple[Any, Callable[[], None]]:
     """The app, and what to run after each chunk (the Aegis flush)."""
     from fastapi import FastAPI
@@ -91,15 +112,22 @@ def build_app(variant: str, routes: int, workdir: str) -> tuple[Any, Callable[[]
     after_chunk: Callable[[], None] = nothing
     if variant == "perf_counter":
         app.add_middleware(Timing)
-    elif variant in ("aegis", "aegis_python", "aegis_all_in", "aegis_all_in_sampled"):
+    elif variant in AEGIS_VARIANTS:
         from aegis_mw import Aegis, AegisMiddleware
 
+        # The alert service evaluates in a thread of its own over the stored
+        # rollups: the request path is the same, and its ticks land in a few
+        # chunks only (the median leaves them out; see bench/alerts.py for
+        # what a tick costs).
+        alerts = alert_rules() if variant == "aegis_alerts" else ()
         aegis = Aegis(
             sink=f"sqlite:///{workdir}/{variant}-{routes}.db",
             flush_interval=3600,
             batch_size=1_000_000,
             speedups=variant != "aegis_python",
             sample_rate=0.1 if variant == "aegis_all_in_sampled" else 1.0,
+            alert_rules=alerts,
+            alert_interval=10,
             environ={},
         )
         app.add_middleware(AegisMiddleware, aegis=aegis)

@@ -113,6 +113,8 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         if "application_name" not in params:
             self.connect_kwargs["application_name"] = "aegis_mw"
         self._connection: psycopg.Connection[Any] | None = None
+        #: Whether an alert-store connection has brought the schema up to date.
+        self._alerts_migrated = False
         self._owner: tuple[int, int] = (0, 0)
         # Connections left behind by a fork, or by a thread whose write was
         # abandoned, stay referenced and are never used or closed here: a
@@ -141,11 +143,16 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
 
     def _alert_connection(self) -> psycopg.Connection[Any]:
         connection = psycopg.connect(self.url, autocommit=True, **self.connect_kwargs)
+        if self._alerts_migrated:
+            # Schemas only move forward: once migrated, always (the alert
+            # threads connect each second; the migration's lock is not free).
+            return connection
         try:
             migrate(connection)
         except BaseException:
             connection.close()
             raise
+        self._alerts_migrated = True
         return connection
 
     def use_compiled(self, module: ModuleType | None) -> None:
