@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
-from . import silence_cli
+from . import alerts_dry_run_cli, silence_cli
 from .query_cli import table
 
 _DB_HELP = (
@@ -92,6 +92,7 @@ def add_parser(commands: Any) -> None:
         help="also write a promtool test file (promtool test rules FILE); needs -o",
     )  # fmt: skip
     silence_cli.add_parser(actions)
+    alerts_dry_run_cli.add_parser(actions)
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -102,6 +103,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return _test(args, out)
     if args.action == "silence":
         return silence_cli.run(args, out, _error, _open_store)
+    if args.action == "dry-run":
+        return alerts_dry_run_cli.run(args, out)
     return _export(args, out)
 
 
