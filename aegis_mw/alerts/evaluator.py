@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import string
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from .figures import Collected, Group, WindowFigures
@@ -94,6 +94,15 @@ class Instance:
     announced_episode: str = ""
 
 
+def replace(instance: Instance, **changes: Any) -> Instance:
+    """``dataclasses.replace`` without its checks, which cost more than the
+    rest of an evaluation (an instance per group and rule, every tick)."""
+    made = object.__new__(Instance)
+    made.__dict__.update(instance.__dict__)
+    made.__dict__.update(changes)
+    return made
+
+
 @dataclass(frozen=True)
 class Transition:
     """A change of an instance, and whether receivers are told of it.
@@ -141,6 +150,7 @@ def evaluate(
     for instance in instances.values():
         by_rule.setdefault(instance.rule, []).append(instance)
     out: dict[Key, Instance] = {}
+    values: dict[tuple[int, str, Any], tuple[WindowFigures, float | None]] = {}
     transitions: list[Transition] = []
     health: dict[str, str] = {}
     for rule in rules:
@@ -177,7 +187,15 @@ def evaluate(
                 data_at = before.data_at
             else:
                 data_at = now if rule.group_by else before.data_at
-            after = _advance(rule, before, window, now, max_step, transitions, data_at)
+            # Rules of one window, filters and grouping share its figures:
+            # a percentile is read from a histogram once per evaluation.
+            # (The window is kept with its value: its id is not reused.)
+            memo = (id(window), rule.input, rule.needs_requests and rule.min_requests)
+            memoized = values.get(memo)
+            if memoized is None:
+                memoized = values[memo] = (window, window.value(rule))
+            value = memoized[1]
+            after = _advance(rule, before, value, now, max_step, transitions, data_at)
             if after is None:
                 _forget(before, now, "resolved and kept long enough", transitions)
             else:
@@ -217,15 +235,14 @@ def _forget(instance: Instance, now: float, reason: str, transitions: list[Trans
 def _advance(
     rule: AlertRule,
     before: Instance,
-    window: WindowFigures,
+    value: float | None,
     now: float,
     max_step: float,
     transitions: list[Transition],
     data_at: float | None,
 ) -> Instance | None:
-    """The instance after one evaluation over ``window``; None when it is to
-    be forgotten."""
-    value = window.value(rule)
+    """The instance after one evaluation that read ``value`` (None: no
+    data); None when it is to be forgotten."""
     step = min(max(now - before.seen_at, 0.0), max_step)
     state = before.state
     changes = before.changes

@@ -231,6 +231,30 @@ def _rows_in(rows: Rows, start: int, end: int) -> Iterable[RollupRow]:
             yield from bucket_rows
 
 
+def state_figures(
+    rules: Sequence[AlertRule], states: Mapping[str, Mapping[Group, float] | Exception] | None
+) -> Collected:
+    """The figures of the rules over a state input, from ``states`` (the
+    values per group of each input, read by the caller, or its read's error)."""
+    out: Collected = {}
+    for rule in rules:
+        if rule.input not in STATE_INPUTS:
+            continue
+        values = (states or {}).get(rule.input, {})
+        if isinstance(values, Exception):
+            out[rule.name] = values
+            continue
+        summed: dict[Group, WindowFigures] = {}
+        for group, value in values.items():
+            kept: Group = tuple(pair for pair in group if pair[0] in rule.group_by)
+            figures = summed.setdefault(kept, WindowFigures(float(rule.window)))
+            figures.state += value
+        if not rule.group_by:
+            summed.setdefault((), WindowFigures(float(rule.window)))
+        out[rule.name] = summed
+    return out
+
+
 def collect(
     reader: RollupReader,
     rules: Sequence[AlertRule],
@@ -249,21 +273,7 @@ def collect(
     gives its rules the exception instead (their health), and the others
     are still evaluated. Rules over a state input take its values per group
     from ``states`` (by input), read by the caller."""
-    out: Collected = {}
-    for rule in rules:
-        if rule.input in STATE_INPUTS:
-            values = (states or {}).get(rule.input, {})
-            if isinstance(values, Exception):
-                out[rule.name] = values
-                continue
-            summed: dict[Group, WindowFigures] = {}
-            for group, value in values.items():
-                kept: Group = tuple(pair for pair in group if pair[0] in rule.group_by)
-                figures = summed.setdefault(kept, WindowFigures(float(rule.window)))
-                figures.state += value
-            if not rule.group_by:
-                summed.setdefault((), WindowFigures(float(rule.window)))
-            out[rule.name] = summed
+    out = state_figures(rules, states)
     rules = [rule for rule in rules if rule.input not in STATE_INPUTS]
     windows = {rule.name: window_of(rule, now, settle) for rule in rules}
     spans: dict[tuple[int, bool], tuple[int, int]] = {}

@@ -37,10 +37,11 @@ from .evaluator import (
     evaluate,
     render,
 )  # fmt: skip
-from .figures import SETTLE_SECONDS, RecentRollups, RollupReader, collect
+from .figures import SETTLE_SECONDS, RollupReader
 from .outbox import AlertSender, ChannelState, Notice, notices_for
 from .rules import SEVERITIES, AlertRule
 from .silences import InhibitRule, MuteWindow, NotificationPolicy
+from .sliding import SlidingFigures
 from .store import SHOWN, AlertStore, changes_between
 
 logger = logging.getLogger("aegis_mw.alerts")
@@ -106,8 +107,8 @@ class AlertService:
         #: The fencing token while this process evaluates, else None.
         self.token: int | None = None
         self._instances: dict[Key, Instance] = {}
-        #: The rows of recent buckets, kept between this process's evaluations.
-        self._recent = RecentRollups()
+        #: The windows' running sums, kept between this process's evaluations.
+        self._figures = SlidingFigures(reader, self.rules, settle)
         #: Per rule: "" when it evaluated, else the problem (the holder's view).
         self.health: dict[str, str] = {}
         #: The instances shown (pending, firing), and those without data,
@@ -174,7 +175,7 @@ class AlertService:
         self.holder = _holder_id()
         self.token = None
         self._instances = {}
-        self._recent = RecentRollups()
+        self._figures = SlidingFigures(self.reader, self.rules, self.settle)
         self._thread = None
         self._lock = threading.Lock()
         reset_store = getattr(self.store, "reset_after_fork", None)
@@ -214,10 +215,10 @@ class AlertService:
         if token != self.token:
             # Taken over (or first): resume from what the last holder stored.
             self._instances = self.store.load()
-            self._recent = RecentRollups()
+            self._figures = SlidingFigures(self.reader, self.rules, self.settle)
             self.token = token
         states: dict[str, Any] = {"channel_disabled": disabled}
-        figures = collect(self.reader, self.rules, now, self.settle, self._recent, states)
+        figures = self._figures.collect(now, states)
         result = evaluate(self.rules, self._instances, figures, now, 2 * self.interval)
         changed, removed = changes_between(self._instances, result.instances)
         # Renewed as it commits: the lease outlives a tick that took long.

@@ -20,13 +20,13 @@ from aegis_mw.alerts.dry_run import (
     MAX_SPAN,
     MAX_STEPS,
     Period,
-    ReplayFigures,
     evaluation_times,
     replay,
 )
 from aegis_mw.alerts.evaluator import FIRING, Instance, Key, Transition, evaluate
 from aegis_mw.alerts.figures import SETTLE_SECONDS, collect
 from aegis_mw.alerts.service import AlertService
+from aegis_mw.alerts.sliding import SlidingFigures
 from aegis_mw.cli import main
 from aegis_mw.core.record import Batch
 from aegis_mw.core.rollup import RollupDelta
@@ -208,7 +208,7 @@ def test_a_no_data_window(store: tuple[Any, str]) -> None:
 
 
 def test_the_running_sums_are_collects_figures(store: tuple[Any, str]) -> None:
-    """ReplayFigures at irregular forward times (a jump past a window too)
+    """SlidingFigures at irregular forward times (a jump past a window too)
     gives what collect reads afresh, for every kind of rule."""
     sink, _ = store
     rules = [
@@ -219,7 +219,7 @@ def test_the_running_sums_are_collects_figures(store: tuple[Any, str]) -> None:
         errors("totals", input="request_rate", operator=">", threshold=1, group_by=()),
         errors("hourly", input="status_4xx_ratio", window="1h", group_by=("route",)),
     ]
-    figures = ReplayFigures(sink, rules, SETTLE_SECONDS)
+    figures = SlidingFigures(sink, rules, SETTLE_SECONDS)
     chance = random.Random(5)
     now = START - 120
     while now < END + 60:
