@@ -168,6 +168,9 @@ class EmailChannel:
                 False, "the SMTP server does not offer STARTTLS or AUTH", permanent=True,
                 broken=True,
             )  # fmt: skip
+        except (smtplib.SMTPConnectError, smtplib.SMTPHeloError) as exc:
+            # Its greeting or EHLO refused: every notice would meet it.
+            return _refusal("the SMTP server refused the session", exc.smtp_code, True)
         except smtplib.SMTPResponseException as exc:
             return _refusal("the SMTP server answered", exc.smtp_code)
         except (OSError, smtplib.SMTPException) as exc:

@@ -98,6 +98,24 @@ class Matcher:
 
 def _compile(name: str, pattern: str) -> re.Pattern[str]:
     what = f"matcher on {name!r}"
+    known = _COMPILED.get(pattern)
+    if known is not None:
+        return known
+    compiled = _checked(what, pattern)
+    if len(_COMPILED) < _COMPILED_LIMIT:
+        _COMPILED[pattern] = compiled
+    return compiled
+
+
+#: Patterns compiled and checked already: the alert thread reads the stored
+#: silences every tick, and the check below touches the process's warning
+#: filters (not safe with other threads warning at that moment): it runs
+#: once a pattern, not once a tick.
+_COMPILED: dict[str, re.Pattern[str]] = {}
+_COMPILED_LIMIT = 4096
+
+
+def _checked(what: str, pattern: str) -> re.Pattern[str]:
     if len(pattern) > REGEX_LIMIT:
         raise PolicyError(
             what, "value", pattern[:40] + "...", f"a regular expression of at most {REGEX_LIMIT} "
@@ -112,8 +130,7 @@ def _compile(name: str, pattern: str) -> re.Pattern[str]:
     try:
         # Python warns where it reads a pattern differently than it will
         # (nested sets); such a pattern is refused rather than half-understood.
-        # catch_warnings changes process-wide state: matchers are made at
-        # start or per API call, never on a hot path.
+        # catch_warnings changes process-wide state: once a pattern (above).
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             # Compiled alone and used with fullmatch(): Alertmanager's

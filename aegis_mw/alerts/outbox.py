@@ -113,14 +113,17 @@ class ChannelState(NamedTuple):
 
 
 def channel_fingerprint(channel: Any) -> str:
-    """A digest of a channel's settings (its secrets among them, never
-    stored as they are): the same channel with other settings has another."""
+    """A digest of a channel's settings: the same channel with other settings
+    (a new URL, a new token) has another. Its secrets are among them, so it
+    is scrypt's, salted by the channel's name: the digest stored beside a
+    disabled channel is no quick test of a guessed password."""
     if dataclasses.is_dataclass(channel) and not isinstance(channel, type):
         fields: Any = dataclasses.astuple(channel)
     else:
         fields = vars(channel)
     text = f"{type(channel).__name__}:{fields!r}"
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    salt = f"aegis_mw alert channel {getattr(channel, 'name', '')}".encode()
+    return hashlib.scrypt(text.encode(), salt=salt, n=2**14, r=8, p=1, dklen=16).hex()
 
 
 def _iso(seconds: float) -> str:
@@ -268,6 +271,9 @@ class AlertSender:
         )
         for name in sorted(disabled):
             if disabled[name].probe_at <= now:  # one row, to see whether it works again
+                # The next probe is set first: a probe that fails otherwise
+                # (a 503, a timeout) waits its turn as one that fails alike.
+                self.store.disable_channel(disabled[name]._replace(probe_at=now + PROBE_SECONDS))
                 claimed += self.store.claim_notices(self.claimer, now, CLAIM_SECONDS, 1, [name])
         broken: set[str] = set()
         for batch in self._within_limits(_batches(claimed), now):
@@ -345,12 +351,15 @@ class AlertSender:
             result = Delivery(False, f"{type(exc).__name__} while sending")
         done = self.wall()
         send_id = uuid.uuid4().hex
+        # One wait for the whole notification: retried, its rows stay one
+        # notification under one key (a receiver deduplicates by it).
+        wait = backoff(max(row.attempts for row in rows) + 1, result.retry_after)
         for row in rows:
-            self._finish(row, result, start, done, states.get(name), broken, send_id)
+            self._finish(row, result, start, done, states.get(name), broken, send_id, wait)
 
     def _finish(
         self, row: Claimed, result: Delivery, start: float, done: float,
-        state: ChannelState | None, broken: set[str], send_id: str,
+        state: ChannelState | None, broken: set[str], send_id: str, wait: float,
     ) -> None:  # fmt: skip
         took = done - start
         finish = functools.partial(self.store.finish_notice, seconds=took, send_id=send_id)
@@ -384,7 +393,6 @@ class AlertSender:
                 "aegis_mw: alert notice to %s failed for good: %s", row.channel, result.error
             )
         else:
-            wait = backoff(row.attempts + 1, result.retry_after)
             finish(row.id, row.claim, "pending", done + wait, result.error, done)
 
 

@@ -104,6 +104,18 @@ def test_a_gone_receiver_is_disabled_alerted_probed_and_caught_up(
     again = evaluator.store.channel_states()["hook"]
     assert again.disabled_at == state.disabled_at and again.probe_at > state.probe_at
 
+    # A probe that fails otherwise (503) still waits a whole period for the next.
+    httpserver.clear_all_handlers()
+    httpserver.expect_request("/hook").respond_with_data("", status=503)
+    httpserver.expect_request("/other").respond_with_data("ok")
+    wall.now = again.probe_at
+    evaluator.sender.send_due()
+    assert len([r for r, _ in httpserver.log if r.path == "/hook"]) == 3
+    wall.now += 30  # the row's backoff is over; the next probe is not due
+    evaluator.sender.send_due()
+    assert len([r for r, _ in httpserver.log if r.path == "/hook"]) == 3
+    assert evaluator.store.channel_states()["hook"].probe_at == again.probe_at + PROBE_SECONDS
+
     # The receiver is back: the probe delivers, the channel works, the
     # backlog follows in order, and the built-in alert resolves.
     httpserver.clear_all_handlers()
@@ -131,7 +143,7 @@ def test_a_gone_receiver_is_disabled_alerted_probed_and_caught_up(
         if n["channel"] == "hook" and n["notice_key"].startswith(n["episode"] + ".firing")
     ]  # fmt: skip
     log = evaluator.store.attempts([firing_row["id"]])[firing_row["id"]]
-    assert [a["outcome"] for a in log] == ["disabled", "disabled", "delivered"]
+    assert [a["outcome"] for a in log] == ["disabled", "disabled", "retry", "delivered"]
     assert all(a["sender"] == evaluator.holder and a["seconds"] >= 0 for a in log)
     assert log[0]["error"] == "the webhook answered 410" and log[-1]["error"] == ""
 

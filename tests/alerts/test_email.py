@@ -424,6 +424,30 @@ def test_a_server_that_never_answers_is_cut_off_at_the_timeout() -> None:
     assert took < 3.0, took
 
 
+def test_a_server_refusing_the_session_disables_the_channel() -> None:
+    """A 554 greeting meets every notice alike: the channel is broken, the
+    notice kept (not failed on its own)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def refuse() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.sendall(b"554 no service here\r\n")
+            connection.recv(1024)
+
+    thread = threading.Thread(target=refuse)
+    thread.start()
+    channel = EmailChannel(
+        "closed", "127.0.0.1", "a@aegis.example", ("b@aegis.example",),
+        port=listener.getsockname()[1], security="none", allow_private=True, timeout=2.0,
+    )  # fmt: skip
+    result = channel.send("k", notice())
+    thread.join(10)
+    listener.close()
+    assert (result.delivered, result.permanent, result.broken) == (False, True, True)
+    assert result.error == "the SMTP server refused the session (554)"
+
+
 def test_a_server_that_answers_a_byte_at_a_time_is_cut_off() -> None:
     """Each read is quick; the send as a whole outlasts its timeout."""
     listener = socket.create_server(("127.0.0.1", 0))

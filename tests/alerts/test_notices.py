@@ -558,3 +558,29 @@ def test_a_pagerduty_channel_needs_its_routing_key() -> None:
     assert caught.value.option == "alert_channels.p.routing_key"
     [channel] = channels_from_config({"p": {"type": "pagerduty", "routing_key": "k" * 32}}).values()
     assert channel.url == "https://events.pagerduty.com/v2/enqueue"
+
+
+def test_the_rows_of_an_alert_still_firing_outlive_the_retention(
+    sink: Any, httpserver: HTTPServer
+) -> None:
+    """Pruned only once its resolve is done: they say where the resolve goes
+    and that the channel was told (no second firing after a prune)."""
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    wall = Wall()
+    evaluator = service(sink, wall, httpserver.url_for("/hook"))
+    for second in range(0, 120, 5):
+        write(sink, START + second, 20, 6, f"bad{second}-")
+    wall.now = START + 80
+    evaluator.tick()
+    evaluator.sender.send_due()
+    evaluator.store.prune_history(wall.now + 10**6, 100)
+    [firing] = evaluator.store.notices(10)
+    assert firing["state"] == "delivered"
+    for second in range(120, 220, 5):
+        write(sink, START + second, 20, 0, f"ok{second}-")
+    wall.now = START + 230
+    evaluator.tick()
+    evaluator.sender.send_due()
+    assert [n["status"] for n in received(httpserver)] == ["firing", "resolved"]
+    evaluator.store.prune_history(wall.now + 10**6, 100)
+    assert evaluator.store.notices(10) == []
