@@ -181,14 +181,19 @@ def test_the_page_shows_what_was_sent(browser: Any, tmp_path: Path) -> None:
             "css selector", "#ranges button[data-range='1h']"
         ).get_attribute("aria-pressed") == "true"  # fmt: skip
         wait_until(browser, lambda d: text_of(d, "range-top") == "last 1h", "the table's range")
-        rows = browser.execute_script(
-            "return [...document.querySelectorAll('#top-endpoints tbody tr')]"
-            ".map((tr) => [...tr.cells].map((td) => td.textContent))"
-        )
         p95 = {e["route"]: e["latency_ms"]["p95"] for e in stored["endpoints"]}
-        assert {row[1]: row[5] for row in rows} == {
-            route: one_decimal(value) for route, value in p95.items()
-        }
+        expected = {route: one_decimal(value) for route, value in p95.items()}
+
+        def shown(d: Any) -> dict[str, str]:
+            rows = d.execute_script(
+                "return [...document.querySelectorAll('#top-endpoints tbody tr')]"
+                ".map((tr) => [...tr.cells].map((td) => td.textContent))"
+            )
+            return {row[1]: row[5] for row in rows}
+
+        # The label changes as the range is chosen; the rows once its answer came.
+        wait_until(browser, lambda d: shown(d) == expected, "the table's p95 over 1h")
+        assert shown(browser) == expected
 
         # Dark, as the system asks.
         browser.execute_cdp_cmd(
