@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -50,3 +55,36 @@ def _with_cryptography(cert: Path, key: Path) -> None:
             serialization.NoEncryption(),
         )
     )  # fmt: skip
+
+
+@contextmanager
+def dripping_server(
+    answer: bytes, *, reads_first: bool, tls: ssl.SSLContext | None = None
+) -> Iterator[int]:
+    """A server on 127.0.0.1 (its port yielded) that takes one connection
+    and sends ``answer`` a byte every 0.2 s: each read is quick, the whole
+    answer slow (a send must be cut off by its timeout as a whole)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        raw, _ = listener.accept()
+        with raw if tls is None else tls.wrap_socket(raw, server_side=True) as connection:
+            if reads_first:
+                connection.recv(65536)
+            for byte in answer:
+                if stop.wait(0.2):  # pacing the server, not synchronising the test
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=drip)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(10)
+        listener.close()

@@ -27,7 +27,7 @@ from aegis_mw.alerts.service import AlertService
 from aegis_mw.core.errors import ConfigError
 from tests.history.dataset import open_sink
 
-from .conftest import MAIL_HOST
+from .conftest import MAIL_HOST, dripping_server
 from .test_notices import RULE, episode
 from .test_service import Wall
 
@@ -450,32 +450,14 @@ def test_a_server_refusing_the_session_disables_the_channel() -> None:
 
 def test_a_server_that_answers_a_byte_at_a_time_is_cut_off() -> None:
     """Each read is quick; the send as a whole outlasts its timeout."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def drip() -> None:
-        connection, _ = listener.accept()
-        with connection:
-            for byte in b"220-" + b"x" * 100:
-                if stop.wait(0.2):  # pacing the server, not synchronising the test
-                    return
-                try:
-                    connection.sendall(bytes([byte]))
-                except OSError:
-                    return
-
-    thread = threading.Thread(target=drip)
-    thread.start()
-    channel = EmailChannel(
-        "slow", "127.0.0.1", "a@aegis.example", ("b@aegis.example",),
-        port=listener.getsockname()[1], security="none", allow_private=True, timeout=1.0,
-    )  # fmt: skip
-    started = time.monotonic()
-    result = channel.send("k", notice())
-    took = time.monotonic() - started
-    stop.set()
-    thread.join(10)
-    listener.close()
+    with dripping_server(b"220-" + b"x" * 100, reads_first=False) as port:
+        channel = EmailChannel(
+            "slow", "127.0.0.1", "a@aegis.example", ("b@aegis.example",),
+            port=port, security="none", allow_private=True, timeout=1.0,
+        )  # fmt: skip
+        started = time.monotonic()
+        result = channel.send("k", notice())
+        took = time.monotonic() - started
     assert not result.delivered and not result.permanent
     assert result.error == "the SMTP server did not finish in 1 s"
     assert took < 3.0, took

@@ -21,7 +21,11 @@ from aegis_mw.alerts.service import AlertService
 from aegis_mw.core.errors import ConfigError
 from tests.history.dataset import open_sink
 
+from .conftest import dripping_server
 from .test_service import START, Wall, write
+
+#: An HTTP answer that never ends (its header line goes on).
+SLOW_ANSWER = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 100
 
 SECRET = base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 RULE = AlertRule(
@@ -350,38 +354,17 @@ def test_settings_with_channels_can_be_replaced() -> None:
 
 def test_a_receiver_that_answers_a_byte_at_a_time_is_cut_off() -> None:
     """The timeout bounds the whole send, not each read."""
-    import socket
-    import threading
     import time
 
     from aegis_mw.alerts.channels import WebhookChannel
 
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def drip() -> None:
-        connection, _ = listener.accept()
-        with connection:
-            connection.recv(65536)
-            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 100:
-                if stop.wait(0.2):  # a byte every 0.2 s: each read is quick
-                    return
-                try:
-                    connection.sendall(bytes([byte]))
-                except OSError:
-                    return
-
-    thread = threading.Thread(target=drip)
-    thread.start()
-    channel = WebhookChannel(
-        "slow", f"http://127.0.0.1:{listener.getsockname()[1]}/h", allow_private=True, timeout=1.0
-    )
-    started = time.monotonic()
-    result = channel.send("k", {})
-    took = time.monotonic() - started
-    stop.set()
-    thread.join(10)
-    listener.close()
+    with dripping_server(SLOW_ANSWER, reads_first=True) as port:
+        channel = WebhookChannel(
+            "slow", f"http://127.0.0.1:{port}/h", allow_private=True, timeout=1.0
+        )
+        started = time.monotonic()
+        result = channel.send("k", {})
+        took = time.monotonic() - started
     assert not result.delivered and not result.permanent
     assert took < 3.0, took
 
@@ -391,40 +374,19 @@ def test_a_tls_receiver_that_answers_a_byte_at_a_time_is_cut_off(
 ) -> None:
     """Over TLS too (the cut reaches the connection however TLS wrapped it),
     with a private CA trusted through ca_file."""
-    import socket
     import ssl
-    import threading
     import time
 
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(*certificate)
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def drip() -> None:
-        raw, _ = listener.accept()
-        with server.wrap_socket(raw, server_side=True) as connection:
-            connection.recv(65536)
-            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 100:
-                if stop.wait(0.2):
-                    return
-                try:
-                    connection.sendall(bytes([byte]))
-                except OSError:
-                    return
-
-    thread = threading.Thread(target=drip)
-    thread.start()
-    [channel] = channels_from_config({
-        "slow": {"type": "webhook", "url": f"https://localhost:{listener.getsockname()[1]}/h",
-                 "allow_private": True, "timeout": 1.0, "ca_file": str(certificate[0])},
-    }).values()  # fmt: skip
-    started = time.monotonic()
-    result = channel.send("k", {})
-    took = time.monotonic() - started
-    stop.set()
-    thread.join(10)
-    listener.close()
+    with dripping_server(SLOW_ANSWER, reads_first=True, tls=server) as port:
+        [channel] = channels_from_config({
+            "slow": {"type": "webhook", "url": f"https://localhost:{port}/h",
+                     "allow_private": True, "timeout": 1.0, "ca_file": str(certificate[0])},
+        }).values()  # fmt: skip
+        started = time.monotonic()
+        result = channel.send("k", {})
+        took = time.monotonic() - started
     assert not result.delivered and not result.permanent, result
     assert took < 3.0, took
 
