@@ -16,8 +16,10 @@ changed since the last one.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Protocol
 
 from ..core import histogram
@@ -57,30 +59,12 @@ class WindowFigures:
     state: float = 0.0
 
     def add(self, row: RollupRow) -> None:
-        requests = row.requests
-        self.requests += requests
-        self.errors += row.errors
-        self.rate_limited += row.rate_limited
-        if 1 <= row.status_class <= 5:
-            self.classes[row.status_class - 1] += requests
-        if requests:
+        add_row(self, row, 1)
+        if row.requests:
             if row.duration_min < self.duration_min:
                 self.duration_min = row.duration_min
             if row.duration_max > self.duration_max:
                 self.duration_max = row.duration_max
-        stored = row.histogram
-        if stored:
-            latency = self.latency
-            first = stored[0]
-            if first >= 0 and first + len(stored) - 1 <= len(latency):
-                for index, count in enumerate(stored[1:], first):
-                    if count:
-                        latency[index] += count
-            else:  # a layout of another build: clamped into ours
-                last = len(latency) - 1
-                for index, count in enumerate(stored[1:], first):
-                    if count:
-                        latency[max(0, min(index, last))] += count
 
     def merge(self, other: WindowFigures) -> None:
         """Add another window's figures (the same window: sums and the
@@ -119,6 +103,33 @@ class WindowFigures:
             self.latency, [quantile], lowest=self.duration_min, highest=self.duration_max
         )[0]
         return value
+
+
+def add_row(figures: WindowFigures, row: RollupRow, sign: int) -> None:
+    """A row's counts and histogram added to ``figures`` (``sign`` 1) or
+    taken out of them (-1, the running sums of :mod:`.sliding`); the fastest
+    and slowest request are the caller's."""
+    requests = row.requests * sign
+    figures.requests += requests
+    figures.errors += row.errors * sign
+    figures.rate_limited += row.rate_limited * sign
+    if 1 <= row.status_class <= 5:
+        figures.classes[row.status_class - 1] += requests
+    stored = row.histogram
+    if not stored:
+        return
+    latency = figures.latency
+    first, stop = stored[0], stored[0] + len(stored) - 1
+    if first >= 0 and stop <= len(latency):
+        # A slice at a time (map in C): a row's histogram spans a hundred
+        # buckets or more, and each row is added and taken away once.
+        step = operator.add if sign > 0 else operator.sub
+        latency[first:stop] = map(step, latency[first:stop], islice(stored, 1, None))
+        return
+    last = len(latency) - 1  # a layout of another build: clamped into ours
+    for index, count in enumerate(stored[1:], first):
+        if count:
+            latency[max(0, min(index, last))] += count * sign
 
 
 def window_of(rule: AlertRule, now: float, settle: float = SETTLE_SECONDS) -> tuple[int, int]:

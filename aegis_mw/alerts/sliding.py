@@ -6,10 +6,8 @@ cost of the buckets that entered and left each window since the last call.
 
 from __future__ import annotations
 
-import operator
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import islice
 from typing import Any
 
 from ..core.rollup import RollupRow
@@ -21,6 +19,7 @@ from .figures import (
     RollupReader,
     Rows,
     WindowFigures,
+    add_row,
     per_route,
     state_figures,
     window_of,
@@ -157,7 +156,7 @@ class _Sums:
             return self.figures
         for bucket in sorted(b for b in self.rows if b < start):
             for group, row in self.rows.pop(bucket):
-                _add(self.groups[group], row, -1)
+                add_row(self.groups[group], row, -1)
                 self.counts[group] -= 1
                 if not self.counts[group]:
                     del self.groups[group], self.counts[group]
@@ -181,7 +180,7 @@ class _Sums:
                     figures = self.groups[group] = WindowFigures(self.seconds)
                     self.counts[group] = 0
                 self.counts[group] += 1
-                _add(figures, row, 1)
+                add_row(figures, row, 1)
                 if row.requests:
                     known = extremes.get(group)
                     if known is None:
@@ -222,29 +221,3 @@ class _Sums:
             return None
         labels = {"route": row.route, "method": row.method}
         return tuple((label, labels[label]) for label in self.group_by)
-
-
-def _add(figures: WindowFigures, row: RollupRow, sign: int) -> None:
-    """``WindowFigures.add`` (``sign`` 1) or its inverse (-1), but for the
-    fastest and slowest request (see :class:`_Sums`)."""
-    requests = row.requests * sign
-    figures.requests += requests
-    figures.errors += row.errors * sign
-    figures.rate_limited += row.rate_limited * sign
-    if 1 <= row.status_class <= 5:
-        figures.classes[row.status_class - 1] += requests
-    stored = row.histogram
-    if not stored:
-        return
-    latency = figures.latency
-    first, stop = stored[0], stored[0] + len(stored) - 1
-    if first >= 0 and stop <= len(latency):
-        # A slice at a time (map in C): a row's histogram spans a hundred
-        # buckets or more, and each row is added and taken away once.
-        step = operator.add if sign > 0 else operator.sub
-        latency[first:stop] = map(step, latency[first:stop], islice(stored, 1, None))
-        return
-    last = len(latency) - 1  # a layout of another build: clamped into ours
-    for index, count in enumerate(stored[1:], first):
-        if count:
-            latency[max(0, min(index, last))] += count * sign
