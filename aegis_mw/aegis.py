@@ -113,15 +113,22 @@ def _alert_service(
     settings: AegisSettings, sinks: Sequence[RecordSink], clock: Clock
 ) -> AlertService | None:
     """The alert service over the first sink that keeps history, in the
-    store beside its data (in the process for the memory sink)."""
-    if not settings.alert_rules:
+    store beside its data (in the process for the memory sink). It runs
+    when the settings give rules or channels (rules may then come through
+    the API too), or when ``alerts_enabled`` asks for it."""
+    if not (settings.alert_rules or settings.alert_channels or settings.alerts_enabled):
         return None
     source = next((sink for sink in sinks if isinstance(sink, HistorySource)), None)
     if source is None:
+        option, shown = (
+            ("alert_rules", f"{len(settings.alert_rules)} rules") if settings.alert_rules
+            else ("alert_channels", f"{len(settings.alert_channels)} channels")
+            if settings.alert_channels else ("alerts_enabled", True)
+        )  # fmt: skip
         raise ConfigError(
-            "alert_rules", f"{len(settings.alert_rules)} rules",
+            option, shown,
             "alerts need a sink that keeps history: memory://, sqlite:///... or postgresql://...",
-            settings.sources.get("alert_rules", ""),
+            settings.sources.get(option, ""),
         )  # fmt: skip
     kept = horizons(settings.retention_raw, settings.retention_rollups)
     for rule in settings.alert_rules:
@@ -149,7 +156,7 @@ def _alert_service(
         # Items wait up to a flush interval before they are folded at all.
         settle=SETTLE_SECONDS + settings.flush_interval,
         channels=settings.alert_channels, mute_windows=settings.alert_mute_windows,
-        inhibit_rules=settings.alert_inhibit_rules,
+        inhibit_rules=settings.alert_inhibit_rules, horizons=kept,
     )  # fmt: skip
 
 

@@ -19,7 +19,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
@@ -33,7 +32,6 @@ _DB_HELP = (
 _CONFIG_HELP = "a settings file (TOML or YAML) to read instead of the one AEGIS_CONFIG names"
 #: The states ``list`` shows: the alerts, and the instances without data.
 _LISTED = ("firing", "pending", "nodata")
-TEST_RULE = "aegis_test"
 
 
 def _limit(text: str) -> int:
@@ -230,23 +228,6 @@ def _settings(config: str | None) -> Any:
     return AegisSettings.load(environ)
 
 
-def test_notice(at: float) -> dict[str, Any]:
-    """A test notice in the shape of every notice (see :func:`.alerts.outbox.notice_payload`)."""
-    from .alerts.evaluator import FIRING, INACTIVE, Transition
-    from .alerts.outbox import notice_payload
-
-    transition = Transition(
-        rule=TEST_RULE, group=(), kind="test", from_state=INACTIVE, to_state=FIRING, at=at,
-        value=None, severity="info", episode=f"aegis-test-{uuid.uuid4().hex}", notify=True,
-        labels={"alertname": TEST_RULE, "severity": "info"},
-        annotations={
-            "summary": "Test notice from aegis-mw alerts test: no alert is firing.",
-            "description": "Sent by hand to check that this channel's notices arrive.",
-        },
-    )  # fmt: skip
-    return notice_payload(transition)
-
-
 def _test(args: argparse.Namespace, out: TextIO) -> int:
     from .core.errors import ConfigError
 
@@ -259,20 +240,11 @@ def _test(args: argparse.Namespace, out: TextIO) -> int:
     if channel is None:
         known = ", ".join(sorted(channels)) or "none (alert_channels is empty)"
         return _error(f"no channel {args.channel!r} in alert_channels; configured: {known}")
-    at = time.time()
-    notice = test_notice(at)
-    try:
-        result = channel.send(f"{TEST_RULE}.test.{at:.3f}", notice)
-    except Exception as exc:  # a channel's own fault, as the sender reports it
-        out.write(f"failed: {type(exc).__name__} while sending\n")
-        return 1
-    if result.delivered:
-        out.write("delivered\n")
-        return 0
-    # Delivery.error names the status or the fault, never the answer's body
-    # nor the channel's URL or secret.
-    out.write(f"failed: {result.error}\n")
-    return 1
+    from .alerts.outbox import send_test
+
+    result = send_test(channel, time.time(), "aegis-mw alerts test")
+    out.write("delivered\n" if result.delivered else f"failed: {result.error}\n")
+    return 0 if result.delivered else 1
 
 
 # -- export --------------------------------------------------------------------------

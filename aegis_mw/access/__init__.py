@@ -4,6 +4,6 @@ at start, in ``core/access_rules.py``) and the decision for one request."""
 from __future__ import annotations
 
 from ..core.access_rules import GROUPS, AccessRule
-from .check import ADMIN, VIEWER, Decision, decide
+from .check import ADMIN, EDITOR, VIEWER, Decision, decide
 
-__all__ = ["ADMIN", "GROUPS", "VIEWER", "AccessRule", "Decision", "decide"]
+__all__ = ["ADMIN", "EDITOR", "GROUPS", "VIEWER", "AccessRule", "Decision", "decide"]

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 
 from ..core.access_rules import AccessRule
 
-VIEWER, ADMIN = "viewer", "admin"
+VIEWER, EDITOR, ADMIN = "viewer", "editor", "admin"
+#: Each role may do what the roles before it may.
+ROLES = (VIEWER, EDITOR, ADMIN)
 REALM = 'realm="aegis"'
 
 
@@ -22,6 +24,13 @@ class Decision:
     code: str = ""
     message: str = ""
     headers: list[tuple[str, str]] = field(default_factory=list)
+    #: Who, for the audit: a basic user's name, or which configured token
+    #: ("editor token 2"); never the secret. "" for an open group.
+    actor: str = ""
+
+    def may(self, role: str) -> bool:
+        """Whether this decision's role includes ``role``'s rights."""
+        return self.allowed and ROLES.index(self.role or VIEWER) >= ROLES.index(role)
 
 
 def _digest(text: str) -> bytes:
@@ -30,12 +39,15 @@ def _digest(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
-def _matches(candidate: str, secrets: tuple[str, ...]) -> bool:
-    """Constant-time over every secret (which one matched must not show in timing)."""
+def _match(candidate: str, secrets: tuple[str, ...]) -> int:
+    """The 1-based position of the secret ``candidate`` is, else 0; every
+    secret is compared, in constant time (a secret's text must not show in
+    timing)."""
     offered = _digest(candidate)
-    found = False
-    for secret in secrets:
-        found |= hmac.compare_digest(offered, _digest(secret))
+    found = 0
+    for position, secret in enumerate(secrets, 1):
+        if hmac.compare_digest(offered, _digest(secret)):
+            found = found or position
     return found
 
 
@@ -52,10 +64,32 @@ def _basic_user(encoded: str) -> tuple[str, str] | None:
 
 
 def _basic_role(pair: tuple[str, str], rule: AccessRule) -> str:
-    user, password = pair
-    admin = _matches(f"{user}:{password}", tuple(f"{u}:{p}" for u, p in rule.admin_basic))
-    viewer = _matches(f"{user}:{password}", tuple(f"{u}:{p}" for u, p in rule.basic))
-    return ADMIN if admin else VIEWER if viewer else ""
+    """The highest role whose users hold this user and password, or ""."""
+    offered = f"{pair[0]}:{pair[1]}"
+    found = ""
+    for role, users in (
+        (VIEWER, rule.basic),
+        (EDITOR, rule.editor_basic),
+        (ADMIN, rule.admin_basic),
+    ):
+        if _match(offered, tuple(f"{u}:{p}" for u, p in users)):
+            found = role
+    return found
+
+
+def _token_role(token: str, rule: AccessRule) -> tuple[str, str]:
+    """The highest role holding ``token``, and the actor it names ("editor
+    token 2"); ("", "") for none."""
+    found = ("", "")
+    for role, tokens in (
+        (VIEWER, rule.tokens),
+        (EDITOR, rule.editor_tokens),
+        (ADMIN, rule.admin_tokens),
+    ):
+        position = _match(token, tokens)
+        if position:
+            found = (role, f"{role} token {position}")
+    return found
 
 
 def decide(
@@ -64,7 +98,7 @@ def decide(
     """``authorization`` is the request's header; ``token`` one taken from elsewhere
     (a cookie or query parameter, for the dashboard and its WebSocket)."""
     if rule is None or rule.open:
-        return Decision(True, VIEWER)  # admin actions always need admin credentials
+        return Decision(True, VIEWER)  # writes always need an editor's credentials
     if rule.allow_ips:
         address = None
         if client_ip:
@@ -79,21 +113,21 @@ def decide(
     if not rule.needs_credentials:
         return Decision(True, VIEWER)
     scheme, _, credentials = authorization.strip().partition(" ")
-    role = ""
+    role = actor = ""
     if scheme.lower() == "bearer" and credentials.strip():
         token = credentials.strip()
-    elif scheme.lower() == "basic" and (rule.basic or rule.admin_basic):
+    elif scheme.lower() == "basic" and rule.all_basic:
         pair = _basic_user(credentials)
         role = _basic_role(pair, rule) if pair is not None else ""
+        actor = pair[0] if pair is not None and role else ""
     if not role and token:
-        role = ADMIN if _matches(token, rule.admin_tokens) else ""
-        role = role or (VIEWER if _matches(token, rule.tokens) else "")
+        role, actor = _token_role(token, rule)
     if role:
-        return Decision(True, role)
+        return Decision(True, role, actor=actor)
     challenges = []
-    if rule.tokens or rule.admin_tokens:
+    if rule.all_tokens:
         challenges.append(("www-authenticate", f"Bearer {REALM}"))
-    if rule.basic or rule.admin_basic:
+    if rule.all_basic:
         challenges.append(("www-authenticate", f'Basic {REALM}, charset="UTF-8"'))
     return Decision(
         False, status=401, code="unauthorized", message="credentials required", headers=challenges

@@ -130,6 +130,34 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+#: The alert name of a test notice.
+TEST_RULE = "aegis_test"
+
+
+def test_notice(at: float, sender: str) -> dict[str, Any]:
+    """A test notice in the shape of every notice, saying who sent it."""
+    transition = Transition(
+        rule=TEST_RULE, group=(), kind="test", from_state="inactive", to_state=FIRING, at=at,
+        value=None, severity="info", episode=f"aegis-test-{uuid.uuid4().hex}", notify=True,
+        labels={"alertname": TEST_RULE, "severity": "info"},
+        annotations={
+            "summary": f"Test notice from {sender}: no alert is firing.",
+            "description": "Sent by hand to check that this channel's notices arrive.",
+        },
+    )  # fmt: skip
+    return notice_payload(transition)
+
+
+def send_test(channel: Channel, at: float, sender: str) -> Delivery:
+    """One test notice through ``channel``, now. The result says delivered or
+    why not: a status or a fault, never the answer's body nor the channel's
+    URL or secret (Delivery.error is written so)."""
+    try:
+        return channel.send(f"{TEST_RULE}.test.{at:.3f}", test_notice(at, sender))
+    except Exception as exc:  # a channel's own fault, as the sender reports it
+        return Delivery(False, f"{type(exc).__name__} while sending")
+
+
 def notice_payload(transition: Transition) -> dict[str, Any]:
     """A transition in the shape of Alertmanager's webhook payload (one
     alert), with ours under ``aegis``."""

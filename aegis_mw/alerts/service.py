@@ -39,10 +39,10 @@ from .evaluator import (
 )  # fmt: skip
 from .figures import SETTLE_SECONDS, RollupReader
 from .outbox import AlertSender, ChannelState, Notice, notices_for
-from .rules import SEVERITIES, AlertRule
+from .rules import SEVERITIES, AlertRule, RuleError, rule_from_mapping
 from .silences import InhibitRule, MuteWindow, NotificationPolicy
 from .sliding import SlidingFigures
-from .store import SHOWN, AlertStore, changes_between
+from .store import SHOWN, AlertStore, StoredRule, changes_between
 
 logger = logging.getLogger("aegis_mw.alerts")
 
@@ -53,6 +53,8 @@ LEASE_INTERVALS = 1.5
 #: retention at most this often, at most PRUNE_LIMIT rows at a time.
 PRUNE_EVERY = 3600.0
 PRUNE_LIMIT = 10_000
+#: The most rules the API may keep in the store (besides the settings' own).
+API_RULE_LIMIT = 1000
 
 #: The alert raised while a channel is disabled (see .outbox), added to the
 #: rules when there are channels and no rule of the app's own watches them.
@@ -84,12 +86,17 @@ class AlertService:
         channels: Mapping[str, Channel] | None = None,
         mute_windows: Sequence[MuteWindow] = (),
         inhibit_rules: Sequence[InhibitRule] = (),
+        horizons: Mapping[int, float] | None = None,
     ) -> None:
-        self.rules = tuple(rules)
-        if channels and not any(
-            rule.input == CHANNEL_RULE.input or rule.name == CHANNEL_RULE.name for rule in rules
-        ):
-            self.rules += (CHANNEL_RULE,)
+        #: The rules of the app's settings (or code): the API cannot change them.
+        self.settings_rules = tuple(rules)
+        #: The rules written through the API, read from the store when its
+        #: revision of them changes, with who wrote each and when.
+        self.api_rules: tuple[AlertRule, ...] = ()
+        self.api_rule_rows: dict[str, StoredRule] = {}
+        self._rules_revision = 0
+        #: Seconds each rollup resolution is kept: a window must fit in it.
+        self.horizons = dict(horizons or {})
         self.store = store
         self.reader = reader
         self.interval = interval
@@ -102,6 +109,9 @@ class AlertService:
         self.holder = _holder_id()
         #: Where notices go (see .channels); none: the log only.
         self.channels: dict[str, Channel] = dict(channels or {})
+        #: Every rule evaluated: the settings', the API's and, with channels
+        #: and no rule of the app's own watching them, CHANNEL_RULE.
+        self.rules = self._all_rules()
         #: Delivers the outbox's notices (a thread of its own, every process).
         self.sender = AlertSender(store, self.channels, wall=wall, claimer=self.holder)
         #: The fencing token while this process evaluates, else None.
@@ -185,6 +195,65 @@ class AlertService:
         if self._running:
             self.start()
 
+    # -- rules --------------------------------------------------------------------
+    def _all_rules(self) -> tuple[AlertRule, ...]:
+        rules = self.settings_rules + self.api_rules
+        if self.channels and not any(
+            rule.input == CHANNEL_RULE.input or rule.name == CHANNEL_RULE.name for rule in rules
+        ):
+            rules += (CHANNEL_RULE,)
+        return rules
+
+    def check_rule(self, rule: AlertRule) -> None:
+        """RuleError when the rule cannot be evaluated here: its window is
+        longer than its rollups are kept."""
+        kept = self.horizons.get(rule.resolution)
+        if kept is not None and rule.window > kept:
+            raise RuleError(
+                rule.name, "window", rule.window,
+                f"at most the {kept:g} s its {rule.resolution} s rollups are kept "
+                "(retention_raw)",
+            )  # fmt: skip
+
+    def rule_source(self, name: str) -> str:
+        """Where a rule comes from: "settings", "api", "builtin" or ""."""
+        if any(rule.name == name for rule in self.settings_rules):
+            return "settings"
+        if name in self.api_rule_rows:
+            return "api"
+        return "builtin" if name == CHANNEL_RULE.name else ""
+
+    def _refresh_rules(self) -> None:
+        """The API's rules read again when their revision moved (one cheap
+        query a tick otherwise). A stored rule that no longer reads (written
+        by another version) or clashes with a settings rule is left out and
+        logged, never a failed tick."""
+        if self.store.rules_revision() == self._rules_revision:
+            return
+        revision, rows = self.store.api_rules()
+        taken = {rule.name for rule in self.settings_rules}
+        rules, kept = [], {}
+        for row in rows:
+            try:
+                rule = rule_from_mapping(row.data, row.name)
+                self.check_rule(rule)
+            except (RuleError, TypeError) as exc:
+                logger.warning("aegis_mw: the stored alert rule %r is left out: %s", row.name, exc)
+                continue
+            if rule.name in taken or rule.name != row.name:
+                logger.warning(
+                    "aegis_mw: the stored alert rule %r is left out: name taken", row.name
+                )
+                continue
+            rules.append(rule)
+            kept[row.name] = row
+        self.api_rules, self.api_rule_rows = tuple(rules), kept
+        self.rules = self._all_rules()
+        # Running sums are per rule: started again over the new set (one
+        # full read of each window).
+        self._figures = SlidingFigures(self.reader, self.rules, self.settle)
+        self._rules_revision = revision
+
     # -- one tick -----------------------------------------------------------------
     def tick(self) -> None:
         """One interval's work: evaluate if this process holds the lease,
@@ -203,6 +272,7 @@ class AlertService:
 
     def _tick(self) -> None:
         now = self.wall()
+        self._refresh_rules()
         token = self.store.claim(self.holder, now, self.interval * LEASE_INTERVALS)
         disabled = self._read_channels()
         self.policy = NotificationPolicy(

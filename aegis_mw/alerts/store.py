@@ -48,6 +48,20 @@ _NAMES = tuple(f.name for f in fields(Instance))
 _INSTANCE_FIELDS = frozenset(_NAMES)
 
 
+@dataclasses.dataclass(frozen=True)
+class StoredRule:
+    """A rule written through the API, as it was written (checked when read)."""
+
+    name: str
+    data: Mapping[str, Any]
+    updated_at: float
+    updated_by: str
+
+
+class TooManyRules(Exception):
+    """Creating one more rule would pass the limit of rules kept in the store."""
+
+
 class AlertStore(Protocol):
     """The store of one app's alert state, shared by its processes."""
 
@@ -134,8 +148,27 @@ class AlertStore(Protocol):
         """End a silence now (one not started yet is dropped); audited.
         False when there is no such silence still to end."""
 
+    def rules_revision(self) -> int:
+        """A number that changes with every write to the rules kept here
+        (those written through the API): read every tick, cheaply."""
+
+    def api_rules(self) -> tuple[int, list[StoredRule]]:
+        """The revision and the rules kept here, by name."""
+
+    def put_rule(self, rule: Mapping[str, Any], actor: str, now: float, limit: int) -> str:
+        """Write a rule (its mapping, by its ``name``): "create" or "update";
+        :class:`TooManyRules` when creating one would pass ``limit``."""
+
+    def delete_rule(self, name: str, actor: str, now: float) -> bool:
+        """Remove a rule; False when there is none of that name."""
+
+    def add_audit(
+        self, actor: str, action: str, what: str, detail: Mapping[str, Any], now: float
+    ) -> None:
+        """Record an action that changes no stored object (a test notice)."""
+
     def audit(self, limit: int) -> list[dict[str, Any]]:
-        """The latest changes to silences, newest first."""
+        """The latest changes to silences, rules and the like, newest first."""
 
     def instances(self) -> list[Instance]:
         """The stored instances that are not inactive."""
@@ -222,6 +255,8 @@ class MemoryAlertStore:
         self._channels: dict[str, ChannelState] = {}
         self._silences: dict[str, Silence] = {}
         self._audit: list[dict[str, Any]] = []
+        self._rules: dict[str, StoredRule] = {}
+        self._rules_revision = 0
         self._next_id = 1
         self._history_limit = history_limit
 
@@ -478,6 +513,39 @@ class MemoryAlertStore:
                 self._silences[silence_id] = ended
             self._audit.append(_audit_row(now, actor, "expire", silence))
             return True
+
+    def rules_revision(self) -> int:
+        return self._rules_revision
+
+    def api_rules(self) -> tuple[int, list[StoredRule]]:
+        with self._lock:
+            return self._rules_revision, sorted(self._rules.values(), key=lambda r: r.name)
+
+    def put_rule(self, rule: Mapping[str, Any], actor: str, now: float, limit: int) -> str:
+        name = str(rule["name"])
+        with self._lock:
+            action = "update" if name in self._rules else "create"
+            if action == "create" and len(self._rules) >= limit:
+                raise TooManyRules(limit)
+            self._rules[name] = StoredRule(name, dict(rule), now, actor)
+            self._rules_revision += 1
+            self._audit.append(audit_row(now, actor, action, f"rule {name}", dict(rule)))
+            return action
+
+    def delete_rule(self, name: str, actor: str, now: float) -> bool:
+        with self._lock:
+            gone = self._rules.pop(name, None)
+            if gone is None:
+                return False
+            self._rules_revision += 1
+            self._audit.append(audit_row(now, actor, "delete", f"rule {name}", dict(gone.data)))
+            return True
+
+    def add_audit(
+        self, actor: str, action: str, what: str, detail: Mapping[str, Any], now: float
+    ) -> None:
+        with self._lock:
+            self._audit.append(audit_row(now, actor, action, what, dict(detail)))
 
     def audit(self, limit: int) -> list[dict[str, Any]]:
         with self._lock:
@@ -968,6 +1036,98 @@ class SQLAlertStore:
             (row["at"], row["actor"], row["action"], row["object"], json.dumps(row["detail"])),
         )
 
+    def rules_revision(self) -> int:
+        with self._read() as connection:
+            row = connection.execute(
+                "SELECT coalesce(max(revision), 0) FROM aegis_alert_rules"
+            ).fetchone()
+        return int(row[0])
+
+    def api_rules(self) -> tuple[int, list[StoredRule]]:
+        with self._read() as connection:
+            # The revision first: a write landing between the two reads is
+            # read again at the next tick, never missed.
+            revision = connection.execute(
+                "SELECT coalesce(max(revision), 0) FROM aegis_alert_rules"
+            ).fetchone()[0]
+            rows = connection.execute(
+                "SELECT name, data, updated_at, updated_by FROM aegis_alert_rules "
+                "WHERE data IS NOT NULL ORDER BY name"
+            ).fetchall()
+        out = []
+        for name, data, updated_at, updated_by in rows:
+            try:
+                out.append(StoredRule(name, json.loads(data), updated_at, updated_by))
+            except ValueError as exc:
+                logger.warning("aegis_mw: the stored rule %r is left out: %s", name, exc)
+        return int(revision), out
+
+    def _next_revision(self, connection: Any) -> int:
+        if self.dialect != "sqlite":
+            # Writers one at a time (SQLite's BEGIN IMMEDIATE already makes
+            # them so): two may not take the same revision, or a reader that
+            # saw the first would miss the second. Readers are not blocked.
+            connection.execute("LOCK TABLE aegis_alert_rules IN SHARE ROW EXCLUSIVE MODE")
+        row = connection.execute(
+            "SELECT coalesce(max(revision), 0) FROM aegis_alert_rules"
+        ).fetchone()
+        return int(row[0]) + 1
+
+    def put_rule(self, rule: Mapping[str, Any], actor: str, now: float, limit: int) -> str:
+        name = str(rule["name"])
+        with self._transaction() as connection:
+            revision = self._next_revision(connection)
+            known = connection.execute(
+                self._sql("SELECT 1 FROM aegis_alert_rules WHERE name = ? AND data IS NOT NULL"),
+                (name,),
+            ).fetchone()
+            if known is None:
+                count = connection.execute(
+                    "SELECT count(*) FROM aegis_alert_rules WHERE data IS NOT NULL"
+                ).fetchone()[0]
+                if count >= limit:
+                    raise TooManyRules(limit)
+            connection.execute(
+                self._sql(
+                    "INSERT INTO aegis_alert_rules (name, data, revision, updated_at, updated_by) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET data = excluded.data, "
+                    "revision = excluded.revision, updated_at = excluded.updated_at, "
+                    "updated_by = excluded.updated_by"
+                ),
+                (name, json.dumps(dict(rule)), revision, now, actor),
+            )
+            action = "update" if known else "create"
+            self._write_audit(connection, audit_row(now, actor, action, f"rule {name}", rule))
+            return action
+
+    def delete_rule(self, name: str, actor: str, now: float) -> bool:
+        with self._transaction() as connection:
+            revision = self._next_revision(connection)
+            row = connection.execute(
+                self._sql("SELECT data FROM aegis_alert_rules WHERE name = ? AND data IS NOT NULL"),
+                (name,),
+            ).fetchone()
+            if row is None:
+                return False
+            # Kept as a tombstone: its revision tells every process the rule
+            # is gone (a revision that went down could match one seen before).
+            connection.execute(
+                self._sql(
+                    "UPDATE aegis_alert_rules SET data = NULL, revision = ?, updated_at = ?, "
+                    "updated_by = ? WHERE name = ?"
+                ),
+                (revision, now, actor, name),
+            )
+            detail = json.loads(row[0])
+            self._write_audit(connection, audit_row(now, actor, "delete", f"rule {name}", detail))
+            return True
+
+    def add_audit(
+        self, actor: str, action: str, what: str, detail: Mapping[str, Any], now: float
+    ) -> None:
+        with self._transaction() as connection:
+            self._write_audit(connection, audit_row(now, actor, action, what, detail))
+
     def audit(self, limit: int) -> list[dict[str, Any]]:
         with self._read() as connection:
             rows = connection.execute(
@@ -1055,10 +1215,14 @@ def _silences(texts: Iterable[str]) -> list[Silence]:
 
 
 def _audit_row(now: float, actor: str, action: str, silence: Silence) -> dict[str, Any]:
-    return {
-        "at": now, "actor": actor, "action": action, "object": f"silence {silence.id}",
-        "detail": silence.to_mapping(),
-    }  # fmt: skip
+    return audit_row(now, actor, action, f"silence {silence.id}", silence.to_mapping())
+
+
+def audit_row(
+    now: float, actor: str, action: str, what: str, detail: Mapping[str, Any]
+) -> dict[str, Any]:
+    """One audit entry: who did what to which object, when, and its content."""
+    return {"at": now, "actor": actor, "action": action, "object": what, "detail": dict(detail)}
 
 
 def _ended(silence: Silence, now: float) -> Silence | None:

@@ -10,6 +10,14 @@ worker threads of our own lanes (``aegis.reads``), never under the server's
 shared limiter the app's ``def`` endpoints need. A token in the dashboard's
 URL is traded for a cookie at once (see :mod:`aegis_mw.endpoints.token_cookie`),
 so it is not in the access log line of every page load.
+
+The API's writes (alert rules, silences, a test notice, a dry run: see
+:mod:`aegis_mw.endpoints.alert_writes`) need the editor role, a JSON body
+of at most ``MAX_BODY`` bytes, and a same-site request: a browser's
+``Origin`` (or ``Sec-Fetch-Site``) naming another site is refused, and a
+write authorised by the page's cookie alone must carry its own host's
+``Origin`` (a form another site posts cannot); JSON bodies cannot be sent
+across sites without a CORS preflight we never grant.
 """
 
 from __future__ import annotations
@@ -20,8 +28,9 @@ from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
-from ..access.check import Decision, decide
+from ..access.check import EDITOR, Decision, decide
 from ..core.access_rules import AccessRule
+from ..endpoints.alert_writes import MAX_BODY, WRITES, AlertWrites
 from ..endpoints.api import PARAMETERS, MetricsAPI
 from ..endpoints.app_routes import HasRoute, report
 from ..endpoints.dashboard import render as render_dashboard
@@ -37,6 +46,8 @@ if TYPE_CHECKING:
 Handler = Callable[[Scope], Awaitable[Response]]
 _READ_METHODS = ("GET", "HEAD")
 OPEN = Decision(True, "viewer")
+#: The write methods whose requests carry a JSON body.
+_BODY_METHODS = ("POST", "PUT")
 
 
 def header(scope: Scope, name: bytes) -> str:
@@ -85,6 +96,62 @@ def token_of(scope: Scope) -> str:
     return query_token(scope) or cookie_token(scope)
 
 
+def write_refusal(scope: Scope, method: str, decision: Decision) -> Response | None:
+    """Why a write is refused, or None: it needs the editor role, a JSON
+    body (a form cannot send one), and no sign of another site: an
+    ``Origin`` other than the request's own host, ``Sec-Fetch-Site`` saying
+    cross-site, or (for a write the cookie alone authorises, which a
+    browser adds by itself) no ``Origin`` at all."""
+    if not decision.may(EDITOR):
+        return Response.error(
+            403, "forbidden",
+            f"{method} needs the editor role: give the api group editor_tokens, editor_basic, "
+            "admin_tokens or admin_basic, and use one of them",
+        )  # fmt: skip
+    site = header(scope, b"sec-fetch-site").strip().lower()
+    if site and site not in ("same-origin", "none"):
+        return Response.error(403, "cross_site", f"a write from a {site} page is refused")
+    origin = header(scope, b"origin").strip().lower()
+    host = header(scope, b"host").strip().lower()
+    if origin and (not host or origin.partition("://")[2] != host):
+        return Response.error(403, "cross_site", "a write from another origin is refused")
+    if not origin and not header(scope, b"authorization").strip():
+        return Response.error(
+            403, "cross_site",
+            "a write authorised by the cookie needs its page's Origin header; scripts send "
+            "Authorization instead",
+        )  # fmt: skip
+    if method in _BODY_METHODS:
+        kind = header(scope, b"content-type").partition(";")[0].strip().lower()
+        if kind != "application/json":
+            return Response.error(
+                415,
+                "unsupported_media_type",
+                "the body must be JSON (Content-Type: application/json)",
+            )
+    return None
+
+
+async def receive_body(receive: Receive, length: str) -> bytes | Response | None:
+    """The request's body, at most MAX_BODY bytes (else 413 at once, the
+    rest unread); None when the client disconnects first."""
+    too_large = Response.error(413, "body_too_large", f"the body may be at most {MAX_BODY} bytes")
+    if length.strip().isdigit() and int(length) > MAX_BODY:
+        return too_large
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = bytes(message.get("body", b""))
+        size += len(chunk)
+        if size > MAX_BODY:
+            return too_large
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
 class MountedRoutes:
     """Path -> handler for the routes the settings switch on."""
 
@@ -102,12 +169,17 @@ class MountedRoutes:
             (settings.dashboard_path, "dashboard", self._dashboard),
         ]
         self.api: MetricsAPI | None = None
+        self.writes = AlertWrites(aegis.alerts)
         self._page: Response | None = None  # the dashboard, rendered on first request
+        #: API path -> its endpoint ("silences"), for the methods it takes.
+        self.endpoints: dict[str, str] = {}
         if settings.api_path:
             self.api = MetricsAPI(aegis)
-            for endpoint in PARAMETERS:
+            for endpoint in dict.fromkeys((*PARAMETERS, *WRITES)):
                 handler = functools.partial(self._api, endpoint)
-                routes.append((f"{settings.api_path}/{endpoint}", "api", handler))
+                path = f"{settings.api_path}/{endpoint}"
+                routes.append((path, "api", handler))
+                self.endpoints[path] = endpoint
         self.handlers.update((path, (group, handler)) for path, group, handler in routes if path)
         #: Plain HTTP on the stream's path: a handshake the server could not
         #: take comes this way (see :mod:`aegis_mw.endpoints.stream_path`).
@@ -144,15 +216,39 @@ class MountedRoutes:
             return
         group, handler = route
         method = scope.get("method", "GET")
-        early = self.preempt(group, scope, method)
-        response = early if early is not None else await handler(scope)
+        early, decision = self.admit(group, scope, method)
+        if early is not None:
+            response = early
+        elif method in _READ_METHODS:
+            response = await handler(scope)
+        else:
+            body = await receive_body(receive, header(scope, b"content-length"))
+            if body is None:
+                return  # the client left: nobody to answer
+            response = (
+                body
+                if isinstance(body, Response)
+                else await self.write(scope, method, body, decision)
+            )
         await send_response(send, response, head=method == "HEAD")
 
-    def preempt(self, group: str, scope: Scope, method: str) -> Response | None:
+    async def write(self, scope: Scope, method: str, body: bytes, decision: Decision) -> Response:
+        """A write's answer, from a thread of the ``store`` lane."""
+        return await self.aegis.reads.threads.respond(
+            STORE, self.writes.respond, method, self.endpoints[scope["path"]],
+            bytes(scope.get("query_string", b"")), body, self.actor(scope, decision),
+        )  # fmt: skip
+
+    def actor(self, scope: Scope, decision: Decision) -> str:
+        """Who writes, for the audit: the credential's name and the address."""
+        return f"{decision.actor or decision.role} via api from {self.client_ip(scope) or '?'}"
+
+    def admit(self, group: str, scope: Scope, method: str) -> tuple[Response | None, Decision]:
         """The answer given instead of the route's own: a refusal (401/403 by
-        the group's rule, 405 for a method other than GET and HEAD), or the
-        dashboard's URL token traded for a cookie (303); None to serve the
-        route. Shared with the WSGI side."""
+        the group's rule, 405 for a method the route does not take, a write
+        refused by :func:`write_refusal`), or the dashboard's URL token traded
+        for a cookie (303); None to serve the route. With the group's
+        decision (who asks). Shared with the WSGI side."""
         # The page's token may come from its URL or a cookie: a browser
         # opening a link cannot send an Authorization header. The page's own
         # API calls carry the cookie the URL's token was traded for.
@@ -165,13 +261,19 @@ class MountedRoutes:
         if not decision.allowed:
             response = Response.error(decision.status, decision.code, decision.message)
             response.headers.extend(decision.headers)
-            return response
-        if method not in _READ_METHODS:
-            message = f"{method} is not allowed here; use GET"
-            return Response.error(405, "method_not_allowed", message, allow="GET, HEAD")
+            return response, decision
+        endpoint = self.endpoints.get(scope["path"]) if group == "api" else None
+        reads = _READ_METHODS if endpoint is None or endpoint in PARAMETERS else ()
+        writes = WRITES.get(endpoint, ()) if endpoint is not None else ()
+        if method in writes:
+            return write_refusal(scope, method, decision), decision
+        if method not in reads:
+            allowed = ", ".join((*reads, *writes))
+            message = f"{method} is not allowed here; use {allowed}"
+            return Response.error(405, "method_not_allowed", message, allow=allowed), decision
         if group == "dashboard":
-            return self._token_login(scope)
-        return None
+            return self._token_login(scope), decision
+        return None, decision
 
     def _token_login(self, scope: Scope) -> Response | None:
         token = query_token(scope)

@@ -11,10 +11,12 @@ combines, all of which must hold:
 - ``allow_ips``: the client address (after trusted proxies) must be in one of
   these networks, else 403;
 - credentials, when any are configured: a bearer token (``tokens``,
-  ``admin_tokens``) or HTTP basic user and password (``basic``,
-  ``admin_basic``), else 401 with ``WWW-Authenticate``. The ``admin_`` ones
-  grant the admin role, the others viewer; groups that gain write actions
-  require admin for them.
+  ``editor_tokens``, ``admin_tokens``) or HTTP basic user and password
+  (``basic``, ``editor_basic``, ``admin_basic``), else 401 with
+  ``WWW-Authenticate``. The plain ones grant the viewer role (read), the
+  ``editor_`` ones the editor role (the API's writes: alert rules,
+  silences, test notices), the ``admin_`` ones the admin role (everything
+  an editor may, and whatever later needs more).
 
 Given as ``access={"metrics": {"tokens": ["..."], "allow_ips": ["10.0.0.0/8"]}}``,
 in the ``AEGIS_CONFIG`` file under ``[aegis.access.metrics]``, or as JSON in
@@ -32,7 +34,10 @@ from typing import Any
 GROUPS = ("metrics", "health", "liveness", "api", "dashboard", "websocket")
 #: A group's rule given as this word serves it to every client, on purpose.
 OPEN = "open"
-_FIELDS = ("tokens", "admin_tokens", "basic", "admin_basic", "allow_ips")
+_FIELDS = (
+    "tokens", "editor_tokens", "admin_tokens", "basic", "editor_basic", "admin_basic",
+    "allow_ips",
+)  # fmt: skip
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -42,8 +47,10 @@ class AccessRule:
 
     # Secrets stay out of repr (and so out of logs and error messages).
     tokens: tuple[str, ...] = field(default=(), repr=False)
+    editor_tokens: tuple[str, ...] = field(default=(), repr=False)
     admin_tokens: tuple[str, ...] = field(default=(), repr=False)
     basic: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    editor_basic: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     admin_basic: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     allow_ips: tuple[Network, ...] = ()
     #: Given as "open": the user chose to serve this group to every client.
@@ -51,7 +58,15 @@ class AccessRule:
 
     @property
     def needs_credentials(self) -> bool:
-        return bool(self.tokens or self.admin_tokens or self.basic or self.admin_basic)
+        return bool(self.all_tokens or self.all_basic)
+
+    @property
+    def all_tokens(self) -> tuple[str, ...]:
+        return self.tokens + self.editor_tokens + self.admin_tokens
+
+    @property
+    def all_basic(self) -> tuple[tuple[str, str], ...]:
+        return self.basic + self.editor_basic + self.admin_basic
 
     @property
     def open(self) -> bool:
@@ -111,8 +126,10 @@ def parse_rule(group: str, value: Any) -> AccessRule:
     prefix = f"access[{group!r}]"
     return AccessRule(
         tokens=_secrets(value.get("tokens", ()), f"{prefix}.tokens"),
+        editor_tokens=_secrets(value.get("editor_tokens", ()), f"{prefix}.editor_tokens"),
         admin_tokens=_secrets(value.get("admin_tokens", ()), f"{prefix}.admin_tokens"),
         basic=_users(value.get("basic", {}), f"{prefix}.basic"),
+        editor_basic=_users(value.get("editor_basic", {}), f"{prefix}.editor_basic"),
         admin_basic=_users(value.get("admin_basic", {}), f"{prefix}.admin_basic"),
         allow_ips=_networks(value["allow_ips"], f"{prefix}.allow_ips")
         if "allow_ips" in value

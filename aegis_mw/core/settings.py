@@ -415,6 +415,7 @@ _RULES: dict[str, _Rule] = {
         "a mapping of channel names to their settings (see docs/alerts.md)",
     ),
     "alert_interval": _Rule(_number(float, 1, 3600), "seconds, from 1 to 3600", _duration_text),
+    "alerts_enabled": _Rule(_boolean, "true or false (1/0, yes/no, on/off in text)", _bool_text),
     "alert_mute_windows": _Rule(
         _policy_list("mute window"), "a list of mute windows (see docs/alerts.md)"
     ),
@@ -537,6 +538,10 @@ class AegisSettings:
     #: reference; kept out of repr).
     alert_channels: Any = field(default_factory=dict, repr=False)
     alert_interval: float = 10.0
+    #: Run the alert service with no rule or channel in the settings (rules
+    #: then come through the API, notices go to the aegis_mw.alerts log);
+    #: rules or channels in the settings switch it on anyway.
+    alerts_enabled: bool = False
     #: Recurring times (in a time zone) when the channels that name them are
     #: not told of firings (docs/alerts.md, "Silences").
     alert_mute_windows: Any = ()

@@ -58,6 +58,7 @@ PARAMETERS: Mapping[str, tuple[str, ...]] = {
         "offset",
     ),
     "alerts": (),
+    "alert-rules": (),
     "alert-history": ("limit", "before"),
     "silences": (),
     "openapi.json": (),
@@ -197,15 +198,33 @@ def alerts_answer(alerts: AlertService | None) -> dict[str, Any]:
             "evaluating": False, "interval": None, "alerts": [], "nodata": [], "rules": [],
             "channels": [],
         }  # fmt: skip
-    health = alerts.health if alerts.token is not None else {}
     return {
         "evaluating": alerts.token is not None,
         "interval": alerts.interval,
         "alerts": alerts.view(),
         "nodata": [{"name": i.rule, "group": dict(i.group)} for i in alerts.nodata],
-        "rules": [{**rule.to_mapping(), "health": health.get(rule.name)} for rule in alerts.rules],
+        "rules": rules_answer(alerts),
         "channels": alerts.channel_view,
     }
+
+
+def rules_answer(alerts: AlertService | None) -> list[dict[str, Any]]:
+    """Every rule evaluated, with its health (the evaluating process's view),
+    where it comes from (``settings``, ``api`` or ``builtin``: only the API's
+    can be changed through the API) and, for those, who wrote it and when."""
+    if alerts is None:
+        return []
+    health = alerts.health if alerts.token is not None else {}
+    out = []
+    for rule in alerts.rules:
+        row = alerts.api_rule_rows.get(rule.name)
+        out.append({
+            **rule.to_mapping(), "health": health.get(rule.name),
+            "source": alerts.rule_source(rule.name),
+            "updated_at": None if row is None else row.updated_at,
+            "updated_by": None if row is None else row.updated_by,
+        })  # fmt: skip
+    return out
 
 
 def silences_answer(alerts: AlertService | None) -> dict[str, Any]:
@@ -280,6 +299,8 @@ class MetricsAPI:
                 return Response.json(200, {"data": alerts_answer(self._aegis.alerts)})
             if endpoint == "silences":
                 return Response.json(200, {"data": silences_answer(self._aegis.alerts)})
+            if endpoint == "alert-rules":
+                return Response.json(200, {"data": {"rules": rules_answer(self._aegis.alerts)}})
             if endpoint == "alert-history":
                 for name, value in params.items():
                     _check_text(name, value)

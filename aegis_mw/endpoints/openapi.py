@@ -282,6 +282,50 @@ _SCHEMAS["alerts"] = {
         "channels": {"type": "array", "items": _CHANNEL},
     },
 }
+_RULE_FIELDS: dict[str, Any] = {
+    "name": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$"},
+    "input": {"type": "string"},
+    "operator": {"type": "string", "enum": [">", ">=", "<", "<="]},
+    "threshold": {"type": "number"},
+    "window": {"type": ["string", "number"]},
+    "for": {"type": ["string", "number"]},
+    "keep_firing_for": {"type": ["string", "number"]},
+    "resolve_threshold": _NUMBER_OR_NULL,
+    "min_requests": {"type": "integer", "minimum": 0},
+    "no_data": {"type": "string", "enum": ["nodata", "ok", "alerting", "keep_last"]},
+    "route": _STRING_OR_NULL,
+    "method": _STRING_OR_NULL,
+    "group_by": {"type": "array", "items": {"type": "string"}},
+    "severity": {"type": "string", "enum": ["info", "warning", "error", "critical"]},
+    "labels": _GROUP,
+    "annotations": _GROUP,
+}
+_RULE_BODY = {
+    "type": "object",
+    "required": ["name", "input", "operator", "threshold"],
+    "properties": _RULE_FIELDS,
+    "additionalProperties": False,
+}
+_SCHEMAS["alert-rules"] = {
+    "type": "object",
+    "required": ["rules"],
+    "properties": {
+        "rules": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "input", "operator", "threshold", "source"],
+                "properties": {
+                    **_RULE_FIELDS,
+                    "health": _STRING_OR_NULL,
+                    "source": {"type": "string", "enum": ["settings", "api", "builtin"]},
+                    "updated_at": _NUMBER_OR_NULL,
+                    "updated_by": _STRING_OR_NULL,
+                },
+            },
+        }
+    },
+}
 _NOTICE = {
     "type": "object",
     "required": ["id", "channel", "state", "attempts"],
@@ -329,7 +373,10 @@ _SCHEMAS["silences"] = {
                 "properties": {
                     "at": {"type": "number"},
                     "actor": {"type": "string"},
-                    "action": {"type": "string", "enum": ["create", "update", "expire"]},
+                    "action": {
+                        "type": "string",
+                        "enum": ["create", "update", "expire", "delete", "test"],
+                    },
                     "object": {"type": "string"},
                     "detail": {"type": "object"},
                 },
@@ -381,6 +428,7 @@ _PARAMETERS: dict[str, list[dict[str, Any]]] = {
     ],
 }
 _PARAMETERS["alerts"] = []
+_PARAMETERS["alert-rules"] = []
 _PARAMETERS["silences"] = []
 _PARAMETERS["alert-history"] = [
     _query("limit", _LIMIT, "Page size (default 100)."),
@@ -397,6 +445,7 @@ _SUMMARIES = {
     "top-endpoints": "Routes by request count, p95 latency or errors",
     "requests": "The stored request log, newest first",
     "alerts": "Alerts pending or firing, rules without data, and every rule with its health",
+    "alert-rules": "Every rule evaluated, where it comes from, and who wrote those of the API",
     "alert-history": "Alert transitions and their notices to each channel, newest first",
     "silences": "Silences not yet ended, mute windows, inhibit rules and the silences' audit",
 }
@@ -440,6 +489,95 @@ _UNAVAILABLE = {
 }
 
 
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _name_query(name: str, description: str) -> list[dict[str, Any]]:
+    return [{**_query(name, {"type": "string", "minLength": 1}, description), "required": True}]
+
+
+_SILENCE_BODY = {
+    "type": "object",
+    "required": ["matchers", "comment"],
+    "properties": {
+        "id": {"type": "string", "description": "An existing silence's id: updated"},
+        "matchers": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "starts_at": {"type": ["number", "string"]},
+        "ends_at": {"type": ["number", "string"]},
+        "duration": {"type": "string", "description": "Instead of ends_at: 30m, 2h, 1d"},
+        "comment": {"type": "string", "minLength": 1},
+        "created_by": {"type": "string", "minLength": 1},
+    },
+    "additionalProperties": False,
+}
+_DRY_RUN_BODY = {
+    "type": "object",
+    "properties": {
+        "rule": _RULE_BODY,
+        "name": {"type": "string", "description": "A rule evaluated now, instead of rule"},
+        "hours": {"type": "number", "exclusiveMinimum": 0, "maximum": 168},
+        "step": {"type": "string", "description": "Between evaluations: 10s, 1m (default 60s)"},
+    },
+    "additionalProperties": False,
+}
+#: (path, method) -> operation id, summary, parameters, body schema
+_WRITES: dict[tuple[str, str], tuple[str, str, list[dict[str, Any]], Any]] = {
+    ("alert-rules", "put"): (
+        "put_alert_rule", "Create or replace a rule of the API (editor role)", [], _RULE_BODY
+    ),
+    ("alert-rules", "delete"): (
+        "delete_alert_rule", "Remove a rule of the API; its firing alerts resolve (editor role)",
+        _name_query("name", "The rule's name."), None,
+    ),
+    ("alert-rules/dry-run", "post"): (
+        "dry_run", "Would this rule fire now, and when over the last hours? (editor role)", [],
+        _DRY_RUN_BODY,
+    ),
+    ("silences", "post"): (
+        "put_silence", "Create a silence, or update the one of the given id (editor role)", [],
+        _SILENCE_BODY,
+    ),
+    ("silences", "delete"): (
+        "expire_silence", "End a silence now (editor role)",
+        _name_query("id", "The silence's id."), None,
+    ),
+    ("channel-test", "post"): (
+        "test_channel", "Send one test notice through a channel: delivered or not (editor role)",
+        [], {
+            "type": "object", "required": ["channel"],
+            "properties": {"channel": {"type": "string"}}, "additionalProperties": False,
+        },
+    ),
+}  # fmt: skip
+_WRITE_ERRORS = {
+    "description": "Refused, named in the error: 401/403 (not an editor, or from another "
+    "site), 404 (no such rule, silence or channel), 409 (a rule of the settings, too many "
+    "rules, alerts off), 413 (body over 64 KiB), 415 (not JSON), 429 (a dry run is running)",
+    "content": _ERROR["content"],
+}
+
+
+def _write_operations(prefix: str, paths: dict[str, Any]) -> None:
+    ok = {
+        "description": "Done; the object written (or the outcome) under data",
+        "content": {"application/json": {"schema": {"type": "object", "required": ["data"]}}},
+    }
+    for (name, method), (operation, summary, parameters, body) in _WRITES.items():
+        responses = {"200": ok, "503": _UNAVAILABLE}
+        if method in ("put", "post") and name != "channel-test" and name != "alert-rules/dry-run":
+            responses["201"] = ok
+        for status in ("400", "401", "403", "404", "405", "409", "413", "415", "429"):
+            responses[status] = _WRITE_ERRORS
+        entry: dict[str, Any] = {
+            "operationId": operation, "summary": summary, "parameters": parameters,
+            "responses": responses,
+        }  # fmt: skip
+        if body is not None:
+            entry["requestBody"] = _body(body)
+        paths.setdefault(f"{prefix}/{name}", {})[method] = entry
+
+
 def openapi_document(prefix: str) -> dict[str, Any]:
     """The description for an API mounted at ``prefix``."""
     paths: dict[str, Any] = {}
@@ -466,6 +604,7 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                 "responses": responses,
             }
         }
+    _write_operations(prefix, paths)
     return {
         "openapi": "3.1.0",
         "info": {"title": "aegis_mw metrics API", "version": "1"},

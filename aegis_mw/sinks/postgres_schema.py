@@ -347,6 +347,20 @@ MIGRATIONS: tuple[tuple[str | Callable[[psycopg.Connection[Any]], None], ...], .
         # as one): rate limits count notifications, not rows.
         "ALTER TABLE aegis_alert_attempts ADD COLUMN send_id text NOT NULL DEFAULT ''",
     ),
+    (
+        # Alert rules written through the API (aegis_mw.alerts.store), each
+        # as its mapping; a deleted one stays with no data, a tombstone whose
+        # revision tells every process it is gone.
+        """
+        CREATE TABLE aegis_alert_rules (
+            name text PRIMARY KEY,
+            data text,
+            revision bigint NOT NULL,
+            updated_at double precision NOT NULL,
+            updated_by text NOT NULL
+        )
+        """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

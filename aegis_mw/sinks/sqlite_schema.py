@@ -275,6 +275,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # as one): rate limits count notifications, not rows.
         "ALTER TABLE aegis_alert_attempts ADD COLUMN send_id TEXT NOT NULL DEFAULT ''",
     ),
+    (
+        # Alert rules written through the API (aegis_mw.alerts.store), each
+        # as its mapping; a deleted one stays with no data, a tombstone whose
+        # revision tells every process it is gone.
+        """
+        CREATE TABLE aegis_alert_rules (
+            name TEXT PRIMARY KEY,
+            data TEXT,
+            revision INTEGER NOT NULL,
+            updated_at REAL NOT NULL,
+            updated_by TEXT NOT NULL
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

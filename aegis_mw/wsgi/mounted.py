@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..asgi.mounted import MountedRoutes
+from ..endpoints.alert_writes import MAX_BODY
 from ..endpoints.app_routes import HasRoute, report
 from ..endpoints.dashboard import render as render_dashboard
 from ..endpoints.reads import CHECKS, RENDER, STORE
@@ -22,10 +23,11 @@ from .realtime import RealtimeServer, require_websockets
 if TYPE_CHECKING:
     from ..aegis import Aegis
 
-_STATUS_TEXT = {200: "OK", 303: "See Other", 304: "Not Modified", 400: "Bad Request",
-                401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-                426: "Upgrade Required", 500: "Internal Server Error",
-                503: "Service Unavailable"}  # fmt: skip
+_STATUS_TEXT = {200: "OK", 201: "Created", 303: "See Other", 304: "Not Modified",
+                400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+                405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
+                415: "Unsupported Media Type", 426: "Upgrade Required", 429: "Too Many Requests",
+                500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
 
 
 #: Access group -> read lane: history reads, health checks, the rest rendered.
@@ -40,6 +42,12 @@ def scope_of(environ: dict[str, Any], scheme: str | None = None) -> dict[str, An
         for name, value in environ.items()
         if name.startswith("HTTP_")
     ]
+    # The two headers WSGI gives without the HTTP_ prefix.
+    headers += [
+        (name.replace("_", "-").lower().encode("latin-1"), str(environ[name]).encode("latin-1"))
+        for name in ("CONTENT_TYPE", "CONTENT_LENGTH")
+        if environ.get(name)
+    ]
     client = environ.get("REMOTE_ADDR")
     return {
         "type": "http",
@@ -49,6 +57,34 @@ def scope_of(environ: dict[str, Any], scheme: str | None = None) -> dict[str, An
         "query_string": str(environ.get("QUERY_STRING", "")).encode("latin-1"),
         "client": (client, int(environ.get("REMOTE_PORT") or 0)) if client else None,
     }
+
+
+def read_body(environ: dict[str, Any], read: Callable[[int], bytes] | None) -> bytes | Response:
+    """A write's body, at most MAX_BODY bytes (else 413): ``read`` or
+    ``wsgi.input``, as long as ``CONTENT_LENGTH`` says (none: no body,
+    unless the server marks the input as ending by itself)."""
+    too_large = Response.error(413, "body_too_large", f"the body may be at most {MAX_BODY} bytes")
+    length = str(environ.get("CONTENT_LENGTH") or "").strip()
+    if length.isdigit():
+        if int(length) > MAX_BODY:
+            return too_large
+        wanted = int(length)
+    elif read is not None or environ.get("wsgi.input_terminated"):
+        wanted = MAX_BODY + 1  # the stream ends by itself: read past the bound to see it
+    else:
+        return b""  # a read without a length could wait for ever (PEP 3333)
+    if read is None:
+        stream = environ.get("wsgi.input")
+        if stream is None:
+            return b""
+        read = stream.read
+    body = b""
+    while len(body) < wanted:
+        chunk = read(wanted - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return too_large if len(body) > MAX_BODY else body
 
 
 class WSGIRoutes:
@@ -126,11 +162,18 @@ class WSGIRoutes:
         start_response(f"{response.status} {reason}", headers)
         return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else response.body]
 
-    def respond(self, environ: dict[str, Any], scheme: str | None = None) -> Response | None:
+    def respond(
+        self,
+        environ: dict[str, Any],
+        scheme: str | None = None,
+        read: Callable[[int], bytes] | None = None,
+    ) -> Response | None:
         """The answer of the mounted route at ``PATH_INFO`` (refusals and the
         dashboard's token traded for a cookie included), or None when no route
         is mounted there; ``scheme`` is the request's when the framework knows
-        better than ``wsgi.url_scheme``. Blocking: never on an event loop."""
+        better than ``wsgi.url_scheme``, ``read`` reads its body when the
+        framework holds it (Django's ``request.read``). Blocking: never on an
+        event loop."""
         handler = self.handlers.get(environ.get("PATH_INFO", ""))
         if handler is None:
             return None
@@ -139,8 +182,20 @@ class WSGIRoutes:
         if route is None:  # the stream's path: no data there, so no access rule
             return handler(scope)
         group = route[0]
-        early = self.shared.preempt(group, scope, environ.get("REQUEST_METHOD", "GET"))
-        return early if early is not None else handler(scope)
+        method = environ.get("REQUEST_METHOD", "GET")
+        early, decision = self.shared.admit(group, scope, method)
+        if early is not None:
+            return early
+        if method in ("GET", "HEAD"):
+            return handler(scope)
+        body = read_body(environ, read)
+        if isinstance(body, Response):
+            return body
+        shared = self.shared
+        return shared.writes.respond(
+            method, shared.endpoints[scope["path"]], scope["query_string"], body,
+            shared.actor(scope, decision),
+        )  # fmt: skip
 
     def _api(self, endpoint: str, scope: dict[str, Any]) -> Response:
         api = self.shared.api

@@ -86,6 +86,11 @@ DESCRIPTIONS: dict[str, str] = {
         "([Alerts](alerts.md#channels)); from `AEGIS_ALERT_CHANNELS` as JSON text."
     ),
     "alert_interval": "Seconds between evaluations of the alert rules ([Alerts](alerts.md)).",
+    "alerts_enabled": (
+        "Run the alert service with no `alert_rules` or `alert_channels` in the settings, for "
+        "rules written through the API ([Alerts](alerts.md#writing-through-the-api)); rules "
+        "or channels switch it on anyway."
+    ),
     "alert_mute_windows": (
         "Recurring local times (in an IANA time zone) when the channels naming them in "
         "`mute_windows` are not told of firings "

@@ -132,3 +132,69 @@ def test_old_transitions_are_pruned_oldest_first_in_steps(store: Any) -> None:
     assert store.prune_history(START + 150, 2) == 1
     assert store.prune_history(START + 150, 2) == 0
     assert [row["at"] for row in store.history(100)] == [START + 60 * n for n in (4, 3)]
+
+
+def test_rules_written_through_the_api_move_the_revision(store: Any) -> None:
+    rule = {"name": "errors", "input": "error_ratio", "operator": ">", "threshold": 0.05}
+    assert store.rules_revision() == 0 and store.api_rules() == (0, [])
+    assert store.put_rule(rule, "ana", START, 10) == "create"
+    first = store.rules_revision()
+    assert store.put_rule({**rule, "threshold": 0.1}, "bob", START + 1, 10) == "update"
+    second, [row] = store.api_rules()
+    assert second > first and (row.name, row.data["threshold"], row.updated_by) == (
+        "errors", 0.1, "bob"
+    )  # fmt: skip
+    assert store.delete_rule("errors", "ana", START + 2)
+    third = store.rules_revision()
+    assert third > second and store.api_rules() == (third, [])
+    assert not store.delete_rule("errors", "ana", START + 3)
+    assert store.rules_revision() == third  # nothing changed
+    # Made again after its deletion: a revision never seen before.
+    store.put_rule(rule, "ana", START + 4, 10)
+    assert store.rules_revision() > third
+    actions = [(a["action"], a["object"], a["actor"]) for a in store.audit(10)]
+    assert actions == [
+        ("create", "rule errors", "ana"), ("delete", "rule errors", "ana"),
+        ("update", "rule errors", "bob"), ("create", "rule errors", "ana"),
+    ]  # fmt: skip
+
+
+def test_the_rule_limit_counts_live_rules(store: Any) -> None:
+    from aegis_mw.alerts.store import TooManyRules
+
+    def rule(name: str) -> dict[str, Any]:
+        return {"name": name, "input": "request_rate", "operator": ">", "threshold": 1}
+
+    store.put_rule(rule("a"), "t", START, 2)
+    store.put_rule(rule("b"), "t", START, 2)
+    with pytest.raises(TooManyRules):
+        store.put_rule(rule("c"), "t", START, 2)
+    assert store.put_rule(rule("b"), "t", START, 2) == "update"  # not a new one
+    store.delete_rule("a", "t", START)
+    assert store.put_rule(rule("c"), "t", START, 2) == "create"
+    assert [row.name for row in store.api_rules()[1]] == ["b", "c"]
+
+
+def test_writers_at_once_never_share_a_revision(store: Any) -> None:
+    """Eight threads writing rules together: every write gets a revision of
+    its own (a reader that saw one can never miss another)."""
+    seen: list[int] = []
+    lock = threading.Lock()
+    start = threading.Barrier(8)
+
+    def write(index: int) -> None:
+        start.wait(timeout=30)
+        for step in range(5):
+            name = f"rule{index}"
+            rule = {"name": name, "input": "request_rate", "operator": ">", "threshold": step}
+            store.put_rule(rule, "t", START, 100)
+            with lock:
+                seen.append(store.rules_revision())
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert store.rules_revision() == 40  # one revision per write, none shared
+    assert len(store.api_rules()[1]) == 8

@@ -24,6 +24,7 @@ from aegis_mw import Aegis, AegisMiddleware
 from aegis_mw.core.history import RequestQuery
 from aegis_mw.core.record import RequestRecord
 from aegis_mw.core.rollup import RollupRow
+from aegis_mw.endpoints.alert_writes import WRITES
 from aegis_mw.endpoints.api import PARAMETERS
 from aegis_mw.testing import FakeClock, MemorySink
 from tests.harness import call, http_scope
@@ -546,8 +547,11 @@ async def test_the_api_moves_with_api_path(make_aegis: Callable[..., Aegis]) -> 
         document = (await http.get("/internal/stats/openapi.json")).json()
         assert sorted(document["paths"]) == sorted(
             f"/internal/stats/{name}"
-            for name in (*HISTORY, "realtime", "alerts", "alert-history", "silences")
-        )
+            for name in (
+                *HISTORY, "realtime", "alerts", "alert-rules", "alert-history", "silences",
+                "alert-rules/dry-run", "channel-test",
+            )
+        )  # fmt: skip
         assert (await http.get("/internal/stats/overview")).json()["data"]["total"] == 0
         assert (await http.get(f"{API}/overview")).status_code == 404  # now the app's path
 
@@ -559,7 +563,15 @@ async def test_the_served_document_describes_every_endpoint_and_parameter(
     described = {
         path.removeprefix(f"{API}/"): [p["name"] for p in item["get"]["parameters"]]
         for path, item in document["paths"].items()
+        if "get" in item
     }
     assert described == {
         name: list(params) for name, params in PARAMETERS.items() if name != "openapi.json"
     }
+    writes = {
+        (path.removeprefix(f"{API}/"), method.upper())
+        for path, item in document["paths"].items()
+        for method in item
+        if method != "get"
+    }
+    assert writes == {(name, method) for name, methods in WRITES.items() for method in methods}

@@ -139,7 +139,7 @@ class AegisMiddleware:
         # this process (its handler may have been built before a fork).
         self._start_stream()
         # request.scheme: https behind a proxy too, per SECURE_PROXY_SSL_HEADER.
-        answer = self.routes.respond(request.META, request.scheme)
+        answer = self.routes.respond(request.META, request.scheme, request.read)
         if answer is None:  # not a mounted path: never, the callers check first
             return Response.error(404, "not_found", "no route of ours here")
         return answer
