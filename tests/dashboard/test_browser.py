@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -425,5 +426,16 @@ def test_a_firing_alert_shows_in_the_panel(browser: Any, tmp_path: Path) -> None
         )
         answer = httpx.get(f"{server.url}/api/metrics/alerts", headers=bearer).json()["data"]
         assert [(a["name"], a["state"]) for a in answer["alerts"]] == [("failing", "firing")]
+        # Its history: the transition that fired it, as the API has it.
+        wait_until(
+            browser, lambda d: " → firing" in text_of(d, "alert-history"),
+            "the firing in the panel's history",
+        )  # fmt: skip
+        history = httpx.get(f"{server.url}/api/metrics/alert-history", headers=bearer).json()
+        [fired] = [t for t in history["data"]["transitions"] if t["to_state"] == "firing"]
+        shown = time.strftime("%H:%M:%S", time.localtime(fired["at"]))
+        assert text_of(browser, "alert-history").startswith(shown), text_of(
+            browser, "alert-history"
+        )
         problems = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert problems == [], json.dumps(problems, indent=1)
