@@ -122,7 +122,7 @@ def _alert_service(
     if source is None:
         option, shown = (
             ("alert_rules", f"{len(settings.alert_rules)} rules") if settings.alert_rules
-            else ("alert_channels", f"{len(settings.alert_channels)} channels")
+            else ("alert_channels", ", ".join(sorted(settings.alert_channels)))
             if settings.alert_channels else ("alerts_enabled", True)
         )  # fmt: skip
         raise ConfigError(

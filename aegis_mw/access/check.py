@@ -27,6 +27,10 @@ class Decision:
     #: Who, for the audit: a basic user's name, or which configured token
     #: ("editor token 2"); never the secret. "" for an open group.
     actor: str = ""
+    #: Whether the credential that granted the role came in the
+    #: Authorization header (not a cookie or query parameter, which a
+    #: browser may send on another site's behalf).
+    by_header: bool = False
 
     def may(self, role: str) -> bool:
         """Whether this decision's role includes ``role``'s rights."""
@@ -114,16 +118,18 @@ def decide(
         return Decision(True, VIEWER)
     scheme, _, credentials = authorization.strip().partition(" ")
     role = actor = ""
+    by_header = False
     if scheme.lower() == "bearer" and credentials.strip():
-        token = credentials.strip()
+        token, by_header = credentials.strip(), True
     elif scheme.lower() == "basic" and rule.all_basic:
         pair = _basic_user(credentials)
         role = _basic_role(pair, rule) if pair is not None else ""
         actor = pair[0] if pair is not None and role else ""
+        by_header = bool(role)
     if not role and token:
         role, actor = _token_role(token, rule)
     if role:
-        return Decision(True, role, actor=actor)
+        return Decision(True, role, actor=actor, by_header=by_header)
     challenges = []
     if rule.all_tokens:
         challenges.append(("www-authenticate", f"Bearer {REALM}"))

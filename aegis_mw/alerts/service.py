@@ -94,6 +94,8 @@ class AlertService:
         #: revision of them changes, with who wrote each and when.
         self.api_rules: tuple[AlertRule, ...] = ()
         self.api_rule_rows: dict[str, StoredRule] = {}
+        #: Stored rules not evaluated, and why (no longer valid, a name taken).
+        self.left_out: dict[str, str] = {}
         self._rules_revision = 0
         #: Seconds each rollup resolution is kept: a window must fit in it.
         self.horizons = dict(horizons or {})
@@ -231,23 +233,25 @@ class AlertService:
         if self.store.rules_revision() == self._rules_revision:
             return
         revision, rows = self.store.api_rules()
-        taken = {rule.name for rule in self.settings_rules}
-        rules, kept = [], {}
+        taken = {rule.name for rule in self.settings_rules} | {CHANNEL_RULE.name}
+        rules, kept, left_out = [], {}, {}
         for row in rows:
             try:
                 rule = rule_from_mapping(row.data, row.name)
                 self.check_rule(rule)
             except (RuleError, TypeError) as exc:
-                logger.warning("aegis_mw: the stored alert rule %r is left out: %s", row.name, exc)
-                continue
-            if rule.name in taken or rule.name != row.name:
-                logger.warning(
-                    "aegis_mw: the stored alert rule %r is left out: name taken", row.name
-                )
-                continue
-            rules.append(rule)
-            kept[row.name] = row
-        self.api_rules, self.api_rule_rows = tuple(rules), kept
+                left_out[row.name] = str(exc)
+            else:
+                if rule.name in taken or rule.name != row.name:
+                    left_out[row.name] = "a rule of the settings has its name"
+                else:
+                    rules.append(rule)
+                    kept[row.name] = row
+        for name, why in left_out.items():
+            logger.warning("aegis_mw: the stored alert rule %r is left out: %s", name, why)
+        # The rows first: a reader of the rules finds each API rule's row.
+        self.api_rule_rows, self.left_out = kept, left_out
+        self.api_rules = tuple(rules)
         self.rules = self._all_rules()
         # Running sums are per rule: started again over the new set (one
         # full read of each window).

@@ -58,8 +58,8 @@ class StoredRule:
     updated_by: str
 
 
-class TooManyRules(Exception):
-    """Creating one more rule would pass the limit of rules kept in the store."""
+class TooMany(Exception):
+    """Creating one more rule (or silence) would pass the limit kept in the store."""
 
 
 class AlertStore(Protocol):
@@ -141,8 +141,14 @@ class AlertStore(Protocol):
     def silences(self, since: float) -> list[Silence]:
         """The silences that end at ``since`` or later."""
 
-    def put_silence(self, silence: Silence, actor: str, now: float) -> None:
-        """Add a silence, or replace the one with its id; audited."""
+    def put_silence(
+        self, silence: Silence, actor: str, now: float, *, update: bool = False,
+        limit: int | None = None,
+    ) -> bool:  # fmt: skip
+        """Write a silence (created, or updated by its id). With ``update``,
+        only over one of that id not yet ended at ``now`` (else False, nothing
+        written); creating one past ``limit`` silences not yet ended raises
+        :class:`TooMany`."""
 
     def expire_silence(self, silence_id: str, actor: str, now: float) -> bool:
         """End a silence now (one not started yet is dropped); audited.
@@ -157,7 +163,7 @@ class AlertStore(Protocol):
 
     def put_rule(self, rule: Mapping[str, Any], actor: str, now: float, limit: int) -> str:
         """Write a rule (its mapping, by its ``name``): "create" or "update";
-        :class:`TooManyRules` when creating one would pass ``limit``."""
+        :class:`TooMany` when creating one would pass ``limit``."""
 
     def delete_rule(self, name: str, actor: str, now: float) -> bool:
         """Remove a rule; False when there is none of that name."""
@@ -495,11 +501,21 @@ class MemoryAlertStore:
         with self._lock:
             return [s for s in self._silences.values() if s.ends_at >= since]
 
-    def put_silence(self, silence: Silence, actor: str, now: float) -> None:
+    def put_silence(
+        self, silence: Silence, actor: str, now: float, *, update: bool = False,
+        limit: int | None = None,
+    ) -> bool:  # fmt: skip
         with self._lock:
-            action = "update" if silence.id in self._silences else "create"
+            known = self._silences.get(silence.id)
+            if update and (known is None or known.ends_at <= now):
+                return False
+            live = sum(1 for s in self._silences.values() if s.ends_at > now)
+            if known is None and limit is not None and live >= limit:
+                raise TooMany(limit)
             self._silences[silence.id] = silence
+            action = "update" if known is not None else "create"
             self._audit.append(_audit_row(now, actor, action, silence))
+            return True
 
     def expire_silence(self, silence_id: str, actor: str, now: float) -> bool:
         with self._lock:
@@ -526,7 +542,7 @@ class MemoryAlertStore:
         with self._lock:
             action = "update" if name in self._rules else "create"
             if action == "create" and len(self._rules) >= limit:
-                raise TooManyRules(limit)
+                raise TooMany(limit)
             self._rules[name] = StoredRule(name, dict(rule), now, actor)
             self._rules_revision += 1
             self._audit.append(audit_row(now, actor, action, f"rule {name}", dict(rule)))
@@ -988,15 +1004,32 @@ class SQLAlertStore:
             ).fetchall()
         return _silences(row[0] for row in rows)
 
-    def put_silence(self, silence: Silence, actor: str, now: float) -> None:
+    def put_silence(
+        self, silence: Silence, actor: str, now: float, *, update: bool = False,
+        limit: int | None = None,
+    ) -> bool:  # fmt: skip
         with self._transaction() as connection:
+            if self.dialect != "sqlite":
+                # One writer at a time (as SQLite's BEGIN IMMEDIATE): the
+                # check below holds until the write.
+                connection.execute("LOCK TABLE aegis_alert_silences IN SHARE ROW EXCLUSIVE MODE")
             known = connection.execute(
-                self._sql("SELECT 1 FROM aegis_alert_silences WHERE id = ?"), (silence.id,)
+                self._sql("SELECT ends_at FROM aegis_alert_silences WHERE id = ?"), (silence.id,)
             ).fetchone()
+            if update and (known is None or known[0] <= now):
+                return False
+            if known is None and limit is not None:
+                live = connection.execute(
+                    self._sql("SELECT count(*) FROM aegis_alert_silences WHERE ends_at > ?"),
+                    (now,),
+                ).fetchone()[0]
+                if live >= limit:
+                    raise TooMany(limit)
             self._write_silence(connection, silence, now)
             self._write_audit(
                 connection, _audit_row(now, actor, "update" if known else "create", silence)
             )
+            return True
 
     def expire_silence(self, silence_id: str, actor: str, now: float) -> bool:
         with self._transaction() as connection:
@@ -1086,7 +1119,7 @@ class SQLAlertStore:
                     "SELECT count(*) FROM aegis_alert_rules WHERE data IS NOT NULL"
                 ).fetchone()[0]
                 if count >= limit:
-                    raise TooManyRules(limit)
+                    raise TooMany(limit)
             connection.execute(
                 self._sql(
                     "INSERT INTO aegis_alert_rules (name, data, revision, updated_at, updated_by) "

@@ -100,8 +100,8 @@ def write_refusal(scope: Scope, method: str, decision: Decision) -> Response | N
     """Why a write is refused, or None: it needs the editor role, a JSON
     body (a form cannot send one), and no sign of another site: an
     ``Origin`` other than the request's own host, ``Sec-Fetch-Site`` saying
-    cross-site, or (for a write the cookie alone authorises, which a
-    browser adds by itself) no ``Origin`` at all."""
+    cross-site, or (for a write a cookie authorises, which a browser adds
+    by itself, whatever else the request carries) no ``Origin`` at all."""
     if not decision.may(EDITOR):
         return Response.error(
             403, "forbidden",
@@ -115,7 +115,7 @@ def write_refusal(scope: Scope, method: str, decision: Decision) -> Response | N
     host = header(scope, b"host").strip().lower()
     if origin and (not host or origin.partition("://")[2] != host):
         return Response.error(403, "cross_site", "a write from another origin is refused")
-    if not origin and not header(scope, b"authorization").strip():
+    if not origin and not decision.by_header:
         return Response.error(
             403, "cross_site",
             "a write authorised by the cookie needs its page's Origin header; scripts send "

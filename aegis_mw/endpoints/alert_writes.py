@@ -22,8 +22,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import re
 import threading
+import time
 import uuid
+import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -34,8 +38,7 @@ from ..alerts.outbox import send_test
 from ..alerts.rules import RuleError, parse_duration, rule_from_mapping
 from ..alerts.service import API_RULE_LIMIT
 from ..alerts.silences import parse_time, silence_from_mapping
-from ..alerts.store import TooManyRules
-from ..core.errors import ConfigError
+from ..alerts.store import TooMany
 from .response import Response
 
 if TYPE_CHECKING:
@@ -54,22 +57,39 @@ WRITES: Mapping[str, tuple[str, ...]] = {
 MAX_BODY = 64 * 1024
 #: A dry run over the API covers at most this many evaluations (the CLI more).
 DRY_RUN_STEPS = 2880
+#: The most silences not yet ended the API keeps (every tick reads them all).
+SILENCE_LIMIT = 1000
+#: Seconds between two test notices to one channel, per process.
+TEST_COOLDOWN = 10.0
 _SILENCE_FIELDS = ("id", "matchers", "starts_at", "ends_at", "duration", "comment", "created_by")
 
 
 class BadInput(Exception):
-    """A body or parameter that cannot be taken: 400 naming ``field``."""
+    """A body field (or, with ``in_query``, a query parameter) that cannot be
+    taken: 400 naming it, or the status given."""
 
-    def __init__(self, field: str, message: str, status: int = 400, code: str = "bad_request"):
+    def __init__(
+        self, field: str, message: str, status: int = 400, code: str = "", *,
+        in_query: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__(message)
-        self.field, self.message, self.status, self.code = field, message, status, code
+        self.field, self.message, self.status = field, message, status
+        self.in_query = in_query
+        self.code = code or ("invalid_parameter" if in_query else "invalid_field")
 
 
 def _problem(error: BadInput) -> Response:
+    # "parameter" for the query, as the read API names it; "field" for the body.
+    where = "parameter" if error.in_query else "field"
     return Response.json(
         error.status,
-        {"error": {"code": error.code, "message": error.message, "field": error.field}},
+        {"error": {"code": error.code, "message": error.message, where: error.field}},
     )
+
+
+#: C0 and C1 controls and DEL, but tab and newline (a description may have
+#: lines): stored text is printed by the CLI and shown on the dashboard.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
@@ -79,7 +99,25 @@ def _json_object(body: bytes) -> dict[str, Any]:
         raise BadInput("body", f"the body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadInput("body", "the body must be a JSON object")
+    _check_text(data, "")
     return data
+
+
+def _check_text(value: Any, where: str) -> None:
+    """No control characters in any text of the body, keys included."""
+    items: Any = ()
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = ((f"[{n}]", v) for n, v in enumerate(value))
+    elif isinstance(value, str) and _CONTROL.search(value):
+        raise BadInput(where or "body", f"{where or 'the body'} may not hold control characters")
+    for key, item in items:
+        name = key if key.startswith("[") else f".{key}"
+        path = f"{where}{name}" if where else name.lstrip(".")
+        if _CONTROL.search(key):
+            raise BadInput(where or "body", "a key may not hold control characters")
+        _check_text(item, path)
 
 
 def _no_constant(name: str) -> Any:
@@ -90,19 +128,26 @@ def _query(query_string: bytes, name: str) -> str:
     try:
         pairs = parse_qsl(query_string.decode("utf-8"), strict_parsing=False, max_num_fields=4)
     except (UnicodeDecodeError, ValueError):
-        raise BadInput(name, "the query string is not valid") from None
+        raise BadInput("query", "the query string is not valid", in_query=True) from None
     values = [value for key, value in pairs if key == name]
     others = sorted({key for key, _ in pairs} - {name})
     if others:
-        raise BadInput(others[0], f"unknown parameter {others[0]!r}; known: {name}")
-    if len(values) != 1 or not values[0] or len(values[0]) > 256:
-        raise BadInput(name, f"{name} is required, once, as a query parameter")
+        raise BadInput(
+            others[0][:64], f"unknown parameter {others[0][:64]!r}; known: {name}",
+            code="unknown_parameter", in_query=True,
+        )  # fmt: skip
+    if len(values) != 1 or not values[0] or len(values[0]) > 256 or _CONTROL.search(values[0]):
+        raise BadInput(
+            name, f"{name} is required, once, as a query parameter of printable text",
+            in_query=True,
+        )  # fmt: skip
     return values[0]
 
 
-def _from_config_error(error: ConfigError) -> BadInput:
-    field = getattr(error, "field", error.option)
-    return BadInput(str(field), str(error))
+def _after_fork(ref: weakref.ReferenceType[AlertWrites]) -> None:
+    writes = ref()
+    if writes is not None:
+        writes._reset()
 
 
 class AlertWrites:
@@ -112,6 +157,14 @@ class AlertWrites:
         self.alerts = alerts
         # One dry run at a time per process: it can read a day of rollups.
         self._replaying = threading.Lock()
+        #: Channel -> when its last test notice was sent (monotonic seconds).
+        self._tested: dict[str, float] = {}
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork(ref))
+
+    def _reset(self) -> None:
+        self._replaying = threading.Lock()  # a parent's dry run may have held it
+        self._tested = {}
 
     def respond(
         self, method: str, endpoint: str, query_string: bytes, body: bytes, actor: str
@@ -168,7 +221,7 @@ class AlertWrites:
             )  # fmt: skip
         try:
             action = alerts.store.put_rule(rule.to_mapping(), actor, alerts.wall(), API_RULE_LIMIT)
-        except TooManyRules:
+        except TooMany:
             raise BadInput(
                 "name", f"at most {API_RULE_LIMIT} rules are kept through the API; delete one",
                 409, "too_many_rules",
@@ -177,17 +230,20 @@ class AlertWrites:
         return Response.json(status, {"data": {"rule": rule.to_mapping(), "action": action}})
 
     def _delete_rule(self, alerts: AlertService, name: str, actor: str) -> Response:
+        # A stored rule goes whatever shadows it (a settings rule of the same
+        # name leaves it out of the evaluation): it still counts to the limit.
+        if alerts.store.delete_rule(name, actor, alerts.wall()):
+            return Response.json(200, {"data": {"name": name, "action": "delete"}})
         source = alerts.rule_source(name)
         if source in ("settings", "builtin"):
             raise BadInput(
                 "name", f"the rule {name!r} is the app's own ({source}); remove it there",
-                409, "conflict",
+                409, "conflict", in_query=True,
             )  # fmt: skip
-        if not alerts.store.delete_rule(name, actor, alerts.wall()):
-            raise BadInput(
-                "name", f"no rule {name!r} was written through the API", 404, "not_found"
-            )
-        return Response.json(200, {"data": {"name": name, "action": "delete"}})
+        raise BadInput(
+            "name", f"no rule {name!r} was written through the API", 404, "not_found",
+            in_query=True,
+        )  # fmt: skip
 
     # -- silences -----------------------------------------------------------------
     def _put_silence(self, alerts: AlertService, data: dict[str, Any], actor: str) -> Response:
@@ -201,12 +257,6 @@ class AlertWrites:
         given_id = fields.get("id")
         if given_id is not None and not isinstance(given_id, str):
             raise BadInput("id", "id must be the text id of a silence")
-        if given_id is not None:
-            known = {s.id for s in alerts.store.silences(now) if s.ends_at > now}
-            if given_id not in known:
-                raise BadInput(
-                    "id", f"no silence {given_id!r} that has not ended", 404, "not_found"
-                )
         fields.setdefault("id", uuid.uuid4().hex)
         fields.setdefault("created_by", actor)
         try:
@@ -228,7 +278,19 @@ class AlertWrites:
             raise BadInput(error.field, str(error)) from None
         if silence.ends_at <= now:
             raise BadInput("ends_at", "the silence would have ended already")
-        alerts.store.put_silence(silence, actor, now)
+        try:
+            # An update only over a silence not ended (checked as it is
+            # written: one expired meanwhile is not brought back).
+            written = alerts.store.put_silence(
+                silence, actor, now, update=given_id is not None, limit=SILENCE_LIMIT
+            )
+        except TooMany:
+            raise BadInput(
+                "matchers", f"at most {SILENCE_LIMIT} silences not yet ended are kept; "
+                "expire one", 409, "too_many_silences",
+            ) from None  # fmt: skip
+        if not written:
+            raise BadInput("id", f"no silence {given_id!r} that has not ended", 404, "not_found")
         status = 200 if given_id is not None else 201
         return Response.json(
             status, {"data": {**silence.to_mapping(), "state": silence.state(now)}}
@@ -236,7 +298,10 @@ class AlertWrites:
 
     def _expire_silence(self, alerts: AlertService, silence_id: str, actor: str) -> Response:
         if not alerts.store.expire_silence(silence_id, actor, alerts.wall()):
-            raise BadInput("id", f"no silence {silence_id!r} that has not ended", 404, "not_found")
+            raise BadInput(
+                "id", f"no silence {silence_id!r} that has not ended", 404, "not_found",
+                in_query=True,
+            )  # fmt: skip
         return Response.json(200, {"data": {"id": silence_id, "action": "expire"}})
 
     # -- a test notice ------------------------------------------------------------
@@ -248,6 +313,17 @@ class AlertWrites:
         if channel is None:
             known = ", ".join(sorted(alerts.channels)) or "none"
             raise BadInput("channel", f"no channel {name!r}; configured: {known}", 404, "not_found")
+        # One test a channel per TEST_COOLDOWN seconds: each holds a thread
+        # of the store lane for up to the channel's timeout.
+        moment = time.monotonic()
+        last = self._tested.get(name)
+        if last is not None and moment - last < TEST_COOLDOWN:
+            wait = max(1, math.ceil(TEST_COOLDOWN - (moment - last)))
+            return Response.error(
+                429, "busy", f"channel {name!r} was tested less than {TEST_COOLDOWN:g} s ago",
+                retry_after=str(wait),
+            )  # fmt: skip
+        self._tested[name] = moment
         now = alerts.wall()
         result = send_test(channel, now, "the alert API")
         # Delivered or why not: a status or a fault, never the receiver's
@@ -273,6 +349,8 @@ class AlertWrites:
             except TypeError as exc:
                 raise BadInput("rule", f"the rule is invalid: {exc}") from None
         else:
+            if not isinstance(data["name"], str):
+                raise BadInput("name", "name must be the text name of a rule")
             found = [r for r in alerts.rules if r.name == data["name"]]
             if not found:
                 raise BadInput("name", f"no rule {data['name']!r}", 404, "not_found")

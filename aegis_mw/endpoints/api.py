@@ -300,7 +300,12 @@ class MetricsAPI:
             if endpoint == "silences":
                 return Response.json(200, {"data": silences_answer(self._aegis.alerts)})
             if endpoint == "alert-rules":
-                return Response.json(200, {"data": {"rules": rules_answer(self._aegis.alerts)}})
+                alerts = self._aegis.alerts
+                left_out = [] if alerts is None else [
+                    {"name": name, "reason": why} for name, why in sorted(alerts.left_out.items())
+                ]  # fmt: skip
+                data = {"rules": rules_answer(alerts), "left_out": left_out}
+                return Response.json(200, {"data": data})
             if endpoint == "alert-history":
                 for name, value in params.items():
                     _check_text(name, value)

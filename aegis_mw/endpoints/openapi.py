@@ -308,8 +308,16 @@ _RULE_BODY = {
 }
 _SCHEMAS["alert-rules"] = {
     "type": "object",
-    "required": ["rules"],
+    "required": ["rules", "left_out"],
     "properties": {
+        "left_out": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "reason"],
+                "properties": {"name": {"type": "string"}, "reason": {"type": "string"}},
+            },
+        },
         "rules": {
             "type": "array",
             "items": {
@@ -323,7 +331,7 @@ _SCHEMAS["alert-rules"] = {
                     "updated_by": _STRING_OR_NULL,
                 },
             },
-        }
+        },
     },
 }
 _NOTICE = {
@@ -464,6 +472,7 @@ _ERROR = {
                             "code": {"type": "string"},
                             "message": {"type": "string"},
                             "parameter": {"type": "string"},
+                            "field": {"type": "string"},
                         },
                     }
                 },
@@ -505,7 +514,10 @@ _SILENCE_BODY = {
         "matchers": {"type": "array", "items": {"type": "string"}, "minItems": 1},
         "starts_at": {"type": ["number", "string"]},
         "ends_at": {"type": ["number", "string"]},
-        "duration": {"type": "string", "description": "Instead of ends_at: 30m, 2h, 1d"},
+        "duration": {
+            "type": ["string", "number"],
+            "description": "Instead of ends_at: 30m, 2h, 1d, or seconds",
+        },
         "comment": {"type": "string", "minLength": 1},
         "created_by": {"type": "string", "minLength": 1},
     },
@@ -517,7 +529,10 @@ _DRY_RUN_BODY = {
         "rule": _RULE_BODY,
         "name": {"type": "string", "description": "A rule evaluated now, instead of rule"},
         "hours": {"type": "number", "exclusiveMinimum": 0, "maximum": 168},
-        "step": {"type": "string", "description": "Between evaluations: 10s, 1m (default 60s)"},
+        "step": {
+            "type": ["string", "number"],
+            "description": "Between evaluations: 10s, 1m, or seconds (default 60s)",
+        },
     },
     "additionalProperties": False,
 }

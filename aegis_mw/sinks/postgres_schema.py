@@ -360,6 +360,8 @@ MIGRATIONS: tuple[tuple[str | Callable[[psycopg.Connection[Any]], None], ...], .
             updated_by text NOT NULL
         )
         """,
+        # max(revision), read every tick, from the index's end.
+        "CREATE INDEX aegis_alert_rules_revision ON aegis_alert_rules (revision)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -288,6 +288,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             updated_by TEXT NOT NULL
         ) WITHOUT ROWID
         """,
+        # max(revision), read every tick, from the index's end.
+        "CREATE INDEX aegis_alert_rules_revision ON aegis_alert_rules (revision)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -188,7 +188,10 @@ class WSGIRoutes:
             return early
         if method in ("GET", "HEAD"):
             return handler(scope)
-        body = read_body(environ, read)
+        try:
+            body = read_body(environ, read)
+        except (OSError, ValueError):  # the client left mid-body (Django's UnreadablePostError)
+            return Response.error(400, "body_unreadable", "the request's body could not be read")
         if isinstance(body, Response):
             return body
         shared = self.shared

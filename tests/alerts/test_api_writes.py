@@ -341,22 +341,26 @@ async def test_a_test_notice_says_delivered_or_failed_and_nothing_more(
     make_aegis: Callable[..., Aegis], tmp_path: Path, httpserver: HTTPServer
 ) -> None:
     channels = {
-        "hook": {"type": "webhook", "url": httpserver.url_for("/hook"), "allow_private": True}
+        name: {"type": "webhook", "url": httpserver.url_for(f"/{name}"), "allow_private": True}
+        for name in ("hook", "down")
     }
     aegis, app, _ = await app_with(make_aegis, tmp_path, alert_channels=channels)
     httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data("ok")
-    httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data(
+    httpserver.expect_oneshot_request("/down", method="POST").respond_with_data(
         "secret internal detail", status=500
     )
     async with client(app, **bearer(EDITOR)) as http:
         sent = await http.post(f"{API}/channel-test", json={"channel": "hook"})
         assert sent.json()["data"] == {"channel": "hook", "delivered": True, "error": None}
-        failed = await http.post(f"{API}/channel-test", json={"channel": "hook"})
+        failed = await http.post(f"{API}/channel-test", json={"channel": "down"})
         assert failed.status_code == 200
         data = failed.json()["data"]
         assert data["delivered"] is False and "500" in data["error"]
         assert "secret internal detail" not in failed.text
-        assert httpserver.url_for("/hook") not in failed.text
+        assert httpserver.url_for("/down") not in failed.text
+        # One test a channel per cooldown: a loop cannot hold the lane's threads.
+        again = await http.post(f"{API}/channel-test", json={"channel": "hook"})
+        assert again.status_code == 429 and 1 <= int(again.headers["retry-after"]) <= 10
         unknown = await http.post(f"{API}/channel-test", json={"channel": "nope"})
         assert unknown.status_code == 404
         bad = await http.post(f"{API}/channel-test", json={"channel": "hook", "x": 1})
@@ -366,7 +370,7 @@ async def test_a_test_notice_says_delivered_or_failed_and_nothing_more(
     assert aegis.alerts is not None
     tests = [a for a in aegis.alerts.store.audit(10) if a["action"] == "test"]
     assert [(a["object"], a["detail"]["delivered"]) for a in tests] == [
-        ("channel hook", False), ("channel hook", True)
+        ("channel down", False), ("channel hook", True)
     ]  # fmt: skip
 
 
@@ -473,3 +477,143 @@ def test_the_real_server_takes_writes_over_loopback(tmp_path: Path) -> None:
         assert streamed.status_code == 413
         # The connection and the server are fine after a refused body.
         assert http.get(f"{API}/alert-rules").status_code == 200
+
+
+# -- what a review asked for -------------------------------------------------------------
+
+
+async def test_the_cookie_with_a_header_that_grants_nothing_still_needs_the_origin(
+    make_aegis: Callable[..., Aegis], tmp_path: Path
+) -> None:
+    """A header that matches no credential leaves the cookie to grant the
+    role: the write is then the cookie's, and needs the page's Origin."""
+    _, app, _ = await app_with(make_aegis, tmp_path)
+    async with client(app) as http:
+        await http.get("/dashboard", params={"token": EDITOR})
+        for junk in ("Basic !!!", "Bearer", "Foo x"):
+            answer = await http.put(
+                f"{API}/alert-rules", json=RULE, headers={"authorization": junk}
+            )
+            assert answer.status_code == 403, (junk, answer.text)
+            assert answer.json()["error"]["code"] == "cross_site"
+
+
+async def test_the_limits_of_rules_and_silences(
+    make_aegis: Callable[..., Aegis], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aegis_mw.endpoints import alert_writes
+
+    monkeypatch.setattr(alert_writes, "API_RULE_LIMIT", 1)
+    monkeypatch.setattr(alert_writes, "SILENCE_LIMIT", 1)
+    _, app, _ = await app_with(make_aegis, tmp_path)
+    silence = {"matchers": ['alertname="x"'], "duration": "1h", "comment": "c"}
+    async with client(app, **bearer(EDITOR)) as http:
+        assert (await http.put(f"{API}/alert-rules", json=RULE)).status_code == 201
+        second = await http.put(f"{API}/alert-rules", json={**RULE, "name": "other"})
+        assert second.status_code == 409 and second.json()["error"]["code"] == "too_many_rules"
+        assert (await http.put(f"{API}/alert-rules", json=RULE)).status_code == 200  # a change
+        assert (await http.post(f"{API}/silences", json=silence)).status_code == 201
+        more = await http.post(f"{API}/silences", json=silence)
+        assert more.status_code == 409 and more.json()["error"]["code"] == "too_many_silences"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**RULE, "annotations": {"summary": "a\x1b[2Jb"}}, "annotations.summary"),
+        ({**RULE, "labels": {"team": "x\x00"}}, "labels.team"),
+        ({**RULE, "route": "/a\x07"}, "route"),
+        ({**RULE, "group_by": ["route\x9b"]}, "group_by[0]"),
+    ],
+)
+async def test_control_characters_are_refused_by_field(
+    body: dict[str, Any], field: str, make_aegis: Callable[..., Aegis], tmp_path: Path
+) -> None:
+    """Stored text is printed by the CLI: no terminal escapes get in. A
+    description may still have lines."""
+    _, app, _ = await app_with(make_aegis, tmp_path)
+    async with client(app, **bearer(EDITOR)) as http:
+        answer = await http.put(f"{API}/alert-rules", json=body)
+        assert answer.status_code == 400 and answer.json()["error"]["field"] == field
+        lines = {**RULE, "annotations": {"description": "first\n\tsecond"}}
+        assert (await http.put(f"{API}/alert-rules", json=lines)).status_code == 201
+        silence = {"matchers": ['a="b"'], "duration": "1h", "comment": "deploy\x1b]0;x\x07"}
+        refused = await http.post(f"{API}/silences", json=silence)
+        assert refused.json()["error"]["field"] == "comment"
+
+
+async def test_query_problems_name_the_parameter(
+    make_aegis: Callable[..., Aegis], tmp_path: Path
+) -> None:
+    _, app, _ = await app_with(make_aegis, tmp_path)
+    async with client(app, **bearer(EDITOR)) as http:
+        for params, parameter, code in [
+            ({}, "name", "invalid_parameter"),
+            ({"name": "a", "colour": "red"}, "colour", "unknown_parameter"),
+            ({"name": "a\x1b"}, "name", "invalid_parameter"),
+        ]:
+            answer = await http.delete(f"{API}/alert-rules", params=params)
+            error = answer.json()["error"]
+            assert answer.status_code == 400, params
+            assert (error["parameter"], error["code"]) == (parameter, code), error
+
+
+async def test_a_client_that_leaves_mid_body_gets_nothing_and_writes_nothing(
+    make_aegis: Callable[..., Aegis], tmp_path: Path
+) -> None:
+    aegis, app, _ = await app_with(make_aegis, tmp_path)
+    messages = iter([
+        {"type": "http.request", "body": b'{"name": "boom', "more_body": True},
+        {"type": "http.disconnect"},
+    ])  # fmt: skip
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return next(messages)
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "PUT",
+        "scheme": "http", "path": f"{API}/alert-rules", "raw_path": b"", "query_string": b"",
+        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"),
+                    (b"authorization", f"Bearer {EDITOR}".encode())],
+        "client": ("127.0.0.1", 5000), "server": ("testserver", 80), "state": {},
+    }  # fmt: skip
+    await app(scope, receive, send)
+    assert sent == []
+    assert aegis.alerts is not None and aegis.alerts.store.api_rules()[1] == []
+
+
+async def test_a_stored_rule_a_settings_rule_shadows_is_listed_and_can_go(
+    make_aegis: Callable[..., Aegis], tmp_path: Path
+) -> None:
+    """Written through the API before the settings took the name: left out
+    of the evaluation (the settings' rule wins), listed with why, and
+    deletable."""
+    _, app, _ = await app_with(make_aegis, tmp_path)
+    async with client(app, **bearer(EDITOR)) as http:
+        assert (await http.put(f"{API}/alert-rules", json=RULE)).status_code == 201
+    settled, app, _ = await app_with(make_aegis, tmp_path, alert_rules=[RULE])
+    await tick(settled)
+    async with client(app, **bearer(EDITOR)) as http:
+        listed = (await http.get(f"{API}/alert-rules")).json()["data"]
+        assert [r["source"] for r in listed["rules"]] == ["settings"]
+        assert listed["left_out"] == [
+            {"name": "boom_errors", "reason": "a rule of the settings has its name"}
+        ]
+        gone = await http.delete(f"{API}/alert-rules", params={"name": "boom_errors"})
+        assert gone.status_code == 200
+        again = await http.delete(f"{API}/alert-rules", params={"name": "boom_errors"})
+        assert again.status_code == 409  # now only the settings' own is left
+    await tick(settled)
+    assert settled.alerts is not None and settled.alerts.left_out == {}
+
+
+def test_channels_without_a_history_sink_are_a_config_error(tmp_path: Path) -> None:
+    from aegis_mw.core.errors import ConfigError
+
+    channels = {"ops": {"type": "webhook", "url": "https://hooks.example.com/x"}}
+    with pytest.raises(ConfigError, match=r"alert_channels.*ops.*keeps history"):
+        Aegis(sink=f"jsonl://{tmp_path / 'a.jsonl'}", environ={}, alert_channels=channels)

@@ -121,3 +121,32 @@ async def test_django_writes_under_asgi(anyio_backend: str, django_pipeline: Aeg
     assert bad.status_code == 400 and bad.json()["error"]["field"] == "body"
     assert django_pipeline.alerts is not None
     assert [r.name for r in django_pipeline.alerts.store.api_rules()[1]] == ["boom_errors"]
+
+
+@pytest.mark.parametrize("terminated", [False, True])
+def test_wsgi_without_a_length(pipeline: Aegis, terminated: bool) -> None:
+    """No Content-Length: the input is read only when the server says it
+    ends by itself (PEP 3333: else a read could wait for ever)."""
+    app = AegisWSGIMiddleware(plain, aegis=pipeline)
+    environ = environ_for(f"{API}/alert-rules", "PUT", **JSON)
+    environ["wsgi.input"].write(json.dumps(RULE).encode())
+    environ["wsgi.input"].seek(0)
+    if terminated:
+        environ["wsgi.input_terminated"] = True
+    response, body = serve(app, environ)
+    if terminated:
+        assert response.status == "201 Created", body
+    else:
+        assert response.status == "400 Bad Request" and b'"field":"body"' in body
+
+
+def test_wsgi_client_leaving_mid_body_is_a_400(pipeline: Aegis) -> None:
+    class Broken:
+        def read(self, size: int = -1) -> bytes:
+            raise OSError("the client went away")
+
+    app = AegisWSGIMiddleware(plain, aegis=pipeline)
+    environ = environ_for(f"{API}/alert-rules", "PUT", **JSON, CONTENT_LENGTH="20")
+    environ["wsgi.input"] = Broken()
+    response, body = serve(app, environ)
+    assert response.status == "400 Bad Request" and b"body_unreadable" in body

@@ -160,14 +160,14 @@ def test_rules_written_through_the_api_move_the_revision(store: Any) -> None:
 
 
 def test_the_rule_limit_counts_live_rules(store: Any) -> None:
-    from aegis_mw.alerts.store import TooManyRules
+    from aegis_mw.alerts.store import TooMany
 
     def rule(name: str) -> dict[str, Any]:
         return {"name": name, "input": "request_rate", "operator": ">", "threshold": 1}
 
     store.put_rule(rule("a"), "t", START, 2)
     store.put_rule(rule("b"), "t", START, 2)
-    with pytest.raises(TooManyRules):
+    with pytest.raises(TooMany):
         store.put_rule(rule("c"), "t", START, 2)
     assert store.put_rule(rule("b"), "t", START, 2) == "update"  # not a new one
     store.delete_rule("a", "t", START)
@@ -178,23 +178,45 @@ def test_the_rule_limit_counts_live_rules(store: Any) -> None:
 def test_writers_at_once_never_share_a_revision(store: Any) -> None:
     """Eight threads writing rules together: every write gets a revision of
     its own (a reader that saw one can never miss another)."""
-    seen: list[int] = []
-    lock = threading.Lock()
     start = threading.Barrier(8)
+    failures: list[BaseException] = []
 
     def write(index: int) -> None:
-        start.wait(timeout=30)
-        for step in range(5):
-            name = f"rule{index}"
-            rule = {"name": name, "input": "request_rate", "operator": ">", "threshold": step}
-            store.put_rule(rule, "t", START, 100)
-            with lock:
-                seen.append(store.rules_revision())
+        try:
+            start.wait(timeout=30)
+            for step in range(5):
+                rule = {"name": f"rule{index}", "input": "request_rate", "operator": ">",
+                        "threshold": step}  # fmt: skip
+                store.put_rule(rule, "t", START, 100)
+        except BaseException as exc:
+            failures.append(exc)
 
     threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
+    assert failures == [] and not any(thread.is_alive() for thread in threads)
     assert store.rules_revision() == 40  # one revision per write, none shared
     assert len(store.api_rules()[1]) == 8
+
+
+def test_a_silence_is_updated_only_while_it_has_not_ended(store: Any) -> None:
+    from aegis_mw.alerts.silences import silence_from_mapping
+    from aegis_mw.alerts.store import TooMany
+
+    def silence(key: str, ends_at: float) -> Any:
+        return silence_from_mapping({
+            "id": key, "matchers": [f'alertname="{key}"'], "starts_at": START,
+            "ends_at": ends_at, "created_by": "ana", "comment": "c",
+        })  # fmt: skip
+
+    assert not store.put_silence(silence("a", START + 60), "ana", START, update=True)
+    assert store.put_silence(silence("a", START + 60), "ana", START, limit=1)
+    with pytest.raises(TooMany):
+        store.put_silence(silence("b", START + 60), "ana", START, limit=1)
+    assert store.put_silence(silence("a", START + 90), "ana", START + 10, update=True, limit=1)
+    # Ended: an update does not bring it back.
+    assert not store.put_silence(silence("a", START + 200), "ana", START + 100, update=True)
+    assert [s.ends_at for s in store.silences(START)] == [START + 90]
+    assert store.put_silence(silence("b", START + 200), "ana", START + 100, limit=1)

@@ -171,6 +171,8 @@ def test_schema_is_created_on_first_write(
         ("index", "aegis_alert_outbox_due", "aegis_alert_outbox"),
         ("index", "aegis_alert_outbox_episode", "aegis_alert_outbox"),
         ("index", "aegis_alert_outbox_group", "aegis_alert_outbox"),
+        ("table", "aegis_alert_rules", "aegis_alert_rules"),
+        ("index", "aegis_alert_rules_revision", "aegis_alert_rules"),
         ("table", "aegis_alert_silences", "aegis_alert_silences"),
         ("table", "aegis_alert_transitions", "aegis_alert_transitions"),
         ("index", "aegis_alert_transitions_at", "aegis_alert_transitions"),
@@ -224,7 +226,7 @@ def test_reopening_an_existing_file_keeps_schema_and_rows(
         make_request(2).request_id,
     ]
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 28
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 30
 
 
 def test_batch_written_twice_is_stored_once(
@@ -412,7 +414,7 @@ def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path: Path) -> N
     versions = sorted(version for outcome in outcomes for version in outcome[3])
     assert versions == [0] + [SCHEMA_VERSION] * (PROCESSES - 1)
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 28
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 30
     ids = [row[0] for row in read_requests(path)]
     expected = sorted(
         f"{index:016x}{n:016x}" for index in range(PROCESSES) for n in range(RECORDS_PER_PROCESS)
