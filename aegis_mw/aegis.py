@@ -20,6 +20,7 @@ from typing import Any
 from . import speedups
 from .access.app_token import monitoring_access
 from .alerts.figures import SETTLE_SECONDS
+from .alerts.reports import process_report
 from .alerts.service import AlertService
 from .alerts.store import MemoryAlertStore
 from .core.aggregates import RealtimeAggregates, RealtimeSnapshot
@@ -109,8 +110,25 @@ def multiprocess_directory(
 ALERTS_STOP_SECONDS = 5.0
 
 
+def _reporter(aegis: Aegis) -> Callable[[], dict[str, Any]]:
+    """This process's report of its health for the alert service (held
+    weakly: the service must not keep a dropped pipeline alive)."""
+    ref = weakref.ref(aegis)
+
+    def report() -> dict[str, Any]:
+        owner = ref()
+        if owner is None:
+            return {}
+        return process_report(owner.health.runner.last_results, owner.stats())
+
+    return report
+
+
 def _alert_service(
-    settings: AegisSettings, sinks: Sequence[RecordSink], clock: Clock
+    settings: AegisSettings,
+    sinks: Sequence[RecordSink],
+    clock: Clock,
+    reporter: Callable[[], dict[str, Any]] | None = None,
 ) -> AlertService | None:
     """The alert service over the first sink that keeps history, in the
     store beside its data (in the process for the memory sink). It runs
@@ -156,7 +174,8 @@ def _alert_service(
         # Items wait up to a flush interval before they are folded at all.
         settle=SETTLE_SECONDS + settings.flush_interval,
         channels=settings.alert_channels, mute_windows=settings.alert_mute_windows,
-        inhibit_rules=settings.alert_inhibit_rules, horizons=kept,
+        inhibit_rules=settings.alert_inhibit_rules, horizons=kept, reporter=reporter,
+        readiness_inhibits=settings.alert_readiness_inhibits,
     )  # fmt: skip
 
 
@@ -272,7 +291,9 @@ class Aegis:
         #: Health checks and the liveness/readiness answers.
         self.health = HealthService(self)
         #: The alert rules' evaluation (None without rules): see aegis_mw.alerts.
-        self.alerts: AlertService | None = _alert_service(settings, self.sinks, self.clock)
+        self.alerts: AlertService | None = _alert_service(
+            settings, self.sinks, self.clock, _reporter(self)
+        )
         ref = weakref.ref(self)
         # Weak references: neither hook may keep a discarded Aegis alive.
         self._atexit_hook = functools.partial(_shutdown_if_alive, ref)

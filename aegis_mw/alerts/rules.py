@@ -32,9 +32,17 @@ RATIO_INPUTS = (
 LATENCY_INPUTS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms")
 #: Inputs counted per second over the window.
 RATE_INPUTS = ("request_rate", "error_rate", "rate_limited_rate")
-#: Inputs read from the alerting's own state, not from the rollups: 1 for
-#: each channel disabled after a failure every notice would meet, else 0.
-STATE_INPUTS = ("channel_disabled",)
+#: Inputs read from the app's present state, not from the rollups (their
+#: window is not used; see :mod:`.reports`):
+#:
+#: - ``channel_disabled``: 1 for each channel disabled after a failure every
+#:   notice would meet, else 0;
+#: - ``health_check_failing``: per health check, how many of the app's
+#:   processes last saw it fail (or time out);
+#: - ``sink_failing``: per sink, how many processes fail to write to it now;
+#: - ``records_dropped``: records the app's processes dropped (a full
+#:   buffer, a sink's backlog, a shutdown) since the previous evaluation.
+STATE_INPUTS = ("channel_disabled", "health_check_failing", "sink_failing", "records_dropped")
 #: Inputs read from the stored rollups.
 ROLLUP_INPUTS = RATIO_INPUTS + LATENCY_INPUTS + RATE_INPUTS
 INPUTS = ROLLUP_INPUTS + STATE_INPUTS
@@ -43,7 +51,15 @@ OPERATORS = (">", ">=", "<", "<=")
 SEVERITIES = ("info", "warning", "error", "critical")
 GROUP_LABELS = ("route", "method")
 #: The labels a state input's alerts are grouped by.
-STATE_GROUP_LABELS = {"channel_disabled": ("channel",)}
+STATE_GROUP_LABELS = {
+    "channel_disabled": ("channel",), "health_check_failing": ("check",),
+    "sink_failing": ("sink",), "records_dropped": (),
+}  # fmt: skip
+#: Inputs a failing readiness check inhibits by default (the errors and the
+#: latency of an app that says it is not ready are its symptoms).
+READINESS_INHIBITED = (
+    "error_ratio", "error_rate", "status_5xx_ratio", *LATENCY_INPUTS,
+)  # fmt: skip
 #: What happens when a window holds fewer than ``min_requests`` requests.
 NO_DATA_POLICIES = ("nodata", "ok", "alerting", "keep_last")
 
@@ -61,7 +77,7 @@ _LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?")
 _ANNOTATIONS = ("summary", "description", "runbook_url")
 #: Labels every alert has (its name, severity, group): a rule cannot set them.
-_RESERVED_LABELS = frozenset({"alertname", "severity", "channel", *GROUP_LABELS})
+_RESERVED_LABELS = frozenset({"alertname", "severity", "channel", "check", "sink", *GROUP_LABELS})
 _METHODS = (*sorted(STANDARD_METHODS), OTHER_METHOD)
 _TEXT_LIMIT = 2048
 

@@ -39,7 +39,8 @@ from .evaluator import (
 )  # fmt: skip
 from .figures import SETTLE_SECONDS, RollupReader
 from .outbox import AlertSender, ChannelState, Notice, notices_for
-from .rules import SEVERITIES, AlertRule, RuleError, rule_from_mapping
+from .reports import LIVE_INTERVALS, REPORT_INPUTS, ReportReader
+from .rules import READINESS_INHIBITED, SEVERITIES, AlertRule, RuleError, rule_from_mapping
 from .silences import InhibitRule, MuteWindow, NotificationPolicy
 from .sliding import SlidingFigures
 from .store import SHOWN, AlertStore, StoredRule, changes_between
@@ -87,6 +88,8 @@ class AlertService:
         mute_windows: Sequence[MuteWindow] = (),
         inhibit_rules: Sequence[InhibitRule] = (),
         horizons: Mapping[int, float] | None = None,
+        reporter: Callable[[], Mapping[str, Any]] | None = None,
+        readiness_inhibits: bool = True,
     ) -> None:
         #: The rules of the app's settings (or code): the API cannot change them.
         self.settings_rules = tuple(rules)
@@ -99,6 +102,14 @@ class AlertService:
         self._rules_revision = 0
         #: Seconds each rollup resolution is kept: a window must fit in it.
         self.horizons = dict(horizons or {})
+        #: This process's report of its health (see .reports); None: none.
+        self.reporter = reporter
+        #: Whether a failing readiness check holds back the error and
+        #: latency alerts' firings.
+        self.readiness_inhibits = readiness_inhibits
+        self._reports = ReportReader()
+        #: The critical checks failing in some process (the last reading).
+        self.not_ready: tuple[str, ...] = ()
         self.store = store
         self.reader = reader
         self.interval = interval
@@ -142,6 +153,7 @@ class AlertService:
         self._running = False
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._ticking = threading.Lock()
 
     # -- life ---------------------------------------------------------------------
     def start(self) -> None:
@@ -190,6 +202,7 @@ class AlertService:
         self._figures = SlidingFigures(self.reader, self.rules, self.settle)
         self._thread = None
         self._lock = threading.Lock()
+        self._ticking = threading.Lock()  # a parent's tick may have held it
         reset_store = getattr(self.store, "reset_after_fork", None)
         if reset_store is not None:
             reset_store()
@@ -263,7 +276,10 @@ class AlertService:
         """One interval's work: evaluate if this process holds the lease,
         then refresh what is shown. Never raises an Exception."""
         try:
-            self._tick()
+            # One tick at a time in a process (its thread's and one called by
+            # hand): two at once would both evaluate from the same instances.
+            with self._ticking:
+                self._tick()
         except Exception:
             self.failures += 1
             if not self._failing:
@@ -279,8 +295,17 @@ class AlertService:
         self._refresh_rules()
         token = self.store.claim(self.holder, now, self.interval * LEASE_INTERVALS)
         disabled = self._read_channels()
+        states: dict[str, Any] = {"channel_disabled": disabled}
+        states.update(self._read_reports(now))
+        held = (
+            {
+                rule.name: f"inhibited by failing readiness ({', '.join(self.not_ready)})"
+                for rule in self.rules if rule.input in READINESS_INHIBITED
+            }
+            if self.not_ready and self.readiness_inhibits else {}
+        )  # fmt: skip
         self.policy = NotificationPolicy(
-            tuple(self.store.silences(now)), self.mute_windows, self.inhibit_rules
+            tuple(self.store.silences(now)), self.mute_windows, self.inhibit_rules, held
         )
         if token is None:
             self.token = None
@@ -291,7 +316,6 @@ class AlertService:
             self._instances = self.store.load()
             self._figures = SlidingFigures(self.reader, self.rules, self.settle)
             self.token = token
-        states: dict[str, Any] = {"channel_disabled": disabled}
         figures = self._figures.collect(now, states)
         result = evaluate(self.rules, self._instances, figures, now, 2 * self.interval)
         changed, removed = changes_between(self._instances, result.instances)
@@ -320,6 +344,31 @@ class AlertService:
         if now - self._pruned_at >= PRUNE_EVERY:
             self._pruned_at = now
             self.store.prune_history(now - self.retention, PRUNE_LIMIT)
+
+    def _uses_reports(self) -> bool:
+        """Whether the rules need the processes' reports: a rule over one
+        of their inputs, or one a failing readiness check would inhibit."""
+        return self.reporter is not None and any(
+            rule.input in REPORT_INPUTS
+            or (self.readiness_inhibits and rule.input in READINESS_INHIBITED)
+            for rule in self.rules
+        )
+
+    def _read_reports(self, now: float) -> dict[str, Any]:
+        """Write this process's report, read every live process's: the
+        report inputs' values (an input's read error, for its rules' health)."""
+        if not self._uses_reports() or self.reporter is None:
+            self.not_ready = ()
+            return {}
+        try:
+            self.store.put_report(self.holder, now, self.reporter())
+            live = self.store.reports(now - LIVE_INTERVALS * self.interval)
+        except Exception as exc:  # the rules over them report it as their health
+            self.not_ready = ()
+            return dict.fromkeys(REPORT_INPUTS, exc)
+        state = self._reports.read(live)
+        self.not_ready = state.not_ready
+        return dict(state.inputs())
 
     def _firing_labels(self, instances: Mapping[Key, Instance]) -> list[dict[str, str]]:
         """The labels of every alert firing (the sources inhibit rules look at)."""

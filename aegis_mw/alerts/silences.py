@@ -498,6 +498,9 @@ class NotificationPolicy:
     silences: tuple[Silence, ...] = ()
     mute_windows: tuple[MuteWindow, ...] = ()
     inhibit_rules: tuple[InhibitRule, ...] = ()
+    #: Alert names held back by the app's own state, with why (a failing
+    #: readiness check holds the error and latency alerts: see .reports).
+    held: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for key, kind in (
@@ -533,6 +536,6 @@ class NotificationPolicy:
             return f"muted by window {', '.join(names)}"
         source = inhibited_by(self.inhibit_rules, firing, labels)
         if source is None:
-            return None
+            return self.held.get(labels.get("alertname", ""))
         pairs = ",".join(f'{k}="{v}"' for k, v in sorted(source.items()))
         return f"inhibited by {source.get('alertname') or '{' + pairs + '}'}"

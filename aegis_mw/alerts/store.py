@@ -40,6 +40,8 @@ from .silences import Silence, silence_from_mapping
 logger = logging.getLogger("aegis_mw.alerts")
 
 LEASE = "evaluator"
+#: Seconds a process's report is kept after its last one (see .reports).
+REPORTS_KEPT = 3600.0
 #: Fields whose change alone does not make an instance worth writing (when
 #: its group last had data matters only once it stops, and then it is left
 #: as it was last written).
@@ -173,6 +175,12 @@ class AlertStore(Protocol):
     ) -> None:
         """Record an action that changes no stored object (a test notice)."""
 
+    def put_report(self, process: str, now: float, report: Mapping[str, Any]) -> None:
+        """This process's report of its health (see .reports), replacing its last."""
+
+    def reports(self, since: float) -> list[tuple[str, Mapping[str, Any]]]:
+        """The reports written at or after ``since``, by process."""
+
     def audit(self, limit: int) -> list[dict[str, Any]]:
         """The latest changes to silences, rules and the like, newest first."""
 
@@ -263,6 +271,7 @@ class MemoryAlertStore:
         self._audit: list[dict[str, Any]] = []
         self._rules: dict[str, StoredRule] = {}
         self._rules_revision = 0
+        self._reports: dict[str, tuple[float, Mapping[str, Any]]] = {}
         self._next_id = 1
         self._history_limit = history_limit
 
@@ -562,6 +571,16 @@ class MemoryAlertStore:
     ) -> None:
         with self._lock:
             self._audit.append(audit_row(now, actor, action, what, dict(detail)))
+
+    def put_report(self, process: str, now: float, report: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._reports[process] = (now, json.loads(json.dumps(report)))
+            for gone in [p for p, (at, _) in self._reports.items() if at < now - REPORTS_KEPT]:
+                del self._reports[gone]
+
+    def reports(self, since: float) -> list[tuple[str, Mapping[str, Any]]]:
+        with self._lock:
+            return sorted((p, r) for p, (at, r) in self._reports.items() if at >= since)
 
     def audit(self, limit: int) -> list[dict[str, Any]]:
         with self._lock:
@@ -1160,6 +1179,37 @@ class SQLAlertStore:
     ) -> None:
         with self._transaction() as connection:
             self._write_audit(connection, audit_row(now, actor, action, what, detail))
+
+    def put_report(self, process: str, now: float, report: Mapping[str, Any]) -> None:
+        with self._transaction() as connection:
+            connection.execute(
+                self._sql(
+                    "INSERT INTO aegis_alert_reports (process, at, data) VALUES (?, ?, ?) "
+                    "ON CONFLICT (process) DO UPDATE SET at = excluded.at, data = excluded.data"
+                ),
+                (process, now, json.dumps(report, allow_nan=False)),
+            )
+            # Reports of processes gone an hour (a live one rewrites its own
+            # every tick): the table holds about the processes alive.
+            connection.execute(
+                self._sql("DELETE FROM aegis_alert_reports WHERE at < ?"), (now - REPORTS_KEPT,)
+            )
+
+    def reports(self, since: float) -> list[tuple[str, Mapping[str, Any]]]:
+        with self._read() as connection:
+            rows = connection.execute(
+                self._sql(
+                    "SELECT process, data FROM aegis_alert_reports WHERE at >= ? ORDER BY process"
+                ),
+                (since,),
+            ).fetchall()
+        out = []
+        for process, data in rows:
+            try:
+                out.append((process, json.loads(data)))
+            except ValueError:
+                logger.warning("aegis_mw: the report of process %s does not read", process)
+        return out
 
     def audit(self, limit: int) -> list[dict[str, Any]]:
         with self._read() as connection:

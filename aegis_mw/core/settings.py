@@ -416,6 +416,9 @@ _RULES: dict[str, _Rule] = {
     ),
     "alert_interval": _Rule(_number(float, 1, 3600), "seconds, from 1 to 3600", _duration_text),
     "alerts_enabled": _Rule(_boolean, "true or false (1/0, yes/no, on/off in text)", _bool_text),
+    "alert_readiness_inhibits": _Rule(
+        _boolean, "true or false (1/0, yes/no, on/off in text)", _bool_text
+    ),
     "alert_mute_windows": _Rule(
         _policy_list("mute window"), "a list of mute windows (see docs/alerts.md)"
     ),
@@ -542,6 +545,9 @@ class AegisSettings:
     #: then come through the API, notices go to the aegis_mw.alerts log);
     #: rules or channels in the settings switch it on anyway.
     alerts_enabled: bool = False
+    #: A failing critical readiness check holds back the firings of the error
+    #: and latency alerts (its symptoms), as an inhibit rule would.
+    alert_readiness_inhibits: bool = True
     #: Recurring times (in a time zone) when the channels that name them are
     #: not told of firings (docs/alerts.md, "Silences").
     alert_mute_windows: Any = ()

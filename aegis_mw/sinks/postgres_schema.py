@@ -362,6 +362,15 @@ MIGRATIONS: tuple[tuple[str | Callable[[psycopg.Connection[Any]], None], ...], .
         """,
         # max(revision), read every tick, from the index's end.
         "CREATE INDEX aegis_alert_rules_revision ON aegis_alert_rules (revision)",
+        # Each process's report of its health (aegis_mw.alerts.reports),
+        # rewritten every tick.
+        """
+        CREATE TABLE aegis_alert_reports (
+            process text PRIMARY KEY,
+            at double precision NOT NULL,
+            data text NOT NULL
+        )
+        """,
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

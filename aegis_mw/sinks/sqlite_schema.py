@@ -290,6 +290,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         # max(revision), read every tick, from the index's end.
         "CREATE INDEX aegis_alert_rules_revision ON aegis_alert_rules (revision)",
+        # Each process's report of its health (aegis_mw.alerts.reports),
+        # rewritten every tick.
+        """
+        CREATE TABLE aegis_alert_reports (
+            process TEXT PRIMARY KEY,
+            at REAL NOT NULL,
+            data TEXT NOT NULL
+        ) WITHOUT ROWID
+        """,
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

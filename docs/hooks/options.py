@@ -86,6 +86,10 @@ DESCRIPTIONS: dict[str, str] = {
         "([Alerts](alerts.md#channels)); from `AEGIS_ALERT_CHANNELS` as JSON text."
     ),
     "alert_interval": "Seconds between evaluations of the alert rules ([Alerts](alerts.md)).",
+    "alert_readiness_inhibits": (
+        "A failing critical readiness check holds back the firings of the error and latency "
+        "alerts, its symptoms ([Alerts](alerts.md#health-and-the-pipeline))."
+    ),
     "alerts_enabled": (
         "Run the alert service with no `alert_rules` or `alert_channels` in the settings, for "
         "rules written through the API ([Alerts](alerts.md#writing-through-the-api)); rules "
