@@ -210,7 +210,7 @@ def replay(
     for rule in rules:
         if rule.input in STATE_INPUTS:
             health[rule.name] = (
-                f"not replayed: {rule.input} is read from the channels' present state, "
+                f"not replayed: {rule.input} is read from the app's present state, "
                 "which keeps no history"
             )
     out = []

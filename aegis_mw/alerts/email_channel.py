@@ -226,6 +226,17 @@ def _refusal(what: str, code: int, every_notice: bool = False) -> Delivery:
     return Delivery(False, f"{what} ({code})", permanent, broken=permanent and every_notice)
 
 
+def _ehlo_name() -> str:
+    """This host's name for EHLO, without a lookup: an address literal when
+    the name is not one an SMTP server takes (RFC 5321: letters, digits,
+    hyphens and dots)."""
+    name = socket.gethostname()
+    if name and all(part and part.replace("-", "").isalnum() and part.isascii()
+                    for part in name.split(".")):  # fmt: skip
+        return name
+    return "[127.0.0.1]"
+
+
 class _PinnedSMTP(smtplib.SMTP):
     """An SMTP client connected to an address checked beforehand, with the
     configured host name for TLS (SNI and the certificate check)."""
@@ -233,7 +244,10 @@ class _PinnedSMTP(smtplib.SMTP):
     def __init__(
         self, host: str, address: str, implicit_tls: ssl.SSLContext | None, cutoff: Cutoff
     ) -> None:
-        super().__init__(timeout=cutoff.timeout)  # no host: connect() comes later
+        # No host: connect() comes later. The name given in EHLO is the
+        # host's own, not smtplib's default socket.getfqdn(), a DNS lookup
+        # no timeout bounds (a resolver that hangs would hold the send).
+        super().__init__(timeout=cutoff.timeout, local_hostname=_ehlo_name())
         # smtplib's starttls() takes its server_hostname from here.
         self._host = host
         self._address = address

@@ -7,9 +7,12 @@ tick into the shared store (:func:`process_report`: its checks' latest
 results, the records it dropped so far, whether each of its sinks fails),
 and the evaluating process reads the reports of the processes alive (those
 written within ``LIVE_INTERVALS`` intervals) into the values of the state
-inputs ``health_check_failing``, ``sink_failing`` and ``records_dropped``
-(:class:`ReportReader`), and into whether the app's readiness fails, which
-by default holds back the firings of its error and latency alerts.
+inputs ``health_check_failing``, ``readiness_failing``, ``sink_failing``
+and ``records_dropped`` (:class:`ReportReader`), and into the channels the
+app's processes have: the notices of a channel none has any more (removed
+from the settings) are given up after an hour instead of waiting for ever.
+An alert over ``readiness_failing`` that fires holds back the firings of
+the error and latency alerts, its symptoms (see .service).
 
 A check's result is the one the last probe of ``/health/ready`` (or
 ``/health``) got in that process: a result older than ``RESULT_SECONDS`` is
@@ -33,7 +36,9 @@ LIVE_INTERVALS = 3
 #: A check's result counts while it is at most this many seconds old.
 RESULT_SECONDS = 120.0
 #: The inputs read from the reports.
-REPORT_INPUTS = ("health_check_failing", "sink_failing", "records_dropped")
+REPORT_INPUTS = ("health_check_failing", "readiness_failing", "sink_failing", "records_dropped")
+#: A process not seen this long is forgotten (its drop counter with it).
+FORGET_SECONDS = 3600.0
 
 
 def process_report(
@@ -64,17 +69,21 @@ class AppState:
 
     #: Per check: how many processes last saw it fail.
     health_check_failing: dict[Group, float] = field(default_factory=dict)
+    #: The same for the critical checks only.
+    readiness_failing: dict[Group, float] = field(default_factory=dict)
     #: Per sink: how many processes fail to write to it.
     sink_failing: dict[Group, float] = field(default_factory=dict)
     #: Records dropped across the processes since the previous reading.
     records_dropped: float = 0.0
-    #: The critical checks failing in some process: the app is not ready.
-    not_ready: tuple[str, ...] = ()
+    #: The channels some live process has; None when a live process did not
+    #: say (a version before it did).
+    channels: frozenset[str] | None = None
 
     def inputs(self) -> dict[str, Mapping[Group, float]]:
         """The state inputs' values, as :func:`.figures.state_figures` takes them."""
         return {
             "health_check_failing": self.health_check_failing,
+            "readiness_failing": self.readiness_failing,
             "sink_failing": self.sink_failing,
             "records_dropped": {(): self.records_dropped},
         }
@@ -82,38 +91,49 @@ class AppState:
 
 class ReportReader:
     """Reads reports into an :class:`AppState`, remembering each process's
-    drop counter between readings (a process first seen counts from then)."""
+    drop counter between readings (a process first seen counts from then;
+    one missing from a reading is remembered for FORGET_SECONDS)."""
 
     def __init__(self) -> None:
-        self._dropped: dict[str, int] = {}
+        #: process -> (its drop counter, when last seen)
+        self._dropped: dict[str, tuple[int, float]] = {}
 
-    def read(self, reports: Iterable[tuple[str, Mapping[str, Any]]]) -> AppState:
-        """``reports``: (process, report) of the processes alive."""
+    def read(self, reports: Iterable[tuple[str, Any]], now: float) -> AppState:
+        """``reports``: (process, report) of the processes alive, at ``now``."""
         state = AppState()
-        failing_critical: set[str] = set()
-        seen: dict[str, int] = {}
+        channels: set[str] | None = set()
         for process, report in reports:
+            if not isinstance(report, Mapping):
+                continue  # written by something else: not ours to read
+            named = report.get("channels")
+            if channels is not None and isinstance(named, list):
+                channels.update(str(name) for name in named)
+            else:
+                channels = None
             for name, check in _mapping(report.get("checks")).items():
                 if not isinstance(check, Mapping) or not _number(check.get("age"), RESULT_SECONDS):
                     continue  # stale (or unreadable): counts neither way
                 group: Group = (("check", str(name)),)
                 failing = bool(check.get("failing"))
-                state.health_check_failing[group] = (
-                    state.health_check_failing.get(group, 0.0) + failing
-                )
-                if failing and check.get("critical"):
-                    failing_critical.add(str(name))
+                _add(state.health_check_failing, group, failing)
+                if check.get("critical"):
+                    _add(state.readiness_failing, group, failing)
             for name, failing in _mapping(report.get("sinks")).items():
-                group = (("sink", str(name)),)
-                state.sink_failing[group] = state.sink_failing.get(group, 0.0) + bool(failing)
+                _add(state.sink_failing, (("sink", str(name)),), bool(failing))
             dropped = report.get("dropped")
             if isinstance(dropped, int) and not isinstance(dropped, bool) and dropped >= 0:
-                before = self._dropped.get(process, dropped)
+                before = self._dropped.get(process, (dropped, now))[0]
                 state.records_dropped += max(0, dropped - before)  # a new counter: from 0
-                seen[process] = dropped
-        self._dropped = seen  # processes gone are forgotten
-        state.not_ready = tuple(sorted(failing_critical))
+                self._dropped[process] = (dropped, now)
+        for process, (_, seen) in list(self._dropped.items()):
+            if seen < now - FORGET_SECONDS:
+                del self._dropped[process]
+        state.channels = None if channels is None else frozenset(channels)
         return state
+
+
+def _add(values: dict[Group, float], group: Group, count: bool) -> None:
+    values[group] = values.get(group, 0.0) + count
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

@@ -39,10 +39,16 @@ RATE_INPUTS = ("request_rate", "error_rate", "rate_limited_rate")
 #:   notice would meet, else 0;
 #: - ``health_check_failing``: per health check, how many of the app's
 #:   processes last saw it fail (or time out);
+#: - ``readiness_failing``: the same for the critical checks only, those
+#:   that make ``/health/ready`` answer 503;
 #: - ``sink_failing``: per sink, how many processes fail to write to it now;
-#: - ``records_dropped``: records the app's processes dropped (a full
-#:   buffer, a sink's backlog, a shutdown) since the previous evaluation.
-STATE_INPUTS = ("channel_disabled", "health_check_failing", "sink_failing", "records_dropped")
+#: - ``records_dropped``: records the app's processes reported dropped (a
+#:   full buffer, a sink's backlog) since the evaluating process's previous
+#:   reading.
+STATE_INPUTS = (
+    "channel_disabled", "health_check_failing", "readiness_failing", "sink_failing",
+    "records_dropped",
+)  # fmt: skip
 #: Inputs read from the stored rollups.
 ROLLUP_INPUTS = RATIO_INPUTS + LATENCY_INPUTS + RATE_INPUTS
 INPUTS = ROLLUP_INPUTS + STATE_INPUTS
@@ -53,10 +59,11 @@ GROUP_LABELS = ("route", "method")
 #: The labels a state input's alerts are grouped by.
 STATE_GROUP_LABELS = {
     "channel_disabled": ("channel",), "health_check_failing": ("check",),
-    "sink_failing": ("sink",), "records_dropped": (),
+    "readiness_failing": ("check",), "sink_failing": ("sink",), "records_dropped": (),
 }  # fmt: skip
-#: Inputs a failing readiness check inhibits by default (the errors and the
-#: latency of an app that says it is not ready are its symptoms).
+#: Inputs whose firings an alert over ``readiness_failing`` holds back by
+#: default while it fires (the errors and the latency of an app that says
+#: it is not ready are its symptoms).
 READINESS_INHIBITED = (
     "error_ratio", "error_rate", "status_5xx_ratio", *LATENCY_INPUTS,
 )  # fmt: skip

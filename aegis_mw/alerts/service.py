@@ -15,6 +15,7 @@ nothing. Everything runs on this thread, never on an event loop; a failure
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -43,7 +44,7 @@ from .reports import LIVE_INTERVALS, REPORT_INPUTS, ReportReader
 from .rules import READINESS_INHIBITED, SEVERITIES, AlertRule, RuleError, rule_from_mapping
 from .silences import InhibitRule, MuteWindow, NotificationPolicy
 from .sliding import SlidingFigures
-from .store import SHOWN, AlertStore, StoredRule, changes_between
+from .store import REPORTS_KEPT, SHOWN, AlertStore, StoredRule, changes_between
 
 logger = logging.getLogger("aegis_mw.alerts")
 
@@ -56,6 +57,8 @@ PRUNE_EVERY = 3600.0
 PRUNE_LIMIT = 10_000
 #: The most rules the API may keep in the store (besides the settings' own).
 API_RULE_LIMIT = 1000
+#: Seconds a pending notice of a channel no live process has is kept.
+ORPHAN_SECONDS = 3600.0
 
 #: The alert raised while a channel is disabled (see .outbox), added to the
 #: rules when there are channels and no rule of the app's own watches them.
@@ -69,6 +72,23 @@ CHANNEL_RULE = AlertRule(
         "works again; see the alert API's channels for the reason.",
     },
 )  # fmt: skip
+
+
+#: The alert raised while a critical health check fails (the app is not
+#: ready), added when error or latency rules would be held back by it and
+#: no rule of the app's own watches readiness. While it fires, their
+#: firings wait: they are its symptoms.
+READINESS_RULE = AlertRule(
+    name="aegis_readiness_failing", input="readiness_failing", operator=">", threshold=0,
+    group_by=("check",), severity="critical",
+    annotations={
+        "summary": "health check $check fails in $value processes: the app is not ready",
+        "description": "A critical health check fails (see /health). While this alert "
+        "fires, the firings of the error and latency alerts are held back: they are its "
+        "symptoms, and are sent if they still fire once it resolves.",
+    },
+)  # fmt: skip
+BUILTIN_RULES = (CHANNEL_RULE.name, READINESS_RULE.name)
 
 
 class AlertService:
@@ -108,8 +128,9 @@ class AlertService:
         #: latency alerts' firings.
         self.readiness_inhibits = readiness_inhibits
         self._reports = ReportReader()
-        #: The critical checks failing in some process (the last reading).
-        self.not_ready: tuple[str, ...] = ()
+        self._reported = False  # this process's report is in the store
+        #: The channels the live processes have (None: not known).
+        self.known_channels: frozenset[str] | None = None
         self.store = store
         self.reader = reader
         self.interval = interval
@@ -186,6 +207,12 @@ class AlertService:
                 # Still in a tick (a store that hangs): its lease runs out
                 # on its own; released now, the tick could take it again.
                 return
+        if self._reported:
+            self._reported = False
+            try:  # no longer counted as a live process's
+                self.store.remove_report(self.holder)
+            except Exception:  # the store is down: it ages out on its own
+                logger.debug("aegis_mw: could not remove this process's report", exc_info=True)
         if self.token is not None:
             self.token = None
             try:
@@ -203,6 +230,7 @@ class AlertService:
         self._thread = None
         self._lock = threading.Lock()
         self._ticking = threading.Lock()  # a parent's tick may have held it
+        self._reported, self._reports = False, ReportReader()  # the parent's report is its own
         reset_store = getattr(self.store, "reset_after_fork", None)
         if reset_store is not None:
             reset_store()
@@ -217,6 +245,16 @@ class AlertService:
             rule.input == CHANNEL_RULE.input or rule.name == CHANNEL_RULE.name for rule in rules
         ):
             rules += (CHANNEL_RULE,)
+        if (
+            self.reporter is not None
+            and self.readiness_inhibits
+            and any(rule.input in READINESS_INHIBITED for rule in rules)
+            and not any(
+                rule.input == READINESS_RULE.input or rule.name == READINESS_RULE.name
+                for rule in rules
+            )
+        ):
+            rules += (READINESS_RULE,)
         return rules
 
     def check_rule(self, rule: AlertRule) -> None:
@@ -236,7 +274,7 @@ class AlertService:
             return "settings"
         if name in self.api_rule_rows:
             return "api"
-        return "builtin" if name == CHANNEL_RULE.name else ""
+        return "builtin" if name in BUILTIN_RULES else ""
 
     def _refresh_rules(self) -> None:
         """The API's rules read again when their revision moved (one cheap
@@ -246,7 +284,7 @@ class AlertService:
         if self.store.rules_revision() == self._rules_revision:
             return
         revision, rows = self.store.api_rules()
-        taken = {rule.name for rule in self.settings_rules} | {CHANNEL_RULE.name}
+        taken = {rule.name for rule in self.settings_rules} | set(BUILTIN_RULES)
         rules, kept, left_out = [], {}, {}
         for row in rows:
             try:
@@ -297,19 +335,13 @@ class AlertService:
         disabled = self._read_channels()
         states: dict[str, Any] = {"channel_disabled": disabled}
         states.update(self._read_reports(now))
-        held = (
-            {
-                rule.name: f"inhibited by failing readiness ({', '.join(self.not_ready)})"
-                for rule in self.rules if rule.input in READINESS_INHIBITED
-            }
-            if self.not_ready and self.readiness_inhibits else {}
-        )  # fmt: skip
-        self.policy = NotificationPolicy(
-            tuple(self.store.silences(now)), self.mute_windows, self.inhibit_rules, held
+        policy = NotificationPolicy(
+            tuple(self.store.silences(now)), self.mute_windows, self.inhibit_rules
         )
         if token is None:
             self.token = None
             self._show(self.store.instances())
+            self.policy = dataclasses.replace(policy, held=self._held(self.shown))
             return
         if token != self.token:
             # Taken over (or first): resume from what the last holder stored.
@@ -319,6 +351,7 @@ class AlertService:
         figures = self._figures.collect(now, states)
         result = evaluate(self.rules, self._instances, figures, now, 2 * self.interval)
         changed, removed = changes_between(self._instances, result.instances)
+        self.policy = dataclasses.replace(policy, held=self._held(result.instances.values()))
         # Renewed as it commits: the lease outlives a tick that took long.
         renew_until = self.wall() + self.interval * LEASE_INTERVALS
         notices = notices_for(result.transitions, self.channels)
@@ -344,31 +377,75 @@ class AlertService:
         if now - self._pruned_at >= PRUNE_EVERY:
             self._pruned_at = now
             self.store.prune_history(now - self.retention, PRUNE_LIMIT)
+            self._give_up_orphans(now)
 
     def _uses_reports(self) -> bool:
-        """Whether the rules need the processes' reports: a rule over one
-        of their inputs, or one a failing readiness check would inhibit."""
-        return self.reporter is not None and any(
-            rule.input in REPORT_INPUTS
-            or (self.readiness_inhibits and rule.input in READINESS_INHIBITED)
-            for rule in self.rules
+        """Whether the processes' reports are needed: a rule over one of
+        their inputs (the built-in readiness rule too), or channels (the
+        notices of a channel no process has are given up)."""
+        return bool(self.channels) or (
+            self.reporter is not None and any(rule.input in REPORT_INPUTS for rule in self.rules)
         )
 
     def _read_reports(self, now: float) -> dict[str, Any]:
         """Write this process's report, read every live process's: the
-        report inputs' values (an input's read error, for its rules' health)."""
-        if not self._uses_reports() or self.reporter is None:
-            self.not_ready = ()
+        report inputs' values (an input's read error, for its rules' health:
+        their instances then stay as they were)."""
+        self.known_channels = None
+        if not self._uses_reports():
             return {}
+        report = dict(self.reporter()) if self.reporter is not None else {}
+        report["channels"] = sorted(self.channels)
+        live_for = LIVE_INTERVALS * self.interval
         try:
-            self.store.put_report(self.holder, now, self.reporter())
-            live = self.store.reports(now - LIVE_INTERVALS * self.interval)
+            # Kept past the time a live one may be read (a long interval).
+            self.store.put_report(self.holder, now, report, max(REPORTS_KEPT, 2 * live_for))
+            self._reported = True
+        except Exception:  # this process's own is missed once; the others still count
+            logger.debug("aegis_mw: this process's health report was not written", exc_info=True)
+        try:
+            live = self.store.reports(now - live_for)
         except Exception as exc:  # the rules over them report it as their health
-            self.not_ready = ()
             return dict.fromkeys(REPORT_INPUTS, exc)
-        state = self._reports.read(live)
-        self.not_ready = state.not_ready
+        state = self._reports.read(live, now)
+        self.known_channels = state.channels
         return dict(state.inputs())
+
+    def _held(self, instances: Iterable[Instance]) -> dict[str, str]:
+        """The error and latency alerts held back, with why: while an alert
+        over ``readiness_failing`` fires, they are its symptoms."""
+        if not self.readiness_inhibits:
+            return {}
+        rules = {rule.name: rule for rule in self.rules}
+        sources = sorted(
+            f"{i.rule} ({', '.join(f'{k}={v}' for k, v in i.group)})" if i.group else i.rule
+            for i in instances
+            if i.state == FIRING and i.rule in rules and rules[i.rule].input == "readiness_failing"
+        )
+        if not sources:
+            return {}
+        why = f"inhibited by {'; '.join(sources)}"
+        return {rule.name: why for rule in self.rules if rule.input in READINESS_INHIBITED}
+
+    def _give_up_orphans(self, now: float) -> None:
+        """Pending notices of channels no live process has (removed from the
+        settings), an hour old: skipped, so the backlog does not show them
+        for ever. Only when every live process said which it has."""
+        known = self.known_channels
+        if known is None:
+            return
+        for (channel, state), (_, oldest) in self.store.notice_counts().items():
+            if state != "pending" or channel in known or oldest is None:
+                continue
+            if oldest < now - ORPHAN_SECONDS:
+                given_up = self.store.skip_channel(
+                    channel, now - ORPHAN_SECONDS, now,
+                    "the channel is in no running process's settings",
+                )  # fmt: skip
+                logger.warning(
+                    "aegis_mw: %d notices to channel %r given up: no process of the app has "
+                    "that channel any more", given_up, channel,
+                )  # fmt: skip
 
     def _firing_labels(self, instances: Mapping[Key, Instance]) -> list[dict[str, str]]:
         """The labels of every alert firing (the sources inhibit rules look at)."""

@@ -175,8 +175,18 @@ class AlertStore(Protocol):
     ) -> None:
         """Record an action that changes no stored object (a test notice)."""
 
-    def put_report(self, process: str, now: float, report: Mapping[str, Any]) -> None:
-        """This process's report of its health (see .reports), replacing its last."""
+    def skip_channel(self, channel: str, before: float, now: float, reason: str) -> int:
+        """Give up the pending notices of ``channel`` made before ``before``
+        (state ``skipped``, with ``reason``); how many."""
+
+    def put_report(
+        self, process: str, now: float, report: Mapping[str, Any], keep: float = 3600.0
+    ) -> None:
+        """This process's report of its health (see .reports), replacing its
+        last; reports older than ``keep`` seconds (processes gone) are deleted."""
+
+    def remove_report(self, process: str) -> None:
+        """A stopping process's report, removed: it no longer counts."""
 
     def reports(self, since: float) -> list[tuple[str, Mapping[str, Any]]]:
         """The reports written at or after ``since``, by process."""
@@ -572,11 +582,28 @@ class MemoryAlertStore:
         with self._lock:
             self._audit.append(audit_row(now, actor, action, what, dict(detail)))
 
-    def put_report(self, process: str, now: float, report: Mapping[str, Any]) -> None:
+    def skip_channel(self, channel: str, before: float, now: float, reason: str) -> int:
+        with self._lock:
+            rows = [
+                row for row in self._outbox
+                if row["channel"] == channel and row["state"] == "pending"
+                and row["created_at"] < before
+            ]  # fmt: skip
+            for row in rows:
+                row.update(state="skipped", last_error=reason, done_at=now, claimed_by="")
+            return len(rows)
+
+    def put_report(
+        self, process: str, now: float, report: Mapping[str, Any], keep: float = REPORTS_KEPT
+    ) -> None:
         with self._lock:
             self._reports[process] = (now, json.loads(json.dumps(report)))
-            for gone in [p for p, (at, _) in self._reports.items() if at < now - REPORTS_KEPT]:
+            for gone in [p for p, (at, _) in self._reports.items() if at < now - keep]:
                 del self._reports[gone]
+
+    def remove_report(self, process: str) -> None:
+        with self._lock:
+            self._reports.pop(process, None)
 
     def reports(self, since: float) -> list[tuple[str, Mapping[str, Any]]]:
         with self._lock:
@@ -832,20 +859,6 @@ class SQLAlertStore:
         if not channels:
             return []
         marks = ", ".join("?" for _ in channels)
-        due = (
-            f"o.state = 'pending' AND o.next_at <= ? AND o.claimed_until < ? "
-            f"AND o.channel IN ({marks})"
-        )
-        # A read first: a write transaction only when something is due (with
-        # SQLite, every process's sender would otherwise take the file's
-        # write lock each second).
-        with self._read() as connection:
-            found = connection.execute(
-                self._sql(f"SELECT 1 FROM aegis_alert_outbox o WHERE {due} LIMIT 1"),
-                (now, now, *channels),
-            ).fetchone()
-        if found is None:
-            return []
         # A row is taken when it is due, or when a row of its group on its
         # channel is (they go in one notification); and only when it is the
         # oldest pending row of its alert on its channel (in order).
@@ -857,6 +870,17 @@ class SQLAlertStore:
             "AND NOT EXISTS (SELECT 1 FROM aegis_alert_outbox p WHERE p.channel = "
             "o.channel AND p.alert_key = o.alert_key AND p.state = 'pending' AND p.id < o.id)"
         )
+        arguments = (now, *channels, now, now, now)
+        # A read first: a write transaction only when something can be taken
+        # (with SQLite, every process's sender would otherwise take the
+        # file's write lock each second, and so would a due row that waits
+        # behind an older one of its alert).
+        with self._read() as connection:
+            found = connection.execute(
+                self._sql(f"SELECT 1 FROM aegis_alert_outbox o WHERE {wanted} LIMIT 1"), arguments
+            ).fetchone()
+        if found is None:
+            return []
         # A claim of its own: the rows this call marked, and no others.
         claim = f"{claimer}:{uuid.uuid4().hex}"
         skip = "" if self.dialect == "sqlite" else " FOR UPDATE SKIP LOCKED"
@@ -867,7 +891,7 @@ class SQLAlertStore:
                     f"WHERE id IN (SELECT o.id FROM aegis_alert_outbox o WHERE {wanted} "
                     f"ORDER BY o.id LIMIT ?{skip})"
                 ),
-                (claim, now + hold, now, *channels, now, now, now, limit),
+                (claim, now + hold, *arguments, limit),
             )
             rows = connection.execute(
                 self._sql(
@@ -1180,7 +1204,27 @@ class SQLAlertStore:
         with self._transaction() as connection:
             self._write_audit(connection, audit_row(now, actor, action, what, detail))
 
-    def put_report(self, process: str, now: float, report: Mapping[str, Any]) -> None:
+    def skip_channel(self, channel: str, before: float, now: float, reason: str) -> int:
+        with self._transaction() as connection:
+            cursor = connection.execute(
+                self._sql(
+                    "UPDATE aegis_alert_outbox SET state = 'skipped', last_error = ?, done_at = ?, "
+                    "claimed_by = '', claimed_until = 0 WHERE channel = ? AND state = 'pending' "
+                    "AND created_at < ?"
+                ),
+                (reason, now, channel, before),
+            )
+            return int(cursor.rowcount)
+
+    def remove_report(self, process: str) -> None:
+        with self._transaction() as connection:
+            connection.execute(
+                self._sql("DELETE FROM aegis_alert_reports WHERE process = ?"), (process,)
+            )
+
+    def put_report(
+        self, process: str, now: float, report: Mapping[str, Any], keep: float = REPORTS_KEPT
+    ) -> None:
         with self._transaction() as connection:
             connection.execute(
                 self._sql(
@@ -1192,7 +1236,7 @@ class SQLAlertStore:
             # Reports of processes gone an hour (a live one rewrites its own
             # every tick): the table holds about the processes alive.
             connection.execute(
-                self._sql("DELETE FROM aegis_alert_reports WHERE at < ?"), (now - REPORTS_KEPT,)
+                self._sql("DELETE FROM aegis_alert_reports WHERE at < ?"), (now - keep,)
             )
 
     def reports(self, since: float) -> list[tuple[str, Mapping[str, Any]]]:

@@ -545,8 +545,8 @@ class AegisSettings:
     #: then come through the API, notices go to the aegis_mw.alerts log);
     #: rules or channels in the settings switch it on anyway.
     alerts_enabled: bool = False
-    #: A failing critical readiness check holds back the firings of the error
-    #: and latency alerts (its symptoms), as an inhibit rule would.
+    #: The built-in aegis_readiness_failing alert, which holds back the error
+    #: and latency alerts' firings (its symptoms) while it fires.
     alert_readiness_inhibits: bool = True
     #: Recurring times (in a time zone) when the channels that name them are
     #: not told of firings (docs/alerts.md, "Silences").

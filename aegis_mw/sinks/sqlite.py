@@ -85,11 +85,18 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         # How rollup histograms are encoded and merged on conflict (compiled
         # where offered; a connection opened before keeps the Python merge).
         self._histograms = histogram_functions(None)
+        #: The process that found the schema migrated (by any connection).
+        self._schema_checked_in = 0
 
     def alert_store(self) -> SQLAlertStore:
         """The alert state's store in this file (see :mod:`aegis_mw.alerts.store`):
-        each call of it opens a migrated connection of its own."""
-        return SQLAlertStore(self._open, "sqlite")
+        each call of it opens a connection of its own, the schema checked by
+        the first of this process only (the check takes the file's write
+        lock: every call of every process's alert threads would take it)."""
+        return SQLAlertStore(self._alert_connection, "sqlite")
+
+    def _alert_connection(self) -> sqlite3.Connection:
+        return self._open(check_schema=self._schema_checked_in != os.getpid())
 
     def use_compiled(self, module: ModuleType | None) -> None:
         """Let the compiled module bind request rows (``Aegis`` offers it where
@@ -109,9 +116,10 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         self._owner = owner
         return self._connection
 
-    def _open(self, *, shared: bool = False) -> sqlite3.Connection:
+    def _open(self, *, shared: bool = False, check_schema: bool = True) -> sqlite3.Connection:
         """A configured, migrated connection: for the calling thread, or
-        ``shared`` by reading threads one at a time."""
+        ``shared`` by reading threads one at a time; ``check_schema`` False
+        when this process has migrated the file already."""
         create_private(self.path)
         connection = sqlite3.connect(
             self.path,
@@ -128,7 +136,9 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
             connection.create_function(
                 "aegis_histogram_merge", 2, self._histograms[2], deterministic=True
             )
-            migrate(connection)
+            if check_schema:
+                migrate(connection)
+                self._schema_checked_in = os.getpid()
         except BaseException:
             connection.close()
             raise

@@ -290,6 +290,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         # max(revision), read every tick, from the index's end.
         "CREATE INDEX aegis_alert_rules_revision ON aegis_alert_rules (revision)",
+        # The rows a claim marked, read back by its id (aegis_mw.alerts.store).
+        "CREATE INDEX aegis_alert_outbox_claimed ON aegis_alert_outbox (claimed_by)",
         # Each process's report of its health (aegis_mw.alerts.reports),
         # rewritten every tick.
         """

@@ -87,8 +87,8 @@ DESCRIPTIONS: dict[str, str] = {
     ),
     "alert_interval": "Seconds between evaluations of the alert rules ([Alerts](alerts.md)).",
     "alert_readiness_inhibits": (
-        "A failing critical readiness check holds back the firings of the error and latency "
-        "alerts, its symptoms ([Alerts](alerts.md#health-and-the-pipeline))."
+        "The built-in `aegis_readiness_failing` alert, which holds back the firings of the "
+        "error and latency alerts while it fires ([Alerts](alerts.md#health-and-the-pipeline))."
     ),
     "alerts_enabled": (
         "Run the alert service with no `alert_rules` or `alert_channels` in the settings, for "

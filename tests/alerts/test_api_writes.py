@@ -222,8 +222,10 @@ async def test_a_rule_written_through_the_api_fires_is_edited_and_removed(
         alerts = (await http.get(f"{API}/alerts")).json()["data"]
         [alert] = alerts["alerts"]
         assert (alert["name"], alert["state"]) == ("boom_errors", "firing")
-        [rule] = alerts["rules"]
+        # Its own, and the built-in readiness rule its errors would be held by.
+        rule, builtin = alerts["rules"]
         assert rule["source"] == "api" and rule["updated_by"].startswith("editor token 2")
+        assert (builtin["name"], builtin["source"]) == ("aegis_readiness_failing", "builtin")
         # Edited while firing: the same episode goes on under the new threshold.
         edited = await http.put(f"{API}/alert-rules", json={**RULE, "threshold": 0.5})
         assert edited.status_code == 200
@@ -232,7 +234,7 @@ async def test_a_rule_written_through_the_api_fires_is_edited_and_removed(
         [still] = (await http.get(f"{API}/alerts")).json()["data"]["alerts"]
         assert (still["state"], still["episode"]) == ("firing", alert["episode"])
         listed = (await http.get(f"{API}/alert-rules")).json()["data"]["rules"]
-        assert [r["threshold"] for r in listed] == [0.5]
+        assert [r["threshold"] for r in listed if r["source"] == "api"] == [0.5]
         # Removed: the firing alert is resolved, not left hanging.
         removed = await http.delete(f"{API}/alert-rules", params={"name": "boom_errors"})
         assert removed.status_code == 200
@@ -254,8 +256,12 @@ async def test_the_settings_rules_are_not_the_apis(
         assert put.status_code == 409 and put.json()["error"]["field"] == "name"
         gone = await http.delete(f"{API}/alert-rules", params={"name": RULE["name"]})
         assert gone.status_code == 409
-        [rule] = (await http.get(f"{API}/alert-rules")).json()["data"]["rules"]
+        rule, builtin = (await http.get(f"{API}/alert-rules")).json()["data"]["rules"]
         assert (rule["source"], rule["threshold"], rule["updated_by"]) == ("settings", 0.2, None)
+        assert builtin["source"] == "builtin"
+        for name in ("aegis_readiness_failing", "aegis_channel_disabled"):
+            taken = await http.put(f"{API}/alert-rules", json={**RULE, "name": name})
+            assert taken.status_code == 409, name
 
 
 async def test_another_process_takes_the_rule_at_its_next_tick(
@@ -270,10 +276,10 @@ async def test_another_process_takes_the_rule_at_its_next_tick(
     async with client(app, **bearer(EDITOR)) as http:
         assert (await http.put(f"{API}/alert-rules", json=RULE)).status_code == 201
     await tick(reader)
-    assert [r.name for r in reader.alerts.rules] == ["boom_errors"]
+    assert [r.name for r in reader.alerts.rules] == ["boom_errors", "aegis_readiness_failing"]
     reader.alerts.store.put_rule({"name": "broken", "input": "nope"}, "test", 0.0, 10)
     await tick(reader)
-    assert [r.name for r in reader.alerts.rules] == ["boom_errors"]
+    assert [r.name for r in reader.alerts.rules] == ["boom_errors", "aegis_readiness_failing"]
     assert reader.alerts.failures == 0
     reader.alerts.store.delete_rule("boom_errors", "test", 0.0)
     await tick(reader)
@@ -599,7 +605,7 @@ async def test_a_stored_rule_a_settings_rule_shadows_is_listed_and_can_go(
     await tick(settled)
     async with client(app, **bearer(EDITOR)) as http:
         listed = (await http.get(f"{API}/alert-rules")).json()["data"]
-        assert [r["source"] for r in listed["rules"]] == ["settings"]
+        assert [r["source"] for r in listed["rules"]] == ["settings", "builtin"]
         assert listed["left_out"] == [
             {"name": "boom_errors", "reason": "a rule of the settings has its name"}
         ]

@@ -595,3 +595,19 @@ def test_the_message_id_is_the_notice_keys() -> None:
     assert resolve["Subject"] == "[RESOLVED] errors (critical) route=/pay 30 % fail"
     odd = channel.message("a key with spaces / and <brackets>", notice())
     assert " " not in odd["Message-ID"] and odd["Message-ID"].count("<") == 1
+
+
+def test_no_name_lookup_outside_the_timeout(
+    smtp: Callable[..., tuple[Server, Inbox]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """smtplib would look this host's name up (socket.getfqdn, a DNS query
+    no timeout bounds) for its EHLO: the channel gives the name itself."""
+    import socket as sockets
+
+    def lookup(name: str = "") -> str:
+        raise AssertionError("a name lookup outside the send's timeout")
+
+    monkeypatch.setattr(sockets, "getfqdn", lookup)
+    server, inbox = smtp(Inbox())
+    assert email(server).send("k1", notice()).delivered
+    assert len(inbox.attempts) == 1

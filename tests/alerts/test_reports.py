@@ -44,24 +44,37 @@ def test_the_reader_sums_the_live_processes() -> None:
     reader = ReportReader()
     a = {"checks": {"db": {"failing": True, "critical": True, "age": 5.0},
                     "cache": {"failing": True, "critical": False, "age": 5.0}},
-         "dropped": 10, "sinks": {"sqlite": False}}  # fmt: skip
+         "dropped": 10, "sinks": {"sqlite": False}, "channels": ["hook"]}  # fmt: skip
     b = {"checks": {"db": {"failing": False, "critical": True, "age": 1.0},
                     "old": {"failing": True, "critical": True, "age": RESULT_SECONDS + 1}},
-         "dropped": 3, "sinks": {"sqlite": True}}  # fmt: skip
-    state = reader.read([("a", a), ("b", b)])
-    assert state.health_check_failing == {(("check", "db"),): 1, (("check", "cache"),): 1}
+         "dropped": 3, "sinks": {"sqlite": True}, "channels": ["hook", "ops"]}  # fmt: skip
+    state = reader.read([("a", a), ("b", b)], 1000.0)
+    db, cache = (("check", "db"),), (("check", "cache"),)
+    assert state.health_check_failing == {db: 1, cache: 1}  # "old" is stale: not counted
+    assert state.readiness_failing == {db: 1}  # the critical checks only
     assert state.sink_failing == {(("sink", "sqlite"),): 1}
-    assert state.not_ready == ("db",)  # the cache is not critical; "old" is stale
+    assert state.channels == frozenset({"hook", "ops"})
     assert state.records_dropped == 0  # counters first seen count from now
-    # Next reading: a dropped 5 more, b restarted (a new process), c is new.
-    state = reader.read([("a", {**a, "dropped": 15}), ("c", {"dropped": 40})])
+    # Next reading: a dropped 5 more, b is missing, c is new.
+    state = reader.read([("a", {**a, "dropped": 15}), ("c", {"dropped": 40})], 1010.0)
     assert state.records_dropped == 5
-    state = reader.read([("a", {**a, "dropped": 15}), ("c", {"dropped": 41})])
-    assert state.records_dropped == 1
+    assert state.channels is None  # c did not say which it has: none is given up
+    # b is back within the hour: its drops meanwhile count; c's too.
+    state = reader.read([("b", {**b, "dropped": 7}), ("c", {"dropped": 41})], 1020.0)
+    assert state.records_dropped == 4 + 1
+    # Gone over an hour: forgotten, counted from its next report on.
+    reader.read([("c", {"dropped": 41})], 5000.0)
+    assert (
+        reader.read([("b", {**b, "dropped": 9}), ("c", {"dropped": 41})], 5010.0).records_dropped
+        == 0
+    )
     # Reports that do not read are skipped, never an error.
-    odd = reader.read([("x", {"checks": [1], "sinks": "no", "dropped": -1}), ("y", {})])
+    odd = reader.read(
+        [("x", {"checks": [1], "sinks": "no", "dropped": -1}), ("y", [1]), ("z", {})], 6000.0
+    )
     assert odd.inputs() == {
-        "health_check_failing": {}, "sink_failing": {}, "records_dropped": {(): 0.0}
+        "health_check_failing": {}, "readiness_failing": {}, "sink_failing": {},
+        "records_dropped": {(): 0.0},
     }  # fmt: skip
 
 
@@ -156,16 +169,18 @@ async def test_another_process_reports_the_check_the_evaluator_alerts_on(
 
 
 @pytest.mark.parametrize("inhibits", [True, False])
-async def test_failing_readiness_holds_the_error_alerts_firing(
+async def test_failing_readiness_pages_once_and_holds_the_error_alerts(
     inhibits: bool, make_aegis: Callable[..., Aegis], tmp_path: Path, httpserver: HTTPServer
 ) -> None:
-    """The app says it is not ready: its errors are the symptom, so their
-    alert's firing waits (shown as held) and goes once readiness passes."""
+    """The app says it is not ready: the built-in readiness alert fires and
+    is sent; its errors are the symptom, so their alert's firing waits
+    (shown as held) and goes once the readiness alert resolves."""
     httpserver.expect_request("/hook", method="POST").respond_with_data("ok")
     clock = FakeClock()
     channels = {
+        # Each group's notices at once (no waiting for the rest of a group).
         "hook": {"type": "webhook", "url": httpserver.url_for("/hook"), "allow_private": True,
-                 "group_wait": "0s"}
+                 "group_wait": "0s", "group_interval": "0s"}
     }  # fmt: skip
     aegis = make_aegis(
         sink=f"sqlite:///{tmp_path / 'aegis.db'}", clock=clock, alert_rules=[ERRORS],
@@ -181,18 +196,128 @@ async def test_failing_readiness_holds_the_error_alerts_firing(
         await flush(aegis)
         clock.advance(20)
         await probe_and_tick(http, aegis, 503)
-        [alert] = (await http.get(f"{API}/alerts")).json()["data"]["alerts"]
-        assert alert["state"] == "firing"
+        alerts = (await http.get(f"{API}/alerts")).json()["data"]["alerts"]
         await anyio.to_thread.run_sync(settled, aegis)
+        sent = [(n["groupLabels"]["alertname"], n["status"]) for n in received(httpserver)]
         if not inhibits:
-            assert alert["muted"] is None and len(httpserver.log) == 1
+            assert [(a["name"], a["muted"]) for a in alerts] == [("boom_errors", None)]
+            assert sent == [("boom_errors", "firing")]
             return
-        assert alert["muted"] == "inhibited by failing readiness (database)"
-        assert httpserver.log == []
+        assert [(a["name"], a["state"], a["muted"]) for a in alerts] == [
+            ("aegis_readiness_failing", "firing", None),
+            ("boom_errors", "firing",
+             "inhibited by aegis_readiness_failing (check=database)"),
+        ]  # fmt: skip
+        assert sent == [("aegis_readiness_failing", "firing")]
         ready["db"] = True
         clock.advance(10)
         await probe_and_tick(http, aegis, 200)
         await anyio.to_thread.run_sync(settled, aegis)
-    [(request, _)] = httpserver.log
-    notice = json.loads(request.data)
-    assert notice["status"] == "firing" and notice["groupLabels"]["alertname"] == "boom_errors"
+    sent = [(n["groupLabels"]["alertname"], n["status"]) for n in received(httpserver)]
+    assert sorted(sent[1:]) == [("aegis_readiness_failing", "resolved"), ("boom_errors", "firing")]
+
+
+def received(httpserver: HTTPServer) -> list[Any]:
+    return [json.loads(request.data) for request, _ in httpserver.log]
+
+
+async def test_a_stopped_process_leaves_and_a_failed_report_holds_nothing_back(
+    make_aegis: Callable[..., Aegis], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failing report write misses this process's report once (the last
+    one still counts); a process that stops removes its report, and the
+    readiness alert it caused resolves."""
+    clock = FakeClock()
+    options = {
+        "sink": f"sqlite:///{tmp_path / 'aegis.db'}", "clock": clock, "alert_rules": [ERRORS],
+        "alert_interval": 3600, "metrics_registry": "none", "health_cache_seconds": 0,
+    }  # fmt: skip
+    evaluator = make_aegis(**options)
+    assert evaluator.alerts is not None
+    await anyio.to_thread.run_sync(evaluator.alerts.tick)
+    probed = make_aegis(**options)
+    probed.health.add("database", lambda: False)
+    assert probed.alerts is not None
+    async with client(AegisMiddleware(starlette_app(clock), aegis=probed)) as http:
+        await probe_and_tick(http, probed, 503)
+    await anyio.to_thread.run_sync(evaluator.alerts.tick)
+    assert [a["name"] for a in evaluator.alerts.view()] == ["aegis_readiness_failing"]
+
+    def down(*args: Any) -> None:
+        raise OSError("database is locked")
+
+    monkeypatch.setattr(evaluator.alerts.store, "put_report", down)
+    clock.advance(10)
+    await anyio.to_thread.run_sync(evaluator.alerts.tick)
+    assert evaluator.alerts.failures == 0
+    assert [a["name"] for a in evaluator.alerts.view()] == ["aegis_readiness_failing"]
+    monkeypatch.undo()
+    await anyio.to_thread.run_sync(probed.alerts.stop, 10)
+    clock.advance(10)
+    await anyio.to_thread.run_sync(evaluator.alerts.tick)
+    assert evaluator.alerts.view() == []
+
+
+def test_sinks_and_drops_through_the_service(tmp_path: Path) -> None:
+    """The report inputs evaluated: two processes' reports over one store."""
+    from aegis_mw.alerts import AlertRule
+    from aegis_mw.alerts.service import AlertService
+    from aegis_mw.sinks import SQLiteSink
+
+    now = [1_800_000_000.0]
+    rules = [
+        AlertRule(name="sink_down", input="sink_failing", operator=">", threshold=0,
+                  group_by=("sink",)),
+        AlertRule(name="lost", input="records_dropped", operator=">", threshold=100),
+    ]  # fmt: skip
+    reports = {
+        "a": {"checks": {}, "dropped": 0, "sinks": {"sqlite": False}},
+        "b": {"checks": {}, "dropped": 0, "sinks": {"sqlite": True}},
+    }
+    sink = SQLiteSink(str(tmp_path / "aegis.db"))
+    try:
+        services = {
+            name: AlertService(
+                rules, sink.alert_store(), sink, interval=10.0, wall=lambda: now[0],
+                reporter=lambda name=name: reports[name],
+            )
+            for name in ("a", "b")
+        }  # fmt: skip
+        evaluator = services["b"]
+        evaluator.tick()  # takes the lease
+        services["a"].tick()  # writes its report
+        evaluator.tick()  # reads both: a's drop counter counts from here
+        assert evaluator.token is not None and services["a"].token is None
+        values = {(a["name"], tuple(a["group"].items())): a["value"] for a in evaluator.view()}
+        assert values == {("sink_down", (("sink", "sqlite"),)): 1.0}
+        reports["a"] = {**reports["a"], "dropped": 150}
+        now[0] += 10
+        services["a"].tick()
+        evaluator.tick()
+        names = sorted(a["name"] for a in evaluator.view())
+        assert names == ["lost", "sink_down"]
+    finally:
+        sink.close()
+
+
+def test_no_report_is_written_when_nothing_reads_them(tmp_path: Path) -> None:
+    from aegis_mw.alerts import AlertRule
+    from aegis_mw.alerts.service import AlertService
+    from aegis_mw.sinks import SQLiteSink
+
+    sink = SQLiteSink(str(tmp_path / "aegis.db"))
+    try:
+        rule = AlertRule(name="busy", input="request_rate", operator=">", threshold=1)
+        service = AlertService(
+            [rule],
+            sink.alert_store(),
+            sink,
+            interval=10.0,
+            wall=lambda: 1_800_000_000.0,
+            reporter=lambda: {"checks": {}, "dropped": 0, "sinks": {}},
+        )
+        service.tick()
+        assert [r.name for r in service.rules] == ["busy"]  # no readiness rule for a rate
+        assert service.store.reports(0) == []
+    finally:
+        sink.close()

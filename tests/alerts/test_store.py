@@ -220,3 +220,54 @@ def test_a_silence_is_updated_only_while_it_has_not_ended(store: Any) -> None:
     assert not store.put_silence(silence("a", START + 200), "ana", START + 100, update=True)
     assert [s.ends_at for s in store.silences(START)] == [START + 90]
     assert store.put_silence(silence("b", START + 200), "ana", START + 100, limit=1)
+
+
+def test_a_due_row_behind_an_older_one_takes_no_write_lock(tmp_path: Path) -> None:
+    """A row due but waiting behind an older pending row of its alert (in
+    order) cannot be claimed: the claim answers from a read, without the
+    SQLite file's write lock, which another process holds here."""
+    import sqlite3
+
+    from aegis_mw.core.record import Batch
+    from aegis_mw.sinks import SQLiteSink
+
+    sink = SQLiteSink(str(tmp_path / "aegis.db"))
+    try:
+        sink.write(Batch())  # the schema
+        store = sink.alert_store()
+        insert = (
+            "INSERT INTO aegis_alert_outbox (created_at, channel, notice_key, alert_key, episode, "
+            "payload, state, attempts, next_at, claimed_by, claimed_until, last_error, group_key) "
+            "VALUES (?, 'hook', ?, 'a', 'e', '{}', 'pending', 0, ?, '', 0, '', '')"
+        )
+        with sqlite3.connect(tmp_path / "aegis.db") as setup:
+            setup.execute(insert, (START, "older", START + 600))  # not due for ten minutes
+            setup.execute(insert, (START, "newer", START))  # due, but behind it
+        holder = sqlite3.connect(tmp_path / "aegis.db", timeout=0.1, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process's write
+        try:
+            assert store.claim_notices("me", START + 1, 30, 10, ["hook"]) == []
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        # Once the older one is due, it goes first (the newer after it is done).
+        claimed = store.claim_notices("me", START + 601, 30, 10, ["hook"])
+        assert [c.key for c in claimed] == ["older"]
+    finally:
+        sink.close()
+
+
+def test_reports_are_kept_per_process_and_age_out(store: Any) -> None:
+    store.put_report("a", START, {"dropped": 1})
+    store.put_report("b", START + 5, {"dropped": 2, "sinks": {"s": True}})
+    store.put_report("a", START + 10, {"dropped": 3})  # replaces a's
+    assert store.reports(START) == [
+        ("a", {"dropped": 3}),
+        ("b", {"dropped": 2, "sinks": {"s": True}}),
+    ]
+    assert store.reports(START + 6) == [("a", {"dropped": 3})]
+    store.remove_report("a")
+    assert store.reports(START) == [("b", {"dropped": 2, "sinks": {"s": True}})]
+    # A write deletes the reports older than its keep (processes gone).
+    store.put_report("c", START + 100, {}, keep=50)
+    assert store.reports(0) == [("c", {})]

@@ -57,7 +57,7 @@ async def test_a_firing_alert_on_the_api_and_the_stream(make_aegis: Callable[...
         # The traffic rule's window is empty: no data, listed apart.
         assert answer["nodata"] == []  # a rate is data at any count
         assert [(r["name"], r["health"]) for r in answer["rules"]] == [
-            ("boom_errors", ""), ("traffic", "")
+            ("boom_errors", ""), ("traffic", ""), ("aegis_readiness_failing", "")
         ]  # fmt: skip
         history = (await http.get(f"{API}/alert-history", params={"limit": 10})).json()["data"]
         notified = [t for t in history["transitions"] if t["notify"]]

@@ -167,6 +167,7 @@ def test_schema_is_created_on_first_write(
         ("table", "aegis_alert_lease", "aegis_alert_lease"),
         ("table", "aegis_alert_outbox", "aegis_alert_outbox"),
         ("index", "aegis_alert_outbox_alert", "aegis_alert_outbox"),
+        ("index", "aegis_alert_outbox_claimed", "aegis_alert_outbox"),
         ("index", "aegis_alert_outbox_done", "aegis_alert_outbox"),
         ("index", "aegis_alert_outbox_due", "aegis_alert_outbox"),
         ("index", "aegis_alert_outbox_episode", "aegis_alert_outbox"),
@@ -227,7 +228,7 @@ def test_reopening_an_existing_file_keeps_schema_and_rows(
         make_request(2).request_id,
     ]
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 31
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 32
 
 
 def test_batch_written_twice_is_stored_once(
@@ -415,7 +416,7 @@ def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path: Path) -> N
     versions = sorted(version for outcome in outcomes for version in outcome[3])
     assert versions == [0] + [SCHEMA_VERSION] * (PROCESSES - 1)
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 31
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 32
     ids = [row[0] for row in read_requests(path)]
     expected = sorted(
         f"{index:016x}{n:016x}" for index in range(PROCESSES) for n in range(RECORDS_PER_PROCESS)
