@@ -621,13 +621,14 @@ class MemoryAlertStore:
 class SQLAlertStore:
     """Alert state in the app's SQLite file or PostgreSQL database.
 
-    ``connect`` gives a connection whose schema is migrated (the sink's
-    own); ``dialect`` is ``"sqlite"`` or ``"postgresql"``. Each call takes a
-    connection and closes it: the service calls a few times per interval.
+    ``borrow`` gives a context manager holding a connection whose schema
+    is migrated (the sink's own: a SQLite connection opened and closed, a
+    PostgreSQL one lent by a pool); ``dialect`` is ``"sqlite"`` or
+    ``"postgresql"``. Each call borrows a connection for its statements.
     """
 
-    def __init__(self, connect: Callable[[], Any], dialect: str) -> None:
-        self._connect = connect
+    def __init__(self, borrow: Callable[[], AbstractContextManager[Any]], dialect: str) -> None:
+        self._borrow = borrow
         self.dialect = dialect
         self._mark = "?" if dialect == "sqlite" else "%s"
 
@@ -638,8 +639,7 @@ class SQLAlertStore:
     def _transaction(self) -> Iterator[Any]:
         """A write transaction: SQLite's ``BEGIN IMMEDIATE`` takes the file's
         write lock at once; PostgreSQL's rows are locked by ``FOR UPDATE``."""
-        connection = self._connect()
-        try:
+        with self._borrow() as connection:
             if self.dialect == "sqlite":
                 connection.execute("BEGIN IMMEDIATE")
                 try:
@@ -651,11 +651,9 @@ class SQLAlertStore:
             else:
                 with connection.transaction():
                     yield connection
-        finally:
-            connection.close()
 
     def _read(self) -> AbstractContextManager[Any]:
-        return _closing(self._connect())
+        return self._borrow()
 
     def _lease_row(self, connection: Any) -> tuple[str, int, float]:
         connection.execute(
@@ -1401,14 +1399,6 @@ def _outcome(state: str) -> str:
 def _sender(claim: str) -> str:
     """The process that held a claim (``holder:random``)."""
     return claim.rpartition(":")[0]
-
-
-@contextmanager
-def _closing(connection: Any) -> Iterator[Any]:
-    try:
-        yield connection
-    finally:
-        connection.close()
 
 
 #: States shown as alerts (nodata is listed apart: a quiet app is no alert).

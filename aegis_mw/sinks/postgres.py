@@ -87,6 +87,9 @@ DELTA_ID_KEEP_SECONDS = 86_400.0
 #: Unless the URL says otherwise: an unreachable server fails a write well
 #: within the default sink_timeout (5 s), as an error of its own.
 CONNECT_TIMEOUT_SECONDS = 3
+#: The longest an alert-store call waits for a connection of its pool (the
+#: server down: the tick fails and is logged, the next one tries again).
+ALERT_POOL_WAIT_SECONDS = 10.0
 
 
 class PostgresSink(Paced, history_sql.ReaderBacked):
@@ -113,8 +116,6 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         if "application_name" not in params:
             self.connect_kwargs["application_name"] = "aegis_mw"
         self._connection: psycopg.Connection[Any] | None = None
-        #: Whether an alert-store connection has brought the schema up to date.
-        self._alerts_migrated = False
         self._owner: tuple[int, int] = (0, 0)
         # Connections left behind by a fork, or by a thread whose write was
         # abandoned, stay referenced and are never used or closed here: a
@@ -127,6 +128,10 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         # key of the app's), warned about once each.
         self._prune_refused: set[str] = set()
         self._reader: PostgresReader = PostgresReader(url, self.connect_kwargs, self.name)
+        #: The alert store's pool (the alert, sender and API threads): apart
+        #: from the history reads', whose long queries must not hold it.
+        self._alerts = PostgresReader(url, self.connect_kwargs, self.name, purpose="alerts")
+        self._alerts.timeout = ALERT_POOL_WAIT_SECONDS
         # The compiled module offered by use_compiled, and whether it formats
         # COPY rows on the write connection (see postgres_copy), checked once
         # per connection, by the thread that writes.
@@ -137,23 +142,11 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
 
     def alert_store(self) -> SQLAlertStore:
         """The alert state's store in this database (see
-        :mod:`aegis_mw.alerts.store`): each call of it opens a migrated
-        connection of its own."""
-        return SQLAlertStore(self._alert_connection, "postgresql")
-
-    def _alert_connection(self) -> psycopg.Connection[Any]:
-        connection = psycopg.connect(self.url, autocommit=True, **self.connect_kwargs)
-        if self._alerts_migrated:
-            # Schemas only move forward: once migrated, always (the alert
-            # threads connect each second; the migration's lock is not free).
-            return connection
-        try:
-            migrate(connection)
-        except BaseException:
-            connection.close()
-            raise
-        self._alerts_migrated = True
-        return connection
+        :mod:`aegis_mw.alerts.store`): each call of it borrows a connection
+        of a small pool of its own (the alert threads call a few times a
+        second; a new connection each time cost the server a backend and
+        the call a round trip or three), checked as it is lent."""
+        return SQLAlertStore(self._alerts.borrow, "postgresql")
 
     def use_compiled(self, module: ModuleType | None) -> None:
         """Let the compiled module format COPY rows (``Aegis`` offers it where
@@ -275,6 +268,7 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
 
     def close(self) -> None:
         self._reader.close()
+        self._alerts.close()
         if self._connection is not None and self._owner == (os.getpid(), threading.get_ident()):
             self._connection.close()
             self._connection = None

@@ -54,8 +54,12 @@ class PostgresReader(history_sql.RowReader):
 
     dialect = history_sql.POSTGRES
 
-    def __init__(self, url: str, connect_kwargs: dict[str, Any], name: str) -> None:
+    def __init__(
+        self, url: str, connect_kwargs: dict[str, Any], name: str, *, purpose: str = "read"
+    ) -> None:
         self.url = url
+        #: What the pool's connections do ("read", "alerts"): in its name.
+        self.purpose = purpose
         params = conninfo_to_dict(url)
         keepalives = {key: value for key, value in KEEPALIVES.items() if key not in params}
         self.connect_kwargs = {**keepalives, **connect_kwargs}
@@ -84,22 +88,29 @@ class PostgresReader(history_sql.RowReader):
                     check=ConnectionPool.check_connection,
                     configure=_bound_statements,
                     timeout=self.timeout,
-                    name=f"aegis-read-{self.name}",
+                    name=f"aegis-{self.purpose}-{self.name}",
+                    num_workers=1,  # it opens a connection at a time, when one is wanted
                 )
                 pool.open(wait=False)
                 self._pool = pool
             return self._pool
 
     @contextmanager
-    def _connection(self) -> Iterator[psycopg.Cursor[Any]]:
+    def borrow(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection of the pool, returned to it afterwards (the schema
+        brought up to date the first time in this process)."""
         with self._current_pool().connection() as connection:
             if not self._migrated:
                 # A read may come before the first write: the tables must exist.
                 migrate(connection)
                 self._migrated = True
-            # Binary results: the histogram arrays arrive as lists decoded in C.
-            with connection.cursor(binary=True) as cursor:
-                yield cursor
+            yield connection
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Cursor[Any]]:
+        # Binary results: the histogram arrays arrive as lists decoded in C.
+        with self.borrow() as connection, connection.cursor(binary=True) as cursor:
+            yield cursor
 
     def unavailable(self, error: Exception) -> bool:
         # OperationalError: no connection within the timeout (PoolTimeout), a

@@ -18,6 +18,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from itertools import chain
 from types import ModuleType
 
@@ -93,7 +94,7 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         each call of it opens a connection of its own, the schema checked by
         the first of this process only (the check takes the file's write
         lock: every call of every process's alert threads would take it)."""
-        return SQLAlertStore(self._alert_connection, "sqlite")
+        return SQLAlertStore(lambda: closing(self._alert_connection()), "sqlite")
 
     def _alert_connection(self) -> sqlite3.Connection:
         return self._open(check_schema=self._schema_checked_in != os.getpid())
