@@ -36,7 +36,7 @@ from ..alerts.dry_run import MAX_SPAN, replay
 from ..alerts.matchers import PolicyError
 from ..alerts.outbox import send_test
 from ..alerts.rules import RuleError, parse_duration, rule_from_mapping
-from ..alerts.service import API_RULE_LIMIT
+from ..alerts.service import API_RULE_LIMIT, BUILTIN_RULES
 from ..alerts.silences import parse_time, silence_from_mapping
 from ..alerts.store import TooMany
 from .response import Response
@@ -175,8 +175,8 @@ class AlertWrites:
         if alerts is None:
             return Response.error(
                 409, "alerts_off",
-                "alerts are off: configure alert_rules or alert_channels (with a sink that "
-                "keeps history) to write rules and silences",
+                "alerts are off: set alerts_enabled (or give alert_rules or alert_channels), "
+                "with a sink that keeps history, to write rules and silences",
             )  # fmt: skip
         try:
             if endpoint == "alert-rules":
@@ -214,9 +214,9 @@ class AlertWrites:
         except TypeError as exc:  # a field of the wrong kind the checks did not name
             raise BadInput("body", f"the rule is invalid: {exc}") from None
         source = alerts.rule_source(rule.name)
-        if source in ("settings", "builtin"):
+        if source == "settings" or rule.name in BUILTIN_RULES:
             raise BadInput(
-                "name", f"the rule {rule.name!r} is the app's own ({source}); change it there",
+                "name", f"the rule {rule.name!r} is the app's own; change it in its settings",
                 409, "conflict",
             )  # fmt: skip
         try:

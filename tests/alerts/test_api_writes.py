@@ -431,6 +431,21 @@ async def test_writes_with_alerts_off_say_how_to_turn_them_on(
     async with client(app, **bearer(EDITOR)) as http:
         answer = await http.put(f"{API}/alert-rules", json=RULE)
     assert answer.status_code == 409 and answer.json()["error"]["code"] == "alerts_off"
+    assert "alerts_enabled" in answer.json()["error"]["message"]
+
+
+async def test_the_builtin_names_are_taken_even_when_not_in_use(
+    make_aegis: Callable[..., Aegis], tmp_path: Path
+) -> None:
+    """No channels and no error rule: neither built-in rule is evaluated,
+    and still neither name can be written (it would be left out later)."""
+    aegis, app, _ = await app_with(make_aegis, tmp_path)
+    assert aegis.alerts is not None and aegis.alerts.rules == ()
+    rate = {"name": "x", "input": "request_rate", "operator": ">", "threshold": 1}
+    async with client(app, **bearer(EDITOR)) as http:
+        for name in ("aegis_readiness_failing", "aegis_channel_disabled"):
+            answer = await http.put(f"{API}/alert-rules", json={**rate, "name": name})
+            assert answer.status_code == 409, answer.text
 
 
 async def test_a_store_that_fails_answers_503_not_500(
