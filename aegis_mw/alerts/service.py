@@ -143,8 +143,8 @@ class AlertService:
         self.holder = _holder_id()
         #: Where notices go (see .channels); none: the log only.
         self.channels: dict[str, Channel] = dict(channels or {})
-        #: Every rule evaluated: the settings', the API's and, with channels
-        #: and no rule of the app's own watching them, CHANNEL_RULE.
+        #: Every rule evaluated: the settings', the API's and the built-in
+        #: ones that apply (see _all_rules).
         self.rules = self._all_rules()
         #: Delivers the outbox's notices (a thread of its own, every process).
         self.sender = AlertSender(store, self.channels, wall=wall, claimer=self.holder)
@@ -240,21 +240,21 @@ class AlertService:
 
     # -- rules --------------------------------------------------------------------
     def _all_rules(self) -> tuple[AlertRule, ...]:
+        """The settings' and the API's rules, and each built-in rule that
+        applies and that no rule of the app's own replaces (by its input or
+        its name): CHANNEL_RULE with channels, READINESS_RULE with reports
+        and rules whose firings it would hold back."""
         rules = self.settings_rules + self.api_rules
-        if self.channels and not any(
-            rule.input == CHANNEL_RULE.input or rule.name == CHANNEL_RULE.name for rule in rules
-        ):
-            rules += (CHANNEL_RULE,)
-        if (
-            self.reporter is not None
-            and self.readiness_inhibits
-            and any(rule.input in READINESS_INHIBITED for rule in rules)
-            and not any(
-                rule.input == READINESS_RULE.input or rule.name == READINESS_RULE.name
-                for rule in rules
-            )
-        ):
-            rules += (READINESS_RULE,)
+        wanted = (
+            (CHANNEL_RULE, bool(self.channels)),
+            (READINESS_RULE, self.reporter is not None and self.readiness_inhibits
+             and any(rule.input in READINESS_INHIBITED for rule in rules)),
+        )  # fmt: skip
+        for builtin, applies in wanted:
+            if applies and not any(
+                rule.input == builtin.input or rule.name == builtin.name for rule in rules
+            ):
+                rules += (builtin,)
         return rules
 
     def check_rule(self, rule: AlertRule) -> None:
@@ -284,7 +284,7 @@ class AlertService:
         if self.store.rules_revision() == self._rules_revision:
             return
         revision, rows = self.store.api_rules()
-        taken = {rule.name for rule in self.settings_rules} | set(BUILTIN_RULES)
+        taken = {rule.name for rule in self.settings_rules}
         rules, kept, left_out = [], {}, {}
         for row in rows:
             try:
@@ -293,7 +293,9 @@ class AlertService:
             except (RuleError, TypeError) as exc:
                 left_out[row.name] = str(exc)
             else:
-                if rule.name in taken or rule.name != row.name:
+                if rule.name in BUILTIN_RULES:
+                    left_out[row.name] = "a built-in rule has its name"
+                elif rule.name in taken or rule.name != row.name:
                     left_out[row.name] = "a rule of the settings has its name"
                 else:
                     rules.append(rule)
@@ -304,8 +306,9 @@ class AlertService:
         self.api_rule_rows, self.left_out = kept, left_out
         self.api_rules = tuple(rules)
         self.rules = self._all_rules()
-        # Running sums are per rule: started again over the new set (one
-        # full read of each window).
+        # The running sums start again over the new set of rules: one full
+        # read of each window (keeping the sums of the windows the old set
+        # shares is left for later: a late row must still be seen).
         self._figures = SlidingFigures(self.reader, self.rules, self.settle)
         self._rules_revision = revision
 

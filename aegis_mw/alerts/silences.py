@@ -498,8 +498,9 @@ class NotificationPolicy:
     silences: tuple[Silence, ...] = ()
     mute_windows: tuple[MuteWindow, ...] = ()
     inhibit_rules: tuple[InhibitRule, ...] = ()
-    #: Alert names held back by the app's own state, with why (a failing
-    #: readiness check holds the error and latency alerts: see .reports).
+    #: Alert names held back by the app's own state, with why (while an
+    #: alert over readiness_failing fires, the error and latency alerts:
+    #: see .service).
     held: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -42,6 +42,8 @@ logger = logging.getLogger("aegis_mw.alerts")
 LEASE = "evaluator"
 #: Seconds a process's report is kept after its last one (see .reports).
 REPORTS_KEPT = 3600.0
+#: The API's rules' revision: the newest of their rows (tombstones too).
+_REVISION = "SELECT coalesce(max(revision), 0) FROM aegis_alert_rules"
 #: Fields whose change alone does not make an instance worth writing (when
 #: its group last had data matters only once it stops, and then it is left
 #: as it was last written).
@@ -180,7 +182,7 @@ class AlertStore(Protocol):
         (state ``skipped``, with ``reason``); how many."""
 
     def put_report(
-        self, process: str, now: float, report: Mapping[str, Any], keep: float = 3600.0
+        self, process: str, now: float, report: Mapping[str, Any], keep: float = REPORTS_KEPT
     ) -> None:
         """This process's report of its health (see .reports), replacing its
         last; reports older than ``keep`` seconds (processes gone) are deleted."""
@@ -1112,18 +1114,14 @@ class SQLAlertStore:
 
     def rules_revision(self) -> int:
         with self._read() as connection:
-            row = connection.execute(
-                "SELECT coalesce(max(revision), 0) FROM aegis_alert_rules"
-            ).fetchone()
+            row = connection.execute(_REVISION).fetchone()
         return int(row[0])
 
     def api_rules(self) -> tuple[int, list[StoredRule]]:
         with self._read() as connection:
             # The revision first: a write landing between the two reads is
             # read again at the next tick, never missed.
-            revision = connection.execute(
-                "SELECT coalesce(max(revision), 0) FROM aegis_alert_rules"
-            ).fetchone()[0]
+            revision = connection.execute(_REVISION).fetchone()[0]
             rows = connection.execute(
                 "SELECT name, data, updated_at, updated_by FROM aegis_alert_rules "
                 "WHERE data IS NOT NULL ORDER BY name"
@@ -1142,9 +1140,7 @@ class SQLAlertStore:
             # them so): two may not take the same revision, or a reader that
             # saw the first would miss the second. Readers are not blocked.
             connection.execute("LOCK TABLE aegis_alert_rules IN SHARE ROW EXCLUSIVE MODE")
-        row = connection.execute(
-            "SELECT coalesce(max(revision), 0) FROM aegis_alert_rules"
-        ).fetchone()
+        row = connection.execute(_REVISION).fetchone()
         return int(row[0]) + 1
 
     def put_rule(self, rule: Mapping[str, Any], actor: str, now: float, limit: int) -> str:

@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl
 
 from ..access.check import EDITOR, Decision, decide
 from ..core.access_rules import AccessRule
-from ..endpoints.alert_writes import MAX_BODY, WRITES, AlertWrites
+from ..endpoints.alert_writes import MAX_BODY, WRITES, AlertWrites, too_large
 from ..endpoints.api import PARAMETERS, MetricsAPI
 from ..endpoints.app_routes import HasRoute, report
 from ..endpoints.dashboard import render as render_dashboard
@@ -96,6 +96,19 @@ def token_of(scope: Scope) -> str:
     return query_token(scope) or cookie_token(scope)
 
 
+def origin_allowed(scope: Scope, allowed: tuple[str, ...]) -> bool:
+    """No Origin (not a browser), the app's own host, or an allowed origin."""
+    origin = header(scope, b"origin").strip().lower()
+    if not origin:
+        return True
+    if "*" in allowed or origin in allowed:
+        return True
+    host = header(scope, b"host").strip().lower()
+    # The page's own host: same host and port, whatever the scheme (a TLS
+    # terminating proxy turns https into http before the app sees it).
+    return bool(host) and origin.partition("://")[2] == host
+
+
 def write_refusal(scope: Scope, method: str, decision: Decision) -> Response | None:
     """Why a write is refused, or None: it needs the editor role, a JSON
     body (a form cannot send one), and no sign of another site: an
@@ -111,11 +124,9 @@ def write_refusal(scope: Scope, method: str, decision: Decision) -> Response | N
     site = header(scope, b"sec-fetch-site").strip().lower()
     if site and site not in ("same-origin", "none"):
         return Response.error(403, "cross_site", f"a write from a {site} page is refused")
-    origin = header(scope, b"origin").strip().lower()
-    host = header(scope, b"host").strip().lower()
-    if origin and (not host or origin.partition("://")[2] != host):
+    if not origin_allowed(scope, ()):  # the app's own host only
         return Response.error(403, "cross_site", "a write from another origin is refused")
-    if not origin and not decision.by_header:
+    if not header(scope, b"origin").strip() and not decision.by_header:
         return Response.error(
             403, "cross_site",
             "a write authorised by the cookie needs its page's Origin header; scripts send "
@@ -135,9 +146,8 @@ def write_refusal(scope: Scope, method: str, decision: Decision) -> Response | N
 async def receive_body(receive: Receive, length: str) -> bytes | Response | None:
     """The request's body, at most MAX_BODY bytes (else 413 at once, the
     rest unread); None when the client disconnects first."""
-    too_large = Response.error(413, "body_too_large", f"the body may be at most {MAX_BODY} bytes")
     if length.strip().isdigit() and int(length) > MAX_BODY:
-        return too_large
+        return too_large()
     chunks, size = [], 0
     while True:
         message = await receive()
@@ -146,7 +156,7 @@ async def receive_body(receive: Receive, length: str) -> bytes | Response | None
         chunk = bytes(message.get("body", b""))
         size += len(chunk)
         if size > MAX_BODY:
-            return too_large
+            return too_large()
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

@@ -34,7 +34,7 @@ from ..realtime.hub import Hub
 from ..realtime.limits import CLOSE_POLICY, CLOSE_TOO_BIG, MessageRate
 from ..realtime.wakeup import Wakeup
 from ..types import Receive, Scope, Send
-from .mounted import header, token_of
+from .mounted import origin_allowed, token_of
 
 if TYPE_CHECKING:
     from .mounted import MountedRoutes
@@ -62,19 +62,6 @@ def hub_of(mounted: MountedRoutes) -> Hub:
         aegis.hub = Hub(aegis)
     hub: Hub = aegis.hub
     return hub
-
-
-def origin_allowed(scope: Scope, allowed: tuple[str, ...]) -> bool:
-    """No Origin (not a browser), the app's own host, or an allowed origin."""
-    origin = header(scope, b"origin").strip().lower()
-    if not origin:
-        return True
-    if "*" in allowed or origin in allowed:
-        return True
-    host = header(scope, b"host").strip().lower()
-    # The page's own host: same host and port, whatever the scheme (a TLS
-    # terminating proxy turns https into http before the app sees it).
-    return bool(host) and origin.partition("://")[2] == host
 
 
 def handshake_refusal(

@@ -92,7 +92,7 @@ def _unknown(name: str, allowed: tuple[str, ...]) -> QueryError:
     )
 
 
-def _check_text(name: str, value: str) -> None:
+def check_text(name: str, value: str) -> None:
     """Text no parameter may hold, whichever it is and whatever the sink."""
     if _SURROGATE.search(value):
         raise _bad(name, f"{name} is not valid UTF-8")
@@ -123,6 +123,33 @@ def _time(params: dict[str, str], name: str) -> float | None:
     if not EARLIEST <= moment < LATEST:
         raise _bad(name, f"{name} must be from 1970-01-01 to before 9999-01-01")
     return moment
+
+
+def query_parameters(query_string: bytes, allowed: tuple[str, ...]) -> dict[str, str]:
+    """The query's parameters by name; QueryError for one not ``allowed``, one
+    given twice, or too many (the writes' endpoints take theirs so too)."""
+    try:
+        # UTF-8, not latin-1: a server may pass raw (unescaped) UTF-8
+        # bytes, which latin-1 would silently turn into mojibake. Bytes that
+        # are not UTF-8 (raw or %-escaped) become lone surrogates here, so
+        # the parameter holding them can be named.
+        pairs = parse_qsl(
+            query_string.decode("utf-8", "surrogateescape"),
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="surrogateescape",
+            max_num_fields=len(allowed) + 1,
+        )
+    except ValueError:
+        raise _bad("query", "too many query parameters") from None
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        if name not in allowed:
+            raise _unknown(name, allowed)
+        if name in params:
+            raise _bad(name, f"{name} is given more than once")
+        params[name] = value
+    return params
 
 
 def request_query(params: dict[str, str]) -> RequestQuery:
@@ -170,7 +197,7 @@ def request_query(params: dict[str, str]) -> RequestQuery:
 def answer(queries: HistoryQueries, endpoint: str, params: dict[str, str]) -> Any:
     """One storage endpoint's data for text parameters (the API's and the CLI's)."""
     for name, value in params.items():
-        _check_text(name, value)
+        check_text(name, value)
     if endpoint == "requests":
         return queries.requests(request_query(params))
     window = (params.get("range"), _time(params, "from"), _time(params, "to"))
@@ -290,7 +317,7 @@ class MetricsAPI:
     def respond(self, endpoint: str, query_string: bytes) -> Response:
         """The answer to ``GET {api_path}/{endpoint}?{query_string}``."""
         try:
-            params = self._parameters(endpoint, query_string)
+            params = query_parameters(query_string, PARAMETERS[endpoint])
             if endpoint == "openapi.json":
                 return Response.json(200, self._openapi)
             if endpoint == "realtime":
@@ -308,7 +335,7 @@ class MetricsAPI:
                 return Response.json(200, {"data": data})
             if endpoint == "alert-history":
                 for name, value in params.items():
-                    _check_text(name, value)
+                    check_text(name, value)
                 limit = _integer(params, "limit", 100, 1, 1000)
                 before = _integer(params, "before", 2**62, 1, 2**62)
                 alerts = self._aegis.alerts
@@ -357,32 +384,6 @@ class MetricsAPI:
                     endpoint,
                 )
             return Response.error(503, "storage_unavailable", "the history could not be read")
-
-    @staticmethod
-    def _parameters(endpoint: str, query_string: bytes) -> dict[str, str]:
-        allowed = PARAMETERS[endpoint]
-        try:
-            # UTF-8, not latin-1: a server may pass raw (unescaped) UTF-8
-            # bytes, which latin-1 would silently turn into mojibake. Bytes that
-            # are not UTF-8 (raw or %-escaped) become lone surrogates here, so
-            # the parameter holding them can be named.
-            pairs = parse_qsl(
-                query_string.decode("utf-8", "surrogateescape"),
-                keep_blank_values=True,
-                encoding="utf-8",
-                errors="surrogateescape",
-                max_num_fields=len(allowed) + 1,
-            )
-        except ValueError:
-            raise _bad("query", "too many query parameters") from None
-        params: dict[str, str] = {}
-        for name, value in pairs:
-            if name not in allowed:
-                raise _unknown(name, allowed)
-            if name in params:
-                raise _bad(name, f"{name} is given more than once")
-            params[name] = value
-        return params
 
     def _realtime(self) -> dict[str, Any]:
         return realtime_api(self._aegis)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..asgi.mounted import MountedRoutes
-from ..endpoints.alert_writes import MAX_BODY
+from ..endpoints.alert_writes import MAX_BODY, too_large
 from ..endpoints.app_routes import HasRoute, report
 from ..endpoints.dashboard import render as render_dashboard
 from ..endpoints.reads import CHECKS, RENDER, STORE
@@ -38,15 +38,13 @@ def scope_of(environ: dict[str, Any], scheme: str | None = None) -> dict[str, An
     """The parts of an ASGI scope the access rules read, from a WSGI environ
     (``scheme``, when given, wins over ``wsgi.url_scheme``)."""
     headers = [
-        (name[5:].replace("_", "-").lower().encode("latin-1"), str(value).encode("latin-1"))
+        (
+            name.removeprefix("HTTP_").replace("_", "-").lower().encode("latin-1"),
+            str(value).encode("latin-1"),
+        )
         for name, value in environ.items()
-        if name.startswith("HTTP_")
-    ]
-    # The two headers WSGI gives without the HTTP_ prefix.
-    headers += [
-        (name.replace("_", "-").lower().encode("latin-1"), str(environ[name]).encode("latin-1"))
-        for name in ("CONTENT_TYPE", "CONTENT_LENGTH")
-        if environ.get(name)
+        # And the two headers WSGI gives without the prefix.
+        if name.startswith("HTTP_") or name in ("CONTENT_TYPE", "CONTENT_LENGTH")
     ]
     client = environ.get("REMOTE_ADDR")
     return {
@@ -63,11 +61,10 @@ def read_body(environ: dict[str, Any], read: Callable[[int], bytes] | None) -> b
     """A write's body, at most MAX_BODY bytes (else 413): ``read`` or
     ``wsgi.input``, as long as ``CONTENT_LENGTH`` says (none: no body,
     unless the server marks the input as ending by itself)."""
-    too_large = Response.error(413, "body_too_large", f"the body may be at most {MAX_BODY} bytes")
     length = str(environ.get("CONTENT_LENGTH") or "").strip()
     if length.isdigit():
         if int(length) > MAX_BODY:
-            return too_large
+            return too_large()
         wanted = int(length)
     elif read is not None or environ.get("wsgi.input_terminated"):
         wanted = MAX_BODY + 1  # the stream ends by itself: read past the bound to see it
@@ -84,7 +81,7 @@ def read_body(environ: dict[str, Any], read: Callable[[int], bytes] | None) -> b
         if not chunk:
             break
         body += chunk
-    return too_large if len(body) > MAX_BODY else body
+    return too_large() if len(body) > MAX_BODY else body
 
 
 class WSGIRoutes:

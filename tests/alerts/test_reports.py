@@ -142,21 +142,32 @@ async def test_a_failing_check_fires_and_resolves(
     ]  # fmt: skip
 
 
+def shared_store(tmp_path: Path, clock: FakeClock, rule: dict[str, Any]) -> dict[str, Any]:
+    """The options of pipelines over one SQLite file (the app's processes)."""
+    return {
+        "sink": f"sqlite:///{tmp_path / 'aegis.db'}", "clock": clock, "alert_rules": [rule],
+        "alert_interval": 3600, "metrics_registry": "none", "health_cache_seconds": 0,
+    }  # fmt: skip
+
+
+async def evaluating(make_aegis: Callable[..., Aegis], options: dict[str, Any]) -> Aegis:
+    """The first pipeline: its tick (taking turns with its thread's first)
+    takes the lease, before any other pipeline exists to take it."""
+    evaluator = make_aegis(**options)
+    assert evaluator.alerts is not None
+    await anyio.to_thread.run_sync(evaluator.alerts.tick)
+    assert evaluator.alerts.token == 1
+    return evaluator
+
+
 async def test_another_process_reports_the_check_the_evaluator_alerts_on(
     make_aegis: Callable[..., Aegis], tmp_path: Path
 ) -> None:
     """Two pipelines over one SQLite file: the one the probe reaches is not
     the one that evaluates; its report carries the failing check across."""
     clock = FakeClock()
-    options = {
-        "sink": f"sqlite:///{tmp_path / 'aegis.db'}", "clock": clock, "alert_rules": [CHECKS],
-        "alert_interval": 3600, "metrics_registry": "none", "health_cache_seconds": 0,
-    }  # fmt: skip
-    evaluator = make_aegis(**options)
-    assert evaluator.alerts is not None
-    # After its thread's first tick (ticks take turns): it holds the lease.
-    await anyio.to_thread.run_sync(evaluator.alerts.tick)
-    assert evaluator.alerts.token == 1
+    options = shared_store(tmp_path, clock, CHECKS)
+    evaluator = await evaluating(make_aegis, options)
     probed = make_aegis(**options)
     assert probed.alerts is not None
     probed.health.add("database", lambda: False)
@@ -228,13 +239,8 @@ async def test_a_stopped_process_leaves_and_a_failed_report_holds_nothing_back(
     one still counts); a process that stops removes its report, and the
     readiness alert it caused resolves."""
     clock = FakeClock()
-    options = {
-        "sink": f"sqlite:///{tmp_path / 'aegis.db'}", "clock": clock, "alert_rules": [ERRORS],
-        "alert_interval": 3600, "metrics_registry": "none", "health_cache_seconds": 0,
-    }  # fmt: skip
-    evaluator = make_aegis(**options)
-    assert evaluator.alerts is not None
-    await anyio.to_thread.run_sync(evaluator.alerts.tick)
+    options = shared_store(tmp_path, clock, ERRORS)
+    evaluator = await evaluating(make_aegis, options)
     probed = make_aegis(**options)
     probed.health.add("database", lambda: False)
     assert probed.alerts is not None
