@@ -24,7 +24,7 @@ from .alerts.reports import process_report
 from .alerts.service import AlertService
 from .alerts.store import MemoryAlertStore
 from .core.aggregates import RealtimeAggregates, RealtimeSnapshot
-from .core.client_address import ClientAddressResolver
+from .core.client_address import ClientAddressResolver, parse_networks
 from .core.clock import Clock, SystemClock
 from .core.errors import ConfigError
 from .core.finalize import Finalizer
@@ -176,6 +176,7 @@ def _alert_service(
         channels=settings.alert_channels, mute_windows=settings.alert_mute_windows,
         inhibit_rules=settings.alert_inhibit_rules, horizons=kept, reporter=reporter,
         readiness_inhibits=settings.alert_readiness_inhibits,
+        api_networks=parse_networks(settings.alert_api_networks),
     )  # fmt: skip
 
 

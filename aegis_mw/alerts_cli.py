@@ -238,13 +238,51 @@ def _test(args: argparse.Namespace, out: TextIO) -> int:
     channels = settings.alert_channels
     channel = channels.get(args.channel)
     if channel is None:
-        known = ", ".join(sorted(channels)) or "none (alert_channels is empty)"
-        return _error(f"no channel {args.channel!r} in alert_channels; configured: {known}")
+        try:
+            channel, written = _api_channel(settings, args.channel)
+        except ConfigError as exc:  # never a secret's value: those show as "(not shown)"
+            return _error(str(exc))
+        except Exception as exc:  # the store down: the driver's words may name its address
+            return _error(f"the API's channels could not be read: {type(exc).__name__}")
+        if channel is None:
+            known = ", ".join(sorted(channels)) or "none (alert_channels is empty)"
+            through = f"; through the API: {', '.join(written)}" if written else ""
+            return _error(
+                f"no channel {args.channel!r} in alert_channels; configured: {known}{through}"
+            )
     from .alerts.outbox import send_test
 
     result = send_test(channel, time.time(), "aegis-mw alerts test")
     out.write("delivered\n" if result.delivered else f"failed: {result.error}\n")
     return 0 if result.delivered else 1
+
+
+def _api_channel(settings: Any, name: str) -> tuple[Any, list[str]]:
+    """The channel ``name`` written through the API, from the store of the
+    settings' sink (as the app builds it: alert_api_networks, its env:
+    references read here), and the names written; (None, []) without a
+    store to read."""
+    from .alerts.api_channels import api_channel
+    from .alerts.store import CHANNEL
+    from .core.client_address import parse_networks
+    from .core.errors import ConfigError
+
+    urls = [sink for sink in settings.sink if isinstance(sink, str)]
+    if not urls:
+        return None, []
+    try:
+        sink, store = _open_store(urls[0])
+    except ConfigError:  # no database yet, or a sink that keeps no alert state
+        return None, []
+    try:
+        rows = {row.name: row for row in store.api_items(CHANNEL)[1]}
+    finally:
+        sink.close()
+    row = rows.get(name)
+    if row is None:
+        return None, sorted(rows)
+    networks = parse_networks(settings.alert_api_networks)
+    return api_channel(name, row.data, networks, where=f"the API's channel {name}"), [name]
 
 
 # -- export --------------------------------------------------------------------------

@@ -48,7 +48,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from ..core.errors import ConfigError
@@ -77,11 +77,12 @@ class Delivery(NamedTuple):
 
 
 def resolve_secret(reference: str, what: str) -> str:
-    """The text behind ``env:NAME``/``file:PATH``, or the text itself."""
+    """The text behind ``env:NAME``/``file:PATH``, or the text itself;
+    ``what`` is the option of the field, named by an error."""
     if reference.startswith("env:"):
         value = os.environ.get(reference[4:])
         if value is None:
-            raise ConfigError(_OPTION, f"{what} (not shown)", f"{reference} is not set")
+            raise ConfigError(what, "(not shown)", f"{reference} is not set")
         return value.strip()
     if reference.startswith("file:"):
         try:
@@ -89,7 +90,7 @@ def resolve_secret(reference: str, what: str) -> str:
                 return handle.read().strip()
         except OSError as exc:
             raise ConfigError(
-                _OPTION, f"{what} (not shown)", f"{reference} cannot be read: {exc.strerror}"
+                what, "(not shown)", f"{reference} cannot be read: {exc.strerror}"
             ) from None
     return reference
 
@@ -99,12 +100,7 @@ def refused_address(address: str) -> str:
     address that is not public, including the IPv4 address inside a mapped,
     6to4 or Teredo IPv6 one."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    inner = []
-    if isinstance(ip, ipaddress.IPv6Address):
-        inner = [a for a in (ip.ipv4_mapped, ip.sixtofour) if a is not None]
-        if ip.teredo is not None:
-            inner += list(ip.teredo)
-    for candidate in (*inner, ip):  # the embedded address names the reason best
+    for candidate in (*_embedded(ip), ip):  # the embedded address names the reason best
         for test, name in (
             (candidate.is_loopback, "loopback"), (candidate.is_link_local, "link-local"),
             (candidate.is_private, "private"), (candidate.is_multicast, "multicast"),
@@ -116,10 +112,61 @@ def refused_address(address: str) -> str:
     return ""
 
 
+#: IP networks a channel may send to although they are not public (from
+#: the alert_api_networks setting, for the channels the API writes).
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def _embedded(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses inside a mapped, 6to4 or Teredo IPv6 address."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return []
+    inner = [a for a in (ip.ipv4_mapped, ip.sixtofour) if a is not None]
+    if ip.teredo is not None:
+        inner += list(ip.teredo)
+    return inner
+
+
+def refused_target(address: str, allow_private: bool, networks: Networks) -> str:
+    """Why a channel may not connect to ``address`` ('' when it may): it is
+    not public, and neither ``allow_private`` nor one of ``networks`` lets
+    it through (an IPv4 address inside an IPv6 one must be let through as
+    well: an allowed IPv6 range does not open the IPv4 loopback)."""
+    if allow_private:
+        return ""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    for candidate in (*_embedded(ip), ip):
+        why = refused_address(str(candidate))
+        if why and not any(
+            candidate.version == net.version and candidate in net for net in networks
+        ):
+            return why
+    return ""
+
+
+def literal_refusal(option: str, host: str, allow_private: bool, networks: Networks) -> None:
+    """A ConfigError when ``host`` is an IP address the channel may not reach
+    (a name is checked at every send, as it resolves then)."""
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        return
+    why = refused_target(str(literal), allow_private, networks)
+    if why:
+        # The API's channels cannot set allow_private (see .api_channels).
+        hint = (
+            "set allow_private to send there" if option.startswith(_OPTION)
+            else "list its network in the alert_api_networks setting to send there"
+        )  # fmt: skip
+        raise ConfigError(option, "(not shown)", f"a public address: this one is {why} ({hint})")
+
+
 @dataclass(frozen=True)
 class WebhookChannel:
     """POSTs each notice as JSON to ``url``."""
 
+    #: Its ``type`` in the settings.
+    kind: ClassVar[str] = "webhook"
     name: str
     url: str = field(repr=False)
     secret: bytes | None = field(default=None, repr=False)
@@ -134,6 +181,8 @@ class WebhookChannel:
     mute_windows: tuple[str, ...] = ()
     #: At most (count, per seconds) notifications (see .outbox); None: no limit.
     rate_limit: tuple[int, float] | None = None
+    #: Networks it may reach though they are not public (see refused_target).
+    networks: Networks = ()
 
     def payload(self, notice: Mapping[str, Any]) -> dict[str, Any]:
         return {**notice, "receiver": self.name}
@@ -144,7 +193,9 @@ class WebhookChannel:
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
-            address = vetted_address(host, port, self.allow_private, "the webhook's host")
+            address = vetted_address(
+                host, port, self.allow_private, "the webhook's host", self.networks
+            )
         except OSError as exc:
             return Delivery(False, f"cannot resolve the webhook's host: {exc.strerror or exc}")
         if isinstance(address, Delivery):
@@ -199,6 +250,8 @@ class SlackChannel(WebhookChannel):
     answers 404, 410 and 403, a removed hook or channel, fail it for good;
     429 waits its Retry-After)."""
 
+    kind: ClassVar[str] = "slack"
+
     def payload(self, notice: Mapping[str, Any]) -> dict[str, Any]:
         return {"text": slack_text(notice)}
 
@@ -252,6 +305,8 @@ class PagerDutyChannel(WebhookChannel):
     """PagerDuty's Events API v2: a firing triggers, its resolve resolves,
     under one dedup key per fire-to-resolve episode. ``routing_key`` is the
     integration's key (a secret)."""
+
+    kind: ClassVar[str] = "pagerduty"
 
     routing_key: str = field(default="", repr=False)
 
@@ -387,22 +442,24 @@ def check_ca_file(where: str, ca_file: Any) -> None:
         ) from None  # fmt: skip
 
 
-def vetted_address(host: str, port: int, allow_private: bool, what: str) -> str | Delivery:
+def vetted_address(
+    host: str, port: int, allow_private: bool, what: str, networks: Networks = ()
+) -> str | Delivery:
     """The address to connect to for ``host``, or why not: unless
-    ``allow_private``, every address the name resolves to must be public
-    (one that is not fails the channel: every notice would meet it)."""
+    ``allow_private``, every address the name resolves to must be public or
+    in ``networks`` (one that is not fails the channel: every notice would
+    meet it)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     addresses = [str(info[4][0]) for info in infos]
     if not addresses:
         return Delivery(False, f"{what} has no address")
-    if not allow_private:
-        for address in addresses:
-            why = refused_address(address)
-            if why:
-                return Delivery(
-                    False, f"{what} resolves to {why} (allow_private is off)",
-                    permanent=True, broken=True,
-                )  # fmt: skip
+    for address in addresses:
+        why = refused_target(address, allow_private, networks)
+        if why:
+            return Delivery(
+                False, f"{what} resolves to {why} (not an allowed network)",
+                permanent=True, broken=True,
+            )  # fmt: skip
     return addresses[0]
 
 
@@ -479,6 +536,11 @@ class Channel(Protocol):
     def send(self, key: str, notice: Mapping[str, Any]) -> Delivery: ...
 
 
+def channel_kind(channel: Channel) -> str:
+    """A channel's ``type`` as its settings name it."""
+    return str(getattr(channel, "kind", type(channel).__name__))
+
+
 def channels_from_config(data: Any) -> dict[str, Channel]:
     """Channels from the ``alert_channels`` mapping, checked: an error names
     the channel and the field, never a secret."""
@@ -493,7 +555,7 @@ def channels_from_config(data: Any) -> dict[str, Channel]:
             continue
         if not isinstance(settings, Mapping):
             raise ConfigError(f"{_OPTION}.{name}", "(not shown)", "a mapping of channel settings")
-        out[name] = _channel(name, settings)
+        out[name] = build_channel(name, settings)
     return out
 
 
@@ -503,15 +565,20 @@ def _built(settings: Any) -> bool:
     return isinstance(settings, (WebhookChannel, EmailChannel))
 
 
-def _channel(name: str, settings: Mapping[str, Any]) -> Channel:
-    where = f"{_OPTION}.{name}"
+def build_channel(
+    name: str, settings: Mapping[str, Any], where: str = "", networks: Networks = ()
+) -> Channel:
+    """One channel from its settings, checked; errors name ``where`` (by
+    default ``alert_channels.NAME``) and the field. ``networks``: those it
+    may reach though they are not public."""
+    where = where or f"{_OPTION}.{name}"
     kind = settings.get("type")
     if kind not in KINDS:
         raise ConfigError(f"{where}.type", kind, f"one of {', '.join(KINDS)}")
     if kind == "email":  # its own module: SMTP settings share nothing with a URL's
         from .email_channel import email_from_config
 
-        return email_from_config(name, settings)
+        return email_from_config(name, settings, where, networks)
     known = {
         "type", "severities", "url", "allow_private", "timeout", "ca_file", "mute_windows",
         "rate_limit", *GROUPING_KEYS,
@@ -555,17 +622,7 @@ def _channel(name: str, settings: Mapping[str, Any]) -> Channel:
     allow_private = settings.get("allow_private", False)
     if not isinstance(allow_private, bool):
         raise ConfigError(f"{where}.allow_private", allow_private, "true or false")
-    try:
-        literal = ipaddress.ip_address(parts.hostname)
-    except ValueError:
-        literal = None
-    if literal is not None and not allow_private:
-        why = refused_address(str(literal))
-        if why:
-            raise ConfigError(
-                f"{where}.url", "(not shown)",
-                f"a public address: this one is {why} (set allow_private to send there)",
-            )  # fmt: skip
+    literal_refusal(f"{where}.url", parts.hostname, allow_private, networks)
     secret: bytes | None = None
     raw = settings.get("secret")
     if raw is not None:
@@ -587,7 +644,7 @@ def _channel(name: str, settings: Mapping[str, Any]) -> Channel:
         check_ca_file(where, ca_file)
     common: dict[str, Any] = {
         "name": name, "url": url, "severities": severities, "allow_private": allow_private,
-        "timeout": timeout, "ca_file": ca_file, "mute_windows": windows,
+        "timeout": timeout, "ca_file": ca_file, "mute_windows": windows, "networks": networks,
         "rate_limit": rate_limit_from_settings(where, settings, DEFAULT_RATE_LIMITS.get(kind)),
     }  # fmt: skip
     if kind == "pagerduty":

@@ -39,18 +39,19 @@ from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate
-from typing import Any
+from typing import Any, ClassVar
 
 from ..core.errors import ConfigError
 from .channels import (
     Cutoff,
     Delivery,
+    Networks,
     alert_lines,
     check_ca_file,
+    literal_refusal,
     mute_window_names,
     notice_line,
     rate_limit_from_settings,
-    refused_address,
     resolve_secret,
     severities_and_timeout,
     vetted_address,
@@ -85,6 +86,8 @@ class EmailChannel:
     """Mails each notice to ``to`` from ``sender`` through the SMTP server at
     ``host``. Built by :func:`email_from_config` from ``alert_channels``."""
 
+    kind: ClassVar[str] = "email"
+
     name: str
     host: str
     sender: str
@@ -103,6 +106,8 @@ class EmailChannel:
     mute_windows: tuple[str, ...] = ()
     #: At most (count, per seconds) notifications (see .outbox); None: no limit.
     rate_limit: tuple[int, float] | None = None
+    #: Networks it may reach though they are not public (see .channels).
+    networks: Networks = ()
 
     def message(self, key: str, notice: Mapping[str, Any]) -> EmailMessage:
         """The mail of one notice (the same for every retry, but its Date)."""
@@ -127,7 +132,9 @@ class EmailChannel:
 
     def send(self, key: str, notice: Mapping[str, Any]) -> Delivery:
         try:
-            address = vetted_address(self.host, self.port, self.allow_private, "the SMTP host")
+            address = vetted_address(
+                self.host, self.port, self.allow_private, "the SMTP host", self.networks
+            )
         except OSError as exc:
             return Delivery(False, f"cannot resolve the SMTP host: {exc.strerror or exc}")
         if isinstance(address, Delivery):
@@ -335,10 +342,13 @@ def _token(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def email_from_config(name: str, settings: Mapping[str, Any]) -> EmailChannel:
-    """An email channel from its ``alert_channels`` settings, checked; an
-    error names the field and never shows the password."""
-    where = f"alert_channels.{name}"
+def email_from_config(
+    name: str, settings: Mapping[str, Any], where: str = "", networks: Networks = ()
+) -> EmailChannel:
+    """An email channel from its settings, checked; an error names the field
+    (under ``where``, by default ``alert_channels.NAME``) and never shows
+    the password."""
+    where = where or f"alert_channels.{name}"
     for key in settings:
         if key not in _KNOWN:
             raise ConfigError(
@@ -351,13 +361,7 @@ def email_from_config(name: str, settings: Mapping[str, Any]) -> EmailChannel:
     allow_private = settings.get("allow_private", False)
     if not isinstance(allow_private, bool):
         raise ConfigError(f"{where}.allow_private", allow_private, "true or false")
-    if literal is not None and not allow_private:
-        why = refused_address(str(literal))
-        if why:
-            raise ConfigError(
-                f"{where}.host", host,
-                f"a public address: this one is {why} (set allow_private to send there)",
-            )  # fmt: skip
+    literal_refusal(f"{where}.host", host, allow_private, networks)
     security = settings.get("security", "starttls")
     if security not in SECURITIES:
         raise ConfigError(f"{where}.security", security, f"one of {', '.join(SECURITIES)}")
@@ -378,6 +382,7 @@ def email_from_config(name: str, settings: Mapping[str, Any]) -> EmailChannel:
         name, host, sender, recipients, port, security, username, password, ca_file,
         severities, allow_private, timeout, grouping_from_settings(where, settings),
         mute_window_names(where, settings), rate_limit_from_settings(where, settings, None),
+        networks,
     )  # fmt: skip
 
 

@@ -233,27 +233,51 @@ class AlertSender:
         claimer: str,
     ) -> None:
         self.store = store
-        self.channels = dict(channels)
-        self.fingerprints = {name: channel_fingerprint(c) for name, c in self.channels.items()}
+        #: The channels and their fingerprints, replaced together (a send
+        #: in progress keeps the pair it started with).
+        self._config: tuple[dict[str, Channel], dict[str, str]] = ({}, {})
+        self.set_channels(channels)
         self.wall = wall
         self.claimer = claimer
         self._stop = threading.Event()
         #: Set by the evaluator after a commit with notices, and by stop().
         self.wakeup = threading.Event()
         self._thread: threading.Thread | None = None
+        self._starting = threading.Lock()
         self._running = False
         self._failing = False
 
-    def start(self) -> None:
-        self._running = True
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop = threading.Event()
-        ref = weakref.ref(self)
-        self._thread = threading.Thread(
-            target=_run, args=(ref, self._stop), name="aegis-alert-sender", daemon=True
+    @property
+    def channels(self) -> dict[str, Channel]:
+        return self._config[0]
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        return self._config[1]
+
+    def set_channels(self, channels: Mapping[str, Channel]) -> None:
+        """Send to these channels from now on (the API changed some). A
+        fingerprint is computed only for a channel that is new or changed."""
+        known, prints = self._config
+        self._config = (
+            dict(channels),
+            {
+                name: prints[name] if known.get(name) == channel else channel_fingerprint(channel)
+                for name, channel in channels.items()
+            },
         )
-        self._thread.start()
+
+    def start(self) -> None:
+        with self._starting:  # one thread, whoever starts it (the service, a reload)
+            self._running = True
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop = threading.Event()
+            ref = weakref.ref(self)
+            self._thread = threading.Thread(
+                target=_run, args=(ref, self._stop), name="aegis-alert-sender", daemon=True
+            )
+            self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
         self._running = False
@@ -266,6 +290,7 @@ class AlertSender:
     def reset_after_fork(self, claimer: str) -> None:
         self.claimer = claimer
         self._thread = None
+        self._starting = threading.Lock()
         self.wakeup = threading.Event()  # the parent's may be mid-wait
         if self._running:
             self.start()
@@ -285,15 +310,17 @@ class AlertSender:
 
     def _send_due(self) -> int:
         now = self.wall()
+        config = self._config
+        channels, fingerprints = config
         states = self.store.channel_states()
         disabled = {
             name: state for name, state in states.items()
-            if self.fingerprints.get(name) == state.fingerprint
+            if fingerprints.get(name) == state.fingerprint
         }  # fmt: skip
         # Only the channels configured here: a process of another
         # configuration (a deploy rolling out a new channel) leaves the rows
         # of channels it does not know to the processes that do.
-        usable = sorted(name for name in self.channels if name not in disabled)
+        usable = sorted(name for name in channels if name not in disabled)
         claimed: list[Claimed] = list(
             self.store.claim_notices(self.claimer, now, CLAIM_SECONDS, CLAIM_LIMIT, usable)
         )
@@ -304,13 +331,15 @@ class AlertSender:
                 self.store.disable_channel(disabled[name]._replace(probe_at=now + PROBE_SECONDS))
                 claimed += self.store.claim_notices(self.claimer, now, CLAIM_SECONDS, 1, [name])
         broken: set[str] = set()
-        for batch in self._within_limits(_batches(claimed), now):
+        for batch in self._within_limits(_batches(claimed), now, channels):
             if self._stop.is_set():
                 break  # stopping: the rest are sent by whoever claims them next
-            self._send_batch(batch, states, broken)
+            self._send_batch(batch, states, broken, config)
         return len(claimed)
 
-    def _within_limits(self, batches: list[list[Claimed]], now: float) -> list[list[Claimed]]:
+    def _within_limits(
+        self, batches: list[list[Claimed]], now: float, channels: Mapping[str, Channel]
+    ) -> list[list[Claimed]]:
         """The notifications to send now, each channel within its rate limit:
         what is over it goes as one digest in the last notification the
         limit allows (never dropped; PagerDuty's events, one per alert,
@@ -320,7 +349,7 @@ class AlertSender:
             by_channel.setdefault(batch[0].channel, []).append(batch)
         out: list[list[Claimed]] = []
         for name, planned in by_channel.items():
-            limit = self.channels[name].rate_limit
+            limit = channels[name].rate_limit
             if limit is None:
                 out += planned
                 continue
@@ -329,7 +358,7 @@ class AlertSender:
             if len(planned) <= allowed:
                 out += planned
                 continue
-            if allowed <= 0 or isinstance(self.channels[name], _EventsOnly):
+            if allowed <= 0 or isinstance(channels[name], _EventsOnly):
                 keep, wait = planned[: max(allowed, 0)], planned[max(allowed, 0) :]
             else:
                 keep = [*planned[: allowed - 1], [row for b in planned[allowed - 1 :] for row in b]]
@@ -341,8 +370,9 @@ class AlertSender:
         return out
 
     def _send_batch(
-        self, batch: list[Claimed], states: Mapping[str, ChannelState], broken: set[str]
-    ) -> None:
+        self, batch: list[Claimed], states: Mapping[str, ChannelState], broken: set[str],
+        config: tuple[dict[str, Channel], dict[str, str]],
+    ) -> None:  # fmt: skip
         """Send one group's rows as one notification (or one row alone)."""
         start = self.wall()
         name = batch[0].channel
@@ -350,7 +380,7 @@ class AlertSender:
             for row in batch:
                 self.store.renew_claim(row.id, row.claim, start, start)
             return
-        channel = self.channels[name]
+        channel = config[0][name]
         hold = 2 * channel.timeout + SEND_MARGIN
         rows: list[Claimed] = []
         payloads = []
@@ -383,11 +413,15 @@ class AlertSender:
         # notification under one key (a receiver deduplicates by it).
         wait = backoff(max(row.attempts for row in rows) + 1, result.retry_after)
         for row in rows:
-            self._finish(row, result, start, done, states.get(name), broken, send_id, wait)
+            self._finish(
+                row, result, start, done, states.get(name), broken, send_id, wait,
+                config[1][name],
+            )  # fmt: skip
 
     def _finish(
         self, row: Claimed, result: Delivery, start: float, done: float,
         state: ChannelState | None, broken: set[str], send_id: str, wait: float,
+        fingerprint: str,
     ) -> None:  # fmt: skip
         took = done - start
         finish = functools.partial(self.store.finish_notice, seconds=took, send_id=send_id)
@@ -400,7 +434,6 @@ class AlertSender:
             finish(row.id, row.claim, "pending", done, result.error, done, outcome="disabled")
             if row.channel in broken:
                 return  # disabled by another row of this notification
-            fingerprint = self.fingerprints[row.channel]
             again = state is not None and state.fingerprint == fingerprint
             self.store.disable_channel(
                 ChannelState(

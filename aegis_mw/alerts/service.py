@@ -26,7 +26,9 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from .channels import Channel
+from ..core.errors import ConfigError
+from .api_channels import api_channel
+from .channels import Channel, Networks
 from .evaluator import (
     FIRING,
     NODATA,
@@ -44,7 +46,16 @@ from .reports import LIVE_INTERVALS, REPORT_INPUTS, ReportReader
 from .rules import READINESS_INHIBITED, SEVERITIES, AlertRule, RuleError, rule_from_mapping
 from .silences import InhibitRule, MuteWindow, NotificationPolicy
 from .sliding import SlidingFigures
-from .store import REPORTS_KEPT, SHOWN, AlertStore, StoredRule, changes_between
+from .store import (
+    CHANNEL,
+    REPORTS_KEPT,
+    RULE,
+    SHOWN,
+    AlertStore,
+    Revisions,
+    StoredItem,
+    changes_between,
+)
 
 logger = logging.getLogger("aegis_mw.alerts")
 
@@ -57,6 +68,9 @@ PRUNE_EVERY = 3600.0
 PRUNE_LIMIT = 10_000
 #: The most rules the API may keep in the store (besides the settings' own).
 API_RULE_LIMIT = 1000
+#: Seconds a write through the API waits for a tick in progress before its
+#: process reads the API's rules and channels again (see AlertService.reload).
+RELOAD_WAIT = 10.0
 #: Seconds a pending notice of a channel no live process has is kept.
 ORPHAN_SECONDS = 3600.0
 
@@ -110,16 +124,23 @@ class AlertService:
         horizons: Mapping[int, float] | None = None,
         reporter: Callable[[], Mapping[str, Any]] | None = None,
         readiness_inhibits: bool = True,
+        api_networks: Networks = (),
     ) -> None:
         #: The rules of the app's settings (or code): the API cannot change them.
         self.settings_rules = tuple(rules)
         #: The rules written through the API, read from the store when its
         #: revision of them changes, with who wrote each and when.
         self.api_rules: tuple[AlertRule, ...] = ()
-        self.api_rule_rows: dict[str, StoredRule] = {}
+        self.api_rule_rows: dict[str, StoredItem] = {}
         #: Stored rules not evaluated, and why (no longer valid, a name taken).
         self.left_out: dict[str, str] = {}
-        self._rules_revision = 0
+        #: The channels written through the API, as for rules, and those
+        #: left out (a reference not set in this process, a name taken).
+        self.api_channel_rows: dict[str, StoredItem] = {}
+        self.channels_left_out: dict[str, str] = {}
+        #: The networks the API's channels may reach though not public.
+        self.api_networks = tuple(api_networks)
+        self._revisions = Revisions(0, 0)
         #: Seconds each rollup resolution is kept: a window must fit in it.
         self.horizons = dict(horizons or {})
         #: This process's report of its health (see .reports); None: none.
@@ -141,8 +162,11 @@ class AlertService:
         #: Seconds a bucket is left before windows include it.
         self.settle = settle
         self.holder = _holder_id()
-        #: Where notices go (see .channels); none: the log only.
-        self.channels: dict[str, Channel] = dict(channels or {})
+        #: The channels of the app's settings (or code).
+        self.settings_channels: dict[str, Channel] = dict(channels or {})
+        #: Where notices go (see .channels): the settings' and the API's;
+        #: none: the log only. Replaced whole when the API's change.
+        self.channels: dict[str, Channel] = dict(self.settings_channels)
         #: Every rule evaluated: the settings', the API's and the built-in
         #: ones that apply (see _all_rules).
         self.rules = self._all_rules()
@@ -188,8 +212,8 @@ class AlertService:
                 target=_run, args=(ref, self._stop, self.interval), name="aegis-alerts", daemon=True
             )
             self._thread.start()
-        if self.channels:
-            self.sender.start()
+            if self.channels:
+                self.sender.start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop evaluating and hand the lease on at once."""
@@ -276,14 +300,63 @@ class AlertService:
             return "api"
         return "builtin" if name in BUILTIN_RULES else ""
 
-    def _refresh_rules(self) -> None:
-        """The API's rules read again when their revision moved (one cheap
-        query a tick otherwise). A stored rule that no longer reads (written
-        by another version) or clashes with a settings rule is left out and
-        logged, never a failed tick."""
-        if self.store.rules_revision() == self._rules_revision:
+    def channel_source(self, name: str) -> str:
+        """Where a channel comes from: "settings", "api" or ""."""
+        if name in self.settings_channels:
+            return "settings"
+        return "api" if name in self.api_channel_rows else ""
+
+    def build_api_channel(self, name: str, settings: Mapping[str, Any]) -> Channel:
+        """A channel the API writes or wrote, checked here (ConfigError
+        naming ``channel.FIELD``): its mute windows must be this app's."""
+        channel = api_channel(name, settings, self.api_networks)
+        windows = {window.name for window in self.mute_windows}
+        unknown = sorted(set(channel.mute_windows) - windows)
+        if unknown:
+            raise ConfigError(
+                "channel.mute_windows", unknown[0],
+                f"a name of alert_mute_windows ({', '.join(sorted(windows)) or 'none defined'})",
+            )  # fmt: skip
+        return channel
+
+    def reload(self) -> None:
+        """Read the API's rules and channels now (after a write through this
+        process: its answers and a test notice see the change at once), not
+        at the next tick. Waits at most RELOAD_WAIT for a tick in progress
+        (the next tick reads them otherwise); never raises an Exception."""
+        if not self._ticking.acquire(timeout=RELOAD_WAIT):
             return
-        revision, rows = self.store.api_rules()
+        try:
+            self._refresh_config()
+        except Exception:  # the store down: the next tick reads them
+            logger.debug("aegis_mw: the API's rules and channels not read again", exc_info=True)
+        finally:
+            self._ticking.release()
+
+    def _refresh_config(self) -> None:
+        """The API's rules and channels read again when their revision moved
+        (one cheap query a tick otherwise). A stored one that no longer
+        reads (written by another version, a reference not set here) or
+        whose name the settings have is left out and logged, never a failed
+        tick."""
+        revisions = self.store.revisions()
+        if revisions == self._revisions:
+            return
+        rules_before = self.rules
+        if revisions.rules != self._revisions.rules:
+            self._refresh_rules()
+        if revisions.channels != self._revisions.channels:
+            self._refresh_channels()
+        self.rules = self._all_rules()
+        if self.rules != rules_before:
+            # The running sums start again over the new set of rules: one
+            # full read of each window (keeping the sums of the windows the
+            # old set shares is left for later: a late row must still be seen).
+            self._figures = SlidingFigures(self.reader, self.rules, self.settle)
+        self._revisions = revisions
+
+    def _refresh_rules(self) -> None:
+        _, rows = self.store.api_items(RULE)
         taken = {rule.name for rule in self.settings_rules}
         rules, kept, left_out = [], {}, {}
         for row in rows:
@@ -292,6 +365,8 @@ class AlertService:
                 self.check_rule(rule)
             except (RuleError, TypeError) as exc:
                 left_out[row.name] = str(exc)
+            except Exception as exc:  # not a mapping at all (written by hand)
+                left_out[row.name] = f"unreadable ({type(exc).__name__})"
             else:
                 if rule.name in BUILTIN_RULES:
                     left_out[row.name] = "a built-in rule has its name"
@@ -305,12 +380,30 @@ class AlertService:
         # The rows first: a reader of the rules finds each API rule's row.
         self.api_rule_rows, self.left_out = kept, left_out
         self.api_rules = tuple(rules)
-        self.rules = self._all_rules()
-        # The running sums start again over the new set of rules: one full
-        # read of each window (keeping the sums of the windows the old set
-        # shares is left for later: a late row must still be seen).
-        self._figures = SlidingFigures(self.reader, self.rules, self.settle)
-        self._rules_revision = revision
+
+    def _refresh_channels(self) -> None:
+        _, rows = self.store.api_items(CHANNEL)
+        channels, kept, left_out = dict(self.settings_channels), {}, {}
+        for row in rows:
+            if row.name in self.settings_channels:
+                left_out[row.name] = "a channel of the settings has its name"
+                continue
+            try:
+                channels[row.name] = self.build_api_channel(row.name, row.data)
+            except ConfigError as exc:  # its "allowed": never a secret's value
+                left_out[row.name] = f"{exc.option.removeprefix('channel.')}: {exc.allowed}"
+            except Exception as exc:  # not a mapping, a field of the wrong kind
+                left_out[row.name] = f"unreadable settings ({type(exc).__name__})"
+            else:
+                kept[row.name] = row
+        for name, why in left_out.items():
+            logger.warning("aegis_mw: the stored alert channel %r is left out: %s", name, why)
+        self.api_channel_rows, self.channels_left_out = kept, left_out
+        self.sender.set_channels(channels)
+        self.channels = channels
+        with self._lock:  # not after stop() has stopped it
+            if channels and self._running:
+                self.sender.start()
 
     # -- one tick -----------------------------------------------------------------
     def tick(self) -> None:
@@ -333,7 +426,7 @@ class AlertService:
 
     def _tick(self) -> None:
         now = self.wall()
-        self._refresh_rules()
+        self._refresh_config()
         token = self.store.claim(self.holder, now, self.interval * LEASE_INTERVALS)
         disabled = self._read_channels()
         states: dict[str, Any] = {"channel_disabled": disabled}

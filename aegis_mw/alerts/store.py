@@ -30,8 +30,9 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import fields
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
+from .api_channels import public_settings
 from .evaluator import FIRING, INACTIVE, PENDING, Instance, Key, Transition
 from .grouping import ALONE, Grouping
 from .outbox import ChannelState, Claimed, Notice
@@ -42,8 +43,16 @@ logger = logging.getLogger("aegis_mw.alerts")
 LEASE = "evaluator"
 #: Seconds a process's report is kept after its last one (see .reports).
 REPORTS_KEPT = 3600.0
-#: The API's rules' revision: the newest of their rows (tombstones too).
-_REVISION = "SELECT coalesce(max(revision), 0) FROM aegis_alert_rules"
+#: What the API writes besides silences: rules and channels, each kind in
+#: a table of its own with a revision of its own.
+RULE, CHANNEL = "rule", "channel"
+_TABLES = {RULE: "aegis_alert_rules", CHANNEL: "aegis_alert_channel_configs"}
+#: The revisions of the API's rules and channels: the newest of their rows
+#: (tombstones too), in one query read every tick.
+_REVISIONS = (
+    "SELECT (SELECT coalesce(max(revision), 0) FROM aegis_alert_rules), "
+    "(SELECT coalesce(max(revision), 0) FROM aegis_alert_channel_configs)"
+)
 #: Fields whose change alone does not make an instance worth writing (when
 #: its group last had data matters only once it stops, and then it is left
 #: as it was last written).
@@ -52,18 +61,27 @@ _NAMES = tuple(f.name for f in fields(Instance))
 _INSTANCE_FIELDS = frozenset(_NAMES)
 
 
+class Revisions(NamedTuple):
+    """Where the API's rules and channels are: a write moves its kind's."""
+
+    rules: int
+    channels: int
+
+
 @dataclasses.dataclass(frozen=True)
-class StoredRule:
-    """A rule written through the API, as it was written (checked when read)."""
+class StoredItem:
+    """A rule or channel written through the API, as it was written (checked
+    when read)."""
 
     name: str
-    data: Mapping[str, Any]
-    updated_at: float
-    updated_by: str
+    #: A channel's may hold secrets given as they are.
+    data: Mapping[str, Any] = dataclasses.field(repr=False)
+    updated_at: float = 0.0
+    updated_by: str = ""
 
 
 class TooMany(Exception):
-    """Creating one more rule (or silence) would pass the limit kept in the store."""
+    """Creating one more rule, channel or silence would pass the limit kept in the store."""
 
 
 class AlertStore(Protocol):
@@ -158,19 +176,31 @@ class AlertStore(Protocol):
         """End a silence now (one not started yet is dropped); audited.
         False when there is no such silence still to end."""
 
-    def rules_revision(self) -> int:
-        """A number that changes with every write to the rules kept here
-        (those written through the API): read every tick, cheaply."""
+    def revisions(self) -> Revisions:
+        """Numbers that change with every write to the rules, and to the
+        channels, kept here (those written through the API): read every
+        tick, cheaply."""
 
-    def api_rules(self) -> tuple[int, list[StoredRule]]:
-        """The revision and the rules kept here, by name."""
+    def api_items(self, kind: str) -> tuple[int, list[StoredItem]]:
+        """The revision of ``kind`` (RULE or CHANNEL) and its items kept
+        here, by name."""
 
-    def put_rule(self, rule: Mapping[str, Any], actor: str, now: float, limit: int) -> str:
-        """Write a rule (its mapping, by its ``name``): "create" or "update";
-        :class:`TooMany` when creating one would pass ``limit``."""
+    def put_item(
+        self, kind: str, name: str, data: Mapping[str, Any], actor: str, now: float, limit: int
+    ) -> str:
+        """Write a rule or a channel (its settings, by name): "create" or
+        "update"; :class:`TooMany` when creating one would pass ``limit``.
+        The audit keeps a channel's settings without their secrets. A new
+        channel does not take the pending notices of an earlier one of its
+        name (written by a process that had not yet read its deletion)."""
 
-    def delete_rule(self, name: str, actor: str, now: float) -> bool:
-        """Remove a rule; False when there is none of that name."""
+    def delete_item(
+        self, kind: str, name: str, actor: str, now: float, *, notices: bool = True
+    ) -> bool:
+        """Remove a rule or a channel; False when there is none of that name.
+        A channel's pending notices are skipped with it and its disabled
+        state cleared, unless ``notices`` is False (a channel of the
+        settings has its name: they are that one's)."""
 
     def add_audit(
         self, actor: str, action: str, what: str, detail: Mapping[str, Any], now: float
@@ -281,8 +311,8 @@ class MemoryAlertStore:
         self._channels: dict[str, ChannelState] = {}
         self._silences: dict[str, Silence] = {}
         self._audit: list[dict[str, Any]] = []
-        self._rules: dict[str, StoredRule] = {}
-        self._rules_revision = 0
+        self._items: dict[str, dict[str, StoredItem]] = {kind: {} for kind in _TABLES}
+        self._revisions = dict.fromkeys(_TABLES, 0)
         self._reports: dict[str, tuple[float, Mapping[str, Any]]] = {}
         self._next_id = 1
         self._history_limit = history_limit
@@ -551,32 +581,43 @@ class MemoryAlertStore:
             self._audit.append(_audit_row(now, actor, "expire", silence))
             return True
 
-    def rules_revision(self) -> int:
-        return self._rules_revision
+    def revisions(self) -> Revisions:
+        return Revisions(self._revisions[RULE], self._revisions[CHANNEL])
 
-    def api_rules(self) -> tuple[int, list[StoredRule]]:
+    def api_items(self, kind: str) -> tuple[int, list[StoredItem]]:
         with self._lock:
-            return self._rules_revision, sorted(self._rules.values(), key=lambda r: r.name)
+            items = sorted(self._items[kind].values(), key=lambda item: item.name)
+            return self._revisions[kind], items
 
-    def put_rule(self, rule: Mapping[str, Any], actor: str, now: float, limit: int) -> str:
-        name = str(rule["name"])
+    def put_item(
+        self, kind: str, name: str, data: Mapping[str, Any], actor: str, now: float, limit: int
+    ) -> str:
+        items = self._items[kind]
         with self._lock:
-            action = "update" if name in self._rules else "create"
-            if action == "create" and len(self._rules) >= limit:
+            action = "update" if name in items else "create"
+            if action == "create" and len(items) >= limit:
                 raise TooMany(limit)
-            self._rules[name] = StoredRule(name, dict(rule), now, actor)
-            self._rules_revision += 1
-            self._audit.append(audit_row(now, actor, action, f"rule {name}", dict(rule)))
-            return action
+            items[name] = StoredItem(name, dict(data), now, actor)
+            self._revisions[kind] += 1
+            self._audit.append(audit_row(now, actor, action, f"{kind} {name}", _shown(kind, data)))
+        if kind == CHANNEL and action == "create":
+            self.skip_channel(name, now, now, _EARLIER)
+        return action
 
-    def delete_rule(self, name: str, actor: str, now: float) -> bool:
+    def delete_item(
+        self, kind: str, name: str, actor: str, now: float, *, notices: bool = True
+    ) -> bool:
         with self._lock:
-            gone = self._rules.pop(name, None)
+            gone = self._items[kind].pop(name, None)
             if gone is None:
                 return False
-            self._rules_revision += 1
-            self._audit.append(audit_row(now, actor, "delete", f"rule {name}", dict(gone.data)))
-            return True
+            self._revisions[kind] += 1
+            detail = _shown(kind, gone.data)
+            self._audit.append(audit_row(now, actor, "delete", f"{kind} {name}", detail))
+        if kind == CHANNEL and notices:
+            self.skip_channel(name, float("inf"), now, _DELETED)
+            self.enable_channel(name)
+        return True
 
     def add_audit(
         self, actor: str, action: str, what: str, detail: Mapping[str, Any], now: float
@@ -1112,84 +1153,111 @@ class SQLAlertStore:
             (row["at"], row["actor"], row["action"], row["object"], json.dumps(row["detail"])),
         )
 
-    def rules_revision(self) -> int:
+    def revisions(self) -> Revisions:
         with self._read() as connection:
-            row = connection.execute(_REVISION).fetchone()
-        return int(row[0])
+            rules, channels = connection.execute(_REVISIONS).fetchone()
+        return Revisions(int(rules), int(channels))
 
-    def api_rules(self) -> tuple[int, list[StoredRule]]:
+    def api_items(self, kind: str) -> tuple[int, list[StoredItem]]:
+        table = _TABLES[kind]  # one of ours, never the caller's text
         with self._read() as connection:
             # The revision first: a write landing between the two reads is
             # read again at the next tick, never missed.
-            revision = connection.execute(_REVISION).fetchone()[0]
+            revision = connection.execute(f"SELECT coalesce(max(revision), 0) FROM {table}")
+            revision = revision.fetchone()[0]
             rows = connection.execute(
-                "SELECT name, data, updated_at, updated_by FROM aegis_alert_rules "
+                f"SELECT name, data, updated_at, updated_by FROM {table} "
                 "WHERE data IS NOT NULL ORDER BY name"
             ).fetchall()
         out = []
         for name, data, updated_at, updated_by in rows:
             try:
-                out.append(StoredRule(name, json.loads(data), updated_at, updated_by))
+                out.append(StoredItem(name, json.loads(data), updated_at, updated_by))
             except ValueError as exc:
-                logger.warning("aegis_mw: the stored rule %r is left out: %s", name, exc)
+                logger.warning("aegis_mw: the stored %s %r is left out: %s", kind, name, exc)
         return int(revision), out
 
-    def _next_revision(self, connection: Any) -> int:
+    def _next_revision(self, connection: Any, table: str) -> int:
         if self.dialect != "sqlite":
             # Writers one at a time (SQLite's BEGIN IMMEDIATE already makes
             # them so): two may not take the same revision, or a reader that
             # saw the first would miss the second. Readers are not blocked.
-            connection.execute("LOCK TABLE aegis_alert_rules IN SHARE ROW EXCLUSIVE MODE")
-        row = connection.execute(_REVISION).fetchone()
+            connection.execute(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
+        row = connection.execute(f"SELECT coalesce(max(revision), 0) FROM {table}").fetchone()
         return int(row[0]) + 1
 
-    def put_rule(self, rule: Mapping[str, Any], actor: str, now: float, limit: int) -> str:
-        name = str(rule["name"])
+    def put_item(
+        self, kind: str, name: str, data: Mapping[str, Any], actor: str, now: float, limit: int
+    ) -> str:
+        table = _TABLES[kind]
         with self._transaction() as connection:
-            revision = self._next_revision(connection)
+            revision = self._next_revision(connection, table)
             known = connection.execute(
-                self._sql("SELECT 1 FROM aegis_alert_rules WHERE name = ? AND data IS NOT NULL"),
-                (name,),
+                self._sql(f"SELECT 1 FROM {table} WHERE name = ? AND data IS NOT NULL"), (name,)
             ).fetchone()
             if known is None:
                 count = connection.execute(
-                    "SELECT count(*) FROM aegis_alert_rules WHERE data IS NOT NULL"
+                    f"SELECT count(*) FROM {table} WHERE data IS NOT NULL"
                 ).fetchone()[0]
                 if count >= limit:
                     raise TooMany(limit)
             connection.execute(
                 self._sql(
-                    "INSERT INTO aegis_alert_rules (name, data, revision, updated_at, updated_by) "
+                    f"INSERT INTO {table} (name, data, revision, updated_at, updated_by) "
                     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET data = excluded.data, "
                     "revision = excluded.revision, updated_at = excluded.updated_at, "
                     "updated_by = excluded.updated_by"
                 ),
-                (name, json.dumps(dict(rule)), revision, now, actor),
+                (name, json.dumps(dict(data)), revision, now, actor),
             )
             action = "update" if known else "create"
-            self._write_audit(connection, audit_row(now, actor, action, f"rule {name}", rule))
+            row = audit_row(now, actor, action, f"{kind} {name}", _shown(kind, data))
+            self._write_audit(connection, row)
+            if kind == CHANNEL and action == "create":
+                self._skip_pending(connection, name, now, _EARLIER, before=now)
             return action
 
-    def delete_rule(self, name: str, actor: str, now: float) -> bool:
+    def _skip_pending(
+        self, connection: Any, channel: str, now: float, reason: str, before: float | None = None
+    ) -> int:
+        """Skip a channel's pending notices (made before ``before``, if given)."""
+        cursor = connection.execute(
+            self._sql(
+                "UPDATE aegis_alert_outbox SET state = 'skipped', last_error = ?, done_at = ?, "
+                "claimed_by = '', claimed_until = 0 WHERE channel = ? AND state = 'pending' "
+                "AND created_at < ?"
+            ),
+            (reason, now, channel, float("inf") if before is None else before),
+        )
+        return int(cursor.rowcount)
+
+    def delete_item(
+        self, kind: str, name: str, actor: str, now: float, *, notices: bool = True
+    ) -> bool:
+        table = _TABLES[kind]
         with self._transaction() as connection:
-            revision = self._next_revision(connection)
+            revision = self._next_revision(connection, table)
             row = connection.execute(
-                self._sql("SELECT data FROM aegis_alert_rules WHERE name = ? AND data IS NOT NULL"),
-                (name,),
+                self._sql(f"SELECT data FROM {table} WHERE name = ? AND data IS NOT NULL"), (name,)
             ).fetchone()
             if row is None:
                 return False
-            # Kept as a tombstone: its revision tells every process the rule
+            # Kept as a tombstone: its revision tells every process the item
             # is gone (a revision that went down could match one seen before).
             connection.execute(
                 self._sql(
-                    "UPDATE aegis_alert_rules SET data = NULL, revision = ?, updated_at = ?, "
+                    f"UPDATE {table} SET data = NULL, revision = ?, updated_at = ?, "
                     "updated_by = ? WHERE name = ?"
                 ),
                 (revision, now, actor, name),
             )
-            detail = json.loads(row[0])
-            self._write_audit(connection, audit_row(now, actor, "delete", f"rule {name}", detail))
+            detail = _shown(kind, json.loads(row[0]))
+            self._write_audit(connection, audit_row(now, actor, "delete", f"{kind} {name}", detail))
+            if kind == CHANNEL and notices:  # nothing more goes there; no longer disabled
+                self._skip_pending(connection, name, now, _DELETED)
+                connection.execute(
+                    self._sql("DELETE FROM aegis_alert_channels WHERE channel = ?"), (name,)
+                )
             return True
 
     def add_audit(
@@ -1200,15 +1268,7 @@ class SQLAlertStore:
 
     def skip_channel(self, channel: str, before: float, now: float, reason: str) -> int:
         with self._transaction() as connection:
-            cursor = connection.execute(
-                self._sql(
-                    "UPDATE aegis_alert_outbox SET state = 'skipped', last_error = ?, done_at = ?, "
-                    "claimed_by = '', claimed_until = 0 WHERE channel = ? AND state = 'pending' "
-                    "AND created_at < ?"
-                ),
-                (reason, now, channel, before),
-            )
-            return int(cursor.rowcount)
+            return self._skip_pending(connection, channel, now, reason, before)
 
     def remove_report(self, process: str) -> None:
         with self._transaction() as connection:
@@ -1333,6 +1393,17 @@ def _silences(texts: Iterable[str]) -> list[Silence]:
         except (ValueError, TypeError) as exc:
             logger.warning("aegis_mw: a stored silence is left out: %s", exc)
     return out
+
+
+#: Why the pending notices of a channel the API deleted are skipped, and
+#: those an API channel made again under the same name finds.
+_DELETED = "the channel was deleted through the API"
+_EARLIER = "made for an earlier channel of this name"
+
+
+def _shown(kind: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    """What the audit keeps of a rule or channel: a channel's secrets hidden."""
+    return public_settings(data) if kind == CHANNEL else dict(data)
 
 
 def _audit_row(now: float, actor: str, action: str, silence: Silence) -> dict[str, Any]:

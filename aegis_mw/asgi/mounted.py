@@ -28,9 +28,9 @@ from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
-from ..access.check import EDITOR, Decision, decide
+from ..access.check import ADMIN, EDITOR, Decision, decide
 from ..core.access_rules import AccessRule
-from ..endpoints.alert_writes import MAX_BODY, WRITES, AlertWrites, too_large
+from ..endpoints.alert_writes import MAX_BODY, WRITES, AlertWrites, too_large, write_role
 from ..endpoints.api import PARAMETERS, MetricsAPI
 from ..endpoints.app_routes import HasRoute, report
 from ..endpoints.dashboard import render as render_dashboard
@@ -109,17 +109,21 @@ def origin_allowed(scope: Scope, allowed: tuple[str, ...]) -> bool:
     return bool(host) and origin.partition("://")[2] == host
 
 
-def write_refusal(scope: Scope, method: str, decision: Decision) -> Response | None:
-    """Why a write is refused, or None: it needs the editor role, a JSON
+def write_refusal(
+    scope: Scope, method: str, decision: Decision, role: str = EDITOR
+) -> Response | None:
+    """Why a write is refused, or None: it needs ``role`` (editor or admin), a JSON
     body (a form cannot send one), and no sign of another site: an
     ``Origin`` other than the request's own host, ``Sec-Fetch-Site`` saying
     cross-site, or (for a write a cookie authorises, which a browser adds
     by itself, whatever else the request carries) no ``Origin`` at all."""
-    if not decision.may(EDITOR):
+    if not decision.may(role):
+        given = "admin_tokens or admin_basic" if role == ADMIN else (
+            "editor_tokens, editor_basic, admin_tokens or admin_basic"
+        )  # fmt: skip
         return Response.error(
             403, "forbidden",
-            f"{method} needs the editor role: give the api group editor_tokens, editor_basic, "
-            "admin_tokens or admin_basic, and use one of them",
+            f"{method} needs the {role} role: give the api group {given}, and use one of them",
         )  # fmt: skip
     site = header(scope, b"sec-fetch-site").strip().lower()
     if site and site not in ("same-origin", "none"):
@@ -276,7 +280,7 @@ class MountedRoutes:
         reads = _READ_METHODS if endpoint is None or endpoint in PARAMETERS else ()
         writes = WRITES.get(endpoint, ()) if endpoint is not None else ()
         if method in writes:
-            return write_refusal(scope, method, decision), decision
+            return write_refusal(scope, method, decision, write_role(endpoint or "")), decision
         if method not in reads:
             allowed = ", ".join((*reads, *writes))
             message = f"{method} is not allowed here; use {allowed}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import ipaddress
 import itertools
 import json
 import math
@@ -67,6 +68,26 @@ def _cidr_list(value: Any) -> tuple[str, ...]:
             warnings.warn(
                 f"trusted_proxies includes {network}: every peer is trusted, so any client "
                 "can set its own client_ip with a forwarded-for header",
+                AegisConfigWarning,
+                stacklevel=2,
+            )
+    return entries
+
+
+#: The cloud metadata addresses (AWS, GCP, Azure; AWS over IPv6): a
+#: channel that reaches them can read the host's cloud credentials.
+_METADATA = (ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254"))
+
+
+def _network_list(value: Any) -> tuple[str, ...]:
+    entries = _string_list(value)
+    for network in parse_networks(entries):  # ValueError for one not in CIDR form
+        if network.prefixlen == 0 or any(
+            address.version == network.version and address in network for address in _METADATA
+        ):
+            warnings.warn(
+                f"alert_api_networks includes {network}: the API's alert channels can then "
+                "reach every address of it, the cloud metadata service among them",
                 AegisConfigWarning,
                 stacklevel=2,
             )
@@ -419,6 +440,11 @@ _RULES: dict[str, _Rule] = {
     "alert_readiness_inhibits": _Rule(
         _boolean, "true or false (1/0, yes/no, on/off in text)", _bool_text
     ),
+    "alert_api_networks": _Rule(
+        _network_list,
+        "a list of IP networks in CIDR form such as '10.0.0.0/8' that the API's alert "
+        "channels may send to",
+    ),
     "alert_mute_windows": _Rule(
         _policy_list("mute window"), "a list of mute windows (see docs/alerts.md)"
     ),
@@ -548,6 +574,9 @@ class AegisSettings:
     #: The built-in aegis_readiness_failing alert, which holds back the error
     #: and latency alerts' firings (its symptoms) while it fires.
     alert_readiness_inhibits: bool = True
+    #: Networks (CIDR) the alert channels written through the API may send
+    #: to although they are not public; none by default (docs/alerts.md).
+    alert_api_networks: tuple[str, ...] = ()
     #: Recurring times (in a time zone) when the channels that name them are
     #: not told of firings (docs/alerts.md, "Silences").
     alert_mute_windows: Any = ()

@@ -1,9 +1,12 @@
 """The API's writes: alert rules, silences, a test notice, a dry run.
 
-Routes (under ``api_path``), each for the editor role or above::
+Routes (under ``api_path``), each for the editor role or above (channels:
+the admin role)::
 
     PUT    /alert-rules              a rule (its fields as JSON): created or replaced
     DELETE /alert-rules?name=NAME    removed (its firing alerts are resolved)
+    PUT    /alert-channels           a channel ({"name": ..., its settings}): created or replaced
+    DELETE /alert-channels?name=NAME removed (its pending notices are skipped)
     POST   /alert-rules/dry-run      {"rule": {...}} or {"name": ...}; "hours", "step"
     POST   /silences                 a silence: created, or updated when its id exists
     DELETE /silences?id=ID           expired now
@@ -31,13 +34,16 @@ import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..access.check import ADMIN, EDITOR
+from ..alerts.api_channels import check_name, public_settings, unreachable
 from ..alerts.dry_run import MAX_SPAN, replay
 from ..alerts.matchers import PolicyError
 from ..alerts.outbox import send_test
 from ..alerts.rules import RuleError, parse_duration, rule_from_mapping
 from ..alerts.service import API_RULE_LIMIT, BUILTIN_RULES
 from ..alerts.silences import parse_time, silence_from_mapping
-from ..alerts.store import TooMany
+from ..alerts.store import CHANNEL, RULE, TooMany
+from ..core.errors import ConfigError
 from ..history.ranges import QueryError
 from .api import check_text, query_parameters
 from .response import Response
@@ -50,10 +56,23 @@ logger = logging.getLogger("aegis_mw.api")
 #: endpoint -> the methods that write there
 WRITES: Mapping[str, tuple[str, ...]] = {
     "alert-rules": ("PUT", "DELETE"),
+    "alert-channels": ("PUT", "DELETE"),
     "alert-rules/dry-run": ("POST",),
     "silences": ("POST", "DELETE"),
     "channel-test": ("POST",),
 }
+#: endpoint -> the role its writes need (EDITOR when not named): a channel
+#: decides where the app's alerts go and holds secrets.
+WRITE_ROLES: Mapping[str, str] = {"alert-channels": ADMIN}
+
+
+def write_role(endpoint: str) -> str:
+    """The role the writes of ``endpoint`` need."""
+    return WRITE_ROLES.get(endpoint, EDITOR)
+
+
+#: The most channels the API may keep in the store (besides the settings' own).
+API_CHANNEL_LIMIT = 100
 #: The largest body taken (a rule, a silence): a larger one answers 413.
 MAX_BODY = 64 * 1024
 #: A dry run over the API covers at most this many evaluations (the CLI more).
@@ -183,7 +202,11 @@ class AlertWrites:
             if endpoint == "alert-rules":
                 if method == "PUT":
                     return self._put_rule(alerts, _json_object(body), actor)
-                return self._delete_rule(alerts, _query(query_string, "name"), actor)
+                return self._delete(alerts, RULE, _query(query_string, "name"), actor)
+            if endpoint == "alert-channels":
+                if method == "PUT":
+                    return self._put_channel(alerts, _json_object(body), actor)
+                return self._delete(alerts, CHANNEL, _query(query_string, "name"), actor)
             if endpoint == "silences":
                 if method == "POST":
                     return self._put_silence(alerts, _json_object(body), actor)
@@ -221,30 +244,76 @@ class AlertWrites:
                 409, "conflict",
             )  # fmt: skip
         try:
-            action = alerts.store.put_rule(rule.to_mapping(), actor, alerts.wall(), API_RULE_LIMIT)
+            action = alerts.store.put_item(
+                RULE, rule.name, rule.to_mapping(), actor, alerts.wall(), API_RULE_LIMIT
+            )
         except TooMany:
             raise BadInput(
                 "name", f"at most {API_RULE_LIMIT} rules are kept through the API; delete one",
                 409, "too_many_rules",
             ) from None  # fmt: skip
+        alerts.reload()
         status = 201 if action == "create" else 200
         return Response.json(status, {"data": {"rule": rule.to_mapping(), "action": action}})
 
-    def _delete_rule(self, alerts: AlertService, name: str, actor: str) -> Response:
-        # A stored rule goes whatever shadows it (a settings rule of the same
-        # name leaves it out of the evaluation): it still counts to the limit.
-        if alerts.store.delete_rule(name, actor, alerts.wall()):
+    def _delete(self, alerts: AlertService, kind: str, name: str, actor: str) -> Response:
+        """Remove a rule or a channel of the API. A stored one goes whatever
+        shadows it (a settings rule of the same name leaves it out of the
+        evaluation): it still counts to the limit. A channel's pending
+        notices go with it, unless the settings have a channel of its name."""
+        source = alerts.rule_source(name) if kind == RULE else alerts.channel_source(name)
+        own = source in ("settings", "builtin")
+        if alerts.store.delete_item(kind, name, actor, alerts.wall(), notices=not own):
+            alerts.reload()
             return Response.json(200, {"data": {"name": name, "action": "delete"}})
-        source = alerts.rule_source(name)
-        if source in ("settings", "builtin"):
+        if own:
             raise BadInput(
-                "name", f"the rule {name!r} is the app's own ({source}); remove it there",
+                "name", f"the {kind} {name!r} is the app's own ({source}); remove it there",
                 409, "conflict", in_query=True,
             )  # fmt: skip
         raise BadInput(
-            "name", f"no rule {name!r} was written through the API", 404, "not_found",
+            "name", f"no {kind} {name!r} was written through the API", 404, "not_found",
             in_query=True,
         )  # fmt: skip
+
+    # -- channels -----------------------------------------------------------------
+    def _put_channel(self, alerts: AlertService, data: dict[str, Any], actor: str) -> Response:
+        try:
+            name = check_name(data.get("name"))
+        except ValueError as exc:
+            raise BadInput("name", str(exc)) from None
+        if alerts.channel_source(name) == "settings":
+            raise BadInput(
+                "name", f"the channel {name!r} is the app's own; change it in its settings",
+                409, "conflict",
+            )  # fmt: skip
+        settings = {key: value for key, value in data.items() if key != "name"}
+        try:
+            # Checked as every process will check it: its references must
+            # be set here too, its address public or in alert_api_networks.
+            channel = alerts.build_api_channel(name, settings)
+        except ConfigError as error:
+            field = error.option.removeprefix("channel.")
+            raise BadInput(field, f"{field}: {error.allowed}") from None
+        except TypeError as exc:  # a field of the wrong kind the checks did not name
+            raise BadInput("body", f"the channel is invalid: {exc}") from None
+        # A host name is resolved now too (every send checks it again).
+        refused = unreachable(channel, alerts.api_networks)
+        if refused is not None:
+            raise BadInput(refused[0], f"{refused[0]}: {refused[1]}")
+        try:
+            action = alerts.store.put_item(
+                CHANNEL, name, settings, actor, alerts.wall(), API_CHANNEL_LIMIT
+            )
+        except TooMany:
+            raise BadInput(
+                "name", f"at most {API_CHANNEL_LIMIT} channels are kept through the API; "
+                "delete one", 409, "too_many_channels",
+            ) from None  # fmt: skip
+        alerts.reload()
+        status = 201 if action == "create" else 200
+        shown = {"name": name, **public_settings(settings)}
+        return Response.json(status, {"data": {"channel": shown, "action": action}})
 
     # -- silences -----------------------------------------------------------------
     def _put_silence(self, alerts: AlertService, data: dict[str, Any], actor: str) -> Response:

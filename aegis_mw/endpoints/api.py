@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+from ..alerts.api_channels import public_settings
+from ..alerts.channels import channel_kind
 from ..core.history import RequestQuery
 from ..core.labels import STANDARD_METHODS
 from ..core.record import OTHER_METHOD, RequestRecord
@@ -59,6 +61,7 @@ PARAMETERS: Mapping[str, tuple[str, ...]] = {
     ),
     "alerts": (),
     "alert-rules": (),
+    "alert-channels": (),
     "alert-history": ("limit", "before"),
     "silences": (),
     "openapi.json": (),
@@ -254,6 +257,29 @@ def rules_answer(alerts: AlertService | None) -> list[dict[str, Any]]:
     return out
 
 
+def channels_answer(alerts: AlertService | None) -> dict[str, Any]:
+    """Every channel notices go to, where it comes from (``settings`` or
+    ``api``: only the API's can be changed through it) and, for the API's,
+    their settings without secrets, who wrote them and when; the stored
+    channels left out, and why."""
+    if alerts is None:
+        return {"channels": [], "left_out": []}
+    out = []
+    for name, channel in sorted(alerts.channels.items()):
+        row = alerts.api_channel_rows.get(name)
+        out.append({
+            "name": name, "type": channel_kind(channel), "source": alerts.channel_source(name),
+            "severities": list(channel.severities),
+            "settings": None if row is None else public_settings(row.data),
+            "updated_at": None if row is None else row.updated_at,
+            "updated_by": None if row is None else row.updated_by,
+        })  # fmt: skip
+    left_out = [
+        {"name": name, "reason": why} for name, why in sorted(alerts.channels_left_out.items())
+    ]
+    return {"channels": out, "left_out": left_out}
+
+
 def silences_answer(alerts: AlertService | None) -> dict[str, Any]:
     """The silences not yet ended, the mute windows, the inhibit rules, and
     the latest changes to silences (who, what, when)."""
@@ -333,6 +359,8 @@ class MetricsAPI:
                 ]  # fmt: skip
                 data = {"rules": rules_answer(alerts), "left_out": left_out}
                 return Response.json(200, {"data": data})
+            if endpoint == "alert-channels":
+                return Response.json(200, {"data": channels_answer(self._aegis.alerts)})
             if endpoint == "alert-history":
                 for name, value in params.items():
                     check_text(name, value)

@@ -306,18 +306,19 @@ _RULE_BODY = {
     "properties": _RULE_FIELDS,
     "additionalProperties": False,
 }
+_LEFT_OUT = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["name", "reason"],
+        "properties": {"name": {"type": "string"}, "reason": {"type": "string"}},
+    },
+}
 _SCHEMAS["alert-rules"] = {
     "type": "object",
     "required": ["rules", "left_out"],
     "properties": {
-        "left_out": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["name", "reason"],
-                "properties": {"name": {"type": "string"}, "reason": {"type": "string"}},
-            },
-        },
+        "left_out": _LEFT_OUT,
         "rules": {
             "type": "array",
             "items": {
@@ -332,6 +333,44 @@ _SCHEMAS["alert-rules"] = {
                 },
             },
         },
+    },
+}
+_CHANNEL_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
+_SCHEMAS["alert-channels"] = {
+    "type": "object",
+    "required": ["channels", "left_out"],
+    "properties": {
+        "left_out": _LEFT_OUT,
+        "channels": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "type", "source", "severities"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "type": {"type": "string"},
+                    "source": {"type": "string", "enum": ["settings", "api"]},
+                    "severities": {"type": "array", "items": {"type": "string"}},
+                    "settings": {
+                        "type": ["object", "null"],
+                        "description": "The API's channels: their settings, each secret given "
+                        "as it is shown as (hidden)",
+                    },
+                    "updated_at": _NUMBER_OR_NULL,
+                    "updated_by": _STRING_OR_NULL,
+                },
+            },
+        },
+    },
+}
+_CHANNEL_BODY = {
+    "type": "object",
+    "required": ["name", "type"],
+    "description": "A channel's settings as in alert_channels (docs/alerts.md), with its name; "
+    "no allow_private, no ca_file, secrets as text or env:ALERT_SECRET_NAME",
+    "properties": {
+        "name": _CHANNEL_NAME,
+        "type": {"type": "string", "enum": ["webhook", "slack", "pagerduty", "email"]},
     },
 }
 _NOTICE = {
@@ -437,6 +476,7 @@ _PARAMETERS: dict[str, list[dict[str, Any]]] = {
 }
 _PARAMETERS["alerts"] = []
 _PARAMETERS["alert-rules"] = []
+_PARAMETERS["alert-channels"] = []
 _PARAMETERS["silences"] = []
 _PARAMETERS["alert-history"] = [
     _query("limit", _LIMIT, "Page size (default 100)."),
@@ -454,6 +494,8 @@ _SUMMARIES = {
     "requests": "The stored request log, newest first",
     "alerts": "Alerts pending or firing, rules without data, and every rule with its health",
     "alert-rules": "Every rule evaluated, where it comes from, and who wrote those of the API",
+    "alert-channels": "Every channel notices go to, where it comes from, and the API's settings "
+    "without secrets",
     "alert-history": "Alert transitions and their notices to each channel, newest first",
     "silences": "Silences not yet ended, mute windows, inhibit rules and the silences' audit",
 }
@@ -545,6 +587,14 @@ _WRITES: dict[tuple[str, str], tuple[str, str, list[dict[str, Any]], Any]] = {
         "delete_alert_rule", "Remove a rule of the API; its firing alerts resolve (editor role)",
         _name_query("name", "The rule's name."), None,
     ),
+    ("alert-channels", "put"): (
+        "put_alert_channel", "Create or replace a channel of the API (admin role)", [],
+        _CHANNEL_BODY,
+    ),
+    ("alert-channels", "delete"): (
+        "delete_alert_channel", "Remove a channel of the API; its pending notices are skipped "
+        "(admin role)", _name_query("name", "The channel's name."), None,
+    ),
     ("alert-rules/dry-run", "post"): (
         "dry_run", "Would this rule fire now, and when over the last hours? (editor role)", [],
         _DRY_RUN_BODY,
@@ -566,9 +616,10 @@ _WRITES: dict[tuple[str, str], tuple[str, str, list[dict[str, Any]], Any]] = {
     ),
 }  # fmt: skip
 _WRITE_ERRORS = {
-    "description": "Refused, named in the error: 401/403 (not an editor, or from another "
-    "site), 404 (no such rule, silence or channel), 409 (a rule of the settings, too many "
-    "rules, alerts off), 413 (body over 64 KiB), 415 (not JSON), 429 (a dry run is running)",
+    "description": "Refused, named in the error: 401/403 (not an editor, not an admin for "
+    "channels, or from another site), 404 (no such rule, silence or channel), 409 (a rule or "
+    "channel of the settings, too many rules or channels, alerts off), 413 (body over 64 KiB), "
+    "415 (not JSON), 429 (a dry run is running)",
     "content": _ERROR["content"],
 }
 

@@ -374,6 +374,22 @@ MIGRATIONS: tuple[tuple[str | Callable[[psycopg.Connection[Any]], None], ...], .
         )
         """,
     ),
+    (
+        # Alert channels written through the API (aegis_mw.alerts.store),
+        # kept as the rules are: a deleted one stays as a tombstone. Their
+        # revisions are their own: a channel's change does not reload rules.
+        """
+        CREATE TABLE aegis_alert_channel_configs (
+            name text PRIMARY KEY,
+            data text,
+            revision bigint NOT NULL,
+            updated_at double precision NOT NULL,
+            updated_by text NOT NULL
+        )
+        """,
+        "CREATE INDEX aegis_alert_channel_configs_revision "
+        "ON aegis_alert_channel_configs (revision)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

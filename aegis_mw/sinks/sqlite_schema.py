@@ -302,6 +302,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID
         """,
     ),
+    (
+        # Alert channels written through the API (aegis_mw.alerts.store),
+        # kept as the rules are: a deleted one stays as a tombstone. Their
+        # revisions are their own: a channel's change does not reload rules.
+        """
+        CREATE TABLE aegis_alert_channel_configs (
+            name TEXT PRIMARY KEY,
+            data TEXT,
+            revision INTEGER NOT NULL,
+            updated_at REAL NOT NULL,
+            updated_by TEXT NOT NULL
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX aegis_alert_channel_configs_revision "
+        "ON aegis_alert_channel_configs (revision)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

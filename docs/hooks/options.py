@@ -86,6 +86,10 @@ DESCRIPTIONS: dict[str, str] = {
         "([Alerts](alerts.md#channels)); from `AEGIS_ALERT_CHANNELS` as JSON text."
     ),
     "alert_interval": "Seconds between evaluations of the alert rules ([Alerts](alerts.md)).",
+    "alert_api_networks": (
+        "IP networks (CIDR) the alert channels written through the API may send to although "
+        "they are not public; none by default ([Alerts](alerts.md#channels-through-the-api))."
+    ),
     "alert_readiness_inhibits": (
         "The built-in `aegis_readiness_failing` alert, which holds back the firings of the "
         "error and latency alerts while it fires ([Alerts](alerts.md#health-and-the-pipeline))."

@@ -17,6 +17,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from aegis_mw import Aegis, AegisMiddleware
+from aegis_mw.alerts.store import RULE as RULE_KIND
 from aegis_mw.testing import FakeClock
 from tests.endpoints.test_api import client, flush, starlette_app
 
@@ -141,7 +142,7 @@ async def test_a_write_from_another_site_is_refused(
             headers={"content-type": "application/json", **bearer(EDITOR), **headers},
         )  # fmt: skip
         assert (answer.status_code, answer.json()["error"]["code"]) == (status, code)
-    assert aegis.alerts is not None and aegis.alerts.store.api_rules()[1] == []
+    assert aegis.alerts is not None and aegis.alerts.store.api_items(RULE_KIND)[1] == []
 
 
 async def test_the_cookie_writes_only_with_its_own_origin(
@@ -201,7 +202,7 @@ async def test_bodies_are_checked(make_aegis: Callable[..., Aegis], tmp_path: Pa
         ] == "POST"
         post = await http.post(f"{API}/alert-rules", json=RULE, headers=bearer(EDITOR))
         assert post.status_code == 405 and post.headers["allow"] == "GET, HEAD, PUT, DELETE"
-    assert aegis.alerts is not None and aegis.alerts.store.api_rules()[1] == []
+    assert aegis.alerts is not None and aegis.alerts.store.api_items(RULE_KIND)[1] == []
 
 
 # -- rules ----------------------------------------------------------------------------
@@ -277,11 +278,13 @@ async def test_another_process_takes_the_rule_at_its_next_tick(
         assert (await http.put(f"{API}/alert-rules", json=RULE)).status_code == 201
     await tick(reader)
     assert [r.name for r in reader.alerts.rules] == ["boom_errors", "aegis_readiness_failing"]
-    reader.alerts.store.put_rule({"name": "broken", "input": "nope"}, "test", 0.0, 10)
+    reader.alerts.store.put_item(
+        RULE_KIND, "broken", {"name": "broken", "input": "nope"}, "test", 0.0, 10
+    )
     await tick(reader)
     assert [r.name for r in reader.alerts.rules] == ["boom_errors", "aegis_readiness_failing"]
     assert reader.alerts.failures == 0
-    reader.alerts.store.delete_rule("boom_errors", "test", 0.0)
+    reader.alerts.store.delete_item(RULE_KIND, "boom_errors", "test", 0.0)
     await tick(reader)
     assert reader.alerts.rules == ()
 
@@ -401,7 +404,10 @@ async def test_a_dry_run_tells_whether_and_when_a_rule_would_fire(
         assert data["health"] == "" and len(data["periods"]) == 1
         assert "firing" in [t["kind"] for t in data["transitions"]]
         # Nothing written, nobody told.
-        assert aegis.alerts.store.history(10) == [] and aegis.alerts.store.api_rules()[1] == []
+        assert (
+            aegis.alerts.store.history(10) == []
+            and aegis.alerts.store.api_items(RULE_KIND)[1] == []
+        )
         too_fine = await http.post(
             f"{API}/alert-rules/dry-run", json={"rule": RULE, "hours": 24, "step": "1s"}
         )
@@ -457,7 +463,7 @@ async def test_a_store_that_fails_answers_503_not_500(
     def down(*args: Any) -> None:
         raise OSError("disk I/O error")
 
-    monkeypatch.setattr(aegis.alerts.store, "put_rule", down)
+    monkeypatch.setattr(aegis.alerts.store, "put_item", down)
     async with client(app, **bearer(EDITOR)) as http:
         answer = await http.put(f"{API}/alert-rules", json=RULE)
     assert answer.status_code == 503 and answer.json()["error"]["code"] == "storage_unavailable"
@@ -604,7 +610,7 @@ async def test_a_client_that_leaves_mid_body_gets_nothing_and_writes_nothing(
     }  # fmt: skip
     await app(scope, receive, send)
     assert sent == []
-    assert aegis.alerts is not None and aegis.alerts.store.api_rules()[1] == []
+    assert aegis.alerts is not None and aegis.alerts.store.api_items(RULE_KIND)[1] == []
 
 
 async def test_a_stored_rule_a_settings_rule_shadows_is_listed_and_can_go(

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from aegis_mw import Aegis
+from aegis_mw.alerts.store import RULE as RULE_KIND
 from aegis_mw.wsgi import AegisWSGIMiddleware
 from tests.wsgi.test_middleware import environ_for, serve
 
-from .test_api_writes import ACCESS, API, EDITOR, RULE, VIEWER
+from .test_api_writes import ACCESS, ADMIN, API, EDITOR, RULE, VIEWER
 
 JSON = {"CONTENT_TYPE": "application/json", "HTTP_AUTHORIZATION": f"Bearer {EDITOR}"}
 
@@ -62,6 +63,24 @@ def test_wsgi_writes(pipeline: Aegis) -> None:
     assert pipeline.alerts is not None
     assert [a["action"] for a in pipeline.alerts.store.audit(5)] == ["delete", "create"]
     assert pipeline.alerts.store.audit(5)[0]["actor"] == "editor token 2 via api from 10.1.2.3"
+
+
+@pytest.mark.usefixtures("names")
+def test_wsgi_channel_writes_need_the_admin(pipeline: Aegis) -> None:
+    app = AegisWSGIMiddleware(plain, aegis=pipeline)
+    channel = {"name": "ops", "type": "slack", "url": "https://hooks.example/T0/B0/secret-part"}
+    body = json.dumps(channel).encode()
+    refused, _ = serve(app, environ_for(f"{API}/alert-channels", "PUT", body, **JSON))
+    assert refused.status == "403 Forbidden"
+    admin = {**JSON, "HTTP_AUTHORIZATION": f"Bearer {ADMIN}"}
+    made, answer = serve(app, environ_for(f"{API}/alert-channels", "PUT", body, **admin))
+    assert made.status == "201 Created", answer
+    listed, text = serve(app, environ_for(f"{API}/alert-channels", "GET", **admin))
+    assert listed.status == "200 OK" and b"secret-part" not in text and b"(hidden)" in text
+    gone, _ = serve(
+        app, environ_for(f"{API}/alert-channels", "DELETE", QUERY_STRING="name=ops", **admin)
+    )
+    assert gone.status == "200 OK"
 
 
 django = pytest.importorskip("django")
@@ -120,7 +139,7 @@ async def test_django_writes_under_asgi(anyio_backend: str, django_pipeline: Aeg
     )  # fmt: skip
     assert bad.status_code == 400 and bad.json()["error"]["field"] == "body"
     assert django_pipeline.alerts is not None
-    assert [r.name for r in django_pipeline.alerts.store.api_rules()[1]] == ["boom_errors"]
+    assert [r.name for r in django_pipeline.alerts.store.api_items(RULE_KIND)[1]] == ["boom_errors"]
 
 
 @pytest.mark.parametrize("terminated", [False, True])

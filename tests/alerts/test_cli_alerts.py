@@ -340,3 +340,33 @@ def test_a_bad_rule_in_the_settings_is_named(
     assert main(["alerts", "export", "--prometheus-rules", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "checkout_errors" in err and "threshold" in err
+
+
+def test_a_channel_written_through_the_api_is_tested_from_the_store(
+    tmp_path: Path, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Not in the settings: read from the store of the settings' sink and
+    built as the app builds it (its networks, its env: references)."""
+    from aegis_mw.alerts.store import CHANNEL
+    from tests.history.dataset import open_sink
+
+    database = tmp_path / "aegis.db"
+    sink = open_sink("sqlite", None, tmp_path)
+    hook = {"type": "webhook", "url": httpserver.url_for(f"/hook/{URL_TOKEN}"),
+            "secret": "env:ALERT_SECRET_CLI"}  # fmt: skip
+    sink.alert_store().put_item(CHANNEL, "api-ops", hook, "test", 0.0, 10)
+    sink.close()
+    monkeypatch.setenv("ALERT_SECRET_CLI", SECRET)
+    monkeypatch.setenv("AEGIS_SINK", f"sqlite:///{database}")
+    httpserver.expect_request(f"/hook/{URL_TOKEN}", method="POST").respond_with_data("ok")
+    # Its address is the host's own: refused unless alert_api_networks lets it.
+    assert main(["alerts", "test", "api-ops"]) == 1
+    assert "resolves to a loopback address" in capsys.readouterr().out
+    monkeypatch.setenv("AEGIS_ALERT_API_NETWORKS", "127.0.0.1/32,::1/128")
+    assert main(["alerts", "test", "api-ops"]) == 0
+    assert capsys.readouterr().out == "delivered\n"
+    (request, _), = httpserver.log  # fmt: skip
+    assert request.headers["webhook-signature"].startswith("v1,")
+    assert main(["alerts", "test", "nope"]) == 2
+    assert "through the API: api-ops" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from aegis_mw.alerts import AlertRule, Instance, evaluate
-from aegis_mw.alerts.store import MemoryAlertStore, changes_between
+from aegis_mw.alerts.store import RULE, MemoryAlertStore, changes_between
 from tests.history.dataset import open_sink
 
 from .timeline import START, ratio
@@ -136,22 +136,24 @@ def test_old_transitions_are_pruned_oldest_first_in_steps(store: Any) -> None:
 
 def test_rules_written_through_the_api_move_the_revision(store: Any) -> None:
     rule = {"name": "errors", "input": "error_ratio", "operator": ">", "threshold": 0.05}
-    assert store.rules_revision() == 0 and store.api_rules() == (0, [])
-    assert store.put_rule(rule, "ana", START, 10) == "create"
-    first = store.rules_revision()
-    assert store.put_rule({**rule, "threshold": 0.1}, "bob", START + 1, 10) == "update"
-    second, [row] = store.api_rules()
+    assert store.revisions().rules == 0 and store.api_items(RULE) == (0, [])
+    assert store.put_item(RULE, "errors", rule, "ana", START, 10) == "create"
+    first = store.revisions().rules
+    assert (
+        store.put_item(RULE, "errors", {**rule, "threshold": 0.1}, "bob", START + 1, 10) == "update"
+    )
+    second, [row] = store.api_items(RULE)
     assert second > first and (row.name, row.data["threshold"], row.updated_by) == (
         "errors", 0.1, "bob"
     )  # fmt: skip
-    assert store.delete_rule("errors", "ana", START + 2)
-    third = store.rules_revision()
-    assert third > second and store.api_rules() == (third, [])
-    assert not store.delete_rule("errors", "ana", START + 3)
-    assert store.rules_revision() == third  # nothing changed
+    assert store.delete_item(RULE, "errors", "ana", START + 2)
+    third = store.revisions().rules
+    assert third > second and store.api_items(RULE) == (third, [])
+    assert not store.delete_item(RULE, "errors", "ana", START + 3)
+    assert store.revisions().rules == third  # nothing changed
     # Made again after its deletion: a revision never seen before.
-    store.put_rule(rule, "ana", START + 4, 10)
-    assert store.rules_revision() > third
+    store.put_item(RULE, "errors", rule, "ana", START + 4, 10)
+    assert store.revisions().rules > third
     actions = [(a["action"], a["object"], a["actor"]) for a in store.audit(10)]
     assert actions == [
         ("create", "rule errors", "ana"), ("delete", "rule errors", "ana"),
@@ -165,14 +167,14 @@ def test_the_rule_limit_counts_live_rules(store: Any) -> None:
     def rule(name: str) -> dict[str, Any]:
         return {"name": name, "input": "request_rate", "operator": ">", "threshold": 1}
 
-    store.put_rule(rule("a"), "t", START, 2)
-    store.put_rule(rule("b"), "t", START, 2)
+    store.put_item(RULE, "a", rule("a"), "t", START, 2)
+    store.put_item(RULE, "b", rule("b"), "t", START, 2)
     with pytest.raises(TooMany):
-        store.put_rule(rule("c"), "t", START, 2)
-    assert store.put_rule(rule("b"), "t", START, 2) == "update"  # not a new one
-    store.delete_rule("a", "t", START)
-    assert store.put_rule(rule("c"), "t", START, 2) == "create"
-    assert [row.name for row in store.api_rules()[1]] == ["b", "c"]
+        store.put_item(RULE, "c", rule("c"), "t", START, 2)
+    assert store.put_item(RULE, "b", rule("b"), "t", START, 2) == "update"  # not a new one
+    store.delete_item(RULE, "a", "t", START)
+    assert store.put_item(RULE, "c", rule("c"), "t", START, 2) == "create"
+    assert [row.name for row in store.api_items(RULE)[1]] == ["b", "c"]
 
 
 def test_writers_at_once_never_share_a_revision(store: Any) -> None:
@@ -187,7 +189,7 @@ def test_writers_at_once_never_share_a_revision(store: Any) -> None:
             for step in range(5):
                 rule = {"name": f"rule{index}", "input": "request_rate", "operator": ">",
                         "threshold": step}  # fmt: skip
-                store.put_rule(rule, "t", START, 100)
+                store.put_item(RULE, rule["name"], rule, "t", START, 100)
         except BaseException as exc:
             failures.append(exc)
 
@@ -197,8 +199,8 @@ def test_writers_at_once_never_share_a_revision(store: Any) -> None:
     for thread in threads:
         thread.join(timeout=60)
     assert failures == [] and not any(thread.is_alive() for thread in threads)
-    assert store.rules_revision() == 40  # one revision per write, none shared
-    assert len(store.api_rules()[1]) == 8
+    assert store.revisions().rules == 40  # one revision per write, none shared
+    assert len(store.api_items(RULE)[1]) == 8
 
 
 def test_a_silence_is_updated_only_while_it_has_not_ended(store: Any) -> None:
@@ -271,3 +273,56 @@ def test_reports_are_kept_per_process_and_age_out(store: Any) -> None:
     # A write deletes the reports older than its keep (processes gone).
     store.put_report("c", START + 100, {}, keep=50)
     assert store.reports(0) == [("c", {})]
+
+
+def test_channels_written_through_the_api_keep_their_own_revision(store: Any) -> None:
+    """A channel's write moves the channels' revision only (a rule's reload
+    is not paid for it); its deletion skips its pending notices and clears
+    its disabled state; the audit never holds a secret given as it is."""
+    from aegis_mw.alerts.outbox import ChannelState, Notice
+    from aegis_mw.alerts.store import CHANNEL
+
+    hook = {"type": "webhook", "url": "https://hooks.example/T0/secret-part",
+            "secret": "env:ALERT_SECRET_HOOK"}  # fmt: skip
+    assert store.put_item(CHANNEL, "hook", hook, "ada", START, 10) == "create"
+    assert store.revisions() == (0, 1)
+    revision, [row] = store.api_items(CHANNEL)
+    assert (revision, row.name, row.data, row.updated_by) == (1, "hook", hook, "ada")
+    assert store.api_items(RULE) == (0, [])
+    token = store.claim("a", START, 15)
+    notice = Notice("hook", "k1", '["errors", []]', "ep1", "{}", START)
+    assert store.commit("a", token, [], [], [], START + 15, [notice])
+    store.disable_channel(ChannelState("hook", "f", "gone", START, START + 60))
+    assert store.delete_item(CHANNEL, "hook", "ada", START + 1)
+    assert not store.delete_item(CHANNEL, "hook", "ada", START + 2)
+    assert store.revisions() == (0, 2) and store.api_items(CHANNEL) == (2, [])
+    assert store.channel_states() == {}
+    [skipped] = store.notices(10)
+    assert (skipped["state"], skipped["last_error"]) == (
+        "skipped", "the channel was deleted through the API"
+    )  # fmt: skip
+    audit = [(a["action"], a["object"], a["detail"]) for a in store.audit(10)]
+    shown = {**hook, "url": "(hidden)"}
+    assert audit == [("delete", "channel hook", shown), ("create", "channel hook", shown)]
+    assert "secret-part" not in repr(store.audit(10))
+
+
+def test_a_channel_made_again_does_not_take_an_earlier_ones_notices(store: Any) -> None:
+    """Notices written for a channel of the same name before it was made
+    (by a process that had not yet read the earlier one's deletion) are
+    skipped; those written after are its own."""
+    from aegis_mw.alerts.outbox import Notice
+    from aegis_mw.alerts.store import CHANNEL
+
+    token = store.claim("a", START, 15)
+    early = Notice("hook", "k1", '["errors", []]', "ep1", "{}", START)
+    assert store.commit("a", token, [], [], [], START + 15, [early])
+    slack = {"type": "slack", "url": "https://hooks.example/s"}
+    assert store.put_item(CHANNEL, "hook", slack, "ada", START + 10, 10) == "create"
+    late = Notice("hook", "k2", '["errors", []]', "ep2", "{}", START + 11)
+    assert store.commit("a", token, [], [], [], START + 15, [late])
+    assert store.put_item(CHANNEL, "hook", slack, "ada", START + 12, 10) == "update"
+    states = {row["notice_key"]: (row["state"], row["last_error"]) for row in store.notices(10)}
+    assert states == {
+        "k1": ("skipped", "made for an earlier channel of this name"), "k2": ("pending", ""),
+    }  # fmt: skip

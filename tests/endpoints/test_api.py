@@ -548,7 +548,8 @@ async def test_the_api_moves_with_api_path(make_aegis: Callable[..., Aegis]) -> 
         assert sorted(document["paths"]) == sorted(
             f"/internal/stats/{name}"
             for name in (
-                *HISTORY, "realtime", "alerts", "alert-rules", "alert-history", "silences",
+                *HISTORY, "realtime", "alerts", "alert-rules", "alert-channels", "alert-history",
+                "silences",
                 "alert-rules/dry-run", "channel-test",
             )
         )  # fmt: skip

@@ -175,7 +175,8 @@ def test_schema_is_created_on_first_write(
         "WHERE table_schema = current_schema() ORDER BY table_name",
     )
     assert [name for (name,) in tables] == [
-        "aegis_alert_attempts", "aegis_alert_audit", "aegis_alert_channels",
+        "aegis_alert_attempts", "aegis_alert_audit", "aegis_alert_channel_configs",
+        "aegis_alert_channels",
         "aegis_alert_instances", "aegis_alert_lease", "aegis_alert_outbox",
         "aegis_alert_reports", "aegis_alert_rules",
         "aegis_alert_silences", "aegis_alert_transitions",

@@ -162,6 +162,8 @@ def test_schema_is_created_on_first_write(
         ("index", "aegis_alert_attempts_notice", "aegis_alert_attempts"),
         ("table", "aegis_alert_audit", "aegis_alert_audit"),
         ("index", "aegis_alert_audit_at", "aegis_alert_audit"),
+        ("table", "aegis_alert_channel_configs", "aegis_alert_channel_configs"),
+        ("index", "aegis_alert_channel_configs_revision", "aegis_alert_channel_configs"),
         ("table", "aegis_alert_channels", "aegis_alert_channels"),
         ("table", "aegis_alert_instances", "aegis_alert_instances"),
         ("table", "aegis_alert_lease", "aegis_alert_lease"),
@@ -228,7 +230,7 @@ def test_reopening_an_existing_file_keeps_schema_and_rows(
         make_request(2).request_id,
     ]
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 32
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 34
 
 
 def test_batch_written_twice_is_stored_once(
@@ -416,7 +418,7 @@ def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path: Path) -> N
     versions = sorted(version for outcome in outcomes for version in outcome[3])
     assert versions == [0] + [SCHEMA_VERSION] * (PROCESSES - 1)
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 32
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 34
     ids = [row[0] for row in read_requests(path)]
     expected = sorted(
         f"{index:016x}{n:016x}" for index in range(PROCESSES) for n in range(RECORDS_PER_PROCESS)
