@@ -210,8 +210,9 @@ class RecentRollups:
     def __init__(self, recheck: float = 60.0, refresh: float = 300.0) -> None:
         self.recheck = recheck
         self.refresh = refresh
-        #: (resolution, per route) -> (the rows by bucket, read up to, refreshed at)
-        self._kept: dict[tuple[int, bool], tuple[Rows, int, float]] = {}
+        #: (resolution, per route) -> (the rows by bucket, read from, read up
+        #: to, refreshed at)
+        self._kept: dict[tuple[int, bool], tuple[Rows, int, int, float]] = {}
 
     def read(
         self, reader: RollupReader, resolution: int, by_route: bool, start: int, end: int,
@@ -221,10 +222,12 @@ class RecentRollups:
         key = (resolution, by_route)
         kept = self._kept.get(key)
         rows: Rows
-        if kept is None or now - kept[2] >= self.refresh or kept[1] < start:
+        # Read whole: the first time, every refresh, after a gap, and when the
+        # range starts before what was read (a rule with a longer window).
+        if kept is None or now - kept[3] >= self.refresh or kept[2] < start or start < kept[1]:
             first, rows, refreshed = start, {}, now
         else:
-            rows, through, refreshed = kept
+            rows, _, through, refreshed = kept
             first = max(start, min(through, end) - max(int(self.recheck), resolution))
             first -= first % resolution
         fresh: Rows = {}
@@ -232,7 +235,7 @@ class RecentRollups:
             fresh.setdefault(row.bucket, []).append(row)
         kept_rows = {b: r for b, r in rows.items() if start <= b < first}
         kept_rows.update(fresh)
-        self._kept[key] = (kept_rows, end, refreshed)
+        self._kept[key] = (kept_rows, start, end, refreshed)
         return kept_rows
 
 

@@ -349,10 +349,9 @@ class AlertService:
             self._refresh_channels()
         self.rules = self._all_rules()
         if self.rules != rules_before:
-            # The running sums start again over the new set of rules: one
-            # full read of each window (keeping the sums of the windows the
-            # old set shares is left for later: a late row must still be seen).
-            self._figures = SlidingFigures(self.reader, self.rules, self.settle)
+            # The sums of the windows the old set shares are kept; a new
+            # window is read whole once.
+            self._figures = self._figures.with_rules(self.rules)
         self._revisions = revisions
 
     def _refresh_rules(self) -> None:

@@ -63,6 +63,18 @@ class SlidingFigures:
         #: Per read (resolution, by route): its rows by bucket, and its end.
         self._seen: dict[tuple[int, bool], tuple[Rows, int]] = {}
 
+    def with_rules(self, rules: Sequence[AlertRule]) -> SlidingFigures:
+        """These figures for another set of rules (some added, changed or
+        removed through the API): the running sums of the windows the new
+        set still has are kept, with the rows read so far; a window new to
+        it starts from a full read (as a range that starts earlier than the
+        rows kept is read whole)."""
+        made = SlidingFigures(self.reader, rules, self.settle, self.recent)
+        kinds = {_kind(rule) for rule in made.rules}
+        made._sums = {kind: sums for kind, sums in self._sums.items() if kind in kinds}
+        made._seen = self._seen
+        return made
+
     def collect(
         self, now: float, states: Mapping[str, Mapping[Group, float] | Exception] | None = None
     ) -> Collected:
@@ -94,8 +106,7 @@ class SlidingFigures:
             if isinstance(read, Exception):
                 out[rule.name] = read
                 continue
-            kind = (rule.resolution, per_route(rule), rule.window, rule.route, rule.method,
-                    rule.group_by)  # fmt: skip
+            kind = _kind(rule)
             sums = self._sums.get(kind)
             if sums is None:
                 sums = self._sums[kind] = _Sums(rule)
@@ -120,6 +131,11 @@ class SlidingFigures:
                     changed.add(bucket)
         self._seen[key] = (dict(read), through)
         return changed
+
+
+def _kind(rule: AlertRule) -> tuple[Any, ...]:
+    """What a rule's running sums depend on: rules alike in it share them."""
+    return (rule.resolution, per_route(rule), rule.window, rule.route, rule.method, rule.group_by)
 
 
 class _Sums:
