@@ -80,8 +80,19 @@ def check_references(settings: Mapping[str, Any], where: str) -> None:
             )  # fmt: skip
 
 
+#: What a ConfigError of an API channel names its fields under.
+WHERE = "channel"
+
+
+def refusal(error: ConfigError) -> tuple[str, str]:
+    """The field an API channel's ConfigError names, and what it says
+    (never a secret's value: its "allowed" part only)."""
+    field = error.option.removeprefix(f"{WHERE}.")
+    return field, f"{field}: {error.allowed}"
+
+
 def api_channel(
-    name: str, settings: Mapping[str, Any], networks: Networks, where: str = "channel"
+    name: str, settings: Mapping[str, Any], networks: Networks, where: str = WHERE
 ) -> Channel:
     """The channel of stored or written settings, checked (ConfigError
     naming ``where.field``); ``networks``: the alert_api_networks setting."""

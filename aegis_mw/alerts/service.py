@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..core.errors import ConfigError
-from .api_channels import api_channel
+from .api_channels import WHERE, api_channel, refusal
 from .channels import Channel, Networks
 from .evaluator import (
     FIRING,
@@ -314,7 +314,7 @@ class AlertService:
         unknown = sorted(set(channel.mute_windows) - windows)
         if unknown:
             raise ConfigError(
-                "channel.mute_windows", unknown[0],
+                f"{WHERE}.mute_windows", unknown[0],
                 f"a name of alert_mute_windows ({', '.join(sorted(windows)) or 'none defined'})",
             )  # fmt: skip
         return channel
@@ -389,8 +389,8 @@ class AlertService:
                 continue
             try:
                 channels[row.name] = self.build_api_channel(row.name, row.data)
-            except ConfigError as exc:  # its "allowed": never a secret's value
-                left_out[row.name] = f"{exc.option.removeprefix('channel.')}: {exc.allowed}"
+            except ConfigError as exc:
+                left_out[row.name] = refusal(exc)[1]
             except Exception as exc:  # not a mapping, a field of the wrong kind
                 left_out[row.name] = f"unreadable settings ({type(exc).__name__})"
             else:

@@ -1075,10 +1075,14 @@ class SQLAlertStore:
 
     def enable_channel(self, channel: str) -> bool:
         with self._transaction() as connection:
-            cursor = connection.execute(
-                self._sql("DELETE FROM aegis_alert_channels WHERE channel = ?"), (channel,)
-            )
-            return int(cursor.rowcount) > 0
+            return self._enable(connection, channel)
+
+    def _enable(self, connection: Any, channel: str) -> bool:
+        """Clear a channel's disabled state; whether it had one."""
+        cursor = connection.execute(
+            self._sql("DELETE FROM aegis_alert_channels WHERE channel = ?"), (channel,)
+        )
+        return int(cursor.rowcount) > 0
 
     def silences(self, since: float) -> list[Silence]:
         with self._read() as connection:
@@ -1163,8 +1167,9 @@ class SQLAlertStore:
         with self._read() as connection:
             # The revision first: a write landing between the two reads is
             # read again at the next tick, never missed.
-            revision = connection.execute(f"SELECT coalesce(max(revision), 0) FROM {table}")
-            revision = revision.fetchone()[0]
+            revision = connection.execute(
+                f"SELECT coalesce(max(revision), 0) FROM {table}"
+            ).fetchone()[0]
             rows = connection.execute(
                 f"SELECT name, data, updated_at, updated_by FROM {table} "
                 "WHERE data IS NOT NULL ORDER BY name"
@@ -1255,9 +1260,7 @@ class SQLAlertStore:
             self._write_audit(connection, audit_row(now, actor, "delete", f"{kind} {name}", detail))
             if kind == CHANNEL and notices:  # nothing more goes there; no longer disabled
                 self._skip_pending(connection, name, now, _DELETED)
-                connection.execute(
-                    self._sql("DELETE FROM aegis_alert_channels WHERE channel = ?"), (name,)
-                )
+                self._enable(connection, name)
             return True
 
     def add_audit(

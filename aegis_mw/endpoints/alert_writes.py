@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..access.check import ADMIN, EDITOR
-from ..alerts.api_channels import check_name, public_settings, unreachable
+from ..alerts.api_channels import check_name, public_settings, refusal, unreachable
 from ..alerts.dry_run import MAX_SPAN, replay
 from ..alerts.matchers import PolicyError
 from ..alerts.outbox import send_test
@@ -293,8 +293,7 @@ class AlertWrites:
             # be set here too, its address public or in alert_api_networks.
             channel = alerts.build_api_channel(name, settings)
         except ConfigError as error:
-            field = error.option.removeprefix("channel.")
-            raise BadInput(field, f"{field}: {error.allowed}") from None
+            raise BadInput(*refusal(error)) from None
         except TypeError as exc:  # a field of the wrong kind the checks did not name
             raise BadInput("body", f"the channel is invalid: {exc}") from None
         # A host name is resolved now too (every send checks it again).

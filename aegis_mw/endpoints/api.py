@@ -274,10 +274,12 @@ def channels_answer(alerts: AlertService | None) -> dict[str, Any]:
             "updated_at": None if row is None else row.updated_at,
             "updated_by": None if row is None else row.updated_by,
         })  # fmt: skip
-    left_out = [
-        {"name": name, "reason": why} for name, why in sorted(alerts.channels_left_out.items())
-    ]
-    return {"channels": out, "left_out": left_out}
+    return {"channels": out, "left_out": left_out_answer(alerts.channels_left_out)}
+
+
+def left_out_answer(left_out: Mapping[str, str]) -> list[dict[str, str]]:
+    """Stored rules or channels not used, and why, by name."""
+    return [{"name": name, "reason": why} for name, why in sorted(left_out.items())]
 
 
 def silences_answer(alerts: AlertService | None) -> dict[str, Any]:
@@ -354,9 +356,7 @@ class MetricsAPI:
                 return Response.json(200, {"data": silences_answer(self._aegis.alerts)})
             if endpoint == "alert-rules":
                 alerts = self._aegis.alerts
-                left_out = [] if alerts is None else [
-                    {"name": name, "reason": why} for name, why in sorted(alerts.left_out.items())
-                ]  # fmt: skip
+                left_out = left_out_answer({} if alerts is None else alerts.left_out)
                 data = {"rules": rules_answer(alerts), "left_out": left_out}
                 return Response.json(200, {"data": data})
             if endpoint == "alert-channels":
