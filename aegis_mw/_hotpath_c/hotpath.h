@@ -357,6 +357,9 @@ PyObject *aegis_sqlite_rows_init(PyObject *module, PyObject *const *args, Py_ssi
 PyObject *aegis_sqlite_filename(PyObject *module, PyObject *connection);
 PyObject *aegis_sqlite_insert_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
+/* column_range.c: a block's time range for the SQLite sink */
+PyObject *aegis_column_range(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
 /* histogram_text.c: the rollups' histograms as stored text */
 PyObject *aegis_histogram_text(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *aegis_histogram_merge_text(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

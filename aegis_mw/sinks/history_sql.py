@@ -75,23 +75,33 @@ def select_rollups(dialect: Dialect, *, by_route: bool) -> str:
     )
 
 
-def select_requests(dialect: Dialect, query: RequestQuery) -> tuple[str, list[object]]:
-    """The request-log query for ``query``: fixed clauses, bound values."""
+def request_filters(
+    dialect: Dialect, query: RequestQuery, prefix: str = ""
+) -> tuple[list[str], list[object]]:
+    """The clauses of ``query``'s filters on request rows (columns named
+    with ``prefix``), and their bound values."""
     mark = dialect.placeholder
     clauses: list[str] = []
     params: list[object] = []
     for clause, value in (
-        (f"route = {mark}", query.route),
-        (f"method = {mark}", query.method),
-        (f"status >= {mark}", query.status_from),
-        (f"status < {mark}", query.status_to),
-        (f"duration_ms >= {mark}", query.min_duration_ms),
-        (f"timestamp >= {mark}", query.since),
-        (f"timestamp < {mark}", query.until),
+        (f"{prefix}route = {mark}", query.route),
+        (f"{prefix}method = {mark}", query.method),
+        (f"{prefix}status >= {mark}", query.status_from),
+        (f"{prefix}status < {mark}", query.status_to),
+        (f"{prefix}duration_ms >= {mark}", query.min_duration_ms),
+        (f"{prefix}timestamp >= {mark}", query.since),
+        (f"{prefix}timestamp < {mark}", query.until),
     ):
         if value is not None:
             clauses.append(clause)
             params.append(value)
+    return clauses, params
+
+
+def select_requests(dialect: Dialect, query: RequestQuery) -> tuple[str, list[object]]:
+    """The request-log query for ``query``: fixed clauses, bound values."""
+    mark = dialect.placeholder
+    clauses, params = request_filters(dialect, query)
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     params.extend((query.limit, query.offset))
     return (

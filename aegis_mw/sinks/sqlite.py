@@ -29,7 +29,7 @@ from ..core.record import Batch, RequestRecord
 from ..core.rollup import LEVELS, RollupDelta, expand, histogram_functions
 from ..core.rollup import parameter_rows as rollup_parameters
 from ..core.sink import RecordRejected
-from . import history_sql, sqlite_rows
+from . import history_sql, sqlite_blocks, sqlite_rows
 from .files import create_private, prepare_path
 from .sqlite_read import SQLiteReader
 from .sqlite_schema import (
@@ -83,6 +83,7 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         self._compiled: ModuleType | None = None
         self._rows: ModuleType | None = None
         self._rows_checked_for: sqlite3.Connection | None = None
+        self._column_range: sqlite_blocks.ColumnRange | None = None
         # How rollup histograms are encoded and merged on conflict (compiled
         # where offered; a connection opened before keeps the Python merge).
         self._histograms = histogram_functions(None)
@@ -103,6 +104,7 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         """Let the compiled module bind request rows (``Aegis`` offers it where
         the compiled request paths are used); None: the sqlite3 module binds."""
         self._compiled = module
+        self._column_range = getattr(module, "column_range", None)
         self._rows_checked_for = None
         self._histograms = histogram_functions(module)
 
@@ -197,7 +199,13 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         a waiting request thread to take it. The compiled inserts, where
         used, take the records first, pausing between slices of SQLite's
         work as paced (see :mod:`.sqlite_rows`), and these statements
-        whatever they left."""
+        whatever they left. The rows' block is recorded in the same
+        transaction (see :mod:`.sqlite_blocks`)."""
+        before = sqlite_blocks.before_insert(connection)
+        self._append(connection, records)
+        sqlite_blocks.after_insert(connection, before, records, self._column_range)
+
+    def _append(self, connection: sqlite3.Connection, records: Sequence[RequestRecord]) -> None:
         if self._rows_checked_for is not connection:
             self._rows = sqlite_rows.compiled_rows(connection, self._compiled)
             self._rows_checked_for = connection
@@ -249,7 +257,8 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         short transaction, so writers and readers wait for none of it."""
         connection = self._connect()
         steps: list[tuple[str, tuple[object, ...]]] = [
-            (_DELETE_REQUESTS, (raw_before, limit)),
+            (sqlite_blocks.DELETE_REQUESTS, (raw_before, limit)),
+            (sqlite_blocks.DELETE_BLOCKS, (raw_before, limit)),
             (_DELETE_SESSIONS, (raw_before, limit)),
             (_DELETE_DELTAS, (time.time() - DELTA_ID_KEEP_SECONDS, limit)),
             (_DELETE_BATCHES, (time.time() - DELTA_ID_KEEP_SECONDS, limit)),
@@ -283,10 +292,6 @@ def _refused(exc: BaseException) -> bool:
     ).startswith("Error binding parameter")
 
 
-_DELETE_REQUESTS = (
-    "DELETE FROM aegis_requests WHERE rowid IN "
-    "(SELECT rowid FROM aegis_requests WHERE timestamp < ? LIMIT ?)"
-)
 _DELETE_SESSIONS = (
     "DELETE FROM aegis_websocket_sessions WHERE session_id IN "
     "(SELECT session_id FROM aegis_websocket_sessions WHERE timestamp < ? LIMIT ?)"

@@ -16,7 +16,9 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from . import history_sql
+from ..core.history import RequestQuery
+from ..core.record import RequestRecord
+from . import history_sql, sqlite_blocks
 
 
 class SQLiteReader(history_sql.RowReader):
@@ -49,6 +51,13 @@ class SQLiteReader(history_sql.RowReader):
         with self._lock:
             if self._pid == os.getpid():
                 self._idle.append(connection)
+
+    def read_requests(self, query: RequestQuery) -> list[RequestRecord]:
+        """Through the log's time blocks (:mod:`.sqlite_blocks`): the table
+        has no index on ``timestamp``."""
+        with self._connection() as connection:
+            rows = sqlite_blocks.read_requests(connection, query)
+        return [RequestRecord._make(row) for row in rows]
 
     def unavailable(self, error: Exception) -> bool:
         # OperationalError: locked, unable to open, disk I/O error, read-only;

@@ -384,6 +384,28 @@ def histogram_kinds(aegis: Aegis) -> dict[str, Run]:
     return {"histogram-text": encoded, "histogram-merge": merged}
 
 
+def column_range_kinds(aegis: Aegis) -> dict[str, Run]:
+    """A block's time range (column_range.c): found, left to Python (None), and
+    a bad call. Each run also records one request, so the loop's check holds."""
+    from aegis_mw import _hotpath
+
+    offer = aegis.recorder.offer
+
+    def found() -> None:
+        # New float objects each time: the answer holds two of them.
+        rows = [(f"id{n}", 1.5 * n + 0.25) for n in range(40)]
+        low, high = _hotpath.column_range(rows, 1, 3, 40)
+        assert (low, high) == (4.75, 58.75)
+        assert _hotpath.column_range([*rows, ("x", 2)], 1, 0, 41) is None
+        try:
+            _hotpath.column_range(rows, 1, 5, 50)
+        except ValueError:
+            pass
+        offer(inbox_item("/column-range"))
+
+    return {"column-range": found}
+
+
 # -- the loop ------------------------------------------------------------------------
 
 
@@ -426,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     aegis = pipeline()
     kinds = {
         **asgi_kinds(aegis), **wsgi_kinds(aegis), **django_kinds(aegis), **copy_kinds(aegis),
-        **histogram_kinds(aegis),
+        **histogram_kinds(aegis), **column_range_kinds(aegis),
     }  # fmt: skip
     failed = []
     for name, one in kinds.items():

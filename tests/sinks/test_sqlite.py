@@ -128,21 +128,6 @@ def offer_requests(aegis: Aegis, count: int, path_prefix: str = "/r") -> None:
         )
 
 
-@pytest.fixture
-def sink_factory() -> Any:
-    """SQLite sinks closed after the test."""
-    created: list[SQLiteSink] = []
-
-    def factory(path: Path | str) -> SQLiteSink:
-        sink = SQLiteSink(str(path))
-        created.append(sink)
-        return sink
-
-    yield factory
-    for sink in created:
-        sink.close()
-
-
 def test_schema_is_created_on_first_write(
     tmp_path: Path, sink_factory: Callable[[Path], SQLiteSink]
 ) -> None:
@@ -182,8 +167,10 @@ def test_schema_is_created_on_first_write(
         ("index", "aegis_alert_transitions_at", "aegis_alert_transitions"),
         ("table", "aegis_batches", "aegis_batches"),
         ("index", "aegis_batches_applied_at", "aegis_batches"),
+        ("table", "aegis_request_blocks", "aegis_request_blocks"),
+        ("index", "aegis_request_blocks_time_max", "aegis_request_blocks"),
+        ("index", "aegis_request_blocks_time_min", "aegis_request_blocks"),
         ("table", "aegis_requests", "aegis_requests"),
-        ("index", "aegis_requests_timestamp", "aegis_requests"),
         ("table", "aegis_rollup_deltas", "aegis_rollup_deltas"),
         ("index", "aegis_rollup_deltas_applied_at", "aegis_rollup_deltas"),
         ("table", "aegis_rollup_totals", "aegis_rollup_totals"),
@@ -204,7 +191,8 @@ def test_schema_is_created_on_first_write(
     assert sql.rstrip().endswith("WITHOUT ROWID")
     with pytest.raises(sqlite3.OperationalError, match="no such column: rowid"):
         query(path, "SELECT rowid FROM aegis_websocket_sessions")
-    assert query(path, "PRAGMA index_info(aegis_requests_timestamp)") == [(0, 1, "timestamp")]
+    # Its time index is the blocks' (test_sqlite_blocks.py), not an index of its own.
+    assert query(path, "PRAGMA index_list(aegis_requests)") == []
     assert query(path, "PRAGMA index_info(aegis_websocket_sessions_timestamp)") == [
         (0, 1, "timestamp")
     ]
@@ -230,7 +218,7 @@ def test_reopening_an_existing_file_keeps_schema_and_rows(
         make_request(2).request_id,
     ]
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 34
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 36
 
 
 def test_batch_written_twice_is_stored_once(
@@ -312,7 +300,7 @@ def test_version_3_request_log_is_migrated_with_every_row(
     assert newest_first == sorted(
         [*old_requests, make_request(30)], key=lambda r: (r.timestamp, r.request_id), reverse=True
     )
-    assert query(path, "PRAGMA index_info(aegis_requests_timestamp)") == [(0, 1, "timestamp")]
+    assert query(path, "PRAGMA index_list(aegis_requests)") == []
 
 
 def awkward_records() -> tuple[list[RequestRecord], list[WebSocketSession]]:
@@ -418,7 +406,7 @@ def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path: Path) -> N
     versions = sorted(version for outcome in outcomes for version in outcome[3])
     assert versions == [0] + [SCHEMA_VERSION] * (PROCESSES - 1)
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 34
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 36
     ids = [row[0] for row in read_requests(path)]
     expected = sorted(
         f"{index:016x}{n:016x}" for index in range(PROCESSES) for n in range(RECORDS_PER_PROCESS)
