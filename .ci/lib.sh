@@ -5,6 +5,7 @@
 # AEGIS_FUZZ_PROFILE says otherwise).
 COMPILED_TESTS=(
     tests/asgi/test_compiled.py
+    tests/asgi/test_call.py
     tests/wsgi/test_compiled.py
     tests/wsgi/test_app_misuse.py
     tests/contrib/test_django_compiled.py
@@ -20,7 +21,7 @@ COMPILED_TESTS=(
 )
 # What those tests import, beyond the package itself: a venv with only these
 # installs in about 30 s where '.[dev]' takes about 75 s.
-COMPILED_TEST_DEPS=(pytest pytest-timeout hypothesis django gunicorn 'anyio[trio]' 'psycopg[binary,pool]')
+COMPILED_TEST_DEPS=(pytest pytest-timeout hypothesis django gunicorn uvicorn 'anyio[trio]' 'psycopg[binary,pool]')
 
 # Where the jobs build and keep their venvs and logs (ignored by git: build/).
 CI_BUILD=build/ci

@@ -256,9 +256,9 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         """Delete at most ``limit`` expired rows per table, each step its own
         short transaction, so writers and readers wait for none of it."""
         connection = self._connect()
-        steps: list[tuple[str, tuple[object, ...]]] = [
-            (sqlite_blocks.DELETE_REQUESTS, (raw_before, limit)),
-            (sqlite_blocks.DELETE_BLOCKS, (raw_before, limit)),
+        steps: list[tuple[str, tuple[object, ...] | dict[str, object]]] = [
+            (sqlite_blocks.DELETE_REQUESTS, {"before": raw_before, "limit": limit}),
+            (sqlite_blocks.DELETE_BLOCKS, {"before": raw_before, "limit": limit}),
             (_DELETE_SESSIONS, (raw_before, limit)),
             (_DELETE_DELTAS, (time.time() - DELTA_ID_KEEP_SECONDS, limit)),
             (_DELETE_BATCHES, (time.time() - DELTA_ID_KEEP_SECONDS, limit)),
@@ -307,10 +307,10 @@ _DELETE_BATCHES = (
 _DELETE_ROLLUPS = (
     "DELETE FROM aegis_rollups WHERE (resolution, bucket, route, method, status_class) IN "
     "(SELECT resolution, bucket, route, method, status_class FROM aegis_rollups "
-    "WHERE resolution = ?1 AND bucket < ?2 LIMIT ?3)"
+    "WHERE resolution = ? AND bucket < ? LIMIT ?)"
 )
 _DELETE_TOTALS = (
     "DELETE FROM aegis_rollup_totals WHERE (resolution, bucket, status_class) IN "
     "(SELECT resolution, bucket, status_class FROM aegis_rollup_totals "
-    "WHERE resolution = ?1 AND bucket < ?2 LIMIT ?3)"
+    "WHERE resolution = ? AND bucket < ? LIMIT ?)"
 )

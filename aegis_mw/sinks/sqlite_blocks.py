@@ -50,15 +50,17 @@ ColumnRange = Callable[[list[Any], int, int, int], "tuple[Any, Any] | None"]
 
 _LAST_ROW = "SELECT max(rowid) FROM aegis_requests"
 # Blocks wholly past the last row, then the one reaching past it, cut back.
-_DROP_PAST = "DELETE FROM aegis_request_blocks WHERE last_row > ?1 AND first_row > ?1"
-_CUT_BACK = "UPDATE aegis_request_blocks SET last_row = ?1 WHERE last_row > ?1"
+# Numbered placeholders (?1) with a sequence of values are deprecated from
+# Python 3.12 on (an error from 3.14): plain ones, values repeated.
+_DROP_PAST = "DELETE FROM aegis_request_blocks WHERE last_row > ? AND first_row > ?"
+_CUT_BACK = "UPDATE aegis_request_blocks SET last_row = ? WHERE last_row > ?"
 _APPENDED = (
     "SELECT min(timestamp), max(timestamp) FROM aegis_requests WHERE rowid > ? AND rowid <= ?"
 )
 _NEWEST = "SELECT first_row FROM aegis_request_blocks WHERE last_row = ?"
 _WIDEN = (
-    "UPDATE aegis_request_blocks SET last_row = ?1, time_min = min(time_min, ?2), "
-    "time_max = max(time_max, ?3) WHERE last_row = ?4"
+    "UPDATE aegis_request_blocks SET last_row = ?, time_min = min(time_min, ?), "
+    "time_max = max(time_max, ?) WHERE last_row = ?"
 )
 _ADD = (
     "INSERT INTO aegis_request_blocks (first_row, last_row, time_min, time_max) VALUES (?, ?, ?, ?)"
@@ -72,17 +74,17 @@ _BLOCKS = (
 
 #: Retention, in steps of at most ``limit`` rows: the expired rows of the
 #: blocks that begin before the horizon, then the blocks that ended before
-#: it and hold no expired row any more.
+#: it and hold no expired row any more. Bound by name (``before``, ``limit``).
 DELETE_REQUESTS = (
     "DELETE FROM aegis_requests WHERE rowid IN (SELECT r.rowid FROM aegis_request_blocks AS b "
     "CROSS JOIN aegis_requests AS r ON r.rowid BETWEEN b.first_row AND b.last_row "
-    "WHERE b.time_min < ?1 AND r.timestamp < ?1 LIMIT ?2)"
+    "WHERE b.time_min < :before AND r.timestamp < :before LIMIT :limit)"
 )
 DELETE_BLOCKS = (
     "DELETE FROM aegis_request_blocks WHERE last_row IN (SELECT b.last_row "
-    "FROM aegis_request_blocks AS b WHERE b.time_max < ?1 AND NOT EXISTS ("
+    "FROM aegis_request_blocks AS b WHERE b.time_max < :before AND NOT EXISTS ("
     "SELECT 1 FROM aegis_requests AS r WHERE r.rowid BETWEEN b.first_row AND b.last_row "
-    "AND r.timestamp < ?1) LIMIT ?2)"
+    "AND r.timestamp < :before) LIMIT :limit)"
 )
 
 
@@ -90,8 +92,8 @@ def before_insert(connection: sqlite3.Connection) -> int:
     """The largest rowid before this write's rows (0 for an empty log), with
     the blocks cut back to it. Inside the write's transaction."""
     last = connection.execute(_LAST_ROW).fetchone()[0] or 0
-    connection.execute(_DROP_PAST, (last,))
-    connection.execute(_CUT_BACK, (last,))
+    connection.execute(_DROP_PAST, (last, last))
+    connection.execute(_CUT_BACK, (last, last))
     return int(last)
 
 

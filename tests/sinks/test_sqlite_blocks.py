@@ -319,10 +319,10 @@ def test_reads_and_retention_use_the_blocks_indexes(
             "EXPLAIN QUERY PLAN " + sqlite_blocks._BLOCKS, (0.0, 1.0)
         ).fetchall(),
         "prune rows": connection.execute(
-            "EXPLAIN QUERY PLAN " + sqlite_blocks.DELETE_REQUESTS, (0.0, 10)
+            "EXPLAIN QUERY PLAN " + sqlite_blocks.DELETE_REQUESTS, {"before": 0.0, "limit": 10}
         ).fetchall(),
         "prune blocks": connection.execute(
-            "EXPLAIN QUERY PLAN " + sqlite_blocks.DELETE_BLOCKS, (0.0, 10)
+            "EXPLAIN QUERY PLAN " + sqlite_blocks.DELETE_BLOCKS, {"before": 0.0, "limit": 10}
         ).fetchall(),
     }
     connection.close()
