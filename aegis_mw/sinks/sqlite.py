@@ -256,9 +256,20 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         """Delete at most ``limit`` expired rows per table, each step its own
         short transaction, so writers and readers wait for none of it."""
         connection = self._connect()
+        # Rows another program appended since the last write are put in blocks
+        # first, so that they are pruned too (see sqlite_blocks.settle).
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            sqlite_blocks.settle(connection)
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        expired: dict[str, object] = {"before": raw_before, "limit": limit}
+        deleted = connection.execute(sqlite_blocks.DELETE_REQUESTS, expired).rowcount
+        connection.execute(sqlite_blocks.RAISE_TIME_MIN, expired)  # not a deletion
         steps: list[tuple[str, tuple[object, ...] | dict[str, object]]] = [
-            (sqlite_blocks.DELETE_REQUESTS, {"before": raw_before, "limit": limit}),
-            (sqlite_blocks.DELETE_BLOCKS, {"before": raw_before, "limit": limit}),
+            (sqlite_blocks.DELETE_BLOCKS, expired),
             (_DELETE_SESSIONS, (raw_before, limit)),
             (_DELETE_DELTAS, (time.time() - DELTA_ID_KEEP_SECONDS, limit)),
             (_DELETE_BATCHES, (time.time() - DELTA_ID_KEEP_SECONDS, limit)),
@@ -268,7 +279,7 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
                 horizon = rollups_before[level]
                 steps.append((_DELETE_ROLLUPS, (level, horizon, limit)))
                 steps.append((_DELETE_TOTALS, (level, horizon, limit)))
-        return sum(connection.execute(sql, params).rowcount for sql, params in steps)
+        return deleted + sum(connection.execute(sql, params).rowcount for sql, params in steps)
 
     def close(self) -> None:
         self._reader.close()

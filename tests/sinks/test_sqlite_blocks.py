@@ -109,11 +109,14 @@ def traffic(chance: random.Random, first: int, count: int, start: float) -> list
     return rows
 
 
-@pytest.fixture(params=["heap", "one statement"])
+@pytest.fixture(params=["as configured", "heap", "one statement"])
 def read_way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both ways of reading, over every query: the newest-first heap (deep
-    pages go to the statement), and the statement alone."""
-    if request.param == "one statement":
+    """Each way of reading, over every query: as the module chooses (small
+    pages by the newest-first heap, deep ones by the statement), the heap
+    alone, and the statement alone."""
+    if request.param == "heap":
+        monkeypatch.setattr(sqlite_blocks, "KEPT_AT_MOST", 10**9)
+    elif request.param == "one statement":
         monkeypatch.setattr(sqlite_blocks, "KEPT_AT_MOST", 0)
     return str(request.param)
 
@@ -213,6 +216,9 @@ def test_retention_deletes_expired_rows_then_their_blocks(
     rows = [row for row in rows if row.timestamp >= horizon]
     blocks = check_blocks(path)
     assert min(block[3] for block in blocks) >= horizon
+    # A block that straddled the horizon now starts at it: no later prune or
+    # read before the horizon looks into it again.
+    assert min(block[2] for block in blocks) >= horizon
     assert sink.read_requests(RequestQuery(limit=1000)) == expected(rows, RequestQuery(limit=1000))
     for request in queries(chance, 1_000.0, 1_700.0, 50):
         assert sink.read_requests(request) == expected(rows, request), request
@@ -289,17 +295,34 @@ def test_version_12_log_becomes_blocks_and_loses_its_index(
 def test_timestamps_the_records_do_not_compare_are_read_back_by_sqlite(
     tmp_path: Path, sink_factory: Callable[[Path], SQLiteSink]
 ) -> None:
-    """An int timestamp, or text that SQLite stores as text: the block's
-    time range comes from SQLite, and the rows stay in a block."""
+    """An int timestamp, text that SQLite stores as text, text that it
+    stores as a number: the block's time range comes from SQLite where the
+    records' are not all numbers, and the rows stay in their blocks."""
     path = tmp_path / "aegis.db"
     sink = sink_factory(path)
     sink.write(Batch(requests=[record(1, 100.0), record(2, 150), record(3, 120.5)]))
     sink.write(Batch(requests=[record(4, 200.0), record(5, "soon")]))  # type: ignore[arg-type]
     blocks = query(path, "SELECT first_row, last_row, time_min, time_max FROM aegis_request_blocks")
     assert blocks == [(1, 5, 100.0, "soon")]
+    # Text that SQLite stores as a number (REAL affinity) would compare as
+    # text in Python ("99" > "150"): its range is SQLite's too.
+    sink.write(Batch(requests=[record(n, 5000) for n in range(6, BLOCK + 1)]))
+    sink.write(Batch(requests=[record(7000, "99"), record(7001, "150")]))  # type: ignore[arg-type]
+    assert query(
+        path, "SELECT time_min, time_max FROM aegis_request_blocks WHERE last_row = ?", BLOCK + 2
+    ) == [(99.0, 150.0)]
+    assert [
+        row.request_id for row in sink.read_requests(RequestQuery(since=100.0, until=151.0))
+    ] == [
+        make_request(7001).request_id,  # "150", stored as 150.0: tied, the larger id first
+        make_request(2).request_id,
+        make_request(3).request_id,
+        make_request(1).request_id,
+    ]
     assert [
         row.request_id for row in sink.read_requests(RequestQuery(since=110.0, until=180.0))
     ] == [
+        make_request(7001).request_id,
         make_request(2).request_id,
         make_request(3).request_id,
     ]
@@ -334,6 +357,51 @@ def test_reads_and_retention_use_the_blocks_indexes(
         assert "SCAN r" not in text[name] and "SCAN aegis_requests" not in text[name], text
 
 
+def test_rows_a_writer_without_blocks_appended_are_taken_in(
+    tmp_path: Path, sink_factory: Callable[[Path], SQLiteSink]
+) -> None:
+    """A process of an older aegis_mw that had its connection open when the
+    file was migrated appends rows without blocks: the next write, or the
+    next prune, puts them in blocks, so they are read and pruned."""
+    path = tmp_path / "aegis.db"
+    sink = sink_factory(path)
+    sink.write(Batch(requests=[record(n, 100.0 + n) for n in range(10)]))
+    older = [record(100 + n, 200.0 + n) for n in range(BLOCK + 5)]
+    connection = sqlite3.connect(path)
+    connection.executemany(f"INSERT INTO aegis_requests VALUES ({', '.join('?' * 12)})", older)
+    connection.commit()
+    assert sink.prune(0.0, {}, 100) == 0  # nothing expired: the rows are only taken in
+    blocks = check_blocks(path)
+    assert blocks[-1][1] == 10 + BLOCK + 5
+    connection.executemany(
+        f"INSERT INTO aegis_requests VALUES ({', '.join('?' * 12)})", [record(4999, 50.0)]
+    )
+    connection.commit()
+    connection.close()
+    sink.write(Batch(requests=[record(5000, 300.0)]))
+    check_blocks(path)
+    rows = [
+        *(record(n, 100.0 + n) for n in range(10)),
+        *older,
+        record(4999, 50.0),
+        record(5000, 300.0),
+    ]
+    for request in (RequestQuery(limit=1000), RequestQuery(until=60.0), RequestQuery(since=250.0)):
+        assert sink.read_requests(request) == expected(rows, request)
+    while sink.prune(150.0, {}, 400):
+        pass
+    assert query(path, "SELECT count(*) FROM aegis_requests WHERE timestamp < 150") == [(0,)]
+
+
+def test_a_limit_of_zero_reads_nothing(
+    tmp_path: Path, sink_factory: Callable[[Path], SQLiteSink], read_way: str
+) -> None:
+    sink = sink_factory(tmp_path / "aegis.db")
+    sink.write(Batch(requests=[record(1, 100.0)]))
+    assert sink.read_requests(RequestQuery(limit=0)) == []
+    assert sink.read_requests(RequestQuery(limit=0, offset=20_000)) == []
+
+
 # -- the compiled time range, against Python's min() and max() ---------------------
 
 FLOATS = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0, -0.0, math.nan])
@@ -347,7 +415,7 @@ FLOATS = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0, 
 def test_compiled_time_range_is_pythons(values: list[Any], bounds: tuple[int, int]) -> None:
     """Over floats (NaN and signed zeros in any place), ints and None:
     the compiled loop answers what min() and max() do, the very objects, or
-    hands the slice to Python (None)."""
+    hands the slice to Python (None), which takes numbers only."""
     module = compiled_module()
     records = [(str(index), value) for index, value in enumerate(values)]
     start = min(bounds[0], len(records) - 1)
@@ -363,10 +431,10 @@ def test_compiled_time_range_is_pythons(values: list[Any], bounds: tuple[int, in
 
 
 def _python(part: list[Any]) -> tuple[Any, Any] | None:
-    try:
+    """min() and max() of numbers; None (SQLite reads the range back) else."""
+    if all(type(value) in (float, int) for value in part):
         return min(part), max(part)
-    except TypeError:
-        return None
+    return None
 
 
 def test_compiled_time_range_refuses_what_it_does_not_read() -> None:
