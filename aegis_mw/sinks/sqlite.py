@@ -201,7 +201,7 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         work as paced (see :mod:`.sqlite_rows`), and these statements
         whatever they left. The rows' block is recorded in the same
         transaction (see :mod:`.sqlite_blocks`)."""
-        before = sqlite_blocks.before_insert(connection)
+        before = sqlite_blocks.settle(connection)
         self._append(connection, records)
         sqlite_blocks.after_insert(connection, before, records, self._column_range)
 

@@ -119,16 +119,11 @@ DELETE_BLOCKS = (
 )
 
 
-def before_insert(connection: sqlite3.Connection) -> int:
-    """The largest rowid before this write's rows (0 for an empty log), with
-    the blocks made to end there (:func:`settle`). Inside the write's
-    transaction."""
-    return settle(connection)
-
-
 def settle(connection: sqlite3.Connection) -> int:
-    """Make the blocks end at the log's largest rowid, and return it: blocks
-    past it cut back, rows past the newest block put in blocks of their own.
+    """Make the blocks end at the log's largest rowid, and return it (0 for
+    an empty log): blocks past it cut back, rows past the newest block put
+    in blocks of their own. Before each write, inside its transaction; its
+    answer is where the write's rows begin (see :func:`after_insert`).
 
     Such rows were appended by something that keeps no blocks: a process of
     an aegis_mw before schema version 13 that still had its connection open
@@ -245,10 +240,11 @@ def read_far(connection: sqlite3.Connection, query: RequestQuery) -> list[tuple[
         f"SELECT {', '.join('r.' + name for name in REQUEST_COLUMNS)} "
         "FROM aegis_request_blocks AS b CROSS JOIN aegis_requests AS r "
         "ON r.rowid BETWEEN b.first_row AND b.last_row "
-        f"WHERE b.time_max >= ? AND +b.time_min < ?{where} "
+        f"WHERE b.time_max >= ? AND +b.time_min < ? AND +r.timestamp >= ?{where} "
         "ORDER BY r.timestamp DESC, r.request_id DESC LIMIT ? OFFSET ?"
     )
-    return connection.execute(sql, [since, until, *params, query.limit, query.offset]).fetchall()
+    bounds = [since, until, since, *params, query.limit, query.offset]
+    return connection.execute(sql, bounds).fetchall()
 
 
 def far_floor(
@@ -291,7 +287,6 @@ def read_newest(connection: sqlite3.Connection, query: RequestQuery) -> list[tup
         "ORDER BY r.timestamp DESC, r.request_id DESC LIMIT ?"
     )
     kept: list[tuple[Any, str, int]] = []  # a min-heap of (timestamp, request_id, rowid)
-    seen: set[int] = set()
     blocks = connection.execute(_BLOCKS, (since, until))
     size = 1  # a first block often holds the whole page: read more only if not
     while step := blocks.fetchmany(size):
@@ -304,16 +299,12 @@ def read_newest(connection: sqlite3.Connection, query: RequestQuery) -> list[tup
         else:
             floor = since
         for first, last in _merged(step):
+            # Blocks do not overlap (the invariant), so no row comes twice.
             for key in connection.execute(rows_sql, [first, last, floor, *params, wanted]):
-                if key[2] in seen:
-                    continue
                 if len(kept) < wanted:
                     heapq.heappush(kept, key)
                 elif key > kept[0]:
                     heapq.heapreplace(kept, key)
-                else:
-                    continue
-                seen.add(key[2])
     blocks.close()
     page = sorted(kept, reverse=True)[query.offset :]
     return _rows_by_rowid(connection, [rowid for _, _, rowid in page])

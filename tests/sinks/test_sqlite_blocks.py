@@ -347,13 +347,17 @@ def test_reads_and_retention_use_the_blocks_indexes(
         "prune blocks": connection.execute(
             "EXPLAIN QUERY PLAN " + sqlite_blocks.DELETE_BLOCKS, {"before": 0.0, "limit": 10}
         ).fetchall(),
+        "raise time_min": connection.execute(
+            "EXPLAIN QUERY PLAN " + sqlite_blocks.RAISE_TIME_MIN, {"before": 0.0, "limit": 10}
+        ).fetchall(),
     }
     connection.close()
     text = {name: " | ".join(step[-1] for step in plan) for name, plan in plans.items()}
     assert "USING INDEX aegis_request_blocks_time_max" in text["blocks"], text
     assert "USING INDEX aegis_request_blocks_time_min" in text["prune rows"], text
     assert "USING INDEX aegis_request_blocks_time_max" in text["prune blocks"], text
-    for name in ("prune rows", "prune blocks"):
+    assert "USING INDEX aegis_request_blocks_time_min" in text["raise time_min"], text
+    for name in ("prune rows", "prune blocks", "raise time_min"):
         assert "SCAN r" not in text[name] and "SCAN aegis_requests" not in text[name], text
 
 
