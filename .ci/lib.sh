@@ -17,6 +17,7 @@ COMPILED_TESTS=(
     tests/sinks/test_postgres_copy.py
     tests/core/test_histogram_text.py
     tests/sinks/test_sqlite_blocks.py
+    tests/core/test_deque_take.py
     tests/fuzz
 )
 # What those tests import, beyond the package itself: a venv with only these

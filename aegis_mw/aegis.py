@@ -26,6 +26,7 @@ from .alerts.store import MemoryAlertStore
 from .core.aggregates import RealtimeAggregates, RealtimeSnapshot
 from .core.client_address import ClientAddressResolver, parse_networks
 from .core.clock import Clock, SystemClock
+from .core.deque_take import DequeTake
 from .core.errors import ConfigError
 from .core.finalize import Finalizer
 from .core.flusher import Flusher
@@ -228,10 +229,12 @@ class Aegis:
         #: The realtime stream's hub (``aegis_mw.realtime.hub.Hub``), made by
         #: the first ``/ws/metrics`` connection: an app nobody watches has none.
         self.hub: Any = None
+        take = DequeTake.chosen(compiled)
         self.recorder = Recorder(
             aggregates=self.aggregates,
             max_buffer=settings.max_buffer,
             batch_size=settings.batch_size,
+            take=take,
         )
         self.client_addresses = ClientAddressResolver(
             settings.trusted_proxies, settings.forwarded_header
@@ -254,6 +257,7 @@ class Aegis:
                 backoff_initial=settings.retry_backoff_initial,
                 backoff_max=settings.retry_backoff_max,
                 niceness=settings.background_niceness,
+                take=take,
             )
             for name, sink in named_sinks
         ]

@@ -71,7 +71,7 @@ struct aegis_strings {
     /* the Django path's */
     PyObject *path_info_attribute, *meta, *status_code, *streaming, *container,
         *resource_closers, *resolver_match, *item_attribute, *serve_mounted, *raised,
-        *watch_stream, *template, *process_exception;
+        *watch_stream, *template, *process_exception, *popleft;
 };
 extern struct aegis_strings aegis_str;
 
@@ -359,6 +359,11 @@ PyObject *aegis_sqlite_insert_rows(PyObject *module, PyObject *const *args, Py_s
 
 /* column_range.c: a block's time range for the SQLite sink */
 PyObject *aegis_column_range(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
+/* deque_take.c: many items off a deque's left end (aegis_mw.core.deque_take) */
+PyObject *aegis_take_left(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *aegis_drop_left(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *aegis_split_left(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
 /* histogram_text.c: the rollups' histograms as stored text */
 PyObject *aegis_histogram_text(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

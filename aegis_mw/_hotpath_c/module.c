@@ -30,6 +30,12 @@ static PyMethodDef module_methods[] = {
      "Insert records through an sqlite3.Connection's handle, the GIL released (aegis_mw.sinks.sqlite_rows)."},
     {"column_range", (PyCFunction)(void (*)(void))aegis_column_range, METH_FASTCALL,
      "(min, max) of a column over records[start:stop], or None for Python (aegis_mw.sinks.sqlite_blocks)."},
+    {"take_left", (PyCFunction)(void (*)(void))aegis_take_left, METH_FASTCALL,
+     "The first min(count, len) items of a deque, removed (aegis_mw.core.deque_take)."},
+    {"drop_left", (PyCFunction)(void (*)(void))aegis_drop_left, METH_FASTCALL,
+     "The first min(count, len) items of a deque removed (aegis_mw.core.deque_take)."},
+    {"split_left", (PyCFunction)(void (*)(void))aegis_split_left, METH_FASTCALL,
+     "(of type kind, others) among a deque's first min(count, len) items (aegis_mw.core.deque_take)."},
     {"reuse_records", aegis_reuse_records, METH_O,
      "Keep freed instances of this RequestRecord type for reuse by the finalize loop (free_lists.c)."},
     {"free_list_sizes", aegis_free_list_sizes, METH_NOARGS,
@@ -111,6 +117,7 @@ static const struct {
     {&aegis_str.watch_stream, "_watch_stream"},
     {&aegis_str.template, "_template"},
     {&aegis_str.process_exception, "process_exception"},
+    {&aegis_str.popleft, "popleft"},
 };
 
 /* PyModule_Add (3.13) for the older versions: `value` is released either way. */

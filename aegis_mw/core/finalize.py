@@ -135,6 +135,11 @@ class Finalizer:
         self._progress = array("q", bytes(8 * 5))
 
     @property
+    def compiled(self) -> bool:
+        """Whether the compiled loop takes the clean compiled items."""
+        return self._compiled is not None
+
+    @property
     def rollups(self) -> RollupDelta:
         """The rollups folded since the last take, whole."""
         self._settle()

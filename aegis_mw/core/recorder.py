@@ -13,7 +13,9 @@ from __future__ import annotations
 import threading
 from collections import deque
 
+from . import deque_take
 from .aggregates import RealtimeAggregates
+from .deque_take import DequeTake
 from .items import InboxItem
 
 #: Why items were refused or lost before reaching any sink; the keys of
@@ -29,8 +31,16 @@ DROP_REASONS = ("buffer_full", "shutdown", "invalid", "internal_error")
 class Recorder:
     """Owns the inbox between the request path and the flusher thread."""
 
-    def __init__(self, *, aggregates: RealtimeAggregates, max_buffer: int, batch_size: int) -> None:
+    def __init__(
+        self,
+        *,
+        aggregates: RealtimeAggregates,
+        max_buffer: int,
+        batch_size: int,
+        take: DequeTake = deque_take.PYTHON,
+    ) -> None:
         self.aggregates = aggregates
+        self._take_left = take.take_left
         self.max_buffer = max_buffer
         self.inbox: deque[InboxItem] = deque()
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
@@ -109,8 +119,7 @@ class Recorder:
 
     def drain(self, limit: int) -> list[InboxItem]:
         """Flusher side: take up to ``limit`` items, oldest first."""
-        pop = self.inbox.popleft
-        return [pop() for _ in range(min(limit, len(self.inbox)))]
+        return self._take_left(self.inbox, limit)
 
     def pending(self) -> list[InboxItem]:
         """A copy of what waits in the inbox, for readers of the aggregates."""

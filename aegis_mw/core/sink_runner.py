@@ -11,7 +11,6 @@ process open.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import queue
@@ -25,7 +24,8 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from . import gil_slices
+from . import deque_take, gil_slices
+from .deque_take import DequeTake
 from .isolation import Isolation
 from .record import Batch, RequestRecord
 from .refusals import RefusalHandling, Stored
@@ -92,8 +92,11 @@ class SinkRunner(RefusalHandling):
         backoff_initial: float,
         backoff_max: float,
         niceness: int = gil_slices.NICENESS,
+        take: DequeTake = deque_take.PYTHON,
     ) -> None:
         self.sink = sink
+        #: How the front of the backlog is split into a batch and removed.
+        self._take = take
         #: Nice levels its thread runs below the process (gil_slices).
         self.niceness = niceness
         self.name = name
@@ -303,15 +306,10 @@ class SinkRunner(RefusalHandling):
     def _records_batch(self, limit: int, rollups: RollupDelta | None) -> tuple[Batch, int]:
         self._batch_has_rollups = rollups is not None
         self._batch_sequence += 1
-        batch = Batch(rollups=rollups, batch_id=f"{self._delta_prefix}.{self._batch_sequence:x}")
-        taken = 0
-        for record in itertools.islice(self.backlog, limit):
-            if type(record) is RequestRecord:
-                batch.requests.append(record)
-            else:
-                batch.sessions.append(record)  # type: ignore[arg-type]
-            taken += 1
-        return batch, taken
+        requests, sessions = self._take.split_left(self.backlog, limit, RequestRecord)
+        batch_id = f"{self._delta_prefix}.{self._batch_sequence:x}"
+        batch = Batch(requests, sessions, rollups=rollups, batch_id=batch_id)
+        return batch, len(requests) + len(sessions)
 
     def succeeded(self, taken: int, seconds: float) -> None:
         answered, self._unanswered = self._unanswered, None
@@ -324,8 +322,7 @@ class SinkRunner(RefusalHandling):
             isolation.proven = True
             self.proven()
         else:
-            for _ in range(taken):
-                self.backlog.popleft()
+            self._take.drop_left(self.backlog, taken)
             if taken:
                 self.proven()
             isolation.stored(taken)

@@ -477,7 +477,9 @@ def test_ingesting_during_a_write_pauses_between_slices_as_any_ingest(
     slices = aegis.flusher.cycle.slices
     ticks = itertools.count()
     slices._clock = lambda: float(next(ticks))
-    slices.budget, slices.pause, slices.hurried = 20.0, 0.0, 0.0
+    # About five slices' worth of steps (a step reads the clock once).
+    steps = 3000 // aegis.flusher.cycle.ingest_step
+    slices.budget, slices.pause, slices.hurried = float(steps // 5), 0.0, 0.0
     runner = aegis.flusher.runners[0]
     all_in = threading.Event()
     offer = runner.offer
@@ -493,7 +495,6 @@ def test_ingesting_during_a_write_pauses_between_slices_as_any_ingest(
     flushing = threading.Thread(target=lambda: results.append(aegis.force_flush(WAIT)))
     flushing.start()
     assert all_in.wait(WAIT)
-    # About one pause per 20 steps of 32 items (a step reads the clock once).
     assert slices.pauses >= 3
     gate.set()
     flushing.join(WAIT)

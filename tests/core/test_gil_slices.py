@@ -68,7 +68,7 @@ def test_sliced_ingest_stores_what_one_pass_would(rig: Callable[..., Aegis]) -> 
         aegis.recorder.offer(http_item(path))
     assert aegis.force_flush(WAIT) is True
     assert sink.paths == offered
-    assert aegis.flusher.cycle.slices.pauses >= 1000 // 32
+    assert aegis.flusher.cycle.slices.pauses >= 1000 // aegis.flusher.cycle.ingest_step
     stats = aegis.stats()
     assert stats.sinks[0].written == 1000
     assert aegis.realtime().total_requests == 1000

@@ -406,6 +406,36 @@ def column_range_kinds(aegis: Aegis) -> dict[str, Run]:
     return {"column-range": found}
 
 
+def deque_take_kinds(aegis: Aegis) -> dict[str, Run]:
+    """The pipeline's deque steps (deque_take.c), with their refusals. Each
+    run also records one request, so the loop's check holds."""
+    from collections import deque
+
+    from aegis_mw import _hotpath
+
+    offer = aegis.recorder.offer
+
+    def steps() -> None:
+        queue = deque((f"id{n}", float(n)) if n % 3 else [n] for n in range(40))
+        assert len(_hotpath.take_left(queue, 5)) == 5
+        requests, others = _hotpath.split_left(queue, 50, tuple)
+        assert len(requests) + len(others) == 35
+        _hotpath.drop_left(queue, 30)
+        assert len(queue) == 5
+        for call in (
+            lambda: _hotpath.take_left([1], 1),
+            lambda: _hotpath.split_left(queue, 1, "not a type"),
+            lambda: _hotpath.drop_left(queue, "one"),
+        ):
+            try:
+                call()
+            except TypeError:
+                pass
+        offer(inbox_item("/deque-take"))
+
+    return {"deque-take": steps}
+
+
 # -- the loop ------------------------------------------------------------------------
 
 
@@ -448,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     aegis = pipeline()
     kinds = {
         **asgi_kinds(aegis), **wsgi_kinds(aegis), **django_kinds(aegis), **copy_kinds(aegis),
-        **histogram_kinds(aegis), **column_range_kinds(aegis),
+        **histogram_kinds(aegis), **column_range_kinds(aegis), **deque_take_kinds(aegis),
     }  # fmt: skip
     failed = []
     for name, one in kinds.items():
