@@ -134,6 +134,10 @@ class Finalizer:
         # Its progress: index, sequence, sampled out, rolled up, invalid.
         self._progress = array("q", bytes(8 * 5))
 
+    #: Items of the last ``finalize`` call that the Python loop took (all of
+    #: them without the compiled loop): the flusher's steps stay short then.
+    python_items = 0
+
     @property
     def compiled(self) -> bool:
         """Whether the compiled loop takes the clean compiled items."""
@@ -203,11 +207,13 @@ class Finalizer:
         wall_offset = self.clock.wall() - self.clock.monotonic()
         compiled = self._compiled
         if compiled is None or not self._compiled_applies(items):
+            self.python_items = len(items)
             if self._pending is not None and not settled(self, "rollups"):
                 self.invalid += len(items)  # out of memory: as the Python loop counts it
                 return []
             return self._finalize(items, wall_offset)
         out: list[RequestRecord | WebSocketSession] = []
+        self.python_items = 0
         progress = self._progress
         progress[0] = 0
         progress[1] = self.sequence
@@ -233,6 +239,7 @@ class Finalizer:
                 # item that is not a compiled one (a pure-Python path's list,
                 # a session).
                 end = python_run_end(items, index, self._item_type)
+                self.python_items += end - index
                 if not settled(self, "rollups"):
                     # Out of memory: the Python loop may not add to the cells
                     # before their pending sums are in; the run is counted

@@ -31,9 +31,12 @@ DROP_REPORT_INTERVAL = 10.0
 #: :mod:`.gil_slices`) by the Python loops: small enough that one step stays
 #: well under a slice (about 5 µs an item: 0.16 ms).
 INGEST_STEP = 32
-#: The same for the compiled loops, about 0.5 µs an item (0.06 ms a step):
-#: each step also runs a dozen Python calls around them, which at 32 items
-#: cost about 500 instructions an item (``bench/instructions.py``, all-in).
+#: The same while the compiled loops take every item, about 0.5 µs an item
+#: (0.06 ms a step): each step also runs a dozen Python calls around them,
+#: which at 32 items cost about 500 instructions an item
+#: (``bench/instructions.py``, all-in). A step whose items the Python loops
+#: took, even in part (a pure-Python request path's items, sessions, a
+#: forwarded header to resolve), makes the next one short again.
 COMPILED_INGEST_STEP = 128
 #: Items ingested between two looks at a write in flight: while a sink writes
 #: (mostly without the GIL: the database's own work, the network) the flusher
@@ -72,8 +75,10 @@ class FlushCycle:
         #: The worker thread's slices (see :mod:`.gil_slices`), hurried while
         #: the inbox fills.
         self.slices = Slices(backlog=recorder.fill)
-        #: Items taken per step between two checks of the slice.
-        self.ingest_step = COMPILED_INGEST_STEP if finalizer.compiled else INGEST_STEP
+        #: Items taken per step between two checks of the slice: the long step
+        #: after a step the compiled loops took whole, else the short one.
+        self.ingest_step = INGEST_STEP
+        self._long_step = COMPILED_INGEST_STEP if finalizer.compiled else INGEST_STEP
 
     def reset_after_fork(self) -> None:
         self.cycles = self.internal_errors = 0
@@ -142,6 +147,7 @@ class FlushCycle:
             invalid_before = self.finalizer.invalid
             records = finalize(items)
             malformed += self.finalizer.invalid - invalid_before
+            self.ingest_step = INGEST_STEP if self.finalizer.python_items else self._long_step
             if malformed:
                 recorder.dropped["invalid"] += malformed
             for runner in runners:

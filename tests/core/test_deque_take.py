@@ -22,7 +22,7 @@ from aegis_mw.core.record import RequestRecord
 from aegis_mw.core.sink_runner import SinkRunner
 from aegis_mw.sinks.memory import MemorySink
 from tests.conftest import compiled_module
-from tests.core.faulty_sinks import offer_all
+from tests.core.faulty_sinks import http_item, offer_all
 from tests.sinks.test_sqlite import make_request, make_session
 
 
@@ -175,9 +175,8 @@ def test_take_left_beside_producers_loses_nothing(compiled: bool) -> None:
 
 @pytest.mark.parametrize("speedups", [False, True], ids=["python", "compiled"])
 def test_the_pipeline_uses_the_chosen_steps(speedups: bool, tmp_path: Any) -> None:
-    """An Aegis with the compiled module moves records with its functions, in
-    longer steps; with ``speedups=False`` with the Python ones, in short
-    steps; both store every record."""
+    """An Aegis with the compiled module moves records with its functions;
+    with ``speedups=False`` with the Python ones; both store every record."""
     module = compiled_module() if speedups else None
     aegis = Aegis(sink=f"sqlite:///{tmp_path / 'a.db'}", speedups=speedups, environ={})
     try:
@@ -185,10 +184,8 @@ def test_the_pipeline_uses_the_chosen_steps(speedups: bool, tmp_path: Any) -> No
         chosen = (aegis.recorder._take_left, runner._take.split_left, runner._take.drop_left)
         if module is not None:
             assert chosen == (module.take_left, module.split_left, module.drop_left)
-            assert aegis.flusher.cycle.ingest_step == COMPILED_INGEST_STEP
         else:
             assert chosen == (deque_take.take_left, deque_take.split_left, deque_take.drop_left)
-            assert aegis.flusher.cycle.ingest_step == INGEST_STEP
         paths = [f"/items/{index}" for index in range(300)]
         offer_all(aegis, paths)
         assert aegis.force_flush(30)
@@ -196,6 +193,38 @@ def test_the_pipeline_uses_the_chosen_steps(speedups: bool, tmp_path: Any) -> No
         assert sorted(record.path for record in stored) == sorted(paths)
     finally:
         aegis.shutdown()
+
+
+def test_steps_are_long_only_while_the_compiled_loops_take_every_item(tmp_path: Any) -> None:
+    """Steps of COMPILED_INGEST_STEP items after a step the compiled loops
+    took whole; a step with items for the Python loops (here a pure-Python
+    request path's lists) makes the next short again, so a slice never runs
+    four times longer than it should."""
+    module = compiled_module()
+    aegis = Aegis(sink=f"sqlite:///{tmp_path / 'a.db'}", environ={})
+    cycle = aegis.flusher.cycle
+    try:
+        assert cycle.ingest_step == INGEST_STEP  # nothing seen yet
+        for path in (f"/c/{index}" for index in range(300)):
+            aegis.recorder.offer(module.item_from_fields(http_item(path)))
+        assert aegis.force_flush(30)
+        assert cycle.ingest_step == COMPILED_INGEST_STEP
+        assert aegis.finalizer.python_items == 0
+        offer_all(aegis, [f"/p/{index}" for index in range(300)])  # lists: the Python loops'
+        assert aegis.force_flush(30)
+        assert cycle.ingest_step == INGEST_STEP
+        assert aegis.finalizer.python_items > 0
+        assert aegis.stats().sinks[0].written == 600
+    finally:
+        aegis.shutdown()
+
+    python = Aegis(sink=f"sqlite:///{tmp_path / 'b.db'}", speedups=False, environ={})
+    try:
+        offer_all(python, [f"/p/{index}" for index in range(300)])
+        assert python.force_flush(30)
+        assert python.flusher.cycle.ingest_step == INGEST_STEP
+    finally:
+        python.shutdown()
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["python", "compiled"])
