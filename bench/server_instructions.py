@@ -73,6 +73,8 @@ async def send(port: int, requests: int, connections: int) -> int:
 
 
 def wait_ready(port: int, deadline: float) -> None:
+    """Like tail_latency.py's, but a first answer under callgrind takes seconds,
+    past that one's half-second socket timeout."""
     while time.monotonic() < deadline:
         try:
             if asyncio.run(send(port, 1, 1)) == 1:

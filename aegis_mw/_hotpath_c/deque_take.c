@@ -6,7 +6,6 @@
  * and the fallback.
  *
  *   take_left(queue, count)        -> the first min(count, len) items, removed
- *   drop_left(queue, count)        -> None; the first min(count, len) removed
  *   split_left(queue, count, kind) -> (those of type kind, the others) among
  *                                     the first min(count, len), left in place
  *
@@ -44,24 +43,15 @@ taken_count(PyObject *queue, PyObject *count_object, const char *name)
     return count < 0 ? 0 : (count < size ? count : size);
 }
 
-/* The deque's bound popleft() and how many items to pop, for take_left and
- * drop_left; NULL with an error set. */
-static PyObject *
-popper(PyObject *const *args, Py_ssize_t nargs, const char *name, Py_ssize_t *count)
-{
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "%s(queue, count)", name);
-        return NULL;
-    }
-    *count = taken_count(args[0], args[1], name);
-    return *count < 0 ? NULL : PyObject_GetAttr(args[0], aegis_str.popleft);
-}
-
 PyObject *
 aegis_take_left(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_ssize_t count;
-    PyObject *pop = popper(args, nargs, "take_left", &count);
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "take_left(queue, count)");
+        return NULL;
+    }
+    Py_ssize_t count = taken_count(args[0], args[1], "take_left");
+    PyObject *pop = count < 0 ? NULL : PyObject_GetAttr(args[0], aegis_str.popleft);
     if (pop == NULL) {
         return NULL;
     }
@@ -84,26 +74,6 @@ aegis_take_left(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_DECREF(pop);
     return taken;
-}
-
-PyObject *
-aegis_drop_left(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    Py_ssize_t count;
-    PyObject *pop = popper(args, nargs, "drop_left", &count);
-    if (pop == NULL) {
-        return NULL;
-    }
-    for (Py_ssize_t index = 0; index < count; index++) {
-        PyObject *item = PyObject_CallNoArgs(pop);
-        if (item == NULL) {
-            Py_DECREF(pop);
-            return NULL;
-        }
-        Py_DECREF(item);
-    }
-    Py_DECREF(pop);
-    Py_RETURN_NONE;
 }
 
 PyObject *

@@ -362,7 +362,6 @@ PyObject *aegis_column_range(PyObject *module, PyObject *const *args, Py_ssize_t
 
 /* deque_take.c: many items off a deque's left end (aegis_mw.core.deque_take) */
 PyObject *aegis_take_left(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
-PyObject *aegis_drop_left(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *aegis_split_left(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
 /* histogram_text.c: the rollups' histograms as stored text */

@@ -32,8 +32,6 @@ static PyMethodDef module_methods[] = {
      "(min, max) of a column over records[start:stop], or None for Python (aegis_mw.sinks.sqlite_blocks)."},
     {"take_left", (PyCFunction)(void (*)(void))aegis_take_left, METH_FASTCALL,
      "The first min(count, len) items of a deque, removed (aegis_mw.core.deque_take)."},
-    {"drop_left", (PyCFunction)(void (*)(void))aegis_drop_left, METH_FASTCALL,
-     "The first min(count, len) items of a deque removed (aegis_mw.core.deque_take)."},
     {"split_left", (PyCFunction)(void (*)(void))aegis_split_left, METH_FASTCALL,
      "(of type kind, others) among a deque's first min(count, len) items (aegis_mw.core.deque_take)."},
     {"reuse_records", aegis_reuse_records, METH_O,

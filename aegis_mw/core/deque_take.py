@@ -3,10 +3,11 @@
 Every record passes through two deques: the inbox (``Recorder.drain`` takes
 it in steps) and each sink's backlog (``SinkRunner`` splits its front into a
 batch's requests and sessions, and removes it once stored). Written as Python
-loops of ``popleft()`` calls and type checks, these cost a sixth of the
-pipeline's instructions for a record stored in SQLite (``bench/instructions.py``,
-all-in row: about 1,600 of some 12,000); the compiled versions
-(``_hotpath_c/deque_take.c``) do each in one call. The functions here are the
+loops of ``popleft()`` calls and type checks, these cost about an eighth of
+the pipeline's instructions for a record stored in SQLite
+(``bench/instructions.py``, all-in row: about 1,600 of some 12,600); the
+compiled versions (``_hotpath_c/deque_take.c``) do each in one call (a
+backlog's stored front is removed by taking it and letting the list go). The functions here are the
 reference the compiled ones are tested against, and the fallback where the
 extension is not built or not used.
 
@@ -23,20 +24,13 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-__all__ = ["DequeTake", "drop_left", "split_left", "take_left"]
+__all__ = ["DequeTake", "split_left", "take_left"]
 
 
 def take_left(queue: deque[Any], count: int) -> list[Any]:
     """The first ``min(count, len(queue))`` items, removed from ``queue``."""
     pop = queue.popleft
     return [pop() for _ in range(min(count, len(queue)))]
-
-
-def drop_left(queue: deque[Any], count: int) -> None:
-    """Remove the first ``min(count, len(queue))`` items."""
-    pop = queue.popleft
-    for _ in range(min(count, len(queue))):
-        pop()
 
 
 def split_left(queue: deque[Any], count: int, kind: type) -> tuple[list[Any], list[Any]]:
@@ -51,10 +45,9 @@ def split_left(queue: deque[Any], count: int, kind: type) -> tuple[list[Any], li
 
 @dataclass(frozen=True)
 class DequeTake:
-    """The three functions, compiled where they can be."""
+    """The two functions, compiled where they can be."""
 
     take_left: Callable[[deque[Any], int], list[Any]] = take_left
-    drop_left: Callable[[deque[Any], int], None] = drop_left
     split_left: Callable[[deque[Any], int, type], tuple[list[Any], list[Any]]] = split_left
 
     @classmethod
@@ -63,7 +56,7 @@ class DequeTake:
         left in place may not), else the Python ones."""
         if compiled is None or not hasattr(compiled, "split_left"):
             return cls()
-        return cls(compiled.take_left, compiled.drop_left, compiled.split_left)
+        return cls(compiled.take_left, compiled.split_left)
 
 
 #: The Python versions, for owners built without the compiled module.

@@ -322,7 +322,7 @@ class SinkRunner(RefusalHandling):
             isolation.proven = True
             self.proven()
         else:
-            self._take.drop_left(self.backlog, taken)
+            self._take.take_left(self.backlog, taken)  # stored: let them go
             if taken:
                 self.proven()
             isolation.stored(taken)

@@ -263,7 +263,8 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
             sqlite_blocks.settle(connection)
             connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            if connection.in_transaction:  # SQLite may have rolled back already
+                connection.execute("ROLLBACK")
             raise
         expired: dict[str, object] = {"before": raw_before, "limit": limit}
         deleted = connection.execute(sqlite_blocks.DELETE_REQUESTS, expired).rowcount

@@ -64,11 +64,13 @@ def test_take_left_is_the_reference(values: list[Any], count: int) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(values=st.lists(VALUES, max_size=30), count=COUNTS)
-def test_drop_left_is_the_reference(values: list[Any], count: int) -> None:
+def test_take_left_leaves_the_rest(values: list[Any], count: int) -> None:
+    """What a sink runner keeps of its backlog after a write: the front taken
+    and let go."""
     left = []
     for take in both():
         queue = deque(values)
-        assert take.drop_left(queue, count) is None
+        assert type(take.take_left(queue, count)) is list
         left.append(list(queue))
     assert left[0] == left[1] == values[max(0, min(count, len(values))) :]
 
@@ -104,7 +106,6 @@ def test_compiled_refuses_other_queues() -> None:
     for queue in ([1, 2], (1, 2), Queue([1, 2])):
         for call in (
             lambda q: module.take_left(q, 1),
-            lambda q: module.drop_left(q, 1),
             lambda q: module.split_left(q, 1, int),
         ):
             with pytest.raises(TypeError, match=r"collections\.deque is required"):
@@ -116,12 +117,12 @@ def test_compiled_refuses_other_queues() -> None:
     with pytest.raises(TypeError):
         module.take_left(deque([1]))
     with pytest.raises(OverflowError):
-        module.drop_left(deque([1]), 2**70)
+        module.take_left(deque([1]), 2**70)
 
 
 def test_compiled_keeps_references_exact() -> None:
     """Each item is held once by whatever holds it: the queue, or the list
-    returned; dropped items are released."""
+    returned; items taken and let go are released."""
     module = compiled_module()
     marker = object()
     base = sys.getrefcount(marker)
@@ -133,7 +134,7 @@ def test_compiled_keeps_references_exact() -> None:
     assert len(matching) == 6 and others == []
     assert sys.getrefcount(marker) == base + 16
     del matching, others
-    module.drop_left(queue, 3)
+    module.take_left(queue, 3)  # let go at once
     assert sys.getrefcount(marker) == base + 7
     del taken
     assert sys.getrefcount(marker) == base + 3
@@ -181,11 +182,11 @@ def test_the_pipeline_uses_the_chosen_steps(speedups: bool, tmp_path: Any) -> No
     aegis = Aegis(sink=f"sqlite:///{tmp_path / 'a.db'}", speedups=speedups, environ={})
     try:
         runner = aegis.flusher.cycle.runners[0]
-        chosen = (aegis.recorder._take_left, runner._take.split_left, runner._take.drop_left)
+        chosen = (aegis.recorder._take_left, runner._take.take_left, runner._take.split_left)
         if module is not None:
-            assert chosen == (module.take_left, module.split_left, module.drop_left)
+            assert chosen == (module.take_left, module.take_left, module.split_left)
         else:
-            assert chosen == (deque_take.take_left, deque_take.split_left, deque_take.drop_left)
+            assert chosen == (deque_take.take_left, deque_take.take_left, deque_take.split_left)
         paths = [f"/items/{index}" for index in range(300)]
         offer_all(aegis, paths)
         assert aegis.force_flush(30)
@@ -230,7 +231,7 @@ def test_steps_are_long_only_while_the_compiled_loops_take_every_item(tmp_path: 
 @pytest.mark.parametrize("compiled", [False, True], ids=["python", "compiled"])
 def test_batches_of_mixed_records_keep_order(compiled: bool) -> None:
     """A batch takes the requests and sessions at the backlog's front, each in
-    order (split_left), and removes exactly those once stored (drop_left)."""
+    order (split_left), and removes exactly those once stored (take_left)."""
     take = DequeTake.chosen(compiled_module()) if compiled else deque_take.PYTHON
     sink = MemorySink()
     runner = SinkRunner(
