@@ -23,7 +23,10 @@ keeps the GIL from the threads that serve requests.
    items are thrown away, so the timer's slack, the producer's own share and
    the garbage collector's passes over what the producer allocates show up
    in the baseline. Reported: the lateness percentiles and a
-   histogram of the longest waits.
+   histogram of the longest waits; and each wake 0.5 ms late or more by
+   what went on meanwhile: a flush under way (a pipeline thread out of its
+   wait between flushes, with the longest such wake), a garbage collection
+   (any thread's), or neither (the producer, the timer, the machine).
 
 Records/s through the whole pipeline, into SQLite and PostgreSQL, are
 ``bench/history.py``'s (its ``--pipeline`` part).
@@ -35,8 +38,10 @@ Records/s through the whole pipeline, into SQLite and PostgreSQL, are
 from __future__ import annotations
 
 import argparse
+import gc
 import random
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -225,12 +230,79 @@ def stages(workdir: Path, records: int, rounds: int) -> dict[str, float]:
     return medians
 
 
-def probe_lateness(stop: threading.Event, out: list[float], period: float = 0.001) -> None:
+#: A wake at least this late is attributed (see :class:`Attribution`).
+ATTRIBUTED_MS = 0.5
+#: Where the pipeline's threads wait between flushes: the flusher for a wake,
+#: a sink's thread for its next call (``core.flusher._worker``,
+#: ``core.sink_runner._serve``). Any other innermost frame of such a thread
+#: means a flush was under way.
+IDLE_FRAMES = {("flusher.py", "_worker"), ("sink_runner.py", "_serve")}
+
+
+def pipeline_at_work() -> bool:
+    """Whether any of the pipeline's threads (named ``aegis-...``) is in a
+    flush: not in its wait between flushes."""
+    frames = sys._current_frames()
+    for thread in threading.enumerate():
+        frame = frames.get(thread.ident) if thread.name.startswith("aegis-") else None
+        if frame is not None:
+            where = (Path(frame.f_code.co_filename).name, frame.f_code.co_name)
+            if where not in IDLE_FRAMES:
+                return True
+    return False
+
+
+class Attribution:
+    """What was going on around each late wake of the probe, since the
+    baseline's late wakes (the producer's own work, the garbage collector,
+    the machine's timer slack and steal) happen with the pipeline too: a
+    wake counts against the pipeline when a flush was under way as the probe
+    woke, or a collection overlapped it (collections are counted apart: any
+    thread's allocations trigger them)."""
+
+    def __init__(self) -> None:
+        self.collections: list[tuple[float, float]] = []
+        self.late: list[tuple[float, float, bool]] = []  # (woke, lateness ms, at work)
+        self._started = 0.0
+
+    def watch(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.collections.append((self._started, time.perf_counter()))
+
+    def note(self, woke: float, lateness_ms: float) -> None:
+        self.late.append((woke, lateness_ms, pipeline_at_work()))
+
+    def summary(self) -> dict[str, Any]:
+        """Late wakes by cause, and the longest while a flush was under way."""
+        counts = {"flush": 0, "collection": 0, "other": 0}
+        longest_in_flush = 0.0
+        for woke, lateness_ms, at_work in self.late:
+            began = woke - lateness_ms / 1000.0
+            collected = any(end > began and start < woke for start, end in self.collections)
+            cause = "collection" if collected else "flush" if at_work else "other"
+            counts[cause] += 1
+            if cause == "flush":
+                longest_in_flush = max(longest_in_flush, lateness_ms)
+        return {**counts, "longest_in_flush_ms": longest_in_flush}
+
+
+def probe_lateness(
+    stop: threading.Event,
+    out: list[float],
+    period: float = 0.001,
+    attribution: Attribution | None = None,
+) -> None:
     clock = time.perf_counter
     while not stop.is_set():
         began = clock()
         time.sleep(period)
-        out.append((clock() - began - period) * 1000.0)
+        woke = clock()
+        lateness = (woke - began - period) * 1000.0
+        out.append(lateness)
+        if attribution is not None and lateness >= ATTRIBUTED_MS:
+            attribution.note(woke, lateness)
 
 
 def gil_waits(workdir: Path, rate: int, seconds: float) -> dict[str, dict[str, float]]:
@@ -248,7 +320,9 @@ def gil_waits(workdir: Path, rate: int, seconds: float) -> dict[str, dict[str, f
             offer = deque(maxlen=5000).append
         lateness: list[float] = []
         stop = threading.Event()
-        probe = threading.Thread(target=probe_lateness, args=(stop, lateness))
+        attribution = Attribution()
+        gc.callbacks.append(attribution.watch)
+        probe = threading.Thread(target=probe_lateness, args=(stop, lateness, 0.001, attribution))
         probe.start()
         began = time.perf_counter()
         for first in range(0, total, chunk):
@@ -265,6 +339,7 @@ def gil_waits(workdir: Path, rate: int, seconds: float) -> dict[str, dict[str, f
             aegis.shutdown()
         stop.set()
         probe.join()
+        gc.callbacks.remove(attribution.watch)
         lateness.sort()
         count = len(lateness)
         figures = {
@@ -276,7 +351,7 @@ def gil_waits(workdir: Path, rate: int, seconds: float) -> dict[str, dict[str, f
         histogram = {}
         for bound in LATENESS_BOUNDS_MS:
             histogram[f"> {bound:g} ms"] = sum(1 for value in lateness if value > bound)
-        report[variant] = {**figures, **histogram, "wakes": count}
+        report[variant] = {**figures, **histogram, "wakes": count, **attribution.summary()}
     print(f"\nGIL waits of a 1 ms sleeper while {rate:,} records/s flow ({seconds:g} s)")
     print(f"  {'':10s} {'p50':>7s} {'p99':>7s} {'p99.9':>7s} {'max':>7s}  wakes later than")
     for variant, row in report.items():
@@ -284,6 +359,15 @@ def gil_waits(workdir: Path, rate: int, seconds: float) -> dict[str, dict[str, f
         print(
             f"  {variant:10s} {row['p50_ms']:7.3f} {row['p99_ms']:7.3f} {row['p999_ms']:7.3f} "
             f"{row['max_ms']:7.2f}  ({row['wakes']} wakes) {late}"
+        )
+    print(
+        f"  wakes {ATTRIBUTED_MS:g} ms late or more, by what went on meanwhile: a flush under way"
+        " (the longest), a garbage collection, neither (the producer, the timer, the machine)"
+    )
+    for variant, row in report.items():
+        print(
+            f"  {variant:10s} flush {row['flush']} ({row['longest_in_flush_ms']:.2f} ms)"
+            f"  collection {row['collection']}  neither {row['other']}"
         )
     return report
 

@@ -639,3 +639,29 @@ def test_pipeline_writes_records_built_from_inbox_items(
         (f"{prefix}{2:016x}", 1_700_000_000.0, "_OTHER", "<unmatched>", "/pot", 500, 1000.0,
          None, 0, 0, None, "RuntimeError: boom"),
     ]  # fmt: skip
+
+
+def test_the_write_ahead_log_is_copied_into_the_database_in_small_steps(
+    tmp_path: Path, sink_factory: Callable[[Path], SQLiteSink]
+) -> None:
+    """A commit copies the log into the database once it holds
+    WAL_CHECKPOINT_PAGES pages, not SQLite's default 1,000 (about 4 MB): a
+    copy that long delayed the app's threads (see the constant). The log
+    file keeps its largest size, so after many batches it shows how far the
+    log grew between two copies: a batch's pages and the threshold, never
+    the default's 1,000 pages. Every record is stored."""
+    from aegis_mw.sinks.sqlite import WAL_CHECKPOINT_PAGES
+
+    path = tmp_path / "aegis.db"
+    sink = sink_factory(path)
+    batches, size = 150, 500
+    for number in range(batches):
+        records = [make_request(number * size + offset) for offset in range(size)]
+        sink.write(Batch(requests=records, batch_id=f"wal-{number}"))
+    page_size = query(path, "PRAGMA page_size")[0][0]
+    database_pages = path.stat().st_size // page_size
+    wal_pages = Path(f"{path}-wal").stat().st_size // page_size
+    assert database_pages + wal_pages > 2 * 1000  # enough for the default to copy too
+    assert 0 < wal_pages < 1000 // 2
+    assert wal_pages < WAL_CHECKPOINT_PAGES + database_pages // batches * 2
+    assert query(path, "SELECT count(*) FROM aegis_requests")[0][0] == batches * size
