@@ -60,10 +60,10 @@ BUSY_TIMEOUT_MS = 3000
 #: (``bench/tail_latency.py``, three runs beside the same code with the
 #: default) the middleware's p99.9 over the bare app's went from +1.45, +2.03
 #: and +1.50 ms to +0.19, +0.11 and +0.06 (paced at half the rate, two runs:
-#: +1.02 and +0.89 against +0.30 and +0.95), and a thread sleeping 1 ms beside the pipeline
-#: (``bench/pipeline.py``) woke over 1 ms late about half as often. More,
-#: smaller copies write 4 to 10 % fewer rows a second (``bench/history.py``:
-#: 891,000 and 927,000 against 969,000 and 985,000).
+#: +1.02 and +0.89 against +0.30 and +0.95), and a thread sleeping 1 ms
+#: beside the pipeline (``bench/pipeline.py``) woke over 1 ms late about half
+#: as often. More, smaller copies write 4 to 10 % fewer rows a second
+#: (``bench/history.py``: 891,000 and 927,000 against 969,000 and 985,000).
 WAL_CHECKPOINT_PAGES = 100
 
 
