@@ -32,6 +32,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import fields
 from typing import Any, NamedTuple, Protocol
 
+from ..core import leases
 from .api_channels import public_settings
 from .evaluator import FIRING, INACTIVE, PENDING, Instance, Key, Transition
 from .grouping import ALONE, Grouping
@@ -699,47 +700,18 @@ class SQLAlertStore:
         return self._borrow()
 
     def _lease_row(self, connection: Any) -> tuple[str, int, float]:
-        connection.execute(
-            self._sql(
-                "INSERT INTO aegis_alert_lease (name, holder, token, expires_at) "
-                "VALUES (?, '', 0, 0) ON CONFLICT DO NOTHING"
-            ),
-            (LEASE,),
-        )
-        lock = "" if self.dialect == "sqlite" else " FOR UPDATE"
-        row = connection.execute(
-            self._sql(
-                f"SELECT holder, token, expires_at FROM aegis_alert_lease WHERE name = ?{lock}"
-            ),
-            (LEASE,),
-        ).fetchone()
-        return str(row[0]), int(row[1]), float(row[2])
+        return leases.lease_row(connection, LEASE, mark=self._mark, lock=self.dialect != "sqlite")
 
     def claim(self, holder: str, now: float, ttl: float) -> int | None:
         with self._transaction() as connection:
-            current, token, expires = self._lease_row(connection)
-            if current != holder:
-                if expires >= now:
-                    return None
-                token += 1
-            connection.execute(
-                self._sql(
-                    "UPDATE aegis_alert_lease SET holder = ?, token = ?, expires_at = ? "
-                    "WHERE name = ?"
-                ),
-                (holder, token, now + ttl, LEASE),
-            )
-            return token
+            return leases.claim(
+                connection, LEASE, holder, now, ttl,
+                mark=self._mark, lock=self.dialect != "sqlite",
+            )  # fmt: skip
 
     def release(self, holder: str) -> None:
         with self._transaction() as connection:
-            connection.execute(
-                self._sql(
-                    "UPDATE aegis_alert_lease SET holder = '', expires_at = 0 "
-                    "WHERE name = ? AND holder = ?"
-                ),
-                (LEASE, holder),
-            )
+            leases.release(connection, LEASE, holder, mark=self._mark)
 
     def load(self) -> dict[Key, Instance]:
         with self._read() as connection:

@@ -272,6 +272,8 @@ class FlushCycle:
             return False
 
     def close_sinks(self, deadline: float) -> None:
+        if self.retention is not None:  # another process prunes from now on
+            self.retention.release(self.runners, deadline)
         for runner in self.runners:
             error = runner.wait(runner.call(runner.sink.close), deadline)
             if error is not None:

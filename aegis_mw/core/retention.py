@@ -6,12 +6,26 @@ per table, on its own thread between writes. Each step is a short
 transaction, so a first cleanup of millions of rows never holds a write or
 a reader for long; a failing prune is logged and tried again later, it never
 counts against the sink's writes.
+
+One process of the app prunes at a time: the one holding the ``retention``
+lease in the shared store (see :mod:`.leases`), for sinks that keep leases
+(SQLite, PostgreSQL). Every worker of every host would otherwise delete the
+same expired rows, each waiting for the others' write locks. The holder
+renews the lease at each prune; when it stops (a clean shutdown gives the
+lease up at once) or dies (the lease runs out after :data:`LEASE_SECONDS`),
+the next process to try takes over. Two processes pruning at once (one
+that stalled past its lease) would only delete rows twice over: nothing
+else depends on who prunes.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .sink_runner import SinkRunner
 
@@ -19,6 +33,11 @@ logger = logging.getLogger("aegis_mw.flusher")
 
 PRUNE_BATCH = 10_000
 PRUNE_INTERVAL = 60.0
+#: The lease's name in the store, and how long it outlives the holder's last
+#: prune: three intervals, so a holder late by one keeps it, and a dead one's
+#: work is taken over within about four minutes.
+LEASE = "retention"
+LEASE_SECONDS = 3 * PRUNE_INTERVAL
 
 
 class Retention:
@@ -34,6 +53,22 @@ class Retention:
         self.next_run = 0.0
         self.deleted = 0
         self.failures = 0
+        #: Sinks (by runner name) whose lease this process holds, as of its
+        #: last try.
+        self.held: dict[str, bool] = {}
+        self._holder = ("", -1)
+
+    @property
+    def holder(self) -> str:
+        """This process's name as a lease holder: host, process id and a random
+        part (a process id is reused); a forked child gets its own."""
+        name, pid = self._holder
+        if pid != os.getpid():
+            pid = os.getpid()
+            name = f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}"
+            self._holder = (name, pid)
+            self.held = {}
+        return name
 
     def run(
         self, runners: Sequence[SinkRunner], *, wall: float, monotonic: float, timeout: float
@@ -48,17 +83,45 @@ class Retention:
             # A sink that is failing its writes is left alone until it recovers.
             if not runner.keeps_rollups or runner.consecutive_failures:
                 continue
-            prune = getattr(runner.sink, "prune", None)
-            if prune is None:
+            if getattr(runner.sink, "prune", None) is None:
                 continue
-            future = runner.call(prune, raw_before, rollups_before, PRUNE_BATCH)
+            future = runner.call(
+                _prune_held, runner.sink, self.holder, wall, raw_before, rollups_before
+            )
             error = runner.wait(future, monotonic + timeout)
             if error is not None:
                 self.failures += 1
                 logger.warning("aegis retention on %s failed: %s", runner.name, error)
                 continue
-            deleted = int(future.result())
+            result = future.result()
+            self.held[runner.name] = result is not None
+            if result is None:  # another process of the app prunes
+                continue
+            deleted = int(result)
             self.deleted += deleted
             more = more or deleted >= PRUNE_BATCH
         # While expired rows remain, keep going a batch per cycle.
         self.next_run = monotonic if more else monotonic + PRUNE_INTERVAL
+
+    def release(self, runners: Sequence[SinkRunner], deadline: float) -> None:
+        """Give up the leases this process holds (a clean shutdown), so another
+        process takes the pruning over at its next try; never raises."""
+        for runner in runners:
+            release = getattr(runner.sink, "release_lease", None)
+            if release is None or not self.held.get(runner.name):
+                continue
+            self.held[runner.name] = False
+            error = runner.wait(runner.call(release, LEASE, self.holder), deadline)
+            if error is not None:  # it runs out by itself
+                logger.warning("aegis retention lease on %s not given up: %s", runner.name, error)
+
+
+def _prune_held(
+    sink: Any, holder: str, wall: float, raw_before: float, rollups_before: Mapping[int, float]
+) -> int | None:
+    """On the sink's thread: prune when this process holds the lease (or the
+    sink keeps none); None when another process holds it."""
+    claim = getattr(sink, "claim_lease", None)
+    if claim is not None and not claim(LEASE, holder, wall, LEASE_SECONDS):
+        return None
+    return int(sink.prune(raw_before, rollups_before, PRUNE_BATCH))

@@ -38,6 +38,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from ..alerts.store import SQLAlertStore
+from ..core import leases
 from ..core.errors import ConfigError
 from ..core.gil_slices import Paced, Slices
 from ..core.record import Batch
@@ -254,6 +255,29 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
             self._drop_if_broken(connection)
             raise
         return deleted
+
+    # -- leases (see core.leases): a job one process of the app does ---------
+    def claim_lease(self, name: str, holder: str, now: float, ttl: float) -> bool:
+        """Hold lease ``name`` until ``now + ttl`` (kept, or taken once it
+        expired); False while another process holds it."""
+        connection = self._connect()
+        try:
+            with connection.transaction():
+                token = leases.claim(connection, name, holder, now, ttl, mark="%s", lock=True)
+        except psycopg.OperationalError:
+            self._drop_if_broken(connection)
+            raise
+        return token is not None
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give lease ``name`` up at once, when ``holder`` holds it."""
+        connection = self._connect()
+        try:
+            with connection.transaction():
+                leases.release(connection, name, holder, mark="%s")
+        except psycopg.OperationalError:
+            self._drop_if_broken(connection)
+            raise
 
     def _warn_prune_refused(self, sql: str, exc: psycopg.Error) -> None:
         table = sql.split()[2]  # DELETE FROM <table> ...

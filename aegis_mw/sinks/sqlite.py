@@ -17,12 +17,13 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from contextlib import closing
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
 from itertools import chain
 from types import ModuleType
 
 from ..alerts.store import SQLAlertStore
+from ..core import leases
 from ..core.errors import ConfigError
 from ..core.gil_slices import Paced, Slices, pause_for
 from ..core.record import Batch, RequestRecord
@@ -272,14 +273,8 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         connection = self._connect()
         # Rows another program appended since the last write are put in blocks
         # first, so that they are pruned too (see sqlite_blocks.settle).
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(connection):
             sqlite_blocks.settle(connection)
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:  # SQLite may have rolled back already
-                connection.execute("ROLLBACK")
-            raise
         expired: dict[str, object] = {"before": raw_before, "limit": limit}
         deleted = connection.execute(sqlite_blocks.DELETE_REQUESTS, expired).rowcount
         connection.execute(sqlite_blocks.RAISE_TIME_MIN, expired)  # not a deletion
@@ -295,6 +290,21 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
                 steps.append((_DELETE_ROLLUPS, (level, horizon, limit)))
                 steps.append((_DELETE_TOTALS, (level, horizon, limit)))
         return deleted + sum(connection.execute(sql, params).rowcount for sql, params in steps)
+
+    # -- leases (see core.leases): a job one process of the app does ---------
+    def claim_lease(self, name: str, holder: str, now: float, ttl: float) -> bool:
+        """Hold lease ``name`` until ``now + ttl`` (kept, or taken once it
+        expired); False while another process holds it."""
+        connection = self._connect()
+        with _immediate(connection):
+            token = leases.claim(connection, name, holder, now, ttl, mark="?", lock=False)
+        return token is not None
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give lease ``name`` up at once, when ``holder`` holds it."""
+        connection = self._connect()
+        with _immediate(connection):
+            leases.release(connection, name, holder, mark="?")
 
     def close(self) -> None:
         self._reader.close()
@@ -340,3 +350,16 @@ _DELETE_TOTALS = (
     "(SELECT resolution, bucket, status_class FROM aegis_rollup_totals "
     "WHERE resolution = ? AND bucket < ? LIMIT ?)"
 )
+
+
+@contextmanager
+def _immediate(connection: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction that takes the file's write lock at once."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if connection.in_transaction:  # SQLite may have rolled back already
+            connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")

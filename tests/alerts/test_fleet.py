@@ -338,7 +338,9 @@ def evaluator_killed_mid_send(
         [(claimed_by, state)] = rows(
             "SELECT claimed_by, state FROM aegis_alert_outbox WHERE notice_key = %s", killed_id
         )
-        [(evaluator, token_before)] = rows("SELECT holder, token FROM aegis_alert_lease")
+        [(evaluator, token_before)] = rows(
+            "SELECT holder, token FROM aegis_alert_lease WHERE name = 'evaluator'"
+        )
         assert state == "pending" and claimed_by, (claimed_by, state)
         sender_pid, evaluator_pid = holder_pid(claimed_by), holder_pid(evaluator)
         # Only processes this test started are killed: workers of its two masters.
@@ -351,7 +353,9 @@ def evaluator_killed_mid_send(
 
         # -- a new evaluator takes over, with a higher fencing token.
         def taken_over() -> tuple[str, int] | None:
-            [(holder, token)] = rows("SELECT holder, token FROM aegis_alert_lease")
+            [(holder, token)] = rows(
+                "SELECT holder, token FROM aegis_alert_lease WHERE name = 'evaluator'"
+            )
             if holder and holder_pid(holder) not in killed and token > token_before:
                 return holder, int(token)
             return None

@@ -1,0 +1,62 @@
+"""Leases in the app's shared store: one process of the app at a time does a job.
+
+Every worker and host of an app shares its SQLite file or PostgreSQL
+database; a job that should run once for the whole app (alert evaluation,
+retention pruning) runs in the process that holds the job's lease. A lease
+is a row of ``aegis_alert_lease`` (the table the alert evaluator's lease
+came with, now the app's leases, one row per job ``name``): its holder, a
+fencing token raised each time it changes hands, and when it expires. A
+holder renews it each time it does the job; a process that dies stops
+renewing, and the next one to ask after the expiry takes it over.
+
+The caller runs these inside a write transaction (SQLite's ``BEGIN
+IMMEDIATE``; PostgreSQL's rows are locked here by ``FOR UPDATE``), and
+passes its driver's placeholder. Only parameterised SQL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def lease_row(connection: Any, name: str, *, mark: str, lock: bool) -> tuple[str, int, float]:
+    """The holder, token and expiry of lease ``name`` (a free row first if
+    there is none yet); ``lock`` takes PostgreSQL's row lock."""
+    connection.execute(
+        "INSERT INTO aegis_alert_lease (name, holder, token, expires_at) "
+        f"VALUES ({mark}, '', 0, 0) ON CONFLICT DO NOTHING",
+        (name,),
+    )
+    row = connection.execute(
+        "SELECT holder, token, expires_at FROM aegis_alert_lease "
+        f"WHERE name = {mark}{' FOR UPDATE' if lock else ''}",
+        (name,),
+    ).fetchone()
+    return str(row[0]), int(row[1]), float(row[2])
+
+
+def claim(
+    connection: Any, name: str, holder: str, now: float, ttl: float, *, mark: str, lock: bool
+) -> int | None:
+    """Lease ``name`` for ``holder`` until ``now + ttl`` (kept, or taken
+    because it expired): its fencing token, or None while another holds it."""
+    current, token, expires = lease_row(connection, name, mark=mark, lock=lock)
+    if current != holder:
+        if expires >= now:
+            return None
+        token += 1
+    connection.execute(
+        f"UPDATE aegis_alert_lease SET holder = {mark}, token = {mark}, expires_at = {mark} "
+        f"WHERE name = {mark}",
+        (holder, token, now + ttl, name),
+    )
+    return token
+
+
+def release(connection: Any, name: str, holder: str, *, mark: str) -> None:
+    """Give lease ``name`` up at once, when it is ``holder``'s."""
+    connection.execute(
+        "UPDATE aegis_alert_lease SET holder = '', expires_at = 0 "
+        f"WHERE name = {mark} AND holder = {mark}",
+        (name, holder),
+    )

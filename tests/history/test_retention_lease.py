@@ -1,0 +1,157 @@
+"""Retention pruned by one process of the app at a time: the holder of the
+``retention`` lease in the shared SQLite file or PostgreSQL database."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aegis_mw import Aegis
+from aegis_mw.core import retention
+from aegis_mw.sinks import SQLiteSink
+from aegis_mw.testing import FakeClock
+from tests.spawned import run_together
+
+from .dataset import NOW, batches, make_records
+
+DAY = 86_400
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Any]]:
+    """Makes sinks over one shared store (each its own connection, as each
+    process of an app has), closed after the test."""
+    if request.param == "sqlite":
+        url = str(tmp_path / "shared.db")
+        make: Callable[[], Any] = lambda: SQLiteSink(url)  # noqa: E731
+    else:
+        url = request.getfixturevalue("postgres_url")
+        from aegis_mw.sinks.postgres import PostgresSink  # needs psycopg, checked above
+
+        make = lambda: PostgresSink(url)  # noqa: E731
+    made: list[Any] = []
+
+    def factory() -> Any:
+        made.append(make())
+        return made[-1]
+
+    yield factory
+    for sink in made:
+        sink.close()
+
+
+def test_a_lease_has_one_holder_until_it_runs_out_or_is_given_up(
+    store: Callable[[], Any],
+) -> None:
+    first, second = store(), store()
+    assert first.claim_lease("retention", "a", NOW, 180)
+    assert not second.claim_lease("retention", "b", NOW + 179, 180)
+    assert first.claim_lease("retention", "a", NOW + 179, 180)  # renewed to NOW + 359
+    assert not second.claim_lease("retention", "b", NOW + 359, 180)
+    assert second.claim_lease("retention", "b", NOW + 360, 180)  # ran out: taken over
+    assert not first.claim_lease("retention", "a", NOW + 361, 180)
+    first.release_lease("retention", "a")  # not its own: nothing changes
+    assert not first.claim_lease("retention", "a", NOW + 362, 180)
+    second.release_lease("retention", "b")
+    assert first.claim_lease("retention", "a", NOW + 363, 180)
+    # Leases of other jobs (the alert evaluator's) are rows of their own.
+    assert second.claim_lease("evaluator", "b", NOW + 363, 180)
+
+
+def _expired(path: Path) -> int:
+    with sqlite3.connect(path) as connection:
+        query = "SELECT count(*) FROM aegis_requests WHERE timestamp < ?"
+        return int(connection.execute(query, (NOW - DAY,)).fetchone()[0])
+
+
+def _write_old(sink: Any, count: int, tag: str) -> None:
+    old = [r._replace(timestamp=r.timestamp - 2 * DAY) for r in make_records(count, seed=5)]
+    for batch in batches(old, tag=tag):
+        sink.write(batch)
+
+
+def test_one_pipeline_prunes_and_another_takes_over_when_it_stops(
+    make_aegis: Callable[..., Aegis], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "aegis.db"
+    _write_old(SQLiteSink(str(path)), 300, "first")
+    monkeypatch.setattr(retention, "PRUNE_INTERVAL", 0.0)  # a prune every cycle
+    clock = FakeClock(wall=NOW)
+    options = {"clock": clock, "flush_interval": 3600, "retention_raw": "1d"}
+    pruning = make_aegis(sink=SQLiteSink(str(path)), **options)
+    waiting = make_aegis(sink=SQLiteSink(str(path)), **options)
+
+    assert pruning.force_flush(timeout=10)
+    assert _expired(path) == 0
+    pruning_retention = pruning.flusher.cycle.retention
+    assert pruning_retention is not None
+    assert list(pruning_retention.held.values()) == [True]
+
+    _write_old(SQLiteSink(str(path)), 200, "second")
+    assert waiting.force_flush(timeout=10)
+    assert _expired(path) == 200  # the lease is the other pipeline's
+    waiting_retention = waiting.flusher.cycle.retention
+    assert waiting_retention is not None
+    assert list(waiting_retention.held.values()) == [False]
+    assert waiting_retention.deleted == 0
+
+    assert pruning.shutdown(timeout=10)  # gives the lease up
+    assert waiting.force_flush(timeout=10)
+    assert _expired(path) == 0
+    assert list(waiting_retention.held.values()) == [True]
+    assert waiting_retention.deleted >= 200  # the requests, and their rollups
+    assert list(pruning_retention.held.values()) == [False]
+
+
+def test_a_dead_holders_lease_is_taken_over_once_it_runs_out(
+    make_aegis: Callable[..., Aegis], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "aegis.db"
+    sink = SQLiteSink(str(path))
+    # A process that held the lease and died without giving it up.
+    assert sink.claim_lease(retention.LEASE, "gone:1:0", NOW, retention.LEASE_SECONDS)
+    _write_old(sink, 100, "old")
+    monkeypatch.setattr(retention, "PRUNE_INTERVAL", 0.0)
+    clock = FakeClock(wall=NOW + retention.LEASE_SECONDS)
+    aegis = make_aegis(sink=SQLiteSink(str(path)), clock=clock, flush_interval=3600,
+                       retention_raw="1d")  # fmt: skip
+    assert aegis.force_flush(timeout=10)
+    assert _expired(path) == 100  # not yet run out (it expires after that second)
+    clock.advance(1)
+    assert aegis.force_flush(timeout=10)
+    assert _expired(path) == 0
+
+
+def test_of_several_processes_sharing_a_file_exactly_one_prunes(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    _write_old(SQLiteSink(str(path)), 500, "old")
+    reports, codes = run_together(_prune_once, 3, str(path))
+    assert codes == [0, 0, 0]
+    assert sorted(held for _, held, _ in reports) == [False, False, True], reports
+    pruned = [deleted for _, held, deleted in reports if held]
+    assert pruned[0] >= 500, reports  # the requests, and their rollups
+    assert [deleted for _, held, deleted in reports if not held] == [0, 0], reports
+    assert _expired(path) == 0
+
+
+def _prune_once(path: str, index: int, barrier: Any, results: Any) -> None:
+    """In a spawned process: a pipeline on the shared file, its first cycle (a
+    prune) at the same moment as the others'; reports whether it held the
+    lease and how many rows it deleted."""
+    try:
+        aegis = Aegis(sink=SQLiteSink(path), environ={}, clock=FakeClock(wall=NOW),
+                      flush_interval=3600, retention_raw="1d")  # fmt: skip
+        barrier.wait(timeout=60)
+        assert aegis.force_flush(timeout=30)
+        kept = aegis.flusher.cycle.retention
+        assert kept is not None
+        [held] = kept.held.values()
+        results.put((index, held, kept.deleted))
+        barrier.wait(timeout=60)  # none gives the lease up before all have tried
+        aegis.shutdown(timeout=10)
+    except BaseException as exc:  # reported to the test, which fails on it
+        results.put((index, f"{type(exc).__name__}: {exc}", -1))
