@@ -380,6 +380,12 @@ class Aegis:
         dropped = dict(recorder.dropped)
         inbox = recorder.inbox
         seen = self.aggregates.items_seen(inbox.__len__)
+        retention = self.flusher.cycle.retention
+        pruned, failed, held = (
+            (retention.deleted_by_sink, retention.failures_by_sink, retention.held)
+            if retention is not None
+            else ({}, {}, {})
+        )
         return PipelineStats(
             # Items refused at the inbox (or lost to our own error) never get there.
             offered=seen + dropped["buffer_full"] + dropped["shutdown"] + dropped["internal_error"],
@@ -402,6 +408,9 @@ class Aegis:
                     last_flush_seconds=runner.last_flush_seconds,
                     flushes=runner.flushes,
                     flush_seconds_total=runner.flush_seconds_total,
+                    pruned=pruned.get(runner.name, 0),
+                    prune_failures=failed.get(runner.name, 0),
+                    prune_lease=int(held.get(runner.name, False)),
                 )
                 for runner in self.flusher.runners
             ),

@@ -56,6 +56,9 @@ class Retention:
         #: Sinks (by runner name) whose lease this process holds, as of its
         #: last try.
         self.held: dict[str, bool] = {}
+        #: Rows deleted and prunes failed, by sink (runner name).
+        self.deleted_by_sink: dict[str, int] = {}
+        self.failures_by_sink: dict[str, int] = {}
         self._holder = ("", -1)
 
     @property
@@ -91,6 +94,8 @@ class Retention:
             error = runner.wait(future, monotonic + timeout)
             if error is not None:
                 self.failures += 1
+                failures = self.failures_by_sink
+                failures[runner.name] = failures.get(runner.name, 0) + 1
                 logger.warning("aegis retention on %s failed: %s", runner.name, error)
                 continue
             result = future.result()
@@ -99,6 +104,8 @@ class Retention:
                 continue
             deleted = int(result)
             self.deleted += deleted
+            by_sink = self.deleted_by_sink
+            by_sink[runner.name] = by_sink.get(runner.name, 0) + deleted
             more = more or deleted >= PRUNE_BATCH
         # While expired rows remain, keep going a batch per cycle.
         self.next_run = monotonic if more else monotonic + PRUNE_INTERVAL

@@ -20,6 +20,12 @@ class SinkStats:
     last_flush_seconds: float
     flushes: int
     flush_seconds_total: float
+    #: Retention on this sink (see core.retention): rows deleted, prunes that
+    #: failed, and the processes holding the sink's retention lease (this
+    #: process: 0 or 1; summed over the live workers on a merged ``/metrics``).
+    pruned: int = 0
+    prune_failures: int = 0
+    prune_lease: int = 0
 
 
 @dataclass(frozen=True)

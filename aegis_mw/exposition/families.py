@@ -320,6 +320,27 @@ class FamilyBuilder:
                 [("_total", labels(("sink", sink.name)), sink.errors) for sink in stats.sinks],
             ),
             Family(
+                f"{ns}_retention_deleted_rows",
+                "counter",
+                "Expired rows deleted by retention, by sink.",
+                [("_total", labels(("sink", sink.name)), sink.pruned) for sink in stats.sinks],
+            ),
+            Family(
+                f"{ns}_retention_errors",
+                "counter",
+                "Retention runs that failed, by sink.",
+                [
+                    ("_total", labels(("sink", sink.name)), sink.prune_failures)
+                    for sink in stats.sinks
+                ],
+            ),
+            Family(
+                f"{ns}_retention_lease_held",
+                "gauge",
+                "Processes holding the sink's retention lease (one of the app's prunes at a time).",
+                [("", labels(("sink", sink.name)), sink.prune_lease) for sink in stats.sinks],
+            ),
+            Family(
                 f"{ns}_route_overflow",
                 "counter",
                 "Requests whose route was folded into <overflow> by max_routes.",

@@ -46,6 +46,9 @@ def _sink_figures(sink: SinkStats, *, live: bool) -> dict[str, Any]:
         "flushes": sink.flushes,
         "flush_seconds_total": sink.flush_seconds_total,
         "backlog": sink.backlog if live else 0,
+        "pruned": sink.pruned,
+        "prune_failures": sink.prune_failures,
+        "prune_lease": sink.prune_lease if live else 0,
     }
 
 
@@ -126,14 +129,21 @@ class Merge:
                     "flushes": 0,
                     "flush_seconds_total": 0.0,
                     "backlog": 0,
+                    "pruned": 0,
+                    "prune_failures": 0,
+                    "prune_lease": 0,
                 },
             )
             for field in ("written", "errors", "timeouts", "flushes", "flush_seconds_total"):
                 mine[field] += sink[field]
+            # Absent from the files of a version before them (a rolling upgrade).
+            for field in ("pruned", "prune_failures"):
+                mine[field] += sink.get(field, 0)
             for reason, count in sink["dropped"].items():
                 mine["dropped"][reason] = mine["dropped"].get(reason, 0) + count
             if live:
                 mine["backlog"] += sink["backlog"]
+                mine["prune_lease"] += sink.get("prune_lease", 0)
         if live:
             gauges = data["gauges"]
             self.in_flight += gauges["in_flight"]
@@ -156,6 +166,9 @@ class Merge:
                 last_flush_seconds=0.0,
                 flushes=values["flushes"],
                 flush_seconds_total=values["flush_seconds_total"],
+                pruned=values["pruned"],
+                prune_failures=values["prune_failures"],
+                prune_lease=values["prune_lease"],
             )
             for name, values in self.sinks.items()
         )
@@ -202,6 +215,10 @@ def _counts(value: Any) -> bool:
     )
 
 
+#: Sink fields that files written by earlier versions lack (read as 0).
+_LATER_SINK_FIELDS = ("pruned", "prune_failures", "prune_lease")
+
+
 def _well_formed(data: dict[str, Any]) -> bool:
     """Every field :meth:`Merge.add` reads is there, with the type it expects."""
     sink_fields = ("written", "errors", "timeouts", "flushes", "flush_seconds_total", "backlog")
@@ -224,6 +241,7 @@ def _well_formed(data: dict[str, Any]) -> bool:
             isinstance(sink, dict)
             and isinstance(sink.get("name"), str)
             and all(_is_number(sink.get(name)) for name in sink_fields)
+            and all(_is_number(sink.get(name, 0)) for name in _LATER_SINK_FIELDS)
             and _counts(sink.get("dropped"))
             for sink in data["sinks"]
         )

@@ -166,3 +166,38 @@ def test_a_damaged_snapshot_is_skipped_whole_and_archived_away(
     assert not any(name.startswith(f"aegis_{dead_pid}_") for name in left)
     assert sum(name.startswith(f"aegis_{living_pid}_") for name in left) == len(damaged)
     assert totals(aegis.metrics.endpoint.respond().body.decode())["aegis_http_requests_total"] == 1
+
+
+def retention_samples(text: str) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("aegis_retention_"):
+                found[sample.name] = found.get(sample.name, 0) + sample.value
+    return found
+
+
+def test_retention_figures_add_up_and_the_lease_counts_living_workers_only(
+    tmp_path: Path, make_aegis: Callable[..., Aegis], living_pid: int, dead_pid: int
+) -> None:
+    snapshots = {}
+    for pid, pruned, lease in ((living_pid, 700, 1), (dead_pid, 300, 1)):
+        data = encode(make_aegis(metrics_registry="none").metrics.read_own(), pid=pid, live=True)
+        [sink] = data["sinks"]
+        sink.update(pruned=pruned, prune_failures=1, prune_lease=lease)
+        snapshots[pid] = data
+    # A worker of the version before these figures (a rolling upgrade): none of them.
+    old = encode(make_aegis(metrics_registry="none").metrics.read_own(), pid=living_pid, live=True)
+    for field in ("pruned", "prune_failures", "prune_lease"):
+        del old["sinks"][0][field]
+    for name, data in (("a", snapshots[living_pid]), ("b", snapshots[dead_pid]), ("c", old)):
+        pid = data["pid"]
+        (tmp_path / f"aegis_{pid}_0a0b0c{name}0.json").write_text(json.dumps(data))
+    aegis = make_aegis(metrics_registry="none", metrics_multiprocess_dir=str(tmp_path))
+
+    found = retention_samples(aegis.metrics.endpoint.respond().body.decode())
+    assert found == {
+        "aegis_retention_deleted_rows_total": 1000,  # the dead worker's still count
+        "aegis_retention_errors_total": 2,
+        "aegis_retention_lease_held": 1,  # a dead holder holds nothing
+    }

@@ -99,6 +99,17 @@ def test_one_pipeline_prunes_and_another_takes_over_when_it_stops(
     assert list(waiting_retention.held.values()) == [False]
     assert waiting_retention.deleted == 0
 
+    # The same on /metrics and in stats(): the deleted rows, and who holds the lease.
+    for aegis, lease in ((pruning, 1), (waiting, 0)):
+        [sink] = aegis.stats().sinks
+        assert (sink.prune_lease, sink.prune_failures) == (lease, 0)
+        body = aegis.metrics.endpoint.respond().body.decode()
+        assert f'aegis_retention_lease_held{{sink="{sink.name}"}} {lease}' in body
+        deleted = f'aegis_retention_deleted_rows_total{{sink="{sink.name}"}} {sink.pruned}'
+        assert deleted in body
+    [pruned] = pruning.stats().sinks
+    assert pruned.pruned >= 300 and pruned.pruned == pruning_retention.deleted
+
     assert pruning.shutdown(timeout=10)  # gives the lease up
     assert waiting.force_flush(timeout=10)
     assert _expired(path) == 0
