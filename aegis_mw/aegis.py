@@ -34,7 +34,7 @@ from .core.history import HistorySource
 from .core.labels import RouteCap
 from .core.paths import PathFilter
 from .core.recorder import Recorder
-from .core.retention import Retention
+from .core.retention import Retention, lease_seconds
 from .core.settings import AegisSettings
 from .core.sink import RecordSink
 from .core.sink_runner import SinkRunner
@@ -277,7 +277,9 @@ class Aegis:
             niceness=settings.background_niceness,
         )
         self.flusher.cycle.retention = Retention(
-            settings.retention_raw, horizons(settings.retention_raw, settings.retention_rollups)
+            settings.retention_raw,
+            horizons(settings.retention_raw, settings.retention_rollups),
+            lease_seconds=lease_seconds(settings.flush_interval, settings.sink_timeout),
         )
         #: None until an ASGI middleware attaches; then whether a lifespan
         #: startup arrived (the flusher warns once if traffic comes without one).

@@ -84,6 +84,8 @@ class FlushCycle:
         self.cycles = self.internal_errors = 0
         self._reported = {}
         self._last_report = -math.inf
+        if self.retention is not None:  # the parent's counts and leases stay its own
+            self.retention.reset_after_fork()
 
     def unwritten(self) -> int:
         """Records not yet written, counted once per sink that still owes them."""

@@ -34,10 +34,18 @@ logger = logging.getLogger("aegis_mw.flusher")
 PRUNE_BATCH = 10_000
 PRUNE_INTERVAL = 60.0
 #: The lease's name in the store, and how long it outlives the holder's last
-#: prune: three intervals, so a holder late by one keeps it, and a dead one's
-#: work is taken over within about four minutes.
+#: prune by default: three intervals, so a holder late by one keeps it, and a
+#: dead one's work is taken over within about four minutes. The owner passes
+#: three flush intervals when they are longer (retention runs in a flush
+#: cycle) and the sink's timeout on top (see :func:`lease_seconds`).
 LEASE = "retention"
 LEASE_SECONDS = 3 * PRUNE_INTERVAL
+
+
+def lease_seconds(flush_interval: float, sink_timeout: float) -> float:
+    """How long a retention lease lasts for a pipeline flushing every
+    ``flush_interval`` seconds: three of its prunes, however late, fit."""
+    return 3 * max(PRUNE_INTERVAL, flush_interval) + sink_timeout
 
 
 class Retention:
@@ -47,14 +55,26 @@ class Retention:
     records are kept ``raw_seconds``.
     """
 
-    def __init__(self, raw_seconds: float, horizons: Mapping[int, float]) -> None:
+    def __init__(
+        self,
+        raw_seconds: float,
+        horizons: Mapping[int, float],
+        *,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> None:
         self.raw_seconds = raw_seconds
         self.horizons = dict(horizons)
+        self.lease_seconds = lease_seconds
+        self.reset_after_fork()
+
+    def reset_after_fork(self) -> None:
+        """A fresh start (in a forked child, too: its counts and leases are its
+        own, and it prunes at its first cycle if it can take the lease)."""
         self.next_run = 0.0
         self.deleted = 0
         self.failures = 0
-        #: Sinks (by runner name) whose lease this process holds, as of its
-        #: last try.
+        #: Sinks (by runner name) whose lease this process held at its last
+        #: try; a sink tried and not held is there as False.
         self.held: dict[str, bool] = {}
         #: Rows deleted and prunes failed, by sink (runner name).
         self.deleted_by_sink: dict[str, int] = {}
@@ -64,13 +84,12 @@ class Retention:
     @property
     def holder(self) -> str:
         """This process's name as a lease holder: host, process id and a random
-        part (a process id is reused); a forked child gets its own."""
+        part (a process id is reused)."""
         name, pid = self._holder
         if pid != os.getpid():
             pid = os.getpid()
             name = f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}"
             self._holder = (name, pid)
-            self.held = {}
         return name
 
     def run(
@@ -83,16 +102,23 @@ class Retention:
         raw_before = wall - self.raw_seconds
         rollups_before = {level: wall - kept for level, kept in self.horizons.items()}
         for runner in runners:
-            # A sink that is failing its writes is left alone until it recovers.
-            if not runner.keeps_rollups or runner.consecutive_failures:
+            if not runner.keeps_rollups or getattr(runner.sink, "prune", None) is None:
                 continue
-            if getattr(runner.sink, "prune", None) is None:
+            # A sink that is failing its writes is left alone until it recovers;
+            # its lease runs out meanwhile, so it no longer counts as held.
+            if runner.consecutive_failures:
+                if runner.name in self.held:
+                    self.held[runner.name] = False
                 continue
             future = runner.call(
-                _prune_held, runner.sink, self.holder, wall, raw_before, rollups_before
-            )
+                _prune_held, runner.sink, self.holder, wall, raw_before, rollups_before,
+                self.lease_seconds,
+            )  # fmt: skip
             error = runner.wait(future, monotonic + timeout)
             if error is not None:
+                # Not known to be held (a claim that timed out may still
+                # succeed: the release at shutdown is tried all the same).
+                self.held[runner.name] = False
                 self.failures += 1
                 failures = self.failures_by_sink
                 failures[runner.name] = failures.get(runner.name, 0) + 1
@@ -115,7 +141,9 @@ class Retention:
         process takes the pruning over at its next try; never raises."""
         for runner in runners:
             release = getattr(runner.sink, "release_lease", None)
-            if release is None or not self.held.get(runner.name):
+            # Every sink tried: a claim may have succeeded after its wait ran
+            # out; the release changes nothing where another process holds it.
+            if release is None or runner.name not in self.held:
                 continue
             self.held[runner.name] = False
             error = runner.wait(runner.call(release, LEASE, self.holder), deadline)
@@ -124,11 +152,16 @@ class Retention:
 
 
 def _prune_held(
-    sink: Any, holder: str, wall: float, raw_before: float, rollups_before: Mapping[int, float]
+    sink: Any,
+    holder: str,
+    wall: float,
+    raw_before: float,
+    rollups_before: Mapping[int, float],
+    lease_seconds: float,
 ) -> int | None:
     """On the sink's thread: prune when this process holds the lease (or the
     sink keeps none); None when another process holds it."""
     claim = getattr(sink, "claim_lease", None)
-    if claim is not None and not claim(LEASE, holder, wall, LEASE_SECONDS):
+    if claim is not None and not claim(LEASE, holder, wall, lease_seconds):
         return None
     return int(sink.prune(raw_before, rollups_before, PRUNE_BATCH))

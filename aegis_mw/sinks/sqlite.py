@@ -358,8 +358,8 @@ def _immediate(connection: sqlite3.Connection) -> Iterator[None]:
     connection.execute("BEGIN IMMEDIATE")
     try:
         yield
+        connection.execute("COMMIT")
     except BaseException:
         if connection.in_transaction:  # SQLite may have rolled back already
             connection.execute("ROLLBACK")
         raise
-    connection.execute("COMMIT")

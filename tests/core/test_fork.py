@@ -259,3 +259,35 @@ def test_a_child_forked_after_shutdown_evaluates_nothing(
 
     code, report = run_in_child(child)
     assert (code, report) == (0, {"threads": 0, "ok": True})
+
+
+def test_a_child_starts_with_no_retention_lease_or_counts_of_its_own(
+    make_aegis: Callable[..., Aegis], tmp_path: Path
+) -> None:
+    """The parent pruned and holds the lease: the child neither reports the
+    parent's lease nor counts its deleted rows again (/metrics adds up workers)."""
+    aegis = make_aegis(sink=f"sqlite:///{tmp_path / 'aegis.db'}", flush_interval=3600)
+    offer(aegis, "/before", 2)
+    assert aegis.force_flush(timeout=10) is True  # its first cycle prunes (nothing expired)
+    [parent] = aegis.stats().sinks
+    assert parent.prune_lease == 1
+    retention = aegis.flusher.cycle.retention
+    assert retention is not None
+    retention.deleted_by_sink[parent.name] = 5  # as if it had deleted rows
+    retention.failures_by_sink[parent.name] = 1
+
+    def child() -> dict[str, Any]:
+        [sink] = aegis.stats().sinks
+        report: dict[str, Any] = {
+            "lease": sink.prune_lease,
+            "pruned": sink.pruned,
+            "failures": sink.prune_failures,
+        }
+        report["ok"] = report == {"lease": 0, "pruned": 0, "failures": 0}
+        return report
+
+    code, report = run_in_child(child)
+    assert report == {"lease": 0, "pruned": 0, "failures": 0, "ok": True}
+    assert code == 0
+    [after] = aegis.stats().sinks
+    assert (after.prune_lease, after.pruned, after.prune_failures) == (1, 5, 1)

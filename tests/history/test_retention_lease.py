@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from aegis_mw import Aegis
 from aegis_mw.core import retention
 from aegis_mw.sinks import SQLiteSink
 from aegis_mw.testing import FakeClock
+from tests.harness import inbox_item
 from tests.spawned import run_together
 
 from .dataset import NOW, batches, make_records
@@ -21,33 +23,67 @@ from .dataset import NOW, batches, make_records
 DAY = 86_400
 
 
+class Store:
+    """Sinks over one shared store (each its own connection, as each process
+    of an app has), closed after the test; and a count of its expired rows."""
+
+    def __init__(self, kind: str, url: str) -> None:
+        self.kind, self.url = kind, url
+        self.made: list[Any] = []
+
+    def make(self, *, closed_here: bool = True) -> Any:
+        """A sink, closed after the test unless a pipeline owns (and closes) it."""
+        if self.kind == "sqlite":
+            sink: Any = SQLiteSink(self.url)
+        else:
+            from aegis_mw.sinks.postgres import PostgresSink  # needs psycopg
+
+            sink = PostgresSink(self.url)
+        if closed_here:
+            self.made.append(sink)
+        return sink
+
+    def expired(self) -> int:
+        query = "SELECT count(*) FROM aegis_requests WHERE timestamp < "
+        if self.kind == "sqlite":
+            with closing(sqlite3.connect(self.url)) as connection:
+                return int(connection.execute(query + "?", (NOW - DAY,)).fetchone()[0])
+        import psycopg
+
+        with psycopg.connect(self.url) as connection:
+            row = connection.execute(query + "%s", (NOW - DAY,)).fetchone()
+            assert row is not None
+            return int(row[0])
+
+    def write_old(self, count: int, tag: str) -> None:
+        """``count`` requests two days old (and their rollups)."""
+        old = [r._replace(timestamp=r.timestamp - 2 * DAY) for r in make_records(count, seed=5)]
+        sink = self.make()
+        for batch in batches(old, tag=tag):
+            sink.write(batch)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Any]]:
-    """Makes sinks over one shared store (each its own connection, as each
-    process of an app has), closed after the test."""
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "sqlite":
-        url = str(tmp_path / "shared.db")
-        make: Callable[[], Any] = lambda: SQLiteSink(url)  # noqa: E731
+        shared = Store("sqlite", str(tmp_path / "shared.db"))
     else:
-        url = request.getfixturevalue("postgres_url")
-        from aegis_mw.sinks.postgres import PostgresSink  # needs psycopg, checked above
-
-        make = lambda: PostgresSink(url)  # noqa: E731
-    made: list[Any] = []
-
-    def factory() -> Any:
-        made.append(make())
-        return made[-1]
-
-    yield factory
-    for sink in made:
+        shared = Store("postgresql", request.getfixturevalue("postgres_url"))
+    yield shared
+    for sink in shared.made:
         sink.close()
 
 
-def test_a_lease_has_one_holder_until_it_runs_out_or_is_given_up(
-    store: Callable[[], Any],
-) -> None:
-    first, second = store(), store()
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[Store]:
+    shared = Store("sqlite", str(tmp_path / "shared.db"))
+    yield shared
+    for sink in shared.made:
+        sink.close()
+
+
+def test_a_lease_has_one_holder_until_it_runs_out_or_is_given_up(store: Store) -> None:
+    first, second = store.make(), store.make()
     assert first.claim_lease("retention", "a", NOW, 180)
     assert not second.claim_lease("retention", "b", NOW + 179, 180)
     assert first.claim_lease("retention", "a", NOW + 179, 180)  # renewed to NOW + 359
@@ -62,38 +98,25 @@ def test_a_lease_has_one_holder_until_it_runs_out_or_is_given_up(
     assert second.claim_lease("evaluator", "b", NOW + 363, 180)
 
 
-def _expired(path: Path) -> int:
-    with sqlite3.connect(path) as connection:
-        query = "SELECT count(*) FROM aegis_requests WHERE timestamp < ?"
-        return int(connection.execute(query, (NOW - DAY,)).fetchone()[0])
-
-
-def _write_old(sink: Any, count: int, tag: str) -> None:
-    old = [r._replace(timestamp=r.timestamp - 2 * DAY) for r in make_records(count, seed=5)]
-    for batch in batches(old, tag=tag):
-        sink.write(batch)
-
-
 def test_one_pipeline_prunes_and_another_takes_over_when_it_stops(
-    make_aegis: Callable[..., Aegis], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_aegis: Callable[..., Aegis], store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "aegis.db"
-    _write_old(SQLiteSink(str(path)), 300, "first")
+    store.write_old(300, "first")
     monkeypatch.setattr(retention, "PRUNE_INTERVAL", 0.0)  # a prune every cycle
     clock = FakeClock(wall=NOW)
     options = {"clock": clock, "flush_interval": 3600, "retention_raw": "1d"}
-    pruning = make_aegis(sink=SQLiteSink(str(path)), **options)
-    waiting = make_aegis(sink=SQLiteSink(str(path)), **options)
+    pruning = make_aegis(sink=store.make(closed_here=False), **options)
+    waiting = make_aegis(sink=store.make(closed_here=False), **options)
 
     assert pruning.force_flush(timeout=10)
-    assert _expired(path) == 0
+    assert store.expired() == 0
     pruning_retention = pruning.flusher.cycle.retention
     assert pruning_retention is not None
     assert list(pruning_retention.held.values()) == [True]
 
-    _write_old(SQLiteSink(str(path)), 200, "second")
+    store.write_old(200, "second")
     assert waiting.force_flush(timeout=10)
-    assert _expired(path) == 200  # the lease is the other pipeline's
+    assert store.expired() == 200  # the lease is the other pipeline's
     waiting_retention = waiting.flusher.cycle.retention
     assert waiting_retention is not None
     assert list(waiting_retention.held.values()) == [False]
@@ -112,41 +135,66 @@ def test_one_pipeline_prunes_and_another_takes_over_when_it_stops(
 
     assert pruning.shutdown(timeout=10)  # gives the lease up
     assert waiting.force_flush(timeout=10)
-    assert _expired(path) == 0
+    assert store.expired() == 0
     assert list(waiting_retention.held.values()) == [True]
     assert waiting_retention.deleted >= 200  # the requests, and their rollups
     assert list(pruning_retention.held.values()) == [False]
 
 
 def test_a_dead_holders_lease_is_taken_over_once_it_runs_out(
-    make_aegis: Callable[..., Aegis], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_aegis: Callable[..., Aegis], store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "aegis.db"
-    sink = SQLiteSink(str(path))
     # A process that held the lease and died without giving it up.
-    assert sink.claim_lease(retention.LEASE, "gone:1:0", NOW, retention.LEASE_SECONDS)
-    _write_old(sink, 100, "old")
+    assert store.make().claim_lease(retention.LEASE, "gone:1:0", NOW, 180)
+    store.write_old(100, "old")
     monkeypatch.setattr(retention, "PRUNE_INTERVAL", 0.0)
-    clock = FakeClock(wall=NOW + retention.LEASE_SECONDS)
-    aegis = make_aegis(sink=SQLiteSink(str(path)), clock=clock, flush_interval=3600,
+    clock = FakeClock(wall=NOW + 180)
+    aegis = make_aegis(sink=store.make(closed_here=False), clock=clock, flush_interval=3600,
                        retention_raw="1d")  # fmt: skip
     assert aegis.force_flush(timeout=10)
-    assert _expired(path) == 100  # not yet run out (it expires after that second)
+    assert store.expired() == 100  # not yet run out (it expires after that second)
     clock.advance(1)
     assert aegis.force_flush(timeout=10)
-    assert _expired(path) == 0
+    assert store.expired() == 0
 
 
-def test_of_several_processes_sharing_a_file_exactly_one_prunes(tmp_path: Path) -> None:
-    path = tmp_path / "shared.db"
-    _write_old(SQLiteSink(str(path)), 500, "old")
-    reports, codes = run_together(_prune_once, 3, str(path))
+class FailsWrites(SQLiteSink):
+    """Refuses its writes while ``failing`` (a disk gone read-only, say)."""
+
+    failing = False
+
+    def write(self, batch: Any) -> None:
+        if self.failing:
+            raise OSError("disk I/O error")
+        super().write(batch)
+
+
+def test_a_pipeline_whose_writes_fail_stops_counting_the_lease_as_held(
+    make_aegis: Callable[..., Aegis], sqlite_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(retention, "PRUNE_INTERVAL", 0.0)
+    sink = FailsWrites(sqlite_store.url)
+    aegis = make_aegis(sink=sink, clock=FakeClock(wall=NOW), flush_interval=3600,
+                       retention_raw="1d")  # fmt: skip
+    assert aegis.force_flush(timeout=10)
+    assert aegis.stats().sinks[0].prune_lease == 1
+    sink.failing = True
+    aegis.recorder.offer(inbox_item("/r/1", route="/r/{n}"))
+    assert not aegis.force_flush(timeout=10)
+    # It prunes no more, and its lease runs out: another process's to take.
+    [stats] = aegis.stats().sinks
+    assert stats.consecutive_failures and stats.prune_lease == 0
+
+
+def test_of_several_processes_sharing_a_file_exactly_one_prunes(sqlite_store: Store) -> None:
+    sqlite_store.write_old(500, "old")
+    reports, codes = run_together(_prune_once, 3, sqlite_store.url)
     assert codes == [0, 0, 0]
     assert sorted(held for _, held, _ in reports) == [False, False, True], reports
     pruned = [deleted for _, held, deleted in reports if held]
     assert pruned[0] >= 500, reports  # the requests, and their rollups
     assert [deleted for _, held, deleted in reports if not held] == [0, 0], reports
-    assert _expired(path) == 0
+    assert sqlite_store.expired() == 0
 
 
 def _prune_once(path: str, index: int, barrier: Any, results: Any) -> None:
