@@ -33,6 +33,7 @@ from dataclasses import fields
 from typing import Any, NamedTuple, Protocol
 
 from ..core import leases
+from ..core.transactions import immediate
 from .api_channels import public_settings
 from .evaluator import FIRING, INACTIVE, PENDING, Instance, Key, Transition
 from .grouping import ALONE, Grouping
@@ -685,13 +686,8 @@ class SQLAlertStore:
         write lock at once; PostgreSQL's rows are locked by ``FOR UPDATE``."""
         with self._borrow() as connection:
             if self.dialect == "sqlite":
-                connection.execute("BEGIN IMMEDIATE")
-                try:
+                with immediate(connection):
                     yield connection
-                except BaseException:
-                    connection.execute("ROLLBACK")
-                    raise
-                connection.execute("COMMIT")
             else:
                 with connection.transaction():
                     yield connection

@@ -12,7 +12,7 @@ lease in the shared store (see :mod:`.leases`), for sinks that keep leases
 (SQLite, PostgreSQL). Every worker of every host would otherwise delete the
 same expired rows, each waiting for the others' write locks. The holder
 renews the lease at each prune; when it stops (a clean shutdown gives the
-lease up at once) or dies (the lease runs out after :data:`LEASE_SECONDS`),
+lease up at once) or dies (the lease runs out, see :func:`lease_seconds`),
 the next process to try takes over. Two processes pruning at once (one
 that stalled past its lease) would only delete rows twice over: nothing
 else depends on who prunes.
@@ -71,8 +71,6 @@ class Retention:
         """A fresh start (in a forked child, too: its counts and leases are its
         own, and it prunes at its first cycle if it can take the lease)."""
         self.next_run = 0.0
-        self.deleted = 0
-        self.failures = 0
         #: Sinks (by runner name) whose lease this process held at its last
         #: try; a sink tried and not held is there as False.
         self.held: dict[str, bool] = {}
@@ -80,6 +78,16 @@ class Retention:
         self.deleted_by_sink: dict[str, int] = {}
         self.failures_by_sink: dict[str, int] = {}
         self._holder = ("", -1)
+
+    @property
+    def deleted(self) -> int:
+        """Rows this process deleted, every sink together."""
+        return sum(self.deleted_by_sink.values())
+
+    @property
+    def failures(self) -> int:
+        """Prunes that failed, every sink together."""
+        return sum(self.failures_by_sink.values())
 
     @property
     def holder(self) -> str:
@@ -119,7 +127,6 @@ class Retention:
                 # Not known to be held (a claim that timed out may still
                 # succeed: the release at shutdown is tried all the same).
                 self.held[runner.name] = False
-                self.failures += 1
                 failures = self.failures_by_sink
                 failures[runner.name] = failures.get(runner.name, 0) + 1
                 logger.warning("aegis retention on %s failed: %s", runner.name, error)
@@ -129,7 +136,6 @@ class Retention:
             if result is None:  # another process of the app prunes
                 continue
             deleted = int(result)
-            self.deleted += deleted
             by_sink = self.deleted_by_sink
             by_sink[runner.name] = by_sink.get(runner.name, 0) + deleted
             more = more or deleted >= PRUNE_BATCH

@@ -17,8 +17,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import closing
 from itertools import chain
 from types import ModuleType
 
@@ -30,6 +30,7 @@ from ..core.record import Batch, RequestRecord
 from ..core.rollup import LEVELS, RollupDelta, expand, histogram_functions
 from ..core.rollup import parameter_rows as rollup_parameters
 from ..core.sink import RecordRejected
+from ..core.transactions import immediate
 from . import history_sql, sqlite_blocks, sqlite_rows
 from .files import create_private, prepare_path
 from .sqlite_read import SQLiteReader
@@ -182,23 +183,20 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         in it (see :func:`_refused`), so the flusher finds that record and
         stores the others."""
         connection = self._connect()
-        connection.execute("BEGIN IMMEDIATE")
         try:
-            # An id stored already: a retry of a write that did commit.
-            if (batch.requests or batch.sessions) and (
-                not batch.batch_id
-                or connection.execute(INSERT_BATCH, (batch.batch_id, time.time())).rowcount
-            ):
-                if batch.requests:
-                    self._insert_requests(connection, batch.requests)
-                if batch.sessions:
-                    connection.executemany(INSERT_SESSION, batch.sessions)
-            if batch.rollups is not None and batch.rollups.cells:
-                self._add_rollups(connection, batch.rollups)
-            connection.execute("COMMIT")
+            with immediate(connection):
+                # An id stored already: a retry of a write that did commit.
+                if (batch.requests or batch.sessions) and (
+                    not batch.batch_id
+                    or connection.execute(INSERT_BATCH, (batch.batch_id, time.time())).rowcount
+                ):
+                    if batch.requests:
+                        self._insert_requests(connection, batch.requests)
+                    if batch.sessions:
+                        connection.executemany(INSERT_SESSION, batch.sessions)
+                if batch.rollups is not None and batch.rollups.cells:
+                    self._add_rollups(connection, batch.rollups)
         except BaseException as exc:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
             if _refused(exc):
                 raise RecordRejected(
                     f"SQLite refused the batch ({type(exc).__name__}: {exc})"
@@ -273,7 +271,7 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         connection = self._connect()
         # Rows another program appended since the last write are put in blocks
         # first, so that they are pruned too (see sqlite_blocks.settle).
-        with _immediate(connection):
+        with immediate(connection):
             sqlite_blocks.settle(connection)
         expired: dict[str, object] = {"before": raw_before, "limit": limit}
         deleted = connection.execute(sqlite_blocks.DELETE_REQUESTS, expired).rowcount
@@ -296,14 +294,14 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         """Hold lease ``name`` until ``now + ttl`` (kept, or taken once it
         expired); False while another process holds it."""
         connection = self._connect()
-        with _immediate(connection):
+        with immediate(connection):
             token = leases.claim(connection, name, holder, now, ttl, mark="?", lock=False)
         return token is not None
 
     def release_lease(self, name: str, holder: str) -> None:
         """Give lease ``name`` up at once, when ``holder`` holds it."""
         connection = self._connect()
-        with _immediate(connection):
+        with immediate(connection):
             leases.release(connection, name, holder, mark="?")
 
     def close(self) -> None:
@@ -350,16 +348,3 @@ _DELETE_TOTALS = (
     "(SELECT resolution, bucket, status_class FROM aegis_rollup_totals "
     "WHERE resolution = ? AND bucket < ? LIMIT ?)"
 )
-
-
-@contextmanager
-def _immediate(connection: sqlite3.Connection) -> Iterator[None]:
-    """A write transaction that takes the file's write lock at once."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        connection.execute("COMMIT")
-    except BaseException:
-        if connection.in_transaction:  # SQLite may have rolled back already
-            connection.execute("ROLLBACK")
-        raise
