@@ -38,12 +38,14 @@ from .core.retention import Retention, lease_seconds
 from .core.settings import AegisSettings
 from .core.sink import RecordSink
 from .core.sink_runner import SinkRunner
+from .core.spooling import Spooled
 from .core.stats import PipelineStats, SinkStats
 from .endpoints.reads import MonitoringReads
 from .exposition.service import MetricsService
 from .health.service import HealthService
 from .history.ranges import horizons
 from .sinks import build_sinks
+from .sinks.spool_file import attach_spools
 
 logger = logging.getLogger("aegis_mw")
 
@@ -105,6 +107,33 @@ def multiprocess_directory(
     if sys.platform == "win32":
         raise ConfigError("metrics_multiprocess_dir", text, "not supported on Windows", source)
     return path
+
+
+def _sink_drops(runner: SinkRunner) -> dict[str, int]:
+    """The runner's drops, with the rollups its spool's store refused on replay."""
+    dropped = dict(runner.dropped)
+    if runner.spool is not None and runner.spool.rollups_rejected:
+        dropped["rollups_rejected"] = (
+            dropped.get("rollups_rejected", 0) + runner.spool.rollups_rejected
+        )
+    return dropped
+
+
+def _spool_figures(spool: Spooled | None, wall: float) -> dict[str, Any]:
+    """A sink's spool, as SinkStats fields (none without a spool)."""
+    if spool is None:
+        return {}
+    view = spool.view
+    return {
+        "spool_limit_bytes": spool.store.limit_bytes,
+        "spool_records": view.records,
+        "spool_bytes": view.bytes,
+        "spool_oldest_age_seconds": max(0.0, wall - view.oldest) if view.batches else 0.0,
+        "spooled": spool.spooled,
+        "replayed": spool.replayed,
+        "spool_lost": spool.rejected + spool.unreadable,
+        "spool_error": spool.last_error if spool.failures else "",
+    }
 
 
 #: The most a shutdown waits for the alert threads (an evaluation, a send).
@@ -261,10 +290,13 @@ class Aegis:
             )
             for name, sink in named_sinks
         ]
-        for runner in runners:  # the SQLite sink paces its inserts by them
-            pace_by = getattr(runner.sink, "pace_by", None)
-            if pace_by is not None:
-                pace_by(_backlog_of(self.recorder, runner.backlog, runner.max_backlog))
+        attach_spools(runners, settings)
+        for runner in runners:  # the SQLite sink paces its inserts by them, a spool its parts
+            backlog = _backlog_of(self.recorder, runner.backlog, runner.max_backlog)
+            for paced in (runner.sink, runner.spool):
+                pace_by = getattr(paced, "pace_by", None)
+                if pace_by is not None:
+                    pace_by(backlog)
         self.flusher = Flusher(
             self.recorder,
             self.finalizer,
@@ -388,6 +420,7 @@ class Aegis:
             if retention is not None
             else ({}, {}, {})
         )
+        wall = self.clock.wall()
         return PipelineStats(
             # Items refused at the inbox (or lost to our own error) never get there.
             offered=seen + dropped["buffer_full"] + dropped["shutdown"] + dropped["internal_error"],
@@ -402,7 +435,7 @@ class Aegis:
                     name=runner.name,
                     written=runner.written,
                     backlog=runner.queued(),
-                    dropped=dict(runner.dropped),
+                    dropped=_sink_drops(runner),
                     errors=runner.errors,
                     timeouts=runner.timeouts,
                     consecutive_failures=runner.consecutive_failures,
@@ -413,6 +446,7 @@ class Aegis:
                     pruned=pruned.get(runner.name, 0),
                     prune_failures=failed.get(runner.name, 0),
                     prune_lease=int(held.get(runner.name, False)),
+                    **_spool_figures(runner.spool, wall),
                 )
                 for runner in self.flusher.runners
             ),

@@ -192,6 +192,9 @@ class FlushCycle:
         or at once with ``rollups_now`` (a forced flush, shutdown).
         """
         failed: set[int] = set()
+        # Sinks written once in this call: spooled batches alone (see
+        # .spooling) make a sink due once per call, never in a loop.
+        tried: set[int] = set()
         while True:
             now = time.monotonic()
             if (deadline is not None and now >= deadline) or (stop is not None and stop()):
@@ -202,7 +205,10 @@ class FlushCycle:
                 runner
                 for runner in self.runners
                 if id(runner) not in failed
-                and runner.owes_now(now, rollups_now=rollups_now)
+                and (
+                    runner.owes_now(now, rollups_now=rollups_now)
+                    or (id(runner) not in tried and runner.spool_due(now))
+                )
                 and (force or now >= runner.retry_at)
             ]
             if not due:
@@ -217,7 +223,8 @@ class FlushCycle:
             for runner in due:
                 with_rollups = runner.rollups_due(now, now_anyway=rollups_now)
                 batch, taken = runner.next_batch(self.batch_size, rollups=with_rollups)
-                calls.append((runner, taken, runner.call(runner.sink.write, batch)))
+                calls.append((runner, taken, runner.call(runner.writer, batch)))
+                tried.add(id(runner))
             for runner, taken, future in calls:
                 # Never past the write's own deadline: a slow sink is still
                 # found slow, not one the flusher kept waiting.
@@ -278,6 +285,8 @@ class FlushCycle:
             self.retention.release(self.runners, deadline)
         for runner in self.runners:
             error = runner.wait(runner.call(runner.sink.close), deadline)
+            if error is None and runner.spool is not None:  # another process replays from now on
+                error = runner.wait(runner.call(runner.spool.close), deadline)
             if error is not None:
                 logger.warning("aegis sink %s did not close cleanly: %s", runner.name, error)
             runner.stop()

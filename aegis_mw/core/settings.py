@@ -384,6 +384,15 @@ _RULES: dict[str, _Rule] = {
         "seconds, > 0, at least retry_backoff_initial",
         _float_text,
     ),
+    "spool_dir": _Rule(
+        _directory_text,
+        "a directory on local disk for the spool of remote sinks ('' for none), created if missing",
+    ),
+    "spool_max_bytes": _Rule(
+        _number(int, 1 << 20, 1 << 40),
+        "bytes, an integer from 1048576 (1 MiB) to 1099511627776 (1 TiB)",
+        _int_text,
+    ),
     "sample_rate": _Rule(_number(float, 0, 1), "a number from 0 to 1", _float_text),
     "slow_threshold_ms": _Rule(_number(float, 0, 1e9), "milliseconds, >= 0", _float_text),
     "exclude_paths": _Rule(
@@ -540,6 +549,11 @@ class AegisSettings:
     shutdown_timeout: float = 10.0
     retry_backoff_initial: float = 1.0
     retry_backoff_max: float = 30.0
+    #: Where remote sinks (PostgreSQL) keep batches while their store is
+    #: unreachable, replayed when it returns (docs/deployment.md); '' for none.
+    spool_dir: str = ""
+    #: The most the spool holds on disk, all its sinks together.
+    spool_max_bytes: int = 256 * 1024 * 1024
     sample_rate: float = 1.0
     slow_threshold_ms: float = 1000.0
     exclude_paths: tuple[str, ...] = ()

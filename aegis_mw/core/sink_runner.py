@@ -31,6 +31,7 @@ from .record import Batch, RequestRecord
 from .refusals import RefusalHandling, Stored
 from .rollup import MAX_PENDING_CELLS, RollupDelta
 from .sink import RecordSink
+from .spooling import Spooled
 
 #: Seconds between rollup writes while traffic flows: the cost of a rollup
 #: write depends on the routes and buckets it touches, not on how many
@@ -139,9 +140,23 @@ class SinkRunner(RefusalHandling):
         self.last_flush_seconds = 0.0
         self.flush_seconds_total = 0.0
         self.flushes = 0
+        #: The spool this sink's writes go through (see :mod:`.spooling`), if any.
+        self.spool: Spooled | None = None
+        #: What a write calls on the sink's thread: the sink's ``write``, or the spool.
+        self.writer: Callable[[Batch], None] = sink.write
         self._in_flight: Future[Any] | None = None
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+
+    def attach_spool(self, spool: Spooled) -> None:
+        """Send this sink's writes through ``spool`` (a remote store's outage
+        kept on local disk)."""
+        self.spool = spool
+        self.writer = spool
+
+    def spool_due(self, now: float) -> bool:
+        """Spooled batches wait and the store may be tried again."""
+        return self.spool is not None and self.spool.due(now)
 
     # -- I/O thread -------------------------------------------------------
     def start(self) -> None:
@@ -193,6 +208,8 @@ class SinkRunner(RefusalHandling):
         self.isolation.reset()
         self._tail_probe = False
         self._unanswered = None
+        if self.spool is not None:
+            self.spool.reset_after_fork()
         self._reset_refusal_log()
         self._delta_prefix = os.urandom(8).hex()
         self._delta_sequence = 0

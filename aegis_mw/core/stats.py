@@ -26,6 +26,19 @@ class SinkStats:
     pruned: int = 0
     prune_failures: int = 0
     prune_lease: int = 0
+    #: The spool of a remote sink (see core.spooling), with ``spool_dir``: its
+    #: bound for all sinks together (0: no spool); what it holds for this sink
+    #: now, and the age of the oldest record there; this process's records
+    #: spooled, replayed, and lost on replay (refused by the store, or
+    #: unreadable); the store's last error while it is unreachable.
+    spool_limit_bytes: int = 0
+    spool_records: int = 0
+    spool_bytes: int = 0
+    spool_oldest_age_seconds: float = 0.0
+    spooled: int = 0
+    replayed: int = 0
+    spool_lost: int = 0
+    spool_error: str = ""
 
 
 @dataclass(frozen=True)

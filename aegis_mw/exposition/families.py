@@ -7,7 +7,7 @@ they are escaped once and cached; the caches are bounded by the route cap.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ from ..core.labeled import (
     TTFB_SUM,
     LabeledTotals,
 )
-from ..core.stats import PipelineStats
+from ..core.stats import PipelineStats, SinkStats
 from .system import SystemReading
 from .text import Family, label_text, number
 
@@ -340,6 +340,7 @@ class FamilyBuilder:
                 "Processes holding the sink's retention lease (one of the app's prunes at a time).",
                 [("", labels(("sink", sink.name)), sink.prune_lease) for sink in stats.sinks],
             ),
+            *_spool_families(ns, labels, [sink for sink in stats.sinks if sink.spool_limit_bytes]),
             Family(
                 f"{ns}_route_overflow",
                 "counter",
@@ -347,3 +348,33 @@ class FamilyBuilder:
                 [("_total", labels(), route_overflow)],
             ),
         ]
+
+
+def _spool_families(ns: str, labels: Callable[..., Any], sinks: list[SinkStats]) -> list[Family]:
+    """The spools of remote sinks (none without ``spool_dir``)."""
+    if not sinks:
+        return []
+    gauges = (
+        ("records", "Records in the spool on disk, waiting for the sink's store.", "spool_records"),
+        ("bytes", "Bytes the sink's batches take in the spool.", "spool_bytes"),
+        ("limit_bytes", "The spool's bound (spool_max_bytes), for all sinks together.",
+         "spool_limit_bytes"),
+        ("oldest_age_seconds", "Age of the oldest record in the spool (0 when empty).",
+         "spool_oldest_age_seconds"),
+    )  # fmt: skip
+    counters = (
+        ("spooled_records", "Records put in the spool while the store was unreachable.", "spooled"),
+        ("replayed_records", "Records replayed from the spool into the store.", "replayed"),
+        ("lost_records", "Spooled records the store refused on replay, or unreadable.",
+         "spool_lost"),
+    )  # fmt: skip
+    return [
+        Family(
+            f"{ns}_spool_{name}",
+            kind,
+            help_text,
+            [(suffix, labels(("sink", sink.name)), getattr(sink, field)) for sink in sinks],
+        )
+        for kind, suffix, entries in (("gauge", "", gauges), ("counter", "_total", counters))
+        for name, help_text, field in entries
+    ]

@@ -36,8 +36,15 @@ ARCHIVE = "aegis_archive.json"
 LOCK = "aegis.lock"
 
 
+#: Sink counters that files written by earlier versions lack (read as 0).
+_LATER_COUNTERS = ("pruned", "prune_failures", "spooled", "replayed", "spool_lost")
+#: What every process reads from the one spool file the app's processes
+#: share: the largest of the live processes' readings, never a sum.
+_SHARED_GAUGES = ("spool_limit_bytes", "spool_records", "spool_bytes", "spool_oldest_age_seconds")
+
+
 def _sink_figures(sink: SinkStats, *, live: bool) -> dict[str, Any]:
-    """What adds up across processes for one sink (its backlog only while alive)."""
+    """What adds up across processes for one sink (its gauges only while alive)."""
     return {
         "written": sink.written,
         "dropped": dict(sink.dropped),
@@ -46,9 +53,9 @@ def _sink_figures(sink: SinkStats, *, live: bool) -> dict[str, Any]:
         "flushes": sink.flushes,
         "flush_seconds_total": sink.flush_seconds_total,
         "backlog": sink.backlog if live else 0,
-        "pruned": sink.pruned,
-        "prune_failures": sink.prune_failures,
+        **{field: getattr(sink, field) for field in _LATER_COUNTERS},
         "prune_lease": sink.prune_lease if live else 0,
+        **{field: getattr(sink, field) if live else 0 for field in _SHARED_GAUGES},
     }
 
 
@@ -129,21 +136,22 @@ class Merge:
                     "flushes": 0,
                     "flush_seconds_total": 0.0,
                     "backlog": 0,
-                    "pruned": 0,
-                    "prune_failures": 0,
                     "prune_lease": 0,
+                    **dict.fromkeys(_LATER_COUNTERS + _SHARED_GAUGES, 0),
                 },
             )
             for field in ("written", "errors", "timeouts", "flushes", "flush_seconds_total"):
                 mine[field] += sink[field]
             # Absent from the files of a version before them (a rolling upgrade).
-            for field in ("pruned", "prune_failures"):
+            for field in _LATER_COUNTERS:
                 mine[field] += sink.get(field, 0)
             for reason, count in sink["dropped"].items():
                 mine["dropped"][reason] = mine["dropped"].get(reason, 0) + count
             if live:
                 mine["backlog"] += sink["backlog"]
                 mine["prune_lease"] += sink.get("prune_lease", 0)
+                for field in _SHARED_GAUGES:
+                    mine[field] = max(mine[field], sink.get(field, 0))
         if live:
             gauges = data["gauges"]
             self.in_flight += gauges["in_flight"]
@@ -166,9 +174,8 @@ class Merge:
                 last_flush_seconds=0.0,
                 flushes=values["flushes"],
                 flush_seconds_total=values["flush_seconds_total"],
-                pruned=values["pruned"],
-                prune_failures=values["prune_failures"],
                 prune_lease=values["prune_lease"],
+                **{field: values[field] for field in _LATER_COUNTERS + _SHARED_GAUGES},
             )
             for name, values in self.sinks.items()
         )
@@ -216,7 +223,7 @@ def _counts(value: Any) -> bool:
 
 
 #: Sink fields that files written by earlier versions lack (read as 0).
-_LATER_SINK_FIELDS = ("pruned", "prune_failures", "prune_lease")
+_LATER_SINK_FIELDS = (*_LATER_COUNTERS, "prune_lease", *_SHARED_GAUGES)
 
 
 def _well_formed(data: dict[str, Any]) -> bool:

@@ -3,7 +3,7 @@ for ``/health/live``, ``/health/ready`` and ``/health``."""
 
 from __future__ import annotations
 
-from .builtin import disk_space, loop_lag, process_memory, sink_health
+from .builtin import disk_space, loop_lag, process_memory, sink_health, spool_health
 from .checks import CheckOutcome, CheckResult, HealthCheck
 from .service import HealthService
 
@@ -16,4 +16,5 @@ __all__ = [
     "loop_lag",
     "process_memory",
     "sink_health",
+    "spool_health",
 ]

@@ -14,19 +14,24 @@ from .checks import FAIL, PASS, WARN, CheckOutcome, HealthCheck
 
 if TYPE_CHECKING:
     from ..aegis import Aegis
+    from ..core.stats import SinkStats
     from .loop_lag import LoopLagMonitor
 
 
 def sink_health(aegis: Aegis, *, max_backlog: int = 10_000, critical: bool = False) -> HealthCheck:
     """Every sink accepted its last write, and none has more than ``max_backlog``
-    records waiting (a sink that keeps failing is reported with its last error)."""
+    records waiting (a sink that keeps failing is reported with its last error).
+    A batch kept in the spool counts as accepted (see :func:`spool_health`)."""
 
     def check() -> CheckOutcome:
         stats = aegis.stats()
-        details = {
+        details: dict[str, dict[str, object]] = {
             sink.name: {"backlog": sink.backlog, "consecutive_failures": sink.consecutive_failures}
             for sink in stats.sinks
         }
+        for sink in stats.sinks:
+            if sink.spool_limit_bytes:
+                details[sink.name]["spool"] = _spool_details(sink)
         failing = [sink for sink in stats.sinks if sink.consecutive_failures]
         if failing:
             message = "; ".join(f"{sink.name}: {sink.last_error}" for sink in failing)
@@ -34,11 +39,48 @@ def sink_health(aegis: Aegis, *, max_backlog: int = 10_000, critical: bool = Fal
         behind = [sink.name for sink in stats.sinks if sink.backlog > max_backlog]
         if behind:
             return CheckOutcome(WARN, f"backlog over {max_backlog}: {', '.join(behind)}", details)
+
         if not stats.flusher_alive:
             return CheckOutcome(FAIL, "the flusher thread is not running", details)
         return CheckOutcome(PASS, "", details)
 
     return HealthCheck("sinks", check, timeout=2.0, critical=critical)
+
+
+def spool_health(aegis: Aegis) -> HealthCheck:
+    """The spools of remote sinks (registered by itself with ``spool_dir``):
+    pass while empty; warn while batches wait there (the store unreachable,
+    or the replay not done: nothing is lost, the stored history lags); fail
+    when a batch found no room in it (it waits in memory, bounded). Never
+    critical: the app serves its requests either way."""
+
+    def check() -> CheckOutcome:
+        sinks = [sink for sink in aegis.stats().sinks if sink.spool_limit_bytes]
+        details = {sink.name: _spool_details(sink) for sink in sinks}
+        full = [sink for sink in sinks if sink.consecutive_failures]
+        if full:
+            message = "; ".join(f"{sink.name}: {sink.last_error}" for sink in full)
+            return CheckOutcome(FAIL, message, details)
+        waiting = [sink for sink in sinks if sink.spool_records or sink.spool_error]
+        if waiting:
+            message = "; ".join(
+                f"{sink.name}: {sink.spool_records} records spooled"
+                + (f", the store unreachable ({sink.spool_error})" if sink.spool_error else "")
+                for sink in waiting
+            )
+            return CheckOutcome(WARN, message, details)
+        return CheckOutcome(PASS, "", details)
+
+    return HealthCheck("spool", check, timeout=2.0, critical=False)
+
+
+def _spool_details(sink: SinkStats) -> dict[str, object]:
+    return {
+        "records": sink.spool_records,
+        "bytes": sink.spool_bytes,
+        "limit_bytes": sink.spool_limit_bytes,
+        "oldest_age_seconds": round(sink.spool_oldest_age_seconds, 3),
+    }
 
 
 def disk_space(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from ..endpoints.reads import CHECKS
 from ..endpoints.response import Response
+from .builtin import spool_health
 from .checks import FAIL, PASS, UNKNOWN, WARN, CheckResult, HealthCheck
 from .loop_lag import LoopLagMonitor
 from .runner import CheckRunner
@@ -67,6 +68,8 @@ class HealthService:
             limiter=lambda: threads.limiter(CHECKS),
         )
         aegis.metrics.health_reading = self._gauge
+        if any(runner.spool is not None for runner in aegis.flusher.runners):
+            self.add(spool_health(aegis))  # its figures in /health/ready's details
 
     # -- registration ---------------------------------------------------------
     @overload

@@ -103,6 +103,10 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         aegis = Aegis(sink=sink)
     """
 
+    #: A store across the network: its batches are spooled while it is
+    #: unreachable, when ``spool_dir`` is set (see aegis_mw.core.spooling).
+    remote = True
+
     def __init__(self, url: str) -> None:
         try:
             params = conninfo_to_dict(url)

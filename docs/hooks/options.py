@@ -37,6 +37,11 @@ DESCRIPTIONS: dict[str, str] = {
     "shutdown_timeout": "Seconds shutdown may spend writing what is left.",
     "retry_backoff_initial": "First wait after a sink failure (doubling, ±10% jitter).",
     "retry_backoff_max": "Longest wait between retries of a failing sink.",
+    "spool_dir": "Where a remote sink's batches are kept on local disk while its store is "
+    "unreachable, and replayed from when it returns "
+    "([the spool](deployment.md#when-the-store-goes-away-the-spool)); `''` for none.",
+    "spool_max_bytes": "The most the spool holds, every sink's batches together; a batch "
+    "that finds no room stays in the sink's backlog in memory.",
     "sample_rate": (
         "Share of ordinary requests kept in the stored log; errors (5xx or an exception) and "
         "requests slower than `slow_threshold_ms` are always kept; sampling never thins the "

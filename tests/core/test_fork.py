@@ -291,3 +291,44 @@ def test_a_child_starts_with_no_retention_lease_or_counts_of_its_own(
     assert code == 0
     [after] = aegis.stats().sinks
     assert (after.prune_lease, after.pruned, after.prune_failures) == (1, 5, 1)
+
+
+def test_a_child_spools_through_a_connection_of_its_own_from_zero(
+    make_aegis: Callable[..., Aegis], tmp_path: Path
+) -> None:
+    """The store unreachable (nothing listens on port 1): the parent spooled;
+    the child counts only what it spools itself, into the same file, through
+    a connection it opened (sharing the parent's would corrupt the file)."""
+    aegis = make_aegis(
+        sink="postgresql://nobody@127.0.0.1:1/none", spool_dir=str(tmp_path),
+        flush_interval=3600, retry_backoff_max=3600,
+    )  # fmt: skip
+    offer(aegis, "/parent", 3)
+    assert aegis.force_flush(timeout=10) is True  # spooled counts as kept
+    [parent] = aegis.stats().sinks
+    assert (parent.spooled, parent.spool_records) == (3, 3)
+    spool = aegis.flusher.runners[0].spool
+    assert spool is not None
+    connection = spool.store._connection  # type: ignore[attr-defined]
+
+    def child() -> dict[str, Any]:
+        before = aegis.stats().sinks[0].spooled
+        offer(aegis, "/child", 2)
+        flushed = aegis.force_flush(timeout=10)
+        [sink] = aegis.stats().sinks
+        report = {
+            "before": before, "flushed": flushed, "spooled": sink.spooled,
+            "records": sink.spool_records,
+            "own_connection": spool.store._connection is not connection,  # type: ignore[attr-defined]
+        }  # fmt: skip
+        expected = {"before": 0, "flushed": True, "spooled": 2, "records": 5,
+                    "own_connection": True}  # fmt: skip
+        report["ok"] = report == expected
+        return report
+
+    code, report = run_in_child(child)
+    assert report["ok"], report
+    assert code == 0
+    [after] = aegis.stats().sinks
+    assert after.spooled == 3
+    assert spool.store.view().records == 5  # both processes' records, in one file

@@ -201,3 +201,47 @@ def test_retention_figures_add_up_and_the_lease_counts_living_workers_only(
         "aegis_retention_errors_total": 2,
         "aegis_retention_lease_held": 1,  # a dead holder holds nothing
     }
+
+
+def spool_samples(text: str) -> dict[str, float]:
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("aegis_spool_")
+    }
+
+
+def test_spool_counters_add_up_and_its_gauges_are_the_shared_files_not_a_sum(
+    tmp_path: Path, make_aegis: Callable[..., Aegis], living_pid: int, dead_pid: int
+) -> None:
+    figures = {
+        # The workers read one spool file: the same records, seen a moment apart.
+        living_pid: {"spool_limit_bytes": 1000, "spool_records": 40, "spool_bytes": 400,
+                         "spool_oldest_age_seconds": 7.5, "spooled": 50, "replayed": 10, "spool_lost": 1},
+        dead_pid: {"spool_limit_bytes": 1000, "spool_records": 90, "spool_bytes": 900,
+                       "spool_oldest_age_seconds": 30.0, "spooled": 30, "replayed": 5, "spool_lost": 2},
+    }  # fmt: skip
+    for name, (pid, values) in zip("ab", figures.items(), strict=True):
+        data = encode(make_aegis(metrics_registry="none").metrics.read_own(), pid=pid, live=True)
+        data["sinks"][0].update(values)
+        (tmp_path / f"aegis_{pid}_0a0b0c{name}0.json").write_text(json.dumps(data))
+    old = encode(make_aegis(metrics_registry="none").metrics.read_own(), pid=living_pid, live=True)
+    for field in figures[living_pid]:
+        del old["sinks"][0][field]  # a worker of the version before the spool
+    (tmp_path / f"aegis_{living_pid}_0a0b0cc0.json").write_text(json.dumps(old))
+    aegis = make_aegis(metrics_registry="none", metrics_multiprocess_dir=str(tmp_path))
+
+    found = spool_samples(aegis.metrics.endpoint.respond().body.decode())
+    assert found == {
+        "aegis_spool_records": 40,  # the living worker's reading; a dead one's is old
+        "aegis_spool_bytes": 400,
+        "aegis_spool_limit_bytes": 1000,
+        "aegis_spool_oldest_age_seconds": 7.5,
+        "aegis_spool_spooled_records_total": 80,  # what each worker did: summed
+        "aegis_spool_replayed_records_total": 15,
+        "aegis_spool_lost_records_total": 3,
+    }
+    # Without a spool anywhere: no spool series at all.
+    assert spool_samples(make_aegis(metrics_registry="none").metrics.endpoint.respond().body
+                         .decode()) == {}  # fmt: skip
