@@ -552,7 +552,8 @@ class AegisSettings:
     #: Where remote sinks (PostgreSQL) keep batches while their store is
     #: unreachable, replayed when it returns (docs/deployment.md); '' for none.
     spool_dir: str = ""
-    #: The most the spool holds on disk, all its sinks together.
+    #: The most the spooled batches take, all sinks together (the file adds
+    #: SQLite's pages and log to that).
     spool_max_bytes: int = 256 * 1024 * 1024
     sample_rate: float = 1.0
     slow_threshold_ms: float = 1000.0

@@ -30,6 +30,7 @@ as failed with the store's error: from there it is retried, or dropped as
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from . import spool_codec
 from .gil_slices import Paced, Slices
 from .record import Batch
 from .sink import is_refusal
+from .spool_salvage import ReplayCut, Salvage
 
 logger = logging.getLogger("aegis_mw.flusher")
 
@@ -71,14 +73,20 @@ class SpoolStore(Protocol):
 
     limit_bytes: int
 
-    def append(self, batch_id: str, records: int, oldest: float, payload: bytes) -> None:
-        """Add a batch at the end (once per ``batch_id``); :class:`SpoolFull`
-        when it would take the spool over its bound."""
+    #: The last :meth:`first` found batches another process of the app replays.
+    replayed_elsewhere: bool
+
+    def append(self, batch_id: str, records: int, oldest: float, payload: bytes) -> bool:
+        """Add a batch at the end; False when its ``batch_id`` is there
+        already; :class:`SpoolFull` when it would take the spool over its bound."""
 
     def first(self) -> tuple[int, int, bytes] | None:
         """The oldest spooled batch (sequence number, records, payload) for this
         process to replay, or None: nothing spooled, or another process of
         the app replays this sink."""
+
+    def after(self, sequence: int) -> tuple[int, int, bytes] | None:
+        """The spooled batch next after ``sequence``, or None."""
 
     def remove(self, sequence: int) -> None: ...
 
@@ -147,9 +155,12 @@ class Spooled(Paced):
         if now >= self._next_look:
             self._look(now)
         if self.view.batches or now < self.retry_at:
+            replayed = False
             if now >= self.retry_at:
-                self._replay(now + self.replay_seconds)
-            if self.view.batches or time.monotonic() < self.retry_at:
+                replayed = self._replay(now + self.replay_seconds)
+            # After a replay the batch waits its turn in the spool: a write
+            # straight to the store now could take this call past sink_timeout.
+            if replayed or self.view.batches or time.monotonic() < self.retry_at:
                 self._append(batch)
                 return
         self._direct(batch)
@@ -171,70 +182,93 @@ class Spooled(Paced):
     def _append(self, batch: Batch) -> None:
         if not batch and batch.rollups is None:
             return
+        if not batch.batch_id:  # built by hand: an id of its own, so that it is stored once
+            batch = Batch(batch.requests, batch.sessions, batch.rollups, f"s{os.urandom(8).hex()}")
         slices = Slices(backlog=self._backlog)
         payload = spool_codec.encode(batch, slices.check)
-        self.store.append(
-            batch.batch_id, len(batch), spool_codec.oldest(batch, self.wall()), payload
-        )
-        self.spooled += len(batch)
+        oldest = spool_codec.oldest(batch, self.wall())
+        if self.store.append(batch.batch_id, len(batch), oldest, payload):
+            self.spooled += len(batch)  # not again for a batch resent after a timeout
         self._look(time.monotonic())
 
-    def _replay(self, deadline: float) -> None:
+    def _replay(self, deadline: float) -> bool:
+        """Replay the oldest batches until ``deadline``; True when any went in."""
         slices = Slices(backlog=self._backlog)
-        answered = False  # by the store: a batch stored or refused
+        answered = False  # by the store: a batch stored, whole or in part
         try:
             while time.monotonic() < deadline:
                 row = self.store.first()
                 if row is None:
+                    if self.store.replayed_elsewhere:  # its replayer knows the store
+                        self.failures, self.last_error = 0, ""
                     break
                 sequence, records, payload = row
-                try:
-                    batch = spool_codec.decode(payload, slices.check)
-                except spool_codec.SpoolCorrupt as exc:
-                    logger.error("aegis spool: an unreadable batch of %d records was let go (%s)",
-                                 records, exc)  # fmt: skip
-                    self.unreadable += records
-                    self.store.remove(sequence)
+                batch = self._decoded(sequence, records, payload, slices)
+                if batch is None:
                     continue
-                self._store(batch)
+                self._store(batch, sequence, deadline, slices)
                 answered = True
                 self.store.remove(sequence)
-                self.replayed += len(batch)
+        except ReplayCut:
+            answered = True
         except Exception as exc:  # the store went away again, or the spool file failed
             self._down(exc)
         else:
             if answered:
                 self._up()
         self._look(time.monotonic())
+        return answered
 
-    def _store(self, batch: Batch) -> None:
-        """Write a replayed batch; on a refusal, its parts, down to the
-        single records refused (let go and counted)."""
+    def _decoded(self, sequence: int, records: int, payload: bytes, slices: Slices) -> Batch | None:
+        """The spooled batch, or None (let go, counted) when it cannot be read."""
+        try:
+            return spool_codec.decode(payload, slices.check)
+        except spool_codec.SpoolCorrupt as exc:
+            logger.error("aegis spool: an unreadable batch of %d records was let go (%s)",
+                         records, exc)  # fmt: skip
+            self.unreadable += records
+            self.store.remove(sequence)
+            return None
+
+    def _store(self, batch: Batch, sequence: int, deadline: float, slices: Slices) -> None:
+        """Write a replayed batch; when the store refuses it, what it takes of
+        it (see :mod:`.spool_salvage`), the refused records counted and let go."""
         try:
             self.write(batch)
+            self.replayed += len(batch)
             return
         except Exception as exc:
             if not is_refusal(exc):
                 raise
-            refusal = exc
-        records = len(batch)
-        if batch.rollups is not None:
-            if not records:
-                self.rollups_rejected += batch.rollups.requests
-                logger.error("aegis spool: the store refused a spooled rollup delta (%s)", refusal)
-                return
-            self._store(Batch(rollups=batch.rollups, batch_id=f"{batch.batch_id}.r"))
-            self._store(Batch(batch.requests, batch.sessions, batch_id=f"{batch.batch_id}.n"))
-            return
-        if records == 1:
-            self.rejected += 1
-            logger.error("aegis spool: the store refused a spooled record (%s)", refusal)
-            return
-        # The first half of the records in order (requests, then sessions), and the rest.
-        half, requests, sessions = records // 2, batch.requests, batch.sessions
-        split = max(0, half - len(requests))
-        self._store(Batch(requests[:half], sessions[:split], batch_id=f"{batch.batch_id}.0"))
-        self._store(Batch(requests[half:], sessions[split:], batch_id=f"{batch.batch_id}.1"))
+        salvage = Salvage(self.write, deadline)
+
+        def proof() -> bool:
+            """The next spooled batch, stored whole: the store takes records."""
+            row = self.store.after(sequence)
+            if row is None:
+                return False
+            following = self._decoded(*row, slices)
+            if following is None:
+                return proof()
+            try:
+                self.write(following)
+            except Exception as exc:
+                if not is_refusal(exc):
+                    raise
+                return False
+            self.store.remove(row[0])
+            self.replayed += len(following)
+            return True
+
+        salvage.run(batch, proof)  # counted once the search is done, not for parts of one cut short
+        self.replayed += salvage.stored
+        self.rejected += len(salvage.held)
+        self.rollups_rejected += salvage.held_rollups
+        logger.error(
+            "aegis spool: the store refused %d records and the rollups of %d requests of a "
+            "spooled batch, which were let go (%s)",
+            len(salvage.held), salvage.held_rollups, salvage.refusal,
+        )  # fmt: skip
 
     def _look(self, now: float) -> None:
         self.view = self.store.view()

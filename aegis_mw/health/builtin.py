@@ -51,8 +51,9 @@ def spool_health(aegis: Aegis) -> HealthCheck:
     """The spools of remote sinks (registered by itself with ``spool_dir``):
     pass while empty; warn while batches wait there (the store unreachable,
     or the replay not done: nothing is lost, the stored history lags); fail
-    when a batch found no room in it (it waits in memory, bounded). Never
-    critical: the app serves its requests either way."""
+    while writes through it fail (a batch found no room, a write hangs: the
+    batches wait in memory, bounded). Never critical: the app serves its
+    requests either way."""
 
     def check() -> CheckOutcome:
         sinks = [sink for sink in aegis.stats().sinks if sink.spool_limit_bytes]

@@ -46,7 +46,7 @@ from ..core.rollup import LEVELS, Encode, RollupDelta, expand, histogram_functio
 from ..core.rollup import parameter_rows as rollup_parameters
 from ..core.sink import RecordRejected
 from . import history_sql, postgres_copy
-from .postgres_read import PostgresReader
+from .postgres_read import KEEPALIVES, PostgresReader
 from .postgres_schema import (
     COPY_REQUESTS,
     COPY_SESSIONS,
@@ -88,6 +88,9 @@ DELTA_ID_KEEP_SECONDS = 86_400.0
 #: Unless the URL says otherwise: an unreachable server fails a write well
 #: within the default sink_timeout (5 s), as an error of its own.
 CONNECT_TIMEOUT_SECONDS = 3
+#: Unless the URL says otherwise: data sent to the server and not
+#: acknowledged for this long ends the write connection (milliseconds).
+TCP_USER_TIMEOUT_MS = 15_000
 #: The longest an alert-store call waits for a connection of its pool (the
 #: server down: the tick fails and is logged, the next one tries again).
 ALERT_POOL_WAIT_SECONDS = 10.0
@@ -120,6 +123,15 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
             self.connect_kwargs["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
         if "application_name" not in params:
             self.connect_kwargs["application_name"] = "aegis_mw"
+        # The write connection also gives up on a server gone silent (a
+        # network partition, a host that froze): a write would otherwise
+        # wait for the kernel's TCP timeouts, minutes, and the pipeline with
+        # it (with ``spool_dir`` the batches then go to the spool instead).
+        silent = {**KEEPALIVES, "tcp_user_timeout": TCP_USER_TIMEOUT_MS}
+        self.write_kwargs = {
+            **{key: value for key, value in silent.items() if key not in params},
+            **self.connect_kwargs,
+        }
         self._connection: psycopg.Connection[Any] | None = None
         self._owner: tuple[int, int] = (0, 0)
         # Connections left behind by a fork, or by a thread whose write was
@@ -168,7 +180,7 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         if connection is not None and self._owner != owner:
             self._left_behind.append(connection)
         self._connection = None
-        connection = psycopg.connect(self.url, autocommit=True, **self.connect_kwargs)
+        connection = psycopg.connect(self.url, autocommit=True, **self.write_kwargs)
         try:
             migrate(connection)
             for statement in CREATE_STAGING:

@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sqlite3
@@ -35,6 +36,8 @@ from ..core.spooling import Spooled, SpoolFull, SpoolView
 from ..core.transactions import immediate
 from .files import create_private
 from .sqlite import BUSY_TIMEOUT_MS, SQLiteSink
+
+logger = logging.getLogger("aegis_mw")
 
 FILE_NAME = "aegis-spool.db"
 SCHEMA_VERSION = 1
@@ -51,6 +54,19 @@ SCHEMA = (
         payload BLOB NOT NULL,
         UNIQUE (sink, batch_id)
     )
+    """,
+    # In spooling order for each sink: the oldest batch, and the one after it,
+    # found without reading the rest.
+    "CREATE INDEX IF NOT EXISTS aegis_spool_order ON aegis_spool (sink, sequence)",
+    # What each sink holds, kept by every change in the same transaction:
+    # the bound is checked and the figures read without summing the rows.
+    """
+    CREATE TABLE IF NOT EXISTS aegis_spool_totals (
+        sink TEXT PRIMARY KEY,
+        batches INTEGER NOT NULL,
+        records INTEGER NOT NULL,
+        bytes INTEGER NOT NULL
+    ) WITHOUT ROWID
     """,
     """
     CREATE TABLE IF NOT EXISTS aegis_alert_lease (
@@ -75,6 +91,7 @@ class SpoolFile:
         self._holder = _holder()
         self._connection: sqlite3.Connection | None = None
         self._pid = 0
+        self.replayed_elsewhere = False
         # Opened now, so that a spool_dir that cannot hold the file fails at start.
         self._connect()
 
@@ -103,31 +120,38 @@ class SpoolFile:
         self._connection, self._pid = connection, os.getpid()
         return connection
 
-    def append(self, batch_id: str, records: int, oldest: float, payload: bytes) -> None:
+    def append(self, batch_id: str, records: int, oldest: float, payload: bytes) -> bool:
         connection = self._connect()
-        # A batch built by hand has no id: one of its own, so that it is kept once.
-        batch_id = batch_id or f"spool-{os.urandom(8).hex()}"
         with immediate(connection):
-            held = connection.execute("SELECT total(bytes) FROM aegis_spool").fetchone()[0]
+            held = connection.execute("SELECT total(bytes) FROM aegis_spool_totals").fetchone()[0]
             if held + len(payload) > self.limit_bytes:
                 raise SpoolFull(
                     f"the spool holds {int(held)} bytes; a batch of {len(payload)} more "
                     f"would take it over spool_max_bytes ({self.limit_bytes})"
                 )
-            connection.execute(
+            added = connection.execute(
                 "INSERT INTO aegis_spool (sink, batch_id, records, bytes, oldest, spooled_at, "
                 "payload) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (self.sink, batch_id, records, len(payload), oldest, time.time(), payload),
-            )
+            ).rowcount
+            if added:
+                self._count(connection, self.sink, 1, records, len(payload))
+        return bool(added)
+
+    @staticmethod
+    def _count(connection: sqlite3.Connection, sink: str, *change: int) -> None:
+        connection.execute(
+            "INSERT INTO aegis_spool_totals (sink, batches, records, bytes) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (sink) DO UPDATE SET batches = batches + excluded.batches, "
+            "records = records + excluded.records, bytes = bytes + excluded.bytes",
+            (sink, *change),
+        )
 
     def first(self) -> tuple[int, int, bytes] | None:
         connection = self._connect()
+        self.replayed_elsewhere = False
         with immediate(connection):
-            row = connection.execute(
-                "SELECT sequence, records, payload FROM aegis_spool WHERE sink = ? "
-                "ORDER BY sequence LIMIT 1",
-                (self.sink,),
-            ).fetchone()
+            row = self._next(connection, -1)
             if row is None:  # nothing to replay: the lease goes, for whoever spools next
                 leases.release(connection, self._lease, self._holder, mark="?")
                 return None
@@ -135,21 +159,53 @@ class SpoolFile:
                 connection, self._lease, self._holder, time.time(), self.lease_seconds,
                 mark="?", lock=False,
             )  # fmt: skip
-        return None if token is None else (int(row[0]), int(row[1]), bytes(row[2]))
+        self.replayed_elsewhere = token is None
+        return None if token is None else row
+
+    def after(self, sequence: int) -> tuple[int, int, bytes] | None:
+        return self._next(self._connect(), sequence)
+
+    def _next(self, connection: sqlite3.Connection, sequence: int) -> tuple[int, int, bytes] | None:
+        row = connection.execute(
+            "SELECT sequence, records, payload FROM aegis_spool WHERE sink = ? AND sequence > ? "
+            "ORDER BY sequence LIMIT 1",
+            (self.sink, sequence),
+        ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]), bytes(row[2]))
 
     def remove(self, sequence: int) -> None:
         connection = self._connect()
         with immediate(connection):
-            connection.execute("DELETE FROM aegis_spool WHERE sequence = ?", (sequence,))
+            row = connection.execute(
+                "SELECT sink, records, bytes FROM aegis_spool WHERE sequence = ?", (sequence,)
+            ).fetchone()
+            if row is not None:  # not when another process removed it first
+                connection.execute("DELETE FROM aegis_spool WHERE sequence = ?", (sequence,))
+                self._count(connection, row[0], -1, -row[1], -row[2])
 
     def view(self) -> SpoolView:
         connection = self._connect()
-        batches, records, held, oldest = connection.execute(
-            "SELECT count(*), total(records), total(bytes), min(oldest) FROM aegis_spool "
-            "WHERE sink = ?",
+        totals = connection.execute(
+            "SELECT batches, records, bytes FROM aegis_spool_totals WHERE sink = ?", (self.sink,)
+        ).fetchone()
+        if totals is None or not totals[0]:
+            return SpoolView()
+        # The oldest batch's earliest record: batches are spooled in the order they came.
+        oldest = connection.execute(
+            "SELECT oldest FROM aegis_spool WHERE sink = ? ORDER BY sequence LIMIT 1",
             (self.sink,),
         ).fetchone()
-        return SpoolView(int(batches), int(records), int(held), float(oldest or 0.0))
+        return SpoolView(int(totals[0]), int(totals[1]), int(totals[2]),
+                         float(oldest[0]) if oldest else 0.0)  # fmt: skip
+
+    def others(self, sinks: Sequence[str]) -> dict[str, int]:
+        """Records spooled for sinks not among ``sinks`` (renamed or removed since)."""
+        rows = (
+            self._connect()
+            .execute("SELECT sink, records FROM aegis_spool_totals WHERE batches > 0")
+            .fetchall()
+        )
+        return {str(sink): int(records) for sink, records in rows if sink not in sinks}
 
     def release(self) -> None:
         connection = self._connect()
@@ -204,6 +260,13 @@ def attach_spools(runners: Sequence[SinkRunner], settings: AegisSettings) -> Non
             f"a directory where this process can keep an SQLite file ({exc})",
             source,
         ) from None  # fmt: skip
+    left = files[0].others([runner.name for runner in remote])
+    for name, records in sorted(left.items()):
+        logger.warning(
+            "aegis spool: %s holds %d records of sink %s, which this app no longer has; "
+            "they stay there (see docs/deployment.md, the spool)",
+            path, records, name,
+        )  # fmt: skip
     for runner, spool in zip(remote, files, strict=True):
         runner.attach_spool(
             Spooled(

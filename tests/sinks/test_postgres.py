@@ -441,6 +441,27 @@ def test_pruning_goes_on_past_expired_requests_the_app_still_references(
     assert "expired rows of aegis_requests are kept" in warnings[0]
 
 
+def test_the_write_connection_gives_up_on_a_silent_server_unless_the_url_chose(
+    postgres_url: str, sinks: Callable[[str], PostgresSink]
+) -> None:
+    """A write waiting on a partitioned server ends within seconds (keepalives,
+    and a timeout for data not acknowledged), not after the kernel's minutes."""
+
+    def parameters(url: str) -> dict[str, str]:
+        sink = sinks(url)
+        sink.write(Batch())
+        assert sink._connection is not None
+        found = sink._connection.info.get_parameters()
+        return {key: found[key] for key in found if key.startswith(("keepalives", "tcp_user"))}
+
+    assert parameters(postgres_url) == {
+        "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
+        "keepalives_count": "3", "tcp_user_timeout": "15000",
+    }  # fmt: skip
+    chosen = parameters(f"{postgres_url}&keepalives_idle=30&tcp_user_timeout=2000")
+    assert (chosen["keepalives_idle"], chosen["tcp_user_timeout"]) == ("30", "2000")
+
+
 def test_commits_do_not_wait_for_the_disk_unless_someone_chose(
     postgres_url: str, sinks: Callable[[str], PostgresSink]
 ) -> None:

@@ -20,6 +20,7 @@ import pytest
 from aegis_mw import Aegis
 from aegis_mw.core import spool_codec
 from aegis_mw.core.errors import ConfigError
+from aegis_mw.core.gil_slices import Slices
 from aegis_mw.core.record import Batch, RequestRecord
 from aegis_mw.core.rollup import RollupDelta
 from aegis_mw.core.spooling import Spooled, SpoolFull
@@ -31,6 +32,8 @@ from tests.servers import promtool_checks
 psycopg = pytest.importorskip("psycopg")
 
 T0 = 1_764_950_000.0
+#: The sinks a test opened, closed after it.
+OPENED: list[Any] = []
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +51,8 @@ def store(server: PrivatePostgres) -> Iterator[PrivatePostgres]:
         connection.execute("DROP SCHEMA public CASCADE")
         connection.execute("CREATE SCHEMA public")
     yield server
+    while OPENED:  # closed here, so that a failed test leaves no connection behind
+        OPENED.pop().close()
     if not _up(server):
         server.start()
 
@@ -99,11 +104,12 @@ def spool_file(tmp_path: Path, sink: str = "pg", **options: Any) -> SpoolFile:
 
 def test_the_file_keeps_batches_in_order_once_each_owner_only(tmp_path: Path) -> None:
     spool = spool_file(tmp_path)
-    spool.append("b1", 3, 10.0, b"one")
-    spool.append("b2", 2, 5.0, b"two")
-    spool.append("b1", 3, 10.0, b"one")  # a retried write: kept once
+    assert spool.append("b1", 3, 10.0, b"one")
+    assert spool.append("b2", 2, 5.0, b"two")
+    assert not spool.append("b1", 3, 10.0, b"one")  # a retried write: kept once
     view = spool.view()
-    assert (view.batches, view.records, view.bytes, view.oldest) == (2, 5, 6, 5.0)
+    # The oldest: the first batch's earliest record (batches come in order).
+    assert (view.batches, view.records, view.bytes, view.oldest) == (2, 5, 6, 10.0)
     assert stat.S_IMODE(os.stat(tmp_path / FILE_NAME).st_mode) == 0o600
     first = spool.first()
     assert first is not None and first[1:] == (3, b"one")
@@ -171,6 +177,7 @@ def spooled(server: PrivatePostgres, tmp_path: Path, **options: Any) -> tuple[Sp
     from aegis_mw.sinks.postgres import PostgresSink
 
     sink = PostgresSink(server.url)
+    OPENED.append(sink)
     options.setdefault("backoff_initial", 0.01)
     options.setdefault("backoff_max", 0.01)
     return Spooled(sink.write, spool_file(tmp_path), sink_timeout=8.0, **options), sink
@@ -189,12 +196,15 @@ def test_an_outage_is_spooled_and_replayed_in_order_exactly_once(
     store.stop()
     for number in range(1, 5):
         through(batch_of(range(number * 10, number * 10 + 10), f"b{number}"))
+    through(batch_of(range(40, 50), "b4"))  # resent after a timeout: kept and counted once
     assert through.spooled == 40 and through.view.records == 40 and through.failures
     assert through.last_error  # the store's own words
     store.start()
     _wait_retry(through)
-    through(batch_of(range(50, 60), "b5"))  # replays the four first, then writes this one
-    assert (through.replayed, through.view.batches, through.failures) == (40, 0, 0)
+    through(batch_of(range(50, 60), "b5"))  # replays the four first; this one waits its turn
+    assert (through.replayed, through.view.batches, through.failures) == (40, 1, 0)
+    through(Batch())  # as the flusher calls it while batches wait
+    assert (through.replayed, through.view.batches) == (50, 0)
     # A replay that is sent again (two processes, a lost answer) stores nothing twice.
     for number in range(1, 3):
         sink.write(batch_of(range(number * 10, number * 10 + 10), f"b{number}"))
@@ -205,7 +215,6 @@ def test_an_outage_is_spooled_and_replayed_in_order_exactly_once(
         ids = [row[0] for row in connection.execute(
             "SELECT batch_id FROM aegis_batches ORDER BY applied_at, batch_id")]  # fmt: skip
     assert ids == [f"b{number}" for number in range(6)]  # the order they came in
-    sink.close()
 
 
 def test_the_spool_refusing_a_batch_hands_back_the_stores_error(
@@ -214,6 +223,7 @@ def test_the_spool_refusing_a_batch_hands_back_the_stores_error(
     from aegis_mw.sinks.postgres import PostgresSink
 
     sink = PostgresSink(store.url)
+    OPENED.append(sink)
     tiny = Spooled(
         sink.write, spool_file(tmp_path, limit_bytes=64), sink_timeout=8.0,
         backoff_initial=0.01, backoff_max=0.01,
@@ -225,9 +235,9 @@ def test_the_spool_refusing_a_batch_hands_back_the_stores_error(
 
 
 def test_records_the_store_refuses_on_replay_are_let_go_and_the_rest_stored(
-    store: PrivatePostgres, tmp_path: Path
+    store: PrivatePostgres, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    through, sink = spooled(store, tmp_path)
+    through, _sink = spooled(store, tmp_path)
     store.stop()
     batch = batch_of(range(40), "mixed")
     records = list(batch.requests)
@@ -237,21 +247,88 @@ def test_records_the_store_refuses_on_replay_are_let_go_and_the_rest_stored(
     assert through.view.records == 40
     store.start()
     _wait_retry(through)
-    through(Batch())
-    assert (through.rejected, through.view.batches) == (2, 0), through.last_error
+    with caplog.at_level("ERROR", logger="aegis_mw.flusher"):
+        through(Batch())
+    assert (through.rejected, through.replayed, through.view.batches) == (2, 38, 0)
+    assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1  # one line a batch
     paths, counted = stored(store.url)
     assert sorted(paths) == sorted(f"/items/{n}" for n in range(40) if n not in (7, 30))
     assert counted == 40  # the rollups were refused nothing
-    # Replayed again after a crash in the middle: the parts' ids are the same.
-    through._store(Batch(records, rollups=batch.rollups, batch_id="mixed"))
+    # Searched again after a crash in the middle: the parts' ids are the same.
+    through._store(Batch(records, rollups=batch.rollups, batch_id="mixed"), 0, time.monotonic() + 60,
+                   Slices())  # fmt: skip
     assert stored(store.url) == (paths, counted)
-    sink.close()
+
+
+def test_a_refused_rollup_cell_costs_only_its_own_requests(
+    store: PrivatePostgres, tmp_path: Path
+) -> None:
+    through, _sink = spooled(store, tmp_path)
+    store.stop()
+    batch = batch_of(range(40), "cells")
+    records = list(batch.requests)
+    records[3] = records[3]._replace(route="/nul\x00route")  # its own cell, refused
+    delta = RollupDelta()
+    for record in records:
+        delta.add(record.timestamp, record.route, record.method, record.status,
+                  record.duration_ms, False, 0, record.response_bytes)  # fmt: skip
+    delta.delta_id = "delta-cells"
+    through(Batch(records, rollups=delta, batch_id="cells"))
+    store.start()
+    _wait_retry(through)
+    through(Batch())
+    assert (through.rejected, through.rollups_rejected, through.view.batches) == (1, 1, 0)
+    paths, counted = stored(store.url)
+    assert len(paths) == 39 and counted == 39
+
+
+def test_a_store_that_refuses_every_record_keeps_the_spool_and_is_backed_off_from(
+    store: PrivatePostgres, tmp_path: Path
+) -> None:
+    through, sink = spooled(store, tmp_path, backoff_initial=60, backoff_max=60)
+    sink.write(batch_of(range(1), "first"))  # the tables exist
+    store.stop()
+    for number in range(3):
+        through(batch_of(range(number * 100, number * 100 + 100), f"b{number}"))
+    store.start()
+    with psycopg.connect(store.url, autocommit=True) as connection:  # a column the app lacks
+        connection.execute("ALTER TABLE aegis_requests ADD COLUMN tenant text")
+        connection.execute("ALTER TABLE aegis_requests ADD CONSTRAINT tenant_set "
+                           "CHECK (tenant IS NOT NULL) NOT VALID")  # fmt: skip
+    through.retry_at = 0.0
+    started = time.monotonic()
+    through(Batch())
+    assert time.monotonic() - started < 8.0 * 0.25 + 1.0  # a quarter of sink_timeout, and a write
+    assert (through.rejected, through.replayed, through.view.records) == (0, 0, 300)
+    assert through.failures and "refused every record" in through.last_error
+    assert through.retry_at > time.monotonic() + 30  # backed off, as from an outage
+    with psycopg.connect(store.url, autocommit=True) as connection:  # fixed
+        connection.execute("ALTER TABLE aegis_requests DROP COLUMN tenant")
+    through.retry_at = 0.0
+    through(Batch())
+    assert (through.rejected, through.replayed, through.view.records) == (0, 300, 0)
+    assert len(stored(store.url)[0]) == 301
+
+
+def test_a_batch_of_bad_records_alone_is_proved_bad_by_the_next_one(
+    store: PrivatePostgres, tmp_path: Path
+) -> None:
+    through, _sink = spooled(store, tmp_path)
+    store.stop()
+    bad = [request(number, path="/\x00") for number in range(12)]  # more than HOLD_LIMIT
+    through(Batch(bad, batch_id="bad"))
+    through(batch_of(range(100, 110), "good"))
+    store.start()
+    _wait_retry(through)
+    through(Batch())
+    assert (through.rejected, through.replayed, through.view.batches) == (12, 10, 0)
+    assert sorted(stored(store.url)[0]) == sorted(f"/items/{n}" for n in range(100, 110))
 
 
 def test_an_unreadable_spooled_batch_is_counted_and_the_next_ones_replayed(
     store: PrivatePostgres, tmp_path: Path
 ) -> None:
-    through, sink = spooled(store, tmp_path)
+    through, _sink = spooled(store, tmp_path)
     store.stop()
     through(batch_of(range(10), "b0"))
     through(batch_of(range(10, 20), "b1"))
@@ -262,7 +339,6 @@ def test_an_unreadable_spooled_batch_is_counted_and_the_next_ones_replayed(
     through(Batch())
     assert (through.unreadable, through.replayed, through.view.batches) == (10, 10, 0)
     assert sorted(stored(store.url)[0]) == sorted(f"/items/{n}" for n in range(10, 20))
-    sink.close()
 
 
 async def _serve(aegis: Aegis, numbers: range, *reads: str) -> list[Any]:
@@ -333,6 +409,20 @@ def test_a_spool_dir_needs_a_remote_sink_and_a_place_for_its_file(tmp_path: Path
         Aegis(sink="postgresql://nobody@127.0.0.1:1/none", spool_dir=str(blocker / "below"))
     with pytest.raises(ConfigError, match="spool_max_bytes"):
         Aegis(sink="memory://", spool_max_bytes=100)
+
+
+def test_batches_of_a_sink_the_app_no_longer_has_are_named_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool_file(tmp_path, "postgresql:old-host/metrics").append("b1", 7, 1.0, b"x")
+    with caplog.at_level("WARNING", logger="aegis_mw"):
+        aegis = Aegis(sink="postgresql://nobody@127.0.0.1:1/none", spool_dir=str(tmp_path))
+    try:
+        [warning] = [r.getMessage() for r in caplog.records if "no longer has" in r.getMessage()]
+        assert "7 records of sink postgresql:old-host/metrics" in warning
+        assert aegis.stats().sinks[0].spool_records == 0  # not this sink's
+    finally:
+        aegis.shutdown(0.5)
 
 
 def test_a_spool_dir_is_made_owner_only(tmp_path: Path) -> None:
