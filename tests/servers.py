@@ -3,6 +3,7 @@ and helpers to follow a child's output (gunicorn)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -12,10 +13,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -172,9 +174,11 @@ def gunicorn_process(
     come (read by a thread) and a list for the lines a test has looked at,
     which holds the whole output once the block is left; killed on the way
     out if still running."""
+    # A session of its own: its workers can be killed with it, never left
+    # holding the output pipe open (the reader would wait for them forever).
     process = subprocess.Popen(
         command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     lines: queue.Queue[str | None] = queue.Queue()
     reader = threading.Thread(target=read_lines, args=(process.stdout, lines), daemon=True)
@@ -186,6 +190,8 @@ def gunicorn_process(
         if process.poll() is None:
             process.kill()
             process.wait(timeout=EXIT_TIMEOUT)
+        with contextlib.suppress(ProcessLookupError):  # workers the master left behind
+            os.killpg(process.pid, signal.SIGKILL)
         reader.join(timeout=EXIT_TIMEOUT)
         assert process.stdout is not None
         process.stdout.close()
@@ -209,3 +215,23 @@ def gunicorn_command(
         # Newer gunicorn opens a control socket under $HOME unless told not to.
         command.append("--no-control-socket")
     return [*command, app]
+
+
+Answer = TypeVar("Answer")
+
+
+def settled(
+    ask: Callable[[], Answer], check: Callable[[Answer], bool], in_a_row: int, seconds: float
+) -> list[Answer]:
+    """Ask until ``in_a_row`` consecutive answers pass ``check`` (each a new
+    connection, so any worker may answer), or fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    answers: list[Answer] = []
+    streak = 0
+    while streak < in_a_row:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the answers never settled: {answers[-3:]}")
+        answer = ask()
+        answers.append(answer)
+        streak = streak + 1 if check(answer) else 0
+    return answers[-in_a_row:]

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import servers
 from tests.servers import ROOT, gunicorn_command, gunicorn_process, wait_for
 
 pytestmark = [
@@ -43,16 +44,9 @@ def scrape(base: str) -> tuple[float, float]:
 
 def settled(base: str, expected: float, in_a_row: int = 12) -> list[tuple[float, float]]:
     """Scrape until ``in_a_row`` consecutive answers all show ``expected`` requests."""
-    deadline = time.monotonic() + SETTLE_DEADLINE
-    answers: list[tuple[float, float]] = []
-    streak = 0
-    while streak < in_a_row:
-        if time.monotonic() > deadline:
-            pytest.fail(f"/metrics never settled on {expected}: {answers[-20:]}")
-        answer = scrape(base)
-        answers.append(answer)
-        streak = streak + 1 if answer[0] == expected else 0
-    return answers[-in_a_row:]
+    return servers.settled(
+        lambda: scrape(base), lambda answer: answer[0] == expected, in_a_row, SETTLE_DEADLINE
+    )
 
 
 def test_totals_are_those_of_all_workers(tmp_path: Path) -> None:

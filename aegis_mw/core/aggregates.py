@@ -192,6 +192,11 @@ class RealtimeAggregates:
         # Request paths that keep their own in-flight count (the compiled
         # one), summed at read time: the request path pays no attribute writes.
         self._in_flight_sources: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: The other worker processes' live figures (``live_share.Peers``),
+        #: added to this one's by every live read; None for a process alone.
+        self.peers: Callable[[], Any] | None = None
+        #: Their figures by label set, added by :meth:`live_labeled`.
+        self.peer_labeled: Callable[[], LabeledTotals | None] | None = None
         #: The compiled fold (``_hotpath.fold_items``), or None: it takes the
         #: plain compiled items of known label sets, the rest are folded here.
         self._item_type: type | None = None if compiled is None else compiled.HttpItem
@@ -299,8 +304,21 @@ class RealtimeAggregates:
         labeled.fold(waiting, routes.label)
         return labeled
 
-    def _read(self, pending: Callable[[], list[Any]]) -> tuple[list[list[Any]], list[Any], int]:
-        """A consistent copy of ring, totals and the not-yet-folded items."""
+    def live_labeled(self, pending: Callable[[], list[Any]]) -> LabeledTotals:
+        """:meth:`labeled_snapshot` with the other workers' figures added
+        (the live top endpoints; ``/metrics`` merges its own way)."""
+        labeled = self.labeled_snapshot(pending)
+        others = self.peer_labeled() if self.peer_labeled is not None else None
+        if others is not None:
+            labeled.add(others)
+        return labeled
+
+    def _read(
+        self, pending: Callable[[], list[Any]], *, peers: bool = True
+    ) -> tuple[list[list[Any]], list[Any], int, tuple[int, int]]:
+        """A consistent copy of ring, totals and the not-yet-folded items,
+        with the other workers' figures added (``peers``, when there are
+        any); and their in-flight requests and open WebSockets."""
         with self._lock:
             self._settle()
             ring = [list(slot) for slot in self.ring]
@@ -308,7 +326,28 @@ class RealtimeAggregates:
             sessions = self.websocket_sessions
             waiting = pending()
         sessions += _fold(ring, totals, waiting)
-        return ring, totals, sessions
+        others = self.peers() if peers and self.peers is not None else None
+        if others is None:
+            return ring, totals, sessions, (0, 0)
+        from .live_share import merge_into_ring
+
+        merge_into_ring(ring, totals, others)
+        return (
+            ring,
+            totals,
+            sessions + others.sessions,
+            (others.in_flight, others.websockets_active),
+        )
+
+    def publication(self, now_second: int, pending: Callable[[], list[Any]]) -> dict[str, Any]:
+        """This process's own live figures, as it publishes them for the
+        other workers (``live_share.publication``)."""
+        from .live_share import publication
+
+        ring, totals, sessions, _ = self._read(pending, peers=False)
+        return publication(
+            ring, totals, sessions, now_second, self.in_flight_now(), self.websockets_active
+        )
 
     def items_seen(self, waiting: Callable[[], int]) -> int:
         """Items drained so far plus those still waiting, read as one moment."""
@@ -320,7 +359,7 @@ class RealtimeAggregates:
     ) -> list[SecondFigures]:
         """One entry per second for the ``count`` seconds ending with
         ``now_second`` (oldest first), zeros where nothing happened."""
-        ring, _, _ = self._read(pending)
+        ring, _, _, _ = self._read(pending)
         by_second = {slot[SECOND]: slot for slot in ring if slot[SECOND] >= 0}
         out = []
         for second in range(now_second - count + 1, now_second + 1):
@@ -345,7 +384,7 @@ class RealtimeAggregates:
         """Rates over the last 1/10/60 complete seconds; latency and error rate
         over the last 60 seconds including the current one; totals since start.
         """
-        ring, totals, sessions = self._read(pending)
+        ring, totals, sessions, (in_flight, websockets) = self._read(pending)
         by_second: dict[int, list[Any]] = {}
         for slot in ring:
             if slot[SECOND] < 0:
@@ -391,7 +430,7 @@ class RealtimeAggregates:
             status_totals={
                 name: int(totals[STATUS_BASE + cls]) for cls, name in enumerate(STATUS_CLASSES, 1)
             },
-            in_flight=self.in_flight_now(),
-            websocket_connections_active=self.websockets_active,
+            in_flight=self.in_flight_now() + in_flight,
+            websocket_connections_active=self.websockets_active + websockets,
             websocket_sessions_total=sessions,
         )

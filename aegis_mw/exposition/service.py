@@ -38,7 +38,11 @@ class MetricsService:
 
             self.files = SnapshotFiles(multiprocess_dir)
             aegis.flusher.after_cycle = self.publish
+            # Live reads (stream, realtime API) show every worker's traffic.
+            aegis.aggregates.peers = lambda: self._others()[0]
+            aegis.aggregates.peer_labeled = lambda: self._others()[1]
         self._published: tuple[Any, ...] = ()
+        self._others_read: tuple[Any, Any, Any] = ((), None, None)
         self.system: SystemMetrics | None = None
         if settings.metrics_system:
             from .system import SystemMetrics
@@ -93,8 +97,27 @@ class MetricsService:
         )  # fmt: skip
         if signature == self._published:
             return
-        self.files.publish(self.read_own(), live=not aegis.recorder.closed)
+        now_second = int(aegis.clock.monotonic())
+        live = aggregates.publication(now_second, aegis.recorder.pending)
+        if aegis.recorder.closed:  # stopped: its in-flight and WebSockets no longer count
+            live = {**live, "in_flight": 0, "websockets_active": 0}
+        reading = replace(self.read_own(), live=live)
+        self.files.publish(reading, live=not aegis.recorder.closed)
         self._published = signature
+
+    def _others(self) -> tuple[Any, Any]:
+        """The other workers' live figures and figures by label set, read
+        again from their files only when one of them changed (or a worker's
+        process ended): one live read asks for both, several sections of a
+        frame ask, and at a tick most files are as they were."""
+        assert self.files is not None
+        state = self.files.others_state()
+        seen, peers, labeled = self._others_read
+        if state != seen or peers is None:
+            merge = self.files.others(self._aegis.aggregates.labeled.bounds)
+            peers, labeled = merge.live, merge.labeled
+            self._others_read = (state, peers, labeled)
+        return peers, labeled
 
     def read_own(self) -> MetricsReading:
         """This process's figures only."""

@@ -74,9 +74,7 @@ def build(aegis: Aegis, wanted: Collection[str]) -> dict[str, Any]:
         seconds = aegis.aggregates.seconds(int(now), aegis.recorder.pending)
         out.update(_series(seconds, offset, wanted))
     if "topEndpoints" in wanted:
-        out["topEndpoints"] = top_endpoints(
-            aegis.aggregates.labeled_snapshot(aegis.recorder.pending)
-        )
+        out["topEndpoints"] = top_endpoints(aegis.aggregates.live_labeled(aegis.recorder.pending))
     if "alerts" in wanted:
         alerts = aegis.alerts
         out["alerts"] = [] if alerts is None else alerts.view()
