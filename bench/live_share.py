@@ -4,9 +4,10 @@ reading every worker costs the one that answers, and how late the merged view is
 1. Publishing. One pipeline with a metrics directory holds a minute of
    traffic at ``--rate`` (5,000) requests/s over 20 routes (its realtime ring
    full, every route's fine latency histogram in use). Its flusher publishes
-   once per cycle (``flush_interval``, 1 s): the snapshot it writes is timed
-   (``MetricsService.publish``, forced ``--calls`` times), whole and for the
-   live part alone (``RealtimeAggregates.publication``). CPU share of a core
+   once per cycle (``flush_interval``, 1 s): what it writes is timed
+   (``MetricsService.publish``, forced ``--calls`` times: the ``/metrics``
+   snapshot and the live file), whole and for the live figures alone
+   (``RealtimeAggregates.publication`` and ``route_figures``). CPU share of a core
    = the median publish time at one publish a second.
 2. Fan-in. ``--workers`` (16) files like that one in the directory; the
    answering worker reads and adds them up (``MetricsService._others``) and
@@ -33,8 +34,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aegis_mw import Aegis
+from aegis_mw.core.live_share import route_figures
+from aegis_mw.realtime import protocol, sections
 
-ROUTES = [f"/r{number}/{{id}}" for number in range(20)]
+ROUTES: list[str] = []
 
 
 def item(route: str, end: float, duration: float, status: int) -> list[Any]:
@@ -48,7 +51,7 @@ def minute_of_traffic(aegis: Aegis, rate: int) -> None:
     count = rate * 60
     for number in range(count):
         end = now - 60 + number / rate
-        aegis.recorder.offer(item(ROUTES[number % 20], end, 0.001 + (number % 97) / 10_000,
+        aegis.recorder.offer(item(ROUTES[number % len(ROUTES)], end, 0.001 + (number % 97) / 10_000,
                                   500 if number % 50 == 0 else 200))  # fmt: skip
         if number % 50_000 == 0:
             aegis.force_flush(timeout=60)
@@ -70,7 +73,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--calls", type=int, default=30)
     parser.add_argument("--lags", type=int, default=10)
+    parser.add_argument("--routes", type=int, default=20)
     args = parser.parse_args()
+    ROUTES[:] = [f"/r{number}/{{id}}" for number in range(args.routes)]
     directory = Path(tempfile.mkdtemp(prefix="aegis-bench-live-"))
     try:
         options: dict[str, Any] = {"sink": "memory://", "environ": {}, "metrics_registry": "none",
@@ -85,30 +90,44 @@ def main() -> None:
 
         whole = timed(publish, args.calls)
         pending = worker.recorder.pending
-        live = timed(lambda: worker.aggregates.publication(int(time.perf_counter()), pending),
-                     args.calls)  # fmt: skip
+
+        def live_part() -> None:
+            worker.aggregates.publication(int(time.perf_counter()), pending)
+            route_figures(worker.aggregates.labeled_snapshot(pending))
+
+        live = timed(live_part, args.calls)
         [own] = directory.glob("aegis_*_*.json")
-        size = own.stat().st_size
-        print(f"publishing ({args.rate:,} requests/s, a minute in the ring, 20 routes): "
+        [own_live] = directory.glob("aegis-live_*_*.json")
+        size = own_live.stat().st_size
+        print(f"publishing ({args.rate:,} requests/s, a minute in the ring, {args.routes} routes): "
               f"{whole * 1e3:.2f} ms CPU a publish, of which the live part {live * 1e3:.2f} ms; "
-              f"{size / 1024:.0f} KiB a file; at one publish a second, "
+              f"{size / 1024:.0f} KiB a live file; at one publish a second, "
               f"{whole * 100:.2f}% of a core")  # fmt: skip
 
         # Fan-in: other workers' files (pid 1: a process that lives).
         for number in range(args.workers):
             shutil.copy(own, directory / f"aegis_1_{number:08x}.json")
+            shutil.copy(own_live, directory / f"aegis-live_1_{number:08x}.json")
         reader = Aegis(**options, flush_interval=3600)
 
         def fan_in() -> None:
-            reader.metrics._others_read = ((), None, None)  # the files changed
+            reader.metrics._others_read = ((), None)  # the files changed
             reader.realtime()
+
+        def frame() -> None:  # every section of the stream, as the hub builds a tick
+            reader.metrics._others_read = ((), None)  # the files changed
+            sections.build(reader, protocol.SECTIONS)
 
         merged = reader.realtime().total_requests
         assert merged == (args.workers + 1) * args.rate * 60, merged
         cost = timed(fan_in, args.calls)
+        whole_frame = timed(frame, args.calls)
+        scrape = timed(reader.metrics.read, args.calls)
         print(f"fan-in: {args.workers + 1} workers' files read and added up, and the overview "
-              f"read with them: {cost * 1e3:.1f} ms CPU, once a second while someone watches "
-              f"({cost * 100:.1f}% of a core)")  # fmt: skip
+              f"read with them: {cost * 1e3:.1f} ms CPU; a frame of every section "
+              f"{whole_frame * 1e3:.1f} ms, once a second while someone watches "
+              f"({whole_frame * 100:.1f}% of a core); a /metrics scrape of them all "
+              f"{scrape * 1e3:.1f} ms")  # fmt: skip
         worker.shutdown()
         reader.shutdown()
 

@@ -1,4 +1,5 @@
-"""gunicorn with 4 uvicorn workers sharing a metrics directory: the live views
+"""gunicorn with 4 workers sharing a metrics directory, uvicorn ones (ASGI) and
+sync ones (WSGI, the stream served by a thread of the first worker): the live views
 (the realtime API and the /ws/metrics stream) show the whole app, whichever
 worker answers, across reconnects; a worker killed with SIGKILL still counts
 with what it had published, its in-flight requests no longer.
@@ -29,7 +30,7 @@ from websockets.sync.client import connect
 
 from tests import servers
 from tests.harness import OPEN_MONITORING_ENV
-from tests.servers import ROOT, gunicorn_command, gunicorn_process, wait_for
+from tests.servers import ROOT, free_port, gunicorn_command, gunicorn_process, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -57,8 +58,9 @@ from aegis_mw import Aegis, AegisMiddleware
 
 
 def item(request):
-    # Durations spread over a few milliseconds, so the p95 means something.
-    time.sleep((int(request.path_params["n"]) % 7) / 1000)
+    # Durations of a few milliseconds, longer in some workers than in others:
+    # no one worker's p95 is the whole app's.
+    time.sleep(((os.getpid() % 4) * 3 + int(request.path_params["n"]) % 3) / 1000)
     return PlainTextResponse("ok")
 
 
@@ -80,17 +82,57 @@ app = Starlette(routes=[
 app.add_middleware(AegisMiddleware, aegis=Aegis())
 """
 
+#: The same app in Flask, for gunicorn's sync workers (WSGI).
+FLASK_APP = """
+import os
+import time
+from pathlib import Path
 
-def plan() -> list[tuple[str, str, int]]:
+from flask import Flask
+
+from aegis_mw.contrib.flask import Aegis
+
+app = Flask(__name__)
+
+
+@app.get("/items/<int:n>")
+def item(n):
+    time.sleep(((os.getpid() % 4) * 3 + n % 3) / 1000)
+    return "ok"
+
+
+@app.get("/status/<int:code>")
+def status(code):
+    return "", code
+
+
+@app.get("/slow")
+def slow():
+    Path(os.environ["HELD"]).write_text(str(os.getpid()))
+    while Path(os.environ["HELD"]).exists():
+        time.sleep(0.01)
+    return "done"
+
+
+Aegis(app)
+"""
+#: kind -> (app source, gunicorn worker class, route of /items/..., of /status/...)
+KINDS = {
+    "asgi": (APP, "uvicorn_worker.UvicornWorker", "/items/{n}", "/status/{code}"),
+    "wsgi": (FLASK_APP, "sync", "/items/{n}", "/status/{code}"),
+}
+
+
+def plan(items: str, statuses: str) -> list[tuple[str, str, int]]:
     """(path, route, status) of each request, in order."""
     out = []
     for number in range(REQUESTS):
         if number % 10 == 7:
-            out.append(("/status/404", "/status/{code}", 404))
+            out.append(("/status/404", statuses, 404))
         elif number % 25 == 3:
-            out.append(("/status/503", "/status/{code}", 503))
+            out.append(("/status/503", statuses, 503))
         else:
-            out.append((f"/items/{number}", "/items/{n}", 200))
+            out.append((f"/items/{number}", items, 200))
     return out
 
 
@@ -130,8 +172,10 @@ def stream_overview(url: str) -> dict[str, Any]:
     pytest.fail("no frame of the stream counted every request")
 
 
-def test_the_live_views_show_every_workers_traffic(tmp_path: Path) -> None:
-    (tmp_path / "live_app.py").write_text(APP)
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_the_live_views_show_every_workers_traffic(kind: str, tmp_path: Path) -> None:
+    source, worker_class, items, statuses = KINDS[kind]
+    (tmp_path / "live_app.py").write_text(source)
     shared = tmp_path / "multiproc"
     shared.mkdir()
     held = tmp_path / "held"
@@ -145,14 +189,18 @@ def test_the_live_views_show_every_workers_traffic(tmp_path: Path) -> None:
         PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), str(ROOT), env.get("PYTHONPATH")])),
         PYTHONUNBUFFERED="1",
     )
-    command = gunicorn_command(WORKERS, "live_app:app")
+    ws_port = free_port()  # WSGI: the stream's server thread, in the first worker to bind it
+    env["AEGIS_WS_PORT"] = str(ws_port)
+    command = gunicorn_command(WORKERS, "live_app:app", worker_class=worker_class)
     with gunicorn_process(command, tmp_path, env) as (process, lines, seen):
         deadline = time.monotonic() + STARTUP_DEADLINE
         [listening] = wait_for(lines, seen, r"Listening at: http://127\.0\.0\.1:(\d+)", 1, deadline)
         base = f"http://127.0.0.1:{int(listening.group(1))}"
-        wait_for(lines, seen, r"Application startup complete", WORKERS, deadline)
+        wait_for(lines, seen, r"Booting worker with pid", WORKERS, deadline)
+        if kind == "asgi":
+            wait_for(lines, seen, r"Application startup complete", WORKERS, deadline)
 
-        sent = plan()
+        sent = plan(items, statuses)
         started = time.monotonic()
         for path, _, expected in sent:
             response = httpx.get(f"{base}{path}", headers={"connection": "close"})
@@ -172,7 +220,7 @@ def test_the_live_views_show_every_workers_traffic(tmp_path: Path) -> None:
             per_second = answer["request_rate"]["points"]
             assert sum(point["requests"] for point in per_second) == REQUESTS
         # The traffic was spread: no worker's own figures hold all of it.
-        own = [json.loads(path.read_text())["live"] for path in shared.glob("aegis_*_*.json")]
+        own = [json.loads(path.read_text()) for path in shared.glob("aegis-live_*_*.json")]
         assert max(sum(slot[1] for slot in live["slots"]) for live in own) < REQUESTS
 
         # The merged p95 is read from merged counts, within the buckets' 2%.
@@ -183,7 +231,8 @@ def test_the_live_views_show_every_workers_traffic(tmp_path: Path) -> None:
 
         # The stream says the same, on connections that land on any worker.
         for _ in range(3):
-            overview = stream_overview(f"ws://127.0.0.1:{base.rsplit(':', 1)[1]}/ws/metrics")
+            port = base.rsplit(":", 1)[1] if kind == "asgi" else str(ws_port)
+            overview = stream_overview(f"ws://127.0.0.1:{port}/ws/metrics")
             assert overview["window_requests"] == REQUESTS
 
         # A request held in a worker counts as in flight, wherever asked...

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -195,8 +195,6 @@ class RealtimeAggregates:
         #: The other worker processes' live figures (``live_share.Peers``),
         #: added to this one's by every live read; None for a process alone.
         self.peers: Callable[[], Any] | None = None
-        #: Their figures by label set, added by :meth:`live_labeled`.
-        self.peer_labeled: Callable[[], LabeledTotals | None] | None = None
         #: The compiled fold (``_hotpath.fold_items``), or None: it takes the
         #: plain compiled items of known label sets, the rest are folded here.
         self._item_type: type | None = None if compiled is None else compiled.HttpItem
@@ -304,17 +302,30 @@ class RealtimeAggregates:
         labeled.fold(waiting, routes.label)
         return labeled
 
-    def live_labeled(self, pending: Callable[[], list[Any]]) -> LabeledTotals:
-        """:meth:`labeled_snapshot` with the other workers' figures added
-        (the live top endpoints; ``/metrics`` merges its own way)."""
+    def live_labeled(
+        self, pending: Callable[[], list[Any]]
+    ) -> tuple[LabeledTotals, Mapping[tuple[str, str], Sequence[int]]]:
+        """:meth:`labeled_snapshot` with the other workers' figures by route
+        added (requests, 5xx responses, durations: what the live top
+        endpoints read; ``/metrics`` merges its own way), and their fine
+        latency counts apart, for the few routes a reader shows."""
         labeled = self.labeled_snapshot(pending)
-        others = self.peer_labeled() if self.peer_labeled is not None else None
-        if others is not None:
-            labeled.add(others)
-        return labeled
+        others = self.peers() if self.peers is not None else None
+        if others is None:
+            return labeled, {}
+        for (method, route), (requests, errors, duration) in others.routes.items():
+            series = labeled.series.get((method, route))
+            if series is None:
+                series = labeled.series[(method, route)] = labeled._new_series()
+            series[SERIES_COUNT] += requests
+            series[SERIES_DURATION_SUM] += duration
+            if errors:
+                key = (method, route, "5xx")
+                labeled.requests[key] = labeled.requests.get(key, 0) + int(errors)
+        return labeled, others.latency
 
     def _read(
-        self, pending: Callable[[], list[Any]], *, peers: bool = True
+        self, pending: Callable[[], list[Any]], now_second: int, *, peers: bool = True
     ) -> tuple[list[list[Any]], list[Any], int, tuple[int, int]]:
         """A consistent copy of ring, totals and the not-yet-folded items,
         with the other workers' figures added (``peers``, when there are
@@ -331,7 +342,7 @@ class RealtimeAggregates:
             return ring, totals, sessions, (0, 0)
         from .live_share import merge_into_ring
 
-        merge_into_ring(ring, totals, others)
+        merge_into_ring(ring, totals, others, now_second)
         return (
             ring,
             totals,
@@ -344,7 +355,7 @@ class RealtimeAggregates:
         other workers (``live_share.publication``)."""
         from .live_share import publication
 
-        ring, totals, sessions, _ = self._read(pending, peers=False)
+        ring, totals, sessions, _ = self._read(pending, now_second, peers=False)
         return publication(
             ring, totals, sessions, now_second, self.in_flight_now(), self.websockets_active
         )
@@ -359,7 +370,7 @@ class RealtimeAggregates:
     ) -> list[SecondFigures]:
         """One entry per second for the ``count`` seconds ending with
         ``now_second`` (oldest first), zeros where nothing happened."""
-        ring, _, _, _ = self._read(pending)
+        ring, _, _, _ = self._read(pending, now_second)
         by_second = {slot[SECOND]: slot for slot in ring if slot[SECOND] >= 0}
         out = []
         for second in range(now_second - count + 1, now_second + 1):
@@ -384,7 +395,7 @@ class RealtimeAggregates:
         """Rates over the last 1/10/60 complete seconds; latency and error rate
         over the last 60 seconds including the current one; totals since start.
         """
-        ring, totals, sessions, (in_flight, websockets) = self._read(pending)
+        ring, totals, sessions, (in_flight, websockets) = self._read(pending, now_second)
         by_second: dict[int, list[Any]] = {}
         for slot in ring:
             if slot[SECOND] < 0:

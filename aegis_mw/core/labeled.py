@@ -78,29 +78,6 @@ class LabeledTotals:
         other._status_text = self._status_text
         return other  # its own _known: the entries point at this object's lists
 
-    def add(self, other: LabeledTotals) -> None:
-        """Add ``other``'s counts (the same bucket bounds) to these."""
-        for label_set, count in other.requests.items():
-            self.requests[label_set] = self.requests.get(label_set, 0) + count
-        for pair, values in other.series.items():
-            mine = self.series.get(pair)
-            if mine is None:
-                self.series[pair] = list(values)
-            else:
-                for index, value in enumerate(values):
-                    mine[index] += value
-        for session_key, count in other.sessions.items():
-            self.sessions[session_key] = self.sessions.get(session_key, 0) + count
-        for pair, counts in other.latency.items():
-            held = self.latency.get(pair)
-            if held is None:
-                self.latency[pair] = counts[:]
-            else:
-                for index, value in enumerate(counts):
-                    if value:
-                        held[index] += value
-        self.route_overflow += other.route_overflow
-
     def _new_series(self) -> list[float]:
         return [0] * (BUCKETS_BASE + 2 * (len(self.bounds) + 1))
 

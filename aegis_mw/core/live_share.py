@@ -21,7 +21,6 @@ requests and open WebSockets no longer.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,10 +36,16 @@ from .aggregates import (
     SUMMED_END,
     WINDOW,
 )
+from .labeled import COUNT, DURATION_SUM, LabeledTotals
 
 #: Seconds of slots published: the realtime window, and a few for the lag of
 #: publishing (a process publishes once per flush cycle).
 LIVE_SECONDS = WINDOW + 5
+#: Routes whose fine latency counts a process publishes: its busiest.
+LATENCY_ROUTES = 32
+#: How far ahead of the reader's clock another process's second may be
+#: (they read the same clock at slightly different moments).
+AHEAD_SECONDS = 2
 #: Summed fields of a slot (requests to 5xx), as totals carry them.
 SUMMED = SUMMED_END - REQUESTS
 
@@ -56,6 +61,10 @@ class Peers:
     sessions: int = 0
     in_flight: int = 0
     websockets_active: int = 0
+    #: (method, route) -> [requests, 5xx responses, duration sum in seconds], since start.
+    routes: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    #: (method, route) -> fine latency counts, for each process's busiest routes.
+    latency: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
     def add(self, data: Any, *, live: bool) -> bool:
         """Add one process's publication (``live``: its gauges count too);
@@ -73,12 +82,30 @@ class Peers:
             any(row is None for row in rows)
             or len(totals) != SUMMED
             or not all(map(_number, totals))
-            or not all(type(value) is int and value >= 0 for value in gauges)
+            or not all(type(value) is int and 0 <= value <= MAX_COUNT for value in gauges)
+        ):
+            return False
+        routes = data.get("routes", [])
+        latency = data.get("latency", [])
+        if not (
+            isinstance(routes, list)
+            and all(map(_route_row, routes))
+            and isinstance(latency, list)
+            and all(map(_latency_row, latency))
         ):
             return False
         for row in rows:
             assert row is not None
             _add_row(self.slots, *row)
+        for method, route, requests, errors, duration in routes:
+            held = self.routes.setdefault((method, route), [0, 0, 0.0])
+            held[0] += requests
+            held[1] += errors
+            held[2] += duration
+        for method, route, counts in latency:
+            full = self.latency.setdefault((method, route), [0] * histogram.COUNT)
+            for offset, count in enumerate(counts[1:]):
+                full[counts[0] + offset] += count
         for index, value in enumerate(totals):
             self.totals[index] += value
         self.sessions += gauges[0]
@@ -87,16 +114,15 @@ class Peers:
             self.websockets_active += gauges[2]
         return True
 
-    def published(self, now_second: int | None = None) -> dict[str, Any]:
+    def published(self, now_second: int) -> dict[str, Any]:
         """Everything added, as one publication (the archive of dead
-        processes), its slots older than :data:`LIVE_SECONDS` in the totals,
-        so that the archive stays as small as one process's publication.
-        ``now_second`` defaults to the host's clock (``time.perf_counter``,
-        the monotonic clock the rings are keyed by)."""
-        now = int(time.perf_counter()) if now_second is None else now_second
+        processes), its slots outside the last :data:`LIVE_SECONDS` (or
+        ahead of ``now_second``: written before the host restarted its
+        clock) in the totals, so that the archive stays as small as one
+        process's publication."""
         slots, totals = [], list(self.totals)
         for second, slot in sorted(self.slots.items()):
-            if second > now - LIVE_SECONDS:
+            if now_second - LIVE_SECONDS < second <= now_second + AHEAD_SECONDS:
                 slots.append(slot_row(slot))
             else:
                 for index in range(SUMMED):
@@ -107,7 +133,30 @@ class Peers:
             "sessions": self.sessions,
             "in_flight": 0,
             "websockets_active": 0,
+            "routes": [[*key, *values] for key, values in self.routes.items()],
+            "latency": [[*key, dense_counts(counts)] for key, counts in self.latency.items()],
         }
+
+
+def route_figures(labeled: LabeledTotals) -> dict[str, Any]:
+    """A process's figures by route as it publishes them: requests, 5xx
+    responses and the duration sum of each, and the fine latency counts of
+    its :data:`LATENCY_ROUTES` busiest (all 472 buckets of every route
+    would make every worker's file, and every live read of them, ten times
+    larger at a thousand routes; the rows a reader shows are the busiest)."""
+    errors: dict[tuple[str, str], int] = {}
+    for (method, route, status), count in labeled.requests.items():
+        if status[:1] == "5":
+            errors[(method, route)] = errors.get((method, route), 0) + count
+    used = [(key, values) for key, values in labeled.series.items() if values[COUNT]]
+    rows = [
+        [*key, int(values[COUNT]), errors.get(key, 0), values[DURATION_SUM]] for key, values in used
+    ]
+    busiest = sorted(used, key=lambda pair: -pair[1][COUNT])[:LATENCY_ROUTES]
+    latency = [
+        [*key, dense_counts(labeled.latency[key])] for key, _ in busiest if key in labeled.latency
+    ]
+    return {"routes": rows, "latency": latency}
 
 
 def publication(
@@ -119,7 +168,8 @@ def publication(
     websockets_active: int,
 ) -> dict[str, Any]:
     """One process's figures as it publishes them: the slots of the last
-    :data:`LIVE_SECONDS` seconds that saw requests, everything else summed."""
+    :data:`LIVE_SECONDS` seconds that saw requests, everything else summed
+    (its figures by route are :func:`route_figures`')."""
     slots: list[list[Any]] = []
     rest = list(totals[REQUESTS:SUMMED_END])
     for slot in ring:
@@ -177,7 +227,7 @@ def valid_counts(counts: Any) -> bool:
     return isinstance(counts, list) and (
         not counts
         or (
-            all(type(value) is int and value >= 0 for value in counts)
+            all(type(value) is int and 0 <= value <= MAX_COUNT for value in counts)
             and counts[0] + len(counts) - 1 <= histogram.COUNT
         )
     )
@@ -220,15 +270,20 @@ def merge_slot(into: list[Any], slot: list[Any]) -> None:
             into[index] += slot[index]
 
 
-def merge_into_ring(ring: list[list[Any]], totals: list[Any], peers: Peers) -> None:
+def merge_into_ring(
+    ring: list[list[Any]], totals: list[Any], peers: Peers, now_second: int
+) -> None:
     """Add the peers' figures into a copy of a ring and its totals: a slot
     into the ring's slot of the same second (or in its place, when the ring
     holds an older second there, which then counts in the totals), or into
-    the totals when the ring holds a newer one."""
+    the totals when the ring holds a newer one, or when the slot lies ahead
+    of ``now_second`` (a file from before the host restarted its clock)."""
     for second, slot in peers.slots.items():
         position = second & MASK
         mine = ring[position]
-        if mine[SECOND] == second:
+        if second > now_second + AHEAD_SECONDS:
+            _into_totals(totals, slot)
+        elif mine[SECOND] == second:
             merge_slot(mine, slot)
         elif mine[SECOND] < second:
             _into_totals(totals, mine)
@@ -245,5 +300,31 @@ def _into_totals(totals: list[Any], slot: list[Any]) -> None:
             totals[index] += slot[index]
 
 
+#: The largest count taken from another process's file (far beyond any real
+#: one; a larger one is damage, and would overflow the 8-byte counts).
+MAX_COUNT = 2**53
+
+
+def _route_row(row: Any) -> bool:
+    return (
+        isinstance(row, list)
+        and len(row) == 5
+        and isinstance(row[0], str)
+        and isinstance(row[1], str)
+        and all(map(_number, row[2:]))
+    )
+
+
+def _latency_row(row: Any) -> bool:
+    return (
+        isinstance(row, list)
+        and len(row) == 3
+        and isinstance(row[0], str)
+        and isinstance(row[1], str)
+        and valid_counts(row[2])
+    )
+
+
 def _number(value: Any) -> bool:
-    return type(value) in (int, float) and not (type(value) is float and math.isnan(value))
+    """A finite, non-negative number no larger than :data:`MAX_COUNT`."""
+    return type(value) in (int, float) and math.isfinite(value) and 0 <= value <= MAX_COUNT

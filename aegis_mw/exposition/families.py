@@ -45,9 +45,6 @@ class MetricsReading:
     #: Each alert channel's health and outbox rows (AlertService.channel_view),
     #: the app's as alerts are; empty without channels.
     alert_channels: Sequence[Mapping[str, Any]] = ()
-    #: This process's live figures as it publishes them for the other
-    #: workers (``core.live_share``); None when it publishes none.
-    live: Mapping[str, Any] | None = None
 
 
 class FamilyBuilder:

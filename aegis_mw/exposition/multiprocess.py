@@ -22,14 +22,11 @@ import fcntl
 import json
 import logging
 import os
-from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..core import histogram
 from ..core.labeled import LabeledTotals
-from ..core.live_share import Peers, dense_counts, valid_counts
 from ..core.stats import PipelineStats, SinkStats
 from .families import MetricsReading
 
@@ -83,13 +80,6 @@ def encode(reading: MetricsReading, *, pid: int, live: bool) -> dict[str, Any]:
             "websockets_active": reading.websockets_active if live else 0,
             "buffered": stats.buffered if live else 0,
         },
-        # The fine latency buckets of each label set (the live top endpoints'
-        # p95), non-zero ones only, and the live figures (core.live_share).
-        "latency": [
-            [method, route, dense_counts(counts)]
-            for (method, route), counts in labeled.latency.items()
-        ],
-        "live": reading.live,
     }
 
 
@@ -107,8 +97,6 @@ class Merge:
         self.sinks: dict[str, dict[str, Any]] = {
             sink.name: _sink_figures(sink, live=True) for sink in stats.sinks
         }
-        #: The live figures of the snapshots added (not ``own``'s).
-        self.live = Peers()
 
     def add(self, data: dict[str, Any], *, live: bool) -> bool:
         """Add one snapshot; False (nothing added) when it does not fit ours."""
@@ -169,11 +157,6 @@ class Merge:
             self.in_flight += gauges["in_flight"]
             self.websockets_active += gauges["websockets_active"]
             self.buffered += gauges["buffered"]
-        # Absent from the files of a version before them; a damaged part is
-        # left out alone (the counters above are whole).
-        _add_latency(labeled, data.get("latency"))
-        if data.get("live") is not None and not self.live.add(data["live"], live=live):
-            logger.warning("aegis_mw: a snapshot's live figures are damaged; left out")
         return True
 
     def reading(self) -> MetricsReading:
@@ -215,30 +198,7 @@ class Merge:
             build=self.own.build,  # the answering process's, as health is
             alerts=self.own.alerts,
             alert_channels=self.own.alert_channels,
-            live=self.live.published(),
         )
-
-
-def _add_latency(labeled: LabeledTotals, rows: Any) -> None:
-    """Add a snapshot's fine latency buckets (``[method, route, counts]``
-    rows, the counts as ``live_share.dense_counts`` writes them)."""
-    if not isinstance(rows, list):
-        return
-    for row in rows:
-        if not (
-            isinstance(row, list) and len(row) == 3 and isinstance(row[0], str)
-            and isinstance(row[1], str) and valid_counts(row[2])
-        ):  # fmt: skip
-            continue
-        method, route, counts = row
-        held = labeled.latency.get((method, route))
-        if held is None:
-            held = labeled.latency[(method, route)] = array("Q", bytes(8 * histogram.COUNT))
-        if counts:
-            first = counts[0]
-            for offset, count in enumerate(counts[1:]):
-                if count:
-                    held[first + offset] += count
 
 
 def _is_number(value: Any) -> bool:
@@ -406,27 +366,7 @@ class SnapshotFiles:
 
     def merged(self, own: MetricsReading) -> MetricsReading:
         """``own`` (live) plus every other process's latest figures and the archive."""
-        return self._merge(Merge(own)).reading()
-
-    def others_state(self) -> tuple[tuple[str, int, bool], ...]:
-        """What :meth:`others` would read: each file's name, when it was last
-        replaced and whether its process lives (equal states, equal merges)."""
-        state = []
-        for path in [*self._others(), self.directory / ARCHIVE]:
-            try:
-                changed = path.stat().st_mtime_ns
-            except FileNotFoundError:
-                continue
-            alive = path.name != ARCHIVE and _process_exists(_pid_of(path))
-            state.append((path.name, changed, alive))
-        return tuple(state)
-
-    def others(self, bounds: tuple[float, ...]) -> Merge:
-        """Every other process's latest figures and the archive, added up
-        (the live reads add them to this process's own)."""
-        return self._merge(Merge(_empty_like({"bounds": list(bounds)})))
-
-    def _merge(self, merge: Merge) -> Merge:
+        merge = Merge(own)
         with self._locked(fcntl.LOCK_SH):
             paths = [*self._others(), self.directory / ARCHIVE]
             for path in paths:
@@ -438,7 +378,7 @@ class SnapshotFiles:
                     logger.warning(
                         "aegis_mw: %s has other histogram buckets or format; not merged", path
                     )
-        return merge
+        return merge.reading()
 
 
 def _bounds_of(data: dict[str, Any]) -> tuple[float, ...] | None:

@@ -9,12 +9,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.live_share import Peers, route_figures
 from ..endpoints.metrics import MetricsEndpoint
 from .collector import AegisCollector
 from .families import FamilyBuilder, MetricsReading
 
 if TYPE_CHECKING:
     from ..aegis import Aegis
+    from .live_files import LiveFiles
     from .multiprocess import SnapshotFiles
     from .system import SystemMetrics
 
@@ -33,16 +35,19 @@ class MetricsService:
         self._multiprocess_dir = multiprocess_dir
         #: Every process's snapshot, when several workers share the metrics.
         self.files: SnapshotFiles | None = None
+        #: Every process's live figures, beside the snapshots.
+        self.live_files: LiveFiles | None = None
         if multiprocess_dir is not None:
+            from .live_files import LiveFiles
             from .multiprocess import SnapshotFiles
 
             self.files = SnapshotFiles(multiprocess_dir)
+            self.live_files = LiveFiles(self.files, aegis.clock.monotonic)
             aegis.flusher.after_cycle = self.publish
-            # Live reads (stream, realtime API) show every worker's traffic.
-            aegis.aggregates.peers = lambda: self._others()[0]
-            aegis.aggregates.peer_labeled = lambda: self._others()[1]
+            # Live reads (stream, realtime API, dashboard) show every worker's traffic.
+            aegis.aggregates.peers = self._others
         self._published: tuple[Any, ...] = ()
-        self._others_read: tuple[Any, Any, Any] = ((), None, None)
+        self._others_read: tuple[Any, Peers | None] = ((), None)
         self.system: SystemMetrics | None = None
         if settings.metrics_system:
             from .system import SystemMetrics
@@ -97,27 +102,29 @@ class MetricsService:
         )  # fmt: skip
         if signature == self._published:
             return
-        now_second = int(aegis.clock.monotonic())
-        live = aggregates.publication(now_second, aegis.recorder.pending)
-        if aegis.recorder.closed:  # stopped: its in-flight and WebSockets no longer count
-            live = {**live, "in_flight": 0, "websockets_active": 0}
-        reading = replace(self.read_own(), live=live)
+        assert self.live_files is not None
+        reading = self.read_own()
         self.files.publish(reading, live=not aegis.recorder.closed)
+        live = aggregates.publication(int(aegis.clock.monotonic()), aegis.recorder.pending)
+        live.update(route_figures(reading.labeled))
+        if aegis.recorder.closed:  # stopped: its in-flight and WebSockets no longer count
+            live.update(in_flight=0, websockets_active=0)
+        self.live_files.publish(live)
         self._published = signature
 
-    def _others(self) -> tuple[Any, Any]:
-        """The other workers' live figures and figures by label set, read
-        again from their files only when one of them changed (or a worker's
-        process ended): one live read asks for both, several sections of a
-        frame ask, and at a tick most files are as they were."""
-        assert self.files is not None
-        state = self.files.others_state()
-        seen, peers, labeled = self._others_read
-        if state != seen or peers is None:
-            merge = self.files.others(self._aegis.aggregates.labeled.bounds)
-            peers, labeled = merge.live, merge.labeled
-            self._others_read = (state, peers, labeled)
-        return peers, labeled
+    def _others(self) -> Peers:
+        """The other workers' live figures, read again from their files only
+        when one of them changed (or a worker's process ended): several
+        sections of a frame ask, and between two cycles the files stay."""
+        files = self.live_files
+        assert files is not None
+        state = files.state()
+        seen, read = self._others_read
+        if state != seen or read is None:
+            read = files.read()
+            self._others_read = (state, read)
+        peers: Peers = read
+        return peers
 
     def read_own(self) -> MetricsReading:
         """This process's figures only."""

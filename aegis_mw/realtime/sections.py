@@ -8,7 +8,7 @@ ranges with the same code.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -74,7 +74,7 @@ def build(aegis: Aegis, wanted: Collection[str]) -> dict[str, Any]:
         seconds = aegis.aggregates.seconds(int(now), aegis.recorder.pending)
         out.update(_series(seconds, offset, wanted))
     if "topEndpoints" in wanted:
-        out["topEndpoints"] = top_endpoints(aegis.aggregates.live_labeled(aegis.recorder.pending))
+        out["topEndpoints"] = top_endpoints(*aegis.aggregates.live_labeled(aegis.recorder.pending))
     if "alerts" in wanted:
         alerts = aegis.alerts
         out["alerts"] = [] if alerts is None else alerts.view()
@@ -113,10 +113,15 @@ def _series(seconds: list[SecondFigures], offset: float, wanted: Collection[str]
     }
 
 
-def top_endpoints(labeled: LabeledTotals, limit: int = TOP_ENDPOINTS) -> list[dict[str, Any]]:
+def top_endpoints(
+    labeled: LabeledTotals,
+    more_latency: Mapping[tuple[str, str], Sequence[int]] | None = None,
+    limit: int = TOP_ENDPOINTS,
+) -> list[dict[str, Any]]:
     """Routes by requests since start, with errors (5xx), average and p95
     latency; the p95 from the fine buckets of the realtime ring (about 2%
-    wide), never from the exposition's coarse ones."""
+    wide), never from the exposition's coarse ones, with ``more_latency``
+    (the other workers') added for the rows shown."""
     errors: dict[tuple[str, str], int] = {}
     for (method, route, status), count in labeled.requests.items():
         if status[:1] == "5":
@@ -140,7 +145,11 @@ def top_endpoints(labeled: LabeledTotals, limit: int = TOP_ENDPOINTS) -> list[di
     rows.sort(key=lambda row: (-row["requests"], row["route"], row["method"]))
     top = rows[:limit]
     for row in top:  # only the rows shown: a percentile reads the whole histogram
-        counts = labeled.latency.get((row["method"], row["route"]))
+        key = (row["method"], row["route"])
+        counts: Sequence[int] | None = labeled.latency.get(key)
+        more = (more_latency or {}).get(key)
+        if more is not None:
+            counts = more if counts is None else [a + b for a, b in zip(counts, more, strict=True)]
         [p95] = histogram.percentiles(counts, (0.95,)) if counts is not None else [None]
         row["latency_ms"]["p95"] = _ms(p95)
     return top

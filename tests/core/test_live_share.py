@@ -71,7 +71,6 @@ def test_a_slot_row_comes_back_the_same_slot() -> None:
     assert slot_from_row(json.loads(json.dumps(row))) == made
     edges = slot(7, 0.001, 2_000_000.0)  # the first bucket and the last
     assert slot_from_row(json.loads(json.dumps(slot_row(edges)))) == edges
-    assert slot_from_row(slot_row(_empty_slot(3))) == _empty_slot(3)
 
 
 @pytest.mark.parametrize(
@@ -118,6 +117,17 @@ def test_peers_add_up_by_second_and_count_gauges_of_live_ones_only() -> None:
         {"sessions": -1},
         {"in_flight": 1.5},
         {"websockets_active": True},
+        {"totals": [float("inf"), *([0] * (SUMMED_END - REQUESTS - 1))]},
+        {"totals": [-1, *([0] * (SUMMED_END - REQUESTS - 1))]},
+        {"in_flight": 2**64},
+        {"slots": [[1, 1, 0, 1.0, 0, 1, 0, 0, 0, 1.0, 1.0, [3, 2**64]]]},
+        {"slots": [[1, 1, 0, float("inf"), 0, 1, 0, 0, 0, 1.0, 1.0, [3, 1]]]},
+        {"routes": "x"},
+        {"routes": [["GET", "/r", 1, 0]]},
+        {"routes": [["GET", "/r", -1, 0, 0.0]]},
+        {"routes": [["GET", 7, 1, 0, 0.0]]},
+        {"latency": [["GET", "/r", [3, -1]]]},
+        {"latency": [["GET", "/r", [histogram.COUNT, 1]]]},
     ],
 )
 def test_a_damaged_publication_adds_nothing(damage: dict[str, Any]) -> None:
@@ -135,10 +145,48 @@ def test_merged_into_a_ring_each_second_once() -> None:
     rows = [slot(1000, 2.0), slot(1005, 3.0), slot(1000 - RING_SIZE, 4.0)]
     peers.add({"slots": [slot_row(row) for row in rows], "totals": [7, 0, 7.0, 0, 7, 0, 0, 0],
                "sessions": 0, "in_flight": 0, "websockets_active": 0}, live=True)  # fmt: skip
-    merge_into_ring(own, totals, peers)
+    merge_into_ring(own, totals, peers, 1005)
     assert own[1000 % RING_SIZE][REQUESTS] == 2  # the same second: added
     assert own[1005 % RING_SIZE][SECOND] == 1005  # a newer second in an older one's place
     # The older slot it replaced, the peer's slot older than the ring's, and its totals.
     assert totals[REQUESTS] == 1 + 1 + 7
     in_ring = sum(held[REQUESTS] for held in own if held[SECOND] >= 0)
     assert in_ring + totals[REQUESTS] == 2 + 1 + 1 + 1 + 7  # every request once
+
+
+def test_seconds_ahead_of_the_clock_count_in_the_totals_only() -> None:
+    """A file from before the host restarted its clock: its seconds lie far ahead."""
+    own = ring_of(slot(1000, 1.0))
+    totals = _empty_slot(-1)
+    peers = Peers()
+    assert peers.add(publication(ring_of(slot(900_000, 2.0)), _empty_slot(-1), 0, 900_000, 0, 0),
+                     live=False)  # fmt: skip
+    merge_into_ring(own, totals, peers, 1000)
+    assert own[1000 % RING_SIZE][REQUESTS] == 1  # the reader's own second kept
+    assert totals[REQUESTS] == 1  # the other counted since start, in no second
+    archived = peers.published(1000)
+    assert archived["slots"] == [] and archived["totals"][0] == 1
+
+
+def test_the_archive_keeps_the_last_seconds_and_sums_the_older() -> None:
+    peers = Peers()
+    rows = [slot(1000, 1.0), slot(1000 - LIVE_SECONDS, 2.0)]
+    assert peers.add({"slots": [slot_row(row) for row in rows], "totals": [0] * 8,
+                      "sessions": 0, "in_flight": 0, "websockets_active": 0}, live=False)  # fmt: skip
+    archived = peers.published(1000)
+    assert [row[SECOND] for row in archived["slots"]] == [1000]
+    assert archived["totals"][0] == 1
+
+
+def test_route_figures_add_up_with_the_busiest_routes_latency() -> None:
+    peers = Peers()
+    base = publication(ring_of(slot(100, 1.0)), _empty_slot(-1), 0, 100, 0, 0)
+    one = {**base, "routes": [["GET", "/a", 3, 1, 0.5]], "latency": [["GET", "/a", [10, 2, 1]]]}
+    two = {**base, "routes": [["GET", "/a", 2, 0, 0.25], ["GET", "/b", 1, 0, 0.1]],
+           "latency": [["GET", "/a", [11, 4]]]}  # fmt: skip
+    assert peers.add(one, live=True) and peers.add(two, live=True)
+    assert peers.routes == {("GET", "/a"): [5, 1, 0.75], ("GET", "/b"): [1, 0, 0.1]}
+    assert peers.latency[("GET", "/a")][10:12] == [2, 5]
+    archived = Peers()
+    assert archived.add({**peers.published(100)}, live=False)
+    assert archived.routes == peers.routes and archived.latency == peers.latency

@@ -105,11 +105,59 @@ def test_a_damaged_live_part_is_left_out_and_the_rest_merged(
     shared = {"metrics_registry": "none", "metrics_multiprocess_dir": str(tmp_path)}
     worker = fed(make_aegis(**shared), traffic(4, ("/a/{n}",), 30))
     reader = make_aegis(**shared)
-    [path] = [p for p in tmp_path.glob("aegis_*_*.json") if json.loads(p.read_text())["live"]]
+    [path] = tmp_path.glob("aegis-live_*_*.json")
     data = json.loads(path.read_text())
-    data["live"]["slots"] = [["not", "a", "slot"]]
+    data["slots"] = [["not", "a", "slot"]]
     path.write_text(json.dumps(data))
     assert reader.realtime().total_requests == 0  # its live figures left out
     text = reader.metrics.endpoint.respond().body.decode()
     assert 'aegis_http_requests_total{method="GET",route="/a/{n}"' in text  # the rest merged
     assert worker is not None
+
+
+def test_a_file_with_values_out_of_range_fails_no_read(
+    tmp_path: Path, make_aegis: Callable[..., Aegis]
+) -> None:
+    import json
+
+    shared = {"metrics_registry": "none", "metrics_multiprocess_dir": str(tmp_path)}
+    fed(make_aegis(**shared), traffic(5, ("/a/{n}",), 30))
+    reader = make_aegis(**shared)
+    [path] = tmp_path.glob("aegis-live_*_*.json")
+    data = json.loads(path.read_text())
+    data["totals"][0] = float("inf")
+    path.write_text(json.dumps(data))
+    assert reader.realtime().total_requests == 0  # its live figures left out, no error
+    data["totals"][0] = 0
+    data["latency"][0][2] = [0, 2**64]
+    path.write_text(json.dumps(data))
+    assert reader.realtime().total_requests == 0  # its live figures left out, no error
+    sections.build(reader, ("topEndpoints",))
+    assert reader.metrics.endpoint.respond().status == 200
+
+
+def test_a_dead_workers_live_figures_outlive_its_file(
+    tmp_path: Path, make_aegis: Callable[..., Aegis]
+) -> None:
+    """Archived by a living worker (twice), its requests still count once."""
+    import subprocess
+    import sys
+
+    shared = {"metrics_registry": "none", "metrics_multiprocess_dir": str(tmp_path)}
+    worker = fed(make_aegis(**shared), traffic(6, ("/a/{n}",), 40))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    worker.shutdown(timeout=10)
+    for prefix in ("aegis_", "aegis-live_"):  # as if it had died
+        [own] = tmp_path.glob(f"{prefix}*_*.json")
+        own.rename(tmp_path / f"{prefix}{int(dead.stdout)}_0a0b0c0d.json")
+    reader = make_aegis(**shared)
+    fed(reader, traffic(7, ("/b/{n}",), 10))  # its cycle archives the dead one's files
+    assert not list(tmp_path.glob(f"*_{int(dead.stdout)}_*.json"))
+    assert (tmp_path / "aegis-live_archive.json").exists()
+    assert reader.realtime().total_requests == 50
+    top = {row["route"]: row["requests"] for row in sections.build(reader, ("topEndpoints",))[
+        "topEndpoints"]}  # fmt: skip
+    assert top == {"/a/{n}": 40, "/b/{n}": 10}
+    again = make_aegis(**shared)
+    assert again.realtime().total_requests == 50 + 0  # the archive, and the reader's file
