@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Protocol, runtime_checkable
 
 from .record import Batch
@@ -36,6 +37,14 @@ class RecordRejected(Exception):
 #: exception means the storage could not take the batch now (a lost connection,
 #: a full disk, a timeout): the batch is kept and retried with backoff.
 REFUSALS: tuple[type[BaseException], ...] = (RecordRejected, UnicodeEncodeError, OverflowError)
+
+
+def retry_delay(initial: float, maximum: float, failures: int) -> float:
+    """Seconds before trying a failing store again after ``failures`` failures
+    in a row: doubling from ``initial`` up to ``maximum``, with +-10% jitter
+    so that processes sharing one database do not retry in lockstep."""
+    delay = min(maximum, initial * 2.0 ** min(failures, 30))
+    return min(delay * random.uniform(0.9, 1.1), maximum)
 
 
 def is_refusal(error: BaseException) -> bool:

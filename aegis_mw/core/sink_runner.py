@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import random
 import threading
 import time
 import weakref
@@ -30,7 +29,7 @@ from .isolation import Isolation
 from .record import Batch, RequestRecord
 from .refusals import RefusalHandling, Stored
 from .rollup import MAX_PENDING_CELLS, RollupDelta
-from .sink import RecordSink
+from .sink import RecordSink, retry_delay
 from .spooling import Spooled
 
 #: Seconds between rollup writes while traffic flows: the cost of a rollup
@@ -383,13 +382,9 @@ class SinkRunner(RefusalHandling):
         if timed_out:
             self.timeouts += 1
         self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        # Exponential backoff with +-10% jitter, so processes sharing one
-        # database do not retry in lockstep.
-        delay = min(
-            self.backoff_max, self.backoff_initial * 2 ** min(self.consecutive_failures, 30)
+        self.retry_at = now + retry_delay(
+            self.backoff_initial, self.backoff_max, self.consecutive_failures
         )
-        delay *= random.uniform(0.9, 1.1)
-        self.retry_at = now + min(delay, self.backoff_max)
         if self.consecutive_failures == 0:
             # One line per burst of failures; recovery is logged in succeeded().
             logger.warning(

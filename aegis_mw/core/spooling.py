@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from typing import Protocol
 from . import spool_codec
 from .gil_slices import Paced, Slices
 from .record import Batch
-from .sink import is_refusal
+from .sink import is_refusal, retry_delay
 from .spool_salvage import ReplayCut, Salvage
 
 logger = logging.getLogger("aegis_mw.flusher")
@@ -286,9 +285,9 @@ class Spooled(Paced):
         if not self.failures:  # one line per outage; the recovery is logged in _up
             logger.warning("aegis sink spool: the store is unavailable (%s); spooling",
                            self.last_error)  # fmt: skip
-        # Exponential backoff with +-10% jitter, as the runner's own.
-        delay = min(self.backoff_max, self.backoff_initial * 2 ** min(self.failures, 30))
-        self.retry_at = time.monotonic() + min(delay * random.uniform(0.9, 1.1), self.backoff_max)
+        self.retry_at = time.monotonic() + retry_delay(
+            self.backoff_initial, self.backoff_max, self.failures
+        )
         self.failures += 1
 
     def close(self) -> None:

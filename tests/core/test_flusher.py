@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-import aegis_mw.core.sink_runner as sink_runner_module
+import aegis_mw.core.sink as sink_module
 from aegis_mw import Aegis
 from aegis_mw.core.history import RequestQuery
 from aegis_mw.core.record import Batch
@@ -273,7 +273,7 @@ def test_backoff_jitter_spans_ten_percent_and_never_passes_the_cap(
         asked.append((low, high))
         return factor[0]
 
-    monkeypatch.setattr(sink_runner_module, "random", SimpleNamespace(uniform=uniform))
+    monkeypatch.setattr(sink_module, "random", SimpleNamespace(uniform=uniform))
     sink = FaultySink("jitter")
     sink.down = True
     aegis = rig(sink, retry_backoff_initial=10.0, retry_backoff_max=100.0)
