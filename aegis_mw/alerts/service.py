@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..core.errors import ConfigError
+from ..core.leases import holder_id
 from .api_channels import WHERE, api_channel, refusal
 from .channels import Channel, Networks
 from .evaluator import (
@@ -161,7 +159,7 @@ class AlertService:
         self._pruned_at = float("-inf")
         #: Seconds a bucket is left before windows include it.
         self.settle = settle
-        self.holder = _holder_id()
+        self.holder = holder_id()
         #: The channels of the app's settings (or code).
         self.settings_channels: dict[str, Channel] = dict(channels or {})
         #: Where notices go (see .channels): the settings' and the API's;
@@ -247,7 +245,7 @@ class AlertService:
     def reset_after_fork(self) -> None:
         """In a forked child: a process of its own, with its own thread if
         the parent's was running (not after a shutdown)."""
-        self.holder = _holder_id()
+        self.holder = holder_id()
         self.token = None
         self._instances = {}
         self._figures = SlidingFigures(self.reader, self.rules, self.settle)
@@ -742,10 +740,6 @@ def _log(transition: Any) -> None:
         transition.rule, transition.kind, labels, value, transition.episode,
         transition.annotations.get("summary", ""),
     )  # fmt: skip
-
-
-def _holder_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def _run(ref: weakref.ReferenceType[AlertService], stop: threading.Event, interval: float) -> None:

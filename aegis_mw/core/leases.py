@@ -16,7 +16,16 @@ passes its driver's placeholder. Only parameterised SQL.
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
 from typing import Any
+
+
+def holder_id() -> str:
+    """A name for this process as a lease holder: its host, its pid and a
+    random part (a pid is reused; a forked child asks for a name of its own)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def lease_row(connection: Any, name: str, *, mark: str, lock: bool) -> tuple[str, int, float]:

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from . import leases
 from .sink_runner import SinkRunner
 
 logger = logging.getLogger("aegis_mw.flusher")
@@ -96,7 +95,7 @@ class Retention:
         name, pid = self._holder
         if pid != os.getpid():
             pid = os.getpid()
-            name = f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}"
+            name = leases.holder_id()
             self._holder = (name, pid)
         return name
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -88,7 +87,7 @@ class SpoolFile:
         self.limit_bytes = limit_bytes
         self.lease_seconds = lease_seconds
         self._lease = f"spool:{sink}"
-        self._holder = _holder()
+        self._holder = leases.holder_id()
         self._connection: sqlite3.Connection | None = None
         self._pid = 0
         self.replayed_elsewhere = False
@@ -220,11 +219,7 @@ class SpoolFile:
     def reset_after_fork(self) -> None:
         """In a forked child: a connection and a holder name of its own."""
         self._connection = None
-        self._holder = _holder()
-
-
-def _holder() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        self._holder = leases.holder_id()
 
 
 def attach_spools(runners: Sequence[SinkRunner], settings: AegisSettings) -> None:
