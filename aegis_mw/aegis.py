@@ -312,6 +312,7 @@ class Aegis:
             settings.retention_raw,
             horizons(settings.retention_raw, settings.retention_rollups),
             lease_seconds=lease_seconds(settings.flush_interval, settings.sink_timeout),
+            watch_hosts=not settings.live_transport,
         )
         #: None until an ASGI middleware attaches; then whether a lifespan
         #: startup arrived (the flusher warns once if traffic comes without one).
@@ -347,6 +348,8 @@ class Aegis:
         backlogs += [runner.isolation.held for runner in runners]
         weakref.finalize(self, _warn_if_unflushed, self.recorder.inbox, backlogs).atexit = False
         self.flusher.start()
+        if self.metrics.link is not None:
+            self.metrics.link.start()
         if self.alerts is not None:
             self.alerts.start()
 
@@ -358,6 +361,8 @@ class Aegis:
         atexit.unregister(self._atexit_hook)
         atexit.register(self._atexit_hook)
         self.flusher.start()
+        if self.metrics.link is not None:
+            self.metrics.link.start()
         if self.alerts is not None:
             self.alerts.start()
 
@@ -394,7 +399,11 @@ class Aegis:
             # Bounded: a receiver that hangs must not hold the flush back.
             limit = self.settings.shutdown_timeout if timeout is None else timeout
             self.alerts.stop(min(limit, ALERTS_STOP_SECONDS))
-        return self.flusher.shutdown(timeout)
+        flushed = self.flusher.shutdown(timeout)
+        if self.metrics.link is not None:
+            # After the final flush: its closing frame holds every count.
+            self.metrics.link.stop()
+        return flushed
 
     def realtime(self) -> RealtimeSnapshot:
         """Rates, latency percentiles and totals from the in-memory ring.
@@ -466,6 +475,8 @@ class Aegis:
         self.aggregates.reset()
         self.finalizer.reset_after_fork()
         self.flusher.reset_after_fork()
+        if self.metrics.link is not None:
+            self.metrics.link.reset_after_fork()
         if self.alerts is not None:
             self.alerts.reset_after_fork()
 

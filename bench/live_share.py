@@ -58,13 +58,32 @@ def minute_of_traffic(aegis: Aegis, rate: int) -> None:
     aegis.force_flush(timeout=60)
 
 
-def timed(call: Any, calls: int) -> float:
+def timed(call: Any, calls: int, clock: Any = time.process_time) -> float:
+    """Median CPU seconds of ``call`` by ``clock``."""
     times = []
     for _ in range(calls):
-        started = time.process_time()
+        started = clock()
         call()
-        times.append(time.process_time() - started)
+        times.append(clock() - started)
     return statistics.median(times)
+
+
+def lag_seconds(sender: Aegis, receiver: Aegis, count: int) -> list[float]:
+    """Seconds from a request offered to ``sender`` until ``receiver``'s
+    overview counts it, ``count`` times, at several phases of a second."""
+    lags = []
+    for number in range(count):
+        before = receiver.realtime().total_requests
+        offered = time.perf_counter()
+        sender.recorder.offer(item(ROUTES[0], offered, 0.001, 200))
+        deadline = offered + 30
+        while receiver.realtime().total_requests == before:
+            if time.perf_counter() > deadline:
+                sys.exit("the merged view never showed the request")
+            time.sleep(0.005)
+        lags.append(time.perf_counter() - offered)
+        time.sleep(0.1 * (number % 10))
+    return lags
 
 
 def main() -> None:
@@ -134,18 +153,7 @@ def main() -> None:
         for path in directory.iterdir():
             path.unlink()
         sender, receiver = Aegis(**options), Aegis(**options)
-        lags = []
-        for number in range(args.lags):
-            before = receiver.realtime().total_requests
-            offered = time.perf_counter()
-            sender.recorder.offer(item(ROUTES[0], offered, 0.001, 200))
-            deadline = offered + 30
-            while receiver.realtime().total_requests == before:
-                if time.perf_counter() > deadline:
-                    sys.exit("the merged view never showed the request")
-                time.sleep(0.005)
-            lags.append(time.perf_counter() - offered)
-            time.sleep(0.1 * (number % 10))  # requests at several phases of the flush cycle
+        lags = lag_seconds(sender, receiver, args.lags)
         print(f"lag, request to merged view (flush_interval 1 s): median "
               f"{statistics.median(lags) * 1e3:.0f} ms, longest {max(lags) * 1e3:.0f} ms "
               f"of {args.lags}")  # fmt: skip

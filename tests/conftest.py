@@ -102,3 +102,37 @@ def postgres_url() -> Iterator[str]:
             yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
         finally:
             admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+REDIS_URL = os.environ.get("AEGIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def live_group() -> str:
+    """A live group of the test's own on a shared transport."""
+    return f"t-{os.getpid()}-{os.urandom(4).hex()}"
+
+
+@pytest.fixture
+def redis_url(live_group: str) -> Iterator[str]:
+    """The test Redis server's URL; the test's live group's keys are removed
+    afterwards. Skips without a server, fails instead under REQUIRE_TEST_SERVICES."""
+    try:
+        import redis
+    except ImportError:
+        if REQUIRE_SERVICES:
+            pytest.fail("redis-py is not installed (pip install 'aegis_mw[redis]')")
+        pytest.skip("redis-py is not installed")
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        if REQUIRE_SERVICES:
+            pytest.fail(f"Redis is not reachable at {REDIS_URL}: {exc}")
+        pytest.skip(f"Redis is not reachable: {exc}")
+    try:
+        yield REDIS_URL
+    finally:
+        client.delete(f"aegis:live:{live_group}")
+        client.close()

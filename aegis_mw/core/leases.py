@@ -69,3 +69,27 @@ def release(connection: Any, name: str, holder: str, *, mark: str) -> None:
         f"WHERE name = {mark} AND holder = {mark}",
         (name, holder),
     )
+
+
+#: Leases named ``host:<host name>``: each host that shares the store keeps
+#: one (any of its processes), so that every process can tell how many hosts
+#: write to it (see :func:`hosts_seen`).
+HOST_PREFIX = "host:"
+
+
+def host_of(holder: str) -> str:
+    """The host part of a holder name (``host:pid:random``)."""
+    return holder.rsplit(":", 2)[0]
+
+
+def hosts_seen(
+    connection: Any, holder: str, now: float, ttl: float, *, mark: str, lock: bool
+) -> list[str]:
+    """Say that ``holder``'s host uses the store until ``now + ttl`` (one of
+    its processes holds its host's lease), and name every host that does."""
+    claim(connection, HOST_PREFIX + host_of(holder), holder, now, ttl, mark=mark, lock=lock)
+    rows = connection.execute(
+        f"SELECT name FROM aegis_alert_lease WHERE name LIKE {mark} AND expires_at >= {mark}",
+        (HOST_PREFIX + "%", now),
+    ).fetchall()
+    return sorted(str(row[0])[len(HOST_PREFIX) :] for row in rows)

@@ -60,7 +60,11 @@ class Retention:
         horizons: Mapping[int, float],
         *,
         lease_seconds: float = LEASE_SECONDS,
+        watch_hosts: bool = False,
     ) -> None:
+        #: Whether to ask the store which hosts write to it (with no live
+        #: transport, several hosts each show only their own live figures).
+        self.watch_hosts = watch_hosts
         self.raw_seconds = raw_seconds
         self.horizons = dict(horizons)
         self.lease_seconds = lease_seconds
@@ -77,6 +81,9 @@ class Retention:
         self.deleted_by_sink: dict[str, int] = {}
         self.failures_by_sink: dict[str, int] = {}
         self._holder = ("", -1)
+        #: The hosts that write to a shared store (sinks with ``hosts_seen``),
+        #: as last seen; asked only while ``watch_hosts``.
+        self.hosts: list[str] = []
 
     @property
     def deleted(self) -> int:
@@ -119,7 +126,7 @@ class Retention:
                 continue
             future = runner.call(
                 _prune_held, runner.sink, self.holder, wall, raw_before, rollups_before,
-                self.lease_seconds,
+                self.lease_seconds, self.watch_hosts,
             )  # fmt: skip
             error = runner.wait(future, monotonic + timeout)
             if error is not None:
@@ -130,7 +137,9 @@ class Retention:
                 failures[runner.name] = failures.get(runner.name, 0) + 1
                 logger.warning("aegis retention on %s failed: %s", runner.name, error)
                 continue
-            result = future.result()
+            result, hosts = future.result()
+            if hosts:
+                self._saw_hosts(hosts)
             self.held[runner.name] = result is not None
             if result is None:  # another process of the app prunes
                 continue
@@ -140,6 +149,15 @@ class Retention:
             more = more or deleted >= PRUNE_BATCH
         # While expired rows remain, keep going a batch per cycle.
         self.next_run = monotonic if more else monotonic + PRUNE_INTERVAL
+
+    def _saw_hosts(self, hosts: list[str]) -> None:
+        if len(hosts) > 1 and hosts != self.hosts:
+            logger.warning(
+                "aegis_mw: %d hosts write to this store (%s) and live_transport is not set: "
+                "each host's live views show its own traffic only; set live_transport on every "
+                "host (docs/deployment.md, Several hosts)", len(hosts), ", ".join(hosts),
+            )  # fmt: skip
+        self.hosts = hosts
 
     def release(self, runners: Sequence[SinkRunner], deadline: float) -> None:
         """Give up the leases this process holds (a clean shutdown), so another
@@ -163,10 +181,14 @@ def _prune_held(
     raw_before: float,
     rollups_before: Mapping[int, float],
     lease_seconds: float,
-) -> int | None:
+    watch_hosts: bool = False,
+) -> tuple[int | None, list[str]]:
     """On the sink's thread: prune when this process holds the lease (or the
-    sink keeps none); None when another process holds it."""
+    sink keeps none): rows deleted, None when another process holds it; and
+    the hosts that write to the store (``watch_hosts`` and a sink that knows)."""
+    seen = getattr(sink, "hosts_seen", None)
+    hosts = seen(holder, wall, lease_seconds) if watch_hosts and seen is not None else []
     claim = getattr(sink, "claim_lease", None)
     if claim is not None and not claim(LEASE, holder, wall, lease_seconds):
-        return None
-    return int(sink.prune(raw_before, rollups_before, PRUNE_BATCH))
+        return None, hosts
+    return int(sink.prune(raw_before, rollups_before, PRUNE_BATCH)), hosts

@@ -194,6 +194,28 @@ def _registry(value: Any) -> Any:
     return value
 
 
+_LIVE_SCHEMES = ("redis", "rediss", "unix", "postgresql", "postgres")
+_LIVE_GROUP = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def _live_transport(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError
+    text = value.strip()
+    if text in ("", "sink"):
+        return text
+    scheme, separator, rest = text.partition("://")
+    if not separator or scheme.lower() not in _LIVE_SCHEMES or not rest:
+        raise ValueError
+    return text
+
+
+def _live_group(value: Any) -> str:
+    if not isinstance(value, str) or not _LIVE_GROUP.fullmatch(value.strip()):
+        raise ValueError
+    return value.strip()
+
+
 class _Explained(ValueError):
     """A check's own words about what is wrong (used instead of the generic text)."""
 
@@ -218,7 +240,7 @@ def _access_token(value: Any) -> str:
 
 
 #: Options whose values an error message must never show.
-_SECRET = ("access", "access_token", "alert_channels")
+_SECRET = ("access", "access_token", "alert_channels", "live_transport")
 
 
 def _choice(*allowed: str) -> Callable[[Any], str]:
@@ -393,6 +415,14 @@ _RULES: dict[str, _Rule] = {
         "bytes, an integer from 1048576 (1 MiB) to 1099511627776 (1 TiB)",
         _int_text,
     ),
+    "live_transport": _Rule(
+        _live_transport,
+        "'' (this host's processes only), a redis://, rediss:// or unix:// Redis URL, "
+        "a postgresql:// URL, or 'sink' (the PostgreSQL sink's database)",
+    ),
+    "live_group": _Rule(
+        _live_group, "1 to 64 letters, digits or _ . : - (the app's name on the live transport)"
+    ),
     "sample_rate": _Rule(_number(float, 0, 1), "a number from 0 to 1", _float_text),
     "slow_threshold_ms": _Rule(_number(float, 0, 1e9), "milliseconds, >= 0", _float_text),
     "exclude_paths": _Rule(
@@ -555,6 +585,13 @@ class AegisSettings:
     #: The most the spooled batches take, all sinks together (the file adds
     #: SQLite's pages and log to that).
     spool_max_bytes: int = 256 * 1024 * 1024
+    #: How the live figures travel between the app's hosts (docs/deployment.md):
+    #: '' for one host (the processes of a metrics directory), a Redis URL,
+    #: a PostgreSQL URL, or 'sink' for the PostgreSQL sink's database.
+    live_transport: str = ""
+    #: The app's name on the live transport: apps sharing a Redis server or a
+    #: database keep their live figures apart by it.
+    live_group: str = "default"
     sample_rate: float = 1.0
     slow_threshold_ms: float = 1000.0
     exclude_paths: tuple[str, ...] = ()

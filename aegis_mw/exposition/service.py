@@ -4,11 +4,15 @@ app's registry next to them, and a prometheus-client Collector for others."""
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.errors import ConfigError
+from ..core.labeled import LabeledTotals
+from ..core.live_link import LiveLink
 from ..core.live_share import Peers, route_figures
 from ..endpoints.metrics import MetricsEndpoint
 from .collector import AegisCollector
@@ -37,15 +41,22 @@ class MetricsService:
         self.files: SnapshotFiles | None = None
         #: Every process's live figures, beside the snapshots.
         self.live_files: LiveFiles | None = None
+        #: The live figures' exchange with the app's other hosts (``live_transport``).
+        self.link: LiveLink | None = None
+        if settings.live_transport:
+            self.link = _live_link(self)
+            # Live reads show every process of every host, this one's own added.
+            aegis.aggregates.peers = self.link.board.peers
         if multiprocess_dir is not None:
             from .live_files import LiveFiles
             from .multiprocess import SnapshotFiles
 
             self.files = SnapshotFiles(multiprocess_dir)
-            self.live_files = LiveFiles(self.files, aegis.clock.monotonic)
             aegis.flusher.after_cycle = self.publish
-            # Live reads (stream, realtime API, dashboard) show every worker's traffic.
-            aegis.aggregates.peers = self._others
+            if self.link is None:
+                # Live reads (stream, realtime API, dashboard) show every worker's traffic.
+                self.live_files = LiveFiles(self.files, aegis.clock.monotonic)
+                aegis.aggregates.peers = self._others
         self._published: tuple[Any, ...] = ()
         self._others_read: tuple[Any, Peers | None] = ((), None)
         self.system: SystemMetrics | None = None
@@ -102,15 +113,25 @@ class MetricsService:
         )  # fmt: skip
         if signature == self._published:
             return
-        assert self.live_files is not None
         reading = self.read_own()
         self.files.publish(reading, live=not aegis.recorder.closed)
+        if self.live_files is not None:
+            self.live_files.publish(self.live_publication(reading.labeled))
+        self._published = signature
+
+    def live_publication(self, labeled: LabeledTotals | None = None) -> dict[str, Any]:
+        """This process's live figures as the others add them (see
+        :mod:`aegis_mw.core.live_share`); ``labeled``: its per-label
+        totals, when the caller has them already."""
+        aegis = self._aegis
+        aggregates = aegis.aggregates
+        if labeled is None:
+            labeled = aggregates.labeled_snapshot(aegis.recorder.pending)
         live = aggregates.publication(int(aegis.clock.monotonic()), aegis.recorder.pending)
-        live.update(route_figures(reading.labeled))
+        live.update(route_figures(labeled))
         if aegis.recorder.closed:  # stopped: its in-flight and WebSockets no longer count
             live.update(in_flight=0, websockets_active=0)
-        self.live_files.publish(live)
-        self._published = signature
+        return live
 
     def _others(self) -> Peers:
         """The other workers' live figures, read again from their files only
@@ -146,3 +167,36 @@ class MetricsService:
     def collector(self) -> AegisCollector:
         """Our families as a prometheus-client Collector (``registry.register(...)``)."""
         return AegisCollector(self.read, self.builder)
+
+
+def _live_link(service: MetricsService) -> LiveLink:
+    """The link to the app's other hosts that ``live_transport`` names. It
+    holds the service weakly: a pipeline dropped without shutdown ends it."""
+    from ..transports import transport_factory
+
+    aegis = service._aegis
+    settings = aegis.settings
+    url = settings.live_transport
+    if url == "sink":
+        found = [
+            str(getattr(sink, "url", ""))
+            for sink in aegis.sinks
+            if getattr(sink, "remote", False)
+            and str(getattr(sink, "url", "")).startswith(("postgresql:", "postgres:"))
+        ]
+        if not found:
+            raise ConfigError(
+                "live_transport", url, "'sink' needs a PostgreSQL sink (or give a URL)",
+                settings.sources.get("live_transport", ""),
+            )  # fmt: skip
+        url = found[0]
+    connect, kind = transport_factory(url, settings.live_group)
+    publication = weakref.WeakMethod(service.live_publication)
+
+    def source() -> dict[str, Any]:
+        method = publication()
+        if method is None:
+            raise ReferenceError("the pipeline was dropped")
+        return method()
+
+    return LiveLink(connect, source, aegis.clock.monotonic, aegis.clock.wall, kind=kind)

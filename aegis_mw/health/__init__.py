@@ -3,7 +3,14 @@ for ``/health/live``, ``/health/ready`` and ``/health``."""
 
 from __future__ import annotations
 
-from .builtin import disk_space, loop_lag, process_memory, sink_health, spool_health
+from .builtin import (
+    disk_space,
+    live_transport_health,
+    loop_lag,
+    process_memory,
+    sink_health,
+    spool_health,
+)
 from .checks import CheckOutcome, CheckResult, HealthCheck
 from .service import HealthService
 
@@ -13,6 +20,7 @@ __all__ = [
     "HealthCheck",
     "HealthService",
     "disk_space",
+    "live_transport_health",
     "loop_lag",
     "process_memory",
     "sink_health",

@@ -75,6 +75,43 @@ def spool_health(aegis: Aegis) -> HealthCheck:
     return HealthCheck("spool", check, timeout=2.0, critical=False)
 
 
+def live_transport_health(aegis: Aegis) -> HealthCheck:
+    """The live figures' transport between hosts (registered by itself with
+    ``live_transport``, or with a store several hosts can share): pass while
+    frames go out and come in; warn while it fails (the live views show this
+    process and what came before; the stored history and ``/metrics`` are
+    not affected), or, with no transport, while several hosts write to the
+    store (each host's live views show only its own). Never critical."""
+
+    def check() -> CheckOutcome:
+        link = aegis.metrics.link
+        if link is None:
+            retention = aegis.flusher.cycle.retention
+            hosts = retention.hosts if retention is not None else []
+            local = {"transport": "local", "hosts": hosts}
+            if len(hosts) > 1:
+                message = (
+                    f"{len(hosts)} hosts write to the store and live_transport is not set: "
+                    "each host's live views show its own traffic only"
+                )
+                return CheckOutcome(WARN, message, local)
+            return CheckOutcome(PASS, "", local)
+        board = link.board
+        details: dict[str, object] = {
+            "transport": link.kind, "sender": link.sender, "connected": link.connected,
+            "senders_live": board.live_senders(), "senders_known": board.known_senders(),
+            "frames_sent": link.sent, "frames_taken": board.taken, "gaps": board.gaps,
+            "frames_refused": board.refused, "resyncs": link.resyncs, "errors": link.errors,
+        }  # fmt: skip
+        if not link.alive:
+            return CheckOutcome(WARN, "the live transport's thread is not running", details)
+        if not link.connected:
+            return CheckOutcome(WARN, f"the live transport fails: {link.last_error}", details)
+        return CheckOutcome(PASS, "", details)
+
+    return HealthCheck("live_transport", check, timeout=2.0, critical=False)
+
+
 def _spool_details(sink: SinkStats) -> dict[str, object]:
     return {
         "records": sink.spool_records,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from ..endpoints.reads import CHECKS
 from ..endpoints.response import Response
-from .builtin import spool_health
+from .builtin import live_transport_health, spool_health
 from .checks import FAIL, PASS, UNKNOWN, WARN, CheckResult, HealthCheck
 from .loop_lag import LoopLagMonitor
 from .runner import CheckRunner
@@ -70,6 +70,10 @@ class HealthService:
         aegis.metrics.health_reading = self._gauge
         if any(runner.spool is not None for runner in aegis.flusher.runners):
             self.add(spool_health(aegis))  # its figures in /health/ready's details
+        if aegis.metrics.link is not None or any(
+            hasattr(sink, "hosts_seen") for sink in aegis.sinks
+        ):
+            self.add(live_transport_health(aegis))
 
     # -- registration ---------------------------------------------------------
     @overload

@@ -285,6 +285,17 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
             raise
         return token is not None
 
+    def hosts_seen(self, holder: str, now: float, ttl: float) -> list[str]:
+        """The hosts whose processes write to this database (``holder``'s
+        among them until ``now + ttl``), by their leases (core.leases)."""
+        connection = self._connect()
+        try:
+            with connection.transaction():
+                return leases.hosts_seen(connection, holder, now, ttl, mark="%s", lock=True)
+        except psycopg.OperationalError:
+            self._drop_if_broken(connection)
+            raise
+
     def release_lease(self, name: str, holder: str) -> None:
         """Give lease ``name`` up at once, when ``holder`` holds it."""
         connection = self._connect()

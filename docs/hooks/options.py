@@ -42,6 +42,11 @@ DESCRIPTIONS: dict[str, str] = {
     "([the spool](deployment.md#when-the-store-goes-away-the-spool)); `''` for none.",
     "spool_max_bytes": "The most the spool holds, every sink's batches together; a batch "
     "that finds no room stays in the sink's backlog in memory.",
+    "live_transport": "How the live views' figures travel between the app's hosts "
+    "([several hosts](deployment.md#several-hosts-the-live-transport)): `''` for one host, "
+    "a `redis://` URL, a `postgresql://` URL, or `sink` for the PostgreSQL sink's database.",
+    "live_group": "The app's name on the live transport: apps sharing one Redis server or "
+    "database keep their live figures apart by it.",
     "sample_rate": (
         "Share of ordinary requests kept in the stored log; errors (5xx or an exception) and "
         "requests slower than `slow_threshold_ms` are always kept; sampling never thins the "

@@ -22,6 +22,8 @@ OPTION_NAMES = [
     "retry_backoff_max",
     "spool_dir",
     "spool_max_bytes",
+    "live_transport",
+    "live_group",
     "sample_rate",
     "slow_threshold_ms",
     "exclude_paths",
@@ -85,6 +87,8 @@ DEFAULTS: dict[str, Any] = {
     "retry_backoff_max": 30.0,
     "spool_dir": "",
     "spool_max_bytes": 256 * 1024 * 1024,
+    "live_transport": "",
+    "live_group": "default",
     "sample_rate": 1.0,
     "slow_threshold_ms": 1000.0,
     "exclude_paths": (),
@@ -154,6 +158,9 @@ ALLOWED: dict[str, str] = {
     "spool_dir": "a directory on local disk for the spool of remote sinks ('' for none), "
     "created if missing",
     "spool_max_bytes": "bytes, an integer from 1048576 (1 MiB) to 1099511627776 (1 TiB)",
+    "live_transport": "'' (this host's processes only), a redis://, rediss:// or unix:// Redis "
+    "URL, a postgresql:// URL, or 'sink' (the PostgreSQL sink's database)",
+    "live_group": "1 to 64 letters, digits or _ . : - (the app's name on the live transport)",
     "sample_rate": "a number from 0 to 1",
     "slow_threshold_ms": "milliseconds, >= 0",
     "exclude_paths": "a list of paths or globs starting with '/' or '*', such as '/static/*'",

@@ -1,0 +1,228 @@
+"""Pipelines that share a live transport (as the processes of several hosts
+do), over the real Redis and the real PostgreSQL: each one's live reads show
+the whole app, exactly as one pipeline that saw all of it would; gauges leave
+with a closing frame; damaged frames are left out; a broken connection is
+made again by itself; configurations that cannot work are refused at start."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from aegis_mw import Aegis
+from aegis_mw.core.errors import ConfigError
+from aegis_mw.health.builtin import live_transport_health
+from aegis_mw.transports import transport_factory
+from tests.exposition.test_live_merge import fed, figures, traffic
+
+#: How long a change may take to reach the other pipelines (a frame a second).
+DEADLINE = 20.0
+
+
+@pytest.fixture(params=["redis", "postgresql"])
+def transport_url(request: pytest.FixtureRequest) -> str:
+    fixture = "redis_url" if request.param == "redis" else "postgres_url"
+    return str(request.getfixturevalue(fixture))
+
+
+def eventually(check: Callable[[], Any], seconds: float = DEADLINE) -> Any:
+    """Poll ``check`` until it returns something true, or fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {seconds} s: {check}")
+        time.sleep(0.05)
+
+
+def on_transport(make_aegis: Callable[..., Aegis], url: str, group: str, **options: Any) -> Aegis:
+    return make_aegis(metrics_registry="none", live_transport=url, live_group=group, **options)
+
+
+def test_each_process_reads_the_whole_apps_traffic(
+    transport_url: str, live_group: str, make_aegis: Callable[..., Aegis]
+) -> None:
+    first = traffic(11, ("/a/{n}", "/b/{n}"), 700)
+    second = traffic(12, ("/b/{n}", "/c/{n}"), 500)
+    one = fed(on_transport(make_aegis, transport_url, live_group), first)
+    other = fed(on_transport(make_aegis, transport_url, live_group), second)
+    apart = fed(on_transport(make_aegis, transport_url, live_group + "-x"), first)
+    alone = fed(make_aegis(metrics_registry="none"), first, second)
+    expected = figures(alone)
+    assert expected["total_requests"] == 1200
+    eventually(lambda: figures(one) == expected and figures(other) == expected)
+    # Another live group on the same server is another app.
+    assert figures(apart) == figures(fed(make_aegis(metrics_registry="none"), first))
+    outcome = live_transport_health(one).check()
+    assert outcome.status == "pass", outcome
+    assert outcome.details["senders_live"] == 1
+    assert outcome.details["transport"] == transport_url.split(":")[0]
+
+
+def test_gauges_leave_with_the_closing_frame_and_counts_stay(
+    transport_url: str, live_group: str, make_aegis: Callable[..., Aegis]
+) -> None:
+    worker = on_transport(make_aegis, transport_url, live_group)
+    reader = on_transport(make_aegis, transport_url, live_group)
+    worker.aggregates.in_flight = 3
+    worker.aggregates.websockets_active = 2
+    fed(worker, traffic(13, ("/a/{n}",), 50))
+
+    def seen() -> tuple[int, int, int]:
+        snapshot = reader.realtime()
+        return snapshot.in_flight, snapshot.websocket_connections_active, snapshot.total_requests
+
+    eventually(lambda: seen() == (3, 2, 50))
+    assert worker.shutdown(timeout=10)
+    eventually(lambda: seen() == (0, 0, 50))
+    assert live_transport_health(reader).check().details["senders_live"] == 0
+
+
+def test_a_damaged_frame_is_left_out_and_the_rest_read(
+    transport_url: str, live_group: str, make_aegis: Callable[..., Aegis]
+) -> None:
+    worker = fed(on_transport(make_aegis, transport_url, live_group), traffic(14, ("/a/{n}",), 40))
+    reader = on_transport(make_aegis, transport_url, live_group)
+    connect, _ = transport_factory(transport_url, live_group)
+    vandal = connect()
+    try:
+        vandal.send("vandal:1:x", b'{"v": 1, "sender": "vandal:1:x", "seq": 1, "offset": NaN}')
+        vandal.send("vandal:2:x", b"\xff not json at all")
+    finally:
+        vandal.close()
+    eventually(lambda: reader.realtime().total_requests == 40)
+    eventually(lambda: reader.metrics.link is not None and reader.metrics.link.board.refused >= 2)
+    assert live_transport_health(reader).check().status == "pass"
+    assert worker is not None
+
+
+def test_a_broken_connection_is_made_again_by_itself(
+    transport_url: str, live_group: str, make_aegis: Callable[..., Aegis]
+) -> None:
+    worker = fed(on_transport(make_aegis, transport_url, live_group), traffic(15, ("/a/{n}",), 30))
+    reader = on_transport(make_aegis, transport_url, live_group)
+    eventually(lambda: reader.realtime().total_requests == 30)
+    link = reader.metrics.link
+    assert link is not None
+    killed = _kill_live_connections(transport_url)
+    assert killed >= 2  # the worker's and the reader's
+    fed(worker, traffic(16, ("/b/{n}",), 20))
+    eventually(lambda: reader.realtime().total_requests == 50)
+    eventually(lambda: link.connected)
+    if transport_url.startswith("postgresql"):
+        assert link.errors >= 1  # seen, counted, and made good
+
+
+def _kill_live_connections(url: str) -> int:
+    """End every live transport connection on the server (Redis: by the
+    client name the transport gives them; PostgreSQL: by application name)."""
+    if url.startswith("redis"):
+        import redis
+
+        client = redis.Redis.from_url(url)
+        try:
+            ids = [
+                entry["id"] for entry in client.client_list() if entry["name"] == "aegis_mw-live"
+            ]
+            for client_id in ids:
+                client.client_kill_filter(_id=client_id)
+            return len(ids)
+        finally:
+            client.close()
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'aegis_mw live' AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return len(rows)
+
+
+def test_the_sinks_database_can_carry_the_frames(
+    postgres_url: str, live_group: str, make_aegis: Callable[..., Aegis]
+) -> None:
+    one = fed(
+        make_aegis(sink=postgres_url, metrics_registry="none", live_transport="sink",
+                   live_group=live_group),
+        traffic(17, ("/a/{n}",), 25),
+    )  # fmt: skip
+    other = make_aegis(metrics_registry="none", live_transport=postgres_url, live_group=live_group)
+    assert one.metrics.link is not None and one.metrics.link.kind == "postgresql"
+    eventually(lambda: other.realtime().total_requests == 25)
+
+
+@pytest.mark.parametrize(
+    ("options", "option", "words"),
+    [
+        ({"live_transport": "http://example.com"}, "live_transport", "redis://"),
+        ({"live_transport": "redis://"}, "live_transport", "redis://"),
+        ({"live_transport": "sink"}, "live_transport", "needs a PostgreSQL sink"),
+        ({"live_group": "two words"}, "live_group", "letters, digits"),
+        ({"live_group": ""}, "live_group", "letters, digits"),
+    ],
+)
+def test_a_live_transport_that_cannot_work_is_refused_at_start(
+    options: dict[str, str], option: str, words: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Aegis(sink="memory://", environ={}, **options)
+    assert raised.value.option == option
+    assert words in str(raised.value)
+    if option == "live_transport":
+        assert "example.com" not in str(raised.value)  # a URL may hold a password: not shown
+
+
+def test_a_password_in_the_transport_url_is_never_shown() -> None:
+    with pytest.raises(ConfigError) as raised:
+        Aegis(sink="memory://", environ={}, live_transport="ftp://user:hunter2@host")
+    assert "hunter2" not in str(raised.value)
+
+
+def test_hosts_sharing_a_store_without_a_transport_are_told(
+    postgres_url: str, make_aegis: Callable[..., Aegis], caplog: pytest.LogCaptureFixture
+) -> None:
+    import psycopg
+
+    from aegis_mw.core import leases
+
+    aegis = fed(make_aegis(sink=postgres_url, metrics_registry="none"), traffic(18, ("/a",), 5))
+    retention = aegis.flusher.cycle.retention
+    assert retention is not None
+    assert retention.hosts == [leases.host_of(retention.holder)]  # alone so far
+    assert live_transport_health(aegis).check().status == "pass"
+    # A process of another host writes to the same database.
+    with psycopg.connect(postgres_url, autocommit=True) as other, other.transaction():
+        leases.hosts_seen(other, "elsewhere:42:abc", time.time(), 300, mark="%s", lock=True)
+    retention.next_run = 0.0  # its next prune is due (once a minute)
+    fed(aegis, traffic(19, ("/a",), 5))
+    assert len(retention.hosts) == 2 and "elsewhere" in retention.hosts
+    outcome = live_transport_health(aegis).check()
+    assert outcome.status == "warn", outcome
+    assert "2 hosts write to the store" in outcome.message
+    assert "live_transport is not set" in caplog.text
+    # With a transport, nobody asks.
+    carried = fed(
+        make_aegis(sink=postgres_url, metrics_registry="none", live_transport="sink"),
+        traffic(20, ("/a",), 5),
+    )
+    assert carried.flusher.cycle.retention is not None
+    assert carried.flusher.cycle.retention.hosts == []
+
+
+def test_a_transport_whose_library_is_missing_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "redis", None)  # as where the extra is not installed
+    monkeypatch.delitem(sys.modules, "aegis_mw.transports.redis_live", raising=False)
+    with pytest.raises(ConfigError) as raised:
+        Aegis(sink="memory://", environ={}, live_transport="redis://127.0.0.1:1/0")
+    assert raised.value.option == "live_transport"
+    assert "pip install 'aegis_mw[redis]'" in str(raised.value)
