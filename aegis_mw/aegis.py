@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import sys
+import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence, Sized
 from pathlib import Path
@@ -32,6 +33,7 @@ from .core.finalize import Finalizer
 from .core.flusher import Flusher
 from .core.history import HistorySource
 from .core.labels import RouteCap
+from .core.live_link import STOP_SECONDS as LINK_STOP_SECONDS
 from .core.paths import PathFilter
 from .core.recorder import Recorder
 from .core.retention import Retention, lease_seconds
@@ -399,10 +401,14 @@ class Aegis:
             # Bounded: a receiver that hangs must not hold the flush back.
             limit = self.settings.shutdown_timeout if timeout is None else timeout
             self.alerts.stop(min(limit, ALERTS_STOP_SECONDS))
+        started = time.monotonic()
         flushed = self.flusher.shutdown(timeout)
         if self.metrics.link is not None:
-            # After the final flush: its closing frame holds every count.
-            self.metrics.link.stop()
+            # After the final flush: its closing frame holds every count. Within
+            # what is left of the budget (the thread ends by itself after it).
+            limit = self.settings.shutdown_timeout if timeout is None else timeout
+            left = limit - (time.monotonic() - started)
+            self.metrics.link.stop(min(LINK_STOP_SECONDS, max(0.0, left)))
         return flushed
 
     def realtime(self) -> RealtimeSnapshot:

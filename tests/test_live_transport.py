@@ -78,8 +78,12 @@ def test_gauges_leave_with_the_closing_frame_and_counts_stay(
         return snapshot.in_flight, snapshot.websocket_connections_active, snapshot.total_requests
 
     eventually(lambda: seen() == (3, 2, 50))
+    link, sender = reader.metrics.link, worker.metrics.link
+    assert link is not None and sender is not None
     assert worker.shutdown(timeout=10)
-    eventually(lambda: seen() == (0, 0, 50))
+    # The closing frame came (not the silence of DEAD_AFTER): the sender is held closed.
+    eventually(lambda: link.board._held[sender.sender].closed)
+    assert seen() == (0, 0, 50)
     assert live_transport_health(reader).check().details["senders_live"] == 0
 
 
@@ -201,6 +205,10 @@ def test_hosts_sharing_a_store_without_a_transport_are_told(
         leases.hosts_seen(other, "elsewhere:42:abc", time.time(), 300, mark="%s", lock=True)
     retention.next_run = 0.0  # its next prune is due (once a minute)
     fed(aegis, traffic(19, ("/a",), 5))
+    assert len(retention.hosts) == 1  # once is not enough: a rolling deploy's overlap
+    assert live_transport_health(aegis).check().status == "pass"
+    retention.next_run = 0.0
+    fed(aegis, traffic(21, ("/a",), 5))
     assert len(retention.hosts) == 2 and "elsewhere" in retention.hosts
     outcome = live_transport_health(aegis).check()
     assert outcome.status == "warn", outcome
@@ -226,3 +234,36 @@ def test_a_transport_whose_library_is_missing_is_refused_at_start(
         Aegis(sink="memory://", environ={}, live_transport="redis://127.0.0.1:1/0")
     assert raised.value.option == "live_transport"
     assert "pip install 'aegis_mw[redis]'" in str(raised.value)
+
+
+def test_a_stop_that_times_out_leaves_no_second_thread_on_its_connections(
+    live_group: str, make_aegis: Callable[..., Aegis]
+) -> None:
+    """A Redis "server" that accepts and never answers: the link's connect
+    hangs past stop's wait; a start then makes a thread of its own, and the
+    old one ends by itself on its own connection."""
+    import socket
+    import threading
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        aegis = make_aegis(metrics_registry="none", live_transport=url, live_group=live_group)
+        link = aegis.metrics.link
+        assert link is not None
+        first = link._thread
+        assert first is not None
+        link.stop(timeout=0.1)
+        assert first.is_alive()  # still in its connect
+        link.start()
+        second = link._thread
+        assert second is not None and second is not first and second.is_alive()
+        first.join(30)
+        assert not first.is_alive()  # its connect failed, its stop was set: it ended
+        assert second.is_alive()  # the new one goes on, retrying
+        eventually(lambda: link.errors >= 2)
+        assert [t for t in threading.enumerate() if t in (first, second)] == [second]
+    finally:
+        silent.close()

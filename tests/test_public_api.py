@@ -13,7 +13,8 @@ def test_all_is_sorted_and_complete() -> None:
     # Submodules, and the name `from __future__ import annotations` leaves behind.
     modules = {
         "access", "aegis", "alerts", "alerts_cli", "alerts_dry_run_cli", "asgi", "cli", "cli_args", "core", "demo", "endpoints", "exposition", "health",
-        "history", "query_cli", "realtime", "silence_cli", "speedups", "wsgi", "contrib",
+        "history", "query_cli", "realtime", "silence_cli", "speedups", "transports", "wsgi",
+        "contrib",
         "sinks",
         "testing",
         "types", "annotations",

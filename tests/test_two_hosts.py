@@ -60,9 +60,24 @@ def realtime(base: str) -> dict[str, Any]:
 def settled(bases: list[str], check: Any, in_a_row: int = 8) -> list[dict[str, Any]]:
     """Ask the hosts in turn until ``in_a_row`` consecutive answers pass."""
     turn = iter(range(1 << 30))
-    return servers.settled(
-        lambda: realtime(bases[next(turn) % len(bases)]), check, in_a_row, SETTLE_DEADLINE
-    )
+    try:
+        return servers.settled(
+            lambda: realtime(bases[next(turn) % len(bases)]), check, in_a_row, SETTLE_DEADLINE
+        )
+    except pytest.fail.Exception as failed:
+        pytest.fail(f"{failed}\nthe live transport as each host saw it: {transport_state(bases)}")
+
+
+def transport_state(bases: list[str]) -> list[Any]:
+    """Each host's ``live_transport`` check, from /health/ready's details."""
+    states = []
+    for base in bases:
+        try:
+            answer = httpx.get(f"{base}/health/ready", timeout=CLIENT_TIMEOUT).json()
+            states.append(answer.get("checks", answer))
+        except (httpx.HTTPError, ValueError) as exc:
+            states.append(repr(exc))
+    return states
 
 
 @contextlib.contextmanager

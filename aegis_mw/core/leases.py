@@ -87,6 +87,11 @@ def hosts_seen(
 ) -> list[str]:
     """Say that ``holder``'s host uses the store until ``now + ttl`` (one of
     its processes holds its host's lease), and name every host that does."""
+    # The hosts gone for good (renamed pods, say) leave no rows behind.
+    connection.execute(
+        f"DELETE FROM aegis_alert_lease WHERE name LIKE {mark} AND expires_at < {mark}",
+        (HOST_PREFIX + "%", now),
+    )
     claim(connection, HOST_PREFIX + host_of(holder), holder, now, ttl, mark=mark, lock=lock)
     rows = connection.execute(
         f"SELECT name FROM aegis_alert_lease WHERE name LIKE {mark} AND expires_at >= {mark}",

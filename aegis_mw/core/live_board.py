@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .aggregates import REQUESTS, SECOND
-from .live_share import SUMMED, Peers, parse_row
+from .live_share import SUMMED, Peers, _number, parse_row
 
 #: Frame layout version; a frame of another is left out (and counted).
 FRAME_VERSION = 1
@@ -46,6 +46,12 @@ DEAD_AFTER = 5.0
 FORGET_AFTER = 3600.0
 #: The longest sender name taken (``host:pid:random``).
 MAX_SENDER = 300
+#: The largest frame taken: a thousand routes make 67 KiB; anything near
+#: this is damage, or someone else writing to the transport.
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+#: The most senders held at once (new ones beyond it are refused): far more
+#: than an app's processes, a bound for memory whatever reaches the transport.
+MAX_SENDERS = 10_000
 
 
 def encode_frame(sender: str, seq: int, offset: float, sent: float, data: dict[str, Any], *,
@@ -80,15 +86,15 @@ class Held:
     damaged: bool = False
 
     def publication(self) -> dict[str, Any] | None:
+        """The publication, parsed once; None for one that is not one (JSON
+        nested past the parser's depth too: never an error in a live read)."""
         if self.data is None and not self.damaged:
             try:
                 data = json.loads(self.raw)
-            except (ValueError, UnicodeDecodeError):
-                data = None
+            except Exception:  # hostile input: RecursionError, MemoryError
+                return None
             if _publication(data):
                 self.data = data
-            else:
-                self.damaged = True
         return self.data
 
 
@@ -112,9 +118,11 @@ class Board:
         #: Frames whose sequence number skipped one or more.
         self.gaps = 0
 
-    def offer(self, raw: bytes | str, *, fresh: bool) -> str:
+    def offer(self, raw: bytes | str, *, fresh: bool, sequenced: bool = True) -> str:
         """Take a frame: ``fresh`` when it was pushed as it was sent (a
-        stored one, read at a resync, counts as heard when it was sent).
+        stored one, read at a resync, counts as heard when it was sent);
+        ``sequenced`` when the transport pushes every frame (a skipped
+        sequence number is then a frame lost).
         Returns "taken", "gap" (taken, after a missing one), "stale" (not
         newer than the one held), "own" or "refused"."""
         frame, raw_data = _parse(raw)
@@ -129,11 +137,16 @@ class Board:
         heard = now if fresh else now - max(0.0, self.wall() - frame["sent"])
         with self._lock:
             held = self._held.get(sender)
+            if held is None and len(self._held) >= MAX_SENDERS:
+                self.refused += 1
+                return "refused"
             if held is not None and seq <= held.seq:
                 if seq == held.seq and heard > held.heard:
                     held.heard = heard  # the same frame again: still heard from
                 return "stale"
-            gap = held is not None and seq > held.seq + 1 and fresh
+            # A transport that keeps only each sender's latest frame (a table
+            # row) skips frames by design: a gap only where every frame is pushed.
+            gap = held is not None and seq > held.seq + 1 and fresh and sequenced
             self._held[sender] = Held(seq, heard, frame["offset"], frame["closed"], raw_data)
             self._changes += 1
             self.taken += 1
@@ -163,10 +176,12 @@ class Board:
         return gone
 
     def reset_own(self, own: str) -> None:
-        """A forked child's name: the parent, from now on, is another sender."""
-        with self._lock:
-            self.own = own
-            self._cached = (None, None)
+        """A forked child's name: the parent, from now on, is another sender.
+        A new lock: the parent's link thread may have held the old one at the
+        fork, and nobody in the child would ever release it."""
+        self._lock = threading.Lock()
+        self.own = own
+        self._cached = (None, None)
 
     def peers(self) -> Peers:
         """Every other sender's figures added up, its seconds moved onto this
@@ -183,25 +198,36 @@ class Board:
                 return cached
         peers = Peers()
         for one, is_live in zip(held, live, strict=True):
-            was_damaged = one.damaged
-            publication = one.publication()
-            if publication is None or not peers.add(
-                shifted(publication, round(one.offset - mine)), live=is_live
-            ):
-                one.damaged = True
-                if not was_damaged:
-                    with self._lock:
+            if not _added(peers, one, round(one.offset - mine), is_live):
+                with self._lock:
+                    if not one.damaged:  # counted once, whoever reads it first
+                        one.damaged = True
                         self.refused += 1
         with self._lock:
-            self._cached = (key, peers)
+            if self._changes == key[0]:  # not replaced meanwhile by a newer sum
+                self._cached = (key, peers)
         return peers
+
+
+def _added(peers: Peers, held: Held, shift: int, live: bool) -> bool:
+    """Add a sender's publication; False for one that is not well-formed
+    (checked whole before anything is added, see ``Peers.add``)."""
+    if held.damaged:
+        return True  # counted already; left out
+    publication = held.publication()
+    if publication is None:
+        return False
+    try:
+        return peers.add(shifted(publication, shift), live=live)
+    except Exception:  # whatever another process wrote, never a failed read
+        return False
 
 
 def shifted(data: dict[str, Any], shift: int) -> dict[str, Any]:
     """A publication with its slots' seconds moved by ``shift``; a slot that
     would land before this clock's start counts in the totals instead."""
-    if not shift:
-        return data
+    if not shift or not all(map(_number, data["totals"])):
+        return data  # a publication with damaged totals is Peers.add's to refuse
     slots, totals = [], list(data["totals"])
     for row in data["slots"]:
         parsed = parse_row(row)
@@ -231,10 +257,12 @@ def _parse(raw: bytes | str) -> tuple[dict[str, Any] | None, bytes]:
     first read)."""
     if isinstance(raw, str):
         raw = raw.encode()
+    if len(raw) > MAX_FRAME_BYTES:
+        return None, b""
     head, newline, data = raw.partition(b"\n")
     try:
         frame = json.loads(head) if newline else None
-    except (ValueError, UnicodeDecodeError):
+    except Exception:  # hostile input: RecursionError as well as ValueError
         return None, b""
     if not (
         isinstance(frame, dict)

@@ -48,6 +48,10 @@ class LiveTransport(Protocol):
 
     #: Its kind, for the health details ("redis", "postgresql").
     kind: str
+    #: Whether every frame sent reaches the readers (pub/sub): a skipped
+    #: sequence number is then a frame lost, and calls for a resync. A
+    #: transport that keeps only each sender's latest (a table) skips by design.
+    pushes_every_frame: bool
 
     def send(self, sender: str, frame: bytes) -> None:
         """Keep ``frame`` as ``sender``'s latest, and push it to the readers."""
@@ -106,27 +110,31 @@ class LiveLink:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
-        """Start the thread (no-op while it runs)."""
-        if self.alive:
+        """Start the thread (no-op while it runs and was not told to stop).
+        Each thread has its own stop event and its own connections: one that
+        did not end within :meth:`stop`'s wait ends by itself, never sharing
+        a connection with the next."""
+        if self.alive and not self._stop.is_set():
             return
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="aegis-live", daemon=True)
+        self._stop = stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(stop,), name="aegis-live", daemon=True
+        )
         self._thread.start()
 
     def stop(self, timeout: float = STOP_SECONDS) -> None:
         """Send a closing frame (this process's gauges leave the sums at once,
-        its counts stay) and end the thread, within ``timeout``."""
+        its counts stay) and end the thread, waiting at most ``timeout``."""
         thread = self._thread
         if thread is None:
             return
         self._stop.set()
-        thread.join(timeout)
-        self._thread = None
+        thread.join(max(0.0, timeout))
 
     def reset_after_fork(self) -> None:
         """In a forked child: a name of its own (the parent is now another
-        sender), new connections, a thread if the parent had one."""
-        running = self._thread is not None
+        sender), new connections, a thread if the parent had one running."""
+        running = self._thread is not None and not self._stop.is_set()
         if self._transport is not None:
             self._left_behind.append(self._transport)
         self._transport = None
@@ -148,13 +156,22 @@ class LiveLink:
         offset = wall - self.monotonic()
         return encode_frame(self.sender, self._seq, offset, wall, data, closed=closed)
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
+        transport: LiveTransport | None = None
+        try:
+            transport = self._exchange(stop)
+        finally:
+            if transport is not None:
+                self._close(transport)
+
+    def _exchange(self, stop: threading.Event) -> LiveTransport | None:
+        """The thread's loop until ``stop``; returns its transport (if any)."""
         failures = 0
         resync = True
         next_send = next_resync = 0.0
-        while not self._stop.is_set():
+        transport: LiveTransport | None = None
+        while not stop.is_set():
             try:
-                transport = self._transport
                 if transport is None:
                     transport = self._transport = self.connect()
                     resync = True
@@ -163,6 +180,7 @@ class LiveLink:
                     transport.send(self.sender, self.frame())
                     self.sent += 1
                     next_send = now + SEND_SECONDS
+                sequenced = transport.pushes_every_frame
                 if resync or now >= next_resync:
                     for raw in transport.stored():
                         self.board.offer(raw, fresh=False)
@@ -173,13 +191,13 @@ class LiveLink:
                     resync, next_resync = False, now + RESYNC_SECONDS
                 wait = max(0.0, min(next_send - self.monotonic(), SEND_SECONDS))
                 for raw in transport.receive(wait):
-                    if self.board.offer(raw, fresh=True) == "gap":
+                    if self.board.offer(raw, fresh=True, sequenced=sequenced) == "gap":
                         resync = True
                 if not self.connected and failures:
                     logger.warning("aegis_mw: the live transport (%s) works again", self.kind)
                 self.connected, failures = True, 0
             except ReferenceError:
-                return  # the pipeline was dropped without shutdown: nothing to send
+                return transport  # the pipeline was dropped without shutdown
             except Exception as exc:
                 failures += 1
                 self.errors += 1
@@ -190,25 +208,22 @@ class LiveLink:
                         self.kind, self.last_error,
                     )  # fmt: skip
                 self.connected = False
-                self._close_transport()
-                self._stop.wait(retry_delay(RETRY_INITIAL, RETRY_MAX, failures - 1))
-        self._closing_frame()
-
-    def _closing_frame(self) -> None:
-        """On stop: the last frame, saying this process ended; then close."""
-        transport = self._transport
+                if transport is not None:
+                    self._close(transport)
+                    transport = None
+                stop.wait(retry_delay(RETRY_INITIAL, RETRY_MAX, failures - 1))
         if transport is not None and self.connected:
-            try:
+            try:  # the last frame, saying this process ended
                 transport.send(self.sender, self.frame(closed=True))
                 self.sent += 1
-            except Exception as exc:
+            except Exception as exc:  # readers count it dead after DEAD_AFTER
                 logger.debug("aegis_mw: the closing live frame was not sent: %s", exc)
-        self._close_transport()
+        return transport
 
-    def _close_transport(self) -> None:
-        transport, self._transport = self._transport, None
-        if transport is not None:
-            try:
-                transport.close()
-            except Exception as exc:
-                logger.debug("aegis_mw: closing the live transport: %s", exc)
+    def _close(self, transport: LiveTransport) -> None:
+        if self._transport is transport:
+            self._transport = None
+        try:
+            transport.close()
+        except Exception as exc:  # a broken one may fail to close
+            logger.debug("aegis_mw: closing the live transport: %s", exc)

@@ -82,8 +82,9 @@ class Retention:
         self.failures_by_sink: dict[str, int] = {}
         self._holder = ("", -1)
         #: The hosts that write to a shared store (sinks with ``hosts_seen``),
-        #: as last seen; asked only while ``watch_hosts``.
+        #: seen at two runs in a row; asked only while ``watch_hosts``.
         self.hosts: list[str] = []
+        self._seen_before: set[str] = set()
 
     @property
     def deleted(self) -> int:
@@ -150,7 +151,12 @@ class Retention:
         # While expired rows remain, keep going a batch per cycle.
         self.next_run = monotonic if more else monotonic + PRUNE_INTERVAL
 
-    def _saw_hosts(self, hosts: list[str]) -> None:
+    def _saw_hosts(self, seen: list[str]) -> None:
+        """Hosts seen at two runs in a row count (the old and the new host of a
+        rolling deploy overlap for moments, not a minute)."""
+        mine = leases.host_of(self.holder)
+        hosts = sorted({mine, *(host for host in seen if host in self._seen_before)})
+        self._seen_before = set(seen)
         if len(hosts) > 1 and hosts != self.hosts:
             logger.warning(
                 "aegis_mw: %d hosts write to this store (%s) and live_transport is not set: "
@@ -169,9 +175,16 @@ class Retention:
             if release is None or runner.name not in self.held:
                 continue
             self.held[runner.name] = False
-            error = runner.wait(runner.call(release, LEASE, self.holder), deadline)
+            error = runner.wait(runner.call(_release_leases, release, self.holder), deadline)
             if error is not None:  # it runs out by itself
                 logger.warning("aegis retention lease on %s not given up: %s", runner.name, error)
+
+
+def _release_leases(release: Any, holder: str) -> None:
+    """On the sink's thread: the retention lease, and this host's (when this
+    process holds it: the host leaves the count at once, not after it)."""
+    release(LEASE, holder)
+    release(leases.HOST_PREFIX + leases.host_of(holder), holder)
 
 
 def _prune_held(
@@ -187,7 +200,12 @@ def _prune_held(
     sink keeps none): rows deleted, None when another process holds it; and
     the hosts that write to the store (``watch_hosts`` and a sink that knows)."""
     seen = getattr(sink, "hosts_seen", None)
-    hosts = seen(holder, wall, lease_seconds) if watch_hosts and seen is not None else []
+    hosts: list[str] = []
+    if watch_hosts and seen is not None:
+        try:
+            hosts = seen(holder, wall, lease_seconds)
+        except Exception as exc:  # a question of the live views: never fails the prune
+            logger.debug("aegis_mw: the hosts sharing %s not read: %s", sink, exc)
     claim = getattr(sink, "claim_lease", None)
     if claim is not None and not claim(LEASE, holder, wall, lease_seconds):
         return None, hosts

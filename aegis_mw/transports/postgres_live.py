@@ -3,8 +3,9 @@
 Each sender's latest frame is a row of ``aegis_live`` (one per live group
 and sender), stamped by a sequence at every write; a reader asks for the
 rows stamped after the last it saw. ``NOTIFY aegis_live`` after each write
-wakes the readers (they ``LISTEN``), so a frame is read within moments of
-its writing, not at the next poll; a reader asks once a second anyway.
+wakes the readers (they ``LISTEN``; the payload names the group), so a
+frame is read within moments of its writing; a reader asks at most five
+times a second, however many processes write, and once a second when idle.
 
 A frame is a few kilobytes to a few dozen (a thousand routes), written once
 a second by each process: the table stays one row per process, updated in
@@ -13,6 +14,7 @@ place (its dead tuples are what autovacuum is for).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import psycopg
@@ -36,6 +38,8 @@ CHANGED = (
     "SELECT version, frame FROM aegis_live"
     " WHERE grp = %s AND version > %s AND sender <> %s ORDER BY version"
 )
+#: The shortest time between two reads of the changed rows.
+QUERY_GAP = 0.2
 #: Seconds a connection attempt, and a statement, may take.
 TIMEOUT_SECONDS = 5
 #: A server gone silent is given up after this (as the sink's write connection).
@@ -50,6 +54,7 @@ class PostgresTransport:
     the others'."""
 
     kind = "postgresql"
+    pushes_every_frame = False
 
     def __init__(self, url: str, group: str) -> None:
         self.group = group
@@ -63,16 +68,29 @@ class PostgresTransport:
         extra.setdefault("connect_timeout", options.get("connect_timeout", TIMEOUT_SECONDS))
         extra.setdefault("application_name", options.get("application_name", "aegis_mw live"))
         self.connection = psycopg.connect(url, autocommit=True, **extra)
+        self._queried = 0.0
         try:
-            with self.connection.transaction():
-                self.connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                for statement in SCHEMA:
-                    self.connection.execute(statement)
+            # Bounded from the first statement: a lock held on the table by
+            # someone else fails the connect (retried), never hangs it.
             self.connection.execute(f"SET statement_timeout = {TIMEOUT_SECONDS * 1000}")
+            self.connection.execute(f"SET lock_timeout = {TIMEOUT_SECONDS * 1000}")
+            if not self._schema_present():
+                with self.connection.transaction():
+                    self.connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                    for statement in SCHEMA:
+                        self.connection.execute(statement)
             self.connection.execute("LISTEN aegis_live")
         except BaseException:
             self.connection.close()
             raise
+
+    def _schema_present(self) -> bool:
+        row = self.connection.execute(
+            "SELECT to_regclass('aegis_live') IS NOT NULL"
+            " AND to_regclass('aegis_live_version') IS NOT NULL"
+            " AND to_regclass('aegis_live_changes') IS NOT NULL"
+        ).fetchone()
+        return bool(row and row[0])
 
     def send(self, sender: str, frame: bytes) -> None:
         self.sender = sender
@@ -81,8 +99,25 @@ class PostgresTransport:
             self.connection.execute("SELECT pg_notify('aegis_live', %s)", (self.group,))
 
     def receive(self, timeout: float) -> list[bytes]:
-        for _ in self.connection.notifies(timeout=timeout, stop_after=1):
-            pass  # woken: someone wrote (perhaps of another group; the query says)
+        """Wait for a write of this group (others share the channel) or the
+        timeout, then read what changed; at most every :data:`QUERY_GAP`
+        seconds, however many processes write (each a frame a second)."""
+        deadline = time.monotonic() + timeout
+        woken = False
+        while not woken:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            for notify in self.connection.notifies(timeout=remaining, stop_after=1):
+                woken = notify.payload == self.group
+        rest = self._queried + QUERY_GAP - time.monotonic()
+        if rest > 0:  # the writes of the next moments are read together
+            for _ in self.connection.notifies(timeout=rest):
+                pass
+        self._queried = time.monotonic()
+        # A write whose stamp is lower than one already read but committed
+        # after it is skipped here: the sender's next frame, a second later,
+        # holds everything it held (and the resync every 30 s reads all).
         rows = self.connection.execute(CHANGED, (self.group, self.version, self.sender))
         return self._frames(rows.fetchall())
 

@@ -12,7 +12,14 @@ import pytest
 
 from aegis_mw.core import histogram
 from aegis_mw.core.aggregates import HIST_BASE, SECOND
-from aegis_mw.core.live_board import DEAD_AFTER, FORGET_AFTER, Board, encode_frame, shifted
+from aegis_mw.core.live_board import (
+    DEAD_AFTER,
+    FORGET_AFTER,
+    MAX_FRAME_BYTES,
+    Board,
+    encode_frame,
+    shifted,
+)
 from aegis_mw.core.live_share import SUMMED
 
 
@@ -92,6 +99,10 @@ def test_a_gap_in_a_senders_sequence_is_counted_and_the_frame_taken() -> None:
     assert requests_in(board) == 4  # the whole state: nothing missing
     # A resync's stored frames skip freely: not a gap.
     assert board.offer(frame("a", 9, clocks, data([slot_row(now, 9)])), fresh=False) == "taken"
+    assert board.gaps == 1
+    # Nor do the rows of a table, which keeps only each sender's latest.
+    skipped = frame("a", 12, clocks, data([slot_row(now, 12)]))
+    assert board.offer(skipped, fresh=True, sequenced=False) == "taken"
     assert board.gaps == 1
 
 
@@ -191,8 +202,42 @@ def test_a_publication_that_is_not_one_is_left_out_when_read(publication: bytes)
     assert board.offer(raw[: raw.index(b"\n") + 1] + publication, fresh=True) == "taken"
     assert board.refused == 0  # a header is all a frame's arrival reads
     assert requests_in(board) == 2
-    assert requests_in(board) == 2
+    # Another frame: the sum is made again, the damaged one read again.
+    board.offer(frame("good", 2, clocks, data([slot_row(now, 3)])), fresh=True)
+    assert requests_in(board) == 3
     assert board.refused == 1  # counted once, however often it is read
+
+
+def test_hostile_frames_never_fail_a_read() -> None:
+    clocks = Clocks()
+    board = Board("me", clocks.monotonic, clocks.wall)
+    now = int(clocks.mono)
+    board.offer(frame("good", 1, clocks, data([slot_row(now, 2)])), fresh=True)
+    deep = b"[" * 100_000 + b"]" * 100_000  # past the JSON parser's depth
+    assert board.offer(deep + b"\n{}", fresh=True) == "refused"
+    raw = changed(sender="deep")
+    assert board.offer(raw[: raw.index(b"\n") + 1] + deep, fresh=True) == "taken"
+    # Totals that are not numbers, from a host whose clock needs its seconds moved.
+    other = Clocks(monotonic=clocks.mono + 100, wall=clocks.real)
+    strange = data([slot_row(now + 50, 1)])
+    strange["totals"] = ["x"] * SUMMED
+    board.offer(frame("strange", 1, other, strange), fresh=True)
+    assert requests_in(board) == 2
+    assert board.refused == 3
+    # Too large, and too many senders: refused, memory bounded.
+    huge = frame("huge", 1, clocks, data([])) + b" " * MAX_FRAME_BYTES
+    assert board.offer(huge, fresh=True) == "refused"
+
+
+def test_the_senders_held_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aegis_mw.core import live_board
+
+    monkeypatch.setattr(live_board, "MAX_SENDERS", 3)
+    clocks = Clocks()
+    board = Board("me", clocks.monotonic, clocks.wall)
+    results = [board.offer(frame(f"s{n}", 1, clocks, data([])), fresh=True) for n in range(5)]
+    assert results == ["taken", "taken", "taken", "refused", "refused"]
+    assert board.offer(frame("s0", 2, clocks, data([])), fresh=True) == "taken"  # known: kept
 
 
 def test_a_frame_whose_figures_are_damaged_is_left_out_of_the_sum() -> None:
