@@ -395,13 +395,13 @@ class Aegis:
         Idempotent: later calls return at once. Records offered afterwards are
         counted as dropped with reason ``shutdown``.
         """
+        started = time.monotonic()
         atexit.unregister(self._atexit_hook)
         self.health.stop()
         if self.alerts is not None:
             # Bounded: a receiver that hangs must not hold the flush back.
             limit = self.settings.shutdown_timeout if timeout is None else timeout
             self.alerts.stop(min(limit, ALERTS_STOP_SECONDS))
-        started = time.monotonic()
         flushed = self.flusher.shutdown(timeout)
         if self.metrics.link is not None:
             # After the final flush: its closing frame holds every count. Within

@@ -31,17 +31,20 @@ def holder_id() -> str:
 def lease_row(connection: Any, name: str, *, mark: str, lock: bool) -> tuple[str, int, float]:
     """The holder, token and expiry of lease ``name`` (a free row first if
     there is none yet); ``lock`` takes PostgreSQL's row lock."""
-    connection.execute(
-        "INSERT INTO aegis_alert_lease (name, holder, token, expires_at) "
-        f"VALUES ({mark}, '', 0, 0) ON CONFLICT DO NOTHING",
-        (name,),
-    )
-    row = connection.execute(
-        "SELECT holder, token, expires_at FROM aegis_alert_lease "
-        f"WHERE name = {mark}{' FOR UPDATE' if lock else ''}",
-        (name,),
-    ).fetchone()
-    return str(row[0]), int(row[1]), float(row[2])
+    for _ in range(2):  # a row deleted between the insert and the select: once more
+        connection.execute(
+            "INSERT INTO aegis_alert_lease (name, holder, token, expires_at) "
+            f"VALUES ({mark}, '', 0, 0) ON CONFLICT DO NOTHING",
+            (name,),
+        )
+        row = connection.execute(
+            "SELECT holder, token, expires_at FROM aegis_alert_lease "
+            f"WHERE name = {mark}{' FOR UPDATE' if lock else ''}",
+            (name,),
+        ).fetchone()
+        if row is not None:
+            return str(row[0]), int(row[1]), float(row[2])
+    raise RuntimeError(f"the lease {name!r} could not be read")
 
 
 def claim(
@@ -84,17 +87,20 @@ def host_of(holder: str) -> str:
 
 def hosts_seen(
     connection: Any, holder: str, now: float, ttl: float, *, mark: str, lock: bool
-) -> list[str]:
+) -> list[tuple[str, float]]:
     """Say that ``holder``'s host uses the store until ``now + ttl`` (one of
-    its processes holds its host's lease), and name every host that does."""
-    # The hosts gone for good (renamed pods, say) leave no rows behind.
+    its processes holds its host's lease), and name every host whose lease
+    has not expired, with its expiry (which moves on while it is renewed)."""
+    # Hosts gone for good (renamed pods, say) leave no rows behind; a row
+    # expired a while ago only, so that a process re-claiming it is not raced.
     connection.execute(
         f"DELETE FROM aegis_alert_lease WHERE name LIKE {mark} AND expires_at < {mark}",
-        (HOST_PREFIX + "%", now),
+        (HOST_PREFIX + "%", now - ttl),
     )
     claim(connection, HOST_PREFIX + host_of(holder), holder, now, ttl, mark=mark, lock=lock)
     rows = connection.execute(
-        f"SELECT name FROM aegis_alert_lease WHERE name LIKE {mark} AND expires_at >= {mark}",
+        "SELECT name, expires_at FROM aegis_alert_lease"
+        f" WHERE name LIKE {mark} AND expires_at >= {mark}",
         (HOST_PREFIX + "%", now),
     ).fetchall()
-    return sorted(str(row[0])[len(HOST_PREFIX) :] for row in rows)
+    return sorted((str(row[0])[len(HOST_PREFIX) :], float(row[1])) for row in rows)

@@ -48,10 +48,13 @@ FORGET_AFTER = 3600.0
 MAX_SENDER = 300
 #: The largest frame taken: a thousand routes make 67 KiB; anything near
 #: this is damage, or someone else writing to the transport.
-MAX_FRAME_BYTES = 64 * 1024 * 1024
-#: The most senders held at once (new ones beyond it are refused): far more
-#: than an app's processes, a bound for memory whatever reaches the transport.
+MAX_FRAME_BYTES = 8 * 1024 * 1024
+#: The most senders held at once, and the most bytes of their frames: far
+#: more than an app's processes send, a bound for memory whatever reaches the
+#: transport. A new sender beyond them takes the place of the one silent (or
+#: closed) longest; while every one held is live, it is refused.
 MAX_SENDERS = 10_000
+MAX_HELD_BYTES = 64 * 1024 * 1024
 
 
 def encode_frame(sender: str, seq: int, offset: float, sent: float, data: dict[str, Any], *,
@@ -108,6 +111,7 @@ class Board:
         self.monotonic = monotonic
         self.wall = wall
         self._held: dict[str, Held] = {}
+        self._bytes = 0  # of the publications held
         self._lock = threading.Lock()
         self._changes = 0
         self._cached: tuple[Any, Peers | None] = (None, None)
@@ -137,9 +141,6 @@ class Board:
         heard = now if fresh else now - max(0.0, self.wall() - frame["sent"])
         with self._lock:
             held = self._held.get(sender)
-            if held is None and len(self._held) >= MAX_SENDERS:
-                self.refused += 1
-                return "refused"
             if held is not None and seq <= held.seq:
                 if seq == held.seq and heard > held.heard:
                     held.heard = heard  # the same frame again: still heard from
@@ -147,12 +148,34 @@ class Board:
             # A transport that keeps only each sender's latest frame (a table
             # row) skips frames by design: a gap only where every frame is pushed.
             gap = held is not None and seq > held.seq + 1 and fresh and sequenced
+            if not self._room(sender, len(raw_data) - (len(held.raw) if held else 0), now):
+                self.refused += 1
+                return "refused"
             self._held[sender] = Held(seq, heard, frame["offset"], frame["closed"], raw_data)
+            self._bytes += len(raw_data) - (len(held.raw) if held else 0)
             self._changes += 1
             self.taken += 1
             if gap:
                 self.gaps += 1
         return "gap" if gap else "taken"
+
+    def _room(self, sender: str, more: int, now: float) -> bool:
+        """Under the lock: room for ``sender``'s ``more`` bytes (and for it,
+        when new), made by forgetting the other senders silent longest that
+        no longer count as live."""
+        new = sender not in self._held
+        while (new and len(self._held) >= MAX_SENDERS) or self._bytes + more > MAX_HELD_BYTES:
+            gone = [
+                (held.heard, name)
+                for name, held in self._held.items()
+                if name != sender and not _live(held, now)
+            ]
+            if not gone:
+                return False
+            name = min(gone)[1]
+            self._bytes -= len(self._held.pop(name).raw)
+            self._changes += 1
+        return True
 
     def live_senders(self) -> int:
         """Senders heard from lately that have not closed."""
@@ -170,7 +193,7 @@ class Board:
         with self._lock:
             gone = [name for name, held in self._held.items() if now - held.heard > FORGET_AFTER]
             for name in gone:
-                del self._held[name]
+                self._bytes -= len(self._held.pop(name).raw)
             if gone:
                 self._changes += 1
         return gone
@@ -255,12 +278,12 @@ def _parse(raw: bytes | str) -> tuple[dict[str, Any] | None, bytes]:
     """A frame's header, checked, and its publication's bytes; (None, b"")
     for anything that is not a frame (the publication is checked when it is
     first read)."""
-    if isinstance(raw, str):
-        raw = raw.encode()
-    if len(raw) > MAX_FRAME_BYTES:
-        return None, b""
-    head, newline, data = raw.partition(b"\n")
     try:
+        if isinstance(raw, str):
+            raw = raw.encode()
+        if len(raw) > MAX_FRAME_BYTES:
+            return None, b""
+        head, newline, data = raw.partition(b"\n")
         frame = json.loads(head) if newline else None
     except Exception:  # hostile input: RecursionError as well as ValueError
         return None, b""

@@ -130,6 +130,7 @@ class LiveLink:
             return
         self._stop.set()
         thread.join(max(0.0, timeout))
+        self.connected = False
 
     def reset_after_fork(self) -> None:
         """In a forked child: a name of its own (the parent is now another
@@ -173,7 +174,10 @@ class LiveLink:
         while not stop.is_set():
             try:
                 if transport is None:
-                    transport = self._transport = self.connect()
+                    transport = self.connect()
+                    if stop.is_set():  # stopped (and perhaps replaced) while it connected
+                        return transport
+                    self._transport = transport
                     resync = True
                 now = self.monotonic()
                 if now >= next_send:
@@ -195,7 +199,9 @@ class LiveLink:
                         resync = True
                 if not self.connected and failures:
                     logger.warning("aegis_mw: the live transport (%s) works again", self.kind)
-                self.connected, failures = True, 0
+                if stop is self._stop:  # a thread told to stop speaks for nobody
+                    self.connected = True
+                failures = 0
             except ReferenceError:
                 return transport  # the pipeline was dropped without shutdown
             except Exception as exc:
@@ -207,13 +213,16 @@ class LiveLink:
                         "aegis_mw: the live transport (%s) failed, retrying: %s",
                         self.kind, self.last_error,
                     )  # fmt: skip
-                self.connected = False
+                if stop is self._stop:
+                    self.connected = False
                 if transport is not None:
                     self._close(transport)
                     transport = None
                 stop.wait(retry_delay(RETRY_INITIAL, RETRY_MAX, failures - 1))
-        if transport is not None and self.connected:
-            try:  # the last frame, saying this process ended
+        # The last frame, saying this process ended; not from a thread that a
+        # newer one replaced (its readers would drop this process's gauges).
+        if transport is not None and self.connected and stop is self._stop:
+            try:
                 transport.send(self.sender, self.frame(closed=True))
                 self.sent += 1
             except Exception as exc:  # readers count it dead after DEAD_AFTER

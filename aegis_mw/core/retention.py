@@ -81,10 +81,11 @@ class Retention:
         self.deleted_by_sink: dict[str, int] = {}
         self.failures_by_sink: dict[str, int] = {}
         self._holder = ("", -1)
-        #: The hosts that write to a shared store (sinks with ``hosts_seen``),
-        #: seen at two runs in a row; asked only while ``watch_hosts``.
+        #: The hosts that write to a shared store (sinks with ``hosts_seen``)
+        #: while they renew their lease; asked only while ``watch_hosts``.
         self.hosts: list[str] = []
-        self._seen_before: set[str] = set()
+        self._expiries: dict[str, float] = {}
+        self._renewed: set[str] = set()
 
     @property
     def deleted(self) -> int:
@@ -151,12 +152,20 @@ class Retention:
         # While expired rows remain, keep going a batch per cycle.
         self.next_run = monotonic if more else monotonic + PRUNE_INTERVAL
 
-    def _saw_hosts(self, seen: list[str]) -> None:
-        """Hosts seen at two runs in a row count (the old and the new host of a
-        rolling deploy overlap for moments, not a minute)."""
+    def _saw_hosts(self, seen: list[tuple[str, float]]) -> None:
+        """Another host counts while its lease is renewed: its expiry moved on
+        since this process's last look, or at the look before (a renewal can
+        fall either side of a look). A host that stopped renewing (killed, or
+        gone in a rolling deploy) drops out within two looks; one seen for a
+        moment (the overlap of a deploy) never counts."""
         mine = leases.host_of(self.holder)
-        hosts = sorted({mine, *(host for host in seen if host in self._seen_before)})
-        self._seen_before = set(seen)
+        expiries = dict(seen)
+        renewed = {
+            host for host, expiry in expiries.items()
+            if host in self._expiries and expiry > self._expiries[host]
+        }  # fmt: skip
+        hosts = sorted({mine, *renewed, *(self._renewed & expiries.keys())})
+        self._expiries, self._renewed = expiries, renewed
         if len(hosts) > 1 and hosts != self.hosts:
             logger.warning(
                 "aegis_mw: %d hosts write to this store (%s) and live_transport is not set: "
@@ -195,12 +204,12 @@ def _prune_held(
     rollups_before: Mapping[int, float],
     lease_seconds: float,
     watch_hosts: bool = False,
-) -> tuple[int | None, list[str]]:
+) -> tuple[int | None, list[tuple[str, float]]]:
     """On the sink's thread: prune when this process holds the lease (or the
     sink keeps none): rows deleted, None when another process holds it; and
     the hosts that write to the store (``watch_hosts`` and a sink that knows)."""
     seen = getattr(sink, "hosts_seen", None)
-    hosts: list[str] = []
+    hosts: list[tuple[str, float]] = []
     if watch_hosts and seen is not None:
         try:
             hosts = seen(holder, wall, lease_seconds)

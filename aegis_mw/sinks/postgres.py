@@ -285,9 +285,10 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
             raise
         return token is not None
 
-    def hosts_seen(self, holder: str, now: float, ttl: float) -> list[str]:
+    def hosts_seen(self, holder: str, now: float, ttl: float) -> list[tuple[str, float]]:
         """The hosts whose processes write to this database (``holder``'s
-        among them until ``now + ttl``), by their leases (core.leases)."""
+        among them until ``now + ttl``), by their leases, with their expiry
+        (core.leases)."""
         connection = self._connect()
         try:
             with connection.transaction():

@@ -10,6 +10,12 @@ See :mod:`aegis_mw.core.live_link` for what travels and when.
 
 from __future__ import annotations
 
+# Imported here, in the thread that builds the pipeline: a connection (redis-py
+# or psycopg) looks the host name's codec up lazily, and a process forked
+# while its link thread was importing it would leave that module's import lock
+# held in the child for good (gunicorn --preload: the worker's link thread
+# then waits on it forever).
+import encodings.idna  # noqa: F401
 import importlib
 from collections.abc import Callable
 

@@ -108,8 +108,9 @@ class PostgresTransport:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            own = self.connection.info.backend_pid  # its own writes wake it too: not news
             for notify in self.connection.notifies(timeout=remaining, stop_after=1):
-                woken = notify.payload == self.group
+                woken = woken or (notify.payload == self.group and notify.pid != own)
         rest = self._queried + QUERY_GAP - time.monotonic()
         if rest > 0:  # the writes of the next moments are read together
             for _ in self.connection.notifies(timeout=rest):

@@ -10,11 +10,6 @@ frame of any sender, so an app that is gone leaves nothing behind.
 
 from __future__ import annotations
 
-# Imported here, in the thread that builds the pipeline: a connection looks
-# the host name's codec up lazily, and a process forked while its link thread
-# was importing it would hold that module's import lock forever (the child's
-# link thread then waits on it for good).
-import encodings.idna  # noqa: F401
 import time
 from typing import Any
 

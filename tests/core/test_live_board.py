@@ -218,7 +218,7 @@ def test_hostile_frames_never_fail_a_read() -> None:
     raw = changed(sender="deep")
     assert board.offer(raw[: raw.index(b"\n") + 1] + deep, fresh=True) == "taken"
     # Totals that are not numbers, from a host whose clock needs its seconds moved.
-    other = Clocks(monotonic=clocks.mono + 100, wall=clocks.real)
+    other = Clocks(monotonic=clocks.mono + 5000, wall=clocks.real)  # its slot lands before 0
     strange = data([slot_row(now + 50, 1)])
     strange["totals"] = ["x"] * SUMMED
     board.offer(frame("strange", 1, other, strange), fresh=True)
@@ -235,9 +235,40 @@ def test_the_senders_held_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(live_board, "MAX_SENDERS", 3)
     clocks = Clocks()
     board = Board("me", clocks.monotonic, clocks.wall)
-    results = [board.offer(frame(f"s{n}", 1, clocks, data([])), fresh=True) for n in range(5)]
-    assert results == ["taken", "taken", "taken", "refused", "refused"]
+    results = [board.offer(frame(f"s{n}", 1, clocks, data([])), fresh=True) for n in range(4)]
+    assert results == ["taken", "taken", "taken", "refused"]  # all three live: none gives way
+    clocks.advance(1)
     assert board.offer(frame("s0", 2, clocks, data([])), fresh=True) == "taken"  # known: kept
+    clocks.advance(DEAD_AFTER + 1)  # all silent now
+    board.offer(frame("s1", 2, clocks, data([])), fresh=True)  # s1 speaks again
+    # A new sender takes the place of the one silent longest (s2), not a live one.
+    assert board.offer(frame("s9", 1, clocks, data([])), fresh=True) == "taken"
+    assert sorted(board._held) == ["s0", "s1", "s9"]
+
+
+def test_the_bytes_held_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aegis_mw.core import live_board
+
+    clocks = Clocks()
+    board = Board("me", clocks.monotonic, clocks.wall)
+    one = frame("a", 1, clocks, data([slot_row(int(clocks.mono), 1)]))
+    size = len(one) - one.index(b"\n") - 1
+    monkeypatch.setattr(live_board, "MAX_HELD_BYTES", 2 * size)
+    assert board.offer(one, fresh=True) == "taken"
+    assert (
+        board.offer(frame("b", 1, clocks, data([slot_row(int(clocks.mono), 1)])), fresh=True)
+        == "taken"
+    )
+    assert (
+        board.offer(frame("c", 1, clocks, data([slot_row(int(clocks.mono), 1)])), fresh=True)
+        == "refused"
+    )
+    clocks.advance(DEAD_AFTER + 1)
+    assert (
+        board.offer(frame("c", 1, clocks, data([slot_row(int(clocks.mono), 1)])), fresh=True)
+        == "taken"
+    )
+    assert board.known_senders() == 2 and board._bytes <= 2 * size
 
 
 def test_a_frame_whose_figures_are_damaged_is_left_out_of_the_sum() -> None:
