@@ -184,6 +184,7 @@ class LiveLink:
                     transport.send(self.sender, self.frame())
                     self.sent += 1
                     next_send = now + SEND_SECONDS
+                    self._worked(stop, failures)
                 sequenced = transport.pushes_every_frame
                 if resync or now >= next_resync:
                     for raw in transport.stored():
@@ -197,10 +198,7 @@ class LiveLink:
                 for raw in transport.receive(wait):
                     if self.board.offer(raw, fresh=True, sequenced=sequenced) == "gap":
                         resync = True
-                if not self.connected and failures:
-                    logger.warning("aegis_mw: the live transport (%s) works again", self.kind)
-                if stop is self._stop:  # a thread told to stop speaks for nobody
-                    self.connected = True
+                self._worked(stop, failures)
                 failures = 0
             except ReferenceError:
                 return transport  # the pipeline was dropped without shutdown
@@ -228,6 +226,14 @@ class LiveLink:
             except Exception as exc:  # readers count it dead after DEAD_AFTER
                 logger.debug("aegis_mw: the closing live frame was not sent: %s", exc)
         return transport
+
+    def _worked(self, stop: threading.Event, failures: int) -> None:
+        """An exchange worked: connected from its first frame out (a thread
+        told to stop speaks for nobody)."""
+        if stop is self._stop and not self.connected:
+            if failures:
+                logger.warning("aegis_mw: the live transport (%s) works again", self.kind)
+            self.connected = True
 
     def _close(self, transport: LiveTransport) -> None:
         if self._transport is transport:
