@@ -32,6 +32,7 @@ from tests.harness import OPEN_MONITORING_ENV
 from tests.private_redis import PrivateRedis
 from tests.servers import ROOT, gunicorn_command, gunicorn_process, wait_for
 from tests.test_gunicorn_live import APP, CLIENT_TIMEOUT, plan, stream_overview
+from tests.test_gunicorn_live import send as send_plan
 
 pytestmark = [
     pytest.mark.slow,
@@ -42,7 +43,6 @@ WORKERS = 2
 #: The traffic: a bounded count, half to each host, within about 10 seconds.
 REQUESTS = 1200
 MORE = 200
-PAUSE_SECONDS = 0.004
 STARTUP_DEADLINE = 60.0
 SETTLE_DEADLINE = 60.0
 #: Within how long a killed host's in-flight requests must leave the sums:
@@ -101,10 +101,8 @@ def host(name: str, tmp_path: Path, env: dict[str, str], *extra: str) -> Iterato
 
 
 def send(bases: list[str], sent: list[tuple[str, str, int]]) -> None:
-    for number, (path, _, expected) in enumerate(sent):
-        response = httpx.get(f"{bases[number % 2]}{path}", headers={"connection": "close"})
-        assert response.status_code == expected
-        time.sleep(PAUSE_SECONDS)
+    """Half the plan to each host, from a few client threads."""
+    send_plan(lambda number: bases[number % 2], sent)
 
 
 def stored_p95(url: str) -> float:
