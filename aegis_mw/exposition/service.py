@@ -178,12 +178,8 @@ def _live_link(service: MetricsService) -> LiveLink:
     settings = aegis.settings
     url = settings.live_transport
     if url == "sink":
-        found = [
-            str(getattr(sink, "url", ""))
-            for sink in aegis.sinks
-            if getattr(sink, "remote", False)
-            and str(getattr(sink, "url", "")).startswith(("postgresql:", "postgres:"))
-        ]
+        urls = [str(getattr(sink, "url", "")) for sink in aegis.sinks]
+        found = [url for url in urls if url.startswith(("postgresql:", "postgres:"))]
         if not found:
             raise ConfigError(
                 "live_transport", url, "'sink' needs a PostgreSQL sink (or give a URL)",

@@ -19,6 +19,9 @@ from typing import Any
 
 import psycopg
 
+from ..sinks.postgres import TCP_USER_TIMEOUT_MS
+from ..sinks.postgres_read import KEEPALIVES
+
 #: One key for the advisory lock under which the first process creates the table.
 SCHEMA_LOCK = 0x6165676C  # "aegl"
 SCHEMA = (
@@ -42,11 +45,9 @@ CHANGED = (
 QUERY_GAP = 0.2
 #: Seconds a connection attempt, and a statement, may take.
 TIMEOUT_SECONDS = 5
-#: A server gone silent is given up after this (as the sink's write connection).
-KEEPALIVES = {
-    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
-    "tcp_user_timeout": 15000,
-}  # fmt: skip
+#: Unless the URL says otherwise: a server gone silent is given up on as the
+#: sink's write connection gives it up (keepalives, unacknowledged data).
+SILENT = {**KEEPALIVES, "tcp_user_timeout": TCP_USER_TIMEOUT_MS}
 
 
 class PostgresTransport:
@@ -62,11 +63,12 @@ class PostgresTransport:
         #: The highest stamp read so far.
         self.version = 0
         options = psycopg.conninfo.conninfo_to_dict(url)
-        extra: dict[str, Any] = {
-            key: value for key, value in KEEPALIVES.items() if key not in options
+        wanted: dict[str, Any] = {
+            **SILENT,
+            "connect_timeout": TIMEOUT_SECONDS,
+            "application_name": "aegis_mw live",
         }
-        extra.setdefault("connect_timeout", options.get("connect_timeout", TIMEOUT_SECONDS))
-        extra.setdefault("application_name", options.get("application_name", "aegis_mw live"))
+        extra = {key: value for key, value in wanted.items() if key not in options}
         self.connection = psycopg.connect(url, autocommit=True, **extra)
         self._queried = 0.0
         try:
