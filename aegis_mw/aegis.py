@@ -27,6 +27,7 @@ from .alerts.store import MemoryAlertStore
 from .core.aggregates import RealtimeAggregates, RealtimeSnapshot
 from .core.client_address import ClientAddressResolver, parse_networks
 from .core.clock import Clock, SystemClock
+from .core.custom_metrics import DEFAULT_MAX_SERIES, Counter, CustomMetrics, Gauge, Histogram
 from .core.deque_take import DequeTake
 from .core.errors import ConfigError
 from .core.finalize import Finalizer
@@ -72,6 +73,11 @@ def _warn_if_unflushed(inbox: Sized, backlogs: Sequence[Sized]) -> None:
 def _backlog_of(recorder: Recorder, backlog: Sized, bound: int) -> Callable[[], float]:
     """The fuller of the inbox and one sink's backlog, as a share of its bound."""
     return lambda: max(recorder.fill(), len(backlog) / bound)
+
+
+def _registry_has(ref: weakref.ReferenceType[Aegis], family: str) -> bool:
+    aegis = ref()  # weakly: a declaration must not keep a discarded Aegis alive
+    return aegis is not None and aegis.metrics.registry_has(family)
 
 
 def _shutdown_if_alive(ref: weakref.ReferenceType[Aegis]) -> None:
@@ -253,6 +259,13 @@ class Aegis:
         # are used where the compiled request paths would be.
         compiled = speedups.load() if settings.speedups else None
         self.aggregates = RealtimeAggregates(routes, settings.metrics_buckets, compiled)
+        #: The app's own metrics: see :meth:`counter`, :meth:`gauge`, :meth:`histogram`.
+        self.custom_metrics = CustomMetrics(
+            f"{settings.metrics_namespace}_",
+            settings.metrics_buckets,
+            constant_labels=dict(settings.metrics_labels),
+            taken=functools.partial(_registry_has, weakref.ref(self)),
+        )
         for sink in self.sinks:  # SQLite binds rows, PostgreSQL formats COPY rows with it
             use_compiled = getattr(sink, "use_compiled", None)
             if use_compiled is not None:
@@ -411,6 +424,62 @@ class Aegis:
             self.metrics.link.stop(min(LINK_STOP_SECONDS, max(0.0, left)))
         return flushed
 
+    def counter(
+        self,
+        name: str,
+        help: str,
+        labels: Sequence[str] = (),
+        *,
+        max_series: int = DEFAULT_MAX_SERIES,
+    ) -> Counter:
+        """A counter of the app's own, on ``/metrics`` beside ours (``name_total``).
+
+        ``labels`` are its label names; record with ``.labels(...).inc(amount)``,
+        or ``.inc(amount)`` without labels. Past ``max_series`` label sets, new
+        ones are recorded as ``<overflow>``. Declaring the same metric again
+        gives the same object; anything else of the name is a ValueError.
+        """
+        metric: Counter = self.custom_metrics.declare(
+            "counter", name, help, labels, max_series=max_series
+        )
+        return metric
+
+    def gauge(
+        self,
+        name: str,
+        help: str,
+        labels: Sequence[str] = (),
+        *,
+        max_series: int = DEFAULT_MAX_SERIES,
+        multiprocess_mode: str = "sum",
+    ) -> Gauge:
+        """A gauge of the app's own: ``.set(value)``, ``.inc()``, ``.dec()``.
+
+        With several worker processes, ``multiprocess_mode`` says how their
+        values make one: ``sum`` (default), ``max`` or ``min``, over the
+        processes alive.
+        """
+        metric: Gauge = self.custom_metrics.declare(
+            "gauge", name, help, labels, max_series=max_series, mode=multiprocess_mode
+        )
+        return metric
+
+    def histogram(
+        self,
+        name: str,
+        help: str,
+        labels: Sequence[str] = (),
+        *,
+        max_series: int = DEFAULT_MAX_SERIES,
+        buckets: Sequence[float] | None = None,
+    ) -> Histogram:
+        """A histogram of the app's own: ``.observe(value)``; its buckets are the
+        request latency's (``metrics_buckets``) unless ``buckets`` are given."""
+        metric: Histogram = self.custom_metrics.declare(
+            "histogram", name, help, labels, max_series=max_series, buckets=buckets
+        )
+        return metric
+
     def realtime(self) -> RealtimeSnapshot:
         """Rates, latency percentiles and totals from the in-memory ring.
 
@@ -479,6 +548,7 @@ class Aegis:
         # the child starts empty with its own threads and connections.
         self.recorder.reset_after_fork()
         self.aggregates.reset()
+        self.custom_metrics.reset_after_fork()
         self.finalizer.reset_after_fork()
         self.flusher.reset_after_fork()
         if self.metrics.link is not None:

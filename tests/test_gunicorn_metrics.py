@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import servers
-from tests.servers import ROOT, gunicorn_command, gunicorn_process, wait_for
+from tests.servers import gunicorn_command, gunicorn_process, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -52,13 +52,7 @@ def settled(base: str, expected: float, in_a_row: int = 12) -> list[tuple[float,
 def test_totals_are_those_of_all_workers(tmp_path: Path) -> None:
     shared = tmp_path / "multiproc"
     shared.mkdir()
-    env = {name: value for name, value in os.environ.items() if not name.startswith("AEGIS_")}
-    env.update(
-        PROMETHEUS_MULTIPROC_DIR=str(shared),
-        AEGIS_FLUSH_INTERVAL="0.2",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
-        PYTHONUNBUFFERED="1",
-    )
+    env = servers.multiprocess_env(shared)
     command = gunicorn_command(WORKERS, "examples.fastapi_app:app")
     with gunicorn_process(command, tmp_path, env) as (process, lines, seen):
         deadline = time.monotonic() + STARTUP_DEADLINE

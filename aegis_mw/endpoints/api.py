@@ -31,6 +31,7 @@ from ..history.breaker import StoreUnavailable
 from ..history.queries import SORTS, HistoryQueries
 from ..history.ranges import QueryError, horizons, parse_time
 from ..realtime.sections import realtime_api
+from .custom_metrics import custom_metrics_answer
 from .openapi import openapi_document
 from .response import Response
 
@@ -64,6 +65,7 @@ PARAMETERS: Mapping[str, tuple[str, ...]] = {
     "alert-channels": (),
     "alert-history": ("limit", "before"),
     "silences": (),
+    "custom-metrics": ("name",),
     "openapi.json": (),
 }
 MAX_OFFSET = 1_000_000
@@ -350,6 +352,12 @@ class MetricsAPI:
                 return Response.json(200, self._openapi)
             if endpoint == "realtime":
                 return Response.json(200, {"data": self._realtime()})
+            if endpoint == "custom-metrics":
+                name = params.get("name")
+                if name is not None:
+                    check_text("name", name)
+                custom = self._aegis.metrics.read_custom()
+                return Response.json(200, {"data": custom_metrics_answer(custom, name)})
             if endpoint == "alerts":
                 return Response.json(200, {"data": alerts_answer(self._aegis.alerts)})
             if endpoint == "silences":

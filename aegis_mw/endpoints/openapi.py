@@ -440,6 +440,41 @@ _SCHEMAS["alert-history"] = {
     },
 }
 
+_CUSTOM_SERIES = {
+    "type": "object",
+    "required": ["labels"],
+    "properties": {
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "value": _NUMBER_OR_NULL,
+        "count": {"type": "integer"},
+        "sum": _NUMBER_OR_NULL,
+        "buckets": {"type": "array", "items": {"type": "integer"}},
+    },
+}
+_SCHEMAS["custom-metrics"] = {
+    "type": "object",
+    "required": ["metrics"],
+    "properties": {
+        "metrics": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "kind", "help", "labels", "overflowed", "series"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "kind": {"type": "string", "enum": ["counter", "gauge", "histogram"]},
+                    "help": {"type": "string"},
+                    "labels": {"type": "array", "items": {"type": "string"}},
+                    "buckets": {"type": "array", "items": {"type": "number"}},
+                    "multiprocess_mode": {"type": "string", "enum": ["sum", "max", "min"]},
+                    "overflowed": {"type": "integer"},
+                    "series": {"type": "array", "items": _CUSTOM_SERIES},
+                },
+            },
+        }
+    },
+}
+
 _PARAMETERS: dict[str, list[dict[str, Any]]] = {
     "overview": _RANGE_PARAMETERS,
     "realtime": [],
@@ -474,6 +509,13 @@ _PARAMETERS: dict[str, list[dict[str, Any]]] = {
         _query("offset", {"type": "integer", "minimum": 0, "maximum": 1_000_000}, "Skip."),
     ],
 }
+_PARAMETERS["custom-metrics"] = [
+    _query(
+        "name",
+        {"type": "string", "maxLength": 1024, "pattern": _NO_CONTROLS},
+        "Only the metric of this name (a counter's without _total).",
+    )
+]
 _PARAMETERS["alerts"] = []
 _PARAMETERS["alert-rules"] = []
 _PARAMETERS["alert-channels"] = []
@@ -498,6 +540,7 @@ _SUMMARIES = {
     "without secrets",
     "alert-history": "Alert transitions and their notices to each channel, newest first",
     "silences": "Silences not yet ended, mute windows, inhibit rules and the silences' audit",
+    "custom-metrics": "The app's own counters, gauges and histograms now (every worker's)",
 }
 _ERROR = {
     "description": "Bad input, named in the error",

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.custom_metrics import OVERFLOW, MetricSnapshot
 from ..core.labeled import (
     BUCKETS_BASE,
     COUNT,
@@ -45,6 +46,8 @@ class MetricsReading:
     #: Each alert channel's health and outbox rows (AlertService.channel_view),
     #: the app's as alerts are; empty without channels.
     alert_channels: Sequence[Mapping[str, Any]] = ()
+    #: The app's own metrics (``aegis.counter(...)`` and the like), by name.
+    custom: Sequence[MetricSnapshot] = ()
 
 
 class FamilyBuilder:
@@ -150,6 +153,48 @@ class FamilyBuilder:
             )
         if reading.alert_channels:
             families += self._alert_channels(reading.alert_channels)
+        if reading.custom:
+            families += self._custom(reading.custom)
+        return families
+
+    def _custom(self, metrics: Sequence[MetricSnapshot]) -> list[Family]:
+        """The app's own metrics under their own names, then how many label sets
+        each folded into its ``<overflow>`` series."""
+        families = []
+        labels = self._labels
+        for metric in metrics:
+            family = Family(metric.name, metric.kind, metric.help)
+            names = metric.labels
+            samples = family.samples
+            if metric.kind == "histogram":
+                le = [f'le="{number(bound)}"' for bound in metric.bounds] + ['le="+Inf"']
+                for key, values in sorted(metric.series.items()):
+                    base = labels(*zip(names, key, strict=True))
+                    prefix = f"{base}," if base else ""
+                    running = 0
+                    for index, text in enumerate(le):
+                        running += values[index]
+                        samples.append(("_bucket", prefix + text, running))
+                    samples.append(("_count", base, running))
+                    samples.append(("_sum", base, values[-1]))
+            else:
+                suffix = "_total" if metric.kind == "counter" else ""
+                samples += [
+                    (suffix, labels(*zip(names, key, strict=True)), value)
+                    for key, value in sorted(metric.series.items())
+                ]
+            families.append(family)
+        families.append(
+            Family(
+                f"{self.namespace}_custom_metric_overflow",
+                "counter",
+                f"Label sets of a custom metric past its max_series, recorded as {OVERFLOW}.",
+                [
+                    ("_total", labels(("metric", metric.name)), metric.overflowed)
+                    for metric in metrics
+                ],
+            )
+        )
         return families
 
     def _alert_channels(self, channels: Sequence[Mapping[str, Any]]) -> list[Family]:

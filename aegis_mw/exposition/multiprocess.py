@@ -22,10 +22,12 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..core import custom_merge
+from ..core.custom_metrics import MetricSnapshot
 from ..core.labeled import LabeledTotals
 from ..core.stats import PipelineStats, SinkStats
 from .families import MetricsReading
@@ -80,13 +82,15 @@ def encode(reading: MetricsReading, *, pid: int, live: bool) -> dict[str, Any]:
             "websockets_active": reading.websockets_active if live else 0,
             "buffered": stats.buffered if live else 0,
         },
+        # Absent from the files of earlier versions: none then.
+        "custom": custom_merge.encode(reading.custom, live=live),
     }
 
 
 class Merge:
     """Sums snapshots into one reading; gauges only from live processes."""
 
-    def __init__(self, own: MetricsReading) -> None:
+    def __init__(self, own: MetricsReading, warned: set[str] | None = None) -> None:
         self.own = own
         self.labeled = own.labeled.copy()
         stats = own.stats
@@ -97,6 +101,7 @@ class Merge:
         self.sinks: dict[str, dict[str, Any]] = {
             sink.name: _sink_figures(sink, live=True) for sink in stats.sinks
         }
+        self.custom = custom_merge.CustomMerge(own.custom, warned)
 
     def add(self, data: dict[str, Any], *, live: bool) -> bool:
         """Add one snapshot; False (nothing added) when it does not fit ours."""
@@ -152,6 +157,7 @@ class Merge:
                 mine["prune_lease"] += sink.get("prune_lease", 0)
                 for field in _SHARED_GAUGES:
                     mine[field] = max(mine[field], sink.get(field, 0))
+        self.custom.add(data.get("custom", []), live=live)
         if live:
             gauges = data["gauges"]
             self.in_flight += gauges["in_flight"]
@@ -198,6 +204,7 @@ class Merge:
             build=self.own.build,  # the answering process's, as health is
             alerts=self.own.alerts,
             alert_channels=self.own.alert_channels,
+            custom=self.custom.reading(),
         )
 
 
@@ -297,6 +304,8 @@ class SnapshotFiles:
         self.directory = directory
         self._pid = 0
         self._path = directory
+        #: Custom metrics declared differently by another process, warned about.
+        self._custom_conflicts: set[str] = set()
 
     @property
     def own_path(self) -> Path:
@@ -366,19 +375,29 @@ class SnapshotFiles:
 
     def merged(self, own: MetricsReading) -> MetricsReading:
         """``own`` (live) plus every other process's latest figures and the archive."""
-        merge = Merge(own)
-        with self._locked(fcntl.LOCK_SH):
-            paths = [*self._others(), self.directory / ARCHIVE]
-            for path in paths:
-                data = _read(path)
-                if data is None:
-                    continue
-                live = path.name != ARCHIVE and _process_exists(_pid_of(path))
-                if not merge.add(data, live=live):
-                    logger.warning(
-                        "aegis_mw: %s has other histogram buckets or format; not merged", path
-                    )
+        merge = Merge(own, self._custom_conflicts)
+        for path, data, live in self._snapshots():
+            if not merge.add(data, live=live):
+                logger.warning(
+                    "aegis_mw: %s has other histogram buckets or format; not merged", path
+                )
         return merge.reading()
+
+    def merged_custom(self, own: Iterable[MetricSnapshot]) -> tuple[MetricSnapshot, ...]:
+        """``own`` custom metrics plus every other process's (as :meth:`merged` adds them)."""
+        merge = custom_merge.CustomMerge(own, self._custom_conflicts)
+        for _, data, live in self._snapshots():
+            if data.get("format") == FORMAT:
+                merge.add(data.get("custom", []), live=live)
+        return merge.reading()
+
+    def _snapshots(self) -> Iterator[tuple[Path, dict[str, Any], bool]]:
+        """Every other process's latest file and the archive: (path, data, live)."""
+        with self._locked(fcntl.LOCK_SH):
+            for path in [*self._others(), self.directory / ARCHIVE]:
+                data = _read(path)
+                if data is not None:
+                    yield path, data, path.name != ARCHIVE and _process_exists(_pid_of(path))
 
 
 def _bounds_of(data: dict[str, Any]) -> tuple[float, ...] | None:

@@ -4,12 +4,14 @@ app's registry next to them, and a prometheus-client Collector for others."""
 from __future__ import annotations
 
 import os
+import sys
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.custom_metrics import MetricSnapshot
 from ..core.errors import ConfigError
 from ..core.labeled import LabeledTotals
 from ..core.live_link import LiveLink
@@ -91,6 +93,18 @@ class MetricsService:
             return REGISTRY
         return choice
 
+    def registry_has(self, family: str) -> bool:
+        """Whether the app's registry, shown after ours on /metrics, has a metric
+        of that family name already. Only a registry in use now can tell (none
+        is imported for the asking); prometheus-client's own multi-process
+        collector reads its files only at a scrape."""
+        if "prometheus_client" not in sys.modules or self._multiprocess_dir is not None:
+            return False
+        registry = self._registry()
+        # Private, but it is how the registry itself refuses a duplicate name.
+        names = getattr(registry, "_names_to_collectors", None) or {}
+        return any(family + suffix in names for suffix in ("", "_total", "_count", "_bucket"))
+
     def read(self) -> MetricsReading:
         """What one scrape shows, taken now: this process's figures, plus the other
         workers' when several share the metrics. Takes the aggregates' lock (held
@@ -101,6 +115,12 @@ class MetricsService:
             reading = replace(reading, system=self.system.read())
         return reading
 
+    def read_custom(self) -> tuple[MetricSnapshot, ...]:
+        """The app's own metrics as a scrape shows them (every worker's, when
+        several share the metrics), without reading the pipeline's figures."""
+        own = self._aegis.custom_metrics.read()
+        return own if self.files is None else self.files.merged_custom(own)
+
     def publish(self) -> None:
         """Flusher thread, after each cycle: this process's snapshot for the others
         (skipped when nothing changed; gauges zero once the pipeline stopped)."""
@@ -110,10 +130,11 @@ class MetricsService:
         signature = (
             aggregates.drained, aggregates.in_flight_now(), aggregates.websockets_active,
             len(aegis.recorder.inbox), aegis.recorder.closed, os.getpid(),
+            custom := aegis.custom_metrics.read(),
         )  # fmt: skip
         if signature == self._published:
             return
-        reading = self.read_own()
+        reading = self.read_own(custom)
         self.files.publish(reading, live=not aegis.recorder.closed)
         if self.live_files is not None:
             self.live_files.publish(self.live_publication(reading.labeled))
@@ -147,8 +168,9 @@ class MetricsService:
         peers: Peers = read
         return peers
 
-    def read_own(self) -> MetricsReading:
-        """This process's figures only."""
+    def read_own(self, custom: tuple[MetricSnapshot, ...] | None = None) -> MetricsReading:
+        """This process's figures only (``custom``: its custom metrics, when the
+        caller has read them already)."""
         from .. import __version__
 
         aegis = self._aegis
@@ -162,6 +184,7 @@ class MetricsService:
             build=(__version__, aegis.hot_path),
             alerts=None if aegis.alerts is None else aegis.alerts.counts(),
             alert_channels=() if aegis.alerts is None else aegis.alerts.channel_view,
+            custom=aegis.custom_metrics.read() if custom is None else custom,
         )
 
     def collector(self) -> AegisCollector:

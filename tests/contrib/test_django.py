@@ -177,3 +177,11 @@ async def test_an_async_stream_is_counted_as_it_goes(anyio_backend: str) -> None
     [record] = [r for r in recorded(pipeline()) if r.path == "/async-stream/"]
     assert (record.route, record.status, record.response_bytes) == ("/async-stream/", 200, 10)
     assert record.ttfb_ms is not None and record.ttfb_ms <= record.duration_ms
+
+
+def test_the_apps_own_metrics_are_on_metrics() -> None:
+    gauge = pipeline().gauge("django_test_level", "A level set by the test.")
+    gauge.set(12)
+    gauge.inc(0.5)
+    text = Client().get("/metrics").content.decode()
+    assert "django_test_level 12.5" in text

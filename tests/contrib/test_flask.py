@@ -177,3 +177,24 @@ def test_an_unhandled_error_is_stored_with_its_type_and_message(
     finally:
         connection.close()
     assert rows == [("/boom", 500, "RuntimeError: kaput"), ("/fine", 200, "")]
+
+
+def test_the_apps_own_metrics_from_a_view_are_on_metrics() -> None:
+    app = flask.Flask(__name__)
+    app.config.update(AEGIS_SINK="memory://", AEGIS_METRICS_REGISTRY="none")
+    extension = Aegis(app)
+    assert extension.pipeline is not None
+    orders = extension.pipeline.counter("orders_total", "Orders placed.", ("region",))
+
+    @app.post("/orders/<region>")
+    def order(region: str) -> str:
+        orders.labels(region=region).inc()
+        return "ok"
+
+    client = app.test_client()
+    for region in ("eu", "eu", "us"):
+        assert client.post(f"/orders/{region}", buffered=True).text == "ok"
+    text = client.get("/metrics", buffered=True).text
+    assert 'orders_total{region="eu"} 2' in text
+    assert 'orders_total{region="us"} 1' in text
+    extension.pipeline.shutdown()

@@ -8,9 +8,7 @@ by a pipeline of its own.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +36,6 @@ def totals(text: str) -> dict[str, float]:
                                      sample.labels else "")  # fmt: skip
                 found[key] = found.get(key, 0) + sample.value
     return found
-
-
-@pytest.fixture
-def living_pid() -> Iterator[int]:
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
-                             stdin=subprocess.PIPE)  # fmt: skip
-    yield child.pid
-    assert child.stdin is not None
-    child.stdin.close()
-    child.wait(30)
-
-
-@pytest.fixture
-def dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait(30)
-    return child.pid
 
 
 def other_worker(
