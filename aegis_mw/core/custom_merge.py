@@ -12,12 +12,11 @@ labels, buckets or mode) is left out of the sum and named in a warning once.
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
-from .custom_metrics import GAUGE_MODES, KINDS, LABEL_NAME, METRIC_NAME, MetricSnapshot
+from .custom_metrics import KINDS, MetricSnapshot, well_formed
 
 logger = logging.getLogger("aegis_mw.metrics")
 
@@ -40,36 +39,44 @@ def encode(metrics: Iterable[MetricSnapshot], *, live: bool) -> list[dict[str, A
     ]
 
 
-def _number(value: Any) -> bool:
-    return type(value) in (int, float)
+#: Largest int a file may hold: far above any count (a process would need 2**63
+#: increments), and far below what would fail a sum or the text exposition.
+_LARGEST = 2**63
+
+
+def _gauge_value(value: Any) -> bool:
+    """A JSON number a gauge may hold: an int in range, or any float (NaN too)."""
+    return type(value) is float or (type(value) is int and -_LARGEST <= value <= _LARGEST)
+
+
+def _count(value: Any) -> bool:
+    """A JSON number a counter or a histogram may hold: 0 or more, not NaN."""
+    return _gauge_value(value) and value >= 0
 
 
 def decode(data: Any) -> MetricSnapshot | None:
-    """One metric of :func:`encode`'s data, or None when it is damaged or foreign."""
+    """One metric of :func:`encode`'s data, or None when it is damaged or foreign
+    (its names, labels and buckets are checked by the caller's rules)."""
     if not isinstance(data, dict):
         return None
-    name, kind, labels, bounds = (
-        data.get("name"),
-        data.get("kind"),
-        data.get("labels"),
-        data.get("bounds"),
-    )
-    mode, series, help_text = data.get("mode"), data.get("series"), data.get("help")
+    kind, labels, bounds = data.get("kind"), data.get("labels"), data.get("bounds")
+    series, overflowed = data.get("series"), data.get("overflowed")
     if not (
-        isinstance(name, str)
-        and METRIC_NAME.match(name)
-        and kind in KINDS
-        and isinstance(help_text, str)
+        kind in KINDS
+        and isinstance(data.get("name"), str)
+        and isinstance(data.get("help"), str)
+        and isinstance(data.get("mode"), str)
         and isinstance(labels, list)
-        and all(isinstance(label, str) and LABEL_NAME.match(label) for label in labels)
+        and all(isinstance(label, str) for label in labels)
         and isinstance(bounds, list)
-        and all(_number(bound) and math.isfinite(bound) for bound in bounds)
-        and (mode in GAUGE_MODES if kind == "gauge" else mode == "")
-        and _number(data.get("overflowed"))
+        and all(type(bound) in (int, float) and abs(bound) < _LARGEST for bound in bounds)
+        and type(overflowed) is int
+        and 0 <= overflowed <= _LARGEST
         and isinstance(series, list)
     ):
         return None
     width = len(labels)
+    number = _gauge_value if kind == "gauge" else _count
     values: dict[tuple[str, ...], Any] = {}
     for row in series:
         if not (
@@ -83,21 +90,22 @@ def decode(data: Any) -> MetricSnapshot | None:
             if not (
                 isinstance(value, list)
                 and len(value) == len(bounds) + 2
-                and all(_number(count) for count in value)
+                and all(type(count) is int and 0 <= count <= _LARGEST for count in value[:-1])
+                and _count(value[-1])
             ):
                 return None
-        elif not _number(value):
+        elif not number(value):
             return None
         values[tuple(row[:width])] = value
     return MetricSnapshot(
-        name=name,
+        name=data["name"],
         kind=kind,
-        help=help_text,
+        help=data["help"],
         labels=tuple(labels),
-        bounds=tuple(bounds),
-        mode=str(mode),
+        bounds=tuple(float(bound) for bound in bounds),
+        mode=data["mode"],
         series=values,
-        overflowed=int(data["overflowed"]),
+        overflowed=overflowed,
     )
 
 
@@ -114,9 +122,16 @@ def _combine(kind: str, mode: str, mine: Any, theirs: Any) -> Any:
 class CustomMerge:
     """Adds processes' custom metrics to a first reading (the answering process's)."""
 
-    def __init__(self, own: Iterable[MetricSnapshot], warned: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        own: Iterable[MetricSnapshot],
+        warned: set[str] | None = None,
+        admits: Callable[[MetricSnapshot], bool] = well_formed,
+    ) -> None:
         #: Names warned about already (the caller's, kept across merges).
         self._warned = set() if warned is None else warned
+        #: Whether a metric read from a file could have been declared here.
+        self._admits = admits
         self._metrics: dict[str, MetricSnapshot] = {}
         for metric in own:
             self._metrics[metric.name] = _copy(metric)
@@ -126,33 +141,40 @@ class CustomMerge:
         if not isinstance(data, list):
             return
         for entry in data:
-            metric = decode(entry)
-            if metric is None or (metric.kind == "gauge" and not live):
-                continue
-            mine = self._metrics.get(metric.name)
-            if mine is None:
-                self._metrics[metric.name] = _copy(metric)
-                continue
-            if not mine.same_shape(metric):
-                if metric.name not in self._warned:
-                    self._warned.add(metric.name)
-                    logger.warning(
-                        "aegis_mw: the custom metric %s is declared differently in another "
-                        "process; its figures there are left out",
-                        metric.name,
-                    )
-                continue
-            series = mine.series
-            for key, value in metric.series.items():
-                known = series.get(key)
-                series[key] = (
-                    (list(value) if metric.kind == "histogram" else value)
-                    if known is None
-                    else _combine(mine.kind, mine.mode, known, value)
+            try:
+                self._add(entry, live)
+            except Exception:  # whatever a file holds, a scrape never fails on it
+                logger.debug("aegis_mw: a custom metric of a snapshot left out", exc_info=True)
+
+    def _add(self, entry: Any, live: bool) -> None:
+        metric = decode(entry)
+        if metric is None or not self._admits(metric) or (metric.kind == "gauge" and not live):
+            return
+        mine = self._metrics.get(metric.name)
+        if mine is None:
+            self._metrics[metric.name] = _copy(metric)
+            return
+        if not mine.same_shape(metric):
+            if metric.name not in self._warned:
+                self._warned.add(metric.name)
+                logger.warning(
+                    "aegis_mw: the custom metric %s is declared differently in another "
+                    "process; its figures there are left out",
+                    metric.name,
                 )
-            self._metrics[metric.name] = replace(
-                mine, overflowed=mine.overflowed + metric.overflowed
+            return
+        # Added into a copy, put in place whole: an entry is added entirely or not at all.
+        series = dict(mine.series)
+        for key, value in metric.series.items():
+            known = series.get(key)
+            series[key] = (
+                (list(value) if metric.kind == "histogram" else value)
+                if known is None
+                else _combine(mine.kind, mine.mode, known, value)
             )
+        self._metrics[metric.name] = replace(
+            mine, series=series, overflowed=mine.overflowed + metric.overflowed
+        )
 
     def reading(self) -> tuple[MetricSnapshot, ...]:
         return tuple(metric for _, metric in sorted(self._metrics.items()))

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import re
+import sys
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
@@ -44,8 +46,16 @@ KINDS = ("counter", "gauge", "histogram")
 GAUGE_MODES = ("sum", "max", "min")
 DEFAULT_MAX_SERIES = 1000
 _INF = math.inf
-#: Numbers checked by a plain comparison; others (bool, numeric types) by a slower path.
+_MAX = sys.float_info.max
+#: The largest amount the fast checks let through, ints and floats alike: ints
+#: up to it add up exactly and can never sum past a float's range (that would
+#: take 2**970 of them). Anything else takes :func:`_real` (bool, numeric types
+#: such as Fraction or numpy's, ints past it, large floats).
+_EXACT = 2**53
 _PLAIN = (int, float)
+#: Label sets past ``max_series`` remembered with their ``<overflow>`` series,
+#: so that each is counted once and found again without the lock.
+MAX_FOLDED = 10_000
 #: prometheus-client's default registry's own metrics, shown on /metrics after ours.
 _REGISTRY_PREFIXES = ("process_", "python_")
 #: Suffixes the exposition gives a family's samples: a name ending in one would
@@ -81,17 +91,28 @@ class MetricSnapshot:
         )
 
 
-def _check_number(value: Any, what: str) -> None:
-    if not isinstance(value, (int, float)):
-        raise TypeError(f"{what} must be a number, not {type(value).__name__}")
+def _real(value: Any, what: str) -> float:
+    """``value`` as an int or a float (a real number of any type; an int past a
+    float's range refused), or a TypeError naming ``what``."""
+    if isinstance(value, numbers.Integral):
+        number = int(value)
+        if -_EXACT <= number <= _EXACT:
+            return number
+        if not -_MAX <= number <= _MAX:
+            digits = int(number.bit_length() * math.log10(2))  # no str(): it has a limit
+            raise ValueError(f"{what} is beyond a float's range (about 10**{digits})")
+        return float(number)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise TypeError(f"{what} must be a real number, not {type(value).__name__}")
 
 
-def _between(low: float, value: Any, high: float) -> bool:
-    """``low <= value < high`` for a number; False for anything else (NaN too)."""
-    try:
-        return bool(low <= value < high)
-    except TypeError:
-        return False
+def _counted(amount: Any, what: str) -> float:
+    """A counter's or a histogram's amount, checked: finite or not, never negative."""
+    number = _real(amount, what)
+    if not number >= 0:  # NaN too
+        raise ValueError(f"{what} must be 0 or more, not {amount!r}")
+    return number
 
 
 class CounterSeries:
@@ -104,9 +125,10 @@ class CounterSeries:
 
     def inc(self, amount: float = 1) -> None:
         """Add ``amount`` (finite, not negative)."""
-        if not (0 <= amount < _INF if type(amount) in _PLAIN else _between(0, amount, _INF)):
-            _check_number(amount, "a counter's amount")
-            raise ValueError(f"a counter only goes up by a finite amount, not {amount!r}")
+        if not (type(amount) in _PLAIN and 0 <= amount <= _EXACT):
+            amount = _counted(amount, "a counter's amount")
+            if amount == _INF:
+                raise ValueError("a counter goes up by a finite amount, not inf")
         try:
             self._cells[get_ident()][0] += amount
         except KeyError:
@@ -145,9 +167,10 @@ class GaugeSeries:
 
     def inc(self, amount: float = 1) -> None:
         """Add ``amount`` (finite, either sign)."""
-        if not (-_INF < amount < _INF if type(amount) in _PLAIN else _between(-_INF, amount, _INF)):
-            _check_number(amount, "a gauge's amount")
-            raise ValueError(f"a gauge moves by a finite amount, not {amount!r}")
+        if not (type(amount) in _PLAIN and -_EXACT <= amount <= _EXACT):
+            amount = _real(amount, "a gauge's amount")
+            if not -_INF < amount < _INF:
+                raise ValueError(f"a gauge moves by a finite amount, not {amount!r}")
         epoch = self._state[1]
         try:
             cell = self._cells[get_ident()]
@@ -166,7 +189,8 @@ class GaugeSeries:
 
     def set(self, value: float) -> None:
         """Make the value ``value`` (any float, NaN and infinities included)."""
-        _check_number(value, "a gauge's value")
+        if not (type(value) in _PLAIN and -_EXACT <= value <= _EXACT):
+            value = _real(value, "a gauge's value")
         self._state = (value, next(self._epochs))
 
     def value(self) -> float:
@@ -189,11 +213,9 @@ class HistogramSeries:
         self._cells: dict[int, list[Any]] = {}
 
     def observe(self, value: float) -> None:
-        """Count ``value`` in its bucket (the first whose bound is at least it)."""
-        if type(value) not in _PLAIN:
-            _check_number(value, "an observed value")
-        if value != value:
-            raise ValueError("a histogram cannot observe NaN")
+        """Count ``value`` (0 or more) in its bucket: the first whose bound is at least it."""
+        if not (type(value) in _PLAIN and 0 <= value <= _EXACT):
+            value = _counted(value, "an observed value")
         index = bisect_left(self._bounds, value)
         try:
             cell = self._cells[get_ident()]
@@ -241,6 +263,8 @@ class Metric:
         self.bounds = bounds
         self.mode = mode
         self._series: dict[tuple[str, ...], Any] = {}
+        #: Label sets past ``max_series`` -> the ``<overflow>`` series (MAX_FOLDED at most).
+        self._folded: dict[tuple[str, ...], Any] = {}
         self._lock = threading.Lock()  # taken only to add a series
         self._overflowed = 0
         if not labels:
@@ -253,13 +277,14 @@ class Metric:
     def _new_series(self) -> Any:
         raise NotImplementedError
 
-    def labels(self, *values: Any, **named: Any) -> Any:
+    def labels(self, /, *values: Any, **named: Any) -> Any:
         """The series of these label values, by position or by name (values are
-        made text with ``str()``). Keep it to record into it again cheaply."""
+        made text: a str's own text, ``str()`` of anything else). Keep it to
+        record into it again cheaply."""
         if named:
             values = self._by_name(values, named)
         try:
-            series = self._series.get(values)
+            series = self._series.get(values) or self._folded.get(values)
         except TypeError:  # an unhashable value: its text is the label
             series = None
         if series is None:
@@ -287,22 +312,25 @@ class Metric:
                 f"{len(self.label_names)} values, not {len(values)}"
             )
         key = _texts(values)
-        series = self._series.get(key)
+        series = self._series.get(key) or self._folded.get(key)
         if series is not None:
             return series
         with self._lock:
-            series = self._series.get(key)
+            series = self._series.get(key) or self._folded.get(key)
             if series is not None:
                 return series
-            if len(self._series) >= self.max_series:
-                self._overflowed += 1
-                key = (OVERFLOW,) * len(self.label_names)
-                series = self._series.get(key)
-                if series is not None:
-                    return series
-            # A new dict, swapped in: readers iterate the old one untouched.
-            series = self._new_series()
-            self._series = {**self._series, key: series}
+            if len(self._series) < self.max_series:
+                # Readers copy the dict in one step (list(items())): adding is safe.
+                series = self._series[key] = self._new_series()
+                return series
+            # Past the bound: counted once, remembered while there is room.
+            self._overflowed += 1
+            folded = (OVERFLOW,) * len(self.label_names)
+            series = self._series.get(folded)
+            if series is None:
+                series = self._series[folded] = self._new_series()
+            if len(self._folded) < MAX_FOLDED:
+                self._folded[key] = series
             return series
 
     def _needs_labels(self, *_: Any) -> None:
@@ -319,7 +347,7 @@ class Metric:
             labels=self.label_names,
             bounds=self.bounds,
             mode=self.mode,
-            series={key: series.value() for key, series in self._series.items()},
+            series={key: series.value() for key, series in list(self._series.items())},
             overflowed=self._overflowed,
         )
 
@@ -327,10 +355,18 @@ class Metric:
         for series in self._series.values():
             series.reset()
         self._overflowed = 0
+        self._folded = {}
 
 
 def _texts(values: Iterable[Any]) -> tuple[str, ...]:
-    return tuple(value if type(value) is str else str(value) for value in values)
+    """Label values as text. A str subclass (a str Enum, say) by its own text,
+    not its ``str()``: it is equal to that text, so the lookup by value and this
+    one must find the same series."""
+    return tuple(
+        value if type(value) is str else str.__str__(value) if isinstance(value, str)
+        else str(value)
+        for value in values
+    )  # fmt: skip
 
 
 class Counter(Metric):
@@ -412,20 +448,13 @@ class CustomMetrics:
                 raise ValueError(f"{name}: multiprocess_mode must be one of {list(GAUGE_MODES)}")
         elif mode:
             raise ValueError(f"{name}: multiprocess_mode is for gauges only")
-        for prefix in (self.reserved_prefix, *_REGISTRY_PREFIXES):
-            if family.startswith(prefix):
-                raise ValueError(
-                    f"{name}: names starting with {prefix!r} are taken (metrics_namespace, "
-                    "and prometheus-client's process and platform metrics); choose another name"
-                )
-        clash = sorted(self.constant_labels.intersection(label_names))
-        if clash:
-            raise ValueError(f"{name}: {clash} are labels of every series already (metrics_labels)")
+        self._check_shared_names(name, family, label_names)
         with self._lock:
             known = self._metrics.get(family)
             if known is not None:
-                declared = (known.kind, known.help, known.label_names, known.bounds, known.mode)
-                if declared != (kind, help_text, label_names, bounds, mode):
+                declared = (known.kind, known.help, known.label_names, known.bounds, known.mode,
+                            known.max_series)  # fmt: skip
+                if declared != (kind, help_text, label_names, bounds, mode, max_series):
                     raise ValueError(
                         f"{name} is declared already, as a {known.kind} with the labels "
                         f"{list(known.label_names)}: a second declaration must be the same"
@@ -440,6 +469,31 @@ class CustomMetrics:
             self._metrics = {**self._metrics, family: metric}
             return metric
 
+    def _check_shared_names(self, name: str, family: str, labels: tuple[str, ...]) -> None:
+        """Names /metrics shows beside the app's own: ours, prometheus-client's, and
+        the labels every series gets."""
+        for prefix in (self.reserved_prefix, *_REGISTRY_PREFIXES):
+            if family.startswith(prefix):
+                raise ValueError(
+                    f"{name}: names starting with {prefix!r} are taken (metrics_namespace, "
+                    "and prometheus-client's process and platform metrics); choose another name"
+                )
+        clash = sorted(self.constant_labels.intersection(labels))
+        if clash:
+            raise ValueError(f"{name}: {clash} are labels of every series already (metrics_labels)")
+
+    def admits(self, metric: MetricSnapshot) -> bool:
+        """Whether another process's ``metric`` (read from its snapshot file) could
+        have been declared here: the same rules, so that nothing read from a file
+        can put a series /metrics cannot carry on it."""
+        if not well_formed(metric):
+            return False
+        try:
+            self._check_shared_names(metric.name, metric.name, metric.labels)
+        except ValueError:
+            return False
+        return True
+
     def read(self) -> tuple[MetricSnapshot, ...]:
         """Every declared metric's figures now, by name."""
         return tuple(metric.snapshot() for _, metric in sorted(self._metrics.items()))
@@ -450,6 +504,22 @@ class CustomMetrics:
         for metric in self._metrics.values():
             metric._lock = threading.Lock()
             metric.reset()
+
+
+def well_formed(metric: MetricSnapshot) -> bool:
+    """Whether ``metric`` follows the declaration rules of names, labels and
+    buckets (a snapshot read from a file, say)."""
+    try:
+        if _family_name(metric.kind, metric.name) != metric.name:
+            return False  # a counter's family name never ends in _total
+        _label_names(metric.name, metric.kind, metric.labels)
+        if metric.kind == "histogram":
+            _bounds(metric.name, metric.bounds)
+        elif metric.bounds:
+            return False
+    except ValueError:
+        return False
+    return (metric.mode in GAUGE_MODES) if metric.kind == "gauge" else metric.mode == ""
 
 
 def _family_name(kind: str, name: Any) -> str:
@@ -494,6 +564,10 @@ def _bounds(name: str, buckets: Sequence[float] | None) -> tuple[float, ...]:
         bounds = bounds[:-1]  # +Inf is always the last bucket
     if not bounds or any(not math.isfinite(bound) for bound in bounds):
         raise ValueError(f"{name}: buckets must be finite numbers (+Inf is added)")
+    if bounds[0] < 0:
+        raise ValueError(
+            f"{name}: buckets must be 0 or more (a histogram counts values of 0 or more)"
+        )
     if any(later <= earlier for earlier, later in itertools.pairwise(bounds)):
         raise ValueError(f"{name}: buckets must increase")
     return bounds

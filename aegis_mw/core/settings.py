@@ -118,7 +118,7 @@ _METRIC_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 #: Label names our series use, or that Prometheus reserves.
 _RESERVED_LABELS = frozenset(
     {"method", "route", "status", "close_code", "reason", "buffer", "sink", "check", "le",
-     "quantile", "job", "instance", "state", "path"}
+     "quantile", "job", "instance", "state", "path", "metric"}
 )  # fmt: skip
 
 

@@ -28,7 +28,8 @@ def _series(metric: MetricSnapshot, key: tuple[str, ...], value: Any) -> dict[st
 
 
 def custom_metrics_answer(metrics: Sequence[MetricSnapshot], name: str | None) -> dict[str, Any]:
-    """Every metric, or the one named ``name`` (none when it is not declared)."""
+    """Every metric, or the one named ``name`` (a counter by its name with or
+    without ``_total``; none when it is not declared)."""
     return {
         "metrics": [
             {
@@ -44,6 +45,8 @@ def custom_metrics_answer(metrics: Sequence[MetricSnapshot], name: str | None) -
                 ],
             }
             for metric in metrics
-            if name is None or metric.name == name
+            if name is None
+            or name == metric.name
+            or (metric.kind == "counter" and name == f"{metric.name}_total")
         ]
     }

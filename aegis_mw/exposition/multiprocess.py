@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core import custom_merge
-from ..core.custom_metrics import MetricSnapshot
+from ..core.custom_metrics import MetricSnapshot, well_formed
 from ..core.labeled import LabeledTotals
 from ..core.stats import PipelineStats, SinkStats
 from .families import MetricsReading
@@ -90,7 +90,12 @@ def encode(reading: MetricsReading, *, pid: int, live: bool) -> dict[str, Any]:
 class Merge:
     """Sums snapshots into one reading; gauges only from live processes."""
 
-    def __init__(self, own: MetricsReading, warned: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        own: MetricsReading,
+        warned: set[str] | None = None,
+        admits: Callable[[MetricSnapshot], bool] = well_formed,
+    ) -> None:
         self.own = own
         self.labeled = own.labeled.copy()
         stats = own.stats
@@ -101,12 +106,17 @@ class Merge:
         self.sinks: dict[str, dict[str, Any]] = {
             sink.name: _sink_figures(sink, live=True) for sink in stats.sinks
         }
-        self.custom = custom_merge.CustomMerge(own.custom, warned)
+        self.custom = custom_merge.CustomMerge(own.custom, warned, admits)
 
     def add(self, data: dict[str, Any], *, live: bool) -> bool:
-        """Add one snapshot; False (nothing added) when it does not fit ours."""
+        """Add one snapshot; False (nothing of the request figures added) when it
+        does not fit ours. Its custom metrics do not depend on the request
+        histogram's buckets: they are added whenever the format is ours."""
         labeled = self.labeled
-        if data.get("format") != FORMAT or tuple(data.get("bounds", ())) != labeled.bounds:
+        if data.get("format") != FORMAT:
+            return False
+        self.custom.add(data.get("custom", []), live=live)
+        if tuple(data.get("bounds", ())) != labeled.bounds:
             return False
         if not _well_formed(data):
             # A damaged or foreign file: checked whole first, so that it is not
@@ -157,7 +167,6 @@ class Merge:
                 mine["prune_lease"] += sink.get("prune_lease", 0)
                 for field in _SHARED_GAUGES:
                     mine[field] = max(mine[field], sink.get(field, 0))
-        self.custom.add(data.get("custom", []), live=live)
         if live:
             gauges = data["gauges"]
             self.in_flight += gauges["in_flight"]
@@ -300,8 +309,12 @@ def _read(path: Path) -> dict[str, Any] | None:
 class SnapshotFiles:
     """This process's snapshot in a shared directory, and the merge of all of them."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self, directory: Path, admits: Callable[[MetricSnapshot], bool] = well_formed
+    ) -> None:
         self.directory = directory
+        #: Whether a custom metric read from a file could have been declared here.
+        self._admits = admits
         self._pid = 0
         self._path = directory
         #: Custom metrics declared differently by another process, warned about.
@@ -361,11 +374,13 @@ class SnapshotFiles:
                 if data is None or _bounds_of(data) is None:
                     continue  # unreadable or foreign: removed below all the same
                 if merged is None:
-                    merged = Merge(_empty_like(data))
-                    if archive is not None:
-                        merged.add(archive, live=False)
+                    merged = Merge(_empty_like(data), self._custom_conflicts, self._admits)
                 merged.add(data, live=False)
             if merged is not None:
+                # The archive after the dead: where a custom metric's declaration
+                # changed (a reload with new code), the newer figures are kept.
+                if archive is not None:
+                    merged.add(archive, live=False)
                 temporary = archive_path.with_suffix(".tmp")
                 data_text = json.dumps(encode(merged.reading(), pid=0, live=False))
                 temporary.write_text(data_text, "utf-8")
@@ -375,7 +390,7 @@ class SnapshotFiles:
 
     def merged(self, own: MetricsReading) -> MetricsReading:
         """``own`` (live) plus every other process's latest figures and the archive."""
-        merge = Merge(own, self._custom_conflicts)
+        merge = Merge(own, self._custom_conflicts, self._admits)
         for path, data, live in self._snapshots():
             if not merge.add(data, live=live):
                 logger.warning(
@@ -385,7 +400,7 @@ class SnapshotFiles:
 
     def merged_custom(self, own: Iterable[MetricSnapshot]) -> tuple[MetricSnapshot, ...]:
         """``own`` custom metrics plus every other process's (as :meth:`merged` adds them)."""
-        merge = custom_merge.CustomMerge(own, self._custom_conflicts)
+        merge = custom_merge.CustomMerge(own, self._custom_conflicts, self._admits)
         for _, data, live in self._snapshots():
             if data.get("format") == FORMAT:
                 merge.add(data.get("custom", []), live=live)

@@ -27,6 +27,11 @@ if TYPE_CHECKING:
     from .system import SystemMetrics
 
 
+#: Every sample name a family may have in either format, prometheus-client's included.
+_SAMPLE_SUFFIXES = ("", "_total", "_count", "_sum", "_bucket", "_created", "_info", "_gcount",
+                    "_gsum")  # fmt: skip
+
+
 class MetricsService:
     """Owned by :class:`~aegis_mw.Aegis` as ``aegis.metrics``.
 
@@ -53,7 +58,7 @@ class MetricsService:
             from .live_files import LiveFiles
             from .multiprocess import SnapshotFiles
 
-            self.files = SnapshotFiles(multiprocess_dir)
+            self.files = SnapshotFiles(multiprocess_dir, aegis.custom_metrics.admits)
             aegis.flusher.after_cycle = self.publish
             if self.link is None:
                 # Live reads (stream, realtime API, dashboard) show every worker's traffic.
@@ -103,7 +108,7 @@ class MetricsService:
         registry = self._registry()
         # Private, but it is how the registry itself refuses a duplicate name.
         names = getattr(registry, "_names_to_collectors", None) or {}
-        return any(family + suffix in names for suffix in ("", "_total", "_count", "_bucket"))
+        return any(family + suffix in names for suffix in _SAMPLE_SUFFIXES)
 
     def read(self) -> MetricsReading:
         """What one scrape shows, taken now: this process's figures, plus the other

@@ -33,13 +33,16 @@ SECTIONS = (
     "statusDistribution",
     "topEndpoints",
     "alerts",
+    "customMetrics",
 )
 #: What a new connection receives until it subscribes to something else.
 DEFAULT_SUBSCRIPTION: Mapping[str, bool] = {
     section: section in ("overview", "alerts") for section in SECTIONS
 }
 #: Sections a one-shot ``get`` can ask for over a history range.
-HISTORY_SECTIONS = SECTIONS[:-1]
+HISTORY_SECTIONS = tuple(
+    section for section in SECTIONS if section not in ("alerts", "customMetrics")
+)
 #: Ranges a ``get`` accepts (those of the JSON API).
 GET_RANGES = ("5m", "15m", "1h", "6h", "24h", "7d", "30d")
 #: A ``get`` without a range reads this one.

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..core import histogram
 from ..core.aggregates import STATUS_CLASSES, RealtimeSnapshot, SecondFigures
+from ..core.custom_metrics import MetricSnapshot
 from ..core.labeled import COUNT, DURATION_SUM, LabeledTotals
 from ..core.record import isoformat
+from ..endpoints.custom_metrics import custom_metrics_answer
 
 if TYPE_CHECKING:
     from ..aegis import Aegis
@@ -78,7 +80,30 @@ def build(aegis: Aegis, wanted: Collection[str]) -> dict[str, Any]:
     if "alerts" in wanted:
         alerts = aegis.alerts
         out["alerts"] = [] if alerts is None else alerts.view()
+    if "customMetrics" in wanted:
+        out["customMetrics"] = custom_metrics_section(aegis.metrics.read_custom())
     return out
+
+
+#: Label sets a ``customMetrics`` section carries at most, over all metrics: a
+#: frame goes to every subscriber each second; the JSON API has them all.
+MAX_STREAM_SERIES = 500
+
+
+def custom_metrics_section(metrics: Sequence[MetricSnapshot]) -> dict[str, Any]:
+    """The app's own metrics as ``GET {api_path}/custom-metrics`` answers them,
+    cut to :data:`MAX_STREAM_SERIES` label sets (``series_left_out`` says how
+    many more there are)."""
+    answer = custom_metrics_answer(metrics, None)
+    room = MAX_STREAM_SERIES
+    left_out = 0
+    for metric in answer["metrics"]:
+        series = metric["series"]
+        left_out += max(len(series) - room, 0)
+        metric["series"] = series[:room]
+        room = max(room - len(series), 0)
+    answer["series_left_out"] = left_out
+    return answer
 
 
 def _ms(value: float | None) -> float | None:

@@ -3,9 +3,12 @@ label bound, and a forked child starting at zero."""
 
 from __future__ import annotations
 
+import enum
 import math
 import threading
 from collections.abc import Callable
+from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 from hypothesis import given, settings
@@ -53,6 +56,7 @@ def only(metrics: CustomMetrics, name: str) -> MetricSnapshot:
         ("histogram", "job_seconds", {"buckets": (1, math.nan)}, "finite numbers"),
         ("histogram", "job_seconds", {"buckets": (1, 1)}, "must increase"),
         ("histogram", "job_seconds", {"buckets": ("a",)}, "must be numbers"),
+        ("histogram", "job_seconds", {"buckets": (-1, 1)}, "0 or more"),
         ("gauge", "jobs", {"mode": "average"}, "multiprocess_mode must be one of"),
         ("counter", "orders_total", {"mode": "max"}, "for gauges only"),
     ],
@@ -77,6 +81,8 @@ def test_declaring_again_alike_gives_the_same_metric_and_otherwise_refuses() -> 
         metrics.declare("counter", "orders_total", "Orders.", ("country",))
     with pytest.raises(ValueError, match="declared already"):
         metrics.declare("counter", "orders_total", "Other help.", ("region",))
+    with pytest.raises(ValueError, match="declared already"):
+        metrics.declare("counter", "orders_total", "Orders.", ("region",), max_series=5)
 
 
 def test_a_counter_adds_finite_amounts_and_refuses_the_rest() -> None:
@@ -85,11 +91,17 @@ def test_a_counter_adds_finite_amounts_and_refuses_the_rest() -> None:
     counter.inc(2)
     counter.inc(0.5)
     counter.inc(True)  # an int, as in prometheus-client
+    counter.inc(Fraction(1, 2))  # any real number, as a float
     for amount, error in [(-1, ValueError), (math.nan, ValueError), (math.inf, ValueError),
-                          ("1", TypeError), (None, TypeError)]:  # fmt: skip
+                          (10**400, ValueError), ("1", TypeError), (None, TypeError),
+                          (Decimal(1), TypeError), (1j, TypeError)]:  # fmt: skip
         with pytest.raises(error):
             counter.inc(amount)
-    assert counter.snapshot().series == {(): 4.5}
+    assert counter.snapshot().series == {(): 5.0}
+    big = registry().declare("counter", "bytes_total", "Bytes.")
+    big.inc(2**60)  # past 2**53: a float, so that sums never leave a float's range
+    big.inc(0.5)
+    assert big.snapshot().series == {(): 2.0**60}
 
 
 def test_a_gauge_sets_and_moves() -> None:
@@ -106,6 +118,8 @@ def test_a_gauge_sets_and_moves() -> None:
         gauge.inc(math.inf)
     with pytest.raises(TypeError):
         gauge.set("3")
+    with pytest.raises(ValueError, match="beyond a float's range"):
+        gauge.set(10**400)
     gauge.set(math.nan)  # a gauge may be NaN, as in Prometheus
     assert math.isnan(gauge.snapshot().series[()])
     assert gauge.snapshot().mode == "max"
@@ -114,16 +128,16 @@ def test_a_gauge_sets_and_moves() -> None:
 def test_a_histogram_counts_each_value_in_the_first_bucket_that_holds_it() -> None:
     histogram = registry().declare("histogram", "job_seconds", "Jobs.")
     assert histogram.bounds == BUCKETS  # the latency's buckets by default
-    for value in (0.05, 0.1, 0.2, 1.0, 7, math.inf, -3):
+    for value in (0, 0.05, 0.1, 0.2, 1.0, 7, math.inf):
         histogram.observe(value)
     counts = histogram.snapshot().series[()]
     # Buckets are "less than or equal": 0.1 is in the first, 1.0 in the third.
     assert counts[:-1] == [3, 1, 1, 2]
     assert counts[-1] == math.inf
-    with pytest.raises(ValueError, match="NaN"):
-        histogram.observe(math.nan)
-    with pytest.raises(TypeError):
-        histogram.observe("1")
+    for value, error in [(math.nan, ValueError), (-3, ValueError), (10**400, ValueError),
+                         ("1", TypeError)]:  # fmt: skip
+        with pytest.raises(error):
+            histogram.observe(value)
     custom = registry().declare("histogram", "size_bytes", "Sizes.", buckets=(10, 100, math.inf))
     assert custom.bounds == (10.0, 100.0)  # +Inf is always there
     custom.observe(50)
@@ -163,7 +177,22 @@ def test_label_sets_past_the_bound_go_to_one_overflow_series_and_are_counted() -
         counter.labels(user=user).inc()
     snapshot = counter.snapshot()
     assert snapshot.series == {("a",): 2, ("b",): 1, ("c",): 1, (OVERFLOW,): 3}
-    assert snapshot.overflowed == 3  # d, e, e: every call past the bound
+    assert snapshot.overflowed == 2  # d and e: each label set once
+    assert counter.labels("e") is counter.labels(OVERFLOW)  # found again without the lock
+
+
+def test_a_str_subclass_is_labelled_by_its_text_whatever_came_first() -> None:
+    class Region(str, enum.Enum):
+        EU = "eu"
+
+    counter = registry().declare("counter", "orders_total", "Orders.", ("region",))
+    counter.labels(Region.EU).inc()
+    counter.labels("eu").inc()
+    counter.labels(region=Region.EU).inc()
+    assert counter.snapshot().series == {("eu",): 3}
+    named = registry().declare("counter", "calls_total", "Calls.", ("self",))
+    named.labels(self="x").inc()  # a label may be named self
+    assert named.snapshot().series == {("x",): 1}
 
 
 def test_counts_are_exact_from_many_threads_at_once() -> None:
@@ -252,6 +281,7 @@ def test_names_the_apps_registry_or_the_constant_labels_have_are_refused(
 ) -> None:
     from prometheus_client import CollectorRegistry
     from prometheus_client import Counter as ClientCounter
+    from prometheus_client import Gauge as ClientGauge
 
     registry = CollectorRegistry()
     ClientCounter("signups_total", "Sign-ups.", registry=registry)
@@ -260,6 +290,9 @@ def test_names_the_apps_registry_or_the_constant_labels_have_are_refused(
         aegis.counter("signups_total", "Sign-ups.")
     with pytest.raises(ValueError, match="registry has a metric of that name"):
         aegis.gauge("signups", "Sign-ups.")
+    ClientGauge("lat_sum", "A gauge ending like a histogram's sum.", registry=registry)
+    with pytest.raises(ValueError, match="registry has a metric of that name"):
+        aegis.histogram("lat", "Would render lat_sum too.")
     with pytest.raises(ValueError, match=r"\['env'\] are labels of every series"):
         aegis.counter("logins_total", "Logins.", ("env", "user"))
     aegis.counter("logins_total", "Logins.", ("user",)).labels("ann").inc()
@@ -267,7 +300,7 @@ def test_names_the_apps_registry_or_the_constant_labels_have_are_refused(
     unregistered.counter("signups_total", "Sign-ups.")  # no registry on its /metrics
 
 
-def test_the_pipeline_declares_them_and_a_forked_child_starts_at_zero(
+def test_the_pipeline_declares_them_and_a_reset_starts_them_at_zero(
     make_aegis: Callable[..., Aegis],
 ) -> None:
     aegis = make_aegis(metrics_namespace="shop")
@@ -288,7 +321,7 @@ def test_the_pipeline_declares_them_and_a_forked_child_starts_at_zero(
         with pytest.raises(ValueError, match="are taken"):
             aegis.gauge(taken, "Taken.")
 
-    aegis._after_fork_in_child()  # what os.register_at_fork runs in the child
+    aegis.custom_metrics.reset_after_fork()  # a real fork: tests/core/test_fork.py
     readings = {metric.name: metric for metric in aegis.custom_metrics.read()}
     assert readings["orders"].series == {("eu",): 0}
     assert readings["jobs"].series == {(): 0}

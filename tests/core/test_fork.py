@@ -221,6 +221,38 @@ def test_child_pipeline_counters_start_at_zero(make_aegis: Callable[..., Aegis])
     assert stats.sinks[0].written == 2
 
 
+def test_a_childs_own_metrics_start_at_zero_and_the_parents_stay(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    aegis = make_aegis(sink="memory://", flush_interval=3600)
+    orders = aegis.counter("orders_total", "Orders.", ("region",))
+    jobs = aegis.gauge("jobs", "Jobs.")
+    seconds = aegis.histogram("job_seconds", "Jobs.")
+    orders.labels("eu").inc(3)
+    jobs.set(4)
+    seconds.observe(0.2)
+
+    def child() -> dict[str, Any]:
+        before = {metric.name: metric.series for metric in aegis.custom_metrics.read()}
+        orders.labels("eu").inc()  # the same objects record the child's own
+        after = [metric.series for metric in aegis.custom_metrics.read() if metric.name == "orders"]
+        report = {
+            "orders": before["orders"][("eu",)],
+            "jobs": before["jobs"][()],
+            "job_seconds": sum(before["job_seconds"][()][:-1]),
+            "orders_after": after[0][("eu",)],
+        }
+        report["ok"] = report == {"orders": 0, "jobs": 0, "job_seconds": 0, "orders_after": 1}
+        return report
+
+    code, report = run_in_child(child)
+    assert report == {"orders": 0, "jobs": 0, "job_seconds": 0, "orders_after": 1, "ok": True}
+    assert code == 0
+    figures = {metric.name: metric.series for metric in aegis.custom_metrics.read()}
+    assert figures["orders"] == {("eu",): 3}
+    assert figures["jobs"] == {(): 4}
+
+
 ALERT_RULES = [{"name": "errors", "input": "error_ratio", "operator": ">", "threshold": 0.5}]
 
 

@@ -439,3 +439,57 @@ def test_a_firing_alert_shows_in_the_panel(browser: Any, tmp_path: Path) -> None
         )
         problems = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert problems == [], json.dumps(problems, indent=1)
+
+
+def custom_rows(driver: Any) -> list[list[str]]:
+    rows = driver.execute_script(
+        "return [...document.querySelectorAll('#custom-series tbody tr')]"
+        ".map((tr) => [...tr.cells].map((td) => td.textContent))"
+    )
+    return [list(row) for row in rows]
+
+
+def test_the_apps_own_metrics_in_their_panel(browser: Any, tmp_path: Path) -> None:
+    """The panel lists the app's metrics; the chosen one's series are those the
+    API answers, and its chart is drawn live."""
+    from selenium.webdriver.support.select import Select
+
+    env = child_environment(AEGIS_UPDATE_INTERVAL="200")
+    with uvicorn_server("tests.realtime.custom_app:app", tmp_path, env=env) as server:
+        link, bearer = printed_link(server.log.text)
+        browser.get(f"{server.url}{link}")
+        wait_until(browser, lambda d: text_of(d, "status") == "live", "the stream is live")
+        options = browser.execute_script(
+            "return [...document.getElementById('custom-metric').options].map((o) => o.value)"
+        )
+        assert options == ["widgets", "widgets_in_stock"]
+        assert custom_rows(browser) == [["no series yet"]]  # widgets: none made yet
+        with httpx.Client(base_url=server.url, timeout=WAIT) as client:
+            for color in ["red"] * 5 + ["blue"] * 2:
+                assert client.post(f"/widgets/{color}").status_code == 200
+        wait_until(
+            browser,
+            lambda d: custom_rows(d) == [["color=blue", "2"], ["color=red", "5"]],
+            "the counter's series in the panel",
+        )
+        answer = httpx.get(f"{server.url}/api/metrics/custom-metrics", headers=bearer).json()
+        [widgets] = [m for m in answer["data"]["metrics"] if m["name"] == "widgets"]
+        assert [(s["labels"]["color"], s["value"]) for s in widgets["series"]] == [
+            ("blue", 2),
+            ("red", 5),
+        ]
+        assert text_of(browser, "custom-unit") == "live: per second"
+        Select(browser.find_element("id", "custom-metric")).select_by_value("widgets_in_stock")
+        wait_until(
+            browser, lambda d: custom_rows(d) == [["(no labels)", "7"]], "the gauge in the panel"
+        )
+        assert text_of(browser, "custom-unit") == "live: value"
+        wait_until(
+            browser,
+            lambda d: (
+                float(d.find_element("id", "chart-custom").get_attribute("data-max") or 0) == 7
+            ),
+            "the gauge's chart",
+        )
+        problems = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert problems == [], json.dumps(problems, indent=1)

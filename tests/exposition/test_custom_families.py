@@ -177,24 +177,49 @@ def test_a_differently_declared_or_damaged_metric_is_left_out(
     worker.gauge("orders", "Orders as a gauge.").set(100)
     worker.counter("fine_total", "Fine.").inc(2)
     data = encode(worker.metrics.read_own(), pid=living_pid, live=True)
+    base = data["custom"][0]  # the counter "fine"
+    histogram = {**base, "kind": "histogram", "bounds": [1.0], "series": [[[1, 0, 0.5]]]}
     damaged = [
         {"name": "bad name", "kind": "counter"},
-        {**data["custom"][0], "name": "broken", "series": [["x", "y", 1]]},
-        {**data["custom"][0], "name": "nan_bucket", "kind": "histogram", "mode": ""},
-        {**data["custom"][0], "name": "infinite_bound", "bounds": [math.inf]},
+        {**base, "name": "broken", "series": [["x", "y", 1]]},
+        {**base, "name": "not_a_list", "kind": "histogram"},
+        {**histogram, "name": "infinite_bound", "bounds": [math.inf]},
+        {**histogram, "name": "huge_bound", "bounds": [10**400]},
+        {**histogram, "name": "negative_bound", "bounds": [-1.0]},
+        {**histogram, "name": "nan_counts", "series": [[[math.nan, 0, 0.5]]]},
+        {**histogram, "name": "le_label", "labels": ["le"], "series": [["x", [1, 0, 0.5]]]},
+        {**histogram, "name": "lat_bucket"},
+        {**base, "name": "huge_overflowed", "overflowed": math.inf},
+        {**base, "name": "nan_overflowed", "overflowed": math.nan},
+        {**base, "name": "huge_value", "series": [[10**400]]},
+        {**base, "name": "negative_value", "series": [[-5]]},
+        {**base, "name": "true_value", "series": [[True]]},
+        {**base, "name": "twice", "labels": ["r", "r"], "series": [["a", "b", 1]]},
+        {**base, "name": "env_clash", "labels": ["env"], "series": [["dev", 1]]},
+        {**base, "name": "aegis_http_requests"},
+        {**base, "name": "process_things"},
+        {**base, "name": "fine_total"},  # a counter's family name never ends in _total
+        {**base, "name": "x_total", "kind": "gauge", "mode": "sum"},
+        {**base, "name": "bad_mode", "kind": "gauge", "mode": "average"},
         "not a metric",
     ]
     data["custom"] += damaged
     (tmp_path / f"aegis_{living_pid}_0a0b0c0d.json").write_text(json.dumps(data))
-    aegis = make_aegis(metrics_registry="none", metrics_multiprocess_dir=str(tmp_path))
+    aegis = make_aegis(
+        metrics_registry="none", metrics_multiprocess_dir=str(tmp_path), metrics_labels="env=prod"
+    )
     aegis.counter("orders_total", "Orders.").inc(1)
+    left_out = {entry["name"] for entry in damaged if isinstance(entry, dict)}
     with caplog.at_level(logging.WARNING, logger="aegis_mw.metrics"):
         first = samples(aegis.metrics.endpoint.respond().body.decode())
         second = samples(aegis.metrics.endpoint.respond().body.decode())
     for found in (first, second):
-        assert found[("orders_total", ())] == 1
-        assert found[("fine_total", ())] == 2
-        assert not {name for name, _ in found} & {"broken", "nan_bucket", "infinite_bound"}
+        assert found[("orders_total", (("env", "prod"),))] == 1
+        assert found[("fine_total", (("env", "prod"),))] == 2
+        shown = {name.removesuffix("_total") for name, _ in found}
+        assert not shown & left_out, shown & left_out
+    answer = aegis.metrics.read_custom()
+    assert [metric.name for metric in answer] == ["fine", "orders"]
     warnings = [record for record in caplog.records if "declared differently" in record.message]
     assert len(warnings) == 1  # once per name, not per scrape
     promtool_checks(aegis.metrics.endpoint.respond().body.decode())
@@ -254,9 +279,74 @@ def test_the_json_api_answers_every_workers_figures(
     ]
     only_one = anyio.run(ask, "?name=orders").json()["data"]["metrics"]
     assert [metric["name"] for metric in only_one] == ["orders"]
+    by_sample_name = anyio.run(ask, "?name=orders_total").json()["data"]["metrics"]
+    assert [metric["name"] for metric in by_sample_name] == ["orders"]
     assert anyio.run(ask, "?name=absent").json()["data"]["metrics"] == []
     refused = anyio.run(ask, "?name=a%00b")
     assert refused.status_code == 400
     assert refused.json()["error"]["parameter"] == "name"
     refused = anyio.run(ask, "?other=1")
     assert refused.status_code == 400
+
+
+def test_the_streams_section_carries_at_most_its_bound_of_series(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    from aegis_mw.realtime.sections import MAX_STREAM_SERIES, build
+
+    aegis = make_aegis(metrics_registry="none")
+    for name in ("a_total", "b_total", "c_total"):
+        counter = aegis.counter(name, "Some.", ("n",))
+        for number in range(300):
+            counter.labels(str(number)).inc()
+    section = build(aegis, ["customMetrics"])["customMetrics"]
+    assert [len(metric["series"]) for metric in section["metrics"]] == [300, 200, 0]
+    assert MAX_STREAM_SERIES == 500
+    assert section["series_left_out"] == 400
+    assert section["metrics"][1]["series"][0] == {"labels": {"n": "0"}, "value": 1}
+
+
+def test_custom_figures_are_added_even_where_the_request_buckets_differ(
+    tmp_path: Path, make_aegis: Callable[..., Aegis], living_pid: int
+) -> None:
+    """The request histogram's buckets keep a file's request figures out of the
+    sum; its custom metrics do not depend on them, so /metrics and the JSON API
+    say the same."""
+    worker = make_aegis(metrics_registry="none", metrics_buckets=[0.5, 1])
+    worker.counter("orders_total", "Orders.").inc(10)
+    publish_as(tmp_path, living_pid, worker)
+    aegis = make_aegis(metrics_registry="none", metrics_multiprocess_dir=str(tmp_path))
+    aegis.counter("orders_total", "Orders.").inc(1)
+    found = samples(aegis.metrics.endpoint.respond().body.decode())
+    assert found[("orders_total", ())] == 11
+    [orders] = aegis.metrics.read_custom()
+    assert orders.series == {(): 11}
+
+
+def test_after_a_changed_declaration_the_dead_workers_newer_figures_are_kept(
+    tmp_path: Path, make_aegis: Callable[..., Aegis], dead_pid: int
+) -> None:
+    """A reload with new code: the archive holds the metric as it was declared
+    before, a worker of the new code dies; its figures win over the archive's."""
+    old = make_aegis(metrics_registry="none")
+    old.counter("orders_total", "Orders.").inc(100)
+    archived = encode(old.metrics.read_own(), pid=0, live=False)
+    (tmp_path / ARCHIVE).write_text(json.dumps(archived))
+    new = make_aegis(metrics_registry="none")
+    new.counter("orders_total", "Orders.", ("region",)).labels("eu").inc(50)
+    publish_as(tmp_path, dead_pid, new)
+    aegis = make_aegis(metrics_registry="none", metrics_multiprocess_dir=str(tmp_path))
+    aegis.counter("orders_total", "Orders.", ("region",)).labels("eu").inc(1)
+    assert aegis.force_flush(10)  # archives the dead worker
+    found = samples(aegis.metrics.endpoint.respond().body.decode())
+    assert found[("orders_total", (("region", "eu"),))] == 51
+
+
+def test_metric_is_no_constant_label(make_aegis: Callable[..., Aegis]) -> None:
+    """The overflow counter's own label: a constant label of that name would
+    give its series the label twice."""
+    from aegis_mw import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        make_aegis(metrics_labels="metric=m")
+    assert caught.value.option == "metrics_labels"

@@ -73,7 +73,7 @@ def test_hello_then_frames_of_the_default_sections(tmp_path: Path) -> None:
         assert data["updateInterval"] == 100
         assert data["subscription"] == {
             "overview": True, "requestRate": False, "latencyPercentiles": False,
-            "statusDistribution": False, "topEndpoints": False, "alerts": True,
+            "statusDistribution": False, "topEndpoints": False, "alerts": True, "customMetrics": False,
         }  # fmt: skip
         assert isinstance(data["clientId"], str) and data["clientId"]
         frames = [receive(ws) for _ in range(3)]
@@ -108,7 +108,7 @@ def test_frames_show_the_traffic_sent(tmp_path: Path) -> None:
         subscribed = next_of(ws, "subscribed")
         assert subscribed["data"] == {
             "overview": False, "requestRate": True, "latencyPercentiles": False,
-            "statusDistribution": False, "topEndpoints": True, "alerts": True,
+            "statusDistribution": False, "topEndpoints": True, "alerts": True, "customMetrics": False,
         }  # fmt: skip
         frame = next_of(ws, "metrics")
         assert list(frame["data"]) == ["requestRate", "topEndpoints", "alerts"]

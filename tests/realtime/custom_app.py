@@ -1,0 +1,28 @@
+"""An app with metrics of its own, for the dashboard's panel of them; options come
+from AEGIS_* variables."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from aegis_mw import Aegis, AegisMiddleware
+
+aegis = Aegis(sink="memory://")
+widgets = aegis.counter("widgets_total", "Widgets made.", ("color",))
+in_stock = aegis.gauge("widgets_in_stock", "Widgets in stock.")
+
+
+async def make(request: Request) -> PlainTextResponse:
+    widgets.labels(request.path_params["color"]).inc()
+    in_stock.inc()
+    return PlainTextResponse("made")
+
+
+app = Starlette(
+    routes=[Route("/widgets/{color}", make, methods=["POST"])],
+    middleware=[Middleware(AegisMiddleware, aegis=aegis)],
+)
