@@ -39,8 +39,9 @@ def encode(metrics: Iterable[MetricSnapshot], *, live: bool) -> list[dict[str, A
     ]
 
 
-#: Largest int a file may hold: far above any count (a process would need 2**63
-#: increments), and far below what would fail a sum or the text exposition.
+#: Largest int a file may hold: readings write larger sums as floats (2**53 and
+#: up), and a count of 2**63 would take centuries; far below what would fail a
+#: sum or the text exposition.
 _LARGEST = 2**63
 
 

@@ -103,7 +103,10 @@ def _real(value: Any, what: str) -> float:
             raise ValueError(f"{what} is beyond a float's range (about 10**{digits})")
         return float(number)
     if isinstance(value, numbers.Real):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # a Fraction past a float's range, say
+            raise ValueError(f"{what} is beyond a float's range") from None
     raise TypeError(f"{what} must be a real number, not {type(value).__name__}")
 
 
@@ -135,16 +138,20 @@ class CounterSeries:
             self._cells[get_ident()] = [amount]
 
     def value(self) -> float:
-        return _first_total(self._cells)
+        # list() copies the cells in one step: a thread adding its cell meanwhile
+        # does not upset the iteration.
+        return _exact(sum(cell[0] for cell in list(self._cells.values())))
 
     def reset(self) -> None:
         self._cells = {}
 
 
-def _first_total(cells: dict[int, list[float]]) -> float:
-    """The cells' one figure added up. ``list()`` copies the cells in one step,
-    so a thread adding its cell meanwhile does not upset the iteration."""
-    return sum(cell[0] for cell in list(cells.values()))
+def _exact(total: float) -> float:
+    """A sum as a reading shows it: an int only while a float holds it exactly,
+    so that every reader (another process's JSON, the exposition) takes it."""
+    if type(total) is int and not -_EXACT <= total <= _EXACT:
+        return float(total)
+    return total
 
 
 class GaugeSeries:
@@ -195,7 +202,9 @@ class GaugeSeries:
 
     def value(self) -> float:
         base, epoch = self._state
-        return base + sum(cell[0] for cell in list(self._cells.values()) if cell[1] == epoch)
+        return _exact(
+            base + sum(cell[0] for cell in list(self._cells.values()) if cell[1] == epoch)
+        )
 
     def reset(self) -> None:
         self._cells = {}
@@ -229,6 +238,7 @@ class HistogramSeries:
         for cell in list(self._cells.values()):
             for index, count in enumerate(cell):
                 totals[index] += count
+        totals[-1] = _exact(totals[-1])
         return totals
 
     def reset(self) -> None:

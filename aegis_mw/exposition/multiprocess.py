@@ -300,7 +300,7 @@ def _read(path: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None  # replaced or archived meanwhile
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested past the parser
         logger.warning("aegis_mw: ignoring unreadable metrics snapshot %s", path)
         return None
     return data if isinstance(data, dict) else None
@@ -394,7 +394,9 @@ class SnapshotFiles:
         for path, data, live in self._snapshots():
             if not merge.add(data, live=live):
                 logger.warning(
-                    "aegis_mw: %s has other histogram buckets or format; not merged", path
+                    "aegis_mw: %s has other histogram buckets or format; its request "
+                    "figures are not merged",
+                    path,
                 )
         return merge.reading()
 

@@ -92,18 +92,42 @@ MAX_STREAM_SERIES = 500
 
 def custom_metrics_section(metrics: Sequence[MetricSnapshot]) -> dict[str, Any]:
     """The app's own metrics as ``GET {api_path}/custom-metrics`` answers them,
-    cut to :data:`MAX_STREAM_SERIES` label sets (``series_left_out`` says how
-    many more there are)."""
+    cut to :data:`MAX_STREAM_SERIES` label sets shared fairly: each metric keeps
+    an equal part (more where another needs less), its first label sets by
+    value. Each metric says its ``total`` over every label set (a histogram's
+    observations) and how many it left out."""
     answer = custom_metrics_answer(metrics, None)
-    room = MAX_STREAM_SERIES
-    left_out = 0
-    for metric in answer["metrics"]:
+    shown = answer["metrics"]
+    for metric in shown:
         series = metric["series"]
-        left_out += max(len(series) - room, 0)
-        metric["series"] = series[:room]
-        room = max(room - len(series), 0)
-    answer["series_left_out"] = left_out
+        key = "count" if metric["kind"] == "histogram" else "value"
+        values = [point[key] for point in series]
+        # A non-finite value is null: then so is the total.
+        metric["total"] = None if None in values else sum(values)
+    room = _shares([len(metric["series"]) for metric in shown], MAX_STREAM_SERIES)
+    for metric, keep in zip(shown, room, strict=True):
+        metric["series_left_out"] = len(metric["series"]) - keep
+        metric["series"] = metric["series"][:keep]
+    answer["series_left_out"] = sum(metric["series_left_out"] for metric in shown)
     return answer
+
+
+def _shares(sizes: Sequence[int], budget: int) -> list[int]:
+    """How many of each size fit ``budget``: equal parts, and what a small one
+    leaves over shared out again among the larger ones."""
+    given = [0] * len(sizes)
+    while budget > 0:
+        wanting = [index for index, size in enumerate(sizes) if given[index] < size]
+        if not wanting:
+            break
+        part = max(budget // len(wanting), 1)
+        for index in wanting:
+            more = min(part, sizes[index] - given[index], budget)
+            given[index] += more
+            budget -= more
+            if budget == 0:
+                break
+    return given
 
 
 def _ms(value: float | None) -> float | None:

@@ -98,10 +98,17 @@ def test_a_counter_adds_finite_amounts_and_refuses_the_rest() -> None:
         with pytest.raises(error):
             counter.inc(amount)
     assert counter.snapshot().series == {(): 5.0}
+    with pytest.raises(ValueError, match="beyond a float's range"):
+        counter.inc(Fraction(10**400))
     big = registry().declare("counter", "bytes_total", "Bytes.")
     big.inc(2**60)  # past 2**53: a float, so that sums never leave a float's range
     big.inc(0.5)
     assert big.snapshot().series == {(): 2.0**60}
+    exact = registry().declare("counter", "exact_total", "Exact.")
+    for _ in range(3):
+        exact.inc(2**53)  # each exact, the sum past 2**53: read as a float
+    [total] = exact.snapshot().series.values()
+    assert type(total) is float and total == 3 * 2.0**53
 
 
 def test_a_gauge_sets_and_moves() -> None:

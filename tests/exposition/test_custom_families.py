@@ -299,11 +299,22 @@ def test_the_streams_section_carries_at_most_its_bound_of_series(
         counter = aegis.counter(name, "Some.", ("n",))
         for number in range(300):
             counter.labels(str(number)).inc()
+    aegis.gauge("d_small", "One label set.").set(-2)
     section = build(aegis, ["customMetrics"])["customMetrics"]
-    assert [len(metric["series"]) for metric in section["metrics"]] == [300, 200, 0]
+    metrics = section["metrics"]
+    # Shared fairly: the small one takes its one, the others the rest in equal parts.
+    assert [len(metric["series"]) for metric in metrics] == [167, 166, 166, 1]
     assert MAX_STREAM_SERIES == 500
-    assert section["series_left_out"] == 400
-    assert section["metrics"][1]["series"][0] == {"labels": {"n": "0"}, "value": 1}
+    assert [metric["series_left_out"] for metric in metrics] == [133, 134, 134, 0]
+    assert section["series_left_out"] == 401
+    assert [metric["total"] for metric in metrics] == [300, 300, 300, -2]  # every label set
+    assert metrics[1]["series"][0] == {"labels": {"n": "0"}, "value": 1}
+    aegis.gauge("e_infinite", "Not finite.").set(math.inf)
+    section = build(aegis, ["customMetrics"])["customMetrics"]
+    assert section["metrics"][-1]["total"] is None  # JSON has no infinity
+    from aegis_mw.realtime.protocol import metrics as frame
+
+    frame("2026-12-05T00:00:00Z", {"customMetrics": section})  # encodes: no NaN or Infinity
 
 
 def test_custom_figures_are_added_even_where_the_request_buckets_differ(
@@ -350,3 +361,27 @@ def test_metric_is_no_constant_label(make_aegis: Callable[..., Aegis]) -> None:
     with pytest.raises(ConfigError) as caught:
         make_aegis(metrics_labels="metric=m")
     assert caught.value.option == "metrics_labels"
+
+
+def test_a_file_nested_past_the_parser_is_skipped(
+    tmp_path: Path, make_aegis: Callable[..., Aegis], living_pid: int
+) -> None:
+    (tmp_path / f"aegis_{living_pid}_0a0b0c0d.json").write_text("[" * 100_000)
+    aegis = make_aegis(metrics_registry="none", metrics_multiprocess_dir=str(tmp_path))
+    aegis.counter("orders_total", "Orders.").inc(2)
+    found = samples(aegis.metrics.endpoint.respond().body.decode())
+    assert found[("orders_total", ())] == 2
+    assert [metric.series for metric in aegis.metrics.read_custom()] == [{(): 2}]
+
+
+def test_a_sum_past_2_53_reaches_the_other_workers(
+    tmp_path: Path, make_aegis: Callable[..., Aegis], living_pid: int
+) -> None:
+    worker = make_aegis(metrics_registry="none")
+    counter = worker.counter("bytes_total", "Bytes.")
+    for _ in range(1100):
+        counter.inc(2**53)
+    publish_as(tmp_path, living_pid, worker)
+    aegis = make_aegis(metrics_registry="none", metrics_multiprocess_dir=str(tmp_path))
+    [bytes_sent] = aegis.metrics.read_custom()
+    assert bytes_sent.series == {(): 1100 * 2.0**53}
