@@ -87,6 +87,33 @@ def test_gauges_leave_with_the_closing_frame_and_counts_stay(
     assert live_transport_health(reader).check().details["senders_live"] == 0
 
 
+def test_the_apps_own_metrics_of_every_process_in_the_live_views(
+    transport_url: str, live_group: str, make_aegis: Callable[..., Aegis]
+) -> None:
+    """Every process's custom metrics reach the others' live views (the stream's
+    section, the JSON API): counters added up, a gauge while its process lives."""
+    from aegis_mw.realtime.sections import build
+
+    worker = on_transport(make_aegis, transport_url, live_group)
+    reader = on_transport(make_aegis, transport_url, live_group)
+    for pipeline, orders, jobs in ((worker, 5, 2), (reader, 1, 1)):
+        pipeline.counter("orders_total", "Orders.", ("region",)).labels("eu").inc(orders)
+        pipeline.gauge("jobs", "Jobs.").set(jobs)
+    worker.histogram("job_seconds", "Jobs.").observe(0.5)  # declared by the worker only
+
+    def seen() -> dict[str, Any]:
+        return {metric.name: metric.series for metric in reader.metrics.read_custom()}
+
+    eventually(lambda: seen().get("orders") == {("eu",): 6} and seen()["jobs"] == {(): 3})
+    assert sum(seen()["job_seconds"][()][:-1]) == 1
+    section = build(reader, ["customMetrics"])["customMetrics"]
+    assert [metric["total"] for metric in section["metrics"]] == [1, 3, 6]
+    assert worker.shutdown(timeout=10)
+    # Closed: its gauge leaves at once, its counts stay.
+    eventually(lambda: seen()["jobs"] == {(): 1})
+    assert seen()["orders"] == {("eu",): 6}
+
+
 def test_a_damaged_frame_is_left_out_and_the_rest_read(
     transport_url: str, live_group: str, make_aegis: Callable[..., Aegis]
 ) -> None:

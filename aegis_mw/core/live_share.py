@@ -65,6 +65,9 @@ class Peers:
     routes: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     #: (method, route) -> fine latency counts, for each process's busiest routes.
     latency: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    #: Each process's custom metrics as it sent them, and whether it lives: read
+    #: by the caller's rules (``core.custom_merge``), which check them entry by entry.
+    custom: list[tuple[Any, bool]] = field(default_factory=list)
 
     def add(self, data: Any, *, live: bool) -> bool:
         """Add one process's publication (``live``: its gauges count too);
@@ -112,6 +115,8 @@ class Peers:
         if live:
             self.in_flight += gauges[1]
             self.websockets_active += gauges[2]
+        if "custom" in data:
+            self.custom.append((data["custom"], live))
         return True
 
     def published(self, now_second: int) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.custom_merge import CustomMerge
+from ..core.custom_merge import encode as encode_custom
 from ..core.custom_metrics import MetricSnapshot
 from ..core.errors import ConfigError
 from ..core.labeled import LabeledTotals
@@ -65,6 +67,8 @@ class MetricsService:
                 self.live_files = LiveFiles(self.files, aegis.clock.monotonic)
                 aegis.aggregates.peers = self._others
         self._published: tuple[Any, ...] = ()
+        #: Custom metrics another process declared differently, warned about.
+        self._custom_conflicts: set[str] = set()
         self._others_read: tuple[Any, Peers | None] = ((), None)
         self.system: SystemMetrics | None = None
         if settings.metrics_system:
@@ -121,9 +125,17 @@ class MetricsService:
         return reading
 
     def read_custom(self) -> tuple[MetricSnapshot, ...]:
-        """The app's own metrics as a scrape shows them (every worker's, when
-        several share the metrics), without reading the pipeline's figures."""
-        own = self._aegis.custom_metrics.read()
+        """The app's own metrics for the live views (stream, JSON API): every
+        process of every host with a ``live_transport``, as its other live
+        figures are (the processes silent for an hour forgotten); else every
+        worker's of this host when several share the metrics, as a scrape."""
+        custom_metrics = self._aegis.custom_metrics
+        own = custom_metrics.read()
+        if self.link is not None:
+            merge = CustomMerge(own, self._custom_conflicts, custom_metrics.admits)
+            for data, live in self.link.board.peers().custom:
+                merge.add(data, live=live)
+            return merge.reading()
         return own if self.files is None else self.files.merged_custom(own)
 
     def publish(self) -> None:
@@ -155,6 +167,8 @@ class MetricsService:
             labeled = aggregates.labeled_snapshot(aegis.recorder.pending)
         live = aggregates.publication(int(aegis.clock.monotonic()), aegis.recorder.pending)
         live.update(route_figures(labeled))
+        if self.link is not None:  # the other hosts' live views add these up too
+            live["custom"] = encode_custom(aegis.custom_metrics.read(), live=True)
         if aegis.recorder.closed:  # stopped: its in-flight and WebSockets no longer count
             live.update(in_flight=0, websockets_active=0)
         return live

@@ -385,3 +385,21 @@ def test_a_sum_past_2_53_reaches_the_other_workers(
     aegis = make_aegis(metrics_registry="none", metrics_multiprocess_dir=str(tmp_path))
     [bytes_sent] = aegis.metrics.read_custom()
     assert bytes_sent.series == {(): 1100 * 2.0**53}
+
+
+@pytest.mark.parametrize(
+    "custom",
+    [None, "text", {"name": "x"}, [None], [{"name": "bad name", "kind": "counter"}], [[1, 2]]],
+)
+def test_a_live_frames_damaged_custom_part_is_left_out(custom: Any) -> None:
+    """What another host sent in its frame (``live_transport``) is read by the
+    same rules as a file: never a failed read, nothing of it shown."""
+    from aegis_mw.core.custom_merge import CustomMerge
+    from aegis_mw.core.live_share import SUMMED, Peers
+
+    peers = Peers()
+    assert peers.add({"slots": [], "totals": [0] * SUMMED, "custom": custom}, live=True)
+    merge = CustomMerge(())
+    for data, live in peers.custom:
+        merge.add(data, live=live)
+    assert merge.reading() == ()
