@@ -248,3 +248,14 @@ def multiprocess_env(shared: Path) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+def gunicorn_started(
+    lines: queue.Queue[str | None], seen: list[str], workers: int, deadline: float
+) -> tuple[str, list[int]]:
+    """The base URL of a gunicorn that printed its address, booted ``workers``
+    workers and saw each one's application start up; and those workers' pids."""
+    [listening] = wait_for(lines, seen, r"Listening at: http://127\.0\.0\.1:(\d+)", 1, deadline)
+    booted = wait_for(lines, seen, r"Booting worker with pid: (\d+)", workers, deadline)
+    wait_for(lines, seen, r"Application startup complete", workers, deadline)
+    return f"http://127.0.0.1:{int(listening.group(1))}", [int(m.group(1)) for m in booted]

@@ -237,11 +237,8 @@ def test_custom_metrics_are_those_of_all_workers(tmp_path: Path) -> None:
     command = gunicorn_command(WORKERS, APP)
     with gunicorn_process(command, tmp_path, env) as (process, lines, seen):
         deadline = time.monotonic() + STARTUP_DEADLINE
-        [listening] = wait_for(lines, seen, r"Listening at: http://127\.0\.0\.1:(\d+)", 1, deadline)
-        base = f"http://127.0.0.1:{int(listening.group(1))}"
-        booted = wait_for(lines, seen, r"Booting worker with pid: (\d+)", WORKERS, deadline)
-        wait_for(lines, seen, r"Application startup complete", WORKERS, deadline)
-        workers = {int(match.group(1)) for match in booted}
+        base, pids = servers.gunicorn_started(lines, seen, WORKERS, deadline)
+        workers = set(pids)
 
         # Who answered each request: each worker's share of the figures.
         shares: dict[int, Share] = {}

@@ -56,11 +56,7 @@ def test_totals_are_those_of_all_workers(tmp_path: Path) -> None:
     command = gunicorn_command(WORKERS, "examples.fastapi_app:app")
     with gunicorn_process(command, tmp_path, env) as (process, lines, seen):
         deadline = time.monotonic() + STARTUP_DEADLINE
-        [listening] = wait_for(lines, seen, r"Listening at: http://127\.0\.0\.1:(\d+)", 1, deadline)
-        base = f"http://127.0.0.1:{int(listening.group(1))}"
-        booted = wait_for(lines, seen, r"Booting worker with pid: (\d+)", WORKERS, deadline)
-        wait_for(lines, seen, r"Application startup complete", WORKERS, deadline)
-        workers = [int(match.group(1)) for match in booted]
+        base, workers = servers.gunicorn_started(lines, seen, WORKERS, deadline)
 
         for number in range(REQUESTS):
             response = httpx.get(f"{base}/items/{number}", headers={"connection": "close"})

@@ -245,9 +245,6 @@ class HistogramSeries:
         self._cells = {}
 
 
-Series = CounterSeries | GaugeSeries | HistogramSeries
-
-
 class Metric:
     """A declared metric: its label sets' series, bounded by ``max_series``.
 
