@@ -14,6 +14,7 @@ import sys
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence, Sized
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -30,12 +31,14 @@ from .core.clock import Clock, SystemClock
 from .core.custom_metrics import DEFAULT_MAX_SERIES, Counter, CustomMetrics, Gauge, Histogram
 from .core.deque_take import DequeTake
 from .core.errors import ConfigError
+from .core.events import APP_SOURCE, build_event
 from .core.finalize import Finalizer
 from .core.flusher import Flusher
 from .core.history import HistorySource
 from .core.labels import RouteCap
 from .core.live_link import STOP_SECONDS as LINK_STOP_SECONDS
 from .core.paths import PathFilter
+from .core.record import EventRecord
 from .core.recorder import Recorder
 from .core.retention import Retention, lease_seconds
 from .core.settings import AegisSettings
@@ -323,6 +326,8 @@ class Aegis:
             on_first_records=self._warn_without_lifespan,
             niceness=settings.background_niceness,
         )
+        #: Whether any sink stores the app's events (see :meth:`event`).
+        self.stores_events = any(runner.keeps_events for runner in runners)
         self.flusher.cycle.retention = Retention(
             settings.retention_raw,
             horizons(settings.retention_raw, settings.retention_rollups),
@@ -480,6 +485,47 @@ class Aegis:
         )
         return metric
 
+    def event(
+        self,
+        message: str = "",
+        *,
+        type: str = "log",
+        source: str = APP_SOURCE,
+        level: str = "info",
+        tags: Sequence[str] | None = None,
+        payload: Mapping[str, Any] | None = None,
+        timestamp: float | datetime | None = None,
+        event_id: str | None = None,
+        trace_id: str | None = None,
+    ) -> bool:
+        """Record an event of the app's own (a deploy, a job's outcome, a log
+        line worth keeping); stored by every sink that stores events.
+
+        ``type``: log, metric, trace or alert; ``level``: debug, info,
+        warning, error or critical; ``tags``: short texts; ``payload``: a
+        JSON object; ``timestamp``: seconds since the epoch or a datetime
+        (now when not given); ``event_id``: the id that makes a second send
+        of the same event stored once (a random one when not given). A bad
+        field is an :class:`~aegis_mw.core.events.EventError` (a
+        ``ValueError``) naming it. O(1) and no I/O: it is queued for the
+        flusher; False when it could not be (the queue full, shutdown
+        begun, or no sink stores events), each counted by reason.
+        """
+        record = build_event(
+            message, type=type, source=source, level=level, tags=tags, payload=payload,
+            timestamp=timestamp, event_id=event_id, trace_id=trace_id, now=self.clock.wall,
+            make_id=self.recorder.events.new_id,
+        )  # fmt: skip
+        return self.offer_event(record)
+
+    def offer_event(self, record: EventRecord) -> bool:
+        """Queue a checked event (see :meth:`event`); False, counted, when it cannot be."""
+        events = self.recorder.events
+        if not self.stores_events:
+            events.refuse_unstored()
+            return False
+        return events.offer(record)
+
     def realtime(self) -> RealtimeSnapshot:
         """Rates, latency percentiles and totals from the in-memory ring.
 
@@ -514,6 +560,9 @@ class Aegis:
             route_overflow=self.finalizer.routes.overflowed,
             flusher_alive=self.flusher.alive,
             flusher_errors=self.flusher.internal_errors,
+            events_accepted=recorder.events.accepted,
+            events_buffered=len(recorder.events),
+            events_dropped=dict(recorder.events.dropped),
             sinks=tuple(
                 SinkStats(
                     name=runner.name,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
@@ -136,3 +138,22 @@ def redis_url(live_group: str) -> Iterator[str]:
     finally:
         client.delete(f"aegis:live:{live_group}")
         client.close()
+
+
+# Other worker processes for the multi-process tests: one that lives while the
+# test runs, and one that has exited (its pid is free).
+@pytest.fixture
+def living_pid() -> Iterator[int]:
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)  # fmt: skip
+    yield child.pid
+    assert child.stdin is not None
+    child.stdin.close()
+    child.wait(30)
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(30)
+    return child.pid

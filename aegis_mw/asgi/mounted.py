@@ -11,8 +11,8 @@ shared limiter the app's ``def`` endpoints need. A token in the dashboard's
 URL is traded for a cookie at once (see :mod:`aegis_mw.endpoints.token_cookie`),
 so it is not in the access log line of every page load.
 
-The API's writes (alert rules, silences, a test notice, a dry run: see
-:mod:`aegis_mw.endpoints.alert_writes`) need the editor role, a JSON body
+The API's writes (events, alert rules, silences, a test notice, a dry run:
+see :mod:`aegis_mw.endpoints.writes`) need the editor role, a JSON body
 of at most ``MAX_BODY`` bytes, and a same-site request: a browser's
 ``Origin`` (or ``Sec-Fetch-Site``) naming another site is refused, and a
 write authorised by the page's cookie alone must carry its own host's
@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl
 
 from ..access.check import ADMIN, EDITOR, Decision, decide
 from ..core.access_rules import AccessRule
-from ..endpoints.alert_writes import MAX_BODY, WRITES, AlertWrites, too_large, write_role
+from ..endpoints.alert_writes import MAX_BODY, too_large
 from ..endpoints.api import PARAMETERS, MetricsAPI
 from ..endpoints.app_routes import HasRoute, report
 from ..endpoints.dashboard import render as render_dashboard
@@ -38,6 +38,7 @@ from ..endpoints.reads import RENDER, STORE
 from ..endpoints.response import Response
 from ..endpoints.stream_path import ASGI_FIX, StreamPathAnswers
 from ..endpoints.token_cookie import TOKEN_COOKIE, cookie_paths, token_login
+from ..endpoints.writes import WRITES, ApiWrites, write_role
 from ..types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -183,7 +184,7 @@ class MountedRoutes:
             (settings.dashboard_path, "dashboard", self._dashboard),
         ]
         self.api: MetricsAPI | None = None
-        self.writes = AlertWrites(aegis.alerts)
+        self.writes = ApiWrites(aegis)
         self._page: Response | None = None  # the dashboard, rendered on first request
         #: API path -> its endpoint ("silences"), for the methods it takes.
         self.endpoints: dict[str, str] = {}

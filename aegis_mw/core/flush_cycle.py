@@ -89,7 +89,9 @@ class FlushCycle:
 
     def unwritten(self) -> int:
         """Records not yet written, counted once per sink that still owes them."""
-        return len(self.recorder.inbox) + sum(runner.queued() for runner in self.runners)
+        recorder = self.recorder
+        waiting = len(recorder.inbox) + (len(recorder.events) if self._event_sinks else 0)
+        return waiting + sum(runner.queued() for runner in self.runners)
 
     # -- a normal cycle --------------------------------------------------------
     def run(self, *, force: bool, stop: Callable[[], bool]) -> bool:
@@ -131,6 +133,8 @@ class FlushCycle:
         the last one (``_ingest_part``) passes False, or parts shorter than
         a slice would never pause. Returns how many items were taken."""
         recorder = self.recorder
+        if recorder.events:
+            self._ingest_events()
         fold_drained = self.aggregates.fold_drained
         finalize = self.finalizer.finalize
         runners = self.runners
@@ -158,6 +162,17 @@ class FlushCycle:
         if rollups:
             self._offer_rollups()
         return taken
+
+    def _ingest_events(self) -> None:
+        """The app's events queued so far, to each sink that stores events
+        (``Aegis.event`` queues none when no sink does)."""
+        events = self.recorder.events.take()
+        for runner in self._event_sinks:
+            runner.offer(events)
+
+    @property
+    def _event_sinks(self) -> list[SinkRunner]:
+        return [runner for runner in self.runners if runner.keeps_events]
 
     def _offer_rollups(self) -> None:
         rollups = self.finalizer.take_rollups()

@@ -89,6 +89,38 @@ class WebSocketSession(NamedTuple):
         return data
 
 
+class EventRecord(NamedTuple):
+    """One event of the app's own: a log line, a deploy, a job's outcome.
+
+    ``type`` is one of ``log``, ``metric``, ``trace`` and ``alert``; ``level``
+    one of ``debug``, ``info``, ``warning``, ``error`` and ``critical``;
+    ``tags`` short texts (``"region:eu"``), ``payload`` a JSON object or
+    ``None``; ``trace_id`` 32 lowercase hex digits or ``None``. Built and
+    checked by :func:`aegis_mw.core.events.build_event`.
+    """
+
+    event_id: str
+    timestamp: float
+    type: str
+    source: str
+    level: str
+    message: str
+    tags: tuple[str, ...]
+    payload: dict[str, Any] | None
+    trace_id: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict with the timestamp in ISO 8601 (the id as ``id``)."""
+        data = {"id": self.event_id, **self._asdict()}
+        del data["event_id"]
+        data["timestamp"] = isoformat(self.timestamp)
+        data["tags"] = list(self.tags)
+        return data
+
+
+Stored = RequestRecord | WebSocketSession | EventRecord
+
+
 @dataclass(frozen=True)
 class Batch:
     """What a sink's ``write`` receives: the requests and sessions of one flush.
@@ -102,12 +134,27 @@ class Batch:
     sinks); there an empty ``batch_id`` (a batch built by hand) is stored as
     it is. ``rollups`` is given only to sinks that keep history
     (those with ``read_rollups``); they apply each ``delta_id`` once.
+    ``events`` (the app's own, :meth:`aegis_mw.Aegis.event`) only to sinks
+    that set ``stores_events = True``; they store each ``event_id`` once.
     """
 
     requests: list[RequestRecord] = field(default_factory=list)
     sessions: list[WebSocketSession] = field(default_factory=list)
     rollups: RollupDelta | None = None
     batch_id: str = ""
+    events: list[EventRecord] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.requests) + len(self.sessions)
+        return len(self.requests) + len(self.sessions) + len(self.events)
+
+    def records(self) -> list[Stored]:
+        """Every record of the batch: requests, then sessions, then events."""
+        return [*self.requests, *self.sessions, *self.events]
+
+    @classmethod
+    def of(cls, records: list[Stored], batch_id: str = "") -> Batch:
+        """A batch of ``records`` (no rollups), each in its list by its type."""
+        requests = [record for record in records if type(record) is RequestRecord]
+        sessions = [record for record in records if type(record) is WebSocketSession]
+        events = [record for record in records if type(record) is EventRecord]
+        return cls(requests, sessions, batch_id=batch_id, events=events)

@@ -16,6 +16,7 @@ from collections import deque
 from . import deque_take
 from .aggregates import RealtimeAggregates
 from .deque_take import DequeTake
+from .events import EventQueue
 from .items import InboxItem
 
 #: Why items were refused or lost before reaching any sink; the keys of
@@ -44,6 +45,8 @@ class Recorder:
         self.max_buffer = max_buffer
         self.inbox: deque[InboxItem] = deque()
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        #: The app's own events (``Aegis.event``), bounded as the inbox is.
+        self.events = EventQueue(max_buffer)
         self._closed = False
         # What the request path compares the queue length against: max_buffer
         # while open, 0 once closed, so one comparison covers both.
@@ -69,6 +72,7 @@ class Recorder:
     @closed.setter
     def closed(self, value: bool) -> None:
         self._closed = value
+        self.events.closed = value
         self.limit = self.bounds[0] = 0 if value else self.max_buffer
 
     def fill(self) -> float:
@@ -87,6 +91,7 @@ class Recorder:
         """
         self.inbox.clear()
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
+        self.events.reset_after_fork()
         self.wake = threading.Lock()
         self.wake.acquire()
 

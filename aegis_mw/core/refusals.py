@@ -29,13 +29,13 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from .record import Batch, RequestRecord, WebSocketSession
+from .record import Batch, EventRecord, RequestRecord, Stored
 
 if TYPE_CHECKING:
     from .isolation import Isolation
     from .rollup import RollupDelta
 
-Stored = RequestRecord | WebSocketSession
+__all__ = ["RefusalHandling", "Stored"]
 
 #: Records refused in a row, nothing stored, before the sink must prove with
 #: one record from the end of the backlog that it takes any.
@@ -176,6 +176,8 @@ class RefusalHandling:
 
 
 def _describe(record: Stored) -> str:
-    """A refused record, for the log: its id and its path, shortened."""
+    """A refused record, for the log: its id and its path (an event's source), shortened."""
+    if type(record) is EventRecord:
+        return f"event {record.event_id[:80]!r} (source {record.source[:80]!r})"
     kind = "request" if type(record) is RequestRecord else "session"
-    return f"{kind} {record[0]} (path {record.path[:80]!r})"
+    return f"{kind} {record[0]} (path {record.path[:80]!r})"  # type: ignore[union-attr]

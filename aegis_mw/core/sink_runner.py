@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 from . import deque_take, gil_slices
 from .deque_take import DequeTake
 from .isolation import Isolation
-from .record import Batch, RequestRecord
+from .record import Batch, EventRecord, RequestRecord
 from .refusals import RefusalHandling, Stored
 from .rollup import MAX_PENDING_CELLS, RollupDelta
 from .sink import RecordSink, retry_delay
@@ -114,6 +114,9 @@ class SinkRunner(RefusalHandling):
         if self.keeps_rollups:
             # Requests whose rollup counts were lost, by the same reasons.
             self.dropped.update(rollups_full=0, rollups_shutdown_timeout=0, rollups_rejected=0)
+        #: Sinks that store the app's events (``stores_events``) get them in
+        #: their backlog beside the records, bounded and retried alike.
+        self.keeps_events = bool(getattr(sink, "stores_events", False))
         self.rollups_pending: RollupDelta | None = None
         self.rollups_in_flight: RollupDelta | None = None
         #: Parts of a refused delta still to be tried, after the one in flight.
@@ -220,7 +223,7 @@ class SinkRunner(RefusalHandling):
         self.last_flush_seconds = self.flush_seconds_total = 0.0
 
     # -- backlog and schedule --------------------------------------------
-    def offer(self, records: list[Stored]) -> None:
+    def offer(self, records: Sequence[Stored]) -> None:
         """Append what fits under the bound; count the rest as ``backlog_full``."""
         room = max(self.max_backlog - len(self.backlog), 0)
         if room >= len(records):
@@ -305,6 +308,8 @@ class SinkRunner(RefusalHandling):
             record = self.backlog[-1]
             if type(record) is RequestRecord:
                 batch.requests.append(record)
+            elif type(record) is EventRecord:
+                batch.events.append(record)
             else:
                 batch.sessions.append(record)  # type: ignore[arg-type]
             return batch, 1
@@ -322,10 +327,15 @@ class SinkRunner(RefusalHandling):
     def _records_batch(self, limit: int, rollups: RollupDelta | None) -> tuple[Batch, int]:
         self._batch_has_rollups = rollups is not None
         self._batch_sequence += 1
-        requests, sessions = self._take.split_left(self.backlog, limit, RequestRecord)
+        requests, others = self._take.split_left(self.backlog, limit, RequestRecord)
         batch_id = f"{self._delta_prefix}.{self._batch_sequence:x}"
-        batch = Batch(requests, sessions, rollups=rollups, batch_id=batch_id)
-        return batch, len(requests) + len(sessions)
+        events: list[EventRecord] = []
+        if others and self.keeps_events:  # rare: sessions and events, told apart here
+            events = [record for record in others if type(record) is EventRecord]
+            if events:
+                others = [record for record in others if type(record) is not EventRecord]
+        batch = Batch(requests, others, rollups=rollups, batch_id=batch_id, events=events)
+        return batch, len(requests) + len(others) + len(events)
 
     def succeeded(self, taken: int, seconds: float) -> None:
         answered, self._unanswered = self._unanswered, None
@@ -361,7 +371,7 @@ class SinkRunner(RefusalHandling):
         """Take the probed record out of the backlog: the last one when the
         probe was built, but a retried probe finds records added after it."""
         backlog = self.backlog
-        probed = (batch.requests or batch.sessions)[0]
+        probed = batch.records()[0]
         for index in range(len(backlog) - 1, -1, -1):
             if backlog[index] is probed:
                 del backlog[index]

@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .record import Batch, RequestRecord, WebSocketSession
+from .record import Batch, EventRecord, RequestRecord, WebSocketSession
 from .rollup import RollupDelta
 
 FORMAT = 1
@@ -40,6 +40,7 @@ def oldest(batch: Batch, default: float) -> float:
     """The start of the batch's earliest record, ``default`` when it has none."""
     starts = [record.timestamp for record in batch.requests]
     starts += [session.timestamp for session in batch.sessions]
+    starts += [event.timestamp for event in batch.events]
     return min(starts, default=default)
 
 
@@ -53,13 +54,20 @@ def encode(batch: Batch, check: Callable[[], None] = lambda: None) -> bytes:
         "session_fields": WebSocketSession._fields,
         "requests": len(batch.requests),
         "sessions": len(batch.sessions),
+        # Written only when there are events, so a batch without any reads
+        # back in a version that knows none.
+        **(
+            {"event_fields": EventRecord._fields, "events": len(batch.events)}
+            if batch.events
+            else {}
+        ),
         "rollups": None
         if rollups is None
         else {"delta_id": rollups.delta_id, "requests": rollups.requests, "cells": len(rollups)},
     }
     parts = [_part(header)]
     check()
-    for records in (batch.requests, batch.sessions):
+    for records in (batch.requests, batch.sessions, batch.events):
         for start in range(0, len(records), CHUNK):
             parts.append(_part(records[start : start + CHUNK]))
             check()
@@ -102,10 +110,19 @@ def decode(payload: bytes, check: Callable[[], None] = lambda: None) -> Batch:
         counts = (int(header["requests"]), int(header["sessions"]))
         requests = _records(parts, counts[0], header["request_fields"], RequestRecord, check)
         sessions = _records(parts, counts[1], header["session_fields"], WebSocketSession, check)
+        events = [
+            _event(row)
+            for row in _records(
+                parts, int(header.get("events", 0)), header.get("event_fields", []), EventRecord,
+                check,
+            )
+        ]  # fmt: skip
         rollups = None if header["rollups"] is None else _delta(header["rollups"], parts, check)
         if next(parts, None) is not None:
             raise SpoolCorrupt("more parts than its header counts")
-        return Batch(requests, sessions, rollups=rollups, batch_id=str(header["batch_id"]))
+        return Batch(
+            requests, sessions, rollups=rollups, batch_id=str(header["batch_id"]), events=events
+        )
     except SpoolCorrupt:
         raise
     except (zlib.error, ValueError, TypeError, KeyError, IndexError) as exc:
@@ -144,6 +161,17 @@ def _records(
     if len(records) != count:
         raise SpoolCorrupt("another number of records than its header counts")
     return records
+
+
+def _event(record: EventRecord) -> EventRecord:
+    """An event as JSON gave it back: its tags a tuple again, its payload checked."""
+    tags: Any = record.tags
+    payload: Any = record.payload
+    if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+        raise SpoolCorrupt("an event whose tags are not a list of text")
+    if payload is not None and not isinstance(payload, dict):
+        raise SpoolCorrupt("an event whose payload is not an object")
+    return record._replace(tags=tuple(tags))
 
 
 def _delta(data: dict[str, Any], parts: Iterator[bytes], check: Callable[[], None]) -> RollupDelta:

@@ -49,7 +49,7 @@ class Salvage:
         spooled batch whole (True when it did) for a batch none of which went
         in. :class:`SinkRefusesEverything` without proof, :class:`ReplayCut`
         when the deadline passes."""
-        stack: list[Batch] = [Batch(batch.requests, batch.sessions, batch_id=f"{batch.batch_id}.n")]
+        stack: list[Batch] = [Batch.of(batch.records(), f"{batch.batch_id}.n")]
         if batch.rollups is not None:
             stack.append(Batch(rollups=batch.rollups, batch_id=f"{batch.batch_id}.r"))
         while stack:
@@ -77,7 +77,7 @@ class Salvage:
         if part.rollups is not None and len(part.rollups) == 1:
             self.held_rollups += part.rollups.requests
         elif len(part) == 1:
-            self.held.extend((*part.requests, *part.sessions))
+            self.held.extend(part.records())
         return False
 
     def _prove(self, proof: Callable[[], bool]) -> None:
@@ -101,10 +101,10 @@ def _halves(part: Batch) -> list[Batch]:
     records = len(part)
     if records < 2:
         return []
-    # The first half of the records in order (requests, then sessions), and the rest.
-    half, requests, sessions = records // 2, part.requests, part.sessions
-    split = max(0, half - len(requests))
+    # The first half of the records in order (requests, sessions, events), and the rest.
+    every = part.records()
+    half = records // 2
     return [
-        Batch(requests[:half], sessions[:split], batch_id=f"{part.batch_id}.0"),
-        Batch(requests[half:], sessions[split:], batch_id=f"{part.batch_id}.1"),
+        Batch.of(every[:half], f"{part.batch_id}.0"),
+        Batch.of(every[half:], f"{part.batch_id}.1"),
     ]

@@ -182,7 +182,10 @@ class Spooled(Paced):
         if not batch and batch.rollups is None:
             return
         if not batch.batch_id:  # built by hand: an id of its own, so that it is stored once
-            batch = Batch(batch.requests, batch.sessions, batch.rollups, f"s{os.urandom(8).hex()}")
+            batch = Batch(
+                batch.requests, batch.sessions, batch.rollups, f"s{os.urandom(8).hex()}",
+                events=batch.events,
+            )  # fmt: skip
         slices = Slices(backlog=self._backlog)
         payload = spool_codec.encode(batch, slices.check)
         oldest = spool_codec.oldest(batch, self.wall())

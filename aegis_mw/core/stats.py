@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -67,3 +67,12 @@ class PipelineStats:
     flusher_alive: bool
     flusher_errors: int
     sinks: tuple[SinkStats, ...]
+    #: The app's events (``Aegis.event``, the API): taken in, waiting for the
+    #: flusher, and refused by reason (``event_buffer_full``,
+    #: ``event_shutdown``, ``no_event_sink``). Outside the sum above: a sink
+    #: that stores events counts them in its ``written``, ``backlog`` and
+    #: ``dropped`` too, so for such a sink ``offered + events_accepted`` is
+    #: on the left and ``buffered + events_buffered`` on the right.
+    events_accepted: int = 0
+    events_buffered: int = 0
+    events_dropped: dict[str, int] = field(default_factory=dict)

@@ -27,11 +27,12 @@ from ..core.history import RequestQuery
 from ..core.labels import STANDARD_METHODS
 from ..core.record import OTHER_METHOD, RequestRecord
 from ..core.rollup import RollupRow
-from ..history.breaker import StoreUnavailable
+from ..history.breaker import EventsUnavailable, StoreUnavailable
 from ..history.queries import SORTS, HistoryQueries
 from ..history.ranges import QueryError, horizons, parse_time
 from ..realtime.sections import realtime_api
 from .custom_metrics import custom_metrics_answer
+from .events import EVENT_PARAMETERS, event_query, events_answer
 from .openapi import openapi_document
 from .response import Response
 
@@ -66,6 +67,7 @@ PARAMETERS: Mapping[str, tuple[str, ...]] = {
     "alert-history": ("limit", "before"),
     "silences": (),
     "custom-metrics": ("name",),
+    "events": EVENT_PARAMETERS,
     "openapi.json": (),
 }
 MAX_OFFSET = 1_000_000
@@ -107,7 +109,7 @@ def check_text(name: str, value: str) -> None:
         raise _bad(name, f"{name} may be at most {MAX_TEXT} characters")
 
 
-def _integer(params: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+def _integer(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     text = params.get(name)
     if text is None:
         return default
@@ -120,7 +122,7 @@ def _integer(params: dict[str, str], name: str, default: int, low: int, high: in
     return value
 
 
-def _time(params: dict[str, str], name: str) -> float | None:
+def _time(params: Mapping[str, str], name: str) -> float | None:
     text = params.get(name)
     if text is None:
         return None
@@ -301,6 +303,14 @@ def silences_answer(alerts: AlertService | None) -> dict[str, Any]:
     }
 
 
+def _history_unavailable() -> Response:
+    return Response.error(
+        503,
+        "history_unavailable",
+        "no configured sink keeps history; use sqlite:///..., postgresql://... or memory://",
+    )
+
+
 class _NoHistory:
     """A source with nothing stored: bad input is checked against it, so it is
     a 400 whether or not a sink keeps history (a 503 would say "retry")."""
@@ -344,6 +354,17 @@ class MetricsAPI:
         # first failure after a success. A race costs at most one more line.
         self._failing = False
 
+    def _events(self, params: dict[str, str]) -> Response:
+        for name, value in params.items():
+            check_text(name, value)
+        query = event_query(params, _integer, _time)
+        source = self._aegis.reads.history
+        if source is None:
+            return _history_unavailable()
+        events = source.read_events(query)
+        self._failing = False
+        return Response.json(200, {"data": events_answer(events, query)})
+
     def respond(self, endpoint: str, query_string: bytes) -> Response:
         """The answer to ``GET {api_path}/{endpoint}?{query_string}``."""
         try:
@@ -381,15 +402,12 @@ class MetricsAPI:
                     tried = alerts.store.attempts([notice["id"] for notice in notices])
                     notices = [{**n, "attempt_log": tried.get(n["id"], [])} for n in notices]
                 return Response.json(200, {"data": {"transitions": rows, "notices": notices}})
+            if endpoint == "events":
+                return self._events(params)
             queries = self.queries
             if queries is None:
                 answer(self._no_history, endpoint, params)
-                return Response.error(
-                    503,
-                    "history_unavailable",
-                    "no configured sink keeps history; use sqlite:///..., postgresql://... "
-                    "or memory://",
-                )
+                return _history_unavailable()
             data = answer(queries, endpoint, params)
             self._failing = False
             return Response.json(200, {"data": data})
@@ -404,6 +422,11 @@ class MetricsAPI:
                     }
                 },
             )
+        except EventsUnavailable:
+            return Response.error(
+                404, "events_unavailable",
+                "the sink that keeps history keeps no events (memory, sqlite and postgresql do)",
+            )  # fmt: skip
         except StoreUnavailable as error:
             # Logged by the store's breaker, once per outage.
             return Response.error(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.events import LEVELS, MAX_ID, MAX_MESSAGE, MAX_SOURCE, MAX_TAG, MAX_TAGS, TYPES
 from ..core.labels import STANDARD_METHODS
 from ..core.record import OTHER_METHOD
 from ..history.queries import SORTS
@@ -72,6 +73,25 @@ _RECORD = {
         "response_bytes": {"type": "integer"},
         "client_ip": _STRING_OR_NULL,
         "error": {"type": "string"},
+    },
+}  # fmt: skip
+
+
+_EVENT = {
+    "type": "object",
+    "required": [
+        "id", "timestamp", "type", "source", "level", "message", "tags", "payload", "trace_id",
+    ],
+    "properties": {
+        "id": {"type": "string"},
+        "timestamp": _TIME,
+        "type": {"type": "string", "enum": list(TYPES)},
+        "source": {"type": "string"},
+        "level": {"type": "string", "enum": list(LEVELS)},
+        "message": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "payload": {"type": ["object", "null"]},
+        "trace_id": _STRING_OR_NULL,
     },
 }  # fmt: skip
 
@@ -185,6 +205,15 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
             "range": _RANGE_INFO,
             "sort": {"type": "string", "enum": list(SORTS)},
             "endpoints": {"type": "array", "items": _ENDPOINT},
+        },
+    },
+    "events": {
+        "type": "object",
+        "required": ["limit", "offset", "events"],
+        "properties": {
+            "limit": {"type": "integer"},
+            "offset": {"type": "integer"},
+            "events": {"type": "array", "items": _EVENT},
         },
     },
     "requests": {
@@ -516,6 +545,33 @@ _PARAMETERS["custom-metrics"] = [
         "Only the metric of this name (a counter's without _total).",
     )
 ]
+_PARAMETERS["events"] = [
+    _query(
+        "type",
+        {"type": "string", "pattern": f"^({'|'.join(TYPES)})(,({'|'.join(TYPES)}))*$"},
+        "Any of these types, comma-separated.",
+    ),
+    _query(
+        "level",
+        {"type": "string", "pattern": f"^({'|'.join(LEVELS)})(,({'|'.join(LEVELS)}))*$"},
+        "Any of these levels, comma-separated.",
+    ),
+    _query(
+        "source",
+        {"type": "string", "minLength": 1, "maxLength": 1024, "pattern": _NO_CONTROLS},
+        "Only this source (the request log's errors are source app).",
+    ),
+    _query(
+        "tags",
+        {"type": "string", "maxLength": 1024, "pattern": _NO_CONTROLS},
+        "Every one of these tags, comma-separated.",
+    ),
+    _query("trace_id", {"type": "string", "pattern": "^[0-9a-f]{32}$"}, "Only this trace."),
+    _query("since", _TIME, f"Events at or after this time. {_BOUNDS}"),
+    _query("until", _TIME, f"Events before this time (after since). {_BOUNDS}"),
+    _query("limit", _LIMIT, "Page size (default 100)."),
+    _query("offset", {"type": "integer", "minimum": 0, "maximum": 10_000}, "Skip."),
+]
 _PARAMETERS["alerts"] = []
 _PARAMETERS["alert-rules"] = []
 _PARAMETERS["alert-channels"] = []
@@ -541,6 +597,7 @@ _SUMMARIES = {
     "alert-history": "Alert transitions and their notices to each channel, newest first",
     "silences": "Silences not yet ended, mute windows, inhibit rules and the silences' audit",
     "custom-metrics": "The app's own counters, gauges and histograms now (every worker's)",
+    "events": "The app's events and the request log's errors, newest first",
 }
 _ERROR = {
     "description": "Bad input, named in the error",
@@ -622,7 +679,32 @@ _DRY_RUN_BODY = {
     "additionalProperties": False,
 }
 #: (path, method) -> operation id, summary, parameters, body schema
+_EVENT_BODY = {
+    "type": "object",
+    "required": ["message"],
+    "properties": {
+        "message": {"type": "string", "maxLength": MAX_MESSAGE},
+        "type": {"type": "string", "enum": list(TYPES)},
+        "level": {"type": "string", "enum": list(LEVELS)},
+        "source": {"type": "string", "minLength": 1, "maxLength": MAX_SOURCE},
+        "tags": {
+            "type": "array", "maxItems": MAX_TAGS,
+            "items": {"type": "string", "minLength": 1, "maxLength": MAX_TAG},
+        },
+        "payload": {"type": ["object", "null"]},
+        "timestamp": {"type": ["number", "string"], "description": "Seconds or ISO 8601; now"},
+        "id": {"type": "string", "maxLength": MAX_ID, "description": "Stored once per id"},
+        "trace_id": {"type": ["string", "null"], "pattern": "^[0-9a-f]{32}$"},
+    },
+    "additionalProperties": False,
+}  # fmt: skip
 _WRITES: dict[tuple[str, str], tuple[str, str, list[dict[str, Any]], Any]] = {
+    ("events", "post"): (
+        "post_events", "Send one event, or a list of up to 100: queued, stored once per id "
+        "(editor role)", [],
+        {"oneOf": [_EVENT_BODY, {"type": "array", "items": _EVENT_BODY, "minItems": 1,
+                                 "maxItems": 100}]},
+    ),
     ("alert-rules", "put"): (
         "put_alert_rule", "Create or replace a rule of the API (editor role)", [], _RULE_BODY
     ),
@@ -676,6 +758,8 @@ def _write_operations(prefix: str, paths: dict[str, Any]) -> None:
         responses = {"200": ok, "503": _UNAVAILABLE}
         if method in ("put", "post") and name != "channel-test" and name != "alert-rules/dry-run":
             responses["201"] = ok
+        if name == "events":
+            responses = {"202": ok, "503": _UNAVAILABLE}
         for status in ("400", "401", "403", "404", "405", "409", "413", "415", "429"):
             responses[status] = _WRITE_ERRORS
         entry: dict[str, Any] = {

@@ -323,8 +323,11 @@ class FamilyBuilder:
         for sink in stats.sinks:
             for reason, count in sink.dropped.items():
                 dropped[reason] = dropped.get(reason, 0) + count
+        for reason, count in stats.events_dropped.items():  # before any sink
+            dropped[reason] = dropped.get(reason, 0) + count
         buffers: list[tuple[str, str, float | int]] = [
-            ("", labels(("buffer", "inbox")), stats.buffered)
+            ("", labels(("buffer", "inbox")), stats.buffered),
+            ("", labels(("buffer", "events")), stats.events_buffered),
         ]
         buffers += [
             ("", labels(("buffer", f"backlog:{sink.name}")), sink.backlog) for sink in stats.sinks
@@ -338,6 +341,12 @@ class FamilyBuilder:
                     ("_total", labels(("reason", reason)), count)
                     for reason, count in sorted(dropped.items())
                 ],
+            ),
+            Family(
+                f"{ns}_events_accepted",
+                "counter",
+                "The app's events taken in (Aegis.event, POST to the API's events), to be stored.",
+                [("_total", labels(), stats.events_accepted)],
             ),
             Family(
                 f"{ns}_buffer_records",

@@ -84,6 +84,11 @@ def encode(reading: MetricsReading, *, pid: int, live: bool) -> dict[str, Any]:
         },
         # Absent from the files of earlier versions: none then.
         "custom": custom_merge.encode(reading.custom, live=live),
+        "events": {
+            "accepted": stats.events_accepted,
+            "dropped": dict(stats.events_dropped),
+            "buffered": stats.events_buffered if live else 0,
+        },
     }
 
 
@@ -102,6 +107,8 @@ class Merge:
         self.offered, self.sampled_out = stats.offered, stats.sampled_out
         self.flusher_errors, self.buffered = stats.flusher_errors, stats.buffered
         self.dropped = dict(stats.dropped)
+        self.events_accepted, self.events_buffered = stats.events_accepted, stats.events_buffered
+        self.events_dropped = dict(stats.events_dropped)
         self.in_flight, self.websockets_active = own.in_flight, own.websockets_active
         self.sinks: dict[str, dict[str, Any]] = {
             sink.name: _sink_figures(sink, live=True) for sink in stats.sinks
@@ -172,7 +179,24 @@ class Merge:
             self.in_flight += gauges["in_flight"]
             self.websockets_active += gauges["websockets_active"]
             self.buffered += gauges["buffered"]
+        self._add_events(data.get("events"), live=live)
         return True
+
+    def _add_events(self, events: Any, *, live: bool) -> None:
+        """A file's event counts (absent from earlier versions' files); a
+        damaged part is skipped whole."""
+        if not (
+            isinstance(events, dict)
+            and _is_number(events.get("accepted"))
+            and _is_number(events.get("buffered"))
+            and _counts(events.get("dropped"))
+        ):
+            return
+        self.events_accepted += events["accepted"]
+        if live:
+            self.events_buffered += events["buffered"]
+        for reason, count in events["dropped"].items():
+            self.events_dropped[reason] = self.events_dropped.get(reason, 0) + count
 
     def reading(self) -> MetricsReading:
         own = self.own.stats
@@ -203,6 +227,9 @@ class Merge:
             flusher_alive=own.flusher_alive,
             flusher_errors=self.flusher_errors,
             sinks=sinks,
+            events_accepted=self.events_accepted,
+            events_buffered=self.events_buffered,
+            events_dropped=self.events_dropped,
         )
         return MetricsReading(
             labeled=self.labeled,

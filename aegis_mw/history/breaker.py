@@ -28,9 +28,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
+from ..core.events import EventQuery, read_merged
 from ..core.history import HistorySource, RequestQuery
 from ..core.labels import describe_error
-from ..core.record import RequestRecord
+from ..core.record import EventRecord, RequestRecord
 from ..core.rollup import RollupRow
 
 logger = logging.getLogger("aegis_mw.history")
@@ -151,6 +152,10 @@ class StoreBreaker:
         self._lock = threading.Lock()
 
 
+class EventsUnavailable(RuntimeError):
+    """The history store has no read side for events."""
+
+
 class GuardedSource:
     """A :class:`HistorySource` whose reads pass through its store's breaker."""
 
@@ -167,6 +172,15 @@ class GuardedSource:
 
     def read_requests(self, query: RequestQuery) -> list[RequestRecord]:
         return self._read(lambda: self.source.read_requests(query))
+
+    def read_events(self, query: EventQuery) -> list[EventRecord]:
+        """A page of the stored events and the request log's errors (see
+        :func:`aegis_mw.core.events.read_merged`); only stored events when
+        the source keeps no request log."""
+        read_events = getattr(self.source, "read_events", None)
+        if read_events is None:
+            raise EventsUnavailable("the history store keeps no events")
+        return self._read(lambda: read_merged(query, read_events, self.source.read_requests))
 
     def prune(self, raw_before: float, rollups_before: Mapping[int, float], limit: int) -> int:
         return self.source.prune(raw_before, rollups_before, limit)

@@ -13,9 +13,11 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.events import EventQuery
 from ..core.history import RequestQuery
-from ..core.record import RequestRecord
+from ..core.record import EventRecord, RequestRecord
 from ..core.rollup import RollupRow, decode_histogram
+from .event_rows import EVENT_COLUMNS, event_from_row
 from .sqlite_schema import REQUEST_COLUMNS
 
 ROLLUP_KEY = ("resolution", "bucket", "route", "method", "status_class")
@@ -34,13 +36,21 @@ class Dialect:
     greatest: str
     #: Where a histogram goes, as the sink encodes it (see ``encode_histogram``).
     histogram: str
+    #: An event row holds a tag: its JSON array's elements, one bound text.
+    has_tag: str
 
 
-SQLITE = Dialect("?", "min", "max", "?")
+SQLITE = Dialect(
+    "?", "min", "max", "?", "EXISTS (SELECT 1 FROM json_each(tags) WHERE json_each.value = ?)"
+)
 # The histogram is sent as array text ('{7,3,0,1}') and cast by the server:
 # psycopg's generic list dumper costs ~80 µs per histogram, checking each
 # element's type and size.
-POSTGRES = Dialect("%s", "LEAST", "GREATEST", "%s::bigint[]")
+POSTGRES = Dialect(
+    "%s", "LEAST", "GREATEST", "%s::bigint[]",
+    "EXISTS (SELECT 1 FROM jsonb_array_elements_text(tags::jsonb) AS tag (value) "
+    "WHERE tag.value = %s)",
+)  # fmt: skip
 
 
 def upsert(dialect: Dialect, table: str, key: tuple[str, ...]) -> str:
@@ -111,6 +121,36 @@ def select_requests(dialect: Dialect, query: RequestQuery) -> tuple[str, list[ob
     )
 
 
+def select_events(dialect: Dialect, query: EventQuery) -> tuple[str, list[object]]:
+    """The events query for ``query``: fixed clauses, bound values."""
+    mark = dialect.placeholder
+    clauses: list[str] = []
+    params: list[object] = []
+    for column, values in (("type", query.types), ("level", query.levels)):
+        if values:
+            clauses.append(f"{column} IN ({', '.join([mark] * len(values))})")
+            params.extend(values)
+    for clause, value in (
+        (f"source = {mark}", query.source),
+        (f"trace_id = {mark}", query.trace_id),
+        (f"timestamp >= {mark}", query.since),
+        (f"timestamp < {mark}", query.until),
+    ):
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
+    for tag in query.tags:
+        clauses.append(dialect.has_tag)
+        params.append(tag)
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    params.extend((query.limit, query.offset))
+    return (
+        f"SELECT {', '.join(EVENT_COLUMNS)} FROM aegis_events{where} "
+        f"ORDER BY timestamp DESC, event_id DESC LIMIT {mark} OFFSET {mark}",
+        params,
+    )
+
+
 class RowReader:
     """``read_rollups`` and ``read_requests`` for a database reader: the
     subclass sets ``dialect`` and lends, from ``_connection``, anything with
@@ -143,6 +183,12 @@ class RowReader:
             rows = connection.execute(sql, params).fetchall()
         return [RequestRecord._make(row) for row in rows]
 
+    def read_events(self, query: EventQuery) -> list[EventRecord]:
+        sql, params = select_events(self.dialect, query)
+        with self._connection() as connection:
+            rows = connection.execute(sql, params).fetchall()
+        return [event_from_row(row) for row in rows]
+
 
 class ReaderBacked:
     """The read side of a database sink: handed to its :class:`RowReader`
@@ -166,3 +212,7 @@ class ReaderBacked:
 
     def read_requests(self, query: RequestQuery) -> list[RequestRecord]:
         return self._reader.read_requests(query)
+
+    def read_events(self, query: EventQuery) -> list[EventRecord]:
+        """The stored events ``query`` asks for (not the request log's errors)."""
+        return self._reader.read_events(query)

@@ -25,7 +25,10 @@ _REMEMBERED_IDS = 200_000
 
 
 class JsonlSink:
-    """Appends ``{"type": "request" | "websocket", ...record fields}`` lines."""
+    """Appends ``{"type": "request" | "websocket" | "event", ...record fields}``
+    lines (an event's own type as ``event_type``)."""
+
+    stores_events = True
 
     def __init__(self, path: str, url: str = "") -> None:
         # Resolved now: a later chdir must not move the file.
@@ -67,6 +70,14 @@ class JsonlSink:
                 if session.session_id not in recent:
                     lines.append(_line({"type": "websocket", **session.to_json()}))
                     ids.append(session.session_id)
+            for event in batch.events:
+                # Its own type is "event_type": "type" tells the lines apart.
+                key = f"event:{event.event_id}"
+                if key not in recent:
+                    fields = event.to_json()
+                    fields["event_type"] = fields.pop("type")
+                    lines.append(_line({"type": "event", **fields}))
+                    ids.append(key)
         except (TypeError, ValueError, OverflowError) as exc:
             # Every line is encoded before the first byte is written.
             raise RecordRejected(f"not encodable as JSON ({type(exc).__name__}: {exc})") from exc

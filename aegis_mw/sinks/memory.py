@@ -10,8 +10,9 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from ..core.events import EventQuery, matches, newest_first
 from ..core.history import RequestQuery
-from ..core.record import Batch, RequestRecord, WebSocketSession
+from ..core.record import Batch, EventRecord, RequestRecord, WebSocketSession
 from ..core.rollup import Cell, RollupRow, copy_cell, expand, merge_cell, rows_from
 
 
@@ -28,11 +29,13 @@ class MemorySink:
     """
 
     name = "memory"
+    stores_events = True
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests: dict[str, RequestRecord] = {}
         self._sessions: dict[str, WebSocketSession] = {}
+        self._events: dict[str, EventRecord] = {}
         self._rollups: dict[tuple[Any, ...], Cell] = {}
         self._totals: dict[tuple[Any, ...], Cell] = {}
         self._applied: set[str] = set()
@@ -45,6 +48,8 @@ class MemorySink:
                 self._requests.setdefault(record.request_id, record)
             for session in batch.sessions:
                 self._sessions.setdefault(session.session_id, session)
+            for event in batch.events:
+                self._events.setdefault(event.event_id, event)
             delta = batch.rollups
             if delta is not None and delta.cells and delta.delta_id not in self._applied:
                 self._applied.add(delta.delta_id)
@@ -70,10 +75,16 @@ class MemorySink:
         with self._lock:
             return list(self._sessions.values())
 
+    @property
+    def events(self) -> list[EventRecord]:
+        with self._lock:
+            return list(self._events.values())
+
     def clear(self) -> None:
         with self._lock:
             self._requests.clear()
             self._sessions.clear()
+            self._events.clear()
             self._rollups.clear()
             self._totals.clear()
 
@@ -113,10 +124,19 @@ class MemorySink:
         kept.sort(key=lambda record: (record.timestamp, record.request_id), reverse=True)
         return kept[query.offset : query.offset + query.limit]
 
+    def read_events(self, query: EventQuery) -> list[EventRecord]:
+        """The stored events ``query`` asks for (not the request log's errors)."""
+        with self._lock:
+            events = list(self._events.values())
+        kept = [event for event in events if matches(event, query)]
+        kept.sort(key=newest_first, reverse=True)
+        return kept[query.offset : query.offset + query.limit]
+
     def prune(self, raw_before: float, rollups_before: Mapping[int, float], limit: int) -> int:
         deleted = 0
         with self._lock:
-            for table in (self._requests, self._sessions):
+            tables: tuple[dict[str, Any], ...] = (self._requests, self._sessions, self._events)
+            for table in tables:
                 expired = [key for key, record in table.items() if record.timestamp < raw_before]
                 for key in expired[:limit]:
                     del table[key]

@@ -46,6 +46,7 @@ from ..core.rollup import LEVELS, Encode, RollupDelta, expand, histogram_functio
 from ..core.rollup import parameter_rows as rollup_parameters
 from ..core.sink import RecordRejected
 from . import history_sql, postgres_copy
+from .event_rows import event_rows
 from .postgres_read import KEEPALIVES, PostgresReader
 from .postgres_schema import (
     COPY_REQUESTS,
@@ -54,6 +55,7 @@ from .postgres_schema import (
     COPY_STAGED_SESSIONS,
     CREATE_STAGING,
     INSERT_BATCH,
+    INSERT_EVENTS,
     INSERT_SESSIONS,
     INSERT_STAGED_REQUESTS,
     REQUEST_TYPES,
@@ -97,8 +99,9 @@ ALERT_POOL_WAIT_SECONDS = 10.0
 
 
 class PostgresSink(Paced, history_sql.ReaderBacked):
-    """Writes records to ``aegis_requests`` and ``aegis_websocket_sessions``
-    and keeps rollups for history, in the database the URL names.
+    """Writes records to ``aegis_requests`` and ``aegis_websocket_sessions``,
+    the app's events to ``aegis_events``, and keeps rollups for history, in
+    the database the URL names.
 
     Example::
 
@@ -109,6 +112,7 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
     #: A store across the network: its batches are spooled while it is
     #: unreachable, when ``spool_dir`` is set (see aegis_mw.core.spooling).
     remote = True
+    stores_events = True
 
     def __init__(self, url: str) -> None:
         try:
@@ -208,7 +212,7 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
             slices = Slices(backlog=self._backlog)  # this write's thread
             with connection.transaction(), connection.cursor() as cursor:
                 # No row for the id: a retry of a write that did commit.
-                if (batch.requests or batch.sessions) and (
+                if (batch.requests or batch.sessions or batch.events) and (
                     not batch.batch_id
                     or cursor.execute(INSERT_BATCH, (batch.batch_id, time.time())).rowcount
                 ):
@@ -216,6 +220,8 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
                         _store(cursor, self._requests, batch.requests, self._copier, slices)
                     if batch.sessions:
                         _store(cursor, SESSIONS, batch.sessions, self._copier, slices)
+                    if batch.events:
+                        cursor.executemany(INSERT_EVENTS, event_rows(batch.events))
                 if batch.rollups is not None and batch.rollups.cells:
                     _add_rollups(cursor, batch.rollups, slices, self._encode_histogram)
         except psycopg.errors.UniqueViolation:
@@ -246,6 +252,7 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         steps: list[tuple[str, dict[str, object]]] = [
             (_DELETE_REQUESTS, {"before": raw_before, "limit": limit}),
             (_DELETE_SESSIONS, {"before": raw_before, "limit": limit}),
+            (_DELETE_EVENTS, {"before": raw_before, "limit": limit}),
             (_DELETE_DELTAS, {"before": time.time() - DELTA_ID_KEEP_SECONDS, "limit": limit}),
             (_DELETE_BATCHES, {"before": time.time() - DELTA_ID_KEEP_SECONDS, "limit": limit}),
         ]
@@ -432,6 +439,10 @@ _DELETE_SESSIONS = (
     "DELETE FROM aegis_websocket_sessions WHERE timestamp < %(before)s::float8 AND ctid = ANY("
     "ARRAY(SELECT ctid FROM aegis_websocket_sessions WHERE timestamp < %(before)s::float8 "
     "LIMIT %(limit)s))"
+)
+_DELETE_EVENTS = (
+    "DELETE FROM aegis_events WHERE timestamp < %(before)s::float8 AND ctid = ANY(ARRAY("
+    "SELECT ctid FROM aegis_events WHERE timestamp < %(before)s::float8 LIMIT %(limit)s))"
 )
 _DELETE_DELTAS = (
     "DELETE FROM aegis_rollup_deltas WHERE applied_at < %(before)s::float8 AND ctid = ANY(ARRAY("

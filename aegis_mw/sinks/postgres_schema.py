@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from .event_rows import EVENT_COLUMNS
 from .sqlite_schema import REQUEST_COLUMNS, SESSION_COLUMNS, SchemaTooNew
 
 if TYPE_CHECKING:
@@ -390,6 +391,23 @@ MIGRATIONS: tuple[tuple[str | Callable[[psycopg.Connection[Any]], None], ...], .
         "CREATE INDEX aegis_alert_channel_configs_revision "
         "ON aegis_alert_channel_configs (revision)",
     ),
+    (
+        # The app's own events (core.events), as in SQLite.
+        """
+        CREATE TABLE aegis_events (
+            event_id text COLLATE "C" PRIMARY KEY,
+            timestamp double precision NOT NULL,
+            type text NOT NULL,
+            source text COLLATE "C" NOT NULL,
+            level text NOT NULL,
+            message text NOT NULL,
+            tags text NOT NULL,
+            payload text,
+            trace_id text
+        )
+        """,
+        "CREATE INDEX aegis_events_timestamp ON aegis_events (timestamp)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -413,6 +431,10 @@ _TIMESCALE = (
     "chunk_time_interval => 86400000000, time_partitioning_func => 'aegis_unix_micros')",
 )
 
+INSERT_EVENTS = (
+    f"INSERT INTO aegis_events ({', '.join(EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join(['%s'] * len(EVENT_COLUMNS))}) ON CONFLICT DO NOTHING"
+)
 INSERT_SESSIONS = (
     f"INSERT INTO aegis_websocket_sessions ({', '.join(SESSION_COLUMNS)}) "
     f"SELECT {', '.join(SESSION_COLUMNS)} FROM aegis_stage_sessions ON CONFLICT DO NOTHING"

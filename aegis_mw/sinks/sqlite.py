@@ -32,10 +32,12 @@ from ..core.rollup import parameter_rows as rollup_parameters
 from ..core.sink import RecordRejected
 from ..core.transactions import immediate
 from . import history_sql, sqlite_blocks, sqlite_rows
+from .event_rows import event_rows
 from .files import create_private, prepare_path
 from .sqlite_read import SQLiteReader
 from .sqlite_schema import (
     INSERT_BATCH,
+    INSERT_EVENT,
     INSERT_REQUEST,
     INSERT_REQUESTS,
     INSERT_SESSION,
@@ -70,12 +72,15 @@ WAL_CHECKPOINT_PAGES = 100
 
 
 class SQLiteSink(Paced, history_sql.ReaderBacked):
-    """Writes records to ``aegis_requests`` and ``aegis_websocket_sessions``.
+    """Writes records to ``aegis_requests`` and ``aegis_websocket_sessions``,
+    and the app's events to ``aegis_events``.
 
     Example::
 
         app.add_middleware(AegisMiddleware, sink="sqlite:///var/lib/myapp/aegis.db")
     """
+
+    stores_events = True
 
     def __init__(self, path: str, url: str = "") -> None:
         if path in (":memory:", "") or path.startswith("file:"):
@@ -186,7 +191,7 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         try:
             with immediate(connection):
                 # An id stored already: a retry of a write that did commit.
-                if (batch.requests or batch.sessions) and (
+                if (batch.requests or batch.sessions or batch.events) and (
                     not batch.batch_id
                     or connection.execute(INSERT_BATCH, (batch.batch_id, time.time())).rowcount
                 ):
@@ -194,6 +199,8 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
                         self._insert_requests(connection, batch.requests)
                     if batch.sessions:
                         connection.executemany(INSERT_SESSION, batch.sessions)
+                    if batch.events:
+                        connection.executemany(INSERT_EVENT, event_rows(batch.events))
                 if batch.rollups is not None and batch.rollups.cells:
                     self._add_rollups(connection, batch.rollups)
         except BaseException as exc:
@@ -279,6 +286,7 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         steps: list[tuple[str, tuple[object, ...] | dict[str, object]]] = [
             (sqlite_blocks.DELETE_BLOCKS, expired),
             (_DELETE_SESSIONS, (raw_before, limit)),
+            (_DELETE_EVENTS, (raw_before, limit)),
             (_DELETE_DELTAS, (time.time() - DELTA_ID_KEEP_SECONDS, limit)),
             (_DELETE_BATCHES, (time.time() - DELTA_ID_KEEP_SECONDS, limit)),
         ]
@@ -329,6 +337,10 @@ def _refused(exc: BaseException) -> bool:
 _DELETE_SESSIONS = (
     "DELETE FROM aegis_websocket_sessions WHERE session_id IN "
     "(SELECT session_id FROM aegis_websocket_sessions WHERE timestamp < ? LIMIT ?)"
+)
+_DELETE_EVENTS = (
+    "DELETE FROM aegis_events WHERE event_id IN "
+    "(SELECT event_id FROM aegis_events WHERE timestamp < ? LIMIT ?)"
 )
 _DELETE_DELTAS = (
     "DELETE FROM aegis_rollup_deltas WHERE delta_id IN "

@@ -20,6 +20,7 @@ import json
 import sqlite3
 
 from ..core.rollup import decode_histogram
+from .event_rows import EVENT_COLUMNS
 
 REQUEST_COLUMNS = (
     "request_id", "timestamp", "method", "route", "path", "status", "duration_ms",
@@ -342,6 +343,24 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "GROUP BY rowid / 1024",
         "DROP INDEX IF EXISTS aegis_requests_timestamp",
     ),
+    (
+        # The app's own events (core.events): keyed by their id, so an event
+        # sent again is stored once; tags and payload as JSON text.
+        """
+        CREATE TABLE aegis_events (
+            event_id TEXT PRIMARY KEY,
+            timestamp REAL NOT NULL,
+            type TEXT NOT NULL,
+            source TEXT NOT NULL,
+            level TEXT NOT NULL,
+            message TEXT NOT NULL,
+            tags TEXT NOT NULL,
+            payload TEXT,
+            trace_id TEXT
+        )
+        """,
+        "CREATE INDEX aegis_events_timestamp ON aegis_events (timestamp)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -366,6 +385,7 @@ def _insert(table: str, columns: tuple[str, ...], rows: int, tail: str = "") -> 
 INSERT_REQUEST = _insert("aegis_requests", REQUEST_COLUMNS, 1)
 INSERT_REQUESTS = _insert("aegis_requests", REQUEST_COLUMNS, ROWS_PER_INSERT)
 INSERT_SESSION = _insert("aegis_websocket_sessions", SESSION_COLUMNS, 1, " ON CONFLICT DO NOTHING")
+INSERT_EVENT = _insert("aegis_events", EVENT_COLUMNS, 1, " ON CONFLICT DO NOTHING")
 INSERT_BATCH = (
     "INSERT INTO aegis_batches (batch_id, applied_at) VALUES (?, ?) ON CONFLICT DO NOTHING"
 )

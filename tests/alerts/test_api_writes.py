@@ -421,7 +421,7 @@ async def test_a_dry_run_tells_whether_and_when_a_rule_would_fire(
         )
         assert bad.json()["error"]["field"] == "rule.operator"
         # One at a time per process: the next answers 429 at once.
-        writes = app._mounted.writes
+        writes = app._mounted.writes.alerts
         writes._replaying.acquire()
         try:
             busy = await http.post(f"{API}/alert-rules/dry-run", json={"rule": RULE})

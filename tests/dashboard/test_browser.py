@@ -493,3 +493,54 @@ def test_the_apps_own_metrics_in_their_panel(browser: Any, tmp_path: Path) -> No
         )
         problems = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert problems == [], json.dumps(problems, indent=1)
+
+
+def event_rows(driver: Any) -> list[list[str]]:
+    rows = driver.execute_script(
+        "return [...document.querySelectorAll('#events tbody tr')]"
+        ".map((tr) => [...tr.cells].map((td) => td.textContent))"
+    )
+    return [list(row) for row in rows]
+
+
+def test_the_apps_events_in_their_panel(browser: Any, tmp_path: Path) -> None:
+    """The panel lists what the events API answers, newest first, the request
+    log's errors among them; its filters ask the API again."""
+    from selenium.webdriver.support.select import Select
+
+    env = child_environment(AEGIS_UPDATE_INTERVAL="200", AEGIS_FLUSH_INTERVAL="0.2")
+    with uvicorn_server("tests.realtime.custom_app:app", tmp_path, env=env) as server:
+        link, bearer = printed_link(server.log.text)
+        browser.get(f"{server.url}{link}")
+        wait_until(browser, lambda d: event_rows(d) == [["no events"]], "the empty panel")
+        with httpx.Client(base_url=server.url, timeout=WAIT) as client:
+            assert client.post("/deploys/2.4.1").status_code == 200
+            assert client.get("/boom").status_code == 500
+        wait_until(browser, lambda d: len(event_rows(d)) == 2, "two events in the panel")
+        answer = httpx.get(f"{server.url}/api/metrics/events", headers=bearer).json()
+        shown = event_rows(browser)
+        assert [row[1:3] for row in shown] == [
+            [event["level"], event["source"]] for event in answer["data"]["events"]
+        ]
+        levels = {row[1]: row for row in shown}
+        assert levels["info"][3] == "deployed 2.4.1 [deploy]"  # the first line, and the tags
+        assert levels["error"][3] == "RuntimeError: kaput [request]"
+        Select(browser.find_element("id", "events-level")).select_by_value("error,critical")
+        wait_until(
+            browser,
+            lambda d: [row[1] for row in event_rows(d)] == ["error"],
+            "only the request's error",
+        )
+        Select(browser.find_element("id", "events-level")).select_by_value("")
+        tags = browser.find_element("id", "events-tags")
+        tags.send_keys("deploy\n")
+        browser.execute_script(
+            "document.getElementById('events-tags').dispatchEvent(new Event('change'))"
+        )
+        wait_until(
+            browser,
+            lambda d: [row[3] for row in event_rows(d)] == ["deployed 2.4.1 [deploy]"],
+            "only the tagged event",
+        )
+        problems = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert problems == [], json.dumps(problems, indent=1)

@@ -24,8 +24,8 @@ from aegis_mw import Aegis, AegisMiddleware
 from aegis_mw.core.history import RequestQuery
 from aegis_mw.core.record import RequestRecord
 from aegis_mw.core.rollup import RollupRow
-from aegis_mw.endpoints.alert_writes import WRITES
 from aegis_mw.endpoints.api import PARAMETERS
+from aegis_mw.endpoints.writes import WRITES
 from aegis_mw.testing import FakeClock, MemorySink
 from tests.harness import call, http_scope
 
@@ -549,7 +549,7 @@ async def test_the_api_moves_with_api_path(make_aegis: Callable[..., Aegis]) -> 
             f"/internal/stats/{name}"
             for name in (
                 *HISTORY, "realtime", "alerts", "alert-rules", "alert-channels", "alert-history",
-                "silences", "custom-metrics",
+                "silences", "custom-metrics", "events",
                 "alert-rules/dry-run", "channel-test",
             )
         )  # fmt: skip

@@ -1,4 +1,4 @@
-"""An app with metrics of its own, for the dashboard's panel of them; options come
+"""An app with metrics and events of its own, for the dashboard's panels of them; options come
 from AEGIS_* variables."""
 
 from __future__ import annotations
@@ -25,4 +25,24 @@ async def make(request: Request) -> PlainTextResponse:
 app = Starlette(
     routes=[Route("/widgets/{color}", make, methods=["POST"])],
     middleware=[Middleware(AegisMiddleware, aegis=aegis)],
+)
+
+
+async def deployed(request: Request) -> PlainTextResponse:
+    version = request.path_params["version"]
+    aegis.event(
+        f"deployed {version}\nby the pipeline", tags=["deploy"], event_id=f"deploy-{version}"
+    )
+    return PlainTextResponse("noted")
+
+
+async def boom(request: Request) -> PlainTextResponse:
+    raise RuntimeError("kaput")
+
+
+app.router.routes.extend(
+    [
+        Route("/deploys/{version}", deployed, methods=["POST"]),
+        Route("/boom", boom),
+    ]
 )

@@ -180,7 +180,8 @@ def test_schema_is_created_on_first_write(
         "aegis_alert_instances", "aegis_alert_lease", "aegis_alert_outbox",
         "aegis_alert_reports", "aegis_alert_rules",
         "aegis_alert_silences", "aegis_alert_transitions",
-        "aegis_batches", "aegis_requests", "aegis_rollup_deltas", "aegis_rollup_totals",
+        "aegis_batches", "aegis_events", "aegis_requests", "aegis_rollup_deltas",
+        "aegis_rollup_totals",
         "aegis_rollups", "aegis_schema_version", "aegis_websocket_sessions",
     ]  # fmt: skip
     columns = sql(

@@ -167,6 +167,8 @@ def test_schema_is_created_on_first_write(
         ("index", "aegis_alert_transitions_at", "aegis_alert_transitions"),
         ("table", "aegis_batches", "aegis_batches"),
         ("index", "aegis_batches_applied_at", "aegis_batches"),
+        ("table", "aegis_events", "aegis_events"),
+        ("index", "aegis_events_timestamp", "aegis_events"),
         ("table", "aegis_request_blocks", "aegis_request_blocks"),
         ("index", "aegis_request_blocks_time_max", "aegis_request_blocks"),
         ("index", "aegis_request_blocks_time_min", "aegis_request_blocks"),
@@ -178,6 +180,7 @@ def test_schema_is_created_on_first_write(
         ("table", "aegis_websocket_sessions", "aegis_websocket_sessions"),
         ("index", "aegis_websocket_sessions_timestamp", "aegis_websocket_sessions"),
         ("index", "sqlite_autoindex_aegis_alert_outbox_1", "aegis_alert_outbox"),
+        ("index", "sqlite_autoindex_aegis_events_1", "aegis_events"),
     ]
     request_columns = query(path, "PRAGMA table_info(aegis_requests)")
     assert [(c[1], c[2], c[3], c[5]) for c in request_columns] == EXPECTED_REQUEST_COLUMNS
@@ -218,7 +221,7 @@ def test_reopening_an_existing_file_keeps_schema_and_rows(
         make_request(2).request_id,
     ]
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 36
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 39
 
 
 def test_batch_written_twice_is_stored_once(
@@ -406,7 +409,7 @@ def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path: Path) -> N
     versions = sorted(version for outcome in outcomes for version in outcome[3])
     assert versions == [0] + [SCHEMA_VERSION] * (PROCESSES - 1)
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 36
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 39
     ids = [row[0] for row in read_requests(path)]
     expected = sorted(
         f"{index:016x}{n:016x}" for index in range(PROCESSES) for n in range(RECORDS_PER_PROCESS)

@@ -1,0 +1,135 @@
+"""The app's events: what ``aegis.event(...)`` costs the caller, and how fast the
+pipeline stores them.
+
+Two measurements, in one process:
+
+- **the call**: ns per ``aegis.event(...)`` (checking every field and queueing
+  it), for a bare message and for one with tags and a payload, the flusher
+  held back so that only the call is timed; the queue is emptied between
+  rounds. Median over ``--rounds`` of ``--count`` calls each, minus an empty
+  loop's time in the same round.
+- **stored**: ``--events`` events sent, then ``force_flush()``: the wall time
+  until they are all in a fresh SQLite file (the default sink) and the
+  process CPU time it took, per event, median over ``--store-rounds``; every
+  event is checked to be stored exactly once.
+
+    python bench/events.py                 # about 20 seconds
+    python bench/events.py --rounds 5 --count 20000 --store-rounds 2   # quick look
+    python bench/events.py --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+CALLS = {
+    "bare": "aegis.event('cache warmed')",
+    "tagged": (
+        "aegis.event('order placed', level='info', tags=('shop', 'region:eu'), "
+        "payload={'order': 1234, 'total': 99.5})"
+    ),
+}
+
+
+def compile_loop(statement: str) -> Any:
+    source = (
+        "def loop(count, aegis):\n"
+        "    started = perf_counter_ns()\n"
+        "    for _ in range(count):\n"
+        f"        {statement}\n"
+        "    return perf_counter_ns() - started\n"
+    )
+    namespace: dict[str, Any] = {"perf_counter_ns": time.perf_counter_ns}
+    exec(compile(source, f"<loop: {statement}>", "exec"), namespace)
+    return namespace["loop"]
+
+
+def measure_calls(rounds: int, count: int) -> dict[str, float]:
+    from aegis_mw import Aegis
+
+    aegis = Aegis(
+        sink="memory://", flush_interval=3600, max_buffer=count + 1, metrics_registry="none",
+        environ={},
+    )  # fmt: skip
+    loops = {name: compile_loop(statement) for name, statement in CALLS.items()}
+    empty = compile_loop("pass")
+    raw: dict[str, list[float]] = {name: [] for name in loops}
+    for round_number in range(rounds + 1):  # the first round warms up
+        order = list(loops)
+        shift = round_number % len(order)
+        for name in order[shift:] + order[:shift]:
+            aegis.recorder.events.take()
+            gc.collect()
+            spent = loops[name](count, aegis)
+            gc.collect()
+            base = empty(count, aegis)
+            if round_number:
+                raw[name].append((spent - base) / count)
+            if len(aegis.recorder.events) != count:
+                raise AssertionError(f"{name}: {len(aegis.recorder.events)} queued of {count}")
+    aegis.shutdown()
+    return {name: statistics.median(values) for name, values in raw.items()}
+
+
+def measure_store(rounds: int, events: int) -> dict[str, float]:
+    from aegis_mw import Aegis
+    from aegis_mw.core.events import EventQuery
+
+    walls, cpus = [], []
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory() as directory:
+            path = Path(directory) / "aegis.db"
+            aegis = Aegis(
+                sink=f"sqlite:///{path}", flush_interval=3600, max_buffer=events + 1,
+                metrics_registry="none", environ={},
+            )  # fmt: skip
+            aegis.flusher.start()
+            gc.collect()
+            cpu, wall = time.process_time(), time.perf_counter()
+            for number in range(events):
+                aegis.event(
+                    "job done", tags=("jobs",), payload={"n": number}, event_id=f"e{number}"
+                )
+            if not aegis.force_flush(120):
+                raise AssertionError("the events were not stored in time")
+            walls.append((time.perf_counter() - wall) / events * 1e6)
+            cpus.append((time.process_time() - cpu) / events * 1e6)
+            sink = aegis.sinks[0]
+            stored = sink.read_events(EventQuery(limit=1000, offset=0))
+            if len(stored) != min(events, 1000) or aegis.stats().events_accepted != events:
+                raise AssertionError("not every event was stored")
+            aegis.shutdown()
+    return {"wall_us": statistics.median(walls), "cpu_us": statistics.median(cpus)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--count", type=int, default=50_000)
+    parser.add_argument("--store-rounds", type=int, default=5)
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    calls = measure_calls(args.rounds, args.count)
+    store = measure_store(args.store_rounds, args.events)
+    print(f"aegis.event(...), ns per call (median of {args.rounds} rounds of {args.count}):")
+    for name, statement in CALLS.items():
+        print(f"  {calls[name]:8.0f}  {name}: {statement}")
+    print(
+        f"stored in SQLite ({args.events} events, median of {args.store_rounds}): "
+        f"{store['wall_us']:.1f} µs wall and {store['cpu_us']:.1f} µs CPU per event, "
+        f"{1e6 / store['wall_us']:,.0f} events/s"
+    )
+    if args.json:
+        print(json.dumps({"calls_ns": calls, "store": store}))
+
+
+if __name__ == "__main__":
+    main()
