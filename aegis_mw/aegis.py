@@ -31,7 +31,7 @@ from .core.clock import Clock, SystemClock
 from .core.custom_metrics import DEFAULT_MAX_SERIES, Counter, CustomMetrics, Gauge, Histogram
 from .core.deque_take import DequeTake
 from .core.errors import ConfigError
-from .core.events import APP_SOURCE, build_event
+from .core.events import APP_SOURCE, build_sized_event
 from .core.finalize import Finalizer
 from .core.flusher import Flusher
 from .core.history import HistorySource
@@ -49,7 +49,9 @@ from .core.stats import PipelineStats, SinkStats
 from .endpoints.reads import MonitoringReads
 from .exposition.service import MetricsService
 from .health.service import HealthService
+from .history.queries import HistoryQueries
 from .history.ranges import horizons
+from .incidents.service import Incidents
 from .sinks import build_sinks
 from .sinks.spool_file import attach_spools
 
@@ -221,6 +223,29 @@ def _alert_service(
     )  # fmt: skip
 
 
+def _incidents(aegis: Aegis) -> Incidents | None:
+    """The incidents' service over the history sink's store, reading its
+    timelines through the same guarded source as the API."""
+    source = aegis.reads.history
+    sink = next((sink for sink in aegis.sinks if isinstance(sink, HistorySource)), None)
+    make_store = getattr(sink, "incident_store", None)
+    if source is None or not callable(make_store):
+        return None
+    settings = aegis.settings
+    alert_store = aegis.alerts.store if aegis.alerts is not None else None
+    return Incidents(
+        make_store(),
+        aegis.clock.wall,
+        events=source.read_events,
+        queries=HistoryQueries(
+            source,
+            clock=aegis.clock.wall,
+            horizons=horizons(settings.retention_raw, settings.retention_rollups),
+        ),
+        alerts=lambda: alert_store,
+    )
+
+
 class Aegis:
     """Records requests into buffers flushed to sinks by a background thread.
 
@@ -354,6 +379,12 @@ class Aegis:
         self.alerts: AlertService | None = _alert_service(
             settings, self.sinks, self.clock, _reporter(self)
         )
+        #: Incidents and their timelines (None without a sink that keeps history).
+        self.incidents: Incidents | None = _incidents(self)
+        if settings.alert_incidents and self.alerts is not None:
+            if self.incidents is None:  # never: alerts need a sink that keeps history
+                raise ConfigError("alert_incidents", True, "needs a sink that keeps history")
+            self.alerts.on_firing = self.incidents.open_for_alert
         ref = weakref.ref(self)
         # Weak references: neither hook may keep a discarded Aegis alive.
         self._atexit_hook = functools.partial(_shutdown_if_alive, ref)
@@ -364,8 +395,9 @@ class Aegis:
         # on their own (they hold it weakly); say if records went with it.
         runners = self.flusher.runners
         # The deques, not the runners: the finalizer must not keep the pipeline alive.
-        backlogs = [runner.backlog for runner in runners]
+        backlogs: list[Sized] = [runner.backlog for runner in runners]
         backlogs += [runner.isolation.held for runner in runners]
+        backlogs.append(self.recorder.events)
         weakref.finalize(self, _warn_if_unflushed, self.recorder.inbox, backlogs).atexit = False
         self.flusher.start()
         if self.metrics.link is not None:
@@ -511,20 +543,20 @@ class Aegis:
         flusher; False when it could not be (the queue full, shutdown
         begun, or no sink stores events), each counted by reason.
         """
-        record = build_event(
+        record, size = build_sized_event(
             message, type=type, source=source, level=level, tags=tags, payload=payload,
             timestamp=timestamp, event_id=event_id, trace_id=trace_id, now=self.clock.wall,
             make_id=self.recorder.events.new_id,
         )  # fmt: skip
-        return self.offer_event(record)
+        return self.offer_event(record, size)
 
-    def offer_event(self, record: EventRecord) -> bool:
+    def offer_event(self, record: EventRecord, size: int | None = None) -> bool:
         """Queue a checked event (see :meth:`event`); False, counted, when it cannot be."""
         events = self.recorder.events
         if not self.stores_events:
             events.refuse_unstored()
             return False
-        return events.offer(record)
+        return events.offer(record, size)
 
     def realtime(self) -> RealtimeSnapshot:
         """Rates, latency percentiles and totals from the in-memory ring.
@@ -604,6 +636,9 @@ class Aegis:
             self.metrics.link.reset_after_fork()
         if self.alerts is not None:
             self.alerts.reset_after_fork()
+        reset = getattr(self.incidents.store, "reset_after_fork", None) if self.incidents else None
+        if reset is not None:
+            reset()
 
     def __enter__(self) -> Aegis:
         return self

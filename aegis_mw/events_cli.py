@@ -67,24 +67,16 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    from .core.errors import ConfigError
-    from .query_cli import _open as open_history
+    from .query_cli import with_history
 
-    out = sys.stdout if out is None else out
-    try:
-        sink = open_history(args.db)
-    except (ConfigError, ImportError) as exc:
-        print(f"aegis-mw: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        if not callable(getattr(sink, "read_events", None)):
-            print(f"aegis-mw: error: {args.db} keeps no events", file=sys.stderr)
-            return 2
+    shown = sys.stdout if out is None else out
+
+    def work(sink: Any) -> int:
         if args.action == "create":
-            return _create(args, sink, out)
-        return _list(args, sink, out)
-    finally:
-        sink.close()
+            return _create(args, sink, shown)
+        return _list(args, sink, shown)
+
+    return with_history(args.db, "read_events", "events", work)
 
 
 def _list(args: argparse.Namespace, sink: Any, out: TextIO) -> int:
@@ -133,7 +125,7 @@ def _create(args: argparse.Namespace, sink: Any, out: TextIO) -> int:
     if args.payload is not None:
         try:
             payload = json.loads(args.payload)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             print(f"aegis-mw: error: --payload: not JSON: {exc}", file=sys.stderr)
             return 2
     try:

@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from .cli_args import missing_directory, moment, sqlite_path
@@ -78,6 +78,30 @@ def _open(url: str) -> Any:
     if not callable(getattr(sink, "read_rollups", None)):
         raise ConfigError("--db", url, "a sink that keeps history: sqlite:/// or postgresql://")
     return sink
+
+
+def with_history(db: str, needs: str, what: str, work: Callable[[Any], int]) -> int:
+    """Run ``work`` on the history sink ``db`` names, when it has the method
+    ``needs`` (else "keeps no ``what``"), and close it; every failure of the
+    database (locked, unreachable, not ours) is an error message and exit
+    status 2, never a traceback."""
+    from .core.errors import ConfigError
+
+    try:
+        sink = _open(db)
+    except (ConfigError, ImportError) as exc:
+        print(f"aegis-mw: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if not callable(getattr(sink, needs, None)):
+            print(f"aegis-mw: error: {db} keeps no {what}", file=sys.stderr)
+            return 2
+        return work(sink)
+    except Exception as exc:
+        print(f"aegis-mw: error: {db}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        sink.close()
 
 
 def run_query(args: argparse.Namespace, out: TextIO | None = None) -> int:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -104,6 +105,18 @@ def postgres_url() -> Iterator[str]:
             yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
         finally:
             admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def history_sink_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A sink URL of each kind that keeps history (the request log, events,
+    incidents) and reads it back: memory, a SQLite file, the real PostgreSQL."""
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'aegis.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 REDIS_URL = os.environ.get("AEGIS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -14,7 +14,8 @@ from fastapi import FastAPI
 from aegis_mw.contrib.fastapi import install
 
 app = FastAPI(title="aegis_mw custom metrics under gunicorn")
-aegis = install(app, sink="sqlite:///aegis.db")
+# AEGIS_SINK, when set, names the sink (a keyword would win over it).
+aegis = install(app, **({} if "AEGIS_SINK" in os.environ else {"sink": "sqlite:///aegis.db"}))
 
 orders = aegis.counter("orders_total", "Orders placed.", labels=("region",))
 # The request latency's buckets (none given).

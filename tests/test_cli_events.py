@@ -102,3 +102,14 @@ def test_a_missing_file_is_an_error_not_a_new_database(
     assert main(["events", "create", "x", "--db", str(missing)]) == 2
     assert "nothing is stored there" in capsys.readouterr().err
     assert not missing.exists()
+
+
+def test_a_database_that_cannot_be_read_is_an_error_not_a_traceback(
+    database: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database.write_bytes(b"not a database, but a file of the right name" * 100)
+    assert main(["events", "list", "--db", str(database)]) == 2
+    assert "aegis-mw: error:" in capsys.readouterr().err
+    deep = "[" * 50_000 + "]" * 50_000
+    assert main(["events", "create", "x", "--payload", deep, "--db", str(database)]) == 2
+    assert "--payload" in capsys.readouterr().err

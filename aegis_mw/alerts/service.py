@@ -191,6 +191,9 @@ class AlertService:
         self.muted = 0
         self.evaluations = 0
         self.failures = 0
+        #: Called in the evaluating process with each transition to firing,
+        #: after it is stored (Aegis opens an incident with alert_incidents).
+        self.on_firing: Callable[[Transition], object] | None = None
         self._failing = False
         self._stop = threading.Event()
         self._running = False
@@ -467,10 +470,29 @@ class AlertService:
         for transition in result.transitions:
             if transition.notify:
                 _log(transition)
+        on_firing = self.on_firing
+        if on_firing is not None:
+            for transition in result.transitions:
+                # After a failure (the store away), the rest of this tick's
+                # firings wait no more: the lease must outlive the tick.
+                if transition.kind == FIRING and not self._opened(on_firing, transition):
+                    break
         if now - self._pruned_at >= PRUNE_EVERY:
             self._pruned_at = now
             self.store.prune_history(now - self.retention, PRUNE_LIMIT)
             self._give_up_orphans(now)
+
+    def _opened(self, on_firing: Callable[[Transition], object], transition: Transition) -> bool:
+        """Tell ``on_firing`` of a firing (an incident opened); its failure is
+        logged, never the evaluation's. False when it failed."""
+        try:
+            on_firing(transition)
+        except Exception:
+            logger.warning(
+                "aegis_mw: opening an incident for alert %s failed", transition.rule, exc_info=True
+            )
+            return False
+        return True
 
     def _uses_reports(self) -> bool:
         """Whether the processes' reports are needed: a rule over one of

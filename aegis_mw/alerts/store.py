@@ -27,13 +27,13 @@ import logging
 import operator
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import fields
 from typing import Any, NamedTuple, Protocol
 
 from ..core import leases
-from ..core.transactions import immediate
+from ..core.transactions import write_transaction
 from .api_channels import public_settings
 from .evaluator import FIRING, INACTIVE, PENDING, Instance, Key, Transition
 from .grouping import ALONE, Grouping
@@ -680,17 +680,9 @@ class SQLAlertStore:
     def _sql(self, text: str) -> str:
         return text.replace("?", self._mark)
 
-    @contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        """A write transaction: SQLite's ``BEGIN IMMEDIATE`` takes the file's
-        write lock at once; PostgreSQL's rows are locked by ``FOR UPDATE``."""
-        with self._borrow() as connection:
-            if self.dialect == "sqlite":
-                with immediate(connection):
-                    yield connection
-            else:
-                with connection.transaction():
-                    yield connection
+    def _transaction(self) -> AbstractContextManager[Any]:
+        """A write transaction (see :func:`aegis_mw.core.transactions.write_transaction`)."""
+        return write_transaction(self._borrow, self.dialect)
 
     def _read(self) -> AbstractContextManager[Any]:
         return self._borrow()

@@ -48,7 +48,7 @@ Handler = Callable[[Scope], Awaitable[Response]]
 _READ_METHODS = ("GET", "HEAD")
 OPEN = Decision(True, "viewer")
 #: The write methods whose requests carry a JSON body.
-_BODY_METHODS = ("POST", "PUT")
+_BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
 def header(scope: Scope, name: bytes) -> str:

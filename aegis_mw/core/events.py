@@ -51,6 +51,13 @@ MAX_TAGS = 32
 MAX_TAG = 128
 #: Bytes of a payload once encoded as JSON (UTF-8).
 MAX_PAYLOAD = 16 * 1024
+#: Levels of objects and lists a payload may nest: every reader (the JSON
+#: encoder of an answer, the decoder of a stored row, the spool) then takes
+#: it at whatever depth of the stack it reads.
+MAX_DEPTH = 32
+#: Bytes the queue may hold (messages, payloads and tags, encoded): events
+#: are up to ~30 KB each, so the count bound alone could hold gigabytes.
+MAX_QUEUED_BYTES = 16 * 1024 * 1024
 #: Times an event may carry: those the API can write back (see endpoints.api).
 EARLIEST = 0.0
 LATEST = 253_370_764_800.0  # 9999-01-01T00:00:00Z
@@ -118,7 +125,7 @@ def _timestamp(value: Any, now: Callable[[], float]) -> float:
 def _tags(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+    if not isinstance(value, (list, tuple)):
         raise EventError("tags", "must be a list of text")
     tags = tuple(value)
     if len(tags) > MAX_TAGS:
@@ -133,11 +140,38 @@ def _tags(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(tags))
 
 
-def _payload(value: Any) -> dict[str, Any] | None:
+def _too_deep(value: Any) -> bool:
+    """Whether objects and lists nest past MAX_DEPTH (checked without recursion)."""
+    if not any(isinstance(child, (Mapping, list, tuple)) for child in value.values()):
+        return False  # the usual payload: one level of plain values
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _payload(value: Any) -> tuple[dict[str, Any] | None, int]:
+    """The payload as every store gives it back, and its size encoded."""
     if value is None:
-        return None
+        return None, 0
     if not isinstance(value, Mapping):
         raise EventError("payload", "must be a JSON object (a mapping)")
+    try:
+        if _too_deep(value):
+            raise EventError(
+                "payload", f"may nest objects and lists {MAX_DEPTH} levels deep at most"
+            )
+    except RecursionError:  # a mapping whose values() recurse, say
+        raise EventError("payload", "must be JSON-encodable (it recurses)") from None
     try:
         # Stored as this text: JSON escapes every control character (a NUL
         # too), so any store keeps it.
@@ -151,7 +185,15 @@ def _payload(value: Any) -> dict[str, Any] | None:
         raise EventError("payload", f"may be at most {MAX_PAYLOAD} bytes once encoded as JSON")
     # What every store gives back: the JSON, decoded (tuples become lists, and so on).
     decoded: dict[str, Any] = json.loads(text)
-    return decoded
+    return decoded, size
+
+
+def size_of(event: EventRecord, payload_size: int | None = None) -> int:
+    """About the bytes ``event`` holds: its texts (its payload's encoded size
+    when known, else encoded again)."""
+    if payload_size is None:
+        payload_size = 0 if event.payload is None else len(_DUMP(event.payload))
+    return len(event.message) + payload_size + sum(map(len, event.tags)) + 200
 
 
 def new_event_id() -> str:
@@ -166,12 +208,16 @@ class _IdMaker:
     def __init__(self) -> None:
         self._prefix = os.urandom(8).hex()
         self._count = itertools.count(1)
+        # next() of a count is atomic under the GIL, not without one.
+        self._lock = threading.Lock()
 
     def next(self) -> str:
-        return f"{self._prefix}{next(self._count):08x}"
+        with self._lock:
+            number = next(self._count)
+        return f"{self._prefix}{number:08x}"
 
 
-def build_event(
+def build_sized_event(
     message: Any,
     *,
     type: Any = "log",
@@ -184,9 +230,10 @@ def build_event(
     trace_id: Any = None,
     now: Callable[[], float],
     make_id: Callable[[], str] = new_event_id,
-) -> EventRecord:
-    """A checked event; :class:`EventError` naming the first bad field.
-    ``make_id`` gives the id of an event sent without one."""
+) -> tuple[EventRecord, int]:
+    """A checked event, and about the bytes it holds (see :func:`size_of`);
+    :class:`EventError` naming the first bad field. ``make_id`` gives the id
+    of an event sent without one."""
     if event_id is None:
         event_id = make_id()
     else:
@@ -202,17 +249,23 @@ def build_event(
             raise EventError("trace_id", "must be 32 lowercase hex digits")
         if trace_id == "0" * 32:
             raise EventError("trace_id", "may not be all zeros (an invalid trace id)")
-    return EventRecord(
-        event_id=event_id,
-        timestamp=_timestamp(timestamp, now),
-        type=_choice("type", type, TYPES),
-        source=_text("source", source, MAX_SOURCE),
-        level=_choice("level", level, LEVELS),
-        message=_text("message", message, MAX_MESSAGE, lines=True, empty=True),
-        tags=_tags(tags),
-        payload=_payload(payload),
-        trace_id=trace_id,
+    # Checked in this order: the first bad field is the one named.
+    seconds = _timestamp(timestamp, now)
+    kind = _choice("type", type, TYPES)
+    source = _text("source", source, MAX_SOURCE)
+    level = _choice("level", level, LEVELS)
+    message = _text("message", message, MAX_MESSAGE, lines=True, empty=True)
+    checked_tags = _tags(tags)
+    payload_value, payload_size = _payload(payload)
+    record = EventRecord(
+        event_id, seconds, kind, source, level, message, checked_tags, payload_value, trace_id
     )
+    return record, size_of(record, payload_size)
+
+
+def build_event(message: Any, **fields: Any) -> EventRecord:
+    """A checked event (the fields of :func:`build_sized_event`)."""
+    return build_sized_event(message, **fields)[0]
 
 
 class EventQueue:
@@ -221,9 +274,22 @@ class EventQueue:
     Producers are any threads (request handlers, jobs, the API); a lock makes
     the bound and the count exact, and costs nothing next to the checks."""
 
-    def __init__(self, max_events: int) -> None:
+    def __init__(
+        self,
+        max_events: int,
+        *,
+        wake_at: int | None = None,
+        wake: Callable[[], None] = lambda: None,
+        max_bytes: int = MAX_QUEUED_BYTES,
+    ) -> None:
         self.max_events = max_events
+        self.max_bytes = max_bytes
+        #: Wake the flusher once this many wait (as the inbox does): a burst
+        #: must not be refused while the flusher sleeps out its interval.
+        self.wake_at = max_events if wake_at is None else wake_at
+        self._wake = wake
         self._queue: deque[EventRecord] = deque()
+        self._bytes = 0
         self._lock = threading.Lock()
         self.closed = False
         #: Events refused: the queue full, offered after shutdown began, or
@@ -233,18 +299,25 @@ class EventQueue:
         self.accepted = 0
         self._ids = _IdMaker()
 
-    def offer(self, event: EventRecord) -> bool:
-        """Queue ``event``; False (and counted) when it cannot be."""
+    def offer(self, event: EventRecord, size: int | None = None) -> bool:
+        """Queue ``event`` (of ``size``, see :func:`size_of`); False (and
+        counted) when it cannot be."""
+        if size is None:
+            size = size_of(event)
         with self._lock:
             if self.closed:
                 self.dropped["event_shutdown"] += 1
                 return False
-            if len(self._queue) >= self.max_events:
+            queued = len(self._queue)
+            if queued >= self.max_events or self._bytes + size > self.max_bytes:
                 self.dropped["event_buffer_full"] += 1
                 return False
             self._queue.append(event)
+            self._bytes += size
             self.accepted += 1
-            return True
+        if queued + 1 >= self.wake_at:
+            self._wake()
+        return True
 
     def refuse_unstored(self) -> None:
         """Count an event refused because no sink stores events (logged once)."""
@@ -264,6 +337,7 @@ class EventQueue:
                 return []
             taken = list(self._queue)
             self._queue.clear()
+            self._bytes = 0
             return taken
 
     def __len__(self) -> int:
@@ -277,6 +351,7 @@ class EventQueue:
         """A forked child: the parent still owns and writes what was queued."""
         self._lock = threading.Lock()
         self._queue.clear()
+        self._bytes = 0
         self.dropped = dict.fromkeys(self.dropped, 0)
         self.accepted = 0
         self._ids = _IdMaker()  # not the parent's: its ids would be made twice

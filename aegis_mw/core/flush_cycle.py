@@ -310,6 +310,7 @@ class FlushCycle:
     def drop_counts(self) -> dict[str, int]:
         """Every drop so far: inbox reasons, and sink reasons as ``reason@sink``."""
         counts = dict(self.recorder.dropped)
+        counts.update(self.recorder.events.dropped)
         for runner in self.runners:
             for reason, count in runner.dropped.items():
                 counts[f"{reason}@{runner.name}"] = count

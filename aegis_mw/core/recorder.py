@@ -45,8 +45,13 @@ class Recorder:
         self.max_buffer = max_buffer
         self.inbox: deque[InboxItem] = deque()
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
-        #: The app's own events (``Aegis.event``), bounded as the inbox is.
-        self.events = EventQueue(max_buffer)
+        #: The app's own events (``Aegis.event``): a tenth of the inbox's bound
+        #: (at least 1,000) and 16 MiB, waking the flusher as the inbox does.
+        self.events = EventQueue(
+            max(max_buffer // 10, min(max_buffer, 1000)),
+            wake_at=max(min(batch_size, max_buffer // 10) - 1, 1),
+            wake=self.wake_flusher,
+        )
         self._closed = False
         # What the request path compares the queue length against: max_buffer
         # while open, 0 once closed, so one comparison covers both.

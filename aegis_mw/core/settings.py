@@ -476,6 +476,7 @@ _RULES: dict[str, _Rule] = {
     ),
     "alert_interval": _Rule(_number(float, 1, 3600), "seconds, from 1 to 3600", _duration_text),
     "alerts_enabled": _Rule(_boolean, "true or false (1/0, yes/no, on/off in text)", _bool_text),
+    "alert_incidents": _Rule(_boolean, "true or false (1/0, yes/no, on/off in text)", _bool_text),
     "alert_readiness_inhibits": _Rule(
         _boolean, "true or false (1/0, yes/no, on/off in text)", _bool_text
     ),
@@ -623,6 +624,9 @@ class AegisSettings:
     #: then come through the API, notices go to the aegis_mw.alerts log);
     #: rules or channels in the settings switch it on anyway.
     alerts_enabled: bool = False
+    #: Open an incident when an alert starts firing (one per rule while it is
+    #: active; later firings of the rule attach to it): docs/incidents.md.
+    alert_incidents: bool = False
     #: The built-in aegis_readiness_failing alert, which holds back the error
     #: and latency alerts' firings (its symptoms) while it fires.
     alert_readiness_inhibits: bool = True

@@ -40,7 +40,8 @@ def oldest(batch: Batch, default: float) -> float:
     """The start of the batch's earliest record, ``default`` when it has none."""
     starts = [record.timestamp for record in batch.requests]
     starts += [session.timestamp for session in batch.sessions]
-    starts += [event.timestamp for event in batch.events]
+    # Not the events': their time is the caller's to give (a back-dated one
+    # would make the spool look hours behind).
     return min(starts, default=default)
 
 
@@ -54,8 +55,9 @@ def encode(batch: Batch, check: Callable[[], None] = lambda: None) -> bytes:
         "session_fields": WebSocketSession._fields,
         "requests": len(batch.requests),
         "sessions": len(batch.sessions),
-        # Written only when there are events, so a batch without any reads
-        # back in a version that knows none.
+        # Only when there are events, in parts of their own after the
+        # sessions' (CHUNK a part, pausing between them as the records do).
+        # No released version knew a spool without them.
         **(
             {"event_fields": EventRecord._fields, "events": len(batch.events)}
             if batch.events

@@ -1,9 +1,9 @@
-"""SQLite write transactions, shared by the sink and the alert store."""
+"""Write transactions, shared by the sinks and the alert and incident stores."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 
@@ -22,3 +22,19 @@ def immediate(connection: Any) -> Iterator[None]:
         if connection.in_transaction:  # SQLite may have rolled back already
             connection.execute("ROLLBACK")
         raise
+
+
+@contextmanager
+def write_transaction(
+    borrow: Callable[[], AbstractContextManager[Any]], dialect: str
+) -> Iterator[Any]:
+    """A connection ``borrow`` lends, in a write transaction: SQLite's
+    ``BEGIN IMMEDIATE`` takes the file's write lock at once; PostgreSQL's
+    rows are locked by the statements' own ``FOR UPDATE``."""
+    with borrow() as connection:
+        if dialect == "sqlite":
+            with immediate(connection):
+                yield connection
+        else:
+            with connection.transaction():
+                yield connection

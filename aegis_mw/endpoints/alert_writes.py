@@ -145,6 +145,21 @@ def _check_text(value: Any, where: str) -> None:
         _check_text(item, path)
 
 
+def json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; :class:`BadInput` naming the problem."""
+    return _json_object(body)
+
+
+def problem(error: BadInput) -> Response:
+    """The 400 (or other status) answering ``error``."""
+    return _problem(error)
+
+
+def id_parameter(query_string: bytes) -> str:
+    """The ``id`` query parameter a write names its object by."""
+    return _query(query_string, "id")
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 

@@ -33,8 +33,10 @@ from ..history.ranges import QueryError, horizons, parse_time
 from ..realtime.sections import realtime_api
 from .custom_metrics import custom_metrics_answer
 from .events import EVENT_PARAMETERS, event_query, events_answer
+from .incidents import INCIDENT_PARAMETERS, incidents_answer
 from .openapi import openapi_document
 from .response import Response
+from .stats import stats_answer
 
 if TYPE_CHECKING:
     from ..aegis import Aegis
@@ -68,6 +70,8 @@ PARAMETERS: Mapping[str, tuple[str, ...]] = {
     "silences": (),
     "custom-metrics": ("name",),
     "events": EVENT_PARAMETERS,
+    **INCIDENT_PARAMETERS,
+    "stats": (),
     "openapi.json": (),
 }
 MAX_OFFSET = 1_000_000
@@ -404,6 +408,19 @@ class MetricsAPI:
                 return Response.json(200, {"data": {"transitions": rows, "notices": notices}})
             if endpoint == "events":
                 return self._events(params)
+            if endpoint == "stats":
+                figures = stats_answer(self._aegis, self.queries)
+                self._failing = False
+                return Response.json(200, {"data": figures})
+            if endpoint in INCIDENT_PARAMETERS:
+                for name, value in params.items():
+                    check_text(name, value)
+                incidents = self._aegis.incidents
+                if incidents is None:
+                    return _history_unavailable()
+                answered = incidents_answer(incidents, endpoint, params, _integer)
+                self._failing = False
+                return answered
             queries = self.queries
             if queries is None:
                 answer(self._no_history, endpoint, params)

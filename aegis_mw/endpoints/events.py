@@ -174,15 +174,21 @@ def post_events(aegis: Aegis, body: bytes) -> Response:
             {"error": {"code": "invalid_field", "message": error.message, "field": error.field}},
         )
     queue = aegis.recorder.events
-    accepted = [event.event_id for event in events if queue.offer(event)]
-    if len(accepted) < len(events):
-        # The queue is full (the store is behind) or shutdown began: those
-        # not taken are counted as dropped; the ids of those taken are given,
-        # so a client sends only the others again (or all, with their ids).
+    taken = [index for index, event in enumerate(events) if queue.offer(event)]
+    if len(taken) < len(events):
+        # The queue is full (the store is behind, or a burst outran the
+        # flusher) or shutdown began: those not taken are counted as dropped.
+        # Which ones were taken, by their place in the body and their id, so
+        # a client sends only the others again (an event without an id of its
+        # own would be stored twice if sent again whole).
         message = (
-            f"{len(events) - len(accepted)} of {len(events)} events could not be queued now "
-            "(the event queue is full, or the app is stopping); send them again later"
+            f"{len(events) - len(taken)} of {len(events)} events could not be queued now "
+            "(the event queue is full, or the app is stopping); send the others again later"
         )
-        refusal = {"code": "events_not_queued", "message": message, "accepted": accepted}
+        refusal = {
+            "code": "events_not_queued", "message": message,
+            "accepted": [events[index].event_id for index in taken], "accepted_indexes": taken,
+        }  # fmt: skip
         return Response.json(503, {"error": refusal}, headers=[("Retry-After", "5")])
-    return Response.json(202, {"data": {"accepted": len(accepted), "ids": accepted}})
+    ids = [event.event_id for event in events]
+    return Response.json(202, {"data": {"accepted": len(ids), "ids": ids}})

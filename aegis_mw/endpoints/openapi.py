@@ -10,6 +10,8 @@ from ..core.labels import STANDARD_METHODS
 from ..core.record import OTHER_METHOD
 from ..history.queries import SORTS
 from ..history.ranges import RANGES
+from ..incidents.model import MAX_KEY, MAX_NAME, MAX_TITLE, SEVERITIES, STATUSES
+from ..incidents.model import MAX_TEXT as MAX_INCIDENT_TEXT
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -92,6 +94,23 @@ _EVENT = {
         "tags": {"type": "array", "items": {"type": "string"}},
         "payload": {"type": ["object", "null"]},
         "trace_id": _STRING_OR_NULL,
+    },
+}  # fmt: skip
+
+
+_INCIDENT = {
+    "type": "object",
+    "required": [
+        "id", "title", "description", "severity", "status", "assignee", "root_cause",
+        "correlation_key", "created_at", "updated_at", "resolved_at", "created_by",
+    ],
+    "properties": {
+        "id": {"type": "string"}, "title": {"type": "string"}, "description": {"type": "string"},
+        "severity": {"type": "string", "enum": list(SEVERITIES)},
+        "status": {"type": "string", "enum": list(STATUSES)},
+        "assignee": _STRING_OR_NULL, "root_cause": {"type": "string"},
+        "correlation_key": _STRING_OR_NULL, "created_at": _TIME, "updated_at": _TIME,
+        "resolved_at": {"type": ["string", "null"]}, "created_by": {"type": "string"},
     },
 }  # fmt: skip
 
@@ -214,6 +233,50 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
             "limit": {"type": "integer"},
             "offset": {"type": "integer"},
             "events": {"type": "array", "items": _EVENT},
+        },
+    },
+    "stats": {
+        "type": "object",
+        "required": ["at", "events", "requests", "custom_metrics", "alerts", "incidents"],
+        "properties": {
+            "at": _TIME,
+            "events": {"type": ["object", "null"]},
+            "requests": {"type": ["object", "null"]},
+            "custom_metrics": {"type": "object"},
+            "alerts": {"type": ["object", "null"]},
+            "incidents": {"type": ["object", "null"]},
+        },
+    },
+    "incidents": {
+        "type": "object",
+        "required": ["limit", "offset", "incidents"],
+        "properties": {
+            "limit": {"type": "integer"},
+            "offset": {"type": "integer"},
+            "incidents": {"type": "array", "items": _INCIDENT},
+        },
+    },
+    "incident": {
+        "type": "object",
+        "required": ["incident", "updates", "summary"],
+        "properties": {
+            "incident": _INCIDENT,
+            "updates": {"type": "array", "items": {"type": "object"}},
+            "summary": {"type": "object"},
+        },
+    },
+    "incident-timeline": {
+        "type": "object",
+        "required": ["incident", "from", "to", "total", "truncated", "limit", "offset", "items"],
+        "properties": {
+            "incident": _INCIDENT,
+            "from": _TIME,
+            "to": _TIME,
+            "total": {"type": "integer"},
+            "truncated": {"type": "boolean"},
+            "limit": {"type": "integer"},
+            "offset": {"type": "integer"},
+            "items": {"type": "array", "items": {"type": "object", "required": ["at", "kind"]}},
         },
     },
     "requests": {
@@ -548,12 +611,12 @@ _PARAMETERS["custom-metrics"] = [
 _PARAMETERS["events"] = [
     _query(
         "type",
-        {"type": "string", "pattern": f"^({'|'.join(TYPES)})(,({'|'.join(TYPES)}))*$"},
+        {"type": "string", "pattern": f"^ *({'|'.join(TYPES)})( *, *({'|'.join(TYPES)}))* *$"},
         "Any of these types, comma-separated.",
     ),
     _query(
         "level",
-        {"type": "string", "pattern": f"^({'|'.join(LEVELS)})(,({'|'.join(LEVELS)}))*$"},
+        {"type": "string", "pattern": f"^ *({'|'.join(LEVELS)})( *, *({'|'.join(LEVELS)}))* *$"},
         "Any of these levels, comma-separated.",
     ),
     _query(
@@ -572,6 +635,30 @@ _PARAMETERS["events"] = [
     _query("limit", _LIMIT, "Page size (default 100)."),
     _query("offset", {"type": "integer", "minimum": 0, "maximum": 10_000}, "Skip."),
 ]
+_INCIDENT_ID = [
+    {**_query("id", {"type": "string", "minLength": 1, "maxLength": 1024, "pattern": _NO_CONTROLS},
+              "The incident's id."), "required": True},
+]  # fmt: skip
+_PAGE_PARAMETERS = [
+    _query("limit", _LIMIT, "Page size (default 100)."),
+    _query("offset", {"type": "integer", "minimum": 0, "maximum": 100_000}, "Skip."),
+]
+_PARAMETERS["incidents"] = [
+    _query(
+        "status",
+        {"type": "string", "maxLength": 1024, "pattern": _NO_CONTROLS},
+        "Any of these statuses, comma-separated; active for every one but resolved.",
+    ),
+    _query(
+        "severity",
+        {"type": "string", "maxLength": 1024, "pattern": _NO_CONTROLS},
+        "Any of these severities, comma-separated.",
+    ),
+    *_PAGE_PARAMETERS,
+]
+_PARAMETERS["incident"] = _INCIDENT_ID
+_PARAMETERS["incident-timeline"] = [*_INCIDENT_ID, *_PAGE_PARAMETERS]
+_PARAMETERS["stats"] = []
 _PARAMETERS["alerts"] = []
 _PARAMETERS["alert-rules"] = []
 _PARAMETERS["alert-channels"] = []
@@ -598,6 +685,10 @@ _SUMMARIES = {
     "silences": "Silences not yet ended, mute windows, inhibit rules and the silences' audit",
     "custom-metrics": "The app's own counters, gauges and histograms now (every worker's)",
     "events": "The app's events and the request log's errors, newest first",
+    "incidents": "Incidents, newest first",
+    "stats": "Events, requests, custom metrics, alerts and incidents: totals and the last hour",
+    "incident": "One incident, its updates (who changed what, when) and its summary",
+    "incident-timeline": "What happened around an incident, oldest first",
 }
 _ERROR = {
     "description": "Bad input, named in the error",
@@ -688,17 +779,74 @@ _EVENT_BODY = {
         "level": {"type": "string", "enum": list(LEVELS)},
         "source": {"type": "string", "minLength": 1, "maxLength": MAX_SOURCE},
         "tags": {
-            "type": "array", "maxItems": MAX_TAGS,
-            "items": {"type": "string", "minLength": 1, "maxLength": MAX_TAG},
+            "type": ["array", "null"], "maxItems": MAX_TAGS,
+            "items": {"type": "string", "minLength": 1, "maxLength": MAX_TAG,
+                      "pattern": "^[^,\\s]([^,]*[^,\\s])?$"},
         },
-        "payload": {"type": ["object", "null"]},
-        "timestamp": {"type": ["number", "string"], "description": "Seconds or ISO 8601; now"},
-        "id": {"type": "string", "maxLength": MAX_ID, "description": "Stored once per id"},
-        "trace_id": {"type": ["string", "null"], "pattern": "^[0-9a-f]{32}$"},
+        "payload": {"type": ["object", "null"], "description": "Nested 32 deep at most"},
+        "timestamp": {
+            "type": ["number", "string", "null"], "description": "Seconds or ISO 8601; now",
+        },
+        "id": {
+            "type": ["string", "null"], "maxLength": MAX_ID,
+            "pattern": "^(?!request:)[A-Za-z0-9][A-Za-z0-9._:@/-]*$",
+            "description": "Stored once per id",
+        },
+        "trace_id": {
+            "type": ["string", "null"], "pattern": "^(?!0{32})[0-9a-f]{32}$",
+        },
     },
     "additionalProperties": False,
 }  # fmt: skip
+#: Text of one line, not blank, without control characters; of several lines:
+#: tabs and newlines allowed.
+_CONTROLS = "\\u0000-\\u001f\\u007f-\\u009f"
+_NOT_BLANK = f"^[^{_CONTROLS}]*[^\\s{_CONTROLS}][^{_CONTROLS}]*$"
+_NO_CONTROLS_BUT_LINES = "^[^\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f]*$"
+_INCIDENT_FIELDS = {
+    "title": {"type": "string", "maxLength": MAX_TITLE, "pattern": _NOT_BLANK},
+    "description": {
+        "type": "string",
+        "maxLength": MAX_INCIDENT_TEXT,
+        "pattern": _NO_CONTROLS_BUT_LINES,
+    },
+    "severity": {"type": "string", "enum": list(SEVERITIES)},
+    "status": {"type": "string", "enum": list(STATUSES)},
+    "assignee": {
+        "type": ["string", "null"],
+        "maxLength": MAX_NAME,
+        "pattern": _NOT_BLANK,
+    },
+    "root_cause": {
+        "type": "string",
+        "maxLength": MAX_INCIDENT_TEXT,
+        "pattern": _NO_CONTROLS_BUT_LINES,
+    },
+}
+_INCIDENT_OPEN = {
+    "type": "object", "required": ["title"],
+    "properties": {**_INCIDENT_FIELDS, "correlation_key": {
+        "type": ["string", "null"], "maxLength": MAX_KEY, "pattern": _NOT_BLANK,
+        "description": "One active incident per key: a second opening attaches to it",
+    }},
+    "additionalProperties": False,
+}  # fmt: skip
+_INCIDENT_CHANGE = {
+    "type": "object", "minProperties": 1,
+    "properties": {**_INCIDENT_FIELDS, "note": {
+        "type": "string", "maxLength": MAX_INCIDENT_TEXT, "pattern": _NO_CONTROLS_BUT_LINES,
+    }},
+    "additionalProperties": False,
+}  # fmt: skip
 _WRITES: dict[tuple[str, str], tuple[str, str, list[dict[str, Any]], Any]] = {
+    ("incidents", "post"): (
+        "open_incident", "Open an incident, or attach to the active one of its correlation key "
+        "(editor role)", [], _INCIDENT_OPEN,
+    ),
+    ("incidents", "patch"): (
+        "change_incident", "Change an incident's fields and add a note (editor role)",
+        _name_query("id", "The incident's id."), _INCIDENT_CHANGE,
+    ),
     ("events", "post"): (
         "post_events", "Send one event, or a list of up to 100: queued, stored once per id "
         "(editor role)", [],
@@ -788,6 +936,9 @@ def openapi_document(prefix: str) -> dict[str, Any]:
             },
         }
         responses: dict[str, Any] = {"200": ok, "400": _ERROR, "503": _UNAVAILABLE}
+        if name in ("events", "incident", "incident-timeline"):
+            # events: the history store keeps none; an incident: none of the id
+            responses["404"] = _ERROR
         responses.update({"401": _ERROR, "403": _ERROR, "405": _ERROR})
         paths[f"{prefix}/{name}"] = {
             "get": {

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -10,18 +11,23 @@ from ..access.check import EDITOR
 from . import alert_writes
 from .alert_writes import AlertWrites
 from .events import post_events
+from .incidents import incident_write
 from .response import Response
 
 if TYPE_CHECKING:
     from ..aegis import Aegis
 
+logger = logging.getLogger("aegis_mw.api")
+
 #: endpoint -> the methods that write there
-WRITES: Mapping[str, tuple[str, ...]] = {**alert_writes.WRITES, "events": ("POST",)}
+WRITES: Mapping[str, tuple[str, ...]] = {
+    **alert_writes.WRITES, "events": ("POST",), "incidents": ("POST", "PATCH"),
+}  # fmt: skip
 
 
 def write_role(endpoint: str) -> str:
-    """The role the writes of ``endpoint`` need: an event, the editor's."""
-    return EDITOR if endpoint == "events" else alert_writes.write_role(endpoint)
+    """The role the writes of ``endpoint`` need: events and incidents, the editor's."""
+    return EDITOR if endpoint in ("events", "incidents") else alert_writes.write_role(endpoint)
 
 
 class ApiWrites:
@@ -37,4 +43,23 @@ class ApiWrites:
         """The answer to ``method {api_path}/{endpoint}``; ``actor`` is who asks."""
         if endpoint == "events":
             return post_events(self.aegis, body)
+        if endpoint == "incidents":
+            return self._incidents(method, query_string, body, actor)
         return self.alerts.respond(method, endpoint, query_string, body, actor)
+
+    def _incidents(self, method: str, query_string: bytes, body: bytes, actor: str) -> Response:
+        try:
+            incident_id = None if method == "POST" else alert_writes.id_parameter(query_string)
+            data = alert_writes.json_object(body)
+        except alert_writes.BadInput as error:
+            return alert_writes.problem(error)
+        try:
+            return incident_write(self.aegis.incidents, method, incident_id, data, actor)
+        except Exception:
+            # The store's fault (down, locked past its timeout): nothing was
+            # written, so the caller may retry; never a 500.
+            logger.warning("aegis_mw: the API's %s incidents failed", method, exc_info=True)
+            return Response.error(
+                503, "storage_unavailable",
+                "the incident store could not be read or written now; retry", retry_after="5",
+            )  # fmt: skip

@@ -182,6 +182,14 @@ class GuardedSource:
             raise EventsUnavailable("the history store keeps no events")
         return self._read(lambda: read_merged(query, read_events, self.source.read_requests))
 
+    def count_events(self, since: float) -> tuple[int, int]:
+        """How many events are stored, and how many of them at or after ``since``."""
+        count_events = getattr(self.source, "count_events", None)
+        if count_events is None:
+            raise EventsUnavailable("the history store keeps no events")
+        total, recent = self._read(lambda: count_events(since))
+        return int(total), int(recent)
+
     def prune(self, raw_before: float, rollups_before: Mapping[int, float], limit: int) -> int:
         return self.source.prune(raw_before, rollups_before, limit)
 

@@ -85,6 +85,16 @@ def select_rollups(dialect: Dialect, *, by_route: bool) -> str:
     )
 
 
+#: The condition of the partial index of server errors on both databases
+#: (``aegis_requests_errors``); a query holds this very term to use it.
+ERRORS_TERM = "status >= 500"
+
+
+def errors_only(query: RequestQuery) -> bool:
+    """Whether ``query`` asks for server errors only (the events' merge does)."""
+    return query.status_from is not None and query.status_from >= 500
+
+
 def request_filters(
     dialect: Dialect, query: RequestQuery, prefix: str = ""
 ) -> tuple[list[str], list[object]]:
@@ -112,6 +122,10 @@ def select_requests(dialect: Dialect, query: RequestQuery) -> tuple[str, list[ob
     """The request-log query for ``query``: fixed clauses, bound values."""
     mark = dialect.placeholder
     clauses, params = request_filters(dialect, query)
+    if errors_only(query):
+        # Spelled as the partial index of server errors is: the planner then
+        # reads that index (a few rows) instead of the whole log.
+        clauses.insert(0, ERRORS_TERM)
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     params.extend((query.limit, query.offset))
     return (
@@ -183,6 +197,16 @@ class RowReader:
             rows = connection.execute(sql, params).fetchall()
         return [RequestRecord._make(row) for row in rows]
 
+    def count_events(self, since: float) -> tuple[int, int]:
+        mark = self.dialect.placeholder
+        sql = (
+            "SELECT count(*), coalesce(sum(CASE WHEN timestamp >= "
+            f"{mark} THEN 1 ELSE 0 END), 0) FROM aegis_events"
+        )
+        with self._connection() as connection:
+            row = connection.execute(sql, (since,)).fetchone()
+        return int(row[0]), int(row[1])
+
     def read_events(self, query: EventQuery) -> list[EventRecord]:
         sql, params = select_events(self.dialect, query)
         with self._connection() as connection:
@@ -216,3 +240,7 @@ class ReaderBacked:
     def read_events(self, query: EventQuery) -> list[EventRecord]:
         """The stored events ``query`` asks for (not the request log's errors)."""
         return self._reader.read_events(query)
+
+    def count_events(self, since: float) -> tuple[int, int]:
+        """How many events are stored, and how many of them at or after ``since``."""
+        return self._reader.count_events(since)

@@ -14,6 +14,7 @@ from ..core.events import EventQuery, matches, newest_first
 from ..core.history import RequestQuery
 from ..core.record import Batch, EventRecord, RequestRecord, WebSocketSession
 from ..core.rollup import Cell, RollupRow, copy_cell, expand, merge_cell, rows_from
+from ..incidents.store import MemoryIncidentStore
 
 
 class MemorySink:
@@ -36,6 +37,7 @@ class MemorySink:
         self._requests: dict[str, RequestRecord] = {}
         self._sessions: dict[str, WebSocketSession] = {}
         self._events: dict[str, EventRecord] = {}
+        self._incidents = MemoryIncidentStore()
         self._rollups: dict[tuple[Any, ...], Cell] = {}
         self._totals: dict[tuple[Any, ...], Cell] = {}
         self._applied: set[str] = set()
@@ -74,6 +76,10 @@ class MemorySink:
     def sessions(self) -> list[WebSocketSession]:
         with self._lock:
             return list(self._sessions.values())
+
+    def incident_store(self) -> MemoryIncidentStore:
+        """The incidents of this process (one store per sink)."""
+        return self._incidents
 
     @property
     def events(self) -> list[EventRecord]:
@@ -131,6 +137,12 @@ class MemorySink:
         kept = [event for event in events if matches(event, query)]
         kept.sort(key=newest_first, reverse=True)
         return kept[query.offset : query.offset + query.limit]
+
+    def count_events(self, since: float) -> tuple[int, int]:
+        """How many events are stored, and how many of them at or after ``since``."""
+        with self._lock:
+            events = list(self._events.values())
+        return len(events), sum(1 for event in events if event.timestamp >= since)
 
     def prune(self, raw_before: float, rollups_before: Mapping[int, float], limit: int) -> int:
         deleted = 0

@@ -45,6 +45,7 @@ from ..core.record import Batch
 from ..core.rollup import LEVELS, Encode, RollupDelta, expand, histogram_functions
 from ..core.rollup import parameter_rows as rollup_parameters
 from ..core.sink import RecordRejected
+from ..incidents.store import SQLIncidentStore
 from . import history_sql, postgres_copy
 from .event_rows import event_rows
 from .postgres_read import KEEPALIVES, PostgresReader
@@ -168,6 +169,13 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         second; a new connection each time cost the server a backend and
         the call a round trip or three), checked as it is lent."""
         return SQLAlertStore(self._alerts.borrow, "postgresql")
+
+    def incident_store(self) -> SQLIncidentStore:
+        """The incidents' store in this database (see
+        :mod:`aegis_mw.incidents.store`), on the alert store's pool."""
+        return SQLIncidentStore(
+            self._alerts.borrow, "postgresql", (psycopg.errors.UniqueViolation,)
+        )
 
     def use_compiled(self, module: ModuleType | None) -> None:
         """Let the compiled module format COPY rows (``Aegis`` offers it where

@@ -65,6 +65,24 @@ def _drop_request_key(connection: psycopg.Connection[Any]) -> None:
         )
 
 
+def _index_errors(connection: psycopg.Connection[Any]) -> None:
+    """The partial index of the request log's server errors, unless the
+    server refuses it: reading them then scans the log, as before."""
+    import psycopg
+
+    try:
+        with connection.transaction():  # a savepoint: a refusal keeps the rest
+            connection.execute(
+                "CREATE INDEX IF NOT EXISTS aegis_requests_errors ON aegis_requests "
+                "(timestamp) WHERE status >= 500"
+            )
+    except psycopg.DatabaseError as exc:
+        logger.warning(
+            "aegis: no index of the request log's server errors (%s); reading them as "
+            "events scans the log", exc,
+        )  # fmt: skip
+
+
 def request_key(connection: psycopg.Connection[Any]) -> bool:
     """Whether ``aegis_requests`` has a unique key (one kept by version 4, or
     TimescaleDB's): then a batch without an id written twice, or retried
@@ -407,6 +425,44 @@ MIGRATIONS: tuple[tuple[str | Callable[[psycopg.Connection[Any]], None], ...], .
         )
         """,
         "CREATE INDEX aegis_events_timestamp ON aegis_events (timestamp)",
+    ),
+    (
+        # Incidents, as in SQLite.
+        """
+        CREATE TABLE aegis_incidents (
+            incident_id text COLLATE "C" PRIMARY KEY,
+            title text NOT NULL,
+            description text NOT NULL,
+            severity text NOT NULL,
+            status text NOT NULL,
+            assignee text,
+            root_cause text NOT NULL,
+            correlation_key text,
+            created_at double precision NOT NULL,
+            updated_at double precision NOT NULL,
+            resolved_at double precision,
+            created_by text NOT NULL,
+            active_key text UNIQUE
+        )
+        """,
+        "CREATE INDEX aegis_incidents_created_at ON aegis_incidents (created_at)",
+        # The request log's server errors, read as events and in timelines:
+        # a partial index holds only them, so inserting other rows costs
+        # nothing more. Built in a savepoint: where it cannot be (a compressed
+        # TimescaleDB hypertable), the reads scan instead.
+        _index_errors,
+        """
+        CREATE TABLE aegis_incident_updates (
+            incident_id text COLLATE "C" NOT NULL,
+            seq integer NOT NULL,
+            at double precision NOT NULL,
+            actor text NOT NULL,
+            kind text NOT NULL,
+            changes text NOT NULL,
+            note text NOT NULL,
+            PRIMARY KEY (incident_id, seq)
+        )
+        """,
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -31,6 +31,7 @@ from ..core.rollup import LEVELS, RollupDelta, expand, histogram_functions
 from ..core.rollup import parameter_rows as rollup_parameters
 from ..core.sink import RecordRejected
 from ..core.transactions import immediate
+from ..incidents.store import SQLIncidentStore
 from . import history_sql, sqlite_blocks, sqlite_rows
 from .event_rows import event_rows
 from .files import create_private, prepare_path
@@ -116,6 +117,13 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         the first of this process only (the check takes the file's write
         lock: every call of every process's alert threads would take it)."""
         return SQLAlertStore(lambda: closing(self._alert_connection()), "sqlite")
+
+    def incident_store(self) -> SQLIncidentStore:
+        """The incidents' store in this file (see :mod:`aegis_mw.incidents.store`),
+        on connections opened as the alert store's are."""
+        return SQLIncidentStore(
+            lambda: closing(self._alert_connection()), "sqlite", (sqlite3.IntegrityError,)
+        )
 
     def _alert_connection(self) -> sqlite3.Connection:
         return self._open(check_schema=self._schema_checked_in != os.getpid())

@@ -56,7 +56,13 @@ class SQLiteReader(history_sql.RowReader):
         """Through the log's time blocks (:mod:`.sqlite_blocks`): the table
         has no index on ``timestamp``."""
         with self._connection() as connection:
-            rows = sqlite_blocks.read_requests(connection, query)
+            if history_sql.errors_only(query):
+                # Server errors have an index of their own (a partial one):
+                # a few rows, where the blocks would read the whole range.
+                sql, params = history_sql.select_requests(self.dialect, query)
+                rows = connection.execute(sql, params).fetchall()
+            else:
+                rows = sqlite_blocks.read_requests(connection, query)
         return [RequestRecord._make(row) for row in rows]
 
     def unavailable(self, error: Exception) -> bool:

@@ -361,6 +361,45 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX aegis_events_timestamp ON aegis_events (timestamp)",
     ),
+    (
+        # Incidents (aegis_mw.incidents.store): active_key is the correlation
+        # key while the incident is not resolved, unique, so one is active per
+        # key across processes; every change an update row.
+        """
+        CREATE TABLE aegis_incidents (
+            incident_id TEXT PRIMARY KEY,
+            title TEXT NOT NULL,
+            description TEXT NOT NULL,
+            severity TEXT NOT NULL,
+            status TEXT NOT NULL,
+            assignee TEXT,
+            root_cause TEXT NOT NULL,
+            correlation_key TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            resolved_at REAL,
+            created_by TEXT NOT NULL,
+            active_key TEXT UNIQUE
+        )
+        """,
+        "CREATE INDEX aegis_incidents_created_at ON aegis_incidents (created_at)",
+        # The request log's server errors, read as events and in timelines:
+        # a partial index holds only them, so inserting other rows costs
+        # nothing more.
+        "CREATE INDEX aegis_requests_errors ON aegis_requests (timestamp) WHERE status >= 500",
+        """
+        CREATE TABLE aegis_incident_updates (
+            incident_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            at REAL NOT NULL,
+            actor TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            changes TEXT NOT NULL,
+            note TEXT NOT NULL,
+            PRIMARY KEY (incident_id, seq)
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -109,6 +109,11 @@ DESCRIPTIONS: dict[str, str] = {
         "rules written through the API ([Alerts](alerts.md#writing-through-the-api)); rules "
         "or channels switch it on anyway."
     ),
+    "alert_incidents": (
+        "Open an incident when an alert starts firing, under the correlation key "
+        "`alert:<rule>`: one active incident per rule, later firings attach to it "
+        "([Incidents](incidents.md#from-alerts)). Needs a sink that keeps history."
+    ),
     "alert_mute_windows": (
         "Recurring local times (in an IANA time zone) when the channels naming them in "
         "`mute_windows` are not told of firings "

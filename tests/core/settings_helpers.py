@@ -41,6 +41,7 @@ OPTION_NAMES = [
     "alert_channels",
     "alert_interval",
     "alerts_enabled",
+    "alert_incidents",
     "alert_readiness_inhibits",
     "alert_api_networks",
     "alert_mute_windows",
@@ -106,6 +107,7 @@ DEFAULTS: dict[str, Any] = {
     "alert_channels": {},
     "alert_interval": 10.0,
     "alerts_enabled": False,
+    "alert_incidents": False,
     "alert_readiness_inhibits": True,
     "alert_api_networks": (),
     "alert_mute_windows": (),
@@ -181,6 +183,7 @@ ALLOWED: dict[str, str] = {
     "read_retry_after": "seconds, > 0 and <= 3600",
     "alert_interval": "seconds, from 1 to 3600",
     "alerts_enabled": "true or false (1/0, yes/no, on/off in text)",
+    "alert_incidents": "true or false (1/0, yes/no, on/off in text)",
     "alert_readiness_inhibits": "true or false (1/0, yes/no, on/off in text)",
     "alert_api_networks": "a list of IP networks in CIDR form such as '10.0.0.0/8' that the "
     "API's alert channels may send to",

@@ -544,3 +544,53 @@ def test_the_apps_events_in_their_panel(browser: Any, tmp_path: Path) -> None:
         )
         problems = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert problems == [], json.dumps(problems, indent=1)
+
+
+def test_an_incident_and_its_timeline_in_their_panels(browser: Any, tmp_path: Path) -> None:
+    """The active incidents are listed; picking one shows its timeline, with
+    the request errors around it, as the API answers them."""
+    env = child_environment(AEGIS_UPDATE_INTERVAL="200", AEGIS_FLUSH_INTERVAL="0.2")
+    with uvicorn_server("tests.realtime.custom_app:app", tmp_path, env=env) as server:
+        link, bearer = printed_link(server.log.text)
+        browser.get(f"{server.url}{link}")
+        wait_until(browser, lambda d: text_of(d, "incidents") != "", "the panel")
+        with httpx.Client(base_url=server.url, timeout=WAIT) as client:
+            opened = client.post("/incidents/open")
+            # Last: the server closes the connection after the app raised.
+            assert client.get("/boom").status_code == 500
+        assert opened.status_code == 200
+        incident_id = opened.text
+        row = f"#incidents tr[data-id='{incident_id}']"
+        wait_until(
+            browser,
+            lambda d: bool(d.find_elements("css selector", row)),
+            "the incident listed",
+        )
+        cells = browser.execute_script(
+            f'return [...document.querySelector("{row}").cells].map((td) => td.textContent)'
+        )
+        assert cells[1:] == ["critical", "open", "checkout errors"]
+        browser.find_element("css selector", row).click()
+        answer = httpx.get(
+            f"{server.url}/api/metrics/incident-timeline?id={incident_id}", headers=bearer
+        ).json()["data"]
+
+        def shown(driver: Any) -> list[str]:
+            return list(
+                driver.execute_script(
+                    "return [...document.querySelectorAll('#timeline li')].map((li) => li.dataset.kind)"
+                )
+            )
+
+        wait_until(
+            browser,
+            lambda d: (
+                shown(d) == [item["kind"] for item in answer["items"]]
+                and "request_error" in shown(d)
+            ),
+            "the timeline, as the API answers it",
+        )
+        assert text_of(browser, "timeline-title") == "checkout errors"
+        assert "ana: note — looking" in text_of(browser, "timeline")
+        problems = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert problems == [], json.dumps(problems, indent=1)

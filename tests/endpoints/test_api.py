@@ -549,7 +549,8 @@ async def test_the_api_moves_with_api_path(make_aegis: Callable[..., Aegis]) -> 
             f"/internal/stats/{name}"
             for name in (
                 *HISTORY, "realtime", "alerts", "alert-rules", "alert-channels", "alert-history",
-                "silences", "custom-metrics", "events",
+                "silences", "custom-metrics", "events", "incidents", "incident",
+                "incident-timeline", "stats",
                 "alert-rules/dry-run", "channel-test",
             )
         )  # fmt: skip

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A sink URL of each kind that stores events and reads them back."""
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'aegis.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
+@pytest.fixture
+def store(history_sink_url: str) -> str:
+    """A sink URL of each kind that stores events and reads them back (the
+    shared ``history_sink_url``, by the name the events' tests use)."""
+    return history_sink_url

@@ -8,11 +8,9 @@ bad parameter; the request log's errors read as events; never a 500."""
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -20,33 +18,23 @@ import anyio
 import anyio.to_thread
 import httpx
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse
-from starlette.routing import Route
 
 from aegis_mw import Aegis, Batch
 from aegis_mw.contrib.starlette import install
 from aegis_mw.endpoints.alert_writes import MAX_BODY
 from aegis_mw.endpoints.events import EVENT_PARAMETERS, MAX_EVENTS
 from aegis_mw.testing import FakeClock, MemorySink
+from tests import api_apps
+from tests.api_apps import ACCESS, ADMIN, API, EDITOR, VIEWER, Served, iso, seconds, serving
 from tests.harness import Exchange, call, http_scope
 
 pytestmark = pytest.mark.anyio
 
-API = "/api/metrics"
 EVENTS = f"{API}/events"
-VIEWER, EDITOR, ADMIN = "viewer-token-1", "editor-token-1", "admin-token-1"
-ACCESS = {"api": {"tokens": [VIEWER], "editor_tokens": [EDITOR], "admin_tokens": [ADMIN]}}
 TRACE_A, TRACE_B = "0af7651916cd43dd8448eb211c80319c", "4bf92f3577b34da6a3ce929d0e0e4736"
 #: Whole seconds some hours ago: inside the raw retention, before any request
 #: the test sends (so a time filter can leave the request log's errors out).
 BASE = float(int(datetime.now(tz=timezone.utc).timestamp()) - 6 * 3600)
-
-
-def iso(timestamp: float, *, zulu: bool = False) -> str:
-    text = datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat()
-    return text.replace("+00:00", "Z") if zulu else text
 
 
 def q(timestamp: float) -> str:
@@ -54,75 +42,8 @@ def q(timestamp: float) -> str:
     return quote(iso(timestamp), safe="")
 
 
-def seconds(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def bearer(token: str | None) -> dict[str, str]:
-    return {} if token is None else {"authorization": f"Bearer {token}"}
-
-
-# -- the apps ---------------------------------------------------------------------------
-
-
-def starlette_app() -> Starlette:
-    async def boom(request: Request) -> PlainTextResponse:
-        raise RuntimeError("kaboom")
-
-    async def unavailable(request: Request) -> PlainTextResponse:
-        return PlainTextResponse("later", status_code=503)
-
-    async def ok(request: Request) -> PlainTextResponse:
-        return PlainTextResponse("ok")
-
-    return Starlette(
-        routes=[Route("/boom", boom), Route("/unavailable", unavailable), Route("/ok", ok)]
-    )
-
-
-def flask_app() -> Any:
-    flask = pytest.importorskip("flask")
-    app = flask.Flask(__name__)
-
-    @app.get("/boom")  # type: ignore[untyped-decorator]
-    def boom() -> str:
-        raise RuntimeError("kaboom")
-
-    @app.get("/unavailable")  # type: ignore[untyped-decorator]
-    def unavailable() -> tuple[str, int]:
-        return "later", 503
-
-    @app.get("/ok")  # type: ignore[untyped-decorator]
-    def ok() -> str:
-        return "ok"
-
-    return app
-
-
-class Served:
-    """One app under the middleware, over ASGI or WSGI, and a client for it."""
-
-    def __init__(
-        self,
-        aegis: Aegis,
-        kind: str,
-        asgi: httpx.AsyncClient | None = None,
-        wsgi: httpx.Client | None = None,
-    ) -> None:
-        self.aegis, self.kind, self._asgi, self._wsgi = aegis, kind, asgi, wsgi
-
-    async def request(
-        self, method: str, path: str, *, token: str | None = None, **options: Any
-    ) -> httpx.Response:
-        headers = {**bearer(token), **options.pop("headers", {})}
-        if self._asgi is not None:
-            response = await self._asgi.request(method, path, headers=headers, **options)
-        else:
-            assert self._wsgi is not None
-            call = functools.partial(self._wsgi.request, method, path, headers=headers, **options)
-            response = await anyio.to_thread.run_sync(call)
-        assert response.status_code != 500 or not path.startswith(API), response.text
-        return response
+class EventsServed(Served):
+    """The app, and calls of ``{api_path}/events``."""
 
     async def post(
         self, body: Any, *, token: str | None = EDITOR, **options: Any
@@ -157,69 +78,13 @@ class Served:
     async def ids(self, query: str = "") -> list[str]:
         return [event["id"] for event in await self.events(query)]
 
-    async def flush(self) -> None:
-        """force_flush waits on the flusher thread: never on the event loop."""
-        assert await anyio.to_thread.run_sync(self.aegis.force_flush, 10.0)
-
     @property
     def accepted(self) -> int:
         return self.aegis.stats().events_accepted
 
 
-Serve = Callable[..., Awaitable[Served]]
-
-
-@pytest.fixture(params=["asgi", "wsgi"])
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-async def serve(
-    kind: str, make_aegis: Callable[..., Aegis], tmp_path: Path
-) -> AsyncIterator[Serve]:
-    """Builds the app of ``kind`` with the given options (a memory sink, the
-    roles of ACCESS and a flusher that runs only when asked, unless told)."""
-    clients: list[httpx.AsyncClient | httpx.Client] = []
-    pipelines: list[Aegis] = []
-
-    async def build(**options: Any) -> Served:
-        options.setdefault("sink", "memory://")
-        options.setdefault("access", ACCESS)
-        options.setdefault("flush_interval", 3600)
-        options.setdefault("metrics_registry", "none")
-        options.setdefault("environ", {})
-        if kind == "asgi":
-            aegis = make_aegis(**options)
-            app = starlette_app()
-            install(app, aegis=aegis)
-            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-            asgi = httpx.AsyncClient(transport=transport, base_url="http://testserver")
-            clients.append(asgi)
-            served = Served(aegis, kind, asgi=asgi)
-        else:
-            from aegis_mw.contrib.flask import Aegis as FlaskAegis
-
-            app = flask_app()
-            pipeline = FlaskAegis(app, **options).pipeline
-            assert pipeline is not None
-            pipelines.append(pipeline)
-            wsgi = httpx.Client(
-                transport=httpx.WSGITransport(app=app), base_url="http://testserver"
-            )
-            clients.append(wsgi)
-            served = Served(pipeline, kind, wsgi=wsgi)
-        await served.flush()  # the flusher's first cycle is behind us
-        return served
-
-    yield build
-    for client in clients:
-        if isinstance(client, httpx.AsyncClient):
-            await client.aclose()
-        else:
-            client.close()
-    for pipeline in pipelines:
-        await anyio.to_thread.run_sync(pipeline.shutdown, 5.0)
+Serve = Callable[..., Awaitable[EventsServed]]
+serve = serving(EventsServed)
 
 
 # -- sent, then read back ----------------------------------------------------------------
@@ -280,23 +145,17 @@ async def test_posted_events_are_answered_202_and_read_back_once_flushed(serve: 
 
 async def test_post_needs_the_editor_role_and_get_the_viewers(serve: Serve) -> None:
     served = await serve()
-    nobody = await served.post({"message": "anonymous"}, token=None)
-    assert nobody.status_code == 401, nobody.text
-    wrong = await served.post({"message": "wrong"}, token="not-a-token-at-all")
-    assert wrong.status_code == 401, wrong.text
-    viewer = await served.post({"message": "viewer"}, token=VIEWER)
-    assert viewer.status_code == 403, viewer.text
-    assert viewer.json()["error"]["code"] == "forbidden"
+    viewer = await api_apps.refused_below_the_editor(
+        lambda token: served.post({"message": "refused"}, token=token)
+    )
     assert "editor role" in viewer.json()["error"]["message"]
     editor = await served.post({"message": "editor", "id": "by-editor"}, token=EDITOR)
     assert editor.status_code == 202, editor.text
     admin = await served.post({"message": "admin", "id": "by-admin"}, token=ADMIN)
     assert admin.status_code == 202, admin.text
-    # From another site's page: refused whoever the credential is.
-    for headers in ({"origin": "https://evil.example"}, {"sec-fetch-site": "cross-site"}):
-        elsewhere = await served.post({"message": "csrf"}, token=ADMIN, headers=headers)
-        assert elsewhere.status_code == 403, elsewhere.text
-        assert elsewhere.json()["error"]["code"] == "cross_site"
+    await api_apps.refused_from_another_site(
+        lambda headers: served.post({"message": "csrf"}, token=ADMIN, headers=headers)
+    )
     assert served.accepted == 2
     await served.flush()
 
@@ -366,13 +225,7 @@ async def test_a_bad_field_is_a_400_naming_it_and_nothing_is_queued(
     serve: Serve, body: Any, field: str
 ) -> None:
     served = await serve()
-    answer = await served.post(body)
-    assert answer.status_code == 400, answer.text
-    assert answer.headers["content-type"] == "application/json"
-    error = answer.json()["error"]
-    assert set(error) == {"code", "message", "field"}
-    assert (error["code"], error["field"]) == ("invalid_field", field)
-    assert error["message"]
+    api_apps.assert_bad_field(await served.post(body), field)
     assert served.accepted == 0  # a list is checked whole: its good events are not queued
     await served.flush()
     assert await served.events() == []
@@ -437,7 +290,7 @@ async def test_a_streamed_body_over_64_kib_is_413_under_asgi(
     """No Content-Length (chunked): the bound is kept while reading, and the
     rest of the body is left unread."""
     aegis = make_aegis(access=ACCESS, flush_interval=3600, metrics_registry="none")
-    app = starlette_app()
+    app = api_apps.starlette_app()
     install(app, aegis=aegis)
     headers = [
         (b"content-type", b"application/json"),
@@ -502,6 +355,7 @@ async def test_a_full_queue_is_503_with_retry_after_and_the_ids_taken(serve: Ser
     error = answer.json()["error"]
     assert error["code"] == "events_not_queued"
     assert error["accepted"] == ["e0", "e1", "e2"]
+    assert error["accepted_indexes"] == [0, 1, 2]
     stats = served.aegis.stats()
     assert (stats.events_accepted, stats.events_buffered) == (3, 3)
     assert stats.events_dropped["event_buffer_full"] == 2
@@ -637,12 +491,7 @@ async def test_get_filters(serve: Serve, store: str) -> None:
 )
 async def test_a_bad_parameter_is_a_400_naming_it(serve: Serve, query: str, parameter: str) -> None:
     served = await serve()
-    response = await served.get(query)
-    assert response.status_code == 400, response.text
-    error = response.json()["error"]
-    assert set(error) == {"code", "message", "parameter"}
-    assert error["parameter"] == parameter
-    assert error["message"]
+    api_apps.assert_bad_parameter(await served.get(query), parameter)
 
 
 # -- the request log's errors ----------------------------------------------------------------

@@ -214,6 +214,7 @@ def test_a_full_queue_refuses_the_excess_and_counts_it_exactly(
     make_aegis: Callable[..., Aegis], store: str
 ) -> None:
     aegis = make_aegis(sink=store, flush_interval=3600, max_buffer=5, metrics_registry="none")
+    aegis.recorder.events.wake_at = 2**62  # the flusher runs when asked
     assert aegis.force_flush(10)  # the flusher's first cycle is behind us
     answers = [aegis.event(f"e{n}", event_id=f"e{n}") for n in range(8)]
     assert answers == [True] * 5 + [False] * 3
@@ -414,6 +415,7 @@ def test_metrics_show_accepted_events_and_each_drop_reason(
     make_aegis: Callable[..., Aegis],
 ) -> None:
     aegis = make_aegis(flush_interval=3600, max_buffer=3, metrics_registry="none")
+    aegis.recorder.events.wake_at = 2**62  # the flusher runs when asked
     assert aegis.force_flush(10)
     before = scrape(aegis)
     assert before[ACCEPTED] == 0 and before[EVENTS_BUFFER] == 0
@@ -437,6 +439,7 @@ def test_several_workers_event_counts_are_merged(
 ) -> None:
     for pid, sent in ((living_pid, 4), (dead_pid, 6)):
         worker = make_aegis(flush_interval=3600, max_buffer=3, metrics_registry="none")
+        worker.recorder.events.wake_at = 2**62  # the flusher runs when asked
         assert worker.force_flush(10)
         assert sum(worker.event(f"e{n}") for n in range(sent)) == 3
         data = encode(worker.metrics.read_own(), pid=pid, live=True)
@@ -496,3 +499,69 @@ def test_events_wait_in_the_spool_while_postgresql_is_away_and_are_stored_once_b
     assert sorted(events) == sorted(f"o{number}" for number in range(20))
     assert events["o3"]["message"] == "during the outage 3"
     assert aegis.stats().events_dropped == DROPS
+
+
+# -- a burst, big events, deep payloads ------------------------------------------------------
+
+
+class SignallingSink(MemorySink):
+    """A memory sink that says when a write brought events."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wrote_events = threading.Event()
+
+    def write(self, batch: Batch) -> None:
+        super().write(batch)
+        if batch.events:
+            self.wrote_events.set()
+
+
+def test_a_burst_of_events_wakes_the_flusher(make_aegis: Callable[..., Aegis]) -> None:
+    """As the inbox does: once a batch's worth waits, the flusher writes them
+    without waiting out its interval, so a burst is stored, not refused."""
+    sink = SignallingSink()
+    aegis = make_aegis(sink=sink, flush_interval=3600, batch_size=10, metrics_registry="none")
+    assert aegis.force_flush(10)  # the flusher's first cycle is behind us, asleep for an hour
+    wake_at = aegis.recorder.events.wake_at
+    assert 1 <= wake_at <= 10
+    for number in range(wake_at):
+        assert aegis.event(f"e{number}", event_id=f"e{number}")
+    assert sink.wrote_events.wait(30), "the flusher slept on"
+    assert len(sink.events) >= 1
+    assert aegis.stats().events_dropped == DROPS
+
+
+def test_the_queue_holds_at_most_its_bytes(make_aegis: Callable[..., Aegis]) -> None:
+    """Big events fill it by their size, long before the count bound."""
+    aegis = make_aegis(flush_interval=3600, metrics_registry="none")
+    queue = aegis.recorder.events
+    queue.wake_at = 2**62  # the flusher runs when asked
+    queue.max_bytes = 100_000
+    big = "x" * 8000
+    answers = [aegis.event(big, payload={"blob": "y" * 15_000}) for _ in range(10)]
+    assert answers.count(True) == 4 and answers[4:] == [False] * 6  # ~23 KB each
+    assert aegis.stats().events_dropped["event_buffer_full"] == 6
+    assert aegis.event("small")  # room for a small one still
+    assert aegis.force_flush(10)
+    assert aegis.event(big, payload={"blob": "y" * 15_000})  # taken again once written
+
+
+def test_a_payload_nested_past_32_levels_is_refused_where_it_enters(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    """Every reader takes a stored payload at some depth of its own stack: one
+    nested deeper than 32 is refused before it is queued, never read back broken."""
+    aegis = make_aegis(flush_interval=3600, metrics_registry="none")
+    deep: Any = "end"
+    for _ in range(32):
+        deep = [deep]
+    assert aegis.event("ok", payload={"x": deep[0]})  # 32 levels with the payload itself
+    for depth in (33, 990, 5000):
+        nested: Any = "end"
+        for _ in range(depth):
+            nested = {"k": nested}
+        with pytest.raises(EventError) as refused:
+            aegis.event("deep", payload={"x": nested})
+        assert refused.value.field == "payload"
+    assert aegis.stats().events_accepted == 1

@@ -11,7 +11,7 @@ import random
 import sqlite3
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -508,7 +508,7 @@ def test_an_sqlite_file_of_the_version_before_events_takes_them(tmp_path: Path) 
     rng = random.Random(13)
     old = sorted((request(number, rng) for number in range(40)), key=lambda r: r.timestamp)
     connection = sqlite3.connect(path)
-    before = sqlite_schema.MIGRATIONS[:-1]
+    before = sqlite_schema.MIGRATIONS[: version_of_events(sqlite_schema.MIGRATIONS)]
     for statements in before[:-1]:
         for statement in statements:
             if "aegis_histogram_v3" not in statement:  # no rollup rows to convert
@@ -532,6 +532,15 @@ def test_an_sqlite_file_of_the_version_before_events_takes_them(tmp_path: Path) 
         sink.close()
 
 
+def version_of_events(migrations: Sequence[Sequence[object]]) -> int:
+    """The schema version just before the one that adds the events' table."""
+    return next(
+        version
+        for version, steps in enumerate(migrations)
+        if any("CREATE TABLE aegis_events" in str(step) for step in steps)
+    )
+
+
 def takes_events_after_migration(sink: Any, old: list[RequestRecord], rng: random.Random) -> None:
     """The old rows read as before; events are stored, and merged with them."""
     all_requests = RequestQuery(limit=1000)
@@ -551,7 +560,7 @@ def test_a_postgresql_schema_of_the_version_before_events_takes_them(postgres_ur
     rng = random.Random(17)
     old = [request(number, rng) for number in range(40)]
     with psycopg.connect(postgres_url, autocommit=True) as connection:
-        schema_at(connection, postgres_schema.SCHEMA_VERSION - 1)
+        schema_at(connection, version_of_events(postgres_schema.MIGRATIONS))
         with connection.cursor() as cursor:
             cursor.executemany(f"INSERT INTO aegis_requests VALUES ({', '.join(['%s'] * 12)})", old)
     assert sql(postgres_url, "SELECT to_regclass('aegis_events')") == [(None,)]
@@ -592,9 +601,12 @@ def test_the_codec_keeps_requests_sessions_events_and_rollups() -> None:
     assert back.batch_id == "codec" and back.rollups is not None
     assert (back.rollups.delta_id, back.rollups.cells) == ("delta-codec", delta.cells)
     assert back.records() == batch.records()
-    # The batch's oldest record may be an event.
-    earliest = Batch(events=[many[0]._replace(timestamp=T0 - 5)], requests=batch.requests)
-    assert spool_codec.oldest(earliest, default=0.0) == T0 - 5
+    # Not an event: its time is the caller's to give, a back-dated one would
+    # make the spool look behind.
+    oldest_request = min(record.timestamp for record in batch.requests)
+    earliest = Batch(events=[many[0]._replace(timestamp=T0 - 10**6)], requests=batch.requests)
+    assert spool_codec.oldest(earliest, default=0.0) == oldest_request
+    assert spool_codec.oldest(Batch(events=many), default=123.0) == 123.0
 
 
 def _part(value: Any) -> bytes:
@@ -641,9 +653,9 @@ def test_spooled_events_are_read_by_their_field_names() -> None:
         row = [bad.get(name, value) for name, value in zip(written, item, strict=True)]
         with pytest.raises(SpoolCorrupt):
             spool_codec.decode(_part(header) + _part([row]))
+    fewer = _header(requests=0, sessions=0, events=2, event_fields=written)
     with pytest.raises(SpoolCorrupt):  # fewer events than counted
-        spool_codec.decode(_part(_header(requests=0, sessions=0, events=2,
-                                         event_fields=written)) + _part([list(item)]))  # fmt: skip
+        spool_codec.decode(_part(fewer) + _part([list(item)]))
 
 
 def _mixed(events: int = 9) -> Batch:

@@ -40,9 +40,20 @@ async def boom(request: Request) -> PlainTextResponse:
     raise RuntimeError("kaput")
 
 
+def open_incident(request: Request) -> PlainTextResponse:
+    # A plain function: Starlette runs it in a worker thread (the store is I/O).
+    assert aegis.incidents is not None
+    incident, _ = aegis.incidents.open(
+        {"title": "checkout errors", "severity": "critical"}, "on-call"
+    )
+    aegis.incidents.change(incident.incident_id, {"note": "looking"}, "ana")
+    return PlainTextResponse(incident.incident_id)
+
+
 app.router.routes.extend(
     [
         Route("/deploys/{version}", deployed, methods=["POST"]),
         Route("/boom", boom),
+        Route("/incidents/open", open_incident, methods=["POST"]),
     ]
 )

@@ -180,7 +180,8 @@ def test_schema_is_created_on_first_write(
         "aegis_alert_instances", "aegis_alert_lease", "aegis_alert_outbox",
         "aegis_alert_reports", "aegis_alert_rules",
         "aegis_alert_silences", "aegis_alert_transitions",
-        "aegis_batches", "aegis_events", "aegis_requests", "aegis_rollup_deltas",
+        "aegis_batches", "aegis_events", "aegis_incident_updates", "aegis_incidents",
+        "aegis_requests", "aegis_rollup_deltas",
         "aegis_rollup_totals",
         "aegis_rollups", "aegis_schema_version", "aegis_websocket_sessions",
     ]  # fmt: skip
@@ -210,10 +211,14 @@ def test_schema_is_created_on_first_write(
     )
     assert definitions["aegis_rollup_totals_pkey"] == "btree (resolution, bucket, status_class)"
     assert "aegis_requests_route" not in definitions
-    # The request log has no key (idempotent per batch): its one index is by time.
+    # The request log has no key (idempotent per batch): its indexes are by
+    # time, one of them holding the server errors alone.
     assert [name for name in definitions if name.startswith("aegis_requests")] == [
-        "aegis_requests_timestamp"
+        "aegis_requests_errors",
+        "aegis_requests_timestamp",
     ]
+    assert definitions["aegis_requests_errors"] == 'btree ("timestamp") WHERE (status >= 500)'
+
     assert definitions["aegis_batches_pkey"] == "btree (batch_id)"
     assert sql(postgres_url, "SELECT version FROM aegis_schema_version ORDER BY version") == [
         (version,) for version in range(1, postgres_schema.SCHEMA_VERSION + 1)

@@ -169,10 +169,14 @@ def test_schema_is_created_on_first_write(
         ("index", "aegis_batches_applied_at", "aegis_batches"),
         ("table", "aegis_events", "aegis_events"),
         ("index", "aegis_events_timestamp", "aegis_events"),
+        ("table", "aegis_incident_updates", "aegis_incident_updates"),
+        ("table", "aegis_incidents", "aegis_incidents"),
+        ("index", "aegis_incidents_created_at", "aegis_incidents"),
         ("table", "aegis_request_blocks", "aegis_request_blocks"),
         ("index", "aegis_request_blocks_time_max", "aegis_request_blocks"),
         ("index", "aegis_request_blocks_time_min", "aegis_request_blocks"),
         ("table", "aegis_requests", "aegis_requests"),
+        ("index", "aegis_requests_errors", "aegis_requests"),
         ("table", "aegis_rollup_deltas", "aegis_rollup_deltas"),
         ("index", "aegis_rollup_deltas_applied_at", "aegis_rollup_deltas"),
         ("table", "aegis_rollup_totals", "aegis_rollup_totals"),
@@ -181,6 +185,8 @@ def test_schema_is_created_on_first_write(
         ("index", "aegis_websocket_sessions_timestamp", "aegis_websocket_sessions"),
         ("index", "sqlite_autoindex_aegis_alert_outbox_1", "aegis_alert_outbox"),
         ("index", "sqlite_autoindex_aegis_events_1", "aegis_events"),
+        ("index", "sqlite_autoindex_aegis_incidents_1", "aegis_incidents"),
+        ("index", "sqlite_autoindex_aegis_incidents_2", "aegis_incidents"),
     ]
     request_columns = query(path, "PRAGMA table_info(aegis_requests)")
     assert [(c[1], c[2], c[3], c[5]) for c in request_columns] == EXPECTED_REQUEST_COLUMNS
@@ -194,8 +200,11 @@ def test_schema_is_created_on_first_write(
     assert sql.rstrip().endswith("WITHOUT ROWID")
     with pytest.raises(sqlite3.OperationalError, match="no such column: rowid"):
         query(path, "SELECT rowid FROM aegis_websocket_sessions")
-    # Its time index is the blocks' (test_sqlite_blocks.py), not an index of its own.
-    assert query(path, "PRAGMA index_list(aegis_requests)") == []
+    # Its time index is the blocks' (test_sqlite_blocks.py), not an index of its
+    # own; only its server errors have one, a partial index (a few rows).
+    assert query(path, "PRAGMA index_list(aegis_requests)") == [
+        (0, "aegis_requests_errors", 0, "c", 1)
+    ]
     assert query(path, "PRAGMA index_info(aegis_websocket_sessions_timestamp)") == [
         (0, 1, "timestamp")
     ]
@@ -221,7 +230,7 @@ def test_reopening_an_existing_file_keeps_schema_and_rows(
         make_request(2).request_id,
     ]
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 39
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 45
 
 
 def test_batch_written_twice_is_stored_once(
@@ -303,7 +312,9 @@ def test_version_3_request_log_is_migrated_with_every_row(
     assert newest_first == sorted(
         [*old_requests, make_request(30)], key=lambda r: (r.timestamp, r.request_id), reverse=True
     )
-    assert query(path, "PRAGMA index_list(aegis_requests)") == []
+    assert [row[1] for row in query(path, "PRAGMA index_list(aegis_requests)")] == [
+        "aegis_requests_errors"
+    ]
 
 
 def awkward_records() -> tuple[list[RequestRecord], list[WebSocketSession]]:
@@ -409,7 +420,7 @@ def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path: Path) -> N
     versions = sorted(version for outcome in outcomes for version in outcome[3])
     assert versions == [0] + [SCHEMA_VERSION] * (PROCESSES - 1)
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 39
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 45
     ids = [row[0] for row in read_requests(path)]
     expected = sorted(
         f"{index:016x}{n:016x}" for index in range(PROCESSES) for n in range(RECORDS_PER_PROCESS)

@@ -1,0 +1,98 @@
+"""gunicorn with 4 uvicorn workers on one SQLite file or PostgreSQL database:
+openings of one correlation key sent at once, answered by several workers,
+make exactly one incident; the others attach to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import servers
+from tests.servers import gunicorn_command, gunicorn_process
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not hasattr(os, "fork"), reason="gunicorn needs os.fork (POSIX)"),
+]
+
+WORKERS = 4
+OPENINGS = 40
+EDITOR = "editor-token-gunicorn"
+APP = "tests.custom_metrics_app:app"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sink_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def stored_ids(url: str) -> list[str]:
+    """The incidents in the database itself (the sink the workers were given)."""
+    query = "SELECT incident_id FROM aegis_incidents"
+    if url.startswith("sqlite:///"):
+        with closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as connection:
+            return [row[0] for row in connection.execute(query)]
+    import psycopg
+
+    with psycopg.connect(url) as connection:
+        return [row[0] for row in connection.execute(query)]
+
+
+def test_openings_of_one_key_at_once_make_one_incident(tmp_path: Path, sink_url: str) -> None:
+    shared = tmp_path / "multiproc"
+    shared.mkdir()
+    env = servers.multiprocess_env(shared)
+    env.update(AEGIS_SINK=sink_url, AEGIS_ACCESS=json.dumps({"api": {"editor_tokens": [EDITOR]}}))
+    with gunicorn_process(gunicorn_command(WORKERS, APP), tmp_path, env) as (_, lines, seen):
+        base, _pids = servers.gunicorn_started(lines, seen, WORKERS, time.monotonic() + 60)
+        barrier = threading.Barrier(OPENINGS)
+        answers: list[httpx.Response] = []
+        lock = threading.Lock()
+
+        def open_one(number: int) -> None:
+            body = {"title": f"checkout down ({number})", "correlation_key": "checkout"}
+            # A connection each: the openings reach the workers at once.
+            with httpx.Client(base_url=base, timeout=30) as client:
+                barrier.wait(30)
+                answer = client.post(
+                    "/api/metrics/incidents", json=body,
+                    headers={"Authorization": f"Bearer {EDITOR}"},
+                )  # fmt: skip
+            with lock:
+                answers.append(answer)
+
+        threads = [threading.Thread(target=open_one, args=(n,)) for n in range(OPENINGS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert len(answers) == OPENINGS
+        statuses = sorted(answer.status_code for answer in answers)
+        assert statuses == [200] * (OPENINGS - 1) + [201], [a.text for a in answers]
+        ids = {answer.json()["data"]["incident"]["id"] for answer in answers}
+        assert len(ids) == 1
+        [incident_id] = ids
+
+        with httpx.Client(base_url=base, timeout=30) as client:
+            auth = {"Authorization": f"Bearer {EDITOR}"}
+            listed = client.get("/api/metrics/incidents", headers=auth).json()["data"]
+            shown: dict[str, Any] = client.get(
+                f"/api/metrics/incident?id={incident_id}", headers=auth
+            ).json()["data"]
+        assert [incident["id"] for incident in listed["incidents"]] == [incident_id]
+        kinds = [update["kind"] for update in shown["updates"]]
+        assert kinds == ["created"] + ["attached"] * (OPENINGS - 1)
+        assert [update["seq"] for update in shown["updates"]] == list(range(1, OPENINGS + 1))
+    assert stored_ids(sink_url) == [incident_id]
