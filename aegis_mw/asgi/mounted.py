@@ -38,7 +38,7 @@ from ..endpoints.reads import RENDER, STORE
 from ..endpoints.response import Response
 from ..endpoints.stream_path import ASGI_FIX, StreamPathAnswers
 from ..endpoints.token_cookie import TOKEN_COOKIE, cookie_paths, token_login
-from ..endpoints.writes import WRITES, ApiWrites, write_role
+from ..endpoints.writes import READ_ROLES, WRITES, ApiWrites, write_role
 from ..types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -282,6 +282,13 @@ class MountedRoutes:
         writes = WRITES.get(endpoint, ()) if endpoint is not None else ()
         if method in writes:
             return write_refusal(scope, method, decision, write_role(endpoint or "")), decision
+        needs = READ_ROLES.get(endpoint or "") if method in reads else None
+        if needs is not None and not decision.may(needs):
+            message = (
+                f"reading this needs the {needs} role: give the api group admin_tokens "
+                "or admin_basic, and use one of them"
+            )
+            return Response.error(403, "forbidden", message), decision
         if method not in reads:
             allowed = ", ".join((*reads, *writes))
             message = f"{method} is not allowed here; use {allowed}"

@@ -31,6 +31,7 @@ from ..history.breaker import EventsUnavailable, StoreUnavailable
 from ..history.queries import SORTS, HistoryQueries
 from ..history.ranges import QueryError, horizons, parse_time
 from ..realtime.sections import realtime_api
+from .audit import AUDIT_PARAMETERS, audit_answer
 from .custom_metrics import custom_metrics_answer
 from .events import EVENT_PARAMETERS, event_query, events_answer
 from .incidents import INCIDENT_PARAMETERS, incidents_answer
@@ -72,6 +73,7 @@ PARAMETERS: Mapping[str, tuple[str, ...]] = {
     "events": EVENT_PARAMETERS,
     **INCIDENT_PARAMETERS,
     "stats": (),
+    "audit": AUDIT_PARAMETERS,
     "openapi.json": (),
 }
 MAX_OFFSET = 1_000_000
@@ -408,6 +410,11 @@ class MetricsAPI:
                 return Response.json(200, {"data": {"transitions": rows, "notices": notices}})
             if endpoint == "events":
                 return self._events(params)
+            if endpoint == "audit":
+                for name, value in params.items():
+                    check_text(name, value)
+                log = audit_answer(self._aegis, _integer(params, "limit", 100, 1, 1000))
+                return Response.json(200, {"data": log})
             if endpoint == "stats":
                 figures = stats_answer(self._aegis, self.queries)
                 self._failing = False

@@ -235,6 +235,28 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
             "events": {"type": "array", "items": _EVENT},
         },
     },
+    "audit": {
+        "type": "object",
+        "required": ["limit", "entries"],
+        "properties": {
+            "limit": {"type": "integer"},
+            "entries": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["at", "actor", "action", "object", "detail", "source"],
+                    "properties": {
+                        "at": _TIME,
+                        "actor": {"type": "string"},
+                        "action": {"type": "string"},
+                        "object": {"type": "string"},
+                        "detail": {"type": "object"},
+                        "source": {"type": "string", "enum": ["alerts", "incidents"]},
+                    },
+                },
+            },
+        },
+    },
     "stats": {
         "type": "object",
         "required": ["at", "events", "requests", "custom_metrics", "alerts", "incidents"],
@@ -659,6 +681,7 @@ _PARAMETERS["incidents"] = [
 _PARAMETERS["incident"] = _INCIDENT_ID
 _PARAMETERS["incident-timeline"] = [*_INCIDENT_ID, *_PAGE_PARAMETERS]
 _PARAMETERS["stats"] = []
+_PARAMETERS["audit"] = [_query("limit", _LIMIT, "How many entries, the latest (default 100).")]
 _PARAMETERS["alerts"] = []
 _PARAMETERS["alert-rules"] = []
 _PARAMETERS["alert-channels"] = []
@@ -687,6 +710,7 @@ _SUMMARIES = {
     "events": "The app's events and the request log's errors, newest first",
     "incidents": "Incidents, newest first",
     "stats": "Events, requests, custom metrics, alerts and incidents: totals and the last hour",
+    "audit": "Who changed what, when and from where: alerting and incidents (admin role)",
     "incident": "One incident, its updates (who changed what, when) and its summary",
     "incident-timeline": "What happened around an incident, oldest first",
 }

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from ..access.check import EDITOR
+from ..access.check import ADMIN, EDITOR
 from . import alert_writes
 from .alert_writes import AlertWrites
 from .events import post_events
@@ -23,6 +23,11 @@ logger = logging.getLogger("aegis_mw.api")
 WRITES: Mapping[str, tuple[str, ...]] = {
     **alert_writes.WRITES, "events": ("POST",), "incidents": ("POST", "PATCH"),
 }  # fmt: skip
+
+
+#: endpoint -> the role its reads need, where more than the group's rule
+#: (any role): the audit log names who holds which credential.
+READ_ROLES: Mapping[str, str] = {"audit": ADMIN}
 
 
 def write_role(endpoint: str) -> str:

@@ -89,6 +89,14 @@ class IncidentUpdate:
             "changes": self.changes, "note": self.note,
         }  # fmt: skip
 
+    def audit_row(self) -> dict[str, Any]:
+        """As an entry of the audit log (see ``GET {api_path}/audit``)."""
+        detail = {"changes": self.changes, "note": self.note} if self.changes or self.note else {}
+        return {
+            "at": self.at, "actor": self.actor, "action": f"incident.{self.kind}",
+            "object": f"incident {self.incident_id}", "detail": detail,
+        }  # fmt: skip
+
 
 def text(name: str, value: Any, limit: int, *, lines: bool = False, empty: bool = True) -> str:
     if not isinstance(value, str):

@@ -62,6 +62,9 @@ class IncidentStore(Protocol):
         """How many incidents there are, how many are active, and how many
         were opened at or after ``since``."""
 
+    def recent_updates(self, limit: int) -> list[IncidentUpdate]:
+        """The latest updates of every incident, newest first (the audit)."""
+
 
 def _changed(
     incident: Incident, changes: Mapping[str, Any], now: float
@@ -162,6 +165,12 @@ class MemoryIncidentStore:
     def counts(self, since: float) -> tuple[int, int, int]:
         with self._lock:
             return _counts(list(self._incidents.values()), since)
+
+    def recent_updates(self, limit: int) -> list[IncidentUpdate]:
+        with self._lock:
+            every = [update for updates in self._updates.values() for update in updates]
+        every.sort(key=lambda u: (u.at, u.incident_id, u.seq), reverse=True)
+        return every[:limit]
 
     def reset_after_fork(self) -> None:
         """In a forked child: a lock of its own (the parent's may be held)."""
@@ -296,13 +305,19 @@ class SQLIncidentStore:
         return None if row is None else Incident(*row)
 
     def updates(self, incident_id: str) -> list[IncidentUpdate]:
+        return self._updates_where("WHERE incident_id = ? ORDER BY seq", (incident_id,))
+
+    def recent_updates(self, limit: int) -> list[IncidentUpdate]:
+        return self._updates_where("ORDER BY at DESC, incident_id DESC, seq DESC LIMIT ?", (limit,))
+
+    def _updates_where(self, tail: str, params: tuple[object, ...]) -> list[IncidentUpdate]:
         with self._borrow() as connection:
             rows = connection.execute(
                 self._sql(
                     "SELECT incident_id, seq, at, actor, kind, changes, note "
-                    "FROM aegis_incident_updates WHERE incident_id = ? ORDER BY seq"
+                    f"FROM aegis_incident_updates {tail}"
                 ),
-                (incident_id,),
+                params,
             ).fetchall()
         return [
             IncidentUpdate(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]), row[6])

@@ -550,7 +550,7 @@ async def test_the_api_moves_with_api_path(make_aegis: Callable[..., Aegis]) -> 
             for name in (
                 *HISTORY, "realtime", "alerts", "alert-rules", "alert-channels", "alert-history",
                 "silences", "custom-metrics", "events", "incidents", "incident",
-                "incident-timeline", "stats",
+                "incident-timeline", "stats", "audit",
                 "alert-rules/dry-run", "channel-test",
             )
         )  # fmt: skip
