@@ -32,6 +32,7 @@ from typing import Any
 
 from .history import RequestQuery
 from .record import EventRecord, RequestRecord
+from .text_rules import text_problem
 
 logger = logging.getLogger("aegis_mw.events")
 
@@ -64,10 +65,6 @@ LATEST = 253_370_764_800.0  # 9999-01-01T00:00:00Z
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]*")
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
-#: C0 and C1 controls and DEL: never in a source, a tag or an id.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-#: The same but tab and newline: a message may have lines.
-_CONTROL_IN_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _DUMP = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
@@ -81,19 +78,11 @@ class EventError(ValueError):
 
 
 def _text(field: str, value: Any, limit: int, *, lines: bool = False, empty: bool = False) -> str:
-    if not isinstance(value, str):
-        raise EventError(field, f"must be text, not {type(value).__name__}")
-    if not value and not empty:
-        raise EventError(field, "may not be empty")
-    if len(value) > limit:
-        raise EventError(field, f"may be at most {limit} characters")
-    if (_CONTROL_IN_TEXT if lines else _CONTROL).search(value):
-        raise EventError(field, "may not hold control characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise EventError(field, "must be valid Unicode (no lone surrogates)") from None
-    return value
+    problem = text_problem(value, limit, lines=lines, empty=empty)
+    if problem is not None:
+        raise EventError(field, problem)
+    text: str = value
+    return text
 
 
 def _choice(field: str, value: Any, choices: Sequence[str]) -> str:

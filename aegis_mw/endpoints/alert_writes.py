@@ -103,7 +103,7 @@ class BadInput(Exception):
         self.code = code or ("invalid_parameter" if in_query else "invalid_field")
 
 
-def _problem(error: BadInput) -> Response:
+def problem(error: BadInput) -> Response:
     # "parameter" for the query, as the read API names it; "field" for the body.
     where = "parameter" if error.in_query else "field"
     return Response.json(
@@ -117,7 +117,8 @@ def _problem(error: BadInput) -> Response:
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-def _json_object(body: bytes) -> dict[str, Any]:
+def json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; :class:`BadInput` naming the problem."""
     try:
         data = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
@@ -145,26 +146,11 @@ def _check_text(value: Any, where: str) -> None:
         _check_text(item, path)
 
 
-def json_object(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object; :class:`BadInput` naming the problem."""
-    return _json_object(body)
-
-
-def problem(error: BadInput) -> Response:
-    """The 400 (or other status) answering ``error``."""
-    return _problem(error)
-
-
-def id_parameter(query_string: bytes) -> str:
-    """The ``id`` query parameter a write names its object by."""
-    return _query(query_string, "id")
-
-
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def _query(query_string: bytes, name: str) -> str:
+def query_parameter(query_string: bytes, name: str) -> str:
     """The one parameter a DELETE takes, checked as the read endpoints check
     theirs."""
     try:
@@ -216,21 +202,21 @@ class AlertWrites:
         try:
             if endpoint == "alert-rules":
                 if method == "PUT":
-                    return self._put_rule(alerts, _json_object(body), actor)
-                return self._delete(alerts, RULE, _query(query_string, "name"), actor)
+                    return self._put_rule(alerts, json_object(body), actor)
+                return self._delete(alerts, RULE, query_parameter(query_string, "name"), actor)
             if endpoint == "alert-channels":
                 if method == "PUT":
-                    return self._put_channel(alerts, _json_object(body), actor)
-                return self._delete(alerts, CHANNEL, _query(query_string, "name"), actor)
+                    return self._put_channel(alerts, json_object(body), actor)
+                return self._delete(alerts, CHANNEL, query_parameter(query_string, "name"), actor)
             if endpoint == "silences":
                 if method == "POST":
-                    return self._put_silence(alerts, _json_object(body), actor)
-                return self._expire_silence(alerts, _query(query_string, "id"), actor)
+                    return self._put_silence(alerts, json_object(body), actor)
+                return self._expire_silence(alerts, query_parameter(query_string, "id"), actor)
             if endpoint == "channel-test":
-                return self._test(alerts, _json_object(body), actor)
-            return self._dry_run(alerts, _json_object(body))
+                return self._test(alerts, json_object(body), actor)
+            return self._dry_run(alerts, json_object(body))
         except BadInput as error:
-            return _problem(error)
+            return problem(error)
         except Exception:
             # The store's fault (down, locked past its timeout): nothing was
             # written, so the caller may retry; never a 500.

@@ -45,15 +45,26 @@ MAX_EVENT_OFFSET = 10_000
 _FIELDS = ("type", "source", "message", "level", "tags", "payload", "timestamp", "id", "trace_id")
 
 
-def _choices(params: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+def comma_choices(
+    params: Mapping[str, str],
+    name: str,
+    allowed: tuple[str, ...],
+    aliases: Mapping[str, tuple[str, ...]] | None = None,
+) -> tuple[str, ...]:
+    """The values a comma-separated parameter lists (each once, in order; an
+    alias stands for its values); QueryError for one not ``allowed``."""
     text = params.get(name)
     if text is None:
         return ()
-    chosen = tuple(dict.fromkeys(part.strip() for part in text.split(",")))
-    for value in chosen:
-        if value not in allowed:
-            raise QueryError(name, f"{name} must be a comma-separated list of {', '.join(allowed)}")
-    return chosen
+    aliases = aliases or {}
+    chosen: list[str] = []
+    for part in text.split(","):
+        value = part.strip()
+        if value not in allowed and value not in aliases:
+            listed = ", ".join((*allowed, *aliases))
+            raise QueryError(name, f"{name} must be a comma-separated list of {listed}")
+        chosen.extend(aliases.get(value, (value,)))
+    return tuple(dict.fromkeys(chosen))
 
 
 def event_query(
@@ -81,9 +92,9 @@ def event_query(
     if since is not None and until is not None and since >= until:
         raise QueryError("since", "since must be before until")
     return EventQuery(
-        types=_choices(params, "type", TYPES),
+        types=comma_choices(params, "type", TYPES),
         source=source,
-        levels=_choices(params, "level", LEVELS),
+        levels=comma_choices(params, "level", LEVELS),
         tags=tags,
         trace_id=trace_id,
         since=since,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ..history.ranges import QueryError
 from ..incidents.model import ACTIVE, SEVERITIES, STATUSES, IncidentError
 from ..incidents.store import Conflict
+from .events import comma_choices
 from .response import Response
 
 if TYPE_CHECKING:
@@ -40,25 +41,6 @@ MAX_UPDATES_SHOWN = 1000
 Integer = Callable[[Mapping[str, str], str, int, int, int], int]
 
 
-def _choices(params: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
-    text = params.get(name)
-    if text is None:
-        return ()
-    chosen: list[str] = []
-    for part in text.split(","):
-        value = part.strip()
-        if name == "status" and value == "active":
-            chosen.extend(ACTIVE)
-        elif value in allowed:
-            chosen.append(value)
-        else:
-            extra = " or active" if name == "status" else ""
-            raise QueryError(
-                name, f"{name} must be a comma-separated list of {', '.join(allowed)}{extra}"
-            )
-    return tuple(dict.fromkeys(chosen))
-
-
 def _found(incidents: Incidents, params: Mapping[str, str]) -> Any:
     incident_id = params.get("id")
     if not incident_id:
@@ -74,7 +56,8 @@ def incidents_answer(
         limit = integer(params, "limit", 100, 1, 1000)
         offset = integer(params, "offset", 0, 0, MAX_INCIDENT_OFFSET)
         found = incidents.find(
-            _choices(params, "status", STATUSES), _choices(params, "severity", SEVERITIES),
+            comma_choices(params, "status", STATUSES, {"active": ACTIVE}),
+            comma_choices(params, "severity", SEVERITIES),
             limit, offset,
         )  # fmt: skip
         data = {"limit": limit, "offset": offset, "incidents": [i.to_json() for i in found]}

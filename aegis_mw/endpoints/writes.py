@@ -54,7 +54,9 @@ class ApiWrites:
 
     def _incidents(self, method: str, query_string: bytes, body: bytes, actor: str) -> Response:
         try:
-            incident_id = None if method == "POST" else alert_writes.id_parameter(query_string)
+            incident_id = (
+                None if method == "POST" else alert_writes.query_parameter(query_string, "id")
+            )
             data = alert_writes.json_object(body)
         except alert_writes.BadInput as error:
             return alert_writes.problem(error)

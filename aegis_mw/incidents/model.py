@@ -7,12 +7,12 @@ newlines where text may have lines).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..core.record import isoformat
+from ..core.text_rules import text_problem
 
 STATUSES = ("open", "investigating", "identified", "monitoring", "resolved")
 RESOLVED = "resolved"
@@ -26,9 +26,6 @@ MAX_NAME = 128
 MAX_KEY = 256
 #: Fields an update may change; ``note`` adds a note beside them.
 CHANGEABLE = ("title", "description", "severity", "status", "assignee", "root_cause")
-
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-_CONTROL_IN_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 class IncidentError(ValueError):
@@ -99,19 +96,12 @@ class IncidentUpdate:
 
 
 def text(name: str, value: Any, limit: int, *, lines: bool = False, empty: bool = True) -> str:
-    if not isinstance(value, str):
-        raise IncidentError(name, f"must be text, not {type(value).__name__}")
-    if not empty and not value.strip():
-        raise IncidentError(name, "may not be empty")
-    if len(value) > limit:
-        raise IncidentError(name, f"may be at most {limit} characters")
-    if (_CONTROL_IN_TEXT if lines else _CONTROL).search(value):
-        raise IncidentError(name, "may not hold control characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise IncidentError(name, "must be valid Unicode (no lone surrogates)") from None
-    return value
+    """``value`` checked as text (blank counts as empty); IncidentError naming ``name``."""
+    problem = text_problem(value, limit, lines=lines, empty=empty, blank=False)
+    if problem is not None:
+        raise IncidentError(name, problem)
+    checked: str = value
+    return checked
 
 
 def choice(name: str, value: Any, choices: tuple[str, ...]) -> str:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..core.events import REQUEST_PREFIX, EventQuery
 from ..core.record import isoformat
 from ..core.rollup import FINEST
+from ..core.text_rules import CONTROL
 from ..history.ranges import QueryError
 from .model import (
     MAX_KEY,
@@ -204,10 +204,7 @@ class Incidents:
 def _plain(text: str) -> str:
     """Text of a rule (its annotations and group are not checked as an
     incident's fields are) with its control characters made spaces."""
-    return _CONTROL.sub(" ", text).encode("utf-8", "replace").decode("utf-8")
-
-
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+    return CONTROL.sub(" ", text).encode("utf-8", "replace").decode("utf-8")
 
 
 def _transitions(store: AlertStore, start: float, end: float) -> tuple[list[dict[str, Any]], bool]:
