@@ -28,6 +28,7 @@ from .alerts.store import MemoryAlertStore
 from .core.aggregates import RealtimeAggregates, RealtimeSnapshot
 from .core.client_address import ClientAddressResolver, parse_networks
 from .core.clock import Clock, SystemClock
+from .core.custom_history import CustomSampler
 from .core.custom_metrics import DEFAULT_MAX_SERIES, Counter, CustomMetrics, Gauge, Histogram
 from .core.deque_take import DequeTake
 from .core.errors import ConfigError
@@ -125,10 +126,14 @@ def multiprocess_directory(
 def _sink_drops(runner: SinkRunner) -> dict[str, int]:
     """The runner's drops, with the rollups its spool's store refused on replay."""
     dropped = dict(runner.dropped)
-    if runner.spool is not None and runner.spool.rollups_rejected:
-        dropped["rollups_rejected"] = (
-            dropped.get("rollups_rejected", 0) + runner.spool.rollups_rejected
-        )
+    spool = runner.spool
+    if spool is not None:
+        for reason, count in (
+            ("rollups_rejected", spool.rollups_rejected),
+            ("custom_rollups_rejected", spool.custom_rollups_rejected),
+        ):
+            if count:
+                dropped[reason] = dropped.get(reason, 0) + count
     return dropped
 
 
@@ -353,6 +358,7 @@ class Aegis:
         )
         #: Whether any sink stores the app's events (see :meth:`event`).
         self.stores_events = any(runner.keeps_events for runner in runners)
+        self.flusher.cycle.custom = CustomSampler(self.custom_metrics)
         self.flusher.cycle.retention = Retention(
             settings.retention_raw,
             horizons(settings.retention_raw, settings.retention_rollups),

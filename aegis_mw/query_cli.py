@@ -21,12 +21,14 @@ from .cli_args import missing_directory, moment, sqlite_path
 
 QUERIES = (
     "overview", "request-rate", "latency", "status-distribution", "top-endpoints", "requests",
+    "custom-metric-history",
 )  # fmt: skip
 #: option -> the API parameter it sets
 OPTIONS = {
     "range": "range", "from_": "from", "to": "to", "limit": "limit", "sort": "sort",
     "route": "route", "method": "method", "status": "status",
     "min_duration_ms": "min_duration_ms", "since": "since", "until": "until", "offset": "offset",
+    "name": "name", "by": "by",
 }  # fmt: skip
 
 
@@ -57,6 +59,8 @@ def add_parser(commands: Any) -> None:
             f"--{name}", metavar="TIME", type=moment, help=f"{name} filter (requests): {when}"
         )
     query.add_argument("--min-duration-ms", dest="min_duration_ms", help="slowest only (requests)")
+    query.add_argument("--name", help="the app's own metric to chart (custom-metric-history)")
+    query.add_argument("--by", help="its label names, one series per value (custom-metric-history)")
 
 
 def _open(url: str) -> Any:
@@ -106,7 +110,7 @@ def with_history(db: str, needs: str, what: str, work: Callable[[Any], int]) -> 
 
 def run_query(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from .core.errors import ConfigError
-    from .endpoints.api import PARAMETERS, answer
+    from .endpoints.api import PARAMETERS, answer, custom_history_answer
     from .history import HistoryQueries, QueryError
 
     params = {
@@ -124,7 +128,13 @@ def run_query(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print(f"aegis-mw: error: {exc}", file=sys.stderr)
         return 2
     try:
-        data = answer(HistoryQueries(sink), args.query, params)
+        queries = HistoryQueries(sink)
+        if args.query == "custom-metric-history":
+            found = custom_history_answer(queries, sink, params)
+            assert found is not None  # the sink is the source
+            data = found
+        else:
+            data = answer(queries, args.query, params)
     except QueryError as exc:
         print(f"aegis-mw: error: {exc.parameter}: {exc.message}", file=sys.stderr)
         return 2
@@ -191,6 +201,8 @@ def render(query: str, data: dict[str, Any]) -> str:
         ]  # fmt: skip
         headers = ("route", "method", "requests", "errors", "req/s", "avg ms", "p95 ms", "p99 ms")
         return head + table(headers, rows)
+    if query == "custom-metric-history":
+        return head + _custom_table(data)
     if query == "requests":
         rows = [
             (r["timestamp"], r["method"], r["route"], r["path"], r["status"], r["duration_ms"],
@@ -202,3 +214,28 @@ def render(query: str, data: dict[str, Any]) -> str:
     columns = [key for key in points[0] if key != "timestamp"] if points else []
     rows = [(p["timestamp"], *(p[key] for key in columns)) for p in points]
     return head + table(("time", *columns), rows)
+
+
+#: The figures of a custom metric's points, by its kind.
+_CUSTOM_FIGURES = {
+    "counter": ("increase", "rate"),
+    "gauge": ("value", "low", "high"),
+    "histogram": ("count", "rate", "avg", "p50", "p95", "p99"),
+}
+
+
+def _custom_table(data: dict[str, Any]) -> str:
+    """A row per step and series (all label sets added up, or one per value
+    of ``by``), steps with nothing left out."""
+    figures = _CUSTOM_FIGURES[data["kind"]]
+    rows = []
+    for series in data["series"]:
+        labels = ", ".join(f"{k}={v}" for k, v in series["labels"].items()) or "(all)"
+        for point in series["points"]:
+            values = [point.get(key) for key in figures]
+            if any(values):
+                rows.append((point["timestamp"], labels, *values))
+    title = f"{data['name']} ({data['kind']})\n"
+    if data["left_out"]:
+        title += f"{data['left_out']} more series not shown (--limit)\n"
+    return title + table(("time", "series", *figures), rows)

@@ -107,6 +107,15 @@ def postgres_url() -> Iterator[str]:
             admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store several processes share: a SQLite file, the real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
 @pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def history_sink_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A sink URL of each kind that keeps history (the request log, events,

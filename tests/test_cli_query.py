@@ -183,3 +183,41 @@ def test_the_requests_table_shows_the_error(
     header, _, row = capsys.readouterr().out.splitlines()
     assert header.split() == ["time", "method", "route", "path", "status", "ms", "error"]
     assert row.endswith("  RuntimeError: recent failed")
+
+
+def test_custom_metric_history_from_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The app's own metric as the API charts it, read from the file the app
+    wrote, by a process that does not declare it; bad input is exit 2."""
+    from aegis_mw import Aegis
+
+    path = tmp_path / "app.db"
+    aegis = Aegis(sink=f"sqlite:///{path}", metrics_registry="none")
+    aegis.start()
+    orders = aegis.counter("orders_total", "Orders placed.", labels=("region",))
+    orders.labels("eu").inc(3)
+    orders.labels("us").inc(2)
+    orders.labels("eu").inc(4)
+    assert aegis.force_flush()
+    assert aegis.shutdown()
+    url = f"sqlite:///{path}"
+    arguments = ["query", "custom-metric-history", "--db", url, "--range", "1h"]
+    assert main([*arguments, "--name", "orders_total", "--by", "region", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert (answer["name"], answer["kind"], answer["by"]) == ("orders", "counter", ["region"])
+    increases = {
+        series["labels"]["region"]: sum(point["increase"] for point in series["points"])
+        for series in answer["series"]
+    }
+    assert increases == {"eu": 7.0, "us": 2.0}
+    assert main([*arguments, "--name", "orders"]) == 0
+    printed = capsys.readouterr().out
+    assert "orders (counter)" in printed
+    assert [line.split()[-2] for line in printed.splitlines() if "(all)" in line] == ["9"]
+    assert main([*arguments, "--name", "refunds"]) == 2
+    assert "no custom metric named 'refunds'" in capsys.readouterr().err
+    assert main([*arguments, "--name", "orders", "--by", "shop"]) == 2
+    assert "by:" in capsys.readouterr().err
+    assert main(["query", "overview", "--db", url, "--name", "orders"]) == 2
+    assert "--name does not apply to overview" in capsys.readouterr().err

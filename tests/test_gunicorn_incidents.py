@@ -30,14 +30,6 @@ EDITOR = "editor-token-gunicorn"
 APP = "tests.custom_metrics_app:app"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sink_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'shared.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 def stored_ids(url: str) -> list[str]:
     """The incidents in the database itself (the sink the workers were given)."""
     query = "SELECT incident_id FROM aegis_incidents"
@@ -50,11 +42,13 @@ def stored_ids(url: str) -> list[str]:
         return [row[0] for row in connection.execute(query)]
 
 
-def test_openings_of_one_key_at_once_make_one_incident(tmp_path: Path, sink_url: str) -> None:
+def test_openings_of_one_key_at_once_make_one_incident(tmp_path: Path, database_url: str) -> None:
     shared = tmp_path / "multiproc"
     shared.mkdir()
     env = servers.multiprocess_env(shared)
-    env.update(AEGIS_SINK=sink_url, AEGIS_ACCESS=json.dumps({"api": {"editor_tokens": [EDITOR]}}))
+    env.update(
+        AEGIS_SINK=database_url, AEGIS_ACCESS=json.dumps({"api": {"editor_tokens": [EDITOR]}})
+    )
     with gunicorn_process(gunicorn_command(WORKERS, APP), tmp_path, env) as (_, lines, seen):
         base, _pids = servers.gunicorn_started(lines, seen, WORKERS, time.monotonic() + 60)
         barrier = threading.Barrier(OPENINGS)
@@ -95,4 +89,4 @@ def test_openings_of_one_key_at_once_make_one_incident(tmp_path: Path, sink_url:
         kinds = [update["kind"] for update in shown["updates"]]
         assert kinds == ["created"] + ["attached"] * (OPENINGS - 1)
         assert [update["seq"] for update in shown["updates"]] == list(range(1, OPENINGS + 1))
-    assert stored_ids(sink_url) == [incident_id]
+    assert stored_ids(database_url) == [incident_id]

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .custom_inputs import RowBudget
 from .evaluator import FIRING, NODATA, PENDING, RESOLVED, Instance, Key, Transition, evaluate
 from .figures import (
     SETTLE_SECONDS,
@@ -48,6 +49,9 @@ from .sliding import SlidingFigures
 MAX_SPAN = 7 * 86_400.0
 #: The most evaluations one replay runs.
 MAX_STEPS = 20_000
+#: Stored rows the custom rules of one replay may read in all (each step
+#: reads their windows again): a few seconds of work at most.
+DRY_RUN_CUSTOM_ROWS = 2_000_000
 #: The order groups are listed in at ``end``: the alerts first.
 _ORDER = {FIRING: 0, PENDING: 1, NODATA: 2, RESOLVED: 3}
 
@@ -181,8 +185,12 @@ def replay(
     times = evaluation_times(start, end, step)
     # The history replayed is already written: nothing comes late while it
     # is read, so no range is read again (refresh) but the last bucket.
-    figures = SlidingFigures(reader, rules, settle, RecentRollups(recheck=0.0, refresh=math.inf))
-    replayed = figures.rules
+    figures = SlidingFigures(
+        reader, rules, settle, RecentRollups(recheck=0.0, refresh=math.inf),
+        custom_budget=RowBudget(DRY_RUN_CUSTOM_ROWS),
+    )  # fmt: skip
+    # Every rule but those over the app's present state (see below).
+    replayed = tuple(rule for rule in rules if rule.input not in STATE_INPUTS)
     transitions: dict[str, list[Transition]] = {name: [] for name in names}
     periods: dict[str, list[Period]] = {name: [] for name in names}
     health: dict[str, str] = dict.fromkeys(names, "")

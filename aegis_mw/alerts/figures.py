@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from ..core import histogram
 from ..core.rollup import RollupRow
-from .rules import STATE_INPUTS, AlertRule
+from .rules import CUSTOM_INPUTS, ROLLUP_INPUTS, STATE_INPUTS, AlertRule
 
 #: Seconds a bucket is left to settle before a window includes it.
 SETTLE_SECONDS = 10.0
@@ -57,6 +57,11 @@ class WindowFigures:
     duration_max: float = float("-inf")
     #: A state input's value (see rules.STATE_INPUTS): 0 when not given.
     state: float = 0.0
+    #: A custom input's value (see .custom_inputs): None is no data. A
+    #: window not read for it (a group with nothing in the window, which the
+    #: evaluator fills in) is an increase of 0, and no data for the rest.
+    custom: float | None = None
+    custom_read: bool = False
 
     def add(self, row: RollupRow) -> None:
         add_row(self, row, 1)
@@ -86,6 +91,10 @@ class WindowFigures:
             return None
         if name in STATE_INPUTS:
             return self.state
+        if name in CUSTOM_INPUTS:
+            if self.custom_read:
+                return self.custom
+            return 0.0 if name in ("custom_increase", "custom_rate") else None
         if name == "request_rate":
             return self.requests / self.seconds
         if name == "error_rate":
@@ -287,8 +296,11 @@ def collect(
     gives its rules the exception instead (their health), and the others
     are still evaluated. Rules over a state input take its values per group
     from ``states`` (by input), read by the caller."""
+    from .custom_inputs import custom_figures
+
     out = state_figures(rules, states)
-    rules = [rule for rule in rules if rule.input not in STATE_INPUTS]
+    out.update(custom_figures(reader, rules, now, settle))
+    rules = [rule for rule in rules if rule.input in ROLLUP_INPUTS]
     windows = {rule.name: window_of(rule, now, settle) for rule in rules}
     spans: dict[tuple[int, bool], tuple[int, int]] = {}
     for rule in rules:

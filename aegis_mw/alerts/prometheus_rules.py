@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..core.labeled import DEFAULT_BUCKETS
-from .rules import LATENCY_INPUTS, RATE_INPUTS, RATIO_INPUTS, AlertRule
+from .rules import CUSTOM_INPUTS, LATENCY_INPUTS, RATE_INPUTS, RATIO_INPUTS, AlertRule
 
 GROUP = "aegis_mw"
 #: The inputs /metrics has the series of (others are read from aegis's own
@@ -287,6 +287,12 @@ def prometheus_rules(
         "    rules:" if any(r.input in EXPORTED_INPUTS for r in rules) else "    rules: []",
     ]
     for rule in rules:
+        if rule.input in CUSTOM_INPUTS:
+            lines.append(
+                f"      # {rule.name}: not exported: its input {rule.input!r} reads the stored "
+                f"history of the app's metric {rule.metric}; its series are on /metrics"
+            )
+            continue
         if rule.input not in EXPORTED_INPUTS:
             lines.append(
                 f"      # {rule.name}: not exported: its input {rule.input!r} is read from "

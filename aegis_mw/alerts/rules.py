@@ -49,9 +49,23 @@ STATE_INPUTS = (
     "channel_disabled", "health_check_failing", "readiness_failing", "sink_failing",
     "records_dropped",
 )  # fmt: skip
+#: Inputs read from the app's own metric ``metric`` in the stored history
+#: (see :mod:`aegis_mw.core.custom_history`), over the window:
+#:
+#: - ``custom_increase``: a counter's increase, a histogram's observations;
+#: - ``custom_rate``: the same per second;
+#: - ``custom_value``: a gauge's time average of the processes' sum (its
+#:   ``multiprocess_mode`` "sum"), or its greatest ("max") or least ("min")
+#:   sample;
+#: - ``custom_avg``, ``custom_p50``, ``custom_p95``, ``custom_p99``: a
+#:   histogram's average and percentiles, in its own unit.
+CUSTOM_INPUTS = (
+    "custom_increase", "custom_rate", "custom_value", "custom_avg", "custom_p50",
+    "custom_p95", "custom_p99",
+)  # fmt: skip
 #: Inputs read from the stored rollups.
 ROLLUP_INPUTS = RATIO_INPUTS + LATENCY_INPUTS + RATE_INPUTS
-INPUTS = ROLLUP_INPUTS + STATE_INPUTS
+INPUTS = ROLLUP_INPUTS + STATE_INPUTS + CUSTOM_INPUTS
 
 OPERATORS = (">", ">=", "<", "<=")
 SEVERITIES = ("info", "warning", "error", "critical")
@@ -80,11 +94,19 @@ MAX_WINDOW = 86_400.0
 MAX_HOLD = 7 * 86_400.0
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,127}")
+#: A metric's name, as Prometheus allows it.
+_METRIC = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,199}")
 _LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?")
 _ANNOTATIONS = ("summary", "description", "runbook_url")
 #: Labels every alert has (its name, severity, group): a rule cannot set them.
 _RESERVED_LABELS = frozenset({"alertname", "severity", "channel", "check", "sink", *GROUP_LABELS})
+#: Names a custom input's group labels cannot have: the alert's own labels,
+#: ``channel`` (an alert about a channel is not sent to it), and the names
+#: annotations fill in themselves.
+_ALERT_LABELS = frozenset(
+    {"alertname", "severity", "channel", "value", "value_percent", "threshold", "rule"}
+)
 _METHODS = (*sorted(STANDARD_METHODS), OTHER_METHOD)
 _TEXT_LIMIT = 2048
 
@@ -175,6 +197,10 @@ class AlertRule:
     severity: str = "warning"
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    #: The app's own metric a custom input reads (a counter's name with or
+    #: without ``_total``), and the label values its series must have.
+    metric: str | None = None
+    match: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         name = self.name
@@ -234,14 +260,26 @@ class AlertRule:
             if method not in _METHODS:
                 raise RuleError(name, "method", self.method, f"one of {', '.join(_METHODS)}")
         group_by: Any = self.group_by  # a text or a list from a settings file
-        allowed = STATE_GROUP_LABELS.get(self.input, GROUP_LABELS)
-        if not isinstance(group_by, (list, tuple)) or not all(
-            isinstance(g, str) and g in allowed for g in group_by
-        ):
-            raise RuleError(
-                name, "group_by", group_by, f"a list of {', '.join(allowed)} (or empty)"
-            )
-        if self.input in STATE_INPUTS:
+        match = self._custom_metric()
+        if self.input in CUSTOM_INPUTS:
+            if not isinstance(group_by, (list, tuple)) or not all(
+                isinstance(g, str) and _LABEL_NAME.fullmatch(g) and g not in _ALERT_LABELS
+                for g in group_by
+            ):
+                raise RuleError(
+                    name, "group_by", group_by,
+                    "a list of the metric's label names (not "
+                    f"{', '.join(sorted(_ALERT_LABELS))})",
+                )  # fmt: skip
+        else:
+            allowed = STATE_GROUP_LABELS.get(self.input, GROUP_LABELS)
+            if not isinstance(group_by, (list, tuple)) or not all(
+                isinstance(g, str) and g in allowed for g in group_by
+            ):
+                raise RuleError(
+                    name, "group_by", group_by, f"a list of {', '.join(allowed)} (or empty)"
+                )
+        if self.input in STATE_INPUTS or self.input in CUSTOM_INPUTS:
             for key in ("route", "method"):
                 if getattr(self, key) is not None:
                     raise RuleError(
@@ -261,6 +299,7 @@ class AlertRule:
         set_(self, "method", method)
         set_(self, "labels", labels)
         set_(self, "annotations", annotations)
+        set_(self, "match", match)
 
     @property
     def resolution(self) -> int:
@@ -270,7 +309,7 @@ class AlertRule:
     @property
     def needs_requests(self) -> bool:
         """Whether fewer than ``min_requests`` requests make the window "no data"."""
-        return self.input not in RATE_INPUTS and self.input not in STATE_INPUTS
+        return self.input in RATIO_INPUTS or self.input in LATENCY_INPUTS
 
     def breaches(self, value: float) -> bool:
         """Whether ``value`` meets the firing condition."""
@@ -284,9 +323,12 @@ class AlertRule:
         return not _compare(self.operator, value, self.resolve_threshold)
 
     def to_mapping(self) -> dict[str, Any]:
-        """The rule as :func:`rule_from_mapping` takes it (``for``, not ``for_``)."""
+        """The rule as :func:`rule_from_mapping` takes it (``for``, not ``for_``;
+        ``metric`` and ``match`` only for a custom input)."""
         out: dict[str, Any] = {}
         for item in fields(self):
+            if item.name in ("metric", "match") and self.input not in CUSTOM_INPUTS:
+                continue
             value = getattr(self, item.name)
             if isinstance(value, Mapping):
                 value = dict(value)
@@ -296,6 +338,36 @@ class AlertRule:
         return out
 
     # -- checks -------------------------------------------------------------------
+    def _custom_metric(self) -> Mapping[str, str]:
+        """Check ``metric`` and ``match``: required and allowed for a custom
+        input only. Returns ``match`` as a plain dict."""
+        metric, match = self.metric, self.match
+        if self.input not in CUSTOM_INPUTS:
+            if metric is not None or match:
+                key = "metric" if metric is not None else "match"
+                raise RuleError(
+                    self.name, key, getattr(self, key),
+                    f"none: only the custom inputs ({', '.join(CUSTOM_INPUTS)}) read a metric",
+                )  # fmt: skip
+            return {}
+        if not isinstance(metric, str) or not _METRIC.fullmatch(metric):
+            raise RuleError(
+                self.name, "metric", metric,
+                "the name of one of the app's own metrics ([a-zA-Z_:][a-zA-Z0-9_:]*)",
+            )  # fmt: skip
+        if not isinstance(match, Mapping) or not all(
+            isinstance(key, str)
+            and _LABEL_NAME.fullmatch(key)
+            and isinstance(value, str)
+            and len(value) <= _TEXT_LIMIT
+            for key, value in match.items()
+        ):
+            raise RuleError(
+                self.name, "match", match,
+                "a mapping of the metric's label names to the values its series must have",
+            )  # fmt: skip
+        return dict(match)
+
     def _check_choice(self, key: str, allowed: tuple[str, ...]) -> None:
         value = getattr(self, key)
         if value not in allowed:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..core.rollup import RollupRow
+from .custom_inputs import RowBudget, custom_figures
 from .figures import (
     SETTLE_SECONDS,
     Collected,
@@ -24,7 +25,7 @@ from .figures import (
     state_figures,
     window_of,
 )
-from .rules import STATE_INPUTS, AlertRule
+from .rules import ROLLUP_INPUTS, AlertRule
 
 
 class SlidingFigures:
@@ -52,13 +53,15 @@ class SlidingFigures:
 
     def __init__(
         self, reader: RollupReader, rules: Sequence[AlertRule], settle: float = SETTLE_SECONDS,
-        recent: RecentRollups | None = None,
+        recent: RecentRollups | None = None, custom_budget: RowBudget | None = None,
     ) -> None:  # fmt: skip
         self.reader = reader
         self.all_rules = tuple(rules)
-        self.rules = tuple(rule for rule in rules if rule.input not in STATE_INPUTS)
+        self.rules = tuple(rule for rule in rules if rule.input in ROLLUP_INPUTS)
         self.settle = settle
         self.recent = RecentRollups() if recent is None else recent
+        #: Rows the custom rules may read in all (a dry run's), or no bound.
+        self.custom_budget = custom_budget
         self._sums: dict[tuple[Any, ...], _Sums] = {}
         #: Per read (resolution, by route): its rows by bucket, and its end.
         self._seen: dict[tuple[int, bool], tuple[Rows, int]] = {}
@@ -81,6 +84,9 @@ class SlidingFigures:
         """Every rule's figures at ``now`` (not before the last call's); the
         state inputs' from ``states``, as :func:`.figures.collect` takes them."""
         out: Collected = state_figures(self.all_rules, states)
+        out.update(
+            custom_figures(self.reader, self.all_rules, now, self.settle, self.custom_budget)
+        )
         windows = {rule.name: window_of(rule, now, self.settle) for rule in self.rules}
         spans: dict[tuple[int, bool], tuple[int, int]] = {}
         for rule in self.rules:

@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 
+from .custom_history import CustomSampler
 from .finalize import Finalizer
 from .gil_slices import Slices
 from .recorder import Recorder
@@ -79,8 +80,15 @@ class FlushCycle:
         #: after a step the compiled loops took whole, else the short one.
         self.ingest_step = INGEST_STEP
         self._long_step = COMPILED_INGEST_STEP if finalizer.compiled else INGEST_STEP
+        #: Set by the owner: the app's own metrics, sampled into the rollups
+        #: once per 5-second bucket for the sinks that keep history.
+        self.custom: CustomSampler | None = None
+        # A forced flush (and shutdown) samples them at once.
+        self._sample_now = False
 
     def reset_after_fork(self) -> None:
+        if self.custom is not None:
+            self.custom.reset_after_fork()
         self.cycles = self.internal_errors = 0
         self._reported = {}
         self._last_report = -math.inf
@@ -101,6 +109,7 @@ class FlushCycle:
         (shutdown began) abandons the writing so the final flush runs at once.
         """
         self.cycles += 1
+        self._sample_now = force
         try:
             # A first batch's worth, so the sinks start writing at once; the
             # rest of what the inbox holds now is ingested while they write.
@@ -176,7 +185,13 @@ class FlushCycle:
 
     def _offer_rollups(self) -> None:
         rollups = self.finalizer.take_rollups()
-        if rollups.requests:
+        sampler = self.custom
+        if sampler is not None and any(runner.keeps_rollups for runner in self.runners):
+            now = self.finalizer.clock.wall()
+            if self._sample_now or sampler.due(now):
+                rollups.custom, rollups.metrics = sampler.take(now, forced=self._sample_now)
+                self._sample_now = False
+        if rollups.holds_anything():
             for runner in self.runners:
                 runner.offer_rollups(rollups)
 
@@ -266,6 +281,7 @@ class FlushCycle:
     def final(self, deadline: float) -> bool:
         """Keep trying (with backoff) until everything is written or the
         deadline passes; count what is left as dropped. True when all written."""
+        self._sample_now = True  # the app's own metrics as they are at the end
         try:
             first = True
             while True:
@@ -283,13 +299,17 @@ class FlushCycle:
                 # Backoff inside the worker thread, never on an event loop.
                 time.sleep(max(0.0, min(retry, deadline) - now))
             left = self.unwritten()
+            # Rollups (the requests' and the app's own metrics') still owed.
+            rollups_left = any(runner.owes() for runner in self.runners)
             for runner in self.runners:
                 # Counted as dropped, so gone: a restart must not write them too.
                 runner.drop_owed("shutdown_timeout")
             if left:
                 logger.warning("aegis shutdown: %d records could not be written in time", left)
+            elif rollups_left:
+                logger.warning("aegis shutdown: rollups could not be written in time")
             self.report_drops(time.monotonic(), final=True)
-            return left == 0
+            return left == 0 and not rollups_left
         except Exception:
             self.internal_errors += 1
             logger.exception("aegis final flush failed")

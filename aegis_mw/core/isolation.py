@@ -141,16 +141,22 @@ class Isolation:
 
 
 def split_delta(delta: RollupDelta) -> tuple[RollupDelta, RollupDelta]:
-    """Two halves of a delta of at least two cells, under ids derived from its
-    own (``<id>.0``, ``<id>.1``; generated ids hold no dot, so these never
-    meet another delta's). Request counts are split so the halves add up."""
+    """Two halves of a delta of at least two cells (request cells, then the
+    custom metrics' ones), under ids derived from its own (``<id>.0``,
+    ``<id>.1``; generated ids hold no dot, so these never meet another
+    delta's). Request counts are split so the halves add up; both halves
+    describe the metrics."""
     cells = list(delta.cells.items())
-    half = len(cells) // 2
+    custom = list(delta.custom.items())
+    half = (len(cells) + len(custom)) // 2
     first, second = RollupDelta(), RollupDelta()
     first.cells = dict(cells[:half])
     second.cells = dict(cells[half:])
+    first.custom = dict(custom[: max(half - len(cells), 0)])
+    second.custom = dict(custom[max(half - len(cells), 0) :])
     first.requests = sum(cell[0] for _, cell in cells[:half])
     second.requests = delta.requests - first.requests
+    first.metrics = second.metrics = dict(delta.metrics)
     first.delta_id = f"{delta.delta_id}.0"
     second.delta_id = f"{delta.delta_id}.1"
     return first, second

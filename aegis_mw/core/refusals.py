@@ -120,8 +120,14 @@ class RefusalHandling:
             isolation.rollups_alone = True
             return
         self.dropped["rollups_rejected"] += delta.requests
-        what = f"rollups of {delta.requests} requests ({delta.delta_id})"
-        self._log_refusal(exc, what, "rollups_rejected", count=1)
+        self.dropped["custom_rollups_rejected"] += len(delta.custom)
+        what = (
+            f"rollups of {delta.requests} requests ({delta.delta_id})"
+            if delta.cells
+            else f"{len(delta.custom)} custom metric changes ({delta.delta_id})"
+        )
+        reason = "rollups_rejected" if delta.cells else "custom_rollups_rejected"
+        self._log_refusal(exc, what, reason, count=1)
         self._rollups_done(refused=True)
 
     def _set_aside(self, records: list[Stored], exc: BaseException | None) -> None:

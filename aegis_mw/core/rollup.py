@@ -29,6 +29,8 @@ from itertools import islice
 from typing import Any, NamedTuple
 
 from . import histogram
+from .custom_history import CustomCell, CustomKey, copy_custom, merge_custom
+from .custom_metrics import MetricSnapshot
 from .gil_slices import Slices
 
 #: Stored resolutions in seconds; each divides the next.
@@ -36,8 +38,11 @@ LEVELS = (5, 60, 300, 3600)
 FINEST = LEVELS[0]
 COUNT, ERRORS, RATE_LIMITED, DURATION_SUM, DURATION_MIN, DURATION_MAX = 0, 1, 2, 3, 4, 5
 REQUEST_BYTES, RESPONSE_BYTES, HISTOGRAM = 6, 7, 8
-#: Cells a sink may owe before new ones are refused (counted, never silent).
+#: Cells a sink may owe before new ones are refused (counted, never silent);
+#: the app's own metrics' cells have a bound of their own, so a store outage
+#: with many gauges (a cell each every 5 seconds) never crowds out requests'.
 MAX_PENDING_CELLS = 50_000
+MAX_PENDING_CUSTOM_CELLS = 50_000
 
 Cell = list[Any]
 Key = tuple[int, str, str, int]
@@ -197,7 +202,7 @@ class RollupDelta:
         delta.add(time.time(), "/items/{id}", "GET", 200, 12.5, False, 0, 512)
     """
 
-    __slots__ = ("cells", "delta_id", "requests")
+    __slots__ = ("cells", "custom", "delta_id", "metrics", "requests")
 
     def __init__(self) -> None:
         self.cells: dict[Key, Cell] = {}
@@ -205,9 +210,16 @@ class RollupDelta:
         self.requests = 0
         #: Set when a sink first takes the delta; the same on every retry.
         self.delta_id = ""
+        #: The app's own metrics' changes (see :mod:`.custom_history`), and
+        #: the metrics they are of, by name (their figures left out).
+        self.custom: dict[CustomKey, CustomCell] = {}
+        self.metrics: dict[str, MetricSnapshot] = {}
 
     def __len__(self) -> int:
-        return len(self.cells)
+        return len(self.cells) + len(self.custom)
+
+    def holds_anything(self) -> bool:
+        return bool(self.cells or self.custom)
 
     def add(
         self,
@@ -247,9 +259,16 @@ class RollupDelta:
         counts = cell[HISTOGRAM]
         counts[index] = counts.get(index, 0) + 1
 
-    def absorb(self, other: RollupDelta, limit: int = MAX_PENDING_CELLS) -> int:
-        """Add a copy of ``other``'s cells; returns the requests refused because
-        this delta already held ``limit`` cells (the caller counts them)."""
+    def absorb(
+        self,
+        other: RollupDelta,
+        limit: int = MAX_PENDING_CELLS,
+        custom_limit: int = MAX_PENDING_CUSTOM_CELLS,
+    ) -> tuple[int, int]:
+        """Add a copy of ``other``'s cells; returns the requests refused
+        because this delta already held ``limit`` request cells, and the
+        custom metrics' cells refused because it held ``custom_limit`` of
+        those (the caller counts them)."""
         refused = 0
         cells = self.cells
         for key, cell in other.cells.items():
@@ -261,7 +280,18 @@ class RollupDelta:
             else:
                 refused += cell[COUNT]
         self.requests += other.requests - refused
-        return refused
+        refused_custom = 0
+        custom = self.custom
+        for custom_key, part in other.custom.items():
+            held = custom.get(custom_key)
+            if held is not None:
+                merge_custom(held, part)
+            elif len(custom) < custom_limit:
+                custom[custom_key] = copy_custom(part)
+            else:
+                refused_custom += 1
+        self.metrics.update(other.metrics)
+        return refused, refused_custom
 
 
 class RollupRow(NamedTuple):

@@ -28,7 +28,7 @@ from .deque_take import DequeTake
 from .isolation import Isolation
 from .record import Batch, EventRecord, RequestRecord
 from .refusals import RefusalHandling, Stored
-from .rollup import MAX_PENDING_CELLS, RollupDelta
+from .rollup import MAX_PENDING_CELLS, MAX_PENDING_CUSTOM_CELLS, RollupDelta
 from .sink import RecordSink, retry_delay
 from .spooling import Spooled
 
@@ -114,6 +114,11 @@ class SinkRunner(RefusalHandling):
         if self.keeps_rollups:
             # Requests whose rollup counts were lost, by the same reasons.
             self.dropped.update(rollups_full=0, rollups_shutdown_timeout=0, rollups_rejected=0)
+            # The app's own metrics' cells (series changes) lost, likewise.
+            self.dropped.update(
+                custom_rollups_full=0, custom_rollups_shutdown_timeout=0,
+                custom_rollups_rejected=0,
+            )  # fmt: skip
         #: Sinks that store the app's events (``stores_events``) get them in
         #: their backlog beside the records, bounded and retried alike.
         self.keeps_events = bool(getattr(sink, "stores_events", False))
@@ -234,12 +239,18 @@ class SinkRunner(RefusalHandling):
 
     def offer_rollups(self, delta: RollupDelta) -> None:
         """Add a copy of ``delta`` to what this sink owes (history sinks only)."""
-        if not self.keeps_rollups or not delta.requests:
+        if not self.keeps_rollups or not delta.holds_anything():
             return
         if self.rollups_pending is None:
             self.rollups_pending = RollupDelta()
-        owed = len(self.rollups_in_flight or ()) + sum(map(len, self.rollup_parts))
-        self.dropped["rollups_full"] += self.rollups_pending.absorb(delta, MAX_PENDING_CELLS - owed)
+        owed = [d for d in (self.rollups_in_flight, *self.rollup_parts) if d is not None]
+        refused, refused_custom = self.rollups_pending.absorb(
+            delta,
+            MAX_PENDING_CELLS - sum(len(d.cells) for d in owed),
+            MAX_PENDING_CUSTOM_CELLS - sum(len(d.custom) for d in owed),
+        )
+        self.dropped["rollups_full"] += refused
+        self.dropped["custom_rollups_full"] += refused_custom
 
     def queued(self) -> int:
         """Records owed: the backlog, and those held while a refusal is searched."""
@@ -276,6 +287,7 @@ class SinkRunner(RefusalHandling):
         for delta in (self.rollups_pending, self.rollups_in_flight, *self.rollup_parts):
             if delta is not None:
                 self.dropped[f"rollups_{reason}"] += delta.requests
+                self.dropped[f"custom_rollups_{reason}"] += len(delta.custom)
         self.rollups_pending = self.rollups_in_flight = None
         self.rollup_parts.clear()
         self.isolation.reset()

@@ -23,6 +23,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .custom_metrics import MetricSnapshot
 from .record import Batch, EventRecord, RequestRecord, WebSocketSession
 from .rollup import RollupDelta
 
@@ -65,7 +66,18 @@ def encode(batch: Batch, check: Callable[[], None] = lambda: None) -> bytes:
         ),
         "rollups": None
         if rollups is None
-        else {"delta_id": rollups.delta_id, "requests": rollups.requests, "cells": len(rollups)},
+        else {
+            "delta_id": rollups.delta_id,
+            "requests": rollups.requests,
+            "cells": len(rollups.cells),
+            # The app's own metrics' cells, in parts after the request
+            # cells'; only when there are some.
+            **(
+                {"custom": len(rollups.custom), "metrics": _metrics(rollups)}
+                if rollups.custom
+                else {}
+            ),
+        },
     }
     parts = [_part(header)]
     check()
@@ -77,7 +89,18 @@ def encode(batch: Batch, check: Callable[[], None] = lambda: None) -> bytes:
     for start in range(0, len(cells), CHUNK):
         parts.append(_part([_cell(key, cell) for key, cell in cells[start : start + CHUNK]]))
         check()
+    custom = [] if rollups is None else list(rollups.custom.items())
+    for start in range(0, len(custom), CHUNK):
+        parts.append(_part([[*key, *cell] for key, cell in custom[start : start + CHUNK]]))
+        check()
     return b"".join(parts)
+
+
+def _metrics(delta: RollupDelta) -> list[list[Any]]:
+    return [
+        [m.name, m.kind, m.help, list(m.labels), list(m.bounds), m.mode]
+        for m in delta.metrics.values()
+    ]
 
 
 def _cell(key: tuple[Any, ...], cell: list[Any]) -> list[Any]:
@@ -193,4 +216,38 @@ def _delta(data: dict[str, Any], parts: Iterator[bytes], check: Callable[[], Non
         check()
     if len(delta.cells) != count:
         raise SpoolCorrupt("another number of rollup cells than its header counts")
+    _custom(delta, data, parts, check)
     return delta
+
+
+def _custom(
+    delta: RollupDelta, data: dict[str, Any], parts: Iterator[bytes], check: Callable[[], None]
+) -> None:
+    count = int(data.get("custom", 0))
+    for name, kind, help_text, labels, bounds, mode in data.get("metrics", []) if count else []:
+        delta.metrics[str(name)] = MetricSnapshot(
+            str(name), str(kind), str(help_text), tuple(map(str, labels)),
+            tuple(map(float, bounds)), str(mode), {}, 0,
+        )  # fmt: skip
+    while len(delta.custom) < count:
+        for row in _rows(parts, "fewer custom metric cells than its header counts"):
+            if not isinstance(row, list) or len(row) != 9:
+                raise SpoolCorrupt("a custom metric cell of another shape")
+            bucket, metric, labels, total, number, low, high, counts, span = row
+            if counts is not None and not isinstance(counts, list):
+                raise SpoolCorrupt("a custom metric cell whose counts are not a list")
+            if span is not None and (
+                not isinstance(span, list)
+                or len(span) != 2
+                or not all(type(bucket) is int for bucket in span)
+            ):
+                raise SpoolCorrupt("a custom metric cell whose span is not two buckets")
+            delta.custom[(int(bucket), str(metric), str(labels))] = [
+                float(total), int(number), None if low is None else float(low),
+                None if high is None else float(high),
+                None if counts is None else [int(c) for c in counts],
+                None if span is None else [int(span[0]), int(span[1])],
+            ]  # fmt: skip
+        check()
+    if len(delta.custom) != count:
+        raise SpoolCorrupt("another number of custom metric cells than its header counts")

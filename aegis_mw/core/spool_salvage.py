@@ -37,9 +37,15 @@ class Salvage:
         self.write = write
         self.deadline = deadline
         self.stored = 0
+        #: A part went in (records, or rollups alone): the store takes writes,
+        #: so rollup cells it refused alone were refused for their content
+        #: (records held need a stored record, or the proof, as before).
+        self.took = False
         #: Records refused on their own, and requests of cells refused alone.
         self.held: list[Any] = []
         self.held_rollups = 0
+        #: The app's own metrics' cells refused alone.
+        self.held_custom = 0
         #: The next spooled batch went in whole: the held ones are bad.
         self.proven = False
         self.refusal: BaseException | None = None
@@ -61,7 +67,9 @@ class Salvage:
             stack.extend(reversed(_halves(part)))  # the first half next
             if len(self.held) >= HOLD_LIMIT and not (self.stored or self.proven):
                 self._prove(proof)
-        if (self.held or self.held_rollups) and not (self.stored or self.proven):
+        records_unproven = self.held and not (self.stored or self.proven)
+        cells_unproven = (self.held_rollups or self.held_custom) and not (self.took or self.proven)
+        if records_unproven or cells_unproven:
             self._prove(proof)
 
     def _stored(self, part: Batch) -> bool:
@@ -73,9 +81,11 @@ class Salvage:
             self.refusal = exc
         else:
             self.stored += len(part)
+            self.took = True
             return True
         if part.rollups is not None and len(part.rollups) == 1:
             self.held_rollups += part.rollups.requests
+            self.held_custom += len(part.rollups.custom)
         elif len(part) == 1:
             self.held.extend(part.records())
         return False

@@ -136,6 +136,7 @@ class Spooled(Paced):
         self.replayed = 0
         self.rejected = 0
         self.rollups_rejected = 0
+        self.custom_rollups_rejected = 0
         self.unreadable = 0
         #: What the spool holds for this sink, as last read: at start (batches
         #: left by a process before this one are replayed without traffic),
@@ -266,10 +267,11 @@ class Spooled(Paced):
         self.replayed += salvage.stored
         self.rejected += len(salvage.held)
         self.rollups_rejected += salvage.held_rollups
+        self.custom_rollups_rejected += salvage.held_custom
         logger.error(
-            "aegis spool: the store refused %d records and the rollups of %d requests of a "
-            "spooled batch, which were let go (%s)",
-            len(salvage.held), salvage.held_rollups, salvage.refusal,
+            "aegis spool: the store refused %d records, the rollups of %d requests and %d "
+            "changes of the app's own metrics of a spooled batch, which were let go (%s)",
+            len(salvage.held), salvage.held_rollups, salvage.held_custom, salvage.refusal,
         )  # fmt: skip
 
     def _look(self, now: float) -> None:
@@ -301,6 +303,7 @@ class Spooled(Paced):
         """A forked child: its own connection and counts; the spool stays shared."""
         self.store.reset_after_fork()
         self.spooled = self.replayed = self.rejected = self.rollups_rejected = 0
+        self.custom_rollups_rejected = 0
         self.unreadable = self.failures = 0
         self.retry_at = self._next_look = 0.0
         self.last_error = ""

@@ -17,17 +17,19 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from ..alerts.api_channels import public_settings
 from ..alerts.channels import channel_kind
+from ..core.custom_metrics import MetricSnapshot
 from ..core.history import RequestQuery
 from ..core.labels import STANDARD_METHODS
 from ..core.record import OTHER_METHOD, RequestRecord
 from ..core.rollup import RollupRow
 from ..history.breaker import EventsUnavailable, StoreUnavailable
+from ..history.custom_series import MAX_SERIES, by_labels, custom_history, find_metric
 from ..history.queries import SORTS, HistoryQueries
 from ..history.ranges import QueryError, horizons, parse_time
 from ..realtime.sections import realtime_api
@@ -70,6 +72,7 @@ PARAMETERS: Mapping[str, tuple[str, ...]] = {
     "alert-history": ("limit", "before"),
     "silences": (),
     "custom-metrics": ("name",),
+    "custom-metric-history": ("name", "by", "limit", *_RANGE),
     "events": EVENT_PARAMETERS,
     **INCIDENT_PARAMETERS,
     "stats": (),
@@ -230,6 +233,30 @@ def answer(queries: HistoryQueries, endpoint: str, params: dict[str, str]) -> An
     return series[endpoint](*window)
 
 
+def custom_history_answer(
+    queries: HistoryQueries,
+    source: Any,
+    params: dict[str, str],
+    declared: Sequence[MetricSnapshot] = (),
+) -> dict[str, Any] | None:
+    """``custom-metric-history``'s data (the API's and the CLI's): one metric
+    over the range from ``source``'s stored history; None when there is no
+    source (after the parameters were checked: bad input is a 400 either way)."""
+    for parameter, value in params.items():
+        check_text(parameter, value)
+    name = params.get("name")
+    if not name:
+        raise _bad("name", "name is required: the custom metric to chart")
+    limit = _integer(params, "limit", 10, 1, MAX_SERIES)
+    window = queries.window(params.get("range"), _time(params, "from"), _time(params, "to"))
+    stored = [] if source is None else source.read_custom_metrics()
+    metric = find_metric(name, stored, declared)
+    by = by_labels(metric, params.get("by"))
+    if source is None:
+        return None
+    return custom_history(source.read_custom_rollups, window, metric, by, limit)
+
+
 def alerts_answer(alerts: AlertService | None) -> dict[str, Any]:
     """The alerts shown now and every rule with its health (no I/O: what
     the alert service last read)."""
@@ -371,6 +398,16 @@ class MetricsAPI:
         self._failing = False
         return Response.json(200, {"data": events_answer(events, query)})
 
+    def _custom_history(self, params: dict[str, str]) -> Response:
+        source = self._aegis.reads.history
+        data = custom_history_answer(
+            self.queries or self._no_history, source, params, self._aegis.custom_metrics.read()
+        )
+        if data is None:
+            return _history_unavailable()
+        self._failing = False
+        return Response.json(200, {"data": data})
+
     def respond(self, endpoint: str, query_string: bytes) -> Response:
         """The answer to ``GET {api_path}/{endpoint}?{query_string}``."""
         try:
@@ -385,6 +422,8 @@ class MetricsAPI:
                     check_text("name", name)
                 custom = self._aegis.metrics.read_custom()
                 return Response.json(200, {"data": custom_metrics_answer(custom, name)})
+            if endpoint == "custom-metric-history":
+                return self._custom_history(params)
             if endpoint == "alerts":
                 return Response.json(200, {"data": alerts_answer(self._aegis.alerts)})
             if endpoint == "silences":

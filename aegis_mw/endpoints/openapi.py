@@ -413,6 +413,8 @@ _RULE_FIELDS: dict[str, Any] = {
     "severity": {"type": "string", "enum": ["info", "warning", "error", "critical"]},
     "labels": _GROUP,
     "annotations": _GROUP,
+    "metric": _STRING_OR_NULL,
+    "match": _GROUP,
 }
 _RULE_BODY = {
     "type": "object",
@@ -565,6 +567,15 @@ _CUSTOM_SERIES = {
         "buckets": {"type": "array", "items": {"type": "integer"}},
     },
 }
+#: What a custom metric was declared as, in its answers.
+_METRIC_DECLARATION: dict[str, Any] = {
+    "name": {"type": "string"},
+    "kind": {"type": "string", "enum": ["counter", "gauge", "histogram"]},
+    "help": {"type": "string"},
+    "labels": {"type": "array", "items": {"type": "string"}},
+    "buckets": {"type": "array", "items": {"type": "number"}},
+    "multiprocess_mode": {"type": "string", "enum": ["sum", "max", "min"]},
+}
 _SCHEMAS["custom-metrics"] = {
     "type": "object",
     "required": ["metrics"],
@@ -575,12 +586,7 @@ _SCHEMAS["custom-metrics"] = {
                 "type": "object",
                 "required": ["name", "kind", "help", "labels", "overflowed", "series"],
                 "properties": {
-                    "name": {"type": "string"},
-                    "kind": {"type": "string", "enum": ["counter", "gauge", "histogram"]},
-                    "help": {"type": "string"},
-                    "labels": {"type": "array", "items": {"type": "string"}},
-                    "buckets": {"type": "array", "items": {"type": "number"}},
-                    "multiprocess_mode": {"type": "string", "enum": ["sum", "max", "min"]},
+                    **_METRIC_DECLARATION,
                     "overflowed": {"type": "integer"},
                     "series": {"type": "array", "items": _CUSTOM_SERIES},
                 },
@@ -630,6 +636,53 @@ _PARAMETERS["custom-metrics"] = [
         "Only the metric of this name (a counter's without _total).",
     )
 ]
+_POINT_FIGURES = (
+    "increase", "rate", "value", "low", "high", "count", "sum", "avg", "p50", "p95", "p99",
+)  # fmt: skip
+_PARAMETERS["custom-metric-history"] = [
+    {**_query("name", {"type": "string", "minLength": 1, "maxLength": 1024,
+                       "pattern": _NO_CONTROLS},
+              "The metric (a counter's name with or without _total)."), "required": True},
+    _query(
+        "by",
+        {"type": "string", "maxLength": 1024, "pattern": _NO_CONTROLS},
+        "One series per value of these labels, comma-separated (default: all added up).",
+    ),
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": 100},
+           "How many series, the largest (default 10)."),
+    *_RANGE_PARAMETERS,
+]  # fmt: skip
+_SCHEMAS["custom-metric-history"] = {
+    "type": "object",
+    "required": ["name", "kind", "help", "labels", "by", "range", "series", "left_out"],
+    "properties": {
+        **_METRIC_DECLARATION,
+        "by": {"type": "array", "items": {"type": "string"}},
+        "range": _RANGE_INFO,
+        "series": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["labels", "points"],
+                "properties": {
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "points": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["timestamp"],
+                            "properties": {
+                                "timestamp": {"type": "string"},
+                                **dict.fromkeys(_POINT_FIGURES, _NUMBER_OR_NULL),
+                            },
+                        },
+                    },
+                },
+            },
+        },
+        "left_out": {"type": "integer", "minimum": 0},
+    },
+}  # fmt: skip
 _PARAMETERS["events"] = [
     _query(
         "type",
@@ -707,6 +760,8 @@ _SUMMARIES = {
     "alert-history": "Alert transitions and their notices to each channel, newest first",
     "silences": "Silences not yet ended, mute windows, inhibit rules and the silences' audit",
     "custom-metrics": "The app's own counters, gauges and histograms now (every worker's)",
+    "custom-metric-history": "One of the app's own metrics over a range, per step, from the "
+    "stored history",
     "events": "The app's events and the request log's errors, newest first",
     "incidents": "Incidents, newest first",
     "stats": "Events, requests, custom metrics, alerts and incidents: totals and the last hour",

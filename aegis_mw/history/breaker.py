@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
+from ..core.custom_history import CustomRow
+from ..core.custom_metrics import MetricSnapshot
 from ..core.events import EventQuery, read_merged
 from ..core.history import HistorySource, RequestQuery
 from ..core.labels import describe_error
@@ -172,6 +174,24 @@ class GuardedSource:
 
     def read_requests(self, query: RequestQuery) -> list[RequestRecord]:
         return self._read(lambda: self.source.read_requests(query))
+
+    def read_custom_rollups(
+        self, metric: str, resolution: int, start: int, end: int, limit: int = 2**62
+    ) -> list[CustomRow]:
+        """The app's own metric's stored changes (none from a source that
+        keeps none)."""
+        read = getattr(self.source, "read_custom_rollups", None)
+        if read is None:
+            return []
+        return self._read(lambda: read(metric, resolution, start, end, limit))
+
+    def read_custom_metrics(self) -> list[MetricSnapshot]:
+        """The app's own metrics the history holds (none from a source that
+        keeps none)."""
+        read = getattr(self.source, "read_custom_metrics", None)
+        if read is None:
+            return []
+        return self._read(read)
 
     def read_events(self, query: EventQuery) -> list[EventRecord]:
         """A page of the stored events and the request log's errors (see

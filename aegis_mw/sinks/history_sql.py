@@ -13,6 +13,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.custom_history import CustomRow, custom_row, stored_metric
+from ..core.custom_metrics import MetricSnapshot
 from ..core.events import EventQuery
 from ..core.history import RequestQuery
 from ..core.record import EventRecord, RequestRecord
@@ -67,6 +69,70 @@ def upsert(dialect: Dialect, table: str, key: tuple[str, ...]) -> str:
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) "
         f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {', '.join(updates)}"
     )
+
+
+CUSTOM_KEY = ("resolution", "metric", "bucket", "labels_key")
+CUSTOM_COLUMNS = (
+    "resolution", "bucket", "metric", "labels", "labels_key", "total", "count", "low", "high",
+    "first_sample", "last_sample", "counts",
+)  # fmt: skip
+
+
+@functools.cache
+def upsert_custom(dialect: Dialect) -> str:
+    """Add one row of the app's own metrics' changes (see
+    :mod:`aegis_mw.core.custom_history`): sums added, the least ``low`` and
+    the greatest ``high`` kept (either may be NULL), the bucket counts added
+    element by element, the earliest first and latest last sample kept."""
+    table = "aegis_custom_rollups"
+    marks = ", ".join([dialect.placeholder] * (len(CUSTOM_COLUMNS) - 1) + [dialect.histogram])
+    low = f"coalesce({dialect.least}({table}.low, excluded.low), {table}.low, excluded.low)"
+    high = f"coalesce({dialect.greatest}({table}.high, excluded.high), {table}.high, excluded.high)"
+    first = (
+        f"coalesce({dialect.least}({table}.first_sample, excluded.first_sample), "
+        f"{table}.first_sample, excluded.first_sample)"
+    )
+    last = (
+        f"coalesce({dialect.greatest}({table}.last_sample, excluded.last_sample), "
+        f"{table}.last_sample, excluded.last_sample)"
+    )
+    return (
+        f"INSERT INTO {table} ({', '.join(CUSTOM_COLUMNS)}) VALUES ({marks}) "
+        f"ON CONFLICT ({', '.join(CUSTOM_KEY)}) DO UPDATE SET "
+        f"total = {table}.total + excluded.total, count = {table}.count + excluded.count, "
+        f"low = {low}, high = {high}, first_sample = {first}, last_sample = {last}, "
+        f"counts = aegis_counts_add({table}.counts, excluded.counts)"
+    )
+
+
+@functools.cache
+def upsert_custom_metric(dialect: Dialect) -> str:
+    """A custom metric's description, as the latest writer declared it."""
+    mark = dialect.placeholder
+    return (
+        "INSERT INTO aegis_custom_metrics (name, kind, help, labels, bounds, mode, updated_at) "
+        f"VALUES ({', '.join([mark] * 7)}) ON CONFLICT (name) DO UPDATE SET "
+        "kind = excluded.kind, help = excluded.help, labels = excluded.labels, "
+        "bounds = excluded.bounds, mode = excluded.mode, updated_at = excluded.updated_at"
+    )
+
+
+@functools.cache
+def select_custom(dialect: Dialect) -> str:
+    """One metric's rows of one resolution with ``start <= bucket < end``, at
+    most a bound number of them."""
+    mark = dialect.placeholder
+    return (
+        "SELECT bucket, labels, total, count, low, high, counts, first_sample, last_sample "
+        "FROM aegis_custom_rollups "
+        f"WHERE resolution = {mark} AND metric = {mark} AND bucket >= {mark} AND bucket < {mark} "
+        f"ORDER BY bucket, labels LIMIT {mark}"  # as the memory sink answers
+    )
+
+
+SELECT_CUSTOM_METRICS = (
+    "SELECT name, kind, help, labels, bounds, mode FROM aegis_custom_metrics ORDER BY name"
+)
 
 
 @functools.cache
@@ -191,6 +257,19 @@ class RowReader:
             rows = connection.execute(sql, (resolution, start, end)).fetchall()
         return [RollupRow._make((*row[:-1], decode_histogram(row[-1]))) for row in rows]
 
+    def read_custom_rollups(
+        self, metric: str, resolution: int, start: int, end: int, limit: int = 2**62
+    ) -> list[CustomRow]:
+        sql = select_custom(self.dialect)
+        with self._connection() as connection:
+            rows = connection.execute(sql, (resolution, metric, start, end, limit)).fetchall()
+        return [custom_row(row) for row in rows]
+
+    def read_custom_metrics(self) -> list[MetricSnapshot]:
+        with self._connection() as connection:
+            rows = connection.execute(SELECT_CUSTOM_METRICS).fetchall()
+        return [stored_metric(row) for row in rows]
+
     def read_requests(self, query: RequestQuery) -> list[RequestRecord]:
         sql, params = select_requests(self.dialect, query)
         with self._connection() as connection:
@@ -236,6 +315,17 @@ class ReaderBacked:
 
     def read_requests(self, query: RequestQuery) -> list[RequestRecord]:
         return self._reader.read_requests(query)
+
+    def read_custom_rollups(
+        self, metric: str, resolution: int, start: int, end: int, limit: int = 2**62
+    ) -> list[CustomRow]:
+        """The app's own metric ``metric``'s stored changes, one resolution
+        (the first ``limit``, by bucket and labels)."""
+        return self._reader.read_custom_rollups(metric, resolution, start, end, limit)
+
+    def read_custom_metrics(self) -> list[MetricSnapshot]:
+        """The app's own metrics the history holds, as last declared."""
+        return self._reader.read_custom_metrics()
 
     def read_events(self, query: EventQuery) -> list[EventRecord]:
         """The stored events ``query`` asks for (not the request log's errors)."""

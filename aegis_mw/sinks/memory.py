@@ -10,10 +10,28 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from ..core.custom_history import (
+    SPAN,
+    CustomCell,
+    CustomRow,
+    copy_custom,
+    expand_custom,
+    merge_custom,
+)
+from ..core.custom_metrics import MetricSnapshot
 from ..core.events import EventQuery, matches, newest_first
 from ..core.history import RequestQuery
 from ..core.record import Batch, EventRecord, RequestRecord, WebSocketSession
-from ..core.rollup import Cell, RollupRow, copy_cell, expand, merge_cell, rows_from
+from ..core.rollup import (
+    LEVELS,
+    Cell,
+    RollupDelta,
+    RollupRow,
+    copy_cell,
+    expand,
+    merge_cell,
+    rows_from,
+)
 from ..incidents.store import MemoryIncidentStore
 
 
@@ -40,6 +58,8 @@ class MemorySink:
         self._incidents = MemoryIncidentStore()
         self._rollups: dict[tuple[Any, ...], Cell] = {}
         self._totals: dict[tuple[Any, ...], Cell] = {}
+        self._custom: dict[tuple[Any, ...], CustomCell] = {}
+        self._custom_metrics: dict[str, MetricSnapshot] = {}
         self._applied: set[str] = set()
         self.batches = 0
         self.closed = False
@@ -53,7 +73,7 @@ class MemorySink:
             for event in batch.events:
                 self._events.setdefault(event.event_id, event)
             delta = batch.rollups
-            if delta is not None and delta.cells and delta.delta_id not in self._applied:
+            if delta is not None and delta.holds_anything() and delta.delta_id not in self._applied:
                 self._applied.add(delta.delta_id)
                 for table, cells in zip((self._rollups, self._totals), expand(delta), strict=True):
                     for key, cell in cells.items():
@@ -62,7 +82,17 @@ class MemorySink:
                             table[key] = copy_cell(cell)
                         else:
                             merge_cell(mine, cell)
+                self._add_custom(delta)
             self.batches += 1
+
+    def _add_custom(self, delta: RollupDelta) -> None:
+        self._custom_metrics.update(delta.metrics)
+        for key, cell in expand_custom(delta.custom, LEVELS).items():
+            mine = self._custom.get(key)
+            if mine is None:
+                self._custom[key] = cell
+            else:
+                merge_custom(mine, cell)
 
     def close(self) -> None:
         self.closed = True
@@ -93,6 +123,8 @@ class MemorySink:
             self._events.clear()
             self._rollups.clear()
             self._totals.clear()
+            self._custom.clear()
+            self._custom_metrics.clear()
 
     # -- history ---------------------------------------------------------------
     def read_rollups(
@@ -112,6 +144,27 @@ class MemorySink:
                     if level == resolution and start <= bucket < end
                 ]
             return list(rows_from(found))
+
+    def read_custom_rollups(
+        self, metric: str, resolution: int, start: int, end: int, limit: int = 2**62
+    ) -> list[CustomRow]:
+        """The app's own metric ``metric``'s stored changes, one resolution
+        (the first ``limit``, by bucket and labels)."""
+        with self._lock:
+            found = [
+                (bucket, labels, copy_custom(cell))
+                for (level, bucket, name, labels), cell in self._custom.items()
+                if level == resolution and name == metric and start <= bucket < end
+            ]
+        return [
+            CustomRow(bucket, labels, *cell[:SPAN], *(cell[SPAN] or (None, None)))
+            for bucket, labels, cell in sorted(found)[:limit]
+        ]
+
+    def read_custom_metrics(self) -> list[MetricSnapshot]:
+        """The app's own metrics the history holds, as last declared."""
+        with self._lock:
+            return [metric for _, metric in sorted(self._custom_metrics.items())]
 
     def read_requests(self, query: RequestQuery) -> list[RequestRecord]:
         with self._lock:
@@ -153,7 +206,10 @@ class MemorySink:
                 for key in expired[:limit]:
                     del table[key]
                 deleted += min(len(expired), limit)
-            for cells in (self._rollups, self._totals):
+            tables_of_cells: tuple[dict[tuple[Any, ...], Any], ...] = (
+                self._rollups, self._totals, self._custom,
+            )  # fmt: skip
+            for cells in tables_of_cells:
                 old = [cell for cell in cells if cell[1] < rollups_before.get(cell[0], -1.0)]
                 for cell_key in old[:limit]:
                     del cells[cell_key]

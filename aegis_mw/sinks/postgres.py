@@ -39,6 +39,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 from ..alerts.store import SQLAlertStore
 from ..core import leases
+from ..core.custom_history import counts_array, custom_parameters
 from ..core.errors import ConfigError
 from ..core.gil_slices import Paced, Slices
 from ..core.record import Batch
@@ -83,6 +84,8 @@ REFUSED: tuple[type[BaseException], ...] = (
     ValueError,
 )
 UPSERT_ROLLUPS = history_sql.upsert(history_sql.POSTGRES, "aegis_rollups", history_sql.ROLLUP_KEY)
+UPSERT_CUSTOM = history_sql.upsert_custom(history_sql.POSTGRES)
+UPSERT_CUSTOM_METRIC = history_sql.upsert_custom_metric(history_sql.POSTGRES)
 UPSERT_TOTALS = history_sql.upsert(
     history_sql.POSTGRES, "aegis_rollup_totals", history_sql.TOTAL_KEY
 )
@@ -230,7 +233,7 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
                         _store(cursor, SESSIONS, batch.sessions, self._copier, slices)
                     if batch.events:
                         cursor.executemany(INSERT_EVENTS, event_rows(batch.events))
-                if batch.rollups is not None and batch.rollups.cells:
+                if batch.rollups is not None and batch.rollups.holds_anything():
                     _add_rollups(cursor, batch.rollups, slices, self._encode_histogram)
         except psycopg.errors.UniqueViolation:
             raise  # never the content: every keyed insert skips ids stored already
@@ -273,6 +276,7 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
                 }
                 steps.append((_DELETE_ROLLUPS, params))
                 steps.append((_DELETE_TOTALS, params))
+                steps.append((_DELETE_CUSTOM, params))
         deleted = 0
         try:
             for sql, step_params in steps:
@@ -432,6 +436,10 @@ def _add_rollups(
     # concurrent writers lock rows in one order and cannot deadlock.
     cursor.executemany(UPSERT_ROLLUPS, rollup_parameters(routes, encode, slices=slices))
     cursor.executemany(UPSERT_TOTALS, rollup_parameters(totals, encode, slices=slices))
+    if delta.custom:
+        described, rows = custom_parameters(delta, counts_array, slices)
+        cursor.executemany(UPSERT_CUSTOM_METRIC, described)
+        cursor.executemany(UPSERT_CUSTOM, rows)
 
 
 # Deletes by physical row id (ctid): a LIMIT in a subquery, then a TID scan
@@ -473,5 +481,11 @@ _DELETE_TOTALS = (
     "DELETE FROM aegis_rollup_totals WHERE resolution = %(level)s "
     "AND bucket < ceil(%(before)s::float8)::bigint AND ctid = ANY(ARRAY("
     "SELECT ctid FROM aegis_rollup_totals WHERE resolution = %(level)s "
+    "AND bucket < ceil(%(before)s::float8)::bigint LIMIT %(limit)s))"
+)
+_DELETE_CUSTOM = (
+    "DELETE FROM aegis_custom_rollups WHERE resolution = %(level)s "
+    "AND bucket < ceil(%(before)s::float8)::bigint AND ctid = ANY(ARRAY("
+    "SELECT ctid FROM aegis_custom_rollups WHERE resolution = %(level)s "
     "AND bucket < ceil(%(before)s::float8)::bigint LIMIT %(limit)s))"
 )

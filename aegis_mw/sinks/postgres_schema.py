@@ -464,6 +464,50 @@ MIGRATIONS: tuple[tuple[str | Callable[[psycopg.Connection[Any]], None], ...], .
         )
         """,
     ),
+    (
+        # The app's own metrics' changes at each resolution (see
+        # core.custom_history), clustered for a read of one metric over time,
+        # and what each metric was last declared as.
+        """
+        CREATE TABLE aegis_custom_rollups (
+            resolution integer NOT NULL,
+            bucket bigint NOT NULL,
+            metric text COLLATE "C" NOT NULL,
+            labels text COLLATE "C" NOT NULL,
+            labels_key text COLLATE "C" NOT NULL,
+            total double precision NOT NULL,
+            count bigint NOT NULL,
+            low double precision,
+            high double precision,
+            first_sample bigint,
+            last_sample bigint,
+            counts bigint[],
+            PRIMARY KEY (resolution, metric, bucket, labels_key)
+        )
+        """,
+        # Retention deletes by time at each resolution, whatever the metric.
+        "CREATE INDEX aegis_custom_rollups_time ON aegis_custom_rollups (resolution, bucket)",
+        """
+        CREATE TABLE aegis_custom_metrics (
+            name text COLLATE "C" PRIMARY KEY,
+            kind text NOT NULL,
+            help text NOT NULL,
+            labels text NOT NULL,
+            bounds text NOT NULL,
+            mode text NOT NULL,
+            updated_at double precision NOT NULL
+        )
+        """,
+        # Two lists of bucket counts added element by element (NULL: none).
+        """
+        CREATE FUNCTION aegis_counts_add(a bigint[], b bigint[]) RETURNS bigint[]
+        LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+            SELECT CASE WHEN a IS NULL THEN b WHEN b IS NULL THEN a ELSE ARRAY(
+                SELECT coalesce(x, 0) + coalesce(y, 0)
+                FROM unnest(a, b) WITH ORDINALITY AS u (x, y, i) ORDER BY i) END
+        $$
+        """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -24,6 +24,7 @@ from types import ModuleType
 
 from ..alerts.store import SQLAlertStore
 from ..core import leases
+from ..core.custom_history import add_counts_text, custom_parameters
 from ..core.errors import ConfigError
 from ..core.gil_slices import Paced, Slices, pause_for
 from ..core.record import Batch, RequestRecord
@@ -51,6 +52,8 @@ logger = logging.getLogger("aegis_mw")
 
 UPSERT_ROLLUPS = history_sql.upsert(history_sql.SQLITE, "aegis_rollups", history_sql.ROLLUP_KEY)
 UPSERT_TOTALS = history_sql.upsert(history_sql.SQLITE, "aegis_rollup_totals", history_sql.TOTAL_KEY)
+UPSERT_CUSTOM = history_sql.upsert_custom(history_sql.SQLITE)
+UPSERT_CUSTOM_METRIC = history_sql.upsert_custom_metric(history_sql.SQLITE)
 #: How long applied delta and batch ids are remembered: far beyond any retry.
 DELTA_ID_KEEP_SECONDS = 86_400.0
 
@@ -168,6 +171,7 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
             connection.create_function(
                 "aegis_histogram_merge", 2, self._histograms[2], deterministic=True
             )
+            connection.create_function("aegis_counts_add", 2, add_counts_text, deterministic=True)
             if check_schema:
                 migrate(connection)
                 self._schema_checked_in = os.getpid()
@@ -209,7 +213,7 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
                         connection.executemany(INSERT_SESSION, batch.sessions)
                     if batch.events:
                         connection.executemany(INSERT_EVENT, event_rows(batch.events))
-                if batch.rollups is not None and batch.rollups.cells:
+                if batch.rollups is not None and batch.rollups.holds_anything():
                     self._add_rollups(connection, batch.rollups)
         except BaseException as exc:
             if _refused(exc):
@@ -278,6 +282,10 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         encode = self._histograms[0]
         connection.executemany(UPSERT_ROLLUPS, rollup_parameters(routes, encode, slices=slices))
         connection.executemany(UPSERT_TOTALS, rollup_parameters(totals, encode, slices=slices))
+        if delta.custom:
+            described, rows = custom_parameters(delta, slices=slices)
+            connection.executemany(UPSERT_CUSTOM_METRIC, described)
+            connection.executemany(UPSERT_CUSTOM, rows)
 
     # -- history (read_rollups and read_requests: see history_sql.ReaderBacked) --
     def prune(self, raw_before: float, rollups_before: Mapping[int, float], limit: int) -> int:
@@ -303,6 +311,7 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
                 horizon = rollups_before[level]
                 steps.append((_DELETE_ROLLUPS, (level, horizon, limit)))
                 steps.append((_DELETE_TOTALS, (level, horizon, limit)))
+                steps.append((_DELETE_CUSTOM, (level, horizon, limit)))
         return deleted + sum(connection.execute(sql, params).rowcount for sql, params in steps)
 
     # -- leases (see core.leases): a job one process of the app does ---------
@@ -366,5 +375,10 @@ _DELETE_ROLLUPS = (
 _DELETE_TOTALS = (
     "DELETE FROM aegis_rollup_totals WHERE (resolution, bucket, status_class) IN "
     "(SELECT resolution, bucket, status_class FROM aegis_rollup_totals "
+    "WHERE resolution = ? AND bucket < ? LIMIT ?)"
+)
+_DELETE_CUSTOM = (
+    "DELETE FROM aegis_custom_rollups WHERE (resolution, metric, bucket, labels_key) IN "
+    "(SELECT resolution, metric, bucket, labels_key FROM aegis_custom_rollups "
     "WHERE resolution = ? AND bucket < ? LIMIT ?)"
 )

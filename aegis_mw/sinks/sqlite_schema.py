@@ -400,6 +400,41 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID
         """,
     ),
+    (
+        # The app's own metrics' changes at each resolution (see
+        # core.custom_history), clustered for a read of one metric over time,
+        # and what each metric was last declared as.
+        """
+        CREATE TABLE aegis_custom_rollups (
+            resolution INTEGER NOT NULL,
+            bucket INTEGER NOT NULL,
+            metric TEXT NOT NULL,
+            labels TEXT NOT NULL,
+            labels_key TEXT NOT NULL,
+            total REAL NOT NULL,
+            count INTEGER NOT NULL,
+            low REAL,
+            high REAL,
+            first_sample INTEGER,
+            last_sample INTEGER,
+            counts TEXT,
+            PRIMARY KEY (resolution, metric, bucket, labels_key)
+        ) WITHOUT ROWID
+        """,
+        # Retention deletes by time at each resolution, whatever the metric.
+        "CREATE INDEX aegis_custom_rollups_time ON aegis_custom_rollups (resolution, bucket)",
+        """
+        CREATE TABLE aegis_custom_metrics (
+            name TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            help TEXT NOT NULL,
+            labels TEXT NOT NULL,
+            bounds TEXT NOT NULL,
+            mode TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -549,7 +549,8 @@ async def test_the_api_moves_with_api_path(make_aegis: Callable[..., Aegis]) -> 
             f"/internal/stats/{name}"
             for name in (
                 *HISTORY, "realtime", "alerts", "alert-rules", "alert-channels", "alert-history",
-                "silences", "custom-metrics", "events", "incidents", "incident",
+                "silences", "custom-metrics", "custom-metric-history", "events", "incidents",
+                "incident",
                 "incident-timeline", "stats", "audit",
                 "alert-rules/dry-run", "channel-test",
             )

@@ -80,12 +80,12 @@ def test_pending_rollups_are_bounded_and_what_is_refused_is_counted() -> None:
         extra.add(NOW + second * 5, "/a", "GET", 200, 1.0, False, 0, 0)
         extra.add(NOW + second * 5, "/a", "GET", 200, 2.0, False, 0, 0)
     pending = RollupDelta()
-    assert pending.absorb(full, limit=11) == 0
+    assert pending.absorb(full, limit=11) == (0, 0)
     # One more cell fits; the other three (two requests each) are refused.
-    assert pending.absorb(extra, limit=11) == 6
+    assert pending.absorb(extra, limit=11) == (6, 0)
     assert (len(pending), pending.requests) == (11, 12)
     # Cells already held still merge when the bound is reached.
-    assert pending.absorb(full, limit=11) == 0
+    assert pending.absorb(full, limit=11) == (0, 0)
     assert pending.requests == 22
 
 

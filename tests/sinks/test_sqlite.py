@@ -167,6 +167,9 @@ def test_schema_is_created_on_first_write(
         ("index", "aegis_alert_transitions_at", "aegis_alert_transitions"),
         ("table", "aegis_batches", "aegis_batches"),
         ("index", "aegis_batches_applied_at", "aegis_batches"),
+        ("table", "aegis_custom_metrics", "aegis_custom_metrics"),
+        ("table", "aegis_custom_rollups", "aegis_custom_rollups"),
+        ("index", "aegis_custom_rollups_time", "aegis_custom_rollups"),
         ("table", "aegis_events", "aegis_events"),
         ("index", "aegis_events_timestamp", "aegis_events"),
         ("table", "aegis_incident_updates", "aegis_incident_updates"),
@@ -230,7 +233,7 @@ def test_reopening_an_existing_file_keeps_schema_and_rows(
         make_request(2).request_id,
     ]
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 45
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 48
 
 
 def test_batch_written_twice_is_stored_once(
@@ -420,7 +423,7 @@ def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path: Path) -> N
     versions = sorted(version for outcome in outcomes for version in outcome[3])
     assert versions == [0] + [SCHEMA_VERSION] * (PROCESSES - 1)
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 45
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 48
     ids = [row[0] for row in read_requests(path)]
     expected = sorted(
         f"{index:016x}{n:016x}" for index in range(PROCESSES) for n in range(RECORDS_PER_PROCESS)
