@@ -233,7 +233,10 @@ def _custom_table(data: dict[str, Any]) -> str:
         labels = ", ".join(f"{k}={v}" for k, v in series["labels"].items()) or "(all)"
         for point in series["points"]:
             values = [point.get(key) for key in figures]
-            if any(values):
+            # A step with figures (a gauge of 0 too); one with nothing recorded is left out.
+            if any(value is not None for value in values) and (
+                data["kind"] == "gauge" or any(values)
+            ):
                 rows.append((point["timestamp"], labels, *values))
     title = f"{data['name']} ({data['kind']})\n"
     if data["left_out"]:

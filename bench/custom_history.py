@@ -24,6 +24,10 @@ Medians of ``--rounds`` rounds; each round samples and writes one bucket.
 
     python bench/custom_history.py                       # about 30 seconds
     python bench/custom_history.py --series 10,100,1000 --postgres postgresql://...
+
+With ``--postgres``, it writes into a schema of its own in that database
+(``aegis_bench_custom_history``, dropped after each size), never the tables
+an app keeps there.
 """
 
 from __future__ import annotations
@@ -154,11 +158,13 @@ def main() -> None:
         for number, series in enumerate(int(n) for n in args.series.split(",")):
             urls = [f"sqlite:///{Path(folder) / f'bench-{number}.db'}"]
             if args.postgres:
-                urls.append(args.postgres)
+                urls.append(_schema_of_its_own(args.postgres, create=True))
             for url in urls:
-                results.append(measure(url, series, args.rounds, args.days))
-                if url.startswith("postgresql"):
-                    _drop(url)
+                try:
+                    results.append(measure(url, series, args.rounds, args.days))
+                finally:
+                    if url.startswith("postgresql"):
+                        _schema_of_its_own(args.postgres, create=False)
     print(
         f"{'store':<10} {'series':>7} {'cells':>6} {'sample ms':>10} {'write ms':>9} "
         f"{'wall ms':>8} {'µs/cell':>8} {'% of a core':>12} {'read 24h ms':>12}"
@@ -173,13 +179,21 @@ def main() -> None:
         print(json.dumps(results, indent=2))
 
 
-def _drop(url: str) -> None:
-    """Empty the benchmark's tables in PostgreSQL for the next size."""
+#: The benchmark's own schema in the given database: it never touches the
+#: tables an app keeps there.
+SCHEMA = "aegis_bench_custom_history"
+
+
+def _schema_of_its_own(url: str, *, create: bool) -> str:
+    """Create (or drop) the benchmark's schema; the URL that writes into it."""
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as connection:
-        for table in ("aegis_custom_rollups", "aegis_custom_metrics", "aegis_rollup_deltas"):
-            connection.execute(f"DELETE FROM {table}")
+        connection.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+        if create:
+            connection.execute(f"CREATE SCHEMA {SCHEMA}")
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options=-csearch_path%3D{SCHEMA}"
 
 
 if __name__ == "__main__":

@@ -221,3 +221,20 @@ def test_custom_metric_history_from_a_terminal(
     assert "by:" in capsys.readouterr().err
     assert main(["query", "overview", "--db", url, "--name", "orders"]) == 2
     assert "--name does not apply to overview" in capsys.readouterr().err
+
+
+def test_a_gauge_of_zero_is_a_row_of_the_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aegis_mw import Aegis
+
+    path = tmp_path / "app.db"
+    aegis = Aegis(sink=f"sqlite:///{path}", metrics_registry="none")
+    aegis.start()
+    aegis.gauge("queue_depth", "Jobs waiting.").set(0)
+    assert aegis.force_flush()
+    assert aegis.shutdown()
+    arguments = ["query", "custom-metric-history", "--db", f"sqlite:///{path}", "--range", "5m"]
+    assert main([*arguments, "--name", "queue_depth"]) == 0
+    [row] = [line.split() for line in capsys.readouterr().out.splitlines() if "(all)" in line]
+    assert row[-3:] == ["0", "0", "0"]  # value, low, high

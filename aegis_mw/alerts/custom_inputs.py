@@ -37,8 +37,10 @@ KINDS = {
 }
 
 
-#: Stored rows one rule's window may read in one evaluation.
+#: Stored rows one rule's window may read in one evaluation, and all the
+#: custom rules of one evaluation together.
 MAX_RULE_ROWS = 100_000
+MAX_EVALUATION_ROWS = 300_000
 
 
 class CustomInputError(ValueError):
@@ -63,11 +65,14 @@ def custom_figures(
     """The figures of every rule over a custom input, by rule name: per
     group, a window whose value is the rule's input (None: no data). Each
     rule reads at most :data:`MAX_RULE_ROWS` rows, and all of them together
-    at most what ``budget`` has left."""
+    at most what ``budget`` has left (:data:`MAX_EVALUATION_ROWS` without
+    one)."""
     rules = [rule for rule in rules if rule.input in CUSTOM_INPUTS]
     out: Collected = {}
     if not rules:
         return out
+    if budget is None:  # one evaluation's: every rule reads its whole window each time
+        budget = RowBudget(MAX_EVALUATION_ROWS)
     read_metrics = getattr(reader, "read_custom_metrics", None)
     read_rows = getattr(reader, "read_custom_rollups", None)
     if read_metrics is None or read_rows is None:
@@ -109,7 +114,10 @@ def _rule_figures(
             known = ", ".join(metric.labels) or "none"
             raise CustomInputError(f"{metric.name} has no label {label!r} (its labels: {known})")
     start, end = window_of(rule, now, settle)
-    spent = "the rows this replay may read were all read: replay less time"
+    spent = (
+        "the rows this evaluation (or replay) may read were all read by the rules before it: "
+        "fewer custom rules, or shorter windows (or replay less time)"
+    )
     cap = MAX_RULE_ROWS if budget is None else min(MAX_RULE_ROWS, budget.left)
     if cap <= 0:
         raise CustomInputError(spent)

@@ -51,7 +51,7 @@ MAX_SPAN = 7 * 86_400.0
 MAX_STEPS = 20_000
 #: Stored rows the custom rules of one replay may read in all (each step
 #: reads their windows again): a few seconds of work at most.
-DRY_RUN_CUSTOM_ROWS = 2_000_000
+DRY_RUN_CUSTOM_ROWS = 300_000
 #: The order groups are listed in at ``end``: the alerts first.
 _ORDER = {FIRING: 0, PENDING: 1, NODATA: 2, RESOLVED: 3}
 

@@ -38,6 +38,8 @@ from .record import OVERFLOW_ROUTE
 
 #: Prometheus' rules for metric and label names.
 METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+#: The longest metric name (alert rules name them with the same bound).
+MAX_NAME = 200
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 #: The value of every label of the series that label sets past ``max_series`` go to.
 OVERFLOW = OVERFLOW_ROUTE
@@ -537,6 +539,9 @@ def _family_name(kind: str, name: Any) -> str:
             f"{name!r} is not a metric name: letters, digits, '_' and ':', not starting "
             "with a digit"
         )
+    if len(name) > MAX_NAME:
+        # Part of the stored history's keys: PostgreSQL's index rows are bounded.
+        raise ValueError(f"{name[:40]}...: a metric name has at most {MAX_NAME} characters")
     family = name[: -len("_total")] if kind == "counter" and name.endswith("_total") else name
     if not family or family.endswith(_RESERVED_SUFFIXES) or family.endswith("_total"):
         raise ValueError(

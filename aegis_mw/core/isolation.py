@@ -144,8 +144,8 @@ def split_delta(delta: RollupDelta) -> tuple[RollupDelta, RollupDelta]:
     """Two halves of a delta of at least two cells (request cells, then the
     custom metrics' ones), under ids derived from its own (``<id>.0``,
     ``<id>.1``; generated ids hold no dot, so these never meet another
-    delta's). Request counts are split so the halves add up; both halves
-    describe the metrics."""
+    delta's). Request counts are split so the halves add up; each half
+    describes the metrics of its cells."""
     cells = list(delta.cells.items())
     custom = list(delta.custom.items())
     half = (len(cells) + len(custom)) // 2
@@ -156,7 +156,11 @@ def split_delta(delta: RollupDelta) -> tuple[RollupDelta, RollupDelta]:
     second.custom = dict(custom[max(half - len(cells), 0) :])
     first.requests = sum(cell[0] for _, cell in cells[:half])
     second.requests = delta.requests - first.requests
-    first.metrics = second.metrics = dict(delta.metrics)
+    # Each half describes only its own metrics: a description the store
+    # refuses is then found with the cells of its metric, not with every half.
+    for part in (first, second):
+        names = {metric for _, metric, _ in part.custom}
+        part.metrics = {name: m for name, m in delta.metrics.items() if name in names}
     first.delta_id = f"{delta.delta_id}.0"
     second.delta_id = f"{delta.delta_id}.1"
     return first, second

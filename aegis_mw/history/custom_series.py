@@ -77,6 +77,10 @@ class Point:
         return sum((last - first) // FINEST + 1 for first, last in self.spans.values())
 
 
+#: A point with nothing in it (never added to: shared by every empty point).
+EMPTY = Point()
+
+
 def fits(metric: MetricSnapshot, row: CustomRow) -> bool:
     """Whether a stored row is of the metric's kind (and buckets): a name
     declared again as another kind leaves rows of the other behind."""
@@ -120,7 +124,9 @@ def custom_history(
 ) -> dict[str, Any]:
     """The answer for one metric over ``window``."""
     picks = [metric.labels.index(label) for label in by]
-    series: dict[tuple[str, ...], list[Point]] = {}
+    # Points by index, made as rows come: a metric of many label sets costs
+    # the rows read, not label sets times points.
+    series: dict[tuple[str, ...], dict[int, Point]] = {}
     left = MAX_ROWS
     for level, start, end in window.segments():
         rows = read(metric.name, level, start, end, left + 1)
@@ -129,7 +135,8 @@ def custom_history(
             raise QueryError(
                 "range",
                 f"the range holds more than {MAX_ROWS:,} stored changes of {metric.name} "
-                "(its label sets times the points): ask for a shorter range",
+                "(its label sets times the stored buckets read): ask for a shorter range, "
+                "or a longer one (read from coarser buckets)",
                 "too_many_rows",
             )
         for row in rows:
@@ -137,10 +144,12 @@ def custom_history(
             if len(values) != len(metric.labels) or not fits(metric, row):
                 continue  # stored under another declaration of the name
             key = tuple(str(values[index]) for index in picks)
-            points = series.get(key)
-            if points is None:
-                points = series[key] = [Point() for _ in range(window.points)]
-            points[(row.bucket - window.start) // window.step].add(row, level)
+            points = series.setdefault(key, {})
+            index = (row.bucket - window.start) // window.step
+            point = points.get(index)
+            if point is None:
+                point = points[index] = Point()
+            point.add(row, level)
     ranked = sorted(series.items(), key=lambda item: (-_weight(metric, item[1]), item[0]))
     stamps = [isoformat(window.start + i * window.step) for i in range(window.points)]
     return {
@@ -160,8 +169,8 @@ def custom_history(
             {
                 "labels": dict(zip(by, key, strict=True)),
                 "points": [
-                    {"timestamp": stamp, **figures(metric, point, window.step)}
-                    for stamp, point in zip(stamps, points, strict=True)
+                    {"timestamp": stamp, **figures(metric, points.get(index, EMPTY), window.step)}
+                    for index, stamp in enumerate(stamps)
                 ],
             }
             for key, points in ranked[:limit]
@@ -170,13 +179,13 @@ def custom_history(
     }
 
 
-def _weight(metric: MetricSnapshot, points: list[Point]) -> float:
+def _weight(metric: MetricSnapshot, points: dict[int, Point]) -> float:
     """What orders the series: the increase, the count, the highest sample."""
     if metric.kind == "gauge":
-        return max((abs(p.high or 0.0) for p in points), default=0.0)
+        return max((abs(p.high or 0.0) for p in points.values()), default=0.0)
     if metric.kind == "histogram":
-        return float(sum(p.count for p in points))
-    return sum(p.total for p in points)
+        return float(sum(p.count for p in points.values()))
+    return sum(p.total for p in points.values())
 
 
 def _round(value: float | None) -> float | None:

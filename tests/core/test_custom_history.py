@@ -1376,8 +1376,11 @@ def test_split_delta_halves_add_up_to_the_whole(request_cells: int, custom_cells
     assert first.requests + second.requests == delta.requests
     assert first.requests == sum(cell[0] for cell in first.cells.values())
     assert second.requests == sum(cell[0] for cell in second.cells.values())
-    # Both halves describe the metrics (either may be written alone).
-    assert first.metrics == delta.metrics == second.metrics
+    # Each half describes the metrics of its own cells, and only those: a
+    # description the store refuses is found with its metric's cells.
+    for part in (first, second):
+        names = {metric for _, metric, _ in part.custom}
+        assert part.metrics == {n: m for n, m in delta.metrics.items() if n in names}
 
 
 def test_split_delta_of_custom_cells_only() -> None:

@@ -37,6 +37,7 @@ def only(metrics: CustomMetrics, name: str) -> MetricSnapshot:
         ("counter", "", {}, "not a metric name"),
         ("counter", 42, {}, "not a metric name"),
         ("counter", "_total", {}, "may not end in"),
+        ("gauge", "q" * 201, {}, "at most 200 characters"),
         ("counter", "orders_total_total", {}, "may not end in"),
         ("histogram", "latency_bucket", {}, "may not end in"),
         ("gauge", "queue_count", {}, "may not end in"),
@@ -67,6 +68,11 @@ def test_a_bad_declaration_is_refused_naming_the_problem(
     help_text = options.pop("help_text", "Some help.")
     with pytest.raises(ValueError, match=message):
         registry().declare(kind, name, help_text, **options)  # type: ignore[arg-type]
+
+
+def test_a_name_of_200_characters_is_declared() -> None:
+    name = "q" * 200
+    assert registry().declare("gauge", name, "Some help.").name == name
 
 
 def test_declaring_again_alike_gives_the_same_metric_and_otherwise_refuses() -> None:

@@ -417,6 +417,24 @@ def test_a_rules_window_reads_at_most_max_rule_rows(
     assert service.health == {"all": TOO_MANY, "by_region": TOO_MANY, "observations": ""}
 
 
+def test_an_evaluation_reads_at_most_max_evaluation_rows_in_all(
+    crowded: Recording, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every custom rule reads its whole window at each evaluation: past what
+    one evaluation may read in all, the rules after are errors in their
+    health (the request rollups' rules are not counted), and the next
+    evaluation starts again."""
+    monkeypatch.setattr(custom_inputs, "MAX_EVALUATION_ROWS", 21)
+    sliding = SlidingFigures(crowded.reader, BOUNDED_RULES)
+    for _ in range(2):  # each evaluation has a budget of its own
+        collected = sliding.collect(RULE_T0 + 22)
+        got = values_of(collected, BOUNDED_RULES[:1])
+        assert got["all"] == {(): 20.0}  # 20 rows of 21
+        for name in ("by_region", "observations"):
+            assert isinstance(collected[name], CustomInputError)
+            assert f"CustomInputError: {collected[name]}" == SPENT
+
+
 def test_the_bound_counts_every_label_set_whatever_match_keeps(
     crowded: Recording, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -438,7 +456,8 @@ def test_the_bounds_unpatched(crowded: Recording) -> None:
     """The documented bounds; the window of 21 rows is read under them."""
     assert custom_series.MAX_ROWS == 100_000
     assert custom_inputs.MAX_RULE_ROWS == 100_000
-    assert dry_run.DRY_RUN_CUSTOM_ROWS == 2_000_000
+    assert dry_run.DRY_RUN_CUSTOM_ROWS == 300_000
+    assert custom_inputs.MAX_EVALUATION_ROWS == 300_000
     rule = custom("all", "custom_increase", "orders_total")
     got = values_of(collect(crowded.reader, [rule], RULE_T0 + 27), [rule])
     assert got == {"all": {(): 21.0}}
@@ -449,7 +468,10 @@ def test_the_bounds_unpatched(crowded: Recording) -> None:
 SURGE = custom("orders_surge", "custom_rate", "orders_total", threshold=0.5)
 #: A rule over the request rollups: no traffic is a rate of 0, below 1.
 QUIET = AlertRule(name="quiet", input="request_rate", operator="<", threshold=1)
-SPENT = "CustomInputError: the rows this replay may read were all read: replay less time"
+SPENT = (
+    "CustomInputError: the rows this evaluation (or replay) may read were all read by the "
+    "rules before it: fewer custom rules, or shorter windows (or replay less time)"
+)
 
 
 @pytest.fixture
