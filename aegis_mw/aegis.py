@@ -26,6 +26,7 @@ from .alerts.reports import process_report
 from .alerts.service import AlertService
 from .alerts.store import MemoryAlertStore
 from .core.aggregates import RealtimeAggregates, RealtimeSnapshot
+from .core.audit_log import AuditLog
 from .core.client_address import ClientAddressResolver, parse_networks
 from .core.clock import Clock, SystemClock
 from .core.custom_history import CustomSampler
@@ -251,6 +252,15 @@ def _incidents(aegis: Aegis) -> Incidents | None:
     )
 
 
+def _audit_log(aegis: Aegis) -> AuditLog | None:
+    """The audit of the API's writes in the history sink's store (None
+    without one: posted events are then audited to the ``aegis_mw.audit``
+    logger only)."""
+    sink = next((sink for sink in aegis.sinks if isinstance(sink, HistorySource)), None)
+    make_log = getattr(sink, "audit_log", None)
+    return make_log() if callable(make_log) else None
+
+
 class Aegis:
     """Records requests into buffers flushed to sinks by a background thread.
 
@@ -387,6 +397,8 @@ class Aegis:
         )
         #: Incidents and their timelines (None without a sink that keeps history).
         self.incidents: Incidents | None = _incidents(self)
+        #: The audit of events posted to the API (see aegis_mw.core.audit_log).
+        self.audit_log: AuditLog | None = _audit_log(self)
         if settings.alert_incidents and self.alerts is not None:
             if self.incidents is None:  # never: alerts need a sink that keeps history
                 raise ConfigError("alert_incidents", True, "needs a sink that keeps history")
@@ -642,9 +654,11 @@ class Aegis:
             self.metrics.link.reset_after_fork()
         if self.alerts is not None:
             self.alerts.reset_after_fork()
-        reset = getattr(self.incidents.store, "reset_after_fork", None) if self.incidents else None
-        if reset is not None:
-            reset()
+        stores = (self.incidents.store if self.incidents else None, self.audit_log)
+        for store in stores:
+            reset = getattr(store, "reset_after_fork", None)
+            if reset is not None:
+                reset()
 
     def __enter__(self) -> Aegis:
         return self

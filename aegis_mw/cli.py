@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import __version__, alerts_cli, events_cli, incidents_cli, query_cli
+from . import __version__, alerts_cli, events_cli, export_cli, incidents_cli, query_cli
 from .cli_args import demo_database
 
 
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     alerts_cli.add_parser(commands)
     events_cli.add_parser(commands)
     incidents_cli.add_parser(commands)
+    export_cli.add_parser(commands)
     return parser
 
 
@@ -87,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return events_cli.run(args)
     if args.command == "incidents":
         return incidents_cli.run(args)
+    if args.command == "export":
+        return export_cli.run(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -101,7 +101,7 @@ def _list(store: Any, now: float, as_json: bool, out: TextIO) -> None:
     from .query_cli import table
 
     silences = [{**s.to_mapping(), "state": s.state(now)} for s in store.silences(now)]
-    audit = store.audit(20)
+    audit = store.audit(20, "silence")
     if as_json:
         json.dump({"silences": silences, "audit": audit}, out, indent=2)
         out.write("\n")

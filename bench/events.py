@@ -1,7 +1,7 @@
 """The app's events: what ``aegis.event(...)`` costs the caller, and how fast the
 pipeline stores them.
 
-Two measurements, in one process:
+Three measurements, in one process:
 
 - **the call**: ns per ``aegis.event(...)`` (checking every field and queueing
   it), for a bare message and for one with tags and a payload, the flusher
@@ -13,8 +13,14 @@ Two measurements, in one process:
   until they are all in a fresh SQLite file (the default sink) and the
   process CPU time it took, per event, median over ``--store-rounds``; every
   event is checked to be stored exactly once.
+- **posted**: µs per answer to ``POST {api_path}/events`` (the body checked,
+  the post audited, its events queued), called as the API's thread calls it,
+  for bodies of 1 and of 100 events, with the audit in a SQLite file (the
+  default: on the connections it keeps between writes) and without a store for it (the ``aegis_mw.audit`` logger, off);
+  median over ``--post-rounds`` of ``--posts`` posts, the queue emptied
+  between rounds.
 
-    python bench/events.py                 # about 20 seconds
+    python bench/events.py                 # about 30 seconds
     python bench/events.py --rounds 5 --count 20000 --store-rounds 2   # quick look
     python bench/events.py --json
 """
@@ -132,16 +138,66 @@ def measure_store(rounds: int, events: int) -> dict[str, float]:
     return {"wall_us": statistics.median(walls), "cpu_us": statistics.median(cpus)}
 
 
+def measure_posts(rounds: int, posts: int) -> dict[str, float]:
+    from aegis_mw import Aegis
+    from aegis_mw.endpoints.events import post_events
+
+    bodies = {
+        size: json.dumps(
+            [{"message": "job done", "tags": ["jobs"], "payload": {"n": n}} for n in range(size)]
+        ).encode()
+        for size in (1, 100)
+    }
+    raw: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as directory:
+        aegis = Aegis(
+            sink=f"sqlite:///{Path(directory) / 'aegis.db'}", flush_interval=3600,
+            max_buffer=posts * 100 + 10, metrics_registry="none", environ={},
+        )  # fmt: skip
+        aegis.recorder.events.wake_at = 2**62
+        aegis.recorder.events.max_bytes = 2**62
+        aegis.recorder.events.max_events = posts * 100  # room for a round's events
+        # The flusher's connection open, as in an app that has served a
+        # request: the file stays in WAL mode between the audit's connections.
+        if not aegis.force_flush(30):
+            raise AssertionError("the first flush did not end")
+        audit = aegis.audit_log
+        for round_number in range(rounds + 1):  # the first round warms up
+            for audited in (True, False):
+                aegis.audit_log = audit if audited else None
+                for size, body in bodies.items():
+                    aegis.recorder.events.take()
+                    gc.collect()
+                    started = time.perf_counter()
+                    for _ in range(posts):
+                        answer = post_events(aegis, body, "bench via api from 127.0.0.1")
+                        if answer.status != 202:
+                            raise AssertionError(answer.body)
+                    spent = (time.perf_counter() - started) / posts * 1e6
+                    if round_number:
+                        key = f"{size}_{'audited' if audited else 'logger'}"
+                        raw.setdefault(key, []).append(spent)
+        aegis.audit_log = audit
+        if audit is None or len(audit.latest(10)) != 10:
+            raise AssertionError("the posts were not audited")
+        aegis.recorder.events.take()  # not to be stored: only the answers were measured
+        aegis.shutdown()
+    return {key: statistics.median(values) for key, values in raw.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--count", type=int, default=50_000)
     parser.add_argument("--store-rounds", type=int, default=5)
     parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--post-rounds", type=int, default=5)
+    parser.add_argument("--posts", type=int, default=500)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     calls = measure_calls(args.rounds, args.count)
     store = measure_store(args.store_rounds, args.events)
+    posted = measure_posts(args.post_rounds, args.posts)
     print(f"aegis.event(...), ns per call (median of {args.rounds} rounds of {args.count}):")
     for name, statement in CALLS.items():
         print(f"  {calls[name]:8.0f}  {name}: {statement}")
@@ -150,8 +206,17 @@ def main() -> None:
         f"{store['wall_us']:.1f} µs wall and {store['cpu_us']:.1f} µs CPU per event, "
         f"{1e6 / store['wall_us']:,.0f} events/s"
     )
+    print(
+        f"POST {{api_path}}/events, µs per answer (median of {args.post_rounds} rounds of {args.posts}):"
+    )
+    for size in (1, 100):
+        audited, logged = posted[f"{size}_audited"], posted[f"{size}_logger"]
+        print(
+            f"  {size:3d} event(s): {audited:8.1f} audited in SQLite, {logged:8.1f} without "
+            f"a store for the audit (+{audited - logged:.1f} for the audit)"
+        )
     if args.json:
-        print(json.dumps({"calls_ns": calls, "store": store}))
+        print(json.dumps({"calls_ns": calls, "store": store, "posted_us": posted}))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import random
 import re
 import signal
 import socket
@@ -30,11 +31,92 @@ STARTUP_TIMEOUT = 60.0
 EXIT_TIMEOUT = 30.0
 
 
+def _ephemeral_ports() -> range:
+    """The ports the kernel hands out for outgoing connections and bind(0)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)  # Linux's default
+
+
+_RANDOM = random.SystemRandom()
+
+
 def free_port() -> int:
-    """A port on 127.0.0.1 free now (another process could take it before use)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port on 127.0.0.1 free now, for a server started later. Chosen below
+    the ephemeral range: a port bind(0) gives is one the kernel may give
+    again, to an outgoing connection of this test or another program, before
+    the server binds it; one outside that range only a program naming it
+    takes. Random, so runs side by side rarely pick the same."""
+    ephemeral = _ephemeral_ports()
+    candidates = range(10_000, ephemeral.start) if ephemeral.start > 11_000 else range(0)
+    for _ in range(200):
+        # The system's randomness: a test re-seeding the random module (hypothesis)
+        # would make workers side by side pick the same ports.
+        port = _RANDOM.choice(candidates) if candidates else 0
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    pytest.fail("no free port on 127.0.0.1 in 200 tries")
+
+
+def prometheus_tool(name: str) -> str:
+    """The path of a Prometheus tool (``prometheus``, ``promtool``); missing: a
+    failure in CI, a skip elsewhere."""
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (Debian package 'prometheus')"
+        if REQUIRE_SERVICES:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@contextmanager
+def prometheus_server(
+    target_port: int, workdir: Path, rule_files: tuple[Path, ...] = ()
+) -> Iterator[str]:
+    """Prometheus scraping 127.0.0.1:target_port every second as job ``app``
+    (evaluating ``rule_files`` every second too); yields its URL."""
+    binary = prometheus_tool("prometheus")
+    port = free_port()
+    config = workdir / "prometheus.yml"
+    rules = "".join(f"  - '{path}'\n" for path in rule_files)
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+        + (f"rule_files:\n{rules}" if rules else "")
+        + "scrape_configs:\n  - job_name: app\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{target_port}']\n"
+    )
+    command = [
+        binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    log = ChildOutput(process.stderr)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=EXIT_TIMEOUT)
+        log.join(EXIT_TIMEOUT)
 
 
 def promtool_checks(exposition: str) -> None:

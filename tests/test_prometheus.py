@@ -6,34 +6,17 @@ return the totals this test sent.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.child_output import ChildOutput
-from tests.conftest import REQUIRE_SERVICES
-from tests.servers import EXIT_TIMEOUT, free_port, promtool_checks, uvicorn_server
+from tests.servers import prometheus_server, prometheus_tool, promtool_checks, uvicorn_server
 
 pytestmark = pytest.mark.slow
 CLIENT_TIMEOUT = 10.0
 PROMETHEUS_DEADLINE = 90.0  # start-up, a few scrape intervals, query
-
-
-def tool(name: str) -> str:
-    """The path of a Prometheus tool; missing: a failure in CI, a skip elsewhere."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (Debian package 'prometheus')"
-        if REQUIRE_SERVICES:
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def send_traffic(url: str) -> dict[str, int]:
@@ -49,7 +32,7 @@ def send_traffic(url: str) -> dict[str, int]:
 
 
 def test_promtool_has_nothing_to_say_about_our_output(tmp_path: Path) -> None:
-    tool("promtool")  # missing: a failure in CI before a server starts for nothing
+    prometheus_tool("promtool")  # missing: a failure in CI before a server starts for nothing
     with uvicorn_server("examples.fastapi_app:app", tmp_path) as server:
         send_traffic(server.url)
         response = httpx.get(f"{server.url}/metrics", timeout=CLIENT_TIMEOUT)
@@ -59,42 +42,6 @@ def test_promtool_has_nothing_to_say_about_our_output(tmp_path: Path) -> None:
     assert "aegis_http_requests_total{" in response.text
     assert "process_cpu_seconds_total" in response.text  # the default registry, alongside
     promtool_checks(response.text)
-
-
-@contextmanager
-def prometheus_server(target_port: int, workdir: Path) -> Iterator[str]:
-    """Prometheus scraping 127.0.0.1:target_port every second; yields its URL."""
-    binary = tool("prometheus")
-    port = free_port()
-    config = workdir / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
-        "scrape_configs:\n  - job_name: app\n    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{target_port}']\n"
-    )
-    command = [
-        binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stderr is not None
-    log = ChildOutput(process.stderr)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=EXIT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=EXIT_TIMEOUT)
-        log.join(EXIT_TIMEOUT)
 
 
 def query(url: str, expression: str) -> dict[str, float] | None:

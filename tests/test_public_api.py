@@ -12,7 +12,7 @@ def test_all_is_sorted_and_complete() -> None:
     assert exported == sorted(exported)
     # Submodules, and the name `from __future__ import annotations` leaves behind.
     modules = {
-        "access", "aegis", "alerts", "alerts_cli", "alerts_dry_run_cli", "asgi", "cli", "cli_args", "core", "demo", "endpoints", "events_cli", "exposition", "health",
+        "access", "aegis", "alerts", "alerts_cli", "alerts_dry_run_cli", "asgi", "cli", "cli_args", "core", "demo", "endpoints", "events_cli", "export_cli", "exposition", "grafana", "health",
         "incidents", "incidents_cli",
         "history", "query_cli", "realtime", "silence_cli", "speedups", "transports", "wsgi",
         "contrib",

@@ -225,8 +225,10 @@ class AlertStore(Protocol):
     def reports(self, since: float) -> list[tuple[str, Mapping[str, Any]]]:
         """The reports written at or after ``since``, by process."""
 
-    def audit(self, limit: int) -> list[dict[str, Any]]:
-        """The latest changes to silences, rules and the like, newest first."""
+    def audit(self, limit: int, kind: str = "") -> list[dict[str, Any]]:
+        """The latest changes to silences, rules and the like, newest first;
+        with ``kind`` (``silence``, ``rule``, ``channel``), those of that kind
+        of object only."""
 
     def instances(self) -> list[Instance]:
         """The stored instances that are not inactive."""
@@ -654,9 +656,13 @@ class MemoryAlertStore:
         with self._lock:
             return sorted((p, r) for p, (at, r) in self._reports.items() if at >= since)
 
-    def audit(self, limit: int) -> list[dict[str, Any]]:
+    def audit(self, limit: int, kind: str = "") -> list[dict[str, Any]]:
         with self._lock:
-            return self._audit[::-1][:limit]
+            if not kind:
+                return self._audit[::-1][:limit]
+            return [row for row in self._audit if row["object"].startswith(f"{kind} ")][::-1][
+                :limit
+            ]
 
     def reset_after_fork(self) -> None:
         """In a forked child: a lock of its own (the parent's may be held)."""
@@ -1272,14 +1278,18 @@ class SQLAlertStore:
                 logger.warning("aegis_mw: the report of process %s does not read", process)
         return out
 
-    def audit(self, limit: int) -> list[dict[str, Any]]:
+    def audit(self, limit: int, kind: str = "") -> list[dict[str, Any]]:
+        # An object is "<kind> <name>". Its first characters compared for
+        # equality, which no collation reorders (a range or LIKE might).
+        where = " WHERE substr(object, 1, ?) = ?" if kind else ""
+        bounds = (len(kind) + 1, f"{kind} ") if kind else ()
         with self._read() as connection:
             rows = connection.execute(
                 self._sql(
-                    "SELECT at, actor, action, object, detail FROM aegis_alert_audit "
-                    "ORDER BY id DESC LIMIT ?"
+                    "SELECT at, actor, action, object, detail FROM aegis_alert_audit"
+                    f"{where} ORDER BY id DESC LIMIT ?"
                 ),
-                (limit,),
+                (*bounds, limit),
             ).fetchall()
         return [
             {"at": r[0], "actor": r[1], "action": r[2], "object": r[3], "detail": json.loads(r[4])}

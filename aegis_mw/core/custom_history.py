@@ -16,6 +16,11 @@ metric, labels)`` (``labels``: the label values as a JSON array):
 - gauge: one sample per process, series and 5-second bucket: ``total``,
   ``low`` and ``high`` the value, ``count`` 1, and ``span`` the first and
   the last 5-second bucket sampled (``[bucket, bucket]`` for one sample).
+  When the process skipped buckets since its last sample (a
+  ``flush_interval`` over 5 seconds, a flusher held up by a slow store),
+  each series' value before is that of the buckets skipped, a sample of
+  each, up to :data:`HOLD_BUCKETS` (as Prometheus holds a scraped gauge
+  between scrapes), so none of them reads as zero or as a gap.
 
 ``total`` and ``count`` add up, ``low`` and ``high`` take the least and the
 greatest, ``span`` the earliest first and the latest last, so cells merge
@@ -96,6 +101,17 @@ def copy_custom(cell: CustomCell) -> CustomCell:
     return copied
 
 
+#: The most 5-second buckets skipped that a gauge's value before fills: 5
+#: minutes, the time Prometheus holds a gauge's last sample (its lookback
+#: delta). The buckets of a longer gap (the flusher stalled) before those
+#: count as the process's absence.
+HOLD_BUCKETS = 60
+#: The most cells those fill in one sample, all series together: after a
+#: stall, many series hold fewer buckets rather than crowd the pending
+#: bound (``MAX_PENDING_CUSTOM_CELLS``).
+MAX_HELD_CELLS = 10_000
+
+
 class CustomSampler:
     """The flusher's view of its process's custom metrics: what it sampled
     last, to take differences from. Not thread-safe: the flusher's thread
@@ -129,28 +145,52 @@ class CustomSampler:
             return {}, {}
         # A sample at a bucket's first flush describes the bucket that ended;
         # a forced one (and the very first), the bucket now is in. (A forced
-        # flush just past a boundary, before the flusher's own sample, leaves
-        # the ended bucket without a gauge sample: a 5-second gap.)
+        # flush just past a boundary, before the flusher's own sample, skips
+        # the ended bucket: the gauges' values before stand for it.)
         target = bucket if forced or self._bucket is None else bucket - FINEST
         self._bucket = bucket
         gauges = self._gauges_for != target
+        skipped = 0
         if gauges:
+            if self._gauges_for is not None:
+                skipped = max(0, min((target - self._gauges_for) // FINEST - 1, HOLD_BUCKETS))
             self._gauges_for = target
+        read = self._metrics.read()
+        if skipped:
+            series = sum(len(m.series) for m in read if m.kind == "gauge")
+            skipped = min(skipped, MAX_HELD_CELLS // max(series, 1))
         cells: dict[CustomKey, CustomCell] = {}
         described: dict[str, MetricSnapshot] = {}
-        for metric in self._metrics.read():
+        for metric in read:
             shape = (metric.name, metric.kind, metric.labels, metric.bounds, metric.mode)
             last = self._last.setdefault(shape, {})
             found = False
             for key, value in metric.series.items():
-                cell = _change(metric.kind, value, last.get(key), target if gauges else None)
+                before = last.get(key)
+                cell = _change(metric.kind, value, before, target if gauges else None)
                 last[key] = value
                 if cell is not None:
-                    cells[(target, metric.name, labels_text(key))] = cell
+                    labels = labels_text(key)
+                    cells[(target, metric.name, labels)] = cell
                     found = True
+                    if skipped and metric.kind == "gauge" and before is not None:
+                        _hold(cells, before, target, skipped, metric.name, labels)
             if found:
                 described[metric.name] = dataclasses.replace(metric, series={}, overflowed=0)
         return cells, described
+
+
+def _hold(
+    cells: dict[CustomKey, CustomCell], value: float, target: int, skipped: int, name: str,
+    labels: str,
+) -> None:  # fmt: skip
+    """A gauge series' value before, as the sample of each of the ``skipped``
+    buckets just before ``target`` (a series new since then holds nothing,
+    nor one whose value was not finite)."""
+    if not math.isfinite(value):
+        return
+    for bucket in range(target - skipped * FINEST, target, FINEST):
+        cells[(bucket, name, labels)] = [value, 1, value, value, None, [bucket, bucket]]
 
 
 def _change(kind: str, value: Any, before: Any, sampled: int | None) -> CustomCell | None:

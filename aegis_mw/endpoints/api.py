@@ -321,7 +321,8 @@ def left_out_answer(left_out: Mapping[str, str]) -> list[dict[str, str]]:
 
 def silences_answer(alerts: AlertService | None) -> dict[str, Any]:
     """The silences not yet ended, the mute windows, the inhibit rules, and
-    the latest changes to silences (who, what, when)."""
+    the latest changes to silences (who, what, when): theirs only, the rest
+    of the audit is the admin's (``GET {api_path}/audit``)."""
     if alerts is None:
         return {"silences": [], "mute_windows": [], "inhibit_rules": [], "audit": []}
     now = alerts.wall()
@@ -332,7 +333,7 @@ def silences_answer(alerts: AlertService | None) -> dict[str, Any]:
         ],
         "mute_windows": [window.to_mapping() for window in alerts.mute_windows],
         "inhibit_rules": [rule.to_mapping() for rule in alerts.inhibit_rules],
-        "audit": alerts.store.audit(100),
+        "audit": alerts.store.audit(100, "silence"),
     }
 
 

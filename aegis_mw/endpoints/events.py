@@ -9,12 +9,19 @@ events of source ``app`` (see :mod:`aegis_mw.core.events`).
 ``POST`` takes one event (a JSON object) or up to :data:`MAX_EVENTS` (an
 array of them), checked whole before any is queued: a bad one is a 400
 naming it (``[2].level``). They are stored by the flusher, so the answer is
-202 with their ids; the same id sent again is stored once.
+202 with their ids; the same id sent again is stored once. Each POST that
+queued events is audited (who, when, from where, which ids: see
+:mod:`aegis_mw.core.audit_log`). While the store cannot take the entry (down,
+or locked past its timeout; its breaker open), the entry goes to the
+``aegis_mw.audit`` logger as a warning instead and the events are queued as
+ever: they wait for the store in the pipeline (and its spool), and the post
+is never refused for its audit.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -27,12 +34,17 @@ from ..core.events import (
     build_event,
     new_event_id,
 )
+from ..core.labels import describe_error
 from ..core.record import EventRecord
+from ..history.breaker import StoreUnavailable
 from ..history.ranges import QueryError, parse_time
 from .response import Response
 
 if TYPE_CHECKING:
     from ..aegis import Aegis
+
+#: Where posts are audited when no store keeps an audit (a JSONL sink alone).
+audit_logger = logging.getLogger("aegis_mw.audit")
 
 #: The query parameters of ``GET {api_path}/events``.
 EVENT_PARAMETERS = (
@@ -170,8 +182,8 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def post_events(aegis: Aegis, body: bytes) -> Response:
-    """The answer to ``POST {api_path}/events``."""
+def post_events(aegis: Aegis, body: bytes, actor: str) -> Response:
+    """The answer to ``POST {api_path}/events``; ``actor`` is who posts."""
     if not aegis.stores_events:
         return Response.error(
             409, "events_not_stored",
@@ -186,6 +198,8 @@ def post_events(aegis: Aegis, body: bytes) -> Response:
         )
     queue = aegis.recorder.events
     taken = [index for index, event in enumerate(events) if queue.offer(event)]
+    if taken:
+        _audit(aegis, actor, [events[index] for index in taken])
     if len(taken) < len(events):
         # The queue is full (the store is behind, or a burst outran the
         # flusher) or shutdown began: those not taken are counted as dropped.
@@ -203,3 +217,31 @@ def post_events(aegis: Aegis, body: bytes) -> Response:
         return Response.json(503, {"error": refusal}, headers=[("Retry-After", "5")])
     ids = [event.event_id for event in events]
     return Response.json(202, {"data": {"accepted": len(ids), "ids": ids}})
+
+
+def _audit(aegis: Aegis, actor: str, queued: list[EventRecord]) -> None:
+    """Keep who posted which events (those queued), in the audit log, or on
+    the ``aegis_mw.audit`` logger where there is none (INFO) or it cannot be
+    written now (WARNING, with why)."""
+    detail = {"events": len(queued), "ids": [event.event_id for event in queued]}
+    audit_log, guarded = aegis.audit_log, aegis.reads.history
+    if audit_log is None:
+        audit_logger.info("%s: post events %s", actor, json.dumps(detail))
+        return
+    at = aegis.clock.wall()
+    try:
+        if guarded is None:  # never: the audit log is the history store's
+            audit_log.add(at, actor, "post", "events", detail)
+        else:
+            guarded.guarded(lambda: audit_log.add(at, actor, "post", "events", detail))
+    except Exception as error:
+        # Why: the store's own error, or its breaker open since one.
+        cause = error.__cause__ if isinstance(error.__cause__, Exception) else None
+        why = (
+            "the store is down (since an earlier failure)"
+            if isinstance(error, StoreUnavailable) and cause is None
+            else describe_error(cause or error, 200)
+        )
+        audit_logger.warning(
+            "%s: post events %s (not in the audit log: %s)", actor, json.dumps(detail), why
+        )

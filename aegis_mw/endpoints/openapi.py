@@ -251,7 +251,7 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
                         "action": {"type": "string"},
                         "object": {"type": "string"},
                         "detail": {"type": "object"},
-                        "source": {"type": "string", "enum": ["alerts", "incidents"]},
+                        "source": {"type": "string", "enum": ["alerts", "incidents", "events"]},
                     },
                 },
             },
@@ -927,8 +927,8 @@ _WRITES: dict[tuple[str, str], tuple[str, str, list[dict[str, Any]], Any]] = {
         _name_query("id", "The incident's id."), _INCIDENT_CHANGE,
     ),
     ("events", "post"): (
-        "post_events", "Send one event, or a list of up to 100: queued, stored once per id "
-        "(editor role)", [],
+        "post_events", "Send one event, or a list of up to 100: queued, stored once per id, "
+        "the post audited (editor role)", [],
         {"oneOf": [_EVENT_BODY, {"type": "array", "items": _EVENT_BODY, "minItems": 1,
                                  "maxItems": 100}]},
     ),

@@ -47,7 +47,7 @@ class ApiWrites:
     ) -> Response:
         """The answer to ``method {api_path}/{endpoint}``; ``actor`` is who asks."""
         if endpoint == "events":
-            return post_events(self.aegis, body)
+            return post_events(self.aegis, body, actor)
         if endpoint == "incidents":
             return self._incidents(method, query_string, body, actor)
         return self.alerts.respond(method, endpoint, query_string, body, actor)

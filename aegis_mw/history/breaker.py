@@ -213,6 +213,13 @@ class GuardedSource:
     def prune(self, raw_before: float, rollups_before: Mapping[int, float], limit: int) -> int:
         return self.source.prune(raw_before, rollups_before, limit)
 
+    def guarded(self, call: Callable[[], T]) -> T:
+        """``call``, a use of the same store that is not one of its reads (the
+        audit's write), through the breaker: :class:`StoreUnavailable` at
+        once while the store is known to be down, and its failure to reach
+        the store opens the breaker for the reads too."""
+        return self._read(call)
+
     def _read(self, read: Callable[[], T]) -> T:
         breaker = self.breaker
         probe = breaker.admit()

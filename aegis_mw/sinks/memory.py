@@ -10,6 +10,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from ..core.audit_log import MemoryAuditLog
 from ..core.custom_history import (
     SPAN,
     CustomCell,
@@ -56,6 +57,7 @@ class MemorySink:
         self._sessions: dict[str, WebSocketSession] = {}
         self._events: dict[str, EventRecord] = {}
         self._incidents = MemoryIncidentStore()
+        self._audit = MemoryAuditLog()
         self._rollups: dict[tuple[Any, ...], Cell] = {}
         self._totals: dict[tuple[Any, ...], Cell] = {}
         self._custom: dict[tuple[Any, ...], CustomCell] = {}
@@ -110,6 +112,10 @@ class MemorySink:
     def incident_store(self) -> MemoryIncidentStore:
         """The incidents of this process (one store per sink)."""
         return self._incidents
+
+    def audit_log(self) -> MemoryAuditLog:
+        """The audit of this process's API writes (see :mod:`aegis_mw.core.audit_log`)."""
+        return self._audit
 
     @property
     def events(self) -> list[EventRecord]:
@@ -214,4 +220,5 @@ class MemorySink:
                 for cell_key in old[:limit]:
                     del cells[cell_key]
                 deleted += min(len(old), limit)
-        return deleted
+        # The audit of posted events expires with the events.
+        return deleted + self._audit.prune(raw_before, limit)

@@ -39,6 +39,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 from ..alerts.store import SQLAlertStore
 from ..core import leases
+from ..core.audit_log import SQLAuditLog
 from ..core.custom_history import counts_array, custom_parameters
 from ..core.errors import ConfigError
 from ..core.gil_slices import Paced, Slices
@@ -180,6 +181,11 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
             self._alerts.borrow, "postgresql", (psycopg.errors.UniqueViolation,)
         )
 
+    def audit_log(self) -> SQLAuditLog:
+        """The audit of the API's writes in this database (see
+        :mod:`aegis_mw.core.audit_log`), on the alert store's pool."""
+        return SQLAuditLog(self._alerts.borrow, "postgresql")
+
     def use_compiled(self, module: ModuleType | None) -> None:
         """Let the compiled module format COPY rows (``Aegis`` offers it where
         the compiled request paths are used); None: psycopg formats them."""
@@ -264,6 +270,7 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
             (_DELETE_REQUESTS, {"before": raw_before, "limit": limit}),
             (_DELETE_SESSIONS, {"before": raw_before, "limit": limit}),
             (_DELETE_EVENTS, {"before": raw_before, "limit": limit}),
+            (_DELETE_AUDIT, {"before": raw_before, "limit": limit}),
             (_DELETE_DELTAS, {"before": time.time() - DELTA_ID_KEEP_SECONDS, "limit": limit}),
             (_DELETE_BATCHES, {"before": time.time() - DELTA_ID_KEEP_SECONDS, "limit": limit}),
         ]
@@ -459,6 +466,11 @@ _DELETE_SESSIONS = (
 _DELETE_EVENTS = (
     "DELETE FROM aegis_events WHERE timestamp < %(before)s::float8 AND ctid = ANY(ARRAY("
     "SELECT ctid FROM aegis_events WHERE timestamp < %(before)s::float8 LIMIT %(limit)s))"
+)
+# The audit of posted events expires with the events.
+_DELETE_AUDIT = (
+    "DELETE FROM aegis_audit WHERE at < %(before)s::float8 AND id = ANY(ARRAY("
+    "SELECT id FROM aegis_audit WHERE at < %(before)s::float8 ORDER BY at LIMIT %(limit)s))"
 )
 _DELETE_DELTAS = (
     "DELETE FROM aegis_rollup_deltas WHERE applied_at < %(before)s::float8 AND ctid = ANY(ARRAY("

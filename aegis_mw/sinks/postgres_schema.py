@@ -508,6 +508,21 @@ MIGRATIONS: tuple[tuple[str | Callable[[psycopg.Connection[Any]], None], ...], .
         $$
         """,
     ),
+    (
+        # The audit of the API's writes that keep none of their own (events
+        # posted: see core.audit_log), read newest first and pruned by time.
+        """
+        CREATE TABLE aegis_audit (
+            id bigserial PRIMARY KEY,
+            at double precision NOT NULL,
+            actor text NOT NULL,
+            action text NOT NULL,
+            object text NOT NULL,
+            detail text NOT NULL
+        )
+        """,
+        "CREATE INDEX aegis_audit_at ON aegis_audit (at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

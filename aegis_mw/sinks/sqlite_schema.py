@@ -435,6 +435,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID
         """,
     ),
+    (
+        # The audit of the API's writes that keep none of their own (events
+        # posted: see core.audit_log), read newest first and pruned by time.
+        """
+        CREATE TABLE aegis_audit (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            object TEXT NOT NULL,
+            detail TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX aegis_audit_at ON aegis_audit (at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

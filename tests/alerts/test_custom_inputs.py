@@ -26,6 +26,7 @@ from aegis_mw.alerts.rules import CUSTOM_INPUTS
 from aegis_mw.alerts.service import AlertService
 from aegis_mw.alerts.sliding import SlidingFigures
 from aegis_mw.alerts.store import MemoryAlertStore
+from aegis_mw.core.custom_history import HOLD_BUCKETS
 from aegis_mw.core.errors import ConfigError
 from aegis_mw.testing import FakeClock
 from tests.alerts.test_prometheus_rules import run_promtool
@@ -208,7 +209,8 @@ def test_a_custom_value_is_data_whatever_the_requests() -> None:
 class Story:
     """What the test recorded, by bucket (seconds after T0): the orders per
     region, the observations per region, and the gauges' sample per queue
-    (one per bucket: the first flush in it)."""
+    (one per bucket: the first flush in it; the buckets skipped before one
+    take the values the flush before read, up to HOLD_BUCKETS)."""
 
     orders: dict[int, dict[str, float]] = field(default_factory=dict)
     observed: dict[int, dict[str, list[float]]] = field(default_factory=dict)
@@ -237,6 +239,7 @@ class Recording:
             for mode, name in GAUGES.items()
         }
         self.queues: dict[str, float] = {}
+        self.read_before: dict[str, float] = {}
         self.story = Story()
 
     def at(
@@ -265,9 +268,15 @@ class Recording:
             self.queues[queue] = depth
         assert self.aegis.force_flush(10)
         if bucket not in self.sampled:
+            last = max(self.sampled)
+            skipped = max(0, min((bucket - last) // 5 - 1, HOLD_BUCKETS))
+            for filled in range(bucket - 5 * skipped, bucket, 5):
+                if self.read_before:
+                    self.story.samples[filled] = dict(self.read_before)
             self.sampled.add(bucket)
             if self.queues:
                 self.story.samples[bucket] = dict(self.queues)
+        self.read_before = dict(self.queues)  # what this flush's sample read
 
 
 def record_story(recording: Recording) -> None:
@@ -509,8 +518,9 @@ def test_histogram_average_and_percentiles_are_interpolated_in_the_buckets(
 
 def test_no_data(recorded: Recording) -> None:
     """A metric never stored is no data (it may not have changed yet); so
-    are a gauge without a sample and a histogram without an observation in
-    the window; a counter that did not change is 0."""
+    are a histogram without an observation in the window and a gauge without
+    a sample (none for over 5 minutes: shorter gaps take the value before);
+    a counter that did not change is 0."""
     recorded.aegis.counter("refunds_total", "Refunds.", ("region",))  # declared, never moved
     rules = [
         custom("unknown", "custom_rate", "never_declared"),
@@ -526,7 +536,8 @@ def test_no_data(recorded: Recording) -> None:
         custom("depth_by", "custom_value", "queue_depth", group_by=("queue",)),
     ]
     # At T0 + 107 the 30 s window is [65, 95): nothing changed in it and no
-    # flush sampled the gauges (the last before it at 61, the next at 95).
+    # flush sampled the gauges (the last before it at 61, the next at 95,
+    # whose sample filled 65..90 with the values read at 61: a=7, b=12).
     for collected in (
         collect(recorded.reader, rules, T0 + 107),
         SlidingFigures(recorded.reader, rules).collect(T0 + 107),
@@ -534,13 +545,17 @@ def test_no_data(recorded: Recording) -> None:
         assert values_of(collected, rules) == {
             "unknown": {(): None}, "unknown_by": {}, "idle": {(): None},
             "idle_value": {(): None}, "orders": {(): 0.0}, "orders_by": {},
-            "avg": {(): None}, "p95": {(): None}, "depth": {(): None}, "peak": {(): None},
-            "depth_by": {},
+            "avg": {(): None}, "p95": {(): None}, "depth": {(): 19.0}, "peak": {(): 12.0},
+            "depth_by": {(("queue", "a"),): 7.0, (("queue", "b"),): 12.0},
         }  # fmt: skip
-    # Five seconds on, the sample of bucket 95 is in: a=7, b=3.
+    # Past the last sample (at 95), nothing fills the window: no data.
+    gone = values_of(collect(recorded.reader, rules, T0 + 500), rules)
+    assert (gone["depth"], gone["peak"], gone["depth_by"]) == ({(): None}, {(): None}, {})
+    # Five seconds on, the sample of bucket 95 is in too (a=7, b=3), after
+    # five buckets filled (a=7, b=12): sums of 19 five times and 10 once.
     later = values_of(collect(recorded.reader, rules, T0 + 112), rules)
-    assert later["depth"] == {(): 10.0} and later["peak"] == {(): 7.0}
-    assert later["depth_by"] == {(("queue", "a"),): 7.0, (("queue", "b"),): 3.0}
+    assert later["depth"] == {(): 17.5} and later["peak"] == {(): 12.0}
+    assert later["depth_by"] == {(("queue", "a"),): 7.0, (("queue", "b"),): 10.5}
     assert later["orders"] == {(): 0.0}
 
 

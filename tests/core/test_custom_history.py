@@ -23,7 +23,9 @@ from aegis_mw.core.custom_history import (
     COUNT,
     COUNTS,
     HIGH,
+    HOLD_BUCKETS,
     LOW,
+    MAX_HELD_CELLS,
     SPAN,
     TOTAL,
     CustomCell,
@@ -79,6 +81,18 @@ def gauge_cell(value: float, first: float, last: float | None = None) -> CustomC
     """One gauge sample of the 5-second bucket ``first`` (its span
     ``[first, first]``), or a cell spanning ``first`` to ``last``."""
     return [value, 1, value, value, None, [int(first), int(first if last is None else last)]]
+
+
+def held(value: float, first: float, last: float, name: str = "queue_depth") -> dict[Any, Any]:
+    """The value before a sample, as that of each bucket skipped, ``first``
+    to ``last``."""
+    return {key(b, name): gauge_cell(value, b) for b in range(int(first), int(last) + 5, 5)}
+
+
+def skipped_after(bucket: int, before: int | None) -> int:
+    """How many buckets just before a sample of ``bucket`` the value before
+    fills, after a sample of ``before``."""
+    return 0 if before is None else max(0, min((bucket - before) // 5 - 1, HOLD_BUCKETS))
 
 
 def histogram_cell(total: float, counts: list[int]) -> CustomCell:
@@ -376,9 +390,11 @@ def test_a_forced_then_a_boundary_sample_of_one_bucket_give_one_gauge_sample() -
     sampler.take(T)
     queue.set(2)
     jobs.inc()
-    # Forced in bucket T+10: describes T+10, with the gauge's sample (T+5
-    # was not sampled: a gap).
+    # Forced in bucket T+10: describes T+10, with the gauge's sample; its
+    # value before, 1, is T+5's (not sampled: the flusher's sample of it
+    # would have come later).
     assert sampler.take(T + 12, forced=True)[0] == {
+        key(T + 5, "queue_depth"): gauge_cell(1, T + 5),
         key(T + 10, "queue_depth"): gauge_cell(2, T + 10),
         key(T + 10, "jobs"): counter_cell(1),
     }
@@ -413,15 +429,28 @@ def test_a_gauge_is_sampled_at_most_once_per_bucket(steps: list[tuple[int, bool,
     queue = metrics.declare("gauge", "queue_depth", "Queue depth.")
     sampler = CustomSampler(metrics)
     now = T
-    sampled: list[int] = []
+    sampled: list[int] = []  # the buckets sampled or filled, in order
+    last: int | None = None  # the bucket sampled last
+    taken_in: float | None = None  # the bucket of the last take that read the metrics
+    before: int | None = None  # the value that take read
     for seconds, forced, value in steps:
         now += seconds
         queue.set(value)
-        for (bucket, _, _), cell in sampler.take(now, forced=forced)[0].items():
+        cells = sampler.take(now, forced=forced)[0]
+        if cells:
+            bucket = max(b for b, _, _ in cells)
             assert bucket in (now // 5 * 5, now // 5 * 5 - 5)
-            sampled.append(bucket)
-            # Its span: the bucket it is of, whatever was sampled before.
-            assert cell == gauge_cell(value, bucket)
+            # The sample, of its bucket alone; the value read before fills
+            # the buckets skipped since the last sample, HOLD_BUCKETS at most.
+            skipped = skipped_after(bucket, last)
+            assert cells == {
+                **(held(before, bucket - 5 * skipped, bucket - 5) if skipped else {}),
+                key(bucket, "queue_depth"): gauge_cell(value, bucket),
+            }
+            sampled.extend(sorted(b for b, _, _ in cells))
+            last = bucket
+        if forced or now // 5 * 5 != taken_in:
+            taken_in, before = now // 5 * 5, value
     assert len(sampled) == len(set(sampled))
     assert sampled == sorted(sampled)
 
@@ -482,9 +511,9 @@ def time_average(
 
 def test_a_gauges_span_is_its_first_and_last_bucket_sampled_in_each_resolution() -> None:
     """Three samples in successive 5-second buckets of one minute, and one in
-    the next minute: each sample's span is its own bucket; stored, a
-    resolution's bucket keeps the raw sum, and the first and last bucket
-    sampled in it."""
+    the next minute (the value before filling the 9 buckets skipped): each
+    sample's span is its own bucket; stored, a resolution's bucket keeps
+    the raw sum, and the first and last bucket sampled in it."""
     metrics = registry()
     queue = metrics.declare("gauge", "queue_depth", "Queue depth.")
     sampler = CustomSampler(metrics)
@@ -498,38 +527,39 @@ def test_a_gauges_span_is_its_first_and_last_bucket_sampled_in_each_resolution()
         {key(T, "queue_depth"): gauge_cell(4, T)},
         {key(T + 5, "queue_depth"): gauge_cell(6, T + 5)},
         {key(T + 10, "queue_depth"): gauge_cell(11, T + 10)},
-        {key(T + 60, "queue_depth"): gauge_cell(7, T + 60)},
+        {**held(11, T + 15, T + 55), key(T + 60, "queue_depth"): gauge_cell(7, T + 60)},
     ]
     stored = stored_of(*samples)
     assert at_level(stored, 5) == {
         0: gauge_cell(4, T), 5: gauge_cell(6, T + 5), 10: gauge_cell(11, T + 10),
-        60: gauge_cell(7, T + 60),
+        **{b: gauge_cell(11, T + b) for b in range(15, 60, 5)}, 60: gauge_cell(7, T + 60),
     }  # fmt: skip
     # Raw sums: no weighing by the resolution.
     assert at_level(stored, 60) == {
-        0: [21, 3, 4, 11, None, [T, T + 10]], 60: gauge_cell(7, T + 60),
+        0: [120, 12, 4, 11, None, [T, T + 55]], 60: gauge_cell(7, T + 60),
     }  # fmt: skip
     for level in (300, 3600):
-        assert at_level(stored, level) == {0: [28, 4, 4, 11, None, [T, T + 60]]}
-    # Read: 21 over 3 buckets at the minute; at 5 minutes and the hour, 28
-    # over the 13 buckets from T to T+60 (the 9 not sampled count as zero).
-    assert [read_gauge(stored, level, int(T)) for level in (5, 60)] == [7, 7]
+        assert at_level(stored, level) == {0: [127, 13, 4, 11, None, [T, T + 60]]}
+    # Read: 120 over 12 buckets at the minute; at 5 minutes and the hour,
+    # 127 over the 13 buckets from T to T+60.
+    assert [read_gauge(stored, level, int(T)) for level in (5, 60)] == [10, 10]
     for level in (300, 3600):
-        assert read_gauge(stored, level, int(T), step=level) == round(28 / 13, 6)
+        assert read_gauge(stored, level, int(T), step=level) == round(127 / 13, 6)
         assert read_gauge(stored, level, int(T), step=level) == round(
             time_average(stored, int(T), int(T) + level) or 0, 6
         )
-    # A sample in a new hour: its own bucket's span again.
+    # A sample in a new hour: the value before fills 5 minutes at most.
     queue.set(2)
     assert sampler.take(T + 3600, forced=True)[0] == {
-        key(T + 3600, "queue_depth"): gauge_cell(2, T + 3600)
+        **held(7, T + 3300, T + 3595),
+        key(T + 3600, "queue_depth"): gauge_cell(2, T + 3600),
     }
 
 
-def test_a_gap_within_a_stored_bucket_counts_as_zero() -> None:
-    """A process that sampled T and T+20 only: the minute reads the time
-    average over T..T+20, 20 / 5 (three buckets of nothing), where the
-    5-second rows read alone give the mean of the two samples."""
+def test_the_value_before_fills_the_buckets_skipped() -> None:
+    """A flusher that sampled T and T+20 only (every 20 seconds, or held up):
+    the value before fills T+5..T+15, so every resolution reads the gauge's
+    value, not a quarter of it (as buckets of nothing would) nor a gap."""
     metrics = registry()
     queue = metrics.declare("gauge", "queue_depth", "Queue depth.")
     sampler = CustomSampler(metrics)
@@ -537,12 +567,78 @@ def test_a_gap_within_a_stored_bucket_counts_as_zero() -> None:
     for offset in (0, 20):
         queue.set(10)
         samples.append(sampler.take(T + offset + 1, forced=True)[0])
+    assert samples[1] == {
+        **held(10, T + 5, T + 15),
+        key(T + 20, "queue_depth"): gauge_cell(10, T + 20),
+    }
     stored = stored_of(*samples)
-    assert stored[(60, int(T), "queue_depth", "[]")] == [20, 2, 10, 10, None, [T, T + 20]]
-    assert read_gauge(stored, 5, int(T)) == 10
-    for level in (60, 300, 3600):
-        assert read_gauge(stored, level, int(T), step=level) == 4
-        assert time_average(stored, int(T), int(T) + level) == 4
+    assert stored[(60, int(T), "queue_depth", "[]")] == [50, 5, 10, 10, None, [T, T + 20]]
+    for level in LEVELS:
+        assert read_gauge(stored, level, int(T), step=max(level, 60)) == 10
+        assert time_average(stored, int(T), int(T) + max(level, 60)) == 10
+
+
+@pytest.mark.parametrize("interval", [5, 10, 15, 30, 60])
+def test_a_flusher_sampling_every_interval_reads_the_gauges_value(interval: int) -> None:
+    """flush_interval of 5 to 60 seconds: a gauge at 6 reads 6 at every
+    resolution, and a change from 6 to 12 half-way through the hour reads
+    its time average at the hour, whatever the interval: 359 buckets of 6
+    and 361 of 12 (the sample at T+1801 is of the bucket that ended,
+    T+1795, as every sample is)."""
+    metrics = registry()
+    queue = metrics.declare("gauge", "queue_depth", "Queue depth.")
+    sampler = CustomSampler(metrics)
+    samples = []
+    for now in range(int(T), int(T) + 3600, interval):
+        queue.set(6 if now < T + 1800 else 12)
+        samples.append(sampler.take(now + 1)[0])
+    queue.set(12)
+    samples.append(sampler.take(T + 3600 + 1)[0])  # of the hour's last bucket
+    stored = stored_of(*samples)
+    assert len(at_level(stored, 5)) == 720  # every bucket of the hour, once
+    assert read_gauge(stored, 5, int(T)) == read_gauge(stored, 60, int(T)) == 6
+    assert read_gauge(stored, 300, int(T), step=300) == 6
+    assert read_gauge(stored, 3600, int(T), step=3600) == round((6 * 359 + 12 * 361) / 720, 6)
+
+
+def test_a_gap_longer_than_the_hold_counts_as_absence() -> None:
+    """A flusher stalled 10 minutes: the value before fills the 5 minutes
+    (HOLD_BUCKETS) before its next sample; the 59 buckets before those
+    count as nothing."""
+    metrics = registry()
+    queue = metrics.declare("gauge", "queue_depth", "Queue depth.")
+    sampler = CustomSampler(metrics)
+    queue.set(8)
+    first = sampler.take(T + 1, forced=True)[0]
+    later = sampler.take(T + 600 + 1, forced=True)[0]
+    assert HOLD_BUCKETS == 60
+    assert later == {
+        **held(8, T + 300, T + 595),
+        key(T + 600, "queue_depth"): gauge_cell(8, T + 600),
+    }
+    stored = stored_of(first, later)
+    # The hour: 62 buckets of 8 over the 121 from T to T+600.
+    assert read_gauge(stored, 3600, int(T), step=3600) == round(8 * 62 / 121, 6)
+
+
+def test_many_series_after_a_stall_fill_fewer_buckets() -> None:
+    """The cells one sample fills stay within MAX_HELD_CELLS: 999 series,
+    and one new since the last sample, after a stall of 5 minutes fill the
+    10 buckets before the sample each; the new one fills nothing."""
+    metrics = registry()
+    queue = metrics.declare("gauge", "queue_depth", "Queue depth.", ("pool",))
+    sampler = CustomSampler(metrics)
+    for number in range(999):
+        queue.labels(str(number)).set(number)
+    sampler.take(T + 1, forced=True)
+    queue.labels("new").set(5)
+    cells = sampler.take(T + 301, forced=True)[0]
+    assert MAX_HELD_CELLS // 1000 == 10
+    filled = sorted(b for b, _, labels in cells if labels == '["7"]')
+    assert filled == list(range(int(T) + 250, int(T) + 305, 5))
+    assert cells[(int(T) + 250, "queue_depth", '["7"]')] == gauge_cell(7, T + 250)
+    assert len(cells) == 999 * 10 + 1000
+    assert [b for b, _, labels in cells if labels == '["new"]'] == [T + 300]
 
 
 def test_two_processes_sampling_the_same_buckets_count_each_bucket_once() -> None:
@@ -633,19 +729,23 @@ def test_a_gauges_stored_cells_hold_the_sum_and_the_span_of_its_samples(
     steps: list[tuple[int, bool, int, int]], two_processes: bool
 ) -> None:
     """Samples at increasing 5-second buckets (some skipped: a flusher held
-    up), forced or at the next bucket's first flush, by one process or two
-    sampling the same buckets: in every bucket of every resolution, the
-    stored total is the sum of the samples, the count their number, the
-    span the first and last bucket sampled in it, and the value read the
-    total over the buckets of that span."""
+    up, or sampling every 10 seconds or more), forced or at the next
+    bucket's first flush, by one process or two sampling the same buckets:
+    in every bucket of every resolution, the stored total is the sum of the
+    samples and of the values before that fill the buckets skipped (up to
+    HOLD_BUCKETS), the count their number, the span the first and last
+    bucket sampled or filled in it, and the value read the total over the
+    buckets of that span."""
     processes = [registry() for _ in range(2 if two_processes else 1)]
     gauges = [metrics.declare("gauge", "queue_depth", "Queue depth.") for metrics in processes]
     samplers = [CustomSampler(metrics) for metrics in processes]
     bucket = int(T) - 5
-    sums: dict[int, int] = {}  # the 5-second bucket sampled -> the processes' sum
+    # The 5-second bucket sampled, or filled by the values before -> the processes' sum.
+    sums: dict[int, int] = {}
     samples = []
     for number, (gap, forced, value, other) in enumerate(steps):
-        bucket += 5 * gap
+        last, bucket = bucket, bucket + 5 * gap
+        before = sums.get(last)
         values = (value, other)
         for process, (gauge, sampler) in enumerate(zip(gauges, samplers, strict=True)):
             gauge.set(values[process])
@@ -653,6 +753,10 @@ def test_a_gauges_stored_cells_hold_the_sum_and_the_span_of_its_samples(
             # flush, which describes the one that ended (not the first sample ever).
             now = bucket + 2 if forced or not number else bucket + 7
             samples.append(sampler.take(now, forced=forced)[0])
+        skipped = skipped_after(bucket, last if number else None)
+        for filled in range(bucket - 5 * skipped, bucket, 5):
+            assert before is not None
+            sums[filled] = before
         sums[bucket] = sum(values[: len(processes)])
     stored = stored_of(*samples)
     for level in LEVELS:
@@ -707,7 +811,9 @@ def test_a_gauge_of_processes_one_after_another_reads_its_time_average_at_every_
         sampler = CustomSampler(metrics)
         if number:
             bucket += 5 * pause
+        before = 0
         for step, (gap, value, forced) in enumerate(steps):
+            last = bucket
             if step:
                 bucket += 5 * gap
             queue.set(value)
@@ -715,8 +821,14 @@ def test_a_gauge_of_processes_one_after_another_reads_its_time_average_at_every_
             # else the next bucket's first flush, which describes this one.
             now = bucket + 2 if forced or not step else bucket + 7
             cells = sampler.take(now, forced=forced)[0]
-            assert cells == {key(bucket, "queue_depth"): gauge_cell(value, bucket)}
+            # A restarted process fills nothing from its predecessor.
+            skipped = skipped_after(bucket, last if step else None)
+            assert cells == {
+                **(held(before, bucket - 5 * skipped, bucket - 5) if skipped else {}),
+                key(bucket, "queue_depth"): gauge_cell(value, bucket),
+            }
             samples.append(cells)
+            before = value
     stored = stored_of(*samples)
     finest = sorted(b for (lvl, b, _, _) in stored if lvl == 5)
     for level in (60, 300, 3600):

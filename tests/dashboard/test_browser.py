@@ -365,16 +365,12 @@ def test_the_page_of_a_wsgi_app(browser: Any, tmp_path: Path, stream: bool) -> N
     import signal
     import time
 
-    from tests.servers import gunicorn_command, gunicorn_process, wait_for
+    from tests.servers import free_port, gunicorn_command, gunicorn_process, wait_for
 
     env = {name: value for name, value in os.environ.items() if not name.startswith("AEGIS_")}
     env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", AEGIS_UPDATE_INTERVAL="200")
     if stream:
-        import socket
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            env["AEGIS_WS_PORT"] = str(probe.getsockname()[1])
+        env["AEGIS_WS_PORT"] = str(free_port())
     command = gunicorn_command(1, "tests.wsgi.wsgi_app:app", worker_class="sync")
     with gunicorn_process(command, tmp_path, env) as (process, lines, seen):
         deadline = time.monotonic() + WAIT

@@ -42,7 +42,7 @@ APP = "tests.dashboard.test_custom_history_browser:custom_history_app"
 #: some hours ago, within every retention.
 START = float(math.floor(time.time() / 3600) * 3600 - 6 * 3600 + 5)
 ORDERS = {"eu": 30, "us": 15}  # the counter's increase: 45 in one 5-second bucket
-DEPTH = 7.0  # the gauge's value, sampled once
+DEPTH = 7.0  # the gauge's value, all along
 
 
 def custom_history_app() -> Starlette:
@@ -88,14 +88,15 @@ def post(server: Server, path: str) -> None:
 
 
 def record_and_sample(server: Server) -> None:
-    """A first flush at the start (the gauge's sample of that bucket, 0 if
-    any, in the minute before); then a minute on, the orders and the depth,
-    sampled by a forced flush into the bucket 65 s after the minute began."""
+    """The depth set, and a first flush at the start (the gauge's sample of
+    that bucket); then a minute on, the orders, sampled by a forced flush
+    into the bucket 65 s after the minute began (with the depth, which also
+    fills the buckets between: every sample of it is DEPTH)."""
+    post(server, f"/depth/{DEPTH}")
     post(server, "/flush")
     post(server, "/advance/60")
     for region, count in ORDERS.items():
         post(server, f"/orders/{region}/{count}")
-    post(server, f"/depth/{DEPTH}")
     post(server, "/flush")
 
 
@@ -180,8 +181,8 @@ def serve(tmp_path: Path) -> Any:
 
 
 def test_a_range_draws_the_chosen_metrics_stored_history(browser: Any, tmp_path: Path) -> None:
-    """Each range: the counter's 45 in one step, per second; the gauge's one
-    sample of 7 its value; as the API answers them. ``live`` draws the last
+    """Each range: the counter's 45 in one step, per second; the gauge's
+    samples of 7 its value; as the API answers them. ``live`` draws the last
     minute again."""
     with serve(tmp_path) as server:
         record_and_sample(server)
@@ -210,7 +211,7 @@ def test_a_range_draws_the_chosen_metrics_stored_history(browser: Any, tmp_path:
 
 
 def test_a_gauges_value_stays_once_its_minute_is_over(browser: Any, tmp_path: Path) -> None:
-    """The same sample a minute later, read from the 1-minute resolution (its
+    """The same samples a minute later, read from the 1-minute resolution (its
     minute is whole now): still the gauge's value, 7."""
     with serve(tmp_path) as server:
         record_and_sample(server)

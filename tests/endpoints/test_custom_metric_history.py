@@ -490,7 +490,7 @@ async def test_a_histograms_buckets_add_up_at_a_coarser_resolution(
 # -- gauges ------------------------------------------------------------------------------
 
 #: (offset, value): three samples in the 15-second point from T0+15, one in
-#: the point from T0+60.
+#: the point from T0+60 (the 6 buckets between take 7, the value before).
 DEPTHS = ((15, 4.0), (20, 10.0), (25, 7.0), (60, 2.0))
 #: Per mode, the first of those points' value: the time average of the
 #: samples, the highest, the lowest.
@@ -515,8 +515,11 @@ async def test_a_gauges_value_per_point_in_each_mode(
     assert (data["kind"], data["multiprocess_mode"], data["labels"]) == ("gauge", mode, [])
     assert "buckets" not in data
     check_grid(data, T0, T0 + 900, 15)
+    # The flusher did not sample T0+30..T0+55: 7, the value before, is theirs.
     assert sampled(only_series(data), GAUGE_FIGURES) == {
         15: {"value": FIRST_POINT[mode], "low": 4.0, "high": 10.0},
+        30: {"value": 7.0, "low": 7.0, "high": 7.0},
+        45: {"value": 7.0, "low": 7.0, "high": 7.0},
         60: {"value": 2.0, "low": 2.0, "high": 2.0},
     }
 

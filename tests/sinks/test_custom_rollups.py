@@ -457,13 +457,16 @@ def test_gauge_samples_of_two_processes_are_stored_as_their_sum_and_read_as_its_
     store: CustomStore,
 ) -> None:
     """Two processes sampling the same three 5-second buckets of a minute,
-    then a bucket of the next: the raw sums, the first and last bucket
-    sampled (the same for both processes: a bucket counts once), and each
-    resolution reads the time average of the processes' sum over the
-    buckets from its first sample to its last in each stored bucket."""
+    then two that replaced them a bucket of the next (holding nothing of
+    theirs): the raw sums, the first and last bucket sampled (the same for
+    both processes: a bucket counts once), and each resolution reads the
+    time average of the processes' sum over the buckets from its first
+    sample to its last in each stored bucket."""
     processes = gauge_processes(2)
     values = [(4, 1), (6, 2), (11, 3), (7, 0)]
     for offset, pair in zip((0, 5, 10, 60), values, strict=True):
+        if offset == 60:
+            processes = gauge_processes(2)
         for (depth_gauge, _), value in zip(processes, pair, strict=True):
             depth_gauge.set(value)
         sample_into(store, processes, T + offset + 1)
@@ -851,21 +854,30 @@ def test_metrics_recorded_through_the_pipeline_are_stored(
             row(0, ("eu",), 10), row(0, ("us",), 1), row(3600, ("us",), 4)
         ]  # fmt: skip
 
-    # One sample per flush's bucket (the last flush's bucket had one already).
+    # One sample per flush's bucket (the last flush's bucket had one
+    # already), and the value before in each bucket skipped since the last
+    # sample (at most 60 of them: 5 minutes).
+    def every(value: float, first: int, last: int) -> list[CustomRow]:
+        return [sampled(b, value, 1, value, value, b, b) for b in range(first, last + 5, 5)]
+
     stored_queue = stored(sink, "queue_depth")
     assert stored_queue[5] == [
-        sampled(0, 4, 1, 4, 4, 0, 0), sampled(5, 10, 1, 10, 10, 5, 5),
-        sampled(65, 1, 1, 1, 1, 65, 65), sampled(3665, 1, 1, 1, 1, 3665, 3665),
+        *every(4, 0, 0), *every(10, 5, 60), *every(1, 65, 65), *every(1, 3365, 3665),
     ]  # fmt: skip
     # Raw sums, and the first and last bucket sampled in each.
     assert stored_queue[60] == [
-        sampled(0, 14, 2, 4, 10, 0, 5), sampled(60, 1, 1, 1, 1, 65, 65),
-        sampled(3660, 1, 1, 1, 1, 3665, 3665),
+        sampled(0, 114, 12, 4, 10, 0, 55), sampled(60, 11, 2, 1, 10, 60, 65),
+        sampled(3360, 11, 11, 1, 1, 3365, 3415),
+        *(sampled(m, 12, 12, 1, 1, m, m + 55) for m in (3420, 3480, 3540, 3600)),
+        sampled(3660, 2, 2, 1, 1, 3660, 3665),
     ]  # fmt: skip
-    for level in (300, 3600):
-        assert stored_queue[level] == [
-            sampled(0, 15, 3, 1, 10, 0, 65), sampled(3600, 1, 1, 1, 1, 3665, 3665)
-        ]  # fmt: skip
+    assert stored_queue[300] == [
+        sampled(0, 125, 14, 1, 10, 0, 65), sampled(3300, 47, 47, 1, 1, 3365, 3595),
+        sampled(3600, 14, 14, 1, 1, 3600, 3665),
+    ]  # fmt: skip
+    assert stored_queue[3600] == [
+        sampled(0, 172, 61, 1, 10, 0, 3595), sampled(3600, 14, 14, 1, 1, 3600, 3665),
+    ]  # fmt: skip
 
     stored_jobs = stored(sink, "job_seconds")
     assert stored_jobs[5] == [
@@ -1000,19 +1012,21 @@ def test_a_sink_down_for_a_while_loses_no_custom_increase(
         assert sum(r.total for r in histogram_rows) == sum(step % 3 for step in range(8))
         columns = zip(*(r.counts or [] for r in histogram_rows), strict=True)
         assert [sum(column) for column in columns] == [6, 2]
-        # One gauge sample per flush, none lost.
-        assert sum(r.number for r in stored(sink, "queue_depth")[level]) == 8
-        assert sum(r.total for r in stored(sink, "queue_depth")[level]) == sum(range(8))
-    # Flushed at T, T+65, T+70, T+135, T+140, T+205, T+210, T+275: the
-    # buckets sampled in each minute, in the 5 minutes and the hour.
+        # One gauge sample per flush, and 12 buckets filled before each
+        # of the four after a minute's pause (0, 2, 4, 6), none lost.
+        assert sum(r.number for r in stored(sink, "queue_depth")[level]) == 8 + 48
+        assert sum(r.total for r in stored(sink, "queue_depth")[level]) == sum(range(8)) + 144
+    # Flushed at T, T+65, T+70, T+135, T+140, T+205, T+210, T+275: every
+    # bucket from T to T+275 sampled or filled, in each minute, in the 5
+    # minutes and the hour.
     samples = stored(sink, "queue_depth")
     assert [(r.bucket - T, r.number, r.first, r.last) for r in samples[60]] == [
-        (0, 1, T, T), (60, 2, T + 65, T + 70), (120, 2, T + 135, T + 140),
-        (180, 2, T + 205, T + 210), (240, 1, T + 275, T + 275),
+        (0, 12, T, T + 55), (60, 12, T + 60, T + 115), (120, 12, T + 120, T + 175),
+        (180, 12, T + 180, T + 235), (240, 8, T + 240, T + 275),
     ]  # fmt: skip
     for level in (300, 3600):
         assert [(r.bucket - T, r.number, r.first, r.last) for r in samples[level]] == [
-            (0, 8, T, T + 275)
+            (0, 56, T, T + 275)
         ]
     dropped = aegis.stats().sinks[0].dropped
     assert sum(dropped[reason] for reason in dropped if reason.startswith("custom")) == 0
@@ -1482,11 +1496,19 @@ def check_migrated(sink: CustomStore, old: RollupDelta) -> None:
     assert stored(sink, "jobs")[3600][0] == row(0, ("eu",), 18)
 
 
+def version_before(migrations: Any) -> int:
+    """The schema version before the one that made the custom tables."""
+    return next(
+        version for version, steps in enumerate(migrations)
+        if any("CREATE TABLE aegis_custom_rollups" in str(step) for step in steps)
+    )  # fmt: skip
+
+
 def test_a_sqlite_file_of_the_previous_version_migrates_in_place(
     tmp_path: Path, sink_factory: Callable[[Path | str], SQLiteSink]
 ) -> None:
     path = tmp_path / "aegis.db"
-    previous = sqlite_schema.SCHEMA_VERSION - 1
+    previous = version_before(sqlite_schema.MIGRATIONS)
     old = request_delta("before", seed=1)
     connection = sqlite3.connect(path)
     for version in range(1, previous + 1):
@@ -1526,7 +1548,7 @@ def test_a_postgresql_schema_of_the_previous_version_migrates_in_place(
     from aegis_mw.sinks.postgres import PostgresSink
     from tests.sinks.test_postgres import schema_at
 
-    previous = postgres_schema.SCHEMA_VERSION - 1
+    previous = version_before(postgres_schema.MIGRATIONS)
     old = request_delta("before", seed=1)
     tables = (
         "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "

@@ -165,6 +165,8 @@ def test_schema_is_created_on_first_write(
         ("table", "aegis_alert_silences", "aegis_alert_silences"),
         ("table", "aegis_alert_transitions", "aegis_alert_transitions"),
         ("index", "aegis_alert_transitions_at", "aegis_alert_transitions"),
+        ("table", "aegis_audit", "aegis_audit"),
+        ("index", "aegis_audit_at", "aegis_audit"),
         ("table", "aegis_batches", "aegis_batches"),
         ("index", "aegis_batches_applied_at", "aegis_batches"),
         ("table", "aegis_custom_metrics", "aegis_custom_metrics"),
@@ -233,7 +235,7 @@ def test_reopening_an_existing_file_keeps_schema_and_rows(
         make_request(2).request_id,
     ]
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 48
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 50
 
 
 def test_batch_written_twice_is_stored_once(
@@ -423,7 +425,7 @@ def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path: Path) -> N
     versions = sorted(version for outcome in outcomes for version in outcome[3])
     assert versions == [0] + [SCHEMA_VERSION] * (PROCESSES - 1)
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 48
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 50
     ids = [row[0] for row in read_requests(path)]
     expected = sorted(
         f"{index:016x}{n:016x}" for index in range(PROCESSES) for n in range(RECORDS_PER_PROCESS)

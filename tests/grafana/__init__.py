@@ -1,0 +1,1 @@
+"""The Grafana dashboards and Prometheus recording rules of aegis-mw export."""
