@@ -47,11 +47,11 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from ..core.errors import ConfigError
+from ..core.retry_after import retry_after
 from .grouping import ALONE, BY_RULE, GROUPING_KEYS, Grouping, grouping_from_settings
 from .rules import SEVERITIES, parse_duration
 
@@ -506,16 +506,8 @@ def _shut(sock: socket.socket) -> None:
 
 
 def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+    seconds = retry_after(value)
+    return None if seconds is None else min(seconds, MAX_RETRY_AFTER)
 
 
 class Channel(Protocol):

@@ -352,13 +352,28 @@ class RealtimeAggregates:
 
     def publication(self, now_second: int, pending: Callable[[], list[Any]]) -> dict[str, Any]:
         """This process's own live figures, as it publishes them for the
-        other workers (``live_share.publication``)."""
-        from .live_share import publication
+        other workers (``live_share.publication``), its figures by route
+        (``live_share.route_figures``) included: all read as one moment, so
+        a request recorded meanwhile is in both or in neither (a reader adds
+        the totals and the routes up apart: the top endpoints would not sum
+        to the requests counted until the next publication)."""
+        from .live_share import publication, route_figures
 
-        ring, totals, sessions, _ = self._read(pending, now_second, peers=False)
-        return publication(
+        with self._lock:
+            self._settle()
+            ring = [list(slot) for slot in self.ring]
+            totals = list(self.totals)
+            sessions = self.websocket_sessions
+            labeled = self.labeled.copy()
+            routes = self.routes.copy()
+            waiting = pending()
+        sessions += _fold(ring, totals, waiting)
+        labeled.fold(waiting, routes.label)
+        live = publication(
             ring, totals, sessions, now_second, self.in_flight_now(), self.websockets_active
         )
+        live.update(route_figures(labeled))
+        return live
 
     def items_seen(self, waiting: Callable[[], int]) -> int:
         """Items drained so far plus those still waiting, read as one moment."""

@@ -15,9 +15,8 @@ from ..core.custom_merge import CustomMerge
 from ..core.custom_merge import encode as encode_custom
 from ..core.custom_metrics import MetricSnapshot
 from ..core.errors import ConfigError
-from ..core.labeled import LabeledTotals
 from ..core.live_link import LiveLink
-from ..core.live_share import Peers, route_figures
+from ..core.live_share import Peers
 from ..endpoints.metrics import MetricsEndpoint
 from .collector import AegisCollector
 from .families import FamilyBuilder, MetricsReading
@@ -154,19 +153,14 @@ class MetricsService:
         reading = self.read_own(custom)
         self.files.publish(reading, live=not aegis.recorder.closed)
         if self.live_files is not None:
-            self.live_files.publish(self.live_publication(reading.labeled))
+            self.live_files.publish(self.live_publication())
         self._published = signature
 
-    def live_publication(self, labeled: LabeledTotals | None = None) -> dict[str, Any]:
+    def live_publication(self) -> dict[str, Any]:
         """This process's live figures as the others add them (see
-        :mod:`aegis_mw.core.live_share`); ``labeled``: its per-label
-        totals, when the caller has them already."""
+        :mod:`aegis_mw.core.live_share`), read as one moment."""
         aegis = self._aegis
-        aggregates = aegis.aggregates
-        if labeled is None:
-            labeled = aggregates.labeled_snapshot(aegis.recorder.pending)
-        live = aggregates.publication(int(aegis.clock.monotonic()), aegis.recorder.pending)
-        live.update(route_figures(labeled))
+        live = aegis.aggregates.publication(int(aegis.clock.monotonic()), aegis.recorder.pending)
         if self.link is not None:  # the other hosts' live views add these up too
             live["custom"] = encode_custom(aegis.custom_metrics.read(), live=True)
         if aegis.recorder.closed:  # stopped: its in-flight and WebSockets no longer count

@@ -6,6 +6,8 @@
 ``jsonl:///rel.jsonl`` :class:`JsonlSink`; four slashes for absolute
 ``postgresql://...``   :class:`~.postgres.PostgresSink` (also ``postgres://``);
                        needs the ``postgres`` extra
+``otlp+http://...``    :class:`~.otlp.OtlpSink`, OpenTelemetry metrics to a
+                       collector (also ``otlp+https://``); needs the ``otel`` extra
 a callable             :class:`CallableSink`, called with each batch
 an object              anything with ``name``, ``write(batch)``, ``close()``
 =====================  ===============================================
@@ -25,7 +27,7 @@ from .sqlite import SQLiteSink
 
 SUPPORTED = (
     "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, jsonl:///path, "
-    "postgresql://user@host:port/db"
+    "postgresql://user@host:port/db, otlp+http://host:4318"
 )
 
 __all__ = ["CallableSink", "JsonlSink", "MemorySink", "SQLiteSink", "build_sinks"]
@@ -59,6 +61,11 @@ def build_sink(spec: Any) -> RecordSink:
             from .postgres import PostgresSink
 
             return PostgresSink(spec)
+        if scheme in ("otlp+http", "otlp+https"):
+            # Imported here like psycopg: opentelemetry-proto only with this sink.
+            from .otlp import OtlpSink
+
+            return OtlpSink(spec)
         raise ConfigError("sink", spec, f"unknown sink scheme {scheme!r}; supported: {SUPPORTED}")
     if isinstance(spec, type):
         raise ConfigError("sink", spec, f"a class, not a sink; pass an instance: {spec.__name__}()")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from aegis_mw import Aegis
 from aegis_mw.core import histogram
 from aegis_mw.core.aggregates import (
     DURATION_MAX,
@@ -26,6 +28,7 @@ from aegis_mw.core.live_share import (
     slot_from_row,
     slot_row,
 )
+from tests.harness import inbox_item
 
 
 def slot(second: int, *durations: float, status: int = 200) -> list[Any]:
@@ -190,3 +193,25 @@ def test_route_figures_add_up_with_the_busiest_routes_latency() -> None:
     archived = Peers()
     assert archived.add({**peers.published(100)}, live=False)
     assert archived.routes == peers.routes and archived.latency == peers.latency
+
+
+def test_a_publication_reads_its_totals_and_routes_as_one_moment(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    """Requests that finish while a worker publishes (here: each look at its
+    inbox finds one more) are in the published totals and routes alike: a
+    reader adds them up apart, and the top endpoints must sum to the
+    requests counted."""
+    aegis = make_aegis(sink="memory://", flush_interval=3600, metrics_registry="none")
+    arriving = [inbox_item(f"/a/{n}", route="/a", start=1000.0) for n in range(6)]
+    looks = 0
+
+    def pending() -> list[Any]:
+        nonlocal looks
+        looks += 1
+        return arriving[: 2 + looks]
+
+    live = aegis.aggregates.publication(1000, pending)
+    counted = live["totals"][0] + sum(row[REQUESTS] for row in live["slots"])
+    assert counted == sum(row[2] for row in live["routes"]) == 3
+    assert live["routes"] == [["GET", "/a", 3, 0, pytest.approx(0.006)]]
