@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,12 @@ def check_range(
     wait_until(driver, lambda d: chart(d) == drawn, f"{name} over {range_name} drawn: {drawn}")
     label = driver.find_element("id", "chart-custom").get_attribute("aria-label")
     assert label == f"the chosen metric over the last {range_name}"
+    # A point the API answered null is a gap in the line, not a zero: the
+    # line visits the points with a value only.
+    line = driver.execute_script(
+        "return document.querySelector('#chart-custom path').getAttribute('d')"
+    )
+    assert len(re.findall(r"[ML]", line)) == len(values), (line, values)
 
 
 def chart(driver: Any) -> tuple[str, float, int]:
