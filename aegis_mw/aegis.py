@@ -48,6 +48,7 @@ from .core.sink import RecordSink
 from .core.sink_runner import SinkRunner
 from .core.spooling import Spooled
 from .core.stats import PipelineStats, SinkStats
+from .core.trace_context import TraceSource, otel_source
 from .endpoints.reads import MonitoringReads
 from .exposition.service import MetricsService
 from .health.service import HealthService
@@ -341,6 +342,7 @@ class Aegis:
         self.client_addresses = ClientAddressResolver(
             settings.trusted_proxies, settings.forwarded_header
         )
+        self._trace_source: TraceSource | None = None
         self.finalizer = Finalizer(
             clock=self.clock,
             resolver=self.client_addresses,
@@ -450,6 +452,18 @@ class Aegis:
             self.metrics.link.start()
         if self.alerts is not None:
             self.alerts.start()
+
+    @property
+    def trace_source(self) -> TraceSource | None:
+        """Where the request paths read each request's trace context (None:
+        trace_context is off). Looked up when a middleware first asks, so an
+        installed OpenTelemetry is imported by the app's adapters, never by
+        the pipeline alone."""
+        if not self.settings.trace_context:
+            return None
+        if self._trace_source is None:
+            self._trace_source = otel_source()
+        return self._trace_source
 
     def attached(self, hot_path: str) -> None:
         """A middleware serves this pipeline: the first one says so at start

@@ -6,6 +6,7 @@ read straight from the database a running app writes::
     aegis-mw query overview --range 1h --db sqlite:///aegis.db
     aegis-mw query top-endpoints --range 24h --sort p95 --json
     aegis-mw query requests --status 5xx --since 15m --db aegis.db
+    aegis-mw query requests --trace-id 4bf92f3577b34da6a3ce929d0e0e4736 --json
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ OPTIONS = {
     "range": "range", "from_": "from", "to": "to", "limit": "limit", "sort": "sort",
     "route": "route", "method": "method", "status": "status",
     "min_duration_ms": "min_duration_ms", "since": "since", "until": "until", "offset": "offset",
-    "name": "name", "by": "by",
+    "name": "name", "by": "by", "trace_id": "trace_id",
 }  # fmt: skip
 
 
@@ -59,6 +60,10 @@ def add_parser(commands: Any) -> None:
             f"--{name}", metavar="TIME", type=moment, help=f"{name} filter (requests): {when}"
         )
     query.add_argument("--min-duration-ms", dest="min_duration_ms", help="slowest only (requests)")
+    query.add_argument(
+        "--trace-id", dest="trace_id", metavar="ID",
+        help="one trace's requests: its id, 32 lowercase hex digits (requests)",
+    )  # fmt: skip
     query.add_argument("--name", help="the app's own metric to chart (custom-metric-history)")
     query.add_argument("--by", help="its label names, one series per value (custom-metric-history)")
 

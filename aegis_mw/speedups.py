@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from types import ModuleType
 
+from .core.items import HTTP_FIELDS
+
 #: The CPython versions (major, minor) whose interpreter the compiled module is
 #: tested on in CI; on any other the pure-Python paths serve every request.
 COMPILED_VERSIONS = frozenset({(3, 10), (3, 11), (3, 12), (3, 13)})
@@ -43,6 +45,15 @@ def load() -> ModuleType | None:
     try:
         from . import _hotpath
     except ImportError:
+        return None
+    if getattr(_hotpath, "ITEM_FIELDS", None) != HTTP_FIELDS:
+        # A module built for another inbox layout (an older build left in
+        # place): its items would not be read as the flusher reads them.
+        logger.warning(
+            "aegis_mw: the compiled request path was built for another version of "
+            "aegis_mw (reinstall aegis_mw to rebuild it); "
+            "requests take the pure-Python path"
+        )
         return None
     return _hotpath
 

@@ -188,7 +188,7 @@ class Traffic:
             ]
             begin = start + i * 1e-4
             out.append([method, route, path, status, begin, begin + ttfb / 1000,
-                        begin + duration / 1000, rq, rs, (ip, 40000), None, error, False])  # fmt: skip
+                        begin + duration / 1000, rq, rs, (ip, 40000), None, error, False, None])  # fmt: skip
         self.sequence += count
         return out
 

@@ -43,7 +43,7 @@ ROUTES: list[str] = []
 def item(route: str, end: float, duration: float, status: int) -> list[Any]:
     start = end - duration
     return ["GET", route, route, status, start, start + duration / 2, end, 0, 100,
-            ("127.0.0.1", 1), None, "", False]  # fmt: skip
+            ("127.0.0.1", 1), None, "", False, None]  # fmt: skip
 
 
 def minute_of_traffic(aegis: Aegis, rate: int) -> None:

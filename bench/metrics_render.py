@@ -35,7 +35,7 @@ def build_aegis() -> Any:
         for route in ROUTES:
             for status in STATUSES:
                 offer([method, route, "/x", status, 1.0, 1.01, 1.05, 10, 200, None, None, "",
-                       False])  # fmt: skip
+                       False, None])  # fmt: skip
     assert aegis.force_flush(60)
     return aegis
 

@@ -76,7 +76,7 @@ def make_items(count: int, seed: int = 1) -> list[Any]:
         items.append([
             "GET", ROUTES[route], f"/api/v1/resource{route}/{index}", status, start,
             start + duration / 2, start + duration, 0, 512, ("127.0.0.1", 40000 + route),
-            None, "", False,
+            None, "", False, None,
         ])  # fmt: skip
     return items if compiled is None else [compiled.item_from_fields(item) for item in items]
 

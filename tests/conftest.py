@@ -179,3 +179,14 @@ def dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait(30)
     return child.pid
+
+
+@pytest.fixture
+def exporter() -> Iterator[Any]:
+    """(provider, spans): OpenTelemetry's SDK keeping the spans it ends in
+    memory (tests/tracing.py), shut down after the test."""
+    from tests.tracing import recording_provider
+
+    provider, spans = recording_provider()
+    yield provider, spans
+    provider.shutdown()

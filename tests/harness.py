@@ -137,5 +137,5 @@ def inbox_item(
         method, route, path, status, start,
         start + 0.001 if ttfb is _UNSET else ttfb,
         start + 0.002 if end is None else end,
-        request_bytes, response_bytes, client, None, error, False,
+        request_bytes, response_bytes, client, None, error, False, None,
     ]  # fmt: skip

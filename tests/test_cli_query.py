@@ -15,7 +15,7 @@ from aegis_mw.core.record import RequestRecord, isoformat
 from aegis_mw.history import HistoryQueries
 from aegis_mw.sinks import SQLiteSink
 
-from .history.dataset import NOW, batches, make_records
+from .history.dataset import NOW, batches, make_records, trace_of
 
 FROM, TO = isoformat(NOW - 3600), isoformat(NOW)
 
@@ -70,6 +70,12 @@ def test_tables(database: Path, capsys: pytest.CaptureFixture[str]) -> None:
         (["requests", "--limit", "0"], "limit: limit must be an integer from 1 to 1000"),
         (["overview", "--db", "sqlite:///missing.db"], "an existing database file"),
         (["overview", "--db", "jsonl:///x.jsonl"], "a sink that keeps history"),
+        (
+            ["requests", "--trace-id", "4BF92F3577B34DA6A3CE929D0E0E4736"],
+            "trace_id: trace_id must be 32 lowercase hex digits, not all zeros",
+        ),
+        (["requests", "--trace-id", "0" * 32], "trace_id: trace_id must be 32 lowercase hex"),
+        (["overview", "--trace-id", "a" * 32], "--trace_id does not apply to overview"),
     ],
 )
 def test_errors_are_one_line_and_exit_2(
@@ -238,3 +244,21 @@ def test_a_gauge_of_zero_is_a_row_of_the_table(
     assert main([*arguments, "--name", "queue_depth"]) == 0
     [row] = [line.split() for line in capsys.readouterr().out.splitlines() if "(all)" in line]
     assert row[-3:] == ["0", "0", "0"]  # value, low, high
+
+
+def test_requests_of_one_trace(database: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--trace-id`` is the API's ``trace_id``: one trace's requests, with
+    their ids in the JSON, and as a table."""
+    trace = trace_of(5 * 3)
+    url = f"sqlite:///{database}"
+    assert main(["query", "requests", "--db", url, "--trace-id", str(trace), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)["requests"]
+    expected = sorted(
+        (r for r in make_records(800) if r.trace_id == trace),
+        key=lambda r: (r.timestamp, r.request_id),
+        reverse=True,
+    )
+    assert len(expected) == 3  # of the 800 requests: every 5th, in 64 traces
+    assert found == [r.to_json() for r in expected]
+    assert main(["query", "requests", "--db", url, "--trace-id", str(trace)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2 + len(expected)

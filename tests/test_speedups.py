@@ -69,3 +69,16 @@ async def test_an_untested_version_takes_the_python_paths_with_one_info_line(
     assert b"".join(result) == b"ok"
     result.close()
     assert sorted(record.path for record in recorded(aegis)) == ["/asgi", "/wsgi"]
+
+
+def test_a_module_built_for_another_inbox_layout_is_not_used(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An older build left in place queues items of another layout: requests
+    take the Python path, and the log says why."""
+    module = compiled_module()
+    assert speedups.load() is module
+    monkeypatch.setattr(module, "ITEM_FIELDS", module.ITEM_FIELDS - 1)
+    with caplog.at_level(logging.WARNING, logger="aegis_mw"):
+        assert speedups.load() is None
+    assert "built for another version of aegis_mw" in caplog.text

@@ -116,6 +116,9 @@ start_item(HttpPathObject *self, PyObject *scope, PyObject *request_path)
     Py_DECREF(client);
     if (item != NULL) {
         item->start = start;
+        if (self->rec.trace && aegis_trace_from_headers(&self->rec, item, scope) < 0) {
+            Py_CLEAR(item);
+        }
     }
     return item;
 }

@@ -75,6 +75,9 @@ start_item(DjangoPathObject *self, PyObject *request, int *odd)
             if (item != NULL) {
                 item->start = start;
                 item->request_bytes = count;
+                if (self->rec.trace && aegis_trace_from_environ(&self->rec, item, meta) < 0) {
+                    Py_CLEAR(item);
+                }
             }
         }
     }

@@ -3,7 +3,8 @@
  *
  * It takes the common case only: an HttpItem whose values are plain and
  * already known clean (an exact str route in the finalizer's clean routes, a
- * printable ASCII client address or none, no forwarded header, a
+ * printable ASCII client address or none, no forwarded header, a trace
+ * context that is none, an exact bytes or ASCII str header or a span, a
  * printable ASCII path and error within their limits, a status and byte
  * counts in [0, 2**30), a standard method, finite times). At the first item
  * it does not take, or whose rollup cell is not the plain shape, it stops and
@@ -253,6 +254,195 @@ new_record(PyTypeObject *record_type, PyObject *fields[RECORD_FIELDS])
     return record;
 }
 
+static inline int
+lower_hex(const unsigned char *text, Py_ssize_t count)
+{
+    for (Py_ssize_t position = 0; position < count; position++) {
+        unsigned char c = text[position];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static inline int
+all_zeros(const unsigned char *text, Py_ssize_t count)
+{
+    for (Py_ssize_t position = 0; position < count; position++) {
+        if (text[position] != '0') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* trace_context.parse_traceparent for a header's bytes (or an ASCII str's):
+ * 1 with the ids as new str, 0 when it is not valid, -1 on an error. */
+static int
+parse_traceparent(const unsigned char *text, Py_ssize_t length, PyObject **trace_id,
+                  PyObject **span_id)
+{
+    if (length > 512) {
+        return 0;
+    }
+    while (length > 0 && (text[0] == ' ' || text[0] == '\t')) {  /* value.strip(" \t") */
+        text++;
+        length--;
+    }
+    while (length > 0 && (text[length - 1] == ' ' || text[length - 1] == '\t')) {
+        length--;
+    }
+    /* version-trace_id-parent_id-flags, 55 characters, then maybe "-" and more */
+    if (length < 55 || text[2] != '-' || text[35] != '-' || text[52] != '-'
+        || !lower_hex(text, 2) || !lower_hex(text + 3, 32) || !lower_hex(text + 36, 16)
+        || !lower_hex(text + 53, 2)) {
+        return 0;
+    }
+    if (length > 55) {
+        if (text[55] != '-' || (text[0] == '0' && text[1] == '0')) {
+            return 0;
+        }
+        for (Py_ssize_t position = 56; position < length; position++) {
+            if (text[position] < 0x20 || text[position] == 0x7f) {
+                return 0;
+            }
+        }
+    }
+    if ((text[0] == 'f' && text[1] == 'f') || all_zeros(text + 3, 32)
+        || all_zeros(text + 36, 16)) {
+        return 0;
+    }
+    *trace_id = PyUnicode_FromStringAndSize((const char *)text + 3, 32);
+    *span_id = *trace_id != NULL ? PyUnicode_FromStringAndSize((const char *)text + 36, 16) : NULL;
+    if (*span_id == NULL) {
+        Py_CLEAR(*trace_id);
+        return -1;
+    }
+    return 1;
+}
+
+/* Whether the compiled loop takes this trace context: none, an exact bytes,
+ * an exact ASCII str, or something else (a span); a str or bytes subclass,
+ * or a str past ASCII, is the Python loop's. */
+static int
+trace_taken(PyObject *trace)
+{
+    if (trace == NULL || trace == Py_None || PyBytes_CheckExact(trace)) {
+        return 1;
+    }
+    if (PyUnicode_CheckExact(trace)) {
+#if PY_VERSION_HEX < 0x030C0000
+        if (!PyUnicode_IS_READY(trace)) {
+            return 0;
+        }
+#endif
+        return PyUnicode_IS_ASCII(trace);
+    }
+    return !PyUnicode_Check(trace) && !PyBytes_Check(trace);
+}
+
+/* Whether 0 < value < limit: 1, 0, or -1 with an error set. */
+static int
+in_range(PyObject *value, PyObject *zero, PyObject *limit)
+{
+    int above = PyObject_RichCompareBool(value, zero, Py_GT);
+    return above <= 0 ? above : PyObject_RichCompareBool(value, limit, Py_LT);
+}
+
+/* 0, 1 << 128 and 1 << 64: the bounds of a span's ids, made at the module's
+ * start (again after an interpreter's restart, as the interned strings: what
+ * an earlier interpreter made is gone with it, never released here). */
+static PyObject *id_zero, *id_limit128, *id_limit64;
+
+int
+aegis_finalize_init(void)
+{
+    id_zero = PyLong_FromLong(0);
+    id_limit128 = PyLong_FromString("100000000000000000000000000000000", NULL, 16);
+    id_limit64 = PyLong_FromString("10000000000000000", NULL, 16);
+    return id_zero != NULL && id_limit128 != NULL && id_limit64 != NULL ? 0 : -1;
+}
+
+/* A span's ids as trace_context.trace_ids gives them: `{:032x}`/`{:016x}` of
+ * a valid context's ints in range, else None, None (an Exception raised by
+ * the span's code included). 0, or -1 with an error set. */
+static int
+span_ids(PyObject *span, PyObject **trace_id, PyObject **span_id)
+{
+    *trace_id = *span_id = NULL;
+    PyObject *context = PyObject_CallMethodNoArgs(span, aegis_str.get_span_context);
+    PyObject *valid = context != NULL ? PyObject_GetAttr(context, aegis_str.is_valid) : NULL;
+    int ok = valid != NULL ? PyObject_IsTrue(valid) : -1;
+    Py_XDECREF(valid);
+    PyObject *high = NULL, *low = NULL;
+    if (ok > 0) {
+        high = PyObject_GetAttr(context, aegis_str.trace_id);
+        ok = high == NULL ? -1 : PyLong_CheckExact(high);
+    }
+    if (ok > 0) {
+        low = PyObject_GetAttr(context, aegis_str.span_id);
+        ok = low == NULL ? -1 : PyLong_CheckExact(low);
+    }
+    if (ok > 0) {
+        ok = in_range(high, id_zero, id_limit128);
+    }
+    if (ok > 0) {
+        ok = in_range(low, id_zero, id_limit64);
+    }
+    if (ok > 0) {
+        *trace_id = PyObject_Format(high, aegis_str.hex32);
+        *span_id = *trace_id != NULL ? PyObject_Format(low, aegis_str.hex16) : NULL;
+        if (*span_id == NULL) {
+            Py_CLEAR(*trace_id);
+            ok = -1;
+        }
+    }
+    Py_XDECREF(context);
+    Py_XDECREF(high);
+    Py_XDECREF(low);
+    if (ok < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            return -1;
+        }
+        PyErr_Clear();  /* not a span after all: nothing to link */
+    }
+    if (*trace_id == NULL) {
+        *trace_id = Py_NewRef(Py_None);
+        *span_id = Py_NewRef(Py_None);
+    }
+    return 0;
+}
+
+/* The record's trace_id and span_id (new references) of an item's trace
+ * context that trace_taken accepted: 0, or -1 with an error set (as the
+ * Python loop, an Exception counts the item invalid). */
+static int
+trace_ids(PyObject *trace, PyObject **trace_id, PyObject **span_id)
+{
+    if (trace == NULL || trace == Py_None) {
+        *trace_id = Py_NewRef(Py_None);
+        *span_id = Py_NewRef(Py_None);
+        return 0;
+    }
+    if (PyBytes_CheckExact(trace) || PyUnicode_CheckExact(trace)) {
+        const unsigned char *text = PyBytes_CheckExact(trace)
+            ? (const unsigned char *)PyBytes_AS_STRING(trace) : PyUnicode_1BYTE_DATA(trace);
+        Py_ssize_t length = PyBytes_CheckExact(trace) ? PyBytes_GET_SIZE(trace)
+                                                      : PyUnicode_GET_LENGTH(trace);
+        int parsed = parse_traceparent(text, length, trace_id, span_id);
+        if (parsed < 0) {
+            return -1;
+        }
+        if (parsed == 0) {
+            *trace_id = Py_NewRef(Py_None);
+            *span_id = Py_NewRef(Py_None);
+        }
+        return 0;
+    }
+    return span_ids(trace, trace_id, span_id);
+}
+
 typedef struct {
     PyObject *out, *cells, *prefix, *methods, *clean_routes, *clean_clients, *chance, *rate;
     PyTypeObject *record_type;
@@ -277,6 +467,7 @@ finalize_held(Run *run, const ItemObject *item)
     if (method == NULL || route == NULL || path == NULL || status_object == NULL
         || error == NULL || !item->has_end
         || (item->forwarded != NULL && item->forwarded != Py_None)
+        || !trace_taken(item->trace)
         || !PyUnicode_CheckExact(method) || !PyUnicode_CheckExact(route)
         || !PyUnicode_CheckExact(path) || !PyUnicode_CheckExact(error)
         || !PyLong_CheckExact(status_object)
@@ -397,6 +588,9 @@ finalize_held(Run *run, const ItemObject *item)
             goto done;
         }
     }
+    if (trace_ids(item->trace, &fields[12], &fields[13]) < 0) {
+        goto invalid;
+    }
     fields[0] = record_id(run->prefix, (unsigned long long)run->state[S_SEQUENCE] + 1);
     fields[1] = PyFloat_FromDouble(timestamp);
     fields[2] = Py_NewRef(folded);
@@ -451,7 +645,7 @@ finalize_one(Run *run, PyObject *object)
     }
     ItemObject held = *(ItemObject *)object;  /* the values only: never used as an object */
     PyObject **fields[] = {&held.method, &held.route, &held.path, &held.status, &held.client,
-                           &held.forwarded, &held.error, &held.request_count,
+                           &held.forwarded, &held.error, &held.trace, &held.request_count,
                            &held.response_count};
     size_t count = sizeof fields / sizeof fields[0];
     for (size_t position = 0; position < count; position++) {

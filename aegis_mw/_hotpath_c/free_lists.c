@@ -20,8 +20,8 @@
  * a batch of records being finalized while the sink writes the one before):
  * with smaller lists, a paced load at 15,000 requests/s still started twice
  * the bare app's collections. What they hold is memory the process keeps
- * after its busiest moment: at most about 1.3 MB of items (152 bytes each,
- * 160 in the allocator) and 2.4 MB of records (144 bytes each). Every use is
+ * after its busiest moment: at most about 1.3 MB of items (160 bytes each)
+ * and 2.6 MB of records (160 bytes each). Every use is
  * under the GIL: the request path, the flusher and the sink thread all hold
  * it when they create or free these objects. A build without the GIL
  * (Py_GIL_DISABLED) keeps no lists.

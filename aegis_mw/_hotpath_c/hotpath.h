@@ -61,7 +61,8 @@
 struct aegis_strings {
     PyObject *type, *body, *more_body, *status, *count, *path, *method, *client, *route,
         *get, *wake_flusher, *refuse, *empty, *queue_failed, *settle_unfinished,
-        *internal_error, *forwarded, *throw, *close;
+        *internal_error, *forwarded, *throw, *close, *trace_source, *headers,
+        *environ_traceparent;
     /* the WSGI path's */
     PyObject *path_info, *request_method, *script_name, *remote_addr, *remote_port,
         *wsgi_input, *content_length, *transfer_encoding, *file_wrapper, *aegis_route,
@@ -72,6 +73,8 @@ struct aegis_strings {
     PyObject *path_info_attribute, *meta, *status_code, *streaming, *container,
         *resource_closers, *resolver_match, *item_attribute, *serve_mounted, *raised,
         *watch_stream, *template, *process_exception, *popleft;
+    /* a span's context, read by the finalizer (finalize.c) */
+    PyObject *get_span_context, *is_valid, *trace_id, *span_id, *hex32, *hex16;
 };
 extern struct aegis_strings aegis_str;
 
@@ -82,7 +85,7 @@ extern PyObject *aegis_partial;
 enum {
     I_METHOD, I_ROUTE, I_PATH, I_STATUS, I_START, I_TTFB, I_END,
     I_REQUEST_BYTES, I_RESPONSE_BYTES, I_CLIENT, I_FORWARDED, I_ERROR,
-    I_DISCONNECTED, I_FIELDS
+    I_DISCONNECTED, I_TRACE, I_FIELDS
 };
 
 /* The request's state and inbox item (item.c). */
@@ -95,6 +98,9 @@ typedef struct {
     PyObject *client;
     PyObject *forwarded;  /* NULL: None */
     PyObject *error;
+    /* The trace context, read where it is current (OpenTelemetry's span) or
+     * the incoming traceparent header, parsed by the flusher. NULL: None */
+    PyObject *trace;
     double start, ttfb, end;
     long long request_bytes, response_bytes;
     /* A byte count the long long cannot hold (past 64 bits), or one that is not
@@ -115,6 +121,10 @@ typedef struct {
     PyObject *inbox;
     PyObject *append;      /* inbox.append */
     Py_ssize_t in_flight;  /* requests started and not yet finished */
+    /* The trace context (aegis_mw/core/trace_context.py): OpenTelemetry's
+     * context variable and the current span's key (NULL: not installed). */
+    PyObject *trace_var, *trace_key;
+    int trace;             /* the trace_context setting: look at all */
 } AegisRecording;
 
 /* One per ASGI middleware (asgi_path.c). */
@@ -260,7 +270,7 @@ void aegis_untrack_if_atomic(ItemObject *item);
 PyObject *aegis_item_from_fields(PyObject *module, PyObject *fields);
 
 /* finalize.c: a RequestRecord's field count (aegis_mw/core/record.py). */
-#define RECORD_FIELDS 12
+#define RECORD_FIELDS 14
 PyObject *aegis_finalize_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
 /* free_lists.c */
@@ -271,6 +281,7 @@ PyObject *aegis_reuse_records(PyObject *module, PyObject *type);
 PyObject *aegis_free_list_sizes(PyObject *module, PyObject *unused);
 PyObject *aegis_clear_free_lists(PyObject *module, PyObject *unused);
 void aegis_free_lists_init(void);
+int aegis_finalize_init(void);
 
 /* fold.c */
 PyObject *aegis_fold_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
@@ -279,7 +290,7 @@ PyObject *aegis_fold_layout(void);
 /* The pipeline loops' calling convention (fold_items, finalize_items,
  * FoldPending), as aegis_mw.core.pending_sums.PIPELINE_LOOPS expects it: a
  * module built for another is not used by that code. */
-#define AEGIS_PIPELINE_LOOPS 2
+#define AEGIS_PIPELINE_LOOPS 3
 
 /* fold_pending.c: the compiled loops' sums not yet written into the lists
  * (the fold's ring slots, series and request counts; finalize's rollup
@@ -374,6 +385,9 @@ int aegis_recording_init(AegisRecording *rec, PyObject *owner, PyObject *clock, 
 int aegis_recording_traverse(AegisRecording *rec, visitproc visit, void *arg);
 void aegis_recording_clear(AegisRecording *rec);
 int aegis_queue_item(AegisRecording *rec, ItemObject *item);
+int aegis_trace_from_headers(AegisRecording *rec, ItemObject *item, PyObject *scope);
+int aegis_trace_from_environ(AegisRecording *rec, ItemObject *item, PyObject *environ);
+int aegis_trace_at_response(AegisRecording *rec, ItemObject *item);
 int aegis_own_failure(AegisRecording *rec);
 void aegis_keep_original(AegisRecording *rec, PyObject *original);
 int aegis_excluded(PyObject *exclusions, PyObject *request_path);

@@ -1,5 +1,5 @@
 /* HttpItem: a request's state while it runs and its inbox item afterwards,
- * indexable like the 13-element list of aegis_mw/core/items.py.
+ * indexable like the 14-element list of aegis_mw/core/items.py.
  *
  * It is a garbage-collected type, because what the app or a route reader puts
  * in it (a status object, a route) could in principle lead back to it. But once
@@ -14,7 +14,7 @@ static inline int
 is_atom(PyObject *value)
 {
     return value == NULL || value == Py_None || PyUnicode_CheckExact(value)
-        || PyLong_CheckExact(value) || PyFloat_CheckExact(value) || PyBool_Check(value);
+        || PyBytes_CheckExact(value) || PyLong_CheckExact(value) || PyFloat_CheckExact(value) || PyBool_Check(value);
 }
 
 static int
@@ -37,7 +37,7 @@ aegis_untrack_if_atomic(ItemObject *item)
     if (PyObject_GC_IsTracked((PyObject *)item) && is_atom(item->method)
         && is_atom(item->route) && is_atom(item->path) && is_atom(item->status)
         && is_atomic_field(I_CLIENT, item->client) && is_atom(item->forwarded)
-        && is_atom(item->error) && is_atom(item->request_count)
+        && is_atom(item->error) && is_atom(item->trace) && is_atom(item->request_count)
         && is_atom(item->response_count)) {
         PyObject_GC_UnTrack(item);
     }
@@ -130,6 +130,7 @@ aegis_new_item(PyObject *method, PyObject *request_path, PyObject *client)
     item->client = Py_NewRef(client);
     item->forwarded = NULL;
     item->error = Py_NewRef(aegis_str.empty);
+    item->trace = NULL;
     item->start = item->ttfb = item->end = 0.0;
     item->request_bytes = item->response_bytes = 0;
     item->request_count = item->response_count = NULL;
@@ -226,6 +227,7 @@ item_traverse(ItemObject *self, visitproc visit, void *arg)
     Py_VISIT(self->client);
     Py_VISIT(self->forwarded);
     Py_VISIT(self->error);
+    Py_VISIT(self->trace);
     Py_VISIT(self->request_count);
     Py_VISIT(self->response_count);
     return 0;
@@ -241,6 +243,7 @@ item_clear(ItemObject *self)
     Py_CLEAR(self->client);
     Py_CLEAR(self->forwarded);
     Py_CLEAR(self->error);
+    Py_CLEAR(self->trace);
     Py_CLEAR(self->request_count);
     Py_CLEAR(self->response_count);
     return 0;
@@ -290,6 +293,7 @@ item_getitem(PyObject *op, Py_ssize_t index)
     case I_FORWARDED: return optional(self->forwarded);
     case I_ERROR: return optional(self->error);
     case I_DISCONNECTED: return PyBool_FromLong(self->disconnected);
+    case I_TRACE: return optional(self->trace);
     }
     PyErr_SetString(PyExc_IndexError, "inbox item index out of range");
     return NULL;
@@ -325,6 +329,7 @@ object_slot(ItemObject *self, Py_ssize_t index)
     case I_CLIENT: return &self->client;
     case I_FORWARDED: return &self->forwarded;
     case I_ERROR: return &self->error;
+    case I_TRACE: return &self->trace;
     }
     return NULL;
 }
@@ -390,7 +395,7 @@ static PySequenceMethods item_as_sequence = {
     .sq_ass_item = item_setitem,
 };
 
-/* item_from_fields(fields): an item holding the 13 fields of a list item, each
+/* item_from_fields(fields): an item holding the 14 fields of a list item, each
  * set as the request path sets it (for tests and benchmarks of what reads
  * items). */
 PyObject *
@@ -402,7 +407,7 @@ aegis_item_from_fields(PyObject *module, PyObject *fields)
     }
     if (PySequence_Fast_GET_SIZE(sequence) != I_FIELDS) {
         Py_DECREF(sequence);
-        PyErr_SetString(PyExc_ValueError, "item_from_fields takes 13 fields");
+        PyErr_SetString(PyExc_ValueError, "item_from_fields takes 14 fields");
         return NULL;
     }
     PyObject **values = PySequence_Fast_ITEMS(sequence);

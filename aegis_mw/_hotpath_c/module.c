@@ -45,7 +45,7 @@ static PyMethodDef module_methods[] = {
     {"histogram_merge_text", (PyCFunction)(void (*)(void))aegis_histogram_merge_text, METH_FASTCALL,
      "Two stored rollup histograms added, or None for Python (aegis_mw.core.rollup)."},
     {"item_from_fields", aegis_item_from_fields, METH_O,
-     "An HttpItem holding the 13 fields of a list item (tests, benchmarks)."},
+     "An HttpItem holding the 14 fields of a list item (tests, benchmarks)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -77,6 +77,9 @@ static const struct {
     {&aegis_str.wake_flusher, "wake_flusher"},
     {&aegis_str.refuse, "refuse"},
     {&aegis_str.forwarded, "forwarded"},
+    {&aegis_str.trace_source, "trace_source"},
+    {&aegis_str.headers, "headers"},
+    {&aegis_str.environ_traceparent, "HTTP_TRACEPARENT"},
     {&aegis_str.throw, "throw"},
     {&aegis_str.close, "close"},
     {&aegis_str.empty, ""},
@@ -116,6 +119,12 @@ static const struct {
     {&aegis_str.template, "_template"},
     {&aegis_str.process_exception, "process_exception"},
     {&aegis_str.popleft, "popleft"},
+    {&aegis_str.get_span_context, "get_span_context"},
+    {&aegis_str.is_valid, "is_valid"},
+    {&aegis_str.trace_id, "trace_id"},
+    {&aegis_str.span_id, "span_id"},
+    {&aegis_str.hex32, "032x"},
+    {&aegis_str.hex16, "016x"},
 };
 
 /* PyModule_Add (3.13) for the older versions: `value` is released either way. */
@@ -159,6 +168,9 @@ PyInit__hotpath(void)
         return NULL;
     }
     aegis_free_lists_init();
+    if (aegis_finalize_init() < 0) {
+        return NULL;
+    }
     PyObject *module = PyModule_Create(&hotpath_module);
     if (module == NULL) {
         return NULL;
@@ -170,6 +182,7 @@ PyInit__hotpath(void)
         || PyModule_AddObjectRef(module, "FoldPending", (PyObject *)&AegisFoldPendingType) < 0
         || PyModule_AddIntConstant(module, "NATIVE_MONOTONIC", AEGIS_NATIVE_MONOTONIC) < 0
         || PyModule_AddIntConstant(module, "PIPELINE_LOOPS", AEGIS_PIPELINE_LOOPS) < 0
+        || PyModule_AddIntConstant(module, "ITEM_FIELDS", I_FIELDS) < 0
         || add_owned(module, "FOLD_LAYOUT", aegis_fold_layout()) < 0) {
         Py_DECREF(module);
         return NULL;

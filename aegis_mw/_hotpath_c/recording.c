@@ -29,6 +29,38 @@ aegis_recording_init(AegisRecording *rec, PyObject *owner, PyObject *clock, int 
         Py_XDECREF(inbox);
         return -1;
     }
+    /* owner.trace_source: None (off), or (context variable or None, key or None). */
+    PyObject *source = PyObject_GetAttr(owner, aegis_str.trace_source);
+    if (source == NULL) {
+        Py_DECREF(bounds);
+        Py_DECREF(inbox);
+        Py_DECREF(append);
+        return -1;
+    }
+    PyObject *variable = NULL, *key = NULL;
+    if (source != Py_None) {
+        if (!PyTuple_CheckExact(source) || PyTuple_GET_SIZE(source) != 2
+            || (PyTuple_GET_ITEM(source, 0) != Py_None
+                && !PyContextVar_CheckExact(PyTuple_GET_ITEM(source, 0)))
+            || (PyTuple_GET_ITEM(source, 0) != Py_None
+                && !PyUnicode_CheckExact(PyTuple_GET_ITEM(source, 1)))) {
+            Py_DECREF(source);
+            Py_DECREF(bounds);
+            Py_DECREF(inbox);
+            Py_DECREF(append);
+            PyErr_SetString(PyExc_TypeError,
+                            "owner.trace_source must be None or (ContextVar | None, str | None)");
+            return -1;
+        }
+        if (PyTuple_GET_ITEM(source, 0) != Py_None) {
+            variable = Py_NewRef(PyTuple_GET_ITEM(source, 0));
+            key = Py_NewRef(PyTuple_GET_ITEM(source, 1));
+        }
+    }
+    rec->trace = source != Py_None;
+    Py_DECREF(source);
+    Py_XSETREF(rec->trace_var, variable);
+    Py_XSETREF(rec->trace_key, key);
     Py_XSETREF(rec->bounds, bounds);
     Py_XSETREF(rec->inbox, inbox);
     Py_XSETREF(rec->append, append);
@@ -48,6 +80,8 @@ aegis_recording_traverse(AegisRecording *rec, visitproc visit, void *arg)
     Py_VISIT(rec->bounds);
     Py_VISIT(rec->inbox);
     Py_VISIT(rec->append);
+    Py_VISIT(rec->trace_var);
+    Py_VISIT(rec->trace_key);
     return 0;
 }
 
@@ -60,6 +94,128 @@ aegis_recording_clear(AegisRecording *rec)
     Py_CLEAR(rec->bounds);
     Py_CLEAR(rec->inbox);
     Py_CLEAR(rec->append);
+    Py_CLEAR(rec->trace_var);
+    Py_CLEAR(rec->trace_key);
+}
+
+/* OpenTelemetry's current span, as core/trace_context.py's current_span reads
+ * it: a new reference, or NULL (an error set, or none current). */
+static PyObject *
+current_span(AegisRecording *rec)
+{
+    if (rec->trace_var == NULL) {
+        return NULL;
+    }
+    PyObject *context;
+    if (PyContextVar_Get(rec->trace_var, Py_None, &context) < 0) {
+        return NULL;
+    }
+    PyObject *span = NULL;
+    if (PyDict_Check(context)) {
+        span = Py_XNewRef(PyDict_GetItemWithError(context, rec->trace_key));
+    }
+    Py_DECREF(context);
+    if (span == Py_None) {
+        Py_CLEAR(span);
+    }
+    return span;
+}
+
+/* The item's trace context at the request's start, from an ASGI scope: the
+ * current span, else the traceparent header if there is exactly one
+ * (trace_context.asgi_trace). 0, or -1 with an error set. */
+int
+aegis_trace_from_headers(AegisRecording *rec, ItemObject *item, PyObject *scope)
+{
+    PyObject *found = current_span(rec);
+    if (found == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    if (found == NULL) {
+        PyObject *headers;
+        if (PyDict_CheckExact(scope)) {
+            headers = Py_XNewRef(PyDict_GetItemWithError(scope, aegis_str.headers));
+            if (headers == NULL && PyErr_Occurred()) {
+                return -1;
+            }
+        }
+        else {
+            headers = PyObject_CallMethodOneArg(scope, aegis_str.get, aegis_str.headers);
+            if (headers == NULL) {
+                return -1;
+            }
+        }
+        /* Nothing below runs Python code: the list cannot change under the loop. */
+        int seen = 0;
+        if (headers != NULL && (PyList_CheckExact(headers) || PyTuple_CheckExact(headers))) {
+            Py_ssize_t count = PySequence_Fast_GET_SIZE(headers);
+            PyObject **entries = PySequence_Fast_ITEMS(headers);
+            for (Py_ssize_t index = 0; index < count; index++) {
+                PyObject *entry = entries[index];
+                if ((PyTuple_CheckExact(entry) || PyList_CheckExact(entry))
+                    && PySequence_Fast_GET_SIZE(entry) == 2) {
+                    PyObject *name = PySequence_Fast_GET_ITEM(entry, 0);
+                    if (PyBytes_CheckExact(name) && PyBytes_GET_SIZE(name) == 11
+                        && memcmp(PyBytes_AS_STRING(name), "traceparent", 11) == 0) {
+                        if (seen) {  /* two: none is to be trusted (W3C) */
+                            Py_CLEAR(found);
+                            break;
+                        }
+                        seen = 1;
+                        found = Py_NewRef(PySequence_Fast_GET_ITEM(entry, 1));
+                    }
+                }
+            }
+        }
+        Py_XDECREF(headers);
+    }
+    if (found != NULL) {
+        aegis_item_set(item, I_TRACE, found);
+        Py_DECREF(found);
+    }
+    return 0;
+}
+
+/* At the response's start: OpenTelemetry's span current now, where none was
+ * at the request's start (an instrumentation inside ours, as Flask's); as
+ * trace_context.response_trace. 0, or -1 with an error set. */
+int
+aegis_trace_at_response(AegisRecording *rec, ItemObject *item)
+{
+    PyObject *trace = item->trace;
+    if (rec->trace_var == NULL
+        || (trace != NULL && trace != Py_None && !PyUnicode_CheckExact(trace)
+            && !PyBytes_CheckExact(trace))) {
+        return 0;
+    }
+    PyObject *span = current_span(rec);
+    if (span == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    aegis_item_set(item, I_TRACE, span);
+    Py_DECREF(span);
+    return 0;
+}
+
+/* The same from a WSGI environ or Django's request.META (environ_trace). */
+int
+aegis_trace_from_environ(AegisRecording *rec, ItemObject *item, PyObject *environ)
+{
+    PyObject *found = current_span(rec);
+    if (found == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    if (found == NULL && PyDict_CheckExact(environ)) {
+        found = Py_XNewRef(PyDict_GetItemWithError(environ, aegis_str.environ_traceparent));
+        if (found == NULL && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    if (found != NULL && found != Py_None) {
+        aegis_item_set(item, I_TRACE, found);
+    }
+    Py_XDECREF(found);
+    return 0;
 }
 
 /* A failure of ours while finishing (the exception is set). Like the Python

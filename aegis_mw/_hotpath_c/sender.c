@@ -114,6 +114,9 @@ note_sent(SenderObject *self, PyObject *message)
                 goto error;
             }
             item->has_ttfb = 1;
+            if (aegis_trace_at_response(&self->path->rec, item) < 0) {
+                goto error;
+            }
         }
     }
     else if (kind_is(kind, "http.response.pathsend", 22)) {
@@ -178,8 +181,13 @@ aegis_sender_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
         }
     }
     HttpPathObject *path = self->path;
+    PyObject *source = PyObject_GetAttr(path->rec.owner, aegis_str.trace_source);
+    if (source == NULL) {
+        return NULL;
+    }
     PyObject *observer = PyObject_CallFunctionObjArgs(
-        path->observe_send, (PyObject *)self->item, path->rec.clock, self->send, NULL);
+        path->observe_send, (PyObject *)self->item, path->rec.clock, self->send, source, NULL);
+    Py_DECREF(source);
     if (observer == NULL) {
         return NULL;
     }

@@ -74,6 +74,9 @@ start_item(WsgiPathObject *self, PyObject *environ, PyObject *path)
     Py_XDECREF(client);
     if (item != NULL) {
         item->start = start;
+        if (self->rec.trace && aegis_trace_from_environ(&self->rec, item, environ) < 0) {
+            Py_CLEAR(item);
+        }
     }
     return item;
 }

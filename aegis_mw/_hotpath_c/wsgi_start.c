@@ -137,6 +137,10 @@ start_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames
     if (code != NULL) {
         aegis_item_set(self->item, I_STATUS, code);
         Py_DECREF(code);
+        if (aegis_trace_at_response(&self->path->rec, self->item) < 0) {
+            Py_XDECREF(bound);
+            return NULL;
+        }
         Py_XSETREF(self->headers, Py_NewRef(given[1]));
         PyObject *write = PyObject_Vectorcall(self->start_response, given, 3, NULL);
         if (write != NULL) {

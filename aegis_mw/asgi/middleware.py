@@ -23,6 +23,7 @@ from typing import Any
 
 from ..aegis import Aegis
 from ..core.outcome import settle
+from ..core.trace_context import asgi_trace
 from ..endpoints.app_routes import report, starlette_routes
 from ..types import ASGIApp, Receive, RouteReader, Scope, Send
 from . import compiled
@@ -107,6 +108,8 @@ class AegisMiddleware:
         self._monotonic = self.aegis.clock.monotonic
         self._addresses = self.aegis.client_addresses
         self._check_forwarded = self._addresses.enabled
+        #: Read by the compiled path too (recording.c): None, or where to look.
+        self.trace_source = self.aegis.trace_source
         self._error_limit = self.aegis.settings.max_error_length
         self._compiled = compiled.build(self) if self.aegis.settings.speedups else None
         self.aegis.attached("compiled" if self._compiled is not None else "python")
@@ -158,10 +161,12 @@ class AegisMiddleware:
         # constant is cheaper than a global on this path.
         item: list[Any] = [
             scope["method"], None, path, 0, clock(), None, None, 0, 0, scope.get("client"),
-            None, "", False,
+            None, "", False, None,
         ]  # fmt: skip
+        if self.trace_source is not None:
+            item[13] = asgi_trace(self.trace_source, scope)
 
-        send_wrapper = observe_send(item, clock, send)
+        send_wrapper = observe_send(item, clock, send, self.trace_source)
         receive_wrapper = partial(observe_receive, item, receive)
 
         aggregates = self._aggregates

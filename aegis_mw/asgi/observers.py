@@ -14,14 +14,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..core.trace_context import TraceSource, response_trace
 from ..types import Message, Receive, Send
 
 
-def observe_send(item: list[Any], clock: Callable[[], float], send: Send) -> Callable[..., Any]:
+def observe_send(
+    item: list[Any], clock: Callable[[], float], send: Send, source: TraceSource | None = None
+) -> Callable[..., Any]:
     """A ``send`` for the app: a plain function returning the server's own
     awaitable, so it adds no coroutine frame. The clock stops when the final
     body message is handed to the server: streamed bodies are timed to
-    completion, background tasks (which run after it) are not."""
+    completion, background tasks (which run after it) are not. With
+    OpenTelemetry seen (``source``), a span current when the response starts
+    is the request's if none was at its start."""
+    tracing = source is not None and source[0] is not None
 
     def send_wrapper(message: Message) -> Any:
         kind = message["type"]
@@ -34,6 +40,8 @@ def observe_send(item: list[Any], clock: Callable[[], float], send: Send) -> Cal
         elif kind == "http.response.start":
             item[3] = message["status"]
             item[5] = clock()  # ttfb
+            if tracing:
+                item[13] = response_trace(source, item[13])  # type: ignore[arg-type]
         elif kind == "http.response.pathsend":  # the whole file in one message
             item[6] = clock()
         elif kind == "http.response.zerocopysend":

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.items import PendingSession
 from ..core.labels import describe_error
 from ..core.outcome import is_disconnect
+from ..core.trace_context import asgi_trace
 from ..types import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -25,6 +26,9 @@ async def record_session(
     clock = middleware.aegis.clock.monotonic
     aggregates = middleware.aegis.aggregates
     start = clock()
+    # At the handshake, where an instrumentation outside made its span current.
+    source = middleware.trace_source
+    trace = None if source is None else asgi_trace(source, scope)
     messages_in = 0
     messages_out = 0
     close_code: int | None = None
@@ -71,7 +75,7 @@ async def record_session(
                 start, middleware.route_of(scope), path, clock(), messages_in, messages_out,
                 close_code, accepted, scope.get("client"),
                 middleware.forwarded(scope) if middleware.aegis.client_addresses.enabled else None,
-                error,
+                error, trace,
             )  # fmt: skip
             middleware.aegis.recorder.offer(session)
         except Exception:  # never hide the app's exception behind one of ours

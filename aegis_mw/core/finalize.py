@@ -32,6 +32,7 @@ from .storable import (
     text_field,
     url_field,
 )
+from .trace_context import trace_ids
 
 #: Statuses and byte counts below this take the fast path (small ints compare
 #: fast); others are checked against the storable ranges in _repair_http.
@@ -302,8 +303,8 @@ class Finalizer:
         for item in items:
             try:
                 if not isinstance(item, PendingSession):  # a list, or the compiled HttpItem
-                    (method, route, path, status, start, ttfb, end, request_bytes,
-                     response_bytes, client, forwarded, error, _disconnected) = item  # fmt: skip
+                    (method, route, path, status, start, ttfb, end, request_bytes, response_bytes,
+                     client, forwarded, error, _disconnected, trace) = item  # fmt: skip
                     duration_ms = (end - start) * 1000.0
                     # One pass of cheap checks; the repairs run only for the
                     # rare value that fails one (see storable).
@@ -355,10 +356,11 @@ class Finalizer:
                     ):
                         self.sampled_out += 1
                         continue
+                    trace_id, span_id = (None, None) if trace is None else trace_ids(trace)
                     record: RequestRecord | WebSocketSession = make(RequestRecord, (
                         f"{prefix}{sequence + 1:016x}", start + wall_offset, method, route,
                         path, status, duration_ms, ttfb_ms, request_bytes, response_bytes,
-                        client_ip, error,
+                        client_ip, error, trace_id, span_id,
                     ))  # fmt: skip
                 else:
                     record = self._session(item, f"{prefix}{sequence + 1:016x}", wall_offset)
@@ -375,6 +377,7 @@ class Finalizer:
     ) -> WebSocketSession:
         """A session record, every field checked and repaired (sessions are rare)."""
         start = finite(item.start)
+        trace_id, span_id = (None, None) if item.trace is None else trace_ids(item.trace)
         return WebSocketSession(
             session_id,
             start + wall_offset,
@@ -387,4 +390,6 @@ class Finalizer:
             bool(item.accepted),
             client_field(self._client_ip(item.client, item.forwarded)),
             text_field(item.error, self.max_error_length),
+            trace_id,
+            span_id,
         )

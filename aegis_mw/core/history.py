@@ -8,6 +8,7 @@ sink's own writes; ``prune`` runs on the sink's thread, between writes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -21,8 +22,13 @@ class RequestQuery:
     """Filters for the stored request log; ``None`` means any.
 
     ``status_from``/``status_to`` bound the status (``[500, 600)`` for 5xx);
-    ``since``/``until`` are seconds since the epoch, ``until`` exclusive.
-    Newest first.
+    ``since``/``until`` are seconds since the epoch, ``until`` exclusive;
+    ``trace_id`` keeps the requests of that trace only (an exact match: see
+    :func:`is_trace_id` for the form). Newest first.
+
+    Example::
+
+        RequestQuery(trace_id="4bf92f3577b34da6a3ce929d0e0e4736", limit=20)
     """
 
     route: str | None = None
@@ -34,6 +40,24 @@ class RequestQuery:
     until: float | None = None
     limit: int = 100
     offset: int = 0
+    trace_id: str | None = None
+
+
+# Lowercase only, as W3C Trace Context writes it: stored ids are compared
+# exactly, so an uppercase one would match nothing.
+_TRACE_ID = re.compile("[0-9a-f]{32}")
+_NO_TRACE = "0" * 32
+
+
+def is_trace_id(value: object) -> bool:
+    """Whether ``value`` is a valid trace id: 32 lowercase hex digits, not all
+    zeros (W3C Trace Context's invalid id).
+
+    Example::
+
+        is_trace_id("4bf92f3577b34da6a3ce929d0e0e4736")  # True
+    """
+    return isinstance(value, str) and value != _NO_TRACE and bool(_TRACE_ID.fullmatch(value))
 
 
 @runtime_checkable

@@ -9,10 +9,11 @@ Layout of the HTTP list, by index::
     0 method   1 route   2 path   3 status   4 start   5 ttfb   6 end
     7 request_bytes   8 response_bytes   9 client   10 forwarded   11 error
     12 disconnected (the middleware's own note; not stored)
+    13 trace (what core/trace_context.py picked up: a span, a header, or None)
 
 A list (not a tuple) because the request path writes into it. Other callers
-of ``Recorder.offer`` build the same 13-element list, for a request that just
-started: ``[method, None, path, 0, start, None, None, 0, 0, client, None, "", False]``.
+of ``Recorder.offer`` build the same 14-element list, for a request that just
+started: ``[method, None, path, 0, start, None, None, 0, 0, client, None, "", False, None]``.
 The compiled request path queues its own ``HttpItem`` instead, with the same
 layout, read and written by index like the list; readers treat every item
 that is not a ``PendingSession`` as such a sequence.
@@ -27,7 +28,8 @@ from typing import Any
 HttpItem = MutableSequence[Any]
 METHOD, ROUTE, PATH, STATUS, START, TTFB, END = 0, 1, 2, 3, 4, 5, 6
 REQUEST_BYTES, RESPONSE_BYTES, CLIENT, FORWARDED, ERROR, DISCONNECTED = 7, 8, 9, 10, 11, 12
-HTTP_FIELDS = 13
+TRACE = 13
+HTTP_FIELDS = 14
 
 
 @dataclass(slots=True)
@@ -45,6 +47,7 @@ class PendingSession:
     client: tuple[str, int] | None
     forwarded: str | None
     error: str
+    trace: Any = None
 
 
 InboxItem = HttpItem | PendingSession

@@ -17,7 +17,7 @@ logger = logging.getLogger("aegis_mw.flusher")
 #: The compiled pipeline loops' calling convention this code calls them by
 #: (``_hotpath.PIPELINE_LOOPS``): a module built for another (an older build
 #: left in place) is not used for them.
-PIPELINE_LOOPS = 2
+PIPELINE_LOOPS = 3
 
 
 def loops_fit(compiled: Any) -> bool:

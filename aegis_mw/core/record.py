@@ -37,7 +37,10 @@ class RequestRecord(NamedTuple):
     ``path`` is the path as the server decoded it, without the query string;
     ``duration_ms`` runs to the last body byte, ``ttfb_ms`` to the response
     start (``None`` when no response started). ``error`` is empty unless the
-    app raised.
+    app raised. ``trace_id`` (32 lowercase hex digits) and ``span_id`` (16)
+    name the request's span when a trace was active (OpenTelemetry's current
+    span, else a valid incoming W3C ``traceparent``: then the caller's span);
+    ``None`` otherwise.
     """
 
     request_id: str
@@ -52,6 +55,8 @@ class RequestRecord(NamedTuple):
     response_bytes: int
     client_ip: str | None
     error: str
+    trace_id: str | None = None
+    span_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict with the timestamp in ISO 8601."""
@@ -68,6 +73,8 @@ class WebSocketSession(NamedTuple):
     the app refused the handshake with an HTTP response, 1011 when the app
     raised, 1006 when the connection broke; ``None`` when the app returned
     without either side closing. ``accepted`` is false for a refused handshake.
+    ``trace_id`` and ``span_id``: as a :class:`RequestRecord`'s, for the
+    handshake.
     """
 
     session_id: str
@@ -81,6 +88,8 @@ class WebSocketSession(NamedTuple):
     accepted: bool
     client_ip: str | None
     error: str
+    trace_id: str | None = None
+    span_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict with the timestamp in ISO 8601."""

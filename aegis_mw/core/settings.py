@@ -132,6 +132,28 @@ def _mount_path(value: Any) -> str:
     return path
 
 
+_TRACE_FIELD = re.compile(r"\{([^{}]*)\}")
+
+
+def _trace_url(value: Any) -> str:
+    """A link to a tracing UI: http(s), with {trace_id} (and maybe {span_id})."""
+    if not isinstance(value, str):
+        raise TypeError
+    url: str = value.strip()
+    if not url:
+        return url
+    fields = set(_TRACE_FIELD.findall(url))
+    if (
+        not url.startswith(("http://", "https://"))
+        or "trace_id" not in fields
+        or not fields <= {"trace_id", "span_id"}
+        or any(character in url for character in ' "<>\\`')
+        or _TRACE_FIELD.sub("", url).count("{") + _TRACE_FIELD.sub("", url).count("}")
+    ):
+        raise ValueError
+    return url
+
+
 def _namespace(value: Any) -> str:
     if not isinstance(value, str) or not _METRIC_NAME.fullmatch(value):
         raise ValueError
@@ -440,6 +462,12 @@ _RULES: dict[str, _Rule] = {
     "max_path_length": _Rule(_number(int, 16, 65536), "an integer from 16 to 65536", _int_text),
     "max_error_length": _Rule(_number(int, 16, 65536), "an integer from 16 to 65536", _int_text),
     "speedups": _Rule(_boolean, "true or false (1/0, yes/no, on/off in text)", _bool_text),
+    "trace_context": _Rule(_boolean, "true or false (1/0, yes/no, on/off in text)", _bool_text),
+    "trace_url": _Rule(
+        _trace_url,
+        "an http:// or https:// URL holding {trace_id} (and optionally {span_id}), such as "
+        "'http://localhost:16686/trace/{trace_id}'; '' for none",
+    ),
     "background_niceness": _Rule(
         _number(int, 0, 19), "an integer from 0 to 19 (0: the app's priority)", _int_text
     ),
@@ -604,6 +632,13 @@ class AegisSettings:
     #: Use the compiled HTTP request path where it was built; False forces
     #: the pure-Python one (same records, slower).
     speedups: bool = True
+    #: Record each request's and WebSocket session's trace and span ids:
+    #: OpenTelemetry's current span where it traces the app, else a valid
+    #: incoming W3C traceparent header (docs/opentelemetry.md).
+    trace_context: bool = True
+    #: The dashboard links trace ids here: {trace_id} and {span_id} are
+    #: replaced ('' shows the ids without a link).
+    trace_url: str = ""
     #: Nice levels the pipeline's threads run below the app's (Linux); 0 keeps
     #: them at the app's priority.
     background_niceness: int = 5

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 from ..alerts.api_channels import public_settings
 from ..alerts.channels import channel_kind
 from ..core.custom_metrics import MetricSnapshot
-from ..core.history import RequestQuery
+from ..core.history import RequestQuery, is_trace_id
 from ..core.labels import STANDARD_METHODS
 from ..core.record import OTHER_METHOD, RequestRecord
 from ..core.rollup import RollupRow
@@ -61,6 +61,7 @@ PARAMETERS: Mapping[str, tuple[str, ...]] = {
         "method",
         "status",
         "min_duration_ms",
+        "trace_id",
         "since",
         "until",
         "limit",
@@ -194,6 +195,11 @@ def request_query(params: dict[str, str]) -> RequestQuery:
             minimum = -1.0
         if not (math.isfinite(minimum) and minimum >= 0):
             raise _bad("min_duration_ms", "min_duration_ms must be a number of milliseconds >= 0")
+    trace_id = params.get("trace_id")
+    if trace_id is not None and not is_trace_id(trace_id):
+        # Refused rather than matched against nothing: an uppercase id (a
+        # tool's spelling) would find no row, which reads as "no such trace".
+        raise _bad("trace_id", "trace_id must be 32 lowercase hex digits, not all zeros")
     since, until = _time(params, "since"), _time(params, "until")
     if since is not None and until is not None and since >= until:
         raise _bad("since", "since must be before until")
@@ -207,6 +213,7 @@ def request_query(params: dict[str, str]) -> RequestQuery:
         until=until,
         limit=_integer(params, "limit", 100, 1, 1000),
         offset=_integer(params, "offset", 0, 0, MAX_OFFSET),
+        trace_id=trace_id,
     )
 
 

@@ -4,7 +4,8 @@ No CDN, no build step, nothing fetched from elsewhere: the page's style and
 script are inline, allowed by a Content-Security-Policy that names their
 SHA-256 hashes and lets the page talk to its own origin only (the JSON API
 and the ``/ws/metrics`` stream). The paths it uses come from the settings,
-written into the page as JSON.
+written into the page as JSON. Trace ids link to ``trace_url``: a link the
+user follows, which the policy need not allow (nothing is fetched from there).
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ def render(settings: AegisSettings, *, ws_path: str | None = None, ws_port: int 
             "apiPath": settings.api_path,
             "updateInterval": settings.update_interval,
             "noStream": no_stream,
+            # The recent requests panel: trace ids link here (validated
+            # http(s) template; '' shows them without a link), and "slow"
+            # means what the request log keeps as slow.
+            "traceUrl": settings.trace_url,
+            "slowThresholdMs": settings.slow_threshold_ms,
         }
     ).replace("<", "\\u003c")  # nothing in it can close the element
     page = template.replace("__AEGIS_CONFIG__", config)

@@ -60,7 +60,8 @@ _RECORD = {
     "type": "object",
     "required": [
         "request_id", "timestamp", "method", "route", "path", "status", "duration_ms",
-        "ttfb_ms", "request_bytes", "response_bytes", "client_ip", "error",
+        "ttfb_ms", "request_bytes", "response_bytes", "client_ip", "error", "trace_id",
+        "span_id",
     ],
     "properties": {
         "request_id": {"type": "string"},
@@ -75,6 +76,10 @@ _RECORD = {
         "response_bytes": {"type": "integer"},
         "client_ip": _STRING_OR_NULL,
         "error": {"type": "string"},
+        "trace_id": {
+            "type": ["string", "null"], "description": "32 lowercase hex digits; null: no trace",
+        },
+        "span_id": {"type": ["string", "null"], "description": "16 lowercase hex digits"},
     },
 }  # fmt: skip
 
@@ -623,6 +628,11 @@ _PARAMETERS: dict[str, list[dict[str, Any]]] = {
             "A status code or a class such as 5xx.",
         ),
         _query("min_duration_ms", {"type": "number", "minimum": 0}, "Slowest requests only."),
+        _query(
+            "trace_id",
+            {"type": "string", "pattern": "^(?!0{32})[0-9a-f]{32}$"},
+            "Only the requests of this trace (W3C trace id: 32 lowercase hex digits).",
+        ),
         _query("since", _TIME, f"Requests that started at or after this time. {_BOUNDS}"),
         _query("until", _TIME, f"Requests that started before this time (after since). {_BOUNDS}"),
         _query("limit", _LIMIT, "Page size (default 100)."),

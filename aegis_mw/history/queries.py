@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from ..core import histogram
-from ..core.history import HistorySource, RequestQuery
+from ..core.history import HistorySource, RequestQuery, is_trace_id
 from ..core.record import isoformat
 from ..core.rollup import RollupRow, add_dense
 from .ranges import DEFAULT_HORIZONS, QueryError, TimeRange, resolve
@@ -269,6 +269,9 @@ class HistoryQueries:
         _check_limit(query.limit)
         if query.offset < 0:
             raise QueryError("offset", "offset must be 0 or more")
+        if query.trace_id is not None and not is_trace_id(query.trace_id):
+            # An uppercase or short id would match nothing, silently.
+            raise QueryError("trace_id", "trace_id must be 32 lowercase hex digits, not all zeros")
         records = self.source.read_requests(query)
         return {
             "limit": query.limit,

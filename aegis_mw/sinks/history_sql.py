@@ -161,6 +161,13 @@ def errors_only(query: RequestQuery) -> bool:
     return query.status_from is not None and query.status_from >= 500
 
 
+def one_trace(query: RequestQuery) -> bool:
+    """Whether ``query`` asks for one trace's requests: its ``trace_id = ?``
+    implies the condition of the partial index of traced rows on both
+    databases (``aegis_requests_trace``), so the planner reads that index."""
+    return query.trace_id is not None
+
+
 def request_filters(
     dialect: Dialect, query: RequestQuery, prefix: str = ""
 ) -> tuple[list[str], list[object]]:
@@ -177,6 +184,7 @@ def request_filters(
         (f"{prefix}duration_ms >= {mark}", query.min_duration_ms),
         (f"{prefix}timestamp >= {mark}", query.since),
         (f"{prefix}timestamp < {mark}", query.until),
+        (f"{prefix}trace_id = {mark}", query.trace_id),
     ):
         if value is not None:
             clauses.append(clause)

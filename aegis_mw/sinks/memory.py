@@ -185,6 +185,7 @@ class MemorySink:
             and (query.min_duration_ms is None or record.duration_ms >= query.min_duration_ms)
             and (query.since is None or record.timestamp >= query.since)
             and (query.until is None or record.timestamp < query.until)
+            and (query.trace_id is None or record.trace_id == query.trace_id)
         ]
         kept.sort(key=lambda record: (record.timestamp, record.request_id), reverse=True)
         return kept[query.offset : query.offset + query.limit]

@@ -83,6 +83,25 @@ def _index_errors(connection: psycopg.Connection[Any]) -> None:
         )  # fmt: skip
 
 
+def _index_traces(connection: psycopg.Connection[Any]) -> None:
+    """The partial index of the request log's traced rows, unless the server
+    refuses it (as :func:`_index_errors`): one trace's requests are then
+    read by scanning the log."""
+    import psycopg
+
+    try:
+        with connection.transaction():  # a savepoint: a refusal keeps the rest
+            connection.execute(
+                "CREATE INDEX IF NOT EXISTS aegis_requests_trace ON aegis_requests "
+                "(trace_id) WHERE trace_id IS NOT NULL"
+            )
+    except psycopg.DatabaseError as exc:
+        logger.warning(
+            "aegis: no index of the request log's trace ids (%s); reading one trace's "
+            "requests scans the log", exc,
+        )  # fmt: skip
+
+
 def request_key(connection: psycopg.Connection[Any]) -> bool:
     """Whether ``aegis_requests`` has a unique key (one kept by version 4, or
     TimescaleDB's): then a batch without an id written twice, or retried
@@ -523,6 +542,24 @@ MIGRATIONS: tuple[tuple[str | Callable[[psycopg.Connection[Any]], None], ...], .
         """,
         "CREATE INDEX aegis_audit_at ON aegis_audit (at)",
     ),
+    (
+        # The trace and span of each request and session, as in SQLite.
+        # Nullable and without a default: PostgreSQL adds them to the
+        # catalog only, rewriting no row (old rows read NULL), and a process
+        # of an older aegis_mw still connected keeps COPYing its named
+        # columns. COLLATE "C": compared bytewise, as ids are.
+        'ALTER TABLE aegis_requests ADD COLUMN trace_id text COLLATE "C", '
+        'ADD COLUMN span_id text COLLATE "C"',
+        'ALTER TABLE aegis_websocket_sessions ADD COLUMN trace_id text COLLATE "C", '
+        'ADD COLUMN span_id text COLLATE "C"',
+        # The request log filtered by trace: a partial index of the traced
+        # rows only, so an untraced insert costs nothing more. ``trace_id =
+        # $1`` implies its condition (= is strict), so the planner uses it
+        # with any bound value, in a generic plan too. Built in a savepoint:
+        # where it cannot be (a compressed TimescaleDB hypertable), the
+        # reads scan instead.
+        _index_traces,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -569,12 +606,15 @@ COPY_STAGED_REQUESTS = (
     f"COPY aegis_stage_requests ({', '.join(REQUEST_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 )
 #: Binary COPY sends each value in the column's own type.
+#: The trace and span ids are text that may be NULL, as ``client_ip`` is
+#: (the compiled formatter takes None in any column).
 REQUEST_TYPES = (
     "text", "float8", "text", "text", "text", "int4", "float8", "float8",
-    "int8", "int8", "text", "text",
+    "int8", "int8", "text", "text", "text", "text",
 )  # fmt: skip
 SESSION_TYPES = (
     "text", "float8", "text", "text", "float8", "int8", "int8", "int4", "bool", "text", "text",
+    "text", "text",
 )  # fmt: skip
 
 #: Per-connection staging tables for sessions some of which are stored

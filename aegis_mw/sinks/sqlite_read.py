@@ -54,11 +54,13 @@ class SQLiteReader(history_sql.RowReader):
 
     def read_requests(self, query: RequestQuery) -> list[RequestRecord]:
         """Through the log's time blocks (:mod:`.sqlite_blocks`): the table
-        has no index on ``timestamp``."""
+        has no index on ``timestamp``; one trace's requests or the server
+        errors through their partial indexes."""
         with self._connection() as connection:
-            if history_sql.errors_only(query):
-                # Server errors have an index of their own (a partial one):
-                # a few rows, where the blocks would read the whole range.
+            if history_sql.one_trace(query) or history_sql.errors_only(query):
+                # A trace's requests and the server errors have an index of
+                # their own (a partial one): a few rows, where the blocks
+                # would read the whole range.
                 sql, params = history_sql.select_requests(self.dialect, query)
                 rows = connection.execute(sql, params).fetchall()
             else:

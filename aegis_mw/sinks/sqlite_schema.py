@@ -6,7 +6,9 @@ and a retried batch is recognised by its batch id, stored once in
 primary key on the text ``request_id`` did it, at a fifth of the insert's
 cost). Its time index is a row per block of rows in
 ``aegis_request_blocks`` (version 13, see :mod:`.sqlite_blocks`; until then
-an index on ``timestamp``, at a third of the insert's cost). The other
+an index on ``timestamp``, at a third of the insert's cost). Only partial
+indexes cover its rows: its server errors (version 15) and its traced rows
+(version 18), so a row that is neither costs its insert nothing more. The other
 tables are ``WITHOUT ROWID``, clustered on their key. ``PRAGMA
 user_version`` holds the applied version. Migrations run inside ``BEGIN
 IMMEDIATE``, which takes the write lock before reading the version, so when
@@ -22,13 +24,17 @@ import sqlite3
 from ..core.rollup import decode_histogram
 from .event_rows import EVENT_COLUMNS
 
-REQUEST_COLUMNS = (
+#: The request log's columns up to version 17: what version 4 copies (a
+#: migration runs against the schema of its own time, not today's).
+_REQUEST_COLUMNS_V4 = (
     "request_id", "timestamp", "method", "route", "path", "status", "duration_ms",
     "ttfb_ms", "request_bytes", "response_bytes", "client_ip", "error",
 )  # fmt: skip
+#: In the records' field order: a record is bound as the row it is.
+REQUEST_COLUMNS = (*_REQUEST_COLUMNS_V4, "trace_id", "span_id")
 SESSION_COLUMNS = (
     "session_id", "timestamp", "route", "path", "duration_ms", "messages_in",
-    "messages_out", "close_code", "accepted", "client_ip", "error",
+    "messages_out", "close_code", "accepted", "client_ip", "error", "trace_id", "span_id",
 )  # fmt: skip
 
 _REQUEST_VALUES = """
@@ -132,8 +138,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             request_id TEXT NOT NULL,{_REQUEST_VALUES}
         )
         """,
-        f"INSERT INTO aegis_requests_v4 ({', '.join(REQUEST_COLUMNS)}) "
-        f"SELECT {', '.join(REQUEST_COLUMNS)} FROM aegis_requests ORDER BY timestamp",
+        f"INSERT INTO aegis_requests_v4 ({', '.join(_REQUEST_COLUMNS_V4)}) "
+        f"SELECT {', '.join(_REQUEST_COLUMNS_V4)} FROM aegis_requests ORDER BY timestamp",
         "DROP TABLE aegis_requests",
         "ALTER TABLE aegis_requests_v4 RENAME TO aegis_requests",
         "CREATE INDEX aegis_requests_timestamp ON aegis_requests (timestamp)",
@@ -450,6 +456,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX aegis_audit_at ON aegis_audit (at)",
     ),
+    (
+        # The trace and span each request and session was part of (see
+        # RequestRecord), NULL where no trace was active. Added in place: a
+        # nullable column without a default rewrites no row (old rows read
+        # NULL), and a process of an older aegis_mw still connected keeps
+        # inserting its named columns.
+        "ALTER TABLE aegis_requests ADD COLUMN trace_id TEXT",
+        "ALTER TABLE aegis_requests ADD COLUMN span_id TEXT",
+        "ALTER TABLE aegis_websocket_sessions ADD COLUMN trace_id TEXT",
+        "ALTER TABLE aegis_websocket_sessions ADD COLUMN span_id TEXT",
+        # The request log filtered by trace (a trace's few requests): a
+        # partial index holds only traced rows, so an untraced insert costs
+        # nothing more (no index covers all of the log's rows: see the
+        # module docstring). A query's ``trace_id = ?`` implies the index's
+        # condition, so SQLite uses it whatever the value bound.
+        "CREATE INDEX aegis_requests_trace ON aegis_requests (trace_id) WHERE trace_id IS NOT NULL",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -461,8 +484,9 @@ SCHEMA_VERSION = len(MIGRATIONS)
 #: Rows per request insert statement: binding one statement of many rows
 #: costs SQLite and the driver far less per row than stepping a one-row
 #: statement per record (about a fifth of the insert's cost, see
-#: ``bench/pipeline.py``). 64 rows of 12 columns are 768 parameters, under
-#: the 999 that SQLite before 3.32 allows by default.
+#: ``bench/pipeline.py``). 64 rows of 14 columns are 896 parameters, under
+#: the 999 that SQLite before 3.32 allows by default (a 16th column would
+#: need fewer rows: 64 x 16 is 1,024).
 ROWS_PER_INSERT = 64
 
 

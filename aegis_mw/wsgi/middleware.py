@@ -37,6 +37,7 @@ from ..aegis import Aegis
 from ..core.client_address import ClientAddressResolver
 from ..core.outcome import settle
 from ..core.record import UNMATCHED_ROUTE
+from ..core.trace_context import environ_trace, response_trace
 from ..endpoints.app_routes import HasRoute
 from . import compiled
 from .mounted import WSGIRoutes
@@ -93,6 +94,8 @@ class AegisWSGIMiddleware:
         # A WSGI server has no lifespan: the flusher (and the stream's server)
         # start with the first request of each process.
         self._started = False
+        #: Read by the compiled path too (recording.c): None, or where to look.
+        self.trace_source = self.aegis.trace_source
         self._compiled = compiled.build(self) if self.aegis.settings.speedups else None
         self.aegis.attached("compiled" if self._compiled is not None else "python")
         if hasattr(os, "register_at_fork"):
@@ -124,14 +127,18 @@ class AegisWSGIMiddleware:
         clock = self._monotonic
         item: list[Any] = [
             environ.get("REQUEST_METHOD", "GET"), None, environ.get("SCRIPT_NAME", "") + path,
-            0, clock(), None, None, 0, 0, client_of(environ), None, "", False,
+            0, clock(), None, None, 0, 0, client_of(environ), None, "", False, None,
         ]  # fmt: skip
+        if self.trace_source is not None:
+            item[13] = environ_trace(self.trace_source, environ)
         stream = environ.get("wsgi.input")
         if stream is not None and (
             environ.get("CONTENT_LENGTH") or environ.get("HTTP_TRANSFER_ENCODING")
         ):
             environ["wsgi.input"] = CountingInput(stream, item)
 
+        source = self.trace_source
+        tracing = source is not None and source[0] is not None
         server_write: Callable[[bytes], object] = _not_started
         sent_headers: list[tuple[str, str]] | None = None
 
@@ -144,6 +151,8 @@ class AegisWSGIMiddleware:
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             nonlocal server_write, sent_headers
             item[3] = status_code(status)
+            if tracing:  # a span made current inside ours (Flask's instrumentation)
+                item[13] = response_trace(source, item[13])  # type: ignore[arg-type]
             sent_headers = headers
             server_write = start_response(status, headers, exc_info)
             return write

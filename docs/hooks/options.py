@@ -69,6 +69,15 @@ DESCRIPTIONS: dict[str, str] = {
         "Use the compiled request path where it was built; `false` runs the pure-Python one "
         "(same records, slower). [How it works](how-it-works.md#compiled-where-it-can-be)."
     ),
+    "trace_context": (
+        "Record each request's and WebSocket session's `trace_id` and `span_id`: "
+        "OpenTelemetry's current span where it traces the app, else a valid incoming W3C "
+        "`traceparent` header ([With OpenTelemetry](opentelemetry.md))."
+    ),
+    "trace_url": (
+        "Where the dashboard links a trace id, `{trace_id}` and `{span_id}` replaced, such as "
+        "`http://localhost:16686/trace/{trace_id}` for Jaeger; empty shows the ids unlinked."
+    ),
     "background_niceness": (
         "Linux: how many nice levels below the app the flusher's and the sinks' threads run, "
         "so background work waits for the event loop's idle moments instead of preempting it; "

@@ -448,15 +448,15 @@ async def test_compiled_items_index_like_lists_and_cost_the_collector_nothing(
     [item] = list(aegis.recorder.inbox)
     assert type(item).__name__ == "HttpItem"
     assert not gc.is_tracked(item)
-    assert len(item) == 13
+    assert len(item) == 14
     (method, route, path, status, start, ttfb, end, request_bytes, response_bytes,
-     client, forwarded, error, disconnected) = item  # fmt: skip
+     client, forwarded, error, disconnected, trace) = item  # fmt: skip
     assert (method, route, path, status) == ("GET", "<unmatched>", "/item", 200)
     assert (ttfb - start, end - start) == (pytest.approx(0.002), pytest.approx(0.005))
-    assert (request_bytes, response_bytes, client, forwarded, error, disconnected) == (
-        0, 5, ("127.0.0.1", 50000), None, "", False,
+    assert (request_bytes, response_bytes, client, forwarded, error, disconnected, trace) == (
+        0, 5, ("127.0.0.1", 50000), None, "", False, None,
     )  # fmt: skip
-    assert item[-1] is False and item[-13] == "GET"
+    assert item[-2] is False and item[-1] is None and item[-14] == "GET"
     assert repr(item).startswith("HttpItem(['GET', '<unmatched>', '/item', 200, ")
 
     item[ERROR] = "TimeoutError: slow"
@@ -470,9 +470,9 @@ async def test_compiled_items_index_like_lists_and_cost_the_collector_nothing(
     with pytest.raises(TypeError):
         del item[0]
     with pytest.raises(IndexError):
-        item[13]
+        item[14]
     with pytest.raises(IndexError):
-        item[13] = 1
+        item[14] = 1
     # Byte counts hold what a list holds: past 64 bits, or not an int.
     item[7] = 1.5
     item[8] = 2**70
@@ -782,8 +782,9 @@ async def test_an_item_from_the_free_list_starts_as_a_new_one(
     aegis.recorder.inbox.clear()
     del new
     used = module.item_from_fields(
-        ["POST", "/r", "/x", 503, 1.0, 2.0, 3.0, 2**70, 1.5, ("h", 2), "1.2.3.4", "E", True]
-    )
+        ["POST", "/r", "/x", 503, 1.0, 2.0, 3.0, 2**70, 1.5, ("h", 2), "1.2.3.4", "E", True,
+         b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]
+    )  # fmt: skip
     address = id(used)
     module.clear_free_lists()
     del used  # the one item in the list
@@ -798,7 +799,8 @@ async def test_an_item_from_the_free_list_starts_as_a_new_one(
         del fields[END], fields[START]  # times of the request itself
         assert fields == ["GET", "<unmatched>", "/nothing", 500, None, 0, 0,
                           ("127.0.0.1", 50000), None,
-                          "RuntimeError: app returned without sending a response", False]  # fmt: skip
+                          "RuntimeError: app returned without sending a response", False,
+                          None]  # fmt: skip
 
 
 def retained_memory() -> int:

@@ -5,6 +5,7 @@ the mounted routes served; a bad AEGIS option as a system-check error."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import threading
 from collections.abc import Iterator
@@ -19,11 +20,15 @@ django.setup()
 
 from django.apps import apps  # noqa: E402
 from django.core import checks  # noqa: E402
+from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
 from django.test import AsyncClient, Client, override_settings  # noqa: E402
+from opentelemetry.instrumentation.django import DjangoInstrumentor  # noqa: E402
+from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware  # noqa: E402
 
 from aegis_mw.contrib.django.middleware import route_template  # noqa: E402
 from aegis_mw.testing import recorded  # noqa: E402
 from aegis_mw.wsgi.mounted import WSGIRoutes  # noqa: E402
+from tests.tracing import recording_provider  # noqa: E402
 
 # Every test runs on the compiled and on the pure-Python request path (a
 # test client builds Django's middleware chain, and so ours, per client).
@@ -185,3 +190,69 @@ def test_the_apps_own_metrics_are_on_metrics() -> None:
     gauge.inc(0.5)
     text = Client().get("/metrics").content.decode()
     assert "django_test_level 12.5" in text
+
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE}-{PARENT}-01"
+
+
+def test_a_traceparent_header_links_the_record_to_the_callers_span() -> None:
+    client = Client()
+    client.get("/items/5/", headers={"traceparent": TRACEPARENT})
+    client.get("/items/6/", headers={"traceparent": "00-zz"})
+    client.get("/items/7/")
+    rows = [(r.path, r.trace_id, r.span_id) for r in records_of("/items/")]
+    assert rows == [("/items/5/", TRACE, PARENT), ("/items/6/", None, None),
+                    ("/items/7/", None, None)]  # fmt: skip
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_an_async_request_keeps_its_traceparent(anyio_backend: str) -> None:
+    await AsyncClient().get("/items/8/", headers={"traceparent": TRACEPARENT})
+    [record] = records_of("/items/8/")
+    assert (record.trace_id, record.span_id) == (TRACE, PARENT)
+
+
+def test_opentelemetrys_server_span_around_django_is_the_records() -> None:
+    """OpenTelemetry's WSGI instrumentation around Django's handler: the record
+    carries the server span it exported."""
+    provider, spans = recording_provider()
+    app = OpenTelemetryMiddleware(WSGIHandler(), tracer_provider=provider)
+    environ = {
+        "REQUEST_METHOD": "GET", "PATH_INFO": "/items/9/", "SCRIPT_NAME": "",
+        "QUERY_STRING": "", "SERVER_NAME": "testserver", "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1", "wsgi.input": io.BytesIO(),
+        "wsgi.errors": io.StringIO(), "wsgi.url_scheme": "http", "wsgi.version": (1, 0),
+        "wsgi.multithread": False, "wsgi.multiprocess": False, "wsgi.run_once": False,
+        "HTTP_TRACEPARENT": TRACEPARENT,
+    }  # fmt: skip
+    result = app(environ, lambda status, headers, exc_info=None: None)
+    assert b"".join(result) == b"item 9"
+    result.close()
+    provider.shutdown()
+    [server] = spans.get_finished_spans()
+    [record] = records_of("/items/9/")
+    assert (record.trace_id, record.span_id) == (TRACE, f"{server.context.span_id:016x}")
+
+
+def test_djangos_opentelemetry_instrumentation_gives_the_records_its_span() -> None:
+    """DjangoInstrumentor puts its middleware first in MIDDLEWARE, outside
+    ours: the record carries the server span it exported."""
+    provider, spans = recording_provider()
+    instrumentor = DjangoInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        client = Client()  # its middleware chain built now, with OpenTelemetry's first
+        client.get("/items/11/", headers={"traceparent": TRACEPARENT})
+        client.get("/items/12/")
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()
+    joined, started = spans.get_finished_spans()
+    rows = [(r.path, r.trace_id, r.span_id) for r in records_of("/items/1")]
+    assert rows == [
+        ("/items/11/", TRACE, f"{joined.context.span_id:016x}"),
+        ("/items/12/", f"{started.context.trace_id:032x}", f"{started.context.span_id:016x}"),
+    ]

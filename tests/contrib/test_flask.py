@@ -14,8 +14,11 @@ import pytest
 
 flask = pytest.importorskip("flask")
 
+from opentelemetry.instrumentation.flask import FlaskInstrumentor  # noqa: E402
+
 from aegis_mw.contrib.flask import Aegis, route_template  # noqa: E402
 from aegis_mw.testing import recorded  # noqa: E402
+from tests.tracing import recording_provider  # noqa: E402
 
 # Every test runs on the compiled and on the pure-Python request path.
 pytestmark = pytest.mark.usefixtures("hot_path")
@@ -198,3 +201,37 @@ def test_the_apps_own_metrics_from_a_view_are_on_metrics() -> None:
     assert 'orders_total{region="eu"} 2' in text
     assert 'orders_total{region="us"} 1' in text
     extension.pipeline.shutdown()
+
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE}-00f067aa0ba902b7-01"
+
+
+@pytest.mark.parametrize("instrumented_first", [True, False])
+def test_flasks_opentelemetry_span_is_the_records(instrumented_first: bool) -> None:
+    """FlaskInstrumentor makes its span current inside Flask's request
+    handling, inside our middleware whichever wraps wsgi_app last: the span
+    current when the response starts is the record's."""
+    provider, spans = recording_provider()
+    app, extension, _ = build(install=False)
+    if instrumented_first:
+        FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
+    extension.init_app(app)
+    if not instrumented_first:
+        FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
+    try:
+        client = app.test_client()
+        get = functools.partial(client.get, buffered=True)
+        assert get("/items/3", headers={"traceparent": TRACEPARENT}).text == "item 3"
+        assert get("/items/4").text == "item 4"
+        joined, started = spans.get_finished_spans()
+        records = recorded(extension.pipeline)
+        assert [(r.path, r.trace_id, r.span_id) for r in records] == [
+            (f"/items/{n}", f"{s.context.trace_id:032x}", f"{s.context.span_id:016x}")
+            for n, s in ((3, joined), (4, started))
+        ]
+        assert records[0].trace_id == TRACE
+    finally:
+        FlaskInstrumentor().uninstrument_app(app)
+        extension.pipeline.shutdown()
+        provider.shutdown()

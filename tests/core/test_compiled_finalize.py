@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.trace import NonRecordingSpan, SpanContext
 
 from aegis_mw.core import histogram
 from aegis_mw.core.client_address import ClientAddressResolver
@@ -30,6 +31,11 @@ from aegis_mw.core.labels import RouteCap
 from aegis_mw.core.rollup import RollupDelta
 from tests.conftest import compiled_module
 from tests.core.failing_settles import settle_failing_each_allocation
+
+
+def span(trace_id: int, span_id: int) -> NonRecordingSpan:
+    """An OpenTelemetry span as the request path finds one current."""
+    return NonRecordingSpan(SpanContext(trace_id, span_id, is_remote=False))
 
 
 class FixedClock:
@@ -65,14 +71,35 @@ CLIENTS = [None, ("10.0.0.1", 5), ("10.0.0.2", 6), ("::1", 1), (), ["10.0.0.1", 
 FORWARDED = [None, "203.0.113.9", "10.0.0.3, 203.0.113.9"]
 ERRORS = ["", "ValueError: boom", "x" * 1024, "x" * 1025, "bad\x00", "é", Text("e"), None, 5]
 TTFBS = [None, 0.0, 0.001, math.nan, math.inf]
+
+
+class RaisingSpan:
+    def get_span_context(self) -> None:
+        raise RuntimeError("a broken span")
+
+
+#: The trace contexts the request paths queue; the first five the compiled
+#: loop takes, the others too, but for a str subclass or a str past ASCII.
+TRACES = [None, b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+          "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+          span(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7),
+          b" \tcc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-later\xff ",
+          b"00-xyz", b"", b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+          b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x", b"x" * 600,
+          b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-\x7f",
+          b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+          b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", 5, span(0, 0),
+          span(1, 2**64), RaisingSpan(), Text("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+          "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-é"]  # fmt: skip
 STARTS = [10.0, 12.5, 1e9, 1.7e9, -3.0, 4e15, math.inf]
 #: How many values of each list count as clean.
 CLEAN = {"method": 4, "route": 3, "path": 5, "status": 12, "duration": 12, "bytes": 4,
-         "client": 4, "forwarded": 1, "error": 3, "ttfb": 3, "start": 4}  # fmt: skip
+         "client": 4, "forwarded": 1, "error": 3, "ttfb": 3, "start": 4,
+         "trace": 5}  # fmt: skip
 VALUES = {"method": METHODS, "route": ROUTES, "path": PATHS, "status": STATUSES,
           "duration": DURATIONS, "request_bytes": BYTES, "response_bytes": BYTES,
           "client": CLIENTS, "forwarded": FORWARDED, "error": ERRORS, "ttfb": TTFBS,
-          "start": STARTS}  # fmt: skip
+          "start": STARTS, "trace": TRACES}  # fmt: skip
 
 
 @st.composite
@@ -101,6 +128,7 @@ def items(draw: st.DrawFn) -> list[Any]:
         value("forwarded"),
         value("error"),
         draw(st.booleans()),
+        value("trace"),
     ]
 
 
@@ -183,7 +211,8 @@ def test_clean_items_take_the_compiled_loop() -> None:
     item: the Python loop is not called again (and the figures still agree)."""
     module = compiled_module()
     compiled = finalizer(module, 1.0, 1.7e9)
-    fields = ["GET", "/a", "/a", 200, 5.0, 5.001, 5.002, 3, 10, ("10.0.0.1", 1), None, "", False]
+    fields = ["GET", "/a", "/a", 200, 5.0, 5.001, 5.002,
+              3, 10, ("10.0.0.1", 1), None, "", False, None]  # fmt: skip
     compiled.finalize([module.item_from_fields(fields)])
     calls = []
     original = compiled._finalize
@@ -197,11 +226,33 @@ def test_clean_items_take_the_compiled_loop() -> None:
     assert cell[0] == 51 and cell[7] == 510
 
 
+@pytest.mark.parametrize("trace", TRACES)
+def test_traced_items_take_the_compiled_loop_unless_odd(trace: Any) -> None:
+    """Headers (valid or not) and spans are parsed by the compiled loop, to the
+    same ids; a str subclass or a str past ASCII goes to the Python loop."""
+    module = compiled_module()
+    fields = ["GET", "/a", "/a", 200, 5.0, None, 5.001, 0, 0, None, None, "", False, None]
+    records = []
+    for compiled in (None, module):
+        made = finalizer(compiled, 1.0, 1.7e9)
+        made.finalize([module.item_from_fields(fields)])  # the route and client now clean
+        [record] = made.finalize([module.item_from_fields([*fields[:13], trace])])
+        records.append(record[1:])
+    assert records[0] == records[1]
+    # The Python loop is called for the odd ones only.
+    calls: list[Any] = []
+    original = made._finalize
+    made._finalize = lambda *args: calls.append(args) or original(*args)  # type: ignore[method-assign]
+    made.finalize([module.item_from_fields([*fields[:13], trace])])
+    odd = isinstance(trace, str) and (type(trace) is not str or not trace.isascii())
+    assert (calls != []) is odd
+
+
 def test_a_failing_sampler_counts_the_item_invalid_after_its_rollup() -> None:
     """An exception inside an item's handling (here the sampler's) counts that
     item invalid and goes on with the next, as the Python loop's except does."""
     module = compiled_module()
-    fields = ["GET", "/a", "/a", 200, 5.0, None, 5.001, 0, 0, None, None, "", False]
+    fields = ["GET", "/a", "/a", 200, 5.0, None, 5.001, 0, 0, None, None, "", False, None]
     results = []
     for compiled in (None, module):
         made = finalizer(compiled, 0.5, 1.7e9)
@@ -251,7 +302,7 @@ def test_buckets_at_their_edges_match_python_floor_division() -> None:
     results = []
     for compiled in (None, module):
         made = finalizer(compiled, 1.0, 1000.0)  # wall - monotonic = 0: timestamp = start
-        fields = ["GET", "/a", "/a", 200, 1.0, None, 1.001, 0, 0, None, None, "", False]
+        fields = ["GET", "/a", "/a", 200, 1.0, None, 1.001, 0, 0, None, None, "", False, None]
         made.finalize([module.item_from_fields(fields)])
         batch = []
         for start in starts:
@@ -267,7 +318,8 @@ def test_buckets_at_their_edges_match_python_floor_division() -> None:
 def test_compiled_records_hash_as_tuples_and_leave_the_collector() -> None:
     module = compiled_module()
     made = finalizer(module, 1.0, 1.7e9)
-    fields = ["GET", "/a", "/a", 200, 5.0, None, 5.001, 0, 0, ("10.0.0.1", 1), None, "", False]
+    fields = ["GET", "/a", "/a", 200, 5.0, None, 5.001,
+              0, 0, ("10.0.0.1", 1), None, "", False, None]  # fmt: skip
     made.finalize([module.item_from_fields(fields)])
     [record] = made.finalize([module.item_from_fields(fields)])
     assert made._progress[0] == 1 and made._progress[4] == 0  # the compiled loop built it
@@ -283,7 +335,8 @@ def test_a_sampler_that_changes_the_item_leaves_the_record_as_python_does() -> N
     results = []
     for compiled in (None, module):
         made = finalizer(compiled, 0.5, 1.7e9)
-        fields = ["GET", "/a", "/" + "q" * 40, 200, 5.0, None, 5.001, 0, 0, None, None, "", False]
+        fields = ["GET", "/a", "/" + "q" * 40, 200, 5.0, None, 5.001,
+                  0, 0, None, None, "", False, None]  # fmt: skip
         made.finalize([module.item_from_fields(fields)])
         item = module.item_from_fields(["GET", "/a", "".join(["/", "q" * 40]), *fields[3:]])
         junk: list[str] = []
@@ -317,7 +370,7 @@ def test_cells_of_another_shape_are_folded_as_python_folds_them(cell: Any) -> No
     """A rollup cell the compiled loop cannot add to exactly is left to the
     Python code, with the item, and both end the same (or raise the same)."""
     module = compiled_module()
-    fields = ["GET", "/a", "/a", 200, 5.0, None, 5.001, 3, 4, None, None, "", False]
+    fields = ["GET", "/a", "/a", 200, 5.0, None, 5.001, 3, 4, None, None, "", False, None]
     results = []
     for compiled in (None, module):
         made = finalizer(compiled, 1.0, 1000.0)
@@ -337,7 +390,7 @@ def test_a_batch_of_lists_takes_one_python_pass() -> None:
     per run, not one call per item."""
     module = compiled_module()
     made = finalizer(module, 1.0, 1.7e9)
-    fields = ["GET", "/a", "/a", 200, 5.0, None, 5.001, 0, 0, None, None, "", False]
+    fields = ["GET", "/a", "/a", 200, 5.0, None, 5.001, 0, 0, None, None, "", False, None]
     calls: list[int] = []
     original = made._finalize
     made._finalize = lambda batch, *rest: calls.append(len(batch)) or original(batch, *rest)  # type: ignore[method-assign]
@@ -355,7 +408,7 @@ def test_new_clients_are_taken_and_remembered_as_the_python_loop_does() -> None:
     results = []
     for compiled in (None, module):
         made = finalizer(compiled, 1.0, 1.7e9)
-        fields = ["GET", "/a", "/a", 200, 5.0, None, 5.001, 0, 0, None, None, "", False]
+        fields = ["GET", "/a", "/a", 200, 5.0, None, 5.001, 0, 0, None, None, "", False, None]
         made.finalize([module.item_from_fields(fields)])
         batch = []
         for index in range(5000):
@@ -380,7 +433,7 @@ def spread_items(module: Any, buckets: int, count: int, durations: int = 97) -> 
         start = 10.0 + 5.0 * (index % buckets)
         status = (200, 500, 429, 201)[index % 4]
         fields = ["GET", "/a", "/a", status, start, None, start + 0.0001 * (1 + index % durations)]
-        made.append(module.item_from_fields([*fields, 3, index, None, None, "", False]))
+        made.append(module.item_from_fields([*fields, 3, index, None, None, "", False, None]))
     return made
 
 
@@ -468,7 +521,7 @@ def test_rollups_taken_by_the_sampler_midway_end_as_the_python_loops() -> None:
     rest of that call adds to the cells it began with, as the Python loop
     does, and the next call's items go to the new delta's cells."""
     module = compiled_module()
-    fields = ["GET", "/a", "/a", 200, 5.0, None, 5.001, 0, 0, None, None, "", False]
+    fields = ["GET", "/a", "/a", 200, 5.0, None, 5.001, 0, 0, None, None, "", False, None]
     results = []
     for compiled in (None, module):
         made = finalizer(compiled, 0.5, 1000.0)
@@ -513,5 +566,5 @@ def test_a_module_built_for_other_pipeline_loops_is_not_used() -> None:
     assert RealtimeAggregates(compiled=older)._compiled_fold is None
     made = finalizer(older, 1.0, 1000.0)
     assert made._compiled is None and made._pending is None
-    fields = ["GET", "/a", "/a", 200, 5.0, None, 5.001, 0, 0, None, None, "", False]
+    fields = ["GET", "/a", "/a", 200, 5.0, None, 5.001, 0, 0, None, None, "", False, None]
     assert len(made.finalize([module.item_from_fields(fields)])) == 1

@@ -115,7 +115,7 @@ def test_items_of_a_known_second_and_label_set_take_the_compiled_fold() -> None:
     the rest of the batch: the Python fold is not called again."""
     module = compiled_module()
     aggregates = RealtimeAggregates(RouteCap(10), compiled=module)
-    fields = ["GET", "/a", "/a", 200, 5.0, 5.001, 5.002, 3, 10, None, None, "", False]
+    fields = ["GET", "/a", "/a", 200, 5.0, 5.001, 5.002, 3, 10, None, None, "", False, None]
     items = [module.item_from_fields(fields) for _ in range(40)]
     calls: list[int] = []
     fold = aggregates.labeled.fold
@@ -140,7 +140,7 @@ def test_layouts_and_bounds_the_compiled_fold_cannot_take_leave_it_unused() -> N
 def test_a_batch_of_lists_takes_one_python_pass() -> None:
     module = compiled_module()
     aggregates = RealtimeAggregates(RouteCap(10), compiled=module)
-    fields = ["GET", "/a", "/a", 200, 5.0, 5.001, 5.002, 3, 10, None, None, "", False]
+    fields = ["GET", "/a", "/a", 200, 5.0, 5.001, 5.002, 3, 10, None, None, "", False, None]
     calls: list[int] = []
     fold = aggregates.labeled.fold
     aggregates.labeled.fold = lambda batch, label: calls.append(len(batch)) or fold(batch, label)  # type: ignore[method-assign]
@@ -160,7 +160,7 @@ def clean_items(module: Any, routes: int, count: int, statuses: int = 1) -> list
         status = (503 if route % 2 else 200) if statuses == 1 else (200, 503, 404)[label // routes]
         start, end = second + 0.0001 * (index % 13), second + 0.001 * (1 + index % 29)
         fields = ["GET", f"/r{route}", "/p", status, second, start, end]
-        made.append(module.item_from_fields([*fields, 3, 10 + index, None, None, "", False]))
+        made.append(module.item_from_fields([*fields, 3, 10 + index, None, None, "", False, None]))
     return made
 
 
@@ -245,7 +245,8 @@ def test_byte_counts_past_64_bits_together_are_summed_as_python_sums_them() -> N
     short of overflowing, and the list gets Python's exact sum."""
     module = compiled_module()
     largest = 2**63 - 1
-    fields = ["GET", "/a", "/a", 200, 5.0, 5.001, 5.002, largest, largest, None, None, "", False]
+    fields = ["GET", "/a", "/a", 200, 5.0, 5.001, 5.002,
+              largest, largest, None, None, "", False, None]  # fmt: skip
     items = [module.item_from_fields(fields) for _ in range(5)]
     python, compiled = folded_pair(module, [items[:1], items[1:]])
     assert shown(compiled, [], 0) == shown(python, [], 0)

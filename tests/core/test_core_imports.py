@@ -102,7 +102,7 @@ def test_running_a_pipeline_imports_no_third_party_module(tmp_path: Path) -> Non
     statement = (
         "from aegis_mw import Aegis\n"
         "aegis = Aegis(sink='sqlite:///probe.db', environ={})\n"
-        "aegis.recorder.offer(['GET', '/r', '/r', 200, 1.0, 1.0, 1.5, 0, 0, None, None, '', False])\n"
+        "aegis.recorder.offer(['GET', '/r', '/r', 200, 1.0, 1.0, 1.5, 0, 0, None, None, '', False, None])\n"
         "assert aegis.force_flush(30)\n"
         "assert aegis.shutdown(30)\n"
     )
@@ -165,7 +165,9 @@ def test_memory_sinks_share_nothing() -> None:
     assert one.requests is not other.requests
     aegis = Aegis(sink=one, environ={})
     try:
-        aegis.recorder.offer(["GET", "/r", "/r", 200, 1.0, 1.0, 1.5, 0, 0, None, None, "", False])
+        aegis.recorder.offer(
+            ["GET", "/r", "/r", 200, 1.0, 1.0, 1.5, 0, 0, None, None, "", False, None]
+        )
         assert aegis.force_flush(10)
     finally:
         assert aegis.shutdown(timeout=5)

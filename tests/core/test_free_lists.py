@@ -25,7 +25,7 @@ from aegis_mw.core.labels import RouteCap
 from aegis_mw.core.record import RequestRecord
 from tests.conftest import compiled_module
 
-FIELDS = ["GET", "/a", "/a", 200, 5.0, 5.001, 5.002, 3, 10, ("10.0.0.1", 1), None, "", False]
+FIELDS = ["GET", "/a", "/a", 200, 5.0, 5.001, 5.002, 3, 10, ("10.0.0.1", 1), None, "", False, None]
 
 
 class FixedClock:
@@ -130,8 +130,9 @@ def test_a_reused_item_starts_as_a_new_one(module: Any) -> None:
     back with only what the new request gives it."""
     route = object()
     used = module.item_from_fields(
-        ["POST", route, "/x", 503, 1.0, 2.0, 3.0, 2**70, 1.5, ("h", 2), "1.2.3.4", "E", True]
-    )
+        ["POST", route, "/x", 503, 1.0, 2.0, 3.0, 2**70, 1.5, ("h", 2), "1.2.3.4", "E", True,
+         b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]
+    )  # fmt: skip
     assert gc.is_tracked(used)  # it holds an object that could lead back to it
     address = id(used)
     del used
@@ -159,7 +160,7 @@ def test_a_reused_record_is_a_record(module: Any) -> None:
     assert {id(record) for record in again} == addresses
     assert [tuple(record)[1:] for record in again] == expected
     for record in again:
-        assert type(record) is RequestRecord and len(record) == 12
+        assert type(record) is RequestRecord and len(record) == 14
         assert record.route == "/a" and record.status == 200
         assert hash(record) == hash(tuple(record))
         assert not gc.is_tracked(record)

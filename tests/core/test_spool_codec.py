@@ -22,11 +22,13 @@ requests = st.builds(
     RequestRecord,
     texts, finite, texts, texts, texts, st.integers(-(2**63), 2**63 - 1), finite,
     st.none() | finite, st.integers(0, 2**62), st.integers(0, 2**62), st.none() | texts, texts,
+    st.none() | texts, st.none() | texts,
 )  # fmt: skip
 sessions = st.builds(
     WebSocketSession,
     texts, finite, texts, texts, finite, st.integers(0, 2**40), st.integers(0, 2**40),
     st.none() | st.integers(0, 4999), st.booleans(), st.none() | texts, texts,
+    st.none() | texts, st.none() | texts,
 )  # fmt: skip
 
 
@@ -117,12 +119,28 @@ def test_records_of_an_earlier_version_are_read_by_name() -> None:
     assert back.requests[0]._asdict() == {**row, "error": None}
 
 
+def test_a_spool_written_before_trace_ids_reads_back_untraced() -> None:
+    """The twelve fields a spool held before trace_id and span_id existed."""
+    fields = list(RequestRecord._fields[:12])
+    header = {
+        "format": 1, "batch_id": "b", "request_fields": fields,
+        "session_fields": list(WebSocketSession._fields[:11]), "requests": 1, "sessions": 1,
+        "rollups": None,
+    }  # fmt: skip
+    row = ["r", 1.0, "GET", "/", "/", 200, 1.0, 1.0, 0, 0, None, ""]
+    session = ["s", 1.0, "/ws", "/ws", 5.0, 1, 2, 1000, True, None, ""]
+    back = spool_codec.decode(_payload([header, [row], [session]]))
+    assert back.requests == [RequestRecord(*row)]
+    assert back.sessions == [WebSocketSession(*session)]
+    assert (back.requests[0].trace_id, back.sessions[0].span_id) == (None, None)
+
+
 HEADER = {
     "format": 1, "batch_id": "b", "request_fields": list(RequestRecord._fields),
     "session_fields": list(WebSocketSession._fields), "requests": 3, "sessions": 0,
     "rollups": {"delta_id": "d", "requests": 0, "cells": 0},
 }  # fmt: skip
-ROW = ["r", 1.0, "GET", "/", "/", 200, 1.0, 1.0, 0, 0, None, ""]
+ROW = ["r", 1.0, "GET", "/", "/", 200, 1.0, 1.0, 0, 0, None, "", None, None]
 VALID = _payload([HEADER, [ROW] * 3])
 
 

@@ -52,7 +52,8 @@ async def test_the_page_is_self_contained_with_a_strict_policy(
     config = re.search(r'<script type="application/json" id="aegis-config">(.*?)</script>', page)
     assert config is not None
     assert json.loads(config.group(1)) == {"wsPath": "/live", "wsPort": 0, "apiPath": "/stats",
-                                           "updateInterval": 500, "noStream": ""}  # fmt: skip
+                                           "updateInterval": 500, "noStream": "",
+                                           "traceUrl": "", "slowThresholdMs": 1000.0}  # fmt: skip
     # The policy names the hash of each inline block and nothing looser.
     policy = dict(
         part.strip().split(" ", 1) for part in headers["content-security-policy"].split(";")
@@ -71,6 +72,55 @@ async def test_the_page_is_self_contained_with_a_strict_policy(
     assert (await call(middleware, http_scope("/dashboard", method="POST"))).status == 405
     assert aegis.force_flush(10)
     assert recorded(aegis) == []
+
+
+def config_and_policy(page: str, policy_header: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The page's config JSON, and its Content-Security-Policy by directive."""
+    config = re.search(r'<script type="application/json" id="aegis-config">(.*?)</script>', page)
+    assert config is not None
+    policy = dict(part.strip().split(" ", 1) for part in policy_header.split(";"))
+    return json.loads(config.group(1)), policy
+
+
+async def test_the_trace_url_reaches_the_page_and_the_policy_stays_strict(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    """The recent requests panel links trace ids to ``trace_url``: the config
+    carries the template as it is (the page fills it in), with the slow
+    threshold its filter uses; the inline blocks still match the policy's
+    hashes, and the policy is the one without a template (a link the user
+    follows needs no directive)."""
+    template = "https://traces.example/trace/{trace_id}?span={span_id}&x=1"
+    pages = {}
+    for trace_url in ("", template):
+        aegis = make_aegis(metrics_registry="none", trace_url=trace_url, slow_threshold_ms=250)
+        exchange = await call(AegisMiddleware(ok, aegis=aegis), http_scope("/dashboard"))
+        assert exchange.status == 200
+        pages[trace_url] = (exchange.body.decode(), headers_of(exchange.sent))
+    page, headers = pages[template]
+    config, policy = config_and_policy(page, headers["content-security-policy"])
+    assert config["traceUrl"] == template
+    assert config["slowThresholdMs"] == 250
+    [style] = re.findall(r"<style>(.*?)</style>", page, re.DOTALL)
+    [script] = re.findall(r"<script>(.*?)</script>", page, re.DOTALL)
+    assert policy["style-src"] == sha256(style)
+    assert policy["script-src"] == sha256(script)
+    assert headers["content-security-policy"] == pages[""][1]["content-security-policy"]
+    assert "traces.example" not in headers["content-security-policy"]
+    assert headers["referrer-policy"] == "no-referrer"
+    # No link is written into the markup: the page builds it per row.
+    assert not re.search(r"(src|href)=\"(https?:)?//", page)
+    # The panel is there, its table with headers and its filter with a label.
+    assert '<table id="requests">' in page
+    assert '<label for="requests-filter">' in page
+    headings = re.search(r'<table id="requests"><thead><tr>(.*?)</tr></thead>', page, re.DOTALL)
+    assert headings is not None
+    assert re.findall(r"<th[^>]*>(.*?)</th>", headings.group(1)) == [
+        "time", "method", "route", "status", "duration ms", "trace",
+    ]  # fmt: skip
+    # The page builds its rows with textContent and attributes, never markup.
+    assert "innerHTML" not in script and "insertAdjacentHTML" not in script
+    assert "document.write" not in script
 
 
 async def test_a_config_value_cannot_close_the_element(make_aegis: Callable[..., Aegis]) -> None:

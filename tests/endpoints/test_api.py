@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from aegis_mw import Aegis, AegisMiddleware
+from aegis_mw import Aegis, AegisMiddleware, Batch
 from aegis_mw.core.history import RequestQuery
 from aegis_mw.core.record import RequestRecord
 from aegis_mw.core.rollup import RollupRow
@@ -256,6 +256,55 @@ async def test_the_request_log_filters(served: Served) -> None:
     assert first["timestamp"].endswith("Z")
 
 
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+async def test_the_request_log_filters_by_trace(served: Served) -> None:
+    """``trace_id`` keeps one trace's requests, newest first, each with its
+    trace and span ids; untraced records (the traffic's) show them as null."""
+    sink = served.aegis.sinks[0]
+    assert isinstance(sink, MemorySink)
+    start = served.records[0].timestamp
+    traced = [
+        RequestRecord(
+            f"{'e' * 16}{n:016x}", start + n, "GET", "/traced", "/traced", 200 + n, 1.0, 0.5,
+            0, 10, None, "", TRACE if n != 2 else "0af7651916cd43dd8448eb211c80319c",
+            f"{n + 1:016x}",
+        )
+        for n in range(4)
+    ]  # fmt: skip
+    sink.write(Batch(requests=traced, batch_id="traced"))
+
+    data = await get(served.http, "requests", trace_id=TRACE)
+    assert [r["request_id"] for r in data["requests"]] == [
+        traced[3].request_id, traced[1].request_id, traced[0].request_id,
+    ]  # fmt: skip
+    assert data["requests"][0] == traced[3].to_json()
+    assert (data["requests"][0]["trace_id"], data["requests"][0]["span_id"]) == (
+        TRACE, "0000000000000004",
+    )  # fmt: skip
+    both = await get(served.http, "requests", trace_id=TRACE, status="201", limit=5)
+    assert [r["request_id"] for r in both["requests"]] == [traced[1].request_id]
+    assert (await get(served.http, "requests", trace_id="f" * 32))["requests"] == []
+    everything = (await get(served.http, "requests", limit=1000))["requests"]
+    assert len(everything) == TOTAL + 4
+    assert sum(1 for r in everything if r["trace_id"] is None and r["span_id"] is None) == TOTAL
+
+
+async def test_a_bad_trace_id_names_the_parameter_and_says_what_is_allowed(
+    served: Served,
+) -> None:
+    response = await served.http.get(f"{API}/requests?trace_id={TRACE.upper()}")
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {
+            "code": "invalid_parameter",
+            "message": "trace_id must be 32 lowercase hex digits, not all zeros",
+            "parameter": "trace_id",
+        }
+    }
+
+
 async def test_the_api_is_never_recorded_as_traffic(served: Served) -> None:
     for endpoint in (*HISTORY, "realtime", "openapi.json"):
         assert (await served.http.get(f"{API}/{endpoint}")).status_code == 200
@@ -388,6 +437,18 @@ BAD = [
     ("requests", "min_duration_ms=fast", "min_duration_ms"),
     ("requests", "route=" + "r" * 1025, "route"),
     ("requests", "route=%FF", "route"),
+    # A trace id is 32 lowercase hex digits, not all zeros (W3C Trace Context).
+    ("requests", "trace_id=4BF92F3577B34DA6A3CE929D0E0E4736", "trace_id"),
+    ("requests", "trace_id=4bf92f3577b34da6a3ce929d0e0e473", "trace_id"),
+    ("requests", "trace_id=4bf92f3577b34da6a3ce929d0e0e47360", "trace_id"),
+    ("requests", "trace_id=4bf92f3577b34da6a3ce929d0e0e473g", "trace_id"),
+    ("requests", "trace_id=" + "0" * 32, "trace_id"),
+    ("requests", "trace_id=", "trace_id"),
+    ("requests", "trace_id=%204bf92f3577b34da6a3ce929d0e0e473", "trace_id"),
+    ("requests", "trace_id=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "trace_id"),
+    ("requests", "trace_id=" + "a" * 32 + "&trace_id=" + "b" * 32, "trace_id"),
+    ("requests", "trace_id=%00" + "a" * 31, "trace_id"),
+    ("overview", "trace_id=" + "a" * 32, "trace_id"),
     ("overview", "range=%C3%28", "range"),
     ("requests", "%FF=1", "query"),
     ("requests", "&".join(f"p{n}=1" for n in range(50)), "query"),

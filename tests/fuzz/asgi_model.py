@@ -10,6 +10,7 @@ send at which the server fails (the client went away).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import itertools
 import warnings
@@ -19,6 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from hypothesis import strategies as st
+from opentelemetry.trace import NonRecordingSpan, SpanContext, use_span
 
 from aegis_mw import AegisMiddleware
 from aegis_mw.testing import FakeClock
@@ -42,6 +44,26 @@ EXCEPTIONS: dict[str, type[BaseException]] = {
 }
 
 
+_TRACEPARENT = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+#: Request headers: none, a traceparent (valid, malformed, twice, as a list
+#: entry, not bytes) among others, and headers that are no list at all.
+REQUEST_HEADERS: list[Any] = [
+    [], [], [(b"traceparent", _TRACEPARENT)], [(b"accept", b"*/*"), (b"traceparent", b"00-zz")],
+    [(b"traceparent", _TRACEPARENT), (b"traceparent", b"00-x")],
+    [[b"traceparent", _TRACEPARENT]], [(b"traceparent", "text")], [(b"traceparent",)],
+    ((b"traceparent", _TRACEPARENT),), None, [(b"TRACEPARENT", _TRACEPARENT)],
+    [(b"traceparent", b"00-00000000000000000000000000000000-00f067aa0ba902b7-01")],
+]  # fmt: skip
+
+
+def span_of(ids: tuple[int, int] | None) -> Any:
+    """A context in which OpenTelemetry's current span has these ids (an
+    invalid span for zeros), as an instrumentation outside ours makes it."""
+    if ids is None:
+        return contextlib.nullcontext()
+    return use_span(NonRecordingSpan(SpanContext(*ids, is_remote=False)))
+
+
 @dataclass(frozen=True)
 class AsgiCase:
     method: str
@@ -51,6 +73,9 @@ class AsgiCase:
     send_fails_at: int | None = None  # the server's n-th send raises (0-based)
     send_fails_with: str = "ConnectionResetError"
     route: Any = None  # scope["route"] set by the app (a template object or text)
+    headers: Any = ()  # the request's headers (a traceparent, well-formed or not)
+    span: Any = None  # OpenTelemetry's current span around the call (span_of)
+    inner_span: Any = None  # ... and while the app runs (an instrumentation inside ours)
     #: What the server does when the app suspends (a "suspend" step): resume it
     #: ("send"), throw an exception into it ("throw:<name>", a cancellation; as
     #: its class, "throw-type:", or in the old three-argument form), or close()
@@ -202,6 +227,11 @@ def asgi_cases(draw: st.DrawFn) -> AsgiCase:
         send_fails_at=draw(st.one_of(st.none(), st.integers(0, 4))),
         send_fails_with=draw(st.sampled_from(["ConnectionResetError", "OSError", "RuntimeError"])),
         route=draw(st.sampled_from([None, None, "/things/{id}", "", 7])),
+        headers=draw(st.sampled_from(REQUEST_HEADERS)),
+        span=draw(
+            st.sampled_from([None, None, (0x4BF92F3577B34DA6A3CE929D0E0E4736, 0xA1), (0, 0)])
+        ),
+        inner_span=draw(st.sampled_from([None, None, (0x5CF92F3577B34DA6A3CE929D0E0E4736, 0xB2)])),
         on_suspend=draw(
             st.sampled_from(
                 [
@@ -257,6 +287,10 @@ def run(case: AsgiCase, compiled: bool) -> dict[str, Any]:
         sent.append(normal(dict(message)))
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
+        with span_of(case.inner_span):
+            await steps(scope, receive, send)
+
+    async def steps(scope: Any, receive: Any, send: Any) -> None:
         if case.route is not None:
             scope["route"] = case.route
         for step in case.steps:
@@ -299,7 +333,9 @@ def run(case: AsgiCase, compiled: bool) -> dict[str, Any]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         scope = http_scope(case.path, method=case.method)
-        outcome = _drive(middleware(scope, receive, send), case.on_suspend, own)
+        scope["headers"] = case.headers if type(case.headers) is not list else [*case.headers]
+        with span_of(case.span):
+            outcome = _drive(middleware(scope, receive, send), case.on_suspend, own)
         gc.collect()
     return {
         "server was sent": sent,

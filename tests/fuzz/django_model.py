@@ -37,7 +37,7 @@ from django.test import RequestFactory  # noqa: E402
 from aegis_mw.contrib.django import AegisMiddleware  # noqa: E402
 from aegis_mw.testing import FakeClock  # noqa: E402
 
-from .asgi_model import EXCEPTIONS, status_values  # noqa: E402
+from .asgi_model import EXCEPTIONS, span_of, status_values  # noqa: E402
 from .normalize import fresh_pipeline, normal, pipeline_figures, raised, warnings_of  # noqa: E402
 from .wsgi_model import Ctx, chunks, make_chunk  # noqa: E402
 
@@ -54,6 +54,9 @@ class DjangoCase:
     answer: tuple[Any, ...]  # what get_response does: (kind, ...)
     status: Any = None  # set on the response after it is built (None: leave it)
     consume: str = "all"  # all, part, none, close-twice, no-close
+    #: OpenTelemetry's span current around the call (Django's instrumentation
+    #: is a middleware before ours): its ids, or None.
+    span: Any = None
 
 
 # -- strategies -------------------------------------------------------------------
@@ -81,6 +84,12 @@ metas = st.lists(
         st.tuples(st.just("CONTENT_LENGTH"), st.sampled_from(["x", "", "-1", "9" * 25, None])),
         st.tuples(st.just("REMOTE_ADDR"), st.sampled_from(["", "10.0.0.1", None])),
         st.tuples(st.just("REMOTE_PORT"), st.sampled_from(["port", "", 8080, None])),
+        st.tuples(
+            st.just("HTTP_TRACEPARENT"),
+            st.sampled_from(
+                ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "00-zz", 5, None]
+            ),
+        ),
     ),
     max_size=2,
 ).map(tuple)
@@ -93,6 +102,7 @@ def django_cases(draw: st.DrawFn) -> DjangoCase:
         path=draw(st.sampled_from(["/direct/", "/things/1/", "/metrics", "/health/live"])),
         body=draw(st.binary(max_size=20)),
         meta=draw(metas),
+        span=draw(st.sampled_from([None, None, (0x4B, 0xA1), (0, 0)])),
         route=draw(st.sampled_from([None, ("match", "things/<int:id>/"), ("match", None),
                                     ("match", "^a/(?P<y>[0-9]{4})/$"), ("match", 7)])),
         answer=draw(answers),
@@ -187,7 +197,8 @@ def run(case: DjangoCase, compiled: bool) -> dict[str, Any]:
         holder.append(middleware)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _serve(case, middleware, _request(case, clock), clock, log, own, given)
+            with span_of(case.span):
+                _serve(case, middleware, _request(case, clock), clock, log, own, given)
             in_flight = aegis.aggregates.in_flight_now()
             events_before_collection = list(events)
             del holder[:]

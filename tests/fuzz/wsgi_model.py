@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from aegis_mw.testing import FakeClock
 from aegis_mw.wsgi import AegisWSGIMiddleware
 
-from .asgi_model import EXCEPTIONS, split_bodies
+from .asgi_model import EXCEPTIONS, span_of, split_bodies
 from .normalize import fresh_pipeline, normal, pipeline_figures, raised, warnings_of
 
 Step = tuple[Any, ...]
@@ -50,6 +50,10 @@ class WsgiCase:
     steps: tuple[Step, ...]  # the app's, during its call
     result: tuple[Any, ...]  # what it returns: (kind, ...)
     serve: str = "normal"  # how the server drives the response
+    traceparent: Any = None  # HTTP_TRACEPARENT (None: absent)
+    #: OpenTelemetry's span current while the app's call runs (an
+    #: instrumentation inside ours, as Flask's), or around the whole call.
+    span: Any = None
 
 
 # -- strategies -------------------------------------------------------------------
@@ -130,6 +134,8 @@ def wsgi_cases(draw: st.DrawFn) -> WsgiCase:
         result=draw(results),
         serve=draw(st.sampled_from(["normal", "normal", "normal", "close-twice", "next-after-close",
                                     "iterate-twice", "close-first", "partial", "no-close"])),
+        traceparent=draw(st.sampled_from([None, None, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "00-zz", "", b"bytes"])),
+        span=draw(st.sampled_from([None, None, ("inside", 0x5C, 0xB2), ("around", 0x4B, 0xA1)])),
     )  # fmt: skip
 
 
@@ -311,6 +317,11 @@ def make_app(case: WsgiCase, ctx: Ctx) -> Any:
             ctx.events.append(("generator finally",))
 
     def app(environ: Any, start_response: Any) -> Any:
+        inside = case.span is not None and case.span[0] == "inside"
+        with span_of(case.span[1:] if inside else None):
+            return steps(environ, start_response)
+
+    def steps(environ: Any, start_response: Any) -> Any:
         writer = None
         for step in case.steps:
             writer = run_step(step, environ, start_response, writer, ctx)
@@ -450,6 +461,8 @@ def environ_of(case: WsgiCase) -> dict[str, Any]:
         environ["CONTENT_LENGTH"] = case.content_length
     if case.file_wrapper:
         environ["wsgi.file_wrapper"] = FileWrapper
+    if case.traceparent is not None:
+        environ["HTTP_TRACEPARENT"] = case.traceparent
     return environ
 
 
@@ -461,7 +474,9 @@ def run(case: WsgiCase, compiled: bool) -> dict[str, Any]:
     assert middleware.compiled is compiled
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        Server(ctx).serve(case.serve, middleware, environ_of(case))
+        around = case.span is not None and case.span[0] == "around"
+        with span_of(case.span[1:] if around else None):
+            Server(ctx).serve(case.serve, middleware, environ_of(case))
         in_flight = aegis.aggregates.in_flight_now()
         events_before_collection = list(ctx.events)
         gc.collect()

@@ -196,7 +196,7 @@ async def test_built_in_checks(make_aegis: Callable[..., Aegis], tmp_path: Any) 
     aegis = make_aegis(
         sink=sink, retry_backoff_initial=0.01, retry_backoff_max=0.02, health_cache_seconds=0
     )
-    aegis.recorder.offer(["GET", "/r", "/r", 200, 1.0, 1.0, 1.5, 0, 0, None, None, "", False])
+    aegis.recorder.offer(["GET", "/r", "/r", 200, 1.0, 1.0, 1.5, 0, 0, None, None, "", False, None])
     assert await anyio.to_thread.run_sync(aegis.force_flush, 5) is False
     health = aegis.health
     health.add(sink_health(aegis))

@@ -29,8 +29,16 @@ def open_sink(kind: str, request: Any, tmp_path: Any) -> Any:
     return build_sink(request.getfixturevalue("postgres_url"))
 
 
+def trace_of(number: int) -> str | None:
+    """The trace id of ``make_records``' request ``number``: every fifth is in
+    one of 64 traces (about ten requests each in the 3000), the rest in none."""
+    return None if number % 5 else f"{number // 5 % 64 + 1:032x}"
+
+
 def make_records(count: int = 3000, seed: int = 7, span: float = 7200.0) -> list[RequestRecord]:
-    """``count`` requests spread over the ``span`` seconds before NOW."""
+    """``count`` requests spread over the ``span`` seconds before NOW (the
+    traced ones: see :func:`trace_of`, which draws nothing from the random
+    stream, so every other value is as it was before requests had traces)."""
     chance = random.Random(seed)
     records = []
     for number in range(count):
@@ -51,6 +59,8 @@ def make_records(count: int = 3000, seed: int = 7, span: float = 7200.0) -> list
                 response_bytes=chance.randrange(0, 50_000),
                 client_ip="127.0.0.1",
                 error=error,
+                trace_id=trace_of(number),
+                span_id=None if number % 5 else f"{number + 1:016x}",
             )
         )
     return records

@@ -18,7 +18,15 @@ from aegis_mw.core.record import RequestRecord
 from aegis_mw.history import HistoryQueries, QueryError
 from aegis_mw.sinks import MemorySink, SQLiteSink, build_sink
 
-from .dataset import NOW, batches, exact_percentile, expected_overview, make_records, open_sink
+from .dataset import (
+    NOW,
+    batches,
+    exact_percentile,
+    expected_overview,
+    make_records,
+    open_sink,
+    trace_of,
+)
 
 RECORDS = make_records()
 
@@ -153,6 +161,18 @@ def test_requests_log_filters(queries: HistoryQueries) -> None:
     assert ids(since=since, until=until, limit=1000) == window
     record = queries.requests(limit=1)["requests"][0]
     assert record == newest[0].to_json()
+    # One trace's requests (an exact match), alone and with other filters.
+    trace = trace_of(5 * 7)
+    in_trace = [r.request_id for r in newest if r.trace_id == trace]
+    assert len(in_trace) >= 5
+    assert ids(trace_id=trace, limit=1000) == in_trace
+    assert ids(trace_id=trace, limit=3, offset=1) == in_trace[1:4]
+    assert ids(trace_id=trace, method="GET", limit=1000) == [
+        r.request_id for r in newest if r.trace_id == trace and r.method == "GET"
+    ]
+    assert ids(trace_id="f" * 32) == []
+    traced = queries.requests(trace_id=trace, limit=1)["requests"][0]
+    assert (traced["trace_id"], len(traced["span_id"])) == (trace, 16)
 
 
 def test_bad_input_raises_query_errors(queries: HistoryQueries) -> None:
@@ -163,6 +183,10 @@ def test_bad_input_raises_query_errors(queries: HistoryQueries) -> None:
         with pytest.raises(QueryError) as caught:
             queries.requests(RequestQuery(limit=limit))
         assert caught.value.parameter == "limit"
+    for trace_id in ("F" * 32, "f" * 31, "0" * 32, 7):
+        with pytest.raises(QueryError) as caught:
+            queries.requests(trace_id=trace_id)
+        assert caught.value.parameter == "trace_id"
 
 
 ANSWERS = [
@@ -178,6 +202,7 @@ ANSWERS = [
 def _answers(queries: HistoryQueries) -> list[Any]:
     found: list[Any] = [getattr(queries, name)(*args) for name, args in ANSWERS]
     found.append(queries.requests(limit=50, route="/items/{id}"))
+    found.append(queries.requests(limit=1000, trace_id=trace_of(5 * 11)))
     return found
 
 

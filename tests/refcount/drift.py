@@ -304,9 +304,9 @@ def django_kinds(aegis: Aegis) -> dict[str, Run]:
 
 #: The request table's column kinds, as the PostgreSQL sink spells them
 #: (``postgres_copy.kinds_of(REQUEST_TYPES)``; psycopg is not installed here).
-COPY_KINDS = b"tdtttiddlltt"
+COPY_KINDS = b"tdtttiddlltttt"
 #: The sessions table's (``kinds_of(SESSION_TYPES)``).
-SESSION_COPY_KINDS = b"tdttdllibtt"
+SESSION_COPY_KINDS = b"tdttdllibtttt"
 
 
 def copy_kinds(aegis: Aegis) -> dict[str, Run]:

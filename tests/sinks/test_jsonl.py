@@ -103,6 +103,8 @@ def test_one_object_per_line_with_every_field(tmp_path: Path, jsonl_sink: JsonlS
             "response_bytes": 1234,
             "client_ip": None,
             "error": 'ValueError: "x"\nnext line',
+            "trace_id": None,
+            "span_id": None,
         },
         {"type": "request", **make_request(3).to_json()},
         {
@@ -118,6 +120,8 @@ def test_one_object_per_line_with_every_field(tmp_path: Path, jsonl_sink: JsonlS
             "accepted": True,
             "client_ip": None,
             "error": "",
+            "trace_id": None,
+            "span_id": None,
         },
     ]
 

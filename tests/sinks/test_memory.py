@@ -98,3 +98,35 @@ def test_pipeline_stores_each_record_once_and_closes_the_sink(
     assert aegis.shutdown(timeout=10) is True
     assert sink.closed is True
     assert aegis.stats().sinks[0].written == 4
+
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+OTHER_TRACE = "0af7651916cd43dd8448eb211c80319c"
+
+
+def test_trace_and_span_ids_are_kept_and_filter_the_request_log() -> None:
+    """Traced and untraced records and sessions are kept as they are; the
+    request log's ``trace_id`` filter keeps one trace's requests exactly,
+    newest first, with the other filters too."""
+    from aegis_mw.core.history import RequestQuery
+
+    sink = MemorySink()
+    requests = [
+        make_request(1, timestamp=1.0, trace_id=TRACE, span_id="00f067aa0ba902b7"),
+        make_request(2, timestamp=2.0),
+        make_request(3, timestamp=3.0, trace_id=OTHER_TRACE, span_id="b7ad6b7169203331"),
+        make_request(4, timestamp=4.0, trace_id=TRACE, span_id="00000000000000aa", status=503),
+        make_request(5, timestamp=5.0, trace_id=TRACE.upper(), span_id="00000000000000bb"),
+    ]
+    sessions = [make_session(1), make_session(2, trace_id=TRACE, span_id="00000000000000cc")]
+    sink.write(Batch(requests=requests, sessions=sessions))
+
+    assert sink.requests == requests
+    assert sink.sessions == sessions
+    assert [s.trace_id for s in sink.sessions] == [None, TRACE]
+    assert sink.read_requests(RequestQuery(trace_id=TRACE)) == [requests[3], requests[0]]
+    assert sink.read_requests(RequestQuery(trace_id=TRACE, status_from=500)) == [requests[3]]
+    assert sink.read_requests(RequestQuery(trace_id=TRACE, limit=1, offset=1)) == [requests[0]]
+    assert sink.read_requests(RequestQuery(trace_id=OTHER_TRACE)) == [requests[2]]
+    assert sink.read_requests(RequestQuery(trace_id="f" * 32)) == []
+    assert len(sink.read_requests(RequestQuery())) == 5  # no filter: traced or not

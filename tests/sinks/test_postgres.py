@@ -18,20 +18,26 @@ from urllib.parse import unquote
 
 import pytest
 
-from aegis_mw import Aegis, Batch, WebSocketSession
+from aegis_mw import Aegis, Batch, RequestRecord, WebSocketSession
 from aegis_mw.core.history import RequestQuery
 from aegis_mw.core.rollup import LEVELS, RollupDelta, RollupRow, merge_dense
 from aegis_mw.history.queries import HistoryQueries
-from aegis_mw.sinks import MemorySink, SQLiteSink, build_sink
+from aegis_mw.sinks import MemorySink, SQLiteSink, build_sink, history_sql
 from aegis_mw.sinks.sqlite_schema import SchemaTooNew
+from tests.conftest import compiled_module
 from tests.core.test_fork import run_in_child
 from tests.harness import inbox_item
 from tests.sinks.test_sqlite import (
+    SPAN_A,
+    SPAN_B,
+    TRACE_A,
+    TRACE_B,
     awkward_records,
     check_version_2_rows_add_up,
     check_version_2_rows_migrated,
     make_request,
     make_session,
+    traced_requests,
 )
 from tests.spawned import run_together
 
@@ -107,6 +113,10 @@ def history_batch(seed: int, size: int, prefix: str, span: float = 900.0) -> Bat
             response_bytes=rng.randrange(0, 10**7),
             error="RuntimeError: boom" if number % 17 == 0 else "",
         )
+        if number % 4 == 0:  # a trace of five such requests; the rng is not drawn from
+            record = record._replace(
+                trace_id=trace_of(seed, number // 20), span_id=f"{number + 1:016x}"
+            )
         records.append(record)
         delta.add(
             record.timestamp, record.route, record.method, record.status, record.duration_ms,
@@ -115,6 +125,11 @@ def history_batch(seed: int, size: int, prefix: str, span: float = 900.0) -> Bat
         )  # fmt: skip
     delta.delta_id = f"delta-{prefix}-{seed}"
     return Batch(requests=records, rollups=delta)
+
+
+def trace_of(seed: int, number: int) -> str:
+    """The trace id of ``history_batch``'s traced requests (five a trace)."""
+    return f"{seed + 1:08x}{number + 1:024x}"
 
 
 def all_rollups(sink: Any) -> dict[tuple[int, bool], list[RollupRow]]:
@@ -198,7 +213,16 @@ def test_schema_is_created_on_first_write(
         ("status", "integer", "NO"), ("duration_ms", "double precision", "NO"),
         ("ttfb_ms", "double precision", "YES"), ("request_bytes", "bigint", "NO"),
         ("response_bytes", "bigint", "NO"), ("client_ip", "text", "YES"), ("error", "text", "NO"),
+        ("trace_id", "text", "YES"), ("span_id", "text", "YES"),
     ]  # fmt: skip
+    session_columns = sql(
+        postgres_url,
+        "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = 'aegis_websocket_sessions' "
+        "ORDER BY ordinal_position",
+    )
+    assert [column[0] for column in session_columns] == list(WebSocketSession._fields)
+    assert session_columns[-2:] == [("trace_id", "text", "YES"), ("span_id", "text", "YES")]
     indexes = sql(
         postgres_url,
         "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() "
@@ -213,12 +237,15 @@ def test_schema_is_created_on_first_write(
     assert definitions["aegis_rollup_totals_pkey"] == "btree (resolution, bucket, status_class)"
     assert "aegis_requests_route" not in definitions
     # The request log has no key (idempotent per batch): its indexes are by
-    # time, one of them holding the server errors alone.
+    # time, one of them holding the server errors alone, and by trace, of the
+    # traced rows alone.
     assert [name for name in definitions if name.startswith("aegis_requests")] == [
         "aegis_requests_errors",
         "aegis_requests_timestamp",
+        "aegis_requests_trace",
     ]
     assert definitions["aegis_requests_errors"] == 'btree ("timestamp") WHERE (status >= 500)'
+    assert definitions["aegis_requests_trace"] == "btree (trace_id) WHERE (trace_id IS NOT NULL)"
 
     assert definitions["aegis_batches_pkey"] == "btree (batch_id)"
     assert sql(postgres_url, "SELECT version FROM aegis_schema_version ORDER BY version") == [
@@ -337,10 +364,15 @@ def test_version_3_request_log_is_migrated_in_place_with_every_row(
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         schema_at(connection, 3)
         old_requests, _ = awkward_records()
-        old_requests = [*old_requests, *(make_request(n) for n in range(10, 20))]
+        # No trace ids before version 18: read back as None.
+        old_requests = [
+            *(record._replace(trace_id=None, span_id=None) for record in old_requests),
+            *(make_request(n) for n in range(10, 20)),
+        ]
         with connection.cursor() as cursor:
             cursor.executemany(
-                f"INSERT INTO aegis_requests VALUES ({', '.join(['%s'] * 12)})", old_requests
+                f"INSERT INTO aegis_requests VALUES ({', '.join(['%s'] * 12)})",
+                [record[:12] for record in old_requests],
             )
     sink = sinks(postgres_url)
     new = Batch(requests=[make_request(30), make_request(10)], batch_id="after")
@@ -394,7 +426,7 @@ def test_what_depends_on_the_request_key_keeps_it_through_version_4(
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         schema_at(connection, 3)
         connection.execute(
-            f"INSERT INTO aegis_requests VALUES ({', '.join(['%s'] * 12)})", make_request(1)
+            f"INSERT INTO aegis_requests VALUES ({', '.join(['%s'] * 12)})", make_request(1)[:12]
         )
         connection.execute(create)
         if dependent == "foreign key":
@@ -529,6 +561,9 @@ def test_history_equals_memory_and_sqlite(
             RequestQuery(min_duration_ms=1000.0, since=T0 + 100, until=T0 + 2000, limit=1000),
             RequestQuery(route="<unmatched>", method="_OTHER", status_from=400, status_to=500),
             RequestQuery(route="/nowhere"),
+            RequestQuery(trace_id=trace_of(2, 3)),
+            RequestQuery(trace_id=trace_of(5, 0), status_from=200, status_to=500, limit=3),
+            RequestQuery(trace_id="f" * 32),
         ]
         for query in queries:
             expected_requests = memory.read_requests(query)
@@ -858,3 +893,128 @@ def test_reads_are_bounded_by_a_statement_timeout_and_keepalives(
     with reader._connection() as cursor:
         assert cursor.execute("SHOW statement_timeout").fetchone() == ("1500ms",)
         assert cursor.connection.info.get_parameters()["keepalives_idle"] == "60"
+
+
+# -- trace and span ids (schema version 17) ------------------------------------------
+
+
+def test_a_version_16_schema_gains_the_trace_columns_in_place(
+    postgres_url: str, sinks: Callable[[str], PostgresSink]
+) -> None:
+    """A database left at version 16 gets the columns (version 17) without
+    a rewrite of either table (the same files, the rows where they were):
+    old requests and sessions read back with no trace, new ones with
+    theirs, and the filter finds only the new, through the new partial index."""
+    old_requests = [make_request(n) for n in range(20)]
+    old_sessions = [make_session(n) for n in range(3)]
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        schema_at(connection, 16)
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO aegis_requests VALUES ({', '.join(['%s'] * 12)})",
+                [record[:12] for record in old_requests],
+            )
+            cursor.executemany(
+                f"INSERT INTO aegis_websocket_sessions VALUES ({', '.join(['%s'] * 11)})",
+                [session[:11] for session in old_sessions],
+            )
+    files = (
+        "SELECT relname, relfilenode FROM pg_class WHERE relname IN "
+        "('aegis_requests', 'aegis_websocket_sessions') "
+        "AND relnamespace = current_schema()::regnamespace ORDER BY relname"
+    )
+    places = "SELECT ctid::text, request_id FROM aegis_requests ORDER BY request_id"
+    before = sql(postgres_url, files), sql(postgres_url, places)
+
+    sink = sinks(postgres_url)
+    new_requests = [make_request(n, trace_id=TRACE_A, span_id=SPAN_A) for n in range(20, 23)]
+    new_sessions = [make_session(5, trace_id=TRACE_B, span_id=SPAN_B)]
+    sink.write(Batch(requests=new_requests, sessions=new_sessions, batch_id="after"))
+
+    assert sql(postgres_url, "SELECT max(version) FROM aegis_schema_version") == [
+        (postgres_schema.SCHEMA_VERSION,)
+    ]
+    assert sql(postgres_url, files) == before[0]  # no table was rewritten
+    assert sql(postgres_url, places)[:20] == before[1]
+    everything = sink.read_requests(RequestQuery(limit=100))
+    assert everything == sorted(
+        [*old_requests, *new_requests], key=lambda r: (r.timestamp, r.request_id), reverse=True
+    )
+    assert all(r.trace_id is None and r.span_id is None for r in everything[3:])
+    rows = sql(postgres_url, "SELECT * FROM aegis_websocket_sessions ORDER BY session_id")
+    assert [WebSocketSession(*row) for row in rows] == [*old_sessions, *new_sessions]
+    assert sink.read_requests(RequestQuery(trace_id=TRACE_A)) == new_requests[::-1]
+    [(definition,)] = sql(
+        postgres_url,
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() "
+        "AND indexname = 'aegis_requests_trace'",
+    )
+    assert definition.split(" USING ")[1] == "btree (trace_id) WHERE (trace_id IS NOT NULL)"
+
+
+def test_the_trace_filter_matches_exactly_and_reads_the_partial_index(
+    postgres_url: str, sinks: Callable[[str], PostgresSink]
+) -> None:
+    """``trace_id`` keeps one trace's requests, alone or with the other
+    filters; the statement for it can use the partial index of traced rows
+    with any value bound (a generic plan), not only the one it was planned for."""
+    sink = sinks(postgres_url)
+    requests = traced_requests()
+    sink.write(Batch(requests=[*requests, *(make_request(n, prefix="f" * 16) for n in range(50))]))
+
+    def newest(keep: Callable[[RequestRecord], bool]) -> list[RequestRecord]:
+        kept = [r for r in requests if keep(r)]
+        return sorted(kept, key=lambda r: (r.timestamp, r.request_id), reverse=True)
+
+    assert sink.read_requests(RequestQuery(trace_id=TRACE_A)) == newest(
+        lambda r: r.trace_id == TRACE_A
+    )
+    assert sink.read_requests(RequestQuery(trace_id=TRACE_B, route="/b")) == newest(
+        lambda r: r.trace_id == TRACE_B
+    )
+    assert sink.read_requests(RequestQuery(trace_id=TRACE_A, status_from=500)) == newest(
+        lambda r: r.trace_id == TRACE_A and r.status >= 500
+    )
+    assert sink.read_requests(RequestQuery(trace_id="f" * 32)) == []
+
+    statement, params = history_sql.select_requests(
+        history_sql.POSTGRES, RequestQuery(trace_id=TRACE_A, since=1.0)
+    )
+    for number in range(1, len(params) + 1):
+        statement = statement.replace("%s", f"${number}", 1)
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        # A table this small is read whole when allowed: forbid that, so the
+        # plan shows whether the index can answer the statement at all.
+        connection.execute("SET enable_seqscan = off")
+        connection.execute("SET plan_cache_mode = force_generic_plan")
+        connection.execute(f"PREPARE by_trace AS {statement}")
+        values = ", ".join(f"'{value}'" if isinstance(value, str) else str(value)
+                           for value in params)  # fmt: skip
+        plan = connection.execute(f"EXPLAIN EXECUTE by_trace({values})").fetchall()
+    text = "\n".join(line for (line,) in plan)
+    assert "aegis_requests_trace" in text, text
+
+
+def test_compiled_copy_writes_the_trace_columns_as_psycopg_does(
+    postgres_url: str, sinks: Callable[[str], PostgresSink]
+) -> None:
+    """The compiled COPY formatter takes the new text columns (NULL or not):
+    its bytes match psycopg's for the probe rows of the widened tables, so it
+    is used, and every value reads back."""
+    module = compiled_module()
+    sink = sinks(postgres_url)
+    sink.use_compiled(module)
+    requests = [
+        make_request(n, trace_id=TRACE_A, span_id=f"{n + 1:016x}") if n % 2 else make_request(n)
+        for n in range(300)
+    ]
+    sessions = [make_session(1), make_session(2, trace_id=TRACE_B, span_id=SPAN_B)]
+    sink.write(Batch(requests=requests, sessions=sessions, batch_id="compiled"))
+
+    assert sink._copier is module
+    assert sink.read_requests(RequestQuery(limit=1000)) == sorted(
+        requests, key=lambda r: (r.timestamp, r.request_id), reverse=True
+    )
+    rows = sql(postgres_url, "SELECT * FROM aegis_websocket_sessions ORDER BY session_id")
+    assert [WebSocketSession(*row) for row in rows] == sessions
+    assert len(sink.read_requests(RequestQuery(trace_id=TRACE_A, limit=1000))) == 150

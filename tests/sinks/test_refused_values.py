@@ -186,7 +186,7 @@ def test_a_record_the_database_refuses_is_set_aside_and_the_rest_stored(
         aegis.recorder.offer(
             [
                 "GET", "/items/{n}", path, 200, now, now + 0.001, now + 0.002, 0, 1,
-                ("127.0.0.1", 1), None, "", False,
+                ("127.0.0.1", 1), None, "", False, None,
             ]
         )  # fmt: skip
 
@@ -212,7 +212,7 @@ def test_a_jsonl_directory_that_went_away_is_an_outage(
     now = aegis.clock.monotonic()
     for number in range(12):
         aegis.recorder.offer(
-            ["GET", "/r", f"/r/{number}", 200, now, None, now, 0, 0, None, None, "", False]
+            ["GET", "/r", f"/r/{number}", 200, now, None, now, 0, 0, None, None, "", False, None]
         )
 
     assert aegis.force_flush(30) is False

@@ -16,6 +16,7 @@ from aegis_mw.core.rollup import RollupDelta, RollupRow
 from aegis_mw.sinks import SQLiteSink, sqlite_schema
 from aegis_mw.sinks.sqlite_schema import SCHEMA_VERSION, SchemaTooNew
 from aegis_mw.testing import FakeClock
+from tests.conftest import compiled_module
 from tests.harness import inbox_item
 from tests.spawned import run_together
 
@@ -33,6 +34,8 @@ EXPECTED_REQUEST_COLUMNS = [
     ("response_bytes", "INTEGER", 1, 0),
     ("client_ip", "TEXT", 0, 0),
     ("error", "TEXT", 1, 0),
+    ("trace_id", "TEXT", 0, 0),  # added in place by version 18
+    ("span_id", "TEXT", 0, 0),
 ]
 EXPECTED_SESSION_COLUMNS = [
     ("session_id", "TEXT", 1, 1),
@@ -46,10 +49,17 @@ EXPECTED_SESSION_COLUMNS = [
     ("accepted", "INTEGER", 1, 0),
     ("client_ip", "TEXT", 0, 0),
     ("error", "TEXT", 1, 0),
+    ("trace_id", "TEXT", 0, 0),
+    ("span_id", "TEXT", 0, 0),
 ]
 
 PROCESSES = 8
 RECORDS_PER_PROCESS = 40
+#: Trace and span ids as the request path stores them (lowercase hex).
+TRACE_A = "4bf92f3577b34da6a3ce929d0e0e4736"
+SPAN_A = "00f067aa0ba902b7"
+TRACE_B = "0af7651916cd43dd8448eb211c80319c"
+SPAN_B = "b7ad6b7169203331"
 
 
 def make_request(number: int, prefix: str = "a" * 16, **changes: Any) -> RequestRecord:
@@ -182,6 +192,7 @@ def test_schema_is_created_on_first_write(
         ("index", "aegis_request_blocks_time_min", "aegis_request_blocks"),
         ("table", "aegis_requests", "aegis_requests"),
         ("index", "aegis_requests_errors", "aegis_requests"),
+        ("index", "aegis_requests_trace", "aegis_requests"),
         ("table", "aegis_rollup_deltas", "aegis_rollup_deltas"),
         ("index", "aegis_rollup_deltas_applied_at", "aegis_rollup_deltas"),
         ("table", "aegis_rollup_totals", "aegis_rollup_totals"),
@@ -206,10 +217,16 @@ def test_schema_is_created_on_first_write(
     with pytest.raises(sqlite3.OperationalError, match="no such column: rowid"):
         query(path, "SELECT rowid FROM aegis_websocket_sessions")
     # Its time index is the blocks' (test_sqlite_blocks.py), not an index of its
-    # own; only its server errors have one, a partial index (a few rows).
-    assert query(path, "PRAGMA index_list(aegis_requests)") == [
-        (0, "aegis_requests_errors", 0, "c", 1)
+    # own; only its server errors and its traced rows have one, each a partial
+    # index (a few rows; an untraced success is in neither).
+    assert sorted(query(path, "PRAGMA index_list(aegis_requests)")) == [
+        (0, "aegis_requests_trace", 0, "c", 1),
+        (1, "aegis_requests_errors", 0, "c", 1),
     ]
+    assert query(path, "SELECT sql FROM sqlite_master WHERE name = 'aegis_requests_trace'") == [
+        ("CREATE INDEX aegis_requests_trace ON aegis_requests (trace_id) "
+         "WHERE trace_id IS NOT NULL",)
+    ]  # fmt: skip
     assert query(path, "PRAGMA index_info(aegis_websocket_sessions_timestamp)") == [
         (0, 1, "timestamp")
     ]
@@ -235,7 +252,7 @@ def test_reopening_an_existing_file_keeps_schema_and_rows(
         make_request(2).request_id,
     ]
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 50
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 51
 
 
 def test_batch_written_twice_is_stored_once(
@@ -299,9 +316,14 @@ def test_version_3_request_log_is_migrated_with_every_row(
             if "aegis_histogram_v3" not in statement:  # no rollup rows to convert
                 connection.execute(statement)
     old_requests, _ = awkward_records()
-    old_requests = [*old_requests, *(make_request(n) for n in range(10, 20))]
+    # No trace ids before version 18: read back as None.
+    old_requests = [
+        *(record._replace(trace_id=None, span_id=None) for record in old_requests),
+        *(make_request(n) for n in range(10, 20)),
+    ]
     connection.executemany(
-        f"INSERT INTO aegis_requests VALUES ({', '.join('?' * 12)})", old_requests
+        f"INSERT INTO aegis_requests VALUES ({', '.join('?' * 12)})",
+        [record[:12] for record in old_requests],
     )
     connection.execute("PRAGMA user_version = 3")
     connection.commit()
@@ -317,8 +339,9 @@ def test_version_3_request_log_is_migrated_with_every_row(
     assert newest_first == sorted(
         [*old_requests, make_request(30)], key=lambda r: (r.timestamp, r.request_id), reverse=True
     )
-    assert [row[1] for row in query(path, "PRAGMA index_list(aegis_requests)")] == [
-        "aegis_requests_errors"
+    assert sorted(row[1] for row in query(path, "PRAGMA index_list(aegis_requests)")) == [
+        "aegis_requests_errors",
+        "aegis_requests_trace",
     ]
 
 
@@ -342,6 +365,7 @@ def awkward_records() -> tuple[list[RequestRecord], list[WebSocketSession]]:
             error='ValueError: bad "input"\nline two\t\\N\u00e9\U0001f4a5',
         ),
         make_request(3, client_ip="2001:db8::1", ttfb_ms=1e-9, duration_ms=123456789.987654321),
+        make_request(4, trace_id=TRACE_A, span_id=SPAN_A),
     ]
     sessions = [
         make_session(1),
@@ -355,6 +379,7 @@ def awkward_records() -> tuple[list[RequestRecord], list[WebSocketSession]]:
             messages_in=0,
             messages_out=2**40,
         ),
+        make_session(3, trace_id=TRACE_B, span_id=SPAN_B),
     ]
     return requests, sessions
 
@@ -375,9 +400,9 @@ def test_every_field_round_trips_exactly(
     session_rows = read_sessions(path)
     assert [WebSocketSession(*row) for row in session_rows] == sessions
     # SQLite has no boolean: ``accepted`` comes back as the integer 1 or 0.
-    assert [row[8] for row in session_rows] == [1, 0]
-    assert [type(row[8]) for row in session_rows] == [int, int]
-    assert [row[7] for row in session_rows] == [1000, None]
+    assert [row[8] for row in session_rows] == [1, 0, 1]
+    assert [type(row[8]) for row in session_rows] == [int, int, int]
+    assert [row[7] for row in session_rows] == [1000, None, 1000]
 
 
 def _write_from_process(
@@ -425,7 +450,7 @@ def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path: Path) -> N
     versions = sorted(version for outcome in outcomes for version in outcome[3])
     assert versions == [0] + [SCHEMA_VERSION] * (PROCESSES - 1)
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 50
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 51
     ids = [row[0] for row in read_requests(path)]
     expected = sorted(
         f"{index:016x}{n:016x}" for index in range(PROCESSES) for n in range(RECORDS_PER_PROCESS)
@@ -654,9 +679,9 @@ def test_pipeline_writes_records_built_from_inbox_items(
     prefix = aegis.finalizer.id_prefix
     assert rows == [
         (f"{prefix}{1:016x}", 1_700_000_000.0, "POST", "/u/{id}", "/u/é", 201, 500.0, 250.0,
-         12, 34, "192.0.2.1", ""),
+         12, 34, "192.0.2.1", "", None, None),
         (f"{prefix}{2:016x}", 1_700_000_000.0, "_OTHER", "<unmatched>", "/pot", 500, 1000.0,
-         None, 0, 0, None, "RuntimeError: boom"),
+         None, 0, 0, None, "RuntimeError: boom", None, None),
     ]  # fmt: skip
 
 
@@ -684,3 +709,192 @@ def test_the_write_ahead_log_is_copied_into_the_database_in_small_steps(
     assert 0 < wal_pages < 1000 // 2
     assert wal_pages < WAL_CHECKPOINT_PAGES + database_pages // batches * 2
     assert query(path, "SELECT count(*) FROM aegis_requests")[0][0] == batches * size
+
+
+# -- trace and span ids (schema version 18) ------------------------------------------
+
+
+def traced_requests() -> list[RequestRecord]:
+    """Requests of two traces (one spanning two routes) and untraced ones, interleaved."""
+    return [
+        make_request(n, trace_id=TRACE_A, span_id=f"{n + 1:016x}", status=500 if n == 6 else 200)
+        if n % 3 == 0
+        else make_request(n, route="/b", trace_id=TRACE_B, span_id=SPAN_B)
+        if n == 4
+        else make_request(n)
+        for n in range(10)
+    ]
+
+
+def test_trace_and_span_ids_round_trip_with_untraced_records(
+    tmp_path: Path, sink_factory: Callable[[Path], SQLiteSink]
+) -> None:
+    """Traced and untraced requests and sessions are stored as they are
+    (text, or NULL) and read back the same, by the sink and from the file."""
+    path = tmp_path / "aegis.db"
+    sink = sink_factory(path)
+    requests = traced_requests()
+    sessions = [make_session(1), make_session(2, trace_id=TRACE_B, span_id=SPAN_B)]
+    sink.write(Batch(requests=requests, sessions=sessions, batch_id="traced"))
+
+    assert [RequestRecord(*row) for row in read_requests(path)] == requests
+    assert [WebSocketSession(*row) for row in read_sessions(path)] == sessions
+    assert query(
+        path, "SELECT typeof(trace_id), typeof(span_id), count(*) FROM aegis_requests "
+        "GROUP BY 1, 2 ORDER BY 1",
+    ) == [("null", "null", 5), ("text", "text", 5)]  # fmt: skip
+    newest = sorted(requests, key=lambda r: r.timestamp, reverse=True)
+    assert sink.read_requests(RequestQuery()) == newest
+
+
+def test_rows_per_insert_stay_under_sqlites_parameter_limit() -> None:
+    """A whole statement of request rows binds fewer than the 999 parameters
+    SQLite before 3.32 allows, with the columns version 18 added."""
+    assert RequestRecord._fields == sqlite_schema.REQUEST_COLUMNS
+    assert WebSocketSession._fields == sqlite_schema.SESSION_COLUMNS
+    assert sqlite_schema.ROWS_PER_INSERT * len(sqlite_schema.REQUEST_COLUMNS) <= 999
+    assert sqlite_schema.INSERT_REQUESTS.count("?") == 64 * 14
+
+
+@pytest.mark.parametrize("offset", [0, 2])
+def test_the_trace_filter_matches_exactly_with_the_other_filters(
+    tmp_path: Path, sink_factory: Callable[[Path], SQLiteSink], offset: int
+) -> None:
+    """``trace_id`` keeps one trace's requests, newest first, alone or with
+    the other filters; an unknown trace finds nothing."""
+    sink = sink_factory(tmp_path / "aegis.db")
+    requests = traced_requests()
+    # Enough rows for whole statements of the multi-row insert too.
+    filler = [make_request(n, prefix="f" * 16) for n in range(200)]
+    sink.write(Batch(requests=[*requests, *filler]))
+
+    def newest(keep: Callable[[RequestRecord], bool]) -> list[RequestRecord]:
+        kept = [r for r in requests if keep(r)]
+        return sorted(kept, key=lambda r: (r.timestamp, r.request_id), reverse=True)
+
+    in_a = newest(lambda r: r.trace_id == TRACE_A)
+    assert len(in_a) == 4
+    assert sink.read_requests(RequestQuery(trace_id=TRACE_A, offset=offset)) == in_a[offset:]
+    assert sink.read_requests(RequestQuery(trace_id=TRACE_B)) == newest(
+        lambda r: r.trace_id == TRACE_B
+    )
+    assert sink.read_requests(RequestQuery(trace_id=TRACE_A, status_from=500)) == newest(
+        lambda r: r.trace_id == TRACE_A and r.status >= 500
+    )
+    since = requests[3].timestamp
+    assert (
+        sink.read_requests(RequestQuery(trace_id=TRACE_A, since=since, limit=2))
+        == [r for r in in_a if r.timestamp >= since][:2]
+    )
+    assert sink.read_requests(RequestQuery(trace_id=TRACE_A, route="/b")) == []
+    assert sink.read_requests(RequestQuery(trace_id="f" * 32)) == []
+    # Without the filter, every row (the blocks' read), traced or not.
+    assert len(sink.read_requests(RequestQuery(limit=1000))) == 210
+
+
+def test_the_trace_filter_reads_the_partial_index(tmp_path: Path) -> None:
+    """The statement a trace's requests are read with is answered from the
+    partial index of traced rows, never by scanning the log, with or
+    without the other filters."""
+    from aegis_mw.sinks import history_sql
+
+    path = tmp_path / "aegis.db"
+    sink = SQLiteSink(str(path))
+    sink.write(Batch(requests=traced_requests()))
+    sink.close()
+    for filters in (
+        {},
+        {"route": "/b", "since": 1.0, "until": 2e9},
+        {"status_from": 500, "status_to": 600},
+    ):
+        sql, params = history_sql.select_requests(
+            history_sql.SQLITE, RequestQuery(trace_id=TRACE_A, **filters)
+        )
+        plan = " | ".join(row[3] for row in query(path, f"EXPLAIN QUERY PLAN {sql}", *params))
+        assert "aegis_requests_trace" in plan or (
+            "aegis_requests_errors" in plan and "status_from" in filters
+        ), plan
+        assert "SCAN aegis_requests" not in plan, plan
+
+
+def test_a_version_17_file_gains_the_trace_columns_in_place(
+    tmp_path: Path, sink_factory: Callable[[Path], SQLiteSink]
+) -> None:
+    """A file left at version 17 keeps its rows where they are (the columns
+    are added, no table is copied): old requests and sessions read back with
+    no trace, new ones with theirs, and the filter finds only the new."""
+    path = tmp_path / "aegis.db"
+    connection = sqlite3.connect(path)
+    connection.create_function("aegis_histogram_v3", 1, lambda text: text)
+    for version in range(17):
+        for statement in sqlite_schema.MIGRATIONS[version]:
+            connection.execute(statement)
+    old_requests = [make_request(n) for n in range(20)]
+    old_sessions = [make_session(n) for n in range(3)]
+    connection.executemany(
+        f"INSERT INTO aegis_requests VALUES ({', '.join('?' * 12)})",
+        [record[:12] for record in old_requests],
+    )
+    connection.executemany(
+        f"INSERT INTO aegis_websocket_sessions VALUES ({', '.join('?' * 11)})",
+        [session[:11] for session in old_sessions],
+    )
+    connection.execute("PRAGMA user_version = 17")
+    connection.commit()
+    rowids = connection.execute("SELECT rowid, request_id FROM aegis_requests").fetchall()
+    connection.close()
+
+    sink = sink_factory(path)
+    new_requests = [make_request(n, trace_id=TRACE_A, span_id=SPAN_A) for n in range(20, 23)]
+    new_sessions = [make_session(5, trace_id=TRACE_B, span_id=SPAN_B)]
+    sink.write(Batch(requests=new_requests, sessions=new_sessions, batch_id="after"))
+
+    assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert query(path, "SELECT rowid, request_id FROM aegis_requests WHERE rowid <= 20") == rowids
+    request_columns = query(path, "PRAGMA table_info(aegis_requests)")
+    assert [(c[1], c[2], c[3], c[5]) for c in request_columns] == EXPECTED_REQUEST_COLUMNS
+    session_columns = query(path, "PRAGMA table_info(aegis_websocket_sessions)")
+    assert [(c[1], c[2], c[3], c[5]) for c in session_columns] == EXPECTED_SESSION_COLUMNS
+    everything = sink.read_requests(RequestQuery(limit=100))
+    assert everything == sorted(
+        [*old_requests, *new_requests], key=lambda r: (r.timestamp, r.request_id), reverse=True
+    )
+    assert all(r.trace_id is None and r.span_id is None for r in everything[3:])
+    assert [WebSocketSession(*row) for row in read_sessions(path)] == [
+        *old_sessions, *new_sessions,
+    ]  # fmt: skip
+    assert sink.read_requests(RequestQuery(trace_id=TRACE_A)) == new_requests[::-1]
+    assert query(path, "SELECT name FROM sqlite_master WHERE name = 'aegis_requests_trace'") == [
+        ("aegis_requests_trace",)
+    ]
+    # The index holds the traced rows only.
+    assert query(
+        path, "SELECT count(*) FROM aegis_requests INDEXED BY aegis_requests_trace "
+        "WHERE trace_id IS NOT NULL",
+    ) == [(3,)]  # fmt: skip
+
+
+def test_compiled_inserts_store_the_trace_columns_as_the_sqlite3_module_does(
+    tmp_path: Path,
+) -> None:
+    """The compiled inserts take the row width from the columns: whole
+    statements of traced and untraced records land as the sqlite3 module
+    binds them."""
+    records = [
+        make_request(n, trace_id=TRACE_A, span_id=f"{n + 1:016x}") if n % 2 else make_request(n)
+        for n in range(3 * sqlite_schema.ROWS_PER_INSERT + 5)
+    ]
+    module = compiled_module()
+    compiled = SQLiteSink(str(tmp_path / "compiled.db"))
+    compiled.use_compiled(module)
+    reference = SQLiteSink(str(tmp_path / "reference.db"))
+    try:
+        compiled.write(Batch(requests=records))
+        reference.write(Batch(requests=records))
+        assert compiled._rows is module  # the compiled inserts were used
+    finally:
+        compiled.close()
+        reference.close()
+    rows = read_requests(tmp_path / "compiled.db")
+    assert rows == read_requests(tmp_path / "reference.db")
+    assert [RequestRecord(*row) for row in rows] == records

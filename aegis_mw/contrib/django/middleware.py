@@ -32,6 +32,7 @@ from ...aegis import Aegis
 from ...core.labels import describe_error
 from ...core.outcome import settle
 from ...core.record import UNMATCHED_ROUTE
+from ...core.trace_context import environ_trace
 from ...endpoints.app_routes import django_routes
 from ...endpoints.response import Response
 from ...wsgi.middleware import client_of, forwarded_for, number_or_zero
@@ -86,6 +87,8 @@ class AegisMiddleware:
         # would bypass it.
         fast = self.aegis.settings.speedups and not self.is_async
         own_call = type(self).__call__ is AegisMiddleware.__call__
+        #: Read by the compiled path too (recording.c): None, or where to look.
+        self.trace_source = self.aegis.trace_source
         self._compiled = compiled.build(self) if fast and own_call else None
         self.aegis.attached("compiled" if self._compiled is not None else "python")
         self.aegis.start()
@@ -155,7 +158,10 @@ class AegisMiddleware:
         item: list[Any] = [
             request.method or "GET", None, request.path, 0, self._clock(), None, None,
             number_or_zero(meta.get("CONTENT_LENGTH")), 0, client_of(meta), None, "", False,
+            None,
         ]  # fmt: skip
+        if self.trace_source is not None:
+            item[13] = environ_trace(self.trace_source, meta)
         setattr(request, ITEM_ATTRIBUTE, item)
         self._aggregates.in_flight += 1
         return item
