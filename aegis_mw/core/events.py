@@ -402,7 +402,7 @@ def request_event(record: RequestRecord) -> EventRecord:
             "status": record.status,
             "duration_ms": record.duration_ms,
         },
-        trace_id=None,
+        trace_id=record.trace_id,  # the request's trace: the same id space as events'
     )
 
 
@@ -414,11 +414,14 @@ def request_query(query: EventQuery) -> RequestQuery | None:
         or (query.source is not None and query.source != APP_SOURCE)
         or (query.levels and "error" not in query.levels)
         or any(tag not in REQUEST_TAGS for tag in query.tags)
-        or query.trace_id is not None
     ):
         return None
     return RequestQuery(
-        status_from=500, since=query.since, until=query.until, limit=query.offset + query.limit
+        status_from=500,
+        since=query.since,
+        until=query.until,
+        limit=query.offset + query.limit,
+        trace_id=query.trace_id,
     )
 
 

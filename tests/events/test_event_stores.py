@@ -77,6 +77,7 @@ def request(number: int, rng: random.Random) -> RequestRecord:
         status=status,
         method=rng.choice(["GET", "POST"]),
         error=rng.choice(["", "RuntimeError: boom"]) if status >= 500 else "",
+        trace_id=rng.choice([None, None, *TRACES]),
     )
 
 
@@ -305,8 +306,16 @@ def test_the_request_logs_errors_read_as_app_errors_tagged_request(sinks: Sinks)
                     "route": record.route, "path": record.path, "status": record.status,
                     "duration_ms": record.duration_ms,
                 },
-                trace_id=None,
+                trace_id=record.trace_id,
             ), name  # fmt: skip
+        traced = [r for r in failed.values() if r.trace_id == TRACES[0]]
+        assert traced, "the feed has failed requests in a trace"
+        of_trace = read_merged(
+            EventQuery(trace_id=TRACES[0], limit=10_000), sink.read_events, sink.read_requests
+        )
+        assert {item.event_id for item in of_trace if item.event_id.startswith("request:")} == {
+            f"request:{r.request_id}" for r in traced
+        }, name
         # Requests under 500 (499, a client gone, too) are no errors.
         below = {f"request:{r.request_id}" for r in requests if r.status < 500}
         assert any(r.status == 499 for r in requests)
@@ -321,7 +330,7 @@ def test_the_request_logs_errors_read_as_app_errors_tagged_request(sinks: Sinks)
         EventQuery(levels=("info", "critical"), limit=10_000),
         EventQuery(tags=("deploy",), limit=10_000),
         EventQuery(tags=("request", "deploy"), limit=10_000),
-        EventQuery(trace_id=TRACES[0], limit=10_000),
+        EventQuery(trace_id="ab" * 16, limit=10_000),  # a trace none of them is in
     ],
 )
 def test_a_filter_that_excludes_the_request_logs_errors_leaves_them_out(
@@ -506,7 +515,11 @@ def test_an_sqlite_file_of_the_version_before_events_takes_them(tmp_path: Path) 
     errors merge with them."""
     path = tmp_path / "aegis.db"
     rng = random.Random(13)
-    old = sorted((request(number, rng) for number in range(40)), key=lambda r: r.timestamp)
+    # Written before the trace ids existed: none.
+    old = sorted(
+        (request(number, rng)._replace(trace_id=None) for number in range(40)),
+        key=lambda r: r.timestamp,
+    )
     connection = sqlite3.connect(path)
     before = sqlite_schema.MIGRATIONS[: version_of_events(sqlite_schema.MIGRATIONS)]
     for statements in before[:-1]:
@@ -560,7 +573,7 @@ def takes_events_after_migration(sink: Any, old: list[RequestRecord], rng: rando
 
 def test_a_postgresql_schema_of_the_version_before_events_takes_them(postgres_url: str) -> None:
     rng = random.Random(17)
-    old = [request(number, rng) for number in range(40)]
+    old = [request(number, rng)._replace(trace_id=None) for number in range(40)]
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         schema_at(connection, version_of_events(postgres_schema.MIGRATIONS))
         with connection.cursor() as cursor:

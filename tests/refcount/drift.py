@@ -59,6 +59,9 @@ class Suspend:
         return (yield "suspended")
 
 
+TRACEPARENT = (b"traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+
+
 def asgi_kinds(aegis: Aegis) -> dict[str, Run]:
     async def normal(scope: Any, receive: Any, send: Any) -> None:
         await receive()
@@ -90,14 +93,21 @@ def asgi_kinds(aegis: Aegis) -> dict[str, Run]:
         await send(START)
         await send({"type": "http.response.zerocopysend", "file": 3, "count": 10})
 
-    def run(app: Any, inbound: dict[str, Any], fail_send: bool = False, throw: bool = False) -> Run:
+    def run(
+        app: Any,
+        inbound: dict[str, Any],
+        fail_send: bool = False,
+        throw: bool = False,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+        span: bool = False,
+    ) -> Run:
         middleware = AegisMiddleware(app, aegis=aegis)
         assert middleware.compiled, "the compiled module did not load"
         scope = {
             "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
             "scheme": "http", "path": "/things/1", "raw_path": b"/things/1", "root_path": "",
-            "query_string": b"", "headers": [(b"host", b"x")], "client": ("127.0.0.1", 5),
-            "server": ("127.0.0.1", 80),
+            "query_string": b"", "headers": [(b"host", b"x"), *headers],
+            "client": ("127.0.0.1", 5), "server": ("127.0.0.1", 80),
         }  # fmt: skip
 
         async def receive() -> Any:
@@ -107,7 +117,7 @@ def asgi_kinds(aegis: Aegis) -> dict[str, Run]:
             if fail_send:
                 raise ConnectionResetError("the client went away")
 
-        def one() -> None:
+        def call() -> None:
             coroutine = middleware(dict(scope), receive, send)
             try:
                 if coroutine.send(None) == "suspended" and throw:
@@ -115,6 +125,17 @@ def asgi_kinds(aegis: Aegis) -> dict[str, Run]:
             except (StopIteration, Exception, asyncio.CancelledError):
                 pass
             coroutine.close()
+
+        def one() -> None:
+            if not span:
+                call()
+                return
+            # OpenTelemetry's span current, as its instrumentation around the
+            # app makes it: the item holds it until the flusher reads its ids.
+            from opentelemetry.trace import NonRecordingSpan, SpanContext, use_span
+
+            with use_span(NonRecordingSpan(SpanContext(0x4B, 0xA1, is_remote=False))):
+                call()
 
         return one
 
@@ -127,6 +148,9 @@ def asgi_kinds(aegis: Aegis) -> dict[str, Run]:
         "asgi-client-disconnect": run(disconnect, {"type": "http.disconnect"}, fail_send=True),
         "asgi-cancelled": run(cancelled, request, throw=True),
         "asgi-zerocopysend": run(files, request),
+        "asgi-traceparent": run(normal, request, headers=(TRACEPARENT,)),
+        "asgi-traceparent-twice": run(normal, request, headers=(TRACEPARENT, TRACEPARENT)),
+        "asgi-span": run(normal, request, span=True),
     }
 
 
@@ -323,7 +347,8 @@ def copy_kinds(aegis: Aegis) -> dict[str, Run]:
         # New str objects each time: their UTF-8 form is made and kept by the call.
         out = [
             (f"id{n}é", 1.5 * n, "GET", f"/r/{n}", f"/p/{n}", 200 + n, 0.5, None, n, 2**40,
-             None if n % 2 else "::1", "")
+             None if n % 2 else "::1", "", f"{n + 1:032x}" if n % 3 else None,
+             f"{n + 1:016x}" if n % 3 else None)
             for n in range(40)
         ]  # fmt: skip
         if odd:
@@ -334,7 +359,8 @@ def copy_kinds(aegis: Aegis) -> dict[str, Run]:
         data, end = _hotpath.pg_copy_rows(rows(False), COPY_KINDS, 0, 40)
         assert end == 40 and data
         sessions = [
-            (f"s{n}é", 1.5 * n, f"/ws/{n}", f"/ws/{n}", 0.5, n, n, 1000, n % 2 == 0, None, "")
+            (f"s{n}é", 1.5 * n, f"/ws/{n}", f"/ws/{n}", 0.5, n, n, 1000, n % 2 == 0, None, "",
+             None, f"{n + 1:016x}")
             for n in range(10)
         ]  # fmt: skip
         data, end = _hotpath.pg_copy_rows(sessions, SESSION_COPY_KINDS, 0, 10)
