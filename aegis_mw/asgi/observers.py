@@ -27,7 +27,7 @@ def observe_send(
     completion, background tasks (which run after it) are not. With
     OpenTelemetry seen (``source``), a span current when the response starts
     is the request's if none was at its start."""
-    tracing = source is not None and source[0] is not None
+    tracing = source if source is not None and source[0] is not None else None
 
     def send_wrapper(message: Message) -> Any:
         kind = message["type"]
@@ -40,8 +40,8 @@ def observe_send(
         elif kind == "http.response.start":
             item[3] = message["status"]
             item[5] = clock()  # ttfb
-            if tracing:
-                item[13] = response_trace(source, item[13])  # type: ignore[arg-type]
+            if tracing is not None:
+                item[13] = response_trace(tracing, item[13])
         elif kind == "http.response.pathsend":  # the whole file in one message
             item[6] = clock()
         elif kind == "http.response.zerocopysend":

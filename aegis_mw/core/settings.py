@@ -143,12 +143,14 @@ def _trace_url(value: Any) -> str:
     if not url:
         return url
     fields = set(_TRACE_FIELD.findall(url))
+    rest = _TRACE_FIELD.sub("", url)  # no brace may stand outside a placeholder
     if (
         not url.startswith(("http://", "https://"))
         or "trace_id" not in fields
         or not fields <= {"trace_id", "span_id"}
         or any(character in url for character in ' "<>\\`')
-        or _TRACE_FIELD.sub("", url).count("{") + _TRACE_FIELD.sub("", url).count("}")
+        or "{" in rest
+        or "}" in rest
     ):
         raise ValueError
     return url

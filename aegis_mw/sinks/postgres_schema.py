@@ -65,41 +65,35 @@ def _drop_request_key(connection: psycopg.Connection[Any]) -> None:
         )
 
 
-def _index_errors(connection: psycopg.Connection[Any]) -> None:
-    """The partial index of the request log's server errors, unless the
-    server refuses it: reading them then scans the log, as before."""
-    import psycopg
+def _optional_index(
+    name: str, definition: str, what: str, without: str
+) -> Callable[[psycopg.Connection[Any]], None]:
+    """A migration step: a partial index of the request log (``what`` it
+    holds), unless the server refuses it (compressed TimescaleDB chunks);
+    ``without`` says what reads do then."""
 
-    try:
-        with connection.transaction():  # a savepoint: a refusal keeps the rest
-            connection.execute(
-                "CREATE INDEX IF NOT EXISTS aegis_requests_errors ON aegis_requests "
-                "(timestamp) WHERE status >= 500"
-            )
-    except psycopg.DatabaseError as exc:
-        logger.warning(
-            "aegis: no index of the request log's server errors (%s); reading them as "
-            "events scans the log", exc,
-        )  # fmt: skip
+    def create(connection: psycopg.Connection[Any]) -> None:
+        import psycopg
+
+        try:
+            with connection.transaction():  # a savepoint: a refusal keeps the rest
+                connection.execute(
+                    f"CREATE INDEX IF NOT EXISTS {name} ON aegis_requests {definition}"
+                )
+        except psycopg.DatabaseError as exc:
+            logger.warning("aegis: no index of the request log's %s (%s); %s", what, exc, without)
+
+    return create
 
 
-def _index_traces(connection: psycopg.Connection[Any]) -> None:
-    """The partial index of the request log's traced rows, unless the server
-    refuses it (as :func:`_index_errors`): one trace's requests are then
-    read by scanning the log."""
-    import psycopg
-
-    try:
-        with connection.transaction():  # a savepoint: a refusal keeps the rest
-            connection.execute(
-                "CREATE INDEX IF NOT EXISTS aegis_requests_trace ON aegis_requests "
-                "(trace_id) WHERE trace_id IS NOT NULL"
-            )
-    except psycopg.DatabaseError as exc:
-        logger.warning(
-            "aegis: no index of the request log's trace ids (%s); reading one trace's "
-            "requests scans the log", exc,
-        )  # fmt: skip
+_index_errors = _optional_index(
+    "aegis_requests_errors", "(timestamp) WHERE status >= 500", "server errors",
+    "reading them as events scans the log",
+)  # fmt: skip
+_index_traces = _optional_index(
+    "aegis_requests_trace", "(trace_id) WHERE trace_id IS NOT NULL", "trace ids",
+    "reading one trace's requests scans the log",
+)  # fmt: skip
 
 
 def request_key(connection: psycopg.Connection[Any]) -> bool:

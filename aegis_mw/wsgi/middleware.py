@@ -138,7 +138,7 @@ class AegisWSGIMiddleware:
             environ["wsgi.input"] = CountingInput(stream, item)
 
         source = self.trace_source
-        tracing = source is not None and source[0] is not None
+        tracing = source if source is not None and source[0] is not None else None
         server_write: Callable[[bytes], object] = _not_started
         sent_headers: list[tuple[str, str]] | None = None
 
@@ -151,8 +151,8 @@ class AegisWSGIMiddleware:
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             nonlocal server_write, sent_headers
             item[3] = status_code(status)
-            if tracing:  # a span made current inside ours (Flask's instrumentation)
-                item[13] = response_trace(source, item[13])  # type: ignore[arg-type]
+            if tracing is not None:  # a span made current inside ours (Flask's instrumentation)
+                item[13] = response_trace(tracing, item[13])
             sent_headers = headers
             server_write = start_response(status, headers, exc_info)
             return write

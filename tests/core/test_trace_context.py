@@ -17,6 +17,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import INVALID_SPAN, NonRecordingSpan, SpanContext
 
+from aegis_mw import ConfigError
+from aegis_mw.core.settings import AegisSettings
 from aegis_mw.core.trace_context import (
     asgi_trace,
     current_span,
@@ -158,3 +160,19 @@ def test_opentelemetry_proto_alone_is_no_api_and_no_warning(tmp_path: Path) -> N
     )  # fmt: skip
     assert done.stdout.strip() == "(None, None)"
     assert done.stderr == ""
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["ftp://x/{trace_id}", "http://x/", "http://x/{foo}{trace_id}", "http://x/{trace_id}}",
+     "http://x/{{trace_id}", "http://x/{trace_id} y", 'http://x/"{trace_id}', "/trace/{trace_id}"],
+)  # fmt: skip
+def test_a_trace_url_other_than_an_http_template_is_a_config_error(url: str) -> None:
+    with pytest.raises(ConfigError, match="trace_url"):
+        AegisSettings(trace_url=url)
+
+
+def test_a_trace_url_template_is_kept_as_written() -> None:
+    url = "https://jaeger.example.com/trace/{trace_id}?uiFind={span_id}"
+    assert AegisSettings(trace_url=f"  {url} ").trace_url == url
+    assert AegisSettings().trace_url == ""
