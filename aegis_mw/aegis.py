@@ -386,6 +386,8 @@ class Aegis:
         #: Whether any sink stores the app's events (see :meth:`event`).
         self.stores_events = any(runner.keeps_events for runner in runners)
         self.flusher.cycle.custom = CustomSampler(self.custom_metrics)
+        if settings.metrics_exemplars and settings.trace_context:
+            self.flusher.cycle.exemplars = self.aggregates.note_exemplars
         self.flusher.cycle.retention = Retention(
             settings.retention_raw,
             horizons(settings.retention_raw, settings.retention_rollups),

@@ -57,6 +57,7 @@ LABELS = {
     "aegis_all_in": "AegisMiddleware, all-in (SQLite writes)",
     "aegis_all_in_sampled": "AegisMiddleware, all-in, sample_rate=0.1",
     "aegis_all_in_traced": "AegisMiddleware, all-in, traceparent sent",
+    "aegis_all_in_traced_plain": "AegisMiddleware, all-in, traceparent sent, no exemplars",
     "otel": "OpenTelemetry ASGI (SDK, spans dropped)",
     "otel_aegis": "OpenTelemetry ASGI around AegisMiddleware",
     "aegis_alerts": "AegisMiddleware, request path, 200 alert rules evaluated every 10 s",
@@ -83,10 +84,11 @@ class Timing:
 
 AEGIS_VARIANTS = (
     "aegis", "aegis_python", "aegis_no_trace", "aegis_traced", "aegis_all_in",
-    "aegis_all_in_sampled", "aegis_all_in_traced", "aegis_alerts", "otel_aegis",
+    "aegis_all_in_sampled", "aegis_all_in_traced", "aegis_all_in_traced_plain", "aegis_alerts",
+    "otel_aegis",
 )  # fmt: skip
 #: Variants whose requests carry a W3C traceparent header (a caller's trace).
-TRACED = ("aegis_traced", "aegis_all_in_traced")
+TRACED = ("aegis_traced", "aegis_all_in_traced", "aegis_all_in_traced_plain")
 TRACEPARENT = (b"traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
 
 
@@ -138,6 +140,7 @@ def build_app(variant: str, routes: int, workdir: str) -> tuple[Any, Callable[[]
             speedups=variant != "aegis_python",
             sample_rate=0.1 if variant == "aegis_all_in_sampled" else 1.0,
             trace_context=variant != "aegis_no_trace",
+            metrics_exemplars=variant != "aegis_all_in_traced_plain",
             alert_rules=alerts,
             alert_interval=10,
             environ={},

@@ -80,10 +80,14 @@ def prometheus_tool(name: str) -> str:
 
 @contextmanager
 def prometheus_server(
-    target_port: int, workdir: Path, rule_files: tuple[Path, ...] = ()
+    target_port: int,
+    workdir: Path,
+    rule_files: tuple[Path, ...] = (),
+    features: tuple[str, ...] = (),
 ) -> Iterator[str]:
     """Prometheus scraping 127.0.0.1:target_port every second as job ``app``
-    (evaluating ``rule_files`` every second too); yields its URL."""
+    (evaluating ``rule_files`` every second too, with the feature flags
+    ``features`` on); yields its URL."""
     binary = prometheus_tool("prometheus")
     port = free_port()
     config = workdir / "prometheus.yml"
@@ -97,6 +101,7 @@ def prometheus_server(
     command = [
         binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+        *(f"--enable-feature={feature}" for feature in features),
     ]  # fmt: skip
     process = subprocess.Popen(
         command,

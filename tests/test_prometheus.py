@@ -32,9 +32,21 @@ def send_traffic(url: str) -> dict[str, int]:
 
 
 def test_promtool_has_nothing_to_say_about_our_output(tmp_path: Path) -> None:
+    """Of an app with exemplars to show: the 0.0.4 format has none of them."""
     prometheus_tool("promtool")  # missing: a failure in CI before a server starts for nothing
     with uvicorn_server("examples.fastapi_app:app", tmp_path) as server:
         send_traffic(server.url)
+        send_traced_traffic(server.url)
+        deadline = time.monotonic() + PROMETHEUS_DEADLINE
+        openmetrics = ""
+        while time.monotonic() < deadline and TRACE_IDS[-1] not in openmetrics:
+            # Each a round trip to the server until the flusher took them.
+            openmetrics = httpx.get(
+                f"{server.url}/metrics",
+                headers={"accept": "application/openmetrics-text"},
+                timeout=CLIENT_TIMEOUT,
+            ).text
+        assert f'# {{trace_id="{TRACE_IDS[-1]}"' in openmetrics
         response = httpx.get(f"{server.url}/metrics", timeout=CLIENT_TIMEOUT)
         server.terminate()
     assert response.status_code == 200
@@ -73,4 +85,68 @@ def test_a_prometheus_server_scrapes_the_totals_we_sent(tmp_path: Path) -> None:
             assert seen == expected
             up = query(prometheus, 'up{job="app"}')
             assert up == {"": 1.0}
+        app.terminate()
+
+
+TRACE_IDS = [f"{index:032x}" for index in range(0xA1, 0xA1 + 6)]
+
+
+def send_traced_traffic(url: str) -> set[str]:
+    """Requests that each carry a W3C traceparent; returns their trace ids."""
+    with httpx.Client(base_url=url, timeout=CLIENT_TIMEOUT) as client:
+        for index, trace_id in enumerate(TRACE_IDS):
+            headers = {"traceparent": f"00-{trace_id}-{index + 1:016x}-01"}
+            assert client.get(f"/items/{index}", headers=headers).status_code == 200
+    return set(TRACE_IDS)
+
+
+def exemplar_traces(url: str, expression: str) -> set[str] | None:
+    """The trace ids of the exemplars Prometheus stored for ``expression``'s
+    series over the last hour; None while it cannot answer."""
+    now = time.time()
+    try:
+        response = httpx.get(
+            f"{url}/api/v1/query_exemplars",
+            params={"query": expression, "start": now - 3600, "end": now + 60},
+            timeout=5,
+        )
+    except httpx.TransportError:
+        return None
+    if response.status_code != 200:
+        return None
+    return {
+        exemplar["labels"]["trace_id"]
+        for series in response.json()["data"] or []
+        for exemplar in series["exemplars"]
+    }
+
+
+def test_a_prometheus_server_with_exemplar_storage_keeps_our_exemplars(tmp_path: Path) -> None:
+    """Prometheus negotiates OpenMetrics, parses the exemplars on our counter
+    and buckets (a line it could not parse would fail the whole scrape: the
+    target's health says so) and answers its exemplars API with the trace
+    ids of the requests sent."""
+    with uvicorn_server("examples.fastapi_app:app", tmp_path) as app:
+        sent = send_traced_traffic(app.url)
+        with prometheus_server(app.port, tmp_path, features=("exemplar-storage",)) as prometheus:
+            deadline = time.monotonic() + PROMETHEUS_DEADLINE
+            buckets: set[str] | None = None
+            while time.monotonic() < deadline:
+                buckets = exemplar_traces(
+                    prometheus,
+                    'aegis_http_request_duration_seconds_bucket{route="/items/{item_id}"}',
+                )
+                if buckets and TRACE_IDS[-1] in buckets:
+                    break
+            # The latest request of each bucket is its exemplar: the last one
+            # sent is one of them (the others' buckets depend on their times).
+            assert buckets is not None and TRACE_IDS[-1] in buckets and buckets <= sent
+            # One series, one exemplar: the latest request's.
+            counted = exemplar_traces(
+                prometheus, 'aegis_http_requests_total{route="/items/{item_id}"}'
+            )
+            assert counted is not None and TRACE_IDS[-1] in counted and counted <= sent
+            targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=5).json()
+            [target] = targets["data"]["activeTargets"]
+            assert (target["health"], target["lastError"]) == ("up", "")
         app.terminate()

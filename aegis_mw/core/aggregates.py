@@ -36,7 +36,11 @@ from .labeled import REQUEST_BYTES as SERIES_REQUEST_BYTES
 from .labeled import RESPONSE_BYTES as SERIES_RESPONSE_BYTES
 from .labels import RouteCap
 from .pending_sums import loops_fit, settle_or_drop, settled
+from .record import RequestRecord
 from .storable import whole_number
+
+#: Where a finalized record holds a value only when it was traced.
+TRACED_FIELD = RequestRecord._fields.index("trace_id")
 
 RING_SIZE = 128  # > 60 s of history plus the current second; a power of two for masking
 MASK = RING_SIZE - 1
@@ -290,6 +294,17 @@ class RealtimeAggregates:
             self.websocket_sessions += _fold(self.ring, self.totals, items[index:end], good)
             labeled.fold(good[folded:], self.routes.label)
             index = end
+
+    def note_exemplars(self, records: list[Any]) -> None:
+        """Flusher only: the traced requests of finalized ``records`` become
+        the exemplars of their series (see :mod:`.exemplars`); a list with
+        none costs one pass (about 20 ns a record) and no lock."""
+        # Index 12: a request's trace id, a session's span id (take() leaves
+        # sessions out); by index, at half the cost of a type test and a name.
+        traced = [record for record in records if record[TRACED_FIELD] is not None]
+        if traced:
+            with self._lock:
+                self.labeled.exemplars.take(traced)
 
     def labeled_snapshot(self, pending: Callable[[], list[Any]]) -> LabeledTotals:
         """The per-label totals including the items still waiting in the inbox,

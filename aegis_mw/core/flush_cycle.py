@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .custom_history import CustomSampler
 from .finalize import Finalizer
@@ -85,6 +86,9 @@ class FlushCycle:
         self.custom: CustomSampler | None = None
         # A forced flush (and shutdown) samples them at once.
         self._sample_now = False
+        #: Set by the owner (``metrics_exemplars``): takes each step's records
+        #: for the exemplars on /metrics.
+        self.exemplars: Callable[[list[Any]], None] | None = None
 
     def reset_after_fork(self) -> None:
         if self.custom is not None:
@@ -165,6 +169,8 @@ class FlushCycle:
             self.ingest_step = INGEST_STEP if self.finalizer.python_items else self._long_step
             if malformed:
                 recorder.dropped["invalid"] += malformed
+            if self.exemplars is not None:
+                self.exemplars(records)
             for runner in runners:
                 runner.offer(records)
             slices.check()

@@ -47,6 +47,8 @@ class RequestQuery:
 # exactly, so an uppercase one would match nothing.
 _TRACE_ID = re.compile("[0-9a-f]{32}")
 _NO_TRACE = "0" * 32
+_SPAN_ID = re.compile("[0-9a-f]{16}")
+_NO_SPAN = "0" * 16
 
 
 def is_trace_id(value: object) -> bool:
@@ -58,6 +60,11 @@ def is_trace_id(value: object) -> bool:
         is_trace_id("4bf92f3577b34da6a3ce929d0e0e4736")  # True
     """
     return isinstance(value, str) and value != _NO_TRACE and bool(_TRACE_ID.fullmatch(value))
+
+
+def is_span_id(value: object) -> bool:
+    """Whether ``value`` is a valid span id: 16 lowercase hex digits, not all zeros."""
+    return isinstance(value, str) and value != _NO_SPAN and bool(_SPAN_ID.fullmatch(value))
 
 
 @runtime_checkable

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from . import histogram
+from .exemplars import Exemplars
 from .items import PendingSession
 from .labels import STANDARD_METHODS
 from .record import OTHER_METHOD, OVERFLOW_ROUTE, UNMATCHED_ROUTE
@@ -62,6 +63,9 @@ class LabeledTotals:
         #: Requests and sessions whose route became <overflow> (the records'
         #: finalizer counts the same ones, once written).
         self.route_overflow = 0
+        #: The latest traced request per counter series and duration bucket
+        #: (filled from the finalized records, see :mod:`.exemplars`).
+        self.exemplars = Exemplars(self.bounds)
         self._status_text: dict[int, str] = {}
         # (method, route, status) as items carry them, for plain values seen
         # before -> what folding one needs: (requests key, series, fine
@@ -75,6 +79,7 @@ class LabeledTotals:
         other.sessions = dict(self.sessions)
         other.latency = {key: counts[:] for key, counts in self.latency.items()}
         other.route_overflow = self.route_overflow
+        other.exemplars = self.exemplars.copy()
         other._status_text = self._status_text
         return other  # its own _known: the entries point at this object's lists
 

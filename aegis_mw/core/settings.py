@@ -585,6 +585,7 @@ _RULES: dict[str, _Rule] = {
         _bool_text,
     ),
     "metrics_disk_path": _Rule(_directory_text, "a path whose file system /metrics reports"),
+    "metrics_exemplars": _Rule(_boolean, "true or false (1/0, yes/no, on/off in text)", _bool_text),
     "metrics_registry": _Rule(
         _registry,
         "'default' (prometheus-client's registry), 'none', or a CollectorRegistry",
@@ -719,6 +720,9 @@ class AegisSettings:
     metrics_multiprocess_dir: str = ""
     metrics_system: bool = False
     metrics_disk_path: str = "."
+    #: Traced requests' trace ids as exemplars on the request counter and the
+    #: duration histogram's buckets, in the OpenMetrics format of /metrics.
+    metrics_exemplars: bool = True
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -37,11 +37,27 @@ class AegisCollector:
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.metrics_core import Metric
+        from prometheus_client.samples import Exemplar
 
         for family in self._builder.build(self._reader()):
             metric = Metric(family.name, family.help, family.kind)
-            for suffix, labels, value in family.samples:
-                metric.add_sample(family.name + suffix, parse_label_text(labels), value)
+            exemplars = family.exemplars
+            for index, (suffix, labels, value) in enumerate(family.samples):
+                mark = exemplars.get(index)
+                metric.add_sample(
+                    family.name + suffix,
+                    parse_label_text(labels),
+                    value,
+                    exemplar=None
+                    if mark is None
+                    else Exemplar(
+                        {"trace_id": mark[0]}
+                        if mark[1] is None
+                        else {"trace_id": mark[0], "span_id": mark[1]},
+                        mark[2],
+                        mark[3],
+                    ),
+                )
             yield metric
 
     def describe(self) -> list[Any]:

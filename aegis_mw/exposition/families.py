@@ -259,15 +259,27 @@ class FamilyBuilder:
 
     def _requests(self, labeled: LabeledTotals) -> Family:
         labels = self._labels
-        return Family(
+        keys = sorted(labeled.requests.items())
+        family = Family(
             f"{self.namespace}_http_requests",
             "counter",
             "HTTP requests answered, by method, route template and status.",
             [
                 ("_total", labels(("method", m), ("route", r), ("status", s)), count)
-                for (m, r, s), count in sorted(labeled.requests.items())
+                for (m, r, s), count in keys
             ],
         )
+        if labeled.exemplars.series:
+            # A request counted once: the counter's exemplar has the value 1.
+            by_key = {
+                (method, route, str(status)): (exemplar[0], exemplar[1], 1.0, exemplar[3])
+                for (method, route), (_, statuses) in labeled.exemplars.series.items()
+                for status, exemplar in statuses.items()
+            }
+            family.exemplars = {
+                index: by_key[key] for index, (key, _) in enumerate(keys) if key in by_key
+            }
+        return family
 
     def _latency(self, labeled: LabeledTotals) -> tuple[Family, Family]:
         le = self._le_texts(labeled.bounds)
@@ -282,9 +294,19 @@ class FamilyBuilder:
             "histogram",
             "Time to the start of the response, by method and route template.",
         )
+        exemplars = labeled.exemplars.series
         for (method, route), values in sorted(labeled.series.items()):
             base = self._labels(("method", method), ("route", route))
             prefix = f"{base}," if base else ""
+            entry = exemplars.get((method, route))
+            marks = None if entry is None else entry[0]
+            if marks is not None and len(marks) == width:
+                first = len(duration.samples)
+                duration.exemplars.update(
+                    (first + offset, exemplar)
+                    for offset, exemplar in enumerate(marks)
+                    if exemplar is not None
+                )
             for family, start, count, total in (
                 (duration, BUCKETS_BASE, values[COUNT], values[DURATION_SUM]),
                 (ttfb, BUCKETS_BASE + width, values[TTFB_COUNT], values[TTFB_SUM]),

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..core import custom_merge
 from ..core.custom_metrics import MetricSnapshot, well_formed
+from ..core.exemplars import Exemplars
 from ..core.labeled import LabeledTotals
 from ..core.stats import PipelineStats, SinkStats
 from .families import MetricsReading
@@ -72,6 +73,8 @@ def encode(reading: MetricsReading, *, pid: int, live: bool) -> dict[str, Any]:
         "series": [[*key, values] for key, values in labeled.series.items()],
         "sessions": [[*key, count] for key, count in labeled.sessions.items()],
         "route_overflow": labeled.route_overflow,
+        # Absent from the files of earlier versions: none then.
+        "exemplars": labeled.exemplars.encode(),
         "offered": stats.offered,
         "dropped": dict(stats.dropped),
         "sampled_out": stats.sampled_out,
@@ -142,6 +145,7 @@ class Merge:
         for route, code, count in data["sessions"]:
             labeled.sessions[(route, code)] = labeled.sessions.get((route, code), 0) + count
         labeled.route_overflow += data["route_overflow"]
+        labeled.exemplars.merge(Exemplars.decode(data.get("exemplars"), labeled.bounds))
         self.offered += data["offered"]
         self.sampled_out += data["sampled_out"]
         self.flusher_errors += data["flusher_errors"]

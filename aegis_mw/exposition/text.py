@@ -12,8 +12,10 @@ in the tests.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+
+from ..core.exemplars import Exemplar
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -23,12 +25,14 @@ OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset
 class Family:
     """One metric family. ``name`` is the OpenMetrics family name (a counter's
     without ``_total``); ``samples`` are ``(suffix, label_text, value)`` with
-    the label text escaped already (see :func:`label_text`)."""
+    the label text escaped already (see :func:`label_text`). ``exemplars``
+    maps a sample's index to its exemplar, shown in OpenMetrics only."""
 
     name: str
     kind: str  # counter, gauge, histogram or summary
     help: str
     samples: list[tuple[str, str, float | int]] = field(default_factory=list)
+    exemplars: dict[int, Exemplar] = field(default_factory=dict)
 
 
 def escape_label_value(value: str) -> str:
@@ -63,6 +67,18 @@ def number(value: float | int) -> str:
     return repr(float(value))
 
 
+def exemplar_text(exemplar: Exemplar) -> str:
+    """An exemplar as OpenMetrics writes it after its sample's value (ids are
+    hex digits, so they need no escaping)."""
+    trace_id, span_id, value, timestamp = exemplar
+    labels = (
+        f'trace_id="{trace_id}"'
+        if span_id is None
+        else (f'trace_id="{trace_id}",span_id="{span_id}"')
+    )
+    return f" # {{{labels}}} {number(value)} {number(float(timestamp))}"
+
+
 def render(families: Sequence[Family], *, openmetrics: bool) -> str:
     """The text exposition of ``families``; OpenMetrics ends with ``# EOF``."""
     out: list[str] = []
@@ -73,6 +89,9 @@ def render(families: Sequence[Family], *, openmetrics: bool) -> str:
         typed = name if openmetrics or family.kind != "counter" else name + "_total"
         help_text = escape_help(family.help, openmetrics=openmetrics)
         append(f"# HELP {typed} {help_text}\n# TYPE {typed} {family.kind}\n")
+        if openmetrics and family.exemplars:
+            _render_with_exemplars(family, append)
+            continue
         for suffix, labels, value in family.samples:
             text = str(value) if type(value) is int else number(value)
             if labels:
@@ -82,3 +101,15 @@ def render(families: Sequence[Family], *, openmetrics: bool) -> str:
     if openmetrics:
         append("# EOF\n")
     return "".join(out)
+
+
+def _render_with_exemplars(family: Family, append: Callable[[str], None]) -> None:
+    name, exemplars = family.name, family.exemplars
+    for index, (suffix, labels, value) in enumerate(family.samples):
+        text = str(value) if type(value) is int else number(value)
+        exemplar = exemplars.get(index)
+        tail = "\n" if exemplar is None else exemplar_text(exemplar) + "\n"
+        if labels:
+            append(f"{name}{suffix}{{{labels}}} {text}{tail}")
+        else:
+            append(f"{name}{suffix} {text}{tail}")

@@ -192,6 +192,7 @@ DESCRIPTIONS: dict[str, str] = {
     ),
     "metrics_system": "Machine CPU, memory and disk figures on `/metrics` (the `system` extra).",
     "metrics_disk_path": "The path whose file system `metrics_system` reports.",
+    "metrics_exemplars": "Traced requests' ids as exemplars on `/metrics` (OpenMetrics only).",
 }
 
 #: Wording of the validators that points elsewhere, pointed at the page instead.

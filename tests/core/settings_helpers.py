@@ -77,6 +77,7 @@ OPTION_NAMES = [
     "metrics_multiprocess_dir",
     "metrics_system",
     "metrics_disk_path",
+    "metrics_exemplars",
 ]
 
 DEFAULTS: dict[str, Any] = {
@@ -145,6 +146,7 @@ DEFAULTS: dict[str, Any] = {
     "metrics_multiprocess_dir": "",
     "metrics_system": False,
     "metrics_disk_path": ".",
+    "metrics_exemplars": True,
 }
 
 PATH_ALLOWED = "a path starting with '/' (no glob characters), or '' to switch the route off"
@@ -223,6 +225,7 @@ ALLOWED: dict[str, str] = {
     "PROMETHEUS_MULTIPROC_DIR)",
     "metrics_system": "true or false (1/0, yes/no, on/off in text); true needs the system extra",
     "metrics_disk_path": "a path whose file system /metrics reports",
+    "metrics_exemplars": "true or false (1/0, yes/no, on/off in text)",
 }
 
 

@@ -1,0 +1,163 @@
+"""Exemplars: a traced request's trace id beside the series it was counted in.
+
+OpenMetrics lets a counter sample and each histogram bucket carry one
+exemplar, a sample's link to a trace (``# {trace_id="..."} value
+timestamp``). Here each request counter series (method, route, status) and
+each bucket of each duration histogram (method, route) keeps the latest
+traced request that landed in it: what prometheus-client keeps too, and what
+makes the scrape's cost bounded by the series (one exemplar a line at most),
+never by the traffic. A scrape every 15 s thus shows, per bucket, one of the
+last requests that fell in it; the slow buckets, where a trace is most
+wanted, keep theirs until a newer slow request replaces it.
+
+They are taken from the finalized records in the flusher (only traced
+requests cost anything), so the request path does no work for them.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .history import is_span_id, is_trace_id
+from .record import RequestRecord
+
+#: At most this many (method, route) series keep exemplars (the route cap
+#: and the nine methods bound them already), and this many statuses each
+#: (an app may send any status).
+MAX_SERIES = 10_000
+MAX_STATUSES = 100
+
+#: (trace id, span id or None, seconds the request took, when it ended in
+#: seconds since the epoch). A bucket's exemplar has the duration as its
+#: value; a request counter's is the same request counted once (value 1).
+Exemplar = tuple[str, str | None, float, float]
+#: Per (method, route): the exemplar of each duration bucket (+Inf last, None
+#: while no traced request fell there), and the request counter's by status.
+Series = tuple[list[Exemplar | None], dict[int, Exemplar]]
+
+
+class Exemplars:
+    """The latest exemplar per duration bucket and per request counter series."""
+
+    __slots__ = ("bounds", "series")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.series: dict[tuple[str, str], Series] = {}
+
+    def copy(self) -> Exemplars:
+        other = Exemplars(self.bounds)
+        other.series = {
+            key: (list(buckets), dict(statuses)) for key, (buckets, statuses) in self.series.items()
+        }
+        return other
+
+    def take(self, records: Iterable[Any]) -> None:
+        """Keep the traced requests of ``records`` (in the order they finished):
+        their method, route and status are the label values already (the
+        finalizer maps them as the totals do). Per request: one lookup, a
+        bisection and a tuple, about 0.3 µs."""
+        series, bounds = self.series, self.bounds
+        width = len(bounds) + 1
+        for record in records:
+            if type(record) is not RequestRecord:
+                continue  # a WebSocket session counts in no request series
+            (_, timestamp, method, route, _, status, duration_ms, _, _, _, _, _,
+             trace_id, span_id) = record  # fmt: skip
+            if trace_id is None:
+                continue
+            seconds = duration_ms / 1000.0
+            if seconds - seconds != 0.0:  # not finite: in no bucket, as in the totals
+                continue
+            exemplar = (trace_id, span_id, seconds, timestamp + seconds)
+            entry = series.get((method, route))
+            if entry is None:
+                if len(series) >= MAX_SERIES:
+                    continue
+                entry = series[(method, route)] = ([None] * width, {})
+            buckets, statuses = entry
+            buckets[bisect_left(bounds, seconds)] = exemplar
+            if status in statuses or len(statuses) < MAX_STATUSES:
+                statuses[status] = exemplar
+
+    def merge(self, other: Exemplars) -> None:
+        """Add another process's: the later of two for the same place wins."""
+        width = len(self.bounds) + 1
+        for key, (their_buckets, their_statuses) in other.series.items():
+            buckets, statuses = self.series.setdefault(key, ([None] * width, {}))
+            for index, exemplar in enumerate(their_buckets):
+                if exemplar is not None and _later(exemplar, buckets[index]):
+                    buckets[index] = exemplar
+            for status, exemplar in their_statuses.items():
+                if _later(exemplar, statuses.get(status)):
+                    statuses[status] = exemplar
+
+    def encode(self) -> dict[str, list[list[Any]]]:
+        """JSON-able form for the multi-process snapshot files."""
+        return {
+            "buckets": [
+                [*key, index, *exemplar]
+                for key, (buckets, _) in self.series.items()
+                for index, exemplar in enumerate(buckets)
+                if exemplar is not None
+            ],
+            "requests": [
+                [*key, status, *exemplar]
+                for key, (_, statuses) in self.series.items()
+                for status, exemplar in statuses.items()
+            ],
+        }
+
+    @classmethod
+    def decode(cls, data: Any, bounds: Sequence[float]) -> Exemplars:
+        """What :meth:`encode` wrote; entries that are not well formed (a file
+        damaged or written by something else) are left out one by one: an
+        exemplar is never worth a failed scrape."""
+        exemplars = cls(bounds)
+        if not isinstance(data, dict):
+            return exemplars
+        width = len(exemplars.bounds) + 1
+        series = exemplars.series
+        for part in ("buckets", "requests"):
+            for entry in _entries(data.get(part)):
+                method, route, place, *rest = entry
+                exemplar = _exemplar(rest)
+                if (
+                    exemplar is None
+                    or type(method) is not str
+                    or type(route) is not str
+                    or type(place) is not int  # a bucket's index, or a status
+                    or (part == "buckets" and not 0 <= place < width)
+                ):
+                    continue
+                buckets, statuses = series.setdefault((method, route), ([None] * width, {}))
+                if part == "buckets":
+                    buckets[place] = exemplar
+                else:
+                    statuses[place] = exemplar
+        return exemplars
+
+
+def _later(exemplar: Exemplar, than: Exemplar | None) -> bool:
+    return than is None or exemplar[3] > than[3]
+
+
+def _entries(value: Any) -> list[list[Any]]:
+    if not isinstance(value, list):
+        return []
+    return [entry for entry in value if isinstance(entry, list) and len(entry) == 7]
+
+
+def _exemplar(values: list[Any]) -> Exemplar | None:
+    """An exemplar from (trace id, span id, seconds, timestamp), or None when
+    one of them is not what a scrape may show."""
+    trace_id, span_id, seconds, timestamp = values
+    if not is_trace_id(trace_id) or not (span_id is None or is_span_id(span_id)):
+        return None
+    for number in (seconds, timestamp):
+        if type(number) not in (int, float) or not math.isfinite(number):
+            return None
+    return (trace_id, span_id, float(seconds), float(timestamp))
