@@ -49,6 +49,7 @@ from .core.sink_runner import SinkRunner
 from .core.spooling import Spooled
 from .core.stats import PipelineStats, SinkStats
 from .core.trace_context import TraceSource, otel_source
+from .core.tracer_provider import TracerSetup
 from .endpoints.reads import MonitoringReads
 from .exposition.service import MetricsService
 from .health.service import HealthService
@@ -343,6 +344,7 @@ class Aegis:
             settings.trusted_proxies, settings.forwarded_header
         )
         self._trace_source: TraceSource | None = None
+        self._tracer_setup: TracerSetup | None = None
         self.finalizer = Finalizer(
             clock=self.clock,
             resolver=self.client_addresses,
@@ -467,6 +469,15 @@ class Aegis:
             self._trace_source = otel_source()
         return self._trace_source
 
+    @property
+    def tracer_setup(self) -> TracerSetup:
+        """The tracer provider ``tracing`` makes its spans with (the app's
+        global one, else one made from the ``OTEL_*`` variables), set up when
+        a middleware with ``tracing`` on first asks."""
+        if self._tracer_setup is None:
+            self._tracer_setup = TracerSetup()
+        return self._tracer_setup
+
     def attached(self, hot_path: str) -> None:
         """A middleware serves this pipeline: the first one says so at start
         (the request path, and the dashboard's link with its token)."""
@@ -508,6 +519,10 @@ class Aegis:
             limit = self.settings.shutdown_timeout if timeout is None else timeout
             left = limit - (time.monotonic() - started)
             self.metrics.link.stop(min(LINK_STOP_SECONDS, max(0.0, left)))
+        if self._tracer_setup is not None:
+            # The spans ended so far, exported within what is left of the budget.
+            limit = self.settings.shutdown_timeout if timeout is None else timeout
+            self._tracer_setup.flush(limit - (time.monotonic() - started))
         return flushed
 
     def counter(

@@ -60,6 +60,7 @@ LABELS = {
     "aegis_all_in_traced_plain": "AegisMiddleware, all-in, traceparent sent, no exemplars",
     "otel": "OpenTelemetry ASGI (SDK, spans dropped)",
     "otel_aegis": "OpenTelemetry ASGI around AegisMiddleware",
+    "aegis_tracing": "AegisMiddleware, tracing=True (spans made, not exported)",
     "aegis_alerts": "AegisMiddleware, request path, 200 alert rules evaluated every 10 s",
     "starlette_exporter": "starlette_exporter",
     "instrumentator": "prometheus-fastapi-instrumentator",
@@ -85,7 +86,7 @@ class Timing:
 AEGIS_VARIANTS = (
     "aegis", "aegis_python", "aegis_no_trace", "aegis_traced", "aegis_all_in",
     "aegis_all_in_sampled", "aegis_all_in_traced", "aegis_all_in_traced_plain", "aegis_alerts",
-    "otel_aegis",
+    "otel_aegis", "aegis_tracing",
 )  # fmt: skip
 #: Variants whose requests carry a W3C traceparent header (a caller's trace).
 TRACED = ("aegis_traced", "aegis_all_in_traced", "aegis_all_in_traced_plain")
@@ -133,6 +134,10 @@ def build_app(variant: str, routes: int, workdir: str) -> tuple[Any, Callable[[]
         # chunks only (the median leaves them out; see bench/alerts.py for
         # what a tick costs).
         alerts = alert_rules() if variant == "aegis_alerts" else ()
+        if variant == "aegis_tracing":
+            # Its own SDK provider with no exporter: as the "otel" variant's, spans
+            # made and dropped (the export's cost is the exporter's, not ours).
+            os.environ["OTEL_TRACES_EXPORTER"] = "none"
         aegis = Aegis(
             sink=f"sqlite:///{workdir}/{variant}-{routes}.db",
             flush_interval=3600,
@@ -141,6 +146,7 @@ def build_app(variant: str, routes: int, workdir: str) -> tuple[Any, Callable[[]
             sample_rate=0.1 if variant == "aegis_all_in_sampled" else 1.0,
             trace_context=variant != "aegis_no_trace",
             metrics_exemplars=variant != "aegis_all_in_traced_plain",
+            tracing=variant == "aegis_tracing",
             alert_rules=alerts,
             alert_interval=10,
             environ={},

@@ -182,6 +182,28 @@ def dead_pid() -> int:
 
 
 @pytest.fixture
+def span_receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A real OTLP/HTTP receiver (tests/sinks/otlp_receiver.py) that the
+    OTEL_* variables point a ``tracing`` pipeline's exporter at, with service
+    name ``shop``; no other OTEL_* variable of the machine's is seen."""
+    from opentelemetry import trace
+
+    from tests.sinks.otlp_receiver import Receiver
+    from tests.tracing import OTEL_VARIABLES
+
+    for name in OTEL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    # No global provider: one an earlier test of the process set (the docs'
+    # examples do) is not the app's here, and would take the spans.
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", None)
+    made = Receiver().start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{made.port}")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "shop")
+    yield made
+    made.stop()
+
+
+@pytest.fixture
 def exporter() -> Iterator[Any]:
     """(provider, spans): OpenTelemetry's SDK keeping the spans it ends in
     memory (tests/tracing.py), shut down after the test."""

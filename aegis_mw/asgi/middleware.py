@@ -112,6 +112,10 @@ class AegisMiddleware:
         self.trace_source = self.aegis.trace_source
         self._error_limit = self.aegis.settings.max_error_length
         self._compiled = compiled.build(self) if self.aegis.settings.speedups else None
+        if self.aegis.settings.tracing:
+            from .tracing import attach_tracing
+
+            attach_tracing(self)
         self.aegis.attached("compiled" if self._compiled is not None else "python")
 
     @property

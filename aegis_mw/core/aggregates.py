@@ -306,12 +306,15 @@ class RealtimeAggregates:
             with self._lock:
                 self.labeled.exemplars.take(traced)
 
-    def labeled_snapshot(self, pending: Callable[[], list[Any]]) -> LabeledTotals:
+    def labeled_snapshot(
+        self, pending: Callable[[], list[Any]], *, exemplars: bool = True
+    ) -> LabeledTotals:
         """The per-label totals including the items still waiting in the inbox,
-        read as one moment (their route labels predicted on a copy of the cap)."""
+        read as one moment (their route labels predicted on a copy of the cap);
+        ``exemplars=False`` leaves those out (readers that never show them)."""
         with self._lock:
             self._settle()
-            labeled = self.labeled.copy()
+            labeled = self.labeled.copy(exemplars=exemplars)
             routes = self.routes.copy()
             waiting = pending()
         labeled.fold(waiting, routes.label)
@@ -324,7 +327,7 @@ class RealtimeAggregates:
         added (requests, 5xx responses, durations: what the live top
         endpoints read; ``/metrics`` merges its own way), and their fine
         latency counts apart, for the few routes a reader shows."""
-        labeled = self.labeled_snapshot(pending)
+        labeled = self.labeled_snapshot(pending, exemplars=False)
         others = self.peers() if self.peers is not None else None
         if others is None:
             return labeled, {}
@@ -379,7 +382,7 @@ class RealtimeAggregates:
             ring = [list(slot) for slot in self.ring]
             totals = list(self.totals)
             sessions = self.websocket_sessions
-            labeled = self.labeled.copy()
+            labeled = self.labeled.copy(exemplars=False)
             routes = self.routes.copy()
             waiting = pending()
         sessions += _fold(ring, totals, waiting)

@@ -17,6 +17,7 @@ requests cost anything), so the request path does no work for them.
 from __future__ import annotations
 
 import math
+import sys
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -133,6 +134,8 @@ class Exemplars:
                     or (part == "buckets" and not 0 <= place < width)
                 ):
                     continue
+                if part == "buckets" and bisect_left(exemplars.bounds, exemplar[2]) != place:
+                    continue  # a value outside its bucket's range: OpenMetrics forbids it
                 buckets, statuses = series.setdefault((method, route), ([None] * width, {}))
                 if part == "buckets":
                     buckets[place] = exemplar
@@ -157,7 +160,14 @@ def _exemplar(values: list[Any]) -> Exemplar | None:
     trace_id, span_id, seconds, timestamp = values
     if not is_trace_id(trace_id) or not (span_id is None or is_span_id(span_id)):
         return None
-    for number in (seconds, timestamp):
-        if type(number) not in (int, float) or not math.isfinite(number):
-            return None
+    if not (finite_number(seconds) and finite_number(timestamp)):
+        return None
     return (trace_id, span_id, float(seconds), float(timestamp))
+
+
+def finite_number(value: Any) -> bool:
+    """An int or float that is a finite float (JSON's integers have no bound:
+    ``float()`` of a huge one raises)."""
+    if type(value) is float:
+        return math.isfinite(value)
+    return type(value) is int and abs(value) <= sys.float_info.max

@@ -169,14 +169,22 @@ class FlushCycle:
             self.ingest_step = INGEST_STEP if self.finalizer.python_items else self._long_step
             if malformed:
                 recorder.dropped["invalid"] += malformed
-            if self.exemplars is not None:
-                self.exemplars(records)
             for runner in runners:
                 runner.offer(records)
+            if self.exemplars is not None:
+                self._take_exemplars(self.exemplars, records)
             slices.check()
         if rollups:
             self._offer_rollups()
         return taken
+
+    def _take_exemplars(self, take: Callable[[list[Any]], None], records: list[Any]) -> None:
+        """After the records went to the sinks: a failure here loses no record."""
+        try:
+            take(records)
+        except Exception:
+            self.internal_errors += 1
+            logger.exception("aegis exemplars not taken; continuing")
 
     def _ingest_events(self) -> None:
         """The app's events queued so far, to each sink that stores events

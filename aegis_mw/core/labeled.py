@@ -33,6 +33,7 @@ from .exemplars import Exemplars
 from .items import PendingSession
 from .labels import STANDARD_METHODS
 from .record import OTHER_METHOD, OVERFLOW_ROUTE, UNMATCHED_ROUTE
+from .storable import ROUTE_LIMIT, url_field
 
 #: prometheus-client's default buckets, in seconds.
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -72,14 +73,17 @@ class LabeledTotals:
         # histogram, is HEAD). One lookup instead of the label work.
         self._known: dict[tuple[str, str, int], _Known] = {}
 
-    def copy(self) -> LabeledTotals:
+    def copy(self, *, exemplars: bool = True) -> LabeledTotals:
+        """An independent copy; ``exemplars=False`` leaves them out (the live
+        views, which never show them)."""
         other = LabeledTotals(self.bounds)
         other.requests = dict(self.requests)
         other.series = {key: list(values) for key, values in self.series.items()}
         other.sessions = dict(self.sessions)
         other.latency = {key: counts[:] for key, counts in self.latency.items()}
         other.route_overflow = self.route_overflow
-        other.exemplars = self.exemplars.copy()
+        if exemplars:
+            other.exemplars = self.exemplars.copy()
         other._status_text = self._status_text
         return other  # its own _known: the entries point at this object's lists
 
@@ -210,7 +214,11 @@ def close_code_label(code: Any) -> str:
 
 
 def _route_text(route: Any) -> str:
-    """The route as the records store it (see finalize's coercion)."""
-    if type(route) is str:
-        return route
-    return UNMATCHED_ROUTE if route is None else str(route)
+    """The route as the records store it (cut and repaired as the finalizer
+    does), so a label and a stored route, and the exemplars taken from the
+    records, agree; a value that is no text (its record is not stored)
+    as ``str`` makes it."""
+    try:
+        return url_field(UNMATCHED_ROUTE if route is None else route, ROUTE_LIMIT)
+    except TypeError:
+        return str(route)

@@ -465,6 +465,7 @@ _RULES: dict[str, _Rule] = {
     "max_error_length": _Rule(_number(int, 16, 65536), "an integer from 16 to 65536", _int_text),
     "speedups": _Rule(_boolean, "true or false (1/0, yes/no, on/off in text)", _bool_text),
     "trace_context": _Rule(_boolean, "true or false (1/0, yes/no, on/off in text)", _bool_text),
+    "tracing": _Rule(_boolean, "true or false (1/0, yes/no, on/off in text)", _bool_text),
     "trace_url": _Rule(
         _trace_url,
         "an http:// or https:// URL holding {trace_id} (and optionally {span_id}), such as "
@@ -642,6 +643,10 @@ class AegisSettings:
     #: The dashboard links trace ids here: {trace_id} and {span_id} are
     #: replaced ('' shows the ids without a link).
     trace_url: str = ""
+    #: Make a server span for each HTTP request with OpenTelemetry's own
+    #: ASGI/WSGI instrumentation, named by the route template (the tracing
+    #: extra; the OTEL_* variables set the exporter): docs/opentelemetry.md.
+    tracing: bool = False
     #: Nice levels the pipeline's threads run below the app's (Linux); 0 keeps
     #: them at the app's priority.
     background_niceness: int = 5

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..core import custom_merge
 from ..core.custom_metrics import MetricSnapshot, well_formed
-from ..core.exemplars import Exemplars
+from ..core.exemplars import Exemplars, finite_number
 from ..core.labeled import LabeledTotals
 from ..core.stats import PipelineStats, SinkStats
 from .families import MetricsReading
@@ -132,6 +132,9 @@ class Merge:
             # A damaged or foreign file: checked whole first, so that it is not
             # half added and a scrape never fails on it.
             return False
+        # Checked entry by entry (a damaged one is left out alone), before
+        # anything is added.
+        exemplars = Exemplars.decode(data.get("exemplars"), labeled.bounds)
         for method, route, status, count in data["requests"]:
             key = (method, route, status)
             labeled.requests[key] = labeled.requests.get(key, 0) + count
@@ -145,7 +148,7 @@ class Merge:
         for route, code, count in data["sessions"]:
             labeled.sessions[(route, code)] = labeled.sessions.get((route, code), 0) + count
         labeled.route_overflow += data["route_overflow"]
-        labeled.exemplars.merge(Exemplars.decode(data.get("exemplars"), labeled.bounds))
+        labeled.exemplars.merge(exemplars)
         self.offered += data["offered"]
         self.sampled_out += data["sampled_out"]
         self.flusher_errors += data["flusher_errors"]
@@ -249,7 +252,8 @@ class Merge:
 
 
 def _is_number(value: Any) -> bool:
-    return type(value) in (int, float)
+    # A JSON integer too large for a float would fail the scrape that sums it.
+    return type(value) is float or finite_number(value)
 
 
 def _rows(rows: Any, texts: int, last: Callable[[Any], bool]) -> bool:

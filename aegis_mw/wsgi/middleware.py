@@ -97,6 +97,10 @@ class AegisWSGIMiddleware:
         #: Read by the compiled path too (recording.c): None, or where to look.
         self.trace_source = self.aegis.trace_source
         self._compiled = compiled.build(self) if self.aegis.settings.speedups else None
+        if self.aegis.settings.tracing:
+            from .tracing import attach_tracing
+
+            attach_tracing(self)
         self.aegis.attached("compiled" if self._compiled is not None else "python")
         if hasattr(os, "register_at_fork"):
             # By weak reference: a hook must not keep a discarded app alive.

@@ -78,6 +78,12 @@ DESCRIPTIONS: dict[str, str] = {
         "Where the dashboard links a trace id, `{trace_id}` and `{span_id}` replaced, such as "
         "`http://localhost:16686/trace/{trace_id}` for Jaeger; empty shows the ids unlinked."
     ),
+    "tracing": (
+        "Make a server span for each HTTP request with OpenTelemetry's own ASGI or WSGI "
+        "instrumentation, named by the route template, none for our routes or `exclude_paths` "
+        "(the `tracing` extra; the `OTEL_*` variables choose the exporter) "
+        "([With OpenTelemetry](opentelemetry.md#tracing-true-spans-for-an-app-with-none))."
+    ),
     "background_niceness": (
         "Linux: how many nice levels below the app the flusher's and the sinks' threads run, "
         "so background work waits for the event loop's idle moments instead of preempting it; "

@@ -25,6 +25,7 @@ from django.test import AsyncClient, Client, override_settings  # noqa: E402
 from opentelemetry.instrumentation.django import DjangoInstrumentor  # noqa: E402
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware  # noqa: E402
 
+from aegis_mw import ConfigError  # noqa: E402
 from aegis_mw.contrib.django.middleware import route_template  # noqa: E402
 from aegis_mw.testing import recorded  # noqa: E402
 from aegis_mw.wsgi.mounted import WSGIRoutes  # noqa: E402
@@ -153,6 +154,19 @@ def test_a_bad_option_is_a_system_check_error() -> None:
     assert len(errors) == 1 and "sample_rate" in errors[0].msg
     with override_settings(AEGIS={"sink": "memory://"}):
         assert not [m for m in checks.run_checks() if m.id == "aegis_mw.E001"]
+
+
+def test_tracing_is_a_system_check_error_that_names_djangos_own_instrumentation() -> None:
+    """Django is traced by OpenTelemetry's DjangoInstrumentor, not by the option."""
+    from aegis_mw.contrib.django.apps import AegisAppConfig
+
+    with override_settings(AEGIS={"sink": "memory://", "tracing": True}):
+        [error] = [m for m in checks.run_checks() if m.id == "aegis_mw.E001"]
+        assert "'tracing'" in error.msg and "DjangoInstrumentor" in error.msg
+        config = AegisAppConfig.create("aegis_mw.contrib.django")
+        config.ready()
+        with pytest.raises(ConfigError, match="DjangoInstrumentor"):
+            config.pipeline  # noqa: B018
 
 
 def test_a_stream_that_breaks_midway_is_recorded_with_its_error() -> None:

@@ -35,6 +35,7 @@ OPTION_NAMES = [
     "speedups",
     "trace_context",
     "trace_url",
+    "tracing",
     "background_niceness",
     "access",
     "access_token",
@@ -104,6 +105,7 @@ DEFAULTS: dict[str, Any] = {
     "speedups": True,
     "trace_context": True,
     "trace_url": "",
+    "tracing": False,
     "background_niceness": 5,
     "access": (),
     "access_token": "",
@@ -184,6 +186,7 @@ ALLOWED: dict[str, str] = {
     "trace_context": "true or false (1/0, yes/no, on/off in text)",
     "trace_url": "an http:// or https:// URL holding {trace_id} (and optionally {span_id}), "
     "such as 'http://localhost:16686/trace/{trace_id}'; '' for none",
+    "tracing": "true or false (1/0, yes/no, on/off in text)",
     "background_niceness": "an integer from 0 to 19 (0: the app's priority)",
     "access": "route groups mapped to rules or 'open' (see docs/access-control.md)",
     "health_cache_seconds": "seconds, from 0 to 3600 (0: run the checks every probe)",

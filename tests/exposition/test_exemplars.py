@@ -226,16 +226,21 @@ def test_merging_keeps_the_later_exemplar_of_each_place() -> None:
         ["GET", ROUTE, False, TRACES[0], None, 0.001, 5.0],
         ["GET", 7, 0, TRACES[0], None, 0.001, 5.0],
         ["GET", ROUTE, 0, "0" * 32, None, 0.001, 5.0],
+        ["GET", ROUTE, 0, TRACES[0], None, 10**400, 5.0],  # JSON allows it; float() does not
+        ["GET", ROUTE, 0, TRACES[0], None, 0.001, -(10**400)],
+        ["GET", ROUTE, 0, TRACES[0], None, 9.0, 5.0],  # as a bucket's: outside le="0.005"
         ["GET", ROUTE, 0, TRACES[0], None, 0.001],
         "GET",
     ],
 )
 def test_a_damaged_entry_in_another_process_file_is_left_out_alone(entry: Any) -> None:
     good = ["GET", "/ok", 200, TRACES[1], SPANS[1], 0.001, 5.0]
-    decoded = Exemplars.decode({"requests": [entry, good], "buckets": [entry]}, BOUNDS)
-    assert decoded.series == {
-        ("GET", "/ok"): ([None] * 15, {200: (TRACES[1], SPANS[1], 0.001, 5.0)})
-    }
+    ok = (TRACES[1], SPANS[1], 0.001, 5.0)
+    decoded = Exemplars.decode({"buckets": [entry, ["GET", "/ok", 0, *good[3:]]]}, BOUNDS)
+    assert decoded.series == {("GET", "/ok"): ([ok] + [None] * 14, {})}
+    if entry != ["GET", ROUTE, 0, TRACES[0], None, 9.0, 5.0]:  # a fine counter exemplar
+        decoded = Exemplars.decode({"requests": [entry, good]}, BOUNDS)
+        assert decoded.series == {("GET", "/ok"): ([None] * 15, {200: ok})}
 
 
 @pytest.mark.parametrize("index", [-1, len(BOUNDS) + 1, 1.0, "0", None])
@@ -284,5 +289,64 @@ def test_the_field_the_flusher_looks_at_is_empty_on_every_untraced_record() -> N
     """The flusher picks traced records by one index, for requests and sessions alike."""
     from aegis_mw.core.aggregates import TRACED_FIELD
 
-    assert RequestRecord._fields[TRACED_FIELD] == "trace_id"
-    assert WebSocketSession._fields[TRACED_FIELD] in ("trace_id", "span_id")
+    untraced = [
+        record(None, 1.0),
+        WebSocketSession("s", 1.0, "/ws", "/ws", 5.0, 0, 0, 1000, True, None, ""),
+    ]
+    assert [item[TRACED_FIELD] for item in untraced] == [None, None]
+    assert record(0, 1.0)[TRACED_FIELD] == record(0, 1.0, span=False)[TRACED_FIELD] == TRACES[0]
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("hot_path")
+async def test_the_exemplar_is_on_the_series_its_request_was_counted_in(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    """Routes the records cut or repair, a method outside the standard ones,
+    and the route cap: each exemplar sits on the series whose count has its
+    request."""
+    long_route = "/" + "r" * 600
+    routes = iter([long_route, "/ctl\x01/{id}", "/a", "/b"])
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        scope["route"] = next(routes)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    aegis = make_aegis(flush_interval=3600, metrics_registry="none", max_routes=3)
+    middleware = AegisMiddleware(app, aegis=aegis)
+    for index, method in enumerate(["GET", "PURGE", "GET", "GET"]):
+        await call(middleware, http_scope("/x", method=method, headers=traceparent(index)))
+    records = recorded(aegis)
+    text = await scrape(middleware)
+    counts = {
+        (sample.labels["method"], sample.labels["route"]): (sample.value, sample.exemplar)
+        for family in parse_openmetrics(text)
+        for sample in family.samples
+        if sample.name == "aegis_http_requests_total"
+    }
+    assert len(counts) == 4
+    for index, stored in enumerate(records):
+        count, exemplar = counts[(stored.method, stored.route)]
+        assert count == 1 and exemplar.labels["trace_id"] == TRACES[index]
+    assert [stored.route for stored in records] == [
+        long_route[:512], "/ctl%01/{id}", "/a", "<overflow>",
+    ]  # fmt: skip
+    assert records[1].method == "_OTHER"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("part", ["series", "exemplars"])
+async def test_a_number_too_large_for_a_float_in_another_workers_file_fails_no_scrape(
+    tmp_path: Path, make_aegis: Callable[..., Aegis], living_pid: int, part: str
+) -> None:
+    worker = make_aegis(metrics_registry="none")
+    data = encode(worker.metrics.read_own(), pid=living_pid, live=True)
+    if part == "series":
+        data["series"] = [["GET", ROUTE, [10**400] * (6 + 2 * (len(BOUNDS) + 1))]]
+    else:
+        data["exemplars"] = {"requests": [["GET", ROUTE, 200, TRACES[0], None, 10**400, 5.0]]}
+    (tmp_path / f"aegis_{living_pid}_0a0b0c0d.json").write_text(json.dumps(data))
+    aegis = make_aegis(metrics_registry="none", metrics_multiprocess_dir=str(tmp_path))
+    text = await scrape(AegisMiddleware(timed_app(FakeClock()), aegis=aegis))
+    assert "aegis_http_requests_in_progress" in text and exemplars_of(text) == {}

@@ -103,11 +103,14 @@ def venvs(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 @contextmanager
-def running(command: list[str], cwd: Path, ready: str, **env: str) -> Iterator[ChildOutput]:
+def running(
+    command: list[str], cwd: Path, ready: str, unset: tuple[str, ...] = (), **env: str
+) -> Iterator[ChildOutput]:
     """The command in a session of its own: a server that forks (Django's
-    reloader) is stopped whole."""
+    reloader) is stopped whole. ``unset``: variables of the machine's it does not get."""
+    environment = {k: v for k, v in _clean_environment().items() if k not in unset}
     process = subprocess.Popen(
-        command, cwd=cwd, env={**_clean_environment(), **env}, stdin=subprocess.DEVNULL,
+        command, cwd=cwd, env={**environment, **env}, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     assert process.stdout is not None
@@ -192,3 +195,33 @@ def test_the_demo_as_written(venvs: Any, browser: Any, tmp_path: Path) -> None:
         base, link = printed.group(1), printed.group(2)
         assert "?token=" in link
         _see_it_live(browser, base, link, 20)
+
+
+def test_the_fastapi_quick_start_traced_with_only_the_tracing_extra(
+    venvs: Any, tmp_path: Path
+) -> None:
+    """ "With OpenTelemetry": ``pip install 'aegis_mw[fastapi,tracing]'``, the
+    quick start run with ``AEGIS_TRACING=true`` and the OTLP endpoint in the
+    standard variable; a real receiver gets the request's span."""
+    from tests.sinks.otlp_receiver import Receiver
+    from tests.tracing import OTEL_VARIABLES, exported_spans
+
+    venv = venvs("fastapi,tracing")
+    shutil.copy(ROOT / "examples" / "quickstart" / "fastapi_main.py", tmp_path / "main.py")
+    port = free_port()
+    receiver = Receiver().start()
+    try:
+        command = [str(venv / "bin" / "uvicorn"), "main:app", "--port", str(port)]
+        endpoint = f"http://127.0.0.1:{receiver.port}"
+        server = running(
+            command, tmp_path, "Uvicorn running on", OTEL_VARIABLES, AEGIS_TRACING="true",
+            OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+        )  # fmt: skip
+        with server, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as client:
+            assert client.get("/items/5").status_code == 200
+            assert client.get("/metrics").status_code == 200
+        # Stopped by SIGTERM: the lifespan shutdown exported the span.
+        names = [span.name for _, span in exported_spans(receiver)]
+    finally:
+        receiver.stop()
+    assert names == ["GET /items/{item_id}"]

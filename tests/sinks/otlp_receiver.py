@@ -1,7 +1,8 @@
-"""A real OTLP/HTTP receiver on 127.0.0.1 for the OTLP sink's tests.
+"""A real OTLP/HTTP receiver on 127.0.0.1 for the OTLP sink's tests (and the
+spans of ``tracing``).
 
 A ``ThreadingHTTPServer`` in a thread that does what a collector's ``otlp``
-receiver does with ``/v1/metrics`` and ``/v1/logs``: it un-gzips the body,
+receiver does with ``/v1/metrics``, ``/v1/logs`` and ``/v1/traces``: it un-gzips the body,
 decodes the protobuf with opentelemetry-proto, keeps what it decoded, and
 answers an ``Export*ServiceResponse``, or what the test tells it to (a 503
 with ``Retry-After``, a 400 with a ``google.rpc.Status``, a partial success).
@@ -32,6 +33,10 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
 )
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 
@@ -54,7 +59,7 @@ class Arrival:
 
     path: str
     headers: dict[str, str]
-    message: ExportMetricsServiceRequest | ExportLogsServiceRequest
+    message: ExportMetricsServiceRequest | ExportLogsServiceRequest | ExportTraceServiceRequest
     reply: Reply
 
 
@@ -98,6 +103,13 @@ def partial(rejected: int, message: str, signal: str = "metrics") -> Reply:
         )
     return Reply(body=answer.SerializeToString())
 
+
+#: Each signal's path, and its request and response messages.
+SIGNALS: dict[str, tuple[type[Any], type[Any]]] = {
+    "/v1/metrics": (ExportMetricsServiceRequest, ExportMetricsServiceResponse),
+    "/v1/logs": (ExportLogsServiceRequest, ExportLogsServiceResponse),
+    "/v1/traces": (ExportTraceServiceRequest, ExportTraceServiceResponse),
+}
 
 #: Decides the answer to one decoded request (path, message).
 Decide = Callable[[str, Any], Reply]
@@ -168,14 +180,11 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            message: ExportMetricsServiceRequest | ExportLogsServiceRequest
-            if self.path.endswith("/v1/metrics"):
-                message = ExportMetricsServiceRequest()
-            elif self.path.endswith("/v1/logs"):
-                message = ExportLogsServiceRequest()
-            else:
+            kinds = [kind for signal, kind in SIGNALS.items() if self.path.endswith(signal)]
+            if not kinds:
                 self._send(Reply(404, body=b"no such signal"))
                 return
+            message = kinds[0][0]()
             try:
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
@@ -188,11 +197,7 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
                 return
             reply = receiver.decide(self.path, message)
             if reply.body is None and 200 <= reply.status < 300:
-                answer = (
-                    ExportMetricsServiceResponse()
-                    if isinstance(message, ExportMetricsServiceRequest)
-                    else ExportLogsServiceResponse()
-                )
+                answer = kinds[0][1]()
                 reply = Reply(reply.status, reply.headers, answer.SerializeToString())
             receiver.keep(Arrival(self.path, dict(self.headers.items()), message, reply))
             self._send(reply)

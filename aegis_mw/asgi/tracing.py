@@ -1,0 +1,110 @@
+"""``tracing = true`` for ASGI apps: a server span for each HTTP request, made by
+OpenTelemetry's own ASGI middleware around the recording.
+
+The span is created before routing, so it starts named by the method alone
+(``GET``); when the response starts, the route template the request took
+renames it (``GET /items/{item_id}``: see :mod:`aegis_mw.core.span_names`).
+
+No span for what is not the app's traffic: our routes (``/metrics``, health,
+the API, the dashboard, the stream) and ``exclude_paths`` pass by without
+one, and so does a request that already has a server span current when it
+arrives (an instrumentation of the app's own outside ours: it traces the
+request, and the record links to its span). WebSocket sessions are not
+traced. The recording runs inside the span, so each record carries the
+span's trace and span ids (``trace_context``). OpenTelemetry's per-message
+``send``/``receive`` spans are left out: one span per request.
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any
+
+from ..core.span_names import name_span, span_method
+from ..types import Receive, Scope, Send
+from .middleware import AegisMiddleware
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+def _span_details(scope: Scope) -> tuple[str, dict[str, Any]]:
+    """The name a request's span starts with: its method, never its path."""
+    return span_method(scope.get("method")), {}
+
+
+class _Recording:
+    """The middleware's own recording, inside the span; names the span once
+    the app has routed the request: when the response starts (OpenTelemetry
+    ends the span with the response's last byte, before the app returns),
+    or when the app returns without a response."""
+
+    def __init__(self, middleware: AegisMiddleware, current_span: Callable[[], Any]) -> None:
+        self.middleware = middleware
+        self.current_span = current_span
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        middleware = self.middleware
+        span = self.current_span()  # the server span, made for this request
+        named = False
+
+        def name() -> None:
+            nonlocal named
+            named = True
+            # A span left with its first name must not fail the request.
+            with suppress(Exception):
+                name_span(span, scope.get("method"), middleware.route_of(scope))
+
+        async def naming_send(message: Any) -> None:
+            if not named and message["type"] == "http.response.start":
+                name()
+            await send(message)
+
+        try:
+            await AegisMiddleware.__call__(middleware, scope, receive, naming_send)
+        finally:
+            if not named:
+                name()
+
+
+class TracedAegisMiddleware(AegisMiddleware):
+    """:class:`AegisMiddleware` with ``tracing`` on (the class of such an instance)."""
+
+    _spans: Any
+    _span_valid: Callable[[], bool]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            excluded = self._excluded
+            if not (
+                path in excluded.literal
+                or (excluded.match is not None and excluded.match(path))
+                or self._span_valid()
+            ):
+                await self._spans(scope, receive, send)
+                return
+        await AegisMiddleware.__call__(self, scope, receive, send)
+
+
+def attach_tracing(middleware: AegisMiddleware) -> None:
+    """Turn ``middleware`` into a :class:`TracedAegisMiddleware` (``tracing`` on)."""
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    provider = middleware.aegis.tracer_setup.provider
+    current_span = trace.get_current_span
+
+    def span_valid() -> bool:
+        return bool(current_span().get_span_context().is_valid)
+
+    spans = OpenTelemetryMiddleware(
+        _Recording(middleware, current_span),
+        default_span_details=_span_details,
+        tracer_provider=provider,
+        exclude_spans=["receive", "send"],
+    )
+    middleware.__class__ = TracedAegisMiddleware
+    assert isinstance(middleware, TracedAegisMiddleware)
+    middleware._spans = spans
+    middleware._span_valid = span_valid

@@ -1,0 +1,202 @@
+"""``tracing = true`` on an ASGI app: a server span per request made by
+OpenTelemetry's own ASGI middleware, exported over OTLP/HTTP (configured by
+the ``OTEL_*`` variables) to a real receiver on 127.0.0.1 that decodes what
+arrives; named by the route template, none for our routes, excluded paths or
+a request another instrumentation traces; each record linked to its span."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from aegis_mw import Aegis, AegisMiddleware, ConfigError
+from aegis_mw.asgi.tracing import TracedAegisMiddleware
+from aegis_mw.testing import recorded
+from tests.harness import call, http_scope
+from tests.sinks.otlp_receiver import Receiver, attributes
+from tests.tracing import exported_spans
+
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("hot_path")]
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+
+
+async def item(request: Request) -> PlainTextResponse:
+    if request.path_params["item_id"] == "boom":
+        raise RuntimeError("boom")
+    return PlainTextResponse("ok")
+
+
+async def internal(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+def starlette_app() -> Starlette:
+    return Starlette(routes=[Route("/items/{item_id}", item), Route("/internal/x", internal)])
+
+
+async def test_each_request_of_the_app_gets_one_server_span_named_by_its_route(
+    make_aegis: Callable[..., Aegis], span_receiver: Receiver
+) -> None:
+    aegis = make_aegis(tracing=True, exclude_paths=["/internal/*"])
+    middleware = AegisMiddleware(starlette_app(), aegis=aegis)
+    assert isinstance(middleware, TracedAegisMiddleware)
+    caller = [(b"traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01".encode())]
+    assert (await call(middleware, http_scope("/items/1"))).status == 200
+    assert (await call(middleware, http_scope("/items/2", headers=caller))).status == 200
+    assert (await call(middleware, http_scope("/nowhere/7"))).status == 404
+    for ours in ("/metrics", "/health", "/internal/x"):  # no span for these
+        assert (await call(middleware, http_scope(ours))).status == 200
+    with pytest.raises(RuntimeError):
+        await call(middleware, http_scope("/items/boom"))
+    records = {record.path: record for record in recorded(aegis)}
+    assert aegis.shutdown()  # exports the spans ended so far
+
+    spans = exported_spans(span_receiver)
+    assert sorted(span.name for _, span in spans) == [
+        "GET", "GET /items/{item_id}", "GET /items/{item_id}", "GET /items/{item_id}",
+    ]  # fmt: skip
+    assert all(resource["service.name"] == "shop" for resource, _ in spans)
+    by_id = {span.span_id.hex(): span for _, span in spans}
+    assert len(by_id) == 4
+    for path in ("/items/1", "/items/2", "/nowhere/7", "/items/boom"):
+        record = records[path]
+        span = by_id[record.span_id]  # the record links to its request's span
+        assert span.trace_id.hex() == record.trace_id
+        assert span.kind == ProtoSpan.SPAN_KIND_SERVER
+        assert attributes(span.attributes).get("http.route") == (
+            None if path == "/nowhere/7" else "/items/{item_id}"
+        )
+    # The caller's traceparent: the span joins its trace, under its span.
+    joined = by_id[records["/items/2"].span_id]
+    assert (joined.trace_id.hex(), joined.parent_span_id.hex()) == (CALLER_TRACE, CALLER_SPAN)
+    assert by_id[records["/items/boom"].span_id].status.code == 2  # STATUS_CODE_ERROR
+    assert "/metrics" not in records and "/internal/x" not in records
+
+
+async def test_a_request_another_instrumentation_traces_gets_no_second_span(
+    make_aegis: Callable[..., Aegis], span_receiver: Receiver, exporter: Any
+) -> None:
+    provider, theirs = exporter
+    aegis = make_aegis(tracing=True)
+    app = OpenTelemetryMiddleware(
+        AegisMiddleware(starlette_app(), aegis=aegis), tracer_provider=provider
+    )
+    assert (await call(app, http_scope("/items/1"))).status == 200
+    [record] = recorded(aegis)
+    assert aegis.shutdown()
+    assert exported_spans(span_receiver) == []
+    [span] = [span for span in theirs.get_finished_spans() if span.kind == trace.SpanKind.SERVER]
+    assert record.span_id == format(span.context.span_id, "016x")
+
+
+async def test_an_app_that_set_up_opentelemetry_gets_the_spans_in_its_own_provider(
+    make_aegis: Callable[..., Aegis],
+    span_receiver: Receiver,
+    exporter: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    provider, theirs = exporter
+    # The app's global provider (set as trace.set_tracer_provider does, once a process).
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
+    aegis = make_aegis(tracing=True)
+    middleware = AegisMiddleware(starlette_app(), aegis=aegis)
+    assert (await call(middleware, http_scope("/items/1"))).status == 200
+    [record] = recorded(aegis)
+    assert aegis.shutdown()
+    [span] = theirs.get_finished_spans()
+    assert (span.name, format(span.context.span_id, "016x")) == (
+        "GET /items/{item_id}",
+        record.span_id,
+    )
+    assert exported_spans(span_receiver) == []  # nothing of ours besides
+
+
+async def test_with_no_exporter_the_spans_are_made_and_the_records_linked(
+    make_aegis: Callable[..., Aegis], span_receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    aegis = make_aegis(tracing=True)
+    middleware = AegisMiddleware(starlette_app(), aegis=aegis)
+    await call(middleware, http_scope("/items/1"))
+    [record] = recorded(aegis)
+    assert record.trace_id is not None and record.span_id is not None
+    assert aegis.shutdown()
+    assert span_receiver.count("traces") == 0
+
+
+async def test_the_receiver_down_changes_nothing_for_the_app_and_shutdown_stays_bounded(
+    make_aegis: Callable[..., Aegis], span_receiver: Receiver
+) -> None:
+    span_receiver.stop()  # its port refuses connections from now on
+    aegis = make_aegis(tracing=True, shutdown_timeout=2.0)
+    middleware = AegisMiddleware(starlette_app(), aegis=aegis)
+    for index in range(20):
+        assert (await call(middleware, http_scope(f"/items/{index}"))).status == 200
+    assert len(recorded(aegis)) == 20
+    started = time.monotonic()
+    aegis.shutdown()
+    assert time.monotonic() - started < 2.0 + 1.0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("OTEL_TRACES_EXPORTER", "zipkin"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+    ],
+)
+async def test_an_exporter_it_cannot_make_is_a_config_error_naming_the_variable(
+    make_aegis: Callable[..., Aegis],
+    span_receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    aegis = make_aegis(tracing=True)
+    with pytest.raises(ConfigError) as raised:
+        aegis.tracer_setup  # noqa: B018
+    assert raised.value.option == variable and value in str(raised.value)
+
+
+async def test_without_opentelemetry_installed_the_app_refuses_to_start_naming_the_extra(
+    make_aegis: Callable[..., Aegis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)  # as if not installed
+    aegis = make_aegis(tracing=True)
+    middleware = AegisMiddleware(starlette_app(), aegis=aegis)
+    messages = iter([{"type": "lifespan.startup"}])
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await middleware({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+    assert sent[0]["type"] == "lifespan.startup.failed"
+    assert "aegis_mw[tracing]" in sent[0]["message"] and "'tracing'" in sent[0]["message"]
+
+
+def test_the_tracing_option_reads_from_the_environment() -> None:
+    aegis = Aegis(sink="memory://", environ={"AEGIS_TRACING": "on"})
+    try:
+        assert aegis.settings.tracing is True
+    finally:
+        aegis.shutdown()
+    assert os.environ.get("AEGIS_TRACING") is None
