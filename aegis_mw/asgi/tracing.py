@@ -1,9 +1,11 @@
 """``tracing = true`` for ASGI apps: a server span for each HTTP request, made by
 OpenTelemetry's own ASGI middleware around the recording.
 
-The span is created before routing, so it starts named by the method alone
-(``GET``); when the response starts, the route template the request took
-renames it (``GET /items/{item_id}``: see :mod:`aegis_mw.core.span_names`).
+OpenTelemetry names a span by the method and the raw path, which is not
+bounded; the semantic conventions ask for ``{method} {http.route}``, or the
+method alone while no route is known. The span is created before routing, so
+it starts named by the method alone (``GET``); when the response starts, the
+route template the request took renames it (``GET /items/{item_id}``).
 
 No span for what is not the app's traffic: our routes (``/metrics``, health,
 the API, the dashboard, the stream) and ``exclude_paths`` pass by without
@@ -18,14 +20,35 @@ span's trace and span ids (``trace_context``). OpenTelemetry's per-message
 from __future__ import annotations
 
 from contextlib import suppress
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from ..core.span_names import name_span, span_method
+from ..core.errors import ConfigError
+from ..core.labels import STANDARD_METHODS
+from ..core.record import UNMATCHED_ROUTE
+from ..core.tracer_provider import EXTRA_HINT
 from ..types import Receive, Scope, Send
 from .middleware import AegisMiddleware
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+
+def span_method(method: object) -> str:
+    """The method as a span's name has it: a standard one, else ``HTTP``."""
+    return method if type(method) is str and method in STANDARD_METHODS else "HTTP"
+
+
+def name_span(span: Any, method: object, route: object) -> None:
+    """Name a request's span by the route template it took (none, or a
+    request no route matched: left as it is) and set ``http.route``."""
+    if type(route) is str and route and route != UNMATCHED_ROUTE and span.is_recording():
+        span.update_name(f"{span_method(method)} {route}")
+        span.set_attribute("http.route", route)
+
+
+#: Set around a traced request: [whether the recording, and so the app, ran].
+_ENTERED: ContextVar[list[bool] | None] = ContextVar("aegis_traced_entered", default=None)
 
 
 def _span_details(scope: Scope) -> tuple[str, dict[str, Any]]:
@@ -44,6 +67,9 @@ class _Recording:
         self.current_span = current_span
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        entered = _ENTERED.get()
+        if entered is not None:
+            entered[0] = True
         middleware = self.middleware
         span = self.current_span()  # the server span, made for this request
         named = False
@@ -82,17 +108,31 @@ class TracedAegisMiddleware(AegisMiddleware):
                 or (excluded.match is not None and excluded.match(path))
                 or self._span_valid()
             ):
-                await self._spans(scope, receive, send)
-                return
+                entered = [False]
+                token = _ENTERED.set(entered)
+                try:
+                    await self._spans(scope, receive, send)
+                    return
+                except Exception:
+                    if entered[0]:
+                        raise  # the app's (or ours after it ran): as without tracing
+                    # OpenTelemetry failed before the app ran (a query string
+                    # that is not UTF-8, say): the request goes on untraced.
+                finally:
+                    _ENTERED.reset(token)
         await AegisMiddleware.__call__(self, scope, receive, send)
 
 
 def attach_tracing(middleware: AegisMiddleware) -> None:
     """Turn ``middleware`` into a :class:`TracedAegisMiddleware` (``tracing`` on)."""
-    from opentelemetry import trace
-    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    provider = middleware.aegis.tracer_setup.provider  # first: names the extra if missing
+    try:
+        from opentelemetry import trace
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+        from opentelemetry.metrics import NoOpMeterProvider
+    except ImportError as missing:
+        raise ConfigError("tracing", "true", EXTRA_HINT) from missing
 
-    provider = middleware.aegis.tracer_setup.provider
     current_span = trace.get_current_span
 
     def span_valid() -> bool:
@@ -102,6 +142,9 @@ def attach_tracing(middleware: AegisMiddleware) -> None:
         _Recording(middleware, current_span),
         default_span_details=_span_details,
         tracer_provider=provider,
+        # Its HTTP metrics are not what the option asks for (an app with a
+        # global meter provider would get them): ours are on /metrics.
+        meter_provider=NoOpMeterProvider(),
         exclude_spans=["receive", "send"],
     )
     middleware.__class__ = TracedAegisMiddleware

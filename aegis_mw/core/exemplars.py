@@ -3,12 +3,12 @@
 OpenMetrics lets a counter sample and each histogram bucket carry one
 exemplar, a sample's link to a trace (``# {trace_id="..."} value
 timestamp``). Here each request counter series (method, route, status) and
-each bucket of each duration histogram (method, route) keeps the latest
-traced request that landed in it: what prometheus-client keeps too, and what
-makes the scrape's cost bounded by the series (one exemplar a line at most),
-never by the traffic. A scrape every 15 s thus shows, per bucket, one of the
-last requests that fell in it; the slow buckets, where a trace is most
-wanted, keep theirs until a newer slow request replaces it.
+each bucket of each duration histogram (method, route) keeps the last traced
+request taken that landed in it (prometheus-client keeps the latest one
+observed), which bounds the scrape's cost by the series (one exemplar a line
+at most), never by the traffic. Requests are sampled per route (see
+:meth:`Exemplars.take`): the slow buckets, where a trace is most wanted,
+keep theirs until a newer slow request replaces it.
 
 They are taken from the finalized records in the flusher (only traced
 requests cost anything), so the request path does no work for them.
@@ -30,6 +30,9 @@ from .record import RequestRecord
 #: (an app may send any status).
 MAX_SERIES = 10_000
 MAX_STATUSES = 100
+#: Seconds within which a series takes only its slower requests and new
+#: statuses (see :meth:`Exemplars.take`): well under any scrape interval.
+WINDOW = 1.0
 
 #: (trace id, span id or None, seconds the request took, when it ended in
 #: seconds since the epoch). A bucket's exemplar has the duration as its
@@ -41,13 +44,16 @@ Series = tuple[list[Exemplar | None], dict[int, Exemplar]]
 
 
 class Exemplars:
-    """The latest exemplar per duration bucket and per request counter series."""
+    """An exemplar per duration bucket and per request counter series, sampled."""
 
-    __slots__ = ("bounds", "series")
+    __slots__ = ("_windows", "bounds", "series")
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = tuple(bounds)
         self.series: dict[tuple[str, str], Series] = {}
+        #: The flusher's sampling state per series: [end of the window, the
+        #: slowest duration taken in it (ms), the series' statuses].
+        self._windows: dict[tuple[str, str], list[Any]] = {}
 
     def copy(self) -> Exemplars:
         other = Exemplars(self.bounds)
@@ -59,30 +65,46 @@ class Exemplars:
     def take(self, records: Iterable[Any]) -> None:
         """Keep the traced requests of ``records`` (in the order they finished):
         their method, route and status are the label values already (the
-        finalizer maps them as the totals do). Per request: one lookup, a
-        bisection and a tuple, about 0.3 µs."""
-        series, bounds = self.series, self.bounds
+        finalizer maps them as the totals do).
+
+        Sampled per series: within a :data:`WINDOW` of the first request
+        taken, a traced request is taken only when it is slower than every
+        one taken in the window, or has a status the series has no exemplar
+        of; the others are passed over at the cost of one lookup. So a busy
+        route refreshes its exemplars about once a window (a scrape shows the
+        latest anyway), while its outliers and its first errors are kept."""
+        series, bounds, windows = self.series, self.bounds, self._windows
         width = len(bounds) + 1
         for record in records:
-            if type(record) is not RequestRecord:
+            if type(record) is not RequestRecord or record[12] is None:
                 continue  # a WebSocket session counts in no request series
-            (_, timestamp, method, route, _, status, duration_ms, _, _, _, _, _,
-             trace_id, span_id) = record  # fmt: skip
-            if trace_id is None:
+            key = (record[2], record[3])  # method, route
+            started, status, duration_ms = record[1], record[5], record[6]
+            window = windows.get(key)
+            if (
+                window is not None
+                and started < window[0]
+                and duration_ms <= window[1]
+                and status in window[2]
+            ):
                 continue
             seconds = duration_ms / 1000.0
             if seconds - seconds != 0.0:  # not finite: in no bucket, as in the totals
                 continue
-            exemplar = (trace_id, span_id, seconds, timestamp + seconds)
-            entry = series.get((method, route))
+            exemplar = (record[12], record[13], seconds, started + seconds)
+            entry = series.get(key)
             if entry is None:
                 if len(series) >= MAX_SERIES:
                     continue
-                entry = series[(method, route)] = ([None] * width, {})
+                entry = series[key] = ([None] * width, {})
             buckets, statuses = entry
             buckets[bisect_left(bounds, seconds)] = exemplar
             if status in statuses or len(statuses) < MAX_STATUSES:
                 statuses[status] = exemplar
+            if window is None or started >= window[0]:
+                windows[key] = [started + WINDOW, duration_ms, statuses]
+            elif duration_ms > window[1]:
+                window[1] = duration_ms
 
     def merge(self, other: Exemplars) -> None:
         """Add another process's: the later of two for the same place wins."""

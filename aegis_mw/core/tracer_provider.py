@@ -27,6 +27,7 @@ when a middleware with ``tracing`` on is built.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any
@@ -36,6 +37,7 @@ from .errors import ConfigError
 #: What the `tracing` extra installs; named in the error when it is missing.
 EXTRA_HINT = "tracing = true needs the tracing extra: pip install 'aegis_mw[tracing]'"
 EXPORTERS = ("otlp", "console", "none")
+logger = logging.getLogger("aegis_mw")
 
 
 class TracerSetup:
@@ -45,11 +47,12 @@ class TracerSetup:
         try:
             from opentelemetry import trace
             from opentelemetry.sdk.trace import TracerProvider
-        except ImportError as missing:
+        except ImportError as missing:  # the API, or the SDK, not installed
             raise ConfigError("tracing", "true", EXTRA_HINT) from missing
         current = trace.get_tracer_provider()
         #: Made here (None: the app's own is used, and left to the app).
         self.owned: Any = None
+        self._flushed = False
         if not isinstance(current, trace.ProxyTracerProvider):
             self.provider: Any = current
             return
@@ -72,8 +75,9 @@ class TracerSetup:
         runs in a thread of its own, left behind if the exporter still
         retries when the time is up."""
         owned = self.owned
-        if owned is None:
+        if owned is None or self._flushed:
             return True
+        self._flushed = True  # once: a later shutdown() returns at once
         done = threading.Event()
         flushed: list[bool] = []
 
@@ -84,7 +88,10 @@ class TracerSetup:
                 done.set()
 
         threading.Thread(target=run, name="aegis-span-flush", daemon=True).start()
-        return done.wait(max(timeout, 0.0)) and flushed == [True]
+        if done.wait(max(timeout, 0.0)) and flushed == [True]:
+            return True
+        logger.warning("aegis_mw: the spans ended so far were not all exported at shutdown")
+        return False
 
 
 def _exporter() -> Any:

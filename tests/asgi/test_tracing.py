@@ -6,7 +6,6 @@ a request another instrumentation traces; each record linked to its span."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -173,10 +172,13 @@ async def test_an_exporter_it_cannot_make_is_a_config_error_naming_the_variable(
     assert raised.value.option == variable and value in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    "missing", ["opentelemetry", "opentelemetry.sdk.trace", "opentelemetry.instrumentation.asgi"]
+)
 async def test_without_opentelemetry_installed_the_app_refuses_to_start_naming_the_extra(
-    make_aegis: Callable[..., Aegis], monkeypatch: pytest.MonkeyPatch
+    make_aegis: Callable[..., Aegis], monkeypatch: pytest.MonkeyPatch, missing: str
 ) -> None:
-    monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, missing, None)  # as if not installed
     aegis = make_aegis(tracing=True)
     middleware = AegisMiddleware(starlette_app(), aegis=aegis)
     messages = iter([{"type": "lifespan.startup"}])
@@ -193,10 +195,42 @@ async def test_without_opentelemetry_installed_the_app_refuses_to_start_naming_t
     assert "aegis_mw[tracing]" in sent[0]["message"] and "'tracing'" in sent[0]["message"]
 
 
+async def test_a_request_opentelemetry_cannot_trace_is_answered_and_recorded_untraced(
+    make_aegis: Callable[..., Aegis], span_receiver: Receiver
+) -> None:
+    """OpenTelemetry's ASGI middleware fails on a query string that is not
+    UTF-8, before the app runs: the request is served as without tracing."""
+    aegis = make_aegis(tracing=True)
+    middleware = AegisMiddleware(starlette_app(), aegis=aegis)
+    odd = http_scope("/items/1", query_string=b"q=\xff")
+    assert (await call(middleware, odd)).status == 200
+    assert (await call(middleware, http_scope("/items/2"))).status == 200
+    records = recorded(aegis)
+    assert [(r.path, r.trace_id is None) for r in records] == [
+        ("/items/1", True),
+        ("/items/2", False),
+    ]
+    assert aegis.shutdown()
+    [(_, span)] = exported_spans(span_receiver)
+    assert span.span_id.hex() == records[1].span_id
+
+
+async def test_a_second_shutdown_returns_at_once_with_the_collector_down(
+    make_aegis: Callable[..., Aegis], span_receiver: Receiver
+) -> None:
+    span_receiver.stop()
+    aegis = make_aegis(tracing=True, shutdown_timeout=1.0)
+    await call(AegisMiddleware(starlette_app(), aegis=aegis), http_scope("/items/1"))
+    aegis.shutdown()
+    started = time.monotonic()
+    aegis.shutdown()
+    assert time.monotonic() - started < 0.5
+
+
 def test_the_tracing_option_reads_from_the_environment() -> None:
     aegis = Aegis(sink="memory://", environ={"AEGIS_TRACING": "on"})
     try:
         assert aegis.settings.tracing is True
+        assert aegis.settings.sources["tracing"] == "AEGIS_TRACING"
     finally:
         aegis.shutdown()
-    assert os.environ.get("AEGIS_TRACING") is None

@@ -187,11 +187,12 @@ def test_the_series_kept_are_bounded_and_known_ones_still_refresh() -> None:
     exemplars = Exemplars(BOUNDS)
     exemplars.take([record(0, 1.0, route=f"/r{index}") for index in range(MAX_SERIES + 5)])
     assert len(exemplars.series) == MAX_SERIES
-    exemplars.take([record(1, 1.0, route="/r0"), record(1, 1.0, route="/new")])
+    later = 1_700_000_002.0  # past the sampling window of the first ones
+    exemplars.take([record(1, 1.0, route="/r0", at=later), record(1, 1.0, route="/new", at=later)])
     assert exemplars.series[("GET", "/r0")][1][200][0] == TRACES[1]
     assert ("GET", "/new") not in exemplars.series
-    codes = [*range(300, 300 + MAX_STATUSES + 5), 200]
-    exemplars.take([record(2, 1.0, route="/r1", status=code) for code in codes])
+    codes = [200, *range(300, 300 + MAX_STATUSES + 5)]  # 200 first: it opens the window
+    exemplars.take([record(2, 1.0, route="/r1", status=code, at=later) for code in codes])
     statuses = exemplars.series[("GET", "/r1")][1]
     assert len(statuses) == MAX_STATUSES and statuses[200][0] == TRACES[2]
     assert exemplars.series[("GET", "/r1")][0][0][0] == TRACES[2]  # its bucket still refreshed
@@ -350,3 +351,27 @@ async def test_a_number_too_large_for_a_float_in_another_workers_file_fails_no_s
     aegis = make_aegis(metrics_registry="none", metrics_multiprocess_dir=str(tmp_path))
     text = await scrape(AegisMiddleware(timed_app(FakeClock()), aegis=aegis))
     assert "aegis_http_requests_in_progress" in text and exemplars_of(text) == {}
+
+
+def test_within_a_window_a_series_takes_only_slower_requests_and_new_statuses() -> None:
+    """Sampling: a busy route refreshes once a window; its outliers and the
+    first request of each status are kept meanwhile."""
+    exemplars = Exemplars(BOUNDS)
+    at = 1_700_000_000.0
+    exemplars.take([
+        record(0, 30.0, at=at),  # the window's first: taken
+        record(1, 20.0, at=at + 0.1),  # faster, same status: passed over
+        record(2, 400.0, at=at + 0.2),  # the slowest yet: taken
+        record(3, 300.0, at=at + 0.3),  # slower than the first, not the slowest: passed over
+        record(4, 3.0, status=500, at=at + 0.4),  # a status not seen: taken
+    ])  # fmt: skip
+    buckets, statuses = exemplars.series[("GET", ROUTE)]
+    assert {index: mark[0] for index, mark in enumerate(buckets) if mark} == {
+        3: TRACES[0], 7: TRACES[2], 0: TRACES[4],
+    }  # fmt: skip
+    assert {status: mark[0] for status, mark in statuses.items()} == {
+        200: TRACES[2],
+        500: TRACES[4],
+    }
+    exemplars.take([record(1, 20.0, at=at + 1.0)])  # the window is over: taken
+    assert exemplars.series[("GET", ROUTE)][1][200][0] == TRACES[1]
