@@ -140,6 +140,13 @@ def _sink_drops(runner: SinkRunner) -> dict[str, int]:
     return dropped
 
 
+def _store_rejections(sink: object) -> dict[str, int]:
+    """What a sink's store took but dropped itself, by kind: a sink that can
+    tell (the OTLP sink) has a ``rejected_by_store`` mapping; others none."""
+    counts = getattr(sink, "rejected_by_store", None)
+    return dict(counts) if counts else {}
+
+
 def _spool_figures(spool: Spooled | None, wall: float) -> dict[str, Any]:
     """A sink's spool, as SinkStats fields (none without a spool)."""
     if spool is None:
@@ -676,6 +683,7 @@ class Aegis:
                     prune_failures=failed.get(runner.name, 0),
                     prune_lease=int(held.get(runner.name, False)),
                     **_spool_figures(runner.spool, wall),
+                    rejected=_store_rejections(runner.sink),
                 )
                 for runner in self.flusher.runners
             ),

@@ -39,6 +39,10 @@ class SinkStats:
     replayed: int = 0
     spool_lost: int = 0
     spool_error: str = ""
+    #: What the sink's store took but dropped itself, by kind (an OTLP
+    #: collector's partial successes: ``data_points``, ``log_records``); empty
+    #: for a store that never does (see ``rejected_by_store`` on a sink).
+    rejected: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

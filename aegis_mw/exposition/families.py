@@ -396,6 +396,17 @@ class FamilyBuilder:
                 [("_total", labels(("sink", sink.name)), sink.errors) for sink in stats.sinks],
             ),
             Family(
+                f"{ns}_sink_rejected",
+                "counter",
+                "What a sink's store took but dropped itself, by sink and kind (an OTLP "
+                "collector's partial successes).",
+                [
+                    ("_total", labels(("sink", sink.name), ("kind", kind)), count)
+                    for sink in stats.sinks
+                    for kind, count in sorted(sink.rejected.items())
+                ],
+            ),
+            Family(
                 f"{ns}_retention_deleted_rows",
                 "counter",
                 "Expired rows deleted by retention, by sink.",

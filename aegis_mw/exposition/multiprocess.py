@@ -58,6 +58,7 @@ def _sink_figures(sink: SinkStats, *, live: bool) -> dict[str, Any]:
         "backlog": sink.backlog if live else 0,
         **{field: getattr(sink, field) for field in _LATER_COUNTERS},
         "prune_lease": sink.prune_lease if live else 0,
+        "rejected": dict(sink.rejected),
         **{field: getattr(sink, field) if live else 0 for field in _SHARED_GAUGES},
     }
 
@@ -166,6 +167,7 @@ class Merge:
                     "flush_seconds_total": 0.0,
                     "backlog": 0,
                     "prune_lease": 0,
+                    "rejected": {},
                     **dict.fromkeys(_LATER_COUNTERS + _SHARED_GAUGES, 0),
                 },
             )
@@ -176,6 +178,8 @@ class Merge:
                 mine[field] += sink.get(field, 0)
             for reason, count in sink["dropped"].items():
                 mine["dropped"][reason] = mine["dropped"].get(reason, 0) + count
+            for kind, count in sink.get("rejected", {}).items():  # absent before them
+                mine["rejected"][kind] = mine["rejected"].get(kind, 0) + count
             if live:
                 mine["backlog"] += sink["backlog"]
                 mine["prune_lease"] += sink.get("prune_lease", 0)
@@ -221,6 +225,7 @@ class Merge:
                 flushes=values["flushes"],
                 flush_seconds_total=values["flush_seconds_total"],
                 prune_lease=values["prune_lease"],
+                rejected=values["rejected"],
                 **{field: values[field] for field in _LATER_COUNTERS + _SHARED_GAUGES},
             )
             for name, values in self.sinks.items()
@@ -301,6 +306,7 @@ def _well_formed(data: dict[str, Any]) -> bool:
             and all(_is_number(sink.get(name)) for name in sink_fields)
             and all(_is_number(sink.get(name, 0)) for name in _LATER_SINK_FIELDS)
             and _counts(sink.get("dropped"))
+            and _counts(sink.get("rejected", {}))
             for sink in data["sinks"]
         )
         and isinstance(gauges, dict)

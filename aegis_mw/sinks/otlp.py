@@ -214,6 +214,15 @@ class OtlpSink:
             self._pause_until = time.monotonic() + min(answer.retry_after, MAX_PAUSE)
         raise CollectorUnavailable(f"POST {url} answered {answer.status}: {message}")
 
+    @property
+    def rejected_by_store(self) -> dict[str, int]:
+        """What the collector took but dropped itself, for ``aegis.stats()``
+        and ``/metrics`` (``aegis_sink_rejected_total``)."""
+        counts = {"data_points": self.rejected_points}
+        if self.stores_events:
+            counts["log_records"] = self.rejected_log_records
+        return counts
+
     def _partial(self, signal: str, rejected: int, message: str) -> None:
         if not rejected and not message:
             return

@@ -226,3 +226,33 @@ def test_spool_counters_add_up_and_its_gauges_are_the_shared_files_not_a_sum(
     # Without a spool anywhere: no spool series at all.
     assert spool_samples(make_aegis(metrics_registry="none").metrics.endpoint.respond().body
                          .decode()) == {}  # fmt: skip
+
+
+def test_what_each_workers_store_dropped_itself_adds_up(
+    tmp_path: Path, make_aegis: Callable[..., Aegis], living_pid: int, dead_pid: int
+) -> None:
+    """``aegis_sink_rejected_total``: every worker's counts summed by kind, a
+    worker of a version before them counting none, a damaged count skipping
+    its file whole."""
+    counts = {living_pid: {"data_points": 4}, dead_pid: {"data_points": 3, "log_records": 2}}
+    for name, (pid, rejected) in zip("ab", counts.items(), strict=True):
+        data = encode(make_aegis(metrics_registry="none").metrics.read_own(), pid=pid, live=True)
+        data["sinks"][0]["rejected"] = rejected
+        (tmp_path / f"aegis_{pid}_0a0b0c{name}0.json").write_text(json.dumps(data))
+    old = encode(make_aegis(metrics_registry="none").metrics.read_own(), pid=living_pid, live=True)
+    del old["sinks"][0]["rejected"]
+    (tmp_path / f"aegis_{living_pid}_0a0b0cc0.json").write_text(json.dumps(old))
+    damaged = encode(make_aegis(metrics_registry="none").metrics.read_own(), pid=living_pid,
+                     live=True)  # fmt: skip
+    damaged["sinks"][0]["rejected"] = {"data_points": "many"}
+    (tmp_path / f"aegis_{living_pid}_0a0b0cd0.json").write_text(json.dumps(damaged))
+    aegis = make_aegis(metrics_registry="none", metrics_multiprocess_dir=str(tmp_path))
+
+    text = aegis.metrics.endpoint.respond().body.decode()
+    found = {
+        sample.labels["kind"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "aegis_sink_rejected_total"
+    }
+    assert found == {"data_points": 7, "log_records": 2}

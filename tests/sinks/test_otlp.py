@@ -20,6 +20,7 @@ import anyio
 import anyio.to_thread
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -513,6 +514,33 @@ def test_partial_success_is_counted_and_logged_once_per_burst(
     lines = [r.getMessage() for r in caplog.records if r.name == "aegis_mw.sinks.otlp"]
     assert len(lines) == 1
     assert "rejected 2 data points: points too old" in lines[0]
+
+
+def test_what_the_collector_dropped_itself_is_in_stats_and_on_metrics(
+    receiver: Receiver, make_aegis: Callable[..., Aegis]
+) -> None:
+    """The partial successes' counts reach ``aegis.stats()`` and
+    ``aegis_sink_rejected_total``, which shows 0 before any (an alert can
+    watch it from the start)."""
+    receiver.start()
+    sink = OtlpSink(receiver.url)
+    aegis = make_aegis(sink=sink, flush_interval=3600, metrics_registry="none")
+
+    def rejected_series() -> dict[str, float]:
+        text = aegis.metrics.endpoint.respond().body.decode()
+        return {
+            sample.labels["kind"]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "aegis_sink_rejected_total" and sample.labels["sink"] == sink.name
+        }
+
+    assert rejected_series() == {"data_points": 0}
+    receiver.decide = lambda path, message: partial(3, "points too old")
+    aegis.recorder.offer(inbox_item("/p/1", route="/fine"))
+    flush_until_done(aegis)
+    assert otlp_stats(aegis).rejected == {"data_points": 3}
+    assert rejected_series() == {"data_points": 3}
 
 
 def test_a_stored_batch_the_flusher_retries_is_not_sent_again(receiver: Receiver) -> None:
