@@ -40,6 +40,7 @@ try:
     )
     from opentelemetry.proto.metrics.v1.metrics_pb2 import (
         AggregationTemporality,
+        Exemplar,
         Histogram,
         HistogramDataPoint,
         Metric,
@@ -54,6 +55,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "the OTLP sink needs opentelemetry-proto: pip install 'aegis_mw[otel]'"
     ) from exc
 
+from ..core.history import is_span_id, is_trace_id
 from ..core.record import OVERFLOW_ROUTE, UNMATCHED_ROUTE, EventRecord, RequestRecord
 from ..core.record import WebSocketSession as Session
 
@@ -77,7 +79,8 @@ _SEVERITY = {
 }
 _INT64 = range(-(2**63), 2**63)
 
-#: count, sum, min, max, bucket counts (seconds)
+#: count, sum, min, max, bucket counts (seconds), and bucket -> the last
+#: traced record that fell in it (the point's exemplars; None until one)
 _Cell = list[Any]
 #: Who sends: the resource (service) and the instrumentation scope (aegis_mw).
 Where = tuple[Resource, InstrumentationScope]
@@ -157,7 +160,7 @@ def request_cells(requests: Sequence[RequestRecord]) -> dict[tuple[str, str, int
         )
         cell = get(key)
         if cell is None:
-            cell = cells[key] = [0, 0.0, seconds, seconds, [0] * (len(bounds) + 1)]
+            cell = cells[key] = [0, 0.0, seconds, seconds, [0] * (len(bounds) + 1), None]
         cell[0] += 1
         cell[1] += seconds
         if seconds < cell[2]:
@@ -165,7 +168,12 @@ def request_cells(requests: Sequence[RequestRecord]) -> dict[tuple[str, str, int
         elif seconds > cell[3]:
             cell[3] = seconds
         # Upper bounds are inclusive in OTLP: bucket i holds (bounds[i-1], bounds[i]].
-        cell[4][bisect_left(bounds, seconds)] += 1
+        index = bisect_left(bounds, seconds)
+        cell[4][index] += 1
+        if record.trace_id is not None:  # an exemplar of its bucket, the batch's last
+            if cell[5] is None:
+                cell[5] = {}
+            cell[5][index] = record
     return cells
 
 
@@ -180,7 +188,7 @@ def _histogram_point(
     if error_type or status >= 500:
         # The conventions' error.type: the exception's type, else the 5xx status.
         attributes.append(_text("error.type", error_type[:128] or str(status)))
-    count, total, low, high, buckets = cell
+    count, total, low, high, buckets, traced = cell
     if not (0.0 <= low <= high < math.inf and math.isfinite(total)):
         # Only a batch built by hand holds one (the pipeline counts such
         # times as invalid); refused, so the flusher sets that record aside.
@@ -195,7 +203,30 @@ def _histogram_point(
         explicit_bounds=BOUNDS,
         min=low,
         max=high,
+        exemplars=[] if traced is None else _exemplars(traced.values()),
     )
+
+
+def _exemplars(records: Iterable[RequestRecord]) -> list[Exemplar]:
+    """Traced requests as their data point's exemplars: the duration, when it
+    ended, the trace and span. The pipeline's records hold ids the finalizer
+    checked; one of a batch built by hand with ids that are not is left out
+    (an exemplar is never worth a refused batch)."""
+    found = []
+    for record in records:
+        span_id = record.span_id
+        if not is_trace_id(record.trace_id) or not (span_id is None or is_span_id(span_id)):
+            continue
+        seconds = record.duration_ms / 1000.0
+        found.append(
+            Exemplar(
+                time_unix_nano=int((record.timestamp + seconds) * 1e9),
+                as_double=seconds,
+                trace_id=bytes.fromhex(str(record.trace_id)),
+                span_id=b"" if span_id is None else bytes.fromhex(span_id),
+            )
+        )
+    return found
 
 
 def _session_attributes(route: str, close_code: int | None, accepted: bool) -> list[KeyValue]:

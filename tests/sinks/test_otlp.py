@@ -277,6 +277,39 @@ def test_sessions_are_counted_by_route_and_close_code(receiver: Receiver) -> Non
     assert not metrics(receiver.taken(), DURATION)  # no requests: no histogram
 
 
+def test_traced_requests_are_their_points_exemplars(receiver: Receiver) -> None:
+    """Each bucket of a point gets the batch's last traced request that fell
+    in it as an exemplar (its duration, end time, trace and span); untraced
+    requests and ids that are not well formed give none."""
+    receiver.start()
+    sink = OtlpSink(receiver.url)
+    trace = [f"{n:x}" * 32 for n in range(1, 5)]
+    records = [
+        make_request(0, duration_ms=2.0, trace_id=trace[0], span_id="1" * 16),
+        make_request(1, duration_ms=3.0, trace_id=trace[1], span_id="2" * 16),  # same bucket
+        make_request(2, duration_ms=300.0, trace_id=trace[2]),  # no span id
+        make_request(3, duration_ms=40.0),  # untraced
+        make_request(4, duration_ms=60.0, trace_id="not-hex", span_id="2" * 16),  # by hand
+        make_request(5, duration_ms=2.0, status=500, trace_id=trace[3], span_id="4" * 16),
+    ]
+    sink.write(Batch(records, batch_id="t1"))
+    marks = {
+        (attributes(point.attributes)["http.response.status_code"], exemplar.trace_id.hex()): (
+            exemplar.span_id.hex(), exemplar.as_double, exemplar.time_unix_nano,
+        )
+        for _, metric in metrics(receiver.taken(), DURATION)
+        for point in metric.histogram.data_points
+        for exemplar in point.exemplars
+    }  # fmt: skip
+    end_ns = int((records[1].timestamp + 0.003) * 1e9)
+    assert marks == {
+        (200, trace[1]): ("2" * 16, 0.003, end_ns),
+        (200, trace[2]): ("", 0.3, int((records[2].timestamp + 0.3) * 1e9)),
+        (500, trace[3]): ("4" * 16, 0.002, int((records[5].timestamp + 0.002) * 1e9)),
+    }
+    assert served_count(receiver.taken()) == 6
+
+
 # -- the receiver away ------------------------------------------------------------------
 
 
