@@ -83,7 +83,8 @@ class Exemplars:
             window = windows.get(key)
             if (
                 window is not None
-                and started < window[0]
+                # Within the window (a wall clock set back does not stretch it).
+                and window[0] - WINDOW <= started < window[0]
                 and duration_ms <= window[1]
                 and status in window[2]
             ):
@@ -101,7 +102,7 @@ class Exemplars:
             buckets[bisect_left(bounds, seconds)] = exemplar
             if status in statuses or len(statuses) < MAX_STATUSES:
                 statuses[status] = exemplar
-            if window is None or started >= window[0]:
+            if window is None or not window[0] - WINDOW <= started < window[0]:
                 windows[key] = [started + WINDOW, duration_ms, statuses]
             elif duration_ms > window[1]:
                 window[1] = duration_ms

@@ -20,9 +20,9 @@ then uses it:
   spoken (``OTEL_EXPORTER_OTLP_PROTOCOL``).
 
 The SDK reads these from the process's environment itself (not from
-``Aegis(environ=...)``). Spans leave through the SDK's ``BatchSpanProcessor``: a bounded queue and a
-thread of its own, never the request's. OpenTelemetry is imported only here,
-when a middleware with ``tracing`` on is built.
+``Aegis(environ=...)``). Spans leave through the SDK's ``BatchSpanProcessor``:
+a bounded queue and a thread of its own, never the request's. OpenTelemetry
+is imported only when a middleware with ``tracing`` on is built.
 """
 
 from __future__ import annotations

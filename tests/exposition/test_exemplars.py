@@ -375,3 +375,5 @@ def test_within_a_window_a_series_takes_only_slower_requests_and_new_statuses() 
     }
     exemplars.take([record(1, 20.0, at=at + 1.0)])  # the window is over: taken
     assert exemplars.series[("GET", ROUTE)][1][200][0] == TRACES[1]
+    exemplars.take([record(3, 10.0, at=at - 60.0)])  # the wall clock set back: a new window
+    assert exemplars.series[("GET", ROUTE)][1][200][0] == TRACES[3]
