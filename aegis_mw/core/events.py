@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from .history import RequestQuery
+from .history import NO_TRACE_ID, TRACE_ID_DIGITS, RequestQuery
 from .record import EventRecord, RequestRecord
 from .text_rules import text_problem
 
@@ -64,7 +64,6 @@ EARLIEST = 0.0
 LATEST = 253_370_764_800.0  # 9999-01-01T00:00:00Z
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]*")
-_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _DUMP = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
@@ -234,9 +233,9 @@ def build_sized_event(
         if event_id.startswith(REQUEST_PREFIX):
             raise EventError("id", f"may not start with {REQUEST_PREFIX!r} (the request log's)")
     if trace_id is not None:
-        if not isinstance(trace_id, str) or not _TRACE_ID.fullmatch(trace_id):
+        if not isinstance(trace_id, str) or not TRACE_ID_DIGITS.fullmatch(trace_id):
             raise EventError("trace_id", "must be 32 lowercase hex digits")
-        if trace_id == "0" * 32:
+        if trace_id == NO_TRACE_ID:
             raise EventError("trace_id", "may not be all zeros (an invalid trace id)")
     # Checked in this order: the first bad field is the one named.
     seconds = _timestamp(timestamp, now)

@@ -45,10 +45,13 @@ class RequestQuery:
 
 # Lowercase only, as W3C Trace Context writes it: stored ids are compared
 # exactly, so an uppercase one would match nothing.
-_TRACE_ID = re.compile("[0-9a-f]{32}")
-_NO_TRACE = "0" * 32
-_SPAN_ID = re.compile("[0-9a-f]{16}")
-_NO_SPAN = "0" * 16
+#: A trace id's and a span id's form (W3C Trace Context), and the all-zero
+#: ids that form allows but the specification calls invalid: the one check
+#: of ids for the API, the events, the exemplars and the traceparent header.
+TRACE_ID_DIGITS = re.compile("[0-9a-f]{32}")
+NO_TRACE_ID = "0" * 32
+SPAN_ID_DIGITS = re.compile("[0-9a-f]{16}")
+NO_SPAN_ID = "0" * 16
 
 
 def is_trace_id(value: object) -> bool:
@@ -59,12 +62,14 @@ def is_trace_id(value: object) -> bool:
 
         is_trace_id("4bf92f3577b34da6a3ce929d0e0e4736")  # True
     """
-    return isinstance(value, str) and value != _NO_TRACE and bool(_TRACE_ID.fullmatch(value))
+    return (
+        isinstance(value, str) and value != NO_TRACE_ID and bool(TRACE_ID_DIGITS.fullmatch(value))
+    )
 
 
 def is_span_id(value: object) -> bool:
     """Whether ``value`` is a valid span id: 16 lowercase hex digits, not all zeros."""
-    return isinstance(value, str) and value != _NO_SPAN and bool(_SPAN_ID.fullmatch(value))
+    return isinstance(value, str) and value != NO_SPAN_ID and bool(SPAN_ID_DIGITS.fullmatch(value))
 
 
 @runtime_checkable

@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
 
+from .history import NO_SPAN_ID, NO_TRACE_ID
+
 logger = logging.getLogger("aegis_mw")
 
 #: The header's name as ASGI servers give it (lowercase bytes), and as WSGI
@@ -36,8 +38,6 @@ ENVIRON_KEY = "HTTP_TRACEPARENT"
 _TRACEPARENT = re.compile(
     r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[^\x00-\x1f\x7f]*)?", re.ASCII
 )
-_NO_TRACE = "0" * 32
-_NO_SPAN = "0" * 16
 
 #: (OpenTelemetry's context variable, the current span's key), either None.
 TraceSource = tuple["ContextVar[Any] | None", "str | None"]
@@ -56,7 +56,7 @@ def parse_traceparent(value: object) -> tuple[str, str] | None:
     version, trace_id, span_id, _flags, rest = match.groups()
     if version == "ff" or (version == "00" and rest is not None):
         return None
-    if trace_id == _NO_TRACE or span_id == _NO_SPAN:
+    if trace_id == NO_TRACE_ID or span_id == NO_SPAN_ID:
         return None
     return trace_id, span_id
 
