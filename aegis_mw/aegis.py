@@ -144,7 +144,15 @@ def _store_rejections(sink: object) -> dict[str, int]:
     """What a sink's store took but dropped itself, by kind: a sink that can
     tell (the OTLP sink) has a ``rejected_by_store`` mapping; others none."""
     counts = getattr(sink, "rejected_by_store", None)
-    return dict(counts) if counts else {}
+    if not isinstance(counts, Mapping):
+        return {}
+    # A third-party sink's odd values are left out: the workers' files must
+    # stay readable for each other.
+    return {
+        kind: count
+        for kind, count in counts.items()
+        if type(kind) is str and type(count) is int and count >= 0
+    }
 
 
 def _spool_figures(spool: Spooled | None, wall: float) -> dict[str, Any]:

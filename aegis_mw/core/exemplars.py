@@ -80,16 +80,16 @@ class Exemplars:
                 continue  # a WebSocket session counts in no request series
             key = (record[2], record[3])  # method, route
             started, status, duration_ms = record[1], record[5], record[6]
-            window = windows.get(key)
-            if (
-                window is not None
-                # Within the window (a wall clock set back does not stretch it).
-                and window[0] - WINDOW <= started < window[0]
-                and duration_ms <= window[1]
-                and status in window[2]
-            ):
-                continue
             seconds = duration_ms / 1000.0
+            window = windows.get(key)
+            inside = False
+            if window is not None:
+                # Within the window: started before it ends, ended after it
+                # began (a long request is inside; a wall clock set back
+                # starts a new one).
+                inside = window[0] - WINDOW <= started + seconds and started < window[0]
+                if inside and duration_ms <= window[1] and status in window[2]:
+                    continue
             if seconds - seconds != 0.0:  # not finite: in no bucket, as in the totals
                 continue
             exemplar = (record[12], record[13], seconds, started + seconds)
@@ -102,7 +102,7 @@ class Exemplars:
             buckets[bisect_left(bounds, seconds)] = exemplar
             if status in statuses or len(statuses) < MAX_STATUSES:
                 statuses[status] = exemplar
-            if window is None or not window[0] - WINDOW <= started < window[0]:
+            if window is None or not inside:
                 windows[key] = [started + WINDOW, duration_ms, statuses]
             elif duration_ms > window[1]:
                 window[1] = duration_ms

@@ -106,6 +106,8 @@ class OtlpSink:
         #: What the collector took but dropped itself (partial successes).
         self.rejected_points = 0
         self.rejected_log_records = 0
+        #: The process those two count for: a forked child starts from 0.
+        self._counting_pid = os.getpid()
         self._partials_unlogged = 0
         self._partial_logged_at = -math.inf
         self._pause_until = 0.0
@@ -218,14 +220,24 @@ class OtlpSink:
     def rejected_by_store(self) -> dict[str, int]:
         """What the collector took but dropped itself, for ``aegis.stats()``
         and ``/metrics`` (``aegis_sink_rejected_total``)."""
+        self._own_counts()
         counts = {"data_points": self.rejected_points}
         if self.stores_events:
             counts["log_records"] = self.rejected_log_records
         return counts
 
+    def _own_counts(self) -> None:
+        """Counts of this process only: a forked worker's file must not repeat
+        the parent's (the workers' files are summed)."""
+        if self._counting_pid != os.getpid():
+            self._counting_pid = os.getpid()
+            self.rejected_points = self.rejected_log_records = 0
+
     def _partial(self, signal: str, rejected: int, message: str) -> None:
         if not rejected and not message:
             return
+        rejected = max(rejected, 0)  # a collector's odd answer never counts down
+        self._own_counts()
         if signal == "metrics":
             self.rejected_points += rejected
         else:

@@ -170,10 +170,12 @@ def request_cells(requests: Sequence[RequestRecord]) -> dict[tuple[str, str, int
         # Upper bounds are inclusive in OTLP: bucket i holds (bounds[i-1], bounds[i]].
         index = bisect_left(bounds, seconds)
         cell[4][index] += 1
-        if record.trace_id is not None:  # an exemplar of its bucket, the batch's last
-            if cell[5] is None:
-                cell[5] = {}
-            cell[5][index] = record
+        if record.trace_id is not None:
+            ended = _exemplar_time(record, seconds)
+            if ended is not None:
+                if cell[5] is None:  # an exemplar of its bucket: the batch's last
+                    cell[5] = {}
+                cell[5][index] = (record, ended)
     return cells
 
 
@@ -207,26 +209,31 @@ def _histogram_point(
     )
 
 
-def _exemplars(records: Iterable[RequestRecord]) -> list[Exemplar]:
-    """Traced requests as their data point's exemplars: the duration, when it
-    ended, the trace and span. The pipeline's records hold ids the finalizer
-    checked; one of a batch built by hand with ids that are not is left out
-    (an exemplar is never worth a refused batch)."""
-    found = []
-    for record in records:
-        span_id = record.span_id
-        if not is_trace_id(record.trace_id) or not (span_id is None or is_span_id(span_id)):
-            continue
-        seconds = record.duration_ms / 1000.0
-        found.append(
-            Exemplar(
-                time_unix_nano=int((record.timestamp + seconds) * 1e9),
-                as_double=seconds,
-                trace_id=bytes.fromhex(str(record.trace_id)),
-                span_id=b"" if span_id is None else bytes.fromhex(span_id),
-            )
+def _exemplar_time(record: RequestRecord, seconds: float) -> int | None:
+    """When a traced request ended, in OTLP's nanoseconds; None when it cannot
+    be an exemplar: the pipeline's records hold ids the finalizer checked and
+    plausible times, a batch built by hand may not (and an exemplar is never
+    worth a refused batch)."""
+    span_id = record.span_id
+    if not is_trace_id(record.trace_id) or not (span_id is None or is_span_id(span_id)):
+        return None
+    ended = (record.timestamp + seconds) * 1e9
+    if not (math.isfinite(ended) and 0 <= ended < 2**64):
+        return None
+    return min(int(ended), 2**64 - 1)
+
+
+def _exemplars(marks: Iterable[tuple[RequestRecord, int]]) -> list[Exemplar]:
+    """Traced requests (with when they ended) as their data point's exemplars."""
+    return [
+        Exemplar(
+            time_unix_nano=ended,
+            as_double=record.duration_ms / 1000.0,
+            trace_id=bytes.fromhex(str(record.trace_id)),
+            span_id=b"" if record.span_id is None else bytes.fromhex(record.span_id),
         )
-    return found
+        for record, ended in marks
+    ]
 
 
 def _session_attributes(route: str, close_code: int | None, accepted: bool) -> list[KeyValue]:

@@ -377,3 +377,41 @@ def test_within_a_window_a_series_takes_only_slower_requests_and_new_statuses() 
     assert exemplars.series[("GET", ROUTE)][1][200][0] == TRACES[1]
     exemplars.take([record(3, 10.0, at=at - 60.0)])  # the wall clock set back: a new window
     assert exemplars.series[("GET", ROUTE)][1][200][0] == TRACES[3]
+
+
+def test_a_long_request_that_ended_within_the_window_is_in_it() -> None:
+    """Records come in the order they finished: one that started before the
+    window but ended in it is sampled as the window's, not a new window."""
+    exemplars = Exemplars(BOUNDS)
+    at = 1_700_000_000.0
+    exemplars.take([
+        record(0, 3000.0, at=at),  # opens the window [at, at + 1)
+        record(1, 2000.0, at=at - 1.5),  # ended at + 0.5: in it, not slower: passed over
+        record(2, 50.0, at=at + 0.6),  # in it, not slower: passed over
+    ])  # fmt: skip
+    buckets, statuses = exemplars.series[("GET", ROUTE)]
+    assert [index for index, mark in enumerate(buckets) if mark] == [11]  # 3 s: le="5.0"
+    assert statuses[200][0] == TRACES[0]
+
+
+def test_a_sinks_odd_rejection_counts_are_left_out_of_the_stats(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    """``rejected_by_store`` of a sink of the app's: only names with counts
+    reach ``stats()`` (the workers' files must stay readable to each other)."""
+
+    class Odd:
+        name = "odd"
+
+        def __init__(self) -> None:
+            self.rejected_by_store = {"points": 2, "bad": "many", 3: 4, "down": -1, "flag": True}
+
+        def write(self, batch: Any) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    aegis = make_aegis(sink=Odd())
+    [sink] = aegis.stats().sinks
+    assert sink.rejected == {"points": 2}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import ssl
 import subprocess
 import sys
@@ -292,6 +293,12 @@ def test_traced_requests_are_their_points_exemplars(receiver: Receiver) -> None:
         make_request(4, duration_ms=60.0, trace_id="not-hex", span_id="2" * 16),  # by hand
         make_request(5, duration_ms=2.0, status=500, trace_id=trace[3], span_id="4" * 16),
     ]
+    # By hand, after a good one in the same bucket: a bad id, and an end no
+    # OTLP time can carry; stored and counted, their buckets keep the good one.
+    records += [
+        make_request(6, duration_ms=3.5, trace_id="f" * 31 + "z"),
+        make_request(7, duration_ms=300.5, timestamp=math.nan, trace_id=trace[0]),
+    ]
     sink.write(Batch(records, batch_id="t1"))
     marks = {
         (attributes(point.attributes)["http.response.status_code"], exemplar.trace_id.hex()): (
@@ -307,7 +314,24 @@ def test_traced_requests_are_their_points_exemplars(receiver: Receiver) -> None:
         (200, trace[2]): ("", 0.3, int((records[2].timestamp + 0.3) * 1e9)),
         (500, trace[3]): ("4" * 16, 0.002, int((records[5].timestamp + 0.002) * 1e9)),
     }
-    assert served_count(receiver.taken()) == 6
+    assert served_count(receiver.taken()) == 8
+
+
+def test_a_forked_worker_counts_its_own_rejections_only(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers' snapshot files are summed: a child must not repeat the
+    parent's partial successes (nor count down on a negative one)."""
+    receiver.start()
+    receiver.decide = lambda path, message: partial(2, "points too old")
+    sink = OtlpSink(receiver.url)
+    sink.write(Batch([make_request(1)]))
+    assert sink.rejected_by_store == {"data_points": 2}
+    monkeypatch.setattr(os, "getpid", lambda: os.getppid() + 10**6)  # as in a forked child
+    assert sink.rejected_by_store == {"data_points": 0}
+    receiver.decide = lambda path, message: partial(-3, "odd")
+    sink.write(Batch([make_request(2)]))
+    assert sink.rejected_by_store == {"data_points": 0}
 
 
 # -- the receiver away ------------------------------------------------------------------
