@@ -20,6 +20,10 @@ Variants (each compared with its own bare baseline):
 - the same (``memory://``) on the pure-Python request path (``speedups=False``);
 - the same (``memory://``) "all-in": with the flusher's work charged;
 - Flask + prometheus_flask_exporter (``PrometheusMetrics``, its own registry);
+- Flask in OpenTelemetry's own WSGI middleware (an SDK provider with no
+  exporter: spans made and dropped), and Flask + aegis_mw with ``tracing=True``
+  (``OTEL_TRACES_EXPORTER=none``: the same), its request path: what the
+  option costs beside what OpenTelemetry's middleware costs;
 - a plain WSGI callable (no framework), bare and wrapped in
   ``AegisWSGIMiddleware`` with a dropping sink, compiled and pure-Python: the
   middleware alone.
@@ -75,6 +79,8 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "flask_aegis_python": ("Flask + aegis_mw (memory://), pure-Python path", "flask"),
     "flask_aegis_all_in": ("Flask + aegis_mw (memory://), all-in", "flask"),
     "flask_prometheus": ("Flask + prometheus_flask_exporter", "flask"),
+    "flask_otel": ("Flask + OpenTelemetry WSGI (SDK, spans dropped)", "flask"),
+    "flask_aegis_tracing": ("Flask + aegis_mw, tracing=True (spans dropped)", "flask"),
     "wsgi": ("plain WSGI callable", "wsgi"),
     "wsgi_aegis": ("plain WSGI + AegisWSGIMiddleware (dropping)", "wsgi"),
     "wsgi_aegis_python": ("plain WSGI + AegisWSGIMiddleware (dropping), pure-Python", "wsgi"),
@@ -126,15 +132,24 @@ class Variant:
 
                 sink: Any = drop_batch if key == "flask_aegis_drop" else "memory://"
                 speedups = key != "flask_aegis_python"
+                tracing = key == "flask_aegis_tracing"
+                if tracing:  # its own SDK provider, exporting nowhere
+                    os.environ["OTEL_TRACES_EXPORTER"] = "none"
                 self.pipeline = Aegis(
-                    app, sink=sink, metrics_registry="none", speedups=speedups, **HELD_BACK
-                ).pipeline
+                    app, sink=sink, metrics_registry="none", speedups=speedups,
+                    tracing=tracing, **HELD_BACK,
+                ).pipeline  # fmt: skip
             elif key == "flask_prometheus":
                 from prometheus_client import CollectorRegistry
                 from prometheus_flask_exporter import PrometheusMetrics
 
                 PrometheusMetrics(app, registry=CollectorRegistry())
             self.app: Callable[..., Any] = app
+            if key == "flask_otel":
+                from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+                from opentelemetry.sdk.trace import TracerProvider
+
+                self.app = OpenTelemetryMiddleware(app, tracer_provider=TracerProvider())
         elif key.startswith("wsgi_aegis"):
             from aegis_mw.wsgi.middleware import AegisWSGIMiddleware
 

@@ -1,5 +1,5 @@
-"""``tracing`` in a real server: the FastAPI example under uvicorn with
-``AEGIS_TRACING=true`` and the standard ``OTEL_*`` variables pointing at a
+"""``tracing`` in a real server: the FastAPI example under uvicorn, and the
+Flask example under gunicorn, with ``AEGIS_TRACING=true`` and the standard ``OTEL_*`` variables pointing at a
 real OTLP/HTTP receiver on 127.0.0.1. A SIGTERM's lifespan shutdown exports
 the spans; each names its route template, none is made for our routes, and
 the stored request carries its span's ids."""
@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.servers import child_environment, uvicorn_server
+from tests.servers import (
+    child_environment,
+    free_port,
+    gunicorn_command,
+    gunicorn_process,
+    uvicorn_server,
+    wait_for,
+)  # fmt: skip
 from tests.sinks.otlp_receiver import Receiver, attributes
 from tests.tracing import OTEL_VARIABLES, exported_spans
 
@@ -44,3 +52,43 @@ def test_the_fastapi_example_traced_by_one_option(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "aegis.db") as db:
         rows = db.execute("SELECT path, trace_id, span_id FROM aegis_requests").fetchall()
     assert rows == [("/items/3", span.trace_id.hex(), span.span_id.hex())]
+
+
+def test_the_flask_example_traced_by_one_option_under_gunicorn(tmp_path: Path) -> None:
+    """Two sync workers; each exports its spans as it exits (the pipeline's
+    shutdown at exit), the failing view's as an error."""
+    receiver = Receiver().start()
+    try:
+        env = {k: v for k, v in child_environment().items() if k not in OTEL_VARIABLES}
+        env.update(
+            AEGIS_TRACING="true", AEGIS_WS_PORT=str(free_port()), PYTHONUNBUFFERED="1",
+            OTEL_SERVICE_NAME="shop",
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{receiver.port}",
+        )  # fmt: skip
+        command = gunicorn_command(2, "examples.flask_app:app", worker_class="sync")
+        with gunicorn_process(command, tmp_path, env) as (process, lines, seen):
+            deadline = time.monotonic() + 60
+            [listening] = wait_for(
+                lines, seen, r"Listening at: http://127\.0\.0\.1:(\d+)", 1, deadline
+            )
+            wait_for(lines, seen, r"Booting worker with pid: (\d+)", 2, deadline)
+            base = f"http://127.0.0.1:{int(listening.group(1))}"
+            with httpx.Client(base_url=base, timeout=10, headers={"connection": "close"}) as client:
+                for number in range(4):
+                    assert client.get(f"/api/items/{number}").status_code == 200
+                assert client.get("/fail").status_code == 500
+                assert client.get("/metrics").status_code == 200
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0
+        spans = exported_spans(receiver)
+    finally:
+        receiver.stop()
+    assert sorted(span.name for _, span in spans) == ["GET /api/items/{item_id}"] * 4 + [
+        "GET /fail"
+    ]
+    assert {resource["service.name"] for resource, _ in spans} == {"shop"}
+    [failed] = [span for _, span in spans if span.name == "GET /fail"]
+    assert failed.status.code == 2  # STATUS_CODE_ERROR
+    with sqlite3.connect(tmp_path / "aegis.db") as db:
+        rows = db.execute("SELECT trace_id, span_id FROM aegis_requests").fetchall()
+    assert sorted(rows) == sorted((span.trace_id.hex(), span.span_id.hex()) for _, span in spans)

@@ -1,11 +1,9 @@
 """``tracing = true`` for ASGI apps: a server span for each HTTP request, made by
 OpenTelemetry's own ASGI middleware around the recording.
 
-OpenTelemetry names a span by the method and the raw path, which is not
-bounded; the semantic conventions ask for ``{method} {http.route}``, or the
-method alone while no route is known. The span is created before routing, so
-it starts named by the method alone (``GET``); when the response starts, the
-route template the request took renames it (``GET /items/{item_id}``).
+The span starts named by the method alone (``GET``); when the response
+starts, the route template the request took renames it (``GET
+/items/{item_id}``): see ``core/server_spans.py``.
 
 No span for what is not the app's traffic: our routes (``/metrics``, health,
 the API, the dashboard, the stream) and ``exclude_paths`` pass by without
@@ -24,27 +22,13 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ConfigError
-from ..core.labels import STANDARD_METHODS
-from ..core.record import UNMATCHED_ROUTE
+from ..core.server_spans import name_span, span_method
 from ..core.tracer_provider import EXTRA_HINT
 from ..types import Receive, Scope, Send
 from .middleware import AegisMiddleware
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-
-def span_method(method: object) -> str:
-    """The method as a span's name has it: a standard one, else ``HTTP``."""
-    return method if type(method) is str and method in STANDARD_METHODS else "HTTP"
-
-
-def name_span(span: Any, method: object, route: object) -> None:
-    """Name a request's span by the route template it took (none, or a
-    request no route matched: left as it is) and set ``http.route``."""
-    if type(route) is str and route and route != UNMATCHED_ROUTE and span.is_recording():
-        span.update_name(f"{span_method(method)} {route}")
-        span.set_attribute("http.route", route)
 
 
 #: Set around a traced request: [whether the recording, and so the app, ran].

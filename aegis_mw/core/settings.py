@@ -643,9 +643,9 @@ class AegisSettings:
     #: The dashboard links trace ids here: {trace_id} and {span_id} are
     #: replaced ('' shows the ids without a link).
     trace_url: str = ""
-    #: ASGI apps: make a server span for each HTTP request with OpenTelemetry's
-    #: own ASGI instrumentation, named by the route template (the tracing
-    #: extra; the OTEL_* variables set the exporter): docs/opentelemetry.md.
+    #: Make a server span for each HTTP request (ASGI, WSGI, Django) with
+    #: OpenTelemetry's instrumentation, named by the route template (the
+    #: tracing extra; the OTEL_* variables set the exporter): docs/opentelemetry.md.
     tracing: bool = False
     #: Nice levels the pipeline's threads run below the app's (Linux); 0 keeps
     #: them at the app's priority.

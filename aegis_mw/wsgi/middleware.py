@@ -35,7 +35,6 @@ from typing import Any
 
 from ..aegis import Aegis
 from ..core.client_address import ClientAddressResolver
-from ..core.errors import ConfigError
 from ..core.outcome import settle
 from ..core.record import UNMATCHED_ROUTE
 from ..core.trace_context import environ_trace, response_trace
@@ -46,16 +45,6 @@ from .responses import CountingInput, Recorded, RecordedSized, iteration_failed,
 
 StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
-#: Why ``tracing`` is refused here: OpenTelemetry's WSGI middleware returns its
-#: own generator for every response (a file response loses the server's
-#: sendfile, a list its length) and loses the request when a server closes a
-#: response without iterating it. Its own instrumentation, used directly,
-#: gives WSGI apps the spans meanwhile, and the records their ids.
-NO_WSGI_TRACING = (
-    "not yet for WSGI apps: wrap the app in OpenTelemetry's OpenTelemetryMiddleware "
-    "(opentelemetry.instrumentation.wsgi), or use FlaskInstrumentor, as docs/opentelemetry.md shows"
-)
-
 #: Where a framework integration may leave the matched route template.
 ROUTE_KEY = "aegis.route"
 #: Where it may leave the error of an exception the framework answered itself.
@@ -88,9 +77,6 @@ class AegisWSGIMiddleware:
             raise TypeError("pass either aegis=Aegis(...) or options, not both")
         self.app = app
         self.aegis = aegis if aegis is not None else Aegis(**options)
-        if self.aegis.settings.tracing:
-            raise ConfigError("tracing", True, NO_WSGI_TRACING, self.aegis.settings.sources.get(
-                "tracing", ""))  # fmt: skip
         self.route_reader = route_reader
         self._routes = WSGIRoutes(self.aegis)
         # The app's own routes on our paths stay the app's; asked again at the
@@ -111,6 +97,10 @@ class AegisWSGIMiddleware:
         #: Read by the compiled path too (recording.c): None, or where to look.
         self.trace_source = self.aegis.trace_source
         self._compiled = compiled.build(self) if self.aegis.settings.speedups else None
+        if self.aegis.settings.tracing:
+            from .tracing import attach_tracing
+
+            attach_tracing(self)
         self.aegis.attached("compiled" if self._compiled is not None else "python")
         if hasattr(os, "register_at_fork"):
             # By weak reference: a hook must not keep a discarded app alive.

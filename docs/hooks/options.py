@@ -79,10 +79,10 @@ DESCRIPTIONS: dict[str, str] = {
         "`http://localhost:16686/trace/{trace_id}` for Jaeger; empty shows the ids unlinked."
     ),
     "tracing": (
-        "ASGI apps: make a server span for each HTTP request with OpenTelemetry's own ASGI "
-        "instrumentation, named by the route template, none for our routes or `exclude_paths` "
-        "(the `tracing` extra; the `OTEL_*` variables choose the exporter) "
-        "([With OpenTelemetry](opentelemetry.md#tracing-true-spans-for-an-asgi-app-with-none))."
+        "Make a server span for each HTTP request (ASGI apps, WSGI apps and Django) with "
+        "OpenTelemetry's instrumentation, named by the route template, none for our routes or "
+        "`exclude_paths` (the `tracing` extra; the `OTEL_*` variables choose the exporter) "
+        "([With OpenTelemetry](opentelemetry.md#tracing-true-spans-for-an-app-with-none))."
     ),
     "background_niceness": (
         "Linux: how many nice levels below the app the flusher's and the sinks' threads run, "

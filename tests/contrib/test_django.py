@@ -25,11 +25,11 @@ from django.test import AsyncClient, Client, override_settings  # noqa: E402
 from opentelemetry.instrumentation.django import DjangoInstrumentor  # noqa: E402
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware  # noqa: E402
 
-from aegis_mw import ConfigError  # noqa: E402
 from aegis_mw.contrib.django.middleware import route_template  # noqa: E402
 from aegis_mw.testing import recorded  # noqa: E402
 from aegis_mw.wsgi.mounted import WSGIRoutes  # noqa: E402
-from tests.tracing import recording_provider  # noqa: E402
+from tests.sinks.otlp_receiver import attributes  # noqa: E402
+from tests.tracing import exported_spans, recording_provider  # noqa: E402
 
 # Every test runs on the compiled and on the pure-Python request path (a
 # test client builds Django's middleware chain, and so ours, per client).
@@ -156,17 +156,76 @@ def test_a_bad_option_is_a_system_check_error() -> None:
         assert not [m for m in checks.run_checks() if m.id == "aegis_mw.E001"]
 
 
-def test_tracing_is_a_system_check_error_that_names_djangos_own_instrumentation() -> None:
-    """Django is traced by OpenTelemetry's DjangoInstrumentor, not by the option."""
-    from aegis_mw.contrib.django.apps import AegisAppConfig
+@pytest.fixture
+def traced(make_aegis: Any, span_receiver: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The app's pipeline with ``tracing`` on (the clients built in the test
+    build their middleware on it), exporting to the real OTLP receiver."""
+    aegis = make_aegis(tracing=True, exclude_paths=["/shop/*"])
+    monkeypatch.setattr(apps.get_app_config("aegis_mw"), "_pipeline", aegis)
+    return aegis
 
-    with override_settings(AEGIS={"sink": "memory://", "tracing": True}):
-        [error] = [m for m in checks.run_checks() if m.id == "aegis_mw.E001"]
-        assert "'tracing'" in error.msg and "DjangoInstrumentor" in error.msg
-        config = AegisAppConfig.create("aegis_mw.contrib.django")
-        config.ready()
-        with pytest.raises(ConfigError, match="DjangoInstrumentor"):
-            config.pipeline  # noqa: B018
+
+def test_tracing_makes_a_server_span_per_request_named_by_its_pattern(
+    traced: Any, span_receiver: Any
+) -> None:
+    client = Client(raise_request_exception=False)
+    caller = f"00-{'4bf92f3577b34da6a3ce929d0e0e4736'}-{'00f067aa0ba902b7'}-01"
+    assert client.get("/items/3/", HTTP_TRACEPARENT=caller).content == b"item 3"
+    assert client.get("/boom/").status_code == 500
+    assert b"".join(client.get("/stream/").streaming_content) == b"one two"
+    assert client.get("/nowhere/").status_code == 404
+    for ours in ("/metrics", "/health", "/shop/orders/1/"):  # no span for these
+        assert client.get(ours).status_code == 200
+    records = {record.path: record for record in recorded(traced)}
+    assert traced.shutdown()
+    spans = {span.span_id.hex(): span for _, span in exported_spans(span_receiver)}
+    assert sorted(span.name for span in spans.values()) == [
+        "GET", "GET /boom/", "GET /items/{item_id}/", "GET /stream/",
+    ]  # fmt: skip
+    for path in ("/items/3/", "/boom/", "/stream/", "/nowhere/"):
+        span = spans[records[path].span_id]  # each record links to its span
+        assert span.trace_id.hex() == records[path].trace_id
+        assert attributes(span.attributes)["http.status_code"] == records[path].status
+    joined = spans[records["/items/3/"].span_id]
+    assert (joined.trace_id.hex(), joined.parent_span_id.hex()) == (
+        "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7",
+    )  # fmt: skip
+    failed = spans[records["/boom/"].span_id]
+    assert (failed.status.code, failed.status.message) == (2, "RuntimeError: kaput")
+
+
+def test_tracing_makes_no_second_span_beside_djangos_own_instrumentation(
+    traced: Any, span_receiver: Any
+) -> None:
+    provider, theirs = recording_provider()
+    instrumentor = DjangoInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        assert Client().get("/items/13/").status_code == 200
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()
+    [record] = recorded(traced)
+    assert traced.shutdown()
+    assert exported_spans(span_receiver) == []
+    [span] = theirs.get_finished_spans()
+    assert record.span_id == f"{span.context.span_id:016x}"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_tracing_under_the_asgi_handler(
+    anyio_backend: str, traced: Any, span_receiver: Any
+) -> None:
+    client = AsyncClient()
+    assert (await client.get("/items/5/")).content == b"item 5"
+    assert (await client.get("/health/live")).status_code == 200
+    [record] = recorded(traced)
+    assert traced.shutdown()
+    [(_, span)] = exported_spans(span_receiver)
+    assert (span.name, span.span_id.hex(), span.trace_id.hex()) == (
+        "GET /items/{item_id}/", record.span_id, record.trace_id,
+    )  # fmt: skip
 
 
 def test_a_stream_that_breaks_midway_is_recorded_with_its_error() -> None:

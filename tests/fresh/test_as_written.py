@@ -225,3 +225,35 @@ def test_the_fastapi_quick_start_traced_with_only_the_tracing_extra(
     finally:
         receiver.stop()
     assert names == ["GET /items/{item_id}"]
+
+
+def test_the_flask_quick_start_traced_with_only_the_tracing_extra(
+    venvs: Any, tmp_path: Path
+) -> None:
+    """``pip install 'aegis_mw[flask,tracing]'``: the Flask quick start under
+    ``flask run`` with ``AEGIS_TRACING=true``; the SDK's batch processor
+    exports the request's span while the app runs (asked to every 0.2 s)."""
+    from tests.sinks.otlp_receiver import Receiver
+    from tests.tracing import OTEL_VARIABLES, exported_spans
+
+    venv = venvs("flask,tracing")
+    shutil.copy(ROOT / "examples" / "quickstart" / "flask_main.py", tmp_path / "main.py")
+    port = free_port()
+    receiver = Receiver().start()
+    try:
+        command = [str(venv / "bin" / "flask"), "--app", "main", "run", "--port", str(port)]
+        endpoint = f"http://127.0.0.1:{receiver.port}"
+        server = running(
+            command, tmp_path, "Running on http://127.0.0.1", (*OTEL_VARIABLES,
+            "OTEL_BSP_SCHEDULE_DELAY"), AEGIS_TRACING="true", OTEL_BSP_SCHEDULE_DELAY="200",
+            OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+        )  # fmt: skip
+        with server as output:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as client:
+                assert client.get("/items/5").status_code == 200
+                assert client.get("/metrics").status_code == 200  # ours: no span
+            assert receiver.wait_for("traces", 1, STARTUP_TIMEOUT), output.text
+        names = [span.name for _, span in exported_spans(receiver)]
+    finally:
+        receiver.stop()
+    assert names == ["GET /items/{item_id}"]

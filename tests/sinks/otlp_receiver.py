@@ -126,6 +126,7 @@ class Receiver:
         self.undecodable: list[str] = []
         self.decide: Decide = lambda path, message: Reply()
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -160,6 +161,15 @@ class Receiver:
     def keep(self, arrival: Arrival) -> None:
         with self._lock:
             self.arrivals.append(arrival)
+            self._arrived.notify_all()
+
+    def wait_for(self, signal: str, count: int, timeout: float) -> bool:
+        """Whether ``count`` requests of ``signal`` arrived within ``timeout`` seconds."""
+        with self._arrived:
+            return self._arrived.wait_for(
+                lambda: sum(a.path.endswith(f"/v1/{signal}") for a in self.arrivals) >= count,
+                timeout,
+            )
 
     def taken(self, signal: str = "metrics") -> list[Any]:
         """The messages of ``signal`` answered with a 2xx, in arrival order."""

@@ -1,35 +1,246 @@
-"""``tracing = true`` is refused for WSGI apps (plain and Flask), at start,
-with an error naming the option and what to use instead: OpenTelemetry's
-own WSGI instrumentation, whose spans the records carry (test_trace_context)."""
+"""``tracing = true`` on a WSGI app (plain and Flask): a server span per
+request with OpenTelemetry's WSGI attributes, exported over OTLP/HTTP (the
+``OTEL_*`` variables) to a real receiver on 127.0.0.1; named by the route
+template, none for our routes, excluded paths or a request another
+instrumentation traces; ended when the server closes the response, which
+the server gets as it would without tracing (a file wrapper stays itself,
+a list keeps its length); each record linked to its span."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+from wsgiref.util import FileWrapper
 
 import flask
 import pytest
+from opentelemetry import trace
+from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 
 from aegis_mw import Aegis, ConfigError
 from aegis_mw.contrib.flask import Aegis as FlaskAegis
+from aegis_mw.testing import recorded
 from aegis_mw.wsgi import AegisWSGIMiddleware
+from aegis_mw.wsgi.tracing import SPAN_KEY, TracedAegisWSGIMiddleware
+from tests.harness import OPEN_MONITORING
+from tests.sinks.otlp_receiver import Receiver, attributes
+from tests.tracing import exported_spans
+from tests.wsgi.test_middleware import Response, environ_for, serve
+
+pytestmark = pytest.mark.usefixtures("hot_path")
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+ERROR = 2  # Status.STATUS_CODE_ERROR of the OTLP protocol
 
 
-def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-    start_response("200 OK", [])
-    return [b"ok"]
+def current_span_id() -> str | None:
+    context = trace.get_current_span().get_span_context()
+    return format(context.span_id, "016x") if context.is_valid else None
 
 
-def test_a_wsgi_app_with_tracing_refuses_to_start_naming_what_to_use() -> None:
-    aegis = Aegis(sink="memory://", environ={"AEGIS_TRACING": "true"})
+def flask_app() -> flask.Flask:
+    app = flask.Flask(__name__)
+    seen = app.config["SEEN"] = []
+
+    @app.get("/items/<int:item_id>")
+    def item(item_id: int) -> str:
+        seen.append(current_span_id())  # the view runs inside the span
+        return "ok"
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise RuntimeError("boom")
+
+    @app.get("/internal/x")
+    def internal() -> str:
+        return "ok"
+
+    return app
+
+
+def test_each_request_of_a_flask_app_gets_one_server_span_named_by_its_route(
+    span_receiver: Receiver,
+) -> None:
+    app = flask_app()
+    pipeline = FlaskAegis(
+        app, sink="memory://", environ={}, access=OPEN_MONITORING, tracing=True,
+        exclude_paths=["/internal/*"],
+    ).pipeline  # fmt: skip
+    assert pipeline is not None and isinstance(app.wsgi_app, TracedAegisWSGIMiddleware)
     try:
-        with pytest.raises(ConfigError) as raised:
-            AegisWSGIMiddleware(app, aegis=aegis)
+        caller = {"HTTP_TRACEPARENT": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"}
+        assert serve(app, environ_for("/items/1"))[0].status == "200 OK"
+        assert serve(app, environ_for("/items/2", **caller))[0].status == "200 OK"
+        assert serve(app, environ_for("/nowhere/7"))[0].status.startswith("404")
+        assert serve(app, environ_for("/boom"))[0].status.startswith("500")
+        for ours in ("/metrics", "/health", "/internal/x"):  # no span for these
+            assert serve(app, environ_for(ours))[0].status == "200 OK"
+        assert current_span_id() is None  # nothing left attached to the thread
+        records = {record.path: record for record in recorded(pipeline)}
     finally:
-        aegis.shutdown()
-    assert raised.value.option == "tracing" and raised.value.source == "AEGIS_TRACING"
-    assert "OpenTelemetryMiddleware" in str(raised.value)
+        assert pipeline.shutdown()  # exports the spans ended so far
+
+    spans = exported_spans(span_receiver)
+    assert sorted(span.name for _, span in spans) == [
+        "GET", "GET /boom", "GET /items/{item_id}", "GET /items/{item_id}",
+    ]  # fmt: skip
+    assert all(resource["service.name"] == "shop" for resource, _ in spans)
+    by_id = {span.span_id.hex(): span for _, span in spans}
+    for path in ("/items/1", "/items/2", "/nowhere/7", "/boom"):
+        record = records[path]
+        span = by_id[record.span_id]  # the record links to its request's span
+        assert span.trace_id.hex() == record.trace_id
+        assert span.kind == ProtoSpan.SPAN_KIND_SERVER
+        assert attributes(span.attributes).get("http.route") == (
+            None if path == "/nowhere/7" else "/boom" if path == "/boom" else "/items/{item_id}"
+        )
+        assert attributes(span.attributes)["http.status_code"] == record.status
+    assert app.config["SEEN"] == [records["/items/1"].span_id, records["/items/2"].span_id]
+    joined = by_id[records["/items/2"].span_id]  # the caller's traceparent: its trace
+    assert (joined.trace_id.hex(), joined.parent_span_id.hex()) == (CALLER_TRACE, CALLER_SPAN)
+    failed = by_id[records["/boom"].span_id]
+    assert (failed.status.code, failed.status.message) == (ERROR, "RuntimeError: boom")
+    assert "/metrics" not in records and "/internal/x" not in records
 
 
-def test_a_flask_app_with_tracing_refuses_to_start() -> None:
-    with pytest.raises(ConfigError, match="FlaskInstrumentor"):
-        FlaskAegis(flask.Flask(__name__), sink="memory://", environ={}, tracing=True)
+def test_an_exception_of_the_app_ends_its_span_as_an_error_and_is_raised_unchanged(
+    make_aegis: Callable[..., Aegis], span_receiver: Receiver
+) -> None:
+    failure = ValueError("no such item")
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise failure
+
+    aegis = make_aegis(tracing=True)
+    environ = environ_for("/items/1", **{"aegis.route": "/items/{item_id}"})
+    with pytest.raises(ValueError) as raised:
+        AegisWSGIMiddleware(app, aegis=aegis)(environ, Response().start_response)
+    assert raised.value is failure and current_span_id() is None
+    assert SPAN_KEY not in environ
+    [record] = recorded(aegis)
+    assert aegis.shutdown()
+    [(_, span)] = exported_spans(span_receiver)
+    assert (span.name, span.span_id.hex(), record.status) == (
+        "GET /items/{item_id}",
+        record.span_id,
+        500,
+    )
+    assert span.status.code == ERROR and span.status.message == "ValueError: no such item"
+    assert attributes(span.attributes)["error.type"] == "ValueError"
+
+
+def test_the_server_gets_the_apps_own_response_and_the_span_ends_at_close(
+    make_aegis: Callable[..., Aegis], span_receiver: Receiver, tmp_path: Path
+) -> None:
+    """A file wrapper is handed back as it is (the server may sendfile() it),
+    a list keeps its length; the span ends when the server closes either,
+    even one it closes without iterating."""
+    (tmp_path / "file.bin").write_bytes(b"x" * 1000)
+    opened: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+        if environ["PATH_INFO"] == "/file":
+            opened.append(environ["wsgi.file_wrapper"]((tmp_path / "file.bin").open("rb")))
+            return opened[-1]
+        return [b"one", b"two"]
+
+    aegis = make_aegis(tracing=True)
+    middleware = AegisWSGIMiddleware(app, aegis=aegis)
+    assert isinstance(middleware, TracedAegisWSGIMiddleware)
+    file_result = middleware(environ_for("/file", **{"wsgi.file_wrapper": FileWrapper}),
+                             Response().start_response)  # fmt: skip
+    assert file_result is opened[0] and current_span_id() is None
+    list_result = middleware(environ_for("/list"), Response().start_response)
+    assert len(list_result) == 2  # type: ignore[arg-type]
+    unread = middleware(environ_for("/unread"), Response().start_response)
+    assert recorded(aegis) == []  # none closed yet: each span still open
+    file_result.close()  # type: ignore[attr-defined]
+    assert b"".join(list_result) == b"onetwo"
+    list_result.close()  # type: ignore[attr-defined]
+    unread.close()  # type: ignore[attr-defined]
+    records = {record.path: record for record in recorded(aegis)}
+    assert aegis.shutdown()
+    spans = {span.span_id.hex(): span for _, span in exported_spans(span_receiver)}
+    assert {path: records[path].span_id in spans for path in records} == {
+        "/file": True, "/list": True, "/unread": True,
+    }  # fmt: skip
+    assert records["/file"].response_bytes == 1000
+    for path in records:
+        span = spans[records[path].span_id]
+        assert span.end_time_unix_nano >= span.start_time_unix_nano
+        assert attributes(span.attributes)["http.status_code"] == 200
+
+
+def test_a_body_that_fails_midway_ends_its_span_as_an_error(
+    make_aegis: Callable[..., Aegis], span_receiver: Receiver
+) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b"first"
+        raise OSError("disk gone")
+
+    aegis = make_aegis(tracing=True)
+    with pytest.raises(OSError, match="disk gone"):
+        serve(AegisWSGIMiddleware(app, aegis=aegis), environ_for("/stream"))
+    [record] = recorded(aegis)
+    assert aegis.shutdown()
+    [(_, span)] = exported_spans(span_receiver)
+    assert span.span_id.hex() == record.span_id
+    assert (span.status.code, span.status.message) == (ERROR, "OSError: disk gone")
+
+
+def test_a_request_another_instrumentation_traces_gets_no_second_span(
+    make_aegis: Callable[..., Aegis], span_receiver: Receiver, exporter: Any
+) -> None:
+    provider, theirs = exporter
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    aegis = make_aegis(tracing=True)
+    outer = OpenTelemetryMiddleware(AegisWSGIMiddleware(app, aegis=aegis), tracer_provider=provider)
+    assert serve(outer, environ_for("/items/1"))[1] == b"ok"
+    [record] = recorded(aegis)
+    assert aegis.shutdown()
+    assert exported_spans(span_receiver) == []
+    [span] = theirs.get_finished_spans()
+    assert record.span_id == format(span.context.span_id, "016x")
+
+
+def test_a_request_opentelemetry_cannot_trace_is_answered_and_recorded_untraced(
+    make_aegis: Callable[..., Aegis], span_receiver: Receiver
+) -> None:
+    """OpenTelemetry's attribute collection fails on a SERVER_PORT that is not
+    a number: the request is served as without tracing."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    aegis = make_aegis(tracing=True)
+    middleware = AegisWSGIMiddleware(app, aegis=aegis)
+    assert serve(middleware, environ_for("/odd", SERVER_PORT="eighty"))[1] == b"ok"
+    assert serve(middleware, environ_for("/even"))[1] == b"ok"
+    records = recorded(aegis)
+    assert [(r.path, r.trace_id is None) for r in records] == [("/odd", True), ("/even", False)]
+    assert aegis.shutdown()
+    [(_, span)] = exported_spans(span_receiver)
+    assert span.span_id.hex() == records[1].span_id
+
+
+@pytest.mark.parametrize(
+    "missing", ["opentelemetry", "opentelemetry.sdk.trace", "opentelemetry.instrumentation.wsgi"]
+)
+def test_without_opentelemetry_installed_the_app_refuses_to_start_naming_the_extra(
+    make_aegis: Callable[..., Aegis], monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)  # as if not installed
+    aegis = make_aegis(tracing=True)
+    with pytest.raises(ConfigError) as raised:
+        AegisWSGIMiddleware(lambda environ, start_response: [], aegis=aegis)
+    assert raised.value.option == "tracing" and "aegis_mw[tracing]" in str(raised.value)

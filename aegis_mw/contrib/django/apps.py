@@ -20,18 +20,10 @@ def options() -> dict[str, Any]:
     return dict(value)
 
 
-#: Django is traced by OpenTelemetry's own instrumentation, not by ``tracing``.
-NO_DJANGO_TRACING = (
-    "not for Django: use OpenTelemetry's DjangoInstrumentor (see docs/opentelemetry.md); "
-    "the records carry its spans' ids"
-)
-
-
 def check_options(**kwargs: Any) -> list[checks.CheckMessage]:
     """``settings.AEGIS`` validated as at start: an error names the option."""
     try:
-        if AegisSettings.load(**options()).tracing:
-            raise ConfigError("tracing", True, NO_DJANGO_TRACING, "settings.AEGIS")
+        AegisSettings.load(**options())
     except ConfigError as exc:
         return [
             checks.Error(str(exc), hint="see aegis_mw's docs/configuration.md", id="aegis_mw.E001")
@@ -52,9 +44,5 @@ class AegisAppConfig(AppConfig):
     def pipeline(self) -> Aegis:
         """This process's pipeline, built from ``settings.AEGIS`` on first use."""
         if self._pipeline is None:
-            pipeline = Aegis(**options())
-            if pipeline.settings.tracing:
-                pipeline.shutdown()
-                raise ConfigError("tracing", True, NO_DJANGO_TRACING, "settings.AEGIS")
-            self._pipeline = pipeline
+            self._pipeline = Aegis(**options())
         return self._pipeline

@@ -85,6 +85,10 @@ class AegisMiddleware:
             markcoroutinefunction(self)
         # A subclass with a __call__ of its own keeps it: the compiled path
         # would bypass it.
+        if self.aegis.settings.tracing:
+            from .tracing import attach_tracing
+
+            attach_tracing(self)  # a class of its own, with a __call__ of its own
         fast = self.aegis.settings.speedups and not self.is_async
         own_call = type(self).__call__ is AegisMiddleware.__call__
         #: Read by the compiled path too (recording.c): None, or where to look.

@@ -1,0 +1,96 @@
+"""``tracing = true`` for Django (``settings.AEGIS``): a server span for each
+request, as for WSGI apps (``wsgi/tracing.py``), under Django's WSGI and
+ASGI handlers alike.
+
+The span is current while the rest of ``MIDDLEWARE`` and the view run (their
+logging and outgoing calls see it, and the record carries its ids), under
+the caller's ``traceparent`` when one came; it ends where the record's clock
+stops, when Django closes the response (a streamed body's end), or when
+``get_response`` raises. Named by the resolver match's pattern as the record
+is (``GET /items/{item_id}``). No span for our routes, ``exclude_paths``,
+or a request that arrives with a span current already. A traced middleware
+takes the pure-Python path: a span costs far more than the compiled one
+saves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest
+
+from ...wsgi.tracing import ServerSpans
+from .middleware import AegisMiddleware
+
+#: Where a traced request keeps its span until the record ends.
+SPAN_ATTRIBUTE = "_aegis_span"
+
+
+class TracedAegisMiddleware(AegisMiddleware):
+    """Django's :class:`AegisMiddleware` with ``tracing`` on (the class of such an instance)."""
+
+    _spans: ServerSpans
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self._traced_acall(request)
+        leave = self._open(request)
+        if leave is None:
+            return AegisMiddleware.__call__(self, request)
+        try:
+            return AegisMiddleware.__call__(self, request)
+        finally:
+            leave()
+
+    async def _traced_acall(self, request: HttpRequest) -> Any:
+        leave = self._open(request)
+        try:
+            return await self._acall(request)
+        finally:
+            if leave is not None:
+                leave()
+
+    def _open(self, request: HttpRequest) -> Any:
+        """Start the request's span, current until the returned callable is
+        called; None for a request that is not traced."""
+        path = request.path_info
+        excluded = self.aegis.excluded_paths
+        if (
+            path in self.routes.handlers
+            or path in excluded.literal
+            or (excluded.match is not None and excluded.match(path))
+            or self._spans.current()
+        ):
+            return None
+        meta = request.META
+        if "wsgi.url_scheme" not in meta:  # Django's ASGI handler: its META has none
+            meta = {**meta, "wsgi.url_scheme": request.scheme}
+        try:
+            span, leave = self._spans.open(meta)
+        except Exception:  # OpenTelemetry failed on this request: untraced
+            return None
+        setattr(request, SPAN_ATTRIBUTE, span)
+        return leave
+
+    def _closed(self, request: HttpRequest, item: list[Any]) -> None:
+        AegisMiddleware._closed(self, request, item)
+        self._end(request, item, None)
+
+    def _raised(self, request: HttpRequest, item: Any, failure: BaseException) -> None:
+        AegisMiddleware._raised(self, request, item, failure)
+        self._end(request, item, failure)
+
+    def _end(self, request: HttpRequest, item: Any, failure: BaseException | None) -> None:
+        span = request.__dict__.pop(SPAN_ATTRIBUTE, None)
+        if span is not None:
+            # Django answers with the status the record has (500 for an exception).
+            self._spans.respond(span, f"{item[3]} ", ())
+            self._spans.end(span, item, failure)
+
+
+def attach_tracing(middleware: AegisMiddleware) -> None:
+    """Turn ``middleware`` into a :class:`TracedAegisMiddleware` (``tracing`` on)."""
+    spans = ServerSpans(middleware.aegis.tracer_setup.provider)
+    middleware.__class__ = TracedAegisMiddleware
+    assert isinstance(middleware, TracedAegisMiddleware)
+    middleware._spans = spans
