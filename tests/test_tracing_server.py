@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from tests.servers import (
     child_environment,
@@ -42,16 +43,26 @@ def test_the_fastapi_example_traced_by_one_option(tmp_path: Path) -> None:
                 assert client.get("/items/3").status_code == 200
                 assert client.get("/metrics").status_code == 200
                 assert client.get("/health/live").status_code == 200
+            with connect(f"ws://127.0.0.1:{server.port}/ws/echo") as session:
+                session.send("hello")
+                assert session.recv(timeout=10) == "hello"
             assert server.terminate() in (0, -signal.SIGTERM), server.log.text
         spans = exported_spans(receiver)
     finally:
         receiver.stop()
-    [(resource, span)] = spans
-    assert (resource["service.name"], span.name) == ("shop", "GET /items/{item_id}")
+    by_name = {span.name: span for _, span in spans}
+    assert sorted(by_name) == ["GET /items/{item_id}", "WEBSOCKET /ws/echo"]
+    assert {resource["service.name"] for resource, _ in spans} == {"shop"}
+    span = by_name["GET /items/{item_id}"]
     assert attributes(span.attributes)["http.route"] == "/items/{item_id}"
     with sqlite3.connect(tmp_path / "aegis.db") as db:
         rows = db.execute("SELECT path, trace_id, span_id FROM aegis_requests").fetchall()
+        sessions = db.execute(
+            "SELECT path, trace_id, span_id FROM aegis_websocket_sessions"
+        ).fetchall()
     assert rows == [("/items/3", span.trace_id.hex(), span.span_id.hex())]
+    session_span = by_name["WEBSOCKET /ws/echo"]
+    assert sessions == [("/ws/echo", session_span.trace_id.hex(), session_span.span_id.hex())]
 
 
 def test_the_flask_example_traced_by_one_option_under_gunicorn(tmp_path: Path) -> None:

@@ -9,10 +9,11 @@ No span for what is not the app's traffic: our routes (``/metrics``, health,
 the API, the dashboard, the stream) and ``exclude_paths`` pass by without
 one, and so does a request that already has a server span current when it
 arrives (an instrumentation of the app's own outside ours: it traces the
-request, and the record links to its span). WebSocket sessions are not
-traced. The recording runs inside the span, so each record carries the
+request, and the record links to its span). A WebSocket session of the app
+gets one span for the whole session, named when the app accepts (or
+refuses) it. The recording runs inside the span, so each record carries the
 span's trace and span ids (``trace_context``). OpenTelemetry's per-message
-``send``/``receive`` spans are left out: one span per request.
+``send``/``receive`` spans are left out: one span per request or session.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ConfigError
-from ..core.server_spans import name_span, span_method
+from ..core.server_spans import SESSION, name_span, span_method
 from ..core.tracer_provider import EXTRA_HINT
 from ..types import Receive, Scope, Send
 from .middleware import AegisMiddleware
@@ -36,8 +37,20 @@ _ENTERED: ContextVar[list[bool] | None] = ContextVar("aegis_traced_entered", def
 
 
 def _span_details(scope: Scope) -> tuple[str, dict[str, Any]]:
-    """The name a request's span starts with: its method, never its path."""
-    return span_method(scope.get("method")), {}
+    """The name a span starts with: the request's method (a session's
+    ``WEBSOCKET``), never its path."""
+    return _prefix(scope), {}
+
+
+def _prefix(scope: Scope) -> str:
+    return span_method(scope.get("method")) if scope["type"] == "http" else SESSION
+
+
+#: What the app sends once it has routed the request: a response's start, or a
+#: session's accept, or its refusal (a close, or a denial response).
+_ROUTED = frozenset(
+    ("http.response.start", "websocket.accept", "websocket.close", "websocket.http.response.start")
+)
 
 
 class _Recording:
@@ -63,10 +76,10 @@ class _Recording:
             named = True
             # A span left with its first name must not fail the request.
             with suppress(Exception):
-                name_span(span, scope.get("method"), middleware.route_of(scope))
+                name_span(span, _prefix(scope), middleware.route_of(scope))
 
         async def naming_send(message: Any) -> None:
-            if not named and message["type"] == "http.response.start":
+            if not named and message["type"] in _ROUTED:
                 name()
             await send(message)
 
@@ -84,7 +97,8 @@ class TracedAegisMiddleware(AegisMiddleware):
     _span_valid: Callable[[], bool]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        kind = scope["type"]
+        if kind == "http" or (kind == "websocket" and scope["path"] != self._ws_path):
             path = scope["path"]
             excluded = self._excluded
             if not (

@@ -182,6 +182,7 @@ class AegisWSGIMiddleware:
             # (odd headers, an odd wrapper), counted, and the answer goes out
             # unrecorded; anything else propagates (as on the compiled path).
             self._aggregates.in_flight -= 1
+            self._abandoned(environ)
             if not isinstance(exc, Exception):
                 raise
             self._recorder.dropped["internal_error"] += 1
@@ -219,8 +220,13 @@ class AegisWSGIMiddleware:
             item[6] = self._monotonic()
         except Exception:
             self._recorder.dropped["internal_error"] += 1
+            self._abandoned(environ)
             return
         self._queue(environ, item, failure)
+
+    def _abandoned(self, environ: Any) -> None:
+        """A request's record was given up (our failure): nothing to do here;
+        with ``tracing`` on, its span ends (wsgi/tracing.py)."""
 
     def _queue(self, environ: Any, item: Any, failure: BaseException | None) -> None:
         """Queue a finished request; never raises (the app's exception must win)."""

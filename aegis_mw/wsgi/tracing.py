@@ -66,6 +66,7 @@ class TracedAegisWSGIMiddleware(AegisWSGIMiddleware):
                 path in excluded.literal
                 or (excluded.match is not None and excluded.match(path))
                 or spans.current()
+                or SPAN_KEY in environ  # another's span waits for its response's close
             ):
                 try:
                     span, leave = spans.open(environ)
@@ -83,10 +84,22 @@ class TracedAegisWSGIMiddleware(AegisWSGIMiddleware):
 
     def _queue(self, environ: Any, item: Any, failure: BaseException | None) -> None:
         AegisWSGIMiddleware._queue(self, environ, item, failure)
+        span = self._own_span(environ)
+        if span is not None:
+            self._spans.end(span, item, failure)
+
+    def _abandoned(self, environ: Any) -> None:
+        span = self._own_span(environ)
+        if span is not None:
+            self._spans.abandon(span)
+
+    def _own_span(self, environ: Any) -> Any:
+        """The span this middleware left in ``environ``, taken out; or None."""
         traced = environ.get(SPAN_KEY) if type(environ) is dict else None
         if type(traced) is _Traced and traced.owner is self:
             del environ[SPAN_KEY]
-            self._spans.end(traced.span, item, failure)
+            return traced.span
+        return None
 
 
 class ServerSpans:
@@ -97,8 +110,7 @@ class ServerSpans:
 
     def __init__(self, provider: Any) -> None:
         try:
-            from opentelemetry import context, trace
-            from opentelemetry.instrumentation.utils import _start_internal_or_server_span
+            from opentelemetry import context, propagate, trace
             from opentelemetry.instrumentation.wsgi import (
                 add_response_attributes,
                 collect_request_attributes,
@@ -115,7 +127,8 @@ class ServerSpans:
         self._current_span = trace.get_current_span
         self._in_context = trace.set_span_in_context
         self._attach, self._detach = context.attach, context.detach
-        self._start_span: Any = _start_internal_or_server_span
+        self._extract = propagate.extract
+        self._server_kind = trace.SpanKind.SERVER
         self._request_attributes: Any = collect_request_attributes
         self._response_attributes = add_response_attributes
         self._getter = wsgi_getter
@@ -126,23 +139,23 @@ class ServerSpans:
         return bool(self._current_span().get_span_context().is_valid)
 
     def open(self, environ: dict[str, Any]) -> tuple[Any, Callable[[], None]]:
-        """A request's server span, made current, under the caller's
-        ``traceparent`` (attached as the parent context) when one came; and
-        what leaves both, in the thread (or task) that called this."""
+        """A request's server span, made current in the caller's context (its
+        ``traceparent``, its baggage) when one came; and what leaves it, in
+        the thread (or task) that called this. Raises with nothing attached
+        and no span left open."""
         attributes = self._request_attributes(environ, **self._conventions)
-        span, parent = self._start_span(
-            self._tracer, span_method(environ.get("REQUEST_METHOD")), None, environ,
-            self._getter, attributes,
+        caller = self._extract(environ, getter=self._getter)
+        span = self._tracer.start_span(
+            span_method(environ.get("REQUEST_METHOD")), context=caller, kind=self._server_kind,
+            attributes=attributes,
         )  # fmt: skip
+        try:
+            token = self._attach(self._in_context(span, caller))
+        except BaseException:
+            span.end()
+            raise
         detach = self._detach
-        current = self._attach(self._in_context(span))
-
-        def leave() -> None:
-            detach(current)
-            if parent is not None:
-                detach(parent)
-
-        return span, leave
+        return span, lambda: detach(token)
 
     def respond(self, span: Any, status: Any, headers: Any) -> None:
         """The response's attributes, from a WSGI status line; never raises."""
@@ -165,12 +178,19 @@ class ServerSpans:
         error when the record has one; never raises (the app's exception
         must win)."""
         with suppress(Exception):
-            name_span(span, item[0], item[1])
+            name_span(span, span_method(item[0]), item[1])
             # The app's exception, its body's, or one its framework answered.
             if item[11] and span.is_recording():
                 if failure is not None:
                     span.set_attribute("error.type", type(failure).__qualname__)
+                    span.record_exception(failure)
                 span.set_status(self._error(item[11]))
+            span.end()
+
+    def abandon(self, span: Any) -> None:
+        """End the span of a request whose record was given up (our own
+        failure, counted as an internal error); never raises."""
+        with suppress(Exception):
             span.end()
 
 

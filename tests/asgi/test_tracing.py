@@ -18,12 +18,13 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from aegis_mw import Aegis, AegisMiddleware, ConfigError
 from aegis_mw.asgi.tracing import TracedAegisMiddleware
-from aegis_mw.testing import recorded
-from tests.harness import call, http_scope
+from aegis_mw.testing import recorded, recorded_sessions
+from tests.harness import Exchange, call, http_scope, websocket_scope
 from tests.sinks.otlp_receiver import Receiver, attributes
 from tests.tracing import exported_spans
 
@@ -234,3 +235,42 @@ def test_the_tracing_option_reads_from_the_environment() -> None:
         assert aegis.settings.sources["tracing"] == "AEGIS_TRACING"
     finally:
         aegis.shutdown()
+
+
+async def test_a_websocket_session_gets_one_span_for_the_whole_session(
+    make_aegis: Callable[..., Aegis], span_receiver: Receiver
+) -> None:
+    """Named by its route template once accepted (or refused); none for an
+    excluded path; the session's record links to it."""
+
+    async def chat(websocket: WebSocket) -> None:
+        if websocket.path_params.get("room") == "closed":
+            await websocket.close(code=1008)  # refused before accepting
+            return
+        await websocket.accept()
+        await websocket.send_text((await websocket.receive_text()).upper())
+        await websocket.receive()  # the disconnect
+
+    routes = [WebSocketRoute("/ws/chat/{room}", chat), WebSocketRoute("/internal/ws", chat)]
+    aegis = make_aegis(tracing=True, exclude_paths=["/internal/*"])
+    middleware = AegisMiddleware(Starlette(routes=routes), aegis=aegis)
+    talk = [
+        {"type": "websocket.connect"},
+        {"type": "websocket.receive", "text": "hi"},
+        {"type": "websocket.disconnect", "code": 1000},
+    ]
+    for path in ("/ws/chat/lobby", "/ws/chat/closed", "/internal/ws"):
+        exchange = Exchange(talk)
+        await middleware(websocket_scope(path), exchange.receive, exchange.send)
+    sessions = {session.path: session for session in recorded_sessions(aegis)}
+    assert aegis.shutdown()
+    spans = {span.span_id.hex(): span for _, span in exported_spans(span_receiver)}
+    assert sorted(span.name for span in spans.values()) == ["WEBSOCKET /ws/chat/{room}"] * 2
+    for path in ("/ws/chat/lobby", "/ws/chat/closed"):
+        span = spans[sessions[path].span_id]  # each session's record links to its span
+        assert span.trace_id.hex() == sessions[path].trace_id
+        assert span.kind == ProtoSpan.SPAN_KIND_SERVER
+        assert attributes(span.attributes)["http.route"] == "/ws/chat/{room}"
+    assert "/internal/ws" not in sessions  # excluded: no record, no span
+    lobby = spans[sessions["/ws/chat/lobby"].span_id]
+    assert lobby.end_time_unix_nano > lobby.start_time_unix_nano

@@ -212,6 +212,69 @@ def test_tracing_makes_no_second_span_beside_djangos_own_instrumentation(
     assert record.span_id == f"{span.context.span_id:016x}"
 
 
+def test_a_traced_request_whose_record_is_given_up_still_ends_its_span(
+    traced: Any, span_receiver: Any
+) -> None:
+    """Our failure on the response (a status that cannot be read): counted,
+    answered as without the middleware, and its span ended all the same."""
+    assert Client().get("/unreadable-status/").content == b"odd"
+    assert traced.recorder.dropped["internal_error"] == 1
+    assert traced.shutdown()
+    assert [span.name for _, span in exported_spans(span_receiver)] == ["GET"]
+
+
+async def _cancelled_after_the_response(path: str) -> None:
+    """As Django's ASGI handler does when the client goes away: the request's
+    task, cancelled after the middleware answered (while Django logs or sends
+    the response), never closes the response."""
+    from django.http import HttpResponse
+    from django.test import AsyncRequestFactory
+
+    from aegis_mw.contrib.django.middleware import AegisMiddleware
+
+    async def get_response(request: Any) -> HttpResponse:
+        return HttpResponse(b"gone", status=404)
+
+    middleware = AegisMiddleware(get_response)
+    answered = asyncio.Event()
+
+    async def handle() -> None:
+        await middleware(AsyncRequestFactory().get(path))
+        answered.set()
+        await asyncio.Event().wait()  # the handler's own awaits, cut short
+
+    task = asyncio.create_task(handle())
+    await answered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_request_whose_task_is_cancelled_after_the_response_is_recorded(
+    anyio_backend: str, hot_path: str
+) -> None:
+    in_flight = pipeline().aggregates.in_flight
+    await _cancelled_after_the_response(f"/gone/{hot_path}/")
+    [record] = records_of(f"/gone/{hot_path}/")
+    assert (record.status, record.route) == (499, "<unmatched>")
+    assert pipeline().aggregates.in_flight == in_flight
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_traced_request_whose_task_is_cancelled_ends_its_span(
+    anyio_backend: str, traced: Any, span_receiver: Any
+) -> None:
+    await _cancelled_after_the_response("/gone/")
+    [record] = recorded(traced)
+    assert traced.shutdown()
+    [(_, span)] = exported_spans(span_receiver)
+    assert (record.status, record.span_id) == (499, span.span_id.hex())
+    assert attributes(span.attributes)["http.status_code"] == 499
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_tracing_under_the_asgi_handler(

@@ -244,3 +244,88 @@ def test_without_opentelemetry_installed_the_app_refuses_to_start_naming_the_ext
     with pytest.raises(ConfigError) as raised:
         AegisWSGIMiddleware(lambda environ, start_response: [], aegis=aegis)
     assert raised.value.option == "tracing" and "aegis_mw[tracing]" in str(raised.value)
+
+
+class _RaisingMeta(type):
+    def __instancecheck__(cls, instance: object) -> bool:
+        raise RuntimeError("an odd file wrapper")
+
+
+class OddWrapper(metaclass=_RaisingMeta):
+    """A ``wsgi.file_wrapper`` the middleware fails on (its own failure, counted)."""
+
+
+def test_a_request_whose_record_is_given_up_still_ends_its_span(
+    make_aegis: Callable[..., Aegis], span_receiver: Receiver
+) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    aegis = make_aegis(tracing=True)
+    environ = environ_for("/items/1", **{"wsgi.file_wrapper": OddWrapper})
+    assert serve(AegisWSGIMiddleware(app, aegis=aegis), environ)[1] == b"ok"
+    assert aegis.recorder.dropped["internal_error"] == 1 and recorded(aegis) == []
+    assert SPAN_KEY not in environ and current_span_id() is None
+    assert aegis.shutdown()
+    assert [span.name for _, span in exported_spans(span_receiver)] == ["GET"]
+
+
+def test_a_span_processor_that_fails_leaves_nothing_attached(
+    make_aegis: Callable[..., Aegis], span_receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app's provider fails to start one span: that request is served
+    untraced, and the caller's context is not left on the thread for the next."""
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+
+    failures = [RuntimeError("processor down")]
+
+    class Failing(SpanProcessor):
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            if failures:
+                raise failures.pop()
+
+    provider = TracerProvider()
+    provider.add_span_processor(Failing())
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    aegis = make_aegis(tracing=True)
+    middleware = AegisWSGIMiddleware(app, aegis=aegis)
+    caller = {"HTTP_TRACEPARENT": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"}
+    assert serve(middleware, environ_for("/first", **caller))[1] == b"ok"
+    assert current_span_id() is None
+    assert serve(middleware, environ_for("/second"))[1] == b"ok"
+    first, second = recorded(aegis)
+    assert (first.trace_id, first.span_id) == (CALLER_TRACE, CALLER_SPAN)  # its traceparent
+    assert second.trace_id not in (None, CALLER_TRACE)  # a span of its own, a trace of its own
+
+
+def test_a_middleware_between_two_traced_ones_gets_one_span(
+    make_aegis: Callable[..., Aegis], span_receiver: Receiver
+) -> None:
+    """A generator middleware calls the inner one after the outer returned:
+    the outer's span waits in the environ, and the inner makes none."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"inner"]
+
+    outer_aegis, inner_aegis = make_aegis(tracing=True), make_aegis(tracing=True)
+    inner = AegisWSGIMiddleware(app, aegis=inner_aegis)
+
+    def lazy(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        result = inner(environ, start_response)
+        try:
+            yield from result
+        finally:
+            result.close()  # type: ignore[attr-defined]
+
+    assert serve(AegisWSGIMiddleware(lazy, aegis=outer_aegis), environ_for("/x"))[1] == b"inner"
+    [outer_record], [inner_record] = recorded(outer_aegis), recorded(inner_aegis)
+    assert outer_aegis.shutdown() and inner_aegis.shutdown()
+    [(_, span)] = exported_spans(span_receiver)
+    assert outer_record.span_id == span.span_id.hex() and inner_record.span_id is None

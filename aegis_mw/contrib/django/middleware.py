@@ -17,6 +17,7 @@ and serves async handlers (ASGI) and builds without the extension.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import re
@@ -128,7 +129,19 @@ class AegisMiddleware:
             self._aggregates.in_flight -= 1
             self._raised(request, item, exc)
             raise
-        return self._watch(request, item, response)
+        watched = self._watch(request, item, response)
+        # Django's ASGI handler cancels the request's task when the client goes
+        # away, and a response whose task was cancelled is never closed: the
+        # request is then recorded when the task ends (499), not lost in flight.
+        task = asyncio.current_task()
+        if task is not None:
+            task.add_done_callback(functools.partial(self._task_done, request, item))
+        return watched
+
+    def _task_done(self, request: HttpRequest, item: list[Any], task: Any) -> None:
+        if task.cancelled() and item[6] is None:  # not closed, and never will be
+            self._aggregates.in_flight -= 1
+            self._raised(request, item, asyncio.CancelledError())
 
     def serve_mounted(self, request: HttpRequest) -> HttpResponse:
         """``/metrics``, the health routes, the JSON API and ``/dashboard``."""
@@ -198,10 +211,15 @@ class AegisMiddleware:
             # unrecorded rather than broken; anything else (KeyboardInterrupt)
             # propagates, as on the compiled path.
             self._aggregates.in_flight -= 1
+            self._abandoned(request)
             if not isinstance(exc, Exception):
                 raise
             self.aegis.recorder.dropped["internal_error"] += 1
         return response
+
+    def _abandoned(self, request: HttpRequest) -> None:
+        """A request's record was given up (our failure): nothing to do here;
+        with ``tracing`` on, its span ends (tracing.py)."""
 
     def _watch_stream(self, item: Any, response: Any) -> None:
         """A streamed body, counted as it goes; a file (``file_to_stream``) is
@@ -216,6 +234,8 @@ class AegisMiddleware:
 
     def _closed(self, request: HttpRequest, item: list[Any]) -> None:
         """Django closed the response: the clock stops, the item is queued."""
+        if item[6] is not None:  # recorded already: its task was cancelled
+            return
         self._aggregates.in_flight -= 1
         try:
             item[6] = self._clock()

@@ -4,13 +4,14 @@ ASGI handlers alike.
 
 The span is current while the rest of ``MIDDLEWARE`` and the view run (their
 logging and outgoing calls see it, and the record carries its ids), under
-the caller's ``traceparent`` when one came; it ends where the record's clock
-stops, when Django closes the response (a streamed body's end), or when
-``get_response`` raises. Named by the resolver match's pattern as the record
-is (``GET /items/{item_id}``). No span for our routes, ``exclude_paths``,
-or a request that arrives with a span current already. A traced middleware
-takes the pure-Python path: a span costs far more than the compiled one
-saves.
+the caller's ``traceparent`` when one came. It ends where the record's clock
+stops: when Django closes the response (a streamed body's end), when
+``get_response`` raises, or when Django's ASGI handler cancels the request's
+task (the client went away). Named by the resolver match's pattern as the
+record is (``GET /items/{item_id}``). No span for our routes,
+``exclude_paths``, or a request that arrives with a span current already. A
+traced middleware takes the pure-Python path: a span costs far more than the
+compiled one saves.
 """
 
 from __future__ import annotations
@@ -62,10 +63,10 @@ class TracedAegisMiddleware(AegisMiddleware):
             or self._spans.current()
         ):
             return None
-        meta = request.META
-        if "wsgi.url_scheme" not in meta:  # Django's ASGI handler: its META has none
-            meta = {**meta, "wsgi.url_scheme": request.scheme}
         try:
+            meta = request.META
+            if "wsgi.url_scheme" not in meta:  # Django's ASGI handler: its META has none
+                meta = {**meta, "wsgi.url_scheme": request.scheme}
             span, leave = self._spans.open(meta)
         except Exception:  # OpenTelemetry failed on this request: untraced
             return None
@@ -79,6 +80,11 @@ class TracedAegisMiddleware(AegisMiddleware):
     def _raised(self, request: HttpRequest, item: Any, failure: BaseException) -> None:
         AegisMiddleware._raised(self, request, item, failure)
         self._end(request, item, failure)
+
+    def _abandoned(self, request: HttpRequest) -> None:
+        span = request.__dict__.pop(SPAN_ATTRIBUTE, None)
+        if span is not None:
+            self._spans.abandon(span)
 
     def _end(self, request: HttpRequest, item: Any, failure: BaseException | None) -> None:
         span = request.__dict__.pop(SPAN_ATTRIBUTE, None)
