@@ -179,11 +179,16 @@ django_path_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *k
         return NULL;
     }
     int mounted = PyDict_Contains(self->mounted, path_info);
-    Py_DECREF(path_info);
     if (mounted != 0) {
+        Py_DECREF(path_info);
         return mounted < 0 ? NULL
                            : PyObject_CallMethodOneArg(self->rec.owner, aegis_str.serve_mounted,
                                                        request);
+    }
+    int excluded = aegis_excluded(self->exclusions, path_info);
+    Py_DECREF(path_info);
+    if (excluded != 0) {  /* never recorded: the chain answers it alone */
+        return excluded < 0 ? NULL : PyObject_Vectorcall(self->get_response, args, 1, NULL);
     }
     int odd = 0;
     ItemObject *item = start_item(self, request, &odd);
@@ -236,18 +241,19 @@ static int
 django_path_init(DjangoPathObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {
-        "owner", "get_response", "clock", "native_clock", "recorder", "mounted", "templates",
-        "unmatched", "check_forwarded", NULL,
+        "owner", "get_response", "clock", "native_clock", "recorder", "mounted", "exclusions",
+        "templates", "unmatched", "check_forwarded", NULL,
     };
-    PyObject *owner, *get_response, *clock, *recorder, *mounted, *templates, *unmatched;
+    PyObject *owner, *get_response, *clock, *recorder, *mounted, *exclusions, *templates,
+        *unmatched;
     int native_clock, check_forwarded;
     if (aegis_refuse_init_again((PyObject *)self, self->vectorcall) < 0) {
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOpOO!O!Up:DjangoPath", keywords, &owner, &get_response, &clock,
-            &native_clock, &recorder, &PyDict_Type, &mounted, &PyDict_Type, &templates,
-            &unmatched, &check_forwarded)) {
+            args, kwargs, "$OOOpOO!O!O!Up:DjangoPath", keywords, &owner, &get_response, &clock,
+            &native_clock, &recorder, &PyDict_Type, &mounted, &PyList_Type, &exclusions,
+            &PyDict_Type, &templates, &unmatched, &check_forwarded)) {
         return -1;
     }
     if (aegis_recording_init(&self->rec, owner, clock, native_clock, recorder) < 0) {
@@ -255,6 +261,7 @@ django_path_init(DjangoPathObject *self, PyObject *args, PyObject *kwargs)
     }
     Py_XSETREF(self->get_response, Py_NewRef(get_response));
     Py_XSETREF(self->mounted, Py_NewRef(mounted));
+    Py_XSETREF(self->exclusions, Py_NewRef(exclusions));
     Py_XSETREF(self->templates, Py_NewRef(templates));
     Py_XSETREF(self->unmatched, Py_NewRef(unmatched));
     self->check_forwarded = check_forwarded;
@@ -267,6 +274,7 @@ django_path_traverse(DjangoPathObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->get_response);
     Py_VISIT(self->mounted);
+    Py_VISIT(self->exclusions);
     Py_VISIT(self->templates);
     Py_VISIT(self->unmatched);
     return aegis_recording_traverse(&self->rec, visit, arg);
@@ -278,6 +286,7 @@ django_path_clear(DjangoPathObject *self)
     aegis_recording_clear(&self->rec);
     Py_CLEAR(self->get_response);
     Py_CLEAR(self->mounted);
+    Py_CLEAR(self->exclusions);
     Py_CLEAR(self->templates);
     Py_CLEAR(self->unmatched);
     return 0;

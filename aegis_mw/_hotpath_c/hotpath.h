@@ -212,6 +212,7 @@ typedef struct {
     AegisRecording rec;
     PyObject *get_response;
     PyObject *mounted;     /* dict: the paths the middleware serves itself */
+    PyObject *exclusions;  /* list [literal set, match or None]: never recorded */
     PyObject *templates;   /* dict: resolver pattern -> template (the owner's) */
     PyObject *unmatched;   /* the route of a request no pattern matched */
     int check_forwarded;

@@ -148,6 +148,23 @@ async def test_async_mounted_routes_take_none_of_the_loops_shared_threads(
     assert not [name for name in answered_in if name.startswith("loop-shared")]
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_excluded_paths_are_answered_and_never_recorded(
+    anyio_backend: str, make_aegis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``exclude_paths`` under both handlers, on both request paths."""
+    aegis = make_aegis(exclude_paths=["/shop/*", "/articles/2024/"])
+    monkeypatch.setattr(apps.get_app_config("aegis_mw"), "_pipeline", aegis)
+    client, async_client = Client(), AsyncClient()
+    assert client.get("/shop/orders/4/").content == b"order 4"
+    assert client.get("/articles/2024/").content == b"2024"
+    assert (await async_client.get("/shop/orders/5/")).content == b"order 5"
+    assert client.get("/items/6/").content == b"item 6"  # not excluded: recorded
+    assert [record.path for record in recorded(aegis)] == ["/items/6/"]
+    assert aegis.aggregates.in_flight == 0
+
+
 def test_a_bad_option_is_a_system_check_error() -> None:
     with override_settings(AEGIS={"sample_rate": 2}):
         errors = [m for m in checks.run_checks() if m.id == "aegis_mw.E001"]

@@ -31,6 +31,7 @@ def build(middleware: AegisMiddleware) -> Any | None:
         native_clock=speedups.native_clock(module, clock),
         recorder=aegis.recorder,
         mounted=middleware.routes.handlers,
+        exclusions=middleware._excluded.current,
         templates=middleware.templates,
         unmatched=UNMATCHED_ROUTE,
         check_forwarded=aegis.client_addresses.enabled,

@@ -75,6 +75,7 @@ class AegisMiddleware:
         self.routes = WSGIRoutes(self.aegis)
         self.routes.yield_to_app(django_routes())  # the project's own routes stay its own
         self.aegis.exclude(*self.routes.paths)
+        self._excluded = self.aegis.excluded_paths
         self._clock = self.aegis.clock.monotonic
         self._error_limit = self.aegis.settings.max_error_length
         self._addresses = self.aegis.client_addresses
@@ -102,8 +103,12 @@ class AegisMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
             return self._acall(request)
-        if request.path_info in self.routes.handlers:
+        path = request.path_info
+        if path in self.routes.handlers:
             return self.serve_mounted(request)
+        excluded = self._excluded
+        if path in excluded.literal or (excluded.match is not None and excluded.match(path)):
+            return self.get_response(request)  # never recorded
         item = self._begin(request)
         try:
             response = self.get_response(request)
@@ -122,6 +127,9 @@ class AegisMiddleware:
             threads = self.aegis.reads.threads
             answer = await threads.respond(self.routes.lane(path), self._mounted, request)
             return _django_response(answer)
+        excluded = self._excluded
+        if path in excluded.literal or (excluded.match is not None and excluded.match(path)):
+            return await self.get_response(request)  # never recorded
         item = self._begin(request)
         try:
             response = await self.get_response(request)
