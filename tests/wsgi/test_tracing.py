@@ -30,7 +30,7 @@ from tests.sinks.otlp_receiver import Receiver, attributes
 from tests.tracing import exported_spans
 from tests.wsgi.test_middleware import Response, environ_for, serve
 
-pytestmark = pytest.mark.usefixtures("hot_path")
+# No hot_path runs: a middleware with tracing on takes the Python path only.
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
 ERROR = 2  # Status.STATUS_CODE_ERROR of the OTLP protocol
@@ -133,11 +133,17 @@ def test_an_exception_of_the_app_ends_its_span_as_an_error_and_is_raised_unchang
 
 
 def test_the_server_gets_the_apps_own_response_and_the_span_ends_at_close(
-    make_aegis: Callable[..., Aegis], span_receiver: Receiver, tmp_path: Path
+    make_aegis: Callable[..., Aegis],
+    span_receiver: Receiver,
+    exporter: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     """A file wrapper is handed back as it is (the server may sendfile() it),
     a list keeps its length; the span ends when the server closes either,
-    even one it closes without iterating."""
+    even one it closes without iterating, and not before."""
+    provider, ended = exporter  # the app's own provider: spans seen as they end
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
     (tmp_path / "file.bin").write_bytes(b"x" * 1000)
     opened: list[Any] = []
 
@@ -150,29 +156,32 @@ def test_the_server_gets_the_apps_own_response_and_the_span_ends_at_close(
 
     aegis = make_aegis(tracing=True)
     middleware = AegisWSGIMiddleware(app, aegis=aegis)
-    assert isinstance(middleware, TracedAegisWSGIMiddleware)
+    assert isinstance(middleware, TracedAegisWSGIMiddleware) and not middleware.compiled
     file_result = middleware(environ_for("/file", **{"wsgi.file_wrapper": FileWrapper}),
                              Response().start_response)  # fmt: skip
     assert file_result is opened[0] and current_span_id() is None
     list_result = middleware(environ_for("/list"), Response().start_response)
     assert len(list_result) == 2  # type: ignore[arg-type]
     unread = middleware(environ_for("/unread"), Response().start_response)
-    assert recorded(aegis) == []  # none closed yet: each span still open
+    assert ended.get_finished_spans() == () and recorded(aegis) == []  # none closed yet
     file_result.close()  # type: ignore[attr-defined]
+    assert len(ended.get_finished_spans()) == 1
     assert b"".join(list_result) == b"onetwo"
+    assert len(ended.get_finished_spans()) == 1  # iterated, not yet closed
     list_result.close()  # type: ignore[attr-defined]
     unread.close()  # type: ignore[attr-defined]
     records = {record.path: record for record in recorded(aegis)}
     assert aegis.shutdown()
-    spans = {span.span_id.hex(): span for _, span in exported_spans(span_receiver)}
+    spans = {format(span.context.span_id, "016x"): span for span in ended.get_finished_spans()}
     assert {path: records[path].span_id in spans for path in records} == {
         "/file": True, "/list": True, "/unread": True,
     }  # fmt: skip
     assert records["/file"].response_bytes == 1000
     for path in records:
         span = spans[records[path].span_id]
-        assert span.end_time_unix_nano >= span.start_time_unix_nano
-        assert attributes(span.attributes)["http.status_code"] == 200
+        assert span.end_time >= span.start_time
+        assert span.attributes["http.status_code"] == 200
+    assert exported_spans(span_receiver) == []  # nothing of ours besides
 
 
 def test_a_body_that_fails_midway_ends_its_span_as_an_error(
