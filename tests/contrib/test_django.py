@@ -240,17 +240,17 @@ def test_a_traced_request_whose_record_is_given_up_still_ends_its_span(
     assert [span.name for _, span in exported_spans(span_receiver)] == ["GET"]
 
 
-async def _cancelled_after_the_response(path: str) -> None:
+async def _cancelled_after_the_response(path: str, answer: Any = None) -> None:
     """As Django's ASGI handler does when the client goes away: the request's
-    task, cancelled after the middleware answered (while Django logs or sends
-    the response), never closes the response."""
+    task, cancelled after the middleware answered (while Django logs an error
+    response), never closes the response."""
     from django.http import HttpResponse
     from django.test import AsyncRequestFactory
 
     from aegis_mw.contrib.django.middleware import AegisMiddleware
 
     async def get_response(request: Any) -> HttpResponse:
-        return HttpResponse(b"gone", status=404)
+        return answer if answer is not None else HttpResponse(b"gone", status=404)
 
     middleware = AegisMiddleware(get_response)
     answered = asyncio.Event()
@@ -269,14 +269,47 @@ async def _cancelled_after_the_response(path: str) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_a_request_whose_task_is_cancelled_after_the_response_is_recorded(
-    anyio_backend: str, hot_path: str
+async def test_a_request_whose_task_is_cancelled_after_the_response_is_recorded_once(
+    anyio_backend: str, make_aegis: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    in_flight = pipeline().aggregates.in_flight
-    await _cancelled_after_the_response(f"/gone/{hot_path}/")
-    [record] = records_of(f"/gone/{hot_path}/")
-    assert (record.status, record.route) == (499, "<unmatched>")
-    assert pipeline().aggregates.in_flight == in_flight
+    from tests.contrib.django_project.urls import UnreadableStatus
+
+    aegis = make_aegis()
+    monkeypatch.setattr(apps.get_app_config("aegis_mw"), "_pipeline", aegis)
+    await _cancelled_after_the_response("/gone/")
+    [record] = recorded(aegis)
+    assert (record.path, record.status, record.route) == ("/gone/", 499, "<unmatched>")
+    # Given up by the middleware (a status it cannot read), then cancelled:
+    # counted once, as our failure, and not recorded as well.
+    await _cancelled_after_the_response("/odd/", UnreadableStatus(b"odd"))
+    assert [r.path for r in recorded(aegis)] == ["/gone/"]  # that one only
+    assert aegis.recorder.dropped["internal_error"] == 1
+    assert aegis.aggregates.in_flight == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_the_async_middleware_under_trio(
+    anyio_backend: str, make_aegis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No asyncio task to watch (Django's handler, which cancels, is asyncio's):
+    answered and recorded when the response is closed, as ever."""
+    from django.http import HttpResponse
+    from django.test import AsyncRequestFactory
+
+    from aegis_mw.contrib.django.middleware import AegisMiddleware
+
+    async def get_response(request: Any) -> HttpResponse:
+        return HttpResponse(b"ok")
+
+    aegis = make_aegis()
+    monkeypatch.setattr(apps.get_app_config("aegis_mw"), "_pipeline", aegis)
+    response = await AegisMiddleware(get_response)(AsyncRequestFactory().get("/trio/"))
+    assert response.content == b"ok" and recorded(aegis) == []
+    response.close()
+    [record] = recorded(aegis)
+    assert (record.path, record.status) == ("/trio/", 200)
+    assert aegis.aggregates.in_flight == 0
 
 
 @pytest.mark.anyio

@@ -137,19 +137,28 @@ class AegisMiddleware:
             self._aggregates.in_flight -= 1
             self._raised(request, item, exc)
             raise
-        watched = self._watch(request, item, response)
         # Django's ASGI handler cancels the request's task when the client goes
-        # away, and a response whose task was cancelled is never closed: the
-        # request is then recorded when the task ends (499), not lost in flight.
-        task = asyncio.current_task()
-        if task is not None:
-            task.add_done_callback(functools.partial(self._task_done, request, item))
-        return watched
+        # away, and then never closes the response: the request is then recorded
+        # when the task ends (499), not left in flight. Whichever comes first,
+        # the close or that end, takes it (once).
+        once = _Once(request, item)
+        if self._track(request, item, response, functools.partial(self._closed_once, once)):
+            _when_cancelled(once, self._cancelled)
+        return response
 
-    def _task_done(self, request: HttpRequest, item: list[Any], task: Any) -> None:
-        if task.cancelled() and item[6] is None:  # not closed, and never will be
-            self._aggregates.in_flight -= 1
-            self._raised(request, item, asyncio.CancelledError())
+    def _closed_once(self, once: _Once) -> None:
+        taken = once.take()
+        if taken is not None:
+            self._closed(*taken)
+
+    def _cancelled(self, once: _Once, task: Any) -> None:
+        """The request's task ended: if it was cancelled, the response will
+        never be closed."""
+        if task.cancelled():
+            taken = once.take()
+            if taken is not None:
+                self._aggregates.in_flight -= 1
+                self._raised(taken[0], taken[1], asyncio.CancelledError())
 
     def serve_mounted(self, request: HttpRequest) -> HttpResponse:
         """``/metrics``, the health routes, the JSON API and ``/dashboard``."""
@@ -193,6 +202,12 @@ class AegisMiddleware:
 
     def _watch(self, request: HttpRequest, item: list[Any], response: Any) -> Any:
         """Count the body as it goes; queue the item when Django closes the response."""
+        self._track(request, item, response, None)
+        return response
+
+    def _track(self, request: HttpRequest, item: list[Any], response: Any, closer: Any) -> bool:
+        """What ``_watch`` does, with ``closer`` (default: ``_closed``) among the
+        response's closers; False when the request was given up instead."""
         try:
             item[3] = response.status_code
             if response.streaming:
@@ -212,7 +227,7 @@ class AegisMiddleware:
                         total += len(chunk)
                     item[8] = total
             closers = response._resource_closers  # called once by HttpResponseBase.close()
-            closers.append(functools.partial(self._closed, request, item))
+            closers.append(closer or functools.partial(self._closed, request, item))
         except BaseException as exc:
             # No closer will end it: it is not in flight any more, whatever
             # failed. An Exception is ours, counted, and the response goes out
@@ -223,7 +238,8 @@ class AegisMiddleware:
             if not isinstance(exc, Exception):
                 raise
             self.aegis.recorder.dropped["internal_error"] += 1
-        return response
+            return False
+        return True
 
     def _abandoned(self, request: HttpRequest) -> None:
         """A request's record was given up (our failure): nothing to do here;
@@ -242,8 +258,6 @@ class AegisMiddleware:
 
     def _closed(self, request: HttpRequest, item: list[Any]) -> None:
         """Django closed the response: the clock stops, the item is queued."""
-        if item[6] is not None:  # recorded already: its task was cancelled
-            return
         self._aggregates.in_flight -= 1
         try:
             item[6] = self._clock()
@@ -290,6 +304,34 @@ class AegisMiddleware:
     def _internal_error(self) -> None:
         """A request the compiled path failed to record (a bug of ours)."""
         self.aegis.recorder.dropped["internal_error"] += 1
+
+
+class _Once:
+    """An async request's end, taken once: by Django's close of the response
+    (from a thread of its own), or by the end of its cancelled task (on the
+    loop); ``list.pop`` is one step under the GIL. Emptied when taken, so a
+    task that lives on keeps nothing of the request."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self, request: HttpRequest, item: list[Any]) -> None:
+        self._held = [(request, item)]
+
+    def take(self) -> tuple[HttpRequest, list[Any]] | None:
+        try:
+            return self._held.pop()
+        except IndexError:
+            return None
+
+
+def _when_cancelled(once: _Once, callback: Callable[[_Once, Any], None]) -> None:
+    """Call ``callback(once, task)`` when the current asyncio task ends."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no asyncio loop (trio): not Django's handler, which cancels
+        return
+    if task is not None:
+        task.add_done_callback(functools.partial(callback, once))
 
 
 def _counted(content: Any, item: Any, clock: Callable[[], float], error_limit: int) -> Any:
