@@ -137,13 +137,7 @@ class AegisMiddleware:
             self._aggregates.in_flight -= 1
             self._raised(request, item, exc)
             raise
-        # Django's ASGI handler cancels the request's task when the client goes
-        # away, and then never closes the response: the request is then recorded
-        # when the task ends (499), not left in flight. Whichever comes first,
-        # the close or that end, takes it (once).
-        once = _Once(request, item)
-        if self._track(request, item, response, functools.partial(self._closed_once, once)):
-            _when_cancelled(once, self._cancelled)
+        self._watch(request, item, response, errors_watched=True)
         return response
 
     def _closed_once(self, once: _Once) -> None:
@@ -200,14 +194,19 @@ class AegisMiddleware:
         self._aggregates.in_flight += 1
         return item
 
-    def _watch(self, request: HttpRequest, item: list[Any], response: Any) -> Any:
-        """Count the body as it goes; queue the item when Django closes the response."""
-        self._track(request, item, response, None)
-        return response
+    def _watch(
+        self, request: HttpRequest, item: list[Any], response: Any, errors_watched: bool = False
+    ) -> Any:
+        """Count the body as it goes; queue the item when Django closes the response.
 
-    def _track(self, request: HttpRequest, item: list[Any], response: Any, closer: Any) -> bool:
-        """What ``_watch`` does, with ``closer`` (default: ``_closed``) among the
-        response's closers; False when the request was given up instead."""
+        ``errors_watched`` (async requests): Django's ASGI handler, after the
+        middleware answered, still awaits its logging of an error response
+        (4xx, 5xx), and cancels the request's task there when the client goes
+        away; it then never closes the response. Such a request is recorded
+        when its task ends (499) instead; whichever comes first, the close or
+        that end, takes it, once. Nothing else is awaited after the
+        outermost middleware, so other responses pay nothing for it."""
+        once: _Once | None = None
         try:
             item[3] = response.status_code
             if response.streaming:
@@ -227,7 +226,11 @@ class AegisMiddleware:
                         total += len(chunk)
                     item[8] = total
             closers = response._resource_closers  # called once by HttpResponseBase.close()
-            closers.append(closer or functools.partial(self._closed, request, item))
+            if errors_watched and type(item[3]) is int and item[3] >= 400:
+                once = _Once(request, item)
+                closers.append(functools.partial(self._closed_once, once))
+            else:
+                closers.append(functools.partial(self._closed, request, item))
         except BaseException as exc:
             # No closer will end it: it is not in flight any more, whatever
             # failed. An Exception is ours, counted, and the response goes out
@@ -238,8 +241,10 @@ class AegisMiddleware:
             if not isinstance(exc, Exception):
                 raise
             self.aegis.recorder.dropped["internal_error"] += 1
-            return False
-        return True
+            return response
+        if once is not None:  # a closer will end it, or the task's end
+            _when_cancelled(once, self._cancelled)
+        return response
 
     def _abandoned(self, request: HttpRequest) -> None:
         """A request's record was given up (our failure): nothing to do here;
