@@ -98,26 +98,23 @@ class TracedAegisMiddleware(AegisMiddleware):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "http" or (kind == "websocket" and scope["path"] != self._ws_path):
-            path = scope["path"]
-            excluded = self._excluded
-            if not (
-                path in excluded.literal
-                or (excluded.match is not None and excluded.match(path))
-                or self._span_valid()
-            ):
-                entered = [False]
-                token = _ENTERED.set(entered)
-                try:
-                    await self._spans(scope, receive, send)
-                    return
-                except Exception:
-                    if entered[0]:
-                        raise  # the app's (or ours after it ran): as without tracing
-                    # OpenTelemetry failed before the app ran (a query string
-                    # that is not UTF-8, say): the request goes on untraced.
-                finally:
-                    _ENTERED.reset(token)
+        if (
+            (kind == "http" or (kind == "websocket" and scope["path"] != self._ws_path))
+            and not self._excluded.excluded(scope["path"])
+            and not self._span_valid()
+        ):
+            entered = [False]
+            token = _ENTERED.set(entered)
+            try:
+                await self._spans(scope, receive, send)
+                return
+            except Exception:
+                if entered[0]:
+                    raise  # the app's (or ours after it ran): as without tracing
+                # OpenTelemetry failed before the app ran (a query string
+                # that is not UTF-8, say): the request goes on untraced.
+            finally:
+                _ENTERED.reset(token)
         await AegisMiddleware.__call__(self, scope, receive, send)
 
 

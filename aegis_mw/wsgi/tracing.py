@@ -59,12 +59,9 @@ class TracedAegisWSGIMiddleware(AegisWSGIMiddleware):
         if type(environ) is dict:
             if not self._started:
                 self._start()  # the first request may give our paths back to the app
-            path = environ.get("PATH_INFO", "") or "/"
-            excluded = self._excluded
             spans = self._spans
             if not (
-                path in excluded.literal
-                or (excluded.match is not None and excluded.match(path))
+                self._excluded.excluded(environ.get("PATH_INFO", "") or "/")
                 or spans.current()
                 or SPAN_KEY in environ  # another's span waits for its response's close
             ):

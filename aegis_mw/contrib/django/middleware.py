@@ -106,8 +106,7 @@ class AegisMiddleware:
         path = request.path_info
         if path in self.routes.handlers:
             return self.serve_mounted(request)
-        excluded = self._excluded
-        if path in excluded.literal or (excluded.match is not None and excluded.match(path)):
+        if self._excluded.excluded(path):
             return self.get_response(request)  # never recorded
         item = self._begin(request)
         try:
@@ -127,8 +126,7 @@ class AegisMiddleware:
             threads = self.aegis.reads.threads
             answer = await threads.respond(self.routes.lane(path), self._mounted, request)
             return _django_response(answer)
-        excluded = self._excluded
-        if path in excluded.literal or (excluded.match is not None and excluded.match(path)):
+        if self._excluded.excluded(path):
             return await self.get_response(request)  # never recorded
         item = self._begin(request)
         try:

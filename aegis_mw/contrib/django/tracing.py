@@ -36,12 +36,11 @@ class TracedAegisMiddleware(AegisMiddleware):
         if self.is_async:
             return self._traced_acall(request)
         leave = self._open(request)
-        if leave is None:
-            return AegisMiddleware.__call__(self, request)
         try:
             return AegisMiddleware.__call__(self, request)
         finally:
-            leave()
+            if leave is not None:
+                leave()
 
     async def _traced_acall(self, request: HttpRequest) -> Any:
         leave = self._open(request)
@@ -55,13 +54,7 @@ class TracedAegisMiddleware(AegisMiddleware):
         """Start the request's span, current until the returned callable is
         called; None for a request that is not traced."""
         path = request.path_info
-        excluded = self.aegis.excluded_paths
-        if (
-            path in self.routes.handlers
-            or path in excluded.literal
-            or (excluded.match is not None and excluded.match(path))
-            or self._spans.current()
-        ):
+        if path in self.routes.handlers or self._excluded.excluded(path) or self._spans.current():
             return None
         try:
             meta = request.META
