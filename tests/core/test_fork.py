@@ -20,6 +20,7 @@ from tests.harness import inbox_item
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)"),
+    pytest.mark.forks,
     # Python 3.12+ warns when forking a process that has threads; forking one is the point.
     pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning"),
 ]

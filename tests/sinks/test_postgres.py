@@ -827,6 +827,7 @@ def test_a_broken_connection_is_replaced_on_the_next_write(
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+@pytest.mark.forks
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_forked_child_opens_its_own_connections(
     postgres_url: str, sinks: Callable[[str], PostgresSink]

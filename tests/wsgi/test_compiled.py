@@ -1457,6 +1457,7 @@ def test_the_pipeline_starts_with_the_first_request(make_aegis: Callable[..., Ae
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+@pytest.mark.forks
 @pytest.mark.usefixtures("hot_path")
 def test_a_forked_child_starts_the_pipeline_again(make_aegis: Callable[..., Aegis]) -> None:
     """Threads do not survive a fork: the child's first request starts the pipeline
