@@ -269,20 +269,6 @@ def _incidents(aegis: Aegis) -> Incidents | None:
     )
 
 
-def _warn_of_sampled_counts(rate: float, sinks: list[tuple[str, RecordSink]]) -> None:
-    """A sink that counts the records it is given (the OTLP sink's request
-    metrics) counts only those ``sample_rate`` keeps: say so at start."""
-    if rate >= 1.0:
-        return
-    for name, sink in sinks:
-        if getattr(sink, "counts_records", False):
-            logger.warning(
-                "aegis_mw: sink %s counts the requests it is given, and sample_rate=%g keeps "
-                "only some of them (errors and slow requests all): its request counts are low",
-                name, rate,
-            )  # fmt: skip
-
-
 def _audit_log(aegis: Aegis) -> AuditLog | None:
     """The audit of the API's writes in the history sink's store (None
     without one: posted events are then audited to the ``aegis_mw.audit``
@@ -324,7 +310,6 @@ class Aegis:
         self.clock: Clock = clock if clock is not None else SystemClock()
         named_sinks = build_sinks(settings.sink, settings.sources.get("sink", ""))
         self.sinks: list[RecordSink] = [sink for _, sink in named_sinks]
-        _warn_of_sampled_counts(settings.sample_rate, named_sinks)
         #: The rules of the routes we serve, the app token's filled in for the
         #: monitoring data that has none of its own (``access/app_token.py``);
         #: ``access_token`` is that token, None when no route needs it.
@@ -369,6 +354,8 @@ class Aegis:
             sample_rate=settings.sample_rate,
             slow_threshold_ms=settings.slow_threshold_ms,
             compiled=compiled,
+            # A sink that counts the records it is given counts every request.
+            sample_later=any(getattr(sink, "counts_records", False) for sink in self.sinks),
         )
         runners = [
             SinkRunner(

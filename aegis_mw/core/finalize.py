@@ -94,6 +94,7 @@ class Finalizer:
         slow_threshold_ms: float,
         max_error_length: int = 1024,
         compiled: ModuleType | None = None,
+        sample_later: bool = False,
     ) -> None:
         self.clock = clock
         self.resolver = resolver
@@ -101,6 +102,11 @@ class Finalizer:
         self.max_path_length = max_path_length
         self.max_error_length = max_error_length
         self.sample_rate = sample_rate
+        #: Whether :meth:`finalize` builds every request's record and
+        #: :meth:`thin` samples them afterwards: for a sink that counts the
+        #: records it is given (the OTLP sink's request metrics), which
+        #: then counts every request while the log keeps its sample.
+        self.sample_later = sample_later and sample_rate < 1.0
         self.slow_threshold_ms = slow_threshold_ms
         self.id_prefix = new_id_prefix()
         self.sequence = 0
@@ -219,7 +225,7 @@ class Finalizer:
         progress[0] = 0
         progress[1] = self.sequence
         progress[2] = progress[3] = progress[4] = 0
-        rate = self.sample_rate
+        rate = 1.0 if self.sample_later else self.sample_rate
         total = len(items)
         cells = self._rollups.cells
         try:
@@ -266,6 +272,27 @@ class Finalizer:
                 settled(self, "rollups")
         return out
 
+    def thin(self, records: list[RequestRecord | WebSocketSession]) -> list[Any]:
+        """The records the log keeps, of those :meth:`finalize` built for
+        every request (``sample_later``): the same choice it makes otherwise
+        (errors and requests slower than ``slow_threshold_ms`` always, the
+        rest at ``sample_rate``; sessions always), counted in ``sampled_out``.
+        """
+        rate = self.sample_rate
+        slow = self.slow_threshold_ms
+        chance = self._random.random
+        kept = [
+            record
+            for record in records
+            if type(record) is not RequestRecord
+            or record.status >= 500
+            or record.error
+            or record.duration_ms >= slow
+            or chance() < rate
+        ]
+        self.sampled_out += len(records) - len(kept)
+        return kept
+
     def _compiled_applies(self, items: list[InboxItem]) -> bool:
         """Whether the compiled loop may take these items: a list, numbers it
         holds in 64 bits, and a slow threshold it compares as Python does."""
@@ -290,7 +317,7 @@ class Finalizer:
         methods = _METHODS.get
         small = SMALL
         clean_clients = self._clean_clients
-        sample = self.sample_rate < 1.0
+        sample = self.sample_rate < 1.0 and not self.sample_later
         rate = self.sample_rate
         slow = self.slow_threshold_ms
         chance = self._random.random

@@ -150,6 +150,7 @@ class FlushCycle:
             self._ingest_events()
         fold_drained = self.aggregates.fold_drained
         finalize = self.finalizer.finalize
+        thin = self.finalizer.thin if self.finalizer.sample_later else None
         runners = self.runners
         slices = self.slices
         if new_slice:
@@ -169,10 +170,13 @@ class FlushCycle:
             self.ingest_step = INGEST_STEP if self.finalizer.python_items else self._long_step
             if malformed:
                 recorder.dropped["invalid"] += malformed
+            # With sample_later, the records of every request go to the sinks
+            # that count them, the sample to the others.
+            kept = thin(records) if thin is not None else records
             for runner in runners:
-                runner.offer(records)
+                runner.offer(records if runner.counts_records else kept)
             if self.exemplars is not None:
-                self._take_exemplars(self.exemplars, records)
+                self._take_exemplars(self.exemplars, kept)
             slices.check()
         if rollups:
             self._offer_rollups()

@@ -122,6 +122,9 @@ class SinkRunner(RefusalHandling):
         #: Sinks that store the app's events (``stores_events``) get them in
         #: their backlog beside the records, bounded and retried alike.
         self.keeps_events = bool(getattr(sink, "stores_events", False))
+        #: A sink that counts the records it is given (the OTLP sink's request
+        #: metrics) gets every request's, whatever ``sample_rate`` keeps.
+        self.counts_records = bool(getattr(sink, "counts_records", False))
         self.rollups_pending: RollupDelta | None = None
         self.rollups_in_flight: RollupDelta | None = None
         #: Parts of a refused delta still to be tried, after the one in flight.

@@ -86,8 +86,9 @@ class OtlpSink:
     #: A store across the network: with ``spool_dir`` its batches are kept
     #: on local disk while the collector is unreachable (core.spooling).
     remote = True
-    #: Its request metrics count the records it is given: with a
-    #: ``sample_rate`` below 1, only those kept (the owner warns at start).
+    #: Its request metrics count the records it is given, so it is given
+    #: every request's, whatever ``sample_rate`` keeps in the log (see
+    #: ``Finalizer.sample_later``).
     counts_records = True
 
     def __init__(self, url: str, *, environ: Mapping[str, str] | None = None) -> None:

@@ -50,7 +50,7 @@ DESCRIPTIONS: dict[str, str] = {
     "sample_rate": (
         "Share of ordinary requests kept in the stored log; errors (5xx or an exception) and "
         "requests slower than `slow_threshold_ms` are always kept; sampling never thins the "
-        "realtime figures or the rollups."
+        "realtime figures, the rollups or the OTLP sink's counts."
     ),
     "slow_threshold_ms": "Requests at least this slow are always stored, whatever `sample_rate`.",
     "exclude_paths": "Paths or globs (`/static/*`) that pass straight through, never recorded.",
