@@ -110,11 +110,18 @@ class ServerSpans:
             from opentelemetry import context, propagate, trace
             from opentelemetry.instrumentation.wsgi import (
                 add_response_attributes,
+                collect_custom_request_headers_attributes,
+                collect_custom_response_headers_attributes,
                 collect_request_attributes,
                 wsgi_getter,
             )
             from opentelemetry.instrumentation.wsgi.version import __version__
             from opentelemetry.trace.status import Status, StatusCode
+            from opentelemetry.util.http import (
+                OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST,
+                OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE,
+                get_custom_headers,
+            )
         except ImportError as missing:
             raise ConfigError("tracing", "true", EXTRA_HINT) from missing
         self._conventions, schema_url = _semantic_conventions()
@@ -130,6 +137,21 @@ class ServerSpans:
         self._response_attributes = add_response_attributes
         self._getter = wsgi_getter
         self._error = functools.partial(Status, StatusCode.ERROR)
+        # The headers OpenTelemetry's header-capture variables name, as span
+        # attributes (sanitized as its SANITIZE_FIELDS variable says). The
+        # variables are read once, here, as its ASGI middleware reads them:
+        # without them no request pays for a look at its headers.
+        captured = get_custom_headers
+        self._request_headers: Callable[[Any], dict[str, Any]] | None = (
+            collect_custom_request_headers_attributes
+            if captured(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST)
+            else None
+        )
+        self._response_headers: Callable[[Any], dict[str, Any]] | None = (
+            collect_custom_response_headers_attributes
+            if captured(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE)
+            else None
+        )
 
     def current(self) -> bool:
         """Whether a span is current already (another instrumentation's)."""
@@ -146,6 +168,8 @@ class ServerSpans:
             span_method(environ.get("REQUEST_METHOD")), context=caller, kind=self._server_kind,
             attributes=attributes,
         )  # fmt: skip
+        if self._request_headers is not None:
+            self._capture(span, self._request_headers, environ)
         try:
             token = self._attach(self._in_context(span, caller))
         except BaseException:
@@ -155,9 +179,30 @@ class ServerSpans:
         return span, lambda: detach(token)
 
     def respond(self, span: Any, status: Any, headers: Any) -> None:
-        """The response's attributes, from a WSGI status line; never raises."""
+        """The response's attributes, from a WSGI status line and headers;
+        never raises."""
         with suppress(Exception):  # a span's attributes never fail the request
             self._response_attributes(span, status, headers, **self._conventions)
+        self.response_headers(span, headers)
+
+    @property
+    def captures_response_headers(self) -> bool:
+        """Whether a capture variable names response headers."""
+        return self._response_headers is not None
+
+    def response_headers(self, span: Any, headers: Any) -> None:
+        """The response headers the capture variable names, as attributes
+        (``(name, value)`` pairs); never raises."""
+        if self._response_headers is not None and headers:
+            self._capture(span, self._response_headers, headers)
+
+    @staticmethod
+    def _capture(span: Any, collect: Callable[[Any], dict[str, Any]], headers: Any) -> None:
+        with suppress(Exception):  # nor does a header OpenTelemetry cannot read
+            if span.is_recording():
+                found = collect(headers)
+                if found:
+                    span.set_attributes(found)
 
     def start_response(self, span: Any, start_response: StartResponse) -> StartResponse:
         """``start_response`` that also sets the span's response attributes

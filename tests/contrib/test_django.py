@@ -211,6 +211,31 @@ def test_tracing_makes_a_server_span_per_request_named_by_its_pattern(
     assert (failed.status.code, failed.status.message) == (2, "RuntimeError: kaput")
 
 
+def test_tracing_captures_the_headers_opentelemetrys_variables_name(
+    traced: Any, span_receiver: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under both handlers, as OpenTelemetry's Django instrumentation does: the
+    request and response headers its variables name (read when the middleware
+    is built), a sanitized one redacted."""
+    monkeypatch.setenv(
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "X-Tenant,x-secret"
+    )
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE", "content-type")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "x-secret")
+    headers = {"X-Tenant": "acme", "X-Secret": "hunter2"}
+    assert Client().get("/items/1/", headers=headers).status_code == 200
+    assert asyncio.run(AsyncClient().get("/items/2/", headers=headers)).status_code == 200
+    assert traced.shutdown()
+    spans = [attributes(span.attributes) for _, span in exported_spans(span_receiver)]
+    assert len(spans) == 2
+    for found in spans:
+        assert {name: value for name, value in found.items() if ".header." in name} == {
+            "http.request.header.x_tenant": ["acme"],
+            "http.request.header.x_secret": ["[REDACTED]"],
+            "http.response.header.content_type": ["text/html; charset=utf-8"],
+        }
+
+
 def test_tracing_makes_no_second_span_beside_djangos_own_instrumentation(
     traced: Any, span_receiver: Any
 ) -> None:

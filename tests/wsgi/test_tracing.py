@@ -106,6 +106,48 @@ def test_each_request_of_a_flask_app_gets_one_server_span_named_by_its_route(
     assert "/metrics" not in records and "/internal/x" not in records
 
 
+def test_the_headers_opentelemetrys_capture_variables_name_become_attributes(
+    span_receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As OpenTelemetry's WSGI middleware does: the request and response
+    headers its variables name, a sanitized one's value redacted; none
+    without the variables."""
+
+    def spans_of() -> list[dict[str, Any]]:
+        """The attributes of the span of one request to a new traced app."""
+        app = flask.Flask(__name__)
+
+        @app.get("/items/<int:item_id>")
+        def item(item_id: int) -> tuple[str, dict[str, str]]:
+            return "ok", {"X-Served-By": "node-a", "X-Other": "not asked for"}
+
+        pipeline = FlaskAegis(
+            app, sink="memory://", environ={}, access=OPEN_MONITORING, tracing=True
+        ).pipeline
+        assert pipeline is not None
+        before = len(exported_spans(span_receiver))
+        try:
+            environ = environ_for("/items/1", HTTP_X_TENANT="acme", HTTP_X_SECRET="hunter2")
+            assert serve(app, environ)[0].status == "200 OK"
+        finally:
+            assert pipeline.shutdown()
+        return [attributes(span.attributes) for _, span in exported_spans(span_receiver)[before:]]
+
+    [plain] = spans_of()
+    assert not [name for name in plain if ".header." in name]
+    monkeypatch.setenv(
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "X-Tenant,x-secret"
+    )
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE", "x-served-by")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "x-secret")
+    [captured] = spans_of()
+    assert {name: value for name, value in captured.items() if ".header." in name} == {
+        "http.request.header.x_tenant": ["acme"],
+        "http.request.header.x_secret": ["[REDACTED]"],
+        "http.response.header.x_served_by": ["node-a"],
+    }
+
+
 def test_an_exception_of_the_app_ends_its_span_as_an_error_and_is_raised_unchanged(
     make_aegis: Callable[..., Aegis], span_receiver: Receiver
 ) -> None:

@@ -37,7 +37,7 @@ class TracedAegisMiddleware(AegisMiddleware):
             return self._traced_acall(request)
         leave = self._open(request)
         try:
-            return AegisMiddleware.__call__(self, request)
+            return self._answered(request, AegisMiddleware.__call__(self, request))
         finally:
             if leave is not None:
                 leave()
@@ -45,10 +45,20 @@ class TracedAegisMiddleware(AegisMiddleware):
     async def _traced_acall(self, request: HttpRequest) -> Any:
         leave = self._open(request)
         try:
-            return await self._acall(request)
+            return self._answered(request, await self._acall(request))
         finally:
             if leave is not None:
                 leave()
+
+    def _answered(self, request: HttpRequest, response: Any) -> Any:
+        """The response, its headers captured on the request's span while it
+        is open (the span ends at the response's close, where they are gone)."""
+        span = request.__dict__.get(SPAN_ATTRIBUTE)
+        if span is not None and self._spans.captures_response_headers:
+            items = getattr(response, "items", None)
+            if callable(items):
+                self._spans.response_headers(span, _pairs(items))
+        return response
 
     def _open(self, request: HttpRequest) -> Any:
         """Start the request's span, current until the returned callable is
@@ -85,6 +95,15 @@ class TracedAegisMiddleware(AegisMiddleware):
             # Django answers with the status the record has (500 for an exception).
             self._spans.respond(span, f"{item[3]} ", ())
             self._spans.end(span, item, failure)
+
+
+def _pairs(items: Any) -> Any:
+    """A Django response's headers as ``(name, value)`` pairs; () when they
+    cannot be read (a response object of the app's own)."""
+    try:
+        return list(items())
+    except Exception:
+        return ()
 
 
 def attach_tracing(middleware: AegisMiddleware) -> None:
