@@ -679,6 +679,7 @@ class Aegis:
                     prune_lease=int(held.get(runner.name, False)),
                     **_spool_figures(runner.spool, wall),
                     rejected=_store_rejections(runner.sink),
+                    counts_every_request=runner.counts_records and self.finalizer.sample_later,
                 )
                 for runner in self.flusher.runners
             ),

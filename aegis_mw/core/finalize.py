@@ -205,8 +205,9 @@ class Finalizer:
 
     def finalize(self, items: list[InboxItem]) -> list[RequestRecord | WebSocketSession]:
         """Records for the items the log keeps; errors and requests slower than
-        ``slow_threshold_ms`` always stay, the rest at ``sample_rate``. An item
-        that cannot become a storable record is counted in ``invalid``.
+        ``slow_threshold_ms`` always stay, the rest at ``sample_rate`` (with
+        ``sample_later``, records for every item: :meth:`thin` samples them).
+        An item that cannot become a storable record is counted in ``invalid``.
         """
         # The request path stamps only the monotonic clock; one pair of
         # readings here turns those into wall time. Items are at most a few

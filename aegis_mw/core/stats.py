@@ -43,6 +43,10 @@ class SinkStats:
     #: collector's partial successes: ``data_points``, ``log_records``); empty
     #: for a store that never does (see ``rejected_by_store`` on a sink).
     rejected: dict[str, int] = field(default_factory=dict)
+    #: Whether the sink is given every request's record (it counts them:
+    #: ``counts_records``), not the sample ``sample_rate`` keeps: for it,
+    #: ``sampled_out`` is no part of what it was offered.
+    counts_every_request: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,8 @@ class PipelineStats:
 
         offered == buffered + sum(dropped.values()) + sampled_out
                    + sink.written + sink.backlog + sum(sink.dropped.values())
+
+    leaving ``sampled_out`` out for a sink that ``counts_every_request``.
 
     ``buffered`` and ``dropped`` are the inbox's (before any sink; ``invalid``
     counts items that could not become a storable record); what a sink could

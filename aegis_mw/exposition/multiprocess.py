@@ -60,6 +60,7 @@ def _sink_figures(sink: SinkStats, *, live: bool) -> dict[str, Any]:
         "prune_lease": sink.prune_lease if live else 0,
         "rejected": dict(sink.rejected),
         **{field: getattr(sink, field) if live else 0 for field in _SHARED_GAUGES},
+        "counts_every_request": sink.counts_every_request,
     }
 
 
@@ -169,8 +170,13 @@ class Merge:
                     "prune_lease": 0,
                     "rejected": {},
                     **dict.fromkeys(_LATER_COUNTERS + _SHARED_GAUGES, 0),
+                    "counts_every_request": False,
                 },
             )
+            # The same in every process (the sinks' configuration); absent
+            # from the files of a version before it.
+            if sink.get("counts_every_request") is True:
+                mine["counts_every_request"] = True
             for field in ("written", "errors", "timeouts", "flushes", "flush_seconds_total"):
                 mine[field] += sink[field]
             # Absent from the files of a version before them (a rolling upgrade).
@@ -227,6 +233,7 @@ class Merge:
                 prune_lease=values["prune_lease"],
                 rejected=values["rejected"],
                 **{field: values[field] for field in _LATER_COUNTERS + _SHARED_GAUGES},
+                counts_every_request=values["counts_every_request"],
             )
             for name, values in self.sinks.items()
         )

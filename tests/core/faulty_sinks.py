@@ -244,7 +244,8 @@ def accounted(stats: PipelineStats, sink: int = 0) -> int:
     """Every offered item once, by PipelineStats' per-sink conservation law."""
     entry = stats.sinks[sink]
     return (
-        stats.buffered + sum(stats.dropped.values()) + stats.sampled_out
+        stats.buffered + sum(stats.dropped.values())
+        + (0 if entry.counts_every_request else stats.sampled_out)
         + entry.written + entry.backlog + sum(entry.dropped.values())
     )  # fmt: skip
 

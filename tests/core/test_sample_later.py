@@ -12,6 +12,7 @@ import pytest
 from aegis_mw import Aegis
 from aegis_mw.core.items import PendingSession
 from aegis_mw.testing import MemorySink
+from tests.core.faulty_sinks import accounted
 from tests.harness import inbox_item
 
 ORDINARY = 400  # fast 2xx and 4xx requests: sampled
@@ -75,7 +76,11 @@ def test_the_counting_sink_gets_every_request_and_the_log_its_sample(
         assert sampled == 0
     else:  # 400 draws at 1/4: below 40 or above 160 has odds under 1e-12
         assert 40 < sampled < 160
-    assert aegis.stats().sampled_out == REQUESTS - len(log.requests)
+    stats = aegis.stats()
+    assert stats.sampled_out == REQUESTS - len(log.requests)
+    # Each sink's figures add up to what was offered: the sample's for the log.
+    assert [sink.counts_every_request for sink in stats.sinks] == [True, False]
+    assert accounted(stats, 0) == accounted(stats, 1) == stats.offered == REQUESTS + SESSIONS
     assert len(counting.sessions) == len(log.sessions) == SESSIONS
     # The rollups count every request, as ever.
     rows = log.read_rollups(5, 0, 10**12, by_route=False)

@@ -256,3 +256,25 @@ def test_what_each_workers_store_dropped_itself_adds_up(
         if sample.name == "aegis_sink_rejected_total"
     }
     assert found == {"data_points": 7, "log_records": 2}
+
+
+def test_a_sink_given_every_request_says_so_in_the_merged_figures(
+    tmp_path: Path, make_aegis: Callable[..., Aegis], living_pid: int
+) -> None:
+    """``counts_every_request`` (whether ``sampled_out`` is on the sink's side
+    of the conservation law) is the sinks' configuration, the same in every
+    worker: a worker's True stands, and a file of a version before it says
+    nothing."""
+    data = encode(make_aegis(metrics_registry="none").metrics.read_own(), pid=living_pid, live=True)
+    assert data["sinks"][0]["counts_every_request"] is False
+    data["sinks"][0]["counts_every_request"] = True
+    (tmp_path / f"aegis_{living_pid}_0a0b0ca0.json").write_text(json.dumps(data))
+    old = encode(make_aegis(metrics_registry="none").metrics.read_own(), pid=living_pid, live=True)
+    del old["sinks"][0]["counts_every_request"]
+    (tmp_path / f"aegis_{living_pid}_0a0b0cb0.json").write_text(json.dumps(old))
+    aegis = make_aegis(metrics_registry="none", metrics_multiprocess_dir=str(tmp_path))
+    [sink] = aegis.metrics.read().stats.sinks
+    assert sink.counts_every_request is True
+    (tmp_path / f"aegis_{living_pid}_0a0b0ca0.json").unlink()
+    [sink] = aegis.metrics.read().stats.sinks
+    assert sink.counts_every_request is False

@@ -37,6 +37,7 @@ from aegis_mw.sinks.otlp import MAX_PAUSE, CollectorUnavailable, OtlpSink
 from aegis_mw.sinks.otlp_encode import BOUNDS
 from aegis_mw.testing import MemorySink
 from tests.conftest import compiled_module
+from tests.core.faulty_sinks import accounted
 from tests.harness import inbox_item
 from tests.servers import free_port
 from tests.sinks.otlp_receiver import (
@@ -281,10 +282,13 @@ async def test_with_a_sample_rate_every_request_is_still_counted(
     assert by_key == served
     errors = sum(count for (_, _, status), count in served.items() if status >= 500)
     assert sum(record.status >= 500 for record in log.requests) == errors
-    assert errors < len(log.requests) < REQUESTS // 6  # 1 in 10 of the 5/7 not kept anyway
+    assert errors < len(log.requests) < REQUESTS // 6  # 1 in 10 of the 6/7 not kept anyway
     stats = await anyio.to_thread.run_sync(aegis.stats)
     assert stats.sampled_out == REQUESTS // 3 - len(log.requests)
     assert otlp_stats(aegis).written == REQUESTS // 3
+    # Each sink's figures add up to what was offered: the sample's for the log.
+    assert [sink.counts_every_request for sink in stats.sinks] == [True, False]
+    assert accounted(stats, 0) == accounted(stats, 1) == stats.offered == REQUESTS // 3
 
 
 def test_sessions_are_counted_by_route_and_close_code(receiver: Receiver) -> None:
