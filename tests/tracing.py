@@ -13,14 +13,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tests.sinks.otlp_receiver import Receiver, attributes
 
-#: Every OTEL_* variable the SDK and its OTLP exporter read, kept out of the
-#: tests that point them at a receiver.
 #: OpenTelemetry's header capture (request, response, sanitized).
 CAPTURE_VARIABLES = (
     "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST",
     "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE",
     "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS",
 )
+#: Every OTEL_* variable the SDK, its OTLP exporter and the header capture
+#: read, kept out of the tests that point them at a receiver.
 OTEL_VARIABLES = (
     "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_TRACES_EXPORTER", "OTEL_TRACES_SAMPLER",
     "OTEL_TRACES_SAMPLER_ARG", "OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_PROTOCOL",

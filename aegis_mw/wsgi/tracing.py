@@ -33,6 +33,7 @@ from typing import Any
 from ..core.errors import ConfigError
 from ..core.server_spans import name_span, span_method
 from ..core.tracer_provider import EXTRA_HINT
+from .header_capture import HeaderCapture
 from .middleware import AegisWSGIMiddleware, StartResponse
 
 #: Where a traced request's span waits for the request to end.
@@ -110,18 +111,14 @@ class ServerSpans:
             from opentelemetry import context, propagate, trace
             from opentelemetry.instrumentation.wsgi import (
                 add_response_attributes,
-                collect_custom_request_headers_attributes,
-                collect_custom_response_headers_attributes,
                 collect_request_attributes,
                 wsgi_getter,
             )
             from opentelemetry.instrumentation.wsgi.version import __version__
             from opentelemetry.trace.status import Status, StatusCode
-            from opentelemetry.util.http import (
-                OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST,
-                OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE,
-                get_custom_headers,
-            )
+
+            #: The headers the capture variables name (read now, once).
+            self.headers = HeaderCapture()
         except ImportError as missing:
             raise ConfigError("tracing", "true", EXTRA_HINT) from missing
         self._conventions, schema_url = _semantic_conventions()
@@ -137,39 +134,26 @@ class ServerSpans:
         self._response_attributes = add_response_attributes
         self._getter = wsgi_getter
         self._error = functools.partial(Status, StatusCode.ERROR)
-        # The headers OpenTelemetry's header-capture variables name, as span
-        # attributes (sanitized as its SANITIZE_FIELDS variable says). The
-        # variables are read once, here, as its ASGI middleware reads them:
-        # without them no request pays for a look at its headers.
-        captured = get_custom_headers
-        self._request_headers: Callable[[Any], dict[str, Any]] | None = (
-            collect_custom_request_headers_attributes
-            if captured(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST)
-            else None
-        )
-        self._response_headers: Callable[[Any], dict[str, Any]] | None = (
-            collect_custom_response_headers_attributes
-            if captured(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE)
-            else None
-        )
 
     def current(self) -> bool:
         """Whether a span is current already (another instrumentation's)."""
         return bool(self._current_span().get_span_context().is_valid)
 
-    def open(self, environ: dict[str, Any]) -> tuple[Any, Callable[[], None]]:
+    def open(self, environ: dict[str, Any], scope: Any = None) -> tuple[Any, Callable[[], None]]:
         """A request's server span, made current in the caller's context (its
         ``traceparent``, its baggage) when one came; and what leaves it, in
-        the thread (or task) that called this. Raises with nothing attached
-        and no span left open."""
+        the thread (or task) that called this. ``scope``: the ASGI scope the
+        environ was made from (Django's ASGI handler), where the captured
+        request headers are read. Raises with nothing attached and no span
+        left open."""
         attributes = self._request_attributes(environ, **self._conventions)
         caller = self._extract(environ, getter=self._getter)
         span = self._tracer.start_span(
             span_method(environ.get("REQUEST_METHOD")), context=caller, kind=self._server_kind,
             attributes=attributes,
         )  # fmt: skip
-        if self._request_headers is not None:
-            self._capture(span, self._request_headers, environ)
+        if self.headers.requests:
+            self.headers.request(span, environ, scope)
         try:
             token = self._attach(self._in_context(span, caller))
         except BaseException:
@@ -183,26 +167,8 @@ class ServerSpans:
         never raises."""
         with suppress(Exception):  # a span's attributes never fail the request
             self._response_attributes(span, status, headers, **self._conventions)
-        self.response_headers(span, headers)
-
-    @property
-    def captures_response_headers(self) -> bool:
-        """Whether a capture variable names response headers."""
-        return self._response_headers is not None
-
-    def response_headers(self, span: Any, headers: Any) -> None:
-        """The response headers the capture variable names, as attributes
-        (``(name, value)`` pairs); never raises."""
-        if self._response_headers is not None and headers:
-            self._capture(span, self._response_headers, headers)
-
-    @staticmethod
-    def _capture(span: Any, collect: Callable[[Any], dict[str, Any]], headers: Any) -> None:
-        with suppress(Exception):  # nor does a header OpenTelemetry cannot read
-            if span.is_recording():
-                found = collect(headers)
-                if found:
-                    span.set_attributes(found)
+        if self.headers.responses:
+            self.headers.response(span, headers)
 
     def start_response(self, span: Any, start_response: StartResponse) -> StartResponse:
         """``start_response`` that also sets the span's response attributes

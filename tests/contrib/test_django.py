@@ -211,29 +211,94 @@ def test_tracing_makes_a_server_span_per_request_named_by_its_pattern(
     assert (failed.status.code, failed.status.message) == (2, "RuntimeError: kaput")
 
 
-def test_tracing_captures_the_headers_opentelemetrys_variables_name(
-    traced: Any, span_receiver: Any, monkeypatch: pytest.MonkeyPatch
+CAPTURED = {
+    "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST": "X-Tenant,x-secret,x-multi,content-type,cookie,x_under",
+    "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE": "Content-Type,x-none",
+    "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS": "x-secret",
+}
+#: One request's headers, a name sent twice among them (ASGI keeps both).
+RAW_HEADERS = [
+    (b"x-tenant", b"acme"), (b"x-secret", b"hunter2"), (b"x-multi", b"a"), (b"x-multi", b"b"),
+    (b"content-type", b"text/plain"), (b"cookie", b"a=1"), (b"cookie", b"b=2"), (b"x_under", b"u"),
+]  # fmt: skip
+
+
+def _through_django(path: str, *, asgi: bool) -> None:
+    """One GET through Django's own WSGI or ASGI handler (built now, so its
+    middleware is built now), with :data:`RAW_HEADERS`."""
+    if asgi:
+        from django.core.handlers.asgi import ASGIHandler
+
+        scope = {
+            "type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
+            "query_string": b"", "root_path": "", "scheme": "http", "server": ("testserver", 80),
+            "client": ("127.0.0.1", 5000), "http_version": "1.1", "asgi": {"version": "3.0"},
+            "headers": RAW_HEADERS,
+        }  # fmt: skip
+        body = [{"type": "http.request", "body": b"", "more_body": False}]
+        done = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            if body:
+                return body.pop()
+            await done.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                done.set()
+
+        asyncio.run(ASGIHandler()(scope, receive, send))
+        return
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "GET", "PATH_INFO": path, "SCRIPT_NAME": "", "QUERY_STRING": "",
+        "SERVER_NAME": "testserver", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(), "wsgi.errors": io.StringIO(),
+        "CONTENT_TYPE": "text/plain",
+    }  # fmt: skip
+    for name, value in RAW_HEADERS:
+        if name != b"content-type":
+            key = "HTTP_" + name.decode().upper().replace("-", "_")
+            environ[key] = f"{environ[key]},{value.decode()}" if key in environ else value.decode()
+    response = WSGIHandler()(environ, lambda status, headers, exc_info=None: None)
+    b"".join(response)
+    response.close()
+
+
+def _header_attributes(found: Any) -> dict[str, tuple[str, ...]]:
+    return {name: tuple(value) for name, value in dict(found).items() if ".header." in name}
+
+
+@pytest.mark.parametrize("asgi", [False, True], ids=["wsgi", "asgi"])
+def test_tracing_captures_the_headers_opentelemetrys_django_instrumentation_does(
+    traced: Any, span_receiver: Any, monkeypatch: pytest.MonkeyPatch, asgi: bool
 ) -> None:
-    """Under both handlers, as OpenTelemetry's Django instrumentation does: the
-    request and response headers its variables name (read when the middleware
-    is built), a sanitized one redacted."""
-    monkeypatch.setenv(
-        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "X-Tenant,x-secret"
-    )
-    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE", "content-type")
-    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "x-secret")
-    headers = {"X-Tenant": "acme", "X-Secret": "hunter2"}
-    assert Client().get("/items/1/", headers=headers).status_code == 200
-    assert asyncio.run(AsyncClient().get("/items/2/", headers=headers)).status_code == 200
+    """The headers OpenTelemetry's capture variables name, a sanitized one
+    redacted: the very attributes its Django instrumentation sets on the same
+    request, under either handler (ASGI's scope keeps a header sent twice as
+    two values, and content-type as a header)."""
+    for name, value in CAPTURED.items():
+        monkeypatch.setenv(name, value)
+    provider, theirs = recording_provider()
+    instrumentor = DjangoInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        _through_django("/items/4/", asgi=asgi)  # their span: ours makes none beside it
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()
+    [their_span] = theirs.get_finished_spans()
+    expected = _header_attributes(their_span.attributes)
+    _through_django("/items/4/", asgi=asgi)
     assert traced.shutdown()
-    spans = [attributes(span.attributes) for _, span in exported_spans(span_receiver)]
-    assert len(spans) == 2
-    for found in spans:
-        assert {name: value for name, value in found.items() if ".header." in name} == {
-            "http.request.header.x_tenant": ["acme"],
-            "http.request.header.x_secret": ["[REDACTED]"],
-            "http.response.header.content_type": ["text/html; charset=utf-8"],
-        }
+    [(_, ours)] = exported_spans(span_receiver)
+    assert _header_attributes(attributes(ours.attributes)) == expected
+    assert expected["http.request.header.x_secret"] == ("[REDACTED]",)
+    assert expected["http.request.header.x_tenant"] == ("acme",)
+    assert expected["http.response.header.content_type"] == ("text/html; charset=utf-8",)
+    if asgi:
+        assert expected["http.request.header.x_multi"] == ("a", "b")
+        assert expected["http.request.header.content_type"] == ("text/plain",)
 
 
 def test_tracing_makes_no_second_span_beside_djangos_own_instrumentation(

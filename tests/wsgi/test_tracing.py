@@ -27,7 +27,7 @@ from aegis_mw.wsgi import AegisWSGIMiddleware
 from aegis_mw.wsgi.tracing import SPAN_KEY, TracedAegisWSGIMiddleware
 from tests.harness import OPEN_MONITORING
 from tests.sinks.otlp_receiver import Receiver, attributes
-from tests.tracing import exported_spans
+from tests.tracing import exported_spans, recording_provider
 from tests.wsgi.test_middleware import Response, environ_for, serve
 
 # No hot_path runs: a middleware with tracing on takes the Python path only.
@@ -106,46 +106,67 @@ def test_each_request_of_a_flask_app_gets_one_server_span_named_by_its_route(
     assert "/metrics" not in records and "/internal/x" not in records
 
 
-def test_the_headers_opentelemetrys_capture_variables_name_become_attributes(
-    span_receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+def _header_attributes(found: Any) -> dict[str, tuple[str, ...]]:
+    return {name: tuple(value) for name, value in dict(found).items() if ".header." in name}
+
+
+def test_the_headers_opentelemetrys_capture_variables_name_are_its_wsgi_middlewares(
+    make_aegis: Callable[..., Aegis], span_receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """As OpenTelemetry's WSGI middleware does: the request and response
-    headers its variables name, a sanitized one's value redacted; none
-    without the variables."""
+    """The request and response headers its variables name (any case, a
+    regular expression, a header sent twice), a sanitized one redacted: the
+    very attributes OpenTelemetry's WSGI middleware sets on the same request;
+    none without the variables, read when the middleware is built."""
 
-    def spans_of() -> list[dict[str, Any]]:
-        """The attributes of the span of one request to a new traced app."""
-        app = flask.Flask(__name__)
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [
+            ("Content-Type", "text/plain"), ("X-Served-By", "node-a"), ("X-Served-By", "node-b"),
+            ("Set-Cookie", "s=1"), ("X-Other", "not asked for"),
+        ])  # fmt: skip
+        return [b"ok"]
 
-        @app.get("/items/<int:item_id>")
-        def item(item_id: int) -> tuple[str, dict[str, str]]:
-            return "ok", {"X-Served-By": "node-a", "X-Other": "not asked for"}
+    def request() -> dict[str, Any]:
+        return environ_for(
+            "/items/1", HTTP_X_TENANT="acme", HTTP_X_SECRET="hunter2", HTTP_COOKIE="a=1; b=2",
+            HTTP_X_TRACE_ME="yes", CONTENT_TYPE="text/plain",
+        )  # fmt: skip
 
-        pipeline = FlaskAegis(
-            app, sink="memory://", environ={}, access=OPEN_MONITORING, tracing=True
-        ).pipeline
-        assert pipeline is not None
+    def ours() -> dict[str, tuple[str, ...]]:
+        aegis = make_aegis(tracing=True)
         before = len(exported_spans(span_receiver))
-        try:
-            environ = environ_for("/items/1", HTTP_X_TENANT="acme", HTTP_X_SECRET="hunter2")
-            assert serve(app, environ)[0].status == "200 OK"
-        finally:
-            assert pipeline.shutdown()
-        return [attributes(span.attributes) for _, span in exported_spans(span_receiver)[before:]]
+        middleware = AegisWSGIMiddleware(app, aegis=aegis)
+        assert serve(middleware, request())[1] == b"ok"
+        assert aegis.shutdown()
+        [(_, span)] = exported_spans(span_receiver)[before:]
+        return _header_attributes(attributes(span.attributes))
 
-    [plain] = spans_of()
-    assert not [name for name in plain if ".header." in name]
+    assert ours() == {}
     monkeypatch.setenv(
-        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "X-Tenant,x-secret"
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST",
+        "X-Tenant,x-secret,cookie,x-trace-.*",
     )
-    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE", "x-served-by")
-    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "x-secret")
-    [captured] = spans_of()
-    assert {name: value for name, value in captured.items() if ".header." in name} == {
-        "http.request.header.x_tenant": ["acme"],
-        "http.request.header.x_secret": ["[REDACTED]"],
-        "http.response.header.x_served_by": ["node-a"],
+    monkeypatch.setenv(
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE", "x-served-by,SET-COOKIE,none"
+    )
+    monkeypatch.setenv(
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "x-secret,set-cookie"
+    )
+    provider, theirs = recording_provider()
+    try:
+        assert serve(OpenTelemetryMiddleware(app, tracer_provider=provider), request())[1] == b"ok"
+    finally:
+        provider.shutdown()
+    [their_span] = theirs.get_finished_spans()
+    expected = _header_attributes(their_span.attributes)
+    assert expected == {
+        "http.request.header.x_tenant": ("acme",),
+        "http.request.header.x_secret": ("[REDACTED]",),
+        "http.request.header.cookie": ("a=1; b=2",),
+        "http.request.header.x_trace_me": ("yes",),
+        "http.response.header.x_served_by": ("node-a,node-b",),
+        "http.response.header.set_cookie": ("[REDACTED]",),
     }
+    assert ours() == expected
 
 
 def test_an_exception_of_the_app_ends_its_span_as_an_error_and_is_raised_unchanged(

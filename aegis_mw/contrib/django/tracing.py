@@ -53,11 +53,11 @@ class TracedAegisMiddleware(AegisMiddleware):
     def _answered(self, request: HttpRequest, response: Any) -> Any:
         """The response, its headers captured on the request's span while it
         is open (the span ends at the response's close, where they are gone)."""
-        span = request.__dict__.get(SPAN_ATTRIBUTE)
-        if span is not None and self._spans.captures_response_headers:
+        if self._spans.headers.responses:
+            span = request.__dict__.get(SPAN_ATTRIBUTE)
             items = getattr(response, "items", None)
-            if callable(items):
-                self._spans.response_headers(span, _pairs(items))
+            if span is not None and callable(items):
+                self._spans.headers.response(span, _pairs(items))
         return response
 
     def _open(self, request: HttpRequest) -> Any:
@@ -70,7 +70,7 @@ class TracedAegisMiddleware(AegisMiddleware):
             meta = request.META
             if "wsgi.url_scheme" not in meta:  # Django's ASGI handler: its META has none
                 meta = {**meta, "wsgi.url_scheme": request.scheme}
-            span, leave = self._spans.open(meta)
+            span, leave = self._spans.open(meta, getattr(request, "scope", None))
         except Exception:  # OpenTelemetry failed on this request: untraced
             return None
         setattr(request, SPAN_ATTRIBUTE, span)
