@@ -36,7 +36,7 @@ from ..realtime.sections import realtime_api
 from .audit import AUDIT_PARAMETERS, audit_answer
 from .custom_metrics import custom_metrics_answer
 from .events import EVENT_PARAMETERS, event_query, events_answer
-from .incidents import INCIDENT_PARAMETERS, incidents_answer
+from .incidents import INCIDENT_PARAMETERS, incidents_answer, through_breaker
 from .openapi import openapi_document
 from .response import Response
 from .stats import stats_answer
@@ -472,7 +472,9 @@ class MetricsAPI:
                 incidents = self._aegis.incidents
                 if incidents is None:
                     return _history_unavailable()
-                answered = incidents_answer(incidents, endpoint, params, _integer)
+                answered = through_breaker(
+                    self._aegis, lambda: incidents_answer(incidents, endpoint, params, _integer)
+                )
                 self._failing = False
                 return answered
             queries = self.queries

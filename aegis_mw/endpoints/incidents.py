@@ -17,7 +17,7 @@ another active one a 409.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..history.ranges import QueryError
 from ..incidents.model import ACTIVE, SEVERITIES, STATUSES, IncidentError
@@ -26,7 +26,10 @@ from .events import comma_choices
 from .response import Response
 
 if TYPE_CHECKING:
+    from ..aegis import Aegis
     from ..incidents.service import Incidents
+
+T = TypeVar("T")
 
 #: The query parameters of the incidents' read endpoints.
 INCIDENT_PARAMETERS: Mapping[str, tuple[str, ...]] = {
@@ -82,6 +85,15 @@ def incidents_answer(
         "summary": incidents.summary(incident),
     }
     return Response.json(200, {"data": data})
+
+
+def through_breaker(aegis: Aegis, call: Callable[[], T]) -> T:
+    """``call``, a use of the incidents' store (the history's own), through
+    the history store's breaker, as the history's reads: StoreUnavailable at
+    once while the store is known to be down (not a wait for its timeout in
+    a read thread per request), and a failure to reach it opens the breaker."""
+    history = aegis.reads.history
+    return call() if history is None else history.guarded(call)
 
 
 def _missing() -> Response:

@@ -8,10 +8,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ..access.check import ADMIN, EDITOR
+from ..history.breaker import StoreUnavailable
 from . import alert_writes
 from .alert_writes import AlertWrites
 from .events import post_events
-from .incidents import incident_write
+from .incidents import incident_write, through_breaker
 from .response import Response
 
 if TYPE_CHECKING:
@@ -61,7 +62,17 @@ class ApiWrites:
         except alert_writes.BadInput as error:
             return alert_writes.problem(error)
         try:
-            return incident_write(self.aegis.incidents, method, incident_id, data, actor)
+            return through_breaker(
+                self.aegis,
+                lambda: incident_write(self.aegis.incidents, method, incident_id, data, actor),
+            )
+        except StoreUnavailable as error:
+            # Known down (the breaker, which logged it once): nothing tried.
+            return Response.error(
+                503, "storage_unavailable",
+                "the incident store could not be read or written now; retry",
+                retry_after=str(error.retry_after),
+            )  # fmt: skip
         except Exception:
             # The store's fault (down, locked past its timeout): nothing was
             # written, so the caller may retry; never a 500.

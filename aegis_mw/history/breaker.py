@@ -164,6 +164,7 @@ class GuardedSource:
     def __init__(self, source: HistorySource, breaker: StoreBreaker) -> None:
         self.source = source
         self.breaker = breaker
+        self._inside = threading.local()
 
     def read_rollups(
         self, resolution: int, start: int, end: int, *, by_route: bool
@@ -222,7 +223,14 @@ class GuardedSource:
 
     def _read(self, read: Callable[[], T]) -> T:
         breaker = self.breaker
+        inside = self._inside
+        if getattr(inside, "reading", False):
+            # Part of a guarded read under way in this thread (an incident's
+            # timeline reads events): that read answers for the breaker, and
+            # admitting this one too would refuse it while that one probes.
+            return read()
         probe = breaker.admit()
+        inside.reading = True
         try:
             result = read()
         except Exception as error:
@@ -233,5 +241,7 @@ class GuardedSource:
         except BaseException:
             breaker.abandon(probe)
             raise
+        finally:
+            inside.reading = False
         breaker.succeeded()
         return result

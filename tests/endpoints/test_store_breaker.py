@@ -33,10 +33,14 @@ def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return [b"app"]
 
 
-def read(middleware: Any) -> tuple[int, dict[str, str], dict[str, Any], float]:
-    """One overview read: status, headers, body and the seconds it took."""
+def read(
+    middleware: Any, path: str = "/api/metrics/overview", **extra: str
+) -> tuple[int, dict[str, str], dict[str, Any], float]:
+    """One API read (the overview by default): status, headers, body and
+    the seconds it took."""
     started = time.monotonic()
-    response, body = serve(middleware, environ_for("/api/metrics/overview", **OVERVIEW))
+    fields = extra or (OVERVIEW if path == "/api/metrics/overview" else {})
+    response, body = serve(middleware, environ_for(path, **fields))
     took = time.monotonic() - started
     headers = {name.lower(): value for name, value in response.headers}
     return int(response.status[:3]), headers, json.loads(body), took
@@ -128,3 +132,50 @@ def test_a_file_that_is_not_a_database_is_refused_at_once(
     assert len(messages) == 2, messages
     assert "cannot be read (DatabaseError: file is not a database)" in messages[0]
     assert all(r.exc_info is None for r in caplog.records)
+
+
+EDITOR = "editor-token-of-the-incidents-test"
+EDITING = {"CONTENT_TYPE": "application/json", "HTTP_AUTHORIZATION": f"Bearer {EDITOR}"}
+
+
+def incidents_read(middleware: Any) -> tuple[int, dict[str, str], dict[str, Any], float]:
+    return read(middleware, "/api/metrics/incidents", **EDITING)
+
+
+def test_incident_reads_and_writes_pass_through_the_same_breaker(
+    make_aegis: Callable[..., Aegis], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The incidents live in the history's store: while it is known down,
+    their reads and writes are answered 503 at once too, and once it is back
+    one read tries it and they work again."""
+    path = tmp_path / "aegis.db"
+    SQLiteSink(str(path)).close()
+    locker = locked(path)
+    clock = FakeClock()
+    aegis = make_aegis(clock=clock, sink=f"sqlite:///{path}", read_retry_after=5,
+                       flush_interval=3600, metrics_registry="none",
+                       access={"api": {"editor_tokens": [EDITOR]}})  # fmt: skip
+    middleware = AegisWSGIMiddleware(wsgi_app, aegis=aegis)
+    assert_refused(incidents_read(middleware))  # after the store's busy timeout
+    refused = incidents_read(middleware)
+    assert_refused(refused)
+    assert refused[3] < 1.0  # at once: not after the store's busy timeout
+    body = json.dumps({"title": "Checkout down", "severity": "critical"}).encode()
+    write = environ_for("/api/metrics/incidents", method="POST", body=body, **EDITING)
+    started = time.monotonic()
+    response, answer = serve(middleware, write)
+    assert response.status.startswith("503"), answer
+    assert time.monotonic() - started < 1.0
+    assert json.loads(answer)["error"]["code"] == "storage_unavailable"
+    locker.close()
+    clock.advance(5.0)
+    status, _, listed, _ = incidents_read(middleware)  # the probe: the store is back
+    assert status == 200 and listed["data"]["incidents"] == []
+    write = environ_for("/api/metrics/incidents", method="POST", body=body, **EDITING)
+    response, answer = serve(middleware, write)
+    assert response.status.startswith("201"), answer
+    assert [i["title"] for i in incidents_read(middleware)[2]["data"]["incidents"]] == [
+        "Checkout down"
+    ]
+    messages = [r.getMessage() for r in caplog.records if r.name == "aegis_mw.history"]
+    assert len(messages) == 2 and "can be read again" in messages[1], messages

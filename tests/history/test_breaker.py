@@ -148,3 +148,19 @@ def test_a_probe_that_hangs_holds_the_breaker_only_until_its_limit() -> None:
     store.error = None
     assert source.read_requests(RequestQuery()) == []  # the next probe
     assert breaker.state == "closed"
+
+
+def test_a_read_inside_a_guarded_read_is_part_of_it() -> None:
+    """An incident's timeline reads events inside its own guarded read: the
+    inner read is not admitted again, so while the outer one probes a store
+    that is back, it is not refused, and the probe closes the breaker."""
+    store, source, clock = guarded(retry_after=2.0)
+    source.breaker.failed(OSError("down"))
+    clock.advance(2.0)
+    assert source.guarded(lambda: source.read_requests(RequestQuery())) == []
+    assert source.breaker.state == "closed"
+    store.error = ConnectionRefusedError("refused")
+    with pytest.raises(StoreUnavailable):  # the inner read's failure opens it
+        source.guarded(lambda: source.read_requests(RequestQuery()))
+    assert source.breaker.state == "open"
+    assert refused(source) == 2
