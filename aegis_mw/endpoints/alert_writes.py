@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..access.check import ADMIN, EDITOR
@@ -47,6 +47,7 @@ from ..core.errors import ConfigError
 from ..history.ranges import QueryError
 from .api import check_text, query_parameters
 from .response import Response
+from .store_down import StoreUnavailable, known_down
 
 if TYPE_CHECKING:
     from ..alerts.service import AlertService
@@ -174,8 +175,13 @@ def _after_fork(ref: weakref.ReferenceType[AlertWrites]) -> None:
 class AlertWrites:
     """Answers the API's writes for one alert service (None: alerts are off)."""
 
-    def __init__(self, alerts: AlertService | None) -> None:
+    def __init__(
+        self, alerts: AlertService | None, ready: Callable[[], None] = lambda: None
+    ) -> None:
         self.alerts = alerts
+        #: Called once a write's input is checked, before the store is
+        #: written (``store_down.refuse_while_down``).
+        self._ready = ready
         # One dry run at a time per process: it can read a day of rollups.
         self._replaying = threading.Lock()
         #: Channel -> when its last test notice was sent (monotonic seconds).
@@ -217,6 +223,8 @@ class AlertWrites:
             return self._dry_run(alerts, json_object(body))
         except BadInput as error:
             return problem(error)
+        except StoreUnavailable as error:
+            return known_down("the alert store", error)
         except Exception:
             # The store's fault (down, locked past its timeout): nothing was
             # written, so the caller may retry; never a 500.
@@ -244,6 +252,7 @@ class AlertWrites:
                 "name", f"the rule {rule.name!r} is the app's own; change it in its settings",
                 409, "conflict",
             )  # fmt: skip
+        self._ready()
         try:
             action = alerts.store.put_item(
                 RULE, rule.name, rule.to_mapping(), actor, alerts.wall(), API_RULE_LIMIT
@@ -264,6 +273,7 @@ class AlertWrites:
         notices go with it, unless the settings have a channel of its name."""
         source = alerts.rule_source(name) if kind == RULE else alerts.channel_source(name)
         own = source in ("settings", "builtin")
+        self._ready()
         if alerts.store.delete_item(kind, name, actor, alerts.wall(), notices=not own):
             alerts.reload()
             return Response.json(200, {"data": {"name": name, "action": "delete"}})
@@ -301,6 +311,7 @@ class AlertWrites:
         refused = unreachable(channel, alerts.api_networks)
         if refused is not None:
             raise BadInput(refused[0], f"{refused[0]}: {refused[1]}")
+        self._ready()
         try:
             action = alerts.store.put_item(
                 CHANNEL, name, settings, actor, alerts.wall(), API_CHANNEL_LIMIT
@@ -348,6 +359,7 @@ class AlertWrites:
             raise BadInput(error.field, str(error)) from None
         if silence.ends_at <= now:
             raise BadInput("ends_at", "the silence would have ended already")
+        self._ready()
         try:
             # An update only over a silence not ended (checked as it is
             # written: one expired meanwhile is not brought back).
@@ -367,6 +379,7 @@ class AlertWrites:
         )
 
     def _expire_silence(self, alerts: AlertService, silence_id: str, actor: str) -> Response:
+        self._ready()
         if not alerts.store.expire_silence(silence_id, actor, alerts.wall()):
             raise BadInput(
                 "id", f"no silence {silence_id!r} that has not ended", 404, "not_found",

@@ -36,10 +36,11 @@ from ..realtime.sections import realtime_api
 from .audit import AUDIT_PARAMETERS, audit_answer
 from .custom_metrics import custom_metrics_answer
 from .events import EVENT_PARAMETERS, event_query, events_answer
-from .incidents import INCIDENT_PARAMETERS, incidents_answer, through_breaker
+from .incidents import INCIDENT_PARAMETERS, incidents_answer
 from .openapi import openapi_document
 from .response import Response
 from .stats import stats_answer
+from .store_down import refuse_while_down
 
 if TYPE_CHECKING:
     from ..aegis import Aegis
@@ -435,6 +436,8 @@ class MetricsAPI:
             if endpoint == "alerts":
                 return Response.json(200, {"data": alerts_answer(self._aegis.alerts)})
             if endpoint == "silences":
+                if self._aegis.alerts is not None:
+                    refuse_while_down(self._aegis)
                 return Response.json(200, {"data": silences_answer(self._aegis.alerts)})
             if endpoint == "alert-rules":
                 alerts = self._aegis.alerts
@@ -448,6 +451,7 @@ class MetricsAPI:
                     check_text(name, value)
                 limit = _integer(params, "limit", 100, 1, 1000)
                 before = _integer(params, "before", 2**62, 1, 2**62)
+                refuse_while_down(self._aegis)
                 alerts = self._aegis.alerts
                 rows = [] if alerts is None else alerts.store.history(limit, before)
                 notices = [] if alerts is None else alerts.store.notices(limit)
@@ -460,7 +464,9 @@ class MetricsAPI:
             if endpoint == "audit":
                 for name, value in params.items():
                     check_text(name, value)
-                log = audit_answer(self._aegis, _integer(params, "limit", 100, 1, 1000))
+                limit = _integer(params, "limit", 100, 1, 1000)
+                refuse_while_down(self._aegis)
+                log = audit_answer(self._aegis, limit)
                 return Response.json(200, {"data": log})
             if endpoint == "stats":
                 figures = stats_answer(self._aegis, self.queries)
@@ -472,8 +478,8 @@ class MetricsAPI:
                 incidents = self._aegis.incidents
                 if incidents is None:
                     return _history_unavailable()
-                answered = through_breaker(
-                    self._aegis, lambda: incidents_answer(incidents, endpoint, params, _integer)
+                answered = incidents_answer(
+                    incidents, endpoint, params, _integer, lambda: refuse_while_down(self._aegis)
                 )
                 self._failing = False
                 return answered

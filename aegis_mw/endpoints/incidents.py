@@ -17,19 +17,16 @@ another active one a 409.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from ..history.ranges import QueryError
-from ..incidents.model import ACTIVE, SEVERITIES, STATUSES, IncidentError
+from ..incidents.model import ACTIVE, SEVERITIES, STATUSES, IncidentError, changes, opening
 from ..incidents.store import Conflict
 from .events import comma_choices
 from .response import Response
 
 if TYPE_CHECKING:
-    from ..aegis import Aegis
     from ..incidents.service import Incidents
-
-T = TypeVar("T")
 
 #: The query parameters of the incidents' read endpoints.
 INCIDENT_PARAMETERS: Mapping[str, tuple[str, ...]] = {
@@ -44,35 +41,41 @@ MAX_UPDATES_SHOWN = 1000
 Integer = Callable[[Mapping[str, str], str, int, int, int], int]
 
 
-def _found(incidents: Incidents, params: Mapping[str, str]) -> Any:
+def _found(incidents: Incidents, params: Mapping[str, str], ready: Callable[[], None]) -> Any:
     incident_id = params.get("id")
     if not incident_id:
         raise QueryError("id", "id is required")
+    ready()
     return incidents.get(incident_id)
 
 
 def incidents_answer(
-    incidents: Incidents, endpoint: str, params: Mapping[str, str], integer: Integer
+    incidents: Incidents,
+    endpoint: str,
+    params: Mapping[str, str],
+    integer: Integer,
+    ready: Callable[[], None] = lambda: None,
 ) -> Response:
-    """A read's answer (parameters checked as text by the caller)."""
+    """A read's answer (parameters checked as text by the caller); ``ready``
+    is called once the parameters are checked, before the store is read
+    (``store_down.refuse_while_down``)."""
     if endpoint == "incidents":
         limit = integer(params, "limit", 100, 1, 1000)
         offset = integer(params, "offset", 0, 0, MAX_INCIDENT_OFFSET)
-        found = incidents.find(
-            comma_choices(params, "status", STATUSES, {"active": ACTIVE}),
-            comma_choices(params, "severity", SEVERITIES),
-            limit, offset,
-        )  # fmt: skip
+        statuses = comma_choices(params, "status", STATUSES, {"active": ACTIVE})
+        severities = comma_choices(params, "severity", SEVERITIES)
+        ready()
+        found = incidents.find(statuses, severities, limit, offset)
         data = {"limit": limit, "offset": offset, "incidents": [i.to_json() for i in found]}
         return Response.json(200, {"data": data})
     if endpoint == "incident-timeline":
         limit = integer(params, "limit", 100, 1, 1000)
         offset = integer(params, "offset", 0, 0, MAX_INCIDENT_OFFSET)
-        incident = _found(incidents, params)
+        incident = _found(incidents, params, ready)
         if incident is None:
             return _missing()
         return Response.json(200, {"data": incidents.timeline(incident, limit, offset)})
-    incident = _found(incidents, params)
+    incident = _found(incidents, params, ready)
     if incident is None:
         return _missing()
     updates = incidents.updates(incident.incident_id)
@@ -87,30 +90,29 @@ def incidents_answer(
     return Response.json(200, {"data": data})
 
 
-def through_breaker(aegis: Aegis, call: Callable[[], T]) -> T:
-    """``call``, a use of the incidents' store (the history's own), through
-    the history store's breaker, as the history's reads: StoreUnavailable at
-    once while the store is known to be down (not a wait for its timeout in
-    a read thread per request), and a failure to reach it opens the breaker."""
-    history = aegis.reads.history
-    return call() if history is None else history.guarded(call)
-
-
 def _missing() -> Response:
     return Response.error(404, "not_found", "no incident has this id")
 
 
 def incident_write(
     incidents: Incidents | None, method: str, incident_id: str | None, data: dict[str, Any],
-    actor: str,
+    actor: str, ready: Callable[[], None] = lambda: None,
 ) -> Response:  # fmt: skip
-    """The answer to ``POST incidents`` (``incident_id`` None) or ``PATCH incidents?id=``."""
+    """The answer to ``POST incidents`` (``incident_id`` None) or ``PATCH
+    incidents?id=``; ``ready`` is called once the fields are checked, before
+    the store is written."""
     if incidents is None:
         return Response.error(
             409, "incidents_unavailable",
             "incidents need a sink that keeps history: memory://, sqlite:///... or postgresql://...",
         )  # fmt: skip
     try:
+        # The fields checked first: a bad one is a 400 whatever the store's state.
+        if method == "POST":
+            opening(data)
+        else:
+            changes(data)
+        ready()
         if method == "POST":
             incident, created = incidents.open(data, actor)
             body = {"data": {"incident": incident.to_json(), "created": created}}

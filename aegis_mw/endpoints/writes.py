@@ -8,12 +8,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ..access.check import ADMIN, EDITOR
-from ..history.breaker import StoreUnavailable
 from . import alert_writes
 from .alert_writes import AlertWrites
 from .events import post_events
-from .incidents import incident_write, through_breaker
+from .incidents import incident_write
 from .response import Response
+from .store_down import StoreUnavailable, known_down, refuse_while_down
 
 if TYPE_CHECKING:
     from ..aegis import Aegis
@@ -41,7 +41,7 @@ class ApiWrites:
 
     def __init__(self, aegis: Aegis) -> None:
         self.aegis = aegis
-        self.alerts = AlertWrites(aegis.alerts)
+        self.alerts = AlertWrites(aegis.alerts, lambda: refuse_while_down(aegis))
 
     def respond(
         self, method: str, endpoint: str, query_string: bytes, body: bytes, actor: str
@@ -62,17 +62,12 @@ class ApiWrites:
         except alert_writes.BadInput as error:
             return alert_writes.problem(error)
         try:
-            return through_breaker(
-                self.aegis,
-                lambda: incident_write(self.aegis.incidents, method, incident_id, data, actor),
-            )
-        except StoreUnavailable as error:
-            # Known down (the breaker, which logged it once): nothing tried.
-            return Response.error(
-                503, "storage_unavailable",
-                "the incident store could not be read or written now; retry",
-                retry_after=str(error.retry_after),
+            return incident_write(
+                self.aegis.incidents, method, incident_id, data, actor,
+                lambda: refuse_while_down(self.aegis),
             )  # fmt: skip
+        except StoreUnavailable as error:
+            return known_down("the incident store", error)
         except Exception:
             # The store's fault (down, locked past its timeout): nothing was
             # written, so the caller may retry; never a 500.

@@ -106,6 +106,22 @@ class StoreBreaker:
         # While a probe runs, its answer is at most read_timeout away.
         raise StoreUnavailable(self.store, max(1, math.ceil(wait)))
 
+    def refuse_while_down(self) -> None:
+        """Raise :class:`StoreUnavailable` while the store is known to be down
+        and no probe is due, for a use of the store that is no history read
+        (the incidents', the alert store's: each with timeouts of its own,
+        and a write's failure can be its lock, not an outage).
+        Never probes and never changes the state: only reads do."""
+        with self._lock:
+            if self._state == _CLOSED:
+                return
+            now = self._clock()
+            if self._state == _OPEN and now >= self._probe_at:
+                return  # due for a probe: the store may be back
+            self._refused += 1
+            wait = self._probe_at - now
+        raise StoreUnavailable(self.store, max(1, math.ceil(wait)))
+
     def succeeded(self) -> None:
         """The store answered: close (and say so once, if it was open)."""
         with self._lock:
@@ -164,7 +180,6 @@ class GuardedSource:
     def __init__(self, source: HistorySource, breaker: StoreBreaker) -> None:
         self.source = source
         self.breaker = breaker
-        self._inside = threading.local()
 
     def read_rollups(
         self, resolution: int, start: int, end: int, *, by_route: bool
@@ -216,21 +231,16 @@ class GuardedSource:
 
     def guarded(self, call: Callable[[], T]) -> T:
         """``call``, a use of the same store that is not one of its reads (the
-        audit's write), through the breaker: :class:`StoreUnavailable` at
-        once while the store is known to be down, and its failure to reach
-        the store opens the breaker for the reads too."""
+        audit's write of posted events), through the breaker:
+        :class:`StoreUnavailable` at once while the store is known to be
+        down, and its failure to reach the store (a write lock held past its
+        timeout too) opens the breaker for the reads as well, so the next
+        post's answer does not wait for it again."""
         return self._read(call)
 
     def _read(self, read: Callable[[], T]) -> T:
         breaker = self.breaker
-        inside = self._inside
-        if getattr(inside, "reading", False):
-            # Part of a guarded read under way in this thread (an incident's
-            # timeline reads events): that read answers for the breaker, and
-            # admitting this one too would refuse it while that one probes.
-            return read()
         probe = breaker.admit()
-        inside.reading = True
         try:
             result = read()
         except Exception as error:
@@ -241,7 +251,5 @@ class GuardedSource:
         except BaseException:
             breaker.abandon(probe)
             raise
-        finally:
-            inside.reading = False
         breaker.succeeded()
         return result

@@ -138,44 +138,66 @@ EDITOR = "editor-token-of-the-incidents-test"
 EDITING = {"CONTENT_TYPE": "application/json", "HTTP_AUTHORIZATION": f"Bearer {EDITOR}"}
 
 
-def incidents_read(middleware: Any) -> tuple[int, dict[str, str], dict[str, Any], float]:
-    return read(middleware, "/api/metrics/incidents", **EDITING)
+def post(middleware: Any, path: str, data: dict[str, Any]) -> tuple[int, dict[str, Any], float]:
+    """One API write: status, body and the seconds it took."""
+    started = time.monotonic()
+    environ = environ_for(path, method="POST", body=json.dumps(data).encode(), **EDITING)
+    response, body = serve(middleware, environ)
+    return int(response.status[:3]), json.loads(body), time.monotonic() - started
 
 
-def test_incident_reads_and_writes_pass_through_the_same_breaker(
+def test_the_stores_other_uses_answer_at_once_while_the_history_finds_it_down(
     make_aegis: Callable[..., Aegis], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The incidents live in the history's store: while it is known down,
-    their reads and writes are answered 503 at once too, and once it is back
-    one read tries it and they work again."""
+    """The incidents and the alert store live in the history's store: while
+    its breaker knows the store is down, their reads and writes answer 503
+    with Retry-After at once (bad input still a 400), never opening or
+    closing the breaker themselves; a write that fails on the store's write
+    lock is no outage of the reads."""
     path = tmp_path / "aegis.db"
     SQLiteSink(str(path)).close()
     locker = locked(path)
     clock = FakeClock()
     aegis = make_aegis(clock=clock, sink=f"sqlite:///{path}", read_retry_after=5,
-                       flush_interval=3600, metrics_registry="none",
+                       flush_interval=3600, metrics_registry="none", alerts_enabled=True,
                        access={"api": {"editor_tokens": [EDITOR]}})  # fmt: skip
     middleware = AegisWSGIMiddleware(wsgi_app, aegis=aegis)
-    assert_refused(incidents_read(middleware))  # after the store's busy timeout
-    refused = incidents_read(middleware)
-    assert_refused(refused)
-    assert refused[3] < 1.0  # at once: not after the store's busy timeout
-    body = json.dumps({"title": "Checkout down", "severity": "critical"}).encode()
-    write = environ_for("/api/metrics/incidents", method="POST", body=body, **EDITING)
-    started = time.monotonic()
-    response, answer = serve(middleware, write)
-    assert response.status.startswith("503"), answer
-    assert time.monotonic() - started < 1.0
-    assert json.loads(answer)["error"]["code"] == "storage_unavailable"
+    incident = {"title": "Checkout down", "severity": "critical"}
+    breaker = aegis.reads.history.breaker if aegis.reads.history is not None else None
+    assert breaker is not None
+    assert_refused(read(middleware, **OVERVIEW, **EDITING))  # the history finds it down
+    for path_read in ("/api/metrics/incidents", "/api/metrics/alert-history",
+                      "/api/metrics/silences"):  # fmt: skip
+        refused = read(middleware, path_read, **EDITING)
+        assert_refused(refused)
+        assert refused[3] < 1.0  # at once: not after the store's busy timeout
+    bad = read(middleware, "/api/metrics/incidents", QUERY_STRING="limit=0", **EDITING)
+    assert bad[0] == 400  # the input checked first
+    status, body, took = post(middleware, "/api/metrics/incidents", incident)
+    assert (status, body["error"]["code"]) == (503, "storage_unavailable") and took < 1.0
+    assert post(middleware, "/api/metrics/incidents", {"severity": "critical"})[0] == 400
+    silence = {"matchers": ['alertname="checkout"'], "duration": "2h", "comment": "deploy"}
+    status, body, took = post(middleware, "/api/metrics/silences", silence)
+    assert (status, body["error"]["code"]) == (503, "storage_unavailable") and took < 1.0
+    assert breaker.state == "open"  # as the history's read left it
+
     locker.close()
-    clock.advance(5.0)
-    status, _, listed, _ = incidents_read(middleware)  # the probe: the store is back
-    assert status == 200 and listed["data"]["incidents"] == []
-    write = environ_for("/api/metrics/incidents", method="POST", body=body, **EDITING)
-    response, answer = serve(middleware, write)
-    assert response.status.startswith("201"), answer
-    assert [i["title"] for i in incidents_read(middleware)[2]["data"]["incidents"]] == [
-        "Checkout down"
-    ]
+    clock.advance(5.0)  # due for a probe: these go to the store, which is back
+    assert post(middleware, "/api/metrics/incidents", incident)[0] == 201
+    listed = read(middleware, "/api/metrics/incidents", **EDITING)
+    assert [i["title"] for i in listed[2]["data"]["incidents"]] == ["Checkout down"]
+    assert breaker.state == "open"  # only a history read closes it
+    assert read(middleware, **OVERVIEW, **EDITING)[0] == 200
+    assert breaker.state == "closed"
+
+    # A write that waits for the write lock in vain: 503, the reads unaffected.
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        assert post(middleware, "/api/metrics/incidents", incident)[0] == 503
+    finally:
+        writer.close()
+    assert breaker.state == "closed"
+    assert read(middleware, **OVERVIEW, **EDITING)[0] == 200
     messages = [r.getMessage() for r in caplog.records if r.name == "aegis_mw.history"]
     assert len(messages) == 2 and "can be read again" in messages[1], messages

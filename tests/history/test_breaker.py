@@ -150,17 +150,24 @@ def test_a_probe_that_hangs_holds_the_breaker_only_until_its_limit() -> None:
     assert breaker.state == "closed"
 
 
-def test_a_read_inside_a_guarded_read_is_part_of_it() -> None:
-    """An incident's timeline reads events inside its own guarded read: the
-    inner read is not admitted again, so while the outer one probes a store
-    that is back, it is not refused, and the probe closes the breaker."""
-    store, source, clock = guarded(retry_after=2.0)
-    source.breaker.failed(OSError("down"))
-    clock.advance(2.0)
-    assert source.guarded(lambda: source.read_requests(RequestQuery())) == []
-    assert source.breaker.state == "closed"
-    store.error = ConnectionRefusedError("refused")
-    with pytest.raises(StoreUnavailable):  # the inner read's failure opens it
-        source.guarded(lambda: source.read_requests(RequestQuery()))
-    assert source.breaker.state == "open"
-    assert refused(source) == 2
+def test_a_use_that_is_no_read_is_refused_while_down_and_changes_nothing() -> None:
+    """``refuse_while_down`` (the incidents', the alert store's uses): refused
+    while the store is known down and no probe is due, let through
+    otherwise, and never probing, opening or closing the breaker."""
+    _, source, clock = guarded(retry_after=4.0)
+    breaker = source.breaker
+    breaker.refuse_while_down()  # closed: through
+    breaker.failed(OSError("down"))
+    clock.advance(1.0)
+    with pytest.raises(StoreUnavailable) as raised:
+        breaker.refuse_while_down()
+    assert raised.value.retry_after == 3
+    assert breaker.state == "open"
+    clock.advance(3.0)
+    breaker.refuse_while_down()  # a probe is due: through, not as the probe
+    assert breaker.state == "open"
+    assert breaker.admit() is True  # the next read still probes
+    with pytest.raises(StoreUnavailable):
+        breaker.refuse_while_down()  # while it probes
+    breaker.succeeded()
+    breaker.refuse_while_down()
