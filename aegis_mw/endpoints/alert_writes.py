@@ -406,6 +406,9 @@ class AlertWrites:
                 429, "busy", f"channel {name!r} was tested less than {TEST_COOLDOWN:g} s ago",
                 retry_after=str(wait),
             )  # fmt: skip
+        # Its audit entry goes to the store: not sent while the store is known
+        # down (a notice delivered and then answered 503 would be sent twice).
+        self._ready()
         self._tested[name] = moment
         now = alerts.wall()
         result = send_test(channel, now, "the alert API")
@@ -455,6 +458,7 @@ class AlertWrites:
                 "step", f"step must be above 0 and give at most {DRY_RUN_STEPS} evaluations "
                 f"over {hours:g} h (at least {span / DRY_RUN_STEPS:g} s)",
             )  # fmt: skip
+        self._ready()  # it reads the stored history
         if not self._replaying.acquire(blocking=False):
             return Response.error(
                 429, "busy", "a dry run is running in this process; retry shortly", retry_after="5"

@@ -451,8 +451,9 @@ class MetricsAPI:
                     check_text(name, value)
                 limit = _integer(params, "limit", 100, 1, 1000)
                 before = _integer(params, "before", 2**62, 1, 2**62)
-                refuse_while_down(self._aegis)
                 alerts = self._aegis.alerts
+                if alerts is not None:
+                    refuse_while_down(self._aegis)
                 rows = [] if alerts is None else alerts.store.history(limit, before)
                 notices = [] if alerts is None else alerts.store.notices(limit)
                 if notices and alerts is not None:

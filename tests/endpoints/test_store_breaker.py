@@ -138,10 +138,12 @@ EDITOR = "editor-token-of-the-incidents-test"
 EDITING = {"CONTENT_TYPE": "application/json", "HTTP_AUTHORIZATION": f"Bearer {EDITOR}"}
 
 
-def post(middleware: Any, path: str, data: dict[str, Any]) -> tuple[int, dict[str, Any], float]:
+def post(
+    middleware: Any, path: str, data: dict[str, Any], method: str = "POST"
+) -> tuple[int, dict[str, Any], float]:
     """One API write: status, body and the seconds it took."""
     started = time.monotonic()
-    environ = environ_for(path, method="POST", body=json.dumps(data).encode(), **EDITING)
+    environ = environ_for(path, method=method, body=json.dumps(data).encode(), **EDITING)
     response, body = serve(middleware, environ)
     return int(response.status[:3]), json.loads(body), time.monotonic() - started
 
@@ -179,6 +181,17 @@ def test_the_stores_other_uses_answer_at_once_while_the_history_finds_it_down(
     silence = {"matchers": ['alertname="checkout"'], "duration": "2h", "comment": "deploy"}
     status, body, took = post(middleware, "/api/metrics/silences", silence)
     assert (status, body["error"]["code"]) == (503, "storage_unavailable") and took < 1.0
+    rule = {"name": "checkout_errors", "input": "error_ratio", "operator": ">",
+            "threshold": 0.05, "window": "5m", "severity": "critical"}  # fmt: skip
+    for path_write, data, method in (
+        ("/api/metrics/alert-rules", rule, "PUT"),
+        ("/api/metrics/alert-rules/dry-run", {"rule": rule}, "POST"),
+    ):
+        status, body, took = post(middleware, path_write, data, method)
+        assert (status, body["error"]["code"]) == (503, "storage_unavailable") and took < 1.0
+    assert (
+        post(middleware, "/api/metrics/alert-rules", {**rule, "threshold": "high"}, "PUT")[0] == 400
+    )
     assert breaker.state == "open"  # as the history's read left it
 
     locker.close()
