@@ -458,12 +458,14 @@ class AlertWrites:
                 "step", f"step must be above 0 and give at most {DRY_RUN_STEPS} evaluations "
                 f"over {hours:g} h (at least {span / DRY_RUN_STEPS:g} s)",
             )  # fmt: skip
-        self._ready()  # it reads the stored history
         if not self._replaying.acquire(blocking=False):
             return Response.error(
                 429, "busy", "a dry run is running in this process; retry shortly", retry_after="5"
             )
         try:
+            # It reads the stored history; a second dry run answers 429
+            # first, without waiting for a probe of the store.
+            self._ready()
             end = alerts.wall()
             [result] = replay(
                 alerts.reader, [rule], start=end - span, end=end, step=step, settle=alerts.settle

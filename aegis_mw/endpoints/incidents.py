@@ -5,7 +5,8 @@ Reads (the ``api`` group): ``GET incidents`` lists them newest first
 but resolved; ``severity`` likewise; ``limit``, ``offset``); ``GET
 incident?id=`` one, with its updates (its audit: who changed what, when) and
 its summary; ``GET incident-timeline?id=`` what happened around it, oldest
-first (``limit``, ``offset``).
+first (``limit``, ``offset``; ``latest=true`` for the last ``limit`` items,
+in one read where a client would otherwise read the total first).
 
 Writes (the editor role): ``POST incidents`` opens one (201), or attaches to
 the active incident of its ``correlation_key`` (200, ``created`` false);
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 INCIDENT_PARAMETERS: Mapping[str, tuple[str, ...]] = {
     "incidents": ("status", "severity", "limit", "offset"),
     "incident": ("id",),
-    "incident-timeline": ("id", "limit", "offset"),
+    "incident-timeline": ("id", "limit", "offset", "latest"),
 }
 MAX_INCIDENT_OFFSET = 100_000
 #: Updates ``GET incident`` shows at most, the latest.
@@ -71,10 +72,16 @@ def incidents_answer(
     if endpoint == "incident-timeline":
         limit = integer(params, "limit", 100, 1, 1000)
         offset = integer(params, "offset", 0, 0, MAX_INCIDENT_OFFSET)
+        latest = params.get("latest", "false")
+        if latest not in ("true", "false"):
+            raise QueryError("latest", "latest must be true or false")
+        if latest == "true" and "offset" in params:
+            raise QueryError("offset", "give offset or latest=true, not both")
         incident = _found(incidents, params, ready)
         if incident is None:
             return _missing()
-        return Response.json(200, {"data": incidents.timeline(incident, limit, offset)})
+        page = incidents.timeline(incident, limit, None if latest == "true" else offset)
+        return Response.json(200, {"data": page})
     incident = _found(incidents, params, ready)
     if incident is None:
         return _missing()

@@ -742,7 +742,16 @@ _PARAMETERS["incidents"] = [
     *_PAGE_PARAMETERS,
 ]
 _PARAMETERS["incident"] = _INCIDENT_ID
-_PARAMETERS["incident-timeline"] = [*_INCIDENT_ID, *_PAGE_PARAMETERS]
+_PARAMETERS["incident-timeline"] = [
+    *_INCIDENT_ID,
+    *_PAGE_PARAMETERS,
+    _query(
+        "latest",
+        {"type": "string", "enum": ["true", "false"]},
+        "true: the last limit items (oldest first), without offset; the answer's offset says "
+        "where they start.",
+    ),
+]
 _PARAMETERS["stats"] = []
 _PARAMETERS["audit"] = [_query("limit", _LIMIT, "How many entries, the latest (default 100).")]
 _PARAMETERS["alerts"] = []

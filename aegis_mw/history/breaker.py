@@ -106,22 +106,6 @@ class StoreBreaker:
         # While a probe runs, its answer is at most read_timeout away.
         raise StoreUnavailable(self.store, max(1, math.ceil(wait)))
 
-    def refuse_while_down(self) -> None:
-        """Raise :class:`StoreUnavailable` while the store is known to be down
-        and no probe is due, for a use of the store that is no history read
-        (the incidents', the alert store's: each with timeouts of its own,
-        and a write's failure can be its lock, not an outage).
-        Never probes and never changes the state: only reads do."""
-        with self._lock:
-            if self._state == _CLOSED:
-                return
-            now = self._clock()
-            if self._state == _OPEN and now >= self._probe_at:
-                return  # due for a probe: the store may be back
-            self._refused += 1
-            wait = self._probe_at - now
-        raise StoreUnavailable(self.store, max(1, math.ceil(wait)))
-
     def succeeded(self) -> None:
         """The store answered: close (and say so once, if it was open)."""
         with self._lock:
@@ -166,8 +150,12 @@ class StoreBreaker:
 
     def reset_after_fork(self) -> None:
         """A forked child: a fresh lock (the parent's may have been held) and
-        the state kept (the store is as far from the child as from its parent)."""
+        the state kept (the store is as far from the child as from its
+        parent), but for a probe under way: that read is the parent's, so the
+        child's next read probes instead of waiting out ``probe_limit``."""
         self._lock = threading.Lock()
+        if self._state == _PROBING:
+            self._state, self._probe_at = _OPEN, self._clock()
 
 
 class EventsUnavailable(RuntimeError):
@@ -228,6 +216,17 @@ class GuardedSource:
 
     def prune(self, raw_before: float, rollups_before: Mapping[int, float], limit: int) -> int:
         return self.source.prune(raw_before, rollups_before, limit)
+
+    def probe(self) -> None:
+        """For a use of the same store that is no history read (the
+        incidents', the alert store's), while the breaker is not closed:
+        :class:`StoreUnavailable` at once while the store is known to be
+        down; when a probe is due, a read of nothing (an empty range of
+        rollups) is the probe, so the store answering closes the breaker and
+        failing to reach it opens it again, before the use runs. The use's
+        own failure then opens nothing: a write that fails on the store's
+        write lock is no outage of the reads."""
+        self._read(lambda: self.source.read_rollups(60, 0, 0, by_route=False))
 
     def guarded(self, call: Callable[[], T]) -> T:
         """``call``, a use of the same store that is not one of its reads (the

@@ -126,8 +126,9 @@ class Incidents:
         """All incidents, the active ones, and those opened at or after ``since``."""
         return self.store.counts(since)
 
-    def timeline(self, incident: Incident, limit: int, offset: int) -> dict[str, Any]:
-        """One page of what happened around ``incident``, oldest first."""
+    def timeline(self, incident: Incident, limit: int, offset: int | None) -> dict[str, Any]:
+        """One page of what happened around ``incident``, oldest first
+        (``offset`` None: the last ``limit`` items)."""
         start = incident.created_at - BEFORE
         end = incident.resolved_at if incident.resolved_at is not None else self.wall()
         items: list[tuple[float, int, dict[str, Any]]] = []
@@ -150,6 +151,8 @@ class Incidents:
                 transition = {**row, "at": isoformat(row["at"])}
                 items.append((row["at"], 2, {"kind": "alert", "transition": transition}))
         items.sort(key=lambda item: (item[0], item[1]))
+        if offset is None:
+            offset = max(len(items) - limit, 0)
         page = [{"at": isoformat(at), **item} for at, _, item in items[offset : offset + limit]]
         return {
             "incident": incident.to_json(),

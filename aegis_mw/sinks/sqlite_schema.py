@@ -508,22 +508,37 @@ class SchemaTooNew(RuntimeError):
     """The file was written by a newer aegis_mw; refuse rather than corrupt it."""
 
 
+def _check_version(found: int) -> None:
+    if found > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"database schema version {found} is newer than this aegis_mw "
+            f"understands ({SCHEMA_VERSION}); upgrade aegis_mw"
+        )
+
+
 def _histogram_v3(text: str | None) -> str:
     """A version 2 histogram (``{"index": count}``) in the version 3 layout."""
     return json.dumps(decode_histogram(text), separators=(",", ":"))
 
 
 def migrate(connection: sqlite3.Connection) -> int:
-    """Bring the schema to ``SCHEMA_VERSION``; returns the version found."""
+    """Bring the schema to ``SCHEMA_VERSION``; returns the version found.
+
+    A file at this version already is only read: the write lock is taken
+    when there is something to migrate. Every new connection is checked, a
+    reading one too, and a reader must not wait for the write lock (held
+    by the flusher's commit, a prune, another process) to learn that the
+    file needs nothing, let alone fail on it as if the store were down."""
+    found = int(connection.execute("PRAGMA user_version").fetchone()[0])
+    _check_version(found)
+    if found == SCHEMA_VERSION:
+        return found
     connection.create_function("aegis_histogram_v3", 1, _histogram_v3, deterministic=True)
     connection.execute("BEGIN IMMEDIATE")
     try:
+        # Again under the lock: another process may have migrated meanwhile.
         found = int(connection.execute("PRAGMA user_version").fetchone()[0])
-        if found > SCHEMA_VERSION:
-            raise SchemaTooNew(
-                f"database schema version {found} is newer than this aegis_mw "
-                f"understands ({SCHEMA_VERSION}); upgrade aegis_mw"
-            )
+        _check_version(found)
         for version in range(found, SCHEMA_VERSION):
             for statement in MIGRATIONS[version]:
                 connection.execute(statement)

@@ -153,9 +153,10 @@ def test_the_stores_other_uses_answer_at_once_while_the_history_finds_it_down(
 ) -> None:
     """The incidents and the alert store live in the history's store: while
     its breaker knows the store is down, their reads and writes answer 503
-    with Retry-After at once (bad input still a 400), never opening or
-    closing the breaker themselves; a write that fails on the store's write
-    lock is no outage of the reads."""
+    with Retry-After at once (bad input still a 400); when a probe is due
+    the first of them probes the store with a read, so they need no history
+    read to find the store back or down; a write that fails on the store's
+    write lock is no outage of the reads."""
     path = tmp_path / "aegis.db"
     SQLiteSink(str(path)).close()
     locker = locked(path)
@@ -194,23 +195,55 @@ def test_the_stores_other_uses_answer_at_once_while_the_history_finds_it_down(
     )
     assert breaker.state == "open"  # as the history's read left it
 
+    # Due for a probe, no history read coming: the first of these uses
+    # probes the store with a read; still locked, the breaker opens again,
+    # and the next ones answer at once instead of each waiting for the store.
+    # A dry run (which reads the store through its own reader, its errors
+    # being the rule's health) is refused the same way, never closing it.
+    for first in (
+        lambda: post(middleware, "/api/metrics/incidents", incident),
+        lambda: post(middleware, "/api/metrics/alert-rules/dry-run", {"rule": rule}, "POST"),
+    ):
+        clock.advance(5.0)
+        status, body, _ = first()
+        assert (status, body["error"]["code"]) == (503, "storage_unavailable")
+        assert breaker.state == "open"
+        for _ in range(2):
+            status, body, took = post(middleware, "/api/metrics/incidents", incident)
+            assert (status, body["error"]["code"]) == (503, "storage_unavailable") and took < 1.0
+            refused = read(middleware, "/api/metrics/silences", **EDITING)
+            assert_refused(refused)
+            assert refused[3] < 1.0
+
     locker.close()
-    clock.advance(5.0)  # due for a probe: these go to the store, which is back
+    clock.advance(5.0)  # due again: a read's probe, and the store is back
+    assert read(middleware, "/api/metrics/silences", **EDITING)[0] == 200
+    assert breaker.state == "closed"
     assert post(middleware, "/api/metrics/incidents", incident)[0] == 201
     listed = read(middleware, "/api/metrics/incidents", **EDITING)
     assert [i["title"] for i in listed[2]["data"]["incidents"]] == ["Checkout down"]
-    assert breaker.state == "open"  # only a history read closes it
     assert read(middleware, **OVERVIEW, **EDITING)[0] == 200
-    assert breaker.state == "closed"
 
-    # A write that waits for the write lock in vain: 503, the reads unaffected.
+    # A write that waits for the write lock in vain: 503, the reads unaffected,
+    # whether the breaker was closed or due for a probe (the probe's read,
+    # which the write lock does not stop, closes it; the write opens nothing).
     writer = sqlite3.connect(path, isolation_level=None)
     writer.execute("BEGIN IMMEDIATE")
     try:
         assert post(middleware, "/api/metrics/incidents", incident)[0] == 503
+        assert breaker.state == "closed"
+        breaker.failed(sqlite3.OperationalError("database is locked"))
+        clock.advance(5.0)
+        # The probe opens a connection of its own (none idle), whose schema
+        # check must not wait for the write lock either.
+        sink = aegis.sinks[0]
+        assert isinstance(sink, SQLiteSink)
+        sink._reader.close()
+        assert post(middleware, "/api/metrics/incidents", incident)[0] == 503
+        assert breaker.state == "closed"
     finally:
         writer.close()
-    assert breaker.state == "closed"
     assert read(middleware, **OVERVIEW, **EDITING)[0] == 200
     messages = [r.getMessage() for r in caplog.records if r.name == "aegis_mw.history"]
-    assert len(messages) == 2 and "can be read again" in messages[1], messages
+    assert len(messages) == 4 and "can be read again" in messages[1], messages
+    assert "can be read again" in messages[3], messages

@@ -11,6 +11,7 @@ import pytest
 
 from aegis_mw.core.history import RequestQuery
 from aegis_mw.core.record import RequestRecord
+from aegis_mw.core.rollup import RollupRow
 from aegis_mw.history.breaker import GuardedSource, StoreBreaker, StoreUnavailable, unavailable
 from aegis_mw.testing import FakeClock, MemorySink
 
@@ -150,24 +151,68 @@ def test_a_probe_that_hangs_holds_the_breaker_only_until_its_limit() -> None:
     assert breaker.state == "closed"
 
 
-def test_a_use_that_is_no_read_is_refused_while_down_and_changes_nothing() -> None:
-    """``refuse_while_down`` (the incidents', the alert store's uses): refused
-    while the store is known down and no probe is due, let through
-    otherwise, and never probing, opening or closing the breaker."""
-    _, source, clock = guarded(retry_after=4.0)
+class Rollups(Store):
+    """A store whose rollup reads (the probe's read of nothing) are counted and
+    fail with ``error`` while it is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.probes = 0
+
+    def read_rollups(
+        self, resolution: int, start: int, end: int, *, by_route: bool
+    ) -> list[RollupRow]:
+        self.probes += 1
+        if self.error is not None:
+            raise self.error
+        return super().read_rollups(resolution, start, end, by_route=by_route)
+
+
+def test_a_use_that_is_no_read_is_refused_while_down_and_probes_with_a_read_when_due() -> None:
+    """``probe`` (the incidents', the alert store's uses, once the breaker is
+    not closed): refused at once while the store is known down, without
+    reading it; when a probe is due, a read of nothing probes, and its answer
+    closes the breaker or opens it again; while another probe is out, refused."""
+    clock = FakeClock()
+    store = Rollups()
+    source = GuardedSource(store, StoreBreaker("store", retry_after=4.0, clock=clock.monotonic))
     breaker = source.breaker
-    breaker.refuse_while_down()  # closed: through
     breaker.failed(OSError("down"))
     clock.advance(1.0)
     with pytest.raises(StoreUnavailable) as raised:
-        breaker.refuse_while_down()
-    assert raised.value.retry_after == 3
-    assert breaker.state == "open"
+        source.probe()
+    assert raised.value.retry_after == 3 and store.probes == 0
     clock.advance(3.0)
-    breaker.refuse_while_down()  # a probe is due: through, not as the probe
-    assert breaker.state == "open"
-    assert breaker.admit() is True  # the next read still probes
+    store.error = OSError("still down")
+    with pytest.raises(StoreUnavailable) as raised:
+        source.probe()  # due: the read probes, the store is still down
+    assert store.probes == 1 and breaker.state == "open"
+    assert raised.value.retry_after == 4
     with pytest.raises(StoreUnavailable):
-        breaker.refuse_while_down()  # while it probes
-    breaker.succeeded()
-    breaker.refuse_while_down()
+        source.probe()  # at once again, not reading
+    assert store.probes == 1
+
+    clock.advance(4.0)
+    assert breaker.admit() is True  # a history read probes now: the uses wait for it
+    with pytest.raises(StoreUnavailable):
+        source.probe()
+    assert store.probes == 1
+    breaker.abandon(True)  # that read was cancelled: the next one probes
+    store.error = None
+    source.probe()
+    assert store.probes == 2 and breaker.state == "closed"  # the store is back
+
+
+def test_a_forked_child_does_not_wait_for_its_parents_probe() -> None:
+    """A child forked while a read probes: that read is the parent's, so the
+    child's next read probes at once instead of waiting out ``probe_limit``."""
+    clock = FakeClock()
+    breaker = StoreBreaker("store", retry_after=5.0, probe_limit=60.0, clock=clock.monotonic)
+    breaker.failed(OSError("down"))
+    clock.advance(5.0)
+    assert breaker.admit() is True
+    with pytest.raises(StoreUnavailable):
+        breaker.admit()
+    breaker.reset_after_fork()  # as the child runs it (no other thread here)
+    assert breaker.state == "open"
+    assert breaker.admit() is True

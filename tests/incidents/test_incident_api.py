@@ -415,6 +415,9 @@ async def test_the_list_filters_by_status_and_severity_newest_first(serve: Serve
         (TIMELINE, "id=x&limit=0", "limit"),
         (TIMELINE, "id=x&offset=-5", "offset"),
         (TIMELINE, "id=x&status=open", "status"),
+        (TIMELINE, "id=x&latest=yes", "latest"),
+        (TIMELINE, "id=x&latest=true,true", "latest"),
+        (TIMELINE, "id=x&latest=true&offset=0", "offset"),
     ],
 )
 async def test_a_bad_parameter_is_a_400_naming_it(
@@ -552,6 +555,14 @@ async def test_pages_of_the_timeline_cover_every_item_once(serve: Serve) -> None
         assert paged == everything, limit
     past = await served.get(TIMELINE, f"id={incident_id}&offset=1000")
     assert past["items"] == [] and past["total"] == len(everything)
+    # The last page in one read (the dashboard's), its offset where it starts.
+    for limit in (1, 7, len(everything), 1000):
+        last = await served.get(TIMELINE, f"id={incident_id}&limit={limit}&latest=true")
+        start = max(len(everything) - limit, 0)
+        assert last["items"] == everything[start:], limit
+        assert (last["offset"], last["limit"], last["total"]) == (start, limit, len(everything))
+    first = await served.get(TIMELINE, f"id={incident_id}&limit=2&latest=false")
+    assert first["items"] == everything[:2] and first["offset"] == 0
 
 
 async def test_a_timeline_of_an_active_incident_runs_to_now(serve: Serve) -> None:
