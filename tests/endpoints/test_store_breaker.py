@@ -12,6 +12,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,20 @@ EDITOR = "editor-token-of-the-incidents-test"
 EDITING = {"CONTENT_TYPE": "application/json", "HTTP_AUTHORIZATION": f"Bearer {EDITOR}"}
 
 
+def locked_store(
+    make_aegis: Callable[..., Aegis], path: Path
+) -> tuple[sqlite3.Connection, FakeClock, Aegis, AegisWSGIMiddleware]:
+    """A WSGI app with alerts on, its SQLite store at ``path`` held locked by
+    the connection returned, on a fake clock; editors hold ``EDITOR``."""
+    SQLiteSink(str(path)).close()
+    locker = locked(path)
+    clock = FakeClock()
+    aegis = make_aegis(clock=clock, sink=f"sqlite:///{path}", read_retry_after=5,
+                       flush_interval=3600, metrics_registry="none", alerts_enabled=True,
+                       access={"api": {"editor_tokens": [EDITOR]}})  # fmt: skip
+    return locker, clock, aegis, AegisWSGIMiddleware(wsgi_app, aegis=aegis)
+
+
 def post(
     middleware: Any, path: str, data: dict[str, Any], method: str = "POST"
 ) -> tuple[int, dict[str, Any], float]:
@@ -158,13 +173,7 @@ def test_the_stores_other_uses_answer_at_once_while_the_history_finds_it_down(
     read to find the store back or down; a write that fails on the store's
     write lock is no outage of the reads."""
     path = tmp_path / "aegis.db"
-    SQLiteSink(str(path)).close()
-    locker = locked(path)
-    clock = FakeClock()
-    aegis = make_aegis(clock=clock, sink=f"sqlite:///{path}", read_retry_after=5,
-                       flush_interval=3600, metrics_registry="none", alerts_enabled=True,
-                       access={"api": {"editor_tokens": [EDITOR]}})  # fmt: skip
-    middleware = AegisWSGIMiddleware(wsgi_app, aegis=aegis)
+    locker, clock, aegis, middleware = locked_store(make_aegis, path)
     incident = {"title": "Checkout down", "severity": "critical"}
     breaker = aegis.reads.history.breaker if aegis.reads.history is not None else None
     assert breaker is not None
@@ -247,3 +256,34 @@ def test_the_stores_other_uses_answer_at_once_while_the_history_finds_it_down(
     messages = [r.getMessage() for r in caplog.records if r.name == "aegis_mw.history"]
     assert len(messages) == 4 and "can be read again" in messages[1], messages
     assert "can be read again" in messages[3], messages
+
+
+def test_a_second_dry_run_while_one_probes_the_store_is_told_busy(
+    make_aegis: Callable[..., Aegis], tmp_path: Path
+) -> None:
+    """A dry run takes its one-at-a-time lock before the store is probed: a
+    second one while the first probes is a 429 ``busy`` at once (not a 503
+    for the probe that is out, nor a second wait for the store)."""
+    path = tmp_path / "aegis.db"
+    locker, clock, aegis, middleware = locked_store(make_aegis, path)
+    breaker = aegis.reads.history.breaker if aegis.reads.history is not None else None
+    assert breaker is not None
+    rule = {"name": "checkout_errors", "input": "error_ratio", "operator": ">",
+            "threshold": 0.05, "window": "5m", "severity": "critical"}  # fmt: skip
+    dry_run = "/api/metrics/alert-rules/dry-run"
+    try:
+        assert_refused(read(middleware, **OVERVIEW, **EDITING))  # the store found down
+        clock.advance(5.0)  # due: the next use probes, and waits for the locked file
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(post, middleware, dry_run, {"rule": rule}, "POST")
+            deadline = time.monotonic() + 10.0
+            while breaker.state != "probing" and not first.done():
+                assert time.monotonic() < deadline, "the first dry run never probed"
+                time.sleep(0.001)
+            status, body, took = post(middleware, dry_run, {"rule": rule}, "POST")
+            assert (status, body["error"]["code"]) == (429, "busy") and took < 1.0
+            status, body, _ = first.result(timeout=30)
+        assert (status, body["error"]["code"]) == (503, "storage_unavailable")
+        assert breaker.state == "open"
+    finally:
+        locker.close()
