@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from aegis_mw import Aegis
+from aegis_mw.history.breaker import StoreBreaker
 from aegis_mw.sinks.sqlite import SQLiteSink
 from aegis_mw.testing import FakeClock
 from aegis_mw.wsgi import AegisWSGIMiddleware
@@ -137,6 +138,9 @@ def test_a_file_that_is_not_a_database_is_refused_at_once(
 
 EDITOR = "editor-token-of-the-incidents-test"
 EDITING = {"CONTENT_TYPE": "application/json", "HTTP_AUTHORIZATION": f"Bearer {EDITOR}"}
+#: A rule the alert writes and dry runs are given.
+RULE = {"name": "checkout_errors", "input": "error_ratio", "operator": ">",
+        "threshold": 0.05, "window": "5m", "severity": "critical"}  # fmt: skip
 
 
 def locked_store(
@@ -151,6 +155,12 @@ def locked_store(
                        flush_interval=3600, metrics_registry="none", alerts_enabled=True,
                        access={"api": {"editor_tokens": [EDITOR]}})  # fmt: skip
     return locker, clock, aegis, AegisWSGIMiddleware(wsgi_app, aegis=aegis)
+
+
+def history_breaker(aegis: Aegis) -> StoreBreaker:
+    history = aegis.reads.history
+    assert history is not None
+    return history.breaker
 
 
 def post(
@@ -174,9 +184,8 @@ def test_the_stores_other_uses_answer_at_once_while_the_history_finds_it_down(
     write lock is no outage of the reads."""
     path = tmp_path / "aegis.db"
     locker, clock, aegis, middleware = locked_store(make_aegis, path)
+    breaker = history_breaker(aegis)
     incident = {"title": "Checkout down", "severity": "critical"}
-    breaker = aegis.reads.history.breaker if aegis.reads.history is not None else None
-    assert breaker is not None
     assert_refused(read(middleware, **OVERVIEW, **EDITING))  # the history finds it down
     for path_read in ("/api/metrics/incidents", "/api/metrics/alert-history",
                       "/api/metrics/silences"):  # fmt: skip
@@ -191,16 +200,14 @@ def test_the_stores_other_uses_answer_at_once_while_the_history_finds_it_down(
     silence = {"matchers": ['alertname="checkout"'], "duration": "2h", "comment": "deploy"}
     status, body, took = post(middleware, "/api/metrics/silences", silence)
     assert (status, body["error"]["code"]) == (503, "storage_unavailable") and took < 1.0
-    rule = {"name": "checkout_errors", "input": "error_ratio", "operator": ">",
-            "threshold": 0.05, "window": "5m", "severity": "critical"}  # fmt: skip
     for path_write, data, method in (
-        ("/api/metrics/alert-rules", rule, "PUT"),
-        ("/api/metrics/alert-rules/dry-run", {"rule": rule}, "POST"),
+        ("/api/metrics/alert-rules", RULE, "PUT"),
+        ("/api/metrics/alert-rules/dry-run", {"rule": RULE}, "POST"),
     ):
         status, body, took = post(middleware, path_write, data, method)
         assert (status, body["error"]["code"]) == (503, "storage_unavailable") and took < 1.0
     assert (
-        post(middleware, "/api/metrics/alert-rules", {**rule, "threshold": "high"}, "PUT")[0] == 400
+        post(middleware, "/api/metrics/alert-rules", {**RULE, "threshold": "high"}, "PUT")[0] == 400
     )
     assert breaker.state == "open"  # as the history's read left it
 
@@ -211,7 +218,7 @@ def test_the_stores_other_uses_answer_at_once_while_the_history_finds_it_down(
     # being the rule's health) is refused the same way, never closing it.
     for first in (
         lambda: post(middleware, "/api/metrics/incidents", incident),
-        lambda: post(middleware, "/api/metrics/alert-rules/dry-run", {"rule": rule}, "POST"),
+        lambda: post(middleware, "/api/metrics/alert-rules/dry-run", {"rule": RULE}, "POST"),
     ):
         clock.advance(5.0)
         status, body, _ = first()
@@ -266,21 +273,18 @@ def test_a_second_dry_run_while_one_probes_the_store_is_told_busy(
     for the probe that is out, nor a second wait for the store)."""
     path = tmp_path / "aegis.db"
     locker, clock, aegis, middleware = locked_store(make_aegis, path)
-    breaker = aegis.reads.history.breaker if aegis.reads.history is not None else None
-    assert breaker is not None
-    rule = {"name": "checkout_errors", "input": "error_ratio", "operator": ">",
-            "threshold": 0.05, "window": "5m", "severity": "critical"}  # fmt: skip
+    breaker = history_breaker(aegis)
     dry_run = "/api/metrics/alert-rules/dry-run"
     try:
         assert_refused(read(middleware, **OVERVIEW, **EDITING))  # the store found down
         clock.advance(5.0)  # due: the next use probes, and waits for the locked file
         with ThreadPoolExecutor(1) as pool:
-            first = pool.submit(post, middleware, dry_run, {"rule": rule}, "POST")
+            first = pool.submit(post, middleware, dry_run, {"rule": RULE}, "POST")
             deadline = time.monotonic() + 10.0
             while breaker.state != "probing" and not first.done():
                 assert time.monotonic() < deadline, "the first dry run never probed"
                 time.sleep(0.001)
-            status, body, took = post(middleware, dry_run, {"rule": rule}, "POST")
+            status, body, took = post(middleware, dry_run, {"rule": RULE}, "POST")
             assert (status, body["error"]["code"]) == (429, "busy") and took < 1.0
             status, body, _ = first.result(timeout=30)
         assert (status, body["error"]["code"]) == (503, "storage_unavailable")
