@@ -12,6 +12,15 @@ once. Once lent, a connection's query is bounded too: by a statement timeout
 (a read stuck behind a lock or on a huge scan), and by TCP keepalives (a
 server whose host went away), unless the URL, the role or the server set
 their own.
+
+Those bounds need a server that runs. One that hung with a pooled
+connection open (a stopped process, a frozen host or network whose kernel
+still acknowledges) would keep a read waiting as long as it stays so, so
+the client keeps deadlines of its own (:mod:`.postgres_deadline`): the check
+of a connection before it is lent, and a new connection's set-up, get
+``timeout``; a borrowed connection gets the statement timeout in effect on
+it (ours where nobody chose one) plus ``timeout``, since a server that runs
+has cancelled the statement by then.
 """
 
 from __future__ import annotations
@@ -21,12 +30,14 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from . import history_sql
+from .postgres_deadline import Deadline
 from .postgres_schema import migrate
 
 #: Readers are the JSON API, the CLI and the dashboard: a few at a time.
@@ -39,14 +50,19 @@ KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
               "keepalives_count": 3}  # fmt: skip
 
 
-def _bound_statements(connection: psycopg.Connection[Any]) -> None:
-    """The pool's ``configure``: a statement timeout where nobody chose one
-    (URL ``options``, ``PGOPTIONS``, the role, the database, the server)."""
+def _bound_statements(connection: psycopg.Connection[Any]) -> int:
+    """A statement timeout where nobody chose one (URL ``options``,
+    ``PGOPTIONS``, the role, the database, the server), and the one in effect
+    (milliseconds; 0 for none)."""
     row = connection.execute(
-        "SELECT source FROM pg_settings WHERE name = 'statement_timeout'"
+        "SELECT source, setting FROM pg_settings WHERE name = 'statement_timeout'"
     ).fetchone()
-    if row is not None and row[0] == "default":
+    if row is None:
+        return 0
+    if row[0] == "default":
         connection.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+        return STATEMENT_TIMEOUT_MS
+    return int(row[1])
 
 
 class PostgresReader(history_sql.RowReader):
@@ -71,6 +87,9 @@ class PostgresReader(history_sql.RowReader):
         # Pools inherited across a fork are kept referenced and never closed:
         # closing would end the parent's sessions on the sockets both share.
         self._left_behind: list[ConnectionPool[psycopg.Connection[Any]]] = []
+        #: Seconds a borrowed connection may go unanswered, per connection
+        #: (its statement timeout, see _configure).
+        self._limits: WeakKeyDictionary[psycopg.Connection[Any], float] = WeakKeyDictionary()
 
     def _current_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
         with self._lock:
@@ -85,8 +104,8 @@ class PostgresReader(history_sql.RowReader):
                     min_size=0,
                     max_size=MAX_READERS,
                     open=False,
-                    check=ConnectionPool.check_connection,
-                    configure=_bound_statements,
+                    check=self._check,
+                    configure=self._configure,
                     timeout=self.timeout,
                     name=f"aegis-{self.purpose}-{self.name}",
                     num_workers=1,  # it opens a connection at a time, when one is wanted
@@ -100,11 +119,25 @@ class PostgresReader(history_sql.RowReader):
         """A connection of the pool, returned to it afterwards (the schema
         brought up to date the first time in this process)."""
         with self._current_pool().connection() as connection:
-            if not self._migrated:
-                # A read may come before the first write: the tables must exist.
-                migrate(connection)
-                self._migrated = True
-            yield connection
+            # Ours where nobody chose one; none chosen (0): ours all the same,
+            # a monitoring read that never ends being no better than one cut.
+            statements = self._limits.get(connection) or STATEMENT_TIMEOUT_MS / 1000
+            with Deadline(connection, statements + self.timeout):
+                if not self._migrated:
+                    # A read may come before the first write: the tables must exist.
+                    migrate(connection)
+                    self._migrated = True
+                yield connection
+
+    def _configure(self, connection: psycopg.Connection[Any]) -> None:
+        """The pool's ``configure``, for each new connection."""
+        with Deadline(connection, self.timeout):
+            self._limits[connection] = _bound_statements(connection) / 1000
+
+    def _check(self, connection: psycopg.Connection[Any]) -> None:
+        """The pool's ``check``, before it lends a connection: a round trip."""
+        with Deadline(connection, self.timeout):
+            ConnectionPool.check_connection(connection)
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Cursor[Any]]:

@@ -1,12 +1,14 @@
 """Stores that are down, for the outage tests: a TCP listener on 127.0.0.1 that
 accepts connections and never answers (a hung server), and a forwarder that
-brings a store back on a port where nothing listened (a restarted one)."""
+brings a store back on a port where nothing listened (a restarted one), or
+freezes with its connections open (a server that hung while in use)."""
 
 from __future__ import annotations
 
 import selectors
 import socket
 import threading
+from urllib.parse import urlsplit
 
 
 class _Listener:
@@ -25,14 +27,19 @@ class _Listener:
         self._selector.register(self.socket, selectors.EVENT_READ, self._accept)
         self._selector.register(self._wake_read, selectors.EVENT_READ, None)
         self.held: list[socket.socket] = []
+        #: Set by the serving thread once it relays nothing more (Forwarder.freeze).
+        self.frozen = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:
         while True:
             for key, _ in self._selector.select():
-                if key.data is None:  # close() asked us to stop
-                    return
+                if key.data is None:  # close() or freeze() woke us
+                    if self._wake_read.recv(1) == b"x":
+                        return
+                    self.frozen.set()
+                    continue
                 key.data(key.fileobj)
 
     def _accept(self, listener: socket.socket) -> None:
@@ -66,21 +73,38 @@ class HungStore(_Listener):
 
 
 class Forwarder(_Listener):
-    """Relays every connection on ``port`` to ``target`` (the real server)."""
+    """Relays every connection on ``port`` to ``target`` (the real server)
+    until ``freeze()``: from then on nothing is relayed either way and new
+    connections are held unanswered, all of them left open, as a server that
+    hung (stopped, or its host frozen) leaves them."""
 
     def __init__(self, port: int, target: tuple[str, int]) -> None:
         self.target = target
+        self._freezing = False
         super().__init__(port)
 
     def accepted(self, connection: socket.socket) -> None:
+        if self._freezing:
+            self.held.append(connection)
+            return
         upstream = socket.create_connection(self.target, timeout=10)
         self.held += [connection, upstream]
         for source, sink in ((connection, upstream), (upstream, connection)):
             source.setblocking(False)
             self._selector.register(source, selectors.EVENT_READ, self._relay(sink))
 
+    def freeze(self) -> None:
+        """Relay nothing more, from when this returns."""
+        self._freezing = True
+        self._wake_write.send(b"f")
+        assert self.frozen.wait(10), "the forwarder did not freeze"
+
     def _relay(self, sink: socket.socket) -> object:
         def relay(source: socket.socket) -> None:
+            if self._freezing:
+                # Frozen: the bytes stay in the kernel's buffers, unread.
+                self._selector.unregister(source)
+                return
             try:
                 data = source.recv(65536)
             except BlockingIOError:
@@ -102,3 +126,11 @@ class Forwarder(_Listener):
             sink.setblocking(False)
 
         return relay
+
+
+def forwarded_url(postgres_url: str, port: int) -> tuple[str, tuple[str, int]]:
+    """The test's PostgreSQL URL on ``port`` of 127.0.0.1, and the real server
+    (what a Forwarder on that port relays to)."""
+    real = urlsplit(postgres_url)
+    url = postgres_url.replace(f"@{real.hostname}:{real.port}/", f"@127.0.0.1:{port}/")
+    return url, (real.hostname or "127.0.0.1", real.port or 5432)

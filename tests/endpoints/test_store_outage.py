@@ -3,7 +3,8 @@ never take the threads the app's own ``def`` endpoints and ``/metrics`` need, a
 read fails fast once the store is known to be down (503 with Retry-After), the
 outage is logged once, not as a traceback per request, and reads come back
 when the store does. The shared PostgreSQL server is never stopped: the store
-is a port where nothing listens, or a listener that never answers."""
+is a port where nothing listens, a listener that never answers, or a
+forwarder to the real server that freezes with its connections open."""
 
 from __future__ import annotations
 
@@ -15,12 +16,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.endpoints.stores import Forwarder, HungStore
+from tests.endpoints.stores import Forwarder, HungStore, forwarded_url
 from tests.harness import OPEN_MONITORING_ENV
 from tests.servers import Server, child_environment, free_port, uvicorn_server
 
@@ -77,12 +77,13 @@ def timed_get(server: Server, target: str) -> tuple[int, float]:
     return status, done - started
 
 
-def outage_env(url: str, retry_after: str = "30") -> dict[str, str]:
+def outage_env(url: str, retry_after: str = "30", **options: str) -> dict[str, str]:
     return child_environment(
         AEGIS_SINK=url,
         AEGIS_METRICS_REGISTRY="none",
         AEGIS_READ_RETRY_AFTER=retry_after,
         **OPEN_MONITORING_ENV,
+        **options,
     )
 
 
@@ -119,15 +120,14 @@ def test_reads_during_an_outage_leave_the_app_its_threads(kind: str, tmp_path: P
 def test_reads_come_back_with_the_store(postgres_url: str, tmp_path: Path) -> None:
     """Refused, then served through a forwarder to the real server: after the
     retry interval one read tries the store again, and reads work again."""
-    real = urlsplit(postgres_url)
     port = free_port()
-    url = postgres_url.replace(f"@{real.hostname}:{real.port}/", f"@127.0.0.1:{port}/")
+    url, real = forwarded_url(postgres_url, port)
     env = outage_env(url, retry_after="1")
     with uvicorn_server(APP, tmp_path, env=env) as server:
         first = httpx.get(f"{server.url}{READ}", timeout=WAIT)
         assert first.status_code == 503
         assert first.json()["error"]["code"] == "storage_unavailable"
-        with closing(Forwarder(port, (real.hostname or "127.0.0.1", real.port or 5432))):
+        with closing(Forwarder(port, real)):
             deadline = time.monotonic() + WAIT
             while True:
                 answer = httpx.get(f"{server.url}{READ}", timeout=WAIT)
@@ -145,3 +145,30 @@ def test_reads_come_back_with_the_store(postgres_url: str, tmp_path: Path) -> No
     assert "Traceback" not in log, log
     assert log.count("cannot be read") == 1, log
     assert log.count("can be read again") == 1, log
+
+
+def test_a_store_that_hangs_with_a_pooled_connection_open_is_answered_in_time(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A read first leaves a connection in the read pool; then the server hangs
+    (its connections stay open, nothing comes back, its statement timeout never
+    fires). The next read is answered 503 within ``read_timeout`` of the
+    connection's check, the ones after it at once, and the app is unaffected."""
+    port = free_port()
+    url, real = forwarded_url(postgres_url, port)
+    with closing(Forwarder(port, real)) as forwarder:
+        env = outage_env(url, AEGIS_READ_TIMEOUT="1")
+        with uvicorn_server(APP, tmp_path, env=env) as server:
+            assert timed_get(server, READ)[0] == 200
+            forwarder.freeze()
+            status, took = timed_get(server, READ)  # the client gives up after WAIT
+            again = timed_get(server, READ)
+            plain = timed_get(server, "/plain")
+            log = server.log.text
+    figures = f"a read {took:.3f} s, the next {again[1]:.3f} s, /plain {plain[1]:.3f} s"
+    print(f"\nfrozen: {figures}")
+    assert status == 503 and took < 1.0 + 3.0, figures
+    assert again[0] == 503 and again[1] < 0.5, figures
+    assert plain[0] == 200 and plain[1] < BOUND, figures
+    assert "Traceback" not in log, log
+    assert log.count("cannot be read") == 1, log

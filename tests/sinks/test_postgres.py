@@ -10,7 +10,7 @@ import random
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -52,21 +52,6 @@ METHODS = ("GET", "POST", "_OTHER")
 STATUSES = (200, 200, 201, 302, 404, 429, 499, 500, 503)
 #: Rollup buckets are read over this whole range at every level.
 WHOLE = (0, 2**40)
-
-
-@pytest.fixture
-def sinks() -> Iterator[Callable[[str], PostgresSink]]:
-    """PostgreSQL sinks closed after the test."""
-    created: list[PostgresSink] = []
-
-    def factory(url: str) -> PostgresSink:
-        sink = PostgresSink(url)
-        created.append(sink)
-        return sink
-
-    yield factory
-    for sink in created:
-        sink.close()
 
 
 def sql(url: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
