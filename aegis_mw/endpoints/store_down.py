@@ -41,10 +41,11 @@ def refuse_while_down(aegis: Aegis) -> None:
 
 
 def known_down(store: str, error: StoreUnavailable) -> Response:
-    """A write's answer while the store is known down: 503 with the breaker's
-    Retry-After (the breaker logged the outage; the write was not tried)."""
+    """The answer of a use refused while the store is known down (a write, a
+    read, a dry run, a channel test): 503 with the breaker's Retry-After (the
+    breaker logged the outage; the use was not tried)."""
     return Response.error(
         503, "storage_unavailable",
-        f"{store} cannot be written now; retry after the Retry-After seconds",
+        f"{store} cannot be reached now; retry after the Retry-After seconds",
         retry_after=str(error.retry_after),
     )  # fmt: skip

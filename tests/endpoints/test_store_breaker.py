@@ -206,6 +206,8 @@ def test_the_stores_other_uses_answer_at_once_while_the_history_finds_it_down(
     ):
         status, body, took = post(middleware, path_write, data, method)
         assert (status, body["error"]["code"]) == (503, "storage_unavailable") and took < 1.0
+        # Worded for a read (the dry run) as well as a write.
+        assert "the alert store cannot be reached now" in body["error"]["message"], body
     assert (
         post(middleware, "/api/metrics/alert-rules", {**RULE, "threshold": "high"}, "PUT")[0] == 400
     )
