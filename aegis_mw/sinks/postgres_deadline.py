@@ -1,4 +1,4 @@
-"""A deadline on a PostgreSQL connection's round trips, kept by the client.
+"""Deadlines on PostgreSQL connections' round trips, kept by the client.
 
 The server's own limits (``statement_timeout``) need a server that runs: one
 that hung with the connection open (stopped, frozen, wedged), or a network
@@ -7,14 +7,26 @@ acknowledges, leaves psycopg waiting for an answer that never comes, and the
 thread with it, for as long as that lasts. libpq has no timeout of its own
 for a query, and psycopg's waits have none either.
 
-So whoever borrows a connection for something that must end arms a
-:class:`Deadline`: when it passes first, the connection's socket is shut
-down (through a duplicate of its descriptor, held from the start, so the
-shutdown can never reach a descriptor number since reused for something
-else). The wait then ends at once with psycopg's ``OperationalError`` and
-the connection is broken, so its pool discards it. Disarmed in time, nothing
-happens; disarming and firing exclude each other, so a connection that went
-back to its pool is never shut down.
+So whoever borrows a connection for something that must end arms a deadline
+(``with watchdog.deadline(connection, seconds):``). When it passes first,
+the watchdog's thread shuts the connection's socket down, through a
+duplicate of its descriptor held from the start (the shutdown can never
+reach a descriptor number since reused for something else). The wait ends
+at once with psycopg's ``OperationalError``; leaving the block then closes
+the connection, so its pool discards it, and raises an ``OperationalError``
+that says what happened, even when the block's last round trip had
+finished. Disarming and firing exclude each other, so a connection that
+went back to its pool is never shut down.
+
+The server is not asked to cancel the statement first: a cancel request
+is delivered to the server process, not to a statement, and arriving late it
+would cancel the next borrower's. A server that runs has its statement
+timeout; one that does not would not answer the cancel either.
+
+One thread per watchdog (one per pool), started when a deadline is armed and
+ending after a while with none; where no thread can be started (an
+interpreter at exit, after its ``atexit`` hooks began), a block runs without
+a deadline, as it did before deadlines existed.
 """
 
 from __future__ import annotations
@@ -22,35 +34,39 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from types import TracebackType
 from typing import Any
 
 import psycopg
 
+#: Seconds the watchdog's thread waits with nothing armed before it ends.
+IDLE_SECONDS = 30.0
+
 
 class Deadline:
-    """``with Deadline(connection, seconds):`` shuts the connection's socket
-    down if the block is still running ``seconds`` later; ``missed`` says
-    whether it did. A thread waits for the deadline (one per armed block:
-    blocks are few, a history read or an alert store's call, and a pool
-    lends at most a handful of connections at once)."""
+    """One armed block (see :meth:`Watchdog.deadline`); ``missed`` says whether
+    its deadline passed first, ``severed`` is set when it did."""
 
-    def __init__(self, connection: psycopg.Connection[Any], seconds: float) -> None:
+    def __init__(
+        self, watchdog: Watchdog, connection: psycopg.Connection[Any], seconds: float
+    ) -> None:
         self.seconds = seconds
         self.missed = False
-        self._lock = threading.Lock()
-        duplicate = os.dup(connection.fileno())
-        try:
-            self._socket: socket.socket | None = socket.socket(fileno=duplicate)
-        except OSError:
-            os.close(duplicate)
-            raise
-        self._timer = threading.Timer(seconds, self._sever)
-        self._timer.daemon = True
-        self._timer.name = "aegis-pg-deadline"
+        self.severed = threading.Event()
+        self.due = 0.0
+        self._watchdog = watchdog
+        self._connection = connection
+        self._socket: socket.socket | None = None
 
     def __enter__(self) -> Deadline:
-        self._timer.start()
+        # fromfd duplicates the descriptor (a handle on Windows).
+        duplicate = socket.fromfd(self._connection.fileno(), socket.AF_INET, socket.SOCK_STREAM)
+        self.due = time.monotonic() + self.seconds
+        self._socket = duplicate
+        if not self._watchdog.arm(self):
+            self._socket = None
+            duplicate.close()
         return self
 
     def __exit__(
@@ -59,24 +75,88 @@ class Deadline:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._timer.cancel()
-        with self._lock:
-            held, self._socket = self._socket, None
+        self._watchdog.disarm(self)
+        held, self._socket = self._socket, None
         if held is not None:
             held.close()  # the duplicate only: the connection keeps its own
-        if self.missed and isinstance(error, psycopg.OperationalError):
-            # psycopg's words would be "server closed the connection
-            # unexpectedly", which it did not: say what happened.
-            raise psycopg.OperationalError(
-                f"no answer from the server within {self.seconds:g} s: connection closed"
-            ) from error
+        if not self.missed or not (error is None or isinstance(error, psycopg.OperationalError)):
+            return
+        # Shut down, whatever the block got before: the connection is done
+        # for (even if its last round trip had finished), and its pool must
+        # not lend it again. psycopg's words would be "server closed the
+        # connection unexpectedly", which it did not: say what happened.
+        self._connection.close()
+        raise psycopg.OperationalError(
+            f"no answer from the server within {self.seconds:g} s: connection closed"
+        ) from error
 
-    def _sever(self) -> None:
-        with self._lock:
-            if self._socket is None:  # the block ended meanwhile
-                return
-            self.missed = True
+    def sever(self) -> None:
+        """The deadline passed (the watchdog's thread, under its lock)."""
+        self.missed = True
+        if self._socket is not None:
             try:
                 self._socket.shutdown(socket.SHUT_RDWR)
             except OSError:  # already closed by the peer: the wait ends anyway
                 pass
+        self.severed.set()
+
+
+class Watchdog:
+    """Keeps the deadlines of one pool's connections, with one thread."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._condition = threading.Condition(threading.Lock())
+        self._armed: set[Deadline] = set()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def deadline(self, connection: psycopg.Connection[Any], seconds: float) -> Deadline:
+        """A context manager: ``connection``'s socket is shut down if the block
+        still runs ``seconds`` from its start."""
+        return Deadline(self, connection, seconds)
+
+    @property
+    def armed(self) -> int:
+        """How many blocks are armed now."""
+        with self._condition:
+            return len(self._armed)
+
+    def arm(self, deadline: Deadline) -> bool:
+        """Keep ``deadline``; False when no thread could be started to keep it."""
+        with self._condition:
+            if self._pid != os.getpid():  # a forked child: the parent's thread is not here
+                self._armed, self._thread, self._pid = set(), None, os.getpid()
+            if self._thread is None:
+                thread = threading.Thread(target=self._watch, name=self.name, daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:  # at interpreter exit: no new threads
+                    return False
+                self._thread = thread
+            self._armed.add(deadline)
+            self._condition.notify()
+            return True
+
+    def disarm(self, deadline: Deadline) -> None:
+        with self._condition:
+            self._armed.discard(deadline)
+
+    def _watch(self) -> None:
+        with self._condition:
+            idle_since: float | None = None
+            while True:
+                now = time.monotonic()
+                for deadline in [armed for armed in self._armed if armed.due <= now]:
+                    self._armed.discard(deadline)
+                    deadline.sever()
+                if self._armed:
+                    idle_since = None
+                    wait = min(armed.due for armed in self._armed) - now
+                else:
+                    idle_since = now if idle_since is None else idle_since
+                    wait = idle_since + IDLE_SECONDS - now
+                    if wait <= 0:
+                        self._thread = None  # the next arm starts another
+                        return
+                self._condition.wait(wait)

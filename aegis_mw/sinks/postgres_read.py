@@ -17,10 +17,14 @@ Those bounds need a server that runs. One that hung with a pooled
 connection open (a stopped process, a frozen host or network whose kernel
 still acknowledges) would keep a read waiting as long as it stays so, so
 the client keeps deadlines of its own (:mod:`.postgres_deadline`): the check
-of a connection before it is lent, and a new connection's set-up, get
-``timeout``; a borrowed connection gets the statement timeout in effect on
-it (ours where nobody chose one) plus ``timeout``, since a server that runs
-has cancelled the statement by then.
+of a connection before it is lent gets ``timeout`` (a round trip), a new
+connection's set-up ``SETUP_SECONDS`` at least (two round trips, in the
+pool's worker, on a server process just started: not on a read's path), and
+a borrow the statement timeout in effect on its connection (ours where
+nobody chose one, or none was) plus ``timeout``, since a server that runs
+has cancelled a statement by then. The schema's migration, on a process's
+first borrow, is bounded only by the server's statement timeout: it may
+rewrite a large table.
 """
 
 from __future__ import annotations
@@ -37,13 +41,15 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from . import history_sql
-from .postgres_deadline import Deadline
+from .postgres_deadline import Watchdog
 from .postgres_schema import migrate
 
 #: Readers are the JSON API, the CLI and the dashboard: a few at a time.
 MAX_READERS = 4
 #: A history read that runs longer is cancelled by the server (milliseconds).
 STATEMENT_TIMEOUT_MS = 30_000
+#: Seconds at least a new connection's set-up may take (see _configure).
+SETUP_SECONDS = 10.0
 #: libpq keepalives for read connections, unless the URL has its own: a peer
 #: gone silent is found in about 10 + 3 x 5 s instead of the kernel's hours.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
@@ -90,6 +96,7 @@ class PostgresReader(history_sql.RowReader):
         #: Seconds a borrowed connection may go unanswered, per connection
         #: (its statement timeout, see _configure).
         self._limits: WeakKeyDictionary[psycopg.Connection[Any], float] = WeakKeyDictionary()
+        self._watchdog = Watchdog(f"aegis-{purpose}-deadlines")
 
     def _current_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
         with self._lock:
@@ -119,24 +126,24 @@ class PostgresReader(history_sql.RowReader):
         """A connection of the pool, returned to it afterwards (the schema
         brought up to date the first time in this process)."""
         with self._current_pool().connection() as connection:
+            if not self._migrated:
+                # A read may come before the first write: the tables must exist.
+                migrate(connection)
+                self._migrated = True
             # Ours where nobody chose one; none chosen (0): ours all the same,
             # a monitoring read that never ends being no better than one cut.
             statements = self._limits.get(connection) or STATEMENT_TIMEOUT_MS / 1000
-            with Deadline(connection, statements + self.timeout):
-                if not self._migrated:
-                    # A read may come before the first write: the tables must exist.
-                    migrate(connection)
-                    self._migrated = True
+            with self._watchdog.deadline(connection, statements + self.timeout):
                 yield connection
 
     def _configure(self, connection: psycopg.Connection[Any]) -> None:
         """The pool's ``configure``, for each new connection."""
-        with Deadline(connection, self.timeout):
+        with self._watchdog.deadline(connection, max(self.timeout, SETUP_SECONDS)):
             self._limits[connection] = _bound_statements(connection) / 1000
 
     def _check(self, connection: psycopg.Connection[Any]) -> None:
         """The pool's ``check``, before it lends a connection: a round trip."""
-        with Deadline(connection, self.timeout):
+        with self._watchdog.deadline(connection, self.timeout):
             ConnectionPool.check_connection(connection)
 
     @contextmanager

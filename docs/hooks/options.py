@@ -179,7 +179,7 @@ DESCRIPTIONS: dict[str, str] = {
     "liveness_max_loop_lag": "Seconds of event-loop lag beyond which liveness fails.",
     "read_timeout": (
         "Seconds a history read (JSON API, `/ws/metrics` `get`) waits for the store: a "
-        "PostgreSQL pool connection and its check, or an SQLite lock."
+        "PostgreSQL pool connection (then as long again for its check), or an SQLite lock."
     ),
     "read_retry_after": (
         "Once the store cannot be read, history reads answer 503 at once for this long, then "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import selectors
 import socket
 import threading
+import time
 from urllib.parse import urlsplit
 
 
@@ -76,10 +77,13 @@ class Forwarder(_Listener):
     """Relays every connection on ``port`` to ``target`` (the real server)
     until ``freeze()``: from then on nothing is relayed either way and new
     connections are held unanswered, all of them left open, as a server that
-    hung (stopped, or its host frozen) leaves them."""
+    hung (stopped, or its host frozen) leaves them. ``delay`` seconds are
+    added to each relayed chunk: a slow link (each round trip 2 x ``delay``
+    longer)."""
 
-    def __init__(self, port: int, target: tuple[str, int]) -> None:
+    def __init__(self, port: int, target: tuple[str, int], delay: float = 0.0) -> None:
         self.target = target
+        self.delay = delay
         self._freezing = False
         super().__init__(port)
 
@@ -118,6 +122,8 @@ class Forwarder(_Listener):
                 except OSError:
                     pass
                 return
+            if self.delay:
+                time.sleep(self.delay)  # the link's latency, not a wait for anything
             sink.setblocking(True)
             try:
                 sink.sendall(data)

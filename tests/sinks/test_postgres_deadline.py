@@ -5,6 +5,7 @@ server is never stopped: a forwarder to it freezes, its connections left open.""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ import pytest
 psycopg = pytest.importorskip("psycopg")
 
 from aegis_mw.sinks.postgres import PostgresSink  # noqa: E402
-from aegis_mw.sinks.postgres_deadline import Deadline  # noqa: E402
+from aegis_mw.sinks.postgres_deadline import Watchdog  # noqa: E402
 from tests.endpoints.stores import Forwarder, forwarded_url  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
@@ -56,26 +57,66 @@ def timed(call: Callable[[], Any]) -> tuple[BaseException | None, float]:
 def test_a_deadline_cuts_a_statement_and_says_so(postgres_url: str) -> None:
     """On a live server too: the connection is shut down when the deadline
     passes, and the error names the wait, not a server that closed it."""
+    watchdog = Watchdog("test-deadlines")
     with psycopg.connect(postgres_url, autocommit=True) as connection:
 
         def sleep_past_the_deadline() -> None:
-            with Deadline(connection, 0.3):
+            with watchdog.deadline(connection, 0.3):
                 connection.execute("SELECT pg_sleep(10)")
 
         error, took = timed(sleep_past_the_deadline)
         assert isinstance(error, psycopg.OperationalError), error
         assert "no answer from the server within 0.3 s" in str(error)
         assert 0.25 < took < 5, took
-        assert connection.broken
+        assert connection.closed  # its pool discards it
+        assert watchdog.armed == 0
 
 
 def test_a_deadline_disarmed_in_time_leaves_the_connection_alone(postgres_url: str) -> None:
+    watchdog = Watchdog("test-deadlines")
     with psycopg.connect(postgres_url, autocommit=True) as connection:
-        deadline = Deadline(connection, 0.2)
-        with deadline:
+        with watchdog.deadline(connection, 0.2) as deadline:
+            assert watchdog.armed == 1
             assert connection.execute("SELECT 1").fetchone() == (1,)
-        deadline._timer.join(WAIT)  # cancelled: ends at once, never fires
-        assert not deadline._timer.is_alive() and not deadline.missed
+        assert watchdog.armed == 0 and not deadline.missed  # disarmed: it cannot fire
+        assert connection.execute("SELECT 2").fetchone() == (2,)
+
+
+def test_a_deadline_that_passes_as_the_block_ends_still_fails_it(postgres_url: str) -> None:
+    """Its last round trip done, the block ends just after the socket was shut
+    down: the connection is closed all the same (a pool must not lend it)."""
+    watchdog = Watchdog("test-deadlines")
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+
+        def end_just_after_the_deadline() -> None:
+            with watchdog.deadline(connection, 0.05) as deadline:
+                assert connection.execute("SELECT 1").fetchone() == (1,)
+                assert deadline.severed.wait(WAIT)
+
+        error, _ = timed(end_just_after_the_deadline)
+        assert isinstance(error, psycopg.OperationalError), error
+        assert "no answer from the server within 0.05 s" in str(error)
+        assert connection.closed
+
+
+def test_without_a_thread_to_keep_it_a_block_runs_unguarded(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interpreter at exit (its atexit hooks, where Aegis shuts down and
+    the alert thread releases its lease) starts no thread: the block runs as
+    it would have without deadlines, rather than failing."""
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    watchdog = Watchdog("test-deadlines")
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        with monkeypatch.context() as patched:
+            patched.setattr(threading.Thread, "start", refuse)
+            with watchdog.deadline(connection, 0.05) as deadline:
+                assert watchdog.armed == 0
+                assert connection.execute("SELECT 1").fetchone() == (1,)
+        assert not deadline.missed
         assert connection.execute("SELECT 2").fetchone() == (2,)
 
 
@@ -118,9 +159,10 @@ def test_a_borrowed_connection_is_cut_at_its_statement_timeout_plus_read_timeout
 def test_the_alert_stores_calls_end_too(
     forwarded: tuple[str, Forwarder], sinks: Callable[[str], PostgresSink]
 ) -> None:
-    """The alert threads and the incidents borrow from a pool of their own:
-    its check is bounded by that pool's wait, a call on it by the statement
-    timeout (ours, 30 s, where nobody chose one) plus that wait."""
+    """The alert threads and the incidents borrow from a pool of their own: a
+    call's check of its idle connection is bounded by that pool's wait (its
+    borrow, as the reads', by the statement timeout in effect, ours here,
+    plus that wait)."""
     url, forwarder = forwarded
     sink = sinks(url)
     reader = sink._alerts
@@ -133,3 +175,27 @@ def test_the_alert_stores_calls_end_too(
     error, took = timed(store.load)
     assert isinstance(error, psycopg.OperationalError), error
     assert took < 0.5 + 2.5, took
+
+
+def test_a_slow_link_still_gets_connections(
+    postgres_url: str, sinks: Callable[[str], PostgresSink]
+) -> None:
+    """A new connection's set-up (two round trips, in the pool's worker) is not
+    held to a ``read_timeout`` shorter than them: with round trips of 0.2 s
+    and ``read_timeout=0.3``, the first reads give up while the pool connects
+    (a handshake of several round trips), and then reads work."""
+    assert sinks(postgres_url).read_rollups(60, 0, 0, by_route=False) == []  # migrated
+    port = free_port()
+    url, real = forwarded_url(postgres_url, port)
+    with closing(Forwarder(port, real, delay=0.1)):
+        sink = sinks(url)
+        sink.set_read_timeout(0.3)
+        failed: list[BaseException] = []
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:  # each try takes 0.3 s or more
+            error, _ = timed(lambda: sink.read_rollups(60, 0, 0, by_route=False))
+            if error is None:
+                break
+            failed.append(error)
+        assert error is None, failed
+        assert timed(lambda: sink.read_rollups(60, 0, 0, by_route=False))[0] is None
