@@ -544,14 +544,15 @@ def test_the_apps_events_in_their_panel(browser: Any, tmp_path: Path) -> None:
 
 def test_an_incident_and_its_timeline_in_their_panels(browser: Any, tmp_path: Path) -> None:
     """The active incidents are listed; picking one shows its timeline, with
-    the request errors around it, as the API answers them."""
+    the request errors around it, as the API answers them: a timeline longer
+    than the panel's 50 items shows its last 50, and says so."""
     env = child_environment(AEGIS_UPDATE_INTERVAL="200", AEGIS_FLUSH_INTERVAL="0.2")
     with uvicorn_server("tests.realtime.custom_app:app", tmp_path, env=env) as server:
         link, bearer = printed_link(server.log.text)
         browser.get(f"{server.url}{link}")
         wait_until(browser, lambda d: text_of(d, "incidents") != "", "the panel")
         with httpx.Client(base_url=server.url, timeout=WAIT) as client:
-            opened = client.post("/incidents/open")
+            opened = client.post("/incidents/open", params={"notes": "60"})
             # Last: the server closes the connection after the app raised.
             assert client.get("/boom").status_code == 500
         assert opened.status_code == 200
@@ -568,8 +569,11 @@ def test_an_incident_and_its_timeline_in_their_panels(browser: Any, tmp_path: Pa
         assert cells[1:] == ["critical", "open", "checkout errors"]
         browser.find_element("css selector", row).click()
         answer = httpx.get(
-            f"{server.url}/api/metrics/incident-timeline?id={incident_id}", headers=bearer
+            f"{server.url}/api/metrics/incident-timeline",
+            params={"id": incident_id, "limit": "50", "latest": "true"},
+            headers=bearer,
         ).json()["data"]
+        assert answer["total"] > 50 and answer["offset"] == answer["total"] - 50
 
         def shown(driver: Any) -> list[str]:
             return list(
@@ -586,7 +590,10 @@ def test_an_incident_and_its_timeline_in_their_panels(browser: Any, tmp_path: Pa
             ),
             "the timeline, as the API answers it",
         )
-        assert text_of(browser, "timeline-title") == "checkout errors"
-        assert "ana: note — looking" in text_of(browser, "timeline")
+        total = answer["total"]
+        assert text_of(browser, "timeline-title") == f"checkout errors (last 50 of {total})"
+        shown_text = text_of(browser, "timeline")
+        assert "ana: note — more 59" in shown_text  # the latest, not the first page
+        assert "ana: note — looking" not in shown_text
         problems = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert problems == [], json.dumps(problems, indent=1)

@@ -47,6 +47,9 @@ def open_incident(request: Request) -> PlainTextResponse:
         {"title": "checkout errors", "severity": "critical"}, "on-call"
     )
     aegis.incidents.change(incident.incident_id, {"note": "looking"}, "ana")
+    # ?notes=N: N more notes, for a timeline longer than a page.
+    for index in range(int(request.query_params.get("notes", "0"))):
+        aegis.incidents.change(incident.incident_id, {"note": f"more {index}"}, "ana")
     return PlainTextResponse(incident.incident_id)
 
 
