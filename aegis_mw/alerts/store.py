@@ -673,8 +673,8 @@ class SQLAlertStore:
     """Alert state in the app's SQLite file or PostgreSQL database.
 
     ``borrow`` gives a context manager holding a connection whose schema
-    is migrated (the sink's own: a SQLite connection opened and closed, a
-    PostgreSQL one lent by a pool); ``dialect`` is ``"sqlite"`` or
+    is migrated (the sink's own, lent by a small pool of connections kept
+    between calls); ``dialect`` is ``"sqlite"`` or
     ``"postgresql"``. Each call borrows a connection for its statements.
     """
 

@@ -12,16 +12,18 @@ So whoever borrows a connection for something that must end arms a deadline
 the watchdog's thread shuts the connection's socket down, through a
 duplicate of its descriptor held from the start (the shutdown can never
 reach a descriptor number since reused for something else). The wait ends
-at once with psycopg's ``OperationalError``; leaving the block then closes
-the connection, so its pool discards it, and raises an ``OperationalError``
-that says what happened, even when the block's last round trip had
-finished. Disarming and firing exclude each other, so a connection that
-went back to its pool is never shut down.
+at once with psycopg's ``OperationalError``, which leaving the block turns
+into one that says what happened. Leaving a block whose deadline passed
+closes the connection whatever the block did, so its pool discards it; a
+block that had finished its last round trip (a write committed, say) is
+not failed for it: ``missed`` tells its owner (a pool's check must fail).
+Disarming and firing exclude each other, so a connection that went back to
+its pool is never shut down.
 
-The server is not asked to cancel the statement first: a cancel request
-is delivered to the server process, not to a statement, and arriving late it
-would cancel the next borrower's. A server that runs has its statement
-timeout; one that does not would not answer the cancel either.
+The server is not asked to cancel the statement: a server that runs has
+cancelled it by its statement timeout before the deadline; one that does
+not answer would not answer the cancel either, and waiting for that would
+only make the call's failure later.
 
 One thread per watchdog (one per pool), started when a deadline is armed and
 ending after a while with none; where no thread can be started (an
@@ -79,16 +81,21 @@ class Deadline:
         held, self._socket = self._socket, None
         if held is not None:
             held.close()  # the duplicate only: the connection keeps its own
-        if not self.missed or not (error is None or isinstance(error, psycopg.OperationalError)):
+        if not self.missed:
             return
-        # Shut down, whatever the block got before: the connection is done
-        # for (even if its last round trip had finished), and its pool must
-        # not lend it again. psycopg's words would be "server closed the
-        # connection unexpectedly", which it did not: say what happened.
+        # Its socket is shut down: whatever the block got, the connection is
+        # done for, and its pool must not lend it again.
         self._connection.close()
-        raise psycopg.OperationalError(
+        if isinstance(error, psycopg.OperationalError):
+            # psycopg's words would be "server closed the connection
+            # unexpectedly", which it did not: say what happened.
+            raise self.error() from error
+
+    def error(self) -> psycopg.OperationalError:
+        """What a missed deadline is reported as."""
+        return psycopg.OperationalError(
             f"no answer from the server within {self.seconds:g} s: connection closed"
-        ) from error
+        )
 
     def sever(self) -> None:
         """The deadline passed (the watchdog's thread, under its lock)."""
@@ -124,9 +131,12 @@ class Watchdog:
 
     def arm(self, deadline: Deadline) -> bool:
         """Keep ``deadline``; False when no thread could be started to keep it."""
+        if self._pid != os.getpid():
+            # A forked child: the parent's thread is not here, and its lock
+            # may have been held at the fork.
+            self._condition = threading.Condition(threading.Lock())
+            self._armed, self._thread, self._pid = set(), None, os.getpid()
         with self._condition:
-            if self._pid != os.getpid():  # a forked child: the parent's thread is not here
-                self._armed, self._thread, self._pid = set(), None, os.getpid()
             if self._thread is None:
                 thread = threading.Thread(target=self._watch, name=self.name, daemon=True)
                 try:
@@ -139,6 +149,8 @@ class Watchdog:
             return True
 
     def disarm(self, deadline: Deadline) -> None:
+        if self._pid != os.getpid():  # armed in the parent, before a fork
+            return
         with self._condition:
             self._armed.discard(deadline)
 

@@ -23,8 +23,8 @@ pool's worker, on a server process just started: not on a read's path), and
 a borrow the statement timeout in effect on its connection (ours where
 nobody chose one, or none was) plus ``timeout``, since a server that runs
 has cancelled a statement by then. The schema's migration, on a process's
-first borrow, is bounded only by the server's statement timeout: it may
-rewrite a large table.
+first borrow, gets ``MIGRATION_SECONDS``: its statements may rewrite or
+index a large table, each within the statement timeout.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ MAX_READERS = 4
 STATEMENT_TIMEOUT_MS = 30_000
 #: Seconds at least a new connection's set-up may take (see _configure).
 SETUP_SECONDS = 10.0
+#: Seconds the schema's migration may take, on a process's first borrow.
+MIGRATION_SECONDS = 600.0
 #: libpq keepalives for read connections, unless the URL has its own: a peer
 #: gone silent is found in about 10 + 3 x 5 s instead of the kernel's hours.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
@@ -98,8 +100,15 @@ class PostgresReader(history_sql.RowReader):
         self._limits: WeakKeyDictionary[psycopg.Connection[Any], float] = WeakKeyDictionary()
         self._watchdog = Watchdog(f"aegis-{purpose}-deadlines")
 
+    def _process_lock(self) -> threading.Lock:
+        """The lock, a new one in a forked child (the parent's may have been
+        held at the fork)."""
+        if self._pid != os.getpid():
+            self._lock = threading.Lock()
+        return self._lock
+
     def _current_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
-        with self._lock:
+        with self._process_lock():
             if self._pid != os.getpid():
                 if self._pool is not None:
                     self._left_behind.append(self._pool)
@@ -128,7 +137,8 @@ class PostgresReader(history_sql.RowReader):
         with self._current_pool().connection() as connection:
             if not self._migrated:
                 # A read may come before the first write: the tables must exist.
-                migrate(connection)
+                with self._watchdog.deadline(connection, MIGRATION_SECONDS):
+                    migrate(connection)
                 self._migrated = True
             # Ours where nobody chose one; none chosen (0): ours all the same,
             # a monitoring read that never ends being no better than one cut.
@@ -138,13 +148,17 @@ class PostgresReader(history_sql.RowReader):
 
     def _configure(self, connection: psycopg.Connection[Any]) -> None:
         """The pool's ``configure``, for each new connection."""
-        with self._watchdog.deadline(connection, max(self.timeout, SETUP_SECONDS)):
+        with self._watchdog.deadline(connection, max(self.timeout, SETUP_SECONDS)) as deadline:
             self._limits[connection] = _bound_statements(connection) / 1000
+        if deadline.missed:  # answered, but too late: closed, so not pooled
+            raise deadline.error()
 
     def _check(self, connection: psycopg.Connection[Any]) -> None:
         """The pool's ``check``, before it lends a connection: a round trip."""
-        with self._watchdog.deadline(connection, self.timeout):
+        with self._watchdog.deadline(connection, self.timeout) as deadline:
             ConnectionPool.check_connection(connection)
+        if deadline.missed:  # answered, but too late: closed, so not lent
+            raise deadline.error()
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Cursor[Any]]:
@@ -159,10 +173,11 @@ class PostgresReader(history_sql.RowReader):
 
     def close(self) -> None:
         """Close this process's pool (a parent's is left alone)."""
-        with self._lock:
+        with self._process_lock():
             pool, self._pool, self._migrated = self._pool, None, False
             if pool is not None and self._pid != os.getpid():
                 self._left_behind.append(pool)
                 pool = None
+            self._pid = os.getpid()
         if pool is not None:
             pool.close()

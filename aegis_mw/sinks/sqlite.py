@@ -114,10 +114,14 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         self._histograms = histogram_functions(None)
         #: The process that found the schema migrated (by any connection).
         self._schema_checked_in = 0
-        #: The audit log's idle connections (see audit_log), of this process.
+        #: The idle connections of the alert store, the incidents and the
+        #: audit (see _pooled_connection), of this process; the generation
+        #: counts the pool's closes (a connection lent before one is closed
+        #: when it comes back, not kept).
         self._pool_lock = threading.Lock()
         self._pool: list[sqlite3.Connection] = []
         self._pool_pid = os.getpid()
+        self._pool_generation = 0
 
     def alert_store(self) -> SQLAlertStore:
         """The alert state's store in this file (see :mod:`aegis_mw.alerts.store`),
@@ -144,10 +148,10 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         audit, for one thread at a time (as the reader's pool lends them); one
         that saw an error is closed, not kept. The schema is checked by the
         first of this process only."""
+        self._pool_after_fork()
         with self._pool_lock:
-            if self._pool_pid != os.getpid():  # a forked child: the parent's are not ours
-                self._pool, self._pool_pid = [], os.getpid()
             connection = self._pool.pop() if self._pool else None
+            generation = self._pool_generation
         if connection is None:
             connection = self._open(
                 shared=True, check_schema=self._schema_checked_in != os.getpid()
@@ -158,8 +162,20 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
             connection.close()
             raise
         with self._pool_lock:
-            if self._pool_pid == os.getpid():
+            kept = self._pool_pid == os.getpid() and self._pool_generation == generation
+            if kept:
                 self._pool.append(connection)
+        if not kept:  # the sink closed meanwhile
+            connection.close()
+
+    def _pool_after_fork(self) -> None:
+        """In a forked child, a pool of its own: the parent's lock may have
+        been held at the fork, and its connections are the parent's (kept
+        referenced, never used or closed here)."""
+        if self._pool_pid != os.getpid():
+            self._pool_lock = threading.Lock()
+            self._left_behind.extend(self._pool)
+            self._pool, self._pool_pid = [], os.getpid()
 
     def use_compiled(self, module: ModuleType | None) -> None:
         """Let the compiled module bind request rows (``Aegis`` offers it where
@@ -362,9 +378,10 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
 
     def close(self) -> None:
         self._reader.close()
+        self._pool_after_fork()
         with self._pool_lock:
-            pool = self._pool if self._pool_pid == os.getpid() else []
-            self._pool = []
+            pool, self._pool = self._pool, []
+            self._pool_generation += 1
         for connection in pool:
             connection.close()
         if self._connection is not None and self._owner == (os.getpid(), threading.get_ident()):

@@ -5,6 +5,7 @@ server is never stopped: a forwarder to it freezes, its connections left open.""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ psycopg = pytest.importorskip("psycopg")
 
 from aegis_mw.sinks.postgres import PostgresSink  # noqa: E402
 from aegis_mw.sinks.postgres_deadline import Watchdog  # noqa: E402
+from tests.core.test_fork import run_in_child  # noqa: E402
 from tests.endpoints.stores import Forwarder, forwarded_url  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
@@ -33,6 +35,19 @@ def forwarded(postgres_url: str) -> Iterator[tuple[str, Forwarder]]:
     url, real = forwarded_url(postgres_url, port)
     with closing(Forwarder(port, real)) as forwarder:
         yield url, forwarder
+
+
+def served(sink: PostgresSink) -> None:
+    """Read until the store answers (a new connection may take longer than a
+    short ``read_timeout`` on a busy machine); fails after WAIT."""
+    failed: list[BaseException] = []
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:  # each try waits up to read_timeout
+        error, _ = timed(lambda: sink.read_rollups(60, 0, 0, by_route=False))
+        if error is None:
+            return
+        failed.append(error)
+    raise AssertionError(f"no read served in {WAIT} s: {failed}")
 
 
 def timed(call: Callable[[], Any]) -> tuple[BaseException | None, float]:
@@ -75,28 +90,25 @@ def test_a_deadline_cuts_a_statement_and_says_so(postgres_url: str) -> None:
 def test_a_deadline_disarmed_in_time_leaves_the_connection_alone(postgres_url: str) -> None:
     watchdog = Watchdog("test-deadlines")
     with psycopg.connect(postgres_url, autocommit=True) as connection:
-        with watchdog.deadline(connection, 0.2) as deadline:
+        with watchdog.deadline(connection, 1.0) as deadline:
             assert watchdog.armed == 1
             assert connection.execute("SELECT 1").fetchone() == (1,)
         assert watchdog.armed == 0 and not deadline.missed  # disarmed: it cannot fire
         assert connection.execute("SELECT 2").fetchone() == (2,)
 
 
-def test_a_deadline_that_passes_as_the_block_ends_still_fails_it(postgres_url: str) -> None:
+def test_a_deadline_that_passes_as_the_block_ends_closes_the_connection(
+    postgres_url: str,
+) -> None:
     """Its last round trip done, the block ends just after the socket was shut
-    down: the connection is closed all the same (a pool must not lend it)."""
+    down: the connection is closed all the same (a pool must not lend it),
+    and the block, finished (a write committed, say), is not failed for it."""
     watchdog = Watchdog("test-deadlines")
     with psycopg.connect(postgres_url, autocommit=True) as connection:
-
-        def end_just_after_the_deadline() -> None:
-            with watchdog.deadline(connection, 0.05) as deadline:
-                assert connection.execute("SELECT 1").fetchone() == (1,)
-                assert deadline.severed.wait(WAIT)
-
-        error, _ = timed(end_just_after_the_deadline)
-        assert isinstance(error, psycopg.OperationalError), error
-        assert "no answer from the server within 0.05 s" in str(error)
-        assert connection.closed
+        with watchdog.deadline(connection, 0.05) as deadline:
+            assert connection.execute("SELECT 1").fetchone() == (1,)
+            assert deadline.severed.wait(WAIT)
+        assert deadline.missed and connection.closed
 
 
 def test_without_a_thread_to_keep_it_a_block_runs_unguarded(
@@ -128,7 +140,7 @@ def test_a_read_on_a_pooled_connection_of_a_hung_server_fails_within_read_timeou
     url, forwarder = forwarded
     sink = sinks(url)
     sink.set_read_timeout(0.5)
-    assert sink.read_rollups(60, 0, 0, by_route=False) == []  # the pool keeps it
+    served(sink)  # the pool keeps its connection
     forwarder.freeze()
     error, took = timed(lambda: sink.read_rollups(60, 0, 0, by_route=False))
     assert isinstance(error, psycopg.OperationalError), error
@@ -182,20 +194,38 @@ def test_a_slow_link_still_gets_connections(
 ) -> None:
     """A new connection's set-up (two round trips, in the pool's worker) is not
     held to a ``read_timeout`` shorter than them: with round trips of 0.2 s
-    and ``read_timeout=0.3``, the first reads give up while the pool connects
+    and ``read_timeout=0.38``, the first reads give up while the pool connects
     (a handshake of several round trips), and then reads work."""
     assert sinks(postgres_url).read_rollups(60, 0, 0, by_route=False) == []  # migrated
     port = free_port()
     url, real = forwarded_url(postgres_url, port)
     with closing(Forwarder(port, real, delay=0.1)):
         sink = sinks(url)
-        sink.set_read_timeout(0.3)
-        failed: list[BaseException] = []
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:  # each try takes 0.3 s or more
-            error, _ = timed(lambda: sink.read_rollups(60, 0, 0, by_route=False))
-            if error is None:
-                break
-            failed.append(error)
-        assert error is None, failed
-        assert timed(lambda: sink.read_rollups(60, 0, 0, by_route=False))[0] is None
+        sink.set_read_timeout(0.38)
+        served(sink)
+
+
+@pytest.mark.forks
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+def test_a_forked_child_keeps_deadlines_of_its_own(postgres_url: str) -> None:
+    """Forked while the parent's watchdog lock was held (its thread firing, or
+    another thread arming): the child's deadlines neither wait for that lock
+    nor count on the parent's thread."""
+    watchdog = Watchdog("test-deadlines")
+    with (
+        psycopg.connect(postgres_url, autocommit=True) as connection,
+        watchdog.deadline(connection, 5.0),  # the parent's thread runs
+    ):
+        pass
+
+    def in_child() -> dict[str, Any]:
+        with (
+            psycopg.connect(postgres_url, autocommit=True) as own,
+            watchdog.deadline(own, 0.3),
+        ):
+            own.execute("SELECT pg_sleep(10)")  # cut by the child's own thread
+        return {"ok": False}
+
+    with watchdog._condition:  # held across the fork
+        code, report = run_in_child(in_child)
+    assert code == 2 and "no answer from the server within 0.3 s" in report["exception"], report

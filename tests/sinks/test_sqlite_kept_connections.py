@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -99,17 +100,42 @@ def test_threads_at_once_each_get_their_own(
     assert len(opened) == 2  # kept, and lent again
 
 
+def test_one_lent_while_the_sink_closes_is_closed_when_it_comes_back(
+    sink_factory: Callable[[Path | str], SQLiteSink], tmp_path: Path
+) -> None:
+    """An alert thread's call that outlived the sink's close (its stop gave up
+    on it): its connection is closed when the call ends, not kept; the sink
+    used again afterwards keeps connections again."""
+    sink = sink_factory(tmp_path / "aegis.db")
+    opened = count_opens(sink)
+    with sink._pooled_connection() as connection:
+        sink.close()
+        assert connection.execute("SELECT 1").fetchone() == (1,)
+    with pytest.raises(sqlite3.ProgrammingError):
+        opened[0].execute("SELECT 1")
+    assert sink._pool == []
+    assert sink.alert_store().load() == {}
+    assert sink._pool == [opened[1]]
+
+
+@pytest.mark.forks
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
 def test_the_sink_closes_them_and_a_child_opens_its_own(
     sink_factory: Callable[[Path | str], SQLiteSink], tmp_path: Path
 ) -> None:
     sink = sink_factory(tmp_path / "aegis.db")
     opened = count_opens(sink)
     assert sink.incident_store().open(make_incident())[1]
+    parents = opened[0]
 
     def in_child() -> dict[str, Any]:
         counted = sink.incident_store().counts(0.0)[0]
-        # The parent's kept connection is not the child's: it opened its own.
-        return {"ok": counted == 1 and len(opened) == 2 and sink._pool == [opened[1]]}
+        # The parent's kept connection is not the child's: it opened its own,
+        # and keeps the parent's referenced (closing it would disturb the parent).
+        own = len(opened) == 2 and sink._pool == [opened[1]]
+        sink.close()
+        kept = any(connection is parents for connection in sink._left_behind)
+        return {"ok": counted == 1 and own and kept}
 
     code, report = run_in_child(in_child)
     assert (code, report) == (0, {"ok": True})
