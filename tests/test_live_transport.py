@@ -301,3 +301,50 @@ def test_a_stop_that_times_out_leaves_no_second_thread_on_its_connections(
         assert [t for t in threading.enumerate() if t in (first, second)] == [second]
     finally:
         silent.close()
+
+
+def test_a_postgresql_server_that_hangs_fails_a_call_instead_of_holding_it(
+    postgres_url: str, live_group: str
+) -> None:
+    """The server hangs with the transport's connection open (a forwarder to
+    it freezes): its statement timeout never fires, so the client's own
+    deadline (the statement timeout and a second's grace) fails the call and
+    the link reconnects, where before its thread waited for as long as the
+    server stayed hung."""
+    from concurrent.futures import ThreadPoolExecutor
+    from contextlib import closing
+
+    import psycopg
+
+    from aegis_mw.transports.postgres_live import (
+        GRACE_SECONDS,
+        QUERY_GAP,
+        TIMEOUT_SECONDS,
+        PostgresTransport,
+    )
+    from tests.endpoints.stores import Forwarder, forwarded_url
+    from tests.servers import free_port
+
+    port = free_port()
+    url, real = forwarded_url(postgres_url, port)
+    with closing(Forwarder(port, real)) as forwarder:
+        transport = PostgresTransport(url, live_group)
+        try:
+            transport.send("one", b"frame")
+            assert transport.stored() == [b"frame"]
+            forwarder.freeze()
+            pool = ThreadPoolExecutor(1)
+            started = time.monotonic()
+            call = pool.submit(transport.send, "one", b"next")
+            try:
+                with pytest.raises(psycopg.OperationalError, match="no answer from the server"):
+                    call.result(timeout=DEADLINE)  # a hung call fails the test, not hangs it
+            finally:
+                pool.shutdown(wait=False)
+            took = time.monotonic() - started
+            print(f"\na frame's send on a hung server failed in {took:.2f} s")
+            limit = QUERY_GAP + TIMEOUT_SECONDS + GRACE_SECONDS
+            assert limit - 0.1 < took < limit + 3.0, took
+            assert transport.connection.closed
+        finally:
+            transport.close()

@@ -10,6 +10,12 @@ times a second, however many processes write, and once a second when idle.
 A frame is a few kilobytes to a few dozen (a thousand routes), written once
 a second by each process: the table stays one row per process, updated in
 place (its dead tuples are what autovacuum is for).
+
+Each call is bounded by the client too (:mod:`aegis_mw.sinks.postgres_deadline`):
+a server that hung with the connection open answers neither the statement
+timeout nor keepalives, and the link's thread would wait on it, its health
+still "connected", for as long as it stays hung; cut, the call fails and the
+link reconnects with backoff, saying so.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 import psycopg
 
 from ..sinks.postgres import TCP_USER_TIMEOUT_MS
+from ..sinks.postgres_deadline import Deadline, Watchdog
 from ..sinks.postgres_read import KEEPALIVES
 
 #: One key for the advisory lock under which the first process creates the table.
@@ -45,6 +52,12 @@ CHANGED = (
 QUERY_GAP = 0.2
 #: Seconds a connection attempt, and a statement, may take.
 TIMEOUT_SECONDS = 5
+#: Seconds past that before the client gives a call up (the server had its
+#: statement timeout to answer).
+GRACE_SECONDS = 1.0
+#: Seconds a new connection's set-up may take (a few statements, each bounded
+#: by the statement and lock timeouts).
+SET_UP_SECONDS = 4 * TIMEOUT_SECONDS
 #: Unless the URL says otherwise: a server gone silent is given up on as the
 #: sink's write connection gives it up (keepalives, unacknowledged data).
 SILENT = {**KEEPALIVES, "tcp_user_timeout": TCP_USER_TIMEOUT_MS}
@@ -71,20 +84,25 @@ class PostgresTransport:
         extra = {key: value for key, value in wanted.items() if key not in options}
         self.connection = psycopg.connect(url, autocommit=True, **extra)
         self._queried = 0.0
+        self._watchdog = Watchdog("aegis-live-deadlines")
         try:
-            # Bounded from the first statement: a lock held on the table by
-            # someone else fails the connect (retried), never hangs it.
-            self.connection.execute(f"SET statement_timeout = {TIMEOUT_SECONDS * 1000}")
-            self.connection.execute(f"SET lock_timeout = {TIMEOUT_SECONDS * 1000}")
-            if not self._schema_present():
-                with self.connection.transaction():
-                    self.connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                    for statement in SCHEMA:
-                        self.connection.execute(statement)
-            self.connection.execute("LISTEN aegis_live")
+            with self._watchdog.deadline(self.connection, SET_UP_SECONDS):
+                self._set_up()
         except BaseException:
             self.connection.close()
             raise
+
+    def _set_up(self) -> None:
+        # Bounded from the first statement: a lock held on the table by
+        # someone else fails the connect (retried), never hangs it.
+        self.connection.execute(f"SET statement_timeout = {TIMEOUT_SECONDS * 1000}")
+        self.connection.execute(f"SET lock_timeout = {TIMEOUT_SECONDS * 1000}")
+        if not self._schema_present():
+            with self.connection.transaction():
+                self.connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                for statement in SCHEMA:
+                    self.connection.execute(statement)
+        self.connection.execute("LISTEN aegis_live")
 
     def _schema_present(self) -> bool:
         row = self.connection.execute(
@@ -94,9 +112,16 @@ class PostgresTransport:
         ).fetchone()
         return bool(row and row[0])
 
+    def _bounded(self, waiting: float = 0.0) -> Deadline:
+        """A call's deadline: ``waiting`` (for notifications), then a
+        statement's timeout and the grace."""
+        return self._watchdog.deadline(
+            self.connection, waiting + QUERY_GAP + TIMEOUT_SECONDS + GRACE_SECONDS
+        )
+
     def send(self, sender: str, frame: bytes) -> None:
         self.sender = sender
-        with self.connection.pipeline():
+        with self._bounded(), self.connection.pipeline():
             self.connection.execute(UPSERT, (self.group, sender, frame))
             self.connection.execute("SELECT pg_notify('aegis_live', %s)", (self.group,))
 
@@ -104,6 +129,10 @@ class PostgresTransport:
         """Wait for a write of this group (others share the channel) or the
         timeout, then read what changed; at most every :data:`QUERY_GAP`
         seconds, however many processes write (each a frame a second)."""
+        with self._bounded(max(timeout, 0.0)):
+            return self._receive(timeout)
+
+    def _receive(self, timeout: float) -> list[bytes]:
         deadline = time.monotonic() + timeout
         woken = False
         while not woken:
@@ -125,15 +154,18 @@ class PostgresTransport:
         return self._frames(rows.fetchall())
 
     def stored(self) -> list[bytes]:
-        rows = self.connection.execute(
-            "SELECT version, frame FROM aegis_live WHERE grp = %s", (self.group,)
-        )
-        return self._frames(rows.fetchall())
+        with self._bounded():
+            rows = self.connection.execute(
+                "SELECT version, frame FROM aegis_live WHERE grp = %s", (self.group,)
+            ).fetchall()
+        return self._frames(rows)
 
     def forget(self, senders: list[str]) -> None:
-        self.connection.execute(
-            "DELETE FROM aegis_live WHERE grp = %s AND sender = ANY(%s)", (self.group, senders)
-        )
+        with self._bounded():
+            self.connection.execute(
+                "DELETE FROM aegis_live WHERE grp = %s AND sender = ANY(%s)",
+                (self.group, senders),
+            )
 
     def close(self) -> None:
         self.connection.close()
