@@ -117,6 +117,7 @@ class Watchdog:
         self._armed: set[Deadline] = set()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        self._closing = False
 
     def deadline(self, connection: psycopg.Connection[Any], seconds: float) -> Deadline:
         """A context manager: ``connection``'s socket is shut down if the block
@@ -137,6 +138,7 @@ class Watchdog:
             self._condition = threading.Condition(threading.Lock())
             self._armed, self._thread, self._pid = set(), None, os.getpid()
         with self._condition:
+            self._closing = False
             if self._thread is None:
                 thread = threading.Thread(target=self._watch, name=self.name, daemon=True)
                 try:
@@ -147,6 +149,15 @@ class Watchdog:
             self._armed.add(deadline)
             self._condition.notify()
             return True
+
+    def close(self) -> None:
+        """Let the thread end now rather than after a while idle (its owner is
+        closed; a later deadline starts another)."""
+        if self._pid != os.getpid():
+            return
+        with self._condition:
+            self._closing = True
+            self._condition.notify()
 
     def disarm(self, deadline: Deadline) -> None:
         if self._pid != os.getpid():  # armed in the parent, before a fork
@@ -168,7 +179,7 @@ class Watchdog:
                 else:
                     idle_since = now if idle_since is None else idle_since
                     wait = idle_since + IDLE_SECONDS - now
-                    if wait <= 0:
+                    if wait <= 0 or self._closing:
                         self._thread = None  # the next arm starts another
                         return
                 self._condition.wait(wait)

@@ -181,3 +181,4 @@ class PostgresReader(history_sql.RowReader):
             self._pid = os.getpid()
         if pool is not None:
             pool.close()
+        self._watchdog.close()

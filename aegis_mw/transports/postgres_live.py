@@ -90,6 +90,7 @@ class PostgresTransport:
                 self._set_up()
         except BaseException:
             self.connection.close()
+            self._watchdog.close()
             raise
 
     def _set_up(self) -> None:
@@ -113,15 +114,16 @@ class PostgresTransport:
         return bool(row and row[0])
 
     def _bounded(self, waiting: float = 0.0) -> Deadline:
-        """A call's deadline: ``waiting`` (for notifications), then a
-        statement's timeout and the grace."""
+        """A call's deadline: ``waiting`` (for notifications, or a commit's
+        lock), then a statement's timeout and the grace."""
         return self._watchdog.deadline(
             self.connection, waiting + QUERY_GAP + TIMEOUT_SECONDS + GRACE_SECONDS
         )
 
     def send(self, sender: str, frame: bytes) -> None:
         self.sender = sender
-        with self._bounded(), self.connection.pipeline():
+        # Two waits: the statements, then the commit's (NOTIFY's lock).
+        with self._bounded(TIMEOUT_SECONDS), self.connection.pipeline():
             self.connection.execute(UPSERT, (self.group, sender, frame))
             self.connection.execute("SELECT pg_notify('aegis_live', %s)", (self.group,))
 
@@ -169,6 +171,7 @@ class PostgresTransport:
 
     def close(self) -> None:
         self.connection.close()
+        self._watchdog.close()
 
     def _frames(self, rows: list[Any]) -> list[bytes]:
         if rows:

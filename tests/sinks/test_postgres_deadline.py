@@ -95,6 +95,11 @@ def test_a_deadline_disarmed_in_time_leaves_the_connection_alone(postgres_url: s
             assert connection.execute("SELECT 1").fetchone() == (1,)
         assert watchdog.armed == 0 and not deadline.missed  # disarmed: it cannot fire
         assert connection.execute("SELECT 2").fetchone() == (2,)
+    thread = watchdog._thread
+    assert thread is not None and thread.is_alive()
+    watchdog.close()  # its owner closed: the thread ends now, not after a while idle
+    thread.join(WAIT)
+    assert not thread.is_alive() and watchdog._thread is None
 
 
 def test_a_deadline_that_passes_as_the_block_ends_closes_the_connection(
