@@ -115,7 +115,9 @@ class PostgresTransport:
 
     def _bounded(self, waiting: float = 0.0) -> Deadline:
         """A call's deadline: ``waiting`` (for notifications, or a commit's
-        lock), then a statement's timeout and the grace."""
+        lock), the pause between two reads (:data:`QUERY_GAP`, which only a
+        receive takes; a margin for the others), a statement's timeout and
+        the grace."""
         return self._watchdog.deadline(
             self.connection, waiting + QUERY_GAP + TIMEOUT_SECONDS + GRACE_SECONDS
         )

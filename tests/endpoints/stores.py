@@ -9,6 +9,9 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from urllib.parse import urlsplit
 
 
@@ -140,3 +143,23 @@ def forwarded_url(postgres_url: str, port: int) -> tuple[str, tuple[str, int]]:
     real = urlsplit(postgres_url)
     url = postgres_url.replace(f"@{real.hostname}:{real.port}/", f"@127.0.0.1:{port}/")
     return url, (real.hostname or "127.0.0.1", real.port or 5432)
+
+
+def timed(call: Callable[[], Any], wait: float = 20.0) -> tuple[BaseException | None, float]:
+    """What ``call`` raised (None if nothing) and the seconds it took, run in
+    a thread so that a call that hangs on a store fails the test after
+    ``wait`` seconds instead of hanging it."""
+
+    def run() -> tuple[BaseException | None, float]:
+        started = time.monotonic()
+        try:
+            call()
+        except Exception as error:
+            return error, time.monotonic() - started
+        return None, time.monotonic() - started
+
+    pool = ThreadPoolExecutor(1)
+    try:
+        return pool.submit(run).result(timeout=wait)
+    finally:
+        pool.shutdown(wait=False)  # a hung call: the test fails, then its store closes

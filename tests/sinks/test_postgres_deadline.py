@@ -9,7 +9,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from typing import Any
 
@@ -20,7 +19,7 @@ psycopg = pytest.importorskip("psycopg")
 from aegis_mw.sinks.postgres import PostgresSink  # noqa: E402
 from aegis_mw.sinks.postgres_deadline import Watchdog  # noqa: E402
 from tests.core.test_fork import run_in_child  # noqa: E402
-from tests.endpoints.stores import Forwarder, forwarded_url  # noqa: E402
+from tests.endpoints.stores import Forwarder, forwarded_url, timed  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
 #: How long a test waits for what must end sooner; past it, the test fails
@@ -48,25 +47,6 @@ def served(sink: PostgresSink) -> None:
             return
         failed.append(error)
     raise AssertionError(f"no read served in {WAIT} s: {failed}")
-
-
-def timed(call: Callable[[], Any]) -> tuple[BaseException | None, float]:
-    """What ``call`` raised (None if nothing) and the seconds it took, run in
-    a thread so that a call that hangs fails the test after WAIT."""
-
-    def run() -> tuple[BaseException | None, float]:
-        started = time.monotonic()
-        try:
-            call()
-        except Exception as error:
-            return error, time.monotonic() - started
-        return None, time.monotonic() - started
-
-    pool = ThreadPoolExecutor(1)
-    try:
-        return pool.submit(run).result(timeout=WAIT)
-    finally:
-        pool.shutdown(wait=False)  # a hung call: the test fails, and then the forwarder closes
 
 
 def test_a_deadline_cuts_a_statement_and_says_so(postgres_url: str) -> None:
