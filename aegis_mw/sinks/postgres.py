@@ -14,6 +14,20 @@ of the app's depended on it, see ``postgres_schema.request_key``). Then the
 batch's rollup delta is added, once per delta id.
 Reads borrow connections from a small pool (see :mod:`.postgres_read`).
 
+Every round trip on the write connection has a deadline the client keeps
+(see :mod:`.postgres_deadline`): a server that hung with the connection open
+(its process stopped, a network that swallows what it is sent while the
+peer's kernel still acknowledges, so ``tcp_user_timeout`` never fires)
+would otherwise hold the sink's thread, and the sink busy, for as long as
+it stays so. A write, a prune step or a lease call gets the statement
+timeout in effect on the connection (30 s where nobody chose one, or it is
+off) plus ``write_grace``; the schema's migration ``MIGRATION_SECONDS``;
+the rest of a new connection's set-up ``SETUP_SECONDS`` at least. Past it the
+connection is closed and the call fails as the store being unreachable (the
+batch is retried under its id, or spooled), and the next call opens a new
+connection: to a server that answers again, or to another at the same
+address.
+
 Example::
 
     aegis = Aegis(sink="postgresql://aegis@db.internal:5432/metrics")
@@ -50,7 +64,15 @@ from ..core.sink import RecordRejected
 from ..incidents.store import SQLIncidentStore
 from . import history_sql, postgres_copy
 from .event_rows import event_rows
-from .postgres_read import KEEPALIVES, PostgresReader
+from .postgres_deadline import Deadline, Watchdog
+from .postgres_read import (
+    KEEPALIVES,
+    MIGRATION_SECONDS,
+    SETUP_SECONDS,
+    STATEMENT_TIMEOUT_MS,
+    PostgresReader,
+    bound_statements,
+)
 from .postgres_schema import (
     COPY_REQUESTS,
     COPY_SESSIONS,
@@ -101,6 +123,10 @@ TCP_USER_TIMEOUT_MS = 15_000
 #: The longest an alert-store call waits for a connection of its pool (the
 #: server down: the tick fails and is logged, the next one tries again).
 ALERT_POOL_WAIT_SECONDS = 10.0
+#: Seconds beyond the statement timeout in effect that a call on the write
+#: connection waits for an answer (see the module's docstring): a server that
+#: runs has cancelled the statement by then.
+WRITE_GRACE_SECONDS = 10.0
 
 
 class PostgresSink(Paced, history_sql.ReaderBacked):
@@ -118,6 +144,10 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
     #: unreachable, when ``spool_dir`` is set (see aegis_mw.core.spooling).
     remote = True
     stores_events = True
+    #: Seconds beyond the statement timeout in effect that a write, a prune
+    #: step or a lease call waits for the server's answer before its
+    #: connection is closed.
+    write_grace = WRITE_GRACE_SECONDS
 
     def __init__(self, url: str) -> None:
         try:
@@ -165,6 +195,10 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         self._encode_histogram: Encode = histogram_functions(None)[1]
         self._copier: ModuleType | None = None
         self._copier_checked_for: psycopg.Connection[Any] | None = None
+        #: Keeps the write connection's deadlines; the statement timeout in
+        #: effect on it (seconds), set by _connect.
+        self._watchdog = Watchdog("aegis-write-deadlines")
+        self._statements = STATEMENT_TIMEOUT_MS / 1000
 
     def alert_store(self) -> SQLAlertStore:
         """The alert state's store in this database (see
@@ -203,16 +237,31 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         self._connection = None
         connection = psycopg.connect(self.url, autocommit=True, **self.write_kwargs)
         try:
-            migrate(connection)
-            for statement in CREATE_STAGING:
-                connection.execute(statement)
-            _relax_commits(connection)
-            self._requests = KEYED_REQUESTS if request_key(connection) else REQUESTS
+            with self._watchdog.deadline(connection, MIGRATION_SECONDS):
+                migrate(connection)
+            setup = max(self.write_grace, SETUP_SECONDS)
+            with self._watchdog.deadline(connection, setup) as deadline:
+                for statement in CREATE_STAGING:
+                    connection.execute(statement)
+                _relax_commits(connection)
+                # After the migration, whose statements may take long on a big table.
+                statements = bound_statements(connection) / 1000
+                self._requests = KEYED_REQUESTS if request_key(connection) else REQUESTS
+            if deadline.missed:  # answered, but too late: closed, so not used
+                raise deadline.error()
         except BaseException:
             connection.close()
             raise
+        # None chosen (0): ours all the same, a write that never ends holding
+        # the sink's thread as a hung server would.
+        self._statements = statements or STATEMENT_TIMEOUT_MS / 1000
         self._connection, self._owner = connection, owner
         return connection
+
+    def _answered(self, connection: psycopg.Connection[Any]) -> Deadline:
+        """The deadline of one call on the write connection (see the module's
+        docstring)."""
+        return self._watchdog.deadline(connection, self._statements + self.write_grace)
 
     def write(self, batch: Batch) -> None:
         """Store the batch in one transaction; raises
@@ -227,7 +276,11 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
                 )
                 self._copier_checked_for = connection
             slices = Slices(backlog=self._backlog)  # this write's thread
-            with connection.transaction(), connection.cursor() as cursor:
+            with (
+                self._answered(connection),
+                connection.transaction(),
+                connection.cursor() as cursor,
+            ):
                 # No row for the id: a retry of a write that did commit.
                 if (batch.requests or batch.sessions or batch.events) and (
                     not batch.batch_id
@@ -288,7 +341,8 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         try:
             for sql, step_params in steps:
                 try:
-                    deleted += connection.execute(sql, step_params).rowcount
+                    with self._answered(connection):
+                        deleted += connection.execute(sql, step_params).rowcount
                 except psycopg.IntegrityError as exc:
                     # A foreign key of the app's on an expired row: that
                     # table waits; the others are pruned all the same.
@@ -304,7 +358,7 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         expired); False while another process holds it."""
         connection = self._connect()
         try:
-            with connection.transaction():
+            with self._answered(connection), connection.transaction():
                 token = leases.claim(connection, name, holder, now, ttl, mark="%s", lock=True)
         except psycopg.OperationalError:
             self._drop_if_broken(connection)
@@ -317,7 +371,7 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         (core.leases)."""
         connection = self._connect()
         try:
-            with connection.transaction():
+            with self._answered(connection), connection.transaction():
                 return leases.hosts_seen(connection, holder, now, ttl, mark="%s", lock=True)
         except psycopg.OperationalError:
             self._drop_if_broken(connection)
@@ -327,7 +381,7 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         """Give lease ``name`` up at once, when ``holder`` holds it."""
         connection = self._connect()
         try:
-            with connection.transaction():
+            with self._answered(connection), connection.transaction():
                 leases.release(connection, name, holder, mark="%s")
         except psycopg.OperationalError:
             self._drop_if_broken(connection)
@@ -350,6 +404,7 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         if self._connection is not None and self._owner == (os.getpid(), threading.get_ident()):
             self._connection.close()
             self._connection = None
+        self._watchdog.close()
 
 
 def _relax_commits(connection: psycopg.Connection[Any]) -> None:

@@ -58,7 +58,7 @@ KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
               "keepalives_count": 3}  # fmt: skip
 
 
-def _bound_statements(connection: psycopg.Connection[Any]) -> int:
+def bound_statements(connection: psycopg.Connection[Any]) -> int:
     """A statement timeout where nobody chose one (URL ``options``,
     ``PGOPTIONS``, the role, the database, the server), and the one in effect
     (milliseconds; 0 for none)."""
@@ -149,7 +149,7 @@ class PostgresReader(history_sql.RowReader):
     def _configure(self, connection: psycopg.Connection[Any]) -> None:
         """The pool's ``configure``, for each new connection."""
         with self._watchdog.deadline(connection, max(self.timeout, SETUP_SECONDS)) as deadline:
-            self._limits[connection] = _bound_statements(connection) / 1000
+            self._limits[connection] = bound_statements(connection) / 1000
         if deadline.missed:  # answered, but too late: closed, so not pooled
             raise deadline.error()
 

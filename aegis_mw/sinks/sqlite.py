@@ -57,6 +57,10 @@ UPSERT_CUSTOM = history_sql.upsert_custom(history_sql.SQLITE)
 UPSERT_CUSTOM_METRIC = history_sql.upsert_custom_metric(history_sql.SQLITE)
 #: How long applied delta and batch ids are remembered: far beyond any retry.
 DELTA_ID_KEEP_SECONDS = 86_400.0
+#: Idle connections kept for the alert store, the incidents and the audit
+#: (each holds the file, its log and its shared memory open): the alert and
+#: sender threads, and a few API calls at once.
+KEPT_CONNECTIONS = 4
 
 # Below the default sink_timeout (5 s), so a locked database shows up as an
 # error of its own rather than as an abandoned write.
@@ -146,8 +150,9 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
     def _pooled_connection(self) -> Iterator[sqlite3.Connection]:
         """A connection of the pool of the alert store, the incidents and the
         audit, for one thread at a time (as the reader's pool lends them); one
-        that saw an error is closed, not kept. The schema is checked by the
-        first of this process only."""
+        that saw an error is closed, not kept, and so is one beyond
+        ``KEPT_CONNECTIONS`` idle (a burst of API threads leaves no more
+        open). The schema is checked by the first of this process only."""
         self._pool_after_fork()
         with self._pool_lock:
             connection = self._pool.pop() if self._pool else None
@@ -162,10 +167,14 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
             connection.close()
             raise
         with self._pool_lock:
-            kept = self._pool_pid == os.getpid() and self._pool_generation == generation
+            kept = (
+                self._pool_pid == os.getpid()
+                and self._pool_generation == generation
+                and len(self._pool) < KEPT_CONNECTIONS
+            )
             if kept:
                 self._pool.append(connection)
-        if not kept:  # the sink closed meanwhile
+        if not kept:  # the sink closed meanwhile, or enough are kept
             connection.close()
 
     def _pool_after_fork(self) -> None:

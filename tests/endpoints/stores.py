@@ -80,14 +80,18 @@ class Forwarder(_Listener):
     """Relays every connection on ``port`` to ``target`` (the real server)
     until ``freeze()``: from then on nothing is relayed either way and new
     connections are held unanswered, all of them left open, as a server that
-    hung (stopped, or its host frozen) leaves them. ``delay`` seconds are
-    added to each relayed chunk: a slow link (each round trip 2 x ``delay``
-    longer)."""
+    hung (stopped, or its host frozen) leaves them. ``thaw()`` relays again
+    for the connections made after it, the others left as they were: a
+    server process that hung while others answer, or a failover to another
+    server at the same address. ``delay`` seconds are added to each relayed
+    chunk: a slow link (each round trip 2 x ``delay`` longer)."""
 
     def __init__(self, port: int, target: tuple[str, int], delay: float = 0.0) -> None:
         self.target = target
         self.delay = delay
         self._freezing = False
+        # Connections made before the last thaw() stay frozen.
+        self._thaws = 0
         super().__init__(port)
 
     def accepted(self, connection: socket.socket) -> None:
@@ -98,7 +102,7 @@ class Forwarder(_Listener):
         self.held += [connection, upstream]
         for source, sink in ((connection, upstream), (upstream, connection)):
             source.setblocking(False)
-            self._selector.register(source, selectors.EVENT_READ, self._relay(sink))
+            self._selector.register(source, selectors.EVENT_READ, self._relay(sink, self._thaws))
 
     def freeze(self) -> None:
         """Relay nothing more, from when this returns."""
@@ -106,9 +110,14 @@ class Forwarder(_Listener):
         self._wake_write.send(b"f")
         assert self.frozen.wait(10), "the forwarder did not freeze"
 
-    def _relay(self, sink: socket.socket) -> object:
+    def thaw(self) -> None:
+        """Relay connections made from now on; those made before stay frozen."""
+        self._thaws += 1
+        self._freezing = False
+
+    def _relay(self, sink: socket.socket, thaws: int) -> object:
         def relay(source: socket.socket) -> None:
-            if self._freezing:
+            if self._freezing or thaws != self._thaws:
                 # Frozen: the bytes stay in the kernel's buffers, unread.
                 self._selector.unregister(source)
                 return
@@ -145,10 +154,13 @@ def forwarded_url(postgres_url: str, port: int) -> tuple[str, tuple[str, int]]:
     return url, (real.hostname or "127.0.0.1", real.port or 5432)
 
 
-def timed(call: Callable[[], Any], wait: float = 20.0) -> tuple[BaseException | None, float]:
+def timed(
+    call: Callable[[], Any], wait: float = 20.0, thread: ThreadPoolExecutor | None = None
+) -> tuple[BaseException | None, float]:
     """What ``call`` raised (None if nothing) and the seconds it took, run in
-    a thread so that a call that hangs on a store fails the test after
-    ``wait`` seconds instead of hanging it."""
+    a thread (a new one, or ``thread``'s: a sink's write connection belongs
+    to the thread that opened it) so that a call that hangs on a store fails
+    the test after ``wait`` seconds instead of hanging it."""
 
     def run() -> tuple[BaseException | None, float]:
         started = time.monotonic()
@@ -158,8 +170,9 @@ def timed(call: Callable[[], Any], wait: float = 20.0) -> tuple[BaseException | 
             return error, time.monotonic() - started
         return None, time.monotonic() - started
 
-    pool = ThreadPoolExecutor(1)
+    pool = thread or ThreadPoolExecutor(1)
     try:
         return pool.submit(run).result(timeout=wait)
     finally:
-        pool.shutdown(wait=False)  # a hung call: the test fails, then its store closes
+        if thread is None:
+            pool.shutdown(wait=False)  # a hung call: the test fails, then its store closes

@@ -1,7 +1,8 @@
-"""Reads and the alert store's calls against a PostgreSQL server that hung with
-their connection open: the client's own deadlines end them (a server that runs
-has its statement timeout; a stopped one answers nothing, ever). The real
-server is never stopped: a forwarder to it freezes, its connections left open."""
+"""Reads, writes and the alert store's calls against a PostgreSQL server that
+hung with their connection open: the client's own deadlines end them (a server
+that runs has its statement timeout; a stopped one answers nothing, ever). The
+real server is never stopped: a forwarder to it freezes, its connections left
+open."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from typing import Any
 
@@ -16,15 +18,26 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
+from aegis_mw import Batch  # noqa: E402
 from aegis_mw.sinks.postgres import PostgresSink  # noqa: E402
 from aegis_mw.sinks.postgres_deadline import Watchdog  # noqa: E402
 from tests.core.test_fork import run_in_child  # noqa: E402
 from tests.endpoints.stores import Forwarder, forwarded_url, timed  # noqa: E402
 from tests.servers import free_port  # noqa: E402
+from tests.sinks.test_sqlite import make_request  # noqa: E402
 
 #: How long a test waits for what must end sooner; past it, the test fails
 #: instead of hanging (a hung read ends when the forwarder closes).
 WAIT = 20.0
+
+
+@pytest.fixture
+def sinks_thread() -> Iterator[ThreadPoolExecutor]:
+    """The thread a test's sink writes on (its write connection belongs to
+    the thread that opened it, as it does to the sink's own thread)."""
+    thread = ThreadPoolExecutor(1)
+    yield thread
+    thread.shutdown(wait=False)  # a hung call: the test fails, then its store closes
 
 
 @pytest.fixture
@@ -214,3 +227,95 @@ def test_a_forked_child_keeps_deadlines_of_its_own(postgres_url: str) -> None:
     with watchdog._condition:  # held across the fork
         code, report = run_in_child(in_child)
     assert code == 2 and "no answer from the server within 0.3 s" in report["exception"], report
+
+
+def stored_requests(postgres_url: str) -> list[str]:
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        rows = connection.execute("SELECT request_id FROM aegis_requests ORDER BY request_id")
+        return [row[0] for row in rows]
+
+
+def test_a_write_to_a_hung_server_is_cut_and_the_next_one_connects_again(
+    forwarded: tuple[str, Forwarder],
+    sinks: Callable[[str], PostgresSink],
+    sinks_thread: ThreadPoolExecutor,
+    postgres_url: str,
+) -> None:
+    """The write connection's server process hangs (its kernel acknowledging,
+    so ``tcp_user_timeout`` never fires): the write ends at the statement
+    timeout in effect (the URL's, 0.5 s) plus ``write_grace``, instead of
+    holding the sink's thread as long as the server stays hung; the next
+    write opens a new connection, which a server answering again (another at
+    the same address, say) takes, and the batch cut is stored once."""
+    url, forwarder = forwarded
+    sink = sinks(f"{url}%20-cstatement_timeout%3D500")
+    sink.write_grace = 0.5
+
+    def write(batch: Batch) -> tuple[BaseException | None, float]:
+        return timed(lambda: sink.write(batch), thread=sinks_thread)
+
+    assert write(Batch(requests=[make_request(1)], batch_id="b.1"))[0] is None
+    forwarder.freeze()
+    cut = Batch(requests=[make_request(2)], batch_id="b.2")
+    error, took = write(cut)
+    assert isinstance(error, psycopg.OperationalError), error
+    assert "no answer from the server within 1 s" in str(error)
+    assert 0.9 < took < 1 + 2.5, took
+    forwarder.thaw()
+    assert write(cut)[0] is None  # the flusher's retry, under the same id
+    assert write(Batch(requests=[make_request(3)], batch_id="b.3"))[0] is None
+    assert len(stored_requests(postgres_url)) == 3
+    timed(sink.close, thread=sinks_thread)  # its write connection closed by its thread
+
+
+@pytest.mark.parametrize("call", ["prune", "claim_lease", "hosts_seen", "release_lease"])
+def test_the_write_connections_other_calls_end_too(
+    call: str,
+    forwarded: tuple[str, Forwarder],
+    sinks: Callable[[str], PostgresSink],
+    sinks_thread: ThreadPoolExecutor,
+) -> None:
+    """Pruning and the leases (the sink's thread, on its write connection) get
+    the same deadline as a write: the statement timeout in effect, ours here
+    (30 s, as the write connection shows), plus ``write_grace``."""
+    url, forwarder = forwarded
+    sink = sinks(url)
+
+    def set_up() -> None:
+        sink.write(Batch())  # connected, set up
+        assert sink._connection is not None
+        assert sink._connection.execute("SHOW statement_timeout").fetchone() == ("30s",)
+
+    assert timed(set_up, thread=sinks_thread)[0] is None
+    sink.write_grace = -29.0  # a deadline of 1 s past ours, without waiting 30 s for it
+    calls: dict[str, Callable[[], object]] = {
+        "prune": lambda: sink.prune(time.time(), {}, 100),
+        "claim_lease": lambda: sink.claim_lease("test", "me", time.time(), 10.0),
+        "hosts_seen": lambda: sink.hosts_seen("me", time.time(), 10.0),
+        "release_lease": lambda: sink.release_lease("test", "me"),
+    }
+    forwarder.freeze()
+    error, took = timed(calls[call], thread=sinks_thread)
+    assert isinstance(error, psycopg.OperationalError), error
+    assert "no answer from the server within 1 s" in str(error)
+    assert took < 1 + 2.5, took
+    assert sink._connection is None  # the next call connects again
+
+
+def test_a_slow_links_write_connection_is_set_up_all_the_same(
+    postgres_url: str, sinks: Callable[[str], PostgresSink], sinks_thread: ThreadPoolExecutor
+) -> None:
+    """A new write connection's set-up (six round trips after the migration's)
+    is not held to a write deadline shorter than them: with round trips of
+    0.3 s, a deadline of 1.1 s (the URL's statement timeout of 0.1 s, and 1 s
+    of ``write_grace``) lets a write of two round trips through, and the
+    set-up before it all the same."""
+    sinks(postgres_url).write(Batch())  # migrated: the set-up is what is timed
+    port = free_port()
+    url, real = forwarded_url(postgres_url, port)
+    with closing(Forwarder(port, real, delay=0.15)):
+        sink = sinks(f"{url}%20-cstatement_timeout%3D100")
+        sink.write_grace = 1.0
+        error, _ = timed(lambda: sink.write(Batch()), thread=sinks_thread)
+        assert error is None, error
+        timed(sink.close, thread=sinks_thread)

@@ -400,6 +400,51 @@ def test_a_restart_during_the_outage_replays_without_traffic(
     assert counted == 70
 
 
+def test_a_write_connection_whose_server_process_stopped_is_given_up_in_time(
+    store: PrivatePostgres, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server process of the write connection stops (SIGSTOP: the kernel
+    still acknowledges, so no TCP timeout fires; the server's other processes
+    answer). The write is cut at the statement timeout in effect (the URL's,
+    0.5 s) plus ``write_grace`` (0.5 s), its batch spooled, and the next
+    connection replays it: every record stored once, none lost. Without the
+    client's deadline the write would wait until the process is continued,
+    and the sink stay busy meanwhile."""
+    import signal
+
+    from aegis_mw.sinks.postgres import PostgresSink
+
+    sink = PostgresSink(f"{store.url}?options=-cstatement_timeout%3D500")
+    sink.write_grace = 0.5
+    aegis = Aegis(
+        sink=sink, spool_dir=str(tmp_path / "spool"), flush_interval=0.05, sink_timeout=0.5,
+        retry_backoff_initial=0.05, retry_backoff_max=0.2,
+    )  # fmt: skip
+    stopped = 0
+    try:
+        anyio.run(_serve, aegis, range(20))
+        assert aegis.force_flush(10)
+        assert sink._connection is not None  # the sink's thread's, read from here
+        stopped = sink._connection.info.backend_pid
+        os.kill(stopped, signal.SIGSTOP)
+        anyio.run(_serve, aegis, range(20, 40))
+        deadline = time.monotonic() + 30
+        while len(stored(store.url)[0]) < 40 or aegis.stats().sinks[0].spool_records:
+            assert time.monotonic() < deadline, aegis.stats().sinks[0]
+            aegis.force_flush(1)
+        stats = aegis.stats().sinks[0]
+        assert stats.timeouts and (stats.spooled, stats.replayed) == (20, 20), stats
+        assert not any(stats.dropped.values()) and stats.spool_lost == 0, stats
+        assert "no answer from the server within 1 s" in caplog.text
+    finally:
+        if stopped:
+            os.kill(stopped, signal.SIGCONT)  # its client closed the connection: it ends
+        assert aegis.shutdown(10)
+    paths, counted = stored(store.url)
+    assert sorted(paths) == sorted(f"/items/{number}" for number in range(40))
+    assert counted == 40
+
+
 def test_a_spool_dir_needs_a_remote_sink_and_a_place_for_its_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"spool_dir.*remote"):
         Aegis(sink=f"sqlite:///{tmp_path}/a.db", spool_dir=str(tmp_path))

@@ -1,7 +1,7 @@
 """The alert store, the incidents and the audit on a SQLite file keep their
 connections between calls (opening one cost each call about 0.8 ms): one at a
-time per thread, closed after an error, never a forked parent's, all closed
-with the sink."""
+time per thread, closed after an error, never a forked parent's, no more than
+a few idle, all closed with the sink."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import pytest
 
 from aegis_mw.incidents.store import Conflict
 from aegis_mw.sinks import SQLiteSink
+from aegis_mw.sinks.sqlite import KEPT_CONNECTIONS
 from tests.core.test_fork import run_in_child
 from tests.incidents.conftest import T0
 from tests.incidents.conftest import make_incident as incident_of
@@ -143,3 +144,36 @@ def test_the_sink_closes_them_and_a_child_opens_its_own(
     sink.close()
     with pytest.raises(sqlite3.ProgrammingError):
         opened[0].execute("SELECT 1")
+
+
+def test_a_burst_of_calls_leaves_a_few_connections_open(
+    sink_factory: Callable[[Path | str], SQLiteSink], tmp_path: Path
+) -> None:
+    """Many API threads at once open a connection each; once they are done,
+    the pool keeps ``KEPT_CONNECTIONS`` and closes the rest."""
+    sink = sink_factory(tmp_path / "aegis.db")
+    opened = count_opens(sink)
+    burst = KEPT_CONNECTIONS + 3
+    inside = threading.Barrier(burst)
+
+    def call() -> None:
+        with sink._pooled_connection() as connection:
+            inside.wait(10)  # all borrowed at once
+            connection.execute("SELECT 1")
+
+    threads = [threading.Thread(target=call) for _ in range(burst)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(opened) == burst
+    kept = [connection for connection in opened if connection in sink._pool]
+    assert len(kept) == KEPT_CONNECTIONS
+    for connection in opened:
+        if connection in kept:
+            assert connection.execute("SELECT 1").fetchone() == (1,)
+        else:
+            with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+                connection.execute("SELECT 1")
+    assert sink.alert_store().load() == {}  # a kept one, none opened
+    assert len(opened) == burst
