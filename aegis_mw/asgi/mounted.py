@@ -252,11 +252,19 @@ class MountedRoutes:
         return await self.aegis.reads.threads.respond(
             STORE, self.writes.respond, method, self.endpoints[scope["path"]],
             bytes(scope.get("query_string", b"")), body, self.actor(scope, decision),
+            self.idempotency(scope, decision),
         )  # fmt: skip
 
     def actor(self, scope: Scope, decision: Decision) -> str:
         """Who writes, for the audit: the credential's name and the address."""
         return f"{decision.actor or decision.role} via api from {self.client_ip(scope) or '?'}"
+
+    def idempotency(self, scope: Scope, decision: Decision) -> tuple[str, str] | None:
+        """A write's ``Idempotency-Key`` header (None without one), and whose
+        credential sent it: a key is the credential's, from any address."""
+        if not any(name.lower() == b"idempotency-key" for name, _ in scope.get("headers") or ()):
+            return None
+        return header(scope, b"idempotency-key"), decision.actor or decision.role
 
     def admit(self, group: str, scope: Scope, method: str) -> tuple[Response | None, Decision]:
         """The answer given instead of the route's own: a refusal (401/403 by

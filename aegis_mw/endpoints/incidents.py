@@ -13,16 +13,23 @@ the active incident of its ``correlation_key`` (200, ``created`` false);
 ``PATCH incidents?id=`` changes its fields and adds a ``note``; a bad field
 is a 400 naming it, an unknown id a 404, reopening an incident whose key has
 another active one a 409.
+
+``POST incidents`` with an ``Idempotency-Key`` header opens once per key (and
+credential) in a day: the same key again, a retry after a lost answer or
+the same request sent twice at once, answers as the first did (its status,
+the incident as it is now) with ``Idempotent-Replayed: true``; the same key
+with other fields is a 422.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..history.ranges import QueryError
 from ..incidents.model import ACTIVE, SEVERITIES, STATUSES, IncidentError, changes, opening
-from ..incidents.store import Conflict
+from ..incidents.store import Conflict, KeyReused
 from .events import comma_choices
 from .response import Response
 
@@ -38,6 +45,9 @@ INCIDENT_PARAMETERS: Mapping[str, tuple[str, ...]] = {
 MAX_INCIDENT_OFFSET = 100_000
 #: Updates ``GET incident`` shows at most, the latest.
 MAX_UPDATES_SHOWN = 1000
+#: An Idempotency-Key: visible ASCII and spaces, as long as Stripe's at most
+#: (a UUID is 36).
+IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 
 Integer = Callable[[Mapping[str, str], str, int, int, int], int]
 
@@ -97,6 +107,21 @@ def incidents_answer(
     return Response.json(200, {"data": data})
 
 
+def _opened(
+    incidents: Incidents, data: dict[str, Any], actor: str, idempotency: tuple[str, str] | None
+) -> Response:
+    """A POST's answer: 201 for an incident opened, 200 for one attached to,
+    as the first opening of its Idempotency-Key answered."""
+    replayed = False
+    if idempotency is None:
+        incident, created = incidents.open(data, actor)
+    else:
+        incident, created, replayed = incidents.open_once(data, actor, *idempotency)
+    body = {"data": {"incident": incident.to_json(), "created": created}}
+    headers = [("Idempotent-Replayed", "true")] if replayed else []
+    return Response.json(201 if created else 200, body, headers=headers)
+
+
 def _missing() -> Response:
     return Response.error(404, "not_found", "no incident has this id")
 
@@ -104,15 +129,27 @@ def _missing() -> Response:
 def incident_write(
     incidents: Incidents | None, method: str, incident_id: str | None, data: dict[str, Any],
     actor: str, ready: Callable[[], None] = lambda: None,
+    idempotency: tuple[str, str] | None = None,
 ) -> Response:  # fmt: skip
     """The answer to ``POST incidents`` (``incident_id`` None) or ``PATCH
     incidents?id=``; ``ready`` is called once the fields are checked, before
-    the store is written."""
+    the store is written. ``idempotency``: a POST's ``Idempotency-Key``
+    header and whose credential sent it (None without the header)."""
     if incidents is None:
         return Response.error(
             409, "incidents_unavailable",
             "incidents need a sink that keeps history: memory://, sqlite:///... or postgresql://...",
         )  # fmt: skip
+    if (
+        method == "POST"
+        and idempotency is not None
+        and not IDEMPOTENCY_KEY.fullmatch(idempotency[0])
+    ):
+        return Response.json(400, {"error": {
+            "code": "invalid_header", "header": "Idempotency-Key",
+            "message": "Idempotency-Key must be 1 to 255 ASCII letters, digits, "
+            "punctuation or spaces (a UUID, say)",
+        }})  # fmt: skip
     try:
         # The fields checked first: a bad one is a 400 whatever the store's state.
         if method == "POST":
@@ -121,9 +158,7 @@ def incident_write(
             changes(data)
         ready()
         if method == "POST":
-            incident, created = incidents.open(data, actor)
-            body = {"data": {"incident": incident.to_json(), "created": created}}
-            return Response.json(201 if created else 200, body)
+            return _opened(incidents, data, actor, idempotency)
         changed = incidents.change(incident_id or "", data, actor)
     except IncidentError as error:
         return Response.json(
@@ -132,6 +167,12 @@ def incident_write(
         )
     except Conflict as error:
         return Response.error(409, "incident_conflict", str(error))
+    except KeyReused:
+        return Response.error(
+            422, "idempotency_key_reused",
+            "this Idempotency-Key opened an incident with other fields in the last 24 hours; "
+            "send a new key for a new incident",
+        )  # fmt: skip
     if changed is None:
         return _missing()
     return Response.json(200, {"data": {"incident": changed.to_json()}})

@@ -939,7 +939,13 @@ _INCIDENT_CHANGE = {
 _WRITES: dict[tuple[str, str], tuple[str, str, list[dict[str, Any]], Any]] = {
     ("incidents", "post"): (
         "open_incident", "Open an incident, or attach to the active one of its correlation key "
-        "(editor role)", [], _INCIDENT_OPEN,
+        "(editor role); once per Idempotency-Key", [{
+            "name": "Idempotency-Key", "in": "header", "required": False,
+            "description": "Opens once per key (and credential) in a day: the key sent again "
+            "answers as its first opening did, with Idempotent-Replayed: true; with other "
+            "fields, 422.",
+            "schema": {"type": "string", "pattern": "^[\\x20-\\x7e]{1,255}$"},
+        }], _INCIDENT_OPEN,
     ),
     ("incidents", "patch"): (
         "change_incident", "Change an incident's fields and add a note (editor role)",
@@ -1008,6 +1014,11 @@ def _write_operations(prefix: str, paths: dict[str, Any]) -> None:
             responses = {"202": ok, "503": _UNAVAILABLE}
         for status in ("400", "401", "403", "404", "405", "409", "413", "415", "429"):
             responses[status] = _WRITE_ERRORS
+        if (name, method) == ("incidents", "post"):
+            responses["422"] = {
+                "description": "Its Idempotency-Key opened an incident with other fields",
+                "content": _ERROR["content"],
+            }
         entry: dict[str, Any] = {
             "operationId": operation, "summary": summary, "parameters": parameters,
             "responses": responses,

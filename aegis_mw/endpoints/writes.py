@@ -44,16 +44,22 @@ class ApiWrites:
         self.alerts = AlertWrites(aegis.alerts, lambda: refuse_while_down(aegis))
 
     def respond(
-        self, method: str, endpoint: str, query_string: bytes, body: bytes, actor: str
-    ) -> Response:
-        """The answer to ``method {api_path}/{endpoint}``; ``actor`` is who asks."""
+        self, method: str, endpoint: str, query_string: bytes, body: bytes, actor: str,
+        idempotency: tuple[str, str] | None = None,
+    ) -> Response:  # fmt: skip
+        """The answer to ``method {api_path}/{endpoint}``; ``actor`` is who
+        asks; ``idempotency`` the request's ``Idempotency-Key`` header and
+        whose credential sent it (None without one: see endpoints.incidents)."""
         if endpoint == "events":
             return post_events(self.aegis, body, actor)
         if endpoint == "incidents":
-            return self._incidents(method, query_string, body, actor)
+            return self._incidents(method, query_string, body, actor, idempotency)
         return self.alerts.respond(method, endpoint, query_string, body, actor)
 
-    def _incidents(self, method: str, query_string: bytes, body: bytes, actor: str) -> Response:
+    def _incidents(
+        self, method: str, query_string: bytes, body: bytes, actor: str,
+        idempotency: tuple[str, str] | None,
+    ) -> Response:  # fmt: skip
         try:
             incident_id = (
                 None if method == "POST" else alert_writes.query_parameter(query_string, "id")
@@ -64,7 +70,7 @@ class ApiWrites:
         try:
             return incident_write(
                 self.aegis.incidents, method, incident_id, data, actor,
-                lambda: refuse_while_down(self.aegis),
+                lambda: refuse_while_down(self.aegis), idempotency,
             )  # fmt: skip
         except StoreUnavailable as error:
             return known_down("the incident store", error)

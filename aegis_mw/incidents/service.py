@@ -11,6 +11,8 @@ The summary compares the request log's rollups before, during and after.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -77,15 +79,29 @@ class Incidents:
     def open(self, data: Mapping[str, Any], actor: str) -> tuple[Incident, bool]:
         """Open an incident (fields as the API takes them), or attach to the
         active one of its correlation key: the incident, and whether it is new."""
+        return self.store.open(self._opening(opening(data), actor))
+
+    def open_once(
+        self, data: Mapping[str, Any], actor: str, key: str, sender: str
+    ) -> tuple[Incident, bool, bool]:
+        """``open``, once per ``Idempotency-Key`` ``key`` of ``sender`` (the
+        credential) in a day: the incident, whether it is new, and whether
+        this answers an earlier opening of the key (see
+        :meth:`IncidentStore.open_once`). Only hashes are stored: of the key
+        with its sender, and of the opening's fields."""
         fields = opening(data)
+        incident = self._opening(fields, actor)
+        return self.store.open_once(incident, _digest([sender, key]), _digest(fields))
+
+    def _opening(self, fields: Mapping[str, Any], actor: str) -> Incident:
+        """A new incident of checked ``fields``, opened now by ``actor``."""
         actor = text("actor", actor, MAX_ACTOR, empty=False)
         now = self.wall()
-        incident = Incident(
+        return Incident(
             new_incident_id(), fields["title"], fields["description"], fields["severity"],
             fields["status"], fields["assignee"], fields["root_cause"], fields["correlation_key"],
             now, now, None, actor,
         )  # fmt: skip
-        return self.store.open(incident)
 
     def change(self, incident_id: str, data: Mapping[str, Any], actor: str) -> Incident | None:
         """Change fields and add a note (fields as the API takes them)."""
@@ -202,6 +218,12 @@ class Incidents:
             "requests": overview["total"], "failed": overview["failed"],
             "error_rate": overview["error_rate"],
         }  # fmt: skip
+
+
+def _digest(value: Any) -> str:
+    """A SHA-256 of ``value`` as canonical JSON (keys sorted)."""
+    encoded = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(encoded.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _plain(text: str) -> str:

@@ -8,6 +8,13 @@ opening under a key that has an active incident attaches to it instead (an
 same key at once make one incident. Every change is an update row (who,
 when, what), in the same transaction as the change: the incident's audit
 and the start of its timeline. Only parameterised SQL.
+
+An opening may carry a request key (an ``Idempotency-Key`` and who sent it,
+hashed) and a fingerprint of its fields (:meth:`open_once`): the key is
+claimed in the opening's own transaction, so a retry, or the same request
+sent twice at once, answers what the first opening did instead of opening a
+second incident; the same key with other fields is refused. Keys are kept
+:data:`KEY_KEEP_SECONDS`, deleted by later openings.
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ COLUMNS = (
 )  # fmt: skip
 #: Rounds of "attach, else insert" an opening tries in its transaction.
 OPEN_TRIES = 5
+#: Seconds an opening's request key is kept: a retry within a day answers
+#: what the first opening did; later, the key opens anew.
+KEY_KEEP_SECONDS = 86_400.0
 _DUMP = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
@@ -36,10 +46,23 @@ class Conflict(Exception):
     has another active incident."""
 
 
+class KeyReused(Exception):
+    """A request key seen before with other fields (another request)."""
+
+
 class IncidentStore(Protocol):
     def open(self, incident: Incident) -> tuple[Incident, bool]:
         """Store ``incident``, or attach to the active one of its correlation
         key: that one and False."""
+
+    def open_once(
+        self, incident: Incident, key: str, fingerprint: str
+    ) -> tuple[Incident, bool, bool]:
+        """``open``, once per ``key`` within KEY_KEEP_SECONDS before
+        ``incident.created_at``: the incident, whether it is new, and False;
+        the key seen already with ``fingerprint``, the incident its first
+        opening answered (as it is now), whether that one created it, and
+        True; seen with another fingerprint, :class:`KeyReused`."""
 
     def change(
         self, incident_id: str, changes: Mapping[str, Any], note: str, actor: str, now: float
@@ -97,6 +120,9 @@ class MemoryIncidentStore:
         self._lock = threading.Lock()
         self._incidents: dict[str, Incident] = {}
         self._updates: dict[str, list[IncidentUpdate]] = {}
+        #: request key -> its fingerprint, incident id, whether it created
+        #: it, and when (see open_once).
+        self._requests: dict[str, tuple[str, str, bool, float]] = {}
 
     def _add(self, incident_id: str, at: float, actor: str, kind: str, **detail: Any) -> None:
         updates = self._updates.setdefault(incident_id, [])
@@ -109,18 +135,37 @@ class MemoryIncidentStore:
 
     def open(self, incident: Incident) -> tuple[Incident, bool]:
         with self._lock:
-            found = self._active(incident.correlation_key)
-            if found is not None:
-                found = replace(found, updated_at=incident.created_at)
-                self._incidents[found.incident_id] = found
-                self._add(found.incident_id, incident.created_at, incident.created_by, "attached",
-                          changes=_attached(incident))  # fmt: skip
-                return found, False
-            if incident.incident_id in self._incidents:
-                raise Conflict(f"incident id {incident.incident_id} is taken")
-            self._incidents[incident.incident_id] = incident
-            self._add(incident.incident_id, incident.created_at, incident.created_by, "created")
-            return incident, True
+            return self._open(incident)
+
+    def open_once(
+        self, incident: Incident, key: str, fingerprint: str
+    ) -> tuple[Incident, bool, bool]:
+        with self._lock:
+            expired = incident.created_at - KEY_KEEP_SECONDS
+            for old in [old for old, seen in self._requests.items() if seen[3] < expired]:
+                del self._requests[old]
+            seen = self._requests.get(key)
+            if seen is not None:
+                if seen[0] != fingerprint:
+                    raise KeyReused(key)
+                return self._incidents[seen[1]], seen[2], True
+            opened, created = self._open(incident)
+            self._requests[key] = (fingerprint, opened.incident_id, created, incident.created_at)
+            return opened, created, False
+
+    def _open(self, incident: Incident) -> tuple[Incident, bool]:
+        found = self._active(incident.correlation_key)
+        if found is not None:
+            found = replace(found, updated_at=incident.created_at)
+            self._incidents[found.incident_id] = found
+            self._add(found.incident_id, incident.created_at, incident.created_by, "attached",
+                      changes=_attached(incident))  # fmt: skip
+            return found, False
+        if incident.incident_id in self._incidents:
+            raise Conflict(f"incident id {incident.incident_id} is taken")
+        self._incidents[incident.incident_id] = incident
+        self._add(incident.incident_id, incident.created_at, incident.created_by, "created")
+        return incident, True
 
     def change(
         self, incident_id: str, changes: Mapping[str, Any], note: str, actor: str, now: float
@@ -237,25 +282,82 @@ class SQLIncidentStore:
         return None if row is None else Incident(*row)
 
     def open(self, incident: Incident) -> tuple[Incident, bool]:
-        key = incident.correlation_key
-        values = (*(getattr(incident, name) for name in COLUMNS), active_key(incident))
         try:
             with self._transaction() as connection:
-                for _ in range(OPEN_TRIES):
-                    if key is not None:
-                        found = self._active(connection, key)
-                        if found is not None:
-                            return self._attach(connection, found, incident), False
-                    if connection.execute(self._insert, values).rowcount == 1:
-                        self._add(connection, incident.incident_id, incident.created_at,
-                                  incident.created_by, "created")  # fmt: skip
-                        return incident, True
-                    # PostgreSQL: another process held the key (its insert
-                    # committed while ours waited, or it was being resolved and
-                    # its row no longer matched): each statement sees anew.
-                raise Conflict(f"the key {key!r} kept changing hands; try again")
+                return self._open(connection, incident)
         except self._refused as exc:  # its primary key: an id taken (48 random bits)
             raise Conflict(f"incident id {incident.incident_id} is taken") from exc
+
+    def open_once(
+        self, incident: Incident, key: str, fingerprint: str
+    ) -> tuple[Incident, bool, bool]:
+        at = incident.created_at
+        try:
+            with self._transaction() as connection:
+                connection.execute(
+                    self._sql("DELETE FROM aegis_incident_requests WHERE at < ?"),
+                    (at - KEY_KEEP_SECONDS,),
+                )
+                # Claimed first: the same key sent at once waits here for
+                # this transaction (PostgreSQL: the row's lock; SQLite: the
+                # file's), then finds it and answers as it did.
+                claimed = connection.execute(
+                    self._sql(
+                        "INSERT INTO aegis_incident_requests "
+                        "(request_key, fingerprint, incident_id, created, at) "
+                        "VALUES (?, ?, '', ?, ?) ON CONFLICT (request_key) DO NOTHING"
+                    ),
+                    (key, fingerprint, False, at),
+                ).rowcount
+                if not claimed:
+                    return self._replay(connection, key, fingerprint)
+                opened, created = self._open(connection, incident)
+                connection.execute(
+                    self._sql(
+                        "UPDATE aegis_incident_requests SET incident_id = ?, created = ? "
+                        "WHERE request_key = ?"
+                    ),
+                    (opened.incident_id, created, key),
+                )
+                return opened, created, False
+        except self._refused as exc:
+            raise Conflict(f"incident id {incident.incident_id} is taken") from exc
+
+    def _replay(self, connection: Any, key: str, fingerprint: str) -> tuple[Incident, bool, bool]:
+        row = connection.execute(
+            self._sql(
+                "SELECT fingerprint, incident_id, created FROM aegis_incident_requests "
+                "WHERE request_key = ?"
+            ),
+            (key,),
+        ).fetchone()
+        if row is None:  # PostgreSQL: its claim expired and was deleted meanwhile
+            raise Conflict("the Idempotency-Key changed hands; try again")
+        if row[0] != fingerprint:
+            raise KeyReused(key)
+        found = connection.execute(
+            self._sql(f"{self._select} WHERE incident_id = ?"), (row[1],)
+        ).fetchone()
+        if found is None:  # deleted by hand since
+            raise Conflict("the incident this Idempotency-Key opened is gone")
+        return Incident(*found), bool(row[2]), True
+
+    def _open(self, connection: Any, incident: Incident) -> tuple[Incident, bool]:
+        key = incident.correlation_key
+        values = (*(getattr(incident, name) for name in COLUMNS), active_key(incident))
+        for _ in range(OPEN_TRIES):
+            if key is not None:
+                found = self._active(connection, key)
+                if found is not None:
+                    return self._attach(connection, found, incident), False
+            if connection.execute(self._insert, values).rowcount == 1:
+                self._add(connection, incident.incident_id, incident.created_at,
+                          incident.created_by, "created")  # fmt: skip
+                return incident, True
+            # PostgreSQL: another process held the key (its insert committed
+            # while ours waited, or it was being resolved and its row no
+            # longer matched): each statement sees anew.
+        raise Conflict(f"the key {key!r} kept changing hands; try again")
 
     def _attach(self, connection: Any, found: Incident, incident: Incident) -> Incident:
         connection.execute(

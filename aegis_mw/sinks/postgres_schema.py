@@ -554,6 +554,19 @@ MIGRATIONS: tuple[tuple[str | Callable[[psycopg.Connection[Any]], None], ...], .
         # reads scan instead.
         _index_traces,
     ),
+    (
+        # The Idempotency-Keys of incident openings, as in SQLite.
+        """
+        CREATE TABLE aegis_incident_requests (
+            request_key text COLLATE "C" PRIMARY KEY,
+            fingerprint text NOT NULL,
+            incident_id text NOT NULL,
+            created boolean NOT NULL,
+            at double precision NOT NULL
+        )
+        """,
+        "CREATE INDEX aegis_incident_requests_at ON aegis_incident_requests (at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

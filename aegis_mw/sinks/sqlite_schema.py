@@ -473,6 +473,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # condition, so SQLite uses it whatever the value bound.
         "CREATE INDEX aegis_requests_trace ON aegis_requests (trace_id) WHERE trace_id IS NOT NULL",
     ),
+    (
+        # The Idempotency-Keys of incident openings (aegis_mw.incidents.store):
+        # a key (hashed with who sent it) seen again answers what its first
+        # opening did. Kept a day, deleted by the openings themselves.
+        """
+        CREATE TABLE aegis_incident_requests (
+            request_key TEXT PRIMARY KEY,
+            fingerprint TEXT NOT NULL,
+            incident_id TEXT NOT NULL,
+            created INTEGER NOT NULL,
+            at REAL NOT NULL
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX aegis_incident_requests_at ON aegis_incident_requests (at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

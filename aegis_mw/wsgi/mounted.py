@@ -194,7 +194,7 @@ class WSGIRoutes:
         shared = self.shared
         return shared.writes.respond(
             method, shared.endpoints[scope["path"]], scope["query_string"], body,
-            shared.actor(scope, decision),
+            shared.actor(scope, decision), shared.idempotency(scope, decision),
         )  # fmt: skip
 
     def _api(self, endpoint: str, scope: dict[str, Any]) -> Response:

@@ -40,14 +40,19 @@ class IncidentsServed(Served):
     ``/incident-timeline``."""
 
     async def write(
-        self, method: str, path: str, body: Any, *, token: str | None = EDITOR
-    ) -> httpx.Response:
+        self, method: str, path: str, body: Any, *, token: str | None = EDITOR,
+        key: str | None = None,
+    ) -> httpx.Response:  # fmt: skip
         headers = {"content-type": "application/json"}
+        if key is not None:
+            headers["idempotency-key"] = key
         content = json.dumps(body).encode()  # so that a body of None is sent as null
         return await self.request(method, path, token=token, content=content, headers=headers)
 
-    async def open(self, body: Any, *, token: str | None = EDITOR) -> httpx.Response:
-        return await self.write("POST", INCIDENTS, body, token=token)
+    async def open(
+        self, body: Any, *, token: str | None = EDITOR, key: str | None = None
+    ) -> httpx.Response:
+        return await self.write("POST", INCIDENTS, body, token=token, key=key)
 
     async def change(
         self, incident_id: str, body: Any, *, token: str | None = EDITOR
@@ -284,6 +289,59 @@ async def test_unknown_ids_are_404_and_a_missing_id_400(serve: Serve) -> None:
         "PATCH", f"{INCIDENTS}?id=x&colour=red", token=EDITOR, json={"status": "resolved"}
     )
     assert other.status_code == 400 and other.json()["error"]["parameter"] == "colour"
+
+
+async def test_an_idempotency_key_opens_once_and_answers_its_retries_alike(
+    serve: Serve, history_sink_url: str
+) -> None:
+    """A retry after a lost answer sends the same key: it answers as the first
+    opening did (201, the same incident), says it is a replay, and opens
+    nothing more; the key with other fields is a 422; another credential's
+    same key is its own; the key also holds for an opening that attached."""
+    served = await serve(sink=history_sink_url)
+    body = {"title": "payments down", "severity": "critical"}
+    first = await served.open(body, key="7f1d2c9e-retry-1")
+    assert first.status_code == 201, first.text
+    assert "idempotent-replayed" not in first.headers
+    incident = first.json()["data"]["incident"]
+    again = await served.open(dict(reversed(body.items())), key="7f1d2c9e-retry-1")
+    assert again.status_code == 201, again.text
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["data"] == {"incident": incident, "created": True}
+    await served.changed(incident["id"], {"status": "investigating"})
+    later = await served.open(body, key="7f1d2c9e-retry-1")  # the incident as it is now
+    assert later.json()["data"]["incident"]["status"] == "investigating"
+
+    reused = await served.open({**body, "severity": "low"}, key="7f1d2c9e-retry-1")
+    assert reused.status_code == 422, reused.text
+    assert reused.json()["error"]["code"] == "idempotency_key_reused"
+    by_admin = await served.open(body, key="7f1d2c9e-retry-1", token=ADMIN)
+    assert by_admin.status_code == 201 and "idempotent-replayed" not in by_admin.headers
+    assert by_admin.json()["data"]["incident"]["id"] != incident["id"]
+
+    keyed = {"title": "disk full", "correlation_key": "disk"}
+    assert (await served.open(keyed)).status_code == 201
+    attached = await served.open(keyed, key="attach-once")
+    assert attached.status_code == 200 and not attached.json()["data"]["created"]
+    replayed = await served.open(keyed, key="attach-once")
+    assert replayed.status_code == 200 and replayed.headers["idempotent-replayed"] == "true"
+    disk = attached.json()["data"]["incident"]["id"]
+    kinds = [update["kind"] for update in (await served.incident(disk))["updates"]]
+    assert kinds == ["created", "attached"]  # the retry attached nothing more
+    assert len(await served.ids()) == 3
+
+
+@pytest.mark.parametrize("key", [b"", b"x" * 256, b"tab\there", b"k\x7f", b"\x01"])
+async def test_a_bad_idempotency_key_is_a_400_naming_the_header(serve: Serve, key: bytes) -> None:
+    served = await serve()
+    headers = {"content-type": "application/json", "idempotency-key": key}
+    answer = await served.request(
+        "POST", INCIDENTS, token=EDITOR, content=b'{"title": "t"}', headers=headers
+    )
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert (error["code"], error["header"]) == ("invalid_header", "Idempotency-Key"), error
+    assert await served.ids() == []
 
 
 async def test_writes_need_the_editor_role_and_reads_the_viewers(serve: Serve) -> None:

@@ -4,11 +4,15 @@ correlation key (a second opening attaches, a resolution frees the key, a
 reopening that would make two active is refused); every change an update
 row, numbered in order, with who made it; finding by status and severity,
 newest first, in pages; and one incident for a key opened at once by eight
-threads, or by two processes."""
+threads, or by two processes. An opening with a request key (an
+Idempotency-Key) opens once: its retries, one after another or eight at
+once, answer what the first did; the key with other fields is refused; a
+key older than a day opens anew."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,7 @@ import pytest
 
 from aegis_mw.incidents.model import ACTIVE, SEVERITIES, STATUSES, Incident
 from aegis_mw.incidents.service import new_incident_id
-from aegis_mw.incidents.store import Conflict, MemoryIncidentStore
+from aegis_mw.incidents.store import KEY_KEEP_SECONDS, Conflict, KeyReused, MemoryIncidentStore
 from tests.spawned import run_together
 
 from .conftest import KINDS, T0, make_incident, open_store, sqlite_url
@@ -315,23 +319,56 @@ def test_the_memory_store_keeps_each_sinks_incidents_apart() -> None:
     assert isinstance(one.incident_store(), MemoryIncidentStore)
 
 
+# -- once per request key ----------------------------------------------------------------
+
+
+def test_a_request_key_opens_once_and_its_retries_answer_alike(store: Any) -> None:
+    first = make_incident("inc-1", T0, severity="high")
+    assert store.open_once(first, "key-1", "fields-1") == (first, True, False)
+    retry = make_incident("inc-2", T0 + 5, severity="high")  # a new id, as a retry makes
+    assert store.open_once(retry, "key-1", "fields-1") == (first, True, True)
+    assert [i.incident_id for i in store.find((), (), 10, 0)] == ["inc-1"]
+    assert [u.kind for u in store.updates("inc-1")] == ["created"]
+    after = store.change("inc-1", {"status": "investigating"}, "", "bob", T0 + 6)
+    assert store.open_once(retry, "key-1", "fields-1") == (after, True, True)  # as it is now
+    with pytest.raises(KeyReused):
+        store.open_once(retry, "key-1", "other fields")
+    assert store.get("inc-2") is None
+    # Another key, for an opening that attaches: its retry attaches no more.
+    keyed = make_incident("inc-3", T0 + 7, correlation_key="disk")
+    assert store.open_once(keyed, "key-2", "fields-2")[1:] == (True, False)
+    attach = make_incident("inc-4", T0 + 8, "carol", correlation_key="disk")
+    attached = store.open_once(attach, "key-3", "fields-3")
+    assert (attached[0].incident_id, attached[1:]) == ("inc-3", (False, False))
+    again = store.open_once(make_incident("inc-5", T0 + 9, correlation_key="disk"),
+                            "key-3", "fields-3")  # fmt: skip
+    assert (again[0].incident_id, again[1:]) == ("inc-3", (False, True))
+    assert [u.kind for u in store.updates("inc-3")] == ["created", "attached"]
+
+
+def test_a_request_key_is_kept_a_day(store: Any) -> None:
+    first = make_incident("inc-1", T0)
+    assert store.open_once(first, "key", "fields")[2] is False
+    within = make_incident("inc-2", T0 + KEY_KEEP_SECONDS - 1)
+    assert store.open_once(within, "key", "fields") == (first, True, True)
+    later = make_incident("inc-3", T0 + KEY_KEEP_SECONDS + 1)
+    assert store.open_once(later, "key", "other fields") == (later, True, False)
+    assert sorted(i.incident_id for i in store.find((), (), 10, 0)) == ["inc-1", "inc-3"]
+
+
 # -- at once: threads, then processes ----------------------------------------------------
 
 
-def open_at_once(stores: list[Any], key: str) -> list[tuple[str, bool] | BaseException]:
-    """Each store opens an incident of ``key`` in its own thread, all released
-    together: what each answered."""
+def at_once(stores: list[Any], call: Callable[[Any, int], Any]) -> list[Any]:
+    """``call(store, index)`` for each store in its own thread, all released
+    together: what each answered, or raised."""
     barrier = threading.Barrier(len(stores))
-    answers: list[tuple[str, bool] | BaseException | None] = [None] * len(stores)
+    answers: list[Any] = [None] * len(stores)
 
     def run(index: int) -> None:
         try:
-            incident = make_incident(
-                new_incident_id(), T0 + index, f"worker-{index}", correlation_key=key
-            )
             barrier.wait(timeout=30)
-            found, created = stores[index].open(incident)
-            answers[index] = (found.incident_id, created)
+            answers[index] = call(stores[index], index)
         except BaseException as exc:
             answers[index] = exc
 
@@ -342,7 +379,20 @@ def open_at_once(stores: list[Any], key: str) -> list[tuple[str, bool] | BaseExc
         thread.join(timeout=60)
     assert not any(thread.is_alive() for thread in threads), "a thread is stuck"
     assert all(answer is not None for answer in answers)
-    return answers  # type: ignore[return-value]
+    return answers
+
+
+def open_at_once(stores: list[Any], key: str) -> list[tuple[str, bool] | BaseException]:
+    """Each store opens an incident of correlation ``key`` at once: what each answered."""
+
+    def opening(store: Any, index: int) -> tuple[str, bool]:
+        incident = make_incident(
+            new_incident_id(), T0 + index, f"worker-{index}", correlation_key=key
+        )
+        found, created = store.open(incident)
+        return found.incident_id, created
+
+    return at_once(stores, opening)
 
 
 def check_one_incident(store: Any, answers: list[Any], key: str, count: int) -> None:
@@ -391,6 +441,42 @@ def test_eight_threads_opening_one_key_in_postgresql_make_one_incident(
             key = f"key-{round_}"
             answers = open_at_once([sink.incident_store() for sink in sinks], key)
             check_one_incident(sinks[0].incident_store(), answers, key, 8)
+    finally:
+        for sink in sinks:
+            sink.close()
+
+
+def send_at_once(stores: list[Any], key: str) -> list[Any]:
+    """Each store opens once under request ``key`` at once: what each answered
+    (incident id, created, replayed)."""
+
+    def opening(store: Any, index: int) -> tuple[str, bool, bool]:
+        incident = make_incident(new_incident_id(), T0 + index, f"worker-{index}")
+        found, created, replayed = store.open_once(incident, key, "fields")
+        return found.incident_id, created, replayed
+
+    return at_once(stores, opening)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_eight_threads_sending_one_request_key_open_one_incident(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The same opening sent eight times at once (a client's retries racing its
+    first try): one incident, created once; the others answer it, as replays."""
+    from aegis_mw.sinks import build_sink
+
+    url = sqlite_url(tmp_path) if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    sinks = [build_sink(url) for _ in range(8)]  # eight connections at once
+    try:
+        assert sinks[0].incident_store().find((), (), 1, 0) == []  # made and migrated
+        for round_ in range(3):
+            answers = send_at_once([sink.incident_store() for sink in sinks], f"key-{round_}")
+            assert not [a for a in answers if not isinstance(a, tuple)], answers
+            assert len({incident_id for incident_id, _, _ in answers}) == 1, answers
+            assert all(created for _, created, _ in answers), answers
+            assert sorted(replayed for _, _, replayed in answers) == [False] + [True] * 7
+        assert len(sinks[0].incident_store().find((), (), 10, 0)) == 3
     finally:
         for sink in sinks:
             sink.close()

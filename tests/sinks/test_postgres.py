@@ -181,7 +181,7 @@ def test_schema_is_created_on_first_write(
         "aegis_alert_reports", "aegis_alert_rules",
         "aegis_alert_silences", "aegis_alert_transitions", "aegis_audit",
         "aegis_batches", "aegis_custom_metrics", "aegis_custom_rollups", "aegis_events",
-        "aegis_incident_updates", "aegis_incidents",
+        "aegis_incident_requests", "aegis_incident_updates", "aegis_incidents",
         "aegis_requests", "aegis_rollup_deltas",
         "aegis_rollup_totals",
         "aegis_rollups", "aegis_schema_version", "aegis_websocket_sessions",

@@ -184,6 +184,8 @@ def test_schema_is_created_on_first_write(
         ("index", "aegis_custom_rollups_time", "aegis_custom_rollups"),
         ("table", "aegis_events", "aegis_events"),
         ("index", "aegis_events_timestamp", "aegis_events"),
+        ("table", "aegis_incident_requests", "aegis_incident_requests"),
+        ("index", "aegis_incident_requests_at", "aegis_incident_requests"),
         ("table", "aegis_incident_updates", "aegis_incident_updates"),
         ("table", "aegis_incidents", "aegis_incidents"),
         ("index", "aegis_incidents_created_at", "aegis_incidents"),
@@ -252,7 +254,7 @@ def test_reopening_an_existing_file_keeps_schema_and_rows(
         make_request(2).request_id,
     ]
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 51
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 53
 
 
 def test_batch_written_twice_is_stored_once(
@@ -450,7 +452,7 @@ def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path: Path) -> N
     versions = sorted(version for outcome in outcomes for version in outcome[3])
     assert versions == [0] + [SCHEMA_VERSION] * (PROCESSES - 1)
     assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert len(query(path, "SELECT name FROM sqlite_master")) == 51
+    assert len(query(path, "SELECT name FROM sqlite_master")) == 53
     ids = [row[0] for row in read_requests(path)]
     expected = sorted(
         f"{index:016x}{n:016x}" for index in range(PROCESSES) for n in range(RECORDS_PER_PROCESS)
