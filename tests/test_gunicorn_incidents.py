@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import threading
 import time
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import httpx
 import pytest
 
 from tests import servers
+from tests.incidents.conftest import rows
 from tests.servers import gunicorn_command, gunicorn_process
 
 pytestmark = [
@@ -34,14 +33,7 @@ APP = "tests.custom_metrics_app:app"
 
 def stored_ids(url: str) -> list[str]:
     """The incidents in the database itself (the sink the workers were given)."""
-    query = "SELECT incident_id FROM aegis_incidents"
-    if url.startswith("sqlite:///"):
-        with closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as connection:
-            return [row[0] for row in connection.execute(query)]
-    import psycopg
-
-    with psycopg.connect(url) as connection:
-        return [row[0] for row in connection.execute(query)]
+    return [row[0] for row in rows(url, "SELECT incident_id FROM aegis_incidents")]
 
 
 def served_env(tmp_path: Path, database_url: str) -> dict[str, str]:

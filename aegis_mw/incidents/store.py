@@ -14,7 +14,8 @@ hashed) and a fingerprint of its fields (:meth:`open_once`): the key is
 claimed in the opening's own transaction, so a retry, or the same request
 sent twice at once, answers what the first opening did instead of opening a
 second incident; the same key with other fields is refused. Keys are kept
-:data:`KEY_KEEP_SECONDS`, deleted by later openings.
+:data:`KEY_KEEP_SECONDS`: an expired key is taken over by its next opening,
+and the sinks' pruning deletes the others.
 """
 
 from __future__ import annotations
@@ -294,9 +295,13 @@ class SQLIncidentStore:
         at = incident.created_at
         try:
             with self._transaction() as connection:
+                # This key only, if it expired (the others: the sinks' pruning,
+                # so that openings at once do not lock the same rows).
                 connection.execute(
-                    self._sql("DELETE FROM aegis_incident_requests WHERE at < ?"),
-                    (at - KEY_KEEP_SECONDS,),
+                    self._sql(
+                        "DELETE FROM aegis_incident_requests WHERE request_key = ? AND at < ?"
+                    ),
+                    (key, at - KEY_KEEP_SECONDS),
                 )
                 # Claimed first: the same key sent at once waits here for
                 # this transaction (PostgreSQL: the row's lock; SQLite: the
@@ -460,4 +465,7 @@ class SQLIncidentStore:
         return int(row[0]), int(row[1]), int(row[2])
 
 
-__all__ = ["ACTIVE", "Conflict", "IncidentStore", "MemoryIncidentStore", "SQLIncidentStore"]
+__all__ = [
+    "ACTIVE", "KEY_KEEP_SECONDS", "Conflict", "IncidentStore", "KeyReused", "MemoryIncidentStore",
+    "SQLIncidentStore",
+]  # fmt: skip

@@ -19,14 +19,17 @@ Every round trip on the write connection has a deadline the client keeps
 (its process stopped, a network that swallows what it is sent while the
 peer's kernel still acknowledges, so ``tcp_user_timeout`` never fires)
 would otherwise hold the sink's thread, and the sink busy, for as long as
-it stays so. A write, a prune step or a lease call gets the statement
-timeout in effect on the connection (30 s where nobody chose one, or it is
-off) plus ``write_grace``; the schema's migration ``MIGRATION_SECONDS``;
-the rest of a new connection's set-up ``SETUP_SECONDS`` at least. Past it the
-connection is closed and the call fails as the store being unreachable (the
-batch is retried under its id, or spooled), and the next call opens a new
-connection: to a server that answers again, or to another at the same
-address.
+it stays so. Each statement of a write (the deadline counted afresh before
+each step), a prune step or a lease call gets the statement timeout in
+effect on the connection (30 s where nobody chose one, or it is off) plus
+``write_grace``; a new connection's set-up ``SETUP_SECONDS`` at least. Past
+it the connection is closed and the call fails as the store being
+unreachable (the batch is retried under its id, or spooled), and the next
+call opens a new connection: to a server that answers again, or to another
+at the same address. A migration that applies versions has no deadline of
+ours (it may build an index of a large table, once). A server process that
+stopped while it held locks keeps them: writes needing them wait (each
+cancelled at the statement timeout) until it is continued or ended.
 
 Example::
 
@@ -39,7 +42,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -61,13 +64,12 @@ from ..core.record import Batch
 from ..core.rollup import LEVELS, Encode, RollupDelta, expand, histogram_functions
 from ..core.rollup import parameter_rows as rollup_parameters
 from ..core.sink import RecordRejected
-from ..incidents.store import SQLIncidentStore
+from ..incidents.store import KEY_KEEP_SECONDS, SQLIncidentStore
 from . import history_sql, postgres_copy
 from .event_rows import event_rows
 from .postgres_deadline import Deadline, Watchdog
 from .postgres_read import (
     KEEPALIVES,
-    MIGRATION_SECONDS,
     SETUP_SECONDS,
     STATEMENT_TIMEOUT_MS,
     PostgresReader,
@@ -87,6 +89,7 @@ from .postgres_schema import (
     SESSION_TYPES,
     migrate,
     request_key,
+    schema_is_current,
 )
 
 logger = logging.getLogger("aegis_mw")
@@ -237,9 +240,15 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         self._connection = None
         connection = psycopg.connect(self.url, autocommit=True, **self.write_kwargs)
         try:
-            with self._watchdog.deadline(connection, MIGRATION_SECONDS):
-                migrate(connection)
             setup = max(self.write_grace, SETUP_SECONDS)
+            with self._watchdog.deadline(connection, setup) as deadline:
+                current = schema_is_current(connection)
+            if deadline.missed:  # answered, but too late: closed, so not used
+                raise deadline.error()
+            if not current:
+                # Versions to apply: no deadline of ours, as long as it takes
+                # (an index of a large table built; it is done once).
+                migrate(connection)
             with self._watchdog.deadline(connection, setup) as deadline:
                 for statement in CREATE_STAGING:
                     connection.execute(statement)
@@ -277,23 +286,29 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
                 self._copier_checked_for = connection
             slices = Slices(backlog=self._backlog)  # this write's thread
             with (
-                self._answered(connection),
+                self._answered(connection) as deadline,
                 connection.transaction(),
                 connection.cursor() as cursor,
             ):
+                # Each step counts its deadline afresh: each of its statements
+                # has the statement timeout (the commit counts with the last).
+                renew = deadline.renew
                 # No row for the id: a retry of a write that did commit.
                 if (batch.requests or batch.sessions or batch.events) and (
                     not batch.batch_id
                     or cursor.execute(INSERT_BATCH, (batch.batch_id, time.time())).rowcount
                 ):
                     if batch.requests:
+                        renew()
                         _store(cursor, self._requests, batch.requests, self._copier, slices)
                     if batch.sessions:
+                        renew()
                         _store(cursor, SESSIONS, batch.sessions, self._copier, slices)
                     if batch.events:
+                        renew()
                         cursor.executemany(INSERT_EVENTS, event_rows(batch.events))
                 if batch.rollups is not None and batch.rollups.holds_anything():
-                    _add_rollups(cursor, batch.rollups, slices, self._encode_histogram)
+                    _add_rollups(cursor, batch.rollups, slices, self._encode_histogram, renew)
         except psycopg.errors.UniqueViolation:
             raise  # never the content: every keyed insert skips ids stored already
         except REFUSED as exc:
@@ -326,6 +341,7 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
             (_DELETE_AUDIT, {"before": raw_before, "limit": limit}),
             (_DELETE_DELTAS, {"before": time.time() - DELTA_ID_KEEP_SECONDS, "limit": limit}),
             (_DELETE_BATCHES, {"before": time.time() - DELTA_ID_KEEP_SECONDS, "limit": limit}),
+            (_DELETE_KEYS, {"before": time.time() - KEY_KEEP_SECONDS, "limit": limit}),
         ]
         for level in LEVELS:
             if level in rollups_before:
@@ -347,6 +363,14 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
                     # A foreign key of the app's on an expired row: that
                     # table waits; the others are pruned all the same.
                     self._warn_prune_refused(sql, exc)
+                except psycopg.errors.QueryCanceled as exc:
+                    # Past the statement timeout (a table locked, compressed
+                    # chunks): that step waits for the next prune, the
+                    # others go on (the connection is idle, autocommit).
+                    logger.warning(
+                        "aegis: pruning %s was cancelled (%s); tried again at the next prune",
+                        sql.split()[2], str(exc).splitlines()[0],
+                    )  # fmt: skip
         except psycopg.OperationalError:
             self._drop_if_broken(connection)
             raise
@@ -482,8 +506,12 @@ def _copy(
 
 
 def _add_rollups(
-    cursor: psycopg.Cursor[Any], delta: RollupDelta, slices: Slices, encode: Encode
-) -> None:
+    cursor: psycopg.Cursor[Any], delta: RollupDelta, slices: Slices, encode: Encode,
+    renew: Callable[[], None],
+) -> None:  # fmt: skip
+    """The delta's cells added to the rollups, once per delta id; ``renew``
+    before each statement (the write's deadline, counted afresh)."""
+    renew()
     cursor.execute(
         "INSERT INTO aegis_rollup_deltas (delta_id, applied_at) VALUES (%s, %s) "
         "ON CONFLICT DO NOTHING",
@@ -496,11 +524,15 @@ def _add_rollups(
     routes, totals = expand(delta, slices)
     # Rows come sorted by key, routes before totals in every writer, so
     # concurrent writers lock rows in one order and cannot deadlock.
+    renew()
     cursor.executemany(UPSERT_ROLLUPS, rollup_parameters(routes, encode, slices=slices))
+    renew()
     cursor.executemany(UPSERT_TOTALS, rollup_parameters(totals, encode, slices=slices))
     if delta.custom:
         described, rows = custom_parameters(delta, counts_array, slices)
+        renew()
         cursor.executemany(UPSERT_CUSTOM_METRIC, described)
+        renew()
         cursor.executemany(UPSERT_CUSTOM, rows)
 
 
@@ -526,6 +558,11 @@ _DELETE_EVENTS = (
 _DELETE_AUDIT = (
     "DELETE FROM aegis_audit WHERE at < %(before)s::float8 AND id = ANY(ARRAY("
     "SELECT id FROM aegis_audit WHERE at < %(before)s::float8 ORDER BY at LIMIT %(limit)s))"
+)
+# The incidents' Idempotency-Keys, a day after their opening.
+_DELETE_KEYS = (
+    "DELETE FROM aegis_incident_requests WHERE at < %(before)s::float8 AND ctid = ANY(ARRAY("
+    "SELECT ctid FROM aegis_incident_requests WHERE at < %(before)s::float8 LIMIT %(limit)s))"
 )
 _DELETE_DELTAS = (
     "DELETE FROM aegis_rollup_deltas WHERE applied_at < %(before)s::float8 AND ctid = ANY(ARRAY("

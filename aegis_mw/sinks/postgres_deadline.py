@@ -95,6 +95,11 @@ class Deadline:
             # unexpectedly", which it did not: say what happened.
             raise self.error() from error
 
+    def renew(self) -> None:
+        """Count the deadline afresh from now (a block of several statements,
+        each with its own time)."""
+        self._watchdog.renew(self)
+
     def error(self) -> psycopg.OperationalError:
         """What a missed deadline is reported as."""
         return psycopg.OperationalError(
@@ -169,6 +174,16 @@ class Watchdog:
         with self._condition:
             self._closing = True
             self._condition.notify()
+
+    def renew(self, deadline: Deadline) -> None:
+        """Move ``deadline`` to ``seconds`` from now, while it is armed (later
+        than before: the thread wakes in time by itself)."""
+        if self._pid != os.getpid():  # armed in the parent, before a fork
+            return
+        with self._condition:
+            if deadline in self._armed:
+                deadline.due = time.monotonic() + deadline.seconds
+                self._armed_at = time.monotonic()
 
     def disarm(self, deadline: Deadline) -> None:
         if self._pid != os.getpid():  # armed in the parent, before a fork

@@ -81,6 +81,8 @@ def _optional_index(
                     f"CREATE INDEX IF NOT EXISTS {name} ON aegis_requests {definition}"
                 )
         except psycopg.DatabaseError as exc:
+            if isinstance(exc, psycopg.errors.QueryCanceled) or connection.broken:
+                raise  # cut short, not refused: the migration is tried again
             logger.warning("aegis: no index of the request log's %s (%s); %s", what, exc, without)
 
     return create
@@ -659,6 +661,10 @@ def migrate(connection: psycopg.Connection[Any]) -> int:
                 f"database schema version {found} is newer than this aegis_mw "
                 f"understands ({SCHEMA_VERSION}); upgrade aegis_mw"
             )
+        if found < SCHEMA_VERSION:
+            # Not the connection's statement timeout (a read pool's 30 s, the
+            # app's own): a version may build an index of a large table.
+            connection.execute("SET LOCAL statement_timeout = 0")
         if found == 0:
             connection.execute(
                 "CREATE TABLE IF NOT EXISTS aegis_schema_version ("
@@ -676,6 +682,12 @@ def migrate(connection: psycopg.Connection[Any]) -> int:
                 "INSERT INTO aegis_schema_version (version) VALUES (%s)", (version + 1,)
             )
     return found
+
+
+def schema_is_current(connection: psycopg.Connection[Any]) -> bool:
+    """Whether the schema is at ``SCHEMA_VERSION`` already (one read, no lock:
+    versions only grow; a newer one is for ``migrate`` to refuse)."""
+    return _version(connection) == SCHEMA_VERSION
 
 
 def _version(connection: psycopg.Connection[Any]) -> int:

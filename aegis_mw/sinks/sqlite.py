@@ -33,7 +33,7 @@ from ..core.rollup import LEVELS, RollupDelta, expand, histogram_functions
 from ..core.rollup import parameter_rows as rollup_parameters
 from ..core.sink import RecordRejected
 from ..core.transactions import immediate
-from ..incidents.store import SQLIncidentStore
+from ..incidents.store import KEY_KEEP_SECONDS, SQLIncidentStore
 from . import history_sql, sqlite_blocks, sqlite_rows
 from .event_rows import event_rows
 from .files import create_private, prepare_path
@@ -150,7 +150,7 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
     def _pooled_connection(self) -> Iterator[sqlite3.Connection]:
         """A connection of the pool of the alert store, the incidents and the
         audit, for one thread at a time (as the reader's pool lends them); one
-        that saw an error is closed, not kept, and so is one beyond
+        that saw an error of SQLite's is closed, not kept, and so is one beyond
         ``KEPT_CONNECTIONS`` idle (a burst of API threads leaves no more
         open). The schema is checked by the first of this process only."""
         self._pool_after_fork()
@@ -163,9 +163,20 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
             )
         try:
             yield connection
-        except BaseException:
-            connection.close()
+        except BaseException as error:
+            # The store's own refusals (an Idempotency-Key reused, a conflict)
+            # leave the connection as it was: kept. SQLite's errors, or one
+            # left inside a transaction, close it.
+            if isinstance(error, sqlite3.Error) or connection.in_transaction:
+                connection.close()
+                raise
+            self._keep(connection, generation)
             raise
+        self._keep(connection, generation)
+
+    def _keep(self, connection: sqlite3.Connection, generation: int) -> None:
+        """Give ``connection`` back to the pool, or close it (the sink closed
+        since it was lent, or enough are kept)."""
         with self._pool_lock:
             kept = (
                 self._pool_pid == os.getpid()
@@ -361,6 +372,7 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
             (_DELETE_AUDIT, (raw_before, limit)),
             (_DELETE_DELTAS, (time.time() - DELTA_ID_KEEP_SECONDS, limit)),
             (_DELETE_BATCHES, (time.time() - DELTA_ID_KEEP_SECONDS, limit)),
+            (_DELETE_KEYS, (time.time() - KEY_KEEP_SECONDS, limit)),
         ]
         for level in LEVELS:
             if level in rollups_before:
@@ -425,6 +437,11 @@ _DELETE_EVENTS = (
 _DELETE_AUDIT = (
     "DELETE FROM aegis_audit WHERE id IN "
     "(SELECT id FROM aegis_audit WHERE at < ? ORDER BY at LIMIT ?)"
+)
+# The incidents' Idempotency-Keys, a day after their opening.
+_DELETE_KEYS = (
+    "DELETE FROM aegis_incident_requests WHERE request_key IN "
+    "(SELECT request_key FROM aegis_incident_requests WHERE at < ? LIMIT ?)"
 )
 _DELETE_DELTAS = (
     "DELETE FROM aegis_rollup_deltas WHERE delta_id IN "

@@ -114,6 +114,7 @@ class Forwarder(_Listener):
         """Relay connections made from now on; those made before stay frozen."""
         self._thaws += 1
         self._freezing = False
+        self.frozen.clear()  # a later freeze() waits for its own
 
     def _relay(self, sink: socket.socket, thaws: int) -> object:
         def relay(source: socket.socket) -> None:

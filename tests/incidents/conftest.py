@@ -4,7 +4,9 @@ the times and ids a test gives, so every store can be fed the same."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +59,33 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     finally:
         if sink is not None:
             sink.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Any]]:
+    """A store several connections share, a SQLite file or the real PostgreSQL:
+    its URL, and a sink of it, closed after the test."""
+    from aegis_mw.sinks import build_sink
+
+    url = (
+        sqlite_url(tmp_path)
+        if request.param == "sqlite"
+        else str(request.getfixturevalue("postgres_url"))
+    )
+    sink = build_sink(url)
+    try:
+        yield url, sink
+    finally:
+        sink.close()
+
+
+def rows(url: str, query: str) -> list[tuple[Any, ...]]:
+    """What ``query`` reads in the store of ``url`` itself (a SQLite file, or
+    PostgreSQL), on a connection of its own."""
+    if url.startswith("sqlite:///"):
+        with closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as connection:
+            return list(connection.execute(query))
+    import psycopg
+
+    with psycopg.connect(url) as connection:
+        return list(connection.execute(query))

@@ -12,6 +12,7 @@ key older than a day opens anew."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from aegis_mw.incidents.service import new_incident_id
 from aegis_mw.incidents.store import KEY_KEEP_SECONDS, Conflict, KeyReused, MemoryIncidentStore
 from tests.spawned import run_together
 
-from .conftest import KINDS, T0, make_incident, open_store, sqlite_url
+from .conftest import KINDS, T0, make_incident, open_store, rows, sqlite_url
 
 
 def dump(store: Any, incident_id: str) -> dict[str, Any]:
@@ -356,6 +357,18 @@ def test_a_request_key_is_kept_a_day(store: Any) -> None:
     assert sorted(i.incident_id for i in store.find((), (), 10, 0)) == ["inc-1", "inc-3"]
 
 
+def test_the_sinks_pruning_deletes_the_keys_of_a_day_ago(shared_store: tuple[str, Any]) -> None:
+    url, sink = shared_store
+    store = sink.incident_store()
+    now = time.time()
+    for number, at in enumerate((now - KEY_KEEP_SECONDS - 60, now - 60)):
+        store.open_once(make_incident(f"inc-{number}", at), f"key-{number}", "fields")
+    keys = "SELECT request_key FROM aegis_incident_requests ORDER BY request_key"
+    assert rows(url, keys) == [("key-0",), ("key-1",)]
+    sink.prune(0.0, {}, 1000)
+    assert rows(url, keys) == [("key-1",)]  # a day not yet past
+
+
 # -- at once: threads, then processes ----------------------------------------------------
 
 
@@ -504,23 +517,14 @@ def open_in_process(url: str, key: str, index: int, barrier: Any, results: Any) 
         results.put((index, (found.incident_id, created)))
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_two_processes_opening_one_key_make_one_incident(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    from aegis_mw.sinks import build_sink
-
-    url = sqlite_url(tmp_path) if backend == "sqlite" else request.getfixturevalue("postgres_url")
-    sink = build_sink(url)
-    try:
-        store = sink.incident_store()
-        assert store.find((), (), 1, 0) == []  # made and migrated here first
-        for round_ in range(3):
-            key = f"process-key-{round_}"
-            reports, codes = run_together(open_in_process, 2, url, key, timeout=120)
-            assert codes == [0, 0], reports
-            answers = [answer for _, answer in sorted(reports)]
-            assert all(isinstance(answer, tuple) for answer in answers), reports
-            check_one_incident(store, answers, key, 2)
-    finally:
-        sink.close()
+def test_two_processes_opening_one_key_make_one_incident(shared_store: tuple[str, Any]) -> None:
+    url, sink = shared_store
+    store = sink.incident_store()
+    assert store.find((), (), 1, 0) == []  # made and migrated here first
+    for round_ in range(3):
+        key = f"process-key-{round_}"
+        reports, codes = run_together(open_in_process, 2, url, key, timeout=120)
+        assert codes == [0, 0], reports
+        answers = [answer for _, answer in sorted(reports)]
+        assert all(isinstance(answer, tuple) for answer in answers), reports
+        check_one_incident(store, answers, key, 2)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from aegis_mw.incidents.store import Conflict
+from aegis_mw.incidents.store import Conflict, KeyReused
 from aegis_mw.sinks import SQLiteSink
 from aegis_mw.sinks.sqlite import KEPT_CONNECTIONS
 from tests.core.test_fork import run_in_child
@@ -74,6 +74,22 @@ def test_a_connection_that_saw_an_error_is_closed_not_kept(
     assert incidents.open(make_incident())[1]  # a new one, outside any transaction
     assert len(opened) == 2 and not opened[1].in_transaction
     assert incidents.counts(0.0)[0] == 2
+
+
+def test_a_refusal_of_the_stores_own_keeps_the_connection(
+    sink_factory: Callable[[Path | str], SQLiteSink], tmp_path: Path
+) -> None:
+    """An Idempotency-Key reused with other fields is refused by the store, not
+    by SQLite: the transaction rolled back, the connection is kept."""
+    sink = sink_factory(tmp_path / "aegis.db")
+    opened = count_opens(sink)
+    incidents = sink.incident_store()
+    assert incidents.open_once(make_incident(), "key", "fields")[1]
+    with pytest.raises(KeyReused):
+        incidents.open_once(make_incident(), "key", "other fields")
+    assert not opened[0].in_transaction
+    assert incidents.open_once(make_incident(), "key", "fields")[2]  # a replay, same connection
+    assert len(opened) == 1
 
 
 def test_threads_at_once_each_get_their_own(
