@@ -46,3 +46,42 @@ def exported_spans(receiver: Receiver) -> list[tuple[dict[str, Any], ProtoSpan]]
         for scope_spans in resource_spans.scope_spans
         for span in scope_spans.spans
     ]
+
+
+# -- the app's hooks (tracing_request_hook, tracing_response_hook), by name too ----------
+
+
+def tenant_of_scope(span: Any, scope: dict[str, Any]) -> None:
+    """An ASGI request hook: the request's ``x-tenant`` header as an attribute."""
+    headers = dict(scope.get("headers") or ())
+    span.set_attribute("app.tenant", headers.get(b"x-tenant", b"").decode())
+
+
+def status_of_message(span: Any, scope: dict[str, Any], message: dict[str, Any]) -> None:
+    """An ASGI response hook: what started the response."""
+    span.set_attribute("app.response", f"{message['type']} {message.get('status', '')}".strip())
+
+
+def tenant_of_environ(span: Any, environ: dict[str, Any]) -> None:
+    """A WSGI request hook: the request's ``X-Tenant`` header as an attribute."""
+    span.set_attribute("app.tenant", environ.get("HTTP_X_TENANT", ""))
+
+
+def status_of_start(span: Any, environ: dict[str, Any], status: str, headers: Any) -> None:
+    """A WSGI response hook: the status line and the headers' names."""
+    span.set_attribute("app.response", status)
+    span.set_attribute("app.response_headers", sorted(name.lower() for name, _ in headers))
+
+
+def broken_hook(span: Any, *details: Any) -> None:
+    """A hook with a bug of its own."""
+    raise ValueError("the app's hook broke")
+
+
+def hook_exceptions(span: ProtoSpan) -> list[str]:
+    """The exception types recorded on an exported span."""
+    return [
+        attributes(event.attributes)["exception.type"]
+        for event in span.events
+        if event.name == "exception"
+    ]

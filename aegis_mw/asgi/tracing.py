@@ -14,6 +14,12 @@ gets one span for the whole session, named when the app accepts (or
 refuses) it. The recording runs inside the span, so each record carries the
 span's trace and span ids (``trace_context``). OpenTelemetry's per-message
 ``send``/``receive`` spans are left out: one span per request or session.
+
+``tracing_request_hook`` is OpenTelemetry's ``server_request_hook``
+(``(span, scope)``, as the span starts); ``tracing_response_hook`` is called
+``(span, scope, message)`` with the server span and the message that names
+it (OpenTelemetry's own ``client_response_hook`` gets the per-message spans
+left out here).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ConfigError
-from ..core.server_spans import SESSION, name_span, span_method
+from ..core.server_spans import SESSION, guarded_hook, name_span, span_method
 from ..core.tracer_provider import EXTRA_HINT
 from ..types import Receive, Scope, Send
 from .middleware import AegisMiddleware
@@ -59,9 +65,15 @@ class _Recording:
     ends the span with the response's last byte, before the app returns),
     or when the app returns without a response."""
 
-    def __init__(self, middleware: AegisMiddleware, current_span: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        middleware: AegisMiddleware,
+        current_span: Callable[[], Any],
+        response_hook: Callable[..., None] | None,
+    ) -> None:
         self.middleware = middleware
         self.current_span = current_span
+        self.response_hook = response_hook
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         entered = _ENTERED.get()
@@ -78,9 +90,13 @@ class _Recording:
             with suppress(Exception):
                 name_span(span, _prefix(scope), middleware.route_of(scope))
 
+        response_hook = self.response_hook
+
         async def naming_send(message: Any) -> None:
             if not named and message["type"] in _ROUTED:
                 name()
+                if response_hook is not None:
+                    response_hook(span, scope, message)
             await send(message)
 
         try:
@@ -133,9 +149,12 @@ def attach_tracing(middleware: AegisMiddleware) -> None:
     def span_valid() -> bool:
         return bool(current_span().get_span_context().is_valid)
 
+    settings = middleware.aegis.settings
+    response_hook = guarded_hook(settings.tracing_response_hook, "tracing_response_hook")
     spans = OpenTelemetryMiddleware(
-        _Recording(middleware, current_span),
+        _Recording(middleware, current_span, response_hook),
         default_span_details=_span_details,
+        server_request_hook=guarded_hook(settings.tracing_request_hook, "tracing_request_hook"),
         tracer_provider=provider,
         # Its HTTP metrics are not what the option asks for (an app with a
         # global meter provider would get them): ours are on /metrics.

@@ -8,14 +8,22 @@ alone (``GET``) and is renamed once the route template is known
 (``GET /items/{item_id}``). A WebSocket session's span is named
 ``WEBSOCKET`` then ``WEBSOCKET /ws/chat/{room}``: it covers the whole session,
 not one request. The span is duck-typed: OpenTelemetry is not imported here.
+
+The app's hooks (``tracing_request_hook``, ``tracing_response_hook``) are
+called through :func:`guarded_hook` on every side.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 from .labels import STANDARD_METHODS
 from .record import UNMATCHED_ROUTE
+
+logger = logging.getLogger("aegis_mw")
 
 #: What a WebSocket session's span is named by in place of a method.
 SESSION = "WEBSOCKET"
@@ -33,3 +41,29 @@ def name_span(span: Any, prefix: str, route: object) -> None:
     if type(route) is str and route and route != UNMATCHED_ROUTE and span.is_recording():
         span.update_name(f"{prefix} {route}")
         span.set_attribute("http.route", route)
+
+
+def guarded_hook(hook: Callable[..., Any] | None, option: str) -> Callable[..., None] | None:
+    """The app's ``tracing_request_hook`` or ``tracing_response_hook`` (named by
+    ``option``), called so that it fails nothing: what it raises is recorded
+    on the span (its first argument), as OpenTelemetry's instrumentations do,
+    and logged the first time; the request goes on as without it."""
+    if hook is None:
+        return None
+    warned = False
+
+    def call(span: Any, *details: Any) -> None:
+        nonlocal warned
+        try:
+            hook(span, *details)
+        except Exception as error:
+            with suppress(Exception):
+                span.record_exception(error)
+            if not warned:
+                warned = True
+                logger.warning(
+                    "aegis: %s raised %s (recorded on its span; logged once)",
+                    option, type(error).__name__, exc_info=True,
+                )  # fmt: skip
+
+    return call

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
 import ipaddress
 import itertools
 import json
@@ -289,6 +290,34 @@ def _sinks(value: Any) -> tuple[Any, ...]:
     return tuple(result)
 
 
+_HOOK_ALLOWED = "a callable, or 'module:name' naming one in text ('' for none)"
+
+
+def _hook(value: object) -> Callable[..., Any] | None:
+    if value is None or callable(value):
+        return value
+    raise TypeError
+
+
+def _hook_text(text: str) -> Callable[..., Any] | None:
+    """``module:name`` (``package.module:object.attribute``): what it names, imported now."""
+    if not text:
+        return None
+    module, _, name = text.partition(":")
+    if not module or not name:
+        raise ValueError
+    try:
+        found: Any = importlib.import_module(module)
+        for part in name.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError):
+        raise ValueError from None
+    if not callable(found):
+        raise ValueError
+    hook: Callable[..., Any] = found
+    return hook
+
+
 @dataclass(frozen=True)
 class _Rule:
     check: Callable[[Any], Any]
@@ -466,6 +495,8 @@ _RULES: dict[str, _Rule] = {
     "speedups": _Rule(_boolean, "true or false (1/0, yes/no, on/off in text)", _bool_text),
     "trace_context": _Rule(_boolean, "true or false (1/0, yes/no, on/off in text)", _bool_text),
     "tracing": _Rule(_boolean, "true or false (1/0, yes/no, on/off in text)", _bool_text),
+    "tracing_request_hook": _Rule(_hook, _HOOK_ALLOWED, _hook_text),
+    "tracing_response_hook": _Rule(_hook, _HOOK_ALLOWED, _hook_text),
     "trace_url": _Rule(
         _trace_url,
         "an http:// or https:// URL holding {trace_id} (and optionally {span_id}), such as "
@@ -647,6 +678,15 @@ class AegisSettings:
     #: OpenTelemetry's instrumentation, named by the route template (the
     #: tracing extra; the OTEL_* variables set the exporter): docs/opentelemetry.md.
     tracing: bool = False
+    #: With ``tracing``: called with each traced request's server span as it
+    #: starts, and the request (ASGI: ``(span, scope)``; WSGI and Django:
+    #: ``(span, environ)``), as OpenTelemetry's instrumentations call theirs.
+    tracing_request_hook: Any = None
+    #: With ``tracing``: called with the server span once the response starts
+    #: (ASGI: ``(span, scope, message)``; WSGI and Django: ``(span, environ,
+    #: status, headers)``). A hook that raises fails nothing: the exception
+    #: is recorded on the span.
+    tracing_response_hook: Any = None
     #: Nice levels the pipeline's threads run below the app's (Linux); 0 keeps
     #: them at the app's priority.
     background_niceness: int = 5

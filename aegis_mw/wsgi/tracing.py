@@ -16,6 +16,9 @@ outgoing calls see it, and the record carries its ids), under the caller's
 returned (a streamed response) is iterated outside the span's context; the
 span still covers it. Named as on the ASGI side (``core/server_spans.py``):
 the method, then the route template once the request is recorded.
+``tracing_request_hook`` is called ``(span, environ)`` as the span starts,
+``tracing_response_hook`` ``(span, environ, status, headers)`` as the
+response starts, as OpenTelemetry's WSGI middleware calls its hooks.
 
 No span for our routes, ``exclude_paths``, or a request that arrives with a
 span current already (an instrumentation of the app's own outside ours).
@@ -31,7 +34,7 @@ from contextlib import suppress
 from typing import Any
 
 from ..core.errors import ConfigError
-from ..core.server_spans import name_span, span_method
+from ..core.server_spans import guarded_hook, name_span, span_method
 from ..core.tracer_provider import EXTRA_HINT
 from .header_capture import HeaderCapture
 from .middleware import AegisWSGIMiddleware, StartResponse
@@ -75,7 +78,8 @@ class TracedAegisWSGIMiddleware(AegisWSGIMiddleware):
                 else:
                     environ[SPAN_KEY] = _Traced(self, span)
                     try:
-                        return self.call_python(environ, spans.start_response(span, start_response))
+                        traced_start = spans.start_response(span, start_response, environ)
+                        return self.call_python(environ, traced_start)
                     finally:
                         leave()
         return AegisWSGIMiddleware.__call__(self, environ, start_response)
@@ -106,7 +110,17 @@ class ServerSpans:
     attributes. Raises a :class:`ConfigError` naming the extra when one of
     them is not installed."""
 
-    def __init__(self, provider: Any) -> None:
+    def __init__(
+        self,
+        provider: Any,
+        request_hook: Callable[..., Any] | None = None,
+        response_hook: Callable[..., Any] | None = None,
+    ) -> None:
+        #: The app's hooks (``tracing_request_hook``, ``tracing_response_hook``),
+        #: guarded: ``(span, environ)`` as a span starts, ``(span, environ,
+        #: status, headers)`` as its response starts.
+        self.request_hook = guarded_hook(request_hook, "tracing_request_hook")
+        self.response_hook = guarded_hook(response_hook, "tracing_response_hook")
         try:
             from opentelemetry import context, propagate, trace
             from opentelemetry.instrumentation.wsgi import (
@@ -154,6 +168,8 @@ class ServerSpans:
         )  # fmt: skip
         if self.headers.requests:
             self.headers.request(span, environ, scope)
+        if self.request_hook is not None:
+            self.request_hook(span, environ)
         try:
             token = self._attach(self._in_context(span, caller))
         except BaseException:
@@ -170,13 +186,18 @@ class ServerSpans:
         if self.headers.responses:
             self.headers.response(span, headers)
 
-    def start_response(self, span: Any, start_response: StartResponse) -> StartResponse:
+    def start_response(
+        self, span: Any, start_response: StartResponse, environ: dict[str, Any]
+    ) -> StartResponse:
         """``start_response`` that also sets the span's response attributes
-        (``call_python`` calls it with three positional arguments)."""
-        respond = self.respond
+        and calls the response hook (``call_python`` calls it with three
+        positional arguments)."""
+        respond, hook = self.respond, self.response_hook
 
         def start(status: Any, headers: Any, exc_info: Any = None) -> Any:
             respond(span, status, headers)
+            if hook is not None:
+                hook(span, environ, status, headers)
             return start_response(status, headers, exc_info)
 
         return start
@@ -204,7 +225,11 @@ class ServerSpans:
 
 def attach_tracing(middleware: AegisWSGIMiddleware) -> None:
     """Turn ``middleware`` into a :class:`TracedAegisWSGIMiddleware` (``tracing`` on)."""
-    spans = ServerSpans(middleware.aegis.tracer_setup.provider)
+    settings = middleware.aegis.settings
+    spans = ServerSpans(
+        middleware.aegis.tracer_setup.provider,
+        settings.tracing_request_hook, settings.tracing_response_hook,
+    )  # fmt: skip
     middleware.__class__ = TracedAegisWSGIMiddleware
     assert isinstance(middleware, TracedAegisWSGIMiddleware)
     middleware._spans = spans

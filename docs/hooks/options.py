@@ -84,6 +84,18 @@ DESCRIPTIONS: dict[str, str] = {
         "`exclude_paths` (the `tracing` extra; the `OTEL_*` variables choose the exporter) "
         "([With OpenTelemetry](opentelemetry.md#tracing-true-spans-for-an-app-with-none))."
     ),
+    "tracing_request_hook": (
+        "With `tracing`: called with each traced request's server span as it starts, and the "
+        "request: `(span, scope)` under ASGI, `(span, environ)` under WSGI and Django, as "
+        "OpenTelemetry's instrumentations call theirs; `module:name` in text "
+        "([Hooks](opentelemetry.md#hooks-attributes-of-your-own))."
+    ),
+    "tracing_response_hook": (
+        "With `tracing`: called with the server span once the response starts: `(span, scope, "
+        "message)` under ASGI (the `http.response.start` message, a WebSocket's accept or "
+        "close), `(span, environ, status, headers)` under WSGI and Django; a hook that raises "
+        "fails nothing (the exception is recorded on the span)."
+    ),
     "background_niceness": (
         "Linux: how many nice levels below the app the flusher's and the sinks' threads run, "
         "so background work waits for the event loop's idle moments instead of preempting it; "

@@ -26,7 +26,7 @@ from aegis_mw.asgi.tracing import TracedAegisMiddleware
 from aegis_mw.testing import recorded, recorded_sessions
 from tests.harness import Exchange, call, http_scope, websocket_scope
 from tests.sinks.otlp_receiver import Receiver, attributes
-from tests.tracing import exported_spans
+from tests.tracing import broken_hook, exported_spans, hook_exceptions
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("hot_path")]
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -272,3 +272,44 @@ async def test_a_websocket_session_gets_one_span_for_the_whole_session(
         assert span.kind == ProtoSpan.SPAN_KIND_SERVER
         assert attributes(span.attributes)["http.route"] == "/ws/chat/{room}"
     assert "/internal/ws" not in sessions  # excluded: no record, no span
+
+
+async def test_the_apps_hooks_see_each_traced_request_and_its_response(
+    make_aegis: Callable[..., Aegis], span_receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``tracing_request_hook`` gets ``(span, scope)`` as the span starts,
+    ``tracing_response_hook`` ``(span, scope, message)`` as the response
+    starts: given by name (as the environment gives them) or as callables.
+    A hook that raises fails nothing: the answer is the app's, the exception
+    is recorded on the span, and logged once."""
+    environ = {
+        "AEGIS_TRACING": "true",
+        "AEGIS_TRACING_REQUEST_HOOK": "tests.tracing:tenant_of_scope",
+        "AEGIS_TRACING_RESPONSE_HOOK": "tests.tracing:status_of_message",
+    }
+    aegis = make_aegis(environ=environ)
+    middleware = AegisMiddleware(starlette_app(), aegis=aegis)
+    tenant = [(b"x-tenant", b"acme")]
+    assert (await call(middleware, http_scope("/items/1", headers=tenant))).status == 200
+    assert (await call(middleware, http_scope("/metrics", headers=tenant))).status == 200
+    assert aegis.shutdown()
+    [span] = [span for _, span in exported_spans(span_receiver)]  # none for /metrics
+    found = attributes(span.attributes)
+    assert (found["app.tenant"], found["app.response"]) == ("acme", "http.response.start 200")
+
+    broken = make_aegis(
+        tracing=True, tracing_request_hook=broken_hook, tracing_response_hook=broken_hook
+    )
+    middleware = AegisMiddleware(starlette_app(), aegis=broken)
+    for number in (1, 2):
+        answer = await call(middleware, http_scope(f"/items/{number}"))
+        assert (answer.status, answer.body) == (200, b"ok")
+    assert len(recorded(broken)) == 2
+    assert broken.shutdown()
+    spans = [span for _, span in exported_spans(span_receiver)][1:]
+    assert [hook_exceptions(span) for span in spans] == [["ValueError", "ValueError"]] * 2
+    warned = [r.getMessage() for r in caplog.records if "raised ValueError" in r.getMessage()]
+    assert warned == [
+        "aegis: tracing_request_hook raised ValueError (recorded on its span; logged once)",
+        "aegis: tracing_response_hook raised ValueError (recorded on its span; logged once)",
+    ]

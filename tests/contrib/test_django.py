@@ -28,6 +28,7 @@ from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware  # noqa: 
 from aegis_mw.contrib.django.middleware import route_template  # noqa: E402
 from aegis_mw.testing import recorded  # noqa: E402
 from aegis_mw.wsgi.mounted import WSGIRoutes  # noqa: E402
+from tests import tracing as hooks  # noqa: E402
 from tests.sinks.otlp_receiver import attributes  # noqa: E402
 from tests.tracing import exported_spans, recording_provider  # noqa: E402
 
@@ -413,6 +414,38 @@ async def test_a_traced_request_whose_task_is_cancelled_ends_its_span(
     [(_, span)] = exported_spans(span_receiver)
     assert (record.status, record.span_id) == (499, span.span_id.hex())
     assert attributes(span.attributes)["http.status_code"] == 499
+
+
+@pytest.mark.parametrize("asgi", [False, True], ids=["wsgi", "asgi"])
+def test_the_apps_tracing_hooks_see_each_traced_request_and_its_response(
+    make_aegis: Any, span_receiver: Any, monkeypatch: pytest.MonkeyPatch, asgi: bool
+) -> None:
+    """As OpenTelemetry's Django instrumentation calls its own: ``(span,
+    environ)`` as the span starts (request.META), ``(span, environ, status,
+    headers)`` with the response; a hook that raises fails nothing."""
+    config = apps.get_app_config("aegis_mw")
+    hooked = make_aegis(
+        tracing=True, tracing_request_hook=hooks.tenant_of_environ,
+        tracing_response_hook=hooks.status_of_start,
+    )  # fmt: skip
+    monkeypatch.setattr(config, "_pipeline", hooked)
+    _through_django("/items/3/", asgi=asgi)
+    assert hooked.shutdown()
+    broken = make_aegis(
+        tracing=True,
+        tracing_request_hook=hooks.broken_hook,
+        tracing_response_hook=hooks.broken_hook,
+    )
+    monkeypatch.setattr(config, "_pipeline", broken)
+    _through_django("/items/4/", asgi=asgi)
+    [record] = recorded(broken)
+    assert (record.path, record.status) == ("/items/4/", 200)
+    assert broken.shutdown()
+    first, second = [span for _, span in exported_spans(span_receiver)]
+    found = attributes(first.attributes)
+    assert (found["app.tenant"], found["app.response"]) == ("acme", "200 OK")
+    assert "content-type" in found["app.response_headers"]
+    assert hooks.hook_exceptions(second) == ["ValueError", "ValueError"]
 
 
 @pytest.mark.anyio

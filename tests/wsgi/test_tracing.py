@@ -27,7 +27,14 @@ from aegis_mw.wsgi import AegisWSGIMiddleware
 from aegis_mw.wsgi.tracing import SPAN_KEY, TracedAegisWSGIMiddleware
 from tests.harness import OPEN_MONITORING
 from tests.sinks.otlp_receiver import Receiver, attributes
-from tests.tracing import exported_spans, recording_provider
+from tests.tracing import (
+    broken_hook,
+    exported_spans,
+    hook_exceptions,
+    recording_provider,
+    status_of_start,
+    tenant_of_environ,
+)
 from tests.wsgi.test_middleware import Response, environ_for, serve
 
 # No hot_path runs: a middleware with tracing on takes the Python path only.
@@ -401,3 +408,35 @@ def test_a_middleware_between_two_traced_ones_gets_one_span(
     assert outer_aegis.shutdown() and inner_aegis.shutdown()
     [(_, span)] = exported_spans(span_receiver)
     assert outer_record.span_id == span.span_id.hex() and inner_record.span_id is None
+
+
+def test_the_apps_hooks_see_each_traced_request_and_its_response(
+    span_receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``tracing_request_hook`` gets ``(span, environ)`` as the span starts,
+    ``tracing_response_hook`` ``(span, environ, status, headers)`` as the
+    response starts, as OpenTelemetry's WSGI middleware calls its own. A
+    hook that raises fails nothing: the exception is recorded on the span."""
+    for request_hook, response_hook in (
+        (tenant_of_environ, status_of_start), (broken_hook, broken_hook),
+    ):  # fmt: skip
+        app = flask_app()
+        pipeline = FlaskAegis(
+            app, sink="memory://", environ={}, access=OPEN_MONITORING, tracing=True,
+            tracing_request_hook=request_hook, tracing_response_hook=response_hook,
+        ).pipeline  # fmt: skip
+        assert pipeline is not None
+        try:
+            answer = serve(app, environ_for("/items/1", HTTP_X_TENANT="acme"))
+            assert (answer[0].status, answer[1]) == ("200 OK", b"ok")
+            assert serve(app, environ_for("/metrics"))[0].status == "200 OK"  # no span
+            assert current_span_id() is None
+        finally:
+            assert pipeline.shutdown()
+    hooked, broken = [span for _, span in exported_spans(span_receiver)]
+    found = attributes(hooked.attributes)
+    assert (found["app.tenant"], found["app.response"]) == ("acme", "200 OK")
+    assert "content-type" in found["app.response_headers"]
+    assert hook_exceptions(broken) == ["ValueError", "ValueError"]
+    assert attributes(broken.attributes)["http.status_code"] == 200
+    assert "tracing_request_hook raised ValueError" in caplog.text

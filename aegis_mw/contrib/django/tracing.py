@@ -52,12 +52,20 @@ class TracedAegisMiddleware(AegisMiddleware):
 
     def _answered(self, request: HttpRequest, response: Any) -> Any:
         """The response, its headers captured on the request's span while it
-        is open (the span ends at the response's close, where they are gone)."""
-        if self._spans.headers.responses:
+        is open (the span ends at the response's close, where they are gone),
+        and the response hook called."""
+        spans = self._spans
+        if spans.headers.responses or spans.response_hook is not None:
             span = request.__dict__.get(SPAN_ATTRIBUTE)
             items = getattr(response, "items", None)
-            if span is not None and callable(items):
-                self._spans.headers.response(span, _pairs(items))
+            if span is not None:
+                headers = _pairs(items) if callable(items) else ()
+                if spans.headers.responses:
+                    spans.headers.response(span, headers)
+                if spans.response_hook is not None:
+                    status = f"{getattr(response, 'status_code', '')} "
+                    status += str(getattr(response, "reason_phrase", ""))
+                    spans.response_hook(span, request.META, status.strip(), headers)
         return response
 
     def _open(self, request: HttpRequest) -> Any:
@@ -108,7 +116,11 @@ def _pairs(items: Any) -> Any:
 
 def attach_tracing(middleware: AegisMiddleware) -> None:
     """Turn ``middleware`` into a :class:`TracedAegisMiddleware` (``tracing`` on)."""
-    spans = ServerSpans(middleware.aegis.tracer_setup.provider)
+    settings = middleware.aegis.settings
+    spans = ServerSpans(
+        middleware.aegis.tracer_setup.provider,
+        settings.tracing_request_hook, settings.tracing_response_hook,
+    )  # fmt: skip
     middleware.__class__ = TracedAegisMiddleware
     assert isinstance(middleware, TracedAegisMiddleware)
     middleware._spans = spans
