@@ -73,6 +73,17 @@ def status_of_start(span: Any, environ: dict[str, Any], status: str, headers: An
     span.set_attribute("app.response_headers", sorted(name.lower() for name, _ in headers))
 
 
+def tenant_of_request(span: Any, request: Any) -> None:
+    """A Django request hook: the request's ``X-Tenant`` header as an attribute."""
+    span.set_attribute("app.tenant", request.headers.get("X-Tenant", ""))
+
+
+def status_of_response(span: Any, request: Any, response: Any) -> None:
+    """A Django response hook: the status and the headers' names."""
+    span.set_attribute("app.response", f"{response.status_code} {response.reason_phrase}")
+    span.set_attribute("app.response_headers", sorted(name.lower() for name in response.headers))
+
+
 def broken_hook(span: Any, *details: Any) -> None:
     """A hook with a bug of its own."""
     raise ValueError("the app's hook broke")

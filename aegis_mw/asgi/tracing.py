@@ -92,6 +92,9 @@ class _Recording:
 
         response_hook = self.response_hook
 
+        if response_hook is not None and not span.get_span_context().is_valid:
+            response_hook = None  # OpenTelemetry made no span (instrumentation suppressed)
+
         async def naming_send(message: Any) -> None:
             if not named and message["type"] in _ROUTED:
                 name()

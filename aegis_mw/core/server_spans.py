@@ -15,11 +15,13 @@ called through :func:`guarded_hook` on every side.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
+from .errors import ConfigError
 from .labels import STANDARD_METHODS
 from .record import UNMATCHED_ROUTE
 
@@ -43,11 +45,32 @@ def name_span(span: Any, prefix: str, route: object) -> None:
         span.set_attribute("http.route", route)
 
 
-def guarded_hook(hook: Callable[..., Any] | None, option: str) -> Callable[..., None] | None:
+def resolved_hook(value: Callable[..., Any] | str | None, option: str) -> Callable[..., Any] | None:
+    """The hook an option holds: a callable, or ``module:name`` imported now
+    (when the middleware that traces is built, not wherever settings are
+    read); a :class:`ConfigError` naming the option when it cannot be had."""
+    if not isinstance(value, str):
+        return value
+    module, _, name = value.partition(":")
+    try:
+        found: Any = importlib.import_module(module)
+        for part in name.split("."):
+            found = getattr(found, part)
+    except Exception as error:  # an import error, or anything the module raised
+        raise ConfigError(option, value, f"it could not be imported ({error!r})") from error
+    if not callable(found):
+        raise ConfigError(option, value, f"{type(found).__name__} is not callable")
+    hook: Callable[..., Any] = found
+    return hook
+
+
+def guarded_hook(value: Callable[..., Any] | str | None, option: str) -> Callable[..., None] | None:
     """The app's ``tracing_request_hook`` or ``tracing_response_hook`` (named by
-    ``option``), called so that it fails nothing: what it raises is recorded
-    on the span (its first argument), as OpenTelemetry's instrumentations do,
-    and logged the first time; the request goes on as without it."""
+    ``option``; see :func:`resolved_hook`), called so that it fails nothing:
+    what it raises is recorded on the span (its first argument), as
+    OpenTelemetry's instrumentations do, and logged the first time; the
+    request goes on as without it."""
+    hook = resolved_hook(value, option)
     if hook is None:
         return None
     warned = False

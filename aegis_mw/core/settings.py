@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import importlib
 import ipaddress
 import itertools
 import json
@@ -291,31 +290,20 @@ def _sinks(value: Any) -> tuple[Any, ...]:
 
 
 _HOOK_ALLOWED = "a callable, or 'module:name' naming one in text ('' for none)"
+#: ``package.module:object.attribute``: imported when tracing is set up.
+_HOOK_NAME = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
-def _hook(value: object) -> Callable[..., Any] | None:
+def _hook(value: object) -> Callable[..., Any] | str | None:
     if value is None or callable(value):
         return value
+    if isinstance(value, str) and _HOOK_NAME.fullmatch(value):
+        return value  # imported by the middleware that traces (server_spans.resolved_hook)
     raise TypeError
 
 
-def _hook_text(text: str) -> Callable[..., Any] | None:
-    """``module:name`` (``package.module:object.attribute``): what it names, imported now."""
-    if not text:
-        return None
-    module, _, name = text.partition(":")
-    if not module or not name:
-        raise ValueError
-    try:
-        found: Any = importlib.import_module(module)
-        for part in name.split("."):
-            found = getattr(found, part)
-    except (ImportError, AttributeError):
-        raise ValueError from None
-    if not callable(found):
-        raise ValueError
-    hook: Callable[..., Any] = found
-    return hook
+def _hook_text(text: str) -> str | None:
+    return text or None
 
 
 @dataclass(frozen=True)
@@ -679,13 +667,14 @@ class AegisSettings:
     #: tracing extra; the OTEL_* variables set the exporter): docs/opentelemetry.md.
     tracing: bool = False
     #: With ``tracing``: called with each traced request's server span as it
-    #: starts, and the request (ASGI: ``(span, scope)``; WSGI and Django:
-    #: ``(span, environ)``), as OpenTelemetry's instrumentations call theirs.
+    #: starts, and the request (ASGI: ``(span, scope)``; WSGI: ``(span,
+    #: environ)``; Django: ``(span, request)``), as OpenTelemetry's
+    #: instrumentation of each calls its own; ``module:name`` in text.
     tracing_request_hook: Any = None
     #: With ``tracing``: called with the server span once the response starts
-    #: (ASGI: ``(span, scope, message)``; WSGI and Django: ``(span, environ,
-    #: status, headers)``). A hook that raises fails nothing: the exception
-    #: is recorded on the span.
+    #: (ASGI: ``(span, scope, message)``; WSGI: ``(span, environ, status,
+    #: headers)``; Django: ``(span, request, response)``). A hook that raises
+    #: fails nothing: the exception is recorded on the span.
     tracing_response_hook: Any = None
     #: Nice levels the pipeline's threads run below the app's (Linux); 0 keeps
     #: them at the app's priority.

@@ -20,14 +20,16 @@ Every round trip on the write connection has a deadline the client keeps
 peer's kernel still acknowledges, so ``tcp_user_timeout`` never fires)
 would otherwise hold the sink's thread, and the sink busy, for as long as
 it stays so. Each statement of a write (the deadline counted afresh before
-each step), a prune step or a lease call gets the statement timeout in
+each; a list of upserts sent at once counts as one), a prune step or a
+lease call gets the statement timeout in
 effect on the connection (30 s where nobody chose one, or it is off) plus
 ``write_grace``; a new connection's set-up ``SETUP_SECONDS`` at least. Past
 it the connection is closed and the call fails as the store being
 unreachable (the batch is retried under its id, or spooled), and the next
 call opens a new connection: to a server that answers again, or to another
-at the same address. A migration that applies versions has no deadline of
-ours (it may build an index of a large table, once). A server process that
+at the same address. A migration that applies versions gets
+``WRITE_MIGRATION_SECONDS`` (it may build an index of a large table, once),
+its statements a statement timeout just below. A server process that
 stopped while it held locks keeps them: writes needing them wait (each
 cancelled at the statement timeout) until it is continued or ended.
 
@@ -70,6 +72,7 @@ from .event_rows import event_rows
 from .postgres_deadline import Deadline, Watchdog
 from .postgres_read import (
     KEEPALIVES,
+    MIGRATION_MARGIN,
     SETUP_SECONDS,
     STATEMENT_TIMEOUT_MS,
     PostgresReader,
@@ -126,6 +129,10 @@ TCP_USER_TIMEOUT_MS = 15_000
 #: The longest an alert-store call waits for a connection of its pool (the
 #: server down: the tick fails and is logged, the next one tries again).
 ALERT_POOL_WAIT_SECONDS = 10.0
+#: Seconds the write connection's migration may take (its statements are
+#: cancelled by the server MIGRATION_MARGIN before): an upgrade that builds
+#: an index of a large table, once.
+WRITE_MIGRATION_SECONDS = 3600.0
 #: Seconds beyond the statement timeout in effect that a call on the write
 #: connection waits for an answer (see the module's docstring): a server that
 #: runs has cancelled the statement by then.
@@ -186,6 +193,8 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         # Tables whose expired rows the database refused to delete (a foreign
         # key of the app's), warned about once each.
         self._prune_refused: set[str] = set()
+        # The prune step the next prune starts at (one after a step cancelled).
+        self._prune_from = 0
         self._reader: PostgresReader = PostgresReader(url, self.connect_kwargs, self.name)
         #: The alert store's pool (the alert, sender and API threads): apart
         #: from the history reads', whose long queries must not hold it.
@@ -246,9 +255,10 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
             if deadline.missed:  # answered, but too late: closed, so not used
                 raise deadline.error()
             if not current:
-                # Versions to apply: no deadline of ours, as long as it takes
-                # (an index of a large table built; it is done once).
-                migrate(connection)
+                # Versions to apply: long, but not forever (an index of a
+                # large table built, once; a server that hung meanwhile).
+                with self._watchdog.deadline(connection, WRITE_MIGRATION_SECONDS):
+                    migrate(connection, WRITE_MIGRATION_SECONDS - MIGRATION_MARGIN)
             with self._watchdog.deadline(connection, setup) as deadline:
                 for statement in CREATE_STAGING:
                     connection.execute(statement)
@@ -290,8 +300,9 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
                 connection.transaction(),
                 connection.cursor() as cursor,
             ):
-                # Each step counts its deadline afresh: each of its statements
-                # has the statement timeout (the commit counts with the last).
+                # The deadline counted afresh before each statement, each
+                # having the statement timeout (a list of upserts sent at
+                # once counts as one; the commit counts with the last).
                 renew = deadline.renew
                 # No row for the id: a retry of a write that did commit.
                 if (batch.requests or batch.sessions or batch.events) and (
@@ -299,11 +310,9 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
                     or cursor.execute(INSERT_BATCH, (batch.batch_id, time.time())).rowcount
                 ):
                     if batch.requests:
-                        renew()
-                        _store(cursor, self._requests, batch.requests, self._copier, slices)
+                        _store(cursor, self._requests, batch.requests, self._copier, slices, renew)
                     if batch.sessions:
-                        renew()
-                        _store(cursor, SESSIONS, batch.sessions, self._copier, slices)
+                        _store(cursor, SESSIONS, batch.sessions, self._copier, slices, renew)
                     if batch.events:
                         renew()
                         cursor.executemany(INSERT_EVENTS, event_rows(batch.events))
@@ -354,8 +363,12 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
                 steps.append((_DELETE_TOTALS, params))
                 steps.append((_DELETE_CUSTOM, params))
         deleted = 0
+        # From the step after the last one cancelled (see below), round.
+        start = self._prune_from % len(steps)
+        self._prune_from = 0
         try:
-            for sql, step_params in steps:
+            for index in [*range(start, len(steps)), *range(start)]:
+                sql, step_params = steps[index]
                 try:
                     with self._answered(connection):
                         deleted += connection.execute(sql, step_params).rowcount
@@ -365,12 +378,16 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
                     self._warn_prune_refused(sql, exc)
                 except psycopg.errors.QueryCanceled as exc:
                     # Past the statement timeout (a table locked, compressed
-                    # chunks): that step waits for the next prune, the
-                    # others go on (the connection is idle, autocommit).
+                    # chunks): this prune stops there, so a locked table
+                    # costs the sink's thread one statement timeout, not one
+                    # per step; the next starts after it, so every table is
+                    # pruned in turn (the connection is idle, autocommit).
+                    self._prune_from = index + 1
                     logger.warning(
-                        "aegis: pruning %s was cancelled (%s); tried again at the next prune",
+                        "aegis: pruning %s was cancelled (%s); the next prune starts after it",
                         sql.split()[2], str(exc).splitlines()[0],
                     )  # fmt: skip
+                    break
         except psycopg.OperationalError:
             self._drop_if_broken(connection)
             raise
@@ -474,10 +491,13 @@ def _store(
     rows: Sequence[tuple[Any, ...]],
     compiled: ModuleType | None,
     slices: Slices,
+    renew: Callable[[], None],
 ) -> None:
     """Rows into their table in the caller's transaction; into a table with
     a key, each stored once: COPYed in a savepoint, and if some are there
-    already, through the staging table instead, skipping those."""
+    already, through the staging table instead, skipping those. ``renew``
+    before each statement (the write's deadline, counted afresh)."""
+    renew()
     if not table.staged_copy:
         _copy(cursor, table.copy, table, rows, compiled, slices)
         return
@@ -487,7 +507,9 @@ def _store(
         return
     except psycopg.errors.UniqueViolation:
         pass  # some are stored already: add the others, skipping those
+    renew()
     _copy(cursor, table.staged_copy, table, rows, compiled, slices)
+    renew()
     cursor.execute(table.insert_staged)
 
 

@@ -23,8 +23,9 @@ pool's worker, on a server process just started: not on a read's path), and
 a borrow the statement timeout in effect on its connection (ours where
 nobody chose one, or none was) plus ``timeout``, since a server that runs
 has cancelled a statement by then. The schema's migration, on a process's
-first borrow, gets ``MIGRATION_SECONDS``: its statements may rewrite or
-index a large table, each within the statement timeout.
+first borrow, gets ``MIGRATION_SECONDS``, its statements a statement
+timeout of their own just below it (an index of a large table may take
+longer than a read's statement timeout).
 """
 
 from __future__ import annotations
@@ -50,8 +51,12 @@ MAX_READERS = 4
 STATEMENT_TIMEOUT_MS = 30_000
 #: Seconds at least a new connection's set-up may take (see _configure).
 SETUP_SECONDS = 10.0
-#: Seconds the schema's migration may take, on a process's first borrow.
+#: Seconds the schema's migration may take, on a process's first borrow
+#: (its statements are cancelled by the server MIGRATION_MARGIN before).
 MIGRATION_SECONDS = 600.0
+#: Seconds before a migration's client deadline that the server cancels its
+#: statement: a server that runs ends it and frees its locks itself.
+MIGRATION_MARGIN = 60.0
 #: libpq keepalives for read connections, unless the URL has its own: a peer
 #: gone silent is found in about 10 + 3 x 5 s instead of the kernel's hours.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
@@ -138,7 +143,7 @@ class PostgresReader(history_sql.RowReader):
             if not self._migrated:
                 # A read may come before the first write: the tables must exist.
                 with self._watchdog.deadline(connection, MIGRATION_SECONDS):
-                    migrate(connection)
+                    migrate(connection, MIGRATION_SECONDS - MIGRATION_MARGIN)
                 self._migrated = True
             # Ours where nobody chose one; none chosen (0): ours all the same,
             # a monitoring read that never ends being no better than one cut.

@@ -81,7 +81,8 @@ def _optional_index(
                     f"CREATE INDEX IF NOT EXISTS {name} ON aegis_requests {definition}"
                 )
         except psycopg.DatabaseError as exc:
-            if isinstance(exc, psycopg.errors.QueryCanceled) or connection.broken:
+            cut = (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)
+            if isinstance(exc, cut) or connection.broken:
                 raise  # cut short, not refused: the migration is tried again
             logger.warning("aegis: no index of the request log's %s (%s); %s", what, exc, without)
 
@@ -644,10 +645,20 @@ INSERT_BATCH = (
 )
 
 
-def migrate(connection: psycopg.Connection[Any]) -> int:
+#: How long a migration waits for a lock it needs (the request log's, behind
+#: a long transaction): while it waits in the queue, every other session's
+#: use of the table waits behind it. Past it the migration fails, and the
+#: next connection tries again.
+MIGRATION_LOCK_TIMEOUT_MS = 30_000
+
+
+def migrate(connection: psycopg.Connection[Any], seconds: float) -> int:
     """Bring the schema to ``SCHEMA_VERSION``; returns the version found.
 
     ``connection`` is in autocommit mode; the migration is one transaction.
+    Applying versions, each statement may take ``seconds`` (not the
+    connection's own statement timeout: a version may build an index of a
+    large table), and waits at most MIGRATION_LOCK_TIMEOUT_MS for a lock.
     """
     with connection.transaction():
         # Held to the end of the transaction: whoever comes next reads the
@@ -664,7 +675,9 @@ def migrate(connection: psycopg.Connection[Any]) -> int:
         if found < SCHEMA_VERSION:
             # Not the connection's statement timeout (a read pool's 30 s, the
             # app's own): a version may build an index of a large table.
-            connection.execute("SET LOCAL statement_timeout = 0")
+            # Integers of our own: SET takes no parameters.
+            connection.execute(f"SET LOCAL statement_timeout = {int(seconds * 1000):d}")
+            connection.execute(f"SET LOCAL lock_timeout = {MIGRATION_LOCK_TIMEOUT_MS:d}")
         if found == 0:
             connection.execute(
                 "CREATE TABLE IF NOT EXISTS aegis_schema_version ("

@@ -118,7 +118,7 @@ class ServerSpans:
     ) -> None:
         #: The app's hooks (``tracing_request_hook``, ``tracing_response_hook``),
         #: guarded: ``(span, environ)`` as a span starts, ``(span, environ,
-        #: status, headers)`` as its response starts.
+        #: status, headers)`` as its response starts (Django calls its own).
         self.request_hook = guarded_hook(request_hook, "tracing_request_hook")
         self.response_hook = guarded_hook(response_hook, "tracing_response_hook")
         try:
@@ -168,9 +168,9 @@ class ServerSpans:
         )  # fmt: skip
         if self.headers.requests:
             self.headers.request(span, environ, scope)
-        if self.request_hook is not None:
-            self.request_hook(span, environ)
         try:
+            if self.request_hook is not None:
+                self.request_hook(span, environ)
             token = self._attach(self._in_context(span, caller))
         except BaseException:
             span.end()

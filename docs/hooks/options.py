@@ -86,15 +86,16 @@ DESCRIPTIONS: dict[str, str] = {
     ),
     "tracing_request_hook": (
         "With `tracing`: called with each traced request's server span as it starts, and the "
-        "request: `(span, scope)` under ASGI, `(span, environ)` under WSGI and Django, as "
-        "OpenTelemetry's instrumentations call theirs; `module:name` in text "
+        "request: `(span, scope)` under ASGI, `(span, environ)` under WSGI, `(span, request)` "
+        "under Django, as OpenTelemetry's instrumentation of each calls its own; `module:name` "
+        "in text, imported when the middleware is built "
         "([Hooks](opentelemetry.md#hooks-attributes-of-your-own))."
     ),
     "tracing_response_hook": (
         "With `tracing`: called with the server span once the response starts: `(span, scope, "
         "message)` under ASGI (the `http.response.start` message, a WebSocket's accept or "
-        "close), `(span, environ, status, headers)` under WSGI and Django; a hook that raises "
-        "fails nothing (the exception is recorded on the span)."
+        "close), `(span, environ, status, headers)` under WSGI, `(span, request, response)` "
+        "under Django; a hook that raises fails nothing (the exception is recorded on the span)."
     ),
     "background_niceness": (
         "Linux: how many nice levels below the app the flusher's and the sinks' threads run, "

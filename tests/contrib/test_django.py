@@ -421,12 +421,12 @@ def test_the_apps_tracing_hooks_see_each_traced_request_and_its_response(
     make_aegis: Any, span_receiver: Any, monkeypatch: pytest.MonkeyPatch, asgi: bool
 ) -> None:
     """As OpenTelemetry's Django instrumentation calls its own: ``(span,
-    environ)`` as the span starts (request.META), ``(span, environ, status,
-    headers)`` with the response; a hook that raises fails nothing."""
+    request)`` as the span starts, ``(span, request, response)`` with the
+    response; a hook that raises fails nothing."""
     config = apps.get_app_config("aegis_mw")
     hooked = make_aegis(
-        tracing=True, tracing_request_hook=hooks.tenant_of_environ,
-        tracing_response_hook=hooks.status_of_start,
+        tracing=True, tracing_request_hook=hooks.tenant_of_request,
+        tracing_response_hook=hooks.status_of_response,
     )  # fmt: skip
     monkeypatch.setattr(config, "_pipeline", hooked)
     _through_django("/items/3/", asgi=asgi)

@@ -358,15 +358,19 @@ def test_a_request_key_is_kept_a_day(store: Any) -> None:
 
 
 def test_the_sinks_pruning_deletes_the_keys_of_a_day_ago(shared_store: tuple[str, Any]) -> None:
+    """An opening takes over its own key once expired, and deletes no other
+    (openings at once would lock the same rows); pruning deletes the rest."""
     url, sink = shared_store
     store = sink.incident_store()
     now = time.time()
-    for number, at in enumerate((now - KEY_KEEP_SECONDS - 60, now - 60)):
+    expired = now - KEY_KEEP_SECONDS - 60
+    for number, at in enumerate((expired, expired, now - 60)):
         store.open_once(make_incident(f"inc-{number}", at), f"key-{number}", "fields")
-    keys = "SELECT request_key FROM aegis_incident_requests ORDER BY request_key"
-    assert rows(url, keys) == [("key-0",), ("key-1",)]
+    store.open_once(make_incident("inc-9", now), "key-0", "other fields")
+    keys = "SELECT request_key, incident_id FROM aegis_incident_requests ORDER BY request_key"
+    assert rows(url, keys) == [("key-0", "inc-9"), ("key-1", "inc-1"), ("key-2", "inc-2")]
     sink.prune(0.0, {}, 1000)
-    assert rows(url, keys) == [("key-1",)]  # a day not yet past
+    assert rows(url, keys) == [("key-0", "inc-9"), ("key-2", "inc-2")]  # a day not yet past
 
 
 # -- at once: threads, then processes ----------------------------------------------------

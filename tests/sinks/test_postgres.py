@@ -635,7 +635,7 @@ def test_concurrent_migrations_apply_each_step_once(postgres_url: str) -> None:
     def migrate(_: int) -> int:
         with psycopg.connect(postgres_url, autocommit=True) as connection:
             barrier.wait()
-            return postgres_schema.migrate(connection)
+            return postgres_schema.migrate(connection, 60.0)
 
     with ThreadPoolExecutor(max_workers=count) as pool:
         found = sorted(pool.map(migrate, range(count), timeout=60))

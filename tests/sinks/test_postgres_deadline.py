@@ -109,6 +109,52 @@ def test_a_deadline_that_passes_as_the_block_ends_closes_the_connection(
         assert deadline.missed and connection.closed
 
 
+def test_a_short_deadline_armed_while_the_thread_waits_on_a_long_one_is_kept(
+    postgres_url: str,
+) -> None:
+    """Arming wakes the thread only for a deadline before its next wake: one
+    armed while it waits towards a later one (or idles) is still kept on time."""
+    watchdog = Watchdog("test-deadlines")
+    with (
+        psycopg.connect(postgres_url, autocommit=True) as waiting,
+        psycopg.connect(postgres_url, autocommit=True) as cut,
+        watchdog.deadline(waiting, 60.0),  # the thread now waits 60 s
+    ):
+
+        def sleep_past_a_short_deadline() -> None:
+            with watchdog.deadline(cut, 0.3):
+                cut.execute("SELECT pg_sleep(10)")
+
+        error, took = timed(sleep_past_a_short_deadline)
+        assert "no answer from the server within 0.3 s" in str(error)
+        assert took < 5, took
+        assert waiting.execute("SELECT 1").fetchone() == (1,)  # the long one untouched
+    watchdog.close()
+
+
+def test_a_renewed_deadline_counts_from_its_renewal(postgres_url: str) -> None:
+    """A block of statements each within its deadline, the block longer than
+    it: renewed before each statement, it runs to its end; not renewed, it
+    is cut."""
+    watchdog = Watchdog("test-deadlines")
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        with watchdog.deadline(connection, 1.0) as deadline:
+            for _ in range(3):
+                deadline.renew()
+                connection.execute("SELECT pg_sleep(0.4)")
+        assert not deadline.missed and not connection.closed
+
+        def without_renewals() -> None:
+            with watchdog.deadline(connection, 1.0):
+                for _ in range(3):
+                    connection.execute("SELECT pg_sleep(0.4)")
+
+        error, _ = timed(without_renewals)
+        assert "no answer from the server within 1 s" in str(error)
+        assert connection.closed
+    watchdog.close()
+
+
 def test_without_a_thread_to_keep_it_a_block_runs_unguarded(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -321,28 +367,33 @@ def test_a_slow_links_write_connection_is_set_up_all_the_same(
         timed(sink.close, thread=sinks_thread)
 
 
-def test_a_prune_step_the_server_cancels_lets_the_others_run(
+def test_a_prune_step_the_server_cancels_stops_that_prune_and_the_next_goes_past_it(
     postgres_url: str,
     sinks: Callable[[str], PostgresSink],
     sinks_thread: ThreadPoolExecutor,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The write connection's statement timeout (the URL's 0.5 s here) cancels
-    a step stuck behind a lock: logged, tried at the next prune, and the
-    steps after it still prune their tables."""
+    a step stuck behind a lock: logged, that prune stops there (one timeout
+    spent on the sink's thread, not one per step), and the next starts at
+    the step after it, so the tables after a locked one are pruned too."""
     sink = sinks(f"{postgres_url}%20-cstatement_timeout%3D500")
     old = 1_700_000_000.0
+    audited: list[list[dict[str, Any]]] = []
 
     def prune() -> None:
         sink.write(Batch(requests=[make_request(1)]))  # long expired
         sink.audit_log().add(old, "tester", "POST", "events", {"accepted": 1})
         with psycopg.connect(postgres_url) as locker:  # a transaction, open
             locker.execute("LOCK TABLE aegis_events IN ACCESS EXCLUSIVE MODE")
-            sink.prune(time.time(), {}, 100)
+            sink.prune(time.time(), {}, 100)  # requests, then events: cancelled
+            audited.append(sink.audit_log().latest(10))
+            sink.prune(time.time(), {}, 100)  # from after events: the audit, ...
 
     error, _ = timed(prune, thread=sinks_thread)
     assert error is None, error
-    assert "pruning aegis_events was cancelled" in caplog.text
+    assert caplog.text.count("pruning aegis_events was cancelled") == 2
     assert stored_requests(postgres_url) == []
-    assert sink.audit_log().latest(10) == []  # a step after the one cancelled
+    assert len(audited[0]) == 1  # the first prune stopped before the audit's step
+    assert sink.audit_log().latest(10) == []
     timed(sink.close, thread=sinks_thread)

@@ -16,10 +16,12 @@ compiled one saves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.http import HttpRequest
 
+from ...core.server_spans import guarded_hook
 from ...wsgi.tracing import ServerSpans
 from .middleware import AegisMiddleware
 
@@ -31,6 +33,11 @@ class TracedAegisMiddleware(AegisMiddleware):
     """Django's :class:`AegisMiddleware` with ``tracing`` on (the class of such an instance)."""
 
     _spans: ServerSpans
+    #: The app's hooks, guarded: ``(span, request)`` as the span starts,
+    #: ``(span, request, response)`` with the response, as OpenTelemetry's
+    #: Django instrumentation calls its own.
+    _request_hook: Callable[..., None] | None
+    _response_hook: Callable[..., None] | None
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
@@ -53,19 +60,17 @@ class TracedAegisMiddleware(AegisMiddleware):
     def _answered(self, request: HttpRequest, response: Any) -> Any:
         """The response, its headers captured on the request's span while it
         is open (the span ends at the response's close, where they are gone),
-        and the response hook called."""
-        spans = self._spans
-        if spans.headers.responses or spans.response_hook is not None:
+        and the response hook called ``(span, request, response)``."""
+        hook = self._response_hook
+        if self._spans.headers.responses or hook is not None:
             span = request.__dict__.get(SPAN_ATTRIBUTE)
-            items = getattr(response, "items", None)
             if span is not None:
-                headers = _pairs(items) if callable(items) else ()
-                if spans.headers.responses:
-                    spans.headers.response(span, headers)
-                if spans.response_hook is not None:
-                    status = f"{getattr(response, 'status_code', '')} "
-                    status += str(getattr(response, "reason_phrase", ""))
-                    spans.response_hook(span, request.META, status.strip(), headers)
+                if self._spans.headers.responses:
+                    items = getattr(response, "items", None)
+                    if callable(items):
+                        self._spans.headers.response(span, _pairs(items))
+                if hook is not None:
+                    hook(span, request, response)
         return response
 
     def _open(self, request: HttpRequest) -> Any:
@@ -82,6 +87,13 @@ class TracedAegisMiddleware(AegisMiddleware):
         except Exception:  # OpenTelemetry failed on this request: untraced
             return None
         setattr(request, SPAN_ATTRIBUTE, span)
+        if self._request_hook is not None:
+            try:
+                self._request_hook(span, request)
+            except BaseException:  # not an Exception (those it records): as if untraced
+                leave()
+                self._abandoned(request)
+                raise
         return leave
 
     def _closed(self, request: HttpRequest, item: list[Any]) -> None:
@@ -117,10 +129,11 @@ def _pairs(items: Any) -> Any:
 def attach_tracing(middleware: AegisMiddleware) -> None:
     """Turn ``middleware`` into a :class:`TracedAegisMiddleware` (``tracing`` on)."""
     settings = middleware.aegis.settings
-    spans = ServerSpans(
-        middleware.aegis.tracer_setup.provider,
-        settings.tracing_request_hook, settings.tracing_response_hook,
-    )  # fmt: skip
+    spans = ServerSpans(middleware.aegis.tracer_setup.provider)
     middleware.__class__ = TracedAegisMiddleware
     assert isinstance(middleware, TracedAegisMiddleware)
     middleware._spans = spans
+    middleware._request_hook = guarded_hook(settings.tracing_request_hook, "tracing_request_hook")
+    middleware._response_hook = guarded_hook(
+        settings.tracing_response_hook, "tracing_response_hook"
+    )
