@@ -47,8 +47,9 @@ def name_span(span: Any, prefix: str, route: object) -> None:
 
 def resolved_hook(value: Callable[..., Any] | str | None, option: str) -> Callable[..., Any] | None:
     """The hook an option holds: a callable, or ``module:name`` imported now
-    (when the middleware that traces is built, not wherever settings are
-    read); a :class:`ConfigError` naming the option when it cannot be had."""
+    (when a pipeline with ``tracing`` on, or its middleware, is built; not
+    wherever settings are read); a :class:`ConfigError` naming the option
+    when it cannot be had."""
     if not isinstance(value, str):
         return value
     module, _, name = value.partition(":")

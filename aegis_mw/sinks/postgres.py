@@ -28,8 +28,8 @@ it the connection is closed and the call fails as the store being
 unreachable (the batch is retried under its id, or spooled), and the next
 call opens a new connection: to a server that answers again, or to another
 at the same address. A migration that applies versions gets
-``WRITE_MIGRATION_SECONDS`` (it may build an index of a large table, once),
-its statements a statement timeout just below. A server process that
+``MIGRATION_SECONDS`` a statement (it may build an index of a large table,
+once), and a statement timeout just below. A server process that
 stopped while it held locks keeps them: writes needing them wait (each
 cancelled at the statement timeout) until it is continued or ended.
 
@@ -73,6 +73,7 @@ from .postgres_deadline import Deadline, Watchdog
 from .postgres_read import (
     KEEPALIVES,
     MIGRATION_MARGIN,
+    MIGRATION_SECONDS,
     SETUP_SECONDS,
     STATEMENT_TIMEOUT_MS,
     PostgresReader,
@@ -129,10 +130,6 @@ TCP_USER_TIMEOUT_MS = 15_000
 #: The longest an alert-store call waits for a connection of its pool (the
 #: server down: the tick fails and is logged, the next one tries again).
 ALERT_POOL_WAIT_SECONDS = 10.0
-#: Seconds the write connection's migration may take (its statements are
-#: cancelled by the server MIGRATION_MARGIN before): an upgrade that builds
-#: an index of a large table, once.
-WRITE_MIGRATION_SECONDS = 3600.0
 #: Seconds beyond the statement timeout in effect that a call on the write
 #: connection waits for an answer (see the module's docstring): a server that
 #: runs has cancelled the statement by then.
@@ -257,8 +254,8 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
             if not current:
                 # Versions to apply: long, but not forever (an index of a
                 # large table built, once; a server that hung meanwhile).
-                with self._watchdog.deadline(connection, WRITE_MIGRATION_SECONDS):
-                    migrate(connection, WRITE_MIGRATION_SECONDS - MIGRATION_MARGIN)
+                with self._watchdog.deadline(connection, MIGRATION_SECONDS) as migration:
+                    migrate(connection, MIGRATION_SECONDS - MIGRATION_MARGIN, migration.renew)
             with self._watchdog.deadline(connection, setup) as deadline:
                 for statement in CREATE_STAGING:
                     connection.execute(statement)

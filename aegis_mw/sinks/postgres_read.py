@@ -23,9 +23,9 @@ pool's worker, on a server process just started: not on a read's path), and
 a borrow the statement timeout in effect on its connection (ours where
 nobody chose one, or none was) plus ``timeout``, since a server that runs
 has cancelled a statement by then. The schema's migration, on a process's
-first borrow, gets ``MIGRATION_SECONDS``, its statements a statement
-timeout of their own just below it (an index of a large table may take
-longer than a read's statement timeout).
+first borrow, gets ``MIGRATION_SECONDS`` a statement, and a statement
+timeout of its own just below (an index of a large table may take longer
+than a read's statement timeout).
 """
 
 from __future__ import annotations
@@ -51,9 +51,10 @@ MAX_READERS = 4
 STATEMENT_TIMEOUT_MS = 30_000
 #: Seconds at least a new connection's set-up may take (see _configure).
 SETUP_SECONDS = 10.0
-#: Seconds the schema's migration may take, on a process's first borrow
-#: (its statements are cancelled by the server MIGRATION_MARGIN before).
-MIGRATION_SECONDS = 600.0
+#: Seconds each statement of the schema's migration may take (an upgrade that
+#: builds an index of a large table, once), counted afresh before each; the
+#: server cancels it MIGRATION_MARGIN before.
+MIGRATION_SECONDS = 3600.0
 #: Seconds before a migration's client deadline that the server cancels its
 #: statement: a server that runs ends it and frees its locks itself.
 MIGRATION_MARGIN = 60.0
@@ -142,8 +143,8 @@ class PostgresReader(history_sql.RowReader):
         with self._current_pool().connection() as connection:
             if not self._migrated:
                 # A read may come before the first write: the tables must exist.
-                with self._watchdog.deadline(connection, MIGRATION_SECONDS):
-                    migrate(connection, MIGRATION_SECONDS - MIGRATION_MARGIN)
+                with self._watchdog.deadline(connection, MIGRATION_SECONDS) as deadline:
+                    migrate(connection, MIGRATION_SECONDS - MIGRATION_MARGIN, deadline.renew)
                 self._migrated = True
             # Ours where nobody chose one; none chosen (0): ours all the same,
             # a monitoring read that never ends being no better than one cut.

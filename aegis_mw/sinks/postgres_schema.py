@@ -652,20 +652,27 @@ INSERT_BATCH = (
 MIGRATION_LOCK_TIMEOUT_MS = 30_000
 
 
-def migrate(connection: psycopg.Connection[Any], seconds: float) -> int:
+def migrate(
+    connection: psycopg.Connection[Any], seconds: float, renew: Callable[[], None] = lambda: None
+) -> int:
     """Bring the schema to ``SCHEMA_VERSION``; returns the version found.
 
     ``connection`` is in autocommit mode; the migration is one transaction.
-    Applying versions, each statement may take ``seconds`` (not the
-    connection's own statement timeout: a version may build an index of a
-    large table), and waits at most MIGRATION_LOCK_TIMEOUT_MS for a lock.
+    It waits at most MIGRATION_LOCK_TIMEOUT_MS for a lock (the migration's
+    own, another process migrating; a table's); applying versions, each
+    statement may take ``seconds`` (not the connection's own statement
+    timeout: a version may build an index of a large table). ``renew`` is
+    called before each of them (the caller's deadline counted afresh).
     """
     with connection.transaction():
+        # Integers of our own: SET takes no parameters.
+        connection.execute(f"SET LOCAL lock_timeout = {MIGRATION_LOCK_TIMEOUT_MS:d}")
         # Held to the end of the transaction: whoever comes next reads the
         # version this transaction wrote.
         connection.execute(
             "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (LOCK_KEY,)
         )
+        renew()
         found = _version(connection)
         if found > SCHEMA_VERSION:
             raise SchemaTooNew(
@@ -675,9 +682,7 @@ def migrate(connection: psycopg.Connection[Any], seconds: float) -> int:
         if found < SCHEMA_VERSION:
             # Not the connection's statement timeout (a read pool's 30 s, the
             # app's own): a version may build an index of a large table.
-            # Integers of our own: SET takes no parameters.
             connection.execute(f"SET LOCAL statement_timeout = {int(seconds * 1000):d}")
-            connection.execute(f"SET LOCAL lock_timeout = {MIGRATION_LOCK_TIMEOUT_MS:d}")
         if found == 0:
             connection.execute(
                 "CREATE TABLE IF NOT EXISTS aegis_schema_version ("
@@ -685,11 +690,13 @@ def migrate(connection: psycopg.Connection[Any], seconds: float) -> int:
             )
         for version in range(found, SCHEMA_VERSION):
             for step in MIGRATIONS[version]:
+                renew()
                 if callable(step):
                     step(connection)
                 else:
                     connection.execute(step)
             if version == 0:
+                renew()
                 _try_timescale(connection)
             connection.execute(
                 "INSERT INTO aegis_schema_version (version) VALUES (%s)", (version + 1,)
@@ -725,4 +732,6 @@ def _try_timescale(connection: psycopg.Connection[Any]) -> None:
             for statement in _TIMESCALE:
                 connection.execute(statement)
     except psycopg.Error as exc:
+        if isinstance(exc, (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)):
+            raise  # cut short, not refused: the migration is tried again
         logger.warning("aegis: TimescaleDB is available but not used (%s)", exc)

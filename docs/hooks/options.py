@@ -88,7 +88,7 @@ DESCRIPTIONS: dict[str, str] = {
         "With `tracing`: called with each traced request's server span as it starts, and the "
         "request: `(span, scope)` under ASGI, `(span, environ)` under WSGI, `(span, request)` "
         "under Django, as OpenTelemetry's instrumentation of each calls its own; `module:name` "
-        "in text, imported when the middleware is built "
+        "in text, imported when the pipeline is built with `tracing` on "
         "([Hooks](opentelemetry.md#hooks-attributes-of-your-own))."
     ),
     "tracing_response_hook": (

@@ -70,7 +70,13 @@ class TracedAegisMiddleware(AegisMiddleware):
                     if callable(items):
                         self._spans.headers.response(span, _pairs(items))
                 if hook is not None:
-                    hook(span, request, response)
+                    try:
+                        hook(span, request, response)
+                    except BaseException:  # not an Exception (those it records)
+                        # Nobody sends this response: closed here, so its
+                        # record and span end.
+                        response.close()
+                        raise
         return response
 
     def _open(self, request: HttpRequest) -> Any:
