@@ -26,6 +26,7 @@ from aegis_mw.sinks import MemorySink, SQLiteSink, build_sink, history_sql
 from aegis_mw.sinks.sqlite_schema import SchemaTooNew
 from tests.conftest import compiled_module
 from tests.core.test_fork import run_in_child
+from tests.endpoints.stores import timed
 from tests.harness import inbox_item
 from tests.sinks.test_sqlite import (
     SPAN_A,
@@ -645,6 +646,33 @@ def test_concurrent_migrations_apply_each_step_once(postgres_url: str) -> None:
     assert sql(postgres_url, "SELECT version FROM aegis_schema_version ORDER BY version") == [
         (version,) for version in range(1, current + 1)
     ]
+
+
+def test_a_migration_waits_for_a_lock_no_longer_than_its_lock_timeout(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another session holds the migration's advisory lock (a process migrating
+    for long, or stuck): the migration gives up at its lock timeout (0.5 s
+    here, 30 s as shipped) instead of queueing, its transaction rolled back,
+    and the next try, the lock free, migrates."""
+    monkeypatch.setattr(postgres_schema, "MIGRATION_LOCK_TIMEOUT_MS", 500)
+    with (
+        psycopg.connect(postgres_url, autocommit=True) as connection,
+        psycopg.connect(postgres_url) as holder,  # a transaction, open; closed first
+    ):
+        holder.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))",
+            (postgres_schema.LOCK_KEY,),
+        )
+        # In a thread: a migration that queued would wait for the holder, here.
+        error, took = timed(lambda: postgres_schema.migrate(connection, 60.0), wait=10)
+        assert isinstance(error, psycopg.errors.LockNotAvailable), error
+        assert took < 10, took
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        assert not postgres_schema.schema_is_current(connection)
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        assert postgres_schema.migrate(connection, 60.0) == 0  # the lock free: done
+        assert postgres_schema.schema_is_current(connection)
 
 
 def test_newer_schema_version_is_refused(
