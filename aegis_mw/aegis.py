@@ -43,7 +43,7 @@ from .core.paths import PathFilter
 from .core.record import EventRecord
 from .core.recorder import Recorder
 from .core.retention import Retention, lease_seconds
-from .core.server_spans import resolved_hook
+from .core.server_spans import tracing_hooks
 from .core.settings import AegisSettings
 from .core.sink import RecordSink
 from .core.sink_runner import SinkRunner
@@ -308,11 +308,10 @@ class Aegis:
         elif options:
             raise TypeError("pass either settings=AegisSettings(...) or options, not both")
         self.settings = settings
-        if settings.tracing:
-            # Imported here, where a bad name stops the app at once: some
-            # frameworks build the middleware only at their first call.
-            for option in ("tracing_request_hook", "tracing_response_hook"):
-                resolved_hook(getattr(settings, option), option)
+        #: The app's tracing hooks, with ``tracing`` on (request, response):
+        #: imported here, where a bad name stops the app at once (some
+        #: frameworks build the middleware only at their first call).
+        self.tracing_hooks = tracing_hooks(settings) if settings.tracing else (None, None)
         self.clock: Clock = clock if clock is not None else SystemClock()
         named_sinks = build_sinks(settings.sink, settings.sources.get("sink", ""))
         self.sinks: list[RecordSink] = [sink for _, sink in named_sinks]

@@ -29,7 +29,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ConfigError
-from ..core.server_spans import SESSION, guarded_hook, name_span, span_method
+from ..core.server_spans import SESSION, name_span, span_method
 from ..core.tracer_provider import EXTRA_HINT
 from ..types import Receive, Scope, Send
 from .middleware import AegisMiddleware
@@ -152,12 +152,11 @@ def attach_tracing(middleware: AegisMiddleware) -> None:
     def span_valid() -> bool:
         return bool(current_span().get_span_context().is_valid)
 
-    settings = middleware.aegis.settings
-    response_hook = guarded_hook(settings.tracing_response_hook, "tracing_response_hook")
+    request_hook, response_hook = middleware.aegis.tracing_hooks
     spans = OpenTelemetryMiddleware(
         _Recording(middleware, current_span, response_hook),
         default_span_details=_span_details,
-        server_request_hook=guarded_hook(settings.tracing_request_hook, "tracing_request_hook"),
+        server_request_hook=request_hook,
         tracer_provider=provider,
         # Its HTTP metrics are not what the option asks for (an app with a
         # global meter provider would get them): ours are on /metrics.

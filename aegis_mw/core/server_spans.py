@@ -45,11 +45,20 @@ def name_span(span: Any, prefix: str, route: object) -> None:
         span.set_attribute("http.route", route)
 
 
+def tracing_hooks(settings: Any) -> tuple[Callable[..., None] | None, Callable[..., None] | None]:
+    """The app's ``tracing_request_hook`` and ``tracing_response_hook``,
+    resolved and guarded (see :func:`guarded_hook`); a pipeline with
+    ``tracing`` on makes them once, its middlewares call them."""
+    return (
+        guarded_hook(settings.tracing_request_hook, "tracing_request_hook"),
+        guarded_hook(settings.tracing_response_hook, "tracing_response_hook"),
+    )
+
+
 def resolved_hook(value: Callable[..., Any] | str | None, option: str) -> Callable[..., Any] | None:
     """The hook an option holds: a callable, or ``module:name`` imported now
-    (when a pipeline with ``tracing`` on, or its middleware, is built; not
-    wherever settings are read); a :class:`ConfigError` naming the option
-    when it cannot be had."""
+    (when a pipeline with ``tracing`` on is built, not wherever settings are
+    read); a :class:`ConfigError` naming the option when it cannot be had."""
     if not isinstance(value, str):
         return value
     module, _, name = value.partition(":")

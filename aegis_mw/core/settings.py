@@ -298,7 +298,7 @@ def _hook(value: object) -> Callable[..., Any] | str | None:
     if value is None or callable(value):
         return value
     if isinstance(value, str) and _HOOK_NAME.fullmatch(value):
-        return value  # imported by the middleware that traces (server_spans.resolved_hook)
+        return value  # imported with the pipeline (server_spans.tracing_hooks)
     raise TypeError
 
 

@@ -340,12 +340,18 @@ class SQLIncidentStore:
             raise Conflict("the Idempotency-Key changed hands; try again")
         if row[0] != fingerprint:
             raise KeyReused(key)
-        found = connection.execute(
-            self._sql(f"{self._select} WHERE incident_id = ?"), (row[1],)
-        ).fetchone()
+        found = self._by_id(connection, row[1])
         if found is None:  # deleted by hand since
             raise Conflict("the incident this Idempotency-Key opened is gone")
-        return Incident(*found), bool(row[2]), True
+        return found, bool(row[2]), True
+
+    def _by_id(self, connection: Any, incident_id: str, lock: str = "") -> Incident | None:
+        """The incident of ``incident_id`` (``lock``: the row locked for the
+        transaction, PostgreSQL's ``FOR UPDATE``)."""
+        row = connection.execute(
+            self._sql(f"{self._select} WHERE incident_id = ?{lock}"), (incident_id,)
+        ).fetchone()
+        return None if row is None else Incident(*row)
 
     def _open(self, connection: Any, incident: Incident) -> tuple[Incident, bool]:
         key = incident.correlation_key
@@ -378,12 +384,9 @@ class SQLIncidentStore:
     ) -> Incident | None:
         try:
             with self._transaction() as connection:
-                row = connection.execute(
-                    self._sql(f"{self._select} WHERE incident_id = ?{self._lock}"), (incident_id,)
-                ).fetchone()
-                if row is None:
+                before = self._by_id(connection, incident_id, self._lock)
+                if before is None:
                     return None
-                before = Incident(*row)
                 after, diffs = _changed(before, changes, now)
                 if not diffs and not note.strip():
                     return before  # nothing changes: nothing recorded
@@ -406,10 +409,7 @@ class SQLIncidentStore:
 
     def get(self, incident_id: str) -> Incident | None:
         with self._borrow() as connection:
-            row = connection.execute(
-                self._sql(f"{self._select} WHERE incident_id = ?"), (incident_id,)
-            ).fetchone()
-        return None if row is None else Incident(*row)
+            return self._by_id(connection, incident_id)
 
     def updates(self, incident_id: str) -> list[IncidentUpdate]:
         return self._updates_where("WHERE incident_id = ? ORDER BY seq", (incident_id,))

@@ -247,24 +247,20 @@ class PostgresSink(Paced, history_sql.ReaderBacked):
         connection = psycopg.connect(self.url, autocommit=True, **self.write_kwargs)
         try:
             setup = max(self.write_grace, SETUP_SECONDS)
-            with self._watchdog.deadline(connection, setup) as deadline:
+            with self._watchdog.deadline(connection, setup, strict=True):
                 current = schema_is_current(connection)
-            if deadline.missed:  # answered, but too late: closed, so not used
-                raise deadline.error()
             if not current:
                 # Versions to apply: long, but not forever (an index of a
                 # large table built, once; a server that hung meanwhile).
                 with self._watchdog.deadline(connection, MIGRATION_SECONDS) as migration:
                     migrate(connection, MIGRATION_SECONDS - MIGRATION_MARGIN, migration.renew)
-            with self._watchdog.deadline(connection, setup) as deadline:
+            with self._watchdog.deadline(connection, setup, strict=True):
                 for statement in CREATE_STAGING:
                     connection.execute(statement)
                 _relax_commits(connection)
                 # After the migration, whose statements may take long on a big table.
                 statements = bound_statements(connection) / 1000
                 self._requests = KEYED_REQUESTS if request_key(connection) else REQUESTS
-            if deadline.missed:  # answered, but too late: closed, so not used
-                raise deadline.error()
         except BaseException:
             connection.close()
             raise

@@ -52,12 +52,19 @@ IDLE_SECONDS = 30.0
 
 class Deadline:
     """One armed block (see :meth:`Watchdog.deadline`); ``missed`` says whether
-    its deadline passed first, ``severed`` is set when it did."""
+    its deadline passed first, ``severed`` is set when it did. ``strict``: a
+    block that finished after its deadline fails all the same (a pool's check
+    or a connection's set-up, whose connection must not be used)."""
 
     def __init__(
-        self, watchdog: Watchdog, connection: psycopg.Connection[Any], seconds: float
+        self,
+        watchdog: Watchdog,
+        connection: psycopg.Connection[Any],
+        seconds: float,
+        strict: bool = False,
     ) -> None:
         self.seconds = seconds
+        self.strict = strict
         self.missed = False
         self.severed = threading.Event()
         self.due = 0.0
@@ -94,6 +101,8 @@ class Deadline:
             # psycopg's words would be "server closed the connection
             # unexpectedly", which it did not: say what happened.
             raise self.error() from error
+        if error is None and self.strict:  # answered, but too late: closed, so not used
+            raise self.error()
 
     def renew(self) -> None:
         """Count the deadline afresh from now (a block of several statements,
@@ -132,10 +141,12 @@ class Watchdog:
         self._wakes_at = 0.0
         self._armed_at = 0.0
 
-    def deadline(self, connection: psycopg.Connection[Any], seconds: float) -> Deadline:
+    def deadline(
+        self, connection: psycopg.Connection[Any], seconds: float, *, strict: bool = False
+    ) -> Deadline:
         """A context manager: ``connection``'s socket is shut down if the block
-        still runs ``seconds`` from its start."""
-        return Deadline(self, connection, seconds)
+        still runs ``seconds`` from its start (see :class:`Deadline`)."""
+        return Deadline(self, connection, seconds, strict)
 
     @property
     def armed(self) -> int:
@@ -182,8 +193,8 @@ class Watchdog:
             return
         with self._condition:
             if deadline in self._armed:
-                deadline.due = time.monotonic() + deadline.seconds
                 self._armed_at = time.monotonic()
+                deadline.due = self._armed_at + deadline.seconds
 
     def disarm(self, deadline: Deadline) -> None:
         if self._pid != os.getpid():  # armed in the parent, before a fork

@@ -154,17 +154,13 @@ class PostgresReader(history_sql.RowReader):
 
     def _configure(self, connection: psycopg.Connection[Any]) -> None:
         """The pool's ``configure``, for each new connection."""
-        with self._watchdog.deadline(connection, max(self.timeout, SETUP_SECONDS)) as deadline:
+        with self._watchdog.deadline(connection, max(self.timeout, SETUP_SECONDS), strict=True):
             self._limits[connection] = bound_statements(connection) / 1000
-        if deadline.missed:  # answered, but too late: closed, so not pooled
-            raise deadline.error()
 
     def _check(self, connection: psycopg.Connection[Any]) -> None:
         """The pool's ``check``, before it lends a connection: a round trip."""
-        with self._watchdog.deadline(connection, self.timeout) as deadline:
+        with self._watchdog.deadline(connection, self.timeout, strict=True):
             ConnectionPool.check_connection(connection)
-        if deadline.missed:  # answered, but too late: closed, so not lent
-            raise deadline.error()
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Cursor[Any]]:

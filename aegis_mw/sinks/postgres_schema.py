@@ -81,8 +81,7 @@ def _optional_index(
                     f"CREATE INDEX IF NOT EXISTS {name} ON aegis_requests {definition}"
                 )
         except psycopg.DatabaseError as exc:
-            cut = (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)
-            if isinstance(exc, cut) or connection.broken:
+            if _cut_short(exc) or connection.broken:
                 raise  # cut short, not refused: the migration is tried again
             logger.warning("aegis: no index of the request log's %s (%s); %s", what, exc, without)
 
@@ -704,6 +703,14 @@ def migrate(
     return found
 
 
+def _cut_short(error: BaseException) -> bool:
+    """A migration's statement cancelled (its statement timeout), or a lock
+    not had within its lock timeout: not a refusal, tried again later."""
+    import psycopg
+
+    return isinstance(error, (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable))
+
+
 def schema_is_current(connection: psycopg.Connection[Any]) -> bool:
     """Whether the schema is at ``SCHEMA_VERSION`` already (one read, no lock:
     versions only grow; a newer one is for ``migrate`` to refuse)."""
@@ -732,6 +739,6 @@ def _try_timescale(connection: psycopg.Connection[Any]) -> None:
             for statement in _TIMESCALE:
                 connection.execute(statement)
     except psycopg.Error as exc:
-        if isinstance(exc, (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)):
+        if _cut_short(exc):
             raise  # cut short, not refused: the migration is tried again
         logger.warning("aegis: TimescaleDB is available but not used (%s)", exc)

@@ -476,7 +476,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         # The Idempotency-Keys of incident openings (aegis_mw.incidents.store):
         # a key (hashed with who sent it) seen again answers what its first
-        # opening did. Kept a day, deleted by the openings themselves.
+        # opening did. Kept a day, then deleted by the sink's pruning.
         """
         CREATE TABLE aegis_incident_requests (
             request_key TEXT PRIMARY KEY,

@@ -34,7 +34,7 @@ from contextlib import suppress
 from typing import Any
 
 from ..core.errors import ConfigError
-from ..core.server_spans import guarded_hook, name_span, span_method
+from ..core.server_spans import name_span, span_method
 from ..core.tracer_provider import EXTRA_HINT
 from .header_capture import HeaderCapture
 from .middleware import AegisWSGIMiddleware, StartResponse
@@ -116,11 +116,11 @@ class ServerSpans:
         request_hook: Callable[..., Any] | None = None,
         response_hook: Callable[..., Any] | None = None,
     ) -> None:
-        #: The app's hooks (``tracing_request_hook``, ``tracing_response_hook``),
-        #: guarded: ``(span, environ)`` as a span starts, ``(span, environ,
-        #: status, headers)`` as its response starts (Django calls its own).
-        self.request_hook = guarded_hook(request_hook, "tracing_request_hook")
-        self.response_hook = guarded_hook(response_hook, "tracing_response_hook")
+        #: The app's hooks, guarded (``Aegis.tracing_hooks``): ``(span,
+        #: environ)`` as a span starts, ``(span, environ, status, headers)`` as
+        #: its response starts (Django calls its own).
+        self.request_hook = request_hook
+        self.response_hook = response_hook
         try:
             from opentelemetry import context, propagate, trace
             from opentelemetry.instrumentation.wsgi import (
@@ -225,11 +225,7 @@ class ServerSpans:
 
 def attach_tracing(middleware: AegisWSGIMiddleware) -> None:
     """Turn ``middleware`` into a :class:`TracedAegisWSGIMiddleware` (``tracing`` on)."""
-    settings = middleware.aegis.settings
-    spans = ServerSpans(
-        middleware.aegis.tracer_setup.provider,
-        settings.tracing_request_hook, settings.tracing_response_hook,
-    )  # fmt: skip
+    spans = ServerSpans(middleware.aegis.tracer_setup.provider, *middleware.aegis.tracing_hooks)
     middleware.__class__ = TracedAegisWSGIMiddleware
     assert isinstance(middleware, TracedAegisWSGIMiddleware)
     middleware._spans = spans

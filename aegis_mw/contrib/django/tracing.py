@@ -21,7 +21,6 @@ from typing import Any
 
 from django.http import HttpRequest
 
-from ...core.server_spans import guarded_hook
 from ...wsgi.tracing import ServerSpans
 from .middleware import AegisMiddleware
 
@@ -134,12 +133,8 @@ def _pairs(items: Any) -> Any:
 
 def attach_tracing(middleware: AegisMiddleware) -> None:
     """Turn ``middleware`` into a :class:`TracedAegisMiddleware` (``tracing`` on)."""
-    settings = middleware.aegis.settings
     spans = ServerSpans(middleware.aegis.tracer_setup.provider)
     middleware.__class__ = TracedAegisMiddleware
     assert isinstance(middleware, TracedAegisMiddleware)
     middleware._spans = spans
-    middleware._request_hook = guarded_hook(settings.tracing_request_hook, "tracing_request_hook")
-    middleware._response_hook = guarded_hook(
-        settings.tracing_response_hook, "tracing_response_hook"
-    )
+    middleware._request_hook, middleware._response_hook = middleware.aegis.tracing_hooks
