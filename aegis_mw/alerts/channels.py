@@ -237,10 +237,14 @@ class WebhookChannel:
             connection.close()
         if 200 <= status < 300:
             return Delivery(True)
-        # Gone or refusing our credentials: every notice would fail alike.
-        broken = status in (401, 403, 404, 410)
-        # Refusing this notice (its size or shape): others may pass.
-        permanent = broken or status in (400, 413, 422)
+        # Gone, refusing our credentials or our POST of JSON, or sending us
+        # elsewhere (redirects are not followed): every notice would fail alike.
+        broken = status in (401, 403, 404, 405, 410, 415) or 300 <= status < 400
+        # Only a passing fault is retried, as Alertmanager's notifiers do: the
+        # receiver's own (5xx), a timeout, too many or too early. Any other
+        # refusal (400, 413, 422, 409, ...) refuses this notice: others may pass.
+        passing = status >= 500 or status in (408, 425, 429)
+        permanent = broken or not passing
         return Delivery(False, f"the webhook answered {status}", permanent, retry_after, broken)
 
 

@@ -172,16 +172,16 @@ def evaluate(
             elif tuple(label for label, _ in group) != rule.group_by:
                 # The rule's grouping changed: this instance can never be
                 # evaluated again.
-                _forget(before, now, "the rule's grouping changed", transitions)
+                _forget(before, now, "the rule's grouping changed", transitions, rule)
                 continue
             if window is None:  # a group with no requests in the window
                 absent = now - (before.data_at if before.data_at is not None else now)
                 if before.state in (INACTIVE, NODATA):
                     # Forgotten: groups come and go with traffic.
-                    _forget(before, now, "no requests in its group", transitions)
+                    _forget(before, now, "no requests in its group", transitions, rule)
                     continue
                 if absent >= max(ABSENT_LIMIT, rule.window):
-                    _forget(before, now, "no requests in its group for an hour", transitions)
+                    _forget(before, now, "no requests in its group for an hour", transitions, rule)
                     continue
                 window = WindowFigures(float(rule.window))
                 data_at = before.data_at
@@ -197,7 +197,7 @@ def evaluate(
             value = memoized[1]
             after = _advance(rule, before, value, now, max_step, transitions, data_at)
             if after is None:
-                _forget(before, now, "resolved and kept long enough", transitions)
+                _forget(before, now, "resolved and kept long enough", transitions, rule)
             else:
                 out[(rule.name, group)] = _settle_flapping(rule, after, now, transitions)
     # Instances of rules that are gone: one receivers hold as firing is
@@ -208,12 +208,20 @@ def evaluate(
     return Evaluation(out, transitions, health)
 
 
-def _forget(instance: Instance, now: float, reason: str, transitions: list[Transition]) -> None:
+def _forget(
+    instance: Instance, now: float, reason: str, transitions: list[Transition],
+    rule: AlertRule | None = None,
+) -> None:  # fmt: skip
     """An instance is dropped: if receivers hold it as firing, they are told
-    it resolved (its announced episode), with the reason."""
+    it resolved (its announced episode), with the reason. Its labels are
+    its firing's (a channel groups the resolve with it) while its ``rule``
+    is still there to say them."""
     if instance.announced != FIRING:
         return
-    labels = {"alertname": instance.rule, **dict(instance.group)}
+    if rule is None:  # the rule removed: its name and group are all that is left
+        labels = {"alertname": instance.rule, **dict(instance.group)}
+    else:
+        labels = alert_labels(rule, instance.group)
     transitions.append(
         Transition(
             rule=instance.rule,
@@ -223,7 +231,7 @@ def _forget(instance: Instance, now: float, reason: str, transitions: list[Trans
             to_state=RESOLVED,
             at=now,
             value=None,
-            severity="",
+            severity="" if rule is None else rule.severity,
             episode=instance.announced_episode,
             notify=True,
             labels=labels,
@@ -366,7 +374,14 @@ def _start_flapping(
 ) -> Instance:
     if instance.flapping or len(instance.changes) < FLAP_START:
         return instance
-    instance = replace(instance, flapping=True)
+    if instance.state == FIRING:
+        # The notice fires, and receivers open its episode: announced, so
+        # that ending the flapping (or forgetting the instance) resolves it.
+        instance = replace(
+            instance, flapping=True, announced=FIRING, announced_episode=instance.episode
+        )
+    else:
+        instance = replace(instance, flapping=True)
     transitions.append(
         _transition(rule, instance, "flapping", state, now, notify=True, to_state=instance.state)
     )

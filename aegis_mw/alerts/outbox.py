@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 from .channels import Channel, Delivery, PagerDutyChannel
 from .evaluator import FIRING, Transition
 from .grouping import group_payload, notification_key
+from .silences import NotificationPolicy
 
 logger = logging.getLogger("aegis_mw.alerts")
 
@@ -83,6 +84,9 @@ class Notice(NamedTuple):
     at: float
     #: The alert's labels (its group, per channel: see .grouping).
     labels: Mapping[str, str] = {}
+    #: It tells receivers the episode resolved (a resolve, the end of
+    #: flapping settled resolved): never held back, or receivers keep it open.
+    closes: bool = False
 
 
 class Claimed(NamedTuple):
@@ -200,7 +204,14 @@ def notices_for(transitions: Iterable[Transition], channels: Mapping[str, Channe
             continue
         payload = json.dumps(notice_payload(transition), separators=(",", ":"))
         labels = dict(transition.labels)
-        key = f"{transition.episode or transition.rule}.{transition.kind}.{transition.at:.3f}"
+        kind = transition.kind
+        # A resolve, or the end of flapping where it settled resolved (the
+        # flapping notice itself is news of the flapping, held back as a
+        # firing is: what receivers hold is settled when it ends).
+        closes = transition.to_state != FIRING and kind != "flapping"
+        if closes and kind != "resolved":
+            kind += ".resolved"  # its episode's rows pruned once it is done (see the store)
+        key = f"{transition.episode or transition.rule}.{kind}.{transition.at:.3f}"
         alert = json.dumps([transition.rule, [list(pair) for pair in transition.group]])
         if transition.to_state == FIRING or transition.kind == "flapping":
             # The alert about a channel (aegis_channel_disabled) goes to the others.
@@ -208,10 +219,21 @@ def notices_for(transitions: Iterable[Transition], channels: Mapping[str, Channe
             for name, channel in channels.items():
                 if transition.severity in channel.severities and name != about:
                     out.append(
-                        Notice(name, key, alert, transition.episode, payload, transition.at, labels)
+                        Notice(
+                            name,
+                            key,
+                            alert,
+                            transition.episode,
+                            payload,
+                            transition.at,
+                            labels,
+                            closes,
+                        )
                     )
         else:
-            out.append(Notice(None, key, alert, transition.episode, payload, transition.at, labels))
+            out.append(
+                Notice(None, key, alert, transition.episode, payload, transition.at, labels, True)
+            )
     return out
 
 
@@ -246,6 +268,14 @@ class AlertSender:
         self._starting = threading.Lock()
         self._running = False
         self._failing = False
+        #: The notification policy and the labels of the alerts firing, as
+        #: this process's last evaluation saw them (set by the service): a
+        #: row due later than it was written (group_wait, a retry, a channel
+        #: down) is held back if the policy holds it back by then.
+        self.mutes: tuple[NotificationPolicy, Sequence[Mapping[str, str]]] | None = None
+        #: Per channel whose rate limit was used up: when it allows one more
+        #: (its rows are not claimed before, only to be released again).
+        self._limited: dict[str, float] = {}
 
     @property
     def channels(self) -> dict[str, Channel]:
@@ -320,7 +350,10 @@ class AlertSender:
         # Only the channels configured here: a process of another
         # configuration (a deploy rolling out a new channel) leaves the rows
         # of channels it does not know to the processes that do.
-        usable = sorted(name for name in channels if name not in disabled)
+        usable = sorted(
+            name for name in channels
+            if name not in disabled and self._limited.get(name, now) <= now
+        )  # fmt: skip
         claimed: list[Claimed] = list(
             self.store.claim_notices(self.claimer, now, CLAIM_SECONDS, CLAIM_LIMIT, usable)
         )
@@ -331,30 +364,36 @@ class AlertSender:
                 self.store.disable_channel(disabled[name]._replace(probe_at=now + PROBE_SECONDS))
                 claimed += self.store.claim_notices(self.claimer, now, CLAIM_SECONDS, 1, [name])
         broken: set[str] = set()
-        for batch in self._within_limits(_batches(claimed), now, channels):
+        batches, waiting = self._within_limits(_batches(claimed), now, channels)
+        for batch in batches:
             if self._stop.is_set():
                 break  # stopping: the rest are sent by whoever claims them next
             self._send_batch(batch, states, broken, config)
-        return len(claimed)
+        # Rows left for a rate limit are not handled: a claim of nothing else
+        # waits for the poll instead of claiming them again at once.
+        return len(claimed) - waiting
 
     def _within_limits(
         self, batches: list[list[Claimed]], now: float, channels: Mapping[str, Channel]
-    ) -> list[list[Claimed]]:
+    ) -> tuple[list[list[Claimed]], int]:
         """The notifications to send now, each channel within its rate limit:
         what is over it goes as one digest in the last notification the
         limit allows (never dropped; PagerDuty's events, one per alert,
-        wait instead), or waits, released, when the limit is used up."""
+        wait instead), or waits, released, when the limit is used up; and
+        how many rows wait."""
         by_channel: dict[str, list[list[Claimed]]] = {}
         for batch in batches:
             by_channel.setdefault(batch[0].channel, []).append(batch)
         out: list[list[Claimed]] = []
+        waiting = 0
         for name, planned in by_channel.items():
             limit = channels[name].rate_limit
             if limit is None:
                 out += planned
                 continue
             count, per = limit
-            allowed = count - self.store.sends_since(name, now - per)
+            sent, first = self.store.sends_since(name, now - per)
+            allowed = count - sent
             if len(planned) <= allowed:
                 out += planned
                 continue
@@ -364,10 +403,14 @@ class AlertSender:
                 keep = [*planned[: allowed - 1], [row for b in planned[allowed - 1 :] for row in b]]
                 wait = []
             out += keep
-            for batch in wait:  # due again as soon as the limit allows
+            # Released; claimed here again once the limit allows one more, as
+            # the first send it counts leaves its period.
+            self._limited[name] = now if first is None else first + per
+            for batch in wait:
                 for row in batch:
                     self.store.renew_claim(row.id, row.claim, now, now)
-        return out
+                waiting += len(batch)
+        return out, waiting
 
     def _send_batch(
         self, batch: list[Claimed], states: Mapping[str, ChannelState], broken: set[str],
@@ -386,12 +429,12 @@ class AlertSender:
         payloads = []
         for row in batch:
             payload = json.loads(row.payload)
+            skip = self.held_back(payload, channel, start)
             if payload.get("status") == "resolved" and not row.announced:
                 # Its firing never reached this channel: no resolve of nothing.
-                self.store.finish_notice(
-                    row.id, row.claim, "skipped", start, "its firing was not delivered here",
-                    start,
-                )  # fmt: skip
+                skip = "its firing was not delivered here"
+            if skip is not None:
+                self.store.finish_notice(row.id, row.claim, "skipped", start, skip, start)
                 continue
             # Each send holds its rows anew: a batch of slow sends never lets
             # a claim run out under a row still being sent.
@@ -417,6 +460,18 @@ class AlertSender:
                 row, result, start, done, states.get(name), broken, send_id, wait,
                 config[1][name],
             )  # fmt: skip
+
+    def held_back(self, payload: Mapping[str, Any], channel: Channel, now: float) -> str | None:
+        """Why a firing notice (a repeat, a flapping notice that fires) is not
+        to be sent at ``now`` after all: a silence, a mute window or an
+        inhibiting alert that began since it was written, as the policy of
+        the time says (None: send it). A notice that resolves always goes."""
+        if self.mutes is None or payload.get("status") != "firing":
+            return None
+        policy, firing = self.mutes
+        alerts = payload.get("alerts") or [{}]
+        why = policy.why_muted(alerts[0].get("labels") or {}, firing, now, channel.mute_windows)
+        return None if why is None else f"held back when due: {why}"
 
     def _finish(
         self, row: Claimed, result: Delivery, start: float, done: float,

@@ -438,6 +438,8 @@ class AlertService:
             self.token = None
             self._show(self.store.instances())
             self.policy = dataclasses.replace(policy, held=self._held(self.shown))
+            shown = {(i.rule, i.group): i for i in self.shown}
+            self.sender.mutes = (self.policy, self._firing_labels(shown))
             return
         if token != self.token:
             # Taken over (or first): resume from what the last holder stored.
@@ -452,6 +454,7 @@ class AlertService:
         renew_until = self.wall() + self.interval * LEASE_INTERVALS
         notices = notices_for(result.transitions, self.channels)
         firing = self._firing_labels(result.instances)
+        self.sender.mutes = (self.policy, firing)
         notices += self._followups(result.instances, now, firing, notices)
         notices = self._unmuted(notices, now, firing)
         groupings = {name: channel.grouping for name, channel in self.channels.items()}
@@ -576,11 +579,15 @@ class AlertService:
     ) -> list[Notice]:
         """The notices the policy lets through: a firing (or a repeat, a
         flapping notice) that a silence, a channel's mute window or an
-        inhibiting alert holds back is not written; a resolve always goes
-        where its firing went (an incident is never left open)."""
+        inhibiting alert holds back is not written; a notice that resolves
+        always goes where its firing went (an incident is never left open).
+        The sender asks the policy again when a row is due (see
+        :meth:`AlertSender.held_back`)."""
         kept = []
         for notice in notices:
-            channel = self.channels.get(notice.channel) if notice.channel is not None else None
+            channel = None
+            if notice.channel is not None and not notice.closes:
+                channel = self.channels.get(notice.channel)
             why = (
                 None if channel is None
                 else self.policy.why_muted(notice.labels, firing, now, channel.mute_windows)

@@ -142,13 +142,16 @@ class AlertStore(Protocol):
 
     def episode_notices(self, episodes: Sequence[str]) -> list[tuple[str, str, float, int, int]]:
         """Per (channel, episode) of these: the last notice's time, how many
-        are pending, how many were delivered."""
+        are pending, how many were delivered; skipped rows left out (a
+        firing held back when due is as if never written: it is written
+        again once the policy lets it through)."""
 
     def attempts(self, notices: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
         """The delivery attempts of these outbox rows, oldest first."""
 
-    def sends_since(self, channel: str, since: float) -> int:
-        """How many notifications were sent to ``channel`` after ``since``."""
+    def sends_since(self, channel: str, since: float) -> tuple[int, float | None]:
+        """How many notifications were sent to ``channel`` after ``since``,
+        and when the first of them was (None: none was)."""
 
     def notice_counts(self) -> dict[tuple[str, str], tuple[int, float | None]]:
         """Outbox rows by (channel, state): how many, and the oldest's time."""
@@ -507,19 +510,20 @@ class MemoryAlertStore:
         out: dict[tuple[str, str], list[Any]] = {}
         with self._lock:
             for row in self._outbox:
-                if row["episode"] in wanted:
+                if row["episode"] in wanted and row["state"] != "skipped":
                     item = out.setdefault((row["channel"], row["episode"]), [0.0, 0, 0])
                     item[0] = max(item[0], row["created_at"])
                     item[1] += row["state"] == "pending"
                     item[2] += row["state"] == "delivered"
         return [(c, e, float(v[0]), int(v[1]), int(v[2])) for (c, e), v in out.items()]
 
-    def sends_since(self, channel: str, since: float) -> int:
+    def sends_since(self, channel: str, since: float) -> tuple[int, float | None]:
         with self._lock:
-            return len({
-                a["send_id"] for a in self._attempts
+            sent = [
+                a for a in self._attempts
                 if a["channel"] == channel and a["at"] > since and a["outcome"] != "skipped"
-            })  # fmt: skip
+            ]  # fmt: skip
+        return len({a["send_id"] for a in sent}), min((a["at"] for a in sent), default=None)
 
     def attempts(self, notices: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
         wanted = set(notices)
@@ -976,22 +980,23 @@ class SQLAlertStore:
                     "SELECT channel, episode, max(created_at), "
                     "sum(CASE WHEN state = 'pending' THEN 1 ELSE 0 END), "
                     "sum(CASE WHEN state = 'delivered' THEN 1 ELSE 0 END) "
-                    f"FROM aegis_alert_outbox WHERE episode IN ({marks}) GROUP BY channel, episode"
+                    f"FROM aegis_alert_outbox WHERE episode IN ({marks}) AND state <> 'skipped' "
+                    "GROUP BY channel, episode"
                 ),
                 tuple(episodes),
             ).fetchall()
         return [(str(r[0]), str(r[1]), float(r[2]), int(r[3]), int(r[4])) for r in rows]
 
-    def sends_since(self, channel: str, since: float) -> int:
+    def sends_since(self, channel: str, since: float) -> tuple[int, float | None]:
         with self._read() as connection:
             row = connection.execute(
                 self._sql(
-                    "SELECT count(DISTINCT send_id) FROM aegis_alert_attempts "
+                    "SELECT count(DISTINCT send_id), min(at) FROM aegis_alert_attempts "
                     "WHERE at > ? AND channel = ? AND outcome <> 'skipped'"
                 ),
                 (since, channel),
             ).fetchone()
-        return int(row[0])
+        return int(row[0]), None if row[1] is None else float(row[1])
 
     def attempts(self, notices: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
         if not notices:

@@ -271,6 +271,50 @@ def test_a_grouped_instance_forgotten_while_flapping_is_resolved_first() -> None
     assert open_episode == ""
 
 
+def test_flapping_that_begins_with_a_firing_resolves_the_episode_it_opened() -> None:
+    """Changes spread over the hour: the sixth is a firing, so the flapping
+    notice fires, and receivers open its episode. It fires again unannounced
+    (another episode) and settles resolved: the notice that ends the flapping
+    resolves the episode receivers hold, not the latest one."""
+    r = rule()
+    line = Timeline([r])
+    for value, after in ((0.5, 10), (0.0, 600), (0.5, 900), (0.0, 500), (0.5, 1000), (0.0, 700)):
+        line.step({"errors": ratio(r, value)}, after)
+    assert not line.instances[("errors", ())].flapping  # the first firing left the hour
+    [flapping] = line.step({"errors": ratio(r, 0.5)}, 200)[:1]
+    assert (flapping.kind, flapping.to_state, flapping.notify) == ("flapping", "firing", True)
+    for value in (0.0, 0.5, 0.0):  # a firing of another episode, and resolves: unannounced
+        assert [t.notify for t in line.step({"errors": ratio(r, value)})] == [False]
+    assert line.transitions[-2].episode != flapping.episode
+    for _ in range(int(FLAP_WINDOW / INTERVAL) + 1):
+        line.step({"errors": ratio(r, 0.0)})
+    open_episode = ""
+    for t in line.transitions:
+        if t.notify:
+            open_episode = told_episode(t, open_episode)
+    assert line.notices()[-1] == ("flapping_ended", "inactive")
+    assert line.transitions[-1].episode == flapping.episode
+    assert open_episode == ""
+
+
+def test_a_forgotten_instance_resolves_with_the_labels_it_fired_with() -> None:
+    """A grouped alert whose route goes quiet for an hour is forgotten; its
+    resolve carries the firing's labels (severity, the rule's own), so a
+    channel grouping by them puts it with its firing."""
+    r = rule(group_by=("route",), labels={"team": "pay"}, severity="critical")
+    pay = (("route", "/pay"),)
+    line = Timeline([r])
+    [fired] = line.step({"errors": {pay: window(r, 100, 50)}})
+    for _ in range(int(3600 / INTERVAL) + 2):
+        line.step({"errors": {}})
+    [resolved] = [t for t in line.transitions if t.kind == "resolved"]
+    assert resolved.annotations["summary"].startswith("resolved: no requests")
+    assert resolved.labels == fired.labels == {
+        "alertname": "errors", "severity": "critical", "team": "pay", "route": "/pay"
+    }  # fmt: skip
+    assert resolved.severity == "critical"
+
+
 def test_a_rule_regrouped_while_firing_resolves_the_old_instance() -> None:
     r = rule()
     line = Timeline([r])
@@ -381,8 +425,9 @@ def test_evaluation_is_deterministic() -> None:
 def told_episode(t: Any, open_episode: str) -> str:
     """What a receiver that deduplicates by episode holds open after a notice:
     a firing opens one (none may be open), a resolve closes the open one (and
-    must name it), a flapping_ended notice does whichever its state says."""
-    if t.kind == "firing" or (t.kind == "flapping_ended" and t.to_state == "firing"):
+    must name it); a flapping notice that fires opens its episode, and a
+    flapping_ended notice does whichever its state says."""
+    if t.to_state == "firing":
         assert open_episode in ("", t.episode), (open_episode, t)
         return str(t.episode)
     if t.kind == "resolved" or (t.kind == "flapping_ended" and open_episode):
@@ -449,6 +494,8 @@ def test_receivers_never_see_a_resolve_without_its_firing_and_nothing_fires_earl
                 told = "resolved"
             elif t.kind == "flapping_ended":
                 told = "firing" if t.to_state == "firing" else "resolved"
+            elif t.kind == "flapping" and t.to_state == "firing":
+                told = "firing"
         instance = line.instances[("errors", ())]
         if not instance.flapping:
             # Outside flapping, receivers hold the truth about firing, and

@@ -168,6 +168,37 @@ def test_a_notice_refused_for_good_is_not_retried(sink: Any, httpserver: HTTPSer
     assert evaluator.store.channel_states() == {}
 
 
+@pytest.mark.parametrize(
+    ("status", "state", "disabled"),
+    [
+        (301, "pending", True),  # redirects are not followed: no notice would pass
+        (308, "pending", True),
+        (405, "pending", True),
+        (415, "pending", True),
+        (409, "failed", False),  # refusing this notice: never retried
+        (418, "failed", False),
+        (408, "pending", False),  # passing: retried
+        (425, "pending", False),
+        (503, "pending", False),
+    ],
+)
+def test_only_a_passing_fault_is_retried(
+    sink: Any, httpserver: HTTPServer, status: int, state: str, disabled: bool
+) -> None:
+    """As Alertmanager's notifiers: 5xx, 408, 425 and 429 are retried; an
+    answer every notice would get disables the channel; any other refusal
+    fails the notice for good (retried, it would be refused for ever and
+    hold the alert's later notices back)."""
+    httpserver.expect_request("/hook").respond_with_data("", status=status)
+    wall = Wall()
+    evaluator = service(sink, wall, httpserver.url_for("/hook"))
+    episode(sink, wall, evaluator)
+    evaluator.sender.send_due()
+    firing = evaluator.store.notices(10)[-1]
+    assert (firing["state"], firing["last_error"]) == (state, f"the webhook answered {status}")
+    assert bool(evaluator.store.channel_states()) == disabled
+
+
 def test_two_senders_deliver_each_notice_once(sink: Any, httpserver: HTTPServer) -> None:
     httpserver.expect_request("/hook").respond_with_data("ok")
     wall = Wall()

@@ -116,6 +116,37 @@ def test_a_silence_holds_a_firing_back_until_it_is_expired(
     assert created["detail"]["matchers"] == ['route="/a"']
 
 
+def test_a_firing_due_later_is_held_back_by_a_silence_made_meanwhile(
+    sink: Any, httpserver: HTTPServer
+) -> None:
+    """The receiver is down when /a fires: its firing waits for a retry. A
+    silence made meanwhile holds it back when it is due (skipped, saying
+    why); once the silence is expired, the alert still firing, the next
+    evaluation tells the channel."""
+    httpserver.expect_oneshot_request("/hook").respond_with_data("", status=503)
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    wall = Wall()
+    service = evaluator(sink, wall, httpserver)
+    traffic(sink, START, START + 80, {"/a"}, "a", ROUTES)
+    wall.now = START + 80
+    service.tick()
+    service.sender.send_due()  # 503: tried again in about 2 s
+    service.store.put_silence(silence(wall.now, 'route="/a"'), "ops@example", wall.now)
+    traffic(sink, START + 80, START + 90, {"/a"}, "b", ROUTES)
+    wall.now = START + 90
+    service.tick()  # this process's policy now has the silence
+    service.sender.send_due()
+    assert told(httpserver) == [] and len(httpserver.log) == 1
+    [row] = service.store.notices(10)
+    assert (row["state"], row["last_error"]) == ("skipped", "held back when due: silenced by s1")
+    assert service.store.expire_silence("s1", "ops@example", wall.now)
+    traffic(sink, START + 90, START + 100, {"/a"}, "c", ROUTES)
+    wall.now = START + 100
+    service.tick()
+    service.sender.send_due()
+    assert told(httpserver) == [("errors", "/a", "firing")]
+
+
 def test_a_resolve_is_never_silenced(sink: Any, httpserver: HTTPServer) -> None:
     """Silenced after its firing went out, an alert's resolve still goes:
     the receiver's incident is never left open."""

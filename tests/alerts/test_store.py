@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from aegis_mw.alerts import AlertRule, Instance, evaluate
+from aegis_mw.alerts import AlertRule, Instance, Transition, evaluate
+from aegis_mw.alerts.channels import channels_from_config
+from aegis_mw.alerts.outbox import notices_for
 from aegis_mw.alerts.store import RULE, MemoryAlertStore, changes_between
 from tests.history.dataset import open_sink
 
@@ -132,6 +135,35 @@ def test_old_transitions_are_pruned_oldest_first_in_steps(store: Any) -> None:
     assert store.prune_history(START + 150, 2) == 1
     assert store.prune_history(START + 150, 2) == 0
     assert [row["at"] for row in store.history(100)] == [START + 60 * n for n in (4, 3)]
+
+
+def test_an_episode_that_flapping_ended_resolved_is_pruned_as_after_a_resolve(
+    store: Any,
+) -> None:
+    """A flapping notice that fired opened the episode at the receiver; the
+    end of the flapping, settled inactive, resolved it. Once that is done,
+    the episode's rows go with the retention, as a resolve's would (kept,
+    they would be kept for ever)."""
+    channels = channels_from_config({"hook": {"type": "webhook", "url": "https://example.com/h"}})
+    flapping = Transition(
+        rule="errors", group=(), kind="flapping", from_state="resolved", to_state="firing",
+        at=START, value=0.5, severity="warning", episode="e1", notify=True,
+        labels={"alertname": "errors", "severity": "warning"}, annotations={},
+    )  # fmt: skip
+    ended = replace(
+        flapping, kind="flapping_ended", from_state="inactive", to_state="inactive",
+        at=START + 3600,
+    )  # fmt: skip
+    token = store.claim("a", START, 10**6)
+    for transition in (flapping, ended):
+        now = transition.at
+        notices = notices_for([transition], channels)
+        assert store.commit("a", token, [], [], [transition], START + 10**6, notices)
+        [row] = store.claim_notices("sender", now, 30, 10, ["hook"])
+        store.finish_notice(row.id, row.claim, "delivered", now, "", now)
+    assert len(store.notices(10)) == 2
+    store.prune_history(START + 10**6, 100)
+    assert store.notices(10) == []
 
 
 def test_rules_written_through_the_api_move_the_revision(store: Any) -> None:
