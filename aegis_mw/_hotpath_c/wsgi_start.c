@@ -32,13 +32,15 @@ aegis_wsgi_start_new(WsgiPathObject *path, ItemObject *item, PyObject *start_res
 }
 
 /* Count `chunk` (a body part on its way out): 0, or -1 with an error set.
- * Bytes are read directly; any other chunk as the Python path reads it, its
- * truth first (which decides the first byte's time), then its len(): the
- * two can disagree, and either can raise. */
+ * Bytes are read directly; any other chunk as the Python path's count_chunk()
+ * reads it, its truth (which decides the first byte's time) then its len():
+ * the two can disagree. One whose truth or length raises an Exception (None,
+ * an int: no body a server sends) counts as nothing and goes on unchanged,
+ * so that the server's own check of it answers, not an error of ours. */
 int
 aegis_wsgi_count_chunk(WsgiPathObject *path, ItemObject *item, PyObject *chunk)
 {
-    Py_ssize_t size = -1;
+    Py_ssize_t size;
     int nonempty;
     if (PyBytes_CheckExact(chunk)) {
         size = PyBytes_GET_SIZE(chunk);
@@ -46,8 +48,13 @@ aegis_wsgi_count_chunk(WsgiPathObject *path, ItemObject *item, PyObject *chunk)
     }
     else {
         nonempty = PyObject_IsTrue(chunk);
-        if (nonempty < 0) {
-            return -1;
+        size = nonempty < 0 ? -1 : PyObject_Length(chunk);
+        if (size < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                return -1;
+            }
+            PyErr_Clear();
+            return 0;
         }
     }
     if (nonempty && !item->has_ttfb) {
@@ -55,12 +62,6 @@ aegis_wsgi_count_chunk(WsgiPathObject *path, ItemObject *item, PyObject *chunk)
             return -1;
         }
         item->has_ttfb = 1;
-    }
-    if (size < 0) {
-        size = PyObject_Length(chunk);
-        if (size < 0) {
-            return -1;
-        }
     }
     return aegis_item_add_bytes(item, I_RESPONSE_BYTES, size);
 }

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import speedups
 from ..core.record import UNMATCHED_ROUTE
-from .responses import CountingInput
+from .responses import counting_input
 from .routing import ObjectRouteReader
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def build(middleware: AegisWSGIMiddleware) -> Any | None:
         route_key=by_object.environ_key if by_object is not None else None,
         templates=by_object.templates if by_object is not None else None,
         status_code=status_code,
-        counting_input=CountingInput,
+        counting_input=counting_input,
         start_arguments=start_arguments,
         write_arguments=write_arguments,
         unmatched=UNMATCHED_ROUTE,

@@ -41,7 +41,14 @@ from ..core.trace_context import environ_trace, response_trace
 from ..endpoints.app_routes import HasRoute
 from . import compiled
 from .mounted import WSGIRoutes
-from .responses import CountingInput, Recorded, RecordedSized, iteration_failed, watch_file
+from .responses import (
+    Recorded,
+    RecordedSized,
+    count_chunk,
+    counting_input,
+    iteration_failed,
+    watch_file,
+)
 
 StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -139,7 +146,7 @@ class AegisWSGIMiddleware:
         if stream is not None and (
             environ.get("CONTENT_LENGTH") or environ.get("HTTP_TRANSFER_ENCODING")
         ):
-            environ["wsgi.input"] = CountingInput(stream, item)
+            environ["wsgi.input"] = counting_input(stream, item)
 
         source = self.trace_source
         tracing = source if source is not None and source[0] is not None else None
@@ -147,9 +154,7 @@ class AegisWSGIMiddleware:
         sent_headers: list[tuple[str, str]] | None = None
 
         def write(data: bytes) -> None:  # the legacy write() callable, counted too
-            if data and item[5] is None:
-                item[5] = clock()
-            item[8] += len(data)
+            count_chunk(item, data, clock)
             server_write(data)
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:

@@ -220,9 +220,7 @@ class WSGIRoutes:
         if realtime is not None:
             host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
             if host:
-                # The page's origin may open the stream on its other port
-                # (either scheme: a TLS proxy may stand in front).
-                realtime.origins = realtime.origins | {f"http://{host}", f"https://{host}"}
+                realtime.served_to(host)  # its page may open the stream on its port
         if self._page is None:
             if realtime is not None:
                 page = render_dashboard(self.aegis.settings, ws_port=realtime.port)

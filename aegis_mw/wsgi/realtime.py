@@ -6,8 +6,11 @@ also lends it WebSocket pings, so that clients which never acknowledge
 frames are held and timed by their pongs (``docs/realtime-protocol.md``).
 
 The page the app serves lives on the app's port, the stream on another, so
-an origin is not "the stream's own host": each origin the dashboard was
-served to (scheme and ``Host`` of that request) is allowed, besides
+an origin is not "the stream's own host": an origin of the stream's host name
+on any port is allowed (the page, from whichever worker served it: a cookie
+is not kept apart by port either), and so is each origin this process served
+the dashboard to (scheme and ``Host`` of that request: a proxy may give the
+stream another name; at most ``LEARNED_ORIGINS``), besides
 ``ws_allowed_origins``. With several worker processes the first to bind the
 port serves it (its own process's figures); the others log once and go on.
 """
@@ -19,7 +22,9 @@ import json
 import logging
 import threading
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
+from ..asgi.mounted import header
 from ..asgi.realtime_ws import handshake_refusal, serve
 from ..types import Message
 
@@ -27,6 +32,9 @@ if TYPE_CHECKING:
     from ..asgi.mounted import MountedRoutes
 
 logger = logging.getLogger("aegis_mw")
+
+#: Dashboard origins a process learns at most (any client may send any Host).
+LEARNED_ORIGINS = 16
 
 
 def require_websockets(port: int, source: str) -> None:
@@ -61,6 +69,7 @@ class RealtimeServer:
         #: Origins whose pages this process served the dashboard to; replaced
         #: whole (never changed in place), as the server thread reads it.
         self.origins: frozenset[str] = frozenset()
+        self._learning = threading.Lock()
         self.ready = threading.Event()
         self.failed = ""
         self._thread: threading.Thread | None = None
@@ -109,6 +118,28 @@ class RealtimeServer:
             self.ready.set()
             await self._stop  # serve until stop() or the end of the process
 
+    def served_to(self, host: str) -> None:
+        """The dashboard was served to ``host`` (its request's ``Host``): its
+        page may open the stream, in either scheme (a TLS proxy may stand in
+        front). Learned once, and only the first LEARNED_ORIGINS."""
+        pair = {f"http://{host}", f"https://{host}"}
+        if pair <= self.origins or len(self.origins) >= 2 * LEARNED_ORIGINS:
+            return
+        with self._learning:
+            self.origins = self.origins | pair
+
+    def _origins(self, scope: dict[str, Any]) -> tuple[str, ...]:
+        """The origins a handshake may come from, besides the settings': the
+        learned ones, and its own if it names the stream's host (any port)."""
+        origin = header(scope, b"origin").strip().lower()
+        host = header(scope, b"host").strip().lower()
+        try:
+            name = urlsplit(f"//{host}").hostname if host else None
+            same = name is not None and urlsplit(origin).hostname == name
+        except ValueError:  # a malformed port or address: not the stream's host
+            same = False
+        return (*self.origins, origin) if same else tuple(self.origins)
+
     def _scope(self, connection: Any, request: Any) -> dict[str, Any]:
         path, _, query = request.path.partition("?")
         headers = [(name.lower().encode("latin-1"), value.encode("latin-1"))
@@ -127,7 +158,7 @@ class RealtimeServer:
         scope = self._scope(connection, request)
         if scope["path"] != self.mounted.aegis.settings.ws_path:
             return connection.respond(404, "not found\n")
-        refusal = handshake_refusal(self.mounted, scope, tuple(self.origins))
+        refusal = handshake_refusal(self.mounted, scope, self._origins(scope))
         if refusal is None:
             return None
         status, code, message = refusal
@@ -175,5 +206,5 @@ class RealtimeServer:
                 raise ConnectionResetError(str(exc)) from exc
 
         await serve(
-            self.mounted, scope, receive, send, extra_origins=tuple(self.origins), ping=ping
+            self.mounted, scope, receive, send, extra_origins=self._origins(scope), ping=ping
         )

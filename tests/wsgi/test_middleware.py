@@ -95,6 +95,25 @@ def test_a_plain_request_is_recorded(make_aegis: Callable[..., Aegis], clock: Fa
     assert (record.client_ip, record.error) == ("10.1.2.3", "")
 
 
+def test_the_response_is_its_own_iterator(make_aegis: Callable[..., Aegis]) -> None:
+    """As a generator is, on both paths: iter() gives the response itself, next()
+    works on it without iter(), and it is one pass, over once closed."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"a", b"bc"]
+
+    aegis = make_aegis(metrics_registry="none")
+    result: Any = AegisWSGIMiddleware(app, aegis=aegis)(environ_for(), Response().start_response)
+    assert iter(result) is result
+    assert next(result) == b"a"
+    assert list(result) == [b"bc"]
+    result.close()
+    assert next(result, None) is None
+    [record] = recorded(aegis)
+    assert record.response_bytes == 3
+
+
 @pytest.mark.parametrize(
     ("noted", "raised", "stored"),
     [
