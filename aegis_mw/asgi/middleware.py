@@ -24,7 +24,7 @@ from typing import Any
 from ..aegis import Aegis
 from ..core.outcome import settle
 from ..core.trace_context import asgi_trace
-from ..endpoints.app_routes import report, starlette_routes
+from ..endpoints.app_routes import starlette_routes
 from ..types import ASGIApp, Receive, RouteReader, Scope, Send
 from . import compiled
 from .lifespan import run_lifespan
@@ -92,15 +92,12 @@ class AegisMiddleware:
         # Routes answered here (/metrics, health): excluded from recording, and
         # every excluded path goes through pass_through, which serves them.
         self._mounted = MountedRoutes(self.aegis)
-        # The realtime stream ("" switches it off): never recorded as a session.
-        self._ws_path = self.aegis.settings.ws_path or None
         # The app's own routes on our paths stay the app's (endpoints/app_routes.py).
         has_route = starlette_routes(self.app)
         if has_route is not None:
-            self._mounted.yield_to_app(has_route)
-            if self._ws_path is not None and has_route(self._ws_path):
-                report(self.aegis.settings, [self._ws_path])
-                self._ws_path = None
+            self._mounted.yield_to_app(has_route, starlette_routes(self.app, websocket=True))
+        # The realtime stream (None: switched off, or the app's): never recorded.
+        self._ws_path = self._mounted.ws_path
         self.aegis.exclude(*self._mounted.paths)
         self._recorder = self.aegis.recorder
         self._inbox = self.aegis.recorder.inbox

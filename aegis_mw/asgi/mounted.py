@@ -201,6 +201,9 @@ class MountedRoutes:
         self.stream_path = (
             StreamPathAnswers(settings.ws_path, fix=ASGI_FIX) if settings.ws_path else None
         )
+        #: Where a handshake opens the stream; None when switched off or the
+        #: app has its own WebSocket route there.
+        self.ws_path: str | None = settings.ws_path or None
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -208,11 +211,23 @@ class MountedRoutes:
         stream = self.stream_path
         return (*self.handlers, *((stream.ws_path,) if stream is not None else ()))
 
-    def yield_to_app(self, has_route: HasRoute) -> list[str]:
-        """Drop our routes where the app has its own; the paths given up, logged."""
+    def yield_to_app(
+        self, has_route: HasRoute, has_websocket_route: HasRoute | None = None
+    ) -> list[str]:
+        """Drop our routes where the app has its own; the paths given up, logged.
+        The stream is given up to the app's WebSocket route on its path (an
+        HTTP route there takes no handshake), and plain HTTP on that path to
+        the app as well then, or to its HTTP route there."""
         given_up = [path for path in list(self.handlers) if has_route(path)]
         for path in given_up:
             self.handlers.pop(path, None)
+        stream = self.stream_path
+        if stream is not None:
+            if has_websocket_route is not None and has_websocket_route(stream.ws_path):
+                self.ws_path = None
+                given_up.append(stream.ws_path)
+            if self.ws_path is None or has_route(stream.ws_path):
+                self.stream_path = None  # not excluded: the app's, recorded
         report(self.aegis.settings, given_up)
         return given_up
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..core.items import PendingSession
 from ..core.labels import describe_error
-from ..core.outcome import is_disconnect
+from ..core.outcome import is_disconnect, session_disconnect
 from ..core.trace_context import asgi_trace
 from ..types import Message, Receive, Scope, Send
 
@@ -33,39 +33,50 @@ async def record_session(
     messages_out = 0
     close_code: int | None = None
     accepted = False
+    # The server said the client went away: an exception after that may be a
+    # framework's way of saying so too (core/outcome.py).
+    client_gone = False
 
     async def receive_wrapper() -> Message:
-        nonlocal messages_in, close_code
+        nonlocal messages_in, close_code, client_gone
         message = await receive()
         kind = message["type"]
         if kind == "websocket.receive":
             messages_in += 1
-        elif kind == "websocket.disconnect" and close_code is None:
-            close_code = message.get("code", 1005)
+        elif kind == "websocket.disconnect":
+            client_gone = True
+            if close_code is None:
+                close_code = message.get("code", 1005)
         return message
 
-    def send_wrapper(message: Message) -> Any:
-        nonlocal messages_out, close_code, accepted
+    async def send_wrapper(message: Message) -> None:
+        nonlocal messages_out, close_code, accepted, client_gone
         kind = message["type"]
-        if kind == "websocket.send":
-            messages_out += 1
-        elif kind == "websocket.accept" and not accepted:
+        if kind == "websocket.accept" and not accepted:
             accepted = True
             aggregates.websockets_active += 1
         elif kind == "websocket.close" and close_code is None:
             close_code = message.get("code", 1000)
         elif kind == "websocket.http.response.start" and close_code is None:
             close_code = 1008  # handshake refused with an HTTP response
-        return send(message)
+        try:
+            await send(message)
+        except Exception as exc:
+            if is_disconnect(exc):
+                client_gone = True
+            raise
+        if kind == "websocket.send":
+            messages_out += 1  # once sent: one the server refused never left
 
     error = ""
     try:
         await app(scope, receive_wrapper, send_wrapper)
     except Exception as exc:
-        if not is_disconnect(exc):
+        code = session_disconnect(exc, client_gone)
+        if code is None:
             error = describe_error(exc, middleware.aegis.settings.max_error_length)
         if close_code is None:
-            close_code = 1011 if error else 1006
+            close_code = 1011 if code is None else code
         raise
     finally:
         if accepted:

@@ -7,6 +7,8 @@ Only requests off the happy path get here, so clarity wins over speed:
 - the client went away first (``http.disconnect`` seen, a connection error,
   or a framework's ``ClientDisconnect``) or the task was cancelled: 499;
 - it returned without any response: 500; mid-body: the sent status, flagged.
+
+A WebSocket session's exception is judged by :func:`session_disconnect`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,31 @@ from .record import CLIENT_CLOSED_STATUS
 NO_RESPONSE = "RuntimeError: app returned without sending a response"
 INCOMPLETE_RESPONSE = "RuntimeError: app returned before the response body was complete"
 _DISCONNECT_ERRORS = frozenset({"ClientDisconnect", "ClientDisconnected"})
+#: A framework's word for a session's end (Starlette's, Litestar's), with a close code.
+_SESSION_ENDS = "WebSocketDisconnect"
 
 
 def is_disconnect(exc: BaseException) -> bool:
     """The client went away: a broken connection, or a server/framework saying so."""
     return isinstance(exc, ConnectionError) or type(exc).__name__ in _DISCONNECT_ERRORS
+
+
+def session_disconnect(exc: BaseException, client_gone: bool) -> int | None:
+    """The close code of a WebSocket session that raised only because its
+    client went away (1006 unless the exception carries one); None when the
+    exception is an error.
+
+    ``client_gone``: the server said so first (a ``websocket.disconnect``
+    received, or a send that failed as a disconnect). Only then does a
+    framework's ``WebSocketDisconnect`` count: Starlette raises it for both,
+    but an app may raise it too, and an app's own exception is an error.
+    """
+    if is_disconnect(exc):
+        return 1006
+    if not client_gone or not any(cls.__name__ == _SESSION_ENDS for cls in type(exc).__mro__):
+        return None
+    code = getattr(exc, "code", None)
+    return int(code) if isinstance(code, int) and not isinstance(code, bool) else 1006
 
 
 def settle(

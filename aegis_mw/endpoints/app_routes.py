@@ -44,21 +44,28 @@ def report(settings: Any, paths: Iterable[str]) -> None:
         )
 
 
-def starlette_routes(app: Any) -> HasRoute | None:
+def starlette_routes(app: Any, *, websocket: bool = False) -> HasRoute | None:
     """Routes found down the chain of middleware (``.app``) to a Starlette or
-    FastAPI router; None when there are none to read."""
+    FastAPI router; None when there are none to read. Those that take an HTTP
+    request, or with ``websocket`` those that take a WebSocket handshake
+    (mounts count for both: what they hold is not read)."""
     seen = 0
     node = app
     while node is not None and seen < 64:
         seen += 1
         routes = getattr(node, "routes", None)
         if isinstance(routes, list) and all(hasattr(r, "path") for r in routes):
-            return _matcher(list(routes))
+            return _matcher(list(routes), websocket)
         node = getattr(node, "app", None) or getattr(node, "router", None)
     return None
 
 
-def _matcher(routes: list[Any]) -> HasRoute:
+def _takes_websocket(route: Any) -> bool:
+    # By name: Starlette's WebSocketRoute and its subclasses (FastAPI's).
+    return any(cls.__name__ == "WebSocketRoute" for cls in type(route).__mro__)
+
+
+def _matcher(routes: list[Any], websocket: bool) -> HasRoute:
     def has_route(path: str) -> bool:
         for route in routes:
             prefix = getattr(route, "path", None)
@@ -67,6 +74,10 @@ def _matcher(routes: list[Any]) -> HasRoute:
                 # ("" — static files, a catch-all app) is not a route of ours.
                 if prefix and (path == prefix or path.startswith(prefix + "/")):
                     return True
+                continue
+            # A route of the other kind never sees the request: a catch-all
+            # GET takes no handshake, a WebSocket route no GET.
+            if _takes_websocket(route) != websocket:
                 continue
             regex = getattr(route, "path_regex", None)
             if regex is not None and regex.match(path):

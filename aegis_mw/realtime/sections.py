@@ -8,6 +8,7 @@ ranges with the same code.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -102,8 +103,10 @@ def custom_metrics_section(metrics: Sequence[MetricSnapshot]) -> dict[str, Any]:
         series = metric["series"]
         key = "count" if metric["kind"] == "histogram" else "value"
         values = [point[key] for point in series]
-        # A non-finite value is null: then so is the total.
-        metric["total"] = None if None in values else sum(values)
+        # A non-finite value is null: then so is the total, and a total of
+        # finite values that overflows (JSON has no infinity).
+        total = None if None in values else sum(values)
+        metric["total"] = None if isinstance(total, float) and not math.isfinite(total) else total
     room = _shares([len(metric["series"]) for metric in shown], MAX_STREAM_SERIES)
     for metric, keep in zip(shown, room, strict=True):
         metric["series_left_out"] = len(metric["series"]) - keep

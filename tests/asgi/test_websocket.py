@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from uvicorn.protocols.utils import ClientDisconnected
 
 from aegis_mw import Aegis, AegisMiddleware
 from aegis_mw.testing import FakeClock, recorded, recorded_sessions
@@ -17,6 +18,13 @@ from tests.harness import Exchange, websocket_scope
 pytestmark = pytest.mark.anyio
 
 CONNECT = {"type": "websocket.connect"}
+DISCONNECT = {"type": "websocket.disconnect", "code": 4001}
+
+
+class Rejected(Exception):
+    """An app's exception that carries a close code of its own."""
+
+    code = 4000
 
 
 def text(value: str) -> dict[str, Any]:
@@ -135,3 +143,75 @@ async def test_excluded_websocket_paths_are_not_recorded(make_aegis: Callable[..
     )
     assert exchange.sent == [{"type": "websocket.close", "code": 1000}]
     assert recorded_sessions(aegis) == []
+
+
+async def test_a_client_gone_is_no_error_but_the_apps_own_exceptions_are(
+    make_aegis: Callable[..., Aegis],
+) -> None:
+    """Starlette's WebSocketDisconnect, escaping the endpoint after the server
+    said the client left (a disconnect received, a send refused with
+    ClientDisconnected), ends the session with its code and no error. Raised
+    while the client is there, or another exception after it left (one with a
+    code too), it is the app's error, as before."""
+    aegis = make_aegis()
+
+    async def after_close(websocket: WebSocket) -> None:
+        await websocket.accept()
+        while True:
+            await websocket.receive_text()
+
+    async def send_refused(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("never arrives")
+
+    async def own(websocket: WebSocket) -> None:
+        await websocket.accept()
+        raise WebSocketDisconnect(1000)
+
+    async def bug_after_close(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.receive()
+        raise ValueError("bug")
+
+    async def coded_after_close(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.receive()
+        raise Rejected("no")
+
+    app = Starlette(
+        routes=[
+            WebSocketRoute("/after-close", after_close),
+            WebSocketRoute("/send-refused", send_refused),
+            WebSocketRoute("/own", own),
+            WebSocketRoute("/bug-after-close", bug_after_close),
+            WebSocketRoute("/coded-after-close", coded_after_close),
+        ]
+    )
+    app.add_middleware(AegisMiddleware, aegis=aegis)
+
+    class Gone(Exchange):
+        async def send(self, message: dict[str, Any]) -> None:
+            if message["type"] == "websocket.send":
+                raise ClientDisconnected  # uvicorn's, once the client has left
+            await super().send(message)
+
+    cases: list[tuple[str, Exchange, type[Exception]]] = [
+        ("/after-close", Exchange([CONNECT, text("hi"), DISCONNECT]), WebSocketDisconnect),
+        ("/send-refused", Gone([CONNECT]), WebSocketDisconnect),
+        ("/own", Exchange([CONNECT]), WebSocketDisconnect),
+        ("/bug-after-close", Exchange([CONNECT, DISCONNECT]), ValueError),
+        ("/coded-after-close", Exchange([CONNECT, DISCONNECT]), Rejected),
+    ]
+    for path, exchange, raised in cases:
+        with pytest.raises(raised):  # re-raised unchanged
+            await app(websocket_scope(path), exchange.receive, exchange.send)
+
+    found = {s.path: (s.close_code, s.error, s.messages_out) for s in recorded_sessions(aegis)}
+    assert found == {
+        "/after-close": (4001, "", 0),
+        "/send-refused": (1006, "", 0),
+        "/own": (1011, "WebSocketDisconnect: 1000", 0),
+        "/bug-after-close": (4001, "ValueError: bug", 0),
+        "/coded-after-close": (4001, "Rejected: no", 0),
+    }
+    assert aegis.realtime().websocket_connections_active == 0

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
 from flask import Flask
 from starlette.applications import Starlette
@@ -106,6 +106,34 @@ async def test_a_mounted_sub_app_owns_its_prefix(
             answer = await client.get("/dashboard/")
             assert answer.json() == {"app": "admin dashboard"}
     assert len(_clashes(caplog)) == 1
+
+
+@pytest.mark.anyio
+async def test_routes_clash_only_with_their_own_kind(
+    make_aegis: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A WebSocket route takes no HTTP request, so ``/metrics`` over HTTP stays
+    ours beside the app's ``@app.websocket("/metrics")``; the app's HTTP route
+    on the stream's path takes no handshake, so that leaves the stream ours."""
+    app = FastAPI()
+
+    @app.websocket("/metrics")
+    async def live_metrics(websocket: WebSocket) -> None:
+        await websocket.close()
+
+    @app.get("/ws/metrics")
+    async def about_the_stream() -> dict[str, str]:
+        return {"app": "about the stream"}
+
+    aegis = make_aegis(sink="memory://")
+    with caplog.at_level(logging.WARNING, logger="aegis_mw"):
+        async with _client(AegisMiddleware(app, aegis=aegis)) as client:
+            assert (await client.get("/metrics")).text.startswith("# HELP")
+            # Plain HTTP there is the app's, recorded as its request.
+            answer = await client.get("/ws/metrics")
+            assert answer.json() == {"app": "about the stream"}
+    assert _clashes(caplog) == []
+    assert [record.route for record in recorded(aegis)] == ["/ws/metrics"]
 
 
 def test_flask_routes_added_after_the_extension_stay_the_apps(
