@@ -41,6 +41,7 @@ from tests.sinks.test_sqlite import (
     traced_requests,
 )
 from tests.spawned import run_together
+from tests.test_live_transport import eventually
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -907,6 +908,46 @@ def test_reads_are_bounded_by_a_statement_timeout_and_keepalives(
     with reader._connection() as cursor:
         assert cursor.execute("SHOW statement_timeout").fetchone() == ("1500ms",)
         assert cursor.connection.info.get_parameters()["keepalives_idle"] == "60"
+
+
+def test_a_migration_on_a_read_connection_outlasts_the_reads_statement_timeout(
+    postgres_url: str, sinks: Callable[[str], PostgresSink]
+) -> None:
+    """A process whose first use of the store is a read migrates the schema on
+    a read connection, whose statements the server cancels after the reads'
+    timeout (1 s here, by the URL; 30 s as shipped). A version's statement
+    that takes longer (here version 17's ALTER TABLE, queued 2 s behind a
+    writer's open transaction; an index of a large table may take minutes)
+    runs on to its end: cut at the reads' timeout, it would be rolled back
+    and tried again by every first read, and never done."""
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        schema_at(connection, 16)
+    reader = sinks(f"{postgres_url}%20-cstatement_timeout%3D1000")._reader
+
+    def first_read() -> None:
+        with reader._connection() as cursor:
+            assert cursor.execute("SHOW statement_timeout").fetchone() == ("1s",)
+
+    with psycopg.connect(postgres_url) as writer:  # a transaction, open
+        writer.execute("LOCK TABLE aegis_requests IN ROW EXCLUSIVE MODE")
+        queued = (
+            "SELECT query FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid)) "
+            "AND now() - query_start > interval '2 s'"
+        )
+        with ThreadPoolExecutor(1) as thread:
+            read = thread.submit(timed, first_read, 30)
+            rows = eventually(
+                lambda: sql(postgres_url, queued, writer.info.backend_pid) or read.done()
+            )
+            assert rows is not True, f"ended before queueing 2 s: {read.result()}"
+            [(statement,)] = rows
+            assert statement.startswith("ALTER TABLE aegis_requests ADD COLUMN trace_id")
+            writer.commit()
+            error, _took = read.result()
+    assert error is None, error
+    assert sql(postgres_url, "SELECT max(version) FROM aegis_schema_version") == [
+        (postgres_schema.SCHEMA_VERSION,)
+    ]
 
 
 # -- trace and span ids (schema version 17) ------------------------------------------
