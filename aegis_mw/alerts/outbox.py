@@ -258,6 +258,9 @@ class AlertSender:
         #: The channels and their fingerprints, replaced together (a send
         #: in progress keeps the pair it started with).
         self._config: tuple[dict[str, Channel], dict[str, str]] = ({}, {})
+        #: Per channel whose rate limit was used up: when it allows one more
+        #: (its rows are not claimed before, only to be released again).
+        self._limited: dict[str, float] = {}
         self.set_channels(channels)
         self.wall = wall
         self.claimer = claimer
@@ -273,9 +276,6 @@ class AlertSender:
         #: row due later than it was written (group_wait, a retry, a channel
         #: down) is held back if the policy holds it back by then.
         self.mutes: tuple[NotificationPolicy, Sequence[Mapping[str, str]]] | None = None
-        #: Per channel whose rate limit was used up: when it allows one more
-        #: (its rows are not claimed before, only to be released again).
-        self._limited: dict[str, float] = {}
 
     @property
     def channels(self) -> dict[str, Channel]:
@@ -289,6 +289,11 @@ class AlertSender:
         """Send to these channels from now on (the API changed some). A
         fingerprint is computed only for a channel that is new or changed."""
         known, prints = self._config
+        # A limit used up under other settings says nothing of the new ones.
+        self._limited = {
+            name: until for name, until in self._limited.items()
+            if name in channels and known.get(name) == channels[name]
+        }  # fmt: skip
         self._config = (
             dict(channels),
             {
@@ -354,15 +359,24 @@ class AlertSender:
             name for name in channels
             if name not in disabled and self._limited.get(name, now) <= now
         )  # fmt: skip
-        claimed: list[Claimed] = list(
-            self.store.claim_notices(self.claimer, now, CLAIM_SECONDS, CLAIM_LIMIT, usable)
-        )
+        taken = self.store.claim_notices(self.claimer, now, CLAIM_SECONDS, CLAIM_LIMIT, usable)
+        handled = len(taken)
+        # Held back first: a firing skipped takes no slot of a rate limit.
+        claimed = self._unheld(taken, channels, now)
         for name in sorted(disabled):
             if disabled[name].probe_at <= now:  # one row, to see whether it works again
                 # The next probe is set first: a probe that fails otherwise
                 # (a 503, a timeout) waits its turn as one that fails alike.
                 self.store.disable_channel(disabled[name]._replace(probe_at=now + PROBE_SECONDS))
-                claimed += self.store.claim_notices(self.claimer, now, CLAIM_SECONDS, 1, [name])
+                # A notice that is sent: the ones held back meanwhile (at most
+                # a claim's worth) are skipped, not taken as the probe.
+                for _ in range(CLAIM_LIMIT):
+                    probe = self.store.claim_notices(self.claimer, now, CLAIM_SECONDS, 1, [name])
+                    handled += len(probe)
+                    kept = self._unheld(probe, channels, now)
+                    if kept or not probe:
+                        claimed += kept
+                        break
         broken: set[str] = set()
         batches, waiting = self._within_limits(_batches(claimed), now, channels)
         for batch in batches:
@@ -371,7 +385,23 @@ class AlertSender:
             self._send_batch(batch, states, broken, config)
         # Rows left for a rate limit are not handled: a claim of nothing else
         # waits for the poll instead of claiming them again at once.
-        return len(claimed) - waiting
+        return handled - waiting
+
+    def _unheld(
+        self, rows: Sequence[Claimed], channels: Mapping[str, Channel], now: float
+    ) -> list[Claimed]:
+        """The claimed rows to send: a firing the policy holds back by now
+        (see :meth:`held_back`) is finished as skipped, saying why."""
+        if self.mutes is None:
+            return list(rows)
+        kept = []
+        for row in rows:
+            why = self.held_back(json.loads(row.payload), channels[row.channel], now)
+            if why is None:
+                kept.append(row)
+            else:
+                self.store.finish_notice(row.id, row.claim, "skipped", now, why, now)
+        return kept
 
     def _within_limits(
         self, batches: list[list[Claimed]], now: float, channels: Mapping[str, Channel]
@@ -429,12 +459,12 @@ class AlertSender:
         payloads = []
         for row in batch:
             payload = json.loads(row.payload)
-            skip = self.held_back(payload, channel, start)
             if payload.get("status") == "resolved" and not row.announced:
                 # Its firing never reached this channel: no resolve of nothing.
-                skip = "its firing was not delivered here"
-            if skip is not None:
-                self.store.finish_notice(row.id, row.claim, "skipped", start, skip, start)
+                self.store.finish_notice(
+                    row.id, row.claim, "skipped", start, "its firing was not delivered here",
+                    start,
+                )  # fmt: skip
                 continue
             # Each send holds its rows anew: a batch of slow sends never lets
             # a claim run out under a row still being sent.

@@ -6,13 +6,14 @@ also lends it WebSocket pings, so that clients which never acknowledge
 frames are held and timed by their pongs (``docs/realtime-protocol.md``).
 
 The page the app serves lives on the app's port, the stream on another, so
-an origin is not "the stream's own host": an origin of the stream's host name
-on any port is allowed (the page, from whichever worker served it: a cookie
-is not kept apart by port either), and so is each origin this process served
-the dashboard to (scheme and ``Host`` of that request: a proxy may give the
-stream another name; at most ``LEARNED_ORIGINS``), besides
-``ws_allowed_origins``. With several worker processes the first to bind the
-port serves it (its own process's figures); the others log once and go on.
+an origin is not "the stream's own host": each origin this process served
+the dashboard to (scheme and ``Host`` of that request; at most
+``LEARNED_ORIGINS`` hosts) is allowed, besides ``ws_allowed_origins``. Not
+any port of the stream's host: another service there (a page on another port)
+would get the stream with the user's cookie, which browsers do not keep apart
+by port. With several worker processes the first to bind the port serves it
+(its own process's figures), and allows the pages it served itself: name the
+page's origin in ``ws_allowed_origins`` so that pages any worker served connect.
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ import json
 import logging
 import threading
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-from ..asgi.mounted import header
 from ..asgi.realtime_ws import handshake_refusal, serve
 from ..types import Message
 
@@ -123,22 +122,11 @@ class RealtimeServer:
         page may open the stream, in either scheme (a TLS proxy may stand in
         front). Learned once, and only the first LEARNED_ORIGINS."""
         pair = {f"http://{host}", f"https://{host}"}
-        if pair <= self.origins or len(self.origins) >= 2 * LEARNED_ORIGINS:
+        if pair <= self.origins:
             return
         with self._learning:
-            self.origins = self.origins | pair
-
-    def _origins(self, scope: dict[str, Any]) -> tuple[str, ...]:
-        """The origins a handshake may come from, besides the settings': the
-        learned ones, and its own if it names the stream's host (any port)."""
-        origin = header(scope, b"origin").strip().lower()
-        host = header(scope, b"host").strip().lower()
-        try:
-            name = urlsplit(f"//{host}").hostname if host else None
-            same = name is not None and urlsplit(origin).hostname == name
-        except ValueError:  # a malformed port or address: not the stream's host
-            same = False
-        return (*self.origins, origin) if same else tuple(self.origins)
+            if len(self.origins) < 2 * LEARNED_ORIGINS:
+                self.origins = self.origins | pair
 
     def _scope(self, connection: Any, request: Any) -> dict[str, Any]:
         path, _, query = request.path.partition("?")
@@ -158,7 +146,7 @@ class RealtimeServer:
         scope = self._scope(connection, request)
         if scope["path"] != self.mounted.aegis.settings.ws_path:
             return connection.respond(404, "not found\n")
-        refusal = handshake_refusal(self.mounted, scope, self._origins(scope))
+        refusal = handshake_refusal(self.mounted, scope, tuple(self.origins))
         if refusal is None:
             return None
         status, code, message = refusal
@@ -206,5 +194,5 @@ class RealtimeServer:
                 raise ConnectionResetError(str(exc)) from exc
 
         await serve(
-            self.mounted, scope, receive, send, extra_origins=self._origins(scope), ping=ping
+            self.mounted, scope, receive, send, extra_origins=tuple(self.origins), ping=ping
         )

@@ -150,8 +150,8 @@ class CountingInput:
     Every call goes to the server's stream with the app's own arguments: a
     stream may answer ``read()`` and ``read(-1)`` differently (cheroot's
     does). Beyond the reads PEP 3333 asks of every stream, it has what the
-    stream has (``hasattr`` answers alike): ``readinto``, ``readinto1`` and
-    ``read1`` counted, anything else the stream's own. ``next()`` works on it
+    stream has (``hasattr`` answers alike): ``readinto``, ``readinto1``,
+    ``read1`` and ``readall`` counted, anything else the stream's own. ``next()`` works on it
     only where it works on the stream: see :func:`counting_input`.
     """
 
@@ -246,6 +246,7 @@ _COUNTING: dict[str, Callable[[Any, list[Any]], Callable[..., Any]]] = {
     "readinto": _counting_into,
     "readinto1": _counting_into,
     "read1": _counting_read,
+    "readall": _counting_read,
 }
 
 

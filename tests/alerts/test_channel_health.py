@@ -6,6 +6,7 @@ Against real HTTP receivers on 127.0.0.1 and the real stores."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -25,7 +26,8 @@ from tests.endpoints.test_api import client, flush
 from tests.history.dataset import open_sink
 
 from .test_notices import RULE, episode
-from .test_service import Wall
+from .test_policy import silence
+from .test_service import START, Wall, write
 from .test_surfaces import API, firing_app
 
 
@@ -57,6 +59,40 @@ def bodies(server: HTTPServer, path: str) -> list[dict[str, Any]]:
 
 def names(notices: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(n["alerts"][0]["labels"]["alertname"], n["status"]) for n in notices]
+
+
+def test_a_probe_is_a_notice_that_is_sent_not_one_held_back(
+    sink: Any, httpserver: HTTPServer
+) -> None:
+    """Two alerts' firings wait on a disabled channel, and one alert is
+    silenced meanwhile. The probe skips that one's firing (held back) and
+    sends the other's: the channel is enabled at the first probe after it
+    works again, not one probe per held notice later."""
+    httpserver.expect_request("/hook").respond_with_data("gone", status=410)
+    wall = Wall()
+    channels = channels_from_config({
+        "hook": {"type": "webhook", "url": httpserver.url_for("/hook"), "allow_private": True,
+                 "group_by": ["..."]},
+    })  # fmt: skip
+    rules = [RULE, dataclasses.replace(RULE, name="errors_again")]
+    evaluator = AlertService(rules, sink.alert_store(), sink, interval=10, wall=wall,
+                             channels=channels)  # fmt: skip
+    for second in range(0, 120, 5):
+        write(sink, START + second, 20, 6, f"bad{second}-")
+    wall.now = START + 80
+    evaluator.tick()
+    evaluator.sender.send_due()  # the first firing meets 410: disabled, both kept
+    evaluator.store.put_silence(silence(wall.now, 'alertname="errors"'), "ops", wall.now)
+    wall.now = START + 90
+    evaluator.tick()  # this process's policy now has the silence
+    httpserver.clear_all_handlers()
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    wall.now = evaluator.store.channel_states()["hook"].probe_at + 1
+    evaluator.sender.send_due()
+    assert names(bodies(httpserver, "/hook")) == [("errors_again", "firing")]
+    assert evaluator.store.channel_states() == {}
+    held = [r for r in evaluator.store.notices(10) if r["state"] == "skipped"]
+    assert [r["last_error"] for r in held] == ["held back when due: silenced by s1"]
 
 
 def test_a_gone_receiver_is_disabled_alerted_probed_and_caught_up(

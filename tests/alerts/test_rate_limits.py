@@ -85,6 +85,33 @@ def test_what_is_over_the_limit_goes_as_one_digest(sink: Any, httpserver: HTTPSe
     assert {row["state"] for row in stored} == {"delivered"} and len(stored) == 6
 
 
+def test_a_limit_used_up_is_forgotten_when_the_channel_changes(
+    sink: Any, httpserver: HTTPServer
+) -> None:
+    """The limit used up, a new firing waits; the channel's settings change
+    (its limit raised through the API, say): the firing goes at once, not
+    when the old limit would have allowed it."""
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    wall = Wall()
+    hook = {"type": "webhook", "url": httpserver.url_for("/hook"), "group_by": ["..."]}
+    service = evaluator(sink, wall, {**hook, "rate_limit": {"count": 1, "per": "1h"}})
+    traffic(sink, START, START + 80, {ROUTES[0]}, "a", ROUTES)
+    wall.now = START + 80
+    service.tick()
+    service.sender.send_due()
+    traffic(sink, START + 80, START + 160, set(ROUTES[:2]), "b", ROUTES)
+    wall.now = START + 160
+    service.tick()
+    wall.now = START + 191  # its group's wait over, /r1 is due: it waits for the hour
+    assert service.sender.send_due() == 0
+    service.sender.set_channels(
+        channels_from_config({"c": {"allow_private": True, **hook, "rate_limit": None}})
+    )
+    wall.now += 1
+    service.sender.send_due()
+    assert [routes_of(n) for n in posted(httpserver)] == [["/r0"], ["/r1"]]
+
+
 def test_slack_gets_one_message_a_second(sink: Any, httpserver: HTTPServer) -> None:
     httpserver.expect_request("/slack").respond_with_data("ok")
     wall = Wall()

@@ -114,6 +114,34 @@ def test_the_response_is_its_own_iterator(make_aegis: Callable[..., Aegis]) -> N
     assert record.response_bytes == 3
 
 
+def test_a_raw_streams_readall_is_counted(make_aegis: Callable[..., Aegis]) -> None:
+    """A server whose body stream is a raw one (werkzeug's dechunked input is):
+    the app's readall() reads through the middleware's stream, counted."""
+
+    class Raw(io.RawIOBase):
+        def __init__(self, data: bytes) -> None:
+            self._data = io.BytesIO(data)
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            return self._data.readinto(buffer)
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        body = environ["wsgi.input"].readall()
+        start_response("200 OK", [])
+        return [body]
+
+    aegis = make_aegis(metrics_registry="none")
+    body = b"x" * 70_000
+    environ = environ_for("/raw", "POST", body, **{"wsgi.input": Raw(body)})
+    _, answer = serve(AegisWSGIMiddleware(app, aegis=aegis), environ)
+    assert answer == body
+    [record] = recorded(aegis)
+    assert record.request_bytes == len(body)
+
+
 @pytest.mark.parametrize(
     ("noted", "raised", "stored"),
     [
