@@ -84,9 +84,6 @@ class Notice(NamedTuple):
     at: float
     #: The alert's labels (its group, per channel: see .grouping).
     labels: Mapping[str, str] = {}
-    #: It tells receivers the episode resolved (a resolve, the end of
-    #: flapping settled resolved): never held back, or receivers keep it open.
-    closes: bool = False
 
 
 class Claimed(NamedTuple):
@@ -205,35 +202,24 @@ def notices_for(transitions: Iterable[Transition], channels: Mapping[str, Channe
         payload = json.dumps(notice_payload(transition), separators=(",", ":"))
         labels = dict(transition.labels)
         kind = transition.kind
-        # A resolve, or the end of flapping where it settled resolved (the
-        # flapping notice itself is news of the flapping, held back as a
-        # firing is: what receivers hold is settled when it ends).
-        closes = transition.to_state != FIRING and kind != "flapping"
-        if closes and kind != "resolved":
+        # Firings (repeats, flapping notices) go to channels by severity; the
+        # rest resolve (a resolve, the end of flapping settled resolved) and
+        # go where their episode went.
+        by_severity = transition.to_state == FIRING or kind == "flapping"
+        if not by_severity and kind != "resolved":
             kind += ".resolved"  # its episode's rows pruned once it is done (see the store)
         key = f"{transition.episode or transition.rule}.{kind}.{transition.at:.3f}"
         alert = json.dumps([transition.rule, [list(pair) for pair in transition.group]])
-        if transition.to_state == FIRING or transition.kind == "flapping":
+        if by_severity:
             # The alert about a channel (aegis_channel_disabled) goes to the others.
             about = dict(transition.group).get("channel")
             for name, channel in channels.items():
                 if transition.severity in channel.severities and name != about:
                     out.append(
-                        Notice(
-                            name,
-                            key,
-                            alert,
-                            transition.episode,
-                            payload,
-                            transition.at,
-                            labels,
-                            closes,
-                        )
+                        Notice(name, key, alert, transition.episode, payload, transition.at, labels)
                     )
         else:
-            out.append(
-                Notice(None, key, alert, transition.episode, payload, transition.at, labels, True)
-            )
+            out.append(Notice(None, key, alert, transition.episode, payload, transition.at, labels))
     return out
 
 

@@ -585,9 +585,7 @@ class AlertService:
         :meth:`AlertSender.held_back`)."""
         kept = []
         for notice in notices:
-            channel = None
-            if notice.channel is not None and not notice.closes:
-                channel = self.channels.get(notice.channel)
+            channel = self.channels.get(notice.channel) if notice.channel is not None else None
             why = (
                 None if channel is None
                 else self.policy.why_muted(notice.labels, firing, now, channel.mute_windows)

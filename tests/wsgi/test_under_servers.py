@@ -124,6 +124,15 @@ def answers(port: int, paths: list[str], body: bytes, chunked: bool = False) -> 
         connection.close()
 
 
+def post(port: int, path: str = "/", body: bytes | None = None) -> tuple[int, bytes]:
+    """One POST on a connection of its own: the status and the body."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    try:
+        return exchange(connection, path, body)
+    finally:
+        connection.close()
+
+
 def text(data: Any) -> Any:
     """What a read gave, as JSON can carry it."""
     if isinstance(data, (bytes, bytearray, memoryview)):
@@ -276,11 +285,7 @@ def test_a_flask_apps_body_under_werkzeugs_server_is_counted(
     flask_app.wsgi_app = AegisWSGIMiddleware(flask_app.wsgi_app, aegis=aegis)  # type: ignore[method-assign]
     body = b"x" * 70_000 + b"end"  # more than LimitedStream's 64 KiB reads
     with werkzeug_server(flask_app, requests=1) as port:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-        try:
-            status, answer = exchange(connection, "/echo", body)
-        finally:
-            connection.close()
+        status, answer = post(port, "/echo", body)
     assert (status, answer) == (200, body[::-1])
     [record] = recorded(aegis)
     assert (record.request_bytes, record.response_bytes) == (len(body), len(body))
@@ -306,21 +311,13 @@ def test_a_chunk_without_a_length_meets_the_servers_own_check(
     sent = []
     for app in (yields_none, AegisWSGIMiddleware(yields_none, aegis=aegis)):
         with cheroot_server(app) as port:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-            try:
-                sent.append(exchange(connection, "/", None))
-            finally:
-                connection.close()
+            sent.append(post(port))
     assert sent == [(200, b"ab")] * 2
     logged = []
     for app in (yields_none, AegisWSGIMiddleware(yields_none, aegis=aegis)):
         errors = io.StringIO()
         with wsgiref_server(app, requests=1, errors=errors) as port:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-            try:
-                exchange(connection, "/", None)
-            finally:
-                connection.close()
+            post(port)
         logged.append(errors.getvalue().strip().splitlines()[-1])
     assert logged == ["AssertionError: write() argument must be a bytes instance"] * 2
     assert [record.response_bytes for record in recorded(aegis)] == [2, 1]
@@ -343,11 +340,7 @@ def test_write_of_a_chunk_without_a_length_raises_the_servers_own_error(
     sent = []
     for app in (writes_none, AegisWSGIMiddleware(writes_none, aegis=aegis)):
         with wsgiref_server(app, requests=1, errors=io.StringIO()) as port:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-            try:
-                sent.append(exchange(connection, "/", None))
-            finally:
-                connection.close()
+            sent.append(post(port))
     assert sent == [(200, b"AssertionError: write() argument must be a bytes instance")] * 2
     [record] = recorded(aegis)
     assert record.response_bytes == len(sent[0][1])
@@ -380,11 +373,7 @@ def test_a_file_response_our_count_fails_on_goes_out_untouched(
     aegis = make_aegis()
     errors = io.StringIO()
     with wsgiref_server(AegisWSGIMiddleware(app, aegis=aegis), 1, errors) as port:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-        try:
-            sent = exchange(connection, "/", None)
-        finally:
-            connection.close()
+        sent = post(port)
     assert (sent, errors.getvalue()) == ((200, b"file body"), "")
     assert recorded(aegis) == []
     assert aegis.stats().dropped["internal_error"] == 1
