@@ -13,8 +13,14 @@ what the requests left, for every variant alike.
 
 Needs ``valgrind`` on PATH (Debian package ``valgrind``).
 
+``--flush-every N`` flushes the all-in rows every N requests of both runs
+(N must divide both counts), so their figure holds a flush's fixed costs (its
+transaction, commit and rollup rows, its statements) shared by N requests,
+as at N requests a second with the default ``flush_interval`` of 1 s.
+
     python bench/instructions.py                 # about two minutes
     python bench/instructions.py --routes 1 --requests 500 2500
+    python bench/instructions.py --routes 1 --flush-every 100 --variants aegis_all_in
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from overhead import LABELS, build_app, make_scopes, run_chunk
 COLLECTED = re.compile(r"Collected : ([\d,]+)")
 
 
-def worker(variant: str, routes: int, requests: int) -> None:
+def worker(variant: str, routes: int, requests: int, flush_every: int = 0) -> None:
     with tempfile.TemporaryDirectory() as workdir:
         app, after_chunk = build_app(variant, routes, workdir)
         scopes = make_scopes(routes)
@@ -52,9 +58,13 @@ def worker(variant: str, routes: int, requests: int) -> None:
             # happens to fall.
             gc.collect()
             gc.freeze()
-            ok = await run_chunk(app, scopes, requests, 0)
-            if variant == "aegis_all_in":
-                after_chunk()
+            all_in = variant.startswith("aegis_all_in")
+            step = flush_every if flush_every and all_in else requests
+            ok = 0
+            for offset in range(0, requests, step):
+                ok += await run_chunk(app, scopes, step, offset)
+                if all_in:
+                    after_chunk()
             if ok != requests:
                 raise SystemExit(f"{variant}: {ok} of {requests} answered 200")
 
@@ -65,11 +75,11 @@ def worker(variant: str, routes: int, requests: int) -> None:
         os._exit(0)
 
 
-def count(variant: str, routes: int, requests: int) -> int:
+def count(variant: str, routes: int, requests: int, flush_every: int = 0) -> int:
     command = [
         "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
         sys.executable, __file__, "--worker", variant, "--routes", str(routes),
-        "--count", str(requests),
+        "--count", str(requests), "--flush-every", str(flush_every),
     ]  # fmt: skip
     # A fixed hash seed: string hashing decides dict probe sequences, which
     # otherwise move the count by a few hundred instructions from run to run.
@@ -88,22 +98,32 @@ def main() -> None:
     parser.add_argument("--routes", type=int, nargs="*", default=[1, 50])
     parser.add_argument("--requests", type=int, nargs=2, default=[500, 2500])
     parser.add_argument("--variants", nargs="*", default=list(LABELS))
+    parser.add_argument(
+        "--flush-every", type=int, default=0,
+        help="all-in rows: flush every N requests (default: once, after each run)",
+    )  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.routes[0], args.count)
+        worker(args.worker, args.routes[0], args.count, args.flush_every)
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
     if "bare" not in args.variants:
         args.variants.insert(0, "bare")
     short, long = args.requests
+    if args.flush_every and (short % args.flush_every or long % args.flush_every):
+        raise SystemExit("--flush-every must divide both request counts")
     rows = []
     for routes in args.routes:
         per_request = {
-            variant: (count(variant, routes, long) - count(variant, routes, short)) / (long - short)
+            variant: (
+                count(variant, routes, long, args.flush_every)
+                - count(variant, routes, short, args.flush_every)
+            )
+            / (long - short)
             for variant in args.variants
         }
         for variant, instructions in per_request.items():
@@ -116,7 +136,8 @@ def main() -> None:
                     "ratio": instructions / per_request["bare"],
                 }
             )
-    print(f"\nFastAPI in-process, instructions per request ({long} - {short} requests)\n")
+    flushes = f", all-in flushed every {args.flush_every}" if args.flush_every else ""
+    print(f"\nFastAPI in-process, instructions per request ({long} - {short} requests{flushes})\n")
     header = f"{'variant':42} {'routes':>6} {'instructions':>13} {'overhead':>10} {'ratio':>6}"
     print(header)
     print("-" * len(header))

@@ -28,8 +28,14 @@ Aegis appears four times:
   evaluated every 10 s by the alert service's thread (it reads the stored
   rollups, not the requests: the request path should cost the same).
 
+``--flush-every N`` flushes the all-in variants once N requests wait instead:
+the flusher writes every ``flush_interval`` (1 s) whatever it holds, so at
+1,000 requests a second a flush holds 1,000, and its fixed costs (the
+transaction, its commit, the rollup rows) are shared by that many.
+
     python bench/overhead.py                          # full run, about three minutes
     python bench/overhead.py --rounds 9 --chunk 300   # quick look
+    python bench/overhead.py --routes 1 --flush-every 1000 --variants aegis_all_in
 """
 
 from __future__ import annotations
@@ -246,7 +252,9 @@ async def run_chunk(app: Any, scopes: list[dict[str, Any]], count: int, offset: 
 ALL_IN_BATCH = 5000
 
 
-async def measure(variants: list[str], routes: int, rounds: int, chunk: int) -> Results:
+async def measure(
+    variants: list[str], routes: int, rounds: int, chunk: int, flush_every: int = ALL_IN_BATCH
+) -> Results:
     workdir = tempfile.mkdtemp(prefix="aegis-bench-")
     apps = {variant: build_app(variant, routes, workdir) for variant in variants}
     scopes = {variant: make_scopes(routes, variant in TRACED) for variant in variants}
@@ -273,7 +281,7 @@ async def measure(variants: list[str], routes: int, rounds: int, chunk: int) -> 
             results[variant]["wall"].append(elapsed / chunk * 1e6)
             waiting[variant] += chunk
             all_in = variant.startswith("aegis_all_in")
-            if all_in and (waiting[variant] >= ALL_IN_BATCH or round_number == rounds - 1):
+            if all_in and (waiting[variant] >= flush_every or round_number == rounds - 1):
                 cpu_started = time.process_time()
                 started = time.perf_counter()
                 after_chunk()
@@ -323,6 +331,10 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=100, help="requests per variant per round")
     parser.add_argument("--routes", type=int, nargs="*", default=[1, 50])
     parser.add_argument("--variants", nargs="*", default=list(LABELS))
+    parser.add_argument(
+        "--flush-every", type=int, default=ALL_IN_BATCH,
+        help="all-in variants: requests per flush (default %(default)s, the batch_size)",
+    )  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = parser.parse_args()
@@ -333,7 +345,9 @@ def main() -> None:
             # One CPU: the flusher's work is serialized with the requests it
             # follows (charged, not hidden on the other core), and less noise.
             os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
-        results = asyncio.run(measure(args.variants, args.routes[0], args.rounds, args.chunk))
+        results = asyncio.run(
+            measure(args.variants, args.routes[0], args.rounds, args.chunk, args.flush_every)
+        )
         print(json.dumps(summarize(results)))
         return
 
@@ -342,7 +356,8 @@ def main() -> None:
         # One process per route count: the peers register global metrics.
         command = [
             sys.executable, __file__, "--worker", "--routes", str(routes),
-            "--rounds", str(args.rounds), "--chunk", str(args.chunk), "--variants", *args.variants,
+            "--rounds", str(args.rounds), "--chunk", str(args.chunk),
+            "--flush-every", str(args.flush_every), "--variants", *args.variants,
         ]  # fmt: skip
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         for row in json.loads(output.strip().splitlines()[-1]):
@@ -368,7 +383,7 @@ def main() -> None:
         if "pipeline_cpu_us" in row:
             print(
                 f"  {LABELS[row['variant']]}: the pipeline's share, {row['pipeline_cpu_us']:.2f} "
-                f"CPU µs a request (flushes of {ALL_IN_BATCH:,}, {row['pipeline_wall_us']:.2f} µs "
+                f"CPU µs a request (flushes of {args.flush_every:,}, {row['pipeline_wall_us']:.2f} µs "
                 "of wall time with the pauses between GIL slices)"
             )
     rows = {(row["variant"], row["routes"]): row for row in table}

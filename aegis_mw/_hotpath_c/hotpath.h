@@ -368,6 +368,7 @@ PyObject *aegis_pg_copy_rows(PyObject *module, PyObject *const *args, Py_ssize_t
 PyObject *aegis_sqlite_rows_init(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *aegis_sqlite_filename(PyObject *module, PyObject *connection);
 PyObject *aegis_sqlite_insert_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *aegis_sqlite_rows_cache(PyObject *module, PyObject *unused);
 
 /* column_range.c: a block's time range for the SQLite sink */
 PyObject *aegis_column_range(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

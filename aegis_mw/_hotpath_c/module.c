@@ -28,6 +28,8 @@ static PyMethodDef module_methods[] = {
      "Records in PostgreSQL's binary COPY tuple format (aegis_mw.sinks.postgres_copy)."},
     {"sqlite_insert_rows", (PyCFunction)(void (*)(void))aegis_sqlite_insert_rows, METH_FASTCALL,
      "Insert records through an sqlite3.Connection's handle, the GIL released (aegis_mw.sinks.sqlite_rows)."},
+    {"sqlite_rows_cache", aegis_sqlite_rows_cache, METH_NOARGS,
+     "An empty cache of sqlite_insert_rows's prepared statements (aegis_mw.sinks.sqlite_rows)."},
     {"column_range", (PyCFunction)(void (*)(void))aegis_column_range, METH_FASTCALL,
      "(min, max) of a column over records[start:stop], or None for Python (aegis_mw.sinks.sqlite_blocks)."},
     {"take_left", (PyCFunction)(void (*)(void))aegis_take_left, METH_FASTCALL,

@@ -112,6 +112,8 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         self._compiled: ModuleType | None = None
         self._rows: ModuleType | None = None
         self._rows_checked_for: sqlite3.Connection | None = None
+        #: The compiled inserts' prepared statements on that connection.
+        self._statements: object = None
         self._column_range: sqlite_blocks.ColumnRange | None = None
         # How rollup histograms are encoded and merged on conflict (compiled
         # where offered; a connection opened before keeps the Python merge).
@@ -307,6 +309,9 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         if self._rows_checked_for is not connection:
             self._rows = sqlite_rows.compiled_rows(connection, self._compiled)
             self._rows_checked_for = connection
+            self._statements = (
+                None if self._rows is None else sqlite_rows.statement_cache(self._rows)
+            )
         # A whole statement's rows at least: fewer (a record being isolated,
         # a quiet second) cost less through the sqlite3 module's statement
         # cache than a 64-row statement prepared for them.
@@ -319,13 +324,13 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
             try:
                 start = sqlite_rows.insert(
                     self._rows, connection, INSERT_REQUESTS, INSERT_REQUEST, ROWS_PER_INSERT,
-                    len(REQUEST_COLUMNS), records, pause_for(self._backlog),
+                    len(REQUEST_COLUMNS), records, pause_for(self._backlog), self._statements,
                 )  # fmt: skip
             except (TypeError, ValueError):
                 # A compiled module that does not fit this code (raised before
                 # any row is written): the sqlite3 module binds from now on.
                 logger.exception("aegis_mw: compiled SQLite inserts failed; not used again")
-                self._rows = None
+                self._rows = self._statements = None
                 start = 0
             records = records[start:]
         whole = len(records) - len(records) % ROWS_PER_INSERT
@@ -406,6 +411,8 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         for connection in pool:
             connection.close()
         if self._connection is not None and self._owner == (os.getpid(), threading.get_ident()):
+            # Its kept statements first, so the file is closed at once.
+            self._statements = self._rows_checked_for = None
             self._connection.close()
             self._connection = None
 

@@ -12,7 +12,9 @@ the rest through the sqlite3 module in the statements it would have used
 from the start, so a value is stored, or refused with the same error, as
 without the compiled module. Where the compiled module is not used, or the connection's handle
 cannot be confirmed (:func:`compiled_rows`), every row goes through the
-sqlite3 module as before.
+sqlite3 module as before. The two statements are prepared once per
+connection and kept (:func:`statement_cache`): preparing the one of 64 rows
+costs about as much as writing a quiet second's rows.
 """
 
 from __future__ import annotations
@@ -85,6 +87,14 @@ def compiled_rows(connection: sqlite3.Connection, compiled: ModuleType | None) -
     return compiled
 
 
+def statement_cache(compiled: ModuleType) -> object:
+    """An empty cache of the compiled inserts' prepared statements, for one
+    connection (the statements are finalized when it is dropped); None from a
+    build without one (the inserts then prepare them at every call)."""
+    make = getattr(compiled, "sqlite_rows_cache", None)
+    return None if make is None else make()
+
+
 def adapted() -> bool:
     """Whether an adapter is registered for a type the compiled inserts bind
     themselves (the sqlite3 module would call it on every such value)."""
@@ -103,14 +113,18 @@ def insert(
     width: int,
     records: list[Any],
     pause: float = PAUSE_SECONDS,
+    statements: object = None,
 ) -> int:
     """Insert as many of ``records`` as the compiled inserts take, pausing
     ``pause`` seconds after each slice of SQLite's work; returns where they
     stopped (``len(records)`` when they took all). Raises what the sqlite3
-    module would raise when SQLite refuses a statement."""
+    module would raise when SQLite refuses a statement. ``statements``: a
+    :func:`statement_cache` kept with ``connection``, so its statements are
+    prepared once, not at every call (preparing the 64-row one costs about
+    170 µs, a quiet flush's whole insert several times over)."""
     done, code, message = compiled.sqlite_insert_rows(
         connection, many_sql, one_sql, rows_per_statement, width, records, 0,
-        SLICE_SECONDS, float(pause),
+        SLICE_SECONDS, float(pause), statements,
     )  # fmt: skip
     if code:
         raise error_for(code, message)

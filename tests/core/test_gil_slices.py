@@ -166,7 +166,7 @@ def test_the_flusher_and_the_sqlite_sink_are_paced_by_the_inbox_and_the_backlog(
     real = sqlite_rows.insert
 
     def insert(*args: Any) -> int:
-        passed.append(args[-1])
+        passed.append(args[7])  # the pause, before the kept statements
         return real(*args)
 
     monkeypatch.setattr(sqlite_rows, "insert", insert)

@@ -12,6 +12,7 @@ leave to the sqlite3 module (a bool, a str or int subclass, bytes, an int past
 from __future__ import annotations
 
 import math
+import os
 import random
 import sqlite3
 import sys
@@ -469,3 +470,169 @@ def test_a_compiled_module_that_does_not_fit_is_dropped_and_nothing_is_lost(
         sink.close()
     assert len(stored(tmp_path / "stale.db")) == 300
     assert "compiled SQLite inserts failed" in caplog.text
+
+
+# -- the statements kept between calls (sqlite_rows_cache) -----------------------
+
+MANY_T = "INSERT INTO t VALUES " + ", ".join(["(?, ?)"] * 64)
+ONE_T = "INSERT INTO t VALUES (?, ?)"
+
+
+def prepared_inserts(connection: sqlite3.Connection) -> list[int]:
+    """Counts SQLite's compilations of an INSERT on ``connection``: its
+    authorizer is asked at prepare time only, never at a step."""
+    prepared: list[int] = []
+
+    def authorize(action: int, *_: object) -> int:
+        if action == sqlite3.SQLITE_INSERT:
+            prepared.append(action)
+        return sqlite3.SQLITE_OK
+
+    connection.set_authorizer(authorize)
+    return prepared
+
+
+def file_with_table(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute("CREATE TABLE t (a, b)")
+    assert sqlite_rows.compiled_rows(connection, compiled_module()) is compiled_module()
+    return connection
+
+
+def test_kept_statements_are_prepared_once_per_connection(tmp_path: Path) -> None:
+    """Three calls with one cache prepare the two statements once; a call
+    without a cache prepares its own; rows land in the file of the
+    connection given, also when the cache was filled on another one."""
+    module = compiled_module()
+    first, second = file_with_table(tmp_path / "a.db"), file_with_table(tmp_path / "b.db")
+    cache = sqlite_rows.statement_cache(module)
+    try:
+        prepared = prepared_inserts(first)
+        rows = [(n, "x") for n in range(130)]
+        for _ in range(3):
+            assert module.sqlite_insert_rows(
+                first, MANY_T, ONE_T, 64, 2, rows, 0, 0.0, 0.0, cache
+            ) == (130, 0, None)
+        assert len(prepared) == 2
+        module.sqlite_insert_rows(first, MANY_T, ONE_T, 64, 2, rows, 0, 0.0, 0.0)
+        assert len(prepared) == 4
+        # Another connection: its own statements, and the rows in its file.
+        done = module.sqlite_insert_rows(
+            second, MANY_T, ONE_T, 64, 2, rows[:70], 0, 0.0, 0.0, cache
+        )
+        assert done == (70, 0, None)
+        # Other statements on the first connection again: prepared anew.
+        one_b = "INSERT INTO t (b, a) VALUES (?, ?)"
+        many_b = "INSERT INTO t (b, a) VALUES " + ", ".join(["(?, ?)"] * 64)
+        done = module.sqlite_insert_rows(
+            first, many_b, one_b, 64, 2, [("y", 1)] * 65, 0, 0.0, 0.0, cache
+        )
+        assert done == (65, 0, None) and len(prepared) == 6
+    finally:
+        del cache
+        first.close()
+        second.close()
+    with sqlite3.connect(tmp_path / "a.db") as check:
+        assert check.execute(
+            "SELECT count(*), count(DISTINCT a) FROM t WHERE b = 'x'"
+        ).fetchone() == (520, 130)
+        assert check.execute("SELECT count(*) FROM t WHERE b = 'y' AND a = 1").fetchone() == (65,)
+    check.close()
+    with sqlite3.connect(tmp_path / "b.db") as check:
+        assert check.execute("SELECT count(*) FROM t").fetchone() == (70,)
+    check.close()
+
+
+def test_a_cache_in_use_by_another_thread_is_left_to_it(tmp_path: Path) -> None:
+    """While one call steps its rows with the GIL released, another thread's
+    call with the same cache prepares statements of its own: each finishes,
+    and every row is stored once."""
+    module = compiled_module()
+    connection = file_with_table(tmp_path / "a.db")
+    cache = sqlite_rows.statement_cache(module)
+    prepared = prepared_inserts(connection)
+    results: list[tuple[int, int, object]] = []
+
+    def insert(base: int) -> None:
+        rows = [(base + n, "x") for n in range(64 * 200)]
+        results.append(
+            module.sqlite_insert_rows(connection, MANY_T, ONE_T, 64, 2, rows, 0, 0.0, 0.0, cache)
+        )
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.0001)
+    try:
+        threads = [threading.Thread(target=insert, args=(base,)) for base in (0, 10**6, 2 * 10**6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+            # The authorizer calls back into Python while SQLite holds the
+            # connection's mutex: a call taking that mutex under the GIL would
+            # deadlock here.
+            assert not thread.is_alive()
+    finally:
+        sys.setswitchinterval(interval)
+    assert results == [(64 * 200, 0, None)] * 3
+    assert 2 <= len(prepared) <= 6
+    assert connection.execute("SELECT count(*), count(DISTINCT a) FROM t").fetchone() == (
+        3 * 64 * 200,
+        3 * 64 * 200,
+    )
+    connection.close()
+
+
+def test_a_cache_is_checked(tmp_path: Path) -> None:
+    module = compiled_module()
+    connection = file_with_table(tmp_path / "a.db")
+    try:
+        for wrong in (object(), "cache", 1):
+            with pytest.raises((TypeError, ValueError)):
+                module.sqlite_insert_rows(connection, MANY_T, ONE_T, 64, 2, [], 0, 0.0, 0.0, wrong)
+        # None: no cache, as with nine arguments.
+        assert module.sqlite_insert_rows(
+            connection, MANY_T, ONE_T, 64, 2, [(1, 2)], 0, 0.0, 0.0, None
+        ) == (1, 0, None)
+    finally:
+        connection.close()
+
+
+def test_a_closed_sink_leaves_no_statement_open(tmp_path: Path) -> None:
+    """After a write of whole statements the sink's close ends the file's use:
+    SQLite removes the WAL file when its last connection closes, which a
+    statement left unfinalized would keep open."""
+    sink = SQLiteSink(str(tmp_path / "x.db"))
+    sink.use_compiled(compiled_module())
+    sink.write(Batch(requests=[make_request(n) for n in range(200)]))
+    assert sink._statements is not None  # the compiled inserts kept their statements
+    assert (tmp_path / "x.db-wal").exists()
+    sink.close()
+    assert not (tmp_path / "x.db-wal").exists()
+    assert len(stored(tmp_path / "x.db")) == 200
+
+
+@pytest.mark.forks
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_kept_statements_after_a_fork(tmp_path: Path) -> None:
+    """A forked child writes through a connection and statements of its own
+    (the parent's are never finalized there), and the parent goes on with its
+    kept ones: every row of both is stored."""
+    sink = SQLiteSink(str(tmp_path / "x.db"))
+    sink.use_compiled(compiled_module())
+    sink.write(Batch(requests=[make_request(n) for n in range(100)]))
+    parents = sink._statements
+    pid = os.fork()
+    if pid == 0:  # the child: exit status says whether its write was stored
+        code = 1
+        try:
+            sink.write(Batch(requests=[make_request(n) for n in range(1000, 1100)]))
+            code = 0 if sink._statements is not parents else 2
+            sink._statements = None  # dropped here: must leave the parent's alone
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert sink._statements is parents
+    sink.write(Batch(requests=[make_request(n) for n in range(2000, 2100)]))
+    sink.close()
+    assert len(stored(tmp_path / "x.db")) == 300
