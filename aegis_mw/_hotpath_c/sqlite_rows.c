@@ -32,6 +32,7 @@
 /* SQLite's stable C API, declared here (no sqlite3.h at build time). */
 typedef struct sqlite3 sqlite3;
 typedef struct sqlite3_stmt sqlite3_stmt;
+typedef struct sqlite3_mutex sqlite3_mutex;
 #define SQLITE_OK 0
 #define SQLITE_DONE 101
 #define SQLITE_STATIC ((void (*)(void *))0)
@@ -51,6 +52,9 @@ static struct {
     int (*extended_errcode)(sqlite3 *);
     const char *(*errmsg)(sqlite3 *);
     const char *(*db_filename)(sqlite3 *, const char *);
+    sqlite3_mutex *(*db_mutex)(sqlite3 *);
+    void (*mutex_enter)(sqlite3_mutex *);
+    void (*mutex_leave)(sqlite3_mutex *);
 } api;
 
 static PyTypeObject *connection_type;
@@ -104,6 +108,9 @@ aegis_sqlite_rows_init(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         {(void **)&api.extended_errcode, "sqlite3_extended_errcode"},
         {(void **)&api.errmsg, "sqlite3_errmsg"},
         {(void **)&api.db_filename, "sqlite3_db_filename"},
+        {(void **)&api.db_mutex, "sqlite3_db_mutex"},
+        {(void **)&api.mutex_enter, "sqlite3_mutex_enter"},
+        {(void **)&api.mutex_leave, "sqlite3_mutex_leave"},
     };
     for (size_t i = 0; i < sizeof symbols / sizeof symbols[0]; i++) {
         *symbols[i].slot = dlsym(handle, symbols[i].name);
@@ -293,6 +300,46 @@ run_statement(sqlite3_stmt *statement, const Cell *cells, Cell *bound, int count
     int reset = api.reset(statement);
     /* A failed step's error is reported by the reset too; keep the first. */
     return rc != SQLITE_OK ? rc : reset;
+}
+
+/* SQLite's error for a failed call: its extended code (as the sqlite3 module
+ * reports it, 3.11+) and a copy of its message, or NULL text where the copy
+ * could not be made. */
+typedef struct {
+    int code;
+    char *text;
+} Failure;
+
+/* Copy the connection's error for `rc`; without the GIL, with the
+ * connection's mutex held since the failing call, so no other thread's call
+ * on the connection replaced (or freed) it first. */
+static void
+note_failure(sqlite3 *db, int rc, Failure *failure)
+{
+    int code = api.extended_errcode(db);
+    failure->code = code != SQLITE_OK ? code : rc;
+    const char *text = api.errmsg(db);
+    size_t length = strlen(text);
+    failure->text = PyMem_RawMalloc(length + 1);
+    if (failure->text != NULL) {
+        memcpy(failure->text, text, length + 1);
+    }
+}
+
+/* run_statement with the connection's mutex held (it is recursive: SQLite's
+ * calls inside take it again) until its error, if any, is copied. */
+static int
+run_locked(sqlite3 *db, sqlite3_stmt *statement, const Cell *cells, Cell *bound, int count,
+           Failure *failure)
+{
+    sqlite3_mutex *mutex = api.db_mutex(db);
+    api.mutex_enter(mutex);
+    int rc = run_statement(statement, cells, bound, count);
+    if (rc != SQLITE_OK) {
+        note_failure(db, rc, failure);
+    }
+    api.mutex_leave(mutex);
+    return rc;
 }
 
 /* Records read per pause: the GIL is held while they are read (well under a
@@ -546,6 +593,7 @@ aegis_sqlite_insert_rows(PyObject *module, PyObject *const *args, Py_ssize_t nar
     sqlite3_stmt *many = NULL, *one = NULL;
     int rc = SQLITE_OK;
     Py_ssize_t done = 0;
+    Failure failure = {0, NULL};
     /* The statements are the cache's (owned by it, never finalized here). */
     int kept = 0;
     if (cache != NULL && cache->busy) {
@@ -573,10 +621,16 @@ aegis_sqlite_insert_rows(PyObject *module, PyObject *const *args, Py_ssize_t nar
     }
     if (!kept) {
         Py_BEGIN_ALLOW_THREADS
+        sqlite3_mutex *mutex = api.db_mutex(db);
+        api.mutex_enter(mutex);
         rc = api.prepare_v2(db, many_sql, -1, &many, NULL);
         if (rc == SQLITE_OK) {
             rc = api.prepare_v2(db, one_sql, -1, &one, NULL);
         }
+        if (rc != SQLITE_OK) {
+            note_failure(db, rc, &failure);
+        }
+        api.mutex_leave(mutex);
         Py_END_ALLOW_THREADS
         if (rc == SQLITE_OK
             && (many == NULL || one == NULL || api.bind_parameter_count(many) != per * width
@@ -624,18 +678,19 @@ aegis_sqlite_insert_rows(PyObject *module, PyObject *const *args, Py_ssize_t nar
         forget_bound(bound, width * (per + 1));
         Py_BEGIN_ALLOW_THREADS
         while (rc == SQLITE_OK && stored < whole) {
-            rc = run_statement(many, cells + stored * width, bound, (int)(per * width));
+            rc = run_locked(db, many, cells + stored * width, bound, (int)(per * width),
+                            &failure);
             stored += rc == SQLITE_OK ? per : 0;
             slicer_check(&slicer);
         }
         while (rc == SQLITE_OK && stored < upto) {
-            rc = run_statement(one, cells + stored * width, bound_one, (int)width);
+            rc = run_locked(db, one, cells + stored * width, bound_one, (int)width, &failure);
             stored += rc == SQLITE_OK ? 1 : 0;
         }
         /* No binding may outlive the text it points into. Without the GIL,
-         * as every call that takes the connection's mutex: a thread holding
-         * that mutex may be waiting for the GIL (a Python function or
-         * authorizer SQLite calls back). */
+         * as every call here that takes the connection's mutex: a thread
+         * holding that mutex may be waiting for the GIL (a Python function
+         * or authorizer SQLite calls back). */
         api.clear_bindings(many);
         api.clear_bindings(one);
         Py_END_ALLOW_THREADS
@@ -647,11 +702,12 @@ aegis_sqlite_insert_rows(PyObject *module, PyObject *const *args, Py_ssize_t nar
     PyObject *message = Py_None;
     int code = 0;
     if (rc != SQLITE_OK) {
-        /* The extended code, as the sqlite3 module reports it (3.11+). */
-        code = api.extended_errcode(db);
-        code = code != SQLITE_OK ? code : rc;
-        const char *text = api.errmsg(db);
-        message = PyUnicode_DecodeUTF8(text, (Py_ssize_t)strlen(text), "replace");
+        if (failure.text == NULL) {
+            PyErr_NoMemory();
+            goto failed;
+        }
+        code = failure.code;
+        message = PyUnicode_DecodeUTF8(failure.text, (Py_ssize_t)strlen(failure.text), "replace");
         if (message == NULL) {
             goto failed;
         }
@@ -660,6 +716,7 @@ aegis_sqlite_insert_rows(PyObject *module, PyObject *const *args, Py_ssize_t nar
         Py_INCREF(message);
     }
     release_statements(cache, args, kept, many, one);
+    PyMem_RawFree(failure.text);
     PyMem_Free(held);
     PyMem_Free(cells);
     PyMem_Free(bound);
@@ -669,6 +726,7 @@ aegis_sqlite_insert_rows(PyObject *module, PyObject *const *args, Py_ssize_t nar
 
 failed:
     release_statements(cache, args, kept, many, one);
+    PyMem_RawFree(failure.text);
     PyMem_Free(held);
     PyMem_Free(cells);
     PyMem_Free(bound);

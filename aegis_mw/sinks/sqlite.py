@@ -104,7 +104,8 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
         # Connections left behind by a fork, or by a thread whose write was
         # abandoned, are kept referenced but never used or closed here:
         # finalizing one could disturb its owner (the parent's locks, say).
-        self._left_behind: list[sqlite3.Connection] = []
+        # Their kept statements (see _append) too.
+        self._left_behind: list[object] = []
         self._reader: SQLiteReader = SQLiteReader(self.path, lambda: self._open(shared=True))
         # The compiled module offered by use_compiled, and whether its row
         # inserts drive the writer's connection (see sqlite_rows), checked
@@ -307,6 +308,11 @@ class SQLiteSink(Paced, history_sql.ReaderBacked):
 
     def _append(self, connection: sqlite3.Connection, records: Sequence[RequestRecord]) -> None:
         if self._rows_checked_for is not connection:
+            earlier = self._rows_checked_for
+            if self._statements is not None and any(kept is earlier for kept in self._left_behind):
+                # Finalizing them would wait for that connection's mutex, which
+                # an abandoned write may hold for as long as it hangs.
+                self._left_behind.append(self._statements)
             self._rows = sqlite_rows.compiled_rows(connection, self._compiled)
             self._rows_checked_for = connection
             self._statements = (

@@ -90,7 +90,8 @@ def compiled_rows(connection: sqlite3.Connection, compiled: ModuleType | None) -
 def statement_cache(compiled: ModuleType) -> object:
     """An empty cache of the compiled inserts' prepared statements, for one
     connection (the statements are finalized when it is dropped); None from a
-    build without one (the inserts then prepare them at every call)."""
+    build without one, whose inserts :func:`insert` then calls as before
+    (they prepare the statements at every call)."""
     make = getattr(compiled, "sqlite_rows_cache", None)
     return None if make is None else make()
 
@@ -122,10 +123,13 @@ def insert(
     :func:`statement_cache` kept with ``connection``, so its statements are
     prepared once, not at every call (preparing the 64-row one costs about
     170 µs, a quiet flush's whole insert several times over)."""
-    done, code, message = compiled.sqlite_insert_rows(
+    arguments = (
         connection, many_sql, one_sql, rows_per_statement, width, records, 0,
-        SLICE_SECONDS, float(pause), statements,
+        SLICE_SECONDS, float(pause),
     )  # fmt: skip
+    # No cache: the nine arguments a build without one takes too.
+    call = compiled.sqlite_insert_rows
+    done, code, message = call(*arguments) if statements is None else call(*arguments, statements)
     if code:
         raise error_for(code, message)
     return int(done)

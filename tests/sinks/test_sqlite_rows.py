@@ -11,6 +11,8 @@ leave to the sqlite3 module (a bool, a str or int subclass, bytes, an int past
 
 from __future__ import annotations
 
+import faulthandler
+import gc
 import math
 import os
 import random
@@ -492,11 +494,18 @@ def prepared_inserts(connection: sqlite3.Connection) -> list[int]:
     return prepared
 
 
-def file_with_table(path: Path) -> sqlite3.Connection:
+def file_with_table(path: Path, table: str = "CREATE TABLE t (a, b)") -> sqlite3.Connection:
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    connection.execute("CREATE TABLE t (a, b)")
+    connection.execute(table)
     assert sqlite_rows.compiled_rows(connection, compiled_module()) is compiled_module()
     return connection
+
+
+def count(path: Path, sql: str) -> tuple[Any, ...]:
+    with sqlite3.connect(path) as check:
+        found = check.execute(sql).fetchone()
+    check.close()
+    return tuple(found)
 
 
 def test_kept_statements_are_prepared_once_per_connection(tmp_path: Path) -> None:
@@ -532,21 +541,57 @@ def test_kept_statements_are_prepared_once_per_connection(tmp_path: Path) -> Non
         del cache
         first.close()
         second.close()
-    with sqlite3.connect(tmp_path / "a.db") as check:
-        assert check.execute(
-            "SELECT count(*), count(DISTINCT a) FROM t WHERE b = 'x'"
-        ).fetchone() == (520, 130)
-        assert check.execute("SELECT count(*) FROM t WHERE b = 'y' AND a = 1").fetchone() == (65,)
-    check.close()
-    with sqlite3.connect(tmp_path / "b.db") as check:
-        assert check.execute("SELECT count(*) FROM t").fetchone() == (70,)
-    check.close()
+    assert count(tmp_path / "a.db", "SELECT count(*), count(DISTINCT a) FROM t WHERE b = 'x'") == (
+        520,
+        130,
+    )
+    assert count(tmp_path / "a.db", "SELECT count(*) FROM t WHERE b = 'y' AND a = 1") == (65,)
+    assert count(tmp_path / "b.db", "SELECT count(*) FROM t") == (70,)
 
 
-def test_a_cache_in_use_by_another_thread_is_left_to_it(tmp_path: Path) -> None:
-    """While one call steps its rows with the GIL released, another thread's
-    call with the same cache prepares statements of its own: each finishes,
-    and every row is stored once."""
+def test_a_call_while_the_cache_is_in_use_prepares_its_own(tmp_path: Path) -> None:
+    """A call made while another one holds the cache (here from a function
+    SQLite calls back during the first call's step, on the same connection)
+    prepares statements of its own, and leaves the cache to the first: a
+    third call with the first's statements prepares nothing."""
+    module = compiled_module()
+    connection = file_with_table(tmp_path / "a.db", "CREATE TABLE u (a, b)")
+    cache = sqlite_rows.statement_cache(module)
+    inner: list[tuple[int, int, object]] = []
+    many_u = "INSERT INTO u VALUES " + ", ".join(["(?, ?)"] * 64)
+
+    def reenter(_: object) -> int:
+        if not inner:
+            rows = [(n, "in") for n in range(70)]
+            one_u = "INSERT INTO u VALUES (?, ?)"
+            arguments = (connection, many_u, one_u, 64, 2, rows, 0, 0.0, 0.0, cache)
+            inner.append(module.sqlite_insert_rows(*arguments))
+        return 1
+
+    connection.create_function("reenter", 1, reenter, deterministic=True)
+    connection.execute("CREATE TABLE t (a, b CHECK (reenter(b)))")
+    prepared = prepared_inserts(connection)
+    try:
+        rows = [(n, "x") for n in range(130)]
+        done = module.sqlite_insert_rows(connection, MANY_T, ONE_T, 64, 2, rows, 0, 0.0, 0.0, cache)
+        assert done == (130, 0, None) and inner == [(70, 0, None)]
+        assert len(prepared) == 4  # t's two, then u's two
+        done = module.sqlite_insert_rows(connection, MANY_T, ONE_T, 64, 2, rows, 0, 0.0, 0.0, cache)
+        assert done == (130, 0, None) and len(prepared) == 4
+        assert connection.execute("SELECT count(*) FROM t").fetchone() == (260,)
+        assert connection.execute("SELECT count(*) FROM u").fetchone() == (70,)
+    finally:
+        connection.close()
+
+
+def test_threads_sharing_a_connection_and_a_cache_do_not_deadlock(tmp_path: Path) -> None:
+    """Three threads insert on one connection with one cache while an
+    authorizer (Python that SQLite calls with the connection's mutex held)
+    runs at every prepare: every call the inserts make that takes that mutex
+    runs without the GIL, or a thread holding the GIL would wait for the
+    mutex while the mutex's holder waits for the GIL. A deadlock would also
+    stop the test's own timeout, which needs the GIL: faulthandler's
+    watchdog ends the process instead."""
     module = compiled_module()
     connection = file_with_table(tmp_path / "a.db")
     cache = sqlite_rows.statement_cache(module)
@@ -561,25 +606,27 @@ def test_a_cache_in_use_by_another_thread_is_left_to_it(tmp_path: Path) -> None:
 
     interval = sys.getswitchinterval()
     sys.setswitchinterval(0.0001)
+    faulthandler.dump_traceback_later(120, exit=True)
     try:
-        threads = [threading.Thread(target=insert, args=(base,)) for base in (0, 10**6, 2 * 10**6)]
+        threads = [
+            threading.Thread(target=insert, args=(base,), daemon=True)
+            for base in (0, 10**6, 2 * 10**6)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(timeout=120)
-            # The authorizer calls back into Python while SQLite holds the
-            # connection's mutex: a call taking that mutex under the GIL would
-            # deadlock here.
             assert not thread.is_alive()
+        assert results == [(64 * 200, 0, None)] * 3
+        assert 2 <= len(prepared) <= 6  # each call the cache's, or its own
+        assert connection.execute("SELECT count(*), count(DISTINCT a) FROM t").fetchone() == (
+            3 * 64 * 200,
+            3 * 64 * 200,
+        )
     finally:
+        faulthandler.cancel_dump_traceback_later()
         sys.setswitchinterval(interval)
-    assert results == [(64 * 200, 0, None)] * 3
-    assert 2 <= len(prepared) <= 6
-    assert connection.execute("SELECT count(*), count(DISTINCT a) FROM t").fetchone() == (
-        3 * 64 * 200,
-        3 * 64 * 200,
-    )
-    connection.close()
+        connection.close()
 
 
 def test_a_cache_is_checked(tmp_path: Path) -> None:
@@ -597,16 +644,71 @@ def test_a_cache_is_checked(tmp_path: Path) -> None:
         connection.close()
 
 
+def test_an_error_is_reported_with_kept_statements(tmp_path: Path) -> None:
+    """A statement SQLite refuses midway (a NOT NULL column): its code and
+    message, as without a cache; the cache serves the next call."""
+    module = compiled_module()
+    connection = file_with_table(tmp_path / "a.db", "CREATE TABLE t (a NOT NULL, b)")
+    cache = sqlite_rows.statement_cache(module)
+    try:
+        rows = [(n, "x") for n in range(200)]
+        rows[150] = (None, "x")
+        for kept in (cache, cache, None):
+            done, code, message = module.sqlite_insert_rows(
+                connection, MANY_T, ONE_T, 64, 2, rows, 0, 0.0, 0.0, kept
+            )
+            assert (done, code) == (128, 1299)  # SQLITE_CONSTRAINT_NOTNULL
+            assert message == "NOT NULL constraint failed: t.a"
+        rows[150] = (150, "x")
+        assert module.sqlite_insert_rows(
+            connection, MANY_T, ONE_T, 64, 2, rows, 0, 0.0, 0.0, cache
+        ) == (200, 0, None)
+    finally:
+        del cache
+        connection.close()
+
+
+def test_a_build_without_a_cache_keeps_its_compiled_inserts(tmp_path: Path) -> None:
+    """A build of the module from before the cache takes nine arguments: the
+    sink calls it with nine, and goes on using it."""
+    module = compiled_module()
+    calls: list[int] = []
+
+    def nine_only(*args: Any) -> Any:
+        calls.append(len(args))
+        if len(args) != 9:
+            raise TypeError("sqlite_insert_rows takes nine arguments")
+        return module.sqlite_insert_rows(*args)
+
+    older = types.SimpleNamespace(
+        sqlite_rows_init=module.sqlite_rows_init,
+        sqlite_filename=module.sqlite_filename,
+        sqlite_insert_rows=nine_only,
+    )
+    sink = SQLiteSink(str(tmp_path / "older.db"))
+    sink.use_compiled(older)  # type: ignore[arg-type]
+    try:
+        for first in (0, 100):
+            sink.write(Batch(requests=[make_request(n) for n in range(first, first + 100)]))
+        assert sink._rows is older and sink._statements is None
+    finally:
+        sink.close()
+    assert calls == [9, 9]
+    assert len(stored(tmp_path / "older.db")) == 200
+
+
 def test_a_closed_sink_leaves_no_statement_open(tmp_path: Path) -> None:
     """After a write of whole statements the sink's close ends the file's use:
     SQLite removes the WAL file when its last connection closes, which a
     statement left unfinalized would keep open."""
     sink = SQLiteSink(str(tmp_path / "x.db"))
     sink.use_compiled(compiled_module())
-    sink.write(Batch(requests=[make_request(n) for n in range(200)]))
-    assert sink._statements is not None  # the compiled inserts kept their statements
-    assert (tmp_path / "x.db-wal").exists()
-    sink.close()
+    try:
+        sink.write(Batch(requests=[make_request(n) for n in range(200)]))
+        assert sink._statements is not None  # the compiled inserts kept their statements
+        assert (tmp_path / "x.db-wal").exists()
+    finally:
+        sink.close()
     assert not (tmp_path / "x.db-wal").exists()
     assert len(stored(tmp_path / "x.db")) == 200
 
@@ -614,25 +716,77 @@ def test_a_closed_sink_leaves_no_statement_open(tmp_path: Path) -> None:
 @pytest.mark.forks
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_kept_statements_after_a_fork(tmp_path: Path) -> None:
-    """A forked child writes through a connection and statements of its own
-    (the parent's are never finalized there), and the parent goes on with its
-    kept ones: every row of both is stored."""
+    """A forked child leaves the parent's statements alone: dropping the
+    parent's cache there finalizes nothing and keeps its reference to the
+    parent's connection (the sink never closes that connection in a child),
+    and the child writes through a connection and statements of its own. The
+    parent goes on with its kept statements; every row of both is stored."""
+    from tests.core.test_fork import run_in_child
+
     sink = SQLiteSink(str(tmp_path / "x.db"))
     sink.use_compiled(compiled_module())
-    sink.write(Batch(requests=[make_request(n) for n in range(100)]))
-    parents = sink._statements
-    pid = os.fork()
-    if pid == 0:  # the child: exit status says whether its write was stored
-        code = 1
-        try:
+    try:
+        sink.write(Batch(requests=[make_request(n) for n in range(100)]))
+        kept = id(sink._statements)
+        parents = sink._connection
+
+        def child() -> dict[str, Any]:
+            before = sys.getrefcount(parents)
+            sink._statements = None  # the parent's cache, dropped in the child
+            gc.collect()
+            left = sys.getrefcount(parents) - before
             sink.write(Batch(requests=[make_request(n) for n in range(1000, 1100)]))
-            code = 0 if sink._statements is not parents else 2
-            sink._statements = None  # dropped here: must leave the parent's alone
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert sink._statements is parents
-    sink.write(Batch(requests=[make_request(n) for n in range(2000, 2100)]))
-    sink.close()
+            own = sink._connection is not parents and sink._statements is not None
+            return {"ok": left == 0 and own, "left": left, "own": own}
+
+        code, report = run_in_child(child)
+        assert code == 0, report
+        assert id(sink._statements) == kept
+        sink.write(Batch(requests=[make_request(n) for n in range(2000, 2100)]))
+        assert id(sink._statements) == kept
+        # Here, in the process that prepared them, dropping the cache releases
+        # its reference to the connection (the statements are finalized).
+        before = sys.getrefcount(parents)
+        sink._statements = None
+        assert sys.getrefcount(parents) == before - 1
+    finally:
+        sink.close()
     assert len(stored(tmp_path / "x.db")) == 300
+
+
+def test_statements_of_a_connection_left_behind_stay_with_it(tmp_path: Path) -> None:
+    """A write from another thread (the one before was abandoned) opens a
+    connection of its own; the statements kept on the old one are left with
+    it, never finalized from here (that would wait for the old connection's
+    mutex, which a hung write may hold)."""
+    sink = SQLiteSink(str(tmp_path / "x.db"))
+    sink.use_compiled(compiled_module())
+    written, ended = threading.Event(), threading.Event()
+
+    def first_writer() -> None:
+        sink.write(Batch(requests=[make_request(n) for n in range(100)]))
+        owned = sink._connection
+        written.set()
+        ended.wait(60)
+        assert owned is not None
+        owned.close()  # its own thread's to close, once the test is done with it
+
+    writer = threading.Thread(target=first_writer, daemon=True)
+    writer.start()
+    try:
+        assert written.wait(60)
+        earlier = sink._statements
+        assert earlier is not None
+        sink.write(Batch(requests=[make_request(n) for n in range(100, 200)]))
+        assert sink._statements is not earlier
+        assert any(kept is earlier for kept in sink._left_behind)
+    finally:
+        sink.close()
+        # The statements first (finalized here: nothing uses them now), then
+        # their connection, by the thread that opened it.
+        earlier = None
+        sink._left_behind.clear()
+        ended.set()
+        writer.join(timeout=60)
+        assert not writer.is_alive()
+    assert len(stored(tmp_path / "x.db")) == 200
