@@ -727,10 +727,12 @@ def test_kept_statements_after_a_fork(tmp_path: Path) -> None:
     sink.use_compiled(compiled_module())
     try:
         sink.write(Batch(requests=[make_request(n) for n in range(100)]))
-        kept = id(sink._statements)
+        # The child empties it: there the parent's cache is then the sink's alone.
+        kept = [sink._statements]
         parents = sink._connection
 
         def child() -> dict[str, Any]:
+            kept.clear()
             before = sys.getrefcount(parents)
             sink._statements = None  # the parent's cache, dropped in the child
             gc.collect()
@@ -741,9 +743,10 @@ def test_kept_statements_after_a_fork(tmp_path: Path) -> None:
 
         code, report = run_in_child(child)
         assert code == 0, report
-        assert id(sink._statements) == kept
+        assert sink._statements is kept[0]
         sink.write(Batch(requests=[make_request(n) for n in range(2000, 2100)]))
-        assert id(sink._statements) == kept
+        assert sink._statements is kept[0]
+        kept.clear()
         # Here, in the process that prepared them, dropping the cache releases
         # its reference to the connection (the statements are finalized).
         before = sys.getrefcount(parents)
