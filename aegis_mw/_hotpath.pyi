@@ -27,11 +27,14 @@ class HttpPath:
         observe_send: Callable[..., Any],
         observe_receive: Callable[..., Awaitable[Any]],
         throw_quietly: Callable[..., Any],
+        other: Callable[..., Awaitable[None]],
         check_forwarded: bool,
     ) -> None: ...
     def __call__(
         self, scope: MutableMapping[str, Any], receive: Any, send: Any
     ) -> Awaitable[None]: ...
+
+def call_directly(cls: type) -> None: ...
 
 class WsgiPath:
     in_flight: int

@@ -82,3 +82,22 @@ def test_a_module_built_for_another_inbox_layout_is_not_used(
     with caplog.at_level(logging.WARNING, logger="aegis_mw"):
         assert speedups.load() is None
     assert "built for another version of aegis_mw" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_an_older_asgi_path_is_not_used(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An older build left in place, whose HttpPath reads every scope as HTTP's
+    (it has no call_directly): the ASGI middleware takes the Python path,
+    says why, and records requests."""
+    module = compiled_module()
+    monkeypatch.delattr(module, "call_directly")
+    aegis = Aegis(sink="memory://", environ={})
+    with caplog.at_level(logging.WARNING, logger="aegis_mw"):
+        asgi = AegisMiddleware(_asgi_app, aegis=aegis)
+    assert asgi.compiled is False
+    assert "built for another version of aegis_mw" in caplog.text
+    await call(asgi, http_scope("/asgi"))
+    assert [record.path for record in recorded(aegis)] == ["/asgi"]
+    aegis.shutdown(timeout=5)

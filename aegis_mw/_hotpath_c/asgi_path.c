@@ -1,6 +1,9 @@
-/* HttpPath: one per middleware. Called with (scope, receive, send) by the
- * middleware's own `async def __call__`, it starts the app and returns the
- * Exchange that coroutine awaits (or, for an excluded path, the app's own awaitable). */
+/* HttpPath: one per middleware. Called with (scope, receive, send), it returns
+ * the Exchange to await: by the server itself when the instance is called
+ * (direct_call below), or by the middleware's `async def __call__` (a
+ * subclass's, or a call by keyword). Its first step starts the app; an
+ * excluded path or a scope other than HTTP is handed to the middleware's
+ * Python code and awaited through it, unrecorded. */
 #include "hotpath.h"
 
 /* A native coroutine, or a generator marked as one by @types.coroutine:
@@ -123,46 +126,55 @@ start_item(HttpPathObject *self, PyObject *scope, PyObject *request_path)
     return item;
 }
 
-/* HttpPath(scope, receive, send): start the app; return what to await. */
-static PyObject *
-http_path_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+/* What `other` or `bypass` returned, as the iterator the exchange drives on
+ * without recording: 0, or -1 with the exception set. */
+static int
+delegate(ExchangeObject *exchange, PyObject *awaitable)
 {
-    HttpPathObject *self = (HttpPathObject *)op;
-    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL) {
-        PyErr_SetString(PyExc_TypeError, "HttpPath expects (scope, receive, send)");
-        return NULL;
+    if (awaitable == NULL) {
+        return -1;
     }
-    if (self->app == NULL) {  /* not initialised, or emptied by the collector */
+    exchange->inner = awaitable_iterator(awaitable);
+    Py_DECREF(awaitable);
+    return exchange->inner != NULL ? 0 : -1;
+}
+
+/* The Python path's __call__ up to the app's first step, in its order: the
+ * scope's type (other scopes go to `other`), the path (an excluded one to
+ * `bypass`), then the item and the app's call. 0, or -1 with the exception. */
+static int
+launch(ExchangeObject *exchange, PyObject *const *args)
+{
+    HttpPathObject *self = exchange->path;
+    if (self->app == NULL) {  /* emptied by the collector since the call */
         PyErr_SetString(PyExc_RuntimeError, "HttpPath is not initialised");
-        return NULL;
+        return -1;
     }
     PyObject *scope = args[0], *receive = args[1], *send = args[2];
+    PyObject *kind = scope_item(scope, aegis_str.type);
+    if (kind == NULL) {
+        return -1;
+    }
+    int other = PyObject_RichCompareBool(kind, aegis_str.http, Py_NE);
+    Py_DECREF(kind);
+    if (other != 0) {
+        return other < 0 ? -1 : delegate(exchange, PyObject_Vectorcall(self->other, args, 3, NULL));
+    }
     PyObject *request_path = scope_item(scope, aegis_str.path);
     if (request_path == NULL) {
-        return NULL;
+        return -1;
     }
     int excluded = aegis_excluded(self->exclusions, request_path);
     if (excluded != 0) {
         Py_DECREF(request_path);
-        return excluded < 0 ? NULL : PyObject_Vectorcall(self->bypass, args, 3, NULL);
+        return excluded < 0 ? -1
+                            : delegate(exchange, PyObject_Vectorcall(self->bypass, args, 3, NULL));
     }
     ItemObject *item = start_item(self, scope, request_path);
     Py_DECREF(request_path);
     if (item == NULL) {
-        return NULL;
+        return -1;
     }
-
-    ExchangeObject *exchange = PyObject_GC_New(ExchangeObject, &AegisExchangeType);
-    if (exchange == NULL) {
-        Py_DECREF(item);
-        return NULL;
-    }
-    exchange->path = (HttpPathObject *)Py_NewRef(self);
-    exchange->item = item;
-    exchange->scope = Py_NewRef(scope);
-    exchange->inner = NULL;
-    exchange->running = 0;
-    PyObject_GC_Track(exchange);
 
     SenderObject *sender = PyObject_GC_New(SenderObject, &AegisSenderType);
     ReceiverObject *receiver = PyObject_GC_New(ReceiverObject, &AegisReceiverType);
@@ -174,9 +186,11 @@ http_path_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwn
         if (receiver != NULL) {
             PyObject_GC_Del(receiver);
         }
-        Py_DECREF(exchange);
-        return NULL;
+        Py_DECREF(item);
+        return -1;
     }
+    exchange->item = item;
+    exchange->scope = Py_NewRef(scope);
     sender->vectorcall = aegis_sender_call;
     sender->path = (HttpPathObject *)Py_NewRef(self);
     sender->item = (ItemObject *)Py_NewRef(item);
@@ -199,10 +213,103 @@ http_path_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwn
     }
     if (exchange->inner == NULL) {  /* the app raised before it could be awaited */
         aegis_finish_raised(exchange);
-        Py_DECREF(exchange);
+        return -1;
+    }
+    return 0;
+}
+
+int
+aegis_exchange_start(ExchangeObject *exchange)
+{
+    PyObject *args[3] = {exchange->scope, exchange->receive, exchange->send};
+    /* Started: the scope is set again only for a request that is recorded. */
+    exchange->scope = exchange->receive = exchange->send = NULL;
+    int status = launch(exchange, args);
+    Py_DECREF(args[0]);
+    Py_DECREF(args[1]);
+    Py_DECREF(args[2]);
+    return status;
+}
+
+/* HttpPath(scope, receive, send): what to await, which does nothing before
+ * its first step (exchange.c), as a coroutine's body. */
+static PyObject *
+http_path_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    HttpPathObject *self = (HttpPathObject *)op;
+    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "HttpPath expects (scope, receive, send)");
         return NULL;
     }
+    if (self->app == NULL) {  /* not initialised, or emptied by the collector */
+        PyErr_SetString(PyExc_RuntimeError, "HttpPath is not initialised");
+        return NULL;
+    }
+    ExchangeObject *exchange = PyObject_GC_New(ExchangeObject, &AegisExchangeType);
+    if (exchange == NULL) {
+        return NULL;
+    }
+    exchange->path = (HttpPathObject *)Py_NewRef(self);
+    exchange->item = NULL;
+    exchange->scope = Py_NewRef(args[0]);
+    exchange->receive = Py_NewRef(args[1]);
+    exchange->send = Py_NewRef(args[2]);
+    exchange->inner = NULL;
+    exchange->running = 0;
+    exchange->awaited = 0;
+    PyObject_GC_Track(exchange);
     return (PyObject *)exchange;
+}
+
+/* The tp_call of an AegisMiddleware class (call_directly below): a call
+ * (scope, receive, send) of an instance with a compiled path is that path's,
+ * so no coroutine of the middleware's wraps the request; any other call (by
+ * keyword, say), or an instance without one, is the class's __call__, as
+ * Python makes it. */
+static PyObject *
+direct_call(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    if (PyTuple_GET_SIZE(args) == 3 && (kwargs == NULL || PyDict_GET_SIZE(kwargs) == 0)) {
+        PyObject *path = NULL;
+        if (aegis_optional_attr(self, aegis_str.compiled, &path) < 0) {
+            PyErr_Clear();  /* the Python __call__ meets it where Python would */
+        }
+        if (path != NULL && Py_IS_TYPE(path, &AegisHttpPathType)) {
+            PyObject *result = http_path_call(path, &PyTuple_GET_ITEM(args, 0), 3, NULL);
+            Py_DECREF(path);
+            return result;
+        }
+        Py_XDECREF(path);
+    }
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject *call = _PyType_Lookup(type, aegis_str.dunder_call);  /* borrowed */
+    if (call == NULL) {
+        PyErr_Format(PyExc_TypeError, "'%.100s' object is not callable", type->tp_name);
+        return NULL;
+    }
+    descrgetfunc get = Py_TYPE(call)->tp_descr_get;
+    PyObject *bound = get != NULL ? get(call, self, (PyObject *)type) : Py_NewRef(call);
+    if (bound == NULL) {
+        return NULL;
+    }
+    PyObject *result = PyObject_Call(bound, args, kwargs);
+    Py_DECREF(bound);
+    return result;
+}
+
+/* call_directly(cls): instances of cls, a class of AegisMiddleware's whose
+ * __call__ is AegisMiddleware's own, are called as direct_call says. Setting
+ * cls.__call__ afterwards puts Python's own slot back, and its subclasses get
+ * Python's (they run the Python __call__, which awaits the compiled path). */
+PyObject *
+aegis_call_directly(PyObject *module, PyObject *cls)
+{
+    if (!PyType_Check(cls) || !PyType_HasFeature((PyTypeObject *)cls, Py_TPFLAGS_HEAPTYPE)) {
+        PyErr_SetString(PyExc_TypeError, "call_directly expects a class defined in Python");
+        return NULL;
+    }
+    ((PyTypeObject *)cls)->tp_call = direct_call;
+    Py_RETURN_NONE;
 }
 
 static int
@@ -210,18 +317,20 @@ http_path_init(HttpPathObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {
         "owner", "app", "bypass", "clock", "native_clock", "templates", "read_route", "exclusions",
-        "recorder", "observe_send", "observe_receive", "throw_quietly", "check_forwarded", NULL,
+        "recorder", "observe_send", "observe_receive", "throw_quietly", "other", "check_forwarded",
+        NULL,
     };
     PyObject *owner, *app, *bypass, *clock, *templates, *read_route, *exclusions, *recorder;
-    PyObject *observe_send, *observe_receive, *throw_quietly;
+    PyObject *observe_send, *observe_receive, *throw_quietly, *other;
     int native_clock, check_forwarded;
     if (aegis_refuse_init_again((PyObject *)self, self->vectorcall) < 0) {
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOOpO!OO!OOOOp:HttpPath", keywords, &owner, &app, &bypass, &clock,
+            args, kwargs, "$OOOOpO!OO!OOOOOp:HttpPath", keywords, &owner, &app, &bypass, &clock,
             &native_clock, &PyDict_Type, &templates, &read_route, &PyList_Type, &exclusions,
-            &recorder, &observe_send, &observe_receive, &throw_quietly, &check_forwarded)) {
+            &recorder, &observe_send, &observe_receive, &throw_quietly, &other,
+            &check_forwarded)) {
         return -1;
     }
     if (aegis_recording_init(&self->rec, owner, clock, native_clock, recorder) < 0) {
@@ -235,6 +344,7 @@ http_path_init(HttpPathObject *self, PyObject *args, PyObject *kwargs)
     Py_XSETREF(self->observe_send, Py_NewRef(observe_send));
     Py_XSETREF(self->observe_receive, Py_NewRef(observe_receive));
     Py_XSETREF(self->throw_quietly, Py_NewRef(throw_quietly));
+    Py_XSETREF(self->other, Py_NewRef(other));
     self->check_forwarded = check_forwarded;
     self->vectorcall = http_path_call;
     return 0;
@@ -251,6 +361,7 @@ http_path_traverse(HttpPathObject *self, visitproc visit, void *arg)
     Py_VISIT(self->observe_send);
     Py_VISIT(self->observe_receive);
     Py_VISIT(self->throw_quietly);
+    Py_VISIT(self->other);
     return aegis_recording_traverse(&self->rec, visit, arg);
 }
 
@@ -266,6 +377,7 @@ http_path_clear(HttpPathObject *self)
     Py_CLEAR(self->observe_send);
     Py_CLEAR(self->observe_receive);
     Py_CLEAR(self->throw_quietly);
+    Py_CLEAR(self->other);
     return 0;
 }
 

@@ -1,7 +1,9 @@
-/* Exchange: one HTTP request. Awaiting it drives the app's coroutine exactly as
- * `await` would: send, throw and close are forwarded, and when the coroutine
- * ends the request is finished (finish.c). Only the middleware's own coroutine
- * holds it; the app gets a Sender and a Receiver instead. */
+/* Exchange: one call of the middleware. Like a coroutine's body, nothing runs
+ * before its first step, which starts the request (asgi_path.c). Awaiting it
+ * then drives the app's coroutine exactly as `await` would: send, throw and
+ * close are forwarded, and when the coroutine ends the request is finished
+ * (finish.c). The server (or the middleware's own coroutine) holds it; the app
+ * gets a Sender and a Receiver instead. */
 #include "hotpath.h"
 
 static PyObject *
@@ -9,6 +11,17 @@ already_executing(void)
 {
     PyErr_SetString(PyExc_ValueError, "aegis_mw request already executing");
     return NULL;
+}
+
+/* A call not started: dropped, as a coroutine closed before its first step. */
+static void
+forget_call(ExchangeObject *self)
+{
+    if (self->send != NULL) {
+        Py_CLEAR(self->send);  /* first: with it, a step would start the call */
+        Py_CLEAR(self->receive);
+        Py_CLEAR(self->scope);
+    }
 }
 
 /* One step of the app's coroutine, as `await` would take it. */
@@ -19,6 +32,19 @@ exchange_step(ExchangeObject *self, PyObject *arg, PyObject **result)
     if (self->running) {
         already_executing();
         return PYGEN_ERROR;
+    }
+    if (self->send != NULL) {  /* the first step */
+        if (arg != Py_None) {
+            PyErr_SetString(PyExc_TypeError,
+                            "can't send non-None value to a just-started aegis_mw request");
+            return PYGEN_ERROR;
+        }
+        self->running = 1;  /* the app's call runs its code */
+        int started = aegis_exchange_start(self);
+        self->running = 0;
+        if (started < 0) {
+            return PYGEN_ERROR;
+        }
     }
     if (self->inner == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "cannot reuse an awaited aegis_mw request");
@@ -174,12 +200,27 @@ exchange_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "throw expected 1 to 3 arguments");
         return NULL;
     }
+#if PY_VERSION_HEX >= 0x030C0000
+    /* Stepped by the server itself (the instance's call returned this
+     * exchange), the form a coroutine's throw() warns about warns here too;
+     * awaited by a coroutine, whose throw() warned already, it does not. */
+    if (nargs > 1 && !self->awaited &&
+        PyErr_WarnEx(PyExc_DeprecationWarning,
+                     "the (type, exc, tb) signature of throw() is deprecated, "
+                     "use the single-arg signature instead.",
+                     1) < 0) {
+        return NULL;
+    }
+#endif
     if (self->running) {
         return already_executing();
     }
-    if (self->inner == NULL) {  /* a finished request: it is raised right here */
+    if (self->inner == NULL) {
+        /* A finished request, or one not started: it is raised right here, and
+         * one not started never starts (a coroutine's body never runs). */
         PyObject *exc = thrown_exception(args, nargs);
         if (exc != NULL) {
+            forget_call(self);
             restore_exception(exc);
         }
         return NULL;
@@ -262,6 +303,7 @@ exchange_close(PyObject *op, PyObject *unused)
         return already_executing();
     }
     if (self->inner == NULL) {
+        forget_call(self);  /* one not started never starts */
         Py_RETURN_NONE;
     }
     PyObject *inner = self->inner;
@@ -295,9 +337,20 @@ exchange_close(PyObject *op, PyObject *unused)
 static PyObject *
 exchange_await(PyObject *op)
 {
-    if (((ExchangeObject *)op)->running) {
+    ExchangeObject *self = (ExchangeObject *)op;
+    if (self->running) {
         return already_executing();
     }
+    self->awaited = 1;
+    return Py_NewRef(op);
+}
+
+/* iter(): what `yield from` in a generator-based coroutine takes, which
+ * awaits it as `await` does. */
+static PyObject *
+exchange_iter(PyObject *op)
+{
+    ((ExchangeObject *)op)->awaited = 1;
     return Py_NewRef(op);
 }
 
@@ -326,12 +379,16 @@ exchange_traverse(ExchangeObject *self, visitproc visit, void *arg)
     Py_VISIT(self->item);
     Py_VISIT(self->scope);
     Py_VISIT(self->inner);
+    Py_VISIT(self->receive);
+    Py_VISIT(self->send);
     return 0;
 }
 
 static int
 exchange_clear(ExchangeObject *self)
 {
+    Py_CLEAR(self->send);  /* first: with it, a step would start the call */
+    Py_CLEAR(self->receive);
     Py_CLEAR(self->path);
     Py_CLEAR(self->item);
     Py_CLEAR(self->scope);
@@ -366,7 +423,7 @@ static PyMethodDef exchange_methods[] = {
 PyTypeObject AegisExchangeType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "aegis_mw._hotpath.Exchange",
-    .tp_doc = "One HTTP request: awaiting it runs the app.",
+    .tp_doc = "One call of AegisMiddleware: awaiting it runs the app.",
     .tp_basicsize = sizeof(ExchangeObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_dealloc = (destructor)exchange_dealloc,
@@ -374,7 +431,7 @@ PyTypeObject AegisExchangeType = {
     .tp_traverse = (traverseproc)exchange_traverse,
     .tp_clear = (inquiry)exchange_clear,
     .tp_as_async = &exchange_as_async,
-    .tp_iter = PyObject_SelfIter,
+    .tp_iter = exchange_iter,
     .tp_iternext = exchange_iternext,
     .tp_methods = exchange_methods,
 };

@@ -10,12 +10,15 @@
  * The types, one file each:
  *
  * - HttpPath (asgi_path.c): one per middleware. Called with (scope, receive,
- *   send) by the middleware's own `async def __call__`, it starts the app and
- *   returns an Exchange for that coroutine to await.
- * - Exchange (exchange.c, finish.c): one per request, the awaitable that
- *   drives the app's coroutine (forwarding send/throw/close exactly like
- *   `await` does). When the app's coroutine ends it queues the request's item
- *   in the inbox. Only the middleware's own coroutine ever sees it.
+ *   send) when the server calls the middleware (its class's tp_call is
+ *   direct_call), or by the middleware's `async def __call__`, it returns an
+ *   Exchange, which starts the app at its first step.
+ * - Exchange (exchange.c, finish.c): one per call, the awaitable that drives
+ *   the app's coroutine (forwarding send/throw/close exactly like `await`
+ *   does), or, unrecorded, the middleware's Python code for a scope other than
+ *   HTTP or an excluded path. When the app's coroutine ends it queues the
+ *   request's item in the inbox. The server, or the middleware's coroutine,
+ *   holds it; the app never sees it.
  * - Sender (sender.c): the `send` callable handed to the app, which notes
  *   status, times and bytes and returns the server's own awaitable untouched.
  * - Receiver (receiver.c): the `receive` callable handed to the app. Calling
@@ -62,7 +65,7 @@ struct aegis_strings {
     PyObject *type, *body, *more_body, *status, *count, *path, *method, *client, *route,
         *get, *wake_flusher, *refuse, *empty, *queue_failed, *settle_unfinished,
         *internal_error, *forwarded, *throw, *close, *trace_source, *headers,
-        *environ_traceparent;
+        *environ_traceparent, *http, *compiled, *dunder_call;
     /* the WSGI path's */
     PyObject *path_info, *request_method, *script_name, *remote_addr, *remote_port,
         *wsgi_input, *content_length, *transfer_encoding, *file_wrapper, *aegis_route,
@@ -140,6 +143,7 @@ typedef struct {
     PyObject *observe_send;     /* observers.observe_send(item, clock, send) */
     PyObject *observe_receive;  /* async observers.observe_receive(item, receive) */
     PyObject *throw_quietly;    /* compiled.throw_quietly(throw, *args) */
+    PyObject *other;       /* scopes other than HTTP: the middleware's serve_other */
     int check_forwarded;
     PyObject *weakreflist;
 } HttpPathObject;
@@ -233,9 +237,13 @@ typedef struct {
     PyObject_HEAD
     HttpPathObject *path;
     ItemObject *item;
-    PyObject *scope;   /* released when the request is queued */
+    PyObject *scope;   /* released when the request is queued (NULL: not recorded) */
     PyObject *inner;   /* the app's awaitable iterator; released when it ends */
+    /* Until its first step the call's receive and send, then NULL: like a
+     * coroutine's body, nothing of the call runs before it is awaited. */
+    PyObject *receive, *send;
     char running;      /* inside a step of `inner`: no re-entry */
+    char awaited;      /* awaited by a coroutine (its throw() warns, not ours) */
 } ExchangeObject;
 
 /* The app's send (sender.c). */
@@ -407,6 +415,9 @@ PyObject *aegis_sender_call(PyObject *op, PyObject *const *args, size_t nargsf,
 
 /* finish.c */
 int aegis_finish_returned(ExchangeObject *self);
+/* asgi_path.c: the first step of a call; -1 with the exception set. */
+int aegis_exchange_start(ExchangeObject *self);
+PyObject *aegis_call_directly(PyObject *module, PyObject *cls);
 void aegis_finish_raised(ExchangeObject *self);
 
 /* wsgi_start.c */

@@ -14,6 +14,8 @@ module_monotonic(PyObject *module, PyObject *unused)
 }
 
 static PyMethodDef module_methods[] = {
+    {"call_directly", aegis_call_directly, METH_O,
+     "Call instances of this AegisMiddleware class through their compiled path (asgi_path.c)."},
     {"monotonic", module_monotonic, METH_NOARGS,
      "The clock the compiled path reads when none is given (time.perf_counter's)."},
     {"finalize_items", (PyCFunction)(void (*)(void))aegis_finalize_items, METH_FASTCALL,
@@ -67,6 +69,9 @@ static const struct {
     const char *text;
 } STRINGS[] = {
     {&aegis_str.type, "type"},
+    {&aegis_str.http, "http"},
+    {&aegis_str.compiled, "_compiled"},
+    {&aegis_str.dunder_call, "__call__"},
     {&aegis_str.body, "body"},
     {&aegis_str.more_body, "more_body"},
     {&aegis_str.status, "status"},

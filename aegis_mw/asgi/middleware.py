@@ -5,15 +5,19 @@ it was built. The pure-Python path below is the reference and the fallback:
 both must record the same thing, and the tests run both. ``__call__`` itself
 stays an ``async def`` either way, so servers detect an ASGI 3 app.
 
+With the compiled path, a call ``(scope, receive, send)`` of an instance does
+not run ``__call__`` at all: the class's call slot hands it to the compiled
+object (``compiled.call_directly``). ``__call__`` is the Python path, a call by
+keyword, and what a subclass's own ``__call__`` reaches through ``super()``.
+
 The Python path is written inline in ``__call__`` on purpose: every call,
-attribute lookup and allocation here is paid by every request of every user,
+attribute lookup and allocation here is paid by every request of its users,
 and ``bench/`` measures each one. The request's inbox item (a list, layout in
 ``core/items.py``) is built once when the request starts and *is* the
 per-request state: the ``send`` and ``receive`` wrappers (``observers.py``)
 write status, times and byte counts into it, and at the end it is queued as
 is. Nothing per request lives on ``self``. The closures live in
-``observers.py`` rather than here so that ``__call__`` has no cell variables,
-which would cost the compiled path too.
+``observers.py`` rather than here so that ``__call__`` has no cell variables.
 """
 
 from __future__ import annotations
@@ -113,6 +117,10 @@ class AegisMiddleware:
             from .tracing import attach_tracing
 
             attach_tracing(self)
+        # Only while __call__ is this module's own: one patched or wrapped (an
+        # instrumentation, a test's mock) is what every call must run.
+        if self._compiled is not None and type(self).__call__ is _OWN_CALL:
+            compiled.call_directly(type(self))
         self.aegis.attached("compiled" if self._compiled is not None else "python")
 
     @property
@@ -132,20 +140,28 @@ class AegisMiddleware:
         template = self._templates.get(id(scope.get("route")))
         return template if template is not None else self._read_route(scope)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            if scope["type"] == "websocket":
-                if scope["path"] == self._ws_path:
-                    # Imported on first use: importing aegis_mw must not import anyio.
-                    from .realtime_ws import serve
+    async def serve_other(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A scope other than HTTP: a WebSocket session, the lifespan, or one
+        the middleware does not know (passed on)."""
+        if scope["type"] == "websocket":
+            if scope["path"] == self._ws_path:
+                # Imported on first use: importing aegis_mw must not import anyio.
+                from .realtime_ws import serve
 
-                    await serve(self._mounted, scope, receive, send)
-                else:
-                    await record_session(self, scope, receive, send)
-            elif scope["type"] == "lifespan":
-                await run_lifespan(self.aegis, self.app, scope, receive, send)
+                await serve(self._mounted, scope, receive, send)
             else:
-                await self.app(scope, receive, send)
+                await record_session(self, scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await run_lifespan(self.aegis, self.app, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Called with (scope, receive, send), an instance with a compiled path
+        # does not come here (compiled.call_directly): this is the Python
+        # path, a call by keyword, and a subclass's own __call__'s super().
+        if scope["type"] != "http":
+            await self.serve_other(scope, receive, send)
             return
         fast = self._compiled
         if fast is not None:
@@ -222,3 +238,7 @@ class AegisMiddleware:
             self._recorder.offer(item)
         except Exception:
             self._recorder.dropped["internal_error"] += 1
+
+
+#: AegisMiddleware's own ``__call__``, as this module defined it.
+_OWN_CALL = AegisMiddleware.__dict__["__call__"]

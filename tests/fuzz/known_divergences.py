@@ -24,21 +24,7 @@ class Known:
     applies: Callable[[Any], bool]  # does this case belong to the class?
 
 
-KNOWN_DIVERGENCES: tuple[Known, ...] = (
-    Known(
-        "asgi-invalid-throw-arguments-into-a-bare-iterator-app",
-        "by construction, not pending a fix: a server's throw(exc, value) (arguments no "
-        "throw() accepts) while the app's awaitable is a plain iterator with no throw(). "
-        "CPython refuses such arguments without entering the frame that awaits the "
-        "iterator; on the Python path that frame is the middleware's own coroutine, which "
-        "stays suspended and in flight. On the compiled path the middleware's coroutine "
-        "awaits the compiled request, whose throw() refuses them the same way, and CPython "
-        "then raises that TypeError in the awaiting frame, which ends the request (recorded "
-        "as 499). Both raise the same TypeError to the server; no server sends these.",
-        "asgi",
-        lambda case: case.app_kind == "bare-iterator" and case.on_suspend.startswith("throw-inv"),
-    ),
-)
+KNOWN_DIVERGENCES: tuple[Known, ...] = ()
 
 
 def known_divergence(kind: str, case: Any) -> str | None:

@@ -100,6 +100,8 @@ def asgi_kinds(aegis: Aegis) -> dict[str, Run]:
         throw: bool = False,
         headers: tuple[tuple[bytes, bytes], ...] = (),
         span: bool = False,
+        first: str = "send",
+        kind: str | None = "http",
     ) -> Run:
         middleware = AegisMiddleware(app, aegis=aegis)
         assert middleware.compiled, "the compiled module did not load"
@@ -117,14 +119,29 @@ def asgi_kinds(aegis: Aegis) -> dict[str, Run]:
             if fail_send:
                 raise ConnectionResetError("the client went away")
 
-        def call() -> None:
-            coroutine = middleware(dict(scope), receive, send)
+        # A call that records nothing (dropped before its first step, or not
+        # HTTP's) is followed by a request that does: each loop records one.
+        unrecorded = dict(scope, type=kind) if kind is not None else dict(scope)
+        if kind is None:
+            del unrecorded["type"]
+
+        def step(this: dict[str, Any], how: str) -> None:
+            coroutine = middleware(dict(this), receive, send)
             try:
-                if coroutine.send(None) == "suspended" and throw:
+                if how == "close":  # before its first step: never started
+                    coroutine.close()
+                elif how == "throw":
+                    coroutine.throw(LookupError("before the first step"))
+                elif coroutine.send(None) == "suspended" and throw:
                     coroutine.throw(asyncio.CancelledError())
             except (StopIteration, Exception, asyncio.CancelledError):
                 pass
             coroutine.close()
+
+        def call() -> None:
+            if first != "send" or kind != "http":
+                step(unrecorded, first)
+            step(scope, "send")
 
         def one() -> None:
             if not span:
@@ -151,6 +168,10 @@ def asgi_kinds(aegis: Aegis) -> dict[str, Run]:
         "asgi-traceparent": run(normal, request, headers=(TRACEPARENT,)),
         "asgi-traceparent-twice": run(normal, request, headers=(TRACEPARENT, TRACEPARENT)),
         "asgi-span": run(normal, request, span=True),
+        "asgi-closed-before-its-first-step": run(normal, request, first="close"),
+        "asgi-thrown-into-before-its-first-step": run(normal, request, first="throw"),
+        "asgi-scope-without-type": run(normal, request, kind=None),
+        "asgi-other-scope-passed-on": run(normal, request, kind="custom"),
     }
 
 
