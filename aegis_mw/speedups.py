@@ -49,13 +49,18 @@ def load() -> ModuleType | None:
     if getattr(_hotpath, "ITEM_FIELDS", None) != HTTP_FIELDS:
         # A module built for another inbox layout (an older build left in
         # place): its items would not be read as the flusher reads them.
-        logger.warning(
-            "aegis_mw: the compiled request path was built for another version of "
-            "aegis_mw (reinstall aegis_mw to rebuild it); "
-            "requests take the pure-Python path"
-        )
+        warn_older_build()
         return None
     return _hotpath
+
+
+def warn_older_build() -> None:
+    """The log line for a compiled module left in place by an older install."""
+    logger.warning(
+        "aegis_mw: the compiled request path was built for another version of "
+        "aegis_mw (reinstall aegis_mw to rebuild it); "
+        "requests take the pure-Python path"
+    )
 
 
 def native_clock(module: ModuleType, clock: Callable[[], float]) -> bool:

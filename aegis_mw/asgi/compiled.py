@@ -27,10 +27,7 @@ def build(middleware: AegisMiddleware) -> HttpPath | None:
     if not hasattr(module, "call_directly"):
         # An older build left in place: its path reads every scope as HTTP's
         # and takes other arguments. The Python path serves.
-        speedups.logger.warning(
-            "aegis_mw: the compiled request path was built for another version of aegis_mw "
-            "(reinstall aegis_mw to rebuild it); requests take the pure-Python path"
-        )
+        speedups.warn_older_build()
         return None
     clock = middleware.aegis.clock.monotonic
     path: HttpPath = module.HttpPath(
@@ -57,7 +54,7 @@ def call_directly(cls: type[AegisMiddleware]) -> None:
     """Instances of ``cls`` (whose ``__call__`` is AegisMiddleware's own) are
     called through their compiled path itself: no coroutine of the
     middleware's is created, stepped and finished around each request (about
-    1,300 instructions a request on CPython 3.11; see ``direct_call`` in
+    2,000 instructions a request on CPython 3.11; see ``direct_call`` in
     ``_hotpath_c/asgi_path.c``). ``__call__`` stays the ``async def``, so
     servers and ``inspect`` see what they always saw, and a call by keyword,
     or of an instance on the Python path, runs it."""

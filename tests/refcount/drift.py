@@ -121,9 +121,9 @@ def asgi_kinds(aegis: Aegis) -> dict[str, Run]:
 
         # A call that records nothing (dropped before its first step, or not
         # HTTP's) is followed by a request that does: each loop records one.
-        unrecorded = dict(scope, type=kind) if kind is not None else dict(scope)
-        if kind is None:
-            del unrecorded["type"]
+        unrecorded = {key: value for key, value in scope.items() if key != "type"}
+        if kind is not None:
+            unrecorded["type"] = kind
 
         def step(this: dict[str, Any], how: str) -> None:
             coroutine = middleware(dict(this), receive, send)
