@@ -354,10 +354,30 @@ exchange_iter(PyObject *op)
     return Py_NewRef(op);
 }
 
+/* A call dropped before its first step (neither started nor closed) warns as
+ * the coroutine of the Python path's __call__ does when it is never awaited:
+ * the same category and text, an unraisable error if warnings are errors. */
+static void
+warn_never_awaited(PyObject *op)
+{
+    PyObject *saved = PyErr_Occurred() ? take_exception() : NULL;
+    if (PyErr_WarnEx(PyExc_RuntimeWarning,
+                     "coroutine 'AegisMiddleware.__call__' was never awaited", 1) < 0) {
+        PyErr_WriteUnraisable(op);
+    }
+    if (saved != NULL) {
+        restore_exception(saved);
+    }
+}
+
 static void
 exchange_finalize(PyObject *op)
 {
     ExchangeObject *self = (ExchangeObject *)op;
+    if (self->send != NULL) {
+        warn_never_awaited(op);
+        return;
+    }
     if (self->inner == NULL) {
         return;
     }

@@ -36,7 +36,6 @@ import functools
 import hashlib
 import json
 import logging
-import random
 import threading
 import uuid
 import weakref
@@ -44,6 +43,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
+from ..core.sink import JITTER
 from .channels import Channel, Delivery, PagerDutyChannel
 from .evaluator import FIRING, Transition
 from .grouping import group_payload, notification_key
@@ -226,7 +226,7 @@ def notices_for(transitions: Iterable[Transition], channels: Mapping[str, Channe
 def backoff(attempts: int, retry_after: float | None) -> float:
     """Seconds before the next try after ``attempts`` failed ones."""
     wait = min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** max(attempts - 1, 0))
-    return max(wait * random.uniform(0.8, 1.2), retry_after or 0.0)
+    return max(wait * JITTER.uniform(0.8, 1.2), retry_after or 0.0)
 
 
 class AlertSender:

@@ -39,12 +39,18 @@ class RecordRejected(Exception):
 REFUSALS: tuple[type[BaseException], ...] = (RecordRejected, UnicodeEncodeError, OverflowError)
 
 
+#: The retries' jitter, from the system's generator: the app's own ``random``
+#: (seeded by its tests, say) is not drawn from, and no state is shared with
+#: a forked worker, whose retries would then fall in step with its parent's.
+JITTER = random.SystemRandom()
+
+
 def retry_delay(initial: float, maximum: float, failures: int) -> float:
     """Seconds before trying a failing store again after ``failures`` failures
     in a row: doubling from ``initial`` up to ``maximum``, with +-10% jitter
     so that processes sharing one database do not retry in lockstep."""
     delay = min(maximum, initial * 2.0 ** min(failures, 30))
-    return min(delay * random.uniform(0.9, 1.1), maximum)
+    return min(delay * JITTER.uniform(0.9, 1.1), maximum)
 
 
 def is_refusal(error: BaseException) -> bool:

@@ -11,6 +11,7 @@ call, as from any coroutine.
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import sys
 import warnings
@@ -248,6 +249,29 @@ def test_a_call_closed_or_thrown_into_before_its_first_step_never_runs(
     assert watched.called == 0
     assert exchange.sent == []
     assert recorded(middleware.aegis) == []
+    assert middleware.aegis.aggregates.in_flight_now() == 0
+
+
+def test_a_call_never_awaited_warns_as_a_coroutine_does(middleware: AegisMiddleware) -> None:
+    """Dropped before its first step, without close(): the RuntimeWarning a
+    coroutine never awaited gives, with its text, and nothing runs or is
+    recorded; one closed first, or awaited, does not warn."""
+    served, watched = watched_middleware(middleware)
+    exchange = Exchange()
+    with pytest.warns(RuntimeWarning) as caught:
+        served(http_scope("/never"), exchange.receive, exchange.send)  # dropped at once
+    assert [str(warning.message) for warning in caught] == [
+        "coroutine 'AegisMiddleware.__call__' was never awaited"
+    ]
+    closed = served(http_scope("/closed"), exchange.receive, exchange.send)
+    closed.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        del closed
+        one_step(served, "/awaited")
+        gc.collect()
+    assert watched.called == 1
+    assert [record.path for record in recorded(middleware.aegis)] == ["/awaited"]
     assert middleware.aegis.aggregates.in_flight_now() == 0
 
 

@@ -7,6 +7,7 @@ a request another instrumentation traces; each record linked to its span."""
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -149,6 +150,14 @@ async def test_the_receiver_down_changes_nothing_for_the_app_and_shutdown_stays_
     started = time.monotonic()
     aegis.shutdown()
     assert time.monotonic() - started < 2.0 + 1.0
+    # The exporter was stopped when the time ran out: the thread left with the
+    # flush ends with its current attempt instead of retrying for the
+    # exporter's own 10 s after the app stopped.
+    left = [thread for thread in threading.enumerate() if thread.name == "aegis-span-flush"]
+    assert left
+    for thread in left:
+        thread.join(timeout=5.0)
+        assert not thread.is_alive()
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import pytest
 
 import aegis_mw.core.sink as sink_module
 from aegis_mw import Aegis
+from aegis_mw.alerts import outbox
 from aegis_mw.core.history import RequestQuery
 from aegis_mw.core.record import Batch
 from aegis_mw.core.rollup import LEVELS
@@ -262,6 +264,23 @@ def test_backoff_doubles_per_failure_up_to_the_cap(rig: Callable[..., Aegis]) ->
     assert (runner.consecutive_failures, runner.retry_at) == (0, 0.0)
 
 
+def test_retries_leave_the_apps_random_numbers_alone(rig: Callable[..., Aegis]) -> None:
+    """A failing sink's retry (and an alert delivery's) draws its jitter from a
+    generator of its own: an app that seeds ``random`` gets the same numbers
+    with the pipeline retrying in the background."""
+    sink = FaultySink("seeded")
+    sink.down = True
+    aegis = rig(sink, retry_backoff_initial=10.0, retry_backoff_max=100.0)
+    offer_all(aegis, paths(1))
+    random.seed(15)
+    assert aegis.force_flush(WAIT) is False
+    assert aegis.flusher.runners[0].consecutive_failures == 1
+    assert outbox.backoff(3, None) > 0
+    drawn = random.random()
+    random.seed(15)
+    assert random.random() == drawn
+
+
 def test_backoff_jitter_spans_ten_percent_and_never_passes_the_cap(
     rig: Callable[..., Aegis], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -273,7 +292,7 @@ def test_backoff_jitter_spans_ten_percent_and_never_passes_the_cap(
         asked.append((low, high))
         return factor[0]
 
-    monkeypatch.setattr(sink_module, "random", SimpleNamespace(uniform=uniform))
+    monkeypatch.setattr(sink_module, "JITTER", SimpleNamespace(uniform=uniform))
     sink = FaultySink("jitter")
     sink.down = True
     aegis = rig(sink, retry_backoff_initial=10.0, retry_backoff_max=100.0)

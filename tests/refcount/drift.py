@@ -19,6 +19,7 @@ import gc
 import io
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 from wsgiref.util import FileWrapper
@@ -126,6 +127,11 @@ def asgi_kinds(aegis: Aegis) -> dict[str, Run]:
             unrecorded["type"] = kind
 
         def step(this: dict[str, Any], how: str) -> None:
+            if how == "drop":  # never awaited: it warns as a coroutine does
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    middleware(dict(this), receive, send)
+                return
             coroutine = middleware(dict(this), receive, send)
             try:
                 if how == "close":  # before its first step: never started
@@ -170,6 +176,7 @@ def asgi_kinds(aegis: Aegis) -> dict[str, Run]:
         "asgi-span": run(normal, request, span=True),
         "asgi-closed-before-its-first-step": run(normal, request, first="close"),
         "asgi-thrown-into-before-its-first-step": run(normal, request, first="throw"),
+        "asgi-dropped-never-awaited": run(normal, request, first="drop"),
         "asgi-scope-without-type": run(normal, request, kind=None),
         "asgi-other-scope-passed-on": run(normal, request, kind="custom"),
     }
