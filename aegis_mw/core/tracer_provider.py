@@ -52,7 +52,7 @@ class TracerSetup:
         current = trace.get_tracer_provider()
         #: Made here (None: the app's own is used, and left to the app).
         self.owned: Any = None
-        #: The owned provider's exporter, stopped when a flush runs out of time.
+        #: The owned provider's exporter (None: the app's provider, or none).
         self.exporter: Any = None
         self._flushed = False
         if not isinstance(current, trace.ProxyTracerProvider):
@@ -74,10 +74,8 @@ class TracerSetup:
         """Export the spans ended so far, waiting at most ``timeout`` seconds
         (at shutdown); the app's own provider is left to the app. The SDK's
         flush exports in the caller's thread and ignores its timeout, so it
-        runs in a thread of its own. If the exporter still retries when the
-        time is up (a collector down), it is shut down: its retries stop
-        there, rather than go on for the exporter's own timeout (10 s by
-        default) in a thread nobody waits for, after the app has stopped."""
+        runs in a thread of its own, left behind if the exporter still
+        retries when the time is up."""
         owned = self.owned
         if owned is None or self._flushed:
             return True
@@ -94,11 +92,6 @@ class TracerSetup:
         threading.Thread(target=run, name="aegis-span-flush", daemon=True).start()
         if done.wait(max(timeout, 0.0)) and flushed == [True]:
             return True
-        if not done.is_set() and self.exporter is not None:
-            try:
-                self.exporter.shutdown()
-            except Exception:  # an exporter's own failure: the warning below says enough
-                logger.debug("aegis_mw: the span exporter's shutdown failed", exc_info=True)
         logger.warning("aegis_mw: the spans ended so far were not all exported at shutdown")
         return False
 

@@ -260,9 +260,11 @@ def test_a_call_never_awaited_warns_as_a_coroutine_does(middleware: AegisMiddlew
     exchange = Exchange()
     with pytest.warns(RuntimeWarning) as caught:
         served(http_scope("/never"), exchange.receive, exchange.send)  # dropped at once
-    assert [str(warning.message) for warning in caught] == [
+    with pytest.warns(RuntimeWarning) as taken:  # its awaitable taken, never stepped
+        served(http_scope("/never"), exchange.receive, exchange.send).__await__()
+    assert [str(warning.message) for warning in [*caught, *taken]] == [
         "coroutine 'AegisMiddleware.__call__' was never awaited"
-    ]
+    ] * 2
     closed = served(http_scope("/closed"), exchange.receive, exchange.send)
     closed.close()
     with warnings.catch_warnings():

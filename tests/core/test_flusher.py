@@ -272,13 +272,17 @@ def test_retries_leave_the_apps_random_numbers_alone(rig: Callable[..., Aegis]) 
     sink.down = True
     aegis = rig(sink, retry_backoff_initial=10.0, retry_backoff_max=100.0)
     offer_all(aegis, paths(1))
-    random.seed(15)
-    assert aegis.force_flush(WAIT) is False
-    assert aegis.flusher.runners[0].consecutive_failures == 1
-    assert outbox.backoff(3, None) > 0
-    drawn = random.random()
-    random.seed(15)
-    assert random.random() == drawn
+    state = random.getstate()
+    try:
+        random.seed(15)
+        assert aegis.force_flush(WAIT) is False
+        assert aegis.flusher.runners[0].consecutive_failures == 1
+        assert outbox.backoff(3, None) > 0
+        drawn = random.random()
+        random.seed(15)
+        assert random.random() == drawn
+    finally:
+        random.setstate(state)
 
 
 def test_backoff_jitter_spans_ten_percent_and_never_passes_the_cap(
