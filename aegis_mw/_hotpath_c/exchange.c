@@ -354,39 +354,33 @@ exchange_iter(PyObject *op)
     return Py_NewRef(op);
 }
 
-/* A call dropped before its first step (neither started nor closed) warns as
- * the coroutine of the Python path's __call__ does when it is never awaited:
- * the same category and text, an unraisable error if warnings are errors. */
-static void
-warn_never_awaited(PyObject *op)
-{
-    PyObject *saved = PyErr_Occurred() ? take_exception() : NULL;
-    if (PyErr_WarnEx(PyExc_RuntimeWarning,
-                     "coroutine 'AegisMiddleware.__call__' was never awaited", 1) < 0) {
-        PyErr_WriteUnraisable(op);
-    }
-    if (saved != NULL) {
-        restore_exception(saved);
-    }
-}
-
+/* At the end of an exchange: one still running is closed (recorded as the
+ * Python path records GeneratorExit); one dropped before its first step
+ * (neither started nor closed) warns as the coroutine of the Python path's
+ * __call__ does when it is never awaited, with its category and text. A
+ * failure of either is unraisable, as CPython's are. */
 static void
 exchange_finalize(PyObject *op)
 {
     ExchangeObject *self = (ExchangeObject *)op;
-    if (self->send != NULL) {
-        warn_never_awaited(op);
-        return;
-    }
-    if (self->inner == NULL) {
+    int never_awaited = self->send != NULL;
+    if (!never_awaited && self->inner == NULL) {
         return;
     }
     PyObject *saved = PyErr_Occurred() ? take_exception() : NULL;
-    PyObject *result = exchange_close(op, NULL);
-    if (result == NULL) {
-        PyErr_WriteUnraisable(op);
+    if (never_awaited) {
+        if (PyErr_WarnEx(PyExc_RuntimeWarning,
+                         "coroutine 'AegisMiddleware.__call__' was never awaited", 1) < 0) {
+            PyErr_WriteUnraisable(op);
+        }
     }
-    Py_XDECREF(result);
+    else {
+        PyObject *result = exchange_close(op, NULL);
+        if (result == NULL) {
+            PyErr_WriteUnraisable(op);
+        }
+        Py_XDECREF(result);
+    }
     if (saved != NULL) {
         restore_exception(saved);
     }
