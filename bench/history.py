@@ -118,7 +118,9 @@ QUERY_RANGES = ("1h", "24h", "7d")
 # -- traffic -----------------------------------------------------------------------
 def request_shapes(seed: int = 1) -> list[tuple[Any, ...]]:
     """Pre-drawn (method, route, path, status, duration, ttfb, request bytes,
-    response bytes, client ip, error): a RequestRecord without id and timestamp."""
+    response bytes, client ip, error, trace id, span id): a RequestRecord
+    without id and timestamp. Records are made with ``tuple.__new__``, which
+    fills no defaults, so every field is here (untraced: no trace or span)."""
     rng = random.Random(seed)
     weights = [weight for _, _, weight, _ in ROUTES]
     shapes = []
@@ -144,7 +146,7 @@ def request_shapes(seed: int = 1) -> list[tuple[Any, ...]]:
         shapes.append(
             (method, route, path, status, duration, duration * rng.uniform(0.5, 0.98),
              0 if method == "GET" else rng.randrange(100, 4000), rng.randrange(50, 20_000),
-             f"10.0.{rng.randrange(256)}.{rng.randrange(256)}", error)
+             f"10.0.{rng.randrange(256)}.{rng.randrange(256)}", error, None, None)
         )  # fmt: skip
     return shapes
 
@@ -183,7 +185,7 @@ class Traffic:
         shapes, first = self.shapes, self.sequence
         out = []
         for i in range(count):
-            method, route, path, status, duration, ttfb, rq, rs, ip, error = shapes[
+            method, route, path, status, duration, ttfb, rq, rs, ip, error, _, _ = shapes[
                 (first + i) * STRIDE & POOL_MASK
             ]
             begin = start + i * 1e-4
@@ -197,7 +199,7 @@ def fold(records: list[RequestRecord], delta_id: str) -> RollupDelta:
     """The rollups of ``records``, as the finalizer folds them."""
     delta = RollupDelta()
     add = delta.add
-    for _, timestamp, method, route, _, status, duration, _, rq, rs, _, error in records:
+    for _, timestamp, method, route, _, status, duration, _, rq, rs, _, error, *_ in records:
         add(timestamp, route, method, status, duration, status >= 500 or bool(error), rq, rs)
     delta.delta_id = delta_id
     return delta

@@ -56,6 +56,23 @@ bisect_left(const double *bounds, Py_ssize_t count, double value)
     return low;
 }
 
+/* A label set's entry as one call has found it already, keyed by the
+ * identity of the item's (method, route, status) objects: items of one app
+ * carry the same few objects again and again (its route templates, interned
+ * method names, small ints), so most items skip building a key tuple, hashing
+ * it, looking it up and comparing it, and taking the histogram's buffer.
+ * Everything in it is a strong reference, released when the call returns:
+ * the objects compared by identity stay alive, so an address seen again is
+ * the same object. The entries are those of `known` as the call found them:
+ * nothing else changes `known` during a call, which runs under the totals'
+ * lock, as the Python fold does (aggregates.py). */
+#define KEY_CACHE_BITS 6
+#define KEY_CACHE (1 << KEY_CACHE_BITS)
+typedef struct {
+    PyObject *method, *route, *status, *entry;
+    Py_buffer view; /* of the entry's fine histogram: 8-byte "Q" counts */
+} CachedKey;
+
 typedef struct {
     PyObject *ring, *good, *known;
     FoldPendingObject *pending;
@@ -63,7 +80,63 @@ typedef struct {
     Py_ssize_t bound_count, slot_length, series_length;
     double low_ms, scale, shift;
     long last;
+    CachedKey cache[KEY_CACHE];
 } Fold;
+
+static void
+cache_release(CachedKey *cached)
+{
+    if (cached->entry != NULL) {
+        PyBuffer_Release(&cached->view);
+        Py_CLEAR(cached->method);
+        Py_CLEAR(cached->route);
+        Py_CLEAR(cached->status);
+        Py_CLEAR(cached->entry);
+    }
+}
+
+/* The cached key of (method, route, status): found, or looked up in `known`
+ * and put in its slot. NULL when `known` has no entry of the plain shape or
+ * its histogram is not 8-byte counts (the Python code's), no error set. */
+static CachedKey *
+known_entry(Fold *fold, PyObject *method, PyObject *route, PyObject *status)
+{
+    uintptr_t mix = ((uintptr_t)method >> 4) ^ ((uintptr_t)route >> 3) ^ ((uintptr_t)status >> 5);
+    mix ^= mix >> KEY_CACHE_BITS;
+    CachedKey *cached = &fold->cache[mix & (KEY_CACHE - 1)];
+    if (cached->entry != NULL && cached->method == method && cached->route == route
+        && cached->status == status) {
+        return cached;
+    }
+    PyObject *raw = PyTuple_Pack(3, method, route, status);
+    if (raw == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *entry = PyDict_GetItemWithError(fold->known, raw); /* borrowed */
+    Py_DECREF(raw);
+    if (entry == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 4) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(PyTuple_GET_ITEM(entry, 2), &view, PyBUF_WRITABLE | PyBUF_FORMAT)
+        < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (view.itemsize != 8 || view.format == NULL || strcmp(view.format, "Q") != 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    cache_release(cached);
+    cached->method = Py_NewRef(method);
+    cached->route = Py_NewRef(route);
+    cached->status = Py_NewRef(status);
+    cached->entry = Py_NewRef(entry);
+    cached->view = view;
+    return cached;
+}
 
 /* The items between two settles stay far below where a count could pass 64
  * bits (each adds 1 to one); byte counts, which can be any 64-bit number,
@@ -115,19 +188,12 @@ fold_one(Fold *fold, PyObject *object)
         return 0;
     }
     /* The label set's entry: (requests key, series, fine histogram, is HEAD). */
-    PyObject *raw = PyTuple_Pack(3, item->method, item->route, item->status);
-    if (raw == NULL) {
-        PyErr_Clear();
+    CachedKey *cached = known_entry(fold, item->method, item->route, item->status);
+    if (cached == NULL) {
         return 0;
     }
-    PyObject *entry = PyDict_GetItemWithError(fold->known, raw);  /* borrowed */
-    Py_DECREF(raw);
-    if (entry == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 4) {
-        PyErr_Clear();
-        return 0;
-    }
+    PyObject *entry = cached->entry;
     PyObject *key3 = PyTuple_GET_ITEM(entry, 0), *series = PyTuple_GET_ITEM(entry, 1);
-    PyObject *fine = PyTuple_GET_ITEM(entry, 2);
     int head = PyTuple_GET_ITEM(entry, 3) == Py_True;
     if (!PyList_CheckExact(series) || PyList_GET_SIZE(series) != fold->series_length) {
         return 0;
@@ -166,20 +232,14 @@ fold_one(Fold *fold, PyObject *object)
                 || !aegis_can_sum(series_sums, L_TTFB_SUM, 1)))) {
         return 0;
     }
-    Py_buffer view;
-    if (PyObject_GetBuffer(fine, &view, PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
-        PyErr_Clear();
+    if (bucket >= cached->view.len / 8) {
         return 0;
-    }
-    int folded = 0;
-    if (view.itemsize != 8 || view.format == NULL || strcmp(view.format, "Q") != 0
-        || bucket >= view.len / 8) {
-        goto done;
     }
     /* The one step that can fail and changes something, first. */
     if (PyList_Append(fold->good, object) < 0) {
+        /* A failure (no memory) leaves the item, unchanged, to the Python code. */
         PyErr_Clear();
-        goto done;
+        return 0;
     }
     /* The ring slot (aggregates._fold). */
     aegis_add_count(ring_sums, R_REQUESTS, 1);
@@ -208,13 +268,8 @@ fold_one(Fold *fold, PyObject *object)
     aegis_add_count(series_sums, L_RESPONSE, response_bytes);
     *count += 1;
     pending->items++;
-    ((unsigned long long *)view.buf)[bucket] += 1;
-    folded = 1;
-done:
-    PyBuffer_Release(&view);
-    /* A failure (no memory) leaves the item, unchanged, to the Python code. */
-    PyErr_Clear();
-    return folded;
+    ((unsigned long long *)cached->view.buf)[bucket] += 1;
+    return 1;
 }
 
 /* fold_items(items, start, good, pending, known, bounds,
@@ -277,6 +332,9 @@ aegis_fold_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             break;
         }
         index++;
+    }
+    for (int slot = 0; slot < KEY_CACHE; slot++) {
+        cache_release(&fold.cache[slot]);
     }
     return PyLong_FromSsize_t(index);
 }

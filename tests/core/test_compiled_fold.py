@@ -13,6 +13,7 @@ new label sets and every kind of value it must leave to the Python code.
 from __future__ import annotations
 
 import marshal
+import sys
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 from aegis_mw.core.aggregates import RealtimeAggregates
 from aegis_mw.core.items import PendingSession
 from aegis_mw.core.labeled import REQUEST_BYTES
-from aegis_mw.core.labels import RouteCap
+from aegis_mw.core.labels import STANDARD_METHODS, RouteCap
 from tests.conftest import compiled_module
 from tests.core.failing_settles import settle_failing_each_allocation
 from tests.core.test_compiled_finalize import as_item, items
@@ -268,3 +269,77 @@ def test_pending_sums_for_lists_that_changed_shape_are_dropped_and_logged(
     compiled.ring[5].pop()
     compiled.fold_drained(lambda: list(items))
     assert compiled.snapshot(6, list).total_requests == 22
+
+
+def test_many_label_sets_and_equal_values_of_other_objects_fold_as_the_python_one() -> None:
+    """The compiled fold remembers the label sets it has found by the identity
+    of the item's method, route and status objects, in a table of 64 slots
+    kept for one call. Items that share two of the three objects and differ in
+    the third, more than 64 kinds of it in turn (the table must tell apart
+    label sets that land in one slot, and find each again after others took
+    its slot), and equal values carried by other objects (a method and route
+    built anew, a status of a large int) must fold as the Python fold does
+    (HEAD's response bytes left out), every item by the compiled loop once its
+    label set is known; and nothing is kept after the call (no reference, no
+    histogram's buffer held)."""
+    module = compiled_module()
+    python = RealtimeAggregates(RouteCap(500))
+    compiled = RealtimeAggregates(RouteCap(500), compiled=module)
+    names = sorted(STANDARD_METHODS)
+    # A method object of its own for each of 117 items (9 values); 100
+    # routes; 100 statuses (57 small ints, 43 of their own).
+    methods = ["".join([name[:1], name[1:]]) for _ in range(13) for name in names]
+    routes = [f"/r{number}" for number in range(100)]
+    statuses = [*range(200, 300)]
+    order = [
+        *((method, "/r0", 200) for method in methods),
+        *(("GET", route, 200) for route in routes),
+        *(("POST", "/r1", status) for status in statuses),
+    ]
+    order += order
+
+    def batch(fresh: bool) -> list[Any]:
+        made = []
+        for number, (method, route, status) in enumerate(order):
+            if fresh:  # equal values, other objects
+                method = "".join([method[:1], method[1:]])
+                route, status = "".join(["/", route[1:]]), int(str(status))
+            fields = [
+                method, route, route, status, 5.0, 5.0 + number / 1e6, 5.001 + number / 1e5,
+                number % 7, number, None, None, "", False, None,
+            ]  # fmt: skip
+            made.append(module.item_from_fields(fields))
+        return made
+
+    def compare(made: list[Any]) -> tuple[list[Any], int]:
+        expected = python.fold_drained(lambda: list(made))
+        got = compiled.fold_drained(lambda: list(made))
+        assert ([id(item) for item in got[0]], got[1]) == (
+            [id(item) for item in expected[0]],
+            expected[1],
+        )
+        assert shown(compiled, *got) == shown(python, *expected)
+        for counts in compiled.labeled.latency.values():
+            counts.append(0)  # BufferError while a buffer of it is held
+            counts.pop()
+        return got
+
+    for fresh in (False, True, False):
+        compare(batch(fresh))
+    # Known by now: the last batches never reach the Python fold, and the
+    # call keeps no reference to the objects it compared by identity.
+    calls: list[int] = []
+    fold = compiled.labeled.fold
+    compiled.labeled.fold = lambda batch, label: calls.append(len(batch)) or fold(batch, label)  # type: ignore[method-assign]
+    for fresh in (True, False):
+        made = batch(fresh)
+        # Objects of these items alone (not the literals and small ints,
+        # which other code holds and lets go meanwhile).
+        held = [*methods, *routes, *statuses[57:]]
+        if fresh:
+            held = [value for item in made[:150] for value in (item[0], item[1], item[3])]
+            held = [value for value in held if type(value) is str or value > 256]
+        before = [sys.getrefcount(value) for value in held]
+        got = compare(made)
+        assert (len(got[0]), got[1], calls) == (len(made), 0, [])
+        assert [sys.getrefcount(value) for value in held] == before
